@@ -1,0 +1,57 @@
+# textgen: every target sets up what it needs (a .venv with the package installed) on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORPUS ?= data/pydoc_topics.txt
+TEXTGEN := $(BIN)/textgen
+# The demo: a small model trained for about 2.5 minutes on 2 CPU cores.
+DEMO_OPTIONS ?= --run demo --overwrite --units 256 --embedding-dim 64 --batch-size 32 --seq-length 100 \
+	--learning-rate 0.003 --epochs 100 --max-minutes 2.5
+
+.DEFAULT_GOAL := help
+.PHONY: help install data train sample demo test test-all bench bench-quality lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install textgen with its dependencies
+
+data: $(STAMP) ## Build the default corpus data/pydoc_topics.txt from Python's own docs
+	$(BIN)/python -m textgen.data $(CORPUS)
+
+train: data ## Train with the default options on CORPUS (default: the built-in corpus)
+	$(TEXTGEN) train $(CORPUS)
+
+sample: $(STAMP) ## Print 500 characters from the latest run at temperature 0.5
+	$(TEXTGEN) sample --temperature 0.5
+
+demo: data ## The main job: train a small model on the default corpus (~3 min), save checkpoints, print a sample
+	$(TEXTGEN) train $(CORPUS) $(DEMO_OPTIONS)
+	$(TEXTGEN) sample --run demo --temperature 0.5 --length 600 --prime "The " --seed 1
+
+test: $(STAMP) ## Run the fast test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP) ## Run every test, the slow ones too
+	$(BIN)/python -m pytest -q -m ""
+
+bench: $(STAMP) ## Speed benchmarks (sampling, training, corpus encoding); results go to BENCHMARKS.md
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quality: $(STAMP) ## Train the default model on tinyshakespeare for 20 minutes, report the best validation loss
+	$(BIN)/python benchmarks/bench_quality.py
+
+lint: $(STAMP) ## Check the code with ruff
+	$(BIN)/ruff check textgen tests benchmarks
+
+clean: ## Remove the virtualenv, caches, the built corpus and all checkpoints
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist data/*.txt benchmarks/out
+	find checkpoints -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

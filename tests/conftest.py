@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny corpora written by the tests and one tiny trained run reused across tests."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+PERIOD = "abcdefg"
+TINY_MODEL = dict(units=32, embedding_dim=8, layers=1, dropout=0.0)
+TINY_TRAINING = dict(batch_size=8, seq_length=20, learning_rate=0.01, seed=7)
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def periodic_corpus(tmp_path) -> Path:
+    return write_text(tmp_path / "period.txt", PERIOD * 3000)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> dict:
+    """A tiny model trained for 3 epochs on 'abcdefg' repeated: loss far below ln(7)."""
+    from textgen.training import train
+
+    root = tmp_path_factory.mktemp("trained")
+    corpus = write_text(root / "period.txt", PERIOD * 3000)
+    summary = train(corpus, root / "checkpoints", run="period", model_options=TINY_MODEL,
+                    train_options=dict(TINY_TRAINING, epochs=3), log=lambda message: None)
+    return dict(summary, corpus=corpus, checkpoint_dir=root / "checkpoints", chance=math.log(len(PERIOD)))
+
+
+def files_snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under directory with its bytes, to prove a failed command changed nothing."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}

@@ -1,0 +1,164 @@
+"""The command line, driven through click's CliRunner: output streams, exit codes, one-line errors."""
+
+import dataclasses
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import PERIOD, files_snapshot, write_text
+from textgen.cli import cli
+from textgen.config import ModelConfig, TrainConfig
+
+TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10", "--epochs", "1",
+        "--dropout", "0"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_lists_every_option():
+    train_help = invoke("train", "--help").output
+    for field in dataclasses.fields(ModelConfig) + dataclasses.fields(TrainConfig):
+        if field.name != "vocab_size":
+            assert "--" + field.name.replace("_", "-") in train_help
+    sample_help = invoke("sample", "--help").output
+    for option in ("--temperature", "--top-k", "--top-p", "--length", "--prime", "--prime-file", "--num-samples",
+                   "--seed", "--stop", "--output", "--skip-unknown", "--run", "--checkpoint-dir"):
+        assert option in sample_help
+    assert invoke("--help").exit_code == 0
+
+
+def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
+    corpus = write_text(tmp_path / "corpus.txt", PERIOD * 400)
+    trained = invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", *TINY)
+    assert trained.exit_code == 0, trained.stderr
+    assert trained.stdout == ""
+    assert "val" in trained.stderr and "bpc" in trained.stderr
+    assert (tmp_path / "ck" / "corpus" / "best.json").exists()
+    args = ("sample", "--checkpoint-dir", tmp_path / "ck", "--length", 40, "--prime", "abc", "--seed", 1)
+    first, second = invoke(*args), invoke(*args)
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert first.stdout.startswith("abc") and len(first.stdout) == 3 + 40 + 1  # prime, text, newline
+    out = tmp_path / "out.txt"
+    written = invoke(*args, "--output", out)
+    assert written.stdout == "" and out.read_text() + "\n" == first.stdout
+
+
+def test_sample_num_samples_are_delimited(trained_run):
+    result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--num-samples", 2, "-n", 10,
+                    "--seed", 3)
+    assert result.exit_code == 0
+    headers = [line for line in result.stdout.splitlines() if line.startswith("=====")]
+    assert headers == ["===== sample 1/2, temperature 0.5 =====", "===== sample 2/2, temperature 0.5 ====="]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Files for the bad-input table: corpora of every kind, and a run to damage."""
+    from textgen.training import train
+
+    root = tmp_path_factory.mktemp("bad")
+    write_text(root / "good.txt", PERIOD * 400)
+    write_text(root / "short.txt", "abc")
+    (root / "empty.txt").write_bytes(b"")
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (root / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02")
+    (root / "adir").mkdir()
+    train(root / "good.txt", root / "ck", run="good", model_options=dict(units=16, embedding_dim=8, dropout=0.0),
+          train_options=dict(batch_size=4, seq_length=10, epochs=1), log=lambda m: None)
+    return root
+
+
+def damage(run_dir, how):
+    import json
+    meta = json.loads((run_dir / "best.json").read_text())
+    weights = run_dir / meta["files"]["weights"]["name"]
+    if how == "truncate":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif how == "flip":
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif how == "json":
+        for kind in ("best", "last"):
+            (run_dir / f"{kind}.json").write_text('{"format": "textgen-checkpoint", "model": ')
+
+
+BAD_INPUTS = [
+    # (command line, expected message fragment, exit code, damage to do first)
+    (["train", "{root}/missing.txt"], "not found", 1, None),
+    (["train", "{root}/adir"], "is a directory", 1, None),
+    (["train", "{root}/empty.txt"], "is empty", 1, None),
+    (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3)", 1, None),
+    (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4)", 1, None),
+    (["train", "{root}/short.txt"], "too short", 1, None),
+    (["train", "{root}/good.txt", "--epochs", "0"], "--epochs must be an integer in [1, inf]", 1, None),
+    (["train", "{root}/good.txt", "--batch-size", "-1"], "--batch-size must be", 1, None),
+    (["train", "{root}/good.txt", "--seq-length", "0"], "--seq-length must be", 1, None),
+    (["train", "{root}/good.txt", "--units", "0"], "--units must be", 1, None),
+    (["train", "{root}/good.txt", "--layers", "0"], "--layers must be", 1, None),
+    (["train", "{root}/good.txt", "--embedding-dim", "0"], "--embedding-dim must be", 1, None),
+    (["train", "{root}/good.txt", "--dropout", "1"], "--dropout must be in [0, 1)", 1, None),
+    (["train", "{root}/good.txt", "--learning-rate", "0"], "--learning-rate must be in (0, inf]", 1, None),
+    (["train", "{root}/good.txt", "--learning-rate", "nan"], "--learning-rate must be", 1, None),
+    (["train", "{root}/good.txt", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)", 1, None),
+    (["train", "{root}/good.txt", "--epochs", "many"], "'many' is not a valid integer", 2, None),
+    (["train", "{root}/good.txt", "--bogus"], "No such option '--bogus'", 2, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", "good"], "already has checkpoints", 1,
+     None),
+    (["train", "{root}/good.txt", "--run", "../escape"], "invalid run name", 1, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/good.txt/sub"], "cannot write to the checkpoint", 1,
+     None),
+    (["sample", "--checkpoint-dir", "{root}/nothing"], "no checkpoint in", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--run", "nope"], "no run named 'nope'", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "-t", "-1"], "--temperature must be in [0, inf]", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "-t", "nan"], "--temperature must be", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "-t", "hot"], "--temperature must be a number", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--top-p", "0"], "--top-p must be in (0, 1]", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--top-p", "1.1"], "--top-p must be in (0, 1]", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--top-k", "0"], "--top-k must be", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--length", "-5"], "--length must be", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "xyz"], "never saw: 'x' 'y' 'z'", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--prime-file", "{root}/missing.txt"], "prime file not found", 1,
+     None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--output", "{root}/no/dir/out.txt"], "does not exist", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "flip"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "truncate"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "metadata", 1, "json"),
+    (["eval", "{root}/missing.txt", "--checkpoint-dir", "{root}/ck"], "not found", 1, None),
+    (["eval", "{root}/binary.bin", "--checkpoint-dir", "{root}/ck"], "looks binary", 1, None),
+    (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--batch-size", "0"], "--batch-size must be", 1,
+     None),
+    (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/nothing"], "no checkpoint in", 1, None),
+]
+
+
+@pytest.mark.parametrize("args, message, code, damaged", BAD_INPUTS,
+                         ids=[" ".join(a[:1] + a[2:]).replace("{root}/", "")[:60] + (f" [{d}]" if d else "")
+                              for a, _, _, d in BAD_INPUTS])
+def test_bad_input_is_one_clear_line_and_changes_nothing(workspace, tmp_path, args, message, code, damaged):
+    root = tmp_path / "w"
+    shutil.copytree(workspace, root)
+    if damaged:
+        damage(root / "ck" / "good", damaged)
+    before = files_snapshot(root)
+    result = invoke(*[a.format(root=root) for a in args])
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert files_snapshot(root) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_corpus(tmp_path):
+    locked = write_text(tmp_path / "locked.txt", PERIOD * 400)
+    locked.chmod(0)
+    result = invoke("train", locked, "--checkpoint-dir", tmp_path / "ck")
+    assert result.exit_code == 1 and "not readable" in result.stderr

@@ -1,0 +1,71 @@
+import os
+
+import numpy as np
+import pytest
+
+from textgen import corpus as corpus_module
+from textgen.corpus import load_corpus, read_text, scan
+from textgen.errors import TextgenError
+
+
+def test_corpus_kept_exactly_and_cached_as_memmap(tmp_path):
+    text = "Line one\r\n\tTabbed 中文 🎉\n" * 50
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8", newline="")
+    data = load_corpus(path, tmp_path / "run")
+    assert isinstance(data.ids, np.memmap) or isinstance(data.ids.base, np.memmap)
+    assert data.ids.dtype == np.uint8
+    assert data.vocab.decode(data.ids) == text
+    assert (tmp_path / "run" / "corpus.npy").exists()
+
+
+def test_encoding_in_small_chunks_splits_multibyte_characters_safely(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 5)  # forces splits inside UTF-8 sequences
+    text = "中文🎉abc" * 40
+    path = tmp_path / "c.txt"
+    path.write_text(text, encoding="utf-8")
+    data = load_corpus(path, tmp_path / "run")
+    assert data.vocab.decode(data.ids) == text
+
+
+def test_cache_reused_then_rebuilt_when_the_file_changes(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("abc" * 100, encoding="utf-8")
+    load_corpus(path, tmp_path / "run")
+    cache = tmp_path / "run" / "corpus.npy"
+    first_mtime = cache.stat().st_mtime_ns
+    load_corpus(path, tmp_path / "run")
+    assert cache.stat().st_mtime_ns == first_mtime  # unchanged file: cache reused
+    path.write_text("xyz" * 100, encoding="utf-8")  # same size, new content
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    data = load_corpus(path, tmp_path / "run")
+    assert data.vocab.chars == "xyz"
+    assert data.vocab.decode(data.ids[:6]) == "xyzxyz"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"good text\xff\xfe more", "not valid UTF-8 (first bad byte at byte offset 9)"),
+    (b"abc\x00\x01\x02", "looks binary (NUL byte at byte offset 3)"),
+    (b"ends mid character \xe4\xb8", "truncated character"),
+])
+def test_bad_files_are_refused_with_a_clear_message(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(TextgenError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        scan(path)
+
+
+def test_bad_byte_offset_is_exact_across_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 4)
+    path = tmp_path / "bad.txt"
+    path.write_bytes("中文中文".encode() + b"\xff")
+    with pytest.raises(TextgenError, match="byte offset 12"):
+        scan(path)
+
+
+def test_missing_and_directory_paths(tmp_path):
+    with pytest.raises(TextgenError, match="not found"):
+        read_text(tmp_path / "nope.txt")
+    with pytest.raises(TextgenError, match="is a directory"):
+        read_text(tmp_path)

@@ -1,0 +1,46 @@
+import keras
+import numpy as np
+
+from textgen.config import ModelConfig
+from textgen.model import build_model, lstm_layers, reset_states
+
+CONFIG = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
+
+
+def test_lstm_layers_are_stateful_and_glorot_initialised():
+    model = build_model(CONFIG, batch_size=3)
+    layers = lstm_layers(model)
+    assert len(layers) == 2
+    for layer in layers:
+        assert isinstance(layer, keras.layers.LSTM)
+        assert layer.stateful and layer.return_sequences
+        assert isinstance(layer.cell.recurrent_initializer, keras.initializers.GlorotUniform)
+    assert model.output.shape == (3, None, 11)
+
+
+def test_state_is_carried_between_calls_and_reset_clears_it():
+    model = build_model(CONFIG, batch_size=2)
+    rng = np.random.default_rng(0)
+    first, second = rng.integers(0, 11, (2, 2, 5)).astype("int32")
+    model(first)
+    carried = np.array(model(second))
+    reset_states(model)
+    fresh = np.array(model(second))
+    assert np.abs(carried - fresh).max() > 1e-4  # the state from the first window mattered
+    for layer in lstm_layers(model):
+        model(first)
+        layer.reset_state()
+        assert all(np.all(np.array(state) == 0) for state in layer.states)
+    reset_states(model)
+    np.testing.assert_allclose(np.array(model(second)), fresh, atol=1e-6)
+
+
+def test_weights_trained_at_one_batch_size_load_at_another(tmp_path):
+    big = build_model(CONFIG, batch_size=4)
+    path = tmp_path / "w.weights.h5"
+    big.save_weights(str(path))
+    small = build_model(CONFIG, batch_size=1)
+    small.load_weights(str(path))
+    ids = np.arange(7, dtype="int32")[None, :] % 11
+    reset_states(big)
+    np.testing.assert_allclose(np.array(small(ids)), np.array(big(np.repeat(ids, 4, axis=0)))[:1], atol=1e-6)

@@ -1,0 +1,60 @@
+import pytest
+
+from conftest import PERIOD
+from textgen.errors import TextgenError
+from textgen.sample import format_samples, generate
+
+
+def gen(trained_run, **options):
+    return generate(trained_run["checkpoint_dir"], run="period", warn=options.pop("warn", lambda m: None), **options)
+
+
+def test_greedy_sampling_reproduces_the_period(trained_run):
+    [sample] = gen(trained_run, prime="abc", length=60, temperatures=[0])
+    assert sample.text == (PERIOD * 10)[:63]
+
+
+def test_same_seed_same_text_and_other_seed_other_text(trained_run):
+    options = dict(prime="a", length=80, temperatures=[2.0], num_samples=3)
+    first = [s.text for s in gen(trained_run, seed=5, **options)]
+    again = [s.text for s in gen(trained_run, seed=5, **options)]
+    other = [s.text for s in gen(trained_run, seed=6, **options)]
+    assert first == again
+    assert first != other
+    assert len(set(first)) == 3  # the streams are independent
+
+
+def test_stop_string_cuts_at_first_occurrence(trained_run):
+    [sample] = gen(trained_run, prime="abc", length=50, temperatures=[0], stop="fg")
+    assert sample.text == "abcde" and sample.stopped
+
+
+def test_streaming_delivers_the_same_text_in_pieces(trained_run):
+    pieces = []
+    [sample] = gen(trained_run, prime="ab", length=45, temperatures=[0], stop="gab", on_text=pieces.append)
+    assert "".join(pieces) == sample.text == "abcdef"
+    assert len(pieces) >= 2
+
+
+def test_prime_with_unknown_characters(trained_run):
+    with pytest.raises(TextgenError, match=r"never saw: 'x' 'Z'.*--skip-unknown"):
+        gen(trained_run, prime="abxZ", length=5)
+    warnings = []
+    [sample] = gen(trained_run, prime="abxZ", length=5, temperatures=[0], skip_unknown=True, warn=warnings.append)
+    assert sample.text == "abcdefg"
+    assert "dropped 2 unknown" in warnings[0]
+
+
+def test_several_temperatures_each_get_a_labelled_sample(trained_run):
+    samples = gen(trained_run, prime="a", length=20, temperatures=[0, 0.5, 1.5], seed=1)
+    assert [s.temperature for s in samples] == [0, 0.5, 1.5]
+    text = format_samples(samples, 3)
+    assert [line for line in text.splitlines() if line.startswith("=====")] == [
+        "===== temperature 0 =====", "===== temperature 0.5 =====", "===== temperature 1.5 ====="]
+
+
+def test_empty_prime_and_zero_length(trained_run):
+    [sample] = gen(trained_run, prime="", length=0)
+    assert sample.text == ""
+    [sample] = gen(trained_run, prime="", length=14, temperatures=[0])
+    assert len(sample.text) == 14 and sample.text in PERIOD * 4

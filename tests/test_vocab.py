@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from textgen.vocab import Vocabulary
+
+TEXTS = ["Hello, world!\n", "机器学习，长短期记忆网络。", "emoji 🎉🚀 and ZWJ 👩‍💻", "tabs\tand\r\nCRLF"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_encode_decode_round_trip(text):
+    vocab = Vocabulary.from_text(text)
+    ids = vocab.encode(text)
+    assert vocab.decode(ids) == text
+    assert len(ids) == len(text)  # one id per code point, astral emoji included
+
+
+def test_vocabulary_is_sorted_code_points_and_smallest_dtype():
+    vocab = Vocabulary.from_text("cab🎉")
+    assert vocab.chars == "abc🎉"
+    assert list(vocab.encode("abc🎉")) == [0, 1, 2, 3]
+    assert vocab.id_dtype == np.uint8
+    big = Vocabulary(range(0x4E00, 0x4E00 + 300))
+    assert big.id_dtype == np.uint16
+
+
+def test_json_round_trip_and_equality():
+    vocab = Vocabulary.from_text("".join(TEXTS))
+    again = Vocabulary.from_json(vocab.to_json())
+    assert again == vocab and again.chars == vocab.chars
+    assert Vocabulary.from_text("ab") != Vocabulary.from_text("abc")
+
+
+def test_unknown_characters_are_reported_not_mapped():
+    vocab = Vocabulary.from_text("abc")
+    assert vocab.unknown("abxcyx") == ["x", "y"]
+    with pytest.raises(KeyError, match="outside the vocabulary"):
+        vocab.encode("abz")
+
+
+def test_preview_escapes_control_characters():
+    assert Vocabulary.from_text("\n a").preview() == "\\n a"

@@ -1,0 +1,44 @@
+"""The stateful batch layout: parallel streams cut into consecutive windows.
+
+The ids are cut to a multiple of batch_size x seq_length (plus one for the shifted
+targets) and reshaped to (batch_size, -1): row i is one contiguous stream. Batch k is
+columns [k*seq_length, (k+1)*seq_length) of every row, so row i of batch k+1 continues
+row i of batch k and the LSTM state carried between batches stays meaningful. Nothing
+is shuffled; the remainder that does not fill a whole batch is dropped (for evaluation,
+keep_partial keeps a shorter last window so that all but fewer than batch_size
+characters are scored).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class StreamBatches:
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_length: int, keep_partial: bool = False):
+        self.batch_size = batch_size
+        self.seq_length = seq_length
+        columns = max(0, (len(ids) - 1) // batch_size)
+        if not keep_partial:
+            columns -= columns % seq_length
+        self.columns = columns
+        self.num_batches = -(-columns // seq_length)
+        usable = columns * batch_size
+        # Views, not copies: a memory-mapped corpus stays on disk until a batch is read.
+        self.inputs = ids[:usable].reshape(batch_size, -1)
+        self.targets = ids[1:usable + 1].reshape(batch_size, -1)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= k < self.num_batches:
+            raise IndexError(k)
+        columns = slice(k * self.seq_length, min((k + 1) * self.seq_length, self.columns))
+        return (np.asarray(self.inputs[:, columns], dtype=np.int32),
+                np.asarray(self.targets[:, columns], dtype=np.int32))
+
+    @staticmethod
+    def min_length(batch_size: int, seq_length: int) -> int:
+        """Characters needed for one whole batch (the +1 is the last target)."""
+        return batch_size * seq_length + 1

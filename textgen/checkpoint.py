@@ -1,0 +1,203 @@
+"""Self-describing, atomically written checkpoints, and the lock that guards a run directory.
+
+A run directory holds:
+  last.json / best.json         metadata; renaming one into place is the commit point of a save
+  ckpt-<run>-<step>.weights.h5  model weights (Keras format), named by the metadata with a sha256
+  ckpt-<run>-<step>.state.npz   what resuming needs: optimizer slots, dropout RNG, LSTM state
+  corpus.npy / corpus.json      the encoded corpus cache
+Files are written to a temporary name, fsync'ed and renamed, and the metadata is renamed last,
+so at every instant last.json and best.json each name complete files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from textgen import __version__
+from textgen.config import ModelConfig
+from textgen.errors import TextgenError
+from textgen.vocab import Vocabulary
+
+FORMAT = "textgen-checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("best", "last")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write path through write(tmp_path), fsync it, then rename it into place."""
+    tmp = path.with_name(".tmp-" + path.name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_json(payload: dict) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    return write
+
+
+def save(run_dir: Path, kinds: tuple[str, ...], meta: dict, model, training_state: dict[str, np.ndarray]) -> None:
+    """Write one checkpoint and point each of kinds ("last", "best") at it.
+
+    An I/O failure (disk full, permissions) raises TextgenError; the previous checkpoint stays intact."""
+    stem = f"ckpt-{meta['run_id']}-{meta['global_step']:09d}"
+    weights_path = run_dir / f"{stem}.weights.h5"
+    state_path = run_dir / f"{stem}.state.npz"
+    try:
+        atomic_write(weights_path, lambda tmp: model.save_weights(str(tmp)))
+        atomic_write(state_path, lambda tmp: np.savez(tmp, **training_state))
+        meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION, textgen_version=__version__,
+                    saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
+                           "state": {"name": state_path.name, "sha256": sha256(state_path)}})
+        for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
+            atomic_write(run_dir / f"{kind}.json", _write_json(dict(meta, kind=kind)))
+    except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise TextgenError(
+            f"could not save the checkpoint in {run_dir}: {reason}; the previous checkpoint is kept "
+            "(free some space or fix the directory, then resume with --resume)"
+        ) from None
+    remove_unreferenced(run_dir)
+
+
+def remove_unreferenced(run_dir: Path) -> None:
+    referenced = set()
+    for kind in KINDS:
+        try:
+            meta = json.loads((run_dir / f"{kind}.json").read_text(encoding="utf-8"))
+            referenced.update(entry["name"] for entry in meta["files"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    for path in list(run_dir.glob("ckpt-*")) + list(run_dir.glob(".tmp-ckpt-*")):
+        if path.name not in referenced:
+            path.unlink(missing_ok=True)
+
+
+def read_meta(run_dir: Path, kind: str) -> Optional[dict]:
+    """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
+    path = run_dir / f"{kind}.json"
+    if not path.exists():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise ValueError("not a textgen checkpoint")
+        ModelConfig.from_dict(meta["model"])
+        Vocabulary.from_json(meta["vocab"])
+        meta["files"]["weights"]["name"], meta["files"]["state"]["name"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "
+                           "delete the run directory or train again with --overwrite") from None
+    return meta
+
+
+def verified_file(run_dir: Path, meta: dict, role: str) -> Path:
+    entry = meta["files"][role]
+    path = run_dir / entry["name"]
+    if not path.exists():
+        raise TextgenError(f"checkpoint file {path} is missing; the checkpoint in {run_dir} is incomplete "
+                           "(train again with --overwrite)")
+    if sha256(path) != entry["sha256"]:
+        raise TextgenError(f"checkpoint file {path} is corrupted (checksum mismatch); "
+                           "train again with --overwrite or restore the file from a backup")
+    return path
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / f"{kind}.json").exists() for kind in KINDS)
+
+
+def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
+    """Build the checkpoint's architecture at batch_size and load its verified weights.
+
+    Falls back from a damaged "best" to "last" with a warning. Returns (model, meta)."""
+    from textgen.model import build_model
+
+    order = [kind] + [other for other in KINDS if other != kind]
+    problems = []
+    for candidate in order:
+        try:
+            meta = read_meta(run_dir, candidate)
+            if meta is None:
+                continue
+            weights = verified_file(run_dir, meta, "weights")
+            model = build_model(ModelConfig.from_dict(meta["model"]), batch_size)
+            try:
+                model.load_weights(str(weights))
+            except Exception as error:  # h5py and Keras raise many types for a bad file
+                raise TextgenError(f"checkpoint file {weights} cannot be loaded ({type(error).__name__}); "
+                                   "train again with --overwrite") from None
+        except TextgenError as problem:
+            problems.append(str(problem))
+            continue
+        if problems:
+            import sys
+            print(f"warning: {problems[0]}; using the {candidate} checkpoint instead", file=sys.stderr)
+        return model, meta
+    if problems:
+        raise TextgenError(problems[0])
+    raise TextgenError(f"no checkpoint in {run_dir}; train one first with: textgen train CORPUS")
+
+
+class RunLock:
+    """An exclusive lock on a run directory, released by the kernel even if the process is killed."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self.handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise TextgenError(f"another training (pid {holder}) is using {self.path.parent}; "
+                               "wait for it to finish or choose another --run") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()

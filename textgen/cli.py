@@ -1,0 +1,191 @@
+"""The `textgen` command: parses options and delegates to the library (train, generate, evaluate)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from textgen.config import ModelConfig, TrainConfig
+
+MODEL_HELP = {
+    "embedding_dim": "Width of the character embedding.",
+    "units": "Hidden units of each LSTM layer.",
+    "layers": "Number of stacked LSTM layers.",
+    "dropout": "Input dropout of each LSTM layer, in [0, 1).",
+}
+TRAIN_HELP = {
+    "epochs": "Total epochs of the run (a resumed run counts those already done).",
+    "batch_size": "Parallel character streams per batch.",
+    "seq_length": "Characters per training window (how far back gradients flow).",
+    "learning_rate": "Adam learning rate.",
+    "lr_decay": "Multiply the learning rate by this every epoch after --lr-decay-after (1 = off).",
+    "lr_decay_after": "Epochs at the full learning rate before the decay starts.",
+    "clip_norm": "Clip gradients to this global norm.",
+    "val_fraction": "Contiguous last fraction of the corpus held out for validation.",
+    "patience": "Stop after this many epochs without a better validation loss (0 = never).",
+    "max_minutes": "Validate, save and stop after this many minutes of training (0 = no limit).",
+    "save_every": "Also save a resumable checkpoint every this many steps (0 = at epoch ends only).",
+    "seed": "Random seed for weight initialisation and dropout.",
+}
+
+
+def _config_options(config_class, helps: dict):
+    """One click option per dataclass field, default None so we know what the user actually chose."""
+    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
+
+    def decorate(command):
+        for name in reversed(list(helps)):
+            default = defaults[name]
+            command = click.option(f"--{name.replace('_', '-')}", name, type=type(default), default=None,
+                                   help=f"{helps[name]}  [default: {default}]")(command)
+        return command
+    return decorate
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 muted: its C++ start-up notes ("oneDNN custom
+    operations are on", "Could not find cuda drivers") are printed before any log level applies."""
+    if "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401  (imports tensorflow as its backend)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _chosen(values: dict, names) -> dict:
+    return {name: values[name] for name in names if values.get(name) is not None}
+
+
+checkpoint_dir_option = click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=Path("checkpoints"),
+                                     show_default=True, help="Directory holding the runs.")
+run_option = click.option("--run", default=None,
+                          help="Run name (a directory under --checkpoint-dir); default: the latest run.")
+
+
+class OneLineErrors(click.Group):
+    """Every failure is one line on stderr and a non-zero exit code, never a traceback."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        from textgen.errors import TextgenError
+
+        extra.pop("standalone_mode", None)
+        try:
+            result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as error:
+            hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
+            click.echo(f"error: {error.format_message()}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except TextgenError as error:
+            click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.exit(0)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="textgen")
+def cli():
+    """Character-level text generation with a stateful LSTM."""
+
+
+@cli.command()
+@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+@checkpoint_dir_option
+@click.option("--run", default=None, help="Run name; default: the corpus file name.")
+@click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
+@_config_options(ModelConfig, MODEL_HELP)
+@_config_options(TrainConfig, TRAIN_HELP)
+def train(corpus, checkpoint_dir, run, resume, overwrite, **options):
+    """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt)."""
+    _import_tensorflow_quietly()
+    from textgen.data import DEFAULT_CORPUS, build_default_corpus
+    from textgen.training import train as run_training
+
+    if corpus is None:
+        corpus = build_default_corpus(DEFAULT_CORPUS)
+    run_training(corpus, checkpoint_dir, run, _chosen(options, MODEL_HELP), _chosen(options, TRAIN_HELP),
+                 resume=resume, overwrite=overwrite)
+
+
+@cli.command()
+@checkpoint_dir_option
+@run_option
+@click.option("--temperature", "-t", default="0.5", show_default=True,
+              help="Divides the logits: <1 greedier, >1 more random, 0 = always the most likely. "
+                   "A comma-separated list (0.2,0.5,1.0) prints one sample per value.")
+@click.option("--top-k", type=int, default=None, help="Draw only from the K most likely characters.")
+@click.option("--top-p", type=float, default=None,
+              help="Nucleus sampling: draw from the smallest set of characters whose probability reaches P.")
+@click.option("--length", "-n", type=int, default=500, show_default=True, help="Characters to generate.")
+@click.option("--prime", default="", help="Text to start from; it is printed before the generated text.")
+@click.option("--prime-file", type=click.Path(path_type=Path), default=None, help="Read the prime from a file.")
+@click.option("--num-samples", type=int, default=1, show_default=True, help="Independent samples to draw.")
+@click.option("--seed", type=int, default=None, help="Random seed: the same seed gives the same text.")
+@click.option("--stop", default=None, help="End a sample where it first produces this string.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+              help="Write the text to this file instead of stdout.")
+@click.option("--skip-unknown", is_flag=True, help="Drop prime characters the model never saw, with a warning.")
+def sample(checkpoint_dir, run, temperature, top_k, top_p, length, prime, prime_file, num_samples, seed, stop,
+           output, skip_unknown):
+    """Generate text from the best checkpoint of a run."""
+    _import_tensorflow_quietly()
+    from textgen.corpus import read_text
+    from textgen.sample import format_samples, generate, parse_temperatures, write_output
+
+    temperatures = parse_temperatures(temperature)
+    if prime_file is not None:
+        prime = read_text(prime_file, what="prime")
+    live = output is None and len(temperatures) * num_samples == 1 and sys.stdout.isatty()
+    samples = generate(checkpoint_dir, run, prime, length, temperatures, top_k, top_p, num_samples, seed, stop,
+                       skip_unknown, on_text=_echo_live if live else None)
+    text = format_samples(samples, len(temperatures))
+    if output is not None:
+        write_output(output, text)
+    elif live:
+        click.echo()
+    else:
+        click.echo(text)
+
+
+def _echo_live(text: str) -> None:
+    click.echo(text, nl=False)
+    sys.stdout.flush()
+
+
+@cli.command(name="eval")
+@click.argument("file", type=click.Path(path_type=Path))
+@checkpoint_dir_option
+@run_option
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Parallel streams the text is cut into.")
+@click.option("--seq-length", type=int, default=200, show_default=True, help="Characters per evaluation window.")
+def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
+    """Bits per character and perplexity of FILE under a run's best checkpoint."""
+    _import_tensorflow_quietly()
+    from textgen.evaluation import evaluate as run_evaluation
+
+    result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length)
+    click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
+               f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
+               f"({result['unknown']:,} outside the vocabulary excluded)")
+
+
+def main(argv=None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="textgen")

@@ -1,0 +1,175 @@
+"""Reading a corpus: validated UTF-8, encoded in chunks to a memory-mapped id cache."""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from textgen.errors import TextgenError
+from textgen.vocab import Vocabulary
+
+CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
+CACHE_VERSION = 1
+
+
+@dataclass
+class Corpus:
+    path: Path
+    ids: np.ndarray  # every character's id, memory-mapped from the cache
+    vocab: Vocabulary
+    fingerprint: dict  # size, mtime_ns and blake2b digest of the file
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def check_readable(path: Path, what: str = "corpus") -> None:
+    """Refuse paths that cannot be a text file, before any work is done."""
+    if not path.exists():
+        raise TextgenError(f"{what} file not found: {path} (check the path)")
+    if path.is_dir():
+        raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
+    if not os.access(path, os.R_OK):
+        raise TextgenError(f"{what} file is not readable: {path} (check its permissions)")
+    if path.stat().st_size == 0:
+        raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")
+
+
+def _chunks(path: Path):
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            yield block
+
+
+def _decoded_chunks(path: Path, what: str):
+    """Yield the file as text, chunk by chunk, refusing non-UTF-8 or binary content with its byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    for block in _chunks(path):
+        nul = block.find(b"\0")
+        if nul >= 0:
+            raise TextgenError(
+                f"{what} file looks binary (NUL byte at byte offset {offset + nul}): {path} "
+                "(give a UTF-8 text file)"
+            )
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(block)
+        except UnicodeDecodeError as error:
+            raise TextgenError(
+                f"{what} file is not valid UTF-8 (first bad byte at byte offset {offset - pending + error.start}): "
+                f"{path} (convert it to UTF-8, e.g. with iconv)"
+            ) from None
+        offset += len(block)
+        yield text
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise TextgenError(
+            f"{what} file is not valid UTF-8 (truncated character at its end, byte offset "
+            f"{offset - len(decoder.getstate()[0])}): {path} (convert it to UTF-8)"
+        ) from None
+
+
+def fingerprint(path: Path) -> dict:
+    digest = hashlib.blake2b(digest_size=16)
+    for block in _chunks(path):
+        digest.update(block)
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+
+
+def scan(path: Path, what: str = "corpus") -> tuple[int, Vocabulary]:
+    """Validate the file and return its length in characters and its vocabulary."""
+    check_readable(path, what)
+    count = 0
+    symbols: set[str] = set()
+    for text in _decoded_chunks(path, what):
+        count += len(text)
+        symbols.update(text)
+    if count == 0:
+        raise TextgenError(f"{what} file holds no characters: {path}")
+    return count, Vocabulary(map(ord, symbols))
+
+
+def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "corpus",
+                progress: Optional[Callable[[int], None]] = None) -> tuple[int, int]:
+    """Encode the file into out; characters outside vocab are dropped and counted.
+
+    Returns (ids written, characters dropped)."""
+    written = dropped = 0
+    for text in _decoded_chunks(path, what):
+        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(vocab.code_points, code_points)
+        known = (ids < len(vocab)) & (vocab.code_points[np.minimum(ids, len(vocab) - 1)] == code_points)
+        kept = ids[known]
+        out[written:written + len(kept)] = kept
+        written += len(kept)
+        dropped += len(code_points) - len(kept)
+        if progress:
+            progress(len(text))
+    return written, dropped
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None) -> Corpus:
+    """Return the corpus ids, memory-mapped from cache_dir/corpus.npy, rebuilding the cache when the file changed.
+
+    progress(done, total) is called while a cache is built (characters encoded so far, total)."""
+    path = Path(path)
+    check_readable(path)
+    cache_ids = cache_dir / "corpus.npy"
+    cache_meta = cache_dir / "corpus.json"
+    stamp = fingerprint(path)
+    if cache_meta.exists() and cache_ids.exists():
+        try:
+            meta = json.loads(cache_meta.read_text(encoding="utf-8"))
+            if meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == stamp:
+                ids = np.load(cache_ids, mmap_mode="r")
+                if len(ids) == meta["length"]:
+                    return Corpus(path, ids, Vocabulary.from_json(meta["vocab"]), stamp)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt below
+    count, vocab = scan(path)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / "corpus.tmp.npy"
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.id_dtype, shape=(count,))
+    done = 0
+
+    def advance(chars: int) -> None:
+        nonlocal done
+        done += chars
+        if progress:
+            progress(done, count)
+
+    encode_into(path, vocab, out, progress=advance)
+    out.flush()
+    del out
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, cache_ids)
+    _write_json_atomic(cache_meta, {"version": CACHE_VERSION, "source": str(path.resolve()),
+                                    "fingerprint": stamp, "length": count, "vocab": vocab.to_json()})
+    return Corpus(path, np.load(cache_ids, mmap_mode="r"), vocab, stamp)
+
+
+def read_text(path: Path, what: str = "text") -> str:
+    """A whole (small) UTF-8 file, validated like a corpus."""
+    path = Path(path)
+    check_readable(path, what)
+    return "".join(_decoded_chunks(path, what))

@@ -1,0 +1,7 @@
+"""Errors meant for the user: the CLI prints their message as one line, no traceback."""
+
+
+class TextgenError(Exception):
+    """A problem the user can fix; the message names it and says what to do."""
+
+    exit_code = 1

@@ -1,0 +1,77 @@
+"""evaluate(): bits per character of a text under a checkpoint, with the state carried through the text."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from textgen.batching import StreamBatches
+from textgen.config import check_range
+from textgen.corpus import encode_into, scan
+from textgen.errors import TextgenError
+
+LN2 = math.log(2)
+
+
+def _loss_sum_step(model):
+    """A compiled step returning the summed cross-entropy (nats) of one window, cached on the model."""
+    step = getattr(model, "_textgen_loss_sum", None)
+    if step is None:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([model.inputs[0].shape[0], None], tf.int32)
+
+        @tf.function(input_signature=[spec, spec])
+        def step(x, y):
+            logits = model(x, training=False)
+            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+        model._textgen_loss_sum = step
+    return step
+
+
+def stream_loss(model, batches: StreamBatches, progress=None) -> tuple[float, int]:
+    """Mean loss in nats per character over batches, in order, carrying the model's state; and the count."""
+    step = _loss_sum_step(model)
+    total, count = 0.0, 0
+    for k in range(len(batches)):
+        x, y = batches[k]
+        total += float(step(x, y))
+        count += y.size
+        if progress:
+            progress(k + 1)
+    return total / max(count, 1), count
+
+
+def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+             batch_size: int = 32, seq_length: int = 200, progress=None) -> dict:
+    """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
+
+    Characters outside the model's vocabulary are removed from the text and counted, never mapped.
+    Returns nats, bpc, perplexity, characters (scored), unknown (removed), total."""
+    from textgen.checkpoint import load_model
+    from textgen.model import reset_states
+    from textgen.runs import find_run
+    from textgen.vocab import Vocabulary
+
+    check_range("batch_size", batch_size, low=1, integer=True)
+    check_range("seq_length", seq_length, low=1, integer=True)
+    path = Path(text_file)
+    total, _ = scan(path, what="text")
+    run_dir = find_run(Path(checkpoint_dir), run)
+    model, meta = load_model(run_dir, batch_size=batch_size)
+    vocab = Vocabulary.from_json(meta["vocab"])
+    ids = np.empty(total, dtype=vocab.id_dtype)
+    kept, unknown = encode_into(path, vocab, ids, what="text")
+    ids = ids[:kept]
+    if kept < batch_size + 1:
+        raise TextgenError(f"{path} has only {kept} characters in the model's vocabulary; "
+                           f"evaluation needs more than --batch-size ({batch_size}); use a smaller --batch-size")
+    batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
+    reset_states(model)
+    nats, count = stream_loss(model, batches, progress)
+    return dict(run_dir=run_dir, nats=nats, bpc=nats / LN2, perplexity=math.exp(nats), characters=count,
+                unknown=unknown, total=total, batches=len(batches))

@@ -1,0 +1,38 @@
+"""The network: Embedding -> stacked stateful LSTMs -> Dense logits."""
+
+from __future__ import annotations
+
+import keras
+
+from textgen.config import ModelConfig
+
+
+def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
+    """Build the model for a fixed number of parallel streams.
+
+    The LSTM state lives in the layers between calls, so the batch size is part of the
+    graph. Weights do not depend on it: a model trained at batch 64 loads into batch 1.
+    """
+    inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
+    x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
+    for index in range(config.layers):
+        x = keras.layers.LSTM(
+            config.units,
+            stateful=True,
+            return_sequences=True,
+            recurrent_initializer="glorot_uniform",
+            dropout=config.dropout,
+            name=f"lstm_{index}",
+        )(x)
+    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
+    return keras.Model(inputs, logits, name="textgen")
+
+
+def lstm_layers(model: keras.Model) -> list:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+
+
+def reset_states(model: keras.Model) -> None:
+    """Zero the carried (h, c) of every LSTM layer (Keras 3 has no model.reset_states)."""
+    for layer in lstm_layers(model):
+        layer.reset_state()

@@ -1,0 +1,55 @@
+"""Named runs: each training run lives in its own directory under the checkpoint directory."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+from textgen.checkpoint import has_checkpoint
+from textgen.errors import TextgenError
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def default_run_name(corpus: Path) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(corpus).stem).strip("-.")
+    return name or "run"
+
+
+def check_run_name(name: str) -> str:
+    if not RUN_NAME.match(name):
+        raise TextgenError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def list_runs(checkpoint_dir: Path) -> list[Path]:
+    """Run directories holding a checkpoint, most recently saved first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    runs = [path for path in checkpoint_dir.iterdir() if path.is_dir() and has_checkpoint(path)]
+    if has_checkpoint(checkpoint_dir):
+        runs.append(checkpoint_dir)
+    return sorted(runs, key=lambda path: max(p.stat().st_mtime for p in path.glob("*.json")), reverse=True)
+
+
+def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
+    """The run directory to read: the named run, the directory itself if it is one, or the latest run."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if run:
+        run_dir = checkpoint_dir / check_run_name(run)
+        if not has_checkpoint(run_dir):
+            known = ", ".join(path.name for path in list_runs(checkpoint_dir)) or "none"
+            raise TextgenError(f"no run named {run!r} in {checkpoint_dir} (runs there: {known}); "
+                               "list them with: textgen runs")
+        return run_dir
+    if has_checkpoint(checkpoint_dir):
+        return checkpoint_dir
+    runs = list_runs(checkpoint_dir)
+    if not runs:
+        raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS")
+    if len(runs) > 1:
+        print(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs)",
+              file=sys.stderr)
+    return runs[0]

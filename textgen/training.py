@@ -1,0 +1,339 @@
+"""train(): fit the stateful char-LSTM on a corpus, with validation, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from textgen import checkpoint
+from textgen.batching import StreamBatches
+from textgen.config import ModelConfig, TrainConfig, validate_model, validate_training
+from textgen.corpus import check_readable, fingerprint, load_corpus, scan
+from textgen.errors import TextgenError
+from textgen.runs import check_run_name, default_run_name
+from textgen.vocab import Vocabulary
+
+LN2 = math.log(2)
+# Options that fix the data layout: changing them on resume would break the carried state
+# and make validation losses incomparable.
+LAYOUT_OPTIONS = ("batch_size", "seq_length", "val_fraction")
+
+
+def bpc(nats: float) -> float:
+    return nats / LN2
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Interrupted(TextgenError):
+    """Training stopped by a signal after saving; the exit code is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn the first SIGINT/SIGTERM into a request checked between steps; a second one aborts at once."""
+    requested: list[int] = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+        stderr_log(f"\nsignal {signal.Signals(signum).name}: finishing this step and saving (press again to abort)")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    n_val = int(len(ids) * val_fraction)
+    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+
+
+def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig) -> None:
+    need = StreamBatches.min_length(config.batch_size, config.seq_length)
+    shortest = min(len(train_ids), len(val_ids))
+    if shortest >= need:
+        return
+    part = "validation slice" if len(val_ids) < len(train_ids) else "training part"
+    seq = min(config.seq_length, max(1, shortest - 1))
+    batch = max(1, min(config.batch_size, (shortest - 1) // seq))
+    total = math.ceil(need / min(config.val_fraction, 1 - config.val_fraction))
+    raise TextgenError(
+        f"corpus {corpus_path} is too short for --batch-size {config.batch_size} --seq-length {config.seq_length}: "
+        f"its {part} has {shortest:,} characters but one batch needs {need:,}; use a corpus of at least "
+        f"{total:,} characters or smaller values such as --batch-size {batch} --seq-length {seq}"
+    )
+
+
+def _resolve_configs(meta: Optional[dict], vocab: Vocabulary, model_options: dict,
+                     train_options: dict) -> tuple[ModelConfig, TrainConfig]:
+    if meta is None:
+        model_config = ModelConfig(vocab_size=len(vocab), **model_options)
+        train_config = TrainConfig(**train_options)
+    else:
+        saved_vocab = Vocabulary.from_json(meta["vocab"])
+        if saved_vocab != vocab:
+            added = "".join(sorted(set(vocab.chars) - set(saved_vocab.chars)))
+            missing = "".join(sorted(set(saved_vocab.chars) - set(vocab.chars)))
+            raise TextgenError(
+                f"cannot resume: the corpus vocabulary differs from the checkpoint's "
+                f"(new characters {added!r}, missing characters {missing!r}); train a new run with --run NAME")
+        model_config = ModelConfig.from_dict(meta["model"])
+        saved_training = TrainConfig.from_dict(meta["training"])
+        differences = [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(model_config, key)})"
+                       for key, value in model_options.items() if getattr(model_config, key) != value]
+        differences += [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(saved_training, key)})"
+                        for key, value in train_options.items()
+                        if key in LAYOUT_OPTIONS and getattr(saved_training, key) != value]
+        if differences:
+            raise TextgenError("cannot resume with a different model or data layout: " + "; ".join(differences)
+                               + "; drop these options or train a new run with --run NAME")
+        train_config = dataclasses.replace(saved_training, **train_options)
+    validate_model(model_config)
+    validate_training(train_config)
+    return model_config, train_config
+
+
+def learning_rate_for(config: TrainConfig, epoch: int) -> float:
+    """The classic char-rnn schedule: constant, then multiplied by lr_decay every epoch after lr_decay_after."""
+    return config.learning_rate * config.lr_decay ** max(0, epoch - config.lr_decay_after + 1)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    exists = checkpoint.has_checkpoint(run_dir)
+    if resume and overwrite:
+        raise TextgenError("--resume and --overwrite contradict each other; choose one")
+    if resume and not exists:
+        raise TextgenError(f"nothing to resume: no checkpoint in {run_dir} (train without --resume to start)")
+    if exists and not (resume or overwrite):
+        raise TextgenError(f"run {run_dir.name!r} already has checkpoints in {run_dir}: pass --resume to continue "
+                           "it, --overwrite to replace it, or --run NAME to start another run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
+                           "choose a writable --checkpoint-dir") from None
+
+
+class _Session:
+    """The TensorFlow side of a run: model, optimizer, compiled steps and their saved state."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig):
+        import keras
+        import tensorflow as tf
+
+        from textgen.model import build_model, lstm_layers
+
+        keras.utils.set_random_seed(train_config.seed)
+        self.model = build_model(model_config, train_config.batch_size)
+        self.lstms = lstm_layers(self.model)
+        self.optimizer = keras.optimizers.Adam(train_config.learning_rate, global_clipnorm=train_config.clip_norm)
+        self.optimizer.build(self.model.trainable_variables)
+        model, optimizer = self.model, self.optimizer
+        signature = [tf.TensorSpec([train_config.batch_size, None], tf.int32)] * 2
+
+        @tf.function(input_signature=signature)
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return loss
+
+        self.train_step = train_step
+
+    def lstm_states(self) -> dict[str, np.ndarray]:
+        return {f"lstm_{i}_{j}": np.asarray(v.numpy()) for i, layer in enumerate(self.lstms)
+                for j, v in enumerate(layer.states)}
+
+    def training_state(self, lstm_states: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """Optimizer slots, RNG state (model non-trainables) and the carried LSTM state."""
+        state = {f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)}
+        state.update({f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.model.non_trainable_variables)})
+        state.update(lstm_states or self.lstm_states())
+        return state
+
+    def restore(self, run_dir: Path, meta: dict) -> None:
+        self.model.load_weights(str(checkpoint.verified_file(run_dir, meta, "weights")))
+        with np.load(checkpoint.verified_file(run_dir, meta, "state")) as state:
+            for i, variable in enumerate(self.optimizer.variables):
+                variable.assign(state[f"optimizer_{i}"])
+            for i, variable in enumerate(self.model.non_trainable_variables):
+                variable.assign(state[f"model_{i}"])
+            for i, layer in enumerate(self.lstms):
+                for j, variable in enumerate(layer.states):
+                    variable.assign(state[f"lstm_{i}_{j}"])
+
+
+def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+          model_options: Optional[dict] = None, train_options: Optional[dict] = None,
+          resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = stderr_log) -> dict:
+    """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name).
+
+    model_options and train_options hold only the values the user chose (ModelConfig / TrainConfig
+    field names); the rest come from the defaults, or from the checkpoint when resuming. Returns
+    a summary: run_dir, epoch, train_loss, val_loss, best_val_loss (nats), stopped (the reason)."""
+    from textgen.evaluation import stream_loss
+    from textgen.model import reset_states
+
+    corpus_path = Path(corpus)
+    run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path))
+    model_options, train_options = dict(model_options or {}), dict(train_options or {})
+    validate_model(ModelConfig(vocab_size=1, **model_options))
+    validate_training(TrainConfig(**train_options))
+    check_readable(corpus_path)
+    _prepare_run_dir(run_dir, resume, overwrite)
+
+    with checkpoint.RunLock(run_dir):
+        meta = checkpoint.read_meta(run_dir, "last") if resume else None
+        if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
+            changed = fingerprint(corpus_path) != \
+                {key: meta["corpus"].get(key) for key in ("size", "mtime_ns", "blake2b")}
+            vocab = scan(corpus_path)[1] if changed else Vocabulary.from_json(meta["vocab"])
+            _resolve_configs(meta, vocab, model_options, train_options)
+        data = load_corpus(corpus_path, run_dir, progress=_encoding_progress(log))
+        model_config, config = _resolve_configs(meta, data.vocab, model_options, train_options)
+        train_ids, val_ids = _split(data.ids, config.val_fraction)
+        _check_lengths(corpus_path, train_ids, val_ids, config)
+        train_batches = StreamBatches(train_ids, config.batch_size, config.seq_length)
+        val_batches = StreamBatches(val_ids, config.batch_size, config.seq_length)
+
+        session = _Session(model_config, config)
+        if meta is not None:
+            session.restore(run_dir, meta)
+        progress = dict(run_id=secrets.token_hex(4), epoch=0, step_in_epoch=0, global_step=0, chars_seen=0,
+                        epoch_loss_sum=0.0, best_val_loss=None, best_epoch=0, history=[], elapsed_seconds=0.0)
+        if meta is not None:
+            progress.update({key: meta[key] for key in progress})
+            log(f"resuming {run_dir} at epoch {meta['epoch']}"
+                + (f", step {meta['step_in_epoch']}" if meta["step_in_epoch"] else ""))
+        else:
+            log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
+                f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
+                f"{len(train_batches)} steps per epoch")
+
+        base_meta = dict(model=model_config.to_dict(), training=config.to_dict(), vocab=data.vocab.to_json(),
+                         corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint))
+        explode_limit = 4 * max(math.log(len(data.vocab)), 1.0)
+        chars_per_step = config.batch_size * config.seq_length
+        started = time.monotonic() - progress["elapsed_seconds"]
+
+        def save(kinds, lstm_states=None, **losses):
+            progress["elapsed_seconds"] = time.monotonic() - started
+            checkpoint.save(run_dir, kinds, dict(base_meta, **progress, **losses), session.model,
+                            session.training_state(lstm_states))
+
+        def validate() -> float:
+            reset_states(session.model)
+            nats, _ = stream_loss(session.model, val_batches)
+            reset_states(session.model)
+            return nats
+
+        stopped = f"{config.epochs} epochs done"
+        last_losses: dict = {}
+        with stop_on_signals() as signals:
+            while progress["epoch"] < config.epochs:
+                epoch = progress["epoch"]
+                session.optimizer.learning_rate.assign(learning_rate_for(config, epoch))
+                if progress["step_in_epoch"] == 0:
+                    reset_states(session.model)
+                    progress["epoch_loss_sum"] = 0.0
+                bar = _progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", log)
+                time_up = False
+                for step in range(progress["step_in_epoch"], len(train_batches)):
+                    loss = float(session.train_step(*train_batches[step]))
+                    if not math.isfinite(loss) or loss > explode_limit:
+                        what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
+                        raise TextgenError(
+                            f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss {what}; the last good "
+                            f"checkpoint in {run_dir} is kept (try a lower --learning-rate, e.g. "
+                            f"{config.learning_rate / 4:g}, or a lower --clip-norm)")
+                    progress.update(step_in_epoch=step + 1, global_step=progress["global_step"] + 1,
+                                    chars_seen=progress["chars_seen"] + chars_per_step,
+                                    epoch_loss_sum=progress["epoch_loss_sum"] + loss)
+                    bar(step + 1, progress["epoch_loss_sum"] / (step + 1))
+                    if signals:
+                        save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
+                        raise Interrupted(
+                            f"interrupted: saved a resumable checkpoint (epoch {epoch + 1}, step {step + 1}) in "
+                            f"{run_dir}; resume with: textgen train {corpus_path} --checkpoint-dir {checkpoint_dir} "
+                            f"--run {run_dir.name} --resume", signals[0])
+                    if config.max_minutes and time.monotonic() - started >= config.max_minutes * 60:
+                        time_up = True
+                        break
+                    if config.save_every and progress["global_step"] % config.save_every == 0 \
+                            and step + 1 < len(train_batches):
+                        save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
+                train_loss = progress["epoch_loss_sum"] / max(1, progress["step_in_epoch"])
+                carried = session.lstm_states()  # validation resets the state a mid-epoch resume needs
+                val_loss = validate()
+                if not time_up:
+                    progress.update(epoch=epoch + 1, step_in_epoch=0)
+                improved = progress["best_val_loss"] is None or val_loss < progress["best_val_loss"]
+                if improved:
+                    progress.update(best_val_loss=val_loss, best_epoch=progress["epoch"])
+                seconds = time.monotonic() - started
+                progress["history"] = progress["history"] + [dict(
+                    epoch=epoch + 1, step=progress["global_step"], chars_seen=progress["chars_seen"],
+                    train_loss=train_loss, train_bpc=bpc(train_loss), val_loss=val_loss, val_bpc=bpc(val_loss),
+                    learning_rate=learning_rate_for(config, epoch), seconds=round(seconds, 2))]
+                last_losses = dict(train_loss=train_loss, val_loss=val_loss)
+                save(("last", "best") if improved else ("last",), lstm_states=carried, **last_losses)
+                log(f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} nats ({bpc(train_loss):.3f} bpc), "
+                    f"val {val_loss:.4f} nats ({bpc(val_loss):.3f} bpc){' [best]' if improved else ''}, "
+                    f"{seconds:.0f} s")
+                if time_up:
+                    stopped = f"time budget of {config.max_minutes:g} minutes reached"
+                    break
+                if config.patience and progress["epoch"] - progress["best_epoch"] >= config.patience:
+                    stopped = f"no validation improvement for {config.patience} epochs"
+                    break
+        log(f"stopped: {stopped}; best validation loss {progress['best_val_loss']:.4f} nats "
+            f"({bpc(progress['best_val_loss']):.3f} bpc); checkpoints in {run_dir}")
+        return dict(run_dir=run_dir, epoch=progress["epoch"], best_val_loss=progress["best_val_loss"],
+                    stopped=stopped, history=progress["history"], **last_losses)
+
+
+def _encoding_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if total > 20_000_000:
+            log(f"encoding corpus: {done:,}/{total:,} characters ({100 * done / total:.0f}%)")
+    return report
+
+
+def _progress_bar(steps: int, title: str, log: Callable[[str], None]) -> Callable[[int, float], None]:
+    """A Keras progress bar on stderr (stdout is reserved for generated text)."""
+    import keras
+
+    if log is not stderr_log or not sys.stderr.isatty():
+        return lambda step, loss: None  # in a log file the per-epoch summary line is enough
+    bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "bpc"], unit_name="step")
+    sys.stderr.write(title + "\n")
+
+    def update(step: int, loss: float) -> None:
+        with contextlib.redirect_stdout(sys.stderr):
+            bar.update(step, [("loss", loss), ("bpc", bpc(loss))])
+    return update

@@ -1,0 +1,62 @@
+"""Character vocabulary: the sorted set of Unicode code points of a corpus."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+
+class Vocabulary:
+    def __init__(self, code_points: Iterable[int]):
+        self.code_points = np.array(sorted(set(int(c) for c in code_points)), dtype=np.uint32)
+        self.chars = "".join(map(chr, self.code_points))
+        self._index = {ch: i for i, ch in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocabulary":
+        return cls(map(ord, set(text)))
+
+    def __len__(self) -> int:
+        return len(self.code_points)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and np.array_equal(self.code_points, other.code_points)
+
+    def __contains__(self, ch: str) -> bool:
+        return ch in self._index
+
+    @property
+    def id_dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every id."""
+        for dtype in (np.uint8, np.uint16):
+            if len(self) <= np.iinfo(dtype).max + 1:
+                return np.dtype(dtype)
+        return np.dtype(np.uint32)
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of text outside the vocabulary, in order of appearance."""
+        return list(dict.fromkeys(ch for ch in text if ch not in self._index))
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of text; every character must be in the vocabulary (check with unknown())."""
+        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self.code_points, code_points)
+        if len(ids) and (ids.max() >= len(self) or not np.array_equal(self.code_points[ids], code_points)):
+            raise KeyError(f"characters outside the vocabulary: {self.unknown(text)!r}")
+        return ids.astype(self.id_dtype)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in np.asarray(ids, dtype=np.int64).ravel())
+
+    def to_json(self) -> list[int]:
+        return [int(c) for c in self.code_points]
+
+    @classmethod
+    def from_json(cls, code_points: list[int]) -> "Vocabulary":
+        return cls(code_points)
+
+    def preview(self, limit: int = 80) -> str:
+        """The first symbols, with control characters escaped so the line stays one line."""
+        shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in self.chars[:limit])
+        return shown + (" ..." if len(self) > limit else "")
