@@ -110,9 +110,10 @@ def cli():
 @click.option("--run", default=None, help="Run name; default: the corpus file name.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard.")
 @_config_options(ModelConfig, MODEL_HELP)
 @_config_options(TrainConfig, TRAIN_HELP)
-def train(corpus, checkpoint_dir, run, resume, overwrite, **options):
+def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt)."""
     _import_tensorflow_quietly()
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
@@ -121,7 +122,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, **options):
     if corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
     run_training(corpus, checkpoint_dir, run, _chosen(options, MODEL_HELP), _chosen(options, TRAIN_HELP),
-                 resume=resume, overwrite=overwrite)
+                 resume=resume, overwrite=overwrite, tensorboard=tensorboard)
 
 
 @cli.command()
@@ -184,6 +185,47 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded)")
+
+
+@cli.command()
+@checkpoint_dir_option
+@run_option
+def info(checkpoint_dir, run):
+    """Configuration, progress, losses and files of a run."""
+    from textgen.report import info_text
+    from textgen.runs import find_run
+
+    click.echo(info_text(find_run(checkpoint_dir, run)))
+
+
+@cli.command()
+@checkpoint_dir_option
+def runs(checkpoint_dir):
+    """List the runs with their corpus, epochs and best validation bits per character."""
+    from textgen.report import runs_table
+    from textgen.runs import list_runs
+
+    found = list_runs(checkpoint_dir)
+    if not found:
+        raise click.ClickException(f"no runs in {checkpoint_dir}; train one with: textgen train CORPUS")
+    click.echo(runs_table(found))
+
+
+@cli.command()
+@checkpoint_dir_option
+@run_option
+def plot(checkpoint_dir, run):
+    """Redraw a run's training curve (RUN/curve.png) and history (RUN/history.csv)."""
+    from textgen.checkpoint import read_meta
+    from textgen.report import plot_history, write_history
+    from textgen.runs import find_run
+
+    run_dir = find_run(checkpoint_dir, run)
+    history = (read_meta(run_dir, "last") or {}).get("history") or []
+    if not history:
+        raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")
+    write_history(run_dir, history)
+    click.echo(plot_history(run_dir, history))
 
 
 def main(argv=None) -> None:

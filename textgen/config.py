@@ -17,6 +17,11 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def parameter_count(self) -> int:
+        lstm_inputs = [self.embedding_dim] + [self.units] * (self.layers - 1)
+        lstm = sum(4 * self.units * (width + self.units + 1) for width in lstm_inputs)
+        return self.vocab_size * self.embedding_dim + lstm + self.units * self.vocab_size + self.vocab_size
+
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
         names = {field.name for field in dataclasses.fields(cls)}

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from textgen import checkpoint
+from textgen import checkpoint, report
 from textgen.batching import StreamBatches
 from textgen.config import ModelConfig, TrainConfig, validate_model, validate_training
 from textgen.corpus import check_readable, fingerprint, load_corpus, scan
@@ -190,11 +190,13 @@ class _Session:
 
 def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
-          resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = stderr_log) -> dict:
+          resume: bool = False, overwrite: bool = False, tensorboard: bool = False,
+          log: Callable[[str], None] = stderr_log) -> dict:
     """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name).
 
     model_options and train_options hold only the values the user chose (ModelConfig / TrainConfig
-    field names); the rest come from the defaults, or from the checkpoint when resuming. Returns
+    field names); the rest come from the defaults, or from the checkpoint when resuming. Each epoch
+    also rewrites run_dir/history.csv and run_dir/curve.png (and TensorBoard logs if asked). Returns
     a summary: run_dir, epoch, train_loss, val_loss, best_val_loss (nats), stopped (the reason)."""
     from textgen.evaluation import stream_loss
     from textgen.model import reset_states
@@ -252,6 +254,7 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
             reset_states(session.model)
             return nats
 
+        summaries = _summary_writer(run_dir) if tensorboard else None
         stopped = f"{config.epochs} epochs done"
         last_losses: dict = {}
         with stop_on_signals() as signals:
@@ -302,6 +305,10 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
                     learning_rate=learning_rate_for(config, epoch), seconds=round(seconds, 2))]
                 last_losses = dict(train_loss=train_loss, val_loss=val_loss)
                 save(("last", "best") if improved else ("last",), lstm_states=carried, **last_losses)
+                report.write_history(run_dir, progress["history"])
+                report.plot_history(run_dir, progress["history"])
+                if summaries is not None:
+                    _write_summaries(summaries, progress["history"][-1])
                 log(f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} nats ({bpc(train_loss):.3f} bpc), "
                     f"val {val_loss:.4f} nats ({bpc(val_loss):.3f} bpc){' [best]' if improved else ''}, "
                     f"{seconds:.0f} s")
@@ -315,6 +322,21 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
             f"({bpc(progress['best_val_loss']):.3f} bpc); checkpoints in {run_dir}")
         return dict(run_dir=run_dir, epoch=progress["epoch"], best_val_loss=progress["best_val_loss"],
                     stopped=stopped, history=progress["history"], **last_losses)
+
+
+def _summary_writer(run_dir: Path):
+    import tensorflow as tf
+
+    return tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+
+
+def _write_summaries(writer, row: dict) -> None:
+    import tensorflow as tf
+
+    with writer.as_default(step=row["chars_seen"]):
+        for name in ("train_bpc", "val_bpc", "train_loss", "val_loss", "learning_rate"):
+            tf.summary.scalar(name, row[name])
+    writer.flush()
 
 
 def _encoding_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:

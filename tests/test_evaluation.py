@@ -1,0 +1,45 @@
+import math
+
+import numpy as np
+import pytest
+
+from conftest import write_text
+from textgen.checkpoint import load_model
+from textgen.evaluation import evaluate
+
+
+def numpy_cross_entropy(model, ids):
+    """An independent reference: the LSTM equations in NumPy over one stream, mean nats per character."""
+    weights = {w.path: np.array(w) for w in model.weights}
+    h = np.zeros(model.get_layer("lstm_0").units)
+    c = np.zeros_like(h)
+    kernel, recurrent, bias = (weights[f"lstm_0/lstm_cell/{n}"] for n in ("kernel", "recurrent_kernel", "bias"))
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    total = 0.0
+    for current, following in zip(ids[:-1], ids[1:]):
+        z = weights["embedding/embeddings"][current] @ kernel + h @ recurrent + bias
+        i, f, g, o = np.split(z, 4)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+        h = sigmoid(o) * np.tanh(c)
+        logits = h @ weights["logits/kernel"] + weights["logits/bias"]
+        total += np.log(np.exp(logits - logits.max()).sum()) + logits.max() - logits[following]
+    return total / (len(ids) - 1)
+
+
+def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_run, tmp_path):
+    text = "abcdefgabcdeggfabcdefgab" * 5
+    path = write_text(tmp_path / "held_out.txt", text[:50] + "XY" + text[50:])
+    result = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=1, seq_length=17)
+    model, meta = load_model(trained_run["run_dir"], batch_size=1)
+    expected = numpy_cross_entropy(model, np.array([meta["vocab"].index(ord(ch)) for ch in text]))
+    assert result["nats"] == pytest.approx(expected, abs=1e-4)
+    assert result["bpc"] == pytest.approx(expected / math.log(2), abs=1e-4)
+    assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)
+    assert result["unknown"] == 2 and result["characters"] == len(text) - 1
+
+
+def test_eval_on_the_validation_slice_agrees_with_training(trained_run, tmp_path):
+    text = trained_run["corpus"].read_text()
+    val = write_text(tmp_path / "val.txt", text[len(text) - int(len(text) * 0.1):])
+    result = evaluate(val, trained_run["checkpoint_dir"], "period", batch_size=8, seq_length=20)
+    assert abs(result["bpc"] - trained_run["best_val_loss"] / math.log(2)) < 0.01

@@ -1,0 +1,83 @@
+"""Crashes and signals in a real training process: checkpoints survive and training resumes."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import PERIOD, write_text
+from textgen import checkpoint
+from textgen.sample import generate
+
+STEPS_PER_EPOCH = (int(len(PERIOD) * 3000 * 0.9) - 1) // (4 * 10)
+TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10", "--dropout", "0"]
+
+
+def train_command(corpus, checkpoint_dir, *extra):
+    return [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(checkpoint_dir),
+            "--run", "r", *TINY, *extra]
+
+
+def wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
+    process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000"), stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(lambda: (tmp_path / "r" / "last.json").exists())  # one epoch done: training is under way
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert "resume with: textgen train" in stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr
+    meta = json.loads((tmp_path / "r" / "last.json").read_text())
+    assert meta["global_step"] == meta["epoch"] * STEPS_PER_EPOCH + meta["step_in_epoch"]
+    resumed = subprocess.run(train_command(corpus, tmp_path, "--epochs", str(meta["epoch"] + 1), "--resume"),
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'r'} at epoch {meta['epoch']}" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_then_resume(tmp_path):
+    rng = random.Random(2)
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
+    run_dir = tmp_path / "r"
+    kills_after_a_checkpoint = 0
+    for _ in range(10):
+        resume = ["--resume"] if checkpoint.has_checkpoint(run_dir) else []
+        process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000", "--save-every", "37",
+                                                 *resume), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 7.0))
+        process.kill()  # SIGKILL: no handler runs, the lock file and temporary files stay behind
+        process.wait()
+        if checkpoint.has_checkpoint(run_dir):
+            kills_after_a_checkpoint += 1
+            meta = checkpoint.read_meta(run_dir, "last")
+            checkpoint.verified_file(run_dir, meta, "weights")  # complete and matching its checksum
+            checkpoint.verified_file(run_dir, meta, "state")
+    assert kills_after_a_checkpoint >= 5
+    meta = checkpoint.read_meta(run_dir, "last")
+    final = subprocess.run(train_command(corpus, tmp_path, "--epochs", str(meta["epoch"] + 1), "--resume"),
+                           capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr
+    meta = checkpoint.read_meta(run_dir, "last")
+    assert meta["step_in_epoch"] == 0
+    assert meta["global_step"] == meta["epoch"] * STEPS_PER_EPOCH
+    assert [row["epoch"] for row in meta["history"]] == list(range(1, meta["epoch"] + 1))
+    assert not list(run_dir.glob(".tmp-*"))
+    [sample] = generate(tmp_path, "r", prime="abc", length=20, temperatures=[0])
+    assert sample.text.startswith("abc") and len(sample.text) == 23

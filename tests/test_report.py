@@ -1,0 +1,56 @@
+import csv
+import json
+import math
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from textgen.cli import cli
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_history_csv_has_one_consistent_row_per_epoch(trained_run):
+    rows = list(csv.DictReader(open(trained_run["run_dir"] / "history.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    steps = [int(r["step"]) for r in rows]
+    assert steps == [118, 236, 354]
+    assert [int(r["chars_seen"]) for r in rows] == [s * 8 * 20 for s in steps]
+    for row, entry in zip(rows, trained_run["history"]):
+        assert float(row["val_loss"]) == pytest.approx(entry["val_loss"])
+        assert float(row["val_bpc"]) == pytest.approx(float(row["val_loss"]) / math.log(2))
+        assert float(row["train_bpc"]) == pytest.approx(float(row["train_loss"]) / math.log(2))
+    assert min(float(r["val_loss"]) for r in rows) == pytest.approx(trained_run["best_val_loss"])
+
+
+def test_curve_png_is_an_image_and_is_redrawn(trained_run):
+    curve = trained_run["run_dir"] / "curve.png"
+    width, height = png_size(curve)
+    assert width > 300 and height > 200
+    curve.unlink()
+    result = CliRunner().invoke(cli, ["plot", "--checkpoint-dir", str(trained_run["checkpoint_dir"])])
+    assert result.exit_code == 0, result.output
+    assert png_size(curve) == (width, height)
+
+
+def test_info_and_runs_show_the_stored_numbers(trained_run):
+    meta = json.loads((trained_run["run_dir"] / "best.json").read_text())
+    runner = CliRunner()
+    info = runner.invoke(cli, ["info", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run", "period"])
+    assert info.exit_code == 0, info.output
+    assert f"{meta['val_loss']:.4f} nats ({meta['val_loss'] / math.log(2):.3f} bpc)" in info.output
+    assert "7 symbols: abcdefg" in info.output
+    assert "1 x LSTM(32), embedding 8" in info.output
+    from textgen.checkpoint import load_model
+    model, _ = load_model(trained_run["run_dir"])
+    assert f"{model.count_params():,} parameters" in info.output
+    runs = runner.invoke(cli, ["runs", "--checkpoint-dir", str(trained_run["checkpoint_dir"])])
+    assert runs.exit_code == 0
+    header, row = runs.output.strip().splitlines()
+    assert header.split()[:3] == ["run", "corpus", "characters"]
+    assert row.split()[:5] == ["period", "period.txt", "21,000", "3/3", f"{meta['val_loss'] / math.log(2):.3f}"]

@@ -1,0 +1,116 @@
+"""What a run looks like from outside: the history CSV, the training-curve PNG, `info` and `runs`."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import math
+from pathlib import Path
+
+from textgen.checkpoint import atomic_write, read_meta
+from textgen.config import ModelConfig
+from textgen.vocab import Vocabulary
+
+HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
+                  "learning_rate", "seconds"]
+
+
+def write_history(run_dir: Path, history: list[dict]) -> Path:
+    """history.csv: one row per validated epoch, rewritten whole so it always matches last.json."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({key: row[key] for key in HISTORY_FIELDS})
+    path = run_dir / "history.csv"
+    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    return path
+
+
+def plot_history(run_dir: Path, history: list[dict]) -> Path:
+    """curve.png: train and validation bits per character against characters seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
+    seen = [row["chars_seen"] / 1e6 for row in history]
+    axes.plot(seen, [row["train_bpc"] for row in history], "o-", label="training (mean over the epoch)")
+    axes.plot(seen, [row["val_bpc"] for row in history], "s-", label="validation")
+    best = min(history, key=lambda row: row["val_bpc"])
+    axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
+                  textcoords="offset points", xytext=(0, 10), ha="center")
+    axes.set_xlabel("characters seen (millions)")
+    axes.set_ylabel("loss (bits per character)")
+    axes.set_title(f"textgen run '{run_dir.name}'")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = run_dir / "curve.png"
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    pyplot.close(figure)
+    return path
+
+
+def bpc(nats) -> str:
+    return "-" if nats is None else f"{nats / math.log(2):.3f}"
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return ""
+
+
+def info_text(run_dir: Path) -> str:
+    last = read_meta(run_dir, "last")
+    best = read_meta(run_dir, "best") or last
+    model = ModelConfig.from_dict(last["model"])
+    vocab = Vocabulary.from_json(last["vocab"])
+    training = last["training"]
+    corpus = last["corpus"]
+    lines = [
+        f"run            {run_dir}",
+        f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
+        f"dropout {model.dropout}; {model.parameter_count():,} parameters",
+        f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}",
+        "training       " + ", ".join(f"{key} {value}" for key, value in training.items()),
+        f"progress       {last['epoch']} of {training['epochs']} epochs"
+        + (f" + {last['step_in_epoch']} steps" if last["step_in_epoch"] else "")
+        + f", {last['global_step']:,} steps, {last['chars_seen']:,} characters, "
+          f"{last['elapsed_seconds'] / 60:.1f} minutes",
+        f"best           epoch {best['epoch']}: validation {best['val_loss']:.4f} nats ({bpc(best['val_loss'])} bpc)"
+        if best.get("val_loss") is not None else "best           none yet",
+        f"last           epoch {last['epoch']}: validation "
+        + (f"{last['val_loss']:.4f} nats ({bpc(last['val_loss'])} bpc)" if last.get("val_loss") is not None
+           else "not measured (saved mid-epoch)")
+        + (f", training {last['train_loss']:.4f} nats ({bpc(last['train_loss'])} bpc)"
+           if last.get("train_loss") is not None else ""),
+        f"corpus         {corpus['path']} ({corpus['length']:,} characters, {corpus['size']:,} bytes, "
+        f"blake2b {corpus['blake2b']})",
+        f"saved          {last['saved_at']}",
+        "files",
+    ]
+    for path in sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
+        lines.append(f"  {path.name:<40} {_size(path.stat().st_size):>10}")
+    return "\n".join(lines)
+
+
+def runs_table(run_dirs: list[Path]) -> str:
+    header = ("run", "corpus", "characters", "epochs", "best val bpc", "saved")
+    rows = []
+    for run_dir in run_dirs:
+        meta = read_meta(run_dir, "last")
+        best = read_meta(run_dir, "best") or meta
+        saved = datetime.datetime.fromisoformat(meta["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        rows.append((run_dir.name, Path(meta["corpus"]["path"]).name, f"{meta['corpus']['length']:,}",
+                     f"{meta['epoch']}/{meta['training']['epochs']}", bpc(best.get("val_loss")), saved))
+    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in [header] + rows)
+
+
