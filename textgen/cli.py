@@ -111,9 +111,12 @@ def cli():
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard.")
+@click.option("--strategy", type=click.Choice(["auto", "single", "mirrored", "multi-worker"]), default="auto",
+              show_default=True, help="tf.distribute strategy: mirrored = every local GPU, multi-worker = every "
+                                      "host in TF_CONFIG, auto = mirrored if there are several GPUs.")
 @_config_options(ModelConfig, MODEL_HELP)
 @_config_options(TrainConfig, TRAIN_HELP)
-def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, **options):
+def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt)."""
     _import_tensorflow_quietly()
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
@@ -122,7 +125,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, **options
     if corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
     run_training(corpus, checkpoint_dir, run, _chosen(options, MODEL_HELP), _chosen(options, TRAIN_HELP),
-                 resume=resume, overwrite=overwrite, tensorboard=tensorboard)
+                 resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
 
 
 @cli.command()

@@ -33,13 +33,14 @@ def _loss_sum_step(model):
     return step
 
 
-def stream_loss(model, batches: StreamBatches, progress=None) -> tuple[float, int]:
-    """Mean loss in nats per character over batches, in order, carrying the model's state; and the count."""
-    step = _loss_sum_step(model)
+def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[float, int]:
+    """Mean loss in nats per character over batches, in order, carrying the model's state; and the count.
+
+    loss_sum_step(x, y) returns the summed cross-entropy of one window."""
     total, count = 0.0, 0
     for k in range(len(batches)):
         x, y = batches[k]
-        total += float(step(x, y))
+        total += float(loss_sum_step(x, y))
         count += y.size
         if progress:
             progress(k + 1)
@@ -72,6 +73,6 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
                            f"evaluation needs more than --batch-size ({batch_size}); use a smaller --batch-size")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)
-    nats, count = stream_loss(model, batches, progress)
+    nats, count = stream_loss(_loss_sum_step(model), batches, progress)
     return dict(run_dir=run_dir, nats=nats, bpc=nats / LN2, perplexity=math.exp(nats), characters=count,
                 unknown=unknown, total=total, batches=len(batches))

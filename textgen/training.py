@@ -8,6 +8,7 @@ import math
 import secrets
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -138,36 +139,83 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 class _Session:
-    """The TensorFlow side of a run: model, optimizer, compiled steps and their saved state."""
+    """The TensorFlow side of a run: model, optimizer and compiled steps under a tf.distribute strategy."""
 
-    def __init__(self, model_config: ModelConfig, train_config: TrainConfig):
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, strategy=None):
         import keras
         import tensorflow as tf
 
+        from textgen.distribute import check_batch_size, replica_rows
         from textgen.model import build_model, lstm_layers
 
+        self.strategy = strategy = strategy or tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
+        check_batch_size(train_config.batch_size, replicas)
+        self.per_replica = train_config.batch_size // replicas
         keras.utils.set_random_seed(train_config.seed)
-        self.model = build_model(model_config, train_config.batch_size)
+        with strategy.scope():
+            self.model = build_model(model_config, self.per_replica)
+            self.optimizer = keras.optimizers.Adam(train_config.learning_rate)
+            self.optimizer.build(self.model.trainable_variables)
         self.lstms = lstm_layers(self.model)
-        self.optimizer = keras.optimizers.Adam(train_config.learning_rate, global_clipnorm=train_config.clip_norm)
-        self.optimizer.build(self.model.trainable_variables)
-        model, optimizer = self.model, self.optimizer
-        signature = [tf.TensorSpec([train_config.batch_size, None], tf.int32)] * 2
+        model, optimizer, global_batch = self.model, self.optimizer, train_config.batch_size
+        clip_norm = train_config.clip_norm
 
-        @tf.function(input_signature=signature)
-        def train_step(x, y):
+        def replica_train(x, y):
             with tf.GradientTape() as tape:
                 logits = model(x, training=True)
-                loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                per_stream = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits), axis=1)
+                loss = tf.nn.compute_average_loss(per_stream, global_batch_size=global_batch)
+            # Dense: the embedding's sparse gradient is small (V x E) and this keeps the arithmetic simple.
+            gradients = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+            # Clip the summed gradient of all replicas, as one device would (Keras clips per replica),
+            # then hand each replica 1/R of it: the optimizer sums the replicas' gradients again.
+            context = tf.distribute.get_replica_context()
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+            gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+            optimizer.apply_gradients(
+                zip([g / context.num_replicas_in_sync for g in gradients], model.trainable_variables))
             return loss
 
-        self.train_step = train_step
+        def replica_loss_sum(x, y):
+            logits = model(x, training=False)
+            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+        @tf.function
+        def train_step(x, y):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_train, args=(x, y)), axis=None)
+
+        @tf.function
+        def loss_sum_step(x, y):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_loss_sum, args=(x, y)),
+                                   axis=None)
+
+        self.train_step = lambda x, y: train_step(replica_rows(strategy, x), replica_rows(strategy, y))
+        self.loss_sum = lambda x, y: loss_sum_step(replica_rows(strategy, x), replica_rows(strategy, y))
 
     def lstm_states(self) -> dict[str, np.ndarray]:
-        return {f"lstm_{i}_{j}": np.asarray(v.numpy()) for i, layer in enumerate(self.lstms)
-                for j, v in enumerate(layer.states)}
+        """Every layer's (h, c) for all B streams: the replicas' rows put back in order."""
+        return {f"lstm_{i}_{j}": np.concatenate([np.asarray(part) for part in
+                                                 self.strategy.experimental_local_results(v)])
+                for i, layer in enumerate(self.lstms) for j, v in enumerate(layer.states)}
+
+    def set_lstm_states(self, states: dict[str, np.ndarray]) -> None:
+        import tensorflow as tf
+
+        per_replica = self.per_replica
+
+        def assign(variable, rows):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            variable.assign(tf.convert_to_tensor(rows)[replica * per_replica:(replica + 1) * per_replica])
+
+        for i, layer in enumerate(self.lstms):
+            for j, variable in enumerate(layer.states):
+                self.strategy.run(assign, args=(variable, states[f"lstm_{i}_{j}"]))
+
+    def reset_states(self) -> None:
+        from textgen.model import reset_states
+
+        reset_states(self.model)
 
     def training_state(self, lstm_states: Optional[dict] = None) -> dict[str, np.ndarray]:
         """Optimizer slots, RNG state (model non-trainables) and the carried LSTM state."""
@@ -183,23 +231,22 @@ class _Session:
                 variable.assign(state[f"optimizer_{i}"])
             for i, variable in enumerate(self.model.non_trainable_variables):
                 variable.assign(state[f"model_{i}"])
-            for i, layer in enumerate(self.lstms):
-                for j, variable in enumerate(layer.states):
-                    variable.assign(state[f"lstm_{i}_{j}"])
+            self.set_lstm_states(dict(state))
 
 
 def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
-          resume: bool = False, overwrite: bool = False, tensorboard: bool = False,
+          resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
           log: Callable[[str], None] = stderr_log) -> dict:
     """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name).
 
     model_options and train_options hold only the values the user chose (ModelConfig / TrainConfig
     field names); the rest come from the defaults, or from the checkpoint when resuming. Each epoch
-    also rewrites run_dir/history.csv and run_dir/curve.png (and TensorBoard logs if asked). Returns
-    a summary: run_dir, epoch, train_loss, val_loss, best_val_loss (nats), stopped (the reason)."""
-    from textgen.evaluation import stream_loss
-    from textgen.model import reset_states
+    also rewrites run_dir/history.csv and run_dir/curve.png (and TensorBoard logs if asked).
+    strategy is one of textgen.distribute.STRATEGIES; under multi-worker only the chief writes.
+    Returns a summary: run_dir, epoch, train_loss, val_loss, best_val_loss (nats), stopped, history,
+    and the trained model (at the training batch size, per replica)."""
+    from textgen.distribute import is_chief
 
     corpus_path = Path(corpus)
     run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path))
@@ -207,121 +254,141 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
     validate_model(ModelConfig(vocab_size=1, **model_options))
     validate_training(TrainConfig(**train_options))
     check_readable(corpus_path)
+    chief = is_chief(strategy)
+    if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
+        with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
+            return _train_locked(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
+                                 False, strategy, lambda message: None)
     _prepare_run_dir(run_dir, resume, overwrite)
-
     with checkpoint.RunLock(run_dir):
-        meta = checkpoint.read_meta(run_dir, "last") if resume else None
-        if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
-            changed = fingerprint(corpus_path) != \
-                {key: meta["corpus"].get(key) for key in ("size", "mtime_ns", "blake2b")}
-            vocab = scan(corpus_path)[1] if changed else Vocabulary.from_json(meta["vocab"])
-            _resolve_configs(meta, vocab, model_options, train_options)
-        data = load_corpus(corpus_path, run_dir, progress=_encoding_progress(log))
-        model_config, config = _resolve_configs(meta, data.vocab, model_options, train_options)
-        train_ids, val_ids = _split(data.ids, config.val_fraction)
-        _check_lengths(corpus_path, train_ids, val_ids, config)
-        train_batches = StreamBatches(train_ids, config.batch_size, config.seq_length)
-        val_batches = StreamBatches(val_ids, config.batch_size, config.seq_length)
+        return _train_locked(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
+                             strategy, log)
 
-        session = _Session(model_config, config)
-        if meta is not None:
-            session.restore(run_dir, meta)
-        progress = dict(run_id=secrets.token_hex(4), epoch=0, step_in_epoch=0, global_step=0, chars_seen=0,
-                        epoch_loss_sum=0.0, best_val_loss=None, best_epoch=0, history=[], elapsed_seconds=0.0)
-        if meta is not None:
-            progress.update({key: meta[key] for key in progress})
-            log(f"resuming {run_dir} at epoch {meta['epoch']}"
-                + (f", step {meta['step_in_epoch']}" if meta["step_in_epoch"] else ""))
-        else:
-            log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
-                f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
-                f"{len(train_batches)} steps per epoch")
 
-        base_meta = dict(model=model_config.to_dict(), training=config.to_dict(), vocab=data.vocab.to_json(),
-                         corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint))
-        explode_limit = 4 * max(math.log(len(data.vocab)), 1.0)
-        chars_per_step = config.batch_size * config.seq_length
-        started = time.monotonic() - progress["elapsed_seconds"]
+def _train_locked(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
+                  resume: bool, tensorboard: bool, strategy_name: str, log: Callable[[str], None]) -> dict:
+    from textgen.distribute import any_worker, is_chief, make_strategy
+    from textgen.evaluation import stream_loss
 
-        def save(kinds, lstm_states=None, **losses):
-            progress["elapsed_seconds"] = time.monotonic() - started
-            checkpoint.save(run_dir, kinds, dict(base_meta, **progress, **losses), session.model,
-                            session.training_state(lstm_states))
+    writes = is_chief(strategy_name)
+    meta = checkpoint.read_meta(run_dir, "last") if resume else None
+    if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
+        changed = fingerprint(corpus_path) != {key: meta["corpus"].get(key) for key in ("size", "mtime_ns", "blake2b")}
+        vocab = scan(corpus_path)[1] if changed else Vocabulary.from_json(meta["vocab"])
+        _resolve_configs(meta, vocab, model_options, train_options)
+    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(log))
+    model_config, config = _resolve_configs(meta, data.vocab, model_options, train_options)
+    train_ids, val_ids = _split(data.ids, config.val_fraction)
+    _check_lengths(corpus_path, train_ids, val_ids, config)
+    train_batches = StreamBatches(train_ids, config.batch_size, config.seq_length)
+    val_batches = StreamBatches(val_ids, config.batch_size, config.seq_length)
 
-        def validate() -> float:
-            reset_states(session.model)
-            nats, _ = stream_loss(session.model, val_batches)
-            reset_states(session.model)
-            return nats
+    session = _Session(model_config, config, make_strategy(strategy_name))
+    if meta is not None:
+        session.restore(run_dir, meta)
+    progress = dict(run_id=secrets.token_hex(4), epoch=0, step_in_epoch=0, global_step=0, chars_seen=0,
+                    epoch_loss_sum=0.0, best_val_loss=None, best_epoch=0, history=[], elapsed_seconds=0.0)
+    if meta is not None:
+        progress.update({key: meta[key] for key in progress})
+        log(f"resuming {run_dir} at epoch {meta['epoch']}"
+            + (f", step {meta['step_in_epoch']}" if meta["step_in_epoch"] else ""))
+    else:
+        replicas = session.strategy.num_replicas_in_sync
+        log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
+            f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
+            f"{len(train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else ""))
 
-        summaries = _summary_writer(run_dir) if tensorboard else None
-        stopped = f"{config.epochs} epochs done"
-        last_losses: dict = {}
-        with stop_on_signals() as signals:
-            while progress["epoch"] < config.epochs:
-                epoch = progress["epoch"]
-                session.optimizer.learning_rate.assign(learning_rate_for(config, epoch))
-                if progress["step_in_epoch"] == 0:
-                    reset_states(session.model)
-                    progress["epoch_loss_sum"] = 0.0
-                bar = _progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", log)
-                time_up = False
-                for step in range(progress["step_in_epoch"], len(train_batches)):
-                    loss = float(session.train_step(*train_batches[step]))
-                    if not math.isfinite(loss) or loss > explode_limit:
-                        what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
-                        raise TextgenError(
-                            f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss {what}; the last good "
-                            f"checkpoint in {run_dir} is kept (try a lower --learning-rate, e.g. "
-                            f"{config.learning_rate / 4:g}, or a lower --clip-norm)")
-                    progress.update(step_in_epoch=step + 1, global_step=progress["global_step"] + 1,
-                                    chars_seen=progress["chars_seen"] + chars_per_step,
-                                    epoch_loss_sum=progress["epoch_loss_sum"] + loss)
-                    bar(step + 1, progress["epoch_loss_sum"] / (step + 1))
-                    if signals:
-                        save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
-                        raise Interrupted(
-                            f"interrupted: saved a resumable checkpoint (epoch {epoch + 1}, step {step + 1}) in "
-                            f"{run_dir}; resume with: textgen train {corpus_path} --checkpoint-dir {checkpoint_dir} "
-                            f"--run {run_dir.name} --resume", signals[0])
-                    if config.max_minutes and time.monotonic() - started >= config.max_minutes * 60:
-                        time_up = True
-                        break
-                    if config.save_every and progress["global_step"] % config.save_every == 0 \
-                            and step + 1 < len(train_batches):
-                        save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
-                train_loss = progress["epoch_loss_sum"] / max(1, progress["step_in_epoch"])
-                carried = session.lstm_states()  # validation resets the state a mid-epoch resume needs
-                val_loss = validate()
-                if not time_up:
-                    progress.update(epoch=epoch + 1, step_in_epoch=0)
-                improved = progress["best_val_loss"] is None or val_loss < progress["best_val_loss"]
-                if improved:
-                    progress.update(best_val_loss=val_loss, best_epoch=progress["epoch"])
-                seconds = time.monotonic() - started
-                progress["history"] = progress["history"] + [dict(
-                    epoch=epoch + 1, step=progress["global_step"], chars_seen=progress["chars_seen"],
-                    train_loss=train_loss, train_bpc=bpc(train_loss), val_loss=val_loss, val_bpc=bpc(val_loss),
-                    learning_rate=learning_rate_for(config, epoch), seconds=round(seconds, 2))]
-                last_losses = dict(train_loss=train_loss, val_loss=val_loss)
-                save(("last", "best") if improved else ("last",), lstm_states=carried, **last_losses)
+    base_meta = dict(model=model_config.to_dict(), training=config.to_dict(), vocab=data.vocab.to_json(),
+                     corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint))
+    explode_limit = 4 * max(math.log(len(data.vocab)), 1.0)
+    chars_per_step = config.batch_size * config.seq_length
+    started = time.monotonic() - progress["elapsed_seconds"]
+    summaries = _summary_writer(run_dir) if tensorboard else None
+
+    def save(kinds, lstm_states=None, **losses):
+        state = session.training_state(lstm_states)  # every worker reads its replicas' state
+        progress["elapsed_seconds"] = time.monotonic() - started
+        if writes:
+            checkpoint.save(run_dir, kinds, dict(base_meta, **progress, **losses), session.model, state)
+
+    def validate() -> float:
+        session.reset_states()
+        nats, _ = stream_loss(session.loss_sum, val_batches)
+        session.reset_states()
+        return nats
+
+    stopped = f"{config.epochs} epochs done"
+    last_losses: dict = {}
+    with stop_on_signals() as signals:
+        while progress["epoch"] < config.epochs:
+            epoch = progress["epoch"]
+            session.optimizer.learning_rate.assign(learning_rate_for(config, epoch))
+            if progress["step_in_epoch"] == 0:
+                session.reset_states()
+                progress["epoch_loss_sum"] = 0.0
+            bar = _progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", log)
+            time_up = False
+            for step in range(progress["step_in_epoch"], len(train_batches)):
+                loss = float(session.train_step(*train_batches[step]))
+                if not math.isfinite(loss) or loss > explode_limit:
+                    what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
+                    raise TextgenError(
+                        f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss {what}; the last good "
+                        f"checkpoint in {run_dir} is kept (try a lower --learning-rate, e.g. "
+                        f"{config.learning_rate / 4:g}, or a lower --clip-norm)")
+                progress.update(step_in_epoch=step + 1, global_step=progress["global_step"] + 1,
+                                chars_seen=progress["chars_seen"] + chars_per_step,
+                                epoch_loss_sum=progress["epoch_loss_sum"] + loss)
+                bar(step + 1, progress["epoch_loss_sum"] / (step + 1))
+                elapsed = time.monotonic() - started
+                interrupted, time_up = any_worker(session.strategy, bool(signals),
+                                                  bool(config.max_minutes) and elapsed >= config.max_minutes * 60)
+                if interrupted:
+                    save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
+                    raise Interrupted(
+                        f"interrupted: saved a resumable checkpoint (epoch {epoch + 1}, step {step + 1}) in "
+                        f"{run_dir}; resume with: textgen train {corpus_path} --checkpoint-dir {run_dir.parent} "
+                        f"--run {run_dir.name} --resume", signals[0] if signals else signal.SIGTERM)
+                if time_up:
+                    break
+                if config.save_every and progress["global_step"] % config.save_every == 0 \
+                        and step + 1 < len(train_batches):
+                    save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
+            train_loss = progress["epoch_loss_sum"] / max(1, progress["step_in_epoch"])
+            carried = session.lstm_states()  # validation resets the state a mid-epoch resume needs
+            val_loss = validate()
+            if not time_up:
+                progress.update(epoch=epoch + 1, step_in_epoch=0)
+            improved = progress["best_val_loss"] is None or val_loss < progress["best_val_loss"]
+            if improved:
+                progress.update(best_val_loss=val_loss, best_epoch=progress["epoch"])
+            seconds = time.monotonic() - started
+            progress["history"] = progress["history"] + [dict(
+                epoch=epoch + 1, step=progress["global_step"], chars_seen=progress["chars_seen"],
+                train_loss=train_loss, train_bpc=bpc(train_loss), val_loss=val_loss, val_bpc=bpc(val_loss),
+                learning_rate=learning_rate_for(config, epoch), seconds=round(seconds, 2))]
+            last_losses = dict(train_loss=train_loss, val_loss=val_loss)
+            save(("last", "best") if improved else ("last",), lstm_states=carried, **last_losses)
+            if writes:
                 report.write_history(run_dir, progress["history"])
                 report.plot_history(run_dir, progress["history"])
                 if summaries is not None:
                     _write_summaries(summaries, progress["history"][-1])
-                log(f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} nats ({bpc(train_loss):.3f} bpc), "
-                    f"val {val_loss:.4f} nats ({bpc(val_loss):.3f} bpc){' [best]' if improved else ''}, "
-                    f"{seconds:.0f} s")
-                if time_up:
-                    stopped = f"time budget of {config.max_minutes:g} minutes reached"
-                    break
-                if config.patience and progress["epoch"] - progress["best_epoch"] >= config.patience:
-                    stopped = f"no validation improvement for {config.patience} epochs"
-                    break
-        log(f"stopped: {stopped}; best validation loss {progress['best_val_loss']:.4f} nats "
-            f"({bpc(progress['best_val_loss']):.3f} bpc); checkpoints in {run_dir}")
-        return dict(run_dir=run_dir, epoch=progress["epoch"], best_val_loss=progress["best_val_loss"],
-                    stopped=stopped, history=progress["history"], **last_losses)
+            log(f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4f} nats ({bpc(train_loss):.3f} bpc), "
+                f"val {val_loss:.4f} nats ({bpc(val_loss):.3f} bpc){' [best]' if improved else ''}, "
+                f"{seconds:.0f} s")
+            if time_up:
+                stopped = f"time budget of {config.max_minutes:g} minutes reached"
+                break
+            if config.patience and progress["epoch"] - progress["best_epoch"] >= config.patience:
+                stopped = f"no validation improvement for {config.patience} epochs"
+                break
+    best = progress["best_val_loss"]
+    log(f"stopped: {stopped}; best validation loss "
+        + (f"{best:.4f} nats ({bpc(best):.3f} bpc)" if best is not None else "not measured yet")
+        + f"; checkpoints in {run_dir}")
+    return dict(run_dir=run_dir, epoch=progress["epoch"], best_val_loss=best, stopped=stopped,
+                history=progress["history"], model=session.model, **last_losses)
 
 
 def _summary_writer(run_dir: Path):

@@ -1,0 +1,57 @@
+"""Run by tests/test_distribute.py in a fresh process (TensorFlow's devices are fixed at start-up).
+
+usage: distributed_worker.py equivalence OUT.json
+       distributed_worker.py train CORPUS CHECKPOINT_DIR OUT.npz   (with TF_CONFIG set)
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+
+def equivalence(out_path):
+    os.environ["TEXTGEN_CPU_DEVICES"] = "2"
+    import tensorflow as tf
+
+    from textgen.batching import StreamBatches
+    from textgen.config import ModelConfig, TrainConfig
+    from textgen.distribute import make_strategy
+    from textgen.training import _Session
+
+    mirrored = make_strategy("mirrored")
+    config = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
+    # A small clip norm so that clipping is active: it must act on the summed gradient of both replicas.
+    training = TrainConfig(batch_size=4, seq_length=7, learning_rate=0.01, clip_norm=0.5)
+    single = _Session(config, training, tf.distribute.get_strategy())
+    distributed = _Session(config, training, mirrored)
+    distributed.model.set_weights(single.model.get_weights())
+    batches = StreamBatches(np.random.default_rng(0).integers(0, 11, 400), 4, 7)
+    losses = [[float(session.train_step(*batches[k])) for session in (single, distributed)] for k in range(6)]
+    state_diffs = []
+    for layer_single, layer_distributed in zip(single.lstms, distributed.lstms):
+        for state_single, state_distributed in zip(layer_single.states, layer_distributed.states):
+            rows = np.asarray(state_single)
+            for replica, part in enumerate(mirrored.experimental_local_results(state_distributed)):
+                state_diffs.append(float(np.abs(np.asarray(part) - rows[2 * replica:2 * replica + 2]).max()))
+    weight_diff = max(float(np.abs(a - b).max())
+                      for a, b in zip(single.model.get_weights(), distributed.model.get_weights()))
+    json.dump(dict(replicas=mirrored.num_replicas_in_sync, losses=losses, state_diffs=state_diffs,
+                   weight_diff=weight_diff, state_norm=float(np.abs(rows).max())), open(out_path, "w"))
+
+
+def train_worker(corpus, checkpoint_dir, out_path):
+    from textgen.training import train
+
+    summary = train(corpus, checkpoint_dir, run="r", strategy="multi-worker",
+                    model_options=dict(units=16, embedding_dim=8, dropout=0.0),
+                    train_options=dict(batch_size=4, seq_length=10, epochs=1))
+    np.savez(out_path, *summary["model"].get_weights())
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "equivalence":
+        equivalence(sys.argv[2])
+    else:
+        train_worker(*sys.argv[2:5])

@@ -1,0 +1,89 @@
+"""tf.distribute: mirrored replicas keep their own streams' state; multi-worker runs agree."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PERIOD, write_text
+from textgen.distribute import check_batch_size, is_chief
+from textgen.errors import TextgenError
+from textgen.sample import generate
+
+WORKER = str(Path(__file__).with_name("distributed_worker.py"))
+ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+
+
+def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, WORKER, "equivalence", str(out)], check=True, timeout=300, env=ENV)
+    result = json.loads(out.read_text())
+    assert result["replicas"] == 2
+    for single, mirrored in result["losses"]:
+        assert abs(single - mirrored) < 1e-4
+    assert result["losses"][-1][0] < result["losses"][0][0]  # it did train
+    assert result["state_norm"] > 0.01  # the state is carried, not zero
+    assert max(result["state_diffs"]) < 1e-4  # replica r holds rows [2r, 2r+2) of the one-device state
+    assert result["weight_diff"] < 1e-4
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_two_workers_on_localhost_train_identical_weights(tmp_path):
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes = []
+    try:
+        for index in range(2):
+            env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            processes.append(subprocess.Popen(
+                [sys.executable, WORKER, "train", str(corpus), str(tmp_path / "ck"), str(tmp_path / f"w{index}.npz")],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [process.communicate(timeout=240)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name])
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["r"]  # only the chief wrote
+    meta = json.loads((tmp_path / "ck" / "r" / "last.json").read_text())
+    assert meta["epoch"] == 1
+    [sample] = generate(tmp_path / "ck", "r", prime="abc", length=10, temperatures=[0])  # loads on one device
+    assert len(sample.text) == 13
+
+
+def test_batch_size_must_divide_among_replicas():
+    check_batch_size(64, 4)
+    with pytest.raises(TextgenError, match="--batch-size 63 is not divisible by the 2 replicas.*--batch-size 62"):
+        check_batch_size(63, 2)
+
+
+def test_chief_is_the_chief_task_or_worker_0(monkeypatch):
+    assert is_chief("single")
+    cluster = {"worker": ["a:1", "b:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert not is_chief("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert is_chief("multi-worker")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": dict(cluster, chief=["c:3"]),
+                                                "task": {"type": "worker", "index": 0}}))
+    assert not is_chief("multi-worker")
+    monkeypatch.delenv("TF_CONFIG")
+    with pytest.raises(TextgenError, match="needs the TF_CONFIG environment variable"):
+        is_chief("multi-worker")

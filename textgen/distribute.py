@@ -1,0 +1,95 @@
+"""Choosing a tf.distribute strategy, and the few helpers the training loop needs to stay stateful under it.
+
+Under a strategy of R replicas the global batch of B streams is split into R blocks of B/R
+consecutive rows: replica r always gets rows [r*B/R, (r+1)*B/R) of every batch, so its LSTM
+state keeps continuing its own streams. Each worker reads the whole corpus and takes its
+replicas' rows, so nothing is re-sharded between steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from textgen.errors import TextgenError
+
+STRATEGIES = ("auto", "single", "mirrored", "multi-worker")
+CPU_DEVICES_VARIABLE = "TEXTGEN_CPU_DEVICES"  # split the CPU into N logical devices (to try mirrored on a CPU)
+
+
+def _tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        raise TextgenError("--strategy multi-worker needs the TF_CONFIG environment variable on every host "
+                           "(see 'Several GPUs and several machines' in the README)")
+    try:
+        config = json.loads(raw)
+        config["cluster"], config["task"]["type"], int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError):
+        raise TextgenError("TF_CONFIG is not valid: it must be JSON with 'cluster' and 'task': "
+                           "{\"type\": \"worker\", \"index\": N}") from None
+    return config
+
+
+def is_chief(strategy_name: str) -> bool:
+    """Only the chief writes checkpoints and logs: the 'chief' task, or worker 0 when there is none."""
+    if strategy_name != "multi-worker":
+        return True
+    config = _tf_config()
+    task = config["task"]
+    if "chief" in config["cluster"]:
+        return task["type"] == "chief"
+    return task["type"] == "worker" and int(task["index"]) == 0
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise TextgenError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    if name == "multi-worker":
+        _tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    cpu_devices = int(os.environ.get(CPU_DEVICES_VARIABLE, "0") or 0)
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        name = "mirrored" if len(gpus) > 1 else "single"
+    if name == "single":
+        return tf.distribute.get_strategy()
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def check_batch_size(batch_size: int, replicas: int) -> None:
+    if batch_size % replicas:
+        suggestion = max(replicas, batch_size // replicas * replicas)
+        raise TextgenError(f"--batch-size {batch_size} is not divisible by the {replicas} replicas; "
+                           f"use a multiple of {replicas}, e.g. --batch-size {suggestion}")
+
+
+def replica_rows(strategy, array):
+    """The global (B, ...) array as a per-replica value: replica r gets rows [r*B/R, (r+1)*B/R)."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return tf.convert_to_tensor(array)
+    per_replica = len(array) // replicas
+    return strategy.experimental_distribute_values_from_function(
+        lambda context: tf.convert_to_tensor(
+            array[context.replica_id_in_sync_group * per_replica:(context.replica_id_in_sync_group + 1)
+                  * per_replica]))
+
+
+def any_worker(strategy, *flags: bool) -> list[bool]:
+    """Each flag, True if it is True on any worker, so that every worker takes the same stop decision."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return list(flags)
+    value = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant([int(flag) for flag in flags]))
+    return [bool(total) for total in strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy()]
