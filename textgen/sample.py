@@ -13,7 +13,7 @@ import numpy as np
 from textgen.config import check_range
 from textgen.errors import TextgenError
 
-STREAM_CHUNK = 16  # characters per engine call when printing as we go: small enough to look live
+STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
 BATCH_CHUNK = 256  # characters per engine call otherwise: large enough to amortise the call
 
 

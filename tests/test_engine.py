@@ -1,0 +1,182 @@
+"""The compiled generation loop (textgen.engine) against the stateful Keras model it replaces."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pytest
+
+from textgen.config import ModelConfig
+from textgen.engine import CHUNK, Engine
+from textgen.model import build_model, reset_states
+
+CONFIG = ModelConfig(vocab_size=23, embedding_dim=8, units=16, layers=2, dropout=0.1)
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def weights():
+    """Random weights, scaled up so gates saturate sometimes and logits are far from uniform."""
+    rng = np.random.default_rng(0)
+    model = build_model(CONFIG, 1)
+    return [rng.normal(scale=0.6, size=w.shape).astype(np.float32) for w in model.get_weights()]
+
+
+@pytest.fixture(scope="module")
+def keras1(weights):
+    model = build_model(CONFIG, 1)
+    model.set_weights(weights)
+    return model
+
+
+@pytest.fixture(scope="module")
+def engine1(keras1):
+    return Engine.from_model(keras1, 1)
+
+
+@pytest.fixture(scope="module")
+def engine4(weights):
+    model = build_model(CONFIG, 4)  # weights are read whatever the model's batch size
+    model.set_weights(weights)
+    return Engine.from_model(model, 4)
+
+
+def keras_logits(model, ids):
+    """Feed ids one at a time to the stateful batch-1 Keras model; (T, V) logits."""
+    return np.stack([np.asarray(model(np.array([[i]]), training=False))[0, -1] for i in ids])
+
+
+def text(seed, length):
+    return np.random.default_rng(seed).integers(0, CONFIG.vocab_size, size=length)
+
+
+def test_logits_match_keras_step_by_step(keras1, engine1):
+    ids = text(1, 40)
+    reset_states(keras1)
+    expected = keras_logits(keras1, ids)
+    engine1.reset()
+    got = np.concatenate(
+        [engine1.logits(ids[None, a:b])[0] for a, b in [(0, 1), (1, 2), (2, 9), (9, 10), (10, 40)]]
+    )
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < TOL
+    assert np.abs(engine1.last_logits[0] - expected[-1]).max() < TOL
+
+
+def test_logits_after_prime_match_keras(keras1, engine1):
+    prime, cont = text(2, 13), text(3, 70)  # 70 > 64: crosses forced-loop buckets
+    engine1.prime(text(4, 5)[None])  # prime must zero whatever state was there
+    engine1.prime(prime[None])
+    reset_states(keras1)
+    expected_prime = keras_logits(keras1, prime)
+    assert np.abs(engine1.last_logits[0] - expected_prime[-1]).max() < TOL
+    expected = keras_logits(keras1, cont)
+    got = engine1.logits(cont[None])[0]
+    assert np.abs(got - expected).max() < TOL
+
+
+def test_greedy_sample_is_argmax_path(keras1, engine1):
+    prime = text(5, 9)
+    engine1.prime(prime[None])
+    got = engine1.sample(30, temperature=0.0, rng=np.random.default_rng(0))[0]
+    reset_states(keras1)
+    last = keras_logits(keras1, prime)[-1]
+    expected = []
+    for _ in range(30):
+        expected.append(int(np.argmax(last)))
+        last = keras_logits(keras1, expected[-1:])[-1]
+    np.testing.assert_array_equal(got, expected)
+    # top_k=1 or a tiny top_p at T=1 is also greedy (the filters reach the loop)
+    for filters in ({"top_k": 1}, {"top_p": 1e-6}):
+        engine1.prime(prime[None])
+        again = engine1.sample(30, temperature=1.0, rng=np.random.default_rng(1), **filters)[0]
+        np.testing.assert_array_equal(again, expected)
+
+
+@pytest.mark.parametrize("filters", [{}, {"top_k": 5, "top_p": 0.9}])
+def test_chunked_equals_whole(engine4, filters):
+    prime = np.stack([text(10 + i, 6) for i in range(4)])
+    length, split = CHUNK + 40, 7  # also crosses the compiled loop's chunk boundary
+    engine4.prime(prime)
+    whole = engine4.sample(length, temperature=1.0, rng=np.random.default_rng(42), **filters)
+    engine4.prime(prime)
+    rng = np.random.default_rng(42)
+    first = engine4.sample(split, temperature=1.0, rng=rng, **filters)
+    second = engine4.sample(length - split, temperature=1.0, rng=rng, **filters)
+    assert whole.shape == (4, length)
+    np.testing.assert_array_equal(np.concatenate([first, second], axis=1), whole)
+
+
+def test_seeded_runs_repeat(engine1, weights):
+    prime = text(6, 8)[None]
+    runs = []
+    for seed in (3, 3, 4):
+        engine1.prime(prime)
+        runs.append(engine1.sample(200, temperature=1.0, rng=np.random.default_rng(seed)))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.array_equal(runs[0], runs[2])
+    model = build_model(CONFIG, 1)
+    model.set_weights(weights)
+    fresh = Engine.from_model(model, 1)  # a new engine: same answer
+    fresh.prime(prime)
+    np.testing.assert_array_equal(fresh.sample(200, temperature=1.0, rng=np.random.default_rng(3)), runs[0])
+
+
+def test_streams_are_independent(engine4):
+    engine4.prime(np.tile(text(7, 5), (4, 1)))  # same prime everywhere
+    out = engine4.sample(60, temperature=1.0, rng=np.random.default_rng(0))
+    assert out.shape == (4, 60)
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not np.array_equal(out[i], out[j])
+
+
+def test_stream_matches_single_stream_run(engine1, engine4):
+    primes = np.stack([text(20 + i, 11) for i in range(4)])
+    engine4.prime(primes)
+    many = engine4.sample(40, temperature=0.0, rng=np.random.default_rng(0))
+    for i in range(4):
+        engine1.prime(primes[i : i + 1])
+        np.testing.assert_array_equal(many[i], engine1.sample(40, temperature=0.0, rng=np.random.default_rng(9))[0])
+
+
+def test_per_stream_temperatures(engine1, engine4):
+    primes = np.stack([text(30 + i, 7) for i in range(4)])
+    temps = np.array([0.0, 1.5, 0.0, 1.5])
+    engine4.prime(primes)
+    mixed = engine4.sample(80, temperature=temps, rng=np.random.default_rng(5))
+    engine4.prime(primes)
+    greedy = engine4.sample(80, temperature=0.0, rng=np.random.default_rng(5))
+    engine4.prime(primes)
+    hot = engine4.sample(80, temperature=1.5, rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(mixed[[0, 2]], greedy[[0, 2]])
+    np.testing.assert_array_equal(mixed[[1, 3]], hot[[1, 3]])  # same uniforms, same temperature
+    assert not np.array_equal(mixed[1], greedy[1]) and not np.array_equal(mixed[3], greedy[3])
+    with pytest.raises(ValueError):
+        engine4.sample(5, temperature=np.ones(3), rng=np.random.default_rng(0))
+
+
+def test_uncompiled_loop_agrees(keras1, engine1):
+    plain = Engine.from_model(keras1, 1, jit_compile=False)
+    prime = text(8, 10)[None]
+    plain.prime(prime)
+    engine1.prime(prime)
+    assert np.abs(plain.last_logits - engine1.last_logits).max() < TOL
+    np.testing.assert_array_equal(
+        plain.sample(25, temperature=0.0, rng=np.random.default_rng(0)),
+        engine1.sample(25, temperature=0.0, rng=np.random.default_rng(0)),
+    )
+
+
+def test_input_checks(engine1, engine4):
+    with pytest.raises(ValueError):
+        engine4.prime(np.zeros((3, 5), int))  # wrong number of streams
+    with pytest.raises(ValueError):
+        engine1.prime(np.full((1, 2), CONFIG.vocab_size))  # id out of range
+    fresh = Engine(engine1.weights, 2)
+    with pytest.raises(RuntimeError):
+        fresh.sample(3, temperature=1.0, rng=np.random.default_rng(0))  # nothing primed
+    fresh.prime(np.zeros((2, 1), int))
+    assert fresh.sample(0, temperature=1.0, rng=np.random.default_rng(0)).shape == (2, 0)

@@ -1,0 +1,285 @@
+"""The compiled generation loop.
+
+:class:`Engine` copies the weights out of a built Keras model (any batch size) and runs the
+embedding, the stacked LSTM cells and the output layer itself, inside one compiled TensorFlow
+``while_loop`` (XLA by default), carrying (h, c) of every layer and sampling inside the loop, for
+``num_streams`` independent streams at once. Python is entered once per chunk of up to
+``CHUNK`` steps, never once per character.
+
+Per step, for layer 0 the input projection ``embedding[id] @ kernel + bias`` is a row of a
+precomputed (V, 4U) table (a gather instead of a matmul); later layers do one matmul of
+``[x, h] @ [kernel; recurrent_kernel]``; the gate math follows ``keras.layers.LSTM``
+(gate order i, f, c, o; sigmoid / tanh) and XLA fuses it into a few kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from textgen import sampler
+
+CHUNK = 512  # most steps one compiled call runs; longer requests loop over chunks
+_FORCED_BUCKETS = (8, 64, CHUNK)  # padded lengths for teacher-forced calls (few compilations)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Float32 weights in the layout the loop uses."""
+
+    table: np.ndarray  # (V, 4U): embedding @ kernel_0 + bias_0
+    recurrent0: np.ndarray  # (U, 4U): recurrent kernel of layer 0
+    stacked: tuple  # per layer >= 1: ((2U, 4U) [kernel; recurrent_kernel], (4U,) bias)
+    dense_kernel: np.ndarray  # (U, V)
+    dense_bias: np.ndarray  # (V,)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.table.shape[0]
+
+    @property
+    def units(self) -> int:
+        return self.recurrent0.shape[0]
+
+    @property
+    def layers(self) -> int:
+        return 1 + len(self.stacked)
+
+
+def _f32(array) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def weights_from_model(model) -> Weights:
+    """Read the trained weights of a model built by ``textgen.model.build_model``."""
+    import keras
+
+    embedding = np.asarray(model.get_layer("embedding").embeddings, dtype=np.float64)
+    lstms = [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+    if not lstms:
+        raise ValueError("model has no LSTM layer")
+    parts = []
+    for layer in lstms:
+        cell = layer.cell
+        activation = getattr(cell.activation, "__name__", "")
+        recurrent = getattr(cell.recurrent_activation, "__name__", "")
+        if activation != "tanh" or recurrent != "sigmoid" or layer.go_backwards:
+            raise ValueError(f"{layer.name}: only tanh/sigmoid forward LSTMs are supported")
+        kernel = np.asarray(cell.kernel, dtype=np.float64)
+        recurrent_kernel = np.asarray(cell.recurrent_kernel, dtype=np.float64)
+        bias = np.asarray(cell.bias, dtype=np.float64) if cell.use_bias else np.zeros(kernel.shape[1])
+        parts.append((kernel, recurrent_kernel, bias))
+    dense = model.get_layer("logits")
+    kernel0, recurrent0, bias0 = parts[0]
+    return Weights(
+        table=_f32(embedding @ kernel0 + bias0),
+        recurrent0=_f32(recurrent0),
+        stacked=tuple((_f32(np.concatenate([k, r], axis=0)), _f32(b)) for k, r, b in parts[1:]),
+        dense_kernel=_f32(np.asarray(dense.kernel)),
+        dense_bias=_f32(np.asarray(dense.bias) if dense.use_bias else np.zeros(embedding.shape[0])),
+    )
+
+
+class Engine:
+    """Fast generation for ``num_streams`` independent streams sharing one model's weights."""
+
+    def __init__(self, weights: Weights, num_streams: int, *, jit_compile: bool = True):
+        import tensorflow as tf
+
+        if num_streams < 1:
+            raise ValueError("num_streams must be >= 1")
+        self.weights = weights
+        self.num_streams = int(num_streams)
+        self.vocab_size = weights.vocab_size
+        self.units = weights.units
+        self.jit_compile = bool(jit_compile)
+        self._tf = tf
+        self._table = tf.constant(weights.table)
+        self._recurrent0 = tf.constant(weights.recurrent0)
+        self._stacked = [(tf.constant(k), tf.constant(b)) for k, b in weights.stacked]
+        self._dense_kernel = tf.constant(weights.dense_kernel)
+        self._dense_bias = tf.constant(weights.dense_bias)
+        self._functions: dict = {}  # compiled concrete functions, by kind and static options
+        self.reset()
+
+    @classmethod
+    def from_model(cls, model, num_streams: int, **kwargs) -> Engine:
+        return cls(weights_from_model(model), num_streams, **kwargs)
+
+    # ----------------------------------------------------------------- state
+
+    def reset(self) -> None:
+        """Zero the (h, c) state of every layer and forget the kept logits."""
+        tf = self._tf
+        # one tensor (2L, N, U): h of layers 0..L-1, then c of layers 0..L-1 (few call arguments)
+        self._state = tf.zeros((2 * self.weights.layers, self.num_streams, self.units), tf.float32)
+        self._last = None  # (N, V) logits after the last fed id
+
+    @property
+    def last_logits(self):
+        """(num_streams, V) logits after the last fed id, or None before any input."""
+        return None if self._last is None else self._last.numpy()
+
+    # ----------------------------------------------------------------- graph pieces
+
+    def _step(self, ids, hs, cs):
+        """Feed ids (N,) int32 through every layer: return logits (N, V) and the new state."""
+        tf = self._tf
+        units = self.units
+        new_h, new_c = [], []
+        x = None
+        for index in range(self.weights.layers):
+            if index == 0:
+                z = tf.gather(self._table, ids) + tf.matmul(hs[0], self._recurrent0)
+            else:
+                kernel, bias = self._stacked[index - 1]
+                z = tf.matmul(tf.concat([x, hs[index]], axis=1), kernel) + bias
+            i = tf.sigmoid(z[:, :units])
+            f = tf.sigmoid(z[:, units : 2 * units])
+            g = tf.tanh(z[:, 2 * units : 3 * units])
+            o = tf.sigmoid(z[:, 3 * units :])
+            c = f * cs[index] + i * g
+            x = o * tf.tanh(c)
+            new_h.append(x)
+            new_c.append(c)
+        logits = tf.matmul(x, self._dense_kernel) + self._dense_bias
+        return logits, tuple(new_h), tuple(new_c)
+
+    def _split(self, state):
+        layers = self.weights.layers
+        return tuple(state[i] for i in range(layers)), tuple(state[layers + i] for i in range(layers))
+
+    def _function(self, key):
+        """The compiled function for key, traced once to a concrete function (cheap to call)."""
+        if key in self._functions:
+            return self._functions[key]
+        tf = self._tf
+        streams, vocab, units, layers = self.num_streams, self.vocab_size, self.units, self.weights.layers
+        state_spec = tf.TensorSpec((2 * layers, streams, units), tf.float32)
+
+        if key[0] == "forced":
+            bucket = key[1]
+
+            def forced(ids, count, state):
+                """Feed the first count rows of ids (bucket, N); return (bucket, N, V) logits, state."""
+                out = tf.TensorArray(tf.float32, size=bucket, element_shape=(streams, vocab))
+
+                def body(t, out, hs, cs):
+                    logits, hs, cs = self._step(ids[t], hs, cs)
+                    return t + 1, out.write(t, logits), hs, cs
+
+                hs, cs = self._split(state)
+                _, out, hs, cs = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), out, hs, cs))
+                return out.stack(), tf.stack(hs + cs)
+
+            specs = (tf.TensorSpec((bucket, streams), tf.int32), tf.TensorSpec((), tf.int32), state_spec)
+            fn = tf.function(forced, jit_compile=self.jit_compile).get_concrete_function(*specs)
+        else:
+            _, greedy_only, use_k, use_p = key
+
+            def sample(logits, uniforms, options, state):
+                """options (N + 3,) float32: temperatures, then step count, top_k, top_p."""
+                count = tf.cast(options[streams], tf.int32)
+                temperature = options[:streams]
+                top_k = tf.cast(options[streams + 1], tf.int32) if use_k else None
+                top_p = options[streams + 2] if use_p else None
+                out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
+
+                def body(t, out, logits, hs, cs):
+                    if greedy_only:
+                        ids = tf.argmax(logits, axis=1, output_type=tf.int32)
+                    else:
+                        ids = sampler.choose_tf(logits, uniforms[t], temperature, top_k, top_p)
+                    logits, hs, cs = self._step(ids, hs, cs)
+                    return t + 1, out.write(t, ids), logits, hs, cs
+
+                hs, cs = self._split(state)
+                loop_vars = (tf.constant(0), out, logits, hs, cs)
+                _, out, logits, hs, cs = tf.while_loop(lambda t, *_: t < count, body, loop_vars)
+                return out.stack(), logits, tf.stack(hs + cs)
+
+            specs = (
+                tf.TensorSpec((streams, vocab), tf.float32),
+                tf.TensorSpec((CHUNK, streams), tf.float32),
+                tf.TensorSpec((streams + 3,), tf.float32),
+                state_spec,
+            )
+            fn = tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs)
+        self._functions[key] = fn
+        return fn
+
+    # ----------------------------------------------------------------- public API
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 1 and self.num_streams == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[0] != self.num_streams or ids.shape[1] < 1:
+            raise ValueError(f"ids must have shape ({self.num_streams}, T) with T >= 1, got {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError("ids must be integers")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"ids must lie in [0, {self.vocab_size})")
+        return ids.astype(np.int32)
+
+    def prime(self, ids) -> None:
+        """Zero the state, feed ids (num_streams, T); keep the state and the logits after the last id."""
+        ids = self._check_ids(ids)
+        self.reset()
+        self._feed(ids, keep_logits=False)
+
+    def logits(self, ids) -> np.ndarray:
+        """Continue from the current state, feed ids (num_streams, T); return (num_streams, T, V)."""
+        return self._feed(self._check_ids(ids), keep_logits=True)
+
+    def _feed(self, ids: np.ndarray, keep_logits: bool):
+        tf = self._tf
+        pieces = []
+        for start in range(0, ids.shape[1], CHUNK):
+            part = ids[:, start : start + CHUNK]
+            count = part.shape[1]
+            bucket = next(b for b in _FORCED_BUCKETS if b >= count)
+            padded = np.zeros((bucket, self.num_streams), np.int32)
+            padded[:count] = part.T
+            fn = self._function(("forced", bucket))
+            out, self._state = fn(tf.constant(padded), tf.constant(count, tf.int32), self._state)
+            self._last = out[count - 1]
+            if keep_logits:
+                pieces.append(out.numpy()[:count])
+        if keep_logits:
+            return np.concatenate(pieces, axis=0).transpose(1, 0, 2)
+        return None
+
+    def sample(self, length, *, temperature, top_k=None, top_p=None, rng: np.random.Generator) -> np.ndarray:
+        """Generate (num_streams, length) ids, continuing the state.
+
+        Uniforms are drawn time-major (``rng.random((length, num_streams))``), so splitting one
+        request into chunks with the same generator gives the same ids.
+        """
+        tf = self._tf
+        if self._last is None:
+            raise RuntimeError("call prime() (or logits()) before sample()")
+        length = int(length)
+        if length < 0:
+            raise ValueError("length must be >= 0")
+        streams = self.num_streams
+        temp = sampler.temperatures(temperature, streams)
+        top_k, top_p = sampler.normalize_filters(top_k, top_p, self.vocab_size)
+        uniforms = sampler.clamp_uniforms(rng.random((length, streams)))
+        greedy_only = bool(np.all(temp == 0))
+        use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
+        fn = self._function(("sample", greedy_only, use_k, use_p))
+        options = np.empty(streams + 3, np.float32)
+        options[:streams] = temp
+        options[streams + 1] = top_k or 0
+        options[streams + 2] = top_p or 1.0
+        padded = np.zeros((CHUNK, streams), np.float32)
+        result = np.empty((streams, length), np.int64)
+        for start in range(0, length, CHUNK):
+            count = min(CHUNK, length - start)
+            padded[:count] = uniforms[start : start + count]
+            options[streams] = count
+            ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(options), self._state)
+            result[:, start : start + count] = ids.numpy()[:count].T
+        return result

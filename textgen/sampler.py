@@ -1,0 +1,197 @@
+"""The sampling math: logits -> next id.
+
+Two implementations of one rule:
+
+* :func:`choose` -- the NumPy reference (float32, like the compiled loop);
+* :func:`choose_tf` -- the TensorFlow version traced into the compiled generation loop
+  (``textgen.engine``); :func:`choose_compiled` runs it stand-alone for tests.
+
+The rule, for one row of logits ``l`` (V,), a uniform ``u`` in [0, 1) and temperature ``T``:
+
+1. ``T == 0``: greedy, the first index of ``max(l)``; ``u``, top-k and top-p are ignored.
+2. ``s = (l - max(l)) / T`` and unnormalised weights ``w = exp(s)`` (so softmax(l / T) = w / sum(w)).
+3. Cut-off: sort ``s`` descending. top-k keeps the ``k`` best; top-p (nucleus) keeps the smallest
+   prefix of that order whose probability reaches ``p`` (after top-k's cut, renormalised -- the
+   usual "top-k, then top-p" composition). With ``m`` the kept count, every token with
+   ``s >= sorted_s[m - 1]`` is kept, so tokens tied exactly at the cut-off are all kept.
+   (For V <= PAIRWISE_MAX_VOCAB the TF version finds the same set without sorting: token j is
+   kept iff fewer than k tokens score above it and the probability mass above it is below p.)
+4. Inverse CDF in token-id order (the fixed order): ``cdf = cumsum(w * keep)``; the answer is the
+   first id whose ``cdf`` exceeds ``u * cdf[-1]``.
+
+Uniforms are used at float32 precision and clamped to ``1 - 2**-23`` (float64 values just below 1
+round to 1.0 in float32), which guarantees ``u * total < total`` so the pick is always a kept
+token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+U_MAX = float(np.float32(1.0 - 2.0**-23))
+PAIRWISE_MAX_VOCAB = 256  # choose_tf finds the top-k / top-p cut-off without sorting up to this vocabulary
+
+
+def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float | None]:
+    """Validate top_k / top_p; return None for filters that cannot cut anything (k >= V, p >= 1)."""
+    if top_k is not None:
+        if int(top_k) != top_k or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        top_k = int(top_k)
+        if top_k >= vocab_size:
+            top_k = None
+    if top_p is not None:
+        top_p = float(top_p)
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        if top_p >= 1.0:
+            top_p = None
+    return top_k, top_p
+
+
+def temperatures(temperature, rows: int) -> np.ndarray:
+    """Broadcast a scalar or (rows,) temperature to a float32 (rows,) array and validate it."""
+    temp = np.asarray(temperature, dtype=np.float64)
+    if temp.ndim > 1 or (temp.ndim == 1 and temp.shape[0] != rows):
+        raise ValueError(f"temperature must be a scalar or shape ({rows},), got shape {temp.shape}")
+    if not np.all(np.isfinite(temp)) or np.any(temp < 0):
+        raise ValueError("temperature must be finite and >= 0")
+    return np.broadcast_to(temp, (rows,)).astype(np.float32)
+
+
+def clamp_uniforms(uniforms) -> np.ndarray:
+    u = np.asarray(uniforms, dtype=np.float64)
+    if np.any(u < 0) or np.any(u >= 1):
+        raise ValueError("uniforms must lie in [0, 1)")
+    return np.minimum(u.astype(np.float32), np.float32(U_MAX))
+
+
+def choose(logits, uniforms, temperature, top_k=None, top_p=None) -> np.ndarray:
+    """NumPy reference: pick one id per row of ``logits`` (N, V). Returns (N,) int64 ids."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, V), got shape {logits.shape}")
+    rows, vocab = logits.shape
+    u = clamp_uniforms(uniforms).reshape(rows)
+    temp = temperatures(temperature, rows)
+    top_k, top_p = normalize_filters(top_k, top_p, vocab)
+
+    greedy = temp == 0
+    safe_t = np.where(greedy, np.float32(1), temp)
+    scaled = (logits - logits.max(axis=1, keepdims=True)) / safe_t[:, None]
+    weights = np.exp(scaled)
+    if top_k is not None or top_p is not None:
+        ordered = -np.sort(-scaled, axis=1)  # descending
+        kept = np.full(rows, vocab)
+        if top_k is not None:
+            kept = np.minimum(kept, top_k)
+        if top_p is not None:
+            sorted_w = np.exp(ordered)
+            if top_k is not None:
+                sorted_w[:, top_k:] = 0
+            total = sorted_w.sum(axis=1, keepdims=True, dtype=np.float32)
+            before = np.cumsum(sorted_w, axis=1, dtype=np.float32) - sorted_w  # exclusive cumsum
+            kept = np.minimum(kept, (before < np.float32(top_p) * total).sum(axis=1))
+        cutoff = ordered[np.arange(rows), kept - 1]
+        weights = np.where(scaled >= cutoff[:, None], weights, np.float32(0))
+    cdf = np.cumsum(weights, axis=1, dtype=np.float32)
+    threshold = u * cdf[:, -1]
+    sampled = (cdf <= threshold[:, None]).sum(axis=1)
+    return np.where(greedy, logits.argmax(axis=1), sampled).astype(np.int64)
+
+
+def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None):
+    """TensorFlow version of :func:`choose`, for use inside a compiled graph.
+
+    ``logits`` (N, V) float32 tensor, ``uniforms`` (N,) float32 already clamped (see
+    :func:`clamp_uniforms`), ``temperature`` (N,) float32. ``top_k`` / ``top_p`` are either None
+    (that filter is left out of the graph: a trace-time choice) or scalar tensors (int32 / float32)
+    whose values may change without retracing. Returns (N,) int32 ids.
+    """
+    import tensorflow as tf
+
+    vocab = tf.shape(logits)[1]
+    greedy_ids = tf.argmax(logits, axis=1, output_type=tf.int32)
+    greedy = tf.equal(temperature, 0.0)
+    safe_t = tf.where(greedy, tf.ones_like(temperature), temperature)
+    scaled = (logits - tf.reduce_max(logits, axis=1, keepdims=True)) / safe_t[:, None]
+    weights = tf.exp(scaled)
+    if top_k is not None or top_p is not None:
+        if logits.shape[-1] is not None and logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
+            keep = _keep_pairwise(tf, scaled, weights, top_k, top_p)
+        else:
+            keep = _keep_sorted(tf, scaled, vocab, top_k, top_p)
+        weights = tf.where(keep, weights, tf.zeros_like(weights))
+    cdf = tf.cumsum(weights, axis=1)
+    threshold = uniforms * cdf[:, -1]
+    sampled = tf.reduce_sum(tf.cast(cdf <= threshold[:, None], tf.int32), axis=1)
+    return tf.where(greedy, greedy_ids, sampled)
+
+
+def _keep_pairwise(tf, scaled, weights, top_k, top_p):
+    """Cut-off without a sort, O(V^2) per row: cheaper than a sort for a small vocabulary.
+
+    Token j survives top-k iff fewer than k tokens score strictly higher, and survives top-p iff
+    the (top-k-cut) probability mass strictly above it is below p: the same set as the sorted
+    prefix rule with its ties-at-the-cut-off-kept threshold.
+    """
+    above = tf.cast(scaled[:, None, :] > scaled[:, :, None], tf.float32)  # [n, j, i]: i scores above j
+    keep = None
+    if top_k is not None:
+        keep = tf.reduce_sum(above, axis=2) < tf.cast(top_k, tf.float32)
+    if top_p is not None:
+        w = weights if keep is None else tf.where(keep, weights, tf.zeros_like(weights))
+        mass_above = tf.linalg.matvec(above, w)
+        in_p = mass_above < tf.cast(top_p, tf.float32) * tf.reduce_sum(w, axis=1, keepdims=True)
+        keep = in_p if keep is None else tf.logical_and(keep, in_p)
+    return keep
+
+
+def _keep_sorted(tf, scaled, vocab, top_k, top_p):
+    """Cut-off by sorting each row (for large vocabularies): mirrors :func:`choose` step by step."""
+    ordered = tf.sort(scaled, axis=1, direction="DESCENDING")
+    kept = tf.fill(tf.shape(scaled)[:1], vocab)
+    if top_k is not None:
+        kept = tf.minimum(kept, tf.cast(top_k, tf.int32))
+    if top_p is not None:
+        sorted_w = tf.exp(ordered)
+        if top_k is not None:
+            in_k = tf.range(vocab) < tf.cast(top_k, tf.int32)
+            sorted_w = tf.where(in_k[None, :], sorted_w, tf.zeros_like(sorted_w))
+        total = tf.reduce_sum(sorted_w, axis=1, keepdims=True)
+        before = tf.cumsum(sorted_w, axis=1, exclusive=True)
+        in_p = tf.cast(before < tf.cast(top_p, tf.float32) * total, tf.int32)
+        kept = tf.minimum(kept, tf.reduce_sum(in_p, axis=1))
+    cutoff = tf.gather(ordered, kept - 1, axis=1, batch_dims=1)
+    return scaled >= cutoff[:, None]
+
+
+_COMPILED: dict = {}
+
+
+def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, jit_compile=True) -> np.ndarray:
+    """Run :func:`choose_tf` as its own compiled function (same arguments as :func:`choose`)."""
+    import tensorflow as tf
+
+    logits = np.asarray(logits, dtype=np.float32)
+    rows, vocab = logits.shape
+    u = clamp_uniforms(uniforms).reshape(rows)
+    temp = temperatures(temperature, rows)
+    top_k, top_p = normalize_filters(top_k, top_p, vocab)
+    key = (top_k is not None, top_p is not None, bool(jit_compile))
+    if key not in _COMPILED:
+        use_k, use_p = key[0], key[1]
+
+        @tf.function(jit_compile=jit_compile)
+        def run(lg, un, tp, k, p):
+            return choose_tf(lg, un, tp, k if use_k else None, p if use_p else None)
+
+        _COMPILED[key] = run
+    out = _COMPILED[key](
+        tf.constant(logits),
+        tf.constant(u),
+        tf.constant(temp),
+        tf.constant(top_k or 0, tf.int32),
+        tf.constant(top_p or 1.0, tf.float32),
+    )
+    return out.numpy().astype(np.int64)
