@@ -84,7 +84,8 @@ class EngineRun:
         engine.sample(min(length, 32), rng=self.rng, **sampling)  # compile + warm up
 
     def rate(self, repeats: int = 2) -> float:
-        best = min(_timed(lambda: self.engine.sample(self.length, rng=self.rng, **self.sampling)) for _ in range(repeats))
+        best = min(_timed(lambda: self.engine.sample(self.length, rng=self.rng, **self.sampling))
+                   for _ in range(repeats))
         return self.engine.num_streams * self.length / best
 
 
@@ -114,7 +115,8 @@ def main(argv=None) -> None:
         runs["b_filtered"] = EngineRun(runs["b"].engine, one_len, temperature=1.0, top_k=10, top_p=0.9)
         runs["c_filtered"] = EngineRun(runs["c"].engine, many_len, temperature=1.0, top_k=10, top_p=0.9)
         runs["b_plain"] = EngineRun(Engine.from_model(model, 1, jit_compile=False), one_len // 4, temperature=1.0)
-        runs["c_plain"] = EngineRun(Engine.from_model(model, args.streams, jit_compile=False), many_len, temperature=1.0)
+        runs["c_plain"] = EngineRun(Engine.from_model(model, args.streams, jit_compile=False), many_len,
+                                    temperature=1.0)
         labels.update(
             b_filtered="    (b) with top_k=10, top_p=0.9",
             c_filtered="    (c) with top_k=10, top_p=0.9",
@@ -137,7 +139,8 @@ def main(argv=None) -> None:
     ceiling = peak / formula
     rows = [("(a) tutorial: eager Keras per char", rate_a)] + [(labels[key], best[key]) for key in runs]
 
-    print(f"model: vocab {cfg.vocab_size}, embedding {cfg.embedding_dim}, {cfg.layers} LSTM x {cfg.units} units (random weights)")
+    print(f"model: vocab {cfg.vocab_size}, embedding {cfg.embedding_dim}, {cfg.layers} LSTM x {cfg.units} units "
+          "(random weights)")
     print(f"FLOPs/char: formula {formula:,}; Engine actually does {actual:,} (layer-0 input matmul is a table gather)")
     print(f"matmul 2048^3 float32: {peak / 1e9:.1f} GFLOP/s; ceiling = that / formula FLOPs = {ceiling:,.0f} chars/s")
     print(f"best of {rounds} interleaved rounds per row (shared machine); matmul GFLOP/s per round: "
@@ -151,7 +154,8 @@ def main(argv=None) -> None:
     print()
     print("note: ceiling fraction uses the formula FLOPs; the gather saves "
           f"{1 - actual / formula:.0%} of them, so the fraction can exceed 100%.\n"
-          f"      counted with the FLOPs the Engine really does, (c) runs at {rate_c * actual / peak:.0%} of matmul speed.")
+          f"      counted with the FLOPs the Engine really does, (c) runs at {rate_c * actual / peak:.0%} "
+          "of matmul speed.")
     print(
         f"a_chars_per_s={rate_a:.1f} b_chars_per_s={rate_b:.0f} c_chars_per_s={rate_c:.0f} "
         f"b_over_a={rate_b / rate_a:.1f} c_over_a={rate_c / rate_a:.1f} "

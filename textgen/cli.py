@@ -158,7 +158,7 @@ def sample(checkpoint_dir, run, temperature, top_k, top_p, length, prime, prime_
         prime = read_text(prime_file, what="prime")
     live = output is None and len(temperatures) * num_samples == 1 and sys.stdout.isatty()
     samples = generate(checkpoint_dir, run, prime, length, temperatures, top_k, top_p, num_samples, seed, stop,
-                       skip_unknown, on_text=_echo_live if live else None)
+                       skip_unknown, on_text=_echo_live if live else None, show_progress=output is not None)
     text = format_samples(samples, len(temperatures))
     if output is not None:
         write_output(output, text)
@@ -184,7 +184,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     _import_tensorflow_quietly()
     from textgen.evaluation import evaluate as run_evaluation
 
-    result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length)
+    result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded)")

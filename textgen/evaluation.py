@@ -12,6 +12,7 @@ from textgen.batching import StreamBatches
 from textgen.config import check_range
 from textgen.corpus import encode_into, scan
 from textgen.errors import TextgenError
+from textgen.progress import progress_bar
 
 LN2 = math.log(2)
 
@@ -48,7 +49,7 @@ def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[f
 
 
 def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
-             batch_size: int = 32, seq_length: int = 200, progress=None) -> dict:
+             batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
 
     Characters outside the model's vocabulary are removed from the text and counted, never mapped.
@@ -73,6 +74,7 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
                            f"evaluation needs more than --batch-size ({batch_size}); use a smaller --batch-size")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)
-    nats, count = stream_loss(_loss_sum_step(model), batches, progress)
+    bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
+    nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
     return dict(run_dir=run_dir, nats=nats, bpc=nats / LN2, perplexity=math.exp(nats), characters=count,
                 unknown=unknown, total=total, batches=len(batches))

@@ -12,6 +12,7 @@ import numpy as np
 
 from textgen.config import check_range
 from textgen.errors import TextgenError
+from textgen.progress import progress_bar
 
 STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
 BATCH_CHUNK = 256  # characters per engine call otherwise: large enough to amortise the call
@@ -68,13 +69,14 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
              length: int = 500, temperatures: Sequence[float] = (0.5,), top_k: Optional[int] = None,
              top_p: Optional[float] = None, num_samples: int = 1, seed: Optional[int] = None,
              stop: Optional[str] = None, skip_unknown: bool = False,
-             on_text: Optional[Callable[[str], None]] = None,
+             on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
              warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> list[Sample]:
     """Generate num_samples texts per temperature from the best checkpoint of the run.
 
     Each text is the prime followed by up to length generated characters, cut before the first
     occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
-    given and there is a single stream, text is passed to it as it is produced."""
+    given and there is a single stream, text is passed to it as it is produced. show_progress draws
+    a progress bar on stderr (when it is a terminal)."""
     from textgen.checkpoint import load_model
     from textgen.engine import Engine
     from textgen.runs import find_run
@@ -97,11 +99,13 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
 
     generated = [""] * len(streams)
     cut: list[Optional[int]] = [None] * len(streams)
+    bar = progress_bar(length, "generating", unit="char", enabled=show_progress and not stream_live)
     emitted = produced = 0
     chunk = STREAM_CHUNK if stream_live else BATCH_CHUNK
     while produced < length and any(c is None for c in cut):
         step = min(chunk, length - produced)
         produced += step
+        bar(produced)
         ids = engine.sample(step,
                             temperature=np.array([t for t, _ in streams], dtype=np.float32),
                             top_k=top_k, top_p=top_p, rng=rng)

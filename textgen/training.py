@@ -20,6 +20,7 @@ from textgen.batching import StreamBatches
 from textgen.config import ModelConfig, TrainConfig, validate_model, validate_training
 from textgen.corpus import check_readable, fingerprint, load_corpus, scan
 from textgen.errors import TextgenError
+from textgen.progress import progress_bar
 from textgen.runs import check_run_name, default_run_name
 from textgen.vocab import Vocabulary
 
@@ -276,7 +277,7 @@ def _train_locked(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         changed = fingerprint(corpus_path) != {key: meta["corpus"].get(key) for key in ("size", "mtime_ns", "blake2b")}
         vocab = scan(corpus_path)[1] if changed else Vocabulary.from_json(meta["vocab"])
         _resolve_configs(meta, vocab, model_options, train_options)
-    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(log))
+    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes))
     model_config, config = _resolve_configs(meta, data.vocab, model_options, train_options)
     train_ids, val_ids = _split(data.ids, config.val_fraction)
     _check_lengths(corpus_path, train_ids, val_ids, config)
@@ -326,7 +327,8 @@ def _train_locked(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             if progress["step_in_epoch"] == 0:
                 session.reset_states()
                 progress["epoch_loss_sum"] = 0.0
-            bar = _progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", log)
+            bar = progress_bar(len(train_batches), f"epoch {epoch + 1}/{config.epochs}", metrics=("loss", "bpc"),
+                               enabled=writes)
             time_up = False
             for step in range(progress["step_in_epoch"], len(train_batches)):
                 loss = float(session.train_step(*train_batches[step]))
@@ -339,7 +341,8 @@ def _train_locked(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 progress.update(step_in_epoch=step + 1, global_step=progress["global_step"] + 1,
                                 chars_seen=progress["chars_seen"] + chars_per_step,
                                 epoch_loss_sum=progress["epoch_loss_sum"] + loss)
-                bar(step + 1, progress["epoch_loss_sum"] / (step + 1))
+                mean_loss = progress["epoch_loss_sum"] / (step + 1)
+                bar(step + 1, loss=mean_loss, bpc=bpc(mean_loss))
                 elapsed = time.monotonic() - started
                 interrupted, time_up = any_worker(session.strategy, bool(signals),
                                                   bool(config.max_minutes) and elapsed >= config.max_minutes * 60)
@@ -406,23 +409,11 @@ def _write_summaries(writer, row: dict) -> None:
     writer.flush()
 
 
-def _encoding_progress(log: Callable[[str], None]) -> Callable[[int, int], None]:
+def _encoding_progress(enabled: bool) -> Callable[[int, int], None]:
+    bar = None
+
     def report(done: int, total: int) -> None:
-        if total > 20_000_000:
-            log(f"encoding corpus: {done:,}/{total:,} characters ({100 * done / total:.0f}%)")
+        nonlocal bar
+        bar = bar or progress_bar(total, "encoding the corpus", unit="char", enabled=enabled and total > 5_000_000)
+        bar(done)
     return report
-
-
-def _progress_bar(steps: int, title: str, log: Callable[[str], None]) -> Callable[[int, float], None]:
-    """A Keras progress bar on stderr (stdout is reserved for generated text)."""
-    import keras
-
-    if log is not stderr_log or not sys.stderr.isatty():
-        return lambda step, loss: None  # in a log file the per-epoch summary line is enough
-    bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "bpc"], unit_name="step")
-    sys.stderr.write(title + "\n")
-
-    def update(step: int, loss: float) -> None:
-        with contextlib.redirect_stdout(sys.stderr):
-            bar.update(step, [("loss", loss), ("bpc", bpc(loss))])
-    return update
