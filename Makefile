@@ -10,7 +10,7 @@ DEMO_OPTIONS ?= --run demo --overwrite --units 256 --embedding-dim 64 --batch-si
 	--learning-rate 0.003 --epochs 100 --max-minutes 2.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sample demo test test-fast bench bench-quality lint clean
+.PHONY: help install data train sample demo test test-fast bench bench-quality lint readme clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -49,7 +49,10 @@ bench-quality: $(STAMP) ## Train the default model on tinyshakespeare for 20 min
 	$(BIN)/python benchmarks/bench_quality.py
 
 lint: $(STAMP) ## Check the code with ruff
-	$(BIN)/ruff check textgen tests benchmarks
+	$(BIN)/ruff check textgen tests benchmarks tools
+
+readme: $(STAMP) ## Regenerate the README's option reference from the CLI's --help
+	$(BIN)/python tools/update_readme.py
 
 clean: ## Remove the virtualenv, caches, the built corpus and all checkpoints
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist data/*.txt benchmarks/out

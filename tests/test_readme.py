@@ -1,0 +1,13 @@
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from update_readme import END, README, START, updated  # noqa: E402
+
+
+def test_readme_option_reference_matches_the_cli():
+    readme = README.read_text(encoding="utf-8")
+    assert START in readme and END in readme
+    assert updated(readme) == readme, "the README's option reference is stale: run make readme"
