@@ -2,6 +2,7 @@ import keras
 import numpy as np
 
 from textgen.config import ModelConfig
+from textgen.fast_lstm import FastLSTM
 from textgen.model import build_model, lstm_layers, reset_states
 
 CONFIG = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
@@ -12,7 +13,8 @@ def test_lstm_layers_are_stateful_and_glorot_initialised():
     layers = lstm_layers(model)
     assert len(layers) == 2
     for layer in layers:
-        assert isinstance(layer, keras.layers.LSTM)
+        assert isinstance(layer, keras.layers.LSTM)  # FastLSTM is a stock LSTM with a faster CPU step
+        assert isinstance(layer, FastLSTM)
         assert layer.stateful and layer.return_sequences
         assert isinstance(layer.cell.recurrent_initializer, keras.initializers.GlorotUniform)
     assert model.output.shape == (3, None, 11)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from textgen.config import ModelConfig
+from textgen.fast_lstm import FastLSTM
 
 
 def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
@@ -16,7 +17,7 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
     for index in range(config.layers):
-        x = keras.layers.LSTM(
+        x = FastLSTM(
             config.units,
             stateful=True,
             return_sequences=True,

@@ -1,0 +1,207 @@
+"""FastLSTM is a drop-in keras.layers.LSTM: same outputs, carried states, gradients, config and weights.
+
+Tiny sizes (vocab 11, embedding 6, 2 stacked LSTMs of 5 units, batch 3, windows of 4 and 6 steps).
+Numerical tolerance: max abs difference < 1e-5 for outputs, states and every gradient (float32;
+the observed differences are ~1e-7).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+import textgen.fast_lstm as fast_lstm  # noqa: E402
+from textgen.fast_lstm import FastLSTM  # noqa: E402
+
+if keras.backend.backend() != "tensorflow":  # pragma: no cover
+    pytest.skip("FastLSTM's fused path is TensorFlow-only", allow_module_level=True)
+
+VOCAB, EMBED, UNITS, BATCH = 11, 6, 5, 3
+TOL = 1e-5
+
+
+def build(lstm_cls, batch=BATCH, dropout=0.0, seed=3, layers=2):
+    inputs = keras.Input(batch_shape=(batch, None), dtype="int32", name="ids")
+    x = keras.layers.Embedding(VOCAB, EMBED, name="embedding")(inputs)
+    for index in range(layers):
+        x = lstm_cls(
+            UNITS,
+            stateful=True,
+            return_sequences=True,
+            recurrent_initializer="glorot_uniform",
+            dropout=dropout,
+            seed=seed + index,
+            name=f"lstm_{index}",
+        )(x)
+    return keras.Model(inputs, keras.layers.Dense(VOCAB, name="logits")(x))
+
+
+def lstm_layers(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.LSTM)]
+
+
+def twin_models(dropout=0.0):
+    keras.utils.set_random_seed(0)
+    stock, fast = build(keras.layers.LSTM, dropout=dropout), build(FastLSTM, dropout=dropout)
+    fast.set_weights(stock.get_weights())
+    assert [type(layer) for layer in lstm_layers(fast)] == [FastLSTM, FastLSTM]
+    return stock, fast
+
+
+def windows():
+    rng = np.random.default_rng(1)
+    return [(rng.integers(0, VOCAB, (BATCH, n)).astype("int32"), rng.integers(0, VOCAB, (BATCH, n))) for n in (4, 6)]
+
+
+def train_call(model, x, y, training=True):
+    with tf.GradientTape() as tape:
+        logits = model(x, training=training)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+    grads = tape.gradient(loss, model.trainable_variables)
+    states = [np.array(v) for layer in lstm_layers(model) for v in layer.states]
+    return np.array(logits), [tf.convert_to_tensor(g).numpy() for g in grads], states
+
+
+def max_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+@pytest.fixture
+def count_fast_calls(monkeypatch):
+    """Count entries into the fused training path, to prove the test did not just hit the fallback."""
+    calls = {"n": 0}
+    original = fast_lstm._lstm_with_grad
+
+    def spy(*args):
+        calls["n"] += 1
+        return original(*args)
+
+    monkeypatch.setattr(fast_lstm, "_lstm_with_grad", spy)
+    return calls
+
+
+def test_matches_stock_outputs_states_and_gradients(count_fast_calls):
+    stock, fast = twin_models()
+    for x, y in windows():  # two consecutive calls: the second starts from the carried states
+        logits_s, grads_s, states_s = train_call(stock, x, y)
+        logits_f, grads_f, states_f = train_call(fast, x, y)
+        assert max_diff(logits_s, logits_f) < TOL
+        for a, b in zip(states_s, states_f):
+            assert max_diff(a, b) < TOL
+        assert len(grads_s) == len(grads_f) == len(stock.trainable_variables)
+        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
+            assert max_diff(a, b) < TOL, variable.path
+    assert count_fast_calls["n"] == 4  # 2 layers x 2 windows took the fused path
+
+
+def test_inference_matches_stock_and_keeps_state():
+    stock, fast = twin_models()
+    for x, _ in windows():
+        assert max_diff(stock(x, training=False), fast(x, training=False)) < TOL
+    for a, b in zip(lstm_layers(stock), lstm_layers(fast)):
+        for va, vb in zip(a.states, b.states):
+            assert max_diff(va, vb) < TOL
+    for layer in lstm_layers(fast):
+        layer.reset_state()
+        assert all(not np.any(np.array(v)) for v in layer.states)
+
+
+def test_initial_state_gradients_match_stock():
+    keras.utils.set_random_seed(0)
+    stock = keras.layers.LSTM(UNITS, return_sequences=True, return_state=True)
+    fast = FastLSTM(UNITS, return_sequences=True, return_state=True)
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(BATCH, 4, EMBED)), tf.float32)
+    h0 = tf.constant(rng.normal(size=(BATCH, UNITS)), tf.float32)
+    c0 = tf.constant(rng.normal(size=(BATCH, UNITS)), tf.float32)
+    stock(x, initial_state=[h0, c0])
+    fast(x, initial_state=[h0, c0])
+    fast.set_weights(stock.get_weights())
+    results = []
+    for layer in (stock, fast):
+        with tf.GradientTape() as tape:
+            tape.watch([x, h0, c0])
+            out, h, c = layer(x, initial_state=[h0, c0], training=True)
+            loss = tf.reduce_sum(out * out) + tf.reduce_sum(h) + 2.0 * tf.reduce_sum(c)
+        results.append(tape.gradient(loss, [x, h0, c0] + layer.trainable_variables))
+    for a, b in zip(*results):
+        assert max_diff(a, b) < TOL
+
+
+def test_dropout_runs_and_is_training_only(count_fast_calls):
+    stock, fast = twin_models(dropout=0.3)
+    x, y = windows()[1]
+    logits_s, grads_s, _ = train_call(stock, x, y)
+    logits_f, grads_f, _ = train_call(fast, x, y)
+    assert count_fast_calls["n"] == 2
+    assert np.all(np.isfinite(logits_f)) and all(np.all(np.isfinite(g)) for g in grads_f)
+    # Same seed, same one-mask-per-(batch, feature) semantics as the stock layer's cached mask.
+    assert max_diff(logits_s, logits_f) < TOL
+    for layer in lstm_layers(fast):
+        layer.reset_state()
+    assert max_diff(fast(x, training=False), logits_f) > 1e-3
+
+
+def test_fallback_when_fast_path_does_not_apply():
+    x = tf.zeros((2, 3, 4))
+    assert FastLSTM(3).fast_path_applies(x)
+    for kwargs in (dict(recurrent_dropout=0.1), dict(go_backwards=True), dict(activation="relu"), dict(use_bias=False)):
+        layer = FastLSTM(3, **kwargs)
+        layer.build(x.shape)
+        assert not layer.fast_path_applies(x), kwargs
+    assert not FastLSTM(3).fast_path_applies(x, mask=tf.ones((2, 3), bool))
+    # A fallback layer still computes the stock result.
+    keras.utils.set_random_seed(0)
+    stock, fast = keras.layers.LSTM(3, go_backwards=True), FastLSTM(3, go_backwards=True)
+    data = tf.random.normal((2, 3, 4))
+    stock(data)
+    fast(data)
+    fast.set_weights(stock.get_weights())
+    assert max_diff(stock(data), fast(data)) < TOL
+
+
+def test_get_config_round_trip(tmp_path):
+    layer = FastLSTM(7, stateful=True, return_sequences=True, dropout=0.25, recurrent_initializer="glorot_uniform",
+                     seed=5, name="lstm_0")
+    config = layer.get_config()
+    assert config == keras.layers.LSTM.from_config(config).get_config()
+    clone = FastLSTM.from_config(config)
+    assert type(clone) is FastLSTM and clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is FastLSTM and restored.get_config() == config
+    assert keras.saving.get_registered_name(FastLSTM) == "textgen>FastLSTM"
+    # A whole saved model comes back with FastLSTM layers.
+    model = build(FastLSTM)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert [type(layer) for layer in lstm_layers(loaded)] == [FastLSTM, FastLSTM]
+
+
+def test_weights_load_into_stock_lstm_at_batch_one(tmp_path):
+    keras.utils.set_random_seed(0)
+    trained = build(FastLSTM)
+    x, y = windows()[0]
+    optimizer = keras.optimizers.Adam(0.05)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, trained(x, training=True))
+    optimizer.apply_gradients(zip(tape.gradient(loss, trained.trainable_variables), trained.trainable_variables))
+    path = tmp_path / "fast.weights.h5"
+    trained.save_weights(path)
+
+    stock, fast = build(keras.layers.LSTM, batch=1), build(FastLSTM, batch=1)
+    stock.load_weights(path)
+    fast.load_weights(path)
+    for a, b in zip(stock.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    ids = np.array([[1, 4, 2, 9, 0, 3]], dtype="int32")
+    logits_stock = np.array(stock(ids, training=False))
+    np.testing.assert_allclose(np.array(fast(ids, training=False)), logits_stock, rtol=0, atol=TOL)
+    # ... and match the batch-3 FastLSTM model that wrote the weights, row by row.
+    for layer in lstm_layers(trained):
+        layer.reset_state()
+    logits_trained = np.array(trained(np.repeat(ids, BATCH, axis=0), training=False))
+    for row in range(BATCH):
+        np.testing.assert_allclose(logits_trained[row], logits_stock[0], rtol=0, atol=TOL)

@@ -1,0 +1,265 @@
+"""A drop-in ``keras.layers.LSTM`` whose training step runs near matmul speed on CPU.
+
+The stock Keras 3 LSTM uses cuDNN on GPU, but on CPU it falls back to a generic
+``backend.rnn`` loop: every time step recomputes ``x_t @ kernel`` and autodiff of
+the ``while_loop`` accumulates the weight gradients one small ``(B, .) x (B, 4U)``
+product per step. :class:`FastLSTM` keeps the same constructor, weights, config
+and stateful behaviour and only replaces ``inner_loop`` on the fast path:
+
+forward
+    one ``(T*B, in) @ (in, 4U)`` input projection for the whole window, then a
+    ``tf.while_loop`` over time doing only ``h @ recurrent_kernel`` plus the gate
+    math per step (time-major internally, so per-step slices are contiguous);
+backward (``tf.custom_gradient``)
+    the reverse recurrence does only ``dz_t @ recurrent_kernel^T`` plus the gate
+    math per step; ``dz`` for all steps is stacked and the weight gradients are
+    single large matmuls after the loop (``dKernel = X^T dZ``,
+    ``dRecurrent = H_prev^T dZ``, ``dBias = sum dZ`` (folded into the
+    ``dKernel`` matmul as a ones column), ``dX = dZ kernel^T``).
+    Gradients for the initial ``h`` and ``c`` are returned too.
+
+Input ``dropout`` is applied like the stock layer's cuDNN path: one mask per
+(batch, feature) from ``cell.get_dropout_mask``, shared by all time steps,
+training only. (The stock CPU path caches that same mask for every step, so
+under the same seed both layers compute the same thing.)
+
+Anything else (non-TensorFlow backend, a visible GPU, a mask, recurrent dropout,
+non-default activations, no bias, ``go_backwards``, ``unroll``, non-float32
+compute, ``use_cudnn=True``) falls back to ``keras.layers.LSTM.inner_loop``.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import activations
+
+def _is_activation(fn, name: str) -> bool:
+    if fn is getattr(activations, name, None) or fn is getattr(keras.ops, name, None):
+        return True
+    import tensorflow as tf
+
+    return fn in (getattr(tf, name), getattr(tf.math, name), getattr(tf.nn, name))
+
+
+def _gpu_visible() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+@keras.saving.register_keras_serializable(package="textgen")
+class FastLSTM(keras.layers.LSTM):
+    """``keras.layers.LSTM`` with a fused CPU training path (see module docstring).
+
+    Same constructor, weights (``cell.kernel`` (in, 4U), ``cell.recurrent_kernel``
+    (U, 4U), ``cell.bias`` (4U,), gate order i, f, c, o) and config as the stock
+    layer, so weights move freely between the two.
+    """
+
+    def fast_path_applies(self, sequences, mask=None) -> bool:
+        """Whether :meth:`inner_loop` will take the fused path for these inputs."""
+        if keras.backend.backend() != "tensorflow":
+            return False
+        cell = self.cell
+        if (
+            mask is not None
+            or self.go_backwards
+            or self.unroll
+            or self.use_cudnn is True
+            or cell.recurrent_dropout
+            or not cell.use_bias
+            or (cell.dropout and getattr(cell, "dropout_mask_count", None) is not None)
+        ):
+            return False
+        if not (_is_activation(cell.activation, "tanh") and _is_activation(cell.recurrent_activation, "sigmoid")):
+            return False
+        if keras.backend.standardize_dtype(sequences.dtype) != "float32" or cell.variable_dtype != "float32":
+            return False
+        if _gpu_visible():
+            return False
+        return True
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        flat_mask = mask[0] if isinstance(mask, (list, tuple)) else mask
+        if not self.fast_path_applies(sequences, flat_mask):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        import tensorflow as tf
+
+        # With stateful=True these are the state variables themselves, which RNN.call
+        # overwrites with the final state right after this returns: snapshot them, or
+        # the backward pass would read the *final* state as h_0 / c_0.
+        h0 = tf.identity(tf.convert_to_tensor(initial_state[0]))
+        c0 = tf.identity(tf.convert_to_tensor(initial_state[1]))
+        x = sequences
+        if training and 0.0 < self.cell.dropout < 1.0:
+            dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
+            x = x * tf.expand_dims(dp_mask, 1)
+        kernel = tf.convert_to_tensor(self.cell.kernel.value)
+        recurrent = tf.convert_to_tensor(self.cell.recurrent_kernel.value)
+        bias = tf.convert_to_tensor(self.cell.bias.value)
+        x_tm = tf.transpose(x, [1, 0, 2])
+        if training:
+            outputs_tm, h, c = _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias)
+        else:
+            outputs_tm, h, c = _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save=False)
+        outputs = tf.transpose(outputs_tm, [1, 0, 2])
+        return h, outputs, [h, c]
+
+
+# Keras names a layer's group in .weights.h5 files after the snake-cased class name
+# ("layers/lstm/cell/vars/0"). Reporting the stock name keeps weight files interchangeable
+# in both directions with keras.layers.LSTM models (existing checkpoints included). The
+# serialization name registered above stays "textgen>FastLSTM"; __qualname__ is unchanged.
+FastLSTM.__name__ = "LSTM"
+
+
+# --------------------------------------------------------------------------------------
+# TensorFlow kernels (time-major: x_tm is (T, B, in)).
+
+
+def _gate_scale(units, dtype, candidate):
+    """Per-column factors for the (i, f, c, o) blocks: 1 for i, f, o and ``candidate`` for c."""
+    import tensorflow as tf
+
+    one = tf.ones([units], dtype)
+    return tf.concat([one, one, candidate * one, one], 0)
+
+
+def _materialized_transpose(matrix):
+    """``matrix^T`` as a real row-major tensor.
+
+    Grappler's arithmetic optimizer rewrites ``matmul(a, transpose(b))`` into
+    ``matmul(a, b, transpose_b=True)`` (even through an Identity), and the transposed-B
+    matmul is the slow one on CPU: 43 vs 32 ms for dX at the reference size. A Snapshot
+    between them keeps the transpose.
+    """
+    import tensorflow as tf
+
+    return tf.raw_ops.Snapshot(input=tf.transpose(matrix))
+
+
+def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save):
+    """Run the recurrence.
+
+    Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all)`` for
+    the backward pass: ``h_all``/``c_all`` are (T+1, B, U) with the initial state at 0,
+    ``s_all`` (T, 4, B, U) holds the gate sigmoids (gate-major).
+    """
+    import tensorflow as tf
+
+    units = recurrent.shape[0]
+    in_dim = kernel.shape[0]
+    steps = tf.shape(x_tm)[0]
+    batch = tf.shape(x_tm)[1]
+    dtype = x_tm.dtype
+    # The candidate block is pre-scaled by 2 so that one sigmoid over all 4U columns
+    # gives every gate: tanh(z) = 2 sigmoid(2z) - 1.
+    scale = _gate_scale(units, dtype, 2.0)
+    # One big input projection for the whole window.
+    xw = tf.matmul(tf.reshape(x_tm, [-1, in_dim]), kernel * scale) + bias * scale
+    xw = tf.reshape(xw, [steps, batch, 4 * units])
+    rk = recurrent * scale
+
+    offset = 1 if save else 0
+    h_ta = tf.TensorArray(dtype, size=steps + offset, element_shape=h0.shape)
+    c_ta = tf.TensorArray(dtype, size=steps + offset if save else 0, element_shape=c0.shape)
+    s_ta = tf.TensorArray(dtype, size=steps if save else 0, element_shape=[4, h0.shape[0], units])
+    if save:
+        h_ta = h_ta.write(0, h0)
+        c_ta = c_ta.write(0, c0)
+
+    def body(t, h, c, h_ta, c_ta, s_ta):
+        s = tf.sigmoid(xw[t] + tf.matmul(h, rk))
+        # (B, 4U) -> gate-major (4, B, U): one transpose instead of a column split, and
+        # the gates (and the backward's reads of them) become free dim-0 views.
+        s = tf.transpose(tf.reshape(s, [-1, 4, units]), [1, 0, 2])
+        i, f, sg, o = tf.unstack(s)
+        c = f * c + i * (2.0 * sg - 1.0)
+        h = o * tf.tanh(c)
+        h_ta = h_ta.write(t + offset, h)
+        if save:
+            c_ta = c_ta.write(t + 1, c)
+            s_ta = s_ta.write(t, s)
+        return t + 1, h, c, h_ta, c_ta, s_ta
+
+    _, h, c, h_ta, c_ta, s_ta = tf.while_loop(
+        lambda t, *_: t < steps,
+        body,
+        (tf.constant(0), h0, c0, h_ta, c_ta, s_ta),
+        maximum_iterations=steps,
+    )
+    h_all = h_ta.stack()
+    if not save:
+        return h_all, h, c
+    return h_all[1:], h, c, h_all, c_ta.stack(), s_ta.stack()
+
+
+def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last):
+    """Reverse recurrence plus the post-loop weight-gradient matmuls.
+
+    Returns the gradients of ``(x_tm, h0, c0, kernel, recurrent, bias)``.
+    """
+    import tensorflow as tf
+
+    units = recurrent.shape[0]
+    in_dim = kernel.shape[0]
+    steps = tf.shape(x_tm)[0]
+    dtype = x_tm.dtype
+    batch_units = h_all.shape[1:]
+    if d_outputs is None:
+        d_outputs = tf.zeros_like(h_all[1:])
+    dh = tf.zeros(tf.shape(h_all)[1:], dtype) if d_h_last is None else d_h_last
+    dc = tf.zeros(tf.shape(h_all)[1:], dtype) if d_c_last is None else d_c_last
+    # Pre-transposed: matmul(..., transpose_b=True) is slower on CPU (up to 5x for this
+    # shape). Snapshot stops grappler from folding the transpose back into the matmul.
+    recurrent_t = _materialized_transpose(recurrent)
+    dz_ta = tf.TensorArray(dtype, size=steps, element_shape=[batch_units[0], 4 * units])
+
+    def body(t, dh, dc, dz_ta):
+        s = s_all[t]
+        c_prev = c_all[t]
+        tc = tf.tanh(c_all[t + 1])
+        i, f, sg, o = tf.unstack(s)
+        di, df, dg, do = tf.unstack(s - s * s)  # sigmoid'
+        dh = dh + d_outputs[t]
+        dc = dc + dh * o * (1.0 - tc * tc)
+        # dz = d gate * sigmoid'(z); the candidate is g = 2 s - 1 with s = sigmoid(2 z),
+        # so its dz = dg * 4 s (1 - s).
+        dz = tf.concat([dc * (2.0 * sg - 1.0) * di, dc * c_prev * df, (4.0 * dc) * i * dg, dh * tc * do], 1)
+        dz_ta = dz_ta.write(t, dz)
+        return t - 1, tf.matmul(dz, recurrent_t), dc * f, dz_ta
+
+    _, dh0, dc0, dz_ta = tf.while_loop(
+        lambda t, *_: t >= 0,
+        body,
+        (steps - 1, dh, dc, dz_ta),
+        maximum_iterations=steps,
+    )
+    dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])
+    x_flat = tf.reshape(x_tm, [-1, in_dim])
+    h_prev = tf.reshape(h_all[:-1], [-1, units])
+    # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a
+    # separate memory-bound reduction over the (T*B, 4U) dZ.
+    x_ones = tf.concat([x_flat, tf.ones([tf.shape(x_flat)[0], 1], dtype)], 1)
+    d_kernel_bias = tf.matmul(x_ones, dz, transpose_a=True)
+    d_kernel, d_bias = d_kernel_bias[:in_dim], d_kernel_bias[in_dim]
+    d_recurrent = tf.matmul(h_prev, dz, transpose_a=True)
+    d_x = tf.reshape(tf.matmul(dz, _materialized_transpose(kernel)), tf.shape(x_tm))
+    return d_x, dh0, dc0, d_kernel, d_recurrent, d_bias
+
+
+def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def lstm(x_tm, h0, c0, kernel, recurrent, bias):
+        outputs, h_last, c_last, h_all, c_all, s_all = _lstm_forward(
+            x_tm, h0, c0, kernel, recurrent, bias, save=True
+        )
+
+        def grad(d_outputs, d_h_last, d_c_last):
+            return _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last)
+
+        return (outputs, h_last, c_last), grad
+
+    return lstm(x_tm, h0, c0, kernel, recurrent, bias)
