@@ -20,6 +20,7 @@ SPEED_BENCHMARKS = [
     ("Sampling speed", ["benchmarks/bench_sample.py"]),
     ("Training throughput", ["benchmarks/bench_train.py"]),
     ("Large corpus: encode time and peak memory", ["benchmarks/bench_corpus.py"]),
+    ("Distributed training overhead", ["benchmarks/bench_distribute.py"]),
 ]
 PREAMBLE = ("# Benchmarks\n\nLatest results of `make bench` and `make bench-quality` (each section is rewritten "
             "when its benchmark runs). Ratios are measured side by side in the same run; absolute speeds drift "

@@ -155,6 +155,8 @@ def sample(checkpoint_dir, run, temperature, top_k, top_p, length, prime, prime_
 
     temperatures = parse_temperatures(temperature)
     if prime_file is not None:
+        if prime:
+            raise click.UsageError("use either --prime or --prime-file, not both")
         prime = read_text(prime_file, what="prime")
     live = output is None and len(temperatures) * num_samples == 1 and sys.stdout.isatty()
     samples = generate(checkpoint_dir, run, prime, length, temperatures, top_k, top_p, num_samples, seed, stop,
