@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CORPUS ?= data/pydoc_topics.txt
 TEXTGEN := $(BIN)/textgen
 # The demo: a small model trained for about 2.5 minutes on 2 CPU cores.
-DEMO_OPTIONS ?= --run demo --overwrite --units 256 --embedding-dim 64 --batch-size 32 --seq-length 100 \
+DEMO_OPTIONS ?= --run demo --overwrite --layers 1 --units 256 --embedding-dim 64 --batch-size 32 --seq-length 100 \
 	--learning-rate 0.003 --epochs 100 --max-minutes 2.5
 
 .DEFAULT_GOAL := help
