@@ -12,7 +12,7 @@ class ModelConfig:
     embedding_dim: int = 128  # width of the character embedding fed to the first LSTM
     units: int = 512  # hidden units of every LSTM layer
     layers: int = 2  # number of stacked LSTM layers
-    dropout: float = 0.2  # input dropout of every LSTM layer (training only)
+    dropout: float = 0.3  # input dropout of every LSTM layer (training only)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -33,9 +33,9 @@ class TrainConfig:
     epochs: int = 20  # total epochs of the run; a resumed run counts the epochs already done
     batch_size: int = 64  # parallel character streams per batch (the LSTM state has one row each)
     seq_length: int = 100  # characters per window: how far back gradients flow
-    learning_rate: float = 2e-3  # Adam step size before any decay
-    lr_decay: float = 0.95  # multiply the learning rate by this each epoch after lr_decay_after (1: off)
-    lr_decay_after: int = 5  # epochs at the full learning rate before the decay starts
+    learning_rate: float = 3e-3  # Adam step size before any decay
+    lr_decay: float = 0.9  # multiply the learning rate by this each epoch after lr_decay_after (1: off)
+    lr_decay_after: int = 3  # epochs at the full learning rate before the decay starts
     clip_norm: float = 5.0  # clip gradients to this global norm
     val_fraction: float = 0.1  # contiguous last fraction of the corpus held out for validation
     patience: int = 0  # stop after this many epochs without a better validation loss (0: never)

@@ -232,7 +232,12 @@ class _Session:
                 variable.assign(state[f"optimizer_{i}"])
             for i, variable in enumerate(self.model.non_trainable_variables):
                 variable.assign(state[f"model_{i}"])
-            self.set_lstm_states(dict(state))
+            states = {name: state[name] for name in state.files if name.startswith("lstm_")}
+            # At an epoch boundary the state is reset anyway. A multi-worker chief saves only its own
+            # replicas' rows: those streams then restart from a zero state (one window's worth of context).
+            rows = self.per_replica * self.strategy.num_replicas_in_sync
+            if meta["step_in_epoch"] and all(len(value) == rows for value in states.values()):
+                self.set_lstm_states(states)
 
 
 def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
@@ -258,15 +263,15 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
     chief = is_chief(strategy)
     if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
         with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
-            return _train_locked(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
+            return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                  False, strategy, lambda message: None)
     _prepare_run_dir(run_dir, resume, overwrite)
     with checkpoint.RunLock(run_dir):
-        return _train_locked(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
+        return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                              strategy, log)
 
 
-def _train_locked(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
+def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, strategy_name: str, log: Callable[[str], None]) -> dict:
     from textgen.distribute import any_worker, is_chief, make_strategy
     from textgen.evaluation import stream_loss
@@ -307,10 +312,10 @@ def _train_locked(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     summaries = _summary_writer(run_dir) if tensorboard else None
 
     def save(kinds, lstm_states=None, **losses):
-        state = session.training_state(lstm_states)  # every worker reads its replicas' state
         progress["elapsed_seconds"] = time.monotonic() - started
         if writes:
-            checkpoint.save(run_dir, kinds, dict(base_meta, **progress, **losses), session.model, state)
+            checkpoint.save(run_dir, kinds, dict(base_meta, **progress, **losses), session.model,
+                            session.training_state(lstm_states))
 
     def validate() -> float:
         session.reset_states()
@@ -412,8 +417,8 @@ def _write_summaries(writer, row: dict) -> None:
 def _encoding_progress(enabled: bool) -> Callable[[int, int], None]:
     bar = None
 
-    def report(done: int, total: int) -> None:
+    def update(done: int, total: int) -> None:
         nonlocal bar
         bar = bar or progress_bar(total, "encoding the corpus", unit="char", enabled=enabled and total > 5_000_000)
         bar(done)
-    return report
+    return update
