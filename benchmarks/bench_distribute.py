@@ -1,8 +1,9 @@
 """Distributed training overhead: one device vs `--strategy mirrored` over logical devices.
 
 On a machine with several GPUs this compares one GPU with all of them. Without GPUs it splits the
-CPU into 2 logical devices (TEXTGEN_CPU_DEVICES=2) that share the same cores: that measures the
-cost of the replication machinery (per-replica steps, gradient all-reduce), not a speed-up.
+CPU into 2 logical devices (TEXTGEN_CPU_DEVICES=2) that share the same cores: that measures what
+the replication machinery (per-replica steps, gradient all-reduce) and the different threading
+do to the same work, not a gain from more hardware.
 Each variant runs in its own process (devices are fixed when TensorFlow starts).
 
     python benchmarks/bench_distribute.py [--steps 8] [--units 512] [--batch 64]
@@ -70,7 +71,8 @@ def main() -> None:
     print(f"mirrored ({mirrored['replicas']} repl.) {mirrored['chars_per_s']:>9,.0f} chars/s  ({kind})")
     ratio = mirrored["chars_per_s"] / single["chars_per_s"]
     print(f"mirrored / single: {ratio:.2f}" + ("" if mirrored["gpus"] > 1 else
-          "  (no GPU here: this is the overhead of replication on one CPU, not a speed-up)"))
+          "  (no GPU here: both replicas share the same cores, so this measures how replication and\n"
+          "   threading change the cost of the same work, not a gain from more hardware)"))
     print(f"single_chars_per_s={single['chars_per_s']:.0f} mirrored_chars_per_s={mirrored['chars_per_s']:.0f} "
           f"replicas={mirrored['replicas']} ratio={ratio:.3f}")
 
