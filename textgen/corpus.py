@@ -38,7 +38,7 @@ def check_readable(path: Path, what: str = "corpus") -> None:
         raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
     if not os.access(path, os.R_OK):
         raise TextgenError(f"{what} file is not readable: {path} (check its permissions)")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:  # a pipe (e.g. /dev/stdin) reports size 0
         raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")
 
 
@@ -172,4 +172,7 @@ def read_text(path: Path, what: str = "text") -> str:
     """A whole (small) UTF-8 file, validated like a corpus."""
     path = Path(path)
     check_readable(path, what)
-    return "".join(_decoded_chunks(path, what))
+    text = "".join(_decoded_chunks(path, what))
+    if not text:
+        raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")
+    return text
