@@ -127,15 +127,17 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None) -> Corpus:
+def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None,
+                stamp: Optional[dict] = None) -> Corpus:
     """Return the corpus ids, memory-mapped from cache_dir/corpus.npy, rebuilding the cache when the file changed.
 
-    progress(done, total) is called while a cache is built (characters encoded so far, total)."""
+    progress(done, total) is called while a cache is built (characters encoded so far, total);
+    stamp is the file's fingerprint() if the caller already computed it (it reads the whole file)."""
     path = Path(path)
     check_readable(path)
     cache_ids = cache_dir / "corpus.npy"
     cache_meta = cache_dir / "corpus.json"
-    stamp = fingerprint(path)
+    stamp = stamp or fingerprint(path)
     if cache_meta.exists() and cache_ids.exists():
         try:
             meta = json.loads(cache_meta.read_text(encoding="utf-8"))

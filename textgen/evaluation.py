@@ -17,21 +17,24 @@ from textgen.progress import progress_bar
 LN2 = math.log(2)
 
 
+def bpc(nats: float) -> float:
+    """Bits per character from a loss in nats per character."""
+    return nats / LN2
+
+
+def window_loss_sum(model, x, y):
+    """Summed cross-entropy (nats) of one window: the one definition training and eval share."""
+    import tensorflow as tf
+
+    logits = model(x, training=False)
+    return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+
+
 def _loss_sum_step(model):
-    """A compiled step returning the summed cross-entropy (nats) of one window, cached on the model."""
-    step = getattr(model, "_textgen_loss_sum", None)
-    if step is None:
-        import tensorflow as tf
+    import tensorflow as tf
 
-        spec = tf.TensorSpec([model.inputs[0].shape[0], None], tf.int32)
-
-        @tf.function(input_signature=[spec, spec])
-        def step(x, y):
-            logits = model(x, training=False)
-            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-
-        model._textgen_loss_sum = step
-    return step
+    spec = tf.TensorSpec([model.inputs[0].shape[0], None], tf.int32)
+    return tf.function(lambda x, y: window_loss_sum(model, x, y), input_signature=[spec, spec])
 
 
 def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[float, int]:
@@ -76,5 +79,5 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     reset_states(model)
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
     nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
-    return dict(run_dir=run_dir, nats=nats, bpc=nats / LN2, perplexity=math.exp(nats), characters=count,
+    return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=math.exp(nats), characters=count,
                 unknown=unknown, total=total, batches=len(batches))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import datetime
 import io
-import math
 from pathlib import Path
 
 from textgen.checkpoint import atomic_write, read_meta
 from textgen.config import ModelConfig
+from textgen.evaluation import bpc
 from textgen.vocab import Vocabulary
 
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
@@ -54,8 +54,8 @@ def plot_history(run_dir: Path, history: list[dict]) -> Path:
     return path
 
 
-def bpc(nats) -> str:
-    return "-" if nats is None else f"{nats / math.log(2):.3f}"
+def _bpc_text(nats) -> str:
+    return "-" if nats is None else f"{bpc(nats):.3f}"
 
 
 def _size(num_bytes: int) -> str:
@@ -83,12 +83,13 @@ def info_text(run_dir: Path) -> str:
         + (f" + {last['step_in_epoch']} steps" if last["step_in_epoch"] else "")
         + f", {last['global_step']:,} steps, {last['chars_seen']:,} characters, "
           f"{last['elapsed_seconds'] / 60:.1f} minutes",
-        f"best           epoch {best['epoch']}: validation {best['val_loss']:.4f} nats ({bpc(best['val_loss'])} bpc)"
+        f"best           epoch {best['epoch']}: validation {best['val_loss']:.4f} nats "
+        f"({bpc(best['val_loss']):.3f} bpc)"
         if best.get("val_loss") is not None else "best           none yet",
         f"last           epoch {last['epoch']}: validation "
-        + (f"{last['val_loss']:.4f} nats ({bpc(last['val_loss'])} bpc)" if last.get("val_loss") is not None
+        + (f"{last['val_loss']:.4f} nats ({bpc(last['val_loss']):.3f} bpc)" if last.get("val_loss") is not None
            else "not measured (saved mid-epoch)")
-        + (f", training {last['train_loss']:.4f} nats ({bpc(last['train_loss'])} bpc)"
+        + (f", training {last['train_loss']:.4f} nats ({bpc(last['train_loss']):.3f} bpc)"
            if last.get("train_loss") is not None else ""),
         f"corpus         {corpus['path']} ({corpus['length']:,} characters, {corpus['size']:,} bytes, "
         f"blake2b {corpus['blake2b']})",
@@ -108,7 +109,7 @@ def runs_table(run_dirs: list[Path]) -> str:
         best = read_meta(run_dir, "best") or meta
         saved = datetime.datetime.fromisoformat(meta["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run_dir.name, Path(meta["corpus"]["path"]).name, f"{meta['corpus']['length']:,}",
-                     f"{meta['epoch']}/{meta['training']['epochs']}", bpc(best.get("val_loss")), saved))
+                     f"{meta['epoch']}/{meta['training']['epochs']}", _bpc_text(best.get("val_loss")), saved))
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
                      for row in [header] + rows)

@@ -89,6 +89,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     prime = prepare_prime(prime, vocab, skip_unknown, warn)
 
     streams = [(t, i) for t in temperatures for i in range(num_samples)]
+    stream_temperatures = np.array([t for t, _ in streams], dtype=np.float32)
     engine = Engine.from_model(model, num_streams=len(streams))
     context = prime or _start_symbol(vocab)
     engine.prime(np.tile(vocab.encode(context)[None, :].astype(np.int32), (len(streams), 1)))
@@ -106,9 +107,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
         step = min(chunk, length - produced)
         produced += step
         bar(produced)
-        ids = engine.sample(step,
-                            temperature=np.array([t for t, _ in streams], dtype=np.float32),
-                            top_k=top_k, top_p=top_p, rng=rng)
+        ids = engine.sample(step, temperature=stream_temperatures, top_k=top_k, top_p=top_p, rng=rng)
         for s, row in enumerate(ids):
             if cut[s] is None:
                 before = len(generated[s])

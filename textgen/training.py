@@ -20,18 +20,14 @@ from textgen.batching import StreamBatches
 from textgen.config import ModelConfig, TrainConfig, validate_model, validate_training
 from textgen.corpus import check_readable, fingerprint, load_corpus, scan
 from textgen.errors import TextgenError
+from textgen.evaluation import bpc, stream_loss, window_loss_sum
 from textgen.progress import progress_bar
 from textgen.runs import check_run_name, default_run_name
 from textgen.vocab import Vocabulary
 
-LN2 = math.log(2)
 # Options that fix the data layout: changing them on resume would break the carried state
 # and make validation losses incomparable.
 LAYOUT_OPTIONS = ("batch_size", "seq_length", "val_fraction")
-
-
-def bpc(nats: float) -> float:
-    return nats / LN2
 
 
 def stderr_log(message: str) -> None:
@@ -179,8 +175,7 @@ class _Session:
             return loss
 
         def replica_loss_sum(x, y):
-            logits = model(x, training=False)
-            return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            return window_loss_sum(model, x, y)
 
         @tf.function
         def train_step(x, y):
@@ -274,15 +269,15 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, strategy_name: str, log: Callable[[str], None]) -> dict:
     from textgen.distribute import any_worker, is_chief, make_strategy
-    from textgen.evaluation import stream_loss
 
     writes = is_chief(strategy_name)
     meta = checkpoint.read_meta(run_dir, "last") if resume else None
+    stamp = fingerprint(corpus_path)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
-        changed = fingerprint(corpus_path) != {key: meta["corpus"].get(key) for key in ("size", "mtime_ns", "blake2b")}
+        changed = stamp != {key: meta["corpus"].get(key) for key in ("size", "mtime_ns", "blake2b")}
         vocab = scan(corpus_path)[1] if changed else Vocabulary.from_json(meta["vocab"])
         _resolve_configs(meta, vocab, model_options, train_options)
-    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes))
+    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
     model_config, config = _resolve_configs(meta, data.vocab, model_options, train_options)
     train_ids, val_ids = _split(data.ids, config.val_fraction)
     _check_lengths(corpus_path, train_ids, val_ids, config)
