@@ -43,7 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--intra", type=int, default=0, help="TF intra-op threads (0 = TF default)")
     p.add_argument("--inter", type=int, default=0, help="TF inter-op threads (0 = TF default)")
     p.add_argument("--onednn", choices=["0", "1", "default"], default="default", help="TF_ENABLE_ONEDNN_OPTS")
-    p.add_argument("--variants", default="stock,fast", help="comma list of stock,fast")
+    p.add_argument("--variants", default="stock,fast,fast-bf16", help="comma list of stock,fast,fast-bf16")
     p.add_argument("--seq", type=int, default=100)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--units", type=int, default=512)
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         return step
 
     keras.utils.set_random_seed(0)
-    classes = {"stock": keras.layers.LSTM, "fast": FastLSTM}
+    classes = {"stock": keras.layers.LSTM, "fast": FastLSTM,
+               "fast-bf16": lambda *a, **k: FastLSTM(*a, matmul_dtype="bfloat16", **k)}
     names = [n for n in args.variants.split(",") if n]
     models = {n: build(classes[n]) for n in names}
     weights = models[names[0]].get_weights()
@@ -210,6 +211,10 @@ def main(argv=None) -> int:
     if "stock" in speed and "fast" in speed:
         kv["ratio_fast_over_stock"] = f"{speed['fast'] / speed['stock']:.2f}"
         print(f"ratio fast/stock (best steps): {speed['fast'] / speed['stock']:.2f}x")
+    if "fast" in speed and "fast-bf16" in speed:
+        kv["ratio_bf16_over_fast"] = f"{speed['fast-bf16'] / speed['fast']:.2f}"
+        print(f"ratio fast-bf16/fast (best steps): {speed['fast-bf16'] / speed['fast']:.2f}x  (bfloat16 matmul "
+              f"operands, float32 state and weights; the ceiling above is float32)")
     print(" ".join(f"{k}={v}" for k, v in kv.items()))
     return 0
 

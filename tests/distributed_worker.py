@@ -23,7 +23,8 @@ def equivalence(out_path):
     mirrored = make_strategy("mirrored")
     config = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
     # A small clip norm so that clipping is active: it must act on the summed gradient of both replicas.
-    training = TrainConfig(batch_size=4, seq_length=7, learning_rate=0.01, clip_norm=0.5)
+    # float32: bfloat16 products round differently for 2 and 4 rows, which is not what this compares.
+    training = TrainConfig(batch_size=4, seq_length=7, learning_rate=0.01, clip_norm=0.5, mixed_precision="off")
     single = _Session(config, training, tf.distribute.get_strategy())
     distributed = _Session(config, training, mirrored)
     distributed.model.set_weights(single.model.get_weights())

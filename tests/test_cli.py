@@ -24,6 +24,7 @@ def test_help_lists_every_option():
     for field in dataclasses.fields(ModelConfig) + dataclasses.fields(TrainConfig):
         if field.name != "vocab_size":
             assert "--" + field.name.replace("_", "-") in train_help
+    assert "[auto|on|off]" in train_help
     sample_help = invoke("sample", "--help").output
     for option in ("--temperature", "--top-k", "--top-p", "--length", "--prime", "--prime-file", "--num-samples",
                    "--seed", "--stop", "--output", "--skip-unknown", "--run", "--checkpoint-dir"):
@@ -108,6 +109,7 @@ BAD_INPUTS = [
     (["train", "{root}/good.txt", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)", 1, None),
     (["train", "{root}/good.txt", "--epochs", "many"], "'many' is not a valid integer", 2, None),
     (["train", "{root}/good.txt", "--bogus"], "No such option '--bogus'", 2, None),
+    (["train", "{root}/good.txt", "--lr-schedule", "linear"], "'linear' is not one of 'cosine', 'step'", 2, None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", "good"], "already has checkpoints", 1,
      None),
     (["train", "{root}/good.txt", "--run", "../escape"], "invalid run name", 1, None),

@@ -163,11 +163,39 @@ def test_fallback_when_fast_path_does_not_apply():
     assert max_diff(stock(data), fast(data)) < TOL
 
 
+def test_bfloat16_matmuls_stay_close_and_everything_else_stays_float32(count_fast_calls):
+    """Mixed precision: bfloat16 keeps 8 significant bits, so each product is off by up to ~0.4%.
+    Tolerance: logits and gradients within 3% of their largest magnitude."""
+    keras.utils.set_random_seed(0)
+    exact = build(FastLSTM)
+    mixed = build(lambda *args, **kwargs: FastLSTM(*args, matmul_dtype="bfloat16", **kwargs))
+    mixed.set_weights(exact.get_weights())
+    for x, y in windows():
+        logits_e, grads_e, states_e = train_call(exact, x, y)
+        logits_m, grads_m, states_m = train_call(mixed, x, y)
+        assert 0 < max_diff(logits_e, logits_m) < 0.03 * np.abs(logits_e).max()
+        for g_e, g_m in zip(grads_e, grads_m):
+            assert g_m.dtype == np.float32 and max_diff(g_e, g_m) < 0.03 * np.abs(g_e).max()
+        assert all(s.dtype == np.float32 and max_diff(a, s) < 0.03 for a, s in zip(states_e, states_m))
+    assert count_fast_calls["n"] == 8  # 2 models x 2 layers x 2 windows on the fused path
+    assert all(w.dtype == np.float32 for w in mixed.get_weights())
+    # Inference (validation, eval) stays exact float32.
+    for model in (exact, mixed):
+        for layer in lstm_layers(model):
+            layer.reset_state()
+    x = windows()[0][0]
+    np.testing.assert_array_equal(exact(x, training=False), mixed(x, training=False))
+    with pytest.raises(ValueError, match="matmul_dtype must be"):
+        FastLSTM(3, matmul_dtype="float16")
+
+
 def test_get_config_round_trip(tmp_path):
     layer = FastLSTM(7, stateful=True, return_sequences=True, dropout=0.25, recurrent_initializer="glorot_uniform",
-                     seed=5, name="lstm_0")
+                     seed=5, name="lstm_0", matmul_dtype="bfloat16")
     config = layer.get_config()
-    assert config == keras.layers.LSTM.from_config(config).get_config()
+    assert config["matmul_dtype"] == "bfloat16"
+    stock_config = {key: value for key, value in config.items() if key != "matmul_dtype"}
+    assert stock_config == keras.layers.LSTM.from_config(stock_config).get_config()
     clone = FastLSTM.from_config(config)
     assert type(clone) is FastLSTM and clone.get_config() == config
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))

@@ -55,8 +55,9 @@ def training_config(meta, **changes):
 
 def test_resume_continues_exactly(tmp_path, periodic_corpus):
     model = dict(TINY_MODEL, dropout=0.2)  # dropout makes the RNG state part of what must resume
-    straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model)
-    run(periodic_corpus, tmp_path / "b", epochs=1, model=model)
+    step = dict(lr_schedule="step")  # its rate does not depend on --epochs, so the run can be extended
+    straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model, train_options=step)
+    run(periodic_corpus, tmp_path / "b", epochs=1, model=model, train_options=step)
     resumed = run(periodic_corpus, tmp_path / "b", epochs=2, model=model, resume=True)
     assert resumed["epoch"] == 2
     assert abs(resumed["val_loss"] - straight["val_loss"]) < 1e-3
@@ -113,26 +114,67 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
     assert meta["epoch"] == 1
 
 
-def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, monkeypatch):
+def interrupt_at_step(monkeypatch, n):
+    """Send SIGINT to ourselves during the n-th training step; returns a function that undoes this."""
     original = training._Session.__init__
 
-    def interrupt_at_step_5(self, *args):
+    def patched(self, *args):
         original(self, *args)
         step, calls = self.train_step, []
 
         def counted(x, y):
             calls.append(1)
-            if len(calls) == 5:
+            if len(calls) == n:
                 os.kill(os.getpid(), signal.SIGINT)
             return step(x, y)
         self.train_step = counted
-    monkeypatch.setattr(training._Session, "__init__", interrupt_at_step_5)
+    monkeypatch.setattr(training._Session, "__init__", patched)
+    return lambda: monkeypatch.setattr(training._Session, "__init__", original)
+
+
+def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic_corpus, monkeypatch):
+    model = dict(TINY_MODEL, dropout=0.2)
+    options = dict(lr_schedule="cosine", mixed_precision="on")
+    straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model, train_options=options)
+    undo = interrupt_at_step(monkeypatch, 150)  # epoch 2 of 2, step 32 of 118
+    with pytest.raises(Interrupted):
+        run(periodic_corpus, tmp_path / "b", epochs=2, model=model, train_options=options)
+    undo()
+    resumed = run(periodic_corpus, tmp_path / "b", epochs=2, model=model, resume=True)
+    assert abs(resumed["val_loss"] - straight["val_loss"]) < 1e-3
+    assert [row["learning_rate"] for row in resumed["history"]] == \
+        pytest.approx([row["learning_rate"] for row in straight["history"]])
+    a, _ = load_model(tmp_path / "a" / "r", kind="last")
+    b, _ = load_model(tmp_path / "b" / "r", kind="last")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
+    import textgen.model
+    from textgen.config import ModelConfig, TrainConfig
+
+    monkeypatch.setattr(textgen.model, "cpu_has_bfloat16_matmul", lambda: native)
+    expected = {"auto": native, "on": True, "off": False}
+    for setting, mixed in expected.items():
+        config = TrainConfig(mixed_precision=setting)
+        assert training.uses_mixed_precision(config) is mixed
+        session = training._Session(ModelConfig(vocab_size=5, **TINY_MODEL), config)
+        assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if mixed else "float32"}
+    assert training._mixed_precision_note("off") is None
+    assert ("no native bfloat16" in training._mixed_precision_note("on")) is not native
+    assert (training._mixed_precision_note("auto") is not None) is native
+
+
+def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, monkeypatch):
+    undo = interrupt_at_step(monkeypatch, 5)
     with pytest.raises(Interrupted, match="resume with: textgen train") as stopped:
         run(periodic_corpus, tmp_path)
     assert stopped.value.exit_code == 130
     meta = json.loads((tmp_path / "r" / "last.json").read_text())
     assert (meta["epoch"], meta["step_in_epoch"]) == (0, 5)
-    monkeypatch.setattr(training._Session, "__init__", original)
+    undo()
     resumed = run(periodic_corpus, tmp_path, resume=True)
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
 
@@ -154,5 +196,35 @@ def test_corpus_too_short_names_the_minimum_and_smaller_values(tmp_path):
 
 def test_learning_rate_schedule():
     from textgen.config import TrainConfig
-    config = TrainConfig(learning_rate=1.0, lr_decay=0.5, lr_decay_after=2)
+    config = TrainConfig(learning_rate=1.0, lr_decay=0.5, lr_decay_after=2, lr_schedule="step")
     assert [training.learning_rate_for(config, e) for e in range(5)] == [1.0, 1.0, 0.5, 0.25, 0.125]
+
+
+def test_cosine_schedule_falls_to_one_percent_by_steps_or_by_time_budget():
+    import dataclasses
+
+    from textgen.config import TrainConfig
+    config = TrainConfig(learning_rate=2.0, lr_schedule="cosine", epochs=4)
+    assert [training.learning_rate_for(config, 0, f) for f in (0.0, 0.5, 1.0)] == pytest.approx([2.0, 1.01, 0.02])
+    # Without a time budget only steps count: 20 of 4 x 10 steps is half way, however long it took.
+    assert training.run_fraction(config, 20, 10, elapsed_seconds=9999) == 0.5
+    budget = dataclasses.replace(config, max_minutes=10)
+    assert training.run_fraction(budget, 20, 10, elapsed_seconds=450) == 0.75  # the budget runs out first
+    assert training.run_fraction(budget, 20, 10, elapsed_seconds=60) == 0.5
+    assert training.run_fraction(budget, 20, 10, elapsed_seconds=6000) == 1.0
+
+
+def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):
+    result = run(periodic_corpus, tmp_path, epochs=3, train_options=dict(lr_schedule="cosine", learning_rate=0.02))
+    rates = [row["learning_rate"] for row in result["history"]]
+    steps = result["history"][-1]["step"]
+    # The logged rate is the one the epoch's last step used: the fraction before that step.
+    expected = [training.learning_rate_for(training.TrainConfig(learning_rate=0.02, lr_schedule="cosine"), 0,
+                                           (row["step"] - 1) / steps) for row in result["history"]]
+    assert rates == pytest.approx(expected)
+    assert rates[0] > rates[1] > rates[2] and rates[2] < 0.002
+    # Extending a cosine run re-stretches the schedule, and says so.
+    messages = []
+    train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, resume=True, log=messages.append,
+          train_options=dict(TINY_TRAINING, epochs=6, lr_schedule="cosine", learning_rate=0.02))
+    assert any("re-stretched: the learning rate goes from 0.0002 to 0.01" in m for m in messages), messages

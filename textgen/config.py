@@ -12,7 +12,7 @@ class ModelConfig:
     embedding_dim: int = 128  # width of the character embedding fed to the first LSTM
     units: int = 512  # hidden units of every LSTM layer
     layers: int = 2  # number of stacked LSTM layers
-    dropout: float = 0.3  # input dropout of every LSTM layer (training only)
+    dropout: float = 0.3  # dropout on every LSTM input and on the last LSTM output (training only)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -32,16 +32,18 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 20  # total epochs of the run; a resumed run counts the epochs already done
     batch_size: int = 64  # parallel character streams per batch (the LSTM state has one row each)
-    seq_length: int = 100  # characters per window: how far back gradients flow
+    seq_length: int = 50  # characters per window: how far back gradients flow
     learning_rate: float = 3e-3  # Adam step size before any decay
     lr_decay: float = 0.9  # multiply the learning rate by this each epoch after lr_decay_after (1: off)
     lr_decay_after: int = 3  # epochs at the full learning rate before the decay starts
+    lr_schedule: str = "cosine"  # "cosine": per step down to 1% by the end of the run; "step": lr_decay per epoch
     clip_norm: float = 5.0  # clip gradients to this global norm
     val_fraction: float = 0.1  # contiguous last fraction of the corpus held out for validation
     patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
     max_minutes: float = 0.0  # validate, save and stop after this many minutes of training (0: no limit)
     save_every: int = 0  # also save a resumable checkpoint every this many steps (0: at epoch ends only)
     seed: int = 1234  # seeds weight initialisation and dropout
+    mixed_precision: str = "auto"  # "on": bfloat16 LSTM training matmuls (CPU); "auto": on where the CPU has them
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -85,3 +87,12 @@ def validate_training(config: TrainConfig) -> None:
     check_range("clip_norm", config.clip_norm, low=0, low_open=True)
     check_range("val_fraction", config.val_fraction, low=0, high=1, low_open=True, high_open=True)
     check_range("max_minutes", config.max_minutes, low=0)
+    for name, allowed in CHOICES.items():
+        if getattr(config, name) not in allowed:
+            from textgen.errors import TextgenError
+
+            raise TextgenError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                               f"got {getattr(config, name)!r}")
+
+
+CHOICES = {"lr_schedule": ("cosine", "step"), "mixed_precision": ("auto", "on", "off")}

@@ -84,12 +84,13 @@ def replica_rows(strategy, array):
                   * per_replica]))
 
 
-def any_worker(strategy, *flags: bool) -> list[bool]:
-    """Each flag, True if it is True on any worker, so that every worker takes the same stop decision."""
+def worker_mean(strategy, *values: float) -> list[float]:
+    """Each value averaged over all workers, so that every worker takes the same decision
+    (a flag's mean is above 0 when it is set on any worker)."""
     import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return list(flags)
+        return [float(value) for value in values]
     value = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.constant([int(flag) for flag in flags]))
-    return [bool(total) for total in strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy()]
+        lambda context: tf.constant([float(value) for value in values], tf.float64))
+    return [float(mean) for mean in strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None).numpy()]

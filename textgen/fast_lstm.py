@@ -23,6 +23,12 @@ Input ``dropout`` is applied like the stock layer's cuDNN path: one mask per
 training only. (The stock CPU path caches that same mask for every step, so
 under the same seed both layers compute the same thing.)
 
+``matmul_dtype="bfloat16"`` (training only) feeds every matmul of the fused path
+bfloat16 operands: CPUs with AVX512_BF16 or AMX run those about twice as fast
+through oneDNN. Products are cast back to float32 straight away, so the gate math,
+the cell state, the carried (h, c) and the weights stay float32 (mixed precision).
+Inference (``training=False``: validation, eval) stays float32.
+
 Anything else (non-TensorFlow backend, a visible GPU, a mask, recurrent dropout,
 non-default activations, no bias, ``go_backwards``, ``unroll``, non-float32
 compute, ``use_cudnn=True``) falls back to ``keras.layers.LSTM.inner_loop``.
@@ -41,7 +47,7 @@ def _is_activation(fn, name: str) -> bool:
     return fn in (getattr(tf, name), getattr(tf.math, name), getattr(tf.nn, name))
 
 
-def _gpu_visible() -> bool:
+def gpu_visible() -> bool:
     import tensorflow as tf
 
     return bool(tf.config.list_logical_devices("GPU"))
@@ -53,8 +59,18 @@ class FastLSTM(keras.layers.LSTM):
 
     Same constructor, weights (``cell.kernel`` (in, 4U), ``cell.recurrent_kernel``
     (U, 4U), ``cell.bias`` (4U,), gate order i, f, c, o) and config as the stock
-    layer, so weights move freely between the two.
+    layer, so weights move freely between the two. ``matmul_dtype`` ("float32" or
+    "bfloat16") is the operand type of the fused training path's matmuls.
     """
+
+    def __init__(self, units, matmul_dtype: str = "float32", **kwargs):
+        super().__init__(units, **kwargs)
+        if matmul_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"matmul_dtype must be 'float32' or 'bfloat16', not {matmul_dtype!r}")
+        self.matmul_dtype = matmul_dtype
+
+    def get_config(self):
+        return {**super().get_config(), "matmul_dtype": self.matmul_dtype}
 
     def fast_path_applies(self, sequences, mask=None) -> bool:
         """Whether :meth:`inner_loop` will take the fused path for these inputs."""
@@ -75,7 +91,7 @@ class FastLSTM(keras.layers.LSTM):
             return False
         if keras.backend.standardize_dtype(sequences.dtype) != "float32" or cell.variable_dtype != "float32":
             return False
-        if _gpu_visible():
+        if gpu_visible():
             return False
         return True
 
@@ -99,7 +115,7 @@ class FastLSTM(keras.layers.LSTM):
         bias = tf.convert_to_tensor(self.cell.bias.value)
         x_tm = tf.transpose(x, [1, 0, 2])
         if training:
-            outputs_tm, h, c = _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias)
+            outputs_tm, h, c = _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, tf.as_dtype(self.matmul_dtype))
         else:
             outputs_tm, h, c = _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save=False)
         outputs = tf.transpose(outputs_tm, [1, 0, 2])
@@ -138,7 +154,14 @@ def _materialized_transpose(matrix):
     return tf.raw_ops.Snapshot(input=tf.transpose(matrix))
 
 
-def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save):
+def _matmul(a, b, operand_dtype, **kwargs):
+    """``a @ b`` with operands cast to ``operand_dtype``, product back in ``a``'s dtype."""
+    import tensorflow as tf
+
+    return tf.cast(tf.matmul(tf.cast(a, operand_dtype), tf.cast(b, operand_dtype), **kwargs), a.dtype)
+
+
+def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=None):
     """Run the recurrence.
 
     Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all)`` for
@@ -152,13 +175,14 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save):
     steps = tf.shape(x_tm)[0]
     batch = tf.shape(x_tm)[1]
     dtype = x_tm.dtype
+    operand_dtype = operand_dtype or dtype
     # The candidate block is pre-scaled by 2 so that one sigmoid over all 4U columns
     # gives every gate: tanh(z) = 2 sigmoid(2z) - 1.
     scale = _gate_scale(units, dtype, 2.0)
     # One big input projection for the whole window.
-    xw = tf.matmul(tf.reshape(x_tm, [-1, in_dim]), kernel * scale) + bias * scale
+    xw = _matmul(tf.reshape(x_tm, [-1, in_dim]), kernel * scale, operand_dtype) + bias * scale
     xw = tf.reshape(xw, [steps, batch, 4 * units])
-    rk = recurrent * scale
+    rk = tf.cast(recurrent * scale, operand_dtype)
 
     offset = 1 if save else 0
     h_ta = tf.TensorArray(dtype, size=steps + offset, element_shape=h0.shape)
@@ -169,7 +193,7 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save):
         c_ta = c_ta.write(0, c0)
 
     def body(t, h, c, h_ta, c_ta, s_ta):
-        s = tf.sigmoid(xw[t] + tf.matmul(h, rk))
+        s = tf.sigmoid(xw[t] + _matmul(h, rk, operand_dtype))
         # (B, 4U) -> gate-major (4, B, U): one transpose instead of a column split, and
         # the gates (and the backward's reads of them) become free dim-0 views.
         s = tf.transpose(tf.reshape(s, [-1, 4, units]), [1, 0, 2])
@@ -194,7 +218,7 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save):
     return h_all[1:], h, c, h_all, c_ta.stack(), s_ta.stack()
 
 
-def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last):
+def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last, operand_dtype):
     """Reverse recurrence plus the post-loop weight-gradient matmuls.
 
     Returns the gradients of ``(x_tm, h0, c0, kernel, recurrent, bias)``.
@@ -212,7 +236,7 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
     dc = tf.zeros(tf.shape(h_all)[1:], dtype) if d_c_last is None else d_c_last
     # Pre-transposed: matmul(..., transpose_b=True) is slower on CPU (up to 5x for this
     # shape). Snapshot stops grappler from folding the transpose back into the matmul.
-    recurrent_t = _materialized_transpose(recurrent)
+    recurrent_t = tf.cast(_materialized_transpose(recurrent), operand_dtype)
     dz_ta = tf.TensorArray(dtype, size=steps, element_shape=[batch_units[0], 4 * units])
 
     def body(t, dh, dc, dz_ta):
@@ -227,7 +251,7 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
         # so its dz = dg * 4 s (1 - s).
         dz = tf.concat([dc * (2.0 * sg - 1.0) * di, dc * c_prev * df, (4.0 * dc) * i * dg, dh * tc * do], 1)
         dz_ta = dz_ta.write(t, dz)
-        return t - 1, tf.matmul(dz, recurrent_t), dc * f, dz_ta
+        return t - 1, _matmul(dz, recurrent_t, operand_dtype), dc * f, dz_ta
 
     _, dh0, dc0, dz_ta = tf.while_loop(
         lambda t, *_: t >= 0,
@@ -241,24 +265,26 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
     # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a
     # separate memory-bound reduction over the (T*B, 4U) dZ.
     x_ones = tf.concat([x_flat, tf.ones([tf.shape(x_flat)[0], 1], dtype)], 1)
-    d_kernel_bias = tf.matmul(x_ones, dz, transpose_a=True)
+    dz_operand = tf.cast(dz, operand_dtype)
+    d_kernel_bias = _matmul(x_ones, dz_operand, operand_dtype, transpose_a=True)
     d_kernel, d_bias = d_kernel_bias[:in_dim], d_kernel_bias[in_dim]
-    d_recurrent = tf.matmul(h_prev, dz, transpose_a=True)
-    d_x = tf.reshape(tf.matmul(dz, _materialized_transpose(kernel)), tf.shape(x_tm))
+    d_recurrent = _matmul(h_prev, dz_operand, operand_dtype, transpose_a=True)
+    d_x = tf.reshape(_matmul(dz, _materialized_transpose(kernel), operand_dtype), tf.shape(x_tm))
     return d_x, dh0, dc0, d_kernel, d_recurrent, d_bias
 
 
-def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias):
+def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, operand_dtype=None):
     import tensorflow as tf
 
     @tf.custom_gradient
     def lstm(x_tm, h0, c0, kernel, recurrent, bias):
         outputs, h_last, c_last, h_all, c_all, s_all = _lstm_forward(
-            x_tm, h0, c0, kernel, recurrent, bias, save=True
+            x_tm, h0, c0, kernel, recurrent, bias, save=True, operand_dtype=operand_dtype
         )
 
         def grad(d_outputs, d_h_last, d_c_last):
-            return _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last)
+            return _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last,
+                                  operand_dtype or x_tm.dtype)
 
         return (outputs, h_last, c_last), grad
 

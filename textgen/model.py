@@ -8,11 +8,12 @@ from textgen.config import ModelConfig
 from textgen.fast_lstm import FastLSTM
 
 
-def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
+def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float32") -> keras.Model:
     """Build the model for a fixed number of parallel streams.
 
     The LSTM state lives in the layers between calls, so the batch size is part of the
     graph. Weights do not depend on it: a model trained at batch 64 loads into batch 1.
+    ``matmul_dtype="bfloat16"`` is mixed-precision training (see FastLSTM); weights stay float32.
     """
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
@@ -24,7 +25,12 @@ def build_model(config: ModelConfig, batch_size: int) -> keras.Model:
             recurrent_initializer="glorot_uniform",
             dropout=config.dropout,
             name=f"lstm_{index}",
+            matmul_dtype=matmul_dtype,
         )(x)
+    if config.dropout:
+        # Dropout on the last LSTM's output too (Zaremba et al.: every non-recurrent connection); it has
+        # no weights, so checkpoints load with or without it.
+        x = keras.layers.Dropout(config.dropout, name="output_dropout")(x)
     logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
     return keras.Model(inputs, logits, name="textgen")
 
@@ -37,3 +43,13 @@ def reset_states(model: keras.Model) -> None:
     """Zero the carried (h, c) of every LSTM layer (Keras 3 has no model.reset_states)."""
     for layer in lstm_layers(model):
         layer.reset_state()
+
+
+def cpu_has_bfloat16_matmul() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX); elsewhere it is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -111,9 +111,28 @@ def _resolve_configs(meta: Optional[dict], vocab: Vocabulary, model_options: dic
     return model_config, train_config
 
 
-def learning_rate_for(config: TrainConfig, epoch: int) -> float:
-    """The classic char-rnn schedule: constant, then multiplied by lr_decay every epoch after lr_decay_after."""
+COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of --learning-rate
+
+
+def learning_rate_for(config: TrainConfig, epoch: int, run_fraction: float = 0.0) -> float:
+    """The learning rate for a step in ``epoch`` (0-based), ``run_fraction`` of the way through the run.
+
+    "step" is the classic char-rnn schedule: constant, then multiplied by lr_decay every epoch after
+    lr_decay_after. "cosine" falls smoothly from learning_rate to 1% of it at the end of the run.
+    """
+    if config.lr_schedule == "cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, run_fraction))))
+        return config.learning_rate * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * shape)
     return config.learning_rate * config.lr_decay ** max(0, epoch - config.lr_decay_after + 1)
+
+
+def run_fraction(config: TrainConfig, global_step: int, steps_per_epoch: int, elapsed_seconds: float) -> float:
+    """How far through the run training is: by steps out of --epochs, or by time out of --max-minutes
+    when that budget is set and runs out first (so a time-boxed run anneals by its deadline)."""
+    fraction = global_step / (config.epochs * steps_per_epoch)
+    if config.max_minutes:
+        fraction = max(fraction, elapsed_seconds / (config.max_minutes * 60))
+    return min(1.0, fraction)
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -151,7 +170,8 @@ class _Session:
         self.per_replica = train_config.batch_size // replicas
         keras.utils.set_random_seed(train_config.seed)
         with strategy.scope():
-            self.model = build_model(model_config, self.per_replica)
+            self.model = build_model(model_config, self.per_replica,
+                                     matmul_dtype="bfloat16" if uses_mixed_precision(train_config) else "float32")
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate)
             self.optimizer.build(self.model.trainable_variables)
         self.lstms = lstm_layers(self.model)
@@ -268,7 +288,7 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, strategy_name: str, log: Callable[[str], None]) -> dict:
-    from textgen.distribute import any_worker, is_chief, make_strategy
+    from textgen.distribute import is_chief, make_strategy, worker_mean
 
     writes = is_chief(strategy_name)
     meta = checkpoint.read_meta(run_dir, "last") if resume else None
@@ -293,12 +313,23 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         progress.update({key: meta[key] for key in progress})
         log(f"resuming {run_dir} at epoch {meta['epoch']}"
             + (f", step {meta['step_in_epoch']}" if meta["step_in_epoch"] else ""))
+        saved = TrainConfig.from_dict(meta["training"])
+        if config.lr_schedule == "cosine" and (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes):
+            before = learning_rate_for(saved, 0, run_fraction(saved, progress["global_step"], len(train_batches),
+                                                               progress["elapsed_seconds"]))
+            after = learning_rate_for(config, 0, run_fraction(config, progress["global_step"], len(train_batches),
+                                                               progress["elapsed_seconds"]))
+            log(f"note: the run's length changed (--epochs {saved.epochs} -> {config.epochs}, --max-minutes "
+                f"{saved.max_minutes:g} -> {config.max_minutes:g}), so the cosine schedule is re-stretched: the "
+                f"learning rate goes from {before:.3g} to {after:.3g}")
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
             f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
             f"{len(train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else ""))
 
+    if writes and (note := _mixed_precision_note(config.mixed_precision)):
+        log(note)
     base_meta = dict(model=model_config.to_dict(), training=config.to_dict(), vocab=data.vocab.to_json(),
                      corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint))
     explode_limit = 4 * max(math.log(len(data.vocab)), 1.0)
@@ -323,7 +354,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     with stop_on_signals() as signals:
         while progress["epoch"] < config.epochs:
             epoch = progress["epoch"]
-            session.optimizer.learning_rate.assign(learning_rate_for(config, epoch))
+            fraction = run_fraction(config, progress["global_step"], len(train_batches), progress["elapsed_seconds"])
             if progress["step_in_epoch"] == 0:
                 session.reset_states()
                 progress["epoch_loss_sum"] = 0.0
@@ -331,6 +362,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                                enabled=writes)
             time_up = False
             for step in range(progress["step_in_epoch"], len(train_batches)):
+                session.optimizer.learning_rate.assign(learning_rate_for(config, epoch, fraction))
                 loss = float(session.train_step(*train_batches[step]))
                 if not math.isfinite(loss) or loss > explode_limit:
                     what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
@@ -344,8 +376,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 mean_loss = progress["epoch_loss_sum"] / (step + 1)
                 bar(step + 1, loss=mean_loss, bpc=bpc(mean_loss))
                 elapsed = time.monotonic() - started
-                interrupted, time_up = any_worker(session.strategy, bool(signals),
-                                                  bool(config.max_minutes) and elapsed >= config.max_minutes * 60)
+                interrupted, time_up, elapsed = worker_mean(
+                    session.strategy, bool(signals), bool(config.max_minutes) and elapsed >= config.max_minutes * 60,
+                    elapsed)
+                interrupted, time_up = interrupted > 0, time_up > 0
+                fraction = run_fraction(config, progress["global_step"], len(train_batches), elapsed)
                 if interrupted:
                     save(("last",), train_loss=progress["epoch_loss_sum"] / (step + 1), val_loss=None)
                     raise Interrupted(
@@ -369,7 +404,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             progress["history"] = progress["history"] + [dict(
                 epoch=epoch + 1, step=progress["global_step"], chars_seen=progress["chars_seen"],
                 train_loss=train_loss, train_bpc=bpc(train_loss), val_loss=val_loss, val_bpc=bpc(val_loss),
-                learning_rate=learning_rate_for(config, epoch), seconds=round(seconds, 2))]
+                learning_rate=float(session.optimizer.learning_rate.numpy()), seconds=round(seconds, 2))]
             last_losses = dict(train_loss=train_loss, val_loss=val_loss)
             save(("last", "best") if improved else ("last",), lstm_states=carried, **last_losses)
             if writes:
@@ -392,6 +427,34 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         + f"; checkpoints in {run_dir}")
     return dict(run_dir=run_dir, epoch=progress["epoch"], best_val_loss=best, stopped=stopped,
                 history=progress["history"], model=session.model, **last_losses)
+
+
+def uses_mixed_precision(config: TrainConfig) -> bool:
+    """--mixed-precision auto means on where it is native and fast: a CPU with bfloat16 matmul instructions."""
+    from textgen.fast_lstm import gpu_visible
+    from textgen.model import cpu_has_bfloat16_matmul
+
+    if config.mixed_precision == "auto":
+        return cpu_has_bfloat16_matmul() and not gpu_visible()
+    return config.mixed_precision == "on"
+
+
+def _mixed_precision_note(setting: str) -> Optional[str]:
+    """What --mixed-precision does on this machine; a warning where "on" cannot help."""
+    from textgen.fast_lstm import gpu_visible
+    from textgen.model import cpu_has_bfloat16_matmul
+
+    asked = setting == "on"
+    if setting == "off":
+        return None
+    if gpu_visible():
+        return ("note: --mixed-precision on applies to the CPU training path only; on this GPU the cuDNN LSTM "
+                "trains in float32") if asked else None
+    if not cpu_has_bfloat16_matmul():
+        return ("note: this CPU has no native bfloat16 matmul (AVX512_BF16 or AMX), so --mixed-precision on is "
+                "likely slower here; use --mixed-precision off") if asked else None
+    return (f"mixed precision{'' if asked else ' (auto)'}: LSTM training matmuls in bfloat16 "
+            "(weights, state and validation in float32)")
 
 
 def _summary_writer(run_dir: Path):
