@@ -11,7 +11,7 @@ DEMO_OPTIONS ?= --run demo --overwrite --layers 1 --units 256 --embedding-dim 64
 	--dropout 0.2 --learning-rate 0.003 --epochs 100 --max-minutes 2.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sample demo test test-fast bench bench-quality lint readme clean
+.PHONY: help install data train sample demo test test-fast bench bench-quality bench-precision lint readme clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench: $(STAMP) ## Speed benchmarks (sampling, training, corpus encoding); resul
 
 bench-quality: $(STAMP) ## Train the default model on tinyshakespeare for 20 minutes, report the best validation loss
 	$(BIN)/python benchmarks/bench_quality.py
+
+bench-precision: $(STAMP) ## Train 2 epochs on tinyshakespeare in float32 and in bfloat16, compare speed and loss
+	$(BIN)/python benchmarks/bench_mixed_precision.py
 
 lint: $(STAMP) ## Check the code with ruff
 	$(BIN)/ruff check textgen tests benchmarks tools
