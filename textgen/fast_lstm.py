@@ -273,7 +273,7 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
     return d_x, dh0, dc0, d_kernel, d_recurrent, d_bias
 
 
-def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, operand_dtype=None):
+def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, operand_dtype):
     import tensorflow as tf
 
     @tf.custom_gradient
@@ -284,7 +284,7 @@ def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, operand_dtype=None):
 
         def grad(d_outputs, d_h_last, d_c_last):
             return _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last,
-                                  operand_dtype or x_tm.dtype)
+                                  operand_dtype)
 
         return (outputs, h_last, c_last), grad
 

@@ -315,10 +315,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             + (f", step {meta['step_in_epoch']}" if meta["step_in_epoch"] else ""))
         saved = TrainConfig.from_dict(meta["training"])
         if config.lr_schedule == "cosine" and (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes):
-            before = learning_rate_for(saved, 0, run_fraction(saved, progress["global_step"], len(train_batches),
-                                                               progress["elapsed_seconds"]))
-            after = learning_rate_for(config, 0, run_fraction(config, progress["global_step"], len(train_batches),
-                                                               progress["elapsed_seconds"]))
+            before, after = (learning_rate_for(c, 0, run_fraction(c, progress["global_step"], len(train_batches),
+                                                                   progress["elapsed_seconds"]))
+                             for c in (saved, config))
             log(f"note: the run's length changed (--epochs {saved.epochs} -> {config.epochs}, --max-minutes "
                 f"{saved.max_minutes:g} -> {config.max_minutes:g}), so the cosine schedule is re-stretched: the "
                 f"learning rate goes from {before:.3g} to {after:.3g}")
@@ -440,21 +439,21 @@ def uses_mixed_precision(config: TrainConfig) -> bool:
 
 
 def _mixed_precision_note(setting: str) -> Optional[str]:
-    """What --mixed-precision does on this machine; a warning where "on" cannot help."""
+    """What --mixed-precision does on this machine; a warning where an explicit "on" cannot take effect."""
     from textgen.fast_lstm import gpu_visible
-    from textgen.model import cpu_has_bfloat16_matmul
 
-    asked = setting == "on"
     if setting == "off":
+        return None
+    if uses_mixed_precision(TrainConfig(mixed_precision="auto")):
+        return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
+                "(weights, state and validation in float32)")
+    if setting == "auto":
         return None
     if gpu_visible():
         return ("note: --mixed-precision on applies to the CPU training path only; on this GPU the cuDNN LSTM "
-                "trains in float32") if asked else None
-    if not cpu_has_bfloat16_matmul():
-        return ("note: this CPU has no native bfloat16 matmul (AVX512_BF16 or AMX), so --mixed-precision on is "
-                "likely slower here; use --mixed-precision off") if asked else None
-    return (f"mixed precision{'' if asked else ' (auto)'}: LSTM training matmuls in bfloat16 "
-            "(weights, state and validation in float32)")
+                "trains in float32")
+    return ("note: this CPU has no native bfloat16 matmul (AVX512_BF16 or AMX), so --mixed-precision on is "
+            "likely slower here; use --mixed-precision off")
 
 
 def _summary_writer(run_dir: Path):
