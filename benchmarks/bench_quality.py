@@ -29,6 +29,8 @@ def main() -> None:
     command = ["-m", "textgen", "train", str(CORPUS), "--checkpoint-dir", "benchmarks/out", "--run", "quality",
                "--overwrite", "--epochs", "1000", "--max-minutes", str(args.minutes), *extra]
     result = subprocess.run([sys.executable, *command], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"training failed (exit code {result.returncode}):\n{result.stderr[-2000:]}")
     log = [line for line in result.stderr.splitlines() if line.startswith(("training", "epoch", "stopped"))]
     from textgen.checkpoint import read_meta
 

@@ -107,6 +107,7 @@ BAD_INPUTS = [
     (["train", "{root}/good.txt", "--learning-rate", "0"], "--learning-rate must be in (0, inf]", 1, None),
     (["train", "{root}/good.txt", "--learning-rate", "nan"], "--learning-rate must be", 1, None),
     (["train", "{root}/good.txt", "--val-fraction", "1.5"], "--val-fraction must be in (0, 1)", 1, None),
+    (["train", "{root}/good.txt", "--weight-decay", "-0.1"], "--weight-decay must be in [0, inf]", 1, None),
     (["train", "{root}/good.txt", "--epochs", "many"], "'many' is not a valid integer", 2, None),
     (["train", "{root}/good.txt", "--bogus"], "No such option '--bogus'", 2, None),
     (["train", "{root}/good.txt", "--lr-schedule", "linear"], "'linear' is not one of 'cosine', 'step'", 2, None),

@@ -228,3 +228,17 @@ def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):
     train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, resume=True, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=6, lr_schedule="cosine", learning_rate=0.02))
     assert any("re-stretched: the learning rate goes from 0.0002 to 0.01" in m for m in messages), messages
+
+
+def test_weight_decay_shrinks_weight_matrices_and_spares_biases():
+    from textgen.config import ModelConfig, TrainConfig
+    session = training._Session(ModelConfig(vocab_size=5, **TINY_MODEL),
+                                TrainConfig(learning_rate=0.1, weight_decay=0.5, batch_size=2, mixed_precision="off"))
+    variables = session.model.trainable_variables
+    before = [np.array(v.numpy()) for v in variables]
+    # Zero gradients leave Adam's own step at zero, so any change is the decoupled decay alone.
+    session.optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in variables])
+    for variable, old in zip(variables, before):
+        factor = 1.0 if "bias" in variable.name else 1 - 0.1 * 0.5
+        assert np.allclose(variable.numpy(), old * factor, atol=1e-7), variable.path
+    assert {v.name for v in variables} >= {"embeddings", "kernel", "recurrent_kernel", "bias"}

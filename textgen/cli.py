@@ -27,6 +27,8 @@ TRAIN_HELP = {
     "lr_decay": "With --lr-schedule step: multiply the learning rate by this every epoch after --lr-decay-after.",
     "lr_decay_after": "With --lr-schedule step: epochs at the full learning rate before the decay starts.",
     "clip_norm": "Clip gradients to this global norm.",
+    "weight_decay": "Decoupled (AdamW) weight decay of the weight matrices and embedding, times the learning rate "
+                    "each step (biases are not decayed; 0 = off).",
     "mixed_precision": "on: multiply in bfloat16 inside the LSTM training step (weights, state and validation "
                        "stay float32), ~1.4x faster on CPUs with AVX512_BF16 or AMX; auto: on where the CPU has "
                        "them.",

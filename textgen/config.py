@@ -38,6 +38,7 @@ class TrainConfig:
     lr_decay_after: int = 3  # epochs at the full learning rate before the decay starts
     lr_schedule: str = "cosine"  # "cosine": per step down to 1% by the end of the run; "step": lr_decay per epoch
     clip_norm: float = 5.0  # clip gradients to this global norm
+    weight_decay: float = 0.2  # decoupled (AdamW) decay of the weight matrices per step, times the learning rate
     val_fraction: float = 0.1  # contiguous last fraction of the corpus held out for validation
     patience: int = 0  # stop after this many epochs without a better validation loss (0: never)
     max_minutes: float = 0.0  # validate, save and stop after this many minutes of training (0: no limit)
@@ -85,6 +86,7 @@ def validate_training(config: TrainConfig) -> None:
     check_range("learning_rate", config.learning_rate, low=0, low_open=True)
     check_range("lr_decay", config.lr_decay, low=0, high=1, low_open=True)
     check_range("clip_norm", config.clip_norm, low=0, low_open=True)
+    check_range("weight_decay", config.weight_decay, low=0)
     check_range("val_fraction", config.val_fraction, low=0, high=1, low_open=True, high_open=True)
     check_range("max_minutes", config.max_minutes, low=0)
     for name, allowed in CHOICES.items():

@@ -172,7 +172,9 @@ class _Session:
         with strategy.scope():
             self.model = build_model(model_config, self.per_replica,
                                      matmul_dtype="bfloat16" if uses_mixed_precision(train_config) else "float32")
-            self.optimizer = keras.optimizers.Adam(train_config.learning_rate)
+            self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
+                                                   weight_decay=train_config.weight_decay or None)
+            self.optimizer.exclude_from_weight_decay(var_names=["bias"])
             self.optimizer.build(self.model.trainable_variables)
         self.lstms = lstm_layers(self.model)
         model, optimizer, global_batch = self.model, self.optimizer, train_config.batch_size
