@@ -242,3 +242,13 @@ def test_weight_decay_shrinks_weight_matrices_and_spares_biases():
         factor = 1.0 if "bias" in variable.name else 1 - 0.1 * 0.5
         assert np.allclose(variable.numpy(), old * factor, atol=1e-7), variable.path
     assert {v.name for v in variables} >= {"embeddings", "kernel", "recurrent_kernel", "bias"}
+
+
+def test_checkpoint_from_before_an_option_resumes_as_it_was_trained():
+    from textgen.config import TrainConfig
+    saved = dict(TrainConfig(learning_rate=0.01).to_dict())
+    for option in ("lr_schedule", "mixed_precision", "weight_decay"):
+        del saved[option]
+    old = TrainConfig.from_dict(saved)
+    assert (old.lr_schedule, old.mixed_precision, old.weight_decay, old.learning_rate) == ("step", "off", 0.0, 0.01)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()

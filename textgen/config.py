@@ -51,8 +51,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """A saved config; options it predates take the value its run actually trained with."""
         names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
+        return cls(**{**BEHAVIOUR_BEFORE_OPTION, **{key: value for key, value in values.items() if key in names}})
+
+
+# What training did before each of these options existed, so a checkpoint written then resumes as it ran.
+BEHAVIOUR_BEFORE_OPTION = {"lr_schedule": "step", "mixed_precision": "off", "weight_decay": 0.0}
 
 
 def check_range(name: str, value, low=None, high=None, low_open=False, high_open=False, integer=False) -> None:
