@@ -12,7 +12,7 @@ DEMO_OPTIONS ?= --run demo --overwrite --layers 1 --units 256 --embedding-dim 64
 	--dropout 0.2 --weight-decay 0 --learning-rate 0.003 --epochs 100 --max-minutes 2.5
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sample demo test test-fast bench bench-quality bench-precision lint readme clean
+.PHONY: help install data train sample demo test test-fast bench bench-peers bench-quality bench-precision lint readme clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,20 @@ test-fast: $(STAMP) ## Run the tests without the slow fault-injection ones
 bench: $(STAMP) ## Speed benchmarks (sampling, training, corpus encoding); results go to BENCHMARKS.md
 	$(BIN)/python benchmarks/run_all.py
 
+# The PyTorch peers get a virtualenv of their own: torch is never a textgen dependency. 2.13.0 is the CPU
+# build where the machine keeps that wheel on disk; elsewhere pip takes PyPI's build (it runs on the CPU too).
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION) numpy
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP) ## Training and sampling side by side with the obvious PyTorch loops (own venv)
+	$(BIN)/python benchmarks/bench_peers.py --peer-python $(PEERS_VENV)/bin/python
+
 bench-quality: $(STAMP) ## Train the default model on tinyshakespeare for 20 minutes, report the best validation loss
 	$(BIN)/python benchmarks/bench_quality.py
 
@@ -60,6 +74,6 @@ readme: $(STAMP) ## Regenerate the README's option reference from the CLI's --he
 	$(BIN)/python tools/update_readme.py
 
 clean: ## Remove the virtualenv, caches, the built corpus and all checkpoints
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build dist data/*.txt benchmarks/out
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .ruff_cache *.egg-info build dist data/*.txt benchmarks/out
 	find checkpoints -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -10,6 +10,11 @@ Per step, for layer 0 the input projection ``embedding[id] @ kernel + bias`` is 
 precomputed (V, 4U) table (a gather instead of a matmul); later layers do one matmul of
 ``[x, h] @ [kernel; recurrent_kernel]``; the gate math follows ``keras.layers.LSTM``
 (gate order i, f, c, o; sigmoid / tanh) and XLA fuses it into a few kernels.
+
+The loop runs feature-major: each layer's carried (h, c) is (U, N) and the step's product is
+``W^T (4U, .) @ h^T (., N)``. On CPU that output shape runs faster than the batch-major
+``(N, .) @ (., 4U)`` one (1.3x for one stream, a few percent for 64: BENCHMARKS.md, "Against
+PyTorch"), and the gates become contiguous row blocks.
 """
 
 from __future__ import annotations
@@ -96,8 +101,9 @@ class Engine:
         self.jit_compile = bool(jit_compile)
         self._tf = tf
         self._table = tf.constant(weights.table)
-        self._recurrent0 = tf.constant(weights.recurrent0)
-        self._stacked = [(tf.constant(k), tf.constant(b)) for k, b in weights.stacked]
+        self._recurrent0_t = tf.constant(np.ascontiguousarray(weights.recurrent0.T))  # (4U, U)
+        # per layer >= 1: ([kernel; recurrent_kernel]^T (4U, 2U), bias as a (4U, 1) column)
+        self._stacked_t = [(tf.constant(np.ascontiguousarray(k.T)), tf.constant(b[:, None])) for k, b in weights.stacked]
         self._dense_kernel = tf.constant(weights.dense_kernel)
         self._dense_bias = tf.constant(weights.dense_bias)
         self._functions: dict = {}  # compiled concrete functions, by kind and static options
@@ -112,8 +118,8 @@ class Engine:
     def reset(self) -> None:
         """Zero the (h, c) state of every layer and forget the kept logits."""
         tf = self._tf
-        # one tensor (2L, N, U): h of layers 0..L-1, then c of layers 0..L-1 (few call arguments)
-        self._state = tf.zeros((2 * self.weights.layers, self.num_streams, self.units), tf.float32)
+        # one tensor (2L, U, N): h^T of layers 0..L-1, then c^T of layers 0..L-1 (few call arguments)
+        self._state = tf.zeros((2 * self.weights.layers, self.units, self.num_streams), tf.float32)
         self._last = None  # (N, V) logits after the last fed id
 
     @property
@@ -124,26 +130,26 @@ class Engine:
     # ----------------------------------------------------------------- graph pieces
 
     def _step(self, ids, hs, cs):
-        """Feed ids (N,) int32 through every layer: return logits (N, V) and the new state."""
+        """Feed ids (N,) int32 through every layer: return logits (N, V) and the new (U, N) states."""
         tf = self._tf
         units = self.units
         new_h, new_c = [], []
         x = None
         for index in range(self.weights.layers):
             if index == 0:
-                z = tf.gather(self._table, ids) + tf.matmul(hs[0], self._recurrent0)
+                z = tf.transpose(tf.gather(self._table, ids)) + tf.matmul(self._recurrent0_t, hs[0])
             else:
-                kernel, bias = self._stacked[index - 1]
-                z = tf.matmul(tf.concat([x, hs[index]], axis=1), kernel) + bias
-            i = tf.sigmoid(z[:, :units])
-            f = tf.sigmoid(z[:, units : 2 * units])
-            g = tf.tanh(z[:, 2 * units : 3 * units])
-            o = tf.sigmoid(z[:, 3 * units :])
+                kernel_t, bias = self._stacked_t[index - 1]
+                z = tf.matmul(kernel_t, tf.concat([x, hs[index]], axis=0)) + bias
+            i = tf.sigmoid(z[:units])
+            f = tf.sigmoid(z[units : 2 * units])
+            g = tf.tanh(z[2 * units : 3 * units])
+            o = tf.sigmoid(z[3 * units :])
             c = f * cs[index] + i * g
             x = o * tf.tanh(c)
             new_h.append(x)
             new_c.append(c)
-        logits = tf.matmul(x, self._dense_kernel) + self._dense_bias
+        logits = tf.matmul(x, self._dense_kernel, transpose_a=True) + self._dense_bias
         return logits, tuple(new_h), tuple(new_c)
 
     def _split(self, state):
@@ -156,7 +162,7 @@ class Engine:
             return self._functions[key]
         tf = self._tf
         streams, vocab, units, layers = self.num_streams, self.vocab_size, self.units, self.weights.layers
-        state_spec = tf.TensorSpec((2 * layers, streams, units), tf.float32)
+        state_spec = tf.TensorSpec((2 * layers, units, streams), tf.float32)
 
         if key[0] == "forced":
             bucket = key[1]

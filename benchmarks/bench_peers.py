@@ -1,0 +1,203 @@
+"""Against PyTorch: textgen's training and sampling vs the obvious PyTorch loops, side by side.
+
+    python benchmarks/bench_peers.py [--peer-python .venv-peers/bin/python] [--quick] [--no-record]
+
+`make bench-peers` makes the peer virtualenv (CPU torch; never a textgen dependency) and runs this.
+The PyTorch side runs in a subprocess of that virtualenv (benchmarks/peer_torch.py) that waits on its
+stdin between blocks; textgen runs in this process. Blocks alternate (textgen, torch, torch, textgen,
+...) so both see the same machine, and each row reports the best step (contention only ever adds
+time) with the median beside it.
+
+Training, float32 on both sides (textgen `--mixed-precision off`), random ids, state carried:
+  reference: vocab 65, embedding 256, 1 x 512, batch 64, seq 100, no dropout
+  default:   textgen's default model and training options (2 x 512, embedding 128, batch 64, seq 50,
+             dropout 0.3, weight decay 0.2) against a plain same-shape nn.LSTM (no dropout)
+  Where the CPU multiplies bfloat16 natively, textgen's bfloat16 path is timed as an extra row.
+Sampling (reference model, random weights, temperature 1): textgen's Engine vs nn.LSTMCell called
+once per character under torch.inference_mode with torch.multinomial, for 1 and 64 streams.
+
+Ends with one line of key=value pairs and, unless --no-record, rewrites BENCHMARKS.md's section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import cpu_flags, machine, update_section  # noqa: E402
+
+TRAIN_CONFIGS = {
+    "reference": dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100, dropout=0.0,
+                      weight_decay=0.0),
+    "default": None,  # filled from textgen's defaults in main()
+}
+TITLE = "Against PyTorch"
+
+
+class Peer:
+    """The PyTorch worker process: one JSON command per line, one JSON answer per line."""
+
+    def __init__(self, python: str):
+        self.process = subprocess.Popen([python, str(ROOT / "benchmarks" / "peer_torch.py")], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def ask(self, **command) -> dict:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the PyTorch peer exited (code {self.process.wait()}); see its error above")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise SystemExit(f"the PyTorch peer failed: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+class TextgenTrainer:
+    """textgen's own training session (what `textgen train` runs), on random ids."""
+
+    def __init__(self, shape: dict, mixed_precision: str):
+        import numpy as np
+
+        from textgen.config import ModelConfig, TrainConfig
+        from textgen.training import _Session
+
+        model = ModelConfig(vocab_size=shape["vocab"], embedding_dim=shape["embedding"], units=shape["units"],
+                            layers=shape["layers"], dropout=shape["dropout"])
+        train = TrainConfig(batch_size=shape["batch"], seq_length=shape["seq"], weight_decay=shape["weight_decay"],
+                            mixed_precision=mixed_precision)
+        self.session = _Session(model, train)
+        rng = np.random.default_rng(0)
+        ids = rng.integers(0, shape["vocab"], (shape["batch"], shape["seq"] + 1), dtype=np.int32)
+        self.x, self.y = ids[:, :-1], ids[:, 1:]
+        for _ in range(2):
+            self.time(1)
+
+    def time(self, count: int) -> list[float]:
+        seconds = []
+        for _ in range(count):
+            start = time.perf_counter()
+            float(self.session.train_step(self.x, self.y))
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
+
+class TextgenSampler:
+    def __init__(self, shape: dict, streams: int):
+        import numpy as np
+
+        from textgen.config import ModelConfig
+        from textgen.engine import Engine
+        from textgen.model import build_model
+
+        config = ModelConfig(vocab_size=shape["vocab"], embedding_dim=shape["embedding"], units=shape["units"],
+                             layers=1, dropout=0.0)
+        self.engine = Engine.from_model(build_model(config, 1), streams)
+        self.rng = np.random.default_rng(0)
+        self.engine.prime(np.zeros((streams, 1), dtype=np.int32))
+        self.time(32)
+
+    def time(self, count: int) -> list[float]:
+        start = time.perf_counter()
+        self.engine.sample(count, temperature=1.0, rng=self.rng)
+        return [time.perf_counter() - start]
+
+
+def interleave(rounds: int, count: int, ours, peer: Peer, name: str) -> tuple[list[float], list[float]]:
+    textgen_times, torch_times = [], []
+    for round_index in range(rounds):
+        blocks = ["textgen", "torch"] if round_index % 2 == 0 else ["torch", "textgen"]
+        for block in blocks:
+            if block == "textgen":
+                textgen_times += ours.time(count)
+            else:
+                torch_times += peer.ask(cmd="time", name=name, count=count)["seconds"]
+            time.sleep(0.3)  # let the other side's worker threads stop spinning
+    return textgen_times, torch_times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peer-python", default=str(ROOT / ".venv-peers" / "bin" / "python"),
+                        help="Python of the virtualenv that has torch (default: .venv-peers)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~1 minute)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per row (default 4)")
+    parser.add_argument("--no-record", action="store_true", help="do not rewrite BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if not Path(args.peer_python).exists():
+        print(f"no PyTorch peer environment at {args.peer_python}: run `make bench-peers`, which creates it",
+              file=sys.stderr)
+        return 2
+    rounds, train_steps, sample_one, sample_many = (2, 2, 400, 40) if args.quick else (args.rounds, 4, 1500, 150)
+
+    from textgen.config import ModelConfig, TrainConfig
+    from textgen.model import cpu_has_bfloat16_matmul
+
+    model_defaults, train_defaults = ModelConfig(vocab_size=65), TrainConfig()
+    TRAIN_CONFIGS["default"] = dict(vocab=65, embedding=model_defaults.embedding_dim, units=model_defaults.units,
+                                    layers=model_defaults.layers, batch=train_defaults.batch_size,
+                                    seq=train_defaults.seq_length, dropout=model_defaults.dropout,
+                                    weight_decay=train_defaults.weight_decay)
+    peer = Peer(args.peer_python)
+    info = peer.ask(cmd="info")
+    lines = [f"CPU flags: {cpu_flags()}",
+             f"PyTorch {info['torch']} ({info['threads']} threads, oneDNN {'on' if info['mkldnn'] else 'off'}); "
+             f"{rounds} interleaved rounds per row; chars/s from the best step (median in brackets)", ""]
+    results: dict[str, float] = {}
+
+    def row(label: str, key: str, chars: int, ours: list[float], theirs: list[float]) -> None:
+        ours_best, theirs_best = chars / min(ours), chars / min(theirs)
+        ours_median, theirs_median = chars / statistics.median(ours), chars / statistics.median(theirs)
+        ratio = ours_best / theirs_best
+        results[f"{key}_textgen"], results[f"{key}_torch"], results[f"{key}_ratio"] = ours_best, theirs_best, ratio
+        results[f"{key}_median_ratio"] = ours_median / theirs_median
+        lines.append(f"{label:<44} {ours_best:>9,.0f} ({ours_median:>7,.0f}) {theirs_best:>9,.0f} "
+                     f"({theirs_median:>7,.0f}) {ratio:>7.2f}x ({ours_median / theirs_median:.2f}x)")
+
+    lines.append(f"{'training chars/s':<44} {'textgen':>19} {'PyTorch':>19} {'textgen/PyTorch':>16}")
+    for name, shape in TRAIN_CONFIGS.items():
+        peer.ask(cmd="train", name=name, **{k: shape[k] for k in ("vocab", "embedding", "units", "layers", "batch",
+                                                                   "seq")})
+        chars = shape["batch"] * shape["seq"]
+        label = (f"{name}: {shape['layers']}x{shape['units']}, emb {shape['embedding']}, seq {shape['seq']}")
+        variants = [("off", "float32")] + ([("on", "bfloat16")] if cpu_has_bfloat16_matmul() else [])
+        for precision, dtype in variants:
+            ours, theirs = interleave(rounds, train_steps, TextgenTrainer(shape, precision), peer, name)
+            row(f"{label} ({dtype})", f"train_{name}" + ("" if dtype == "float32" else "_bf16"), chars, ours, theirs)
+    lines += ["", f"{'sampling chars/s (all streams)':<44} {'textgen':>19} {'PyTorch':>19} {'textgen/PyTorch':>16}"]
+    shape = TRAIN_CONFIGS["reference"]
+    for streams, length in ((1, sample_one), (64, sample_many)):
+        name = f"sample{streams}"
+        peer.ask(cmd="sample", name=name, vocab=shape["vocab"], embedding=shape["embedding"], units=shape["units"],
+                 streams=streams)
+        ours, theirs = interleave(rounds, length, TextgenSampler(shape, streams), peer, name)
+        row(f"{streams} stream{'s' if streams > 1 else ''}, 1x{shape['units']}, emb {shape['embedding']}",
+            name, streams * length, ours, theirs)
+    peer.close()
+    lines += ["", "targets: training >= 1.2x on both configs in float32 (floor 1.0), sampling >= 2.5x",
+              " ".join(f"{key}={value:.2f}" if key.endswith("ratio") else f"{key}={value:.0f}"
+                       for key, value in results.items())]
+    output = "\n".join(lines)
+    print(output)
+    if not args.no_record:
+        update_section(TITLE, ["benchmarks/bench_peers.py"], output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
