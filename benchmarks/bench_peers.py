@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run_all import cpu_flags, machine, update_section  # noqa: E402
+from run_all import cpu_flags, update_section  # noqa: E402
 
 TRAIN_CONFIGS = {
     "reference": dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100, dropout=0.0,

@@ -103,7 +103,8 @@ class Engine:
         self._table = tf.constant(weights.table)
         self._recurrent0_t = tf.constant(np.ascontiguousarray(weights.recurrent0.T))  # (4U, U)
         # per layer >= 1: ([kernel; recurrent_kernel]^T (4U, 2U), bias as a (4U, 1) column)
-        self._stacked_t = [(tf.constant(np.ascontiguousarray(k.T)), tf.constant(b[:, None])) for k, b in weights.stacked]
+        self._stacked_t = [(tf.constant(np.ascontiguousarray(k.T)), tf.constant(b[:, None]))
+                           for k, b in weights.stacked]
         self._dense_kernel = tf.constant(weights.dense_kernel)
         self._dense_bias = tf.constant(weights.dense_bias)
         self._functions: dict = {}  # compiled concrete functions, by kind and static options
