@@ -35,14 +35,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run_all import cpu_flags, update_section  # noqa: E402
+from run_all import update_section  # noqa: E402
 
-TRAIN_CONFIGS = {
-    "reference": dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100, dropout=0.0,
-                      weight_decay=0.0),
-    "default": None,  # filled from textgen's defaults in main()
-}
+from textgen.config import ModelConfig, TrainConfig  # noqa: E402
+from textgen.cpu import has_bfloat16_matmul, matmul_flags  # noqa: E402
+
 TITLE = "Against PyTorch"
+REFERENCE = dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100, dropout=0.0, weight_decay=0.0)
+
+
+def train_shapes() -> dict[str, dict]:
+    """The two training configs: the reference one and textgen's defaults (what `textgen train` uses)."""
+    model, train = ModelConfig(vocab_size=65), TrainConfig()
+    default = dict(vocab=65, embedding=model.embedding_dim, units=model.units, layers=model.layers,
+                   batch=train.batch_size, seq=train.seq_length, dropout=model.dropout, weight_decay=train.weight_decay)
+    return {"reference": REFERENCE, "default": default}
+
+
+def model_config(shape: dict) -> ModelConfig:
+    return ModelConfig(vocab_size=shape["vocab"], embedding_dim=shape["embedding"], units=shape["units"],
+                       layers=shape["layers"], dropout=shape["dropout"])
 
 
 class Peer:
@@ -74,14 +86,11 @@ class TextgenTrainer:
     def __init__(self, shape: dict, mixed_precision: str):
         import numpy as np
 
-        from textgen.config import ModelConfig, TrainConfig
         from textgen.training import _Session
 
-        model = ModelConfig(vocab_size=shape["vocab"], embedding_dim=shape["embedding"], units=shape["units"],
-                            layers=shape["layers"], dropout=shape["dropout"])
         train = TrainConfig(batch_size=shape["batch"], seq_length=shape["seq"], weight_decay=shape["weight_decay"],
                             mixed_precision=mixed_precision)
-        self.session = _Session(model, train)
+        self.session = _Session(model_config(shape), train)
         rng = np.random.default_rng(0)
         ids = rng.integers(0, shape["vocab"], (shape["batch"], shape["seq"] + 1), dtype=np.int32)
         self.x, self.y = ids[:, :-1], ids[:, 1:]
@@ -97,34 +106,14 @@ class TextgenTrainer:
         return seconds
 
 
-class TextgenSampler:
-    def __init__(self, shape: dict, streams: int):
-        import numpy as np
-
-        from textgen.config import ModelConfig
-        from textgen.engine import Engine
-        from textgen.model import build_model
-
-        config = ModelConfig(vocab_size=shape["vocab"], embedding_dim=shape["embedding"], units=shape["units"],
-                             layers=1, dropout=0.0)
-        self.engine = Engine.from_model(build_model(config, 1), streams)
-        self.rng = np.random.default_rng(0)
-        self.engine.prime(np.zeros((streams, 1), dtype=np.int32))
-        self.time(32)
-
-    def time(self, count: int) -> list[float]:
-        start = time.perf_counter()
-        self.engine.sample(count, temperature=1.0, rng=self.rng)
-        return [time.perf_counter() - start]
-
-
-def interleave(rounds: int, count: int, ours, peer: Peer, name: str) -> tuple[list[float], list[float]]:
+def interleave(rounds: int, count: int, time_ours, peer: Peer, name: str) -> tuple[list[float], list[float]]:
+    """Alternate blocks of count steps (or characters): textgen then torch, torch then textgen, ..."""
     textgen_times, torch_times = [], []
     for round_index in range(rounds):
         blocks = ["textgen", "torch"] if round_index % 2 == 0 else ["torch", "textgen"]
         for block in blocks:
             if block == "textgen":
-                textgen_times += ours.time(count)
+                textgen_times += time_ours(count)
             else:
                 torch_times += peer.ask(cmd="time", name=name, count=count)["seconds"]
             time.sleep(0.3)  # let the other side's worker threads stop spinning
@@ -145,17 +134,14 @@ def main(argv=None) -> int:
         return 2
     rounds, train_steps, sample_one, sample_many = (2, 2, 400, 40) if args.quick else (args.rounds, 4, 1500, 150)
 
-    from textgen.config import ModelConfig, TrainConfig
-    from textgen.model import cpu_has_bfloat16_matmul
+    from bench_sample import EngineRun  # imports TensorFlow
 
-    model_defaults, train_defaults = ModelConfig(vocab_size=65), TrainConfig()
-    TRAIN_CONFIGS["default"] = dict(vocab=65, embedding=model_defaults.embedding_dim, units=model_defaults.units,
-                                    layers=model_defaults.layers, batch=train_defaults.batch_size,
-                                    seq=train_defaults.seq_length, dropout=model_defaults.dropout,
-                                    weight_decay=train_defaults.weight_decay)
+    from textgen.engine import Engine
+    from textgen.model import build_model
+
     peer = Peer(args.peer_python)
     info = peer.ask(cmd="info")
-    lines = [f"CPU flags: {cpu_flags()}",
+    lines = [f"CPU flags: {matmul_flags()}",
              f"PyTorch {info['torch']} ({info['threads']} threads, oneDNN {'on' if info['mkldnn'] else 'off'}); "
              f"{rounds} interleaved rounds per row; chars/s from the best step (median in brackets)", ""]
     results: dict[str, float] = {}
@@ -170,22 +156,24 @@ def main(argv=None) -> int:
                      f"({theirs_median:>7,.0f}) {ratio:>7.2f}x ({ours_median / theirs_median:.2f}x)")
 
     lines.append(f"{'training chars/s':<44} {'textgen':>19} {'PyTorch':>19} {'textgen/PyTorch':>16}")
-    for name, shape in TRAIN_CONFIGS.items():
+    for name, shape in train_shapes().items():
         peer.ask(cmd="train", name=name, **{k: shape[k] for k in ("vocab", "embedding", "units", "layers", "batch",
                                                                    "seq")})
         chars = shape["batch"] * shape["seq"]
-        label = (f"{name}: {shape['layers']}x{shape['units']}, emb {shape['embedding']}, seq {shape['seq']}")
-        variants = [("off", "float32")] + ([("on", "bfloat16")] if cpu_has_bfloat16_matmul() else [])
+        label = f"{name}: {shape['layers']}x{shape['units']}, emb {shape['embedding']}, seq {shape['seq']}"
+        variants = [("off", "float32")] + ([("on", "bfloat16")] if has_bfloat16_matmul() else [])
         for precision, dtype in variants:
-            ours, theirs = interleave(rounds, train_steps, TextgenTrainer(shape, precision), peer, name)
+            ours, theirs = interleave(rounds, train_steps, TextgenTrainer(shape, precision).time, peer, name)
             row(f"{label} ({dtype})", f"train_{name}" + ("" if dtype == "float32" else "_bf16"), chars, ours, theirs)
     lines += ["", f"{'sampling chars/s (all streams)':<44} {'textgen':>19} {'PyTorch':>19} {'textgen/PyTorch':>16}"]
-    shape = TRAIN_CONFIGS["reference"]
+    shape = REFERENCE
+    model = build_model(model_config(shape), 1)
     for streams, length in ((1, sample_one), (64, sample_many)):
         name = f"sample{streams}"
         peer.ask(cmd="sample", name=name, vocab=shape["vocab"], embedding=shape["embedding"], units=shape["units"],
                  streams=streams)
-        ours, theirs = interleave(rounds, length, TextgenSampler(shape, streams), peer, name)
+        engine_run = EngineRun(Engine.from_model(model, streams), length, temperature=1.0)
+        ours, theirs = interleave(rounds, length, lambda count, run=engine_run: [run.seconds(count)], peer, name)
         row(f"{streams} stream{'s' if streams > 1 else ''}, 1x{shape['units']}, emb {shape['embedding']}",
             name, streams * length, ours, theirs)
     peer.close()

@@ -83,10 +83,11 @@ class EngineRun:
         engine.prime(np.random.default_rng(1).integers(0, engine.vocab_size, (engine.num_streams, 16)))
         engine.sample(min(length, 32), rng=self.rng, **sampling)  # compile + warm up
 
+    def seconds(self, length: int) -> float:
+        return _timed(lambda: self.engine.sample(length, rng=self.rng, **self.sampling))
+
     def rate(self, repeats: int = 2) -> float:
-        best = min(_timed(lambda: self.engine.sample(self.length, rng=self.rng, **self.sampling))
-                   for _ in range(repeats))
-        return self.engine.num_streams * self.length / best
+        return self.engine.num_streams * self.length / min(self.seconds(self.length) for _ in range(repeats))
 
 
 def main(argv=None) -> None:

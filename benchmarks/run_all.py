@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from textgen.cpu import cpu_model, matmul_flags  # noqa: E402
+
 RECORD = ROOT / "BENCHMARKS.md"
 SPEED_BENCHMARKS = [
     ("Sampling speed", ["benchmarks/bench_sample.py"]),
@@ -27,27 +31,8 @@ PREAMBLE = ("# Benchmarks\n\nLatest results of `make bench` and `make bench-qual
             "on a shared machine.\n")
 
 
-# The flags that decide which matmul kernels a CPU can run (AVX2/FMA, AVX-512, bfloat16, AMX).
-RELEVANT_FLAGS = re.compile(r"^(avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_\w+)$")
-
-
-def _cpuinfo_field(name: str) -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return next((line.split(":", 1)[1].strip() for line in info if line.startswith(name)), "")
-    except OSError:
-        return ""
-
-
-def cpu_flags() -> str:
-    """The matmul-relevant CPU flags, e.g. "avx2 fma" or "avx2 fma avx512f avx512_bf16 amx_bf16"."""
-    flags = [flag for flag in _cpuinfo_field("flags").split() if RELEVANT_FLAGS.match(flag)]
-    return " ".join(flags) or "none of avx2/fma/avx512/amx"
-
-
 def machine() -> str:
-    model = _cpuinfo_field("model name") or platform.processor() or "unknown CPU"
-    return f"{os.cpu_count()} cores ({model}; {cpu_flags()}), Python {platform.python_version()}"
+    return f"{os.cpu_count()} cores ({cpu_model()}; {matmul_flags()}), Python {platform.python_version()}"
 
 
 def update_section(title: str, command: list[str], output: str, exit_code: int = 0) -> None:

@@ -152,10 +152,10 @@ def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic
 
 @pytest.mark.parametrize("native", [True, False])
 def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
-    import textgen.model
+    import textgen.cpu
     from textgen.config import ModelConfig, TrainConfig
 
-    monkeypatch.setattr(textgen.model, "cpu_has_bfloat16_matmul", lambda: native)
+    monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
     expected = {"auto": native, "on": True, "off": False}
     for setting, mixed in expected.items():
         config = TrainConfig(mixed_precision=setting)

@@ -8,13 +8,13 @@ embedding, the stacked LSTM cells and the output layer itself, inside one compil
 
 Per step, for layer 0 the input projection ``embedding[id] @ kernel + bias`` is a row of a
 precomputed (V, 4U) table (a gather instead of a matmul); later layers do one matmul of
-``[x, h] @ [kernel; recurrent_kernel]``; the gate math follows ``keras.layers.LSTM``
+``[kernel; recurrent_kernel]^T @ [x; h]``; the gate math follows ``keras.layers.LSTM``
 (gate order i, f, c, o; sigmoid / tanh) and XLA fuses it into a few kernels.
 
-The loop runs feature-major: each layer's carried (h, c) is (U, N) and the step's product is
-``W^T (4U, .) @ h^T (., N)``. On CPU that output shape runs faster than the batch-major
-``(N, .) @ (., 4U)`` one (1.3x for one stream, a few percent for 64: BENCHMARKS.md, "Against
-PyTorch"), and the gates become contiguous row blocks.
+The loop runs feature-major: each layer's carried (h, c) is (U, N), so every product has a
+(4U, N) output. On CPU that shape runs faster than the batch-major (N, 4U) one (1.3x for one
+stream, a few percent for 64: BENCHMARKS.md, "Against PyTorch"), and the gates become
+contiguous row blocks.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class Weights:
     """Float32 weights in the layout the loop uses."""
 
     table: np.ndarray  # (V, 4U): embedding @ kernel_0 + bias_0
-    recurrent0: np.ndarray  # (U, 4U): recurrent kernel of layer 0
-    stacked: tuple  # per layer >= 1: ((2U, 4U) [kernel; recurrent_kernel], (4U,) bias)
+    recurrent0_t: np.ndarray  # (4U, U): recurrent kernel of layer 0, transposed
+    stacked_t: tuple  # per layer >= 1: ((4U, 2U) [kernel; recurrent_kernel]^T, (4U, 1) bias column)
     dense_kernel: np.ndarray  # (U, V)
     dense_bias: np.ndarray  # (V,)
 
@@ -45,11 +45,11 @@ class Weights:
 
     @property
     def units(self) -> int:
-        return self.recurrent0.shape[0]
+        return self.recurrent0_t.shape[1]
 
     @property
     def layers(self) -> int:
-        return 1 + len(self.stacked)
+        return 1 + len(self.stacked_t)
 
 
 def _f32(array) -> np.ndarray:
@@ -79,8 +79,8 @@ def weights_from_model(model) -> Weights:
     kernel0, recurrent0, bias0 = parts[0]
     return Weights(
         table=_f32(embedding @ kernel0 + bias0),
-        recurrent0=_f32(recurrent0),
-        stacked=tuple((_f32(np.concatenate([k, r], axis=0)), _f32(b)) for k, r, b in parts[1:]),
+        recurrent0_t=_f32(recurrent0.T),
+        stacked_t=tuple((_f32(np.concatenate([k, r], axis=0).T), _f32(b[:, None])) for k, r, b in parts[1:]),
         dense_kernel=_f32(np.asarray(dense.kernel)),
         dense_bias=_f32(np.asarray(dense.bias) if dense.use_bias else np.zeros(embedding.shape[0])),
     )
@@ -101,10 +101,8 @@ class Engine:
         self.jit_compile = bool(jit_compile)
         self._tf = tf
         self._table = tf.constant(weights.table)
-        self._recurrent0_t = tf.constant(np.ascontiguousarray(weights.recurrent0.T))  # (4U, U)
-        # per layer >= 1: ([kernel; recurrent_kernel]^T (4U, 2U), bias as a (4U, 1) column)
-        self._stacked_t = [(tf.constant(np.ascontiguousarray(k.T)), tf.constant(b[:, None]))
-                           for k, b in weights.stacked]
+        self._recurrent0_t = tf.constant(weights.recurrent0_t)
+        self._stacked_t = [(tf.constant(k), tf.constant(b)) for k, b in weights.stacked_t]
         self._dense_kernel = tf.constant(weights.dense_kernel)
         self._dense_bias = tf.constant(weights.dense_bias)
         self._functions: dict = {}  # compiled concrete functions, by kind and static options

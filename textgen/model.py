@@ -43,13 +43,3 @@ def reset_states(model: keras.Model) -> None:
     """Zero the carried (h, c) of every LSTM layer (Keras 3 has no model.reset_states)."""
     for layer in lstm_layers(model):
         layer.reset_state()
-
-
-def cpu_has_bfloat16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX); elsewhere it is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

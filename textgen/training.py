@@ -432,11 +432,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
 
 def uses_mixed_precision(config: TrainConfig) -> bool:
     """--mixed-precision auto means on where it is native and fast: a CPU with bfloat16 matmul instructions."""
+    from textgen import cpu
     from textgen.fast_lstm import gpu_visible
-    from textgen.model import cpu_has_bfloat16_matmul
 
     if config.mixed_precision == "auto":
-        return cpu_has_bfloat16_matmul() and not gpu_visible()
+        return cpu.has_bfloat16_matmul() and not gpu_visible()
     return config.mixed_precision == "on"
 
 
