@@ -56,20 +56,30 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     rng = random.Random(2)
     corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
     run_dir = tmp_path / "r"
-    kills_after_a_checkpoint = 0
-    for _ in range(10):
+    def saved_step():
+        return checkpoint.read_meta(run_dir, "last")["global_step"] if checkpoint.has_checkpoint(run_dir) else -1
+
+    for attempt in range(10):
         resume = ["--resume"] if checkpoint.has_checkpoint(run_dir) else []
+        step_before = saved_step()
         process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000", "--save-every", "37",
                                                  *resume), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 7.0))
-        process.kill()  # SIGKILL: no handler runs, the lock file and temporary files stay behind
-        process.wait()
-        if checkpoint.has_checkpoint(run_dir):
-            kills_after_a_checkpoint += 1
+        try:
+            if attempt == 0:
+                time.sleep(rng.uniform(0.5, 2.0))  # during start-up, before any checkpoint exists
+            else:
+                # Wait for this process's own first save (start-up time differs between machines), then kill it
+                # at a random moment: between saves, or in the middle of one.
+                wait_for(lambda: saved_step() > step_before, timeout=120)
+                time.sleep(rng.uniform(0.0, 1.5))
+        finally:
+            process.kill()  # SIGKILL: no handler runs, the lock file and temporary files stay behind
+            process.wait()
+        if attempt > 0:
             meta = checkpoint.read_meta(run_dir, "last")
+            assert meta["global_step"] > step_before
             checkpoint.verified_file(run_dir, meta, "weights")  # complete and matching its checksum
             checkpoint.verified_file(run_dir, meta, "state")
-    assert kills_after_a_checkpoint >= 5
     meta = checkpoint.read_meta(run_dir, "last")
     final = subprocess.run(train_command(corpus, tmp_path, "--epochs", str(meta["epoch"] + 1), "--resume"),
                            capture_output=True, text=True, timeout=120)
