@@ -70,7 +70,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
             else:
                 # Wait for this process's own first save (start-up time differs between machines), then kill it
                 # at a random moment: between saves, or in the middle of one.
-                wait_for(lambda: saved_step() > step_before, timeout=120)
+                wait_for(lambda before=step_before: saved_step() > before, timeout=120)
                 time.sleep(rng.uniform(0.0, 1.5))
         finally:
             process.kill()  # SIGKILL: no handler runs, the lock file and temporary files stay behind

@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from textgen.config import CHOICES, ModelConfig, TrainConfig
+from textgen.config import ModelConfig, TrainConfig, command_line_options
 
-MODEL_HELP = {
-    "embedding_dim": "Width of the character embedding.",
-    "units": "Hidden units of each LSTM layer.",
-    "layers": "Number of stacked LSTM layers.",
-    "dropout": "Dropout on each LSTM layer's input and on the last one's output, in [0, 1).",
-}
-TRAIN_HELP = {
-    "epochs": "Total epochs of the run (a resumed run counts those already done).",
-    "batch_size": "Parallel character streams per batch.",
-    "seq_length": "Characters per training window (how far back gradients flow).",
-    "learning_rate": "Adam learning rate (the peak of the schedule).",
-    "lr_schedule": "cosine = fall every step to 1% of --learning-rate by the end of the run (--epochs, or "
-                   "--max-minutes if that comes first); step = --lr-decay per epoch after --lr-decay-after.",
-    "lr_decay": "With --lr-schedule step: multiply the learning rate by this every epoch after --lr-decay-after.",
-    "lr_decay_after": "With --lr-schedule step: epochs at the full learning rate before the decay starts.",
-    "clip_norm": "Clip gradients to this global norm.",
-    "weight_decay": "Decoupled (AdamW) weight decay of the weight matrices and embedding, times the learning rate "
-                    "each step (biases are not decayed; 0 = off).",
-    "mixed_precision": "on: multiply in bfloat16 inside the LSTM training step (weights, state and validation "
-                       "stay float32), ~1.4x faster on CPUs with AVX512_BF16 or AMX; auto: on where the CPU has "
-                       "them.",
-    "val_fraction": "Contiguous last fraction of the corpus held out for validation.",
-    "patience": "Stop after this many epochs without a better validation loss (0 = never).",
-    "max_minutes": "Validate, save and stop after this many minutes of training (0 = no limit).",
-    "save_every": "Also save a resumable checkpoint every this many steps (0 = at epoch ends only).",
-    "seed": "Random seed for weight initialisation and dropout.",
-}
-
-
-def _config_options(config_class, helps: dict):
-    """One click option per dataclass field, default None so we know what the user actually chose."""
-    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
+def _config_options(config_class):
+    """One click option per declared field (textgen.config), default None so we know what the user chose."""
 
     def decorate(command):
-        for name in reversed(list(helps)):
-            default = defaults[name]
-            kind = click.Choice(CHOICES[name]) if name in CHOICES else type(default)
+        for name, (rule, default) in reversed(command_line_options(config_class).items()):
+            kind = click.Choice(rule.choices) if rule.choices else type(default)
+            allowed = "" if rule.choices else f"; range: {rule.span()}"
             command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
-                                   help=f"{helps[name]}  [default: {default}]")(command)
+                                   help=f"{rule.help}  [default: {default}{allowed}]")(command)
         return command
     return decorate
 
@@ -122,8 +91,8 @@ def cli():
 @click.option("--strategy", type=click.Choice(["auto", "single", "mirrored", "multi-worker"]), default="auto",
               show_default=True, help="tf.distribute strategy: mirrored = every local GPU, multi-worker = every "
                                       "host in TF_CONFIG, auto = mirrored if there are several GPUs.")
-@_config_options(ModelConfig, MODEL_HELP)
-@_config_options(TrainConfig, TRAIN_HELP)
+@_config_options(ModelConfig)
+@_config_options(TrainConfig)
 def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt)."""
     _import_tensorflow_quietly()
@@ -132,7 +101,8 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 
     if corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
-    run_training(corpus, checkpoint_dir, run, _chosen(options, MODEL_HELP), _chosen(options, TRAIN_HELP),
+    run_training(corpus, checkpoint_dir, run, _chosen(options, command_line_options(ModelConfig)),
+                 _chosen(options, command_line_options(TrainConfig)),
                  resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
 
 

@@ -5,3 +5,7 @@ class TextgenError(Exception):
     """A problem the user can fix; the message names it and says what to do."""
 
     exit_code = 1
+
+
+class OptionError(TextgenError, ValueError):
+    """An option value outside what it accepts (a ValueError too, for library callers)."""

@@ -11,7 +11,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from textgen.config import check_range
-from textgen.errors import TextgenError
+from textgen import sampler
+from textgen.errors import OptionError, TextgenError
 from textgen.progress import progress_bar
 
 STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
@@ -29,13 +30,9 @@ class Sample:
 def check_sampling_options(temperatures: Sequence[float], top_k: Optional[int], top_p: Optional[float],
                            length: int, num_samples: int) -> None:
     if not temperatures:
-        raise TextgenError("--temperature needs at least one value, e.g. --temperature 0.5")
-    for temperature in temperatures:
-        check_range("temperature", temperature, low=0)
-    if top_k is not None:
-        check_range("top_k", top_k, low=1, integer=True)
-    if top_p is not None:
-        check_range("top_p", top_p, low=0, high=1, low_open=True)
+        raise OptionError("--temperature needs at least one value, e.g. --temperature 0.5")
+    sampler.temperatures(temperatures, len(temperatures))
+    sampler.normalize_filters(top_k, top_p, vocab_size=0)
     check_range("length", length, low=0, integer=True)
     check_range("num_samples", num_samples, low=1, integer=True)
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from textgen.config import check_range
+
 U_MAX = float(np.float32(1.0 - 2.0**-23))
 PAIRWISE_MAX_VOCAB = 256  # choose_tf finds the top-k / top-p cut-off without sorting up to this vocabulary
 
@@ -35,15 +37,13 @@ PAIRWISE_MAX_VOCAB = 256  # choose_tf finds the top-k / top-p cut-off without so
 def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float | None]:
     """Validate top_k / top_p; return None for filters that cannot cut anything (k >= V, p >= 1)."""
     if top_k is not None:
-        if int(top_k) != top_k or top_k < 1:
-            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        check_range("top_k", top_k, low=1, integer=True)
         top_k = int(top_k)
         if top_k >= vocab_size:
             top_k = None
     if top_p is not None:
+        check_range("top_p", top_p, low=0, high=1, low_open=True)
         top_p = float(top_p)
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
         if top_p >= 1.0:
             top_p = None
     return top_k, top_p
@@ -54,8 +54,8 @@ def temperatures(temperature, rows: int) -> np.ndarray:
     temp = np.asarray(temperature, dtype=np.float64)
     if temp.ndim > 1 or (temp.ndim == 1 and temp.shape[0] != rows):
         raise ValueError(f"temperature must be a scalar or shape ({rows},), got shape {temp.shape}")
-    if not np.all(np.isfinite(temp)) or np.any(temp < 0):
-        raise ValueError("temperature must be finite and >= 0")
+    for value in temp.reshape(-1):
+        check_range("temperature", float(value), low=0)
     return np.broadcast_to(temp, (rows,)).astype(np.float32)
 
 

@@ -17,17 +17,13 @@ import numpy as np
 
 from textgen import checkpoint, report
 from textgen.batching import StreamBatches
-from textgen.config import ModelConfig, TrainConfig, validate_model, validate_training
+from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
 from textgen.corpus import check_readable, fingerprint, load_corpus, scan
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc, stream_loss, window_loss_sum
 from textgen.progress import progress_bar
 from textgen.runs import check_run_name, default_run_name
 from textgen.vocab import Vocabulary
-
-# Options that fix the data layout: changing them on resume would break the carried state
-# and make validation losses incomparable.
-LAYOUT_OPTIONS = ("batch_size", "seq_length", "val_fraction")
 
 
 def stderr_log(message: str) -> None:
@@ -106,8 +102,8 @@ def _resolve_configs(meta: Optional[dict], vocab: Vocabulary, model_options: dic
             raise TextgenError("cannot resume with a different model or data layout: " + "; ".join(differences)
                                + "; drop these options or train a new run with --run NAME")
         train_config = dataclasses.replace(saved_training, **train_options)
-    validate_model(model_config)
-    validate_training(train_config)
+    model_config.validate()
+    train_config.validate()
     return model_config, train_config
 
 
@@ -274,8 +270,8 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
     corpus_path = Path(corpus)
     run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path))
     model_options, train_options = dict(model_options or {}), dict(train_options or {})
-    validate_model(ModelConfig(vocab_size=1, **model_options))
-    validate_training(TrainConfig(**train_options))
+    ModelConfig(vocab_size=1, **model_options).validate()
+    TrainConfig(**train_options).validate()
     check_readable(corpus_path)
     chief = is_chief(strategy)
     if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves

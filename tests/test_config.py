@@ -1,0 +1,58 @@
+"""Options are declared once (textgen.config): validation, old-checkpoint defaults and the CLI follow."""
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+
+from textgen import cli
+from textgen.config import ModelConfig, TrainConfig, command_line_options, rules
+from textgen.errors import OptionError
+
+
+@pytest.mark.parametrize("config_class", [ModelConfig, TrainConfig])
+def test_every_command_line_option_has_help_a_rule_and_a_valid_default(config_class):
+    options = command_line_options(config_class)
+    assert options and all(rule.help.endswith(".") for rule, _ in options.values())
+    config = config_class(vocab_size=3) if config_class is ModelConfig else config_class()
+    config.validate()  # the defaults obey their own rules
+
+
+def test_validation_names_the_option_and_its_range():
+    with pytest.raises(OptionError, match=r"^--seq-length must be an integer in \[1, inf\), got 0$"):
+        TrainConfig(seq_length=0).validate()
+    with pytest.raises(OptionError, match=r"^--lr-schedule must be one of cosine, step, got 'linear'$"):
+        TrainConfig(lr_schedule="linear").validate()
+    with pytest.raises(ValueError, match=r"--dropout must be in \[0, 1\), got nan"):
+        ModelConfig(vocab_size=3, dropout=float("nan")).validate()
+
+
+def test_old_checkpoints_get_the_behaviour_they_trained_with():
+    old = TrainConfig.from_dict({"epochs": 3, "unknown_future_key": 1})
+    assert (old.epochs, old.lr_schedule, old.weight_decay, old.mixed_precision) == (3, "step", 0.0, "off")
+    assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    assert {name for name, rule in rules(TrainConfig).items() if rule.choices} == {"lr_schedule", "mixed_precision"}
+
+
+def test_help_shows_each_declared_option_with_its_default_and_range():
+    result = CliRunner().invoke(cli.cli, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name, (_rule, default) in {**command_line_options(ModelConfig), **command_line_options(TrainConfig)}.items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"[default: {default}" in text
+    assert "--units INTEGER Hidden units of each LSTM layer. [default: 512; range: [1, inf)]" in text
+    assert "--val-fraction FLOAT" in text and "range: (0, 1)" in text
+
+
+def test_a_new_field_is_a_new_validated_command_line_option(monkeypatch):
+    from textgen.config import option
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(TrainConfig):
+        warmup_steps: int = option(0, "Steps of linear learning-rate warm-up.", low=0, integer=True, before=0)
+
+    assert command_line_options(Extended)["warmup_steps"][1] == 0
+    with pytest.raises(OptionError, match=r"--warmup-steps must be an integer in \[0, inf\), got -1"):
+        Extended(warmup_steps=-1).validate()
+    assert Extended.from_dict({}).warmup_steps == 0
