@@ -13,7 +13,7 @@ import pytest
 from conftest import PERIOD, write_text
 from textgen.distribute import check_batch_size, is_chief
 from textgen.errors import TextgenError
-from textgen.sample import generate
+from textgen.generate import generate
 
 WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))

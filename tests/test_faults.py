@@ -11,7 +11,7 @@ import pytest
 
 from conftest import PERIOD, write_text
 from textgen import checkpoint
-from textgen.sample import generate
+from textgen.generate import generate
 
 STEPS_PER_EPOCH = (int(len(PERIOD) * 3000 * 0.9) - 1) // (4 * 10)
 TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10", "--dropout", "0"]

@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 
 from textgen import checkpoint
-from textgen.sample import generate
+from textgen.generate import generate
 from textgen.training import train
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release-0.1.0"

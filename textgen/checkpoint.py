@@ -16,20 +16,23 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from textgen import __version__
 from textgen.config import ModelConfig
 from textgen.errors import TextgenError
+from textgen.files import atomic_write, atomic_write_json
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-checkpoint"
 FORMAT_VERSION = 1
 KINDS = ("best", "last")
+logger = logging.getLogger("textgen")
 
 
 def sha256(path: Path) -> str:
@@ -38,34 +41,6 @@ def sha256(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write path through write(tmp_path), fsync it, then rename it into place."""
-    tmp = path.with_name(".tmp-" + path.name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json(payload: dict) -> Callable[[Path], None]:
-    def write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    return write
 
 
 def save(run_dir: Path, kinds: tuple[str, ...], meta: dict, model, training_state: dict[str, np.ndarray]) -> None:
@@ -83,7 +58,7 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: dict, model, training_stat
                     files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
                            "state": {"name": state_path.name, "sha256": sha256(state_path)}})
         for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
-            atomic_write(run_dir / f"{kind}.json", _write_json(dict(meta, kind=kind)))
+            atomic_write_json(run_dir / f"{kind}.json", dict(meta, kind=kind))
     except OSError as error:
         reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise TextgenError(
@@ -164,8 +139,7 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
             problems.append(str(problem))
             continue
         if problems:
-            import sys
-            print(f"warning: {problems[0]}; using the {candidate} checkpoint instead", file=sys.stderr)
+            logger.warning(f"warning: {problems[0]}; using the {candidate} checkpoint instead")
         return model, meta
     if problems:
         raise TextgenError(problems[0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -48,6 +49,29 @@ run_option = click.option("--run", default=None,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run.")
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the moment of each message (click's test runner swaps it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _report_diagnostics_on_stderr() -> None:
+    """The library reports through the "textgen" logger; the command shows its messages as plain lines."""
+    logger = logging.getLogger("textgen")
+    if not any(isinstance(handler, _CurrentStderr) for handler in logger.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 class OneLineErrors(click.Group):
     """Every failure is one line on stderr and a non-zero exit code, never a traceback."""
 
@@ -55,6 +79,7 @@ class OneLineErrors(click.Group):
         from textgen.errors import TextgenError
 
         extra.pop("standalone_mode", None)
+        _report_diagnostics_on_stderr()
         try:
             result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.Abort:
@@ -129,7 +154,7 @@ def sample(checkpoint_dir, run, temperature, top_k, top_p, length, prime, prime_
     """Generate text from the best checkpoint of a run."""
     _import_tensorflow_quietly()
     from textgen.corpus import read_text
-    from textgen.sample import format_samples, generate, parse_temperatures, write_output
+    from textgen.generate import format_samples, generate, parse_temperatures, write_output
 
     temperatures = parse_temperatures(temperature)
     if prime_file is not None:

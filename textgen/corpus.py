@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from textgen.errors import TextgenError
+from textgen.files import atomic_write, atomic_write_json
 from textgen.vocab import Vocabulary
 
 CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
@@ -118,15 +119,6 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     return written, dropped
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None,
                 stamp: Optional[dict] = None) -> Corpus:
     """Return the corpus ids, memory-mapped from cache_dir/corpus.npy, rebuilding the cache when the file changed.
@@ -149,8 +141,6 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
             pass  # a damaged cache is rebuilt below
     count, vocab = scan(path)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / "corpus.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.id_dtype, shape=(count,))
     done = 0
 
     def advance(chars: int) -> None:
@@ -159,14 +149,15 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
         if progress:
             progress(done, count)
 
-    encode_into(path, vocab, out, progress=advance)
-    out.flush()
-    del out
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, cache_ids)
-    _write_json_atomic(cache_meta, {"version": CACHE_VERSION, "source": str(path.resolve()),
-                                    "fingerprint": stamp, "length": count, "vocab": vocab.to_json()})
+    def encode(tmp: Path) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.id_dtype, shape=(count,))
+        encode_into(path, vocab, out, progress=advance)
+        out.flush()
+        del out
+
+    atomic_write(cache_ids, encode)
+    atomic_write_json(cache_meta, {"version": CACHE_VERSION, "source": str(path.resolve()),
+                                   "fingerprint": stamp, "length": count, "vocab": vocab.to_json()})
     return Corpus(path, np.load(cache_ids, mmap_mode="r"), vocab, stamp)
 
 

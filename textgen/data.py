@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from textgen.files import atomic_write_text
+
 DEFAULT_CORPUS = Path("data") / "pydoc_topics.txt"
 
 
@@ -23,9 +25,7 @@ def build_default_corpus(path: Path = DEFAULT_CORPUS) -> Path:
     text = default_corpus_text()
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, text)
     return path
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from textgen import sampler
+from textgen import sampling
 
 CHUNK = 512  # most steps one compiled call runs; longer requests loop over chunks
 _FORCED_BUCKETS = (8, 64, CHUNK)  # padded lengths for teacher-forced calls (few compilations)
@@ -195,7 +195,7 @@ class Engine:
                     if greedy_only:
                         ids = tf.argmax(logits, axis=1, output_type=tf.int32)
                     else:
-                        ids = sampler.choose_tf(logits, uniforms[t], temperature, top_k, top_p)
+                        ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k, top_p)
                     logits, hs, cs = self._step(ids, hs, cs)
                     return t + 1, out.write(t, ids), logits, hs, cs
 
@@ -269,9 +269,9 @@ class Engine:
         if length < 0:
             raise ValueError("length must be >= 0")
         streams = self.num_streams
-        temp = sampler.temperatures(temperature, streams)
-        top_k, top_p = sampler.normalize_filters(top_k, top_p, self.vocab_size)
-        uniforms = sampler.clamp_uniforms(rng.random((length, streams)))
+        temp = sampling.temperatures(temperature, streams)
+        top_k, top_p = sampling.normalize_filters(top_k, top_p, self.vocab_size)
+        uniforms = sampling.clamp_uniforms(rng.random((length, streams)))
         greedy_only = bool(np.all(temp == 0))
         use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
         fn = self._function(("sample", greedy_only, use_k, use_p))

@@ -7,7 +7,8 @@ import datetime
 import io
 from pathlib import Path
 
-from textgen.checkpoint import atomic_write, read_meta
+from textgen.checkpoint import read_meta
+from textgen.files import atomic_write, atomic_write_text
 from textgen.config import ModelConfig
 from textgen.evaluation import bpc
 from textgen.vocab import Vocabulary
@@ -24,7 +25,7 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     for row in history:
         writer.writerow({key: row[key] for key in HISTORY_FIELDS})
     path = run_dir / "history.csv"
-    atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    atomic_write_text(path, buffer.getvalue())
     return path
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
 from textgen.checkpoint import has_checkpoint
 from textgen.errors import TextgenError
 
+logger = logging.getLogger("textgen")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -50,6 +51,5 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
     if not runs:
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS")
     if len(runs) > 1:
-        print(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs)",
-              file=sys.stderr)
+        logger.info(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs)")
     return runs[0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import secrets
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +26,7 @@ from textgen.runs import check_run_name, default_run_name
 from textgen.vocab import Vocabulary
 
 
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+logger = logging.getLogger("textgen")
 
 
 class Interrupted(TextgenError):
@@ -47,7 +46,7 @@ def stop_on_signals():
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        stderr_log(f"\nsignal {signal.Signals(signum).name}: finishing this step and saving (press again to abort)")
+        logger.warning(f"\nsignal {signal.Signals(signum).name}: finishing this step and saving (press again to abort)")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -256,7 +255,7 @@ class _Session:
 def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
           resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
-          log: Callable[[str], None] = stderr_log) -> dict:
+          log: Callable[[str], None] = logger.info) -> dict:
     """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name).
 
     model_options and train_options hold only the values the user chose (ModelConfig / TrainConfig

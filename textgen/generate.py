@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from textgen import sampling
 from textgen.config import check_range
-from textgen import sampler
 from textgen.errors import OptionError, TextgenError
+from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
 
+logger = logging.getLogger("textgen")
 STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
 BATCH_CHUNK = 256  # characters per engine call otherwise: large enough to amortise the call
 
@@ -31,8 +33,8 @@ def check_sampling_options(temperatures: Sequence[float], top_k: Optional[int], 
                            length: int, num_samples: int) -> None:
     if not temperatures:
         raise OptionError("--temperature needs at least one value, e.g. --temperature 0.5")
-    sampler.temperatures(temperatures, len(temperatures))
-    sampler.normalize_filters(top_k, top_p, vocab_size=0)
+    sampling.temperatures(temperatures, len(temperatures))
+    sampling.normalize_filters(top_k, top_p, vocab_size=0)
     check_range("length", length, low=0, integer=True)
     check_range("num_samples", num_samples, low=1, integer=True)
 
@@ -67,7 +69,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
              top_p: Optional[float] = None, num_samples: int = 1, seed: Optional[int] = None,
              stop: Optional[str] = None, skip_unknown: bool = False,
              on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
-             warn: Callable[[str], None] = lambda message: print(message, file=sys.stderr)) -> list[Sample]:
+             warn: Callable[[str], None] = logger.warning) -> list[Sample]:
     """Generate num_samples texts per temperature from the best checkpoint of the run.
 
     Each text is the prime followed by up to length generated characters, cut before the first
@@ -147,12 +149,10 @@ def parse_temperatures(value: str) -> list[float]:
 
 def write_output(path: Path, text: str) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one."""
-    from textgen.checkpoint import atomic_write
-
     path = Path(path)
     if not path.parent.is_dir():
         raise TextgenError(f"cannot write {path}: directory {path.parent} does not exist")
     try:
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write_text(path, text)
     except OSError as error:
         raise TextgenError(f"cannot write {path} ({error.strerror}); choose another --output") from None

@@ -2,7 +2,7 @@ import pytest
 
 from conftest import PERIOD
 from textgen.errors import TextgenError
-from textgen.sample import format_samples, generate
+from textgen.generate import format_samples, generate
 
 
 def gen(trained_run, **options):

@@ -1,4 +1,4 @@
-"""The sampling rule (textgen.sampler): NumPy reference and the TF version the compiled loop uses."""
+"""The sampling rule (textgen.sampling): NumPy reference and the TF version the compiled loop uses."""
 
 import pathlib
 import sys
@@ -8,7 +8,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 import pytest
 
-from textgen import sampler
+from textgen import sampling
 
 # Fixed logits: one row with a clear order and a spread of probabilities.
 LOGITS = np.array([1.3, -0.2, 2.9, 0.4, 2.1, -1.5, 0.0, 1.7, -0.7, 0.9], dtype=np.float32)
@@ -24,7 +24,7 @@ def softmax(x):
 def draws(n, temperature, seed=0, **filters):
     rng = np.random.default_rng(seed)
     logits = np.broadcast_to(LOGITS, (n, V))
-    return sampler.choose(logits, rng.random(n), temperature, **filters)
+    return sampling.choose(logits, rng.random(n), temperature, **filters)
 
 
 def test_greedy_is_argmax():
@@ -33,11 +33,11 @@ def test_greedy_is_argmax():
     u = rng.random(500)
     expected = logits.argmax(axis=1)
     for filters in ({}, {"top_k": 3}, {"top_p": 0.5}):
-        np.testing.assert_array_equal(sampler.choose(logits, u, 0.0, **filters), expected)
-        np.testing.assert_array_equal(sampler.choose_compiled(logits, u, 0.0, **filters), expected)
+        np.testing.assert_array_equal(sampling.choose(logits, u, 0.0, **filters), expected)
+        np.testing.assert_array_equal(sampling.choose_compiled(logits, u, 0.0, **filters), expected)
     # per-row temperatures: rows at 0 are greedy, the others are not all greedy
     temps = np.where(np.arange(500) % 2 == 0, 0.0, 5.0)
-    picked = sampler.choose(logits, u, temps)
+    picked = sampling.choose(logits, u, temps)
     np.testing.assert_array_equal(picked[::2], expected[::2])
     assert np.mean(picked[1::2] != expected[1::2]) > 0.5
 
@@ -86,32 +86,32 @@ def test_ties_at_the_cut_off_are_kept():
     u = np.linspace(0, 0.999, 200)
     rows = np.repeat(logits, len(u), axis=0)
     for filters, allowed in (({"top_k": 2}, {1, 3, 4}), ({"top_p": 0.3}, {1, 3, 4}), ({"top_k": 4}, {1, 2, 3, 4})):
-        reference = sampler.choose(rows, u, 1.0, **filters)
+        reference = sampling.choose(rows, u, 1.0, **filters)
         assert set(np.unique(reference)) == allowed
-        np.testing.assert_array_equal(sampler.choose_compiled(rows, u, 1.0, **filters), reference)
+        np.testing.assert_array_equal(sampling.choose_compiled(rows, u, 1.0, **filters), reference)
 
 
 def test_uniform_edges():
     logits = LOGITS[None, :]
-    assert sampler.choose(logits, [0.0], 1.0)[0] == 0  # first token in id order
+    assert sampling.choose(logits, [0.0], 1.0)[0] == 0  # first token in id order
     just_below_one = np.nextafter(1.0, 0.0)  # rounds to 1.0 in float32: clamped
-    assert sampler.choose(logits, [just_below_one], 1.0)[0] == V - 1
+    assert sampling.choose(logits, [just_below_one], 1.0)[0] == V - 1
     kept = sorted(ORDER[:3].tolist())
-    assert sampler.choose(logits, [0.0], 1.0, top_k=3)[0] == kept[0]
-    assert sampler.choose(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
-    assert sampler.choose_compiled(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
+    assert sampling.choose(logits, [0.0], 1.0, top_k=3)[0] == kept[0]
+    assert sampling.choose(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
+    assert sampling.choose_compiled(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
 
 
 def test_validation():
     logits = LOGITS[None, :]
     with pytest.raises(ValueError):
-        sampler.choose(logits, [0.5], -1.0)
+        sampling.choose(logits, [0.5], -1.0)
     with pytest.raises(ValueError):
-        sampler.choose(logits, [0.5], 1.0, top_k=0)
+        sampling.choose(logits, [0.5], 1.0, top_k=0)
     with pytest.raises(ValueError):
-        sampler.choose(logits, [0.5], 1.0, top_p=0.0)
+        sampling.choose(logits, [0.5], 1.0, top_p=0.0)
     with pytest.raises(ValueError):
-        sampler.choose(logits, [1.0], 1.0)
+        sampling.choose(logits, [1.0], 1.0)
 
 
 def _boundary_margin(logits, u, temperature, top_k, top_p):
@@ -152,17 +152,17 @@ def test_tf_matches_numpy(vocab, filters):
     threshold: ties aside), and must stay rare.
     """
     rng = np.random.default_rng(vocab + len(filters))
-    rows = 4000 if vocab <= sampler.PAIRWISE_MAX_VOCAB else 1000
+    rows = 4000 if vocab <= sampling.PAIRWISE_MAX_VOCAB else 1000
     scale = rng.choice([0.1, 1.0, 5.0], size=(rows, 1))
     logits = (rng.normal(size=(rows, vocab)) * scale).astype(np.float32)
     u = rng.random(rows)
     temps = rng.choice([0.0, 0.3, 1.0, 2.5], size=rows)
-    reference = sampler.choose(logits, u, temps, **filters)
-    compiled = sampler.choose_compiled(logits, u, temps, **filters)
+    reference = sampling.choose(logits, u, temps, **filters)
+    compiled = sampling.choose_compiled(logits, u, temps, **filters)
     assert len(np.unique(reference)) > min(vocab, 5)
     bad = np.flatnonzero(reference != compiled)
     assert len(bad) <= rows // 1000
-    uf = sampler.clamp_uniforms(u).astype(np.float64)
+    uf = sampling.clamp_uniforms(u).astype(np.float64)
     for row in bad:
         margin = _boundary_margin(logits[row], uf[row], temps[row], filters.get("top_k"), filters.get("top_p"))
         assert margin < 1e-4, (row, margin)

@@ -1,0 +1,41 @@
+"""Writing files so that a crash or a full disk never leaves half a file or clobbers the old one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write path through write(tmp_path), fsync it, then rename it into place.
+
+    Until the rename, path keeps its old content (or stays absent); a failure removes the temporary file."""
+    path = Path(path)
+    tmp = path.with_name(".tmp-" + path.name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: Path, payload) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False))
