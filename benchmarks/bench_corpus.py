@@ -60,9 +60,9 @@ def child(mode: str, corpus: str, cache: str, steps: int) -> None:
     train_config = TrainConfig()
     n_val = int(len(ids) * train_config.val_fraction)
     batches = StreamBatches(ids[:len(ids) - n_val], train_config.batch_size, train_config.seq_length)
-    from textgen.training import _Session
+    from textgen.session import Session
 
-    session = _Session(ModelConfig(vocab_size=len(vocab)), train_config)
+    session = Session(ModelConfig(vocab_size=len(vocab)), train_config)
     step_started = time.perf_counter()
     for k in range(steps):
         session.train_step(*batches[k])

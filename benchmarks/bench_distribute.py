@@ -29,10 +29,10 @@ def child(strategy_name: str, steps: int, units: int, batch: int) -> None:
     from textgen.batching import StreamBatches
     from textgen.config import ModelConfig, TrainConfig
     from textgen.distribute import make_strategy
-    from textgen.training import _Session
+    from textgen.session import Session
 
     strategy = make_strategy(strategy_name)
-    session = _Session(ModelConfig(vocab_size=65, embedding_dim=256, units=units, layers=1, dropout=0.0),
+    session = Session(ModelConfig(vocab_size=65, embedding_dim=256, units=units, layers=1, dropout=0.0),
                        TrainConfig(batch_size=batch, seq_length=100), strategy)
     batches = StreamBatches(np.random.default_rng(0).integers(0, 65, batch * 100 * (steps + 3) + 1), batch, 100)
     for k in range(2):

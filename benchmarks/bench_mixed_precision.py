@@ -28,7 +28,7 @@ def train(run: str, flag: str, epochs: int, extra: list[str]) -> list[dict]:
     subprocess.run(command, cwd=ROOT, stderr=subprocess.DEVNULL, check=True)
     from textgen.checkpoint import read_meta
 
-    return read_meta(ROOT / "benchmarks" / "out" / run, "last")["history"]
+    return read_meta(ROOT / "benchmarks" / "out" / run, "last").state.history
 
 
 def main() -> None:

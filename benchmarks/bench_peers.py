@@ -86,11 +86,11 @@ class TextgenTrainer:
     def __init__(self, shape: dict, mixed_precision: str):
         import numpy as np
 
-        from textgen.training import _Session
+        from textgen.session import Session
 
         train = TrainConfig(batch_size=shape["batch"], seq_length=shape["seq"], weight_decay=shape["weight_decay"],
                             mixed_precision=mixed_precision)
-        self.session = _Session(model_config(shape), train)
+        self.session = Session(model_config(shape), train)
         rng = np.random.default_rng(0)
         ids = rng.integers(0, shape["vocab"], (shape["batch"], shape["seq"] + 1), dtype=np.int32)
         self.x, self.y = ids[:, :-1], ids[:, 1:]

@@ -34,8 +34,8 @@ def main() -> None:
     log = [line for line in result.stderr.splitlines() if line.startswith(("training", "epoch", "stopped"))]
     from textgen.checkpoint import read_meta
 
-    best = read_meta(ROOT / "benchmarks" / "out" / "quality", "best")
-    summary = (f"best validation loss {best['val_loss']:.4f} nats ({best['val_loss'] / math.log(2):.3f} bpc) "
+    best = read_meta(ROOT / "benchmarks" / "out" / "quality", "best").state
+    summary = (f"best validation loss {best.val_loss:.4f} nats ({best.val_loss / math.log(2):.3f} bpc) "
                f"after {args.minutes:g} minutes; target <= 1.42 nats")
     print("\n".join(log + [summary]))
     update_section("Quality at a fixed budget", ["benchmarks/bench_quality.py", *sys.argv[1:]],

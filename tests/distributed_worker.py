@@ -18,15 +18,15 @@ def equivalence(out_path):
     from textgen.batching import StreamBatches
     from textgen.config import ModelConfig, TrainConfig
     from textgen.distribute import make_strategy
-    from textgen.training import _Session
+    from textgen.session import Session
 
     mirrored = make_strategy("mirrored")
     config = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
     # A small clip norm so that clipping is active: it must act on the summed gradient of both replicas.
     # float32: bfloat16 products round differently for 2 and 4 rows, which is not what this compares.
     training = TrainConfig(batch_size=4, seq_length=7, learning_rate=0.01, clip_norm=0.5, mixed_precision="off")
-    single = _Session(config, training, tf.distribute.get_strategy())
-    distributed = _Session(config, training, mirrored)
+    single = Session(config, training, tf.distribute.get_strategy())
+    distributed = Session(config, training, mirrored)
     distributed.model.set_weights(single.model.get_weights())
     batches = StreamBatches(np.random.default_rng(0).integers(0, 11, 400), 4, 7)
     losses = [[float(session.train_step(*batches[k])) for session in (single, distributed)] for k in range(6)]

@@ -31,7 +31,7 @@ def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_
     path = write_text(tmp_path / "held_out.txt", text[:50] + "XY" + text[50:])
     result = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=1, seq_length=17)
     model, meta = load_model(trained_run["run_dir"], batch_size=1)
-    expected = numpy_cross_entropy(model, np.array([meta["vocab"].index(ord(ch)) for ch in text]))
+    expected = numpy_cross_entropy(model, np.array([meta.vocab.chars.index(ch) for ch in text]))
     assert result["nats"] == pytest.approx(expected, abs=1e-4)
     assert result["bpc"] == pytest.approx(expected / math.log(2), abs=1e-4)
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)

@@ -57,7 +57,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
     run_dir = tmp_path / "r"
     def saved_step():
-        return checkpoint.read_meta(run_dir, "last")["global_step"] if checkpoint.has_checkpoint(run_dir) else -1
+        return checkpoint.read_meta(run_dir, "last").state.global_step if checkpoint.has_checkpoint(run_dir) else -1
 
     for attempt in range(10):
         resume = ["--resume"] if checkpoint.has_checkpoint(run_dir) else []
@@ -77,17 +77,17 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
             process.wait()
         if attempt > 0:
             meta = checkpoint.read_meta(run_dir, "last")
-            assert meta["global_step"] > step_before
+            assert meta.state.global_step > step_before
             checkpoint.verified_file(run_dir, meta, "weights")  # complete and matching its checksum
             checkpoint.verified_file(run_dir, meta, "state")
     meta = checkpoint.read_meta(run_dir, "last")
-    final = subprocess.run(train_command(corpus, tmp_path, "--epochs", str(meta["epoch"] + 1), "--resume"),
+    final = subprocess.run(train_command(corpus, tmp_path, "--epochs", str(meta.state.epoch + 1), "--resume"),
                            capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr
-    meta = checkpoint.read_meta(run_dir, "last")
-    assert meta["step_in_epoch"] == 0
-    assert meta["global_step"] == meta["epoch"] * STEPS_PER_EPOCH
-    assert [row["epoch"] for row in meta["history"]] == list(range(1, meta["epoch"] + 1))
+    state = checkpoint.read_meta(run_dir, "last").state
+    assert state.step_in_epoch == 0
+    assert state.global_step == state.epoch * STEPS_PER_EPOCH
+    assert [row["epoch"] for row in state.history] == list(range(1, state.epoch + 1))
     assert not list(run_dir.glob(".tmp-*"))
     [sample] = generate(tmp_path, "r", prime="abc", length=20, temperatures=[0])
     assert sample.text.startswith("abc") and len(sample.text) == 23

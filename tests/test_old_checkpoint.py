@@ -1,9 +1,12 @@
 """A run written by textgen 0.1.0 (tests/fixtures/release-0.1.0) still loads, samples and resumes."""
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
 from textgen import checkpoint
+from textgen.checkpoint import CheckpointMeta
 from textgen.generate import generate
 from textgen.training import train
 
@@ -25,14 +28,21 @@ def test_old_run_resumes_with_its_saved_options_and_history(tmp_path):
     old = checkpoint.read_meta(root / "checkpoints" / "old", "last")
     messages = []
     summary = train(root / "corpus.txt", root / "checkpoints", run="old", resume=True,
-                    train_options=dict(epochs=old["epoch"] + 1), log=messages.append)
+                    train_options=dict(epochs=old.state.epoch + 1), log=messages.append)
     new = checkpoint.read_meta(root / "checkpoints" / "old", "last")
-    assert messages[0] == f"resuming {root / 'checkpoints' / 'old'} at epoch {old['epoch']}"
-    assert summary["epoch"] == new["epoch"] == old["epoch"] + 1
-    assert new["history"][:-1] == old["history"] and new["history"][-1]["epoch"] == old["epoch"] + 1
-    assert new["model"] == old["model"] and new["vocab"] == old["vocab"]
-    assert {key: value for key, value in new["training"].items() if key != "epochs"} == \
-        {key: value for key, value in old["training"].items() if key != "epochs"}
-    assert new["global_step"] == old["global_step"] * (old["epoch"] + 1) // old["epoch"]
+    assert messages[0] == f"resuming {root / 'checkpoints' / 'old'} at epoch {old.state.epoch}"
+    assert summary["epoch"] == new.state.epoch == old.state.epoch + 1
+    assert new.state.history[:-1] == old.state.history and new.state.history[-1]["epoch"] == old.state.epoch + 1
+    assert new.model == old.model and new.vocab == old.vocab
+    assert new.training == dataclasses.replace(old.training, epochs=old.state.epoch + 1)
+    assert new.state.global_step == old.state.global_step * (old.state.epoch + 1) // old.state.epoch
     # Resumed at a low learning rate near the end of a cosine schedule: no large jump from the saved loss.
-    assert abs(new["val_loss"] - old["val_loss"]) < 0.1
+    assert abs(new.state.val_loss - old.state.val_loss) < 0.1
+
+
+def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_path):
+    raw = json.loads((FIXTURE / "checkpoints" / "old" / "last.json").read_text(encoding="utf-8"))
+    meta = CheckpointMeta.from_json(raw)
+    assert (meta.model.units, meta.training.seq_length, len(meta.vocab)) == (32, 20, len(raw["vocab"]))
+    assert meta.state.epoch == 8 and meta.textgen_version == "0.1.0"
+    assert meta.to_json() == raw

@@ -1,3 +1,4 @@
+import dataclasses
 import errno
 import json
 import os
@@ -8,9 +9,12 @@ import pytest
 
 from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, files_snapshot, write_text
 from textgen import checkpoint, training
+from textgen import session as session_module
+from textgen.callbacks import Callback
 from textgen.checkpoint import RunLock, load_model
 from textgen.errors import TextgenError
 from textgen.model import reset_states
+from textgen.session import Session
 from textgen.training import Interrupted, train
 
 QUIET = dict(log=lambda message: None)
@@ -33,7 +37,7 @@ def test_learning_drives_validation_loss_far_below_chance(trained_run):
 
 def test_checkpoint_reloads_at_batch_1_with_identical_logits(trained_run):
     model, meta = load_model(trained_run["run_dir"], batch_size=1)
-    session = training._Session(checkpoint_config(meta), training_config(meta, batch_size=1))
+    session = Session(meta.model, training_config(meta, batch_size=1))
     session.model.load_weights(str(checkpoint.verified_file(trained_run["run_dir"], meta, "weights")))
     ids = np.array([[0, 1, 2, 3, 4, 5, 6, 0, 1]], dtype="int32")
     reset_states(model)
@@ -41,16 +45,8 @@ def test_checkpoint_reloads_at_batch_1_with_identical_logits(trained_run):
     assert np.abs(np.array(model(ids)) - np.array(session.model(ids))).max() < 1e-6
 
 
-def checkpoint_config(meta):
-    from textgen.config import ModelConfig
-    return ModelConfig.from_dict(meta["model"])
-
-
 def training_config(meta, **changes):
-    import dataclasses
-
-    from textgen.config import TrainConfig
-    return dataclasses.replace(TrainConfig.from_dict(meta["training"]), **changes)
+    return dataclasses.replace(meta.training, **changes)
 
 
 def test_resume_continues_exactly(tmp_path, periodic_corpus):
@@ -86,18 +82,49 @@ def test_resume_refuses_other_vocabulary_or_shape(tmp_path, periodic_corpus):
     assert files_snapshot(tmp_path) == before
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_corpus, monkeypatch):
+class AtStep(Callback):
+    """Does something to the run right after its n-th training step (counted from this invocation)."""
+
+    def __init__(self, n, action):
+        self.n, self.action, self.steps = n, action, 0
+
+    def on_step_end(self, run, loss):
+        self.steps += 1
+        if self.steps == self.n:
+            self.action(run)
+
+
+def poison_weights(run):
+    run.session.model.trainable_variables[0].assign(np.full(run.session.model.trainable_variables[0].shape, np.nan))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     before = files_snapshot(tmp_path / "r")
-    original = training._Session.__init__
-
-    def poisoned(self, *args):
-        original(self, *args)
-        self.train_step = lambda x, y: np.float32("nan")
-    monkeypatch.setattr(training._Session, "__init__", poisoned)
-    with pytest.raises(TextgenError, match="loss became NaN.*last good checkpoint.*lower --learning-rate"):
-        run(periodic_corpus, tmp_path, epochs=2, resume=True)
+    with pytest.raises(TextgenError, match="step 4: the loss became NaN.*last good checkpoint.*lower --learning-rate"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True, callbacks=[AtStep(3, poison_weights)])
     assert files_snapshot(tmp_path / "r") == before
+
+
+def test_a_report_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, periodic_corpus, monkeypatch):
+    import logging
+
+    from textgen import report
+
+    def broken(run_dir, history):
+        raise RuntimeError("no display")
+    monkeypatch.setattr(report, "plot_history", broken)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("textgen").addHandler(handler)
+    try:
+        summary = run(periodic_corpus, tmp_path, epochs=2)
+    finally:
+        logging.getLogger("textgen").removeHandler(handler)
+    assert summary["epoch"] == 2 and (tmp_path / "r" / "history.csv").read_text().count("\n") == 3
+    warnings = [r.getMessage() for r in records if "could not write curve.png" in r.getMessage()]
+    assert len(warnings) == 2 and warnings[0].endswith("(RuntimeError: no display); training continues")
 
 
 def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_corpus, monkeypatch):
@@ -111,35 +138,21 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
     assert (tmp_path / "r" / "last.json").read_bytes() == last
     model, meta = load_model(tmp_path / "r", kind="last")
-    assert meta["epoch"] == 1
+    assert meta.state.epoch == 1
 
 
-def interrupt_at_step(monkeypatch, n):
-    """Send SIGINT to ourselves during the n-th training step; returns a function that undoes this."""
-    original = training._Session.__init__
-
-    def patched(self, *args):
-        original(self, *args)
-        step, calls = self.train_step, []
-
-        def counted(x, y):
-            calls.append(1)
-            if len(calls) == n:
-                os.kill(os.getpid(), signal.SIGINT)
-            return step(x, y)
-        self.train_step = counted
-    monkeypatch.setattr(training._Session, "__init__", patched)
-    return lambda: monkeypatch.setattr(training._Session, "__init__", original)
+def interrupt_at_step(n):
+    """A callback that sends SIGINT to this process right after the n-th training step."""
+    return AtStep(n, lambda run: os.kill(os.getpid(), signal.SIGINT))
 
 
-def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic_corpus, monkeypatch):
+def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic_corpus):
     model = dict(TINY_MODEL, dropout=0.2)
     options = dict(lr_schedule="cosine", mixed_precision="on")
     straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model, train_options=options)
-    undo = interrupt_at_step(monkeypatch, 150)  # epoch 2 of 2, step 32 of 118
-    with pytest.raises(Interrupted):
-        run(periodic_corpus, tmp_path / "b", epochs=2, model=model, train_options=options)
-    undo()
+    with pytest.raises(Interrupted):  # epoch 2 of 2, step 32 of 118
+        run(periodic_corpus, tmp_path / "b", epochs=2, model=model, train_options=options,
+            callbacks=[interrupt_at_step(150)])
     resumed = run(periodic_corpus, tmp_path / "b", epochs=2, model=model, resume=True)
     assert abs(resumed["val_loss"] - straight["val_loss"]) < 1e-3
     assert [row["learning_rate"] for row in resumed["history"]] == \
@@ -159,22 +172,20 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
     expected = {"auto": native, "on": True, "off": False}
     for setting, mixed in expected.items():
         config = TrainConfig(mixed_precision=setting)
-        assert training.uses_mixed_precision(config) is mixed
-        session = training._Session(ModelConfig(vocab_size=5, **TINY_MODEL), config)
+        assert session_module.uses_mixed_precision(config) is mixed
+        session = Session(ModelConfig(vocab_size=5, **TINY_MODEL), config)
         assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if mixed else "float32"}
-    assert training._mixed_precision_note("off") is None
-    assert ("no native bfloat16" in training._mixed_precision_note("on")) is not native
-    assert (training._mixed_precision_note("auto") is not None) is native
+    assert session_module.mixed_precision_note("off") is None
+    assert ("no native bfloat16" in session_module.mixed_precision_note("on")) is not native
+    assert (session_module.mixed_precision_note("auto") is not None) is native
 
 
-def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, monkeypatch):
-    undo = interrupt_at_step(monkeypatch, 5)
+def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus):
     with pytest.raises(Interrupted, match="resume with: textgen train") as stopped:
-        run(periodic_corpus, tmp_path)
+        run(periodic_corpus, tmp_path, callbacks=[interrupt_at_step(5)])
     assert stopped.value.exit_code == 130
     meta = json.loads((tmp_path / "r" / "last.json").read_text())
     assert (meta["epoch"], meta["step_in_epoch"]) == (0, 5)
-    undo()
     resumed = run(periodic_corpus, tmp_path, resume=True)
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
 
@@ -232,7 +243,7 @@ def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):
 
 def test_weight_decay_shrinks_weight_matrices_and_spares_biases():
     from textgen.config import ModelConfig, TrainConfig
-    session = training._Session(ModelConfig(vocab_size=5, **TINY_MODEL),
+    session = Session(ModelConfig(vocab_size=5, **TINY_MODEL),
                                 TrainConfig(learning_rate=0.1, weight_decay=0.5, batch_size=2, mixed_precision="off"))
     variables = session.model.trainable_variables
     before = [np.array(v.numpy()) for v in variables]

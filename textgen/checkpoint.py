@@ -11,6 +11,7 @@ so at every instant last.json and best.json each name complete files.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -18,13 +19,14 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from textgen import __version__
-from textgen.config import ModelConfig
+from textgen.config import ModelConfig, TrainConfig
 from textgen.errors import TextgenError
 from textgen.files import atomic_write, atomic_write_json
 from textgen.vocab import Vocabulary
@@ -43,22 +45,83 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(run_dir: Path, kinds: tuple[str, ...], meta: dict, model, training_state: dict[str, np.ndarray]) -> None:
+@dataclass
+class RunState:
+    """How far a run has got: what the training loop advances and every checkpoint records."""
+
+    run_id: str  # names this run's checkpoint files (a new id per fresh run)
+    epoch: int = 0  # epochs completed (validated)
+    step_in_epoch: int = 0  # steps done in the current epoch (0 at an epoch boundary)
+    global_step: int = 0  # steps done over the whole run
+    chars_seen: int = 0  # training characters consumed over the whole run
+    epoch_loss_sum: float = 0.0  # sum of this epoch's step losses so far (nats)
+    best_val_loss: Optional[float] = None  # lowest validation loss so far (nats)
+    best_epoch: int = 0  # the epoch that reached best_val_loss
+    history: list = field(default_factory=list)  # one dict per validated epoch (report.HISTORY_FIELDS)
+    elapsed_seconds: float = 0.0  # training time so far, across resumes
+    train_loss: Optional[float] = None  # mean training loss of the epoch at this checkpoint
+    val_loss: Optional[float] = None  # validation loss at this checkpoint (None mid-epoch)
+
+    @property
+    def epoch_mean_loss(self) -> float:
+        return self.epoch_loss_sum / max(1, self.step_in_epoch)
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything last.json / best.json hold: one checkpoint that describes itself.
+
+    The JSON is flat (today's keys, unchanged since 0.1.0): the RunState fields sit beside
+    model, training, vocab, corpus, files and the format stamp."""
+
+    model: ModelConfig
+    training: TrainConfig
+    vocab: Vocabulary
+    corpus: dict  # path, length, and the fingerprint (size, mtime_ns, blake2b) of the corpus file
+    state: RunState
+    files: dict = field(default_factory=dict)  # role ("weights", "state") -> {"name", "sha256"}
+    kind: str = "last"  # "last" or "best"
+    saved_at: str = ""  # ISO time of the save, UTC
+    textgen_version: str = __version__  # the release that wrote it
+
+    def to_json(self) -> dict:
+        return dict(model=self.model.to_dict(), training=self.training.to_dict(), vocab=self.vocab.to_json(),
+                    corpus=self.corpus, **dataclasses.asdict(self.state), format=FORMAT,
+                    format_version=FORMAT_VERSION, textgen_version=self.textgen_version, saved_at=self.saved_at,
+                    files=self.files, kind=self.kind)
+
+    @classmethod
+    def from_json(cls, values: dict) -> "CheckpointMeta":
+        if values.get("format") != FORMAT:
+            raise ValueError("not a textgen checkpoint")
+        state_fields = {f.name for f in dataclasses.fields(RunState)}
+        meta = cls(model=ModelConfig.from_dict(values["model"]), training=TrainConfig.from_dict(values["training"]),
+                   vocab=Vocabulary.from_json(values["vocab"]), corpus=values["corpus"],
+                   state=RunState(**{key: value for key, value in values.items() if key in state_fields}),
+                   files=values["files"], kind=values.get("kind", "last"), saved_at=values.get("saved_at", ""),
+                   textgen_version=values.get("textgen_version", ""))
+        meta.files["weights"]["name"], meta.files["state"]["name"]
+        return meta
+
+
+def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
+         training_state: dict[str, np.ndarray]) -> None:
     """Write one checkpoint and point each of kinds ("last", "best") at it.
 
     An I/O failure (disk full, permissions) raises TextgenError; the previous checkpoint stays intact."""
-    stem = f"ckpt-{meta['run_id']}-{meta['global_step']:09d}"
+    stem = f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}"
     weights_path = run_dir / f"{stem}.weights.h5"
     state_path = run_dir / f"{stem}.state.npz"
     try:
         atomic_write(weights_path, lambda tmp: model.save_weights(str(tmp)))
         atomic_write(state_path, lambda tmp: np.savez(tmp, **training_state))
-        meta = dict(meta, format=FORMAT, format_version=FORMAT_VERSION, textgen_version=__version__,
-                    saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
-                           "state": {"name": state_path.name, "sha256": sha256(state_path)}})
+        meta = dataclasses.replace(
+            meta, textgen_version=__version__,
+            saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
+                   "state": {"name": state_path.name, "sha256": sha256(state_path)}})
         for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
-            atomic_write_json(run_dir / f"{kind}.json", dict(meta, kind=kind))
+            atomic_write_json(run_dir / f"{kind}.json", dataclasses.replace(meta, kind=kind).to_json())
     except OSError as error:
         reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise TextgenError(
@@ -81,26 +144,20 @@ def remove_unreferenced(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def read_meta(run_dir: Path, kind: str) -> Optional[dict]:
+def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
     path = run_dir / f"{kind}.json"
     if not path.exists():
         return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if meta.get("format") != FORMAT:
-            raise ValueError("not a textgen checkpoint")
-        ModelConfig.from_dict(meta["model"])
-        Vocabulary.from_json(meta["vocab"])
-        meta["files"]["weights"]["name"], meta["files"]["state"]["name"]
+        return CheckpointMeta.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "
                            "delete the run directory or train again with --overwrite") from None
-    return meta
 
 
-def verified_file(run_dir: Path, meta: dict, role: str) -> Path:
-    entry = meta["files"][role]
+def verified_file(run_dir: Path, meta: CheckpointMeta, role: str) -> Path:
+    entry = meta.files[role]
     path = run_dir / entry["name"]
     if not path.exists():
         raise TextgenError(f"checkpoint file {path} is missing; the checkpoint in {run_dir} is incomplete "
@@ -129,7 +186,7 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
             if meta is None:
                 continue
             weights = verified_file(run_dir, meta, "weights")
-            model = build_model(ModelConfig.from_dict(meta["model"]), batch_size)
+            model = build_model(meta.model, batch_size)
             try:
                 model.load_weights(str(weights))
             except Exception as error:  # h5py and Keras raise many types for a bad file

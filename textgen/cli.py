@@ -229,7 +229,8 @@ def plot(checkpoint_dir, run):
     from textgen.runs import find_run
 
     run_dir = find_run(checkpoint_dir, run)
-    history = (read_meta(run_dir, "last") or {}).get("history") or []
+    meta = read_meta(run_dir, "last")
+    history = meta.state.history if meta is not None else []
     if not history:
         raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")
     write_history(run_dir, history)

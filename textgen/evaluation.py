@@ -60,7 +60,6 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     from textgen.checkpoint import load_model
     from textgen.model import reset_states
     from textgen.runs import find_run
-    from textgen.vocab import Vocabulary
 
     check_range("batch_size", batch_size, low=1, integer=True)
     check_range("seq_length", seq_length, low=1, integer=True)
@@ -68,7 +67,7 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     total, _ = scan(path, what="text")
     run_dir = find_run(Path(checkpoint_dir), run)
     model, meta = load_model(run_dir, batch_size=batch_size)
-    vocab = Vocabulary.from_json(meta["vocab"])
+    vocab = meta.vocab
     ids = np.empty(total, dtype=vocab.id_dtype)
     kept, unknown = encode_into(path, vocab, ids, what="text")
     ids = ids[:kept]

@@ -79,12 +79,11 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     from textgen.checkpoint import load_model
     from textgen.engine import Engine
     from textgen.runs import find_run
-    from textgen.vocab import Vocabulary
 
     temperatures = [float(t) for t in temperatures]
     check_sampling_options(temperatures, top_k, top_p, length, num_samples)
     model, meta = load_model(find_run(Path(checkpoint_dir), run), batch_size=1)
-    vocab = Vocabulary.from_json(meta["vocab"])
+    vocab = meta.vocab
     prime = prepare_prime(prime, vocab, skip_unknown, warn)
 
     streams = [(t, i) for t in temperatures for i in range(num_samples)]

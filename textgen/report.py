@@ -9,9 +9,7 @@ from pathlib import Path
 
 from textgen.checkpoint import read_meta
 from textgen.files import atomic_write, atomic_write_text
-from textgen.config import ModelConfig
 from textgen.evaluation import bpc
-from textgen.vocab import Vocabulary
 
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
                   "learning_rate", "seconds"]
@@ -69,32 +67,28 @@ def _size(num_bytes: int) -> str:
 
 def info_text(run_dir: Path) -> str:
     last = read_meta(run_dir, "last")
-    best = read_meta(run_dir, "best") or last
-    model = ModelConfig.from_dict(last["model"])
-    vocab = Vocabulary.from_json(last["vocab"])
-    training = last["training"]
-    corpus = last["corpus"]
+    best = (read_meta(run_dir, "best") or last).state
+    model, vocab, training, corpus, state = last.model, last.vocab, last.training, last.corpus, last.state
     lines = [
         f"run            {run_dir}",
         f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
         f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}",
-        "training       " + ", ".join(f"{key} {value}" for key, value in training.items()),
-        f"progress       {last['epoch']} of {training['epochs']} epochs"
-        + (f" + {last['step_in_epoch']} steps" if last["step_in_epoch"] else "")
-        + f", {last['global_step']:,} steps, {last['chars_seen']:,} characters, "
-          f"{last['elapsed_seconds'] / 60:.1f} minutes",
-        f"best           epoch {best['epoch']}: validation {best['val_loss']:.4f} nats "
-        f"({bpc(best['val_loss']):.3f} bpc)"
-        if best.get("val_loss") is not None else "best           none yet",
-        f"last           epoch {last['epoch']}: validation "
-        + (f"{last['val_loss']:.4f} nats ({bpc(last['val_loss']):.3f} bpc)" if last.get("val_loss") is not None
+        "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()),
+        f"progress       {state.epoch} of {training.epochs} epochs"
+        + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
+        + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
+          f"{state.elapsed_seconds / 60:.1f} minutes",
+        f"best           epoch {best.epoch}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
+        if best.val_loss is not None else "best           none yet",
+        f"last           epoch {state.epoch}: validation "
+        + (f"{state.val_loss:.4f} nats ({bpc(state.val_loss):.3f} bpc)" if state.val_loss is not None
            else "not measured (saved mid-epoch)")
-        + (f", training {last['train_loss']:.4f} nats ({bpc(last['train_loss']):.3f} bpc)"
-           if last.get("train_loss") is not None else ""),
+        + (f", training {state.train_loss:.4f} nats ({bpc(state.train_loss):.3f} bpc)"
+           if state.train_loss is not None else ""),
         f"corpus         {corpus['path']} ({corpus['length']:,} characters, {corpus['size']:,} bytes, "
         f"blake2b {corpus['blake2b']})",
-        f"saved          {last['saved_at']}",
+        f"saved          {last.saved_at}",
         "files",
     ]
     for path in sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
@@ -108,9 +102,9 @@ def runs_table(run_dirs: list[Path]) -> str:
     for run_dir in run_dirs:
         meta = read_meta(run_dir, "last")
         best = read_meta(run_dir, "best") or meta
-        saved = datetime.datetime.fromisoformat(meta["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
-        rows.append((run_dir.name, Path(meta["corpus"]["path"]).name, f"{meta['corpus']['length']:,}",
-                     f"{meta['epoch']}/{meta['training']['epochs']}", _bpc_text(best.get("val_loss")), saved))
+        saved = datetime.datetime.fromisoformat(meta.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
+        rows.append((run_dir.name, Path(meta.corpus["path"]).name, f"{meta.corpus['length']:,}",
+                     f"{meta.state.epoch}/{meta.training.epochs}", _bpc_text(best.state.val_loss), saved))
     widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
                      for row in [header] + rows)

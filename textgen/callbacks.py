@@ -1,0 +1,165 @@
+"""What happens around the training loop, as callbacks: saving, reports, progress and the stop rules.
+
+:func:`textgen.training.fit` calls, in list order, ``on_train_start(run)`` once, then per epoch
+``on_epoch_start(run)``, ``on_step_end(run, loss)`` after every step and ``on_epoch_end(run, improved)``
+after validation. A callback stops training by raising (a failure), by setting ``run.stop_reason``
+(stop after this epoch) or by also setting ``run.end_epoch`` (validate and save now, then stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from typing import Optional
+
+from textgen import report
+from textgen.errors import TextgenError
+from textgen.evaluation import bpc
+from textgen.progress import progress_bar
+
+logger = logging.getLogger("textgen")
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_train_start(self, run) -> None:
+        pass
+
+    def on_epoch_start(self, run) -> None:
+        pass
+
+    def on_step_end(self, run, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        pass
+
+
+class LossGuard(Callback):
+    """Abort on a NaN/Inf loss or one above 4 x ln(vocabulary): the last good checkpoint is kept."""
+
+    def on_train_start(self, run) -> None:
+        self.limit = 4 * max(math.log(len(run.vocab)), 1.0)
+
+    def on_step_end(self, run, loss: float) -> None:
+        if math.isfinite(loss) and loss <= self.limit:
+            return
+        what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
+        raise TextgenError(
+            f"training stopped at epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}: the loss {what}; "
+            f"the last good checkpoint in {run.run_dir} is kept (try a lower --learning-rate, e.g. "
+            f"{run.config.learning_rate / 4:g}, or a lower --clip-norm)")
+
+
+class Interrupted(TextgenError):
+    """Training stopped by a signal after saving; the exit code is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequests(Callback):
+    """A signal (save and raise Interrupted) or the --max-minutes budget (end the epoch now, then stop).
+
+    Workers of a multi-worker run agree on both after every step (one collective), so they stop together."""
+
+    def __init__(self, signals: list[int]):
+        self.signals = signals  # filled by training.stop_on_signals
+
+    def on_step_end(self, run, loss: float) -> None:
+        from textgen.distribute import worker_mean
+
+        budget = run.config.max_minutes * 60
+        interrupted, time_up, run.elapsed = worker_mean(run.session.strategy, bool(self.signals),
+                                                        bool(budget) and run.elapsed >= budget, run.elapsed)
+        if interrupted > 0:
+            run.save(("last",))
+            state = run.state
+            raise Interrupted(
+                f"interrupted: saved a resumable checkpoint (epoch {state.epoch + 1}, step {state.step_in_epoch}) in "
+                f"{run.run_dir}; resume with: textgen train {run.corpus_path} --checkpoint-dir {run.run_dir.parent} "
+                f"--run {run.run_dir.name} --resume", self.signals[0] if self.signals else signal.SIGTERM)
+        if time_up > 0:
+            run.end_epoch = True
+            run.stop_reason = f"time budget of {run.config.max_minutes:g} minutes reached"
+
+
+class Checkpointer(Callback):
+    """Save "last" (and "best" when validation improved) at every epoch end, and every --save-every steps."""
+
+    def on_step_end(self, run, loss: float) -> None:
+        every = run.config.save_every
+        if every and run.state.global_step % every == 0 and not run.end_epoch \
+                and run.state.step_in_epoch < len(run.train_batches):
+            run.save(("last",))
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        run.save(("last", "best") if improved else ("last",), lstm_states=run.carried_states)
+
+
+class Patience(Callback):
+    """Stop after --patience epochs without a better validation loss."""
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        patience = run.config.patience
+        if patience and run.stop_reason is None and run.state.epoch - run.state.best_epoch >= patience:
+            run.stop_reason = f"no validation improvement for {patience} epochs"
+
+
+class ProgressBar(Callback):
+    """A per-epoch progress bar on stderr with the running mean loss (terminals only)."""
+
+    def on_epoch_start(self, run) -> None:
+        self.bar = progress_bar(len(run.train_batches), f"epoch {run.state.epoch + 1}/{run.config.epochs}",
+                                metrics=("loss", "bpc"))
+
+    def on_step_end(self, run, loss: float) -> None:
+        mean = run.state.epoch_mean_loss
+        self.bar(run.state.step_in_epoch, loss=mean, bpc=bpc(mean))
+
+
+class EpochLog(Callback):
+    """One line per epoch: losses in nats and bits per character, whether it is the best, time so far."""
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        row = run.state.history[-1]
+        run.log(f"epoch {row['epoch']}/{run.config.epochs}: train {row['train_loss']:.4f} nats "
+                f"({row['train_bpc']:.3f} bpc), val {row['val_loss']:.4f} nats ({row['val_bpc']:.3f} bpc)"
+                f"{' [best]' if improved else ''}, {row['seconds']:.0f} s")
+
+
+class Reports(Callback):
+    """history.csv and curve.png in the run directory. A report that cannot be written warns, never stops."""
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        for name, write in (("history.csv", report.write_history), ("curve.png", report.plot_history)):
+            try:
+                write(run.run_dir, run.state.history)
+            except Exception as error:  # a report is a convenience: training goes on without it
+                logger.warning(f"warning: could not write {name} in {run.run_dir} ({type(error).__name__}: "
+                               f"{error}); training continues")
+
+
+class TensorBoard(Callback):
+    """Scalars per epoch (bits per character, losses, learning rate) in RUN/tensorboard, by characters seen."""
+
+    def __init__(self):
+        self.writer: Optional[object] = None
+
+    def on_train_start(self, run) -> None:
+        import tensorflow as tf
+
+        self.writer = tf.summary.create_file_writer(str(run.run_dir / "tensorboard"))
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        import tensorflow as tf
+
+        row = run.state.history[-1]
+        with self.writer.as_default(step=row["chars_seen"]):
+            for name in ("train_bpc", "val_bpc", "train_loss", "val_loss", "learning_rate"):
+                tf.summary.scalar(name, row[name])
+        self.writer.flush()
+

@@ -1,0 +1,149 @@
+"""Session: the model, optimizer and compiled training steps of one run, on a tf.distribute strategy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from textgen import checkpoint
+from textgen.config import ModelConfig, TrainConfig
+from textgen.evaluation import window_loss_sum
+
+
+class Session:
+    """The TensorFlow side of a run: model, optimizer and compiled steps under a tf.distribute strategy.
+
+    ``train_step(x, y)`` runs one optimizer step on a (batch, seq) window and returns its mean loss;
+    ``loss_sum(x, y)`` sums the loss without training (validation). The LSTM state is carried between
+    calls; ``lstm_states``/``set_lstm_states``/``reset_states`` read, write and zero it, and
+    ``training_state``/``restore`` are what a checkpoint saves and reloads besides the weights."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, strategy=None):
+        import keras
+        import tensorflow as tf
+
+        from textgen.distribute import check_batch_size, replica_rows
+        from textgen.model import build_model, lstm_layers
+
+        self.strategy = strategy = strategy or tf.distribute.get_strategy()
+        replicas = strategy.num_replicas_in_sync
+        check_batch_size(train_config.batch_size, replicas)
+        self.per_replica = train_config.batch_size // replicas
+        keras.utils.set_random_seed(train_config.seed)
+        with strategy.scope():
+            self.model = build_model(model_config, self.per_replica,
+                                     matmul_dtype="bfloat16" if uses_mixed_precision(train_config) else "float32")
+            self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
+                                                   weight_decay=train_config.weight_decay or None)
+            self.optimizer.exclude_from_weight_decay(var_names=["bias"])
+            self.optimizer.build(self.model.trainable_variables)
+        self.lstms = lstm_layers(self.model)
+        model, optimizer, global_batch = self.model, self.optimizer, train_config.batch_size
+        clip_norm = train_config.clip_norm
+
+        def replica_train(x, y):
+            with tf.GradientTape() as tape:
+                logits = model(x, training=True)
+                per_stream = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits), axis=1)
+                loss = tf.nn.compute_average_loss(per_stream, global_batch_size=global_batch)
+            # Dense: the embedding's sparse gradient is small (V x E) and this keeps the arithmetic simple.
+            gradients = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+            # Clip the summed gradient of all replicas, as one device would (Keras clips per replica),
+            # then hand each replica 1/R of it: the optimizer sums the replicas' gradients again.
+            context = tf.distribute.get_replica_context()
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+            gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
+            optimizer.apply_gradients(
+                zip([g / context.num_replicas_in_sync for g in gradients], model.trainable_variables))
+            return loss
+
+        def replica_loss_sum(x, y):
+            return window_loss_sum(model, x, y)
+
+        @tf.function
+        def train_step(x, y):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_train, args=(x, y)), axis=None)
+
+        @tf.function
+        def loss_sum_step(x, y):
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_loss_sum, args=(x, y)),
+                                   axis=None)
+
+        self.train_step = lambda x, y: train_step(replica_rows(strategy, x), replica_rows(strategy, y))
+        self.loss_sum = lambda x, y: loss_sum_step(replica_rows(strategy, x), replica_rows(strategy, y))
+
+    def lstm_states(self) -> dict[str, np.ndarray]:
+        """Every layer's (h, c) for all B streams: the replicas' rows put back in order."""
+        return {f"lstm_{i}_{j}": np.concatenate([np.asarray(part) for part in
+                                                 self.strategy.experimental_local_results(v)])
+                for i, layer in enumerate(self.lstms) for j, v in enumerate(layer.states)}
+
+    def set_lstm_states(self, states: dict[str, np.ndarray]) -> None:
+        import tensorflow as tf
+
+        per_replica = self.per_replica
+
+        def assign(variable, rows):
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            variable.assign(tf.convert_to_tensor(rows)[replica * per_replica:(replica + 1) * per_replica])
+
+        for i, layer in enumerate(self.lstms):
+            for j, variable in enumerate(layer.states):
+                self.strategy.run(assign, args=(variable, states[f"lstm_{i}_{j}"]))
+
+    def reset_states(self) -> None:
+        from textgen.model import reset_states
+
+        reset_states(self.model)
+
+    def training_state(self, lstm_states: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """Optimizer slots, RNG state (model non-trainables) and the carried LSTM state."""
+        state = {f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)}
+        state.update({f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.model.non_trainable_variables)})
+        state.update(lstm_states or self.lstm_states())
+        return state
+
+    def restore(self, run_dir: Path, meta: checkpoint.CheckpointMeta) -> None:
+        self.model.load_weights(str(checkpoint.verified_file(run_dir, meta, "weights")))
+        with np.load(checkpoint.verified_file(run_dir, meta, "state")) as state:
+            for i, variable in enumerate(self.optimizer.variables):
+                variable.assign(state[f"optimizer_{i}"])
+            for i, variable in enumerate(self.model.non_trainable_variables):
+                variable.assign(state[f"model_{i}"])
+            states = {name: state[name] for name in state.files if name.startswith("lstm_")}
+            # At an epoch boundary the state is reset anyway. A multi-worker chief saves only its own
+            # replicas' rows: those streams then restart from a zero state (one window's worth of context).
+            rows = self.per_replica * self.strategy.num_replicas_in_sync
+            if meta.state.step_in_epoch and all(len(value) == rows for value in states.values()):
+                self.set_lstm_states(states)
+
+
+
+def uses_mixed_precision(config: TrainConfig) -> bool:
+    """--mixed-precision auto means on where it is native and fast: a CPU with bfloat16 matmul instructions."""
+    from textgen import cpu
+    from textgen.fast_lstm import gpu_visible
+
+    if config.mixed_precision == "auto":
+        return cpu.has_bfloat16_matmul() and not gpu_visible()
+    return config.mixed_precision == "on"
+
+
+def mixed_precision_note(setting: str) -> Optional[str]:
+    """What --mixed-precision does on this machine; a warning where an explicit "on" cannot take effect."""
+    from textgen.fast_lstm import gpu_visible
+
+    if setting == "off":
+        return None
+    if uses_mixed_precision(TrainConfig(mixed_precision="auto")):
+        return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
+                "(weights, state and validation in float32)")
+    if setting == "auto":
+        return None
+    if gpu_visible():
+        return ("note: --mixed-precision on applies to the CPU training path only; on this GPU the cuDNN LSTM "
+                "trains in float32")
+    return ("note: this CPU has no native bfloat16 matmul (AVX512_BF16 or AMX), so --mixed-precision on is "
+            "likely slower here; use --mixed-precision off")
