@@ -8,8 +8,8 @@ embedding, the stacked LSTM cells and the output layer itself, inside one compil
 
 Per step, for layer 0 the input projection ``embedding[id] @ kernel + bias`` is a row of a
 precomputed (V, 4U) table (a gather instead of a matmul); later layers do one matmul of
-``[kernel; recurrent_kernel]^T @ [x; h]``; the gate math follows ``keras.layers.LSTM``
-(gate order i, f, c, o; sigmoid / tanh) and XLA fuses it into a few kernels.
+``[kernel; recurrent_kernel]^T @ [x; h]``; the gate math is :mod:`textgen.lstm_step` (weights
+stored with the candidate block pre-scaled) and XLA fuses it into a few kernels.
 
 The loop runs feature-major: each layer's carried (h, c) is (U, N), so every product has a
 (4U, N) output. On CPU that shape runs faster than the batch-major (N, 4U) one (1.3x for one
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from textgen import sampling
+from textgen import lstm_step, sampling
 
 CHUNK = 512  # most steps one compiled call runs; longer requests loop over chunks
 _FORCED_BUCKETS = (8, 64, CHUNK)  # padded lengths for teacher-forced calls (few compilations)
@@ -33,6 +33,7 @@ _FORCED_BUCKETS = (8, 64, CHUNK)  # padded lengths for teacher-forced calls (few
 class Weights:
     """Float32 weights in the layout the loop uses."""
 
+    # Candidate columns pre-scaled by lstm_step.prescale_candidate.
     table: np.ndarray  # (V, 4U): embedding @ kernel_0 + bias_0
     recurrent0_t: np.ndarray  # (4U, U): recurrent kernel of layer 0, transposed
     stacked_t: tuple  # per layer >= 1: ((4U, 2U) [kernel; recurrent_kernel]^T, (4U, 1) bias column)
@@ -74,7 +75,7 @@ def weights_from_model(model) -> Weights:
         kernel = np.asarray(cell.kernel, dtype=np.float64)
         recurrent_kernel = np.asarray(cell.recurrent_kernel, dtype=np.float64)
         bias = np.asarray(cell.bias, dtype=np.float64) if cell.use_bias else np.zeros(kernel.shape[1])
-        parts.append((kernel, recurrent_kernel, bias))
+        parts.append(tuple(lstm_step.prescale_candidate(w) for w in (kernel, recurrent_kernel, bias)))
     dense = model.get_layer("logits")
     kernel0, recurrent0, bias0 = parts[0]
     return Weights(
@@ -131,7 +132,6 @@ class Engine:
     def _step(self, ids, hs, cs):
         """Feed ids (N,) int32 through every layer: return logits (N, V) and the new (U, N) states."""
         tf = self._tf
-        units = self.units
         new_h, new_c = [], []
         x = None
         for index in range(self.weights.layers):
@@ -140,12 +140,7 @@ class Engine:
             else:
                 kernel_t, bias = self._stacked_t[index - 1]
                 z = tf.matmul(kernel_t, tf.concat([x, hs[index]], axis=0)) + bias
-            i = tf.sigmoid(z[:units])
-            f = tf.sigmoid(z[units : 2 * units])
-            g = tf.tanh(z[2 * units : 3 * units])
-            o = tf.sigmoid(z[3 * units :])
-            c = f * cs[index] + i * g
-            x = o * tf.tanh(c)
+            x, c = lstm_step.cell_update(*tf.split(tf.sigmoid(z), lstm_step.GATES, axis=0), cs[index])
             new_h.append(x)
             new_c.append(c)
         logits = tf.matmul(x, self._dense_kernel, transpose_a=True) + self._dense_bias
@@ -155,64 +150,62 @@ class Engine:
         layers = self.weights.layers
         return tuple(state[i] for i in range(layers)), tuple(state[layers + i] for i in range(layers))
 
-    def _function(self, key):
-        """The compiled function for key, traced once to a concrete function (cheap to call)."""
-        if key in self._functions:
-            return self._functions[key]
+    def _compiled(self, key, build):
+        """The concrete function for key, traced once by build() (a concrete function is cheap to call)."""
+        if key not in self._functions:
+            self._functions[key] = build()
+        return self._functions[key]
+
+    def _state_spec(self):
+        return self._tf.TensorSpec((2 * self.weights.layers, self.units, self.num_streams), self._tf.float32)
+
+    def _forced_function(self, bucket: int):
+        """Feed the first count rows of ids (bucket, N); return (bucket, N, V) logits and the state."""
         tf = self._tf
-        streams, vocab, units, layers = self.num_streams, self.vocab_size, self.units, self.weights.layers
-        state_spec = tf.TensorSpec((2 * layers, units, streams), tf.float32)
+        streams, vocab = self.num_streams, self.vocab_size
 
-        if key[0] == "forced":
-            bucket = key[1]
+        def forced(ids, count, state):
+            out = tf.TensorArray(tf.float32, size=bucket, element_shape=(streams, vocab))
 
-            def forced(ids, count, state):
-                """Feed the first count rows of ids (bucket, N); return (bucket, N, V) logits, state."""
-                out = tf.TensorArray(tf.float32, size=bucket, element_shape=(streams, vocab))
+            def body(t, out, hs, cs):
+                logits, hs, cs = self._step(ids[t], hs, cs)
+                return t + 1, out.write(t, logits), hs, cs
 
-                def body(t, out, hs, cs):
-                    logits, hs, cs = self._step(ids[t], hs, cs)
-                    return t + 1, out.write(t, logits), hs, cs
+            hs, cs = self._split(state)
+            _, out, hs, cs = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), out, hs, cs))
+            return out.stack(), tf.stack(hs + cs)
 
-                hs, cs = self._split(state)
-                _, out, hs, cs = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), out, hs, cs))
-                return out.stack(), tf.stack(hs + cs)
+        specs = (tf.TensorSpec((bucket, streams), tf.int32), tf.TensorSpec((), tf.int32), self._state_spec())
+        return self._compiled(("forced", bucket),
+                              lambda: tf.function(forced, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
-            specs = (tf.TensorSpec((bucket, streams), tf.int32), tf.TensorSpec((), tf.int32), state_spec)
-            fn = tf.function(forced, jit_compile=self.jit_compile).get_concrete_function(*specs)
-        else:
-            _, greedy_only, use_k, use_p = key
+    def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool):
+        """Sample count ids per stream, feeding each back; the filters in use are fixed at trace time."""
+        tf = self._tf
+        streams, vocab = self.num_streams, self.vocab_size
 
-            def sample(logits, uniforms, options, state):
-                """options (N + 3,) float32: temperatures, then step count, top_k, top_p."""
-                count = tf.cast(options[streams], tf.int32)
-                temperature = options[:streams]
-                top_k = tf.cast(options[streams + 1], tf.int32) if use_k else None
-                top_p = options[streams + 2] if use_p else None
-                out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
+        def sample(logits, uniforms, count, temperature, top_k, top_p, state):
+            out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
 
-                def body(t, out, logits, hs, cs):
-                    if greedy_only:
-                        ids = tf.argmax(logits, axis=1, output_type=tf.int32)
-                    else:
-                        ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k, top_p)
-                    logits, hs, cs = self._step(ids, hs, cs)
-                    return t + 1, out.write(t, ids), logits, hs, cs
+            def body(t, out, logits, hs, cs):
+                if greedy_only:
+                    ids = tf.argmax(logits, axis=1, output_type=tf.int32)
+                else:
+                    ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k if use_k else None,
+                                             top_p if use_p else None)
+                logits, hs, cs = self._step(ids, hs, cs)
+                return t + 1, out.write(t, ids), logits, hs, cs
 
-                hs, cs = self._split(state)
-                loop_vars = (tf.constant(0), out, logits, hs, cs)
-                _, out, logits, hs, cs = tf.while_loop(lambda t, *_: t < count, body, loop_vars)
-                return out.stack(), logits, tf.stack(hs + cs)
+            hs, cs = self._split(state)
+            _, out, logits, hs, cs = tf.while_loop(lambda t, *_: t < count, body,
+                                                   (tf.constant(0), out, logits, hs, cs))
+            return out.stack(), logits, tf.stack(hs + cs)
 
-            specs = (
-                tf.TensorSpec((streams, vocab), tf.float32),
-                tf.TensorSpec((CHUNK, streams), tf.float32),
-                tf.TensorSpec((streams + 3,), tf.float32),
-                state_spec,
-            )
-            fn = tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs)
-        self._functions[key] = fn
-        return fn
+        specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
+                 tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32), tf.TensorSpec((), tf.int32),
+                 tf.TensorSpec((), tf.float32), self._state_spec())
+        return self._compiled(("sample", greedy_only, use_k, use_p),
+                              lambda: tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
     # ----------------------------------------------------------------- public API
 
@@ -247,7 +240,7 @@ class Engine:
             bucket = next(b for b in _FORCED_BUCKETS if b >= count)
             padded = np.zeros((bucket, self.num_streams), np.int32)
             padded[:count] = part.T
-            fn = self._function(("forced", bucket))
+            fn = self._forced_function(bucket)
             out, self._state = fn(tf.constant(padded), tf.constant(count, tf.int32), self._state)
             self._last = out[count - 1]
             if keep_logits:
@@ -274,17 +267,14 @@ class Engine:
         uniforms = sampling.clamp_uniforms(rng.random((length, streams)))
         greedy_only = bool(np.all(temp == 0))
         use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
-        fn = self._function(("sample", greedy_only, use_k, use_p))
-        options = np.empty(streams + 3, np.float32)
-        options[:streams] = temp
-        options[streams + 1] = top_k or 0
-        options[streams + 2] = top_p or 1.0
+        fn = self._sample_function(greedy_only, use_k, use_p)
+        options = (tf.constant(temp), tf.constant(top_k or 0, tf.int32), tf.constant(top_p or 1.0, tf.float32))
         padded = np.zeros((CHUNK, streams), np.float32)
         result = np.empty((streams, length), np.int64)
         for start in range(0, length, CHUNK):
             count = min(CHUNK, length - start)
             padded[:count] = uniforms[start : start + count]
-            options[streams] = count
-            ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(options), self._state)
+            ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(count, tf.int32),
+                                              *options, self._state)
             result[:, start : start + count] = ids.numpy()[:count].T
         return result

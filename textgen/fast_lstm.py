@@ -39,6 +39,8 @@ from __future__ import annotations
 import keras
 from keras import activations
 
+from textgen import lstm_step
+
 def _is_activation(fn, name: str) -> bool:
     if fn is getattr(activations, name, None) or fn is getattr(keras.ops, name, None):
         return True
@@ -133,14 +135,6 @@ FastLSTM.__name__ = "LSTM"
 # TensorFlow kernels (time-major: x_tm is (T, B, in)).
 
 
-def _gate_scale(units, dtype, candidate):
-    """Per-column factors for the (i, f, c, o) blocks: 1 for i, f, o and ``candidate`` for c."""
-    import tensorflow as tf
-
-    one = tf.ones([units], dtype)
-    return tf.concat([one, one, candidate * one, one], 0)
-
-
 def _materialized_transpose(matrix):
     """``matrix^T`` as a real row-major tensor.
 
@@ -176,9 +170,8 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
     batch = tf.shape(x_tm)[1]
     dtype = x_tm.dtype
     operand_dtype = operand_dtype or dtype
-    # The candidate block is pre-scaled by 2 so that one sigmoid over all 4U columns
-    # gives every gate: tanh(z) = 2 sigmoid(2z) - 1.
-    scale = _gate_scale(units, dtype, 2.0)
+    # One sigmoid over all 4U columns gives every gate (textgen.lstm_step).
+    scale = lstm_step.candidate_scale(units, dtype)
     # One big input projection for the whole window.
     xw = _matmul(tf.reshape(x_tm, [-1, in_dim]), kernel * scale, operand_dtype) + bias * scale
     xw = tf.reshape(xw, [steps, batch, 4 * units])
@@ -200,9 +193,7 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
         # (B, 4U) -> gate-major (4, B, U): one transpose instead of a column split, and
         # the gates (and the backward's reads of them) become free dim-0 views.
         s = tf.transpose(tf.reshape(s, [-1, 4, units]), [1, 0, 2])
-        i, f, sg, o = tf.unstack(s)
-        c = f * c + i * (2.0 * sg - 1.0)
-        h = o * tf.tanh(c)
+        h, c = lstm_step.cell_update(*tf.unstack(s), c)
         h_ta = h_ta.write(t + offset, h)
         if save:
             c_ta = c_ta.write(t + 1, c)
@@ -243,18 +234,8 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
     dz_ta = tf.TensorArray(dtype, size=steps, element_shape=[batch_units[0], 4 * units])
 
     def body(t, dh, dc, dz_ta):
-        s = s_all[t]
-        c_prev = c_all[t]
-        tc = tf.tanh(c_all[t + 1])
-        i, f, sg, o = tf.unstack(s)
-        di, df, dg, do = tf.unstack(s - s * s)  # sigmoid'
-        dh = dh + d_outputs[t]
-        dc = dc + dh * o * (1.0 - tc * tc)
-        # dz = d gate * sigmoid'(z); the candidate is g = 2 s - 1 with s = sigmoid(2 z),
-        # so its dz = dg * 4 s (1 - s).
-        dz = tf.concat([dc * (2.0 * sg - 1.0) * di, dc * c_prev * df, (4.0 * dc) * i * dg, dh * tc * do], 1)
-        dz_ta = dz_ta.write(t, dz)
-        return t - 1, _matmul(dz, recurrent_t, operand_dtype), dc * f, dz_ta
+        dz, dc = lstm_step.gate_gradients(s_all[t], c_all[t], c_all[t + 1], dh + d_outputs[t], dc)
+        return t - 1, _matmul(dz, recurrent_t, operand_dtype), dc, dz_ta.write(t, dz)
 
     _, dh0, dc0, dz_ta = tf.while_loop(
         lambda t, *_: t >= 0,
