@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from textgen.config import ModelConfig, TrainConfig, command_line_options
+from textgen.distribute import STRATEGIES
 
 def _config_options(config_class):
     """One click option per declared field (textgen.config), default None so we know what the user chose."""
@@ -113,7 +114,7 @@ def cli():
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard.")
-@click.option("--strategy", type=click.Choice(["auto", "single", "mirrored", "multi-worker"]), default="auto",
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="auto",
               show_default=True, help="tf.distribute strategy: mirrored = every local GPU, multi-worker = every "
                                       "host in TF_CONFIG, auto = mirrored if there are several GPUs.")
 @_config_options(ModelConfig)

@@ -277,9 +277,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     stamp = fingerprint(corpus_path)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
         changed = stamp != {key: meta.corpus.get(key) for key in ("size", "mtime_ns", "blake2b")}
-        _resolve_configs(meta, scan(corpus_path)[1] if changed else meta.vocab, model_options, train_options)
+        model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if changed else meta.vocab,
+                                                model_options, train_options)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
-    model_config, config = _resolve_configs(meta, data.vocab, model_options, train_options)
+    if meta is None:
+        model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
     train_ids, val_ids = _split(data.ids, config.val_fraction)
     _check_lengths(corpus_path, train_ids, val_ids, config)
     session = Session(model_config, config, make_strategy(strategy_name))
