@@ -56,3 +56,24 @@ def test_a_new_field_is_a_new_validated_command_line_option(monkeypatch):
     with pytest.raises(OptionError, match=r"--warmup-steps must be an integer in \[0, inf\), got -1"):
         Extended(warmup_steps=-1).validate()
     assert Extended.from_dict({}).warmup_steps == 0
+
+
+def test_sampling_options_are_declared_and_checked_the_same_way():
+    from textgen.config import SampleConfig
+
+    SampleConfig().validate()
+    SampleConfig(temperature=(0.0, 1.5), top_k=3, top_p=1.0, seed=0).validate()
+    for bad, message in [(dict(temperature=()), "--temperature needs at least one value"),
+                         (dict(temperature=(0.5, -1.0)), r"--temperature must be in \[0, inf\), got -1.0"),
+                         (dict(top_p=0.0), r"--top-p must be in \(0, 1\], got 0.0"),
+                         (dict(seed=-3), r"--seed must be an integer in \[0, inf\), got -3"),
+                         (dict(length=2.5), r"--length must be an integer")]:
+        with pytest.raises(OptionError, match=message):
+            SampleConfig(**bad).validate()
+
+
+def test_cli_refuses_a_negative_seed_in_one_line(trained_run):
+    result = CliRunner().invoke(cli.cli, ["sample", "--checkpoint-dir", str(trained_run["checkpoint_dir"]),
+                                          "--seed", "-1"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --seed must be an integer in [0, inf), got -1"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from textgen.config import ModelConfig, TrainConfig, command_line_options
+from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options
 from textgen.distribute import STRATEGIES
 
 def _config_options(config_class):
@@ -17,10 +17,21 @@ def _config_options(config_class):
 
     def decorate(command):
         for name, (rule, default) in reversed(command_line_options(config_class).items()):
-            kind = click.Choice(rule.choices) if rule.choices else type(default)
-            allowed = "" if rule.choices else f"; range: {rule.span()}"
-            command = click.option(f"--{name.replace('_', '-')}", name, type=kind, default=None,
-                                   help=f"{rule.help}  [default: {default}{allowed}]")(command)
+            names = [f"--{name.replace('_', '-')}", *([rule.short] if rule.short else []), name]
+            if isinstance(default, bool):
+                command = click.option(*names, is_flag=True, default=None, help=rule.help)(command)
+                continue
+            if rule.choices:
+                kind = click.Choice(rule.choices)
+            elif rule.many or not rule.numeric:
+                kind = str
+            else:
+                kind = int if rule.integer else float
+            notes = [f"default: {','.join(f'{v:g}' for v in default) if rule.many else default}"]
+            notes = notes if default not in (None, "") else []
+            notes += [f"range: {rule.span()}"] if rule.numeric else []
+            command = click.option(*names, type=kind, default=None,
+                                   help=rule.help + (f"  [{'; '.join(notes)}]" if notes else ""))(command)
         return command
     return decorate
 
@@ -135,37 +146,29 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @cli.command()
 @checkpoint_dir_option
 @run_option
-@click.option("--temperature", "-t", default="0.5", show_default=True,
-              help="Divides the logits: <1 greedier, >1 more random, 0 = always the most likely. "
-                   "A comma-separated list (0.2,0.5,1.0) prints one sample per value.")
-@click.option("--top-k", type=int, default=None, help="Draw only from the K most likely characters.")
-@click.option("--top-p", type=float, default=None,
-              help="Nucleus sampling: draw from the smallest set of characters whose probability reaches P.")
-@click.option("--length", "-n", type=int, default=500, show_default=True, help="Characters to generate.")
-@click.option("--prime", default="", help="Text to start from; it is printed before the generated text.")
+@_config_options(SampleConfig)
 @click.option("--prime-file", type=click.Path(path_type=Path), default=None, help="Read the prime from a file.")
-@click.option("--num-samples", type=int, default=1, show_default=True, help="Independent samples to draw.")
-@click.option("--seed", type=int, default=None, help="Random seed: the same seed gives the same text.")
-@click.option("--stop", default=None, help="End a sample where it first produces this string.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write the text to this file instead of stdout.")
-@click.option("--skip-unknown", is_flag=True, help="Drop prime characters the model never saw, with a warning.")
-def sample(checkpoint_dir, run, temperature, top_k, top_p, length, prime, prime_file, num_samples, seed, stop,
-           output, skip_unknown):
+def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
     _import_tensorflow_quietly()
     from textgen.corpus import read_text
     from textgen.generate import format_samples, generate, parse_temperatures, write_output
 
-    temperatures = parse_temperatures(temperature)
+    chosen = _chosen(options, command_line_options(SampleConfig))
+    if "temperature" in chosen:
+        chosen["temperature"] = parse_temperatures(chosen["temperature"])
     if prime_file is not None:
-        if prime:
+        if "prime" in chosen:
             raise click.UsageError("use either --prime or --prime-file, not both")
-        prime = read_text(prime_file, what="prime")
-    live = output is None and len(temperatures) * num_samples == 1 and sys.stdout.isatty()
-    samples = generate(checkpoint_dir, run, prime, length, temperatures, top_k, top_p, num_samples, seed, stop,
-                       skip_unknown, on_text=_echo_live if live else None, show_progress=output is not None)
-    text = format_samples(samples, len(temperatures))
+        chosen["prime"] = read_text(prime_file, what="prime")
+    config = SampleConfig(**chosen)
+    live = output is None and len(config.temperature) * config.num_samples == 1 and sys.stdout.isatty()
+    samples = generate(checkpoint_dir, run, config.prime, config.length, config.temperature, config.top_k,
+                       config.top_p, config.num_samples, config.seed, config.stop, config.skip_unknown,
+                       on_text=_echo_live if live else None, show_progress=output is not None)
+    text = format_samples(samples, len(config.temperature))
     if output is not None:
         write_output(output, text)
     elif live:

@@ -29,7 +29,13 @@ class Rule:
     high_open: bool = False  # exclude high itself
     integer: bool = False  # must be a whole number
     choices: Optional[Sequence[str]] = None  # the allowed strings, for a choice option
+    many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line)
+    short: Optional[str] = None  # a one-letter command-line alias such as "-t"
     before: Any = _UNSET  # the behaviour of checkpoints written before this option existed
+
+    @property
+    def numeric(self) -> bool:
+        return self.integer or self.low is not None or self.high is not None
 
     def span(self) -> str:
         left, right = ("(" if self.low_open or self.low is None else "["), \
@@ -40,9 +46,17 @@ class Rule:
     def check(self, name: str, value) -> None:
         """Refuse a value outside the rule, naming the option as the user typed it."""
         option = "--" + name.replace("_", "-")
+        if self.many:
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+                raise OptionError(f"{option} needs at least one value, e.g. {option} 0.5")
+            for item in value:
+                dataclasses.replace(self, many=False).check(name, item)
+            return
         if self.choices is not None:
             if value not in self.choices:
                 raise OptionError(f"{option} must be one of {', '.join(self.choices)}, got {value!r}")
+            return
+        if not self.numeric:
             return
         bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
         bad = bad or (self.integer and int(value) != value)
@@ -52,7 +66,7 @@ class Rule:
             bad = value > self.high or (self.high_open and value == self.high)
         if bad:
             raise OptionError(f"{option} must be {'an integer ' if self.integer else ''}in {self.span()}, "
-                               f"got {value}")
+                              f"got {value}")
 
 
 def option(default=dataclasses.MISSING, help: str = "", **rule) -> Any:
@@ -75,9 +89,11 @@ class _Config:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Raise TextgenError naming the first option outside its rule."""
-        for name, rule in rules(type(self)).items():
-            rule.check(name, getattr(self, name))
+        """Raise OptionError naming the first option outside its rule (None is allowed where it is the default)."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not (value is None and field.default is None):
+                field.metadata["rule"].check(field.name, value)
 
     @classmethod
     def from_dict(cls, values: dict):
@@ -134,6 +150,22 @@ class TrainConfig(_Config):
     save_every: int = option(0, "Also save a resumable checkpoint every this many steps (0 = at epoch ends only).",
                              low=0, integer=True)
     seed: int = option(1234, "Random seed for weight initialisation and dropout.", low=0, integer=True)
+
+
+@dataclass(frozen=True)
+class SampleConfig(_Config):
+    temperature: tuple = option((0.5,), "Divides the logits: <1 greedier, >1 more random, 0 = always the most likely. "
+                                "A comma-separated list (0.2,0.5,1.0) gives one sample per value.", low=0, many=True,
+                                short="-t")
+    top_k: Optional[int] = option(None, "Draw only from the K most likely characters.", low=1, integer=True)
+    top_p: Optional[float] = option(None, "Nucleus sampling: draw from the smallest set of characters whose "
+                                    "probability reaches P.", low=0, high=1, low_open=True)
+    length: int = option(500, "Characters to generate.", low=0, integer=True, short="-n")
+    prime: str = option("", "Text to start from; it is printed before the generated text.")
+    num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, integer=True)
+    seed: Optional[int] = option(None, "Random seed: the same seed gives the same text.", low=0, integer=True)
+    stop: Optional[str] = option(None, "End a sample where it first produces this string.")
+    skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
 
 
 # Options that fix the data layout: changing them on resume would break the carried state

@@ -10,9 +10,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from textgen import sampling
-from textgen.config import check_range
-from textgen.errors import OptionError, TextgenError
+from textgen.config import SampleConfig
+from textgen.errors import TextgenError
 from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
 
@@ -27,16 +26,6 @@ class Sample:
     temperature: float
     index: int  # 0-based number of this sample among those at the same temperature
     stopped: bool  # True if the stop string ended it early
-
-
-def check_sampling_options(temperatures: Sequence[float], top_k: Optional[int], top_p: Optional[float],
-                           length: int, num_samples: int) -> None:
-    if not temperatures:
-        raise OptionError("--temperature needs at least one value, e.g. --temperature 0.5")
-    sampling.temperatures(temperatures, len(temperatures))
-    sampling.normalize_filters(top_k, top_p, vocab_size=0)
-    check_range("length", length, low=0, integer=True)
-    check_range("num_samples", num_samples, low=1, integer=True)
 
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
@@ -80,8 +69,9 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     from textgen.engine import Engine
     from textgen.runs import find_run
 
+    SampleConfig(temperature=tuple(temperatures), top_k=top_k, top_p=top_p, length=length, prime=prime,
+                 num_samples=num_samples, seed=seed, stop=stop, skip_unknown=skip_unknown).validate()
     temperatures = [float(t) for t in temperatures]
-    check_sampling_options(temperatures, top_k, top_p, length, num_samples)
     model, meta = load_model(find_run(Path(checkpoint_dir), run), batch_size=1)
     vocab = meta.vocab
     prime = prepare_prime(prime, vocab, skip_unknown, warn)
