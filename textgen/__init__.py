@@ -9,3 +9,22 @@ __version__ = "0.1.0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Keras picks its backend at import; under JAX a stateful layer silently drops its state in training.
 os.environ["KERAS_BACKEND"] = "tensorflow"
+
+
+def load(run, checkpoint_dir="checkpoints", checkpoint="best"):
+    """Load a trained run as a :class:`textgen.api.TextModel` (see textgen.api.load)."""
+    from textgen.api import load as load_run
+
+    return load_run(run, checkpoint_dir, checkpoint)
+
+
+def train(corpus, run=None, checkpoint_dir="checkpoints", **options):
+    """Train on a text file and return the run loaded (see textgen.api.train)."""
+    from textgen.api import train as train_run
+
+    return train_run(corpus, run, checkpoint_dir, **options)
+
+
+from textgen.errors import OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)
+
+__all__ = ["OptionError", "TextgenError", "load", "train", "__version__"]

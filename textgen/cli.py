@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import click
 
 from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options
 from textgen.distribute import STRATEGIES
+from textgen.quiet_import import import_tensorflow_quietly
 
 def _config_options(config_class):
     """One click option per declared field (textgen.config), default None so we know what the user chose."""
@@ -34,21 +34,6 @@ def _config_options(config_class):
                                    help=rule.help + (f"  [{'; '.join(notes)}]" if notes else ""))(command)
         return command
     return decorate
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with file descriptor 2 muted: its C++ start-up notes ("oneDNN custom
-    operations are on", "Could not find cuda drivers") are printed before any log level applies."""
-    if "tensorflow" in sys.modules:
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401  (imports tensorflow as its backend)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _chosen(values: dict, names) -> dict:
@@ -132,7 +117,7 @@ def cli():
 @_config_options(TrainConfig)
 def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt)."""
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
     from textgen.training import train as run_training
 
@@ -152,7 +137,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
               help="Write the text to this file instead of stdout.")
 def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from textgen.corpus import read_text
     from textgen.generate import format_samples, generate, parse_temperatures, write_output
 
@@ -190,7 +175,7 @@ def _echo_live(text: str) -> None:
 @click.option("--seq-length", type=int, default=200, show_default=True, help="Characters per evaluation window.")
 def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     """Bits per character and perplexity of FILE under a run's best checkpoint."""
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
     from textgen.evaluation import evaluate as run_evaluation
 
     result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)

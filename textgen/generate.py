@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -53,6 +54,83 @@ def _stop_cut(text: str, stop: Optional[str], searched_from: int) -> Optional[in
     return None if found < 0 else found
 
 
+class Generator:
+    """A checkpoint loaded for generation: the model at batch 1, its metadata, and compiled engines
+    (one per number of streams, kept for the next call)."""
+
+    def __init__(self, model, meta):
+        self.model, self.meta, self.vocab = model, meta, meta.vocab
+        self._engines: dict = {}
+
+    @classmethod
+    def load(cls, run_dir: Path, kind: str = "best") -> "Generator":
+        from textgen.checkpoint import load_model
+
+        return cls(*load_model(Path(run_dir), batch_size=1, kind=kind))
+
+    def engine(self, streams: int):
+        from textgen.engine import Engine
+
+        if streams not in self._engines:
+            self._engines[streams] = Engine.from_model(self.model, num_streams=streams)
+        return self._engines[streams]
+
+    def _produce(self, config: SampleConfig, chunk: int, warn: Callable[[str], None]):
+        """Validate, prime every stream, then yield (prime, texts, cut positions, characters produced) per chunk."""
+        config.validate()
+        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, warn)
+        streams = [t for t in config.temperature for _ in range(config.num_samples)]
+        engine = self.engine(len(streams))
+        engine.prime(np.tile(self.vocab.encode(prime or _start_symbol(self.vocab))[None, :].astype(np.int32),
+                             (len(streams), 1)))
+        rng = np.random.default_rng(secrets.randbits(63) if config.seed is None else config.seed)
+        generated, cut = [""] * len(streams), [None] * len(streams)
+        produced = 0
+        yield prime, generated, cut, produced
+        while produced < config.length and any(c is None for c in cut):
+            step = min(chunk, config.length - produced)
+            produced += step
+            ids = engine.sample(step, temperature=np.array(streams, np.float32), top_k=config.top_k,
+                                top_p=config.top_p, rng=rng)
+            for index, row in enumerate(ids):
+                if cut[index] is None:
+                    before = len(generated[index])
+                    generated[index] += self.vocab.decode(row)
+                    cut[index] = _stop_cut(generated[index], config.stop, before)
+            yield prime, generated, cut, produced
+
+    def samples(self, config: SampleConfig, show_progress: bool = False,
+                warn: Callable[[str], None] = logger.warning) -> list[Sample]:
+        """num_samples texts per temperature: each the prime plus up to length characters, cut before stop."""
+        bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
+        for prime, generated, cut, produced in self._produce(config, BATCH_CHUNK, warn):  # noqa: B007 (kept after)
+            bar(produced)
+        labels = [(t, i) for t in config.temperature for i in range(config.num_samples)]
+        return [Sample(prime + (text if c is None else text[:c]), t, i, c is not None)
+                for text, c, (t, i) in zip(generated, cut, labels)]
+
+    def stream(self, config: SampleConfig, warn: Callable[[str], None] = logger.warning) -> Iterator[str]:
+        """One sample (the first temperature) as pieces of text as they are produced, the prime first.
+
+        The generator's return value (StopIteration.value) is the finished Sample."""
+        config = dataclasses.replace(config, temperature=config.temperature[:1], num_samples=1)
+        emitted = 0
+        for prime, [text], [cut], produced in self._produce(config, STREAM_CHUNK, warn):
+            if produced == 0:
+                if prime:
+                    yield prime
+                continue
+            # Hold back what could be the start of the stop string until it is decided.
+            ready = cut if cut is not None else len(text) - (len(config.stop) - 1 if config.stop else 0)
+            if ready > emitted:
+                yield text[emitted:ready]
+                emitted = ready
+        final = text if cut is None else text[:cut]
+        if len(final) > emitted:
+            yield final[emitted:]
+        return Sample(prime + final, config.temperature[0], 0, cut is not None)
+
+
 def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None, prime: str = "",
              length: int = 500, temperatures: Sequence[float] = (0.5,), top_k: Optional[int] = None,
              top_p: Optional[float] = None, num_samples: int = 1, seed: Optional[int] = None,
@@ -65,52 +143,21 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
     given and there is a single stream, text is passed to it as it is produced. show_progress draws
     a progress bar on stderr (when it is a terminal)."""
-    from textgen.checkpoint import load_model
-    from textgen.engine import Engine
     from textgen.runs import find_run
 
-    SampleConfig(temperature=tuple(temperatures), top_k=top_k, top_p=top_p, length=length, prime=prime,
-                 num_samples=num_samples, seed=seed, stop=stop, skip_unknown=skip_unknown).validate()
-    temperatures = [float(t) for t in temperatures]
-    model, meta = load_model(find_run(Path(checkpoint_dir), run), batch_size=1)
-    vocab = meta.vocab
-    prime = prepare_prime(prime, vocab, skip_unknown, warn)
-
-    streams = [(t, i) for t in temperatures for i in range(num_samples)]
-    stream_temperatures = np.array([t for t, _ in streams], dtype=np.float32)
-    engine = Engine.from_model(model, num_streams=len(streams))
-    context = prime or _start_symbol(vocab)
-    engine.prime(np.tile(vocab.encode(context)[None, :].astype(np.int32), (len(streams), 1)))
-    rng = np.random.default_rng(secrets.randbits(63) if seed is None else seed)
-    stream_live = on_text is not None and len(streams) == 1
-    if stream_live:
-        on_text(prime)
-
-    generated = [""] * len(streams)
-    cut: list[Optional[int]] = [None] * len(streams)
-    bar = progress_bar(length, "generating", unit="char", enabled=show_progress and not stream_live)
-    emitted = produced = 0
-    chunk = STREAM_CHUNK if stream_live else BATCH_CHUNK
-    while produced < length and any(c is None for c in cut):
-        step = min(chunk, length - produced)
-        produced += step
-        bar(produced)
-        ids = engine.sample(step, temperature=stream_temperatures, top_k=top_k, top_p=top_p, rng=rng)
-        for s, row in enumerate(ids):
-            if cut[s] is None:
-                before = len(generated[s])
-                generated[s] += vocab.decode(row)
-                cut[s] = _stop_cut(generated[s], stop, before)
-        if stream_live:
-            # Hold back what could be the start of the stop string until it is decided.
-            ready = cut[0] if cut[0] is not None else len(generated[0]) - (len(stop) - 1 if stop else 0)
-            if ready > emitted:
-                on_text(generated[0][emitted:ready])
-                emitted = ready
-    texts = [text if c is None else text[:c] for text, c in zip(generated, cut)]
-    if stream_live and len(texts[0]) > emitted:
-        on_text(texts[0][emitted:])
-    return [Sample(prime + text, t, i, c is not None) for text, c, (t, i) in zip(texts, cut, streams)]
+    config = SampleConfig(temperature=tuple(float(t) for t in temperatures), top_k=top_k, top_p=top_p,
+                          length=length, prime=prime, num_samples=num_samples, seed=seed, stop=stop,
+                          skip_unknown=skip_unknown)
+    config.validate()
+    generator = Generator.load(find_run(Path(checkpoint_dir), run))
+    if on_text is not None and len(config.temperature) * num_samples == 1:
+        pieces = generator.stream(config, warn)
+        while True:
+            try:
+                on_text(next(pieces))
+            except StopIteration as finished:
+                return [finished.value]
+    return generator.samples(config, show_progress=show_progress, warn=warn)
 
 
 def format_samples(samples: list[Sample], num_temperatures: int) -> str:

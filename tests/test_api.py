@@ -1,0 +1,89 @@
+"""The Python API end to end: textgen.train, textgen.load, generate, stream, score."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+import textgen
+from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, write_text
+from textgen.evaluation import evaluate
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return textgen.load(trained_run["run_dir"])
+
+
+def test_load_by_directory_or_by_name_gives_the_same_model(trained_run, model):
+    by_name = textgen.load("period", checkpoint_dir=trained_run["checkpoint_dir"])
+    assert by_name.run_dir == model.run_dir
+    assert model.vocab.chars == PERIOD and model.config.units == TINY_MODEL["units"]
+    assert model.info["run"] == "period" and model.info["epochs"] == 3
+    assert model.info["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / math.log(2))
+    assert model.info["parameters"] == model.config.parameter_count()
+
+
+def test_generate_continues_the_pattern_and_is_reproducible(model):
+    text = model.generate("abc", length=40, temperature=0)
+    assert text == ("abcdefg" * 7)[:43]
+    first = model.generate("a", length=30, temperature=1.0, seed=5)
+    assert first == model.generate("a", length=30, temperature=1.0, seed=5) and len(first) == 31
+    many = model.generate("a", length=10, temperature=0.7, num_samples=3, seed=1)
+    assert isinstance(many, list) and len(many) == 3 and all(len(t) == 11 for t in many)
+    assert model.generate("ab", length=50, temperature=0, stop="g") == "abcdef"
+
+
+def test_stream_yields_the_same_text_in_pieces(model):
+    pieces = list(model.stream("abc", length=300, temperature=0.8, seed=2))
+    assert len(pieces) >= 3 and pieces[0] == "abc"
+    assert "".join(pieces) == model.generate("abc", length=300, temperature=0.8, seed=2)
+
+
+def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
+    text = "abcdefgabcdefg" * 30
+    scored = model.score(text + "XY")
+    assert scored["characters"] == len(text) - 1 and scored["excluded"] == 2
+    assert scored["bpc"] == pytest.approx(scored["nats"] / math.log(2))
+    assert scored["perplexity"] == pytest.approx(math.exp(scored["nats"]))
+    # One stream from the start is what eval computes with --batch-size 1 and windows of any length.
+    path = write_text(tmp_path / "held_out.txt", text)
+    expected = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=1, seq_length=37)
+    assert scored["nats"] == pytest.approx(expected["nats"], abs=1e-4)
+    assert scored["bpc"] < 0.5  # the model knows this pattern
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.generate(temperature=-1), r"--temperature must be in \[0, inf\), got -1"),
+    (lambda m: m.generate(top_k=0), r"--top-k must be an integer in \[1, inf\), got 0"),
+    (lambda m: m.generate(prime="xyz"), "the prime contains characters the model never saw"),
+    (lambda m: m.score("x"), "scoring needs at least 2"),
+])
+def test_bad_input_raises_one_error_type_with_the_cli_message(model, call, message):
+    with pytest.raises(textgen.TextgenError, match=message):
+        call(model)
+
+
+def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus):
+    with pytest.raises(textgen.OptionError, match="unknown training option.*sequence_length"):
+        textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, sequence_length=5)
+    with pytest.raises(ValueError, match=r"--units must be an integer in \[1, inf\), got 0"):
+        textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, units=0)
+    trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1,
+                            **TINY_MODEL, **TINY_TRAINING)
+    assert trained.run_dir == tmp_path / "r" and trained.info["epochs"] == 1
+    assert set(trained.generate("abc", length=20, temperature=0)) <= set(PERIOD)
+    with pytest.raises(textgen.TextgenError, match="already has checkpoints"):
+        textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1)
+    with pytest.raises(textgen.TextgenError, match="no run named 'missing'"):
+        textgen.load("missing", checkpoint_dir=tmp_path)
+
+
+def test_loading_and_generating_print_nothing_but_the_text(trained_run):
+    code = ("import textgen; m = textgen.load({!r}); t = m.generate('abc', length=20, temperature=0); "
+            "import sys; sys.stderr.write(t)").format(str(trained_run["run_dir"]))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # a notebook shows nothing but what the user prints
+    assert result.stderr == ("abcdefg" * 4)[:23]  # TensorFlow's start-up notes are muted too

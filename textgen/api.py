@@ -1,0 +1,198 @@
+"""The Python API: ``textgen.load`` a trained run and use it, ``textgen.train`` a new one.
+
+Example:
+    >>> import textgen
+    >>> model = textgen.load("checkpoints/demo")          # doctest: +SKIP
+    >>> print(model.generate("The ", length=200, temperature=0.5, seed=1))  # doctest: +SKIP
+
+Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionError``, also a
+``ValueError``) with the same one-line message the command line prints.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from textgen.config import ModelConfig, SampleConfig, TrainConfig, rules
+from textgen.errors import OptionError, TextgenError
+from textgen.quiet_import import import_tensorflow_quietly
+
+SCORE_BLOCK = 4096  # characters fed to the engine per call when scoring (bounds the logits held at once)
+
+
+def _run_dir(path: str | Path, checkpoint_dir: str | Path) -> Path:
+    """A run directory, or a run name under checkpoint_dir."""
+    from textgen.runs import find_run
+
+    path = Path(path)
+    if path.is_dir():
+        return find_run(path, None)
+    if len(path.parts) == 1:
+        return find_run(Path(checkpoint_dir), str(path))
+    raise TextgenError(f"no run at {path}: give a run directory (such as checkpoints/demo) or a run name")
+
+
+class TextModel:
+    """A trained run, loaded once, ready to generate, stream and score text.
+
+    Attributes:
+        run_dir: the run directory it was loaded from.
+        vocab: the :class:`textgen.vocab.Vocabulary` (``vocab.chars`` is the character list).
+        config: the :class:`textgen.config.ModelConfig` (layers, units, embedding, dropout).
+        info: a dict of facts: run, corpus, epochs, val_bpc (of the loaded checkpoint), parameters.
+    """
+
+    def __init__(self, run_dir: Path, kind: str = "best"):
+        import_tensorflow_quietly()
+        from textgen.generate import Generator
+
+        self.run_dir = Path(run_dir)
+        self._generator = Generator.load(self.run_dir, kind)
+        meta = self._generator.meta
+        self.vocab = meta.vocab
+        self.config = meta.model
+        val = meta.state.val_loss
+        self.info = dict(run=self.run_dir.name, corpus=meta.corpus["path"], epochs=meta.state.epoch,
+                         val_bpc=None if val is None else val / math.log(2),
+                         parameters=self.config.parameter_count(), checkpoint=meta.kind)
+
+    def __repr__(self) -> str:
+        return (f"TextModel({self.info['run']!r}: {self.config.layers} x LSTM({self.config.units}), "
+                f"{len(self.vocab)} characters, epoch {self.info['epochs']})")
+
+    def generate(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
+                 num_samples: int = 1, skip_unknown: bool = False) -> str | list[str]:
+        """Generate text that starts with prime.
+
+        Args:
+            prime: text to start from; it begins the result.
+            length: characters to generate after the prime.
+            temperature: divides the logits; below 1 greedier, above 1 more random, 0 always the likeliest.
+            top_k: draw only from the k likeliest characters.
+            top_p: draw from the smallest set of characters whose probability reaches p.
+            seed: the same seed gives the same text.
+            stop: end where this string first appears (it is not included).
+            num_samples: independent samples to draw.
+            skip_unknown: drop prime characters the model never saw instead of raising.
+
+        Returns:
+            The text (prime included) when num_samples is 1, else a list of num_samples texts.
+
+        Example:
+            >>> model.generate("ROMEO:", length=100, temperature=0.8, seed=3)  # doctest: +SKIP
+            'ROMEO: ...'
+        """
+        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown)
+        texts = [sample.text for sample in self._generator.samples(config)]
+        return texts[0] if num_samples == 1 else texts
+
+    def stream(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
+               skip_unknown: bool = False) -> Iterator[str]:
+        """Like :meth:`generate` for one sample, as an iterator of text pieces as they are produced.
+
+        Example:
+            >>> for piece in model.stream("The ", length=300):  # doctest: +SKIP
+            ...     print(piece, end="", flush=True)
+        """
+        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, 1, skip_unknown)
+        return self._generator.stream(config)
+
+    def score(self, text: str) -> dict:
+        """How well the model predicts text, reading it from its first character with a fresh state.
+
+        Characters outside the vocabulary are removed (and counted) before scoring.
+
+        Returns:
+            A dict: ``bpc`` (bits per character), ``nats``, ``perplexity``, ``characters`` (predicted),
+            ``excluded`` (removed as unknown).
+
+        Example:
+            >>> model.score("To be, or not to be")["bpc"]  # doctest: +SKIP
+            2.1
+        """
+        if not isinstance(text, str):
+            raise OptionError(f"text must be a string, got {type(text).__name__}")
+        ids, excluded = self.vocab.encode_known(text)
+        if len(ids) < 2:
+            raise TextgenError(f"the text has {len(ids)} character(s) the model knows; scoring needs at least 2")
+        engine = self._generator.engine(1)
+        engine.reset()
+        total = 0.0
+        for start in range(0, len(ids) - 1, SCORE_BLOCK):
+            block = ids[start:min(start + SCORE_BLOCK, len(ids) - 1)]
+            logits = engine.logits(block[None, :].astype(np.int32))[0].astype(np.float64)
+            targets = ids[start + 1:start + 1 + len(block)].astype(np.int64)
+            peak = logits.max(axis=1, keepdims=True)
+            log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+            total += float((log_norm - logits[np.arange(len(block)), targets]).sum())
+        nats = total / (len(ids) - 1)
+        return dict(bpc=nats / math.log(2), nats=nats, perplexity=math.exp(nats), characters=len(ids) - 1,
+                    excluded=excluded)
+
+    def _config(self, prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown):
+        if isinstance(temperature, (list, tuple)):
+            raise OptionError("temperature must be one number here; call generate once per temperature")
+        config = SampleConfig(temperature=(temperature,), top_k=top_k, top_p=top_p, length=length,
+                              prime=prime, num_samples=num_samples, seed=seed, stop=stop, skip_unknown=skip_unknown)
+        config.validate()
+        return config
+
+
+def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint: str = "best") -> TextModel:
+    """Load a trained run.
+
+    Args:
+        run: a run directory (``"checkpoints/demo"``) or a run name under checkpoint_dir (``"demo"``).
+        checkpoint_dir: where run names are looked up.
+        checkpoint: ``"best"`` (lowest validation loss) or ``"last"``.
+
+    Example:
+        >>> model = textgen.load("checkpoints/demo")  # doctest: +SKIP
+        >>> model.info["val_bpc"]  # doctest: +SKIP
+        1.86
+    """
+    if checkpoint not in ("best", "last"):
+        raise OptionError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
+
+
+def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | Path = "checkpoints",
+          resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), **options) -> TextModel:
+    """Train on a UTF-8 text file and return the trained run, loaded.
+
+    Args:
+        corpus: the text file.
+        run: the run name (default: the corpus file's name); its directory is checkpoint_dir/run.
+        checkpoint_dir: where runs live.
+        resume: continue the run from its last checkpoint.
+        overwrite: replace the run's existing checkpoints.
+        callbacks: extra :class:`textgen.callbacks.Callback` objects.
+        **options: any ``textgen train`` option by its Python name, e.g. ``units=256, epochs=5,
+            max_minutes=3`` (see ``textgen train --help``).
+
+    Example:
+        >>> model = textgen.train("data/pydoc_topics.txt", run="small", units=128, epochs=1)  # doctest: +SKIP
+        >>> model.generate("def ", length=80)  # doctest: +SKIP
+    """
+    import_tensorflow_quietly()
+    from textgen.training import train as run_training
+
+    model_names, train_names = set(rules(ModelConfig)) - {"vocab_size"}, set(rules(TrainConfig))
+    unknown = sorted(set(options) - model_names - train_names)
+    if unknown:
+        raise OptionError(f"unknown training option(s): {', '.join(unknown)}; see textgen train --help for the "
+                          "options (in Python, with underscores: seq_length=100)")
+    summary = run_training(corpus, checkpoint_dir, run,
+                           {k: v for k, v in options.items() if k in model_names},
+                           {k: v for k, v in options.items() if k in train_names},
+                           resume=resume, overwrite=overwrite, callbacks=callbacks)
+    return TextModel(summary["run_dir"], "best")
+
+
+__all__ = ["TextModel", "load", "train"]
