@@ -184,6 +184,26 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
                f"({result['unknown']:,} outside the vocabulary excluded)")
 
 
+@cli.command(name="export")
+@checkpoint_dir_option
+@run_option
+@click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel", "litert", "all"]),
+              default=["keras", "savedmodel"], show_default=True,
+              help="keras = model.keras (stock layers, batch 1) + vocab.json; savedmodel = TensorFlow SavedModel with "
+                   "step and generate signatures; litert = model.tflite of one step. Repeat for several.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
+def export_command(checkpoint_dir, run, formats, output, overwrite):
+    """Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT (no textgen needed)."""
+    import_tensorflow_quietly()
+    from textgen.export import FORMATS, export
+    from textgen.runs import find_run
+
+    chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
+    for path in export(find_run(checkpoint_dir, run), output, chosen, overwrite):
+        click.echo(str(path))
+
+
 @cli.command()
 @checkpoint_dir_option
 @run_option

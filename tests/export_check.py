@@ -1,0 +1,44 @@
+"""Run by tests/test_export.py in a process where textgen cannot be imported: load each export with plain
+Keras / TensorFlow and print what it computes as JSON."""
+
+import json
+import sys
+
+sys.modules["textgen"] = None  # any import of textgen now fails
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+out, text = sys.argv[1], sys.argv[2]
+chars = json.loads(open(f"{out}/vocab.json", encoding="utf-8").read())["chars"]
+ids = np.array([chars.index(ch) for ch in text], np.int32)
+result = {}
+
+import keras  # noqa: E402
+
+model = keras.saving.load_model(f"{out}/model.keras")
+result["layers"] = sorted({type(layer).__module__.split(".")[0] for layer in model.layers})
+result["keras"] = np.asarray(model(ids[None, :]))[0].tolist()
+
+served = tf.saved_model.load(f"{out}/savedmodel")
+layers, _, units = served.signatures["step"].structured_input_signature[1]["h"].shape
+zeros = tf.zeros([layers, 2, units])
+both = served.signatures["step"](ids=tf.constant(np.stack([ids, ids])), h=zeros, c=zeros)["logits"].numpy()
+result["savedmodel_batch2"] = both.tolist()
+generate = served.signatures["generate"]
+texts = [generate(prime=tf.constant("abc"), length=tf.constant(40), temperature=tf.constant(t),
+                  seed=tf.constant(s, tf.int64))["text"].numpy().decode("utf-8") for t, s in
+         [(0.0, 1), (1.0, 7), (1.0, 7), (1.0, 8)]]
+result["generated"] = texts
+
+interpreter = tf.lite.Interpreter(model_path=f"{out}/model.tflite")
+step = interpreter.get_signature_runner()
+h = np.zeros([layers, 1, units], np.float32)
+c = h.copy()
+rows = []
+for i in ids:
+    outputs = step(ids=np.array([i], np.int32), h=h, c=c)
+    h, c = outputs["h"], outputs["c"]
+    rows.append(outputs["logits"][0].tolist())
+result["litert"] = rows
+print(json.dumps(result))

@@ -1,0 +1,86 @@
+"""textgen export: each format reloads without textgen and computes what textgen computes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import PERIOD, files_snapshot
+from textgen import export as export_module
+from textgen.checkpoint import load_model
+from textgen.cli import cli
+from textgen.errors import TextgenError
+from textgen.model import reset_states
+
+CHECK = Path(__file__).parent / "export_check.py"
+TEXT = "abcdefgabcdgfe"
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "out"
+    result = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run",
+                                      "period", "--format", "all", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.split() == [str(out / name) for name in
+                                     ("model.keras", "savedmodel", "model.tflite", "vocab.json")]
+    check = subprocess.run([sys.executable, str(CHECK), str(out), TEXT], capture_output=True, text=True,
+                           timeout=300)
+    assert check.returncode == 0, check.stderr[-3000:]
+    return dict(out=out, loaded=json.loads(check.stdout))
+
+
+def textgen_logits(run_dir):
+    model, meta = load_model(run_dir, batch_size=1)
+    reset_states(model)
+    return np.asarray(model(np.array([[meta.vocab.chars.index(ch) for ch in TEXT]], np.int32)))[0]
+
+
+def test_every_format_gives_textgens_logits_without_textgen(trained_run, exported):
+    expected = textgen_logits(trained_run["run_dir"])
+    loaded = exported["loaded"]
+    assert loaded["layers"] == ["keras"]  # stock layers only
+    np.testing.assert_allclose(loaded["keras"], expected, atol=1e-5)
+    for row in loaded["savedmodel_batch2"]:  # stateless step, any batch size
+        np.testing.assert_allclose(row, expected, atol=1e-5)
+    np.testing.assert_allclose(loaded["litert"], expected, atol=1e-5)
+
+
+def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
+    greedy, first, again, other = exported["loaded"]["generated"]
+    assert all(len(text) == 43 and text.startswith("abc") and set(text) <= set(PERIOD)
+               for text in (greedy, first, again, other))
+    assert greedy == ("abcdefg" * 7)[:43]  # what this model predicts, as textgen's own greedy sample
+    assert first == again  # same seed, same text
+    vocab = json.loads((exported["out"] / "vocab.json").read_text())
+    assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
+
+
+def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_nothing(trained_run, exported,
+                                                                                         monkeypatch):
+    out = exported["out"]
+    before = files_snapshot(out)
+    refused = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run",
+                                       "period", "-o", str(out)])
+    assert refused.exit_code == 1
+    assert refused.output.strip() == f"error: {out} already exists; pass --overwrite to replace it or choose another " \
+                                     "--output"
+
+    def broken(meta, trained, building):
+        raise RuntimeError("converter crashed")
+    monkeypatch.setitem(export_module.WRITERS, "savedmodel", broken)
+    with pytest.raises(TextgenError, match=r"could not export the savedmodel format \(converter crashed\)"):
+        export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
+    assert files_snapshot(out) == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_run_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(tmp_path), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"error: no checkpoint in {tmp_path}; train one first with: textgen train CORPUS"
+    assert not (tmp_path / "x").exists()

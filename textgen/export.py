@@ -1,0 +1,234 @@
+"""export(): a trained run as files that plain Keras / TensorFlow load, without textgen.
+
+OUTPUT/model.keras      the network with stock Keras layers only (Embedding, stateful LSTMs, Dense logits),
+                        batch 1, the run's weights; ``keras.saving.load_model`` reads it
+OUTPUT/vocab.json       the vocabulary: {"chars": [...]} (id i is chars[i]) and the model's facts
+OUTPUT/savedmodel/      a TensorFlow SavedModel with stateless signatures (``tf.saved_model.load``,
+                        TensorFlow Serving): ``step(ids, h, c) -> (logits, h, c)`` for any batch, and
+                        ``generate(prime, length, temperature, seed) -> text`` with the whole sampling
+                        loop in the graph and the vocabulary as an asset (savedmodel/assets/vocab.tsv)
+OUTPUT/model.tflite     (format "litert") the stateless step for one stream and one character
+
+The output directory is built under a temporary name and renamed into place, so a failure never
+leaves a half-written export where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from textgen import lstm_step
+from textgen.errors import TextgenError
+
+FORMATS = ("keras", "savedmodel", "litert")
+
+
+def stock_model(meta, trained) -> "keras.Model":  # noqa: F821
+    """The run's network with stock Keras layers at batch 1, holding the trained weights."""
+    import keras
+
+    config = meta.model
+    inputs = keras.Input(batch_shape=(1, None), dtype="int32", name="ids")
+    x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
+    for index in range(config.layers):
+        x = keras.layers.LSTM(config.units, stateful=True, return_sequences=True,
+                              recurrent_initializer="glorot_uniform", name=f"lstm_{index}")(x)
+    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
+    model = keras.Model(inputs, logits, name="textgen")
+    for layer in model.layers[1:]:
+        layer.set_weights(trained.get_layer(layer.name).get_weights())
+    return model
+
+
+def _serving_module(meta, trained, vocab_file: Path):
+    """A tf.Module whose functions carry the LSTM state explicitly (see the module docstring)."""
+    import tensorflow as tf
+
+    config, vocab = meta.model, meta.vocab
+    layers = config.layers
+    start_id = vocab.chars.index("\n") if "\n" in vocab.chars else 0
+
+    class Serving(tf.Module):
+        def __init__(self):
+            super().__init__(name="textgen")
+            self.embedding = tf.Variable(trained.get_layer("embedding").get_weights()[0], trainable=False)
+            self.lstm = []
+            for index in range(layers):
+                kernel, recurrent, bias = trained.get_layer(f"lstm_{index}").get_weights()
+                self.lstm.append([tf.Variable(lstm_step.prescale_candidate(w), trainable=False)
+                                  for w in (kernel, recurrent, bias)])
+            dense_kernel, dense_bias = trained.get_layer("logits").get_weights()
+            self.dense_kernel = tf.Variable(dense_kernel, trainable=False)
+            self.dense_bias = tf.Variable(dense_bias, trainable=False)
+            self.vocab_asset = tf.saved_model.Asset(str(vocab_file))
+            self.char_to_id = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+                self.vocab_asset, tf.int64, 0, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, delimiter="\t"), -1)
+            self.id_to_char = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+                self.vocab_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.int64, 0, delimiter="\t"), 0)
+
+        def _one_step(self, ids, h, c):
+            """ids (B,) -> logits (B, V) and the new h, c (L, B, U)."""
+            x = tf.gather(self.embedding, ids)
+            new_h, new_c = [], []
+            for index, (kernel, recurrent, bias) in enumerate(self.lstm):
+                s = tf.sigmoid(tf.matmul(x, kernel) + tf.matmul(h[index], recurrent) + bias)
+                x, c_next = lstm_step.cell_update(*tf.split(s, lstm_step.GATES, axis=1), c[index])
+                new_h.append(x)
+                new_c.append(c_next)
+            return tf.matmul(x, self.dense_kernel) + self.dense_bias, tf.stack(new_h), tf.stack(new_c)
+
+        def _feed(self, ids, h, c):
+            """ids (B, T): logits (B, T, V) after each id, and the final state."""
+            steps = tf.shape(ids)[1]
+            out = tf.TensorArray(tf.float32, size=steps)
+
+            def body(t, out, h, c):
+                logits, h, c = self._one_step(ids[:, t], h, c)
+                return t + 1, out.write(t, logits), h, c
+
+            _, out, h, c = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), out, h, c))
+            return tf.transpose(out.stack(), [1, 0, 2]), h, c
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids"),
+                                      tf.TensorSpec([layers, None, config.units], tf.float32, name="h"),
+                                      tf.TensorSpec([layers, None, config.units], tf.float32, name="c")])
+        def step(self, ids, h, c):
+            """Feed ids (batch, T >= 1) from state (h, c) (layers, batch, units; zeros to start)."""
+            logits, h, c = self._feed(ids, h, c)
+            return {"logits": logits, "h": h, "c": c}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="ids"),
+                                      tf.TensorSpec([layers, None, config.units], tf.float32, name="h"),
+                                      tf.TensorSpec([layers, None, config.units], tf.float32, name="c")])
+        def next_logits(self, ids, h, c):
+            """One character per stream, no loop: the form TFLite/LiteRT converts."""
+            logits, h, c = self._one_step(ids, h, c)
+            return {"logits": logits, "h": h, "c": c}
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="prime"),
+                                      tf.TensorSpec([], tf.int32, name="length"),
+                                      tf.TensorSpec([], tf.float32, name="temperature"),
+                                      tf.TensorSpec([], tf.int64, name="seed")])
+        def generate(self, prime, length, temperature, seed):
+            """prime followed by length sampled characters (characters the model never saw are dropped)."""
+            ids = self.char_to_id.lookup(tf.cast(tf.strings.unicode_decode(prime, "UTF-8"), tf.int64))
+            ids = tf.cast(tf.boolean_mask(ids, ids >= 0), tf.int32)
+            known = tf.strings.unicode_encode(tf.cast(self.id_to_char.lookup(tf.cast(ids, tf.int64)), tf.int32),
+                                              "UTF-8")
+            context = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: tf.constant([start_id], tf.int32))
+            zeros = tf.zeros([layers, 1, config.units])
+            logits, h, c = self._feed(context[None, :], zeros, zeros)
+            last = logits[:, -1, :]
+            out = tf.TensorArray(tf.int32, size=tf.maximum(length, 0))
+
+            def body(t, out, last, h, c):
+                sampled = tf.random.stateless_categorical(last / tf.maximum(temperature, 1e-6), 1,
+                                                          seed=tf.stack([seed, tf.cast(t, tf.int64)]),
+                                                          dtype=tf.int32)[:, 0]
+                chosen = tf.where(temperature > 0, sampled, tf.argmax(last, axis=1, output_type=tf.int32))
+                last, h, c = self._one_step(chosen, h, c)
+                return t + 1, out.write(t, chosen[0]), last, h, c
+
+            _, out, *_ = tf.while_loop(lambda t, *_: t < length, body, (tf.constant(0), out, last, h, c))
+            chars = self.id_to_char.lookup(tf.cast(out.stack(), tf.int64))
+            return {"text": known + tf.strings.unicode_encode(tf.cast(chars, tf.int32), "UTF-8")}
+
+    return Serving()
+
+
+def _write_keras(meta, trained, out: Path) -> list[Path]:
+    model = stock_model(meta, trained)
+    model.save(out / "model.keras")
+    return [out / "model.keras"]
+
+
+def _write_savedmodel(meta, trained, out: Path) -> list[Path]:
+    import tensorflow as tf
+
+    vocab_file = out / "vocab.tsv"
+    vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
+    module = _serving_module(meta, trained, vocab_file)
+    tf.saved_model.save(module, str(out / "savedmodel"),
+                        signatures={"serving_default": module.generate, "generate": module.generate,
+                                    "step": module.step})
+    vocab_file.unlink()  # the SavedModel keeps its own copy under savedmodel/assets
+    return [out / "savedmodel"]
+
+
+def _write_litert(meta, trained, out: Path) -> list[Path]:
+    import tensorflow as tf
+
+    config = meta.model
+    vocab_file = out / "vocab.tsv"
+    vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
+    module = _serving_module(meta, trained, vocab_file)
+    one = module.next_logits.get_concrete_function(tf.TensorSpec([1], tf.int32),
+                                            tf.TensorSpec([config.layers, 1, config.units], tf.float32),
+                                            tf.TensorSpec([config.layers, 1, config.units], tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([one], module)
+    (out / "model.tflite").write_bytes(converter.convert())
+    vocab_file.unlink()
+    return [out / "model.tflite"]
+
+
+WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "litert": _write_litert}
+
+
+def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "savedmodel"),
+           overwrite: bool = False) -> list[Path]:
+    """Write the run's best checkpoint in each of formats under output; return the paths written."""
+    from textgen.checkpoint import load_model
+
+    output = Path(output)
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown or not formats:
+        raise TextgenError(f"--format must be among {', '.join(FORMATS)} or all, got {', '.join(unknown) or 'none'}")
+    if output.exists() and not overwrite:
+        raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
+    if output.exists() and not output.is_dir():
+        raise TextgenError(f"{output} is a file; choose a directory for --output")
+    trained, meta = load_model(Path(run_dir), batch_size=1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    building = output.with_name(f".tmp-{output.name}-{os.getpid()}")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        building.mkdir()
+        written = []
+        for name in formats:
+            try:
+                paths = WRITERS[name](meta, trained, building)
+            except OSError:
+                raise
+            except Exception as error:  # converters raise many types; the user needs the format and the reason
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise TextgenError(f"could not export the {name} format ({reason}); nothing was written") from None
+            written += [output / path.relative_to(building) for path in paths]
+        (building / "vocab.json").write_text(json.dumps(dict(
+            chars=list(meta.vocab.chars), run=Path(run_dir).name, epoch=meta.state.epoch,
+            val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
+            ensure_ascii=False, indent=1), encoding="utf-8")
+        _replace_directory(building, output)
+    except OSError as error:
+        raise TextgenError(f"could not write the export to {output} ({error.strerror or error}); "
+                           "nothing was replaced") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return written + [output / "vocab.json"]
+
+
+def _replace_directory(new: Path, target: Path) -> None:
+    """Put new in target's place; an old target is moved aside first and removed only once new is in."""
+    old = target.with_name(f".old-{target.name}-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
