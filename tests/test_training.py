@@ -263,3 +263,14 @@ def test_checkpoint_from_before_an_option_resumes_as_it_was_trained():
     old = TrainConfig.from_dict(saved)
     assert (old.lr_schedule, old.mixed_precision, old.weight_decay, old.learning_rate) == ("step", "off", 0.0, 0.01)
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corpus):
+    summary = run(periodic_corpus, tmp_path, epochs=3, train_options=dict(max_minutes=0.0005))
+    assert summary["stopped"] == "time budget of 0.0005 minutes reached"
+    best = checkpoint.read_meta(tmp_path / "r", "best")
+    assert best.state.epoch == 0 and 0 < best.state.step_in_epoch < 118
+    assert best.state.val_loss == pytest.approx(summary["val_loss"]) and best.state.best_val_loss == best.state.val_loss
+    assert best.state.history[-1]["val_loss"] == best.state.val_loss
+    resumed = run(periodic_corpus, tmp_path, epochs=1, resume=True, train_options=dict(max_minutes=0))
+    assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118

@@ -97,7 +97,7 @@ class Checkpointer(Callback):
             run.save(("last",))
 
     def on_epoch_end(self, run, improved: bool) -> None:
-        run.save(("last", "best") if improved else ("last",), lstm_states=run.carried_states)
+        run.save(("last", "best") if improved else ("last",), lstm_states=run.carried_states, validated=True)
 
 
 class Patience(Callback):

@@ -183,10 +183,11 @@ class Run:
         self.session.reset_states()
         return nats
 
-    def save(self, kinds: tuple[str, ...], lstm_states: Optional[dict] = None) -> None:
-        """Write a checkpoint of the current state (the chief only); mid-epoch, it has no validation loss."""
+    def save(self, kinds: tuple[str, ...], lstm_states: Optional[dict] = None, validated: bool = False) -> None:
+        """Write a checkpoint of the current state (the chief only); unless it was just validated, it
+        records the epoch's mean training loss so far and no validation loss."""
         self.state.elapsed_seconds = time.monotonic() - self.started
-        if self.state.step_in_epoch:
+        if not validated:
             self.state.train_loss, self.state.val_loss = self.state.epoch_mean_loss, None
         if self.writes:
             meta = CheckpointMeta(model=self.model_config, training=self.config, vocab=self.vocab,
