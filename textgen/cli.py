@@ -206,6 +206,26 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 
 @cli.command()
 @checkpoint_dir_option
+@click.option("--run", default=None, help="The run served by default; default: the latest run. Every run in "
+                                          "--checkpoint-dir can be asked for by name.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
+@click.option("--max-length", type=click.IntRange(1), default=2000, show_default=True,
+              help="Most characters one request may generate.")
+@click.option("--max-samples", type=click.IntRange(1), default=8, show_default=True,
+              help="Most samples one request may ask for.")
+def serve(checkpoint_dir, run, host, port, max_length, max_samples):
+    """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
+    import_tensorflow_quietly()
+    from textgen.serve import Limits
+    from textgen.serve import serve as run_server
+
+    run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples))
+
+
+@cli.command()
+@checkpoint_dir_option
 @run_option
 def info(checkpoint_dir, run):
     """Configuration, progress, losses and files of a run."""

@@ -1,0 +1,188 @@
+"""textgen serve: the real server on a loopback port, its API, streaming, concurrency and bad requests."""
+
+import json
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import PERIOD
+
+
+SERVED = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    import uvicorn
+
+    from textgen.serve import Limits, create_app
+
+    port = free_port()
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=1000, max_samples=4))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not running.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    SERVED["app"] = app
+    yield f"http://127.0.0.1:{port}"
+    running.should_exit = True
+    thread.join(timeout=30)
+
+
+def call(base, path, body=None, raw=None, timeout=60):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8")
+
+
+def test_health_models_and_openapi(server, trained_run):
+    assert call(server, "/healthz") == (200, '{"status":"ok"}')
+    status, text = call(server, "/v1/models")
+    models = json.loads(text)
+    assert status == 200 and models["default"] == "period"
+    [model] = models["models"]
+    assert (model["name"], model["corpus"], model["epochs"], model["units"]) == ("period", "period.txt", 3, 32)
+    assert model["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / 0.6931471805599453, abs=1e-4)
+    status, text = call(server, "/v1/openapi.json")
+    assert status == 200 and {"/v1/generate", "/v1/score", "/v1/models"} <= set(json.loads(text)["paths"])
+
+
+def test_generate_round_trip_matches_the_library(server, trained_run):
+    from textgen.generate import generate
+
+    body = dict(prime="abc", length=60, temperature=[0.0, 1.0], seed=4, num_samples=2)
+    status, text = call(server, "/v1/generate", body)
+    assert status == 200, text
+    answer = json.loads(text)
+    expected = generate(trained_run["checkpoint_dir"], "period", prime="abc", length=60, temperatures=[0.0, 1.0],
+                        num_samples=2, seed=4)
+    assert [s["text"] for s in answer["samples"]] == [s.text for s in expected]
+    assert [(s["temperature"], s["index"]) for s in answer["samples"]] == [(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)]
+    assert answer["options"]["run"] == "period" and answer["options"]["seed"] == 4
+    assert call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop="f"))[1] == \
+        '{"options":{"run":"period","prime":"ab","length":50,"temperature":0.0,"top_k":null,"top_p":null,"seed":null,' \
+        '"stop":"f","num_samples":1,"skip_unknown":false},"samples":[{"text":"abcde","temperature":0.0,"index":0,' \
+        '"stopped":true}]}'
+
+
+def events(text):
+    return [block for block in text.split("\n\n") if block]
+
+
+def test_streaming_sends_the_text_as_server_sent_events(server):
+    status, text = call(server, "/v1/generate", dict(prime="abc", length=300, temperature=0.7, seed=9, stream=True))
+    assert status == 200
+    blocks = events(text)
+    assert blocks[-1] == 'event: done\ndata: {"stopped": false}'
+    pieces = [json.loads(block[len("data: "):])["text"] for block in blocks[:-1]]
+    assert len(pieces) >= 3 and pieces[0] == "abc"
+    _, whole = call(server, "/v1/generate", dict(prime="abc", length=300, temperature=0.7, seed=9))
+    assert "".join(pieces) == json.loads(whole)["samples"][0]["text"]
+
+
+def test_score(server):
+    status, text = call(server, "/v1/score", dict(text="abcdefg" * 20))
+    result = json.loads(text)
+    assert status == 200 and result["characters"] == 139 and result["bpc"] < 0.5 and result["run"] == "period"
+
+
+def test_32_concurrent_requests_all_complete_with_their_lengths(server):
+    def one(i):
+        return call(server, "/v1/generate", dict(prime="a", length=20 + i, temperature=0.8, seed=i), timeout=300)
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    for i, (status, text) in enumerate(results):
+        assert status == 200, text
+        [sample] = json.loads(text)["samples"]
+        assert len(sample["text"]) == 21 + i and set(sample["text"]) <= set(PERIOD)
+
+
+def test_a_client_that_goes_away_frees_the_model(server, monkeypatch):
+    import textgen.generate
+    from textgen.engine import Engine
+
+    calls = []
+    original = Engine.sample
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        time.sleep(0.002)  # a tiny model is too fast to catch mid-stream otherwise
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Engine, "sample", counted)
+    monkeypatch.setattr(textgen.generate, "STREAM_CHUNK", 1)  # one character per step: a long stream
+    model, lock = SERVED["app"].state.runs.get("period")
+    body = json.dumps(dict(prime="a", length=1000, temperature=1.0, stream=True)).encode()
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        received = b""
+        for _ in range(100):
+            received += connection.recv(4096)
+            if received.count(b"data: ") >= 3:
+                break
+        assert received.count(b"data: ") >= 3 and lock.locked()  # streaming, holding the model
+    deadline = time.monotonic() + 30
+    while lock.locked():
+        assert time.monotonic() < deadline, "the stream kept the model after its client left"
+        time.sleep(0.01)
+    assert len(calls) < 1000  # it stopped early, not by finishing
+    status, _ = call(server, "/v1/generate", dict(prime="a", length=10, temperature=0), timeout=60)
+    assert status == 200
+
+
+BAD_BODIES = [
+    (b"{not json", 422), (b"[]", 422), (b'"text"', 422), (b"", 422),
+    (json.dumps(dict(length="ten")).encode(), 422), (json.dumps(dict(length=10 ** 9)).encode(), 400),
+    (json.dumps(dict(length=-1)).encode(), 400), (json.dumps(dict(temperature=-0.5)).encode(), 400),
+    (b'{"temperature": NaN}', 400), (json.dumps(dict(temperature=[])).encode(), 400),
+    (json.dumps(dict(top_k=0)).encode(), 400), (json.dumps(dict(top_p=1.5)).encode(), 400),
+    (json.dumps(dict(num_samples=99)).encode(), 400), (json.dumps(dict(run="../x")).encode(), 400),
+    (json.dumps(dict(run="missing")).encode(), 404), (json.dumps(dict(prime="xyz")).encode(), 400),
+    (json.dumps(dict(unknown_field=1)).encode(), 422), (json.dumps(dict(seed=-2)).encode(), 400),
+    (json.dumps(dict(temperature=[0.5, 1.0], stream=True)).encode(), 400),
+    (json.dumps(dict(prime="a" * 70000)).encode(), 413),
+]
+
+
+def test_500_malformed_requests_each_get_a_4xx_and_the_server_keeps_answering(server):
+    rng = random.Random(3)
+    for i in range(500):
+        raw, expected = BAD_BODIES[i % len(BAD_BODIES)] if i < 300 else (bytes(rng.getrandbits(8) for _ in range(
+            rng.randint(1, 200))), None)
+        status, text = call(server, "/v1/generate" if i % 7 else "/v1/score", raw=raw)
+        assert 400 <= status < 500, (raw[:80], status, text)
+        if expected is not None and i % 7:
+            assert status == expected, (raw[:80], text)
+        message = json.loads(text)["error"]
+        assert isinstance(message, str) and "\n" not in message and message
+    assert call(server, "/healthz")[0] == 200
+    assert json.loads(call(server, "/v1/generate", dict(prime="a", length=5, temperature=0))[1])["samples"]
+
+
+def test_messages_are_the_clis(server):
+    status, text = call(server, "/v1/generate", dict(temperature=-1))
+    assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, inf), got -1.0")
+    status, text = call(server, "/v1/generate", dict(run="missing"))
+    assert (status, json.loads(text)["error"]) == (404, "no run named 'missing'; GET /v1/models lists the runs")

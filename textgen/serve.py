@@ -1,0 +1,264 @@
+"""textgen serve: an HTTP API (FastAPI on uvicorn) and a playground page for the trained runs.
+
+FastAPI because it gives request validation and an OpenAPI description from one declaration per
+request type, on uvicorn, a small ASGI server that stops cleanly on Ctrl-C and SIGTERM. Everything the
+page needs is served by the package itself (no CDN): FastAPI's Swagger page, which loads from a CDN,
+is off; the OpenAPI description is at /v1/openapi.json.
+
+Each run is loaded once, on first use, and kept. Requests to one run take turns on its compiled
+engine (a lock per run); a streaming request holds it while it streams and frees it when it ends or
+its client goes away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Union
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from textgen.config import SampleConfig
+from textgen.errors import TextgenError
+
+logger = logging.getLogger("textgen")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_length: int = 2000  # characters one request may generate
+    max_samples: int = 8  # samples one request may ask for (temperatures x num_samples)
+    max_body_bytes: int = 65536  # request body size
+    max_score_chars: int = 20000  # characters /v1/score accepts
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Runs:
+    """The runs under a checkpoint directory, each loaded once, with a lock each."""
+
+    def __init__(self, checkpoint_dir: Path, default: Optional[str]):
+        from textgen.runs import find_run
+
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.default = find_run(self.checkpoint_dir, default).name  # fails at start-up if there is none
+        self._loaded: dict = {}
+        self._guard = threading.Lock()
+
+    def names(self) -> list[str]:
+        from textgen.runs import list_runs
+
+        return [path.name for path in list_runs(self.checkpoint_dir)]
+
+    def describe(self, name: str) -> dict:
+        from textgen.checkpoint import read_meta
+
+        meta = read_meta(self.checkpoint_dir / name, "best") or read_meta(self.checkpoint_dir / name, "last")
+        val = meta.state.val_loss
+        return dict(name=name, corpus=Path(meta.corpus["path"]).name, characters=meta.corpus["length"],
+                    epochs=meta.state.epoch, val_bpc=None if val is None else round(val / 0.6931471805599453, 4),
+                    parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
+                    vocabulary=meta.model.vocab_size)
+
+    def get(self, name: Optional[str]):
+        """(TextModel, lock) of the named run (default: the server's run)."""
+        from textgen.api import TextModel
+        from textgen.runs import check_run_name
+
+        name = name or self.default
+        if not isinstance(name, str):
+            raise BadRequest("run must be a string")
+        try:
+            check_run_name(name)
+        except TextgenError as error:
+            raise BadRequest(str(error)) from None
+        if name not in self.names():
+            raise BadRequest(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+        with self._guard:
+            if name not in self._loaded:
+                self._loaded[name] = (TextModel(self.checkpoint_dir / name), threading.Lock())
+            return self._loaded[name]
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    run: Optional[str] = Field(None, description="Run name (default: the server's run)")
+    prime: str = Field("", description="Text to start from; it begins each sample")
+    length: int = Field(500, description="Characters to generate")
+    temperature: Union[float, list[float]] = Field(0.5, description="One value, or one sample per value")
+    top_k: Optional[int] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = Field(None, description="The same seed gives the same text")
+    stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
+    num_samples: int = Field(1, description="Samples per temperature")
+    skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
+    stream: bool = Field(False, description="Stream one sample as Server-Sent Events")
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    run: Optional[str] = None
+    text: str
+
+
+def _sample_config(body, limits: Limits) -> SampleConfig:
+    temperature = body.temperature if isinstance(body.temperature, list) else [body.temperature]
+    config = SampleConfig(temperature=tuple(temperature), top_k=body.top_k, top_p=body.top_p, length=body.length,
+                          prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
+                          skip_unknown=body.skip_unknown)
+    try:
+        config.validate()
+    except TextgenError as error:
+        raise BadRequest(str(error)) from None
+    if config.length > limits.max_length:
+        raise BadRequest(f"length must be at most {limits.max_length} on this server, got {config.length}")
+    if len(config.temperature) * config.num_samples > limits.max_samples:
+        raise BadRequest(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
+                         f"{len(config.temperature) * config.num_samples}")
+    return config
+
+
+def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits()):
+    """The ASGI application serving the runs under checkpoint_dir (run: the default one)."""
+
+    runs = Runs(checkpoint_dir, run)
+    page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
+
+    app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
+    app.state.runs = runs
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request, exc: BadRequest):
+        return error(exc.status, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
+            return error(413, f"request body larger than {limits.max_body_bytes} bytes")
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def playground():
+        return page
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    def models():
+        return {"default": runs.default, "models": [runs.describe(name) for name in runs.names()]}
+
+    @app.post("/v1/generate")
+    def generate(body: GenerateRequest, request: Request):
+        model, lock = runs.get(body.run)
+        config = _sample_config(body, limits)
+        options = {key: value for key, value in body.model_dump().items() if key != "stream"}
+        options["run"] = body.run or runs.default
+        if body.stream:
+            if len(config.temperature) * config.num_samples != 1:
+                raise BadRequest("stream gives one sample: one temperature and num_samples 1")
+            return _ClosingStream(_events(request, model, lock, config), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        with lock:
+            try:
+                samples = model._generator.samples(config)
+            except TextgenError as failure:
+                raise BadRequest(str(failure)) from None
+        return {"options": options, "samples": [dict(text=s.text, temperature=s.temperature, index=s.index,
+                                                     stopped=s.stopped) for s in samples]}
+
+    @app.post("/v1/score")
+    def score(body: ScoreRequest):
+        if len(body.text) > limits.max_score_chars:
+            raise BadRequest(f"text must be at most {limits.max_score_chars} characters on this server")
+        model, lock = runs.get(body.run)
+        with lock:
+            try:
+                return dict(run=body.run or runs.default, **model.score(body.text))
+            except TextgenError as failure:
+                raise BadRequest(str(failure)) from None
+
+    return app
+
+
+class _ClosingStream(StreamingResponse):
+    """A stream whose generator is closed as soon as the response ends, however it ends (a client that
+    went away makes the next write fail), instead of whenever the generator happens to be collected."""
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+def _advance(pieces):
+    """(False, piece) or (True, finished Sample): StopIteration does not cross a thread boundary."""
+    try:
+        return False, next(pieces)
+    except StopIteration as finished:
+        return True, finished.value
+
+
+async def _events(request, model, lock, config: SampleConfig):
+    """Server-Sent Events: {"text": piece} per piece, then event "done" with whether stop ended it.
+
+    The run's lock is held while streaming. When the client goes away the stream ends at the next
+    piece (its step in the worker thread is waited for, never abandoned), and the lock is freed."""
+    import asyncio
+
+    from starlette.concurrency import run_in_threadpool
+
+    while not lock.acquire(blocking=False):  # polling: a cancelled waiter never ends up holding the lock
+        await asyncio.sleep(0.01)
+    pieces = model._generator.stream(config)
+    try:
+        while not await request.is_disconnected():
+            try:
+                finished, value = await run_in_threadpool(_advance, pieces)
+            except TextgenError as failure:
+                yield f"event: error\ndata: {json.dumps({'error': str(failure)})}\n\n"
+                return
+            if finished:
+                yield f"event: done\ndata: {json.dumps({'stopped': value.stopped})}\n\n"
+                return
+            yield f"data: {json.dumps({'text': value}, ensure_ascii=False)}\n\n"
+    finally:
+        pieces.close()
+        lock.release()
+
+
+def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits()) -> None:
+    """Run the server until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    app = create_app(checkpoint_dir, run, limits)
+    logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{host}:{port}/ "
+                "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
