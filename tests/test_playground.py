@@ -1,0 +1,123 @@
+"""The playground page in a real headless Chromium (Debian's chromium + chromium-driver) against the server."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import PERIOD
+from test_serve import server  # noqa: F401  (the running server fixture)
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# CI sets TEXTGEN_REQUIRE_BROWSER=1 after installing them: there a missing browser fails instead of skipping.
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER) and not os.environ.get("TEXTGEN_REQUIRE_BROWSER"),
+                                reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+                                       "chromium-driver; .ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def wait_until(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting for the page"
+        time.sleep(0.1)
+
+
+def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    facts = wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text
+                       and browser.find_element(By.ID, "facts").text)
+    assert facts.startswith("period: 1 × LSTM(32)") and "period.txt" in facts and "bits/char" in facts
+    prime = browser.find_element(By.ID, "prime")
+    prime.clear()
+    prime.send_keys("abc")
+    for field, value in (("length", "120"), ("samples-count", "3"), ("seed", "11")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+    texts = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
+    assert len(texts) == 3 and all(len(text) == 123 and text.startswith("abc") for text in texts)
+    assert all(set(text) <= set(PERIOD) for text in texts)
+    titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#samples h2")]
+    assert [title.split("seed ")[1] for title in titles] == ["11", "12", "13"]
+
+
+def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: F811
+    import textgen.generate
+    from selenium.webdriver.common.by import By
+    from textgen.engine import Engine
+
+    original = Engine.sample
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.01)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Engine, "sample", slow)
+    monkeypatch.setattr(textgen.generate, "STREAM_CHUNK", 1)
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    for field, value in (("length", "1000"), ("samples-count", "1")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+    browser.find_element(By.ID, "stop").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
+    assert len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) < 1000
+    assert browser.find_element(By.ID, "generate").is_enabled()
+
+
+def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    prime = browser.find_element(By.ID, "prime")
+    prime.clear()
+    prime.send_keys("xyz")
+    browser.find_element(By.ID, "generate").click()
+    status = wait_until(lambda: "never saw" in browser.find_element(By.ID, "status").text
+                        and browser.find_element(By.ID, "status"))
+    assert status.get_attribute("class") == "error"
+
+
+def test_page_fits_a_phone_screen(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(390, 844)
+    try:
+        browser.get(server + "/")
+        wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        viewport = browser.execute_script("return window.innerWidth")
+        assert width <= viewport  # no sideways scrolling
+        controls = browser.find_element(By.ID, "controls").rect
+        samples = browser.find_element(By.ID, "samples").rect
+        assert samples["y"] >= controls["y"] + controls["height"]  # stacked, not squeezed side by side
+    finally:
+        browser.set_window_size(1280, 900)
