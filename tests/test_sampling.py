@@ -167,3 +167,22 @@ def test_tf_matches_numpy(vocab, filters):
     for row in bad:
         margin = _boundary_margin(logits[row], uf[row], temps[row], filters.get("top_k"), filters.get("top_p"))
         assert margin < 1e-4, (row, margin)
+
+
+@pytest.mark.parametrize("vocab", [12, 300])  # the pairwise and the sorted cut-off
+def test_per_row_filters_equal_the_rule_applied_row_by_row(vocab):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(vocab)
+    rows = 6
+    logits = rng.normal(size=(rows, vocab)).astype(np.float32) * 3
+    u = rng.random(rows)
+    temps = np.array([1.0, 0.7, 1.3, 1.0, 0.5, 2.0], np.float32)
+    ks = [None, 3, None, 5, 1, None]
+    ps = [None, None, 0.6, 0.9, None, 0.3]
+    k, p = sampling.per_row_filters(ks, ps, rows, vocab)
+    got = sampling.choose_tf(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
+                             tf.constant(k), tf.constant(p)).numpy()
+    for row in range(rows):
+        expected = oracle.choose(logits[row:row + 1], u[row:row + 1], temps[row], top_k=ks[row], top_p=ps[row])
+        assert got[row] == expected[0], row

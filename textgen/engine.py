@@ -202,8 +202,8 @@ class Engine:
             return out.stack(), logits, tf.stack(hs + cs)
 
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
-                 tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32), tf.TensorSpec((), tf.int32),
-                 tf.TensorSpec((), tf.float32), self._state_spec())
+                 tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32),
+                 tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.float32), self._state_spec())
         return self._compiled(("sample", greedy_only, use_k, use_p),
                               lambda: tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
@@ -249,11 +249,14 @@ class Engine:
             return np.concatenate(pieces, axis=0).transpose(1, 0, 2)
         return None
 
-    def sample(self, length, *, temperature, top_k=None, top_p=None, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, length, *, temperature, top_k=None, top_p=None, rng: np.random.Generator = None,
+               uniforms=None) -> np.ndarray:
         """Generate (num_streams, length) ids, continuing the state.
 
-        Uniforms are drawn time-major (``rng.random((length, num_streams))``), so splitting one
-        request into chunks with the same generator gives the same ids.
+        ``temperature``, ``top_k`` and ``top_p`` are one value for every stream or one per stream (a
+        filter of None leaves that stream unfiltered). The uniforms come from ``rng``, drawn
+        time-major (``rng.random((length, num_streams))``), so splitting one request into chunks with
+        the same generator gives the same ids; or they are given as ``uniforms`` (length, num_streams).
         """
         tf = self._tf
         if self._last is None:
@@ -263,12 +266,17 @@ class Engine:
             raise ValueError("length must be >= 0")
         streams = self.num_streams
         temp = sampling.temperatures(temperature, streams)
-        top_k, top_p = sampling.normalize_filters(top_k, top_p, self.vocab_size)
-        uniforms = sampling.clamp_uniforms(rng.random((length, streams)))
+        top_k, top_p = sampling.per_row_filters(top_k, top_p, streams, self.vocab_size)
+        drawn = rng.random((length, streams)) if uniforms is None else np.asarray(uniforms)
+        if drawn.shape != (length, streams):
+            raise ValueError(f"uniforms must have shape ({length}, {streams}), got {drawn.shape}")
+        uniforms = sampling.clamp_uniforms(drawn)
         greedy_only = bool(np.all(temp == 0))
         use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
         fn = self._sample_function(greedy_only, use_k, use_p)
-        options = (tf.constant(temp), tf.constant(top_k or 0, tf.int32), tf.constant(top_p or 1.0, tf.float32))
+        options = (tf.constant(temp),
+                   tf.constant(top_k if top_k is not None else np.full(streams, self.vocab_size, np.int32)),
+                   tf.constant(top_p if top_p is not None else np.full(streams, sampling.NO_TOP_P, np.float32)))
         padded = np.zeros((CHUNK, streams), np.float32)
         result = np.empty((streams, length), np.int64)
         for start in range(0, length, CHUNK):

@@ -46,6 +46,28 @@ def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float 
     return top_k, top_p
 
 
+NO_TOP_P = 2.0  # a per-row top-p that keeps every token (the probability mass above any token is below 2)
+
+
+def per_row_filters(top_k, top_p, rows: int, vocab_size: int) -> tuple:
+    """Validate top_k / top_p given as None, a scalar or one value (or None) per row; return
+    (k (rows,) int32 or None, p (rows,) float32 or None), None where no row is filtered."""
+    def spread(value):
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
+        if len(values) != rows:
+            raise ValueError(f"expected one filter value per stream ({rows}), got {len(values)}")
+        return values
+
+    ks, ps = [], []
+    for k, p in zip(spread(top_k), spread(top_p)):
+        k, p = normalize_filters(k, p, vocab_size)
+        ks.append(vocab_size if k is None else k)
+        ps.append(NO_TOP_P if p is None else p)
+    k = np.array(ks, np.int32) if any(k < vocab_size for k in ks) else None
+    p = np.array(ps, np.float32) if any(p < 1.0 for p in ps) else None
+    return k, p
+
+
 def temperatures(temperature, rows: int) -> np.ndarray:
     """Broadcast a scalar or (rows,) temperature to a float32 (rows,) array and validate it."""
     temp = np.asarray(temperature, dtype=np.float64)
@@ -68,8 +90,9 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None):
 
     ``logits`` (N, V) float32 tensor, ``uniforms`` (N,) float32 already clamped (see
     :func:`clamp_uniforms`), ``temperature`` (N,) float32. ``top_k`` / ``top_p`` are either None
-    (that filter is left out of the graph: a trace-time choice) or scalar tensors (int32 / float32)
-    whose values may change without retracing. Returns (N,) int32 ids.
+    (that filter is left out of the graph: a trace-time choice) or tensors (int32 / float32), a scalar
+    or one value per row, whose values may change without retracing; a row with k >= V or p > 1 is
+    not filtered. Returns (N,) int32 ids.
     """
     import tensorflow as tf
 
@@ -91,6 +114,11 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None):
     return tf.where(greedy, greedy_ids, sampled)
 
 
+def _column(tf, value, dtype):
+    """A scalar or per-row (N,) filter value as a column that broadcasts against (N, V)."""
+    return tf.reshape(tf.cast(value, dtype), [-1, 1])
+
+
 def _keep_pairwise(tf, scaled, weights, top_k, top_p):
     """Cut-off without a sort, O(V^2) per row: cheaper than a sort for a small vocabulary.
 
@@ -101,11 +129,11 @@ def _keep_pairwise(tf, scaled, weights, top_k, top_p):
     above = tf.cast(scaled[:, None, :] > scaled[:, :, None], tf.float32)  # [n, j, i]: i scores above j
     keep = None
     if top_k is not None:
-        keep = tf.reduce_sum(above, axis=2) < tf.cast(top_k, tf.float32)
+        keep = tf.reduce_sum(above, axis=2) < _column(tf, top_k, tf.float32)
     if top_p is not None:
         w = weights if keep is None else tf.where(keep, weights, tf.zeros_like(weights))
         mass_above = tf.linalg.matvec(above, w)
-        in_p = mass_above < tf.cast(top_p, tf.float32) * tf.reduce_sum(w, axis=1, keepdims=True)
+        in_p = mass_above < _column(tf, top_p, tf.float32) * tf.reduce_sum(w, axis=1, keepdims=True)
         keep = in_p if keep is None else tf.logical_and(keep, in_p)
     return keep
 
@@ -115,15 +143,15 @@ def _keep_sorted(tf, scaled, vocab, top_k, top_p):
     ordered = tf.sort(scaled, axis=1, direction="DESCENDING")
     kept = tf.fill(tf.shape(scaled)[:1], vocab)
     if top_k is not None:
-        kept = tf.minimum(kept, tf.cast(top_k, tf.int32))
+        kept = tf.minimum(kept, tf.reshape(tf.cast(top_k, tf.int32), [-1]))
     if top_p is not None:
         sorted_w = tf.exp(ordered)
         if top_k is not None:
-            in_k = tf.range(vocab) < tf.cast(top_k, tf.int32)
-            sorted_w = tf.where(in_k[None, :], sorted_w, tf.zeros_like(sorted_w))
+            in_k = tf.range(vocab)[None, :] < _column(tf, top_k, tf.int32)
+            sorted_w = tf.where(in_k, sorted_w, tf.zeros_like(sorted_w))
         total = tf.reduce_sum(sorted_w, axis=1, keepdims=True)
         before = tf.cumsum(sorted_w, axis=1, exclusive=True)
-        in_p = tf.cast(before < tf.cast(top_p, tf.float32) * total, tf.int32)
+        in_p = tf.cast(before < _column(tf, top_p, tf.float32) * total, tf.int32)
         kept = tf.minimum(kept, tf.reduce_sum(in_p, axis=1))
     cutoff = tf.gather(ordered, kept - 1, axis=1, batch_dims=1)
     return scaled >= cutoff[:, None]
