@@ -180,3 +180,17 @@ def test_input_checks(engine1, engine4):
         fresh.sample(3, temperature=1.0, rng=np.random.default_rng(0))  # nothing primed
     fresh.prime(np.zeros((2, 1), int))
     assert fresh.sample(0, temperature=1.0, rng=np.random.default_rng(0)).shape == (2, 0)
+
+
+def test_a_stream_joining_with_prime_rows_leaves_the_others_untouched(engine4):
+    primes = np.stack([text(30 + i, 9) for i in range(4)])
+    engine4.prime(primes)
+    reference = engine4.logits(np.tile(text(5, 6), (4, 1)))  # what every stream computes next, undisturbed
+    engine4.prime(primes)
+    engine4.prime_rows([2], text(77, 13))  # stream 2 starts over with another prime
+    after = engine4.logits(np.tile(text(5, 6), (4, 1)))
+    for row in (0, 1, 3):
+        np.testing.assert_array_equal(after[row], reference[row])
+    fresh = Engine(engine4.weights, 4)
+    fresh.prime(np.tile(text(77, 13), (4, 1)))
+    np.testing.assert_allclose(after[2], fresh.logits(np.tile(text(5, 6), (4, 1)))[2], atol=1e-5)

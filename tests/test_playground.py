@@ -67,17 +67,15 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server):
 
 
 def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: F811
-    import textgen.generate
     from selenium.webdriver.common.by import By
     from textgen.engine import Engine
 
     original = Engine.sample
 
     def slow(self, *args, **kwargs):
-        time.sleep(0.01)
+        time.sleep(0.1)  # 32 chunks of 32 characters take seconds: time to press Stop
         return original(self, *args, **kwargs)
     monkeypatch.setattr(Engine, "sample", slow)
-    monkeypatch.setattr(textgen.generate, "STREAM_CHUNK", 1)
     browser.get(server + "/")
     wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
     for field, value in (("length", "1000"), ("samples-count", "1")):

@@ -227,6 +227,22 @@ class Engine:
         self.reset()
         self._feed(ids, keep_logits=False)
 
+    def prime_rows(self, rows, ids) -> None:
+        """Zero the state of the streams in rows and feed them ids (T,); the other streams keep their
+        state and logits (a stream joining a running batch)."""
+        tf = self._tf
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or len(ids) < 1 or ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"ids must be a non-empty 1-D sequence of ids in [0, {self.vocab_size})")
+        joining = np.zeros(self.num_streams, bool)
+        joining[list(rows)] = True
+        kept_state = self._state
+        kept_last = self._last if self._last is not None else tf.zeros((self.num_streams, self.vocab_size))
+        self._state = tf.where(tf.constant(joining)[None, None, :], tf.zeros_like(kept_state), kept_state)
+        self._feed(np.tile(ids.astype(np.int32)[None, :], (self.num_streams, 1)), keep_logits=False)
+        self._state = tf.where(tf.constant(joining)[None, None, :], self._state, kept_state)
+        self._last = tf.where(tf.constant(joining)[:, None], self._last, kept_last)
+
     def logits(self, ids) -> np.ndarray:
         """Continue from the current state, feed ids (num_streams, T); return (num_streams, T, V)."""
         return self._feed(self._check_ids(ids), keep_logits=True)

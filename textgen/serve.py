@@ -5,15 +5,17 @@ request type, on uvicorn, a small ASGI server that stops cleanly on Ctrl-C and S
 page needs is served by the package itself (no CDN): FastAPI's Swagger page, which loads from a CDN,
 is off; the OpenAPI description is at /v1/openapi.json.
 
-Each run is loaded once, on first use, and kept. Requests to one run take turns on its compiled
-engine (a lock per run); a streaming request holds it while it streams and frees it when it ends or
-its client goes away.
+Each run is loaded once, on first use, and kept with its batcher (textgen.batcher): requests that
+arrive while others are generating join the same compiled engine as extra streams at the next chunk,
+each with its own temperature, top-k, top-p and seed, and leave when they are done or their client
+has gone.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -49,9 +51,10 @@ class BadRequest(Exception):
 class Runs:
     """The runs under a checkpoint directory, each loaded once, with a lock each."""
 
-    def __init__(self, checkpoint_dir: Path, default: Optional[str]):
+    def __init__(self, checkpoint_dir: Path, default: Optional[str], capacity: int):
         from textgen.runs import find_run
 
+        self.capacity = capacity  # streams of each run's shared engine
         self.checkpoint_dir = Path(checkpoint_dir)
         self.default = find_run(self.checkpoint_dir, default).name  # fails at start-up if there is none
         self._loaded: dict = {}
@@ -73,8 +76,9 @@ class Runs:
                     vocabulary=meta.model.vocab_size)
 
     def get(self, name: Optional[str]):
-        """(TextModel, lock) of the named run (default: the server's run)."""
+        """(TextModel, Batcher, scoring lock) of the named run (default: the server's run)."""
         from textgen.api import TextModel
+        from textgen.batcher import Batcher
         from textgen.runs import check_run_name
 
         name = name or self.default
@@ -88,7 +92,8 @@ class Runs:
             raise BadRequest(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
         with self._guard:
             if name not in self._loaded:
-                self._loaded[name] = (TextModel(self.checkpoint_dir / name), threading.Lock())
+                model = TextModel(self.checkpoint_dir / name)
+                self._loaded[name] = (model, Batcher(model._generator, self.capacity), threading.Lock())
             return self._loaded[name]
 
 
@@ -132,7 +137,9 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits()):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one)."""
 
-    runs = Runs(checkpoint_dir, run)
+    from textgen.batcher import CAPACITY
+
+    runs = Runs(checkpoint_dir, run, capacity=max(CAPACITY, -(-limits.max_samples // 8) * 8))
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
 
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
@@ -175,29 +182,32 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return {"default": runs.default, "models": [runs.describe(name) for name in runs.names()]}
 
     @app.post("/v1/generate")
-    def generate(body: GenerateRequest, request: Request):
-        model, lock = runs.get(body.run)
+    def generate(body: GenerateRequest):
+        _, batcher, _ = runs.get(body.run)
         config = _sample_config(body, limits)
         options = {key: value for key, value in body.model_dump().items() if key != "stream"}
         options["run"] = body.run or runs.default
+        if body.stream and len(config.temperature) * config.num_samples != 1:
+            raise BadRequest("stream gives one sample: one temperature and num_samples 1")
+        try:
+            job = batcher.submit(config)
+        except TextgenError as failure:
+            raise BadRequest(str(failure)) from None
         if body.stream:
-            if len(config.temperature) * config.num_samples != 1:
-                raise BadRequest("stream gives one sample: one temperature and num_samples 1")
-            return _ClosingStream(_events(request, model, lock, config), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        with lock:
-            try:
-                samples = model._generator.samples(config)
-            except TextgenError as failure:
-                raise BadRequest(str(failure)) from None
-        return {"options": options, "samples": [dict(text=s.text, temperature=s.temperature, index=s.index,
-                                                     stopped=s.stopped) for s in samples]}
+            return _ClosingStream(_events(job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        job.finished.wait()
+        if job.error is not None:
+            raise BadRequest(f"generation failed ({type(job.error).__name__}); try again", status=500)
+        samples = [dict(text=job.prime + text, temperature=temperature, index=index % config.num_samples,
+                        stopped=stopped)
+                   for index, ((text, stopped), temperature) in enumerate(zip(job.final_texts(), job.temperatures))]
+        return {"options": options, "samples": samples}
 
     @app.post("/v1/score")
     def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
             raise BadRequest(f"text must be at most {limits.max_score_chars} characters on this server")
-        model, lock = runs.get(body.run)
+        model, _, lock = runs.get(body.run)
         with lock:
             try:
                 return dict(run=body.run or runs.default, **model.score(body.text))
@@ -218,40 +228,28 @@ class _ClosingStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-def _advance(pieces):
-    """(False, piece) or (True, finished Sample): StopIteration does not cross a thread boundary."""
-    try:
-        return False, next(pieces)
-    except StopIteration as finished:
-        return True, finished.value
-
-
-async def _events(request, model, lock, config: SampleConfig):
-    """Server-Sent Events: {"text": piece} per piece, then event "done" with whether stop ended it.
-
-    The run's lock is held while streaming. When the client goes away the stream ends at the next
-    piece (its step in the worker thread is waited for, never abandoned), and the lock is freed."""
+async def _events(job):
+    """Server-Sent Events: {"text": piece} per piece of the job's stream, then event "done" with whether
+    stop ended it. When the response ends early (the client went away), the job is cancelled and its
+    stream leaves the batch at the next chunk."""
     import asyncio
 
-    from starlette.concurrency import run_in_threadpool
-
-    while not lock.acquire(blocking=False):  # polling: a cancelled waiter never ends up holding the lock
-        await asyncio.sleep(0.01)
-    pieces = model._generator.stream(config)
     try:
-        while not await request.is_disconnected():
+        while True:
             try:
-                finished, value = await run_in_threadpool(_advance, pieces)
-            except TextgenError as failure:
-                yield f"event: error\ndata: {json.dumps({'error': str(failure)})}\n\n"
-                return
-            if finished:
-                yield f"event: done\ndata: {json.dumps({'stopped': value.stopped})}\n\n"
-                return
-            yield f"data: {json.dumps({'text': value}, ensure_ascii=False)}\n\n"
+                piece = job.pieces.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.005)
+                continue
+            if piece is None:
+                break
+            yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
+        if job.error is not None:
+            yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
+        else:
+            yield f"event: done\ndata: {json.dumps({'stopped': job.final_texts()[0][1]})}\n\n"
     finally:
-        pieces.close()
-        lock.release()
+        job.cancel()
 
 
 def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits()) -> None:

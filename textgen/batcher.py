@@ -1,0 +1,174 @@
+"""Batcher: many generation requests on one compiled engine at once, joining and leaving as they come.
+
+The engine always runs ``capacity`` streams (idle ones compute and are ignored). A request takes one
+stream per sample when enough are free, at a chunk boundary; it is primed on its own streams while the
+others keep their state, and it leaves when its samples are done or its client has gone. Each request
+draws its uniforms from its own generator (seeded by its seed, time-major over its streams), and a
+stream's arithmetic does not depend on the other streams, so a request gives the same text alone or
+batched with others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+from collections import deque
+from typing import Optional
+
+import numpy as np
+
+from textgen.config import SampleConfig
+from textgen.generate import _start_symbol, _stop_cut, prepare_prime
+
+logger = logging.getLogger("textgen")
+CHUNK = 32  # characters per engine call: how often requests can join and streams are delivered
+CAPACITY = 16  # streams of the shared engine (a multiple of 8: every stream in full SIMD lanes)
+
+
+class Job:
+    """One request's samples: their streams, text so far, and how the caller gets the result."""
+
+    def __init__(self, config: SampleConfig, prime: str):
+        self.config, self.prime = config, prime
+        self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
+        self.rng = np.random.default_rng(secrets.randbits(63) if config.seed is None else config.seed)
+        self.rows: list[int] = []
+        self.texts = [""] * len(self.temperatures)
+        self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
+        self.produced = 0
+        self.emitted = 0  # characters of the first stream already handed out as pieces
+        self.pieces: queue.Queue = queue.Queue()  # str pieces of the first stream, then None at the end
+        self.finished = threading.Event()
+        self.cancelled = False
+        self.error: Optional[Exception] = None
+
+    @property
+    def streams(self) -> int:
+        return len(self.temperatures)
+
+    def final_texts(self) -> list[tuple[str, bool]]:
+        """(text without the prime, stopped) per stream: cut at length, then before the stop string."""
+        results = []
+        for text in self.texts:
+            text = text[:self.config.length]
+            cut = _stop_cut(text, self.config.stop, 0)
+            results.append((text if cut is None else text[:cut], cut is not None))
+        return results
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Batcher:
+    """The shared engine of one run and the thread that drives it."""
+
+    def __init__(self, generator, capacity: int = CAPACITY):
+        self.vocab = generator.vocab
+        self.engine = generator.engine(capacity)
+        self.capacity = capacity
+        self.slots: list[Optional[Job]] = [None] * capacity
+        self.waiting: deque = deque()
+        self.condition = threading.Condition()
+        self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
+        self.thread.start()
+
+    def submit(self, config: SampleConfig) -> Job:
+        """Queue a request (validated here, in the caller's thread, so errors reach it directly)."""
+        config.validate()
+        if config.num_samples * len(config.temperature) > self.capacity:
+            raise ValueError(f"at most {self.capacity} samples per request")
+        job = Job(config, prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning))
+        if job.prime:
+            job.pieces.put(job.prime)
+        with self.condition:
+            self.waiting.append(job)
+            self.condition.notify()
+        return job
+
+    def active(self) -> list[Job]:
+        return list(dict.fromkeys(job for job in self.slots if job is not None))
+
+    def _admit(self) -> list[Job]:
+        """Move waiting jobs into free streams (in order of arrival) and drop cancelled ones."""
+        for job in self.active():
+            if job.cancelled:
+                self._leave(job)
+        admitted = []
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled:
+                self.waiting.popleft()
+                self._leave(job)
+                continue
+            free = [row for row, slot in enumerate(self.slots) if slot is None]
+            if len(free) < job.streams:
+                break
+            self.waiting.popleft()
+            job.rows = free[:job.streams]
+            for row in job.rows:
+                self.slots[row] = job
+            admitted.append(job)
+        return admitted
+
+    def _leave(self, job: Job) -> None:
+        for row in job.rows:
+            self.slots[row] = None
+        job.pieces.put(None)
+        job.finished.set()
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                while not self.waiting and not self.active():
+                    self.condition.wait()
+                admitted = self._admit()
+            try:
+                for job in admitted:
+                    context = job.prime or _start_symbol(self.vocab)
+                    self.engine.prime_rows(job.rows, self.vocab.encode(context))
+                jobs = self.active()
+                if jobs:
+                    self._step(jobs)
+            except Exception as error:  # never leave a request waiting forever
+                logger.exception("generation failed")
+                with self.condition:
+                    for job in self.active():
+                        job.error = error
+                        self._leave(job)
+
+    def _step(self, jobs: list[Job]) -> None:
+        temperatures = np.zeros(self.capacity, np.float32)
+        top_k: list = [None] * self.capacity
+        top_p: list = [None] * self.capacity
+        uniforms = np.zeros((CHUNK, self.capacity))
+        for job in jobs:
+            temperatures[job.rows] = job.temperatures
+            for row in job.rows:
+                top_k[row], top_p[row] = job.config.top_k, job.config.top_p
+            uniforms[:, job.rows] = job.rng.random((CHUNK, job.streams))
+        ids = self.engine.sample(CHUNK, temperature=temperatures, top_k=top_k, top_p=top_p, uniforms=uniforms)
+        with self.condition:
+            for job in jobs:
+                self._deliver(job, ids)
+
+    def _deliver(self, job: Job, ids: np.ndarray) -> None:
+        length, stop = job.config.length, job.config.stop
+        for index, row in enumerate(job.rows):
+            if job.cuts[index] is None:
+                before = len(job.texts[index])
+                job.texts[index] += self.vocab.decode(ids[row])
+                job.cuts[index] = _stop_cut(job.texts[index][:length], stop, before)
+        job.produced += CHUNK
+        done = job.produced >= length or all(cut is not None for cut in job.cuts)
+        text, cut = job.texts[0][:length], job.cuts[0]
+        if done:
+            ready = len(job.final_texts()[0][0])
+        else:  # hold back what could be the start of the stop string until it is decided
+            ready = cut if cut is not None else len(text) - (len(stop) - 1 if stop else 0)
+        if ready > job.emitted:
+            job.pieces.put(text[job.emitted:ready])
+            job.emitted = ready
+        if done:
+            self._leave(job)
