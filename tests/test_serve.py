@@ -199,3 +199,37 @@ def test_messages_are_the_clis(server):
     assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, inf), got -1.0")
     status, text = call(server, "/v1/generate", dict(run="missing"))
     assert (status, json.loads(text)["error"]) == (404, "no run named 'missing'; GET /v1/models lists the runs")
+
+
+def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained_run):
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "textgen", "serve", "--checkpoint-dir",
+                                str(trained_run["checkpoint_dir"]), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if call(base, "/healthz", timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        assert call(base, "/v1/generate", dict(prime="abc", length=10, temperature=0))[0] == 200
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    # uvicorn shuts down gracefully, then ends by the signal it received (exit status 143 in a shell)
+    assert process.returncode in (0, -signal.SIGTERM), stderr
+    assert "Application shutdown complete." in stderr
+    assert stdout == "" and "Traceback" not in stderr
+    assert f"serving the runs in {trained_run['checkpoint_dir']} (default 'period') on http://127.0.0.1:{port}/" \
+        in stderr
+    assert '"POST /v1/generate HTTP/1.1" 200' in stderr and '"GET /healthz HTTP/1.1" 200' in stderr

@@ -13,6 +13,7 @@ has gone.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import queue
@@ -259,4 +260,6 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     app = create_app(checkpoint_dir, run, limits)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{host}:{port}/ "
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, log_config=log_config)
