@@ -187,10 +187,22 @@ def test_a_stream_joining_with_prime_rows_leaves_the_others_untouched(engine4):
     engine4.prime(primes)
     reference = engine4.logits(np.tile(text(5, 6), (4, 1)))  # what every stream computes next, undisturbed
     engine4.prime(primes)
-    engine4.prime_rows([2], text(77, 13))  # stream 2 starts over with another prime
+    engine4.prime_rows([2], text(77, 13)[None, :])  # stream 2 starts over with another prime
     after = engine4.logits(np.tile(text(5, 6), (4, 1)))
     for row in (0, 1, 3):
         np.testing.assert_array_equal(after[row], reference[row])
     fresh = Engine(engine4.weights, 4)
     fresh.prime(np.tile(text(77, 13), (4, 1)))
     np.testing.assert_allclose(after[2], fresh.logits(np.tile(text(5, 6), (4, 1)))[2], atol=1e-5)
+
+
+def test_streams_moved_to_a_larger_engine_continue_where_they_were(engine4):
+    primes = np.stack([text(40 + i, 7) for i in range(4)])
+    engine4.prime(primes)
+    reference = engine4.logits(np.tile(text(6, 5), (4, 1)))
+    engine4.prime(primes)
+    larger = Engine(engine4.weights, 8)
+    larger.take_streams(engine4, [3, 1])
+    moved = larger.logits(np.tile(text(6, 5), (8, 1)))
+    np.testing.assert_allclose(moved[0], reference[3], atol=1e-5)
+    np.testing.assert_allclose(moved[1], reference[1], atol=1e-5)

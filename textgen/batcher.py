@@ -1,11 +1,13 @@
 """Batcher: many generation requests on one compiled engine at once, joining and leaving as they come.
 
-The engine always runs ``capacity`` streams (idle ones compute and are ignored). A request takes one
-stream per sample when enough are free, at a chunk boundary; it is primed on its own streams while the
-others keep their state, and it leaves when its samples are done or its client has gone. Each request
-draws its uniforms from its own generator (seeded by its seed, time-major over its streams), and a
-stream's arithmetic does not depend on the other streams, so a request gives the same text alone or
-batched with others.
+A request takes one stream per sample, at a chunk boundary; it is primed on its own streams while the
+others keep their state, and it leaves when its samples are done or its client has gone. The compiled
+engine is sized to the streams in use, by buckets (1, 4, 16, 64 streams by default): when requests join
+or leave, the running streams move to an engine of the fitting size and go on where they were, so one
+client does not pay for 64 streams and 64 clients share one computation. Each request draws its uniforms
+from its own generator (seeded by its seed, time-major over its streams), and a stream's arithmetic
+does not depend on the other streams' values, so a seeded request gives the same text alone or batched
+(up to float rounding between engine sizes, far below what changes a sampled character in practice).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from textgen.generate import _start_symbol, _stop_cut, prepare_prime
 
 logger = logging.getLogger("textgen")
 CHUNK = 32  # characters per engine call: how often requests can join and streams are delivered
-CAPACITY = 16  # streams of the shared engine (a multiple of 8: every stream in full SIMD lanes)
+BUCKETS = (1, 4, 16, 64)  # engine sizes; the largest is how many streams run at once
 
 
 class Job:
@@ -64,11 +66,14 @@ class Job:
 class Batcher:
     """The shared engine of one run and the thread that drives it."""
 
-    def __init__(self, generator, capacity: int = CAPACITY):
+    def __init__(self, generator, buckets: tuple = BUCKETS):
+        self.generator = generator
         self.vocab = generator.vocab
-        self.engine = generator.engine(capacity)
-        self.capacity = capacity
-        self.slots: list[Optional[Job]] = [None] * capacity
+        self.buckets = tuple(sorted(buckets))
+        self.capacity = self.buckets[-1]
+        self.engine = generator.engine(self.buckets[0])
+        self.engine.reset()
+        self.slots: list[Optional[Job]] = [None] * self.engine.num_streams
         self.waiting: deque = deque()
         self.condition = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
@@ -91,18 +96,25 @@ class Batcher:
         return list(dict.fromkeys(job for job in self.slots if job is not None))
 
     def _admit(self) -> list[Job]:
-        """Move waiting jobs into free streams (in order of arrival) and drop cancelled ones."""
+        """Drop cancelled jobs, size the engine for the jobs that fit, and give waiting jobs their streams."""
         for job in self.active():
             if job.cancelled:
                 self._leave(job)
+        while self.waiting and self.waiting[0].cancelled:
+            self._leave(self.waiting.popleft())
+        wanted = sum(job.streams for job in self.active())
+        for job in self.waiting:
+            if wanted + job.streams > self.capacity:
+                break
+            wanted += job.streams
+        self._resize(next(size for size in self.buckets if size >= wanted))
         admitted = []
         while self.waiting:
             job = self.waiting[0]
-            if job.cancelled:
-                self.waiting.popleft()
-                self._leave(job)
-                continue
             free = [row for row, slot in enumerate(self.slots) if slot is None]
+            if job.cancelled:
+                self._leave(self.waiting.popleft())
+                continue
             if len(free) < job.streams:
                 break
             self.waiting.popleft()
@@ -111,6 +123,22 @@ class Batcher:
                 self.slots[row] = job
             admitted.append(job)
         return admitted
+
+    def _resize(self, size: int) -> None:
+        """Move the running streams to an engine of size streams (they keep their state)."""
+        if size == self.engine.num_streams:
+            return
+        jobs = self.active()
+        rows = [row for job in jobs for row in job.rows]
+        engine = self.generator.engine(size)
+        engine.take_streams(self.engine, rows)
+        self.engine, self.slots = engine, [None] * size
+        start = 0
+        for job in jobs:
+            job.rows = list(range(start, start + job.streams))
+            start += job.streams
+            for row in job.rows:
+                self.slots[row] = job
 
     def _leave(self, job: Job) -> None:
         for row in job.rows:
@@ -125,9 +153,7 @@ class Batcher:
                     self.condition.wait()
                 admitted = self._admit()
             try:
-                for job in admitted:
-                    context = job.prime or _start_symbol(self.vocab)
-                    self.engine.prime_rows(job.rows, self.vocab.encode(context))
+                self._prime(admitted)
                 jobs = self.active()
                 if jobs:
                     self._step(jobs)
@@ -138,11 +164,22 @@ class Batcher:
                         job.error = error
                         self._leave(job)
 
+    def _prime(self, jobs: list[Job]) -> None:
+        """Prime the joining streams, one engine call per prime length."""
+        by_length: dict = {}
+        for job in jobs:
+            ids = self.vocab.encode(job.prime or _start_symbol(self.vocab))
+            for row in job.rows:
+                by_length.setdefault(len(ids), []).append((row, ids))
+        for pairs in by_length.values():
+            self.engine.prime_rows([row for row, _ in pairs], np.stack([ids for _, ids in pairs]))
+
     def _step(self, jobs: list[Job]) -> None:
-        temperatures = np.zeros(self.capacity, np.float32)
-        top_k: list = [None] * self.capacity
-        top_p: list = [None] * self.capacity
-        uniforms = np.zeros((CHUNK, self.capacity))
+        size = self.engine.num_streams
+        temperatures = np.zeros(size, np.float32)
+        top_k: list = [None] * size
+        top_p: list = [None] * size
+        uniforms = np.zeros((CHUNK, size))
         for job in jobs:
             temperatures[job.rows] = job.temperatures
             for row in job.rows:

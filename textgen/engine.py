@@ -228,20 +228,34 @@ class Engine:
         self._feed(ids, keep_logits=False)
 
     def prime_rows(self, rows, ids) -> None:
-        """Zero the state of the streams in rows and feed them ids (T,); the other streams keep their
-        state and logits (a stream joining a running batch)."""
+        """Zero the state of the streams in rows and feed them ids (len(rows), T), one row each; the other
+        streams keep their state and logits (streams joining a running batch)."""
         tf = self._tf
         ids = np.asarray(ids)
-        if ids.ndim != 1 or len(ids) < 1 or ids.min() < 0 or ids.max() >= self.vocab_size:
-            raise ValueError(f"ids must be a non-empty 1-D sequence of ids in [0, {self.vocab_size})")
+        if ids.ndim != 2 or ids.shape[0] != len(rows) or ids.shape[1] < 1 or ids.min() < 0 \
+                or ids.max() >= self.vocab_size:
+            raise ValueError(f"ids must be (len(rows), T >= 1) ids in [0, {self.vocab_size})")
         joining = np.zeros(self.num_streams, bool)
         joining[list(rows)] = True
+        fed = np.zeros((self.num_streams, ids.shape[1]), np.int32)
+        fed[list(rows)] = ids
         kept_state = self._state
         kept_last = self._last if self._last is not None else tf.zeros((self.num_streams, self.vocab_size))
         self._state = tf.where(tf.constant(joining)[None, None, :], tf.zeros_like(kept_state), kept_state)
-        self._feed(np.tile(ids.astype(np.int32)[None, :], (self.num_streams, 1)), keep_logits=False)
+        self._feed(fed, keep_logits=False)
         self._state = tf.where(tf.constant(joining)[None, None, :], self._state, kept_state)
         self._last = tf.where(tf.constant(joining)[:, None], self._last, kept_last)
+
+    def take_streams(self, source: "Engine", rows) -> None:
+        """Continue source's streams rows as this engine's streams 0, 1, ...; the rest start idle (zero)."""
+        tf = self._tf
+        if len(rows) > self.num_streams:
+            raise ValueError(f"{len(rows)} streams do not fit in {self.num_streams}")
+        padding = self.num_streams - len(rows)
+        rows = tf.constant(list(rows), tf.int32)
+        self._state = tf.pad(tf.gather(source._state, rows, axis=2), [[0, 0], [0, 0], [0, padding]])
+        last = source._last if source._last is not None else tf.zeros((source.num_streams, self.vocab_size))
+        self._last = tf.pad(tf.gather(last, rows, axis=0), [[0, padding], [0, 0]])
 
     def logits(self, ids) -> np.ndarray:
         """Continue from the current state, feed ids (num_streams, T); return (num_streams, T, V)."""

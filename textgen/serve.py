@@ -6,7 +6,8 @@ page needs is served by the package itself (no CDN): FastAPI's Swagger page, whi
 is off; the OpenAPI description is at /v1/openapi.json.
 
 Each run is loaded once, on first use, and kept with its batcher (textgen.batcher): requests that
-arrive while others are generating join the same compiled engine as extra streams at the next chunk,
+arrive while others are generating join the same compiled engine (up to 64 streams at once; more
+wait their turn) as extra streams at the next chunk,
 each with its own temperature, top-k, top-p and seed, and leave when they are done or their client
 has gone.
 """
@@ -52,10 +53,10 @@ class BadRequest(Exception):
 class Runs:
     """The runs under a checkpoint directory, each loaded once, with a lock each."""
 
-    def __init__(self, checkpoint_dir: Path, default: Optional[str], capacity: int):
+    def __init__(self, checkpoint_dir: Path, default: Optional[str], buckets: tuple):
         from textgen.runs import find_run
 
-        self.capacity = capacity  # streams of each run's shared engine
+        self.buckets = buckets  # engine sizes of each run's batcher
         self.checkpoint_dir = Path(checkpoint_dir)
         self.default = find_run(self.checkpoint_dir, default).name  # fails at start-up if there is none
         self._loaded: dict = {}
@@ -94,7 +95,7 @@ class Runs:
         with self._guard:
             if name not in self._loaded:
                 model = TextModel(self.checkpoint_dir / name)
-                self._loaded[name] = (model, Batcher(model._generator, self.capacity), threading.Lock())
+                self._loaded[name] = (model, Batcher(model._generator, self.buckets), threading.Lock())
             return self._loaded[name]
 
 
@@ -138,9 +139,9 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits()):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one)."""
 
-    from textgen.batcher import CAPACITY
+    from textgen.batcher import BUCKETS
 
-    runs = Runs(checkpoint_dir, run, capacity=max(CAPACITY, -(-limits.max_samples // 8) * 8))
+    runs = Runs(checkpoint_dir, run, tuple(sorted(set(BUCKETS) | {max(BUCKETS[-1], limits.max_samples)})))
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
 
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
