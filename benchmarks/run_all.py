@@ -25,6 +25,7 @@ SPEED_BENCHMARKS = [
     ("Training throughput", ["benchmarks/bench_train.py"]),
     ("Large corpus: encode time and peak memory", ["benchmarks/bench_corpus.py"]),
     ("Distributed training overhead", ["benchmarks/bench_distribute.py"]),
+    ("Serving concurrent clients", ["benchmarks/bench_serve.py"]),
 ]
 PREAMBLE = ("# Benchmarks\n\nLatest results of `make bench` and `make bench-quality` (each section is rewritten "
             "when its benchmark runs). Ratios are measured side by side in the same run; absolute speeds drift "

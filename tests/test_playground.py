@@ -43,8 +43,9 @@ def wait_until(condition, timeout=60.0):
         time.sleep(0.1)
 
 
-def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server):  # noqa: F811
+def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     browser.get(server + "/")
     facts = wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text
@@ -57,6 +58,11 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server):
         element = browser.find_element(By.ID, field)
         element.clear()
         element.send_keys(value)
+    slider = browser.find_element(By.ID, "temperature")
+    slider.click()  # lands mid-track: 1.0
+    for _ in range(4):
+        slider.send_keys(Keys.ARROW_LEFT)  # the keyboard moves it by its step, 0.05
+    assert browser.find_element(By.ID, "temperature-value").text == "0.8"
     browser.find_element(By.ID, "generate").click()
     wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
     texts = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
@@ -64,6 +70,9 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server):
     assert all(set(text) <= set(PERIOD) for text in texts)
     titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#samples h2")]
     assert [title.split("seed ")[1] for title in titles] == ["11", "12", "13"]
+    assert all("temperature 0.8" in title for title in titles)
+    shot = tmp_path / "playground.png"
+    assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: F811

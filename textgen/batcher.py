@@ -2,9 +2,9 @@
 
 A request takes one stream per sample, at a chunk boundary; it is primed on its own streams while the
 others keep their state, and it leaves when its samples are done or its client has gone. The compiled
-engine is sized to the streams in use, by buckets (1, 4, 16, 64 streams by default): when requests join
-or leave, the running streams move to an engine of the fitting size and go on where they were, so one
-client does not pay for 64 streams and 64 clients share one computation. Each request draws its uniforms
+engine is sized to the streams in use, by buckets (1, 4, 8, 16, 32, 64 streams by default): when
+requests join or leave, the running streams move to an engine of the fitting size and go on where they
+were, so one client does not pay for 64 streams and 64 clients share one computation. Each request draws its uniforms
 from its own generator (seeded by its seed, time-major over its streams), and a stream's arithmetic
 does not depend on the other streams' values, so a seeded request gives the same text alone or batched
 (up to float rounding between engine sizes, far below what changes a sampled character in practice).
@@ -17,7 +17,7 @@ import queue
 import secrets
 import threading
 from collections import deque
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -26,14 +26,17 @@ from textgen.generate import _start_symbol, _stop_cut, prepare_prime
 
 logger = logging.getLogger("textgen")
 CHUNK = 32  # characters per engine call: how often requests can join and streams are delivered
-BUCKETS = (1, 4, 16, 64)  # engine sizes; the largest is how many streams run at once
+BUCKETS = (1, 4, 8, 16, 32, 64)  # engine sizes; the largest is how many streams run at once
 
 
 class Job:
     """One request's samples: their streams, text so far, and how the caller gets the result."""
 
-    def __init__(self, config: SampleConfig, prime: str):
+    def __init__(self, config: SampleConfig, prime: str, deliver: Optional[Callable[[Optional[str]], None]] = None):
         self.config, self.prime = config, prime
+        # Called (from the batcher's thread) with each piece of the first stream, then None at the end;
+        # by default the pieces go to a queue.Queue.
+        self.deliver = deliver or self._queue_piece
         self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
         self.rng = np.random.default_rng(secrets.randbits(63) if config.seed is None else config.seed)
         self.rows: list[int] = []
@@ -41,10 +44,13 @@ class Job:
         self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
         self.produced = 0
         self.emitted = 0  # characters of the first stream already handed out as pieces
-        self.pieces: queue.Queue = queue.Queue()  # str pieces of the first stream, then None at the end
+        self.pieces: queue.Queue = queue.Queue()  # the default destination of deliver
         self.finished = threading.Event()
         self.cancelled = False
         self.error: Optional[Exception] = None
+
+    def _queue_piece(self, piece: Optional[str]) -> None:
+        self.pieces.put(piece)
 
     @property
     def streams(self) -> int:
@@ -79,14 +85,15 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, config: SampleConfig) -> Job:
-        """Queue a request (validated here, in the caller's thread, so errors reach it directly)."""
+    def submit(self, config: SampleConfig, deliver: Optional[Callable[[Optional[str]], None]] = None) -> Job:
+        """Queue a request (validated here, in the caller's thread, so errors reach it directly); see Job
+        for deliver."""
         config.validate()
         if config.num_samples * len(config.temperature) > self.capacity:
             raise ValueError(f"at most {self.capacity} samples per request")
-        job = Job(config, prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning))
+        job = Job(config, prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning), deliver)
         if job.prime:
-            job.pieces.put(job.prime)
+            job.deliver(job.prime)
         with self.condition:
             self.waiting.append(job)
             self.condition.notify()
@@ -143,8 +150,8 @@ class Batcher:
     def _leave(self, job: Job) -> None:
         for row in job.rows:
             self.slots[row] = None
-        job.pieces.put(None)
         job.finished.set()
+        job.deliver(None)
 
     def _run(self) -> None:
         while True:
@@ -205,7 +212,7 @@ class Batcher:
         else:  # hold back what could be the start of the stop string until it is decided
             ready = cut if cut is not None else len(text) - (len(stop) - 1 if stop else 0)
         if ready > job.emitted:
-            job.pieces.put(text[job.emitted:ready])
+            job.deliver(text[job.emitted:ready])
             job.emitted = ready
         if done:
             self._leave(job)

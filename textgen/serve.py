@@ -14,10 +14,10 @@ has gone.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
-import queue
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.config import SampleConfig
@@ -184,20 +185,26 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return {"default": runs.default, "models": [runs.describe(name) for name in runs.names()]}
 
     @app.post("/v1/generate")
-    def generate(body: GenerateRequest):
-        _, batcher, _ = runs.get(body.run)
+    async def generate(body: GenerateRequest):
+        _, batcher, _ = await run_in_threadpool(runs.get, body.run)  # the first use of a run loads it
         config = _sample_config(body, limits)
         options = {key: value for key, value in body.model_dump().items() if key != "stream"}
         options["run"] = body.run or runs.default
         if body.stream and len(config.temperature) * config.num_samples != 1:
             raise BadRequest("stream gives one sample: one temperature and num_samples 1")
+        loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         try:
-            job = batcher.submit(config)
+            job = batcher.submit(config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
         except TextgenError as failure:
             raise BadRequest(str(failure)) from None
         if body.stream:
-            return _ClosingStream(_events(job), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        job.finished.wait()
+            return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache"})
+        try:
+            while await inbox.get() is not None:
+                pass
+        finally:
+            job.cancel()  # a no-op once it is done; frees its streams if this request is abandoned
         if job.error is not None:
             raise BadRequest(f"generation failed ({type(job.error).__name__}); try again", status=500)
         samples = [dict(text=job.prime + text, temperature=temperature, index=index % config.num_samples,
@@ -230,21 +237,12 @@ class _ClosingStream(StreamingResponse):
             await self.body_iterator.aclose()
 
 
-async def _events(job):
+async def _events(job, inbox):
     """Server-Sent Events: {"text": piece} per piece of the job's stream, then event "done" with whether
     stop ended it. When the response ends early (the client went away), the job is cancelled and its
     stream leaves the batch at the next chunk."""
-    import asyncio
-
     try:
-        while True:
-            try:
-                piece = job.pieces.get_nowait()
-            except queue.Empty:
-                await asyncio.sleep(0.005)
-                continue
-            if piece is None:
-                break
+        while (piece := await inbox.get()) is not None:
             yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
         if job.error is not None:
             yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
