@@ -10,7 +10,7 @@ import numpy as np
 from textgen.sampling import choose_tf, clamp_uniforms, normalize_filters, temperatures
 
 
-def choose(logits, uniforms, temperature, top_k=None, top_p=None) -> np.ndarray:
+def choose(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None) -> np.ndarray:
     """NumPy reference: pick one id per row of ``logits`` (N, V). Returns (N,) int64 ids."""
     logits = np.asarray(logits, dtype=np.float32)
     if logits.ndim != 2:
@@ -38,6 +38,10 @@ def choose(logits, uniforms, temperature, top_k=None, top_p=None) -> np.ndarray:
             kept = np.minimum(kept, (before < np.float32(top_p) * total).sum(axis=1))
         cutoff = ordered[np.arange(rows), kept - 1]
         weights = np.where(scaled >= cutoff[:, None], weights, np.float32(0))
+    if min_p is not None:  # probability ratio to the most likely token, computed the long way round
+        probability = np.exp(scaled) / np.exp(scaled).sum(axis=1, keepdims=True)
+        ratio = probability / probability.max(axis=1, keepdims=True)
+        weights = np.where(ratio >= np.float32(min_p), weights, np.float32(0))
     cdf = np.cumsum(weights, axis=1, dtype=np.float32)
     threshold = u * cdf[:, -1]
     sampled = (cdf <= threshold[:, None]).sum(axis=1)

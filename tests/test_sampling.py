@@ -180,9 +180,31 @@ def test_per_row_filters_equal_the_rule_applied_row_by_row(vocab):
     temps = np.array([1.0, 0.7, 1.3, 1.0, 0.5, 2.0], np.float32)
     ks = [None, 3, None, 5, 1, None]
     ps = [None, None, 0.6, 0.9, None, 0.3]
-    k, p = sampling.per_row_filters(ks, ps, rows, vocab)
+    ms = [0.1, None, None, 0.05, None, 0.3]
+    k, p, m = sampling.per_row_filters(ks, ps, rows, vocab, ms)
     got = sampling.choose_tf(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
-                             tf.constant(k), tf.constant(p)).numpy()
+                             tf.constant(k), tf.constant(p), tf.constant(m)).numpy()
     for row in range(rows):
-        expected = oracle.choose(logits[row:row + 1], u[row:row + 1], temps[row], top_k=ks[row], top_p=ps[row])
+        expected = oracle.choose(logits[row:row + 1], u[row:row + 1], temps[row], top_k=ks[row], top_p=ps[row],
+                                 min_p=ms[row])
         assert got[row] == expected[0], row
+
+
+def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
+    import tensorflow as tf
+
+    logits = np.log(np.array([[0.50, 0.30, 0.12, 0.05, 0.03]], np.float32))  # probabilities at temperature 1
+    u = np.linspace(0, 0.999, 400)
+    rows = np.repeat(logits, len(u), axis=0)
+    for min_p, allowed in ((0.2, {0, 1, 2}), (0.5, {0, 1}), (0.0, {0, 1, 2, 3, 4}), (1.0, {0})):
+        picked = oracle.choose(rows, u, 1.0, min_p=min_p)
+        assert set(np.unique(picked)) == allowed, min_p
+        k, p, m = sampling.per_row_filters(None, None, len(u), 5, min_p)
+        compiled = sampling.choose_tf(tf.constant(rows), tf.constant(sampling.clamp_uniforms(u)),
+                                      tf.constant(np.ones(len(u), np.float32)), None, None,
+                                      None if m is None else tf.constant(m)).numpy()
+        np.testing.assert_array_equal(compiled, picked)
+    # After the temperature: at 0.5 the ratios square, 0.12/0.5 = 0.24 -> 0.0576 < 0.2: dropped.
+    assert set(np.unique(oracle.choose(rows, u, 0.5, min_p=0.2))) == {0, 1}
+    with pytest.raises(ValueError, match=r"--min-p must be in \[0, 1\], got 1.5"):
+        sampling.per_row_filters(None, None, 1, 5, 1.5)

@@ -160,6 +160,8 @@ class SampleConfig(_Config):
     top_k: Optional[int] = option(None, "Draw only from the K most likely characters.", low=1, integer=True)
     top_p: Optional[float] = option(None, "Nucleus sampling: draw from the smallest set of characters whose "
                                     "probability reaches P.", low=0, high=1, low_open=True)
+    min_p: Optional[float] = option(None, "Drop characters less likely than P times the most likely one "
+                                    "(after the temperature); 0.05 is a common choice.", low=0, high=1)
     length: int = option(500, "Characters to generate.", low=0, integer=True, short="-n")
     prime: str = option("", "Text to start from; it is printed before the generated text.")
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, integer=True)

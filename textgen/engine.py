@@ -179,12 +179,12 @@ class Engine:
         return self._compiled(("forced", bucket),
                               lambda: tf.function(forced, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
-    def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool):
+    def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool, use_min_p: bool):
         """Sample count ids per stream, feeding each back; the filters in use are fixed at trace time."""
         tf = self._tf
         streams, vocab = self.num_streams, self.vocab_size
 
-        def sample(logits, uniforms, count, temperature, top_k, top_p, state):
+        def sample(logits, uniforms, count, temperature, top_k, top_p, min_p, state):
             out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
 
             def body(t, out, logits, hs, cs):
@@ -192,7 +192,7 @@ class Engine:
                     ids = tf.argmax(logits, axis=1, output_type=tf.int32)
                 else:
                     ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k if use_k else None,
-                                             top_p if use_p else None)
+                                             top_p if use_p else None, min_p if use_min_p else None)
                 logits, hs, cs = self._step(ids, hs, cs)
                 return t + 1, out.write(t, ids), logits, hs, cs
 
@@ -203,8 +203,9 @@ class Engine:
 
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
                  tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32),
-                 tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.float32), self._state_spec())
-        return self._compiled(("sample", greedy_only, use_k, use_p),
+                 tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.float32),
+                 tf.TensorSpec((streams,), tf.float32), self._state_spec())
+        return self._compiled(("sample", greedy_only, use_k, use_p, use_min_p),
                               lambda: tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
     # ----------------------------------------------------------------- public API
@@ -279,12 +280,12 @@ class Engine:
             return np.concatenate(pieces, axis=0).transpose(1, 0, 2)
         return None
 
-    def sample(self, length, *, temperature, top_k=None, top_p=None, rng: np.random.Generator = None,
-               uniforms=None) -> np.ndarray:
+    def sample(self, length, *, temperature, top_k=None, top_p=None, min_p=None,
+               rng: np.random.Generator = None, uniforms=None) -> np.ndarray:
         """Generate (num_streams, length) ids, continuing the state.
 
-        ``temperature``, ``top_k`` and ``top_p`` are one value for every stream or one per stream (a
-        filter of None leaves that stream unfiltered). The uniforms come from ``rng``, drawn
+        ``temperature``, ``top_k``, ``top_p`` and ``min_p`` are one value for every stream or one per
+        stream (a filter of None leaves that stream unfiltered). The uniforms come from ``rng``, drawn
         time-major (``rng.random((length, num_streams))``), so splitting one request into chunks with
         the same generator gives the same ids; or they are given as ``uniforms`` (length, num_streams).
         """
@@ -296,17 +297,19 @@ class Engine:
             raise ValueError("length must be >= 0")
         streams = self.num_streams
         temp = sampling.temperatures(temperature, streams)
-        top_k, top_p = sampling.per_row_filters(top_k, top_p, streams, self.vocab_size)
+        top_k, top_p, min_p = sampling.per_row_filters(top_k, top_p, streams, self.vocab_size, min_p)
         drawn = rng.random((length, streams)) if uniforms is None else np.asarray(uniforms)
         if drawn.shape != (length, streams):
             raise ValueError(f"uniforms must have shape ({length}, {streams}), got {drawn.shape}")
         uniforms = sampling.clamp_uniforms(drawn)
         greedy_only = bool(np.all(temp == 0))
         use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
-        fn = self._sample_function(greedy_only, use_k, use_p)
+        use_min_p = min_p is not None and not greedy_only
+        fn = self._sample_function(greedy_only, use_k, use_p, use_min_p)
         options = (tf.constant(temp),
                    tf.constant(top_k if top_k is not None else np.full(streams, self.vocab_size, np.int32)),
-                   tf.constant(top_p if top_p is not None else np.full(streams, sampling.NO_TOP_P, np.float32)))
+                   tf.constant(top_p if top_p is not None else np.full(streams, sampling.NO_TOP_P, np.float32)),
+                   tf.constant(min_p if min_p is not None else np.zeros(streams, np.float32)))
         padded = np.zeros((CHUNK, streams), np.float32)
         result = np.empty((streams, length), np.int64)
         for start in range(0, length, CHUNK):

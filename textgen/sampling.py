@@ -49,23 +49,27 @@ def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float 
 NO_TOP_P = 2.0  # a per-row top-p that keeps every token (the probability mass above any token is below 2)
 
 
-def per_row_filters(top_k, top_p, rows: int, vocab_size: int) -> tuple:
-    """Validate top_k / top_p given as None, a scalar or one value (or None) per row; return
-    (k (rows,) int32 or None, p (rows,) float32 or None), None where no row is filtered."""
+def per_row_filters(top_k, top_p, rows: int, vocab_size: int, min_p=None) -> tuple:
+    """Validate top_k / top_p / min_p given as None, a scalar or one value (or None) per row; return
+    (k (rows,) int32, p (rows,) float32, min_p (rows,) float32), each None where no row uses it."""
     def spread(value):
         values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
         if len(values) != rows:
             raise ValueError(f"expected one filter value per stream ({rows}), got {len(values)}")
         return values
 
-    ks, ps = [], []
-    for k, p in zip(spread(top_k), spread(top_p)):
+    ks, ps, ms = [], [], []
+    for k, p, m in zip(spread(top_k), spread(top_p), spread(min_p)):
         k, p = normalize_filters(k, p, vocab_size)
+        if m is not None:
+            check_range("min_p", m, low=0, high=1)
         ks.append(vocab_size if k is None else k)
         ps.append(NO_TOP_P if p is None else p)
+        ms.append(0.0 if m is None else float(m))
     k = np.array(ks, np.int32) if any(k < vocab_size for k in ks) else None
     p = np.array(ps, np.float32) if any(p < 1.0 for p in ps) else None
-    return k, p
+    m = np.array(ms, np.float32) if any(m > 0.0 for m in ms) else None
+    return k, p, m
 
 
 def temperatures(temperature, rows: int) -> np.ndarray:
@@ -85,14 +89,16 @@ def clamp_uniforms(uniforms) -> np.ndarray:
     return np.minimum(u.astype(np.float32), np.float32(U_MAX))
 
 
-def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None):
+def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None):
     """TensorFlow version of :func:`choose`, for use inside a compiled graph.
 
     ``logits`` (N, V) float32 tensor, ``uniforms`` (N,) float32 already clamped (see
     :func:`clamp_uniforms`), ``temperature`` (N,) float32. ``top_k`` / ``top_p`` are either None
     (that filter is left out of the graph: a trace-time choice) or tensors (int32 / float32), a scalar
     or one value per row, whose values may change without retracing; a row with k >= V or p > 1 is
-    not filtered. Returns (N,) int32 ids.
+    not filtered. ``min_p`` (None, or a scalar or per-row tensor) also drops every token whose
+    probability, after the temperature, is below min_p times the most likely token's; 0 drops nothing.
+    Returns (N,) int32 ids.
     """
     import tensorflow as tf
 
@@ -108,6 +114,8 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None):
         else:
             keep = _keep_sorted(tf, scaled, vocab, top_k, top_p)
         weights = tf.where(keep, weights, tf.zeros_like(weights))
+    if min_p is not None:  # the most likely token has weight exp(0) = 1, so its probability ratio is the weight
+        weights = tf.where(weights >= _column(tf, min_p, tf.float32), weights, tf.zeros_like(weights))
     cdf = tf.cumsum(weights, axis=1)
     threshold = uniforms * cdf[:, -1]
     sampled = tf.reduce_sum(tf.cast(cdf <= threshold[:, None], tf.int32), axis=1)

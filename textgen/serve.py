@@ -108,6 +108,7 @@ class GenerateRequest(BaseModel):
     temperature: Union[float, list[float]] = Field(0.5, description="One value, or one sample per value")
     top_k: Optional[int] = None
     top_p: Optional[float] = None
+    min_p: Optional[float] = Field(None, description="Drop characters less likely than min_p x the likeliest")
     seed: Optional[int] = Field(None, description="The same seed gives the same text")
     stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
     num_samples: int = Field(1, description="Samples per temperature")
@@ -122,7 +123,8 @@ class ScoreRequest(BaseModel):
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
     temperature = body.temperature if isinstance(body.temperature, list) else [body.temperature]
-    config = SampleConfig(temperature=tuple(temperature), top_k=body.top_k, top_p=body.top_p, length=body.length,
+    config = SampleConfig(temperature=tuple(temperature), top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
+                          length=body.length,
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
     try:
