@@ -206,3 +206,34 @@ def test_streams_moved_to_a_larger_engine_continue_where_they_were(engine4):
     moved = larger.logits(np.tile(text(6, 5), (8, 1)))
     np.testing.assert_allclose(moved[0], reference[3], atol=1e-5)
     np.testing.assert_allclose(moved[1], reference[1], atol=1e-5)
+
+
+def test_max_repeat_caps_a_run_of_one_character(engine1):
+    from textgen.engine import Weights
+
+    bias = np.zeros_like(engine1.weights.dense_bias)
+    bias[3] = 50.0  # the model always wants id 3
+    stuck = Engine(Weights(engine1.weights.table, engine1.weights.recurrent0_t, engine1.weights.stacked_t,
+                           engine1.weights.dense_kernel, bias), 2)
+
+    def longest_runs(ids):
+        runs = []
+        for row in ids:
+            best = current = 1
+            for a, b in zip(row[:-1], row[1:]):
+                current = current + 1 if a == b else 1
+                best = max(best, current)
+            runs.append(best)
+        return runs
+
+    prime = np.array([[1, 3, 3], [2, 2, 1]])  # stream 0's prime already ends with two 3s
+    stuck.prime(prime)
+    free = stuck.sample(50, temperature=[0.0, 1.0], rng=np.random.default_rng(0))
+    assert longest_runs(free) == [50, 50]
+    stuck.prime(prime)
+    guarded = stuck.sample(30, temperature=[0.0, 1.0], max_repeat=[4, 2], rng=np.random.default_rng(0))
+    guarded = np.concatenate([guarded, stuck.sample(30, temperature=[0.0, 1.0], max_repeat=[4, 2],
+                                                    rng=np.random.default_rng(1))], axis=1)  # across calls
+    assert longest_runs(guarded) == [4, 2]
+    assert list(guarded[0][:3]) == [3, 3, guarded[0][2]] and guarded[0][2] != 3  # 2 from the prime + 2 = 4
+    assert (guarded == 3).mean() > 0.6  # it still prefers 3 whenever it may

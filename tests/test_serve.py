@@ -82,7 +82,8 @@ def test_generate_round_trip(server, trained_run):
     assert answer["options"]["run"] == "period" and answer["options"]["seed"] == 4
     assert call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop="f"))[1] == \
         '{"options":{"run":"period","prime":"ab","length":50,"temperature":0.0,"top_k":null,"top_p":null,' \
-        '"min_p":null,"seed":null,"stop":"f","num_samples":1,"skip_unknown":false},"samples":[{"text":"abcde",' \
+        '"min_p":null,"max_repeat":null,"seed":null,"stop":"f","num_samples":1,"skip_unknown":false},' \
+        '"samples":[{"text":"abcde",' \
         '"temperature":0.0,"index":0,"stopped":true}]}'
 
 

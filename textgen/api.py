@@ -66,7 +66,8 @@ class TextModel:
 
     def generate(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
-                 num_samples: int = 1, skip_unknown: bool = False, min_p: Optional[float] = None) -> str | list[str]:
+                 num_samples: int = 1, skip_unknown: bool = False, min_p: Optional[float] = None,
+                 max_repeat: Optional[int] = None) -> str | list[str]:
         """Generate text that starts with prime.
 
         Args:
@@ -80,6 +81,7 @@ class TextModel:
             num_samples: independent samples to draw.
             skip_unknown: drop prime characters the model never saw instead of raising.
             min_p: drop characters less likely than min_p times the likeliest (0.05 is common).
+            max_repeat: never produce one character more than this many times in a row.
 
         Returns:
             The text (prime included) when num_samples is 1, else a list of num_samples texts.
@@ -88,20 +90,23 @@ class TextModel:
             >>> model.generate("ROMEO:", length=100, temperature=0.8, seed=3)  # doctest: +SKIP
             'ROMEO: ...'
         """
-        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p)
+        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p,
+                              max_repeat)
         texts = [sample.text for sample in self._generator.samples(config)]
         return texts[0] if num_samples == 1 else texts
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
                top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
-               skip_unknown: bool = False, min_p: Optional[float] = None) -> Iterator[str]:
+               skip_unknown: bool = False, min_p: Optional[float] = None,
+               max_repeat: Optional[int] = None) -> Iterator[str]:
         """Like :meth:`generate` for one sample, as an iterator of text pieces as they are produced.
 
         Example:
             >>> for piece in model.stream("The ", length=300):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, 1, skip_unknown, min_p)
+        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, 1, skip_unknown, min_p,
+                              max_repeat)
         return self._generator.stream(config)
 
     def score(self, text: str) -> dict:
@@ -136,10 +141,12 @@ class TextModel:
         return dict(bpc=nats / math.log(2), nats=nats, perplexity=math.exp(nats), characters=len(ids) - 1,
                     excluded=excluded)
 
-    def _config(self, prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p):
+    def _config(self, prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p,
+                max_repeat):
         if isinstance(temperature, (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")
-        config = SampleConfig(temperature=(temperature,), top_k=top_k, top_p=top_p, min_p=min_p, length=length,
+        config = SampleConfig(temperature=(temperature,), top_k=top_k, top_p=top_p, min_p=min_p,
+                              max_repeat=max_repeat, length=length,
                               prime=prime, num_samples=num_samples, seed=seed, stop=stop, skip_unknown=skip_unknown)
         config.validate()
         return config

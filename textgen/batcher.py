@@ -187,14 +187,16 @@ class Batcher:
         top_k: list = [None] * size
         top_p: list = [None] * size
         min_p: list = [None] * size
+        max_repeat: list = [None] * size
         uniforms = np.zeros((CHUNK, size))
         for job in jobs:
             temperatures[job.rows] = job.temperatures
             for row in job.rows:
                 top_k[row], top_p[row], min_p[row] = job.config.top_k, job.config.top_p, job.config.min_p
+                max_repeat[row] = job.config.max_repeat
             uniforms[:, job.rows] = job.rng.random((CHUNK, job.streams))
         ids = self.engine.sample(CHUNK, temperature=temperatures, top_k=top_k, top_p=top_p, min_p=min_p,
-                                 uniforms=uniforms)
+                                 max_repeat=max_repeat, uniforms=uniforms)
         with self.condition:
             for job in jobs:
                 self._deliver(job, ids)

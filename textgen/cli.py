@@ -152,7 +152,8 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
     live = output is None and len(config.temperature) * config.num_samples == 1 and sys.stdout.isatty()
     samples = generate(checkpoint_dir, run, config.prime, config.length, config.temperature, config.top_k,
                        config.top_p, config.num_samples, config.seed, config.stop, config.skip_unknown,
-                       on_text=_echo_live if live else None, show_progress=output is not None, min_p=config.min_p)
+                       on_text=_echo_live if live else None, show_progress=output is not None, min_p=config.min_p,
+                       max_repeat=config.max_repeat)
     text = format_samples(samples, len(config.temperature))
     if output is not None:
         write_output(output, text)

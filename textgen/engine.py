@@ -87,6 +87,15 @@ def weights_from_model(model) -> Weights:
     )
 
 
+def _trailing_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ids (N, T): its last id and how many times that id comes in a row at the end."""
+    ids = np.asarray(ids)
+    last = ids[:, -1]
+    same_from_end = (ids == last[:, None])[:, ::-1]
+    run = np.where(same_from_end.all(axis=1), ids.shape[1], np.argmin(same_from_end, axis=1))
+    return last.astype(np.int32), run.astype(np.int32)
+
+
 class Engine:
     """Fast generation for ``num_streams`` independent streams sharing one model's weights."""
 
@@ -121,6 +130,9 @@ class Engine:
         # one tensor (2L, U, N): h^T of layers 0..L-1, then c^T of layers 0..L-1 (few call arguments)
         self._state = tf.zeros((2 * self.weights.layers, self.units, self.num_streams), tf.float32)
         self._last = None  # (N, V) logits after the last fed id
+        # For --max-repeat: each stream's last id (-1: none) and how many times in a row it has come.
+        self._last_id = np.full(self.num_streams, -1, np.int32)
+        self._run = np.zeros(self.num_streams, np.int32)
 
     @property
     def last_logits(self):
@@ -179,33 +191,46 @@ class Engine:
         return self._compiled(("forced", bucket),
                               lambda: tf.function(forced, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
-    def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool, use_min_p: bool):
+    def _continue_runs(self, ids: np.ndarray) -> None:
+        """Update each stream's last id and its run length after feeding ids (N, T)."""
+        last_id, run = _trailing_runs(ids)
+        whole = run == ids.shape[1]  # the whole piece repeats one id: it may continue the previous run
+        self._run = np.where(whole & (last_id == self._last_id), self._run + run, run).astype(np.int32)
+        self._last_id = last_id
+
+    def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool, use_min_p: bool, use_repeat: bool):
         """Sample count ids per stream, feeding each back; the filters in use are fixed at trace time."""
         tf = self._tf
         streams, vocab = self.num_streams, self.vocab_size
 
-        def sample(logits, uniforms, count, temperature, top_k, top_p, min_p, state):
+        def sample(logits, uniforms, count, temperature, top_k, top_p, min_p, max_repeat, last_id, run, state):
             out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
 
-            def body(t, out, logits, hs, cs):
+            def body(t, out, logits, hs, cs, last_id, run):
+                if use_repeat:  # a stream at its limit cannot pick its last character again
+                    blocked = (max_repeat > 0) & (run >= max_repeat)
+                    repeat = tf.one_hot(last_id, vocab, on_value=True, off_value=False)
+                    logits = tf.where(blocked[:, None] & repeat, tf.fill(tf.shape(logits), -np.inf), logits)
                 if greedy_only:
                     ids = tf.argmax(logits, axis=1, output_type=tf.int32)
                 else:
                     ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k if use_k else None,
                                              top_p if use_p else None, min_p if use_min_p else None)
+                run = tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
                 logits, hs, cs = self._step(ids, hs, cs)
-                return t + 1, out.write(t, ids), logits, hs, cs
+                return t + 1, out.write(t, ids), logits, hs, cs, ids, run
 
             hs, cs = self._split(state)
-            _, out, logits, hs, cs = tf.while_loop(lambda t, *_: t < count, body,
-                                                   (tf.constant(0), out, logits, hs, cs))
-            return out.stack(), logits, tf.stack(hs + cs)
+            _, out, logits, hs, cs, last_id, run = tf.while_loop(
+                lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, last_id, run))
+            return out.stack(), logits, tf.stack(hs + cs), last_id, run
 
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
                  tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32),
                  tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.float32),
-                 tf.TensorSpec((streams,), tf.float32), self._state_spec())
-        return self._compiled(("sample", greedy_only, use_k, use_p, use_min_p),
+                 tf.TensorSpec((streams,), tf.float32), tf.TensorSpec((streams,), tf.int32),
+                 tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.int32), self._state_spec())
+        return self._compiled(("sample", greedy_only, use_k, use_p, use_min_p, use_repeat),
                               lambda: tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs))
 
     # ----------------------------------------------------------------- public API
@@ -242,10 +267,14 @@ class Engine:
         fed[list(rows)] = ids
         kept_state = self._state
         kept_last = self._last if self._last is not None else tf.zeros((self.num_streams, self.vocab_size))
+        kept_runs = (self._last_id.copy(), self._run.copy())
         self._state = tf.where(tf.constant(joining)[None, None, :], tf.zeros_like(kept_state), kept_state)
         self._feed(fed, keep_logits=False)
+        self._last_id, self._run = kept_runs
         self._state = tf.where(tf.constant(joining)[None, None, :], self._state, kept_state)
         self._last = tf.where(tf.constant(joining)[:, None], self._last, kept_last)
+        last_id, run = _trailing_runs(ids)
+        self._last_id[list(rows)], self._run[list(rows)] = last_id, run
 
     def take_streams(self, source: "Engine", rows) -> None:
         """Continue source's streams rows as this engine's streams 0, 1, ...; the rest start idle (zero)."""
@@ -257,6 +286,9 @@ class Engine:
         self._state = tf.pad(tf.gather(source._state, rows, axis=2), [[0, 0], [0, 0], [0, padding]])
         last = source._last if source._last is not None else tf.zeros((source.num_streams, self.vocab_size))
         self._last = tf.pad(tf.gather(last, rows, axis=0), [[0, padding], [0, 0]])
+        taken = rows.numpy()
+        self._last_id = np.concatenate([source._last_id[taken], np.full(padding, -1, np.int32)])
+        self._run = np.concatenate([source._run[taken], np.zeros(padding, np.int32)])
 
     def logits(self, ids) -> np.ndarray:
         """Continue from the current state, feed ids (num_streams, T); return (num_streams, T, V)."""
@@ -274,18 +306,21 @@ class Engine:
             fn = self._forced_function(bucket)
             out, self._state = fn(tf.constant(padded), tf.constant(count, tf.int32), self._state)
             self._last = out[count - 1]
+            self._continue_runs(part)
             if keep_logits:
                 pieces.append(out.numpy()[:count])
         if keep_logits:
             return np.concatenate(pieces, axis=0).transpose(1, 0, 2)
         return None
 
-    def sample(self, length, *, temperature, top_k=None, top_p=None, min_p=None,
+    def sample(self, length, *, temperature, top_k=None, top_p=None, min_p=None, max_repeat=None,
                rng: np.random.Generator = None, uniforms=None) -> np.ndarray:
         """Generate (num_streams, length) ids, continuing the state.
 
         ``temperature``, ``top_k``, ``top_p`` and ``min_p`` are one value for every stream or one per
-        stream (a filter of None leaves that stream unfiltered). The uniforms come from ``rng``, drawn
+        stream (a filter of None leaves that stream unfiltered). ``max_repeat`` (one value, or one per
+        stream; None or 0: off) keeps a stream from producing one character more than that many times
+        in a row, counting the end of its prime. The uniforms come from ``rng``, drawn
         time-major (``rng.random((length, num_streams))``), so splitting one request into chunks with
         the same generator gives the same ids; or they are given as ``uniforms`` (length, num_streams).
         """
@@ -305,17 +340,24 @@ class Engine:
         greedy_only = bool(np.all(temp == 0))
         use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
         use_min_p = min_p is not None and not greedy_only
-        fn = self._sample_function(greedy_only, use_k, use_p, use_min_p)
+        per_stream = max_repeat if isinstance(max_repeat, (list, tuple, np.ndarray)) else [max_repeat] * streams
+        repeats = np.array([0 if value is None else int(value) for value in per_stream], np.int32)
+        if len(repeats) != streams or np.any(repeats < 0):
+            raise ValueError(f"max_repeat must be None, >= 0, or one such value per stream ({streams})")
+        fn = self._sample_function(greedy_only, use_k, use_p, use_min_p, bool(np.any(repeats > 0)))
         options = (tf.constant(temp),
                    tf.constant(top_k if top_k is not None else np.full(streams, self.vocab_size, np.int32)),
                    tf.constant(top_p if top_p is not None else np.full(streams, sampling.NO_TOP_P, np.float32)),
-                   tf.constant(min_p if min_p is not None else np.zeros(streams, np.float32)))
+                   tf.constant(min_p if min_p is not None else np.zeros(streams, np.float32)),
+                   tf.constant(repeats))
         padded = np.zeros((CHUNK, streams), np.float32)
         result = np.empty((streams, length), np.int64)
         for start in range(0, length, CHUNK):
             count = min(CHUNK, length - start)
             padded[:count] = uniforms[start : start + count]
-            ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(count, tf.int32),
-                                              *options, self._state)
+            ids, self._last, self._state, last_id, run = fn(
+                self._last, tf.constant(padded), tf.constant(count, tf.int32), *options,
+                tf.constant(self._last_id), tf.constant(self._run), self._state)
+            self._last_id, self._run = last_id.numpy(), run.numpy()
             result[:, start : start + count] = ids.numpy()[:count].T
         return result

@@ -91,7 +91,7 @@ class Generator:
             step = min(chunk, config.length - produced)
             produced += step
             ids = engine.sample(step, temperature=np.array(streams, np.float32), top_k=config.top_k,
-                                top_p=config.top_p, min_p=config.min_p, rng=rng)
+                                top_p=config.top_p, min_p=config.min_p, max_repeat=config.max_repeat, rng=rng)
             for index, row in enumerate(ids):
                 if cut[index] is None:
                     before = len(generated[index])
@@ -136,7 +136,8 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
              top_p: Optional[float] = None, num_samples: int = 1, seed: Optional[int] = None,
              stop: Optional[str] = None, skip_unknown: bool = False,
              on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
-             warn: Callable[[str], None] = logger.warning, min_p: Optional[float] = None) -> list[Sample]:
+             warn: Callable[[str], None] = logger.warning, min_p: Optional[float] = None,
+             max_repeat: Optional[int] = None) -> list[Sample]:
     """Generate num_samples texts per temperature from the best checkpoint of the run.
 
     Each text is the prime followed by up to length generated characters, cut before the first
@@ -146,6 +147,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     from textgen.runs import find_run
 
     config = SampleConfig(temperature=tuple(float(t) for t in temperatures), top_k=top_k, top_p=top_p, min_p=min_p,
+                          max_repeat=max_repeat,
                           length=length, prime=prime, num_samples=num_samples, seed=seed, stop=stop,
                           skip_unknown=skip_unknown)
     config.validate()

@@ -109,6 +109,7 @@ class GenerateRequest(BaseModel):
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     min_p: Optional[float] = Field(None, description="Drop characters less likely than min_p x the likeliest")
+    max_repeat: Optional[int] = Field(None, description="Never one character more than this many times in a row")
     seed: Optional[int] = Field(None, description="The same seed gives the same text")
     stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
     num_samples: int = Field(1, description="Samples per temperature")
@@ -124,7 +125,7 @@ class ScoreRequest(BaseModel):
 def _sample_config(body, limits: Limits) -> SampleConfig:
     temperature = body.temperature if isinstance(body.temperature, list) else [body.temperature]
     config = SampleConfig(temperature=tuple(temperature), top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-                          length=body.length,
+                          max_repeat=body.max_repeat, length=body.length,
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
     try:
