@@ -1,5 +1,6 @@
 """textgen serve: the real server on a loopback port, its API, streaming, concurrency and bad requests."""
 
+import contextlib
 import json
 import random
 import socket
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import PERIOD
+from textgen.evaluation import bpc
 
 
 SERVED = {}
@@ -23,26 +25,34 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_run):
+@contextlib.contextmanager
+def serving(app):
+    """The app on a real uvicorn server on a free loopback port; yields its base URL."""
     import uvicorn
 
-    from textgen.serve import Limits, create_app
-
     port = free_port()
-    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=1000, max_samples=4))
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    running = uvicorn.Server(config)
+    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not running.started:
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        running.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    from textgen.serve import Limits, create_app
+
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=1000, max_samples=4))
     SERVED["app"] = app
-    yield f"http://127.0.0.1:{port}"
-    running.should_exit = True
-    thread.join(timeout=30)
+    with serving(app) as base:
+        yield base
 
 
 def call(base, path, body=None, raw=None, timeout=60):
@@ -62,7 +72,7 @@ def test_health_models_and_openapi(server, trained_run):
     assert status == 200 and models["default"] == "period"
     [model] = models["models"]
     assert (model["name"], model["corpus"], model["epochs"], model["units"]) == ("period", "period.txt", 3, 32)
-    assert model["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / 0.6931471805599453, abs=1e-4)
+    assert model["val_bpc"] == pytest.approx(bpc(trained_run["best_val_loss"]), abs=1e-4)
     status, text = call(server, "/v1/openapi.json")
     assert status == 200 and {"/v1/generate", "/v1/score", "/v1/models"} <= set(json.loads(text)["paths"])
 
@@ -145,7 +155,7 @@ def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch):
         time.sleep(0.05)  # a tiny model is too fast to catch mid-stream otherwise
         return original(self, *args, **kwargs)
     monkeypatch.setattr(Engine, "sample", counted)
-    _, batcher, _ = SERVED["app"].state.runs.get("period")
+    batcher = SERVED["app"].state.runs.get("period").batcher
     body = json.dumps(dict(prime="a", length=1000, temperature=1.0, stream=True)).encode()
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as connection:
@@ -234,3 +244,49 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
     assert f"serving the runs in {trained_run['checkpoint_dir']} (default 'period') on http://127.0.0.1:{port}/" \
         in stderr
     assert '"POST /v1/generate HTTP/1.1" 200' in stderr and '"GET /healthz HTTP/1.1" 200' in stderr
+
+
+def test_scoring_while_generating_does_not_disturb_the_streams(server):
+    request = dict(prime="abc", length=400, temperature=1.1, seed=8)
+    alone = call(server, "/v1/generate", request)[1]
+    with ThreadPoolExecutor(4) as pool:
+        scores = [pool.submit(call, server, "/v1/score", dict(text="abcdefg" * 300)) for _ in range(6)]
+        together = pool.submit(call, server, "/v1/generate", request).result()[1]
+        assert all(future.result()[0] == 200 for future in scores)
+    assert json.loads(together)["samples"] == json.loads(alone)["samples"]
+
+
+def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line(trained_run, tmp_path):
+    import shutil
+
+    from textgen.serve import Runs
+
+    runs = Runs(trained_run["run_dir"], None, (1, 4))  # --checkpoint-dir pointing at the run itself
+    assert runs.default == "period" and runs.get(None).generator.meta.state.epoch == 3
+    copy = tmp_path / "ck"
+    shutil.copytree(trained_run["run_dir"], copy / "good")
+    shutil.copytree(trained_run["run_dir"], copy / "broken")
+    weights = next((copy / "broken").glob("*.weights.h5"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    from textgen.serve import create_app
+
+    with serving(create_app(copy, "good")) as base:
+        status, text = call(base, "/v1/generate", dict(run="broken", length=5))
+        assert status == 400 and "is corrupted (checksum mismatch)" in json.loads(text)["error"]
+        assert call(base, "/v1/generate", dict(length=5, temperature=0))[0] == 200
+
+
+def test_a_taken_port_is_one_line(trained_run):
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "textgen", "serve", "--checkpoint-dir",
+                                 str(trained_run["checkpoint_dir"]), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose " \
+                                    "another --port or stop the program that uses it"

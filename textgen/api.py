@@ -11,17 +11,14 @@ Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionEr
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
-
-from textgen.config import ModelConfig, SampleConfig, TrainConfig, rules
+from textgen.config import SampleConfig, split_training_options
 from textgen.errors import OptionError, TextgenError
+from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
 
-SCORE_BLOCK = 4096  # characters fed to the engine per call when scoring (bounds the logits held at once)
 
 
 def _run_dir(path: str | Path, checkpoint_dir: str | Path) -> Path:
@@ -44,6 +41,7 @@ class TextModel:
         vocab: the :class:`textgen.vocab.Vocabulary` (``vocab.chars`` is the character list).
         config: the :class:`textgen.config.ModelConfig` (layers, units, embedding, dropout).
         info: a dict of facts: run, corpus, epochs, val_bpc (of the loaded checkpoint), parameters.
+        generator: the :class:`textgen.generate.Generator` underneath (engines, weights, metadata).
     """
 
     def __init__(self, run_dir: Path, kind: str = "best"):
@@ -51,13 +49,13 @@ class TextModel:
         from textgen.generate import Generator
 
         self.run_dir = Path(run_dir)
-        self._generator = Generator.load(self.run_dir, kind)
-        meta = self._generator.meta
+        self.generator = Generator.load(self.run_dir, kind)
+        meta = self.generator.meta
         self.vocab = meta.vocab
         self.config = meta.model
         val = meta.state.val_loss
         self.info = dict(run=self.run_dir.name, corpus=meta.corpus["path"], epochs=meta.state.epoch,
-                         val_bpc=None if val is None else val / math.log(2),
+                         val_bpc=None if val is None else bpc(val),
                          parameters=self.config.parameter_count(), checkpoint=meta.kind)
 
     def __repr__(self) -> str:
@@ -92,7 +90,7 @@ class TextModel:
         """
         config = self._config(prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p,
                               max_repeat)
-        texts = [sample.text for sample in self._generator.samples(config)]
+        texts = [sample.text for sample in self.generator.samples(config)]
         return texts[0] if num_samples == 1 else texts
 
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
@@ -107,7 +105,7 @@ class TextModel:
         """
         config = self._config(prime, length, temperature, top_k, top_p, seed, stop, 1, skip_unknown, min_p,
                               max_repeat)
-        return self._generator.stream(config)
+        return self.generator.stream(config)
 
     def score(self, text: str) -> dict:
         """How well the model predicts text, reading it from its first character with a fresh state.
@@ -124,31 +122,16 @@ class TextModel:
         """
         if not isinstance(text, str):
             raise OptionError(f"text must be a string, got {type(text).__name__}")
-        ids, excluded = self.vocab.encode_known(text)
-        if len(ids) < 2:
-            raise TextgenError(f"the text has {len(ids)} character(s) the model knows; scoring needs at least 2")
-        engine = self._generator.engine(1)
-        engine.reset()
-        total = 0.0
-        for start in range(0, len(ids) - 1, SCORE_BLOCK):
-            block = ids[start:min(start + SCORE_BLOCK, len(ids) - 1)]
-            logits = engine.logits(block[None, :].astype(np.int32))[0].astype(np.float64)
-            targets = ids[start + 1:start + 1 + len(block)].astype(np.int64)
-            peak = logits.max(axis=1, keepdims=True)
-            log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-            total += float((log_norm - logits[np.arange(len(block)), targets]).sum())
-        nats = total / (len(ids) - 1)
-        return dict(bpc=nats / math.log(2), nats=nats, perplexity=math.exp(nats), characters=len(ids) - 1,
-                    excluded=excluded)
+        return self.generator.score(text)
 
     def _config(self, prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p,
                 max_repeat):
         if isinstance(temperature, (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")
         config = SampleConfig(temperature=(temperature,), top_k=top_k, top_p=top_p, min_p=min_p,
-                              max_repeat=max_repeat, length=length,
-                              prime=prime, num_samples=num_samples, seed=seed, stop=stop, skip_unknown=skip_unknown)
-        config.validate()
+                              max_repeat=max_repeat, length=length, prime=prime, num_samples=num_samples, seed=seed,
+                              stop=stop, skip_unknown=skip_unknown)
+        config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
 
 
@@ -191,14 +174,8 @@ def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | P
     import_tensorflow_quietly()
     from textgen.training import train as run_training
 
-    model_names, train_names = set(rules(ModelConfig)) - {"vocab_size"}, set(rules(TrainConfig))
-    unknown = sorted(set(options) - model_names - train_names)
-    if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(unknown)}; see textgen train --help for the "
-                          "options (in Python, with underscores: seq_length=100)")
-    summary = run_training(corpus, checkpoint_dir, run,
-                           {k: v for k, v in options.items() if k in model_names},
-                           {k: v for k, v in options.items() if k in train_names},
+    model_options, train_options = split_training_options(options)
+    summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
                            resume=resume, overwrite=overwrite, callbacks=callbacks)
     return TextModel(summary["run_dir"], "best")
 

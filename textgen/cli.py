@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options
+from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options, split_training_options
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -123,8 +123,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 
     if corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
-    run_training(corpus, checkpoint_dir, run, _chosen(options, command_line_options(ModelConfig)),
-                 _chosen(options, command_line_options(TrainConfig)),
+    run_training(corpus, checkpoint_dir, run, *split_training_options(options),
                  resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
 
 

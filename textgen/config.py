@@ -172,6 +172,19 @@ class SampleConfig(_Config):
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
 
 
+def split_training_options(options: dict) -> tuple[dict, dict]:
+    """A flat dict of training options (None: not chosen) -> (ModelConfig fields, TrainConfig fields)."""
+    model = command_line_options(ModelConfig)
+    training = command_line_options(TrainConfig)
+    unknown = sorted(set(options) - set(model) - set(training))
+    if unknown:
+        raise OptionError(f"unknown training option(s): {', '.join(unknown)}; see textgen train --help for the "
+                          "options (in Python, with underscores: seq_length=100)")
+    chosen = {name: value for name, value in options.items() if value is not None}
+    return ({name: value for name, value in chosen.items() if name in model},
+            {name: value for name, value in chosen.items() if name in training})
+
+
 # Options that fix the data layout: changing them on resume would break the carried state
 # and make validation losses incomparable.
 LAYOUT_OPTIONS = ("batch_size", "seq_length", "val_fraction")

@@ -314,13 +314,15 @@ class Engine:
         return None
 
     def sample(self, length, *, temperature, top_k=None, top_p=None, min_p=None, max_repeat=None,
-               rng: np.random.Generator = None, uniforms=None) -> np.ndarray:
+               rng: np.random.Generator = None, uniforms=None, every_filter: bool = False) -> np.ndarray:
         """Generate (num_streams, length) ids, continuing the state.
 
         ``temperature``, ``top_k``, ``top_p`` and ``min_p`` are one value for every stream or one per
         stream (a filter of None leaves that stream unfiltered). ``max_repeat`` (one value, or one per
         stream; None or 0: off) keeps a stream from producing one character more than that many times
-        in a row, counting the end of its prime. The uniforms come from ``rng``, drawn
+        in a row, counting the end of its prime. ``every_filter`` runs the one compiled loop that applies
+        every filter (unused ones with values that keep everything), so that changing which filters are in
+        use never compiles another one (the server's batcher). The uniforms come from ``rng``, drawn
         time-major (``rng.random((length, num_streams))``), so splitting one request into chunks with
         the same generator gives the same ids; or they are given as ``uniforms`` (length, num_streams).
         """
@@ -337,14 +339,16 @@ class Engine:
         if drawn.shape != (length, streams):
             raise ValueError(f"uniforms must have shape ({length}, {streams}), got {drawn.shape}")
         uniforms = sampling.clamp_uniforms(drawn)
-        greedy_only = bool(np.all(temp == 0))
+        greedy_only = bool(np.all(temp == 0)) and not every_filter
         use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
         use_min_p = min_p is not None and not greedy_only
+        if every_filter:
+            use_k = use_p = use_min_p = True
         per_stream = max_repeat if isinstance(max_repeat, (list, tuple, np.ndarray)) else [max_repeat] * streams
         repeats = np.array([0 if value is None else int(value) for value in per_stream], np.int32)
         if len(repeats) != streams or np.any(repeats < 0):
             raise ValueError(f"max_repeat must be None, >= 0, or one such value per stream ({streams})")
-        fn = self._sample_function(greedy_only, use_k, use_p, use_min_p, bool(np.any(repeats > 0)))
+        fn = self._sample_function(greedy_only, use_k, use_p, use_min_p, every_filter or bool(np.any(repeats > 0)))
         options = (tf.constant(temp),
                    tf.constant(top_k if top_k is not None else np.full(streams, self.vocab_size, np.int32)),
                    tf.constant(top_p if top_p is not None else np.full(streams, sampling.NO_TOP_P, np.float32)),

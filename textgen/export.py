@@ -22,24 +22,17 @@ from pathlib import Path
 
 from textgen import lstm_step
 from textgen.errors import TextgenError
+from textgen.generate import start_symbol
 
 FORMATS = ("keras", "savedmodel", "litert")
 
 
 def stock_model(meta, trained) -> "keras.Model":  # noqa: F821
     """The run's network with stock Keras layers at batch 1, holding the trained weights."""
-    import keras
+    from textgen.model import build_model
 
-    config = meta.model
-    inputs = keras.Input(batch_shape=(1, None), dtype="int32", name="ids")
-    x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
-    for index in range(config.layers):
-        x = keras.layers.LSTM(config.units, stateful=True, return_sequences=True,
-                              recurrent_initializer="glorot_uniform", name=f"lstm_{index}")(x)
-    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
-    model = keras.Model(inputs, logits, name="textgen")
-    for layer in model.layers[1:]:
-        layer.set_weights(trained.get_layer(layer.name).get_weights())
+    model = build_model(meta.model, 1, stock=True)
+    model.set_weights(trained.get_weights())
     return model
 
 
@@ -49,7 +42,7 @@ def _serving_module(meta, trained, vocab_file: Path):
 
     config, vocab = meta.model, meta.vocab
     layers = config.layers
-    start_id = vocab.chars.index("\n") if "\n" in vocab.chars else 0
+    start_id = vocab.chars.index(start_symbol(vocab))
 
     class Serving(tf.Module):
         def __init__(self):
@@ -145,16 +138,24 @@ def _write_keras(meta, trained, out: Path) -> list[Path]:
     return [out / "model.keras"]
 
 
+_SERVING: dict = {}  # output directory being built -> its serving module (the SavedModel and LiteRT share one)
+
+
+def _serving(meta, trained, out: Path):
+    if out not in _SERVING:
+        vocab_file = out / "vocab.tsv"  # becomes the SavedModel's asset; removed when the export is complete
+        vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
+        _SERVING[out] = _serving_module(meta, trained, vocab_file)
+    return _SERVING[out]
+
+
 def _write_savedmodel(meta, trained, out: Path) -> list[Path]:
     import tensorflow as tf
 
-    vocab_file = out / "vocab.tsv"
-    vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
-    module = _serving_module(meta, trained, vocab_file)
+    module = _serving(meta, trained, out)
     tf.saved_model.save(module, str(out / "savedmodel"),
                         signatures={"serving_default": module.generate, "generate": module.generate,
                                     "step": module.step})
-    vocab_file.unlink()  # the SavedModel keeps its own copy under savedmodel/assets
     return [out / "savedmodel"]
 
 
@@ -162,15 +163,12 @@ def _write_litert(meta, trained, out: Path) -> list[Path]:
     import tensorflow as tf
 
     config = meta.model
-    vocab_file = out / "vocab.tsv"
-    vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
-    module = _serving_module(meta, trained, vocab_file)
+    module = _serving(meta, trained, out)
     one = module.next_logits.get_concrete_function(tf.TensorSpec([1], tf.int32),
-                                            tf.TensorSpec([config.layers, 1, config.units], tf.float32),
-                                            tf.TensorSpec([config.layers, 1, config.units], tf.float32))
+                                                   tf.TensorSpec([config.layers, 1, config.units], tf.float32),
+                                                   tf.TensorSpec([config.layers, 1, config.units], tf.float32))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([one], module)
     (out / "model.tflite").write_bytes(converter.convert())
-    vocab_file.unlink()
     return [out / "model.tflite"]
 
 
@@ -206,6 +204,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise TextgenError(f"could not export the {name} format ({reason}); nothing was written") from None
             written += [output / path.relative_to(building) for path in paths]
+        (building / "vocab.tsv").unlink(missing_ok=True)  # the SavedModel holds its own copy in its assets
         (building / "vocab.json").write_text(json.dumps(dict(
             chars=list(meta.vocab.chars), run=Path(run_dir).name, epoch=meta.state.epoch,
             val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
@@ -215,6 +214,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         raise TextgenError(f"could not write the export to {output} ({error.strerror or error}); "
                            "nothing was replaced") from None
     finally:
+        _SERVING.pop(building, None)
         shutil.rmtree(building, ignore_errors=True)
     return written + [output / "vocab.json"]
 

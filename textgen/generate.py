@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 import secrets
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -13,10 +16,12 @@ import numpy as np
 
 from textgen.config import SampleConfig
 from textgen.errors import TextgenError
+from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
 
 logger = logging.getLogger("textgen")
+SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the logits held at once)
 STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
 BATCH_CHUNK = 256  # characters per engine call otherwise: large enough to amortise the call
 
@@ -42,9 +47,14 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
     return prime
 
 
-def _start_symbol(vocab) -> str:
+def start_symbol(vocab) -> str:
     """What an empty prime starts from: a newline reads as 'the start of a paragraph'."""
     return "\n" if "\n" in vocab else vocab.chars[0]
+
+
+def request_rng(seed: Optional[int]) -> np.random.Generator:
+    """The uniforms of one request: its seed's generator, or a random one."""
+    return np.random.default_rng(secrets.randbits(63) if seed is None else seed)
 
 
 def _stop_cut(text: str, stop: Optional[str], searched_from: int) -> Optional[int]:
@@ -54,13 +64,66 @@ def _stop_cut(text: str, stop: Optional[str], searched_from: int) -> Optional[in
     return None if found < 0 else found
 
 
+class TextStreams:
+    """The samples of one request as their ids arrive: each cut at length and before the stop string,
+    and the part of the first one that is decided (what could start the stop string is held back)."""
+
+    def __init__(self, vocab, config: SampleConfig, prime: str):
+        self.vocab, self.config, self.prime = vocab, config, prime
+        self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
+        self.texts = [""] * len(self.temperatures)
+        self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
+        self.produced = 0  # characters generated per stream so far
+        self.emitted = 0  # characters of the first stream already handed out
+
+    @property
+    def context(self) -> str:
+        """What the streams are primed with."""
+        return self.prime or start_symbol(self.vocab)
+
+    @property
+    def done(self) -> bool:
+        return self.produced >= self.config.length or all(cut is not None for cut in self.cuts)
+
+    def add(self, ids: np.ndarray) -> None:
+        """Append ids (streams, steps); steps past length are dropped."""
+        for index, row in enumerate(ids):
+            if self.cuts[index] is None:
+                before = len(self.texts[index])
+                self.texts[index] = (self.texts[index] + self.vocab.decode(row))[:self.config.length]
+                self.cuts[index] = _stop_cut(self.texts[index], self.config.stop, before)
+        self.produced += ids.shape[1]
+
+    def take_ready(self) -> str:
+        """The next decided piece of the first stream ("" if none yet)."""
+        text, cut, stop = self.texts[0], self.cuts[0], self.config.stop
+        if cut is not None:
+            ready = cut
+        elif self.done:
+            ready = len(text)
+        else:
+            ready = len(text) - (len(stop) - 1 if stop else 0)
+        piece = text[self.emitted:ready] if ready > self.emitted else ""
+        self.emitted += len(piece)
+        return piece
+
+    def samples(self) -> list[Sample]:
+        return [Sample(self.prime + (text if cut is None else text[:cut]), temperature,
+                       index % self.config.num_samples, cut is not None)
+                for index, (text, cut, temperature) in enumerate(zip(self.texts, self.cuts, self.temperatures))]
+
+
 class Generator:
-    """A checkpoint loaded for generation: the model at batch 1, its metadata, and compiled engines
-    (one per number of streams, kept for the next call)."""
+    """A checkpoint loaded for generation: the model at batch 1, its metadata and weights, and compiled
+    engines (one per number of streams, reused by later calls; a busy engine is never lent twice)."""
 
     def __init__(self, model, meta):
+        from textgen.engine import weights_from_model
+
         self.model, self.meta, self.vocab = model, meta, meta.vocab
-        self._engines: dict = {}
+        self.weights = weights_from_model(model)
+        self._idle: dict = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, run_dir: Path, kind: str = "best") -> "Generator":
@@ -68,67 +131,80 @@ class Generator:
 
         return cls(*load_model(Path(run_dir), batch_size=1, kind=kind))
 
-    def engine(self, streams: int):
+    def take_engine(self, streams: int):
+        """An engine of streams streams for the caller alone, until it is given back."""
         from textgen.engine import Engine
 
-        if streams not in self._engines:
-            self._engines[streams] = Engine.from_model(self.model, num_streams=streams)
-        return self._engines[streams]
+        with self._lock:
+            idle = self._idle.setdefault(streams, [])
+            return idle.pop() if idle else Engine(self.weights, streams)
+
+    def give_back(self, engine) -> None:
+        with self._lock:
+            self._idle.setdefault(engine.num_streams, []).append(engine)
+
+    @contextlib.contextmanager
+    def engine(self, streams: int):
+        engine = self.take_engine(streams)
+        try:
+            yield engine
+        finally:
+            self.give_back(engine)
 
     def _produce(self, config: SampleConfig, chunk: int, warn: Callable[[str], None]):
-        """Validate, prime every stream, then yield (prime, texts, cut positions, characters produced) per chunk."""
+        """Validate and prime the streams of one request, then yield its TextStreams once before and
+        once after each chunk."""
         config.validate()
-        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, warn)
-        streams = [t for t in config.temperature for _ in range(config.num_samples)]
-        engine = self.engine(len(streams))
-        engine.prime(np.tile(self.vocab.encode(prime or _start_symbol(self.vocab))[None, :].astype(np.int32),
-                             (len(streams), 1)))
-        rng = np.random.default_rng(secrets.randbits(63) if config.seed is None else config.seed)
-        generated, cut = [""] * len(streams), [None] * len(streams)
-        produced = 0
-        yield prime, generated, cut, produced
-        while produced < config.length and any(c is None for c in cut):
-            step = min(chunk, config.length - produced)
-            produced += step
-            ids = engine.sample(step, temperature=np.array(streams, np.float32), top_k=config.top_k,
-                                top_p=config.top_p, min_p=config.min_p, max_repeat=config.max_repeat, rng=rng)
-            for index, row in enumerate(ids):
-                if cut[index] is None:
-                    before = len(generated[index])
-                    generated[index] += self.vocab.decode(row)
-                    cut[index] = _stop_cut(generated[index], config.stop, before)
-            yield prime, generated, cut, produced
+        streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
+        rng = request_rng(config.seed)
+        with self.engine(len(streams.temperatures)) as engine:
+            engine.prime(np.tile(self.vocab.encode(streams.context)[None, :].astype(np.int32),
+                                 (len(streams.temperatures), 1)))
+            yield streams
+            while not streams.done:
+                step = min(chunk, config.length - streams.produced)
+                streams.add(engine.sample(step, temperature=np.array(streams.temperatures, np.float32),
+                                          top_k=config.top_k, top_p=config.top_p, min_p=config.min_p,
+                                          max_repeat=config.max_repeat, rng=rng))
+                yield streams
 
     def samples(self, config: SampleConfig, show_progress: bool = False,
                 warn: Callable[[str], None] = logger.warning) -> list[Sample]:
         """num_samples texts per temperature: each the prime plus up to length characters, cut before stop."""
         bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
-        for prime, generated, cut, produced in self._produce(config, BATCH_CHUNK, warn):  # noqa: B007 (kept after)
-            bar(produced)
-        labels = [(t, i) for t in config.temperature for i in range(config.num_samples)]
-        return [Sample(prime + (text if c is None else text[:c]), t, i, c is not None)
-                for text, c, (t, i) in zip(generated, cut, labels)]
+        for streams in self._produce(config, BATCH_CHUNK, warn):
+            bar(streams.produced)
+        return streams.samples()
 
     def stream(self, config: SampleConfig, warn: Callable[[str], None] = logger.warning) -> Iterator[str]:
         """One sample (the first temperature) as pieces of text as they are produced, the prime first.
 
         The generator's return value (StopIteration.value) is the finished Sample."""
         config = dataclasses.replace(config, temperature=config.temperature[:1], num_samples=1)
-        emitted = 0
-        for prime, [text], [cut], produced in self._produce(config, STREAM_CHUNK, warn):
-            if produced == 0:
-                if prime:
-                    yield prime
-                continue
-            # Hold back what could be the start of the stop string until it is decided.
-            ready = cut if cut is not None else len(text) - (len(config.stop) - 1 if config.stop else 0)
-            if ready > emitted:
-                yield text[emitted:ready]
-                emitted = ready
-        final = text if cut is None else text[:cut]
-        if len(final) > emitted:
-            yield final[emitted:]
-        return Sample(prime + final, config.temperature[0], 0, cut is not None)
+        for streams in self._produce(config, STREAM_CHUNK, warn):
+            piece = streams.take_ready() if streams.produced else streams.prime
+            if piece:
+                yield piece
+        return streams.samples()[0]
+
+    def score(self, text: str) -> dict:
+        """Cross-entropy of text read from its first character with a fresh state; characters outside
+        the vocabulary are removed (and counted) first."""
+        ids, excluded = self.vocab.encode_known(text)
+        if len(ids) < 2:
+            raise TextgenError(f"the text has {len(ids)} character(s) the model knows; scoring needs at least 2")
+        total = 0.0
+        with self.engine(1) as engine:
+            engine.reset()
+            for start in range(0, len(ids) - 1, SCORE_BLOCK):
+                block = ids[start:min(start + SCORE_BLOCK, len(ids) - 1)]
+                logits = engine.logits(block[None, :].astype(np.int32))[0].astype(np.float64)
+                targets = ids[start + 1:start + 1 + len(block)].astype(np.int64)
+                peak = logits.max(axis=1, keepdims=True)
+                log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+                total += float((log_norm - logits[np.arange(len(block)), targets]).sum())
+        nats = total / (len(ids) - 1)
+        return dict(bpc=bpc(nats), nats=nats, perplexity=math.exp(nats), characters=len(ids) - 1, excluded=excluded)
 
 
 def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None, prime: str = "",

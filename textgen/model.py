@@ -2,35 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 from textgen.config import ModelConfig
 from textgen.fast_lstm import FastLSTM
 
 
-def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float32") -> keras.Model:
+def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float32",
+                stock: bool = False) -> keras.Model:
     """Build the model for a fixed number of parallel streams.
 
     The LSTM state lives in the layers between calls, so the batch size is part of the
     graph. Weights do not depend on it: a model trained at batch 64 loads into batch 1.
     ``matmul_dtype="bfloat16"`` is mixed-precision training (see FastLSTM); weights stay float32.
+    ``stock=True`` builds the same network from plain ``keras.layers.LSTM`` without dropout: an inference
+    network that Keras loads without textgen (``textgen export``).
     """
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
+    dropout = 0.0 if stock else config.dropout
     for index in range(config.layers):
-        x = FastLSTM(
-            config.units,
-            stateful=True,
-            return_sequences=True,
-            recurrent_initializer="glorot_uniform",
-            dropout=config.dropout,
-            name=f"lstm_{index}",
-            matmul_dtype=matmul_dtype,
-        )(x)
-    if config.dropout:
+        lstm = keras.layers.LSTM if stock else functools.partial(FastLSTM, matmul_dtype=matmul_dtype)
+        x = lstm(config.units, stateful=True, return_sequences=True, recurrent_initializer="glorot_uniform",
+                 dropout=dropout, name=f"lstm_{index}")(x)
+    if dropout:
         # Dropout on the last LSTM's output too (Zaremba et al.: every non-recurrent connection); it has
         # no weights, so checkpoints load with or without it.
-        x = keras.layers.Dropout(config.dropout, name="output_dropout")(x)
+        x = keras.layers.Dropout(dropout, name="output_dropout")(x)
     logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
     return keras.Model(inputs, logits, name="textgen")
 

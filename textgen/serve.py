@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 import logging
 import threading
@@ -33,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.config import SampleConfig
 from textgen.errors import TextgenError
+from textgen.evaluation import bpc
 
 logger = logging.getLogger("textgen")
 
@@ -51,52 +53,64 @@ class BadRequest(Exception):
         self.status = status
 
 
+@dataclass
+class Served:
+    """One loaded run: its generator (for scoring) and the batcher its requests share."""
+
+    name: str
+    generator: object  # textgen.generate.Generator
+    batcher: object  # textgen.batcher.Batcher
+
+
 class Runs:
-    """The runs under a checkpoint directory, each loaded once, with a lock each."""
+    """The runs under a checkpoint directory (or the one run it is), each loaded once: the default run at
+    start-up, so that a damaged one is refused at once, the others on first use."""
 
     def __init__(self, checkpoint_dir: Path, default: Optional[str], buckets: tuple):
         from textgen.runs import find_run
 
         self.buckets = buckets  # engine sizes of each run's batcher
         self.checkpoint_dir = Path(checkpoint_dir)
-        self.default = find_run(self.checkpoint_dir, default).name  # fails at start-up if there is none
-        self._loaded: dict = {}
+        self._loaded: dict[str, Served] = {}
         self._guard = threading.Lock()
+        self.default = find_run(self.checkpoint_dir, default).name
+        self.get(self.default)
 
-    def names(self) -> list[str]:
+    def paths(self) -> dict[str, Path]:
         from textgen.runs import list_runs
 
-        return [path.name for path in list_runs(self.checkpoint_dir)]
+        return {path.name: path for path in list_runs(self.checkpoint_dir)}
 
-    def describe(self, name: str) -> dict:
+    def describe(self, name: str, path: Path) -> dict:
         from textgen.checkpoint import read_meta
 
-        meta = read_meta(self.checkpoint_dir / name, "best") or read_meta(self.checkpoint_dir / name, "last")
+        served = self._loaded.get(name)
+        try:
+            meta = served.generator.meta if served else (read_meta(path, "best") or read_meta(path, "last"))
+        except TextgenError as error:
+            return dict(name=name, error=str(error))
         val = meta.state.val_loss
         return dict(name=name, corpus=Path(meta.corpus["path"]).name, characters=meta.corpus["length"],
-                    epochs=meta.state.epoch, val_bpc=None if val is None else round(val / 0.6931471805599453, 4),
+                    epochs=meta.state.epoch, val_bpc=None if val is None else round(bpc(val), 4),
                     parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
                     vocabulary=meta.model.vocab_size)
 
-    def get(self, name: Optional[str]):
-        """(TextModel, Batcher, scoring lock) of the named run (default: the server's run)."""
-        from textgen.api import TextModel
+    def get(self, name: Optional[str]) -> Served:
+        """The named run (default: the server's run), loaded on first use."""
         from textgen.batcher import Batcher
+        from textgen.generate import Generator
         from textgen.runs import check_run_name
 
         name = name or self.default
-        if not isinstance(name, str):
-            raise BadRequest("run must be a string")
-        try:
-            check_run_name(name)
-        except TextgenError as error:
-            raise BadRequest(str(error)) from None
-        if name not in self.names():
+        if name in self._loaded:
+            return self._loaded[name]
+        path = self.paths().get(check_run_name(name))
+        if path is None:
             raise BadRequest(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
         with self._guard:
             if name not in self._loaded:
-                model = TextModel(self.checkpoint_dir / name)
-                self._loaded[name] = (model, Batcher(model._generator, self.buckets), threading.Lock())
+                generator = Generator.load(path)
+                self._loaded[name] = Served(name, generator, Batcher(generator, self.buckets))
             return self._loaded[name]
 
 
@@ -128,10 +142,7 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
                           max_repeat=body.max_repeat, length=body.length,
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
-    try:
-        config.validate()
-    except TextgenError as error:
-        raise BadRequest(str(error)) from None
+    config.validate()
     if config.length > limits.max_length:
         raise BadRequest(f"length must be at most {limits.max_length} on this server, got {config.length}")
     if len(config.temperature) * config.num_samples > limits.max_samples:
@@ -157,6 +168,10 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.exception_handler(BadRequest)
     async def bad_request(request, exc: BadRequest):
         return error(exc.status, str(exc))
+
+    @app.exception_handler(TextgenError)
+    async def refused(request, exc: TextgenError):  # bad options, an unknown prime character, a damaged run
+        return error(400, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -185,46 +200,32 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.get("/v1/models")
     def models():
-        return {"default": runs.default, "models": [runs.describe(name) for name in runs.names()]}
+        return {"default": runs.default, "models": [runs.describe(name, path) for name, path in runs.paths().items()]}
 
     @app.post("/v1/generate")
     async def generate(body: GenerateRequest):
-        _, batcher, _ = await run_in_threadpool(runs.get, body.run)  # the first use of a run loads it
-        config = _sample_config(body, limits)
-        options = {key: value for key, value in body.model_dump().items() if key != "stream"}
-        options["run"] = body.run or runs.default
+        config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         if body.stream and len(config.temperature) * config.num_samples != 1:
             raise BadRequest("stream gives one sample: one temperature and num_samples 1")
+        served = await run_in_threadpool(runs.get, body.run)  # the first use of a run loads it
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
-        try:
-            job = batcher.submit(config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
-        except TextgenError as failure:
-            raise BadRequest(str(failure)) from None
+        job = served.batcher.submit(config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
         if body.stream:
             return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
-        try:
-            while await inbox.get() is not None:
-                pass
-        finally:
-            job.cancel()  # a no-op once it is done; frees its streams if this request is abandoned
+        while await inbox.get() is not None:  # the job runs to its end even if this client has gone
+            pass
         if job.error is not None:
             raise BadRequest(f"generation failed ({type(job.error).__name__}); try again", status=500)
-        samples = [dict(text=job.prime + text, temperature=temperature, index=index % config.num_samples,
-                        stopped=stopped)
-                   for index, ((text, stopped), temperature) in enumerate(zip(job.final_texts(), job.temperatures))]
-        return {"options": options, "samples": samples}
+        options = dict(body.model_dump(exclude={"stream"}), run=served.name)
+        return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
     @app.post("/v1/score")
     def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
             raise BadRequest(f"text must be at most {limits.max_score_chars} characters on this server")
-        model, _, lock = runs.get(body.run)
-        with lock:
-            try:
-                return dict(run=body.run or runs.default, **model.score(body.text))
-            except TextgenError as failure:
-                raise BadRequest(str(failure)) from None
+        served = runs.get(body.run)
+        return dict(run=served.name, **served.generator.score(body.text))
 
     return app
 
@@ -250,15 +251,24 @@ async def _events(job, inbox):
         if job.error is not None:
             yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
         else:
-            yield f"event: done\ndata: {json.dumps({'stopped': job.final_texts()[0][1]})}\n\n"
+            yield f"event: done\ndata: {json.dumps({'stopped': job.streams.samples()[0].stopped})}\n\n"
     finally:
         job.cancel()
 
 
 def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits()) -> None:
     """Run the server until Ctrl-C or SIGTERM."""
+    import socket
+
     import uvicorn
 
+    with socket.socket() as probe:  # refuse a taken port in one line, before loading anything
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise TextgenError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or stop "
+                               "the program that uses it") from None
     app = create_app(checkpoint_dir, run, limits)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{host}:{port}/ "
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
