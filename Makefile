@@ -44,7 +44,7 @@ test: $(STAMP) ## Run every test (what CI runs; about 3 minutes on 2 cores)
 test-fast: $(STAMP) ## Run the tests without the slow fault-injection ones
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP) ## Speed benchmarks (sampling, training, corpus encoding); results go to BENCHMARKS.md
+bench: $(STAMP) ## Speed benchmarks (sampling, training, corpus, distributed, serving); results go to BENCHMARKS.md
 	$(BIN)/python benchmarks/run_all.py
 
 # The PyTorch peers get a virtualenv of their own: torch is never a textgen dependency. 2.13.0 is the CPU

@@ -42,7 +42,7 @@ def child(mode: str, corpus: str, cache: str, steps: int) -> None:
     sys.path.insert(0, str(HERE.parent))
     import numpy as np
 
-    from textgen.batching import StreamBatches
+    from textgen.batching import StreamBatches, split_validation
     from textgen.config import ModelConfig, TrainConfig
     from textgen.corpus import load_corpus
     from textgen.vocab import Vocabulary
@@ -58,8 +58,8 @@ def child(mode: str, corpus: str, cache: str, steps: int) -> None:
         ids = ids.astype(np.int32)
     encode_seconds = time.perf_counter() - started
     train_config = TrainConfig()
-    n_val = int(len(ids) * train_config.val_fraction)
-    batches = StreamBatches(ids[:len(ids) - n_val], train_config.batch_size, train_config.seq_length)
+    batches = StreamBatches(split_validation(ids, train_config.val_fraction)[0], train_config.batch_size,
+                            train_config.seq_length)
     from textgen.session import Session
 
     session = Session(ModelConfig(vocab_size=len(vocab)), train_config)

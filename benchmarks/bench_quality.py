@@ -9,7 +9,6 @@ validation loss in nats and bits per character and records it in BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +32,10 @@ def main() -> None:
         sys.exit(f"training failed (exit code {result.returncode}):\n{result.stderr[-2000:]}")
     log = [line for line in result.stderr.splitlines() if line.startswith(("training", "epoch", "stopped"))]
     from textgen.checkpoint import read_meta
+    from textgen.evaluation import bpc
 
     best = read_meta(ROOT / "benchmarks" / "out" / "quality", "best").state
-    summary = (f"best validation loss {best.val_loss:.4f} nats ({best.val_loss / math.log(2):.3f} bpc) "
+    summary = (f"best validation loss {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc) "
                f"after {args.minutes:g} minutes; target <= 1.42 nats")
     print("\n".join(log + [summary]))
     update_section("Quality at a fixed budget", ["benchmarks/bench_quality.py", *sys.argv[1:]],

@@ -33,6 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from textgen import checkpoint  # noqa: E402
+from textgen.batcher import BUCKETS  # noqa: E402
 from textgen.checkpoint import CheckpointMeta, RunState  # noqa: E402
 from textgen.config import ModelConfig, TrainConfig  # noqa: E402
 from textgen.model import build_model  # noqa: E402
@@ -129,8 +130,8 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.05)
         counts = [int(n) for n in args.clients.split(",")]
-        for n in sorted(set(counts) | {1, 4, 8, 16, 32, 64}):  # warm up: compile every engine size once
-            clients_in_another_process(port, min(n, 64), 40)
+        for n in sorted(set(counts) | set(BUCKETS)):  # warm up: compile every engine size once
+            clients_in_another_process(port, min(n, BUCKETS[-1]), 40)
         rows = [clients_in_another_process(port, n, args.length) for n in counts]
         server.should_exit = True
 

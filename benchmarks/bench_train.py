@@ -1,8 +1,10 @@
 """Training throughput: stock keras.layers.LSTM vs textgen FastLSTM, against the machine ceiling.
 
 Reference config: vocabulary 65, embedding 256, one stateful LSTM of 512 units, batch 64,
-sequence 100, random ids, the project's custom train step (tf.function + GradientTape,
-SparseCategoricalCrossentropy(from_logits=True), Adam(global_clipnorm=5), apply_gradients).
+sequence 100, random ids, one minimal train step for every variant (tf.function + GradientTape,
+SparseCategoricalCrossentropy(from_logits=True), Adam(global_clipnorm=5), apply_gradients): it compares
+the layers, not the whole of `textgen train` (its Session step, with weight decay and the distributed
+clip, is timed against PyTorch in bench_peers.py).
 
 Both models are built with the same weights and timed in alternating blocks in one process
 (warm-up steps excluded). The ceiling is the best float32 numpy matmul FLOP/s measured in
@@ -110,7 +112,6 @@ def main(argv=None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
     if args.inter:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
 
     from textgen.fast_lstm import FastLSTM

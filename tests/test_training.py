@@ -274,3 +274,10 @@ def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corp
     assert best.state.history[-1]["val_loss"] == best.state.val_loss
     resumed = run(periodic_corpus, tmp_path, epochs=1, resume=True, train_options=dict(max_minutes=0))
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
+
+
+def test_a_callback_can_stop_the_run_at_once(tmp_path, periodic_corpus):
+    summary = run(periodic_corpus, tmp_path, epochs=3, callbacks=[AtStep(3, lambda r: r.stop("enough", now=True))])
+    assert summary["stopped"] == "enough" and summary["epoch"] == 0
+    last = checkpoint.read_meta(tmp_path / "r", "last").state
+    assert (last.epoch, last.step_in_epoch) == (0, 3) and last.val_loss == pytest.approx(summary["val_loss"])

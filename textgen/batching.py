@@ -42,3 +42,9 @@ class StreamBatches:
     def min_length(batch_size: int, seq_length: int) -> int:
         """Characters needed for one whole batch (the +1 is the last target)."""
         return batch_size * seq_length + 1
+
+
+def split_validation(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, validation ids): the contiguous last val_fraction of the corpus is held out."""
+    n_val = int(len(ids) * val_fraction)
+    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]

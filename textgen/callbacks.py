@@ -2,8 +2,8 @@
 
 :func:`textgen.training.fit` calls, in list order, ``on_train_start(run)`` once, then per epoch
 ``on_epoch_start(run)``, ``on_step_end(run, loss)`` after every step and ``on_epoch_end(run, improved)``
-after validation. A callback stops training by raising (a failure), by setting ``run.stop_reason``
-(stop after this epoch) or by also setting ``run.end_epoch`` (validate and save now, then stop).
+after validation. A callback stops training by raising (a failure) or by calling ``run.stop(reason)``
+(stop after this epoch; ``now=True``: validate and save now, then stop).
 """
 
 from __future__ import annotations
@@ -83,8 +83,7 @@ class StopRequests(Callback):
                 f"{run.run_dir}; resume with: textgen train {run.corpus_path} --checkpoint-dir {run.run_dir.parent} "
                 f"--run {run.run_dir.name} --resume", self.signals[0] if self.signals else signal.SIGTERM)
         if time_up > 0:
-            run.end_epoch = True
-            run.stop_reason = f"time budget of {run.config.max_minutes:g} minutes reached"
+            run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
 
 
 class Checkpointer(Callback):
@@ -105,8 +104,8 @@ class Patience(Callback):
 
     def on_epoch_end(self, run, improved: bool) -> None:
         patience = run.config.patience
-        if patience and run.stop_reason is None and run.state.epoch - run.state.best_epoch >= patience:
-            run.stop_reason = f"no validation improvement for {patience} epochs"
+        if patience and run.state.epoch - run.state.best_epoch >= patience:
+            run.stop(f"no validation improvement for {patience} epochs")
 
 
 class ProgressBar(Callback):

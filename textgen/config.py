@@ -31,6 +31,7 @@ class Rule:
     choices: Optional[Sequence[str]] = None  # the allowed strings, for a choice option
     many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line)
     short: Optional[str] = None  # a one-letter command-line alias such as "-t"
+    layout: bool = False  # fixes the data layout: a resumed run may not change it (carried state, comparable losses)
     before: Any = _UNSET  # the behaviour of checkpoints written before this option existed
 
     @property
@@ -122,9 +123,9 @@ class TrainConfig(_Config):
     epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done).", low=1,
                          integer=True)
     batch_size: int = option(64, "Parallel character streams per batch (the LSTM state has one row each).",
-                             low=1, integer=True)
+                             low=1, integer=True, layout=True)
     seq_length: int = option(50, "Characters per training window (how far back gradients flow).", low=1,
-                             integer=True)
+                             integer=True, layout=True)
     learning_rate: float = option(3e-3, "Adam learning rate (the peak of the schedule).", low=0, low_open=True)
     lr_schedule: str = option(
         "cosine", "cosine = fall every step to 1% of --learning-rate by the end of the run (--epochs, or "
@@ -142,7 +143,7 @@ class TrainConfig(_Config):
         "float32), ~1.4x faster on CPUs with AVX512_BF16 or AMX; auto: on where the CPU has them.",
         choices=("auto", "on", "off"), before="off")
     val_fraction: float = option(0.1, "Contiguous last fraction of the corpus held out for validation.", low=0,
-                                 high=1, low_open=True, high_open=True)
+                                 high=1, low_open=True, high_open=True, layout=True)
     patience: int = option(0, "Stop after this many epochs without a better validation loss (0 = never).", low=0,
                            integer=True)
     max_minutes: float = option(0.0, "Validate, save and stop after this many minutes of training (0 = no limit).",
@@ -185,9 +186,7 @@ def split_training_options(options: dict) -> tuple[dict, dict]:
             {name: value for name, value in chosen.items() if name in training})
 
 
-# Options that fix the data layout: changing them on resume would break the carried state
-# and make validation losses incomparable.
-LAYOUT_OPTIONS = ("batch_size", "seq_length", "val_fraction")
+LAYOUT_OPTIONS = tuple(name for name, rule in rules(TrainConfig).items() if rule.layout)
 
 
 def check_range(name: str, value, **rule) -> None:

@@ -174,7 +174,7 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
     scale = lstm_step.candidate_scale(units, dtype)
     # One big input projection for the whole window.
     xw = _matmul(tf.reshape(x_tm, [-1, in_dim]), kernel * scale, operand_dtype) + bias * scale
-    xw = tf.reshape(xw, [steps, batch, 4 * units])
+    xw = tf.reshape(xw, [steps, batch, lstm_step.GATES * units])
     # The step's product is computed as z^T = R^T h^T, a (4U, U) x (U, B) matmul with a (4U, B)
     # result, then transposed back (a cache-resident 4U x B copy). On CPU (oneDNN and Eigen alike)
     # that shape runs ~1.5x faster than the (B, U) x (U, 4U) one: BENCHMARKS.md, "Against PyTorch".
@@ -183,7 +183,7 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
     offset = 1 if save else 0
     h_ta = tf.TensorArray(dtype, size=steps + offset, element_shape=h0.shape)
     c_ta = tf.TensorArray(dtype, size=steps + offset if save else 0, element_shape=c0.shape)
-    s_ta = tf.TensorArray(dtype, size=steps if save else 0, element_shape=[4, h0.shape[0], units])
+    s_ta = tf.TensorArray(dtype, size=steps if save else 0, element_shape=[lstm_step.GATES, h0.shape[0], units])
     if save:
         h_ta = h_ta.write(0, h0)
         c_ta = c_ta.write(0, c0)
@@ -192,7 +192,7 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
         s = tf.sigmoid(xw[t] + tf.transpose(_matmul(rk_t, h, operand_dtype, transpose_b=True)))
         # (B, 4U) -> gate-major (4, B, U): one transpose instead of a column split, and
         # the gates (and the backward's reads of them) become free dim-0 views.
-        s = tf.transpose(tf.reshape(s, [-1, 4, units]), [1, 0, 2])
+        s = tf.transpose(tf.reshape(s, [-1, lstm_step.GATES, units]), [1, 0, 2])
         h, c = lstm_step.cell_update(*tf.unstack(s), c)
         h_ta = h_ta.write(t + offset, h)
         if save:
@@ -231,7 +231,7 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
     # Pre-transposed: matmul(..., transpose_b=True) is slower on CPU (up to 5x for this
     # shape). Snapshot stops grappler from folding the transpose back into the matmul.
     recurrent_t = tf.cast(_materialized_transpose(recurrent), operand_dtype)
-    dz_ta = tf.TensorArray(dtype, size=steps, element_shape=[batch_units[0], 4 * units])
+    dz_ta = tf.TensorArray(dtype, size=steps, element_shape=[batch_units[0], lstm_step.GATES * units])
 
     def body(t, dh, dc, dz_ta):
         dz, dc = lstm_step.gate_gradients(s_all[t], c_all[t], c_all[t + 1], dh + d_outputs[t], dc)
@@ -243,7 +243,7 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
         (steps - 1, dh, dc, dz_ta),
         maximum_iterations=steps,
     )
-    dz = tf.reshape(dz_ta.stack(), [-1, 4 * units])
+    dz = tf.reshape(dz_ta.stack(), [-1, lstm_step.GATES * units])
     x_flat = tf.reshape(x_tm, [-1, in_dim])
     h_prev = tf.reshape(h_all[:-1], [-1, units])
     # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a

@@ -48,8 +48,10 @@ def plot_history(run_dir: Path, history: list[dict]) -> Path:
     axes.legend()
     figure.tight_layout()
     path = run_dir / "curve.png"
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
-    pyplot.close(figure)
+    try:
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+    finally:
+        pyplot.close(figure)  # also when saving fails: training goes on and must not pile up figures
     return path
 
 

@@ -14,15 +14,14 @@ import secrets
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 
 from textgen import callbacks as cb
 from textgen import checkpoint
-from textgen.batching import StreamBatches
+from textgen.batching import StreamBatches, split_validation
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
@@ -55,11 +54,6 @@ def stop_on_signals():
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def _split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    n_val = int(len(ids) * val_fraction)
-    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
 
 
 def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig) -> None:
@@ -165,12 +159,19 @@ class Run:
     state: RunState  # advanced by fit; saved in every checkpoint
     writes: bool = True  # False on multi-worker workers other than the chief
     log: Callable[[str], None] = logger.info
-    started: float = 0.0  # monotonic time at which state.elapsed_seconds was 0
-    elapsed: float = 0.0  # seconds of training so far (agreed between workers)
+    started: float = 0.0  # monotonic time at which the run's training time was 0 (set by fit)
+    elapsed: float = 0.0  # seconds of training so far, across resumes (agreed between workers)
     carried_states: Optional[dict] = None  # the LSTM state at the end of the steps, before validation reset it
-    end_epoch: bool = False  # set by a callback: validate and save now, then stop
-    stop_reason: Optional[str] = None  # set by a callback: stop after this epoch, for this reason
-    callbacks: list = field(default_factory=list)
+    stop_reason: Optional[str] = None  # why the run stops after this epoch (see stop)
+    end_epoch: bool = False  # whether it stops at once: validate and save now (see stop)
+
+    def stop(self, reason: str, now: bool = False) -> None:
+        """Stop after this epoch, or with now=True after this step (then validate and save)."""
+        self.stop_reason = self.stop_reason or reason
+        self.end_epoch = self.end_epoch or now
+
+    def tick(self) -> None:
+        self.elapsed = time.monotonic() - self.started
 
     def learning_rate(self) -> float:
         steps = len(self.train_batches)
@@ -186,7 +187,7 @@ class Run:
     def save(self, kinds: tuple[str, ...], lstm_states: Optional[dict] = None, validated: bool = False) -> None:
         """Write a checkpoint of the current state (the chief only); unless it was just validated, it
         records the epoch's mean training loss so far and no validation loss."""
-        self.state.elapsed_seconds = time.monotonic() - self.started
+        self.state.elapsed_seconds = self.elapsed
         if not validated:
             self.state.train_loss, self.state.val_loss = self.state.epoch_mean_loss, None
         if self.writes:
@@ -199,6 +200,8 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
     """Train until --epochs are done or a callback stops the run; return why it stopped."""
     state, session = run.state, run.session
     chars_per_step = run.config.batch_size * run.config.seq_length
+    run.elapsed = state.elapsed_seconds
+    run.started = time.monotonic() - run.elapsed
     for callback in callbacks:
         callback.on_train_start(run)
     while state.epoch < run.config.epochs and run.stop_reason is None:
@@ -214,13 +217,14 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             state.step_in_epoch, state.global_step = step + 1, state.global_step + 1
             state.chars_seen += chars_per_step
             state.epoch_loss_sum += loss
-            run.elapsed = time.monotonic() - run.started
+            run.tick()
             for callback in callbacks:
                 callback.on_step_end(run, loss)
             if run.end_epoch:
                 break
         run.carried_states = session.lstm_states()  # validation resets the state a mid-epoch resume needs
         state.train_loss, state.val_loss = state.epoch_mean_loss, run.validate()
+        run.tick()
         if not run.end_epoch:
             state.epoch, state.step_in_epoch = epoch + 1, 0
         improved = state.best_val_loss is None or state.val_loss < state.best_val_loss
@@ -230,7 +234,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             epoch=epoch + 1, step=state.global_step, chars_seen=state.chars_seen, train_loss=state.train_loss,
             train_bpc=bpc(state.train_loss), val_loss=state.val_loss, val_bpc=bpc(state.val_loss),
             learning_rate=float(session.optimizer.learning_rate.numpy()),
-            seconds=round(time.monotonic() - run.started, 2))]
+            seconds=round(run.elapsed, 2))]
         for callback in callbacks:
             callback.on_epoch_end(run, improved)
     return run.stop_reason or f"{run.config.epochs} epochs done"
@@ -283,7 +287,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
     if meta is None:
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
-    train_ids, val_ids = _split(data.ids, config.val_fraction)
+    train_ids, val_ids = split_validation(data.ids, config.val_fraction)
     _check_lengths(corpus_path, train_ids, val_ids, config)
     session = Session(model_config, config, make_strategy(strategy_name))
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
@@ -294,7 +298,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log)
     if meta is not None:
         session.restore(run_dir, meta)
-        _log_resume(run, meta, log)
+        _log_resume(run, meta)
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
@@ -302,8 +306,6 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else ""))
     if writes and (note := mixed_precision_note(config.mixed_precision)):
         log(note)
-    run.elapsed = run.state.elapsed_seconds
-    run.started = time.monotonic() - run.elapsed
     with stop_on_signals() as signals:
         reports = [cb.ProgressBar(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []), cb.EpochLog()]
         stopped = fit(run, [cb.LossGuard(), *extra_callbacks, cb.StopRequests(signals), cb.Checkpointer(),
@@ -317,15 +319,15 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
 
 
-def _log_resume(run: Run, meta: CheckpointMeta, log: Callable[[str], None]) -> None:
+def _log_resume(run: Run, meta: CheckpointMeta) -> None:
     state, config, saved = run.state, run.config, meta.training
-    log(f"resuming {run.run_dir} at epoch {state.epoch}"
+    run.log(f"resuming {run.run_dir} at epoch {state.epoch}"
         + (f", step {state.step_in_epoch}" if state.step_in_epoch else ""))
     if config.lr_schedule == "cosine" and (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes):
         before, after = (learning_rate_for(c, 0, run_fraction(c, state.global_step, len(run.train_batches),
                                                                state.elapsed_seconds))
                          for c in (saved, config))
-        log(f"note: the run's length changed (--epochs {saved.epochs} -> {config.epochs}, --max-minutes "
+        run.log(f"note: the run's length changed (--epochs {saved.epochs} -> {config.epochs}, --max-minutes "
             f"{saved.max_minutes:g} -> {config.max_minutes:g}), so the cosine schedule is re-stretched: the "
             f"learning rate goes from {before:.3g} to {after:.3g}")
 
