@@ -187,6 +187,7 @@ BAD_BODIES = [
     (json.dumps(dict(unknown_field=1)).encode(), 422), (json.dumps(dict(seed=-2)).encode(), 400),
     (json.dumps(dict(temperature=[0.5, 1.0], stream=True)).encode(), 400),
     (json.dumps(dict(prime="a" * 70000)).encode(), 413),
+    (json.dumps(dict(prime="a" * 5000)).encode(), 400),
 ]
 
 

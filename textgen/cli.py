@@ -138,7 +138,7 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
     import_tensorflow_quietly()
     from textgen.corpus import read_text
-    from textgen.generate import format_samples, generate, parse_temperatures, write_output
+    from textgen.generate import format_samples, generate_with, parse_temperatures, write_output
 
     chosen = _chosen(options, command_line_options(SampleConfig))
     if "temperature" in chosen:
@@ -149,10 +149,8 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
         chosen["prime"] = read_text(prime_file, what="prime")
     config = SampleConfig(**chosen)
     live = output is None and len(config.temperature) * config.num_samples == 1 and sys.stdout.isatty()
-    samples = generate(checkpoint_dir, run, config.prime, config.length, config.temperature, config.top_k,
-                       config.top_p, config.num_samples, config.seed, config.stop, config.skip_unknown,
-                       on_text=_echo_live if live else None, show_progress=output is not None, min_p=config.min_p,
-                       max_repeat=config.max_repeat)
+    samples = generate_with(config, checkpoint_dir, run, on_text=_echo_live if live else None,
+                            show_progress=output is not None)
     text = format_samples(samples, len(config.temperature))
     if output is not None:
         write_output(output, text)

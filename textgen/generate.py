@@ -220,15 +220,21 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
     given and there is a single stream, text is passed to it as it is produced. show_progress draws
     a progress bar on stderr (when it is a terminal)."""
+    config = SampleConfig(temperature=tuple(float(t) for t in temperatures), top_k=top_k, top_p=top_p, min_p=min_p,
+                          max_repeat=max_repeat, length=length, prime=prime, num_samples=num_samples, seed=seed,
+                          stop=stop, skip_unknown=skip_unknown)
+    return generate_with(config, checkpoint_dir, run, on_text, show_progress, warn)
+
+
+def generate_with(config: SampleConfig, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+                  on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
+                  warn: Callable[[str], None] = logger.warning) -> list[Sample]:
+    """:func:`generate` with the sampling options as one SampleConfig (what the command line builds)."""
     from textgen.runs import find_run
 
-    config = SampleConfig(temperature=tuple(float(t) for t in temperatures), top_k=top_k, top_p=top_p, min_p=min_p,
-                          max_repeat=max_repeat,
-                          length=length, prime=prime, num_samples=num_samples, seed=seed, stop=stop,
-                          skip_unknown=skip_unknown)
-    config.validate()
+    config.validate()  # before loading: a bad option costs nothing
     generator = Generator.load(find_run(Path(checkpoint_dir), run))
-    if on_text is not None and len(config.temperature) * num_samples == 1:
+    if on_text is not None and len(config.temperature) * config.num_samples == 1:
         pieces = generator.stream(config, warn)
         while True:
             try:

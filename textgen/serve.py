@@ -45,6 +45,7 @@ class Limits:
     max_samples: int = 8  # samples one request may ask for (temperatures x num_samples)
     max_body_bytes: int = 65536  # request body size
     max_score_chars: int = 20000  # characters /v1/score accepts
+    max_prime_chars: int = 4000  # characters of a prime (priming a joiner holds up every stream of the batch)
 
 
 class BadRequest(Exception):
@@ -143,6 +144,9 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
     config.validate()
+    if len(config.prime) > limits.max_prime_chars:
+        raise BadRequest(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
+                         f"{len(config.prime)}")
     if config.length > limits.max_length:
         raise BadRequest(f"length must be at most {limits.max_length} on this server, got {config.length}")
     if len(config.temperature) * config.num_samples > limits.max_samples:
