@@ -216,14 +216,15 @@ class Engine:
                 else:
                     ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k if use_k else None,
                                              top_p if use_p else None, min_p if use_min_p else None)
-                run = tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
+                if use_repeat:  # the runs are followed inside the loop only when a guard needs them
+                    run = tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
                 logits, hs, cs = self._step(ids, hs, cs)
                 return t + 1, out.write(t, ids), logits, hs, cs, ids, run
 
             hs, cs = self._split(state)
-            _, out, logits, hs, cs, last_id, run = tf.while_loop(
+            _, out, logits, hs, cs, _, _ = tf.while_loop(
                 lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, last_id, run))
-            return out.stack(), logits, tf.stack(hs + cs), last_id, run
+            return out.stack(), logits, tf.stack(hs + cs)
 
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
                  tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32),
@@ -359,9 +360,9 @@ class Engine:
         for start in range(0, length, CHUNK):
             count = min(CHUNK, length - start)
             padded[:count] = uniforms[start : start + count]
-            ids, self._last, self._state, last_id, run = fn(
-                self._last, tf.constant(padded), tf.constant(count, tf.int32), *options,
-                tf.constant(self._last_id), tf.constant(self._run), self._state)
-            self._last_id, self._run = last_id.numpy(), run.numpy()
+            ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(count, tf.int32),
+                                              *options, tf.constant(self._last_id), tf.constant(self._run),
+                                              self._state)
             result[:, start : start + count] = ids.numpy()[:count].T
+            self._continue_runs(result[:, start : start + count])
         return result
