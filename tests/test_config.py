@@ -29,9 +29,11 @@ def test_validation_names_the_option_and_its_range():
 
 def test_old_checkpoints_get_the_behaviour_they_trained_with():
     old = TrainConfig.from_dict({"epochs": 3, "unknown_future_key": 1})
-    assert (old.epochs, old.lr_schedule, old.weight_decay, old.mixed_precision) == (3, "step", 0.0, "off")
+    assert (old.epochs, old.lr_schedule, old.weight_decay, old.mixed_precision, old.size) == (
+        3, "step", 0.0, "off", "fixed")
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
-    assert {name for name, rule in rules(TrainConfig).items() if rule.choices} == {"lr_schedule", "mixed_precision"}
+    choices = {name for name, rule in rules(TrainConfig).items() if rule.choices}
+    assert choices == {"lr_schedule", "mixed_precision", "size"}
 
 
 def test_help_shows_each_declared_option_with_its_default_and_range():
@@ -41,7 +43,8 @@ def test_help_shows_each_declared_option_with_its_default_and_range():
     for name, (_rule, default) in {**command_line_options(ModelConfig), **command_line_options(TrainConfig)}.items():
         assert f"--{name.replace('_', '-')}" in text
         assert f"[default: {default}" in text
-    assert "--units INTEGER Hidden units of each LSTM layer. [default: 512; range: [1, inf)]" in text
+    assert ("--units INTEGER Hidden units of each LSTM layer (unless given, --size auto chooses it). "
+            "[default: 512; range: [1, inf)]") in text
     assert "--val-fraction FLOAT" in text and "range: (0, 1)" in text
 
 

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from textgen import checkpoint
+from textgen.config import TrainConfig, rules
 from textgen.checkpoint import CheckpointMeta
 from textgen.generate import generate
 from textgen.training import train
@@ -45,4 +46,7 @@ def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_pa
     meta = CheckpointMeta.from_json(raw)
     assert (meta.model.units, meta.training.seq_length, len(meta.vocab)) == (32, 20, len(raw["vocab"]))
     assert meta.state.epoch == 8 and meta.textgen_version == "0.1.0"
-    assert meta.to_json() == raw
+    # Options added since 0.1.0 are written back with what the run did before they existed (--size fixed).
+    added = {name: rule.before for name, rule in rules(TrainConfig).items() if name not in raw["training"]}
+    assert added == {"size": "fixed"}
+    assert meta.to_json() == {**raw, "training": {**raw["training"], **added}}

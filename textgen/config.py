@@ -106,11 +106,14 @@ class _Config:
 @dataclass(frozen=True)
 class ModelConfig(_Config):
     vocab_size: int = option(low=1, integer=True)  # distinct characters (code points) in the corpus
-    embedding_dim: int = option(128, "Width of the character embedding.", low=1, integer=True)
-    units: int = option(512, "Hidden units of each LSTM layer.", low=1, integer=True)
-    layers: int = option(2, "Number of stacked LSTM layers.", low=1, integer=True)
-    dropout: float = option(0.3, "Dropout on each LSTM layer's input and on the last one's output (training only).",
-                            low=0, high=1, high_open=True)
+    embedding_dim: int = option(128, "Width of the character embedding (unless given, --size auto chooses it).", low=1,
+                                integer=True)
+    units: int = option(512, "Hidden units of each LSTM layer (unless given, --size auto chooses it).", low=1,
+                        integer=True)
+    layers: int = option(2, "Number of stacked LSTM layers (unless given, --size auto chooses it).", low=1,
+                         integer=True)
+    dropout: float = option(0.3, "Dropout on each LSTM layer's input and on the last one's output, training only "
+                            "(unless given, --size auto chooses it).", low=0, high=1, high_open=True)
 
     def parameter_count(self) -> int:
         lstm_inputs = [self.embedding_dim] + [self.units] * (self.layers - 1)
@@ -120,9 +123,15 @@ class ModelConfig(_Config):
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):
+    size: str = option(
+        "auto", "auto = choose the layers, units, embedding, dropout, weight decay and (for a tiny corpus) batch size "
+        "from the corpus, its vocabulary and the budget (--epochs, --max-minutes at this machine's measured speed), "
+        "unless --layers, --units or --embedding-dim is given; fixed = the defaults shown here.",
+        choices=("auto", "fixed"), before="fixed")
     epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done).", low=1,
                          integer=True)
-    batch_size: int = option(64, "Parallel character streams per batch (the LSTM state has one row each).",
+    batch_size: int = option(64, "Parallel character streams per batch (the LSTM state has one row each; --size auto "
+                             "lowers it for a tiny corpus).",
                              low=1, integer=True, layout=True)
     seq_length: int = option(50, "Characters per training window (how far back gradients flow).", low=1,
                              integer=True, layout=True)
@@ -137,7 +146,8 @@ class TrainConfig(_Config):
                                  "starts.", low=0, integer=True)
     clip_norm: float = option(5.0, "Clip gradients to this global norm.", low=0, low_open=True)
     weight_decay: float = option(0.2, "Decoupled (AdamW) decay of the weight matrices and embedding, times the "
-                                 "learning rate each step (biases are not decayed; 0 = off).", low=0, before=0.0)
+                                 "learning rate each step (biases are not decayed; 0 = off; unless given, --size auto "
+                                 "chooses it).", low=0, before=0.0)
     mixed_precision: str = option(
         "auto", "on: multiply in bfloat16 inside the LSTM training step (weights, state and validation stay "
         "float32), ~1.4x faster on CPUs with AVX512_BF16 or AMX; auto: on where the CPU has them.",

@@ -1,0 +1,111 @@
+"""--size auto: the model is chosen from the corpus, its vocabulary and the budget by a fixed rule."""
+
+import math
+
+import pytest
+
+from textgen import sizing
+from textgen.checkpoint import read_meta
+from textgen.config import ModelConfig, TrainConfig
+from textgen.training import train
+
+
+def constant_flops(flops_per_second):
+    """A machine that trains every shape at the same FLOP/s (so the budget in characters is exact)."""
+    return lambda shape, batch: flops_per_second / sizing.flops_per_char(shape, 65)
+
+
+def chosen_shape(result: sizing.Sizing) -> tuple[int, int, int]:
+    options = result.model_options
+    return options["layers"], options["units"], options["embedding_dim"]
+
+
+def meets_both_limits(candidate, chars, config, speed) -> bool:
+    budget = config.epochs * chars
+    if config.max_minutes:
+        budget = min(budget, config.max_minutes * 60 * speed(candidate, 64))
+    parameters = sizing.parameter_count(candidate, 65)
+    return budget >= sizing.CHARS_PER_PARAMETER * parameters and parameters <= sizing.PARAMETERS_PER_CHAR * chars
+
+
+def test_the_chosen_shape_is_the_largest_that_meets_both_limits():
+    for chars, minutes, flops in [(1_000_000, 2, 20e9), (1_000_000, 20, 20e9), (40_000, 5, 20e9),
+                                  (20_000_000, 10, 50e9), (300_000, 0, 0)]:
+        config = TrainConfig(max_minutes=minutes, epochs=1000 if minutes else 20)
+        speed = constant_flops(flops)
+        shape = chosen_shape(sizing.choose(chars, 65, config, {}, {}, speed))
+        index = sizing.LADDER.index(shape)
+        assert meets_both_limits(shape, chars, config, speed) or index == 0, (chars, minutes, shape)
+        assert not any(meets_both_limits(larger, chars, config, speed) for larger in sizing.LADDER[index + 1:])
+
+
+def test_more_time_or_more_text_never_gives_a_smaller_model():
+    def parameters(chars, minutes):
+        result = sizing.choose(chars, 65, TrainConfig(max_minutes=minutes, epochs=1000), {}, {}, constant_flops(30e9))
+        return sizing.parameter_count(chosen_shape(result), 65)
+
+    by_time = [parameters(1_000_000, minutes) for minutes in (1, 3, 10, 30, 100)]
+    by_text = [parameters(chars, 10) for chars in (20_000, 200_000, 2_000_000, 20_000_000)]
+    assert by_time == sorted(by_time) and by_time[0] < by_time[-1]
+    assert by_text == sorted(by_text) and by_text[0] < by_text[-1]
+
+
+def test_the_demo_and_the_defaults_come_out_of_the_rule():
+    # The demo (6 epochs of the default corpus) is the shape hand-tuned before the rule: 1 x 256, embedding 64.
+    demo = sizing.choose(418_616, 103, TrainConfig(epochs=6), {}, {})
+    assert demo.model_options == dict(layers=1, units=256, embedding_dim=64, dropout=0.1)
+    assert demo.train_options == dict(batch_size=64, weight_decay=0.0)
+    # A small model that sees its text many times is regularised like the fixed defaults.
+    many_epochs = sizing.choose(100_000, 65, TrainConfig(epochs=300), {}, {})
+    assert (many_epochs.model_options["dropout"], many_epochs.train_options["weight_decay"]) == (0.3, 0.2)
+    # A big text seen once: no dropout, no weight decay.
+    once = sizing.choose(50_000_000, 65, TrainConfig(epochs=1), {}, {})
+    assert (once.model_options["dropout"], once.train_options["weight_decay"]) == (0.0, 0.0)
+
+
+def test_a_tiny_corpus_gets_a_smaller_batch_and_a_small_model():
+    result = sizing.choose(38_000, 1043, TrainConfig(epochs=1000, max_minutes=5), {}, {}, constant_flops(30e9))
+    assert result.train_options["batch_size"] == 16  # 38,000 / (16 x 50) = 47 steps per epoch; 32 would give 23
+    # with 1,043 symbols even the smallest shape has more than 3 parameters per character: it is the choice
+    assert chosen_shape(result) == sizing.LADDER[0]
+    assert result.model_options["dropout"] == 0.3
+
+
+def test_explicit_options_win():
+    assert sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {}) is None
+    result = sizing.choose(418_616, 103, TrainConfig(epochs=6, batch_size=48), {"dropout": 0.5},
+                           {"batch_size": 48, "weight_decay": 0.1})
+    assert "dropout" not in result.model_options and result.train_options == {}
+    assert "dropout 0.5, weight decay 0.1, batch 48" in result.reason
+
+
+def test_calibration_measures_this_machine():
+    speed = sizing.calibrated_speed(TrainConfig(mixed_precision="off"), 65)
+    small, large = speed(sizing.LADDER[0], 64), speed(sizing.LADDER[-1], 64)
+    assert math.isfinite(small) and small > 0 and large > 0
+    # 2 x 1024 does ~200x the FLOPs per character of 1 x 64; its matmuls also run faster per FLOP
+    assert small > 10 * large
+
+
+def test_training_logs_the_choice_and_the_checkpoint_keeps_it(tmp_path, periodic_corpus):
+    messages = []
+    train(periodic_corpus, tmp_path, "auto", train_options=dict(epochs=1, seq_length=10), log=messages.append)
+    sized = [message for message in messages if message.startswith("sizing (--size auto): ")]
+    assert len(sized) == 1 and messages.index(sized[0]) < next(
+        i for i, message in enumerate(messages) if message.startswith("training "))
+    meta = read_meta(tmp_path / "auto", "best")
+    assert f"{meta.model.layers} x {meta.model.units} units, embedding {meta.model.embedding_dim}" in sized[0]
+    assert meta.training.size == "auto" and meta.training.batch_size < 64
+
+    messages.clear()
+    train(periodic_corpus, tmp_path, "fixed", model_options=dict(units=8, embedding_dim=4, layers=1),
+          train_options=dict(epochs=1, seq_length=10, batch_size=4), log=messages.append)
+    assert not any(message.startswith("sizing") for message in messages)
+    meta = read_meta(tmp_path / "fixed", "best")
+    assert (meta.model.units, meta.model.dropout, meta.training.weight_decay) == (8, ModelConfig.dropout, 0.2)
+
+
+@pytest.mark.parametrize("value", ["big", ""])
+def test_size_takes_auto_or_fixed(value):
+    with pytest.raises(ValueError, match=rf"^--size must be one of auto, fixed, got '{value}'$"):
+        TrainConfig(size=value).validate()

@@ -1,0 +1,150 @@
+"""Choose the model for the user's text and budget when they choose none (``--size auto``).
+
+The rule, fitted from the runs recorded in BENCHMARKS.md ("Sizing"), has two parts:
+
+1. **Shape.** Of the shapes in :data:`LADDER`, take the largest that (a) gets at least
+   :data:`CHARS_PER_PARAMETER` training characters per parameter within the budget, and (b) has at most
+   :data:`PARAMETERS_PER_CHAR` parameters per training character. The budget is ``--epochs`` passes over the
+   training text, or fewer when ``--max-minutes`` runs out first; how many characters a shape trains per
+   second is calibrated on this machine at start-up (a few timed matmuls of the shape's own sizes).
+2. **Regularisation.** How hard the chosen shape can overfit is its exposure: epochs × parameters per
+   training character. Dropout and weight decay grow with it (:data:`REGULARISATION`); a tiny corpus also
+   gets a smaller batch so that an epoch still has a few dozen steps.
+
+Options the user gives explicitly always win: a model-shape option (--layers, --units, --embedding-dim)
+turns the shape choice off, and any other option the rule would set keeps the user's value.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from textgen.config import ModelConfig, TrainConfig
+
+# (layers, units, embedding width), smallest first
+LADDER: tuple[tuple[int, int, int], ...] = (
+    (1, 64, 32), (1, 128, 32), (1, 192, 48), (1, 256, 64), (1, 384, 96), (1, 512, 128),
+    (2, 512, 128), (2, 768, 192), (2, 1024, 256),
+)
+CHARS_PER_PARAMETER = 5.0  # fewer training characters than this per parameter leaves a shape under-trained
+PARAMETERS_PER_CHAR = 3.0  # more parameters than this per training character memorises the text
+# (exposure below which it applies, dropout, weight decay); exposure = epochs * parameters / training chars
+REGULARISATION: tuple[tuple[float, float, float], ...] = (
+    (2.0, 0.0, 0.0), (8.0, 0.1, 0.0), (30.0, 0.2, 0.0), (float("inf"), 0.3, 0.2),
+)
+MIN_STEPS_PER_EPOCH = 30  # a tiny corpus gets a smaller batch (down to MIN_BATCH) to keep this many steps
+MIN_BATCH = 8
+SHAPE_OPTIONS = ("layers", "units", "embedding_dim")
+CHOSEN_TRAINING_OPTIONS = ("batch_size", "weight_decay")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    model_options: dict  # the ModelConfig fields chosen (the user's own are not in it)
+    train_options: dict  # the TrainConfig fields chosen (the user's own are not in it)
+    reason: str  # one line for the log: what was chosen and why
+
+
+def flops_per_char(shape: tuple[int, int, int], vocab_size: int) -> float:
+    """Training FLOPs per character: forward and backward (3x forward) of the LSTM and output matmuls."""
+    layers, units, embedding = shape
+    widths = [embedding] + [units] * (layers - 1)
+    forward = sum(2 * (width + units) * 4 * units for width in widths) + 2 * units * vocab_size
+    return 3.0 * forward
+
+
+def parameter_count(shape: tuple[int, int, int], vocab_size: int) -> int:
+    layers, units, embedding = shape
+    return ModelConfig(vocab_size=vocab_size, layers=layers, units=units, embedding_dim=embedding).parameter_count()
+
+
+def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool, blocks: int = 5) -> float:
+    """FLOP/s of this machine on the shape's largest training matmul, (batch, input + units) x (.., 4 units):
+    the best of a few short blocks, so that a busy moment of a shared machine does not decide the model."""
+    import tensorflow as tf
+
+    layers, units, embedding = shape
+    width = (units if layers > 1 else embedding) + units
+    dtype = tf.bfloat16 if bfloat16 else tf.float32
+    a = tf.cast(tf.random.normal((batch, width)), dtype)
+    b = tf.cast(tf.random.normal((width, 4 * units)), dtype)
+    tf.linalg.matmul(a, b).numpy()
+    best = 0.0
+    for _ in range(blocks):
+        repeats, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < 0.01:
+            for _ in range(5):
+                result = tf.linalg.matmul(a, b)
+            result.numpy()
+            repeats += 5
+        best = max(best, 2.0 * batch * width * 4 * units * repeats / elapsed)
+    return best
+
+
+def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,
+           chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None) -> Optional[Sizing]:
+    """The sizing for a new run, or None when the user chose the shape themselves.
+
+    chars_per_second(shape, batch) is this machine's training speed for a shape; it is needed only when
+    config.max_minutes is set (the default measures it, see :func:`calibrated_speed`)."""
+    if any(name in user_model for name in SHAPE_OPTIONS):
+        return None
+    batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size)
+    work = config.epochs * train_chars
+    if config.max_minutes and chars_per_second is None:
+        chars_per_second = calibrated_speed(config, vocab_size)
+
+    def budget_chars(shape) -> float:
+        if not config.max_minutes:
+            return work
+        return min(work, config.max_minutes * 60 * chars_per_second(shape, batch))
+
+    fits = [shape for shape in LADDER
+            if budget_chars(shape) >= CHARS_PER_PARAMETER * parameter_count(shape, vocab_size)
+            and parameter_count(shape, vocab_size) <= PARAMETERS_PER_CHAR * train_chars]
+    shape = fits[-1] if fits else LADDER[0]
+    parameters = parameter_count(shape, vocab_size)
+    chars = budget_chars(shape)
+    epochs = chars / train_chars
+    exposure = epochs * parameters / train_chars
+    dropout, weight_decay = next((d, w) for limit, d, w in REGULARISATION if exposure < limit)
+    layers, units, embedding = shape
+    model = {key: value for key, value in dict(layers=layers, units=units, embedding_dim=embedding,
+                                                 dropout=dropout).items() if key not in user_model}
+    training = {key: value for key, value in dict(batch_size=batch, weight_decay=weight_decay).items()
+                if key not in user_training}
+    budget = (f"{config.max_minutes:g} minutes, ~{chars / 1e6:.3g}M characters ({epochs:.3g} epochs) at this "
+              f"machine's measured speed" if config.max_minutes and chars < work else f"{config.epochs} epochs")
+    reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout "
+              f"{model.get('dropout', user_model.get('dropout'))}, weight decay "
+              f"{training.get('weight_decay', user_training.get('weight_decay'))}, batch {batch}: "
+              f"{parameters:,} parameters for {train_chars:,} training characters and a budget of {budget}; "
+              "explicit options win, --size fixed keeps the defaults")
+    return Sizing(model, training, reason)
+
+
+def _batch_for(train_chars: int, seq_length: int, default: int) -> int:
+    batch = default
+    while batch > MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    return max(MIN_BATCH, batch) if default >= MIN_BATCH else default
+
+
+def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:
+    """Training characters per second for a shape on this machine, from a short matmul timing (~60 ms a shape)."""
+    from textgen.session import uses_mixed_precision
+
+    bfloat16 = uses_mixed_precision(config)
+    cache: dict = {}
+
+    def speed(shape: tuple[int, int, int], batch: int) -> float:
+        if (shape, batch) not in cache:
+            flops = measure_matmul_flops(shape, batch, bfloat16)
+            # Training runs at about the FLOP/s of this one matmul: 0.8-1.25x of it measured from 1 x 128 to 1 x 512
+            # (the elementwise work and small backward matmuls cost what the large fused ones gain; BENCHMARKS.md)
+            cache[shape, batch] = flops / flops_per_char(shape, vocab_size)
+        return cache[shape, batch]
+
+    return speed
