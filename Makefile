@@ -14,7 +14,7 @@ DEMO_OPTIONS ?= --run demo --overwrite --epochs 6
 DEMO_SAMPLE_OPTIONS ?= --run demo --temperature 0.5 --min-p 0.05 --max-repeat 20 --length 600 --prime "The " --seed 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data train sample demo test test-fast bench bench-peers bench-quality bench-precision lint readme clean
+.PHONY: help install data train sample demo test test-fast bench bench-peers bench-heldout bench-sizing bench-quality bench-precision lint readme clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -40,7 +40,7 @@ demo: data ## The main job: train a small model on the default corpus (6 epochs,
 	$(TEXTGEN) train $(CORPUS) $(DEMO_OPTIONS)
 	$(TEXTGEN) sample $(DEMO_SAMPLE_OPTIONS)
 
-test: $(STAMP) ## Run every test (what CI runs; about 3 minutes on 2 cores)
+test: $(STAMP) ## Run every test (what CI runs; about 6 minutes on 2 cores)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) ## Run the tests without the slow fault-injection ones
@@ -62,6 +62,12 @@ $(PEERS_STAMP):
 
 bench-peers: $(STAMP) $(PEERS_STAMP) ## Training and sampling side by side with the obvious PyTorch loops (own venv)
 	$(BIN)/python benchmarks/bench_peers.py --peer-python $(PEERS_VENV)/bin/python
+
+bench-heldout: $(STAMP) $(PEERS_STAMP) ## Equal-time quality on six kinds of text: --size auto vs fixed vs PyTorch (~45 min)
+	$(BIN)/python benchmarks/bench_heldout.py --peer-python $(PEERS_VENV)/bin/python
+
+bench-sizing: $(STAMP) ## Train ladder shapes on tinyshakespeare for 2 minutes each: the runs the sizing rule is fitted from
+	$(BIN)/python benchmarks/bench_sizing.py
 
 bench-quality: $(STAMP) ## Train the default model on tinyshakespeare for 20 minutes, report the best validation loss
 	$(BIN)/python benchmarks/bench_quality.py

@@ -142,11 +142,10 @@ def main() -> None:
         details.append(f"{name}: epochs auto {auto['epochs']}, fixed {fixed['epochs']}, torch {torch['epochs']} "
                        f"({torch['chars_per_s']:,} chars/s, torch {torch['torch']}, {torch['threads']} threads)")
         print("\n".join(rows[-1:] + details[-2:]), flush=True)
-    output = "\n".join(rows + [""] + details)
-    print(output)
-    if not args.no_record:
-        update_section("Held-out corpora: quality at equal time", ["benchmarks/bench_heldout.py", *sys.argv[1:]],
-                       output)
+        if not args.no_record:  # after every corpus, so that a stopped run keeps what it measured
+            update_section("Held-out corpora: quality at equal time",
+                           ["benchmarks/bench_heldout.py", *sys.argv[1:]], "\n".join(rows + [""] + details))
+    print("\n".join(rows + [""] + details))
 
 
 if __name__ == "__main__":

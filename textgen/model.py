@@ -21,7 +21,10 @@ def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float
     network that Keras loads without textgen (``textgen export``).
     """
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
-    x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding")(inputs)
+    # N(0, 1) like PyTorch's nn.Embedding: Keras's default, uniform in +-0.05, feeds the first LSTM inputs ~20x
+    # weaker than its recurrent signal, and a first epoch of tinyshakespeare then ends at 2.81 nats instead of 1.90.
+    x = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding",
+                               embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))(inputs)
     dropout = 0.0 if stock else config.dropout
     for index in range(config.layers):
         lstm = keras.layers.LSTM if stock else functools.partial(FastLSTM, matmul_dtype=matmul_dtype)
