@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from html import unescape
 import subprocess
 import sys
 import sysconfig
@@ -54,9 +55,7 @@ def rust_book() -> Optional[str]:
         return None
     html = found[0].read_text(encoding="utf-8")
     html = re.sub(r"(?s)<(script|style|pre|code)\b.*?</\1>", " ", html)
-    text = re.sub(r"<[^>]+>", "", html)
-    for entity, char in (("&lt;", "<"), ("&gt;", ">"), ("&quot;", '"'), ("&#39;", "'"), ("&amp;", "&")):
-        text = text.replace(entity, char)
+    text = unescape(re.sub(r"<[^>]+>", "", html))
     return re.sub(r"\n\s*\n+", "\n\n", re.sub(r"[ \t]+", " ", text)).strip()
 
 
@@ -82,6 +81,7 @@ CORPORA: dict[str, tuple[str, bool, Callable[[], Optional[str]]]] = {
 
 
 def textgen_run(corpus: Path, name: str, minutes: float, size: str) -> dict:
+    from textgen.batching import training_length
     from textgen.checkpoint import read_meta
 
     run = f"{name}-{size}"
@@ -90,17 +90,19 @@ def textgen_run(corpus: Path, name: str, minutes: float, size: str) -> dict:
     result = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"textgen failed on {name}:\n{result.stderr[-2000:]}")
-    meta = read_meta(OUT / run, "best")
+    meta = read_meta(OUT / run, "last")
     lines = [line for line in result.stderr.splitlines() if line.startswith(("sizing", "training"))]
+    epochs = meta.state.chars_seen / training_length(meta.corpus["length"], meta.training.val_fraction)
     return dict(loss=meta.state.best_val_loss, model=meta.model, training=meta.training, log=lines,
-                epochs=read_meta(OUT / run, "last").state.epoch)
+                epochs=round(epochs, 3))
 
 
 def peer_run(python: str, corpus: Path, minutes: float, auto: dict) -> dict:
     model, training = auto["model"], auto["training"]
     command = [python, str(ROOT / "benchmarks" / "peer_torch_train.py"), str(corpus), "--layers", str(model.layers),
                "--units", str(model.units), "--embedding", str(model.embedding_dim), "--batch",
-               str(training.batch_size), "--seq", str(training.seq_length), "--minutes", str(minutes)]
+               str(training.batch_size), "--seq", str(training.seq_length), "--minutes", str(minutes),
+               "--val-fraction", str(training.val_fraction)]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the PyTorch peer failed:\n{result.stderr[-2000:]}")
@@ -135,7 +137,7 @@ def main() -> None:
         torch = peer_run(args.peer_python, corpus, args.minutes, auto)
         model = auto["model"]
         shape = f"{model.layers}x{model.units} e{model.embedding_dim} b{auto['training'].batch_size}"
-        rows.append(f"{name:<20} {kind:<34} {'yes' if tuned else 'no':<5} {len(text):>10,} {len(set(text)):>5}  "
+        rows.append(f"{name:<20} {kind:<34} {'yes' if tuned else 'no':<5} {len(text):>10,} {model.vocab_size:>5}  "
                     f"{shape:<22} {auto['loss']:>6.3f} {fixed['loss']:>6.3f} {torch['best_val_loss']:>6.3f}  "
                     f"{auto['loss'] - torch['best_val_loss']:>+10.3f} {auto['loss'] - fixed['loss']:>+10.3f}")
         details += [f"{name}: " + line for line in auto["log"][:1]]

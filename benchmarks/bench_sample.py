@@ -32,15 +32,9 @@ from textgen.model import build_model, reset_states
 
 
 def flops_per_char(cfg: ModelConfig) -> tuple[int, int]:
-    """(formula FLOPs, FLOPs the Engine actually does with the layer-0 gather) per character."""
-    formula, actual = 0, 0
-    for layer in range(cfg.layers):
-        width = cfg.embedding_dim if layer == 0 else cfg.units
-        formula += 2 * (width + cfg.units) * 4 * cfg.units
-        actual += 2 * (cfg.units if layer == 0 else width + cfg.units) * 4 * cfg.units
-    formula += 2 * cfg.units * cfg.vocab_size
-    actual += 2 * cfg.units * cfg.vocab_size
-    return formula, actual
+    """(formula FLOPs, FLOPs the Engine actually does: layer 0's input matmul is a table gather) per character."""
+    formula = cfg.forward_flops_per_char()
+    return formula, formula - 2 * cfg.embedding_dim * 4 * cfg.units
 
 
 def matmul_flops(a: np.ndarray, b: np.ndarray, repeats: int = 3) -> float:

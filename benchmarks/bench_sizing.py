@@ -32,6 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from textgen import sizing
+    from textgen.batching import training_length
     from textgen.checkpoint import read_meta
     from textgen.config import TrainConfig
 
@@ -39,7 +40,7 @@ def main() -> None:
     if not corpus.exists():
         sys.exit(f"needs {corpus} (the shared corpora)")
     text = corpus.read_text(encoding="utf-8")
-    vocab, train_chars = len(set(text)), len(text) - int(len(text) * 0.1)
+    vocab, train_chars = len(set(text)), training_length(len(text), TrainConfig().val_fraction)
     speed = sizing.calibrated_speed(TrainConfig(), vocab)
     rows = [f"corpus {corpus.name}: {train_chars:,} training characters, vocabulary {vocab}; {args.minutes:g} min "
             "per shape, batch 64, seq 50, dropout 0, weight decay 0",
@@ -47,7 +48,8 @@ def main() -> None:
             f"{'chars/s':>8} {'predicted':>9} {'ratio':>6}"]
     for item in args.shapes.split(","):
         layers, units = (int(part) for part in item.split("x"))
-        shape = next(candidate for candidate in sizing.LADDER if candidate[:2] == (layers, units))
+        shape = (layers, units, next((width for *size, width in sizing.LADDER if tuple(size) == (layers, units)),
+                                     max(16, units // 4)))
         run = f"{corpus.stem}-{item}"
         command = [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(OUT), "--run", run,
                    "--overwrite", "--epochs", "1000", "--max-minutes", str(args.minutes), "--layers", str(layers),
@@ -55,12 +57,12 @@ def main() -> None:
         result = subprocess.run(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
         if result.returncode != 0:
             sys.exit(f"training failed:\n{result.stderr[-2000:]}")
-        best, last = read_meta(OUT / run, "best"), read_meta(OUT / run, "last")
-        chars = last.state.global_step * 64 * 50
+        last = read_meta(OUT / run, "last")
+        chars = last.state.chars_seen
         parameters = sizing.parameter_count(shape, vocab)
         measured = chars / last.state.elapsed_seconds
-        predicted = speed(shape, 64)
-        rows.append(f"{item:<14} {parameters:>9,} {best.state.best_val_loss:>8.4f} {chars / train_chars:>6.2f} "
+        predicted = speed(shape, last.training.batch_size)
+        rows.append(f"{item:<14} {parameters:>9,} {last.state.best_val_loss:>8.4f} {chars / train_chars:>6.2f} "
                     f"{chars:>11,} {chars / parameters:>11.1f} {measured:>8,.0f} {predicted:>9,.0f} "
                     f"{measured / predicted:>6.2f}")
         print(rows[-1], flush=True)

@@ -114,10 +114,11 @@ def main(argv=None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
     import keras
 
+    from textgen.config import ModelConfig
     from textgen.fast_lstm import FastLSTM
 
     B, T, U, E, V = args.batch, args.seq, args.units, args.embedding, args.vocab
-    flops_per_char = 3 * 2 * (E + U) * 4 * U + 3 * 2 * U * V
+    flops_per_char = 3 * ModelConfig(vocab_size=V, embedding_dim=E, units=U, layers=1).forward_flops_per_char()
     chars_per_step = B * T
 
     def build(lstm_cls):

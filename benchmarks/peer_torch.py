@@ -25,7 +25,10 @@ from torch import nn
 
 
 class Trainer:
-    def __init__(self, vocab, embedding, units, layers, batch, seq):
+    """Embedding -> nn.LSTM -> Linear, Adam(2e-3), clip 5, the state carried between windows (detached).
+    With batch and seq it also holds random windows for the timing benchmark (and takes 2 warm-up steps)."""
+
+    def __init__(self, vocab, embedding, units, layers, batch=None, seq=None):
         torch.manual_seed(0)
         self.embedding = nn.Embedding(vocab, embedding)
         self.lstm = nn.LSTM(embedding, units, layers, batch_first=True)
@@ -33,28 +36,41 @@ class Trainer:
         self.parameters = [*self.embedding.parameters(), *self.lstm.parameters(), *self.output.parameters()]
         self.optimizer = torch.optim.Adam(self.parameters, lr=2e-3)
         self.loss = nn.CrossEntropyLoss()
-        generator = torch.Generator().manual_seed(0)
-        self.x = torch.randint(0, vocab, (batch, seq), generator=generator)
-        self.y = torch.randint(0, vocab, (batch, seq), generator=generator)
         self.vocab, self.state = vocab, None
-        for _ in range(2):
-            self.step()
+        if batch:
+            generator = torch.Generator().manual_seed(0)
+            self.x = torch.randint(0, vocab, (batch, seq), generator=generator)
+            self.y = torch.randint(0, vocab, (batch, seq), generator=generator)
+            for _ in range(2):
+                self.step(self.x, self.y)
 
-    def step(self) -> float:
+    def _loss(self, x, y, state):
+        outputs, state = self.lstm(self.embedding(x), state)
+        return self.loss(self.output(outputs).reshape(-1, self.vocab), y.reshape(-1)), state
+
+    def step(self, x, y) -> float:
         state = None if self.state is None else tuple(part.detach() for part in self.state)
-        outputs, self.state = self.lstm(self.embedding(self.x), state)
-        loss = self.loss(self.output(outputs).reshape(-1, self.vocab), self.y.reshape(-1))
+        loss, self.state = self._loss(x, y, state)
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.parameters, 5.0)
         self.optimizer.step()
         return loss.item()
 
+    def validation_loss(self, batches) -> float:
+        """Mean loss over consecutive (x, y) windows, the state carried from a zero start."""
+        total, state = 0.0, None
+        with torch.inference_mode():
+            for x, y in batches:
+                loss, state = self._loss(x, y, state)
+                total += loss.item()
+        return total / len(batches)
+
     def time(self, count: int) -> list[float]:
         seconds = []
         for _ in range(count):
             start = time.perf_counter()
-            self.step()
+            self.step(self.x, self.y)
             seconds.append(time.perf_counter() - start)
         return seconds
 

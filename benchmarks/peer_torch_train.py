@@ -16,32 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+
+# textgen's own data layout (these modules need only numpy), so both sides train on the same batches
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peer_torch import Trainer  # noqa: E402  (the same model and optimizer as bench-peers' timing)
+from textgen.batching import StreamBatches, split_validation  # noqa: E402
+from textgen.vocab import Vocabulary  # noqa: E402
 
 
-def windows(ids: np.ndarray, batch: int, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
-    columns = (len(ids) - 1) // batch
-    columns -= columns % seq
-    usable = columns * batch
-    inputs = torch.from_numpy(ids[:usable].reshape(batch, -1).astype(np.int64))
-    targets = torch.from_numpy(ids[1:usable + 1].reshape(batch, -1).astype(np.int64))
-    return inputs, targets
-
-
-class CharLSTM(nn.Module):
-    def __init__(self, vocab: int, embedding: int, units: int, layers: int):
-        super().__init__()
-        self.embedding = nn.Embedding(vocab, embedding)
-        self.lstm = nn.LSTM(embedding, units, layers, batch_first=True)
-        self.output = nn.Linear(units, vocab)
-
-    def forward(self, x, state):
-        outputs, state = self.lstm(self.embedding(x), state)
-        return self.output(outputs), state
+def tensors(batches: StreamBatches) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [tuple(torch.from_numpy(part.astype(np.int64)) for part in batches[k]) for k in range(len(batches))]
 
 
 def main() -> None:
@@ -56,53 +46,29 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     args = parser.parse_args()
 
-    text = open(args.corpus, encoding="utf-8").read()
-    vocab = sorted(set(text))
-    index = {char: i for i, char in enumerate(vocab)}
-    ids = np.fromiter((index[char] for char in text), dtype=np.int32, count=len(text))
-    n_val = int(len(ids) * args.val_fraction)
-    train_x, train_y = windows(ids[:len(ids) - n_val], args.batch, args.seq)
-    val_x, val_y = windows(ids[len(ids) - n_val:], args.batch, args.seq)
+    text = Path(args.corpus).read_text(encoding="utf-8")
+    vocab = Vocabulary.from_text(text)
+    train_ids, val_ids = split_validation(vocab.encode(text), args.val_fraction)
+    train_batches = tensors(StreamBatches(train_ids, args.batch, args.seq))
+    val_batches = tensors(StreamBatches(val_ids, args.batch, args.seq))
 
-    torch.manual_seed(0)
-    model = CharLSTM(len(vocab), args.embedding, args.units, args.layers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    loss_fn = nn.CrossEntropyLoss()
-
-    def validate() -> float:
-        model.eval()
-        total, state = 0.0, None
-        with torch.inference_mode():
-            for start in range(0, val_x.shape[1], args.seq):
-                logits, state = model(val_x[:, start:start + args.seq], state)
-                total += loss_fn(logits.reshape(-1, len(vocab)), val_y[:, start:start + args.seq].reshape(-1)).item()
-        model.train()
-        return total / (val_x.shape[1] // args.seq)
-
+    trainer = Trainer(len(vocab), args.embedding, args.units, args.layers)
     deadline = time.monotonic() + args.minutes * 60
     started, steps, best, epochs, out_of_time = time.monotonic(), 0, float("inf"), 0.0, False
-    steps_per_epoch = train_x.shape[1] // args.seq
     while not out_of_time:
-        state = None
-        for k in range(steps_per_epoch):
-            window = slice(k * args.seq, (k + 1) * args.seq)
-            logits, state = model(train_x[:, window], state)
-            state = tuple(part.detach() for part in state)
-            loss = loss_fn(logits.reshape(-1, len(vocab)), train_y[:, window].reshape(-1))
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
+        trainer.state = None
+        for x, y in train_batches:
+            trainer.step(x, y)
             steps += 1
             if time.monotonic() >= deadline:
                 out_of_time = True
                 break
-        epochs = steps / steps_per_epoch
-        best = min(best, validate())
+        epochs = steps / len(train_batches)
+        best = min(best, trainer.validation_loss(val_batches))
     seconds = time.monotonic() - started
     print(json.dumps(dict(best_val_loss=best, epochs=round(epochs, 3), steps=steps,
                           chars_per_s=round(steps * args.batch * args.seq / seconds),
-                          parameters=sum(p.numel() for p in model.parameters()),
+                          parameters=sum(p.numel() for p in trainer.parameters),
                           torch=torch.__version__, threads=torch.get_num_threads())))
 
 

@@ -70,7 +70,7 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
     assert refused.output.strip() == f"error: {out} already exists; pass --overwrite to replace it or choose another " \
                                      "--output"
 
-    def broken(meta, trained, building):
+    def broken(meta, trained, building, serving):
         raise RuntimeError("converter crashed")
     monkeypatch.setitem(export_module.WRITERS, "savedmodel", broken)
     with pytest.raises(TextgenError, match=r"could not export the savedmodel format \(converter crashed\)"):

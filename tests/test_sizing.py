@@ -7,6 +7,7 @@ import pytest
 from textgen import sizing
 from textgen.checkpoint import read_meta
 from textgen.config import ModelConfig, TrainConfig
+from textgen.errors import TextgenError
 from textgen.training import train
 
 
@@ -75,7 +76,7 @@ def test_explicit_options_win():
     assert sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {}) is None
     result = sizing.choose(418_616, 103, TrainConfig(epochs=6, batch_size=48), {"dropout": 0.5},
                            {"batch_size": 48, "weight_decay": 0.1})
-    assert "dropout" not in result.model_options and result.train_options == {}
+    assert result.model_options["dropout"] == 0.5 and result.train_options == {"batch_size": 48, "weight_decay": 0.1}
     assert "dropout 0.5, weight decay 0.1, batch 48" in result.reason
 
 
@@ -109,3 +110,10 @@ def test_training_logs_the_choice_and_the_checkpoint_keeps_it(tmp_path, periodic
 def test_size_takes_auto_or_fixed(value):
     with pytest.raises(ValueError, match=rf"^--size must be one of auto, fixed, got '{value}'$"):
         TrainConfig(size=value).validate()
+
+
+def test_a_resumed_run_keeps_its_sizing(tmp_path, periodic_corpus):
+    train(periodic_corpus, tmp_path, "sized", train_options=dict(epochs=1, seq_length=10), log=lambda message: None)
+    with pytest.raises(TextgenError, match=r"different model or data layout: --size fixed \(checkpoint has auto\)"):
+        train(periodic_corpus, tmp_path, "sized", train_options=dict(epochs=2, seq_length=10, size="fixed"),
+              resume=True, log=lambda message: None)

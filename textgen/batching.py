@@ -44,7 +44,12 @@ class StreamBatches:
         return batch_size * seq_length + 1
 
 
+def training_length(total: int, val_fraction: float) -> int:
+    """Characters left for training when the contiguous last val_fraction of total is held out."""
+    return total - int(total * val_fraction)
+
+
 def split_validation(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(training ids, validation ids): the contiguous last val_fraction of the corpus is held out."""
-    n_val = int(len(ids) * val_fraction)
-    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+    cut = training_length(len(ids), val_fraction)
+    return ids[:cut], ids[cut:]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options, split_training_options
+from textgen.config import (Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
+                            split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -30,7 +31,9 @@ def _config_options(config_class):
             notes = [f"default: {','.join(f'{v:g}' for v in default) if rule.many else default}"]
             notes = notes if default not in (None, "") else []
             notes += [f"range: {rule.span()}"] if rule.numeric else []
-            command = click.option(*names, type=kind, default=None,
+            split = (lambda ctx, param, text, rule=rule, name=name:
+                     None if text is None else rule.parse_many(name, text)) if rule.many else None
+            command = click.option(*names, type=kind, default=None, callback=split,
                                    help=rule.help + (f"  [{'; '.join(notes)}]" if notes else ""))(command)
         return command
     return decorate
@@ -138,11 +141,9 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
     import_tensorflow_quietly()
     from textgen.corpus import read_text
-    from textgen.generate import format_samples, generate_with, parse_temperatures, write_output
+    from textgen.generate import format_samples, generate_with, write_output
 
     chosen = _chosen(options, command_line_options(SampleConfig))
-    if "temperature" in chosen:
-        chosen["temperature"] = parse_temperatures(chosen["temperature"])
     if prime_file is not None:
         if "prime" in chosen:
             raise click.UsageError("use either --prime or --prime-file, not both")
@@ -209,14 +210,12 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
-@click.option("--max-length", type=click.IntRange(1), default=2000, show_default=True,
+@click.option("--max-length", type=click.IntRange(1), default=Limits.max_length, show_default=True,
               help="Most characters one request may generate.")
-@click.option("--max-samples", type=click.IntRange(1), default=8, show_default=True,
+@click.option("--max-samples", type=click.IntRange(1), default=Limits.max_samples, show_default=True,
               help="Most samples one request may ask for.")
 def serve(checkpoint_dir, run, host, port, max_length, max_samples):
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
-    import_tensorflow_quietly()
-    from textgen.serve import Limits
     from textgen.serve import serve as run_server
 
     run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples))

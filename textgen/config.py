@@ -31,7 +31,7 @@ class Rule:
     choices: Optional[Sequence[str]] = None  # the allowed strings, for a choice option
     many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line)
     short: Optional[str] = None  # a one-letter command-line alias such as "-t"
-    layout: bool = False  # fixes the data layout: a resumed run may not change it (carried state, comparable losses)
+    layout: bool = False  # fixes the model or data layout: a resumed run may not change it (state, comparable losses)
     before: Any = _UNSET  # the behaviour of checkpoints written before this option existed
 
     @property
@@ -43,6 +43,15 @@ class Rule:
             (")" if self.high_open or self.high is None else "]")
         return f"{left}{'-inf' if self.low is None else f'{self.low:g}'}, " \
                f"{'inf' if self.high is None else f'{self.high:g}'}{right}"
+
+    def parse_many(self, name: str, text: str) -> tuple:
+        """'0.5' or '0.2,0.5,1.0' as typed on the command line -> numbers (checked later by :meth:`check`)."""
+        kind = int if self.integer else float
+        try:
+            return tuple(kind(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise OptionError(f"--{name.replace('_', '-')} must be a number or a comma-separated list such as "
+                              f"0.2,0.5,1.0, got {text!r}") from None
 
     def check(self, name: str, value) -> None:
         """Refuse a value outside the rule, naming the option as the user typed it."""
@@ -120,6 +129,13 @@ class ModelConfig(_Config):
         lstm = sum(4 * self.units * (width + self.units + 1) for width in lstm_inputs)
         return self.vocab_size * self.embedding_dim + lstm + self.units * self.vocab_size + self.vocab_size
 
+    def forward_flops_per_char(self) -> int:
+        """FLOPs of one character through the LSTM and output matmuls (the embedding is a lookup);
+        training (forward and backward) costs about 3x this."""
+        lstm_inputs = [self.embedding_dim] + [self.units] * (self.layers - 1)
+        lstm = sum(2 * (width + self.units) * 4 * self.units for width in lstm_inputs)
+        return lstm + 2 * self.units * self.vocab_size
+
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):
@@ -127,7 +143,7 @@ class TrainConfig(_Config):
         "auto", "auto = choose the layers, units, embedding, dropout, weight decay and (for a tiny corpus) batch size "
         "from the corpus, its vocabulary and the budget (--epochs, --max-minutes at this machine's measured speed), "
         "unless --layers, --units or --embedding-dim is given; fixed = the defaults shown here.",
-        choices=("auto", "fixed"), before="fixed")
+        choices=("auto", "fixed"), layout=True, before="fixed")
     epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done).", low=1,
                          integer=True)
     batch_size: int = option(64, "Parallel character streams per batch (the LSTM state has one row each; --size auto "
@@ -181,6 +197,17 @@ class SampleConfig(_Config):
     seed: Optional[int] = option(None, "Random seed: the same seed gives the same text.", low=0, integer=True)
     stop: Optional[str] = option(None, "End a sample where it first produces this string.")
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request to `textgen serve` may ask for."""
+
+    max_length: int = 2000  # characters one request may generate
+    max_samples: int = 8  # samples one request may ask for (temperatures x num_samples)
+    max_body_bytes: int = 65536  # request body size
+    max_score_chars: int = 20000  # characters /v1/score accepts
+    max_prime_chars: int = 4000  # characters of a prime (priming a joiner holds up every stream of the batch)
 
 
 def split_training_options(options: dict) -> tuple[dict, dict]:

@@ -345,10 +345,10 @@ class Engine:
         use_min_p = min_p is not None and not greedy_only
         if every_filter:
             use_k = use_p = use_min_p = True
-        per_stream = max_repeat if isinstance(max_repeat, (list, tuple, np.ndarray)) else [max_repeat] * streams
-        repeats = np.array([0 if value is None else int(value) for value in per_stream], np.int32)
-        if len(repeats) != streams or np.any(repeats < 0):
-            raise ValueError(f"max_repeat must be None, >= 0, or one such value per stream ({streams})")
+        repeats = np.array([0 if value is None else int(value) for value in sampling.per_row(max_repeat, streams)],
+                           np.int32)
+        if np.any(repeats < 0):
+            raise ValueError(f"max_repeat must be None or >= 0, got {max_repeat}")
         fn = self._sample_function(greedy_only, use_k, use_p, use_min_p, every_filter or bool(np.any(repeats > 0)))
         options = (tf.constant(temp),
                    tf.constant(top_k if top_k is not None else np.full(streams, self.vocab_size, np.int32)),

@@ -15,6 +15,7 @@ leaves a half-written export where a good one was.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -132,38 +133,33 @@ def _serving_module(meta, trained, vocab_file: Path):
     return Serving()
 
 
-def _write_keras(meta, trained, out: Path) -> list[Path]:
+def _write_keras(meta, trained, out: Path, serving) -> list[Path]:
     model = stock_model(meta, trained)
     model.save(out / "model.keras")
     return [out / "model.keras"]
 
 
-_SERVING: dict = {}  # output directory being built -> its serving module (the SavedModel and LiteRT share one)
+def _vocab_asset(meta, out: Path) -> Path:
+    vocab_file = out / "vocab.tsv"  # becomes the SavedModel's asset; removed when the export is complete
+    vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
+    return vocab_file
 
 
-def _serving(meta, trained, out: Path):
-    if out not in _SERVING:
-        vocab_file = out / "vocab.tsv"  # becomes the SavedModel's asset; removed when the export is complete
-        vocab_file.write_text("".join(f"{ord(ch)}\n" for ch in meta.vocab.chars), encoding="utf-8")
-        _SERVING[out] = _serving_module(meta, trained, vocab_file)
-    return _SERVING[out]
-
-
-def _write_savedmodel(meta, trained, out: Path) -> list[Path]:
+def _write_savedmodel(meta, trained, out: Path, serving) -> list[Path]:
     import tensorflow as tf
 
-    module = _serving(meta, trained, out)
+    module = serving()
     tf.saved_model.save(module, str(out / "savedmodel"),
                         signatures={"serving_default": module.generate, "generate": module.generate,
                                     "step": module.step})
     return [out / "savedmodel"]
 
 
-def _write_litert(meta, trained, out: Path) -> list[Path]:
+def _write_litert(meta, trained, out: Path, serving) -> list[Path]:
     import tensorflow as tf
 
     config = meta.model
-    module = _serving(meta, trained, out)
+    module = serving()
     one = module.next_logits.get_concrete_function(tf.TensorSpec([1], tf.int32),
                                                    tf.TensorSpec([config.layers, 1, config.units], tf.float32),
                                                    tf.TensorSpec([config.layers, 1, config.units], tf.float32))
@@ -172,6 +168,7 @@ def _write_litert(meta, trained, out: Path) -> list[Path]:
     return [out / "model.tflite"]
 
 
+# Each writer gets serving(): the SavedModel and LiteRT serving module, built on first use, once per export.
 WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "litert": _write_litert}
 
 
@@ -192,12 +189,13 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     output.parent.mkdir(parents=True, exist_ok=True)
     building = output.with_name(f".tmp-{output.name}-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
+    serving = functools.cache(lambda: _serving_module(meta, trained, _vocab_asset(meta, building)))
     try:
         building.mkdir()
         written = []
         for name in formats:
             try:
-                paths = WRITERS[name](meta, trained, building)
+                paths = WRITERS[name](meta, trained, building, serving)
             except OSError:
                 raise
             except Exception as error:  # converters raise many types; the user needs the format and the reason
@@ -214,7 +212,6 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         raise TextgenError(f"could not write the export to {output} ({error.strerror or error}); "
                            "nothing was replaced") from None
     finally:
-        _SERVING.pop(building, None)
         shutil.rmtree(building, ignore_errors=True)
     return written + [output / "vocab.json"]
 

@@ -258,15 +258,6 @@ def format_samples(samples: list[Sample], num_temperatures: int) -> str:
     return "\n".join(parts)
 
 
-def parse_temperatures(value: str) -> list[float]:
-    """'0.5' or '0.2,0.5,1.0' -> floats (range checks happen in generate)."""
-    try:
-        return [float(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise TextgenError(f"--temperature must be a number or a comma-separated list such as 0.2,0.5,1.0, "
-                           f"got {value!r}") from None
-
-
 def write_output(path: Path, text: str) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one."""
     path = Path(path)

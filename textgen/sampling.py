@@ -49,17 +49,19 @@ def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float 
 NO_TOP_P = 2.0  # a per-row top-p that keeps every token (the probability mass above any token is below 2)
 
 
+def per_row(value, rows: int) -> list:
+    """A filter given as None, a scalar or one value (or None) per row -> one value per row."""
+    values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
+    if len(values) != rows:
+        raise ValueError(f"expected one filter value per stream ({rows}), got {len(values)}")
+    return values
+
+
 def per_row_filters(top_k, top_p, rows: int, vocab_size: int, min_p=None) -> tuple:
     """Validate top_k / top_p / min_p given as None, a scalar or one value (or None) per row; return
     (k (rows,) int32, p (rows,) float32, min_p (rows,) float32), each None where no row uses it."""
-    def spread(value):
-        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value] * rows
-        if len(values) != rows:
-            raise ValueError(f"expected one filter value per stream ({rows}), got {len(values)}")
-        return values
-
     ks, ps, ms = [], [], []
-    for k, p, m in zip(spread(top_k), spread(top_p), spread(min_p)):
+    for k, p, m in zip(per_row(top_k, rows), per_row(top_p, rows), per_row(min_p, rows)):
         k, p = normalize_filters(k, p, vocab_size)
         if m is not None:
             check_range("min_p", m, low=0, high=1)

@@ -32,20 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen.config import SampleConfig
+from textgen.config import Limits, SampleConfig
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
+from textgen.quiet_import import import_tensorflow_quietly
 
 logger = logging.getLogger("textgen")
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_length: int = 2000  # characters one request may generate
-    max_samples: int = 8  # samples one request may ask for (temperatures x num_samples)
-    max_body_bytes: int = 65536  # request body size
-    max_score_chars: int = 20000  # characters /v1/score accepts
-    max_prime_chars: int = 4000  # characters of a prime (priming a joiner holds up every stream of the batch)
 
 
 class BadRequest(Exception):
@@ -273,6 +265,7 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         except OSError as error:
             raise TextgenError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or stop "
                                "the program that uses it") from None
+    import_tensorflow_quietly()
     app = create_app(checkpoint_dir, run, limits)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{host}:{port}/ "
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")

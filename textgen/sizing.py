@@ -37,27 +37,27 @@ REGULARISATION: tuple[tuple[float, float, float], ...] = (
 MIN_STEPS_PER_EPOCH = 30  # a tiny corpus gets a smaller batch (down to MIN_BATCH) to keep this many steps
 MIN_BATCH = 8
 SHAPE_OPTIONS = ("layers", "units", "embedding_dim")
-CHOSEN_TRAINING_OPTIONS = ("batch_size", "weight_decay")
 
 
 @dataclass(frozen=True)
 class Sizing:
-    model_options: dict  # the ModelConfig fields chosen (the user's own are not in it)
-    train_options: dict  # the TrainConfig fields chosen (the user's own are not in it)
+    model_options: dict  # the ModelConfig fields to train with: the user's own, then the chosen ones
+    train_options: dict  # the TrainConfig fields to train with: the user's own, then the chosen ones
     reason: str  # one line for the log: what was chosen and why
+
+
+def model_config(shape: tuple[int, int, int], vocab_size: int) -> ModelConfig:
+    layers, units, embedding = shape
+    return ModelConfig(vocab_size=vocab_size, layers=layers, units=units, embedding_dim=embedding)
 
 
 def flops_per_char(shape: tuple[int, int, int], vocab_size: int) -> float:
     """Training FLOPs per character: forward and backward (3x forward) of the LSTM and output matmuls."""
-    layers, units, embedding = shape
-    widths = [embedding] + [units] * (layers - 1)
-    forward = sum(2 * (width + units) * 4 * units for width in widths) + 2 * units * vocab_size
-    return 3.0 * forward
+    return 3.0 * model_config(shape, vocab_size).forward_flops_per_char()
 
 
 def parameter_count(shape: tuple[int, int, int], vocab_size: int) -> int:
-    layers, units, embedding = shape
-    return ModelConfig(vocab_size=vocab_size, layers=layers, units=units, embedding_dim=embedding).parameter_count()
+    return model_config(shape, vocab_size).parameter_count()
 
 
 def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool, blocks: int = 5) -> float:
@@ -87,8 +87,9 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
            chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None) -> Optional[Sizing]:
     """The sizing for a new run, or None when the user chose the shape themselves.
 
-    chars_per_second(shape, batch) is this machine's training speed for a shape; it is needed only when
-    config.max_minutes is set (the default measures it, see :func:`calibrated_speed`)."""
+    chars_per_second(shape, batch) is this machine's training speed for a shape; it is called only when
+    config.max_minutes is set, for the shapes up the ladder until one fails (the default measures it, see
+    :func:`calibrated_speed`)."""
     if any(name in user_model for name in SHAPE_OPTIONS):
         return None
     batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size)
@@ -101,35 +102,39 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
             return work
         return min(work, config.max_minutes * 60 * chars_per_second(shape, batch))
 
-    fits = [shape for shape in LADDER
-            if budget_chars(shape) >= CHARS_PER_PARAMETER * parameter_count(shape, vocab_size)
-            and parameter_count(shape, vocab_size) <= PARAMETERS_PER_CHAR * train_chars]
-    shape = fits[-1] if fits else LADDER[0]
+    def fits(shape) -> bool:  # the parameter limit first: it needs no timing
+        parameters = parameter_count(shape, vocab_size)
+        return (parameters <= PARAMETERS_PER_CHAR * train_chars
+                and budget_chars(shape) >= CHARS_PER_PARAMETER * parameters)
+
+    # Both limits only tighten up the ladder, so the walk stops at the first shape that fails (and times no more).
+    shape = LADDER[0]
+    for candidate in LADDER:
+        if not fits(candidate):
+            break
+        shape = candidate
     parameters = parameter_count(shape, vocab_size)
     chars = budget_chars(shape)
     epochs = chars / train_chars
     exposure = epochs * parameters / train_chars
     dropout, weight_decay = next((d, w) for limit, d, w in REGULARISATION if exposure < limit)
     layers, units, embedding = shape
-    model = {key: value for key, value in dict(layers=layers, units=units, embedding_dim=embedding,
-                                                 dropout=dropout).items() if key not in user_model}
-    training = {key: value for key, value in dict(batch_size=batch, weight_decay=weight_decay).items()
-                if key not in user_training}
+    model = {**dict(layers=layers, units=units, embedding_dim=embedding, dropout=dropout), **user_model}
+    training = {**dict(batch_size=batch, weight_decay=weight_decay), **user_training}
     budget = (f"{config.max_minutes:g} minutes, ~{chars / 1e6:.3g}M characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work else f"{config.epochs} epochs")
-    reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout "
-              f"{model.get('dropout', user_model.get('dropout'))}, weight decay "
-              f"{training.get('weight_decay', user_training.get('weight_decay'))}, batch {batch}: "
-              f"{parameters:,} parameters for {train_chars:,} training characters and a budget of {budget}; "
-              "explicit options win, --size fixed keeps the defaults")
+    reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout {model['dropout']}, "
+              f"weight decay {training['weight_decay']}, batch {batch}: {parameters:,} parameters for "
+              f"{train_chars:,} training characters and a budget of {budget}; explicit options win, --size fixed "
+              "keeps the defaults")
     return Sizing(model, training, reason)
 
 
 def _batch_for(train_chars: int, seq_length: int, default: int) -> int:
     batch = default
-    while batch > MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
+    while batch // 2 >= MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
         batch //= 2
-    return max(MIN_BATCH, batch) if default >= MIN_BATCH else default
+    return batch
 
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from textgen import callbacks as cb
 from textgen import checkpoint
-from textgen.batching import StreamBatches, split_validation
+from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
@@ -285,15 +285,16 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if changed else meta.vocab,
                                                 model_options, train_options)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
+    strategy = make_strategy(strategy_name)  # before any TensorFlow op, sizing's timing included
     sizing_reason = None
     if meta is None:
-        model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy_name)
+        model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy)
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
     train_ids, val_ids = split_validation(data.ids, config.val_fraction)
     _check_lengths(corpus_path, train_ids, val_ids, config)
     if sizing_reason:
         log(sizing_reason)
-    session = Session(model_config, config, make_strategy(strategy_name))
+    session = Session(model_config, config, strategy)
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
               corpus_path=corpus_path, run_dir=run_dir,
@@ -323,21 +324,25 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
 
 
-def _sized(data, model_options: dict, train_options: dict, strategy_name: str) -> tuple[dict, dict, Optional[str]]:
+def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[dict, dict, Optional[str]]:
     """The options of a new run with what --size auto chooses added (the user's own options win), and the
     line that says why (None when nothing was chosen)."""
     from textgen import sizing
+    from textgen.distribute import worker_mean
 
     config = TrainConfig(**train_options)
     if config.size != "auto":
         return model_options, train_options, None
-    if strategy_name == "multi-worker" and config.max_minutes:  # every worker must choose the same model
-        config = dataclasses.replace(config, max_minutes=0.0)
-    train_chars = len(split_validation(data.ids, config.val_fraction)[0])
-    chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options)
+    measured = sizing.calibrated_speed(config, len(data.vocab))
+
+    def agreed_speed(shape, batch) -> float:  # every worker decides on the same numbers, so chooses the same model
+        return worker_mean(strategy, measured(shape, batch))[0]
+
+    train_chars = training_length(len(data.ids), config.val_fraction)
+    chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options, agreed_speed)
     if chosen is None:
         return model_options, train_options, None
-    return {**chosen.model_options, **model_options}, {**chosen.train_options, **train_options}, chosen.reason
+    return chosen.model_options, chosen.train_options, chosen.reason
 
 
 def _log_resume(run: Run, meta: CheckpointMeta) -> None:
