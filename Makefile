@@ -33,8 +33,8 @@ data: $(STAMP) ## Build the default corpus data/pydoc_topics.txt from Python's o
 train: data ## Train with the default options on CORPUS (default: the built-in corpus)
 	$(TEXTGEN) train $(CORPUS)
 
-sample: $(STAMP) ## Print 500 characters from the latest run at temperature 0.5
-	$(TEXTGEN) sample --temperature 0.5
+sample: $(STAMP) ## Print 500 characters from the latest run at temperature 0.5 (with the demo's loop guards)
+	$(TEXTGEN) sample --temperature 0.5 --min-p 0.05 --max-repeat 20
 
 demo: data ## The main job: train a small model on the default corpus (6 epochs, ~3 min), save checkpoints, print a sample
 	$(TEXTGEN) train $(CORPUS) $(DEMO_OPTIONS)

@@ -87,6 +87,9 @@ def damage(run_dir, how):
     elif how == "json":
         for kind in ("best", "last"):
             (run_dir / f"{kind}.json").write_text('{"format": "textgen-checkpoint", "model": ')
+    elif how == "list":  # valid JSON, but not a checkpoint's object
+        for kind in ("best", "last"):
+            (run_dir / f"{kind}.json").write_text("[]")
 
 
 BAD_INPUTS = [
@@ -134,6 +137,12 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "flip"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "truncate"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "metadata", 1, "json"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "not a textgen checkpoint", 1, "list"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "not a textgen checkpoint", 1, "list"),
+    (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
+     "is not an earlier export (it holds good)", 1, None),
+    (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck/good", "--overwrite"],
+     "is not an earlier export", 1, None),
     (["eval", "{root}/missing.txt", "--checkpoint-dir", "{root}/ck"], "not found", 1, None),
     (["eval", "{root}/binary.bin", "--checkpoint-dir", "{root}/ck"], "looks binary", 1, None),
     (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--batch-size", "0"], "--batch-size must be", 1,
@@ -167,3 +176,39 @@ def test_unreadable_corpus(tmp_path):
     locked.chmod(0)
     result = invoke("train", locked, "--checkpoint-dir", tmp_path / "ck")
     assert result.exit_code == 1 and "not readable" in result.stderr
+
+
+def test_export_over_the_working_directory_is_refused(workspace, tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("export", "--checkpoint-dir", workspace / "ck", "--run", "good", "-o", ".", "--overwrite")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == "error: . is not an earlier export (it holds notes.txt); choose a new or empty " \
+                                    "directory for --output"
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
+    root = tmp_path / "w"
+    shutil.copytree(workspace, root)
+    shutil.copytree(root / "ck" / "good", root / "ck" / "broken")
+    damage(root / "ck" / "broken", "list")
+    result = invoke("runs", "--checkpoint-dir", root / "ck")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "damaged (textgen info --run broken says why)" in rows["broken"] and "good.txt" in rows["good"]
+
+
+def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
+    corpus = write_text(tmp_path / "own.txt", PERIOD * 400)
+    options = ["--checkpoint-dir", tmp_path / "ck", "--run", "own", "--units", "8", "--embedding-dim", "4",
+               "--batch-size", "4", "--seq-length", "10"]
+    assert invoke("train", corpus, *options, "--epochs", "1").exit_code == 0
+    result = invoke("train", *options, "--epochs", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.stderr and "epoch 2/2" in result.stderr
+    corpus.unlink()
+    gone = invoke("train", *options, "--epochs", "3", "--resume")
+    assert gone.exit_code == 1
+    assert gone.stderr.strip() == f"error: run 'own' was trained on {corpus}, which no longer exists; pass the " \
+                                  "corpus to resume on as CORPUS"

@@ -92,7 +92,7 @@ class CheckpointMeta:
 
     @classmethod
     def from_json(cls, values: dict) -> "CheckpointMeta":
-        if values.get("format") != FORMAT:
+        if not isinstance(values, dict) or values.get("format") != FORMAT:
             raise ValueError("not a textgen checkpoint")
         state_fields = {f.name for f in dataclasses.fields(RunState)}
         meta = cls(model=ModelConfig.from_dict(values["model"]), training=TrainConfig.from_dict(values["training"]),

@@ -119,11 +119,15 @@ def cli():
 @_config_options(ModelConfig)
 @_config_options(TrainConfig)
 def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy, **options):
-    """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt)."""
-    import_tensorflow_quietly()
+    """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt; with --resume, the
+    run's own corpus)."""
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
+    from textgen.runs import default_run_name
+    from textgen.training import resume_corpus
     from textgen.training import train as run_training
 
+    if corpus is None and resume:  # the run's own corpus
+        corpus = resume_corpus(checkpoint_dir, run or default_run_name(DEFAULT_CORPUS))
     if corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
     run_training(corpus, checkpoint_dir, run, *split_training_options(options),
@@ -139,7 +143,6 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
               help="Write the text to this file instead of stdout.")
 def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
-    import_tensorflow_quietly()
     from textgen.corpus import read_text
     from textgen.generate import format_samples, generate_with, write_output
 

@@ -26,6 +26,7 @@ from textgen.errors import TextgenError
 from textgen.generate import start_symbol
 
 FORMATS = ("keras", "savedmodel", "litert")
+EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
 
 
 def stock_model(meta, trained) -> "keras.Model":  # noqa: F821
@@ -185,9 +186,14 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     if output.exists() and not output.is_dir():
         raise TextgenError(f"{output} is a file; choose a directory for --output")
+    foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_ENTRIES) \
+        if output.is_dir() else []
+    if foreign:  # --overwrite replaces an earlier export, never a directory of other things (a run, the checkpoints)
+        raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
     trained, meta = load_model(Path(run_dir), batch_size=1)
     output.parent.mkdir(parents=True, exist_ok=True)
-    building = output.with_name(f".tmp-{output.name}-{os.getpid()}")
+    building = output.resolve().with_name(f".tmp-{output.resolve().name}-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     serving = functools.cache(lambda: _serving_module(meta, trained, _vocab_asset(meta, building)))
     try:

@@ -19,6 +19,7 @@ from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
+from textgen.quiet_import import import_tensorflow_quietly
 
 logger = logging.getLogger("textgen")
 SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the logits held at once)
@@ -233,7 +234,9 @@ def generate_with(config: SampleConfig, checkpoint_dir: str | Path = "checkpoint
     from textgen.runs import find_run
 
     config.validate()  # before loading: a bad option costs nothing
-    generator = Generator.load(find_run(Path(checkpoint_dir), run))
+    run_dir = find_run(Path(checkpoint_dir), run)
+    import_tensorflow_quietly()
+    generator = Generator.load(run_dir)
     if on_text is not None and len(config.temperature) * config.num_samples == 1:
         pieces = generator.stream(config, warn)
         while True:

@@ -10,6 +10,7 @@ from pathlib import Path
 from textgen.checkpoint import read_meta
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
+from textgen.errors import TextgenError
 
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
                   "learning_rate", "seconds"]
@@ -102,8 +103,12 @@ def runs_table(run_dirs: list[Path]) -> str:
     header = ("run", "corpus", "characters", "epochs", "best val bpc", "saved")
     rows = []
     for run_dir in run_dirs:
-        meta = read_meta(run_dir, "last")
-        best = read_meta(run_dir, "best") or meta
+        try:
+            meta = read_meta(run_dir, "last")
+            best = read_meta(run_dir, "best") or meta
+        except TextgenError:  # one damaged run does not hide the others
+            rows.append((run_dir.name, f"damaged (textgen info --run {run_dir.name} says why)", "-", "-", "-", "-"))
+            continue
         saved = datetime.datetime.fromisoformat(meta.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run_dir.name, Path(meta.corpus["path"]).name, f"{meta.corpus['length']:,}",
                      f"{meta.state.epoch}/{meta.training.epochs}", _bpc_text(best.state.val_loss), saved))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import errno
 import json
 import logging
 import threading
@@ -263,8 +264,9 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise TextgenError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port or stop "
-                               "the program that uses it") from None
+            advice = ("choose another --port or stop the program that uses it" if error.errno == errno.EADDRINUSE
+                      else "check --host (an address of this machine) and --port (1024 or above without root)")
+            raise TextgenError(f"cannot listen on {host}:{port} ({error.strerror}); {advice}") from None
     import_tensorflow_quietly()
     app = create_app(checkpoint_dir, run, limits)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{host}:{port}/ "

@@ -25,6 +25,7 @@ from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
+from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import check_readable, fingerprint, load_corpus, scan
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc, stream_loss
@@ -65,10 +66,12 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig) -
     seq = min(config.seq_length, max(1, shortest - 1))
     batch = max(1, min(config.batch_size, (shortest - 1) // seq))
     total = math.ceil(need / min(config.val_fraction, 1 - config.val_fraction))
+    smaller = StreamBatches.min_length(batch, seq) <= shortest  # can any window fit at all?
     raise TextgenError(
         f"corpus {corpus_path} is too short for --batch-size {config.batch_size} --seq-length {config.seq_length}: "
         f"its {part} has {shortest:,} characters but one batch needs {need:,}; use a corpus of at least "
-        f"{total:,} characters or smaller values such as --batch-size {batch} --seq-length {seq}"
+        f"{total:,} characters" + (f" or smaller values such as --batch-size {batch} --seq-length {seq}"
+                                   if smaller else "")
     )
 
 
@@ -84,7 +87,8 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             missing = "".join(sorted(set(saved_vocab.chars) - set(vocab.chars)))
             raise TextgenError(
                 f"cannot resume: the corpus vocabulary differs from the checkpoint's "
-                f"(new characters {added!r}, missing characters {missing!r}); train a new run with --run NAME")
+                f"(new characters {added!r}, missing characters {missing!r}); resume on the run's own corpus "
+                f"({meta.corpus.get('path')}) or train a new run with --run NAME")
         model_config, saved_training = meta.model, meta.training
         differences = [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(model_config, key)})"
                        for key, value in model_options.items() if getattr(model_config, key) != value]
@@ -237,7 +241,20 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             seconds=round(run.elapsed, 2))]
         for callback in callbacks:
             callback.on_epoch_end(run, improved)
-    return run.stop_reason or f"{run.config.epochs} epochs done"
+    epochs = run.config.epochs
+    return run.stop_reason or f"{epochs} epoch{'s' if epochs != 1 else ''} done"
+
+
+def resume_corpus(checkpoint_dir: str | Path, run: str) -> Optional[Path]:
+    """The corpus file a run was trained on (for --resume without a corpus), or None if the run has none."""
+    meta = checkpoint.read_meta(Path(checkpoint_dir) / check_run_name(run), "last")
+    if meta is None:
+        return None
+    corpus = Path(meta.corpus["path"])
+    if not corpus.exists():
+        raise TextgenError(f"run {run!r} was trained on {corpus}, which no longer exists; pass the corpus to resume "
+                           "on as CORPUS")
+    return corpus
 
 
 def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
@@ -261,6 +278,7 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
     ModelConfig(vocab_size=1, **model_options).validate()
     TrainConfig(**train_options).validate()
     check_readable(corpus_path)
+    import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
     chief = is_chief(strategy)
     if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
         with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
