@@ -10,8 +10,8 @@ time) with the median beside it.
 
 Training, float32 on both sides (textgen `--mixed-precision off`), random ids, state carried:
   reference: vocab 65, embedding 256, 1 x 512, batch 64, seq 100, no dropout
-  default:   textgen's default model and training options (2 x 512, embedding 128, batch 64, seq 50,
-             dropout 0.3, weight decay 0.2) against a plain same-shape nn.LSTM (no dropout)
+  default:   textgen's fixed defaults (--size fixed: 2 x 512, embedding 128, batch 64, seq 50, dropout 0.3,
+             weight decay 0.2; --size auto sizes smaller for short budgets) against a plain same-shape nn.LSTM
   Where the CPU multiplies bfloat16 natively, textgen's bfloat16 path is timed as an extra row.
 Sampling (reference model, random weights, temperature 1): textgen's Engine vs nn.LSTMCell called
 once per character under torch.inference_mode with torch.multinomial, for 1 and 64 streams.
@@ -45,7 +45,7 @@ REFERENCE = dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100
 
 
 def train_shapes() -> dict[str, dict]:
-    """The two training configs: the reference one and textgen's defaults (what `textgen train` uses)."""
+    """The two training configs: the reference one and textgen's fixed defaults (`textgen train --size fixed`)."""
     model, train = ModelConfig(vocab_size=65), TrainConfig()
     default = dict(vocab=65, embedding=model.embedding_dim, units=model.units, layers=model.layers,
                    batch=train.batch_size, seq=train.seq_length, dropout=model.dropout, weight_decay=train.weight_decay)
