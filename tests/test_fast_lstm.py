@@ -233,3 +233,102 @@ def test_weights_load_into_stock_lstm_at_batch_one(tmp_path):
     logits_trained = np.array(trained(np.repeat(ids, BATCH, axis=0), training=False))
     for row in range(BATCH):
         np.testing.assert_allclose(logits_trained[row], logits_stock[0], rtol=0, atol=TOL)
+
+
+@pytest.fixture
+def count_table_projections(monkeypatch):
+    """Count traces of the first layer's table projection (ids -> rows of embeddings @ kernel)."""
+    calls = {"n": 0}
+    original = fast_lstm._TableProjection.forward
+
+    def spy(self, *args):
+        calls["n"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(fast_lstm._TableProjection, "forward", spy)
+    return calls
+
+
+def table_twins(dropout=0.0, vocab=VOCAB, matmul_dtype="float32"):
+    from textgen.config import ModelConfig
+    from textgen.model import build_model
+
+    config = ModelConfig(vocab_size=vocab, embedding_dim=EMBED, units=UNITS, layers=2, dropout=dropout)
+    keras.utils.set_random_seed(0)
+    stock, fast = build_model(config, BATCH, stock=True), build_model(config, BATCH, matmul_dtype=matmul_dtype)
+    stock.set_weights(fast.get_weights())
+    return stock, fast
+
+
+def long_windows(vocab=VOCAB):
+    """Windows long enough (3 x 8 ids >= 2 x 11 symbols) that the first layer gathers its input projection."""
+    rng = np.random.default_rng(4)
+    return [(rng.integers(0, vocab, (BATCH, n)).astype("int32"), rng.integers(0, vocab, (BATCH, n))) for n in (8, 12)]
+
+
+def test_first_layer_gathers_its_input_projection_and_matches_stock(count_table_projections):
+    stock, fast = table_twins()
+    for x, y in long_windows():
+        logits_s, grads_s, states_s = train_call(stock, x, y)
+        logits_f, grads_f, states_f = train_call(fast, x, y)
+        assert max_diff(logits_s, logits_f) < TOL
+        for a, b in zip(states_s, states_f):
+            assert max_diff(a, b) < TOL
+        # The embedding's gradient now comes from lstm_0's table, as a dense (vocab, E) tensor.
+        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
+            assert a.shape == b.shape and max_diff(a, b) < TOL, variable.path
+        assert max_diff(stock(x, training=False), fast(x, training=False)) < TOL
+    assert count_table_projections["n"] == 4  # 2 windows x (training + inference)
+
+
+def test_table_projection_is_skipped_when_it_would_not_pay(count_table_projections):
+    # Input dropout draws a mask per stream: training projects densely, inference still gathers.
+    _, fast = table_twins(dropout=0.3)
+    x, y = long_windows()[0]
+    train_call(fast, x, y)
+    assert count_table_projections["n"] == 0
+    fast(x, training=False)
+    assert count_table_projections["n"] == 1
+    # A vocabulary larger than half the window: the table would cost more than the projection.
+    stock, fast = table_twins(vocab=40)
+    x, y = long_windows(vocab=40)[0]
+    logits_s, grads_s, _ = train_call(stock, x, y)
+    logits_f, grads_f, _ = train_call(fast, x, y)
+    assert count_table_projections["n"] == 1
+    assert max_diff(logits_s, logits_f) < TOL and all(max_diff(a, b) < TOL for a, b in zip(grads_s, grads_f))
+
+
+def test_table_projection_in_bfloat16_stays_close(count_table_projections):
+    _, exact = table_twins()
+    _, mixed = table_twins(matmul_dtype="bfloat16")
+    x, y = long_windows()[0]
+    logits_e, grads_e, _ = train_call(exact, x, y)
+    logits_m, grads_m, _ = train_call(mixed, x, y)
+    assert count_table_projections["n"] == 2
+    assert 0 < max_diff(logits_e, logits_m) < 0.03 * np.abs(logits_e).max()
+    for g_e, g_m in zip(grads_e, grads_m):
+        assert g_m.dtype == np.float32 and max_diff(g_e, g_m) < 0.03 * np.abs(g_e).max()
+
+
+def test_table_model_weights_load_into_the_stock_model(tmp_path):
+    """lstm_0 holds the embedding only through a function: the weight file lists each variable once,
+    under the same paths as the stock network's."""
+    stock, fast = table_twins()
+    path = tmp_path / "fast.weights.h5"
+    fast.save_weights(path)
+    import h5py
+
+    def variables(file):
+        names = []
+        file.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+        return sorted(names)
+
+    stock.save_weights(tmp_path / "stock.weights.h5")
+    with h5py.File(path) as ours, h5py.File(tmp_path / "stock.weights.h5") as theirs:
+        assert variables(ours) == variables(theirs) and len(variables(ours)) == len(stock.weights)
+    fresh_stock = table_twins()[0]
+    fresh_stock.set_weights([np.zeros_like(w) for w in fresh_stock.get_weights()])
+    fresh_stock.load_weights(path)
+    x = long_windows()[0][0]
+    np.testing.assert_allclose(np.array(fresh_stock(x, training=False)), np.array(fast(x, training=False)),
+                               rtol=0, atol=TOL)

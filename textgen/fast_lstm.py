@@ -18,6 +18,13 @@ backward (``tf.custom_gradient``)
     ``dKernel`` matmul as a ones column), ``dX = dZ kernel^T``).
     Gradients for the initial ``h`` and ``c`` are returned too.
 
+first layer (``read_ids_from``)
+    when the layer reads the token ids that its input embeds, the input projection is
+    a row gather from the (vocab, 4U) table ``embeddings @ kernel``, and the backward
+    sums dz per token instead of the two large matmuls for dKernel and dX: a third
+    fewer FLOPs in the reference model (1 x 512, embedding 256). It applies without
+    input dropout and when the table is smaller than the window.
+
 Input ``dropout`` is applied like the stock layer's cuDNN path: one mask per
 (batch, feature) from ``cell.get_dropout_mask``, shared by all time steps,
 training only. (The stock CPU path caches that same mask for every step, so
@@ -97,6 +104,37 @@ class FastLSTM(keras.layers.LSTM):
             return False
         return True
 
+    def read_ids_from(self, embedding) -> None:
+        """Let this first layer compute its input projection from the token ids (see :meth:`call`'s ``ids``).
+
+        ``embedding(ids) @ kernel`` equals a row gather from the small (vocab, 4U) table
+        ``embedding.embeddings @ kernel``, which removes the window's input projection and two of the backward's
+        three large matmuls (the kernel's and the input's gradients): a third of the reference model's
+        training FLOPs. The embedding then gets its gradient from this layer, as a dense (vocab, E) tensor.
+        """
+        # A function, not the layer itself: a layer held as an attribute would be tracked and saved a second
+        # time under this one, and weight files would stop matching the stock model's.
+        self._embedding_table = lambda: embedding.embeddings
+
+    def call(self, sequences, initial_state=None, mask=None, training=False, ids=None):
+        """The stock ``call``; ``ids`` are the tokens that ``sequences`` embeds (:meth:`read_ids_from`)."""
+        self._ids = ids
+        try:
+            return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+        finally:
+            self._ids = None
+
+    def _gathers_inputs(self, sequences, training) -> bool:
+        """Whether the input projection is a gather from the (vocab, 4U) table: the layer reads ids, no input
+        dropout is drawn (its mask is per stream, so a table per stream would cost more than it saves), and
+        the table is smaller than the window."""
+        if getattr(self, "_ids", None) is None or getattr(self, "_embedding_table", None) is None:
+            return False
+        if training and self.cell.dropout:
+            return False
+        batch, steps = sequences.shape[0], sequences.shape[1]
+        return batch is not None and steps is not None and 2 * self._embedding_table().shape[0] <= batch * steps
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         flat_mask = mask[0] if isinstance(mask, (list, tuple)) else mask
         if not self.fast_path_applies(sequences, flat_mask):
@@ -108,18 +146,25 @@ class FastLSTM(keras.layers.LSTM):
         # the backward pass would read the *final* state as h_0 / c_0.
         h0 = tf.identity(tf.convert_to_tensor(initial_state[0]))
         c0 = tf.identity(tf.convert_to_tensor(initial_state[1]))
-        x = sequences
-        if training and 0.0 < self.cell.dropout < 1.0:
-            dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
-            x = x * tf.expand_dims(dp_mask, 1)
+        if self._gathers_inputs(sequences, training):
+            projection = _TableProjection(tf.transpose(tf.cast(self._ids, "int32")))
+            source = tf.convert_to_tensor(self._embedding_table().value)
+        else:
+            projection = _DenseProjection()
+            source = sequences
+            if training and 0.0 < self.cell.dropout < 1.0:
+                dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
+                source = source * tf.expand_dims(dp_mask, 1)
+            source = tf.transpose(source, [1, 0, 2])
         kernel = tf.convert_to_tensor(self.cell.kernel.value)
         recurrent = tf.convert_to_tensor(self.cell.recurrent_kernel.value)
         bias = tf.convert_to_tensor(self.cell.bias.value)
-        x_tm = tf.transpose(x, [1, 0, 2])
         if training:
-            outputs_tm, h, c = _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, tf.as_dtype(self.matmul_dtype))
+            outputs_tm, h, c = _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias,
+                                               tf.as_dtype(self.matmul_dtype))
         else:
-            outputs_tm, h, c = _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save=False)
+            xw = projection.forward(source, kernel, bias, tf.float32)
+            outputs_tm, h, c = _lstm_forward(xw, h0, c0, recurrent, save=False)
         outputs = tf.transpose(outputs_tm, [1, 0, 2])
         return h, outputs, [h, c]
 
@@ -155,8 +200,56 @@ def _matmul(a, b, operand_dtype, **kwargs):
     return tf.cast(tf.matmul(tf.cast(a, operand_dtype), tf.cast(b, operand_dtype), **kwargs), "float32")
 
 
-def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=None):
-    """Run the recurrence.
+class _DenseProjection:
+    """The input projection as one (T*B, in) @ (in, 4U) matmul over the window's inputs (time-major)."""
+
+    def forward(self, x_tm, kernel, bias, operand_dtype):
+        """The window's pre-scaled z input part, (T, B, 4U)."""
+        import tensorflow as tf
+
+        scale = lstm_step.candidate_scale(kernel.shape[1] // lstm_step.GATES, kernel.dtype)
+        xw = _matmul(tf.reshape(x_tm, [-1, kernel.shape[0]]), kernel * scale, operand_dtype) + bias * scale
+        return tf.reshape(xw, tf.concat([tf.shape(x_tm)[:2], [kernel.shape[1]]], 0))
+
+    def backward(self, x_tm, kernel, dz, operand_dtype):
+        """Gradients of ``(x_tm, kernel, bias)`` from dz (T*B, 4U)."""
+        import tensorflow as tf
+
+        in_dim = kernel.shape[0]
+        x_flat = tf.reshape(x_tm, [-1, in_dim])
+        # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a
+        # separate memory-bound reduction over the (T*B, 4U) dZ.
+        x_ones = tf.concat([x_flat, tf.ones([tf.shape(x_flat)[0], 1], x_flat.dtype)], 1)
+        d_kernel_bias = _matmul(x_ones, dz, operand_dtype, transpose_a=True)
+        d_x = tf.reshape(_matmul(dz, _materialized_transpose(kernel), operand_dtype), tf.shape(x_tm))
+        return d_x, d_kernel_bias[:in_dim], d_kernel_bias[in_dim]
+
+
+class _TableProjection:
+    """The input projection of token ids (T, B) through an embedding: rows of ``embeddings @ kernel``."""
+
+    def __init__(self, ids_tm):
+        self.ids_tm = ids_tm
+
+    def forward(self, embeddings, kernel, bias, operand_dtype):
+        import tensorflow as tf
+
+        scale = lstm_step.candidate_scale(kernel.shape[1] // lstm_step.GATES, kernel.dtype)
+        table = _matmul(embeddings, kernel * scale, operand_dtype) + bias * scale
+        return tf.gather(table, self.ids_tm)
+
+    def backward(self, embeddings, kernel, dz, operand_dtype):
+        """Gradients of ``(embeddings, kernel, bias)``: dz summed per token, then two (vocab-sized) matmuls."""
+        import tensorflow as tf
+
+        d_table = tf.math.unsorted_segment_sum(dz, tf.reshape(self.ids_tm, [-1]), tf.shape(embeddings)[0])
+        d_embeddings = _matmul(d_table, _materialized_transpose(kernel), operand_dtype)
+        d_kernel = _matmul(embeddings, d_table, operand_dtype, transpose_a=True)
+        return d_embeddings, d_kernel, tf.reduce_sum(d_table, 0)
+
+
+def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None):
+    """Run the recurrence over the pre-scaled input part of z, ``xw`` (T, B, 4U).
 
     Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all)`` for
     the backward pass: ``h_all``/``c_all`` are (T+1, B, U) with the initial state at 0,
@@ -165,16 +258,11 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
     import tensorflow as tf
 
     units = recurrent.shape[0]
-    in_dim = kernel.shape[0]
-    steps = tf.shape(x_tm)[0]
-    batch = tf.shape(x_tm)[1]
-    dtype = x_tm.dtype
+    steps = tf.shape(xw)[0]
+    dtype = xw.dtype
     operand_dtype = operand_dtype or dtype
     # One sigmoid over all 4U columns gives every gate (textgen.lstm_step).
     scale = lstm_step.candidate_scale(units, dtype)
-    # One big input projection for the whole window.
-    xw = _matmul(tf.reshape(x_tm, [-1, in_dim]), kernel * scale, operand_dtype) + bias * scale
-    xw = tf.reshape(xw, [steps, batch, lstm_step.GATES * units])
     # The step's product is computed as z^T = R^T h^T, a (4U, U) x (U, B) matmul with a (4U, B)
     # result, then transposed back (a cache-resident 4U x B copy). On CPU (oneDNN and Eigen alike)
     # that shape runs ~1.5x faster than the (B, U) x (U, 4U) one: BENCHMARKS.md, "Against PyTorch".
@@ -212,17 +300,17 @@ def _lstm_forward(x_tm, h0, c0, kernel, recurrent, bias, save, operand_dtype=Non
     return h_all[1:], h, c, h_all, c_ta.stack(), s_ta.stack()
 
 
-def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last, operand_dtype):
-    """Reverse recurrence plus the post-loop weight-gradient matmuls.
+def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last, operand_dtype):
+    """Reverse recurrence plus the recurrent kernel's gradient.
 
-    Returns the gradients of ``(x_tm, h0, c0, kernel, recurrent, bias)``.
+    Returns ``dz`` (T*B, 4U), the gradient of the (unscaled) z of every step, and the gradients of
+    ``(h0, c0, recurrent)``.
     """
     import tensorflow as tf
 
     units = recurrent.shape[0]
-    in_dim = kernel.shape[0]
-    steps = tf.shape(x_tm)[0]
-    dtype = x_tm.dtype
+    steps = tf.shape(s_all)[0]
+    dtype = h_all.dtype
     batch_units = h_all.shape[1:]
     if d_outputs is None:
         d_outputs = tf.zeros_like(h_all[1:])
@@ -243,33 +331,30 @@ def _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_
         (steps - 1, dh, dc, dz_ta),
         maximum_iterations=steps,
     )
+    # float32 even when the matmuls take bfloat16: the table projection sums dz per token.
     dz = tf.reshape(dz_ta.stack(), [-1, lstm_step.GATES * units])
-    x_flat = tf.reshape(x_tm, [-1, in_dim])
     h_prev = tf.reshape(h_all[:-1], [-1, units])
-    # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a
-    # separate memory-bound reduction over the (T*B, 4U) dZ.
-    x_ones = tf.concat([x_flat, tf.ones([tf.shape(x_flat)[0], 1], dtype)], 1)
-    dz_operand = tf.cast(dz, operand_dtype)
-    d_kernel_bias = _matmul(x_ones, dz_operand, operand_dtype, transpose_a=True)
-    d_kernel, d_bias = d_kernel_bias[:in_dim], d_kernel_bias[in_dim]
-    d_recurrent = _matmul(h_prev, dz_operand, operand_dtype, transpose_a=True)
-    d_x = tf.reshape(_matmul(dz, _materialized_transpose(kernel), operand_dtype), tf.shape(x_tm))
-    return d_x, dh0, dc0, d_kernel, d_recurrent, d_bias
+    d_recurrent = _matmul(h_prev, dz, operand_dtype, transpose_a=True)
+    return dz, dh0, dc0, d_recurrent
 
 
-def _lstm_with_grad(x_tm, h0, c0, kernel, recurrent, bias, operand_dtype):
+def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand_dtype):
+    """The training path: ``projection`` (dense or table) turns ``source`` into the input part of z."""
     import tensorflow as tf
 
     @tf.custom_gradient
-    def lstm(x_tm, h0, c0, kernel, recurrent, bias):
+    def lstm(source, h0, c0, kernel, recurrent, bias):
+        xw = projection.forward(source, kernel, bias, operand_dtype)
         outputs, h_last, c_last, h_all, c_all, s_all = _lstm_forward(
-            x_tm, h0, c0, kernel, recurrent, bias, save=True, operand_dtype=operand_dtype
+            xw, h0, c0, recurrent, save=True, operand_dtype=operand_dtype
         )
 
         def grad(d_outputs, d_h_last, d_c_last):
-            return _lstm_backward(x_tm, kernel, recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last,
-                                  operand_dtype)
+            dz, dh0, dc0, d_recurrent = _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last,
+                                                       d_c_last, operand_dtype)
+            d_source, d_kernel, d_bias = projection.backward(source, kernel, dz, operand_dtype)
+            return d_source, dh0, dc0, d_kernel, d_recurrent, d_bias
 
         return (outputs, h_last, c_last), grad
 
-    return lstm(x_tm, h0, c0, kernel, recurrent, bias)
+    return lstm(source, h0, c0, kernel, recurrent, bias)
