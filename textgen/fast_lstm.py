@@ -85,6 +85,8 @@ class FastLSTM(keras.layers.LSTM):
         if matmul_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"matmul_dtype must be 'float32' or 'bfloat16', not {matmul_dtype!r}")
         self.matmul_dtype = matmul_dtype
+        self._embedding_table = None  # read_ids_from: a function returning the embedding variable
+        self._ids = None  # the ids of the call in progress, for inner_loop (RNN.call does not pass them on)
 
     def get_config(self):
         return {**super().get_config(), "matmul_dtype": self.matmul_dtype}
@@ -136,7 +138,7 @@ class FastLSTM(keras.layers.LSTM):
         """Whether the input projection is a gather from the (vocab, 4U) table: the layer reads ids, no input
         dropout is drawn (its mask is per stream, so a table per stream would cost more than it saves), and
         the table is smaller than the window."""
-        if getattr(self, "_ids", None) is None or getattr(self, "_embedding_table", None) is None:
+        if self._ids is None or self._embedding_table is None:
             return False
         if training and self.cell.dropout:
             return False
@@ -228,6 +230,7 @@ class _DenseProjection:
         # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a
         # separate memory-bound reduction over the (T*B, 4U) dZ.
         x_ones = tf.concat([x_flat, tf.ones([tf.shape(x_flat)[0], 1], x_flat.dtype)], 1)
+        dz = tf.cast(dz, operand_dtype)  # once for both matmuls (a no-op in float32)
         d_kernel_bias = _matmul(x_ones, dz, operand_dtype, transpose_a=True)
         d_x = tf.reshape(_matmul(dz, _materialized_transpose(kernel), operand_dtype), tf.shape(x_tm))
         return d_x, d_kernel_bias[:in_dim], d_kernel_bias[in_dim]
