@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--peer-python", default=str(ROOT / ".venv-peers" / "bin" / "python"),
                         help="Python of the virtualenv that has torch (default: .venv-peers)")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and steps (~1 minute)")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per row (default 4)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per row (default 6)")
     parser.add_argument("--no-record", action="store_true", help="do not rewrite BENCHMARKS.md")
     args = parser.parse_args(argv)
     if not Path(args.peer_python).exists():

@@ -37,11 +37,19 @@ def machine() -> str:
 
 
 def update_section(title: str, command: list[str], output: str, exit_code: int = 0) -> None:
+    """Replace the section's command line and output block; notes written under the block (and its ###
+    subsections, such as results kept from another CPU) stay."""
     text = RECORD.read_text(encoding="utf-8") if RECORD.exists() else PREAMBLE
     body = (f"## {title}\n\n`python {' '.join(command)}` (exit code {exit_code}), "
             f"{datetime.date.today().isoformat()}, {machine()}\n\n```\n{output.strip()}\n```\n")
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: body + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + body
+    match = pattern.search(text)
+    if match:
+        notes = re.sub(r"\A.*?^```\n.*?^```\n", "", match.group(0), count=1, flags=re.S | re.M).strip()
+        body += f"\n{notes}\n" if notes else ""
+        text = text[:match.start()] + body + "\n" + text[match.end():]
+    else:
+        text = text.rstrip() + "\n\n" + body
     RECORD.write_text(text.rstrip() + "\n", encoding="utf-8")
 
 

@@ -332,3 +332,27 @@ def test_table_model_weights_load_into_the_stock_model(tmp_path):
     x = long_windows()[0][0]
     np.testing.assert_allclose(np.array(fresh_stock(x, training=False)), np.array(fast(x, training=False)),
                                rtol=0, atol=TOL)
+
+
+def test_row_width_pads_only_power_of_two_rows_in_float32_training():
+    assert fast_lstm._row_width(2048, tf.float32, True) == 2064  # 512 units: 8 KB rows
+    assert fast_lstm._row_width(1024, tf.float32, True) == 1040
+    assert fast_lstm._row_width(1536, tf.float32, True) == 1536  # 6 KB rows do not alias
+    assert fast_lstm._row_width(2048, tf.float32, False) == 2048  # inference loops are not compiled
+    assert fast_lstm._row_width(2048, tf.bfloat16, True) == 2048
+
+
+def test_padded_rows_match_stock(monkeypatch, count_table_projections):
+    """Training with zero columns after 4U (what 256, 512, ... units get) computes the same as the stock layer,
+    through the table projection (layer 0) and the dense one (layer 1)."""
+    monkeypatch.setattr(fast_lstm, "_row_width", lambda gates, dtype, training: gates + 3 if training else gates)
+    stock, fast = table_twins()
+    for x, y in long_windows():
+        logits_s, grads_s, states_s = train_call(stock, x, y)
+        logits_f, grads_f, states_f = train_call(fast, x, y)
+        assert max_diff(logits_s, logits_f) < TOL
+        for a, b in zip(states_s, states_f):
+            assert max_diff(a, b) < TOL
+        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
+            assert a.shape == b.shape and max_diff(a, b) < TOL, variable.path
+    assert count_table_projections["n"] == 2

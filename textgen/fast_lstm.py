@@ -156,11 +156,13 @@ class FastLSTM(keras.layers.LSTM):
         # the backward pass would read the *final* state as h_0 / c_0.
         h0 = tf.identity(tf.convert_to_tensor(initial_state[0]))
         c0 = tf.identity(tf.convert_to_tensor(initial_state[1]))
+        operand_dtype = tf.as_dtype(self.matmul_dtype) if training else tf.float32
+        width = _row_width(lstm_step.GATES * self.units, operand_dtype, training)
         if self._gathers_inputs(sequences, training):
-            projection = _TableProjection(tf.transpose(tf.cast(self._ids, "int32")))
+            projection = _TableProjection(width, tf.transpose(tf.cast(self._ids, "int32")))
             source = tf.convert_to_tensor(self._embedding_table().value)
         else:
-            projection = _DenseProjection()
+            projection = _DenseProjection(width)
             source = sequences
             if training and 0.0 < self.cell.dropout < 1.0:
                 dp_mask = self.cell.get_dropout_mask(sequences[:, 0, :])
@@ -170,10 +172,9 @@ class FastLSTM(keras.layers.LSTM):
         recurrent = tf.convert_to_tensor(self.cell.recurrent_kernel.value)
         bias = tf.convert_to_tensor(self.cell.bias.value)
         if training:
-            outputs_tm, h, c = _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias,
-                                               tf.as_dtype(self.matmul_dtype))
+            outputs_tm, h, c = _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand_dtype)
         else:
-            xw = projection.forward(source, kernel, bias, tf.float32)
+            xw = projection.forward(source, kernel, bias, operand_dtype)
             outputs_tm, h, c = _lstm_forward(xw, h0, c0, recurrent, save=False)
         outputs = tf.transpose(outputs_tm, [1, 0, 2])
         return h, outputs, [h, c]
@@ -203,6 +204,33 @@ def _materialized_transpose(matrix):
     return tf.raw_ops.Snapshot(input=tf.transpose(matrix))
 
 
+def _row_width(gates: int, operand_dtype, training: bool) -> int:
+    """The width of the training loops' z rows (xw, dz): ``gates`` (4U), plus 16 zero columns when rows of 4U
+    float32 are a multiple of 4 KB (U = 256, 512, 768, ...).
+
+    With that power-of-two stride the window's large (., 4U) matmuls lose a quarter of their speed to cache
+    aliasing: on a Zen 3 CPU (AVX2), ``x @ kernel`` and ``X^T dZ`` at 4U = 2048 run at ~105 GFLOP/s, and at
+    2064 columns at ~140-150 (BENCHMARKS.md, "Against PyTorch: where the training time goes"). The compiled
+    loops slice the pad off inside their fused step, so only the float32 training path pads; the uncompiled
+    loops (inference, bfloat16) would pay a slice op per step.
+    """
+    import tensorflow as tf
+
+    if not training or operand_dtype != tf.float32 or gates % 1024:
+        return gates
+    return gates + 16
+
+
+def _pad_columns(tensor, width: int):
+    """``tensor`` with zero columns appended to its last axis up to ``width``."""
+    import tensorflow as tf
+
+    missing = width - tensor.shape[-1]
+    if not missing:
+        return tensor
+    return tf.pad(tensor, [[0, 0]] * (tensor.shape.rank - 1) + [[0, missing]])
+
+
 def _matmul(a, b, operand_dtype, **kwargs):
     """``a @ b`` with operands cast to ``operand_dtype``, product back in float32 (the state's dtype)."""
     import tensorflow as tf
@@ -211,49 +239,61 @@ def _matmul(a, b, operand_dtype, **kwargs):
 
 
 class _DenseProjection:
-    """The input projection as one (T*B, in) @ (in, 4U) matmul over the window's inputs (time-major)."""
+    """The input projection as one (T*B, in) @ (in, 4U) matmul over the window's inputs (time-major).
+
+    ``width`` is the row width of its result and of the dz it takes back (:func:`_row_width`)."""
+
+    def __init__(self, width: int):
+        self.width = width
 
     def forward(self, x_tm, kernel, bias, operand_dtype):
-        """The window's pre-scaled z input part, (T, B, 4U)."""
+        """The window's pre-scaled z input part, (T, B, width)."""
         import tensorflow as tf
 
         scale = lstm_step.candidate_scale(kernel.shape[1] // lstm_step.GATES, kernel.dtype)
-        xw = _matmul(tf.reshape(x_tm, [-1, kernel.shape[0]]), kernel * scale, operand_dtype) + bias * scale
-        return tf.reshape(xw, tf.concat([tf.shape(x_tm)[:2], [kernel.shape[1]]], 0))
+        xw = (_matmul(tf.reshape(x_tm, [-1, kernel.shape[0]]), _pad_columns(kernel * scale, self.width),
+                      operand_dtype)
+              + _pad_columns(bias * scale, self.width))
+        return tf.reshape(xw, tf.concat([tf.shape(x_tm)[:2], [self.width]], 0))
 
     def backward(self, x_tm, kernel, dz, operand_dtype):
-        """Gradients of ``(x_tm, kernel, bias)`` from dz (T*B, 4U)."""
+        """Gradients of ``(x_tm, kernel, bias)`` from dz (T*B, width)."""
         import tensorflow as tf
 
-        in_dim = kernel.shape[0]
+        in_dim, gates = kernel.shape
         x_flat = tf.reshape(x_tm, [-1, in_dim])
         # [X, 1]^T dZ gives dKernel and dBias (last row) in one matmul, instead of a
         # separate memory-bound reduction over the (T*B, 4U) dZ.
         x_ones = tf.concat([x_flat, tf.ones([tf.shape(x_flat)[0], 1], x_flat.dtype)], 1)
         dz = tf.cast(dz, operand_dtype)  # once for both matmuls (a no-op in float32)
-        d_kernel_bias = _matmul(x_ones, dz, operand_dtype, transpose_a=True)
-        d_x = tf.reshape(_matmul(dz, _materialized_transpose(kernel), operand_dtype), tf.shape(x_tm))
+        d_kernel_bias = _matmul(x_ones, dz, operand_dtype, transpose_a=True)[:, :gates]
+        d_x = _matmul(dz, _materialized_transpose(_pad_columns(kernel, self.width)), operand_dtype)
+        d_x = tf.reshape(d_x, tf.shape(x_tm))
         return d_x, d_kernel_bias[:in_dim], d_kernel_bias[in_dim]
 
 
 class _TableProjection:
     """The input projection of token ids (T, B) through an embedding: rows of ``embeddings @ kernel``."""
 
-    def __init__(self, ids_tm):
+    def __init__(self, width: int, ids_tm):
+        self.width = width
         self.ids_tm = ids_tm
 
     def forward(self, embeddings, kernel, bias, operand_dtype):
         import tensorflow as tf
 
         scale = lstm_step.candidate_scale(kernel.shape[1] // lstm_step.GATES, kernel.dtype)
-        table = _matmul(embeddings, kernel * scale, operand_dtype) + bias * scale
+        table = (_matmul(embeddings, _pad_columns(kernel * scale, self.width), operand_dtype)
+                 + _pad_columns(bias * scale, self.width))
         return tf.gather(table, self.ids_tm)
 
     def backward(self, embeddings, kernel, dz, operand_dtype):
         """Gradients of ``(embeddings, kernel, bias)``: dz summed per token, then two (vocab-sized) matmuls."""
         import tensorflow as tf
 
+        gates = kernel.shape[1]
         d_table = tf.math.unsorted_segment_sum(dz, tf.reshape(self.ids_tm, [-1]), tf.shape(embeddings)[0])
+        d_table = d_table[:, :gates]
         d_embeddings = _matmul(d_table, _materialized_transpose(kernel), operand_dtype)
         d_kernel = _matmul(embeddings, d_table, operand_dtype, transpose_a=True)
         return d_embeddings, d_kernel, tf.reduce_sum(d_table, 0)
@@ -298,7 +338,8 @@ def _forward_loop(xw, h0, c0, rk_t, save):
         c_ta = c_ta.write(0, c0)
 
     def body(t, h, c, h_ta, c_ta, s_ta):
-        s = tf.sigmoid(xw[t] + tf.transpose(_matmul(rk_t, h, rk_t.dtype, transpose_b=True)))
+        xw_t = xw[t] if xw.shape[-1] == rk_t.shape[0] else xw[t, :, :rk_t.shape[0]]  # without _row_width's pad
+        s = tf.sigmoid(xw_t + tf.transpose(_matmul(rk_t, h, rk_t.dtype, transpose_b=True)))
         # (B, 4U) -> gate-major (4, B, U): one transpose instead of a column split, and
         # the gates (and the backward's reads of them) become free dim-0 views.
         s = tf.transpose(tf.reshape(s, [-1, lstm_step.GATES, units]), [1, 0, 2])
@@ -339,11 +380,11 @@ def _compiled(loop):
     return tf.function(loop, jit_compile=True)
 
 
-def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last, operand_dtype):
+def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last, operand_dtype, width):
     """Reverse recurrence plus the recurrent kernel's gradient.
 
-    Returns ``dz`` (T*B, 4U), the gradient of the (unscaled) z of every step, and the gradients of
-    ``(h0, c0, recurrent)``.
+    Returns ``dz`` (T*B, width), the gradient of the (unscaled) z of every step (zero beyond 4U: see
+    :func:`_row_width`), and the gradients of ``(h0, c0, recurrent)``.
     """
     import tensorflow as tf
 
@@ -355,20 +396,21 @@ def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last
     dc = tf.zeros(tf.shape(h_all)[1:], dtype) if d_c_last is None else d_c_last
     # Pre-transposed: matmul(..., transpose_b=True) is slower on CPU (up to 5x for this
     # shape). Snapshot stops grappler from folding the transpose back into the matmul.
-    recurrent_t = tf.cast(_materialized_transpose(recurrent), operand_dtype)
+    # (width, U): the rows beyond 4U are zeros, like dz's padded columns.
+    recurrent_t = tf.cast(_materialized_transpose(_pad_columns(recurrent, width)), operand_dtype)
     if operand_dtype == tf.float32:
         dz_all, dh0, dc0 = _compiled(_backward_loop)(*_no_tape(s_all, c_all, d_outputs, dh, dc, recurrent_t))
     else:
         dz_all, dh0, dc0 = _backward_loop(s_all, c_all, d_outputs, dh, dc, recurrent_t)
     # float32 even when the matmuls take bfloat16: the table projection sums dz per token.
-    dz = tf.reshape(dz_all, [-1, lstm_step.GATES * units])
+    dz = tf.reshape(dz_all, [-1, width])
     h_prev = tf.reshape(h_all[:-1], [-1, units])
-    d_recurrent = _matmul(h_prev, dz, operand_dtype, transpose_a=True)
+    d_recurrent = _matmul(h_prev, dz, operand_dtype, transpose_a=True)[:, :lstm_step.GATES * units]
     return dz, dh0, dc0, d_recurrent
 
 
 def _backward_loop(s_all, c_all, d_outputs, dh, dc, recurrent_t):
-    """The reverse recurrence: dz (T, B, 4U) of every step, and the gradients reaching h0 and c0."""
+    """The reverse recurrence: dz (T, B, width) of every step, and the gradients reaching h0 and c0."""
     import tensorflow as tf
 
     steps = tf.shape(s_all)[0]
@@ -376,6 +418,7 @@ def _backward_loop(s_all, c_all, d_outputs, dh, dc, recurrent_t):
 
     def body(t, dh, dc, dz_ta):
         dz, dc = lstm_step.gate_gradients(s_all[t], c_all[t], c_all[t + 1], dh + d_outputs[t], dc)
+        dz = _pad_columns(dz, recurrent_t.shape[0])
         return t - 1, _matmul(dz, recurrent_t, recurrent_t.dtype), dc, dz_ta.write(t, dz)
 
     _, dh0, dc0, dz_ta = tf.while_loop(
@@ -400,7 +443,7 @@ def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand
 
         def grad(d_outputs, d_h_last, d_c_last):
             dz, dh0, dc0, d_recurrent = _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last,
-                                                       d_c_last, operand_dtype)
+                                                       d_c_last, operand_dtype, projection.width)
             d_source, d_kernel, d_bias = projection.backward(source, kernel, dz, operand_dtype)
             return d_source, dh0, dc0, d_kernel, d_recurrent, d_bias
 
