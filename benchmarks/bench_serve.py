@@ -1,15 +1,15 @@
 """Serving throughput: N concurrent streaming clients against serving them one at a time.
 
-    python benchmarks/bench_serve.py [--length 400] [--clients 1,8,32,64]
+    python benchmarks/bench_serve.py [--length 400] [--clients 1,8,32,64] [--rounds 3]
 
 The real server (textgen.serve on uvicorn) on a loopback port, the clients in another process, a
 model of the reference size with random weights (vocab 65, embedding 256, one LSTM of 512 units).
 Each client streams one sample of --length characters (Server-Sent Events). For each N the clients
 start together; aggregate characters/s = N x length / time until the last one ends; time to first
 character is from a client's request to its first generated piece (the prime is sent back first and
-not counted). Serving the N clients one at a time gives the aggregate of one client, so "x one at a
-time" is aggregate(N) / aggregate(1). Goals (issue 15): 32 clients >= 6x, first character < 300 ms at
-32 clients.
+not counted). The baseline serves 8 requests one after another (what a server without batching does);
+"x one at a time" is aggregate(N) / that aggregate. Each row is the best of --rounds rounds.
+Goals (issue 15): 32 clients >= 6x, first character < 300 ms at 32 clients.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from textgen.model import build_model  # noqa: E402
 from textgen.vocab import Vocabulary  # noqa: E402
 
 PRIME = "The "
+ONE_AT_A_TIME = 8  # requests served in a row for the baseline
 
 
 def write_run(root: pathlib.Path) -> None:
@@ -77,40 +78,45 @@ def stream(port: int, length: int, seed: int, results: list, index: int) -> None
     results[index] = (first, time.perf_counter(), characters)
 
 
-def run_clients(port: int, clients: int, length: int) -> dict:
+def run_clients(port: int, clients: int, length: int, one_at_a_time: int = 0) -> dict:
     results: list = [None] * clients
-    threads = [threading.Thread(target=stream, args=(port, length, i, results, i)) for i in range(clients)]
     started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
+    if one_at_a_time:
+        for index in range(clients):
+            stream(port, length, index, results, index)
+    else:
+        threads = [threading.Thread(target=stream, args=(port, length, i, results, i)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=600)
     if any(r is None or r[2] != length for r in results):
         raise SystemExit(f"a client did not receive its {length} characters: {results}")
     wall = max(r[1] for r in results) - started
     firsts = sorted(r[0] for r in results)
-    return dict(clients=clients, chars_per_s=clients * length / wall, first_median_ms=1000 * statistics.median(firsts),
-                first_max_ms=1000 * firsts[-1], wall_s=wall)
+    return dict(clients=clients, one_at_a_time=bool(one_at_a_time), chars_per_s=clients * length / wall,
+                first_median_ms=1000 * statistics.median(firsts), first_max_ms=1000 * firsts[-1], wall_s=wall)
 
 
-def clients_in_another_process(port: int, clients: int, length: int) -> dict:
+def clients_in_another_process(port: int, clients: int, length: int, one_at_a_time: bool = False) -> dict:
     """The clients run in a process of their own, so they do not share the server's interpreter lock."""
     import subprocess
 
-    done = subprocess.run([sys.executable, __file__, "--client-mode", str(port), str(clients), str(length)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, __file__, "--client-mode", str(port), str(clients), str(length),
+                           str(int(one_at_a_time))], capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise SystemExit(f"the clients failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--client-mode":
+    if len(sys.argv) == 6 and sys.argv[1] == "--client-mode":
         print(json.dumps(run_clients(*(int(value) for value in sys.argv[2:]))))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=400)
     parser.add_argument("--clients", default="1,8,32,64")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all rows; each row keeps its best")
     args = parser.parse_args()
     import uvicorn
 
@@ -132,22 +138,33 @@ def main() -> None:
         counts = [int(n) for n in args.clients.split(",")]
         for n in sorted(set(counts) | set(BUCKETS)):  # warm up: compile every engine size once
             clients_in_another_process(port, min(n, BUCKETS[-1]), 40)
-        rows = [clients_in_another_process(port, n, args.length) for n in counts]
+        plan = [(ONE_AT_A_TIME, True)] + [(n, False) for n in counts]
+        best: dict = {}
+        for _ in range(args.rounds):  # contention only ever adds time: each row keeps its best round
+            for clients, sequential in plan:
+                row = clients_in_another_process(port, clients, args.length, sequential)
+                key = (clients, sequential)
+                if key not in best or row["chars_per_s"] > best[key]["chars_per_s"]:
+                    best[key] = row
+        rows = [best[key] for key in plan]
         server.should_exit = True
 
-    one = next(r for r in rows if r["clients"] == 1)["chars_per_s"]
+    one = rows[0]["chars_per_s"]
     print("server: textgen serve (uvicorn, loopback), model: vocab 65, embedding 256, 1 LSTM x 512 (random weights)")
-    print(f"each client streams {args.length} characters at temperature 0.8; clients start together\n")
-    print(f"{'clients':>7} {'chars/s (all)':>14} {'x one at a time':>16} {'first char median':>18} {'max':>8}")
+    print(f"each client streams {args.length} characters at temperature 0.8; clients start together; one at a time: "
+          f"{ONE_AT_A_TIME} requests in a row; best of {args.rounds} rounds per row\n")
+    print(f"{'clients':>11} {'chars/s (all)':>14} {'x one at a time':>16} {'first char median':>18} {'max':>8}")
     for r in rows:
-        print(f"{r['clients']:>7} {r['chars_per_s']:>14,.0f} {r['chars_per_s'] / one:>15.1f}x "
+        label = f"{r['clients']} in turn" if r["one_at_a_time"] else str(r["clients"])
+        print(f"{label:>11} {r['chars_per_s']:>14,.0f} {r['chars_per_s'] / one:>15.1f}x "
               f"{r['first_median_ms']:>15.0f} ms {r['first_max_ms']:>5.0f} ms")
     at32 = next((r for r in rows if r["clients"] == 32), None)
     if at32:
         print(f"\ngoal at 32 clients: >= 6x one at a time (got {at32['chars_per_s'] / one:.1f}x), first character "
               f"< 300 ms (median {at32['first_median_ms']:.0f} ms, max {at32['first_max_ms']:.0f} ms)")
-    print("RESULT " + " ".join(f"c{r['clients']}_chars_per_s={r['chars_per_s']:.0f} "
-                               f"c{r['clients']}_first_median_ms={r['first_median_ms']:.0f}" for r in rows))
+    print("RESULT " + " ".join(f"{'turns' if r['one_at_a_time'] else 'c'}{r['clients']}_chars_per_s="
+                               f"{r['chars_per_s']:.0f} {'turns' if r['one_at_a_time'] else 'c'}{r['clients']}_"
+                               f"first_median_ms={r['first_median_ms']:.0f}" for r in rows))
 
 
 if __name__ == "__main__":

@@ -147,11 +147,11 @@ def test_32_concurrent_requests_all_complete_with_their_lengths(server):
 def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch):
     from textgen.engine import Engine
 
-    calls = []
+    steps = []
     original = Engine.sample
 
     def counted(self, *args, **kwargs):
-        calls.append(1)
+        steps.append(args[0])
         time.sleep(0.05)  # a tiny model is too fast to catch mid-stream otherwise
         return original(self, *args, **kwargs)
     monkeypatch.setattr(Engine, "sample", counted)
@@ -171,9 +171,25 @@ def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch):
     while batcher.active():
         assert time.monotonic() < deadline, "the stream stayed in the batch after its client left"
         time.sleep(0.01)
-    assert len(calls) < 1000 // 32  # it left early, not by finishing
+    assert sum(steps) < 1000  # it left early, not by finishing
     status, _ = call(server, "/v1/generate", dict(prime="a", length=10, temperature=0), timeout=60)
     assert status == 200
+
+
+def test_a_lone_request_runs_long_engine_calls_and_no_longer_than_it_needs(server, monkeypatch):
+    from textgen.batcher import LONE_CHUNK
+    from textgen.engine import Engine
+
+    calls = []
+    original = Engine.sample
+
+    def recorded(self, *args, **kwargs):
+        calls.append((self.num_streams, args[0]))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Engine, "sample", recorded)
+    status, text = call(server, "/v1/generate", dict(prime="a", length=2 * LONE_CHUNK + 40, temperature=0.8, seed=4))
+    assert status == 200 and len(json.loads(text)["samples"][0]["text"]) == 2 * LONE_CHUNK + 41
+    assert calls == [(1, LONE_CHUNK), (1, LONE_CHUNK), (1, 40)]
 
 
 BAD_BODIES = [
