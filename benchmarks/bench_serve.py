@@ -162,9 +162,9 @@ def main() -> None:
     if at32:
         print(f"\ngoal at 32 clients: >= 6x one at a time (got {at32['chars_per_s'] / one:.1f}x), first character "
               f"< 300 ms (median {at32['first_median_ms']:.0f} ms, max {at32['first_max_ms']:.0f} ms)")
-    print("RESULT " + " ".join(f"{'turns' if r['one_at_a_time'] else 'c'}{r['clients']}_chars_per_s="
-                               f"{r['chars_per_s']:.0f} {'turns' if r['one_at_a_time'] else 'c'}{r['clients']}_"
-                               f"first_median_ms={r['first_median_ms']:.0f}" for r in rows))
+    keys = [f"{'turns' if r['one_at_a_time'] else 'c'}{r['clients']}" for r in rows]
+    print("RESULT " + " ".join(f"{key}_chars_per_s={r['chars_per_s']:.0f} "
+                               f"{key}_first_median_ms={r['first_median_ms']:.0f}" for key, r in zip(keys, rows)))
 
 
 if __name__ == "__main__":

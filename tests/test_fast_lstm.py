@@ -69,6 +69,21 @@ def max_diff(a, b):
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
+def assert_trains_like_stock(stock, fast, batches, check_inference=False):
+    """Consecutive training calls on both models give the same logits, carried states and gradients."""
+    for x, y in batches:  # the second call starts from the carried states
+        logits_s, grads_s, states_s = train_call(stock, x, y)
+        logits_f, grads_f, states_f = train_call(fast, x, y)
+        assert max_diff(logits_s, logits_f) < TOL
+        for a, b in zip(states_s, states_f):
+            assert max_diff(a, b) < TOL
+        assert len(grads_s) == len(grads_f) == len(stock.trainable_variables)
+        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
+            assert a.shape == b.shape and max_diff(a, b) < TOL, variable.path
+        if check_inference:
+            assert max_diff(stock(x, training=False), fast(x, training=False)) < TOL
+
+
 @pytest.fixture
 def count_fast_calls(monkeypatch):
     """Count entries into the fused training path, to prove the test did not just hit the fallback."""
@@ -85,15 +100,7 @@ def count_fast_calls(monkeypatch):
 
 def test_matches_stock_outputs_states_and_gradients(count_fast_calls):
     stock, fast = twin_models()
-    for x, y in windows():  # two consecutive calls: the second starts from the carried states
-        logits_s, grads_s, states_s = train_call(stock, x, y)
-        logits_f, grads_f, states_f = train_call(fast, x, y)
-        assert max_diff(logits_s, logits_f) < TOL
-        for a, b in zip(states_s, states_f):
-            assert max_diff(a, b) < TOL
-        assert len(grads_s) == len(grads_f) == len(stock.trainable_variables)
-        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
-            assert max_diff(a, b) < TOL, variable.path
+    assert_trains_like_stock(stock, fast, windows())
     assert count_fast_calls["n"] == 4  # 2 layers x 2 windows took the fused path
 
 
@@ -268,16 +275,8 @@ def long_windows(vocab=VOCAB):
 
 def test_first_layer_gathers_its_input_projection_and_matches_stock(count_table_projections):
     stock, fast = table_twins()
-    for x, y in long_windows():
-        logits_s, grads_s, states_s = train_call(stock, x, y)
-        logits_f, grads_f, states_f = train_call(fast, x, y)
-        assert max_diff(logits_s, logits_f) < TOL
-        for a, b in zip(states_s, states_f):
-            assert max_diff(a, b) < TOL
-        # The embedding's gradient now comes from lstm_0's table, as a dense (vocab, E) tensor.
-        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
-            assert a.shape == b.shape and max_diff(a, b) < TOL, variable.path
-        assert max_diff(stock(x, training=False), fast(x, training=False)) < TOL
+    # The embedding's gradient now comes from lstm_0's table, as a dense (vocab, E) tensor: same shape as stock's.
+    assert_trains_like_stock(stock, fast, long_windows(), check_inference=True)
     assert count_table_projections["n"] == 4  # 2 windows x (training + inference)
 
 
@@ -334,25 +333,20 @@ def test_table_model_weights_load_into_the_stock_model(tmp_path):
                                rtol=0, atol=TOL)
 
 
-def test_row_width_pads_only_power_of_two_rows_in_float32_training():
-    assert fast_lstm._row_width(2048, tf.float32, True) == 2064  # 512 units: 8 KB rows
-    assert fast_lstm._row_width(1024, tf.float32, True) == 1040
-    assert fast_lstm._row_width(1536, tf.float32, True) == 1536  # 6 KB rows do not alias
-    assert fast_lstm._row_width(2048, tf.float32, False) == 2048  # inference loops are not compiled
-    assert fast_lstm._row_width(2048, tf.bfloat16, True) == 2048
+def test_row_width_pads_only_power_of_two_rows_of_compiled_loops():
+    assert fast_lstm._compiles_loops(tf.float32, training=True)
+    assert not fast_lstm._compiles_loops(tf.float32, training=False)  # inference
+    assert not fast_lstm._compiles_loops(tf.bfloat16, training=True)
+    assert fast_lstm._row_width(2048, True) == 2064  # 512 units: 8 KB rows
+    assert fast_lstm._row_width(1024, True) == 1040
+    assert fast_lstm._row_width(1536, True) == 1536  # 6 KB rows do not alias
+    assert fast_lstm._row_width(2048, False) == 2048
 
 
 def test_padded_rows_match_stock(monkeypatch, count_table_projections):
     """Training with zero columns after 4U (what 256, 512, ... units get) computes the same as the stock layer,
     through the table projection (layer 0) and the dense one (layer 1)."""
-    monkeypatch.setattr(fast_lstm, "_row_width", lambda gates, dtype, training: gates + 3 if training else gates)
+    monkeypatch.setattr(fast_lstm, "_row_width", lambda gates, compiled: gates + 3 if compiled else gates)
     stock, fast = table_twins()
-    for x, y in long_windows():
-        logits_s, grads_s, states_s = train_call(stock, x, y)
-        logits_f, grads_f, states_f = train_call(fast, x, y)
-        assert max_diff(logits_s, logits_f) < TOL
-        for a, b in zip(states_s, states_f):
-            assert max_diff(a, b) < TOL
-        for variable, a, b in zip(stock.trainable_variables, grads_s, grads_f):
-            assert a.shape == b.shape and max_diff(a, b) < TOL, variable.path
+    assert_trains_like_stock(stock, fast, long_windows())
     assert count_table_projections["n"] == 2

@@ -157,7 +157,7 @@ class FastLSTM(keras.layers.LSTM):
         h0 = tf.identity(tf.convert_to_tensor(initial_state[0]))
         c0 = tf.identity(tf.convert_to_tensor(initial_state[1]))
         operand_dtype = tf.as_dtype(self.matmul_dtype) if training else tf.float32
-        width = _row_width(lstm_step.GATES * self.units, operand_dtype, training)
+        width = _row_width(lstm_step.GATES * self.units, _compiles_loops(operand_dtype, training))
         if self._gathers_inputs(sequences, training):
             projection = _TableProjection(width, tf.transpose(tf.cast(self._ids, "int32")))
             source = tf.convert_to_tensor(self._embedding_table().value)
@@ -204,21 +204,23 @@ def _materialized_transpose(matrix):
     return tf.raw_ops.Snapshot(input=tf.transpose(matrix))
 
 
-def _row_width(gates: int, operand_dtype, training: bool) -> int:
-    """The width of the training loops' z rows (xw, dz): ``gates`` (4U), plus 16 zero columns when rows of 4U
-    float32 are a multiple of 4 KB (U = 256, 512, 768, ...).
+def _compiles_loops(operand_dtype, training: bool) -> bool:
+    """Whether the recurrence loops run compiled by XLA: the float32 training loops (see :func:`_compiled`)."""
+    import tensorflow as tf
+
+    return training and tf.as_dtype(operand_dtype) == tf.float32
+
+
+def _row_width(gates: int, compiled: bool) -> int:
+    """The width of the z rows (xw, dz): ``gates`` (4U), plus 16 zero columns when the loops are ``compiled``
+    and rows of 4U float32 are a multiple of 4 KB (U = 256, 512, 768, ...).
 
     With that power-of-two stride the window's large (., 4U) matmuls lose a quarter of their speed to cache
     aliasing: on a Zen 3 CPU (AVX2), ``x @ kernel`` and ``X^T dZ`` at 4U = 2048 run at ~105 GFLOP/s, and at
-    2064 columns at ~140-150 (BENCHMARKS.md, "Against PyTorch: where the training time goes"). The compiled
-    loops slice the pad off inside their fused step, so only the float32 training path pads; the uncompiled
-    loops (inference, bfloat16) would pay a slice op per step.
+    2064 columns at ~140-150 (BENCHMARKS.md, "Against PyTorch: where the training time goes"). Compiled loops
+    slice the pad off inside their fused step; uncompiled ones (inference, bfloat16) would pay a slice op per step.
     """
-    import tensorflow as tf
-
-    if not training or operand_dtype != tf.float32 or gates % 1024:
-        return gates
-    return gates + 16
+    return gates + 16 if compiled and gates % 1024 == 0 else gates
 
 
 def _pad_columns(tensor, width: int):
@@ -318,7 +320,7 @@ def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None):
     # that shape runs ~1.5x faster than the (B, U) x (U, 4U) one: BENCHMARKS.md, "Against PyTorch".
     rk_t = tf.cast(_materialized_transpose(recurrent * scale), operand_dtype)
 
-    if save and operand_dtype == tf.float32:  # training, inside _lstm_with_grad's custom gradient
+    if _compiles_loops(operand_dtype, training=save):  # save: training, inside _lstm_with_grad's custom gradient
         return _compiled(_forward_loop)(*_no_tape(xw, h0, c0, rk_t), save)
     return _forward_loop(xw, h0, c0, rk_t, save)
 
@@ -398,7 +400,7 @@ def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last
     # shape). Snapshot stops grappler from folding the transpose back into the matmul.
     # (width, U): the rows beyond 4U are zeros, like dz's padded columns.
     recurrent_t = tf.cast(_materialized_transpose(_pad_columns(recurrent, width)), operand_dtype)
-    if operand_dtype == tf.float32:
+    if _compiles_loops(operand_dtype, training=True):
         dz_all, dh0, dc0 = _compiled(_backward_loop)(*_no_tape(s_all, c_all, d_outputs, dh, dc, recurrent_t))
     else:
         dz_all, dh0, dc0 = _backward_loop(s_all, c_all, d_outputs, dh, dc, recurrent_t)
