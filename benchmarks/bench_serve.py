@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from textgen import checkpoint  # noqa: E402
-from textgen.batcher import BUCKETS  # noqa: E402
+from textgen.batcher import BUCKETS, call_length  # noqa: E402
 from textgen.checkpoint import CheckpointMeta, RunState  # noqa: E402
 from textgen.config import ModelConfig, TrainConfig  # noqa: E402
 from textgen.model import build_model  # noqa: E402
@@ -43,8 +43,9 @@ PRIME = "The "
 ONE_AT_A_TIME = 8  # requests served in a row for the baseline
 
 
-def write_run(root: pathlib.Path) -> None:
-    """A checkpoint of the reference model with random weights (what is served does not need training)."""
+def write_run(root: pathlib.Path):
+    """A checkpoint of the reference model with random weights (what is served does not need training); returns
+    the model."""
     chars = string.ascii_letters + " .,;:!?'\n-()\""  # 65 characters, the prime's included
     vocab = Vocabulary.from_json([ord(c) for c in chars])
     config = ModelConfig(vocab_size=len(vocab), embedding_dim=256, units=512, layers=1, dropout=0.0)
@@ -56,6 +57,26 @@ def write_run(root: pathlib.Path) -> None:
                           state=RunState(run_id="bench", val_loss=1.0, best_val_loss=1.0))
     (root / "bench").mkdir(parents=True)
     checkpoint.save(root / "bench", ("last", "best"), meta, model, {})
+    return model
+
+
+def engine_alone(model, streams: int, length: int, rounds: int) -> float:
+    """Characters/s of the compiled engine by itself (no server) with `streams` streams, in calls as long as the
+    batcher's for that many streams and with its every-filter loop: what batching can gain at most."""
+    from textgen.engine import Engine
+
+    engine = Engine.from_model(model, streams)
+    engine.prime(np.zeros((streams, len(PRIME)), np.int32))
+    rng, steps = np.random.default_rng(0), call_length(streams)
+
+    def run() -> float:
+        started = time.perf_counter()
+        for start in range(0, length, steps):
+            engine.sample(min(steps, length - start), temperature=0.8, rng=rng, every_filter=True)
+        return time.perf_counter() - started
+
+    run()  # compile
+    return streams * length / min(run() for _ in range(rounds))
 
 
 def stream(port: int, length: int, seed: int, results: list, index: int) -> None:
@@ -123,7 +144,7 @@ def main() -> None:
     from textgen.serve import Limits, create_app
 
     with tempfile.TemporaryDirectory(prefix="textgen-bench-serve-") as root:
-        write_run(pathlib.Path(root))
+        model = write_run(pathlib.Path(root))
         app = create_app(pathlib.Path(root), "bench", Limits(max_length=args.length))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -148,6 +169,7 @@ def main() -> None:
                     best[key] = row
         rows = [best[key] for key in plan]
         server.should_exit = True
+    bound = {n: engine_alone(model, n, args.length, args.rounds) for n in (1, 32)}
 
     one = rows[0]["chars_per_s"]
     print("server: textgen serve (uvicorn, loopback), model: vocab 65, embedding 256, 1 LSTM x 512 (random weights)")
@@ -162,9 +184,12 @@ def main() -> None:
     if at32:
         print(f"\ngoal at 32 clients: >= 6x one at a time (got {at32['chars_per_s'] / one:.1f}x), first character "
               f"< 300 ms (median {at32['first_median_ms']:.0f} ms, max {at32['first_max_ms']:.0f} ms)")
+    print(f"the engine alone, no server (same call lengths): 1 stream {bound[1]:,.0f} chars/s, 32 streams "
+          f"{bound[32]:,.0f}: batching can gain at most {bound[32] / bound[1]:.1f}x on this CPU")
     keys = [f"{'turns' if r['one_at_a_time'] else 'c'}{r['clients']}" for r in rows]
     print("RESULT " + " ".join(f"{key}_chars_per_s={r['chars_per_s']:.0f} "
-                               f"{key}_first_median_ms={r['first_median_ms']:.0f}" for key, r in zip(keys, rows)))
+                               f"{key}_first_median_ms={r['first_median_ms']:.0f}" for key, r in zip(keys, rows))
+          + f" engine1_chars_per_s={bound[1]:.0f} engine32_chars_per_s={bound[32]:.0f}")
 
 
 if __name__ == "__main__":

@@ -208,3 +208,34 @@ def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
     assert set(np.unique(oracle.choose(rows, u, 0.5, min_p=0.2))) == {0, 1}
     with pytest.raises(ValueError, match=r"--min-p must be in \[0, 1\], got 1.5"):
         sampling.per_row_filters(None, None, 1, 5, 1.5)
+
+
+def test_one_compiled_cut_off_serves_filtered_and_unfiltered_calls():
+    """The loop a server runs carries top-k/top-p for every row and skips the cut-off when no row uses it:
+    the same compiled function must give the unfiltered picks then, and the filtered ones when a row asks."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    rows, vocab = 8, 40
+    logits = rng.normal(size=(rows, vocab)).astype(np.float32) * 3
+    u = rng.random(rows)
+    temps = np.full(rows, 1.0, np.float32)
+    choose = tf.function(sampling.choose_tf, jit_compile=True)
+
+    def picks(ks, ps):
+        k = np.array([vocab if v is None else v for v in ks], np.int32)
+        p = np.array([sampling.NO_TOP_P if v is None else v for v in ps], np.float32)
+        return choose(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
+                      tf.constant(k), tf.constant(p)).numpy()
+
+    unfiltered = oracle.choose(logits, u, 1.0)
+    np.testing.assert_array_equal(picks([None] * rows, [None] * rows), unfiltered)
+    ks, ps = [None] * rows, [None] * rows
+    ks[2], ps[5] = 1, 0.2
+    got = picks(ks, ps)
+    for row in range(rows):
+        expected = oracle.choose(logits[row:row + 1], u[row:row + 1], 1.0, top_k=ks[row], top_p=ps[row])
+        assert got[row] == expected[0], row
+    assert got[2] == np.argmax(logits[2])  # top-k 1 is greedy
+    assert got[2] != unfiltered[2] and got[5] != unfiltered[5]  # the filters changed these picks
+    np.testing.assert_array_equal(np.delete(got, [2, 5]), np.delete(unfiltered, [2, 5]))

@@ -144,29 +144,39 @@ def test_32_concurrent_requests_all_complete_with_their_lengths(server):
         assert len(sample["text"]) == 21 + i and set(sample["text"]) <= set(PERIOD)
 
 
-def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch, stream):
     from textgen.engine import Engine
+    from textgen.serve import DISCONNECT_POLL_S
 
     steps = []
     original = Engine.sample
 
     def counted(self, *args, **kwargs):
         steps.append(args[0])
-        time.sleep(0.05)  # a tiny model is too fast to catch mid-stream otherwise
+        # a tiny model is too fast to catch mid-stream otherwise; a non-streamed request polls its client
+        time.sleep(0.05 if stream else 2 * DISCONNECT_POLL_S)
         return original(self, *args, **kwargs)
     monkeypatch.setattr(Engine, "sample", counted)
     batcher = SERVED["app"].state.runs.get("period").batcher
-    body = json.dumps(dict(prime="a", length=1000, temperature=1.0, stream=True)).encode()
+    body = json.dumps(dict(prime="a", length=1000, temperature=1.0, stream=stream)).encode()
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as connection:
         connection.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        received = b""
-        for _ in range(100):
-            received += connection.recv(4096)
-            if received.count(b"data: ") >= 3:
-                break
-        assert received.count(b"data: ") >= 3 and batcher.active()  # streaming, holding a stream
+        if stream:
+            received = b""
+            for _ in range(100):
+                received += connection.recv(4096)
+                if received.count(b"data: ") >= 3:
+                    break
+            assert received.count(b"data: ") >= 3  # streaming
+        else:  # nothing comes before the end: wait until its stream is generating
+            deadline = time.monotonic() + 30
+            while len(steps) < 2:
+                assert time.monotonic() < deadline, "the request did not start generating"
+                time.sleep(0.01)
+        assert batcher.active()  # holding a stream
     deadline = time.monotonic() + 30
     while batcher.active():
         assert time.monotonic() < deadline, "the stream stayed in the batch after its client left"
@@ -220,6 +230,24 @@ def test_500_malformed_requests_each_get_a_4xx_and_the_server_keeps_answering(se
         assert isinstance(message, str) and "\n" not in message and message
     assert call(server, "/healthz")[0] == 200
     assert json.loads(call(server, "/v1/generate", dict(prime="a", length=5, temperature=0))[1])["samples"]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(server):
+    host, port = server.removeprefix("http://").split(":")
+    piece = b'{"prime": "' + b"a" * 40000
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        for _ in range(2):  # 80,000 bytes in all: over the 65,536 limit
+            connection.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        connection.sendall(b"0\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert json.loads(body) == {"error": "request body larger than 65536 bytes"}
+    assert call(server, "/healthz")[0] == 200
 
 
 def test_messages_are_the_clis(server):

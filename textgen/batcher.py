@@ -33,6 +33,11 @@ LONE_CHUNK = 256
 BUCKETS = (1, 4, 8, 16, 32, 64)  # engine sizes; the largest is how many streams run at once
 
 
+def call_length(num_streams: int) -> int:
+    """Characters per engine call for an engine of num_streams streams (see CHUNK)."""
+    return max(CHUNK, LONE_CHUNK // num_streams)
+
+
 class Job:
     """One request in the batch: its streams' text, its rows in the engine, and where its pieces go."""
 
@@ -167,7 +172,7 @@ class Batcher:
     def _steps(self, jobs: list[Job]) -> int:
         """The next call's length: by engine size (see CHUNK), and no longer than the longest request still needs."""
         needed = max(job.streams.config.length - job.streams.produced for job in jobs)
-        return max(1, min(max(CHUNK, LONE_CHUNK // self.engine.num_streams), needed))
+        return max(1, min(call_length(self.engine.num_streams), needed))
 
     def _step(self, jobs: list[Job]) -> None:
         size, steps = self.engine.num_streams, self._steps(jobs)

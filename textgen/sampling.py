@@ -111,11 +111,21 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None)
     scaled = (logits - tf.reduce_max(logits, axis=1, keepdims=True)) / safe_t[:, None]
     weights = tf.exp(scaled)
     if top_k is not None or top_p is not None:
-        if logits.shape[-1] is not None and logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
-            keep = _keep_pairwise(tf, scaled, weights, top_k, top_p)
-        else:
-            keep = _keep_sorted(tf, scaled, vocab, top_k, top_p)
-        weights = tf.where(keep, weights, tf.zeros_like(weights))
+        def cut(weights=weights):
+            if logits.shape[-1] is not None and logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
+                keep = _keep_pairwise(tf, scaled, weights, top_k, top_p)
+            else:
+                keep = _keep_sorted(tf, scaled, vocab, top_k, top_p)
+            return tf.where(keep, weights, tf.zeros_like(weights))
+
+        # The cut-off costs more than the rest of the sampling together (a server's loop carries the filters
+        # for every request, mostly unused): skip it at run time when no row asks for it.
+        wanted = tf.constant(False)
+        if top_k is not None:
+            wanted = wanted | tf.reduce_any(_column(tf, top_k, tf.int32) < vocab)
+        if top_p is not None:
+            wanted = wanted | tf.reduce_any(_column(tf, top_p, tf.float32) < 1.0)
+        weights = tf.cond(wanted, cut, lambda: weights)
     if min_p is not None:  # the most likely token has weight exp(0) = 1, so its probability ratio is the weight
         weights = tf.where(weights >= _column(tf, min_p, tf.float32), weights, tf.zeros_like(weights))
     cdf = tf.cumsum(weights, axis=1)

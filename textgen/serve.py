@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.config import Limits, SampleConfig
@@ -39,6 +40,7 @@ from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
 
 logger = logging.getLogger("textgen")
+DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 
 
 class BadRequest(Exception):
@@ -180,12 +182,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limits.max_body_bytes):
-            return error(413, f"request body larger than {limits.max_body_bytes} bytes")
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def playground():
@@ -200,7 +197,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return {"default": runs.default, "models": [runs.describe(name, path) for name, path in runs.paths().items()]}
 
     @app.post("/v1/generate")
-    async def generate(body: GenerateRequest):
+    async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         if body.stream and len(config.temperature) * config.num_samples != 1:
             raise BadRequest("stream gives one sample: one temperature and num_samples 1")
@@ -210,8 +207,12 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         if body.stream:
             return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
-        while await inbox.get() is not None:  # the job runs to its end even if this client has gone
-            pass
+        watcher = asyncio.create_task(_cancel_when_gone(request, job))
+        try:
+            while await inbox.get() is not None:
+                pass
+        finally:
+            watcher.cancel()
         if job.error is not None:
             raise BadRequest(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name)
@@ -227,6 +228,34 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     return app
 
 
+class _BodyLimit:
+    """Refuse a request body over max_bytes: at once when its Content-Length says so, else (a chunked body)
+    as soon as that much has arrived. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's
+    disconnection from the endpoint and pass every streamed piece through a task of its own."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = f"request body larger than {self.max_bytes} bytes"
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > self.max_bytes:
+                raise StarletteHTTPException(413, message)  # the endpoint's body reading turns it into the answer
+            return event
+
+        await self.app(scope, counted, send)
+
+
 class _ClosingStream(StreamingResponse):
     """A stream whose generator is closed as soon as the response ends, however it ends (a client that
     went away makes the next write fail), instead of whenever the generator happens to be collected."""
@@ -236,6 +265,14 @@ class _ClosingStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+
+
+async def _cancel_when_gone(request: Request, job) -> None:
+    """Cancel a non-streamed job whose client has gone (nothing is written to it until the end, so only asking
+    the server whether the connection closed finds out): its streams leave the batch at the next chunk."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    job.cancel()
 
 
 async def _events(job, inbox):
