@@ -142,6 +142,19 @@ def test_stream_matches_single_stream_run(engine1, engine4):
         np.testing.assert_array_equal(many[i], engine1.sample(40, temperature=0.0, rng=np.random.default_rng(9))[0])
 
 
+def test_a_wide_engine_gathering_table_columns_matches_the_single_stream_run(engine1, keras1):
+    wide = Engine.from_model(keras1, 16)
+    assert wide._gathers_columns and not engine1._gathers_columns
+    primes = np.stack([text(40 + i, 9) for i in range(16)])
+    wide.prime(primes)
+    logits = wide.logits(primes[:, :3])
+    many = wide.sample(30, temperature=0.0, rng=np.random.default_rng(0))
+    for i in (0, 7, 15):
+        engine1.prime(primes[i : i + 1])
+        np.testing.assert_allclose(logits[i], engine1.logits(primes[i : i + 1, :3])[0], atol=1e-5)
+        np.testing.assert_array_equal(many[i], engine1.sample(30, temperature=0.0, rng=np.random.default_rng(9))[0])
+
+
 def test_per_stream_temperatures(engine1, engine4):
     primes = np.stack([text(30 + i, 7) for i in range(4)])
     temps = np.array([0.0, 1.5, 0.0, 1.5])
