@@ -7,9 +7,10 @@ embedding, the stacked LSTM cells and the output layer itself, inside one compil
 ``CHUNK`` steps, never once per character.
 
 Per step, for layer 0 the input projection ``embedding[id] @ kernel + bias`` is a row of a
-precomputed (V, 4U) table (a gather instead of a matmul; from 16 streams a column of its transpose); later layers do one matmul of
-``[kernel; recurrent_kernel]^T @ [x; h]``; the gate math is :mod:`textgen.lstm_step` (weights
-stored with the candidate block pre-scaled) and XLA fuses it into a few kernels.
+precomputed (V, 4U) table (a gather instead of a matmul; from 16 streams a column of its
+transpose); later layers do one matmul of ``[kernel; recurrent_kernel]^T @ [x; h]``; the gate
+math is :mod:`textgen.lstm_step` (weights stored with the candidate block pre-scaled) and XLA
+fuses it into a few kernels.
 
 The loop runs feature-major: each layer's carried (h, c) is (U, N), so every product has a
 (4U, N) output. On CPU that shape runs faster than the batch-major (N, 4U) one (1.3x for one
