@@ -90,6 +90,10 @@ def damage(run_dir, how):
     elif how == "list":  # valid JSON, but not a checkpoint's object
         for kind in ("best", "last"):
             (run_dir / f"{kind}.json").write_text("[]")
+    elif how == "junk":  # the run's files gone, something else left in its directory
+        shutil.rmtree(run_dir)
+        run_dir.mkdir()
+        (run_dir / "notes.txt").write_text("mine")
 
 
 BAD_INPUTS = [
@@ -139,6 +143,7 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck"], "metadata", 1, "json"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "not a textgen checkpoint", 1, "list"),
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "not a textgen checkpoint", 1, "list"),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--run", "good"], "run 'good' in ", 1, "junk"),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
      "is not an earlier export (it holds good)", 1, None),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck/good", "--overwrite"],
