@@ -43,9 +43,9 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
         if run_dir.is_dir() and not has_checkpoint(run_dir):
             held = sorted(path.name for path in run_dir.iterdir())
             listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"
-            raise TextgenError(f"run {run!r} in {checkpoint_dir} has no checkpoint (no best.json or last.json; it "
-                               f"holds {listing}): an unfinished or damaged run; train it again with: textgen train CORPUS "
-                               f"--run {run}")
+            raise TextgenError(f"run {run!r} in {checkpoint_dir} has no checkpoint (no best.json or last.json; "
+                               f"it holds {listing}): an unfinished or damaged run; train it again with: "
+                               f"textgen train CORPUS --run {run}")
         if not has_checkpoint(run_dir):
             known = ", ".join(path.name for path in list_runs(checkpoint_dir)) or "none"
             raise TextgenError(f"no run named {run!r} in {checkpoint_dir} (runs there: {known}); "
