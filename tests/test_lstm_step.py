@@ -48,13 +48,13 @@ def test_gate_gradients_equal_autodiff_of_the_stock_cell():
     s = tf.sigmoid(x @ kernel + h @ recurrent + bias)
     _, c_new = lstm_step.cell_update(*tf.split(s, lstm_step.GATES, axis=1), c)
     gate_major = tf.transpose(tf.reshape(s, [4, 4, 6]), [1, 0, 2])  # (4 gates, batch, units)
-    dz, dc_prev = lstm_step.gate_gradients(gate_major, c, c_new, dh_out, dc_out, axis=1)
+    dz, dc_prev = lstm_step.gate_gradients(gate_major, c, c_new, dh_out, dc_out, units_axis=1)
     np.testing.assert_allclose(dz @ tf.transpose(cell.recurrent_kernel), dh, atol=1e-5)
     np.testing.assert_allclose(dz @ tf.transpose(cell.kernel), dx, atol=1e-5)
     np.testing.assert_allclose(dc_prev, dc, atol=1e-5)
     # the same blocks feature-major, (4 gates, units, batch): dz^T
     feature_major = tf.reshape(tf.transpose(s), [4, 6, 4])
     dz_t, dc_prev_t = lstm_step.gate_gradients(feature_major, tf.transpose(c), tf.transpose(c_new),
-                                               tf.transpose(dh_out), tf.transpose(dc_out), axis=0)
+                                               tf.transpose(dh_out), tf.transpose(dc_out), units_axis=0)
     np.testing.assert_array_equal(tf.transpose(dz_t), dz)
     np.testing.assert_array_equal(tf.transpose(dc_prev_t), dc_prev)

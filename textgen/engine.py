@@ -112,7 +112,8 @@ class Engine:
         self.jit_compile = bool(jit_compile)
         self._tf = tf
         # From 16 streams a step gathers its streams' columns of the transposed (4U, V) table: 1.1x the engine's
-        # speed at 32-64 streams; fewer streams gather rows and transpose them (1 stream: 0.9x the other way).
+        # speed at 32-64 streams; fewer streams gather rows and transpose them (1 stream: 0.9x the other way;
+        # at 16 and fewer the two were within this machine's noise, so 16 is a midpoint, not a measured edge).
         self._gathers_columns = self.num_streams >= 16
         self._table = tf.constant(weights.table.T if self._gathers_columns else weights.table)
         self._recurrent0_t = tf.constant(weights.recurrent0_t)

@@ -8,13 +8,14 @@ and stateful behaviour and only replaces ``inner_loop`` on the fast path:
 
 forward
     one ``(T*B, in) @ (in, 4U)`` input projection for the whole window, then a
-    ``tf.while_loop`` over time doing only the recurrent product plus the gate
-    math per step (time-major internally, so per-step slices are contiguous; the
-    loop carries h and c feature-major, (U, B), so the product is
-    ``recurrent_kernel^T @ h^T``, the faster orientation on CPU);
+    ``tf.while_loop`` over time doing only the recurrent product
+    ``recurrent_kernel^T @ h^T`` (the (4U, B) result is the faster orientation on
+    CPU) plus the gate math per step (time-major internally, so per-step slices are
+    contiguous; compiled loops of 512 units and more carry h and c feature-major,
+    (U, B): see :func:`_feature_major`);
 backward (``tf.custom_gradient``)
-    the reverse recurrence does only ``recurrent_kernel @ dz_t^T`` plus the gate
-    math per step (feature-major too); ``dz`` for all steps is stacked and the weight gradients are
+    the reverse recurrence does only the product with ``recurrent_kernel^T`` plus
+    the gate math per step; ``dz`` for all steps is stacked and the weight gradients are
     single large matmuls after the loop (``dKernel = X^T dZ``,
     ``dRecurrent = H_prev^T dZ``, ``dBias = sum dZ`` (folded into the
     ``dKernel`` matmul as a ones column), ``dX = dZ kernel^T``).
@@ -303,28 +304,29 @@ class _TableProjection:
         return d_embeddings, d_kernel, tf.reduce_sum(d_table, 0)
 
 
-FEATURE_MAJOR_MIN_UNITS = 512  # from this width the recurrence loops carry h and c feature-major
+FEATURE_MAJOR_MIN_UNITS = 512  # from this width the compiled recurrence loops carry h and c feature-major
 
 
-def _feature_major(units: int) -> bool:
+def _feature_major(units: int, compiled: bool) -> bool:
     """Whether the recurrence loops carry h and c feature-major, (U, B), instead of (B, U).
 
-    Feature-major, the forward step's product is ``R^T h^T`` with a (4U, B) result and the backward's
-    ``R dz^T``, the faster orientations on CPU, and the gates are row blocks; but each step then transposes
-    its slice of xw (or of the incoming gradient) and the h (or dz) it saves. At 512 units the loops gain
-    (forward 80 -> 74 ms per 50 steps on an AVX2 Zen 3, whole training step 3-7%); at 128-256 the
-    transposes cost more than the product saves (whole step 5-13% slower). BENCHMARKS.md, "Against PyTorch".
+    Feature-major, the forward step adds ``R^T h^T`` to z^T as it comes (batch-major needs ``transpose_b`` and a
+    transpose of the (4U, B) product back), the gates are row blocks of z^T (batch-major transposes them to
+    gate-major), and the backward's product is ``R dz^T``; but each step then transposes its slice of xw (or of
+    the incoming gradient) and the h (or dz) it saves, which stay (B, .) for the window's large matmuls. In the
+    compiled float32 training loops at 512 units that pays (forward 80 -> 74 ms per 50 steps on an AVX2 Zen 3;
+    whole training steps 1.0-1.07x, medians 1.03-1.08x); at 128-256 units the transposes cost more than they save
+    (whole steps 0.87-0.95x). The uncompiled loops (inference, bfloat16) were not measured and stay batch-major.
+    BENCHMARKS.md, "Against PyTorch: where the training time goes".
     """
-    return units >= FEATURE_MAJOR_MIN_UNITS
+    return compiled and units >= FEATURE_MAJOR_MIN_UNITS
 
 
 def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None):
     """Run the recurrence over the pre-scaled input part of z, ``xw`` (T, B, 4U or wider).
 
-    Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all)`` for
-    the backward pass: ``h_all`` is (T+1, B, U) with the initial state at 0; ``c_all`` (T+1, ...)
-    and ``s_all`` (T, 4, ...), the gate sigmoids, are in the loop's layout (:func:`_feature_major`):
-    blocks of (B, U), or (U, B).
+    Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all, feature_major)`` for the
+    backward pass (see :func:`_forward_loop`).
     """
     import tensorflow as tf
 
@@ -332,31 +334,39 @@ def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None):
     dtype = xw.dtype
     operand_dtype = operand_dtype or dtype
     # One sigmoid over all 4U columns gives every gate (textgen.lstm_step). The step's product is z^T = R^T h^T,
-    # a (4U, U) x (U, B) matmul, whichever layout the loop carries: on CPU (oneDNN, Eigen and XLA alike) that
-    # shape runs ~1.5x faster than the (B, U) x (U, 4U) one (BENCHMARKS.md, "Against PyTorch").
+    # a (4U, U) x (U, B) matmul: on CPU (oneDNN, Eigen and XLA alike) that shape runs ~1.5x faster than the
+    # (B, U) x (U, 4U) one (BENCHMARKS.md, "Against PyTorch").
     scale = lstm_step.candidate_scale(units, dtype)
     rk_t = tf.cast(_materialized_transpose(recurrent * scale), operand_dtype)
 
-    if _compiles_loops(operand_dtype, training=save):  # save: training, inside _lstm_with_grad's custom gradient
-        return _compiled(_forward_loop)(*_no_tape(xw, h0, c0, rk_t), save)
-    return _forward_loop(xw, h0, c0, rk_t, save)
+    compiled = _compiles_loops(operand_dtype, training=save)  # save: training, inside _lstm_with_grad's gradient
+    feature_major = _feature_major(units, compiled)
+    if compiled:
+        outputs = _compiled(_forward_loop)(*_no_tape(xw, h0, c0, rk_t), save, feature_major)
+    else:
+        outputs = _forward_loop(xw, h0, c0, rk_t, save, feature_major)
+    return (*outputs, feature_major) if save else outputs
 
 
-def _forward_loop(xw, h0, c0, rk_t, save):
+def _forward_loop(xw, h0, c0, rk_t, save, feature_major):
+    """The forward recurrence. Returns ``(outputs_tm, h_T, c_T)``, with ``save`` also ``(h_all, c_all, s_all)``:
+    ``h_all`` (T+1, B, U) with the initial state at 0, always batch-major (the outputs, and dRecurrent's rows);
+    ``c_all`` (T+1, ...) and ``s_all`` (T, 4, ...), the gate sigmoids, in the loop's layout: blocks of (B, U), or
+    of (U, B) when ``feature_major``."""
     import tensorflow as tf
 
     gates, units = rk_t.shape
-    feature_major = _feature_major(units)
-    to_loop = tf.transpose if feature_major else tf.identity  # (B, U) <-> the loop's layout, both ways
+    relayout = tf.transpose if feature_major else tf.identity  # (B, U) <-> the loop's layout, either way
     steps = tf.shape(xw)[0]
     dtype = xw.dtype
     offset = 1 if save else 0
+    block = relayout(c0).shape
     h_ta = tf.TensorArray(dtype, size=steps + offset, element_shape=h0.shape)
-    c_ta = tf.TensorArray(dtype, size=steps + offset if save else 0, element_shape=to_loop(c0).shape)
-    s_ta = tf.TensorArray(dtype, size=steps if save else 0, element_shape=[lstm_step.GATES, *to_loop(c0).shape])
+    c_ta = tf.TensorArray(dtype, size=steps + offset if save else 0, element_shape=block)
+    s_ta = tf.TensorArray(dtype, size=steps if save else 0, element_shape=[lstm_step.GATES, *block])
     if save:
         h_ta = h_ta.write(0, h0)
-        c_ta = c_ta.write(0, to_loop(c0))
+        c_ta = c_ta.write(0, relayout(c0))
 
     def body(t, h, c, h_ta, c_ta, s_ta):
         xw_t = xw[t] if xw.shape[-1] == gates else xw[t, :, :gates]  # without _row_width's pad
@@ -367,7 +377,7 @@ def _forward_loop(xw, h0, c0, rk_t, save):
             s = tf.sigmoid(xw_t + tf.transpose(_matmul(rk_t, h, rk_t.dtype, transpose_b=True)))
             s = tf.transpose(tf.reshape(s, [-1, lstm_step.GATES, units]), [1, 0, 2])
         h, c = lstm_step.cell_update(*tf.unstack(s), c)
-        h_ta = h_ta.write(t + offset, to_loop(h))  # the outputs and dRecurrent's rows are (B, U)
+        h_ta = h_ta.write(t + offset, relayout(h))
         if save:
             c_ta = c_ta.write(t + 1, c)
             s_ta = s_ta.write(t, s)
@@ -376,11 +386,11 @@ def _forward_loop(xw, h0, c0, rk_t, save):
     _, h, c, h_ta, c_ta, s_ta = tf.while_loop(
         lambda t, *_: t < steps,
         body,
-        (tf.constant(0), to_loop(h0), to_loop(c0), h_ta, c_ta, s_ta),
+        (tf.constant(0), relayout(h0), relayout(c0), h_ta, c_ta, s_ta),
         maximum_iterations=steps,
     )
     h_all = h_ta.stack()
-    h, c = to_loop(h), to_loop(c)
+    h, c = relayout(h), relayout(c)
     if not save:
         return h_all, h, c
     return h_all[1:], h, c, h_all, c_ta.stack(), s_ta.stack()
@@ -404,8 +414,9 @@ def _compiled(loop):
     return tf.function(loop, jit_compile=True)
 
 
-def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last, operand_dtype, width):
-    """Reverse recurrence plus the recurrent kernel's gradient.
+def _lstm_backward(recurrent, h_all, c_all, s_all, feature_major, d_outputs, d_h_last, d_c_last, operand_dtype,
+                   width):
+    """Reverse recurrence plus the recurrent kernel's gradient, in the layout the forward loop saved its states in.
 
     Returns ``dz`` (T*B, width), the gradient of the (unscaled) z of every step (zero beyond 4U: see
     :func:`_row_width`), and the gradients of ``(h0, c0, recurrent)``.
@@ -418,17 +429,18 @@ def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last
         d_outputs = tf.zeros_like(h_all[1:])
     dh = tf.zeros(tf.shape(h_all)[1:], dtype) if d_h_last is None else d_h_last
     dc = tf.zeros(tf.shape(h_all)[1:], dtype) if d_c_last is None else d_c_last
-    if _feature_major(units):  # the step's product is dh^T = R dz^T, (U, 4U) x (4U, B)
-        recurrent = tf.cast(recurrent, operand_dtype)
+    if feature_major:  # the step's product is dh^T = R dz^T, (U, 4U) x (4U, B)
+        step_weights = tf.cast(recurrent, operand_dtype)
     else:
         # dh = dz R^T with R^T pre-transposed: matmul(..., transpose_b=True) is slower on CPU (up to 5x for
         # this shape); Snapshot stops grappler from folding the transpose back into the matmul. (width, U):
         # the rows beyond 4U are zeros, like dz's padded columns.
-        recurrent = tf.cast(_materialized_transpose(_pad_columns(recurrent, width)), operand_dtype)
+        step_weights = tf.cast(_materialized_transpose(_pad_columns(recurrent, width)), operand_dtype)
+    loop_inputs = (s_all, c_all, d_outputs, dh, dc, step_weights)
     if _compiles_loops(operand_dtype, training=True):
-        dz_all, dh0, dc0 = _compiled(_backward_loop)(*_no_tape(s_all, c_all, d_outputs, dh, dc, recurrent), width)
+        dz_all, dh0, dc0 = _compiled(_backward_loop)(*_no_tape(*loop_inputs), width, feature_major)
     else:
-        dz_all, dh0, dc0 = _backward_loop(s_all, c_all, d_outputs, dh, dc, recurrent, width)
+        dz_all, dh0, dc0 = _backward_loop(*loop_inputs, width, feature_major)
     # float32 even when the matmuls take bfloat16: the table projection sums dz per token.
     dz = tf.reshape(dz_all, [-1, width])
     h_prev = tf.reshape(h_all[:-1], [-1, units])
@@ -436,35 +448,34 @@ def _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last, d_c_last
     return dz, dh0, dc0, d_recurrent
 
 
-def _backward_loop(s_all, c_all, d_outputs, dh, dc, recurrent, width):
-    """The reverse recurrence in the forward loop's layout: dz (T, B, width) of every step (always (B, .), for
-    the weight gradients' large matmuls), and the gradients reaching h0 and c0. ``recurrent`` is R (U, 4U)
-    feature-major, else R^T padded to (width, U)."""
+def _backward_loop(s_all, c_all, d_outputs, dh, dc, step_weights, width, feature_major):
+    """The reverse recurrence: dz (T, B, width) of every step (always (B, .), for the weight gradients' large
+    matmuls), and the gradients reaching h0 and c0. ``step_weights`` is R (U, 4U) when ``feature_major``, else
+    R^T padded to (width, U)."""
     import tensorflow as tf
 
-    feature_major = _feature_major(dh.shape[1])
-    to_loop = tf.transpose if feature_major else tf.identity
+    relayout = tf.transpose if feature_major else tf.identity
     steps = tf.shape(s_all)[0]
     dz_ta = tf.TensorArray(dh.dtype, size=steps, element_shape=[dh.shape[0], width])
 
     def body(t, dh, dc, dz_ta):
-        dz, dc = lstm_step.gate_gradients(s_all[t], c_all[t], c_all[t + 1], dh + to_loop(d_outputs[t]), dc,
-                                          axis=0 if feature_major else 1)
+        dz, dc = lstm_step.gate_gradients(s_all[t], c_all[t], c_all[t + 1], dh + relayout(d_outputs[t]), dc,
+                                          units_axis=0 if feature_major else 1)
         if feature_major:  # dz is dz^T (4U, B)
-            dh = _matmul(recurrent, dz, recurrent.dtype)
+            dh = _matmul(step_weights, dz, step_weights.dtype)
             dz = _pad_columns(tf.transpose(dz), width)
         else:
             dz = _pad_columns(dz, width)
-            dh = _matmul(dz, recurrent, recurrent.dtype)
+            dh = _matmul(dz, step_weights, step_weights.dtype)
         return t - 1, dh, dc, dz_ta.write(t, dz)
 
     _, dh0, dc0, dz_ta = tf.while_loop(
         lambda t, *_: t >= 0,
         body,
-        (steps - 1, to_loop(dh), to_loop(dc), dz_ta),
+        (steps - 1, relayout(dh), relayout(dc), dz_ta),
         maximum_iterations=steps,
     )
-    return dz_ta.stack(), to_loop(dh0), to_loop(dc0)
+    return dz_ta.stack(), relayout(dh0), relayout(dc0)
 
 
 def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand_dtype):
@@ -474,13 +485,13 @@ def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand
     @tf.custom_gradient
     def lstm(source, h0, c0, kernel, recurrent, bias):
         xw = projection.forward(source, kernel, bias, operand_dtype)
-        outputs, h_last, c_last, h_all, c_all, s_all = _lstm_forward(
+        outputs, h_last, c_last, h_all, c_all, s_all, feature_major = _lstm_forward(
             xw, h0, c0, recurrent, save=True, operand_dtype=operand_dtype
         )
 
         def grad(d_outputs, d_h_last, d_c_last):
-            dz, dh0, dc0, d_recurrent = _lstm_backward(recurrent, h_all, c_all, s_all, d_outputs, d_h_last,
-                                                       d_c_last, operand_dtype, projection.width)
+            dz, dh0, dc0, d_recurrent = _lstm_backward(recurrent, h_all, c_all, s_all, feature_major, d_outputs,
+                                                       d_h_last, d_c_last, operand_dtype, projection.width)
             d_source, d_kernel, d_bias = projection.backward(source, kernel, dz, operand_dtype)
             return d_source, dh0, dc0, d_kernel, d_recurrent, d_bias
 

@@ -44,13 +44,14 @@ def cell_update(i, f, s_candidate, o, c):
     return o * tf.tanh(c), c
 
 
-def gate_gradients(s, c_prev, c, dh, dc, axis):
+def gate_gradients(s, c_prev, c, dh, dc, units_axis):
     """Backward of :func:`cell_update` through the sigmoids: ``s`` (4, ...) holds the four gate sigmoids, each
     block shaped like the cell ``c_prev``/``c`` before and after the step ((B, U), or (U, B) feature-major).
 
     ``dh``/``dc`` are the gradients reaching h' and c'. Returns dz, the gradient with respect to the Keras z
-    (not pre-scaled: it multiplies the layer's own weights) with the gate blocks joined along ``axis`` ((B, 4U)
-    for axis 1, (4U, B) for feature-major blocks and axis 0), and the gradient reaching c."""
+    (not pre-scaled: it multiplies the layer's own weights) with the gate blocks joined along their ``units_axis``
+    ((B, 4U) for (B, U) blocks and axis 1, (4U, B) for feature-major blocks and axis 0), and the gradient reaching
+    c."""
     import tensorflow as tf
 
     i, f, sg, o = tf.unstack(s)
@@ -58,5 +59,5 @@ def gate_gradients(s, c_prev, c, dh, dc, axis):
     tc = tf.tanh(c)
     dc = dc + dh * o * (1.0 - tc * tc)
     # The candidate is g = 2 s - 1 with s = sigmoid(2 z), so its dz = dg * 4 s (1 - s).
-    dz = tf.concat([dc * (2.0 * sg - 1.0) * di, dc * c_prev * df, (4.0 * dc) * i * dg, dh * tc * do], axis)
+    dz = tf.concat([dc * (2.0 * sg - 1.0) * di, dc * c_prev * df, (4.0 * dc) * i * dg, dh * tc * do], units_axis)
     return dz, dc * f

@@ -97,7 +97,7 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None)
     ``logits`` (N, V) float32 tensor, ``uniforms`` (N,) float32 already clamped (see
     :func:`clamp_uniforms`), ``temperature`` (N,) float32. ``top_k`` / ``top_p`` are either None
     (that filter is left out of the graph: a trace-time choice) or tensors (int32 / float32), a scalar
-    or one value per row, whose values may change without retracing; a row with k >= V or p > 1 is
+    or one value per row, whose values may change without retracing; a row with k >= V or p >= 1 is
     not filtered. ``min_p`` (None, or a scalar or per-row tensor) also drops every token whose
     probability, after the temperature, is below min_p times the most likely token's; 0 drops nothing.
     Returns (N,) int32 ids.
@@ -111,7 +111,7 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None)
     scaled = (logits - tf.reduce_max(logits, axis=1, keepdims=True)) / safe_t[:, None]
     weights = tf.exp(scaled)
     if top_k is not None or top_p is not None:
-        def cut(weights=weights):
+        def cut():
             if logits.shape[-1] is not None and logits.shape[-1] <= PAIRWISE_MAX_VOCAB:
                 keep = _keep_pairwise(tf, scaled, weights, top_k, top_p)
             else:

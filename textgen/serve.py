@@ -213,6 +213,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                 pass
         finally:
             watcher.cancel()
+            job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
         if job.error is not None:
             raise BadRequest(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name)
@@ -270,8 +271,12 @@ class _ClosingStream(StreamingResponse):
 async def _cancel_when_gone(request: Request, job) -> None:
     """Cancel a non-streamed job whose client has gone (nothing is written to it until the end, so only asking
     the server whether the connection closed finds out): its streams leave the batch at the next chunk."""
-    while not await request.is_disconnected():
-        await asyncio.sleep(DISCONNECT_POLL_S)
+    try:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+    except Exception as error:  # cannot tell whether the client is there: let the job finish
+        logger.warning(f"cannot watch a request's connection ({error}); it runs to its end")
+        return
     job.cancel()
 
 
