@@ -322,11 +322,12 @@ def _feature_major(units: int, compiled: bool) -> bool:
     return compiled and units >= FEATURE_MAJOR_MIN_UNITS
 
 
-def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None):
-    """Run the recurrence over the pre-scaled input part of z, ``xw`` (T, B, 4U or wider).
+def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None, feature_major=False):
+    """Run the recurrence over the pre-scaled input part of z, ``xw`` (T, B, 4U or wider), in the layout
+    ``feature_major`` chooses (:func:`_feature_major`).
 
-    Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all, feature_major)`` for the
-    backward pass (see :func:`_forward_loop`).
+    Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all)`` for the backward pass (see
+    :func:`_forward_loop`).
     """
     import tensorflow as tf
 
@@ -339,13 +340,9 @@ def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None):
     scale = lstm_step.candidate_scale(units, dtype)
     rk_t = tf.cast(_materialized_transpose(recurrent * scale), operand_dtype)
 
-    compiled = _compiles_loops(operand_dtype, training=save)  # save: training, inside _lstm_with_grad's gradient
-    feature_major = _feature_major(units, compiled)
-    if compiled:
-        outputs = _compiled(_forward_loop)(*_no_tape(xw, h0, c0, rk_t), save, feature_major)
-    else:
-        outputs = _forward_loop(xw, h0, c0, rk_t, save, feature_major)
-    return (*outputs, feature_major) if save else outputs
+    if _compiles_loops(operand_dtype, training=save):  # save: training, inside _lstm_with_grad's custom gradient
+        return _compiled(_forward_loop)(*_no_tape(xw, h0, c0, rk_t), save, feature_major)
+    return _forward_loop(xw, h0, c0, rk_t, save, feature_major)
 
 
 def _forward_loop(xw, h0, c0, rk_t, save, feature_major):
@@ -482,11 +479,14 @@ def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand
     """The training path: ``projection`` (dense or table) turns ``source`` into the input part of z."""
     import tensorflow as tf
 
+    # One layout for both directions: the backward reads the states the forward saved in it.
+    feature_major = _feature_major(recurrent.shape[0], _compiles_loops(operand_dtype, training=True))
+
     @tf.custom_gradient
     def lstm(source, h0, c0, kernel, recurrent, bias):
         xw = projection.forward(source, kernel, bias, operand_dtype)
-        outputs, h_last, c_last, h_all, c_all, s_all, feature_major = _lstm_forward(
-            xw, h0, c0, recurrent, save=True, operand_dtype=operand_dtype
+        outputs, h_last, c_last, h_all, c_all, s_all = _lstm_forward(
+            xw, h0, c0, recurrent, save=True, operand_dtype=operand_dtype, feature_major=feature_major
         )
 
         def grad(d_outputs, d_h_last, d_c_last):
