@@ -198,6 +198,26 @@ def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, perio
     assert not (tmp_path / "r" / ".lock").exists()
 
 
+def test_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, monkeypatch):
+    run_dir = tmp_path / "r"
+    with RunLock(run_dir):
+        stale = open(run_dir / ".lock", "a+")  # opened by a second training just before the first one lets go
+    opened = []
+
+    def open_stale_first(lock):
+        opened.append(lock.path.exists())
+        return stale if len(opened) == 1 else open(lock.path, "a+")
+
+    monkeypatch.setattr(RunLock, "_open", open_stale_first)
+    with RunLock(run_dir) as second:
+        assert opened == [False, False]  # the stale file was locked, found removed, and the path opened anew
+        assert second.handle is not stale and stale.closed
+        monkeypatch.undo()
+        with pytest.raises(TextgenError, match=rf"another training \(pid {os.getpid()}\) is using"):
+            with RunLock(run_dir):
+                pass
+
+
 def test_corpus_too_short_names_the_minimum_and_smaller_values(tmp_path):
     short = write_text(tmp_path / "short.txt", "abc" * 100)
     with pytest.raises(TextgenError, match="too short.*one batch needs 161.*--batch-size 1 --seq-length 20"):

@@ -210,17 +210,26 @@ class RunLock:
         self.path = run_dir / ".lock"
         self.handle = None
 
+    def _open(self):
+        return open(self.path, "a+")
+
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+        while True:
+            handle = self._open()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise TextgenError(f"another training (pid {holder}) is using {self.path.parent}; "
+                                   "wait for it to finish or choose another --run") from None
+            # A holder removes the file as it lets go: if that happened between our open and our flock, we hold
+            # a lock on a file nobody else will open, so we take it again on the file the path names now.
+            if _same_file(handle, self.path):
+                break
             handle.close()
-            raise TextgenError(f"another training (pid {holder}) is using {self.path.parent}; "
-                               "wait for it to finish or choose another --run") from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -232,3 +241,12 @@ class RunLock:
         self.path.unlink(missing_ok=True)
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def _same_file(handle, path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle.fileno())
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
