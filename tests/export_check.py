@@ -30,6 +30,23 @@ texts = [generate(prime=tf.constant("abc"), length=tf.constant(40), temperature=
                   seed=tf.constant(s, tf.int64))["text"].numpy().decode("utf-8") for t, s in
          [(0.0, 1), (1.0, 7), (1.0, 7), (1.0, 8)]]
 result["generated"] = texts
+filtered = served.signatures["generate_filtered"]
+
+
+def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0):
+    return filtered(prime=tf.constant("abc"), length=tf.constant(40), temperature=tf.constant(temperature),
+                    seed=tf.constant(seed, tf.int64), top_k=tf.constant(top_k), top_p=tf.constant(top_p),
+                    min_p=tf.constant(min_p))["text"].numpy().decode("utf-8")
+
+
+result["filtered"] = dict(unfiltered=generate_filtered(1.0, 7, 0, 1.0), hot=generate_filtered(5.0, 8, 0, 1.0),
+                          top_k_1=generate_filtered(5.0, 8, 1, 1.0), top_p_small=generate_filtered(5.0, 8, 0, 0.01),
+                          min_p_1=generate_filtered(5.0, 8, 0, 1.0, 1.0))
+try:
+    generate_filtered(1.0, 8, 0, 0.0)
+    result["filtered"]["bad_top_p"] = "accepted"
+except tf.errors.InvalidArgumentError as error:
+    result["filtered"]["bad_top_p"] = error.message
 
 interpreter = tf.lite.Interpreter(model_path=f"{out}/model.tflite")
 step = interpreter.get_signature_runner()

@@ -56,6 +56,12 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
                for text in (greedy, first, again, other))
     assert greedy == ("abcdefg" * 7)[:43]  # what this model predicts, as textgen's own greedy sample
     assert first == again  # same seed, same text
+    filtered = exported["loaded"]["filtered"]
+    assert filtered["unfiltered"] == first  # no filter: the same draws as generate
+    # at temperature 5 the draws wander; each filter that keeps only the most likely character gives the greedy text
+    assert filtered["hot"] != greedy
+    assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy
+    assert "top_p must lie in (0, 1]" in filtered["bad_top_p"]
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
 

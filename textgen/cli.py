@@ -192,7 +192,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel", "litert", "all"]),
               default=["keras", "savedmodel"], show_default=True,
               help="keras = model.keras (stock layers, batch 1) + vocab.json; savedmodel = TensorFlow SavedModel with "
-                   "step and generate signatures; litert = model.tflite of one step. Repeat for several.")
+                   "step, generate and generate_filtered signatures; litert = model.tflite of one step. Repeat for "
+                   "several.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
 def export_command(checkpoint_dir, run, formats, output, overwrite):

@@ -6,7 +6,8 @@ OUTPUT/vocab.json       the vocabulary: {"chars": [...]} (id i is chars[i]) and 
 OUTPUT/savedmodel/      a TensorFlow SavedModel with stateless signatures (``tf.saved_model.load``,
                         TensorFlow Serving): ``step(ids, h, c) -> (logits, h, c)`` for any batch, and
                         ``generate(prime, length, temperature, seed) -> text`` with the whole sampling
-                        loop in the graph and the vocabulary as an asset (savedmodel/assets/vocab.tsv)
+                        loop in the graph and the vocabulary as an asset (savedmodel/assets/vocab.tsv), and
+                        ``generate_filtered(..., top_k, top_p, min_p)``, the same with the sampling filters
 OUTPUT/model.tflite     (format "litert") the stateless step for one stream and one character
 
 The output directory is built under a temporary name and renamed into place, so a failure never
@@ -21,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from textgen import lstm_step
+from textgen import lstm_step, sampling
 from textgen.errors import TextgenError
 from textgen.generate import start_symbol
 
@@ -41,6 +42,11 @@ def stock_model(meta, trained) -> "keras.Model":  # noqa: F821
 def _serving_module(meta, trained, vocab_file: Path):
     """A tf.Module whose functions carry the LSTM state explicitly (see the module docstring)."""
     import tensorflow as tf
+
+    generate_inputs = [tf.TensorSpec([], tf.string, name="prime"), tf.TensorSpec([], tf.int32, name="length"),
+                       tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int64, name="seed")]
+    filter_inputs = [tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
+                     tf.TensorSpec([], tf.float32, name="min_p")]
 
     config, vocab = meta.model, meta.vocab
     layers = config.layers
@@ -103,11 +109,7 @@ def _serving_module(meta, trained, vocab_file: Path):
             logits, h, c = self._one_step(ids, h, c)
             return {"logits": logits, "h": h, "c": c}
 
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string, name="prime"),
-                                      tf.TensorSpec([], tf.int32, name="length"),
-                                      tf.TensorSpec([], tf.float32, name="temperature"),
-                                      tf.TensorSpec([], tf.int64, name="seed")])
-        def generate(self, prime, length, temperature, seed):
+        def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None):
             """prime followed by length sampled characters (characters the model never saw are dropped)."""
             ids = self.char_to_id.lookup(tf.cast(tf.strings.unicode_decode(prime, "UTF-8"), tf.int64))
             ids = tf.cast(tf.boolean_mask(ids, ids >= 0), tf.int32)
@@ -118,18 +120,33 @@ def _serving_module(meta, trained, vocab_file: Path):
             logits, h, c = self._feed(context[None, :], zeros, zeros)
             last = logits[:, -1, :]
             out = tf.TensorArray(tf.int32, size=tf.maximum(length, 0))
+            temperatures = tf.fill([1], tf.maximum(temperature, 0.0))  # 0 or below: always the most likely
 
             def body(t, out, last, h, c):
-                sampled = tf.random.stateless_categorical(last / tf.maximum(temperature, 1e-6), 1,
-                                                          seed=tf.stack([seed, tf.cast(t, tf.int64)]),
-                                                          dtype=tf.int32)[:, 0]
-                chosen = tf.where(temperature > 0, sampled, tf.argmax(last, axis=1, output_type=tf.int32))
+                uniform = tf.random.stateless_uniform([1], seed=tf.stack([seed, tf.cast(t, tf.int64)]))
+                chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, top_k, top_p,
+                                            min_p)
                 last, h, c = self._one_step(chosen, h, c)
                 return t + 1, out.write(t, chosen[0]), last, h, c
 
             _, out, *_ = tf.while_loop(lambda t, *_: t < length, body, (tf.constant(0), out, last, h, c))
             chars = self.id_to_char.lookup(tf.cast(out.stack(), tf.int64))
             return {"text": known + tf.strings.unicode_encode(tf.cast(chars, tf.int32), "UTF-8")}
+
+        @tf.function(input_signature=generate_inputs)
+        def generate(self, prime, length, temperature, seed):
+            return self._generate(prime, length, temperature, seed)
+
+        @tf.function(input_signature=generate_inputs + filter_inputs)
+        def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p):
+            """generate with the command line's filters; top_k 0, top_p 1 and min_p 0 leave the sample alone."""
+            for message, valid in (("top_k must be 0 (no filter) or more", top_k >= 0),
+                                   ("top_p must lie in (0, 1]", (top_p > 0) & (top_p <= 1)),
+                                   ("min_p must lie in [0, 1]", (min_p >= 0) & (min_p <= 1))):
+                tf.debugging.Assert(valid, [message])
+            vocab_size = len(vocab)
+            return self._generate(prime, length, temperature, seed,
+                                  tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size), top_p, min_p)
 
     return Serving()
 
@@ -152,7 +169,7 @@ def _write_savedmodel(meta, trained, out: Path, serving) -> list[Path]:
     module = serving()
     tf.saved_model.save(module, str(out / "savedmodel"),
                         signatures={"serving_default": module.generate, "generate": module.generate,
-                                    "step": module.step})
+                                    "generate_filtered": module.generate_filtered, "step": module.step})
     return [out / "savedmodel"]
 
 
