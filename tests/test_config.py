@@ -27,6 +27,22 @@ def test_validation_names_the_option_and_its_range():
         ModelConfig(vocab_size=3, dropout=float("nan")).validate()
 
 
+def test_integer_options_take_integers_and_text_options_text():
+    import numpy as np
+
+    from textgen.config import SampleConfig
+
+    with pytest.raises(OptionError, match=r"^--length must be an integer in \[0, inf\), got 100.0$"):
+        SampleConfig(length=1e2).validate()  # whole, but a float: it would fail later as a slice bound
+    with pytest.raises(OptionError, match=r"^--seq-length must be an integer in \[1, inf\), got 20.0$"):
+        TrainConfig(seq_length=20.0).validate()
+    with pytest.raises(OptionError, match=r"^--prime must be text, got None$"):
+        SampleConfig(prime=None).validate()
+    with pytest.raises(OptionError, match=r"^--skip-unknown must be true or false, got 1$"):
+        SampleConfig(skip_unknown=1).validate()
+    SampleConfig(length=np.int64(5), num_samples=np.int32(2), temperature=(np.float32(0.5), 1)).validate()
+
+
 def test_old_checkpoints_get_the_behaviour_they_trained_with():
     old = TrainConfig.from_dict({"epochs": 3, "unknown_future_key": 1})
     assert (old.epochs, old.lr_schedule, old.weight_decay, old.mixed_precision, old.size) == (

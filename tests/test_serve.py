@@ -316,8 +316,12 @@ def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line
     from textgen.serve import create_app
 
     with serving(create_app(copy, "good")) as base:
-        status, text = call(base, "/v1/generate", dict(run="broken", length=5))
-        assert status == 400 and "is corrupted (checksum mismatch)" in json.loads(text)["error"]
+        for path, body in (("/v1/generate", dict(run="broken", length=5)),
+                           ("/v1/score", dict(run="broken", text="ab"))):
+            status, text = call(base, path, body)  # the server's fault, not the request's: 5xx
+            error = json.loads(text)["error"]
+            assert status == 500 and error.startswith("run 'broken' cannot be loaded: checkpoint file ")
+            assert "is corrupted (checksum mismatch)" in error
         assert call(base, "/v1/generate", dict(length=5, temperature=0))[0] == 200
 
 

@@ -198,6 +198,52 @@ def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, perio
     assert not (tmp_path / "r" / ".lock").exists()
 
 
+def crash(run):
+    raise RuntimeError("crash")
+
+
+def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothing_of_it(tmp_path, periodic_corpus):
+    run(periodic_corpus, tmp_path)
+    run_dir = tmp_path / "r"
+    before = files_snapshot(run_dir)
+    with pytest.raises(RuntimeError, match="crash"):  # fails before any save: the earlier run is untouched
+        run(periodic_corpus, tmp_path, overwrite=True, callbacks=[AtStep(2, crash)])
+    assert files_snapshot(run_dir) == before
+    wider = dict(TINY_MODEL, units=TINY_MODEL["units"] + 8)
+    with pytest.raises(Interrupted):  # saves last.json mid-epoch: the earlier best.json and history must go
+        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[interrupt_at_step(5)])
+    last = checkpoint.read_meta(run_dir, "last")
+    assert last.model.units == wider["units"] and last.state.step_in_epoch == 5
+    assert not (run_dir / "best.json").exists() and not (run_dir / "history.csv").exists()
+    assert sorted(path.name for path in run_dir.glob("ckpt-*")) == sorted(entry["name"] for entry in
+                                                                          last.files.values())
+    model, meta = load_model(run_dir)
+    assert meta.model.units == wider["units"]
+
+
+def test_resume_without_last_checkpoint_is_refused_and_the_best_one_kept(tmp_path, periodic_corpus):
+    run(periodic_corpus, tmp_path)
+    run_dir = tmp_path / "r"
+    (run_dir / "last.json").unlink()
+    before = files_snapshot(run_dir)
+    with pytest.raises(TextgenError, match=r"cannot resume run 'r': it has no last.json, only its best checkpoint"):
+        run(periodic_corpus, tmp_path, resume=True)
+    assert files_snapshot(run_dir) == before
+    from textgen.report import info_text, runs_table
+
+    assert "epoch 1: validation" in info_text(run_dir) and runs_table([run_dir]).splitlines()[1].startswith("r ")
+
+
+def test_training_runs_in_a_worker_thread(tmp_path, periodic_corpus):
+    import threading
+
+    results = []
+    worker = threading.Thread(target=lambda: results.append(run(periodic_corpus, tmp_path)))
+    worker.start()
+    worker.join(timeout=300)
+    assert results and results[0]["epoch"] == 1 and (tmp_path / "r" / "best.json").exists()
+
+
 def test_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, monkeypatch):
     run_dir = tmp_path / "r"
     with RunLock(run_dir):
@@ -292,8 +338,12 @@ def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corp
     assert best.state.epoch == 0 and 0 < best.state.step_in_epoch < 118
     assert best.state.val_loss == pytest.approx(summary["val_loss"]) and best.state.best_val_loss == best.state.val_loss
     assert best.state.history[-1]["val_loss"] == best.state.val_loss
+    with pytest.raises(TextgenError, match=r"cannot resume: the run has used its time budget \(--max-minutes "
+                                           r"0.0005; .*pass a larger --max-minutes, or --max-minutes 0 for no limit"):
+        run(periodic_corpus, tmp_path, epochs=1, resume=True)
     resumed = run(periodic_corpus, tmp_path, epochs=1, resume=True, train_options=dict(max_minutes=0))
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
+    assert [row["epoch"] for row in resumed["history"]] == [1]  # the mid-epoch row gave way to the epoch's end
 
 
 def test_a_callback_can_stop_the_run_at_once(tmp_path, periodic_corpus):

@@ -144,6 +144,17 @@ def remove_unreferenced(run_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def retire_others(run_dir: Path, kinds: tuple[str, ...]) -> None:
+    """After a new run's first save over an earlier one (--overwrite): remove the earlier run's checkpoint
+    kinds that were not just rewritten, its weights, and its history and curve, so that nothing mixes the two."""
+    for kind in KINDS:
+        if kind not in kinds:
+            (run_dir / f"{kind}.json").unlink(missing_ok=True)
+    for report in ("history.csv", "curve.png"):
+        (run_dir / report).unlink(missing_ok=True)
+    remove_unreferenced(run_dir)
+
+
 def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
     path = run_dir / f"{kind}.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -68,8 +69,9 @@ class Rule:
             return
         if not self.numeric:
             return
-        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-        bad = bad or (self.integer and int(value) != value)
+        # An integer option takes only integers: 10.0 would pass a range check and then fail as a slice or a shape.
+        bad = isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real)
+        bad = bad or not math.isfinite(value)
         if not bad and self.low is not None:
             bad = value < self.low or (self.low_open and value == self.low)
         if not bad and self.high is not None:
@@ -102,6 +104,9 @@ class _Config:
         """Raise OptionError naming the first option outside its rule (None is allowed where it is the default)."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(field.default, (str, bool)) and not isinstance(value, type(field.default)):
+                kind = "text" if isinstance(field.default, str) else "true or false"
+                raise OptionError(f"--{field.name.replace('_', '-')} must be {kind}, got {value!r}")
             if not (value is None and field.default is None):
                 field.metadata["rule"].check(field.name, value)
 

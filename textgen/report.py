@@ -69,8 +69,9 @@ def _size(num_bytes: int) -> str:
 
 
 def info_text(run_dir: Path) -> str:
-    last = read_meta(run_dir, "last")
-    best = (read_meta(run_dir, "best") or last).state
+    best_meta = read_meta(run_dir, "best")
+    last = read_meta(run_dir, "last") or best_meta  # a run left with its best checkpoint only
+    best = (best_meta or last).state
     model, vocab, training, corpus, state = last.model, last.vocab, last.training, last.corpus, last.state
     lines = [
         f"run            {run_dir}",
@@ -104,8 +105,9 @@ def runs_table(run_dirs: list[Path]) -> str:
     rows = []
     for run_dir in run_dirs:
         try:
-            meta = read_meta(run_dir, "last")
-            best = read_meta(run_dir, "best") or meta
+            best = read_meta(run_dir, "best")
+            meta = read_meta(run_dir, "last") or best
+            best = best or meta
         except TextgenError:  # one damaged run does not hide the others
             rows.append((run_dir.name, f"damaged (textgen info --run {run_dir.name} says why)", "-", "-", "-", "-"))
             continue

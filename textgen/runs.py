@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import has_checkpoint
+from textgen.checkpoint import KINDS, has_checkpoint
 from textgen.errors import TextgenError
 
 logger = logging.getLogger("textgen")
@@ -15,7 +15,7 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def default_run_name(corpus: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(corpus).stem).strip("-.")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(corpus).stem).lstrip("-._")[:100].rstrip("-.")
     return name or "run"
 
 
@@ -32,7 +32,18 @@ def list_runs(checkpoint_dir: Path) -> list[Path]:
     runs = [path for path in checkpoint_dir.iterdir() if path.is_dir() and has_checkpoint(path)]
     if has_checkpoint(checkpoint_dir):
         runs.append(checkpoint_dir)
-    return sorted(runs, key=lambda path: max(p.stat().st_mtime for p in path.glob("*.json")), reverse=True)
+    return sorted(runs, key=_last_saved, reverse=True)
+
+
+def _last_saved(run_dir: Path) -> float:
+    """When the run last saved: its newest metadata file (a save may rename one away while we look)."""
+    times = []
+    for kind in KINDS:
+        try:
+            times.append((run_dir / f"{kind}.json").stat().st_mtime)
+        except FileNotFoundError:
+            continue
+    return max(times, default=0.0)
 
 
 def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:

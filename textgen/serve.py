@@ -43,7 +43,9 @@ logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 
 
-class BadRequest(Exception):
+class ApiError(Exception):
+    """A one-line JSON error: 4xx for what the request asked, 5xx for what the server could not do."""
+
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
@@ -102,10 +104,13 @@ class Runs:
             return self._loaded[name]
         path = self.paths().get(check_run_name(name))
         if path is None:
-            raise BadRequest(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+            raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
         with self._guard:
             if name not in self._loaded:
-                generator = Generator.load(path)
+                try:
+                    generator = Generator.load(path)
+                except TextgenError as error:  # a damaged run on the server: not the request's fault
+                    raise ApiError(f"run {name!r} cannot be loaded: {error}", status=500) from None
                 self._loaded[name] = Served(name, generator, Batcher(generator, self.buckets))
             return self._loaded[name]
 
@@ -140,12 +145,12 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
                           skip_unknown=body.skip_unknown)
     config.validate()
     if len(config.prime) > limits.max_prime_chars:
-        raise BadRequest(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
+        raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
                          f"{len(config.prime)}")
     if config.length > limits.max_length:
-        raise BadRequest(f"length must be at most {limits.max_length} on this server, got {config.length}")
+        raise ApiError(f"length must be at most {limits.max_length} on this server, got {config.length}")
     if len(config.temperature) * config.num_samples > limits.max_samples:
-        raise BadRequest(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
+        raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
                          f"{len(config.temperature) * config.num_samples}")
     return config
 
@@ -164,12 +169,12 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
-    @app.exception_handler(BadRequest)
-    async def bad_request(request, exc: BadRequest):
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
         return error(exc.status, str(exc))
 
     @app.exception_handler(TextgenError)
-    async def refused(request, exc: TextgenError):  # bad options, an unknown prime character, a damaged run
+    async def refused(request, exc: TextgenError):  # bad options, an unknown prime character
         return error(400, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
@@ -200,7 +205,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         if body.stream and len(config.temperature) * config.num_samples != 1:
-            raise BadRequest("stream gives one sample: one temperature and num_samples 1")
+            raise ApiError("stream gives one sample: one temperature and num_samples 1")
         served = await run_in_threadpool(runs.get, body.run)  # the first use of a run loads it
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         job = served.batcher.submit(config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
@@ -215,14 +220,14 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             watcher.cancel()
             job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
         if job.error is not None:
-            raise BadRequest(f"generation failed ({type(job.error).__name__}); try again", status=500)
+            raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
     @app.post("/v1/score")
     def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
-            raise BadRequest(f"text must be at most {limits.max_score_chars} characters on this server")
+            raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server")
         served = runs.get(body.run)
         return dict(run=served.name, **served.generator.score(body.text))
 

@@ -13,6 +13,7 @@ import math
 import secrets
 import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,10 @@ def stop_on_signals():
         requested.append(signum)
         logger.warning(f"\nsignal {signal.Signals(signum).name}: finishing this step and saving (press again to abort)")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Python lets only the main thread install handlers; a training run from another thread (a GUI, a web job)
+    # keeps the process's own handlers and stops only through its callbacks.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         yield requested
     finally:
@@ -99,6 +103,11 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             raise TextgenError("cannot resume with a different model or data layout: " + "; ".join(differences)
                                + "; drop these options or train a new run with --run NAME")
         train_config = dataclasses.replace(saved_training, **train_options)
+        budget = train_config.max_minutes
+        if budget and meta.state.elapsed_seconds >= budget * 60:  # else each resume trains one step and stops
+            raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
+                               f"trained {meta.state.elapsed_seconds / 60:.1f} minutes); pass a larger --max-minutes, "
+                               "or --max-minutes 0 for no limit")
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -134,6 +143,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
     if resume and not exists:
         raise TextgenError(f"nothing to resume: no checkpoint in {run_dir} (train without --resume to start)")
+    if resume and not (run_dir / "last.json").exists():  # best.json alone does not hold where training was
+        raise TextgenError(f"cannot resume run {run_dir.name!r}: it has no last.json, only its best checkpoint; "
+                           "sample from it as it is, or train a new run with --run NAME")
     if exists and not (resume or overwrite):
         raise TextgenError(f"run {run_dir.name!r} already has checkpoints in {run_dir}: pass --resume to continue "
                            "it, --overwrite to replace it, or --run NAME to start another run")
@@ -168,6 +180,7 @@ class Run:
     carried_states: Optional[dict] = None  # the LSTM state at the end of the steps, before validation reset it
     stop_reason: Optional[str] = None  # why the run stops after this epoch (see stop)
     end_epoch: bool = False  # whether it stops at once: validate and save now (see stop)
+    replaces: bool = False  # an --overwrite run: the earlier run's files go at its first save, not before
 
     def stop(self, reason: str, now: bool = False) -> None:
         """Stop after this epoch, or with now=True after this step (then validate and save)."""
@@ -198,6 +211,9 @@ class Run:
             meta = CheckpointMeta(model=self.model_config, training=self.config, vocab=self.vocab,
                                   corpus=self.corpus, state=self.state)
             checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(lstm_states))
+            if self.replaces:
+                checkpoint.retire_others(self.run_dir, kinds)
+                self.replaces = False
 
 
 def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
@@ -234,7 +250,8 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
         improved = state.best_val_loss is None or state.val_loss < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_epoch = state.val_loss, state.epoch
-        state.history = state.history + [dict(
+        # One row per epoch: a row from a stop mid-epoch gives way to the row of the resumed epoch's end.
+        state.history = [row for row in state.history if row["epoch"] != epoch + 1] + [dict(
             epoch=epoch + 1, step=state.global_step, chars_seen=state.chars_seen, train_loss=state.train_loss,
             train_bpc=bpc(state.train_loss), val_loss=state.val_loss, val_bpc=bpc(state.val_loss),
             learning_rate=float(session.optimizer.learning_rate.numpy()),
@@ -318,7 +335,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               corpus_path=corpus_path, run_dir=run_dir,
               train_batches=StreamBatches(train_ids, config.batch_size, config.seq_length),
               val_batches=StreamBatches(val_ids, config.batch_size, config.seq_length),
-              state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log)
+              state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log,
+              replaces=meta is None and checkpoint.has_checkpoint(run_dir))
     if meta is not None:
         session.restore(run_dir, meta)
         _log_resume(run, meta)

@@ -1,0 +1,27 @@
+"""Run names and the run listing (textgen.runs)."""
+
+import os
+from pathlib import Path
+
+from textgen.runs import check_run_name, default_run_name, list_runs
+
+
+def test_default_run_name_is_always_a_valid_name():
+    assert default_run_name(Path("data/tiny shakespeare.txt")) == "tiny-shakespeare"
+    assert default_run_name(Path("_draft.txt")) == "draft"
+    assert default_run_name(Path("---.txt")) == "run"
+    long = default_run_name(Path("a" * 60 + "-" + "b" * 60 + ".txt"))
+    assert len(long) == 100 and check_run_name(long) == long
+    assert check_run_name(default_run_name(Path(".hidden notes..txt")))
+
+
+def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):
+    older, newer = tmp_path / "older", tmp_path / "newer"
+    for age, run_dir in ((200, older), (100, newer)):
+        run_dir.mkdir()
+        for name in ("best.json", "last.json"):
+            (run_dir / name).write_text("{}")
+            os.utime(run_dir / name, (1_000_000 - age, 1_000_000 - age))
+    (older / ".tmp-last.json").write_text("{")  # a save being written right now: renamed away at any moment
+    (tmp_path / "no-checkpoint").mkdir()
+    assert list_runs(tmp_path) == [newer, older]
