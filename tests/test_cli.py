@@ -184,13 +184,16 @@ def test_unreadable_corpus(tmp_path):
 
 
 def test_export_over_the_working_directory_is_refused(workspace, tmp_path, monkeypatch):
-    (tmp_path / "notes.txt").write_text("mine")
-    monkeypatch.chdir(tmp_path)
-    result = invoke("export", "--checkpoint-dir", workspace / "ck", "--run", "good", "-o", ".", "--overwrite")
-    assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.stderr.strip() == "error: . is not an earlier export (it holds notes.txt); choose a new or empty " \
-                                    "directory for --output"
-    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "full" / "inner").mkdir(parents=True)
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    for where, output in (("full", "."), ("empty", "."), ("full/inner", "..")):
+        monkeypatch.chdir(tmp_path / where)
+        result = invoke("export", "--checkpoint-dir", workspace / "ck", "--run", "good", "-o", output, "--overwrite")
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.stderr.strip() == f"error: --output {output} is the current directory or holds it; choose a " \
+                                        "directory for the export, such as exports/NAME"
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine" and not any((tmp_path / "empty").iterdir())
 
 
 def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +70,45 @@ def test_missing_and_directory_paths(tmp_path):
         read_text(tmp_path / "nope.txt")
     with pytest.raises(TextgenError, match="is a directory"):
         read_text(tmp_path)
+
+
+def test_a_byte_order_mark_is_not_text_and_offsets_stay_exact(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + "ab\ufeffc".encode())  # only the leading mark goes
+    count, vocab = scan(path)
+    assert count == 4 and sorted(vocab.chars) == sorted("abc\ufeff")
+    assert read_text(path) == "ab\ufeffc"
+    ids = load_corpus(path, tmp_path / "cache").ids
+    assert len(ids) == 4
+    path.write_bytes(b"\xef\xbb\xbfab\xff")
+    with pytest.raises(TextgenError, match="byte offset 5"):
+        scan(path)
+    path.write_bytes(b"\xef\xbb\xbf")
+    with pytest.raises(TextgenError, match="holds no characters"):
+        scan(path)
+
+
+def piped(text: str) -> tuple[Path, int]:
+    """A pipe already holding text, its writer closed (reading it never blocks), as a path like /dev/stdin."""
+    read, write = os.pipe()
+    os.write(write, text.encode())
+    os.close(write)
+    return Path(f"/dev/fd/{read}"), read
+
+
+def test_a_pipe_is_refused_as_a_corpus_but_read_as_a_prime():
+    path, handle = piped("le roi " * 100)
+    with pytest.raises(TextgenError, match=r"must be a regular file: /dev/fd/\d+ is a pipe or a device, which can "
+                                           r"be read only once \(save the text to a file first\)"):
+        scan(path)
+    os.close(handle)
+    path, handle = piped("le roi")
+    assert read_text(path, what="prime") == "le roi"
+    os.close(handle)
+
+
+def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    path.write_bytes(b"abc")
+    with pytest.raises(TextgenError, match=r"corpus file name is not valid UTF-8: .*caf\\udce9.txt.*rename the file"):
+        scan(path)

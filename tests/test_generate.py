@@ -53,6 +53,18 @@ def test_several_temperatures_each_get_a_labelled_sample(trained_run):
         "===== temperature 0 =====", "===== temperature 0.5 =====", "===== temperature 1.5 ====="]
 
 
+def test_a_prime_in_the_other_unicode_form_is_read_in_the_corpus_form():
+    from textgen.generate import prepare_prime
+    from textgen.vocab import Vocabulary
+
+    decomposed = Vocabulary(map(ord, "cafe\u0301 au lit"))  # the corpus wrote é as e + combining acute
+    assert prepare_prime("caf\u00e9", decomposed, False, print) == "cafe\u0301"
+    precomposed = Vocabulary(map(ord, "caf\u00e9 au lit"))
+    assert prepare_prime("cafe\u0301", precomposed, False, print) == "caf\u00e9"
+    with pytest.raises(TextgenError, match=r"never saw: 'x'"):
+        prepare_prime("caf\u00e9x", decomposed, False, print)
+
+
 def test_empty_prime_and_zero_length(trained_run):
     [sample] = gen(trained_run, prime="", length=0)
     assert sample.text == ""

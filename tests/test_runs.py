@@ -13,6 +13,10 @@ def test_default_run_name_is_always_a_valid_name():
     long = default_run_name(Path("a" * 60 + "-" + "b" * 60 + ".txt"))
     assert len(long) == 100 and check_run_name(long) == long
     assert check_run_name(default_run_name(Path(".hidden notes..txt")))
+    notes, novel = default_run_name(Path("笔记.txt")), default_run_name(Path("小说.txt"))
+    assert notes != novel and notes.startswith("run-") and check_run_name(notes) == notes
+    assert default_run_name(Path("café crème.txt")).startswith("caf-cr-me-")
+    assert default_run_name(Path("笔记.txt")) == notes  # stable: the same corpus trains the same run
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

@@ -241,3 +241,14 @@ def test_one_compiled_cut_off_serves_filtered_and_unfiltered_calls(vocab):
         assert got[row] == expected[0], row
     np.testing.assert_array_equal(got[[by_k, by_p]], logits[[by_k, by_p]].argmax(axis=1))
     np.testing.assert_array_equal(np.delete(got, [by_k, by_p]), np.delete(unfiltered, [by_k, by_p]))
+
+
+def test_nothing_left_to_draw_from_gives_the_likeliest_not_an_id_past_the_vocabulary():
+    import tensorflow as tf
+
+    # --max-repeat blocks a stream's only remaining character (-inf), or min_p 1 meets a row with no finite logit.
+    logits = tf.constant([[-np.inf, -np.inf, -np.inf], [0.0, 2.0, -np.inf]], tf.float32)
+    for min_p in (None, tf.constant(1.0)):
+        picked = sampling.choose_tf(logits, tf.constant([0.5, 0.999], tf.float32), tf.constant([1.0, 1.0]),
+                                    None, None, min_p).numpy()
+        assert 0 <= picked[0] < 3 and picked[1] == 1

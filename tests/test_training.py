@@ -74,9 +74,13 @@ def test_existing_run_is_never_silently_overwritten(tmp_path, periodic_corpus):
 def test_resume_refuses_other_vocabulary_or_shape(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     other = write_text(tmp_path / "other.txt", "xyz" * 5000)
+    many = write_text(tmp_path / "many.txt", "".join(map(chr, range(0x4E00, 0x4E00 + 1000))) * 20)
     before = files_snapshot(tmp_path)
-    with pytest.raises(TextgenError, match="vocabulary differs"):
+    with pytest.raises(TextgenError, match=r"vocabulary differs from the checkpoint's \(new characters 'xyz', "
+                                           r"missing characters 'abcdefg'\)"):
         run(other, tmp_path, epochs=2, resume=True)
+    with pytest.raises(TextgenError, match=r"\(new characters '一丁.{38}' and 960 more, missing"):
+        run(many, tmp_path, epochs=2, resume=True)
     with pytest.raises(TextgenError, match=r"--units 64 \(checkpoint has 32\)"):
         run(periodic_corpus, tmp_path, epochs=2, model=dict(TINY_MODEL, units=64), resume=True)
     assert files_snapshot(tmp_path) == before

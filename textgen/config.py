@@ -195,7 +195,7 @@ class SampleConfig(_Config):
     min_p: Optional[float] = option(None, "Drop characters less likely than P times the most likely one "
                                     "(after the temperature); 0.05 is a common choice.", low=0, high=1)
     max_repeat: Optional[int] = option(None, "Never produce one character more than N times in a row (a guard "
-                                       "against loops such as endless spaces).", low=1, integer=True)
+                                       "against loops such as endless spaces).", low=1, high=10**9, integer=True)
     length: int = option(500, "Characters to generate.", low=0, integer=True, short="-n")
     prime: str = option("", "Text to start from; it is printed before the generated text.")
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, integer=True)

@@ -31,14 +31,22 @@ class Corpus:
         return len(self.ids)
 
 
-def check_readable(path: Path, what: str = "corpus") -> None:
-    """Refuse paths that cannot be a text file, before any work is done."""
+def check_readable(path: Path, what: str = "corpus", read_once: bool = False) -> None:
+    """Refuse paths that cannot be a text file, before any work is done. A corpus is read more than once (its
+    fingerprint, its vocabulary, its encoding), so only a file that is ``read_once`` may be a pipe."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TextgenError(f"{what} file name is not valid UTF-8: {str(path)!r} (rename the file)") from None
     if not path.exists():
         raise TextgenError(f"{what} file not found: {path} (check the path)")
     if path.is_dir():
         raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
     if not os.access(path, os.R_OK):
         raise TextgenError(f"{what} file is not readable: {path} (check its permissions)")
+    if not read_once and not path.is_file():
+        raise TextgenError(f"{what} file must be a regular file: {path} is a pipe or a device, which can be read "
+                           "only once (save the text to a file first)")
     if path.is_file() and path.stat().st_size == 0:  # a pipe (e.g. /dev/stdin) reports size 0
         raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")
 
@@ -50,7 +58,8 @@ def _chunks(path: Path):
 
 
 def _decoded_chunks(path: Path, what: str):
-    """Yield the file as text, chunk by chunk, refusing non-UTF-8 or binary content with its byte offset."""
+    """Yield the file as text, chunk by chunk, refusing non-UTF-8 or binary content with its byte offset. A byte
+    order mark at the start is not text (editors on Windows add one): it is dropped."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
     for block in _chunks(path):
@@ -68,6 +77,8 @@ def _decoded_chunks(path: Path, what: str):
                 f"{what} file is not valid UTF-8 (first bad byte at byte offset {offset - pending + error.start}): "
                 f"{path} (convert it to UTF-8, e.g. with iconv)"
             ) from None
+        if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
+            text = text.removeprefix("\ufeff")
         offset += len(block)
         yield text
     try:
@@ -161,7 +172,7 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
 def read_text(path: Path, what: str = "text") -> str:
     """A whole (small) UTF-8 file, validated like a corpus."""
     path = Path(path)
-    check_readable(path, what)
+    check_readable(path, what, read_once=True)
     text = "".join(_decoded_chunks(path, what))
     if not text:
         raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")

@@ -50,7 +50,10 @@ def make_strategy(name: str):
     if name == "multi-worker":
         _tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
-    cpu_devices = int(os.environ.get(CPU_DEVICES_VARIABLE, "0") or 0)
+    setting = os.environ.get(CPU_DEVICES_VARIABLE, "0") or "0"
+    if not setting.isdigit():
+        raise TextgenError(f"{CPU_DEVICES_VARIABLE} must be a whole number of CPU devices, got {setting!r}")
+    cpu_devices = int(setting)
     if cpu_devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)

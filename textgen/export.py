@@ -199,6 +199,9 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     unknown = [name for name in formats if name not in FORMATS]
     if unknown or not formats:
         raise TextgenError(f"--format must be among {', '.join(FORMATS)} or all, got {', '.join(unknown) or 'none'}")
+    if Path.cwd().resolve().is_relative_to(output.resolve()):  # it is replaced as a whole: never under our feet
+        raise TextgenError(f"--output {output} is the current directory or holds it; choose a directory for the "
+                           "export, such as exports/NAME")
     if output.exists() and not overwrite:
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     if output.exists() and not output.is_dir():

@@ -8,6 +8,7 @@ import logging
 import math
 import secrets
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -36,6 +37,10 @@ class Sample:
 
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
+    # An accented letter typed precomposed (é) where the corpus has it decomposed (e + accent), or the other way:
+    # read the prime in the Unicode form the model knows best.
+    prime = min([prime] + [unicodedata.normalize(form, prime) for form in ("NFC", "NFD")],
+                key=lambda text: len(vocab.unknown(text)))
     unknown = vocab.unknown(prime)
     if unknown and not skip_unknown:
         shown = " ".join(repr(ch) for ch in unknown[:20])

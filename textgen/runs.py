@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -15,8 +16,14 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def default_run_name(corpus: Path) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(corpus).stem).lstrip("-._")[:100].rstrip("-.")
-    return name or "run"
+    """The corpus file's name as a run name. Letters outside ASCII cannot be kept, so a name that had some gets a
+    short hash of the whole name: 笔记.txt and 小说.txt must not both become the same run."""
+    stem = Path(corpus).stem
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("-._")[:100].rstrip("-.")
+    if stem.isascii():
+        return name or "run"
+    digest = hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+    return f"{name[:91].rstrip('-.') or 'run'}-{digest}"
 
 
 def check_run_name(name: str) -> str:

@@ -87,11 +87,11 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     else:
         saved_vocab = meta.vocab
         if saved_vocab != vocab:
-            added = "".join(sorted(set(vocab.chars) - set(saved_vocab.chars)))
-            missing = "".join(sorted(set(saved_vocab.chars) - set(vocab.chars)))
+            added = _some("".join(sorted(set(vocab.chars) - set(saved_vocab.chars))))
+            missing = _some("".join(sorted(set(saved_vocab.chars) - set(vocab.chars))))
             raise TextgenError(
                 f"cannot resume: the corpus vocabulary differs from the checkpoint's "
-                f"(new characters {added!r}, missing characters {missing!r}); resume on the run's own corpus "
+                f"(new characters {added}, missing characters {missing}); resume on the run's own corpus "
                 f"({meta.corpus.get('path')}) or train a new run with --run NAME")
         model_config, saved_training = meta.model, meta.training
         differences = [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(model_config, key)})"
@@ -111,6 +111,11 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     model_config.validate()
     train_config.validate()
     return model_config, train_config
+
+
+def _some(chars: str, shown: int = 40) -> str:
+    """chars for a one-line message: a large vocabulary (CJK) can differ by thousands."""
+    return repr(chars) if len(chars) <= shown else f"{chars[:shown]!r} and {len(chars) - shown:,} more"
 
 
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of --learning-rate
