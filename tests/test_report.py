@@ -54,3 +54,23 @@ def test_info_and_runs_show_the_stored_numbers(trained_run):
     header, row = runs.output.strip().splitlines()
     assert header.split()[:3] == ["run", "corpus", "characters"]
     assert row.split()[:5] == ["period", "period.txt", "21,000", "3/3", f"{meta['val_loss'] / math.log(2):.3f}"]
+
+
+def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
+    import shutil
+
+    from textgen.report import _columns, runs_table
+
+    for name, corpus in (("latin", "/texts/notes.txt"), ("cjk", "/texts/小说笔记.txt")):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+        for kind in ("best", "last"):
+            meta_path = tmp_path / name / f"{kind}.json"
+            meta = json.loads(meta_path.read_text())
+            meta["corpus"]["path"] = corpus
+            meta_path.write_text(json.dumps(meta, ensure_ascii=False))
+    lines = runs_table([tmp_path / "latin", tmp_path / "cjk"]).splitlines()
+    assert "小说笔记.txt" in lines[2]
+    # the "characters" column starts at the same screen column on every line
+    length = f"{json.loads((tmp_path / 'cjk' / 'last.json').read_text())['corpus']['length']:,}"
+    starts = {_columns(line[:line.index(word)]) for line, word in zip(lines, ("characters", length, length))}
+    assert len(starts) == 1, lines

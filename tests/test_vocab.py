@@ -39,3 +39,7 @@ def test_unknown_characters_are_reported_not_mapped():
 
 def test_preview_escapes_control_characters():
     assert Vocabulary.from_text("\n a").preview() == "\\n a"
+
+
+def test_preview_shows_a_combining_mark_as_a_symbol_of_its_own():
+    assert Vocabulary.from_text("u\u0301\u4e00").preview() == "u\\u0301\u4e00"  # not the single glyph ú

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import unicodedata
 from pathlib import Path
 
 from textgen.checkpoint import read_meta
@@ -114,8 +115,13 @@ def runs_table(run_dirs: list[Path]) -> str:
         saved = datetime.datetime.fromisoformat(meta.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run_dir.name, Path(meta.corpus["path"]).name, f"{meta.corpus['length']:,}",
                      f"{meta.state.epoch}/{meta.training.epochs}", _bpc_text(best.state.val_loss), saved))
-    widths = [max(len(str(row[i])) for row in [header] + rows) for i in range(len(header))]
-    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
-                     for row in [header] + rows)
+    widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))
+                     .rstrip() for row in [header] + rows)
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns text takes: CJK characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 

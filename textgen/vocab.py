@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Iterable
 
 import numpy as np
@@ -64,6 +65,8 @@ class Vocabulary:
         return cls(code_points)
 
     def preview(self, limit: int = 80) -> str:
-        """The first symbols, with control characters escaped so the line stays one line."""
-        shown = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in self.chars[:limit])
+        """The first symbols, with control characters escaped so the line stays one line, and combining marks
+        escaped so that each shows as a symbol of its own instead of joining the one before it."""
+        shown = "".join(ch if ch.isprintable() and not unicodedata.combining(ch) else ascii(ch)[1:-1]
+                        for ch in self.chars[:limit])
         return shown + (" ..." if len(self) > limit else "")
