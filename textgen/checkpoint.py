@@ -121,7 +121,7 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
             files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
                    "state": {"name": state_path.name, "sha256": sha256(state_path)}})
         for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
-            atomic_write_json(run_dir / f"{kind}.json", dataclasses.replace(meta, kind=kind).to_json())
+            atomic_write_json(meta_path(run_dir, kind), dataclasses.replace(meta, kind=kind).to_json())
     except OSError as error:
         reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
         raise TextgenError(
@@ -135,7 +135,7 @@ def remove_unreferenced(run_dir: Path) -> None:
     referenced = set()
     for kind in KINDS:
         try:
-            meta = json.loads((run_dir / f"{kind}.json").read_text(encoding="utf-8"))
+            meta = json.loads(meta_path(run_dir, kind).read_text(encoding="utf-8"))
             referenced.update(entry["name"] for entry in meta["files"].values())
         except (OSError, ValueError, KeyError, TypeError):
             continue
@@ -149,7 +149,7 @@ def retire_others(run_dir: Path, kinds: tuple[str, ...]) -> None:
     kinds that were not just rewritten, its weights, and its history and curve, so that nothing mixes the two."""
     for kind in KINDS:
         if kind not in kinds:
-            (run_dir / f"{kind}.json").unlink(missing_ok=True)
+            meta_path(run_dir, kind).unlink(missing_ok=True)
     for report in ("history.csv", "curve.png"):
         (run_dir / report).unlink(missing_ok=True)
     remove_unreferenced(run_dir)
@@ -157,7 +157,7 @@ def retire_others(run_dir: Path, kinds: tuple[str, ...]) -> None:
 
 def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
-    path = run_dir / f"{kind}.json"
+    path = meta_path(run_dir, kind)
     if not path.exists():
         return None
     try:
@@ -179,8 +179,13 @@ def verified_file(run_dir: Path, meta: CheckpointMeta, role: str) -> Path:
     return path
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / f"{kind}.json").exists() for kind in KINDS)
+def meta_path(run_dir: Path, kind: str) -> Path:
+    """Where a run's metadata of kind ("best" or "last") lives; renaming it into place commits a save."""
+    return run_dir / f"{kind}.json"
+
+
+def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS) -> bool:
+    return any(meta_path(run_dir, kind).exists() for kind in kinds)
 
 
 def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):

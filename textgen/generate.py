@@ -37,11 +37,11 @@ class Sample:
 
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
-    # An accented letter typed precomposed (é) where the corpus has it decomposed (e + accent), or the other way:
-    # read the prime in the Unicode form the model knows best.
-    prime = min([prime] + [unicodedata.normalize(form, prime) for form in ("NFC", "NFD")],
-                key=lambda text: len(vocab.unknown(text)))
     unknown = vocab.unknown(prime)
+    if unknown:  # an accented letter typed precomposed (é) where the corpus has e + accent, or the other way round:
+        for normalized in (unicodedata.normalize(form, prime) for form in ("NFC", "NFD")):  # the form it knows best
+            if len(fewer := vocab.unknown(normalized)) < len(unknown):
+                prime, unknown = normalized, fewer
     if unknown and not skip_unknown:
         shown = " ".join(repr(ch) for ch in unknown[:20])
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "

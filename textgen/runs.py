@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import KINDS, has_checkpoint
+from textgen.checkpoint import KINDS, has_checkpoint, meta_path
 from textgen.errors import TextgenError
 
 logger = logging.getLogger("textgen")
@@ -47,7 +47,7 @@ def _last_saved(run_dir: Path) -> float:
     times = []
     for kind in KINDS:
         try:
-            times.append((run_dir / f"{kind}.json").stat().st_mtime)
+            times.append(meta_path(run_dir, kind).stat().st_mtime)
         except FileNotFoundError:
             continue
     return max(times, default=0.0)

@@ -87,8 +87,8 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     else:
         saved_vocab = meta.vocab
         if saved_vocab != vocab:
-            added = _some("".join(sorted(set(vocab.chars) - set(saved_vocab.chars))))
-            missing = _some("".join(sorted(set(saved_vocab.chars) - set(vocab.chars))))
+            added = _shown_chars("".join(sorted(set(vocab.chars) - set(saved_vocab.chars))))
+            missing = _shown_chars("".join(sorted(set(saved_vocab.chars) - set(vocab.chars))))
             raise TextgenError(
                 f"cannot resume: the corpus vocabulary differs from the checkpoint's "
                 f"(new characters {added}, missing characters {missing}); resume on the run's own corpus "
@@ -113,7 +113,7 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     return model_config, train_config
 
 
-def _some(chars: str, shown: int = 40) -> str:
+def _shown_chars(chars: str, shown: int = 40) -> str:
     """chars for a one-line message: a large vocabulary (CJK) can differ by thousands."""
     return repr(chars) if len(chars) <= shown else f"{chars[:shown]!r} and {len(chars) - shown:,} more"
 
@@ -148,7 +148,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
     if resume and not exists:
         raise TextgenError(f"nothing to resume: no checkpoint in {run_dir} (train without --resume to start)")
-    if resume and not (run_dir / "last.json").exists():  # best.json alone does not hold where training was
+    if resume and not checkpoint.has_checkpoint(run_dir, ("last",)):  # best alone does not hold where training was
         raise TextgenError(f"cannot resume run {run_dir.name!r}: it has no last.json, only its best checkpoint; "
                            "sample from it as it is, or train a new run with --run NAME")
     if exists and not (resume or overwrite):
