@@ -225,6 +225,35 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
     assert meta.model.units == wider["units"]
 
 
+def tensorboard_scalars(run_dir, name) -> list[tuple[int, float]]:
+    """(step, value) of every scalar called name in the run's TensorBoard event files, read back."""
+    import tensorflow as tf
+
+    points = []
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            points += [(event.step, float(tf.make_ndarray(value.tensor))) for value in event.summary.value
+                       if value.tag == name]
+    return sorted(points)
+
+
+def test_tensorboard_logs_each_epoch_and_an_overwrite_replaces_the_earlier_logs(tmp_path, periodic_corpus):
+    first = run(periodic_corpus, tmp_path, epochs=2, tensorboard=True)
+    run_dir = tmp_path / "r"
+    logged = tensorboard_scalars(run_dir, "val_bpc")
+    assert [step for step, _ in logged] == [row["chars_seen"] for row in first["history"]]
+    assert [value for _, value in logged] == pytest.approx([row["val_bpc"] for row in first["history"]], rel=1e-6)
+    before = files_snapshot(run_dir / "tensorboard")
+    with pytest.raises(RuntimeError, match="crash"):  # fails before its first save: the earlier logs stay
+        run(periodic_corpus, tmp_path, overwrite=True, tensorboard=True, callbacks=[AtStep(2, crash)])
+    assert all(files_snapshot(run_dir / "tensorboard")[name] == data for name, data in before.items())
+    second = run(periodic_corpus, tmp_path, epochs=1, overwrite=True, tensorboard=True)
+    logged = tensorboard_scalars(run_dir, "val_bpc")
+    assert [step for step, _ in logged] == [row["chars_seen"] for row in second["history"]]
+    assert [value for _, value in logged] == pytest.approx([row["val_bpc"] for row in second["history"]], rel=1e-6)
+    assert not set(before) & {path.name for path in (run_dir / "tensorboard").iterdir()}
+
+
 def test_resume_without_last_checkpoint_is_refused_and_the_best_one_kept(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     run_dir = tmp_path / "r"

@@ -143,7 +143,9 @@ class Reports(Callback):
 
 
 class TensorBoard(Callback):
-    """Scalars per epoch (bits per character, losses, learning rate) in RUN/tensorboard, by characters seen."""
+    """Scalars per epoch (bits per character, losses, learning rate) in RUN/tensorboard, by characters seen.
+    A resumed run adds event files beside its earlier ones; an --overwrite run's first save removes the earlier
+    run's."""
 
     def __init__(self):
         self.writer: Optional[object] = None
@@ -151,14 +153,23 @@ class TensorBoard(Callback):
     def on_train_start(self, run) -> None:
         import tensorflow as tf
 
-        self.writer = tf.summary.create_file_writer(str(run.run_dir / "tensorboard"))
+        log_dir = run.run_dir / "tensorboard"
+        if run.replaces:
+            run.earlier_files += log_dir.glob("events.out.tfevents.*")
+        self.writer = tf.summary.create_file_writer(str(log_dir))
 
     def on_epoch_end(self, run, improved: bool) -> None:
         import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
 
+        # What tf.summary.scalar writes, without it: it lives in the tensorboard package, which TensorFlow no
+        # longer installs (and whose web server is not needed to write the logs it reads).
+        scalar = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+                                             data_class=summary_pb2.DATA_CLASS_SCALAR)
         row = run.state.history[-1]
         with self.writer.as_default(step=row["chars_seen"]):
             for name in ("train_bpc", "val_bpc", "train_loss", "val_loss", "learning_rate"):
-                tf.summary.scalar(name, row[name])
+                if row[name] is not None:
+                    tf.summary.write(name, tf.constant(row[name], tf.float32), metadata=scalar)
         self.writer.flush()
 

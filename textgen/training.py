@@ -15,7 +15,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -186,6 +186,7 @@ class Run:
     stop_reason: Optional[str] = None  # why the run stops after this epoch (see stop)
     end_epoch: bool = False  # whether it stops at once: validate and save now (see stop)
     replaces: bool = False  # an --overwrite run: the earlier run's files go at its first save, not before
+    earlier_files: list = field(default_factory=list)  # more of the earlier run's files to remove then (its logs)
 
     def stop(self, reason: str, now: bool = False) -> None:
         """Stop after this epoch, or with now=True after this step (then validate and save)."""
@@ -218,6 +219,8 @@ class Run:
             checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(lstm_states))
             if self.replaces:
                 checkpoint.retire_others(self.run_dir, kinds)
+                for path in self.earlier_files:
+                    path.unlink(missing_ok=True)
                 self.replaces = False
 
 
