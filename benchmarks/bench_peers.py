@@ -53,7 +53,7 @@ def train_shapes() -> dict[str, dict]:
                        batch=train.batch_size, seq=train.seq_length, dropout=model.dropout,
                        weight_decay=train.weight_decay)
     return {"reference": REFERENCE, "default": dict(regularised, dropout=0.0, weight_decay=0.0),
-            "default+dropout": regularised}
+            "default_dropout": regularised}
 
 
 def model_config(shape: dict) -> ModelConfig:
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         chars = shape["batch"] * shape["seq"]
         label = f"{name}: {shape['layers']}x{shape['units']}, emb {shape['embedding']}, seq {shape['seq']}"
         if shape["dropout"] or shape["weight_decay"]:
-            label = f"{name.split('+')[0]}, dropout {shape['dropout']:g}, wd {shape['weight_decay']:g}"
+            label = f"{name.split('_')[0]}, dropout {shape['dropout']:g}, wd {shape['weight_decay']:g}"
         variants = [("off", "float32")] + ([("on", "bfloat16")] if has_bfloat16_matmul() else [])
         for precision, dtype in variants:
             ours, theirs = interleave(rounds, train_steps, TextgenTrainer(shape, precision).time, peer, name)

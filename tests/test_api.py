@@ -55,7 +55,7 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda m: m.generate(temperature=-1), r"--temperature must be in \[0, inf\), got -1"),
+    (lambda m: m.generate(temperature=-1), r"--temperature must be in \[0, 1e\+06\], got -1"),
     (lambda m: m.generate(top_k=0), r"--top-k must be an integer in \[1, inf\), got 0"),
     (lambda m: m.generate(prime="xyz"), "the prime contains characters the model never saw"),
     (lambda m: m.score("x"), "scoring needs at least 2"),

@@ -128,3 +128,30 @@ def test_page_fits_a_phone_screen(browser, server):  # noqa: F811
         assert samples["y"] >= controls["y"] + controls["height"]  # stacked, not squeezed side by side
     finally:
         browser.set_window_size(1280, 900)
+
+
+def test_the_run_picker_shows_a_damaged_runs_error_and_the_next_runs_facts(browser, trained_run, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    from test_serve import serving
+    from textgen.serve import create_app
+
+    for name in ("good", "broken"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    for kind in ("best", "last"):
+        (tmp_path / "broken" / f"{kind}.json").write_text('{"model": ')
+    browser.get_log("browser")  # drop what earlier tests logged
+    with serving(create_app(tmp_path, "good")) as base:
+        browser.get(base + "/")
+        wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("good: 1 × LSTM(32)"))
+        picker = Select(browser.find_element(By.ID, "run"))
+        assert sorted(option.text for option in picker.options) == ["broken", "good"]
+        picker.select_by_visible_text("broken")
+        facts = wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("broken:")
+                           and browser.find_element(By.ID, "facts").text)
+        assert "checkpoint metadata" in facts and "is damaged" in facts
+        picker.select_by_visible_text("good")
+        wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("good: 1 × LSTM(32)"))
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors  # such as "Uncaught TypeError: Cannot read properties of undefined"
+

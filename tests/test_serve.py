@@ -252,7 +252,7 @@ def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(serve
 
 def test_messages_are_the_clis(server):
     status, text = call(server, "/v1/generate", dict(temperature=-1))
-    assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, inf), got -1.0")
+    assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, 1e+06], got -1.0")
     status, text = call(server, "/v1/generate", dict(run="missing"))
     assert (status, json.loads(text)["error"]) == (404, "no run named 'missing'; GET /v1/models lists the runs")
 
@@ -301,13 +301,64 @@ def test_scoring_while_generating_does_not_disturb_the_streams(server):
     assert json.loads(together)["samples"] == json.loads(alone)["samples"]
 
 
-def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line(trained_run, tmp_path):
+def test_scores_take_turns_on_one_engine(server, monkeypatch):
+    generator = SERVED["app"].state.runs.get(None).generator
+    running, most = [0], [0]
+    score = generator.score
+
+    def watched(text):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
+            return score(text)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(generator, "score", watched)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: call(server, "/v1/score", dict(text="abcdefg" * 20)), range(4)))
+    assert [status for status, _ in answers] == [200] * 4 and most[0] == 1
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"temperature": 1e39}', "--temperature must be in [0, 1e+06], got 1e+39"),
+    (b'{"length": 1' + b"0" * 400 + b"}", "length must be at most 1000 on this server, got a number of 401 digits"),
+    (b'{"num_samples": 1' + b"0" * 400 + b"}", "at most 4 samples per request (temperatures x num_samples), got a "
+                                                 "number of 401 digits"),
+    (b'{"max_repeat": 9' + b"9" * 400 + b"}", "--max-repeat must be an integer in [1, 1e+09], got a number of 401 "
+                                                "digits"),
+    (b'{"length": 5, "stop": "\\ud800"}', "--stop holds a lone surrogate (\\ud800) at character 0, which is not "
+                                             "text; send UTF-8 text"),
+    (b'{"prime": "a\\udcff", "skip_unknown": true}', "--prime holds a lone surrogate (\\udcff) at character 1"),
+])
+def test_numbers_no_float_holds_and_lone_surrogates_are_the_requests_fault(server, body, message):
+    status, text = call(server, "/v1/generate", raw=body)
+    assert status == 400 and json.loads(text)["error"].startswith(message)
+
+
+def test_a_lone_surrogate_to_score_is_a_400(server):
+    status, text = call(server, "/v1/score", raw=b'{"text": "\\ud800abc"}')
+    assert (status, json.loads(text)["error"]) == (400, "text holds a lone surrogate (\\ud800) at character 0, "
+                                                        "which is not text; send UTF-8 text")
+
+
+def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line(trained_run, tmp_path, monkeypatch):
     import shutil
+
+    from pathlib import Path
 
     from textgen.serve import Runs
 
     runs = Runs(trained_run["run_dir"], None, (1, 4))  # --checkpoint-dir pointing at the run itself
     assert runs.default == "period" and runs.get(None).generator.meta.state.epoch == 3
+    spaced = tmp_path / "my run"  # a folder name that textgen train would not choose, served as it is
+    shutil.copytree(trained_run["run_dir"], spaced)
+    monkeypatch.chdir(spaced)
+    for runs in (Runs(spaced, None, (1, 4)), Runs(Path("."), None, (1, 4))):
+        assert runs.default == "my run" and runs.get("my run") is runs.get(None)
+        assert [model["name"] for model in (runs.describe(name, path) for name, path in runs.paths().items())] == \
+            ["my run"]
     copy = tmp_path / "ck"
     shutil.copytree(trained_run["run_dir"], copy / "good")
     shutil.copytree(trained_run["run_dir"], copy / "broken")

@@ -67,18 +67,39 @@ class Rule:
             if value not in self.choices:
                 raise OptionError(f"{option} must be one of {', '.join(self.choices)}, got {value!r}")
             return
+        if isinstance(value, str):
+            check_text(option, value)
         if not self.numeric:
             return
         # An integer option takes only integers: 10.0 would pass a range check and then fail as a slice or a shape.
         bad = isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real)
-        bad = bad or not math.isfinite(value)
+        bad = bad or (not isinstance(value, numbers.Integral) and not math.isfinite(value))  # ints may exceed floats
         if not bad and self.low is not None:
             bad = value < self.low or (self.low_open and value == self.low)
         if not bad and self.high is not None:
             bad = value > self.high or (self.high_open and value == self.high)
         if bad:
             raise OptionError(f"{option} must be {'an integer ' if self.integer else ''}in {self.span()}, "
-                              f"got {value}")
+                              f"got {shown_number(value)}")
+
+
+def shown_number(value) -> str:
+    """A value for an error message: a 400-digit integer (a JSON request may send one) is shortened."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or abs(value) < 10**30:
+        return str(value)
+    digits = int(math.log10(abs(value))) + 1  # the float may round 99...9 up: correct it exactly
+    digits -= 10 ** (digits - 1) > abs(value)
+    return f"a{' negative' if value < 0 else ''} number of {digits} digits"
+
+
+def check_text(option: str, text: str) -> None:
+    """Refuse a string that is not Unicode text: a lone surrogate, which a JSON request (\\ud800) or a file
+    name read in the wrong encoding can carry, and which nothing can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise OptionError(f"{option} holds a lone surrogate ({ascii(text[error.start])[1:-1]}) at character "
+                          f"{error.start}, which is not text; send UTF-8 text") from None
 
 
 def option(default=dataclasses.MISSING, help: str = "", **rule) -> Any:
@@ -184,11 +205,16 @@ class TrainConfig(_Config):
     seed: int = option(1234, "Random seed for weight initialisation and dropout.", low=0, integer=True)
 
 
+# Far above any useful temperature (at 100 a character model's distribution is already flat), and far below
+# float32's largest number, where the sampler would see an infinite temperature.
+MAX_TEMPERATURE = 1e6
+
+
 @dataclass(frozen=True)
 class SampleConfig(_Config):
     temperature: tuple = option((0.5,), "Divides the logits: <1 greedier, >1 more random, 0 = always the most likely. "
-                                "A comma-separated list (0.2,0.5,1.0) gives one sample per value.", low=0, many=True,
-                                short="-t")
+                                "A comma-separated list (0.2,0.5,1.0) gives one sample per value.", low=0,
+                                high=MAX_TEMPERATURE, many=True, short="-t")
     top_k: Optional[int] = option(None, "Draw only from the K most likely characters.", low=1, integer=True)
     top_p: Optional[float] = option(None, "Nucleus sampling: draw from the smallest set of characters whose "
                                     "probability reaches P.", low=0, high=1, low_open=True)

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from textgen.config import SampleConfig
+from textgen.config import SampleConfig, check_text
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
@@ -196,6 +196,7 @@ class Generator:
     def score(self, text: str) -> dict:
         """Cross-entropy of text read from its first character with a fresh state; characters outside
         the vocabulary are removed (and counted) first."""
+        check_text("text", text)
         ids, excluded = self.vocab.encode_known(text)
         if len(ids) < 2:
             raise TextgenError(f"the text has {len(ids)} character(s) the model knows; scoring needs at least 2")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from textgen.config import check_range
+from textgen.config import MAX_TEMPERATURE, check_range
 
 U_MAX = float(np.float32(1.0 - 2.0**-23))
 PAIRWISE_MAX_VOCAB = 256  # choose_tf finds the top-k / top-p cut-off without sorting up to this vocabulary
@@ -80,7 +80,7 @@ def temperatures(temperature, rows: int) -> np.ndarray:
     if temp.ndim > 1 or (temp.ndim == 1 and temp.shape[0] != rows):
         raise ValueError(f"temperature must be a scalar or shape ({rows},), got shape {temp.shape}")
     for value in temp.reshape(-1):
-        check_range("temperature", float(value), low=0)
+        check_range("temperature", float(value), low=0, high=MAX_TEMPERATURE)
     return np.broadcast_to(temp, (rows,)).astype(np.float32)
 
 
