@@ -25,6 +25,13 @@ def test_load_by_directory_or_by_name_gives_the_same_model(trained_run, model):
     assert model.info["parameters"] == model.config.parameter_count()
 
 
+def test_a_name_is_a_run_under_the_checkpoint_directory_whatever_the_working_directory_holds(trained_run, tmp_path,
+                                                                                             monkeypatch):
+    (tmp_path / "period" / "elsewhere").mkdir(parents=True)  # a folder of the run's name in the cwd
+    monkeypatch.chdir(tmp_path)
+    assert textgen.load("period", checkpoint_dir=trained_run["checkpoint_dir"]).run_dir == trained_run["run_dir"]
+
+
 def test_generate_continues_the_pattern_and_is_reproducible(model):
     text = model.generate("abc", length=40, temperature=0)
     assert text == ("abcdefg" * 7)[:43]
@@ -59,6 +66,8 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.generate(top_k=0), r"--top-k must be an integer in \[1, inf\), got 0"),
     (lambda m: m.generate(prime="xyz"), "the prime contains characters the model never saw"),
     (lambda m: m.score("x"), "scoring needs at least 2"),
+    (lambda m: m.generate(stop=5), "--stop must be text, got 5"),
+    (lambda m: m.stream(stop=b"g"), "--stop must be text, got b'g'"),
 ])
 def test_bad_input_raises_one_error_type_with_the_cli_message(model, call, message):
     with pytest.raises(textgen.TextgenError, match=message):
@@ -70,9 +79,10 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, sequence_length=5)
     with pytest.raises(ValueError, match=r"--units must be an integer in \[1, inf\), got 0"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, units=0)
-    trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1,
-                            **TINY_MODEL, **TINY_TRAINING)
+    trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
+                            strategy="single", **TINY_MODEL, **TINY_TRAINING)  # the command's own options too
     assert trained.run_dir == tmp_path / "r" and trained.info["epochs"] == 1
+    assert list((trained.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert set(trained.generate("abc", length=20, temperature=0)) <= set(PERIOD)
     with pytest.raises(textgen.TextgenError, match="already has checkpoints"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1)

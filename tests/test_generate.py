@@ -70,3 +70,23 @@ def test_empty_prime_and_zero_length(trained_run):
     assert sample.text == ""
     [sample] = gen(trained_run, prime="", length=14, temperatures=[0])
     assert len(sample.text) == 14 and sample.text in PERIOD * 4
+
+
+def test_numbers_of_samples_share_bucket_sized_engines_and_keep_their_text(trained_run):
+    import numpy as np
+
+    from textgen.config import SampleConfig
+    from textgen.engine import Engine
+    from textgen.generate import Generator, request_rng
+
+    generator = Generator.load(trained_run["run_dir"])
+    texts = {}
+    for count in (5, 6, 8):
+        config = SampleConfig(temperature=(1.5,), num_samples=count, seed=count, length=300, prime="abc")
+        texts[count] = [sample.text for sample in generator.samples(config)]
+    assert {size: len(engines) for size, engines in generator._idle.items()} == {8: 1}
+    # What an engine of exactly 5 streams draws with the request's generator: the same text.
+    exact = Engine(generator.weights, 5)
+    exact.prime(np.tile(generator.vocab.encode("abc")[None, :].astype(np.int32), (5, 1)))
+    ids = exact.sample(300, temperature=1.5, rng=request_rng(5))
+    assert texts[5] == ["abc" + generator.vocab.decode(row) for row in ids]

@@ -26,7 +26,8 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path) -> Path:
     from textgen.runs import find_run
 
     path = Path(path)
-    if path.is_dir():
+    named = len(path.parts) == 1 and (Path(checkpoint_dir) / path).is_dir()
+    if path.is_dir() and not named:  # a bare name is a run under checkpoint_dir first, whatever the cwd holds
         return find_run(path, None)
     if len(path.parts) == 1:
         return find_run(Path(checkpoint_dir), str(path))
@@ -154,7 +155,8 @@ def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint
 
 
 def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | Path = "checkpoints",
-          resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), **options) -> TextModel:
+          resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
+          strategy: str = "auto", **options) -> TextModel:
     """Train on a UTF-8 text file and return the trained run, loaded.
 
     Args:
@@ -164,6 +166,8 @@ def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | P
         resume: continue the run from its last checkpoint.
         overwrite: replace the run's existing checkpoints.
         callbacks: extra :class:`textgen.callbacks.Callback` objects.
+        tensorboard: also write TensorBoard logs to the run's tensorboard directory.
+        strategy: ``auto``, ``single``, ``mirrored`` or ``multi-worker`` (see ``textgen train --help``).
         **options: any ``textgen train`` option by its Python name, e.g. ``units=256, epochs=5,
             max_minutes=3`` (see ``textgen train --help``).
 
@@ -176,7 +180,8 @@ def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | P
 
     model_options, train_options = split_training_options(options)
     summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
-                           resume=resume, overwrite=overwrite, callbacks=callbacks)
+                           resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
+                           strategy=strategy)
     return TextModel(summary["run_dir"], "best")
 
 

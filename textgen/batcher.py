@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from textgen.config import SampleConfig
-from textgen.generate import TextStreams, prepare_prime, request_rng
+from textgen.generate import ENGINE_SIZES, TextStreams, prepare_prime, request_rng
 
 logger = logging.getLogger("textgen")
 # Characters per engine call: how often requests can join and streams are delivered. A compiled call has a
@@ -30,7 +30,7 @@ logger = logging.getLogger("textgen")
 # join, to CHUNK from 8 streams up (~25 ms at 32 streams).
 CHUNK = 32
 LONE_CHUNK = 256
-BUCKETS = (1, 4, 8, 16, 32, 64)  # engine sizes; the largest is how many streams run at once
+BUCKETS = ENGINE_SIZES  # engine sizes; the largest is how many streams run at once
 
 
 def call_length(num_streams: int) -> int:

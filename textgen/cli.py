@@ -144,8 +144,10 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
     from textgen.corpus import read_text
-    from textgen.generate import format_samples, generate_with, write_output
+    from textgen.generate import check_output, format_samples, generate_with, write_output
 
+    if output is not None:
+        check_output(output)
     chosen = _chosen(options, command_line_options(SampleConfig))
     if prime_file is not None:
         if "prime" in chosen:

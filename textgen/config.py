@@ -31,6 +31,7 @@ class Rule:
     integer: bool = False  # must be a whole number
     choices: Optional[Sequence[str]] = None  # the allowed strings, for a choice option
     many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line)
+    text: bool = False  # a string, where the default (None) does not say so (--stop)
     short: Optional[str] = None  # a one-letter command-line alias such as "-t"
     layout: bool = False  # fixes the model or data layout: a resumed run may not change it (state, comparable losses)
     before: Any = _UNSET  # the behaviour of checkpoints written before this option existed
@@ -67,6 +68,8 @@ class Rule:
             if value not in self.choices:
                 raise OptionError(f"{option} must be one of {', '.join(self.choices)}, got {value!r}")
             return
+        if self.text and not isinstance(value, str):
+            raise OptionError(f"{option} must be text, got {value!r}")
         if isinstance(value, str):
             check_text(option, value)
         if not self.numeric:
@@ -226,7 +229,7 @@ class SampleConfig(_Config):
     prime: str = option("", "Text to start from; it is printed before the generated text.")
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, integer=True)
     seed: Optional[int] = option(None, "Random seed: the same seed gives the same text.", low=0, integer=True)
-    stop: Optional[str] = option(None, "End a sample where it first produces this string.")
+    stop: Optional[str] = option(None, "End a sample where it first produces this string.", text=True)
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
 
 

@@ -212,7 +212,11 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
     trained, meta = load_model(Path(run_dir), batch_size=1)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file in the way (corpus.txt/x), or a directory we may not write in
+        raise TextgenError(f"cannot create the directory {output.parent} for --output "
+                           f"({error.strerror or error}); choose another --output") from None
     building = output.resolve().with_name(f".tmp-{output.resolve().name}-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     serving = functools.cache(lambda: _serving_module(meta, trained, _vocab_asset(meta, building)))
