@@ -68,6 +68,7 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.score("x"), "scoring needs at least 2"),
     (lambda m: m.generate(stop=5), "--stop must be text, got 5"),
     (lambda m: m.stream(stop=b"g"), "--stop must be text, got b'g'"),
+    (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
 ])
 def test_bad_input_raises_one_error_type_with_the_cli_message(model, call, message):
     with pytest.raises(textgen.TextgenError, match=message):

@@ -16,6 +16,7 @@ from typing import Iterator, Optional, Sequence
 
 from textgen.config import SampleConfig, split_training_options
 from textgen.errors import OptionError, TextgenError
+from textgen.generate import prepare_prime
 from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -106,6 +107,8 @@ class TextModel:
         """
         config = self._config(prime, length, temperature, top_k, top_p, seed, stop, 1, skip_unknown, min_p,
                               max_repeat)
+        if not skip_unknown:  # like the options, an unknown prime character is refused now, not at the first piece
+            prepare_prime(config.prime, self.vocab, False, lambda warning: None)
         return self.generator.stream(config)
 
     def score(self, text: str) -> dict:
