@@ -16,8 +16,8 @@ from typing import Iterator, Optional, Sequence
 
 from textgen.config import SampleConfig, split_training_options
 from textgen.errors import OptionError, TextgenError
-from textgen.generate import prepare_prime
 from textgen.evaluation import bpc
+from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
 
 

@@ -129,7 +129,7 @@ def engine_size(streams: int) -> int:
 
 class Generator:
     """A checkpoint loaded for generation: the model at batch 1, its metadata and weights, and compiled
-    engines (one per number of streams, reused by later calls; a busy engine is never lent twice)."""
+    engines (one per engine size, :func:`engine_size`, reused by later calls; a busy engine is never lent twice)."""
 
     def __init__(self, model, meta):
         from textgen.engine import weights_from_model
