@@ -30,16 +30,22 @@ def equivalence(out_path):
     distributed.model.set_weights(single.model.get_weights())
     batches = StreamBatches(np.random.default_rng(0).integers(0, 11, 400), 4, 7)
     losses = [[float(session.train_step(*batches[k])) for session in (single, distributed)] for k in range(6)]
-    state_diffs = []
+    state_diffs, replica_parts = [], []
     for layer_single, layer_distributed in zip(single.lstms, distributed.lstms):
         for state_single, state_distributed in zip(layer_single.states, layer_distributed.states):
             rows = np.asarray(state_single)
-            for replica, part in enumerate(mirrored.experimental_local_results(state_distributed)):
+            parts = mirrored.experimental_local_results(state_distributed.value)
+            replica_parts.append(len(parts))
+            for replica, part in enumerate(parts):
                 state_diffs.append(float(np.abs(np.asarray(part) - rows[2 * replica:2 * replica + 2]).max()))
+    # What a checkpoint saves (and a mid-epoch resume restores): every replica's rows, in order.
+    saved_diff = max(float(np.abs(distributed.lstm_states()[name] - rows).max())
+                     for name, rows in single.lstm_states().items())
     weight_diff = max(float(np.abs(a - b).max())
                       for a, b in zip(single.model.get_weights(), distributed.model.get_weights()))
     json.dump(dict(replicas=mirrored.num_replicas_in_sync, losses=losses, state_diffs=state_diffs,
-                   weight_diff=weight_diff, state_norm=float(np.abs(rows).max())), open(out_path, "w"))
+                   replica_parts=replica_parts, saved_diff=saved_diff, weight_diff=weight_diff,
+                   state_norm=float(np.abs(rows).max())), open(out_path, "w"))
 
 
 def train_worker(corpus, checkpoint_dir, out_path):

@@ -29,6 +29,8 @@ def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     assert result["losses"][-1][0] < result["losses"][0][0]  # it did train
     assert result["state_norm"] > 0.01  # the state is carried, not zero
     assert max(result["state_diffs"]) < 1e-4  # replica r holds rows [2r, 2r+2) of the one-device state
+    assert set(result["replica_parts"]) == {2}
+    assert result["saved_diff"] < 1e-4  # lstm_states() (what a checkpoint saves) holds all four rows
     assert result["weight_diff"] < 1e-4
 
 

@@ -110,6 +110,27 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_co
     assert files_snapshot(tmp_path / "r") == before
 
 
+class BlowUpAtEpochEnd(Callback):
+    """Turns the output weights around after an epoch's last step: that step's loss was fine, the weights not."""
+
+    def on_step_end(self, run, loss):
+        if run.state.step_in_epoch == len(run.train_batches):
+            kernel = run.session.model.get_layer("logits").kernel
+            kernel.assign(kernel * -1e4)  # the likeliest character becomes the least likely
+
+
+def test_weights_that_blow_up_in_an_epochs_last_step_never_become_its_checkpoint(tmp_path, periodic_corpus):
+    run(periodic_corpus, tmp_path)
+    before = files_snapshot(tmp_path / "r")
+    with pytest.raises(TextgenError, match=r"at the validation of epoch 2: the validation loss exploded to .* nats; "
+                                           r"the last good checkpoint in .* is kept"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True, callbacks=[BlowUpAtEpochEnd()])
+    assert files_snapshot(tmp_path / "r") == before
+    with pytest.raises(TextgenError, match="step 4: the loss became NaN/Inf; nothing was saved"):
+        run(periodic_corpus, tmp_path / "fresh", callbacks=[AtStep(3, poison_weights)])
+    assert not checkpoint.has_checkpoint(tmp_path / "fresh" / "r")
+
+
 def test_a_report_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, periodic_corpus, monkeypatch):
     import logging
 
@@ -165,6 +186,19 @@ def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic
     b, _ = load_model(tmp_path / "b" / "r", kind="last")
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         np.testing.assert_allclose(wa, wb, atol=1e-5)
+
+
+def test_a_run_stopped_mid_epoch_after_validating_resumes_exactly(tmp_path, periodic_corpus):
+    # A stop "now" (the time budget) validates mid-epoch; validation moves the dropout RNG, which the
+    # checkpoint must hold as training left it, or the resumed epoch draws other masks.
+    model = dict(TINY_MODEL, dropout=0.2)
+    straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model)
+    run(periodic_corpus, tmp_path / "b", epochs=2, model=model,
+        callbacks=[AtStep(150, lambda run: run.stop("budget", now=True))])
+    resumed = run(periodic_corpus, tmp_path / "b", epochs=2, model=model, resume=True)
+    assert [row["train_loss"] for row in resumed["history"]] == \
+        pytest.approx([row["train_loss"] for row in straight["history"]], abs=1e-6, rel=0)
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6, rel=0)
 
 
 @pytest.mark.parametrize("native", [True, False])

@@ -38,19 +38,38 @@ class Callback:
 
 
 class LossGuard(Callback):
-    """Abort on a NaN/Inf loss or one above 4 x ln(vocabulary): the last good checkpoint is kept."""
+    """Abort on a NaN/Inf loss or one above 4 x ln(vocabulary), in a training step or in the validation that
+    comes before an epoch's checkpoint (weights a step blew up must not become the checkpoint a resume starts
+    from): the last good checkpoint is kept."""
 
     def on_train_start(self, run) -> None:
         self.limit = 4 * max(math.log(len(run.vocab)), 1.0)
 
     def on_step_end(self, run, loss: float) -> None:
-        if math.isfinite(loss) and loss <= self.limit:
-            return
+        if not self._sane(loss):
+            self._stop(run, loss, f"training stopped at epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}: "
+                                  "the loss")
+
+    def on_epoch_end(self, run, improved: bool) -> None:
+        if not self._sane(run.state.val_loss):
+            self._stop(run, run.state.val_loss, f"training stopped at the validation of epoch "
+                                                f"{run.state.history[-1]['epoch']}: the validation loss")
+
+    def _sane(self, loss: float) -> bool:
+        return math.isfinite(loss) and loss <= self.limit
+
+    def _stop(self, run, loss: float, where: str) -> None:
+        from textgen.checkpoint import has_checkpoint
+
         what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
-        raise TextgenError(
-            f"training stopped at epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}: the loss {what}; "
-            f"the last good checkpoint in {run.run_dir} is kept (try a lower --learning-rate, e.g. "
-            f"{run.config.learning_rate / 4:g}, or a lower --clip-norm)")
+        if run.replaces:
+            kept = f"the earlier run in {run.run_dir} is kept"
+        elif has_checkpoint(run.run_dir):
+            kept = f"the last good checkpoint in {run.run_dir} is kept"
+        else:
+            kept = "nothing was saved"
+        raise TextgenError(f"{where} {what}; {kept} (try a lower --learning-rate, e.g. "
+                           f"{run.config.learning_rate / 4:g}, or a lower --clip-norm)")
 
 
 class Interrupted(TextgenError):
@@ -96,7 +115,7 @@ class Checkpointer(Callback):
             run.save(("last",))
 
     def on_epoch_end(self, run, improved: bool) -> None:
-        run.save(("last", "best") if improved else ("last",), lstm_states=run.carried_states, validated=True)
+        run.save(("last", "best") if improved else ("last",), carried=run.carried, validated=True)
 
 
 class Patience(Callback):

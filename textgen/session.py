@@ -76,8 +76,10 @@ class Session:
 
     def lstm_states(self) -> dict[str, np.ndarray]:
         """Every layer's (h, c) for all B streams: the replicas' rows put back in order."""
+        # v.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under a
+        # mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
         return {f"lstm_{i}_{j}": np.concatenate([np.asarray(part) for part in
-                                                 self.strategy.experimental_local_results(v)])
+                                                 self.strategy.experimental_local_results(v.value)])
                 for i, layer in enumerate(self.lstms) for j, v in enumerate(layer.states)}
 
     def set_lstm_states(self, states: dict[str, np.ndarray]) -> None:
@@ -98,12 +100,16 @@ class Session:
 
         reset_states(self.model)
 
-    def training_state(self, lstm_states: Optional[dict] = None) -> dict[str, np.ndarray]:
-        """Optimizer slots, RNG state (model non-trainables) and the carried LSTM state."""
+    def carried_state(self) -> dict[str, np.ndarray]:
+        """The RNG state (model non-trainables) and the carried LSTM state: what validation changes (it resets the
+        LSTM state and its dropout layers draw from the RNG) and a mid-epoch resume needs as training left it."""
+        state = {f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.model.non_trainable_variables)}
+        return {**state, **self.lstm_states()}
+
+    def training_state(self, carried: Optional[dict] = None) -> dict[str, np.ndarray]:
+        """Optimizer slots and the :meth:`carried_state` (taken now, or the one given)."""
         state = {f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.optimizer.variables)}
-        state.update({f"model_{i}": np.asarray(v.numpy()) for i, v in enumerate(self.model.non_trainable_variables)})
-        state.update(lstm_states or self.lstm_states())
-        return state
+        return {**state, **(carried or self.carried_state())}
 
     def restore(self, run_dir: Path, meta: checkpoint.CheckpointMeta) -> None:
         self.model.load_weights(str(checkpoint.verified_file(run_dir, meta, "weights")))

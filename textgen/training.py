@@ -182,7 +182,7 @@ class Run:
     log: Callable[[str], None] = logger.info
     started: float = 0.0  # monotonic time at which the run's training time was 0 (set by fit)
     elapsed: float = 0.0  # seconds of training so far, across resumes (agreed between workers)
-    carried_states: Optional[dict] = None  # the LSTM state at the end of the steps, before validation reset it
+    carried: Optional[dict] = None  # a mid-epoch stop's LSTM and RNG state, as training left them (see fit)
     stop_reason: Optional[str] = None  # why the run stops after this epoch (see stop)
     end_epoch: bool = False  # whether it stops at once: validate and save now (see stop)
     replaces: bool = False  # an --overwrite run: the earlier run's files go at its first save, not before
@@ -207,7 +207,7 @@ class Run:
         self.session.reset_states()
         return nats
 
-    def save(self, kinds: tuple[str, ...], lstm_states: Optional[dict] = None, validated: bool = False) -> None:
+    def save(self, kinds: tuple[str, ...], carried: Optional[dict] = None, validated: bool = False) -> None:
         """Write a checkpoint of the current state (the chief only); unless it was just validated, it
         records the epoch's mean training loss so far and no validation loss."""
         self.state.elapsed_seconds = self.elapsed
@@ -216,7 +216,7 @@ class Run:
         if self.writes:
             meta = CheckpointMeta(model=self.model_config, training=self.config, vocab=self.vocab,
                                   corpus=self.corpus, state=self.state)
-            checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(lstm_states))
+            checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(carried))
             if self.replaces:
                 checkpoint.retire_others(self.run_dir, kinds)
                 for path in self.earlier_files:
@@ -250,7 +250,10 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
                 callback.on_step_end(run, loss)
             if run.end_epoch:
                 break
-        run.carried_states = session.lstm_states()  # validation resets the state a mid-epoch resume needs
+        # Stopped mid-epoch, the checkpoint must hold the LSTM and RNG state as training left them, since
+        # validation changes both (see Session.carried_state); after a whole epoch training goes on from what
+        # validation left (a fresh LSTM state, the RNG past validation's draws), as an uninterrupted run does.
+        run.carried = session.carried_state() if run.end_epoch else None
         state.train_loss, state.val_loss = state.epoch_mean_loss, run.validate()
         run.tick()
         if not run.end_epoch:
