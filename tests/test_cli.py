@@ -68,6 +68,8 @@ def workspace(tmp_path_factory):
     (root / "empty.txt").write_bytes(b"")
     (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (root / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02")
+    (root / "utf16.txt").write_bytes("To be, or not to be.\n".encode("utf-16"))  # with a byte order mark
+    (root / "utf16le.txt").write_bytes("To be, or not to be.\n".encode("utf-16-le"))
     (root / "adir").mkdir()
     train(root / "good.txt", root / "ck", run="good", model_options=dict(units=16, embedding_dim=8, dropout=0.0),
           train_options=dict(batch_size=4, seq_length=10, epochs=1), log=lambda m: None)
@@ -103,6 +105,8 @@ BAD_INPUTS = [
     (["train", "{root}/empty.txt"], "is empty", 1, None),
     (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3)", 1, None),
     (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4)", 1, None),
+    (["train", "{root}/utf16.txt"], "is UTF-16 text, not UTF-8", 1, None),
+    (["train", "{root}/utf16le.txt"], "is UTF-16 text, not UTF-8", 1, None),
     (["train", "{root}/short.txt"], "too short", 1, None),
     (["train", "{root}/good.txt", "--epochs", "0"], "--epochs must be an integer in [1, inf)", 1, None),
     (["train", "{root}/good.txt", "--batch-size", "-1"], "--batch-size must be", 1, None),
@@ -161,6 +165,16 @@ BAD_INPUTS = [
      None),
     (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/nothing"], "no checkpoint in", 1, None),
 ]
+
+
+def test_a_training_that_fails_before_its_first_save_leaves_no_run_directory(workspace, tmp_path):
+    for corpus in ("utf16.txt", "short.txt"):
+        result = invoke("train", str(workspace / corpus), "--checkpoint-dir", str(tmp_path / "ck"), "--epochs", "1")
+        assert result.exit_code == 1 and result.stderr.startswith("error: ")
+        assert not (tmp_path / "ck").exists()  # nor the checkpoint directory it made for it
+    (tmp_path / "ck").mkdir()
+    invoke("train", str(workspace / "short.txt"), "--checkpoint-dir", str(tmp_path / "ck"), "--epochs", "1")
+    assert (tmp_path / "ck").is_dir() and not list((tmp_path / "ck").iterdir())  # the user's own directory stays
 
 
 @pytest.mark.parametrize("args, message, code, damaged", BAD_INPUTS,

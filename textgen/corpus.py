@@ -63,6 +63,9 @@ def _decoded_chunks(path: Path, what: str):
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
     for block in _chunks(path):
+        if offset == 0 and _looks_utf16(block):
+            raise TextgenError(f"{what} file is UTF-16 text, not UTF-8: {path} (convert it, e.g. with "
+                               "iconv -f utf-16 -t utf-8 in.txt > out.txt)")
         nul = block.find(b"\0")
         if nul >= 0:
             raise TextgenError(
@@ -88,6 +91,17 @@ def _decoded_chunks(path: Path, what: str):
             f"{what} file is not valid UTF-8 (truncated character at its end, byte offset "
             f"{offset - len(decoder.getstate()[0])}): {path} (convert it to UTF-8)"
         ) from None
+
+
+def _looks_utf16(head: bytes) -> bool:
+    """Whether a file's first bytes are UTF-16 (or UTF-32), which Windows tools often save text as: a byte order
+    mark, or, in mostly-ASCII text, a NUL in every other byte."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    sample = head[:4096]
+    halves = sample[0::2], sample[1::2]
+    return len(sample) >= 16 and any(half.count(0) >= 0.9 * len(half) and other.count(0) <= 0.1 * len(other)
+                                     for half, other in (halves, halves[::-1]))
 
 
 def fingerprint(path: Path) -> dict:

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import secrets
+import shutil
 import signal
 import tempfile
 import threading
@@ -312,10 +313,21 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
         with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
             return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                  False, strategy, lambda message: None, callbacks)
+    created = [path for path in (run_dir.parent, run_dir) if not path.exists()]
     _prepare_run_dir(run_dir, resume, overwrite)
-    with checkpoint.RunLock(run_dir):
-        return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
-                             strategy, log, callbacks)
+    try:
+        with checkpoint.RunLock(run_dir):
+            return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
+                                 strategy, log, callbacks)
+    except BaseException:
+        # A run that failed before its first save (a corpus in UTF-16, too short, ...) leaves no directory
+        # behind that the run listing would call unfinished or damaged.
+        if run_dir in created and not checkpoint.has_checkpoint(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if run_dir.parent in created:
+                with contextlib.suppress(OSError):
+                    run_dir.parent.rmdir()  # only if empty
+        raise
 
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
