@@ -195,6 +195,11 @@ def test_a_run_stopped_mid_epoch_after_validating_resumes_exactly(tmp_path, peri
     straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model)
     run(periodic_corpus, tmp_path / "b", epochs=2, model=model,
         callbacks=[AtStep(150, lambda run: run.stop("budget", now=True))])
+    from textgen.report import info_text
+
+    steps = checkpoint.read_meta(tmp_path / "b" / "r", "last").state.step_in_epoch
+    assert steps == 150 - straight["history"][0]["step"]  # into epoch 2
+    assert f"last           epoch 2 after {steps} steps: validation" in info_text(tmp_path / "b" / "r")
     resumed = run(periodic_corpus, tmp_path / "b", epochs=2, model=model, resume=True)
     assert [row["train_loss"] for row in resumed["history"]] == \
         pytest.approx([row["train_loss"] for row in straight["history"]], abs=1e-6, rel=0)

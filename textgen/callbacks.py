@@ -143,8 +143,10 @@ class EpochLog(Callback):
     """One line per epoch: losses in nats and bits per character, whether it is the best, time so far."""
 
     def on_epoch_end(self, run, improved: bool) -> None:
-        row = run.state.history[-1]
-        run.log(f"epoch {row['epoch']}/{run.config.epochs}: train {row['train_loss']:.4f} nats "
+        row, state = run.state.history[-1], run.state
+        partial = f" (stopped after {state.step_in_epoch} of {len(run.train_batches)} steps)" \
+            if state.step_in_epoch else ""
+        run.log(f"epoch {row['epoch']}/{run.config.epochs}{partial}: train {row['train_loss']:.4f} nats "
                 f"({row['train_bpc']:.3f} bpc), val {row['val_loss']:.4f} nats ({row['val_bpc']:.3f} bpc)"
                 f"{' [best]' if improved else ''}, {row['seconds']:.0f} s")
 

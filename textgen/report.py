@@ -84,9 +84,9 @@ def info_text(run_dir: Path) -> str:
         + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
         + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
-        f"best           epoch {best.epoch}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
+        f"best           {_epoch_text(best)}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
         if best.val_loss is not None else "best           none yet",
-        f"last           epoch {state.epoch}: validation "
+        f"last           {_epoch_text(state)}: validation "
         + (f"{state.val_loss:.4f} nats ({bpc(state.val_loss):.3f} bpc)" if state.val_loss is not None
            else "not measured (saved mid-epoch)")
         + (f", training {state.train_loss:.4f} nats ({bpc(state.train_loss):.3f} bpc)"
@@ -99,6 +99,13 @@ def info_text(run_dir: Path) -> str:
     for path in sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
         lines.append(f"  {path.name:<40} {_size(path.stat().st_size):>10}")
     return "\n".join(lines)
+
+
+def _epoch_text(state) -> str:
+    """The epoch a checkpoint was saved in: "epoch 3", or "epoch 3 after 29 steps" when saved mid-epoch (a time
+    budget, a signal, --save-every), whose state counts the 2 epochs done."""
+    return f"epoch {state.epoch + 1} after {state.step_in_epoch} steps" if state.step_in_epoch \
+        else f"epoch {state.epoch}"
 
 
 def runs_table(run_dirs: list[Path]) -> str:
