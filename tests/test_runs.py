@@ -3,6 +3,9 @@
 import os
 from pathlib import Path
 
+import pytest
+
+from textgen.errors import TextgenError
 from textgen.runs import check_run_name, default_run_name, list_runs
 
 
@@ -17,6 +20,14 @@ def test_default_run_name_is_always_a_valid_name():
     assert notes != novel and notes.startswith("run-") and check_run_name(notes) == notes
     assert default_run_name(Path("café crème.txt")).startswith("caf-cr-me-")
     assert default_run_name(Path("笔记.txt")) == notes  # stable: the same corpus trains the same run
+
+
+def test_an_invalid_run_name_says_what_was_probably_meant():
+    with pytest.raises(TextgenError, match=r"invalid run name 'my corpus': .* trains the run 'my-corpus'\)$"):
+        check_run_name("my corpus")
+    with pytest.raises(TextgenError, match=r"for the run in checkpoints/demo: --checkpoint-dir checkpoints "
+                                           r"--run demo\)$"):
+        check_run_name("checkpoints/demo")
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

@@ -18,7 +18,11 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 def default_run_name(corpus: Path) -> str:
     """The corpus file's name as a run name. Letters outside ASCII cannot be kept, so a name that had some gets a
     short hash of the whole name: 笔记.txt and 小说.txt must not both become the same run."""
-    stem = Path(corpus).stem
+    return _cleaned(Path(corpus).stem)
+
+
+def _cleaned(stem: str) -> str:
+    """stem with what a run name cannot hold replaced (see default_run_name)."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("-._")[:100].rstrip("-.")
     if stem.isascii():
         return name or "run"
@@ -28,7 +32,12 @@ def default_run_name(corpus: Path) -> str:
 
 def check_run_name(name: str) -> str:
     if not RUN_NAME.match(name):
-        raise TextgenError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only")
+        hint = ""
+        if "/" in name.strip("/") and RUN_NAME.match(Path(name).name):  # a run directory given as a name
+            hint = f" (for the run in {name}: --checkpoint-dir {Path(name).parent} --run {Path(name).name})"
+        elif name and (cleaned := _cleaned(name)) != name and "/" not in name:
+            hint = f" (a corpus file called {name!r} trains the run {cleaned!r})"
+        raise TextgenError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only{hint}")
     return name
 
 
