@@ -72,6 +72,18 @@ def test_a_tiny_corpus_gets_a_smaller_batch_and_a_small_model():
     assert result.model_options["dropout"] == 0.3
 
 
+def test_a_validation_slice_too_short_for_the_smallest_batch_gets_a_batch_it_holds(tmp_path):
+    result = sizing.choose(2_700, 60, TrainConfig(epochs=1), {}, {}, val_chars=300)
+    assert result.train_options["batch_size"] == 5  # (300 - 1) // 50: one window of each of 5 streams
+    corpus = tmp_path / "c3k.txt"
+    corpus.write_text(("".join(chr(97 + (i * 7) % 26) for i in range(120)) + "\n") * 25)  # 3,025 characters
+    from textgen.training import train
+
+    summary = train(corpus, tmp_path / "ck", model_options={}, train_options=dict(epochs=1, mixed_precision="off"),
+                    log=lambda message: None)  # --size auto, no other option: it trains
+    assert summary["epoch"] == 1
+
+
 def test_explicit_options_win():
     assert sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {}) is None
     result = sizing.choose(418_616, 103, TrainConfig(epochs=6, batch_size=48), {"dropout": 0.5},

@@ -343,6 +343,22 @@ def test_corpus_too_short_names_the_minimum_and_smaller_values(tmp_path):
     assert not (tmp_path / "r" / "last.json").exists()
 
 
+def test_the_advised_minimum_corpus_length_is_exact():
+    import re
+
+    from textgen.batching import split_validation
+    from textgen.config import TrainConfig
+
+    for val_fraction in (0.1, 0.29, 0.5, 0.55, 0.9):
+        config = TrainConfig(batch_size=4, seq_length=7, val_fraction=val_fraction)
+        with pytest.raises(TextgenError) as refused:
+            training._check_lengths("c.txt", *split_validation(np.zeros(20), val_fraction), config)
+        minimum = int(re.search(r"at least ([\d,]+) characters", str(refused.value))[1].replace(",", ""))
+        training._check_lengths("c.txt", *split_validation(np.zeros(minimum), val_fraction), config)
+        with pytest.raises(TextgenError, match="too short"):
+            training._check_lengths("c.txt", *split_validation(np.zeros(minimum - 1), val_fraction), config)
+
+
 def test_learning_rate_schedule():
     from textgen.config import TrainConfig
     config = TrainConfig(learning_rate=1.0, lr_decay=0.5, lr_decay_after=2, lr_schedule="step")

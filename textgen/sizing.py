@@ -84,7 +84,8 @@ def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool
 
 
 def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,
-           chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None) -> Optional[Sizing]:
+           chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None,
+           val_chars: Optional[int] = None) -> Optional[Sizing]:
     """The sizing for a new run, or None when the user chose the shape themselves.
 
     chars_per_second(shape, batch) is this machine's training speed for a shape; it is called only when
@@ -92,7 +93,8 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     :func:`calibrated_speed`)."""
     if any(name in user_model for name in SHAPE_OPTIONS):
         return None
-    batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size)
+    batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size,
+                                                           val_chars)
     work = config.epochs * train_chars
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
@@ -131,11 +133,14 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     return Sizing(model, training, reason)
 
 
-def _batch_for(train_chars: int, seq_length: int, default: int) -> int:
+def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optional[int] = None) -> int:
     batch = default
     while batch // 2 >= MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
         batch //= 2
-    return batch
+    # Below MIN_BATCH when the (validation) part cannot hold one batch of MIN_BATCH windows: a batch it holds
+    # beats an error asking the user for one.
+    fits = (min(train_chars, val_chars if val_chars is not None else train_chars) - 1) // seq_length
+    return min(batch, fits) if fits >= 1 else batch
 
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:

@@ -70,7 +70,11 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig) -
     part = "validation slice" if len(val_ids) < len(train_ids) else "training part"
     seq = min(config.seq_length, max(1, shortest - 1))
     batch = max(1, min(config.batch_size, (shortest - 1) // seq))
-    total = math.ceil(need / min(config.val_fraction, 1 - config.val_fraction))
+    # The shortest corpus whose both parts hold a batch, counted up from a bound just below it (the split rounds).
+    total = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
+    while min(training_length(total, config.val_fraction), total - training_length(total, config.val_fraction)) \
+            < need:
+        total += 1
     smaller = StreamBatches.min_length(batch, seq) <= shortest  # can any window fit at all?
     raise TextgenError(
         f"corpus {corpus_path} is too short for --batch-size {config.batch_size} --seq-length {config.seq_length}: "
@@ -398,7 +402,8 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
         return worker_mean(strategy, measured(shape, batch))[0]
 
     train_chars = training_length(len(data.ids), config.val_fraction)
-    chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options, agreed_speed)
+    chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options, agreed_speed,
+                           val_chars=len(data.ids) - train_chars)
     if chosen is None:
         return model_options, train_options, None
     return chosen.model_options, chosen.train_options, chosen.reason
