@@ -35,7 +35,10 @@ def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_
     assert result["nats"] == pytest.approx(expected, abs=1e-4)
     assert result["bpc"] == pytest.approx(expected / math.log(2), abs=1e-4)
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)
-    assert result["unknown"] == 2 and result["characters"] == len(text) - 1
+    assert result["unknown"] == 2 and result["characters"] == len(text) - 1 and result["unscored"] == 1
+    in_streams = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=7, seq_length=17)
+    assert in_streams["characters"] == (len(text) - 1) // 7 * 7  # 119 of the 120 are predicted: 17 per stream
+    assert in_streams["unscored"] == len(text) - in_streams["characters"]
 
 
 def test_eval_on_the_validation_slice_agrees_with_training(trained_run, tmp_path):

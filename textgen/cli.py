@@ -175,7 +175,9 @@ def _echo_live(text: str) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @checkpoint_dir_option
 @run_option
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Parallel streams the text is cut into.")
+@click.option("--batch-size", type=int, default=32, show_default=True,
+              help="Parallel streams the text is cut into, each starting from a fresh state (1 reads a short text "
+                   "as one stream).")
 @click.option("--seq-length", type=int, default=200, show_default=True, help="Characters per evaluation window.")
 def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     """Bits per character and perplexity of FILE under a run's best checkpoint."""
@@ -185,7 +187,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
-               f"({result['unknown']:,} outside the vocabulary excluded)")
+               f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "
+               f"first and the end that does not fill all {batch_size} streams)")
 
 
 @cli.command(name="export")

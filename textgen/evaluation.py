@@ -55,8 +55,10 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
 
-    Characters outside the model's vocabulary are removed from the text and counted, never mapped.
-    Returns nats, bpc, perplexity, characters (scored), unknown (removed), total."""
+    Characters outside the model's vocabulary are removed from the text and counted, never mapped. Each stream
+    starts from a fresh state, so on a short text the score depends on batch_size (1 reads it as one stream).
+    Returns nats, bpc, perplexity, characters (scored), unknown (removed), unscored (the first character, which
+    nothing predicts, and the fewer than batch_size at the end that do not fill a column), total."""
     from textgen.checkpoint import load_model
     from textgen.model import reset_states
     from textgen.runs import find_run
@@ -79,4 +81,4 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
     nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
     return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=math.exp(nats), characters=count,
-                unknown=unknown, total=total, batches=len(batches))
+                unknown=unknown, unscored=kept - count, total=total, batches=len(batches))
