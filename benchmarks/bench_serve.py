@@ -33,7 +33,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from textgen import checkpoint  # noqa: E402
-from textgen.batcher import BUCKETS, call_length  # noqa: E402
+from textgen.batcher import call_length  # noqa: E402
+from textgen.generate import ENGINE_SIZES  # noqa: E402
 from textgen.checkpoint import CheckpointMeta, RunState  # noqa: E402
 from textgen.config import ModelConfig, TrainConfig  # noqa: E402
 from textgen.model import build_model  # noqa: E402
@@ -157,8 +158,8 @@ def main() -> None:
                 raise SystemExit("the server did not start")
             time.sleep(0.05)
         counts = [int(n) for n in args.clients.split(",")]
-        for n in sorted(set(counts) | set(BUCKETS)):  # warm up: compile every engine size once
-            clients_in_another_process(port, min(n, BUCKETS[-1]), 40)
+        for n in sorted(set(counts) | set(ENGINE_SIZES)):  # warm up: compile every engine size once
+            clients_in_another_process(port, min(n, ENGINE_SIZES[-1]), 40)
         plan = [(ONE_AT_A_TIME, True)] + [(n, False) for n in counts]
         best: dict = {}
         for _ in range(args.rounds):  # contention only ever adds time: each row keeps its best round

@@ -304,18 +304,20 @@ def test_scoring_while_generating_does_not_disturb_the_streams(server):
 def test_scores_take_turns_on_one_engine(server, monkeypatch):
     generator = SERVED["app"].state.runs.get(None).generator
     running, most = [0], [0]
-    score = generator.score
+    engine = generator.engine  # what score scores on (the batcher's generation takes its engines directly)
 
-    def watched(text):
+    @contextlib.contextmanager
+    def watched(streams):
         running[0] += 1
         most[0] = max(most[0], running[0])
         try:
             time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
-            return score(text)
+            with engine(streams) as taken:
+                yield taken
         finally:
             running[0] -= 1
 
-    monkeypatch.setattr(generator, "score", watched)
+    monkeypatch.setattr(generator, "engine", watched)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: call(server, "/v1/score", dict(text="abcdefg" * 20)), range(4)))
     assert [status for status, _ in answers] == [200] * 4 and most[0] == 1

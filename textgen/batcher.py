@@ -30,7 +30,6 @@ logger = logging.getLogger("textgen")
 # join, to CHUNK from 8 streams up (~25 ms at 32 streams).
 CHUNK = 32
 LONE_CHUNK = 256
-BUCKETS = ENGINE_SIZES  # engine sizes; the largest is how many streams run at once
 
 
 def call_length(num_streams: int) -> int:
@@ -62,7 +61,7 @@ class Job:
 class Batcher:
     """The engines of one run, owned by the thread that drives them."""
 
-    def __init__(self, generator, buckets: tuple = BUCKETS):
+    def __init__(self, generator, buckets: tuple = ENGINE_SIZES):
         self.generator = generator
         self.vocab = generator.vocab
         self.buckets = tuple(sorted(buckets))
