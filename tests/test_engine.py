@@ -124,6 +124,28 @@ def test_seeded_runs_repeat(engine1, weights):
     np.testing.assert_array_equal(fresh.sample(200, temperature=1.0, rng=np.random.default_rng(3)), runs[0])
 
 
+def test_engines_of_the_same_shapes_share_compiled_loops_and_keep_their_own_weights(keras1, engine1):
+    from textgen import engine as engine_module
+
+    prime = text(9, 12)
+    engine1.prime(prime[None])
+    engine1.sample(20, temperature=1.0, rng=np.random.default_rng(0))
+    compiled = dict(engine_module._SHARED)
+    other_weights = [np.asarray(w) * 0.5 for w in keras1.get_weights()]  # a second model, same shapes
+    other = build_model(CONFIG, 1)
+    other.set_weights(other_weights)
+    second = Engine.from_model(other, 1)
+    second.prime(prime[None])
+    second.sample(20, temperature=1.0, rng=np.random.default_rng(0))
+    assert engine_module._SHARED == compiled  # nothing compiled again, nothing kept per engine
+    reset_states(other)
+    expected = keras_logits(other, prime)
+    second.prime(prime[None])
+    assert np.abs(second.last_logits[0] - expected[-1]).max() < TOL  # its own weights, not engine1's
+    engine1.prime(prime[None])
+    assert np.abs(engine1.last_logits[0] - expected[-1]).max() > 1e-3
+
+
 def test_streams_are_independent(engine4):
     engine4.prime(np.tile(text(7, 5), (4, 1)))  # same prime everywhere
     out = engine4.sample(60, temperature=1.0, rng=np.random.default_rng(0))

@@ -12,6 +12,11 @@ transpose); later layers do one matmul of ``[kernel; recurrent_kernel]^T @ [x; h
 math is :mod:`textgen.lstm_step` (weights stored with the candidate block pre-scaled) and XLA
 fuses it into a few kernels.
 
+Compiled loops are shared by every engine of the same shapes (one table per process, :func:`_shared`), with the
+weights passed as arguments: TensorFlow keeps every function it compiles until the process ends, so loops
+compiled per engine, with its weights as constants, grew memory by megabytes at every ``textgen.load`` and
+compiled again each time.
+
 The loop runs feature-major: each layer's carried (h, c) is (U, N), so every product has a
 (4U, N) output. On CPU that shape runs faster than the batch-major (N, 4U) one (1.3x for one
 stream, a few percent for 64: BENCHMARKS.md, "Against PyTorch"), and the gates become
@@ -20,6 +25,7 @@ contiguous row blocks.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +34,16 @@ from textgen import lstm_step, sampling
 
 CHUNK = 512  # most steps one compiled call runs; longer requests loop over chunks
 _FORCED_BUCKETS = (8, 64, CHUNK)  # padded lengths for teacher-forced calls (few compilations)
+_SHARED: dict = {}  # compiled concrete functions, by kind, static options and shapes (see _shared)
+_SHARED_LOCK = threading.Lock()  # one compilation per key even when threads (the server's) ask at once
+
+
+def _shared(key, build):
+    """The concrete function for key, built (traced and compiled) once per process by build()."""
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = build()
+        return _SHARED[key]
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,35 @@ def _trailing_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return last.astype(np.int32), run.astype(np.int32)
 
 
+def _step(weights, ids, hs, cs, gathers_columns: bool):
+    """Feed ids (N,) int32 through every layer: return logits (N, V) and the new (U, N) states.
+
+    weights is Engine._weights; a module function, so that the shared compiled loops hold no engine."""
+    import tensorflow as tf
+
+    table, recurrent0_t, *stacked, dense_kernel, dense_bias = weights
+    new_h, new_c = [], []
+    x = None
+    for index in range(len(hs)):
+        if index == 0:
+            xw = tf.gather(table, ids, axis=1) if gathers_columns else tf.transpose(tf.gather(table, ids))
+            z = xw + tf.matmul(recurrent0_t, hs[0])
+        else:
+            kernel_t, bias = stacked[2 * index - 2 : 2 * index]
+            z = tf.matmul(kernel_t, tf.concat([x, hs[index]], axis=0)) + bias
+        x, c = lstm_step.cell_update(*tf.split(tf.sigmoid(z), lstm_step.GATES, axis=0), cs[index])
+        new_h.append(x)
+        new_c.append(c)
+    logits = tf.matmul(x, dense_kernel, transpose_a=True) + dense_bias
+    return logits, tuple(new_h), tuple(new_c)
+
+
+def _split(state):
+    """(2L, U, N) -> the L h^T and the L c^T."""
+    layers = state.shape[0] // 2
+    return tuple(state[i] for i in range(layers)), tuple(state[layers + i] for i in range(layers))
+
+
 class Engine:
     """Fast generation for ``num_streams`` independent streams sharing one model's weights."""
 
@@ -115,12 +160,11 @@ class Engine:
         # speed at 32-64 streams; fewer streams gather rows and transpose them (1 stream: 0.9x the other way;
         # at 16 and fewer the two were within this machine's noise, so 16 is a midpoint, not a measured edge).
         self._gathers_columns = self.num_streams >= 16
-        self._table = tf.constant(weights.table.T if self._gathers_columns else weights.table)
-        self._recurrent0_t = tf.constant(weights.recurrent0_t)
-        self._stacked_t = [(tf.constant(k), tf.constant(b)) for k, b in weights.stacked_t]
-        self._dense_kernel = tf.constant(weights.dense_kernel)
-        self._dense_bias = tf.constant(weights.dense_bias)
-        self._functions: dict = {}  # compiled concrete functions, by kind and static options
+        arrays = [weights.table.T if self._gathers_columns else weights.table, weights.recurrent0_t,
+                  *(array for pair in weights.stacked_t for array in pair), weights.dense_kernel, weights.dense_bias]
+        # the weights, in the order _step unpacks them: the compiled loops take them as their last arguments
+        self._weights = tuple(tf.constant(array) for array in arrays)
+        self._weight_specs = tuple(tf.TensorSpec(array.shape, tf.float32) for array in arrays)
         self.reset()
 
     @classmethod
@@ -146,34 +190,13 @@ class Engine:
 
     # ----------------------------------------------------------------- graph pieces
 
-    def _step(self, ids, hs, cs):
-        """Feed ids (N,) int32 through every layer: return logits (N, V) and the new (U, N) states."""
-        tf = self._tf
-        new_h, new_c = [], []
-        x = None
-        for index in range(self.weights.layers):
-            if index == 0:
-                xw = (tf.gather(self._table, ids, axis=1) if self._gathers_columns
-                      else tf.transpose(tf.gather(self._table, ids)))
-                z = xw + tf.matmul(self._recurrent0_t, hs[0])
-            else:
-                kernel_t, bias = self._stacked_t[index - 1]
-                z = tf.matmul(kernel_t, tf.concat([x, hs[index]], axis=0)) + bias
-            x, c = lstm_step.cell_update(*tf.split(tf.sigmoid(z), lstm_step.GATES, axis=0), cs[index])
-            new_h.append(x)
-            new_c.append(c)
-        logits = tf.matmul(x, self._dense_kernel, transpose_a=True) + self._dense_bias
-        return logits, tuple(new_h), tuple(new_c)
-
-    def _split(self, state):
-        layers = self.weights.layers
-        return tuple(state[i] for i in range(layers)), tuple(state[layers + i] for i in range(layers))
-
-    def _compiled(self, key, build):
-        """The concrete function for key, traced once by build() (a concrete function is cheap to call)."""
-        if key not in self._functions:
-            self._functions[key] = build()
-        return self._functions[key]
+    def _compiled(self, kind, function, specs):
+        """function (which must not hold the engine) compiled for specs plus this engine's weights, shared by every
+        engine of the same shapes."""
+        tf, jit_compile, weight_specs = self._tf, self.jit_compile, self._weight_specs
+        key = (kind, jit_compile, self._gathers_columns, tuple(spec.shape for spec in specs + weight_specs))
+        return _shared(key, lambda: tf.function(function, jit_compile=jit_compile).get_concrete_function(
+            *specs, weight_specs))
 
     def _state_spec(self):
         return self._tf.TensorSpec((2 * self.weights.layers, self.units, self.num_streams), self._tf.float32)
@@ -181,22 +204,21 @@ class Engine:
     def _forced_function(self, bucket: int):
         """Feed the first count rows of ids (bucket, N); return (bucket, N, V) logits and the state."""
         tf = self._tf
-        streams, vocab = self.num_streams, self.vocab_size
+        streams, vocab, gathers_columns = self.num_streams, self.vocab_size, self._gathers_columns
 
-        def forced(ids, count, state):
+        def forced(ids, count, state, weights):
             out = tf.TensorArray(tf.float32, size=bucket, element_shape=(streams, vocab))
 
             def body(t, out, hs, cs):
-                logits, hs, cs = self._step(ids[t], hs, cs)
+                logits, hs, cs = _step(weights, ids[t], hs, cs, gathers_columns)
                 return t + 1, out.write(t, logits), hs, cs
 
-            hs, cs = self._split(state)
+            hs, cs = _split(state)
             _, out, hs, cs = tf.while_loop(lambda t, *_: t < count, body, (tf.constant(0), out, hs, cs))
             return out.stack(), tf.stack(hs + cs)
 
         specs = (tf.TensorSpec((bucket, streams), tf.int32), tf.TensorSpec((), tf.int32), self._state_spec())
-        return self._compiled(("forced", bucket),
-                              lambda: tf.function(forced, jit_compile=self.jit_compile).get_concrete_function(*specs))
+        return self._compiled(("forced",), forced, specs)
 
     def _continue_runs(self, ids: np.ndarray) -> None:
         """Update each stream's last id and its run length after feeding ids (N, T)."""
@@ -208,9 +230,10 @@ class Engine:
     def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool, use_min_p: bool, use_repeat: bool):
         """Sample count ids per stream, feeding each back; the filters in use are fixed at trace time."""
         tf = self._tf
-        streams, vocab = self.num_streams, self.vocab_size
+        streams, vocab, gathers_columns = self.num_streams, self.vocab_size, self._gathers_columns
 
-        def sample(logits, uniforms, count, temperature, top_k, top_p, min_p, max_repeat, last_id, run, state):
+        def sample(logits, uniforms, count, temperature, top_k, top_p, min_p, max_repeat, last_id, run, state,
+                   weights):
             out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
 
             def body(t, out, logits, hs, cs, last_id, run):
@@ -225,10 +248,10 @@ class Engine:
                                              top_p if use_p else None, min_p if use_min_p else None)
                 if use_repeat:  # the runs are followed inside the loop only when a guard needs them
                     run = tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
-                logits, hs, cs = self._step(ids, hs, cs)
+                logits, hs, cs = _step(weights, ids, hs, cs, gathers_columns)
                 return t + 1, out.write(t, ids), logits, hs, cs, ids, run
 
-            hs, cs = self._split(state)
+            hs, cs = _split(state)
             _, out, logits, hs, cs, _, _ = tf.while_loop(
                 lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, last_id, run))
             return out.stack(), logits, tf.stack(hs + cs)
@@ -238,8 +261,7 @@ class Engine:
                  tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.float32),
                  tf.TensorSpec((streams,), tf.float32), tf.TensorSpec((streams,), tf.int32),
                  tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.int32), self._state_spec())
-        return self._compiled(("sample", greedy_only, use_k, use_p, use_min_p, use_repeat),
-                              lambda: tf.function(sample, jit_compile=self.jit_compile).get_concrete_function(*specs))
+        return self._compiled(("sample", greedy_only, use_k, use_p, use_min_p, use_repeat), sample, specs)
 
     # ----------------------------------------------------------------- public API
 
@@ -312,7 +334,7 @@ class Engine:
             padded = np.zeros((bucket, self.num_streams), np.int32)
             padded[:count] = part.T
             fn = self._forced_function(bucket)
-            out, self._state = fn(tf.constant(padded), tf.constant(count, tf.int32), self._state)
+            out, self._state = fn(tf.constant(padded), tf.constant(count, tf.int32), self._state, self._weights)
             self._last = out[count - 1]
             self._continue_runs(part)
             if keep_logits:
@@ -369,7 +391,7 @@ class Engine:
             padded[:count] = uniforms[start : start + count]
             ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(count, tf.int32),
                                               *options, tf.constant(self._last_id), tf.constant(self._run),
-                                              self._state)
+                                              self._state, self._weights)
             result[:, start : start + count] = ids.numpy()[:count].T
             self._continue_runs(result[:, start : start + count])
         return result
