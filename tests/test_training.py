@@ -131,6 +131,15 @@ def test_weights_that_blow_up_in_an_epochs_last_step_never_become_its_checkpoint
     assert not checkpoint.has_checkpoint(tmp_path / "fresh" / "r")
 
 
+def test_weights_that_become_nan_never_become_a_save_every_checkpoint(tmp_path, periodic_corpus):
+    with pytest.raises(TextgenError, match=r"epoch 1, step 4: the weights became NaN/Inf; the last good checkpoint "
+                                           r"in .* is kept"):
+        run(periodic_corpus, tmp_path, train_options=dict(save_every=2), callbacks=[AtStep(4, poison_weights)])
+    model, meta = load_model(tmp_path / "r", kind="last")
+    assert meta.state.global_step == 2
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
 def test_a_report_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, periodic_corpus, monkeypatch):
     import logging
 

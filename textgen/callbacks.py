@@ -59,17 +59,31 @@ class LossGuard(Callback):
         return math.isfinite(loss) and loss <= self.limit
 
     def _stop(self, run, loss: float, where: str) -> None:
-        from textgen.checkpoint import has_checkpoint
+        _diverged(run, f"{where} {'became NaN/Inf' if not math.isfinite(loss) else f'exploded to {loss:.3g} nats'}")
 
-        what = "became NaN/Inf" if not math.isfinite(loss) else f"exploded to {loss:.3g} nats"
-        if run.replaces:
-            kept = f"the earlier run in {run.run_dir} is kept"
-        elif has_checkpoint(run.run_dir):
-            kept = f"the last good checkpoint in {run.run_dir} is kept"
-        else:
-            kept = "nothing was saved"
-        raise TextgenError(f"{where} {what}; {kept} (try a lower --learning-rate, e.g. "
-                           f"{run.config.learning_rate / 4:g}, or a lower --clip-norm)")
+
+def _diverged(run, what: str) -> None:
+    """Stop training that diverged, saying what is kept and what to try."""
+    from textgen.checkpoint import has_checkpoint
+
+    if run.replaces:
+        kept = f"the earlier run in {run.run_dir} is kept"
+    elif has_checkpoint(run.run_dir):
+        kept = f"the last good checkpoint in {run.run_dir} is kept"
+    else:
+        kept = "nothing was saved"
+    raise TextgenError(f"{what}; {kept} (try a lower --learning-rate, e.g. {run.config.learning_rate / 4:g}, "
+                       "or a lower --clip-norm)")
+
+
+def save_unvalidated(run) -> None:
+    """Save "last" mid-epoch (--save-every, a signal) with no validation to check it first: the step just done
+    may have turned the weights to NaN/Inf (its own loss was computed before its update), and such weights must
+    not become the checkpoint a resume starts from."""
+    if not run.session.weights_finite():
+        _diverged(run, f"training stopped at epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}: the "
+                       "weights became NaN/Inf")
+    run.save(("last",))
 
 
 class Interrupted(TextgenError):
@@ -95,7 +109,7 @@ class StopRequests(Callback):
         interrupted, time_up, run.elapsed = worker_mean(run.session.strategy, bool(self.signals),
                                                         bool(budget) and run.elapsed >= budget, run.elapsed)
         if interrupted > 0:
-            run.save(("last",))
+            save_unvalidated(run)
             state = run.state
             raise Interrupted(
                 f"interrupted: saved a resumable checkpoint (epoch {state.epoch + 1}, step {state.step_in_epoch}) in "
@@ -112,7 +126,7 @@ class Checkpointer(Callback):
         every = run.config.save_every
         if every and run.state.global_step % every == 0 and not run.end_epoch \
                 and run.state.step_in_epoch < len(run.train_batches):
-            run.save(("last",))
+            save_unvalidated(run)
 
     def on_epoch_end(self, run, improved: bool) -> None:
         run.save(("last", "best") if improved else ("last",), carried=run.carried, validated=True)

@@ -95,6 +95,10 @@ class Session:
             for j, variable in enumerate(layer.states):
                 self.strategy.run(assign, args=(variable, states[f"lstm_{i}_{j}"]))
 
+    def weights_finite(self) -> bool:
+        """Whether no weight is NaN or infinite."""
+        return all(np.isfinite(np.asarray(v.numpy())).all() for v in self.model.trainable_variables)
+
     def reset_states(self) -> None:
         from textgen.model import reset_states
 
