@@ -42,6 +42,20 @@ def test_generate_continues_the_pattern_and_is_reproducible(model):
     assert model.generate("ab", length=50, temperature=0, stop="g") == "abcdef"
 
 
+def test_by_default_no_character_comes_more_than_20_times_in_a_row(trained_run):
+    import dataclasses
+
+    stuck = textgen.load(trained_run["run_dir"])
+    bias = stuck.generator.weights.dense_bias.copy()
+    bias[PERIOD.index("c")] = 50.0  # a model that only ever wants "c" (a loop of one character)
+    stuck.generator.weights = dataclasses.replace(stuck.generator.weights, dense_bias=bias)
+    guarded = stuck.generate("a", length=60, temperature=0)
+    assert guarded.startswith("a" + "c" * 20) and guarded[21] != "c" and "c" * 21 not in guarded
+    assert stuck.generate("a", length=60, temperature=0, max_repeat=0) == "a" + "c" * 60
+    assert stuck.generate("a", length=60, temperature=0, max_repeat=None) == "a" + "c" * 60
+    assert "c" * 6 not in stuck.generate("a", length=60, temperature=0, max_repeat=5)
+
+
 def test_stream_yields_the_same_text_in_pieces(model):
     pieces = list(model.stream("abc", length=300, temperature=0.8, seed=2))
     assert len(pieces) >= 3 and pieces[0] == "abc"

@@ -135,6 +135,8 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--top-p", "0"], "--top-p must be in (0, 1]", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--top-p", "1.1"], "--top-p must be in (0, 1]", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--top-k", "0"], "--top-k must be", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--max-repeat", "-1"], "--max-repeat must be an integer in [0, 1e+09]",
+     1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--length", "-5"], "--length must be", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "xyz"], "never saw: 'x' 'y' 'z'", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime-file", "{root}/missing.txt"], "prime file not found", 1,

@@ -92,7 +92,7 @@ def test_generate_round_trip(server, trained_run):
     assert answer["options"]["run"] == "period" and answer["options"]["seed"] == 4
     assert call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop="f"))[1] == \
         '{"options":{"run":"period","prime":"ab","length":50,"temperature":0.0,"top_k":null,"top_p":null,' \
-        '"min_p":null,"max_repeat":null,"seed":null,"stop":"f","num_samples":1,"skip_unknown":false},' \
+        '"min_p":null,"max_repeat":20,"seed":null,"stop":"f","num_samples":1,"skip_unknown":false},' \
         '"samples":[{"text":"abcde",' \
         '"temperature":0.0,"index":0,"stopped":true}]}'
 
@@ -328,7 +328,7 @@ def test_scores_take_turns_on_one_engine(server, monkeypatch):
     (b'{"length": 1' + b"0" * 400 + b"}", "length must be at most 1000 on this server, got a number of 401 digits"),
     (b'{"num_samples": 1' + b"0" * 400 + b"}", "at most 4 samples per request (temperatures x num_samples), got a "
                                                  "number of 401 digits"),
-    (b'{"max_repeat": 9' + b"9" * 400 + b"}", "--max-repeat must be an integer in [1, 1e+09], got a number of 401 "
+    (b'{"max_repeat": 9' + b"9" * 400 + b"}", "--max-repeat must be an integer in [0, 1e+09], got a number of 401 "
                                                 "digits"),
     (b'{"length": 5, "stop": "\\ud800"}', "--stop holds a lone surrogate (\\ud800) at character 0, which is not "
                                              "text; send UTF-8 text"),

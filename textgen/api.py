@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from textgen.config import SampleConfig, split_training_options
+from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, split_training_options
 from textgen.errors import OptionError, TextgenError
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -67,7 +67,7 @@ class TextModel:
     def generate(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
                  num_samples: int = 1, skip_unknown: bool = False, min_p: Optional[float] = None,
-                 max_repeat: Optional[int] = None) -> str | list[str]:
+                 max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> str | list[str]:
         """Generate text that starts with prime.
 
         Args:
@@ -81,7 +81,7 @@ class TextModel:
             num_samples: independent samples to draw.
             skip_unknown: drop prime characters the model never saw instead of raising.
             min_p: drop characters less likely than min_p times the likeliest (0.05 is common).
-            max_repeat: never produce one character more than this many times in a row.
+            max_repeat: never produce one character more than this many times in a row (0 or None: no guard).
 
         Returns:
             The text (prime included) when num_samples is 1, else a list of num_samples texts.
@@ -98,7 +98,7 @@ class TextModel:
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
                top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
                skip_unknown: bool = False, min_p: Optional[float] = None,
-               max_repeat: Optional[int] = None) -> Iterator[str]:
+               max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> Iterator[str]:
         """Like :meth:`generate` for one sample, as an iterator of text pieces as they are produced.
 
         Example:

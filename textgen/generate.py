@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from textgen.config import SampleConfig, check_text
+from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, check_text
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
@@ -239,7 +239,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
              stop: Optional[str] = None, skip_unknown: bool = False,
              on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
              warn: Callable[[str], None] = logger.warning, min_p: Optional[float] = None,
-             max_repeat: Optional[int] = None) -> list[Sample]:
+             max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> list[Sample]:
     """Generate num_samples texts per temperature from the best checkpoint of the run.
 
     Each text is the prime followed by up to length generated characters, cut before the first

@@ -34,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen.config import Limits, SampleConfig, shown_number
+from textgen.config import DEFAULT_MAX_REPEAT, Limits, SampleConfig, shown_number
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
@@ -126,7 +126,8 @@ class GenerateRequest(BaseModel):
     top_k: Optional[int] = None
     top_p: Optional[float] = None
     min_p: Optional[float] = Field(None, description="Drop characters less likely than min_p x the likeliest")
-    max_repeat: Optional[int] = Field(None, description="Never one character more than this many times in a row")
+    max_repeat: Optional[int] = Field(DEFAULT_MAX_REPEAT, description="Never one character more than this many "
+                                      "times in a row (0 or null: no guard)")
     seed: Optional[int] = Field(None, description="The same seed gives the same text")
     stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
     num_samples: int = Field(1, description="Samples per temperature")
