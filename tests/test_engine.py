@@ -138,6 +138,8 @@ def test_engines_of_the_same_shapes_share_compiled_loops_and_keep_their_own_weig
     second.prime(prime[None])
     second.sample(20, temperature=1.0, rng=np.random.default_rng(0))
     assert engine_module._SHARED == compiled  # nothing compiled again, nothing kept per engine
+    wider = Engine(second.weights, 4)  # engines of one model hold its weights once
+    assert all(a is b for a, b in zip(wider._weights, second._weights))
     reset_states(other)
     expected = keras_logits(other, prime)
     second.prime(prime[None])

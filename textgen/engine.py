@@ -26,7 +26,7 @@ contiguous row blocks.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,6 +56,19 @@ class Weights:
     stacked_t: tuple  # per layer >= 1: ((4U, 2U) [kernel; recurrent_kernel]^T, (4U, 1) bias column)
     dense_kernel: np.ndarray  # (U, V)
     dense_bias: np.ndarray  # (V,)
+    # The arrays as tensors, made once for every engine of this model (by table layout: see Engine).
+    _tensors: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def tensors(self, table_columns: bool) -> tuple:
+        """The weights as the compiled loops take them, in the order _step unpacks them; the table is transposed
+        when steps gather its columns."""
+        if table_columns not in self._tensors:
+            import tensorflow as tf
+
+            arrays = [self.table.T if table_columns else self.table, self.recurrent0_t,
+                      *(array for pair in self.stacked_t for array in pair), self.dense_kernel, self.dense_bias]
+            self._tensors[table_columns] = tuple(tf.constant(array) for array in arrays)
+        return self._tensors[table_columns]
 
     @property
     def vocab_size(self) -> int:
@@ -160,11 +173,8 @@ class Engine:
         # speed at 32-64 streams; fewer streams gather rows and transpose them (1 stream: 0.9x the other way;
         # at 16 and fewer the two were within this machine's noise, so 16 is a midpoint, not a measured edge).
         self._gathers_columns = self.num_streams >= 16
-        arrays = [weights.table.T if self._gathers_columns else weights.table, weights.recurrent0_t,
-                  *(array for pair in weights.stacked_t for array in pair), weights.dense_kernel, weights.dense_bias]
-        # the weights, in the order _step unpacks them: the compiled loops take them as their last arguments
-        self._weights = tuple(tf.constant(array) for array in arrays)
-        self._weight_specs = tuple(tf.TensorSpec(array.shape, tf.float32) for array in arrays)
+        self._weights = weights.tensors(self._gathers_columns)  # the compiled loops' last arguments
+        self._weight_specs = tuple(tf.TensorSpec(tensor.shape, tf.float32) for tensor in self._weights)
         self.reset()
 
     @classmethod
