@@ -166,6 +166,8 @@ BAD_INPUTS = [
     (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--batch-size", "0"], "--batch-size must be", 1,
      None),
     (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/nothing"], "no checkpoint in", 1, None),
+    (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--batch-size", "1000000000000"],
+     "evaluation needs more than --batch-size (1000000000000); use a smaller --batch-size", 1, None),
 ]
 
 

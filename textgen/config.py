@@ -221,7 +221,8 @@ DEFAULT_MAX_REPEAT = 20
 
 @dataclass(frozen=True)
 class SampleConfig(_Config):
-    temperature: tuple = option((0.5,), "Divides the logits: <1 greedier, >1 more random, 0 = always the most likely. "
+    temperature: tuple = option((0.5,), "Divides the logits: <1 greedier, >1 more random, 0 = always the most likely "
+                                "(within --max-repeat). "
                                 "A comma-separated list (0.2,0.5,1.0) gives one sample per value.", low=0,
                                 high=MAX_TEMPERATURE, many=True, short="-t")
     top_k: Optional[int] = option(None, "Draw only from the K most likely characters.", low=1, integer=True)

@@ -67,15 +67,19 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     check_range("seq_length", seq_length, low=1, integer=True)
     path = Path(text_file)
     total, _ = scan(path, what="text")
+
+    def check_length(characters: int, which: str) -> None:
+        if characters < batch_size + 1:
+            raise TextgenError(f"{path} has only {characters} characters{which}; evaluation needs more than "
+                               f"--batch-size ({batch_size}); use a smaller --batch-size")
+    check_length(total, "")  # before a model is built for batch_size streams (a huge one would not fit in memory)
     run_dir = find_run(Path(checkpoint_dir), run)
     model, meta = load_model(run_dir, batch_size=batch_size)
     vocab = meta.vocab
     ids = np.empty(total, dtype=vocab.id_dtype)
     kept, unknown = encode_into(path, vocab, ids, what="text")
     ids = ids[:kept]
-    if kept < batch_size + 1:
-        raise TextgenError(f"{path} has only {kept} characters in the model's vocabulary; "
-                           f"evaluation needs more than --batch-size ({batch_size}); use a smaller --batch-size")
+    check_length(kept, " in the model's vocabulary")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
