@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from textgen.errors import TextgenError
-from textgen.runs import check_run_name, default_run_name, list_runs
+from textgen.runs import check_run_name, default_run_name, find_run, list_runs
 
 
 def test_default_run_name_is_always_a_valid_name():
@@ -40,3 +40,14 @@ def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_
     (older / ".tmp-last.json").write_text("{")  # a save being written right now: renamed away at any moment
     (tmp_path / "no-checkpoint").mkdir()
     assert list_runs(tmp_path) == [newer, older]
+
+
+def test_a_checkpoint_dir_that_is_the_named_run_is_that_run(tmp_path):
+
+    run_dir = tmp_path / "demo"
+    run_dir.mkdir()
+    (run_dir / "best.json").write_text("{}")
+    assert find_run(run_dir, "demo") == run_dir
+    assert find_run(tmp_path, "demo") == run_dir
+    with pytest.raises(TextgenError, match=r"no run named 'other' in .*demo \(runs there: demo\)"):
+        find_run(run_dir, "other")

@@ -73,6 +73,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
             raise TextgenError(f"run {run!r} in {checkpoint_dir} has no checkpoint (no best.json or last.json; "
                                f"it holds {listing}): an unfinished or damaged run; train it again with: "
                                f"textgen train CORPUS --run {run}")
+        if not has_checkpoint(run_dir) and checkpoint_dir.resolve().name == run and has_checkpoint(checkpoint_dir):
+            return checkpoint_dir  # --checkpoint-dir is the run itself, named as its listing names it
         if not has_checkpoint(run_dir):
             known = ", ".join(path.name for path in list_runs(checkpoint_dir)) or "none"
             raise TextgenError(f"no run named {run!r} in {checkpoint_dir} (runs there: {known}); "
