@@ -218,6 +218,10 @@ MAX_TEMPERATURE = 1e6
 # as text, and a corpus's own longer runs (rules of 60 dashes) are merely shortened.
 DEFAULT_MAX_REPEAT = 20
 
+# The samples of one call are drawn at once, as streams of one engine, and kept as text until the end: a billion
+# (a typo) would exhaust memory instead of answering.
+MAX_SAMPLES = 10_000
+
 
 @dataclass(frozen=True)
 class SampleConfig(_Config):
@@ -235,7 +239,8 @@ class SampleConfig(_Config):
                                        high=10**9, integer=True)
     length: int = option(500, "Characters to generate.", low=0, integer=True, short="-n")
     prime: str = option("", "Text to start from; it is printed before the generated text.")
-    num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, integer=True)
+    num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, high=MAX_SAMPLES,
+                              integer=True)
     seed: Optional[int] = option(None, "Random seed: the same seed gives the same text.", low=0, integer=True)
     stop: Optional[str] = option(None, "End a sample where it first produces this string.", text=True)
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
@@ -243,6 +248,12 @@ class SampleConfig(_Config):
     def __post_init__(self):
         if self.max_repeat is None:  # what the Python API and JSON requests pass for "no guard"
             object.__setattr__(self, "max_repeat", 0)
+
+    def validate(self) -> None:
+        super().validate()
+        if len(self.temperature) * self.num_samples > MAX_SAMPLES:
+            raise OptionError(f"at most {MAX_SAMPLES} samples at once, got {len(self.temperature)} temperatures x "
+                              f"--num-samples {self.num_samples}; draw them in several runs")
 
 
 @dataclass(frozen=True)
