@@ -93,13 +93,15 @@ def test_chief_is_the_chief_task_or_worker_0(monkeypatch):
 
 def test_auto_size_with_a_time_budget_times_its_shapes_after_the_strategy_exists(tmp_path):
     # The timing runs TensorFlow ops; splitting the CPU into devices (mirrored) is refused after the first op.
-    corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
+    # The 120 validation characters hold 5 windows of 20: the chosen batch is the 4 of them that split in two.
+    corpus = write_text(tmp_path / "c.txt", (PERIOD * 1200)[:1200])
     result = subprocess.run(
         [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
          "--strategy", "mirrored", "--epochs", "1", "--max-minutes", "1", "--seq-length", "20"],
         env=dict(ENV, TEXTGEN_CPU_DEVICES="2"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "sizing (--size auto): 1 x 64 units" in result.stderr and "2 replicas" in result.stderr
+    assert "batch 4:" in result.stderr
 
 
 def test_a_cpu_device_count_that_is_not_a_number_is_one_line(monkeypatch):

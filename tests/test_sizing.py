@@ -75,6 +75,11 @@ def test_a_tiny_corpus_gets_a_smaller_batch_and_a_small_model():
 def test_a_validation_slice_too_short_for_the_smallest_batch_gets_a_batch_it_holds(tmp_path):
     result = sizing.choose(2_700, 60, TrainConfig(epochs=1), {}, {}, val_chars=300)
     assert result.train_options["batch_size"] == 5  # (300 - 1) // 50: one window of each of 5 streams
+    # split across replicas, it is a multiple of their number (5 streams do not divide between 2)
+    for replicas, batch in ((2, 4), (3, 3), (8, 8)):
+        split = sizing.choose(2_700, 60, TrainConfig(epochs=1), {}, {}, val_chars=300, replicas=replicas)
+        assert split.train_options["batch_size"] == batch, replicas
+    assert sizing.choose(10**7, 60, TrainConfig(), {}, {}, replicas=3).train_options["batch_size"] == 63
     corpus = tmp_path / "c3k.txt"
     corpus.write_text(("".join(chr(97 + (i * 7) % 26) for i in range(120)) + "\n") * 25)  # 3,025 characters
     from textgen.training import train

@@ -85,8 +85,10 @@ def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool
 
 def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,
            chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None,
-           val_chars: Optional[int] = None) -> Optional[Sizing]:
+           val_chars: Optional[int] = None, replicas: int = 1) -> Optional[Sizing]:
     """The sizing for a new run, or None when the user chose the shape themselves.
+
+    A chosen batch size divides among the replicas the batch is split across.
 
     chars_per_second(shape, batch) is this machine's training speed for a shape; it is called only when
     config.max_minutes is set, for the shapes up the ladder until one fails (the default measures it, see
@@ -94,7 +96,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     if any(name in user_model for name in SHAPE_OPTIONS):
         return None
     batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size,
-                                                           val_chars)
+                                                           val_chars, replicas)
     work = config.epochs * train_chars
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
@@ -133,14 +135,16 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     return Sizing(model, training, reason)
 
 
-def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optional[int] = None) -> int:
+def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optional[int] = None,
+               replicas: int = 1) -> int:
     batch = default
     while batch // 2 >= MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
         batch //= 2
     # Below MIN_BATCH when the (validation) part cannot hold one batch of MIN_BATCH windows: a batch it holds
     # beats an error asking the user for one.
     fits = (min(train_chars, val_chars if val_chars is not None else train_chars) - 1) // seq_length
-    return min(batch, fits) if fits >= 1 else batch
+    batch = min(batch, fits) if fits >= 1 else batch
+    return max(replicas, batch // replicas * replicas)
 
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:
