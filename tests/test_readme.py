@@ -11,3 +11,12 @@ def test_readme_option_reference_matches_the_cli():
     readme = README.read_text(encoding="utf-8")
     assert START in readme and END in readme
     assert updated(readme) == readme, "the README's option reference is stale: run make readme"
+
+
+def test_the_architecture_table_names_every_module():
+    readme = README.read_text(encoding="utf-8")
+    table = readme[readme.index("## Architecture"):]
+    table = table[:table.index("\n\n", table.index("| module |"))]
+    modules = {path.name for path in (ROOT / "textgen").glob("*.py")} - {"__init__.py", "__main__.py"}
+    missing = sorted(name for name in modules if f"`{name}`" not in table)
+    assert not missing, f"README's Architecture table does not name {missing}"
