@@ -393,3 +393,64 @@ def test_a_taken_port_is_one_line(trained_run):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose " \
                                     "another --port or stop the program that uses it"
+
+
+def test_a_run_that_trains_on_is_served_from_its_new_checkpoint(trained_run, tmp_path, caplog):
+    import logging
+    import os
+    import shutil
+
+    from conftest import TINY_MODEL, TINY_TRAINING
+    from textgen.generate import generate
+    from textgen.serve import create_app
+    from textgen.training import train
+
+    served = tmp_path / "ck" / "period"
+    shutil.copytree(trained_run["run_dir"], served)
+    newer = tmp_path / "newer"
+    train(trained_run["corpus"], newer, run="period", model_options=TINY_MODEL,
+          train_options=dict(TINY_TRAINING, epochs=1, seed=8), log=lambda message: None)
+
+    def save(metadata: dict):  # as training saves: the files first, then each metadata file renamed into place
+        for path in (newer / "period").iterdir():
+            if path.suffix != ".json":
+                shutil.copy(path, served / path.name)
+        for kind, text in metadata.items():
+            (served / f"{kind}.tmp").write_text(text)
+            os.replace(served / f"{kind}.tmp", served / f"{kind}.json")
+
+    request = dict(prime="ab", length=80, temperature=1.5, seed=3)
+    with serving(create_app(served.parent, "period")) as base:
+        before = json.loads(call(base, "/v1/generate", request)[1])["samples"][0]["text"]
+        save({kind: (newer / "period" / f"{kind}.json").read_text() for kind in ("last", "best")})
+        [model] = json.loads(call(base, "/v1/models")[1])["models"]
+        assert model["epochs"] == 1
+        after = json.loads(call(base, "/v1/generate", request)[1])["samples"][0]["text"]
+        [expected] = generate(newer, "period", prime="ab", length=80, temperatures=[1.5], seed=3)
+        assert after == expected.text != before
+        # a new checkpoint that cannot be loaded: the model loaded before goes on serving, with a warning
+        save(dict(last="{", best="{"))
+        with caplog.at_level(logging.WARNING, logger="textgen"):
+            status, text = call(base, "/v1/generate", request)
+            assert status == 200 and json.loads(text)["samples"][0]["text"] == after
+        assert "run 'period' has a new checkpoint that cannot be loaded" in caplog.text
+        assert call(base, "/v1/generate", request)[0] == 200
+
+
+def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(trained_run):
+    from textgen.batcher import Batcher, BatcherClosed
+    from textgen.config import SampleConfig
+    from textgen.generate import Generator
+
+    generator = Generator.load(trained_run["run_dir"])
+    batcher = Batcher(generator, (1, 4))
+    pieces, over = [], threading.Event()
+    job = batcher.submit(SampleConfig(prime="a", length=600, temperature=(1.0,), seed=1),
+                         lambda piece: over.set() if piece is None else pieces.append(piece))
+    batcher.retire()
+    assert over.wait(60) and job.error is None and len("".join(pieces)) == 601
+    batcher.thread.join(10)
+    assert not batcher.thread.is_alive()
+    with pytest.raises(BatcherClosed):
+        batcher.submit(SampleConfig(length=5), lambda piece: None)
+    assert generator.take_engine(batcher.engine.num_streams) is batcher.engine  # given back for the next batcher

@@ -37,6 +37,10 @@ def call_length(num_streams: int) -> int:
     return max(CHUNK, LONE_CHUNK // num_streams)
 
 
+class BatcherClosed(RuntimeError):
+    """A request reached a batcher that a newer checkpoint of its run has replaced and that has since stopped."""
+
+
 class Job:
     """One request in the batch: its streams' text, its rows in the engine, and where its pieces go."""
 
@@ -71,6 +75,8 @@ class Batcher:
         self.slots: list[Optional[Job]] = [None] * self.engine.num_streams
         self.waiting: deque = deque()
         self.condition = threading.Condition()
+        self.retired = False  # set by retire(): finish the requests already taken, then stop
+        self.closed = False  # the thread has stopped: submit() refuses
         self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
         self.thread.start()
 
@@ -81,12 +87,20 @@ class Batcher:
             raise ValueError(f"at most {self.capacity} samples per request")
         prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning)
         job = Job(TextStreams(self.vocab, config, prime), deliver)
-        if prime:
-            deliver(prime)
         with self.condition:
+            if self.closed:
+                raise BatcherClosed("this batcher has stopped; submit to its run's current one")
+            if prime:
+                deliver(prime)
             self.waiting.append(job)
             self.condition.notify()
         return job
+
+    def retire(self) -> None:
+        """Finish the requests already submitted, then stop the thread and give the engine back."""
+        with self.condition:
+            self.retired = True
+            self.condition.notify()
 
     def active(self) -> list[Job]:
         return list(dict.fromkeys(job for job in self.slots if job is not None))
@@ -142,6 +156,10 @@ class Batcher:
         while True:
             with self.condition:
                 while not self.waiting and not self.active():
+                    if self.retired:
+                        self.closed = True
+                        self.generator.give_back(self.engine)
+                        return
                     self.condition.wait()
             try:
                 with self.condition:

@@ -138,7 +138,8 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @checkpoint_dir_option
 @run_option
 @_config_options(SampleConfig)
-@click.option("--prime-file", type=click.Path(path_type=Path), default=None, help="Read the prime from a file (used as it is, a final newline included).")
+@click.option("--prime-file", type=click.Path(path_type=Path), default=None,
+              help="Read the prime from a file (used as it is, a final newline included).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write the text to this file instead of stdout.")
 def sample(checkpoint_dir, run, prime_file, output, **options):

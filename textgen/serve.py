@@ -9,7 +9,8 @@ Each run is loaded once, on first use, and kept with its batcher (textgen.batche
 arrive while others are generating join the same compiled engine (up to 64 streams at once; more
 wait their turn) as extra streams at the next chunk,
 each with its own temperature, top-k, top-p and seed, and leave when they are done or their client
-has gone.
+has gone. A run that is still training is followed: when its best checkpoint changes, the next request
+loads it, and the requests already running finish on the model they started with.
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ class Served:
     name: str
     generator: object  # textgen.generate.Generator
     batcher: object  # textgen.batcher.Batcher
+    path: Path  # the run's directory
+    version: tuple  # checkpoint_version(path) when it was loaded
+    reloading: bool = False  # a newer checkpoint is being loaded (requests meanwhile get this one)
+
+
+def checkpoint_version(path: Path) -> tuple:
+    """What changes when training saves a checkpoint to serve: its best metadata file (each save renames a new one
+    into place), or the last one's while the run has no best; () when neither is there."""
+    from textgen.checkpoint import meta_path
+
+    for kind in ("best", "last"):
+        try:
+            stat = meta_path(path, kind).stat()
+        except OSError:
+            continue
+        return kind, stat.st_ino, stat.st_mtime_ns, stat.st_size
+    return ()
 
 
 class Runs:
@@ -84,8 +102,9 @@ class Runs:
         from textgen.checkpoint import read_meta
 
         served = self._loaded.get(name)
+        current = served is not None and served.version == checkpoint_version(path)
         try:
-            meta = served.generator.meta if served else (read_meta(path, "best") or read_meta(path, "last"))
+            meta = served.generator.meta if current else (read_meta(path, "best") or read_meta(path, "last"))
         except TextgenError as error:
             return dict(name=name, error=str(error))
         val = meta.state.val_loss
@@ -95,14 +114,13 @@ class Runs:
                     vocabulary=meta.model.vocab_size)
 
     def get(self, name: Optional[str]) -> Served:
-        """The named run (default: the server's run), loaded on first use."""
-        from textgen.batcher import Batcher
-        from textgen.generate import Generator
+        """The named run (default: the server's run), loaded on first use and again when it has a newer checkpoint."""
         from textgen.runs import check_run_name
 
         name = name or self.default
-        if name in self._loaded:
-            return self._loaded[name]
+        served = self._loaded.get(name)
+        if served is not None:
+            return served if served.version == checkpoint_version(served.path) else self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
         if path is None:
             check_run_name(name)  # a path-like name ("../x") is a bad request, not a missing run
@@ -110,11 +128,53 @@ class Runs:
         with self._guard:
             if name not in self._loaded:
                 try:
-                    generator = Generator.load(path)
+                    self._loaded[name] = self._load(name, path)
                 except TextgenError as error:  # a damaged run on the server: not the request's fault
                     raise ApiError(f"run {name!r} cannot be loaded: {error}", status=500) from None
-                self._loaded[name] = Served(name, generator, Batcher(generator, self.buckets))
             return self._loaded[name]
+
+    def _load(self, name: str, path: Path) -> Served:
+        from textgen.batcher import Batcher
+        from textgen.generate import Generator
+
+        version = checkpoint_version(path)  # before loading: a save in between costs one more reload, never a miss
+        generator = Generator.load(path)
+        return Served(name, generator, Batcher(generator, self.buckets), path, version)
+
+    def _reload(self, served: Served) -> Served:
+        """The run with its newer checkpoint; its old batcher finishes what it runs, then stops. While one request
+        loads it, the others get the model loaded before; so do all when the new checkpoint cannot be loaded."""
+        with self._guard:
+            if served.reloading or self._loaded[served.name] is not served:
+                return self._loaded[served.name]
+            served.reloading = True
+        try:
+            fresh = self._load(served.name, served.path)
+        except TextgenError as error:
+            logger.warning(f"run {served.name!r} has a new checkpoint that cannot be loaded ({error}); serving the "
+                           "one loaded before")
+            served.version = checkpoint_version(served.path)  # not tried again until the run changes again
+            return served
+        finally:
+            served.reloading = False
+        with self._guard:
+            self._loaded[served.name] = fresh
+        served.batcher.retire()
+        state = fresh.generator.meta.state
+        logger.info(f"run {served.name!r}: serving its new checkpoint (epoch {state.epoch}"
+                    + ("" if state.val_loss is None else f", validation {bpc(state.val_loss):.4f} bpc") + ")")
+        return fresh
+
+    def submit(self, name: Optional[str], config: SampleConfig, deliver) -> tuple[Served, object]:
+        """The request as a job of the run's current batcher: (the run as served, the job)."""
+        from textgen.batcher import BatcherClosed
+
+        while True:
+            served = self.get(name)
+            try:
+                return served, served.batcher.submit(config, deliver)
+            except BatcherClosed:  # replaced by a newer checkpoint and stopped between the two lines: try the new one
+                continue
 
 
 class GenerateRequest(BaseModel):
@@ -146,6 +206,9 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
                           max_repeat=body.max_repeat, length=body.length,
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
+    if len(config.temperature) * config.num_samples > limits.max_samples:  # before the rules: this server's limit
+        raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
+                       f"{shown_number(len(config.temperature) * config.num_samples)}")
     config.validate()
     if len(config.prime) > limits.max_prime_chars:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
@@ -153,9 +216,6 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
     if config.length > limits.max_length:
         raise ApiError(f"length must be at most {limits.max_length} on this server, got "
                        f"{shown_number(config.length)}")
-    if len(config.temperature) * config.num_samples > limits.max_samples:
-        raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
-                       f"{shown_number(len(config.temperature) * config.num_samples)}")
     return config
 
 
@@ -210,9 +270,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         if body.stream and len(config.temperature) * config.num_samples != 1:
             raise ApiError("stream gives one sample: one temperature and num_samples 1")
-        served = await run_in_threadpool(runs.get, body.run)  # the first use of a run loads it
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
-        job = served.batcher.submit(config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
+        served, job = await run_in_threadpool(  # in a thread: the first use of a run (or a new checkpoint) loads it
+            runs.submit, body.run, config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
         if body.stream:
             return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
