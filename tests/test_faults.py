@@ -48,7 +48,11 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
     resumed = subprocess.run(train_command(corpus, tmp_path, "--epochs", str(meta["epoch"] + 1), "--resume"),
                              capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {tmp_path / 'r'} at epoch {meta['epoch']}" in resumed.stderr
+    # the two messages name the same place, counted as the training log counts epochs
+    position = (f"in epoch {meta['epoch'] + 1}, after step {meta['step_in_epoch']}" if meta["step_in_epoch"]
+                else f"at the start of epoch {meta['epoch'] + 1}")
+    assert f"interrupted: saved a resumable checkpoint ({position})" in stderr
+    assert f"resuming {tmp_path / 'r'} {position}" in resumed.stderr
 
 
 @pytest.mark.slow

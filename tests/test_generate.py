@@ -43,6 +43,9 @@ def test_prime_with_unknown_characters(trained_run):
     [sample] = gen(trained_run, prime="abxZ", length=5, temperatures=[0], skip_unknown=True, warn=warnings.append)
     assert sample.text == "abcdefg"
     assert "dropped 2 unknown" in warnings[0]
+    # a combining mark the model never saw is named by its escape: bare, it would join the quote before it
+    with pytest.raises(TextgenError, match=r"never saw: '\\u0301' '\"' '\\x00';"):
+        gen(trained_run, prime="a\u0301\"\x00", length=5)
 
 
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):

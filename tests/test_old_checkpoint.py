@@ -31,7 +31,11 @@ def test_old_run_resumes_with_its_saved_options_and_history(tmp_path):
     summary = train(root / "corpus.txt", root / "checkpoints", run="old", resume=True,
                     train_options=dict(epochs=old.state.epoch + 1), log=messages.append)
     new = checkpoint.read_meta(root / "checkpoints" / "old", "last")
-    assert messages[0] == f"resuming {root / 'checkpoints' / 'old'} at epoch {old.state.epoch}"
+    assert old.state.step_in_epoch == 0
+    assert messages[0] == f"resuming {root / 'checkpoints' / 'old'} at the start of epoch {old.state.epoch + 1}"
+    # only what changed is named (--max-minutes stayed 0)
+    assert messages[1].startswith(f"note: the run's length changed (--epochs {old.training.epochs} -> "
+                                  f"{old.state.epoch + 1}), so the cosine schedule is re-stretched")
     assert summary["epoch"] == new.state.epoch == old.state.epoch + 1
     assert new.state.history[:-1] == old.state.history and new.state.history[-1]["epoch"] == old.state.epoch + 1
     assert new.model == old.model and new.vocab == old.vocab

@@ -251,6 +251,20 @@ def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(serve
     assert call(server, "/healthz")[0] == 200
 
 
+@pytest.mark.parametrize("path, raw, message", [
+    ("/v1/generate", b"{not json", 'the body is not valid JSON (Expecting property name enclosed in double quotes at '
+                                   'character 1); send for instance {"prime": "The ", "length": 100}'),
+    ("/v1/generate", b'{"length": 5,}', "the body is not valid JSON (Expecting property name enclosed in double "
+                                        "quotes at character 13)"),
+    ("/v1/generate", b"[]", 'the body must be a JSON object; send for instance {"prime": "The ", "length": 100}'),
+    ("/v1/score", b"", 'the body must be a JSON object; send for instance {"text": "The end."}'),
+    ("/v1/generate", b'{"length": "ten"}', "length: Input should be a valid integer"),
+])
+def test_a_malformed_body_is_named_with_an_example(server, path, raw, message):
+    status, text = call(server, path, raw=raw)
+    assert status == 422 and json.loads(text)["error"].startswith(message), text
+
+
 def test_messages_are_the_clis(server):
     status, text = call(server, "/v1/generate", dict(temperature=-1))
     assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, 1e+06], got -1.0")

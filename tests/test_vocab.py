@@ -43,3 +43,7 @@ def test_preview_escapes_control_characters():
 
 def test_preview_shows_a_combining_mark_as_a_symbol_of_its_own():
     assert Vocabulary.from_text("u\u0301\u4e00").preview() == "u\\u0301\u4e00"  # not the single glyph ú
+
+
+def test_a_vocabulary_shows_its_size_and_first_characters():
+    assert repr(Vocabulary.from_text("ba\n\u0301")) == "Vocabulary(4 characters: \\nab\\u0301)"

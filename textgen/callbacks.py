@@ -112,7 +112,7 @@ class StopRequests(Callback):
             save_unvalidated(run)
             state = run.state
             raise Interrupted(
-                f"interrupted: saved a resumable checkpoint (epoch {state.epoch + 1}, step {state.step_in_epoch}) in "
+                f"interrupted: saved a resumable checkpoint ({state.position()}) in "
                 f"{run.run_dir}; resume with: textgen train {run.corpus_path} --checkpoint-dir {run.run_dir.parent} "
                 f"--run {run.run_dir.name} --resume", self.signals[0] if self.signals else signal.SIGTERM)
         if time_up > 0:

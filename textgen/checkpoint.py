@@ -66,6 +66,12 @@ class RunState:
     def epoch_mean_loss(self) -> float:
         return self.epoch_loss_sum / max(1, self.step_in_epoch)
 
+    def position(self) -> str:
+        """Where the run stands, as the training log counts epochs (from 1): "in epoch 5, after step 12"."""
+        if self.step_in_epoch:
+            return f"in epoch {self.epoch + 1}, after step {self.step_in_epoch}"
+        return f"at the start of epoch {self.epoch + 1}"
+
 
 @dataclass
 class CheckpointMeta:

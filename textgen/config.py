@@ -50,7 +50,7 @@ class Rule:
         """'0.5' or '0.2,0.5,1.0' as typed on the command line -> numbers (checked later by :meth:`check`)."""
         kind = int if self.integer else float
         try:
-            return tuple(kind(part) for part in text.split(",") if part.strip())
+            return tuple(kind(part) for part in text.split(","))  # "0.5,,1" or "0.5," is a typo: refused
         except ValueError:
             raise OptionError(f"--{name.replace('_', '-')} must be a number or a comma-separated list such as "
                               f"0.2,0.5,1.0, got {text!r}") from None

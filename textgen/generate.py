@@ -21,6 +21,7 @@ from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
+from textgen.vocab import quoted
 
 logger = logging.getLogger("textgen")
 SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the logits held at once)
@@ -43,12 +44,12 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
             if len(fewer := vocab.unknown(normalized)) < len(unknown):
                 prime, unknown = normalized, fewer
     if unknown and not skip_unknown:
-        shown = " ".join(repr(ch) for ch in unknown[:20])
+        shown = quoted(unknown[:20])
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
                            "change the prime or pass --skip-unknown to drop them")
     if unknown:
         warn(f"warning: dropped {len(unknown)} unknown character(s) from the prime: "
-             + " ".join(repr(ch) for ch in unknown[:20]))
+             + quoted(unknown[:20]))
         prime = "".join(ch for ch in prime if ch in vocab)
     return prime
 

@@ -44,6 +44,10 @@ logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 
 
+EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}'}  # the rest: EXAMPLE_BODY
+EXAMPLE_BODY = '{"prime": "The ", "length": 100}'
+
+
 class ApiError(Exception):
     """A one-line JSON error: 4xx for what the request asked, 5xx for what the server could not do."""
 
@@ -248,7 +252,13 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+        example = f"send for instance {EXAMPLE_BODIES.get(request.url.path, EXAMPLE_BODY)}"
+        if first.get("type") == "json_invalid":
+            return error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'cannot be read')} "
+                              f"at character {first['loc'][-1]}); {example}")
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        if not where:  # the body as a whole: a list, a string, nothing
+            return error(422, f"the body must be a JSON object; {example}")
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)

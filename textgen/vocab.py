@@ -8,6 +8,17 @@ from typing import Iterable
 import numpy as np
 
 
+def escaped(ch: str) -> str:
+    """ch as a one-line message shows it: control characters escaped, and combining marks too, which would
+    otherwise join the character before them (a quote) and show as nothing of their own."""
+    return ch if ch.isprintable() and not unicodedata.combining(ch) else ascii(ch)[1:-1]
+
+
+def quoted(chars) -> str:
+    """Characters for a message, each quoted as Python would, a combining mark escaped: 'x' '"' '\\u0301'."""
+    return " ".join(repr(ch) if escaped(ch) == ch else f"'{escaped(ch)}'" for ch in chars)
+
+
 class Vocabulary:
     def __init__(self, code_points: Iterable[int]):
         self.code_points = np.array(sorted(set(int(c) for c in code_points)), dtype=np.uint32)
@@ -20,6 +31,9 @@ class Vocabulary:
 
     def __len__(self) -> int:
         return len(self.code_points)
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} characters: {self.preview(40)})"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocabulary) and np.array_equal(self.code_points, other.code_points)
@@ -67,6 +81,5 @@ class Vocabulary:
     def preview(self, limit: int = 80) -> str:
         """The first symbols, with control characters escaped so the line stays one line, and combining marks
         escaped so that each shows as a symbol of its own instead of joining the one before it."""
-        shown = "".join(ch if ch.isprintable() and not unicodedata.combining(ch) else ascii(ch)[1:-1]
-                        for ch in self.chars[:limit])
+        shown = "".join(map(escaped, self.chars[:limit]))
         return shown + (" ..." if len(self) > limit else "")
