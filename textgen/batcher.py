@@ -83,7 +83,7 @@ class Batcher:
     def submit(self, config: SampleConfig, deliver: Callable[[Optional[str]], None]) -> Job:
         """Queue a request (validated here, in the caller's thread, so errors reach it directly)."""
         config.validate()
-        if config.num_samples * len(config.temperature) > self.capacity:
+        if config.sample_count > self.capacity:
             raise ValueError(f"at most {self.capacity} samples per request")
         prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning)
         job = Job(TextStreams(self.vocab, config, prime), deliver)

@@ -155,7 +155,7 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
             raise click.UsageError("use either --prime or --prime-file, not both")
         chosen["prime"] = read_text(prime_file, what="prime")
     config = SampleConfig(**chosen)
-    live = output is None and len(config.temperature) * config.num_samples == 1 and sys.stdout.isatty()
+    live = output is None and config.sample_count == 1 and sys.stdout.isatty()
     samples = generate_with(config, checkpoint_dir, run, on_text=_echo_live if live else None,
                             show_progress=output is not None)
     text = format_samples(samples, len(config.temperature))

@@ -249,9 +249,14 @@ class SampleConfig(_Config):
         if self.max_repeat is None:  # what the Python API and JSON requests pass for "no guard"
             object.__setattr__(self, "max_repeat", 0)
 
+    @property
+    def sample_count(self) -> int:
+        """Samples drawn in all: num_samples per temperature."""
+        return len(self.temperature) * self.num_samples
+
     def validate(self) -> None:
         super().validate()
-        if len(self.temperature) * self.num_samples > MAX_SAMPLES:
+        if self.sample_count > MAX_SAMPLES:
             raise OptionError(f"at most {MAX_SAMPLES} samples at once, got {len(self.temperature)} temperatures x "
                               f"--num-samples {self.num_samples}; draw them in several runs")
 

@@ -66,9 +66,14 @@ def make_strategy(name: str):
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
+def divisible_batch(batch_size: int, replicas: int) -> int:
+    """The largest batch size up to batch_size that the replicas share equally (at least one row each)."""
+    return max(replicas, batch_size // replicas * replicas)
+
+
 def check_batch_size(batch_size: int, replicas: int) -> None:
     if batch_size % replicas:
-        suggestion = max(replicas, batch_size // replicas * replicas)
+        suggestion = divisible_batch(batch_size, replicas)
         raise TextgenError(f"--batch-size {batch_size} is not divisible by the {replicas} replicas; "
                            f"use a multiple of {replicas}, e.g. --batch-size {suggestion}")
 

@@ -263,7 +263,7 @@ def generate_with(config: SampleConfig, checkpoint_dir: str | Path = "checkpoint
     run_dir = find_run(Path(checkpoint_dir), run)
     import_tensorflow_quietly()
     generator = Generator.load(run_dir)
-    if on_text is not None and len(config.temperature) * config.num_samples == 1:
+    if on_text is not None and config.sample_count == 1:
         pieces = generator.stream(config, warn)
         while True:
             try:

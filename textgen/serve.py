@@ -67,6 +67,11 @@ class Served:
     version: tuple  # checkpoint_version(path) when it was loaded
     reloading: bool = False  # a newer checkpoint is being loaded (requests meanwhile get this one)
 
+    @property
+    def current(self) -> bool:
+        """Whether the run's checkpoint on disk is still the one loaded."""
+        return self.version == checkpoint_version(self.path)
+
 
 def checkpoint_version(path: Path) -> tuple:
     """What changes when training saves a checkpoint to serve: its best metadata file (each save renames a new one
@@ -106,9 +111,9 @@ class Runs:
         from textgen.checkpoint import read_meta
 
         served = self._loaded.get(name)
-        current = served is not None and served.version == checkpoint_version(path)
         try:
-            meta = served.generator.meta if current else (read_meta(path, "best") or read_meta(path, "last"))
+            meta = (served.generator.meta if served is not None and served.current
+                    else read_meta(path, "best") or read_meta(path, "last"))
         except TextgenError as error:
             return dict(name=name, error=str(error))
         val = meta.state.val_loss
@@ -124,7 +129,7 @@ class Runs:
         name = name or self.default
         served = self._loaded.get(name)
         if served is not None:
-            return served if served.version == checkpoint_version(served.path) else self._reload(served)
+            return served if served.current else self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
         if path is None:
             check_run_name(name)  # a path-like name ("../x") is a bad request, not a missing run
@@ -210,9 +215,9 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
                           max_repeat=body.max_repeat, length=body.length,
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
-    if len(config.temperature) * config.num_samples > limits.max_samples:  # before the rules: this server's limit
+    if config.sample_count > limits.max_samples:  # before the rules: this server's limit
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
-                       f"{shown_number(len(config.temperature) * config.num_samples)}")
+                       f"{shown_number(config.sample_count)}")
     config.validate()
     if len(config.prime) > limits.max_prime_chars:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
@@ -278,7 +283,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.post("/v1/generate")
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
-        if body.stream and len(config.temperature) * config.num_samples != 1:
+        if body.stream and config.sample_count != 1:
             raise ApiError("stream gives one sample: one temperature and num_samples 1")
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         served, job = await run_in_threadpool(  # in a thread: the first use of a run (or a new checkpoint) loads it

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from textgen.config import ModelConfig, TrainConfig
+from textgen.distribute import divisible_batch
 
 # (layers, units, embedding width), smallest first
 LADDER: tuple[tuple[int, int, int], ...] = (
@@ -143,8 +144,7 @@ def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optio
     # Below MIN_BATCH when the (validation) part cannot hold one batch of MIN_BATCH windows: a batch it holds
     # beats an error asking the user for one.
     fits = (min(train_chars, val_chars if val_chars is not None else train_chars) - 1) // seq_length
-    batch = min(batch, fits) if fits >= 1 else batch
-    return max(replicas, batch // replicas * replicas)
+    return divisible_batch(min(batch, fits) if fits >= 1 else batch, replicas)
 
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:

@@ -412,12 +412,12 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
 def _log_resume(run: Run, meta: CheckpointMeta) -> None:
     state, config, saved = run.state, run.config, meta.training
     run.log(f"resuming {run.run_dir} {state.position()}")
-    if config.lr_schedule == "cosine" and (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes):
+    changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
+                        for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
+    if config.lr_schedule == "cosine" and changes:
         before, after = (learning_rate_for(c, 0, run_fraction(c, state.global_step, len(run.train_batches),
                                                                state.elapsed_seconds))
                          for c in (saved, config))
-        changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
-                            for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
         run.log(f"note: the run's length changed ({changes}), so the cosine schedule is re-stretched: the "
                 f"learning rate goes from {before:.3g} to {after:.3g}")
 

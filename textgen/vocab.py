@@ -16,7 +16,7 @@ def escaped(ch: str) -> str:
 
 def quoted(chars) -> str:
     """Characters for a message, each quoted as Python would, a combining mark escaped: 'x' '"' '\\u0301'."""
-    return " ".join(repr(ch) if escaped(ch) == ch else f"'{escaped(ch)}'" for ch in chars)
+    return " ".join(repr(ch) if not unicodedata.combining(ch) else f"'{escaped(ch)}'" for ch in chars)
 
 
 class Vocabulary:
