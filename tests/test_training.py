@@ -448,3 +448,35 @@ def test_a_callback_can_stop_the_run_at_once(tmp_path, periodic_corpus):
     assert summary["stopped"] == "enough" and summary["epoch"] == 0
     last = checkpoint.read_meta(tmp_path / "r", "last").state
     assert (last.epoch, last.step_in_epoch) == (0, 3) and last.val_loss == pytest.approx(summary["val_loss"])
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_read_again(trained_run, tmp_path, monkeypatch, caplog):
+    # A training that goes on saves between our reading best.json and opening the weights it names: that file is
+    # gone, a new best.json is in place. The new one is read: no error, no fallback to "last".
+    import shutil
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    read_meta, calls = checkpoint.read_meta, []
+
+    def read_during_a_save(directory, kind):
+        meta = read_meta(directory, kind)
+        calls.append(kind)
+        if len(calls) == 1:  # the save: a new metadata file renamed into place, the old weights removed
+            (run_dir / "best.tmp").write_bytes(checkpoint.meta_path(run_dir, "best").read_bytes())
+            os.replace(run_dir / "best.tmp", checkpoint.meta_path(run_dir, "best"))
+            meta = dataclasses.replace(meta, files=dict(meta.files, weights=dict(meta.files["weights"],
+                                                                                 name="removed.weights.h5")))
+        return meta
+
+    monkeypatch.setattr(checkpoint, "read_meta", read_during_a_save)
+    with caplog.at_level("WARNING", logger="textgen"):
+        model, meta = load_model(run_dir, kind="best")
+    assert calls == ["best", "best"] and "using the" not in caplog.text
+    assert meta.state.epoch == trained_run["epoch"]
+    # a file missing for good is still reported (after the fallback to "last" fails the same way)
+    monkeypatch.undo()
+    for kind in ("best", "last"):
+        (run_dir / read_meta(run_dir, kind).files["weights"]["name"]).unlink(missing_ok=True)
+    with pytest.raises(TextgenError, match="is missing"):
+        load_model(run_dir, kind="best")

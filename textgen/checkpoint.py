@@ -194,19 +194,29 @@ def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS) -> bool:
     return any(meta_path(run_dir, kind).exists() for kind in kinds)
 
 
-def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
-    """Build the checkpoint's architecture at batch_size and load its verified weights.
+LOAD_ATTEMPTS = 3  # reads of a checkpoint that a training replaces while it is read
 
-    Falls back from a damaged "best" to "last" with a warning. Returns (model, meta)."""
+
+def meta_stamp(run_dir: Path, kind: str) -> Optional[tuple]:
+    """What changes when a save renames a new metadata file of kind into place (None: there is none)."""
+    try:
+        stat = meta_path(run_dir, kind).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _load_kind(run_dir: Path, kind: str, batch_size: int):
+    """(model, meta) of the run's checkpoint of kind, or None when it has none. A training that saves meanwhile
+    removes the files the metadata read here names: then the new metadata is read (the run is fine)."""
     from textgen.model import build_model
 
-    order = [kind] + [other for other in KINDS if other != kind]
-    problems = []
-    for candidate in order:
+    for attempt in range(LOAD_ATTEMPTS):
+        stamp = meta_stamp(run_dir, kind)
         try:
-            meta = read_meta(run_dir, candidate)
+            meta = read_meta(run_dir, kind)
             if meta is None:
-                continue
+                return None
             weights = verified_file(run_dir, meta, "weights")
             model = build_model(meta.model, batch_size)
             try:
@@ -214,9 +224,27 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
             except Exception as error:  # h5py and Keras raise many types for a bad file
                 raise TextgenError(f"checkpoint file {weights} cannot be loaded ({type(error).__name__}); "
                                    "train again with --overwrite") from None
+            return model, meta
+        except TextgenError:
+            if attempt + 1 == LOAD_ATTEMPTS or meta_stamp(run_dir, kind) == stamp:
+                raise
+
+
+def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
+    """Build the checkpoint's architecture at batch_size and load its verified weights.
+
+    Falls back from a damaged "best" to "last" with a warning. Returns (model, meta)."""
+    order = [kind] + [other for other in KINDS if other != kind]
+    problems = []
+    for candidate in order:
+        try:
+            loaded = _load_kind(run_dir, candidate, batch_size)
         except TextgenError as problem:
             problems.append(str(problem))
             continue
+        if loaded is None:
+            continue
+        model, meta = loaded
         if problems:
             logger.warning(f"warning: {problems[0]}; using the {candidate} checkpoint instead")
         return model, meta

@@ -76,14 +76,11 @@ class Served:
 def checkpoint_version(path: Path) -> tuple:
     """What changes when training saves a checkpoint to serve: its best metadata file (each save renames a new one
     into place), or the last one's while the run has no best; () when neither is there."""
-    from textgen.checkpoint import meta_path
+    from textgen.checkpoint import meta_stamp
 
     for kind in ("best", "last"):
-        try:
-            stat = meta_path(path, kind).stat()
-        except OSError:
-            continue
-        return kind, stat.st_ino, stat.st_mtime_ns, stat.st_size
+        if (stamp := meta_stamp(path, kind)) is not None:
+            return kind, *stamp
     return ()
 
 
