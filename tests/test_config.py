@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from textgen import cli
-from textgen.config import ModelConfig, TrainConfig, command_line_options, rules
+from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options, rules
 from textgen.errors import OptionError
 
 
@@ -96,3 +96,19 @@ def test_cli_refuses_a_negative_seed_in_one_line(trained_run):
                                           "--seed", "-1"])
     assert result.exit_code == 1
     assert result.output.strip() == "error: --seed must be an integer in [0, inf), got -1"
+
+
+def test_numpy_numbers_become_python_numbers():
+    # The checks accept NumPy numbers; a checkpoint's JSON and Keras's layer arguments do not.
+    import json
+
+    import numpy as np
+
+    model = ModelConfig(vocab_size=np.int64(5), units=np.int32(16), dropout=np.float32(0.25))
+    training = TrainConfig(epochs=np.int64(2), learning_rate=np.float64(0.01))
+    sampling = SampleConfig(temperature=(np.float32(0.5), 1.0), num_samples=np.int64(2))
+    assert (type(model.units), type(model.dropout), type(training.epochs)) == (int, float, int)
+    assert [type(t) for t in sampling.temperature] == [float, float] and type(sampling.num_samples) is int
+    assert json.loads(json.dumps(model.to_dict()))["dropout"] == 0.25
+    assert json.loads(json.dumps(training.to_dict()))["epochs"] == 2
+    model.validate(), training.validate(), sampling.validate()

@@ -120,7 +120,25 @@ def command_line_options(config_class) -> dict[str, tuple[Rule, Any]]:
             if field.metadata["rule"].help}
 
 
+def _plain(value):
+    """A NumPy number (np.int64(2), np.float32(0.5)) as the Python number it is: the checks accept both, but a
+    checkpoint's JSON and Keras's layer arguments take only Python's."""
+    if isinstance(value, tuple):
+        return tuple(map(_plain, value))
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
 class _Config:
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, _plain(getattr(self, field.name)))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -246,6 +264,7 @@ class SampleConfig(_Config):
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.max_repeat is None:  # what the Python API and JSON requests pass for "no guard"
             object.__setattr__(self, "max_repeat", 0)
 
