@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -42,6 +43,29 @@ def test_cache_reused_then_rebuilt_when_the_file_changes(tmp_path):
     data = load_corpus(path, tmp_path / "run")
     assert data.vocab.chars == "xyz"
     assert data.vocab.decode(data.ids[:6]) == "xyzxyz"
+
+
+@pytest.mark.parametrize("damage", ["id past the vocabulary", "wrong dtype", "metadata a list",
+                                    "vocabulary null"])
+def test_a_damaged_cache_is_rebuilt_not_used(tmp_path, damage):
+    path = tmp_path / "c.txt"
+    path.write_text("abcd" * 100, encoding="utf-8")
+    load_corpus(path, tmp_path / "run")
+    ids_file, meta_file = tmp_path / "run" / "corpus.npy", tmp_path / "run" / "corpus.json"
+    meta = json.loads(meta_file.read_text())
+    if damage == "id past the vocabulary":
+        ids = np.load(ids_file)
+        ids[7] = 200
+        np.save(ids_file, ids)
+    elif damage == "wrong dtype":
+        np.save(ids_file, np.load(ids_file).astype(np.int64))
+    elif damage == "metadata a list":
+        meta_file.write_text(json.dumps([meta]))
+    else:
+        meta_file.write_text(json.dumps(dict(meta, vocab=None)))
+    data = load_corpus(path, tmp_path / "run")
+    assert data.vocab.decode(data.ids) == "abcd" * 100 and data.ids.dtype == np.uint8
+    assert json.loads(meta_file.read_text()) == meta  # and the cache itself is whole again
 
 
 @pytest.mark.parametrize("content, message", [

@@ -102,6 +102,25 @@ def poison_weights(run):
     run.session.model.trainable_variables[0].assign(np.full(run.session.model.trainable_variables[0].shape, np.nan))
 
 
+def test_resume_on_a_changed_text_with_the_same_characters_starts_the_best_checkpoint_over(tmp_path,
+                                                                                           periodic_corpus):
+    run(periodic_corpus, tmp_path, epochs=2)
+    first_best = json.loads((tmp_path / "r" / "best.json").read_text())
+    random_text = "".join(np.random.default_rng(0).choice(list(PERIOD), 21000))  # same characters, unpredictable
+    other = write_text(tmp_path / "other.txt", random_text)
+    lines = []
+    resumed = train(other, tmp_path, run="r", train_options=dict(epochs=3), resume=True, log=lines.append)
+    assert any("the corpus has changed since this run's checkpoint (21,000 characters in" in line
+               and "now 21,000 in" in line and "best checkpoint starts over" in line for line in lines)
+    best = json.loads((tmp_path / "r" / "best.json").read_text())
+    assert resumed["val_loss"] > 3 * first_best["best_val_loss"]  # the new text's validation is much harder...
+    assert best["epoch"] == 3 and best["best_val_loss"] == pytest.approx(resumed["val_loss"])  # ...yet it is the best
+    assert best["corpus"]["path"] == str(other.resolve())
+    lines.clear()
+    train(other, tmp_path, run="r", train_options=dict(epochs=4), resume=True, log=lines.append)
+    assert not any("corpus has changed" in line for line in lines)  # now the run's own corpus
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     before = files_snapshot(tmp_path / "r")
@@ -248,6 +267,25 @@ def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, perio
             run(periodic_corpus, tmp_path)
     run(periodic_corpus, tmp_path)  # the lock is released: training works
     assert not (tmp_path / "r" / ".lock").exists()
+
+
+def test_a_training_that_loses_the_race_for_a_new_run_leaves_the_winners_directory_alone(tmp_path, periodic_corpus,
+                                                                                           monkeypatch):
+    run_dir = tmp_path / "new" / "r"
+    winner = RunLock(run_dir)
+    take = RunLock.__enter__
+
+    def started_at_the_same_instant(lock):  # both found the run absent; the other one takes the lock first
+        if winner.handle is None:
+            take(winner)
+            (run_dir / "winners-file").write_text("training")
+        return take(lock)
+
+    monkeypatch.setattr(RunLock, "__enter__", started_at_the_same_instant)
+    with pytest.raises(TextgenError, match=r"another training \(pid \d+\) is using"):
+        run(periodic_corpus, tmp_path / "new")
+    assert (run_dir / "winners-file").read_text() == "training" and (run_dir / ".lock").exists()
+    winner.__exit__()
 
 
 def crash(run):

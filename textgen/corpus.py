@@ -141,6 +141,24 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     return written, dropped
 
 
+def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -> Optional[Corpus]:
+    """The cached corpus if the cache was built from this very file and is whole, else None (it is rebuilt).
+    A cache damaged by hand or by a disk must not reach the model: an id past the vocabulary fails deep
+    inside TensorFlow, so every id is checked, a pass over memory that costs less than the file's fingerprint."""
+    try:
+        meta = json.loads(cache_meta.read_text(encoding="utf-8"))
+        if not (isinstance(meta, dict) and meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == stamp):
+            return None
+        vocab = Vocabulary.from_json(meta["vocab"])
+        ids = np.load(cache_ids, mmap_mode="r")
+        whole = ids.ndim == 1 and len(ids) == meta["length"] and ids.dtype == vocab.id_dtype
+        if whole and len(ids) and int(ids.max()) < len(vocab):
+            return Corpus(path, ids, vocab, stamp)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None,
                 stamp: Optional[dict] = None) -> Corpus:
     """Return the corpus ids, memory-mapped from cache_dir/corpus.npy, rebuilding the cache when the file changed.
@@ -152,15 +170,8 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
     cache_ids = cache_dir / "corpus.npy"
     cache_meta = cache_dir / "corpus.json"
     stamp = stamp or fingerprint(path)
-    if cache_meta.exists() and cache_ids.exists():
-        try:
-            meta = json.loads(cache_meta.read_text(encoding="utf-8"))
-            if meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == stamp:
-                ids = np.load(cache_ids, mmap_mode="r")
-                if len(ids) == meta["length"]:
-                    return Corpus(path, ids, Vocabulary.from_json(meta["vocab"]), stamp)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache is rebuilt below
+    if (cached := _cached_corpus(path, cache_ids, cache_meta, stamp)) is not None:
+        return cached
     count, vocab = scan(path)
     cache_dir.mkdir(parents=True, exist_ok=True)
     done = 0

@@ -147,7 +147,7 @@ def run_fraction(config: TrainConfig, global_step: int, steps_per_epoch: int, el
     return min(1.0, fraction)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     exists = checkpoint.has_checkpoint(run_dir)
     if resume and overwrite:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
@@ -159,14 +159,29 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if exists and not (resume or overwrite):
         raise TextgenError(f"run {run_dir.name!r} already has checkpoints in {run_dir}: pass --resume to continue "
                            "it, --overwrite to replace it, or --run NAME to start another run")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
-                           "choose a writable --checkpoint-dir") from None
+
+
+@contextlib.contextmanager
+def _locked_run_dir(run_dir: Path):
+    """Hold the run's lock, creating the directory if need be; on a failure before the first save, remove
+    what this training created, so that no empty run is left for the listing to call unfinished or damaged.
+    Only the lock holder cleans up: two trainings started at once into a new run both find it absent."""
+    created = [path for path in (run_dir.parent, run_dir) if not path.exists()]
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(checkpoint.RunLock(run_dir))  # creating its file tests that the directory is writable
+        except OSError as error:
+            raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
+                               "choose a writable --checkpoint-dir") from None
+        try:
+            yield
+        except BaseException:
+            if run_dir in created and not checkpoint.has_checkpoint(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)  # the lock's file with it
+                if run_dir.parent in created:
+                    with contextlib.suppress(OSError):
+                        run_dir.parent.rmdir()  # only if empty
+            raise
 
 
 @dataclass
@@ -317,21 +332,11 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
         with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
             return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                  False, strategy, lambda message: None, callbacks)
-    created = [path for path in (run_dir.parent, run_dir) if not path.exists()]
-    _prepare_run_dir(run_dir, resume, overwrite)
-    try:
-        with checkpoint.RunLock(run_dir):
-            return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
-                                 strategy, log, callbacks)
-    except BaseException:
-        # A run that failed before its first save (a corpus in UTF-16, too short, ...) leaves no directory
-        # behind that the run listing would call unfinished or damaged.
-        if run_dir in created and not checkpoint.has_checkpoint(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if run_dir.parent in created:
-                with contextlib.suppress(OSError):
-                    run_dir.parent.rmdir()  # only if empty
-        raise
+    _check_run_dir(run_dir, resume, overwrite)  # a refusal creates nothing
+    with _locked_run_dir(run_dir):
+        _check_run_dir(run_dir, resume, overwrite)  # again: another training may have saved there meanwhile
+        return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
+                             strategy, log, callbacks)
 
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
@@ -367,6 +372,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if meta is not None:
         session.restore(run_dir, meta)
         _log_resume(run, meta)
+        _judge_best_on_changed_corpus(run, meta)
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
@@ -385,6 +391,19 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         + f"; checkpoints in {run_dir}")
     return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=stopped, history=state.history,
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
+
+
+def _judge_best_on_changed_corpus(run: Run, meta: CheckpointMeta) -> None:
+    """A run resumed on a corpus whose text changed (more lyrics appended, another novel with the same
+    characters) validates on another text, so its best loss so far is no yardstick: the best checkpoint
+    starts over at the next validation, and --patience counts from here."""
+    before, now = meta.corpus, run.corpus
+    if all(before.get(key) == now[key] for key in ("size", "blake2b")):
+        return  # the same text (perhaps touched or moved)
+    run.state.best_val_loss, run.state.best_epoch = None, run.state.epoch
+    run.log(f"the corpus has changed since this run's checkpoint ({before.get('length', 0):,} characters in "
+            f"{before.get('path')}, now {now['length']:,} in {now['path']}): validation measures the new text, so "
+            "the best checkpoint starts over and best.json is replaced at the next validation")
 
 
 def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[dict, dict, Optional[str]]:
