@@ -42,11 +42,21 @@ def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0):
 result["filtered"] = dict(unfiltered=generate_filtered(1.0, 7, 0, 1.0), hot=generate_filtered(5.0, 8, 0, 1.0),
                           top_k_1=generate_filtered(5.0, 8, 1, 1.0), top_p_small=generate_filtered(5.0, 8, 0, 0.01),
                           min_p_1=generate_filtered(5.0, 8, 0, 1.0, 1.0))
-try:
-    generate_filtered(1.0, 8, 0, 0.0)
-    result["filtered"]["bad_top_p"] = "accepted"
-except tf.errors.InvalidArgumentError as error:
-    result["filtered"]["bad_top_p"] = error.message
+
+
+def refusal(call) -> str:
+    try:
+        call()
+        return "accepted"
+    except tf.errors.InvalidArgumentError as error:
+        return error.message
+
+
+result["filtered"]["bad_top_p"] = refusal(lambda: generate_filtered(1.0, 8, 0, 0.0))
+result["nan_temperature"] = [refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(5),
+                                                      temperature=tf.constant(float("nan")),
+                                                      seed=tf.constant(1, tf.int64))),
+                             refusal(lambda: generate_filtered(float("inf"), 8, 0, 1.0))]
 
 interpreter = tf.lite.Interpreter(model_path=f"{out}/model.tflite")
 step = interpreter.get_signature_runner()

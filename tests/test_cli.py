@@ -144,7 +144,12 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--num-samples", "1000000000"],
      "--num-samples must be an integer in [1, 10000], got 1000000000", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--num-samples", "5001", "-t", "0.5,1"],
-     "at most 10000 samples at once, got 2 temperatures x --num-samples 5001; draw them in several runs", 1, None),
+     "at most 10,000 samples at once, got 2 temperatures x --num-samples 5001; draw them in several runs", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--length", "100000000000000000000"],
+     "--length must be an integer in [0, 1e+07], got 100000000000000000000", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--length", "10000000", "--num-samples", "6", "-t", "0.5,1"],
+     "at most 100,000,000 characters at once, got 12 samples x --length 10,000,000; draw them in several runs", 1,
+     None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "xyz"], "never saw: 'x' 'y' 'z'", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime-file", "{root}/missing.txt"], "prime file not found", 1,
      None),
@@ -237,6 +242,16 @@ def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert "damaged (textgen info --run broken says why)" in rows["broken"] and "good.txt" in rows["good"]
+
+
+def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path):
+    result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path)])
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr.strip() == f"no runs in {tmp_path} yet; train one with: textgen train CORPUS"
+    result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"error: no checkpoint directory {tmp_path / 'missing'}; train a run with: " \
+                                    "textgen train CORPUS (or give --checkpoint-dir)"
 
 
 def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):

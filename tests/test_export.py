@@ -62,6 +62,7 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert filtered["hot"] != greedy
     assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy
     assert "top_p must lie in (0, 1]" in filtered["bad_top_p"]
+    assert all("temperature must be a finite number" in refusal for refusal in exported["loaded"]["nan_temperature"])
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
 
@@ -83,6 +84,21 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
         export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
     assert files_snapshot(out) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_through_a_link_replaces_the_export_it_points_to_and_keeps_the_link(trained_run, tmp_path):
+    run_dir = trained_run["run_dir"]
+    export_module.export(run_dir, tmp_path / "exports" / "v1", ("keras",))
+    (tmp_path / "exports" / "v1" / "model.keras").write_bytes(b"stale")
+    latest = tmp_path / "latest"
+    latest.symlink_to(tmp_path / "exports" / "v1")
+    export_module.export(run_dir, latest, ("keras",), overwrite=True)
+    assert latest.is_symlink() and latest.resolve() == (tmp_path / "exports" / "v1").resolve()
+    assert (latest / "model.keras").read_bytes()[:2] == b"PK"  # a fresh Keras archive (zip) replaced the stale one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "latest"]
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["v1"]
+    export_module.export(run_dir, tmp_path / "exports" / "v1" / "new" / "..", ("keras",), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "exports" / "v1").iterdir()) == ["model.keras", "vocab.json"]
 
 
 def test_missing_run_is_one_line(tmp_path):

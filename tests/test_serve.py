@@ -393,6 +393,35 @@ def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line
         assert call(base, "/v1/generate", dict(length=5, temperature=0))[0] == 200
 
 
+def test_past_max_loaded_runs_the_least_recently_used_run_is_unloaded_and_loads_again_when_asked(trained_run,
+                                                                                               tmp_path, caplog):
+    import logging
+    import shutil
+
+    from textgen.serve import Limits, create_app
+
+    for name in ("main", "b", "c"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    app = create_app(tmp_path, "main", Limits(max_loaded_runs=2))
+    runs = app.state.runs
+    request = dict(prime="ab", length=30, temperature=1.0, seed=5)
+    with serving(app) as base, caplog.at_level(logging.INFO, logger="textgen"):
+        texts = {name: json.loads(call(base, "/v1/generate", dict(request, run=name))[1])["samples"][0]["text"]
+                 for name in ("b", "main")}
+        assert sorted(runs._loaded) == ["b", "main"]
+        first_b = runs._loaded["b"]
+        assert call(base, "/v1/generate", dict(request, run="c"))[0] == 200
+        assert sorted(runs._loaded) == ["c", "main"]  # b was used less recently than the default, never unloaded
+        first_b.batcher.thread.join(timeout=30)
+        assert first_b.batcher.closed and not first_b.batcher.thread.is_alive()  # its engine was given back
+        assert "run 'b' unloaded: 2 runs are in memory and it was used least recently" in caplog.text
+        again = json.loads(call(base, "/v1/generate", dict(request, run="b"))[1])["samples"][0]["text"]
+        assert again == texts["b"] == texts["main"] and sorted(runs._loaded) == ["b", "main"]
+        assert call(base, "/v1/score", dict(run="c", text="abcdefg"))[0] == 200
+        assert sorted(runs._loaded) == ["c", "main"]
+        assert len(json.loads(call(base, "/v1/models")[1])["models"]) == 3  # every run is still listed
+
+
 def test_a_taken_port_is_one_line(trained_run):
     import subprocess
     import sys

@@ -11,6 +11,7 @@ Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionEr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -20,6 +21,13 @@ from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
 
+
+
+def _check_paths(**arguments) -> None:
+    """Arguments that name files: a wrong type (None, a number) is refused by name, not by a TypeError deep down."""
+    for name, value in arguments.items():
+        if not isinstance(value, (str, os.PathLike)):
+            raise OptionError(f"{name} must be a path (str or pathlib.Path), got {value!r}")
 
 
 def _run_dir(path: str | Path, checkpoint_dir: str | Path) -> Path:
@@ -152,6 +160,7 @@ def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint
         >>> model.info["val_bpc"]  # doctest: +SKIP
         1.86
     """
+    _check_paths(run=run, checkpoint_dir=checkpoint_dir)
     if checkpoint not in ("best", "last"):
         raise OptionError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
@@ -178,6 +187,7 @@ def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | P
         >>> model = textgen.train("data/pydoc_topics.txt", run="small", units=128, epochs=1)  # doctest: +SKIP
         >>> model.generate("def ", length=80)  # doctest: +SKIP
     """
+    _check_paths(corpus=corpus, checkpoint_dir=checkpoint_dir, **({} if run is None else dict(run=run)))
     import_tensorflow_quietly()
     from textgen.training import train as run_training
 

@@ -224,11 +224,15 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
               help="Most characters one request may generate.")
 @click.option("--max-samples", type=click.IntRange(1), default=Limits.max_samples, show_default=True,
               help="Most samples one request may ask for.")
-def serve(checkpoint_dir, run, host, port, max_length, max_samples):
+@click.option("--max-loaded-runs", type=click.IntRange(2), default=Limits.max_loaded_runs, show_default=True,
+              help="Runs kept in memory at once; a request for another unloads the one used least recently "
+                   "(never the default run).")
+def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs):
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
-    run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples))
+    run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
+                                                       max_loaded_runs=max_loaded_runs))
 
 
 @cli.command()
@@ -249,10 +253,14 @@ def runs(checkpoint_dir):
     from textgen.report import runs_table
     from textgen.runs import list_runs
 
+    if not checkpoint_dir.is_dir():
+        raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: textgen train CORPUS"
+                                   " (or give --checkpoint-dir)")
     found = list_runs(checkpoint_dir)
-    if not found:
-        raise click.ClickException(f"no runs in {checkpoint_dir}; train one with: textgen train CORPUS")
-    click.echo(runs_table(found))
+    if found:
+        click.echo(runs_table(found))
+    else:  # an empty listing is an answer, as with ls
+        click.echo(f"no runs in {checkpoint_dir} yet; train one with: textgen train CORPUS", err=True)
 
 
 @cli.command()

@@ -239,6 +239,10 @@ DEFAULT_MAX_REPEAT = 20
 # The samples of one call are drawn at once, as streams of one engine, and kept as text until the end: a billion
 # (a typo) would exhaust memory instead of answering.
 MAX_SAMPLES = 10_000
+# Likewise the characters of one sample (10 million take about half an hour on one laptop core) and of all of
+# them together (a few hundred MB of text).
+MAX_LENGTH = 10_000_000
+MAX_TOTAL_CHARS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -255,7 +259,7 @@ class SampleConfig(_Config):
     max_repeat: Optional[int] = option(DEFAULT_MAX_REPEAT, "Never produce one character more than N times in a "
                                        "row: a guard against loops such as endless spaces (0 = off).", low=0,
                                        high=10**9, integer=True)
-    length: int = option(500, "Characters to generate.", low=0, integer=True, short="-n")
+    length: int = option(500, "Characters to generate.", low=0, high=MAX_LENGTH, integer=True, short="-n")
     prime: str = option("", "Text to start from; it is printed before the generated text.")
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, high=MAX_SAMPLES,
                               integer=True)
@@ -276,19 +280,23 @@ class SampleConfig(_Config):
     def validate(self) -> None:
         super().validate()
         if self.sample_count > MAX_SAMPLES:
-            raise OptionError(f"at most {MAX_SAMPLES} samples at once, got {len(self.temperature)} temperatures x "
+            raise OptionError(f"at most {MAX_SAMPLES:,} samples at once, got {len(self.temperature)} temperatures x "
                               f"--num-samples {self.num_samples}; draw them in several runs")
+        if self.sample_count * self.length > MAX_TOTAL_CHARS:
+            raise OptionError(f"at most {MAX_TOTAL_CHARS:,} characters at once, got {self.sample_count:,} samples x "
+                              f"--length {self.length:,}; draw them in several runs")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request to `textgen serve` may ask for."""
+    """What one request to `textgen serve` may ask for, and how many runs it keeps in memory."""
 
     max_length: int = 2000  # characters one request may generate
     max_samples: int = 8  # samples one request may ask for (temperatures x num_samples)
     max_body_bytes: int = 65536  # request body size
     max_score_chars: int = 20000  # characters /v1/score accepts
     max_prime_chars: int = 4000  # characters of a prime (priming a joiner holds up every stream of the batch)
+    max_loaded_runs: int = 4  # runs in memory at once (each holds its weights and compiled engines)
 
 
 def split_training_options(options: dict) -> tuple[dict, dict]:

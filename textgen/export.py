@@ -111,6 +111,7 @@ def _serving_module(meta, trained, vocab_file: Path):
 
         def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None):
             """prime followed by length sampled characters (characters the model never saw are dropped)."""
+            tf.debugging.Assert(tf.math.is_finite(temperature), ["temperature must be a finite number"])
             ids = self.char_to_id.lookup(tf.cast(tf.strings.unicode_decode(prime, "UTF-8"), tf.int64))
             ids = tf.cast(tf.boolean_mask(ids, ids >= 0), tf.int32)
             known = tf.strings.unicode_encode(tf.cast(self.id_to_char.lookup(tf.cast(ids, tf.int64)), tf.int32),
@@ -212,12 +213,15 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
     trained, meta = load_model(Path(run_dir), batch_size=1)
+    # The directory the export goes to: through a link named as --output (the link stays and shows the new
+    # export), and without the '..' of a path such as new/.. (whose 'new' would be created for nothing).
+    target = output.resolve()
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in the way (corpus.txt/x), or a directory we may not write in
-        raise TextgenError(f"cannot create the directory {output.parent} for --output "
+        raise TextgenError(f"cannot create the directory {target.parent} for --output "
                            f"({error.strerror or error}); choose another --output") from None
-    building = output.resolve().with_name(f".tmp-{output.resolve().name}-{os.getpid()}")
+    building = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     serving = functools.cache(lambda: _serving_module(meta, trained, _vocab_asset(meta, building)))
     try:
@@ -237,7 +241,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             chars=list(meta.vocab.chars), run=Path(run_dir).name, epoch=meta.state.epoch,
             val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
             ensure_ascii=False, indent=1), encoding="utf-8")
-        _replace_directory(building, output)
+        _replace_directory(building, target)
     except OSError as error:
         raise TextgenError(f"could not write the export to {output} ({error.strerror or error}); "
                            "nothing was replaced") from None

@@ -22,6 +22,7 @@ import errno
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,13 +89,15 @@ class Runs:
     """The runs under a checkpoint directory (or the one run it is), each loaded once: the default run at
     start-up, so that a damaged one is refused at once, the others on first use."""
 
-    def __init__(self, checkpoint_dir: Path, default: Optional[str], buckets: tuple):
+    def __init__(self, checkpoint_dir: Path, default: Optional[str], buckets: tuple, max_loaded: int = 4):
         from textgen.runs import find_run
 
         self.buckets = buckets  # engine sizes of each run's batcher
+        self.max_loaded = max_loaded  # runs kept in memory; past it, the least recently used (not the default) goes
         # Resolved, so that a checkpoint directory that is itself a run (".") is named after its folder.
         self.checkpoint_dir = Path(checkpoint_dir).resolve()
         self._loaded: dict[str, Served] = {}
+        self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
         self._guard = threading.Lock()
         self.default = find_run(self.checkpoint_dir, default).name
         self.get(self.default)
@@ -126,18 +129,34 @@ class Runs:
         name = name or self.default
         served = self._loaded.get(name)
         if served is not None:
+            self._last_used[name] = time.monotonic()
             return served if served.current else self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
         if path is None:
             check_run_name(name)  # a path-like name ("../x") is a bad request, not a missing run
             raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
         with self._guard:
+            self._last_used[name] = time.monotonic()
             if name not in self._loaded:
                 try:
-                    self._loaded[name] = self._load(name, path)
+                    self._keep(self._load(name, path))
                 except TextgenError as error:  # a damaged run on the server: not the request's fault
                     raise ApiError(f"run {name!r} cannot be loaded: {error}", status=500) from None
             return self._loaded[name]
+
+    def _keep(self, served: Served) -> None:
+        """Hold served as its run's model (call with the guard held), unloading the run used least recently
+        when more than max_loaded would be in memory: its batcher finishes its requests, then frees its engine.
+        A request that then names it loads it again."""
+        self._loaded[served.name] = served
+        while len(self._loaded) > self.max_loaded:
+            others = [name for name in self._loaded if name not in (self.default, served.name)]
+            if not others:
+                return
+            oldest = min(others, key=lambda name: self._last_used.get(name, 0.0))
+            self._loaded.pop(oldest).batcher.retire()
+            logger.info(f"run {oldest!r} unloaded: {self.max_loaded} runs are in memory and it was used least "
+                        "recently (--max-loaded-runs)")
 
     def _load(self, name: str, path: Path) -> Served:
         from textgen.batcher import Batcher
@@ -151,8 +170,8 @@ class Runs:
         """The run with its newer checkpoint; its old batcher finishes what it runs, then stops. While one request
         loads it, the others get the model loaded before; so do all when the new checkpoint cannot be loaded."""
         with self._guard:
-            if served.reloading or self._loaded[served.name] is not served:
-                return self._loaded[served.name]
+            if served.reloading or self._loaded.get(served.name) is not served:
+                return self._loaded.get(served.name, served)  # an unloaded run's batcher sends its request back here
             served.reloading = True
         try:
             fresh = self._load(served.name, served.path)
@@ -164,7 +183,7 @@ class Runs:
         finally:
             served.reloading = False
         with self._guard:
-            self._loaded[served.name] = fresh
+            self._keep(fresh)
         served.batcher.retire()
         state = fresh.generator.meta.state
         logger.info(f"run {served.name!r}: serving its new checkpoint (epoch {state.epoch}"
@@ -212,16 +231,17 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
                           max_repeat=body.max_repeat, length=body.length,
                           prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
-    if config.sample_count > limits.max_samples:  # before the rules: this server's limit
+    # This server's limits come before the general rules, which allow far more.
+    if config.sample_count > limits.max_samples:
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
                        f"{shown_number(config.sample_count)}")
+    if config.length > limits.max_length:
+        raise ApiError(f"length must be at most {limits.max_length} on this server, got "
+                       f"{shown_number(config.length)}")
     config.validate()
     if len(config.prime) > limits.max_prime_chars:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
                          f"{len(config.prime)}")
-    if config.length > limits.max_length:
-        raise ApiError(f"length must be at most {limits.max_length} on this server, got "
-                       f"{shown_number(config.length)}")
     return config
 
 
@@ -230,7 +250,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     from textgen.generate import ENGINE_SIZES
 
-    runs = Runs(checkpoint_dir, run, tuple(sorted(set(ENGINE_SIZES) | {max(ENGINE_SIZES[-1], limits.max_samples)})))
+    runs = Runs(checkpoint_dir, run, tuple(sorted(set(ENGINE_SIZES) | {max(ENGINE_SIZES[-1], limits.max_samples)})),
+                limits.max_loaded_runs)
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
 
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
