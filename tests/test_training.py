@@ -110,15 +110,20 @@ def test_resume_on_a_changed_text_with_the_same_characters_starts_the_best_check
     other = write_text(tmp_path / "other.txt", random_text)
     lines = []
     resumed = train(other, tmp_path, run="r", train_options=dict(epochs=3), resume=True, log=lines.append)
-    assert any("the corpus has changed since this run's checkpoint (21,000 characters in" in line
-               and "now 21,000 in" in line and "best checkpoint starts over" in line for line in lines)
+    assert f"the corpus is not the one of this run's checkpoint (21,000 characters, now 21,000; it was " \
+           f"{periodic_corpus.resolve()}): validation measures the new text, so the best checkpoint starts over and " \
+           "best.json is replaced at the next validation" in lines
     best = json.loads((tmp_path / "r" / "best.json").read_text())
     assert resumed["val_loss"] > 3 * first_best["best_val_loss"]  # the new text's validation is much harder...
     assert best["epoch"] == 3 and best["best_val_loss"] == pytest.approx(resumed["val_loss"])  # ...yet it is the best
     assert best["corpus"]["path"] == str(other.resolve())
     lines.clear()
     train(other, tmp_path, run="r", train_options=dict(epochs=4), resume=True, log=lines.append)
-    assert not any("corpus has changed" in line for line in lines)  # now the run's own corpus
+    assert not any("best checkpoint starts over" in line for line in lines)  # now the run's own corpus
+    write_text(other, random_text[:-1000] + "abcdefg" * 1000)  # the same file, edited
+    train(other, tmp_path, run="r", train_options=dict(epochs=5), resume=True, log=lines.append)
+    assert any(line.startswith(f"the corpus {other.resolve()} has changed since this run's checkpoint (21,000 "
+                               "characters, now 27,000): validation") for line in lines)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_corpus):

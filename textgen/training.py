@@ -401,9 +401,12 @@ def _judge_best_on_changed_corpus(run: Run, meta: CheckpointMeta) -> None:
     if all(before.get(key) == now[key] for key in ("size", "blake2b")):
         return  # the same text (perhaps touched or moved)
     run.state.best_val_loss, run.state.best_epoch = None, run.state.epoch
-    run.log(f"the corpus has changed since this run's checkpoint ({before.get('length', 0):,} characters in "
-            f"{before.get('path')}, now {now['length']:,} in {now['path']}): validation measures the new text, so "
-            "the best checkpoint starts over and best.json is replaced at the next validation")
+    counts = f"{before.get('length', 0):,} characters, now {now['length']:,}"
+    what = (f"the corpus {now['path']} has changed since this run's checkpoint ({counts})"
+            if before.get("path") == now["path"] else
+            f"the corpus is not the one of this run's checkpoint ({counts}; it was {before.get('path')})")
+    run.log(f"{what}: validation measures the new text, so the best checkpoint starts over and best.json is "
+            "replaced at the next validation")
 
 
 def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[dict, dict, Optional[str]]:
