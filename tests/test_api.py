@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,9 +93,12 @@ def test_bad_input_raises_one_error_type_with_the_cli_message(model, call, messa
 def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus):
     with pytest.raises(textgen.OptionError, match="unknown training option.*sequence_length"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, sequence_length=5)
-    for wrong, message in ((dict(run=5), "run must be a path"), (dict(checkpoint_dir=None), "checkpoint_dir must be")):
+    for wrong, message in ((dict(run=5), "run must be a run name"),
+                           (dict(checkpoint_dir=None), "checkpoint_dir must be")):
         with pytest.raises(textgen.OptionError, match=rf"^{message}.*, got (5|None)$"):
             textgen.train(periodic_corpus, **dict(dict(run="r", checkpoint_dir=tmp_path), **wrong))
+    with pytest.raises(textgen.OptionError, match=r"^run must be a run name \(str\), got PosixPath\('r'\)$"):
+        textgen.train(periodic_corpus, run=Path("r"), checkpoint_dir=tmp_path)
     with pytest.raises(textgen.OptionError, match=r"^corpus must be a path \(str or pathlib.Path\), got None$"):
         textgen.train(None, run="r", checkpoint_dir=tmp_path)
     for wrong in (dict(run=None), dict(run=5), dict(run="r", checkpoint_dir=None)):

@@ -252,6 +252,10 @@ def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_erro
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip() == f"error: no checkpoint directory {tmp_path / 'missing'}; train a run with: " \
                                     "textgen train CORPUS (or give --checkpoint-dir)"
+    (tmp_path / "a.txt").write_text("text")
+    result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "a.txt")])
+    assert result.exit_code == 1 and result.stderr.strip() == \
+        f"error: {tmp_path / 'a.txt'} is a file; give the directory of the runs as --checkpoint-dir"
 
 
 def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):

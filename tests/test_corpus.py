@@ -46,7 +46,7 @@ def test_cache_reused_then_rebuilt_when_the_file_changes(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["id past the vocabulary", "wrong dtype", "metadata a list",
-                                    "vocabulary null"])
+                                    "vocabulary null", "code point -1"])
 def test_a_damaged_cache_is_rebuilt_not_used(tmp_path, damage):
     path = tmp_path / "c.txt"
     path.write_text("abcd" * 100, encoding="utf-8")
@@ -61,8 +61,10 @@ def test_a_damaged_cache_is_rebuilt_not_used(tmp_path, damage):
         np.save(ids_file, np.load(ids_file).astype(np.int64))
     elif damage == "metadata a list":
         meta_file.write_text(json.dumps([meta]))
-    else:
+    elif damage == "vocabulary null":
         meta_file.write_text(json.dumps(dict(meta, vocab=None)))
+    else:
+        meta_file.write_text(json.dumps(dict(meta, vocab=[-1, *meta["vocab"][1:]])))
     data = load_corpus(path, tmp_path / "run")
     assert data.vocab.decode(data.ids) == "abcd" * 100 and data.ids.dtype == np.uint8
     assert json.loads(meta_file.read_text()) == meta  # and the cache itself is whole again

@@ -99,6 +99,13 @@ def test_overwrite_through_a_link_replaces_the_export_it_points_to_and_keeps_the
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["v1"]
     export_module.export(run_dir, tmp_path / "exports" / "v1" / "new" / "..", ("keras",), overwrite=True)
     assert sorted(p.name for p in (tmp_path / "exports" / "v1").iterdir()) == ["model.keras", "vocab.json"]
+    mine = tmp_path / "mine"
+    (mine / "notes.txt").parent.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    for overwrite, message in ((False, "already exists; pass --overwrite"), (True, "is not an earlier export")):
+        with pytest.raises(TextgenError, match=message):  # mine/missing/.. is mine, whatever the system says
+            export_module.export(run_dir, mine / "missing" / "..", ("keras",), overwrite=overwrite)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_missing_run_is_one_line(tmp_path):

@@ -422,6 +422,44 @@ def test_past_max_loaded_runs_the_least_recently_used_run_is_unloaded_and_loads_
         assert len(json.loads(call(base, "/v1/models")[1])["models"]) == 3  # every run is still listed
 
 
+def test_a_reload_that_ends_after_its_run_was_unloaded_and_loaded_again_keeps_one_copy(trained_run, tmp_path):
+    import shutil
+
+    from textgen.generate import ENGINE_SIZES
+    from textgen.serve import Runs
+
+    for name in ("main", "b", "c"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    runs = Runs(tmp_path, "main", tuple(ENGINE_SIZES), max_loaded=2)
+    stale = runs.get("b")
+    stale.version = ("an older checkpoint",)
+    load, entered, proceed, copies = runs._load, threading.Event(), threading.Event(), [stale]
+
+    def slow_first_load(name, path):
+        if not entered.is_set():
+            entered.set()
+            proceed.wait(60)
+        copies.append(load(name, path))
+        return copies[-1]
+
+    runs._load = slow_first_load
+    reloading = threading.Thread(target=runs.get, args=("b",))
+    reloading.start()
+    assert entered.wait(60)
+    runs.get("c")  # unloads b while it reloads
+    again = runs.get("b")  # and b is loaded again
+    proceed.set()
+    reloading.join(60)
+    assert runs._loaded["b"] is again and sorted(runs._loaded) == ["b", "main"]
+    copies = [served for served in copies if served.name == "b"]
+    assert len(copies) == 3  # the stale one, the reload's and the one loaded again
+    for spare in copies:
+        if spare is not again:  # their batchers stop and give their engines back
+            spare.batcher.thread.join(30)
+            assert spare.batcher.closed and not spare.batcher.thread.is_alive()
+    assert again.batcher.thread.is_alive() and not again.batcher.retired
+
+
 def test_a_taken_port_is_one_line(trained_run):
     import subprocess
     import sys

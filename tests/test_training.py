@@ -11,6 +11,7 @@ from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, files_snapshot, write_te
 from textgen import checkpoint, training
 from textgen import session as session_module
 from textgen.callbacks import Callback
+from textgen.batching import StreamBatches, split_validation
 from textgen.checkpoint import RunLock, load_model
 from textgen.errors import TextgenError
 from textgen.model import reset_states
@@ -124,6 +125,20 @@ def test_resume_on_a_changed_text_with_the_same_characters_starts_the_best_check
     train(other, tmp_path, run="r", train_options=dict(epochs=5), resume=True, log=lines.append)
     assert any(line.startswith(f"the corpus {other.resolve()} has changed since this run's checkpoint (21,000 "
                                "characters, now 27,000): validation") for line in lines)
+
+
+def test_a_run_stopped_mid_epoch_and_resumed_on_a_changed_text_starts_that_epoch_again(tmp_path, periodic_corpus):
+    with pytest.raises(Interrupted):
+        run(periodic_corpus, tmp_path, callbacks=[interrupt_at_step(100)])
+    shorter = write_text(tmp_path / "shorter.txt", "gfedcba" * 1000)
+    steps = len(StreamBatches(split_validation(np.zeros(7000), 0.1)[0], 8, 20))
+    assert steps < 100  # step 100 is past the end of an epoch of the new text
+    lines = []
+    resumed = train(shorter, tmp_path, run="r", train_options=dict(epochs=1), resume=True, log=lines.append)
+    assert any(line.endswith("; epoch 1 starts again on it") for line in lines)
+    [row] = resumed["history"]
+    assert row["step"] == 100 + steps and row["chars_seen"] == (100 + steps) * 8 * 20
+    assert row["train_loss"] == pytest.approx(json.loads((tmp_path / "r" / "last.json").read_text())["train_loss"])
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_corpus):
@@ -291,6 +306,40 @@ def test_a_training_that_loses_the_race_for_a_new_run_leaves_the_winners_directo
         run(periodic_corpus, tmp_path / "new")
     assert (run_dir / "winners-file").read_text() == "training" and (run_dir / ".lock").exists()
     winner.__exit__()
+
+
+def test_a_lock_whose_directory_was_removed_leaves_the_next_holders_lock_alone(tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "r"
+    first = RunLock(run_dir).__enter__()
+    shutil.rmtree(run_dir)  # as a failed first training cleans up, still holding its lock
+    with RunLock(run_dir):  # the next training takes the lock in the directory made again
+        first.__exit__()
+        assert (run_dir / ".lock").read_text() == str(os.getpid())  # its lock file is still there
+        with pytest.raises(TextgenError, match="another training"):
+            RunLock(run_dir).__enter__()  # so a third one is still refused
+
+
+def test_a_read_only_run_directory_with_a_stale_lock_file_is_refused_before_training(tmp_path, periodic_corpus,
+                                                                                     monkeypatch):
+    from pathlib import Path
+
+    run(periodic_corpus, tmp_path)
+    before = files_snapshot(tmp_path / "r")
+    (tmp_path / "r" / ".lock").write_text("12345")  # left by a killed run; the file itself stays writable
+    write_bytes = Path.write_bytes
+
+    def read_only_folder(path, data):  # root ignores permissions, so the folder's refusal is simulated
+        if path.parent == tmp_path / "r":
+            raise PermissionError(13, "Permission denied")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only_folder)
+    with pytest.raises(TextgenError, match=r"^cannot write to the checkpoint directory .*/r \(Permission denied\); "
+                                           r"choose a writable --checkpoint-dir$"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True)
+    assert files_snapshot(tmp_path / "r") == before
 
 
 def crash(run):

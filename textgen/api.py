@@ -187,7 +187,9 @@ def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | P
         >>> model = textgen.train("data/pydoc_topics.txt", run="small", units=128, epochs=1)  # doctest: +SKIP
         >>> model.generate("def ", length=80)  # doctest: +SKIP
     """
-    _check_paths(corpus=corpus, checkpoint_dir=checkpoint_dir, **({} if run is None else dict(run=run)))
+    _check_paths(corpus=corpus, checkpoint_dir=checkpoint_dir)
+    if run is not None and not isinstance(run, str):
+        raise OptionError(f"run must be a run name (str), got {run!r}")
     import_tensorflow_quietly()
     from textgen.training import train as run_training
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import errno
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -288,7 +289,9 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        if _same_file(self.handle, self.path):  # not another holder's file, if ours went with its directory
+            with contextlib.suppress(OSError):
+                self.path.unlink()
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
 
@@ -296,7 +299,7 @@ class RunLock:
 def _same_file(handle, path: Path) -> bool:
     try:
         named = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return False
     held = os.fstat(handle.fileno())
     return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)

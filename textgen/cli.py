@@ -253,6 +253,8 @@ def runs(checkpoint_dir):
     from textgen.report import runs_table
     from textgen.runs import list_runs
 
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise click.ClickException(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
     if not checkpoint_dir.is_dir():
         raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: textgen train CORPUS"
                                    " (or give --checkpoint-dir)")

@@ -154,7 +154,7 @@ def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -
         whole = ids.ndim == 1 and len(ids) == meta["length"] and ids.dtype == vocab.id_dtype
         if whole and len(ids) and int(ids.max()) < len(vocab):
             return Corpus(path, ids, vocab, stamp)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         pass
     return None
 

@@ -196,7 +196,9 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     """Write the run's best checkpoint in each of formats under output; return the paths written."""
     from textgen.checkpoint import load_model
 
-    output = Path(output)
+    # As the user means it: x/missing/.. is x, which every check below must see (the system's own lookup of
+    # x/missing/.. fails, so x would pass as absent and then be replaced).
+    output = Path(os.path.normpath(output))
     unknown = [name for name in formats if name not in FORMATS]
     if unknown or not formats:
         raise TextgenError(f"--format must be among {', '.join(FORMATS)} or all, got {', '.join(unknown) or 'none'}")
@@ -213,9 +215,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
     trained, meta = load_model(Path(run_dir), batch_size=1)
-    # The directory the export goes to: through a link named as --output (the link stays and shows the new
-    # export), and without the '..' of a path such as new/.. (whose 'new' would be created for nothing).
-    target = output.resolve()
+    target = output.resolve()  # through a link named as --output: the link stays and shows the new export
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in the way (corpus.txt/x), or a directory we may not write in

@@ -168,8 +168,11 @@ def _locked_run_dir(run_dir: Path):
     Only the lock holder cleans up: two trainings started at once into a new run both find it absent."""
     created = [path for path in (run_dir.parent, run_dir) if not path.exists()]
     with contextlib.ExitStack() as held:
+        probe = run_dir / ".write-test"  # the lock's file may be left from a killed run, writable in a read-only folder
         try:
-            held.enter_context(checkpoint.RunLock(run_dir))  # creating its file tests that the directory is writable
+            held.enter_context(checkpoint.RunLock(run_dir))
+            probe.write_bytes(b"")  # only the lock holder gets here, so no other training shares the probe
+            probe.unlink()
         except OSError as error:
             raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
                                "choose a writable --checkpoint-dir") from None
@@ -400,13 +403,18 @@ def _judge_best_on_changed_corpus(run: Run, meta: CheckpointMeta) -> None:
     before, now = meta.corpus, run.corpus
     if all(before.get(key) == now[key] for key in ("size", "blake2b")):
         return  # the same text (perhaps touched or moved)
-    run.state.best_val_loss, run.state.best_epoch = None, run.state.epoch
+    state = run.state
+    state.best_val_loss, state.best_epoch = None, state.epoch
+    restarted = ""
+    if state.step_in_epoch:  # its steps were counted on the other text (fit resets the LSTM state at step 0)
+        state.step_in_epoch, state.epoch_loss_sum = 0, 0.0
+        restarted = f"; epoch {state.epoch + 1} starts again on it"
     counts = f"{before.get('length', 0):,} characters, now {now['length']:,}"
     what = (f"the corpus {now['path']} has changed since this run's checkpoint ({counts})"
             if before.get("path") == now["path"] else
             f"the corpus is not the one of this run's checkpoint ({counts}; it was {before.get('path')})")
     run.log(f"{what}: validation measures the new text, so the best checkpoint starts over and best.json is "
-            "replaced at the next validation")
+            f"replaced at the next validation{restarted}")
 
 
 def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[dict, dict, Optional[str]]:
