@@ -244,6 +244,14 @@ def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
     assert "damaged (textgen info --run broken says why)" in rows["broken"] and "good.txt" in rows["good"]
 
 
+def test_eval_names_what_it_did_not_score(workspace):
+    one, four = (invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size", batch)
+                 for batch in (1, 4))
+    assert one.exit_code == four.exit_code == 0
+    assert one.stdout.rstrip().endswith("0 outside the vocabulary excluded, 1 unscored: the first)")
+    assert four.stdout.rstrip().endswith("unscored: the first and the end that does not fill all 4 streams)")
+
+
 def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path):
     result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path)])
     assert (result.exit_code, result.stdout) == (0, "")

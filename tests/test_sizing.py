@@ -91,6 +91,11 @@ def test_a_validation_slice_too_short_for_the_smallest_batch_gets_a_batch_it_hol
 
 def test_explicit_options_win():
     assert sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {}) is None
+    # a shape of the user's own on a tiny corpus: only the batch is chosen
+    tiny = sizing.choose(6_000, 65, TrainConfig(), {"units": 64}, {"epochs": 3})
+    assert (tiny.model_options, tiny.train_options) == ({"units": 64}, {"epochs": 3, "batch_size": 8})
+    assert tiny.reason.startswith("sizing (--size auto): batch 8 for 6,000 training characters (the model's shape")
+    assert sizing.choose(6_000, 65, TrainConfig(batch_size=4), {"units": 64}, {"batch_size": 4}) is None
     result = sizing.choose(418_616, 103, TrainConfig(epochs=6, batch_size=48), {"dropout": 0.5},
                            {"batch_size": 48, "weight_decay": 0.1})
     assert result.model_options["dropout"] == 0.5 and result.train_options == {"batch_size": 48, "weight_decay": 0.1}

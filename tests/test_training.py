@@ -64,6 +64,16 @@ def test_resume_continues_exactly(tmp_path, periodic_corpus):
         np.testing.assert_allclose(wa, wb, atol=1e-5)
 
 
+def test_resuming_a_finished_run_asks_for_more_epochs(tmp_path, periodic_corpus):
+    run(periodic_corpus, tmp_path, epochs=1)
+    before = files_snapshot(tmp_path / "r")
+    with pytest.raises(TextgenError, match=r"^cannot resume: the run has done its 1 epoch; pass a larger "
+                                           r"--epochs \(the total, such as --epochs 2\) to train on$"):
+        train(periodic_corpus, tmp_path, run="r", resume=True, **QUIET)
+    assert files_snapshot(tmp_path / "r") == before
+    assert run(periodic_corpus, tmp_path, epochs=2, resume=True)["epoch"] == 2
+
+
 def test_existing_run_is_never_silently_overwritten(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     before = files_snapshot(tmp_path)
@@ -439,9 +449,25 @@ def test_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, m
 
 def test_corpus_too_short_names_the_minimum_and_smaller_values(tmp_path):
     short = write_text(tmp_path / "short.txt", "abc" * 100)
-    with pytest.raises(TextgenError, match="too short.*one batch needs 161.*--batch-size 1 --seq-length 20"):
+    with pytest.raises(TextgenError, match="too short for --batch-size 8 --seq-length 20: .*one batch needs 161.*"
+                                           "at least 1,610 characters or smaller values such as --batch-size 1$"):
         run(short, tmp_path)
     assert not (tmp_path / "r" / "last.json").exists()
+
+
+def test_a_corpus_too_short_for_size_auto_is_told_the_true_minimum(tmp_path):
+    import re
+
+    def train_auto(corpus):
+        return train(corpus, tmp_path, run="auto", train_options=dict(epochs=1, mixed_precision="off"), **QUIET)
+
+    with pytest.raises(TextgenError) as refused:
+        train_auto(write_text(tmp_path / "tiny.txt", "abcdefg" * 10))
+    message = str(refused.value)
+    assert "too short for a batch of 1 (chosen by --size auto) and --seq-length 50: its validation slice has 7 " \
+           "characters" in message and "--batch-size" not in message and message.endswith("--seq-length 6")
+    minimum = int(re.search(r"at least ([\d,]+) characters", message)[1].replace(",", ""))
+    assert train_auto(write_text(tmp_path / "enough.txt", ("abcdefg" * 100)[:minimum]))["epoch"] == 1
 
 
 def test_the_advised_minimum_corpus_length_is_exact():

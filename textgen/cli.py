@@ -189,7 +189,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "
-               f"first and the end that does not fill all {batch_size} streams)")
+               "first" + (f" and the end that does not fill all {batch_size} streams)" if batch_size > 1 else ")"))
 
 
 @cli.command(name="export")

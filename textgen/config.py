@@ -189,7 +189,7 @@ class TrainConfig(_Config):
     size: str = option(
         "auto", "auto = choose the layers, units, embedding, dropout, weight decay and (for a tiny corpus) batch size "
         "from the corpus, its vocabulary and the budget (--epochs, --max-minutes at this machine's measured speed), "
-        "unless --layers, --units or --embedding-dim is given; fixed = the defaults shown here.",
+        "keeping the shape yours if --layers, --units or --embedding-dim is given; fixed = the defaults shown here.",
         choices=("auto", "fixed"), layout=True, before="fixed")
     epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done).", low=1,
                          integer=True)

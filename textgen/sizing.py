@@ -94,10 +94,14 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     chars_per_second(shape, batch) is this machine's training speed for a shape; it is called only when
     config.max_minutes is set, for the shapes up the ladder until one fails (the default measures it, see
     :func:`calibrated_speed`)."""
-    if any(name in user_model for name in SHAPE_OPTIONS):
-        return None
     batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size,
                                                            val_chars, replicas)
+    if any(name in user_model for name in SHAPE_OPTIONS):  # the user's shape; a tiny corpus still gets its batch
+        if batch == config.batch_size:
+            return None
+        return Sizing(dict(user_model), {**user_training, "batch_size": batch},
+                      f"sizing (--size auto): batch {batch} for {train_chars:,} training characters (the model's "
+                      "shape is yours); --batch-size or --size fixed keeps the default batch")
     work = config.epochs * train_chars
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
@@ -142,9 +146,10 @@ def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optio
     while batch // 2 >= MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
         batch //= 2
     # Below MIN_BATCH when the (validation) part cannot hold one batch of MIN_BATCH windows: a batch it holds
-    # beats an error asking the user for one.
+    # beats an error asking the user for one. When not even one window fits, the smallest batch, so that the
+    # error names the true minimum length of the corpus.
     fits = (min(train_chars, val_chars if val_chars is not None else train_chars) - 1) // seq_length
-    return divisible_batch(min(batch, fits) if fits >= 1 else batch, replicas)
+    return divisible_batch(max(1, min(batch, fits)), replicas)
 
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:

@@ -62,7 +62,9 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig) -> None:
+def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, sized_batch: bool = False) -> None:
+    """Refuse a corpus whose training part or validation slice cannot hold one batch; sized_batch: the batch size
+    was chosen by --size auto, not by the user (the message must not ask about an option they never gave)."""
     need = StreamBatches.min_length(config.batch_size, config.seq_length)
     shortest = min(len(train_ids), len(val_ids))
     if shortest >= need:
@@ -76,12 +78,15 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig) -
             < need:
         total += 1
     smaller = StreamBatches.min_length(batch, seq) <= shortest  # can any window fit at all?
+    layout = (f"a batch of {config.batch_size} (chosen by --size auto) and --seq-length {config.seq_length}"
+              if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
     raise TextgenError(
-        f"corpus {corpus_path} is too short for --batch-size {config.batch_size} --seq-length {config.seq_length}: "
+        f"corpus {corpus_path} is too short for {layout}: "
         f"its {part} has {shortest:,} characters but one batch needs {need:,}; use a corpus of at least "
-        f"{total:,} characters" + (f" or smaller values such as --batch-size {batch} --seq-length {seq}"
-                                   if smaller else "")
-    )
+        f"{total:,} characters" + (" or smaller values such as " + " ".join(
+            f"--{name} {value}" for name, value, now in (("batch-size", batch, config.batch_size),
+                                                         ("seq-length", seq, config.seq_length)) if value != now)
+            if smaller else ""))
 
 
 def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_options: dict,
@@ -108,6 +113,10 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             raise TextgenError("cannot resume with a different model or data layout: " + "; ".join(differences)
                                + "; drop these options or train a new run with --run NAME")
         train_config = dataclasses.replace(saved_training, **train_options)
+        done = meta.state.epoch
+        if done >= train_config.epochs:  # else it would say "resuming", train nothing and report the run as stopped
+            raise TextgenError(f"cannot resume: the run has done its {done} epoch{'s' if done != 1 else ''}; pass a "
+                               f"larger --epochs (the total, such as --epochs {2 * done}) to train on")
         budget = train_config.max_minutes
         if budget and meta.state.elapsed_seconds >= budget * 60:  # else each resume trains one step and stops
             raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
@@ -356,12 +365,14 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                                                 model_options, train_options)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
     strategy = make_strategy(strategy_name)  # before any TensorFlow op, sizing's timing included
-    sizing_reason = None
+    sizing_reason, sized_batch = None, False
     if meta is None:
+        given_batch = "batch_size" in train_options
         model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy)
+        sized_batch = sizing_reason is not None and not given_batch
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
     train_ids, val_ids = split_validation(data.ids, config.val_fraction)
-    _check_lengths(corpus_path, train_ids, val_ids, config)
+    _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch)
     if sizing_reason:
         log(sizing_reason)
     session = Session(model_config, config, strategy)
