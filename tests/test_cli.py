@@ -244,6 +244,23 @@ def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
     assert "damaged (textgen info --run broken says why)" in rows["broken"] and "good.txt" in rows["good"]
 
 
+def test_prime_file_dash_reads_standard_input(workspace):
+    import subprocess
+    import sys
+
+    def sample(prime_input):
+        return subprocess.run([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir", str(workspace / "ck"),
+                               "--prime-file", "-", "-n", "5", "-t", "0", "--seed", "1"], input=prime_input,
+                              capture_output=True, timeout=300)
+
+    piped = sample("abcd".encode())
+    assert piped.returncode == 0, piped.stderr.decode()[-2000:]
+    assert piped.stdout.decode().startswith("abcd") and len(piped.stdout.decode().rstrip("\n")) == 9
+    refused = sample(b"\xff\xfe\x00binary")
+    assert refused.returncode == 1 and b"Traceback" not in refused.stderr
+    assert refused.stderr.decode().startswith("error: prime file ")
+
+
 def test_eval_names_what_it_did_not_score(workspace):
     one, four = (invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size", batch)
                  for batch in (1, 4))

@@ -138,8 +138,8 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @checkpoint_dir_option
 @run_option
 @_config_options(SampleConfig)
-@click.option("--prime-file", type=click.Path(path_type=Path), default=None,
-              help="Read the prime from a file (used as it is, a final newline included).")
+@click.option("--prime-file", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Read the prime from a file (used as it is, a final newline included); - reads standard input.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
               help="Write the text to this file instead of stdout.")
 def sample(checkpoint_dir, run, prime_file, output, **options):
@@ -153,7 +153,7 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
     if prime_file is not None:
         if "prime" in chosen:
             raise click.UsageError("use either --prime or --prime-file, not both")
-        chosen["prime"] = read_text(prime_file, what="prime")
+        chosen["prime"] = read_text(Path("/dev/stdin") if str(prime_file) == "-" else prime_file, what="prime")
     config = SampleConfig(**chosen)
     live = output is None and config.sample_count == 1 and sys.stdout.isatty()
     samples = generate_with(config, checkpoint_dir, run, on_text=_echo_live if live else None,
