@@ -11,10 +11,10 @@ so at every instant last.json and best.json each name complete files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import errno
-import contextlib
 import fcntl
 import hashlib
 import json

@@ -112,6 +112,12 @@ def fingerprint(path: Path) -> dict:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
 
 
+def same_text(stamp: dict, other: dict) -> bool:
+    """Whether two fingerprints (or the corpus records of checkpoints, which hold one) are of the same text: a file
+    touched, copied or moved keeps its text."""
+    return all(stamp.get(key) == other.get(key) for key in ("size", "blake2b"))
+
+
 def scan(path: Path, what: str = "corpus") -> tuple[int, Vocabulary]:
     """Validate the file and return its length in characters and its vocabulary."""
     check_readable(path, what)

@@ -184,16 +184,12 @@ class Runs:
             served.reloading = False
         with self._guard:
             current = self._loaded.get(served.name)
-            if current is not None and current is not served:  # unloaded and loaded again meanwhile: keep that one
-                fresh, spare = current, fresh
-            else:
+            if current is None or current is served:
                 self._keep(fresh)
-                spare = None
-        for old in (served, spare):
-            if old is not None:
-                old.batcher.retire()
-        if spare is not None:
-            return fresh
+        served.batcher.retire()
+        if current is not None and current is not served:  # unloaded and loaded again meanwhile: that copy serves
+            fresh.batcher.retire()
+            return current
         state = fresh.generator.meta.state
         logger.info(f"run {served.name!r}: serving its new checkpoint (epoch {state.epoch}"
                     + ("" if state.val_loss is None else f", validation {bpc(state.val_loss):.4f} bpc") + ")")

@@ -28,7 +28,7 @@ from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.corpus import check_readable, fingerprint, load_corpus, scan
+from textgen.corpus import check_readable, fingerprint, load_corpus, same_text, scan
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
@@ -359,9 +359,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     writes = is_chief(strategy_name)
     meta = checkpoint.read_meta(run_dir, "last") if resume else None
     stamp = fingerprint(corpus_path)
+    text_changed = meta is not None and not same_text(stamp, meta.corpus)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
-        changed = stamp != {key: meta.corpus.get(key) for key in ("size", "mtime_ns", "blake2b")}
-        model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if changed else meta.vocab,
+        model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if text_changed else meta.vocab,
                                                 model_options, train_options)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
     strategy = make_strategy(strategy_name)  # before any TensorFlow op, sizing's timing included
@@ -386,7 +386,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if meta is not None:
         session.restore(run_dir, meta)
         _log_resume(run, meta)
-        _judge_best_on_changed_corpus(run, meta)
+        if text_changed:
+            _restart_best_on_changed_text(run, meta)
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
@@ -407,13 +408,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
 
 
-def _judge_best_on_changed_corpus(run: Run, meta: CheckpointMeta) -> None:
+def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
     """A run resumed on a corpus whose text changed (more lyrics appended, another novel with the same
     characters) validates on another text, so its best loss so far is no yardstick: the best checkpoint
     starts over at the next validation, and --patience counts from here."""
     before, now = meta.corpus, run.corpus
-    if all(before.get(key) == now[key] for key in ("size", "blake2b")):
-        return  # the same text (perhaps touched or moved)
     state = run.state
     state.best_val_loss, state.best_epoch = None, state.epoch
     restarted = ""
