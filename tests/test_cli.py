@@ -92,6 +92,11 @@ def damage(run_dir, how):
     elif how == "list":  # valid JSON, but not a checkpoint's object
         for kind in ("best", "last"):
             (run_dir / f"{kind}.json").write_text("[]")
+    elif how == "field":  # valid JSON of a checkpoint, one field of the wrong type
+        for kind in ("best", "last"):
+            edited = json.loads((run_dir / f"{kind}.json").read_text())
+            edited["model"]["units"] = "many"
+            (run_dir / f"{kind}.json").write_text(json.dumps(edited))
     elif how == "junk":  # the run's files gone, something else left in its directory
         shutil.rmtree(run_dir)
         run_dir.mkdir()
@@ -166,6 +171,9 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck"], "metadata", 1, "json"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "not a textgen checkpoint", 1, "list"),
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "not a textgen checkpoint", 1, "list"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"],
+     "is damaged (--units must be an integer in [1, inf), got many)", 1, "field"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "is damaged (--units must be an integer", 1, "field"),
     (["sample", "--checkpoint-dir", "{root}/ck", "--run", "good"], "run 'good' in ", 1, "junk"),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
      "is not an earlier export (it holds good)", 1, None),

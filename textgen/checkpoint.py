@@ -108,6 +108,8 @@ class CheckpointMeta:
                    files=values["files"], kind=values.get("kind", "last"), saved_at=values.get("saved_at", ""),
                    textgen_version=values.get("textgen_version", ""))
         meta.files["weights"]["name"], meta.files["state"]["name"]
+        meta.model.validate()  # a field of the wrong type or range would fail far from here (OptionError: a ValueError)
+        meta.training.validate()
         return meta
 
 
