@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from run_all import update_section  # noqa: E402
 
 from textgen.config import ModelConfig, TrainConfig  # noqa: E402
-from textgen.cpu import has_bfloat16_matmul, matmul_flags  # noqa: E402
+from textgen.cpu import cpu_model, has_bfloat16_matmul, matmul_flags  # noqa: E402
 
 TITLE = "Against PyTorch"
 REFERENCE = dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100, dropout=0.0, weight_decay=0.0)
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
 
     peer = Peer(args.peer_python)
     info = peer.ask(cmd="info")
-    lines = [f"CPU flags: {matmul_flags()}",
+    lines = [f"CPU: {cpu_model()}, flags: {matmul_flags()}",
              f"PyTorch {info['torch']} ({info['threads']} threads, oneDNN {'on' if info['mkldnn'] else 'off'}); "
              f"{rounds} interleaved rounds per row; chars/s from the best step (median in brackets)", ""]
     results: dict[str, float] = {}

@@ -6,7 +6,8 @@ from textgen import cpu
 
 AVX2 = ("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 fma avx2 bmi2\n\n"
         "processor\t: 1\nflags\t: avx512_bf16\n")
-SAPPHIRE = "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n"
+SAPPHIRE = ("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel Xeon\n"
+            "flags\t: avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n")
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def test_an_avx2_cpu_has_no_native_bfloat16(cpuinfo):
 
 def test_a_bfloat16_cpu_lists_its_matmul_flags_in_a_fixed_order(cpuinfo):
     cpuinfo(SAPPHIRE)
+    assert cpu.cpu_model() == "Intel Xeon (family 6, model 143)"
     assert cpu.matmul_flags() == "fma avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
     assert cpu.has_bfloat16_matmul() is True
 

@@ -1,5 +1,6 @@
 """Run names and the run listing (textgen.runs)."""
 
+import json
 import os
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_
     (older / ".tmp-last.json").write_text("{")  # a save being written right now: renamed away at any moment
     (tmp_path / "no-checkpoint").mkdir()
     assert list_runs(tmp_path) == [newer, older]
+
+
+def test_a_copied_run_keeps_its_place_by_the_time_its_checkpoint_records(tmp_path):
+    """`cp -r` gives a copy new file times; the listing (and the default latest run) follows saved_at, the time
+    the table shows, and falls back to the file time where a checkpoint records none."""
+    runs = {"trained-first": ("2026-01-01T10:00:00+00:00", 300), "trained-last": ("2026-01-02T10:00:00+00:00", 100),
+            "copied-later": ("2026-01-01T12:00:00+00:00", 50), "no-time": (None, 200)}
+    for name, (saved_at, age) in runs.items():
+        (tmp_path / name).mkdir()
+        for kind in ("best", "last"):
+            path = tmp_path / name / f"{kind}.json"
+            path.write_text(json.dumps({"saved_at": saved_at} if saved_at else {}))
+            os.utime(path, (2_000_000_000 - age, 2_000_000_000 - age))  # 2033: every file is newer than saved_at
+    assert [path.name for path in list_runs(tmp_path)] == ["no-time", "trained-last", "copied-later", "trained-first"]
+    assert find_run(tmp_path, None).name == "no-time"
 
 
 def test_a_checkpoint_dir_that_is_the_named_run_is_that_run(tmp_path):

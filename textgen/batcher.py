@@ -27,8 +27,9 @@ logger = logging.getLogger("textgen")
 # Characters per engine call: how often requests can join and streams are delivered. A compiled call has a
 # fixed cost of a few milliseconds on a 2-core CPU, so a lone stream runs longer calls (256 characters, ~15 ms
 # at 1 x 512 units: 32-character calls ran it at a third of the engine's speed) and calls shorten as streams
-# join, to CHUNK from 8 streams up (~25 ms at 32 streams).
-CHUNK = 32
+# join, to CHUNK from 4 streams up (~30-45 ms at 32 streams; 32-character calls gave 32 clients 0.9x the
+# throughput, for a first character ~15 ms sooner: BENCHMARKS.md, "Serving concurrent clients").
+CHUNK = 64
 LONE_CHUNK = 256
 
 

@@ -31,7 +31,13 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_model() -> str:
-    return _cpuinfo().get("model name") or platform.processor() or "unknown CPU"
+    """The model name, with its family and model numbers where cpuinfo has them: virtual machines often show only
+    "AMD EPYC", and the numbers tell its generations apart (family 25 is Zen 3 at model 1, Zen 4 at model 17)."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or "unknown CPU"
+    if info.get("cpu family") and info.get("model"):
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return name
 
 
 def matmul_flags() -> str:

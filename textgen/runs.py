@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -51,15 +53,23 @@ def list_runs(checkpoint_dir: Path) -> list[Path]:
     return sorted(runs, key=_last_saved, reverse=True)
 
 
-def _last_saved(run_dir: Path) -> float:
-    """When the run last saved: its newest metadata file (a save may rename one away while we look)."""
-    times = []
+def _last_saved(run_dir: Path) -> tuple[float, float]:
+    """When the run last saved: the newest time its metadata records (what `textgen runs` shows; a copied run keeps
+    it, where the files' own times become the copy's), then the newest metadata file time, which also stands in for
+    a time that cannot be read. A save may rename a file away while we look."""
+    recorded, modified = [], []
     for kind in KINDS:
+        path = meta_path(run_dir, kind)
         try:
-            times.append(meta_path(run_dir, kind).stat().st_mtime)
+            modified.append(path.stat().st_mtime)
         except FileNotFoundError:
             continue
-    return max(times, default=0.0)
+        try:
+            recorded.append(datetime.datetime.fromisoformat(
+                json.loads(path.read_text(encoding="utf-8")).get("saved_at")).timestamp())
+        except (OSError, ValueError, TypeError, AttributeError):  # renamed away, older, or damaged metadata
+            recorded.append(modified[-1])
+    return max(recorded, default=0.0), max(modified, default=0.0)
 
 
 def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
