@@ -12,7 +12,7 @@ from textgen import checkpoint, training
 from textgen import session as session_module
 from textgen.callbacks import Callback
 from textgen.batching import StreamBatches, split_validation
-from textgen.checkpoint import RunLock, load_model
+from textgen.checkpoint import RunLock, RunState, load_model
 from textgen.errors import TextgenError
 from textgen.model import reset_states
 from textgen.session import Session
@@ -498,12 +498,28 @@ def test_cosine_schedule_falls_to_one_percent_by_steps_or_by_time_budget():
     from textgen.config import TrainConfig
     config = TrainConfig(learning_rate=2.0, lr_schedule="cosine", epochs=4)
     assert [training.learning_rate_for(config, 0, f) for f in (0.0, 0.5, 1.0)] == pytest.approx([2.0, 1.01, 0.02])
-    # Without a time budget only steps count: 20 of 4 x 10 steps is half way, however long it took.
-    assert training.run_fraction(config, 20, 10, elapsed_seconds=9999) == 0.5
+    # Without a time budget only steps count: 2 of 4 epochs is half way, however long it took.
+    halfway = RunState(run_id="r", epoch=2, step_in_epoch=0, global_step=20)
+    assert training.run_fraction(config, halfway, 10, elapsed_seconds=9999) == 0.5
+    # The current epoch counts by its steps, whatever steps earlier epochs took (a resumed run's text may change).
+    later = RunState(run_id="r", epoch=2, step_in_epoch=5, global_step=905)
+    assert training.run_fraction(config, later, 10, elapsed_seconds=0) == 0.625
     budget = dataclasses.replace(config, max_minutes=10)
-    assert training.run_fraction(budget, 20, 10, elapsed_seconds=450) == 0.75  # the budget runs out first
-    assert training.run_fraction(budget, 20, 10, elapsed_seconds=60) == 0.5
-    assert training.run_fraction(budget, 20, 10, elapsed_seconds=6000) == 1.0
+    assert training.run_fraction(budget, halfway, 10, elapsed_seconds=450) == 0.75  # the budget runs out first
+    assert training.run_fraction(budget, halfway, 10, elapsed_seconds=60) == 0.5
+    assert training.run_fraction(budget, halfway, 10, elapsed_seconds=6000) == 1.0
+
+
+def test_a_cosine_run_resumed_on_a_shorter_text_keeps_its_place_in_the_schedule(tmp_path, periodic_corpus):
+    cosine = dict(lr_schedule="cosine", learning_rate=0.02)
+    run(periodic_corpus, tmp_path, epochs=2, train_options=cosine)
+    shorter = write_text(tmp_path / "shorter.txt", "gfedcba" * 1000)
+    resumed = run(shorter, tmp_path, epochs=4, resume=True, train_options=cosine)
+    steps = len(StreamBatches(split_validation(np.zeros(7000), 0.1)[0], 8, 20))
+    # The logged rate is the one the epoch's last step used: epochs 3 and 4 end 2.9 and 3.9 epochs into the 4.
+    config = training.TrainConfig(epochs=4, **cosine)
+    expected = [training.learning_rate_for(config, 0, (done + (steps - 1) / steps) / 4) for done in (2, 3)]
+    assert [row["learning_rate"] for row in resumed["history"][2:]] == pytest.approx(expected)
 
 
 def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):

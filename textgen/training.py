@@ -147,10 +147,11 @@ def learning_rate_for(config: TrainConfig, epoch: int, run_fraction: float = 0.0
     return config.learning_rate * config.lr_decay ** max(0, epoch - config.lr_decay_after + 1)
 
 
-def run_fraction(config: TrainConfig, global_step: int, steps_per_epoch: int, elapsed_seconds: float) -> float:
-    """How far through the run training is: by steps out of --epochs, or by time out of --max-minutes
-    when that budget is set and runs out first (so a time-boxed run anneals by its deadline)."""
-    fraction = global_step / (config.epochs * steps_per_epoch)
+def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, elapsed_seconds: float) -> float:
+    """How far through the run training is: by epochs (the current one counted by its steps) out of --epochs, or by
+    time out of --max-minutes when that budget is set and runs out first (so a time-boxed run anneals by its
+    deadline). Epochs, not the run's step count: a run resumed on a longer or shorter text has other epochs."""
+    fraction = (state.epoch + state.step_in_epoch / steps_per_epoch) / config.epochs
     if config.max_minutes:
         fraction = max(fraction, elapsed_seconds / (config.max_minutes * 60))
     return min(1.0, fraction)
@@ -231,7 +232,7 @@ class Run:
     def learning_rate(self) -> float:
         steps = len(self.train_batches)
         return learning_rate_for(self.config, self.state.epoch,
-                                 run_fraction(self.config, self.state.global_step, steps, self.elapsed))
+                                 run_fraction(self.config, self.state, steps, self.elapsed))
 
     def validate(self) -> float:
         self.session.reset_states()
@@ -455,7 +456,7 @@ def _log_resume(run: Run, meta: CheckpointMeta) -> None:
     changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
                         for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
     if config.lr_schedule == "cosine" and changes:
-        before, after = (learning_rate_for(c, 0, run_fraction(c, state.global_step, len(run.train_batches),
+        before, after = (learning_rate_for(c, 0, run_fraction(c, state, len(run.train_batches),
                                                                state.elapsed_seconds))
                          for c in (saved, config))
         run.log(f"note: the run's length changed ({changes}), so the cosine schedule is re-stretched: the "
