@@ -17,7 +17,7 @@ DEMO_SAMPLE_OPTIONS ?= --run demo --temperature 0.5 --min-p 0.05 --max-repeat 20
 .PHONY: help install data train sample demo test test-fast bench bench-peers bench-heldout bench-sizing bench-quality bench-precision lint readme clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

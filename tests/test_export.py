@@ -102,10 +102,15 @@ def test_overwrite_through_a_link_replaces_the_export_it_points_to_and_keeps_the
     mine = tmp_path / "mine"
     (mine / "notes.txt").parent.mkdir()
     (mine / "notes.txt").write_text("precious")
-    for overwrite, message in ((False, "already exists; pass --overwrite"), (True, "is not an earlier export")):
-        with pytest.raises(TextgenError, match=message):  # mine/missing/.. is mine, whatever the system says
+    for overwrite in (False, True):  # never "pass --overwrite", which could not replace it either
+        with pytest.raises(TextgenError, match=r"mine is not an earlier export \(it holds notes.txt\); choose a new"):
             export_module.export(run_dir, mine / "missing" / "..", ("keras",), overwrite=overwrite)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (tmp_path / "notes.txt").write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(TextgenError, match=r"notes.txt is a file; choose a directory for --output$"):
+            export_module.export(run_dir, tmp_path / "notes.txt", ("keras",), overwrite=overwrite)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
 
 
 def test_missing_run_is_one_line(tmp_path):

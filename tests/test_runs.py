@@ -52,7 +52,8 @@ def test_a_copied_run_keeps_its_place_by_the_time_its_checkpoint_records(tmp_pat
         (tmp_path / name).mkdir()
         for kind in ("best", "last"):
             path = tmp_path / name / f"{kind}.json"
-            path.write_text(json.dumps({"saved_at": saved_at} if saved_at else {}))
+            trap = {"corpus": {"path": 'x "saved_at": "2099-01-01T00:00:00+00:00"'}}  # an escaped look-alike first
+            path.write_text(json.dumps({**trap, "saved_at": saved_at} if saved_at else trap, indent=1))
             os.utime(path, (2_000_000_000 - age, 2_000_000_000 - age))  # 2033: every file is newer than saved_at
     assert [path.name for path in list_runs(tmp_path)] == ["no-time", "trained-last", "copied-later", "trained-first"]
     assert find_run(tmp_path, None).name == "no-time"

@@ -74,6 +74,15 @@ def test_resuming_a_finished_run_asks_for_more_epochs(tmp_path, periodic_corpus)
     assert run(periodic_corpus, tmp_path, epochs=2, resume=True)["epoch"] == 2
 
 
+
+def test_resuming_an_unfinished_run_with_a_total_it_has_passed_says_to_leave_epochs_out(tmp_path, periodic_corpus):
+    with pytest.raises(Interrupted):  # stopped in epoch 2 of 3
+        run(periodic_corpus, tmp_path, epochs=3, callbacks=[interrupt_at_step(150)])
+    with pytest.raises(TextgenError, match=r"^cannot resume with --epochs 1: the run has done 1 epoch of its 3; leave "
+                                           r"--epochs out to finish them, or pass a larger total$"):
+        run(periodic_corpus, tmp_path, epochs=1, resume=True)
+    assert train(periodic_corpus, tmp_path, run="r", resume=True, **QUIET)["epoch"] == 3
+
 def test_existing_run_is_never_silently_overwritten(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     before = files_snapshot(tmp_path)
@@ -270,15 +279,27 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
     from textgen.config import ModelConfig, TrainConfig
 
     monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
+    monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])  # the tiny model counts as wide
     expected = {"auto": native, "on": True, "off": False}
     for setting, mixed in expected.items():
         config = TrainConfig(mixed_precision=setting)
-        assert session_module.uses_mixed_precision(config) is mixed
+        assert session_module.uses_mixed_precision(config, TINY_MODEL["units"]) is mixed
         session = Session(ModelConfig(vocab_size=5, **TINY_MODEL), config)
         assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if mixed else "float32"}
-    assert session_module.mixed_precision_note("off") is None
-    assert ("no native bfloat16" in session_module.mixed_precision_note("on")) is not native
-    assert (session_module.mixed_precision_note("auto") is not None) is native
+        # Narrower layers train no faster in bfloat16: auto keeps them in float32, on is on.
+        narrow = dict(TINY_MODEL, units=TINY_MODEL["units"] - 1)
+        assert session_module.uses_mixed_precision(config, narrow["units"]) is (setting == "on")
+        session = Session(ModelConfig(vocab_size=5, **narrow), config)
+        assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if setting == "on" else "float32"}
+    units = TINY_MODEL["units"]
+    assert session_module.mixed_precision_note("off", units) is None
+    assert ("no native bfloat16" in session_module.mixed_precision_note("on", units)) is not native
+    assert (session_module.mixed_precision_note("auto", units) or "").startswith("mixed precision (auto): LSTM "
+                                                                                  "training matmuls in bfloat16") \
+        is native
+    narrow_note = session_module.mixed_precision_note("auto", units - 1)
+    assert narrow_note == (f"mixed precision (auto): float32, since layers of {units - 1} units train no faster in "
+                           f"bfloat16 (it starts at {units}; --mixed-precision on forces it)" if native else None)
 
 
 def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus):
@@ -537,6 +558,20 @@ def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):
           train_options=dict(TINY_TRAINING, epochs=6, lr_schedule="cosine", learning_rate=0.02))
     assert any("re-stretched: the learning rate goes from 0.0002 to 0.01" in m for m in messages), messages
 
+
+
+def test_a_restarted_epoch_on_a_changed_text_is_where_the_schedule_note_measures_from(tmp_path, periodic_corpus):
+    with pytest.raises(Interrupted):  # stopped in epoch 2 of 2
+        run(periodic_corpus, tmp_path, epochs=2, callbacks=[interrupt_at_step(150)])
+    shorter = write_text(tmp_path / "shorter.txt", "gfedcba" * 1000)
+    lines = []
+    train(shorter, tmp_path, run="r", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=4),
+          resume=True, log=lines.append)
+    # Epoch 2 starts again on the new text: 1 of 2 epochs done before, 1 of 4 now.
+    rates = [training.learning_rate_for(training.TrainConfig(learning_rate=0.01, epochs=epochs), 0, fraction)
+             for epochs, fraction in ((2, 0.5), (4, 0.25))]
+    assert f"note: the run's length changed (--epochs 2 -> 4), so the cosine schedule is re-stretched: the " \
+           f"learning rate goes from {rates[0]:.3g} to {rates[1]:.3g}" in lines
 
 def test_weight_decay_shrinks_weight_matrices_and_spares_biases():
     from textgen.config import ModelConfig, TrainConfig

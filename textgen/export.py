@@ -205,8 +205,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     if Path.cwd().resolve().is_relative_to(output.resolve()):  # it is replaced as a whole: never under our feet
         raise TextgenError(f"--output {output} is the current directory or holds it; choose a directory for the "
                            "export, such as exports/NAME")
-    if output.exists() and not overwrite:
-        raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
+    # What --overwrite may never replace is refused first, so that no message suggests it in vain.
     if output.exists() and not output.is_dir():
         raise TextgenError(f"{output} is a file; choose a directory for --output")
     foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_ENTRIES) \
@@ -214,6 +213,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     if foreign:  # --overwrite replaces an earlier export, never a directory of other things (a run, the checkpoints)
         raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
+    if output.exists() and not overwrite:
+        raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     trained, meta = load_model(Path(run_dir), batch_size=1)
     target = output.resolve()  # through a link named as --output: the link stays and shows the new export
     try:

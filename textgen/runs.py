@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import logging
 import re
 from pathlib import Path
@@ -15,6 +14,8 @@ from textgen.errors import TextgenError
 
 logger = logging.getLogger("textgen")
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# Checkpoint metadata is JSON with one such key (every quote inside a string value is escaped).
+SAVED_AT = re.compile(rb'"saved_at"\s*:\s*"([^"\\]*)"')
 
 
 def default_run_name(corpus: Path) -> str:
@@ -64,10 +65,10 @@ def _last_saved(run_dir: Path) -> tuple[float, float]:
             modified.append(path.stat().st_mtime)
         except FileNotFoundError:
             continue
-        try:
-            recorded.append(datetime.datetime.fromisoformat(
-                json.loads(path.read_text(encoding="utf-8")).get("saved_at")).timestamp())
-        except (OSError, ValueError, TypeError, AttributeError):  # renamed away, older, or damaged metadata
+        try:  # the one "saved_at" key of the file, found without parsing a history or vocabulary of megabytes
+            saved_at = SAVED_AT.search(path.read_bytes()).group(1).decode("ascii")
+            recorded.append(datetime.datetime.fromisoformat(saved_at).timestamp())
+        except (OSError, ValueError, AttributeError):  # renamed away, older, or damaged metadata
             recorded.append(modified[-1])
     return max(recorded, default=0.0), max(modified, default=0.0)
 

@@ -34,7 +34,8 @@ class Session:
         keras.utils.set_random_seed(train_config.seed)
         with strategy.scope():
             self.model = build_model(model_config, self.per_replica,
-                                     matmul_dtype="bfloat16" if uses_mixed_precision(train_config) else "float32")
+                                     matmul_dtype="bfloat16" if uses_mixed_precision(train_config, model_config.units)
+                                     else "float32")
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
                                                    weight_decay=train_config.weight_decay or None)
             self.optimizer.exclude_from_weight_decay(var_names=["bias"])
@@ -131,26 +132,38 @@ class Session:
 
 
 
-def uses_mixed_precision(config: TrainConfig) -> bool:
-    """--mixed-precision auto means on where it is native and fast: a CPU with bfloat16 matmul instructions."""
+# --mixed-precision auto keeps narrower layers in float32: on a Zen 4 (AVX512_BF16), epochs of 1 x 128 and 1 x 256
+# took as long or longer in bfloat16 (its loops are not compiled by XLA, the float32 ones are), 1 x 384 and 1 x 512
+# 1.3x less time (BENCHMARKS.md, "Mixed precision on CPU").
+BFLOAT16_MIN_UNITS = 384
+
+
+def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
+    """--mixed-precision auto means on where it is native and pays: a CPU with bfloat16 matmul instructions, and
+    LSTM layers of at least BFLOAT16_MIN_UNITS units."""
     from textgen import cpu
     from textgen.fast_lstm import gpu_visible
 
     if config.mixed_precision == "auto":
-        return cpu.has_bfloat16_matmul() and not gpu_visible()
+        return units >= BFLOAT16_MIN_UNITS and cpu.has_bfloat16_matmul() and not gpu_visible()
     return config.mixed_precision == "on"
 
 
-def mixed_precision_note(setting: str) -> Optional[str]:
-    """What --mixed-precision does on this machine; a warning where an explicit "on" cannot take effect."""
+def mixed_precision_note(setting: str, units: int) -> Optional[str]:
+    """What --mixed-precision does on this machine for layers of units; a warning where an explicit "on" cannot
+    take effect."""
+    from textgen import cpu
     from textgen.fast_lstm import gpu_visible
 
     if setting == "off":
         return None
-    if uses_mixed_precision(TrainConfig(mixed_precision="auto")):
+    if uses_mixed_precision(TrainConfig(mixed_precision="auto"), units):
         return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
                 "(weights, state and validation in float32)")
     if setting == "auto":
+        if cpu.has_bfloat16_matmul() and not gpu_visible():
+            return (f"mixed precision (auto): float32, since layers of {units} units train no faster in bfloat16 "
+                    f"(it starts at {BFLOAT16_MIN_UNITS}; --mixed-precision on forces it)")
         return None
     if gpu_visible():
         return ("note: --mixed-precision on applies to the CPU training path only; on this GPU the cuDNN LSTM "

@@ -82,7 +82,8 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
     raise TextgenError(
         f"corpus {corpus_path} is too short for {layout}: "
-        f"its {part} has {shortest:,} characters but one batch needs {need:,}; use a corpus of at least "
+        f"its {part} has {shortest:,} character{'s' if shortest != 1 else ''} but one batch needs {need:,}; use a "
+        f"corpus of at least "
         f"{total:,} characters" + (" or smaller values such as " + " ".join(
             f"--{name} {value}" for name, value, now in (("batch-size", batch, config.batch_size),
                                                          ("seq-length", seq, config.seq_length)) if value != now)
@@ -115,8 +116,13 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
         train_config = dataclasses.replace(saved_training, **train_options)
         done = meta.state.epoch
         if done >= train_config.epochs:  # else it would say "resuming", train nothing and report the run as stopped
-            raise TextgenError(f"cannot resume: the run has done its {done} epoch{'s' if done != 1 else ''}; pass a "
-                               f"larger --epochs (the total, such as --epochs {2 * done}) to train on")
+            epochs = f"{done} epoch{'s' if done != 1 else ''}"
+            if done < saved_training.epochs:  # an unfinished run, given a total it has already passed
+                raise TextgenError(f"cannot resume with --epochs {train_config.epochs}: the run has done {epochs} of "
+                                   f"its {saved_training.epochs}; leave --epochs out to finish them, or pass a larger "
+                                   "total")
+            raise TextgenError(f"cannot resume: the run has done its {epochs}; pass a larger --epochs (the total, "
+                               f"such as --epochs {2 * done}) to train on")
         budget = train_config.max_minutes
         if budget and meta.state.elapsed_seconds >= budget * 60:  # else each resume trains one step and stops
             raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
@@ -386,15 +392,16 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               replaces=meta is None and checkpoint.has_checkpoint(run_dir))
     if meta is not None:
         session.restore(run_dir, meta)
-        _log_resume(run, meta)
+        log(f"resuming {run_dir} {run.state.position()}")
         if text_changed:
             _restart_best_on_changed_text(run, meta)
+        _log_schedule_change(run, meta)  # after a restarted epoch, which moves the schedule back to its start
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
             f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
             f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else ""))
-    if writes and (note := mixed_precision_note(config.mixed_precision)):
+    if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units)):
         log(note)
     with stop_on_signals() as signals:
         reports = [cb.ProgressBar(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []), cb.EpochLog()]
@@ -450,9 +457,8 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
     return chosen.model_options, chosen.train_options, chosen.reason
 
 
-def _log_resume(run: Run, meta: CheckpointMeta) -> None:
+def _log_schedule_change(run: Run, meta: CheckpointMeta) -> None:
     state, config, saved = run.state, run.config, meta.training
-    run.log(f"resuming {run.run_dir} {state.position()}")
     changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
                         for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
     if config.lr_schedule == "cosine" and changes:
