@@ -1,6 +1,6 @@
 """Mixed precision on CPU: the same training run in float32 and with bfloat16 matmuls, side by side.
 
-Trains the default model on ../shared/data/tinyshakespeare.txt (validation = last 10%) for the same
+Trains the default model (2 x 512, --size fixed) on ../shared/data/tinyshakespeare.txt (validation = last 10%) for the same
 number of epochs twice, once per precision, with the same seed, and prints each epoch's validation
 loss and seconds, the speed ratio and the validation-loss difference. Validation always runs in
 float32, so the losses compare like for like.
@@ -24,7 +24,8 @@ PRECISIONS = {"float32": "off", "bfloat16": "on"}
 
 def train(run: str, flag: str, epochs: int, extra: list[str]) -> list[dict]:
     command = [sys.executable, "-m", "textgen", "train", str(CORPUS), "--checkpoint-dir", "benchmarks/out",
-               "--run", run, "--overwrite", "--epochs", str(epochs), "--mixed-precision", flag, *extra]
+               "--run", run, "--overwrite", "--epochs", str(epochs), "--mixed-precision", flag,
+               "--size", "fixed", *extra]  # the default shape: --size auto might size the two runs differently
     subprocess.run(command, cwd=ROOT, stderr=subprocess.DEVNULL, check=True)
     from textgen.checkpoint import read_meta
 
@@ -38,7 +39,7 @@ def main() -> None:
     if not CORPUS.exists():
         sys.exit(f"needs {CORPUS} (the shared corpora)")
     histories = {name: train(f"precision-{name}", flag, args.epochs, extra) for name, flag in PRECISIONS.items()}
-    lines = [f"default model, tinyshakespeare, {args.epochs} epochs each, same seed; validation in float32",
+    lines = [f"default model (--size fixed: 2 x 512, embedding 128), tinyshakespeare, {args.epochs} epochs each, same seed; validation in float32",
              f"{'epoch':>5} {'float32 val':>12} {'bfloat16 val':>13} {'float32 s':>10} {'bfloat16 s':>11}"]
     previous = {name: 0.0 for name in histories}
     for rows in zip(*histories.values()):
