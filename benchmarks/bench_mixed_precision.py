@@ -1,8 +1,8 @@
 """Mixed precision on CPU: the same training run in float32 and with bfloat16 matmuls, side by side.
 
-Trains the default model (2 x 512, --size fixed) on ../shared/data/tinyshakespeare.txt (validation = last 10%) for the same
-number of epochs twice, once per precision, with the same seed, and prints each epoch's validation
-loss and seconds, the speed ratio and the validation-loss difference. Validation always runs in
+Trains the default model (2 x 512, --size fixed) on ../shared/data/tinyshakespeare.txt (validation =
+last 10%) for the same number of epochs twice, once per precision, with the same seed, and prints each
+epoch's validation loss and seconds, the speed ratio and the validation-loss difference. Validation always runs in
 float32, so the losses compare like for like.
 
     python benchmarks/bench_mixed_precision.py [--epochs 2] [extra textgen train options...]
@@ -39,7 +39,8 @@ def main() -> None:
     if not CORPUS.exists():
         sys.exit(f"needs {CORPUS} (the shared corpora)")
     histories = {name: train(f"precision-{name}", flag, args.epochs, extra) for name, flag in PRECISIONS.items()}
-    lines = [f"default model (--size fixed: 2 x 512, embedding 128), tinyshakespeare, {args.epochs} epochs each, same seed; validation in float32",
+    lines = [f"default model (--size fixed: 2 x 512, embedding 128), tinyshakespeare, {args.epochs} epochs each, "
+             "same seed; validation in float32",
              f"{'epoch':>5} {'float32 val':>12} {'bfloat16 val':>13} {'float32 s':>10} {'bfloat16 s':>11}"]
     previous = {name: 0.0 for name in histories}
     for rows in zip(*histories.values()):
