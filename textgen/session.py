@@ -138,21 +138,25 @@ class Session:
 BFLOAT16_MIN_UNITS = 384
 
 
-def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
-    """--mixed-precision auto means on where it is native and pays: a CPU with bfloat16 matmul instructions, and
-    LSTM layers of at least BFLOAT16_MIN_UNITS units."""
+def _native_bfloat16() -> bool:
+    """Training runs the CPU path on a CPU with bfloat16 matmul instructions (on a GPU the cuDNN layer runs)."""
     from textgen import cpu
     from textgen.fast_lstm import gpu_visible
 
+    return cpu.has_bfloat16_matmul() and not gpu_visible()
+
+
+def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
+    """--mixed-precision auto means on where it is native and pays: a CPU with bfloat16 matmul instructions, and
+    LSTM layers of at least BFLOAT16_MIN_UNITS units."""
     if config.mixed_precision == "auto":
-        return units >= BFLOAT16_MIN_UNITS and cpu.has_bfloat16_matmul() and not gpu_visible()
+        return units >= BFLOAT16_MIN_UNITS and _native_bfloat16()
     return config.mixed_precision == "on"
 
 
 def mixed_precision_note(setting: str, units: int) -> Optional[str]:
     """What --mixed-precision does on this machine for layers of units; a warning where an explicit "on" cannot
     take effect."""
-    from textgen import cpu
     from textgen.fast_lstm import gpu_visible
 
     if setting == "off":
@@ -161,7 +165,7 @@ def mixed_precision_note(setting: str, units: int) -> Optional[str]:
         return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
                 "(weights, state and validation in float32)")
     if setting == "auto":
-        if cpu.has_bfloat16_matmul() and not gpu_visible():
+        if _native_bfloat16():
             return (f"mixed precision (auto): float32, since layers of {units} units train no faster in bfloat16 "
                     f"(it starts at {BFLOAT16_MIN_UNITS}; --mixed-precision on forces it)")
         return None

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 from textgen.config import ModelConfig, TrainConfig
 from textgen.distribute import divisible_batch
+from textgen.errors import counted
 
 # (layers, units, embedding width), smallest first
 LADDER: tuple[tuple[int, int, int], ...] = (
@@ -132,7 +133,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     training = {**dict(batch_size=batch, weight_decay=weight_decay), **user_training}
     budget = (f"{config.max_minutes:g} minutes, ~{chars / 1e6:.3g}M characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work
-              else f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}")
+              else counted(config.epochs, "epoch"))
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout {model['dropout']}, "
               f"weight decay {training['weight_decay']}, batch {batch}: {parameters:,} parameters for "
               f"{train_chars:,} training characters and a budget of {budget}; explicit options win, --size fixed "

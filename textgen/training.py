@@ -29,7 +29,7 @@ from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import check_readable, fingerprint, load_corpus, same_text, scan
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
 from textgen.runs import check_run_name, default_run_name
@@ -82,8 +82,7 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
     raise TextgenError(
         f"corpus {corpus_path} is too short for {layout}: "
-        f"its {part} has {shortest:,} character{'s' if shortest != 1 else ''} but one batch needs {need:,}; use a "
-        f"corpus of at least "
+        f"its {part} has {counted(shortest, 'character')} but one batch needs {need:,}; use a corpus of at least "
         f"{total:,} characters" + (" or smaller values such as " + " ".join(
             f"--{name} {value}" for name, value, now in (("batch-size", batch, config.batch_size),
                                                          ("seq-length", seq, config.seq_length)) if value != now)
@@ -116,7 +115,7 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
         train_config = dataclasses.replace(saved_training, **train_options)
         done = meta.state.epoch
         if done >= train_config.epochs:  # else it would say "resuming", train nothing and report the run as stopped
-            epochs = f"{done} epoch{'s' if done != 1 else ''}"
+            epochs = counted(done, "epoch")
             if done < saved_training.epochs:  # an unfinished run, given a total it has already passed
                 raise TextgenError(f"cannot resume with --epochs {train_config.epochs}: the run has done {epochs} of "
                                    f"its {saved_training.epochs}; leave --epochs out to finish them, or pass a larger "
@@ -308,8 +307,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             seconds=round(run.elapsed, 2))]
         for callback in callbacks:
             callback.on_epoch_end(run, improved)
-    epochs = run.config.epochs
-    return run.stop_reason or f"{epochs} epoch{'s' if epochs != 1 else ''} done"
+    return run.stop_reason or f"{counted(run.config.epochs, 'epoch')} done"
 
 
 def resume_corpus(checkpoint_dir: str | Path, run: str) -> Optional[Path]:
