@@ -6,6 +6,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
+from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, write_text
 from textgen.cli import cli
 
 
@@ -26,6 +27,22 @@ def test_history_csv_has_one_consistent_row_per_epoch(trained_run):
         assert float(row["val_bpc"]) == pytest.approx(float(row["val_loss"]) / math.log(2))
         assert float(row["train_bpc"]) == pytest.approx(float(row["train_loss"]) / math.log(2))
     assert min(float(r["val_loss"]) for r in rows) == pytest.approx(trained_run["best_val_loss"])
+
+
+def test_each_epoch_records_the_precision_it_trained_in(tmp_path):
+    """--mixed-precision auto depends on the CPU, and a run resumed on another machine may change: info says what
+    each epoch really used, and history.csv has it per row."""
+    from textgen.report import info_text
+    from textgen.training import train
+
+    corpus = write_text(tmp_path / "period.txt", PERIOD * 600)
+    quiet = dict(model_options=TINY_MODEL, log=lambda message: None)
+    train(corpus, tmp_path, run="r", train_options=dict(TINY_TRAINING, epochs=2, mixed_precision="on"), **quiet)
+    train(corpus, tmp_path, run="r", resume=True, train_options=dict(epochs=3, mixed_precision="off"), **quiet)
+    assert [row["precision"] for row in csv.DictReader(open(tmp_path / "r" / "history.csv"))] == \
+        ["bfloat16", "bfloat16", "float32"]
+    assert "\nprecision      LSTM matmuls in bfloat16 (mixed precision) in epochs 1-2, float32 in epoch 3\n" in \
+        info_text(tmp_path / "r")
 
 
 def test_curve_png_is_an_image_and_is_redrawn(trained_run):
@@ -49,6 +66,7 @@ def test_info_and_runs_show_the_stored_numbers(trained_run):
     from textgen.checkpoint import load_model
     model, _ = load_model(trained_run["run_dir"])
     assert f"{model.count_params():,} parameters" in info.output
+    assert "\nprecision      float32 in every epoch\n" in info.output  # 32 units: auto stays in float32 anywhere
     runs = runner.invoke(cli, ["runs", "--checkpoint-dir", str(trained_run["checkpoint_dir"])])
     assert runs.exit_code == 0
     header, row = runs.output.strip().splitlines()

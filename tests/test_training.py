@@ -286,11 +286,13 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
         assert session_module.uses_mixed_precision(config, TINY_MODEL["units"]) is mixed
         session = Session(ModelConfig(vocab_size=5, **TINY_MODEL), config)
         assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if mixed else "float32"}
+        assert session.precision == ("bfloat16" if mixed else "float32")  # what the history records
         # Narrower layers train no faster in bfloat16: auto keeps them in float32, on is on.
         narrow = dict(TINY_MODEL, units=TINY_MODEL["units"] - 1)
         assert session_module.uses_mixed_precision(config, narrow["units"]) is (setting == "on")
         session = Session(ModelConfig(vocab_size=5, **narrow), config)
         assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if setting == "on" else "float32"}
+        assert session.precision == ("bfloat16" if setting == "on" else "float32")
     units = TINY_MODEL["units"]
     assert session_module.mixed_precision_note("off", units) is None
     assert ("no native bfloat16" in session_module.mixed_precision_note("on", units)) is not native

@@ -14,7 +14,7 @@ from textgen.evaluation import bpc
 from textgen.errors import TextgenError
 
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
-                  "learning_rate", "seconds"]
+                  "learning_rate", "seconds", "precision"]
 
 
 def write_history(run_dir: Path, history: list[dict]) -> Path:
@@ -23,7 +23,7 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({key: row[key] for key in HISTORY_FIELDS})
+        writer.writerow({key: row.get(key, "") for key in HISTORY_FIELDS})  # older rows lack "precision"
     path = run_dir / "history.csv"
     atomic_write_text(path, buffer.getvalue())
     return path
@@ -84,6 +84,7 @@ def info_text(run_dir: Path) -> str:
         + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
         + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
+        f"precision      {_precision_text(state.history)}",
         f"best           {_epoch_text(best)}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
         if best.val_loss is not None else "best           none yet",
         f"last           {_epoch_text(state)}: validation "
@@ -99,6 +100,28 @@ def info_text(run_dir: Path) -> str:
     for path in sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
         lines.append(f"  {path.name:<40} {_size(path.stat().st_size):>10}")
     return "\n".join(lines)
+
+
+PRECISIONS = {"bfloat16": "LSTM matmuls in bfloat16 (mixed precision)", "float32": "float32",
+              None: "not recorded (an older textgen)"}
+
+
+def _precision_text(history: list[dict]) -> str:
+    """What each epoch trained in, from the history: "float32 in every epoch", or spans of epochs where a resume on
+    another CPU changed it."""
+    spans = []  # [precision, first epoch, last epoch]
+    for row in history:
+        if spans and spans[-1][0] == row.get("precision"):
+            spans[-1][2] = row["epoch"]
+        else:
+            spans.append([row.get("precision"), row["epoch"], row["epoch"]])
+    if not spans:
+        return "not known before the first epoch ends"
+    if len(spans) == 1:
+        return f"{PRECISIONS.get(spans[0][0], spans[0][0])} in every epoch"
+    return ", ".join(PRECISIONS.get(precision, precision) + (f" in epochs {first}-{last}" if last > first
+                                                              else f" in epoch {first}")
+                     for precision, first, last in spans)
 
 
 def _epoch_text(state) -> str:

@@ -25,6 +25,7 @@ class Session:
         import tensorflow as tf
 
         from textgen.distribute import check_batch_size, replica_rows
+        from textgen.fast_lstm import gpu_visible
         from textgen.model import build_model, lstm_layers
 
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
@@ -32,10 +33,12 @@ class Session:
         check_batch_size(train_config.batch_size, replicas)
         self.per_replica = train_config.batch_size // replicas
         keras.utils.set_random_seed(train_config.seed)
+        mixed = uses_mixed_precision(train_config, model_config.units)
+        # What the LSTM matmuls really train in (each epoch's history row records it): on a GPU the cuDNN layer
+        # runs, in float32.
+        self.precision = "bfloat16" if mixed and not gpu_visible() else "float32"
         with strategy.scope():
-            self.model = build_model(model_config, self.per_replica,
-                                     matmul_dtype="bfloat16" if uses_mixed_precision(train_config, model_config.units)
-                                     else "float32")
+            self.model = build_model(model_config, self.per_replica, matmul_dtype="bfloat16" if mixed else "float32")
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
                                                    weight_decay=train_config.weight_decay or None)
             self.optimizer.exclude_from_weight_decay(var_names=["bias"])
