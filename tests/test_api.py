@@ -1,6 +1,7 @@
 """The Python API end to end: textgen.train, textgen.load, generate, stream, score."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,10 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.generate(stop=5), "--stop must be text, got 5"),
     (lambda m: m.stream(stop=b"g"), "--stop must be text, got b'g'"),
     (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
+    # A value of the wrong type says so: "got 10" would look valid.
+    (lambda m: m.generate(length="10"), r"^--length must be an integer in \[0, 1e\+07\], got '10', which is not a "
+                                        r"number$"),
+    (lambda m: m.generate(temperature="0.5"), r"got '0.5', which is not a number$"),
 ])
 def test_bad_input_raises_one_error_type_with_the_cli_message(model, call, message):
     with pytest.raises(textgen.TextgenError, match=message):
@@ -106,8 +111,15 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
             textgen.load(**dict(dict(checkpoint_dir=tmp_path), **wrong))
     with pytest.raises(ValueError, match=r"--units must be an integer in \[1, inf\), got 0"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, units=0)
+    for wrong, message in ((dict(overwrite="no"), "--overwrite must be true or false, got 'no'"),
+                           (dict(resume=1), "--resume must be true or false, got 1"),
+                           (dict(strategy="gpu"), "--strategy must be one of auto, single, mirrored, multi-worker, "
+                                                  "got 'gpu'"),
+                           (dict(callbacks=[5]), "callbacks must be textgen.callbacks.Callback objects, got 5")):
+        with pytest.raises(textgen.OptionError, match=f"^{re.escape(message)}$"):
+            textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, **wrong)
     trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
-                            strategy="single", **TINY_MODEL, **TINY_TRAINING)  # the command's own options too
+                            strategy="single", callbacks=None, **TINY_MODEL, **TINY_TRAINING)  # the command's too
     assert trained.run_dir == tmp_path / "r" and trained.info["epochs"] == 1
     assert list((trained.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert set(trained.generate("abc", length=20, temperature=0)) <= set(PERIOD)

@@ -172,7 +172,7 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck"], "not a textgen checkpoint", 1, "list"),
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "not a textgen checkpoint", 1, "list"),
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"],
-     "is damaged (--units must be an integer in [1, inf), got many)", 1, "field"),
+     "is damaged (--units must be an integer in [1, inf), got 'many', which is not a number)", 1, "field"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "is damaged (--units must be an integer", 1, "field"),
     (["sample", "--checkpoint-dir", "{root}/ck", "--run", "good"], "run 'good' in ", 1, "junk"),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],

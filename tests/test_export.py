@@ -62,7 +62,10 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert filtered["hot"] != greedy
     assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy
     assert "top_p must lie in (0, 1]" in filtered["bad_top_p"]
-    assert all("temperature must be a finite number" in refusal for refusal in exported["loaded"]["nan_temperature"])
+    assert all("temperature must be a finite number >= 0" in refusal
+               for refusal in exported["loaded"]["bad_temperature"])  # NaN, infinity, -1
+    assert "length must be >= 0" in exported["loaded"]["negative_length"]
+    assert "ids must hold at least one step" in exported["loaded"]["no_step"]
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
 

@@ -56,6 +56,17 @@ def test_several_temperatures_each_get_a_labelled_sample(trained_run):
         "===== temperature 0 =====", "===== temperature 0.5 =====", "===== temperature 1.5 ====="]
 
 
+def test_one_temperature_or_a_list_and_a_wrong_type_is_an_option_error(trained_run):
+    import numpy as np
+
+    from textgen.errors import OptionError
+
+    [one] = gen(trained_run, prime="abc", length=10, temperatures=0)
+    assert [s.text for s in gen(trained_run, prime="abc", length=10, temperatures=np.array([0, 0]))] == [one.text] * 2
+    with pytest.raises(OptionError, match=r"^--temperature must be in \[0, 1e\+06\], got 'a', which is not a number$"):
+        gen(trained_run, prime="abc", length=10, temperatures=["a"])
+
+
 def test_a_prime_in_the_other_unicode_form_is_read_in_the_corpus_form():
     from textgen.generate import prepare_prime
     from textgen.vocab import Vocabulary

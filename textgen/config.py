@@ -87,8 +87,11 @@ class Rule:
 
 
 def shown_number(value) -> str:
-    """A value for an error message: a 400-digit integer (a JSON request may send one) is shortened."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or abs(value) < 10**30:
+    """A value for an error message: a 400-digit integer (a JSON request may send one) is shortened, and what is not
+    a number says so (the text '10' printed as 10 would look valid)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"{value!r}, which is not a number"
+    if not isinstance(value, numbers.Integral) or abs(value) < 10**30:
         return str(value)
     digits = int(math.log10(abs(value))) + 1  # the float may round 99...9 up: correct it exactly
     digits -= 10 ** (digits - 1) > abs(value)

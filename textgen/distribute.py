@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from textgen.errors import TextgenError
+from textgen.errors import OptionError, TextgenError
 
 STRATEGIES = ("auto", "single", "mirrored", "multi-worker")
 CPU_DEVICES_VARIABLE = "TEXTGEN_CPU_DEVICES"  # split the CPU into N logical devices (to try mirrored on a CPU)
@@ -42,11 +42,15 @@ def is_chief(strategy_name: str) -> bool:
     return task["type"] == "worker" and int(task["index"]) == 0
 
 
+def check_strategy(name) -> None:
+    if name not in STRATEGIES:
+        raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+
+
 def make_strategy(name: str):
     import tensorflow as tf
 
-    if name not in STRATEGIES:
-        raise TextgenError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    check_strategy(name)
     if name == "multi-worker":
         _tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -98,6 +98,9 @@ def _serving_module(meta, trained, vocab_file: Path):
                                       tf.TensorSpec([layers, None, config.units], tf.float32, name="c")])
         def step(self, ids, h, c):
             """Feed ids (batch, T >= 1) from state (h, c) (layers, batch, units; zeros to start)."""
+            check = tf.debugging.Assert(tf.shape(ids)[1] > 0, ["ids must hold at least one step: (batch, T >= 1)"])
+            with tf.control_dependencies([check]):  # T = 0 would fail later, in the loop's TensorArray
+                ids = tf.identity(ids)
             logits, h, c = self._feed(ids, h, c)
             return {"logits": logits, "h": h, "c": c}
 
@@ -111,7 +114,12 @@ def _serving_module(meta, trained, vocab_file: Path):
 
         def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None):
             """prime followed by length sampled characters (characters the model never saw are dropped)."""
-            tf.debugging.Assert(tf.math.is_finite(temperature), ["temperature must be a finite number"])
+            # The command line's rules: refused, not read as something else (-1 was greedy, -5 characters none).
+            checks = [tf.debugging.Assert(valid, [message]) for message, valid in (
+                ("temperature must be a finite number >= 0", tf.math.is_finite(temperature) & (temperature >= 0)),
+                ("length must be >= 0", length >= 0))]
+            with tf.control_dependencies(checks):  # before a negative length reaches the TensorArray
+                length, temperature = tf.identity(length), tf.identity(temperature)
             ids = self.char_to_id.lookup(tf.cast(tf.strings.unicode_decode(prime, "UTF-8"), tf.int64))
             ids = tf.cast(tf.boolean_mask(ids, ids >= 0), tf.int32)
             known = tf.strings.unicode_encode(tf.cast(self.id_to_char.lookup(tf.cast(ids, tf.int64)), tf.int32),
@@ -120,8 +128,8 @@ def _serving_module(meta, trained, vocab_file: Path):
             zeros = tf.zeros([layers, 1, config.units])
             logits, h, c = self._feed(context[None, :], zeros, zeros)
             last = logits[:, -1, :]
-            out = tf.TensorArray(tf.int32, size=tf.maximum(length, 0))
-            temperatures = tf.fill([1], tf.maximum(temperature, 0.0))  # 0 or below: always the most likely
+            out = tf.TensorArray(tf.int32, size=length)
+            temperatures = tf.fill([1], temperature)  # 0: always the most likely
 
             def body(t, out, last, h, c):
                 uniform = tf.random.stateless_uniform([1], seed=tf.stack([seed, tf.cast(t, tf.int64)]))

@@ -241,13 +241,16 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
              on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
              warn: Callable[[str], None] = logger.warning, min_p: Optional[float] = None,
              max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> list[Sample]:
-    """Generate num_samples texts per temperature from the best checkpoint of the run.
+    """Generate num_samples texts per temperature (one number or a list) from the best checkpoint of the run.
 
     Each text is the prime followed by up to length generated characters, cut before the first
     occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
     given and there is a single stream, text is passed to it as it is produced. show_progress draws
     a progress bar on stderr (when it is a terminal)."""
-    config = SampleConfig(temperature=tuple(float(t) for t in temperatures), top_k=top_k, top_p=top_p, min_p=min_p,
+    # One number or several; SampleConfig.validate refuses what is not a number, by name.
+    temperatures = temperatures.tolist() if isinstance(temperatures, np.ndarray) else temperatures
+    temperatures = tuple(temperatures) if isinstance(temperatures, (list, tuple)) else (temperatures,)
+    config = SampleConfig(temperature=temperatures, top_k=top_k, top_p=top_p, min_p=min_p,
                           max_repeat=max_repeat, length=length, prime=prime, num_samples=num_samples, seed=seed,
                           stop=stop, skip_unknown=skip_unknown)
     return generate_with(config, checkpoint_dir, run, on_text, show_progress, warn)

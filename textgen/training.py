@@ -29,7 +29,7 @@ from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import check_readable, fingerprint, load_corpus, same_text, scan
-from textgen.errors import TextgenError, counted
+from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
 from textgen.runs import check_run_name, default_run_name
@@ -337,6 +337,7 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
     best_val_loss (nats), stopped, history, and the trained model (at the training batch size, per replica)."""
     from textgen.distribute import is_chief
 
+    callbacks = _checked_call(resume, overwrite, tensorboard, strategy, callbacks)
     corpus_path = Path(corpus)
     run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path))
     model_options, train_options = dict(model_options or {}), dict(train_options or {})
@@ -354,6 +355,24 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
         _check_run_dir(run_dir, resume, overwrite)  # again: another training may have saved there meanwhile
         return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                              strategy, log, callbacks)
+
+
+def _checked_call(resume, overwrite, tensorboard, strategy, callbacks) -> tuple:
+    """Refuse what the options of train() cannot mean (a library caller may pass anything: overwrite="no" must not
+    replace a run); return the callbacks as a tuple (None is none)."""
+    from textgen.distribute import check_strategy
+
+    for name, value in (("resume", resume), ("overwrite", overwrite), ("tensorboard", tensorboard)):
+        if not isinstance(value, bool):
+            raise OptionError(f"--{name} must be true or false, got {value!r}")
+    check_strategy(strategy)
+    callbacks = () if callbacks is None else callbacks
+    if isinstance(callbacks, cb.Callback) or not isinstance(callbacks, Sequence):
+        raise OptionError(f"callbacks must be a list of textgen.callbacks.Callback objects, got {callbacks!r}")
+    for callback in callbacks:
+        if not isinstance(callback, cb.Callback):
+            raise OptionError(f"callbacks must be textgen.callbacks.Callback objects, got {callback!r}")
+    return tuple(callbacks)
 
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
