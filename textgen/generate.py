@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, check_text
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
@@ -48,7 +48,7 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
                            "change the prime or pass --skip-unknown to drop them")
     if unknown:
-        warn(f"warning: dropped {len(unknown)} unknown character(s) from the prime: "
+        warn(f"warning: dropped {counted(len(unknown), 'unknown character')} from the prime: "
              + quoted(unknown[:20]))
         prime = "".join(ch for ch in prime if ch in vocab)
     return prime
@@ -219,7 +219,8 @@ class Generator:
         check_text("text", text)
         ids, excluded = self.vocab.encode_known(text)
         if len(ids) < 2:
-            raise TextgenError(f"the text has {len(ids)} character(s) the model knows; scoring needs at least 2")
+            raise TextgenError(f"the text has {counted(len(ids), 'character')} the model knows; scoring needs at "
+                               "least 2")
         total = 0.0
         with self._scoring, self.engine(1) as engine:
             engine.reset()
