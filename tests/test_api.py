@@ -10,6 +10,7 @@ import pytest
 
 import textgen
 from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, write_text
+from textgen.callbacks import Callback
 from textgen.evaluation import evaluate
 
 
@@ -81,7 +82,8 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.generate(temperature=-1), r"--temperature must be in \[0, 1e\+06\], got -1"),
     (lambda m: m.generate(top_k=0), r"--top-k must be an integer in \[1, inf\), got 0"),
     (lambda m: m.generate(prime="xyz"), "the prime contains characters the model never saw"),
-    (lambda m: m.score("x"), "scoring needs at least 2"),
+    (lambda m: m.score("a"), "the text has 1 character the model knows; scoring needs at least 2"),
+    (lambda m: m.score("x"), "the text has 0 characters the model knows"),
     (lambda m: m.generate(stop=5), "--stop must be text, got 5"),
     (lambda m: m.stream(stop=b"g"), "--stop must be text, got b'g'"),
     (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
@@ -115,8 +117,12 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
                            (dict(resume=1), "--resume must be true or false, got 1"),
                            (dict(strategy="gpu"), "--strategy must be one of auto, single, mirrored, multi-worker, "
                                                   "got 'gpu'"),
-                           (dict(callbacks=[5]), "callbacks must be textgen.callbacks.Callback objects, got 5")):
-        with pytest.raises(textgen.OptionError, match=f"^{re.escape(message)}$"):
+                           (dict(tensorboard="yes"), "--tensorboard must be true or false, got 'yes'"),
+                           (dict(callbacks=[5]), "callbacks must be textgen.callbacks.Callback objects, got 5"),
+                           (dict(callbacks=5), "callbacks must be a list of textgen.callbacks.Callback objects, got 5"),
+                           (dict(callbacks=Callback()),
+                            "callbacks must be a list of textgen.callbacks.Callback objects, got <textgen.callbacks")):
+        with pytest.raises(textgen.OptionError, match=f"^{re.escape(message)}"):
             textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, **wrong)
     trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
                             strategy="single", callbacks=None, **TINY_MODEL, **TINY_TRAINING)  # the command's too

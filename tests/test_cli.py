@@ -97,6 +97,11 @@ def damage(run_dir, how):
             edited = json.loads((run_dir / f"{kind}.json").read_text())
             edited["model"]["units"] = "many"
             (run_dir / f"{kind}.json").write_text(json.dumps(edited))
+    elif how == "history":  # an epoch row without its number
+        for kind in ("best", "last"):
+            edited = json.loads((run_dir / f"{kind}.json").read_text())
+            del edited["history"][0]["epoch"]
+            (run_dir / f"{kind}.json").write_text(json.dumps(edited))
     elif how == "junk":  # the run's files gone, something else left in its directory
         shutil.rmtree(run_dir)
         run_dir.mkdir()
@@ -174,6 +179,8 @@ BAD_INPUTS = [
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"],
      "is damaged (--units must be an integer in [1, inf), got 'many', which is not a number)", 1, "field"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "is damaged (--units must be an integer", 1, "field"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its history is not a list of epoch rows)",
+     1, "history"),
     (["sample", "--checkpoint-dir", "{root}/ck", "--run", "good"], "run 'good' in ", 1, "junk"),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
      "is not an earlier export (it holds good)", 1, None),

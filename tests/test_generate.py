@@ -42,7 +42,7 @@ def test_prime_with_unknown_characters(trained_run):
     warnings = []
     [sample] = gen(trained_run, prime="abxZ", length=5, temperatures=[0], skip_unknown=True, warn=warnings.append)
     assert sample.text == "abcdefg"
-    assert "dropped 2 unknown" in warnings[0]
+    assert "dropped 2 unknown characters from the prime" in warnings[0]
     # a combining mark the model never saw is named by its escape: bare, it would join the quote before it
     with pytest.raises(TextgenError, match=r"never saw: '\\u0301' '\"' '\\x00';"):
         gen(trained_run, prime="a\u0301\"\x00", length=5)
@@ -62,7 +62,8 @@ def test_one_temperature_or_a_list_and_a_wrong_type_is_an_option_error(trained_r
     from textgen.errors import OptionError
 
     [one] = gen(trained_run, prime="abc", length=10, temperatures=0)
-    assert [s.text for s in gen(trained_run, prime="abc", length=10, temperatures=np.array([0, 0]))] == [one.text] * 2
+    for several, count in ((np.array([0, 0]), 2), ((t for t in (0, 0)), 2), (range(1), 1)):
+        assert [s.text for s in gen(trained_run, prime="abc", length=10, temperatures=several)] == [one.text] * count
     with pytest.raises(OptionError, match=r"^--temperature must be in \[0, 1e\+06\], got 'a', which is not a number$"):
         gen(trained_run, prime="abc", length=10, temperatures=["a"])
 

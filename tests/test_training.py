@@ -294,6 +294,11 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
         assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if setting == "on" else "float32"}
         assert session.precision == ("bfloat16" if setting == "on" else "float32")
     units = TINY_MODEL["units"]
+    monkeypatch.setattr(textgen.fast_lstm, "gpu_visible", lambda: True)  # the cuDNN layer trains in float32
+    assert session_module.training_precision(TrainConfig(mixed_precision="on"), units) == "float32"
+    monkeypatch.undo()
+    monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
+    monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])
     assert session_module.mixed_precision_note("off", units) is None
     assert ("no native bfloat16" in session_module.mixed_precision_note("on", units)) is not native
     assert (session_module.mixed_precision_note("auto", units) or "").startswith("mixed precision (auto): LSTM "

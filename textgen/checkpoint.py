@@ -109,6 +109,10 @@ class CheckpointMeta:
                    textgen_version=values.get("textgen_version", ""))
         meta.files["weights"]["name"], meta.files["state"]["name"]
         meta.model.validate()  # a field of the wrong type or range would fail far from here (OptionError: a ValueError)
+        if not isinstance(meta.state.history, list) or not all(
+                isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                and isinstance(row.get("precision", ""), str) for row in meta.state.history):
+            raise ValueError("its history is not a list of epoch rows")
         meta.training.validate()
         return meta
 

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from textgen.errors import OptionError
 
@@ -149,9 +149,10 @@ class _Config:
         """Raise OptionError naming the first option outside its rule (None is allowed where it is the default)."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if isinstance(field.default, (str, bool)) and not isinstance(value, type(field.default)):
-                kind = "text" if isinstance(field.default, str) else "true or false"
-                raise OptionError(f"--{field.name.replace('_', '-')} must be {kind}, got {value!r}")
+            if isinstance(field.default, bool):
+                check_flag(field.name, value)
+            elif isinstance(field.default, str) and not isinstance(value, str):
+                raise OptionError(f"--{field.name.replace('_', '-')} must be text, got {value!r}")
             if not (value is None and field.default is None):
                 field.metadata["rule"].check(field.name, value)
 
@@ -317,6 +318,21 @@ def split_training_options(options: dict) -> tuple[dict, dict]:
 
 
 LAYOUT_OPTIONS = tuple(name for name, rule in rules(TrainConfig).items() if rule.layout)
+
+
+def check_flag(name: str, value) -> None:
+    """A yes/no option must be a bool: a library caller's overwrite="no" would otherwise count as yes."""
+    if not isinstance(value, bool):
+        raise OptionError(f"--{name.replace('_', '-')} must be true or false, got {value!r}")
+
+
+def temperature_values(value) -> tuple:
+    """One temperature or several (a list, tuple, NumPy array or any iterable) as the tuple SampleConfig holds; what
+    is not a number is left for SampleConfig.validate to refuse by name."""
+    value = value.tolist() if hasattr(value, "tolist") else value  # a NumPy array or number
+    if isinstance(value, (numbers.Real, str, bytes)) or not isinstance(value, Iterable):
+        return (value,)
+    return tuple(value)
 
 
 def check_range(name: str, value, **rule) -> None:

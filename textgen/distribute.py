@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 
-from textgen.errors import OptionError, TextgenError
+from textgen.config import check_range
+from textgen.errors import TextgenError
 
 STRATEGIES = ("auto", "single", "mirrored", "multi-worker")
 CPU_DEVICES_VARIABLE = "TEXTGEN_CPU_DEVICES"  # split the CPU into N logical devices (to try mirrored on a CPU)
@@ -43,8 +44,7 @@ def is_chief(strategy_name: str) -> bool:
 
 
 def check_strategy(name) -> None:
-    if name not in STRATEGIES:
-        raise OptionError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    check_range("strategy", name, choices=STRATEGIES)
 
 
 def make_strategy(name: str):

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, check_text
+from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, check_text, temperature_values
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
@@ -248,10 +248,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
     given and there is a single stream, text is passed to it as it is produced. show_progress draws
     a progress bar on stderr (when it is a terminal)."""
-    # One number or several; SampleConfig.validate refuses what is not a number, by name.
-    temperatures = temperatures.tolist() if isinstance(temperatures, np.ndarray) else temperatures
-    temperatures = tuple(temperatures) if isinstance(temperatures, (list, tuple)) else (temperatures,)
-    config = SampleConfig(temperature=temperatures, top_k=top_k, top_p=top_p, min_p=min_p,
+    config = SampleConfig(temperature=temperature_values(temperatures), top_k=top_k, top_p=top_p, min_p=min_p,
                           max_repeat=max_repeat, length=length, prime=prime, num_samples=num_samples, seed=seed,
                           stop=stop, skip_unknown=skip_unknown)
     return generate_with(config, checkpoint_dir, run, on_text, show_progress, warn)

@@ -23,7 +23,7 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({key: row.get(key, "") for key in HISTORY_FIELDS})  # older rows lack "precision"
+        writer.writerow({key: {"precision": "", **row}[key] for key in HISTORY_FIELDS})  # older rows lack it
     path = run_dir / "history.csv"
     atomic_write_text(path, buffer.getvalue())
     return path

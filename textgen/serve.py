@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen.config import DEFAULT_MAX_REPEAT, Limits, SampleConfig, shown_number
+from textgen.config import DEFAULT_MAX_REPEAT, Limits, SampleConfig, shown_number, temperature_values
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
@@ -231,10 +231,9 @@ class ScoreRequest(BaseModel):
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
-    temperature = body.temperature if isinstance(body.temperature, list) else [body.temperature]
-    config = SampleConfig(temperature=tuple(temperature), top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-                          max_repeat=body.max_repeat, length=body.length,
-                          prime=body.prime, num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
+    config = SampleConfig(temperature=temperature_values(body.temperature), top_k=body.top_k, top_p=body.top_p,
+                          min_p=body.min_p, max_repeat=body.max_repeat, length=body.length, prime=body.prime,
+                          num_samples=body.num_samples, seed=body.seed, stop=body.stop or None,
                           skip_unknown=body.skip_unknown)
     # This server's limits come before the general rules, which allow far more.
     if config.sample_count > limits.max_samples:

@@ -25,7 +25,6 @@ class Session:
         import tensorflow as tf
 
         from textgen.distribute import check_batch_size, replica_rows
-        from textgen.fast_lstm import gpu_visible
         from textgen.model import build_model, lstm_layers
 
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
@@ -34,9 +33,7 @@ class Session:
         self.per_replica = train_config.batch_size // replicas
         keras.utils.set_random_seed(train_config.seed)
         mixed = uses_mixed_precision(train_config, model_config.units)
-        # What the LSTM matmuls really train in (each epoch's history row records it): on a GPU the cuDNN layer
-        # runs, in float32.
-        self.precision = "bfloat16" if mixed and not gpu_visible() else "float32"
+        self.precision = training_precision(train_config, model_config.units)  # each epoch's history row records it
         with strategy.scope():
             self.model = build_model(model_config, self.per_replica, matmul_dtype="bfloat16" if mixed else "float32")
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
@@ -155,6 +152,14 @@ def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
     if config.mixed_precision == "auto":
         return units >= BFLOAT16_MIN_UNITS and _native_bfloat16()
     return config.mixed_precision == "on"
+
+
+def training_precision(config: TrainConfig, units: int) -> str:
+    """What the LSTM training matmuls really run in: "bfloat16" under mixed precision, except on a GPU, where the
+    stock cuDNN layer runs in float32."""
+    from textgen.fast_lstm import gpu_visible
+
+    return "bfloat16" if uses_mixed_precision(config, units) and not gpu_visible() else "float32"
 
 
 def mixed_precision_note(setting: str, units: int) -> Optional[str]:

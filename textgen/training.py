@@ -26,7 +26,7 @@ from textgen import checkpoint
 from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
-from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig
+from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import check_readable, fingerprint, load_corpus, same_text, scan
 from textgen.errors import OptionError, TextgenError, counted
@@ -363,8 +363,7 @@ def _checked_call(resume, overwrite, tensorboard, strategy, callbacks) -> tuple:
     from textgen.distribute import check_strategy
 
     for name, value in (("resume", resume), ("overwrite", overwrite), ("tensorboard", tensorboard)):
-        if not isinstance(value, bool):
-            raise OptionError(f"--{name} must be true or false, got {value!r}")
+        check_flag(name, value)
     check_strategy(strategy)
     callbacks = () if callbacks is None else callbacks
     if isinstance(callbacks, cb.Callback) or not isinstance(callbacks, Sequence):
