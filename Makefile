@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 CORPUS ?= data/pydoc_topics.txt
 TEXTGEN := $(BIN)/textgen
 # The demo: a small model trained for a fixed amount of work (6 epochs), so that it reaches the same loss on
-# every CPU: about 3 minutes on 2 AVX2 cores, less where bfloat16 helps. --size auto (the default) sizes the model
-# for 6 epochs of this corpus (1 x 256 units, dropout 0.1, no weight decay) and the cosine schedule anneals the
-# learning rate by the last epoch. The sample uses min-p and a cap on repeated characters, the two samplers meant
-# for a small character model.
+# every CPU: about 3 minutes on 2 AVX2 cores (a Zen 3), 1 minute on a 2-core Zen 4. --size auto (the default)
+# sizes the model for 6 epochs of this corpus (1 x 256 units, dropout 0.1, no weight decay) and the cosine
+# schedule anneals the learning rate by the last epoch. The sample uses min-p and a cap on repeated characters,
+# the two samplers meant for a small character model.
 DEMO_OPTIONS ?= --run demo --overwrite --epochs 6
 DEMO_SAMPLE_OPTIONS ?= --run demo --temperature 0.5 --min-p 0.05 --max-repeat 20 --length 600 --prime "The " --seed 1
 
@@ -36,7 +36,7 @@ train: data ## Train with the default options on CORPUS (default: the built-in c
 sample: $(STAMP) ## Print 500 characters from the latest run at temperature 0.5 (with the demo's loop guards)
 	$(TEXTGEN) sample --temperature 0.5 --min-p 0.05 --max-repeat 20
 
-demo: data ## The main job: train a small model on the default corpus (6 epochs, ~3 min), save checkpoints, print a sample
+demo: data ## The main job: train a small model on the default corpus (6 epochs, 1-3 min), save checkpoints, print a sample
 	$(TEXTGEN) train $(CORPUS) $(DEMO_OPTIONS)
 	$(TEXTGEN) sample $(DEMO_SAMPLE_OPTIONS)
 

@@ -98,6 +98,11 @@ def test_bad_input_raises_one_error_type_with_the_cli_message(model, call, messa
 
 
 def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus):
+    import inspect
+
+    shown = inspect.signature(textgen.train).parameters  # what help(textgen.train) shows: every keyword by name
+    assert list(shown)[:8] == ["corpus", "run", "checkpoint_dir", "resume", "overwrite", "callbacks", "tensorboard",
+                               "strategy"]
     with pytest.raises(textgen.OptionError, match="unknown training option.*sequence_length"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, sequence_length=5)
     for wrong, message in ((dict(run=5), "run must be a run name"),

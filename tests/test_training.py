@@ -304,6 +304,12 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
     assert (session_module.mixed_precision_note("auto", units) or "").startswith("mixed precision (auto): LSTM "
                                                                                   "training matmuls in bfloat16") \
         is native
+    # An explicit "on" for narrow layers still runs in bfloat16 where the CPU has it (it said "no native bfloat16").
+    narrow_on = session_module.mixed_precision_note("on", units - 1)
+    assert narrow_on == ("mixed precision: LSTM training matmuls in bfloat16 (weights, state and validation in "
+                         f"float32); layers of {units - 1} units train no faster in bfloat16 than in float32"
+                         if native else "note: this CPU has no native bfloat16 matmul (AVX512_BF16 or AMX), so "
+                         "--mixed-precision on is likely slower here; use --mixed-precision off")
     narrow_note = session_module.mixed_precision_note("auto", units - 1)
     assert narrow_note == (f"mixed precision (auto): float32, since layers of {units - 1} units train no faster in "
                            f"bfloat16 (it starts at {units}; --mixed-precision on forces it)" if native else None)

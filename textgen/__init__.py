@@ -23,11 +23,13 @@ def load(run, checkpoint_dir="checkpoints", checkpoint="best"):
     return load_run(run, checkpoint_dir, checkpoint)
 
 
-def train(corpus, run=None, checkpoint_dir="checkpoints", **options):
+def train(corpus, run=None, checkpoint_dir="checkpoints", resume=False, overwrite=False, callbacks=(),
+          tensorboard=False, strategy="auto", **options):
     """Train on a text file and return the run loaded (see textgen.api.train)."""
     from textgen.api import train as train_run
 
-    return train_run(corpus, run, checkpoint_dir, **options)
+    return train_run(corpus, run, checkpoint_dir, resume=resume, overwrite=overwrite, callbacks=callbacks,
+                     tensorboard=tensorboard, strategy=strategy, **options)
 
 
 from textgen.errors import OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)

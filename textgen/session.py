@@ -169,11 +169,13 @@ def mixed_precision_note(setting: str, units: int) -> Optional[str]:
 
     if setting == "off":
         return None
-    if uses_mixed_precision(TrainConfig(mixed_precision="auto"), units):
+    native, wide = _native_bfloat16(), units >= BFLOAT16_MIN_UNITS
+    if native and (wide or setting == "on"):
         return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
-                "(weights, state and validation in float32)")
+                "(weights, state and validation in float32)"
+                + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32"))
     if setting == "auto":
-        if _native_bfloat16():
+        if native:
             return (f"mixed precision (auto): float32, since layers of {units} units train no faster in bfloat16 "
                     f"(it starts at {BFLOAT16_MIN_UNITS}; --mixed-precision on forces it)")
         return None
