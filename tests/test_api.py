@@ -134,6 +134,11 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     assert trained.run_dir == tmp_path / "r" and trained.info["epochs"] == 1
     assert list((trained.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert set(trained.generate("abc", length=20, temperature=0)) <= set(PERIOD)
+    # Resuming needs no corpus: the run's own, as with `textgen train --run r --resume`.
+    resumed = textgen.train(run="r", checkpoint_dir=tmp_path, resume=True, epochs=2)
+    assert resumed.info["epochs"] == 2 and resumed.info["corpus"] == str(periodic_corpus.resolve())
+    with pytest.raises(textgen.TextgenError, match="^nothing to resume: no checkpoint in .*missing"):
+        textgen.train(run="missing", checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(textgen.TextgenError, match="already has checkpoints"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1)
     with pytest.raises(textgen.TextgenError, match="no run named 'missing'"):

@@ -23,7 +23,7 @@ def load(run, checkpoint_dir="checkpoints", checkpoint="best"):
     return load_run(run, checkpoint_dir, checkpoint)
 
 
-def train(corpus, run=None, checkpoint_dir="checkpoints", resume=False, overwrite=False, callbacks=(),
+def train(corpus=None, run=None, checkpoint_dir="checkpoints", resume=False, overwrite=False, callbacks=(),
           tensorboard=False, strategy="auto", **options):
     """Train on a text file and return the run loaded (see textgen.api.train)."""
     from textgen.api import train as train_run

@@ -166,13 +166,13 @@ def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint
     return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
 
 
-def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | Path = "checkpoints",
+def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkpoint_dir: str | Path = "checkpoints",
           resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
           strategy: str = "auto", **options) -> TextModel:
     """Train on a UTF-8 text file and return the trained run, loaded.
 
     Args:
-        corpus: the text file.
+        corpus: the text file; None with resume=True and a run: the run's own corpus.
         run: the run name (default: the corpus file's name); its directory is checkpoint_dir/run.
         checkpoint_dir: where runs live.
         resume: continue the run from its last checkpoint.
@@ -187,9 +187,14 @@ def train(corpus: str | Path, run: Optional[str] = None, checkpoint_dir: str | P
         >>> model = textgen.train("data/pydoc_topics.txt", run="small", units=128, epochs=1)  # doctest: +SKIP
         >>> model.generate("def ", length=80)  # doctest: +SKIP
     """
-    _check_paths(corpus=corpus, checkpoint_dir=checkpoint_dir)
     if run is not None and not isinstance(run, str):
         raise OptionError(f"run must be a run name (str), got {run!r}")
+    if corpus is None and resume is True and run is not None:  # as `textgen train --run NAME --resume`
+        from textgen.training import resume_corpus
+
+        _check_paths(checkpoint_dir=checkpoint_dir)
+        corpus = resume_corpus(checkpoint_dir, run)
+    _check_paths(corpus=corpus, checkpoint_dir=checkpoint_dir)
     import_tensorflow_quietly()
     from textgen.training import train as run_training
 

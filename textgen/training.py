@@ -310,11 +310,12 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
     return run.stop_reason or f"{counted(run.config.epochs, 'epoch')} done"
 
 
-def resume_corpus(checkpoint_dir: str | Path, run: str) -> Optional[Path]:
-    """The corpus file a run was trained on (for --resume without a corpus), or None if the run has none."""
-    meta = checkpoint.read_meta(Path(checkpoint_dir) / check_run_name(run), "last")
+def resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
+    """The corpus file a run was trained on, for --resume without a corpus."""
+    run_dir = Path(checkpoint_dir) / check_run_name(run)
+    meta = checkpoint.read_meta(run_dir, "last")
     if meta is None:
-        return None
+        _check_run_dir(run_dir, resume=True, overwrite=False)  # says why there is nothing to resume
     corpus = Path(meta.corpus["path"])
     if not corpus.exists():
         raise TextgenError(f"run {run!r} was trained on {corpus}, which no longer exists; pass the corpus to resume "
