@@ -49,10 +49,14 @@ def test_curve_png_is_an_image_and_is_redrawn(trained_run):
     curve = trained_run["run_dir"] / "curve.png"
     width, height = png_size(curve)
     assert width > 300 and height > 200
+    history = trained_run["run_dir"] / "history.csv"
+    rows = history.read_text()
     curve.unlink()
+    history.unlink()
     result = CliRunner().invoke(cli, ["plot", "--checkpoint-dir", str(trained_run["checkpoint_dir"])])
     assert result.exit_code == 0, result.output
-    assert png_size(curve) == (width, height)
+    assert png_size(curve) == (width, height) and history.read_text() == rows
+    assert result.stdout.splitlines() == [str(history), str(curve)]  # both files it wrote
 
 
 def test_info_and_runs_show_the_stored_numbers(trained_run):

@@ -279,7 +279,7 @@ def plot(checkpoint_dir, run):
     history = meta.state.history if meta is not None else []
     if not history:
         raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")
-    write_history(run_dir, history)
+    click.echo(write_history(run_dir, history))
     click.echo(plot_history(run_dir, history))
 
 

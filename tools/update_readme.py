@@ -32,5 +32,10 @@ def updated(readme: str) -> str:
 
 
 if __name__ == "__main__":
-    README.write_text(updated(README.read_text(encoding="utf-8")), encoding="utf-8")
-    print(f"updated the option reference in {README}")
+    before = README.read_text(encoding="utf-8")
+    after = updated(before)
+    if after == before:
+        print(f"the option reference in {README} is up to date")
+    else:
+        README.write_text(after, encoding="utf-8")
+        print(f"updated the option reference in {README}")
