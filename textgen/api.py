@@ -189,12 +189,9 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkp
     """
     if run is not None and not isinstance(run, str):
         raise OptionError(f"run must be a run name (str), got {run!r}")
-    if corpus is None and resume is True and run is not None:  # as `textgen train --run NAME --resume`
-        from textgen.training import resume_corpus
-
-        _check_paths(checkpoint_dir=checkpoint_dir)
-        corpus = resume_corpus(checkpoint_dir, run)
-    _check_paths(corpus=corpus, checkpoint_dir=checkpoint_dir)
+    _check_paths(checkpoint_dir=checkpoint_dir)
+    if corpus is not None:  # None: the run's own corpus when resuming (textgen.training.train checks it)
+        _check_paths(corpus=corpus)
     import_tensorflow_quietly()
     from textgen.training import train as run_training
 

@@ -123,12 +123,11 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
     run's own corpus)."""
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
     from textgen.runs import default_run_name
-    from textgen.training import resume_corpus
     from textgen.training import train as run_training
 
-    if corpus is None and resume:  # the run's own corpus
-        corpus = resume_corpus(checkpoint_dir, run or default_run_name(DEFAULT_CORPUS))
-    if corpus is None:
+    if corpus is None and resume:  # the run resumes on its own corpus; without --run, the built-in corpus's run
+        run = run or default_run_name(DEFAULT_CORPUS)
+    elif corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
     run_training(corpus, checkpoint_dir, run, *split_training_options(options),
                  resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)

@@ -23,7 +23,8 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({key: {"precision": "", **row}[key] for key in HISTORY_FIELDS})  # older rows lack it
+        row = {"precision": "", **row}  # older rows lack it
+        writer.writerow({key: row[key] for key in HISTORY_FIELDS})
     path = run_dir / "history.csv"
     atomic_write_text(path, buffer.getvalue())
     return path

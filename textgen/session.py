@@ -32,10 +32,10 @@ class Session:
         check_batch_size(train_config.batch_size, replicas)
         self.per_replica = train_config.batch_size // replicas
         keras.utils.set_random_seed(train_config.seed)
-        mixed = uses_mixed_precision(train_config, model_config.units)
-        self.precision = training_precision(train_config, model_config.units)  # each epoch's history row records it
+        # The LSTM matmuls' operand type, which each epoch's history row records (on a GPU the cuDNN layer runs)
+        self.precision = training_precision(train_config, model_config.units)
         with strategy.scope():
-            self.model = build_model(model_config, self.per_replica, matmul_dtype="bfloat16" if mixed else "float32")
+            self.model = build_model(model_config, self.per_replica, matmul_dtype=self.precision)
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
                                                    weight_decay=train_config.weight_decay or None)
             self.optimizer.exclude_from_weight_decay(var_names=["bias"])

@@ -310,7 +310,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
     return run.stop_reason or f"{counted(run.config.epochs, 'epoch')} done"
 
 
-def resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
+def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     """The corpus file a run was trained on, for --resume without a corpus."""
     run_dir = Path(checkpoint_dir) / check_run_name(run)
     meta = checkpoint.read_meta(run_dir, "last")
@@ -323,11 +323,12 @@ def resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     return corpus
 
 
-def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
           resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
           log: Callable[[str], None] = logger.info, callbacks: Sequence[cb.Callback] = ()) -> dict:
-    """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name).
+    """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name); corpus None
+    resumes the named run on its own corpus.
 
     model_options and train_options hold only the values the user chose (ModelConfig / TrainConfig
     field names); the rest come from the defaults, or from the checkpoint when resuming. Each epoch
@@ -339,6 +340,10 @@ def train(corpus: str | Path, checkpoint_dir: str | Path = "checkpoints", run: O
     from textgen.distribute import is_chief
 
     callbacks = _checked_call(resume, overwrite, tensorboard, strategy, callbacks)
+    if corpus is None:
+        if not (resume and run):
+            raise OptionError("corpus must be a path (str or pathlib.Path), got None")
+        corpus = _resume_corpus(checkpoint_dir, run)
     corpus_path = Path(corpus)
     run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path))
     model_options, train_options = dict(model_options or {}), dict(train_options or {})
