@@ -76,6 +76,17 @@ def workspace(tmp_path_factory):
     return root
 
 
+EDITS = {
+    "corpus-null": lambda meta: meta.update(corpus=None),
+    "model-null": lambda meta: meta.update(model=None),
+    "training-null": lambda meta: meta.update(training=None),
+    "vocab-negative": lambda meta: meta["vocab"].__setitem__(0, -5),
+    "vocab-size": lambda meta: meta["model"].update(vocab_size=5),
+    "files-empty": lambda meta: meta.update(files={}),
+    "weights-outside": lambda meta: meta["files"]["weights"].update(name="../../../keep.txt"),
+}
+
+
 def damage(run_dir, how):
     import json
     meta = json.loads((run_dir / "best.json").read_text())
@@ -97,6 +108,14 @@ def damage(run_dir, how):
             edited = json.loads((run_dir / f"{kind}.json").read_text())
             edited["model"]["units"] = "many"
             (run_dir / f"{kind}.json").write_text(json.dumps(edited))
+    elif how in EDITS:  # valid JSON of a checkpoint, one part edited by hand
+        for kind in ("best", "last"):
+            edited = json.loads((run_dir / f"{kind}.json").read_text())
+            EDITS[how](edited)
+            (run_dir / f"{kind}.json").write_text(json.dumps(edited))
+    elif how == "directory":  # a directory where the metadata should be
+        (run_dir / "best.json").unlink()
+        (run_dir / "best.json").mkdir()
     elif how == "history":  # an epoch row without its number
         for kind in ("best", "last"):
             edited = json.loads((run_dir / f"{kind}.json").read_text())
@@ -182,6 +201,28 @@ BAD_INPUTS = [
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its history is not a list of epoch rows)",
      1, "history"),
     (["sample", "--checkpoint-dir", "{root}/ck", "--run", "good"], "run 'good' in ", 1, "junk"),
+    # Found by a sweep of hand-damaged metadata: each was a TypeError, AttributeError or OverflowError traceback,
+    # or blamed the weights.
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "best.json (Is a directory)", 1, "directory"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "damaged (its corpus is not a JSON object)", 1,
+     "corpus-null"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "damaged (its model is not a JSON object)", 1, "model-null"),
+    (["plot", "--checkpoint-dir", "{root}/ck"], "damaged (its training is not a JSON object)", 1, "training-null"),
+    (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/ck"], "damaged (its vocab holds something that is not",
+     1, "vocab-negative"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "damaged (its model's vocab_size 5 is not its 7 symbols)", 1,
+     "vocab-size"),
+    (["export", "--checkpoint-dir", "{root}/ck", "-o", "{root}/exp"], "damaged (its files do not name the weights "
+     "file in the run's directory)", 1, "files-empty"),
+    (["sample", "--checkpoint-dir", "{root}/ck"], "its files do not name the weights file", 1, "weights-outside"),
+    (["sample", "--checkpoint-dir", "{root}/good.txt"], "good.txt is a file; give the directory of the runs", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--run", ""], "give a run name, or leave --run out", 2, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", ""], "give a run name", 2, None),
+    (["train", "{root}/good.txt", "--seed", "4294967296"], "--seed must be an integer in [0, 4,294,967,295]", 1, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/big", "--size", "fixed", "--units", "99999999999999",
+      "--batch-size", "4", "--seq-length", "10"],
+     "parameters) does not fit in this machine's memory", 1, None),
+    (["serve", "--checkpoint-dir", "{root}/ck", "--host", ""], "give an address such as 127.0.0.1", 2, None),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
      "is not an earlier export (it holds good)", 1, None),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck/good", "--overwrite"],
@@ -311,3 +352,50 @@ def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
     assert gone.exit_code == 1
     assert gone.stderr.strip() == f"error: run 'own' was trained on {corpus}, which no longer exists; pass the " \
                                   "corpus to resume on as CORPUS"
+
+
+def test_output_into_a_pipe_or_a_full_device_is_written_there_or_refused(workspace, tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo).read()), daemon=True)
+    reader.start()
+    # An atomic rename would replace the FIFO (or /dev/null, as root) by a regular file. In a process of its own
+    # with a timeout: whatever goes wrong with a FIFO tends to block.
+    options = ["sample", "--checkpoint-dir", str(workspace / "ck"), "-n", "5", "-t", "0", "--prime", "ab"]
+    result = subprocess.run([sys.executable, "-m", "textgen", *options, "-o", str(fifo)], capture_output=True,
+                            text=True, timeout=120)
+    reader.join(timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert fifo.is_fifo() and received == [invoke(*options).stdout.rstrip("\n")] and len(received[0]) == 7
+    if os.path.exists("/dev/full"):  # a write that fails: exit 1 in one line, not 0 with the text lost
+        with open("/dev/full", "w") as full:
+            refused = subprocess.run([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir",
+                                      str(workspace / "ck"), "-n", "5"], stdout=full, stderr=subprocess.PIPE,
+                                     text=True, timeout=300)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == "error: cannot write the output (No space left on device); write it elsewhere"
+
+
+def test_plot_reads_a_run_left_with_its_best_checkpoint_and_says_what_it_cannot_write(workspace, tmp_path):
+    run_dir = shutil.copytree(workspace / "ck" / "good", tmp_path / "ck" / "good")
+    (run_dir / "last.json").unlink()
+    (run_dir / "curve.png").unlink()
+    result = invoke("plot", "--checkpoint-dir", tmp_path / "ck")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.splitlines() == [str(run_dir / "history.csv"), str(run_dir / "curve.png")]
+    (run_dir / "curve.png").unlink()
+    (run_dir / "curve.png").mkdir()
+    refused = invoke("plot", "--checkpoint-dir", tmp_path / "ck")
+    assert refused.exit_code == 1 and refused.stderr.startswith(f"error: cannot write {run_dir / 'curve.png'}")
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_textgen_alone_shows_the_help_without_an_error_prefix():
+    result = invoke()
+    assert result.exit_code == 2 and result.stderr.startswith("Usage: ") and "COMMAND [ARGS]" in result.stderr
+    assert "error" not in result.stderr

@@ -101,20 +101,41 @@ class CheckpointMeta:
     def from_json(cls, values: dict) -> "CheckpointMeta":
         if not isinstance(values, dict) or values.get("format") != FORMAT:
             raise ValueError("not a textgen checkpoint")
+        _check_shape(values)
         state_fields = {f.name for f in dataclasses.fields(RunState)}
         meta = cls(model=ModelConfig.from_dict(values["model"]), training=TrainConfig.from_dict(values["training"]),
                    vocab=Vocabulary.from_json(values["vocab"]), corpus=values["corpus"],
                    state=RunState(**{key: value for key, value in values.items() if key in state_fields}),
                    files=values["files"], kind=values.get("kind", "last"), saved_at=values.get("saved_at", ""),
                    textgen_version=values.get("textgen_version", ""))
-        meta.files["weights"]["name"], meta.files["state"]["name"]
         meta.model.validate()  # a field of the wrong type or range would fail far from here (OptionError: a ValueError)
         if not isinstance(meta.state.history, list) or not all(
                 isinstance(row, dict) and isinstance(row.get("epoch"), int)
                 and isinstance(row.get("precision", ""), str) for row in meta.state.history):
             raise ValueError("its history is not a list of epoch rows")
         meta.training.validate()
+        if meta.model.vocab_size != len(meta.vocab):
+            raise ValueError(f"its model's vocab_size {meta.model.vocab_size} is not its {len(meta.vocab)} symbols")
         return meta
+
+
+def _check_shape(values: dict) -> None:
+    """Refuse metadata whose parts are not what the code reads from them, so that a hand-edited or damaged file is
+    "damaged" in one line, not a TypeError or a path outside the run far from here."""
+    for key, kind in (("model", dict), ("training", dict), ("corpus", dict), ("files", dict), ("vocab", list)):
+        if not isinstance(values.get(key), kind):
+            raise ValueError(f"its {key} is not a JSON {'object' if kind is dict else 'list'}")
+    if not all(isinstance(code, int) and 0 <= code <= 0x10FFFF for code in values["vocab"]):
+        raise ValueError("its vocab holds something that is not a character's code point")
+    corpus = values["corpus"]
+    if not (isinstance(corpus.get("path"), str) and all(isinstance(corpus.get(key), int) for key in ("length", "size"))
+            and isinstance(corpus.get("blake2b"), str)):
+        raise ValueError("its corpus record lacks the path, length, size or blake2b")
+    for role in ("weights", "state"):
+        entry = values["files"].get(role)
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("sha256"), str)
+                and entry["name"] == Path(entry["name"]).name and entry["name"] not in ("", ".", "..")):
+            raise ValueError(f"its files do not name the {role} file in the run's directory")
 
 
 def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
@@ -174,7 +195,12 @@ def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     if not path.exists():
         return None
     try:
-        return CheckpointMeta.from_json(json.loads(path.read_text(encoding="utf-8")))
+        raw = path.read_bytes()
+    except OSError as error:  # a directory in its place, a file it may not read
+        raise TextgenError(f"cannot read checkpoint metadata {path} ({error.strerror}); delete the run directory or "
+                           "train again with --overwrite") from None
+    try:
+        return CheckpointMeta.from_json(json.loads(raw))  # bytes: invalid UTF-8 is damage, caught below
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "
                            "delete the run directory or train again with --overwrite") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -43,9 +44,23 @@ def _chosen(values: dict, names) -> dict:
     return {name: values[name] for name in names if values.get(name) is not None}
 
 
+def _run_name_given(ctx, param, value):
+    """--run "" would silently mean "not given" (the latest run, or the corpus's name)."""
+    if value == "":
+        raise click.BadParameter("give a run name, or leave --run out")
+    return value
+
+
+def _address_given(ctx, param, value):
+    """--host "" would listen on every interface, which only 0.0.0.0 may ask for."""
+    if not value.strip():
+        raise click.BadParameter("give an address such as 127.0.0.1 (0.0.0.0 for every interface)")
+    return value
+
+
 checkpoint_dir_option = click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=Path("checkpoints"),
                                      show_default=True, help="Directory holding the runs.")
-run_option = click.option("--run", default=None,
+run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run.")
 
 
@@ -85,6 +100,9 @@ class OneLineErrors(click.Group):
         except click.Abort:
             click.echo("aborted", err=True)
             sys.exit(130)
+        except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
         except click.ClickException as error:
             hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
             click.echo(f"error: {error.format_message()}{hint}", err=True)
@@ -97,7 +115,27 @@ class OneLineErrors(click.Group):
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(0)
+        except OSError as error:
+            if error.filename is not None:  # a file's own error: the library says what to do about those
+                raise
+            _stdout_failed(error)
+        try:
+            sys.stdout.flush()  # here, where a full disk behind stdout can still be reported
+        except BrokenPipeError:
+            sys.exit(0)
+        except OSError as error:
+            _stdout_failed(error)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _stdout_failed(error: OSError) -> None:
+    """Standard output cannot be written (a full disk, /dev/full): say so and exit 1, not 0 with the text lost."""
+    click.echo(f"error: cannot write the output ({error.strerror or error}); write it elsewhere", err=True)
+    try:  # the interpreter would flush the rest at exit and print a traceback-like note
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(1)
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -109,7 +147,7 @@ def cli():
 @cli.command()
 @click.argument("corpus", required=False, type=click.Path(path_type=Path))
 @checkpoint_dir_option
-@click.option("--run", default=None, help="Run name; default: the corpus file name.")
+@click.option("--run", default=None, callback=_run_name_given, help="Run name; default: the corpus file name.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard.")
@@ -214,9 +252,10 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 
 @cli.command()
 @checkpoint_dir_option
-@click.option("--run", default=None, help="The run served by default; default: the latest run. Every run in "
-                                          "--checkpoint-dir can be asked for by name.")
-@click.option("--host", default="127.0.0.1", show_default=True,
+@click.option("--run", default=None, callback=_run_name_given,
+              help="The run served by default; default: the latest run. Every run in --checkpoint-dir can be asked "
+                   "for by name.")
+@click.option("--host", default="127.0.0.1", show_default=True, callback=_address_given,
               help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--max-length", type=click.IntRange(1), default=Limits.max_length, show_default=True,
@@ -250,10 +289,9 @@ def info(checkpoint_dir, run):
 def runs(checkpoint_dir):
     """List the runs with their corpus, epochs and best validation bits per character."""
     from textgen.report import runs_table
-    from textgen.runs import list_runs
+    from textgen.runs import check_checkpoint_dir, list_runs
 
-    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
-        raise click.ClickException(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
+    check_checkpoint_dir(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: textgen train CORPUS"
                                    " (or give --checkpoint-dir)")
@@ -274,12 +312,17 @@ def plot(checkpoint_dir, run):
     from textgen.runs import find_run
 
     run_dir = find_run(checkpoint_dir, run)
-    meta = read_meta(run_dir, "last")
+    meta = read_meta(run_dir, "last") or read_meta(run_dir, "best")  # a run left with its best checkpoint only
     history = meta.state.history if meta is not None else []
     if not history:
         raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")
-    click.echo(write_history(run_dir, history))
-    click.echo(plot_history(run_dir, history))
+    try:
+        click.echo(write_history(run_dir, history))
+        click.echo(plot_history(run_dir, history))
+    except OSError as error:
+        # A rename's error names its source first: the temporary file, not the one the user knows.
+        raise click.ClickException(f"cannot write {error.filename2 or error.filename} ({error.strerror}); fix the "
+                                   "run directory and plot again") from None
 
 
 def main(argv=None) -> None:

@@ -43,8 +43,8 @@ class Rule:
     def span(self) -> str:
         left, right = ("(" if self.low_open or self.low is None else "["), \
             (")" if self.high_open or self.high is None else "]")
-        return f"{left}{'-inf' if self.low is None else f'{self.low:g}'}, " \
-               f"{'inf' if self.high is None else f'{self.high:g}'}{right}"
+        return f"{left}{'-inf' if self.low is None else _bound(self.low)}, " \
+               f"{'inf' if self.high is None else _bound(self.high)}{right}"
 
     def parse_many(self, name: str, text: str) -> tuple:
         """'0.5' or '0.2,0.5,1.0' as typed on the command line -> numbers (checked later by :meth:`check`)."""
@@ -84,6 +84,12 @@ class Rule:
         if bad:
             raise OptionError(f"{option} must be {'an integer ' if self.integer else ''}in {self.span()}, "
                               f"got {shown_number(value)}")
+
+
+def _bound(value) -> str:
+    """A range's end, short (1e+07) where that is exact, else in full (4,294,967,295)."""
+    short = f"{value:g}"
+    return short if float(short) == value else f"{value:,}"
 
 
 def shown_number(value) -> str:
@@ -228,7 +234,8 @@ class TrainConfig(_Config):
                                 low=0)
     save_every: int = option(0, "Also save a resumable checkpoint every this many steps (0 = at epoch ends only).",
                              low=0, integer=True)
-    seed: int = option(1234, "Random seed for weight initialisation and dropout.", low=0, integer=True)
+    seed: int = option(1234, "Random seed for weight initialisation and dropout.", low=0, high=2**32 - 1,
+                       integer=True)  # what Keras's set_random_seed takes
 
 
 # Far above any useful temperature (at 100 a character model's distribution is already flat), and far below

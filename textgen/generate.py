@@ -298,10 +298,15 @@ def check_output(path: Path) -> None:
 
 
 def write_output(path: Path, text: str) -> None:
-    """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one."""
+    """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
+    device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
     path = Path(path)
     check_output(path)
     try:
-        atomic_write_text(path, text)
+        if path.exists() and not path.is_file():
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
+        else:
+            atomic_write_text(path, text)
     except OSError as error:
         raise TextgenError(f"cannot write {path} ({error.strerror}); choose another --output") from None

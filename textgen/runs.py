@@ -73,9 +73,16 @@ def _last_saved(run_dir: Path) -> tuple[float, float]:
     return max(recorded, default=0.0), max(modified, default=0.0)
 
 
+def check_checkpoint_dir(checkpoint_dir: Path) -> None:
+    """Refuse a --checkpoint-dir that is a file (else it reads as a directory without runs)."""
+    if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise TextgenError(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
+
+
 def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
     """The run directory to read: the named run, the directory itself if it is one, or the latest run."""
     checkpoint_dir = Path(checkpoint_dir)
+    check_checkpoint_dir(checkpoint_dir)
     if run:
         run_dir = checkpoint_dir / check_run_name(run)
         if run_dir.is_dir() and not has_checkpoint(run_dir):

@@ -363,6 +363,17 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = "checkpoint
                              strategy, log, callbacks)
 
 
+def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Session:
+    """The run's Session; a model too large for this machine's memory is refused in one line."""
+    import tensorflow as tf
+
+    try:
+        return Session(model_config, config, strategy)
+    except (tf.errors.ResourceExhaustedError, MemoryError):
+        raise TextgenError(f"the model ({model_config.parameter_count():,} parameters) does not fit in this "
+                           "machine's memory; use a smaller --units, --layers or --embedding-dim") from None
+
+
 def _checked_call(resume, overwrite, tensorboard, strategy, callbacks) -> tuple:
     """Refuse what the options of train() cannot mean (a library caller may pass anything: overwrite="no" must not
     replace a run); return the callbacks as a tuple (None is none)."""
@@ -404,7 +415,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch)
     if sizing_reason:
         log(sizing_reason)
-    session = Session(model_config, config, strategy)
+    session = _session(model_config, config, strategy)
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
               corpus_path=corpus_path, run_dir=run_dir,
