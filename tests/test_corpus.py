@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_text
 from textgen import corpus as corpus_module
 from textgen.corpus import load_corpus, read_text, scan
 from textgen.errors import TextgenError
@@ -138,3 +139,30 @@ def test_a_file_name_that_is_not_utf8_is_one_line(tmp_path):
     path.write_bytes(b"abc")
     with pytest.raises(TextgenError, match=r"corpus file name is not valid UTF-8: .*caf\\udce9.txt.*rename the file"):
         scan(path)
+
+
+@pytest.mark.parametrize("file_form, corpus_form", [("NFC", "NFD"), ("NFD", "NFC")])
+def test_a_text_is_read_in_the_unicode_form_of_the_vocabulary_even_across_chunks(tmp_path, monkeypatch,
+                                                                                  file_form, corpus_form):
+    import unicodedata
+
+    from textgen.corpus import encode_text
+    from textgen.vocab import Vocabulary
+
+    words = "café résumé naïve Ångström\n"
+    vocab = Vocabulary.from_text(unicodedata.normalize(corpus_form, words))
+    path = write_text(tmp_path / "held_out.txt", unicodedata.normalize(file_form, words * 40 + "x"))
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 7)  # chunks end between letters and their accents
+    ids, dropped = encode_text(path, vocab)
+    assert dropped == 1  # the x
+    assert vocab.decode(ids) == unicodedata.normalize(corpus_form, words * 40)
+
+
+def test_a_long_text_without_a_place_to_cut_is_still_read_whole(tmp_path, monkeypatch):
+    from textgen.corpus import encode_text
+    from textgen.vocab import Vocabulary
+
+    text = "中文字" * 5000  # no character below U+0300 within FORM_SEARCH of a chunk's end
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 1000)
+    ids, dropped = encode_text(write_text(tmp_path / "cjk.txt", text), Vocabulary.from_text(text))
+    assert dropped == 0 and Vocabulary.from_text(text).decode(ids) == text

@@ -46,3 +46,27 @@ def test_eval_on_the_validation_slice_agrees_with_training(trained_run, tmp_path
     val = write_text(tmp_path / "val.txt", text[len(text) - int(len(text) * 0.1):])
     result = evaluate(val, trained_run["checkpoint_dir"], "period", batch_size=8, seq_length=20)
     assert abs(result["bpc"] - trained_run["best_val_loss"] / math.log(2)) < 0.01
+
+
+def test_eval_and_score_read_a_text_in_the_unicode_form_of_the_corpus(tmp_path):
+    import unicodedata
+
+    import textgen
+    from conftest import TINY_MODEL, TINY_TRAINING
+    from textgen.training import train
+
+    words = "café résumé naïve déjà vu "
+    corpus = write_text(tmp_path / "decomposed.txt", unicodedata.normalize("NFD", words * 200))
+    summary = train(corpus, tmp_path / "checkpoints", run="accents", model_options=TINY_MODEL,
+                    train_options=dict(TINY_TRAINING, epochs=1), log=lambda message: None)
+    text = words * 6
+    scores = {}
+    for form in ("NFD", "NFC"):  # as the corpus wrote it, and precomposed as most keyboards type it
+        path = write_text(tmp_path / f"{form}.txt", unicodedata.normalize(form, text))
+        scores[form] = evaluate(path, tmp_path / "checkpoints", "accents", batch_size=1, seq_length=50)
+        assert scores[form]["unknown"] == 0
+    assert scores["NFC"]["nats"] == pytest.approx(scores["NFD"]["nats"], abs=1e-6)
+    model = textgen.load(summary["run_dir"])
+    scored = model.score(unicodedata.normalize("NFC", text))
+    assert scored["excluded"] == 0 and scored["characters"] == len(unicodedata.normalize("NFD", text)) - 1
+    assert scored["nats"] == pytest.approx(scores["NFD"]["nats"], abs=1e-4)

@@ -18,6 +18,7 @@ from textgen.vocab import Vocabulary
 
 CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
 CACHE_VERSION = 1
+FORM_SEARCH = 4096  # characters searched back from a chunk's end for a place to cut it before a Unicode conversion
 
 
 @dataclass
@@ -145,6 +146,38 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
         if progress:
             progress(len(text))
     return written, dropped
+
+
+def encode_text(path: Path, vocab: Vocabulary, what: str = "text") -> tuple[np.ndarray, int]:
+    """The ids of a text file read against another text's vocabulary, chunk by chunk in the Unicode form (NFC
+    or NFD) the vocabulary knows best (Vocabulary.in_known_form); characters outside it are dropped and counted.
+
+    Returns (ids, characters dropped)."""
+    pieces, dropped, carried = [], 0, ""
+
+    def encode(text: str) -> None:
+        nonlocal dropped
+        kept, unknown = vocab.encode_known(vocab.in_known_form(text))
+        pieces.append(kept)
+        dropped += unknown
+
+    for chunk in _decoded_chunks(path, what):
+        text = carried + chunk
+        cut = _form_boundary(text)  # a letter and its accents are converted together, never split by a chunk
+        carried = text[cut:]
+        encode(text[:cut])
+    encode(carried)
+    return np.concatenate(pieces), dropped
+
+
+def _form_boundary(text: str) -> int:
+    """Where text can be cut so that each part converts to NFC or NFD as the whole would: before its last
+    character below U+0300, which starts a sequence of its own and never joins the one before it. A text
+    without one near its end (a long line of CJK text) is cut at its end."""
+    for index in range(len(text) - 1, max(len(text) - FORM_SEARCH, 0) - 1, -1):
+        if text[index] < "\u0300":
+            return index
+    return len(text)
 
 
 def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -> Optional[Corpus]:

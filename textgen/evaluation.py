@@ -6,11 +6,10 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from textgen.batching import StreamBatches
 from textgen.config import check_range
-from textgen.corpus import encode_into, scan
+from textgen.corpus import encode_text, scan
 from textgen.errors import TextgenError
 from textgen.progress import progress_bar
 
@@ -55,7 +54,8 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
 
-    Characters outside the model's vocabulary are removed from the text and counted, never mapped. Each stream
+    The text is read in the Unicode form (NFC or NFD) the model's vocabulary knows best. Characters outside the
+    vocabulary are removed from it and counted, never mapped. Each stream
     starts from a fresh state, so on a short text the score depends on batch_size (1 reads it as one stream).
     Returns nats, bpc, perplexity, characters (scored), unknown (removed), unscored (the first character, which
     nothing predicts, and the fewer than batch_size at the end that do not fill a column), total."""
@@ -76,9 +76,8 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     run_dir = find_run(Path(checkpoint_dir), run)
     model, meta = load_model(run_dir, batch_size=batch_size)
     vocab = meta.vocab
-    ids = np.empty(total, dtype=vocab.id_dtype)
-    kept, unknown = encode_into(path, vocab, ids, what="text")
-    ids = ids[:kept]
+    ids, unknown = encode_text(path, vocab)
+    kept = len(ids)
     check_length(kept, " in the model's vocabulary")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)

@@ -8,7 +8,6 @@ import logging
 import math
 import secrets
 import threading
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -38,11 +37,8 @@ class Sample:
 
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
+    prime = vocab.in_known_form(prime)
     unknown = vocab.unknown(prime)
-    if unknown:  # an accented letter typed precomposed (é) where the corpus has e + accent, or the other way round:
-        for normalized in (unicodedata.normalize(form, prime) for form in ("NFC", "NFD")):  # the form it knows best
-            if len(fewer := vocab.unknown(normalized)) < len(unknown):
-                prime, unknown = normalized, fewer
     if unknown and not skip_unknown:
         shown = quoted(unknown[:20])
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
@@ -214,10 +210,10 @@ class Generator:
         return streams.samples()[0]
 
     def score(self, text: str) -> dict:
-        """Cross-entropy of text read from its first character with a fresh state; characters outside
-        the vocabulary are removed (and counted) first."""
+        """Cross-entropy of text read from its first character with a fresh state, in the Unicode form (NFC or NFD)
+        the vocabulary knows best; characters outside the vocabulary are removed (and counted) first."""
         check_text("text", text)
-        ids, excluded = self.vocab.encode_known(text)
+        ids, excluded = self.vocab.encode_known(self.vocab.in_known_form(text))
         if len(ids) < 2:
             raise TextgenError(f"the text has {counted(len(ids), 'character')} the model knows; scoring needs at "
                                "least 2")

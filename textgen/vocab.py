@@ -53,6 +53,16 @@ class Vocabulary:
         """The distinct characters of text outside the vocabulary, in order of appearance."""
         return list(dict.fromkeys(ch for ch in text if ch not in self._index))
 
+    def in_known_form(self, text: str) -> str:
+        """text, or its NFC or NFD form if that has fewer characters outside the vocabulary: an accented letter
+        typed precomposed (é) where the corpus has e + accent, or the other way round."""
+        best, unknown = text, self.encode_known(text)[1]
+        for form in ("NFC", "NFD") if unknown else ():
+            converted = unicodedata.normalize(form, text)
+            if (fewer := self.encode_known(converted)[1]) < unknown:
+                best, unknown = converted, fewer
+        return best
+
     def encode_known(self, text: str) -> tuple[np.ndarray, int]:
         """Ids of the characters of text that are in the vocabulary, and how many others were dropped."""
         code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
