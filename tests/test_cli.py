@@ -84,6 +84,8 @@ EDITS = {
     "vocab-size": lambda meta: meta["model"].update(vocab_size=5),
     "files-empty": lambda meta: meta.update(files={}),
     "weights-outside": lambda meta: meta["files"]["weights"].update(name="../../../keep.txt"),
+    "format-newer": lambda meta: meta.update(format_version=999),
+    "format-text": lambda meta: meta.update(format_version="2"),
 }
 
 
@@ -223,6 +225,18 @@ BAD_INPUTS = [
       "--batch-size", "4", "--seq-length", "10"],
      "parameters) does not fit in this machine's memory", 1, None),
     (["serve", "--checkpoint-dir", "{root}/ck", "--host", ""], "give an address such as 127.0.0.1", 2, None),
+    # Each of these was accepted: a newer checkpoint read as this version's, '' as the current directory, and
+    # --stop '' as no stop string.
+    (["sample", "--checkpoint-dir", "{root}/ck"], "was written by a newer textgen (checkpoint format 999; this "
+     "textgen", 1, "format-newer"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its format_version is '2', not a "
+     "number)", 1, "format-text"),
+    (["sample", "--checkpoint-dir", ""], "give a directory, such as checkpoints or . for the current one", 2, None),
+    (["runs", "--checkpoint-dir", " "], "give a directory", 2, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--stop", ""], "--stop is empty; give the text, or leave --stop out",
+     1, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}", "--run", "good.txt"],
+     "good.txt is a file, not a run's directory; choose another --run name", 1, None),  # was "(File exists)"
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
      "is not an earlier export (it holds good)", 1, None),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck/good", "--overwrite"],

@@ -348,6 +348,7 @@ def test_scores_take_turns_on_one_engine(server, monkeypatch):
     (b'{"length": 5, "stop": "\\ud800"}', "--stop holds a lone surrogate (\\ud800) at character 0, which is not "
                                              "text; send UTF-8 text"),
     (b'{"prime": "a\\udcff", "skip_unknown": true}', "--prime holds a lone surrogate (\\udcff) at character 1"),
+    (b'{"length": 5, "stop": ""}', "--stop is empty; give the text, or leave --stop out"),
 ])
 def test_numbers_no_float_holds_and_lone_surrogates_are_the_requests_fault(server, body, message):
     status, text = call(server, "/v1/generate", raw=body)

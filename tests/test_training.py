@@ -168,6 +168,13 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, periodic_co
     assert files_snapshot(tmp_path / "r") == before
 
 
+@pytest.mark.parametrize("rate, suggested", [(0.008, "0.002"), (1e308, "0.003")])  # 1e308 suggested 2.5e+307
+def test_a_diverged_training_suggests_a_learning_rate_that_could_work(tmp_path, periodic_corpus, rate, suggested):
+    with pytest.raises(TextgenError, match=rf"nothing was saved \(try a lower --learning-rate, e.g. {suggested}, or"):
+        run(periodic_corpus, tmp_path, train_options=dict(learning_rate=rate), callbacks=[AtStep(1, poison_weights)])
+    assert not (tmp_path / "r").exists()
+
+
 class BlowUpAtEpochEnd(Callback):
     """Turns the output weights around after an epoch's last step: that step's loss was fine, the weights not."""
 

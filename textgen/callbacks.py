@@ -14,6 +14,7 @@ import signal
 from typing import Optional
 
 from textgen import report
+from textgen.config import TrainConfig
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.progress import progress_bar
@@ -72,8 +73,8 @@ def _diverged(run, what: str) -> None:
         kept = f"the last good checkpoint in {run.run_dir} is kept"
     else:
         kept = "nothing was saved"
-    raise TextgenError(f"{what}; {kept} (try a lower --learning-rate, e.g. {run.config.learning_rate / 4:g}, "
-                       "or a lower --clip-norm)")
+    lower_rate = min(run.config.learning_rate / 4, TrainConfig.learning_rate)  # not 2.5e+307 after 1e308
+    raise TextgenError(f"{what}; {kept} (try a lower --learning-rate, e.g. {lower_rate:g}, or a lower --clip-norm)")
 
 
 def save_unvalidated(run) -> None:

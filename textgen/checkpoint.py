@@ -200,7 +200,15 @@ def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
         raise TextgenError(f"cannot read checkpoint metadata {path} ({error.strerror}); delete the run directory or "
                            "train again with --overwrite") from None
     try:
-        return CheckpointMeta.from_json(json.loads(raw))  # bytes: invalid UTF-8 is damage, caught below
+        values = json.loads(raw)  # bytes: invalid UTF-8 is damage, caught below
+        version = values.get("format_version", FORMAT_VERSION) if isinstance(values, dict) else FORMAT_VERSION
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"its format_version is {version!r}, not a number")
+        if version > FORMAT_VERSION:  # not damage: deleting the run would lose it
+            raise TextgenError(f"checkpoint {path} was written by a newer textgen (checkpoint format {version}; "
+                               f"this textgen {__version__} reads format {FORMAT_VERSION}); upgrade textgen to "
+                               "use it")
+        return CheckpointMeta.from_json(values)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "
                            "delete the run directory or train again with --overwrite") from None

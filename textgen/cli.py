@@ -58,8 +58,15 @@ def _address_given(ctx, param, value):
     return value
 
 
-checkpoint_dir_option = click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=Path("checkpoints"),
-                                     show_default=True, help="Directory holding the runs.")
+def _directory_given(ctx, param, value):
+    """--checkpoint-dir "" would silently mean the current directory."""
+    if not str(value).strip():
+        raise click.BadParameter("give a directory, such as checkpoints or . for the current one")
+    return Path(value)
+
+
+checkpoint_dir_option = click.option("--checkpoint-dir", type=click.Path(), default="checkpoints", show_default=True,
+                                     callback=_directory_given, help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run.")
 

@@ -31,7 +31,7 @@ class Rule:
     integer: bool = False  # must be a whole number
     choices: Optional[Sequence[str]] = None  # the allowed strings, for a choice option
     many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line)
-    text: bool = False  # a string, where the default (None) does not say so (--stop)
+    text: bool = False  # a non-empty string, where the default (None) does not say so (--stop)
     short: Optional[str] = None  # a one-letter command-line alias such as "-t"
     layout: bool = False  # fixes the model or data layout: a resumed run may not change it (state, comparable losses)
     before: Any = _UNSET  # the behaviour of checkpoints written before this option existed
@@ -70,6 +70,8 @@ class Rule:
             return
         if self.text and not isinstance(value, str):
             raise OptionError(f"{option} must be text, got {value!r}")
+        if self.text and not value:  # read as "not given" before: a typo that silently did nothing
+            raise OptionError(f"{option} is empty; give the text, or leave {option} out")
         if isinstance(value, str):
             check_text(option, value)
         if not self.numeric:
