@@ -92,7 +92,7 @@ def test_numbers_of_samples_share_bucket_sized_engines_and_keep_their_text(train
 
     from textgen.config import SampleConfig
     from textgen.engine import Engine
-    from textgen.generate import Generator, request_rng
+    from textgen.generate import Generator, RequestDraws
 
     generator = Generator.load(trained_run["run_dir"])
     texts = {}
@@ -103,5 +103,18 @@ def test_numbers_of_samples_share_bucket_sized_engines_and_keep_their_text(train
     # What an engine of exactly 5 streams draws with the request's generator: the same text.
     exact = Engine(generator.weights, 5)
     exact.prime(np.tile(generator.vocab.encode("abc")[None, :].astype(np.int32), (5, 1)))
-    ids = exact.sample(300, temperature=1.5, rng=request_rng(5))
+    ids = exact.sample(300, temperature=1.5, uniforms=RequestDraws(5, range(5)).next(300))
     assert texts[5] == ["abc" + generator.vocab.decode(row) for row in ids]
+
+
+def test_a_seeded_sample_is_the_same_whatever_else_the_request_asked_for(trained_run):
+    def texts(**options):
+        return [(s.temperature, s.index, s.text) for s in gen(trained_run, prime="abc", length=200, seed=5, **options)]
+
+    [alone] = texts(temperatures=[1.5])
+    four = texts(temperatures=[1.5], num_samples=4)
+    assert four[0] == alone and len({text for _, _, text in four}) == 4  # the first of four, and four different texts
+    assert texts(temperatures=[1.5], num_samples=2) == four[:2]
+    both = texts(temperatures=[0.8, 1.5], num_samples=2)
+    assert both[2:] == four[:2]  # each temperature's samples as if asked for alone
+    assert [(t, i) for t, i, _ in both] == [(0.8, 0), (0.8, 1), (1.5, 0), (1.5, 1)]

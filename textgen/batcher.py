@@ -5,7 +5,7 @@ others keep their state, and it leaves when its samples are done or its client h
 engine is sized to the streams in use, by buckets (1, 4, 8, 16, 32, 64 streams by default): when
 requests join or leave, the running streams move to an engine of the fitting size and go on where they
 were, so one client does not pay for 64 streams and 64 clients share one computation. Each request
-draws its uniforms from its own generator (seeded by its seed, time-major over its streams), and a
+draws its uniforms from its own generators (one per sample, seeded by its seed: generate.RequestDraws), and a
 stream's arithmetic does not depend on the other streams' values, so a seeded request gives the same text
 alone or batched (up to float rounding between engine sizes, far below what changes a sampled character
 in practice).
@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from textgen.config import SampleConfig
-from textgen.generate import ENGINE_SIZES, TextStreams, prepare_prime, request_rng
+from textgen.generate import ENGINE_SIZES, RequestDraws, TextStreams, prepare_prime
 
 logger = logging.getLogger("textgen")
 # Characters per engine call: how often requests can join and streams are delivered. A compiled call has a
@@ -50,7 +50,7 @@ class Job:
         # Called from the batcher's thread with each decided piece of the first sample (the prime first),
         # then with None when the job is over (done, cancelled or failed).
         self.deliver = deliver
-        self.rng = request_rng(streams.config.seed)
+        self.draws = RequestDraws(streams.config.seed, streams.indexes)
         self.rows: list[int] = []
         self.cancelled = False
         self.error: Optional[Exception] = None
@@ -203,7 +203,7 @@ class Batcher:
                 for row in job.rows:
                     values[row] = getattr(job.streams.config, name)
             # Time-major per request, so its draws do not depend on the call lengths (same text alone or batched).
-            uniforms[:, job.rows] = job.rng.random((steps, job.width))
+            uniforms[:, job.rows] = job.draws.next(steps)
         # One compiled loop whatever filters the current requests use: joining never waits for a compilation.
         ids = self.engine.sample(steps, temperature=temperatures, uniforms=uniforms, every_filter=True, **filters)
         with self.condition:

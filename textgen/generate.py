@@ -55,9 +55,24 @@ def start_symbol(vocab) -> str:
     return "\n" if "\n" in vocab else vocab.chars[0]
 
 
-def request_rng(seed: Optional[int]) -> np.random.Generator:
-    """The uniforms of one request: its seed's generator, or a random one."""
-    return np.random.default_rng(secrets.randbits(63) if seed is None else seed)
+class RequestDraws:
+    """The uniforms of one request's samples, time-major: (steps, samples), whatever the calls' lengths.
+
+    Each sample draws from a generator of its own, seeded by the request's seed and the sample's index among those
+    at its temperature (the seed's own generator for index 0). So a sample's text depends on its seed, temperature and
+    index, not on how many samples or temperatures were asked for with it: seed 5 alone gives the first of four
+    samples with seed 5. Without a seed every sample gets a random generator."""
+
+    def __init__(self, seed: Optional[int], indexes: Sequence[int]):
+        def generator(index: int) -> np.random.Generator:
+            if seed is None:
+                return np.random.default_rng(secrets.randbits(63))
+            return np.random.default_rng(seed if index == 0 else [seed, index])
+
+        self.generators = [generator(index) for index in indexes]
+
+    def next(self, steps: int) -> np.ndarray:
+        return np.stack([generator.random(steps) for generator in self.generators], axis=1)
 
 
 def _stop_cut(text: str, stop: Optional[str], searched_from: int) -> Optional[int]:
@@ -74,6 +89,7 @@ class TextStreams:
     def __init__(self, vocab, config: SampleConfig, prime: str):
         self.vocab, self.config, self.prime = vocab, config, prime
         self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
+        self.indexes = [index for _ in config.temperature for index in range(config.num_samples)]  # per temperature
         self.texts = [""] * len(self.temperatures)
         self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
         self.produced = 0  # characters generated per stream so far
@@ -111,9 +127,8 @@ class TextStreams:
         return piece
 
     def samples(self) -> list[Sample]:
-        return [Sample(self.prime + (text if cut is None else text[:cut]), temperature,
-                       index % self.config.num_samples, cut is not None)
-                for index, (text, cut, temperature) in enumerate(zip(self.texts, self.cuts, self.temperatures))]
+        return [Sample(self.prime + (text if cut is None else text[:cut]), temperature, index, cut is not None)
+                for text, cut, temperature, index in zip(self.texts, self.cuts, self.temperatures, self.indexes)]
 
 
 ENGINE_SIZES = (1, 4, 8, 16, 32, 64)  # the numbers of streams engines are compiled for (beyond: multiples of 64)
@@ -170,7 +185,7 @@ class Generator:
         once after each chunk."""
         config.validate()
         streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
-        rng = request_rng(config.seed)
+        draws = RequestDraws(config.seed, streams.indexes)
         rows = len(streams.temperatures)
         # An engine of a bucket's size, the spare streams idle: every number of samples from 5 to 8 shares one
         # compiled engine instead of compiling (1-2 s) and keeping one each. The request's uniforms are drawn
@@ -184,7 +199,7 @@ class Generator:
             while not streams.done:
                 step = min(chunk, config.length - streams.produced)
                 uniforms = np.zeros((step, size))
-                uniforms[:, :rows] = rng.random((step, rows))
+                uniforms[:, :rows] = draws.next(step)
                 ids = engine.sample(step, temperature=temperatures, top_k=config.top_k, top_p=config.top_p,
                                     min_p=config.min_p, max_repeat=config.max_repeat, uniforms=uniforms)
                 streams.add(ids[:rows])
