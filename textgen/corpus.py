@@ -157,7 +157,7 @@ def encode_text(path: Path, vocab: Vocabulary, what: str = "text") -> tuple[np.n
 
     def encode(text: str) -> None:
         nonlocal dropped
-        kept, unknown = vocab.encode_known(vocab.in_known_form(text))
+        kept, unknown = vocab.encode_in_known_form(text)
         pieces.append(kept)
         dropped += unknown
 

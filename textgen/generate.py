@@ -228,7 +228,7 @@ class Generator:
         """Cross-entropy of text read from its first character with a fresh state, in the Unicode form (NFC or NFD)
         the vocabulary knows best; characters outside the vocabulary are removed (and counted) first."""
         check_text("text", text)
-        ids, excluded = self.vocab.encode_known(self.vocab.in_known_form(text))
+        ids, excluded = self.vocab.encode_in_known_form(text)
         if len(ids) < 2:
             raise TextgenError(f"the text has {counted(len(ids), 'character')} the model knows; scoring needs at "
                                "least 2")

@@ -56,11 +56,18 @@ class Vocabulary:
     def in_known_form(self, text: str) -> str:
         """text, or its NFC or NFD form if that has fewer characters outside the vocabulary: an accented letter
         typed precomposed (é) where the corpus has e + accent, or the other way round."""
-        best, unknown = text, self.encode_known(text)[1]
-        for form in ("NFC", "NFD") if unknown else ():
+        return self._known_form(text)[0]
+
+    def encode_in_known_form(self, text: str) -> tuple[np.ndarray, int]:
+        """encode_known() of in_known_form(text)."""
+        return self._known_form(text)[1:]
+
+    def _known_form(self, text: str) -> tuple[str, np.ndarray, int]:
+        best = (text, *self.encode_known(text))
+        for form in ("NFC", "NFD") if best[2] else ():
             converted = unicodedata.normalize(form, text)
-            if (fewer := self.encode_known(converted)[1]) < unknown:
-                best, unknown = converted, fewer
+            if (candidate := (converted, *self.encode_known(converted)))[2] < best[2]:
+                best = candidate
         return best
 
     def encode_known(self, text: str) -> tuple[np.ndarray, int]:
