@@ -86,6 +86,7 @@ EDITS = {
     "weights-outside": lambda meta: meta["files"]["weights"].update(name="../../../keep.txt"),
     "format-newer": lambda meta: meta.update(format_version=999),
     "format-text": lambda meta: meta.update(format_version="2"),
+    "format-zero": lambda meta: meta.update(format_version=0),
 }
 
 
@@ -230,7 +231,9 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck"], "was written by a newer textgen (checkpoint format 999; this "
      "textgen", 1, "format-newer"),
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its format_version is '2', not a "
-     "number)", 1, "format-text"),
+     "whole number from 1)", 1, "format-text"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its format_version is 0,", 1,
+     "format-zero"),
     (["sample", "--checkpoint-dir", ""], "give a directory, such as checkpoints or . for the current one", 2, None),
     (["runs", "--checkpoint-dir", " "], "give a directory", 2, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--stop", ""], "--stop is empty; give the text, or leave --stop out",
@@ -308,10 +311,13 @@ def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
     shutil.copytree(workspace, root)
     shutil.copytree(root / "ck" / "good", root / "ck" / "broken")
     damage(root / "ck" / "broken", "list")
+    shutil.copytree(root / "ck" / "good", root / "ck" / "newer")
+    damage(root / "ck" / "newer", "format-newer")
     result = invoke("runs", "--checkpoint-dir", root / "ck")
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert "damaged (textgen info --run broken says why)" in rows["broken"] and "good.txt" in rows["good"]
+    assert "written by a newer textgen" in rows["newer"]  # intact: not called damaged
 
 
 def test_prime_file_dash_reads_standard_input(workspace):

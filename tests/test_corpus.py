@@ -166,3 +166,16 @@ def test_a_long_text_without_a_place_to_cut_is_still_read_whole(tmp_path, monkey
     monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 1000)
     ids, dropped = encode_text(write_text(tmp_path / "cjk.txt", text), Vocabulary.from_text(text))
     assert dropped == 0 and Vocabulary.from_text(text).decode(ids) == text
+
+
+def test_a_long_line_of_decomposed_kana_is_cut_between_letters_not_inside_one(tmp_path, monkeypatch):
+    import unicodedata
+
+    from textgen.corpus import encode_text
+    from textgen.vocab import Vocabulary
+
+    text = "がぎぐげご" * 3000  # each kana + a combining voicing mark in NFD; nothing below U+0300
+    vocab = Vocabulary.from_text(text)  # the corpus wrote them precomposed
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 20000)
+    ids, dropped = encode_text(write_text(tmp_path / "nfd.txt", unicodedata.normalize("NFD", text)), vocab)
+    assert dropped == 0 and vocab.decode(ids) == text

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from conftest import PERIOD
@@ -78,6 +79,30 @@ def test_a_prime_in_the_other_unicode_form_is_read_in_the_corpus_form():
     assert prepare_prime("cafe\u0301", precomposed, False, print) == "caf\u00e9"
     with pytest.raises(TextgenError, match=r"never saw: 'x'"):
         prepare_prime("caf\u00e9x", decomposed, False, print)
+
+
+def test_seeds_that_differ_draw_differently():
+    from textgen.generate import RequestDraws
+
+    first_of_large, second_of_five = RequestDraws(5 + 2**32, [0]).next(50), RequestDraws(5, [1]).next(50)
+    assert not np.array_equal(first_of_large, second_of_five)  # np.random.default_rng([5, 1]) is seed 5 + 2**32
+    np.testing.assert_array_equal(RequestDraws(5, [0, 1]).next(50)[:, 1], second_of_five[:, 0])
+    unseeded = RequestDraws(None, [0, 0]).next(50)
+    assert not np.array_equal(unseeded[:, 0], unseeded[:, 1])
+
+
+def test_a_stop_string_in_the_other_unicode_form_still_stops():
+    import unicodedata
+
+    from textgen.config import SampleConfig
+    from textgen.generate import TextStreams
+    from textgen.vocab import Vocabulary
+
+    vocab = Vocabulary.from_text(unicodedata.normalize("NFD", "un café noir"))  # é as e + accent
+    streams = TextStreams(vocab, SampleConfig(length=20, stop="é noir"), "")  # typed precomposed
+    streams.add(vocab.encode(unicodedata.normalize("NFD", "un café noir"))[None, :])
+    [sample] = streams.samples()
+    assert sample.text == "un caf" and sample.stopped
 
 
 def test_empty_prime_and_zero_length(trained_run):

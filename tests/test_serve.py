@@ -89,6 +89,10 @@ def test_generate_round_trip(server, trained_run):
                for s in answer["samples"])
     [greedy] = generate(trained_run["checkpoint_dir"], "period", prime="abc", length=60, temperatures=[0.0])
     assert answer["samples"][0]["text"] == answer["samples"][1]["text"] == greedy.text
+    # The server's batcher draws as generate() does: the same four texts (and at 1.0 not twice the same).
+    expected = generate(trained_run["checkpoint_dir"], "period", prime="abc", length=60, temperatures=[0.0, 1.0],
+                        num_samples=2, seed=4)
+    assert [s["text"] for s in answer["samples"]] == [sample.text for sample in expected]
     assert answer["options"]["run"] == "period" and answer["options"]["seed"] == 4
     assert call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop="f"))[1] == \
         '{"options":{"run":"period","prime":"ab","length":50,"temperature":0.0,"top_k":null,"top_p":null,' \

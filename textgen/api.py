@@ -122,7 +122,8 @@ class TextModel:
     def score(self, text: str) -> dict:
         """How well the model predicts text, reading it from its first character with a fresh state.
 
-        Characters outside the vocabulary are removed (and counted) before scoring.
+        The text is read in the Unicode form (NFC or NFD) the vocabulary knows best, as a prime is; characters
+        outside the vocabulary are then removed (and counted) before scoring.
 
         Returns:
             A dict: ``bpc`` (bits per character), ``nats``, ``perplexity``, ``characters`` (predicted),

@@ -189,6 +189,10 @@ def retire_others(run_dir: Path, kinds: tuple[str, ...]) -> None:
     remove_unreferenced(run_dir)
 
 
+class CheckpointTooNew(TextgenError):
+    """Metadata of a later checkpoint format than this textgen reads: intact, not damaged."""
+
+
 def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
     path = meta_path(run_dir, kind)
@@ -201,13 +205,15 @@ def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
                            "train again with --overwrite") from None
     try:
         values = json.loads(raw)  # bytes: invalid UTF-8 is damage, caught below
-        version = values.get("format_version", FORMAT_VERSION) if isinstance(values, dict) else FORMAT_VERSION
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise ValueError(f"its format_version is {version!r}, not a number")
+        if not isinstance(values, dict) or values.get("format") != FORMAT:
+            raise ValueError("not a textgen checkpoint")
+        version = values.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"its format_version is {version!r}, not a whole number from 1")
         if version > FORMAT_VERSION:  # not damage: deleting the run would lose it
-            raise TextgenError(f"checkpoint {path} was written by a newer textgen (checkpoint format {version}; "
-                               f"this textgen {__version__} reads format {FORMAT_VERSION}); upgrade textgen to "
-                               "use it")
+            raise CheckpointTooNew(f"checkpoint {path} was written by a newer textgen (checkpoint format {version}; "
+                                   f"this textgen {__version__} reads format {FORMAT_VERSION}); upgrade textgen to "
+                                   "use it")
         return CheckpointMeta.from_json(values)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import json
 import os
+import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -148,17 +151,23 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     return written, dropped
 
 
-def encode_text(path: Path, vocab: Vocabulary, what: str = "text") -> tuple[np.ndarray, int]:
-    """The ids of a text file read against another text's vocabulary, chunk by chunk in the Unicode form (NFC
-    or NFD) the vocabulary knows best (Vocabulary.in_known_form); characters outside it are dropped and counted.
+def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "text") -> tuple[np.ndarray, int]:
+    """The ids of a text file read against another text's vocabulary, each chunk in the Unicode form (NFC or NFD)
+    the vocabulary knows best (Vocabulary.in_known_form); characters outside it are dropped and counted.
+    size_hint: the file's length in characters (scan()), so that the ids are written into one array.
 
     Returns (ids, characters dropped)."""
-    pieces, dropped, carried = [], 0, ""
+    ids = np.empty(size_hint, dtype=vocab.id_dtype)
+    written = dropped = 0
+    carried = ""
 
     def encode(text: str) -> None:
-        nonlocal dropped
+        nonlocal ids, written, dropped
         kept, unknown = vocab.encode_in_known_form(text)
-        pieces.append(kept)
+        if written + len(kept) > len(ids):  # a conversion to NFD made the text longer
+            ids = np.resize(ids, max(2 * len(ids), written + len(kept)))
+        ids[written:written + len(kept)] = kept
+        written += len(kept)
         dropped += unknown
 
     for chunk in _decoded_chunks(path, what):
@@ -167,17 +176,37 @@ def encode_text(path: Path, vocab: Vocabulary, what: str = "text") -> tuple[np.n
         carried = text[cut:]
         encode(text[:cut])
     encode(carried)
-    return np.concatenate(pieces), dropped
+    return ids[:written], dropped
 
 
 def _form_boundary(text: str) -> int:
     """Where text can be cut so that each part converts to NFC or NFD as the whole would: before its last
-    character below U+0300, which starts a sequence of its own and never joins the one before it. A text
-    without one near its end (a long line of CJK text) is cut at its end."""
+    character that starts a sequence of its own (:func:`_starts_alone`), searched for near its end. Only a text
+    without one there (thousands of combining marks in a row) is cut at its end."""
     for index in range(len(text) - 1, max(len(text) - FORM_SEARCH, 0) - 1, -1):
-        if text[index] < "\u0300":
+        if text[index] < "\u0300" or _starts_alone(text[index]):  # the first test settles Latin text at once
             return index
     return len(text)
+
+
+def _starts_alone(ch: str) -> bool:
+    """Whether nothing before ch can join it under NFC or NFD: a character that is not a combining mark, does not
+    decompose into one first, and is never the second of a composed pair (which some vowel signs and Hangul jamo
+    are). Every character below U+0300 is one."""
+    return not (unicodedata.combining(ch) or unicodedata.combining(unicodedata.normalize("NFD", ch)[0])
+                or ch in _composition_seconds())
+
+
+@functools.cache
+def _composition_seconds() -> frozenset:
+    """The characters that NFC can join to the one before them: the second of every two-character canonical
+    decomposition, and the Hangul vowel and final jamo (composed by rule, not listed)."""
+    seconds = {chr(code) for code in [*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)]}
+    for code in range(sys.maxunicode + 1):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(chr(int(parts[1], 16)))
+    return frozenset(seconds)
 
 
 def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -> Optional[Corpus]:

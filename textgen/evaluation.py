@@ -54,11 +54,12 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
 
-    The text is read in the Unicode form (NFC or NFD) the model's vocabulary knows best. Characters outside the
-    vocabulary are removed from it and counted, never mapped. Each stream
+    The text is read in the Unicode form (NFC or NFD) the model's vocabulary knows best, chosen per chunk of
+    8 MB. Characters outside the vocabulary are removed from it and counted, never mapped. Each stream
     starts from a fresh state, so on a short text the score depends on batch_size (1 reads it as one stream).
     Returns nats, bpc, perplexity, characters (scored), unknown (removed), unscored (the first character, which
-    nothing predicts, and the fewer than batch_size at the end that do not fill a column), total."""
+    nothing predicts, and the fewer than batch_size at the end that do not fill a column), total (the file's
+    characters as written: a conversion to NFD can make characters + unknown + unscored more)."""
     from textgen.checkpoint import load_model
     from textgen.model import reset_states
     from textgen.runs import find_run
@@ -76,7 +77,7 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     run_dir = find_run(Path(checkpoint_dir), run)
     model, meta = load_model(run_dir, batch_size=batch_size)
     vocab = meta.vocab
-    ids, unknown = encode_text(path, vocab)
+    ids, unknown = encode_text(path, vocab, size_hint=total)
     kept = len(ids)
     check_length(kept, " in the model's vocabulary")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,15 +60,16 @@ class RequestDraws:
     Each sample draws from a generator of its own, seeded by the request's seed and the sample's index among those
     at its temperature (the seed's own generator for index 0). So a sample's text depends on its seed, temperature and
     index, not on how many samples or temperatures were asked for with it: seed 5 alone gives the first of four
-    samples with seed 5. Without a seed every sample gets a random generator."""
+    samples with seed 5, and -t 0.2,1.0 gives each temperature's text alone (one draw at two temperatures, so the
+    two are alike). (Engines of different sizes may round differently in the last bits, which almost
+    never changes a sampled character.) Without a seed every sample gets a random generator."""
 
     def __init__(self, seed: Optional[int], indexes: Sequence[int]):
-        def generator(index: int) -> np.random.Generator:
-            if seed is None:
-                return np.random.default_rng(secrets.randbits(63))
-            return np.random.default_rng(seed if index == 0 else [seed, index])
-
-        self.generators = [generator(index) for index in indexes]
+        if seed is None:
+            seeds = np.random.SeedSequence().spawn(len(indexes))
+        else:  # a spawn key, not [seed, index]: that would equal seed + 2**32 * index
+            seeds = [seed if index == 0 else np.random.SeedSequence(seed, spawn_key=(index,)) for index in indexes]
+        self.generators = [np.random.default_rng(each) for each in seeds]
 
     def next(self, steps: int) -> np.ndarray:
         return np.stack([generator.random(steps) for generator in self.generators], axis=1)
@@ -90,6 +90,7 @@ class TextStreams:
         self.vocab, self.config, self.prime = vocab, config, prime
         self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
         self.indexes = [index for _ in config.temperature for index in range(config.num_samples)]  # per temperature
+        self.stop = config.stop and vocab.in_known_form(config.stop)  # matched against text in the model's form
         self.texts = [""] * len(self.temperatures)
         self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
         self.produced = 0  # characters generated per stream so far
@@ -110,12 +111,12 @@ class TextStreams:
             if self.cuts[index] is None:
                 before = len(self.texts[index])
                 self.texts[index] = (self.texts[index] + self.vocab.decode(row))[:self.config.length]
-                self.cuts[index] = _stop_cut(self.texts[index], self.config.stop, before)
+                self.cuts[index] = _stop_cut(self.texts[index], self.stop, before)
         self.produced += ids.shape[1]
 
     def take_ready(self) -> str:
         """The next decided piece of the first stream ("" if none yet)."""
-        text, cut, stop = self.texts[0], self.cuts[0], self.config.stop
+        text, cut, stop = self.texts[0], self.cuts[0], self.stop
         if cut is not None:
             ready = cut
         elif self.done:

@@ -8,7 +8,7 @@ import io
 import unicodedata
 from pathlib import Path
 
-from textgen.checkpoint import read_meta
+from textgen.checkpoint import CheckpointTooNew, read_meta
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError
@@ -140,6 +140,9 @@ def runs_table(run_dirs: list[Path]) -> str:
             best = read_meta(run_dir, "best")
             meta = read_meta(run_dir, "last") or best
             best = best or meta
+        except CheckpointTooNew:
+            rows.append((run_dir.name, "written by a newer textgen", "-", "-", "-", "-"))
+            continue
         except TextgenError:  # one damaged run does not hide the others
             rows.append((run_dir.name, f"damaged (textgen info --run {run_dir.name} says why)", "-", "-", "-", "-"))
             continue

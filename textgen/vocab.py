@@ -66,6 +66,8 @@ class Vocabulary:
         best = (text, *self.encode_known(text))
         for form in ("NFC", "NFD") if best[2] else ():
             converted = unicodedata.normalize(form, text)
+            if converted == text:  # already in that form: one emoji in ASCII text need not be encoded thrice
+                continue
             if (candidate := (converted, *self.encode_known(converted)))[2] < best[2]:
                 best = candidate
         return best
