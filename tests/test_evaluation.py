@@ -5,6 +5,7 @@ import pytest
 
 from conftest import write_text
 from textgen.checkpoint import load_model
+from textgen.errors import TextgenError
 from textgen.evaluation import evaluate
 
 
@@ -66,6 +67,14 @@ def test_eval_and_score_read_a_text_in_the_unicode_form_of_the_corpus(tmp_path):
         scores[form] = evaluate(path, tmp_path / "checkpoints", "accents", batch_size=1, seq_length=50)
         assert scores[form]["unknown"] == 0
     assert scores["NFC"]["nats"] == pytest.approx(scores["NFD"]["nats"], abs=1e-6)
+    # 28 characters precomposed are 35 in the corpus's form: enough for 34 streams, which the length as written
+    # (28) would have refused.
+    short = write_text(tmp_path / "short.txt", unicodedata.normalize("NFC", "café résumé naïve déjà vu dé"))
+    assert evaluate(short, tmp_path / "checkpoints", "accents", batch_size=34, seq_length=5)["unknown"] == 0
+    foreign = write_text(tmp_path / "foreign.txt", "日本語のテキスト")
+    with pytest.raises(TextgenError, match=r"foreign.txt has 0 characters the model knows; evaluation needs at least "
+                                           r"2 \(is it a text in the corpus's language\?\)$"):
+        evaluate(foreign, tmp_path / "checkpoints", "accents", batch_size=1)
     model = textgen.load(summary["run_dir"])
     scored = model.score(unicodedata.normalize("NFC", text))
     assert scored["excluded"] == 0 and scored["characters"] == len(unicodedata.normalize("NFD", text)) - 1

@@ -277,6 +277,16 @@ def _load_kind(run_dir: Path, kind: str, batch_size: int):
                 raise
 
 
+def run_vocabulary(run_dir: Path) -> Optional[Vocabulary]:
+    """The run's vocabulary, read from its metadata alone (no model built); None if no metadata can be read,
+    which load_model then reports."""
+    for kind in KINDS:  # both name the run's one vocabulary
+        with contextlib.suppress(TextgenError):
+            if (meta := read_meta(run_dir, kind)) is not None:
+                return meta.vocab
+    return None
+
+
 def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
     """Build the checkpoint's architecture at batch_size and load its verified weights.
 

@@ -10,7 +10,7 @@ from typing import Optional
 from textgen.batching import StreamBatches
 from textgen.config import check_range
 from textgen.corpus import encode_text, scan
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
 
 LN2 = math.log(2)
@@ -50,6 +50,15 @@ def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[f
     return total / max(count, 1), count
 
 
+def _check_length(path: Path, known: int, batch_size: int) -> None:
+    if known < 2:
+        raise TextgenError(f"{path} has {counted(known, 'character')} the model knows; evaluation needs at least 2 "
+                           "(is it a text in the corpus's language?)")
+    if known < batch_size + 1:
+        raise TextgenError(f"{path} has only {known} characters the model knows; evaluation needs more than "
+                           f"--batch-size ({batch_size}); use a smaller --batch-size")
+
+
 def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
@@ -60,7 +69,7 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     Returns nats, bpc, perplexity, characters (scored), unknown (removed), unscored (the first character, which
     nothing predicts, and the fewer than batch_size at the end that do not fill a column), total (the file's
     characters as written: a conversion to NFD can make characters + unknown + unscored more)."""
-    from textgen.checkpoint import load_model
+    from textgen.checkpoint import load_model, run_vocabulary
     from textgen.model import reset_states
     from textgen.runs import find_run
 
@@ -68,18 +77,18 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", 
     check_range("seq_length", seq_length, low=1, integer=True)
     path = Path(text_file)
     total, _ = scan(path, what="text")
-
-    def check_length(characters: int, which: str) -> None:
-        if characters < batch_size + 1:
-            raise TextgenError(f"{path} has only {characters} characters{which}; evaluation needs more than "
-                               f"--batch-size ({batch_size}); use a smaller --batch-size")
-    check_length(total, "")  # before a model is built for batch_size streams (a huge one would not fit in memory)
     run_dir = find_run(Path(checkpoint_dir), run)
+    # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built for
+    # batch_size streams (a huge batch would not fit in memory).
+    vocab = run_vocabulary(run_dir)
+    if vocab is not None:
+        ids, unknown = encode_text(path, vocab, size_hint=total)
+        _check_length(path, len(ids), batch_size)
     model, meta = load_model(run_dir, batch_size=batch_size)
-    vocab = meta.vocab
-    ids, unknown = encode_text(path, vocab, size_hint=total)
+    if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or the run was replaced
+        ids, unknown = encode_text(path, meta.vocab, size_hint=total)
+        _check_length(path, len(ids), batch_size)
     kept = len(ids)
-    check_length(kept, " in the model's vocabulary")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
