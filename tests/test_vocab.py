@@ -47,3 +47,24 @@ def test_preview_shows_a_combining_mark_as_a_symbol_of_its_own():
 
 def test_a_vocabulary_shows_its_size_and_first_characters():
     assert repr(Vocabulary.from_text("ba\n\u0301")) == "Vocabulary(4 characters: \\nab\\u0301)"
+
+
+def test_characters_that_join_their_neighbours_are_escaped_and_named():
+    from textgen.vocab import quoted, shown_chars
+
+    # A Devanagari vowel sign, an emoji's variation selector and a flag's two letters: a terminal would draw each
+    # into its neighbour (two regional indicators side by side show as a flag the text never had).
+    assert Vocabulary.from_text("\u093f\ufe0f\U0001f1eb\U0001f1ef").preview() == "\\u093f\\ufe0f\\U0001f1eb\\U0001f1ef"
+    assert quoted("a\u0303") == "'a' '\\u0303' (combining tilde)"
+    assert shown_chars("A\u0300\u0301") == "'A\\u0300\\u0301'"
+    assert shown_chars("abc", shown=2) == "'ab' and 1 more"
+
+
+def test_the_unicode_form_a_vocabulary_shows():
+    import unicodedata
+
+    text = "café déjà vu"
+    assert Vocabulary.from_text(unicodedata.normalize("NFD", text)).unicode_form == "NFD"
+    assert Vocabulary.from_text(text).unicode_form == "NFC"
+    assert Vocabulary.from_text("plain").unicode_form is None
+    assert Vocabulary.from_text(text + "q\u0303").unicode_form is None  # precomposed letters and a mark: mixed

@@ -34,7 +34,7 @@ from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
 from textgen.runs import check_run_name, default_run_name
 from textgen.session import Session, mixed_precision_note
-from textgen.vocab import Vocabulary
+from textgen.vocab import Vocabulary, shown_chars
 
 logger = logging.getLogger("textgen")
 __all__ = ["Interrupted", "Run", "fit", "train"]
@@ -97,12 +97,15 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     else:
         saved_vocab = meta.vocab
         if saved_vocab != vocab:
-            added = _shown_chars("".join(sorted(set(vocab.chars) - set(saved_vocab.chars))))
-            missing = _shown_chars("".join(sorted(set(saved_vocab.chars) - set(vocab.chars))))
+            added = shown_chars("".join(sorted(set(vocab.chars) - set(saved_vocab.chars))))
+            missing = shown_chars("".join(sorted(set(saved_vocab.chars) - set(vocab.chars))))
+            form = saved_vocab.unicode_form if saved_vocab.decomposed() == vocab.decomposed() else None
+            converted = f"; the two differ only in Unicode form: convert the corpus to {form}, e.g. with Python's " \
+                        "unicodedata.normalize, or" if form else "; resume on the run's own corpus " \
+                        f"({meta.corpus.get('path')}) or"
             raise TextgenError(
                 f"cannot resume: the corpus vocabulary differs from the checkpoint's "
-                f"(new characters {added}, missing characters {missing}); resume on the run's own corpus "
-                f"({meta.corpus.get('path')}) or train a new run with --run NAME")
+                f"(new characters {added}, missing characters {missing}){converted} train a new run with --run NAME")
         model_config, saved_training = meta.model, meta.training
         differences = [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(model_config, key)})"
                        for key, value in model_options.items() if getattr(model_config, key) != value]
@@ -130,11 +133,6 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     model_config.validate()
     train_config.validate()
     return model_config, train_config
-
-
-def _shown_chars(chars: str, shown: int = 40) -> str:
-    """chars for a one-line message: a large vocabulary (CJK) can differ by thousands."""
-    return repr(chars) if len(chars) <= shown else f"{chars[:shown]!r} and {len(chars) - shown:,} more"
 
 
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of --learning-rate

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
 
+def joins_neighbours(ch: str) -> bool:
+    """Whether a terminal draws ch into the character before it (a combining mark or vowel sign, a variation
+    selector, a skin tone) or pairs it with the next (a regional indicator: two make a flag)."""
+    code = ord(ch)
+    return unicodedata.category(ch).startswith("M") or 0x1F3FB <= code <= 0x1F3FF or 0x1F1E6 <= code <= 0x1F1FF
+
+
 def escaped(ch: str) -> str:
-    """ch as a one-line message shows it: control characters escaped, and combining marks too, which would
-    otherwise join the character before them (a quote) and show as nothing of their own."""
-    return ch if ch.isprintable() and not unicodedata.combining(ch) else ascii(ch)[1:-1]
+    """ch as a one-line message shows it: control characters escaped, and the characters that would join their
+    neighbours too (joins_neighbours), which would otherwise show as nothing of their own or as another symbol."""
+    return ch if ch.isprintable() and not joins_neighbours(ch) else ascii(ch)[1:-1]
 
 
 def quoted(chars) -> str:
-    """Characters for a message, each quoted as Python would, a combining mark escaped: 'x' '"' '\\u0301'."""
-    return " ".join(repr(ch) if not unicodedata.combining(ch) else f"'{escaped(ch)}'" for ch in chars)
+    """Characters for a message, each quoted as Python would, a joining one escaped and named:
+    'x' '"' '\\u0301' (combining acute accent)."""
+    return " ".join(repr(ch) if not joins_neighbours(ch) else f"'{escaped(ch)}' ({unicodedata.name(ch, '?').lower()})"
+                    for ch in chars)
+
+
+def shown_chars(chars: str, shown: int = 40) -> str:
+    """A run of characters for a one-line message, quoted, each escaped as escaped() does; a large vocabulary
+    (CJK) can differ by thousands, so only the first ones are shown."""
+    text = "'" + "".join(map(escaped, chars[:shown])) + "'"
+    return text if len(chars) <= shown else f"{text} and {len(chars) - shown:,} more"
 
 
 class Vocabulary:
@@ -53,9 +70,23 @@ class Vocabulary:
         """The distinct characters of text outside the vocabulary, in order of appearance."""
         return list(dict.fromkeys(ch for ch in text if ch not in self._index))
 
+    @functools.cached_property
+    def unicode_form(self) -> Optional[str]:
+        """The Unicode form the corpus was written in, where the vocabulary shows it: "NFD" if it holds combining
+        marks and no precomposed letter, "NFC" if the other way round, else None (neither, or both)."""
+        marks = any(unicodedata.combining(ch) for ch in self.chars)
+        composed = any(unicodedata.normalize("NFD", ch) != ch for ch in self.chars)
+        return "NFD" if marks and not composed else "NFC" if composed and not marks else None
+
+    def decomposed(self) -> set[str]:
+        """The characters of the vocabulary's NFD form: equal for two vocabularies of one text in either form."""
+        return set(unicodedata.normalize("NFD", self.chars))
+
     def in_known_form(self, text: str) -> str:
-        """text, or its NFC or NFD form if that has fewer characters outside the vocabulary: an accented letter
-        typed precomposed (é) where the corpus has e + accent, or the other way round."""
+        """text in the Unicode form of the corpus (unicode_form) if that leaves no more characters outside the
+        vocabulary, else in whichever of NFC and NFD leaves fewer: an accented letter typed precomposed (é) where
+        the corpus has e + accent, or the other way round. On a decomposed corpus without ñ, señor becomes
+        sen + tilde + or, so that only the tilde is unknown."""
         return self._known_form(text)[0]
 
     def encode_in_known_form(self, text: str) -> tuple[np.ndarray, int]:
@@ -64,11 +95,12 @@ class Vocabulary:
 
     def _known_form(self, text: str) -> tuple[str, np.ndarray, int]:
         best = (text, *self.encode_known(text))
-        for form in ("NFC", "NFD") if best[2] else ():
+        for form in ((self.unicode_form,) if self.unicode_form else ("NFC", "NFD")) if best[2] else ():
             converted = unicodedata.normalize(form, text)
-            if converted == text:  # already in that form: one emoji in ASCII text need not be encoded thrice
+            if converted == text:  # already in that form: one emoji in ASCII text need not be encoded again
                 continue
-            if (candidate := (converted, *self.encode_known(converted)))[2] < best[2]:
+            candidate = (converted, *self.encode_known(converted))
+            if candidate[2] < best[2] or (form == self.unicode_form and candidate[2] == best[2]):
                 best = candidate
         return best
 
