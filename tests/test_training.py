@@ -112,9 +112,10 @@ def test_resume_on_the_same_text_in_the_other_unicode_form_says_so(tmp_path):
     words = "café déjà ça " * 400
     run(write_text(tmp_path / "nfd.txt", unicodedata.normalize("NFD", words)), tmp_path)
     # The marks are escaped: bare, each would join the letter before it (and show as a letter of the other list).
-    with pytest.raises(TextgenError, match=r"\(new characters 'àçé', missing characters 'e\\u0300\\u0301\\u0327'\); "
-                                           r"the two differ only in Unicode form: convert the corpus to NFD, e\.g\. "
-                                           r"with Python's unicodedata\.normalize, or train a new run with --run NAME$"):
+    expected = (r"\(new characters 'àçé', missing characters 'e\\u0300\\u0301\\u0327'\); the two differ only in "
+                r"Unicode form: convert the corpus to NFD, e\.g\. with Python's unicodedata\.normalize, or train a new "
+                r"run with --run NAME$")
+    with pytest.raises(TextgenError, match=expected):
         run(write_text(tmp_path / "nfc.txt", words), tmp_path, epochs=2, resume=True)
 
 
