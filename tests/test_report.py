@@ -78,21 +78,47 @@ def test_info_and_runs_show_the_stored_numbers(trained_run):
     assert row.split()[:5] == ["period", "period.txt", "21,000", "3/3", f"{meta['val_loss'] / math.log(2):.3f}"]
 
 
+def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "big")
+    for kind in ("best", "last"):  # a Chinese corpus's vocabulary: the preview shows ASCII only
+        meta_path = tmp_path / "big" / f"{kind}.json"
+        meta = json.loads(meta_path.read_text())
+        meta["vocab"] = list(range(32, 127)) + list(range(0x4E00, 0x4E00 + 900))
+        meta["model"]["vocab_size"] = len(meta["vocab"])
+        meta_path.write_text(json.dumps(meta))
+    runner = CliRunner()
+    info = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big"])
+    assert info.exit_code == 0, info.output
+    assert "995 symbols:  !\"#$%" in info.stdout and "... (textgen info --vocabulary lists them all)" in info.stdout
+    listed = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big", "--vocabulary"])
+    assert listed.exit_code == 0 and listed.stdout == "".join(map(chr, meta["vocab"])) + "\n"
+    small = runner.invoke(cli, ["info", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run", "period"])
+    assert "7 symbols: abcdefg\n" in small.stdout  # nothing more to list
+
+
 def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
     import shutil
 
-    from textgen.report import _columns, runs_table
+    import unicodedata
 
-    for name, corpus in (("latin", "/texts/notes.txt"), ("cjk", "/texts/小说笔记.txt")):
+    from textgen.report import runs_table
+
+    names = (("latin", "/texts/notes.txt"), ("cjk", "/texts/小说笔记.txt"), ("marks", "/texts/e\u0301te\u0301.txt"))
+    for name, corpus in names:
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
         for kind in ("best", "last"):
             meta_path = tmp_path / name / f"{kind}.json"
             meta = json.loads(meta_path.read_text())
             meta["corpus"]["path"] = corpus
             meta_path.write_text(json.dumps(meta, ensure_ascii=False))
-    lines = runs_table([tmp_path / "latin", tmp_path / "cjk"]).splitlines()
+    lines = runs_table([tmp_path / name for name, _ in names]).splitlines()
     assert "小说笔记.txt" in lines[2]
-    # the "characters" column starts at the same screen column on every line
+    # the "characters" column starts at the same screen column on every line (an accent mark takes none)
     length = f"{json.loads((tmp_path / 'cjk' / 'last.json').read_text())['corpus']['length']:,}"
-    starts = {_columns(line[:line.index(word)]) for line, word in zip(lines, ("characters", length, length))}
+    def screen(text):  # measured independently of report._columns, which laid the table out
+        return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) == "W" else 1
+                   for ch in text)
+    starts = {screen(line[:line.index(word)]) for line, word in zip(lines, ("characters", length, length, length))}
     assert len(starts) == 1, lines

@@ -283,12 +283,14 @@ def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_r
 @cli.command()
 @checkpoint_dir_option
 @run_option
-def info(checkpoint_dir, run):
+@click.option("--vocabulary", is_flag=True, help="Print every character the model knows instead (one line, in "
+              "code point order, control characters and joining marks escaped).")
+def info(checkpoint_dir, run, vocabulary):
     """Configuration, progress, losses and files of a run."""
-    from textgen.report import info_text
+    from textgen.report import info_text, vocabulary_text
     from textgen.runs import find_run
 
-    click.echo(info_text(find_run(checkpoint_dir, run)))
+    click.echo((vocabulary_text if vocabulary else info_text)(find_run(checkpoint_dir, run)))
 
 
 @cli.command()

@@ -70,6 +70,12 @@ def _size(num_bytes: int) -> str:
     return ""
 
 
+def vocabulary_text(run_dir: Path) -> str:
+    """Every character of the run's vocabulary, escaped as the preview is."""
+    meta = read_meta(run_dir, "last") or read_meta(run_dir, "best")
+    return meta.vocab.preview(len(meta.vocab))
+
+
 def info_text(run_dir: Path) -> str:
     best_meta = read_meta(run_dir, "best")
     last = read_meta(run_dir, "last") or best_meta  # a run left with its best checkpoint only
@@ -79,7 +85,8 @@ def info_text(run_dir: Path) -> str:
         f"run            {run_dir}",
         f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
-        f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}",
+        f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
+        + (" (textgen info --vocabulary lists them all)" if len(vocab) > 60 else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()),
         f"progress       {state.epoch} of {training.epochs} epochs"
         + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
@@ -155,7 +162,9 @@ def runs_table(run_dirs: list[Path]) -> str:
 
 
 def _columns(text: str) -> int:
-    """How many terminal columns text takes: CJK characters take two."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    """How many terminal columns text takes: CJK characters take two, combining marks, variation selectors and
+    joiners none (they draw into the character before them)."""
+    return sum(0 if unicodedata.category(ch) in ("Mn", "Me", "Cf") else 2 if unicodedata.east_asian_width(ch) in "WF"
+               else 1 for ch in text)
 
 
