@@ -68,6 +68,7 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server, 
     texts = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
     assert len(texts) == 3 and all(len(text) == 123 and text.startswith("abc") for text in texts)
     assert all(set(text) <= set(PERIOD) for text in texts)
+    assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["abc"] * 3
     titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#samples h2")]
     assert [title.split("seed ")[1] for title in titles] == ["11", "12", "13"]
     assert all("temperature 0.8" in title for title in titles)

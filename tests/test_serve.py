@@ -124,10 +124,17 @@ def test_streaming_sends_the_text_as_server_sent_events(server):
     assert status == 200
     blocks = events(text)
     assert blocks[-1] == 'event: done\ndata: {"stopped": false}'
-    pieces = [json.loads(block[len("data: "):])["text"] for block in blocks[:-1]]
-    assert len(pieces) >= 3 and pieces[0] == "abc"
+    messages = [json.loads(block[len("data: "):]) for block in blocks[:-1]]
+    pieces = [message["text"] for message in messages]
+    assert len(pieces) >= 3 and messages[0] == {"text": "abc", "prime": True}
+    assert not any("prime" in message for message in messages[1:])
     _, whole = call(server, "/v1/generate", dict(prime="abc", length=300, temperature=0.7, seed=9))
     assert "".join(pieces) == json.loads(whole)["samples"][0]["text"]
+    # The prime as the model reads it is marked, whatever was typed; a prime that lost every character has none.
+    for prime, marked in (("abxc", {"text": "abc", "prime": True}), ("xyz", None)):
+        body = dict(prime=prime, length=20, temperature=0, stream=True, skip_unknown=True)
+        first = json.loads(events(call(server, "/v1/generate", body)[1])[0][len("data: "):])
+        assert (first if marked else first.get("prime")) == marked
 
 
 def test_score(server):

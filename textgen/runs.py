@@ -40,7 +40,7 @@ def check_run_name(name: str) -> str:
             hint = f" (for the run in {name}: --checkpoint-dir {Path(name).parent} --run {Path(name).name})"
         elif name and (cleaned := _cleaned(name)) != name and "/" not in name:
             hint = f" (a corpus file called {name!r} trains the run {cleaned!r})"
-        raise TextgenError(f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only{hint}")
+        raise TextgenError(f"invalid run name {name!r}: use ASCII letters, digits, '.', '_' and '-' only{hint}")
     return name
 
 

@@ -387,12 +387,16 @@ async def _cancel_when_gone(request: Request, job) -> None:
 
 
 async def _events(job, inbox):
-    """Server-Sent Events: {"text": piece} per piece of the job's stream, then event "done" with whether
-    stop ended it. When the response ends early (the client went away), the job is cancelled and its
+    """Server-Sent Events: {"text": piece} per piece of the job's stream, the prime's marked "prime": true (it is
+    the prime as the model reads it: in its Unicode form, unknown characters dropped), then event "done" with
+    whether stop ended it. When the response ends early (the client went away), the job is cancelled and its
     stream leaves the batch at the next chunk."""
     try:
+        first = True
         while (piece := await inbox.get()) is not None:
-            yield f"data: {json.dumps({'text': piece}, ensure_ascii=False)}\n\n"
+            event = {"text": piece, "prime": True} if first and job.streams.prime else {"text": piece}
+            first = False
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
         if job.error is not None:
             yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
         else:
