@@ -112,6 +112,12 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     status = wait_until(lambda: "never saw" in browser.find_element(By.ID, "status").text
                         and browser.find_element(By.ID, "status"))
     assert status.get_attribute("class") == "error"
+    assert status.text.endswith("change the prime or tick “Drop characters the model never saw” to drop them")
+    browser.find_element(By.ID, "skip-unknown").click()  # as the message says: the prime loses x, y and z
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+    [text] = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
+    assert len(text) == 400 and set(text) <= set(PERIOD)
 
 
 def test_page_fits_a_phone_screen(browser, server):  # noqa: F811
