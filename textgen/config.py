@@ -278,7 +278,8 @@ class SampleConfig(_Config):
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, high=MAX_SAMPLES,
                               integer=True)
     seed: Optional[int] = option(None, "Random seed: the same seed gives the same text.", low=0, integer=True)
-    stop: Optional[str] = option(None, "End a sample where it first produces this string.", text=True)
+    stop: Optional[str] = option(None, "End a sample where it first produces this string (left out of the sample).",
+                                 text=True)
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
 
     def __post_init__(self):
