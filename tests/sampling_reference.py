@@ -45,13 +45,15 @@ def choose(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None) ->
     cdf = np.cumsum(weights, axis=1, dtype=np.float32)
     threshold = u * cdf[:, -1]
     sampled = (cdf <= threshold[:, None]).sum(axis=1)
-    return np.where(greedy, logits.argmax(axis=1), sampled).astype(np.int64)
+    # sampled == vocab: the filters kept nothing (a rule added after top-k/top-p may): the likeliest, as choose_tf
+    return np.where(greedy | (sampled >= vocab), logits.argmax(axis=1), sampled).astype(np.int64)
 
 
 _COMPILED: dict = {}
 
 
-def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, jit_compile=True) -> np.ndarray:
+def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None,
+                    jit_compile=True) -> np.ndarray:
     """Run :func:`choose_tf` as its own compiled function (same arguments as :func:`choose`)."""
     import tensorflow as tf
 
@@ -60,13 +62,13 @@ def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, jit_c
     u = clamp_uniforms(uniforms).reshape(rows)
     temp = temperatures(temperature, rows)
     top_k, top_p = normalize_filters(top_k, top_p, vocab)
-    key = (top_k is not None, top_p is not None, bool(jit_compile))
+    key = (top_k is not None, top_p is not None, min_p is not None, bool(jit_compile))
     if key not in _COMPILED:
-        use_k, use_p = key[0], key[1]
+        use_k, use_p, use_min_p = key[:3]
 
         @tf.function(jit_compile=jit_compile)
-        def run(lg, un, tp, k, p):
-            return choose_tf(lg, un, tp, k if use_k else None, p if use_p else None)
+        def run(lg, un, tp, k, p, m):
+            return choose_tf(lg, un, tp, k if use_k else None, p if use_p else None, m if use_min_p else None)
 
         _COMPILED[key] = run
     out = _COMPILED[key](
@@ -75,5 +77,6 @@ def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, jit_c
         tf.constant(temp),
         tf.constant(top_k or 0, tf.int32),
         tf.constant(top_p or 1.0, tf.float32),
+        tf.constant(min_p or 0.0, tf.float32),
     )
     return out.numpy().astype(np.int64)

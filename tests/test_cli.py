@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import PERIOD, files_snapshot, write_text
 from textgen.cli import cli
-from textgen.config import ModelConfig, TrainConfig
+from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options
 
 TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10", "--epochs", "1",
         "--dropout", "0"]
@@ -26,10 +26,15 @@ def test_help_lists_every_option():
             assert "--" + field.name.replace("_", "-") in train_help
     assert "[auto|on|off]" in train_help
     sample_help = invoke("sample", "--help").output
-    for option in ("--temperature", "--top-k", "--top-p", "--length", "--prime", "--prime-file", "--num-samples",
-                   "--seed", "--stop", "--output", "--skip-unknown", "--run", "--checkpoint-dir"):
+    sampling = ["--" + name.replace("_", "-") for name in command_line_options(SampleConfig)]
+    assert {"--temperature", "--min-p", "--max-repeat", "--skip-unknown"} <= set(sampling)
+    for option in sampling + ["--prime-file", "--output", "--run", "--checkpoint-dir"]:
         assert option in sample_help
-    assert invoke("--help").exit_code == 0
+    main_help = CliRunner().invoke(cli, ["--help"], terminal_width=100)  # the width the README's reference uses
+    assert main_help.exit_code == 0
+    # Click cuts a command's summary (its docstring's first sentence) with "..." where it does not fit.
+    summaries = main_help.output.split("Commands:")[1].splitlines()
+    assert not [line for line in summaries if line.rstrip().endswith("...")], main_help.output
 
 
 def test_train_then_sample_writes_only_text_to_stdout(tmp_path):

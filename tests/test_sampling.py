@@ -115,7 +115,7 @@ def test_validation():
         oracle.choose(logits, [1.0], 1.0)
 
 
-def _boundary_margin(logits, u, temperature, top_k, top_p):
+def _boundary_margin(logits, u, temperature, top_k, top_p, min_p=None):
     """Smallest relative distance (float64) of any decision in the rule to its threshold."""
     x = logits.astype(np.float64)
     if temperature == 0:
@@ -139,13 +139,17 @@ def _boundary_margin(logits, u, temperature, top_k, top_p):
         kept = min(kept, int(np.sum(before < top_p * total)))
     cutoff = s[order[kept - 1]]
     ww = np.where(s >= cutoff, w, 0)
+    if min_p is not None:  # w is each token's probability ratio to the likeliest
+        margins.append(np.min(np.abs(w - min_p)))
+        ww = np.where(w >= min_p, ww, 0)
     cdf = np.cumsum(ww)
     margins.append(np.min(np.abs(cdf - u * cdf[-1])) / cdf[-1])
     return min(margins)
 
 
 @pytest.mark.parametrize("vocab", [7, 65, 300])  # 300 > PAIRWISE_MAX_VOCAB: the sort-based cut-off
-@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.7}, {"top_k": 4, "top_p": 0.5}])
+@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.7}, {"top_k": 4, "top_p": 0.5}, {"min_p": 0.1},
+                                     {"top_p": 0.9, "min_p": 0.05}])
 def test_tf_matches_numpy(vocab, filters):
     """The compiled TF rule picks the same ids as the NumPy reference on many random cases.
 
@@ -165,7 +169,8 @@ def test_tf_matches_numpy(vocab, filters):
     assert len(bad) <= rows // 1000
     uf = sampling.clamp_uniforms(u).astype(np.float64)
     for row in bad:
-        margin = _boundary_margin(logits[row], uf[row], temps[row], filters.get("top_k"), filters.get("top_p"))
+        margin = _boundary_margin(logits[row], uf[row], temps[row], filters.get("top_k"), filters.get("top_p"),
+                                  filters.get("min_p"))
         assert margin < 1e-4, (row, margin)
 
 

@@ -98,8 +98,7 @@ class TextModel:
             >>> model.generate("ROMEO:", length=100, temperature=0.8, seed=3)  # doctest: +SKIP
             'ROMEO: ...'
         """
-        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p,
-                              max_repeat)
+        config = self._config(locals())
         texts = [sample.text for sample in self.generator.samples(config)]
         return texts[0] if num_samples == 1 else texts
 
@@ -113,8 +112,7 @@ class TextModel:
             >>> for piece in model.stream("The ", length=300):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        config = self._config(prime, length, temperature, top_k, top_p, seed, stop, 1, skip_unknown, min_p,
-                              max_repeat)
+        config = self._config(locals())
         if not skip_unknown:  # like the options, an unknown prime character is refused now, not at the first piece
             prepare_prime(config.prime, self.vocab, False, lambda warning: None)
         return self.generator.stream(config)
@@ -137,13 +135,15 @@ class TextModel:
             raise OptionError(f"text must be a string, got {type(text).__name__}")
         return self.generator.score(text)
 
-    def _config(self, prime, length, temperature, top_k, top_p, seed, stop, num_samples, skip_unknown, min_p,
-                max_repeat):
+    @staticmethod
+    def _config(arguments: dict) -> SampleConfig:
+        """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): their keywords are
+        SampleConfig's fields, so a new sampling option is added to the signatures and docstring only."""
+        options = {name: value for name, value in arguments.items() if name != "self"}
+        temperature = options.pop("temperature")
         if isinstance(temperature, (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")
-        config = SampleConfig(temperature=(temperature,), top_k=top_k, top_p=top_p, min_p=min_p,
-                              max_repeat=max_repeat, length=length, prime=prime, num_samples=num_samples, seed=seed,
-                              stop=stop, skip_unknown=skip_unknown)
+        config = SampleConfig(temperature=(temperature,), **options)
         config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
 

@@ -151,7 +151,7 @@ def cli():
     """Character-level text generation with a stateful LSTM."""
 
 
-@cli.command()
+@cli.command(short_help="Train on CORPUS, a UTF-8 text file (default: the built-in corpus).")
 @click.argument("corpus", required=False, type=click.Path(path_type=Path))
 @checkpoint_dir_option
 @click.option("--run", default=None, callback=_run_name_given, help="Run name; default: the corpus file name.")
@@ -236,7 +236,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
                "first" + (f" and the end that does not fill all {batch_size} streams)" if batch_size > 1 else ")"))
 
 
-@cli.command(name="export")
+@cli.command(name="export", short_help="Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT.")
 @checkpoint_dir_option
 @run_option
 @click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel", "litert", "all"]),

@@ -231,10 +231,9 @@ class ScoreRequest(BaseModel):
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
-    config = SampleConfig(temperature=temperature_values(body.temperature), top_k=body.top_k, top_p=body.top_p,
-                          min_p=body.min_p, max_repeat=body.max_repeat, length=body.length, prime=body.prime,
-                          num_samples=body.num_samples, seed=body.seed, stop=body.stop,
-                          skip_unknown=body.skip_unknown)
+    # The request's fields are SampleConfig's, besides the run and the streaming switch.
+    config = SampleConfig(temperature=temperature_values(body.temperature),
+                          **body.model_dump(exclude={"run", "stream", "temperature"}))
     # This server's limits come before the general rules, which allow far more.
     if config.sample_count > limits.max_samples:
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
