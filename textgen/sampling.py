@@ -13,8 +13,15 @@ The rule, for one row of logits ``l`` (V,), a uniform ``u`` in [0, 1) and temper
    ``s >= sorted_s[m - 1]`` is kept, so tokens tied exactly at the cut-off are all kept.
    (For V <= PAIRWISE_MAX_VOCAB the TF version finds the same set without sorting: token j is
    kept iff fewer than k tokens score above it and the probability mass above it is below p.)
-4. Inverse CDF in token-id order (the fixed order): ``cdf = cumsum(w * keep)``; the answer is the
-   first id whose ``cdf`` exceeds ``u * cdf[-1]``.
+4. min-p: a token is also dropped when its probability is below ``min_p`` times the likeliest one's, i.e.
+   when ``w < min_p`` (the likeliest has ``w = 1``). This looks at the whole distribution, not at what top-k
+   and top-p kept, and never drops the likeliest, so a token always survives.
+5. Inverse CDF in token-id order (the fixed order): ``cdf = cumsum(w * keep)``; the answer is the
+   first id whose ``cdf`` exceeds ``u * cdf[-1]``. A filter added later that could keep nothing falls back
+   to the greedy pick (``choose_tf`` does; so does the NumPy twin).
+
+The repeat guard (``--max-repeat``) is not part of the rule: the engine sets the logit of a stream's last
+character to -inf before the rule when the stream has repeated it too often.
 
 Uniforms are used at float32 precision and clamped to ``1 - 2**-23`` (float64 values just below 1
 round to 1.0 in float32), which guarantees ``u * total < total`` so the pick is always a kept
