@@ -30,23 +30,34 @@ token.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from textgen.config import MAX_TEMPERATURE, check_range
+from textgen.config import SampleConfig, rules
 
 U_MAX = float(np.float32(1.0 - 2.0**-23))
 PAIRWISE_MAX_VOCAB = 256  # choose_tf finds the top-k / top-p cut-off without sorting up to this vocabulary
 
 
+# SampleConfig's rules, each for one value (the temperature's is for a list): the ranges are declared once, there.
+_RULES = {name: dataclasses.replace(rule, many=False) for name, rule in rules(SampleConfig).items()}
+
+
+def check_sample_option(name: str, value) -> None:
+    """Refuse one value of a sampling option outside SampleConfig's rule for it."""
+    _RULES[name].check(name, value)
+
+
 def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float | None]:
     """Validate top_k / top_p; return None for filters that cannot cut anything (k >= V, p >= 1)."""
     if top_k is not None:
-        check_range("top_k", top_k, low=1, integer=True)
+        check_sample_option("top_k", top_k)
         top_k = int(top_k)
         if top_k >= vocab_size:
             top_k = None
     if top_p is not None:
-        check_range("top_p", top_p, low=0, high=1, low_open=True)
+        check_sample_option("top_p", top_p)
         top_p = float(top_p)
         if top_p >= 1.0:
             top_p = None
@@ -71,7 +82,7 @@ def per_row_filters(top_k, top_p, rows: int, vocab_size: int, min_p=None) -> tup
     for k, p, m in zip(per_row(top_k, rows), per_row(top_p, rows), per_row(min_p, rows)):
         k, p = normalize_filters(k, p, vocab_size)
         if m is not None:
-            check_range("min_p", m, low=0, high=1)
+            check_sample_option("min_p", m)
         ks.append(vocab_size if k is None else k)
         ps.append(NO_TOP_P if p is None else p)
         ms.append(0.0 if m is None else float(m))
@@ -87,7 +98,7 @@ def temperatures(temperature, rows: int) -> np.ndarray:
     if temp.ndim > 1 or (temp.ndim == 1 and temp.shape[0] != rows):
         raise ValueError(f"temperature must be a scalar or shape ({rows},), got shape {temp.shape}")
     for value in temp.reshape(-1):
-        check_range("temperature", float(value), low=0, high=MAX_TEMPERATURE)
+        check_sample_option("temperature", float(value))
     return np.broadcast_to(temp, (rows,)).astype(np.float32)
 
 
