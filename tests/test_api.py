@@ -152,3 +152,15 @@ def test_loading_and_generating_print_nothing_but_the_text(trained_run):
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""  # a notebook shows nothing but what the user prints
     assert result.stderr == ("abcdefg" * 4)[:23]  # TensorFlow's start-up notes are muted too
+
+
+def test_the_api_and_the_server_take_every_sampling_option():
+    import inspect
+
+    from textgen.api import TextModel
+    from textgen.config import SAMPLE_FIELDS
+    from textgen.serve import GenerateRequest
+
+    assert set(inspect.signature(TextModel.generate).parameters) - {"self"} == SAMPLE_FIELDS
+    assert set(inspect.signature(TextModel.stream).parameters) - {"self"} == SAMPLE_FIELDS - {"num_samples"}
+    assert set(GenerateRequest.model_fields) - {"run", "stream"} == SAMPLE_FIELDS

@@ -107,7 +107,7 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
     prime = browser.find_element(By.ID, "prime")
     prime.clear()
-    prime.send_keys("xyz")
+    prime.send_keys("abxyz")
     browser.find_element(By.ID, "generate").click()
     status = wait_until(lambda: "never saw" in browser.find_element(By.ID, "status").text
                         and browser.find_element(By.ID, "status"))
@@ -117,7 +117,9 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     browser.find_element(By.ID, "generate").click()
     wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
     [text] = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
-    assert len(text) == 400 and set(text) <= set(PERIOD)
+    assert len(text) == 402 and text.startswith("ab") and set(text) <= set(PERIOD)
+    # The prime is styled as the model read it ("ab"), not as typed.
+    assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["ab"]
 
 
 def test_page_fits_a_phone_screen(browser, server):  # noqa: F811

@@ -58,6 +58,8 @@ def test_characters_that_join_their_neighbours_are_escaped_and_named():
     assert quoted("a\u0303") == "'a' '\\u0303' (combining tilde)"
     assert shown_chars("A\u0300\u0301") == "'A\\u0300\\u0301'"
     assert shown_chars("abc", shown=2) == "'ab' and 1 more"
+    assert shown_chars("'\\x") == "'\\'\\\\x'"  # a quote and a backslash do not read as an escape
+    assert quoted("\u200d") == "'\\u200d' (zero width joiner)"
 
 
 def test_the_unicode_form_a_vocabulary_shows():
@@ -68,3 +70,17 @@ def test_the_unicode_form_a_vocabulary_shows():
     assert Vocabulary.from_text(text).unicode_form == "NFC"
     assert Vocabulary.from_text("plain").unicode_form is None
     assert Vocabulary.from_text(text + "q\u0303").unicode_form is None  # precomposed letters and a mark: mixed
+    assert Vocabulary.from_text(text + "\u2126").unicode_form is None  # the ohm sign: NFC makes it omega
+    assert Vocabulary.from_text(unicodedata.normalize("NFD", "소설 한국어")).unicode_form == "NFD"  # jamo
+    assert Vocabulary.from_text("소설 한국어").unicode_form == "NFC"
+
+
+@pytest.mark.parametrize("corpus, text, expected", [
+    ("cafe\u0301 senor", "se\u00f1or", "sen\u0303or"),  # decomposed corpus: only the tilde is unknown
+    ("caf\u00e9 senor", "sen\u0303or", "sen\u0303or"),  # precomposed corpus: NFC would make the n unknown
+    ("e\u00e9\uf900", "e\u0301\uf900", "e\u0301\uf900"),  # NFC would replace the known 豈 by an unknown one
+    ("\u2126 ohm", "\u2126 oh\u0301m", "\u2126 oh\u0301m"),  # the ohm sign is known; NFC or NFD would lose it
+    ("cafe\u0301", "caf\u00e9", "cafe\u0301"),
+])
+def test_a_text_takes_the_form_with_fewest_unknown_then_most_known_characters(corpus, text, expected):
+    assert Vocabulary.from_text(corpus).in_known_form(text) == expected

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, split_training_options
+from textgen.config import DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SampleConfig, split_training_options
 from textgen.errors import OptionError, TextgenError
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -137,9 +137,9 @@ class TextModel:
 
     @staticmethod
     def _config(arguments: dict) -> SampleConfig:
-        """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): their keywords are
+        """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): the ones named as
         SampleConfig's fields, so a new sampling option is added to the signatures and docstring only."""
-        options = {name: value for name, value in arguments.items() if name != "self"}
+        options = {name: value for name, value in arguments.items() if name in SAMPLE_FIELDS}
         temperature = options.pop("temperature")
         if isinstance(temperature, (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")

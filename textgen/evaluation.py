@@ -55,7 +55,7 @@ def _check_length(path: Path, known: int, batch_size: int) -> None:
         raise TextgenError(f"{path} has {counted(known, 'character')} the model knows; evaluation needs at least 2 "
                            "(is it a text in the corpus's language?)")
     if known < batch_size + 1:
-        raise TextgenError(f"{path} has only {known} characters the model knows; evaluation needs more than "
+        raise TextgenError(f"{path} has only {known:,} characters the model knows; evaluation needs more than "
                            f"--batch-size ({batch_size}); use a smaller --batch-size")
 
 

@@ -8,7 +8,7 @@ import io
 import unicodedata
 from pathlib import Path
 
-from textgen.checkpoint import CheckpointTooNew, read_meta
+from textgen.checkpoint import CheckpointTooNew, read_meta, run_vocabulary
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError
@@ -72,8 +72,11 @@ def _size(num_bytes: int) -> str:
 
 def vocabulary_text(run_dir: Path) -> str:
     """Every character of the run's vocabulary, escaped as the preview is."""
-    meta = read_meta(run_dir, "last") or read_meta(run_dir, "best")
-    return meta.vocab.preview(len(meta.vocab))
+    vocab = run_vocabulary(run_dir)
+    if vocab is None:
+        info_text(run_dir)  # says what is wrong with its metadata
+        raise TextgenError(f"cannot read the vocabulary of {run_dir}; train it again with --overwrite")
+    return vocab.preview(len(vocab))
 
 
 def info_text(run_dir: Path) -> str:
@@ -86,7 +89,7 @@ def info_text(run_dir: Path) -> str:
         f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
         f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
-        + (" (textgen info --vocabulary lists them all)" if len(vocab) > 60 else ""),
+        + (f" (textgen info --run {run_dir.name} --vocabulary lists them all)" if len(vocab) > 60 else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()),
         f"progress       {state.epoch} of {training.epochs} epochs"
         + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
@@ -164,7 +167,15 @@ def runs_table(run_dirs: list[Path]) -> str:
 def _columns(text: str) -> int:
     """How many terminal columns text takes: CJK characters take two, combining marks, variation selectors and
     joiners none (they draw into the character before them)."""
-    return sum(0 if unicodedata.category(ch) in ("Mn", "Me", "Cf") else 2 if unicodedata.east_asian_width(ch) in "WF"
-               else 1 for ch in text)
+    return sum(0 if _zero_width(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _zero_width(ch: str) -> bool:
+    """Marks, joiners and Hangul vowel and final jamo (a decomposed syllable's tail) take no column of their own;
+    the soft hyphen and the Arabic number signs, format characters too, are drawn."""
+    code = ord(ch)
+    if code == 0xAD or 0x600 <= code <= 0x605:
+        return False
+    return unicodedata.category(ch) in ("Mn", "Me", "Cf") or 0x1160 <= code <= 0x11FF or 0xD7B0 <= code <= 0xD7FF
 
 

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen.config import DEFAULT_MAX_REPEAT, Limits, SampleConfig, shown_number, temperature_values
+from textgen.config import DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, Limits, SampleConfig, shown_number, temperature_values
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
@@ -231,9 +231,9 @@ class ScoreRequest(BaseModel):
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
-    # The request's fields are SampleConfig's, besides the run and the streaming switch.
-    config = SampleConfig(temperature=temperature_values(body.temperature),
-                          **body.model_dump(exclude={"run", "stream", "temperature"}))
+    # The request's sampling fields are SampleConfig's, by name (besides them: the run and the streaming switch).
+    options = {name: value for name, value in body.model_dump().items() if name in SAMPLE_FIELDS}
+    config = SampleConfig(**dict(options, temperature=temperature_values(body.temperature)))
     # This server's limits come before the general rules, which allow far more.
     if config.sample_count > limits.max_samples:
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "

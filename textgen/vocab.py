@@ -11,9 +11,11 @@ import numpy as np
 
 def joins_neighbours(ch: str) -> bool:
     """Whether a terminal draws ch into the character before it (a combining mark or vowel sign, a variation
-    selector, a skin tone) or pairs it with the next (a regional indicator: two make a flag)."""
+    selector, a skin tone), joins it with its neighbours (the zero-width joiner and non-joiner) or pairs it with
+    the next (a regional indicator: two make a flag)."""
     code = ord(ch)
-    return unicodedata.category(ch).startswith("M") or 0x1F3FB <= code <= 0x1F3FF or 0x1F1E6 <= code <= 0x1F1FF
+    return (unicodedata.category(ch).startswith("M") or code in (0x200C, 0x200D) or 0x1F3FB <= code <= 0x1F3FF
+            or 0x1F1E6 <= code <= 0x1F1FF)
 
 
 def escaped(ch: str) -> str:
@@ -32,7 +34,7 @@ def quoted(chars) -> str:
 def shown_chars(chars: str, shown: int = 40) -> str:
     """A run of characters for a one-line message, quoted, each escaped as escaped() does; a large vocabulary
     (CJK) can differ by thousands, so only the first ones are shown."""
-    text = "'" + "".join(map(escaped, chars[:shown])) + "'"
+    text = "'" + "".join("\\" + ch if ch in "'\\" else escaped(ch) for ch in chars[:shown]) + "'"
     return text if len(chars) <= shown else f"{text} and {len(chars) - shown:,} more"
 
 
@@ -72,21 +74,28 @@ class Vocabulary:
 
     @functools.cached_property
     def unicode_form(self) -> Optional[str]:
-        """The Unicode form the corpus was written in, where the vocabulary shows it: "NFD" if it holds combining
-        marks and no precomposed letter, "NFC" if the other way round, else None (neither, or both)."""
-        marks = any(unicodedata.combining(ch) for ch in self.chars)
+        """The Unicode form the corpus was written in, where the vocabulary shows it: "NFD" if no character
+        changes under NFD and some are marks (or Hangul vowel and final jamo) that NFC would join to the one before,
+        "NFC" if no character changes under NFC and some would be decomposed by NFD, else None (plain text, both
+        kinds, or characters such as the ohm sign that both forms replace)."""
+        def stable(form: str) -> bool:
+            return all(unicodedata.normalize(form, ch) == ch for ch in self.chars)
+
+        joining = any(unicodedata.combining(ch) or 0x1160 <= ord(ch) <= 0x11FF for ch in self.chars)
         composed = any(unicodedata.normalize("NFD", ch) != ch for ch in self.chars)
-        return "NFD" if marks and not composed else "NFC" if composed and not marks else None
+        if joining and not composed and stable("NFD"):
+            return "NFD"
+        return "NFC" if composed and not joining and stable("NFC") else None
 
     def decomposed(self) -> set[str]:
         """The characters of the vocabulary's NFD form: equal for two vocabularies of one text in either form."""
         return set(unicodedata.normalize("NFD", self.chars))
 
     def in_known_form(self, text: str) -> str:
-        """text in the Unicode form of the corpus (unicode_form) if that leaves no more characters outside the
-        vocabulary, else in whichever of NFC and NFD leaves fewer: an accented letter typed precomposed (é) where
-        the corpus has e + accent, or the other way round. On a decomposed corpus without ñ, señor becomes
-        sen + tilde + or, so that only the tilde is unknown."""
+        """text, or its NFC or NFD form if that leaves fewer characters outside the vocabulary, or as few and more
+        inside it: an accented letter typed precomposed (é) where the corpus has e + accent, or the other way round.
+        On a decomposed corpus without ñ, señor becomes sen + tilde + or, so that only the tilde is unknown; a
+        character both forms would replace by an unknown one (the ohm sign Ω) is kept as it is."""
         return self._known_form(text)[0]
 
     def encode_in_known_form(self, text: str) -> tuple[np.ndarray, int]:
@@ -94,13 +103,15 @@ class Vocabulary:
         return self._known_form(text)[1:]
 
     def _known_form(self, text: str) -> tuple[str, np.ndarray, int]:
+        def rank(candidate):  # fewer unknown characters, then more known ones; ties keep the text as it is
+            return candidate[2], -len(candidate[1])
+
         best = (text, *self.encode_known(text))
-        for form in ((self.unicode_form,) if self.unicode_form else ("NFC", "NFD")) if best[2] else ():
+        for form in ("NFC", "NFD") if best[2] else ():
             converted = unicodedata.normalize(form, text)
             if converted == text:  # already in that form: one emoji in ASCII text need not be encoded again
                 continue
-            candidate = (converted, *self.encode_known(converted))
-            if candidate[2] < best[2] or (form == self.unicode_form and candidate[2] == best[2]):
+            if rank(candidate := (converted, *self.encode_known(converted))) < rank(best):
                 best = candidate
         return best
 
