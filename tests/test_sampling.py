@@ -175,7 +175,7 @@ def test_tf_matches_numpy(vocab, filters):
 
 
 @pytest.mark.parametrize("vocab", [12, 300])  # the pairwise and the sorted cut-off
-def test_per_row_filters_equal_the_rule_applied_row_by_row(vocab):
+def test_stream_filters_equal_the_rule_applied_row_by_row(vocab):
     import tensorflow as tf
 
     rng = np.random.default_rng(vocab)
@@ -186,9 +186,10 @@ def test_per_row_filters_equal_the_rule_applied_row_by_row(vocab):
     ks = [None, 3, None, 5, 1, None]
     ps = [None, None, 0.6, 0.9, None, 0.3]
     ms = [0.1, None, None, 0.05, None, 0.3]
-    k, p, m = sampling.per_row_filters(ks, ps, rows, vocab, ms)
+    filters = sampling.StreamFilters.of(rows, vocab, ks, ps, ms)
+    assert filters.in_use(vocab) == {"top_k", "top_p", "min_p"}
     got = sampling.choose_tf(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
-                             tf.constant(k), tf.constant(p), tf.constant(m)).numpy()
+                             tf.constant(filters.top_k), tf.constant(filters.top_p), tf.constant(filters.min_p)).numpy()
     for row in range(rows):
         expected = oracle.choose(logits[row:row + 1], u[row:row + 1], temps[row], top_k=ks[row], top_p=ps[row],
                                  min_p=ms[row])
@@ -204,7 +205,8 @@ def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
     for min_p, allowed in ((0.2, {0, 1, 2}), (0.5, {0, 1}), (0.0, {0, 1, 2, 3, 4}), (1.0, {0})):
         picked = oracle.choose(rows, u, 1.0, min_p=min_p)
         assert set(np.unique(picked)) == allowed, min_p
-        k, p, m = sampling.per_row_filters(None, None, len(u), 5, min_p)
+        filters = sampling.StreamFilters.of(len(u), 5, min_p=min_p)
+        m = filters.min_p if "min_p" in filters.in_use(5) else None
         compiled = sampling.choose_tf(tf.constant(rows), tf.constant(sampling.clamp_uniforms(u)),
                                       tf.constant(np.ones(len(u), np.float32)), None, None,
                                       None if m is None else tf.constant(m)).numpy()
@@ -212,7 +214,10 @@ def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
     # After the temperature: at 0.5 the ratios square, 0.12/0.5 = 0.24 -> 0.0576 < 0.2: dropped.
     assert set(np.unique(oracle.choose(rows, u, 0.5, min_p=0.2))) == {0, 1}
     with pytest.raises(ValueError, match=r"--min-p must be in \[0, 1\], got 1.5"):
-        sampling.per_row_filters(None, None, 1, 5, 1.5)
+        sampling.StreamFilters.of(1, 5, min_p=1.5)
+    with pytest.raises(ValueError, match=r"--max-repeat must be an integer in \[0, 1e\+09\], got -1"):
+        sampling.StreamFilters.of(1, 5, max_repeat=-1)
+    assert sampling.StreamFilters.of(3, 5, top_k=[None, 9, 2]).in_use(5) == {"top_k"}  # k >= V cuts nothing
 
 
 @pytest.mark.parametrize("vocab", [40, 300])  # the cut-off without and with sorting (PAIRWISE_MAX_VOCAB)

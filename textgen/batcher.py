@@ -20,6 +20,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from textgen import sampling
 from textgen.config import SampleConfig
 from textgen.generate import ENGINE_SIZES, RequestDraws, TextStreams, prepare_prime
 
@@ -195,7 +196,7 @@ class Batcher:
     def _step(self, jobs: list[Job]) -> None:
         size, steps = self.engine.num_streams, self._steps(jobs)
         temperatures = np.zeros(size, np.float32)
-        filters: dict = {name: [None] * size for name in ("top_k", "top_p", "min_p", "max_repeat")}
+        filters: dict = {name: [None] * size for name in sampling.FILTERS}
         uniforms = np.zeros((steps, size))
         for job in jobs:
             temperatures[job.rows] = job.streams.temperatures

@@ -204,7 +204,8 @@ class Engine:
         """function (which must not hold the engine) compiled for specs plus this engine's weights, shared by every
         engine of the same shapes."""
         tf, jit_compile, weight_specs = self._tf, self.jit_compile, self._weight_specs
-        key = (kind, jit_compile, self._gathers_columns, tuple(spec.shape for spec in specs + weight_specs))
+        shapes = tuple(spec.shape for spec in tf.nest.flatten((specs, weight_specs)))
+        key = (kind, jit_compile, self._gathers_columns, shapes)
         return _shared(key, lambda: tf.function(function, jit_compile=jit_compile).get_concrete_function(
             *specs, weight_specs))
 
@@ -237,14 +238,16 @@ class Engine:
         self._run = np.where(whole & (last_id == self._last_id), self._run + run, run).astype(np.int32)
         self._last_id = last_id
 
-    def _sample_function(self, greedy_only: bool, use_k: bool, use_p: bool, use_min_p: bool, use_repeat: bool):
-        """Sample count ids per stream, feeding each back; the filters in use are fixed at trace time."""
+    def _sample_function(self, greedy_only: bool, used: frozenset):
+        """Sample count ids per stream, feeding each back; the filters in use (names of sampling.FILTERS) are fixed
+        at trace time, the others are left out of the loop."""
         tf = self._tf
         streams, vocab, gathers_columns = self.num_streams, self.vocab_size, self._gathers_columns
 
-        def sample(logits, uniforms, count, temperature, top_k, top_p, min_p, max_repeat, last_id, run, state,
-                   weights):
+        def sample(logits, uniforms, count, temperature, filters, last_id, run, state, weights):
             out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
+            chosen = {name: filters[name] if name in used else None for name in ("top_k", "top_p", "min_p")}
+            use_repeat, max_repeat = "max_repeat" in used, filters["max_repeat"]
 
             def body(t, out, logits, hs, cs, last_id, run):
                 if use_repeat:  # a stream at its limit cannot pick its last character again
@@ -254,8 +257,7 @@ class Engine:
                 if greedy_only:
                     ids = tf.argmax(logits, axis=1, output_type=tf.int32)
                 else:
-                    ids = sampling.choose_tf(logits, uniforms[t], temperature, top_k if use_k else None,
-                                             top_p if use_p else None, min_p if use_min_p else None)
+                    ids = sampling.choose_tf(logits, uniforms[t], temperature, **chosen)
                 if use_repeat:  # the runs are followed inside the loop only when a guard needs them
                     run = tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
                 logits, hs, cs = _step(weights, ids, hs, cs, gathers_columns)
@@ -266,12 +268,11 @@ class Engine:
                 lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, last_id, run))
             return out.stack(), logits, tf.stack(hs + cs)
 
+        per_stream = {name: tf.TensorSpec((streams,), dtype) for name, dtype in sampling.FILTER_DTYPES.items()}
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
-                 tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32),
-                 tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.float32),
-                 tf.TensorSpec((streams,), tf.float32), tf.TensorSpec((streams,), tf.int32),
+                 tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32), per_stream,
                  tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.int32), self._state_spec())
-        return self._compiled(("sample", greedy_only, use_k, use_p, use_min_p, use_repeat), sample, specs)
+        return self._compiled(("sample", greedy_only, tuple(sorted(used))), sample, specs)
 
     # ----------------------------------------------------------------- public API
 
@@ -374,26 +375,15 @@ class Engine:
             raise ValueError("length must be >= 0")
         streams = self.num_streams
         temp = sampling.temperatures(temperature, streams)
-        top_k, top_p, min_p = sampling.per_row_filters(top_k, top_p, streams, self.vocab_size, min_p)
+        filters = sampling.StreamFilters.of(streams, self.vocab_size, top_k, top_p, min_p, max_repeat)
         drawn = rng.random((length, streams)) if uniforms is None else np.asarray(uniforms)
         if drawn.shape != (length, streams):
             raise ValueError(f"uniforms must have shape ({length}, {streams}), got {drawn.shape}")
         uniforms = sampling.clamp_uniforms(drawn)
         greedy_only = bool(np.all(temp == 0)) and not every_filter
-        use_k, use_p = top_k is not None and not greedy_only, top_p is not None and not greedy_only
-        use_min_p = min_p is not None and not greedy_only
-        if every_filter:
-            use_k = use_p = use_min_p = True
-        repeats = np.array([0 if value is None else int(value) for value in sampling.per_row(max_repeat, streams)],
-                           np.int32)
-        if np.any(repeats < 0):
-            raise ValueError(f"max_repeat must be None or >= 0, got {max_repeat}")
-        fn = self._sample_function(greedy_only, use_k, use_p, use_min_p, every_filter or bool(np.any(repeats > 0)))
-        options = (tf.constant(temp),
-                   tf.constant(top_k if top_k is not None else np.full(streams, self.vocab_size, np.int32)),
-                   tf.constant(top_p if top_p is not None else np.full(streams, sampling.NO_TOP_P, np.float32)),
-                   tf.constant(min_p if min_p is not None else np.zeros(streams, np.float32)),
-                   tf.constant(repeats))
+        used = filters.in_use(self.vocab_size) - ({"top_k", "top_p", "min_p"} if greedy_only else set())
+        fn = self._sample_function(greedy_only, frozenset(sampling.FILTERS) if every_filter else used)
+        options = (tf.constant(temp), filters.tensors())
         padded = np.zeros((CHUNK, streams), np.float32)
         result = np.empty((streams, length), np.int64)
         for start in range(0, length, CHUNK):

@@ -75,21 +75,49 @@ def per_row(value, rows: int) -> list:
     return values
 
 
-def per_row_filters(top_k, top_p, rows: int, vocab_size: int, min_p=None) -> tuple:
-    """Validate top_k / top_p / min_p given as None, a scalar or one value (or None) per row; return
-    (k (rows,) int32, p (rows,) float32, min_p (rows,) float32), each None where no row uses it."""
-    ks, ps, ms = [], [], []
-    for k, p, m in zip(per_row(top_k, rows), per_row(top_p, rows), per_row(min_p, rows)):
-        k, p = normalize_filters(k, p, vocab_size)
-        if m is not None:
-            check_sample_option("min_p", m)
-        ks.append(vocab_size if k is None else k)
-        ps.append(NO_TOP_P if p is None else p)
-        ms.append(0.0 if m is None else float(m))
-    k = np.array(ks, np.int32) if any(k < vocab_size for k in ks) else None
-    p = np.array(ps, np.float32) if any(p < 1.0 for p in ps) else None
-    m = np.array(ms, np.float32) if any(m > 0.0 for m in ms) else None
-    return k, p, m
+# What StreamFilters holds for every stream, with the type the compiled loop takes it in.
+FILTER_DTYPES = {"top_k": np.int32, "top_p": np.float32, "min_p": np.float32, "max_repeat": np.int32}
+FILTERS = tuple(FILTER_DTYPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamFilters:
+    """Every filter's value for every one of N streams, as the compiled loop takes them: a stream that does not
+    use a filter gets the value that keeps every token. A new filter is a field here, in FILTER_DTYPES, in
+    :meth:`of` and in :func:`choose_tf`."""
+
+    top_k: np.ndarray  # (N,) int32; the vocabulary size keeps every token
+    top_p: np.ndarray  # (N,) float32; NO_TOP_P keeps every token
+    min_p: np.ndarray  # (N,) float32; 0 keeps every token
+    max_repeat: np.ndarray  # (N,) int32; 0: no guard against one character repeated (applied by the engine)
+
+    @classmethod
+    def of(cls, rows: int, vocab_size: int, top_k=None, top_p=None, min_p=None, max_repeat=None) -> "StreamFilters":
+        """Validate filters given as None, a scalar or one value (or None) per stream."""
+        ks, ps, ms, repeats = [], [], [], []
+        for k, p, m, repeat in zip(*(per_row(value, rows) for value in (top_k, top_p, min_p, max_repeat))):
+            k, p = normalize_filters(k, p, vocab_size)
+            if m is not None:
+                check_sample_option("min_p", m)
+            if repeat is not None:
+                check_sample_option("max_repeat", repeat)
+            ks.append(vocab_size if k is None else k)
+            ps.append(NO_TOP_P if p is None else p)
+            ms.append(0.0 if m is None else float(m))
+            repeats.append(0 if repeat is None else int(repeat))
+        values = dict(top_k=ks, top_p=ps, min_p=ms, max_repeat=repeats)
+        return cls(**{name: np.array(values[name], dtype) for name, dtype in FILTER_DTYPES.items()})
+
+    def in_use(self, vocab_size: int) -> frozenset:
+        """The names of the filters some stream uses: the compiled loop leaves out the others."""
+        used = {"top_k": np.any(self.top_k < vocab_size), "top_p": np.any(self.top_p < 1.0),
+                "min_p": np.any(self.min_p > 0.0), "max_repeat": np.any(self.max_repeat > 0)}
+        return frozenset(name for name, use in used.items() if use)
+
+    def tensors(self) -> dict:
+        import tensorflow as tf
+
+        return {name: tf.constant(getattr(self, name)) for name in FILTERS}
 
 
 def temperatures(temperature, rows: int) -> np.ndarray:
