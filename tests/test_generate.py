@@ -84,6 +84,9 @@ def test_a_prime_in_the_other_unicode_form_is_read_in_the_corpus_form():
     spanish = Vocabulary(map(ord, "cafe\u0301 senor"))
     for prime, expected in (("se\u00f1or", "senor"), ("se\u00f1or caf\u00e9", "senor cafe\u0301")):
         assert prepare_prime(prime, spanish, True, lambda warning: None) == expected
+    # Refused, the prime's unknown characters are named as typed: ñ, not the tilde that n + tilde would lose.
+    with pytest.raises(TextgenError, match=r"never saw: '\u00f1'; change the prime"):
+        prepare_prime("se\u00f1or", spanish, False, print)
 
 
 def test_seeds_that_differ_draw_differently():

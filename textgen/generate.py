@@ -36,10 +36,11 @@ class Sample:
 
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
-    prime = vocab.in_known_form(prime)
+    typed, prime = prime, vocab.in_known_form(prime)
     unknown = vocab.unknown(prime)
-    if unknown and not skip_unknown:
-        shown = quoted(unknown[:20])
+    if unknown and not skip_unknown:  # named as typed (ñ, not the tilde that n + tilde would lose), if lost
+        lost = [ch for ch in vocab.unknown(typed) if vocab.unknown(vocab.in_known_form(ch))]
+        shown = quoted((lost or unknown)[:20])
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
                            "change the prime or pass --skip-unknown to drop them")
     if unknown:
