@@ -122,6 +122,28 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["ab"]
 
 
+def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    # Record what the page sends, then let it through.
+    browser.execute_script("""window.sent = []; const send = window.fetch;
+        window.fetch = (url, options) => { if (options && options.body) window.sent.push(JSON.parse(options.body));
+                                           return send(url, options); };""")
+    assert browser.find_element(By.ID, "max-repeat").get_attribute("value") == "20"  # the command line's default
+    for field, value in (("min-p", "0.5"), ("max-repeat", "3")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+    [body] = browser.execute_script("return window.sent")
+    assert (body["min_p"], body["max_repeat"]) == (0.5, 3)
+    [text] = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
+    assert len(text) == 400 and set(text) <= set(PERIOD)
+
+
 def test_page_fits_a_phone_screen(browser, server):  # noqa: F811
     from selenium.webdriver.common.by import By
 
