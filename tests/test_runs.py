@@ -19,8 +19,20 @@ def test_default_run_name_is_always_a_valid_name():
     assert check_run_name(default_run_name(Path(".hidden notes..txt")))
     notes, novel = default_run_name(Path("笔记.txt")), default_run_name(Path("小说.txt"))
     assert notes != novel and notes.startswith("run-") and check_run_name(notes) == notes
-    assert default_run_name(Path("café crème.txt")).startswith("caf-cr-me-")
+    assert default_run_name(Path("café crème.txt")).startswith("cafe-creme-")  # was caf-cr-me-
+    assert default_run_name(Path("e\u0301te\u0301.txt")).startswith("ete-")  # decomposed, as macOS names files
     assert default_run_name(Path("笔记.txt")) == notes  # stable: the same corpus trains the same run
+
+
+def test_a_run_named_as_earlier_versions_named_it_is_still_found(tmp_path):
+    corpus = Path("café crème.txt")
+    new = default_run_name(corpus, tmp_path)
+    assert new.startswith("cafe-creme-")
+    earlier = tmp_path / ("caf-cr-me-" + new.rsplit("-", 1)[1])  # what textgen called that corpus's run before
+    earlier.mkdir()
+    assert default_run_name(corpus, tmp_path) == earlier.name  # --resume without --run finds it
+    (tmp_path / new).mkdir()
+    assert default_run_name(corpus, tmp_path) == new
 
 
 def test_an_invalid_run_name_says_what_was_probably_meant():

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import logging
 import re
+import unicodedata
 from pathlib import Path
 from typing import Optional
 
@@ -18,15 +19,29 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SAVED_AT = re.compile(rb'"saved_at"\s*:\s*"([^"\\]*)"')
 
 
-def default_run_name(corpus: Path) -> str:
-    """The corpus file's name as a run name. Letters outside ASCII cannot be kept, so a name that had some gets a
-    short hash of the whole name: 笔记.txt and 小说.txt must not both become the same run."""
-    return _cleaned(Path(corpus).stem)
+def default_run_name(corpus: Path, checkpoint_dir: Optional[Path] = None) -> str:
+    """The corpus file's name as a run name: letters lose their accents (été -> ete), and what else a run name
+    cannot hold becomes '-'. A name that had characters outside ASCII also gets a short hash of the whole name:
+    笔记.txt and 小说.txt must not both become the same run. A run in checkpoint_dir that was trained under the name
+    earlier versions gave (accented letters replaced: t-_-l-ve-...) is still found."""
+    stem = Path(corpus).stem
+    name = _cleaned(_without_accents(stem), stem)
+    if checkpoint_dir is not None and not (Path(checkpoint_dir) / name).exists():
+        earlier = _cleaned(stem, stem)
+        if earlier != name and (Path(checkpoint_dir) / earlier).is_dir():
+            return earlier
+    return name
 
 
-def _cleaned(stem: str) -> str:
-    """stem with what a run name cannot hold replaced (see default_run_name)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("-._")[:100].rstrip("-.")
+def _without_accents(text: str) -> str:
+    """text with its letters' accents dropped and compatibility forms (ﬁ, full-width Ａ) made plain."""
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
+def _cleaned(text: str, stem: str) -> str:
+    """text with what a run name cannot hold replaced, and a hash of stem, the name it came from, if that was not
+    ASCII (see default_run_name)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip("-._")[:100].rstrip("-.")
     if stem.isascii():
         return name or "run"
     digest = hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
@@ -38,7 +53,7 @@ def check_run_name(name: str) -> str:
         hint = ""
         if "/" in name.strip("/") and RUN_NAME.match(Path(name).name):  # a run directory given as a name
             hint = f" (for the run in {name}: --checkpoint-dir {Path(name).parent} --run {Path(name).name})"
-        elif name and (cleaned := _cleaned(name)) != name and "/" not in name:
+        elif name and (cleaned := _cleaned(_without_accents(name), name)) != name and "/" not in name:
             hint = f" (a corpus file called {name!r} trains the run {cleaned!r})"
         raise TextgenError(f"invalid run name {name!r}: use ASCII letters, digits, '.', '_' and '-' only{hint}")
     return name

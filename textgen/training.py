@@ -345,7 +345,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = "checkpoint
             raise OptionError("corpus must be a path (str or pathlib.Path), got None")
         corpus = _resume_corpus(checkpoint_dir, run)
     corpus_path = Path(corpus)
-    run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path))
+    run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir)))
     model_options, train_options = dict(model_options or {}), dict(train_options or {})
     ModelConfig(vocab_size=1, **model_options).validate()
     TrainConfig(**train_options).validate()
