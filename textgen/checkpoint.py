@@ -101,6 +101,12 @@ class CheckpointMeta:
     def from_json(cls, values: dict) -> "CheckpointMeta":
         if not isinstance(values, dict) or values.get("format") != FORMAT:
             raise ValueError("not a textgen checkpoint")
+        version = values.get("format_version", FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ValueError(f"its format_version is {version!r}, not a whole number from 1")
+        if version > FORMAT_VERSION:  # not damage: deleting the run would lose it
+            raise CheckpointTooNew(f"was written by a newer textgen (checkpoint format {version}; this textgen "
+                                   f"{__version__} reads format {FORMAT_VERSION}); upgrade textgen to use it")
         _check_shape(values)
         state_fields = {f.name for f in dataclasses.fields(RunState)}
         meta = cls(model=ModelConfig.from_dict(values["model"]), training=TrainConfig.from_dict(values["training"]),
@@ -204,17 +210,9 @@ def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
         raise TextgenError(f"cannot read checkpoint metadata {path} ({error.strerror}); delete the run directory or "
                            "train again with --overwrite") from None
     try:
-        values = json.loads(raw)  # bytes: invalid UTF-8 is damage, caught below
-        if not isinstance(values, dict) or values.get("format") != FORMAT:
-            raise ValueError("not a textgen checkpoint")
-        version = values.get("format_version", FORMAT_VERSION)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ValueError(f"its format_version is {version!r}, not a whole number from 1")
-        if version > FORMAT_VERSION:  # not damage: deleting the run would lose it
-            raise CheckpointTooNew(f"checkpoint {path} was written by a newer textgen (checkpoint format {version}; "
-                                   f"this textgen {__version__} reads format {FORMAT_VERSION}); upgrade textgen to "
-                                   "use it")
-        return CheckpointMeta.from_json(values)
+        return CheckpointMeta.from_json(json.loads(raw))  # bytes: invalid UTF-8 is damage, caught below
+    except CheckpointTooNew as error:
+        raise CheckpointTooNew(f"checkpoint {path} {error}") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "
                            "delete the run directory or train again with --overwrite") from None

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import codecs
-import functools
 import hashlib
 import json
 import os
-import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +14,7 @@ import numpy as np
 
 from textgen.errors import TextgenError
 from textgen.files import atomic_write, atomic_write_json
-from textgen.vocab import Vocabulary
+from textgen.vocab import Vocabulary, starts_alone
 
 CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
 CACHE_VERSION = 1
@@ -181,32 +178,12 @@ def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "
 
 def _form_boundary(text: str) -> int:
     """Where text can be cut so that each part converts to NFC or NFD as the whole would: before its last
-    character that starts a sequence of its own (:func:`_starts_alone`), searched for near its end. Only a text
+    character that starts a sequence of its own (vocab.starts_alone), searched for near its end. Only a text
     without one there (thousands of combining marks in a row) is cut at its end."""
     for index in range(len(text) - 1, max(len(text) - FORM_SEARCH, 0) - 1, -1):
-        if text[index] < "\u0300" or _starts_alone(text[index]):  # the first test settles Latin text at once
+        if text[index] < "\u0300" or starts_alone(text[index]):  # the first test settles Latin text at once
             return index
     return len(text)
-
-
-def _starts_alone(ch: str) -> bool:
-    """Whether nothing before ch can join it under NFC or NFD: a character that is not a combining mark, does not
-    decompose into one first, and is never the second of a composed pair (which some vowel signs and Hangul jamo
-    are). Every character below U+0300 is one."""
-    return not (unicodedata.combining(ch) or unicodedata.combining(unicodedata.normalize("NFD", ch)[0])
-                or ch in _composition_seconds())
-
-
-@functools.cache
-def _composition_seconds() -> frozenset:
-    """The characters that NFC can join to the one before them: the second of every two-character canonical
-    decomposition, and the Hangul vowel and final jamo (composed by rule, not listed)."""
-    seconds = {chr(code) for code in [*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)]}
-    for code in range(sys.maxunicode + 1):
-        parts = unicodedata.decomposition(chr(code)).split()
-        if len(parts) == 2 and not parts[0].startswith("<"):
-            seconds.add(chr(int(parts[1], 16)))
-    return frozenset(seconds)
 
 
 def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -> Optional[Corpus]:

@@ -8,7 +8,7 @@ import io
 import unicodedata
 from pathlib import Path
 
-from textgen.checkpoint import CheckpointTooNew, read_meta, run_vocabulary
+from textgen.checkpoint import KINDS, CheckpointTooNew, read_meta, run_vocabulary
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError
@@ -73,9 +73,10 @@ def _size(num_bytes: int) -> str:
 def vocabulary_text(run_dir: Path) -> str:
     """Every character of the run's vocabulary, escaped as the preview is."""
     vocab = run_vocabulary(run_dir)
-    if vocab is None:
-        info_text(run_dir)  # says what is wrong with its metadata
-        raise TextgenError(f"cannot read the vocabulary of {run_dir}; train it again with --overwrite")
+    if vocab is None:  # neither metadata file reads: the first one's error says why
+        for kind in KINDS:
+            read_meta(run_dir, kind)
+        raise TextgenError(f"no checkpoint in {run_dir}; train one first with: textgen train CORPUS")
     return vocab.preview(len(vocab))
 
 

@@ -78,6 +78,7 @@ def per_row(value, rows: int) -> list:
 # What StreamFilters holds for every stream, with the type the compiled loop takes it in.
 FILTER_DTYPES = {"top_k": np.int32, "top_p": np.float32, "min_p": np.float32, "max_repeat": np.int32}
 FILTERS = tuple(FILTER_DTYPES)
+CUT_OFFS = ("top_k", "top_p", "min_p")  # the filters choose_tf applies (the repeat guard is the engine's)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 import unicodedata
 from typing import Iterable, Optional
 
@@ -36,6 +37,26 @@ def shown_chars(chars: str, shown: int = 40) -> str:
     (CJK) can differ by thousands, so only the first ones are shown."""
     text = "'" + "".join("\\" + ch if ch in "'\\" else escaped(ch) for ch in chars[:shown]) + "'"
     return text if len(chars) <= shown else f"{text} and {len(chars) - shown:,} more"
+
+
+def starts_alone(ch: str) -> bool:
+    """Whether nothing before ch can join it under NFC or NFD: a character that is not a combining mark, does not
+    decompose into one first, and is never the second of a composed pair (which some vowel signs and Hangul jamo
+    are). Every character below U+0300 is one."""
+    return not (unicodedata.combining(ch) or unicodedata.combining(unicodedata.normalize("NFD", ch)[0])
+                or ch in composition_seconds())
+
+
+@functools.cache
+def composition_seconds() -> frozenset:
+    """The characters that NFC can join to the one before them: the second of every two-character canonical
+    decomposition, and the Hangul vowel and final jamo (composed by rule, not listed)."""
+    seconds = {chr(code) for code in [*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)]}
+    for code in range(sys.maxunicode + 1):
+        parts = unicodedata.decomposition(chr(code)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            seconds.add(chr(int(parts[1], 16)))
+    return frozenset(seconds)
 
 
 class Vocabulary:
@@ -75,13 +96,13 @@ class Vocabulary:
     @functools.cached_property
     def unicode_form(self) -> Optional[str]:
         """The Unicode form the corpus was written in, where the vocabulary shows it: "NFD" if no character
-        changes under NFD and some are marks (or Hangul vowel and final jamo) that NFC would join to the one before,
+        changes under NFD and some are marks (or vowel signs, Hangul jamo) that NFC would join to the one before,
         "NFC" if no character changes under NFC and some would be decomposed by NFD, else None (plain text, both
         kinds, or characters such as the ohm sign that both forms replace)."""
         def stable(form: str) -> bool:
             return all(unicodedata.normalize(form, ch) == ch for ch in self.chars)
 
-        joining = any(unicodedata.combining(ch) or 0x1160 <= ord(ch) <= 0x11FF for ch in self.chars)
+        joining = any(not starts_alone(ch) for ch in self.chars)
         composed = any(unicodedata.normalize("NFD", ch) != ch for ch in self.chars)
         if joining and not composed and stable("NFD"):
             return "NFD"
