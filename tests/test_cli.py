@@ -122,8 +122,9 @@ def damage(run_dir, how):
             EDITS[how](edited)
             (run_dir / f"{kind}.json").write_text(json.dumps(edited))
     elif how == "directory":  # a directory where the metadata should be
-        (run_dir / "best.json").unlink()
-        (run_dir / "best.json").mkdir()
+        for kind in ("best", "last"):
+            (run_dir / f"{kind}.json").unlink()
+            (run_dir / f"{kind}.json").mkdir()
     elif how == "history":  # an epoch row without its number
         for kind in ("best", "last"):
             edited = json.loads((run_dir / f"{kind}.json").read_text())

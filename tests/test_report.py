@@ -123,3 +123,83 @@ def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
                    for ch in text)
     starts = {screen(line[:line.index(word)]) for line, word in zip(lines, ("characters", length, length, length))}
     assert len(starts) == 1, lines
+
+
+def damaged_copy(trained_run, tmp_path, name, kind="best"):
+    """A copy of the trained run whose metadata file of kind holds garbage, as a crash of the disk leaves it."""
+    import shutil
+
+    run_dir = tmp_path / "ck" / name
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    (run_dir / f"{kind}.json").write_text('{"format": "textgen-checkp')
+    return run_dir
+
+
+def test_info_runs_and_plot_read_a_run_whose_other_metadata_file_is_damaged_as_sample_does(trained_run, tmp_path):
+    """sample and eval fall back from a damaged best.json to last.json; info, runs and plot failed on the same run,
+    and every message said to delete the run directory, which would lose the checkpoint that still loads."""
+    import shutil
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "good")
+    damaged_copy(trained_run, tmp_path, "nobest")
+    ck = str(tmp_path / "ck")
+    runner = CliRunner()
+    info = runner.invoke(cli, ["info", "--checkpoint-dir", ck, "--run", "nobest"])
+    assert info.exit_code == 0, info.output
+    assert "\nbest           best.json cannot be read (see the warning)\n" in info.stdout
+    assert "\nlast           epoch 3: validation " in info.stdout
+    warning = info.stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: run 'nobest': checkpoint metadata ")
+    assert warning[0].endswith("best.json is damaged (Unterminated string starting at: line 1 column 12 (char 11)); "
+                               "sample and eval use its last checkpoint")
+    sample = runner.invoke(cli, ["sample", "--checkpoint-dir", ck, "--run", "nobest", "-n", "5"])
+    assert sample.exit_code == 0 and "delete the run directory" not in sample.stderr
+    assert "is damaged" in sample.stderr and "using the last checkpoint instead" in sample.stderr
+
+    listing = runner.invoke(cli, ["runs", "--checkpoint-dir", ck])
+    assert listing.exit_code == 0, listing.output
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert rows["nobest"][1:5] == rows["good"][1:5]  # corpus, characters, epochs, best val bpc (from last.json)
+    assert f"{trained_run['best_val_loss'] / math.log(2):.3f}" == rows["nobest"][4]
+    assert listing.stderr.count("warning: run 'nobest': ") == 1
+
+    damaged_copy(trained_run, tmp_path, "nolast", kind="last")
+    (tmp_path / "ck" / "nolast" / "curve.png").unlink()
+    plot = runner.invoke(cli, ["plot", "--checkpoint-dir", ck, "--run", "nolast"])
+    assert plot.exit_code == 0, plot.output
+    assert png_size(tmp_path / "ck" / "nolast" / "curve.png")[0] > 300
+    both = damaged_copy(trained_run, tmp_path, "neither")
+    (both / "last.json").write_text("[")
+    info = runner.invoke(cli, ["info", "--checkpoint-dir", ck, "--run", "neither"])
+    assert info.exit_code == 1 and "best.json is damaged" in info.stderr and "delete the run directory" in info.stderr
+
+
+def test_runs_lists_a_run_whose_metadata_files_are_both_gone_and_info_checks_each_named_file(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "good")
+    shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "lost")
+    for kind in ("best", "last"):
+        (tmp_path / "ck" / "lost" / f"{kind}.json").unlink()
+    (tmp_path / "ck" / "notes").mkdir()  # a folder of the user's, not a run
+    ck = str(tmp_path / "ck")
+    listing = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", ck])
+    assert listing.exit_code == 0, listing.output
+    assert [line.split()[:2] for line in listing.stdout.splitlines()[1:]] == \
+        [["good", "period.txt"], ["lost", "damaged"]]
+    assert "(textgen info --run lost says why)" in listing.stdout
+
+    meta = json.loads((tmp_path / "ck" / "good" / "best.json").read_text())
+    weights, state = meta["files"]["weights"]["name"], meta["files"]["state"]["name"]
+    info = CliRunner().invoke(cli, ["info", "--checkpoint-dir", ck, "--run", "good"]).stdout
+    assert [line.split()[-4:] for line in info.splitlines() if line.startswith(f"  {weights}")] == \
+        [["best,", "last:", "checksum", "ok"]]
+    path = tmp_path / "ck" / "good" / weights
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    (tmp_path / "ck" / "good" / state).unlink()
+    info = CliRunner().invoke(cli, ["info", "--checkpoint-dir", ck, "--run", "good"]).stdout
+    assert f"  {weights}" in info and info.split(f"  {weights}")[1].split("\n")[0].endswith(
+        "best, last: corrupted (checksum mismatch)")
+    assert f"\n  {state:<40} {'-':>10}  best, last: missing\n" in info

@@ -547,3 +547,18 @@ def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(trained_r
     with pytest.raises(BatcherClosed):
         batcher.submit(SampleConfig(length=5), lambda piece: None)
     assert generator.take_engine(batcher.engine.num_streams) is batcher.engine  # given back for the next batcher
+
+
+def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoint_it_would_serve(trained_run,
+                                                                                                   tmp_path):
+    import shutil
+
+    from textgen.serve import Runs
+
+    for name in ("good", "nobest"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    (tmp_path / "nobest" / "best.json").write_text("{")
+    runs = Runs(tmp_path, "good", (1,))  # "nobest" is not loaded: described from its metadata
+    described = runs.describe("nobest", tmp_path / "nobest")
+    assert "error" not in described and described["epochs"] == 3 and described["corpus"] == "period.txt"
+    assert runs.get("nobest").generator.meta.state.epoch == 3  # loading falls back to last.json the same way

@@ -199,6 +199,15 @@ class CheckpointTooNew(TextgenError):
     """Metadata of a later checkpoint format than this textgen reads: intact, not damaged."""
 
 
+class UnreadableMeta(TextgenError):
+    """Metadata that cannot be read or parsed. ``problem`` says what is wrong without the advice, which does not fit
+    a run whose other metadata file still reads."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}; delete the run directory or train again with --overwrite")
+        self.problem = problem
+
+
 def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
     path = meta_path(run_dir, kind)
@@ -207,25 +216,63 @@ def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     try:
         raw = path.read_bytes()
     except OSError as error:  # a directory in its place, a file it may not read
-        raise TextgenError(f"cannot read checkpoint metadata {path} ({error.strerror}); delete the run directory or "
-                           "train again with --overwrite") from None
+        raise UnreadableMeta(f"cannot read checkpoint metadata {path} ({error.strerror})") from None
     try:
         return CheckpointMeta.from_json(json.loads(raw))  # bytes: invalid UTF-8 is damage, caught below
     except CheckpointTooNew as error:
         raise CheckpointTooNew(f"checkpoint {path} {error}") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-        raise TextgenError(f"checkpoint metadata {path} is damaged ({error}); "
-                           "delete the run directory or train again with --overwrite") from None
+        raise UnreadableMeta(f"checkpoint metadata {path} is damaged ({error})") from None
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """A run's two metadata files as far as they can be read: one that is damaged is None, with its problem."""
+
+    best: Optional[CheckpointMeta]
+    last: Optional[CheckpointMeta]
+    problems: dict  # kind -> why its metadata cannot be read, while the other kind's can
+
+    @property
+    def latest(self) -> Optional[CheckpointMeta]:
+        """The last checkpoint, or the best one when that is all a run has left."""
+        return self.last or self.best
+
+
+def read_run_meta(run_dir: Path) -> RunMeta:
+    """Both metadata files of a run. One damaged file does not hide the other, as load_model falls back from one to
+    the other; both damaged (or one written by a newer textgen) is a TextgenError."""
+    found, problems = {}, {}
+    for kind in KINDS:
+        try:
+            found[kind] = read_meta(run_dir, kind)
+        except UnreadableMeta as error:
+            found[kind], problems[kind] = None, error
+    if problems and not any(found.values()):
+        raise next(iter(problems.values()))
+    return RunMeta(found["best"], found["last"], {kind: error.problem for kind, error in problems.items()})
+
+
+CHECKSUM_OK = "checksum ok"
+
+
+def file_check(run_dir: Path, entry: dict) -> str:
+    """What a file that metadata names is: CHECKSUM_OK, "missing" or "corrupted (checksum mismatch)"."""
+    path = run_dir / entry["name"]
+    if not path.is_file():
+        return "missing"
+    return CHECKSUM_OK if sha256(path) == entry["sha256"] else "corrupted (checksum mismatch)"
 
 
 def verified_file(run_dir: Path, meta: CheckpointMeta, role: str) -> Path:
     entry = meta.files[role]
     path = run_dir / entry["name"]
-    if not path.exists():
+    check = file_check(run_dir, entry)
+    if check == "missing":
         raise TextgenError(f"checkpoint file {path} is missing; the checkpoint in {run_dir} is incomplete "
                            "(train again with --overwrite)")
-    if sha256(path) != entry["sha256"]:
-        raise TextgenError(f"checkpoint file {path} is corrupted (checksum mismatch); "
+    if check != CHECKSUM_OK:
+        raise TextgenError(f"checkpoint file {path} is {check}; "
                            "train again with --overwrite or restore the file from a backup")
     return path
 
@@ -295,16 +342,17 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
         try:
             loaded = _load_kind(run_dir, candidate, batch_size)
         except TextgenError as problem:
-            problems.append(str(problem))
+            problems.append(problem)
             continue
         if loaded is None:
             continue
         model, meta = loaded
-        if problems:
-            logger.warning(f"warning: {problems[0]}; using the {candidate} checkpoint instead")
+        if problems:  # without the advice to delete the run, which does not fit while another checkpoint loads
+            problem = problems[0].problem if isinstance(problems[0], UnreadableMeta) else problems[0]
+            logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
         return model, meta
     if problems:
-        raise TextgenError(problems[0])
+        raise problems[0]
     raise TextgenError(f"no checkpoint in {run_dir}; train one first with: textgen train CORPUS")
 
 

@@ -298,13 +298,13 @@ def info(checkpoint_dir, run, vocabulary):
 def runs(checkpoint_dir):
     """List the runs with their corpus, epochs and best validation bits per character."""
     from textgen.report import runs_table
-    from textgen.runs import check_checkpoint_dir, list_runs
+    from textgen.runs import check_checkpoint_dir, list_runs, runs_without_metadata
 
     check_checkpoint_dir(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: textgen train CORPUS"
                                    " (or give --checkpoint-dir)")
-    found = list_runs(checkpoint_dir)
+    found = list_runs(checkpoint_dir) + runs_without_metadata(checkpoint_dir)
     if found:
         click.echo(runs_table(found))
     else:  # an empty listing is an answer, as with ls
@@ -316,12 +316,12 @@ def runs(checkpoint_dir):
 @run_option
 def plot(checkpoint_dir, run):
     """Redraw a run's training curve (RUN/curve.png) and history (RUN/history.csv)."""
-    from textgen.checkpoint import read_meta
+    from textgen.checkpoint import read_run_meta
     from textgen.report import plot_history, write_history
     from textgen.runs import find_run
 
     run_dir = find_run(checkpoint_dir, run)
-    meta = read_meta(run_dir, "last") or read_meta(run_dir, "best")  # a run left with its best checkpoint only
+    meta = read_run_meta(run_dir).latest
     history = meta.state.history if meta is not None else []
     if not history:
         raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")

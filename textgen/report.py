@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import datetime
 import io
+import logging
 import unicodedata
 from pathlib import Path
 
-from textgen.checkpoint import KINDS, CheckpointTooNew, read_meta, run_vocabulary
+from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_meta, read_run_meta, run_vocabulary
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError
 
+logger = logging.getLogger("textgen")
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
                   "learning_rate", "seconds", "precision"]
 
@@ -81,9 +83,10 @@ def vocabulary_text(run_dir: Path) -> str:
 
 
 def info_text(run_dir: Path) -> str:
-    best_meta = read_meta(run_dir, "best")
-    last = read_meta(run_dir, "last") or best_meta  # a run left with its best checkpoint only
-    best = (best_meta or last).state
+    run = read_run_meta(run_dir)
+    _warn_unreadable(run, run_dir.name)
+    last = run.latest
+    best = (run.best or last).state
     model, vocab, training, corpus, state = last.model, last.vocab, last.training, last.corpus, last.state
     lines = [
         f"run            {run_dir}",
@@ -97,8 +100,10 @@ def info_text(run_dir: Path) -> str:
         + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
         f"precision      {_precision_text(state.history)}",
+        "best           best.json cannot be read (see the warning)" if "best" in run.problems else
         f"best           {_epoch_text(best)}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
         if best.val_loss is not None else "best           none yet",
+        "last           last.json cannot be read (see the warning)" if "last" in run.problems else
         f"last           {_epoch_text(state)}: validation "
         + (f"{state.val_loss:.4f} nats ({bpc(state.val_loss):.3f} bpc)" if state.val_loss is not None
            else "not measured (saved mid-epoch)")
@@ -109,9 +114,23 @@ def info_text(run_dir: Path) -> str:
         f"saved          {last.saved_at}",
         "files",
     ]
-    for path in sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        lines.append(f"  {path.name:<40} {_size(path.stat().st_size):>10}")
+    named = {}  # file name -> (the checkpoints that name it, its entry)
+    for kind, meta in (("best", run.best), ("last", run.last)):
+        for entry in (meta.files.values() if meta is not None else ()):
+            named.setdefault(entry["name"], ([], entry))[0].append(kind)
+    checks = {name: f"{', '.join(kinds)}: {file_check(run_dir, entry)}" for name, (kinds, entry) in named.items()}
+    present = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    for name in sorted(set(present) | set(checks)):
+        size = _size((run_dir / name).stat().st_size) if name in present else "-"
+        lines.append(f"  {name:<40} {size:>10}  {checks.get(name, '')}".rstrip())
     return "\n".join(lines)
+
+
+def _warn_unreadable(run: RunMeta, name: str) -> None:
+    """One line per metadata file that cannot be read while the other can: the run still samples, from the other."""
+    for kind, problem in run.problems.items():
+        other = next(other for other in KINDS if other != kind)
+        logger.warning(f"warning: run {name!r}: {problem}; sample and eval use its {other} checkpoint")
 
 
 PRECISIONS = {"bfloat16": "LSTM matmuls in bfloat16 (mixed precision)", "float32": "float32",
@@ -148,18 +167,21 @@ def runs_table(run_dirs: list[Path]) -> str:
     rows = []
     for run_dir in run_dirs:
         try:
-            best = read_meta(run_dir, "best")
-            meta = read_meta(run_dir, "last") or best
-            best = best or meta
+            run = read_run_meta(run_dir)
         except CheckpointTooNew:
             rows.append((run_dir.name, "written by a newer textgen", "-", "-", "-", "-"))
             continue
         except TextgenError:  # one damaged run does not hide the others
+            run = None
+        if run is None or run.latest is None:  # damaged, or its checkpoint files left without metadata
             rows.append((run_dir.name, f"damaged (textgen info --run {run_dir.name} says why)", "-", "-", "-", "-"))
             continue
+        _warn_unreadable(run, run_dir.name)
+        meta = run.latest
+        best_val_loss = run.best.state.val_loss if run.best is not None else meta.state.best_val_loss
         saved = datetime.datetime.fromisoformat(meta.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run_dir.name, Path(meta.corpus["path"]).name, f"{meta.corpus['length']:,}",
-                     f"{meta.state.epoch}/{meta.training.epochs}", _bpc_text(best.state.val_loss), saved))
+                     f"{meta.state.epoch}/{meta.training.epochs}", _bpc_text(best_val_loss), saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))
                      .rstrip() for row in [header] + rows)

@@ -69,6 +69,14 @@ def list_runs(checkpoint_dir: Path) -> list[Path]:
     return sorted(runs, key=_last_saved, reverse=True)
 
 
+def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
+    """Run directories whose checkpoint files are left without the best.json and last.json that named them."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(path for path in checkpoint_dir.iterdir()
+                  if path.is_dir() and not has_checkpoint(path) and any(path.glob("ckpt-*.weights.h5")))
+
+
 def _last_saved(run_dir: Path) -> tuple[float, float]:
     """When the run last saved: the newest time its metadata records (what `textgen runs` shows; a copied run keeps
     it, where the files' own times become the copy's), then the newest metadata file time, which also stands in for

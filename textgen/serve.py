@@ -108,12 +108,15 @@ class Runs:
         return {path.name: path for path in list_runs(self.checkpoint_dir)}
 
     def describe(self, name: str, path: Path) -> dict:
-        from textgen.checkpoint import read_meta
+        from textgen.checkpoint import read_run_meta
 
         served = self._loaded.get(name)
         try:
-            meta = (served.generator.meta if served is not None and served.current
-                    else read_meta(path, "best") or read_meta(path, "last"))
+            if served is not None and served.current:
+                meta = served.generator.meta
+            else:  # what loading it would serve: its best checkpoint, else its last one
+                run = read_run_meta(path)
+                meta = run.best or run.last
         except TextgenError as error:
             return dict(name=name, error=str(error))
         val = meta.state.val_loss
