@@ -116,6 +116,13 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     for wrong in (dict(run=None), dict(run=5), dict(run="r", checkpoint_dir=None)):
         with pytest.raises(textgen.OptionError, match=r"must be a path \(str or pathlib.Path\), got (None|5)$"):
             textgen.load(**dict(dict(checkpoint_dir=tmp_path), **wrong))
+    # "" was read as the current directory (Path("") is "."), as --checkpoint-dir '' was before the command refused it
+    for call in (lambda: textgen.load("", checkpoint_dir=tmp_path), lambda: textgen.load("r", checkpoint_dir=" "),
+                 lambda: textgen.train(periodic_corpus, run="r", checkpoint_dir=""),
+                 lambda: textgen.train("", run="r", checkpoint_dir=tmp_path)):
+        with pytest.raises(textgen.OptionError, match=r"^(run|checkpoint_dir|corpus) is empty; give a path, such as "
+                                                      r"'\.' for the current directory$"):
+            call()
     with pytest.raises(ValueError, match=r"--units must be an integer in \[1, inf\), got 0"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, units=0)
     for wrong, message in ((dict(overwrite="no"), "--overwrite must be true or false, got 'no'"),

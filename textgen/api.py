@@ -28,6 +28,8 @@ def _check_paths(**arguments) -> None:
     for name, value in arguments.items():
         if not isinstance(value, (str, os.PathLike)):
             raise OptionError(f"{name} must be a path (str or pathlib.Path), got {value!r}")
+        if not str(value).strip():  # Path("") is the current directory: the command line refuses it too
+            raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
 
 
 def _run_dir(path: str | Path, checkpoint_dir: str | Path) -> Path:
