@@ -63,6 +63,14 @@ result["no_step"] = refusal(lambda: served.signatures["step"](ids=tf.zeros([2, 0
                                                                c=tf.zeros([layers, 2, units])))
 result["negative_length"] = refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(-5),
                                                      temperature=tf.constant(0.5), seed=tf.constant(1, tf.int64)))
+result["huge_length"] = refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(2**31 - 1),
+                                                 temperature=tf.constant(0.5), seed=tf.constant(1, tf.int64)))
+result["batch_of_primes"] = refusal(lambda: generate(prime=tf.constant(["abc", "bcd"]), length=tf.constant(5),
+                                                     temperature=tf.constant(0.5), seed=tf.constant(1, tf.int64)))
+result["state_of_other_batch"] = refusal(lambda: served.signatures["step"](
+    ids=tf.constant(ids[None, :]), h=tf.zeros([layers, 3, units]), c=tf.zeros([layers, 3, units])))
+result["long_prime"] = generate(prime=tf.constant("abcdefg" * 300), length=tf.constant(7),
+                                temperature=tf.constant(0.0), seed=tf.constant(1, tf.int64))["text"].numpy().decode()
 
 interpreter = tf.lite.Interpreter(model_path=f"{out}/model.tflite")
 step = interpreter.get_signature_runner()

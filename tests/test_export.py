@@ -64,8 +64,14 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert "top_p must lie in (0, 1]" in filtered["bad_top_p"]
     assert all("temperature must be a finite number >= 0" in refusal
                for refusal in exported["loaded"]["bad_temperature"])  # NaN, infinity, -1
-    assert "length must be >= 0" in exported["loaded"]["negative_length"]
+    assert "length must be in [0, 10000000]" in exported["loaded"]["negative_length"]
     assert "ids must hold at least one step" in exported["loaded"]["no_step"]
+    # Each was accepted: a length that runs for days, two primes read as one text, a state broadcast to 3 streams.
+    assert "length must be in [0, 10000000]" in exported["loaded"]["huge_length"]
+    assert "Shape of tensor prime [2] is not compatible with expected shape []" in \
+        exported["loaded"]["batch_of_primes"] and "prime_must_be_one_string" in exported["loaded"]["batch_of_primes"]
+    assert "h and c must hold one row per row of ids" in exported["loaded"]["state_of_other_batch"]
+    assert exported["loaded"]["long_prime"] == "abcdefg" * 301  # the prime fed without keeping its logits
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
 

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from textgen import lstm_step, sampling
+from textgen.config import MAX_LENGTH
 from textgen.errors import TextgenError
 from textgen.generate import start_symbol
 
@@ -93,14 +94,27 @@ def _serving_module(meta, trained, vocab_file: Path):
             _, out, h, c = tf.while_loop(lambda t, *_: t < steps, body, (tf.constant(0), out, h, c))
             return tf.transpose(out.stack(), [1, 0, 2]), h, c
 
+        def _feed_last(self, ids, h, c):
+            """ids (B, T >= 1): the logits after the last id (B, V), and the final state. Memory does not grow with
+            T: keeping every step's logits, as _feed does, took 0.7 GB for a 100,000-character prime (61 symbols)."""
+            first, h, c = self._one_step(ids[:, 0], h, c)
+
+            def body(t, last, h, c):
+                return t + 1, *self._one_step(ids[:, t], h, c)
+
+            _, last, h, c = tf.while_loop(lambda t, *_: t < tf.shape(ids)[1], body, (tf.constant(1), first, h, c))
+            return last, h, c
+
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="ids"),
                                       tf.TensorSpec([layers, None, config.units], tf.float32, name="h"),
                                       tf.TensorSpec([layers, None, config.units], tf.float32, name="c")])
         def step(self, ids, h, c):
             """Feed ids (batch, T >= 1) from state (h, c) (layers, batch, units; zeros to start)."""
-            check = tf.debugging.Assert(tf.shape(ids)[1] > 0, ["ids must hold at least one step: (batch, T >= 1)"])
-            with tf.control_dependencies([check]):  # T = 0 would fail later, in the loop's TensorArray
-                ids = tf.identity(ids)
+            checks = [tf.debugging.Assert(tf.shape(ids)[1] > 0, ["ids must hold at least one step: (batch, T >= 1)"]),
+                      tf.debugging.Assert((tf.shape(h)[1] == tf.shape(ids)[0]) & (tf.shape(c)[1] == tf.shape(ids)[0]),
+                                          ["h and c must hold one row per row of ids: (layers, batch, units)"])]
+            with tf.control_dependencies(checks):  # T = 0 would fail later, in the loop's TensorArray; a batch of
+                ids = tf.identity(ids)  # one against states of 3 was broadcast
             logits, h, c = self._feed(ids, h, c)
             return {"logits": logits, "h": h, "c": c}
 
@@ -117,17 +131,18 @@ def _serving_module(meta, trained, vocab_file: Path):
             # The command line's rules: refused, not read as something else (-1 was greedy, -5 characters none).
             checks = [tf.debugging.Assert(valid, [message]) for message, valid in (
                 ("temperature must be a finite number >= 0", tf.math.is_finite(temperature) & (temperature >= 0)),
-                ("length must be >= 0", length >= 0))]
+                (f"length must be in [0, {MAX_LENGTH}]", (length >= 0) & (length <= MAX_LENGTH)))]
             with tf.control_dependencies(checks):  # before a negative length reaches the TensorArray
                 length, temperature = tf.identity(length), tf.identity(temperature)
+            # A batch of primes passes the scalar signature of a loaded SavedModel and was read as one text.
+            prime = tf.ensure_shape(prime, [], name="prime_must_be_one_string")
             ids = self.char_to_id.lookup(tf.cast(tf.strings.unicode_decode(prime, "UTF-8"), tf.int64))
             ids = tf.cast(tf.boolean_mask(ids, ids >= 0), tf.int32)
             known = tf.strings.unicode_encode(tf.cast(self.id_to_char.lookup(tf.cast(ids, tf.int64)), tf.int32),
                                               "UTF-8")
             context = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: tf.constant([start_id], tf.int32))
             zeros = tf.zeros([layers, 1, config.units])
-            logits, h, c = self._feed(context[None, :], zeros, zeros)
-            last = logits[:, -1, :]
+            last, h, c = self._feed_last(context[None, :], zeros, zeros)
             out = tf.TensorArray(tf.int32, size=length)
             temperatures = tf.fill([1], temperature)  # 0: always the most likely
 
