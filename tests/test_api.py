@@ -26,6 +26,19 @@ def test_load_by_directory_or_by_name_gives_the_same_model(trained_run, model):
     assert model.info["run"] == "period" and model.info["epochs"] == 3
     assert model.info["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / math.log(2))
     assert model.info["parameters"] == model.config.parameter_count()
+    latest = textgen.load(trained_run["checkpoint_dir"])  # a directory of runs: its latest one
+    assert latest.run_dir == model.run_dir and isinstance(latest, textgen.TextModel)
+
+
+def test_help_shows_the_api_docs_and_import_textgen_stays_light():
+    """textgen.load and textgen.train were one-line wrappers ("see textgen.api.load"), and textgen.TextModel, which
+    load returns, was not there."""
+    assert "directory of runs" in textgen.load.__doc__ and "**options: any ``textgen train`` option" in \
+        textgen.train.__doc__
+    assert textgen.TextModel.__module__ == "textgen.api"
+    imported = subprocess.run([sys.executable, "-c", "import sys, textgen; print(sorted({'numpy', 'tensorflow'} & "
+                               "set(sys.modules)))"], capture_output=True, text=True, check=True).stdout
+    assert imported.strip() == "[]"  # what `textgen --help` imports stays instant
 
 
 def test_a_name_is_a_run_under_the_checkpoint_directory_whatever_the_working_directory_holds(trained_run, tmp_path,
@@ -111,8 +124,13 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
             textgen.train(periodic_corpus, **dict(dict(run="r", checkpoint_dir=tmp_path), **wrong))
     with pytest.raises(textgen.OptionError, match=r"^run must be a run name \(str\), got PosixPath\('r'\)$"):
         textgen.train(periodic_corpus, run=Path("r"), checkpoint_dir=tmp_path)
-    with pytest.raises(textgen.OptionError, match=r"^corpus must be a path \(str or pathlib.Path\), got None$"):
-        textgen.train(None, run="r", checkpoint_dir=tmp_path)
+    for call in (lambda: textgen.train(None, run="r", checkpoint_dir=tmp_path),
+                 lambda: textgen.train(None, resume=True, checkpoint_dir=tmp_path)):  # no run to take the corpus of
+        with pytest.raises(textgen.OptionError, match=r"^give the corpus \(a text file\), or run=NAME with "
+                                                      r"resume=True to continue a run on its own corpus$"):
+            call()
+    with pytest.raises(textgen.OptionError, match="^run is empty; give a run name, or leave run out"):
+        textgen.train(periodic_corpus, run="", checkpoint_dir=tmp_path)  # was named after the corpus file
     for wrong in (dict(run=None), dict(run=5), dict(run="r", checkpoint_dir=None)):
         with pytest.raises(textgen.OptionError, match=r"must be a path \(str or pathlib.Path\), got (None|5)$"):
             textgen.load(**dict(dict(checkpoint_dir=tmp_path), **wrong))
@@ -171,3 +189,31 @@ def test_the_api_and_the_server_take_every_sampling_option():
     assert set(inspect.signature(TextModel.generate).parameters) - {"self"} == SAMPLE_FIELDS
     assert set(inspect.signature(TextModel.stream).parameters) - {"self"} == SAMPLE_FIELDS - {"num_samples"}
     assert set(GenerateRequest.model_fields) - {"run", "stream"} == SAMPLE_FIELDS
+
+
+def test_ctrl_c_in_train_is_a_keyboard_interrupt_that_says_how_to_resume_in_python(tmp_path, periodic_corpus):
+    """It was a TextgenError, which a program catching Exception swallowed, with a shell command to resume."""
+    import os
+    import signal
+
+    from textgen.callbacks import Callback, Interrupted
+
+    class CtrlCAtStep3(Callback):
+        steps = 0
+
+        def on_step_end(self, run, loss):
+            self.steps += 1
+            if self.steps == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    options = dict(run="r", checkpoint_dir=str(tmp_path), epochs=1, size="fixed", **TINY_MODEL, **TINY_TRAINING)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        try:
+            textgen.train(periodic_corpus, callbacks=[CtrlCAtStep3()], **options)
+        except Exception:  # what a program's own error handling catches
+            pytest.fail("Ctrl-C was caught as an Exception")
+    assert isinstance(stopped.value, Interrupted) and stopped.value.exit_code == 130
+    assert str(stopped.value).endswith(f"; resume with: textgen.train(run='r', checkpoint_dir={str(tmp_path)!r}, "
+                                       "resume=True)")
+    resumed = textgen.train(run="r", checkpoint_dir=str(tmp_path), resume=True)
+    assert resumed.info["epochs"] == 1

@@ -41,6 +41,13 @@ def test_integer_options_take_integers_and_text_options_text():
     with pytest.raises(OptionError, match=r"^--skip-unknown must be true or false, got 1$"):
         SampleConfig(skip_unknown=1).validate()
     SampleConfig(length=np.int64(5), num_samples=np.int32(2), temperature=(np.float32(0.5), 1)).validate()
+    flagged = SampleConfig(skip_unknown=np.float32(3) > 2)
+    flagged.validate()  # a NumPy comparison's bool, as NumPy numbers are taken: it was refused
+    assert flagged.skip_unknown is True
+    with pytest.raises(OptionError, match=r"^--skip-unknown must be true or false, got array\(\[ True\]\)$"):
+        SampleConfig(skip_unknown=np.array([True])).validate()
+    from textgen.config import check_flag
+    check_flag("resume", np.bool_(False))
 
 
 def test_old_checkpoints_get_the_behaviour_they_trained_with():

@@ -44,6 +44,8 @@ def test_prime_with_unknown_characters(trained_run):
     [sample] = gen(trained_run, prime="abxZ", length=5, temperatures=[0], skip_unknown=True, warn=warnings.append)
     assert sample.text == "abcdefg"
     assert "dropped 2 unknown characters from the prime" in warnings[0]
+    [sample] = gen(trained_run, prime="axxxZ", length=0, skip_unknown=True, warn=warnings.append)
+    assert sample.text == "a" and warnings[1].endswith("dropped 4 unknown characters from the prime: 'x' 'Z'")  # not 2
     # a combining mark the model never saw is named by its escape and name: bare, it would join the quote before it
     with pytest.raises(TextgenError, match=r"never saw: '\\u0301' \(combining acute accent\) '\"' '\\x00';"):
         gen(trained_run, prime="a\u0301\"\x00", length=5)

@@ -16,22 +16,17 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
-def load(run, checkpoint_dir="checkpoints", checkpoint="best"):
-    """Load a trained run as a :class:`textgen.api.TextModel` (see textgen.api.load)."""
-    from textgen.api import load as load_run
-
-    return load_run(run, checkpoint_dir, checkpoint)
-
-
-def train(corpus=None, run=None, checkpoint_dir="checkpoints", resume=False, overwrite=False, callbacks=(),
-          tensorboard=False, strategy="auto", **options):
-    """Train on a text file and return the run loaded (see textgen.api.train)."""
-    from textgen.api import train as train_run
-
-    return train_run(corpus, run, checkpoint_dir, resume=resume, overwrite=overwrite, callbacks=callbacks,
-                     tensorboard=tensorboard, strategy=strategy, **options)
-
-
 from textgen.errors import OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)
 
-__all__ = ["OptionError", "TextgenError", "load", "train", "__version__"]
+API = ("TextModel", "load", "train")  # textgen.api's, imported on first use: `textgen --help` needs no NumPy
+
+
+def __getattr__(name: str):
+    if name in API:
+        from textgen import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'textgen' has no attribute {name!r}")
+
+
+__all__ = ["OptionError", "TextgenError", *API, "__version__"]

@@ -154,7 +154,8 @@ def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint
     """Load a trained run.
 
     Args:
-        run: a run directory (``"checkpoints/demo"``) or a run name under checkpoint_dir (``"demo"``).
+        run: a run directory (``"checkpoints/demo"``), a run name under checkpoint_dir (``"demo"``), or a
+            directory of runs (``"checkpoints"``): its latest run.
         checkpoint_dir: where run names are looked up.
         checkpoint: ``"best"`` (lowest validation loss) or ``"last"``.
 
@@ -192,16 +193,26 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkp
     """
     if run is not None and not isinstance(run, str):
         raise OptionError(f"run must be a run name (str), got {run!r}")
+    if run is not None and not run.strip():  # "" took the corpus file's name
+        raise OptionError("run is empty; give a run name, or leave run out to name it after the corpus file")
+    if corpus is None and (run is None or not resume):
+        raise OptionError("give the corpus (a text file), or run=NAME with resume=True to continue a run on its "
+                          "own corpus")
     _check_paths(checkpoint_dir=checkpoint_dir)
     if corpus is not None:  # None: the run's own corpus when resuming (textgen.training.train checks it)
         _check_paths(corpus=corpus)
     import_tensorflow_quietly()
     from textgen.training import train as run_training
 
+    from textgen.callbacks import Interrupted
+
     model_options, train_options = split_training_options(options)
-    summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
-                           resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
-                           strategy=strategy)
+    try:
+        summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
+                               resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
+                               strategy=strategy)
+    except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
+        raise stopped.in_python() from None
     return TextModel(summary["run_dir"], "best")
 
 

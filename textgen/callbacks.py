@@ -87,12 +87,24 @@ def save_unvalidated(run) -> None:
     run.save(("last",))
 
 
-class Interrupted(TextgenError):
-    """Training stopped by a signal after saving; the exit code is 128 + the signal number."""
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal after saving a resumable checkpoint; the command exits with 128 + the signal
+    number. A KeyboardInterrupt, not an error: a program that catches Exception around textgen.train still stops
+    on Ctrl-C."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, in_python: str = ""):
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.signum, self.exit_code = signum, 128 + signum
+        self.python_message = in_python or message  # the same, its advice as a Python call
+
+    def in_python(self) -> "Interrupted":
+        return Interrupted(self.python_message, self.signum)
+
+    def for_command(self) -> TextgenError:
+        """What the command reports: this message alone on stderr, and the signal's exit code."""
+        stopped = TextgenError(str(self))
+        stopped.exit_code = self.exit_code
+        return stopped
 
 
 class StopRequests(Callback):
@@ -111,11 +123,12 @@ class StopRequests(Callback):
                                                         bool(budget) and run.elapsed >= budget, run.elapsed)
         if interrupted > 0:
             save_unvalidated(run)
-            state = run.state
+            saved = f"interrupted: saved a resumable checkpoint ({run.state.position()}) in {run.run_dir}"
             raise Interrupted(
-                f"interrupted: saved a resumable checkpoint ({state.position()}) in "
-                f"{run.run_dir}; resume with: textgen train {run.corpus_path} --checkpoint-dir {run.run_dir.parent} "
-                f"--run {run.run_dir.name} --resume", self.signals[0] if self.signals else signal.SIGTERM)
+                f"{saved}; resume with: textgen train {run.corpus_path} --checkpoint-dir {run.run_dir.parent} "
+                f"--run {run.run_dir.name} --resume", self.signals[0] if self.signals else signal.SIGTERM,
+                f"{saved}; resume with: textgen.train(run={run.run_dir.name!r}, "
+                f"checkpoint_dir={str(run.run_dir.parent)!r}, resume=True)")
         if time_up > 0:
             run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
 

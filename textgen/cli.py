@@ -166,6 +166,7 @@ def cli():
 def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt; with --resume, the
     run's own corpus)."""
+    from textgen.callbacks import Interrupted
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
     from textgen.runs import default_run_name
     from textgen.training import train as run_training
@@ -174,8 +175,11 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
         run = run or default_run_name(DEFAULT_CORPUS)
     elif corpus is None:
         corpus = build_default_corpus(DEFAULT_CORPUS)
-    run_training(corpus, checkpoint_dir, run, *split_training_options(options),
-                 resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
+    try:
+        run_training(corpus, checkpoint_dir, run, *split_training_options(options),
+                     resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
+    except Interrupted as stopped:  # click would report a KeyboardInterrupt as "aborted", exit code 1
+        raise stopped.for_command() from None
 
 
 @cli.command()

@@ -142,7 +142,14 @@ def _plain(value):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
+    if _numpy_bool(value):
+        return bool(value)
     return value
+
+
+def _numpy_bool(value) -> bool:
+    """np.True_ (what a comparison of NumPy values gives), known without importing NumPy."""
+    return getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "shape", None) == ()
 
 
 class _Config:
@@ -333,7 +340,7 @@ SAMPLE_FIELDS = frozenset(rules(SampleConfig))  # the keywords of a sampling req
 
 def check_flag(name: str, value) -> None:
     """A yes/no option must be a bool: a library caller's overwrite="no" would otherwise count as yes."""
-    if not isinstance(value, bool):
+    if not (isinstance(value, bool) or _numpy_bool(value)):
         raise OptionError(f"--{name.replace('_', '-')} must be true or false, got {value!r}")
 
 

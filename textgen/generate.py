@@ -44,9 +44,10 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
                            "change the prime or pass --skip-unknown to drop them")
     if unknown:
-        warn(f"warning: dropped {counted(len(unknown), 'unknown character')} from the prime: "
-             + quoted(unknown[:20]))
-        prime = "".join(ch for ch in prime if ch in vocab)
+        kept = "".join(ch for ch in prime if ch in vocab)
+        warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
+             + quoted(unknown[:20]))  # every one dropped, each kind named once
+        prime = kept
     return prime
 
 
