@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import shutil
+import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -92,6 +93,7 @@ EDITS = {
     "format-newer": lambda meta: meta.update(format_version=999),
     "format-text": lambda meta: meta.update(format_version="2"),
     "format-zero": lambda meta: meta.update(format_version=0),
+    "units-edited": lambda meta: meta["model"].update(units=meta["model"]["units"] + 1),  # not the weights' shape
 }
 
 
@@ -241,6 +243,9 @@ BAD_INPUTS = [
     (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its format_version is 0,", 1,
      "format-zero"),
     (["sample", "--checkpoint-dir", ""], "give a directory, such as checkpoints or . for the current one", 2, None),
+    # Keras's UserWarning about each weight group it could not match came first (two lines and a file path).
+    (["sample", "--checkpoint-dir", "{root}/ck"], "cannot be loaded (ValueError); train again with --overwrite", 1,
+     "units-edited"),
     (["runs", "--checkpoint-dir", " "], "give a directory", 2, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--stop", ""], "--stop is empty; give the text, or leave --stop out",
      1, None),
@@ -281,7 +286,11 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(workspace, tmp_path, ar
     if damaged:
         damage(root / "ck" / "good", damaged)
     before = files_snapshot(root)
-    result = invoke(*[a.format(root=root) for a in args])
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        result = invoke(*[a.format(root=root) for a in args])
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)  # by Python's defaults
+    assert [str(warning.message) for warning in warned if not issubclass(warning.category, hidden)] == []
     assert result.exit_code == code, result.output
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

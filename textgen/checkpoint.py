@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -312,7 +313,9 @@ def _load_kind(run_dir: Path, kind: str, batch_size: int):
             weights = verified_file(run_dir, meta, "weights")
             model = build_model(meta.model, batch_size)
             try:
-                model.load_weights(str(weights))
+                with warnings.catch_warnings():  # Keras warns of each group it cannot match, then raises
+                    warnings.simplefilter("ignore")
+                    model.load_weights(str(weights))
             except Exception as error:  # h5py and Keras raise many types for a bad file
                 raise TextgenError(f"checkpoint file {weights} cannot be loaded ({type(error).__name__}); "
                                    "train again with --overwrite") from None
