@@ -1,5 +1,6 @@
 """The playground page in a real headless Chromium (Debian's chromium + chromium-driver) against the server."""
 
+import json
 import os
 import shutil
 import time
@@ -7,7 +8,7 @@ import time
 import pytest
 
 from conftest import PERIOD
-from test_serve import server  # noqa: F401  (the running server fixture)
+from test_serve import call, server  # noqa: F401  (server: the running server fixture)
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # CI sets TEXTGEN_REQUIRE_BROWSER=1 after installing them: there a missing browser fails instead of skipping.
@@ -70,8 +71,12 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server, 
     assert all(set(text) <= set(PERIOD) for text in texts)
     assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["abc"] * 3
     titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#samples h2")]
-    assert [title.split("seed ")[1] for title in titles] == ["11", "12", "13"]
-    assert all("temperature 0.8" in title for title in titles)
+    assert titles == [f"sample {i} · temperature 0.8 · seed 11" for i in (1, 2, 3)]
+    # One request for the three (a request per sample left the 7th and 8th waiting for a browser connection), so
+    # sample i is the API's and the command line's sample i of seed 11.
+    request = dict(prime="abc", length=120, temperature=0.8, seed=11, num_samples=3)
+    assert texts == [sample["text"] for sample in json.loads(call(server, "/v1/generate", request)[1])["samples"]]
+    assert browser.find_element(By.ID, "samples-count").get_attribute("max") == "4"  # the server's --max-samples
     shot = tmp_path / "playground.png"
     assert browser.save_screenshot(str(shot)) and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -113,6 +118,18 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
                         and browser.find_element(By.ID, "status"))
     assert status.get_attribute("class") == "error"
     assert status.text.endswith("change the prime or tick “Drop characters the model never saw” to drop them")
+    assert browser.find_elements(By.CSS_SELECTOR, "#samples pre") == []  # no empty cards beside the message
+    # In view on a laptop's screen, at the top or scrolled down to the Generate button: it was at the foot of the
+    # form, below a 1366 x 768 window's view.
+    browser.set_window_size(1366, 768)
+    try:
+        for scroll in (0, 10000):
+            browser.execute_script(f"window.scrollTo(0, {scroll})")
+            top, bottom = browser.execute_script("const box = document.getElementById('status')"
+                                                 ".getBoundingClientRect(); return [box.top, box.bottom]")
+            assert 0 <= top and bottom < browser.execute_script("return window.innerHeight")
+    finally:
+        browser.set_window_size(1280, 900)
     browser.find_element(By.ID, "skip-unknown").click()  # as the message says: the prime loses x, y and z
     browser.find_element(By.ID, "generate").click()
     wait_until(lambda: browser.find_element(By.ID, "status").text == "done")

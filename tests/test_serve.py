@@ -123,11 +123,12 @@ def test_streaming_sends_the_text_as_server_sent_events(server):
     status, text = call(server, "/v1/generate", dict(prime="abc", length=300, temperature=0.7, seed=9, stream=True))
     assert status == 200
     blocks = events(text)
-    assert blocks[-1] == 'event: done\ndata: {"stopped": false}'
+    assert blocks[-1] == 'event: done\ndata: {"stopped": false, "samples": [{"temperature": 0.7, "index": 0, ' \
+                         '"stopped": false}]}'
     messages = [json.loads(block[len("data: "):]) for block in blocks[:-1]]
     pieces = [message["text"] for message in messages]
     assert len(pieces) >= 3 and messages[0] == {"text": "abc", "prime": True}
-    assert not any("prime" in message for message in messages[1:])
+    assert all(message.keys() == {"text", "sample"} and message["sample"] == 0 for message in messages[1:])
     _, whole = call(server, "/v1/generate", dict(prime="abc", length=300, temperature=0.7, seed=9))
     assert "".join(pieces) == json.loads(whole)["samples"][0]["text"]
     # The prime as the model reads it is marked, whatever was typed; a prime that lost every character has none.
@@ -135,6 +136,28 @@ def test_streaming_sends_the_text_as_server_sent_events(server):
         body = dict(prime=prime, length=20, temperature=0, stream=True, skip_unknown=True)
         first = json.loads(events(call(server, "/v1/generate", body)[1])[0][len("data: "):])
         assert (first if marked else first.get("prime")) == marked
+
+
+def test_one_stream_carries_every_sample_of_a_request(server):
+    """The playground opened one streaming request per sample, and a browser opens at most 6 connections to a
+    server: samples 7 and 8 waited for others to end. Now one request streams them all, each piece numbered."""
+    request = dict(prime="ab", length=200, temperature=[0.6, 1.5], num_samples=2, seed=4, stop="gab")
+    status, text = call(server, "/v1/generate", dict(request, stream=True))
+    assert status == 200
+    blocks = events(text)
+    assert blocks[-1].startswith("event: done\n")
+    done = json.loads(blocks[-1].split("data: ", 1)[1])
+    messages = [json.loads(block[len("data: "):]) for block in blocks[:-1]]
+    assert messages[0] == {"text": "ab", "prime": True}
+    texts = ["ab"] * 4
+    for message in messages[1:]:
+        texts[message["sample"]] += message["text"]
+    whole = json.loads(call(server, "/v1/generate", request)[1])["samples"]
+    assert texts == [sample["text"] for sample in whole] and len(set(texts)) > 1
+    assert done["samples"] == [{key: sample[key] for key in ("temperature", "index", "stopped")} for sample in whole]
+    assert [(sample["temperature"], sample["index"]) for sample in whole] == \
+        [(t, i) for t in (0.6, 1.5) for i in range(2)]
+    assert any(sample["stopped"] for sample in whole)  # the stop string held back and cut per sample
 
 
 def test_score(server):
@@ -222,7 +245,7 @@ BAD_BODIES = [
     (json.dumps(dict(num_samples=99)).encode(), 400), (json.dumps(dict(run="../x")).encode(), 400),
     (json.dumps(dict(run="missing")).encode(), 404), (json.dumps(dict(prime="xyz")).encode(), 400),
     (json.dumps(dict(unknown_field=1)).encode(), 422), (json.dumps(dict(seed=-2)).encode(), 400),
-    (json.dumps(dict(temperature=[0.5, 1.0], stream=True)).encode(), 400),
+    (json.dumps(dict(temperature=[0.5, 1.0], num_samples=3, stream=True)).encode(), 400),  # 6 > --max-samples
     (json.dumps(dict(prime="a" * 70000)).encode(), 413),
     (json.dumps(dict(prime="a" * 5000)).encode(), 400),
 ]
@@ -270,10 +293,28 @@ def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(serve
     ("/v1/generate", b"[]", 'the body must be a JSON object; send for instance {"prime": "The ", "length": 100}'),
     ("/v1/score", b"", 'the body must be a JSON object; send for instance {"text": "The end."}'),
     ("/v1/generate", b'{"length": "ten"}', "length: Input should be a valid integer"),
+    # These two got a 400 "There was an error parsing the body".
+    ("/v1/generate", b'{"prime": "\xff\xfe"}', 'the body is not JSON (not UTF-8, or nested too deeply); send for '
+                                               'instance {"prime": "The ", "length": 100}'),
+    ("/v1/score", b"[" * 20000 + b"]" * 20000, "the body is not JSON (not UTF-8, or nested too deeply)"),
 ])
 def test_a_malformed_body_is_named_with_an_example(server, path, raw, message):
     status, text = call(server, path, raw=raw)
     assert status == 422 and json.loads(text)["error"].startswith(message), text
+
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded", "text/plain"])
+def test_a_json_body_sent_as_another_type_is_told_the_header(server, content_type):
+    """curl -d without -H sends a form: it was told "the body must be a JSON object", which it is."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    request = urllib.request.Request(server + "/v1/generate", data=b'{"length": 10}', headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 415
+    assert json.loads(refused.value.read())["error"] == (
+        "send the body as JSON, with the header Content-Type: application/json (curl: -H 'Content-Type: "
+        "application/json'); send for instance {\"prime\": \"The \", \"length\": 100}")
+    assert call(server, "/v1/generate", dict(length=10))[0] == 200  # the same body as JSON
 
 
 def test_messages_are_the_clis(server):
@@ -315,6 +356,42 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
     assert f"serving the runs in {trained_run['checkpoint_dir']} (default 'period') on http://127.0.0.1:{port}/" \
         in stderr
     assert '"POST /v1/generate HTTP/1.1" 200' in stderr and '"GET /healthz HTTP/1.1" 200' in stderr
+
+
+def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
+    """uvicorn invites a second Ctrl-C to quit at once; it printed some 70 lines of CancelledError tracebacks."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "textgen", "serve", "--checkpoint-dir",
+                                str(trained_run["checkpoint_dir"]), "--port", str(port), "--max-length", "10000000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if call(base, "/healthz", timeout=5)[0] == 200:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        def stream():
+            with contextlib.suppress(Exception):  # the stream is cut: that is the point
+                call(base, "/v1/generate", dict(length=10_000_000, stream=True), timeout=120)
+
+        threading.Thread(target=stream, daemon=True).start()
+        time.sleep(2)  # the stream runs (10 million characters: minutes)
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "Waiting for connections to close" in stderr and "Traceback" not in stderr and "CancelledError" not in stderr
+    assert stderr.strip().endswith("stopped at once (a second Ctrl-C): the requests still running were cut short")
+    assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
 
 
 def test_scoring_while_generating_does_not_disturb_the_streams(server):
@@ -488,6 +565,24 @@ def test_a_taken_port_is_one_line(trained_run):
                                     "another --port or stop the program that uses it"
 
 
+def test_a_default_run_that_cannot_be_loaded_is_one_line_at_start_up(trained_run, tmp_path):
+    """It was a 30-line traceback ending in the request error (ApiError) that a request for the run gets."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from textgen.cli import cli
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "broken")
+    weights = next((tmp_path / "broken").glob("*.weights.h5"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint-dir", str(tmp_path), "--port", str(free_port())])
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.output
+    assert result.stderr.startswith("error: run 'broken' cannot be loaded: checkpoint file ")
+    assert result.stderr.strip().endswith("is corrupted (checksum mismatch); train again with --overwrite or restore "
+                                          "the file from a backup") and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_run_that_trains_on_is_served_from_its_new_checkpoint(trained_run, tmp_path, caplog):
     import logging
     import os
@@ -539,7 +634,7 @@ def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(trained_r
     batcher = Batcher(generator, (1, 4))
     pieces, over = [], threading.Event()
     job = batcher.submit(SampleConfig(prime="a", length=600, temperature=(1.0,), seed=1),
-                         lambda piece: over.set() if piece is None else pieces.append(piece))
+                         lambda piece: over.set() if piece is None else pieces.append(piece.text))
     batcher.retire()
     assert over.wait(60) and job.error is None and len("".join(pieces)) == 601
     batcher.thread.join(10)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -39,6 +39,14 @@ def call_length(num_streams: int) -> int:
     return max(CHUNK, LONE_CHUNK // num_streams)
 
 
+class Piece(NamedTuple):
+    """A decided piece of a request's text: of its sample number sample (the order of TextStreams.samples), or
+    the prime that all its samples start with (sample None)."""
+
+    sample: Optional[int]
+    text: str
+
+
 class BatcherClosed(RuntimeError):
     """A request reached a batcher that a newer checkpoint of its run has replaced and that has since stopped."""
 
@@ -46,10 +54,10 @@ class BatcherClosed(RuntimeError):
 class Job:
     """One request in the batch: its streams' text, its rows in the engine, and where its pieces go."""
 
-    def __init__(self, streams: TextStreams, deliver: Callable[[Optional[str]], None]):
+    def __init__(self, streams: TextStreams, deliver: Callable[[Optional[Piece]], None]):
         self.streams = streams
-        # Called from the batcher's thread with each decided piece of the first sample (the prime first),
-        # then with None when the job is over (done, cancelled or failed).
+        # Called with the prime (sample None: every sample starts with it), then from the batcher's thread with
+        # each decided piece of each sample, then with None when the job is over (done, cancelled or failed).
         self.deliver = deliver
         self.draws = RequestDraws(streams.config.seed, streams.indexes)
         self.rows: list[int] = []
@@ -82,7 +90,7 @@ class Batcher:
         self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, config: SampleConfig, deliver: Callable[[Optional[str]], None]) -> Job:
+    def submit(self, config: SampleConfig, deliver: Callable[[Optional[Piece]], None]) -> Job:
         """Queue a request (validated here, in the caller's thread, so errors reach it directly)."""
         config.validate()
         if config.sample_count > self.capacity:
@@ -93,7 +101,7 @@ class Batcher:
             if self.closed:
                 raise BatcherClosed("this batcher has stopped; submit to its run's current one")
             if prime:
-                deliver(prime)
+                deliver(Piece(None, prime))
             self.waiting.append(job)
             self.condition.notify()
         return job
@@ -210,8 +218,8 @@ class Batcher:
         with self.condition:
             for job in jobs:
                 job.streams.add(ids[job.rows])
-                piece = job.streams.take_ready()
-                if piece:
-                    job.deliver(piece)
+                for sample in range(job.width):
+                    if piece := job.streams.take_ready(sample):
+                        job.deliver(Piece(sample, piece))
                 if job.streams.done:
                     self._leave(job)

@@ -86,7 +86,7 @@ def _stop_cut(text: str, stop: Optional[str], searched_from: int) -> Optional[in
 
 class TextStreams:
     """The samples of one request as their ids arrive: each cut at length and before the stop string,
-    and the part of the first one that is decided (what could start the stop string is held back)."""
+    and the part of each that is decided (what could start the stop string is held back)."""
 
     def __init__(self, vocab, config: SampleConfig, prime: str):
         self.vocab, self.config, self.prime = vocab, config, prime
@@ -96,7 +96,7 @@ class TextStreams:
         self.texts = [""] * len(self.temperatures)
         self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
         self.produced = 0  # characters generated per stream so far
-        self.emitted = 0  # characters of the first stream already handed out
+        self.emitted = [0] * len(self.temperatures)  # characters of each stream already handed out
 
     @property
     def context(self) -> str:
@@ -116,17 +116,17 @@ class TextStreams:
                 self.cuts[index] = _stop_cut(self.texts[index], self.stop, before)
         self.produced += ids.shape[1]
 
-    def take_ready(self) -> str:
-        """The next decided piece of the first stream ("" if none yet)."""
-        text, cut, stop = self.texts[0], self.cuts[0], self.stop
+    def take_ready(self, index: int = 0) -> str:
+        """The next decided piece of stream index ("" if none yet)."""
+        text, cut, stop = self.texts[index], self.cuts[index], self.stop
         if cut is not None:
             ready = cut
         elif self.done:
             ready = len(text)
         else:
             ready = len(text) - (len(stop) - 1 if stop else 0)
-        piece = text[self.emitted:ready] if ready > self.emitted else ""
-        self.emitted += len(piece)
+        piece = text[self.emitted[index]:ready] if ready > self.emitted[index] else ""
+        self.emitted[index] += len(piece)
         return piece
 
     def samples(self) -> list[Sample]:

@@ -100,7 +100,10 @@ class Runs:
         self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
         self._guard = threading.Lock()
         self.default = find_run(self.checkpoint_dir, default).name
-        self.get(self.default)
+        try:
+            self.get(self.default)
+        except ApiError as error:  # at start-up: the command's one-line error, not a request's
+            raise TextgenError(str(error)) from None
 
     def paths(self) -> dict[str, Path]:
         from textgen.runs import list_runs
@@ -225,7 +228,8 @@ class GenerateRequest(BaseModel):
     stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
     num_samples: int = Field(1, description="Samples per temperature")
     skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
-    stream: bool = Field(False, description="Stream one sample as Server-Sent Events")
+    stream: bool = Field(False, description="Stream the samples as Server-Sent Events, each piece with its sample's "
+                                            "place in the samples list")
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -249,6 +253,13 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
                          f"{len(config.prime)}")
     return config
+
+
+BODY_UNREADABLE = "There was an error parsing the body"  # FastAPI's HTTPException detail
+
+
+def _example(request) -> str:
+    return f"send for instance {EXAMPLE_BODIES.get(request.url.path, EXAMPLE_BODY)}"
 
 
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits()):
@@ -276,16 +287,22 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
+        if exc.detail == BODY_UNREADABLE:  # FastAPI's words for a body json.loads fails on but not as bad JSON
+            return error(422, f"the body is not JSON (not UTF-8, or nested too deeply); {_example(request)}")
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        example = f"send for instance {EXAMPLE_BODIES.get(request.url.path, EXAMPLE_BODY)}"
+        example = _example(request)
         if first.get("type") == "json_invalid":
             return error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'cannot be read')} "
                               f"at character {first['loc'][-1]}); {example}")
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        if not where and request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # curl -d without -H sends a form: its JSON never reaches the model
+            return error(415, "send the body as JSON, with the header Content-Type: application/json (curl: -H "
+                              f"'Content-Type: application/json'); {example}")
         if not where:  # the body as a whole: a list, a string, nothing
             return error(422, f"the body must be a JSON object; {example}")
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
@@ -302,13 +319,13 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.get("/v1/models")
     def models():
-        return {"default": runs.default, "models": [runs.describe(name, path) for name, path in runs.paths().items()]}
+        return {"default": runs.default, "models": [runs.describe(name, path) for name, path in runs.paths().items()],
+                "limits": dict(max_length=limits.max_length, max_samples=limits.max_samples,
+                               max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
 
     @app.post("/v1/generate")
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
-        if body.stream and config.sample_count != 1:
-            raise ApiError("stream gives one sample: one temperature and num_samples 1")
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         served, job = await run_in_threadpool(  # in a thread: the first use of a run (or a new checkpoint) loads it
             runs.submit, body.run, config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
@@ -330,7 +347,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.post("/v1/score")
     def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
-            raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server")
+            raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
+                           f"{len(body.text)}")
         served = runs.get(body.run)
         return dict(run=served.name, **served.generator.score(body.text))
 
@@ -389,20 +407,23 @@ async def _cancel_when_gone(request: Request, job) -> None:
 
 
 async def _events(job, inbox):
-    """Server-Sent Events: {"text": piece} per piece of the job's stream, the prime's marked "prime": true (it is
-    the prime as the model reads it: in its Unicode form, unknown characters dropped), then event "done" with
-    whether stop ended it. When the response ends early (the client went away), the job is cancelled and its
-    stream leaves the batch at the next chunk."""
+    """Server-Sent Events: first {"text": prime, "prime": true} (the prime as the model reads it: in its Unicode
+    form, unknown characters dropped; every sample starts with it), then {"text": piece, "sample": i} per decided
+    piece of each sample (i: its place in the non-streamed response's samples), then event "done" with each
+    sample's temperature, index and whether stop ended it. When the response ends early (the client went away),
+    the job is cancelled and its streams leave the batch at the next chunk."""
     try:
-        first = True
         while (piece := await inbox.get()) is not None:
-            event = {"text": piece, "prime": True} if first and job.streams.prime else {"text": piece}
-            first = False
+            event = {"text": piece.text, "prime": True} if piece.sample is None else \
+                {"text": piece.text, "sample": piece.sample}
             yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
         if job.error is not None:
             yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
         else:
-            yield f"event: done\ndata: {json.dumps({'stopped': job.streams.samples()[0].stopped})}\n\n"
+            samples = [dict(temperature=sample.temperature, index=sample.index, stopped=sample.stopped)
+                       for sample in job.streams.samples()]
+            done = {"stopped": samples[0]["stopped"], "samples": samples}  # "stopped": the first sample's, as before
+            yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()
 
@@ -427,4 +448,29 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, log_config=log_config)
+    log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
+    log_config["handlers"]["default"]["filters"] = ["cut_short"]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True,
+                                           log_config=log_config, timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it has stopped: stopping was the ask
+        pass
+    if server.force_exit:
+        logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
+    if not server.started:
+        raise TextgenError(f"the server could not start on {host}:{port}; see the lines above")
+
+
+# Ctrl-C or SIGTERM lets the requests in flight end, for at most this long: a service manager's stop must not wait
+# on a long stream (--max-length 200000 took a minute).
+SHUTDOWN_GRACE_S = 30.0
+
+
+class _CutShort(logging.Filter):
+    """Drops uvicorn's tracebacks of the requests that a shutdown cancels (a second Ctrl-C, or the grace period
+    over): one line says they were cut short, instead of some 70 lines of CancelledError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cancelled = record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
+        return not (cancelled or "asyncio.exceptions.CancelledError" in record.getMessage())
