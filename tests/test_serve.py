@@ -73,8 +73,19 @@ def test_health_models_and_openapi(server, trained_run):
     [model] = models["models"]
     assert (model["name"], model["corpus"], model["epochs"], model["units"]) == ("period", "period.txt", 3, 32)
     assert model["val_bpc"] == pytest.approx(bpc(trained_run["best_val_loss"]), abs=1e-4)
+    assert models["limits"] == dict(max_length=1000, max_samples=4, max_prime_chars=4000, max_score_chars=20000)
     status, text = call(server, "/v1/openapi.json")
-    assert status == 200 and {"/v1/generate", "/v1/score", "/v1/models"} <= set(json.loads(text)["paths"])
+    spec = json.loads(text)
+    assert status == 200 and {"/v1/generate", "/v1/score", "/v1/models"} <= set(spec["paths"])
+    # The errors as they are sent ({"error": ...}); FastAPI described a 422 of its own form ({"detail": [...]}).
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    for path in ("/v1/generate", "/v1/score"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"400", "404", "413", "415", "422", "500"} <= set(responses)
+        assert all(responses[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/"
+                                                                                     "ErrorBody"}
+                   for code in ("400", "422", "500"))
+    assert "text/event-stream" in spec["paths"]["/v1/generate"]["post"]["responses"]["200"]["content"]
 
 
 def test_generate_round_trip(server, trained_run):
@@ -179,7 +190,9 @@ def test_32_concurrent_requests_all_complete_with_their_lengths(server):
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch, stream):
+def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch, stream, caplog):
+    import logging
+
     from textgen.engine import Engine
     from textgen.serve import DISCONNECT_POLL_S
 
@@ -212,10 +225,15 @@ def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch, stream):
                 time.sleep(0.01)
         assert batcher.active()  # holding a stream
     deadline = time.monotonic() + 30
-    while batcher.active():
-        assert time.monotonic() < deadline, "the stream stayed in the batch after its client left"
-        time.sleep(0.01)
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        while batcher.active():
+            assert time.monotonic() < deadline, "the stream stayed in the batch after its client left"
+            time.sleep(0.01)
+        time.sleep(0.2)
     assert sum(steps) < 1000  # it left early, not by finishing
+    if not stream:  # uvicorn logs a request when its response starts: this one had none, and no line
+        assert [record.getMessage().split('" ')[1] for record in caplog.records if "went away" in record.getMessage()
+                ][0].startswith("went away after ") and "of 1000 characters; its generation stopped" in caplog.text
     status, _ = call(server, "/v1/generate", dict(prime="a", length=10, temperature=0), timeout=60)
     assert status == 200
 
@@ -642,6 +660,32 @@ def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(trained_r
     with pytest.raises(BatcherClosed):
         batcher.submit(SampleConfig(length=5), lambda piece: None)
     assert generator.take_engine(batcher.engine.num_streams) is batcher.engine  # given back for the next batcher
+
+
+def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_no_server_path(trained_run,
+                                                                                                 tmp_path):
+    """A deleted run left /v1/models but answered from memory; a damaged one gave the client absolute paths."""
+    import shutil
+
+    from textgen.serve import create_app
+
+    for name in ("main", "gone", "broken"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    weights = next((tmp_path / "broken").glob("*.weights.h5"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    with serving(create_app(tmp_path, "main")) as base:
+        assert call(base, "/v1/generate", dict(run="gone", length=5))[0] == 200
+        shutil.rmtree(tmp_path / "gone")
+        status, text = call(base, "/v1/generate", dict(run="gone", length=5))
+        assert (status, json.loads(text)) == (404, {"error": "no run named 'gone'; GET /v1/models lists the runs"})
+        assert "gone" not in [model["name"] for model in json.loads(call(base, "/v1/models")[1])["models"]]
+        status, text = call(base, "/v1/generate", dict(run="broken", length=5))
+        error = json.loads(text)["error"]
+        assert status == 500 and str(tmp_path) not in error
+        assert error.startswith(f"run 'broken' cannot be loaded: checkpoint file broken/{weights.name} is corrupted "
+                                "(checksum mismatch)")
+        request = urllib.request.Request(base + "/healthz", method="HEAD")  # was 405
+        assert urllib.request.urlopen(request, timeout=30).status == 200
 
 
 def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoint_it_would_serve(trained_run,

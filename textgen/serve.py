@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from textgen.checkpoint import has_checkpoint
 from textgen.config import DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, Limits, SampleConfig, shown_number, temperature_values
 from textgen.errors import TextgenError
 from textgen.evaluation import bpc
@@ -136,7 +137,12 @@ class Runs:
         served = self._loaded.get(name)
         if served is not None:
             self._last_used[name] = time.monotonic()
-            return served if served.current else self._reload(served)
+            if served.current:
+                return served
+            if not has_checkpoint(served.path):  # deleted: as GET /v1/models no longer lists it, no longer served
+                self._unload(name, "its checkpoints are gone")
+                raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+            return self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
         if path is None:
             check_run_name(name)  # a path-like name ("../x") is a bad request, not a missing run
@@ -147,7 +153,10 @@ class Runs:
                 try:
                     self._keep(self._load(name, path))
                 except TextgenError as error:  # a damaged run on the server: not the request's fault
-                    raise ApiError(f"run {name!r} cannot be loaded: {error}", status=500) from None
+                    logger.warning(f"run {name!r} cannot be loaded: {error}")
+                    # The client gets the paths inside the checkpoint directory, not where it is on this machine.
+                    inside = str(error).replace(f"{self.checkpoint_dir}/", "")
+                    raise ApiError(f"run {name!r} cannot be loaded: {inside}", status=500) from None
             return self._loaded[name]
 
     def _keep(self, served: Served) -> None:
@@ -160,9 +169,15 @@ class Runs:
             if not others:
                 return
             oldest = min(others, key=lambda name: self._last_used.get(name, 0.0))
-            self._loaded.pop(oldest).batcher.retire()
-            logger.info(f"run {oldest!r} unloaded: {self.max_loaded} runs are in memory and it was used least "
-                        "recently (--max-loaded-runs)")
+            self._unload(oldest, f"{self.max_loaded} runs are in memory and it was used least recently "
+                                 "(--max-loaded-runs)")
+
+    def _unload(self, name: str, reason: str) -> None:
+        """Forget the run's model; its batcher finishes the requests it runs, then frees its engine."""
+        served = self._loaded.pop(name, None)
+        if served is not None:
+            served.batcher.retire()
+            logger.info(f"run {name!r} unloaded: {reason}")
 
     def _load(self, name: str, path: Path) -> Served:
         from textgen.batcher import Batcher
@@ -230,6 +245,18 @@ class GenerateRequest(BaseModel):
     skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
     stream: bool = Field(False, description="Stream the samples as Server-Sent Events, each piece with its sample's "
                                             "place in the samples list")
+
+class ErrorBody(BaseModel):
+    """Every error's body: one line naming the problem and what to do."""
+
+    error: str
+
+
+ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in (
+    (400, "an option out of range, or a prime with characters the model never saw"), (404, "no such run"),
+    (413, "a body over the size limit"), (415, "a body not sent as Content-Type: application/json"),
+    (422, "malformed JSON or a field of the wrong type"), (500, "the run cannot be loaded, or generation failed"))}
+
 
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -317,13 +344,18 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     def healthz():
         return {"status": "ok"}
 
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # what uptime checkers send
+
     @app.get("/v1/models")
     def models():
         return {"default": runs.default, "models": [runs.describe(name, path) for name, path in runs.paths().items()],
                 "limits": dict(max_length=limits.max_length, max_samples=limits.max_samples,
                                max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
 
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", responses={
+        **ERRORS, 200: {"description": "the samples and the options used (JSON), or with stream: Server-Sent Events: "
+                                       '{"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
+                                       'event "done"', "content": {"text/event-stream": {}}}})
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
@@ -344,7 +376,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         options = dict(body.model_dump(exclude={"stream"}), run=served.name)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
-    @app.post("/v1/score")
+    @app.post("/v1/score", responses=ERRORS)
     def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
             raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
@@ -404,6 +436,10 @@ async def _cancel_when_gone(request: Request, job) -> None:
         logger.warning(f"cannot watch a request's connection ({error}); it runs to its end")
         return
     job.cancel()
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    # uvicorn logs a request when its response starts, which this one never gets
+    logger.info(f'{client} - "{request.method} {request.url.path}" went away after '
+                f"{job.streams.produced} of {job.streams.config.length} characters; its generation stopped")
 
 
 async def _events(job, inbox):
