@@ -311,6 +311,8 @@ def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(serve
     ("/v1/generate", b"[]", 'the body must be a JSON object; send for instance {"prime": "The ", "length": 100}'),
     ("/v1/score", b"", 'the body must be a JSON object; send for instance {"text": "The end."}'),
     ("/v1/generate", b'{"length": "ten"}', "length: Input should be a valid integer"),
+    ("/v1/generate", b'{"temperature": "hot"}', "temperature: Input should be a valid number"),  # temperature.float
+    ("/v1/generate", b'{"temperature": [0.5, "hot"]}', "temperature.1: Input should be a valid number"),
     # These two got a 400 "There was an error parsing the body".
     ("/v1/generate", b'{"prime": "\xff\xfe"}', 'the body is not JSON (not UTF-8, or nested too deeply); send for '
                                                'instance {"prime": "The ", "length": 100}'),

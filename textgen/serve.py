@@ -320,12 +320,15 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
+        # The deepest error: in a union ([0.5, "hot"] as a temperature), the branch that got furthest
+        first = max(exc.errors(), key=lambda each: len(each.get("loc", ())), default={})
         example = _example(request)
         if first.get("type") == "json_invalid":
             return error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'cannot be read')} "
                               f"at character {first['loc'][-1]}); {example}")
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+        # Without pydantic's names of a union's branches: "temperature", not "temperature.float"
+        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body" and not (
+            isinstance(part, str) and (part in ("float", "int", "str", "bool") or "[" in part)))
         if not where and request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             # curl -d without -H sends a form: its JSON never reaches the model
             return error(415, "send the body as JSON, with the header Content-Type: application/json (curl: -H "
