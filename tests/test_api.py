@@ -35,7 +35,7 @@ def test_help_shows_the_api_docs_and_import_textgen_stays_light():
     load returns, was not there."""
     assert "directory of runs" in textgen.load.__doc__ and "**options: any ``textgen train`` option" in \
         textgen.train.__doc__
-    assert textgen.TextModel.__module__ == "textgen.api"
+    assert textgen.TextModel.__module__ == "textgen.api" and {"load", "train", "TextModel"} <= set(dir(textgen))
     imported = subprocess.run([sys.executable, "-c", "import sys, textgen; print(sorted({'numpy', 'tensorflow'} & "
                                "set(sys.modules)))"], capture_output=True, text=True, check=True).stdout
     assert imported.strip() == "[]"  # what `textgen --help` imports stays instant

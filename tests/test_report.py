@@ -203,3 +203,22 @@ def test_runs_lists_a_run_whose_metadata_files_are_both_gone_and_info_checks_eac
     assert f"  {weights}" in info and info.split(f"  {weights}")[1].split("\n")[0].endswith(
         "best, last: corrupted (checksum mismatch)")
     assert f"\n  {state:<40} {'-':>10}  best, last: missing\n" in info
+
+
+def test_a_fallback_from_a_corrupted_best_checkpoint_gives_no_advice_to_train_again(trained_run, tmp_path):
+    """The last checkpoint loads: "train again with --overwrite" would throw it away."""
+    import shutil
+
+    run_dir = tmp_path / "ck" / "r"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    meta = json.loads((run_dir / "best.json").read_text())
+    bad = run_dir / "ckpt-copy-000000001.weights.h5"  # best names a copy of the weights that then got damaged
+    data = bytearray((run_dir / meta["files"]["weights"]["name"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    meta["files"]["weights"]["name"] = bad.name
+    (run_dir / "best.json").write_text(json.dumps(meta))
+    result = CliRunner().invoke(cli, ["sample", "--checkpoint-dir", str(tmp_path / "ck"), "-n", "5"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (f"warning: checkpoint file {bad} is corrupted (checksum mismatch); using the "
+                                     "last checkpoint instead")

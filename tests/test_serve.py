@@ -126,6 +126,17 @@ def test_a_seeded_request_gives_the_same_text_alone_or_batched_with_others(serve
     assert texts[0] != texts[1]  # two samples of one request differ
 
 
+def wait_for_health(process, base: str) -> None:
+    """Until the server process answers /healthz (it loads TensorFlow and the run first)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError):
+            if call(base, "/healthz", timeout=5)[0] == 200:
+                return
+        assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.2)
+
+
 def events(text):
     return [block for block in text.split("\n\n") if block]
 
@@ -337,6 +348,17 @@ def test_a_json_body_sent_as_another_type_is_told_the_header(server, content_typ
     assert call(server, "/v1/generate", dict(length=10))[0] == 200  # the same body as JSON
 
 
+def test_a_json_media_type_is_not_told_to_change_its_header_and_an_unknown_field_keeps_its_name(server):
+    request = urllib.request.Request(server + "/v1/generate", data=b"[1, 2]",
+                                     headers={"Content-Type": "application/vnd.example+json"})  # read as JSON
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 422 and json.loads(refused.value.read())["error"].startswith(
+        "the body must be a JSON object")
+    status, text = call(server, "/v1/generate", raw=b'{"float": 1}')  # a field named like a union's branch
+    assert (status, json.loads(text)["error"]) == (422, "float: Extra inputs are not permitted")
+
+
 def test_messages_are_the_clis(server):
     status, text = call(server, "/v1/generate", dict(temperature=-1))
     assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, 1e+06], got -1.0")
@@ -355,15 +377,7 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if call(base, "/healthz", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_for_health(process, base)
         assert call(base, "/v1/generate", dict(prime="abc", length=10, temperature=0))[0] == 200
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
@@ -390,13 +404,8 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError):
-                if call(base, "/healthz", timeout=5)[0] == 200:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_for_health(process, base)
+
         def stream():
             with contextlib.suppress(Exception):  # the stream is cut: that is the point
                 call(base, "/v1/generate", dict(length=10_000_000, stream=True), timeout=120)
@@ -412,6 +421,33 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
     assert "Waiting for connections to close" in stderr and "Traceback" not in stderr and "CancelledError" not in stderr
     assert stderr.strip().endswith("stopped at once (a second Ctrl-C): the requests still running were cut short")
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
+
+
+def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_gets_a_json_503(trained_run):
+    """uvicorn cancels what still runs when the grace period ends: the client got a plain-text 500."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    code = ("import sys; import textgen.serve as serve; from textgen.config import Limits; "
+            "serve.SHUTDOWN_GRACE_S = 1.0; "
+            f"serve.serve(sys.argv[1], None, '127.0.0.1', {port}, Limits(max_length=10_000_000))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(trained_run["checkpoint_dir"])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_health(process, base)
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(call, base, "/v1/generate", dict(length=10_000_000), timeout=60)
+            time.sleep(2)  # generating (10 million characters: minutes)
+            process.send_signal(signal.SIGTERM)
+            status, text = answer.result()
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (status, json.loads(text)) == (503, {"error": "the server is shutting down; send the request again once "
+                                                         "it is back"})
 
 
 def test_scoring_while_generating_does_not_disturb_the_streams(server):
@@ -598,7 +634,7 @@ def test_a_default_run_that_cannot_be_loaded_is_one_line_at_start_up(trained_run
     weights.write_bytes(weights.read_bytes()[:100])
     result = CliRunner().invoke(cli, ["serve", "--checkpoint-dir", str(tmp_path), "--port", str(free_port())])
     assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.output
-    assert result.stderr.startswith("error: run 'broken' cannot be loaded: checkpoint file ")
+    assert result.stderr.startswith(f"error: checkpoint file {tmp_path / 'broken'}/")  # what textgen sample says
     assert result.stderr.strip().endswith("is corrupted (checksum mismatch); train again with --overwrite or restore "
                                           "the file from a backup") and len(result.stderr.strip().splitlines()) == 1
 
@@ -688,6 +724,24 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
                                 "(checksum mismatch)")
         request = urllib.request.Request(base + "/healthz", method="HEAD")  # was 405
         assert urllib.request.urlopen(request, timeout=30).status == 200
+
+
+def test_a_run_deleted_while_its_new_checkpoint_loads_is_not_served_from_memory(trained_run, tmp_path):
+    """A reload that failed because the run had gone recorded its version as (), which then equalled the ()
+    of a run with no checkpoint: the run counted as current and was served for good."""
+    import shutil
+
+    from textgen.serve import ApiError, Runs
+
+    for name in ("main", "gone"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    runs = Runs(tmp_path, "main", (1,))
+    served = runs.get("gone")
+    shutil.rmtree(tmp_path / "gone")
+    served.version = ()  # what the failed reload left
+    with pytest.raises(ApiError, match="no run named 'gone'") as refused:
+        runs.get("gone")
+    assert refused.value.status == 404 and "gone" not in runs._loaded
 
 
 def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoint_it_would_serve(trained_run,

@@ -29,4 +29,8 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'textgen' has no attribute {name!r}")
 
 
+def __dir__():
+    return sorted(set(globals()) | set(API))
+
+
 __all__ = ["OptionError", "TextgenError", *API, "__version__"]

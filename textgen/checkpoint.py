@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,13 +201,20 @@ class CheckpointTooNew(TextgenError):
     """Metadata of a later checkpoint format than this textgen reads: intact, not damaged."""
 
 
-class UnreadableMeta(TextgenError):
-    """Metadata that cannot be read or parsed. ``problem`` says what is wrong without the advice, which does not fit
-    a run whose other metadata file still reads."""
+class DamagedCheckpoint(TextgenError):
+    """A checkpoint's file that cannot be used. ``problem`` says what is wrong without the advice (train again,
+    delete the run), which does not fit while the run's other checkpoint still loads."""
+
+    def __init__(self, problem: str, advice: str):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+
+class UnreadableMeta(DamagedCheckpoint):
+    """Metadata that cannot be read or parsed."""
 
     def __init__(self, problem: str):
-        super().__init__(f"{problem}; delete the run directory or train again with --overwrite")
-        self.problem = problem
+        super().__init__(problem, "delete the run directory or train again with --overwrite")
 
 
 def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
@@ -270,11 +278,11 @@ def verified_file(run_dir: Path, meta: CheckpointMeta, role: str) -> Path:
     path = run_dir / entry["name"]
     check = file_check(run_dir, entry)
     if check == "missing":
-        raise TextgenError(f"checkpoint file {path} is missing; the checkpoint in {run_dir} is incomplete "
-                           "(train again with --overwrite)")
+        raise DamagedCheckpoint(f"checkpoint file {path} is missing", f"the checkpoint in {run_dir} is incomplete "
+                                "(train again with --overwrite)")
     if check != CHECKSUM_OK:
-        raise TextgenError(f"checkpoint file {path} is {check}; "
-                           "train again with --overwrite or restore the file from a backup")
+        raise DamagedCheckpoint(f"checkpoint file {path} is {check}",
+                                "train again with --overwrite or restore the file from a backup")
     return path
 
 
@@ -287,6 +295,7 @@ def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS) -> bool:
     return any(meta_path(run_dir, kind).exists() for kind in kinds)
 
 
+_QUIET_LOAD = threading.Lock()
 LOAD_ATTEMPTS = 3  # reads of a checkpoint that a training replaces while it is read
 
 
@@ -313,12 +322,14 @@ def _load_kind(run_dir: Path, kind: str, batch_size: int):
             weights = verified_file(run_dir, meta, "weights")
             model = build_model(meta.model, batch_size)
             try:
-                with warnings.catch_warnings():  # Keras warns of each group it cannot match, then raises
+                # Keras warns of each group it cannot match, then raises. The filters are the process's: one load at
+                # a time changes them (the server loads runs from several threads).
+                with _QUIET_LOAD, warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     model.load_weights(str(weights))
             except Exception as error:  # h5py and Keras raise many types for a bad file
-                raise TextgenError(f"checkpoint file {weights} cannot be loaded ({type(error).__name__}); "
-                                   "train again with --overwrite") from None
+                raise DamagedCheckpoint(f"checkpoint file {weights} cannot be loaded ({type(error).__name__})",
+                                        "train again with --overwrite") from None
             return model, meta
         except TextgenError:
             if attempt + 1 == LOAD_ATTEMPTS or meta_stamp(run_dir, kind) == stamp:
@@ -351,7 +362,7 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
             continue
         model, meta = loaded
         if problems:  # without the advice to delete the run, which does not fit while another checkpoint loads
-            problem = problems[0].problem if isinstance(problems[0], UnreadableMeta) else problems[0]
+            problem = problems[0].problem if isinstance(problems[0], DamagedCheckpoint) else problems[0]
             logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
         return model, meta
     if problems:

@@ -71,8 +71,9 @@ class Served:
 
     @property
     def current(self) -> bool:
-        """Whether the run's checkpoint on disk is still the one loaded."""
-        return self.version == checkpoint_version(self.path)
+        """Whether the run's checkpoint on disk is still the one loaded (never, once the run is gone)."""
+        version = checkpoint_version(self.path)
+        return bool(version) and version == self.version
 
 
 def checkpoint_version(path: Path) -> tuple:
@@ -100,11 +101,11 @@ class Runs:
         self._loaded: dict[str, Served] = {}
         self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
         self._guard = threading.Lock()
-        self.default = find_run(self.checkpoint_dir, default).name
-        try:
-            self.get(self.default)
-        except ApiError as error:  # at start-up: the command's one-line error, not a request's
-            raise TextgenError(str(error)) from None
+        found = find_run(self.checkpoint_dir, default)
+        self.default = found.name
+        # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
+        self._keep(self._load(self.default, found))
+        self._last_used[self.default] = time.monotonic()
 
     def paths(self) -> dict[str, Path]:
         from textgen.runs import list_runs
@@ -140,7 +141,8 @@ class Runs:
             if served.current:
                 return served
             if not has_checkpoint(served.path):  # deleted: as GET /v1/models no longer lists it, no longer served
-                self._unload(name, "its checkpoints are gone")
+                with self._guard:
+                    self._unload(name, "its checkpoints are gone")
                 raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
             return self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
@@ -246,6 +248,7 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="Stream the samples as Server-Sent Events, each piece with its sample's "
                                             "place in the samples list")
 
+
 class ErrorBody(BaseModel):
     """Every error's body: one line naming the problem and what to do."""
 
@@ -327,9 +330,12 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             return error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'cannot be read')} "
                               f"at character {first['loc'][-1]}); {example}")
         # Without pydantic's names of a union's branches: "temperature", not "temperature.float"
-        where = ".".join(str(part) for part in first.get("loc", ()) if part != "body" and not (
-            isinstance(part, str) and (part in ("float", "int", "str", "bool") or "[" in part)))
-        if not where and request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        loc = [part for part in first.get("loc", ()) if part != "body"]
+        where = ".".join(str(part) for part in loc[:1] + [part for part in loc[1:] if not (
+            isinstance(part, str) and (part in ("float", "int", "str", "bool") or "[" in part))])
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not where and not (media == "application/json" or media.startswith("application/") and
+                              media.endswith("+json")):  # what FastAPI reads as JSON
             # curl -d without -H sends a form: its JSON never reaches the model
             return error(415, "send the body as JSON, with the header Content-Type: application/json (curl: -H "
                               f"'Content-Type: application/json'); {example}")
@@ -371,6 +377,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         try:
             while await inbox.get() is not None:
                 pass
+        except asyncio.CancelledError:  # the shutdown's grace period is over: an answer in JSON, as every error
+            raise ApiError("the server is shutting down; send the request again once it is back", status=503) \
+                from None
         finally:
             watcher.cancel()
             job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
@@ -497,8 +506,6 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         pass
     if server.force_exit:
         logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
-    if not server.started:
-        raise TextgenError(f"the server could not start on {host}:{port}; see the lines above")
 
 
 # Ctrl-C or SIGTERM lets the requests in flight end, for at most this long: a service manager's stop must not wait
