@@ -119,3 +119,13 @@ def test_numpy_numbers_become_python_numbers():
     assert json.loads(json.dumps(model.to_dict()))["dropout"] == 0.25
     assert json.loads(json.dumps(training.to_dict()))["epochs"] == 2
     model.validate(), training.validate(), sampling.validate()
+
+
+def test_as_keywords_renames_only_the_options_it_is_given():
+    from textgen.errors import as_keywords
+
+    renamed = as_keywords(OptionError("at most 10 samples, got 2 temperatures x --num-samples 6; see textgen sample "
+                                      "--help or pass --top-k"), {"num_samples"})
+    assert isinstance(renamed, OptionError)
+    assert str(renamed) == "at most 10 samples, got 2 temperatures x num_samples 6; see textgen sample --help or " \
+                           "pass --top-k"

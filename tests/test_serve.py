@@ -359,9 +359,12 @@ def test_a_json_media_type_is_not_told_to_change_its_header_and_an_unknown_field
     assert (status, json.loads(text)["error"]) == (422, "float: Extra inputs are not permitted")
 
 
-def test_messages_are_the_clis(server):
+def test_messages_are_the_clis_with_the_options_named_as_the_json_fields(server):
+    """They named command-line options (--top-k), beside this server's own messages in JSON names (length ...)."""
     status, text = call(server, "/v1/generate", dict(temperature=-1))
-    assert (status, json.loads(text)["error"]) == (400, "--temperature must be in [0, 1e+06], got -1.0")
+    assert (status, json.loads(text)["error"]) == (400, "temperature must be in [0, 1e+06], got -1.0")
+    status, text = call(server, "/v1/generate", dict(top_k=0, num_samples=2))
+    assert (status, json.loads(text)["error"]) == (400, "top_k must be an integer in [1, inf), got 0")
     status, text = call(server, "/v1/generate", dict(run="missing"))
     assert (status, json.loads(text)["error"]) == (404, "no run named 'missing'; GET /v1/models lists the runs")
 
@@ -483,16 +486,16 @@ def test_scores_take_turns_on_one_engine(server, monkeypatch):
 
 
 @pytest.mark.parametrize("body, message", [
-    (b'{"temperature": 1e39}', "--temperature must be in [0, 1e+06], got 1e+39"),
+    (b'{"temperature": 1e39}', "temperature must be in [0, 1e+06], got 1e+39"),
     (b'{"length": 1' + b"0" * 400 + b"}", "length must be at most 1000 on this server, got a number of 401 digits"),
     (b'{"num_samples": 1' + b"0" * 400 + b"}", "at most 4 samples per request (temperatures x num_samples), got a "
                                                  "number of 401 digits"),
-    (b'{"max_repeat": 9' + b"9" * 400 + b"}", "--max-repeat must be an integer in [0, 1e+09], got a number of 401 "
+    (b'{"max_repeat": 9' + b"9" * 400 + b"}", "max_repeat must be an integer in [0, 1e+09], got a number of 401 "
                                                 "digits"),
-    (b'{"length": 5, "stop": "\\ud800"}', "--stop holds a lone surrogate (\\ud800) at character 0, which is not "
+    (b'{"length": 5, "stop": "\\ud800"}', "stop holds a lone surrogate (\\ud800) at character 0, which is not "
                                              "text; send UTF-8 text"),
-    (b'{"prime": "a\\udcff", "skip_unknown": true}', "--prime holds a lone surrogate (\\udcff) at character 1"),
-    (b'{"length": 5, "stop": ""}', "--stop is empty; give the text, or leave --stop out"),
+    (b'{"prime": "a\\udcff", "skip_unknown": true}', "prime holds a lone surrogate (\\udcff) at character 1"),
+    (b'{"length": 5, "stop": ""}', "stop is empty; give the text, or leave stop out"),
 ])
 def test_numbers_no_float_holds_and_lone_surrogates_are_the_requests_fault(server, body, message):
     status, text = call(server, "/v1/generate", raw=body)

@@ -6,7 +6,7 @@ Example:
     >>> print(model.generate("The ", length=200, temperature=0.5, seed=1))  # doctest: +SKIP
 
 Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionError``, also a
-``ValueError``) with the same one-line message the command line prints.
+``ValueError``) with the one-line message the command line prints, options named as keywords (top_k, not --top-k).
 """
 
 from __future__ import annotations
@@ -15,12 +15,18 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from textgen.config import DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SampleConfig, split_training_options
-from textgen.errors import OptionError, TextgenError
+from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, ModelConfig, SampleConfig, TrainConfig,
+                            command_line_options, split_training_options)
+from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
 
+
+
+# train()'s keywords that errors name (its other ones are paths and callbacks, refused in their own words)
+TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(command_line_options(TrainConfig)) | {
+    "resume", "overwrite", "tensorboard", "strategy"}
 
 
 def _check_paths(**arguments) -> None:
@@ -145,8 +151,11 @@ class TextModel:
         temperature = options.pop("temperature")
         if isinstance(temperature, (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")
-        config = SampleConfig(temperature=(temperature,), **options)
-        config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
+        try:
+            config = SampleConfig(temperature=(temperature,), **options)
+            config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
+        except OptionError as error:
+            raise as_keywords(error, SAMPLE_FIELDS) from None
         return config
 
 
@@ -206,11 +215,13 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkp
 
     from textgen.callbacks import Interrupted
 
-    model_options, train_options = split_training_options(options)
     try:
+        model_options, train_options = split_training_options(options)
         summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
                                resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                strategy=strategy)
+    except OptionError as error:
+        raise as_keywords(error, TRAIN_KEYWORDS) from None
     except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
         raise stopped.in_python() from None
     return TextModel(summary["run_dir"], "best")

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import has_checkpoint
 from textgen.config import DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, Limits, SampleConfig, shown_number, temperature_values
-from textgen.errors import TextgenError
+from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -312,8 +312,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(exc.status, str(exc))
 
     @app.exception_handler(TextgenError)
-    async def refused(request, exc: TextgenError):  # bad options, an unknown prime character
-        return error(400, str(exc))
+    async def refused(request, exc: TextgenError):  # bad options (named as the JSON fields), an unknown prime character
+        return error(400, str(as_keywords(exc, SAMPLE_FIELDS) if isinstance(exc, OptionError) else exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
