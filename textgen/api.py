@@ -22,8 +22,6 @@ from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
 
-
-
 # train()'s keywords that errors name (its other ones are paths and callbacks, refused in their own words)
 TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(command_line_options(TrainConfig)) | {
     "resume", "overwrite", "tensorboard", "strategy"}
@@ -211,9 +209,8 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkp
     if corpus is not None:  # None: the run's own corpus when resuming (textgen.training.train checks it)
         _check_paths(corpus=corpus)
     import_tensorflow_quietly()
-    from textgen.training import train as run_training
-
     from textgen.callbacks import Interrupted
+    from textgen.training import train as run_training
 
     try:
         model_options, train_options = split_training_options(options)

@@ -247,6 +247,11 @@ class RunMeta:
         """The last checkpoint, or the best one when that is all a run has left."""
         return self.last or self.best
 
+    @property
+    def best_else_last(self) -> Optional[CheckpointMeta]:
+        """The checkpoint that sampling loads (load_model's default): the best, else the last."""
+        return self.best or self.last
+
 
 def read_run_meta(run_dir: Path) -> RunMeta:
     """Both metadata files of a run. One damaged file does not hide the other, as load_model falls back from one to
@@ -262,14 +267,14 @@ def read_run_meta(run_dir: Path) -> RunMeta:
     return RunMeta(found["best"], found["last"], {kind: error.problem for kind, error in problems.items()})
 
 
-CHECKSUM_OK = "checksum ok"
+CHECKSUM_OK, MISSING = "checksum ok", "missing"
 
 
 def file_check(run_dir: Path, entry: dict) -> str:
-    """What a file that metadata names is: CHECKSUM_OK, "missing" or "corrupted (checksum mismatch)"."""
+    """What a file that metadata names is: CHECKSUM_OK, MISSING or "corrupted (checksum mismatch)"."""
     path = run_dir / entry["name"]
     if not path.is_file():
-        return "missing"
+        return MISSING
     return CHECKSUM_OK if sha256(path) == entry["sha256"] else "corrupted (checksum mismatch)"
 
 
@@ -277,7 +282,7 @@ def verified_file(run_dir: Path, meta: CheckpointMeta, role: str) -> Path:
     entry = meta.files[role]
     path = run_dir / entry["name"]
     check = file_check(run_dir, entry)
-    if check == "missing":
+    if check == MISSING:
         raise DamagedCheckpoint(f"checkpoint file {path} is missing", f"the checkpoint in {run_dir} is incomplete "
                                 "(train again with --overwrite)")
     if check != CHECKSUM_OK:
@@ -339,10 +344,9 @@ def _load_kind(run_dir: Path, kind: str, batch_size: int):
 def run_vocabulary(run_dir: Path) -> Optional[Vocabulary]:
     """The run's vocabulary, read from its metadata alone (no model built); None if no metadata can be read,
     which load_model then reports."""
-    for kind in KINDS:  # both name the run's one vocabulary
-        with contextlib.suppress(TextgenError):
-            if (meta := read_meta(run_dir, kind)) is not None:
-                return meta.vocab
+    with contextlib.suppress(TextgenError):
+        if (meta := read_run_meta(run_dir).latest) is not None:  # both files name the run's one vocabulary
+            return meta.vocab
     return None
 
 

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Optional
 
-
 from textgen.batching import StreamBatches
 from textgen.config import check_range
 from textgen.corpus import encode_text, scan

@@ -9,7 +9,7 @@ import logging
 import unicodedata
 from pathlib import Path
 
-from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_meta, read_run_meta, run_vocabulary
+from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError
@@ -74,19 +74,16 @@ def _size(num_bytes: int) -> str:
 
 def vocabulary_text(run_dir: Path) -> str:
     """Every character of the run's vocabulary, escaped as the preview is."""
-    vocab = run_vocabulary(run_dir)
-    if vocab is None:  # neither metadata file reads: the first one's error says why
-        for kind in KINDS:
-            read_meta(run_dir, kind)
+    meta = read_run_meta(run_dir).latest  # neither metadata file reads: its error says why
+    if meta is None:
         raise TextgenError(f"no checkpoint in {run_dir}; train one first with: textgen train CORPUS")
-    return vocab.preview(len(vocab))
+    return meta.vocab.preview(len(meta.vocab))
 
 
 def info_text(run_dir: Path) -> str:
     run = read_run_meta(run_dir)
     _warn_unreadable(run, run_dir.name)
-    last = run.latest
-    best = (run.best or last).state
+    last, best = run.latest, run.best_else_last.state
     model, vocab, training, corpus, state = last.model, last.vocab, last.training, last.corpus, last.state
     lines = [
         f"run            {run_dir}",

@@ -119,9 +119,8 @@ class Runs:
         try:
             if served is not None and served.current:
                 meta = served.generator.meta
-            else:  # what loading it would serve: its best checkpoint, else its last one
-                run = read_run_meta(path)
-                meta = run.best or run.last
+            else:  # what loading it would serve
+                meta = read_run_meta(path).best_else_last
         except TextgenError as error:
             return dict(name=name, error=str(error))
         val = meta.state.val_loss
