@@ -727,6 +727,11 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
                                 "(checksum mismatch)")
         request = urllib.request.Request(base + "/healthz", method="HEAD")  # was 405
         assert urllib.request.urlopen(request, timeout=30).status == 200
+        shutil.rmtree(tmp_path / "main")  # the default run: no longer named as the default
+        models = json.loads(call(base, "/v1/models")[1])
+        assert models["default"] is None and "main" not in [model["name"] for model in models["models"]]
+        status, text = call(base, "/v1/generate", dict(length=5))
+        assert (status, json.loads(text)) == (404, {"error": "no run named 'main'; GET /v1/models lists the runs"})
 
 
 def test_a_run_deleted_while_its_new_checkpoint_loads_is_not_served_from_memory(trained_run, tmp_path):

@@ -356,7 +356,10 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.get("/v1/models")
     def models():
-        return {"default": runs.default, "models": [runs.describe(name, path) for name, path in runs.paths().items()],
+        paths = runs.paths()
+        # A default run deleted since start-up is not named: a client would select a run the list does not hold.
+        return {"default": runs.default if runs.default in paths else None,
+                "models": [runs.describe(name, path) for name, path in paths.items()],
                 "limits": dict(max_length=limits.max_length, max_samples=limits.max_samples,
                                max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
 
