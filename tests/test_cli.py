@@ -196,7 +196,6 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "a", "--prime-file", "{root}/good.txt"], "not both", 2,
      None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--output", "{root}/no/dir/out.txt"], "does not exist", 1, None),
-    (["sample", "--checkpoint-dir", "{root}/ck", "--output", ""], "is a directory; give a file name", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--output", "{root}/ck"], "is a directory; give a file name", 1,
      None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--stop", "\udcff"], "--stop holds a lone surrogate (\\udcff)", 1,
@@ -247,6 +246,15 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck"], "cannot be loaded (ValueError); train again with --overwrite", 1,
      "units-edited"),
     (["runs", "--checkpoint-dir", " "], "give a directory", 2, None),
+    # An empty path (an empty shell variable) read as the current directory: "corpus path is a directory, not a
+    # file: .", or an export into the current directory refused only because no run was found there.
+    (["train", ""], "Invalid value for '[CORPUS]': give a text file, or leave CORPUS out for the built-in corpus",
+     2, None),
+    (["eval", "", "--checkpoint-dir", "{root}/ck"], "Invalid value for 'FILE': give a text file", 2, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--prime-file", ""], "give a file, or - for standard input", 2,
+     None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "-o", ""], "give a file name, such as samples.txt", 2, None),
+    (["export", "--checkpoint-dir", "{root}/ck", "-o", ""], "give a directory to write, such as exported", 2, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--stop", ""], "--stop is empty; give the text, or leave --stop out",
      1, None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}", "--run", "good.txt"],

@@ -58,15 +58,25 @@ def _address_given(ctx, param, value):
     return value
 
 
-def _directory_given(ctx, param, value):
-    """--checkpoint-dir "" would silently mean the current directory."""
-    if not str(value).strip():
-        raise click.BadParameter("give a directory, such as checkpoints or . for the current one")
-    return Path(value)
+def _path_given(advice: str):
+    """A callback returning the Path, refusing an empty one (an empty shell variable): Path("") is the current
+    directory, which the command would read or write instead, or report as a directory the user never named.
+    For a click.Path() of str, which hands the callback the text as typed."""
+
+    def check(ctx, param, value):
+        if value is None:
+            return None
+        if not value.strip():
+            raise click.BadParameter(advice)
+        return Path(value)
+
+    return check
 
 
-checkpoint_dir_option = click.option("--checkpoint-dir", type=click.Path(), default="checkpoints", show_default=True,
-                                     callback=_directory_given, help="Directory holding the runs.")
+checkpoint_dir_option = click.option(
+    "--checkpoint-dir", type=click.Path(), default="checkpoints", show_default=True,
+    callback=_path_given("give a directory, such as checkpoints or . for the current one"),
+    help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run.")
 
@@ -152,7 +162,8 @@ def cli():
 
 
 @cli.command(short_help="Train on CORPUS, a UTF-8 text file (default: the built-in corpus).")
-@click.argument("corpus", required=False, type=click.Path(path_type=Path))
+@click.argument("corpus", required=False, type=click.Path(),
+                callback=_path_given("give a text file, or leave CORPUS out for the built-in corpus"))
 @checkpoint_dir_option
 @click.option("--run", default=None, callback=_run_name_given, help="Run name; default: the corpus file name.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
@@ -186,9 +197,11 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @checkpoint_dir_option
 @run_option
 @_config_options(SampleConfig)
-@click.option("--prime-file", type=click.Path(path_type=Path, allow_dash=True), default=None,
+@click.option("--prime-file", type=click.Path(allow_dash=True), default=None,
+              callback=_path_given("give a file, or - for standard input"),
               help="Read the prime from a file (used as it is, a final newline included); - reads standard input.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "-o", type=click.Path(), default=None,
+              callback=_path_given("give a file name, such as samples.txt, or leave --output out for stdout"),
               help="Write the text to this file instead of stdout.")
 def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
@@ -221,7 +234,7 @@ def _echo_live(text: str) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("file", type=click.Path(path_type=Path))
+@click.argument("file", type=click.Path(), callback=_path_given("give a text file"))
 @checkpoint_dir_option
 @run_option
 @click.option("--batch-size", type=int, default=32, show_default=True,
@@ -248,7 +261,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
               help="keras = model.keras (stock layers, batch 1) + vocab.json; savedmodel = TensorFlow SavedModel with "
                    "step, generate and generate_filtered signatures; litert = model.tflite of one step. Repeat for "
                    "several.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Directory to write.")
+@click.option("--output", "-o", type=click.Path(), required=True,
+              callback=_path_given("give a directory to write, such as exported"), help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
 def export_command(checkpoint_dir, run, formats, output, overwrite):
     """Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT (no textgen needed)."""
