@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 
 from textgen import callbacks as cb
 from textgen import checkpoint
@@ -28,7 +29,7 @@ from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.corpus import check_readable, fingerprint, load_corpus, same_text, scan
+from textgen.corpus import Corpus, check_readable, fingerprint, load_corpus, same_text, scan
 from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
@@ -89,23 +90,42 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
             if smaller else ""))
 
 
+def _check_vocabulary(meta: CheckpointMeta, vocab: Vocabulary, corpus_path: Path) -> None:
+    """Refuse to resume on a corpus with characters the checkpoint's vocabulary lacks (the model has no row for
+    them). Fewer characters are fine: the corpus is then encoded with the checkpoint's ids (_in_vocabulary)."""
+    saved_vocab = meta.vocab
+    added = "".join(sorted(set(vocab.chars) - set(saved_vocab.chars)))
+    if not added:
+        return
+    missing = "".join(sorted(set(saved_vocab.chars) - set(vocab.chars)))
+    listed = f"new characters {shown_chars(added)}" + (f", missing characters {shown_chars(missing)}" if missing
+                                                      else "")
+    form = saved_vocab.unicode_form if saved_vocab.decomposed() == vocab.decomposed() else None
+    own = meta.corpus.get("path")
+    if form:
+        advice = f"the two differ only in Unicode form: convert the corpus to {form}, e.g. with Python's " \
+                 "unicodedata.normalize, or"
+    elif own and Path(own) == corpus_path.resolve():  # the run's own file, edited since
+        advice = "the corpus file has changed since the run was trained: give it back the text it was trained on, or"
+    else:
+        advice = f"resume on the run's own corpus ({own}) or"
+    raise TextgenError(f"cannot resume: the corpus vocabulary differs from the checkpoint's ({listed}); {advice} "
+                       "train a new run with --run NAME")
+
+
+def _in_vocabulary(data: Corpus, vocab: Vocabulary) -> Corpus:
+    """The corpus with its ids in vocab, a superset of its own vocabulary (see _check_vocabulary)."""
+    to_saved = np.searchsorted(vocab.code_points, data.vocab.code_points).astype(vocab.id_dtype)
+    return dataclasses.replace(data, ids=to_saved[data.ids], vocab=vocab)
+
+
 def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_options: dict,
-                     train_options: dict) -> tuple[ModelConfig, TrainConfig]:
+                     train_options: dict, corpus_path: Optional[Path] = None) -> tuple[ModelConfig, TrainConfig]:
     if meta is None:
         model_config = ModelConfig(vocab_size=len(vocab), **model_options)
         train_config = TrainConfig(**train_options)
     else:
-        saved_vocab = meta.vocab
-        if saved_vocab != vocab:
-            added = shown_chars("".join(sorted(set(vocab.chars) - set(saved_vocab.chars))))
-            missing = shown_chars("".join(sorted(set(saved_vocab.chars) - set(vocab.chars))))
-            form = saved_vocab.unicode_form if saved_vocab.decomposed() == vocab.decomposed() else None
-            converted = f"; the two differ only in Unicode form: convert the corpus to {form}, e.g. with Python's " \
-                        "unicodedata.normalize, or" if form else "; resume on the run's own corpus " \
-                        f"({meta.corpus.get('path')}) or"
-            raise TextgenError(
-                f"cannot resume: the corpus vocabulary differs from the checkpoint's "
-                f"(new characters {added}, missing characters {missing}){converted} train a new run with --run NAME")
+        _check_vocabulary(meta, vocab, corpus_path)
         model_config, saved_training = meta.model, meta.training
         differences = [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(model_config, key)})"
                        for key, value in model_options.items() if getattr(model_config, key) != value]
@@ -402,8 +422,13 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     text_changed = meta is not None and not same_text(stamp, meta.corpus)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
         model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if text_changed else meta.vocab,
-                                                model_options, train_options)
+                                                model_options, train_options, corpus_path)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
+    if meta is not None and data.vocab != meta.vocab:
+        # Fewer characters than the checkpoint's (an edited corpus; or the same file read without the byte-order
+        # mark an earlier textgen kept): saved with their own vocabulary, the ids would not be the model's.
+        _check_vocabulary(meta, data.vocab, corpus_path)
+        data = _in_vocabulary(data, meta.vocab)
     strategy = make_strategy(strategy_name)  # before any TensorFlow op, sizing's timing included
     sizing_reason, sized_batch = None, False
     if meta is None:
