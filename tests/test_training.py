@@ -156,6 +156,30 @@ class AtStep(Callback):
             self.action(run)
 
 
+class StopOnEpochsLastStep(Callback):
+    """Stops the run right after the last step of its first epoch, as --max-minutes does when the budget ends there."""
+
+    def on_step_end(self, run, loss):
+        if run.state.step_in_epoch == len(run.train_batches) and run.state.epoch == 0:
+            run.stop("time budget", now=True)
+
+
+def test_a_run_stopped_on_an_epochs_last_step_and_resumed_keeps_every_checkpoint_file_whole(tmp_path,
+                                                                                             periodic_corpus):
+    """The resumed run validated and saved again at the same step, under the same file names: the files were
+    rewritten in place while best.json still held the checksums of the first save ("corrupted")."""
+    run(periodic_corpus, tmp_path, epochs=2, callbacks=[StopOnEpochsLastStep()])
+    stopped = json.loads((tmp_path / "r" / "last.json").read_text())
+    assert stopped["step_in_epoch"] > 0 and stopped["epoch"] == 0
+    with pytest.raises(Interrupted):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True,
+            callbacks=[AtStep(2, lambda run: os.kill(os.getpid(), signal.SIGINT))])
+    for kind in ("best", "last"):
+        meta = json.loads((tmp_path / "r" / f"{kind}.json").read_text())
+        assert {checkpoint.file_check(tmp_path / "r", entry) for entry in meta["files"].values()} == \
+            {checkpoint.CHECKSUM_OK}, kind
+
+
 def poison_weights(run):
     run.session.model.trainable_variables[0].assign(np.full(run.session.model.trainable_variables[0].shape, np.nan))
 

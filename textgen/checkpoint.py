@@ -17,6 +17,7 @@ import datetime
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -151,7 +152,13 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
     """Write one checkpoint and point each of kinds ("last", "best") at it.
 
     An I/O failure (disk full, permissions) raises TextgenError; the previous checkpoint stays intact."""
-    stem = f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}"
+    # A save at a step already saved (a run stopped on an epoch's last step saves again when resumed) takes new
+    # names: rewritten in place, the files would no longer match the checksums the other metadata file holds.
+    named, stem = _referenced(run_dir), f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}"
+    for again in itertools.count(1):
+        if f"{stem}.weights.h5" not in named and f"{stem}.state.npz" not in named:
+            break
+        stem = f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}-{again}"
     weights_path = run_dir / f"{stem}.weights.h5"
     state_path = run_dir / f"{stem}.state.npz"
     try:
@@ -173,7 +180,8 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
     remove_unreferenced(run_dir)
 
 
-def remove_unreferenced(run_dir: Path) -> None:
+def _referenced(run_dir: Path) -> set[str]:
+    """The names of the files that the run's metadata files name."""
     referenced = set()
     for kind in KINDS:
         try:
@@ -181,6 +189,11 @@ def remove_unreferenced(run_dir: Path) -> None:
             referenced.update(entry["name"] for entry in meta["files"].values())
         except (OSError, ValueError, KeyError, TypeError):
             continue
+    return referenced
+
+
+def remove_unreferenced(run_dir: Path) -> None:
+    referenced = _referenced(run_dir)
     for path in list(run_dir.glob("ckpt-*")) + list(run_dir.glob(".tmp-ckpt-*")):
         if path.name not in referenced:
             path.unlink(missing_ok=True)
