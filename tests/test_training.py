@@ -302,6 +302,26 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
     assert meta.state.epoch == 1
 
 
+def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, periodic_corpus, monkeypatch):
+    """It said "the previous checkpoint is kept ... resume with --resume": a new run has none (--resume then found
+    nothing), and after --overwrite resuming continued the earlier run, of another shape."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    run(periodic_corpus, tmp_path / "old")
+    earlier = files_snapshot(tmp_path / "old")
+    monkeypatch.setattr(checkpoint.np, "savez", full)
+    with pytest.raises(TextgenError, match=r"^could not save the first checkpoint in .*/new/r: the disk is full; "
+                                           r"nothing of this run was saved \(free some space or fix the directory, "
+                                           r"then run the same command again\)$"):
+        run(periodic_corpus, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(TextgenError, match="nothing of this run was saved, and the earlier run's checkpoints are "
+                                           "kept"):
+        run(periodic_corpus, tmp_path / "old", model=dict(TINY_MODEL, units=16), overwrite=True)
+    assert files_snapshot(tmp_path / "old") == earlier
+
+
 def interrupt_at_step(n):
     """A callback that sends SIGINT to this process right after the n-th training step."""
     return AtStep(n, lambda run: os.kill(os.getpid(), signal.SIGINT))

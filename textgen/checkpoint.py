@@ -147,11 +147,20 @@ def _check_shape(values: dict) -> None:
             raise ValueError(f"its files do not name the {role} file in the run's directory")
 
 
+class SaveFailed(TextgenError):
+    """A checkpoint could not be written; the metadata still names the previous one (if the run has one)."""
+
+    def __init__(self, run_dir: Path, reason: str):
+        self.run_dir, self.reason = run_dir, reason
+        super().__init__(f"could not save the checkpoint in {run_dir}: {reason}; the previous checkpoint is kept "
+                         "(free some space or fix the directory, then resume with --resume)")
+
+
 def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
          training_state: dict[str, np.ndarray]) -> None:
     """Write one checkpoint and point each of kinds ("last", "best") at it.
 
-    An I/O failure (disk full, permissions) raises TextgenError; the previous checkpoint stays intact."""
+    An I/O failure (disk full, permissions) raises SaveFailed; the previous checkpoint stays intact."""
     # A save at a step already saved (a run stopped on an epoch's last step saves again when resumed) takes new
     # names: rewritten in place, the files would no longer match the checksums the other metadata file holds.
     named, stem = _referenced(run_dir), f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}"
@@ -172,11 +181,13 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
         for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
             atomic_write_json(meta_path(run_dir, kind), dataclasses.replace(meta, kind=kind).to_json())
     except OSError as error:
-        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise TextgenError(
-            f"could not save the checkpoint in {run_dir}: {reason}; the previous checkpoint is kept "
-            "(free some space or fix the directory, then resume with --resume)"
-        ) from None
+        still_named = _referenced(run_dir)  # "last" may already name them when "best" failed
+        for written in (weights_path, state_path):
+            if written.name not in still_named:
+                with contextlib.suppress(OSError):
+                    written.unlink(missing_ok=True)
+        raise SaveFailed(run_dir, "the disk is full" if error.errno == errno.ENOSPC
+                         else (error.strerror or str(error))) from None
     remove_unreferenced(run_dir)
 
 

@@ -244,6 +244,7 @@ class Run:
     stop_reason: Optional[str] = None  # why the run stops after this epoch (see stop)
     end_epoch: bool = False  # whether it stops at once: validate and save now (see stop)
     replaces: bool = False  # an --overwrite run: the earlier run's files go at its first save, not before
+    has_saved: bool = False  # a checkpoint of this run exists: a resumed run's, or one saved since it started
     earlier_files: list = field(default_factory=list)  # more of the earlier run's files to remove then (its logs)
 
     def stop(self, reason: str, now: bool = False) -> None:
@@ -274,7 +275,16 @@ class Run:
         if self.writes:
             meta = CheckpointMeta(model=self.model_config, training=self.config, vocab=self.vocab,
                                   corpus=self.corpus, state=self.state)
-            checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(carried))
+            try:
+                checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(carried))
+            except checkpoint.SaveFailed as failed:
+                if self.has_saved:
+                    raise
+                kept = ", and the earlier run's checkpoints are kept" if self.replaces else ""
+                raise TextgenError(f"could not save the first checkpoint in {self.run_dir}: {failed.reason}; nothing "
+                                   f"of this run was saved{kept} (free some space or fix the directory, then run "
+                                   "the same command again)") from None
+            self.has_saved = True
             if self.replaces:
                 checkpoint.retire_others(self.run_dir, kinds)
                 for path in self.earlier_files:
@@ -447,7 +457,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               train_batches=StreamBatches(train_ids, config.batch_size, config.seq_length),
               val_batches=StreamBatches(val_ids, config.batch_size, config.seq_length),
               state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log,
-              replaces=meta is None and checkpoint.has_checkpoint(run_dir))
+              replaces=meta is None and checkpoint.has_checkpoint(run_dir), has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)
         log(f"resuming {run_dir} {run.state.position()}")
