@@ -104,6 +104,10 @@ def test_resume_refuses_other_vocabulary_or_shape(tmp_path, periodic_corpus):
         run(many, tmp_path, epochs=2, resume=True)
     with pytest.raises(TextgenError, match=r"--units 64 \(checkpoint has 32\)"):
         run(periodic_corpus, tmp_path, epochs=2, model=dict(TINY_MODEL, units=64), resume=True)
+    # It was recorded in the checkpoint, and did nothing: the run restores the random state it saved.
+    with pytest.raises(TextgenError, match=r"^cannot resume with --seed 99: the run goes on with the random numbers "
+                                           r"it saved \(seed 7\); leave --seed out"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True, train_options=dict(seed=99))
     assert files_snapshot(tmp_path) == before
 
 

@@ -135,6 +135,11 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
         if differences:
             raise TextgenError("cannot resume with a different model or data layout: " + "; ".join(differences)
                                + "; drop these options or train a new run with --run NAME")
+        seed = train_options.get("seed", saved_training.seed)
+        if seed != saved_training.seed:  # else recorded, though the run goes on with the random state it saved
+            raise TextgenError(f"cannot resume with --seed {seed}: the run goes on with the random numbers it "
+                               f"saved (seed {saved_training.seed}); leave --seed out, or train a new run with "
+                               "--run NAME")
         train_config = dataclasses.replace(saved_training, **train_options)
         done = meta.state.epoch
         if done >= train_config.epochs:  # else it would say "resuming", train nothing and report the run as stopped
