@@ -582,6 +582,14 @@ def test_corpus_too_short_names_the_minimum_and_smaller_values(tmp_path):
     assert not (tmp_path / "r" / "last.json").exists()
 
 
+def test_a_corpus_too_short_on_resume_suggests_no_option_the_resume_would_refuse(tmp_path, periodic_corpus):
+    run(periodic_corpus, tmp_path)
+    write_text(periodic_corpus, PERIOD * 200)
+    with pytest.raises(TextgenError, match=r"too short for this run's batch of 8 and sequences of 20: .*use a corpus "
+                                           r"of at least 1,610 characters$"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True)
+
+
 def test_a_corpus_too_short_for_size_auto_is_told_the_true_minimum(tmp_path):
     import re
 

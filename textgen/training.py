@@ -63,9 +63,11 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
-def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, sized_batch: bool = False) -> None:
+def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, sized_batch: bool = False,
+                   resuming: bool = False) -> None:
     """Refuse a corpus whose training part or validation slice cannot hold one batch; sized_batch: the batch size
-    was chosen by --size auto, not by the user (the message must not ask about an option they never gave)."""
+    was chosen by --size auto, not by the user (the message must not ask about an option they never gave);
+    resuming: the layout is the run's (smaller values would be refused)."""
     need = StreamBatches.min_length(config.batch_size, config.seq_length)
     shortest = min(len(train_ids), len(val_ids))
     if shortest >= need:
@@ -78,9 +80,11 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
     while min(training_length(total, config.val_fraction), total - training_length(total, config.val_fraction)) \
             < need:
         total += 1
-    smaller = StreamBatches.min_length(batch, seq) <= shortest  # can any window fit at all?
+    smaller = StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any window fit at all?
     layout = (f"a batch of {config.batch_size} (chosen by --size auto) and --seq-length {config.seq_length}"
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
+    if resuming:
+        layout = f"this run's batch of {config.batch_size} and sequences of {config.seq_length}"
     raise TextgenError(
         f"corpus {corpus_path} is too short for {layout}: "
         f"its {part} has {counted(shortest, 'character')} but one batch needs {need:,}; use a corpus of at least "
@@ -452,7 +456,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         sized_batch = sizing_reason is not None and not given_batch
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
     train_ids, val_ids = split_validation(data.ids, config.val_fraction)
-    _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch)
+    _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch, resuming=meta is not None)
     if sizing_reason:
         log(sizing_reason)
     session = _session(model_config, config, strategy)
