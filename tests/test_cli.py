@@ -146,7 +146,7 @@ BAD_INPUTS = [
     (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3)", 1, None),
     (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4)", 1, None),
     (["train", "{root}/utf16.txt"], "is UTF-16 text, not UTF-8", 1, None),
-    (["train", "{root}/utf16le.txt"], "is UTF-16 text, not UTF-8", 1, None),
+    (["train", "{root}/utf16le.txt"], "is UTF-16LE text, not UTF-8", 1, None),
     (["train", "{root}/short.txt"], "too short", 1, None),
     (["train", "{root}/good.txt", "--epochs", "0"], "--epochs must be an integer in [1, inf)", 1, None),
     (["train", "{root}/good.txt", "--batch-size", "-1"], "--batch-size must be", 1, None),

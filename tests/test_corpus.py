@@ -1,5 +1,6 @@
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,42 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(TextgenError, match=message.replace("(", r"\(").replace(")", r"\)")):
         scan(path)
+
+
+CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，是为了解决一般的循环神经网络存在的长期依赖问题而专门设计出来的。\n"
+
+
+@pytest.mark.parametrize("content, told", [
+    # A GBK file was told "convert it to UTF-8, e.g. with iconv", and the README's example (-f latin1) made mojibake.
+    ((CHINESE * 30).encode("gbk"), "(it looks like Chinese GB18030 (GBK, GB2312) text: convert it, e.g. with iconv "
+                                   "-f gb18030 -t utf-8 in.txt > out.txt)"),
+    ("中華民國憲法第一條：中華民國基於三民主義，為民有民治民享之民主共和國。\n".encode("big5") * 30,
+     "(it looks like Traditional Chinese Big5 text: convert it, e.g. with iconv -f big5 -t utf-8"),
+    ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n".encode("shift_jis") * 30,
+     "(it looks like Japanese Shift-JIS text: convert it, e.g. with iconv -f shift_jis -t utf-8"),
+    ("대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있다.\n".encode("euc-kr") * 30,
+     "(it looks like Korean EUC-KR text: convert it, e.g. with iconv -f euc-kr -t utf-8"),
+    ("Plain at first. Voilà l'été, « déjà » — ça va.\n".encode("cp1252") * 30,
+     "(it looks like Windows-1252 (Western European) text: convert it, e.g. with iconv -f cp1252 -t utf-8"),
+    ("Café is UTF-8 here, ".encode() + "but not here: été.".encode("latin-1"),
+     "(it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there)"),
+    (bytes(byte or 1 for byte in random.Random(0).randbytes(4096)),  # no NUL: not "binary"
+     "(convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt)"),
+    # Chinese in UTF-16 without a byte order mark was "binary"; UTF-32 was told UTF-16.
+    ((CHINESE * 30).encode("utf-16-le"), "is UTF-16LE text, not UTF-8: {path} (convert it, e.g. with iconv -f utf-16le "
+                                         "-t utf-8 in.txt > out.txt)"),
+    ((CHINESE * 30).encode("utf-16-be"), "is UTF-16BE text, not UTF-8"),
+    ("To be, or not to be.\n".encode("utf-16-le"), "is UTF-16LE text, not UTF-8"),
+    ((CHINESE * 30).encode("utf-32"), "is UTF-32 text, not UTF-8: {path} (convert it, e.g. with iconv -f utf-32 -t "
+                                      "utf-8"),
+    ("To be.".encode("utf-16"), "is UTF-16 text, not UTF-8"),
+])
+def test_a_file_in_another_encoding_is_told_which_it_looks_like(tmp_path, content, told):
+    path = tmp_path / "other.txt"
+    path.write_bytes(content)
+    with pytest.raises(TextgenError) as refused:
+        scan(path)
+    assert told.format(path=path) in str(refused.value)
 
 
 def test_bad_byte_offset_is_exact_across_chunks(tmp_path, monkeypatch):

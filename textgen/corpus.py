@@ -6,6 +6,7 @@ import codecs
 import hashlib
 import json
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -63,10 +64,11 @@ def _decoded_chunks(path: Path, what: str):
     order mark at the start is not text (editors on Windows add one): it is dropped."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
+    utf8_seen = False  # a non-ASCII character so far: the file is UTF-8 with bad bytes, not in another encoding
     for block in _chunks(path):
-        if offset == 0 and _looks_utf16(block):
-            raise TextgenError(f"{what} file is UTF-16 text, not UTF-8: {path} (convert it, e.g. with "
-                               "iconv -f utf-16 -t utf-8 in.txt > out.txt)")
+        if offset == 0 and (wide := _wide_encoding(block)):
+            raise TextgenError(f"{what} file is {wide.upper()} text, not UTF-8: {path} (convert it, e.g. with "
+                               f"iconv -f {wide} -t utf-8 in.txt > out.txt)")
         nul = block.find(b"\0")
         if nul >= 0:
             raise TextgenError(
@@ -77,10 +79,19 @@ def _decoded_chunks(path: Path, what: str):
         try:
             text = decoder.decode(block)
         except UnicodeDecodeError as error:
-            raise TextgenError(
-                f"{what} file is not valid UTF-8 (first bad byte at byte offset {offset - pending + error.start}): "
-                f"{path} (convert it to UTF-8, e.g. with iconv)"
-            ) from None
+            at = offset - pending + error.start
+            utf8_seen = utf8_seen or not block[:max(0, error.start)].isascii()
+            guess = None if utf8_seen else _legacy_encoding(block[max(0, error.start):][:LEGACY_SAMPLE])
+            if utf8_seen:
+                advice = "it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there"
+            elif guess:
+                advice = f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt " \
+                         "> out.txt"
+            else:
+                advice = "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
+            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} ({advice})"
+                               ) from None
+        utf8_seen = utf8_seen or not text.isascii()
         if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
             text = text.removeprefix("\ufeff")
         offset += len(block)
@@ -94,15 +105,63 @@ def _decoded_chunks(path: Path, what: str):
         ) from None
 
 
-def _looks_utf16(head: bytes) -> bool:
-    """Whether a file's first bytes are UTF-16 (or UTF-32), which Windows tools often save text as: a byte order
-    mark, or, in mostly-ASCII text, a NUL in every other byte."""
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return True
-    sample = head[:4096]
-    halves = sample[0::2], sample[1::2]
-    return len(sample) >= 16 and any(half.count(0) >= 0.9 * len(half) and other.count(0) <= 0.1 * len(other)
-                                     for half, other in (halves, halves[::-1]))
+def _wide_encoding(head: bytes) -> Optional[str]:
+    """The iconv name of the UTF-16 or UTF-32 a file's first bytes are in (Windows tools often save text so), or
+    None: a byte order mark; or, without one, a sample that reads as text in UTF-16 of one byte order (in mostly-ASCII
+    text, a NUL in every other byte)."""
+    for mark, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # UTF-16's mark begins
+                       (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # UTF-32-LE's: first
+        if head.startswith(mark):
+            return name
+    sample = head[:4096 - len(head[:4096]) % 2]
+    if len(sample) < 16 or b"\0" not in sample:  # UTF-16 text has a NUL for each ASCII character, a newline or space
+        return None
+    for name in ("utf-16-le", "utf-16-be"):
+        text = sample.decode(name, errors="replace")
+        if sum(map(_reads_as_text, text)) >= 0.95 * len(text):
+            return name.replace("-le", "le").replace("-be", "be")
+    return None
+
+
+def _reads_as_text(ch: str) -> bool:
+    """Whether ch is a character of ordinary text: printable or a line break, not a surrogate, private-use or
+    unassigned code point (what bytes read in the wrong encoding mostly give)."""
+    return ch in "\n\r\t" or (ch.isprintable() and unicodedata.category(ch) not in ("Co", "Cn", "Cs", "So"))
+
+
+LEGACY_SAMPLE = 4096  # bytes around the first non-UTF-8 byte that the encoding guess reads
+# Legacy encodings a text that is not UTF-8 is often in, tried in this order (Shift-JIS's Japanese also decodes as
+# GB18030, and GBK's Chinese as Shift-JIS half-width katakana); each with the scripts its non-ASCII text is made of.
+_PUNCTUATION = ("LEFT", "RIGHT", "EN DASH", "EM DASH", "HORIZONTAL", "MIDDLE DOT", "IDEOGRAPHIC", "FULLWIDTH")
+_LEGACY = (
+    ("shift_jis", "Japanese Shift-JIS", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION)),
+    ("euc-kr", "Korean EUC-KR", ("HANGUL", "CJK", *_PUNCTUATION)),
+    ("gb18030", "Chinese GB18030 (GBK, GB2312)", ("CJK", *_PUNCTUATION)),
+    ("big5", "Traditional Chinese Big5", ("CJK", *_PUNCTUATION)),
+    ("cp1252", "Windows-1252 (Western European)", ("LATIN", "EURO", "DEGREE", "NO-BREAK", "INVERTED", "SECTION",
+                                                    "COPYRIGHT", *_PUNCTUATION)),
+)
+
+
+def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
+    """(iconv name, description) of the legacy encoding that sample (bytes that are not UTF-8) reads as text in,
+    judged by its non-ASCII characters' scripts; None when none does convincingly. A guess for the error message
+    only: the text is never decoded with it."""
+    for name, description, scripts in _LEGACY:
+        for cut in range(4):  # the sample may end inside a multi-byte character
+            try:
+                text = sample[:len(sample) - cut].decode(name)
+                break
+            except UnicodeDecodeError:
+                continue
+        else:
+            continue
+        wide = [unicodedata.name(ch, "") for ch in text if ord(ch) > 127]
+        if wide and sum(any(label.startswith(script) for script in scripts) for label in wide) >= 0.9 * len(wide):
+            if name != "shift_jis" or sum(label.startswith(("HIRAGANA", "KATAKANA")) for label in wide) >= 0.1 * len(
+                    wide):  # Chinese has no kana: its GBK bytes decode as Shift-JIS kanji and half-width kana
+                return name, description
+    return None
 
 
 def fingerprint(path: Path) -> dict:
