@@ -418,6 +418,26 @@ def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
 
 
+def test_the_printed_resume_command_works_pasted_into_a_shell_with_spaces_in_the_paths(tmp_path):
+    """It was printed unquoted: 'textgen train /home/学生/LSTM 笔记.txt ...' read as two corpus arguments."""
+    import shlex
+
+    from click.testing import CliRunner
+
+    from textgen.cli import cli
+
+    (tmp_path / "my notes").mkdir()
+    corpus = write_text(tmp_path / "my notes" / "LSTM 笔记.txt", PERIOD * 3000)
+    with pytest.raises(Interrupted) as stopped:
+        run(corpus, tmp_path / "check points", callbacks=[interrupt_at_step(5)])
+    command = str(stopped.value).split("resume with: ", 1)[1]
+    words = shlex.split(command)
+    assert words[:3] == ["textgen", "train", str(corpus)] and words[-1] == "--resume"
+    result = CliRunner().invoke(cli, words[1:] + ["--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "check points" / "r" / "last.json").read_text())["epoch"] == 1
+
+
 def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, periodic_corpus):
     with RunLock(tmp_path / "r"):
         with pytest.raises(TextgenError, match=r"another training \(pid \d+\) is using"):
