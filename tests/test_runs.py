@@ -41,6 +41,13 @@ def test_an_invalid_run_name_says_what_was_probably_meant():
     with pytest.raises(TextgenError, match=r"for the run in checkpoints/demo: --checkpoint-dir checkpoints "
                                            r"--run demo\)$"):
         check_run_name("checkpoints/demo")
+    # The file's whole name was cleaned ('txt-99262a61'); training names the run after the name without '.txt'.
+    trained = default_run_name(Path("笔记.txt"))
+    assert trained.startswith("run-")
+    with pytest.raises(TextgenError, match=rf"a corpus file called '笔记.txt' trains the run '{trained}'\)$"):
+        check_run_name("笔记.txt")
+    with pytest.raises(TextgenError, match=r"'my corpus.txt' trains the run 'my-corpus'\)$"):
+        check_run_name("my corpus.txt")
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

@@ -53,7 +53,7 @@ def check_run_name(name: str) -> str:
         hint = ""
         if "/" in name.strip("/") and RUN_NAME.match(Path(name).name):  # a run directory given as a name
             hint = f" (for the run in {name}: --checkpoint-dir {Path(name).parent} --run {Path(name).name})"
-        elif name and (cleaned := _cleaned(_without_accents(name), name)) != name and "/" not in name:
+        elif name and "/" not in name and (cleaned := default_run_name(Path(name))) != name:  # its stem, as training
             hint = f" (a corpus file called {name!r} trains the run {cleaned!r})"
         raise TextgenError(f"invalid run name {name!r}: use ASCII letters, digits, '.', '_' and '-' only{hint}")
     return name
