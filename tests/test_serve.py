@@ -188,6 +188,15 @@ def test_score(server):
     assert status == 200 and result["characters"] == 139 and result["bpc"] < 0.5 and result["run"] == "period"
 
 
+def test_a_text_within_the_score_limit_is_accepted_however_json_escapes_it(server):
+    """json.dumps writes each Chinese character as a 6-byte escape: 19,000 characters made a body over the fixed
+    64 KB limit, refused with 413 though the text limit is 20,000 characters."""
+    text = "中" * 12000 + "abcdefg" * 1000
+    assert len(json.dumps(dict(text=text))) > 65536
+    status, answer = call(server, "/v1/score", dict(text=text))
+    assert status == 200 and json.loads(answer)["characters"] == 6999
+
+
 def test_32_concurrent_requests_all_complete_with_their_lengths(server):
     def one(i):
         return call(server, "/v1/generate", dict(prime="a", length=20 + i, temperature=0.8, seed=i), timeout=300)
@@ -297,20 +306,22 @@ def test_500_malformed_requests_each_get_a_4xx_and_the_server_keeps_answering(se
 
 def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(server):
     host, port = server.removeprefix("http://").split(":")
-    limit = 65536
+    from textgen.config import Limits
+
+    limit = Limits().max_body_bytes
     with socket.create_connection((host, int(port)), timeout=30) as connection:
         connection.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         # One chunk announced at 80,000 bytes, of which one byte over the limit is sent: the server must answer
         # before the body ends, and having read all that was sent, it closes without resetting the connection
         # (bytes left unread when it closes would make the answer race a reset).
-        connection.sendall(f"{80000:x}\r\n".encode() + b'{"prime": "' + b"a" * (limit + 1 - 11))
+        connection.sendall(f"{limit + 20000:x}\r\n".encode() + b'{"prime": "' + b"a" * (limit + 1 - 11))
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
-    assert json.loads(body) == {"error": "request body larger than 65536 bytes"}
+    assert json.loads(body) == {"error": f"request body larger than {limit} bytes"}
     assert call(server, "/healthz")[0] == 200
 
 

@@ -315,10 +315,16 @@ class Limits:
 
     max_length: int = 2000  # characters one request may generate
     max_samples: int = 8  # samples one request may ask for (temperatures x num_samples)
-    max_body_bytes: int = 65536  # request body size
     max_score_chars: int = 20000  # characters /v1/score accepts
     max_prime_chars: int = 4000  # characters of a prime (priming a joiner holds up every stream of the batch)
     max_loaded_runs: int = 4  # runs in memory at once (each holds its weights and compiled engines)
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Request body size: room for the longest text a request may hold with every character escaped as JSON
+        allows (Python's json.dumps writes a CJK character as 6 bytes, one beyond the BMP as 12), plus 64 KB for
+        the rest. A fixed 64 KB refused 12,000 Chinese characters sent to /v1/score by Python."""
+        return 12 * max(self.max_score_chars, self.max_prime_chars) + 65536
 
 
 def split_training_options(options: dict) -> tuple[dict, dict]:
