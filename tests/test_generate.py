@@ -49,6 +49,11 @@ def test_prime_with_unknown_characters(trained_run):
     # a combining mark the model never saw is named by its escape and name: bare, it would join the quote before it
     with pytest.raises(TextgenError, match=r"never saw: '\\u0301' \(combining acute accent\) '\"' '\\x00';"):
         gen(trained_run, prime="a\u0301\"\x00", length=5)
+    # Typed on a Chinese or Japanese keyboard: the full-width forms of characters the model knows are named.
+    with pytest.raises(TextgenError) as refused:
+        gen(trained_run, prime="ａｂ，", length=5)
+    assert str(refused.value) == ("the prime contains characters the model never saw: 'ａ' 'ｂ' '，'; change the prime "
+                                  "(the model knows 'a' for 'ａ', 'b' for 'ｂ') or pass --skip-unknown to drop them")
 
 
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):

@@ -42,13 +42,32 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
         lost = [ch for ch in vocab.unknown(typed) if vocab.unknown(vocab.in_known_form(ch))]
         shown = quoted((lost or unknown)[:20])
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
-                           "change the prime or pass --skip-unknown to drop them")
+                           f"change the prime{_known_variants(lost or unknown, vocab)} or pass --skip-unknown to "
+                           "drop them")
     if unknown:
         kept = "".join(ch for ch in prime if ch in vocab)
         warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
              + quoted(unknown[:20]))  # every one dropped, each kind named once
         prime = kept
     return prime
+
+
+def _known_variants(unknown: list[str], vocab) -> str:
+    """The characters of the vocabulary that are another width or form of unknown ones (a Chinese keyboard's '，'
+    for the corpus's ','), as a clause of the error: '' when there are none."""
+    import unicodedata
+
+    def plain(ch: str) -> str:
+        return unicodedata.normalize("NFKC", ch)
+
+    known: dict = {}
+    for ch in vocab.chars:
+        known.setdefault(plain(ch), ch)
+    pairs = [(known[plain(ch)], ch) for ch in unknown if plain(ch) in known]
+    if not pairs:
+        return ""
+    return " (the model knows " + ", ".join(f"{quoted([ours])} for {quoted([theirs])}" for ours, theirs in
+                                             pairs[:10]) + ")"
 
 
 def start_symbol(vocab) -> str:
