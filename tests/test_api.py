@@ -94,7 +94,8 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
 @pytest.mark.parametrize("call, message", [
     (lambda m: m.generate(temperature=-1), r"^temperature must be in \[0, 1e\+06\], got -1"),
     (lambda m: m.generate(top_k=0), r"^top_k must be an integer in \[1, inf\), got 0"),
-    (lambda m: m.generate(prime="xyz"), "the prime contains characters the model never saw"),
+    (lambda m: m.generate(prime="xyz"), "the prime contains characters the model never saw: 'x' 'y' 'z'; change the "
+                                        r"prime or pass skip_unknown=True to drop them$"),  # was --skip-unknown
     (lambda m: m.score("a"), "the text has 1 character the model knows; scoring needs at least 2"),
     (lambda m: m.score("x"), "the text has 0 characters the model knows"),
     (lambda m: m.generate(stop=5), "^stop must be text, got 5"),
@@ -164,8 +165,13 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     assert resumed.info["epochs"] == 2 and resumed.info["corpus"] == str(periodic_corpus.resolve())
     with pytest.raises(textgen.TextgenError, match="^nothing to resume: no checkpoint in .*missing"):
         textgen.train(run="missing", checkpoint_dir=tmp_path, resume=True)
-    with pytest.raises(textgen.TextgenError, match="already has checkpoints"):
+    # Named as the keywords of the call, not the command's options (--resume, --epochs 1), commands kept as they are.
+    with pytest.raises(textgen.TextgenError, match="already has checkpoints in .*: pass resume=True to continue it, "
+                                                   "overwrite=True to replace it, or run=NAME to start another run$"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1)
+    with pytest.raises(textgen.TextgenError, match=r"^cannot resume: the run has done its 2 epochs; pass a larger "
+                                                   r"epochs \(the total, such as epochs=4\) to train on$"):
+        textgen.train(run="r", checkpoint_dir=tmp_path, resume=True, epochs=1)
     with pytest.raises(textgen.TextgenError, match="no run named 'missing'"):
         textgen.load("missing", checkpoint_dir=tmp_path)
 

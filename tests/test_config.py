@@ -1,13 +1,14 @@
 """Options are declared once (textgen.config): validation, old-checkpoint defaults and the CLI follow."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from textgen import cli
 from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options, rules
-from textgen.errors import OptionError
+from textgen.errors import OptionError, TextgenError
 
 
 @pytest.mark.parametrize("config_class", [ModelConfig, TrainConfig])
@@ -127,5 +128,14 @@ def test_as_keywords_renames_only_the_options_it_is_given():
     renamed = as_keywords(OptionError("at most 10 samples, got 2 temperatures x --num-samples 6; see textgen sample "
                                       "--help or pass --top-k"), {"num_samples"})
     assert isinstance(renamed, OptionError)
-    assert str(renamed) == "at most 10 samples, got 2 temperatures x num_samples 6; see textgen sample --help or " \
+    assert str(renamed) == "at most 10 samples, got 2 temperatures x num_samples=6; see textgen sample --help or " \
                            "pass --top-k"
+    # Flags as keywords set to true, and a command's options as it spells them; the error keeps its class.
+    from textgen.checkpoint import SaveFailed
+
+    renamed = as_keywords(SaveFailed(Path("r"), "disk full"), {"resume"}, {"resume"})
+    assert isinstance(renamed, SaveFailed) and renamed.reason == "disk full" and str(renamed).endswith(
+        "then resume with resume=True)")
+    renamed = as_keywords(TextgenError("pass --skip-unknown; or run: textgen train CORPUS --run NAME --skip-unknown"),
+                          {"skip_unknown", "run"}, {"skip_unknown"}, json=True)
+    assert str(renamed) == 'pass "skip_unknown": true; or run: textgen train CORPUS --run NAME --skip-unknown'

@@ -284,7 +284,7 @@ BAD_BODIES = [
     (json.dumps(dict(run="missing")).encode(), 404), (json.dumps(dict(prime="xyz")).encode(), 400),
     (json.dumps(dict(unknown_field=1)).encode(), 422), (json.dumps(dict(seed=-2)).encode(), 400),
     (json.dumps(dict(temperature=[0.5, 1.0], num_samples=3, stream=True)).encode(), 400),  # 6 > --max-samples
-    (json.dumps(dict(prime="a" * 70000)).encode(), 413),
+    (json.dumps(dict(prime="a" * 400000)).encode(), 413),
     (json.dumps(dict(prime="a" * 5000)).encode(), 400),
 ]
 
@@ -507,6 +507,9 @@ def test_scores_take_turns_on_one_engine(server, monkeypatch):
                                              "text; send UTF-8 text"),
     (b'{"prime": "a\\udcff", "skip_unknown": true}', "prime holds a lone surrogate (\\udcff) at character 1"),
     (b'{"length": 5, "stop": ""}', "stop is empty; give the text, or leave stop out"),
+    # The field as JSON has it: it said --skip-unknown.
+    (b'{"prime": "xyz"}', "the prime contains characters the model never saw: 'x' 'y' 'z'; change the prime or pass "
+                          '"skip_unknown": true to drop them'),
 ])
 def test_numbers_no_float_holds_and_lone_surrogates_are_the_requests_fault(server, body, message):
     status, text = call(server, "/v1/generate", raw=body)

@@ -11,11 +11,12 @@ Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionEr
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, ModelConfig, SampleConfig, TrainConfig,
+from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig, SampleConfig, TrainConfig,
                             command_line_options, split_training_options)
 from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
@@ -23,8 +24,22 @@ from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
 
 # train()'s keywords that errors name (its other ones are paths and callbacks, refused in their own words)
+TRAIN_FLAGS = frozenset({"resume", "overwrite", "tensorboard"})
 TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(command_line_options(TrainConfig)) | {
-    "resume", "overwrite", "tensorboard", "strategy"}
+    "strategy", "run"} | TRAIN_FLAGS
+
+
+def _sampling_errors_as_keywords(method):
+    """method with its errors naming options as keywords (skip_unknown=True, not --skip-unknown)."""
+
+    @functools.wraps(method)
+    def wrapped(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except TextgenError as error:
+            raise as_keywords(error, SAMPLE_FIELDS, SAMPLE_FLAGS) from None
+
+    return wrapped
 
 
 def _check_paths(**arguments) -> None:
@@ -78,6 +93,7 @@ class TextModel:
         return (f"TextModel({self.info['run']!r}: {self.config.layers} x LSTM({self.config.units}), "
                 f"{len(self.vocab)} characters, epoch {self.info['epochs']})")
 
+    @_sampling_errors_as_keywords
     def generate(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
                  top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
                  num_samples: int = 1, skip_unknown: bool = False, min_p: Optional[float] = None,
@@ -108,6 +124,7 @@ class TextModel:
         texts = [sample.text for sample in self.generator.samples(config)]
         return texts[0] if num_samples == 1 else texts
 
+    @_sampling_errors_as_keywords
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
                top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
                skip_unknown: bool = False, min_p: Optional[float] = None,
@@ -123,6 +140,7 @@ class TextModel:
             prepare_prime(config.prime, self.vocab, False, lambda warning: None)
         return self.generator.stream(config)
 
+    @_sampling_errors_as_keywords
     def score(self, text: str) -> dict:
         """How well the model predicts text, reading it from its first character with a fresh state.
 
@@ -149,11 +167,8 @@ class TextModel:
         temperature = options.pop("temperature")
         if isinstance(temperature, (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")
-        try:
-            config = SampleConfig(temperature=(temperature,), **options)
-            config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
-        except OptionError as error:
-            raise as_keywords(error, SAMPLE_FIELDS) from None
+        config = SampleConfig(temperature=(temperature,), **options)
+        config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
 
 
@@ -217,8 +232,8 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkp
         summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
                                resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                strategy=strategy)
-    except OptionError as error:
-        raise as_keywords(error, TRAIN_KEYWORDS) from None
+    except TextgenError as error:
+        raise as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS) from None
     except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
         raise stopped.in_python() from None
     return TextModel(summary["run_dir"], "best")

@@ -126,8 +126,9 @@ class StopRequests(Callback):
             save_unvalidated(run)
             saved = f"interrupted: saved a resumable checkpoint ({run.state.position()}) in {run.run_dir}"
             raise Interrupted(
-                f"{saved}; resume with: " + shlex.join(["textgen", "train", str(run.corpus_path), "--checkpoint-dir",
-                                                        str(run.run_dir.parent), "--run", run.run_dir.name, "--resume"]),
+                f"{saved}; resume with: " + shlex.join([
+                    "textgen", "train", str(run.corpus_path), "--checkpoint-dir", str(run.run_dir.parent),
+                    "--run", run.run_dir.name, "--resume"]),
                 self.signals[0] if self.signals else signal.SIGTERM,
                 f"{saved}; resume with: textgen.train(run={run.run_dir.name!r}, "
                 f"checkpoint_dir={str(run.run_dir.parent)!r}, resume=True)")

@@ -342,6 +342,7 @@ def split_training_options(options: dict) -> tuple[dict, dict]:
 
 LAYOUT_OPTIONS = tuple(name for name, rule in rules(TrainConfig).items() if rule.layout)
 SAMPLE_FIELDS = frozenset(rules(SampleConfig))  # the keywords of a sampling request, wherever it comes from
+SAMPLE_FLAGS = frozenset(field.name for field in dataclasses.fields(SampleConfig) if field.type in (bool, "bool"))
 
 
 def check_flag(name: str, value) -> None:

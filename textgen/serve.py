@@ -37,8 +37,9 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import has_checkpoint
-from textgen.config import DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, Limits, SampleConfig, shown_number, temperature_values
-from textgen.errors import OptionError, TextgenError, as_keywords
+from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, shown_number,
+                            temperature_values)
+from textgen.errors import TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -312,7 +313,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.exception_handler(TextgenError)
     async def refused(request, exc: TextgenError):  # bad options (named as the JSON fields), an unknown prime character
-        return error(400, str(as_keywords(exc, SAMPLE_FIELDS) if isinstance(exc, OptionError) else exc))
+        return error(400, str(as_keywords(exc, SAMPLE_FIELDS, SAMPLE_FLAGS, json=True)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
