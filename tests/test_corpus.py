@@ -85,8 +85,8 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path, content, message):
         scan(path)
 
 
-CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，是为了解决一般的循环神经网络存在的长期依赖问题而专门设计出来的。" \
-          "\n"
+CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" \
+          "是为了解决一般的循环神经网络存在的长期依赖问题而专门设计出来的。\n"
 
 
 @pytest.mark.parametrize("content, told", [

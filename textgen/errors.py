@@ -30,9 +30,9 @@ _OPTION = re.compile(r"(?P<asked>\b(?:pass|add|with|without|use) )?--(?P<name>[a
 def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[str] = (),
                 json: bool = False) -> TextgenError:
     """The error as the Python API (or, with json, the HTTP API) gives it: the options in names spelled as keywords
-    (--epochs 20 as epochs=20; a flag in flags, when asked for, "pass --resume", as resume=True) or JSON fields ("epochs": 20,
-    "skip_unknown": true); the rest of the message, and the commands in it, as the command line has it. Of the same
-    class as error, with its attributes."""
+    (--epochs 20 as epochs=20; a flag in flags, when asked for, "pass --resume", as resume=True) or JSON fields
+    ("epochs": 20, "skip_unknown": true); the rest of the message, and the commands in it, as the command line has
+    it. Of the same class as error, with its attributes."""
 
     def keyword(match: re.Match) -> str:
         name, value = match["name"].replace("-", "_"), match["value"]
