@@ -292,6 +292,18 @@ def test_a_report_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, peri
     assert len(warnings) == 2 and warnings[0].endswith("(RuntimeError: no display); training continues")
 
 
+def test_resume_with_a_damaged_last_checkpoint_does_not_advise_throwing_the_best_one_away(tmp_path, periodic_corpus):
+    """It said "delete the run directory or train again with --overwrite", while best.json was intact."""
+    run(periodic_corpus, tmp_path, epochs=2)
+    (tmp_path / "r" / "last.json").write_text("{")
+    kept = files_snapshot(tmp_path)
+    with pytest.raises(TextgenError, match=r"^cannot resume: checkpoint metadata .*last.json is damaged \(.*\); the "
+                                           r"run's best checkpoint \(epoch [12]\) is intact: sample from it, or train a "
+                                           r"new run with --run NAME$"):
+        run(periodic_corpus, tmp_path, epochs=3, resume=True)
+    assert files_snapshot(tmp_path) == kept
+
+
 def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_corpus, monkeypatch):
     run(periodic_corpus, tmp_path)
     last = (tmp_path / "r" / "last.json").read_bytes()

@@ -430,13 +430,29 @@ def _checked_call(resume, overwrite, tensorboard, strategy, callbacks) -> tuple:
     return tuple(callbacks)
 
 
+def _resumed_meta(run_dir: Path) -> CheckpointMeta:
+    """The last checkpoint's metadata; when it is damaged but the best one's is not, the refusal does not advise
+    deleting the run or --overwrite, which would throw the best checkpoint away with it."""
+    try:
+        return checkpoint.read_meta(run_dir, "last")
+    except checkpoint.UnreadableMeta as damaged:
+        try:
+            best = checkpoint.read_meta(run_dir, "best")
+        except TextgenError:
+            best = None
+        if best is None:
+            raise
+        raise TextgenError(f"cannot resume: {damaged.problem}; the run's best checkpoint (epoch {best.state.epoch}) "
+                           "is intact: sample from it, or train a new run with --run NAME") from None
+
+
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, strategy_name: str, log: Callable[[str], None],
                   extra_callbacks: Sequence[cb.Callback]) -> dict:
     from textgen.distribute import is_chief, make_strategy
 
     writes = is_chief(strategy_name)
-    meta = checkpoint.read_meta(run_dir, "last") if resume else None
+    meta = _resumed_meta(run_dir) if resume else None
     stamp = fingerprint(corpus_path)
     text_changed = meta is not None and not same_text(stamp, meta.corpus)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
