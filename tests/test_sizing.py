@@ -70,6 +70,11 @@ def test_a_tiny_corpus_gets_a_smaller_batch_and_a_small_model():
     # with 1,043 symbols even the smallest shape has more than 3 parameters per character: it is the choice
     assert chosen_shape(result) == sizing.LADDER[0]
     assert result.model_options["dropout"] == 0.3
+    # and the log says so (it stated "126,003 parameters for 38,062 characters" as though within the rule)
+    assert "38,000 training characters (the smallest shape, yet over 3 parameters per character: it will tend to " \
+           "learn this text by heart, and a longer corpus helps)" in result.reason
+    assert "by heart" not in sizing.choose(38_000, 65, TrainConfig(epochs=1000, max_minutes=5), {}, {},
+                                           constant_flops(30e9)).reason
 
 
 def test_a_validation_slice_too_short_for_the_smallest_batch_gets_a_batch_it_holds(tmp_path):

@@ -134,10 +134,13 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     budget = (f"{config.max_minutes:g} minutes, ~{chars / 1e6:.3g}M characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
+    over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "
+            "learn this text by heart, and a longer corpus helps)" if parameters > PARAMETERS_PER_CHAR * train_chars
+            else "")  # a large vocabulary (Chinese) makes even the smallest embedding and output layer large
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout {model['dropout']}, "
               f"weight decay {training['weight_decay']}, batch {batch}: {parameters:,} parameters for "
-              f"{train_chars:,} training characters and a budget of {budget}; explicit options win, --size fixed "
-              "keeps the defaults")
+              f"{train_chars:,} training characters{over} and a budget of {budget}; explicit options win, --size "
+              "fixed keeps the defaults")
     return Sizing(model, training, reason)
 
 
