@@ -101,7 +101,7 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
      "(it looks like Korean EUC-KR text: convert it, e.g. with iconv -f euc-kr -t utf-8"),
     ("Plain at first. Voilà l'été, « déjà » — ça va.\n".encode("cp1252") * 30,
      "(it looks like Windows-1252 (Western European) text: convert it, e.g. with iconv -f cp1252 -t utf-8"),
-    ("Café is UTF-8 here, ".encode() + "but not here: été.".encode("latin-1"),
+    ("Café crème, déjà vu: UTF-8 here, ".encode() * 20 + "but not here: été.".encode("latin-1"),
      "(it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there)"),
     (bytes(byte or 1 for byte in random.Random(0).randbytes(4096)),  # no NUL: not "binary"
      "(convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt)"),
@@ -113,6 +113,18 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
     ((CHINESE * 30).encode("utf-32"), "is UTF-32 text, not UTF-8: {path} (convert it, e.g. with iconv -f utf-32 -t "
                                       "utf-8"),
     ("To be.".encode("utf-16"), "is UTF-16 text, not UTF-8"),
+    # Windows-1252 whose accented letters and curly quotes each precede a letter read as GB18030 pairs ("It抯").
+    ("It\u2019s a dog\u2019s life, isn\u2019t it?\n".encode("cp1252") * 40, "looks like Windows-1252"),
+    ("Schr\u00f6dinger and G\u00f6del met M\u00fcller in Z\u00fcrich.\n".encode("cp1252") * 40,
+     "looks like Windows-1252"),
+    # GBK whose first characters happen to be valid UTF-8 pairs (小 is D0 A1): not "mixes encodings".
+    ("小王子\n第一章\n当我还只有六岁的时候…\n".encode("gbk") * 20, "looks like Chinese GB18030"),
+    # GB2312 also decodes as EUC-KR (part Hangul, part Hanja): Korean is mostly Hangul.
+    ("我爱北京天安门。".encode("gb2312") * 30, "looks like Chinese GB18030"),
+    # UTF-8 with stray NULs is binary, not UTF-16 (as UTF-16 ASCII reads as CJK ideographs).
+    (b"hello there world this is text\0" * 20, "looks binary (NUL byte at byte offset 30)"),
+    (("第一章 风起\n" + "天下大势，分久必合，合久必分。周末七国分争，并入于秦。" * 20).encode("utf-16-le"),
+     "is UTF-16LE text"),
 ])
 def test_a_file_in_another_encoding_is_told_which_it_looks_like(tmp_path, content, told):
     path = tmp_path / "other.txt"

@@ -298,8 +298,8 @@ def test_resume_with_a_damaged_last_checkpoint_does_not_advise_throwing_the_best
     (tmp_path / "r" / "last.json").write_text("{")
     kept = files_snapshot(tmp_path)
     with pytest.raises(TextgenError, match=r"^cannot resume: checkpoint metadata .*last.json is damaged \(.*\); the "
-                                           r"run's best checkpoint \(epoch [12]\) is intact: sample from it, or train a "
-                                           r"new run with --run NAME$"):
+                                           r"run's best checkpoint \(epoch [12]\) is intact: sample from it, or "
+                                           r"train a new run with --run NAME$"):
         run(periodic_corpus, tmp_path, epochs=3, resume=True)
     assert files_snapshot(tmp_path) == kept
 

@@ -6,6 +6,7 @@ import codecs
 import hashlib
 import json
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ def _decoded_chunks(path: Path, what: str):
     order mark at the start is not text (editors on Windows add one): it is dropped."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
-    utf8_seen = False  # a non-ASCII character so far: the file is UTF-8 with bad bytes, not in another encoding
+    utf8_bytes = 0  # bytes of non-ASCII UTF-8 characters read so far, counted up to UTF8_EVIDENCE
     for block in _chunks(path):
         if offset == 0 and (wide := _wide_encoding(block)):
             raise TextgenError(f"{what} file is {wide.upper()} text, not UTF-8: {path} (convert it, e.g. with "
@@ -75,23 +76,17 @@ def _decoded_chunks(path: Path, what: str):
                 f"{what} file looks binary (NUL byte at byte offset {offset + nul}): {path} "
                 "(give a UTF-8 text file)"
             )
-        pending = len(decoder.getstate()[0])
+        buffered = decoder.getstate()[0]  # the start of a character the previous block ended inside
         try:
             text = decoder.decode(block)
-        except UnicodeDecodeError as error:
-            at = offset - pending + error.start
-            utf8_seen = utf8_seen or not block[:max(0, error.start)].isascii()
-            guess = None if utf8_seen else _legacy_encoding(block[max(0, error.start):][:LEGACY_SAMPLE])
-            if utf8_seen:
-                advice = "it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there"
-            elif guess:
-                advice = f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt " \
-                         "> out.txt"
-            else:
-                advice = "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
-            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} ({advice})"
-                               ) from None
-        utf8_seen = utf8_seen or not text.isascii()
+        except UnicodeDecodeError as error:  # error.start counts from the buffered bytes
+            data = buffered + block
+            utf8_bytes += _high_bytes(data[:error.start])
+            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset "
+                               f"{offset - len(buffered) + error.start}): {path} "
+                               f"({_conversion_advice(data[error.start:], utf8_bytes >= UTF8_EVIDENCE)})") from None
+        if utf8_bytes < UTF8_EVIDENCE:
+            utf8_bytes += _high_bytes(block)
         if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
             text = text.removeprefix("\ufeff")
         offset += len(block)
@@ -107,19 +102,35 @@ def _decoded_chunks(path: Path, what: str):
 
 def _wide_encoding(head: bytes) -> Optional[str]:
     """The iconv name of the UTF-16 or UTF-32 a file's first bytes are in (Windows tools often save text so), or
-    None: a byte order mark; or, without one, a sample that reads as text in UTF-16 of one byte order (in mostly-ASCII
-    text, a NUL in every other byte)."""
+    None. Known by a byte order mark; or without one, in mostly-ASCII text, by a NUL in every other byte; or, in
+    other scripts, by NULs (each ASCII character, space or newline has one) in a sample that reads as text in UTF-16
+    of one byte order and is no UTF-8 text with a stray NUL (as UTF-16, ASCII reads as CJK ideographs)."""
     for mark, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # UTF-16's mark begins
                        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # UTF-32-LE's: first
         if head.startswith(mark):
             return name
     sample = head[:4096 - len(head[:4096]) % 2]
-    if len(sample) < 16 or b"\0" not in sample:  # UTF-16 text has a NUL for each ASCII character, a newline or space
+    if len(sample) < 16 or b"\0" not in sample:
         return None
-    for name in ("utf-16-le", "utf-16-be"):
+    for zeros, other, name in ((sample[1::2], sample[0::2], "utf-16le"), (sample[0::2], sample[1::2], "utf-16be")):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
+            return name
+    if _decodes(sample.replace(b"\0", b""), "utf-8"):
+        return None
+    for name in ("utf-16le", "utf-16be"):
         text = sample.decode(name, errors="replace")
         if sum(map(_reads_as_text, text)) >= 0.95 * len(text):
-            return name.replace("-le", "le").replace("-be", "be")
+            return name
+    return None
+
+
+def _decodes(data: bytes, encoding: str) -> Optional[str]:
+    """data as text in encoding, allowing it to end inside a character, or None."""
+    for cut in range(4):
+        try:
+            return data[:len(data) - cut].decode(encoding)
+        except UnicodeDecodeError:
+            continue
     return None
 
 
@@ -129,38 +140,62 @@ def _reads_as_text(ch: str) -> bool:
     return ch in "\n\r\t" or (ch.isprintable() and unicodedata.category(ch) not in ("Co", "Cn", "Cs", "So"))
 
 
-LEGACY_SAMPLE = 4096  # bytes around the first non-UTF-8 byte that the encoding guess reads
-# Legacy encodings a text that is not UTF-8 is often in, tried in this order (Shift-JIS's Japanese also decodes as
-# GB18030, and GBK's Chinese as Shift-JIS half-width katakana); each with the scripts its non-ASCII text is made of.
+_HIGH = bytes(range(128, 256))
+UTF8_EVIDENCE = 64  # bytes of valid non-ASCII UTF-8 before a bad byte that make the file UTF-8 (GBK pairs can be
+# valid UTF-8 by chance, but decoding stops at the first that is not, a few characters in)
+
+
+def _high_bytes(data: bytes) -> int:
+    return len(data) - len(data.translate(None, _HIGH))
+
+
+def _conversion_advice(rest: bytes, utf8: bool) -> str:
+    """What to do about a file that is not UTF-8 from the start of rest: fix the bytes there if it is UTF-8 before
+    them (utf8), else convert it from the legacy encoding it looks like."""
+    if utf8:
+        return "it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there"
+    guess = _legacy_encoding(rest[:LEGACY_SAMPLE])
+    if guess is None:
+        return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
+    return f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt > out.txt"
+
+
+LEGACY_SAMPLE = 4096  # bytes from the first non-UTF-8 byte that the encoding guess reads
 _PUNCTUATION = ("LEFT", "RIGHT", "EN DASH", "EM DASH", "HORIZONTAL", "MIDDLE DOT", "IDEOGRAPHIC", "FULLWIDTH")
+# Legacy encodings a text that is not UTF-8 is often in, tried in this order: (iconv name, description, the scripts
+# its non-ASCII characters come from, and the share of them that one script must reach, which tells the double-byte
+# encodings apart: Japanese has kana, and Korean is mostly Hangul, where GB2312's Chinese read as EUC-KR is part
+# Hangul, part Hanja, and GBK's read as Shift-JIS has half-width katakana, not kana).
 _LEGACY = (
-    ("shift_jis", "Japanese Shift-JIS", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION)),
-    ("euc-kr", "Korean EUC-KR", ("HANGUL", "CJK", *_PUNCTUATION)),
-    ("gb18030", "Chinese GB18030 (GBK, GB2312)", ("CJK", *_PUNCTUATION)),
-    ("big5", "Traditional Chinese Big5", ("CJK", *_PUNCTUATION)),
+    ("shift_jis", "Japanese Shift-JIS", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION),
+     (("HIRAGANA", "KATAKANA"), 0.1)),
+    ("euc-kr", "Korean EUC-KR", ("HANGUL", "CJK", *_PUNCTUATION), (("HANGUL",), 0.8)),
+    ("gb18030", "Chinese GB18030 (GBK, GB2312)", ("CJK", *_PUNCTUATION), None),
+    ("big5", "Traditional Chinese Big5", ("CJK", *_PUNCTUATION), None),
     ("cp1252", "Windows-1252 (Western European)", ("LATIN", "EURO", "DEGREE", "NO-BREAK", "INVERTED", "SECTION",
-                                                    "COPYRIGHT", *_PUNCTUATION)),
+                                                    "COPYRIGHT", *_PUNCTUATION), None),
 )
+DOUBLE_BYTE_RUN = 2.0  # mean length of the non-ASCII runs a double-byte (CJK) reading must reach: Windows-1252's
+# accented letters and curly quotes read as GB18030 make one ideograph each between Latin letters ("It抯")
 
 
 def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
     """(iconv name, description) of the legacy encoding that sample (bytes that are not UTF-8) reads as text in,
     judged by its non-ASCII characters' scripts; None when none does convincingly. A guess for the error message
     only: the text is never decoded with it."""
-    for name, description, scripts in _LEGACY:
-        for cut in range(4):  # the sample may end inside a multi-byte character
-            try:
-                text = sample[:len(sample) - cut].decode(name)
-                break
-            except UnicodeDecodeError:
-                continue
-        else:
+    for name, description, scripts, dominant in _LEGACY:
+        text = _decodes(sample, name)
+        if text is None:
             continue
         wide = [unicodedata.name(ch, "") for ch in text if ord(ch) > 127]
-        if wide and sum(any(label.startswith(script) for script in scripts) for label in wide) >= 0.9 * len(wide):
-            if name != "shift_jis" or sum(label.startswith(("HIRAGANA", "KATAKANA")) for label in wide) >= 0.1 * len(
-                    wide):  # Chinese has no kana: its GBK bytes decode as Shift-JIS kanji and half-width kana
-                return name, description
+        if not wide or sum(label.startswith(scripts) for label in wide) < 0.9 * len(wide):
+            continue
+        if dominant and sum(label.startswith(dominant[0]) for label in wide) < dominant[1] * len(wide):
+            continue
+        runs = re.findall(r"[^\x00-\x7f]+", text)
+        if name != "cp1252" and len(wide) < DOUBLE_BYTE_RUN * len(runs):
+            continue
+        return name, description
     return None
 
 
