@@ -301,6 +301,8 @@ def test_resume_with_a_damaged_last_checkpoint_does_not_advise_throwing_the_best
                                            r"run's best checkpoint \(epoch [12]\) is intact: sample from it, or "
                                            r"train a new run with --run NAME$"):
         run(periodic_corpus, tmp_path, epochs=3, resume=True)
+    with pytest.raises(TextgenError, match=r"is intact: sample from it"):  # without the corpus: the run's own
+        train(None, tmp_path, run="r", train_options=dict(epochs=3), resume=True, **QUIET)
     assert files_snapshot(tmp_path) == kept
 
 

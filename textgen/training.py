@@ -352,7 +352,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
 def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     """The corpus file a run was trained on, for --resume without a corpus."""
     run_dir = Path(checkpoint_dir) / check_run_name(run)
-    meta = checkpoint.read_meta(run_dir, "last")
+    meta = _resumed_meta(run_dir)
     if meta is None:
         _check_run_dir(run_dir, resume=True, overwrite=False)  # says why there is nothing to resume
     corpus = Path(meta.corpus["path"])
