@@ -320,15 +320,22 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
     assert meta.state.epoch == 1
 
 
-def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, periodic_corpus, monkeypatch):
+@pytest.mark.parametrize("failing", ["state file", "best.json"])
+def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, periodic_corpus, monkeypatch, failing):
     """It said "the previous checkpoint is kept ... resume with --resume": a new run has none (--resume then found
-    nothing), and after --overwrite resuming continued the earlier run, of another shape."""
+    nothing), and after --overwrite resuming continued the earlier run, of another shape. A failure on best.json left
+    last.json written: the new run's beside the earlier run's best.json."""
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     run(periodic_corpus, tmp_path / "old")
     earlier = files_snapshot(tmp_path / "old")
-    monkeypatch.setattr(checkpoint.np, "savez", full)
+    if failing == "state file":
+        monkeypatch.setattr(checkpoint.np, "savez", full)
+    else:
+        write_json = checkpoint.atomic_write_json
+        monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: full() if path.name == "best.json"
+                            else write_json(path, payload))
     with pytest.raises(TextgenError, match=r"^could not save the first checkpoint in .*/new/r: the disk is full; "
                                            r"nothing of this run was saved \(free some space or fix the directory, "
                                            r"then run the same command again\)$"):

@@ -170,6 +170,11 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
         stem = f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}-{again}"
     weights_path = run_dir / f"{stem}.weights.h5"
     state_path = run_dir / f"{stem}.state.npz"
+    # Each kind's metadata as it was: a failure after "last" was rewritten puts it back, so that a run's two files
+    # never name two different checkpoints (a new run's with an --overwrite run's earlier one) after a failure.
+    previous = {kind: meta_path(run_dir, kind).read_bytes() if meta_path(run_dir, kind).is_file() else None
+                for kind in kinds}
+    rewritten = []
     try:
         atomic_write(weights_path, lambda tmp: model.save_weights(str(tmp)))
         atomic_write(state_path, lambda tmp: np.savez(tmp, **training_state))
@@ -180,8 +185,15 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
                    "state": {"name": state_path.name, "sha256": sha256(state_path)}})
         for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
             atomic_write_json(meta_path(run_dir, kind), dataclasses.replace(meta, kind=kind).to_json())
+            rewritten.append(kind)
     except OSError as error:
-        still_named = _referenced(run_dir)  # "last" may already name them when "best" failed
+        with contextlib.suppress(OSError):  # the old metadata is no larger than the new (its history is shorter)
+            for kind in rewritten:
+                if previous[kind] is None:
+                    meta_path(run_dir, kind).unlink(missing_ok=True)
+                else:
+                    atomic_write(meta_path(run_dir, kind), lambda tmp, old=previous[kind]: tmp.write_bytes(old))
+        still_named = _referenced(run_dir)  # should putting "last" back have failed, it names them
         for written in (weights_path, state_path):
             if written.name not in still_named:
                 with contextlib.suppress(OSError):
