@@ -139,3 +139,11 @@ def test_as_keywords_renames_only_the_options_it_is_given():
     renamed = as_keywords(TextgenError("pass --skip-unknown; or run: textgen train CORPUS --run NAME --skip-unknown"),
                           {"skip_unknown", "run"}, {"skip_unknown"}, json=True)
     assert str(renamed) == 'pass "skip_unknown": true; or run: textgen train CORPUS --run NAME --skip-unknown'
+    # Inside a path, "--" is not an option; a word after one is its value only when it can be one.
+    names = {"units", "run", "checkpoint_dir", "size", "epochs", "overwrite"}
+    renamed = as_keywords(TextgenError("corpus file not found: /tmp/exp--units/a.txt; for the run in c/d: "
+                                       "--checkpoint-dir c --run d (chosen by --size auto); --epochs must be whole; "
+                                       "--overwrite must be true or false"), names, {"overwrite"},
+                          valued={"run", "checkpoint_dir"}, choices={"auto"})
+    assert str(renamed) == "corpus file not found: /tmp/exp--units/a.txt; for the run in c/d: checkpoint_dir='c' " \
+                           "run='d' (chosen by size='auto'); epochs must be whole; overwrite must be true or false"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig, SampleConfig, TrainConfig,
-                            command_line_options, split_training_options)
+                            command_line_options, rules, split_training_options)
 from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -26,7 +26,12 @@ from textgen.quiet_import import import_tensorflow_quietly
 # train()'s keywords that errors name (its other ones are paths and callbacks, refused in their own words)
 TRAIN_FLAGS = frozenset({"resume", "overwrite", "tensorboard"})
 TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(command_line_options(TrainConfig)) | {
-    "strategy", "run"} | TRAIN_FLAGS
+    "strategy", "run", "checkpoint_dir"} | TRAIN_FLAGS
+# The words that are values where they follow a train() option: any after run and checkpoint_dir (--run demo), and
+# the choices of the options that have them (--size auto).
+TRAIN_VALUED = frozenset({"run", "checkpoint_dir"})
+TRAIN_CHOICES = frozenset(choice for config in (ModelConfig, TrainConfig) for rule in rules(config).values()
+                          for choice in rule.choices or ())
 
 
 def _sampling_errors_as_keywords(method):
@@ -233,7 +238,7 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkp
                                resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                strategy=strategy)
     except TextgenError as error:
-        raise as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS) from None
+        raise as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES) from None
     except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
         raise stopped.in_python() from None
     return TextModel(summary["run_dir"], "best")

@@ -1,6 +1,7 @@
 """Errors meant for the user: the CLI prints their message as one line, no traceback."""
 
 import re
+from json import dumps
 from typing import Collection
 
 
@@ -21,27 +22,37 @@ class OptionError(TextgenError, ValueError):
 
 # A command inside a message ("train it again with: textgen train CORPUS --run NAME"), which keeps its spelling.
 _COMMAND = re.compile(r"textgen [a-z]+(?: [^;()]*)?")
-# An option as the command line spells it, with the value after it if there is one (a number or a placeholder),
-# and whether it is asked for: after "pass", "with", ... or before "to" (pass --resume to continue it).
-_OPTION = re.compile(r"(?P<asked>\b(?:pass|add|with|without|use) )?--(?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)"
-                     r"(?: (?P<value>-?\d[\d,.]*|[A-Z][A-Z_]*)\b)?(?P<to> to\b)?")
+# An option as the command line spells it (a word of its own, not inside a path such as a--b), whether it is asked
+# for (after "pass", "with", ...) and the word after it, which may be its value.
+_OPTION = re.compile(r"(?P<asked>\b(?:pass|add|with|without|use) )?(?<![^\s(])--(?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)"
+                     r"(?P<after> (?P<word>[^\s;,:)]+))?")
+_NUMBER = re.compile(r"-?\d[\d,.]*")
+_PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")  # NAME, CORPUS
 
 
-def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[str] = (),
-                json: bool = False) -> TextgenError:
+def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[str] = (), json: bool = False,
+                valued: Collection[str] = (), choices: Collection[str] = ()) -> TextgenError:
     """The error as the Python API (or, with json, the HTTP API) gives it: the options in names spelled as keywords
-    (--epochs 20 as epochs=20; a flag in flags, when asked for, "pass --resume", as resume=True) or JSON fields
-    ("epochs": 20, "skip_unknown": true); the rest of the message, and the commands in it, as the command line has
-    it. Of the same class as error, with its attributes."""
+    (--epochs 20 as epochs=20, --run NAME as run=NAME, a flag in flags when asked for, "pass --resume" or "--resume
+    to", as resume=True) or JSON fields ("epochs": 20, "skip_unknown": true). The word after an option is its value
+    when it is a number or a placeholder, one of choices (--size auto), or whatever follows an option in valued
+    (--run demo); else it stays a word of the sentence (--epochs must be ...). The rest of the message, and the
+    commands in it, as the command line has it. Of the same class as error, with its attributes."""
 
     def keyword(match: re.Match) -> str:
-        name, value = match["name"].replace("-", "_"), match["value"]
+        name, word, tail = match["name"].replace("-", "_"), match["word"], match["after"] or ""
         if name not in names:
             return match.group(0)
-        if value is None and name in flags and (match["asked"] or match["to"]):  # not "--resume must be a bool"
+        value = None
+        if word is not None and name not in flags:
+            if _NUMBER.fullmatch(word) or _PLACEHOLDER.fullmatch(word):
+                value, tail = word, ""
+            elif name in valued or word in choices:
+                value, tail = (dumps(word) if json else repr(word)), ""
+        elif name in flags and (match["asked"] or word == "to"):  # not "--resume must be true or false"
             value = "true" if json else "True"
         spelled = name if value is None else f'"{name}": {value}' if json else f"{name}={value}"
-        return (match["asked"] or "") + spelled + (match["to"] or "")
+        return (match["asked"] or "") + spelled + tail
 
     text, pieces, start = str(error), [], 0
     for command in _COMMAND.finditer(text):
