@@ -48,6 +48,8 @@ def test_an_invalid_run_name_says_what_was_probably_meant():
         check_run_name("笔记.txt")
     with pytest.raises(TextgenError, match=r"'my corpus.txt' trains the run 'my-corpus'\)$"):
         check_run_name("my corpus.txt")
+    with pytest.raises(TextgenError, match=r"'v1.2 beta' trains the run 'v1.2-beta'\)$"):  # not a file name: not 'v1'
+        check_run_name("v1.2 beta")
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):
