@@ -127,6 +127,30 @@ def test_resume_on_a_corpus_with_fewer_characters_keeps_the_checkpoints_ids(tmp_
     assert load_model(tmp_path / "r", batch_size=1)[1].vocab.chars == "A" + PERIOD
 
 
+def test_a_run_trained_when_a_byte_order_mark_was_text_resumes_on_its_unchanged_file(tmp_path, monkeypatch):
+    """textgen once kept a leading byte order mark as a character. Resumed on the same file, now read without it,
+    the run saved the file's shorter vocabulary beside the model's size: neither checkpoint could be read again."""
+    from textgen import corpus as corpus_module
+
+    corpus = tmp_path / "bom.txt"
+    corpus.write_bytes(b"\xef\xbb\xbf" + (PERIOD * 3000).encode())
+    reads = corpus_module._decoded_chunks
+
+    def keeping_the_mark(path, what):  # the earlier reader
+        chunks = reads(path, what)
+        yield "\ufeff" + next(chunks)
+        yield from chunks
+
+    monkeypatch.setattr(corpus_module, "_decoded_chunks", keeping_the_mark)
+    run(corpus, tmp_path)
+    monkeypatch.undo()
+    modified = corpus.stat().st_mtime_ns + 10**9
+    os.utime(corpus, ns=(modified, modified))  # touched: its corpus cache is built again, by today's reader
+    run(corpus, tmp_path, epochs=2, resume=True)
+    for kind in ("best", "last"):
+        assert load_model(tmp_path / "r", kind=kind)[1].vocab.chars == PERIOD + "\ufeff"
+
+
 def test_resume_on_its_own_corpus_edited_says_the_file_changed(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     write_text(periodic_corpus, PERIOD * 3000 + "Zé")
