@@ -188,6 +188,13 @@ def test_runs_lists_a_run_whose_metadata_files_are_both_gone_and_info_checks_eac
     assert [line.split()[:2] for line in listing.stdout.splitlines()[1:]] == \
         [["good", "period.txt"], ["lost", "damaged"]]
     assert "(textgen info --run lost says why)" in listing.stdout
+    # The run directory itself as --checkpoint-dir, as info and sample take it: it said "no runs".
+    listing = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "ck" / "lost")])
+    assert listing.exit_code == 0 and [line.split()[:2] for line in listing.stdout.splitlines()[1:2]] == \
+        [["lost", "damaged"]], listing.output
+    info = CliRunner().invoke(cli, ["info", "--checkpoint-dir", str(tmp_path / "ck" / "lost")])
+    assert info.exit_code == 1 and f"{tmp_path / 'ck' / 'lost'} holds checkpoint files but no best.json or last.json " \
+        "to name them: a damaged run" in info.output, info.output  # it said "no checkpoint in ...; train one first"
 
     meta = json.loads((tmp_path / "ck" / "good" / "best.json").read_text())
     weights, state = meta["files"]["weights"]["name"], meta["files"]["state"]["name"]
