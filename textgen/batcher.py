@@ -112,6 +112,16 @@ class Batcher:
             self.retired = True
             self.condition.notify()
 
+    def stop(self, timeout: float) -> None:
+        """Cancel every request and wait up to timeout seconds for the thread to stop (a server's exit: a thread
+        still inside TensorFlow when the interpreter ends can abort the process)."""
+        with self.condition:
+            for job in self.active() + list(self.waiting):
+                job.cancel()
+            self.retired = True
+            self.condition.notify()
+        self.thread.join(timeout)
+
     def active(self) -> list[Job]:
         return list(dict.fromkeys(job for job in self.slots if job is not None))
 

@@ -16,6 +16,7 @@ loads it, and the requests already running finish on the model they started with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import errno
@@ -49,6 +50,18 @@ DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its clie
 
 EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}'}  # the rest: EXAMPLE_BODY
 EXAMPLE_BODY = '{"prime": "The ", "length": 100}'
+
+
+def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
+    """The batcher's deliver callback for a request served on loop: it puts each piece in inbox. After a second
+    Ctrl-C the loop closes while the batcher's thread still runs; its pieces then go nowhere, without the traceback
+    of "Event loop is closed" (raised again from its error handler, it killed the thread with a second one)."""
+
+    def deliver(piece) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(inbox.put_nowait, piece)
+
+    return deliver
 
 
 class ApiError(Exception):
@@ -102,11 +115,20 @@ class Runs:
         self._loaded: dict[str, Served] = {}
         self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
         self._guard = threading.Lock()
+        self._batchers: list = []  # every batcher running, the retired ones that still finish requests too (stop())
+        self._batchers_lock = threading.Lock()
         found = find_run(self.checkpoint_dir, default)
         self.default = found.name
         # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
         self._keep(self._load(self.default, found))
         self._last_used[self.default] = time.monotonic()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel the requests still generating and stop every batcher (the server's exit)."""
+        with self._batchers_lock:
+            batchers = list(self._batchers)
+        for batcher in batchers:
+            batcher.stop(timeout)
 
     def paths(self) -> dict[str, Path]:
         from textgen.runs import list_runs
@@ -187,7 +209,10 @@ class Runs:
 
         version = checkpoint_version(path)  # before loading: a save in between costs one more reload, never a miss
         generator = Generator.load(path)
-        return Served(name, generator, Batcher(generator, self.buckets), path, version)
+        batcher = Batcher(generator, self.buckets)
+        with self._batchers_lock:  # the stopped ones go: each holds its model
+            self._batchers = [*(old for old in self._batchers if old.thread.is_alive()), batcher]
+        return Served(name, generator, batcher, path, version)
 
     def _reload(self, served: Served) -> Served:
         """The run with its newer checkpoint; its old batcher finishes what it runs, then stops. While one request
@@ -372,7 +397,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         served, job = await run_in_threadpool(  # in a thread: the first use of a run (or a new checkpoint) loads it
-            runs.submit, body.run, config, lambda piece: loop.call_soon_threadsafe(inbox.put_nowait, piece))
+            runs.submit, body.run, config, _deliverer(loop, inbox))
         if body.stream:
             return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache"})
@@ -507,6 +532,8 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         server.run()
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it has stopped: stopping was the ask
         pass
+    finally:
+        app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
     if server.force_exit:
         logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
 
