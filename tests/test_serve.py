@@ -749,7 +749,7 @@ def test_the_servers_exit_stops_every_batcher_still_generating(trained_run):
     """After a second Ctrl-C the requests were cut but their batchers went on generating in daemon threads: one
     still inside TensorFlow when the interpreter ends can abort the process ("FATAL: exception not rethrown")."""
     from textgen.config import SampleConfig
-    from textgen.serve import Runs
+    from textgen.serve import ApiError, Runs
 
     runs = Runs(trained_run["checkpoint_dir"], None, (1, 4))
     batcher = runs.get(None).batcher
@@ -760,6 +760,30 @@ def test_the_servers_exit_stops_every_batcher_still_generating(trained_run):
     started = time.monotonic()
     runs.stop()
     assert ended.is_set() and job.cancelled and not batcher.thread.is_alive() and time.monotonic() - started < 10
+    with pytest.raises(ApiError, match="the server is stopping") as refused:  # no batcher started after stop()
+        runs.submit(None, SampleConfig(length=5), lambda piece: None)
+    assert refused.value.status == 503
+
+
+def test_an_unloaded_run_leaves_memory_once_its_batcher_has_stopped(trained_run, tmp_path):
+    """The list of batchers kept for the exit held every model ever loaded (an evicted run, a replaced checkpoint)."""
+    import gc
+    import shutil
+    import weakref
+
+    from textgen.serve import Runs
+
+    for name in ("a", "b", "c"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    runs = Runs(tmp_path, "a", (1,), max_loaded=2)
+    evicted = runs.get("b")
+    generator, thread = weakref.ref(evicted.generator), evicted.batcher.thread
+    del evicted
+    runs.get("c")  # b goes: the least recently used that is not the default
+    thread.join(30)
+    gc.collect()
+    assert generator() is None
+    runs.stop()
 
 
 def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_no_server_path(trained_run,

@@ -87,6 +87,7 @@ class Batcher:
         self.condition = threading.Condition()
         self.retired = False  # set by retire(): finish the requests already taken, then stop
         self.closed = False  # the thread has stopped: submit() refuses
+        self.stopping = False  # stop() was called: its requests are cancelled, and submit() refuses
         self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
         self.thread.start()
 
@@ -98,7 +99,7 @@ class Batcher:
         prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning)
         job = Job(TextStreams(self.vocab, config, prime), deliver)
         with self.condition:
-            if self.closed:
+            if self.closed or self.stopping:
                 raise BatcherClosed("this batcher has stopped; submit to its run's current one")
             if prime:
                 deliver(Piece(None, prime))
@@ -118,7 +119,7 @@ class Batcher:
         with self.condition:
             for job in self.active() + list(self.waiting):
                 job.cancel()
-            self.retired = True
+            self.retired = self.stopping = True
             self.condition.notify()
         self.thread.join(timeout)
 

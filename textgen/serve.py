@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -115,20 +116,26 @@ class Runs:
         self._loaded: dict[str, Served] = {}
         self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
         self._guard = threading.Lock()
-        self._batchers: list = []  # every batcher running, the retired ones that still finish requests too (stop())
+        # Every batcher whose thread runs (it holds it), the retired ones that still finish requests too (stop()):
+        # weakly, so that one whose thread has ended does not keep its model in memory.
+        self._batchers: weakref.WeakSet = weakref.WeakSet()
         self._batchers_lock = threading.Lock()
+        self._stopping = False
         found = find_run(self.checkpoint_dir, default)
         self.default = found.name
         # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
         self._keep(self._load(self.default, found))
         self._last_used[self.default] = time.monotonic()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel the requests still generating and stop every batcher (the server's exit)."""
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel the requests still generating and stop every batcher, waiting up to timeout seconds in all (the
+        server's exit); later loads and requests are refused."""
         with self._batchers_lock:
+            self._stopping = True
             batchers = list(self._batchers)
+        deadline = time.monotonic() + timeout
         for batcher in batchers:
-            batcher.stop(timeout)
+            batcher.stop(max(0.0, deadline - time.monotonic()))
 
     def paths(self) -> dict[str, Path]:
         from textgen.runs import list_runs
@@ -209,9 +216,11 @@ class Runs:
 
         version = checkpoint_version(path)  # before loading: a save in between costs one more reload, never a miss
         generator = Generator.load(path)
-        batcher = Batcher(generator, self.buckets)
-        with self._batchers_lock:  # the stopped ones go: each holds its model
-            self._batchers = [*(old for old in self._batchers if old.thread.is_alive()), batcher]
+        with self._batchers_lock:  # not after stop() took the list: its thread would outlive the server
+            if self._stopping:
+                raise ApiError("the server is stopping", status=503)
+            batcher = Batcher(generator, self.buckets)
+            self._batchers.add(batcher)
         return Served(name, generator, batcher, path, version)
 
     def _reload(self, served: Served) -> Served:
@@ -252,7 +261,8 @@ class Runs:
             try:
                 return served, served.batcher.submit(config, deliver)
             except BatcherClosed:  # replaced by a newer checkpoint and stopped between the two lines: try the new one
-                continue
+                if self._stopping:
+                    raise ApiError("the server is stopping", status=503) from None
 
 
 class GenerateRequest(BaseModel):
