@@ -258,7 +258,7 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--stop", ""], "--stop is empty; give the text, or leave --stop out",
      1, None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}", "--run", "good.txt"],
-     "good.txt is a file, not a run's directory; choose another --run name", 1, None),  # was "(File exists)"
+     "good.txt is a file, not a run's directory; choose another name with --run NAME", 1, None),  # was "(File exists)"
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck", "--overwrite"],
      "is not an earlier export (it holds good)", 1, None),
     (["export", "--checkpoint-dir", "{root}/ck", "--run", "good", "-o", "{root}/ck/good", "--overwrite"],

@@ -36,7 +36,7 @@ def test_a_run_named_as_earlier_versions_named_it_is_still_found(tmp_path):
 
 
 def test_an_invalid_run_name_says_what_was_probably_meant():
-    with pytest.raises(TextgenError, match=r"invalid run name 'my corpus': .* trains the run 'my-corpus'\)$"):
+    with pytest.raises(TextgenError, match=r"invalid run name 'my corpus': .* \(such as 'my-corpus'\)$"):
         check_run_name("my corpus")
     with pytest.raises(TextgenError, match=r"for the run in checkpoints/demo: --checkpoint-dir checkpoints "
                                            r"--run demo\)$"):
@@ -48,8 +48,11 @@ def test_an_invalid_run_name_says_what_was_probably_meant():
         check_run_name("笔记.txt")
     with pytest.raises(TextgenError, match=r"'my corpus.txt' trains the run 'my-corpus'\)$"):
         check_run_name("my corpus.txt")
-    with pytest.raises(TextgenError, match=r"'v1.2 beta' trains the run 'v1.2-beta'\)$"):  # not a file name: not 'v1'
+    # Not a file name: a name it could be (training a file called 'v1.2 beta' would name the run after 'v1').
+    with pytest.raises(TextgenError, match=r"invalid run name 'v1.2 beta': .* only \(such as 'v1.2-beta'\)$"):
         check_run_name("v1.2 beta")
+    with pytest.raises(TextgenError, match=r"'my notes.markdown' trains the run 'my-notes'\)$"):
+        check_run_name("my notes.markdown")
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

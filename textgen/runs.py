@@ -54,11 +54,10 @@ def check_run_name(name: str) -> str:
         if "/" in name.strip("/") and RUN_NAME.match(Path(name).name):  # a run directory given as a name
             hint = f" (for the run in {name}: --checkpoint-dir {Path(name).parent} --run {Path(name).name})"
         elif name and "/" not in name:
-            # A file name ('笔记.txt') names its run without the extension, as training does; a name with dots that
-            # is not one ('v1.2 beta') keeps them.
-            stem = Path(name).stem if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,4}", Path(name).suffix) else name
-            if (cleaned := _cleaned(_without_accents(stem), stem)) != name:
-                hint = f" (a corpus file called {name!r} trains the run {cleaned!r})"
+            if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,8}", Path(name).suffix):  # a corpus file's name ('笔记.txt')
+                hint = f" (a corpus file called {name!r} trains the run {default_run_name(Path(name))!r})"
+            elif (cleaned := _cleaned(_without_accents(name), name)) != name:  # 'v1.2 beta'
+                hint = f" (such as {cleaned!r})"
         raise TextgenError(f"invalid run name {name!r}: use ASCII letters, digits, '.', '_' and '-' only{hint}")
     return name
 

@@ -209,7 +209,7 @@ def _locked_run_dir(run_dir: Path):
     what this training created, so that no empty run is left for the listing to call unfinished or damaged.
     Only the lock holder cleans up: two trainings started at once into a new run both find it absent."""
     if run_dir.exists() and not run_dir.is_dir():  # else "cannot write ... (File exists)"
-        raise TextgenError(f"{run_dir} is a file, not a run's directory; choose another --run name")
+        raise TextgenError(f"{run_dir} is a file, not a run's directory; choose another name with --run NAME")
     created = [path for path in (run_dir.parent, run_dir) if not path.exists()]
     with contextlib.ExitStack() as held:
         probe = run_dir / ".write-test"  # the lock's file may be left from a killed run, writable in a read-only folder
