@@ -102,7 +102,20 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
     ("Plain at first. Voilà l'été, « déjà » — ça va.\n".encode("cp1252") * 30,
      "(it looks like Windows-1252 (Western European) text: convert it, e.g. with iconv -f cp1252 -t utf-8"),
     ("Café crème, déjà vu: UTF-8 here, ".encode() * 20 + "but not here: été.".encode("latin-1"),
-     "(it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there)"),
+     "(it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there)"),
+    # A few UTF-8 characters, then one Windows-1252 line: mixed (it was told to convert the whole file).
+    ("It\u2019s a truth \u2014 universally acknowledged.\n".encode() + b"Caf\xe9 au lait.\n" + b"plain text\n" * 200,
+     "(it is UTF-8 around that byte: the file mixes encodings"),
+    # Cyrillic, Greek, Arabic in their legacy encodings are whole words of "Latin" letters in Windows-1252: no guess
+    # (they were told Windows-1252, which made mojibake that trained); two CJK characters fit every table: none.
+    ("Съешь же ещё этих мягких французских булок, да выпей чаю.\n".encode("cp1251") * 30,
+     "(convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8"),
+    ("Ξεσκεπάζω την ψυχοφθόρα βδελυγμία.\n".encode("cp1253") * 30, "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
+    ("你好".encode("gbk"), "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
+    ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n".encode("euc_jp") * 10,
+     "(it looks like Japanese EUC-JP text: convert it, e.g. with iconv -f euc-jp -t utf-8"),  # was "Korean EUC-KR"
+    # Russian in UTF-16 without NULs is ASCII with a control character before each letter: not UTF-8 with NULs.
+    ("Съешь же ещё этих мягких французских булок.\n".encode("utf-16-le") * 30, "is UTF-16LE text, not UTF-8"),
     (bytes(byte or 1 for byte in random.Random(0).randbytes(4096)),  # no NUL: not "binary"
      "(convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt)"),
     # Chinese in UTF-16 without a byte order mark was "binary"; UTF-32 was told UTF-16.

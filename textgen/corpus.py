@@ -80,11 +80,10 @@ def _decoded_chunks(path: Path, what: str):
         try:
             text = decoder.decode(block)
         except UnicodeDecodeError as error:  # error.start counts from the buffered bytes
-            data = buffered + block
-            utf8_bytes += _high_bytes(data[:error.start])
-            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset "
-                               f"{offset - len(buffered) + error.start}): {path} "
-                               f"({_conversion_advice(data[error.start:], utf8_bytes >= UTF8_EVIDENCE)})") from None
+            at = offset - len(buffered) + error.start
+            utf8_bytes += _high_bytes((buffered + block)[:error.start])
+            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} "
+                               f"({_conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE)})") from None
         if utf8_bytes < UTF8_EVIDENCE:
             utf8_bytes += _high_bytes(block)
         if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
@@ -115,8 +114,9 @@ def _wide_encoding(head: bytes) -> Optional[str]:
     for zeros, other, name in ((sample[1::2], sample[0::2], "utf-16le"), (sample[0::2], sample[1::2], "utf-16be")):
         if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
             return name
-    if _decodes(sample.replace(b"\0", b""), "utf-8"):
-        return None
+    stripped = _decodes(sample.replace(b"\0", b""), "utf-8")  # NULs in UTF-8 text, or the text without them:
+    if stripped is not None and sum(map(_reads_as_text, stripped)) >= 0.95 * len(stripped):  # then it is text
+        return None  # (Cyrillic UTF-16 without its NULs is ASCII too, a control character before each letter)
     for name in ("utf-16le", "utf-16be"):
         text = sample.decode(name, errors="replace")
         if sum(map(_reads_as_text, text)) >= 0.95 * len(text):
@@ -149,12 +149,21 @@ def _high_bytes(data: bytes) -> int:
     return len(data) - len(data.translate(None, _HIGH))
 
 
-def _conversion_advice(rest: bytes, utf8: bool) -> str:
-    """What to do about a file that is not UTF-8 from the start of rest: fix the bytes there if it is UTF-8 before
-    them (utf8), else convert it from the legacy encoding it looks like."""
-    if utf8:
-        return "it is UTF-8 before that byte: the file mixes encodings; fix or remove the bytes there"
-    guess = _legacy_encoding(rest[:LEGACY_SAMPLE])
+def _conversion_advice(path: Path, at: int, utf8_before: bool) -> str:
+    """What to do about a file that is not UTF-8 from byte at: fix the bytes there if it is UTF-8 around them
+    (utf8_before: plenty of UTF-8 before them; or, near them, more valid UTF-8 characters than bad bytes, where a
+    legacy encoding's text read as UTF-8 has at most 0.4 valid pairs for each bad byte), else convert it from the
+    legacy encoding it looks like, if it looks like one."""
+    with open(path, "rb") as handle:  # from the file: a block may end just after the bad byte
+        handle.seek(max(0, at - LEGACY_SAMPLE))
+        before = handle.read(at - max(0, at - LEGACY_SAMPLE))
+        rest = handle.read(LEGACY_SAMPLE)
+    near = (before + rest).decode("utf-8", errors="replace")
+    bad = near.count("\ufffd")
+    valid = sum(ord(ch) > 127 for ch in near) - bad
+    if utf8_before or valid >= max(2, bad):
+        return "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
+    guess = _legacy_encoding(rest)
     if guess is None:
         return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
     return f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt > out.txt"
@@ -166,17 +175,21 @@ _PUNCTUATION = ("LEFT", "RIGHT", "EN DASH", "EM DASH", "HORIZONTAL", "MIDDLE DOT
 # its non-ASCII characters come from, and the share of them that one script must reach, which tells the double-byte
 # encodings apart: Japanese has kana, and Korean is mostly Hangul, where GB2312's Chinese read as EUC-KR is part
 # Hangul, part Hanja, and GBK's read as Shift-JIS has half-width katakana, not kana).
+_KANA = (("HIRAGANA", "KATAKANA"), 0.1)
 _LEGACY = (
-    ("shift_jis", "Japanese Shift-JIS", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION),
-     (("HIRAGANA", "KATAKANA"), 0.1)),
-    ("euc-kr", "Korean EUC-KR", ("HANGUL", "CJK", *_PUNCTUATION), (("HANGUL",), 0.8)),
+    ("shift_jis", "Japanese Shift-JIS", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION), _KANA),
+    ("euc-jp", "Japanese EUC-JP", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION), _KANA),
+    ("euc-kr", "Korean EUC-KR", ("HANGUL", "CJK", *_PUNCTUATION), (("HANGUL SYLLABLE",), 0.8)),
     ("gb18030", "Chinese GB18030 (GBK, GB2312)", ("CJK", *_PUNCTUATION), None),
     ("big5", "Traditional Chinese Big5", ("CJK", *_PUNCTUATION), None),
     ("cp1252", "Windows-1252 (Western European)", ("LATIN", "EURO", "DEGREE", "NO-BREAK", "INVERTED", "SECTION",
                                                     "COPYRIGHT", *_PUNCTUATION), None),
 )
+LEGACY_MIN_CHARS = 10  # fewer non-ASCII characters than this make no guess (two CJK characters fit every table)
 DOUBLE_BYTE_RUN = 2.0  # mean length of the non-ASCII runs a double-byte (CJK) reading must reach: Windows-1252's
 # accented letters and curly quotes read as GB18030 make one ideograph each between Latin letters ("It抯")
+SINGLE_BYTE_RUN = 1.5  # and the most a Western European reading may have: its accented letters stand among ASCII
+# ones, where Cyrillic, Greek, Hebrew or Arabic words, also "Latin" letters in Windows-1252, are runs of them
 
 
 def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
@@ -188,12 +201,12 @@ def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
         if text is None:
             continue
         wide = [unicodedata.name(ch, "") for ch in text if ord(ch) > 127]
-        if not wide or sum(label.startswith(scripts) for label in wide) < 0.9 * len(wide):
+        if len(wide) < LEGACY_MIN_CHARS or sum(label.startswith(scripts) for label in wide) < 0.9 * len(wide):
             continue
         if dominant and sum(label.startswith(dominant[0]) for label in wide) < dominant[1] * len(wide):
             continue
-        runs = re.findall(r"[^\x00-\x7f]+", text)
-        if name != "cp1252" and len(wide) < DOUBLE_BYTE_RUN * len(runs):
+        runs = len(re.findall(r"[^\x00-\x7f]+", text))
+        if len(wide) < DOUBLE_BYTE_RUN * runs if name != "cp1252" else len(wide) > SINGLE_BYTE_RUN * runs:
             continue
         return name, description
     return None
