@@ -172,10 +172,10 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
     state_path = run_dir / f"{stem}.state.npz"
     # Each kind's metadata as it was: a failure after "last" was rewritten puts it back, so that a run's two files
     # never name two different checkpoints (a new run's with an --overwrite run's earlier one) after a failure.
-    previous = {kind: meta_path(run_dir, kind).read_bytes() if meta_path(run_dir, kind).is_file() else None
-                for kind in kinds}
-    rewritten = []
+    previous, rewritten = {}, []
     try:
+        previous = {kind: meta_path(run_dir, kind).read_bytes() if meta_path(run_dir, kind).is_file() else None
+                    for kind in kinds}
         atomic_write(weights_path, lambda tmp: model.save_weights(str(tmp)))
         atomic_write(state_path, lambda tmp: np.savez(tmp, **training_state))
         meta = dataclasses.replace(
