@@ -112,6 +112,8 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
      "(convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8"),
     ("Ξεσκεπάζω την ψυχοφθόρα βδελυγμία.\n".encode("cp1253") * 30, "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
     ("你好".encode("gbk"), "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
+    # As many valid UTF-8 pairs as bad bytes: still GBK, not a UTF-8 file with bad bytes.
+    ("天下大势，分久必合，合久必分。\n".encode("gbk") * 50, "looks like Chinese GB18030"),
     ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n".encode("euc_jp") * 10,
      "(it looks like Japanese EUC-JP text: convert it, e.g. with iconv -f euc-jp -t utf-8"),  # was "Korean EUC-KR"
     # Russian in UTF-16 without NULs is ASCII with a control character before each letter: not UTF-8 with NULs.

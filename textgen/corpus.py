@@ -150,23 +150,25 @@ def _high_bytes(data: bytes) -> int:
 
 
 def _conversion_advice(path: Path, at: int, utf8_before: bool) -> str:
-    """What to do about a file that is not UTF-8 from byte at: fix the bytes there if it is UTF-8 around them
-    (utf8_before: plenty of UTF-8 before them; or, near them, more valid UTF-8 characters than bad bytes, where a
-    legacy encoding's text read as UTF-8 has at most 0.4 valid pairs for each bad byte), else convert it from the
-    legacy encoding it looks like, if it looks like one."""
+    """What to do about a file that is not UTF-8 from byte at: fix the bytes there if it is UTF-8 (utf8_before:
+    plenty of UTF-8 before them), else convert it from the legacy encoding it looks like; when it looks like none,
+    fix the bytes if UTF-8 characters near them are at least as many (a few curly quotes, then one Windows-1252
+    word), else convert it from an encoding the message cannot name. A legacy encoding's text can also read as UTF-8
+    in places (GBK's 天下大势 has as many valid pairs as bad bytes): its guess comes first."""
+    if utf8_before:
+        return "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
     with open(path, "rb") as handle:  # from the file: a block may end just after the bad byte
         handle.seek(max(0, at - LEGACY_SAMPLE))
         before = handle.read(at - max(0, at - LEGACY_SAMPLE))
         rest = handle.read(LEGACY_SAMPLE)
+    guess = _legacy_encoding(rest)
+    if guess is not None:
+        return f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt > out.txt"
     near = (before + rest).decode("utf-8", errors="replace")
     bad = near.count("\ufffd")
-    valid = sum(ord(ch) > 127 for ch in near) - bad
-    if utf8_before or valid >= max(2, bad):
+    if sum(ord(ch) > 127 for ch in near) - bad >= max(2, bad):
         return "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
-    guess = _legacy_encoding(rest)
-    if guess is None:
-        return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
-    return f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt > out.txt"
+    return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
 
 
 LEGACY_SAMPLE = 4096  # bytes from the first non-UTF-8 byte that the encoding guess reads
