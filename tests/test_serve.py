@@ -835,6 +835,29 @@ def test_a_run_deleted_while_its_new_checkpoint_loads_is_not_served_from_memory(
     assert refused.value.status == 404 and "gone" not in runs._loaded
 
 
+def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tmp_path, monkeypatch):
+    """GET /v1/models (which the playground asks after every generation) parsed every run's metadata, history and
+    vocabulary included, on each call."""
+    import shutil
+
+    from textgen import checkpoint
+    from textgen.serve import Runs
+
+    for name in ("main", "other"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    runs = Runs(tmp_path, "main", (1,))
+    reads = []
+    read_run_meta = checkpoint.read_run_meta
+    monkeypatch.setattr(checkpoint, "read_run_meta", lambda path: reads.append(path.name) or read_run_meta(path))
+    first = [runs.describe(name, path) for name, path in runs.paths().items()]
+    assert [runs.describe(name, path) for name, path in runs.paths().items()] == first and reads == ["other"]
+    best = tmp_path / "other" / "best.json"
+    meta = json.loads(best.read_text())
+    meta["epoch"] = 7
+    best.write_text(json.dumps(meta))  # a new checkpoint saved by a training
+    assert runs.describe("other", tmp_path / "other")["epochs"] == 7 and reads == ["other", "other"]
+
+
 def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoint_it_would_serve(trained_run,
                                                                                                    tmp_path):
     import shutil

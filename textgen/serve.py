@@ -121,6 +121,7 @@ class Runs:
         self._batchers: weakref.WeakSet = weakref.WeakSet()
         self._batchers_lock = threading.Lock()
         self._stopping = False
+        self._described: dict = {}  # run directory -> (its metadata files' stamps, the metadata describe() shows)
         found = find_run(self.checkpoint_dir, default)
         self.default = found.name
         # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
@@ -143,14 +144,18 @@ class Runs:
         return {path.name: path for path in list_runs(self.checkpoint_dir)}
 
     def describe(self, name: str, path: Path) -> dict:
-        from textgen.checkpoint import read_run_meta
+        from textgen.checkpoint import meta_stamp, read_run_meta
 
         served = self._loaded.get(name)
         try:
             if served is not None and served.current:
                 meta = served.generator.meta
-            else:  # what loading it would serve
-                meta = read_run_meta(path).best_else_last
+            else:  # what loading it would serve, read again only when a metadata file changed (the playground asks
+                # after every generation, and a run's metadata holds its history and vocabulary)
+                stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
+                if self._described.get(path, (None,))[0] != stamp:
+                    self._described[path] = stamp, read_run_meta(path).best_else_last
+                meta = self._described[path][1]
         except TextgenError as error:
             return dict(name=name, error=str(error))
         val = meta.state.val_loss
