@@ -8,7 +8,7 @@ import pytest
 
 from conftest import write_text
 from textgen import corpus as corpus_module
-from textgen.corpus import load_corpus, read_text, scan
+from textgen.corpus import MIXED, load_corpus, read_text, scan
 from textgen.errors import TextgenError
 
 
@@ -96,11 +96,13 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
     ("中華民國憲法第一條：中華民國基於三民主義，為民有民治民享之民主共和國。\n".encode("big5") * 30,
      "(it looks like Traditional Chinese Big5 text: convert it, e.g. with iconv -f big5 -t utf-8"),
     ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n".encode("shift_jis") * 30,
-     "(it looks like Japanese Shift-JIS text: convert it, e.g. with iconv -f shift_jis -t utf-8"),
+     "(it looks like Japanese Shift-JIS (Windows cp932) text: convert it, e.g. with iconv -f cp932 -t utf-8"),
     ("대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있다.\n".encode("euc-kr") * 30,
-     "(it looks like Korean EUC-KR text: convert it, e.g. with iconv -f euc-kr -t utf-8"),
+     "(it looks like Korean EUC-KR (Windows cp949) text: convert it, e.g. with iconv -f cp949 -t utf-8"),
     ("Plain at first. Voilà l'été, « déjà » — ça va.\n".encode("cp1252") * 30,
-     "(it looks like Windows-1252 (Western European) text: convert it, e.g. with iconv -f cp1252 -t utf-8"),
+     "(it looks like text in an 8-bit Latin encoding, such as Windows-1252 (Western European), Windows-1250 "
+     "(Central European) or Windows-1254 (Turkish): convert it with iconv -f ENCODING -t utf-8 in.txt > out.txt, "
+     "ENCODING being the file's (iconv -l lists them))"),
     ("Café crème, déjà vu: UTF-8 here, ".encode() * 20 + "but not here: été.".encode("latin-1"),
      "(it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there)"),
     # A few UTF-8 characters, then one Windows-1252 line: mixed (it was told to convert the whole file).
@@ -112,6 +114,15 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
      "(convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8"),
     ("Ξεσκεπάζω την ψυχοφθόρα βδελυγμία.\n".encode("cp1253") * 30, "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
     ("你好".encode("gbk"), "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
+    # Czech in Windows-1250 reads as Windows-1252 letters (č as è): the Latin encodings are named, none chosen.
+    ("Včera jsme šli do divadla a potom na večeři.\nPraha je hlavní město České republiky.\n".encode("cp1250") * 5,
+     "8-bit Latin encoding"),
+    # Windows' Japanese (①) and Korean (똠) beyond Shift-JIS and EUC-KR read as GB18030; Thai as Chinese garbage.
+    ("価格は～5,000円、詳しくは①と②を参照。\n今日はとても良い天気ですね。\n".encode("cp932") * 5, "iconv -f cp932"),
+    ("똠방각하 햏자 쌰라있네 뷁.\n안녕하세요, 오늘 날씨가 정말 좋네요.\n".encode("cp949") * 5, "iconv -f cp949"),
+    ("ฉันชอบอ่านหนังสือตอนเย็น\n".encode("tis-620"), "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
+    # A legacy part, then a UTF-8 one (cat joins them): converting the whole garbled the UTF-8 part.
+    ("Voilà l'été, déjà.\n".encode("cp1252") * 100 + "Voilà l'été, déjà.\n".encode() * 200, MIXED),
     # As many valid UTF-8 pairs as bad bytes: still GBK, not a UTF-8 file with bad bytes.
     ("天下大势，分久必合，合久必分。\n".encode("gbk") * 50, "looks like Chinese GB18030"),
     ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n".encode("euc_jp") * 10,
@@ -129,9 +140,9 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
                                       "utf-8"),
     ("To be.".encode("utf-16"), "is UTF-16 text, not UTF-8"),
     # Windows-1252 whose accented letters and curly quotes each precede a letter read as GB18030 pairs ("It抯").
-    ("It\u2019s a dog\u2019s life, isn\u2019t it?\n".encode("cp1252") * 40, "looks like Windows-1252"),
+    ("It\u2019s a dog\u2019s life, isn\u2019t it?\n".encode("cp1252") * 40, "8-bit Latin encoding"),
     ("Schr\u00f6dinger and G\u00f6del met M\u00fcller in Z\u00fcrich.\n".encode("cp1252") * 40,
-     "looks like Windows-1252"),
+     "8-bit Latin encoding"),
     # GBK whose first characters happen to be valid UTF-8 pairs (小 is D0 A1): not "mixes encodings".
     ("小王子\n第一章\n当我还只有六岁的时候…\n".encode("gbk") * 20, "looks like Chinese GB18030"),
     # GB2312 also decodes as EUC-KR (part Hangul, part Hanja): Korean is mostly Hangul.

@@ -150,56 +150,76 @@ def _high_bytes(data: bytes) -> int:
 
 
 def _conversion_advice(path: Path, at: int, utf8_before: bool) -> str:
-    """What to do about a file that is not UTF-8 from byte at: fix the bytes there if it is UTF-8 (utf8_before:
-    plenty of UTF-8 before them), else convert it from the legacy encoding it looks like; when it looks like none,
-    fix the bytes if UTF-8 characters near them are at least as many (a few curly quotes, then one Windows-1252
-    word), else convert it from an encoding the message cannot name. A legacy encoding's text can also read as UTF-8
-    in places (GBK's 天下大势 has as many valid pairs as bad bytes): its guess comes first."""
+    """What to do about a file that is not UTF-8 from byte at.
+
+    - Fix the bytes there if it is UTF-8 (utf8_before: plenty of UTF-8 before them).
+    - Else convert it from the double-byte (CJK) encoding it reads as convincingly, if one.
+    - Else fix the bytes if valid UTF-8 characters after them are at least as many as the bad bytes (a few curly
+      quotes, then one Windows-1252 word; a legacy part, then a UTF-8 one, as `cat` joins them). A CJK text can read
+      as UTF-8 in places (GBK's 天下大势 has as many valid pairs as bad bytes): its guess comes first.
+    - Else, for Latin letters, name the usual 8-bit encodings without choosing one: Windows-1252, -1250 and -1254
+      read each other's bytes as letters too (Czech č as è), so a guess would be confidently wrong.
+    - Else ask for the file's encoding."""
     if utf8_before:
-        return "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
+        return MIXED
     with open(path, "rb") as handle:  # from the file: a block may end just after the bad byte
         handle.seek(max(0, at - LEGACY_SAMPLE))
         before = handle.read(at - max(0, at - LEGACY_SAMPLE))
-        rest = handle.read(LEGACY_SAMPLE)
-    guess = _legacy_encoding(rest)
-    if guess is not None:
+        rest = handle.read(MIXED_SPAN)
+    guess = _legacy_encoding(rest[:LEGACY_SAMPLE])
+    if guess is not None and guess[0] != LATIN:
         return f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt > out.txt"
     near = (before + rest).decode("utf-8", errors="replace")
     bad = near.count("\ufffd")
     if sum(ord(ch) > 127 for ch in near) - bad >= max(2, bad):
-        return "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
+        return MIXED
+    if guess is not None:
+        return ("it looks like text in an 8-bit Latin encoding, such as Windows-1252 (Western European), Windows-1250 "
+                "(Central European) or Windows-1254 (Turkish): convert it with iconv -f ENCODING -t utf-8 in.txt > "
+                "out.txt, ENCODING being the file's (iconv -l lists them)")
     return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
 
 
+MIXED = "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
 LEGACY_SAMPLE = 4096  # bytes from the first non-UTF-8 byte that the encoding guess reads
+MIXED_SPAN = 1 << 20  # and that the count of valid UTF-8 characters after it reads
+LATIN = ""  # the "iconv name" of a guess that the text is in one of the 8-bit Latin encodings, unknown which
 _PUNCTUATION = ("LEFT", "RIGHT", "EN DASH", "EM DASH", "HORIZONTAL", "MIDDLE DOT", "IDEOGRAPHIC", "FULLWIDTH")
-# Legacy encodings a text that is not UTF-8 is often in, tried in this order: (iconv name, description, the scripts
-# its non-ASCII characters come from, and the share of them that one script must reach, which tells the double-byte
-# encodings apart: Japanese has kana, and Korean is mostly Hangul, where GB2312's Chinese read as EUC-KR is part
-# Hangul, part Hanja, and GBK's read as Shift-JIS has half-width katakana, not kana).
+_JAPANESE = ("HIRAGANA", "KATAKANA", "CJK", "CIRCLED", "PARENTHESIZED", "SQUARE", "ROMAN NUMERAL", *_PUNCTUATION)
 _KANA = (("HIRAGANA", "KATAKANA"), 0.1)
+# The commonest Chinese characters (simplified and traditional): a quarter of running text, and rare in the
+# ideographs other scripts' bytes make when read as GB18030 or Big5 (Thai TIS-620 read as GB18030).
+_COMMON_HANZI = frozenset("的一是不了在人有我他这個个们們中来來上大为為和国國"
+                          "地到以说說时時要就出会會可也你对對生能而子那得于於着著下自之年")
+# Legacy encodings a text that is not UTF-8 is often in, tried in this order: (Python codec, iconv name, description,
+# the scripts its non-ASCII characters come from, the share of them that one script must reach, which tells the
+# double-byte encodings apart (Japanese has kana, Korean is mostly Hangul syllables, where GB2312's Chinese read as
+# EUC-KR is part Hangul, part Hanja, and GBK's read as Shift-JIS has half-width katakana), and whether common
+# Chinese characters must appear). Windows' supersets (cp932, cp949) decode what their base encodings refuse
+# (①, 똠), and iconv's cp932 keeps '\' and '~' where its SHIFT_JIS makes them '¥' and '‾'.
 _LEGACY = (
-    ("shift_jis", "Japanese Shift-JIS", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION), _KANA),
-    ("euc-jp", "Japanese EUC-JP", ("HIRAGANA", "KATAKANA", "CJK", *_PUNCTUATION), _KANA),
-    ("euc-kr", "Korean EUC-KR", ("HANGUL", "CJK", *_PUNCTUATION), (("HANGUL SYLLABLE",), 0.8)),
-    ("gb18030", "Chinese GB18030 (GBK, GB2312)", ("CJK", *_PUNCTUATION), None),
-    ("big5", "Traditional Chinese Big5", ("CJK", *_PUNCTUATION), None),
-    ("cp1252", "Windows-1252 (Western European)", ("LATIN", "EURO", "DEGREE", "NO-BREAK", "INVERTED", "SECTION",
-                                                    "COPYRIGHT", *_PUNCTUATION), None),
+    ("cp932", "cp932", "Japanese Shift-JIS (Windows cp932)", _JAPANESE, _KANA, False),
+    ("euc_jp", "euc-jp", "Japanese EUC-JP", _JAPANESE, _KANA, False),
+    ("cp949", "cp949", "Korean EUC-KR (Windows cp949)", ("HANGUL", "CJK", *_PUNCTUATION), (("HANGUL SYLLABLE",), 0.8),
+     False),
+    ("gb18030", "gb18030", "Chinese GB18030 (GBK, GB2312)", ("CJK", *_PUNCTUATION), None, True),
+    ("big5", "big5", "Traditional Chinese Big5", ("CJK", *_PUNCTUATION), None, True),
+    ("cp1252", LATIN, "8-bit Latin", ("LATIN", "EURO", "DEGREE", "NO-BREAK", "INVERTED", "SECTION", "COPYRIGHT",
+                                      *_PUNCTUATION), None, False),
 )
 LEGACY_MIN_CHARS = 10  # fewer non-ASCII characters than this make no guess (two CJK characters fit every table)
 DOUBLE_BYTE_RUN = 2.0  # mean length of the non-ASCII runs a double-byte (CJK) reading must reach: Windows-1252's
 # accented letters and curly quotes read as GB18030 make one ideograph each between Latin letters ("It抯")
-SINGLE_BYTE_RUN = 1.5  # and the most a Western European reading may have: its accented letters stand among ASCII
-# ones, where Cyrillic, Greek, Hebrew or Arabic words, also "Latin" letters in Windows-1252, are runs of them
+SINGLE_BYTE_RUN = 1.5  # and the most a Latin reading may have: its accented letters stand among ASCII ones, where
+# Cyrillic, Greek, Hebrew or Arabic words, also "Latin" letters in Windows-1252, are runs of them
 
 
 def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
     """(iconv name, description) of the legacy encoding that sample (bytes that are not UTF-8) reads as text in,
-    judged by its non-ASCII characters' scripts; None when none does convincingly. A guess for the error message
-    only: the text is never decoded with it."""
-    for name, description, scripts, dominant in _LEGACY:
-        text = _decodes(sample, name)
+    judged by its non-ASCII characters' scripts; (LATIN, ...) for some 8-bit Latin encoding; None when none fits
+    convincingly. A guess for the error message only: the text is never decoded with it."""
+    for codec, iconv_name, description, scripts, dominant, chinese in _LEGACY:
+        text = _decodes(sample, codec)
         if text is None:
             continue
         wide = [unicodedata.name(ch, "") for ch in text if ord(ch) > 127]
@@ -208,9 +228,11 @@ def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
         if dominant and sum(label.startswith(dominant[0]) for label in wide) < dominant[1] * len(wide):
             continue
         runs = len(re.findall(r"[^\x00-\x7f]+", text))
-        if len(wide) < DOUBLE_BYTE_RUN * runs if name != "cp1252" else len(wide) > SINGLE_BYTE_RUN * runs:
+        if len(wide) < DOUBLE_BYTE_RUN * runs if iconv_name != LATIN else len(wide) > SINGLE_BYTE_RUN * runs:
             continue
-        return name, description
+        if chinese and not _COMMON_HANZI.intersection(text):
+            continue
+        return iconv_name, description
     return None
 
 
