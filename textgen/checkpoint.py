@@ -163,9 +163,10 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
     An I/O failure (disk full, permissions) raises SaveFailed; the previous checkpoint stays intact."""
     # A save at a step already saved (a run stopped on an epoch's last step saves again when resumed) takes new
     # names: rewritten in place, the files would no longer match the checksums the other metadata file holds.
-    named, stem = _referenced(run_dir), f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}"
+    # (A leftover that no metadata names also makes it move on; remove_unreferenced removes that.)
+    stem = f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}"
     for again in itertools.count(1):
-        if f"{stem}.weights.h5" not in named and f"{stem}.state.npz" not in named:
+        if not (run_dir / f"{stem}.weights.h5").exists() and not (run_dir / f"{stem}.state.npz").exists():
             break
         stem = f"ckpt-{meta.state.run_id}-{meta.state.global_step:09d}-{again}"
     weights_path = run_dir / f"{stem}.weights.h5"

@@ -44,38 +44,28 @@ def _chosen(values: dict, names) -> dict:
     return {name: values[name] for name in names if values.get(name) is not None}
 
 
-def _run_name_given(ctx, param, value):
-    """--run "" would silently mean "not given" (the latest run, or the corpus's name)."""
-    if value == "":
-        raise click.BadParameter("give a run name, or leave --run out")
-    return value
-
-
-def _address_given(ctx, param, value):
-    """--host "" would listen on every interface, which only 0.0.0.0 may ask for."""
-    if not value.strip():
-        raise click.BadParameter("give an address such as 127.0.0.1 (0.0.0.0 for every interface)")
-    return value
-
-
-def _path_given(advice: str):
-    """A callback returning the Path, refusing an empty one (an empty shell variable): Path("") is the current
-    directory, which the command would read or write instead, or report as a directory the user never named.
-    For a click.Path() of str, which hands the callback the text as typed."""
+def _not_empty(advice: str, convert=str):
+    """A callback refusing an empty or blank value (an empty shell variable) with advice, and converting the others:
+    "" would silently mean something else -- not given (--run: the latest run, or the corpus's name), every interface
+    (--host), or the current directory (a path, which the command would read or write instead, or report as a
+    directory the user never named). For a click.Path() of str, which hands the callback the text as typed."""
 
     def check(ctx, param, value):
         if value is None:
             return None
         if not value.strip():
             raise click.BadParameter(advice)
-        return Path(value)
+        return convert(value)
 
     return check
 
 
+_run_name_given = _not_empty("give a run name, or leave --run out")
+
+
 checkpoint_dir_option = click.option(
     "--checkpoint-dir", type=click.Path(), default="checkpoints", show_default=True,
-    callback=_path_given("give a directory, such as checkpoints or . for the current one"),
+    callback=_not_empty("give a directory, such as checkpoints or . for the current one", Path),
     help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run.")
@@ -163,7 +153,7 @@ def cli():
 
 @cli.command(short_help="Train on CORPUS, a UTF-8 text file (default: the built-in corpus).")
 @click.argument("corpus", required=False, type=click.Path(),
-                callback=_path_given("give a text file, or leave CORPUS out for the built-in corpus"))
+                callback=_not_empty("give a text file, or leave CORPUS out for the built-in corpus", Path))
 @checkpoint_dir_option
 @click.option("--run", default=None, callback=_run_name_given, help="Run name; default: the corpus file name.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
@@ -198,10 +188,10 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @run_option
 @_config_options(SampleConfig)
 @click.option("--prime-file", type=click.Path(allow_dash=True), default=None,
-              callback=_path_given("give a file, or - for standard input"),
+              callback=_not_empty("give a file, or - for standard input", Path),
               help="Read the prime from a file (used as it is, a final newline included); - reads standard input.")
 @click.option("--output", "-o", type=click.Path(), default=None,
-              callback=_path_given("give a file name, such as samples.txt, or leave --output out for stdout"),
+              callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout", Path),
               help="Write the text to this file instead of stdout.")
 def sample(checkpoint_dir, run, prime_file, output, **options):
     """Generate text from the best checkpoint of a run."""
@@ -234,7 +224,7 @@ def _echo_live(text: str) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("file", type=click.Path(), callback=_path_given("give a text file"))
+@click.argument("file", type=click.Path(), callback=_not_empty("give a text file", Path))
 @checkpoint_dir_option
 @run_option
 @click.option("--batch-size", type=int, default=32, show_default=True,
@@ -262,7 +252,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
                    "step, generate and generate_filtered signatures; litert = model.tflite of one step. Repeat for "
                    "several.")
 @click.option("--output", "-o", type=click.Path(), required=True,
-              callback=_path_given("give a directory to write, such as exported"), help="Directory to write.")
+              callback=_not_empty("give a directory to write, such as exported", Path), help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
 def export_command(checkpoint_dir, run, formats, output, overwrite):
     """Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT (no textgen needed)."""
@@ -280,7 +270,8 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--run", default=None, callback=_run_name_given,
               help="The run served by default; default: the latest run. Every run in --checkpoint-dir can be asked "
                    "for by name.")
-@click.option("--host", default="127.0.0.1", show_default=True, callback=_address_given,
+@click.option("--host", default="127.0.0.1", show_default=True,
+              callback=_not_empty("give an address such as 127.0.0.1 (0.0.0.0 for every interface)"),
               help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--max-length", type=click.IntRange(1), default=Limits.max_length, show_default=True,

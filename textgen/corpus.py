@@ -84,7 +84,7 @@ def _decoded_chunks(path: Path, what: str):
             utf8_bytes += _high_bytes((buffered + block)[:error.start])
             raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} "
                                f"({_conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE)})") from None
-        if utf8_bytes < UTF8_EVIDENCE:
+        if utf8_bytes < UTF8_EVIDENCE and not text.isascii():  # isascii is O(1): an ASCII block costs nothing
             utf8_bytes += _high_bytes(block)
         if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
             text = text.removeprefix("\ufeff")

@@ -77,8 +77,11 @@ def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
     checkpoint_dir, or checkpoint_dir itself (a run directory given as --checkpoint-dir, as list_runs takes it)."""
     if not checkpoint_dir.is_dir():
         return []
-    return sorted(path for path in (*checkpoint_dir.iterdir(), checkpoint_dir)
-                  if path.is_dir() and not has_checkpoint(path) and any(path.glob("ckpt-*.weights.h5")))
+    return sorted(path for path in (*checkpoint_dir.iterdir(), checkpoint_dir) if _left_without_metadata(path))
+
+
+def _left_without_metadata(path: Path) -> bool:
+    return path.is_dir() and not has_checkpoint(path) and any(path.glob("ckpt-*.weights.h5"))
 
 
 def _last_saved(run_dir: Path) -> tuple[float, float]:
@@ -128,7 +131,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
     if has_checkpoint(checkpoint_dir):
         return checkpoint_dir
     runs = list_runs(checkpoint_dir)
-    if not runs and checkpoint_dir in runs_without_metadata(checkpoint_dir):  # the run itself, damaged
+    if not runs and _left_without_metadata(checkpoint_dir):  # the run itself, damaged
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
                            "damaged run; train it again with: textgen train CORPUS --checkpoint-dir "
                            f"{checkpoint_dir.parent} --run {checkpoint_dir.name}")
