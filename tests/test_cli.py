@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import shlex
 import shutil
 import warnings
 
@@ -339,8 +340,12 @@ def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
     result = invoke("runs", "--checkpoint-dir", root / "ck")
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
-    assert "damaged (textgen info --run broken says why)" in rows["broken"] and "good.txt" in rows["good"]
+    hint = f"damaged (textgen info --checkpoint-dir {root / 'ck'} --run broken says why)"
+    assert hint in rows["broken"] and "good.txt" in rows["good"]
     assert "written by a newer textgen" in rows["newer"]  # intact: not called damaged
+    # The suggested command finds that run (it looked in ./checkpoints: "no run named 'broken'").
+    info = invoke(*shlex.split(hint.removeprefix("damaged (textgen ").removesuffix(" says why)")))
+    assert info.exit_code == 1 and "no run named" not in info.stderr and "broken" in info.stderr, info.output
 
 
 def test_prime_file_dash_reads_standard_input(workspace):

@@ -92,7 +92,7 @@ def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path)
     info = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big"])
     assert info.exit_code == 0, info.output
     assert "995 symbols:  !\"#$%" in info.stdout
-    assert "... (textgen info --run big --vocabulary lists them all)" in info.stdout
+    assert f"... (textgen info --checkpoint-dir {tmp_path} --run big --vocabulary lists them all)" in info.stdout
     listed = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big", "--vocabulary"])
     assert listed.exit_code == 0 and listed.stdout == "".join(map(chr, meta["vocab"])) + "\n"
     small = runner.invoke(cli, ["info", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run", "period"])
@@ -187,7 +187,7 @@ def test_runs_lists_a_run_whose_metadata_files_are_both_gone_and_info_checks_eac
     assert listing.exit_code == 0, listing.output
     assert [line.split()[:2] for line in listing.stdout.splitlines()[1:]] == \
         [["good", "period.txt"], ["lost", "damaged"]]
-    assert "(textgen info --run lost says why)" in listing.stdout
+    assert f"(textgen info --checkpoint-dir {ck} --run lost says why)" in listing.stdout
     # The run directory itself as --checkpoint-dir, as info and sample take it: it said "no runs".
     listing = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "ck" / "lost")])
     assert listing.exit_code == 0 and [line.split()[:2] for line in listing.stdout.splitlines()[1:2]] == \

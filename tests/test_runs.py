@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from textgen.errors import TextgenError
-from textgen.runs import check_run_name, default_run_name, find_run, list_runs
+from textgen.runs import check_run_name, default_run_name, find_run, list_runs, run_options
 
 
 def test_default_run_name_is_always_a_valid_name():
@@ -38,9 +38,8 @@ def test_a_run_named_as_earlier_versions_named_it_is_still_found(tmp_path):
 def test_an_invalid_run_name_says_what_was_probably_meant():
     with pytest.raises(TextgenError, match=r"invalid run name 'my corpus': .* \(such as 'my-corpus'\)$"):
         check_run_name("my corpus")
-    with pytest.raises(TextgenError, match=r"for the run in checkpoints/demo: --checkpoint-dir checkpoints "
-                                           r"--run demo\)$"):
-        check_run_name("checkpoints/demo")
+    with pytest.raises(TextgenError, match=r"for the run in old/ck/demo: --checkpoint-dir old/ck --run demo\)$"):
+        check_run_name("old/ck/demo")
     # The file's whole name was cleaned ('txt-99262a61'); training names the run after the name without '.txt'.
     trained = default_run_name(Path("笔记.txt"))
     assert trained.startswith("run-")
@@ -53,6 +52,14 @@ def test_an_invalid_run_name_says_what_was_probably_meant():
         check_run_name("v1.2 beta")
     with pytest.raises(TextgenError, match=r"'my notes.markdown' trains the run 'my-notes'\)$"):
         check_run_name("my notes.markdown")
+
+
+def test_the_options_that_name_a_run_give_its_directory_unless_it_is_the_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_options(Path("checkpoints") / "demo") == "--run demo"
+    assert run_options(tmp_path / "checkpoints" / "demo") == "--run demo"
+    assert run_options(Path("my runs") / "demo") == "--checkpoint-dir 'my runs' --run demo"
+    assert run_options(tmp_path / "demo") == f"--checkpoint-dir {tmp_path} --run demo"
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

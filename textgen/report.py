@@ -13,6 +13,7 @@ from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, rea
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError
+from textgen.runs import run_options
 
 logger = logging.getLogger("textgen")
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
@@ -90,7 +91,7 @@ def info_text(run_dir: Path) -> str:
         f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
         f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
-        + (f" (textgen info --run {run_dir.name} --vocabulary lists them all)" if len(vocab) > 60 else ""),
+        + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > 60 else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()),
         f"progress       {state.epoch} of {training.epochs} epochs"
         + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
@@ -171,7 +172,7 @@ def runs_table(run_dirs: list[Path]) -> str:
         except TextgenError:  # one damaged run does not hide the others
             run = None
         if run is None or run.latest is None:  # damaged, or its checkpoint files left without metadata
-            rows.append((run_dir.name, f"damaged (textgen info --run {run_dir.name} says why)", "-", "-", "-", "-"))
+            rows.append((run_dir.name, f"damaged (textgen info {run_options(run_dir)} says why)", "-", "-", "-", "-"))
             continue
         _warn_unreadable(run, run_dir.name)
         meta = run.latest

@@ -6,6 +6,7 @@ import datetime
 import hashlib
 import logging
 import re
+import shlex
 import unicodedata
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,7 @@ from textgen.checkpoint import KINDS, has_checkpoint, meta_path
 from textgen.errors import TextgenError
 
 logger = logging.getLogger("textgen")
+DEFAULT_CHECKPOINT_DIR = "checkpoints"  # where the commands look for runs unless given --checkpoint-dir
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Checkpoint metadata is JSON with one such key (every quote inside a string value is escaped).
 SAVED_AT = re.compile(rb'"saved_at"\s*:\s*"([^"\\]*)"')
@@ -48,11 +50,21 @@ def _cleaned(text: str, stem: str) -> str:
     return f"{name[:91].rstrip('-.') or 'run'}-{digest}"
 
 
+def run_options(run_dir: Path) -> str:
+    """The options that name run_dir on the command line, for the commands that messages suggest: ``--run NAME``,
+    after ``--checkpoint-dir DIR`` unless the run is in the default directory (a listing of another directory
+    said ``textgen info --run NAME``, which looked in the default one)."""
+    parent = Path(run_dir).parent
+    if parent.resolve() == Path(DEFAULT_CHECKPOINT_DIR).resolve():
+        return f"--run {Path(run_dir).name}"
+    return f"--checkpoint-dir {shlex.quote(str(parent))} --run {Path(run_dir).name}"
+
+
 def check_run_name(name: str) -> str:
     if not RUN_NAME.match(name):
         hint = ""
         if "/" in name.strip("/") and RUN_NAME.match(Path(name).name):  # a run directory given as a name
-            hint = f" (for the run in {name}: --checkpoint-dir {Path(name).parent} --run {Path(name).name})"
+            hint = f" (for the run in {name}: {run_options(Path(name))})"
         elif name and "/" not in name:
             if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,8}", Path(name).suffix):  # a corpus file's name ('笔记.txt')
                 hint = f" (a corpus file called {name!r} trains the run {default_run_name(Path(name))!r})"
@@ -120,7 +132,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
             listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"
             raise TextgenError(f"run {run!r} in {checkpoint_dir} has no checkpoint (no best.json or last.json; "
                                f"it holds {listing}): an unfinished or damaged run; train it again with: "
-                               f"textgen train CORPUS --run {run}")
+                               f"textgen train CORPUS {run_options(run_dir)}")
         if not has_checkpoint(run_dir) and checkpoint_dir.resolve().name == run and has_checkpoint(checkpoint_dir):
             return checkpoint_dir  # --checkpoint-dir is the run itself, named as its listing names it
         if not has_checkpoint(run_dir):
@@ -133,8 +145,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
     runs = list_runs(checkpoint_dir)
     if not runs and _left_without_metadata(checkpoint_dir):  # the run itself, damaged
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
-                           "damaged run; train it again with: textgen train CORPUS --checkpoint-dir "
-                           f"{checkpoint_dir.parent} --run {checkpoint_dir.name}")
+                           "damaged run; train it again with: textgen train CORPUS "
+                           f"{run_options(checkpoint_dir)}")
     if not runs:
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS")
     if len(runs) > 1:
