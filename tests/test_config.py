@@ -147,3 +147,15 @@ def test_as_keywords_renames_only_the_options_it_is_given():
                           valued={"run", "checkpoint_dir"}, choices={"auto"})
     assert str(renamed) == "corpus file not found: /tmp/exp--units/a.txt; for the run in c/d: checkpoint_dir='c' " \
                            "run='d' (chosen by size='auto'); epochs must be whole; overwrite must be true or false"
+
+
+def test_as_keywords_reads_a_shell_quoted_value_whole():
+    from textgen.errors import as_keywords
+    from textgen.runs import check_run_name
+
+    with pytest.raises(TextgenError) as raised:
+        check_run_name("my runs/v1/demo")
+    renamed = as_keywords(raised.value, {"run", "checkpoint_dir"}, valued={"run", "checkpoint_dir"})
+    assert str(renamed).endswith("(for the run in my runs/v1/demo: checkpoint_dir='my runs/v1' run='demo')")
+    renamed = as_keywords(raised.value, {"run", "checkpoint_dir"}, valued={"run", "checkpoint_dir"}, json=True)
+    assert str(renamed).endswith('(for the run in my runs/v1/demo: "checkpoint_dir": "my runs/v1" "run": "demo")')

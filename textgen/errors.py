@@ -25,7 +25,7 @@ _COMMAND = re.compile(r"textgen [a-z]+(?: [^;()]*)?")
 # An option as the command line spells it (a word of its own, not inside a path such as a--b), whether it is asked
 # for (after "pass", "with", ...) and the word after it, which may be its value.
 _OPTION = re.compile(r"(?P<asked>\b(?:pass|add|with|without|use) )?(?<![^\s(])--(?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)"
-                     r"(?P<after> (?P<word>[^\s;,:)]+))?")
+                     r"(?P<after> (?P<word>'[^']*'|[^\s;,:)]+))?")  # a word, or one quoted as the shell quotes it
 _NUMBER = re.compile(r"-?\d[\d,.]*")
 _PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")  # NAME, CORPUS
 
@@ -48,6 +48,7 @@ def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[s
             if _NUMBER.fullmatch(word) or _PLACEHOLDER.fullmatch(word):
                 value, tail = word, ""
             elif name in valued or word in choices:
+                word = word[1:-1] if word.startswith("'") else word  # shlex.quote's 'my runs'
                 value, tail = (dumps(word) if json else repr(word)), ""
         elif name in flags and (match["asked"] or word == "to"):  # not "--resume must be true or false"
             value = "true" if json else "True"
