@@ -151,6 +151,14 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
     (b"hello there world this is text\0" * 20, "looks binary (NUL byte at byte offset 30)"),
     (("第一章 风起\n" + "天下大势，分久必合，合久必分。周末七国分争，并入于秦。" * 20).encode("utf-16-le"),
      "is UTF-16LE text"),
+    # UTF-32 without a byte order mark was "binary"; ISO-2022 (7-bit, old mail) trained as ASCII with escapes.
+    ((CHINESE * 30).encode("utf-32-le"), "is UTF-32LE text, not UTF-8: {path} (convert it, e.g. with iconv -f "
+                                         "utf-32le -t utf-8 in.txt > out.txt)"),
+    ("To be, or not to be.\n".encode("utf-32-be") * 3, "is UTF-32BE text, not UTF-8"),
+    ("吾輩は猫である。名前はまだ無い。\n".encode("iso2022_jp") * 10, "is ISO-2022-JP text, not UTF-8: {path} (convert "
+                                                                  "it, e.g. with iconv -f iso-2022-jp -t utf-8"),
+    ("대한민국은 민주공화국이다.\n".encode("iso2022_kr") * 10, "is ISO-2022-KR text, not UTF-8"),
+    (b"An English preface.\n" * 300 + "吾輩は猫である。\n".encode("iso2022_jp"), "is ISO-2022-JP text"),
 ])
 def test_a_file_in_another_encoding_is_told_which_it_looks_like(tmp_path, content, told):
     path = tmp_path / "other.txt"

@@ -99,18 +99,31 @@ def _decoded_chunks(path: Path, what: str):
         ) from None
 
 
+# The escape sequences that switch an ISO-2022 text (7-bit: it decodes as ASCII) into its two-byte character set.
+_ISO_2022 = ((b"\x1b$B", "iso-2022-jp"), (b"\x1b$@", "iso-2022-jp"), (b"\x1b$)C", "iso-2022-kr"),
+             (b"\x1b$)A", "iso-2022-cn"), (b"\x1b$)G", "iso-2022-cn"))
+
+
 def _wide_encoding(head: bytes) -> Optional[str]:
-    """The iconv name of the UTF-16 or UTF-32 a file's first bytes are in (Windows tools often save text so), or
-    None. Known by a byte order mark; or without one, in mostly-ASCII text, by a NUL in every other byte; or, in
-    other scripts, by NULs (each ASCII character, space or newline has one) in a sample that reads as text in UTF-16
-    of one byte order and is no UTF-8 text with a stray NUL (as UTF-16, ASCII reads as CJK ideographs)."""
+    """The iconv name of the UTF-16, UTF-32 or ISO-2022 a file's first bytes are in (Windows tools often save text
+    in the first two, old Japanese mail in the last), or None. Known by a byte order mark or ISO-2022's escapes; or
+    without them, by UTF-32 that reads as text, or in mostly-ASCII text by a NUL in every other byte; or, in other
+    scripts, by NULs (each ASCII character, space or newline has one) in a sample that reads as text in UTF-16 of
+    one byte order and is no UTF-8 text with a stray NUL (as UTF-16, ASCII reads as CJK ideographs)."""
     for mark, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # UTF-16's mark begins
                        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # UTF-32-LE's: first
         if head.startswith(mark):
             return name
-    sample = head[:4096 - len(head[:4096]) % 2]
+    if b"\x1b$" in head and head.isascii():  # the whole first block: a preface in English can come first
+        return next((name for escape, name in _ISO_2022 if escape in head), None)
+    sample = head[:4096]
     if len(sample) < 16 or b"\0" not in sample:
         return None
+    for name in ("utf-32le", "utf-32be"):  # code points beyond U+10FFFF: UTF-16 or binary data never decode
+        text = _decodes(sample[:len(sample) - len(sample) % 4], name)
+        if text is not None and sum(map(_reads_as_text, text)) >= 0.95 * len(text):
+            return name
+    sample = sample[:len(sample) - len(sample) % 2]
     for zeros, other, name in ((sample[1::2], sample[0::2], "utf-16le"), (sample[0::2], sample[1::2], "utf-16be")):
         if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
             return name
