@@ -537,8 +537,7 @@ def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line
     monkeypatch.chdir(spaced)
     for runs in (Runs(spaced, None, (1, 4)), Runs(Path("."), None, (1, 4))):
         assert runs.default == "my run" and runs.get("my run") is runs.get(None)
-        assert [model["name"] for model in (runs.describe(name, path) for name, path in runs.paths().items())] == \
-            ["my run"]
+        assert [model["name"] for model in runs.describe_all(runs.paths())] == ["my run"]
     copy = tmp_path / "ck"
     shutil.copytree(trained_run["run_dir"], copy / "good")
     shutil.copytree(trained_run["run_dir"], copy / "broken")
@@ -849,13 +848,16 @@ def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tm
     reads = []
     read_run_meta = checkpoint.read_run_meta
     monkeypatch.setattr(checkpoint, "read_run_meta", lambda path: reads.append(path.name) or read_run_meta(path))
-    first = [runs.describe(name, path) for name, path in runs.paths().items()]
-    assert [runs.describe(name, path) for name, path in runs.paths().items()] == first and reads == ["other"]
+    first = runs.describe_all(runs.paths())
+    assert runs.describe_all(runs.paths()) == first and reads == ["other"]
     best = tmp_path / "other" / "best.json"
     meta = json.loads(best.read_text())
     meta["epoch"] = 7
     best.write_text(json.dumps(meta))  # a new checkpoint saved by a training
     assert runs.describe("other", tmp_path / "other")["epochs"] == 7 and reads == ["other", "other"]
+    # A run deleted since is forgotten: the server held the metadata of every run it had ever listed.
+    shutil.rmtree(tmp_path / "other")
+    assert [model["name"] for model in runs.describe_all(runs.paths())] == ["main"] and runs._described == {}
 
 
 def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoint_it_would_serve(trained_run,

@@ -143,6 +143,14 @@ class Runs:
 
         return {path.name: path for path in list_runs(self.checkpoint_dir)}
 
+    def describe_all(self, paths: dict[str, Path]) -> list[dict]:
+        """describe() of every run in paths; what was kept of runs no longer there is dropped (a server that
+        watches runs come and go would otherwise hold the metadata of each one it ever listed)."""
+        described = [self.describe(name, path) for name, path in paths.items()]
+        live = set(paths.values())
+        self._described = {path: kept for path, kept in self._described.items() if path in live}
+        return described
+
     def describe(self, name: str, path: Path) -> dict:
         from textgen.checkpoint import meta_stamp, read_run_meta
 
@@ -400,7 +408,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         paths = runs.paths()
         # A default run deleted since start-up is not named: a client would select a run the list does not hold.
         return {"default": runs.default if runs.default in paths else None,
-                "models": [runs.describe(name, path) for name, path in paths.items()],
+                "models": runs.describe_all(paths),
                 "limits": dict(max_length=limits.max_length, max_samples=limits.max_samples,
                                max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
 
