@@ -344,22 +344,26 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
     assert meta.state.epoch == 1
 
 
-@pytest.mark.parametrize("failing", ["state file", "best.json"])
+@pytest.mark.parametrize("failing", ["state file", "best.json", "best.json after its rename"])
 def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, periodic_corpus, monkeypatch, failing):
     """It said "the previous checkpoint is kept ... resume with --resume": a new run has none (--resume then found
     nothing), and after --overwrite resuming continued the earlier run, of another shape. A failure on best.json left
-    last.json written: the new run's beside the earlier run's best.json."""
+    last.json written: the new run's beside the earlier run's best.json. A failure after best.json's rename (the
+    directory's fsync) put last.json back but left best.json naming the new run's files."""
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     run(periodic_corpus, tmp_path / "old")
     earlier = files_snapshot(tmp_path / "old")
+    write_json = checkpoint.atomic_write_json
     if failing == "state file":
         monkeypatch.setattr(checkpoint.np, "savez", full)
-    else:
-        write_json = checkpoint.atomic_write_json
+    elif failing == "best.json":
         monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: full() if path.name == "best.json"
                             else write_json(path, payload))
+    else:
+        monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: write_json(path, payload) or (
+            full() if path.name == "best.json" else None))
     with pytest.raises(TextgenError, match=r"^could not save the first checkpoint in .*/new/r: the disk is full; "
                                            r"nothing of this run was saved \(free some space or fix the directory, "
                                            r"then run the same command again\)$"):

@@ -185,8 +185,8 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
             files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
                    "state": {"name": state_path.name, "sha256": sha256(state_path)}})
         for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
+            rewritten.append(kind)  # before: a failure after the rename (the directory's fsync) has replaced it
             atomic_write_json(meta_path(run_dir, kind), dataclasses.replace(meta, kind=kind).to_json())
-            rewritten.append(kind)
     except OSError as error:
         with contextlib.suppress(OSError):  # the old metadata is no larger than the new (its history is shorter)
             for kind in rewritten:
