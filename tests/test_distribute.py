@@ -44,8 +44,9 @@ def free_ports(count):
     return ports
 
 
-def test_two_workers_on_localhost_train_identical_weights(tmp_path):
-    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+def run_two_workers(tmp_path, corpus, timeout=240):
+    """Worker 0 and 1 of a cluster on localhost, each training corpus into tmp_path/ck: their exit codes and
+    outputs."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes = []
     try:
@@ -54,12 +55,18 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path):
             processes.append(subprocess.Popen(
                 [sys.executable, WORKER, "train", str(corpus), str(tmp_path / "ck"), str(tmp_path / f"w{index}.npz")],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        outputs = [process.communicate(timeout=240)[0] for process in processes]
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
     finally:
         for process in processes:
             process.kill()
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
+    return [process.returncode for process in processes], outputs
+
+
+def test_two_workers_on_localhost_train_identical_weights(tmp_path):
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+    codes, outputs = run_two_workers(tmp_path, corpus)
+    for code, output in zip(codes, outputs):
+        assert code == 0, output[-3000:]
     first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
     for name in first.files:
         np.testing.assert_array_equal(first[name], second[name])
@@ -68,6 +75,12 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path):
     assert meta["epoch"] == 1
     [sample] = generate(tmp_path / "ck", "r", prime="abc", length=10, temperatures=[0])  # loads on one device
     assert len(sample.text) == 13
+    # The same command again, without resume: the chief refuses, and worker 1, which waited for it in the cluster
+    # forever (ignoring SIGTERM), is told so and stops too.
+    codes, outputs = run_two_workers(tmp_path, corpus, timeout=120)
+    assert codes == [1, 1], outputs
+    assert "already has checkpoints" in outputs[0] and "another worker could not start this training" in outputs[1]
+    assert json.loads((tmp_path / "ck" / "r" / "last.json").read_text())["saved_at"] == meta["saved_at"]
 
 
 def test_batch_size_must_divide_among_replicas():

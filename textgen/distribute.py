@@ -9,11 +9,13 @@ replicas' rows, so nothing is re-sharded between steps.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from textgen.config import check_range
 from textgen.errors import TextgenError
 
+logger = logging.getLogger("textgen")
 STRATEGIES = ("auto", "single", "mirrored", "multi-worker")
 CPU_DEVICES_VARIABLE = "TEXTGEN_CPU_DEVICES"  # split the CPU into N logical devices (to try mirrored on a CPU)
 
@@ -106,3 +108,34 @@ def worker_mean(strategy, *values: float) -> list[float]:
     value = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant([float(value) for value in values], tf.float64))
     return [float(mean) for mean in strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None).numpy()]
+
+
+class StartGate:
+    """Makes the run's strategy; under multi-worker, every worker also learns whether all of them could start.
+
+    A worker that cannot start (the chief finding that the run already has checkpoints, a corpus missing on one
+    host) must still join the cluster to say so: the others wait in it for every worker, forever, and that wait
+    ignores SIGTERM. :meth:`open` joins and raises if another worker refused; :meth:`refuse` joins only to tell."""
+
+    def __init__(self, strategy_name: str):
+        self.strategy_name = strategy_name
+        self.strategy = None
+
+    def open(self):
+        """The strategy, made once; raises TextgenError when another worker could not start."""
+        self.strategy = make_strategy(self.strategy_name)
+        if worker_mean(self.strategy, 0.0)[0] > 0:
+            raise TextgenError("another worker could not start this training (its log says why); fix that, then "
+                               "start every worker again")
+        return self.strategy
+
+    def refuse(self) -> None:
+        """Tell the other workers that this one cannot start (under multi-worker, before it has joined them)."""
+        if self.strategy_name != "multi-worker" or self.strategy is not None:
+            return
+        logger.info("this worker cannot start; telling the other workers (waiting for them to join the cluster)")
+        try:
+            self.strategy = make_strategy(self.strategy_name)
+            worker_mean(self.strategy, 1.0)
+        except Exception:  # the reason this worker cannot start is the error to report, not this one
+            logger.warning("could not tell the other workers that this one cannot start")

@@ -376,30 +376,35 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = "checkpoint
     callbacks are extra textgen.callbacks.Callback objects, called after the loss check and before
     the built-in stop rules, saving and reports. Returns a summary: run_dir, epoch, train_loss, val_loss,
     best_val_loss (nats), stopped, history, and the trained model (at the training batch size, per replica)."""
-    from textgen.distribute import is_chief
+    from textgen.distribute import StartGate, is_chief
 
     callbacks = _checked_call(resume, overwrite, tensorboard, strategy, callbacks)
-    if corpus is None:
-        if not (resume and run):
-            raise OptionError("corpus must be a path (str or pathlib.Path), got None")
-        corpus = _resume_corpus(checkpoint_dir, run)
-    corpus_path = Path(corpus)
-    run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir)))
-    model_options, train_options = dict(model_options or {}), dict(train_options or {})
-    ModelConfig(vocab_size=1, **model_options).validate()
-    TrainConfig(**train_options).validate()
-    check_readable(corpus_path)
-    import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
     chief = is_chief(strategy)
-    if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
-        with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
-            return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
-                                 False, strategy, lambda message: None, callbacks)
-    _check_run_dir(run_dir, resume, overwrite)  # a refusal creates nothing
-    with _locked_run_dir(run_dir):
-        _check_run_dir(run_dir, resume, overwrite)  # again: another training may have saved there meanwhile
-        return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
-                             strategy, log, callbacks)
+    gate = StartGate(strategy)
+    try:
+        if corpus is None:
+            if not (resume and run):
+                raise OptionError("corpus must be a path (str or pathlib.Path), got None")
+            corpus = _resume_corpus(checkpoint_dir, run)
+        corpus_path = Path(corpus)
+        run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir)))
+        model_options, train_options = dict(model_options or {}), dict(train_options or {})
+        ModelConfig(vocab_size=1, **model_options).validate()
+        TrainConfig(**train_options).validate()
+        check_readable(corpus_path)
+        import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
+        if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
+            with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
+                return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
+                                     False, gate, lambda message: None, callbacks)
+        _check_run_dir(run_dir, resume, overwrite)  # a refusal creates nothing
+        with _locked_run_dir(run_dir):
+            _check_run_dir(run_dir, resume, overwrite)  # again: another training may have saved there meanwhile
+            return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
+                                 gate, log, callbacks)
+    except Exception:
+        gate.refuse()  # under multi-worker, before this worker joined the others: they would wait for it forever
+        raise
 
 
 def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Session:
@@ -447,11 +452,11 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
 
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
-                  resume: bool, tensorboard: bool, strategy_name: str, log: Callable[[str], None],
+                  resume: bool, tensorboard: bool, gate, log: Callable[[str], None],
                   extra_callbacks: Sequence[cb.Callback]) -> dict:
-    from textgen.distribute import is_chief, make_strategy
+    from textgen.distribute import is_chief
 
-    writes = is_chief(strategy_name)
+    writes = is_chief(gate.strategy_name)
     meta = _resumed_meta(run_dir) if resume else None
     stamp = fingerprint(corpus_path)
     text_changed = meta is not None and not same_text(stamp, meta.corpus)
@@ -464,7 +469,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         # mark an earlier textgen kept): saved with their own vocabulary, the ids would not be the model's.
         _check_vocabulary(meta, data.vocab, corpus_path)
         data = _in_vocabulary(data, meta.vocab)
-    strategy = make_strategy(strategy_name)  # before any TensorFlow op, sizing's timing included
+    strategy = gate.open()  # before any TensorFlow op, sizing's timing included
     sizing_reason, sized_batch = None, False
     if meta is None:
         given_batch = "batch_size" in train_options
