@@ -1,7 +1,7 @@
 """Run by tests/test_distribute.py in a fresh process (TensorFlow's devices are fixed at start-up).
 
 usage: distributed_worker.py equivalence OUT.json
-       distributed_worker.py train CORPUS CHECKPOINT_DIR OUT.npz   (with TF_CONFIG set)
+       distributed_worker.py train CORPUS CHECKPOINT_DIR OUT.npz [TRAIN_OPTIONS.json]   (with TF_CONFIG set)
 """
 
 import json
@@ -48,12 +48,12 @@ def equivalence(out_path):
                    state_norm=float(np.abs(rows).max())), open(out_path, "w"))
 
 
-def train_worker(corpus, checkpoint_dir, out_path):
+def train_worker(corpus, checkpoint_dir, out_path, options="{}"):
     from textgen.training import train
 
     summary = train(corpus, checkpoint_dir, run="r", strategy="multi-worker",
                     model_options=dict(units=16, embedding_dim=8, dropout=0.0),
-                    train_options=dict(batch_size=4, seq_length=10, epochs=1))
+                    train_options={**dict(batch_size=4, seq_length=10, epochs=1), **json.loads(options)})
     np.savez(out_path, *summary["model"].get_weights())
 
 
@@ -61,4 +61,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "equivalence":
         equivalence(sys.argv[2])
     else:
-        train_worker(*sys.argv[2:5])
+        train_worker(*sys.argv[2:6])

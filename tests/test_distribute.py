@@ -44,7 +44,7 @@ def free_ports(count):
     return ports
 
 
-def run_two_workers(tmp_path, corpus, timeout=240):
+def run_two_workers(tmp_path, corpus, timeout=240, **train_options):
     """Worker 0 and 1 of a cluster on localhost, each training corpus into tmp_path/ck: their exit codes and
     outputs."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
@@ -53,7 +53,8 @@ def run_two_workers(tmp_path, corpus, timeout=240):
         for index in range(2):
             env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
             processes.append(subprocess.Popen(
-                [sys.executable, WORKER, "train", str(corpus), str(tmp_path / "ck"), str(tmp_path / f"w{index}.npz")],
+                [sys.executable, WORKER, "train", str(corpus), str(tmp_path / "ck"), str(tmp_path / f"w{index}.npz"),
+                 json.dumps(train_options)],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [process.communicate(timeout=timeout)[0] for process in processes]
     finally:
@@ -81,6 +82,19 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path):
     assert codes == [1, 1], outputs
     assert "already has checkpoints" in outputs[0] and "another worker could not start this training" in outputs[1]
     assert json.loads((tmp_path / "ck" / "r" / "last.json").read_text())["saved_at"] == meta["saved_at"]
+
+
+def test_two_workers_with_a_time_budget_keep_identical_weights(tmp_path):
+    """The learning rate of an epoch's first step followed each worker's own clock (the time since the start, which
+    the cosine schedule and a budget stretch): the workers' weights drifted apart, and only the chief's were saved."""
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+    codes, outputs = run_two_workers(tmp_path, corpus, epochs=1000, max_minutes=0.15, lr_schedule="cosine")
+    for code, output in zip(codes, outputs):
+        assert code == 0, output[-3000:]
+    assert json.loads((tmp_path / "ck" / "r" / "last.json").read_text())["epoch"] >= 2  # crossed an epoch start
+    first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    for name in first.files:
+        np.testing.assert_array_equal(first[name], second[name])
 
 
 def test_batch_size_must_divide_among_replicas():

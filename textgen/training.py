@@ -261,8 +261,14 @@ class Run:
         self.stop_reason = self.stop_reason or reason
         self.end_epoch = self.end_epoch or now
 
-    def tick(self) -> None:
+    def tick(self, agreed: bool = False) -> None:
+        """Bring elapsed up to date; agreed: to the workers' mean, as the learning rate of the next step needs (each
+        worker's own clock gave each its own rate at an epoch's start, and their weights drifted apart)."""
         self.elapsed = time.monotonic() - self.started
+        if agreed:
+            from textgen.distribute import worker_mean
+
+            self.elapsed = worker_mean(self.session.strategy, self.elapsed)[0]
 
     def learning_rate(self) -> float:
         steps = len(self.train_batches)
@@ -332,7 +338,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
         # validation left (a fresh LSTM state, the RNG past validation's draws), as an uninterrupted run does.
         run.carried = session.carried_state() if run.end_epoch else None
         state.train_loss, state.val_loss = state.epoch_mean_loss, run.validate()
-        run.tick()
+        run.tick(agreed=True)
         if not run.end_epoch:
             state.epoch, state.step_in_epoch = epoch + 1, 0
         improved = state.best_val_loss is None or state.val_loss < state.best_val_loss
