@@ -74,6 +74,9 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["r"]  # only the chief wrote
     meta = json.loads((tmp_path / "ck" / "r" / "last.json").read_text())
     assert meta["epoch"] == 1
+    # Every stream's LSTM state, not only the chief's rows (a mid-epoch resume restarted the others from zeros).
+    with np.load(tmp_path / "ck" / "r" / meta["files"]["state"]["name"]) as state:
+        assert {state[name].shape for name in state.files if name.startswith("lstm_")} == {(4, 16)}
     [sample] = generate(tmp_path / "ck", "r", prime="abc", length=10, temperatures=[0])  # loads on one device
     assert len(sample.text) == 13
     # The same command again, without resume: the chief refuses, and worker 1, which waited for it in the cluster

@@ -76,12 +76,19 @@ class Session:
         self.loss_sum = lambda x, y: loss_sum_step(replica_rows(strategy, x), replica_rows(strategy, y))
 
     def lstm_states(self) -> dict[str, np.ndarray]:
-        """Every layer's (h, c) for all B streams: the replicas' rows put back in order."""
-        # v.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under a
-        # mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
-        return {f"lstm_{i}_{j}": np.concatenate([np.asarray(part) for part in
-                                                 self.strategy.experimental_local_results(v.value)])
-                for i, layer in enumerate(self.lstms) for j, v in enumerate(layer.states)}
+        """Every layer's (h, c) for all B streams: the replicas' rows put back in order. Under multi-worker, every
+        worker must call it (it gathers the other workers' rows)."""
+        import tensorflow as tf
+
+        def rows(variable) -> np.ndarray:
+            # variable.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under
+            # a mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
+            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):  # this worker's rows alone
+                return np.asarray(self.strategy.gather(variable.value, axis=0))
+            return np.concatenate([np.asarray(part) for part in
+                                   self.strategy.experimental_local_results(variable.value)])
+
+        return {f"lstm_{i}_{j}": rows(v) for i, layer in enumerate(self.lstms) for j, v in enumerate(layer.states)}
 
     def set_lstm_states(self, states: dict[str, np.ndarray]) -> None:
         import tensorflow as tf
@@ -124,8 +131,8 @@ class Session:
             for i, variable in enumerate(self.model.non_trainable_variables):
                 variable.assign(state[f"model_{i}"])
             states = {name: state[name] for name in state.files if name.startswith("lstm_")}
-            # At an epoch boundary the state is reset anyway. A multi-worker chief saves only its own
-            # replicas' rows: those streams then restart from a zero state (one window's worth of context).
+            # At an epoch boundary the state is reset anyway. A multi-worker chief saved only its own replicas'
+            # rows until it gathered every worker's: those streams then restart from a zero state.
             rows = self.per_replica * self.strategy.num_replicas_in_sync
             if meta.state.step_in_epoch and all(len(value) == rows for value in states.values()):
                 self.set_lstm_states(states)

@@ -287,11 +287,12 @@ class Run:
         self.state.elapsed_seconds = self.elapsed
         if not validated:
             self.state.train_loss, self.state.val_loss = self.state.epoch_mean_loss, None
+        arrays = self.session.training_state(carried)  # on every worker: it gathers their LSTM state rows
         if self.writes:
             meta = CheckpointMeta(model=self.model_config, training=self.config, vocab=self.vocab,
                                   corpus=self.corpus, state=self.state)
             try:
-                checkpoint.save(self.run_dir, kinds, meta, self.session.model, self.session.training_state(carried))
+                checkpoint.save(self.run_dir, kinds, meta, self.session.model, arrays)
             except checkpoint.SaveFailed as failed:
                 if self.has_saved:
                     raise
