@@ -106,6 +106,21 @@ def test_batch_size_must_divide_among_replicas():
         check_batch_size(63, 2)
 
 
+def test_resuming_on_devices_that_do_not_share_the_runs_batch_says_which_would(tmp_path):
+    """It advised --batch-size 2, which resume then refused as another data layout."""
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 300)
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
+               "--run", "r", "--units", "8", "--embedding-dim", "4", "--batch-size", "3", "--seq-length", "10",
+               "--epochs", "1"]
+    subprocess.run(command, check=True, timeout=120, env=ENV, capture_output=True)
+    resumed = subprocess.run(command + ["--resume", "--epochs", "2", "--strategy", "mirrored"], timeout=120,
+                             env=dict(ENV, TEXTGEN_CPU_DEVICES="2"), capture_output=True, text=True)
+    assert resumed.returncode == 1 and resumed.stderr.strip().splitlines()[-1] == (
+        "error: this run's batch of 3 streams does not divide among the 2 replicas here; resume it on a number of "
+        "devices that divides 3 (one device: --strategy single)"), resumed.stderr
+    assert check_batch_size(3, 3, resuming=True) is None
+
+
 def test_chief_is_the_chief_task_or_worker_0(monkeypatch):
     assert is_chief("single")
     cluster = {"worker": ["a:1", "b:2"]}

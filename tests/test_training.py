@@ -690,6 +690,21 @@ def test_the_advised_minimum_corpus_length_is_exact():
             training._check_lengths("c.txt", *split_validation(np.zeros(minimum - 1), val_fraction), config)
 
 
+def test_a_smaller_batch_advised_for_a_short_corpus_is_one_the_replicas_share():
+    from textgen.batching import split_validation
+    from textgen.config import TrainConfig
+
+    config = TrainConfig(batch_size=8, seq_length=10)
+    parts = split_validation(np.zeros(550), config.val_fraction)  # a validation slice of 55: 5 windows of 10
+    with pytest.raises(TextgenError, match=r"smaller values such as --batch-size 5$"):
+        training._check_lengths("c.txt", *parts, config)
+    # On 2 replicas, 5 was refused next ("not divisible by the 2 replicas").
+    with pytest.raises(TextgenError, match=r"smaller values such as --batch-size 4$"):
+        training._check_lengths("c.txt", *parts, config, replicas=2)
+    with pytest.raises(TextgenError, match=r"at least [\d,]+ characters$"):  # no smaller batch 8 replicas share
+        training._check_lengths("c.txt", *parts, config, replicas=8)
+
+
 def test_learning_rate_schedule():
     from textgen.config import TrainConfig
     config = TrainConfig(learning_rate=1.0, lr_decay=0.5, lr_decay_after=2, lr_schedule="step")

@@ -77,7 +77,12 @@ def divisible_batch(batch_size: int, replicas: int) -> int:
     return max(replicas, batch_size // replicas * replicas)
 
 
-def check_batch_size(batch_size: int, replicas: int) -> None:
+def check_batch_size(batch_size: int, replicas: int, resuming: bool = False) -> None:
+    """Refuse a batch the replicas cannot share; resuming, the batch is the run's own (another is refused)."""
+    if batch_size % replicas and resuming:
+        raise TextgenError(f"this run's batch of {batch_size} streams does not divide among the {replicas} replicas "
+                           f"here; resume it on a number of devices that divides {batch_size} (one device: "
+                           "--strategy single)")
     if batch_size % replicas:
         suggestion = divisible_batch(batch_size, replicas)
         raise TextgenError(f"--batch-size {batch_size} is not divisible by the {replicas} replicas; "

@@ -64,23 +64,24 @@ def stop_on_signals():
 
 
 def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, sized_batch: bool = False,
-                   resuming: bool = False) -> None:
+                   resuming: bool = False, replicas: int = 1) -> None:
     """Refuse a corpus whose training part or validation slice cannot hold one batch; sized_batch: the batch size
     was chosen by --size auto, not by the user (the message must not ask about an option they never gave);
-    resuming: the layout is the run's (smaller values would be refused)."""
+    resuming: the layout is the run's (smaller values would be refused); a smaller batch suggested is one the
+    replicas share."""
     need = StreamBatches.min_length(config.batch_size, config.seq_length)
     shortest = min(len(train_ids), len(val_ids))
     if shortest >= need:
         return
     part = "validation slice" if len(val_ids) < len(train_ids) else "training part"
     seq = min(config.seq_length, max(1, shortest - 1))
-    batch = max(1, min(config.batch_size, (shortest - 1) // seq))
+    batch = max(1, min(config.batch_size, (shortest - 1) // seq)) // replicas * replicas
     # The shortest corpus whose both parts hold a batch, counted up from a bound just below it (the split rounds).
     total = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
     while min(training_length(total, config.val_fraction), total - training_length(total, config.val_fraction)) \
             < need:
         total += 1
-    smaller = StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any window fit at all?
+    smaller = batch > 0 and StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any fit at all?
     layout = (f"a batch of {config.batch_size} (chosen by --size auto) and --seq-length {config.seq_length}"
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
     if resuming:
@@ -461,7 +462,7 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, gate, log: Callable[[str], None],
                   extra_callbacks: Sequence[cb.Callback]) -> dict:
-    from textgen.distribute import is_chief
+    from textgen.distribute import check_batch_size, is_chief
 
     writes = is_chief(gate.strategy_name)
     meta = _resumed_meta(run_dir) if resume else None
@@ -484,9 +485,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         sized_batch = sizing_reason is not None and not given_batch
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
     train_ids, val_ids = split_validation(data.ids, config.val_fraction)
-    _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch, resuming=meta is not None)
+    _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch, resuming=meta is not None,
+                   replicas=strategy.num_replicas_in_sync)
     if sizing_reason:
         log(sizing_reason)
+    check_batch_size(config.batch_size, strategy.num_replicas_in_sync, resuming=meta is not None)
     session = _session(model_config, config, strategy)
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
