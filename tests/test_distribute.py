@@ -100,6 +100,37 @@ def test_two_workers_with_a_time_budget_keep_identical_weights(tmp_path):
         np.testing.assert_array_equal(first[name], second[name])
 
 
+def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_strategy(tmp_path):
+    """The printed resume command lacked --strategy multi-worker, and every worker said it had saved."""
+    import signal
+    import time
+
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes = []
+    try:
+        for index in range(2):
+            env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
+                 "--run", "r", "--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10",
+                 "--epochs", "1000", "--strategy", "multi-worker"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "ck" / "r" / "last.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)  # training: its first epoch is saved
+        processes[1].send_signal(signal.SIGTERM)
+        errors = [process.communicate(timeout=120)[1].strip().splitlines()[-1] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [process.returncode for process in processes] == [143, 143], errors
+    assert errors[0].startswith("interrupted: saved a resumable checkpoint")
+    assert errors[1].startswith("interrupted: the chief worker saved a resumable checkpoint")
+    for error in errors:
+        assert error.endswith(" --run r --resume --strategy multi-worker"), error
+
+
 def test_batch_size_must_divide_among_replicas():
     check_batch_size(64, 4)
     with pytest.raises(TextgenError, match="--batch-size 63 is not divisible by the 2 replicas.*--batch-size 62"):

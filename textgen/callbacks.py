@@ -124,14 +124,19 @@ class StopRequests(Callback):
                                                         bool(budget) and run.elapsed >= budget, run.elapsed)
         if interrupted > 0:
             save_unvalidated(run)
-            saved = f"interrupted: saved a resumable checkpoint ({run.state.position()}) in {run.run_dir}"
+            import tensorflow as tf
+
+            workers = isinstance(run.session.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            saved = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
+                     f"({run.state.position()}) in {run.run_dir}")
             raise Interrupted(
                 f"{saved}; resume with: " + shlex.join([
                     "textgen", "train", str(run.corpus_path), "--checkpoint-dir", str(run.run_dir.parent),
-                    "--run", run.run_dir.name, "--resume"]),
+                    "--run", run.run_dir.name, "--resume", *(["--strategy", "multi-worker"] if workers else [])]),
                 self.signals[0] if self.signals else signal.SIGTERM,
                 f"{saved}; resume with: textgen.train(run={run.run_dir.name!r}, "
-                f"checkpoint_dir={str(run.run_dir.parent)!r}, resume=True)")
+                f"checkpoint_dir={str(run.run_dir.parent)!r}, resume=True"
+                + (", strategy='multi-worker')" if workers else ")"))
         if time_up > 0:
             run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
 
