@@ -131,6 +131,34 @@ def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_stra
         assert error.endswith(" --run r --resume --strategy multi-worker"), error
 
 
+def test_a_gpu_tensorflow_does_not_see_or_a_mirrored_run_without_one_is_said(tmp_path, monkeypatch, caplog):
+    """A GPU went unused without a word: the training line does not name the device, and TensorFlow's notes about
+    its missing CUDA libraries are muted."""
+    import logging
+    from types import SimpleNamespace
+
+    from textgen import distribute
+
+    driver = tmp_path / "nvidia-version"
+    monkeypatch.setattr(distribute, "NVIDIA_DRIVER", str(driver))
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        distribute.make_strategy("single")
+        assert caplog.messages == []  # no driver, no GPU: the usual CPU machine
+        driver.write_text("NVRM version: 550")
+        distribute.make_strategy("single")
+        assert caplog.messages == ["this machine has an NVIDIA GPU that TensorFlow does not see, so training runs on "
+                                   "the CPU; install TensorFlow's GPU build (pip install 'tensorflow[and-cuda]') to "
+                                   "use it"]
+        driver.unlink()
+        caplog.clear()
+        distribute.make_strategy("mirrored")
+        assert caplog.messages == ["--strategy mirrored found no GPU: training runs on the CPU as one replica"]
+    gpus = [f"/job:worker/replica:0/task:1/device:GPU:{index}" for index in range(2)]
+    assert distribute.gpu_text(SimpleNamespace(extended=SimpleNamespace(worker_devices=gpus))) == ", on 2 GPUs"
+    assert distribute.gpu_text(SimpleNamespace(extended=SimpleNamespace(worker_devices=gpus[:1]))) == ", on 1 GPU"
+    assert distribute.gpu_text(distribute.make_strategy("single")) == ""  # the CPU
+
+
 def test_batch_size_must_divide_among_replicas():
     check_batch_size(64, 4)
     with pytest.raises(TextgenError, match="--batch-size 63 is not divisible by the 2 replicas.*--batch-size 62"):

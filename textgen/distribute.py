@@ -18,6 +18,7 @@ from textgen.errors import TextgenError
 logger = logging.getLogger("textgen")
 STRATEGIES = ("auto", "single", "mirrored", "multi-worker")
 CPU_DEVICES_VARIABLE = "TEXTGEN_CPU_DEVICES"  # split the CPU into N logical devices (to try mirrored on a CPU)
+NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # present when Linux has loaded NVIDIA's driver
 
 
 def _tf_config() -> dict:
@@ -64,12 +65,29 @@ def make_strategy(name: str):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
     gpus = tf.config.list_logical_devices("GPU")
+    if not gpus and os.path.exists(NVIDIA_DRIVER):  # else the GPU goes unused without a word (TF's notes are muted)
+        logger.warning("this machine has an NVIDIA GPU that TensorFlow does not see, so training runs on the CPU; "
+                       "install TensorFlow's GPU build (pip install 'tensorflow[and-cuda]') to use it")
+    if name == "mirrored" and not gpus and cpu_devices <= 1:
+        logger.warning("--strategy mirrored found no GPU: training runs on the CPU as one replica")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "single"
     if name == "single":
         return tf.distribute.get_strategy()
     devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def gpu_text(strategy) -> str:
+    """', on 2 GPUs' when the strategy trains on this worker's GPUs, else '' (the CPU: the usual case)."""
+    import tensorflow as tf
+
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's first GPU, if it sees one
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")][:1]
+    gpus = sum(":GPU:" in device.upper() for device in devices)
+    return f", on {gpus} GPU{'s' if gpus > 1 else ''}" if gpus else ""
 
 
 def divisible_batch(batch_size: int, replicas: int) -> int:

@@ -462,7 +462,7 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, gate, log: Callable[[str], None],
                   extra_callbacks: Sequence[cb.Callback]) -> dict:
-    from textgen.distribute import check_batch_size, is_chief
+    from textgen.distribute import check_batch_size, gpu_text, is_chief
 
     writes = is_chief(gate.strategy_name)
     meta = _resumed_meta(run_dir) if resume else None
@@ -508,7 +508,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
             f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
-            f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else ""))
+            f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else "")
+            + gpu_text(session.strategy))
     if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units)):
         log(note)
     with stop_on_signals() as signals:
