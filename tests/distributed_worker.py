@@ -49,7 +49,10 @@ def equivalence(out_path):
 
 
 def train_worker(corpus, checkpoint_dir, out_path, options="{}"):
+    from textgen import distribute
     from textgen.training import train
+
+    distribute.JOIN_TIMEOUT = float(os.environ.get("JOIN_TIMEOUT", distribute.JOIN_TIMEOUT))
 
     summary = train(corpus, checkpoint_dir, run="r", strategy="multi-worker",
                     model_options=dict(units=16, embedding_dim=8, dropout=0.0),

@@ -87,6 +87,18 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path):
     assert json.loads((tmp_path / "ck" / "r" / "last.json").read_text())["saved_at"] == meta["saved_at"]
 
 
+def test_a_worker_that_cannot_start_alone_says_why_and_stops(tmp_path):
+    """Joining the cluster to tell the others blocked forever when they never came, deaf to SIGTERM and Ctrl-C,
+    and the reason was printed only after it."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    env = dict(ENV, JOIN_TIMEOUT="3", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    lone = subprocess.run([sys.executable, WORKER, "train", str(tmp_path / "missing.txt"), str(tmp_path / "ck"),
+                           str(tmp_path / "w.npz")], env=env, capture_output=True, text=True, timeout=60)
+    assert lone.returncode == 1
+    assert "this worker cannot start (corpus file not found" in lone.stderr
+    assert "the other workers did not join within 3 s" in lone.stderr
+
+
 def test_two_workers_with_a_time_budget_keep_identical_weights(tmp_path):
     """The learning rate of an epoch's first step followed each worker's own clock (the time since the start, which
     the cosine schedule and a budget stretch): the workers' weights drifted apart, and only the chief's were saved."""

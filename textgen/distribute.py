@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 
 from textgen.config import check_range
 from textgen.errors import TextgenError
@@ -19,6 +21,7 @@ logger = logging.getLogger("textgen")
 STRATEGIES = ("auto", "single", "mirrored", "multi-worker")
 CPU_DEVICES_VARIABLE = "TEXTGEN_CPU_DEVICES"  # split the CPU into N logical devices (to try mirrored on a CPU)
 NVIDIA_DRIVER = "/proc/driver/nvidia/version"  # present when Linux has loaded NVIDIA's driver
+JOIN_TIMEOUT = 60.0  # seconds a worker that cannot start waits for the others to join the cluster, to tell them
 
 
 def _tf_config() -> dict:
@@ -152,13 +155,24 @@ class StartGate:
                                "start every worker again")
         return self.strategy
 
-    def refuse(self) -> None:
-        """Tell the other workers that this one cannot start (under multi-worker, before it has joined them)."""
+    def refuse(self, reason: Exception) -> None:
+        """Tell the other workers that this one cannot start, for reason (under multi-worker, before it has joined
+        them), waiting up to JOIN_TIMEOUT seconds for them. A child process joins in this worker's place: joining
+        blocks inside TensorFlow, deaf to signals and to a timeout, until every worker is there."""
         if self.strategy_name != "multi-worker" or self.strategy is not None:
             return
-        logger.info("this worker cannot start; telling the other workers (waiting for them to join the cluster)")
+        logger.warning(f"this worker cannot start ({reason}); telling the other workers (waiting up to "
+                       f"{JOIN_TIMEOUT:g} s for them to join the cluster)")
+        teller = subprocess.Popen(
+            [sys.executable, "-c", "from textgen.distribute import make_strategy, worker_mean; "
+                                   "worker_mean(make_strategy('multi-worker'), 1.0)"],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            self.strategy = make_strategy(self.strategy_name)
-            worker_mean(self.strategy, 1.0)
-        except Exception:  # the reason this worker cannot start is the error to report, not this one
-            logger.warning("could not tell the other workers that this one cannot start")
+            teller.wait(JOIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            logger.warning(f"the other workers did not join within {JOIN_TIMEOUT:g} s: any started since wait for "
+                           "this one; stop them")
+        finally:
+            teller.kill()
+            teller.wait()

@@ -410,8 +410,8 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = "checkpoint
             _check_run_dir(run_dir, resume, overwrite)  # again: another training may have saved there meanwhile
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                                  gate, log, callbacks)
-    except Exception:
-        gate.refuse()  # under multi-worker, before this worker joined the others: they would wait for it forever
+    except Exception as error:
+        gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         raise
 
 
