@@ -375,6 +375,46 @@ def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, per
     assert files_snapshot(tmp_path / "old") == earlier
 
 
+def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_checkpoint(tmp_path, monkeypatch):
+    """best.json failed after its rename; putting last.json back worked and putting best.json back did not: last.json
+    named the earlier checkpoint and best.json the new one."""
+    import dataclasses
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    @dataclasses.dataclass
+    class Meta:
+        state: object
+        kind: str = ""
+        textgen_version: str = ""
+        saved_at: str = ""
+        files: dict = None
+
+        def to_json(self):
+            return dict(kind=self.kind, files=self.files, run=self.state.run_id)
+
+    for kind in ("last", "best"):
+        (tmp_path / f"{kind}.json").write_text(json.dumps(dict(kind=kind, run="old", files={
+            "weights": {"name": "ckpt-old-1.weights.h5"}})))
+    (tmp_path / "ckpt-old-1.weights.h5").write_text("w")
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    write_json, write = checkpoint.atomic_write_json, checkpoint.atomic_write
+    monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: write_json(path, payload) or (
+        full() if path.name == "best.json" else None))  # fails after its rename
+    monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.name == "best.json"
+                        else write(path, fill))  # and putting it back fails too
+    model = SimpleNamespace(save_weights=lambda path: Path(path).write_text("new"))
+    with pytest.raises(checkpoint.SaveFailed):
+        checkpoint.save(tmp_path, ("last", "best"), Meta(state=SimpleNamespace(run_id="new", global_step=5)), model,
+                        {})
+    named = {kind: json.loads((tmp_path / f"{kind}.json").read_text())["run"] for kind in ("last", "best")}
+    assert named["last"] == named["best"], named
+
+
 def interrupt_at_step(n):
     """A callback that sends SIGINT to this process right after the n-th training step."""
     return AtStep(n, lambda run: os.kill(os.getpid(), signal.SIGINT))

@@ -189,7 +189,8 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
             atomic_write_json(meta_path(run_dir, kind), dataclasses.replace(meta, kind=kind).to_json())
     except OSError as error:
         with contextlib.suppress(OSError):  # the old metadata is no larger than the new (its history is shorter)
-            for kind in rewritten:
+            # "best" first: should putting one back fail, both still name the same (new) checkpoint
+            for kind in reversed(rewritten):
                 if previous[kind] is None:
                     meta_path(run_dir, kind).unlink(missing_ok=True)
                 else:
