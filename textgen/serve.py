@@ -147,8 +147,8 @@ class Runs:
         """describe() of every run in paths; what was kept of runs no longer there is dropped (a server that
         watches runs come and go would otherwise hold the metadata of each one it ever listed)."""
         described = [self.describe(name, path) for name, path in paths.items()]
-        live = set(paths.values())
-        self._described = {path: kept for path, kept in self._described.items() if path in live}
+        live = set(paths.values())  # list(): another request's describe() may add a run meanwhile (a thread each)
+        self._described = {path: kept for path, kept in list(self._described.items()) if path in live}
         return described
 
     def describe(self, name: str, path: Path) -> dict:
@@ -161,9 +161,10 @@ class Runs:
             else:  # what loading it would serve, read again only when a metadata file changed (the playground asks
                 # after every generation, and a run's metadata holds its history and vocabulary)
                 stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
-                if self._described.get(path, (None,))[0] != stamp:
-                    self._described[path] = stamp, read_run_meta(path).best_else_last
-                meta = self._described[path][1]
+                kept = self._described.get(path)
+                if kept is None or kept[0] != stamp:
+                    kept = self._described[path] = stamp, read_run_meta(path).best_else_last
+                meta = kept[1]
         except TextgenError as error:
             return dict(name=name, error=str(error))
         val = meta.state.val_loss
