@@ -373,14 +373,20 @@ def test_eval_names_what_it_did_not_score(workspace):
     assert four.stdout.rstrip().endswith("unscored: the first and the end that does not fill all 4 streams)")
 
 
-def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path):
+def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path)])
     assert (result.exit_code, result.stdout) == (0, "")
-    assert result.stderr.strip() == f"no runs in {tmp_path} yet; train one with: textgen train CORPUS"
+    # The commands it suggests name the directory: without it, they train into ./checkpoints.
+    assert result.stderr.strip() == f"no runs in {tmp_path} yet; train one with: textgen train CORPUS " \
+                                    f"--checkpoint-dir {tmp_path}"
     result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip() == f"error: no checkpoint directory {tmp_path / 'missing'}; train a run with: " \
-                                    "textgen train CORPUS (or give --checkpoint-dir)"
+                                    f"textgen train CORPUS --checkpoint-dir {tmp_path / 'missing'}"
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["runs"])
+    assert result.stderr.strip() == "error: no checkpoint directory checkpoints; train a run with: textgen train " \
+                                    "CORPUS (or give --checkpoint-dir)"
     (tmp_path / "a.txt").write_text("text")
     result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "a.txt")])
     assert result.exit_code == 1 and result.stderr.strip() == \

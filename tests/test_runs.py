@@ -60,6 +60,14 @@ def test_the_options_that_name_a_run_give_its_directory_unless_it_is_the_default
     assert run_options(tmp_path / "checkpoints" / "demo") == "--run demo"
     assert run_options(Path("my runs") / "demo") == "--checkpoint-dir 'my runs' --run demo"
     assert run_options(tmp_path / "demo") == f"--checkpoint-dir {tmp_path} --run demo"
+    # A folder that --run cannot name, and '.', are given as the run's directory (find_run takes it so).
+    assert run_options(tmp_path / "my run") == f"--checkpoint-dir '{tmp_path}/my run'"
+    (tmp_path / "inside").mkdir()
+    monkeypatch.chdir(tmp_path / "inside")
+    assert run_options(Path(".")) == f"--checkpoint-dir {tmp_path} --run inside"
+    with pytest.raises(TextgenError, match=rf"no run named 'x' in {tmp_path}.*list them with: textgen runs "
+                                           rf"--checkpoint-dir {tmp_path}$"):
+        find_run(tmp_path, "x")
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

@@ -307,17 +307,18 @@ def info(checkpoint_dir, run, vocabulary):
 def runs(checkpoint_dir):
     """List the runs with their corpus, epochs and best validation bits per character."""
     from textgen.report import runs_table
-    from textgen.runs import check_checkpoint_dir, list_runs, runs_without_metadata
+    from textgen.runs import check_checkpoint_dir, directory_option, list_runs, runs_without_metadata
 
     check_checkpoint_dir(checkpoint_dir)
+    train_command = f"textgen train CORPUS{directory_option(checkpoint_dir)}"
     if not checkpoint_dir.is_dir():
-        raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: textgen train CORPUS"
-                                   " (or give --checkpoint-dir)")
+        raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: {train_command}"
+                                   + ("" if directory_option(checkpoint_dir) else " (or give --checkpoint-dir)"))
     found = list_runs(checkpoint_dir) + runs_without_metadata(checkpoint_dir)
     if found:
         click.echo(runs_table(found))
     else:  # an empty listing is an answer, as with ls
-        click.echo(f"no runs in {checkpoint_dir} yet; train one with: textgen train CORPUS", err=True)
+        click.echo(f"no runs in {checkpoint_dir} yet; train one with: {train_command}", err=True)
 
 
 @cli.command()

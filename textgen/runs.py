@@ -50,14 +50,23 @@ def _cleaned(text: str, stem: str) -> str:
     return f"{name[:91].rstrip('-.') or 'run'}-{digest}"
 
 
+def directory_option(checkpoint_dir: Path) -> str:
+    """' --checkpoint-dir DIR' for the commands that messages suggest, or '' for the default directory (a listing of
+    another directory said ``textgen info --run NAME``, which looked in the default one)."""
+    if Path(checkpoint_dir).resolve() == Path(DEFAULT_CHECKPOINT_DIR).resolve():
+        return ""
+    return f" --checkpoint-dir {shlex.quote(str(checkpoint_dir))}"
+
+
 def run_options(run_dir: Path) -> str:
-    """The options that name run_dir on the command line, for the commands that messages suggest: ``--run NAME``,
-    after ``--checkpoint-dir DIR`` unless the run is in the default directory (a listing of another directory
-    said ``textgen info --run NAME``, which looked in the default one)."""
-    parent = Path(run_dir).parent
-    if parent.resolve() == Path(DEFAULT_CHECKPOINT_DIR).resolve():
-        return f"--run {Path(run_dir).name}"
-    return f"--checkpoint-dir {shlex.quote(str(parent))} --run {Path(run_dir).name}"
+    """The options that name run_dir on the command line, for the commands that messages suggest: ``--run NAME``
+    after its :func:`directory_option`; a folder with a name no run is given ('my run', '.') as the directory."""
+    run_dir = Path(run_dir)
+    if run_dir.name in ("", ".", ".."):
+        run_dir = run_dir.resolve()
+    if not RUN_NAME.match(run_dir.name):  # --run refuses it; find_run takes a run's directory as --checkpoint-dir
+        return f"--checkpoint-dir {shlex.quote(str(run_dir))}"
+    return (directory_option(run_dir.parent) + f" --run {run_dir.name}").lstrip()
 
 
 def check_run_name(name: str) -> str:
@@ -138,7 +147,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
         if not has_checkpoint(run_dir):
             known = ", ".join(path.name for path in list_runs(checkpoint_dir)) or "none"
             raise TextgenError(f"no run named {run!r} in {checkpoint_dir} (runs there: {known}); "
-                               "list them with: textgen runs")
+                               f"list them with: textgen runs{directory_option(checkpoint_dir)}")
         return run_dir
     if has_checkpoint(checkpoint_dir):
         return checkpoint_dir
@@ -148,7 +157,9 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
                            "damaged run; train it again with: textgen train CORPUS "
                            f"{run_options(checkpoint_dir)}")
     if not runs:
-        raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS")
+        raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
+                           f"{directory_option(checkpoint_dir)}")
     if len(runs) > 1:
-        logger.info(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs)")
+        logger.info(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs"
+                    f"{directory_option(checkpoint_dir)})")
     return runs[0]
