@@ -159,6 +159,10 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
                                                                   "it, e.g. with iconv -f iso-2022-jp -t utf-8"),
     ("대한민국은 민주공화국이다.\n".encode("iso2022_kr") * 10, "is ISO-2022-KR text, not UTF-8"),
     (b"An English preface.\n" * 300 + "吾輩は猫である。\n".encode("iso2022_jp"), "is ISO-2022-JP text"),
+    # Its larger variants, whose escapes ISO-2022-JP's converter garbles or refuses, were ASCII.
+    ("대한민국\n".encode("iso2022_jp_2") * 20, "is ISO-2022-JP-2 text"),
+    ("丂丄 吾輩は猫\n".encode("iso2022_jp_1") * 20, "is ISO-2022-JP-2 text"),
+    ("𠀋𡈽𡌛 俱剝\n".encode("iso2022_jp_2004") * 20, "is ISO-2022-JP-3 text"),
 ])
 def test_a_file_in_another_encoding_is_told_which_it_looks_like(tmp_path, content, told):
     path = tmp_path / "other.txt"

@@ -91,7 +91,8 @@ def test_a_worker_that_cannot_start_alone_says_why_and_stops(tmp_path):
     """Joining the cluster to tell the others blocked forever when they never came, deaf to SIGTERM and Ctrl-C,
     and the reason was printed only after it."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    env = dict(ENV, JOIN_TIMEOUT="3", TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    task = {"type": "worker", "index": 1}
+    env = dict(ENV, JOIN_TIMEOUT="3", TF_CONFIG=json.dumps({"cluster": cluster, "task": task}))
     lone = subprocess.run([sys.executable, WORKER, "train", str(tmp_path / "missing.txt"), str(tmp_path / "ck"),
                            str(tmp_path / "w.npz")], env=env, capture_output=True, text=True, timeout=60)
     assert lone.returncode == 1
@@ -161,8 +162,11 @@ def test_a_gpu_tensorflow_does_not_see_or_a_mirrored_run_without_one_is_said(tmp
         assert caplog.messages == ["this machine has an NVIDIA GPU that TensorFlow does not see, so training runs on "
                                    "the CPU; install TensorFlow's GPU build (pip install 'tensorflow[and-cuda]') to "
                                    "use it"]
-        driver.unlink()
         caplog.clear()
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose: no warning
+        distribute.make_strategy("single")
+        assert caplog.messages == []
+        driver.unlink()
         distribute.make_strategy("mirrored")
         assert caplog.messages == ["--strategy mirrored found no GPU: training runs on the CPU as one replica"]
     gpus = [f"/job:worker/replica:0/task:1/device:GPU:{index}" for index in range(2)]

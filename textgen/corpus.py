@@ -99,8 +99,13 @@ def _decoded_chunks(path: Path, what: str):
         ) from None
 
 
-# The escape sequences that switch an ISO-2022 text (7-bit: it decodes as ASCII) into its two-byte character set.
-_ISO_2022 = ((b"\x1b$B", "iso-2022-jp"), (b"\x1b$@", "iso-2022-jp"), (b"\x1b$)C", "iso-2022-kr"),
+# The escape sequences that switch an ISO-2022 text (7-bit: it decodes as ASCII) into a multi-byte character set,
+# those of the larger variants first: a JP-2 text (JIS X 0212, Korean, Chinese) also holds ISO-2022-JP's escapes,
+# and iconv -f iso-2022-jp garbles it.
+_ISO_2022 = ((b"\x1b$(Q", "iso-2022-jp-3"), (b"\x1b$(O", "iso-2022-jp-3"), (b"\x1b$(P", "iso-2022-jp-3"),
+             (b"\x1b$(D", "iso-2022-jp-2"), (b"\x1b$(C", "iso-2022-jp-2"), (b"\x1b$(A", "iso-2022-jp-2"),
+             (b"\x1b$A", "iso-2022-jp-2"),
+             (b"\x1b$B", "iso-2022-jp"), (b"\x1b$@", "iso-2022-jp"), (b"\x1b$)C", "iso-2022-kr"),
              (b"\x1b$)A", "iso-2022-cn"), (b"\x1b$)G", "iso-2022-cn"))
 
 

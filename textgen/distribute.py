@@ -68,7 +68,8 @@ def make_strategy(name: str):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
     gpus = tf.config.list_logical_devices("GPU")
-    if not gpus and os.path.exists(NVIDIA_DRIVER):  # else the GPU goes unused without a word (TF's notes are muted)
+    # Else the GPU goes unused without a word (TF's notes are muted); CUDA_VISIBLE_DEVICES set hides GPUs on purpose.
+    if not gpus and os.path.exists(NVIDIA_DRIVER) and "CUDA_VISIBLE_DEVICES" not in os.environ:
         logger.warning("this machine has an NVIDIA GPU that TensorFlow does not see, so training runs on the CPU; "
                        "install TensorFlow's GPU build (pip install 'tensorflow[and-cuda]') to use it")
     if name == "mirrored" and not gpus and cpu_devices <= 1:

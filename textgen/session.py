@@ -83,7 +83,7 @@ class Session:
         def rows(variable) -> np.ndarray:
             # variable.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under
             # a mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
-            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):  # this worker's rows alone
+            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):  # it holds this worker's alone
                 return np.asarray(self.strategy.gather(variable.value, axis=0))
             return np.concatenate([np.asarray(part) for part in
                                    self.strategy.experimental_local_results(variable.value)])

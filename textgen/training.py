@@ -500,7 +500,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               replaces=meta is None and checkpoint.has_checkpoint(run_dir), has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)
-        log(f"resuming {run_dir} {run.state.position()}")
+        log(f"resuming {run_dir} {run.state.position()}{gpu_text(session.strategy)}")
         if text_changed:
             _restart_best_on_changed_text(run, meta)
         _log_schedule_change(run, meta)  # after a restarted epoch, which moves the schedule back to its start
