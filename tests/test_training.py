@@ -741,8 +741,11 @@ def test_a_smaller_batch_advised_for_a_short_corpus_is_one_the_replicas_share():
     # On 2 replicas, 5 was refused next ("not divisible by the 2 replicas").
     with pytest.raises(TextgenError, match=r"smaller values such as --batch-size 4$"):
         training._check_lengths("c.txt", *parts, config, replicas=2)
-    with pytest.raises(TextgenError, match=r"at least [\d,]+ characters$"):  # no smaller batch 8 replicas share
+    with pytest.raises(TextgenError, match=r"at least [\d,]+ characters or smaller values such as --seq-length 6$"):
+        # one stream per replica (the batch it has), in shorter windows
         training._check_lengths("c.txt", *parts, config, replicas=8)
+    with pytest.raises(TextgenError, match=r"at least [\d,]+ characters$"):  # not even one character per replica
+        training._check_lengths("c.txt", *parts, config, replicas=64)
 
 
 def test_learning_rate_schedule():

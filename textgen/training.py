@@ -76,12 +76,14 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
     part = "validation slice" if len(val_ids) < len(train_ids) else "training part"
     seq = min(config.seq_length, max(1, shortest - 1))
     batch = max(1, min(config.batch_size, (shortest - 1) // seq)) // replicas * replicas
+    if not batch:  # one stream per replica, in shorter windows
+        batch, seq = replicas, max(1, min(config.seq_length, (shortest - 1) // replicas))
     # The shortest corpus whose both parts hold a batch, counted up from a bound just below it (the split rounds).
     total = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
     while min(training_length(total, config.val_fraction), total - training_length(total, config.val_fraction)) \
             < need:
         total += 1
-    smaller = batch > 0 and StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any fit at all?
+    smaller = StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any window fit at all?
     layout = (f"a batch of {config.batch_size} (chosen by --size auto) and --seq-length {config.seq_length}"
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
     if resuming:
