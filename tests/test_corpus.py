@@ -163,6 +163,7 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
     ("대한민국\n".encode("iso2022_jp_2") * 20, "is ISO-2022-JP-2 text"),
     ("丂丄 吾輩は猫\n".encode("iso2022_jp_1") * 20, "is ISO-2022-JP-2 text"),
     ("𠀋𡈽𡌛 俱剝\n".encode("iso2022_jp_2004") * 20, "is ISO-2022-JP-3 text"),
+    ("ｶﾀｶﾅ 吾輩は猫\n".encode("iso2022_jp_ext") * 20, "is ISO-2022-JP-3 text"),  # iconv's -JP left ESC ( I in
 ])
 def test_a_file_in_another_encoding_is_told_which_it_looks_like(tmp_path, content, told):
     path = tmp_path / "other.txt"

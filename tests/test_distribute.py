@@ -97,7 +97,22 @@ def test_a_worker_that_cannot_start_alone_says_why_and_stops(tmp_path):
                            str(tmp_path / "w.npz")], env=env, capture_output=True, text=True, timeout=60)
     assert lone.returncode == 1
     assert "this worker cannot start (corpus file not found" in lone.stderr
-    assert "the other workers did not join within 3 s" in lone.stderr
+    assert "not every worker joined within 3 s" in lone.stderr
+
+
+def test_a_worker_that_cannot_tell_the_others_says_so(monkeypatch, caplog):
+    """The child that joins the cluster in a refusing worker's place died unheard (its port taken, say)."""
+    import logging
+
+    from textgen import distribute
+
+    monkeypatch.setattr(distribute, "_TELLER", "import sys; sys.exit('Could not start gRPC server')")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        distribute.StartGate("multi-worker").refuse(TextgenError("corpus file not found: c.txt"))
+    assert caplog.messages[-1] == "could not tell the other workers (Could not start gRPC server); they wait for " \
+                                  "this one: stop them"
 
 
 def test_two_workers_with_a_time_budget_keep_identical_weights(tmp_path):
@@ -163,9 +178,14 @@ def test_a_gpu_tensorflow_does_not_see_or_a_mirrored_run_without_one_is_said(tmp
                                    "the CPU; install TensorFlow's GPU build (pip install 'tensorflow[and-cuda]') to "
                                    "use it"]
         caplog.clear()
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # GPUs hidden on purpose: no warning
+        for hidden in ("", "-1"):  # GPUs hidden on purpose: no warning
+            monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+            distribute.make_strategy("single")
+            assert caplog.messages == []
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a scheduler's GPU, which a CPU-only TensorFlow misses
         distribute.make_strategy("single")
-        assert caplog.messages == []
+        assert len(caplog.messages) == 1
+        caplog.clear()
         driver.unlink()
         distribute.make_strategy("mirrored")
         assert caplog.messages == ["--strategy mirrored found no GPU: training runs on the CPU as one replica"]

@@ -68,6 +68,13 @@ def test_the_options_that_name_a_run_give_its_directory_unless_it_is_the_default
     with pytest.raises(TextgenError, match=rf"no run named 'x' in {tmp_path}.*list them with: textgen runs "
                                            rf"--checkpoint-dir {tmp_path}$"):
         find_run(tmp_path, "x")
+    # A damaged run in such a folder: training with its directory as --checkpoint-dir would start a run inside it.
+    (tmp_path / "my run").mkdir()
+    (tmp_path / "my run" / "ckpt-1-000000001.weights.h5").write_bytes(b"w")
+    with pytest.raises(TextgenError, match=rf"damaged run; train it again under a run name \(its folder's, 'my run', "
+                                           rf"is not one\): textgen train CORPUS --checkpoint-dir {tmp_path} "
+                                           r"--run NAME$"):
+        find_run(tmp_path / "my run", None)
 
 
 def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_path):

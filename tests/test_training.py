@@ -375,9 +375,12 @@ def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, per
     assert files_snapshot(tmp_path / "old") == earlier
 
 
-def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("renamed", [True, False])
+def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_checkpoint(tmp_path, monkeypatch,
+                                                                                        renamed):
     """best.json failed after its rename; putting last.json back worked and putting best.json back did not: last.json
-    named the earlier checkpoint and best.json the new one."""
+    named the earlier checkpoint and best.json the new one. Failing before its rename (a full disk), best.json was
+    'put back' first, which failed too, and last.json was left naming the new checkpoint."""
     import dataclasses
     import json
     from pathlib import Path
@@ -403,8 +406,9 @@ def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_ch
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     write_json, write = checkpoint.atomic_write_json, checkpoint.atomic_write
-    monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: write_json(path, payload) or (
-        full() if path.name == "best.json" else None))  # fails after its rename
+    monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: (
+        write_json(path, payload) if renamed or path.name != "best.json" else None) or (
+        full() if path.name == "best.json" else None))  # fails after its rename, or before
     monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.name == "best.json"
                         else write(path, fill))  # and putting it back fails too
     model = SimpleNamespace(save_weights=lambda path: Path(path).write_text("new"))

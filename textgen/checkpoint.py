@@ -191,6 +191,9 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
         with contextlib.suppress(OSError):  # the old metadata is no larger than the new (its history is shorter)
             # "best" first: should putting one back fail, both still name the same (new) checkpoint
             for kind in reversed(rewritten):
+                path = meta_path(run_dir, kind)
+                if (path.read_bytes() if path.is_file() else None) == previous[kind]:
+                    continue  # its write failed before the rename: nothing to put back, no write to fail
                 if previous[kind] is None:
                     meta_path(run_dir, kind).unlink(missing_ok=True)
                 else:

@@ -104,7 +104,7 @@ def _decoded_chunks(path: Path, what: str):
 # and iconv -f iso-2022-jp garbles it.
 _ISO_2022 = ((b"\x1b$(Q", "iso-2022-jp-3"), (b"\x1b$(O", "iso-2022-jp-3"), (b"\x1b$(P", "iso-2022-jp-3"),
              (b"\x1b$(D", "iso-2022-jp-2"), (b"\x1b$(C", "iso-2022-jp-2"), (b"\x1b$(A", "iso-2022-jp-2"),
-             (b"\x1b$A", "iso-2022-jp-2"),
+             (b"\x1b$A", "iso-2022-jp-2"), (b"\x1b(I", "iso-2022-jp-3"),  # half-width katakana
              (b"\x1b$B", "iso-2022-jp"), (b"\x1b$@", "iso-2022-jp"), (b"\x1b$)C", "iso-2022-kr"),
              (b"\x1b$)A", "iso-2022-cn"), (b"\x1b$)G", "iso-2022-cn"))
 
@@ -119,7 +119,7 @@ def _wide_encoding(head: bytes) -> Optional[str]:
                        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # UTF-32-LE's: first
         if head.startswith(mark):
             return name
-    if b"\x1b$" in head and head.isascii():  # the whole first block: a preface in English can come first
+    if (b"\x1b$" in head or b"\x1b(I" in head) and head.isascii():  # the whole block: an English preface first
         return next((name for escape, name in _ISO_2022 if escape in head), None)
     sample = head[:4096]
     if len(sample) < 16 or b"\0" not in sample:

@@ -68,8 +68,9 @@ def make_strategy(name: str):
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
     gpus = tf.config.list_logical_devices("GPU")
-    # Else the GPU goes unused without a word (TF's notes are muted); CUDA_VISIBLE_DEVICES set hides GPUs on purpose.
-    if not gpus and os.path.exists(NVIDIA_DRIVER) and "CUDA_VISIBLE_DEVICES" not in os.environ:
+    # Else the GPU goes unused without a word (TF's notes are muted); CUDA_VISIBLE_DEVICES "" or -1 hides GPUs on
+    # purpose.
+    if not gpus and os.path.exists(NVIDIA_DRIVER) and os.environ.get("CUDA_VISIBLE_DEVICES") not in ("", "-1"):
         logger.warning("this machine has an NVIDIA GPU that TensorFlow does not see, so training runs on the CPU; "
                        "install TensorFlow's GPU build (pip install 'tensorflow[and-cuda]') to use it")
     if name == "mirrored" and not gpus and cpu_devices <= 1:
@@ -164,16 +165,36 @@ class StartGate:
             return
         logger.warning(f"this worker cannot start ({reason}); telling the other workers (waiting up to "
                        f"{JOIN_TIMEOUT:g} s for them to join the cluster)")
-        teller = subprocess.Popen(
-            [sys.executable, "-c", "from textgen.distribute import make_strategy, worker_mean; "
-                                   "worker_mean(make_strategy('multi-worker'), 1.0)"],
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(path for path in sys.path if path)},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        teller = subprocess.Popen([sys.executable, "-c", _TELLER], env={**os.environ, _PARENT: str(os.getpid()),
+                                                                      _PATH: os.pathsep.join(sys.path)},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            teller.wait(JOIN_TIMEOUT)
+            _, errors = teller.communicate(timeout=JOIN_TIMEOUT)
+            if teller.returncode:
+                last = (errors.strip().splitlines() or ["no message"])[-1]
+                logger.warning(f"could not tell the other workers ({last}); they wait for this one: stop them")
         except subprocess.TimeoutExpired:
-            logger.warning(f"the other workers did not join within {JOIN_TIMEOUT:g} s: any started since wait for "
-                           "this one; stop them")
+            logger.warning(f"not every worker joined within {JOIN_TIMEOUT:g} s; those running, or started later, wait "
+                           "for this one: stop them")
         finally:
             teller.kill()
             teller.wait()
+
+
+_PARENT, _PATH = "TEXTGEN_TELLER_PARENT", "TEXTGEN_TELLER_PATH"
+# StartGate.refuse's child. It dies with its parent (Linux), whatever ends the parent: left behind, it would hold
+# the worker's port and tell the next attempt's workers to stop. Its sys.path is the parent's (python -c puts the
+# current directory first, where another textgen may be).
+_TELLER = f"""
+import os, sys
+sys.path[:] = os.environ["{_PATH}"].split(os.pathsep)
+try:
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(os.environ["{_PARENT}"]):
+    sys.exit(1)
+from textgen.distribute import make_strategy, worker_mean
+worker_mean(make_strategy("multi-worker"), 1.0)
+"""

@@ -153,9 +153,12 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
         return checkpoint_dir
     runs = list_runs(checkpoint_dir)
     if not runs and _left_without_metadata(checkpoint_dir):  # the run itself, damaged
+        run_dir = checkpoint_dir.resolve()
+        again = (f"train it again with: textgen train CORPUS {run_options(checkpoint_dir)}" if RUN_NAME.match(
+            run_dir.name) else f"train it again under a run name (its folder's, {run_dir.name!r}, is not one): "
+                               f"textgen train CORPUS{directory_option(run_dir.parent)} --run NAME")
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
-                           "damaged run; train it again with: textgen train CORPUS "
-                           f"{run_options(checkpoint_dir)}")
+                           f"damaged run; {again}")
     if not runs:
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
