@@ -125,5 +125,6 @@ def test_overwrite_through_a_link_replaces_the_export_it_points_to_and_keeps_the
 def test_missing_run_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(tmp_path), "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.strip() == f"error: no checkpoint in {tmp_path}; train one first with: textgen train CORPUS"
+    assert result.output.strip() == f"error: no checkpoint in {tmp_path}; train one first with: textgen train CORPUS " \
+                                    f"--checkpoint-dir {tmp_path}"
     assert not (tmp_path / "x").exists()
