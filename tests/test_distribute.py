@@ -1,5 +1,6 @@
 """tf.distribute: mirrored replicas keep their own streams' state; multi-worker runs agree."""
 
+import contextlib
 import json
 import os
 import socket
@@ -44,22 +45,27 @@ def free_ports(count):
     return ports
 
 
-def run_two_workers(tmp_path, corpus, timeout=240, **train_options):
-    """Worker 0 and 1 of a cluster on localhost, each training corpus into tmp_path/ck: their exit codes and
-    outputs."""
+@contextlib.contextmanager
+def two_workers(command, stderr=subprocess.STDOUT):
+    """Worker 0 and 1 of a cluster on localhost, running command(index) (their output piped), killed on leaving."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes = []
     try:
         for index in range(2):
             env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            processes.append(subprocess.Popen(
-                [sys.executable, WORKER, "train", str(corpus), str(tmp_path / "ck"), str(tmp_path / f"w{index}.npz"),
-                 json.dumps(train_options)],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+            processes.append(subprocess.Popen(command(index), env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                              text=True))
+        yield processes
     finally:
         for process in processes:
             process.kill()
+
+
+def run_two_workers(tmp_path, corpus, timeout=240, **train_options):
+    """Two workers, each training corpus into tmp_path/ck: their exit codes and outputs."""
+    with two_workers(lambda index: [sys.executable, WORKER, "train", str(corpus), str(tmp_path / "ck"),
+                                    str(tmp_path / f"w{index}.npz"), json.dumps(train_options)]) as processes:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
     return [process.returncode for process in processes], outputs
 
 
@@ -134,24 +140,15 @@ def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_stra
     import time
 
     corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    processes = []
-    try:
-        for index in range(2):
-            env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
-                 "--run", "r", "--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10",
-                 "--epochs", "1000", "--strategy", "multi-worker"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
+               "--run", "r", "--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10",
+               "--epochs", "1000", "--strategy", "multi-worker"]
+    with two_workers(lambda index: command, stderr=subprocess.PIPE) as processes:
         deadline = time.monotonic() + 120
         while not (tmp_path / "ck" / "r" / "last.json").exists() and time.monotonic() < deadline:
             time.sleep(0.2)  # training: its first epoch is saved
         processes[1].send_signal(signal.SIGTERM)
         errors = [process.communicate(timeout=120)[1].strip().splitlines()[-1] for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
     assert [process.returncode for process in processes] == [143, 143], errors
     assert errors[0].startswith("interrupted: saved a resumable checkpoint")
     assert errors[1].startswith("interrupted: the chief worker saved a resumable checkpoint")

@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig, SampleConfig, TrainConfig,
-                            command_line_options, rules, split_training_options)
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
+                            SampleConfig, TrainConfig, command_line_options, rules, split_training_options)
 from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -177,7 +177,7 @@ class TextModel:
         return config
 
 
-def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint: str = "best") -> TextModel:
+def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, checkpoint: str = "best") -> TextModel:
     """Load a trained run.
 
     Args:
@@ -197,7 +197,8 @@ def load(run: str | Path, checkpoint_dir: str | Path = "checkpoints", checkpoint
     return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
 
 
-def train(corpus: Optional[str | Path] = None, run: Optional[str] = None, checkpoint_dir: str | Path = "checkpoints",
+def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
+          checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
           resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
           strategy: str = "auto", **options) -> TextModel:
     """Train on a UTF-8 text file and return the trained run, loaded.

@@ -117,16 +117,14 @@ class StopRequests(Callback):
         self.signals = signals  # filled by training.stop_on_signals
 
     def on_step_end(self, run, loss: float) -> None:
-        from textgen.distribute import worker_mean
+        from textgen.distribute import spans_workers, worker_mean
 
         budget = run.config.max_minutes * 60
         interrupted, time_up, run.elapsed = worker_mean(run.session.strategy, bool(self.signals),
                                                         bool(budget) and run.elapsed >= budget, run.elapsed)
         if interrupted > 0:
             save_unvalidated(run)
-            import tensorflow as tf
-
-            workers = isinstance(run.session.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            workers = spans_workers(run.session.strategy)
             saved = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
                      f"({run.state.position()}) in {run.run_dir}")
             raise Interrupted(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from textgen.config import (Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
-                            split_training_options)
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, Limits, ModelConfig, SampleConfig, TrainConfig,
+                            command_line_options, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -64,7 +64,7 @@ _run_name_given = _not_empty("give a run name, or leave --run out")
 
 
 checkpoint_dir_option = click.option(
-    "--checkpoint-dir", type=click.Path(), default="checkpoints", show_default=True,
+    "--checkpoint-dir", type=click.Path(), default=DEFAULT_CHECKPOINT_DIR, show_default=True,
     callback=_not_empty("give a directory, such as checkpoints or . for the current one", Path),
     help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,

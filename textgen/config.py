@@ -252,6 +252,8 @@ class TrainConfig(_Config):
 MAX_TEMPERATURE = 1e6
 
 
+DEFAULT_CHECKPOINT_DIR = "checkpoints"  # where training writes runs and the other commands look for them
+
 # A small character model sampled below temperature 1 falls into loops of one character (hundreds of spaces
 # where its corpus never has more than 53; half of the demo's 2,000-character samples at 0.5): cut at 20, they read
 # as text, and a corpus's own longer runs (rules of 60 dashes) are merely shortened.

@@ -67,9 +67,9 @@ def _decoded_chunks(path: Path, what: str):
     offset = 0
     utf8_bytes = 0  # bytes of non-ASCII UTF-8 characters read so far, counted up to UTF8_EVIDENCE
     for block in _chunks(path):
-        if offset == 0 and (wide := _wide_encoding(block)):
-            raise TextgenError(f"{what} file is {wide.upper()} text, not UTF-8: {path} (convert it, e.g. with "
-                               f"iconv -f {wide} -t utf-8 in.txt > out.txt)")
+        if offset == 0 and (other := _recognised_encoding(block)):
+            raise TextgenError(f"{what} file is {other.upper()} text, not UTF-8: {path} (convert it, e.g. with "
+                               f"iconv -f {other} -t utf-8 in.txt > out.txt)")
         nul = block.find(b"\0")
         if nul >= 0:
             raise TextgenError(
@@ -109,7 +109,7 @@ _ISO_2022 = ((b"\x1b$(Q", "iso-2022-jp-3"), (b"\x1b$(O", "iso-2022-jp-3"), (b"\x
              (b"\x1b$)A", "iso-2022-cn"), (b"\x1b$)G", "iso-2022-cn"))
 
 
-def _wide_encoding(head: bytes) -> Optional[str]:
+def _recognised_encoding(head: bytes) -> Optional[str]:
     """The iconv name of the UTF-16, UTF-32 or ISO-2022 a file's first bytes are in (Windows tools often save text
     in the first two, old Japanese mail in the last), or None. Known by a byte order mark or ISO-2022's escapes; or
     without them, by UTF-32 that reads as text, or in mostly-ASCII text by a NUL in every other byte; or, in other

@@ -126,12 +126,20 @@ def replica_rows(strategy, array):
                   * per_replica]))
 
 
+def spans_workers(strategy) -> bool:
+    """Whether the strategy runs on several processes (multi-worker): each then holds its own replicas alone, and
+    what they must agree on takes a collective that every worker calls."""
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def worker_mean(strategy, *values: float) -> list[float]:
     """Each value averaged over all workers, so that every worker takes the same decision
     (a flag's mean is above 0 when it is set on any worker)."""
     import tensorflow as tf
 
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    if not spans_workers(strategy):
         return [float(value) for value in values]
     value = strategy.experimental_distribute_values_from_function(
         lambda context: tf.constant([float(value) for value in values], tf.float64))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from textgen.batching import StreamBatches
-from textgen.config import check_range
+from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
 from textgen.corpus import encode_text, scan
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
@@ -58,7 +58,7 @@ def _check_length(path: Path, known: int, batch_size: int) -> None:
                            f"--batch-size ({batch_size}); use a smaller --batch-size")
 
 
-def evaluate(text_file: str | Path, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from textgen.config import DEFAULT_MAX_REPEAT, SampleConfig, check_text, temperature_values
+from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, temperature_values
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc
 from textgen.files import atomic_write_text
@@ -268,7 +268,7 @@ class Generator:
         return dict(bpc=bpc(nats), nats=nats, perplexity=math.exp(nats), characters=len(ids) - 1, excluded=excluded)
 
 
-def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None, prime: str = "",
+def generate(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None, prime: str = "",
              length: int = 500, temperatures: Sequence[float] = (0.5,), top_k: Optional[int] = None,
              top_p: Optional[float] = None, num_samples: int = 1, seed: Optional[int] = None,
              stop: Optional[str] = None, skip_unknown: bool = False,
@@ -287,7 +287,7 @@ def generate(checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = No
     return generate_with(config, checkpoint_dir, run, on_text, show_progress, warn)
 
 
-def generate_with(config: SampleConfig, checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+def generate_with(config: SampleConfig, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
                   on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
                   warn: Callable[[str], None] = logger.warning) -> list[Sample]:
     """:func:`generate` with the sampling options as one SampleConfig (what the command line builds)."""

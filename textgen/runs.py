@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Optional
 
 from textgen.checkpoint import KINDS, has_checkpoint, meta_path
+from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
 
 logger = logging.getLogger("textgen")
-DEFAULT_CHECKPOINT_DIR = "checkpoints"  # where the commands look for runs unless given --checkpoint-dir
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # Checkpoint metadata is JSON with one such key (every quote inside a string value is escaped).
 SAVED_AT = re.compile(rb'"saved_at"\s*:\s*"([^"\\]*)"')

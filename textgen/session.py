@@ -78,12 +78,12 @@ class Session:
     def lstm_states(self) -> dict[str, np.ndarray]:
         """Every layer's (h, c) for all B streams: the replicas' rows put back in order. Under multi-worker, every
         worker must call it (it gathers the other workers' rows)."""
-        import tensorflow as tf
+        from textgen.distribute import spans_workers
 
         def rows(variable) -> np.ndarray:
             # variable.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under
             # a mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
-            if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):  # it holds this worker's alone
+            if spans_workers(self.strategy):  # it holds this worker's rows alone
                 return np.asarray(self.strategy.gather(variable.value, axis=0))
             return np.concatenate([np.asarray(part) for part in
                                    self.strategy.experimental_local_results(variable.value)])

@@ -27,7 +27,7 @@ from textgen import checkpoint
 from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
-from textgen.config import LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag
+from textgen.config import DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import Corpus, check_readable, fingerprint, load_corpus, same_text, scan
 from textgen.errors import OptionError, TextgenError, counted
@@ -372,7 +372,7 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     return corpus
 
 
-def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = "checkpoints", run: Optional[str] = None,
+def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
           resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
           log: Callable[[str], None] = logger.info, callbacks: Sequence[cb.Callback] = ()) -> dict:
