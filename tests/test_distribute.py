@@ -156,6 +156,59 @@ def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_stra
         assert error.endswith(" --run r --resume --strategy multi-worker"), error
 
 
+def test_a_worker_that_dies_mid_training_stops_the_other_in_one_line(tmp_path):
+    """The survivor printed TensorFlow's traceback (an UnavailableError from a collective op); and every checkpoint
+    after the fifth logged TensorFlow's warning that strategy.gather retraced a function."""
+    import signal
+    import time
+
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
+               "--run", "r", "--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10",
+               "--epochs", "1000", "--strategy", "multi-worker"]
+    last = tmp_path / "ck" / "r" / "last.json"
+    with two_workers(lambda index: command, stderr=subprocess.PIPE) as processes:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # seven checkpoints saved
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(last.read_text())["epoch"] >= 7:
+                    break
+            time.sleep(0.2)
+        processes[1].send_signal(signal.SIGKILL)
+        errors = processes[0].communicate(timeout=120)[1]
+    assert processes[0].returncode == 1, errors[-3000:]
+    assert "Traceback" not in errors and "retracing" not in errors, errors[-3000:]
+    message = errors.strip().splitlines()[-1]
+    assert message.startswith("error: another worker of the cluster stopped or cannot be reached ("), message
+    assert message.endswith(f"so this one stops too; the run's last checkpoint is kept in {tmp_path / 'ck' / 'r'}: "
+                            f"start every worker again with: textgen train {corpus} --checkpoint-dir "
+                            f"{tmp_path / 'ck'} --run r --resume --strategy multi-worker"), message
+    [sample] = generate(tmp_path / "ck", "r", prime="abc", length=10, temperatures=[0])  # the checkpoint is whole
+    assert len(sample.text) == 13
+
+
+def test_the_reason_a_worker_was_lost_is_tensorflows_short_one(monkeypatch):
+    import tensorflow as tf
+
+    from textgen import distribute
+
+    grpc = ("Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at (most recent call last):\n  File "
+            "x.py, line 6\n\nCollective ops is aborted by: recvmsg:Connection reset by peer\nAdditional GRPC error "
+            "information from remote target /job:worker/replica:0/task:1 while calling "
+            '/tensorflow.WorkerService/RecvBuf:\n:UNKNOWN:Error received from peer  '
+            '{grpc_message:"recvmsg:Connection reset by peer", grpc_status:14}')
+    heartbeats = ("Collective ops is aborted by: Error reported from /job:worker/task:0: The following tasks are "
+                  "unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.")
+    assert distribute.lost_worker(None, tf.errors.UnavailableError(None, None, grpc)) is None  # one machine
+    monkeypatch.setattr(distribute, "spans_workers", lambda strategy: True)
+    assert distribute.lost_worker(None, tf.errors.UnavailableError(None, None, grpc)) == \
+        "recvmsg:Connection reset by peer"
+    assert distribute.lost_worker(None, tf.errors.AbortedError(None, None, heartbeats)) == \
+        "worker 1 stopped sending heartbeats"
+    assert distribute.lost_worker(None, tf.errors.InvalidArgumentError(None, None, grpc)) is None  # a real bug
+    assert distribute.lost_worker(None, ValueError(grpc)) is None
+
+
 def test_a_gpu_tensorflow_does_not_see_or_a_mirrored_run_without_one_is_said(tmp_path, monkeypatch, caplog):
     """A GPU went unused without a word: the training line does not name the device, and TensorFlow's notes about
     its missing CUDA libraries are muted."""

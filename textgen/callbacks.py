@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 import signal
 from typing import Optional
 
@@ -117,24 +116,18 @@ class StopRequests(Callback):
         self.signals = signals  # filled by training.stop_on_signals
 
     def on_step_end(self, run, loss: float) -> None:
-        from textgen.distribute import spans_workers, worker_mean
+        from textgen.distribute import worker_mean
 
         budget = run.config.max_minutes * 60
         interrupted, time_up, run.elapsed = worker_mean(run.session.strategy, bool(self.signals),
                                                         bool(budget) and run.elapsed >= budget, run.elapsed)
         if interrupted > 0:
             save_unvalidated(run)
-            workers = spans_workers(run.session.strategy)
             saved = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
                      f"({run.state.position()}) in {run.run_dir}")
-            raise Interrupted(
-                f"{saved}; resume with: " + shlex.join([
-                    "textgen", "train", str(run.corpus_path), "--checkpoint-dir", str(run.run_dir.parent),
-                    "--run", run.run_dir.name, "--resume", *(["--strategy", "multi-worker"] if workers else [])]),
-                self.signals[0] if self.signals else signal.SIGTERM,
-                f"{saved}; resume with: textgen.train(run={run.run_dir.name!r}, "
-                f"checkpoint_dir={str(run.run_dir.parent)!r}, resume=True"
-                + (", strategy='multi-worker')" if workers else ")"))
+            command, call = run.resume_advice()
+            raise Interrupted(f"{saved}; resume with: {command}", self.signals[0] if self.signals else signal.SIGTERM,
+                              f"{saved}; resume with: {call}")
         if time_up > 0:
             run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
 

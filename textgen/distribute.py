@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+
+from typing import Optional
 
 from textgen.config import check_range
 from textgen.errors import TextgenError
@@ -132,6 +135,23 @@ def spans_workers(strategy) -> bool:
     import tensorflow as tf
 
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def lost_worker(strategy, error: BaseException) -> Optional[str]:
+    """TensorFlow's reason when error says that another worker of the cluster stopped or cannot be reached (a
+    collective op failed mid-training); None for any other error."""
+    import tensorflow as tf
+
+    lost = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError)
+    if not spans_workers(strategy) or not isinstance(error, lost):
+        return None
+    message = error.message
+    if "stopped sending heartbeats" in message:  # TensorFlow's coordination service noticed
+        task = re.search(r"/job:worker/(?:replica:\d+/)?task:(\d+)", message.split("stopped sending heartbeats")[1])
+        return f"worker {task.group(1)} stopped sending heartbeats" if task else "a worker stopped sending heartbeats"
+    found = re.search(r'grpc_message:"([^"]+)"', message) or re.search(r"aborted by: (.+)", message)
+    return found.group(1).strip() if found else type(error).__name__
 
 
 def worker_mean(strategy, *values: float) -> list[float]:

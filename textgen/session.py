@@ -41,6 +41,7 @@ class Session:
             self.optimizer.exclude_from_weight_decay(var_names=["bias"])
             self.optimizer.build(self.model.trainable_variables)
         self.lstms = lstm_layers(self.model)
+        self._gather_states = None  # under multi-worker: see lstm_states
         model, optimizer, global_batch = self.model, self.optimizer, train_config.batch_size
         clip_norm = train_config.clip_norm
 
@@ -80,15 +81,21 @@ class Session:
         worker must call it (it gathers the other workers' rows)."""
         from textgen.distribute import spans_workers
 
-        def rows(variable) -> np.ndarray:
-            # variable.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under
-            # a mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
-            if spans_workers(self.strategy):  # it holds this worker's rows alone
-                return np.asarray(self.strategy.gather(variable.value, axis=0))
-            return np.concatenate([np.asarray(part) for part in
-                                   self.strategy.experimental_local_results(variable.value)])
+        # variable.value: the tf.Variable under Keras's wrapper, a MirroredVariable with each replica's rows under a
+        # mirrored strategy (the wrapper itself gives one replica's only, and a resume would lose the others).
+        variables = [variable.value for layer in self.lstms for variable in layer.states]
+        if spans_workers(self.strategy):  # each worker holds its own rows: one compiled gather of all of them
+            if self._gather_states is None:  # (strategy.gather traces a new function at every call)
+                import tensorflow as tf
 
-        return {f"lstm_{i}_{j}": rows(v) for i, layer in enumerate(self.lstms) for j, v in enumerate(layer.states)}
+                self._gather_states = tf.function(
+                    lambda: [self.strategy.gather(variable, axis=0) for variable in variables])
+            arrays = [np.asarray(rows) for rows in self._gather_states()]
+        else:
+            arrays = [np.concatenate([np.asarray(part) for part in self.strategy.experimental_local_results(variable)])
+                      for variable in variables]
+        names = [f"lstm_{i}_{j}" for i, layer in enumerate(self.lstms) for j in range(len(layer.states))]
+        return dict(zip(names, arrays))
 
     def set_lstm_states(self, states: dict[str, np.ndarray]) -> None:
         import tensorflow as tf

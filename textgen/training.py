@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import secrets
+import shlex
 import shutil
 import signal
 import tempfile
@@ -273,6 +274,17 @@ class Run:
 
             self.elapsed = worker_mean(self.session.strategy, self.elapsed)[0]
 
+    def resume_advice(self) -> tuple[str, str]:
+        """The command, and the Python call, that resume this run (under multi-worker, on every worker)."""
+        from textgen.distribute import spans_workers
+
+        workers = spans_workers(self.session.strategy)
+        command = shlex.join(["textgen", "train", str(self.corpus_path), "--checkpoint-dir", str(self.run_dir.parent),
+                              "--run", self.run_dir.name, "--resume", *(["--strategy", "multi-worker"] * workers)])
+        call = (f"textgen.train(run={self.run_dir.name!r}, checkpoint_dir={str(self.run_dir.parent)!r}, resume=True"
+                + (", strategy='multi-worker')" if workers else ")"))
+        return command, call
+
     def learning_rate(self) -> float:
         steps = len(self.train_batches)
         return learning_rate_for(self.config, self.state.epoch,
@@ -464,7 +476,7 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, gate, log: Callable[[str], None],
                   extra_callbacks: Sequence[cb.Callback]) -> dict:
-    from textgen.distribute import check_batch_size, gpu_text, is_chief
+    from textgen.distribute import check_batch_size, gpu_text, is_chief, lost_worker
 
     writes = is_chief(gate.strategy_name)
     meta = _resumed_meta(run_dir) if resume else None
@@ -516,8 +528,13 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(note)
     with stop_on_signals() as signals:
         reports = [cb.ProgressBar(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []), cb.EpochLog()]
-        stopped = fit(run, [cb.LossGuard(), *extra_callbacks, cb.StopRequests(signals), cb.Checkpointer(),
-                            *(reports if writes else []), cb.Patience()])
+        try:
+            stopped = fit(run, [cb.LossGuard(), *extra_callbacks, cb.StopRequests(signals), cb.Checkpointer(),
+                                *(reports if writes else []), cb.Patience()])
+        except Exception as error:
+            if (reason := lost_worker(session.strategy, error)) is None:
+                raise
+            raise TextgenError(_lost_worker_message(run, reason)) from None
     state = run.state
     best = state.best_val_loss
     log(f"stopped: {stopped}; best validation loss "
@@ -525,6 +542,17 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         + f"; checkpoints in {run_dir}")
     return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=stopped, history=state.history,
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
+
+
+def _lost_worker_message(run: Run, reason: str) -> str:
+    """Why a multi-worker run stopped when another worker did, and how to go on."""
+    command, _ = run.resume_advice()
+    stopped = f"another worker of the cluster stopped or cannot be reached ({reason}), so this one stops too"
+    if not run.writes:
+        return f"{stopped}; the chief worker keeps the run's checkpoints: start every worker again with: {command}"
+    if not run.has_saved:
+        return f"{stopped}; nothing of this run was saved: start every worker again with the same command"
+    return f"{stopped}; the run's last checkpoint is kept in {run.run_dir}: start every worker again with: {command}"
 
 
 def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
