@@ -79,3 +79,16 @@ def test_eval_and_score_read_a_text_in_the_unicode_form_of_the_corpus(tmp_path):
     scored = model.score(unicodedata.normalize("NFC", text))
     assert scored["excluded"] == 0 and scored["characters"] == len(unicodedata.normalize("NFD", text)) - 1
     assert scored["nats"] == pytest.approx(scores["NFD"]["nats"], abs=1e-4)
+
+
+def test_a_loss_no_model_gives_is_called_damaged_weights():
+    """textgen eval of a run whose weights had turned NaN printed perplexity nan, and a loss past 709 nats per
+    character (math.exp's limit) was an OverflowError traceback."""
+    from textgen.checkpoint import DamagedCheckpoint
+    from textgen.evaluation import perplexity
+
+    assert perplexity(1.0) == pytest.approx(math.e)
+    for nats in (float("nan"), float("inf"), 800.0):
+        with pytest.raises(DamagedCheckpoint, match=r"the model's loss on this text is \S+ nats per character, so its "
+                                                    "weights are damaged; train the run again"):
+            perplexity(nats)

@@ -203,3 +203,24 @@ def test_the_run_picker_shows_a_damaged_runs_error_and_the_next_runs_facts(brows
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors  # such as "Uncaught TypeError: Cannot read properties of undefined"
 
+
+
+def test_a_server_that_lost_its_runs_or_stopped_is_said_so(browser, trained_run, tmp_path):
+    """With every run deleted the facts stayed on the deleted run (the page failed on 'undefined'), and a stopped
+    server was "Failed to fetch"."""
+    from selenium.webdriver.common.by import By
+    from test_serve import serving
+    from textgen.serve import create_app
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "good")
+    with serving(create_app(tmp_path, "good")) as base:
+        browser.get(base + "/")
+        wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("good: 1 × LSTM(32)"))
+        shutil.rmtree(tmp_path / "good")
+        browser.find_element(By.ID, "generate").click()
+        wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("no run named 'good'"))
+        wait_until(lambda: browser.find_element(By.ID, "facts").text == "no runs to serve any more: train one with "
+                                                                          "textgen train, then reload")
+    browser.find_element(By.ID, "generate").click()  # the server has stopped
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "the server cannot be reached (stopped, or the "
+                                                                       "network is down); try again once it is back")

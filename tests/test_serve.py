@@ -68,6 +68,8 @@ def call(base, path, body=None, raw=None, timeout=60):
 
 def test_health_models_and_openapi(server, trained_run):
     assert call(server, "/healthz") == (200, '{"status":"ok"}')
+    with urllib.request.urlopen(urllib.request.Request(server + "/", method="HEAD"), timeout=60) as page:
+        assert page.status == 200  # what uptime checkers send (it was a 405)
     status, text = call(server, "/v1/models")
     models = json.loads(text)
     assert status == 200 and models["default"] == "period"
@@ -497,6 +499,64 @@ def test_scores_take_turns_on_one_engine(server, monkeypatch):
     assert [status for status, _ in answers] == [200] * 4 and most[0] == 1
 
 
+def test_scores_waiting_their_turn_leave_the_rest_of_the_server_answering(server, monkeypatch):
+    """Each score waiting for the engine held one of the server's 40 worker threads: 60 of them stalled /healthz,
+    /v1/models and generation for as long as they took."""
+    generator = SERVED["app"].state.runs.get(None).generator
+    engine, entered, release = generator.engine, threading.Event(), threading.Event()
+
+    @contextlib.contextmanager
+    def held(streams):
+        entered.set()
+        release.wait(120)
+        with engine(streams) as taken:
+            yield taken
+
+    monkeypatch.setattr(generator, "engine", held)
+    with ThreadPoolExecutor(45) as pool:
+        try:
+            scores = [pool.submit(call, server, "/v1/score", dict(text="abcdefg" * 20), timeout=180) for _ in range(45)]
+            assert entered.wait(60)
+            time.sleep(0.5)  # the other 44 arrive and wait
+            assert call(server, "/healthz", timeout=20) == (200, '{"status":"ok"}')
+            assert call(server, "/v1/models", timeout=20)[0] == 200
+            status, text = call(server, "/v1/generate", dict(prime="abc", length=5, seed=1), timeout=20)
+            assert status == 200, text
+        finally:
+            release.set()
+        assert [future.result()[0] for future in scores] == [200] * 45
+
+
+def test_a_loss_no_model_gives_and_an_unexpected_failure_are_json_500s(server, monkeypatch):
+    """A run whose weights had turned NaN answered /v1/score with a plain-text 500 (its loss is not JSON); so did any
+    exception nobody foresaw."""
+    import numpy as np
+
+    generator = SERVED["app"].state.runs.get(None).generator
+    engine = generator.engine
+
+    @contextlib.contextmanager
+    def damaged(streams):
+        with engine(streams) as taken:
+            logits = taken.logits
+            taken.logits = lambda ids: np.full_like(logits(ids), np.nan)
+            try:
+                yield taken
+            finally:
+                del taken.logits
+
+    monkeypatch.setattr(generator, "engine", damaged)
+    status, text = call(server, "/v1/score", dict(text="abcdefg" * 20))
+    assert status == 500 and json.loads(text) == {
+        "error": "the model's loss on this text is nan nats per character, so its weights are damaged; train the run "
+                 "again"}
+    monkeypatch.setattr(generator, "score", lambda text: 1 / 0)
+    status, text = call(server, "/v1/score", dict(text="abcdefg" * 20))
+    assert status == 500 and json.loads(text) == {
+        "error": "the server failed on this request (ZeroDivisionError); its log says more"}
+    assert call(server, "/healthz") == (200, '{"status":"ok"}')
+
+
 @pytest.mark.parametrize("body, message", [
     (b'{"temperature": 1e39}', "temperature must be in [0, 1e+06], got 1e+39"),
     (b'{"length": 1' + b"0" * 400 + b"}", "length must be at most 1000 on this server, got a number of 401 digits"),
@@ -834,6 +894,42 @@ def test_a_run_deleted_while_its_new_checkpoint_loads_is_not_served_from_memory(
     assert refused.value.status == 404 and "gone" not in runs._loaded
 
 
+def test_an_ipv6_host_is_served(trained_run):
+    """--host ::1 was refused ('Address family for hostname not supported'): the port check was IPv4 only."""
+    import subprocess
+    import sys
+
+    with socket.socket(socket.AF_INET6) as taken:
+        try:
+            taken.bind(("::1", 0))
+        except OSError:
+            pytest.skip("this machine has no IPv6 loopback")
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "textgen", "serve", "--checkpoint-dir",
+                                 str(trained_run["checkpoint_dir"]), "--host", "::1", "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip() == f"error: cannot listen on [::1]:{port} (Address " \
+                                                               "already in use); choose another --port or stop the " \
+                                                               "program that uses it"
+    port = free_port()
+    with subprocess.Popen([sys.executable, "-m", "textgen", "serve", "--checkpoint-dir",
+                           str(trained_run["checkpoint_dir"]), "--host", "::1", "--port", str(port)],
+                          stderr=subprocess.PIPE, text=True) as server:
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                with contextlib.suppress(OSError):
+                    assert call(f"http://[::1]:{port}", "/healthz", timeout=5) == (200, '{"status":"ok"}')
+                    break
+                assert time.monotonic() < deadline and server.poll() is None, "the server did not start"
+                time.sleep(0.2)
+        finally:
+            server.terminate()
+            server.wait(60)
+        assert f"on http://[::1]:{port}/" in server.stderr.read()
+
+
 def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tmp_path, monkeypatch):
     """GET /v1/models (which the playground asks after every generation) parsed every run's metadata, history and
     vocabulary included, on each call."""
@@ -858,6 +954,43 @@ def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tm
     # A run deleted since is forgotten: the server held the metadata of every run it had ever listed.
     shutil.rmtree(tmp_path / "other")
     assert [model["name"] for model in runs.describe_all(runs.paths())] == ["main"] and runs._described == {}
+
+
+def test_models_leaves_out_a_run_deleted_while_it_is_listed_and_keeps_its_paths_to_itself(trained_run, tmp_path):
+    """A run deleted between listing the runs and reading its metadata made GET /v1/models a plain-text 500
+    ('NoneType' object has no attribute 'state'); a damaged run's error named where the server keeps its runs."""
+    import shutil
+
+    from textgen.serve import Runs
+
+    for name in ("main", "gone", "damaged"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    for kind in ("best", "last"):
+        (tmp_path / "damaged" / f"{kind}.json").write_text("{")
+    runs = Runs(tmp_path, "main", (1,))
+    paths = runs.paths()
+    shutil.rmtree(tmp_path / "gone")
+    described = runs.describe_all(paths)
+    assert sorted(model["name"] for model in described) == ["damaged", "main"]
+    [damaged] = [model for model in described if model["name"] == "damaged"]
+    assert damaged["error"].startswith("checkpoint metadata damaged/") and str(tmp_path) not in damaged["error"]
+
+
+def test_a_default_run_deleted_is_missing_at_every_request(trained_run, tmp_path):
+    """A default run whose folder is no run name ('a&b', the latest run) answered 404 once, then 400 'invalid run
+    name' to every later request that named no run."""
+    import shutil
+
+    from textgen.serve import ApiError, Runs
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "a&b")
+    runs = Runs(tmp_path, None, (1,))
+    assert runs.default == "a&b"
+    shutil.rmtree(tmp_path / "a&b")
+    for _ in range(2):
+        with pytest.raises(ApiError, match="no run named 'a&b'") as missing:
+            runs.get(None)
+        assert missing.value.status == 404
 
 
 def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoint_it_would_serve(trained_run,

@@ -20,6 +20,20 @@ def bpc(nats: float) -> float:
     return nats / LN2
 
 
+# A loss above this is damaged weights (math.exp overflows at 709.8; an untrained model's is the log of its vocabulary)
+MAX_NATS = 700.0
+
+
+def perplexity(nats: float) -> float:
+    """exp(nats); a loss no trained or untrained model gives (NaN, or past MAX_NATS) says its weights are damaged."""
+    if not math.isfinite(nats) or nats > MAX_NATS:
+        from textgen.checkpoint import DamagedCheckpoint
+
+        raise DamagedCheckpoint(f"the model's loss on this text is {nats:g} nats per character, so its weights are "
+                                "damaged", "train the run again")
+    return math.exp(nats)
+
+
 def window_loss_sum(model, x, y):
     """Summed cross-entropy (nats) of one window: the one definition training and eval share."""
     import tensorflow as tf
@@ -92,5 +106,5 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     reset_states(model)
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
     nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
-    return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=math.exp(nats), characters=count,
+    return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
                 unknown=unknown, unscored=kept - count, total=total, batches=len(batches))

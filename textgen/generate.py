@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 
 from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, temperature_values
 from textgen.errors import TextgenError, counted
-from textgen.evaluation import bpc
+from textgen.evaluation import bpc, perplexity
 from textgen.files import atomic_write_text
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
@@ -265,7 +264,7 @@ class Generator:
                 log_norm = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
                 total += float((log_norm - logits[np.arange(len(block)), targets]).sum())
         nats = total / (len(ids) - 1)
-        return dict(bpc=bpc(nats), nats=nats, perplexity=math.exp(nats), characters=len(ids) - 1, excluded=excluded)
+        return dict(bpc=bpc(nats), nats=nats, perplexity=perplexity(nats), characters=len(ids) - 1, excluded=excluded)
 
 
 def generate(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None, prime: str = "",

@@ -38,7 +38,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen.checkpoint import has_checkpoint
+from textgen.checkpoint import DamagedCheckpoint, has_checkpoint
 from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, shown_number,
                             temperature_values)
 from textgen.errors import TextgenError, as_keywords
@@ -146,12 +146,14 @@ class Runs:
     def describe_all(self, paths: dict[str, Path]) -> list[dict]:
         """describe() of every run in paths; what was kept of runs no longer there is dropped (a server that
         watches runs come and go would otherwise hold the metadata of each one it ever listed)."""
-        described = [self.describe(name, path) for name, path in paths.items()]
+        # None: a run whose checkpoints went while the list was made (a thread each)
+        described = [each for name, path in paths.items() if (each := self.describe(name, path)) is not None]
         live = set(paths.values())  # list(): another request's describe() may add a run meanwhile (a thread each)
         self._described = {path: kept for path, kept in list(self._described.items()) if path in live}
         return described
 
-    def describe(self, name: str, path: Path) -> dict:
+    def describe(self, name: str, path: Path) -> Optional[dict]:
+        """The run's facts for GET /v1/models (or why it cannot be served); None when its checkpoints are gone."""
         from textgen.checkpoint import meta_stamp, read_run_meta
 
         served = self._loaded.get(name)
@@ -166,18 +168,26 @@ class Runs:
                     kept = self._described[path] = stamp, read_run_meta(path).best_else_last
                 meta = kept[1]
         except TextgenError as error:
-            return dict(name=name, error=str(error))
+            return dict(name=name, error=self.inside(error))
+        except FileNotFoundError:  # deleted while it was read
+            return None
+        if meta is None:  # both metadata files gone since the run was listed
+            return None
         val = meta.state.val_loss
         return dict(name=name, corpus=Path(meta.corpus["path"]).name, characters=meta.corpus["length"],
                     epochs=meta.state.epoch, val_bpc=None if val is None else round(bpc(val), 4),
                     parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
                     vocabulary=meta.model.vocab_size)
 
+    def inside(self, error: Exception) -> str:
+        """The error's message with the paths inside the checkpoint directory, not where it is on this machine."""
+        return str(error).replace(f"{self.checkpoint_dir}/", "")
+
     def get(self, name: Optional[str]) -> Served:
         """The named run (default: the server's run), loaded on first use and again when it has a newer checkpoint."""
         from textgen.runs import check_run_name
 
-        name = name or self.default
+        asked, name = name, name or self.default
         served = self._loaded.get(name)
         if served is not None:
             self._last_used[name] = time.monotonic()
@@ -190,18 +200,19 @@ class Runs:
             return self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
         if path is None:
-            check_run_name(name)  # a path-like name ("../x") is a bad request, not a missing run
+            if asked:  # a path-like name ("../x") is a bad request, not a missing run (not so a default deleted)
+                check_run_name(name)
             raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
         with self._guard:
             self._last_used[name] = time.monotonic()
             if name not in self._loaded:
                 try:
                     self._keep(self._load(name, path))
-                except TextgenError as error:  # a damaged run on the server: not the request's fault
+                except (TextgenError, OSError) as error:  # a damaged run on the server: not the request's fault
+                    if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
+                        raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404) from None
                     logger.warning(f"run {name!r} cannot be loaded: {error}")
-                    # The client gets the paths inside the checkpoint directory, not where it is on this machine.
-                    inside = str(error).replace(f"{self.checkpoint_dir}/", "")
-                    raise ApiError(f"run {name!r} cannot be loaded: {inside}", status=500) from None
+                    raise ApiError(f"run {name!r} cannot be loaded: {self.inside(error)}", status=500) from None
             return self._loaded[name]
 
     def _keep(self, served: Served) -> None:
@@ -246,7 +257,7 @@ class Runs:
             served.reloading = True
         try:
             fresh = self._load(served.name, served.path)
-        except TextgenError as error:
+        except (TextgenError, OSError) as error:
             logger.warning(f"run {served.name!r} has a new checkpoint that cannot be loaded ({error}); serving the "
                            "one loaded before")
             served.version = checkpoint_version(served.path)  # not tried again until the run changes again
@@ -360,9 +371,17 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def api_error(request, exc: ApiError):
         return error(exc.status, str(exc))
 
+    @app.exception_handler(DamagedCheckpoint)
+    async def damaged(request, exc: DamagedCheckpoint):  # the run on the server, not the request
+        return error(500, runs.inside(exc))
+
     @app.exception_handler(TextgenError)
     async def refused(request, exc: TextgenError):  # bad options (named as the JSON fields), an unknown prime character
         return error(400, str(as_keywords(exc, SAMPLE_FIELDS, SAMPLE_FLAGS, json=True)))
+
+    @app.exception_handler(Exception)
+    async def failed(request, exc: Exception):  # a bug or the machine: JSON as every error (the log has the traceback)
+        return error(500, f"the server failed on this request ({type(exc).__name__}); its log says more")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -394,15 +413,17 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
 
+    # async: answered on the event loop, not by a worker thread that requests waiting for a run may all hold
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def playground():
+    async def playground():
         return page
 
     @app.get("/healthz")
-    def healthz():
+    async def healthz():
         return {"status": "ok"}
 
-    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # what uptime checkers send
+    for path, answer in (("/", playground), ("/healthz", healthz)):  # what uptime checkers send
+        app.add_api_route(path, answer, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/v1/models")
     def models():
@@ -440,13 +461,16 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         options = dict(body.model_dump(exclude={"stream"}), run=served.name)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
+    scoring = asyncio.Lock()  # one score at a time: the others wait here, not in a worker thread each
+
     @app.post("/v1/score", responses=ERRORS)
-    def score(body: ScoreRequest):
+    async def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
             raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
                            f"{len(body.text)}")
-        served = runs.get(body.run)
-        return dict(run=served.name, **served.generator.score(body.text))
+        async with scoring:
+            served = await run_in_threadpool(runs.get, body.run)
+            return dict(run=served.name, **await run_in_threadpool(served.generator.score, body.text))
 
     return app
 
@@ -534,22 +558,30 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
 
     import uvicorn
 
-    with socket.socket() as probe:  # refuse a taken port in one line, before loading anything
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it
+    advice = "check --host (an address of this machine) and --port (1024 or above without root)"
+    try:  # the address family of --host: IPv4 or IPv6 (::1)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as error:
+        raise TextgenError(f"cannot listen on {shown}:{port} ({getattr(error, 'strerror', error)}); {advice}") \
+            from None
+    with socket.socket(family) as probe:  # refuse a taken port in one line, before loading anything
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
-            advice = ("choose another --port or stop the program that uses it" if error.errno == errno.EADDRINUSE
-                      else "check --host (an address of this machine) and --port (1024 or above without root)")
-            raise TextgenError(f"cannot listen on {host}:{port} ({error.strerror}); {advice}") from None
+            if error.errno == errno.EADDRINUSE:
+                advice = "choose another --port or stop the program that uses it"
+            raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
     import_tensorflow_quietly()
     app = create_app(checkpoint_dir, run, limits)
-    logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{host}:{port}/ "
+    logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{shown}:{port}/ "
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
     log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
     log_config["handlers"]["default"]["filters"] = ["cut_short"]
+    logging.getLogger("asyncio").addFilter(_CutShort())
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True,
                                            log_config=log_config, timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
     try:
@@ -569,8 +601,12 @@ SHUTDOWN_GRACE_S = 30.0
 
 class _CutShort(logging.Filter):
     """Drops uvicorn's tracebacks of the requests that a shutdown cancels (a second Ctrl-C, or the grace period
-    over): one line says they were cut short, instead of some 70 lines of CancelledError."""
+    over): one line says they were cut short, instead of some 70 lines of CancelledError. And asyncio's
+    "socket.send() raised exception.", which names no request: pieces written to a streaming client that went away
+    before the server noticed (its generation stops at the next chunk)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         cancelled = record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
-        return not (cancelled or "asyncio.exceptions.CancelledError" in record.getMessage())
+        message = record.getMessage()
+        return not (cancelled or "asyncio.exceptions.CancelledError" in message
+                    or message == "socket.send() raised exception.")
