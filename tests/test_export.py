@@ -95,6 +95,16 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_an_empty_directory_takes_an_export_without_overwrite(trained_run, tmp_path):
+    """It was refused as "already exists; pass --overwrite", after the message for a directory holding other files
+    had asked for "a new or empty directory"."""
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run",
+                                      "period", "-o", str(tmp_path / "empty"), "--format", "keras"])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in (tmp_path / "empty").iterdir()) == ["model.keras", "vocab.json"]
+
+
 def test_overwrite_through_a_link_replaces_the_export_it_points_to_and_keeps_the_link(trained_run, tmp_path):
     run_dir = trained_run["run_dir"]
     export_module.export(run_dir, tmp_path / "exports" / "v1", ("keras",))

@@ -236,7 +236,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     if foreign:  # --overwrite replaces an earlier export, never a directory of other things (a run, the checkpoints)
         raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
-    if output.exists() and not overwrite:
+    if output.exists() and not overwrite and any(output.iterdir()):  # an empty directory has nothing to lose
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     trained, meta = load_model(Path(run_dir), batch_size=1)
     target = output.resolve()  # through a link named as --output: the link stays and shows the new export
