@@ -30,6 +30,20 @@ def test_load_by_directory_or_by_name_gives_the_same_model(trained_run, model):
     assert latest.run_dir == model.run_dir and isinstance(latest, textgen.TextModel)
 
 
+def test_a_damaged_run_is_told_to_train_again_with_overwrite_as_a_keyword(trained_run, tmp_path):
+    """load() advised "train again with --overwrite", a command-line flag, to a Python caller."""
+    import json
+    import shutil
+
+    run_dir = shutil.copytree(trained_run["run_dir"], tmp_path / "r")
+    for kind in ("best", "last"):
+        weights = json.loads((run_dir / f"{kind}.json").read_text())["files"]["weights"]["name"]
+        (run_dir / weights).unlink(missing_ok=True)  # (best and last may share it)
+    with pytest.raises(textgen.TextgenError) as damaged:
+        textgen.load(run_dir)
+    assert str(damaged.value).endswith("is incomplete (train again with overwrite=True)"), damaged.value
+
+
 def test_help_shows_the_api_docs_and_import_textgen_stays_light():
     """textgen.load and textgen.train were one-line wrappers ("see textgen.api.load"), and textgen.TextModel, which
     load returns, was not there."""

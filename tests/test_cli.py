@@ -405,7 +405,7 @@ def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
     gone = invoke("train", *options, "--epochs", "3", "--resume")
     assert gone.exit_code == 1
     assert gone.stderr.strip() == f"error: run 'own' was trained on {corpus}, which no longer exists; pass the " \
-                                  "corpus to resume on as CORPUS"
+                                  "corpus to resume on (the file where it is now, or an edited copy)"
 
 
 def test_output_into_a_pipe_or_a_full_device_is_written_there_or_refused(workspace, tmp_path):

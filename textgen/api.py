@@ -106,7 +106,9 @@ class TextModel:
         """Generate text that starts with prime.
 
         Args:
-            prime: text to start from; it begins the result.
+            prime: text to start from; it begins the result as the model reads it: in the Unicode form of its
+                corpus (NFC or NFD: 'é' may become 'e' + a combining accent) and without the characters that
+                skip_unknown drops, so the continuation starts at ``len(result) - length`` unless stop ended it.
             length: characters to generate after the prime.
             temperature: divides the logits; below 1 greedier, above 1 more random, 0 always the likeliest.
             top_k: draw only from the k likeliest characters.
@@ -134,7 +136,9 @@ class TextModel:
                top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
                skip_unknown: bool = False, min_p: Optional[float] = None,
                max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> Iterator[str]:
-        """Like :meth:`generate` for one sample, as an iterator of text pieces as they are produced.
+        """Like :meth:`generate` for one sample, as an iterator of text pieces as they are produced: the first
+        piece is the prime (if any) as the model reads it (see ``prime`` in :meth:`generate`), then the
+        continuation.
 
         Example:
             >>> for piece in model.stream("The ", length=300):  # doctest: +SKIP
@@ -194,7 +198,14 @@ def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, c
     _check_paths(run=run, checkpoint_dir=checkpoint_dir)
     if checkpoint not in ("best", "last"):
         raise OptionError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
+    try:
+        return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
+    except TextgenError as error:  # a damaged run's advice: train again with overwrite=True
+        raise _train_keywords(error) from None
+
+
+def _train_keywords(error: TextgenError) -> TextgenError:
+    return as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES)
 
 
 def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
@@ -239,7 +250,7 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
                                resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                strategy=strategy)
     except TextgenError as error:
-        raise as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES) from None
+        raise _train_keywords(error) from None
     except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
         raise stopped.in_python() from None
     return TextModel(summary["run_dir"], "best")

@@ -380,7 +380,7 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     corpus = Path(meta.corpus["path"])
     if not corpus.exists():
         raise TextgenError(f"run {run!r} was trained on {corpus}, which no longer exists; pass the corpus to resume "
-                           "on as CORPUS")
+                           "on (the file where it is now, or an edited copy)")
     return corpus
 
 
