@@ -638,6 +638,21 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
     assert meta.model.units == wider["units"]
 
 
+def test_an_overwrite_on_another_text_that_fails_keeps_the_earlier_runs_corpus_cache(tmp_path, periodic_corpus):
+    """The new text's encoded cache replaced the earlier run's (corpus.npy, corpus.json) before anything was saved."""
+    run(periodic_corpus, tmp_path)
+    run_dir = tmp_path / "r"
+    before = files_snapshot(run_dir)
+    other = write_text(tmp_path / "other.txt", PERIOD[::-1] * 300)
+    with pytest.raises(RuntimeError, match="crash"):
+        run(other, tmp_path, overwrite=True, callbacks=[AtStep(2, crash)])
+    assert files_snapshot(run_dir) == before
+    assert not (run_dir / ".corpus-next").exists()  # where the new text's cache was built
+    run(other, tmp_path, overwrite=True)
+    assert json.loads((run_dir / "corpus.json").read_text())["source"] == str(other.resolve())
+    assert not (run_dir / ".corpus-next").exists()
+
+
 def tensorboard_scalars(run_dir, name) -> list[tuple[int, float]]:
     """(step, value) of every scalar called name in the run's TensorBoard event files, read back."""
     import tensorflow as tf

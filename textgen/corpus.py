@@ -20,6 +20,7 @@ from textgen.vocab import Vocabulary, starts_alone
 
 CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
 CACHE_VERSION = 1
+CACHE_FILES = ("corpus.npy", "corpus.json")  # the encoded ids, and what they were encoded from
 FORM_SEARCH = 4096  # characters searched back from a chunk's end for a place to cut it before a Unicode conversion
 
 
@@ -354,18 +355,21 @@ def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -
 
 
 def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None,
-                stamp: Optional[dict] = None) -> Corpus:
-    """Return the corpus ids, memory-mapped from cache_dir/corpus.npy, rebuilding the cache when the file changed.
+                stamp: Optional[dict] = None, new_cache_dir: Optional[Path] = None) -> Corpus:
+    """Return the corpus ids, memory-mapped from cache_dir/corpus.npy, rebuilding the cache when the file changed
+    (in new_cache_dir if given: an --overwrite run keeps the earlier run's cache until it saves; CACHE_FILES).
 
     progress(done, total) is called while a cache is built (characters encoded so far, total);
     stamp is the file's fingerprint() if the caller already computed it (it reads the whole file)."""
     path = Path(path)
     check_readable(path)
-    cache_ids = cache_dir / "corpus.npy"
-    cache_meta = cache_dir / "corpus.json"
+    cache_ids, cache_meta = (cache_dir / name for name in CACHE_FILES)
     stamp = stamp or fingerprint(path)
     if (cached := _cached_corpus(path, cache_ids, cache_meta, stamp)) is not None:
         return cached
+    if new_cache_dir is not None:
+        cache_dir = new_cache_dir
+        cache_ids, cache_meta = (cache_dir / name for name in CACHE_FILES)
     count, vocab = scan(path)
     cache_dir.mkdir(parents=True, exist_ok=True)
     done = 0

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import secrets
 import shlex
 import shutil
@@ -30,7 +31,7 @@ from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.corpus import Corpus, check_readable, fingerprint, load_corpus, same_text, scan
+from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, same_text, scan
 from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
@@ -207,6 +208,10 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                            "it, --overwrite to replace it, or --run NAME to start another run")
 
 
+# Where an --overwrite run on another text encodes its corpus: the earlier run's cache stays until the first save
+STAGED_CACHE = ".corpus-next"
+
+
 @contextlib.contextmanager
 def _locked_run_dir(run_dir: Path):
     """Hold the run's lock, creating the directory if need be; on a failure before the first save, remove
@@ -227,6 +232,7 @@ def _locked_run_dir(run_dir: Path):
         try:
             yield
         except BaseException:
+            shutil.rmtree(run_dir / STAGED_CACHE, ignore_errors=True)  # an --overwrite run's, never saved
             if run_dir in created and not checkpoint.has_checkpoint(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)  # the lock's file with it
                 if run_dir.parent in created:
@@ -318,6 +324,11 @@ class Run:
             self.has_saved = True
             if self.replaces:
                 checkpoint.retire_others(self.run_dir, kinds)
+                if (staged := self.run_dir / STAGED_CACHE).is_dir():  # the new text's corpus cache (see load_corpus)
+                    with contextlib.suppress(OSError):  # else the cache is rebuilt when the run is resumed
+                        for name in CACHE_FILES:
+                            os.replace(staged / name, self.run_dir / name)
+                        staged.rmdir()
                 for path in self.earlier_files:
                     path.unlink(missing_ok=True)
                 self.replaces = False
@@ -485,7 +496,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
         model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if text_changed else meta.vocab,
                                                 model_options, train_options, corpus_path)
-    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp)
+    replacing = writes and meta is None and checkpoint.has_checkpoint(run_dir)  # --overwrite
+    data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp,
+                       new_cache_dir=run_dir / STAGED_CACHE if replacing else None)
     if meta is not None and data.vocab != meta.vocab:
         # Fewer characters than the checkpoint's (an edited corpus; or the same file read without the byte-order
         # mark an earlier textgen kept): saved with their own vocabulary, the ids would not be the model's.
