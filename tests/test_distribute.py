@@ -187,6 +187,45 @@ def test_a_worker_that_dies_mid_training_stops_the_other_in_one_line(tmp_path):
     assert len(sample.text) == 13
 
 
+def test_a_chief_that_dies_before_its_first_save_leaves_nothing_to_resume_and_worker_1_says_so(tmp_path):
+    """Worker 1 advised --resume, which found nothing to resume (or, after --overwrite, resumed the earlier run)."""
+    import signal
+
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 20000)  # long epochs: the chief dies in the first one
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
+               "--run", "r", "--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10",
+               "--epochs", "1000", "--strategy", "multi-worker"]
+    with two_workers(lambda index: command, stderr=subprocess.PIPE) as processes:
+        for line in processes[0].stderr:  # the chief's log
+            if line.startswith("training "):
+                break
+        processes[0].send_signal(signal.SIGKILL)
+        errors = processes[1].communicate(timeout=120)[1]
+    assert not (tmp_path / "ck" / "r" / "last.json").exists()
+    assert processes[1].returncode == 1 and "Traceback" not in errors, errors[-3000:]
+    assert errors.strip().splitlines()[-1].endswith("so this one stops too; nothing of this run was saved: start "
+                                                    "every worker again with the same command"), errors[-3000:]
+
+
+def test_a_worker_lost_before_training_starts_is_one_line_too(tmp_path, monkeypatch):
+    """A worker lost while the model was built (its variables are broadcast) or sized: a traceback."""
+    import tensorflow as tf
+
+    from textgen import distribute, training
+
+    def lost(*args):
+        raise tf.errors.UnavailableError(None, None, 'Collective ops is aborted by: {grpc_message:"Socket closed"}')
+
+    monkeypatch.setattr(distribute, "spans_workers", lambda strategy: True)
+    monkeypatch.setattr(training, "_session", lost)
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
+    with pytest.raises(TextgenError) as stopped:
+        training.train(corpus, tmp_path / "ck", run="r", model_options=dict(units=16, embedding_dim=8),
+                       train_options=dict(batch_size=4, seq_length=10), log=lambda message: None)
+    assert str(stopped.value) == ("another worker of the cluster stopped or cannot be reached (Socket closed), so "
+                                  "this one stops too; start every worker again with the same command")
+
+
 def test_the_reason_a_worker_was_lost_is_tensorflows_short_one(monkeypatch):
     import tensorflow as tf
 

@@ -651,6 +651,10 @@ def test_an_overwrite_on_another_text_that_fails_keeps_the_earlier_runs_corpus_c
     run(other, tmp_path, overwrite=True)
     assert json.loads((run_dir / "corpus.json").read_text())["source"] == str(other.resolve())
     assert not (run_dir / ".corpus-next").exists()
+    (run_dir / ".corpus-next").mkdir()  # as a training killed before its first save leaves it (a whole corpus)
+    (run_dir / ".corpus-next" / "corpus.npy").write_bytes(b"0" * 1000)
+    run(other, tmp_path, epochs=2, resume=True)
+    assert not (run_dir / ".corpus-next").exists()
 
 
 def tensorboard_scalars(run_dir, name) -> list[tuple[int, float]]:

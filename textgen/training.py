@@ -229,6 +229,7 @@ def _locked_run_dir(run_dir: Path):
         except OSError as error:
             raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
                                "choose a writable --checkpoint-dir") from None
+        shutil.rmtree(run_dir / STAGED_CACHE, ignore_errors=True)  # left by a training killed before its first save
         try:
             yield
         except BaseException:
@@ -332,6 +333,8 @@ class Run:
                 for path in self.earlier_files:
                     path.unlink(missing_ok=True)
                 self.replaces = False
+        else:  # the chief saved (assumed: a chief whose save fails stops, and so does this worker at the next step)
+            self.has_saved = True
 
 
 def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
@@ -409,7 +412,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
     callbacks are extra textgen.callbacks.Callback objects, called after the loss check and before
     the built-in stop rules, saving and reports. Returns a summary: run_dir, epoch, train_loss, val_loss,
     best_val_loss (nats), stopped, history, and the trained model (at the training batch size, per replica)."""
-    from textgen.distribute import StartGate, is_chief
+    from textgen.distribute import StartGate, is_chief, lost_worker
 
     callbacks = _checked_call(resume, overwrite, tensorboard, strategy, callbacks)
     chief = is_chief(strategy)
@@ -437,6 +440,8 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
                                  gate, log, callbacks)
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
+        if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
+            raise TextgenError(f"{_lost(reason)}; start every worker again with the same command") from None
         raise
 
 
@@ -557,15 +562,18 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
 
 
+def _lost(reason: str) -> str:
+    return f"another worker of the cluster stopped or cannot be reached ({reason}), so this one stops too"
+
+
 def _lost_worker_message(run: Run, reason: str) -> str:
     """Why a multi-worker run stopped when another worker did, and how to go on."""
     command, _ = run.resume_advice()
-    stopped = f"another worker of the cluster stopped or cannot be reached ({reason}), so this one stops too"
-    if not run.writes:
-        return f"{stopped}; the chief worker keeps the run's checkpoints: start every worker again with: {command}"
-    if not run.has_saved:
-        return f"{stopped}; nothing of this run was saved: start every worker again with the same command"
-    return f"{stopped}; the run's last checkpoint is kept in {run.run_dir}: start every worker again with: {command}"
+    if not run.has_saved:  # (an --overwrite run: resuming would continue the earlier run)
+        return f"{_lost(reason)}; nothing of this run was saved: start every worker again with the same command"
+    kept = f"the run's last checkpoint is kept in {run.run_dir}" if run.writes else \
+        "the chief worker keeps the run's checkpoints"
+    return f"{_lost(reason)}; {kept}: start every worker again with: {command}"
 
 
 def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
