@@ -70,6 +70,7 @@ def test_health_models_and_openapi(server, trained_run):
     assert call(server, "/healthz") == (200, '{"status":"ok"}')
     with urllib.request.urlopen(urllib.request.Request(server + "/", method="HEAD"), timeout=60) as page:
         assert page.status == 200  # what uptime checkers send (it was a 405)
+        assert page.headers["Content-Type"] == "text/html; charset=utf-8"  # GET's (it was the page as JSON)
     status, text = call(server, "/v1/models")
     models = json.loads(text)
     assert status == 200 and models["default"] == "period"
@@ -928,6 +929,27 @@ def test_an_ipv6_host_is_served(trained_run):
             server.terminate()
             server.wait(60)
         assert f"on http://[::1]:{port}/" in server.stderr.read()
+
+
+def test_a_host_name_with_several_addresses_is_refused_when_any_of_them_is_taken(trained_run, monkeypatch):
+    """localhost as ::1 and 127.0.0.1 (Debian's /etc/hosts): only ::1 was checked, then the server loaded the model
+    and uvicorn failed to bind 127.0.0.1 (a traceback, exit code 3)."""
+    from textgen.errors import TextgenError
+    from textgen.serve import serve
+
+    with socket.socket(socket.AF_INET6) as free, socket.socket() as taken:
+        try:
+            free.bind(("::1", 0))
+        except OSError:
+            pytest.skip("this machine has no IPv6 loopback")
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        both = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both)
+        with pytest.raises(TextgenError, match=f"cannot listen on localhost:{port} \\(Address already in use\\)"):
+            serve(trained_run["checkpoint_dir"], None, "localhost", port)
 
 
 def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tmp_path, monkeypatch):

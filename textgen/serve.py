@@ -422,8 +422,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def healthz():
         return {"status": "ok"}
 
-    for path, answer in (("/", playground), ("/healthz", healthz)):  # what uptime checkers send
-        app.add_api_route(path, answer, methods=["HEAD"], include_in_schema=False)
+    for path, answer, kind in (("/", playground, HTMLResponse), ("/healthz", healthz, JSONResponse)):
+        app.add_api_route(path, answer, methods=["HEAD"], response_class=kind, include_in_schema=False)  # uptime checks
 
     @app.get("/v1/models")
     def models():
@@ -461,15 +461,15 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         options = dict(body.model_dump(exclude={"stream"}), run=served.name)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
-    scoring = asyncio.Lock()  # one score at a time: the others wait here, not in a worker thread each
+    scoring: dict[str, asyncio.Lock] = {}  # one score at a time per run: the others wait here, not in a thread each
 
     @app.post("/v1/score", responses=ERRORS)
     async def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
             raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
                            f"{len(body.text)}")
-        async with scoring:
-            served = await run_in_threadpool(runs.get, body.run)
+        served = await run_in_threadpool(runs.get, body.run)
+        async with scoring.setdefault(served.name, asyncio.Lock()):
             return dict(run=served.name, **await run_in_threadpool(served.generator.score, body.text))
 
     return app
@@ -558,21 +558,25 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
 
     import uvicorn
 
-    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address, as URLs write it
     advice = "check --host (an address of this machine) and --port (1024 or above without root)"
-    try:  # the address family of --host: IPv4 or IPv6 (::1)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    try:  # every address of --host, as the server binds them all (localhost: 127.0.0.1 and often ::1)
+        addresses = {(family, address) for family, _, _, _, address in
+                     socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
     except (socket.gaierror, UnicodeError) as error:
         raise TextgenError(f"cannot listen on {shown}:{port} ({getattr(error, 'strerror', error)}); {advice}") \
             from None
-    with socket.socket(family) as probe:  # refuse a taken port in one line, before loading anything
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                advice = "choose another --port or stop the program that uses it"
-            raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
+    for family, address in addresses:  # refuse a taken port in one line, before loading anything
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio binds it: "::" is not also 0.0.0.0
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    advice = "choose another --port or stop the program that uses it"
+                raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
     import_tensorflow_quietly()
     app = create_app(checkpoint_dir, run, limits)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{shown}:{port}/ "
