@@ -98,11 +98,17 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
 def test_an_empty_directory_takes_an_export_without_overwrite(trained_run, tmp_path):
     """It was refused as "already exists; pass --overwrite", after the message for a directory holding other files
     had asked for "a new or empty directory"."""
-    (tmp_path / "empty").mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    empty.chmod(0o2770)  # a folder prepared to share (or a mount point): filled, not replaced by a new directory
+    before = empty.stat()
     result = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run",
-                                      "period", "-o", str(tmp_path / "empty"), "--format", "keras"])
+                                      "period", "-o", str(empty), "--format", "keras"])
     assert result.exit_code == 0, result.output
-    assert sorted(path.name for path in (tmp_path / "empty").iterdir()) == ["model.keras", "vocab.json"]
+    assert sorted(path.name for path in empty.iterdir()) == ["model.keras", "vocab.json"]
+    after = empty.stat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty"]  # nothing left beside it
 
 
 def test_overwrite_through_a_link_replaces_the_export_it_points_to_and_keeps_the_link(trained_run, tmp_path):

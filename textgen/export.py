@@ -245,7 +245,10 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     except OSError as error:  # a file in the way (corpus.txt/x), or a directory we may not write in
         raise TextgenError(f"cannot create the directory {target.parent} for --output "
                            f"({error.strerror or error}); choose another --output") from None
-    building = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    # An empty directory (a mount point, a shared folder with its owner and mode) is filled, not replaced: the
+    # export is built inside it, where its files can be renamed into place.
+    fills = target.is_dir() and not any(target.iterdir())
+    building = target / f".tmp-export-{os.getpid()}" if fills else target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     serving = functools.cache(lambda: _serving_module(meta, trained, _vocab_asset(meta, building)))
     try:
@@ -265,13 +268,26 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             chars=list(meta.vocab.chars), run=Path(run_dir).name, epoch=meta.state.epoch,
             val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
             ensure_ascii=False, indent=1), encoding="utf-8")
-        _replace_directory(building, target)
+        _fill_directory(building, target) if fills else _replace_directory(building, target)
     except OSError as error:
         raise TextgenError(f"could not write the export to {output} ({error.strerror or error}); "
                            "nothing was replaced") from None
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return written + [output / "vocab.json"]
+
+
+def _fill_directory(new: Path, target: Path) -> None:
+    """Move new's entries into the empty directory target, which holds new; on a failure, take them out again."""
+    moved = []
+    try:
+        for entry in sorted(new.iterdir()):
+            os.replace(entry, target / entry.name)
+            moved.append(target / entry.name)
+    except OSError:
+        for path in moved:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
 
 
 def _replace_directory(new: Path, target: Path) -> None:
