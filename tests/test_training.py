@@ -70,6 +70,56 @@ def test_a_finished_training_leaves_its_traced_graph_to_the_garbage_collector(tm
     assert [ref() for ref in graphs if ref() is not None] == []
 
 
+def test_releasing_a_training_steps_gradients_leaves_another_threads_graph_its_own(monkeypatch):
+    """The release removed every custom gradient registered while a training step was traced, so a graph another
+    thread traced meanwhile lost its own: tf.gradients there raised LookupError."""
+    import threading
+
+    import tensorflow as tf
+
+    from textgen.config import ModelConfig, TrainConfig
+
+    tracing, registered, traced = threading.Event(), threading.Event(), threading.Event()
+    average = tf.nn.compute_average_loss
+
+    def held(*args, **kwargs):  # called while the training step is traced: the other graph registers meanwhile
+        tracing.set()
+        assert registered.wait(120)
+        return average(*args, **kwargs)
+
+    monkeypatch.setattr(tf.nn, "compute_average_loss", held)
+
+    @tf.custom_gradient
+    def double(v):
+        return 2 * v, lambda dy: 2 * dy
+
+    @tf.function
+    def other_step(v):  # someone else's model, traced in another thread
+        out = double(v)
+        registered.set()
+        assert traced.wait(120)  # until the training step's trace has ended, and released its gradients
+        return tf.gradients(out, v)[0]
+
+    session = Session(ModelConfig(vocab_size=7, units=16, embedding_dim=8, layers=1, dropout=0.0),
+                      TrainConfig(batch_size=4, seq_length=10))
+    ids = np.zeros((4, 10), "int32")
+    answer = []
+
+    def other():
+        assert tracing.wait(120)
+        answer.append(float(other_step(tf.constant(1.0))))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        session.train_step(ids, ids)
+    finally:
+        registered.set()
+        traced.set()
+        thread.join(120)
+    assert answer == [2.0]
+
+
 def training_config(meta, **changes):
     return dataclasses.replace(meta.training, **changes)
 

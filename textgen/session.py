@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -172,26 +171,24 @@ def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
     return config.mixed_precision == "on"
 
 
-_TRACING = threading.Lock()
-
-
 @contextlib.contextmanager
 def gradients_released():
-    """Around the trace of a step that computes its own gradient: the custom gradients registered while it is traced
-    (the LSTM layers', the all-reduces') leave TensorFlow's global gradient registry when it ends. TensorFlow keeps
-    every one for good, and with it the whole traced graph (tensorflow#97697): memory grew ~4 MB at every train() in
-    one process. One such trace at a time, so that none loses the gradients it has yet to compute."""
+    """Around the trace of a step that computes its own gradient: the custom gradients its graph registered (the LSTM
+    layers', the all-reduces') leave TensorFlow's global gradient registry when it ends. TensorFlow keeps every one
+    for good, and with it the whole traced graph (tensorflow#97697): memory grew ~4 MB at every train() in one
+    process. Only this graph's: another thread may be tracing a graph that still needs its own."""
     from tensorflow.python.framework import ops
 
-    registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
-    with _TRACING:
-        before = set(registry) if isinstance(registry, dict) else set()
-        try:
-            yield
-        finally:
-            for name in set(registry) - before if isinstance(registry, dict) else ():
+    graph = ops.get_default_graph()
+    try:
+        yield
+    finally:
+        registry = getattr(getattr(ops, "_gradient_registry", None), "_registry", None)
+        for op in graph.get_operations() if isinstance(registry, dict) else ():
+            if op.type == "IdentityN" and "_gradient_op_type" in op.node_def.attr:  # what tf.custom_gradient adds
+                name = op.get_attr("_gradient_op_type").decode()
                 if name.startswith("CustomGradient-"):
-                    del registry[name]
+                    registry.pop(name, None)
 
 
 def training_precision(config: TrainConfig, units: int) -> str:
