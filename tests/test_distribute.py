@@ -224,6 +224,13 @@ def test_a_worker_lost_before_training_starts_is_one_line_too(tmp_path, monkeypa
                        train_options=dict(batch_size=4, seq_length=10), log=lambda message: None)
     assert str(stopped.value) == ("another worker of the cluster stopped or cannot be reached (Socket closed), so "
                                   "this one stops too; start every worker again with the same command")
+    import textgen  # the Python API's advice is a call (it was the command line)
+
+    with pytest.raises(TextgenError) as stopped:
+        textgen.train(corpus, run="r", checkpoint_dir=tmp_path / "ck", units=16, embedding_dim=8, batch_size=4,
+                      seq_length=10)
+    assert str(stopped.value).endswith("so this one stops too; call textgen.train the same way again on every "
+                                       "worker")
 
 
 def test_the_reason_a_worker_was_lost_is_tensorflows_short_one(monkeypatch):

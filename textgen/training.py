@@ -441,7 +441,9 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
-            raise TextgenError(f"{_lost(reason)}; start every worker again with the same command") from None
+            stopped = TextgenError(f"{_lost(reason)}; start every worker again with the same command")
+            stopped.in_python = f"{_lost(reason)}; call textgen.train the same way again on every worker"
+            raise stopped from None
         raise
 
 
@@ -552,7 +554,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         except Exception as error:
             if (reason := lost_worker(session.strategy, error)) is None:
                 raise
-            raise TextgenError(_lost_worker_message(run, reason)) from None
+            stopped = TextgenError(_lost_worker_message(run, reason))
+            stopped.in_python = _lost_worker_message(run, reason, python=True)
+            raise stopped from None
     state = run.state
     best = state.best_val_loss
     log(f"stopped: {stopped}; best validation loss "
@@ -566,14 +570,16 @@ def _lost(reason: str) -> str:
     return f"another worker of the cluster stopped or cannot be reached ({reason}), so this one stops too"
 
 
-def _lost_worker_message(run: Run, reason: str) -> str:
-    """Why a multi-worker run stopped when another worker did, and how to go on."""
-    command, _ = run.resume_advice()
+def _lost_worker_message(run: Run, reason: str, python: bool = False) -> str:
+    """Why a multi-worker run stopped when another worker did, and how to go on (python: as a textgen.train call)."""
+    command, call = run.resume_advice()
     if not run.has_saved:  # (an --overwrite run: resuming would continue the earlier run)
-        return f"{_lost(reason)}; nothing of this run was saved: start every worker again with the same command"
+        again = "call textgen.train the same way again" if python else "start every worker again with the same command"
+        return f"{_lost(reason)}; nothing of this run was saved: {again}" + (" on every worker" if python else "")
     kept = f"the run's last checkpoint is kept in {run.run_dir}" if run.writes else \
         "the chief worker keeps the run's checkpoints"
-    return f"{_lost(reason)}; {kept}: start every worker again with: {command}"
+    return f"{_lost(reason)}; {kept}: " + (f"on every worker, call {call}" if python else
+                                           f"start every worker again with: {command}")
 
 
 def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
