@@ -250,8 +250,8 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
                                resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                strategy=strategy)
     except TextgenError as error:
-        if error.in_python is not None:  # its advice written as a call already
-            raise TextgenError(error.in_python) from None
+        if error.python_message is not None:  # its advice written as a call already (as Interrupted's)
+            raise TextgenError(error.python_message) from None
         raise _train_keywords(error) from None
     except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
         raise stopped.in_python() from None

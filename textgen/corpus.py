@@ -363,13 +363,11 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
     stamp is the file's fingerprint() if the caller already computed it (it reads the whole file)."""
     path = Path(path)
     check_readable(path)
-    cache_ids, cache_meta = (cache_dir / name for name in CACHE_FILES)
     stamp = stamp or fingerprint(path)
-    if (cached := _cached_corpus(path, cache_ids, cache_meta, stamp)) is not None:
+    if (cached := _cached_corpus(path, *(cache_dir / name for name in CACHE_FILES), stamp)) is not None:
         return cached
-    if new_cache_dir is not None:
-        cache_dir = new_cache_dir
-        cache_ids, cache_meta = (cache_dir / name for name in CACHE_FILES)
+    cache_dir = new_cache_dir or cache_dir
+    cache_ids, cache_meta = (cache_dir / name for name in CACHE_FILES)
     count, vocab = scan(path)
     cache_dir.mkdir(parents=True, exist_ok=True)
     done = 0

@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-
 from typing import Optional
 
 from textgen.config import check_range

@@ -14,7 +14,7 @@ class TextgenError(Exception):
     """A problem the user can fix; the message names it and says what to do."""
 
     exit_code = 1
-    in_python = None  # the message for a caller of the Python API, where its advice is a call, not a command
+    python_message = None  # the message for a caller of the Python API, where its advice is a call, not a command
 
 
 class OptionError(TextgenError, ValueError):

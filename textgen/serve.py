@@ -102,6 +102,10 @@ def checkpoint_version(path: Path) -> tuple:
     return ()
 
 
+def _no_run(name: str) -> ApiError:
+    return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+
+
 class Runs:
     """The runs under a checkpoint directory (or the one run it is), each loaded once: the default run at
     start-up, so that a damaged one is refused at once, the others on first use."""
@@ -148,7 +152,8 @@ class Runs:
         watches runs come and go would otherwise hold the metadata of each one it ever listed)."""
         # None: a run whose checkpoints went while the list was made (a thread each)
         described = [each for name, path in paths.items() if (each := self.describe(name, path)) is not None]
-        live = set(paths.values())  # list(): another request's describe() may add a run meanwhile (a thread each)
+        live = set(paths.values())
+        # list(): another request's describe() may add a run meanwhile (a thread each)
         self._described = {path: kept for path, kept in list(self._described.items()) if path in live}
         return described
 
@@ -196,13 +201,13 @@ class Runs:
             if not has_checkpoint(served.path):  # deleted: as GET /v1/models no longer lists it, no longer served
                 with self._guard:
                     self._unload(name, "its checkpoints are gone")
-                raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+                raise _no_run(name)
             return self._reload(served)
         path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
         if path is None:
             if asked:  # a path-like name ("../x") is a bad request, not a missing run (not so a default deleted)
                 check_run_name(name)
-            raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+            raise _no_run(name)
         with self._guard:
             self._last_used[name] = time.monotonic()
             if name not in self._loaded:
@@ -210,7 +215,7 @@ class Runs:
                     self._keep(self._load(name, path))
                 except (TextgenError, OSError) as error:  # a damaged run on the server: not the request's fault
                     if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
-                        raise ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404) from None
+                        raise _no_run(name) from None
                     logger.warning(f"run {name!r} cannot be loaded: {error}")
                     raise ApiError(f"run {name!r} cannot be loaded: {self.inside(error)}", status=500) from None
             return self._loaded[name]

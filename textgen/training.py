@@ -322,7 +322,6 @@ class Run:
                 raise TextgenError(f"could not save the first checkpoint in {self.run_dir}: {failed.reason}; nothing "
                                    f"of this run was saved{kept} (free some space or fix the directory, then run "
                                    "the same command again)") from None
-            self.has_saved = True
             if self.replaces:
                 checkpoint.retire_others(self.run_dir, kinds)
                 if (staged := self.run_dir / STAGED_CACHE).is_dir():  # the new text's corpus cache (see load_corpus)
@@ -333,8 +332,8 @@ class Run:
                 for path in self.earlier_files:
                     path.unlink(missing_ok=True)
                 self.replaces = False
-        else:  # the chief saved (assumed: a chief whose save fails stops, and so does this worker at the next step)
-            self.has_saved = True
+        # Other workers: the chief saved (assumed: a chief whose save fails stops, and so do they at the next step)
+        self.has_saved = True
 
 
 def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
@@ -441,9 +440,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
-            stopped = TextgenError(f"{_lost(reason)}; start every worker again with the same command")
-            stopped.in_python = f"{_lost(reason)}; call textgen.train the same way again on every worker"
-            raise stopped from None
+            raise _lost_worker_error(reason) from None
         raise
 
 
@@ -503,9 +500,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
         model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if text_changed else meta.vocab,
                                                 model_options, train_options, corpus_path)
-    replacing = writes and meta is None and checkpoint.has_checkpoint(run_dir)  # --overwrite
+    replaces = writes and meta is None and checkpoint.has_checkpoint(run_dir)  # --overwrite (only the chief writes)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp,
-                       new_cache_dir=run_dir / STAGED_CACHE if replacing else None)
+                       new_cache_dir=run_dir / STAGED_CACHE if replaces else None)
     if meta is not None and data.vocab != meta.vocab:
         # Fewer characters than the checkpoint's (an edited corpus; or the same file read without the byte-order
         # mark an earlier textgen kept): saved with their own vocabulary, the ids would not be the model's.
@@ -531,7 +528,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               train_batches=StreamBatches(train_ids, config.batch_size, config.seq_length),
               val_batches=StreamBatches(val_ids, config.batch_size, config.seq_length),
               state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log,
-              replaces=meta is None and checkpoint.has_checkpoint(run_dir), has_saved=meta is not None)
+              replaces=replaces, has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)
         log(f"resuming {run_dir} {run.state.position()}{gpu_text(session.strategy)}")
@@ -554,9 +551,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         except Exception as error:
             if (reason := lost_worker(session.strategy, error)) is None:
                 raise
-            stopped = TextgenError(_lost_worker_message(run, reason))
-            stopped.in_python = _lost_worker_message(run, reason, python=True)
-            raise stopped from None
+            raise _lost_worker_error(reason, run) from None
     state = run.state
     best = state.best_val_loss
     log(f"stopped: {stopped}; best validation loss "
@@ -566,20 +561,21 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
 
 
-def _lost(reason: str) -> str:
-    return f"another worker of the cluster stopped or cannot be reached ({reason}), so this one stops too"
-
-
-def _lost_worker_message(run: Run, reason: str, python: bool = False) -> str:
-    """Why a multi-worker run stopped when another worker did, and how to go on (python: as a textgen.train call)."""
+def _lost_worker_error(reason: str, run: Optional[Run] = None) -> TextgenError:
+    """Why a multi-worker run stopped when another worker did, and how to go on, for the command line and (its
+    python_message) for the Python API; run: None when training had not started."""
+    lost = f"another worker of the cluster stopped or cannot be reached ({reason}), so this one stops too"
+    if run is None or not run.has_saved:  # (after --overwrite, resuming would continue the earlier run)
+        saved = "" if run is None else "nothing of this run was saved: "
+        error = TextgenError(f"{lost}; {saved}start every worker again with the same command")
+        error.python_message = f"{lost}; {saved}call textgen.train the same way again on every worker"
+        return error
     command, call = run.resume_advice()
-    if not run.has_saved:  # (an --overwrite run: resuming would continue the earlier run)
-        again = "call textgen.train the same way again" if python else "start every worker again with the same command"
-        return f"{_lost(reason)}; nothing of this run was saved: {again}" + (" on every worker" if python else "")
     kept = f"the run's last checkpoint is kept in {run.run_dir}" if run.writes else \
         "the chief worker keeps the run's checkpoints"
-    return f"{_lost(reason)}; {kept}: " + (f"on every worker, call {call}" if python else
-                                           f"start every worker again with: {command}")
+    error = TextgenError(f"{lost}; {kept}: start every worker again with: {command}")
+    error.python_message = f"{lost}; {kept}: on every worker, call {call}"
+    return error
 
 
 def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
