@@ -44,6 +44,27 @@ def test_a_damaged_run_is_told_to_train_again_with_overwrite_as_a_keyword(traine
     assert str(damaged.value).endswith("is incomplete (train again with overwrite=True)"), damaged.value
 
 
+def test_damaged_weights_found_by_score_are_told_to_train_again_with_overwrite_as_a_keyword(trained_run):
+    """score() of NaN weights advised "--overwrite", a command-line flag."""
+    import contextlib
+
+    import numpy as np
+
+    damaged = textgen.load(trained_run["run_dir"])
+    engine = damaged.generator.engine
+
+    @contextlib.contextmanager
+    def nan_logits(streams):
+        with engine(streams) as taken:
+            taken.logits = lambda ids: np.full((*ids.shape, len(damaged.vocab.chars)), np.nan, np.float32)
+            yield taken
+            del taken.logits
+
+    damaged.generator.engine = nan_logits
+    with pytest.raises(textgen.TextgenError, match="so its weights are damaged; train again with overwrite=True$"):
+        damaged.score(PERIOD * 3)
+
+
 def test_help_shows_the_api_docs_and_import_textgen_stays_light():
     """textgen.load and textgen.train were one-line wrappers ("see textgen.api.load"), and textgen.TextModel, which
     load returns, was not there."""

@@ -90,5 +90,5 @@ def test_a_loss_no_model_gives_is_called_damaged_weights():
     assert perplexity(1.0) == pytest.approx(math.e)
     for nats in (float("nan"), float("inf"), 800.0):
         with pytest.raises(DamagedCheckpoint, match=r"the model's loss on this text is \S+ nats per character, so its "
-                                                    "weights are damaged; train the run again"):
+                                                    "weights are damaged; train again with --overwrite"):
             perplexity(nats)

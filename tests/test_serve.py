@@ -549,8 +549,8 @@ def test_a_loss_no_model_gives_and_an_unexpected_failure_are_json_500s(server, m
     monkeypatch.setattr(generator, "engine", damaged)
     status, text = call(server, "/v1/score", dict(text="abcdefg" * 20))
     assert status == 500 and json.loads(text) == {
-        "error": "the model's loss on this text is nan nats per character, so its weights are damaged; train the run "
-                 "again"}
+        "error": "the model's loss on this text is nan nats per character, so its weights are damaged; train again "
+                 "with --overwrite"}
     monkeypatch.setattr(generator, "score", lambda text: 1 / 0)
     status, text = call(server, "/v1/score", dict(text="abcdefg" * 20))
     assert status == 500 and json.loads(text) == {

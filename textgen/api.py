@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
                             SampleConfig, TrainConfig, command_line_options, rules, split_training_options)
 from textgen.errors import OptionError, TextgenError, as_keywords
@@ -35,12 +36,15 @@ TRAIN_CHOICES = frozenset(choice for config in (ModelConfig, TrainConfig) for ru
 
 
 def _sampling_errors_as_keywords(method):
-    """method with its errors naming options as keywords (skip_unknown=True, not --skip-unknown)."""
+    """method with its errors naming options as keywords (skip_unknown=True, not --skip-unknown); a damaged run's
+    advice is a train() call's (overwrite=True)."""
 
     @functools.wraps(method)
     def wrapped(*args, **kwargs):
         try:
             return method(*args, **kwargs)
+        except DamagedCheckpoint as error:
+            raise _train_keywords(error) from None
         except TextgenError as error:
             raise as_keywords(error, SAMPLE_FIELDS, SAMPLE_FLAGS) from None
 

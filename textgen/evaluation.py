@@ -30,7 +30,7 @@ def perplexity(nats: float) -> float:
         from textgen.checkpoint import DamagedCheckpoint
 
         raise DamagedCheckpoint(f"the model's loss on this text is {nats:g} nats per character, so its weights are "
-                                "damaged", "train the run again")
+                                "damaged", "train again with --overwrite")
     return math.exp(nats)
 
 
