@@ -7,7 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from textgen.sampling import choose_tf, clamp_uniforms, normalize_filters, temperatures
+from textgen.sampling import check_sample_option, choose_tf, clamp_uniforms, temperatures
+
+
+def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float | None]:
+    """Validate top_k / top_p; None for filters that cannot cut anything (k >= V, p >= 1)."""
+    if top_k is not None:
+        check_sample_option("top_k", top_k)
+        top_k = None if top_k >= vocab_size else int(top_k)
+    if top_p is not None:
+        check_sample_option("top_p", top_p)
+        top_p = None if top_p >= 1.0 else float(top_p)
+    return top_k, top_p
 
 
 def choose(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None) -> np.ndarray:

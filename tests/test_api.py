@@ -220,16 +220,34 @@ def test_loading_and_generating_print_nothing_but_the_text(trained_run):
     assert result.stderr == ("abcdefg" * 4)[:23]  # TensorFlow's start-up notes are muted too
 
 
-def test_the_api_and_the_server_take_every_sampling_option():
+def test_the_api_and_the_server_take_every_sampling_option_with_its_default():
+    """Each entry point restates SampleConfig's options: a new one left out, or a default changed in one place
+    only, is caught here."""
+    import dataclasses
     import inspect
 
+    import textgen.generate
     from textgen.api import TextModel
-    from textgen.config import SAMPLE_FIELDS
+    from textgen.config import SAMPLE_FIELDS, SampleConfig, temperature_values
     from textgen.serve import GenerateRequest
 
-    assert set(inspect.signature(TextModel.generate).parameters) - {"self"} == SAMPLE_FIELDS
+    def defaults(function, renamed=None):
+        parameters = inspect.signature(function).parameters.items()
+        return {(renamed or {}).get(name, name): parameter.default for name, parameter in parameters}
+
+    expected = {field.name: field.default for field in dataclasses.fields(SampleConfig)}
+    served = {name: field.default for name, field in GenerateRequest.model_fields.items()}
+    for name, given in [("TextModel.generate", defaults(TextModel.generate)),
+                        ("TextModel.stream", {**defaults(TextModel.stream), "num_samples": 1}),
+                        ("generate.generate", defaults(textgen.generate.generate, {"temperatures": "temperature"})),
+                        ("GenerateRequest", served)]:
+        assert set(given) >= SAMPLE_FIELDS, (name, SAMPLE_FIELDS - set(given))
+        got = {field: given[field] for field in SAMPLE_FIELDS}
+        got["temperature"] = temperature_values(got["temperature"])
+        assert got == expected, name
     assert set(inspect.signature(TextModel.stream).parameters) - {"self"} == SAMPLE_FIELDS - {"num_samples"}
     assert set(GenerateRequest.model_fields) - {"run", "stream"} == SAMPLE_FIELDS
+    assert all(field.description for field in GenerateRequest.model_fields.values())  # the OpenAPI page's help
 
 
 def test_ctrl_c_in_train_is_a_keyboard_interrupt_that_says_how_to_resume_in_python(tmp_path, periodic_corpus):

@@ -25,6 +25,23 @@ def test_same_seed_same_text_and_other_seed_other_text(trained_run):
     assert len(set(first)) == 3  # the streams are independent
 
 
+def test_every_filter_reaches_the_engine(trained_run):
+    """The filters went to the engine one keyword each: one left out there changed nothing, without an error."""
+    from textgen import sampling
+    from textgen.config import SAMPLE_FIELDS
+
+    assert set(sampling.FILTERS) <= SAMPLE_FIELDS
+    options = dict(prime="a", length=60, temperatures=[100.0], seed=3)  # near uniform: nothing like the period
+    assert gen(trained_run, **options)[0].text[:20] != (PERIOD * 3)[:20]
+    greedy = dict(top_k=1, top_p=1e-6, min_p=1.0)  # each alone keeps only the likeliest character
+    assert set(greedy) == set(sampling.CUT_OFFS)
+    for name, value in greedy.items():
+        [sample] = gen(trained_run, **options, **{name: value})
+        assert sample.text == (PERIOD * 10)[:61], name
+    [guarded] = gen(trained_run, prime="a", length=30, temperatures=[0], max_repeat=0)
+    assert guarded.text == (PERIOD * 5)[:31]
+
+
 def test_stop_string_cuts_at_first_occurrence(trained_run):
     [sample] = gen(trained_run, prime="abc", length=50, temperatures=[0], stop="fg")
     assert sample.text == "abcde" and sample.stopped

@@ -186,7 +186,7 @@ def test_stream_filters_equal_the_rule_applied_row_by_row(vocab):
     ks = [None, 3, None, 5, 1, None]
     ps = [None, None, 0.6, 0.9, None, 0.3]
     ms = [0.1, None, None, 0.05, None, 0.3]
-    filters = sampling.StreamFilters.of(rows, vocab, ks, ps, ms)
+    filters = sampling.StreamFilters.of(rows, vocab, top_k=ks, top_p=ps, min_p=ms)
     assert filters.in_use(vocab) == {"top_k", "top_p", "min_p"}
     got = sampling.choose_tf(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
                              tf.constant(filters.top_k), tf.constant(filters.top_p), tf.constant(filters.min_p)).numpy()
@@ -218,6 +218,8 @@ def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
     with pytest.raises(ValueError, match=r"--max-repeat must be an integer in \[0, 1e\+09\], got -1"):
         sampling.StreamFilters.of(1, 5, max_repeat=-1)
     assert sampling.StreamFilters.of(3, 5, top_k=[None, 9, 2]).in_use(5) == {"top_k"}  # k >= V cuts nothing
+    with pytest.raises(TypeError, match="unknown sampling filters: top_a"):
+        sampling.StreamFilters.of(1, 5, top_a=0.5)
 
 
 @pytest.mark.parametrize("vocab", [40, 300])  # the cut-off without and with sorting (PAIRWISE_MAX_VOCAB)

@@ -268,7 +268,7 @@ class Engine:
                 lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, last_id, run))
             return out.stack(), logits, tf.stack(hs + cs)
 
-        per_stream = {name: tf.TensorSpec((streams,), dtype) for name, dtype in sampling.FILTER_DTYPES.items()}
+        per_stream = {name: tf.TensorSpec((streams,), rule.dtype) for name, rule in sampling.FILTER_RULES.items()}
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
                  tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32), per_stream,
                  tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.int32), self._state_spec())
@@ -354,12 +354,13 @@ class Engine:
             return np.concatenate(pieces, axis=0).transpose(1, 0, 2)
         return None
 
-    def sample(self, length, *, temperature, top_k=None, top_p=None, min_p=None, max_repeat=None,
-               rng: np.random.Generator = None, uniforms=None, every_filter: bool = False) -> np.ndarray:
+    def sample(self, length, *, temperature, rng: np.random.Generator = None, uniforms=None,
+               every_filter: bool = False, **filters) -> np.ndarray:
         """Generate (num_streams, length) ids, continuing the state.
 
-        ``temperature``, ``top_k``, ``top_p`` and ``min_p`` are one value for every stream or one per
-        stream (a filter of None leaves that stream unfiltered). ``max_repeat`` (one value, or one per
+        ``temperature`` and the ``filters``, by their names in sampling.FILTERS (``top_k``, ``top_p``, ``min_p``),
+        are one value for every stream or one per stream (a filter of None leaves that stream unfiltered);
+        a filter not given is off. ``max_repeat`` (one value, or one per
         stream; None or 0: off) keeps a stream from producing one character more than that many times
         in a row, counting the end of its prime. ``every_filter`` runs the one compiled loop that applies
         every filter (unused ones with values that keep everything), so that changing which filters are in
@@ -375,7 +376,7 @@ class Engine:
             raise ValueError("length must be >= 0")
         streams = self.num_streams
         temp = sampling.temperatures(temperature, streams)
-        filters = sampling.StreamFilters.of(streams, self.vocab_size, top_k, top_p, min_p, max_repeat)
+        filters = sampling.StreamFilters.of(streams, self.vocab_size, **filters)
         drawn = rng.random((length, streams)) if uniforms is None else np.asarray(uniforms)
         if drawn.shape != (length, streams):
             raise ValueError(f"uniforms must have shape ({length}, {streams}), got {drawn.shape}")

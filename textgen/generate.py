@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from textgen import sampling
 from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, temperature_values
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, perplexity
@@ -221,8 +222,8 @@ class Generator:
                 step = min(chunk, config.length - streams.produced)
                 uniforms = np.zeros((step, size))
                 uniforms[:, :rows] = draws.next(step)
-                ids = engine.sample(step, temperature=temperatures, top_k=config.top_k, top_p=config.top_p,
-                                    min_p=config.min_p, max_repeat=config.max_repeat, uniforms=uniforms)
+                ids = engine.sample(step, temperature=temperatures, uniforms=uniforms,
+                                    **{name: getattr(config, name) for name in sampling.FILTERS})
                 streams.add(ids[:rows])
                 yield streams
 

@@ -31,6 +31,7 @@ token.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 
@@ -49,21 +50,6 @@ def check_sample_option(name: str, value) -> None:
     _RULES[name].check(name, value)
 
 
-def normalize_filters(top_k, top_p, vocab_size: int) -> tuple[int | None, float | None]:
-    """Validate top_k / top_p; return None for filters that cannot cut anything (k >= V, p >= 1)."""
-    if top_k is not None:
-        check_sample_option("top_k", top_k)
-        top_k = int(top_k)
-        if top_k >= vocab_size:
-            top_k = None
-    if top_p is not None:
-        check_sample_option("top_p", top_p)
-        top_p = float(top_p)
-        if top_p >= 1.0:
-            top_p = None
-    return top_k, top_p
-
-
 NO_TOP_P = 2.0  # a per-row top-p that keeps every token (the probability mass above any token is below 2)
 
 
@@ -75,17 +61,33 @@ def per_row(value, rows: int) -> list:
     return values
 
 
-# What StreamFilters holds for every stream, with the type the compiled loop takes it in.
-FILTER_DTYPES = {"top_k": np.int32, "top_p": np.float32, "min_p": np.float32, "max_repeat": np.int32}
-FILTERS = tuple(FILTER_DTYPES)
+@dataclasses.dataclass(frozen=True)
+class Filter:
+    """How the compiled loop takes one filter, one value per stream."""
+
+    dtype: type  # the type the loop takes it in
+    keep_all: Callable[[int], float]  # vocabulary size -> the value that keeps every token (a stream without it)
+    stored: Callable[[float, int], float]  # (a checked value, vocabulary size) -> the value the loop gets
+    cuts: Callable  # (values, vocabulary size) -> where a value may drop a token: NumPy arrays or tensors alike
+
+
+# Every filter, once: a new one is an entry here, a field of StreamFilters, a SampleConfig option and its use in
+# choose_tf (or, as the repeat guard, in the engine's loop).
+FILTER_RULES = {
+    "top_k": Filter(np.int32, lambda vocab: vocab, lambda k, vocab: min(int(k), vocab), lambda k, vocab: k < vocab),
+    "top_p": Filter(np.float32, lambda vocab: NO_TOP_P, lambda p, vocab: NO_TOP_P if p >= 1 else float(p),
+                    lambda p, vocab: p < 1.0),
+    "min_p": Filter(np.float32, lambda vocab: 0.0, lambda m, vocab: float(m), lambda m, vocab: m > 0.0),
+    "max_repeat": Filter(np.int32, lambda vocab: 0, lambda n, vocab: int(n), lambda n, vocab: n > 0),
+}
+FILTERS = tuple(FILTER_RULES)
 CUT_OFFS = ("top_k", "top_p", "min_p")  # the filters choose_tf applies (the repeat guard is the engine's)
 
 
 @dataclasses.dataclass(frozen=True)
 class StreamFilters:
-    """Every filter's value for every one of N streams, as the compiled loop takes them: a stream that does not
-    use a filter gets the value that keeps every token. A new filter is a field here, in FILTER_DTYPES, in
-    :meth:`of` and in :func:`choose_tf`."""
+    """Every filter's value for every one of N streams, as the compiled loop takes them (FILTER_RULES): a stream
+    that does not use a filter gets the value that keeps every token."""
 
     top_k: np.ndarray  # (N,) int32; the vocabulary size keeps every token
     top_p: np.ndarray  # (N,) float32; NO_TOP_P keeps every token
@@ -93,27 +95,24 @@ class StreamFilters:
     max_repeat: np.ndarray  # (N,) int32; 0: no guard against one character repeated (applied by the engine)
 
     @classmethod
-    def of(cls, rows: int, vocab_size: int, top_k=None, top_p=None, min_p=None, max_repeat=None) -> "StreamFilters":
-        """Validate filters given as None, a scalar or one value (or None) per stream."""
-        ks, ps, ms, repeats = [], [], [], []
-        for k, p, m, repeat in zip(*(per_row(value, rows) for value in (top_k, top_p, min_p, max_repeat))):
-            k, p = normalize_filters(k, p, vocab_size)
-            if m is not None:
-                check_sample_option("min_p", m)
-            if repeat is not None:
-                check_sample_option("max_repeat", repeat)
-            ks.append(vocab_size if k is None else k)
-            ps.append(NO_TOP_P if p is None else p)
-            ms.append(0.0 if m is None else float(m))
-            repeats.append(0 if repeat is None else int(repeat))
-        values = dict(top_k=ks, top_p=ps, min_p=ms, max_repeat=repeats)
-        return cls(**{name: np.array(values[name], dtype) for name, dtype in FILTER_DTYPES.items()})
+    def of(cls, rows: int, vocab_size: int, **filters) -> "StreamFilters":
+        """Validate filters (names of FILTERS) given as None, a scalar or one value (or None) per stream."""
+        if unknown := set(filters) - set(FILTERS):
+            raise TypeError(f"unknown sampling filters: {', '.join(sorted(unknown))}")
+        columns = {}
+        for name, rule in FILTER_RULES.items():
+            column = []
+            for value in per_row(filters.get(name), rows):
+                if value is not None:
+                    check_sample_option(name, value)
+                column.append(rule.keep_all(vocab_size) if value is None else rule.stored(value, vocab_size))
+            columns[name] = np.array(column, rule.dtype)
+        return cls(**columns)
 
     def in_use(self, vocab_size: int) -> frozenset:
         """The names of the filters some stream uses: the compiled loop leaves out the others."""
-        used = {"top_k": np.any(self.top_k < vocab_size), "top_p": np.any(self.top_p < 1.0),
-                "min_p": np.any(self.min_p > 0.0), "max_repeat": np.any(self.max_repeat > 0)}
-        return frozenset(name for name, use in used.items() if use)
+        return frozenset(name for name, rule in FILTER_RULES.items()
+                         if np.any(rule.cuts(getattr(self, name), vocab_size)))
 
     def tensors(self) -> dict:
         import tensorflow as tf
@@ -168,10 +167,9 @@ def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None)
         # The cut-off costs more than the rest of the sampling together (a server's loop carries the filters
         # for every request, mostly unused): skip it at run time when no row asks for it.
         wanted = tf.constant(False)
-        if top_k is not None:
-            wanted = wanted | tf.reduce_any(_column(tf, top_k, tf.int32) < vocab)
-        if top_p is not None:
-            wanted = wanted | tf.reduce_any(_column(tf, top_p, tf.float32) < 1.0)
+        for name, value in (("top_k", top_k), ("top_p", top_p)):
+            if value is not None:
+                wanted |= tf.reduce_any(FILTER_RULES[name].cuts(value, vocab))
         weights = tf.cond(wanted, cut, lambda: weights)
     if min_p is not None:  # the most likely token has weight exp(0) = 1, so its probability ratio is the weight
         weights = tf.where(weights >= _column(tf, min_p, tf.float32), weights, tf.zeros_like(weights))

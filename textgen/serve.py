@@ -301,8 +301,9 @@ class GenerateRequest(BaseModel):
     prime: str = Field("", description="Text to start from; it begins each sample")
     length: int = Field(500, description="Characters to generate")
     temperature: Union[float, list[float]] = Field(0.5, description="One value, or one sample per value")
-    top_k: Optional[int] = None
-    top_p: Optional[float] = None
+    top_k: Optional[int] = Field(None, description="Draw only from the top_k most likely characters")
+    top_p: Optional[float] = Field(None, description="Draw from the smallest set of characters whose probability "
+                                                     "reaches top_p")
     min_p: Optional[float] = Field(None, description="Drop characters less likely than min_p x the likeliest")
     max_repeat: Optional[int] = Field(DEFAULT_MAX_REPEAT, description="Never one character more than this many "
                                       "times in a row (0 or null: no guard)")
