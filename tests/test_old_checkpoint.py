@@ -58,5 +58,6 @@ def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_pa
     assert meta.state.epoch == 8 and meta.textgen_version == "0.1.0"
     # Options added since 0.1.0 are written back with what the run did before they existed (--size fixed).
     added = {name: rule.before for name, rule in rules(TrainConfig).items() if name not in raw["training"]}
-    assert added == {"size": "fixed"}
+    assert added == {"size": "fixed"}, ("an option added to TrainConfig: declare with before= what runs trained "
+                                        "before it did, and add it here")
     assert meta.to_json() == {**raw, "training": {**raw["training"], **added}}

@@ -262,22 +262,6 @@ def test_a_client_that_goes_away_frees_its_stream(server, monkeypatch, stream, c
     assert status == 200
 
 
-def test_a_lone_request_runs_long_engine_calls_and_no_longer_than_it_needs(server, monkeypatch):
-    from textgen.batcher import LONE_CHUNK
-    from textgen.engine import Engine
-
-    calls = []
-    original = Engine.sample
-
-    def recorded(self, *args, **kwargs):
-        calls.append((self.num_streams, args[0]))
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(Engine, "sample", recorded)
-    status, text = call(server, "/v1/generate", dict(prime="a", length=2 * LONE_CHUNK + 40, temperature=0.8, seed=4))
-    assert status == 200 and len(json.loads(text)["samples"][0]["text"]) == 2 * LONE_CHUNK + 41
-    assert calls == [(1, LONE_CHUNK), (1, LONE_CHUNK), (1, 40)]
-
-
 BAD_BODIES = [
     (b"{not json", 422), (b"[]", 422), (b'"text"', 422), (b"", 422),
     (json.dumps(dict(length="ten")).encode(), 422), (json.dumps(dict(length=10 ** 9)).encode(), 400),
@@ -757,25 +741,6 @@ def test_a_run_that_trains_on_is_served_from_its_new_checkpoint(trained_run, tmp
             assert status == 200 and json.loads(text)["samples"][0]["text"] == after
         assert "run 'period' has a new checkpoint that cannot be loaded" in caplog.text
         assert call(base, "/v1/generate", request)[0] == 200
-
-
-def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(trained_run):
-    from textgen.batcher import Batcher, BatcherClosed
-    from textgen.config import SampleConfig
-    from textgen.generate import Generator
-
-    generator = Generator.load(trained_run["run_dir"])
-    batcher = Batcher(generator, (1, 4))
-    pieces, over = [], threading.Event()
-    job = batcher.submit(SampleConfig(prime="a", length=600, temperature=(1.0,), seed=1),
-                         lambda piece: over.set() if piece is None else pieces.append(piece.text))
-    batcher.retire()
-    assert over.wait(60) and job.error is None and len("".join(pieces)) == 601
-    batcher.thread.join(10)
-    assert not batcher.thread.is_alive()
-    with pytest.raises(BatcherClosed):
-        batcher.submit(SampleConfig(length=5), lambda piece: None)
-    assert generator.take_engine(batcher.engine.num_streams) is batcher.engine  # given back for the next batcher
 
 
 def test_a_request_whose_server_loop_has_closed_does_not_break_the_batcher(trained_run, caplog):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from textgen.config import (DEFAULT_CHECKPOINT_DIR, Limits, ModelConfig, SampleConfig, TrainConfig,
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, EXPORT_FORMATS, Limits, ModelConfig, SampleConfig, TrainConfig,
                             command_line_options, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
@@ -246,7 +246,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @cli.command(name="export", short_help="Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT.")
 @checkpoint_dir_option
 @run_option
-@click.option("--format", "formats", multiple=True, type=click.Choice(["keras", "savedmodel", "litert", "all"]),
+@click.option("--format", "formats", multiple=True, type=click.Choice([*EXPORT_FORMATS, "all"]),
               default=["keras", "savedmodel"], show_default=True,
               help="keras = model.keras (stock layers, batch 1) + vocab.json; savedmodel = TensorFlow SavedModel with "
                    "step, generate and generate_filtered signatures; litert = model.tflite of one step. Repeat for "

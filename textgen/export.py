@@ -23,11 +23,11 @@ import shutil
 from pathlib import Path
 
 from textgen import lstm_step, sampling
+from textgen.config import EXPORT_FORMATS as FORMATS
 from textgen.config import MAX_LENGTH
 from textgen.errors import TextgenError
 from textgen.generate import start_symbol
 
-FORMATS = ("keras", "savedmodel", "litert")
 EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
 
 

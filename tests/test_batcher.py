@@ -1,0 +1,87 @@
+"""textgen.batcher: concurrent requests as streams of one compiled engine, driven directly (no server)."""
+
+import threading
+
+import pytest
+
+from textgen.config import SampleConfig
+
+
+@pytest.fixture(scope="module")
+def generator(trained_run):
+    from textgen.generate import Generator
+
+    return Generator.load(trained_run["run_dir"])
+
+
+def collect(batcher, config):
+    """Submit config; returns (the job, its pieces' texts by sample, an event set when it is over)."""
+    texts, over = {}, threading.Event()
+
+    def deliver(piece):
+        if piece is None:
+            over.set()
+        else:
+            texts[piece.sample] = texts.get(piece.sample, "") + piece.text
+
+    return batcher.submit(config, deliver), texts, over
+
+
+def test_requests_batched_together_each_get_the_text_they_get_alone(generator):
+    """Each request's seed, temperature and filters are its own, whatever the other streams of the batch use."""
+    from textgen.batcher import Batcher
+
+    # Hot enough that the period model draws other characters, and each filter cuts some of them.
+    configs = [SampleConfig(prime="ab", length=200, temperature=(5.0,), top_k=3, seed=1, num_samples=2),
+               SampleConfig(prime="g", length=150, temperature=(4.0, 6.0), top_p=0.7, seed=2),
+               SampleConfig(prime="c", length=120, temperature=(5.0,), min_p=0.2, max_repeat=1, seed=3),
+               SampleConfig(prime="d", length=90, temperature=(3.0,), seed=4)]
+    alone = [[sample.text for sample in generator.samples(config)] for config in configs]
+    batcher = Batcher(generator, (1, 4, 8))
+    try:
+        jobs = [collect(batcher, config) for config in configs]
+        for job, _, over in jobs:
+            assert over.wait(60) and job.error is None
+        for (_, texts, _), expected in zip(jobs, alone):
+            prime = texts.pop(None)
+            assert [prime + texts[sample] for sample in sorted(texts)] == expected
+    finally:
+        batcher.retire()
+    assert len(set(alone[0])) == 2 and len(set(alone[1])) == 2  # random draws: the comparison can fail
+
+
+def test_a_lone_request_runs_long_engine_calls_and_no_longer_than_it_needs(generator, monkeypatch):
+    from textgen.batcher import LONE_CHUNK, Batcher
+    from textgen.engine import Engine
+
+    calls = []
+    original = Engine.sample
+
+    def recorded(self, *args, **kwargs):
+        calls.append((self.num_streams, args[0]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "sample", recorded)
+    batcher = Batcher(generator, (1, 4))
+    try:
+        job, texts, over = collect(batcher, SampleConfig(prime="a", length=2 * LONE_CHUNK + 40, temperature=(0.8,),
+                                                         seed=4))
+        assert over.wait(60) and job.error is None
+    finally:
+        batcher.retire()
+    assert len(texts[None] + texts[0]) == 2 * LONE_CHUNK + 41
+    assert calls == [(1, LONE_CHUNK), (1, LONE_CHUNK), (1, 40)]
+
+
+def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(generator):
+    from textgen.batcher import Batcher, BatcherClosed
+
+    batcher = Batcher(generator, (1, 4))
+    job, texts, over = collect(batcher, SampleConfig(prime="a", length=600, temperature=(1.0,), seed=1))
+    batcher.retire()
+    assert over.wait(60) and job.error is None and len(texts[None] + texts[0]) == 601
+    batcher.thread.join(10)
+    assert not batcher.thread.is_alive()
+    with pytest.raises(BatcherClosed):
+        batcher.submit(SampleConfig(length=5), lambda piece: None)
+    assert generator.take_engine(batcher.engine.num_streams) is batcher.engine  # given back for the next batcher
