@@ -573,7 +573,7 @@ def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line
 
     from pathlib import Path
 
-    from textgen.serve import Runs
+    from textgen.served_runs import Runs
 
     runs = Runs(trained_run["run_dir"], None, (1, 4))  # --checkpoint-dir pointing at the run itself
     assert runs.default == "period" and runs.get(None).generator.meta.state.epoch == 3
@@ -633,7 +633,7 @@ def test_a_reload_that_ends_after_its_run_was_unloaded_and_loaded_again_keeps_on
     import shutil
 
     from textgen.generate import ENGINE_SIZES
-    from textgen.serve import Runs
+    from textgen.served_runs import Runs
 
     for name in ("main", "b", "c"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
@@ -774,7 +774,7 @@ def test_the_servers_exit_stops_every_batcher_still_generating(trained_run):
     """After a second Ctrl-C the requests were cut but their batchers went on generating in daemon threads: one
     still inside TensorFlow when the interpreter ends can abort the process ("FATAL: exception not rethrown")."""
     from textgen.config import SampleConfig
-    from textgen.serve import ApiError, Runs
+    from textgen.served_runs import ApiError, Runs
 
     runs = Runs(trained_run["checkpoint_dir"], None, (1, 4))
     batcher = runs.get(None).batcher
@@ -796,7 +796,7 @@ def test_an_unloaded_run_leaves_memory_once_its_batcher_has_stopped(trained_run,
     import shutil
     import weakref
 
-    from textgen.serve import Runs
+    from textgen.served_runs import Runs
 
     for name in ("a", "b", "c"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
@@ -847,7 +847,7 @@ def test_a_run_deleted_while_its_new_checkpoint_loads_is_not_served_from_memory(
     of a run with no checkpoint: the run counted as current and was served for good."""
     import shutil
 
-    from textgen.serve import ApiError, Runs
+    from textgen.served_runs import ApiError, Runs
 
     for name in ("main", "gone"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
@@ -923,7 +923,7 @@ def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tm
     import shutil
 
     from textgen import checkpoint
-    from textgen.serve import Runs
+    from textgen.served_runs import Runs
 
     for name in ("main", "other"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
@@ -948,7 +948,7 @@ def test_models_leaves_out_a_run_deleted_while_it_is_listed_and_keeps_its_paths_
     ('NoneType' object has no attribute 'state'); a damaged run's error named where the server keeps its runs."""
     import shutil
 
-    from textgen.serve import Runs
+    from textgen.served_runs import Runs
 
     for name in ("main", "gone", "damaged"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
@@ -968,7 +968,7 @@ def test_a_default_run_deleted_is_missing_at_every_request(trained_run, tmp_path
     name' to every later request that named no run."""
     import shutil
 
-    from textgen.serve import ApiError, Runs
+    from textgen.served_runs import ApiError, Runs
 
     shutil.copytree(trained_run["run_dir"], tmp_path / "a&b")
     runs = Runs(tmp_path, None, (1,))
@@ -984,7 +984,7 @@ def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoi
                                                                                                    tmp_path):
     import shutil
 
-    from textgen.serve import Runs
+    from textgen.served_runs import Runs
 
     for name in ("good", "nobest"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)

@@ -22,10 +22,6 @@ import dataclasses
 import errno
 import json
 import logging
-import threading
-import time
-import weakref
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Union
@@ -38,12 +34,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from textgen.checkpoint import DamagedCheckpoint, has_checkpoint
+from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, shown_number,
                             temperature_values)
 from textgen.errors import TextgenError, as_keywords
-from textgen.evaluation import bpc
 from textgen.quiet_import import import_tensorflow_quietly
+from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
@@ -63,236 +59,6 @@ def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
             loop.call_soon_threadsafe(inbox.put_nowait, piece)
 
     return deliver
-
-
-class ApiError(Exception):
-    """A one-line JSON error: 4xx for what the request asked, 5xx for what the server could not do."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class Served:
-    """One loaded run: its generator (for scoring) and the batcher its requests share."""
-
-    name: str
-    generator: object  # textgen.generate.Generator
-    batcher: object  # textgen.batcher.Batcher
-    path: Path  # the run's directory
-    version: tuple  # checkpoint_version(path) when it was loaded
-    reloading: bool = False  # a newer checkpoint is being loaded (requests meanwhile get this one)
-
-    @property
-    def current(self) -> bool:
-        """Whether the run's checkpoint on disk is still the one loaded (never, once the run is gone)."""
-        version = checkpoint_version(self.path)
-        return bool(version) and version == self.version
-
-
-def checkpoint_version(path: Path) -> tuple:
-    """What changes when training saves a checkpoint to serve: its best metadata file (each save renames a new one
-    into place), or the last one's while the run has no best; () when neither is there."""
-    from textgen.checkpoint import meta_stamp
-
-    for kind in ("best", "last"):
-        if (stamp := meta_stamp(path, kind)) is not None:
-            return kind, *stamp
-    return ()
-
-
-def _no_run(name: str) -> ApiError:
-    return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
-
-
-class Runs:
-    """The runs under a checkpoint directory (or the one run it is), each loaded once: the default run at
-    start-up, so that a damaged one is refused at once, the others on first use."""
-
-    def __init__(self, checkpoint_dir: Path, default: Optional[str], buckets: tuple, max_loaded: int = 4):
-        from textgen.runs import find_run
-
-        self.buckets = buckets  # engine sizes of each run's batcher
-        self.max_loaded = max_loaded  # runs kept in memory; past it, the least recently used (not the default) goes
-        # Resolved, so that a checkpoint directory that is itself a run (".") is named after its folder.
-        self.checkpoint_dir = Path(checkpoint_dir).resolve()
-        self._loaded: dict[str, Served] = {}
-        self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
-        self._guard = threading.Lock()
-        # Every batcher whose thread runs (it holds it), the retired ones that still finish requests too (stop()):
-        # weakly, so that one whose thread has ended does not keep its model in memory.
-        self._batchers: weakref.WeakSet = weakref.WeakSet()
-        self._batchers_lock = threading.Lock()
-        self._stopping = False
-        self._described: dict = {}  # run directory -> (its metadata files' stamps, the metadata describe() shows)
-        found = find_run(self.checkpoint_dir, default)
-        self.default = found.name
-        # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
-        self._keep(self._load(self.default, found))
-        self._last_used[self.default] = time.monotonic()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Cancel the requests still generating and stop every batcher, waiting up to timeout seconds in all (the
-        server's exit); later loads and requests are refused."""
-        with self._batchers_lock:
-            self._stopping = True
-            batchers = list(self._batchers)
-        deadline = time.monotonic() + timeout
-        for batcher in batchers:
-            batcher.stop(max(0.0, deadline - time.monotonic()))
-
-    def paths(self) -> dict[str, Path]:
-        from textgen.runs import list_runs
-
-        return {path.name: path for path in list_runs(self.checkpoint_dir)}
-
-    def describe_all(self, paths: dict[str, Path]) -> list[dict]:
-        """describe() of every run in paths; what was kept of runs no longer there is dropped (a server that
-        watches runs come and go would otherwise hold the metadata of each one it ever listed)."""
-        # None: a run whose checkpoints went while the list was made (a thread each)
-        described = [each for name, path in paths.items() if (each := self.describe(name, path)) is not None]
-        live = set(paths.values())
-        # list(): another request's describe() may add a run meanwhile (a thread each)
-        self._described = {path: kept for path, kept in list(self._described.items()) if path in live}
-        return described
-
-    def describe(self, name: str, path: Path) -> Optional[dict]:
-        """The run's facts for GET /v1/models (or why it cannot be served); None when its checkpoints are gone."""
-        from textgen.checkpoint import meta_stamp, read_run_meta
-
-        served = self._loaded.get(name)
-        try:
-            if served is not None and served.current:
-                meta = served.generator.meta
-            else:  # what loading it would serve, read again only when a metadata file changed (the playground asks
-                # after every generation, and a run's metadata holds its history and vocabulary)
-                stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
-                kept = self._described.get(path)
-                if kept is None or kept[0] != stamp:
-                    kept = self._described[path] = stamp, read_run_meta(path).best_else_last
-                meta = kept[1]
-        except TextgenError as error:
-            return dict(name=name, error=self.inside(error))
-        except FileNotFoundError:  # deleted while it was read
-            return None
-        if meta is None:  # both metadata files gone since the run was listed
-            return None
-        val = meta.state.val_loss
-        return dict(name=name, corpus=Path(meta.corpus["path"]).name, characters=meta.corpus["length"],
-                    epochs=meta.state.epoch, val_bpc=None if val is None else round(bpc(val), 4),
-                    parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
-                    vocabulary=meta.model.vocab_size)
-
-    def inside(self, error: Exception) -> str:
-        """The error's message with the paths inside the checkpoint directory, not where it is on this machine."""
-        return str(error).replace(f"{self.checkpoint_dir}/", "")
-
-    def get(self, name: Optional[str]) -> Served:
-        """The named run (default: the server's run), loaded on first use and again when it has a newer checkpoint."""
-        from textgen.runs import check_run_name
-
-        asked, name = name, name or self.default
-        served = self._loaded.get(name)
-        if served is not None:
-            self._last_used[name] = time.monotonic()
-            if served.current:
-                return served
-            if not has_checkpoint(served.path):  # deleted: as GET /v1/models no longer lists it, no longer served
-                with self._guard:
-                    self._unload(name, "its checkpoints are gone")
-                raise _no_run(name)
-            return self._reload(served)
-        path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
-        if path is None:
-            if asked:  # a path-like name ("../x") is a bad request, not a missing run (not so a default deleted)
-                check_run_name(name)
-            raise _no_run(name)
-        with self._guard:
-            self._last_used[name] = time.monotonic()
-            if name not in self._loaded:
-                try:
-                    self._keep(self._load(name, path))
-                except (TextgenError, OSError) as error:  # a damaged run on the server: not the request's fault
-                    if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
-                        raise _no_run(name) from None
-                    logger.warning(f"run {name!r} cannot be loaded: {error}")
-                    raise ApiError(f"run {name!r} cannot be loaded: {self.inside(error)}", status=500) from None
-            return self._loaded[name]
-
-    def _keep(self, served: Served) -> None:
-        """Hold served as its run's model (call with the guard held), unloading the run used least recently
-        when more than max_loaded would be in memory: its batcher finishes its requests, then frees its engine.
-        A request that then names it loads it again."""
-        self._loaded[served.name] = served
-        while len(self._loaded) > self.max_loaded:
-            others = [name for name in self._loaded if name not in (self.default, served.name)]
-            if not others:
-                return
-            oldest = min(others, key=lambda name: self._last_used.get(name, 0.0))
-            self._unload(oldest, f"{self.max_loaded} runs are in memory and it was used least recently "
-                                 "(--max-loaded-runs)")
-
-    def _unload(self, name: str, reason: str) -> None:
-        """Forget the run's model; its batcher finishes the requests it runs, then frees its engine."""
-        served = self._loaded.pop(name, None)
-        if served is not None:
-            served.batcher.retire()
-            logger.info(f"run {name!r} unloaded: {reason}")
-
-    def _load(self, name: str, path: Path) -> Served:
-        from textgen.batcher import Batcher
-        from textgen.generate import Generator
-
-        version = checkpoint_version(path)  # before loading: a save in between costs one more reload, never a miss
-        generator = Generator.load(path)
-        with self._batchers_lock:  # not after stop() took the list: its thread would outlive the server
-            if self._stopping:
-                raise ApiError("the server is stopping", status=503)
-            batcher = Batcher(generator, self.buckets)
-            self._batchers.add(batcher)
-        return Served(name, generator, batcher, path, version)
-
-    def _reload(self, served: Served) -> Served:
-        """The run with its newer checkpoint; its old batcher finishes what it runs, then stops. While one request
-        loads it, the others get the model loaded before; so do all when the new checkpoint cannot be loaded."""
-        with self._guard:
-            if served.reloading or self._loaded.get(served.name) is not served:
-                return self._loaded.get(served.name, served)  # an unloaded run's batcher sends its request back here
-            served.reloading = True
-        try:
-            fresh = self._load(served.name, served.path)
-        except (TextgenError, OSError) as error:
-            logger.warning(f"run {served.name!r} has a new checkpoint that cannot be loaded ({error}); serving the "
-                           "one loaded before")
-            served.version = checkpoint_version(served.path)  # not tried again until the run changes again
-            return served
-        finally:
-            served.reloading = False
-        with self._guard:
-            current = self._loaded.get(served.name)
-            if current is None or current is served:
-                self._keep(fresh)
-        served.batcher.retire()
-        if current is not None and current is not served:  # unloaded and loaded again meanwhile: that copy serves
-            fresh.batcher.retire()
-            return current
-        state = fresh.generator.meta.state
-        logger.info(f"run {served.name!r}: serving its new checkpoint (epoch {state.epoch}"
-                    + ("" if state.val_loss is None else f", validation {bpc(state.val_loss):.4f} bpc") + ")")
-        return fresh
-
-    def submit(self, name: Optional[str], config: SampleConfig, deliver) -> tuple[Served, object]:
-        """The request as a job of the run's current batcher: (the run as served, the job)."""
-        from textgen.batcher import BatcherClosed
-
-        while True:
-            served = self.get(name)
-            try:
-                return served, served.batcher.submit(config, deliver)
-            except BatcherClosed:  # replaced by a newer checkpoint and stopped between the two lines: try the new one
-                if self._stopping:
-                    raise ApiError("the server is stopping", status=503) from None
 
 
 class GenerateRequest(BaseModel):
