@@ -248,7 +248,10 @@ class Generator:
 
     def score(self, text: str) -> dict:
         """Cross-entropy of text read from its first character with a fresh state, in the Unicode form (NFC or NFD)
-        the vocabulary knows best; characters outside the vocabulary are removed (and counted) first."""
+        the vocabulary knows best; characters outside the vocabulary are removed (and counted) first.
+
+        From the engine's logits, not evaluation.window_loss_sum's Keras model: a server scores with the engine it
+        already holds, any length of text at one stream. test_api checks that the two give the same loss."""
         check_text("text", text)
         ids, excluded = self.vocab.encode_in_known_form(text)
         if len(ids) < 2:

@@ -30,14 +30,17 @@ class ApiError(Exception):
 
 @dataclass
 class Served:
-    """One loaded run: its generator (for scoring) and the batcher its requests share."""
+    """One loaded run: the batcher its requests share, and its generator (for scoring)."""
 
     name: str
-    generator: object  # textgen.generate.Generator
     batcher: object  # textgen.batcher.Batcher
     path: Path  # the run's directory
     version: tuple  # checkpoint_version(path) when it was loaded
     reloading: bool = False  # a newer checkpoint is being loaded (requests meanwhile get this one)
+
+    @property
+    def generator(self):  # textgen.generate.Generator
+        return self.batcher.generator
 
     @property
     def current(self) -> bool:
@@ -206,7 +209,7 @@ class Runs:
                 raise ApiError("the server is stopping", status=503)
             batcher = Batcher(generator, self.buckets)
             self._batchers.add(batcher)
-        return Served(name, generator, batcher, path, version)
+        return Served(name, batcher, path, version)
 
     def _reload(self, served: Served) -> Served:
         """The run with its newer checkpoint; its old batcher finishes what it runs, then stops. While one request
