@@ -676,9 +676,16 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
     with pytest.raises(RuntimeError, match="crash"):  # fails before any save: the earlier run is untouched
         run(periodic_corpus, tmp_path, overwrite=True, callbacks=[AtStep(2, crash)])
     assert files_snapshot(run_dir) == before
+    # Ctrl-C before the first save takes the --overwrite back (it replaced the earlier run with one step's)
+    with pytest.raises(Interrupted, match=r"interrupted before this training's first checkpoint, so the earlier "
+                                          r"run in \S+ is kept as it was \(to replace it, run the same command "
+                                          r"again\)$") as stopped:
+        run(periodic_corpus, tmp_path, overwrite=True, callbacks=[interrupt_at_step(2)])
+    assert stopped.value.exit_code == 130 and files_snapshot(run_dir) == before
     wider = dict(TINY_MODEL, units=TINY_MODEL["units"] + 8)
-    with pytest.raises(Interrupted):  # saves last.json mid-epoch: the earlier best.json and history must go
-        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[interrupt_at_step(5)])
+    with pytest.raises(Interrupted, match="resume with"):  # after the save at step 3, the earlier run is gone
+        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[interrupt_at_step(5)],
+            train_options=dict(save_every=3))
     last = checkpoint.read_meta(run_dir, "last")
     assert last.model.units == wider["units"] and last.state.step_in_epoch == 5
     assert not (run_dir / "best.json").exists() and not (run_dir / "history.csv").exists()

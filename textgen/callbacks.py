@@ -119,15 +119,22 @@ class StopRequests(Callback):
         from textgen.distribute import worker_mean
 
         budget = run.config.max_minutes * 60
-        interrupted, time_up, run.elapsed = worker_mean(run.session.strategy, bool(self.signals),
-                                                        bool(budget) and run.elapsed >= budget, run.elapsed)
+        # replacing: the chief's --overwrite run has saved nothing yet (only the chief knows)
+        interrupted, time_up, replacing, run.elapsed = worker_mean(
+            run.session.strategy, bool(self.signals), bool(budget) and run.elapsed >= budget, run.replaces,
+            run.elapsed)
+        signum = self.signals[0] if self.signals else signal.SIGTERM
+        if interrupted > 0 and replacing > 0:  # Ctrl-C is how a mistyped --overwrite is taken back
+            kept = (f"interrupted before this training's first checkpoint, so the earlier run in {run.run_dir} is "
+                    "kept as it was")
+            raise Interrupted(f"{kept} (to replace it, run the same command again)", signum,
+                              f"{kept} (to replace it, call textgen.train the same way again)")
         if interrupted > 0:
             save_unvalidated(run)
             saved = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
                      f"({run.state.position()}) in {run.run_dir}")
             command, call = run.resume_advice()
-            raise Interrupted(f"{saved}; resume with: {command}", self.signals[0] if self.signals else signal.SIGTERM,
-                              f"{saved}; resume with: {call}")
+            raise Interrupted(f"{saved}; resume with: {command}", signum, f"{saved}; resume with: {call}")
         if time_up > 0:
             run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
 
