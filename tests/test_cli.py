@@ -54,6 +54,13 @@ def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     out = tmp_path / "out.txt"
     written = invoke(*args, "--output", out)
     assert written.stdout == "" and out.read_text() + "\n" == first.stdout
+    out.write_text("my own text")  # it replaced any file without a word (a run's corpus, given by mistake)
+    refused = invoke(*args, "--seed", 2, "--output", out)
+    assert (refused.exit_code, refused.stderr) == (1, f"error: --output {out} already exists; pass --overwrite to "
+                                                      "replace it, or choose another file\n")
+    assert out.read_text() == "my own text"
+    replaced = invoke(*args, "--output", out, "--overwrite")
+    assert replaced.exit_code == 0 and out.read_text() + "\n" == first.stdout
 
 
 def test_sample_num_samples_are_delimited(trained_run):

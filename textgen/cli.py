@@ -193,13 +193,14 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @click.option("--output", "-o", type=click.Path(), default=None,
               callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout", Path),
               help="Write the text to this file instead of stdout.")
-def sample(checkpoint_dir, run, prime_file, output, **options):
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     """Generate text from the best checkpoint of a run."""
     from textgen.corpus import read_text
     from textgen.generate import check_output, format_samples, generate_with, write_output
 
     if output is not None:
-        check_output(output)
+        check_output(output, overwrite)
     chosen = _chosen(options, command_line_options(SampleConfig))
     if prime_file is not None:
         if "prime" in chosen:
@@ -211,7 +212,7 @@ def sample(checkpoint_dir, run, prime_file, output, **options):
                             show_progress=output is not None)
     text = format_samples(samples, len(config.temperature))
     if output is not None:
-        write_output(output, text)
+        write_output(output, text, overwrite)
     elif live:
         click.echo()
     else:

@@ -324,20 +324,23 @@ def format_samples(samples: list[Sample], num_temperatures: int) -> str:
     return "\n".join(parts)
 
 
-def check_output(path: Path) -> None:
-    """Refuse an --output that cannot become a file, before any text is generated."""
+def check_output(path: Path, overwrite: bool = False) -> None:
+    """Refuse an --output that cannot become a file, or that would replace a file's text without overwrite (an
+    empty one, as mktemp makes, holds nothing to lose), before any text is generated."""
     path = Path(path)
     if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not path.parent.is_dir():
         raise TextgenError(f"cannot write {path}: directory {path.parent} does not exist")
+    if not overwrite and path.is_file() and path.stat().st_size:  # (a run's corpus, given by mistake)
+        raise TextgenError(f"--output {path} already exists; pass --overwrite to replace it, or choose another file")
 
 
-def write_output(path: Path, text: str) -> None:
+def write_output(path: Path, text: str, overwrite: bool = False) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
     device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
     path = Path(path)
-    check_output(path)
+    check_output(path, overwrite)
     try:
         if path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8") as handle:
