@@ -1,6 +1,7 @@
 import dataclasses
 import errno
 import json
+import logging
 import math
 import os
 import signal
@@ -574,12 +575,18 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
                            f"bfloat16 (it starts at {units}; --mixed-precision on forces it)" if native else None)
 
 
-def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus):
+def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, caplog):
     with pytest.raises(Interrupted, match="resume with: textgen train") as stopped:
         run(periodic_corpus, tmp_path, callbacks=[interrupt_at_step(5)])
     assert stopped.value.exit_code == 130
     meta = json.loads((tmp_path / "r" / "last.json").read_text())
     assert (meta["epoch"], meta["step_in_epoch"]) == (0, 5)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textgen"):  # sample, eval and export used it without a word
+        load_model(tmp_path / "r")
+    assert [record.getMessage() for record in caplog.records] == [
+        "note: run 'r' has no best checkpoint yet (it stopped before its first validation); using its last one, "
+        "saved in epoch 1, after step 5"]
     resumed = run(periodic_corpus, tmp_path, resume=True)
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
 
