@@ -89,6 +89,24 @@ CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" 
           "是为了解决一般的循环神经网络存在的长期依赖问题而专门设计出来的。\n"
 
 
+def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
+    """It was told to convert a file that is UTF-8 already (head -c of a Chinese text)."""
+    whole = (CHINESE * 20).rstrip("\n").encode("utf-8")  # ends with 。, 3 bytes
+    path = tmp_path / "第一回 cut.txt"
+    path.write_bytes(whole[:-1])  # the last character's third byte is missing
+    at = len(whole) - 3
+    with pytest.raises(TextgenError) as cut:
+        scan(path)
+    assert str(cut.value) == (f"corpus file ends in the middle of a UTF-8 character (from byte offset {at}: the file "
+                              f"was cut short): {path} (remove its last 2 bytes, e.g. with head -c {at} "
+                              f"'{path}' > whole.txt)")
+    path.write_bytes(whole[:at])  # what that command leaves reads
+    assert scan(path)
+    path.write_bytes("Fin de l'ete".encode() + b"\xe9")  # Latin-1, its one non-ASCII byte at the end
+    with pytest.raises(TextgenError, match=r"truncated character at its end.*\(convert it to UTF-8\)$"):
+        scan(path)
+
+
 @pytest.mark.parametrize("content, told", [
     # A GBK file was told "convert it to UTF-8, e.g. with iconv", and the README's example (-f latin1) made mojibake.
     ((CHINESE * 30).encode("gbk"), "(it looks like Chinese GB18030 (GBK, GB2312) text: convert it, e.g. with iconv "

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.files import atomic_write, atomic_write_json
 from textgen.vocab import Vocabulary, starts_alone
 
@@ -94,9 +95,15 @@ def _decoded_chunks(path: Path, what: str):
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
+        cut = len(decoder.getstate()[0])
+        if utf8_bytes >= UTF8_EVIDENCE:  # UTF-8 text cut short (head -c, a download stopped), not another encoding
+            raise TextgenError(
+                f"{what} file ends in the middle of a UTF-8 character (from byte offset {offset - cut}: the file was "
+                f"cut short): {path} (remove its last {counted(cut, 'byte')}, e.g. with head -c {offset - cut} "
+                f"{shlex.quote(str(path))} > whole.txt)") from None
         raise TextgenError(
-            f"{what} file is not valid UTF-8 (truncated character at its end, byte offset "
-            f"{offset - len(decoder.getstate()[0])}): {path} (convert it to UTF-8)"
+            f"{what} file is not valid UTF-8 (truncated character at its end, byte offset {offset - cut}): {path} "
+            "(convert it to UTF-8)"
         ) from None
 
 
