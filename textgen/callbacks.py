@@ -15,7 +15,7 @@ from typing import Optional
 
 from textgen import report
 from textgen.config import TrainConfig
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc
 from textgen.progress import progress_bar
 
@@ -171,6 +171,57 @@ class ProgressBar(Callback):
     def on_step_end(self, run, loss: float) -> None:
         mean = run.state.epoch_mean_loss
         self.bar(run.state.step_in_epoch, loss=mean, bpc=bpc(mean))
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '28 min', '9.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Pace(Callback):
+    """How long the run will take, said once it has trained a minute (a large text's default run can take hours,
+    with nothing else said until its first epoch ends); and where an epoch stands every ten minutes when stderr is
+    not a terminal, which shows no progress bar (a job's log)."""
+
+    FIRST_S = 60.0  # trained this long in this session before the estimate (the first steps compile)
+    EVERY_S = 600.0
+
+    def __init__(self, terminal: Optional[bool] = None):
+        import sys
+
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+
+    def on_train_start(self, run) -> None:
+        self.timed_from = None  # (run.elapsed, steps) after this session's first step, which compiles
+        self.steps = 0
+        self.next_line = run.elapsed + self.EVERY_S
+
+    def on_step_end(self, run, loss: float) -> None:
+        self.steps += 1
+        if self.timed_from is None:
+            self.timed_from = (run.elapsed, self.steps)
+            return
+        since, first = self.timed_from
+        if first is not None and run.elapsed - since >= self.FIRST_S:
+            per_step = (run.elapsed - since) / (self.steps - first)
+            steps = len(run.train_batches)
+            left = (run.config.epochs - run.state.epoch) * steps - run.state.step_in_epoch
+            deadline = run.config.max_minutes * 60 - run.elapsed if run.config.max_minutes else math.inf
+            end = (f"the {counted(run.config.epochs, 'epoch')} end in ~{duration(left * per_step)}"
+                   if left * per_step < deadline else
+                   f"--max-minutes {run.config.max_minutes:g} ends the run in ~{duration(deadline)}")
+            run.log(f"pace: {per_step:.2f} s per step, ~{duration(steps * per_step)} per epoch; {end}")
+            self.timed_from = (since, None)
+        if not self.terminal and run.elapsed >= self.next_line:
+            mean = run.state.epoch_mean_loss
+            run.log(f"epoch {run.state.epoch + 1}/{run.config.epochs}: step {run.state.step_in_epoch} of "
+                    f"{len(run.train_batches)}, train {mean:.4f} nats ({bpc(mean):.3f} bpc), "
+                    f"{duration(run.elapsed)} of training")
+            self.next_line = run.elapsed + self.EVERY_S
 
 
 class EpochLog(Callback):

@@ -544,7 +544,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units)):
         log(note)
     with stop_on_signals() as signals:
-        reports = [cb.ProgressBar(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []), cb.EpochLog()]
+        reports = [cb.ProgressBar(), cb.Pace(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []),
+                   cb.EpochLog()]
         try:
             stopped = fit(run, [cb.LossGuard(), *extra_callbacks, cb.StopRequests(signals), cb.Checkpointer(),
                                 *(reports if writes else []), cb.Patience()])
