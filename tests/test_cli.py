@@ -460,3 +460,22 @@ def test_textgen_alone_shows_the_help_without_an_error_prefix():
     result = invoke()
     assert result.exit_code == 2 and result.stderr.startswith("Usage: ") and "COMMAND [ARGS]" in result.stderr
     assert "error" not in result.stderr
+
+
+def test_the_built_in_corpus_is_written_only_for_a_training_that_starts_and_it_is_said(tmp_path, monkeypatch):
+    """textgen train without a corpus wrote data/pydoc_topics.txt into the current directory without a word, also
+    for a training it then refused."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ck" / "pydoc_topics").mkdir(parents=True)
+    (tmp_path / "ck" / "pydoc_topics" / "last.json").write_text("{}")  # a run of that name, trained elsewhere
+    for refused, message in ((["--learning-rate", "-1"], "error: --learning-rate must be in (0, inf), got -1.0\n"),
+                             ([], "error: run 'pydoc_topics' already has checkpoints in ck/pydoc_topics: pass --resume "
+                                  "to continue it, --overwrite to replace it, or --run NAME to start another run\n")):
+        result = invoke("train", "--checkpoint-dir", "ck", *refused)
+        assert (result.exit_code, result.stderr) == (1, message)
+        assert [path.name for path in tmp_path.iterdir()] == ["ck"]
+    started = invoke("train", "--checkpoint-dir", "ck", "--run", "new", "--batch-size", 100_000)  # refused later
+    assert started.exit_code == 1
+    assert started.stderr.startswith("no corpus given: writing the built-in one (Python's own documentation) to "
+                                     "data/pydoc_topics.txt\n")
+    assert (tmp_path / "data" / "pydoc_topics.txt").stat().st_size > 400_000

@@ -170,14 +170,21 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
     from textgen.callbacks import Interrupted
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
     from textgen.runs import default_run_name
+    from textgen.training import check_start
     from textgen.training import train as run_training
 
+    model_options, train_options = split_training_options(options)
     if corpus is None and resume:  # the run resumes on its own corpus; without --run, the built-in corpus's run
         run = run or default_run_name(DEFAULT_CORPUS)
     elif corpus is None:
+        if not DEFAULT_CORPUS.is_file():  # a file the user did not name, in the current directory: said, and not
+            # written for a training that is refused
+            check_start(DEFAULT_CORPUS, checkpoint_dir, run, model_options, train_options, resume, overwrite)
+            logging.getLogger("textgen").info(f"no corpus given: writing the built-in one (Python's own "
+                                              f"documentation) to {DEFAULT_CORPUS}")
         corpus = build_default_corpus(DEFAULT_CORPUS)
     try:
-        run_training(corpus, checkpoint_dir, run, *split_training_options(options),
+        run_training(corpus, checkpoint_dir, run, model_options, train_options,
                      resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
     except Interrupted as stopped:  # click would report a KeyboardInterrupt as "aborted", exit code 1
         raise stopped.for_command() from None

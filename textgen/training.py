@@ -422,10 +422,8 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
                 raise OptionError("corpus must be a path (str or pathlib.Path), got None")
             corpus = _resume_corpus(checkpoint_dir, run)
         corpus_path = Path(corpus)
-        run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir)))
         model_options, train_options = dict(model_options or {}), dict(train_options or {})
-        ModelConfig(vocab_size=1, **model_options).validate()
-        TrainConfig(**train_options).validate()
+        run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
         check_readable(corpus_path)
         import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
@@ -442,6 +440,23 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
             raise _lost_worker_error(reason) from None
         raise
+
+
+def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict,
+                             train_options: dict) -> Path:
+    """The run's directory, once its name and the options are found valid."""
+    run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir)))
+    ModelConfig(vocab_size=1, **model_options).validate()
+    TrainConfig(**train_options).validate()
+    return run_dir
+
+
+def check_start(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict, train_options: dict,
+                resume: bool, overwrite: bool) -> None:
+    """Refuse what train() would refuse before it reads the corpus: the command line asks before it writes the
+    built-in corpus into the current directory."""
+    _check_run_dir(_checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options), resume,
+                   overwrite)
 
 
 def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Session:
