@@ -48,8 +48,15 @@ def test_an_invalid_run_name_says_what_was_probably_meant():
     with pytest.raises(TextgenError, match=r"'my corpus.txt' trains the run 'my-corpus'\)$"):
         check_run_name("my corpus.txt")
     # Not a file name: a name it could be (training a file called 'v1.2 beta' would name the run after 'v1').
-    with pytest.raises(TextgenError, match=r"invalid run name 'v1.2 beta': .* only \(such as 'v1.2-beta'\)$"):
+    with pytest.raises(TextgenError, match=r"invalid run name 'v1.2 beta': .* \(such as 'v1.2-beta'\)$"):
         check_run_name("v1.2 beta")
+    # Names of allowed characters broke the rules the message did not state: the first character, the length.
+    for name, hint in ((".", " (such as 'run')"), ("..", " (such as 'run')"), (".hidden", " (such as 'hidden')"),
+                       ("-x", " (such as 'x')"), ("a" * 101, f" (such as '{'a' * 100}')")):
+        with pytest.raises(TextgenError) as refused:
+            check_run_name(name)
+        assert str(refused.value) == (f"invalid run name '{name}': use 1 to 100 ASCII letters, digits, '.', '_' and "
+                                      f"'-', the first a letter or digit{hint}")
     with pytest.raises(TextgenError, match=r"'my notes.markdown' trains the run 'my-notes'\)$"):
         check_run_name("my notes.markdown")
 

@@ -79,7 +79,8 @@ def check_run_name(name: str) -> str:
                 hint = f" (a corpus file called {name!r} trains the run {default_run_name(Path(name))!r})"
             elif (cleaned := _cleaned(_without_accents(name), name)) != name:  # 'v1.2 beta'
                 hint = f" (such as {cleaned!r})"
-        raise TextgenError(f"invalid run name {name!r}: use ASCII letters, digits, '.', '_' and '-' only{hint}")
+        raise TextgenError(f"invalid run name {name!r}: use 1 to 100 ASCII letters, digits, '.', '_' and '-', the "
+                           f"first a letter or digit{hint}")
     return name
 
 
