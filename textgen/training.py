@@ -35,7 +35,7 @@ from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, loa
 from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
-from textgen.runs import check_run_name, default_run_name
+from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name
 from textgen.session import Session, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
@@ -195,6 +195,7 @@ def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, ela
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    check_checkpoint_dir(run_dir.parent)  # else "cannot write to the checkpoint directory FILE/RUN (Not a directory)"
     exists = checkpoint.has_checkpoint(run_dir)
     if resume and overwrite:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
