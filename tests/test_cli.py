@@ -175,8 +175,8 @@ BAD_INPUTS = [
     (["train", "{root}/good.txt", "--run", "../escape"], "invalid run name", 1, None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/good.txt/sub"], "cannot write to the checkpoint", 1,
      None),
-    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/good.txt"], "{root}/good.txt is a file; give the "
-     "directory of the runs as --checkpoint-dir", 1, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/good.txt"], "/good.txt is a file; give the directory "
+     "of the runs as --checkpoint-dir", 1, None),
     (["sample", "--checkpoint-dir", "{root}/nothing"], "no checkpoint in", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--run", "nope"], "no run named 'nope'", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "-t", "-1"], "--temperature must be in [0, 1e+06]", 1, None),
