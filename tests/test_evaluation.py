@@ -27,7 +27,7 @@ def numpy_cross_entropy(model, ids):
     return total / (len(ids) - 1)
 
 
-def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_run, tmp_path):
+def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_run, tmp_path, caplog):
     text = "abcdefgabcdeggfabcdefgab" * 5
     path = write_text(tmp_path / "held_out.txt", text[:50] + "XY" + text[50:])
     result = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=1, seq_length=17)
@@ -37,9 +37,13 @@ def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_
     assert result["bpc"] == pytest.approx(expected / math.log(2), abs=1e-4)
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)
     assert result["unknown"] == 2 and result["characters"] == len(text) - 1 and result["unscored"] == 1
+    assert caplog.records == []
     in_streams = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=7, seq_length=17)
     assert in_streams["characters"] == (len(text) - 1) // 7 * 7  # 119 of the 120 are predicted: 17 per stream
     assert in_streams["unscored"] == len(text) - in_streams["characters"]
+    assert [record.getMessage() for record in caplog.records] == [  # 32 cold streams of 9 characters said nothing
+        "note: each of the 7 streams reads 17 characters from a fresh state, which scores worse than reading on; "
+        "--batch-size 1 reads the text as one stream"]
 
 
 def test_eval_on_the_validation_slice_agrees_with_training(trained_run, tmp_path):

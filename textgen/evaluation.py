@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,8 @@ from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
 from textgen.corpus import encode_text, scan
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
+
+logger = logging.getLogger("textgen")
 
 LN2 = math.log(2)
 
@@ -72,6 +75,9 @@ def _check_length(path: Path, known: int, batch_size: int) -> None:
                            f"--batch-size ({batch_size}); use a smaller --batch-size")
 
 
+SHORT_STREAM = 1000  # characters per stream below which eval says that the batch size lowers the score
+
+
 def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
@@ -102,6 +108,10 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
         ids, unknown = encode_text(path, meta.vocab, size_hint=total)
         _check_length(path, len(ids), batch_size)
     kept = len(ids)
+    if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
+        logger.warning(f"note: each of the {batch_size} streams reads {counted(kept // batch_size, 'character')} "
+                       "from a fresh state, which scores worse than reading on; --batch-size 1 reads the text as one "
+                       "stream")
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
