@@ -71,6 +71,13 @@ def test_prime_with_unknown_characters(trained_run):
         gen(trained_run, prime="ａｂ，", length=5)
     assert str(refused.value) == ("the prime contains characters the model never saw: 'ａ' 'ｂ' '，'; change the prime "
                                   "(the model knows 'a' for 'ａ', 'b' for 'ｂ') or pass --skip-unknown to drop them")
+    # é read as e + an accent: the error named é, then --skip-unknown kept the e and named the accent
+    with pytest.raises(TextgenError) as refused:
+        gen(trained_run, prime="cafég—", length=5)
+    assert str(refused.value) == ("the prime contains characters the model never saw: 'é' '—'; change the prime or "
+                                  "pass --skip-unknown to drop them (of 'é' it drops only the accent)")
+    [sample] = gen(trained_run, prime="cafég—", length=0, skip_unknown=True)
+    assert sample.text == "cafeg"
 
 
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):

@@ -41,9 +41,13 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
     if unknown and not skip_unknown:  # named as typed (ñ, not the tilde that n + tilde would lose), if lost
         lost = [ch for ch in vocab.unknown(typed) if vocab.unknown(vocab.in_known_form(ch))]
         shown = quoted((lost or unknown)[:20])
+        # é read as e + an accent the model never saw: --skip-unknown keeps the e (and warns of the accent)
+        accented = [ch for ch in lost if any(part in vocab for part in vocab.in_known_form(ch))]
+        accents = f"accent{'s' * (len(accented) > 1)}"
+        partly = f" (of {quoted(accented[:20])} it drops only the {accents})" if accented else ""
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
                            f"change the prime{_known_variants(lost or unknown, vocab)} or pass --skip-unknown to "
-                           "drop them")
+                           f"drop them{partly}")
     if unknown:
         kept = "".join(ch for ch in prime if ch in vocab)
         warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
