@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from conftest import write_text
 from textgen import sizing
 from textgen.checkpoint import read_meta
 from textgen.config import ModelConfig, TrainConfig
@@ -131,6 +132,16 @@ def test_training_logs_the_choice_and_the_checkpoint_keeps_it(tmp_path, periodic
     assert not any(message.startswith("sizing") for message in messages)
     meta = read_meta(tmp_path / "fixed", "best")
     assert (meta.model.units, meta.model.dropout, meta.training.weight_decay) == (8, ModelConfig.dropout, 0.2)
+    assert not any(message.startswith("note: ") for message in messages)  # 3 parameters per character at most
+    messages.clear()
+    small = write_text(tmp_path / "small.txt", "abcdefg" * 300)  # --size fixed: 2 x 512 on 1,890 characters
+    train(small, tmp_path, "big", train_options=dict(epochs=1, size="fixed", batch_size=4, seq_length=10),
+          log=messages.append)
+    parameters = ModelConfig(vocab_size=7).parameter_count()
+    assert [message for message in messages if message.startswith("note: ")] == [
+        f"note: {parameters:,} parameters for 1,890 training characters ({parameters / 1890:,.0f} per character): the "
+        "model will tend to learn this text by heart; --size auto without --layers, --units or --embedding-dim "
+        "chooses a shape for it"]
 
 
 @pytest.mark.parametrize("value", ["big", ""])

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from textgen import callbacks as cb
-from textgen import checkpoint
+from textgen import checkpoint, sizing
 from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
@@ -528,6 +528,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     sizing_reason, sized_batch = None, False
     if meta is None:
         given_batch = "batch_size" in train_options
+        shape_given = any(name in model_options for name in sizing.SHAPE_OPTIONS)
         model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy)
         sized_batch = sizing_reason is not None and not given_batch
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
@@ -538,6 +539,12 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(sizing_reason)
     check_batch_size(config.batch_size, strategy.num_replicas_in_sync, resuming=meta is not None)
     session = _session(model_config, config, strategy)
+    parameters = model_config.parameter_count()
+    if meta is None and (shape_given or config.size == "fixed") and \
+            parameters > sizing.PARAMETERS_PER_CHAR * len(train_ids):  # --size auto's choice says so itself
+        log(f"note: {parameters:,} parameters for {len(train_ids):,} training characters "
+            f"({parameters / len(train_ids):,.0f} per character): the model will tend to learn this text by heart; "
+            "--size auto without --layers, --units or --embedding-dim chooses a shape for it")
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
               corpus_path=corpus_path, run_dir=run_dir,
@@ -617,7 +624,6 @@ def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
 def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[dict, dict, Optional[str]]:
     """The options of a new run with what --size auto chooses added (the user's own options win), and the
     line that says why (None when nothing was chosen)."""
-    from textgen import sizing
     from textgen.distribute import worker_mean
 
     config = TrainConfig(**train_options)
