@@ -155,23 +155,3 @@ def test_a_resumed_run_keeps_its_sizing(tmp_path, periodic_corpus):
     with pytest.raises(TextgenError, match=r"different model or data layout: --size fixed \(checkpoint has auto\)"):
         train(periodic_corpus, tmp_path, "sized", train_options=dict(epochs=2, seq_length=10, size="fixed"),
               resume=True, log=lambda message: None)
-
-
-def test_max_minutes_without_epochs_makes_the_minutes_the_budget():
-    """A tiny text's default 20 epochs took 8 s of the 1.5 minutes asked for, then stopped."""
-    speed = constant_flops(20e9)
-    chars = 5_000
-    alone = sizing.choose(chars, 65, TrainConfig(max_minutes=1.5), {}, {"max_minutes": 1.5}, speed)
-    shape = chosen_shape(alone)
-    fitting = 90 * speed(shape, alone.train_options["batch_size"]) / chars
-    assert fitting > 60 and alone.train_options["epochs"] == math.ceil(sizing.EPOCH_ROOM * fitting)
-    assert f"a budget of 1.5 minutes, ~{90 * speed(shape, 8) / 1e6:.3g}M characters" in alone.reason
-    capped = sizing.choose(chars, 65, TrainConfig(max_minutes=1.5, epochs=20), {}, {"max_minutes": 1.5, "epochs": 20},
-                           speed)
-    assert capped.train_options["epochs"] == 20 and "a budget of 20 epochs" in capped.reason
-    assert "epochs" not in sizing.choose(chars, 65, TrainConfig(), {}, {}, speed).train_options  # no deadline
-    yours = sizing.choose(chars, 65, TrainConfig(max_minutes=1.5), {"units": 64}, {"max_minutes": 1.5}, speed)
-    fitting = 90 * speed((2, 64, 128), 8) / chars  # the user's units in the default layers and embedding
-    assert yours.train_options == {"max_minutes": 1.5, "batch_size": 8,
-                                   "epochs": math.ceil(sizing.EPOCH_ROOM * fitting)}
-    assert f"batch 8 and {yours.train_options['epochs']} epochs at most, so that --max-minutes 1.5 ends" in yours.reason

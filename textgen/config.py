@@ -239,8 +239,8 @@ class TrainConfig(_Config):
                                  high=1, low_open=True, high_open=True, layout=True)
     patience: int = option(0, "Stop after this many epochs without a better validation loss (0 = never).", low=0,
                            integer=True)
-    max_minutes: float = option(0.0, "Validate, save and stop after this many minutes of training (0 = no limit); "
-                                "without --epochs, --size auto trains until then.", low=0)
+    max_minutes: float = option(0.0, "Validate, save and stop after this many minutes of training (0 = no limit).",
+                                low=0)
     save_every: int = option(0, "Also save a resumable checkpoint every this many steps (0 = at epoch ends only).",
                              low=0, integer=True)
     seed: int = option(1234, "Random seed for weight initialisation and dropout.", low=0, high=2**32 - 1,

@@ -17,7 +17,6 @@ turns the shape choice off, and any other option the rule would set keeps the us
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -39,7 +38,6 @@ REGULARISATION: tuple[tuple[float, float, float], ...] = (
 )
 MIN_STEPS_PER_EPOCH = 30  # a tiny corpus gets a smaller batch (down to MIN_BATCH) to keep this many steps
 MIN_BATCH = 8
-EPOCH_ROOM = 3  # --max-minutes alone: epochs for 3x the measured speed, so that the deadline, not them, ends the run
 SHAPE_OPTIONS = ("layers", "units", "embedding_dim")
 
 
@@ -99,32 +97,15 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     :func:`calibrated_speed`)."""
     batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size,
                                                            val_chars, replicas)
-    # --max-minutes without --epochs: the minutes are the budget, not a cap on the default epochs (a tiny text's
-    # 20 epochs took 8 s of the 1.5 minutes asked for)
-    time_is_budget = bool(config.max_minutes) and "epochs" not in user_training
+    if any(name in user_model for name in SHAPE_OPTIONS):  # the user's shape; a tiny corpus still gets its batch
+        if batch == config.batch_size:
+            return None
+        return Sizing(dict(user_model), {**user_training, "batch_size": batch},
+                      f"sizing (--size auto): batch {batch} for {train_chars:,} training characters (the model's "
+                      "shape is yours); --batch-size or --size fixed keeps the default batch")
+    work = config.epochs * train_chars
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
-
-    def epochs_in_time(shape) -> dict:
-        """The epochs option that lets the deadline end the run, with room for a slower speed than measured."""
-        if not time_is_budget:
-            return {}
-        fitting = config.max_minutes * 60 * chars_per_second(shape, batch) / train_chars
-        return {"epochs": max(config.epochs, math.ceil(EPOCH_ROOM * fitting))}
-
-    if any(name in user_model for name in SHAPE_OPTIONS):  # the user's shape; a tiny corpus still gets its batch
-        defaults = ModelConfig(vocab_size=vocab_size)
-        shape = tuple(user_model.get(name, getattr(defaults, name)) for name in SHAPE_OPTIONS)
-        chosen = {**({"batch_size": batch} if batch != config.batch_size else {}), **epochs_in_time(shape)}
-        if not chosen:
-            return None
-        told = [f"batch {batch}"] if "batch_size" in chosen else []
-        if "epochs" in chosen:
-            told.append(f"{chosen['epochs']} epochs at most, so that --max-minutes {config.max_minutes:g} ends the run")
-        return Sizing(dict(user_model), {**user_training, **chosen},
-                      f"sizing (--size auto): {' and '.join(told)} for {train_chars:,} training characters (the "
-                      "model's shape is yours); explicit options win, --size fixed keeps the defaults")
-    work = math.inf if time_is_budget else config.epochs * train_chars
 
     def budget_chars(shape) -> float:
         if not config.max_minutes:
@@ -149,7 +130,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     dropout, weight_decay = next((d, w) for limit, d, w in REGULARISATION if exposure < limit)
     layers, units, embedding = shape
     model = {**dict(layers=layers, units=units, embedding_dim=embedding, dropout=dropout), **user_model}
-    training = {**dict(batch_size=batch, weight_decay=weight_decay), **epochs_in_time(shape), **user_training}
+    training = {**dict(batch_size=batch, weight_decay=weight_decay), **user_training}
     budget = (f"{config.max_minutes:g} minutes, ~{chars / 1e6:.3g}M characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
