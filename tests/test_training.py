@@ -1030,3 +1030,28 @@ def test_pace_tells_a_long_run_how_long_it_takes_and_a_log_where_the_epoch_stand
         state.step_in_epoch, run.elapsed = step, 1.2 * step
         pace.on_step_end(run, 1.5)
     assert lines == ["pace: 1.20 s per step, ~28 min per epoch; --max-minutes 90 ends the run in ~89 min"]
+
+
+def test_max_minutes_alone_trains_until_then_with_no_epoch_limit(tmp_path, periodic_corpus):
+    """--max-minutes without --epochs stopped at the default 20 epochs: a tiny text's took 8 s of the 1.5 minutes
+    asked for."""
+    from textgen.config import TrainConfig
+    from textgen.report import runs_table
+
+    with pytest.raises(TextgenError, match=r"^--epochs 0 trains until --max-minutes, which is 0 \(no limit\): give "
+                                           "one of them$"):
+        TrainConfig(epochs=0).validate()
+    lines = []
+    options = {key: value for key, value in TINY_TRAINING.items() if key != "epochs"}
+    summary = train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, log=lines.append,
+                    train_options=dict(options, max_minutes=0.1))  # 6 s
+    assert summary["stopped"] == "time budget of 0.1 minutes reached"
+    meta = checkpoint.read_meta(tmp_path / "r", "last")
+    assert meta.training.epochs == 0 and meta.state.elapsed_seconds >= 6
+    assert any(line.startswith("epoch 1: train ") for line in lines)  # no "/20"
+    assert f"  {meta.state.epoch}  " in runs_table([tmp_path / "r"]).splitlines()[1]
+    with pytest.raises(TextgenError, match=r"pass a larger --max-minutes, or --max-minutes 0 with --epochs N"):
+        train(None, tmp_path, run="r", resume=True, log=lines.append)
+    longer = train(None, tmp_path, run="r", resume=True, log=lines.append, train_options=dict(max_minutes=0.15))
+    assert longer["stopped"] == "time budget of 0.15 minutes reached"
+    assert checkpoint.read_meta(tmp_path / "r", "last").state.elapsed_seconds >= 9

@@ -165,7 +165,7 @@ class ProgressBar(Callback):
     """A per-epoch progress bar on stderr with the running mean loss (terminals only)."""
 
     def on_epoch_start(self, run) -> None:
-        self.bar = progress_bar(len(run.train_batches), f"epoch {run.state.epoch + 1}/{run.config.epochs}",
+        self.bar = progress_bar(len(run.train_batches), f"epoch {run.config.epoch_of(run.state.epoch + 1)}",
                                 metrics=("loss", "bpc"))
 
     def on_step_end(self, run, loss: float) -> None:
@@ -209,7 +209,8 @@ class Pace(Callback):
         if first is not None and run.elapsed - since >= self.FIRST_S:
             per_step = (run.elapsed - since) / (self.steps - first)
             steps = len(run.train_batches)
-            left = (run.config.epochs - run.state.epoch) * steps - run.state.step_in_epoch
+            left = (run.config.epochs - run.state.epoch) * steps - run.state.step_in_epoch if run.config.epochs \
+                else math.inf  # --epochs 0: until --max-minutes
             deadline = run.config.max_minutes * 60 - run.elapsed if run.config.max_minutes else math.inf
             end = (f"the {counted(run.config.epochs, 'epoch')} end in ~{duration(left * per_step)}"
                    if left * per_step < deadline else
@@ -218,7 +219,7 @@ class Pace(Callback):
             self.timed_from = (since, None)
         if not self.terminal and run.elapsed >= self.next_line:
             mean = run.state.epoch_mean_loss
-            run.log(f"epoch {run.state.epoch + 1}/{run.config.epochs}: step {run.state.step_in_epoch} of "
+            run.log(f"epoch {run.config.epoch_of(run.state.epoch + 1)}: step {run.state.step_in_epoch} of "
                     f"{len(run.train_batches)}, train {mean:.4f} nats ({bpc(mean):.3f} bpc), "
                     f"{duration(run.elapsed)} of training")
             self.next_line = run.elapsed + self.EVERY_S
@@ -231,7 +232,7 @@ class EpochLog(Callback):
         row, state = run.state.history[-1], run.state
         partial = f" (stopped after {state.step_in_epoch} of {len(run.train_batches)} steps)" \
             if state.step_in_epoch else ""
-        run.log(f"epoch {row['epoch']}/{run.config.epochs}{partial}: train {row['train_loss']:.4f} nats "
+        run.log(f"epoch {run.config.epoch_of(row['epoch'])}{partial}: train {row['train_loss']:.4f} nats "
                 f"({row['train_bpc']:.3f} bpc), val {row['val_loss']:.4f} nats ({row['val_bpc']:.3f} bpc)"
                 f"{' [best]' if improved else ''}, {row['seconds']:.0f} s")
 

@@ -210,8 +210,8 @@ class TrainConfig(_Config):
         "from the corpus, its vocabulary and the budget (--epochs, --max-minutes at this machine's measured speed), "
         "keeping the shape yours if --layers, --units or --embedding-dim is given; fixed = the defaults shown here.",
         choices=("auto", "fixed"), layout=True, before="fixed")
-    epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done).", low=1,
-                         integer=True)
+    epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done); 0 = no limit, "
+                         "until --max-minutes, which is what --max-minutes alone means.", low=0, integer=True)
     batch_size: int = option(64, "Parallel character streams per batch (the LSTM state has one row each; --size auto "
                              "lowers it for a tiny corpus).",
                              low=1, integer=True, layout=True)
@@ -239,12 +239,21 @@ class TrainConfig(_Config):
                                  high=1, low_open=True, high_open=True, layout=True)
     patience: int = option(0, "Stop after this many epochs without a better validation loss (0 = never).", low=0,
                            integer=True)
-    max_minutes: float = option(0.0, "Validate, save and stop after this many minutes of training (0 = no limit).",
-                                low=0)
+    max_minutes: float = option(0.0, "Validate, save and stop after this many minutes of training (0 = no limit); "
+                                "given without --epochs, the run lasts that long.", low=0)
     save_every: int = option(0, "Also save a resumable checkpoint every this many steps (0 = at epoch ends only).",
                              low=0, integer=True)
     seed: int = option(1234, "Random seed for weight initialisation and dropout.", low=0, high=2**32 - 1,
                        integer=True)  # what Keras's set_random_seed takes
+
+    def validate(self) -> None:
+        super().validate()
+        if self.epochs == 0 and not self.max_minutes:
+            raise OptionError("--epochs 0 trains until --max-minutes, which is 0 (no limit): give one of them")
+
+    def epoch_of(self, epoch: int) -> str:
+        """'5/20' as the log counts epochs; '5' in a run that lasts until --max-minutes (--epochs 0)."""
+        return f"{epoch}/{self.epochs}" if self.epochs else str(epoch)
 
 
 # Far above any useful temperature (at 100 a character model's distribution is already flat), and far below

@@ -12,7 +12,7 @@ from pathlib import Path
 from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.runs import run_options
 
 logger = logging.getLogger("textgen")
@@ -93,7 +93,8 @@ def info_text(run_dir: Path) -> str:
         f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
         + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > 60 else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()),
-        f"progress       {state.epoch} of {training.epochs} epochs"
+        f"progress       {state.epoch} of {training.epochs} epochs" if training.epochs else
+        f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})"
         + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
         + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
@@ -179,7 +180,7 @@ def runs_table(run_dirs: list[Path]) -> str:
         best_val_loss = run.best.state.val_loss if run.best is not None else meta.state.best_val_loss
         saved = datetime.datetime.fromisoformat(meta.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run_dir.name, Path(meta.corpus["path"]).name, f"{meta.corpus['length']:,}",
-                     f"{meta.state.epoch}/{meta.training.epochs}", _bpc_text(best_val_loss), saved))
+                     meta.training.epoch_of(meta.state.epoch), _bpc_text(best_val_loss), saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))
                      .rstrip() for row in [header] + rows)

@@ -17,6 +17,7 @@ turns the shape choice off, and any other option the rule would set keeps the us
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -103,7 +104,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
         return Sizing(dict(user_model), {**user_training, "batch_size": batch},
                       f"sizing (--size auto): batch {batch} for {train_chars:,} training characters (the model's "
                       "shape is yours); --batch-size or --size fixed keeps the default batch")
-    work = config.epochs * train_chars
+    work = config.epochs * train_chars if config.epochs else math.inf  # --epochs 0: until --max-minutes
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
 

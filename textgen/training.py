@@ -151,7 +151,8 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
                                "--run NAME")
         train_config = dataclasses.replace(saved_training, **train_options)
         done = meta.state.epoch
-        if done >= train_config.epochs:  # else it would say "resuming", train nothing and report the run as stopped
+        # else it would say "resuming", train nothing and report the run as stopped (--epochs 0: no epoch limit)
+        if train_config.epochs and done >= train_config.epochs:
             epochs = counted(done, "epoch")
             if done < saved_training.epochs:  # an unfinished run, given a total it has already passed
                 raise TextgenError(f"cannot resume with --epochs {train_config.epochs}: the run has done {epochs} of "
@@ -161,9 +162,11 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
                                f"such as --epochs {2 * done}) to train on")
         budget = train_config.max_minutes
         if budget and meta.state.elapsed_seconds >= budget * 60:  # else each resume trains one step and stops
+            unlimited = "or --max-minutes 0 for no limit" if train_config.epochs else \
+                "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
             raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
                                f"trained {meta.state.elapsed_seconds / 60:.1f} minutes); pass a larger --max-minutes, "
-                               "or --max-minutes 0 for no limit")
+                               f"{unlimited}")
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -188,7 +191,7 @@ def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, ela
     """How far through the run training is: by epochs (the current one counted by its steps) out of --epochs, or by
     time out of --max-minutes when that budget is set and runs out first (so a time-boxed run anneals by its
     deadline). Epochs, not the run's step count: a run resumed on a longer or shorter text has other epochs."""
-    fraction = (state.epoch + state.step_in_epoch / steps_per_epoch) / config.epochs
+    fraction = (state.epoch + state.step_in_epoch / steps_per_epoch) / config.epochs if config.epochs else 0.0
     if config.max_minutes:
         fraction = max(fraction, elapsed_seconds / (config.max_minutes * 60))
     return min(1.0, fraction)
@@ -345,7 +348,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
     run.started = time.monotonic() - run.elapsed
     for callback in callbacks:
         callback.on_train_start(run)
-    while state.epoch < run.config.epochs and run.stop_reason is None:
+    while (not run.config.epochs or state.epoch < run.config.epochs) and run.stop_reason is None:
         if state.step_in_epoch == 0:
             session.reset_states()
             state.epoch_loss_sum = 0.0
@@ -527,6 +530,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     strategy = gate.open()  # before any TensorFlow op, sizing's timing included
     sizing_reason, sized_batch = None, False
     if meta is None:
+        if train_options.get("max_minutes") and "epochs" not in train_options:  # the minutes are the run's length
+            train_options = {**train_options, "epochs": 0}
         given_batch = "batch_size" in train_options
         shape_given = any(name in model_options for name in sizing.SHAPE_OPTIONS)
         model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy)
