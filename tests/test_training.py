@@ -690,9 +690,10 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
         run(periodic_corpus, tmp_path, overwrite=True, callbacks=[interrupt_at_step(2)])
     assert stopped.value.exit_code == 130 and files_snapshot(run_dir) == before
     wider = dict(TINY_MODEL, units=TINY_MODEL["units"] + 8)
-    with pytest.raises(Interrupted, match="resume with"):  # after the save at step 3, the earlier run is gone
-        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[interrupt_at_step(5)],
-            train_options=dict(save_every=3))
+    terminate = AtStep(5, lambda run: os.kill(os.getpid(), signal.SIGTERM))  # a job stopped: its training is kept
+    with pytest.raises(Interrupted, match="resume with") as stopped:  # saves: the earlier run is gone
+        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[terminate])
+    assert stopped.value.exit_code == 143
     last = checkpoint.read_meta(run_dir, "last")
     assert last.model.units == wider["units"] and last.state.step_in_epoch == 5
     assert not (run_dir / "best.json").exists() and not (run_dir / "history.csv").exists()
@@ -700,6 +701,17 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
                                                                           last.files.values())
     model, meta = load_model(run_dir)
     assert meta.model.units == wider["units"]
+
+
+def test_a_later_ctrl_c_in_an_overwrite_training_saves_it_as_in_any_run(tmp_path, periodic_corpus, monkeypatch):
+    from textgen import callbacks
+
+    run(periodic_corpus, tmp_path)
+    monkeypatch.setattr(callbacks, "TAKE_BACK_S", 0.0)  # past the first minute, in which Ctrl-C takes it back
+    with pytest.raises(Interrupted, match="resume with"):
+        run(periodic_corpus, tmp_path, overwrite=True, callbacks=[interrupt_at_step(2)])
+    assert checkpoint.read_meta(tmp_path / "r", "last").state.step_in_epoch == 2
+    assert not (tmp_path / "r" / "best.json").exists()
 
 
 def test_an_overwrite_on_another_text_that_fails_keeps_the_earlier_runs_corpus_cache(tmp_path, periodic_corpus):

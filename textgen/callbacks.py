@@ -107,6 +107,9 @@ class Interrupted(KeyboardInterrupt):
         return stopped
 
 
+TAKE_BACK_S = 60.0  # of an --overwrite training, in which Ctrl-C keeps the earlier run instead of saving
+
+
 class StopRequests(Callback):
     """A signal (save and raise Interrupted) or the --max-minutes budget (end the epoch now, then stop).
 
@@ -120,11 +123,13 @@ class StopRequests(Callback):
 
         budget = run.config.max_minutes * 60
         # replacing: the chief's --overwrite run has saved nothing yet (only the chief knows)
-        interrupted, time_up, replacing, run.elapsed = worker_mean(
-            run.session.strategy, bool(self.signals), bool(budget) and run.elapsed >= budget, run.replaces,
-            run.elapsed)
+        interrupted, ctrl_c, time_up, replacing, run.elapsed = worker_mean(
+            run.session.strategy, bool(self.signals), bool(self.signals) and self.signals[0] == signal.SIGINT,
+            bool(budget) and run.elapsed >= budget, run.replaces, run.elapsed)
         signum = self.signals[0] if self.signals else signal.SIGTERM
-        if interrupted > 0 and replacing > 0:  # Ctrl-C is how a mistyped --overwrite is taken back
+        # Ctrl-C soon after the start is how a mistyped --overwrite is taken back; a SIGTERM (a job stopped) or a
+        # later Ctrl-C keeps the training done so far, as in any run
+        if interrupted > 0 and replacing > 0 and ctrl_c > 0 and run.elapsed < TAKE_BACK_S:
             kept = (f"interrupted before this training's first checkpoint, so the earlier run in {run.run_dir} is "
                     "kept as it was")
             raise Interrupted(f"{kept} (to replace it, run the same command again)", signum,
@@ -258,16 +263,15 @@ class TensorBoard(Callback):
         self.writer: Optional[object] = None
 
     def on_train_start(self, run) -> None:
-        import tensorflow as tf
-
-        log_dir = run.run_dir / "tensorboard"
         if run.replaces:
-            run.earlier_files += log_dir.glob("events.out.tfevents.*")
-        self.writer = tf.summary.create_file_writer(str(log_dir))
+            run.earlier_files += (run.run_dir / "tensorboard").glob("events.out.tfevents.*")
 
     def on_epoch_end(self, run, improved: bool) -> None:
         import tensorflow as tf
         from tensorflow.core.framework import summary_pb2
+
+        if self.writer is None:  # its file made at the first epoch's end, after the save: an --overwrite run taken
+            self.writer = tf.summary.create_file_writer(str(run.run_dir / "tensorboard"))  # back leaves none
 
         # What tf.summary.scalar writes, without it: it lives in the tensorboard package, which TensorFlow no
         # longer installs (and whose web server is not needed to write the logs it reads).

@@ -52,7 +52,8 @@ def stop_on_signals():
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        logger.warning(f"\nsignal {signal.Signals(signum).name}: finishing this step and saving (press again to abort)")
+        logger.warning(f"\nsignal {signal.Signals(signum).name}: finishing this step, then stopping (press again to "
+                       "abort)")
 
     # Python lets only the main thread install handlers; a training run from another thread (a GUI, a web job)
     # keeps the process's own handlers and stops only through its callbacks.
