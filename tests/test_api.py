@@ -44,6 +44,19 @@ def test_a_damaged_run_is_told_to_train_again_with_overwrite_as_a_keyword(traine
     assert str(damaged.value).endswith("is incomplete (train again with overwrite=True)"), damaged.value
 
 
+def test_a_missing_last_checkpoint_falls_back_to_best_with_a_note(trained_run, tmp_path, caplog):
+    """It was called a run stopped before its first validation."""
+    import logging
+    import shutil
+
+    run_dir = shutil.copytree(trained_run["run_dir"], tmp_path / "r")
+    (run_dir / "last.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        model = textgen.load(run_dir, checkpoint="last")
+    assert model.info["checkpoint"] == "best" and model.info["epochs"] == 3
+    assert caplog.messages == ["note: run 'r' has no last checkpoint; using its best one"]
+
+
 def test_damaged_weights_found_by_score_are_told_to_train_again_with_overwrite_as_a_keyword(trained_run):
     """score() of NaN weights advised "--overwrite", a command-line flag."""
     import contextlib

@@ -102,6 +102,9 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
                               f"'{path}' > whole.txt)")
     path.write_bytes(whole[:at])  # what that command leaves reads
     assert scan(path)
+    path.write_bytes("It’s an English text, one curly quote, cut in a second ’".encode()[:-1])  # 3 UTF-8 bytes before
+    with pytest.raises(TextgenError, match=r"ends in the middle of a UTF-8 character .* \(remove its last 2 bytes, "):
+        scan(path)
     path.write_bytes("Fin de l'ete".encode() + b"\xe9")  # Latin-1, its one non-ASCII byte at the end
     with pytest.raises(TextgenError, match=r"truncated character at its end.*\(convert it to UTF-8\)$"):
         scan(path)

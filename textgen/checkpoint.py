@@ -409,9 +409,11 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
         if problems:  # without the advice to delete the run, which does not fit while another checkpoint loads
             problem = problems[0].problem if isinstance(problems[0], DamagedCheckpoint) else problems[0]
             logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
-        elif candidate != kind:  # a run stopped before its first validation: its text is from a model half trained
-            logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint yet (it stopped before its first "
-                           f"validation); using its {candidate} one, saved {meta.state.position()}")
+        elif kind == "best" and candidate == "last":  # a run stopped before its first validation: half trained
+            logger.warning(f"note: run {run_dir.name!r} has no best checkpoint yet (it stopped before its first "
+                           f"validation); using its last one, saved {meta.state.position()}")
+        elif candidate != kind:
+            logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint; using its {candidate} one")
         return model, meta
     if problems:
         raise problems[0]

@@ -274,8 +274,9 @@ MAX_SAMPLES = 10_000
 # Likewise the characters of one sample (10 million take about half an hour on one laptop core) and of all of
 # them together (a few hundred MB of text).
 MAX_LENGTH = 10_000_000
-EXPORT_FORMATS = ("keras", "savedmodel", "litert")  # textgen export --format (export.py)
 MAX_TOTAL_CHARS = 100_000_000
+
+EXPORT_FORMATS = ("keras", "savedmodel", "litert")  # textgen export --format (export.py)
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,12 @@ def _decoded_chunks(path: Path, what: str):
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         cut = len(decoder.getstate()[0])
-        if utf8_bytes >= UTF8_EVIDENCE:  # UTF-8 text cut short (head -c, a download stopped), not another encoding
+        if utf8_bytes:  # UTF-8 before the cut: a UTF-8 text cut short (head -c, a download stopped)
+            command = f", e.g. with head -c {offset - cut} {shlex.quote(str(path))} > whole.txt" if path.is_file() \
+                else ""  # (not for standard input)
             raise TextgenError(
                 f"{what} file ends in the middle of a UTF-8 character (from byte offset {offset - cut}: the file was "
-                f"cut short): {path} (remove its last {counted(cut, 'byte')}, e.g. with head -c {offset - cut} "
-                f"{shlex.quote(str(path))} > whole.txt)") from None
+                f"cut short): {path} (remove its last {counted(cut, 'byte')}{command})") from None
         raise TextgenError(
             f"{what} file is not valid UTF-8 (truncated character at its end, byte offset {offset - cut}): {path} "
             "(convert it to UTF-8)"
