@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 
 import numpy as np
@@ -1056,14 +1057,15 @@ def test_max_minutes_alone_trains_until_then_with_no_epoch_limit(tmp_path, perio
     lines = []
     options = {key: value for key, value in TINY_TRAINING.items() if key != "epochs"}
     summary = train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, log=lines.append,
-                    train_options=dict(options, max_minutes=0.1))  # 6 s
-    assert summary["stopped"] == "time budget of 0.1 minutes reached"
+                    train_options=dict(options, max_minutes=0.06))  # 3.6 s
+    assert summary["stopped"] == "time budget of 0.06 minutes reached"
     meta = checkpoint.read_meta(tmp_path / "r", "last")
-    assert meta.training.epochs == 0 and meta.state.elapsed_seconds >= 6
-    assert any(line.startswith("epoch 1: train ") for line in lines)  # no "/20"
+    assert meta.training.epochs == 0 and meta.state.elapsed_seconds >= 3.6
+    epochs = [line for line in lines if line.startswith("epoch ")]  # (the first may be cut by the deadline)
+    assert epochs and all(re.match(r"epoch \d+[ :]", line) for line in epochs)  # no "/20"
     assert f"  {meta.state.epoch}  " in runs_table([tmp_path / "r"]).splitlines()[1]
     with pytest.raises(TextgenError, match=r"pass a larger --max-minutes, or --max-minutes 0 with --epochs N"):
         train(None, tmp_path, run="r", resume=True, log=lines.append)
-    longer = train(None, tmp_path, run="r", resume=True, log=lines.append, train_options=dict(max_minutes=0.15))
-    assert longer["stopped"] == "time budget of 0.15 minutes reached"
-    assert checkpoint.read_meta(tmp_path / "r", "last").state.elapsed_seconds >= 9
+    longer = train(None, tmp_path, run="r", resume=True, log=lines.append, train_options=dict(max_minutes=0.08))
+    assert longer["stopped"] == "time budget of 0.08 minutes reached"
+    assert checkpoint.read_meta(tmp_path / "r", "last").state.elapsed_seconds >= 4.8
