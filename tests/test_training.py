@@ -1024,23 +1024,26 @@ def test_pace_tells_a_long_run_how_long_it_takes_and_a_log_where_the_epoch_stand
     from textgen.config import TrainConfig
 
     lines = []
-    state = SimpleNamespace(epoch=0, step_in_epoch=0, epoch_mean_loss=1.5)
+    state = SimpleNamespace(epoch=0, step_in_epoch=0, global_step=0, epoch_mean_loss=1.5)
     run = SimpleNamespace(elapsed=0.0, state=state, train_batches=range(1421), log=lines.append,
                           config=TrainConfig(epochs=20))
     pace = Pace(terminal=False)
     pace.on_train_start(run)
     for step in range(1, 700):
-        state.step_in_epoch, run.elapsed = step, 10.0 + 1.2 * step  # the first step compiled for 10 s
+        state.step_in_epoch = state.global_step = step
+        run.elapsed = 10.0 + 1.2 * step  # the first step compiled for 10 s
         pace.on_step_end(run, 1.5)
     assert lines == ["pace: 1.20 s per step, ~28 min per epoch; the 20 epochs end in ~9.5 h",
                      "epoch 1/20: step 492 of 1421, train 1.5000 nats (2.164 bpc), 10 min of training"]
     lines.clear()
     run.config = TrainConfig(epochs=20, max_minutes=90)
-    state.step_in_epoch, run.elapsed = 0, 0.0
+    state.step_in_epoch = state.global_step = 0
+    run.elapsed = 0.0
     pace = Pace(terminal=True)
     pace.on_train_start(run)
     for step in range(1, 100):
-        state.step_in_epoch, run.elapsed = step, 1.2 * step
+        state.step_in_epoch = state.global_step = step
+        run.elapsed = 1.2 * step
         pace.on_step_end(run, 1.5)
     assert lines == ["pace: 1.20 s per step, ~28 min per epoch; --max-minutes 90 ends the run in ~89 min"]
 

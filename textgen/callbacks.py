@@ -201,18 +201,17 @@ class Pace(Callback):
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
 
     def on_train_start(self, run) -> None:
-        self.timed_from = None  # (run.elapsed, steps) after this session's first step, which compiles
-        self.steps = 0
+        self.timed_from = None  # (run.elapsed, global step) after this session's first step, which compiles
+        self.told = False
         self.next_line = run.elapsed + self.EVERY_S
 
     def on_step_end(self, run, loss: float) -> None:
-        self.steps += 1
         if self.timed_from is None:
-            self.timed_from = (run.elapsed, self.steps)
+            self.timed_from = (run.elapsed, run.state.global_step)
             return
         since, first = self.timed_from
-        if first is not None and run.elapsed - since >= self.FIRST_S:
-            per_step = (run.elapsed - since) / (self.steps - first)
+        if not self.told and run.elapsed - since >= self.FIRST_S:
+            per_step = (run.elapsed - since) / (run.state.global_step - first)
             steps = len(run.train_batches)
             left = (run.config.epochs - run.state.epoch) * steps - run.state.step_in_epoch if run.config.epochs \
                 else math.inf  # --epochs 0: until --max-minutes
@@ -221,7 +220,7 @@ class Pace(Callback):
                    if left * per_step < deadline else
                    f"--max-minutes {run.config.max_minutes:g} ends the run in ~{duration(deadline)}")
             run.log(f"pace: {per_step:.2f} s per step, ~{duration(steps * per_step)} per epoch; {end}")
-            self.timed_from = (since, None)
+            self.told = True
         if not self.terminal and run.elapsed >= self.next_line:
             mean = run.state.epoch_mean_loss
             run.log(f"epoch {run.config.epoch_of(run.state.epoch + 1)}: step {run.state.step_in_epoch} of "

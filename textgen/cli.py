@@ -265,10 +265,10 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 def export_command(checkpoint_dir, run, formats, output, overwrite):
     """Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT (no textgen needed)."""
     import_tensorflow_quietly()
-    from textgen.export import FORMATS, export
+    from textgen.export import export
     from textgen.runs import find_run
 
-    chosen = FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
+    chosen = EXPORT_FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
     for path in export(find_run(checkpoint_dir, run), output, chosen, overwrite):
         click.echo(str(path))
 

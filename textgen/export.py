@@ -23,8 +23,7 @@ import shutil
 from pathlib import Path
 
 from textgen import lstm_step, sampling
-from textgen.config import EXPORT_FORMATS as FORMATS
-from textgen.config import MAX_LENGTH
+from textgen.config import EXPORT_FORMATS, MAX_LENGTH
 from textgen.errors import TextgenError
 from textgen.generate import start_symbol
 
@@ -222,9 +221,10 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     # As the user means it: x/missing/.. is x, which every check below must see (the system's own lookup of
     # x/missing/.. fails, so x would pass as absent and then be replaced).
     output = Path(os.path.normpath(output))
-    unknown = [name for name in formats if name not in FORMATS]
+    unknown = [name for name in formats if name not in EXPORT_FORMATS]
     if unknown or not formats:
-        raise TextgenError(f"--format must be among {', '.join(FORMATS)} or all, got {', '.join(unknown) or 'none'}")
+        raise TextgenError(f"--format must be among {', '.join(EXPORT_FORMATS)} or all, got "
+                           f"{', '.join(unknown) or 'none'}")
     if Path.cwd().resolve().is_relative_to(output.resolve()):  # it is replaced as a whole: never under our feet
         raise TextgenError(f"--output {output} is the current directory or holds it; choose a directory for the "
                            "export, such as exports/NAME")

@@ -33,6 +33,11 @@ LADDER: tuple[tuple[int, int, int], ...] = (
 )
 CHARS_PER_PARAMETER = 5.0  # fewer training characters than this per parameter leaves a shape under-trained
 PARAMETERS_PER_CHAR = 3.0  # more parameters than this per training character memorises the text
+
+
+def memorises(parameters: int, train_chars: int) -> bool:
+    """Whether a model of that many parameters will tend to learn a text of train_chars by heart."""
+    return parameters > PARAMETERS_PER_CHAR * train_chars
 # (exposure below which it applies, dropout, weight decay); exposure = epochs * parameters / training chars
 REGULARISATION: tuple[tuple[float, float, float], ...] = (
     (2.0, 0.0, 0.0), (8.0, 0.1, 0.0), (30.0, 0.2, 0.0), (float("inf"), 0.3, 0.2),
@@ -115,7 +120,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
 
     def fits(shape) -> bool:  # the parameter limit first: it needs no timing
         parameters = parameter_count(shape, vocab_size)
-        return (parameters <= PARAMETERS_PER_CHAR * train_chars
+        return (not memorises(parameters, train_chars)
                 and budget_chars(shape) >= CHARS_PER_PARAMETER * parameters)
 
     # Both limits only tighten up the ladder, so the walk stops at the first shape that fails (and times no more).
@@ -136,7 +141,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
     over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "
-            "learn this text by heart, and a longer corpus helps)" if parameters > PARAMETERS_PER_CHAR * train_chars
+            "learn this text by heart, and a longer corpus helps)" if memorises(parameters, train_chars)
             else "")  # a large vocabulary (Chinese) makes even the smallest embedding and output layer large
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout {model['dropout']}, "
               f"weight decay {training['weight_decay']}, batch {batch}: {parameters:,} parameters for "

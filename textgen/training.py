@@ -547,7 +547,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     session = _session(model_config, config, strategy)
     parameters = model_config.parameter_count()
     if meta is None and (shape_given or config.size == "fixed") and \
-            parameters > sizing.PARAMETERS_PER_CHAR * len(train_ids):  # --size auto's choice says so itself
+            sizing.memorises(parameters, len(train_ids)):  # --size auto's choice says so itself
         log(f"note: {parameters:,} parameters for {len(train_ids):,} training characters "
             f"({parameters / len(train_ids):,.0f} per character): the model will tend to learn this text by heart; "
             "--size auto without --layers, --units or --embedding-dim chooses a shape for it")
