@@ -33,15 +33,19 @@ result["generated"] = texts
 filtered = served.signatures["generate_filtered"]
 
 
-def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0):
-    return filtered(prime=tf.constant("abc"), length=tf.constant(40), temperature=tf.constant(temperature),
+def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0, max_repeat=0, prime="abc"):
+    return filtered(prime=tf.constant(prime), length=tf.constant(40), temperature=tf.constant(temperature),
                     seed=tf.constant(seed, tf.int64), top_k=tf.constant(top_k), top_p=tf.constant(top_p),
-                    min_p=tf.constant(min_p))["text"].numpy().decode("utf-8")
+                    min_p=tf.constant(min_p), max_repeat=tf.constant(max_repeat))["text"].numpy().decode("utf-8")
 
 
 result["filtered"] = dict(unfiltered=generate_filtered(1.0, 7, 0, 1.0), hot=generate_filtered(5.0, 8, 0, 1.0),
                           top_k_1=generate_filtered(5.0, 8, 1, 1.0), top_p_small=generate_filtered(5.0, 8, 0, 0.01),
                           min_p_1=generate_filtered(5.0, 8, 0, 1.0, 1.0))
+# Near-uniform draws (temperature 100) repeat characters; the guard allows at most max_repeat in a row, counting
+# the prime's last characters ("abcc": c has come twice).
+result["repeats"] = {str(max_repeat): [generate_filtered(100.0, seed, 0, 1.0, max_repeat=max_repeat, prime="abcc")
+                                       for seed in range(16)] for max_repeat in (0, 1, 2)}
 
 
 def refusal(call) -> str:
@@ -53,6 +57,7 @@ def refusal(call) -> str:
 
 
 result["filtered"]["bad_top_p"] = refusal(lambda: generate_filtered(1.0, 8, 0, 0.0))
+result["filtered"]["bad_max_repeat"] = refusal(lambda: generate_filtered(1.0, 8, 0, 1.0, max_repeat=-1))
 result["bad_temperature"] = [refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(5),
                                                       temperature=tf.constant(float("nan")),
                                                       seed=tf.constant(1, tf.int64))),

@@ -1,6 +1,7 @@
 """textgen export: each format reloads without textgen and computes what textgen computes."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,15 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert filtered["hot"] != greedy
     assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy
     assert "top_p must lie in (0, 1]" in filtered["bad_top_p"]
+    assert "max_repeat must be 0 (no guard) or more" in filtered["bad_max_repeat"]
+    repeats = exported["loaded"]["repeats"]  # the prime "abcc", then near-uniform draws
+
+    def longest_run(text):
+        return max(len(match.group()) for match in re.finditer(r"(.)\1*", text))
+
+    assert max(longest_run(text) for text in repeats["0"]) >= 3  # without the guard, runs of 3 and more
+    assert all(longest_run(text[3:]) == 1 for text in repeats["1"])  # from the prime's last c on, none twice
+    assert all(longest_run(text) == 2 and text[4] != "c" for text in repeats["2"])  # the prime's cc counted
     assert all("temperature must be a finite number >= 0" in refusal
                for refusal in exported["loaded"]["bad_temperature"])  # NaN, infinity, -1
     assert "length must be in [0, 10000000]" in exported["loaded"]["negative_length"]

@@ -7,7 +7,8 @@ OUTPUT/savedmodel/      a TensorFlow SavedModel with stateless signatures (``tf.
                         TensorFlow Serving): ``step(ids, h, c) -> (logits, h, c)`` for any batch, and
                         ``generate(prime, length, temperature, seed) -> text`` with the whole sampling
                         loop in the graph and the vocabulary as an asset (savedmodel/assets/vocab.tsv), and
-                        ``generate_filtered(..., top_k, top_p, min_p)``, the same with the sampling filters
+                        ``generate_filtered(..., top_k, top_p, min_p, max_repeat)``, the same with the sampling
+                        filters and the repeat guard
 OUTPUT/model.tflite     (format "litert") the stateless step for one stream and one character
 
 The output directory is built under a temporary name and renamed into place, so a failure never
@@ -46,7 +47,7 @@ def _serving_module(meta, trained, vocab_file: Path):
     generate_inputs = [tf.TensorSpec([], tf.string, name="prime"), tf.TensorSpec([], tf.int32, name="length"),
                        tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int64, name="seed")]
     filter_inputs = [tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
-                     tf.TensorSpec([], tf.float32, name="min_p")]
+                     tf.TensorSpec([], tf.float32, name="min_p"), tf.TensorSpec([], tf.int32, name="max_repeat")]
 
     config, vocab = meta.model, meta.vocab
     layers = config.layers
@@ -125,7 +126,7 @@ def _serving_module(meta, trained, vocab_file: Path):
             logits, h, c = self._one_step(ids, h, c)
             return {"logits": logits, "h": h, "c": c}
 
-        def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None):
+        def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None, max_repeat=None):
             """prime followed by length sampled characters (characters the model never saw are dropped)."""
             # The command line's rules: refused, not read as something else (-1 was greedy, -5 characters none).
             checks = [tf.debugging.Assert(valid, [message]) for message, valid in (
@@ -144,15 +145,25 @@ def _serving_module(meta, trained, vocab_file: Path):
             last, h, c = self._feed_last(context[None, :], zeros, zeros)
             out = tf.TensorArray(tf.int32, size=length)
             temperatures = tf.fill([1], temperature)  # 0: always the most likely
+            # The repeat guard, as textgen's engine keeps it: the last id and how many times in a row it has come,
+            # the prime's own trailing run included.
+            last_id = context[-1:]
+            differs = tf.not_equal(context, last_id)
+            run = tf.size(context) - 1 - tf.reduce_max(tf.where(differs, tf.range(tf.size(context)), -1))
 
-            def body(t, out, last, h, c):
+            def body(t, out, last, h, c, last_id, run):
+                if max_repeat is not None:  # a character that has come max_repeat times in a row cannot come again
+                    blocked = (max_repeat > 0) & (run >= max_repeat)
+                    last = tf.where(blocked & tf.equal(tf.range(len(vocab)), last_id)[None, :], float("-inf"), last)
                 uniform = tf.random.stateless_uniform([1], seed=tf.stack([seed, tf.cast(t, tf.int64)]))
                 chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, top_k, top_p,
                                             min_p)
+                run = tf.where(tf.equal(chosen[0], last_id[0]), run + 1, 1)
                 last, h, c = self._one_step(chosen, h, c)
-                return t + 1, out.write(t, chosen[0]), last, h, c
+                return t + 1, out.write(t, chosen[0]), last, h, c, chosen, run
 
-            _, out, *_ = tf.while_loop(lambda t, *_: t < length, body, (tf.constant(0), out, last, h, c))
+            _, out, *_ = tf.while_loop(lambda t, *_: t < length, body,
+                                       (tf.constant(0), out, last, h, c, last_id, run))
             chars = self.id_to_char.lookup(tf.cast(out.stack(), tf.int64))
             return {"text": known + tf.strings.unicode_encode(tf.cast(chars, tf.int32), "UTF-8")}
 
@@ -161,15 +172,18 @@ def _serving_module(meta, trained, vocab_file: Path):
             return self._generate(prime, length, temperature, seed)
 
         @tf.function(input_signature=generate_inputs + filter_inputs)
-        def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p):
-            """generate with the command line's filters; top_k 0, top_p 1 and min_p 0 leave the sample alone."""
+        def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat):
+            """generate with the command line's filters and repeat guard; top_k 0, top_p 1, min_p 0 and
+            max_repeat 0 leave the sample alone."""
             for message, valid in (("top_k must be 0 (no filter) or more", top_k >= 0),
                                    ("top_p must lie in (0, 1]", (top_p > 0) & (top_p <= 1)),
-                                   ("min_p must lie in [0, 1]", (min_p >= 0) & (min_p <= 1))):
+                                   ("min_p must lie in [0, 1]", (min_p >= 0) & (min_p <= 1)),
+                                   ("max_repeat must be 0 (no guard) or more", max_repeat >= 0)):
                 tf.debugging.Assert(valid, [message])
             vocab_size = len(vocab)
             return self._generate(prime, length, temperature, seed,
-                                  tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size), top_p, min_p)
+                                  tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size), top_p, min_p,
+                                  max_repeat)
 
     return Serving()
 
