@@ -106,7 +106,7 @@ def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
 
     from textgen.report import runs_table
 
-    names = (("latin", "/texts/notes.txt"), ("cjk", "/texts/小说笔记.txt"), ("marks", "/texts/e\u0301te\u0301.txt"))
+    names = (("latin", "/texts/notes.txt"), ("小说", "/texts/小说笔记.txt"), ("été", "/texts/e\u0301te\u0301.txt"))
     for name, corpus in names:
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
         for kind in ("best", "last"):
@@ -117,7 +117,7 @@ def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
     lines = runs_table([tmp_path / name for name, _ in names]).splitlines()
     assert "小说笔记.txt" in lines[2]
     # the "characters" column starts at the same screen column on every line (an accent mark takes none)
-    length = f"{json.loads((tmp_path / 'cjk' / 'last.json').read_text())['corpus']['length']:,}"
+    length = f"{json.loads((tmp_path / '小说' / 'last.json').read_text())['corpus']['length']:,}"
     def screen(text):  # measured independently of report._columns, which laid the table out
         return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) == "W" else 1
                    for ch in text)
@@ -229,3 +229,17 @@ def test_a_fallback_from_a_corrupted_best_checkpoint_gives_no_advice_to_train_ag
     assert result.exit_code == 0, result.output
     assert result.stderr.strip() == (f"warning: checkpoint file {bad} is corrupted (checksum mismatch); using the "
                                      "last checkpoint instead")
+
+
+def test_the_curve_of_a_run_named_in_chinese_is_drawn_without_missing_glyphs(tmp_path):
+    import warnings
+
+    from textgen.report import curve_title, plot_history
+
+    history = [dict(chars_seen=1000 * (epoch + 1), train_bpc=3.0 - epoch, val_bpc=2.9 - epoch) for epoch in range(2)]
+    (tmp_path / "红楼梦").mkdir()
+    with warnings.catch_warnings(record=True) as caught:  # a warning per character, and squares in the title
+        warnings.simplefilter("always")
+        path = plot_history(tmp_path / "红楼梦", history)
+    assert png_size(path) == (770, 462) and not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    assert curve_title("红楼梦") == "textgen run" and curve_title("été-2") == "textgen run 'été-2'"

@@ -1,5 +1,6 @@
 """Run names and the run listing (textgen.runs)."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,22 +18,34 @@ def test_default_run_name_is_always_a_valid_name():
     long = default_run_name(Path("a" * 60 + "-" + "b" * 60 + ".txt"))
     assert len(long) == 100 and check_run_name(long) == long
     assert check_run_name(default_run_name(Path(".hidden notes..txt")))
-    notes, novel = default_run_name(Path("笔记.txt")), default_run_name(Path("小说.txt"))
-    assert notes != novel and notes.startswith("run-") and check_run_name(notes) == notes
-    assert default_run_name(Path("café crème.txt")).startswith("cafe-creme-")  # was caf-cr-me-
-    assert default_run_name(Path("e\u0301te\u0301.txt")).startswith("ete-")  # decomposed, as macOS names files
-    assert default_run_name(Path("笔记.txt")) == notes  # stable: the same corpus trains the same run
+    # Letters of every script are kept (they became run-<hash> and cafe-creme-<hash>), in NFC, as --run gives them.
+    assert default_run_name(Path("笔记.txt")) == "笔记" and default_run_name(Path("小说.txt")) == "小说"
+    assert default_run_name(Path("café crème.txt")) == "café-crème"
+    assert default_run_name(Path("e\u0301te\u0301.txt")) == "\u00e9t\u00e9"  # decomposed, as macOS names files
+    assert default_run_name(Path("हिन्दी कविता.txt")) == "हिन्दी-कविता"  # vowel signs are combining marks
+    # A character that cannot be kept (an emoji, a byte that is not UTF-8) adds a hash: two corpora, two runs.
+    songs, tunes = default_run_name(Path("🎵 songs.txt")), default_run_name(Path("🎶 songs.txt"))
+    assert songs != tunes and songs.startswith("songs-") and check_run_name(songs) == songs
+    assert default_run_name(Path("my\udcffnotes.txt")).startswith("my-notes-")
+    # 100 Chinese characters are 300 bytes in UTF-8, more than a file system takes in a name.
+    wide = default_run_name(Path("红" * 150 + ".txt"))
+    assert wide == "红" * 66 and check_run_name(wide) == wide
 
 
 def test_a_run_named_as_earlier_versions_named_it_is_still_found(tmp_path):
-    corpus = Path("café crème.txt")
-    new = default_run_name(corpus, tmp_path)
-    assert new.startswith("cafe-creme-")
-    earlier = tmp_path / ("caf-cr-me-" + new.rsplit("-", 1)[1])  # what textgen called that corpus's run before
-    earlier.mkdir()
-    assert default_run_name(corpus, tmp_path) == earlier.name  # --resume without --run finds it
-    (tmp_path / new).mkdir()
-    assert default_run_name(corpus, tmp_path) == new
+    for corpus, new, earlier_names in (
+            (Path("café crème.txt"), "café-crème", ("cafe-creme-", "caf-cr-me-")),  # two earlier versions
+            (Path("笔记.txt"), "笔记", ("run-",))):
+        for prefix in earlier_names:
+            digest = hashlib.blake2b(corpus.stem.encode(), digest_size=4).hexdigest()
+            earlier = tmp_path / f"{prefix}{digest}"  # what textgen called that corpus's run before
+            earlier.mkdir()
+            assert default_run_name(corpus, tmp_path) == earlier.name  # --resume without --run finds it
+            earlier.rmdir()
+        assert default_run_name(corpus, tmp_path) == new
+        (tmp_path / new).mkdir()
+        (tmp_path / f"{earlier_names[0]}{digest}").mkdir()
+        assert default_run_name(corpus, tmp_path) == new
 
 
 def test_an_invalid_run_name_says_what_was_probably_meant():
@@ -40,25 +53,26 @@ def test_an_invalid_run_name_says_what_was_probably_meant():
         check_run_name("my corpus")
     with pytest.raises(TextgenError, match=r"for the run in old/ck/demo: --checkpoint-dir old/ck --run demo\)$"):
         check_run_name("old/ck/demo")
-    # The file's whole name was cleaned ('txt-99262a61'); training names the run after the name without '.txt'.
-    trained = default_run_name(Path("笔记.txt"))
-    assert trained.startswith("run-")
-    with pytest.raises(TextgenError, match=rf"a corpus file called '笔记.txt' trains the run '{trained}'\)$"):
-        check_run_name("笔记.txt")
+    with pytest.raises(TextgenError, match=r"a corpus file called '我的 笔记.txt' trains the run '我的-笔记'\)$"):
+        check_run_name("我的 笔记.txt")
     with pytest.raises(TextgenError, match=r"'my corpus.txt' trains the run 'my-corpus'\)$"):
         check_run_name("my corpus.txt")
     # Not a file name: a name it could be (training a file called 'v1.2 beta' would name the run after 'v1').
     with pytest.raises(TextgenError, match=r"invalid run name 'v1.2 beta': .* \(such as 'v1.2-beta'\)$"):
         check_run_name("v1.2 beta")
     # Names of allowed characters broke the rules the message did not state: the first character, the length.
+    rule = "use 1 to 100 letters (of any script), digits, '.', '_' and '-', the first a letter or digit"
     for name, hint in ((".", " (such as 'run')"), ("..", " (such as 'run')"), (".hidden", " (such as 'hidden')"),
-                       ("-x", " (such as 'x')"), ("a" * 101, f" (such as '{'a' * 100}')")):
+                       ("-x", " (such as 'x')"), ("a" * 101, f" (such as '{'a' * 100}')"),
+                       ("红" * 67, f" (such as '{'红' * 66}': at most 200 bytes in UTF-8)"), ("🎵", " (such as 'run-")):
         with pytest.raises(TextgenError) as refused:
             check_run_name(name)
-        assert str(refused.value) == (f"invalid run name '{name}': use 1 to 100 ASCII letters, digits, '.', '_' and "
-                                      f"'-', the first a letter or digit{hint}")
+        assert str(refused.value).startswith(f"invalid run name '{name}': {rule}{hint}")
     with pytest.raises(TextgenError, match=r"'my notes.markdown' trains the run 'my-notes'\)$"):
         check_run_name("my notes.markdown")
+    # Any script is a name, given in NFC as its folder is (a decomposed é is the same run).
+    assert check_run_name("红楼梦") == "红楼梦" and check_run_name("e\u0301te\u0301") == "\u00e9t\u00e9"
+    assert check_run_name("红" * 66) == "红" * 66
 
 
 def test_the_options_that_name_a_run_give_its_directory_unless_it_is_the_default(tmp_path, monkeypatch):

@@ -49,7 +49,7 @@ def plot_history(run_dir: Path, history: list[dict]) -> Path:
                   textcoords="offset points", xytext=(0, 10), ha="center")
     axes.set_xlabel("characters seen (millions)")
     axes.set_ylabel("loss (bits per character)")
-    axes.set_title(f"textgen run '{run_dir.name}'")
+    axes.set_title(curve_title(run_dir.name))
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -59,6 +59,18 @@ def plot_history(run_dir: Path, history: list[dict]) -> Path:
     finally:
         pyplot.close(figure)  # also when saving fails: training goes on and must not pile up figures
     return path
+
+
+def curve_title(run_name: str) -> str:
+    """The curve's title, with the run's name if the plot's font draws each of its characters: matplotlib's
+    DejaVu Sans has no Chinese, which came out as squares and a warning on stderr per character."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    if all(font.get_char_index(ord(ch)) for ch in run_name):
+        return f"textgen run '{run_name}'"
+    return "textgen run"
 
 
 def _bpc_text(nats) -> str:

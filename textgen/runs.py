@@ -16,22 +16,40 @@ from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
 
 logger = logging.getLogger("textgen")
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_NAME_CHARS = 100
+MAX_NAME_BYTES = 200  # in UTF-8 (100 Chinese characters take 300): file systems hold names of up to 255 bytes
 # Checkpoint metadata is JSON with one such key (every quote inside a string value is escaped).
 SAVED_AT = re.compile(rb'"saved_at"\s*:\s*"([^"\\]*)"')
 
 
+def _name_character(ch: str) -> bool:
+    """A letter or digit of any script, a combining mark (the vowel signs of Indic scripts), '.', '_' or '-'."""
+    return ch.isalnum() or unicodedata.category(ch).startswith("M") or ch in "._-"
+
+
+def is_run_name(name: str) -> bool:
+    """Whether name is a run name: 1 to 100 of those characters, the first a letter or digit, in NFC (the form
+    check_run_name gives it, so that --run finds its folder) and at most MAX_NAME_BYTES in UTF-8."""
+    return (0 < len(name) <= MAX_NAME_CHARS and name[0].isalnum() and all(map(_name_character, name))
+            and unicodedata.normalize("NFC", name) == name and _bytes(name) <= MAX_NAME_BYTES)
+
+
+def _bytes(name: str) -> int:
+    return len(name.encode("utf-8", "surrogatepass"))
+
+
 def default_run_name(corpus: Path, checkpoint_dir: Optional[Path] = None) -> str:
-    """The corpus file's name as a run name: letters lose their accents (été -> ete), and what else a run name
-    cannot hold becomes '-'. A name that had characters outside ASCII also gets a short hash of the whole name:
-    笔记.txt and 小说.txt must not both become the same run. A run in checkpoint_dir that was trained under the name
-    earlier versions gave (accented letters replaced: t-_-l-ve-...) is still found."""
+    """The corpus file's name as a run name (笔记.txt trains the run 笔记), what a run name cannot hold replaced by
+    '-'. A name that lost a character outside ASCII that way (an emoji) also gets a short hash of the whole name:
+    two corpora must not both become the same run. A run in checkpoint_dir that was trained under the name
+    earlier versions gave (ASCII only: 笔记 was run-<hash>, café cafe-<hash>, and before that caf-<hash>) is still
+    found."""
     stem = Path(corpus).stem
-    name = _cleaned(_without_accents(stem), stem)
+    name = _cleaned(unicodedata.normalize("NFC", stem), stem)
     if checkpoint_dir is not None and not (Path(checkpoint_dir) / name).exists():
-        earlier = _cleaned(stem, stem)
-        if earlier != name and (Path(checkpoint_dir) / earlier).is_dir():
-            return earlier
+        for earlier in (_ascii_name(_without_accents(stem), stem), _ascii_name(stem, stem)):
+            if earlier != name and (Path(checkpoint_dir) / earlier).is_dir():
+                return earlier
     return name
 
 
@@ -41,8 +59,28 @@ def _without_accents(text: str) -> str:
 
 
 def _cleaned(text: str, stem: str) -> str:
-    """text with what a run name cannot hold replaced, and a hash of stem, the name it came from, if that was not
-    ASCII (see default_run_name)."""
+    """text with what a run name cannot hold replaced, and a hash of stem, the name it came from, if a character
+    outside ASCII was lost (see default_run_name)."""
+    kept = "".join(ch if _name_character(ch) else "\0" for ch in text)
+    name = _shortened(re.sub("\0+", "-", kept).lstrip("-._"), 0)
+    if not any(ch == "\0" and not original.isascii() for ch, original in zip(kept, text)):
+        return name or "run"
+    digest = hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+    return f"{_shortened(name, 9) or 'run'}-{digest}"
+
+
+def _shortened(name: str, room: int) -> str:
+    """name cut to a run name's length, less room characters (and bytes) for a suffix, without a '-' or '.' at
+    its end."""
+    name = name[:MAX_NAME_CHARS - room]
+    while _bytes(name) > MAX_NAME_BYTES - room:
+        name = name[:-1]
+    return name.rstrip("-.")
+
+
+def _ascii_name(text: str, stem: str) -> str:
+    """The run name earlier versions gave a corpus called stem (from text, its name with or without accents):
+    ASCII only, with a hash of stem when it was not ASCII."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip("-._")[:100].rstrip("-.")
     if stem.isascii():
         return name or "run"
@@ -64,24 +102,26 @@ def run_options(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     if run_dir.name in ("", ".", ".."):
         run_dir = run_dir.resolve()
-    if not RUN_NAME.match(run_dir.name):  # --run refuses it; find_run takes a run's directory as --checkpoint-dir
+    if not is_run_name(run_dir.name):  # --run refuses it; find_run takes a run's directory as --checkpoint-dir
         return f"--checkpoint-dir {shlex.quote(str(run_dir))}"
     return (directory_option(run_dir.parent) + f" --run {run_dir.name}").lstrip()
 
 
 def check_run_name(name: str) -> str:
-    if not RUN_NAME.match(name):
-        hint = ""
-        if "/" in name.strip("/") and RUN_NAME.match(Path(name).name):  # a run directory given as a name
-            hint = f" (for the run in {name}: {run_options(Path(name))})"
-        elif name and "/" not in name:
-            if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,8}", Path(name).suffix):  # a corpus file's name ('笔记.txt')
-                hint = f" (a corpus file called {name!r} trains the run {default_run_name(Path(name))!r})"
-            elif (cleaned := _cleaned(_without_accents(name), name)) != name:  # 'v1.2 beta'
-                hint = f" (such as {cleaned!r})"
-        raise TextgenError(f"invalid run name {name!r}: use 1 to 100 ASCII letters, digits, '.', '_' and '-', the "
-                           f"first a letter or digit{hint}")
-    return name
+    """name as a run name (in NFC, the form its folder has), or a one-line error saying what to give."""
+    if is_run_name(unicodedata.normalize("NFC", name)):
+        return unicodedata.normalize("NFC", name)
+    hint = ""
+    if "/" in name.strip("/") and is_run_name(Path(name).name):  # a run directory given as a name
+        hint = f" (for the run in {name}: {run_options(Path(name))})"
+    elif name and "/" not in name:
+        if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,8}", Path(name).suffix):  # a corpus file's name ('my notes.txt')
+            hint = f" (a corpus file called {name!r} trains the run {default_run_name(Path(name))!r})"
+        elif (cleaned := _cleaned(unicodedata.normalize("NFC", name), name)) != name:  # 'v1.2 beta'
+            too_long = _bytes(name) > MAX_NAME_BYTES and len(name) <= MAX_NAME_CHARS  # 67 Chinese characters
+            hint = f" (such as {cleaned!r}{f': at most {MAX_NAME_BYTES} bytes in UTF-8' if too_long else ''})"
+    raise TextgenError(f"invalid run name {name!r}: use 1 to 100 letters (of any script), digits, '.', '_' and "
+                       f"'-', the first a letter or digit{hint}")
 
 
 def list_runs(checkpoint_dir: Path) -> list[Path]:
@@ -155,7 +195,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
     runs = list_runs(checkpoint_dir)
     if not runs and _left_without_metadata(checkpoint_dir):  # the run itself, damaged
         run_dir = checkpoint_dir.resolve()
-        again = (f"train it again with: textgen train CORPUS {run_options(checkpoint_dir)}" if RUN_NAME.match(
+        again = (f"train it again with: textgen train CORPUS {run_options(checkpoint_dir)}" if is_run_name(
             run_dir.name) else f"train it again under a run name (its folder's, {run_dir.name!r}, is not one): "
                                f"textgen train CORPUS{directory_option(run_dir.parent)} --run NAME")
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
