@@ -21,6 +21,10 @@ def equivalence(out_path):
     from textgen.session import Session
 
     mirrored = make_strategy("mirrored")
+    all_reduces = []  # the replica-context sums traced (each is a collective between the workers of a cluster)
+    all_reduce = tf.distribute.ReplicaContext.all_reduce
+    tf.distribute.ReplicaContext.all_reduce = lambda *args, **kwargs: all_reduces.append(1) or all_reduce(
+        *args, **kwargs)
     config = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
     # A small clip norm so that clipping is active: it must act on the summed gradient of both replicas.
     # float32: bfloat16 products round differently for 2 and 4 rows, which is not what this compares.
@@ -44,8 +48,8 @@ def equivalence(out_path):
     weight_diff = max(float(np.abs(a - b).max())
                       for a, b in zip(single.model.get_weights(), distributed.model.get_weights()))
     json.dump(dict(replicas=mirrored.num_replicas_in_sync, losses=losses, state_diffs=state_diffs,
-                   replica_parts=replica_parts, saved_diff=saved_diff, weight_diff=weight_diff,
-                   state_norm=float(np.abs(rows).max())), open(out_path, "w"))
+                   all_reduces=len(all_reduces), replica_parts=replica_parts, saved_diff=saved_diff,
+                   weight_diff=weight_diff, state_norm=float(np.abs(rows).max())), open(out_path, "w"))
 
 
 def train_worker(corpus, checkpoint_dir, out_path, options="{}"):

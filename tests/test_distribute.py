@@ -33,6 +33,9 @@ def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     assert set(result["replica_parts"]) == {2}
     assert result["saved_diff"] < 1e-4  # lstm_states() (what a checkpoint saves) holds all four rows
     assert result["weight_diff"] < 1e-4
+    # One sum of the gradients per replica (one in the one-device session, two in the mirrored one): Keras's optimizer
+    # summed them a second time (twice the traffic between the workers of a cluster).
+    assert result["all_reduces"] == 1 + 2
 
 
 def free_ports(count):

@@ -41,6 +41,7 @@ class Session:
                                                    weight_decay=train_config.weight_decay or None)
             self.optimizer.exclude_from_weight_decay(var_names=["bias"])
             self.optimizer.build(self.model.trainable_variables)
+        summed_once = _sum_replicas_once(self.optimizer)
         self.lstms = lstm_layers(self.model)
         self._gather_states = None  # under multi-worker: see lstm_states
         model, optimizer, global_batch = self.model, self.optimizer, train_config.batch_size
@@ -53,13 +54,13 @@ class Session:
                 loss = tf.nn.compute_average_loss(per_stream, global_batch_size=global_batch)
             # Dense: the embedding's sparse gradient is small (V x E) and this keeps the arithmetic simple.
             gradients = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
-            # Clip the summed gradient of all replicas, as one device would (Keras clips per replica),
-            # then hand each replica 1/R of it: the optimizer sums the replicas' gradients again.
+            # Clip the summed gradient of all replicas, as one device would (Keras clips per replica).
             context = tf.distribute.get_replica_context()
             gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
             gradients, _ = tf.clip_by_global_norm(gradients, clip_norm)
-            optimizer.apply_gradients(
-                zip([g / context.num_replicas_in_sync for g in gradients], model.trainable_variables))
+            if not summed_once:  # the optimizer sums the replicas' gradients again: hand each 1/R of the sum
+                gradients = [g / context.num_replicas_in_sync for g in gradients]
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             return loss
 
         def replica_loss_sum(x, y):
@@ -153,6 +154,16 @@ class Session:
 # took as long or longer in bfloat16 (its loops are not compiled by XLA, the float32 ones are), 1 x 384 and 1 x 512
 # 1.3x less time (BENCHMARKS.md, "Mixed precision on CPU").
 BFLOAT16_MIN_UNITS = 384
+
+
+def _sum_replicas_once(optimizer) -> bool:
+    """Stop Keras's TensorFlow optimizer from summing the replicas' gradients, which the training step has summed
+    already (to clip the sum): a second all-reduce of the whole gradient, twice the traffic between the workers of
+    a cluster. False where this Keras has no such step to skip: the training step then hands it 1/R of the sum."""
+    if not callable(getattr(optimizer, "_all_reduce_sum_gradients", None)):
+        return False
+    optimizer._all_reduce_sum_gradients = list  # (gradient, variable) pairs, as they come
+    return True
 
 
 def _native_bfloat16() -> bool:
