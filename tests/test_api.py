@@ -289,3 +289,25 @@ def test_ctrl_c_in_train_is_a_keyboard_interrupt_that_says_how_to_resume_in_pyth
                                        "resume=True)")
     resumed = textgen.train(run="r", checkpoint_dir=str(tmp_path), resume=True)
     assert resumed.info["epochs"] == 1
+
+
+def test_export_writes_the_loaded_checkpoint_with_errors_in_keyword_names(model, tmp_path):
+    """Exporting from Python meant textgen.export.export, whose errors named --format and --overwrite and which
+    split format="keras" into the formats k, e, r, a, s."""
+    import json
+
+    import keras
+    import numpy as np
+
+    written = model.export(tmp_path / "out", format="keras")
+    assert written == [tmp_path / "out" / "model.keras", tmp_path / "out" / "vocab.json"]
+    stock = keras.saving.load_model(written[0])
+    ids = np.array([[PERIOD.index(ch) for ch in "abcdefgab"]], np.int32)
+    assert PERIOD[int(np.argmax(stock(ids)[0, -1]))] == "c"  # the trained period, in plain Keras
+    assert json.loads(written[1].read_text())["epoch"] == model.info["epochs"]
+    with pytest.raises(textgen.TextgenError, match=r"already exists; pass overwrite=True to replace it"):
+        model.export(tmp_path / "out", format="keras")
+    with pytest.raises(textgen.TextgenError, match=r"^format must be among keras, savedmodel, litert or all, got k$"):
+        model.export(tmp_path / "other", format="k")
+    assert [path.name for path in model.export(tmp_path / "out", format=["keras", "litert"], overwrite=True)] == [
+        "model.keras", "model.tflite", "vocab.json"]

@@ -172,6 +172,33 @@ class TextModel:
             raise OptionError(f"text must be a string, got {type(text).__name__}")
         return self.generator.score(text)
 
+    def export(self, output: str | Path, format: str | Sequence[str] = ("keras", "savedmodel"),
+               overwrite: bool = False) -> list[Path]:
+        """Write the loaded checkpoint as files that plain Keras, TensorFlow (Serving) and LiteRT load without
+        textgen, as ``textgen export`` does (README.md, "Export and serve with TensorFlow").
+
+        Args:
+            output: the directory to write. It is built under a temporary name and renamed into place, so a
+                failure leaves nothing half-written.
+            format: "keras" (model.keras), "savedmodel", "litert" (model.tflite), several of them, or "all";
+                vocab.json is always written.
+            overwrite: replace an earlier export in output (only once the new one is complete).
+
+        Returns:
+            The paths written.
+
+        Example:
+            >>> model.export("exports/demo", format="all")  # doctest: +SKIP
+        """
+        from textgen.export import export
+
+        _check_paths(output=output)
+        formats = (format,) if isinstance(format, str) else tuple(format)
+        try:
+            return export(self.run_dir, Path(output), formats, overwrite, kind=self.info["checkpoint"])
+        except TextgenError as error:
+            raise as_keywords(error, {"format", "output", "overwrite"}, {"overwrite"}) from None
+
     @staticmethod
     def _config(arguments: dict) -> SampleConfig:
         """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): the ones named as

@@ -268,8 +268,7 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
     from textgen.export import export
     from textgen.runs import find_run
 
-    chosen = EXPORT_FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
-    for path in export(find_run(checkpoint_dir, run), output, chosen, overwrite):
+    for path in export(find_run(checkpoint_dir, run), output, formats, overwrite):
         click.echo(str(path))
 
 

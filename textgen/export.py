@@ -228,13 +228,15 @@ WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "litert": _wr
 
 
 def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "savedmodel"),
-           overwrite: bool = False) -> list[Path]:
-    """Write the run's best checkpoint in each of formats under output; return the paths written."""
+           overwrite: bool = False, kind: str = "best") -> list[Path]:
+    """Write the run's best (or kind) checkpoint in each of formats (names of EXPORT_FORMATS, or "all") under
+    output; return the paths written."""
     from textgen.checkpoint import load_model
 
     # As the user means it: x/missing/.. is x, which every check below must see (the system's own lookup of
     # x/missing/.. fails, so x would pass as absent and then be replaced).
     output = Path(os.path.normpath(output))
+    formats = EXPORT_FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
     unknown = [name for name in formats if name not in EXPORT_FORMATS]
     if unknown or not formats:
         raise TextgenError(f"--format must be among {', '.join(EXPORT_FORMATS)} or all, got "
@@ -252,7 +254,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
     if output.exists() and not overwrite and any(output.iterdir()):  # an empty directory has nothing to lose
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
-    trained, meta = load_model(Path(run_dir), batch_size=1)
+    trained, meta = load_model(Path(run_dir), batch_size=1, kind=kind)
     target = output.resolve()  # through a link named as --output: the link stays and shows the new export
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
