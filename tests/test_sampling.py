@@ -264,3 +264,20 @@ def test_nothing_left_to_draw_from_gives_the_likeliest_not_an_id_past_the_vocabu
         picked = sampling.choose_tf(logits, tf.constant([0.5, 0.999], tf.float32), tf.constant([1.0, 1.0]),
                                     None, None, min_p).numpy()
         assert 0 <= picked[0] < 3 and picked[1] == 1
+
+
+def test_the_filters_trace_without_an_autograph_warning(caplog):
+    """Two lambdas of the same signature on one line of FILTER_RULES made AutoGraph print 9 lines ("could not
+    transform <lambda>") on stderr at each first use of top_k in a process, and twice in every export."""
+    import logging
+
+    import tensorflow as tf
+
+    @tf.function
+    def choose(logits, uniforms):
+        return sampling.choose_tf(logits, uniforms, tf.ones([2]), top_k=tf.constant([1, 5]),
+                                  top_p=tf.constant([0.5, 2.0]), min_p=tf.constant([0.0, 0.1]))
+
+    with caplog.at_level(logging.WARNING):
+        choose(tf.zeros([2, 5]), tf.constant([0.5, 0.5]))
+    assert not [record.getMessage() for record in caplog.records if "AutoGraph" in record.getMessage()]

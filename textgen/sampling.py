@@ -72,13 +72,21 @@ class Filter:
 
 
 # Every filter, once: a new one is an entry here, a field of StreamFilters, a SampleConfig option and its use in
-# choose_tf (or, as the repeat guard, in the engine's loop).
+# choose_tf (or, as the repeat guard, in the engine's loop). One lambda per line: choose_tf traces cuts, and AutoGraph
+# cannot tell two lambdas of one signature on one line apart (it printed a 9-line warning instead).
 FILTER_RULES = {
-    "top_k": Filter(np.int32, lambda vocab: vocab, lambda k, vocab: min(int(k), vocab), lambda k, vocab: k < vocab),
-    "top_p": Filter(np.float32, lambda vocab: NO_TOP_P, lambda p, vocab: NO_TOP_P if p >= 1 else float(p),
+    "top_k": Filter(np.int32, lambda vocab: vocab,
+                    lambda k, vocab: min(int(k), vocab),
+                    lambda k, vocab: k < vocab),
+    "top_p": Filter(np.float32, lambda vocab: NO_TOP_P,
+                    lambda p, vocab: NO_TOP_P if p >= 1 else float(p),
                     lambda p, vocab: p < 1.0),
-    "min_p": Filter(np.float32, lambda vocab: 0.0, lambda m, vocab: float(m), lambda m, vocab: m > 0.0),
-    "max_repeat": Filter(np.int32, lambda vocab: 0, lambda n, vocab: int(n), lambda n, vocab: n > 0),
+    "min_p": Filter(np.float32, lambda vocab: 0.0,
+                    lambda m, vocab: float(m),
+                    lambda m, vocab: m > 0.0),
+    "max_repeat": Filter(np.int32, lambda vocab: 0,
+                         lambda n, vocab: int(n),
+                         lambda n, vocab: n > 0),
 }
 FILTERS = tuple(FILTER_RULES)
 CUT_OFFS = ("top_k", "top_p", "min_p")  # the filters choose_tf applies (the repeat guard is the engine's)
