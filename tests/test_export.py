@@ -84,6 +84,22 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert exported["loaded"]["long_prime"] == "abcdefg" * 301  # the prime fed without keeping its logits
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
+    assert vocab["unicode_form"] is None  # plain letters show neither form
+
+
+def test_vocab_json_names_the_unicode_form_to_write_prompts_in(trained_run, tmp_path):
+    """An export of a model trained on decomposed text (é as e + accent) dropped a typed é from its prompts without
+    a word, and nothing in the export said which form its text was in."""
+    import shutil
+
+    run_dir = tmp_path / "decomposed"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    for kind in ("best", "last"):  # the same weights, with g read as a combining acute accent
+        meta = json.loads((run_dir / f"{kind}.json").read_text())
+        meta["vocab"] = [ord(ch) for ch in "abcdef\u0301"]
+        (run_dir / f"{kind}.json").write_text(json.dumps(meta))
+    export_module.export(run_dir, tmp_path / "out", ("keras",))
+    assert json.loads((tmp_path / "out" / "vocab.json").read_text())["unicode_form"] == "NFD"
 
 
 def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_nothing(trained_run, exported,

@@ -2,7 +2,8 @@
 
 OUTPUT/model.keras      the network with stock Keras layers only (Embedding, stateful LSTMs, Dense logits),
                         batch 1, the run's weights; ``keras.saving.load_model`` reads it
-OUTPUT/vocab.json       the vocabulary: {"chars": [...]} (id i is chars[i]) and the model's facts
+OUTPUT/vocab.json       the vocabulary: {"chars": [...]} (id i is chars[i]), "unicode_form" (NFC, NFD or null: the
+                        form to give text in, as unicodedata.normalize(form, text)) and the model's facts
 OUTPUT/savedmodel/      a TensorFlow SavedModel with stateless signatures (``tf.saved_model.load``,
                         TensorFlow Serving): ``step(ids, h, c) -> (logits, h, c)`` for any batch, and
                         ``generate(prime, length, temperature, seed) -> text`` with the whole sampling
@@ -281,7 +282,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             written += [output / path.relative_to(building) for path in paths]
         (building / "vocab.tsv").unlink(missing_ok=True)  # the SavedModel holds its own copy in its assets
         (building / "vocab.json").write_text(json.dumps(dict(
-            chars=list(meta.vocab.chars), run=Path(run_dir).name, epoch=meta.state.epoch,
+            chars=list(meta.vocab.chars), unicode_form=meta.vocab.unicode_form, run=Path(run_dir).name,
+            epoch=meta.state.epoch,
             val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
             ensure_ascii=False, indent=1), encoding="utf-8")
         _fill_directory(building, target) if fills else _replace_directory(building, target)
