@@ -87,4 +87,10 @@ for i in ids:
     h, c = outputs["h"], outputs["c"]
     rows.append(outputs["logits"][0].tolist())
 result["litert"] = rows
+try:  # a state of 3 rows for 1 id was broadcast to 3 rows of logits
+    step(ids=np.array([ids[0]], np.int32), h=np.zeros([layers, 3, units], np.float32),
+         c=np.zeros([layers, 3, units], np.float32))
+    result["litert_state_of_other_batch"] = "accepted"
+except (RuntimeError, ValueError) as error:
+    result["litert_state_of_other_batch"] = str(error)
 print(json.dumps(result))

@@ -81,6 +81,8 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert "Shape of tensor prime [2] is not compatible with expected shape []" in \
         exported["loaded"]["batch_of_primes"] and "prime_must_be_one_string" in exported["loaded"]["batch_of_primes"]
     assert "h and c must hold one row per row of ids" in exported["loaded"]["state_of_other_batch"]
+    assert "reshape" in exported["loaded"]["litert_state_of_other_batch"].lower(), exported["loaded"][
+        "litert_state_of_other_batch"]  # refused by LiteRT too, where asserts are dropped
     assert exported["loaded"]["long_prime"] == "abcdefg" * 301  # the prime fed without keeping its logits
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32

@@ -124,7 +124,10 @@ def _serving_module(meta, trained, vocab_file: Path):
                                       tf.TensorSpec([layers, None, config.units], tf.float32, name="c")])
         def next_logits(self, ids, h, c):
             """One character per stream, no loop: the form TFLite/LiteRT converts."""
-            logits, h, c = self._one_step(ids, h, c)
+            # A state of another batch than ids was broadcast (3 rows out for 1 id). LiteRT drops asserts; a
+            # reshape to the batch of ids fails there too.
+            rows = [layers, tf.shape(ids)[0], config.units]
+            logits, h, c = self._one_step(ids, tf.reshape(h, rows), tf.reshape(c, rows))
             return {"logits": logits, "h": h, "c": c}
 
         def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None, max_repeat=None):
