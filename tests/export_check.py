@@ -58,11 +58,15 @@ def refusal(call) -> str:
 
 result["filtered"]["bad_top_p"] = refusal(lambda: generate_filtered(1.0, 8, 0, 0.0))
 result["filtered"]["bad_max_repeat"] = refusal(lambda: generate_filtered(1.0, 8, 0, 1.0, max_repeat=-1))
+result["filtered"]["bad_top_k"] = refusal(lambda: generate_filtered(1.0, 8, -1, 1.0))
 result["bad_temperature"] = [refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(5),
                                                       temperature=tf.constant(float("nan")),
                                                       seed=tf.constant(1, tf.int64))),
                              refusal(lambda: generate_filtered(float("inf"), 8, 0, 1.0)),
-                             refusal(lambda: generate_filtered(-1.0, 8, 0, 1.0))]
+                             refusal(lambda: generate_filtered(-1.0, 8, 0, 1.0)),
+                             refusal(lambda: generate_filtered(1e7, 8, 0, 1.0))]
+result["negative_seed"] = refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(5),
+                                                   temperature=tf.constant(0.5), seed=tf.constant(-5, tf.int64)))
 result["no_step"] = refusal(lambda: served.signatures["step"](ids=tf.zeros([2, 0], tf.int32),
                                                                h=tf.zeros([layers, 2, units]),
                                                                c=tf.zeros([layers, 2, units])))

@@ -62,8 +62,9 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     # at temperature 5 the draws wander; each filter that keeps only the most likely character gives the greedy text
     assert filtered["hot"] != greedy
     assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy
-    assert "top_p must lie in (0, 1]" in filtered["bad_top_p"]
-    assert "max_repeat must be 0 (no guard) or more" in filtered["bad_max_repeat"]
+    assert "top_p must be in (0, 1]" in filtered["bad_top_p"]
+    assert "top_k must be 0 (no filter) or in [1, inf)" in filtered["bad_top_k"]
+    assert "max_repeat must be in [0, 1e+09]" in filtered["bad_max_repeat"]
     repeats = exported["loaded"]["repeats"]  # the prime "abcc", then near-uniform draws
 
     def longest_run(text):
@@ -72,12 +73,13 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert max(longest_run(text) for text in repeats["0"]) >= 3  # without the guard, runs of 3 and more
     assert all(longest_run(text[3:]) == 1 for text in repeats["1"])  # from the prime's last c on, none twice
     assert all(longest_run(text) == 2 and text[4] != "c" for text in repeats["2"])  # the prime's cc counted
-    assert all("temperature must be a finite number >= 0" in refusal
+    assert all("temperature must be in [0, 1e+06]" in refusal  # the command line's rules and words
                for refusal in exported["loaded"]["bad_temperature"])  # NaN, infinity, -1
-    assert "length must be in [0, 10000000]" in exported["loaded"]["negative_length"]
+    assert "length must be in [0, 1e+07]" in exported["loaded"]["negative_length"]
+    assert "seed must be in [0, inf)" in exported["loaded"]["negative_seed"]
     assert "ids must hold at least one step" in exported["loaded"]["no_step"]
     # Each was accepted: a length that runs for days, two primes read as one text, a state broadcast to 3 streams.
-    assert "length must be in [0, 10000000]" in exported["loaded"]["huge_length"]
+    assert "length must be in [0, 1e+07]" in exported["loaded"]["huge_length"]
     assert "Shape of tensor prime [2] is not compatible with expected shape []" in \
         exported["loaded"]["batch_of_primes"] and "prime_must_be_one_string" in exported["loaded"]["batch_of_primes"]
     assert "h and c must hold one row per row of ids" in exported["loaded"]["state_of_other_batch"]

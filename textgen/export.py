@@ -18,6 +18,7 @@ leaves a half-written export where a good one was.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -25,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from textgen import lstm_step, sampling
-from textgen.config import EXPORT_FORMATS, MAX_LENGTH
+from textgen.config import EXPORT_FORMATS, SampleConfig, rules
 from textgen.errors import TextgenError
 from textgen.generate import start_symbol
 
@@ -133,11 +134,8 @@ def _serving_module(meta, trained, vocab_file: Path):
         def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None, max_repeat=None):
             """prime followed by length sampled characters (characters the model never saw are dropped)."""
             # The command line's rules: refused, not read as something else (-1 was greedy, -5 characters none).
-            checks = [tf.debugging.Assert(valid, [message]) for message, valid in (
-                ("temperature must be a finite number >= 0", tf.math.is_finite(temperature) & (temperature >= 0)),
-                (f"length must be in [0, {MAX_LENGTH}]", (length >= 0) & (length <= MAX_LENGTH)))]
-            with tf.control_dependencies(checks):  # before a negative length reaches the TensorArray
-                length, temperature = tf.identity(length), tf.identity(temperature)
+            with tf.control_dependencies(_rule_checks(temperature=temperature, length=length, seed=seed)):
+                length, temperature = tf.identity(length), tf.identity(temperature)  # before the TensorArray
             # A batch of primes passes the scalar signature of a loaded SavedModel and was read as one text.
             prime = tf.ensure_shape(prime, [], name="prime_must_be_one_string")
             ids = self.char_to_id.lookup(tf.cast(tf.strings.unicode_decode(prime, "UTF-8"), tf.int64))
@@ -179,17 +177,37 @@ def _serving_module(meta, trained, vocab_file: Path):
         def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat):
             """generate with the command line's filters and repeat guard; top_k 0, top_p 1, min_p 0 and
             max_repeat 0 leave the sample alone."""
-            for message, valid in (("top_k must be 0 (no filter) or more", top_k >= 0),
-                                   ("top_p must lie in (0, 1]", (top_p > 0) & (top_p <= 1)),
-                                   ("min_p must lie in [0, 1]", (min_p >= 0) & (min_p <= 1)),
-                                   ("max_repeat must be 0 (no guard) or more", max_repeat >= 0)):
-                tf.debugging.Assert(valid, [message])
+            _rule_checks(top_k=top_k, top_p=top_p, min_p=min_p, max_repeat=max_repeat)
             vocab_size = len(vocab)
             return self._generate(prime, length, temperature, seed,
                                   tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size), top_p, min_p,
                                   max_repeat)
 
     return Serving()
+
+
+NO_FILTER = {"top_k": 0}  # the exported signatures' value for "no filter" outside the option's own range
+
+
+def _rule_checks(**values) -> list:
+    """An assertion per scalar tensor in values that it lies in SampleConfig's range for its option, with the
+    command line's message ("temperature must be in [0, 1e+06]")."""
+    import tensorflow as tf
+
+    checks = []
+    for name, value in values.items():
+        rule = dataclasses.replace(rules(SampleConfig)[name], many=False)
+        valid = tf.constant(True) if rule.integer else tf.math.is_finite(value)
+        if rule.low is not None:
+            valid &= value > rule.low if rule.low_open else value >= rule.low
+        if rule.high is not None:
+            valid &= value < rule.high if rule.high_open else value <= rule.high
+        message = f"{name} must be in {rule.span()}"
+        if name in NO_FILTER:
+            valid |= tf.equal(value, NO_FILTER[name])
+            message = f"{name} must be {NO_FILTER[name]} (no filter) or in {rule.span()}"
+        checks.append(tf.debugging.Assert(valid, [message]))
+    return checks
 
 
 def _write_keras(meta, trained, out: Path, serving) -> list[Path]:
