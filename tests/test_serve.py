@@ -90,6 +90,11 @@ def test_health_models_and_openapi(server, trained_run):
                                                                                      "ErrorBody"}
                    for code in ("400", "422", "500"))
     assert "text/event-stream" in spec["paths"]["/v1/generate"]["post"]["responses"]["200"]["content"]
+    assert 'event "error"' in spec["paths"]["/v1/generate"]["post"]["responses"]["200"]["description"]
+    # The ranges, as SampleConfig declares them (no schema said that top_p lies in (0, 1] or length in [0, 1e7]).
+    fields = spec["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert (fields["top_p"]["exclusiveMinimum"], fields["top_p"]["maximum"]) == (0, 1)
+    assert (fields["length"]["minimum"], fields["length"]["maximum"]) == (0, 10**7) and fields["seed"]["minimum"] == 0
 
 
 def test_generate_round_trip(server, trained_run):

@@ -35,7 +35,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import DamagedCheckpoint
-from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, shown_number,
+from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, rules, shown_number,
                             temperature_values)
 from textgen.errors import TextgenError, as_keywords
 from textgen.quiet_import import import_tensorflow_quietly
@@ -61,21 +61,33 @@ def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
     return deliver
 
 
+def _ranged(name: str, default, description: str):
+    """A field of a sampling option, its range (SampleConfig's) in the OpenAPI description only: a value outside it
+    gets the command line's one-line message (400), not the validator's."""
+    rule = rules(SampleConfig)[name]
+    bounds = {}
+    if rule.low is not None:
+        bounds["exclusiveMinimum" if rule.low_open else "minimum"] = rule.low
+    if rule.high is not None:
+        bounds["exclusiveMaximum" if rule.high_open else "maximum"] = rule.high
+    return Field(default, description=description, json_schema_extra=bounds)
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     run: Optional[str] = Field(None, description="Run name (default: the server's run)")
     prime: str = Field("", description="Text to start from; it begins each sample")
-    length: int = Field(500, description="Characters to generate")
-    temperature: Union[float, list[float]] = Field(0.5, description="One value, or one sample per value")
-    top_k: Optional[int] = Field(None, description="Draw only from the top_k most likely characters")
-    top_p: Optional[float] = Field(None, description="Draw from the smallest set of characters whose probability "
-                                                     "reaches top_p")
-    min_p: Optional[float] = Field(None, description="Drop characters less likely than min_p x the likeliest")
-    max_repeat: Optional[int] = Field(DEFAULT_MAX_REPEAT, description="Never one character more than this many "
-                                      "times in a row (0 or null: no guard)")
-    seed: Optional[int] = Field(None, description="The same seed gives the same text")
+    length: int = _ranged("length", 500, "Characters to generate (at most the server's max_length: GET /v1/models)")
+    temperature: Union[float, list[float]] = _ranged("temperature", 0.5, "One value, or one sample per value")
+    top_k: Optional[int] = _ranged("top_k", None, "Draw only from the top_k most likely characters")
+    top_p: Optional[float] = _ranged("top_p", None, "Draw from the smallest set of characters whose probability "
+                                                    "reaches top_p")
+    min_p: Optional[float] = _ranged("min_p", None, "Drop characters less likely than min_p x the likeliest")
+    max_repeat: Optional[int] = _ranged("max_repeat", DEFAULT_MAX_REPEAT, "Never one character more than this many "
+                                        "times in a row (0 or null: no guard)")
+    seed: Optional[int] = _ranged("seed", None, "The same seed gives the same text")
     stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
-    num_samples: int = Field(1, description="Samples per temperature")
+    num_samples: int = _ranged("num_samples", 1, "Samples per temperature (at most the server's max_samples in all)")
     skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
     stream: bool = Field(False, description="Stream the samples as Server-Sent Events, each piece with its sample's "
                                             "place in the samples list")
@@ -209,7 +221,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.post("/v1/generate", responses={
         **ERRORS, 200: {"description": "the samples and the options used (JSON), or with stream: Server-Sent Events: "
                                        '{"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
-                                       'event "done"', "content": {"text/event-stream": {}}}})
+                                       'event "done" ({"samples": [{"temperature", "index", "stopped"}]}), or event '
+                                       '"error" ({"error": message}) if generation failed',
+                        "content": {"text/event-stream": {}}}})
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
