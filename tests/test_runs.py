@@ -89,6 +89,11 @@ def test_the_options_that_name_a_run_give_its_directory_unless_it_is_the_default
     with pytest.raises(TextgenError, match=rf"no run named 'x' in {tmp_path}.*list them with: textgen runs "
                                            rf"--checkpoint-dir {tmp_path}$"):
         find_run(tmp_path, "x")
+    # It said "(runs there: none)" of a directory that is not there.
+    with pytest.raises(TextgenError) as missing:
+        find_run(Path("checkpoints"), "x")
+    assert str(missing.value) == ("no run named 'x': the directory checkpoints does not exist; give the directory of "
+                                  "the runs as --checkpoint-dir, or train one first with: textgen train CORPUS --run x")
     # A damaged run in such a folder: training with its directory as --checkpoint-dir would start a run inside it.
     (tmp_path / "my run").mkdir()
     (tmp_path / "my run" / "ckpt-1-000000001.weights.h5").write_bytes(b"w")

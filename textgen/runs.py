@@ -185,6 +185,10 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
                                f"textgen train CORPUS {run_options(run_dir)}")
         if not has_checkpoint(run_dir) and checkpoint_dir.resolve().name == run and has_checkpoint(checkpoint_dir):
             return checkpoint_dir  # --checkpoint-dir is the run itself, named as its listing names it
+        if not checkpoint_dir.exists():  # not "(runs there: none)", as if the directory had been read
+            raise TextgenError(f"no run named {run!r}: the directory {checkpoint_dir} does not exist; give the "
+                               f"directory of the runs as --checkpoint-dir, or train one first with: textgen train "
+                               f"CORPUS {run_options(run_dir)}")
         if not has_checkpoint(run_dir):
             known = ", ".join(path.name for path in list_runs(checkpoint_dir)) or "none"
             raise TextgenError(f"no run named {run!r} in {checkpoint_dir} (runs there: {known}); "
