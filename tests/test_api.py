@@ -311,3 +311,29 @@ def test_export_writes_the_loaded_checkpoint_with_errors_in_keyword_names(model,
         model.export(tmp_path / "other", format="k")
     assert [path.name for path in model.export(tmp_path / "out", format=["keras", "litert"], overwrite=True)] == [
         "model.keras", "model.tflite", "vocab.json"]
+
+
+def test_next_char_probabilities_are_the_models_softmax_after_the_prime(model, trained_run):
+    import numpy as np
+
+    from textgen.checkpoint import load_model
+    from textgen.model import reset_states
+
+    probabilities = model.next_char_probabilities("abcdefgabc")
+    assert list(probabilities)[0] == "d" and probabilities["d"] > 0.5  # the period, the likeliest first
+    assert sorted(probabilities) == sorted(PERIOD) and sum(probabilities.values()) == pytest.approx(1.0)
+    assert list(probabilities.values()) == sorted(probabilities.values(), reverse=True)
+    keras_model, meta = load_model(trained_run["run_dir"])
+    reset_states(keras_model)
+    logits = np.asarray(keras_model(np.array([[PERIOD.index(ch) for ch in "abcdefgabc"]], np.int32)))[0, -1]
+    for temperature in (1.0, 2.0):
+        expected = np.exp(logits / temperature) / np.exp(logits / temperature).sum()
+        got = model.next_char_probabilities("abcdefgabc", temperature=temperature)
+        assert [got[ch] for ch in PERIOD] == pytest.approx(expected, abs=1e-5)
+    assert model.next_char_probabilities("abc", temperature=0) == {"d": 1.0, **{ch: 0.0 for ch in "abcefg"}}
+    assert model.generate("abcdefgabc", length=1, temperature=0) == "abcdefgabcd"
+    with pytest.raises(textgen.TextgenError, match=r"never saw: 'x'; change the prime or pass skip_unknown=True"):
+        model.next_char_probabilities("abcx")
+    assert model.next_char_probabilities("abcx", skip_unknown=True) == model.next_char_probabilities("abc")
+    with pytest.raises(textgen.OptionError, match=r"^temperature must be in \[0, 1e\+06\], got -1"):
+        model.next_char_probabilities("abc", temperature=-1)

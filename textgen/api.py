@@ -12,6 +12,7 @@ Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionEr
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -24,6 +25,7 @@ from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
 
+logger = logging.getLogger("textgen")
 # train()'s keywords that errors name (its other ones are paths and callbacks, refused in their own words)
 TRAIN_FLAGS = frozenset({"resume", "overwrite", "tensorboard"})
 TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(command_line_options(TrainConfig)) | {
@@ -171,6 +173,34 @@ class TextModel:
         if not isinstance(text, str):
             raise OptionError(f"text must be a string, got {type(text).__name__}")
         return self.generator.score(text)
+
+    @_sampling_errors_as_keywords
+    def next_char_probabilities(self, prime: str = "", temperature: float = 1.0,
+                                skip_unknown: bool = False) -> dict[str, float]:
+        """The model's distribution of the character after prime (read as :meth:`generate` reads it), the likeliest
+        first, before any filter: ``{character: probability}``.
+
+        Args:
+            prime: the text so far; empty: the start of a text.
+            temperature: divides the logits as in :meth:`generate` (1: the model's own distribution; 0: everything
+                on the likeliest).
+            skip_unknown: drop prime characters the model never saw instead of raising.
+
+        Example:
+            >>> list(model.next_char_probabilities("The quick brown fo").items())[:2]  # doctest: +SKIP
+            [('r', 0.61), ('l', 0.12)]
+        """
+        import numpy as np
+
+        SampleConfig(prime=prime, temperature=(temperature,), skip_unknown=skip_unknown).validate()
+        logits = self.generator.next_logits(prepare_prime(prime, self.vocab, skip_unknown, logger.warning))
+        logits = logits.astype(np.float64)
+        if temperature == 0:
+            weights = (np.arange(len(logits)) == np.argmax(logits)).astype(np.float64)
+        else:
+            weights = np.exp((logits - logits.max()) / temperature)
+        order = np.argsort(-weights, kind="stable")
+        return {self.vocab.chars[i]: float(weights[i] / weights.sum()) for i in order}
 
     def export(self, output: str | Path, format: str | Sequence[str] = ("keras", "savedmodel"),
                overwrite: bool = False) -> list[Path]:

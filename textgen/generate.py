@@ -250,6 +250,14 @@ class Generator:
                 yield piece
         return streams.samples()[0]
 
+    def next_logits(self, prime: str) -> np.ndarray:
+        """The (V,) logits of the character after prime (prepared: see prepare_prime), read from a fresh state; an
+        empty prime reads the start symbol, as generation does."""
+        ids = self.vocab.encode(prime or start_symbol(self.vocab)).astype(np.int32)
+        with self._scoring, self.engine(1) as engine:
+            engine.prime(ids[None, :])
+            return engine.last_logits[0]
+
     def score(self, text: str) -> dict:
         """Cross-entropy of text read from its first character with a fresh state, in the Unicode form (NFC or NFD)
         the vocabulary knows best; characters outside the vocabulary are removed (and counted) first.
