@@ -1072,3 +1072,26 @@ def test_max_minutes_alone_trains_until_then_with_no_epoch_limit(tmp_path, perio
     longer = train(None, tmp_path, run="r", resume=True, log=lines.append, train_options=dict(max_minutes=0.08))
     assert longer["stopped"] == "time budget of 0.08 minutes reached"
     assert checkpoint.read_meta(tmp_path / "r", "last").state.elapsed_seconds >= 4.8
+
+
+def test_a_file_sharing_a_runs_name_is_told_whose_run_it_is_and_cannot_resume_it_unnamed(tmp_path):
+    """notes.txt resumed the run of notes.md (both name their run 'notes'), as the refusal to start had advised, and
+    the notes.md model's best checkpoint gave way to the new text's."""
+    markdown = write_text(tmp_path / "notes.md", PERIOD * 3000)
+    plain = write_text(tmp_path / "notes.txt", PERIOD * 2900)
+    options = dict(model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1), **QUIET)
+    train(markdown, tmp_path / "ck", **options)
+    before = files_snapshot(tmp_path / "ck" / "notes")
+    with pytest.raises(TextgenError, match=rf"^run 'notes', trained on {markdown}, already has checkpoints in "):
+        train(plain, tmp_path / "ck", **options)
+    with pytest.raises(TextgenError) as refused:
+        train(plain, tmp_path / "ck", resume=True, **options)
+    assert str(refused.value) == (
+        f"run 'notes' was trained on {markdown}, not notes.txt: the run takes its name from the file's; to train "
+        "notes.txt apart, add --run NAME; to go on training this run on it (its best checkpoint then starts over on "
+        "the new text), add --run notes")
+    assert files_snapshot(tmp_path / "ck" / "notes") == before
+    (tmp_path / "moved").mkdir()
+    moved = write_text(tmp_path / "moved" / "notes.md", PERIOD * 3000)  # the same file name elsewhere: the same run
+    summary = train(moved, tmp_path / "ck", resume=True, **dict(options, train_options=dict(TINY_TRAINING, epochs=2)))
+    assert summary["epoch"] == 2

@@ -198,7 +198,10 @@ def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, ela
     return min(1.0, fraction)
 
 
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Optional[Path] = None,
+                   named: bool = True) -> None:
+    """Refuse a training the run's checkpoints do not allow. corpus_path: the text it is to train on; named: whether
+    the user named the run (else it was named after corpus_path, which another file's name may share)."""
     check_checkpoint_dir(run_dir.parent)  # else "cannot write to the checkpoint directory FILE/RUN (Not a directory)"
     exists = checkpoint.has_checkpoint(run_dir)
     if resume and overwrite:
@@ -208,9 +211,30 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and not checkpoint.has_checkpoint(run_dir, ("last",)):  # best alone does not hold where training was
         raise TextgenError(f"cannot resume run {run_dir.name!r}: it has no last.json, only its best checkpoint; "
                            "sample from it as it is, or train a new run with --run NAME")
+    other = _other_corpus(run_dir, corpus_path) if exists and corpus_path is not None else None
     if exists and not (resume or overwrite):
-        raise TextgenError(f"run {run_dir.name!r} already has checkpoints in {run_dir}: pass --resume to continue "
-                           "it, --overwrite to replace it, or --run NAME to start another run")
+        trained = f", trained on {other}," if other else ""
+        raise TextgenError(f"run {run_dir.name!r}{trained} already has checkpoints in {run_dir}: pass --resume to "
+                           "continue it, --overwrite to replace it, or --run NAME to start another run")
+    if resume and other and not named:  # notes.txt resuming the run of notes.md: its best checkpoint would go
+        raise TextgenError(f"run {run_dir.name!r} was trained on {other}, not {corpus_path.name}: the run takes its "
+                           f"name from the file's; to train {corpus_path.name} apart, add --run NAME; to go on "
+                           f"training this run on it (its best checkpoint then starts over on the new text), add "
+                           f"--run {run_dir.name}")
+
+
+def _other_corpus(run_dir: Path, corpus_path: Path) -> Optional[str]:
+    """The file the run was trained on when its name is not corpus_path's (a file moved keeps its name), else
+    None; None too when the run's metadata cannot tell (the checks that read it say why)."""
+    for kind in ("last", "best"):  # the text it is being trained on now
+        try:
+            meta = checkpoint.read_meta(run_dir, kind)
+        except (TextgenError, OSError):
+            continue
+        if meta is not None:
+            trained_on = meta.corpus.get("path")
+            return trained_on if trained_on and Path(trained_on).name != Path(corpus_path).name else None
+    return None
 
 
 # Where an --overwrite run on another text encodes its corpus: the earlier run's cache stays until the first save
@@ -435,9 +459,10 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
             with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
                 return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                      False, gate, lambda message: None, callbacks)
-        _check_run_dir(run_dir, resume, overwrite)  # a refusal creates nothing
+        _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
         with _locked_run_dir(run_dir):
-            _check_run_dir(run_dir, resume, overwrite)  # again: another training may have saved there meanwhile
+            # again: another training may have saved there meanwhile
+            _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                                  gate, log, callbacks)
     except Exception as error:
@@ -461,7 +486,7 @@ def check_start(corpus_path: Path, checkpoint_dir, run: Optional[str], model_opt
     """Refuse what train() would refuse before it reads the corpus: the command line asks before it writes the
     built-in corpus into the current directory."""
     _check_run_dir(_checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options), resume,
-                   overwrite)
+                   overwrite, corpus_path, named=run is not None)
 
 
 def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Session:
