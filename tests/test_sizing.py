@@ -96,12 +96,24 @@ def test_a_validation_slice_too_short_for_the_smallest_batch_gets_a_batch_it_hol
 
 
 def test_explicit_options_win():
-    assert sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {}) is None
-    # a shape of the user's own on a tiny corpus: only the batch is chosen
+    # Part of the shape given: that part is the user's, the rest and the regularisation are chosen (they were the
+    # fixed defaults: --units 64 got an embedding of 128, dropout 0.3 and weight decay 0.2 for one epoch).
+    auto = sizing.choose(1_000_000, 65, TrainConfig(), {}, {})
+    units = sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {})
+    assert (units.model_options["units"], units.model_options["embedding_dim"]) == (100, 32)  # 128's embedding
+    assert units.model_options["layers"] == auto.model_options["layers"]
+    assert "embedding 32 (--units yours), dropout" in units.reason
+    once = sizing.choose(1_000_000, 65, TrainConfig(epochs=1), {"units": 64, "layers": 1}, {"epochs": 1})
+    assert once.model_options == dict(layers=1, units=64, embedding_dim=32, dropout=0.0)  # one pass: no dropout
+    assert once.train_options == dict(epochs=1, batch_size=64, weight_decay=0.0)
+    many = sizing.choose(1_000_000, 65, TrainConfig(epochs=300), {"embedding_dim": 16}, {})
+    assert many.model_options["embedding_dim"] == 16 and many.model_options["dropout"] == 0.3
+    assert many.train_options["weight_decay"] == 0.2 and "(--embedding-dim yours)" in many.reason
+    # a shape of the user's own on a tiny corpus: the batch is chosen too
     tiny = sizing.choose(6_000, 65, TrainConfig(), {"units": 64}, {"epochs": 3})
-    assert (tiny.model_options, tiny.train_options) == ({"units": 64}, {"epochs": 3, "batch_size": 8})
-    assert tiny.reason.startswith("sizing (--size auto): batch 8 for 6,000 training characters (the model's shape")
-    assert sizing.choose(6_000, 65, TrainConfig(batch_size=4), {"units": 64}, {"batch_size": 4}) is None
+    assert tiny.model_options["units"] == 64 and tiny.train_options["batch_size"] == 8
+    assert sizing.choose(6_000, 65, TrainConfig(batch_size=4), {"units": 64}, {"batch_size": 4}).train_options[
+        "batch_size"] == 4
     result = sizing.choose(418_616, 103, TrainConfig(epochs=6, batch_size=48), {"dropout": 0.5},
                            {"batch_size": 48, "weight_decay": 0.1})
     assert result.model_options["dropout"] == 0.5 and result.train_options == {"batch_size": 48, "weight_decay": 0.1}
@@ -126,13 +138,20 @@ def test_training_logs_the_choice_and_the_checkpoint_keeps_it(tmp_path, periodic
     assert f"{meta.model.layers} x {meta.model.units} units, embedding {meta.model.embedding_dim}" in sized[0]
     assert meta.training.size == "auto" and meta.training.batch_size < 64
 
+    messages.clear()  # the whole shape given: the regularisation is still chosen for it (one pass: none)
+    train(periodic_corpus, tmp_path, "shaped", model_options=dict(units=8, embedding_dim=4, layers=1),
+          train_options=dict(epochs=1, seq_length=10, batch_size=4), log=messages.append)
+    [sized] = [message for message in messages if message.startswith("sizing")]
+    assert "1 x 8 units, embedding 4 (--layers, --units, --embedding-dim yours), dropout 0.0, weight decay 0.0" in sized
+    meta = read_meta(tmp_path / "shaped", "best")
+    assert (meta.model.units, meta.model.dropout, meta.training.weight_decay) == (8, 0.0, 0.0)
+    assert not any(message.startswith("note: ") for message in messages)  # 3 parameters per character at most
     messages.clear()
     train(periodic_corpus, tmp_path, "fixed", model_options=dict(units=8, embedding_dim=4, layers=1),
-          train_options=dict(epochs=1, seq_length=10, batch_size=4), log=messages.append)
+          train_options=dict(epochs=1, seq_length=10, batch_size=4, size="fixed"), log=messages.append)
     assert not any(message.startswith("sizing") for message in messages)
     meta = read_meta(tmp_path / "fixed", "best")
     assert (meta.model.units, meta.model.dropout, meta.training.weight_decay) == (8, ModelConfig.dropout, 0.2)
-    assert not any(message.startswith("note: ") for message in messages)  # 3 parameters per character at most
     messages.clear()
     small = write_text(tmp_path / "small.txt", "abcdefg" * 300)  # --size fixed: 2 x 512 on 1,890 characters
     train(small, tmp_path, "big", train_options=dict(epochs=1, size="fixed", batch_size=4, seq_length=10),

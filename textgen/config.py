@@ -208,7 +208,8 @@ class TrainConfig(_Config):
     size: str = option(
         "auto", "auto = choose the layers, units, embedding, dropout, weight decay and (for a tiny corpus) batch size "
         "from the corpus, its vocabulary and the budget (--epochs, --max-minutes at this machine's measured speed), "
-        "keeping the shape yours if --layers, --units or --embedding-dim is given; fixed = the defaults shown here.",
+        "each option you give staying yours (--units 64 alone: 64 units, the rest chosen for them); fixed = the "
+        "defaults shown here.",
         choices=("auto", "fixed"), layout=True, before="fixed")
     epochs: int = option(20, "Total epochs of the run (a resumed run counts those already done); 0 = no limit, "
                          "until --max-minutes, which is what --max-minutes alone means.", low=0, integer=True)

@@ -11,8 +11,10 @@ The rule, fitted from the runs recorded in BENCHMARKS.md ("Sizing"), has two par
    training character. Dropout and weight decay grow with it (:data:`REGULARISATION`); a tiny corpus also
    gets a smaller batch so that an epoch still has a few dozen steps.
 
-Options the user gives explicitly always win: a model-shape option (--layers, --units, --embedding-dim)
-turns the shape choice off, and any other option the rule would set keeps the user's value.
+Options the user gives explicitly always win. A model-shape option (--layers, --units, --embedding-dim) fixes
+that part of the shape: the rest is the ladder's (the chosen shape's layers and units, and for units given an
+embedding of the ladder's width for them), and regularisation follows the resulting shape's exposure. Any other
+option the rule would set keeps the user's value.
 """
 
 from __future__ import annotations
@@ -93,8 +95,8 @@ def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool
 
 def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,
            chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None,
-           val_chars: Optional[int] = None, replicas: int = 1) -> Optional[Sizing]:
-    """The sizing for a new run, or None when the user chose the shape themselves.
+           val_chars: Optional[int] = None, replicas: int = 1) -> Sizing:
+    """The sizing for a new run: what the user gave, and the rest chosen (see the module docstring).
 
     A chosen batch size divides among the replicas the batch is split across.
 
@@ -103,12 +105,6 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     :func:`calibrated_speed`)."""
     batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size,
                                                            val_chars, replicas)
-    if any(name in user_model for name in SHAPE_OPTIONS):  # the user's shape; a tiny corpus still gets its batch
-        if batch == config.batch_size:
-            return None
-        return Sizing(dict(user_model), {**user_training, "batch_size": batch},
-                      f"sizing (--size auto): batch {batch} for {train_chars:,} training characters (the model's "
-                      "shape is yours); --batch-size or --size fixed keeps the default batch")
     work = config.epochs * train_chars if config.epochs else math.inf  # --epochs 0: until --max-minutes
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
@@ -129,6 +125,11 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
         if not fits(candidate):
             break
         shape = candidate
+    given = [name for name in SHAPE_OPTIONS if name in user_model]
+    if given:  # the user's part of the shape, the rest as the ladder has it (an embedding to go with the units)
+        layers, units = user_model.get("layers", shape[0]), user_model.get("units", shape[1])
+        embedding = user_model.get("embedding_dim", _embedding_for(units) if "units" in given else shape[2])
+        shape = (layers, units, embedding)
     parameters = parameter_count(shape, vocab_size)
     chars = budget_chars(shape)
     epochs = chars / train_chars
@@ -141,13 +142,19 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
     over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "
-            "learn this text by heart, and a longer corpus helps)" if memorises(parameters, train_chars)
+            "learn this text by heart, and a longer corpus helps)" if memorises(parameters, train_chars) and not given
             else "")  # a large vocabulary (Chinese) makes even the smallest embedding and output layer large
-    reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}, dropout {model['dropout']}, "
-              f"weight decay {training['weight_decay']}, batch {batch}: {parameters:,} parameters for "
-              f"{train_chars:,} training characters{over} and a budget of {budget}; explicit options win, --size "
-              "fixed keeps the defaults")
+    yours = f" ({', '.join('--' + name.replace('_', '-') for name in given)} yours)" if given else ""
+    reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}{yours}, "
+              f"dropout {model['dropout']}, weight decay {training['weight_decay']}, batch {batch}: {parameters:,} "
+              f"parameters for {train_chars:,} training characters{over} and a budget of {budget}; explicit options "
+              "win, --size fixed keeps the defaults")
     return Sizing(model, training, reason)
+
+
+def _embedding_for(units: int) -> int:
+    """The ladder's embedding width for LSTM layers of units (the width of its shape with the nearest units)."""
+    return min(LADDER, key=lambda shape: abs(shape[1] - units))[2]
 
 
 def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optional[int] = None,

@@ -668,8 +668,6 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
     train_chars = training_length(len(data.ids), config.val_fraction)
     chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options, agreed_speed,
                            val_chars=len(data.ids) - train_chars, replicas=strategy.num_replicas_in_sync)
-    if chosen is None:
-        return model_options, train_options, None
     return chosen.model_options, chosen.train_options, chosen.reason
 
 
