@@ -63,6 +63,38 @@ def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     assert replaced.exit_code == 0 and out.read_text() + "\n" == first.stdout
 
 
+def test_one_sample_goes_out_as_it_is_produced_and_ctrl_c_keeps_the_output_so_far(trained_run, tmp_path,
+                                                                                  monkeypatch):
+    """Piped, the text waited for its end (| head -c 50 took 48 s of a 2M-character sample); with --output, Ctrl-C
+    lost all of it."""
+    from textgen.generate import BATCH_CHUNK, Generator
+
+    real_stream, seen = Generator.stream, []
+
+    def interrupted_stream(self, config, warn, chunk, show_progress=False):
+        pieces = real_stream(self, config, warn, chunk, show_progress)
+        while True:
+            try:
+                seen.append(next(pieces))
+            except StopIteration as finished:
+                return finished.value
+            yield seen[-1]
+            if len(seen) == 3 and config.length > 1000:  # the prime, then two pieces of text
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(Generator, "stream", interrupted_stream)
+    args = ("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "abc", "--seed", 1)
+    piped = invoke(*args, "-n", 600)
+    assert piped.exit_code == 0 and [len(piece) for piece in seen] == [3, BATCH_CHUNK, BATCH_CHUNK, 600 - 2 * 256]
+    assert piped.stdout == "".join(seen) + "\n"
+    seen.clear()
+    out = tmp_path / "long.txt"
+    result = CliRunner().invoke(cli, [str(a) for a in (*args, "-n", 100_000, "-o", out)])
+    assert result.exit_code == 130, result.output
+    assert result.stderr == f"interrupted: the text so far (515 characters, the prime included) is in {out}\n"
+    assert out.read_text() == "".join(seen) and out.read_text().startswith(piped.stdout[:515])
+
+
 def test_sample_num_samples_are_delimited(trained_run):
     result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--num-samples", 2, "-n", 10,
                     "--seed", 3)

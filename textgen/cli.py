@@ -204,7 +204,9 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     """Generate text from the best checkpoint of a run."""
     from textgen.corpus import read_text
-    from textgen.generate import check_output, format_samples, generate_with, write_output
+    from textgen.errors import counted
+    from textgen.generate import (BATCH_CHUNK, STREAM_CHUNK, check_output, format_samples, generate_with,
+                                  write_output)
 
     if output is not None:
         check_output(output, overwrite)
@@ -214,9 +216,21 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
             raise click.UsageError("use either --prime or --prime-file, not both")
         chosen["prime"] = read_text(Path("/dev/stdin") if str(prime_file) == "-" else prime_file, what="prime")
     config = SampleConfig(**chosen)
-    live = output is None and config.sample_count == 1 and sys.stdout.isatty()
-    samples = generate_with(config, checkpoint_dir, run, on_text=_echo_live if live else None,
-                            show_progress=output is not None)
+    # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
+    # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
+    kept: list[str] = []
+    live = config.sample_count == 1
+    chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
+    try:
+        samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)
+                                if live else None, show_progress=output is not None, chunk=chunk)
+    except KeyboardInterrupt:
+        if output is None or not kept:
+            raise
+        write_output(output, "".join(kept), overwrite)
+        click.echo(f"interrupted: the text so far ({counted(len(''.join(kept)), 'character')}, the prime included) "
+                   f"is in {output}", err=True)
+        sys.exit(130)
     text = format_samples(samples, len(config.temperature))
     if output is not None:
         write_output(output, text, overwrite)

@@ -239,12 +239,16 @@ class Generator:
             bar(streams.produced)
         return streams.samples()
 
-    def stream(self, config: SampleConfig, warn: Callable[[str], None] = logger.warning) -> Iterator[str]:
-        """One sample (the first temperature) as pieces of text as they are produced, the prime first.
+    def stream(self, config: SampleConfig, warn: Callable[[str], None] = logger.warning, chunk: int = STREAM_CHUNK,
+               show_progress: bool = False) -> Iterator[str]:
+        """One sample (the first temperature) as pieces of text as they are produced, the prime first, chunk
+        characters per engine call.
 
         The generator's return value (StopIteration.value) is the finished Sample."""
         config = dataclasses.replace(config, temperature=config.temperature[:1], num_samples=1)
-        for streams in self._produce(config, STREAM_CHUNK, warn):
+        bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
+        for streams in self._produce(config, chunk, warn):
+            bar(streams.produced)
             piece = streams.take_ready() if streams.produced else streams.prime
             if piece:
                 yield piece
@@ -304,8 +308,9 @@ def generate(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[
 
 def generate_with(config: SampleConfig, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
                   on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
-                  warn: Callable[[str], None] = logger.warning) -> list[Sample]:
-    """:func:`generate` with the sampling options as one SampleConfig (what the command line builds)."""
+                  warn: Callable[[str], None] = logger.warning, chunk: int = STREAM_CHUNK) -> list[Sample]:
+    """:func:`generate` with the sampling options as one SampleConfig (what the command line builds); with on_text,
+    one sample goes to it in pieces of chunk characters as they are produced."""
     from textgen.runs import find_run
 
     config.validate()  # before loading: a bad option costs nothing
@@ -313,7 +318,7 @@ def generate_with(config: SampleConfig, checkpoint_dir: str | Path = DEFAULT_CHE
     import_tensorflow_quietly()
     generator = Generator.load(run_dir)
     if on_text is not None and config.sample_count == 1:
-        pieces = generator.stream(config, warn)
+        pieces = generator.stream(config, warn, chunk, show_progress)
         while True:
             try:
                 on_text(next(pieces))
