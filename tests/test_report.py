@@ -243,3 +243,21 @@ def test_the_curve_of_a_run_named_in_chinese_is_drawn_without_missing_glyphs(tmp
         path = plot_history(tmp_path / "红楼梦", history)
     assert png_size(path) == (770, 462) and not [str(w.message) for w in caught if "Glyph" in str(w.message)]
     assert curve_title("红楼梦") == "textgen run" and curve_title("été-2") == "textgen run 'été-2'"
+
+
+def test_the_curve_marks_the_runs_best_checkpoint_not_the_lowest_loss_of_another_text(tmp_path, monkeypatch):
+    """After a resume on another text, curve.png said 'best 2.759', a checkpoint gone: the best started over on the
+    new text at 2.880, as runs and info said."""
+    from matplotlib.axes import Axes
+
+    from textgen.report import plot_history
+
+    marked = []
+    annotate = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *args, **kwargs: marked.append(text) or annotate(
+        self, text, *args, **kwargs))
+    history = [dict(epoch=epoch, chars_seen=1000 * epoch, train_bpc=val + 0.1, val_bpc=val)
+               for epoch, val in ((1, 3.0), (2, 2.759), (3, 2.95), (4, 2.88))]
+    plot_history(tmp_path, history, best_epoch=4)
+    plot_history(tmp_path, history)  # without the run's state (an older caller): the lowest
+    assert marked == ["best 2.880", "best 2.759"]

@@ -245,9 +245,11 @@ class Reports(Callback):
     """history.csv and curve.png in the run directory. A report that cannot be written warns, never stops."""
 
     def on_epoch_end(self, run, improved: bool) -> None:
-        for name, write in (("history.csv", report.write_history), ("curve.png", report.plot_history)):
+        state = run.state
+        for name, write in (("history.csv", lambda: report.write_history(run.run_dir, state.history)),
+                            ("curve.png", lambda: report.plot_history(run.run_dir, state.history, state.best_epoch))):
             try:
-                write(run.run_dir, run.state.history)
+                write()
             except Exception as error:  # a report is a convenience: training goes on without it
                 logger.warning(f"warning: could not write {name} in {run.run_dir} ({type(error).__name__}: "
                                f"{error}); training continues")

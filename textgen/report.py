@@ -8,6 +8,7 @@ import io
 import logging
 import unicodedata
 from pathlib import Path
+from typing import Optional
 
 from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
 from textgen.files import atomic_write, atomic_write_text
@@ -33,8 +34,10 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     return path
 
 
-def plot_history(run_dir: Path, history: list[dict]) -> Path:
-    """curve.png: train and validation bits per character against characters seen."""
+def plot_history(run_dir: Path, history: list[dict], best_epoch: Optional[int] = None) -> Path:
+    """curve.png: train and validation bits per character against characters seen, the run's best checkpoint
+    marked (best_epoch's row: after a resume on another text the lowest validation loss is not the best
+    checkpoint's, which starts over on the new text; without best_epoch, the lowest)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,7 +47,8 @@ def plot_history(run_dir: Path, history: list[dict]) -> Path:
     seen = [row["chars_seen"] / 1e6 for row in history]
     axes.plot(seen, [row["train_bpc"] for row in history], "o-", label="training (mean over the epoch)")
     axes.plot(seen, [row["val_bpc"] for row in history], "s-", label="validation")
-    best = min(history, key=lambda row: row["val_bpc"])
+    best = next((row for row in history if row["epoch"] == best_epoch), None) or \
+        min(history, key=lambda row: row["val_bpc"])
     axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
                   textcoords="offset points", xytext=(0, 10), ha="center")
     axes.set_xlabel("characters seen (millions)")
