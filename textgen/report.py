@@ -109,9 +109,10 @@ def info_text(run_dir: Path) -> str:
         f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
         + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > 60 else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()),
-        f"progress       {state.epoch} of {training.epochs} epochs" if training.epochs else
-        f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})"
-        + (f" + {state.step_in_epoch} steps" if state.step_in_epoch else "")
+        # (in parentheses: the rest of the line was the else branch's alone, and a run of --epochs lost it)
+        (f"progress       {state.epoch} of {training.epochs} epochs" if training.epochs else
+         f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})")
+        + (f" + {counted(state.step_in_epoch, 'step')}" if state.step_in_epoch else "")
         + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
         f"precision      {_precision_text(state.history)}",
@@ -173,7 +174,7 @@ def _precision_text(history: list[dict]) -> str:
 def _epoch_text(state) -> str:
     """The epoch a checkpoint was saved in: "epoch 3", or "epoch 3 after 29 steps" when saved mid-epoch (a time
     budget, a signal, --save-every), whose state counts the 2 epochs done."""
-    return f"epoch {state.epoch + 1} after {state.step_in_epoch} steps" if state.step_in_epoch \
+    return f"epoch {state.epoch + 1} after {counted(state.step_in_epoch, 'step')}" if state.step_in_epoch \
         else f"epoch {state.epoch}"
 
 
