@@ -140,3 +140,18 @@ def test_a_checkpoint_dir_that_is_the_named_run_is_that_run(tmp_path):
     assert find_run(tmp_path, "demo") == run_dir
     with pytest.raises(TextgenError, match=r"no run named 'other' in .*demo \(runs there: demo\)"):
         find_run(run_dir, "other")
+
+
+def test_a_missing_run_suggests_the_name_it_probably_meant(tmp_path):
+    """Of 27 runs, --run My-Songs listed all 27 and did not point at my-songs."""
+    names = ["my-songs", "notes", "shakespeare"] + [f"run{i:02}" for i in range(24)]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best.json").write_text("{}")
+    for typed, meant in (("My-Songs", "my-songs"), ("shakespear", "shakespeare")):
+        with pytest.raises(TextgenError) as missing:
+            find_run(tmp_path, typed)
+        assert str(missing.value) == (f"no run named '{typed}' in {tmp_path}; did you mean '{meant}'? (list the runs "
+                                      f"with: textgen runs --checkpoint-dir {tmp_path})")
+    with pytest.raises(TextgenError, match=r"\(runs there: [a-z0-9-]+(, [a-z0-9-]+){9} and 17 more\); list them"):
+        find_run(tmp_path, "poems")

@@ -124,6 +124,14 @@ def check_run_name(name: str) -> str:
                        f"'-', the first a letter or digit{hint}")
 
 
+def _close_name(name: str, names: list[str]) -> Optional[str]:
+    """The run name that name was probably meant to be: the same but for case, or one close to it."""
+    import difflib
+
+    same = [known for known in names if known.casefold() == name.casefold()]
+    return (same or difflib.get_close_matches(name, names, n=1, cutoff=0.8) or [None])[0]
+
+
 def list_runs(checkpoint_dir: Path) -> list[Path]:
     """Run directories holding a checkpoint, most recently saved first."""
     if not checkpoint_dir.is_dir():
@@ -190,7 +198,11 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
                                f"directory of the runs as --checkpoint-dir, or train one first with: textgen train "
                                f"CORPUS {run_options(run_dir)}")
         if not has_checkpoint(run_dir):
-            known = ", ".join(path.name for path in list_runs(checkpoint_dir)) or "none"
+            names = [path.name for path in list_runs(checkpoint_dir)]
+            if close := _close_name(run, names):  # My-Songs for my-songs, a typo
+                raise TextgenError(f"no run named {run!r} in {checkpoint_dir}; did you mean {close!r}? (list the "
+                                   f"runs with: textgen runs{directory_option(checkpoint_dir)})")
+            known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"
             raise TextgenError(f"no run named {run!r} in {checkpoint_dir} (runs there: {known}); "
                                f"list them with: textgen runs{directory_option(checkpoint_dir)}")
         return run_dir
