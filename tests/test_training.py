@@ -1095,3 +1095,19 @@ def test_a_file_sharing_a_runs_name_is_told_whose_run_it_is_and_cannot_resume_it
     moved = write_text(tmp_path / "moved" / "notes.md", PERIOD * 3000)  # the same file name elsewhere: the same run
     summary = train(moved, tmp_path / "ck", resume=True, **dict(options, train_options=dict(TINY_TRAINING, epochs=2)))
     assert summary["epoch"] == 2
+
+
+def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_path):
+    messages = []
+    corpus = tmp_path / "lyrics.txt"
+    corpus.write_bytes(("abcdefg\r\n" * 2500).encode())
+    train(corpus, tmp_path / "ck", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
+          log=messages.append)
+    assert [message for message in messages if "carriage" in message] == [
+        "note: lyrics.txt has carriage returns (\\r: Windows line ends), which the model learns as a character of "
+        f"their own, so its samples will have them too; for plain line ends, convert the file first (dos2unix "
+        f"{corpus}) and train again with --overwrite"]
+    messages.clear()
+    train(corpus, tmp_path / "ck", resume=True, model_options=TINY_MODEL, log=messages.append,
+          train_options=dict(TINY_TRAINING, epochs=2))
+    assert not [message for message in messages if "carriage" in message]  # said once, when the run starts

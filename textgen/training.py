@@ -576,6 +576,10 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(f"note: {parameters:,} parameters for {len(train_ids):,} training characters "
             f"({parameters / len(train_ids):,.0f} per character): the model will tend to learn this text by heart; "
             "--size auto without --layers, --units or --embedding-dim chooses a shape for it")
+    if meta is None and "\r" in data.vocab:  # kept as it is, like every character: the samples mixed \r\n and \n
+        log(f"note: {corpus_path.name} has carriage returns (\\r: Windows line ends), which the model learns as a "
+            "character of their own, so its samples will have them too; for plain line ends, convert the file "
+            f"first (dos2unix {shlex.quote(str(corpus_path))}) and train again with --overwrite")
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
               corpus_path=corpus_path, run_dir=run_dir,
