@@ -113,6 +113,26 @@ def test_runs_are_listed_by_their_last_save_and_a_save_in_flight_is_ignored(tmp_
     (older / ".tmp-last.json").write_text("{")  # a save being written right now: renamed away at any moment
     (tmp_path / "no-checkpoint").mkdir()
     assert list_runs(tmp_path) == [newer, older]
+    assert find_run(tmp_path, None) == newer
+
+
+def test_the_default_run_is_the_latest_with_a_best_checkpoint(tmp_path, caplog):
+    """A new training taken back with Ctrl-C before its first validation became the latest run, and sample, eval
+    and serve took its half-trained last checkpoint by default instead of the trained run."""
+    trained, stopped = tmp_path / "trained", tmp_path / "stopped"
+    for age, run_dir, kinds in ((200, trained, ("best", "last")), (100, stopped, ("last",))):
+        run_dir.mkdir()
+        for kind in kinds:
+            (run_dir / f"{kind}.json").write_text("{}")
+            os.utime(run_dir / f"{kind}.json", (1_000_000 - age, 1_000_000 - age))
+    with caplog.at_level("INFO", logger="textgen"):
+        assert find_run(tmp_path, None) == trained
+    assert caplog.messages == [f"using the latest run with a best checkpoint, 'trained' (the newer 'stopped' has none "
+                               f"yet: it stopped before its first validation; choose it with --run; list them with: "
+                               f"textgen runs --checkpoint-dir {tmp_path})"]
+    assert find_run(tmp_path, "stopped") == stopped
+    (trained / "best.json").unlink()  # none has one: the latest
+    assert find_run(tmp_path, None) == stopped
 
 
 def test_a_copied_run_keeps_its_place_by_the_time_its_checkpoint_records(tmp_path):

@@ -219,7 +219,14 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
     if not runs:
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
-    if len(runs) > 1:
+    # A run without a best checkpoint (a training stopped before its first validation: a command taken back with
+    # Ctrl-C) would give half-trained text: the latest run that has one is meant.
+    chosen = next((run_dir for run_dir in runs if has_checkpoint(run_dir, ("best",))), runs[0])
+    if chosen != runs[0]:
+        logger.info(f"using the latest run with a best checkpoint, {chosen.name!r} (the newer {runs[0].name!r} has "
+                    f"none yet: it stopped before its first validation; choose it with --run; list them with: "
+                    f"textgen runs{directory_option(checkpoint_dir)})")
+    elif len(runs) > 1:
         logger.info(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs"
                     f"{directory_option(checkpoint_dir)})")
-    return runs[0]
+    return chosen
