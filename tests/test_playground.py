@@ -137,6 +137,14 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     assert len(text) == 402 and text.startswith("ab") and set(text) <= set(PERIOD)
     # The prime is styled as the model read it ("ab"), not as typed.
     assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["ab"]
+    # A field the browser itself refuses: the page said nothing, and "done" stayed.
+    length = browser.find_element(By.ID, "length")
+    length.clear()
+    length.send_keys("0")
+    browser.find_element(By.ID, "generate").click()
+    status = wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("Length: ")
+                        and browser.find_element(By.ID, "status"))
+    assert status.get_attribute("class") == "error" and "1" in status.text, status.text
 
 
 def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: F811
