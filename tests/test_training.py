@@ -375,7 +375,7 @@ def test_a_report_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, peri
 
     from textgen import report
 
-    def broken(run_dir, history):
+    def broken(run_dir, history, best_epoch=None):
         raise RuntimeError("no display")
     monkeypatch.setattr(report, "plot_history", broken)
     records = []
