@@ -103,6 +103,19 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
     wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
     assert len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) < 1000
     assert browser.find_element(By.ID, "generate").is_enabled()
+    # On a phone the page scrolls down to the samples, below the form: Stop stayed up there, out of view.
+    browser.set_window_size(390, 844)
+    try:
+        browser.find_element(By.ID, "generate").click()
+        wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+        browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        top, bottom = browser.execute_script("const box = document.getElementById('stop').getBoundingClientRect();"
+                                             " return [box.top, box.bottom]")
+        assert 0 <= top and bottom <= browser.execute_script("return window.innerHeight")
+        browser.find_element(By.ID, "stop").click()
+        wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
+    finally:
+        browser.set_window_size(1280, 900)
 
 
 def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
