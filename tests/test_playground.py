@@ -106,8 +106,11 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
     # On a phone the page scrolls down to the samples, below the form: Stop stayed up there, out of view.
     browser.set_window_size(390, 844)
     try:
+        count = browser.find_element(By.ID, "samples-count")
+        count.clear()
+        count.send_keys("3")  # three cards of text, stacked: taller than the screen
         browser.find_element(By.ID, "generate").click()
-        wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+        wait_until(lambda: browser.execute_script("return document.body.scrollHeight") > 2000)
         browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
         top, bottom = browser.execute_script("const box = document.getElementById('stop').getBoundingClientRect();"
                                              " return [box.top, box.bottom]")
