@@ -25,7 +25,7 @@ def chosen_shape(result: sizing.Sizing) -> tuple[int, int, int]:
 def meets_both_limits(candidate, chars, config, speed) -> bool:
     budget = config.epochs * chars
     if config.max_minutes:
-        budget = min(budget, config.max_minutes * 60 * speed(candidate, 64))
+        budget = min(budget, sizing.training_seconds(config.max_minutes) * speed(candidate, 64))
     parameters = sizing.parameter_count(candidate, 65)
     return budget >= sizing.CHARS_PER_PARAMETER * parameters and parameters <= sizing.PARAMETERS_PER_CHAR * chars
 
@@ -174,3 +174,13 @@ def test_a_resumed_run_keeps_its_sizing(tmp_path, periodic_corpus):
     with pytest.raises(TextgenError, match=r"different model or data layout: --size fixed \(checkpoint has auto\)"):
         train(periodic_corpus, tmp_path, "sized", train_options=dict(epochs=2, seq_length=10, size="fixed"),
               resume=True, log=lambda message: None)
+
+
+def test_a_time_budget_leaves_out_the_start_up():
+    """A budget of 0.3 minutes was sized for 3.1 epochs and trained 1.9: compiling the steps takes the first seconds."""
+    assert sizing.training_seconds(10) == 600 - sizing.STARTUP_SECONDS
+    assert sizing.training_seconds(0.05) == 3 / 4  # at least a quarter of a budget shorter than the start-up
+    config = TrainConfig(max_minutes=0.3, epochs=0)
+    result = sizing.choose(418_616, 103, config, {}, {}, lambda shape, batch: 50_000)
+    assert "~0.55M characters" in result.reason  # 11 s at 50,000 characters per second, not 18
+

@@ -112,7 +112,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     def budget_chars(shape) -> float:
         if not config.max_minutes:
             return work
-        return min(work, config.max_minutes * 60 * chars_per_second(shape, batch))
+        return min(work, training_seconds(config.max_minutes) * chars_per_second(shape, batch))
 
     def fits(shape) -> bool:  # the parameter limit first: it needs no timing
         parameters = parameter_count(shape, vocab_size)
@@ -150,6 +150,16 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
               f"parameters for {train_chars:,} training characters{over} and a budget of {budget}; explicit options "
               "win, --size fixed keeps the defaults")
     return Sizing(model, training, reason)
+
+
+STARTUP_SECONDS = 7.0  # of a time budget, spent compiling the training and validation steps (the demo's 1 x 256 on
+# a 2-core Zen 4: its first epoch took 27 s, the next ones 20); a budget of 0.3 minutes trained 1.9 epochs, not 3.1
+
+
+def training_seconds(max_minutes: float) -> float:
+    """The seconds of a --max-minutes budget that train: less the start-up, and at least a quarter of it."""
+    budget = max_minutes * 60
+    return max(budget / 4, budget - STARTUP_SECONDS)
 
 
 def _embedding_for(units: int) -> int:
