@@ -1082,15 +1082,22 @@ def test_a_file_sharing_a_runs_name_is_told_whose_run_it_is_and_cannot_resume_it
     options = dict(model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1), **QUIET)
     train(markdown, tmp_path / "ck", **options)
     before = files_snapshot(tmp_path / "ck" / "notes")
-    with pytest.raises(TextgenError, match=rf"^run 'notes', trained on {markdown}, already has checkpoints in "):
+    go_on = ("add --run NAME to train notes.txt apart, or --run notes --resume to go on training that run on it (its "
+             "best checkpoint then starts over on the new text)")
+    with pytest.raises(TextgenError) as refused:  # it advised --resume, which is refused
         train(plain, tmp_path / "ck", **options)
+    assert str(refused.value) == (f"run 'notes', trained on {markdown}, already has checkpoints in "
+                                  f"{tmp_path / 'ck' / 'notes'}: {go_on}; --overwrite replaces it")
     with pytest.raises(TextgenError) as refused:
         train(plain, tmp_path / "ck", resume=True, **options)
-    assert str(refused.value) == (
-        f"run 'notes' was trained on {markdown}, not notes.txt: the run takes its name from the file's; to train "
-        "notes.txt apart, add --run NAME; to go on training this run on it (its best checkpoint then starts over on "
-        "the new text), add --run notes")
+    assert str(refused.value) == (f"run 'notes' was trained on {markdown}, not notes.txt: the run takes its name "
+                                  f"from the file's; {go_on}")
     assert files_snapshot(tmp_path / "ck" / "notes") == before
+    # A link to a corpus is the file it names (the run keeps the target's path): it resumes.
+    (tmp_path / "latest.txt").symlink_to(plain)
+    train(tmp_path / "latest.txt", tmp_path / "ck", **options)
+    assert train(tmp_path / "latest.txt", tmp_path / "ck", resume=True,
+                 **dict(options, train_options=dict(TINY_TRAINING, epochs=2)))["epoch"] == 2
     (tmp_path / "moved").mkdir()
     moved = write_text(tmp_path / "moved" / "notes.md", PERIOD * 3000)  # the same file name elsewhere: the same run
     summary = train(moved, tmp_path / "ck", resume=True, **dict(options, train_options=dict(TINY_TRAINING, epochs=2)))

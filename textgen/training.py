@@ -212,15 +212,18 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Op
         raise TextgenError(f"cannot resume run {run_dir.name!r}: it has no last.json, only its best checkpoint; "
                            "sample from it as it is, or train a new run with --run NAME")
     other = _other_corpus(run_dir, corpus_path) if exists and corpus_path is not None else None
+    go_on = (f"add --run NAME to train {corpus_path.name} apart, or --run {run_dir.name} --resume to go on training "
+             f"that run on it (its best checkpoint then starts over on the new text)") if other and not named else ""
     if exists and not (resume or overwrite):
+        if go_on:  # the run of another file that names the same run: --resume alone is refused (below)
+            raise TextgenError(f"run {run_dir.name!r}, trained on {other}, already has checkpoints in {run_dir}: "
+                               f"{go_on}; --overwrite replaces it")
         trained = f", trained on {other}," if other else ""
         raise TextgenError(f"run {run_dir.name!r}{trained} already has checkpoints in {run_dir}: pass --resume to "
                            "continue it, --overwrite to replace it, or --run NAME to start another run")
-    if resume and other and not named:  # notes.txt resuming the run of notes.md: its best checkpoint would go
+    if resume and go_on:  # notes.txt resuming the run of notes.md: its best checkpoint would go
         raise TextgenError(f"run {run_dir.name!r} was trained on {other}, not {corpus_path.name}: the run takes its "
-                           f"name from the file's; to train {corpus_path.name} apart, add --run NAME; to go on "
-                           f"training this run on it (its best checkpoint then starts over on the new text), add "
-                           f"--run {run_dir.name}")
+                           f"name from the file's; {go_on}")
 
 
 def _other_corpus(run_dir: Path, corpus_path: Path) -> Optional[str]:
@@ -232,8 +235,9 @@ def _other_corpus(run_dir: Path, corpus_path: Path) -> Optional[str]:
         except (TextgenError, OSError):
             continue
         if meta is not None:
-            trained_on = meta.corpus.get("path")
-            return trained_on if trained_on and Path(trained_on).name != Path(corpus_path).name else None
+            trained_on = meta.corpus.get("path")  # resolved when saved: a link's target
+            same = not trained_on or Path(trained_on).name in (Path(corpus_path).name, Path(corpus_path).resolve().name)
+            return None if same else trained_on
     return None
 
 
