@@ -515,3 +515,21 @@ def test_the_built_in_corpus_is_written_only_for_a_training_that_starts_and_it_i
     assert started.stderr.startswith("no corpus given: writing the built-in one (Python's own documentation) to "
                                      "data/pydoc_topics.txt\n")
     assert (tmp_path / "data" / "pydoc_topics.txt").stat().st_size > 400_000
+
+
+def test_a_reader_that_stops_reading_ends_the_sample_quietly(trained_run):
+    """`textgen sample | head -c 50` exited 1, silently, once one sample streamed into the pipe: click's own answer
+    to a broken pipe, before the command line's (exit 0, as the end of a pipe is not an error)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir",
+                                str(trained_run["checkpoint_dir"]), "-n", "300000", "--seed", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert len(process.stdout.read(50)) == 50  # as head -c 50 reads, then leaves
+        process.stdout.close()
+        assert process.wait(timeout=120) == 0
+        assert process.stderr.read() == b""
+    finally:
+        process.kill()

@@ -241,8 +241,12 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
 
 
 def _echo_live(text: str) -> None:
-    click.echo(text, nl=False)
-    sys.stdout.flush()
+    try:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader has gone (| head): the end of a pipe, not an error (click would exit 1)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at the exit
+        sys.exit(0)
 
 
 @cli.command(name="eval")
