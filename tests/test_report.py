@@ -259,8 +259,41 @@ def test_the_curve_marks_the_runs_best_checkpoint_not_the_lowest_loss_of_another
     annotate = Axes.annotate
     monkeypatch.setattr(Axes, "annotate", lambda self, text, *args, **kwargs: marked.append(text) or annotate(
         self, text, *args, **kwargs))
-    history = [dict(epoch=epoch, chars_seen=1000 * epoch, train_bpc=val + 0.1, val_bpc=val)
+    history = [dict(epoch=epoch, chars_seen=1000 * epoch, train_bpc=val + 0.1, val_bpc=val, val_loss=val * 0.69)
                for epoch, val in ((1, 3.0), (2, 2.759), (3, 2.95), (4, 2.88))]
-    plot_history(tmp_path, history, best_epoch=4)
+    plot_history(tmp_path, history, best_val_loss=2.88 * 0.69)
     plot_history(tmp_path, history)  # without the run's state (an older caller): the lowest
     assert marked == ["best 2.880", "best 2.759"]
+
+
+def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch(tmp_path, monkeypatch):
+    """A time budget's stop validates mid-epoch: its row is numbered epoch + 1 while the best epoch counts whole
+    epochs, and the curve marked the row before."""
+    from matplotlib.axes import Axes
+
+    from textgen.callbacks import Callback
+    from textgen.checkpoint import read_meta
+    from textgen.report import plot_history
+
+    marked = []
+    annotate = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *args, **kwargs: marked.append(text) or annotate(
+        self, text, *args, **kwargs))
+    from textgen.training import train
+
+    corpus = write_text(tmp_path / "p.txt", PERIOD * 3000)
+
+    class StopMidEpoch(Callback):
+        def on_step_end(self, run, loss):
+            if run.state.epoch == 1 and run.state.step_in_epoch == 40:
+                run.stop("budget", now=True)
+
+    train(corpus, tmp_path / "ck", run="r", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=3),
+          callbacks=[StopMidEpoch()], log=lambda message: None)
+    state = read_meta(tmp_path / "ck" / "r", "last").state
+    assert state.step_in_epoch == 40 and state.best_epoch == 1 and state.history[-1]["epoch"] == 2
+    assert state.best_val_loss == state.history[-1]["val_loss"]  # the best is the mid-epoch validation's
+    assert marked[-1] == f"best {state.history[-1]['val_bpc']:.3f}"  # as training drew it
+    marked.clear()
+    plot_history(tmp_path / "ck" / "r", state.history, state.best_val_loss)  # as textgen plot draws it
+    assert marked == [f"best {state.history[-1]['val_bpc']:.3f}"]

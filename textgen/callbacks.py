@@ -245,9 +245,9 @@ class Reports(Callback):
     """history.csv and curve.png in the run directory. A report that cannot be written warns, never stops."""
 
     def on_epoch_end(self, run, improved: bool) -> None:
-        state = run.state
-        for name, write in (("history.csv", lambda: report.write_history(run.run_dir, state.history)),
-                            ("curve.png", lambda: report.plot_history(run.run_dir, state.history, state.best_epoch))):
+        run_dir, state = run.run_dir, run.state
+        for name, write in (("history.csv", lambda: report.write_history(run_dir, state.history)),
+                            ("curve.png", lambda: report.plot_history(run_dir, state.history, state.best_val_loss))):
             try:
                 write()
             except Exception as error:  # a report is a convenience: training goes on without it

@@ -362,7 +362,7 @@ def plot(checkpoint_dir, run):
         raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")
     try:
         click.echo(write_history(run_dir, history))
-        click.echo(plot_history(run_dir, history, meta.state.best_epoch))
+        click.echo(plot_history(run_dir, history, meta.state.best_val_loss))
     except OSError as error:
         # A rename's error names its source first: the temporary file, not the one the user knows.
         raise click.ClickException(f"cannot write {error.filename2 or error.filename} ({error.strerror}); fix the "

@@ -34,10 +34,11 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     return path
 
 
-def plot_history(run_dir: Path, history: list[dict], best_epoch: Optional[int] = None) -> Path:
+def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[float] = None) -> Path:
     """curve.png: train and validation bits per character against characters seen, the run's best checkpoint
-    marked (best_epoch's row: after a resume on another text the lowest validation loss is not the best
-    checkpoint's, which starts over on the new text; without best_epoch, the lowest)."""
+    marked: the last row of best_val_loss, the run's (after a resume on another text the lowest validation loss is
+    not the best checkpoint's, which starts over on the new text; a row's epoch is not the best epoch's when it
+    was saved mid-epoch); without it, the lowest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,7 @@ def plot_history(run_dir: Path, history: list[dict], best_epoch: Optional[int] =
     seen = [row["chars_seen"] / 1e6 for row in history]
     axes.plot(seen, [row["train_bpc"] for row in history], "o-", label="training (mean over the epoch)")
     axes.plot(seen, [row["val_bpc"] for row in history], "s-", label="validation")
-    best = next((row for row in history if best_epoch is not None and row["epoch"] == best_epoch), None) or \
+    best = next((row for row in reversed(history) if row["val_loss"] == best_val_loss), None) or \
         min(history, key=lambda row: row["val_bpc"])
     axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
                   textcoords="offset points", xytext=(0, 10), ha="center")
