@@ -93,6 +93,13 @@ def test_one_sample_goes_out_as_it_is_produced_and_ctrl_c_keeps_the_output_so_fa
     assert result.exit_code == 130, result.output
     assert result.stderr == f"interrupted: the text so far (515 characters, the prime included) is in {out}\n"
     assert out.read_text() == "".join(seen) and out.read_text().startswith(piped.stdout[:515])
+    out.write_text("a whole sample, kept")  # --overwrite replaces it with a whole text only
+    seen.clear()
+    result = CliRunner().invoke(cli, [str(a) for a in (*args, "-n", 100_000, "-o", out, "--overwrite")])
+    assert result.exit_code == 130 and result.stderr == (
+        f"interrupted: {out} is kept as it was; the text so far (515 characters, the prime included) is not written "
+        "over it\n")
+    assert out.read_text() == "a whole sample, kept"
 
 
 def test_sample_num_samples_are_delimited(trained_run):

@@ -220,6 +220,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
     live = config.sample_count == 1
+    replacing = output is not None and output.is_file() and output.stat().st_size > 0  # --overwrite: once complete
     chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
     try:
         samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)
@@ -227,9 +228,12 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     except KeyboardInterrupt:
         if output is None or not kept:
             raise
-        write_output(output, "".join(kept), overwrite)
-        click.echo(f"interrupted: the text so far ({counted(len(''.join(kept)), 'character')}, the prime included) "
-                   f"is in {output}", err=True)
+        so_far = f"the text so far ({counted(len(''.join(kept)), 'character')}, the prime included)"
+        if replacing:  # what the user had is not given up for a part of what they asked for
+            click.echo(f"interrupted: {output} is kept as it was; {so_far} is not written over it", err=True)
+        else:
+            write_output(output, "".join(kept), overwrite)
+            click.echo(f"interrupted: {so_far} is in {output}", err=True)
         sys.exit(130)
     text = format_samples(samples, len(config.temperature))
     if output is not None:
