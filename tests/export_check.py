@@ -33,13 +33,21 @@ result["generated"] = texts
 filtered = served.signatures["generate_filtered"]
 
 
-def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0, max_repeat=0, prime="abc"):
-    return filtered(prime=tf.constant(prime), length=tf.constant(40), temperature=tf.constant(temperature),
-                    seed=tf.constant(seed, tf.int64), top_k=tf.constant(top_k), top_p=tf.constant(top_p),
-                    min_p=tf.constant(min_p), max_repeat=tf.constant(max_repeat))["text"].numpy().decode("utf-8")
+guarded = served.signatures["generate_guarded"]
+result["filtered_inputs"] = sorted(filtered.structured_input_signature[1])  # as exported before the guard
 
 
-result["filtered"] = dict(unfiltered=generate_filtered(1.0, 7, 0, 1.0), hot=generate_filtered(5.0, 8, 0, 1.0),
+def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0, max_repeat=None, prime="abc"):
+    inputs = dict(prime=tf.constant(prime), length=tf.constant(40), temperature=tf.constant(temperature),
+                  seed=tf.constant(seed, tf.int64), top_k=tf.constant(top_k), top_p=tf.constant(top_p),
+                  min_p=tf.constant(min_p))
+    if max_repeat is None:
+        return filtered(**inputs)["text"].numpy().decode("utf-8")
+    return guarded(**inputs, max_repeat=tf.constant(max_repeat))["text"].numpy().decode("utf-8")
+
+
+result["filtered"] = dict(unfiltered=generate_filtered(1.0, 7, 0, 1.0),
+                          unguarded=generate_filtered(1.0, 7, 0, 1.0, 0.0, 0), hot=generate_filtered(5.0, 8, 0, 1.0),
                           top_k_1=generate_filtered(5.0, 8, 1, 1.0), top_p_small=generate_filtered(5.0, 8, 0, 0.01),
                           min_p_1=generate_filtered(5.0, 8, 0, 1.0, 1.0))
 # Near-uniform draws (temperature 100) repeat characters; the guard allows at most max_repeat in a row, counting

@@ -58,7 +58,10 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert greedy == ("abcdefg" * 7)[:43]  # what this model predicts, as textgen's own greedy sample
     assert first == again  # same seed, same text
     filtered = exported["loaded"]["filtered"]
-    assert filtered["unfiltered"] == first  # no filter: the same draws as generate
+    assert filtered["unfiltered"] == filtered["unguarded"] == first  # no filter: the same draws as generate
+    # generate_filtered keeps the inputs it was exported with (a caller feeding them broke when max_repeat joined)
+    assert exported["loaded"]["filtered_inputs"] == ["length", "min_p", "prime", "seed", "temperature", "top_k",
+                                                     "top_p"]
     # at temperature 5 the draws wander; each filter that keeps only the most likely character gives the greedy text
     assert filtered["hot"] != greedy
     assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy

@@ -279,8 +279,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @click.option("--format", "formats", multiple=True, type=click.Choice([*EXPORT_FORMATS, "all"]),
               default=["keras", "savedmodel"], show_default=True,
               help="keras = model.keras (stock layers, batch 1) + vocab.json; savedmodel = TensorFlow SavedModel with "
-                   "step, generate and generate_filtered signatures; litert = model.tflite of one step. Repeat for "
-                   "several.")
+                   "step, generate, generate_filtered and generate_guarded signatures; litert = model.tflite of one "
+                   "step. Repeat for several.")
 @click.option("--output", "-o", type=click.Path(), required=True,
               callback=_not_empty("give a directory to write, such as exported", Path), help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")

@@ -8,8 +8,8 @@ OUTPUT/savedmodel/      a TensorFlow SavedModel with stateless signatures (``tf.
                         TensorFlow Serving): ``step(ids, h, c) -> (logits, h, c)`` for any batch, and
                         ``generate(prime, length, temperature, seed) -> text`` with the whole sampling
                         loop in the graph and the vocabulary as an asset (savedmodel/assets/vocab.tsv), and
-                        ``generate_filtered(..., top_k, top_p, min_p, max_repeat)``, the same with the sampling
-                        filters and the repeat guard
+                        ``generate_filtered(..., top_k, top_p, min_p)``, the same with the sampling filters, and
+                        ``generate_guarded(..., top_k, top_p, min_p, max_repeat)`` with the repeat guard too
 OUTPUT/model.tflite     (format "litert") the stateless step for one stream and one character
 
 The output directory is built under a temporary name and renamed into place, so a failure never
@@ -49,7 +49,8 @@ def _serving_module(meta, trained, vocab_file: Path):
     generate_inputs = [tf.TensorSpec([], tf.string, name="prime"), tf.TensorSpec([], tf.int32, name="length"),
                        tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int64, name="seed")]
     filter_inputs = [tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
-                     tf.TensorSpec([], tf.float32, name="min_p"), tf.TensorSpec([], tf.int32, name="max_repeat")]
+                     tf.TensorSpec([], tf.float32, name="min_p")]
+    guard_input = [tf.TensorSpec([], tf.int32, name="max_repeat")]
 
     config, vocab = meta.model, meta.vocab
     layers = config.layers
@@ -173,11 +174,20 @@ def _serving_module(meta, trained, vocab_file: Path):
         def generate(self, prime, length, temperature, seed):
             return self._generate(prime, length, temperature, seed)
 
+        # A signature is fixed once exported (its callers feed every input): a new option gets a new one.
         @tf.function(input_signature=generate_inputs + filter_inputs)
-        def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat):
-            """generate with the command line's filters and repeat guard; top_k 0, top_p 1, min_p 0 and
-            max_repeat 0 leave the sample alone."""
-            _rule_checks(top_k=top_k, top_p=top_p, min_p=min_p, max_repeat=max_repeat)
+        def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p):
+            """generate with the command line's filters; top_k 0, top_p 1 and min_p 0 leave the sample alone."""
+            return self._generate_with_options(prime, length, temperature, seed, top_k, top_p, min_p)
+
+        @tf.function(input_signature=generate_inputs + filter_inputs + guard_input)
+        def generate_guarded(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat):
+            """generate_filtered with the command line's repeat guard too (0: none; textgen sample's default: 20)."""
+            return self._generate_with_options(prime, length, temperature, seed, top_k, top_p, min_p, max_repeat)
+
+        def _generate_with_options(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat=None):
+            _rule_checks(top_k=top_k, top_p=top_p, min_p=min_p,
+                         **({} if max_repeat is None else dict(max_repeat=max_repeat)))
             vocab_size = len(vocab)
             return self._generate(prime, length, temperature, seed,
                                   tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size), top_p, min_p,
@@ -228,7 +238,8 @@ def _write_savedmodel(meta, trained, out: Path, serving) -> list[Path]:
     module = serving()
     tf.saved_model.save(module, str(out / "savedmodel"),
                         signatures={"serving_default": module.generate, "generate": module.generate,
-                                    "generate_filtered": module.generate_filtered, "step": module.step})
+                                    "generate_filtered": module.generate_filtered,
+                                    "generate_guarded": module.generate_guarded, "step": module.step})
     return [out / "savedmodel"]
 
 
