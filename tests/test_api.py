@@ -311,6 +311,24 @@ def test_export_writes_the_loaded_checkpoint_with_errors_in_keyword_names(model,
         model.export(tmp_path / "other", format="k")
     assert [path.name for path in model.export(tmp_path / "out", format=["keras", "litert"], overwrite=True)] == [
         "model.keras", "model.tflite", "vocab.json"]
+    for bad, message in (dict(overwrite="no"), r"^overwrite must be True or False, got 'no'$"), (
+            dict(format=None), r"^format must be a format's name or a list of them, got None$"):
+        with pytest.raises(textgen.OptionError, match=message):  # "no" replaced an export; None, a TypeError
+            model.export(tmp_path / "out", **bad)
+
+
+def test_export_writes_the_checkpoint_it_loaded_not_a_newer_one(trained_run, tmp_path):
+    """It exported whatever checkpoint was on disk at the time: another epoch, if a training had saved since."""
+    import json
+    import shutil
+
+    run_dir = tmp_path / "period"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    loaded = textgen.load(run_dir)
+    meta = json.loads((run_dir / "best.json").read_text())
+    (run_dir / "best.json").write_text(json.dumps(dict(meta, epoch=99)))  # as a training's next save would
+    loaded.export(tmp_path / "out", format="keras")
+    assert json.loads((tmp_path / "out" / "vocab.json").read_text())["epoch"] == 3
 
 
 def test_next_char_probabilities_are_the_models_softmax_after_the_prime(model, trained_run):

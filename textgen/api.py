@@ -204,8 +204,9 @@ class TextModel:
 
     def export(self, output: str | Path, format: str | Sequence[str] = ("keras", "savedmodel"),
                overwrite: bool = False) -> list[Path]:
-        """Write the loaded checkpoint as files that plain Keras, TensorFlow (Serving) and LiteRT load without
-        textgen, as ``textgen export`` does (README.md, "Export and serve with TensorFlow").
+        """Write the loaded checkpoint (the one this model holds, even if a training has saved a newer one since) as
+        files that plain Keras, TensorFlow (Serving) and LiteRT load without textgen, as ``textgen export`` does
+        (README.md, "Export and serve with TensorFlow").
 
         Args:
             output: the directory to write. It is built under a temporary name and renamed into place, so a
@@ -223,9 +224,14 @@ class TextModel:
         from textgen.export import export
 
         _check_paths(output=output)
-        formats = (format,) if isinstance(format, str) else tuple(format)
-        try:
-            return export(self.run_dir, Path(output), formats, overwrite, kind=self.info["checkpoint"])
+        if not isinstance(overwrite, bool):  # "no" would replace an earlier export
+            raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
+        formats = (format,) if isinstance(format, str) else format
+        if not isinstance(formats, (list, tuple)) or not all(isinstance(name, str) for name in formats):
+            raise OptionError(f"format must be a format's name or a list of them, got {format!r}")
+        try:  # the checkpoint this model holds, whatever a training has saved since
+            return export(self.run_dir, Path(output), tuple(formats), overwrite,
+                          loaded=(self.generator.model, self.generator.meta))
         except TextgenError as error:
             raise as_keywords(error, {"format", "output", "overwrite"}, {"overwrite"}) from None
 

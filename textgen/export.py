@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 from textgen import lstm_step, sampling
 from textgen.config import EXPORT_FORMATS, SampleConfig, rules
@@ -261,8 +262,9 @@ WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "litert": _wr
 
 
 def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "savedmodel"),
-           overwrite: bool = False, kind: str = "best") -> list[Path]:
-    """Write the run's best (or kind) checkpoint in each of formats (names of EXPORT_FORMATS, or "all") under
+           overwrite: bool = False, loaded: Optional[tuple] = None) -> list[Path]:
+    """Write the run's best checkpoint, or the (model, metadata) it was loaded as (a TextModel's: the checkpoint
+    it loaded, whatever a training has saved since), in each of formats (names of EXPORT_FORMATS, or "all") under
     output; return the paths written."""
     from textgen.checkpoint import load_model
 
@@ -287,7 +289,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
     if output.exists() and not overwrite and any(output.iterdir()):  # an empty directory has nothing to lose
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
-    trained, meta = load_model(Path(run_dir), batch_size=1, kind=kind)
+    trained, meta = loaded or load_model(Path(run_dir), batch_size=1)
     target = output.resolve()  # through a link named as --output: the link stays and shows the new export
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
