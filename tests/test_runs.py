@@ -127,10 +127,11 @@ def test_the_default_run_is_the_latest_with_a_best_checkpoint(tmp_path, caplog):
             os.utime(run_dir / f"{kind}.json", (1_000_000 - age, 1_000_000 - age))
     with caplog.at_level("INFO", logger="textgen"):
         assert find_run(tmp_path, None) == trained
-    assert caplog.messages == [f"using the latest run with a best checkpoint, 'trained' (the newer 'stopped' has none "
-                               f"yet: it stopped before its first validation; choose it with --run; list them with: "
-                               f"textgen runs --checkpoint-dir {tmp_path})"]
+    assert caplog.messages == [f"using the latest run with a best checkpoint, 'trained' (the newer 'stopped' has no "
+                               f"best checkpoint; choose it with --run; list them with: textgen runs --checkpoint-dir "
+                               f"{tmp_path})"]
     assert find_run(tmp_path, "stopped") == stopped
+    assert find_run(tmp_path, None, kind="last") == stopped  # its last checkpoint is what was asked for
     (trained / "best.json").unlink()  # none has one: the latest
     assert find_run(tmp_path, None) == stopped
 

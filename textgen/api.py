@@ -62,14 +62,15 @@ def _check_paths(**arguments) -> None:
             raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
 
 
-def _run_dir(path: str | Path, checkpoint_dir: str | Path) -> Path:
-    """A run directory, or a run name under checkpoint_dir."""
+def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
+    """A run directory, or a run name under checkpoint_dir (a directory of runs: its latest run with a checkpoint of
+    kind)."""
     from textgen.runs import find_run
 
     path = Path(path)
     named = len(path.parts) == 1 and (Path(checkpoint_dir) / path).is_dir()
     if path.is_dir() and not named:  # a bare name is a run under checkpoint_dir first, whatever the cwd holds
-        return find_run(path, None)
+        return find_run(path, None, kind)
     if len(path.parts) == 1:
         return find_run(Path(checkpoint_dir), str(path))
     raise TextgenError(f"no run at {path}: give a run directory (such as checkpoints/demo) or a run name")
@@ -253,7 +254,7 @@ def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, c
 
     Args:
         run: a run directory (``"checkpoints/demo"``), a run name under checkpoint_dir (``"demo"``), or a
-            directory of runs (``"checkpoints"``): its latest run.
+            directory of runs (``"checkpoints"``): its latest run (with a best checkpoint, for checkpoint "best").
         checkpoint_dir: where run names are looked up.
         checkpoint: ``"best"`` (lowest validation loss) or ``"last"``.
 
@@ -266,7 +267,7 @@ def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, c
     if checkpoint not in ("best", "last"):
         raise OptionError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     try:
-        return TextModel(_run_dir(run, checkpoint_dir), checkpoint)
+        return TextModel(_run_dir(run, checkpoint_dir, checkpoint), checkpoint)
     except TextgenError as error:  # a damaged run's advice: train again with overwrite=True
         raise _train_keywords(error) from None
 

@@ -68,7 +68,8 @@ checkpoint_dir_option = click.option(
     callback=_not_empty("give a directory, such as checkpoints or . for the current one", Path),
     help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,
-                          help="Run name (a directory under --checkpoint-dir); default: the latest run.")
+                          help="Run name (a directory under --checkpoint-dir); default: the latest run with a "
+                               "best checkpoint.")
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -297,8 +298,8 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @cli.command()
 @checkpoint_dir_option
 @click.option("--run", default=None, callback=_run_name_given,
-              help="The run served by default; default: the latest run. Every run in --checkpoint-dir can be asked "
-                   "for by name.")
+              help="The run served by default; default: the latest run with a best checkpoint. Every run in "
+                   "--checkpoint-dir can be asked for by name.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               callback=_not_empty("give an address such as 127.0.0.1 (0.0.0.0 for every interface)"),
               help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")

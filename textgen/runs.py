@@ -179,8 +179,9 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         raise TextgenError(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
 
 
-def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
-    """The run directory to read: the named run, the directory itself if it is one, or the latest run."""
+def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Path:
+    """The run directory to read: the named run, the directory itself if it is one, or the latest run (for the best
+    checkpoint, kind "best": the latest that has one)."""
     checkpoint_dir = Path(checkpoint_dir)
     check_checkpoint_dir(checkpoint_dir)
     if run:
@@ -221,11 +222,11 @@ def find_run(checkpoint_dir: Path, run: Optional[str]) -> Path:
                            f"{directory_option(checkpoint_dir)}")
     # A run without a best checkpoint (a training stopped before its first validation: a command taken back with
     # Ctrl-C) would give half-trained text: the latest run that has one is meant.
-    chosen = next((run_dir for run_dir in runs if has_checkpoint(run_dir, ("best",))), runs[0])
+    chosen = next((run_dir for run_dir in runs if kind != "best" or has_checkpoint(run_dir, ("best",))), runs[0])
     if chosen != runs[0]:
         logger.info(f"using the latest run with a best checkpoint, {chosen.name!r} (the newer {runs[0].name!r} has "
-                    f"none yet: it stopped before its first validation; choose it with --run; list them with: "
-                    f"textgen runs{directory_option(checkpoint_dir)})")
+                    f"no best checkpoint; choose it with --run; list them with: textgen runs"
+                    f"{directory_option(checkpoint_dir)})")
     elif len(runs) > 1:
         logger.info(f"using the latest run {runs[0].name!r} (choose another with --run; list them with: textgen runs"
                     f"{directory_option(checkpoint_dir)})")
