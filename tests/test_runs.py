@@ -27,6 +27,8 @@ def test_default_run_name_is_always_a_valid_name():
     songs, tunes = default_run_name(Path("🎵 songs.txt")), default_run_name(Path("🎶 songs.txt"))
     assert songs != tunes and songs.startswith("songs-") and check_run_name(songs) == songs
     assert default_run_name(Path("my\udcffnotes.txt")).startswith("my-notes-")
+    marked = default_run_name(Path("\u0301notes.txt"))  # a combining accent first: not a name's first character
+    assert marked.startswith("notes-") and check_run_name(marked) == marked
     # 100 Chinese characters are 300 bytes in UTF-8, more than a file system takes in a name.
     wide = default_run_name(Path("红" * 150 + ".txt"))
     assert wide == "红" * 66 and check_run_name(wide) == wide

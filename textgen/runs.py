@@ -61,9 +61,11 @@ def _without_accents(text: str) -> str:
 def _cleaned(text: str, stem: str) -> str:
     """text with what a run name cannot hold replaced, and a hash of stem, the name it came from, if a character
     outside ASCII was lost (see default_run_name)."""
-    kept = "".join(ch if _name_character(ch) else "\0" for ch in text)
-    name = _shortened(re.sub("\0+", "-", kept).lstrip("-._"), 0)
-    if not any(ch == "\0" and not original.isascii() for ch, original in zip(kept, text)):
+    kept = "".join(ch if _name_character(ch) else "\0" for ch in text)  # one per character of text
+    start = next((index for index, ch in enumerate(kept) if ch.isalnum()), len(kept))  # a letter or digit first
+    name = _shortened(re.sub("\0+", "-", kept[start:]), 0)
+    lost = [original for ch, original in zip(kept, text) if ch == "\0"] + list(text[:start])
+    if all(ch.isascii() for ch in lost):
         return name or "run"
     digest = hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
     return f"{_shortened(name, 9) or 'run'}-{digest}"
