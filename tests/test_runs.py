@@ -178,3 +178,20 @@ def test_a_missing_run_suggests_the_name_it_probably_meant(tmp_path):
                                       f"with: textgen runs --checkpoint-dir {tmp_path})")
     with pytest.raises(TextgenError, match=r"\(runs there: [a-z0-9-]+(, [a-z0-9-]+){9} and 17 more\); list them"):
         find_run(tmp_path, "poems")
+
+
+def test_a_run_named_in_either_unicode_form_is_found_whichever_its_folder_has(trained_run, tmp_path):
+    """A folder named in decomposed form (copied from a Mac) could not be named at all: 'no run named 'café'; did
+    you mean 'café'?'; the server did not normalise the names it was sent."""
+    import shutil
+
+    from textgen.served_runs import Runs
+
+    decomposed = tmp_path / "cafe\u0301"
+    shutil.copytree(trained_run["run_dir"], decomposed)
+    assert find_run(tmp_path, "caf\u00e9") == decomposed and find_run(tmp_path, "cafe\u0301") == decomposed
+    runs = Runs(tmp_path, None, (1,))
+    try:
+        assert runs.get("caf\u00e9").path == decomposed
+    finally:
+        runs.stop()

@@ -126,6 +126,17 @@ def check_run_name(name: str) -> str:
                        f"'-', the first a letter or digit{hint}")
 
 
+def run_path(checkpoint_dir: Path, name: str) -> Path:
+    """The directory of the run named name (checked, NFC): checkpoint_dir/name, or the folder there whose name is
+    name in another Unicode form (a decomposed é, as a Mac wrote it), which --run could not name."""
+    path = Path(checkpoint_dir) / name
+    if not path.exists() and path.parent.is_dir():
+        for entry in path.parent.iterdir():
+            if unicodedata.normalize("NFC", entry.name) == name and entry.is_dir():
+                return entry
+    return path
+
+
 def _close_name(name: str, names: list[str]) -> Optional[str]:
     """The run name that name was probably meant to be: the same but for case, or one close to it."""
     import difflib
@@ -187,7 +198,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
     checkpoint_dir = Path(checkpoint_dir)
     check_checkpoint_dir(checkpoint_dir)
     if run:
-        run_dir = checkpoint_dir / check_run_name(run)
+        run_dir = run_path(checkpoint_dir, check_run_name(run))
         if run_dir.is_dir() and not has_checkpoint(run_dir):
             held = sorted(path.name for path in run_dir.iterdir())
             listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"

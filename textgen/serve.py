@@ -65,7 +65,7 @@ def _ranged(name: str, default, description: str):
     """A field of a sampling option, its range (SampleConfig's) in the OpenAPI description only: a value outside it
     gets the command line's one-line message (400), not the validator's."""
     rule = rules(SampleConfig)[name]
-    bounds = {}
+    bounds = {}  # (FastAPI's OpenAPI model writes them as numbers: 1.0, an integer's too)
     if rule.low is not None:
         bounds["exclusiveMinimum" if rule.low_open else "minimum"] = rule.low
     if rule.high is not None:

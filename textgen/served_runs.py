@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,10 @@ class Runs:
         from textgen.runs import check_run_name
 
         asked, name = name, name or self.default
+        if name not in self._loaded and name not in (paths := self.paths()):  # a name in another Unicode form (a
+            # decomposed é) is its folder's, as with --run
+            name = next((key for key in paths if unicodedata.normalize("NFC", key) ==
+                         unicodedata.normalize("NFC", name)), name)
         served = self._loaded.get(name)
         if served is not None:
             self._last_used[name] = time.monotonic()

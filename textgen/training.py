@@ -35,7 +35,7 @@ from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, loa
 from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
-from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name
+from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
 from textgen.session import Session, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
@@ -419,7 +419,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
 
 def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     """The corpus file a run was trained on, for --resume without a corpus."""
-    run_dir = Path(checkpoint_dir) / check_run_name(run)
+    run_dir = run_path(checkpoint_dir, check_run_name(run))
     meta = _resumed_meta(run_dir)
     if meta is None:
         _check_run_dir(run_dir, resume=True, overwrite=False)  # says why there is nothing to resume
@@ -479,7 +479,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
 def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict,
                              train_options: dict) -> Path:
     """The run's directory, once its name and the options are found valid."""
-    run_dir = Path(checkpoint_dir) / check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir)))
+    run_dir = run_path(checkpoint_dir, check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir))))
     ModelConfig(vocab_size=1, **model_options).validate()
     TrainConfig(**train_options).validate()
     return run_dir
