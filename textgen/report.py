@@ -48,8 +48,8 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     seen = [row["chars_seen"] / 1e6 for row in history]
     axes.plot(seen, [row["train_bpc"] for row in history], "o-", label="training (mean over the epoch)")
     axes.plot(seen, [row["val_bpc"] for row in history], "s-", label="validation")
-    best = next((row for row in reversed(history) if row["val_loss"] == best_val_loss), None) or \
-        min(history, key=lambda row: row["val_bpc"])
+    best = next((row for row in reversed(history) if best_val_loss is not None and row["val_loss"] == best_val_loss),
+                None) or min(history, key=lambda row: row["val_bpc"])
     axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
                   textcoords="offset points", xytext=(0, 10), ha="center")
     axes.set_xlabel("characters seen (millions)")
