@@ -184,3 +184,16 @@ def test_a_time_budget_leaves_out_the_start_up():
     result = sizing.choose(418_616, 103, config, {}, {}, lambda shape, batch: 50_000)
     assert "~0.55M characters" in result.reason  # 11 s at 50,000 characters per second, not 18
 
+
+
+def test_a_whole_shape_given_times_only_that_shape():
+    """With --max-minutes the ladder walk timed up to nine shapes at start-up, for a choice the user had made."""
+    timed = []
+
+    def speed(shape, batch):
+        timed.append(shape)
+        return 50_000
+
+    given = dict(layers=1, units=64, embedding_dim=16)
+    result = sizing.choose(1_000_000, 65, TrainConfig(max_minutes=2, epochs=0), given, {}, speed)
+    assert timed == [(1, 64, 16)] and result.model_options["units"] == 64

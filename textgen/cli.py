@@ -207,7 +207,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     from textgen.corpus import read_text
     from textgen.errors import counted
     from textgen.generate import (BATCH_CHUNK, STREAM_CHUNK, check_output, format_samples, generate_with,
-                                  write_output)
+                                  holds_text, write_output)
 
     if output is not None:
         check_output(output, overwrite)
@@ -221,7 +221,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
     live = config.sample_count == 1
-    replacing = output is not None and output.is_file() and output.stat().st_size > 0  # --overwrite: once complete
+    replacing = output is not None and holds_text(output)  # with --overwrite: only by a whole text
     chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
     try:
         samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)

@@ -349,8 +349,13 @@ def check_output(path: Path, overwrite: bool = False) -> None:
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not path.parent.is_dir():
         raise TextgenError(f"cannot write {path}: directory {path.parent} does not exist")
-    if not overwrite and path.is_file() and path.stat().st_size:  # (a run's corpus, given by mistake)
+    if not overwrite and holds_text(path):  # (a run's corpus, given by mistake)
         raise TextgenError(f"--output {path} already exists; pass --overwrite to replace it, or choose another file")
+
+
+def holds_text(path: Path) -> bool:
+    """Whether --output path is a file with something in it to lose (an empty one, as mktemp makes, has not)."""
+    return path.is_file() and path.stat().st_size > 0
 
 
 def write_output(path: Path, text: str, overwrite: bool = False) -> None:

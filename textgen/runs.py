@@ -67,8 +67,12 @@ def _cleaned(text: str, stem: str) -> str:
     lost = [original for ch, original in zip(kept, text) if ch == "\0"] + list(text[:start])
     if all(ch.isascii() for ch in lost):
         return name or "run"
-    digest = hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
-    return f"{_shortened(name, 9) or 'run'}-{digest}"
+    return f"{_shortened(name, 9) or 'run'}-{_digest(stem)}"
+
+
+def _digest(stem: str) -> str:
+    """8 hex digits of a corpus file's name, which tell apart the runs of names that lost characters."""
+    return hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
 
 
 def _shortened(name: str, room: int) -> str:
@@ -86,8 +90,7 @@ def _ascii_name(text: str, stem: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip("-._")[:100].rstrip("-.")
     if stem.isascii():
         return name or "run"
-    digest = hashlib.blake2b(stem.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
-    return f"{name[:91].rstrip('-.') or 'run'}-{digest}"
+    return f"{name[:91].rstrip('-.') or 'run'}-{_digest(stem)}"
 
 
 def directory_option(checkpoint_dir: Path) -> str:
@@ -131,10 +134,17 @@ def run_path(checkpoint_dir: Path, name: str) -> Path:
     name in another Unicode form (a decomposed é, as a Mac wrote it), which --run could not name."""
     path = Path(checkpoint_dir) / name
     if not path.exists() and path.parent.is_dir():
-        for entry in path.parent.iterdir():
-            if unicodedata.normalize("NFC", entry.name) == name and entry.is_dir():
-                return entry
+        folder = named_alike(name, [entry.name for entry in path.parent.iterdir() if entry.is_dir()])
+        return path.parent / folder if folder else path
     return path
+
+
+def named_alike(name: str, names) -> Optional[str]:
+    """The one of names that is name, in whichever Unicode form (NFC or NFD) each is written; None if none is."""
+    if name in names:
+        return name
+    wanted = unicodedata.normalize("NFC", name)
+    return next((known for known in names if unicodedata.normalize("NFC", known) == wanted), None)
 
 
 def _close_name(name: str, names: list[str]) -> Optional[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import unicodedata
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,13 +148,13 @@ class Runs:
 
     def get(self, name: Optional[str]) -> Served:
         """The named run (default: the server's run), loaded on first use and again when it has a newer checkpoint."""
-        from textgen.runs import check_run_name
+        from textgen.runs import check_run_name, named_alike
 
         asked, name = name, name or self.default
-        if name not in self._loaded and name not in (paths := self.paths()):  # a name in another Unicode form (a
-            # decomposed é) is its folder's, as with --run
-            name = next((key for key in paths if unicodedata.normalize("NFC", key) ==
-                         unicodedata.normalize("NFC", name)), name)
+        paths = None  # the runs there, whatever their folders are called ("my run"): listed only for a new name
+        if name not in self._loaded:  # a name in another Unicode form (a decomposed é) is its folder's, as with --run
+            paths = self.paths()
+            name = named_alike(name, paths) or name
         served = self._loaded.get(name)
         if served is not None:
             self._last_used[name] = time.monotonic()
@@ -166,7 +165,7 @@ class Runs:
                     self._unload(name, "its checkpoints are gone")
                 raise no_run(name)
             return self._reload(served)
-        path = self.paths().get(name)  # the runs there, whatever their folders are called ("my run")
+        path = (self.paths() if paths is None else paths).get(name)
         if path is None:
             if asked:  # a path-like name ("../x") is a bad request, not a missing run (not so a default deleted)
                 check_run_name(name)

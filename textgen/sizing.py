@@ -120,12 +120,12 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
                 and budget_chars(shape) >= CHARS_PER_PARAMETER * parameters)
 
     # Both limits only tighten up the ladder, so the walk stops at the first shape that fails (and times no more).
+    given = [name for name in SHAPE_OPTIONS if name in user_model]
     shape = LADDER[0]
-    for candidate in LADDER:
+    for candidate in LADDER if len(given) < len(SHAPE_OPTIONS) else ():  # a whole shape given: no walk (nor timing)
         if not fits(candidate):
             break
         shape = candidate
-    given = [name for name in SHAPE_OPTIONS if name in user_model]
     if given:  # the user's part of the shape, the rest as the ladder has it (an embedding to go with the units)
         layers, units = user_model.get("layers", shape[0]), user_model.get("units", shape[1])
         embedding = user_model.get("embedding_dim", _embedding_for(units) if "units" in given else shape[2])
