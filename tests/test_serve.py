@@ -430,8 +430,10 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
 
 
-def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_gets_a_json_503(trained_run):
-    """uvicorn cancels what still runs when the grace period ends: the client got a plain-text 500."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(trained_run, stream):
+    """uvicorn cancels what still runs when the grace period ends: the client got a plain-text 500, and a stream
+    ended without its done or error event, as if the text were whole."""
     import signal
     import subprocess
     import sys
@@ -446,15 +448,21 @@ def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_gets_a_json_503(t
         base = f"http://127.0.0.1:{port}"
         wait_for_health(process, base)
         with ThreadPoolExecutor(1) as pool:
-            answer = pool.submit(call, base, "/v1/generate", dict(length=10_000_000), timeout=60)
+            answer = pool.submit(call, base, "/v1/generate", dict(length=10_000_000, stream=stream), timeout=60)
             time.sleep(2)  # generating (10 million characters: minutes)
             process.send_signal(signal.SIGTERM)
             status, text = answer.result()
-        process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert (status, json.loads(text)) == (503, {"error": "the server is shutting down; send the request again once "
-                                                         "it is back"})
+    shutting_down = {"error": "the server is shutting down; send the request again once it is back"}
+    if stream:
+        last = events(text)[-1]
+        assert status == 200 and last.startswith("event: error\ndata: ")
+        assert json.loads(last.split("\n", 1)[1][len("data: "):]) == shutting_down
+        assert "Traceback" not in stderr and process.returncode in (0, -signal.SIGTERM), stderr
+    else:
+        assert (status, json.loads(text)) == (503, shutting_down)
 
 
 def test_scoring_while_generating_does_not_disturb_the_streams(server):

@@ -43,6 +43,7 @@ from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
+SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
 
 
 EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}'}  # the rest: EXAMPLE_BODY
@@ -102,7 +103,8 @@ class ErrorBody(BaseModel):
 ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in (
     (400, "an option out of range, or a prime with characters the model never saw"), (404, "no such run"),
     (413, "a body over the size limit"), (415, "a body not sent as Content-Type: application/json"),
-    (422, "malformed JSON or a field of the wrong type"), (500, "the run cannot be loaded, or generation failed"))}
+    (422, "malformed JSON or a field of the wrong type"), (500, "the run cannot be loaded, or generation failed"),
+    (503, "the server is shutting down (a request it had to cut)"))}
 
 
 class ScoreRequest(BaseModel):
@@ -222,7 +224,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         **ERRORS, 200: {"description": "the samples and the options used (JSON), or with stream: Server-Sent Events: "
                                        '{"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
                                        'event "done" ({"samples": [{"temperature", "index", "stopped"}]}), or event '
-                                       '"error" ({"error": message}) if generation failed',
+                                       '"error" ({"error": message}) if generation failed or the server is shutting '
+                                       'down',
                         "content": {"text/event-stream": {}}}})
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
@@ -237,8 +240,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             while await inbox.get() is not None:
                 pass
         except asyncio.CancelledError:  # the shutdown's grace period is over: an answer in JSON, as every error
-            raise ApiError("the server is shutting down; send the request again once it is back", status=503) \
-                from None
+            raise ApiError(SHUTTING_DOWN, status=503) from None
         finally:
             watcher.cancel()
             job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
@@ -323,10 +325,14 @@ async def _events(job, inbox):
     sample's temperature, index and whether stop ended it. When the response ends early (the client went away),
     the job is cancelled and its streams leave the batch at the next chunk."""
     try:
-        while (piece := await inbox.get()) is not None:
-            event = {"text": piece.text, "prime": True} if piece.sample is None else \
-                {"text": piece.text, "sample": piece.sample}
-            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        try:
+            while (piece := await inbox.get()) is not None:
+                event = {"text": piece.text, "prime": True} if piece.sample is None else \
+                    {"text": piece.text, "sample": piece.sample}
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        except asyncio.CancelledError:  # the shutdown's grace period is over (or the client left: it reads nothing)
+            yield f"event: error\ndata: {json.dumps({'error': SHUTTING_DOWN})}\n\n"
+            return
         if job.error is not None:
             yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
         else:
