@@ -79,7 +79,8 @@ def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, min_p
 
         @tf.function(jit_compile=jit_compile)
         def run(lg, un, tp, k, p, m):
-            return choose_tf(lg, un, tp, k if use_k else None, p if use_p else None, m if use_min_p else None)
+            return choose_tf(lg, un, tp, top_k=k if use_k else None, top_p=p if use_p else None,
+                             min_p=m if use_min_p else None)
 
         _COMPILED[key] = run
     out = _COMPILED[key](

@@ -25,20 +25,25 @@ def test_same_seed_same_text_and_other_seed_other_text(trained_run):
     assert len(set(first)) == 3  # the streams are independent
 
 
+# Each filter's strictest value: for a cut-off, one that keeps only the likeliest character; for the repeat guard, one
+# that never lets a character follow itself. A new filter in sampling.FILTER_RULES gets its value here.
+STRICTEST = dict(top_k=1, top_p=1e-6, min_p=1.0, max_repeat=1)
+
+
 def test_every_filter_reaches_the_engine(trained_run):
     """The filters went to the engine one keyword each: one left out there changed nothing, without an error."""
     from textgen import sampling
     from textgen.config import SAMPLE_FIELDS
 
     assert set(sampling.FILTERS) <= SAMPLE_FIELDS
+    assert set(STRICTEST) == set(sampling.FILTERS), "give each filter's strictest value in STRICTEST"
+    assert set(sampling.FILTERS) - set(sampling.CUT_OFFS) == {"max_repeat"}  # a new by_engine filter: test it here
     options = dict(prime="a", length=60, temperatures=[100.0], seed=3)  # near uniform: nothing like the period
     assert gen(trained_run, **options)[0].text[:20] != (PERIOD * 3)[:20]
-    greedy = dict(top_k=1, top_p=1e-6, min_p=1.0)  # each alone keeps only the likeliest character
-    assert set(greedy) == set(sampling.CUT_OFFS)
-    for name, value in greedy.items():
-        [sample] = gen(trained_run, **options, **{name: value})
+    for name in sampling.CUT_OFFS:
+        [sample] = gen(trained_run, **options, **{name: STRICTEST[name]})
         assert sample.text == (PERIOD * 10)[:61], name
-    repeats = [sum(a == b for a, b in zip(sample.text, sample.text[1:])) for guard in (0, 1)
+    repeats = [sum(a == b for a, b in zip(sample.text, sample.text[1:])) for guard in (0, STRICTEST["max_repeat"])
                for sample in gen(trained_run, prime="a", length=300, temperatures=[100.0], seed=3, max_repeat=guard)]
     assert repeats[0] > 10 and repeats[1] == 0  # max_repeat 1: never one character twice in a row
 

@@ -189,7 +189,7 @@ def test_stream_filters_equal_the_rule_applied_row_by_row(vocab):
     filters = sampling.StreamFilters.of(rows, vocab, top_k=ks, top_p=ps, min_p=ms)
     assert filters.in_use(vocab) == {"top_k", "top_p", "min_p"}
     got = sampling.choose_tf(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
-                             tf.constant(filters.top_k), tf.constant(filters.top_p), tf.constant(filters.min_p)).numpy()
+                             **{name: tf.constant(getattr(filters, name)) for name in sampling.CUT_OFFS}).numpy()
     for row in range(rows):
         expected = oracle.choose(logits[row:row + 1], u[row:row + 1], temps[row], top_k=ks[row], top_p=ps[row],
                                  min_p=ms[row])
@@ -208,8 +208,8 @@ def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
         filters = sampling.StreamFilters.of(len(u), 5, min_p=min_p)
         m = filters.min_p if "min_p" in filters.in_use(5) else None
         compiled = sampling.choose_tf(tf.constant(rows), tf.constant(sampling.clamp_uniforms(u)),
-                                      tf.constant(np.ones(len(u), np.float32)), None, None,
-                                      None if m is None else tf.constant(m)).numpy()
+                                      tf.constant(np.ones(len(u), np.float32)),
+                                      min_p=None if m is None else tf.constant(m)).numpy()
         np.testing.assert_array_equal(compiled, picked)
     # After the temperature: at 0.5 the ratios square, 0.12/0.5 = 0.24 -> 0.0576 < 0.2: dropped.
     assert set(np.unique(oracle.choose(rows, u, 0.5, min_p=0.2))) == {0, 1}
@@ -239,7 +239,7 @@ def test_one_compiled_cut_off_serves_filtered_and_unfiltered_calls(vocab):
         k = np.array([vocab if v is None else v for v in ks], np.int32)
         p = np.array([sampling.NO_TOP_P if v is None else v for v in ps], np.float32)
         return choose(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
-                      tf.constant(k), tf.constant(p)).numpy()
+                      top_k=tf.constant(k), top_p=tf.constant(p)).numpy()
 
     unfiltered = oracle.choose(logits, u, 1.0)
     np.testing.assert_array_equal(picks([None] * rows, [None] * rows), unfiltered)
@@ -262,7 +262,7 @@ def test_nothing_left_to_draw_from_gives_the_likeliest_not_an_id_past_the_vocabu
     logits = tf.constant([[-np.inf, -np.inf, -np.inf], [0.0, 2.0, -np.inf]], tf.float32)
     for min_p in (None, tf.constant(1.0)):
         picked = sampling.choose_tf(logits, tf.constant([0.5, 0.999], tf.float32), tf.constant([1.0, 1.0]),
-                                    None, None, min_p).numpy()
+                                    min_p=min_p).numpy()
         assert 0 <= picked[0] < 3 and picked[1] == 1
 
 

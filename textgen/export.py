@@ -160,8 +160,8 @@ def _serving_module(meta, trained, vocab_file: Path):
                     blocked = (max_repeat > 0) & (run >= max_repeat)
                     last = tf.where(blocked & tf.equal(tf.range(len(vocab)), last_id)[None, :], float("-inf"), last)
                 uniform = tf.random.stateless_uniform([1], seed=tf.stack([seed, tf.cast(t, tf.int64)]))
-                chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, top_k, top_p,
-                                            min_p)
+                chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, top_k=top_k,
+                                            top_p=top_p, min_p=min_p)
                 run = tf.where(tf.equal(chosen[0], last_id[0]), run + 1, 1)
                 last, h, c = self._one_step(chosen, h, c)
                 return t + 1, out.write(t, chosen[0]), last, h, c, chosen, run

@@ -69,11 +69,13 @@ class Filter:
     keep_all: Callable[[int], float]  # vocabulary size -> the value that keeps every token (a stream without it)
     stored: Callable[[float, int], float]  # (a checked value, vocabulary size) -> the value the loop gets
     cuts: Callable  # (values, vocabulary size) -> where a value may drop a token: NumPy arrays or tensors alike
+    by_engine: bool = False  # applied by the engine's loop (the repeat guard), not passed to choose_tf
 
 
-# Every filter, once: a new one is an entry here, a field of StreamFilters, a SampleConfig option and its use in
-# choose_tf (or, as the repeat guard, in the engine's loop). One lambda per line: choose_tf traces cuts, and AutoGraph
-# cannot tell two lambdas of one signature on one line apart (it printed a 9-line warning instead).
+# Every filter, once: a new one is an entry here, a field of StreamFilters, a SampleConfig option and a keyword of
+# choose_tf (the engine passes it every filter not by_engine), and its strictest value in
+# tests/test_generate.STRICTEST. One lambda per line: choose_tf traces cuts, and AutoGraph cannot tell two lambdas of
+# one signature on one line apart (it printed a 9-line warning instead).
 FILTER_RULES = {
     "top_k": Filter(np.int32, lambda vocab: vocab,
                     lambda k, vocab: min(int(k), vocab),
@@ -86,10 +88,10 @@ FILTER_RULES = {
                     lambda m, vocab: m > 0.0),
     "max_repeat": Filter(np.int32, lambda vocab: 0,
                          lambda n, vocab: int(n),
-                         lambda n, vocab: n > 0),
+                         lambda n, vocab: n > 0, by_engine=True),
 }
 FILTERS = tuple(FILTER_RULES)
-CUT_OFFS = ("top_k", "top_p", "min_p")  # the filters choose_tf applies (the repeat guard is the engine's)
+CUT_OFFS = tuple(name for name, rule in FILTER_RULES.items() if not rule.by_engine)  # choose_tf's keywords
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +147,8 @@ def clamp_uniforms(uniforms) -> np.ndarray:
     return np.minimum(u.astype(np.float32), np.float32(U_MAX))
 
 
-def choose_tf(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None):
-    """TensorFlow version of :func:`choose`, for use inside a compiled graph.
+def choose_tf(logits, uniforms, temperature, *, top_k=None, top_p=None, min_p=None):
+    """The rule above in TensorFlow, for use inside a compiled graph (tests/sampling_reference.py has it in NumPy).
 
     ``logits`` (N, V) float32 tensor, ``uniforms`` (N,) float32 already clamped (see
     :func:`clamp_uniforms`), ``temperature`` (N,) float32. ``top_k`` / ``top_p`` are either None
@@ -214,7 +216,7 @@ def _keep_pairwise(tf, scaled, weights, top_k, top_p):
 
 
 def _keep_sorted(tf, scaled, vocab, top_k, top_p):
-    """Cut-off by sorting each row (for large vocabularies): mirrors :func:`choose` step by step."""
+    """Cut-off by sorting each row (for large vocabularies): the rule's step 3 as written."""
     ordered = tf.sort(scaled, axis=1, direction="DESCENDING")
     kept = tf.fill(tf.shape(scaled)[:1], vocab)
     if top_k is not None:
