@@ -263,6 +263,45 @@ def test_the_api_and_the_server_take_every_sampling_option_with_its_default():
     assert all(field.description for field in GenerateRequest.model_fields.values())  # the OpenAPI page's help
 
 
+def test_every_entry_point_passes_each_sampling_option_on(monkeypatch):
+    """generate.generate rebuilt its SampleConfig keyword by keyword: an option it took but left out there kept its
+    default without a word, and the test above (signatures and defaults) passed."""
+    import dataclasses
+
+    import textgen.generate
+    from textgen.api import TextModel
+    from textgen.config import Limits, SampleConfig
+    from textgen.generate import Sample
+    from textgen.serve import GenerateRequest, _sample_config
+
+    chosen = SampleConfig(temperature=(0.7,), top_k=3, top_p=0.9, min_p=0.1, max_repeat=4, length=7, prime="ab",
+                          num_samples=2, seed=5, stop="x", skip_unknown=True)
+    assert all(getattr(chosen, field.name) != field.default for field in dataclasses.fields(SampleConfig)), \
+        "give each option a value other than its default here"
+    options = {field.name: getattr(chosen, field.name) for field in dataclasses.fields(SampleConfig)}
+    arrived = []
+
+    class Generator:
+        def samples(self, config, **_):
+            arrived.append(config)
+            return [Sample("ab", 0.7, 0, False)] * config.sample_count
+
+        def stream(self, config, *_):
+            arrived.append(config)
+            return iter(())
+
+    model = TextModel.__new__(TextModel)  # its generator only: no checkpoint needed
+    model.generator = Generator()
+    monkeypatch.setattr(textgen.generate, "generate_with", lambda config, *_: arrived.append(config))
+    model.generate(**dict(options, temperature=0.7))
+    model.stream(**{name: value for name, value in options.items() if name != "num_samples"} | {"temperature": 0.7})
+    textgen.generate.generate(**{name: value for name, value in options.items() if name != "temperature"},
+                              temperatures=[0.7])
+    arrived.append(_sample_config(GenerateRequest(**dict(options, temperature=0.7)), Limits()))
+    assert arrived[0] == arrived[2] == arrived[3] == chosen
+    assert arrived[1] == dataclasses.replace(chosen, num_samples=1)
+
+
 def test_ctrl_c_in_train_is_a_keyboard_interrupt_that_says_how_to_resume_in_python(tmp_path, periodic_corpus):
     """It was a TextgenError, which a program catching Exception swallowed, with a shell command to resume."""
     import os

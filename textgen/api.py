@@ -19,7 +19,8 @@ from typing import Iterator, Optional, Sequence
 
 from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
-                            SampleConfig, TrainConfig, command_line_options, rules, split_training_options)
+                            SampleConfig, TrainConfig, command_line_options, rules, sample_config_of,
+                            split_training_options)
 from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -240,11 +241,9 @@ class TextModel:
     def _config(arguments: dict) -> SampleConfig:
         """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): the ones named as
         SampleConfig's fields, so a new sampling option is added to the signatures and docstring only."""
-        options = {name: value for name, value in arguments.items() if name in SAMPLE_FIELDS}
-        temperature = options.pop("temperature")
-        if isinstance(temperature, (list, tuple)):
+        if isinstance(arguments["temperature"], (list, tuple)):
             raise OptionError("temperature must be one number here; call generate once per temperature")
-        config = SampleConfig(temperature=(temperature,), **options)
+        config = sample_config_of(arguments)
         config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
 

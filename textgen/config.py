@@ -359,6 +359,13 @@ SAMPLE_FIELDS = frozenset(rules(SampleConfig))  # the keywords of a sampling req
 SAMPLE_FLAGS = frozenset(field.name for field in dataclasses.fields(SampleConfig) if field.type in (bool, "bool"))
 
 
+def sample_config_of(arguments: dict) -> SampleConfig:
+    """The SampleConfig of a call's arguments (its locals()) or a request's fields: every one named as a field of it,
+    so an entry point passes on each option it takes, one added later too. Not validated yet."""
+    options = {name: value for name, value in arguments.items() if name in SAMPLE_FIELDS}
+    return SampleConfig(**dict(options, temperature=temperature_values(options["temperature"])))
+
+
 def check_flag(name: str, value) -> None:
     """A yes/no option must be a bool: a library caller's overwrite="no" would otherwise count as yes."""
     if not (isinstance(value, bool) or _numpy_bool(value)):

@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 
 from textgen import sampling
-from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, temperature_values
+from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, sample_config_of
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, perplexity
 from textgen.files import atomic_write_text
@@ -300,9 +300,7 @@ def generate(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[
     occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
     given and there is a single stream, text is passed to it as it is produced. show_progress draws
     a progress bar on stderr (when it is a terminal)."""
-    config = SampleConfig(temperature=temperature_values(temperatures), top_k=top_k, top_p=top_p, min_p=min_p,
-                          max_repeat=max_repeat, length=length, prime=prime, num_samples=num_samples, seed=seed,
-                          stop=stop, skip_unknown=skip_unknown)
+    config = sample_config_of(dict(locals(), temperature=temperatures))
     return generate_with(config, checkpoint_dir, run, on_text, show_progress, warn)
 
 

@@ -35,8 +35,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import DamagedCheckpoint
-from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, rules, shown_number,
-                            temperature_values)
+from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, rules,
+                            sample_config_of, shown_number)
 from textgen.errors import TextgenError, as_keywords
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.served_runs import ApiError, Runs
@@ -114,9 +114,7 @@ class ScoreRequest(BaseModel):
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
-    # The request's sampling fields are SampleConfig's, by name (besides them: the run and the streaming switch).
-    options = {name: value for name, value in body.model_dump().items() if name in SAMPLE_FIELDS}
-    config = SampleConfig(**dict(options, temperature=temperature_values(body.temperature)))
+    config = sample_config_of(body.model_dump())  # the fields besides SampleConfig's: the run, the streaming switch
     # This server's limits come before the general rules, which allow far more.
     if config.sample_count > limits.max_samples:
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
