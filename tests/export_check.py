@@ -35,6 +35,7 @@ filtered = served.signatures["generate_filtered"]
 
 guarded = served.signatures["generate_guarded"]
 result["filtered_inputs"] = sorted(filtered.structured_input_signature[1])  # as exported before the guard
+result["guarded_inputs"] = sorted(guarded.structured_input_signature[1])
 
 
 def generate_filtered(temperature, seed, top_k, top_p, min_p=0.0, max_repeat=None, prime="abc"):

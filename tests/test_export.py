@@ -62,6 +62,7 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     # generate_filtered keeps the inputs it was exported with (a caller feeding them broke when max_repeat joined)
     assert exported["loaded"]["filtered_inputs"] == ["length", "min_p", "prime", "seed", "temperature", "top_k",
                                                      "top_p"]
+    assert exported["loaded"]["guarded_inputs"] == sorted(exported["loaded"]["filtered_inputs"] + ["max_repeat"])
     # at temperature 5 the draws wander; each filter that keeps only the most likely character gives the greedy text
     assert filtered["hot"] != greedy
     assert filtered["top_k_1"] == filtered["top_p_small"] == filtered["min_p_1"] == greedy
@@ -92,6 +93,21 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
     assert vocab["unicode_form"] is None  # plain letters show neither form
+
+
+def test_the_newest_generate_signature_takes_every_sampling_filter():
+    """A filter added to textgen's sampling and not to the export was silently missing from it: a new filter gets a
+    new signature (the ones exported keep their inputs), and the command line's help names each signature."""
+    from click.testing import CliRunner
+
+    from textgen import sampling
+    from textgen.cli import cli
+    from textgen.export import GENERATE_SIGNATURES
+
+    *_, newest = GENERATE_SIGNATURES.values()
+    assert set(newest) == set(sampling.FILTERS), "add a generate signature with the new filter to GENERATE_SIGNATURES"
+    shown = " ".join(CliRunner().invoke(cli, ["export", "--help"]).output.split())
+    assert all(name in shown for name in GENERATE_SIGNATURES), shown
 
 
 def test_vocab_json_names_the_unicode_form_to_write_prompts_in(trained_run, tmp_path):

@@ -38,7 +38,8 @@ def perplexity(nats: float) -> float:
 
 
 def window_loss_sum(model, x, y):
-    """Summed cross-entropy (nats) of one window: the one definition training and eval share."""
+    """Summed cross-entropy (nats) of one window, as validation and eval measure it (training's step computes its
+    own, per stream, in session.Session: what it optimises may differ, as dropout is on there)."""
     import tensorflow as tf
 
     logits = model(x, training=False)

@@ -49,9 +49,6 @@ def _serving_module(meta, trained, vocab_file: Path):
 
     generate_inputs = [tf.TensorSpec([], tf.string, name="prime"), tf.TensorSpec([], tf.int32, name="length"),
                        tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int64, name="seed")]
-    filter_inputs = [tf.TensorSpec([], tf.int32, name="top_k"), tf.TensorSpec([], tf.float32, name="top_p"),
-                     tf.TensorSpec([], tf.float32, name="min_p")]
-    guard_input = [tf.TensorSpec([], tf.int32, name="max_repeat")]
 
     config, vocab = meta.model, meta.vocab
     layers = config.layers
@@ -74,6 +71,8 @@ def _serving_module(meta, trained, vocab_file: Path):
                 self.vocab_asset, tf.int64, 0, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, delimiter="\t"), -1)
             self.id_to_char = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
                 self.vocab_asset, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.int64, 0, delimiter="\t"), 0)
+            for name, options in GENERATE_SIGNATURES.items():
+                setattr(self, name, self._signature(options))
 
         def _one_step(self, ids, h, c):
             """ids (B,) -> logits (B, V) and the new h, c (L, B, U)."""
@@ -133,8 +132,9 @@ def _serving_module(meta, trained, vocab_file: Path):
             logits, h, c = self._one_step(ids, tf.reshape(h, rows), tf.reshape(c, rows))
             return {"logits": logits, "h": h, "c": c}
 
-        def _generate(self, prime, length, temperature, seed, top_k=None, top_p=None, min_p=None, max_repeat=None):
-            """prime followed by length sampled characters (characters the model never saw are dropped)."""
+        def _generate(self, prime, length, temperature, seed, max_repeat=None, **cut_offs):
+            """prime followed by length sampled characters (characters the model never saw are dropped); cut_offs:
+            choose_tf's filters."""
             # The command line's rules: refused, not read as something else (-1 was greedy, -5 characters none).
             with tf.control_dependencies(_rule_checks(temperature=temperature, length=length, seed=seed)):
                 length, temperature = tf.identity(length), tf.identity(temperature)  # before the TensorArray
@@ -160,8 +160,7 @@ def _serving_module(meta, trained, vocab_file: Path):
                     blocked = (max_repeat > 0) & (run >= max_repeat)
                     last = tf.where(blocked & tf.equal(tf.range(len(vocab)), last_id)[None, :], float("-inf"), last)
                 uniform = tf.random.stateless_uniform([1], seed=tf.stack([seed, tf.cast(t, tf.int64)]))
-                chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, top_k=top_k,
-                                            top_p=top_p, min_p=min_p)
+                chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, **cut_offs)
                 run = tf.where(tf.equal(chosen[0], last_id[0]), run + 1, 1)
                 last, h, c = self._one_step(chosen, h, c)
                 return t + 1, out.write(t, chosen[0]), last, h, c, chosen, run
@@ -171,33 +170,33 @@ def _serving_module(meta, trained, vocab_file: Path):
             chars = self.id_to_char.lookup(tf.cast(out.stack(), tf.int64))
             return {"text": known + tf.strings.unicode_encode(tf.cast(chars, tf.int32), "UTF-8")}
 
-        @tf.function(input_signature=generate_inputs)
-        def generate(self, prime, length, temperature, seed):
-            return self._generate(prime, length, temperature, seed)
+        def _signature(self, options: tuple):
+            """A generate signature taking options (names of sampling.FILTERS) after prime, length, temperature and
+            seed: 0 as top_k, 1 as top_p, 0 as min_p or max_repeat filter nothing."""
+            specs = generate_inputs + [tf.TensorSpec([], sampling.FILTER_RULES[name].dtype, name=name)
+                                       for name in options]
 
-        # A signature is fixed once exported (its callers feed every input): a new option gets a new one.
-        @tf.function(input_signature=generate_inputs + filter_inputs)
-        def generate_filtered(self, prime, length, temperature, seed, top_k, top_p, min_p):
-            """generate with the command line's filters; top_k 0, top_p 1 and min_p 0 leave the sample alone."""
-            return self._generate_with_options(prime, length, temperature, seed, top_k, top_p, min_p)
+            def generate(prime, length, temperature, seed, *values):
+                filters = dict(zip(options, values))
+                _rule_checks(**filters)
+                for name, off in NO_FILTER.items():  # outside the option's range: what keeps every token instead
+                    if name in filters:
+                        keep_all = sampling.FILTER_RULES[name].keep_all(len(vocab))
+                        filters[name] = tf.where(tf.equal(filters[name], off), keep_all, filters[name])
+                return self._generate(prime, length, temperature, seed, **filters)
 
-        @tf.function(input_signature=generate_inputs + filter_inputs + guard_input)
-        def generate_guarded(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat):
-            """generate_filtered with the command line's repeat guard too (0: none; textgen sample's default: 20)."""
-            return self._generate_with_options(prime, length, temperature, seed, top_k, top_p, min_p, max_repeat)
-
-        def _generate_with_options(self, prime, length, temperature, seed, top_k, top_p, min_p, max_repeat=None):
-            _rule_checks(top_k=top_k, top_p=top_p, min_p=min_p,
-                         **({} if max_repeat is None else dict(max_repeat=max_repeat)))
-            vocab_size = len(vocab)
-            return self._generate(prime, length, temperature, seed,
-                                  tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size), top_p, min_p,
-                                  max_repeat)
+            return tf.function(generate, input_signature=specs)
 
     return Serving()
 
 
 NO_FILTER = {"top_k": 0}  # the exported signatures' value for "no filter" outside the option's own range
+
+# The SavedModel's generate signatures, each with the sampling options it takes after prime, length, temperature and
+# seed. A signature is fixed once exported (its callers feed every input): a new filter gets a new signature, which
+# takes every filter so far.
+GENERATE_SIGNATURES = {"generate": (), "generate_filtered": ("top_k", "top_p", "min_p"),
+                       "generate_guarded": ("top_k", "top_p", "min_p", "max_repeat")}
 
 
 def _rule_checks(**values) -> list:
@@ -237,10 +236,9 @@ def _write_savedmodel(meta, trained, out: Path, serving) -> list[Path]:
     import tensorflow as tf
 
     module = serving()
+    signatures = {name: getattr(module, name) for name in GENERATE_SIGNATURES}
     tf.saved_model.save(module, str(out / "savedmodel"),
-                        signatures={"serving_default": module.generate, "generate": module.generate,
-                                    "generate_filtered": module.generate_filtered,
-                                    "generate_guarded": module.generate_guarded, "step": module.step})
+                        signatures={"serving_default": module.generate, **signatures, "step": module.step})
     return [out / "savedmodel"]
 
 
