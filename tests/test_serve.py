@@ -282,6 +282,54 @@ BAD_BODIES = [
 ]
 
 
+def test_run_names_an_http_client_gets_wrong_are_told_in_its_terms(server):
+    """"run": "" served the default run, where null means that and the command line and Python refuse an empty
+    name; "../etc" was answered with command-line advice (--checkpoint-dir .. --run etc)."""
+    for body in (dict(run=""), dict(run="", text="abc")):
+        status, text = call(server, "/v1/score" if "text" in body else "/v1/generate", body)
+        assert (status, json.loads(text)) == (400, {"error": "run is empty; leave it out (or null) for the server's "
+                                                             "default run, or name one that GET /v1/models lists"})
+    status, text = call(server, "/v1/generate", dict(run="../etc"))
+    assert (status, json.loads(text)) == (400, {"error": "invalid run name '../etc'; name one of the runs GET "
+                                                         "/v1/models lists"})
+    assert call(server, "/v1/generate", dict(run="nowhere"))[0] == 404
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a GET where only POST is served
+        urllib.request.urlopen(server + "/v1/generate", timeout=60)
+    assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"  # RFC 9110 asks for it
+
+
+def preflight(base, origin):
+    """A browser's CORS preflight for a JSON POST to /v1/generate from a page of origin: (status, headers)."""
+    request = urllib.request.Request(base + "/v1/generate", method="OPTIONS", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers
+
+
+def test_origins_given_may_call_the_api_from_a_browser(server, trained_run):
+    """No CORS: a page on another origin (a web app in development) could not call the API at all."""
+    from textgen.serve import Limits, create_app
+
+    status, headers = preflight(server, "http://localhost:3000")  # by default, none
+    assert status == 405 and "Access-Control-Allow-Origin" not in headers
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), allow_origins=("http://localhost:3000",))
+    with serving(app) as base:
+        status, headers = preflight(base, "http://localhost:3000")
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+        assert "POST" in headers["Access-Control-Allow-Methods"]
+        assert preflight(base, "http://elsewhere.example")[0] == 400  # an origin not given
+        request = urllib.request.Request(base + "/v1/generate", data=json.dumps(dict(length=5, stream=True)).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "Origin": "http://localhost:3000"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+            assert response.headers["X-Accel-Buffering"] == "no"  # a proxy (nginx) passes the stream on at once
+            assert b"event: done" in response.read()
+
+
 def test_500_malformed_requests_each_get_a_4xx_and_the_server_keeps_answering(server):
     rng = random.Random(3)
     for i in range(500):
@@ -439,11 +487,9 @@ def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(train
     import sys
 
     port = free_port()
-    code = ("import sys; import textgen.serve as serve; from textgen.config import Limits; "
-            "serve.SHUTDOWN_GRACE_S = 1.0; "
-            f"serve.serve(sys.argv[1], None, '127.0.0.1', {port}, Limits(max_length=10_000_000))")
-    process = subprocess.Popen([sys.executable, "-c", code, str(trained_run["checkpoint_dir"])],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "textgen", "serve", "--checkpoint-dir",
+                                str(trained_run["checkpoint_dir"]), "--port", str(port), "--max-length", "10000000",
+                                "--shutdown-timeout", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_health(process, base)
@@ -451,10 +497,13 @@ def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(train
             answer = pool.submit(call, base, "/v1/generate", dict(length=10_000_000, stream=stream), timeout=60)
             time.sleep(2)  # generating (10 million characters: minutes)
             process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
             status, text = answer.result()
         _, stderr = process.communicate(timeout=60)
+        stopped = time.monotonic() - signalled
     finally:
         process.kill()
+    assert stopped < 15  # --shutdown-timeout 1, not the default 30 s (a second or two more to stop)
     shutting_down = {"error": "the server is shutting down; send the request again once it is back"}
     if stream:
         last = events(text)[-1]

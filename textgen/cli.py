@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from textgen.config import (DEFAULT_CHECKPOINT_DIR, EXPORT_FORMATS, Limits, ModelConfig, SampleConfig, TrainConfig,
-                            command_line_options, split_training_options)
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, Limits, ModelConfig,
+                            SampleConfig, TrainConfig, command_line_options, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -311,12 +311,21 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--max-loaded-runs", type=click.IntRange(2), default=Limits.max_loaded_runs, show_default=True,
               help="Runs kept in memory at once; a request for another unloads the one used least recently "
                    "(never the default run).")
-def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs):
+@click.option("--shutdown-timeout", type=click.FloatRange(0), default=DEFAULT_SHUTDOWN_TIMEOUT, show_default=True,
+              help="Seconds that Ctrl-C or SIGTERM lets the requests in flight finish; then the rest are cut "
+                   "(a stream gets an error event, another request a 503). Below your service manager's own "
+                   "(docker stop: 10).")
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+              help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
+                   "from a browser (CORS). Repeat for several. Default: only the server's own page.")
+def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs, shutdown_timeout,
+          allow_origins):
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
     run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
-                                                       max_loaded_runs=max_loaded_runs))
+                                                       max_loaded_runs=max_loaded_runs),
+               shutdown_timeout=shutdown_timeout, allow_origins=allow_origins)
 
 
 @cli.command()

@@ -323,6 +323,10 @@ class SampleConfig(_Config):
                               f"--length {self.length:,}; draw them in several runs")
 
 
+# Ctrl-C or SIGTERM lets a server's requests in flight end for this long (textgen serve --shutdown-timeout).
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request to `textgen serve` may ask for, and how many runs it keeps in memory."""

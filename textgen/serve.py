@@ -28,6 +28,7 @@ from typing import Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -35,8 +36,8 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import DamagedCheckpoint
-from textgen.config import (DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits, SampleConfig, rules,
-                            sample_config_of, shown_number)
+from textgen.config import (DEFAULT_MAX_REPEAT, DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits,
+                            SampleConfig, rules, sample_config_of, shown_number)
 from textgen.errors import TextgenError, as_keywords
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.served_runs import ApiError, Runs
@@ -136,8 +137,10 @@ def _example(request) -> str:
     return f"send for instance {EXAMPLE_BODIES.get(request.url.path, EXAMPLE_BODY)}"
 
 
-def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits()):
-    """The ASGI application serving the runs under checkpoint_dir (run: the default one)."""
+def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits(),
+               allow_origins: tuple = ()):
+    """The ASGI application serving the runs under checkpoint_dir (run: the default one); allow_origins: the web
+    origins whose pages may call the API (CORS; "*": any)."""
 
     from textgen.generate import ENGINE_SIZES
 
@@ -148,8 +151,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
     app.state.runs = runs
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -171,7 +174,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def http_error(request, exc: StarletteHTTPException):
         if exc.detail == BODY_UNREADABLE:  # FastAPI's words for a body json.loads fails on but not as bad JSON
             return error(422, f"the body is not JSON (not UTF-8, or nested too deeply); {_example(request)}")
-        return error(exc.status_code, str(exc.detail))
+        return error(exc.status_code, str(exc.detail), exc.headers)  # a 405's Allow
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -196,6 +199,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    if allow_origins:  # outside the body limit: a 413 carries the headers the browser needs to show it
+        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type"])
 
     # async: answered on the event loop, not by a worker thread that requests waiting for a run may all hold
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -232,7 +238,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             runs.submit, body.run, config, _deliverer(loop, inbox))
         if body.stream:
             return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
-                                  headers={"Cache-Control": "no-cache"})
+                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # nginx
         watcher = asyncio.create_task(_cancel_when_gone(request, job))
         try:
             while await inbox.get() is not None:
@@ -342,8 +348,10 @@ async def _events(job, inbox):
         job.cancel()
 
 
-def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits()) -> None:
-    """Run the server until Ctrl-C or SIGTERM."""
+def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits(),
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, allow_origins: tuple = ()) -> None:
+    """Run the server until Ctrl-C or SIGTERM, which lets the requests in flight end for at most shutdown_timeout
+    seconds (a service manager's stop must not wait on a long stream: --max-length 200000 took a minute)."""
     import socket
 
     import uvicorn
@@ -368,7 +376,7 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
                     advice = "choose another --port or stop the program that uses it"
                 raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
     import_tensorflow_quietly()
-    app = create_app(checkpoint_dir, run, limits)
+    app = create_app(checkpoint_dir, run, limits, allow_origins)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{shown}:{port}/ "
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
@@ -377,7 +385,7 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     log_config["handlers"]["default"]["filters"] = ["cut_short"]
     logging.getLogger("asyncio").addFilter(_CutShort())
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True,
-                                           log_config=log_config, timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
+                                           log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it has stopped: stopping was the ask
@@ -386,11 +394,6 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
     if server.force_exit:
         logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
-
-
-# Ctrl-C or SIGTERM lets the requests in flight end, for at most this long: a service manager's stop must not wait
-# on a long stream (--max-length 200000 took a minute).
-SHUTDOWN_GRACE_S = 30.0
 
 
 class _CutShort(logging.Filter):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,8 +149,11 @@ class Runs:
 
     def get(self, name: Optional[str]) -> Served:
         """The named run (default: the server's run), loaded on first use and again when it has a newer checkpoint."""
-        from textgen.runs import check_run_name, named_alike
+        from textgen.runs import is_run_name, named_alike
 
+        if name == "":  # not the default run, as null is: refused, as the command line and the Python API do
+            raise ApiError("run is empty; leave it out (or null) for the server's default run, or name one that GET "
+                           "/v1/models lists")
         asked, name = name, name or self.default
         paths = None  # the runs there, whatever their folders are called ("my run"): listed only for a new name
         if name not in self._loaded:  # a name in another Unicode form (a decomposed é) is its folder's, as with --run
@@ -167,8 +171,8 @@ class Runs:
             return self._reload(served)
         path = (self.paths() if paths is None else paths).get(name)
         if path is None:
-            if asked:  # a path-like name ("../x") is a bad request, not a missing run (not so a default deleted)
-                check_run_name(name)
+            if asked and not is_run_name(unicodedata.normalize("NFC", name)):  # "../x": a bad request, not a 404
+                raise ApiError(f"invalid run name {name!r}; name one of the runs GET /v1/models lists")
             raise no_run(name)
         with self._guard:
             self._last_used[name] = time.monotonic()
