@@ -93,8 +93,34 @@ def test_health_models_and_openapi(server, trained_run):
     assert 'event "error"' in spec["paths"]["/v1/generate"]["post"]["responses"]["200"]["description"]
     # The ranges, as SampleConfig declares them (no schema said that top_p lies in (0, 1] or length in [0, 1e7]).
     fields = spec["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert (fields["top_p"]["exclusiveMinimum"], fields["top_p"]["maximum"]) == (0, 1)
-    assert (fields["length"]["minimum"], fields["length"]["maximum"]) == (0, 10**7) and fields["seed"]["minimum"] == 0
+    top_p = fields["top_p"]["anyOf"][0]
+    assert (top_p["type"], top_p["exclusiveMinimum"], top_p["maximum"]) == ("number", 0, 1)
+    assert (fields["length"]["minimum"], fields["length"]["maximum"]) == (0, 10**7)
+    assert fields["seed"]["anyOf"][0] == {"type": "integer", "minimum": 0}
+    # Integers as integers (FastAPI wrote "minimum": 1.0), and a temperature list's items bounded, the list not empty
+    assert '"minimum": 1.0' not in json.dumps(spec) and fields["top_k"]["anyOf"][0] == {"type": "integer",
+                                                                                       "minimum": 1}
+    number, array = fields["temperature"]["anyOf"]
+    assert (number["minimum"], array["items"]["minimum"], array["minItems"]) == (0, 0, 1)
+    assert number["maximum"] == array["items"]["maximum"] == 10**6
+
+
+def test_every_answer_is_as_the_openapi_document_describes_it(server):
+    """The 200 answers' schemas were empty ({}): a client generated from the document got Any for each."""
+    from textgen.serve_schema import GenerateResponse, Health, ModelsResponse, ScoreResponse
+
+    spec = json.loads(call(server, "/v1/openapi.json")[1])
+    for path, method, model in (("/v1/generate", "post", GenerateResponse), ("/v1/score", "post", ScoreResponse),
+                                ("/v1/models", "get", ModelsResponse), ("/healthz", "get", Health)):
+        described = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert described == {"$ref": f"#/components/schemas/{model.__name__}"}, path
+    # The real answers hold what the models describe, no field more (extra="forbid") and none missing.
+    GenerateResponse.model_validate_json(call(server, "/v1/generate", dict(prime="ab", length=5, num_samples=2))[1])
+    ScoreResponse.model_validate_json(call(server, "/v1/score", dict(text="abcdefg"))[1])
+    ModelsResponse.model_validate_json(call(server, "/v1/models")[1])
+    Health.model_validate_json(call(server, "/healthz")[1])
+    score_400 = spec["paths"]["/v1/score"]["post"]["responses"]["400"]["description"]
+    assert "text" in score_400 and "prime" not in score_400  # its own causes, not generate's
 
 
 def test_generate_round_trip(server, trained_run):

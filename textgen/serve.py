@@ -24,22 +24,23 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import DamagedCheckpoint
-from textgen.config import (DEFAULT_MAX_REPEAT, DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits,
-                            SampleConfig, rules, sample_config_of, shown_number)
+from textgen.config import (DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits,
+                            SampleConfig, sample_config_of, shown_number)
 from textgen.errors import TextgenError, as_keywords
 from textgen.quiet_import import import_tensorflow_quietly
+from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, ScoreRequest,
+                                  ScoreResponse, errors, integral_bounds)
 from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
@@ -61,57 +62,6 @@ def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
             loop.call_soon_threadsafe(inbox.put_nowait, piece)
 
     return deliver
-
-
-def _ranged(name: str, default, description: str):
-    """A field of a sampling option, its range (SampleConfig's) in the OpenAPI description only: a value outside it
-    gets the command line's one-line message (400), not the validator's."""
-    rule = rules(SampleConfig)[name]
-    bounds = {}  # (FastAPI's OpenAPI model writes them as numbers: 1.0, an integer's too)
-    if rule.low is not None:
-        bounds["exclusiveMinimum" if rule.low_open else "minimum"] = rule.low
-    if rule.high is not None:
-        bounds["exclusiveMaximum" if rule.high_open else "maximum"] = rule.high
-    return Field(default, description=description, json_schema_extra=bounds)
-
-
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    run: Optional[str] = Field(None, description="Run name (default: the server's run)")
-    prime: str = Field("", description="Text to start from; it begins each sample")
-    length: int = _ranged("length", 500, "Characters to generate (at most the server's max_length: GET /v1/models)")
-    temperature: Union[float, list[float]] = _ranged("temperature", 0.5, "One value, or one sample per value")
-    top_k: Optional[int] = _ranged("top_k", None, "Draw only from the top_k most likely characters")
-    top_p: Optional[float] = _ranged("top_p", None, "Draw from the smallest set of characters whose probability "
-                                                    "reaches top_p")
-    min_p: Optional[float] = _ranged("min_p", None, "Drop characters less likely than min_p x the likeliest")
-    max_repeat: Optional[int] = _ranged("max_repeat", DEFAULT_MAX_REPEAT, "Never one character more than this many "
-                                        "times in a row (0 or null: no guard)")
-    seed: Optional[int] = _ranged("seed", None, "The same seed gives the same text")
-    stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
-    num_samples: int = _ranged("num_samples", 1, "Samples per temperature (at most the server's max_samples in all)")
-    skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
-    stream: bool = Field(False, description="Stream the samples as Server-Sent Events, each piece with its sample's "
-                                            "place in the samples list")
-
-
-class ErrorBody(BaseModel):
-    """Every error's body: one line naming the problem and what to do."""
-
-    error: str
-
-
-ERRORS = {status: {"model": ErrorBody, "description": description} for status, description in (
-    (400, "an option out of range, or a prime with characters the model never saw"), (404, "no such run"),
-    (413, "a body over the size limit"), (415, "a body not sent as Content-Type: application/json"),
-    (422, "malformed JSON or a field of the wrong type"), (500, "the run cannot be loaded, or generation failed"),
-    (503, "the server is shutting down (a request it had to cut)"))}
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    run: Optional[str] = None
-    text: str
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
@@ -150,6 +100,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
     app.state.runs = runs
+    describe = app.openapi
+    app.openapi = lambda: integral_bounds(describe())  # (FastAPI keeps the document it made, then ours: made once)
 
     def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -208,14 +160,14 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def playground():
         return page
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": Health}})
     async def healthz():
         return {"status": "ok"}
 
     for path, answer, kind in (("/", playground, HTMLResponse), ("/healthz", healthz, JSONResponse)):
         app.add_api_route(path, answer, methods=["HEAD"], response_class=kind, include_in_schema=False)  # uptime checks
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"model": ModelsResponse}})
     def models():
         paths = runs.paths()
         # A default run deleted since start-up is not named: a client would select a run the list does not hold.
@@ -225,7 +177,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                                max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
 
     @app.post("/v1/generate", responses={
-        **ERRORS, 200: {"description": "the samples and the options used (JSON), or with stream: Server-Sent Events: "
+        **errors("an option out of range, or a prime with characters the model never saw"),
+        200: {"model": GenerateResponse,
+              "description": "the samples and the options used (JSON), or with stream: Server-Sent Events: "
                                        '{"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
                                        'event "done" ({"samples": [{"temperature", "index", "stopped"}]}), or event '
                                        '"error" ({"error": message}) if generation failed or the server is shutting '
@@ -255,7 +209,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     scoring: dict[str, asyncio.Lock] = {}  # one score at a time per run: the others wait here, not in a thread each
 
-    @app.post("/v1/score", responses=ERRORS)
+    @app.post("/v1/score", responses={**errors("a text over the server's max_score_chars, or with fewer than 2 "
+                                               "characters the model knows"), 200: {"model": ScoreResponse}})
     async def score(body: ScoreRequest):
         if len(body.text) > limits.max_score_chars:
             raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
