@@ -911,6 +911,12 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
     weights = next((tmp_path / "broken").glob("*.weights.h5"))
     weights.write_bytes(weights.read_bytes()[:100])
     with serving(create_app(tmp_path, "main")) as base:
+        # listed as a run that cannot be served, before a request finds out (it was listed with its facts)
+        listed = {model["name"]: model for model in json.loads(call(base, "/v1/models")[1])["models"]}
+        assert listed["broken"] == {"name": "broken", "error": f"checkpoint file broken/{weights.name} is corrupted "
+                                                               "(checksum mismatch); train again with --overwrite or "
+                                                               "restore the file from a backup"}
+        assert "error" not in listed["gone"] and listed["gone"]["epochs"] == listed["main"]["epochs"]
         assert call(base, "/v1/generate", dict(run="gone", length=5))[0] == 200
         shutil.rmtree(tmp_path / "gone")
         status, text = call(base, "/v1/generate", dict(run="gone", length=5))

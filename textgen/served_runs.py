@@ -61,6 +61,25 @@ def checkpoint_version(path: Path) -> tuple:
     return ()
 
 
+def _servable(path: Path):
+    """The metadata of the checkpoint that loading the run would serve: the best, else the last, whose weights are
+    there and check out (as checkpoint.load_model falls back); None if it has none. (A damaged weights file was
+    listed with the run's facts, and the first request for it got a 500.)"""
+    from textgen.checkpoint import read_run_meta, verified_file
+
+    kinds, problem = read_run_meta(path), None
+    for meta in (kinds.best, kinds.last):
+        if meta is not None:
+            try:
+                verified_file(path, meta, "weights")
+                return meta
+            except TextgenError as error:
+                problem = problem or error
+    if problem is not None:
+        raise problem
+    return None
+
+
 def no_run(name: str) -> ApiError:
     return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
 
@@ -118,7 +137,7 @@ class Runs:
 
     def describe(self, name: str, path: Path) -> Optional[dict]:
         """The run's facts for GET /v1/models (or why it cannot be served); None when its checkpoints are gone."""
-        from textgen.checkpoint import meta_stamp, read_run_meta
+        from textgen.checkpoint import meta_stamp
 
         served = self._loaded.get(name)
         try:
@@ -129,7 +148,12 @@ class Runs:
                 stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
                 kept = self._described.get(path)
                 if kept is None or kept[0] != stamp:
-                    kept = self._described[path] = stamp, read_run_meta(path).best_else_last
+                    try:
+                        kept = self._described[path] = stamp, _servable(path)
+                    except TextgenError as error:
+                        kept = self._described[path] = stamp, error
+                if isinstance(kept[1], TextgenError):
+                    raise kept[1]
                 meta = kept[1]
         except TextgenError as error:
             return dict(name=name, error=self.inside(error))
