@@ -140,11 +140,33 @@ def test_generate_round_trip(server, trained_run):
                         num_samples=2, seed=4)
     assert [s["text"] for s in answer["samples"]] == [sample.text for sample in expected]
     assert answer["options"]["run"] == "period" and answer["options"]["seed"] == 4
-    assert call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop="f"))[1] == \
+    text = call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop="f"))[1]
+    seed = json.loads(text)["options"]["seed"]  # none was given: the one drawn for the request
+    assert text == \
         '{"options":{"run":"period","prime":"ab","length":50,"temperature":0.0,"top_k":null,"top_p":null,' \
-        '"min_p":null,"max_repeat":20,"seed":null,"stop":"f","num_samples":1,"skip_unknown":false},' \
+        f'"min_p":null,"max_repeat":20,"seed":{seed},"stop":"f","num_samples":1,"skip_unknown":false}},' \
         '"samples":[{"text":"abcde",' \
         '"temperature":0.0,"index":0,"stopped":true}]}'
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_without_a_seed_is_told_the_seed_that_gives_its_text_again(server, stream):
+    """"seed": null came back: a text a client liked could not be asked for again."""
+    request = dict(prime="a", length=80, temperature=1.5, num_samples=2, stream=stream)
+    status, text = call(server, "/v1/generate", request)
+    if stream:
+        blocks = events(text)
+        seed = json.loads(blocks[-1].split("\n", 1)[1][len("data: "):])["seed"]
+        pieces = [json.loads(block[len("data: "):]) for block in blocks[:-1]]
+        texts = ["a" + "".join(piece["text"] for piece in pieces if piece.get("sample") == i) for i in (0, 1)]
+    else:
+        answer = json.loads(text)
+        seed, texts = answer["options"]["seed"], [sample["text"] for sample in answer["samples"]]
+    assert status == 200 and isinstance(seed, int) and 0 <= seed < 2**31 and texts[0] != texts[1]
+    again = json.loads(call(server, "/v1/generate", dict(request, seed=seed, stream=False))[1])
+    assert [sample["text"] for sample in again["samples"]] == texts
+    other = json.loads(call(server, "/v1/generate", dict(request, stream=False))[1])
+    assert other["options"]["seed"] != seed and [sample["text"] for sample in other["samples"]] != texts
 
 
 def test_a_seeded_request_gives_the_same_text_alone_or_batched_with_others(server):
@@ -181,7 +203,7 @@ def test_streaming_sends_the_text_as_server_sent_events(server):
     assert status == 200
     blocks = events(text)
     assert blocks[-1] == 'event: done\ndata: {"stopped": false, "samples": [{"temperature": 0.7, "index": 0, ' \
-                         '"stopped": false}]}'
+                         '"stopped": false}], "seed": 9}'
     messages = [json.loads(block[len("data: "):]) for block in blocks[:-1]]
     pieces = [message["text"] for message in messages]
     assert len(pieces) >= 3 and messages[0] == {"text": "abc", "prime": True}

@@ -22,6 +22,7 @@ import dataclasses
 import errno
 import json
 import logging
+import secrets
 from importlib import resources
 from pathlib import Path
 from typing import Optional
@@ -46,6 +47,7 @@ from textgen.served_runs import ApiError, Runs
 logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
+SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (a JavaScript number, an int32 of an export)
 
 
 EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}'}  # the rest: EXAMPLE_BODY
@@ -77,6 +79,8 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
     if len(config.prime) > limits.max_prime_chars:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
                          f"{len(config.prime)}")
+    if config.seed is None:  # one drawn here, and sent back: a text the client likes can be asked for again
+        config = dataclasses.replace(config, seed=secrets.randbelow(SEEDS_DRAWN))
     return config
 
 
@@ -179,19 +183,18 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.post("/v1/generate", responses={
         **errors("an option out of range, or a prime with characters the model never saw"),
         200: {"model": GenerateResponse,
-              "description": "the samples and the options used (JSON), or with stream: Server-Sent Events: "
-                                       '{"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
-                                       'event "done" ({"samples": [{"temperature", "index", "stopped"}]}), or event '
-                                       '"error" ({"error": message}) if generation failed or the server is shutting '
-                                       'down',
-                        "content": {"text/event-stream": {}}}})
+              "description": "the samples and the options used, the seed named (JSON); or with stream: Server-Sent "
+                             'Events: {"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
+                             'event "done" ({"samples": [{"temperature", "index", "stopped"}], "seed"}), or event '
+                             '"error" ({"error": message}) if generation failed or the server is shutting down',
+              "content": {"text/event-stream": {}}}})
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
         served, job = await run_in_threadpool(  # in a thread: the first use of a run (or a new checkpoint) loads it
             runs.submit, body.run, config, _deliverer(loop, inbox))
         if body.stream:
-            return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
+            return _ClosingStream(_events(job, inbox, config.seed), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # nginx
         watcher = asyncio.create_task(_cancel_when_gone(request, job))
         try:
@@ -204,7 +207,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
         if job.error is not None:
             raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
-        options = dict(body.model_dump(exclude={"stream"}), run=served.name)
+        options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
     scoring: dict[str, asyncio.Lock] = {}  # one score at a time per run: the others wait here, not in a thread each
@@ -277,11 +280,12 @@ async def _cancel_when_gone(request: Request, job) -> None:
                 f"{job.streams.produced} of {job.streams.config.length} characters; its generation stopped")
 
 
-async def _events(job, inbox):
+async def _events(job, inbox, seed: int):
     """Server-Sent Events: first {"text": prime, "prime": true} (the prime as the model reads it: in its Unicode
     form, unknown characters dropped; every sample starts with it), then {"text": piece, "sample": i} per decided
     piece of each sample (i: its place in the non-streamed response's samples), then event "done" with each
-    sample's temperature, index and whether stop ended it. When the response ends early (the client went away),
+    sample's temperature, index and whether stop ended it, and the seed (the request's, or the one drawn for it).
+    When the response ends early (the client went away),
     the job is cancelled and its streams leave the batch at the next chunk."""
     try:
         try:
@@ -297,7 +301,8 @@ async def _events(job, inbox):
         else:
             samples = [dict(temperature=sample.temperature, index=sample.index, stopped=sample.stopped)
                        for sample in job.streams.samples()]
-            done = {"stopped": samples[0]["stopped"], "samples": samples}  # "stopped": the first sample's, as before
+            # "stopped": the first sample's, as before
+            done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": seed}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()
