@@ -739,6 +739,27 @@ def test_past_max_loaded_runs_the_least_recently_used_run_is_unloaded_and_loads_
         assert len(json.loads(call(base, "/v1/models")[1])["models"]) == 3  # every run is still listed
 
 
+def test_a_run_still_generating_is_unloaded_last(trained_run, tmp_path):
+    """Least recently used was counted from when a request started: a run streaming a long text was unloaded, and
+    the next request for it loaded a second copy while the first still ran."""
+    import shutil
+
+    from textgen.served_runs import Runs
+
+    for name in ("main", "long", "idle", "new"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    runs = Runs(tmp_path, "main", (1,), max_loaded=3)
+    streaming = runs.get("long")
+    runs.get("idle")  # used after long
+    streaming.batcher.busy = lambda: True  # still generating
+    runs.get("new")
+    assert sorted(runs._loaded) == ["long", "main", "new"]  # not long, though used least recently
+    del streaming.batcher.busy
+    runs.get("idle")
+    assert sorted(runs._loaded) == ["idle", "main", "new"]  # idle now: the least recently used goes
+    runs.stop()
+
+
 def test_a_reload_that_ends_after_its_run_was_unloaded_and_loaded_again_keeps_one_copy(trained_run, tmp_path):
     import shutil
 

@@ -126,6 +126,11 @@ class Batcher:
     def active(self) -> list[Job]:
         return list(dict.fromkeys(job for job in self.slots if job is not None))
 
+    def busy(self) -> bool:
+        """Whether it is generating or has requests waiting."""
+        with self.condition:
+            return bool(self.waiting) or any(job is not None for job in self.slots)
+
     def _admit(self) -> list[Job]:
         """Drop cancelled jobs, size the engine for the jobs that fit, and give waiting jobs their streams."""
         for job in self.active():

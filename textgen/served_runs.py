@@ -212,14 +212,16 @@ class Runs:
 
     def _keep(self, served: Served) -> None:
         """Hold served as its run's model (call with the guard held), unloading the run used least recently
-        when more than max_loaded would be in memory: its batcher finishes its requests, then frees its engine.
-        A request that then names it loads it again."""
+        when more than max_loaded would be in memory, one generating nothing if there is one (a long stream's run
+        was unloaded, and the next request loaded a second copy while it ran): its batcher finishes its requests,
+        then frees its engine. A request that then names it loads it again."""
         self._loaded[served.name] = served
         while len(self._loaded) > self.max_loaded:
             others = [name for name in self._loaded if name not in (self.default, served.name)]
             if not others:
                 return
-            oldest = min(others, key=lambda name: self._last_used.get(name, 0.0))
+            oldest = min(others, key=lambda name: (self._loaded[name].batcher.busy(),
+                                                   self._last_used.get(name, 0.0)))
             self._unload(oldest, f"{self.max_loaded} runs are in memory and it was used least recently "
                                  "(--max-loaded-runs)")
 
