@@ -13,13 +13,14 @@ def test_readme_option_reference_matches_the_cli():
     assert updated(readme) == readme, "the README's option reference is stale: run make readme"
 
 
-def test_the_architecture_table_names_every_module():
-    readme = README.read_text(encoding="utf-8")
-    table = readme[readme.index("## Architecture"):]
-    table = table[:table.index("\n\n", table.index("| module |"))]
-    modules = {path.name for path in (ROOT / "textgen").glob("*.py")} - {"__init__.py", "__main__.py"}
-    missing = sorted(name for name in modules if f"`{name}`" not in table)
-    assert not missing, f"README's Architecture table does not name {missing}"
+def test_the_architecture_table_names_every_module_and_the_test_table_every_test_file():
+    guide = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    for heading, first, folder in (("## Architecture", "| module |", "textgen"), ("## Tests", "| tests |", "tests")):
+        table = guide[guide.index(heading):]
+        table = table[:table.index("\n\n", table.index(first))]
+        files = {path.name for path in (ROOT / folder).glob("test_*.py" if folder == "tests" else "*.py")}
+        missing = sorted(name for name in files - {"__init__.py", "__main__.py"} if f"`{name}`" not in table)
+        assert not missing, f"CONTRIBUTING.md's {heading[3:]} table does not name {missing}"
 
 
 def test_the_training_and_sampling_tables_name_every_option():
