@@ -273,10 +273,12 @@ def test_the_filters_trace_without_an_autograph_warning(caplog):
 
     import tensorflow as tf
 
+    filters = sampling.StreamFilters.of(2, 5, top_k=[1, None], top_p=[0.5, None], min_p=[None, 0.1])
+
     @tf.function
-    def choose(logits, uniforms):
-        return sampling.choose_tf(logits, uniforms, tf.ones([2]), top_k=tf.constant([1, 5]),
-                                  top_p=tf.constant([0.5, 2.0]), min_p=tf.constant([0.0, 0.1]))
+    def choose(logits, uniforms):  # every filter choose_tf applies, a new one too
+        return sampling.choose_tf(logits, uniforms, tf.ones([2]),
+                                  **{name: tf.constant(getattr(filters, name)) for name in sampling.CUT_OFFS})
 
     with caplog.at_level(logging.WARNING):
         choose(tf.zeros([2, 5]), tf.constant([0.5, 0.5]))
