@@ -11,6 +11,7 @@ import pytest
 import textgen
 from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, write_text
 from textgen.callbacks import Callback
+from textgen.errors import OptionError
 from textgen.evaluation import evaluate
 
 
@@ -94,6 +95,21 @@ def test_a_name_is_a_run_under_the_checkpoint_directory_whatever_the_working_dir
     (tmp_path / "period" / "elsewhere").mkdir(parents=True)  # a folder of the run's name in the cwd
     monkeypatch.chdir(tmp_path)
     assert textgen.load("period", checkpoint_dir=trained_run["checkpoint_dir"]).run_dir == trained_run["run_dir"]
+
+
+def test_generate_and_stream_take_one_temperature_in_whatever_form(model):
+    """An array of two temperatures (or a range) was taken as a list: the 0.5 text alone came back, the 1.0 one
+    generated for nothing."""
+    import numpy as np
+
+    for several in ([0.5, 1.0], (0.5, 1.0), np.array([0.5, 1.0]), range(0, 3), (value for value in (0.5, 1.0))):
+        for method in (model.generate, model.stream):
+            with pytest.raises(OptionError, match="^temperature must be one number here; call generate once per "
+                                                  "temperature$"):
+                method("ab", length=5, temperature=several)
+    greedy = model.generate("ab", length=5, temperature=0)
+    assert model.generate("ab", length=5, temperature=np.float32(0)) == greedy  # a NumPy number is one number
+    assert "".join(model.stream("ab", length=5, temperature=np.array(0.0))) == greedy
 
 
 def test_generate_continues_the_pattern_and_is_reproducible(model):

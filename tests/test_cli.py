@@ -540,3 +540,12 @@ def test_a_reader_that_stops_reading_ends_the_sample_quietly(trained_run):
         assert process.stderr.read() == b""
     finally:
         process.kill()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused(value):
+    """click's FloatRange(0) let both through: nan stopped the server's requests at once, inf never."""
+    result = CliRunner().invoke(cli, ["serve", "--shutdown-timeout", value])
+    assert result.exit_code == 2
+    assert f"Invalid value for '--shutdown-timeout': must be a number of seconds, such as 10, not {value}" in \
+        result.output

@@ -114,11 +114,14 @@ def test_every_answer_is_as_the_openapi_document_describes_it(server):
                                 ("/v1/models", "get", ModelsResponse), ("/healthz", "get", Health)):
         described = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
         assert described == {"$ref": f"#/components/schemas/{model.__name__}"}, path
-    # The real answers hold what the models describe, no field more (extra="forbid") and none missing.
-    GenerateResponse.model_validate_json(call(server, "/v1/generate", dict(prime="ab", length=5, num_samples=2))[1])
-    ScoreResponse.model_validate_json(call(server, "/v1/score", dict(text="abcdefg"))[1])
-    ModelsResponse.model_validate_json(call(server, "/v1/models")[1])
-    Health.model_validate_json(call(server, "/healthz")[1])
+    assert '"additionalProperties": false' not in json.dumps(spec["components"]["schemas"]["GenerateResponse"])
+    # The real answers hold what the models describe, none missing and no field more (it would not come back).
+    for model, answer in ((GenerateResponse, call(server, "/v1/generate", dict(prime="ab", length=5, num_samples=2))),
+                          (GenerateResponse, call(server, "/v1/generate", dict(length=3, temperature=[0, 0.5, 1],
+                                                                               max_repeat=None, seed=3))),
+                          (ScoreResponse, call(server, "/v1/score", dict(text="abcdefg"))),
+                          (ModelsResponse, call(server, "/v1/models")), (Health, call(server, "/healthz"))):
+        assert model.model_validate_json(answer[1]).model_dump(mode="json") == json.loads(answer[1]), model
     score_400 = spec["paths"]["/v1/score"]["post"]["responses"]["400"]["description"]
     assert "text" in score_400 and "prime" not in score_400  # its own causes, not generate's
 
@@ -167,6 +170,9 @@ def test_a_request_without_a_seed_is_told_the_seed_that_gives_its_text_again(ser
     assert [sample["text"] for sample in again["samples"]] == texts
     other = json.loads(call(server, "/v1/generate", dict(request, stream=False))[1])
     assert other["options"]["seed"] != seed and [sample["text"] for sample in other["samples"]] != texts
+    # Not for several temperatures: with one seed their samples share the draws ([1.0, 1.0]: one text twice)
+    several = json.loads(call(server, "/v1/generate", dict(request, temperature=[1.5, 1.5], stream=False))[1])
+    assert several["options"]["seed"] is None and len({sample["text"] for sample in several["samples"]}) == 4
 
 
 def test_a_seeded_request_gives_the_same_text_alone_or_batched_with_others(server):
@@ -376,6 +382,16 @@ def test_origins_given_may_call_the_api_from_a_browser(server, trained_run):
             assert response.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
             assert response.headers["X-Accel-Buffering"] == "no"  # a proxy (nginx) passes the stream on at once
             assert b"event: done" in response.read()
+
+        def failing(paths):
+            raise RuntimeError("a bug")
+
+        app.state.runs.describe_all = failing  # an answer nobody foresaw is told to the page too (it had no header)
+        for origin, expected in (("http://localhost:3000", "http://localhost:3000"), ("http://elsewhere", None)):
+            request = urllib.request.Request(base + "/v1/models", headers={"Origin": origin})
+            with pytest.raises(urllib.error.HTTPError) as failed:
+                urllib.request.urlopen(request, timeout=60)
+            assert failed.value.code == 500 and failed.value.headers["Access-Control-Allow-Origin"] == expected
 
 
 def test_500_malformed_requests_each_get_a_4xx_and_the_server_keeps_answering(server):
@@ -744,18 +760,30 @@ def test_a_run_still_generating_is_unloaded_last(trained_run, tmp_path):
     the next request for it loaded a second copy while the first still ran."""
     import shutil
 
+    from textgen.config import SampleConfig
     from textgen.served_runs import Runs
 
     for name in ("main", "long", "idle", "new"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
     runs = Runs(tmp_path, "main", (1,), max_loaded=3)
     streaming = runs.get("long")
-    runs.get("idle")  # used after long
-    streaming.batcher.busy = lambda: True  # still generating
+    job = streaming.batcher.submit(SampleConfig(length=10_000_000), lambda piece: None)  # minutes of text
+    try:
+        runs.get("idle")  # used after long
+        runs.get("new")
+        assert sorted(runs._loaded) == ["long", "main", "new"]  # not long, though used least recently
+        streaming.version = ("an older checkpoint",)  # the next request loads long's newer one
+        assert runs.get("long") is not streaming and streaming.batcher.retired  # which finishes the long text
+        runs.get("new")  # now used after long
+        runs.get("idle")
+        assert sorted(runs._loaded) == ["idle", "long", "main"]  # long still generates, in its retired batcher
+    finally:
+        job.cancel()
+    deadline = time.monotonic() + 30
+    while streaming.batcher.busy():  # the cancelled job leaves at the next chunk
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     runs.get("new")
-    assert sorted(runs._loaded) == ["long", "main", "new"]  # not long, though used least recently
-    del streaming.batcher.busy
-    runs.get("idle")
     assert sorted(runs._loaded) == ["idle", "main", "new"]  # idle now: the least recently used goes
     runs.stop()
 
@@ -948,6 +976,7 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
     import shutil
 
     from textgen.serve import create_app
+    from textgen.serve_schema import ModelsResponse
 
     for name in ("main", "gone", "broken"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
@@ -959,6 +988,8 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
         assert listed["broken"] == {"name": "broken", "error": f"checkpoint file broken/{weights.name} is corrupted "
                                                                "(checksum mismatch); train again with --overwrite or "
                                                                "restore the file from a backup"}
+        answer = json.loads(call(base, "/v1/models")[1])  # as the OpenAPI document describes such an entry
+        assert ModelsResponse.model_validate(answer).model_dump(mode="json") == answer
         assert "error" not in listed["gone"] and listed["gone"]["epochs"] == listed["main"]["epochs"]
         assert call(base, "/v1/generate", dict(run="gone", length=5))[0] == 200
         shutil.rmtree(tmp_path / "gone")

@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
                             SampleConfig, TrainConfig, command_line_options, rules, sample_config_of,
-                            split_training_options)
+                            split_training_options, temperature_values)
 from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -241,9 +241,10 @@ class TextModel:
     def _config(arguments: dict) -> SampleConfig:
         """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): the ones named as
         SampleConfig's fields, so a new sampling option is added to the signatures and docstring only."""
-        if isinstance(arguments["temperature"], (list, tuple)):
+        temperature = temperature_values(arguments["temperature"])  # (a generator is read once, here)
+        if len(temperature) != 1:  # a list, an array, a range: the 0.5 text alone came back, for [0.5, 1.0]
             raise OptionError("temperature must be one number here; call generate once per temperature")
-        config = sample_config_of(arguments)
+        config = sample_config_of(dict(arguments, temperature=temperature))
         config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
 

@@ -391,13 +391,33 @@ def run_vocabulary(run_dir: Path) -> Optional[Vocabulary]:
     return None
 
 
+def _load_order(kind: str) -> list[str]:
+    return [kind] + [other for other in KINDS if other != kind]
+
+
+def servable_meta(run_dir: Path, kind: str = "best") -> Optional[CheckpointMeta]:
+    """The metadata of the checkpoint load_model would load, checked as it checks one (its weights file there, with
+    the checksum recorded), without loading it; None when the run has none. A damaged run's problem is raised."""
+    problems = []
+    for candidate in _load_order(kind):
+        try:
+            meta = read_meta(run_dir, candidate)
+            if meta is not None:
+                verified_file(run_dir, meta, "weights")
+                return meta
+        except TextgenError as problem:
+            problems.append(problem)
+    if problems:
+        raise problems[0]
+    return None
+
+
 def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
     """Build the checkpoint's architecture at batch_size and load its verified weights.
 
     Falls back from a damaged "best" to "last" with a warning. Returns (model, meta)."""
-    order = [kind] + [other for other in KINDS if other != kind]
     problems = []
-    for candidate in order:
+    for candidate in _load_order(kind):
         try:
             loaded = _load_kind(run_dir, candidate, batch_size)
         except TextgenError as problem:

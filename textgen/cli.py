@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -61,6 +62,12 @@ def _not_empty(advice: str, convert=str):
 
 
 _run_name_given = _not_empty("give a run name, or leave --run out")
+
+
+def _finite_seconds(ctx, param, value):
+    if not math.isfinite(value):  # click.FloatRange lets nan and inf through (nan waited no time, inf for ever)
+        raise click.BadParameter(f"must be a number of seconds, such as 10, not {value}")
+    return value
 
 
 checkpoint_dir_option = click.option(
@@ -310,8 +317,9 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
               help="Most samples one request may ask for.")
 @click.option("--max-loaded-runs", type=click.IntRange(2), default=Limits.max_loaded_runs, show_default=True,
               help="Runs kept in memory at once; a request for another unloads the one used least recently "
-                   "(never the default run).")
+                   "(a run still generating last, never the default run).")
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=DEFAULT_SHUTDOWN_TIMEOUT, show_default=True,
+              callback=_finite_seconds,
               help="Seconds that Ctrl-C or SIGTERM lets the requests in flight finish; then the rest are cut "
                    "(a stream gets an error event, another request a 503). Below your service manager's own "
                    "(docker stop: 10).")

@@ -47,7 +47,7 @@ from textgen.served_runs import ApiError, Runs
 logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
-SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (a JavaScript number, an int32 of an export)
+SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (exact as a JavaScript number)
 
 
 EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}'}  # the rest: EXAMPLE_BODY
@@ -79,7 +79,9 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
     if len(config.prime) > limits.max_prime_chars:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
                          f"{len(config.prime)}")
-    if config.seed is None:  # one drawn here, and sent back: a text the client likes can be asked for again
+    # One drawn here and sent back, so that a text the client likes can be asked for again; not for several
+    # temperatures, whose samples would then share their draws (a seed's samples do: [1.0, 1.0] gave one text twice)
+    if config.seed is None and len(config.temperature) == 1:
         config = dataclasses.replace(config, seed=secrets.randbelow(SEEDS_DRAWN))
     return config
 
@@ -124,7 +126,11 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.exception_handler(Exception)
     async def failed(request, exc: Exception):  # a bug or the machine: JSON as every error (the log has the traceback)
-        return error(500, f"the server failed on this request ({type(exc).__name__}); its log says more")
+        # Answered outside the CORS middleware: a page of an allowed origin would see only "Failed to fetch"
+        origin = request.headers.get("origin")
+        allowed = {"Access-Control-Allow-Origin": "*" if "*" in allow_origins else origin, "Vary": "Origin"} \
+            if origin is not None and ("*" in allow_origins or origin in allow_origins) else None
+        return error(500, f"the server failed on this request ({type(exc).__name__}); its log says more", allowed)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -185,8 +191,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         200: {"model": GenerateResponse,
               "description": "the samples and the options used, the seed named (JSON); or with stream: Server-Sent "
                              'Events: {"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
-                             'event "done" ({"samples": [{"temperature", "index", "stopped"}], "seed"}), or event '
-                             '"error" ({"error": message}) if generation failed or the server is shutting down',
+                             'event "done" ({"stopped", "samples": [{"temperature", "index", "stopped"}], "seed"}), or '
+                             'event "error" ({"error": message}) if generation failed or the server is shutting down',
               "content": {"text/event-stream": {}}}})
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
@@ -280,13 +286,13 @@ async def _cancel_when_gone(request: Request, job) -> None:
                 f"{job.streams.produced} of {job.streams.config.length} characters; its generation stopped")
 
 
-async def _events(job, inbox, seed: int):
+async def _events(job, inbox, seed: Optional[int]):
     """Server-Sent Events: first {"text": prime, "prime": true} (the prime as the model reads it: in its Unicode
     form, unknown characters dropped; every sample starts with it), then {"text": piece, "sample": i} per decided
     piece of each sample (i: its place in the non-streamed response's samples), then event "done" with each
-    sample's temperature, index and whether stop ended it, and the seed (the request's, or the one drawn for it).
-    When the response ends early (the client went away),
-    the job is cancelled and its streams leave the batch at the next chunk."""
+    sample's temperature, index and whether stop ended it, and the seed (the request's, or the one drawn for it;
+    null for several temperatures without one). When the response ends early (the client went away), the job is
+    cancelled and its streams leave the batch at the next chunk."""
     try:
         try:
             while (piece := await inbox.get()) is not None:

@@ -1,5 +1,5 @@
 """The JSON of textgen serve's API: request bodies (validated), and responses and errors (described in the OpenAPI
-document for clients; test_serve checks the server's real answers against them).
+document for clients, which may get fields added later; test_serve checks the server's real answers against them).
 
 A request's sampling fields are SampleConfig's, by name; their ranges are SampleConfig's rules, shown in the
 OpenAPI document only: a value outside them gets the command line's one-line message (400), not the validator's.
@@ -7,7 +7,7 @@ OpenAPI document only: a value outside them gets the command line's one-line mes
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,8 +39,9 @@ def _ranged(name: str, description: str, default=None):
     return Field(default, description=description, json_schema_extra=place)
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class SamplingOptions(BaseModel):
+    """What a generate request asks for, and what its answer says it used."""
+
     run: Optional[str] = Field(None, description="Run name (default: the server's run)")
     prime: str = Field("", description="Text to start from; it begins each sample")
     length: int = _ranged("length", "Characters to generate (at most the server's max_length: GET /v1/models)")
@@ -56,8 +57,20 @@ class GenerateRequest(BaseModel):
     stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
     num_samples: int = _ranged("num_samples", "Samples per temperature (at most the server's max_samples in all)")
     skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
+
+
+class GenerateRequest(SamplingOptions):
+    model_config = ConfigDict(extra="forbid", strict=True)
     stream: bool = Field(False, description="Stream the samples as Server-Sent Events, each piece with its sample's "
                                             "place in the samples list")
+
+
+class GenerateOptions(SamplingOptions):
+    """The request's options as used (stream aside)."""
+
+    run: str = Field(description="The run that generated the samples")
+    seed: Optional[int] = Field(description="The request's seed, or the one drawn for it (null for several "
+                                            "temperatures without a seed: their samples are drawn independently)")
 
 
 class ScoreRequest(BaseModel):
@@ -66,11 +79,7 @@ class ScoreRequest(BaseModel):
     text: str = Field(description="The text to score (at most the server's max_score_chars: GET /v1/models)")
 
 
-class _Answer(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # so that the test of the real answers finds a field not described
-
-
-class ErrorBody(_Answer):
+class ErrorBody(BaseModel):
     """Every error's body: one line naming the problem and what to do."""
 
     error: str
@@ -85,19 +94,19 @@ def errors(bad_request: str) -> dict:
         (503, "the server is shutting down (a request it had to cut)"))}
 
 
-class Sample(_Answer):
+class Sample(BaseModel):
     text: str = Field(description="The prime (as the model reads it) and the generated text")
     temperature: float
     index: int = Field(description="0-based number of this sample among those at its temperature")
     stopped: bool = Field(description="Whether the stop string ended it")
 
 
-class GenerateResponse(_Answer):
-    options: dict[str, Any] = Field(description="The request's options as used (stream aside), the run named")
+class GenerateResponse(BaseModel):
+    options: GenerateOptions
     samples: list[Sample] = Field(description="Per temperature, num_samples samples")
 
 
-class ScoreResponse(_Answer):
+class ScoreResponse(BaseModel):
     run: str
     bpc: float = Field(description="Bits per character")
     nats: float = Field(description="Cross-entropy per character, in nats")
@@ -106,7 +115,7 @@ class ScoreResponse(_Answer):
     excluded: int = Field(description="Characters outside the model's vocabulary, removed before scoring")
 
 
-class RunFacts(_Answer):
+class RunFacts(BaseModel):
     name: str
     corpus: str = Field(description="The corpus file's name")
     characters: int = Field(description="The corpus's length")
@@ -118,25 +127,25 @@ class RunFacts(_Answer):
     vocabulary: int
 
 
-class RunError(_Answer):
+class RunError(BaseModel):
     name: str
     error: str = Field(description="Why the run cannot be served (its files inside the checkpoint directory)")
 
 
-class ServerLimits(_Answer):
+class ServerLimits(BaseModel):
     max_length: int
     max_samples: int
     max_prime_chars: int
     max_score_chars: int
 
 
-class ModelsResponse(_Answer):
+class ModelsResponse(BaseModel):
     default: Optional[str] = Field(description="The run a request without one gets (null: none can be served)")
     models: list[Union[RunFacts, RunError]]
     limits: ServerLimits = Field(description="What one request may ask for on this server")
 
 
-class Health(_Answer):
+class Health(BaseModel):
     status: str
 
 

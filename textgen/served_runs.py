@@ -61,25 +61,6 @@ def checkpoint_version(path: Path) -> tuple:
     return ()
 
 
-def _servable(path: Path):
-    """The metadata of the checkpoint that loading the run would serve: the best, else the last, whose weights are
-    there and check out (as checkpoint.load_model falls back); None if it has none. (A damaged weights file was
-    listed with the run's facts, and the first request for it got a 500.)"""
-    from textgen.checkpoint import read_run_meta, verified_file
-
-    kinds, problem = read_run_meta(path), None
-    for meta in (kinds.best, kinds.last):
-        if meta is not None:
-            try:
-                verified_file(path, meta, "weights")
-                return meta
-            except TextgenError as error:
-                problem = problem or error
-    if problem is not None:
-        raise problem
-    return None
-
-
 def no_run(name: str) -> ApiError:
     return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
 
@@ -98,9 +79,9 @@ class Runs:
         self._loaded: dict[str, Served] = {}
         self._last_used: dict[str, float] = {}  # run name -> time.monotonic() of its last request
         self._guard = threading.Lock()
-        # Every batcher whose thread runs (it holds it), the retired ones that still finish requests too (stop()):
-        # weakly, so that one whose thread has ended does not keep its model in memory.
-        self._batchers: weakref.WeakSet = weakref.WeakSet()
+        # Every batcher whose thread runs (it holds it), the retired ones that still finish requests too (stop()),
+        # with its run's name: weakly, so that one whose thread has ended does not keep its model in memory.
+        self._batchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._batchers_lock = threading.Lock()
         self._stopping = False
         self._described: dict = {}  # run directory -> (its metadata files' stamps, the metadata describe() shows)
@@ -115,7 +96,7 @@ class Runs:
         server's exit); later loads and requests are refused."""
         with self._batchers_lock:
             self._stopping = True
-            batchers = list(self._batchers)
+            batchers = list(self._batchers.keys())
         deadline = time.monotonic() + timeout
         for batcher in batchers:
             batcher.stop(max(0.0, deadline - time.monotonic()))
@@ -137,7 +118,7 @@ class Runs:
 
     def describe(self, name: str, path: Path) -> Optional[dict]:
         """The run's facts for GET /v1/models (or why it cannot be served); None when its checkpoints are gone."""
-        from textgen.checkpoint import meta_stamp
+        from textgen.checkpoint import meta_stamp, servable_meta
 
         served = self._loaded.get(name)
         try:
@@ -148,8 +129,8 @@ class Runs:
                 stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
                 kept = self._described.get(path)
                 if kept is None or kept[0] != stamp:
-                    try:
-                        kept = self._described[path] = stamp, _servable(path)
+                    try:  # a damaged weights file was listed with the run's facts, and its first request got a 500
+                        kept = self._described[path] = stamp, servable_meta(path)
                     except TextgenError as error:
                         kept = self._described[path] = stamp, error
                 if isinstance(kept[1], TextgenError):
@@ -220,10 +201,15 @@ class Runs:
             others = [name for name in self._loaded if name not in (self.default, served.name)]
             if not others:
                 return
-            oldest = min(others, key=lambda name: (self._loaded[name].batcher.busy(),
-                                                   self._last_used.get(name, 0.0)))
+            oldest = min(others, key=lambda name: (self._generating(name), self._last_used.get(name, 0.0)))
             self._unload(oldest, f"{self.max_loaded} runs are in memory and it was used least recently "
                                  "(--max-loaded-runs)")
+
+    def _generating(self, name: str) -> bool:
+        """Whether one of the run's batchers (a retired one, still finishing a long stream, too) has requests."""
+        with self._batchers_lock:
+            batchers = [batcher for batcher, run in self._batchers.items() if run == name]
+        return any(batcher.busy() for batcher in batchers)
 
     def _unload(self, name: str, reason: str) -> None:
         """Forget the run's model; its batcher finishes the requests it runs, then frees its engine."""
@@ -242,7 +228,7 @@ class Runs:
             if self._stopping:
                 raise ApiError("the server is stopping", status=503)
             batcher = Batcher(generator, self.buckets)
-            self._batchers.add(batcher)
+            self._batchers[batcher] = name
         return Served(name, batcher, path, version)
 
     def _reload(self, served: Served) -> Served:
