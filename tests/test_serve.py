@@ -1097,8 +1097,8 @@ def test_models_reads_a_runs_metadata_again_only_when_it_changed(trained_run, tm
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
     runs = Runs(tmp_path, "main", (1,))
     reads = []
-    read_run_meta = checkpoint.read_run_meta
-    monkeypatch.setattr(checkpoint, "read_run_meta", lambda path: reads.append(path.name) or read_run_meta(path))
+    read_meta = checkpoint.read_meta
+    monkeypatch.setattr(checkpoint, "read_meta", lambda path, kind: reads.append(path.name) or read_meta(path, kind))
     first = runs.describe_all(runs.paths())
     assert runs.describe_all(runs.paths()) == first and reads == ["other"]
     best = tmp_path / "other" / "best.json"
