@@ -292,8 +292,9 @@ def test_every_entry_point_passes_each_sampling_option_on(monkeypatch):
 
     chosen = SampleConfig(temperature=(0.7,), top_k=3, top_p=0.9, min_p=0.1, max_repeat=4, length=7, prime="ab",
                           num_samples=2, seed=5, stop="x", skip_unknown=True)
-    assert all(getattr(chosen, field.name) != field.default for field in dataclasses.fields(SampleConfig)), \
-        "give each option a value other than its default here"
+    at_default = [field.name for field in dataclasses.fields(SampleConfig)
+                  if getattr(chosen, field.name) == field.default]
+    assert not at_default, f"give {at_default} a value other than the default in chosen here"
     options = {field.name: getattr(chosen, field.name) for field in dataclasses.fields(SampleConfig)}
     arrived = []
 

@@ -141,6 +141,15 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
     with pytest.raises(TextgenError, match=r"could not export the savedmodel format \(converter crashed\)"):
         export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
     assert files_snapshot(out) == before
+
+    def traced(meta, trained, building, serving):  # as TensorFlow words an error in a function it traces
+        raise TypeError('in user code:\n\n    File "export.py", line 1, in generate  *\n        return self._generate('
+                        "...)\n\n    TypeError: choose_tf() got an unexpected keyword argument 'typical_p'\n")
+    monkeypatch.setitem(export_module.WRITERS, "savedmodel", traced)
+    with pytest.raises(TextgenError, match=r"^could not export the savedmodel format \(TypeError: choose_tf\(\) got an "
+                                           r"unexpected keyword argument 'typical_p'\); nothing was written$"):
+        export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
+    assert files_snapshot(out) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 

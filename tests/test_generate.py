@@ -25,9 +25,11 @@ def test_same_seed_same_text_and_other_seed_other_text(trained_run):
     assert len(set(first)) == 3  # the streams are independent
 
 
-# Each filter's strictest value: for a cut-off, one that keeps only the likeliest character; for the repeat guard, one
-# that never lets a character follow itself. A new filter in sampling.FILTER_RULES gets its value here.
+# Each filter's strictest value. A cut-off's leaves one character to draw from, so the seed no longer matters; those in
+# KEEP_THE_LIKELIEST then give the greedy text. The repeat guard's never lets a character follow itself. A new filter
+# in sampling.FILTER_RULES gets its value here.
 STRICTEST = dict(top_k=1, top_p=1e-6, min_p=1.0, max_repeat=1)
+KEEP_THE_LIKELIEST = {"top_k", "top_p", "min_p"}
 
 
 def test_every_filter_reaches_the_engine(trained_run):
@@ -37,12 +39,16 @@ def test_every_filter_reaches_the_engine(trained_run):
 
     assert set(sampling.FILTERS) <= SAMPLE_FIELDS
     assert set(STRICTEST) == set(sampling.FILTERS), "give each filter's strictest value in STRICTEST"
-    assert set(sampling.FILTERS) - set(sampling.CUT_OFFS) == {"max_repeat"}  # a new by_engine filter: test it here
-    options = dict(prime="a", length=60, temperatures=[100.0], seed=3)  # near uniform: nothing like the period
-    assert gen(trained_run, **options)[0].text[:20] != (PERIOD * 3)[:20]
+    assert set(sampling.FILTERS) - set(sampling.CUT_OFFS) == {"max_repeat"}, \
+        "by_engine is only for a filter the engine's loop applies itself, as the repeat guard (test such a one here)"
+    options = dict(prime="a", length=60, temperatures=[100.0])  # near uniform: nothing like the period
+    free = [gen(trained_run, **options, seed=seed)[0].text for seed in (3, 4)]
+    assert free[0] != free[1] and free[0][:20] != (PERIOD * 3)[:20]
     for name in sampling.CUT_OFFS:
-        [sample] = gen(trained_run, **options, **{name: STRICTEST[name]})
-        assert sample.text == (PERIOD * 10)[:61], name
+        texts = {gen(trained_run, **options, seed=seed, **{name: STRICTEST[name]})[0].text for seed in (3, 4)}
+        assert len(texts) == 1, f"{name} at its strictest left the draw to the seed: it did not reach the engine"
+        if name in KEEP_THE_LIKELIEST:
+            assert texts == {(PERIOD * 10)[:61]}, name
     repeats = [sum(a == b for a, b in zip(sample.text, sample.text[1:])) for guard in (0, STRICTEST["max_repeat"])
                for sample in gen(trained_run, prime="a", length=300, temperatures=[100.0], seed=3, max_repeat=guard)]
     assert repeats[0] > 10 and repeats[1] == 0  # max_repeat 1: never one character twice in a row

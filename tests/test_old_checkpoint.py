@@ -18,6 +18,11 @@ def copy_of_fixture(tmp_path) -> Path:
     return Path(shutil.copytree(FIXTURE, tmp_path / "release"))
 
 
+# The training options that 0.1.0's metadata lacks, with what a run trained then did (their before= in TrainConfig):
+# a new option is added here.
+ADDED_SINCE_0_1_0 = {"size": "fixed"}
+
+
 def test_old_run_samples_what_it_sampled_then(tmp_path):
     root = copy_of_fixture(tmp_path)
     [sample] = generate(root / "checkpoints", "old", prime="The ", length=60, temperatures=[0])
@@ -58,6 +63,6 @@ def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_pa
     assert meta.state.epoch == 8 and meta.textgen_version == "0.1.0"
     # Options added since 0.1.0 are written back with what the run did before they existed (--size fixed).
     added = {name: rule.before for name, rule in rules(TrainConfig).items() if name not in raw["training"]}
-    assert added == {"size": "fixed"}, ("an option added to TrainConfig: declare with before= what runs trained "
-                                        "before it did, and add it here")
+    assert added == ADDED_SINCE_0_1_0, ("an option added to TrainConfig: declare with before= what runs trained "
+                                        "before it did, and add it to ADDED_SINCE_0_1_0")
     assert meta.to_json() == {**raw, "training": {**raw["training"], **added}}

@@ -147,9 +147,18 @@ def _boundary_margin(logits, u, temperature, top_k, top_p, min_p=None):
     return min(margins)
 
 
+# The filters compared between choose_tf and the NumPy reference: a new filter gets cases here.
+COMPARED = [{}, {"top_k": 5}, {"top_p": 0.7}, {"top_k": 4, "top_p": 0.5}, {"min_p": 0.1}, {"top_p": 0.9, "min_p": 0.05}]
+
+
+def test_every_filter_choose_tf_applies_is_compared_with_its_numpy_twin():
+    compared = {name for case in COMPARED for name in case}
+    assert compared == set(sampling.CUT_OFFS), ("give the new filter cases in COMPARED, and its rule in "
+                                                "tests/sampling_reference.py's choose and choose_compiled")
+
+
 @pytest.mark.parametrize("vocab", [7, 65, 300])  # 300 > PAIRWISE_MAX_VOCAB: the sort-based cut-off
-@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.7}, {"top_k": 4, "top_p": 0.5}, {"min_p": 0.1},
-                                     {"top_p": 0.9, "min_p": 0.05}])
+@pytest.mark.parametrize("filters", COMPARED)
 def test_tf_matches_numpy(vocab, filters):
     """The compiled TF rule picks the same ids as the NumPy reference on many random cases.
 

@@ -16,7 +16,15 @@ from typing import Any, Iterable, Optional, Sequence
 
 from textgen.errors import OptionError
 
-_UNSET = object()
+
+class _Unset:
+    """An option's before= when none was given."""
+
+    def __repr__(self) -> str:  # as a test's diff shows it (it showed <object object at 0x...>)
+        return "<no before=>"
+
+
+_UNSET = _Unset()
 
 
 @dataclass(frozen=True)

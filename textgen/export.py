@@ -255,6 +255,15 @@ def _write_litert(meta, trained, out: Path, serving) -> list[Path]:
     return [out / "model.tflite"]
 
 
+def _reason(error: Exception) -> str:
+    """An error's message in one line: its first, or for an error raised while TensorFlow traced a function
+    ("in user code:", then the trace), its last, the error itself (the first said only "in user code:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if lines[0] == "in user code:" else lines[0]
+
+
 # Each writer gets serving(): the SavedModel and LiteRT serving module, built on first use, once per export.
 WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "litert": _write_litert}
 
@@ -309,8 +318,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             except OSError:
                 raise
             except Exception as error:  # converters raise many types; the user needs the format and the reason
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise TextgenError(f"could not export the {name} format ({reason}); nothing was written") from None
+                raise TextgenError(f"could not export the {name} format ({_reason(error)}); nothing was "
+                                   "written") from None
             written += [output / path.relative_to(building) for path in paths]
         (building / "vocab.tsv").unlink(missing_ok=True)  # the SavedModel holds its own copy in its assets
         (building / "vocab.json").write_text(json.dumps(dict(
