@@ -347,6 +347,10 @@ def test_run_names_an_http_client_gets_wrong_are_told_in_its_terms(server):
     assert (status, json.loads(text)) == (400, {"error": "invalid run name '../etc'; name one of the runs GET "
                                                          "/v1/models lists"})
     assert call(server, "/v1/generate", dict(run="nowhere"))[0] == 404
+    for path in ("/v1/generate/", "/v2/generate"):  # the first was a 307 with an empty body (curl printed nothing)
+        status, text = call(server, path, dict(length=5))
+        assert (status, json.loads(text)) == (404, {"error": f"no such path {path}; GET /v1/openapi.json lists the "
+                                                             "API's paths"})
     with pytest.raises(urllib.error.HTTPError) as refused:  # a GET where only POST is served
         urllib.request.urlopen(server + "/v1/generate", timeout=60)
     assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"  # RFC 9110 asks for it

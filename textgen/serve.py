@@ -104,7 +104,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                 limits.max_loaded_runs)
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
 
-    app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
+    # No redirect from /v1/generate/ to /v1/generate: a POST got a 307 with an empty body (curl printed nothing)
+    app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
+                  redirect_slashes=False)
     app.state.runs = runs
     describe = app.openapi
     app.openapi = lambda: integral_bounds(describe())  # (FastAPI keeps the document it made, then ours: made once)
@@ -136,6 +138,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def http_error(request, exc: StarletteHTTPException):
         if exc.detail == BODY_UNREADABLE:  # FastAPI's words for a body json.loads fails on but not as bad JSON
             return error(422, f"the body is not JSON (not UTF-8, or nested too deeply); {_example(request)}")
+        if exc.status_code == 404 and exc.detail == "Not Found":  # Starlette's words for a path it does not have
+            return error(404, f"no such path {request.url.path}; GET /v1/openapi.json lists the API's paths")
         return error(exc.status_code, str(exc.detail), exc.headers)  # a 405's Allow
 
     @app.exception_handler(RequestValidationError)
