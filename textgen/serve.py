@@ -72,9 +72,8 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
     if config.sample_count > limits.max_samples:
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
                        f"{shown_number(config.sample_count)}")
-    if config.length > limits.max_length:
-        raise ApiError(f"length must be at most {limits.max_length} on this server, got "
-                       f"{shown_number(config.length)}")
+    if not 0 <= config.length <= limits.max_length:  # (the general rule's range, up to 1e+07, is not this server's)
+        raise ApiError(f"length must be in [0, {limits.max_length}] on this server, got {shown_number(config.length)}")
     config.validate()
     if len(config.prime) > limits.max_prime_chars:
         raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
