@@ -189,6 +189,22 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                 "limits": dict(max_length=limits.max_length, max_samples=limits.max_samples,
                                max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
 
+    loading: dict[str, asyncio.Lock] = {}  # by the name asked for: one request loads a run, the others wait here
+
+    async def loaded(name: Optional[str]) -> None:
+        """Load the run asked for if it is not yet (in a worker thread); the other requests for it wait on the event
+        loop meanwhile. Each waited in a thread of its own: a burst of them held every thread, and the whole server
+        waited for the load."""
+        if runs.holds(name):
+            return
+        lock = loading.setdefault(name or "", asyncio.Lock())
+        try:
+            async with lock:
+                await run_in_threadpool(runs.get, name)
+        finally:
+            if not lock.locked():  # no request is loading it: names asked for once (a typo, a 404) are not kept
+                loading.pop(name or "", None)
+
     @app.post("/v1/generate", responses={
         **errors("an option out of range, or a prime with characters the model never saw"),
         200: {"model": GenerateResponse,
@@ -200,7 +216,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def generate(body: GenerateRequest, request: Request):
         config = _sample_config(body, limits)  # before the run is loaded: a bad request costs nothing
         loop, inbox = asyncio.get_running_loop(), asyncio.Queue()
-        served, job = await run_in_threadpool(  # in a thread: the first use of a run (or a new checkpoint) loads it
+        await loaded(body.run)
+        served, job = await run_in_threadpool(  # in a thread: a new checkpoint of the run is loaded there
             runs.submit, body.run, config, _deliverer(loop, inbox))
         if body.stream:
             return _ClosingStream(_events(job, inbox, config.seed), media_type="text/event-stream",
@@ -227,6 +244,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         if len(body.text) > limits.max_score_chars:
             raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
                            f"{len(body.text)}")
+        await loaded(body.run)
         served = await run_in_threadpool(runs.get, body.run)
         async with scoring.setdefault(served.name, asyncio.Lock()):
             return dict(run=served.name, **await run_in_threadpool(served.generator.score, body.text))

@@ -152,6 +152,10 @@ class Runs:
         """The error's message with the paths inside the checkpoint directory, not where it is on this machine."""
         return str(error).replace(f"{self.checkpoint_dir}/", "")
 
+    def holds(self, name: Optional[str]) -> bool:
+        """Whether the run asked for (None: the default) is loaded (perhaps with a newer checkpoint to load)."""
+        return (name or self.default) in self._loaded
+
     def get(self, name: Optional[str]) -> Served:
         """The named run (default: the server's run), loaded on first use and again when it has a newer checkpoint."""
         from textgen.runs import is_run_name, named_alike
