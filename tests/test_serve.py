@@ -155,7 +155,7 @@ def test_generate_round_trip(server, trained_run):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_request_without_a_seed_is_told_the_seed_that_gives_its_text_again(server, stream):
     """"seed": null came back: a text a client liked could not be asked for again."""
-    request = dict(prime="a", length=80, temperature=1.5, num_samples=2, stream=stream)
+    request = dict(prime="a", length=80, temperature=100.0, num_samples=2, stream=stream)  # near uniform: never alike
     status, text = call(server, "/v1/generate", request)
     if stream:
         blocks = events(text)
@@ -171,7 +171,7 @@ def test_a_request_without_a_seed_is_told_the_seed_that_gives_its_text_again(ser
     other = json.loads(call(server, "/v1/generate", dict(request, stream=False))[1])
     assert other["options"]["seed"] != seed and [sample["text"] for sample in other["samples"]] != texts
     # Not for several temperatures: with one seed their samples share the draws ([1.0, 1.0]: one text twice)
-    several = json.loads(call(server, "/v1/generate", dict(request, temperature=[1.5, 1.5], stream=False))[1])
+    several = json.loads(call(server, "/v1/generate", dict(request, temperature=[100.0, 100.0], stream=False))[1])
     assert several["options"]["seed"] is None and len({sample["text"] for sample in several["samples"]}) == 4
 
 
@@ -791,6 +791,35 @@ def test_a_run_still_generating_is_unloaded_last(trained_run, tmp_path):
     runs.get("new")
     assert sorted(runs._loaded) == ["idle", "main", "new"]  # idle now: the least recently used goes
     runs.stop()
+
+
+def test_a_burst_of_requests_for_a_run_being_loaded_leaves_the_server_answering(trained_run, tmp_path):
+    """Each request for a run not loaded yet waited for its load in a worker thread of its own: 40 of them held
+    every thread, and the whole server (other runs, GET /v1/models) waited for the load."""
+    import shutil
+
+    from textgen.serve import create_app
+
+    for name in ("main", "new"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    app = create_app(tmp_path, "main")
+    runs, loaded = app.state.runs, threading.Event()
+    load = runs._load
+
+    def slow_load(name, path):
+        time.sleep(4)  # a large model
+        served = load(name, path)
+        loaded.set()
+        return served
+
+    runs._load = slow_load
+    with serving(app) as base, ThreadPoolExecutor(60) as pool:
+        burst = [pool.submit(call, base, "/v1/generate", dict(run="new", length=5)) for _ in range(50)]
+        time.sleep(1)  # they are all waiting for the load
+        assert call(base, "/v1/models")[0] == 200 and call(base, "/v1/generate", dict(length=5))[0] == 200
+        assert not loaded.is_set()  # answered while the new run was still loading
+        assert [future.result()[0] for future in burst] == [200] * 50
+    assert loaded.is_set()
 
 
 def test_a_reload_that_ends_after_its_run_was_unloaded_and_loaded_again_keeps_one_copy(trained_run, tmp_path):
