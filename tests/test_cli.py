@@ -549,3 +549,12 @@ def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused(value):
     assert result.exit_code == 2
     assert f"Invalid value for '--shutdown-timeout': must be a number of seconds, such as 10, not {value}" in \
         result.output
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:3000/", "localhost:3000", "http://example.com/app"])
+def test_an_allowed_origin_that_no_browser_sends_is_refused(origin):
+    """A trailing slash or a path never matches the Origin a browser sends: the API stayed closed to the page."""
+    result = CliRunner().invoke(cli, ["serve", "--allow-origin", "http://ok.example", "--allow-origin", origin])
+    assert result.exit_code == 2
+    assert f"Invalid value for '--allow-origin': {origin!r} is not an origin; give scheme://host[:port] without a " \
+           "path, such as http://localhost:3000, or * for any" in " ".join(result.output.split())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def _not_empty(advice: str, convert=str):
 
 
 _run_name_given = _not_empty("give a run name, or leave --run out")
+
+
+def _origins(ctx, param, values):
+    """Web origins as browsers send them (scheme://host[:port]): one with a path or a trailing slash never matches,
+    and the API stayed closed to the page without a word."""
+    for value in values:
+        if value != "*" and not re.fullmatch(r"https?://[^/\s]+", value):
+            raise click.BadParameter(f"{value!r} is not an origin; give scheme://host[:port] without a path, such as "
+                                     "http://localhost:3000, or * for any")
+    return values
 
 
 def _finite_seconds(ctx, param, value):
@@ -323,7 +334,7 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
               help="Seconds that Ctrl-C or SIGTERM lets the requests in flight finish; then the rest are cut "
                    "(a stream gets an error event, another request a 503). Below your service manager's own "
                    "(docker stop: 10).")
-@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN", callback=_origins,
               help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
                    "from a browser (CORS). Repeat for several. Default: only the server's own page.")
 def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs, shutdown_timeout,
