@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from textgen import sampling
 from textgen.sampling import check_sample_option, choose_tf, clamp_uniforms, temperatures
 
 
@@ -63,32 +64,25 @@ def choose(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None) ->
 _COMPILED: dict = {}
 
 
-def choose_compiled(logits, uniforms, temperature, top_k=None, top_p=None, min_p=None,
-                    jit_compile=True) -> np.ndarray:
-    """Run :func:`choose_tf` as its own compiled function (same arguments as :func:`choose`)."""
+def choose_compiled(logits, uniforms, temperature, jit_compile=True, **filters) -> np.ndarray:
+    """Run :func:`choose_tf` as its own compiled function (the arguments of :func:`choose`): each filter given that
+    can cut something is fed as a tensor (every one of sampling.CUT_OFFS, a new one too); the others are left out."""
     import tensorflow as tf
 
     logits = np.asarray(logits, dtype=np.float32)
     rows, vocab = logits.shape
     u = clamp_uniforms(uniforms).reshape(rows)
     temp = temperatures(temperature, rows)
-    top_k, top_p = normalize_filters(top_k, top_p, vocab)
-    key = (top_k is not None, top_p is not None, min_p is not None, bool(jit_compile))
+    filters["top_k"], filters["top_p"] = normalize_filters(filters.get("top_k"), filters.get("top_p"), vocab)
+    used = tuple(name for name in sampling.CUT_OFFS if filters.get(name) is not None)
+    key = (used, bool(jit_compile))
     if key not in _COMPILED:
-        use_k, use_p, use_min_p = key[:3]
 
         @tf.function(jit_compile=jit_compile)
-        def run(lg, un, tp, k, p, m):
-            return choose_tf(lg, un, tp, top_k=k if use_k else None, top_p=p if use_p else None,
-                             min_p=m if use_min_p else None)
+        def run(lg, un, tp, values):
+            return choose_tf(lg, un, tp, **dict(zip(used, values)))
 
         _COMPILED[key] = run
-    out = _COMPILED[key](
-        tf.constant(logits),
-        tf.constant(u),
-        tf.constant(temp),
-        tf.constant(top_k or 0, tf.int32),
-        tf.constant(top_p or 1.0, tf.float32),
-        tf.constant(min_p or 0.0, tf.float32),
-    )
+    values = [tf.constant(filters[name], sampling.FILTER_RULES[name].dtype) for name in used]
+    out = _COMPILED[key](tf.constant(logits), tf.constant(u), tf.constant(temp), values)
     return out.numpy().astype(np.int64)

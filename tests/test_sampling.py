@@ -154,7 +154,7 @@ COMPARED = [{}, {"top_k": 5}, {"top_p": 0.7}, {"top_k": 4, "top_p": 0.5}, {"min_
 def test_every_filter_choose_tf_applies_is_compared_with_its_numpy_twin():
     compared = {name for case in COMPARED for name in case}
     assert compared == set(sampling.CUT_OFFS), ("give the new filter cases in COMPARED, and its rule in "
-                                                "tests/sampling_reference.py's choose and choose_compiled")
+                                                "tests/sampling_reference.py's choose")
 
 
 @pytest.mark.parametrize("vocab", [7, 65, 300])  # 300 > PAIRWISE_MAX_VOCAB: the sort-based cut-off
