@@ -127,11 +127,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.exception_handler(Exception)
     async def failed(request, exc: Exception):  # a bug or the machine: JSON as every error (the log has the traceback)
-        # Answered outside the CORS middleware: a page of an allowed origin would see only "Failed to fetch"
-        origin = request.headers.get("origin")
-        allowed = {"Access-Control-Allow-Origin": "*" if "*" in allow_origins else origin, "Vary": "Origin"} \
-            if origin is not None and ("*" in allow_origins or origin in allow_origins) else None
-        return error(500, f"the server failed on this request ({type(exc).__name__}); its log says more", allowed)
+        return error(500, f"the server failed on this request ({type(exc).__name__}); its log says more")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
@@ -164,9 +160,11 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
-    if allow_origins:  # outside the body limit: a 413 carries the headers the browser needs to show it
-        app.add_middleware(CORSMiddleware, allow_origins=list(allow_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Content-Type"])
+    if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
+        # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
+        build = app.build_middleware_stack
+        app.build_middleware_stack = lambda: CORSMiddleware(
+            build(), allow_origins=list(allow_origins), allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
 
     # async: answered on the event loop, not by a worker thread that requests waiting for a run may all hold
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -220,7 +218,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         served, job = await run_in_threadpool(  # in a thread: a new checkpoint of the run is loaded there
             runs.submit, body.run, config, _deliverer(loop, inbox))
         if body.stream:
-            return _ClosingStream(_events(job, inbox, config.seed), media_type="text/event-stream",
+            return _ClosingStream(_events(job, inbox), media_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # nginx
         watcher = asyncio.create_task(_cancel_when_gone(request, job))
         try:
@@ -307,7 +305,7 @@ async def _cancel_when_gone(request: Request, job) -> None:
                 f"{job.streams.produced} of {job.streams.config.length} characters; its generation stopped")
 
 
-async def _events(job, inbox, seed: Optional[int]):
+async def _events(job, inbox):
     """Server-Sent Events: first {"text": prime, "prime": true} (the prime as the model reads it: in its Unicode
     form, unknown characters dropped; every sample starts with it), then {"text": piece, "sample": i} per decided
     piece of each sample (i: its place in the non-streamed response's samples), then event "done" with each
@@ -329,7 +327,7 @@ async def _events(job, inbox, seed: Optional[int]):
             samples = [dict(temperature=sample.temperature, index=sample.index, stopped=sample.stopped)
                        for sample in job.streams.samples()]
             # "stopped": the first sample's, as before
-            done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": seed}
+            done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": job.streams.config.seed}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()
