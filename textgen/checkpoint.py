@@ -362,10 +362,10 @@ def _load_kind(run_dir: Path, kind: str, batch_size: int):
     for attempt in range(LOAD_ATTEMPTS):
         stamp = meta_stamp(run_dir, kind)
         try:
-            meta = read_meta(run_dir, kind)
-            if meta is None:
+            checked = _verified(run_dir, kind)
+            if checked is None:
                 return None
-            weights = verified_file(run_dir, meta, "weights")
+            meta, weights = checked
             model = build_model(meta.model, batch_size)
             try:
                 # Keras warns of each group it cannot match, then raises. The filters are the process's: one load at
@@ -391,53 +391,55 @@ def run_vocabulary(run_dir: Path) -> Optional[Vocabulary]:
     return None
 
 
-def _load_order(kind: str) -> list[str]:
-    return [kind] + [other for other in KINDS if other != kind]
+def _verified(run_dir: Path, kind: str) -> Optional[tuple[CheckpointMeta, Path]]:
+    """The checkpoint of kind's metadata and its weights file, checked against the checksum it records; None when
+    the run has no checkpoint of kind."""
+    meta = read_meta(run_dir, kind)
+    return None if meta is None else (meta, verified_file(run_dir, meta, "weights"))
+
+
+def _first_kind(kind: str, take) -> tuple[Optional[str], object, list]:
+    """take(candidate) for kind, then the other kind, until one gives something: (that kind, what it gave, the
+    problems (TextgenErrors) of the kinds tried before it); the first problem is raised when none gives anything
+    and one had a problem; (None, None, []) when the run has no checkpoint at all."""
+    problems = []
+    for candidate in [kind] + [other for other in KINDS if other != kind]:
+        try:
+            taken = take(candidate)
+        except TextgenError as problem:
+            problems.append(problem)
+            continue
+        if taken is not None:
+            return candidate, taken, problems
+    if problems:
+        raise problems[0]
+    return None, None, []
 
 
 def servable_meta(run_dir: Path, kind: str = "best") -> Optional[CheckpointMeta]:
     """The metadata of the checkpoint load_model would load, checked as it checks one (its weights file there, with
     the checksum recorded), without loading it; None when the run has none. A damaged run's problem is raised."""
-    problems = []
-    for candidate in _load_order(kind):
-        try:
-            meta = read_meta(run_dir, candidate)
-            if meta is not None:
-                verified_file(run_dir, meta, "weights")
-                return meta
-        except TextgenError as problem:
-            problems.append(problem)
-    if problems:
-        raise problems[0]
-    return None
+    _, checked, _ = _first_kind(kind, lambda candidate: _verified(run_dir, candidate))
+    return None if checked is None else checked[0]
 
 
 def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
     """Build the checkpoint's architecture at batch_size and load its verified weights.
 
     Falls back from a damaged "best" to "last" with a warning. Returns (model, meta)."""
-    problems = []
-    for candidate in _load_order(kind):
-        try:
-            loaded = _load_kind(run_dir, candidate, batch_size)
-        except TextgenError as problem:
-            problems.append(problem)
-            continue
-        if loaded is None:
-            continue
-        model, meta = loaded
-        if problems:  # without the advice to delete the run, which does not fit while another checkpoint loads
-            problem = problems[0].problem if isinstance(problems[0], DamagedCheckpoint) else problems[0]
-            logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
-        elif kind == "best" and candidate == "last":  # a run stopped before its first validation: half trained
-            logger.warning(f"note: run {run_dir.name!r} has no best checkpoint yet (it stopped before its first "
-                           f"validation); using its last one, saved {meta.state.position()}")
-        elif candidate != kind:
-            logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint; using its {candidate} one")
-        return model, meta
-    if problems:
-        raise problems[0]
-    raise TextgenError(f"no checkpoint in {run_dir}; train one first with: textgen train CORPUS")
+    candidate, loaded, problems = _first_kind(kind, lambda candidate: _load_kind(run_dir, candidate, batch_size))
+    if loaded is None:
+        raise TextgenError(f"no checkpoint in {run_dir}; train one first with: textgen train CORPUS")
+    model, meta = loaded
+    if problems:  # without the advice to delete the run, which does not fit while another checkpoint loads
+        problem = problems[0].problem if isinstance(problems[0], DamagedCheckpoint) else problems[0]
+        logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
+    elif kind == "best" and candidate == "last":  # a run stopped before its first validation: half trained
+        logger.warning(f"note: run {run_dir.name!r} has no best checkpoint yet (it stopped before its first "
+                       f"validation); using its last one, saved {meta.state.position()}")
+    elif candidate != kind:
+        logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint; using its {candidate} one")
+    return model, meta
 
 
 class RunLock:
