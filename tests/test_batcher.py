@@ -50,6 +50,46 @@ def test_requests_batched_together_each_get_the_text_they_get_alone(generator):
     assert len(set(alone[0])) == 2 and len(set(alone[1])) == 2  # random draws: the comparison can fail
 
 
+def test_requests_joining_running_ones_take_free_streams_and_each_keeps_its_text(generator, monkeypatch):
+    """A request joins one that is generating (the engine grows from 1 to 4 streams), then another joins both
+    without a resize: it must take streams that no running request holds, and each keeps the text it gets alone."""
+    from textgen.batcher import Batcher
+    from textgen.engine import Engine
+
+    configs = [SampleConfig(prime="a", length=900, temperature=(5.0,), seed=seed) for seed in (1, 2, 3)]
+    alone = [generator.samples(config)[0].text for config in configs]
+    arrived, tickets, sizes, free = threading.Semaphore(0), threading.Semaphore(0), [], threading.Event()
+    original = Engine.sample
+
+    def gated(self, *args, **kwargs):  # each call waits for the test's ticket until the last request is in
+        sizes.append(self.num_streams)
+        if not free.is_set():
+            arrived.release()
+            assert tickets.acquire(timeout=60)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "sample", gated)
+    batcher = Batcher(generator, (1, 4))
+    try:
+        jobs = [collect(batcher, configs[0])]
+        assert arrived.acquire(timeout=60)  # the first request's first call is about to run
+        jobs.append(collect(batcher, configs[1]))
+        tickets.release()
+        assert arrived.acquire(timeout=60)  # the next call runs both
+        jobs.append(collect(batcher, configs[2]))
+        free.set()
+        tickets.release()
+        for job, _, over in jobs:
+            assert over.wait(60) and job.error is None
+    finally:
+        free.set()
+        tickets.release()
+        batcher.retire()
+    assert sizes[:3] == [1, 4, 4]  # the third request joined the two running ones without a resize
+    assert [texts[None] + texts[0] for _, texts, _ in jobs] == alone
+    assert len(set(alone)) == 3
+
+
 def test_a_lone_request_runs_long_engine_calls_and_no_longer_than_it_needs(generator, monkeypatch):
     from textgen.batcher import LONE_CHUNK, Batcher
     from textgen.engine import Engine

@@ -60,7 +60,7 @@ class Job:
         # each decided piece of each sample, then with None when the job is over (done, cancelled or failed).
         self.deliver = deliver
         self.draws = RequestDraws(streams.config.seed, streams.indexes)
-        self.rows: list[int] = []
+        self.rows: list[int] = []  # its streams' rows in the batcher's engine, once admitted
         self.cancelled = False
         self.error: Optional[Exception] = None
 
@@ -82,7 +82,7 @@ class Batcher:
         self.capacity = self.buckets[-1]
         self.engine = generator.take_engine(self.buckets[0])  # this batcher's alone until it gives it back
         self.engine.reset()
-        self.slots: list[Optional[Job]] = [None] * self.engine.num_streams
+        self.running: list[Job] = []  # the admitted jobs, each holding its rows of the engine
         self.waiting: deque = deque()
         self.condition = threading.Condition()
         self.retired = False  # set by retire(): finish the requests already taken, then stop
@@ -124,12 +124,12 @@ class Batcher:
         self.thread.join(timeout)
 
     def active(self) -> list[Job]:
-        return list(dict.fromkeys(job for job in self.slots if job is not None))
+        return list(self.running)
 
     def busy(self) -> bool:
         """Whether it is generating or has requests waiting."""
         with self.condition:
-            return bool(self.waiting) or any(job is not None for job in self.slots)
+            return bool(self.waiting or self.running)
 
     def _admit(self) -> list[Job]:
         """Drop cancelled jobs, size the engine for the jobs that fit, and give waiting jobs their streams."""
@@ -146,14 +146,12 @@ class Batcher:
             wanted += job.width
         self._resize(next(size for size in self.buckets if size >= wanted))
         admitted = []
-        while self.waiting:
-            free = [row for row, slot in enumerate(self.slots) if slot is None]
-            if len(free) < self.waiting[0].width:
-                break
+        taken = {row for job in self.running for row in job.rows}
+        free = [row for row in range(self.engine.num_streams) if row not in taken]
+        while self.waiting and len(free) >= self.waiting[0].width:
             job = self.waiting.popleft()
-            job.rows = free[:job.width]
-            for row in job.rows:
-                self.slots[row] = job
+            job.rows, free = free[:job.width], free[job.width:]
+            self.running.append(job)
             admitted.append(job)
         return admitted
 
@@ -165,17 +163,15 @@ class Batcher:
         engine = self.generator.take_engine(size)
         engine.take_streams(self.engine, [row for job in jobs for row in job.rows])
         self.generator.give_back(self.engine)
-        self.engine, self.slots = engine, [None] * size
+        self.engine = engine
         start = 0
         for job in jobs:
             job.rows = list(range(start, start + job.width))
             start += job.width
-            for row in job.rows:
-                self.slots[row] = job
 
     def _leave(self, job: Job) -> None:
-        for row in job.rows:
-            self.slots[row] = None
+        if job in self.running:
+            self.running.remove(job)
         job.deliver(None)
 
     def _run(self) -> None:
