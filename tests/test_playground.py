@@ -161,6 +161,50 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     status = wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("Length: ")
                         and browser.find_element(By.ID, "status"))
     assert status.get_attribute("class") == "error" and "1" in status.text, status.text
+    length.clear()
+    length.send_keys("40")
+    seed = browser.find_element(By.ID, "seed")  # past 2**53 a page's number is another integer: it was sent so
+    seed.send_keys("9007199254740993")
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("Seed: "))
+
+
+def test_the_keyboard_generates_and_stops_and_a_screen_reader_hears_the_status(browser, server,  # noqa: F811
+                                                                                monkeypatch):
+    """Focus fell to the page's start when Generate and then Stop were disabled, Escape did nothing, and the samples
+    were a live region: a screen reader read out every piece of every sample."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from textgen.engine import Engine
+
+    original = Engine.sample
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.1)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Engine, "sample", slow)
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    assert browser.find_element(By.ID, "temperature").accessible_name == "Temperature"  # its value is its own
+    assert browser.find_element(By.ID, "status").get_attribute("role") == "status"
+    samples = browser.find_element(By.ID, "samples")
+    assert samples.get_attribute("aria-live") is None
+    length = browser.find_element(By.ID, "length")
+    length.clear()
+    length.send_keys("1000")
+    focused = lambda: browser.switch_to.active_element.get_attribute("id")  # noqa: E731
+    browser.find_element(By.ID, "generate").send_keys(Keys.ENTER)
+    wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("generating"))
+    assert focused() == "stop" and samples.get_attribute("aria-busy") == "true"
+    assert not browser.find_element(By.ID, "run").is_enabled()  # a run chosen now would label the other's text
+    wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+    browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
+    assert focused() == "generate" and samples.get_attribute("aria-busy") == "false"
+    browser.find_element(By.ID, "prime").send_keys("ab", Keys.CONTROL, Keys.ENTER)
+    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, "#samples pre").text.startswith("ab"))
+    browser.find_element(By.ID, "stop").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
 
 
 def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: F811
@@ -217,12 +261,12 @@ def test_the_run_picker_shows_a_damaged_runs_error_and_the_next_runs_facts(brows
         browser.get(base + "/")
         wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("good: 1 × LSTM(32)"))
         picker = Select(browser.find_element(By.ID, "run"))
-        assert sorted(option.text for option in picker.options) == ["broken", "good"]
-        picker.select_by_visible_text("broken")
+        assert sorted(option.text for option in picker.options) == ["broken (damaged)", "good"]
+        picker.select_by_value("broken")
         facts = wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("broken:")
                            and browser.find_element(By.ID, "facts").text)
         assert "checkpoint metadata" in facts and "is damaged" in facts
-        picker.select_by_visible_text("good")
+        picker.select_by_value("good")
         wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("good: 1 × LSTM(32)"))
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors  # such as "Uncaught TypeError: Cannot read properties of undefined"
@@ -248,3 +292,23 @@ def test_a_server_that_lost_its_runs_or_stopped_is_said_so(browser, trained_run,
     browser.find_element(By.ID, "generate").click()  # the server has stopped
     wait_until(lambda: browser.find_element(By.ID, "status").text == "the server cannot be reached (stopped, or the "
                                                                        "network is down); try again once it is back")
+
+
+def test_a_run_gone_since_it_was_chosen_is_said_so_where_the_picker_changes(browser, trained_run, tmp_path):
+    """The picker moved to another run without a word: the next Generate drew from a run nobody chose."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    from test_serve import serving
+    from textgen.serve import create_app
+
+    for name in ("good", "spare"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    with serving(create_app(tmp_path, "good")) as base:
+        browser.get(base + "/")
+        wait_until(lambda: browser.find_element(By.ID, "facts").text.startswith("good: 1 × LSTM(32)"))
+        shutil.rmtree(tmp_path / "good")
+        browser.find_element(By.ID, "generate").click()
+        wait_until(lambda: browser.find_element(By.ID, "status").text
+                   == "the run “good” is no longer served; “spare” is chosen instead")
+        assert Select(browser.find_element(By.ID, "run")).first_selected_option.get_attribute("value") == "spare"
+        assert browser.find_element(By.ID, "facts").text.startswith("spare: 1 × LSTM(32)")
