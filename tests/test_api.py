@@ -219,9 +219,22 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
                             "callbacks must be a list of textgen.callbacks.Callback objects, got <textgen.callbacks")):
         with pytest.raises(textgen.OptionError, match=f"^{re.escape(message)}"):
             textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, **wrong)
+    import random
+
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    random.seed(3), np.random.seed(3), tf.random.set_seed(17)
     trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
                             strategy="single", callbacks=None, **TINY_MODEL, **TINY_TRAINING)  # the command's too
     assert trained.run_dir == tmp_path / "r" and trained.info["epochs"] == 1
+    # The caller's generators as they were: training seeds all three and Keras draws from Python's for each layer.
+    assert (random.random(), np.random.random()) == (random.Random(3).random(), np.random.RandomState(3).random())
+    assert context.global_seed() == 17
+    random.seed(4)
+    textgen.load(trained.run_dir)
+    assert random.random() == random.Random(4).random()
     assert list((trained.run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert set(trained.generate("abc", length=20, temperature=0)) <= set(PERIOD)
     # Resuming needs no corpus: the run's own, as with `textgen train --run r --resume`.

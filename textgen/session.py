@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +13,28 @@ import numpy as np
 from textgen import checkpoint
 from textgen.config import ModelConfig, TrainConfig
 from textgen.evaluation import window_loss_sum
+
+
+@contextlib.contextmanager
+def callers_random_state_kept():
+    """Python's, NumPy's and TensorFlow's global random generators given back as the caller had them: training seeds
+    all three (keras.utils.set_random_seed: the same seed, the same run), which reset a notebook's own draws.
+    TensorFlow's comes back as its global seed (unset, or the caller's, whose per-op sequence starts again)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    tensorflow_seed = None
+    if "tensorflow" in sys.modules:  # else it was never set: importing TensorFlow here would slow every refusal
+        from tensorflow.python.eager import context
+
+        tensorflow_seed = context.global_seed()
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        if "tensorflow" in sys.modules:
+            import tensorflow as tf
+
+            tf.random.set_seed(tensorflow_seed)
 
 
 class Session:

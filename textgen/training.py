@@ -36,7 +36,7 @@ from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
 from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
-from textgen.session import Session, mixed_precision_note
+from textgen.session import Session, callers_random_state_kept, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
 logger = logging.getLogger("textgen")
@@ -430,6 +430,7 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     return corpus
 
 
+@callers_random_state_kept()
 def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
           resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
