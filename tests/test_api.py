@@ -175,6 +175,20 @@ def test_bad_input_raises_one_error_type_with_the_cli_message_in_keyword_names(m
         call(model)
 
 
+def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not_an_oserror(tmp_path):
+    """Each was a raw OSError ("File name too long"), or "corpus file not found: hello world" over two lines."""
+    for call, message in ((lambda: textgen.train("the quick brown fox " * 50, run="r", checkpoint_dir=tmp_path),
+                           "corpus must be the path of a text file, got 1,000 characters that are too long for a "
+                           "path (the text itself? save it to a file and give that file's path)"),
+                          (lambda: textgen.train("hello world\nagain", run="r", checkpoint_dir=tmp_path),
+                           "got 17 characters that hold a line break"),
+                          (lambda: textgen.load("x" * 300, checkpoint_dir=tmp_path), "300 characters: too long"),
+                          (lambda: textgen.load("r", checkpoint_dir=tmp_path / ("y" * 300)),
+                           "^checkpoint_dir: too long for a path")):
+        with pytest.raises(textgen.TextgenError, match=re.escape(message) if "^" not in message else message):
+            call()
+
+
 def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus):
     import inspect
 

@@ -323,6 +323,14 @@ BAD_INPUTS = [
     (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/nothing"], "no checkpoint in", 1, None),
     (["eval", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--batch-size", "1000000000000"],
      "evaluation needs more than --batch-size (1000000000000); use a smaller --batch-size", 1, None),
+    # Each was an OSError traceback ("File name too long"): a name past 255 bytes, such as the text itself given as the
+    # corpus's path.
+    (["train", "x" * 300], "corpus must be the path of a text file, got 300 characters that are too long for a path",
+     1, None),
+    (["eval", "x" * 300, "--checkpoint-dir", "{root}/ck"], "text must be the path of a text file", 1, None),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "x" * 300], "--checkpoint-dir: too long for a path", 1, None),
+    (["runs", "--checkpoint-dir", "x" * 300], "--checkpoint-dir: too long for a path (300 characters)", 1, None),
+    (["export", "--checkpoint-dir", "{root}/ck", "-o", "x" * 300], "--output: too long for a path", 1, None),
 ]
 
 

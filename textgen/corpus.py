@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from textgen.errors import TextgenError, counted
-from textgen.files import atomic_write, atomic_write_json
+from textgen.files import atomic_write, atomic_write_json, too_long_for_a_path
 from textgen.vocab import Vocabulary, starts_alone
 
 CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
@@ -43,6 +43,10 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
         str(path).encode("utf-8")
     except UnicodeEncodeError:
         raise TextgenError(f"{what} file name is not valid UTF-8: {str(path)!r} (rename the file)") from None
+    if too_long_for_a_path(path) or (not path.exists() and "\n" in str(path)):  # its text given for the file
+        why = "hold a line break" if "\n" in str(path) else "are too long for a path"
+        raise TextgenError(f"{what} must be the path of a text file, got {len(str(path)):,} characters that {why} "
+                           "(the text itself? save it to a file and give that file's path)")
     if not path.exists():
         raise TextgenError(f"{what} file not found: {path} (check the path)")
     if path.is_dir():

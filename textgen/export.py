@@ -29,6 +29,7 @@ from typing import Optional
 
 from textgen.config import EXPORT_FORMATS
 from textgen.errors import TextgenError
+from textgen.files import too_long_for_a_path
 
 EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
 
@@ -113,6 +114,9 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     if unknown or not formats:
         raise TextgenError(f"--format must be among {', '.join(EXPORT_FORMATS)} or all, got "
                            f"{', '.join(unknown) or 'none'}")
+    if too_long_for_a_path(output):
+        raise TextgenError(f"--output: too long for a path ({len(str(output)):,} characters); choose a directory for "
+                           "the export, such as exports/NAME")
     if Path.cwd().resolve().is_relative_to(output.resolve()):  # it is replaced as a whole: never under our feet
         raise TextgenError(f"--output {output} is the current directory or holds it; choose a directory for the "
                            "export, such as exports/NAME")

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Callable
+
+
+def too_long_for_a_path(path: Path) -> bool:
+    """Whether the system refuses path as too long (a name over 255 bytes, or the whole over its limit): every
+    lookup of it raises an OSError (ENAMETOOLONG) instead of answering whether it exists."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ENAMETOOLONG
+    return False
 
 
 def _fsync_dir(directory: Path) -> None:

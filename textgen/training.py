@@ -480,6 +480,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
 def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict,
                              train_options: dict) -> Path:
     """The run's directory, once its name and the options are found valid."""
+    check_checkpoint_dir(Path(checkpoint_dir))
     run_dir = run_path(checkpoint_dir, check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir))))
     ModelConfig(vocab_size=1, **model_options).validate()
     TrainConfig(**train_options).validate()
