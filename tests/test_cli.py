@@ -331,6 +331,7 @@ BAD_INPUTS = [
     (["train", "{root}/good.txt", "--checkpoint-dir", "x" * 300], "--checkpoint-dir: too long for a path", 1, None),
     (["runs", "--checkpoint-dir", "x" * 300], "--checkpoint-dir: too long for a path (300 characters)", 1, None),
     (["export", "--checkpoint-dir", "{root}/ck", "-o", "x" * 300], "--output: too long for a path", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "-o", "x" * 300], "--output: too long for a path", 1, None),
 ]
 
 

@@ -16,7 +16,7 @@ from textgen import sampling
 from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, sample_config_of
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, perplexity
-from textgen.files import atomic_write_text
+from textgen.files import atomic_write_text, too_long_for_a_path
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.vocab import quoted
@@ -343,6 +343,9 @@ def check_output(path: Path, overwrite: bool = False) -> None:
     """Refuse an --output that cannot become a file, or that would replace a file's text without overwrite (an
     empty one, as mktemp makes, holds nothing to lose), before any text is generated."""
     path = Path(path)
+    if too_long_for_a_path(path):
+        raise TextgenError(f"--output: too long for a path ({len(str(path)):,} characters); give a file name, such "
+                           "as samples.txt")
     if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not path.parent.is_dir():
