@@ -41,7 +41,7 @@ from textgen.config import (DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAG
 from textgen.errors import TextgenError, as_keywords
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, ScoreRequest,
-                                  ScoreResponse, errors, integral_bounds)
+                                  ScoreResponse, errors, integral_bounds, with_limits)
 from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
@@ -108,7 +108,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                   redirect_slashes=False)
     app.state.runs = runs
     describe = app.openapi
-    app.openapi = lambda: integral_bounds(describe())  # (FastAPI keeps the document it made, then ours: made once)
+    # (FastAPI keeps the document it made, then ours: made once)
+    app.openapi = lambda: with_limits(integral_bounds(describe()), limits)
 
     def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)

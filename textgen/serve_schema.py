@@ -149,6 +149,18 @@ class Health(BaseModel):
     status: str
 
 
+def with_limits(document: dict, limits) -> dict:
+    """The OpenAPI document with this server's limits (config.Limits) on the fields they bound: the general rules
+    allow far more (a length up to 1e7 where a server answers at most 2,000 by default)."""
+    schemas = document["components"]["schemas"]
+    generate = schemas["GenerateRequest"]["properties"]
+    generate["length"]["maximum"] = limits.max_length
+    generate["num_samples"]["maximum"] = limits.max_samples
+    generate["prime"]["maxLength"] = limits.max_prime_chars
+    schemas["ScoreRequest"]["properties"]["text"]["maxLength"] = limits.max_score_chars
+    return document
+
+
 def integral_bounds(schema):
     """The OpenAPI document with each whole-number bound written as an integer: FastAPI's model of the document
     holds every bound as a float, so the integer fields said "minimum": 1.0."""
