@@ -120,6 +120,7 @@ def test_generate_continues_the_pattern_and_is_reproducible(model):
     many = model.generate("a", length=10, temperature=0.7, num_samples=3, seed=1)
     assert isinstance(many, list) and len(many) == 3 and all(len(t) == 11 for t in many)
     assert model.generate("ab", length=50, temperature=0, stop="g") == "abcdef"
+    assert model.generate("ab", length=50, temperature=0, stop=["fg", "e"]) == "abcd"  # the first completed
 
 
 def test_by_default_no_character_comes_more_than_20_times_in_a_row(trained_run):
@@ -162,8 +163,10 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
                                         r"prime or pass skip_unknown=True to drop them$"),  # was --skip-unknown
     (lambda m: m.score("a"), "the text has 1 character the model knows; scoring needs at least 2"),
     (lambda m: m.score("x"), "the text has 0 characters the model knows"),
-    (lambda m: m.generate(stop=5), "^stop must be text, got 5"),
-    (lambda m: m.stream(stop=b"g"), "^stop must be text, got b'g'"),
+    (lambda m: m.generate(stop=5), "^stop must be text or a list of texts, got 5"),
+    (lambda m: m.stream(stop=b"g"), "^stop must be text or a list of texts, got b'g'"),
+    (lambda m: m.generate(stop=[]), "^stop needs at least one text, or leave stop out"),
+    (lambda m: m.generate(stop=["g", ""]), "^stop is empty; give the text, or leave stop out"),
     (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
     # A value of the wrong type says so: "got 10" would look valid.
     (lambda m: m.generate(length="10"), r"^length must be an integer in \[0, 1e\+07\], got '10', which is not a "

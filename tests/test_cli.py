@@ -102,6 +102,15 @@ def test_one_sample_goes_out_as_it_is_produced_and_ctrl_c_keeps_the_output_so_fa
     assert out.read_text() == "a whole sample, kept"
 
 
+def test_sample_takes_several_stop_strings_each_given_once(trained_run):
+    stopped = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "ab", "-t", 0, "-n", 50,
+                     "--stop", "f,g", "--stop", "e")  # once per text: the comma is part of the first
+    assert (stopped.exit_code, stopped.stdout) == (0, "abcd\n")
+    stopped = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "ab", "-t", 0, "-n", 50,
+                     "--stop", "f,g")
+    assert (stopped.exit_code, stopped.stdout) == (0, "ab" + (PERIOD * 9)[2:52] + "\n")  # "f,g" never comes
+
+
 def test_sample_num_samples_are_delimited(trained_run):
     result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--num-samples", 2, "-n", 10,
                     "--seed", 3)

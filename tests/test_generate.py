@@ -59,6 +59,26 @@ def test_stop_string_cuts_at_first_occurrence(trained_run):
     assert sample.text == "abcde" and sample.stopped
 
 
+def test_several_stop_strings_cut_where_the_text_first_completes_one_however_it_arrives():
+    """The cut is before the stop string completed first ("de" in "abcde", though "bcdef" began sooner), whether the
+    text comes in one piece or character by character, and what could begin any of them is held back."""
+    from textgen.config import SampleConfig
+    from textgen.generate import TextStreams
+    from textgen.vocab import Vocabulary
+
+    vocab = Vocabulary.from_text(PERIOD)
+    for pieces in (["abcdefg"], list("abcdefg"), ["ab", "cdefg"]):
+        streams = TextStreams(vocab, SampleConfig(length=20, stop=("bcdef", "de", "x")), "")
+        delivered = []
+        for piece in pieces:
+            streams.add(vocab.encode(piece)[None, :])
+            delivered.append(streams.take_ready())
+        [sample] = streams.samples()
+        assert (sample.text, sample.stopped, "".join(delivered)) == ("abc", True, "abc"), pieces
+        if len(pieces) == 7:  # up to "abcd", the longest stop string's length less one is held back: "bcdef" might come
+            assert delivered[:5] == ["", "", "", "", "abc"]
+
+
 def test_streaming_delivers_the_same_text_in_pieces(trained_run):
     pieces = []
     [sample] = gen(trained_run, prime="ab", length=45, temperatures=[0], stop="gab", on_text=pieces.append)

@@ -153,6 +153,8 @@ def test_generate_round_trip(server, trained_run):
         f'"min_p":null,"max_repeat":20,"seed":{seed},"stop":"f","num_samples":1,"skip_unknown":false}},' \
         '"samples":[{"text":"abcde",' \
         '"temperature":0.0,"index":0,"stopped":true}]}'
+    answer = json.loads(call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop=["fg", "e"]))[1])
+    assert (answer["samples"][0]["text"], answer["options"]["stop"]) == ("abcd", ["fg", "e"])
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -687,6 +689,7 @@ def test_a_loss_no_model_gives_and_an_unexpected_failure_are_json_500s(server, m
                                              "text; send UTF-8 text"),
     (b'{"prime": "a\\udcff", "skip_unknown": true}', "prime holds a lone surrogate (\\udcff) at character 1"),
     (b'{"length": 5, "stop": ""}', "stop is empty; give the text, or leave stop out"),
+    (b'{"length": 5, "stop": []}', "stop needs at least one text, or leave stop out"),
     # The field as JSON has it: it said --skip-unknown.
     (b'{"prime": "xyz"}', "the prime contains characters the model never saw: 'x' 'y' 'z'; change the prime or pass "
                           '"skip_unknown": true to drop them'),

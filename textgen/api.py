@@ -15,7 +15,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
@@ -113,9 +113,9 @@ class TextModel:
 
     @_sampling_errors_as_keywords
     def generate(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
-                 top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
-                 num_samples: int = 1, skip_unknown: bool = False, min_p: Optional[float] = None,
-                 max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> str | list[str]:
+                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop: Union[None, str, Sequence[str]] = None, num_samples: int = 1, skip_unknown: bool = False,
+                 min_p: Optional[float] = None, max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> str | list[str]:
         """Generate text that starts with prime.
 
         Args:
@@ -127,7 +127,8 @@ class TextModel:
             top_k: draw only from the k likeliest characters.
             top_p: draw from the smallest set of characters whose probability reaches p.
             seed: the same seed gives the same text.
-            stop: end where this string first appears (it is not included).
+            stop: end where this string first appears (it is not included); a list of strings: where the text
+                first completes any of them.
             num_samples: independent samples to draw.
             skip_unknown: drop prime characters the model never saw instead of raising.
             min_p: drop characters less likely than min_p times the likeliest (0.05 is common).
@@ -146,9 +147,9 @@ class TextModel:
 
     @_sampling_errors_as_keywords
     def stream(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
-               top_p: Optional[float] = None, seed: Optional[int] = None, stop: Optional[str] = None,
-               skip_unknown: bool = False, min_p: Optional[float] = None,
-               max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> Iterator[str]:
+               top_p: Optional[float] = None, seed: Optional[int] = None,
+               stop: Union[None, str, Sequence[str]] = None, skip_unknown: bool = False,
+               min_p: Optional[float] = None, max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> Iterator[str]:
         """Like :meth:`generate` for one sample, as an iterator of text pieces as they are produced: the first
         piece is the prime (if any) as the model reads it (see ``prime`` in :meth:`generate`), then the
         continuation.

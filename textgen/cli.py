@@ -25,6 +25,10 @@ def _config_options(config_class):
             if isinstance(default, bool):
                 command = click.option(*names, is_flag=True, default=None, help=rule.help)(command)
                 continue
+            if rule.many and rule.text:  # once per text: a comma may be part of one
+                command = click.option(*names, multiple=True, callback=lambda ctx, param, texts: texts or None,
+                                       help=rule.help)(command)
+                continue
             if rule.choices:
                 kind = click.Choice(rule.choices)
             elif rule.many or not rule.numeric:

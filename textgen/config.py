@@ -12,7 +12,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence, Union
 
 from textgen.errors import OptionError
 
@@ -38,7 +38,8 @@ class Rule:
     high_open: bool = False  # exclude high itself
     integer: bool = False  # must be a whole number
     choices: Optional[Sequence[str]] = None  # the allowed strings, for a choice option
-    many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line)
+    many: bool = False  # a non-empty tuple of values, each within the range (comma-separated on the command line;
+    # for text, the option given once per value, and one text may stand for a tuple of one)
     text: bool = False  # a non-empty string, where the default (None) does not say so (--stop)
     short: Optional[str] = None  # a one-letter command-line alias such as "-t"
     layout: bool = False  # fixes the model or data layout: a resumed run may not change it (state, comparable losses)
@@ -67,9 +68,13 @@ class Rule:
         """Refuse a value outside the rule, naming the option as the user typed it."""
         option = "--" + name.replace("_", "-")
         if self.many:
-            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-                raise OptionError(f"{option} needs at least one value, e.g. {option} 0.5")
-            for item in value:
+            values = (value,) if self.text and isinstance(value, str) else value  # a text, or several
+            if self.text and (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)):
+                raise OptionError(f"{option} must be text or a list of texts, got {value!r}")
+            if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+                raise OptionError(f"{option} needs at least one text, or leave {option} out" if self.text else
+                                  f"{option} needs at least one value, e.g. {option} 0.5")
+            for item in values:
                 dataclasses.replace(self, many=False).check(name, item)
             return
         if self.choices is not None:
@@ -307,14 +312,22 @@ class SampleConfig(_Config):
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, high=MAX_SAMPLES,
                               integer=True)
     seed: Optional[int] = option(None, "Random seed: the same seed gives the same text.", low=0, integer=True)
-    stop: Optional[str] = option(None, "End a sample where it first produces this string (left out of the sample).",
-                                 text=True)
+    stop: Union[None, str, tuple] = option(None, "End a sample where it first produces this string (left out of the "
+                                           "sample); given several times, where it first completes any of them.",
+                                           text=True, many=True)
     skip_unknown: bool = option(False, "Drop prime characters the model never saw, with a warning.")
 
     def __post_init__(self):
         super().__post_init__()
         if self.max_repeat is None:  # what the Python API and JSON requests pass for "no guard"
             object.__setattr__(self, "max_repeat", 0)
+        if isinstance(self.stop, list):  # as JSON and Python callers give several
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def stops(self) -> tuple:
+        """The stop strings: none, the one given, or each of several."""
+        return () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     @property
     def sample_count(self) -> int:

@@ -8,7 +8,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class Sample:
     text: str  # prime followed by the generated text
     temperature: float
     index: int  # 0-based number of this sample among those at the same temperature
-    stopped: bool  # True if the stop string ended it early
+    stopped: bool  # True if a stop string ended it early
 
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
@@ -100,11 +100,12 @@ class RequestDraws:
         return np.stack([generator.random(steps) for generator in self.generators], axis=1)
 
 
-def _stop_cut(text: str, stop: Optional[str], searched_from: int) -> Optional[int]:
-    if not stop:
-        return None
-    found = text.find(stop, max(0, searched_from - len(stop) + 1))
-    return None if found < 0 else found
+def _stop_cut(text: str, stops: tuple, searched_from: int) -> Optional[int]:
+    """Where text is cut: before the stop string that text completes first (text[:searched_from] holds none), or
+    None. First completed, not first begun: the cut must not depend on how the text arrived in pieces."""
+    found = [(at + len(stop), at) for stop in stops if (at := text.find(stop, max(0, searched_from - len(stop) + 1)))
+             >= 0]
+    return min(found)[1] if found else None
 
 
 class TextStreams:
@@ -115,7 +116,7 @@ class TextStreams:
         self.vocab, self.config, self.prime = vocab, config, prime
         self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
         self.indexes = [index for _ in config.temperature for index in range(config.num_samples)]  # per temperature
-        self.stop = config.stop and vocab.in_known_form(config.stop)  # matched against text in the model's form
+        self.stops = tuple(vocab.in_known_form(stop) for stop in config.stops)  # as the model's text has them
         self.texts = [""] * len(self.temperatures)
         self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
         self.produced = 0  # characters generated per stream so far
@@ -136,18 +137,18 @@ class TextStreams:
             if self.cuts[index] is None:
                 before = len(self.texts[index])
                 self.texts[index] = (self.texts[index] + self.vocab.decode(row))[:self.config.length]
-                self.cuts[index] = _stop_cut(self.texts[index], self.stop, before)
+                self.cuts[index] = _stop_cut(self.texts[index], self.stops, before)
         self.produced += ids.shape[1]
 
     def take_ready(self, index: int = 0) -> str:
         """The next decided piece of stream index ("" if none yet)."""
-        text, cut, stop = self.texts[index], self.cuts[index], self.stop
+        text, cut = self.texts[index], self.cuts[index]
         if cut is not None:
             ready = cut
         elif self.done:
             ready = len(text)
-        else:
-            ready = len(text) - (len(stop) - 1 if stop else 0)
+        else:  # what could begin a stop string is held back
+            ready = len(text) - max((len(stop) - 1 for stop in self.stops), default=0)
         piece = text[self.emitted[index]:ready] if ready > self.emitted[index] else ""
         self.emitted[index] += len(piece)
         return piece
@@ -290,16 +291,16 @@ class Generator:
 def generate(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None, prime: str = "",
              length: int = 500, temperatures: Sequence[float] = (0.5,), top_k: Optional[int] = None,
              top_p: Optional[float] = None, num_samples: int = 1, seed: Optional[int] = None,
-             stop: Optional[str] = None, skip_unknown: bool = False,
+             stop: Union[None, str, Sequence[str]] = None, skip_unknown: bool = False,
              on_text: Optional[Callable[[str], None]] = None, show_progress: bool = False,
              warn: Callable[[str], None] = logger.warning, min_p: Optional[float] = None,
              max_repeat: Optional[int] = DEFAULT_MAX_REPEAT) -> list[Sample]:
     """Generate num_samples texts per temperature (one number or a list) from the best checkpoint of the run.
 
     Each text is the prime followed by up to length generated characters, cut before the first
-    occurrence of stop. The same checkpoint, seed and options give the same texts. If on_text is
-    given and there is a single stream, text is passed to it as it is produced. show_progress draws
-    a progress bar on stderr (when it is a terminal)."""
+    occurrence of stop (a string, or several: whichever the text completes first). The same checkpoint,
+    seed and options give the same texts. If on_text is given and there is a single stream, text is
+    passed to it as it is produced. show_progress draws a progress bar on stderr (when it is a terminal)."""
     config = sample_config_of(dict(locals(), temperature=temperatures))
     return generate_with(config, checkpoint_dir, run, on_text, show_progress, warn)
 

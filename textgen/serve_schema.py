@@ -54,7 +54,8 @@ class SamplingOptions(BaseModel):
     max_repeat: Optional[int] = _ranged("max_repeat", "Never one character more than this many times in a row (0 or "
                                                       "null: no guard)")
     seed: Optional[int] = _ranged("seed", "The same seed gives the same text")
-    stop: Optional[str] = Field(None, description="End a sample where it first produces this string")
+    stop: Union[None, str, list[str]] = Field(None, description="End a sample where it first produces this string "
+                                              "(or, for a list, completes any of them); it is left out")
     num_samples: int = _ranged("num_samples", "Samples per temperature (at most the server's max_samples in all)")
     skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
 
@@ -98,7 +99,7 @@ class Sample(BaseModel):
     text: str = Field(description="The prime (as the model reads it) and the generated text")
     temperature: float
     index: int = Field(description="0-based number of this sample among those at its temperature")
-    stopped: bool = Field(description="Whether the stop string ended it")
+    stopped: bool = Field(description="Whether a stop string ended it")
 
 
 class GenerateResponse(BaseModel):
