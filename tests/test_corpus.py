@@ -289,3 +289,19 @@ def test_a_long_line_of_decomposed_kana_is_cut_between_letters_not_inside_one(tm
     monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 20000)
     ids, dropped = encode_text(write_text(tmp_path / "nfd.txt", unicodedata.normalize("NFD", text)), vocab)
     assert dropped == 0 and vocab.decode(ids) == text
+
+
+def test_a_disk_too_full_for_the_cache_is_one_error_and_leaves_no_file(tmp_path, monkeypatch):
+    """The cache is written through a memory map: on a full disk the process died of SIGBUS, with no message. Its
+    space is reserved first, which fails as an OSError (here as a full disk would make it fail)."""
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    path = write_text(tmp_path / "c.txt", "hello world\n" * 100)
+    with pytest.raises(TextgenError, match=f"^could not write the corpus's cache in {tmp_path / 'cache'} \\(the disk is "
+                                           "full\\); free some space, or choose another --checkpoint-dir$"):
+        load_corpus(path, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []

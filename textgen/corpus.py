@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import json
 import os
@@ -392,14 +393,28 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
 
     def encode(tmp: Path) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.id_dtype, shape=(count,))
+        _reserve(tmp)
         encode_into(path, vocab, out, progress=advance)
         out.flush()
         del out
 
-    atomic_write(cache_ids, encode)
-    atomic_write_json(cache_meta, {"version": CACHE_VERSION, "source": str(path.resolve()),
-                                   "fingerprint": stamp, "length": count, "vocab": vocab.to_json()})
+    try:
+        atomic_write(cache_ids, encode)
+        atomic_write_json(cache_meta, {"version": CACHE_VERSION, "source": str(path.resolve()),
+                                       "fingerprint": stamp, "length": count, "vocab": vocab.to_json()})
+    except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
+        raise TextgenError(f"could not write the corpus's cache in {cache_dir} ({reason}); free some space, or "
+                           "choose another --checkpoint-dir") from None
     return Corpus(path, np.load(cache_ids, mmap_mode="r"), vocab, stamp)
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole of a file just sized (sparse) for writing through a memory map: a page that a full disk
+    cannot hold kills the process with SIGBUS when written through the map, where this raises an OSError (ENOSPC)."""
+    if hasattr(os, "posix_fallocate"):  # (not on macOS, whose file systems are seldom full this way)
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
 
 
 def read_text(path: Path, what: str = "text") -> str:
