@@ -419,6 +419,23 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
     assert meta.state.epoch == 1
 
 
+def test_a_save_the_disk_cannot_hold_is_refused_before_h5py_writes(tmp_path, periodic_corpus, monkeypatch):
+    """On a full disk h5py reported the failed write, then crashed the process (a segfault after pages of
+    tracebacks) while collecting what it had left half-closed."""
+    import collections
+    import shutil
+
+    run(periodic_corpus, tmp_path)
+    kept = files_snapshot(tmp_path)
+    saved_weights, usage = [], shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: collections.namedtuple(
+        "usage", "total used free")(*usage(path)[:2], 50_000))  # less than a checkpoint of this model
+    monkeypatch.setattr(type(load_model(tmp_path / "r")[0]), "save_weights", lambda *args: saved_weights.append(args))
+    with pytest.raises(TextgenError, match="disk is full; the previous checkpoint is kept"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True)
+    assert saved_weights == [] and files_snapshot(tmp_path) == kept
+
+
 @pytest.mark.parametrize("failing", ["state file", "best.json", "best.json after its rename"])
 def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, periodic_corpus, monkeypatch, failing):
     """It said "the previous checkpoint is kept ... resume with --resume": a new run has none (--resume then found

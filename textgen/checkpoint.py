@@ -20,7 +20,9 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -177,6 +179,7 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
     try:
         previous = {kind: meta_path(run_dir, kind).read_bytes() if meta_path(run_dir, kind).is_file() else None
                     for kind in kinds}
+        _check_room(run_dir, model, training_state)
         atomic_write(weights_path, lambda tmp: model.save_weights(str(tmp)))
         atomic_write(state_path, lambda tmp: np.savez(tmp, **training_state))
         meta = dataclasses.replace(
@@ -206,6 +209,15 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
         raise SaveFailed(run_dir, "the disk is full" if error.errno == errno.ENOSPC
                          else (error.strerror or str(error))) from None
     remove_unreferenced(run_dir)
+
+
+def _check_room(run_dir: Path, model, training_state: dict[str, np.ndarray]) -> None:
+    """Raise ENOSPC before a save that the disk cannot hold: h5py reports a write that fails, but the objects it
+    leaves half-closed crash the process (a segfault, after pages of tracebacks) when they are collected."""
+    weights = sum(math.prod(variable.shape) * np.dtype(variable.dtype).itemsize for variable in model.weights)
+    needed = weights + sum(array.nbytes for array in training_state.values()) + 4096 * len(model.weights) + 2**16
+    if shutil.disk_usage(run_dir).free < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _referenced(run_dir: Path) -> set[str]:
