@@ -576,3 +576,16 @@ def test_an_allowed_origin_that_no_browser_sends_is_refused(origin):
     assert result.exit_code == 2
     assert f"Invalid value for '--allow-origin': {origin!r} is not an origin; give scheme://host[:port] without a " \
            "path, such as http://localhost:3000, or * for any" in " ".join(result.output.split())
+
+
+def test_a_closed_standard_output_is_one_error_line(trained_run):
+    """Started with its standard output closed (>&-), every command ended in a traceback (sys.stdout is None)."""
+    import subprocess
+
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "textgen", "runs", "--checkpoint-dir",
+                             str(trained_run["checkpoint_dir"])], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.close(1), timeout=120)
+    assert (result.returncode, result.stderr) == (1, "error: cannot write the output (standard output is closed); "
+                                                     "write it elsewhere\n")

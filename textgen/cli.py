@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import math
 import os
@@ -117,6 +119,18 @@ def _report_diagnostics_on_stderr() -> None:
         logger.propagate = False
 
 
+class _ClosedOutput(io.TextIOBase):
+    """Standard output when its descriptor is closed: Python leaves sys.stdout None, on which the command failed with
+    a traceback (even after a training that saved its run). Writing to it fails as writing to a closed descriptor
+    does, which the command reports in one line (exit 1); a command that writes nothing there succeeds."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "standard output is closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
 class OneLineErrors(click.Group):
     """Every failure is one line on stderr and a non-zero exit code, never a traceback."""
 
@@ -124,6 +138,8 @@ class OneLineErrors(click.Group):
         from textgen.errors import TextgenError
 
         extra.pop("standalone_mode", None)
+        if sys.stdout is None:  # started with its standard output closed (>&-)
+            sys.stdout = _ClosedOutput()
         _report_diagnostics_on_stderr()
         try:
             result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
