@@ -589,3 +589,20 @@ def test_a_closed_standard_output_is_one_error_line(trained_run):
                             preexec_fn=lambda: os.close(1), timeout=120)
     assert (result.returncode, result.stderr) == (1, "error: cannot write the output (standard output is closed); "
                                                      "write it elsewhere\n")
+
+
+def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_path):
+    """--output replaced a link (a dangling one without --overwrite) by a file, and a link loop by a file too."""
+    (tmp_path / "target.txt").write_text("precious")
+    for name, points_to in (("link.txt", "target.txt"), ("dangling.txt", "missing.txt"), ("a", "b"), ("b", "a")):
+        (tmp_path / name).symlink_to(points_to)
+    args = ("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 5, "--seed", 1, "-o")
+    assert invoke(*args, tmp_path / "link.txt").exit_code == 1 and (tmp_path / "target.txt").read_text() == "precious"
+    assert invoke(*args, tmp_path / "link.txt", "--overwrite").exit_code == 0
+    assert invoke(*args, tmp_path / "dangling.txt").exit_code == 0
+    assert all((tmp_path / name).is_symlink() for name in ("link.txt", "dangling.txt"))
+    assert len((tmp_path / "target.txt").read_text()) == len((tmp_path / "missing.txt").read_text()) == 5
+    loop = invoke(*args, tmp_path / "a")
+    assert (loop.exit_code, loop.stderr) == (1, f"error: --output {tmp_path / 'a'} is a symbolic link that leads back "
+                                                "to itself; give a file name\n")
+    assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +349,13 @@ def check_output(path: Path, overwrite: bool = False) -> None:
     if too_long_for_a_path(path):
         raise TextgenError(f"--output: too long for a path ({len(str(path)):,} characters); give a file name, such "
                            "as samples.txt")
+    if path.is_symlink():  # written through: to the file it names, which a dangling one names too
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError) as error:  # a loop: RuntimeError in Python 3.11, OSError (ELOOP) later
+            if isinstance(error, RuntimeError) or error.errno == errno.ELOOP:
+                raise TextgenError(f"--output {path} is a symbolic link that leads back to itself; give a file "
+                                   "name") from None
     if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not path.parent.is_dir():
@@ -363,8 +372,8 @@ def holds_text(path: Path) -> bool:
 def write_output(path: Path, text: str, overwrite: bool = False) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
     device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
-    path = Path(path)
     check_output(path, overwrite)
+    path = Path(os.path.realpath(path))  # through a link (a dangling one too) to its file: the user keeps the link
     try:
         if path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8") as handle:
