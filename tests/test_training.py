@@ -780,6 +780,21 @@ def test_tensorboard_logs_each_epoch_and_an_overwrite_replaces_the_earlier_logs(
     assert not set(before) & {path.name for path in (run_dir / "tensorboard").iterdir()}
 
 
+def test_tensorboard_logs_that_cannot_be_written_warn_once_and_training_goes_on(tmp_path, periodic_corpus, caplog):
+    """A file named tensorboard in the run stopped the training with TensorFlow's traceback, after the first save."""
+    import logging
+
+    run(periodic_corpus, tmp_path)
+    (tmp_path / "r" / "tensorboard").write_text("not a directory")
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        resumed = run(periodic_corpus, tmp_path, epochs=3, resume=True, tensorboard=True)
+    assert resumed["epoch"] == 3
+    warned = [record.getMessage() for record in caplog.records if "TensorBoard" in record.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: could not write the TensorBoard logs in "
+                                                     f"{tmp_path / 'r' / 'tensorboard'} (")
+    assert warned[0].endswith("); training continues without them")
+
+
 def test_resume_without_last_checkpoint_is_refused_and_the_best_one_kept(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     run_dir = tmp_path / "r"

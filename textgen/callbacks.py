@@ -262,12 +262,24 @@ class TensorBoard(Callback):
 
     def __init__(self):
         self.writer: Optional[object] = None
+        self.failed = False  # once it cannot write, training goes on without it (the logs are a convenience)
 
     def on_train_start(self, run) -> None:
         if run.replaces:
             run.earlier_files += (run.run_dir / "tensorboard").glob("events.out.tfevents.*")
 
     def on_epoch_end(self, run, improved: bool) -> None:
+        if self.failed:
+            return
+        try:
+            self._write(run)
+        except Exception as error:  # (a file named tensorboard in the way, a full disk: TensorFlow's own errors)
+            self.failed = True
+            reason = next((line for line in str(error).splitlines() if line.strip()), "")
+            logger.warning(f"warning: could not write the TensorBoard logs in {run.run_dir / 'tensorboard'} "
+                           f"({type(error).__name__}: {reason}); training continues without them")
+
+    def _write(self, run) -> None:
         import tensorflow as tf
         from tensorflow.core.framework import summary_pb2
 
