@@ -202,3 +202,32 @@ def test_missing_run_is_one_line(tmp_path):
     assert result.output.strip() == f"error: no checkpoint in {tmp_path}; train one first with: textgen train CORPUS " \
                                     f"--checkpoint-dir {tmp_path}"
     assert not (tmp_path / "x").exists()
+
+
+def test_what_a_killed_export_left_is_removed_and_a_link_loop_is_refused(trained_run, tmp_path):
+    """An export killed before its cleanup (SIGKILL) left its building directory: inside an empty --output, which
+    the next export then refused as "not an earlier export", or beside it, for good. A link loop was a traceback."""
+    import os
+    import signal
+
+    from textgen.cli import _sigterm_as_interrupt
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = ended.stdout.strip()  # the id of a process that has ended
+    (tmp_path / "empty" / f".tmp-export-{dead}" / "savedmodel").mkdir(parents=True)
+    (tmp_path / f".tmp-new-{dead}").mkdir()
+    (tmp_path / ".tmp-new-1").mkdir()  # process 1 runs: an export in progress is left alone
+    for output in ("empty", "new"):
+        export_module.export(trained_run["run_dir"], tmp_path / output, ("keras",))
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [".tmp-new-1", "empty", "new"]
+    assert sorted(entry.name for entry in (tmp_path / "empty").iterdir()) == ["model.keras", "vocab.json"]
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    with pytest.raises(TextgenError, match="^--output .*a is a symbolic link that leads back to itself; choose a "
+                                           "directory for the export"):
+        export_module.export(trained_run["run_dir"], tmp_path / "a", ("keras",))
+    # SIGTERM (kill, docker stop) is Ctrl-C for the command, whose cleanup then runs; it was the default: death.
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -131,6 +134,25 @@ class _ClosedOutput(io.TextIOBase):
         return False
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, docker stop, a job's time limit) as Ctrl-C: an export removes what it built, a sample keeps its
+    text so far (they left temporary directories, or lost the text, without a word). Training and the server install
+    handlers of their own while they run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class OneLineErrors(click.Group):
     """Every failure is one line on stderr and a non-zero exit code, never a traceback."""
 
@@ -140,38 +162,39 @@ class OneLineErrors(click.Group):
         extra.pop("standalone_mode", None)
         if sys.stdout is None:  # started with its standard output closed (>&-)
             sys.stdout = _ClosedOutput()
-        _report_diagnostics_on_stderr()
-        try:
-            result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
-        except click.Abort:
-            click.echo("aborted", err=True)
-            sys.exit(130)
-        except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
-            click.echo(error.format_message(), err=True)
-            sys.exit(error.exit_code)
-        except click.ClickException as error:
-            hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
-            click.echo(f"error: {error.format_message()}{hint}", err=True)
-            sys.exit(error.exit_code)
-        except TextgenError as error:
-            click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
-            sys.exit(error.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except BrokenPipeError:
-            sys.exit(0)
-        except OSError as error:
-            if error.filename is not None:  # a file's own error: the library says what to do about those
-                raise
-            _stdout_failed(error)
-        try:
-            sys.stdout.flush()  # here, where a full disk behind stdout can still be reported
-        except BrokenPipeError:
-            sys.exit(0)
-        except OSError as error:
-            _stdout_failed(error)
-        sys.exit(result if isinstance(result, int) else 0)
+        with _sigterm_as_interrupt():
+            _report_diagnostics_on_stderr()
+            try:
+                result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+            except click.Abort:
+                click.echo("aborted", err=True)
+                sys.exit(130)
+            except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
+                click.echo(error.format_message(), err=True)
+                sys.exit(error.exit_code)
+            except click.ClickException as error:
+                hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
+                click.echo(f"error: {error.format_message()}{hint}", err=True)
+                sys.exit(error.exit_code)
+            except TextgenError as error:
+                click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
+                sys.exit(error.exit_code)
+            except KeyboardInterrupt:
+                click.echo("interrupted", err=True)
+                sys.exit(130)
+            except BrokenPipeError:
+                sys.exit(0)
+            except OSError as error:
+                if error.filename is not None:  # a file's own error: the library says what to do about those
+                    raise
+                _stdout_failed(error)
+            try:
+                sys.stdout.flush()  # here, where a full disk behind stdout can still be reported
+            except BrokenPipeError:
+                sys.exit(0)
+            except OSError as error:
+                _stdout_failed(error)
+            sys.exit(result if isinstance(result, int) else 0)
 
 
 def _stdout_failed(error: OSError) -> None:
@@ -362,6 +385,8 @@ def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_r
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
+    # uvicorn stops on SIGTERM by itself, then ends by that signal: under the default handler, not as an interrupt
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
                                                        max_loaded_runs=max_loaded_runs),
                shutdown_timeout=shutdown_timeout, allow_origins=allow_origins)

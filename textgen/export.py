@@ -21,6 +21,7 @@ leaves a half-written export where a good one was.
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Optional
 
 from textgen.config import EXPORT_FORMATS
 from textgen.errors import TextgenError
-from textgen.files import too_long_for_a_path
+from textgen.files import links_to_itself, too_long_for_a_path
 
 EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
 
@@ -117,12 +118,16 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     if too_long_for_a_path(output):
         raise TextgenError(f"--output: too long for a path ({len(str(output)):,} characters); choose a directory for "
                            "the export, such as exports/NAME")
+    if links_to_itself(output):
+        raise TextgenError(f"--output {output} is a symbolic link that leads back to itself; choose a directory for "
+                           "the export, such as exports/NAME")
     if Path.cwd().resolve().is_relative_to(output.resolve()):  # it is replaced as a whole: never under our feet
         raise TextgenError(f"--output {output} is the current directory or holds it; choose a directory for the "
                            "export, such as exports/NAME")
     # What --overwrite may never replace is refused first, so that no message suggests it in vain.
     if output.exists() and not output.is_dir():
         raise TextgenError(f"{output} is a file; choose a directory for --output")
+    _remove_unfinished_exports(output.resolve())
     foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_ENTRIES) \
         if output.is_dir() else []
     if foreign:  # --overwrite replaces an earlier export, never a directory of other things (a run, the checkpoints)
@@ -140,7 +145,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     # An empty directory (a mount point, a shared folder with its owner and mode) is filled, not replaced: the
     # export is built inside it, where its files can be renamed into place.
     fills = target.is_dir() and not any(target.iterdir())
-    building = target / f".tmp-export-{os.getpid()}" if fills else target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    building = (target / BUILDING_INSIDE if fills else target.with_name(BUILDING_BESIDE.format(target.name)))
+    building = building.with_name(f"{building.name}{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     graph = functools.cache(lambda: _exported_graph(meta, trained, _vocab_asset(meta, building)))
     try:
@@ -168,6 +174,31 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return written + [output / "vocab.json"]
+
+
+# The directory an export is built in, named with its process id: inside an empty --output, or beside it.
+BUILDING_INSIDE, BUILDING_BESIDE = ".tmp-export-", ".tmp-{}-"
+
+
+def _remove_unfinished_exports(target: Path) -> None:
+    """Remove the directories that exports into target were built in and left when killed (SIGKILL, a power cut):
+    named with the id of a process that has ended. One left inside an empty --output made it "not an earlier
+    export". (A previous export moved aside, .old-NAME-PID, is kept: it may be the only copy.)"""
+    for directory, prefix in ((target, BUILDING_INSIDE), (target.parent, BUILDING_BESIDE.format(target.name))):
+        for entry in directory.glob(glob.escape(prefix) + "*") if directory.is_dir() else ():
+            pid = entry.name.removeprefix(prefix)
+            if pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _fill_directory(new: Path, target: Path) -> None:

@@ -19,6 +19,15 @@ def too_long_for_a_path(path: Path) -> bool:
     return False
 
 
+def links_to_itself(path: Path) -> bool:
+    """Whether path is a symbolic link that leads back to itself (a loop), which no file can be written through."""
+    try:
+        path.resolve(strict=True)
+    except (RuntimeError, OSError) as error:  # a loop: RuntimeError in Python 3.11, OSError (ELOOP) later
+        return isinstance(error, RuntimeError) or error.errno == errno.ELOOP
+    return False
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:

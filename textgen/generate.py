@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
 import os
 import threading
@@ -18,7 +17,7 @@ from textgen import sampling
 from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, sample_config_of
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, perplexity
-from textgen.files import atomic_write_text, too_long_for_a_path
+from textgen.files import atomic_write_text, links_to_itself, too_long_for_a_path
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.vocab import quoted
@@ -349,13 +348,8 @@ def check_output(path: Path, overwrite: bool = False) -> None:
     if too_long_for_a_path(path):
         raise TextgenError(f"--output: too long for a path ({len(str(path)):,} characters); give a file name, such "
                            "as samples.txt")
-    if path.is_symlink():  # written through: to the file it names, which a dangling one names too
-        try:
-            path.resolve(strict=True)
-        except (RuntimeError, OSError) as error:  # a loop: RuntimeError in Python 3.11, OSError (ELOOP) later
-            if isinstance(error, RuntimeError) or error.errno == errno.ELOOP:
-                raise TextgenError(f"--output {path} is a symbolic link that leads back to itself; give a file "
-                                   "name") from None
+    if links_to_itself(path):  # (any other link is written through, to the file it names)
+        raise TextgenError(f"--output {path} is a symbolic link that leads back to itself; give a file name")
     if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not path.parent.is_dir():
