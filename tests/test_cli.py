@@ -150,6 +150,12 @@ EDITS = {
     "format-text": lambda meta: meta.update(format_version="2"),
     "format-zero": lambda meta: meta.update(format_version=0),
     "units-edited": lambda meta: meta["model"].update(units=meta["model"]["units"] + 1),  # not the weights' shape
+    "step-text": lambda meta: meta.update(step_in_epoch="abc"),
+    "step-negative": lambda meta: meta.update(step_in_epoch=-5),
+    "elapsed-null": lambda meta: meta.update(elapsed_seconds=None),
+    "loss-text": lambda meta: meta.update(val_loss="x"),
+    "saved-at-number": lambda meta: meta.update(saved_at=5),
+    "run-id-path": lambda meta: meta.update(run_id="../../x"),
 }
 
 
@@ -293,6 +299,19 @@ BAD_INPUTS = [
       "--batch-size", "4", "--seq-length", "10"],
      "parameters) does not fit in this machine's memory", 1, None),
     (["serve", "--checkpoint-dir", "{root}/ck", "--host", ""], "give an address such as 127.0.0.1", 2, None),
+    # A RunState field edited by hand: each was a TypeError, IndexError or ValueError traceback.
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", "good", "--resume", "--epochs", "9"],
+     "is damaged (its step_in_epoch is 'abc', not a whole number from 0)", 1, "step-text"),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", "good", "--resume", "--epochs", "9"],
+     "is damaged (its step_in_epoch is -5, not a whole number from 0)", 1, "step-negative"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"],
+     "is damaged (its elapsed_seconds is None, not a number)", 1, "elapsed-null"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its val_loss is 'x', not a number)", 1,
+     "loss-text"),
+    (["info", "--checkpoint-dir", "{root}/ck", "--run", "good"], "is damaged (its saved_at is 5, not a time)", 1,
+     "saved-at-number"),
+    (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", "good", "--resume", "--epochs", "9"],
+     "is damaged (its run_id is not letters and digits", 1, "run-id-path"),
     # Each of these was accepted: a newer checkpoint read as this version's, '' as the current directory, and
     # --stop '' as no stop string.
     (["sample", "--checkpoint-dir", "{root}/ck"], "was written by a newer textgen (checkpoint format 999; this "

@@ -503,7 +503,7 @@ def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_ch
         full() if path.name == "best.json" else None))  # fails after its rename, or before
     monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.name == "best.json"
                         else write(path, fill))  # and putting it back fails too
-    model = SimpleNamespace(save_weights=lambda path: Path(path).write_text("new"))
+    model = SimpleNamespace(save_weights=lambda path: Path(path).write_text("new"), weights=[])
     with pytest.raises(checkpoint.SaveFailed):
         checkpoint.save(tmp_path, ("last", "best"), Meta(state=SimpleNamespace(run_id="new", global_step=5)), model,
                         {})

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import threading
 import warnings
@@ -113,6 +114,7 @@ class CheckpointMeta:
             raise CheckpointTooNew(f"was written by a newer textgen (checkpoint format {version}; this textgen "
                                    f"{__version__} reads format {FORMAT_VERSION}); upgrade textgen to use it")
         _check_shape(values)
+        _check_state(values)
         state_fields = {f.name for f in dataclasses.fields(RunState)}
         meta = cls(model=ModelConfig.from_dict(values["model"]), training=TrainConfig.from_dict(values["training"]),
                    vocab=Vocabulary.from_json(values["vocab"]), corpus=values["corpus"],
@@ -147,6 +149,30 @@ def _check_shape(values: dict) -> None:
         if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("sha256"), str)
                 and entry["name"] == Path(entry["name"]).name and entry["name"] not in ("", ".", "..")):
             raise ValueError(f"its files do not name the {role} file in the run's directory")
+
+
+COUNTS = ("epoch", "step_in_epoch", "global_step", "chars_seen", "best_epoch")  # RunState's whole numbers from 0
+LOSSES = ("best_val_loss", "train_loss", "val_loss")  # RunState's numbers that may be null
+
+
+def _check_state(values: dict) -> None:
+    """Refuse RunState fields that are not what the training loop and the listings compute with (a count as text,
+    a negative step, a null time): each was a TypeError, IndexError or ValueError traceback far from here."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    if not (isinstance(values.get("run_id"), str) and re.fullmatch(r"[A-Za-z0-9]{1,64}", values["run_id"])):
+        raise ValueError("its run_id is not letters and digits, which the checkpoint files are named with")
+    for name in COUNTS:
+        value = values.get(name, 0)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"its {name} is {value!r}, not a whole number from 0")
+    for name in ("epoch_loss_sum", "elapsed_seconds", *LOSSES):
+        value = values.get(name, None if name in LOSSES else 0)
+        if not (number(value) or (value is None and name in LOSSES)):
+            raise ValueError(f"its {name} is {value!r}, not a number")
+    if not isinstance(values.get("saved_at", ""), str):
+        raise ValueError(f"its saved_at is {values['saved_at']!r}, not a time")
 
 
 class SaveFailed(TextgenError):
