@@ -419,6 +419,19 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_
     assert meta.state.epoch == 1
 
 
+def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path, periodic_corpus, monkeypatch):
+    """It was refused only once allocating it failed, after a minute and more of swapping (--units 100000000)."""
+    def built(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(training, "_physical_memory", lambda: 16 * 5000)  # less than this tiny model needs
+    monkeypatch.setattr(training, "Session", built)
+    with pytest.raises(TextgenError, match=r"^the model \([\d,]+ parameters\) does not fit in this machine's memory; "
+                                           r"use a smaller --units, --layers or --embedding-dim$"):
+        run(periodic_corpus, tmp_path)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_save_the_disk_cannot_hold_is_refused_before_h5py_writes(tmp_path, periodic_corpus, monkeypatch):
     """On a full disk h5py reported the failed write, then crashed the process (a segfault after pages of
     tracebacks) while collecting what it had left half-closed."""

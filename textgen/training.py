@@ -499,11 +499,24 @@ def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Sessio
     """The run's Session; a model too large for this machine's memory is refused in one line."""
     import tensorflow as tf
 
+    too_large = TextgenError(f"the model ({model_config.parameter_count():,} parameters) does not fit in this "
+                             "machine's memory; use a smaller --units, --layers or --embedding-dim")
+    # Its weights, their gradients and Adam's two moments, in float32, at the least: a model past the machine's
+    # memory was found so only after a minute and more of swapping, allocating it.
+    if (memory := _physical_memory()) is not None and 16 * model_config.parameter_count() > memory:
+        raise too_large
     try:
         return Session(model_config, config, strategy)
     except (tf.errors.ResourceExhaustedError, MemoryError):
-        raise TextgenError(f"the model ({model_config.parameter_count():,} parameters) does not fit in this "
-                           "machine's memory; use a smaller --units, --layers or --embedding-dim") from None
+        raise too_large from None
+
+
+def _physical_memory() -> Optional[int]:
+    """This machine's memory in bytes, where the system says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _checked_call(resume, overwrite, tensorboard, strategy, callbacks) -> tuple:
