@@ -625,3 +625,13 @@ def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_p
     assert (loop.exit_code, loop.stderr) == (1, f"error: --output {tmp_path / 'a'} is a symbolic link that leads back "
                                                 "to itself; give a file name\n")
     assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+
+
+def test_a_prime_file_past_the_limit_is_refused(trained_run, tmp_path, monkeypatch):
+    import textgen.cli
+
+    monkeypatch.setattr(textgen.cli, "MAX_PRIME_FILE_CHARS", 10)
+    prime = write_text(tmp_path / "prime.txt", "abcdefg" * 3)
+    result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime-file", prime, "-n", 5)
+    assert (result.exit_code, result.stderr) == (1, f"error: prime file {prime} holds more than 10 characters; give a "
+                                                    "shorter prime (its end is what the continuation follows)\n")

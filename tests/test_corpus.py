@@ -307,3 +307,19 @@ def test_a_disk_too_full_for_the_cache_is_one_error_and_leaves_no_file(tmp_path,
     with pytest.raises(TextgenError, match=f"^{re.escape(message)}$"):
         load_corpus(path, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_text_read_whole_is_refused_past_its_limit_as_soon_as_it_is_read(tmp_path, monkeypatch):
+    """--prime-file read an endless pipe (yes | textgen sample --prime-file -) until memory ran out."""
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", 10)
+    chunks = []
+    decoded = corpus_module._decoded_chunks
+    monkeypatch.setattr(corpus_module, "_decoded_chunks", lambda *args: (chunks.append(piece) or piece
+                                                                          for piece in decoded(*args)))
+    path = write_text(tmp_path / "prime.txt", "y\n" * 1000)
+    assert read_text(path, "prime", max_chars=2000) == "y\n" * 1000
+    chunks.clear()
+    with pytest.raises(TextgenError, match=f"^prime file {re.escape(str(path))} holds more than 100 characters; give "
+                                           r"a shorter prime \(its end is what the continuation follows\)$"):
+        read_text(path, "prime", max_chars=100)
+    assert sum(map(len, chunks)) <= 110  # it stopped reading there

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import click
 
-from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, Limits, ModelConfig,
-                            SampleConfig, TrainConfig, command_line_options, split_training_options)
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, MAX_PRIME_FILE_CHARS,
+                            Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
+                            split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -276,7 +277,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     if prime_file is not None:
         if "prime" in chosen:
             raise click.UsageError("use either --prime or --prime-file, not both")
-        chosen["prime"] = read_text(Path("/dev/stdin") if str(prime_file) == "-" else prime_file, what="prime")
+        chosen["prime"] = read_text(Path("/dev/stdin") if str(prime_file) == "-" else prime_file, what="prime",
+                                    max_chars=MAX_PRIME_FILE_CHARS)
     config = SampleConfig(**chosen)
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.

@@ -289,6 +289,9 @@ MAX_SAMPLES = 10_000
 # them together (a few hundred MB of text).
 MAX_LENGTH = 10_000_000
 MAX_TOTAL_CHARS = 100_000_000
+# --prime-file's characters: an LSTM's state keeps little of the start of so long a text (read in ~3 s); an
+# endless pipe was read until memory ran out.
+MAX_PRIME_FILE_CHARS = 1_000_000
 
 EXPORT_FORMATS = ("keras", "savedmodel", "litert")  # textgen export --format (export.py)
 

@@ -417,11 +417,19 @@ def _reserve(path: Path) -> None:
             os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
 
 
-def read_text(path: Path, what: str = "text") -> str:
-    """A whole (small) UTF-8 file, validated like a corpus."""
+def read_text(path: Path, what: str = "text", max_chars: Optional[int] = None) -> str:
+    """A whole (small) UTF-8 file, validated like a corpus; one of more than max_chars characters is refused as soon
+    as they are read (an endless pipe, such as `yes`, was read until memory ran out)."""
     path = Path(path)
     check_readable(path, what, read_once=True)
-    text = "".join(_decoded_chunks(path, what))
+    pieces, count = [], 0
+    for piece in _decoded_chunks(path, what):
+        pieces.append(piece)
+        count += len(piece)
+        if max_chars is not None and count > max_chars:
+            raise TextgenError(f"{what} file {path} holds more than {max_chars:,} characters; give a shorter "
+                               f"{what} (its end is what the continuation follows)")
+    text = "".join(pieces)
     if not text:
         raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")
     return text
