@@ -297,3 +297,18 @@ def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch(tmp_path, monkeypatch
     marked.clear()
     plot_history(tmp_path / "ck" / "r", state.history, state.best_val_loss)  # as textgen plot draws it
     assert marked == [f"best {state.history[-1]['val_bpc']:.3f}"]
+
+
+def test_a_file_that_cannot_be_written_is_named_as_the_user_knows_it_not_by_its_temporary_name(tmp_path):
+    """textgen plot on a read-only run said "cannot write RUN/.tmp-history.csv": the file written first, renamed."""
+    import errno
+
+    from textgen.files import atomic_write
+
+    def read_only(tmp):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp))
+
+    with pytest.raises(OSError) as failed:
+        atomic_write(tmp_path / "history.csv", read_only)
+    assert (failed.value.filename, failed.value.errno) == (str(tmp_path / "history.csv"), errno.EROFS)
+    assert list(tmp_path.iterdir()) == []

@@ -444,9 +444,8 @@ def plot(checkpoint_dir, run):
         click.echo(write_history(run_dir, history))
         click.echo(plot_history(run_dir, history, meta.state.best_val_loss))
     except OSError as error:
-        # A rename's error names its source first: the temporary file, not the one the user knows.
-        raise click.ClickException(f"cannot write {error.filename2 or error.filename} ({error.strerror}); fix the "
-                                   "run directory and plot again") from None
+        raise click.ClickException(f"cannot write {error.filename} ({error.strerror}); fix the run directory and plot "
+                                   "again") from None
 
 
 def main(argv=None) -> None:

@@ -48,8 +48,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename in (str(tmp), tmp):  # named as the user knows it
+            error.filename, error.filename2 = str(path), None
         raise
 
 
