@@ -625,6 +625,10 @@ def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_p
     assert (loop.exit_code, loop.stderr) == (1, f"error: --output {tmp_path / 'a'} is a symbolic link that leads back "
                                                 "to itself; give a file name\n")
     assert (tmp_path / "a").is_symlink() and (tmp_path / "b").is_symlink()
+    (tmp_path / "far.txt").symlink_to(tmp_path / "nowhere" / "x.txt")  # refused before the text is generated, not after
+    far = invoke(*args, tmp_path / "far.txt")
+    assert (far.exit_code, far.stderr) == (1, f"error: cannot write {tmp_path / 'far.txt'}: directory "
+                                              f"{tmp_path / 'nowhere'} does not exist\n")
 
 
 def test_a_prime_file_past_the_limit_is_refused(trained_run, tmp_path, monkeypatch):

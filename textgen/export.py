@@ -30,7 +30,7 @@ from typing import Optional
 
 from textgen.config import EXPORT_FORMATS
 from textgen.errors import TextgenError
-from textgen.files import links_to_itself, too_long_for_a_path
+from textgen.files import check_path_length, links_to_itself
 
 EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
 
@@ -115,9 +115,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     if unknown or not formats:
         raise TextgenError(f"--format must be among {', '.join(EXPORT_FORMATS)} or all, got "
                            f"{', '.join(unknown) or 'none'}")
-    if too_long_for_a_path(output):
-        raise TextgenError(f"--output: too long for a path ({len(str(output)):,} characters); choose a directory for "
-                           "the export, such as exports/NAME")
+    check_path_length(output, "--output", "choose a directory for the export, such as exports/NAME")
     if links_to_itself(output):
         raise TextgenError(f"--output {output} is a symbolic link that leads back to itself; choose a directory for "
                            "the export, such as exports/NAME")

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from textgen.errors import TextgenError
+
 
 def too_long_for_a_path(path: Path) -> bool:
     """Whether the system refuses path as too long (a name over 255 bytes, or the whole over its limit): every
@@ -17,6 +19,12 @@ def too_long_for_a_path(path: Path) -> bool:
     except OSError as error:
         return error.errno == errno.ENAMETOOLONG
     return False
+
+
+def check_path_length(path: Path, option: str, advice: str) -> None:
+    """Refuse, in one line naming the option as the command line does, a path the system finds too long."""
+    if too_long_for_a_path(path):
+        raise TextgenError(f"{option}: too long for a path ({len(str(path)):,} characters); {advice}")
 
 
 def links_to_itself(path: Path) -> bool:

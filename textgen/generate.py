@@ -17,7 +17,7 @@ from textgen import sampling
 from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, sample_config_of
 from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, perplexity
-from textgen.files import atomic_write_text, links_to_itself, too_long_for_a_path
+from textgen.files import atomic_write_text, check_path_length, links_to_itself
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.vocab import quoted
@@ -345,17 +345,21 @@ def check_output(path: Path, overwrite: bool = False) -> None:
     """Refuse an --output that cannot become a file, or that would replace a file's text without overwrite (an
     empty one, as mktemp makes, holds nothing to lose), before any text is generated."""
     path = Path(path)
-    if too_long_for_a_path(path):
-        raise TextgenError(f"--output: too long for a path ({len(str(path)):,} characters); give a file name, such "
-                           "as samples.txt")
+    check_path_length(path, "--output", "give a file name, such as samples.txt")
     if links_to_itself(path):  # (any other link is written through, to the file it names)
         raise TextgenError(f"--output {path} is a symbolic link that leads back to itself; give a file name")
     if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
-    if not path.parent.is_dir():
-        raise TextgenError(f"cannot write {path}: directory {path.parent} does not exist")
+    if not (written := written_path(path)).parent.is_dir():  # (a dangling link's file: its directory too)
+        raise TextgenError(f"cannot write {path}: directory {written.parent} does not exist")
     if not overwrite and holds_text(path):  # (a run's corpus, given by mistake)
         raise TextgenError(f"--output {path} already exists; pass --overwrite to replace it, or choose another file")
+
+
+def written_path(path: Path) -> Path:
+    """The file --output path names: through a link (a dangling one too) to its file, so that the user keeps the
+    link (replaced by a file, it was lost)."""
+    return Path(os.path.realpath(path))
 
 
 def holds_text(path: Path) -> bool:
@@ -367,7 +371,7 @@ def write_output(path: Path, text: str, overwrite: bool = False) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
     device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
     check_output(path, overwrite)
-    path = Path(os.path.realpath(path))  # through a link (a dangling one too) to its file: the user keeps the link
+    path = written_path(path)
     try:
         if path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8") as handle:

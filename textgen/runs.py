@@ -14,7 +14,7 @@ from typing import Optional
 from textgen.checkpoint import KINDS, has_checkpoint, meta_path
 from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
-from textgen.files import too_long_for_a_path
+from textgen.files import check_path_length
 
 logger = logging.getLogger("textgen")
 MAX_NAME_CHARS = 100
@@ -199,9 +199,7 @@ def _last_saved(run_dir: Path) -> tuple[float, float]:
 
 def check_checkpoint_dir(checkpoint_dir: Path) -> None:
     """Refuse a --checkpoint-dir that is a file (else it reads as a directory without runs), or too long a path."""
-    if too_long_for_a_path(checkpoint_dir):
-        raise TextgenError(f"--checkpoint-dir: too long for a path ({len(str(checkpoint_dir)):,} characters); give "
-                           "the directory of the runs")
+    check_path_length(checkpoint_dir, "--checkpoint-dir", "give the directory of the runs")
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
         raise TextgenError(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
 
