@@ -435,18 +435,21 @@ def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path
 def test_a_save_the_disk_cannot_hold_is_refused_before_h5py_writes(tmp_path, periodic_corpus, monkeypatch):
     """On a full disk h5py reported the failed write, then crashed the process (a segfault after pages of
     tracebacks) while collecting what it had left half-closed."""
-    import collections
-    import shutil
+    from types import SimpleNamespace
 
     run(periodic_corpus, tmp_path)
     kept = files_snapshot(tmp_path)
-    saved_weights, usage = [], shutil.disk_usage
-    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: collections.namedtuple(
-        "usage", "total used free")(*usage(path)[:2], 50_000))  # less than a checkpoint of this model
+    saved_weights = []
+    monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: 50_000)  # less than a checkpoint of this model
     monkeypatch.setattr(type(load_model(tmp_path / "r")[0]), "save_weights", lambda *args: saved_weights.append(args))
     with pytest.raises(TextgenError, match="disk is full; the previous checkpoint is kept"):
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
     assert saved_weights == [] and files_snapshot(tmp_path) == kept
+    monkeypatch.undo()
+    # A file system that gives no statistics (FUSE without them: no blocks at all) is not read as a full one.
+    monkeypatch.setattr(checkpoint.os, "statvfs", lambda directory: SimpleNamespace(f_blocks=0, f_bfree=0, f_bavail=0,
+                                                                                    f_frsize=4096))
+    assert checkpoint._free_bytes(tmp_path) is None
 
 
 @pytest.mark.parametrize("failing", ["state file", "best.json", "best.json after its rename"])

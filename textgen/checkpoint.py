@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -242,8 +241,17 @@ def _check_room(run_dir: Path, model, training_state: dict[str, np.ndarray]) -> 
     leaves half-closed crash the process (a segfault, after pages of tracebacks) when they are collected."""
     weights = sum(math.prod(variable.shape) * np.dtype(variable.dtype).itemsize for variable in model.weights)
     needed = weights + sum(array.nbytes for array in training_state.values()) + 4096 * len(model.weights) + 2**16
-    if shutil.disk_usage(run_dir).free < needed:
+    if (free := _free_bytes(run_dir)) is not None and free < needed:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _free_bytes(directory: Path) -> Optional[int]:
+    """What this process may still write there, or None where the system does not say: a FUSE file system without
+    the statistics reports no blocks at all. Root may write into the blocks reserved for it."""
+    usage = os.statvfs(directory)
+    if usage.f_blocks == 0:
+        return None
+    return (usage.f_bfree if os.geteuid() == 0 else usage.f_bavail) * usage.f_frsize
 
 
 def _referenced(run_dir: Path) -> set[str]:
