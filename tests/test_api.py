@@ -167,6 +167,9 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.stream(stop=b"g"), "^stop must be text or a list of texts, got b'g'"),
     (lambda m: m.generate(stop=[]), "^stop needs at least one text, or leave stop out"),
     (lambda m: m.generate(stop=["g", ""]), "^stop is empty; give the text, or leave stop out"),
+    # Each is searched for in every stream after each chunk: a server's request sent 60,000 of them.
+    (lambda m: m.generate(stop=["a"] * 17), "^at most 16 stop strings, got 17$"),
+    (lambda m: m.generate(stop="x" * 1001), "^a stop string may have at most 1,000 characters, got one of 1,001$"),
     (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
     # A value of the wrong type says so: "got 10" would look valid.
     (lambda m: m.generate(length="10"), r"^length must be an integer in \[0, 1e\+07\], got '10', which is not a "

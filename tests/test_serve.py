@@ -690,6 +690,8 @@ def test_a_loss_no_model_gives_and_an_unexpected_failure_are_json_500s(server, m
     (b'{"prime": "a\\udcff", "skip_unknown": true}', "prime holds a lone surrogate (\\udcff) at character 1"),
     (b'{"length": 5, "stop": ""}', "stop is empty; give the text, or leave stop out"),
     (b'{"length": 5, "stop": []}', "stop needs at least one text, or leave stop out"),
+    (b'{"length": 5, "stop": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q"]}',
+     "at most 16 stop strings, got 17"),
     # The field as JSON has it: it said --skip-unknown.
     (b'{"prime": "xyz"}', "the prime contains characters the model never saw: 'x' 'y' 'z'; change the prime or pass "
                           '"skip_unknown": true to drop them'),

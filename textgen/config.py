@@ -289,6 +289,9 @@ MAX_SAMPLES = 10_000
 # them together (a few hundred MB of text).
 MAX_LENGTH = 10_000_000
 MAX_TOTAL_CHARS = 100_000_000
+# Stop strings: each is searched for in every stream after each chunk, on the thread that runs all of a server's
+# requests for a run (60,000 of them held every client of that run 0.15 s per chunk).
+MAX_STOPS, MAX_STOP_CHARS = 16, 1000
 # --prime-file's characters: an LSTM's state keeps little of the start of so long a text (read in ~3 s); an
 # endless pipe was read until memory ran out.
 MAX_PRIME_FILE_CHARS = 1_000_000
@@ -339,6 +342,10 @@ class SampleConfig(_Config):
 
     def validate(self) -> None:
         super().validate()
+        if len(self.stops) > MAX_STOPS:
+            raise OptionError(f"at most {MAX_STOPS} --stop strings, got {len(self.stops):,}")
+        if (longest := max(map(len, self.stops), default=0)) > MAX_STOP_CHARS:
+            raise OptionError(f"a --stop string may have at most {MAX_STOP_CHARS:,} characters, got one of {longest:,}")
         if self.sample_count > MAX_SAMPLES:
             raise OptionError(f"at most {MAX_SAMPLES:,} samples at once, got {len(self.temperature)} temperatures x "
                               f"--num-samples {self.num_samples}; draw them in several runs")

@@ -104,8 +104,11 @@ class RequestDraws:
 def _stop_cut(text: str, stops: tuple, searched_from: int) -> Optional[int]:
     """Where text is cut: before the stop string that text completes first (text[:searched_from] holds none), or
     None. First completed, not first begun: the cut must not depend on how the text arrived in pieces."""
-    found = [(at + len(stop), at) for stop in stops if (at := text.find(stop, max(0, searched_from - len(stop) + 1)))
-             >= 0]
+    found = []  # (where it ends, where it starts) of each stop string's first occurrence
+    for stop in stops:
+        start = text.find(stop, max(0, searched_from - len(stop) + 1))
+        if start >= 0:
+            found.append((start + len(stop), start))
     return min(found)[1] if found else None
 
 
