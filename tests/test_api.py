@@ -195,6 +195,15 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
             call()
 
 
+
+def test_a_run_directory_loads_whatever_the_default_checkpoint_directory_is(trained_run, tmp_path, monkeypatch):
+    """With a file named checkpoints in the working directory, loading a run by its directory was refused: "checkpoints
+    is a file; give the directory of the runs as checkpoint_dir", a directory the caller never named."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").write_text("not runs")
+    assert textgen.load(trained_run["run_dir"]).run_dir == trained_run["run_dir"]
+
+
 def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus):
     import inspect
 

@@ -67,14 +67,14 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
     """A run directory, or a run name under checkpoint_dir (a directory of runs: its latest run with a checkpoint of
     kind)."""
     from textgen.files import too_long_for_a_path
-    from textgen.runs import check_checkpoint_dir, find_run
+    from textgen.runs import find_run
 
-    path = Path(path)
-    check_checkpoint_dir(Path(checkpoint_dir))
-    if too_long_for_a_path(path) or too_long_for_a_path(Path(checkpoint_dir) / path):
+    path, under = Path(path), Path(checkpoint_dir) / path
+    if too_long_for_a_path(path):
         raise TextgenError(f"no run at {str(path)[:40]}... ({len(str(path)):,} characters: too long for a path); "
                            "give a run directory (such as checkpoints/demo) or a run name")
-    named = len(path.parts) == 1 and (Path(checkpoint_dir) / path).is_dir()
+    # (checkpoint_dir itself is checked only where a name is looked up in it: find_run)
+    named = len(path.parts) == 1 and not too_long_for_a_path(under) and under.is_dir()
     if path.is_dir() and not named:  # a bare name is a run under checkpoint_dir first, whatever the cwd holds
         return find_run(path, None, kind)
     if len(path.parts) == 1:
