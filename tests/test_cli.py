@@ -102,6 +102,31 @@ def test_one_sample_goes_out_as_it_is_produced_and_ctrl_c_keeps_the_output_so_fa
     assert out.read_text() == "a whole sample, kept"
 
 
+def test_sigterm_to_sample_keeps_the_output_so_far_and_exits_143(trained_run, tmp_path, monkeypatch):
+    """SIGTERM (kill, a job's time limit) ended a sample to --output at once: the text so far was lost, without a
+    word. It is now Ctrl-C for the command, with the exit status of a process the signal ended."""
+    import signal
+
+    from textgen.generate import Generator
+
+    real_stream = Generator.stream
+
+    def terminated_stream(self, config, warn, chunk, show_progress=False):
+        for count, piece in enumerate(real_stream(self, config, warn, chunk, show_progress)):
+            yield piece
+            if count == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # through the handler the command installed
+
+    monkeypatch.setattr(Generator, "stream", terminated_stream)
+    out = tmp_path / "long.txt"
+    before = signal.getsignal(signal.SIGTERM)
+    result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "abc", "-n", 100_000, "-o",
+                    out)
+    assert result.exit_code == 143, result.output
+    assert result.stderr == f"interrupted: the text so far (515 characters, the prime included) is in {out}\n"
+    assert len(out.read_text()) == 515 and signal.getsignal(signal.SIGTERM) == before
+
+
 def test_sample_takes_several_stop_strings_each_given_once(trained_run):
     stopped = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "ab", "-t", 0, "-n", 50,
                      "--stop", "f,g", "--stop", "e")  # once per text: the comma is part of the first

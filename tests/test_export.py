@@ -207,11 +207,6 @@ def test_missing_run_is_one_line(tmp_path):
 def test_what_a_killed_export_left_is_removed_and_a_link_loop_is_refused(trained_run, tmp_path):
     """An export killed before its cleanup (SIGKILL) left its building directory: inside an empty --output, which
     the next export then refused as "not an earlier export", or beside it, for good. A link loop was a traceback."""
-    import os
-    import signal
-
-    from textgen.cli import _sigterm_as_interrupt
-
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = ended.stdout.strip()  # the id of a process that has ended
     (tmp_path / "empty" / f".tmp-export-{dead}" / "savedmodel").mkdir(parents=True)
@@ -226,8 +221,20 @@ def test_what_a_killed_export_left_is_removed_and_a_link_loop_is_refused(trained
     with pytest.raises(TextgenError, match="^--output .*a is a symbolic link that leads back to itself; choose a "
                                            "directory for the export"):
         export_module.export(trained_run["run_dir"], tmp_path / "a", ("keras",))
-    # SIGTERM (kill, docker stop) is Ctrl-C for the command, whose cleanup then runs; it was the default: death.
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+
+
+def test_sigterm_during_an_export_removes_what_it_built_and_exits_143(trained_run, tmp_path, monkeypatch):
+    """SIGTERM ended an export at once and left its building directory beside --output (hundreds of MB for a real
+    model), never removed."""
+    import os
+    import signal
+
+    def terminated(meta, trained, out, graph):
+        (out / "model.keras").write_text("half")
         os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGTERM) == before
+
+    monkeypatch.setitem(export_module.WRITERS, "keras", terminated)
+    result = CliRunner().invoke(cli, ["export", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "-o",
+                                      str(tmp_path / "out"), "--format", "keras"])
+    assert (result.exit_code, result.output.strip()) == (143, "terminated")
+    assert list(tmp_path.iterdir()) == []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import io
 import logging
 import math
@@ -135,23 +135,32 @@ class _ClosedOutput(io.TextIOBase):
         return False
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (kill, docker stop, a job's time limit) as Ctrl-C: an export removes what it built, a sample keeps its
-    text so far (they left temporary directories, or lost the text, without a word). Training and the server install
-    handlers of their own while they run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, in the commands that clean up after an interrupt; they then exit 143
+    (128 + the signal), as a process the signal ended."""
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
+    exit_code = 143
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+
+def _sigterm_as_interrupt(command):
+    """Run command with SIGTERM (kill, docker stop, a job's time limit) raising Terminated: an export removes what it
+    built, a sample to --output keeps its text so far (they left temporary directories, or lost the text). Training
+    and the server handle SIGTERM themselves; the other commands keep its default, which ends them at once."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            return command(*args, **kwargs)
+
+        def terminate(signum, frame):
+            raise Terminated
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    return run
 
 
 class OneLineErrors(click.Group):
@@ -163,39 +172,39 @@ class OneLineErrors(click.Group):
         extra.pop("standalone_mode", None)
         if sys.stdout is None:  # started with its standard output closed (>&-)
             sys.stdout = _ClosedOutput()
-        with _sigterm_as_interrupt():
-            _report_diagnostics_on_stderr()
-            try:
-                result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
-            except click.Abort:
-                click.echo("aborted", err=True)
-                sys.exit(130)
-            except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
-                click.echo(error.format_message(), err=True)
-                sys.exit(error.exit_code)
-            except click.ClickException as error:
-                hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
-                click.echo(f"error: {error.format_message()}{hint}", err=True)
-                sys.exit(error.exit_code)
-            except TextgenError as error:
-                click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
-                sys.exit(error.exit_code)
-            except KeyboardInterrupt:
-                click.echo("interrupted", err=True)
-                sys.exit(130)
-            except BrokenPipeError:
-                sys.exit(0)
-            except OSError as error:
-                if error.filename is not None:  # a file's own error: the library says what to do about those
-                    raise
-                _stdout_failed(error)
-            try:
-                sys.stdout.flush()  # here, where a full disk behind stdout can still be reported
-            except BrokenPipeError:
-                sys.exit(0)
-            except OSError as error:
-                _stdout_failed(error)
-            sys.exit(result if isinstance(result, int) else 0)
+        _report_diagnostics_on_stderr()
+        try:
+            result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.Abort as aborted:  # (click's own name for a KeyboardInterrupt it met)
+            terminated = isinstance(aborted.__cause__, Terminated)
+            click.echo("terminated" if terminated else "aborted", err=True)
+            sys.exit(Terminated.exit_code if terminated else 130)
+        except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
+            click.echo(f"error: {error.format_message()}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except TextgenError as error:
+            click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt as interrupted:
+            click.echo("interrupted", err=True)
+            sys.exit(Terminated.exit_code if isinstance(interrupted, Terminated) else 130)
+        except BrokenPipeError:
+            sys.exit(0)
+        except OSError as error:
+            if error.filename is not None:  # a file's own error: the library says what to do about those
+                raise
+            _stdout_failed(error)
+        try:
+            sys.stdout.flush()  # here, where a full disk behind stdout can still be reported
+        except BrokenPipeError:
+            sys.exit(0)
+        except OSError as error:
+            _stdout_failed(error)
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 def _stdout_failed(error: OSError) -> None:
@@ -264,6 +273,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
               callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout", Path),
               help="Write the text to this file instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@_sigterm_as_interrupt
 def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     """Generate text from the best checkpoint of a run."""
     from textgen.corpus import read_text
@@ -289,7 +299,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     try:
         samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)
                                 if live else None, show_progress=output is not None, chunk=chunk)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupted:
         if output is None or not kept:
             raise
         so_far = f"the text so far ({counted(len(''.join(kept)), 'character')}, the prime included)"
@@ -298,7 +308,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
         else:
             write_output(output, "".join(kept), overwrite)
             click.echo(f"interrupted: {so_far} is in {output}", err=True)
-        sys.exit(130)
+        sys.exit(Terminated.exit_code if isinstance(interrupted, Terminated) else 130)
     text = format_samples(samples, len(config.temperature))
     if output is not None:
         write_output(output, text, overwrite)
@@ -348,6 +358,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @click.option("--output", "-o", type=click.Path(), required=True,
               callback=_not_empty("give a directory to write, such as exported", Path), help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
+@_sigterm_as_interrupt
 def export_command(checkpoint_dir, run, formats, output, overwrite):
     """Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT (no textgen needed)."""
     import_tensorflow_quietly()
@@ -387,8 +398,6 @@ def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_r
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
-    # uvicorn stops on SIGTERM by itself, then ends by that signal: under the default handler, not as an interrupt
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
                                                        max_loaded_runs=max_loaded_runs),
                shutdown_timeout=shutdown_timeout, allow_origins=allow_origins)

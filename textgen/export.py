@@ -125,15 +125,17 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     # What --overwrite may never replace is refused first, so that no message suggests it in vain.
     if output.exists() and not output.is_dir():
         raise TextgenError(f"{output} is a file; choose a directory for --output")
-    _remove_unfinished_exports(output.resolve())
-    foreign = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_ENTRIES) \
-        if output.is_dir() else []
+    unfinished = _unfinished_exports(output.resolve())  # removed once every check below has passed
+    held = [entry for entry in output.iterdir() if entry.resolve() not in unfinished] if output.is_dir() else []
+    foreign = sorted(entry.name for entry in held if entry.name not in EXPORT_ENTRIES)
     if foreign:  # --overwrite replaces an earlier export, never a directory of other things (a run, the checkpoints)
         raise TextgenError(f"{output} is not an earlier export (it holds {', '.join(foreign[:3])}"
                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory for --output")
-    if output.exists() and not overwrite and any(output.iterdir()):  # an empty directory has nothing to lose
+    if held and not overwrite:  # an empty directory has nothing to lose
         raise TextgenError(f"{output} already exists; pass --overwrite to replace it or choose another --output")
     trained, meta = loaded or load_model(Path(run_dir), batch_size=1)
+    for leftover in unfinished:
+        shutil.rmtree(leftover, ignore_errors=True)
     target = output.resolve()  # through a link named as --output: the link stays and shows the new export
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -178,15 +180,18 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
 BUILDING_INSIDE, BUILDING_BESIDE = ".tmp-export-", ".tmp-{}-"
 
 
-def _remove_unfinished_exports(target: Path) -> None:
-    """Remove the directories that exports into target were built in and left when killed (SIGKILL, a power cut):
-    named with the id of a process that has ended. One left inside an empty --output made it "not an earlier
-    export". (A previous export moved aside, .old-NAME-PID, is kept: it may be the only copy.)"""
+def _unfinished_exports(target: Path) -> list[Path]:
+    """The directories that exports into target were built in and left when killed (SIGKILL, a power cut): named
+    with the id of a process that has ended. One left inside an empty --output made it "not an earlier export", and
+    beside it, it stayed for good. (A previous export moved aside, .old-NAME-PID, is not one: it may be the only
+    copy. An export running on another machine into a shared folder is not seen as running.)"""
+    found = []
     for directory, prefix in ((target, BUILDING_INSIDE), (target.parent, BUILDING_BESIDE.format(target.name))):
         for entry in directory.glob(glob.escape(prefix) + "*") if directory.is_dir() else ():
             pid = entry.name.removeprefix(prefix)
-            if pid.isdigit() and not _running(int(pid)):
-                shutil.rmtree(entry, ignore_errors=True)
+            if pid.isascii() and pid.isdigit() and len(pid) <= 9 and not _running(int(pid)):  # (a pid, as we write it)
+                found.append(entry.resolve())
+    return found
 
 
 def _running(pid: int) -> bool:
@@ -206,7 +211,7 @@ def _fill_directory(new: Path, target: Path) -> None:
         for entry in sorted(new.iterdir()):
             os.replace(entry, target / entry.name)
             moved.append(target / entry.name)
-    except OSError:
+    except BaseException:  # an interrupt (Ctrl-C, SIGTERM) too: never a half-filled --output
         for path in moved:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         raise
@@ -219,7 +224,7 @@ def _replace_directory(new: Path, target: Path) -> None:
         os.replace(target, old)
     try:
         os.replace(new, target)
-    except OSError:
+    except BaseException:  # an interrupt (Ctrl-C, SIGTERM) too: the old export is put back, not left aside
         if old.exists():
             os.replace(old, target)
         raise
