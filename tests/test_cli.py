@@ -633,6 +633,13 @@ def test_a_closed_standard_output_is_one_error_line(trained_run):
                             preexec_fn=lambda: os.close(1), timeout=120)
     assert (result.returncode, result.stderr) == (1, "error: cannot write the output (standard output is closed); "
                                                      "write it elsewhere\n")
+    # And its descriptor is kept by /dev/null: the next file opened took it (a run's lock file, in training).
+    script = ("import os, sys\nfrom textgen.cli import cli\n"
+              "try:\n    cli.main(['info', '--checkpoint-dir', 'missing'])\n"  # (it writes nothing there)
+              "except SystemExit:\n    sys.stderr.write(os.readlink('/proc/self/fd/1'))")
+    result = subprocess.run([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.close(1), timeout=120)
+    assert result.stderr.splitlines()[-1] == os.devnull
 
 
 def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_path):

@@ -172,6 +172,11 @@ class OneLineErrors(click.Group):
         extra.pop("standalone_mode", None)
         if sys.stdout is None:  # started with its standard output closed (>&-)
             sys.stdout = _ClosedOutput()
+            # Descriptor 1 taken by /dev/null: the next file opened took it (a run's lock file), where a library's or
+            # a child process's output would have gone.
+            if (null := os.open(os.devnull, os.O_WRONLY)) != 1:
+                os.dup2(null, 1)
+                os.close(null)
         _report_diagnostics_on_stderr()
         try:
             result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
