@@ -403,6 +403,8 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
         atomic_write_json(cache_meta, {"version": CACHE_VERSION, "source": str(path.resolve()),
                                        "fingerprint": stamp, "length": count, "vocab": vocab.to_json()})
     except OSError as error:
+        if error.filename == str(path):  # the corpus itself could not be read
+            raise
         reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
         raise TextgenError(f"could not write the corpus's cache in {cache_dir} ({reason}); free some space, or "
                            "choose another --checkpoint-dir") from None
@@ -414,7 +416,11 @@ def _reserve(path: Path) -> None:
     cannot hold kills the process with SIGBUS when written through the map, where this raises an OSError (ENOSPC)."""
     if hasattr(os, "posix_fallocate"):  # (not on macOS, whose file systems are seldom full this way)
         with open(path, "r+b") as handle:
-            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as error:  # a file system or C library that cannot reserve: written as before
+                if error.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
 
 
 def read_text(path: Path, what: str = "text", max_chars: Optional[int] = None) -> str:
