@@ -292,9 +292,8 @@ MAX_TOTAL_CHARS = 100_000_000
 # Stop strings: each is searched for in every stream after each chunk, on the thread that runs all of a server's
 # requests for a run (60,000 of them held every client of that run 0.15 s per chunk).
 MAX_STOPS, MAX_STOP_CHARS = 16, 1000
-# --prime-file's characters: an LSTM's state keeps little of the start of so long a text (read in ~3 s); an
-# endless pipe was read until memory ran out.
-MAX_PRIME_FILE_CHARS = 1_000_000
+# --prime-file's characters, as many as a sample's: an endless pipe was read until memory ran out.
+MAX_PRIME_FILE_CHARS = MAX_LENGTH
 
 EXPORT_FORMATS = ("keras", "savedmodel", "litert")  # textgen export --format (export.py)
 

@@ -502,8 +502,9 @@ def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Sessio
     too_large = TextgenError(f"the model ({model_config.parameter_count():,} parameters) does not fit in this "
                              "machine's memory; use a smaller --units, --layers or --embedding-dim")
     # Its weights, their gradients and Adam's two moments, in float32, at the least: a model past the machine's
-    # memory was found so only after a minute and more of swapping, allocating it.
-    if (memory := _physical_memory()) is not None and 16 * model_config.parameter_count() > memory:
+    # memory was found so only after a minute and more of swapping, allocating it. (On a GPU they live in its memory.)
+    on_cpu = not tf.config.list_physical_devices("GPU")
+    if on_cpu and (memory := _physical_memory()) is not None and 16 * model_config.parameter_count() > memory:
         raise too_large
     try:
         return Session(model_config, config, strategy)
