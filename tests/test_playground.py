@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -173,16 +174,26 @@ def test_the_keyboard_generates_and_stops_and_a_screen_reader_hears_the_status(b
                                                                                 monkeypatch):
     """Focus fell to the page's start when Generate and then Stop were disabled, Escape did nothing, and the samples
     were a live region: a screen reader read out every piece of every sample."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from textgen.engine import Engine
 
-    original = Engine.sample
+    original, calls, release = Engine.sample, [], threading.Event()
 
-    def slow(self, *args, **kwargs):
-        time.sleep(0.1)
+    def held(self, *args, **kwargs):  # after its first piece, the stream waits until the test lets it go on
+        calls.append(args)
+        if len(calls) > 1:
+            release.wait(60)
         return original(self, *args, **kwargs)
-    monkeypatch.setattr(Engine, "sample", slow)
+    monkeypatch.setattr(Engine, "sample", held)
+    try:
+        keyboard_and_screen_reader(browser, server, release)
+    finally:
+        release.set()
+
+
+def keyboard_and_screen_reader(browser, server, release):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
     browser.get(server + "/")
     wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
     assert browser.find_element(By.ID, "temperature").accessible_name == "Temperature"  # its value is its own
@@ -201,10 +212,10 @@ def test_the_keyboard_generates_and_stops_and_a_screen_reader_hears_the_status(b
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
     assert focused() == "generate" and samples.get_attribute("aria-busy") == "false"
+    release.set()
     browser.find_element(By.ID, "prime").send_keys("ab", Keys.CONTROL, Keys.ENTER)
-    wait_until(lambda: browser.find_element(By.CSS_SELECTOR, "#samples pre").text.startswith("ab"))
-    browser.find_element(By.ID, "stop").click()
-    wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+    assert browser.find_element(By.CSS_SELECTOR, "#samples pre").text.startswith("ab")
 
 
 def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: F811

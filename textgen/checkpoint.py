@@ -150,8 +150,9 @@ def _check_shape(values: dict) -> None:
             raise ValueError(f"its files do not name the {role} file in the run's directory")
 
 
-COUNTS = ("epoch", "step_in_epoch", "global_step", "chars_seen", "best_epoch")  # RunState's whole numbers from 0
-LOSSES = ("best_val_loss", "train_loss", "val_loss")  # RunState's numbers that may be null
+# RunState's fields by their declared type (the annotations are text here): a new field is checked as its kind is.
+STATE_FIELDS = {kind: tuple(f.name for f in dataclasses.fields(RunState) if f.type == kind)
+                for kind in ("int", "float", "Optional[float]")}
 
 
 def _check_state(values: dict) -> None:
@@ -162,13 +163,13 @@ def _check_state(values: dict) -> None:
 
     if not (isinstance(values.get("run_id"), str) and re.fullmatch(r"[A-Za-z0-9]{1,64}", values["run_id"])):
         raise ValueError("its run_id is not letters and digits, which the checkpoint files are named with")
-    for name in COUNTS:
+    for name in STATE_FIELDS["int"]:  # counts
         value = values.get(name, 0)
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise ValueError(f"its {name} is {value!r}, not a whole number from 0")
-    for name in ("epoch_loss_sum", "elapsed_seconds", *LOSSES):
-        value = values.get(name, None if name in LOSSES else 0)
-        if not (number(value) or (value is None and name in LOSSES)):
+    for name in STATE_FIELDS["float"] + STATE_FIELDS["Optional[float]"]:  # losses and times, some not known yet
+        value = values.get(name, None if name in STATE_FIELDS["Optional[float]"] else 0)
+        if not (number(value) or (value is None and name in STATE_FIELDS["Optional[float]"])):
             raise ValueError(f"its {name} is {value!r}, not a number")
     if not isinstance(values.get("saved_at", ""), str):
         raise ValueError(f"its saved_at is {values['saved_at']!r}, not a time")
