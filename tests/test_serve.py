@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -518,6 +519,26 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
     assert f"serving the runs in {trained_run['checkpoint_dir']} (default 'period') on http://127.0.0.1:{port}/" \
         in stderr
     assert '"POST /v1/generate HTTP/1.1" 200' in stderr and '"GET /healthz HTTP/1.1" 200' in stderr
+    # Each line with its time and level, textgen's as uvicorn's (textgen's had neither, and no line had a time).
+    timed = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO: +"
+    assert re.search(timed + "serving the runs in ", stderr, re.M) and re.search(timed + r"127\.0\.0\.1:\d+ - "
+                                                                                 '"POST /v1/generate', stderr, re.M)
+
+
+def test_the_log_level_and_format_hold_while_the_server_runs_and_are_given_back():
+    from textgen.serve import _log_lines_timed
+
+    logger, handler = logging.getLogger("textgen"), logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        before = logger.level, handler.formatter
+        with _log_lines_timed("warning"):  # --log-level warning: no line per request, and none of textgen's notes
+            assert logger.getEffectiveLevel() == logging.WARNING
+            line = handler.format(logging.LogRecord("textgen", logging.WARNING, __file__, 1, "low memory", (), None))
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING: +low memory", line), line
+        assert (logger.level, handler.formatter) == before
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, MAX_PRIME_FILE_CHARS,
-                            Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
+                            SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
                             split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
@@ -398,14 +398,17 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN", callback=_origins,
               help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
                    "from a browser (CORS). Repeat for several. Default: only the server's own page.")
+@click.option("--log-level", type=click.Choice(SERVER_LOG_LEVELS), default="info", show_default=True,
+              help="The least severe log lines shown (each with its time): info has one per request, warning only "
+                   "problems.")
 def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs, shutdown_timeout,
-          allow_origins):
+          allow_origins, log_level):
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
     run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
                                                        max_loaded_runs=max_loaded_runs),
-               shutdown_timeout=shutdown_timeout, allow_origins=allow_origins)
+               shutdown_timeout=shutdown_timeout, allow_origins=allow_origins, log_level=log_level)
 
 
 @cli.command()

@@ -355,6 +355,7 @@ class SampleConfig(_Config):
 
 # Ctrl-C or SIGTERM lets a server's requests in flight end for this long (textgen serve --shutdown-timeout).
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+SERVER_LOG_LEVELS = ("debug", "info", "warning", "error")  # textgen serve --log-level: info has a line per request
 
 
 @dataclass(frozen=True)

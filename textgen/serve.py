@@ -335,12 +335,12 @@ async def _events(job, inbox):
 
 
 def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits(),
-          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, allow_origins: tuple = ()) -> None:
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, allow_origins: tuple = (),
+          log_level: str = "info") -> None:
     """Run the server until Ctrl-C or SIGTERM, which lets the requests in flight end for at most shutdown_timeout
-    seconds (a service manager's stop must not wait on a long stream: --max-length 200000 took a minute)."""
+    seconds (a service manager's stop must not wait on a long stream: --max-length 200000 took a minute). Its log
+    lines (uvicorn's and textgen's) carry their time and level, from log_level (SERVER_LOG_LEVELS) up."""
     import socket
-
-    import uvicorn
 
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address, as URLs write it
     advice = "check --host (an address of this machine) and --port (1024 or above without root)"
@@ -361,16 +361,48 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
                 if error.errno == errno.EADDRINUSE:
                     advice = "choose another --port or stop the program that uses it"
                 raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
+    with _log_lines_timed(log_level):
+        _run(checkpoint_dir, run, host, shown, port, limits, shutdown_timeout, allow_origins, log_level)
+
+
+# Each log line with its time and level, uvicorn's and textgen's alike (textgen's had neither)
+LOG_FORMAT, LOG_TIME = "%(asctime)s %(levelprefix)s %(message)s", "%Y-%m-%d %H:%M:%S"
+
+
+@contextlib.contextmanager
+def _log_lines_timed(log_level: str):
+    """textgen's log handlers (the command's stderr) in the server's format and level, while it runs."""
+    from uvicorn.logging import DefaultFormatter
+
+    handlers = [(handler, handler.formatter) for handler in logger.handlers]
+    level = logger.level
+    for handler, _ in handlers:
+        handler.setFormatter(DefaultFormatter(LOG_FORMAT, LOG_TIME, use_colors=False))
+    logger.setLevel(log_level.upper())
+    try:
+        yield
+    finally:
+        for handler, formatter in handlers:
+            handler.setFormatter(formatter)
+        logger.setLevel(level)
+
+
+def _run(checkpoint_dir: Path, run: Optional[str], host: str, shown: str, port: int, limits: Limits,
+         shutdown_timeout: float, allow_origins: tuple, log_level: str) -> None:
+    import uvicorn
+
     import_tensorflow_quietly()
     app = create_app(checkpoint_dir, run, limits, allow_origins)
     logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{shown}:{port}/ "
                 "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
+    for formatter in log_config["formatters"].values():
+        formatter.update(fmt="%(asctime)s " + formatter["fmt"], datefmt=LOG_TIME)
     log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
     log_config["handlers"]["default"]["filters"] = ["cut_short"]
     logging.getLogger("asyncio").addFilter(_CutShort())
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True,
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
                                            log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
     try:
         server.run()
