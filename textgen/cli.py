@@ -137,9 +137,9 @@ class _ClosedOutput(io.TextIOBase):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be, in the commands that clean up after an interrupt; they then exit 143
-    (128 + the signal), as a process the signal ended."""
+    (128 + the signal), as a process the signal ended. (An interrupt carries its exit code, as training's does.)"""
 
-    exit_code = 143
+    exit_code = 128 + signal.SIGTERM
 
 
 def _sigterm_as_interrupt(command):
@@ -181,9 +181,8 @@ class OneLineErrors(click.Group):
         try:
             result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.Abort as aborted:  # (click's own name for a KeyboardInterrupt it met)
-            terminated = isinstance(aborted.__cause__, Terminated)
-            click.echo("terminated" if terminated else "aborted", err=True)
-            sys.exit(Terminated.exit_code if terminated else 130)
+            click.echo("terminated" if isinstance(aborted.__cause__, Terminated) else "aborted", err=True)
+            sys.exit(getattr(aborted.__cause__, "exit_code", 130))
         except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
             click.echo(error.format_message(), err=True)
             sys.exit(error.exit_code)
@@ -196,7 +195,7 @@ class OneLineErrors(click.Group):
             sys.exit(error.exit_code)
         except KeyboardInterrupt as interrupted:
             click.echo("interrupted", err=True)
-            sys.exit(Terminated.exit_code if isinstance(interrupted, Terminated) else 130)
+            sys.exit(getattr(interrupted, "exit_code", 130))
         except BrokenPipeError:
             sys.exit(0)
         except OSError as error:
@@ -313,7 +312,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
         else:
             write_output(output, "".join(kept), overwrite)
             click.echo(f"interrupted: {so_far} is in {output}", err=True)
-        sys.exit(Terminated.exit_code if isinstance(interrupted, Terminated) else 130)
+        sys.exit(getattr(interrupted, "exit_code", 130))
     text = format_samples(samples, len(config.temperature))
     if output is not None:
         write_output(output, text, overwrite)

@@ -145,8 +145,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     # An empty directory (a mount point, a shared folder with its owner and mode) is filled, not replaced: the
     # export is built inside it, where its files can be renamed into place.
     fills = target.is_dir() and not any(target.iterdir())
-    building = (target / BUILDING_INSIDE if fills else target.with_name(BUILDING_BESIDE.format(target.name)))
-    building = building.with_name(f"{building.name}{os.getpid()}")
+    directory, prefix = _building_places(target)[0 if fills else 1]
+    building = directory / f"{prefix}{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     graph = functools.cache(lambda: _exported_graph(meta, trained, _vocab_asset(meta, building)))
     try:
@@ -176,8 +176,10 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     return written + [output / "vocab.json"]
 
 
-# The directory an export is built in, named with its process id: inside an empty --output, or beside it.
-BUILDING_INSIDE, BUILDING_BESIDE = ".tmp-export-", ".tmp-{}-"
+def _building_places(target: Path) -> tuple:
+    """Where an export into target is built, and its directory's name before the process id: inside an empty
+    --output, or beside it."""
+    return (target, ".tmp-export-"), (target.parent, f".tmp-{target.name}-")
 
 
 def _unfinished_exports(target: Path) -> list[Path]:
@@ -186,7 +188,7 @@ def _unfinished_exports(target: Path) -> list[Path]:
     beside it, it stayed for good. (A previous export moved aside, .old-NAME-PID, is not one: it may be the only
     copy. An export running on another machine into a shared folder is not seen as running.)"""
     found = []
-    for directory, prefix in ((target, BUILDING_INSIDE), (target.parent, BUILDING_BESIDE.format(target.name))):
+    for directory, prefix in _building_places(target):
         for entry in directory.glob(glob.escape(prefix) + "*") if directory.is_dir() else ():
             pid = entry.name.removeprefix(prefix)
             if pid.isascii() and pid.isdigit() and len(pid) <= 9 and not _running(int(pid)):  # (a pid, as we write it)

@@ -361,23 +361,47 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
                 if error.errno == errno.EADDRINUSE:
                     advice = "choose another --port or stop the program that uses it"
                 raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
+    import uvicorn
+
     with _log_lines_timed(log_level):
-        _run(checkpoint_dir, run, host, shown, port, limits, shutdown_timeout, allow_origins, log_level)
+        import_tensorflow_quietly()
+        app = create_app(checkpoint_dir, run, limits, allow_origins)
+        logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on "
+                    f"http://{shown}:{port}/ (API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
+        log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+        log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
+        for formatter in log_config["formatters"].values():
+            formatter.update(fmt=TIMED + formatter["fmt"], datefmt=LOG_TIME)
+        log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
+        log_config["handlers"]["default"]["filters"] = ["cut_short"]
+        logging.getLogger("asyncio").addFilter(_CutShort())
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
+                                               log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
+        try:
+            server.run()
+        except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it stopped: stopping was the ask
+            pass
+        finally:
+            app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
+        if server.force_exit:
+            logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
 
 
-# Each log line with its time and level, uvicorn's and textgen's alike (textgen's had neither)
-LOG_FORMAT, LOG_TIME = "%(asctime)s %(levelprefix)s %(message)s", "%Y-%m-%d %H:%M:%S"
+# Each log line with its time: uvicorn's, and textgen's in uvicorn's form (textgen's had no level either)
+TIMED, LOG_TIME = "%(asctime)s ", "%Y-%m-%d %H:%M:%S"
 
 
 @contextlib.contextmanager
 def _log_lines_timed(log_level: str):
     """textgen's log handlers (the command's stderr) in the server's format and level, while it runs."""
+    import uvicorn
     from uvicorn.logging import DefaultFormatter
 
     handlers = [(handler, handler.formatter) for handler in logger.handlers]
     level = logger.level
+    form = TIMED + uvicorn.config.LOGGING_CONFIG["formatters"]["default"]["fmt"]
     for handler, _ in handlers:
-        handler.setFormatter(DefaultFormatter(LOG_FORMAT, LOG_TIME, use_colors=False))
+        handler.setFormatter(DefaultFormatter(form, LOG_TIME, use_colors=False))
     logger.setLevel(log_level.upper())
     try:
         yield
@@ -385,33 +409,6 @@ def _log_lines_timed(log_level: str):
         for handler, formatter in handlers:
             handler.setFormatter(formatter)
         logger.setLevel(level)
-
-
-def _run(checkpoint_dir: Path, run: Optional[str], host: str, shown: str, port: int, limits: Limits,
-         shutdown_timeout: float, allow_origins: tuple, log_level: str) -> None:
-    import uvicorn
-
-    import_tensorflow_quietly()
-    app = create_app(checkpoint_dir, run, limits, allow_origins)
-    logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on http://{shown}:{port}/ "
-                "(API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
-    for formatter in log_config["formatters"].values():
-        formatter.update(fmt="%(asctime)s " + formatter["fmt"], datefmt=LOG_TIME)
-    log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
-    log_config["handlers"]["default"]["filters"] = ["cut_short"]
-    logging.getLogger("asyncio").addFilter(_CutShort())
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
-                                           log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it has stopped: stopping was the ask
-        pass
-    finally:
-        app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
-    if server.force_exit:
-        logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
 
 
 class _CutShort(logging.Filter):

@@ -202,7 +202,6 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Op
                    named: bool = True) -> None:
     """Refuse a training the run's checkpoints do not allow. corpus_path: the text it is to train on; named: whether
     the user named the run (else it was named after corpus_path, which another file's name may share)."""
-    check_checkpoint_dir(run_dir.parent)  # else "cannot write to the checkpoint directory FILE/RUN (Not a directory)"
     exists = checkpoint.has_checkpoint(run_dir)
     if resume and overwrite:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
@@ -419,6 +418,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
 
 def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     """The corpus file a run was trained on, for --resume without a corpus."""
+    check_checkpoint_dir(Path(checkpoint_dir))
     run_dir = run_path(checkpoint_dir, check_run_name(run))
     meta = _resumed_meta(run_dir)
     if meta is None:
@@ -480,6 +480,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
 def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict,
                              train_options: dict) -> Path:
     """The run's directory, once its name and the options are found valid."""
+    # (first: a file, or too long a path, would fail the lookups below; every run directory comes through here)
     check_checkpoint_dir(Path(checkpoint_dir))
     run_dir = run_path(checkpoint_dir, check_run_name(run or default_run_name(corpus_path, Path(checkpoint_dir))))
     ModelConfig(vocab_size=1, **model_options).validate()
@@ -499,12 +500,14 @@ def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Sessio
     """The run's Session; a model too large for this machine's memory is refused in one line."""
     import tensorflow as tf
 
+    from textgen.fast_lstm import gpu_visible
+
     too_large = TextgenError(f"the model ({model_config.parameter_count():,} parameters) does not fit in this "
                              "machine's memory; use a smaller --units, --layers or --embedding-dim")
     # Its weights, their gradients and Adam's two moments, in float32, at the least: a model past the machine's
     # memory was found so only after a minute and more of swapping, allocating it. (On a GPU they live in its memory.)
-    on_cpu = not tf.config.list_physical_devices("GPU")
-    if on_cpu and (memory := _physical_memory()) is not None and 16 * model_config.parameter_count() > memory:
+    memory = None if gpu_visible() else _physical_memory()
+    if memory is not None and 16 * model_config.parameter_count() > memory:
         raise too_large
     try:
         return Session(model_config, config, strategy)
