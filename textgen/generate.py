@@ -121,6 +121,7 @@ class TextStreams:
         self.temperatures = [t for t in config.temperature for _ in range(config.num_samples)]
         self.indexes = [index for _ in config.temperature for index in range(config.num_samples)]  # per temperature
         self.stops = tuple(vocab.in_known_form(stop) for stop in config.stops)  # as the model's text has them
+        self.held_back = max((len(stop) - 1 for stop in self.stops), default=0)  # what could begin one of them
         self.texts = [""] * len(self.temperatures)
         self.cuts: list[Optional[int]] = [None] * len(self.temperatures)
         self.produced = 0  # characters generated per stream so far
@@ -151,8 +152,8 @@ class TextStreams:
             ready = cut
         elif self.done:
             ready = len(text)
-        else:  # what could begin a stop string is held back
-            ready = len(text) - max((len(stop) - 1 for stop in self.stops), default=0)
+        else:
+            ready = len(text) - self.held_back
         piece = text[self.emitted[index]:ready] if ready > self.emitted[index] else ""
         self.emitted[index] += len(piece)
         return piece
