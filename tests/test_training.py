@@ -574,6 +574,7 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
 
     monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
     monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])  # the tiny model counts as wide
+    monkeypatch.setattr(session_module, "bfloat16_speedup", lambda units: 1.6)  # as a Zen 4 multiplies it
     expected = {"auto": native, "on": True, "off": False}
     for setting, mixed in expected.items():
         config = TrainConfig(mixed_precision=setting)
@@ -593,6 +594,7 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
     monkeypatch.undo()
     monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
     monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])
+    monkeypatch.setattr(session_module, "bfloat16_speedup", lambda units: 1.6)
     assert session_module.mixed_precision_note("off", units) is None
     assert ("no native bfloat16" in session_module.mixed_precision_note("on", units)) is not native
     assert (session_module.mixed_precision_note("auto", units) or "").startswith("mixed precision (auto): LSTM "
@@ -607,6 +609,46 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
     narrow_note = session_module.mixed_precision_note("auto", units - 1)
     assert narrow_note == (f"mixed precision (auto): float32, since layers of {units - 1} units train no faster in "
                            f"bfloat16 (it starts at {units}; --mixed-precision on forces it)" if native else None)
+
+
+def test_mixed_precision_auto_stays_in_float32_where_bfloat16_multiplies_slower(monkeypatch):
+    """AVX512_BF16 alone does not make bfloat16 faster: an Intel Xeon without AMX multiplies it at ~0.6x float32's
+    speed. auto measures and keeps float32 there; on still forces it, with a warning."""
+    import textgen.cpu
+    from textgen.config import TrainConfig
+
+    units = TINY_MODEL["units"]
+    monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: True)
+    monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", units)
+    measured = []
+    monkeypatch.setattr(session_module, "bfloat16_speedup", lambda width: measured.append(width) or 0.6)
+    assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="auto"), units) is False
+    assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="on"), units) is True
+    assert session_module.mixed_precision_note("auto", units) == \
+        "mixed precision (auto): float32, since this CPU multiplies bfloat16 at 0.60x float32's speed " \
+        "(--mixed-precision on forces bfloat16)"
+    assert session_module.mixed_precision_note("on", units).endswith(
+        "this CPU multiplies bfloat16 at 0.60x float32's speed, so it is likely slower here: use --mixed-precision "
+        "auto or off")
+    assert measured == [units] * 3
+    # Narrow layers stay in float32 without the measurement (its ~0.2 s buys nothing there).
+    assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="auto"), units - 1) is False
+    assert measured == [units] * 3
+
+
+def test_the_matmul_timing_leaves_the_seeded_generators_alone():
+    """The bfloat16 measurement runs after a run seeds TensorFlow: it must not draw from its generator, or the
+    same seed would give other weights where it is measured."""
+    import keras
+    import tensorflow as tf
+
+    from textgen.sizing import measure_matmul_flops
+
+    keras.utils.set_random_seed(7)
+    expected = tf.random.uniform((4,)).numpy()
+    keras.utils.set_random_seed(7)
+    assert measure_matmul_flops((1, 8, 8), 4, bfloat16=False, blocks=1) > 0
+    assert tf.random.uniform((4,)).numpy().tolist() == expected.tolist()
 
 
 def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, caplog):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import sys
 from pathlib import Path
@@ -178,6 +179,10 @@ class Session:
 # took as long or longer in bfloat16 (its loops are not compiled by XLA, the float32 ones are), 1 x 384 and 1 x 512
 # 1.3x less time (BENCHMARKS.md, "Mixed precision on CPU").
 BFLOAT16_MIN_UNITS = 384
+# ... and where bfloat16 multiplies no faster than this many times float32: AVX512_BF16 alone does not tell. A Zen 4
+# runs a layer's product 1.6x faster in bfloat16, an Intel Xeon of family 6, model 207 (AMX not exposed) at 0.55x,
+# and trained 1.7x slower in it (BENCHMARKS.md, "Against PyTorch").
+BFLOAT16_MIN_SPEEDUP = 1.15
 
 
 def _sum_replicas_once(optimizer) -> bool:
@@ -198,11 +203,21 @@ def _native_bfloat16() -> bool:
     return cpu.has_bfloat16_matmul() and not gpu_visible()
 
 
+@functools.lru_cache(maxsize=None)
+def bfloat16_speedup(units: int) -> float:
+    """How many times faster this CPU multiplies a layer's step product, (64, 2 units) x (2 units, 4 units), in
+    bfloat16 than in float32: measured once per width in a process (~0.2 s)."""
+    from textgen.sizing import measure_matmul_flops
+
+    shape = (2, units, units)
+    return measure_matmul_flops(shape, 64, bfloat16=True) / measure_matmul_flops(shape, 64, bfloat16=False)
+
+
 def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
-    """--mixed-precision auto means on where it is native and pays: a CPU with bfloat16 matmul instructions, and
-    LSTM layers of at least BFLOAT16_MIN_UNITS units."""
+    """--mixed-precision auto means on where it is native and pays: a CPU with bfloat16 matmul instructions that
+    multiplies faster in bfloat16 than in float32, and LSTM layers of at least BFLOAT16_MIN_UNITS units."""
     if config.mixed_precision == "auto":
-        return units >= BFLOAT16_MIN_UNITS and _native_bfloat16()
+        return units >= BFLOAT16_MIN_UNITS and _native_bfloat16() and bfloat16_speedup(units) >= BFLOAT16_MIN_SPEEDUP
     return config.mixed_precision == "on"
 
 
@@ -236,17 +251,23 @@ def training_precision(config: TrainConfig, units: int) -> str:
 
 def mixed_precision_note(setting: str, units: int) -> Optional[str]:
     """What --mixed-precision does on this machine for layers of units; a warning where an explicit "on" cannot
-    take effect."""
+    take effect or is slower."""
     from textgen.fast_lstm import gpu_visible
 
     if setting == "off":
         return None
     native, wide = _native_bfloat16(), units >= BFLOAT16_MIN_UNITS
-    if native and (wide or setting == "on"):
+    speedup = bfloat16_speedup(units) if native and (wide or setting == "on") else None
+    slow = f"this CPU multiplies bfloat16 at {speedup:.2f}x float32's speed" if speedup is not None else ""
+    if speedup is not None and (setting == "on" or speedup >= BFLOAT16_MIN_SPEEDUP):
         return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
                 "(weights, state and validation in float32)"
-                + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32"))
+                + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32")
+                + (f"; {slow}, so it is likely slower here: use --mixed-precision auto or off"
+                   if speedup < BFLOAT16_MIN_SPEEDUP else ""))
     if setting == "auto":
+        if speedup is not None:
+            return f"mixed precision (auto): float32, since {slow} (--mixed-precision on forces bfloat16)"
         if native:
             return (f"mixed precision (auto): float32, since layers of {units} units train no faster in bfloat16 "
                     f"(it starts at {BFLOAT16_MIN_UNITS}; --mixed-precision on forces it)")
