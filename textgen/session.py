@@ -18,15 +18,18 @@ from textgen.evaluation import window_loss_sum
 
 @contextlib.contextmanager
 def callers_random_state_kept():
-    """Python's, NumPy's and TensorFlow's global random generators given back as the caller had them: training seeds
-    all three (keras.utils.set_random_seed: the same seed, the same run), which reset a notebook's own draws.
-    TensorFlow's comes back as its global seed (unset, or the caller's, whose per-op sequence starts again)."""
+    """Python's, NumPy's, TensorFlow's and Keras's global random generators given back as the caller had them:
+    training seeds them all (keras.utils.set_random_seed: the same seed, the same run), which reset a notebook's own
+    draws. TensorFlow's comes back as its global seed (unset, or the caller's, whose per-op sequence starts again);
+    Keras's as the caller's seed and SeedGenerator (keras.random's draws without a seed go on where they were)."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    tensorflow_seed = None
+    tensorflow_seed, keras_state = None, None
     if "tensorflow" in sys.modules:  # else it was never set: importing TensorFlow here would slow every refusal
         from tensorflow.python.eager import context
 
         tensorflow_seed = context.global_seed()
+    if "keras" in sys.modules:
+        keras_state = _keras_seed_state()
     try:
         yield
     finally:
@@ -36,6 +39,23 @@ def callers_random_state_kept():
             import tensorflow as tf
 
             tf.random.set_seed(tensorflow_seed)
+        if "keras" in sys.modules:
+            _keras_seed_state(keras_state)
+
+
+_KERAS_SEED_ATTRIBUTES = ("global_random_seed", "global_seed_generator")  # what keras.utils.set_random_seed sets
+
+
+def _keras_seed_state(restore: Optional[dict] = None) -> dict:
+    """Keras's global seed and SeedGenerator (set it back to restore: None when Keras had none), read from its
+    private global state: {} where this Keras keeps them elsewhere."""
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:
+        return {}
+    for name, value in (restore or {}).items():
+        global_state.set_global_attribute(name, value)
+    return {name: global_state.get_global_attribute(name) for name in _KERAS_SEED_ATTRIBUTES}
 
 
 class Session:
