@@ -39,7 +39,7 @@ from run_all import update_section  # noqa: E402
 
 from textgen.config import ModelConfig, TrainConfig  # noqa: E402
 from textgen.cpu import cpu_model, has_bfloat16_matmul, matmul_flags  # noqa: E402
-from textgen.session import mixed_precision_note  # noqa: E402
+from textgen.session import mixed_precision_note, training_precision  # noqa: E402
 
 TITLE = "Against PyTorch"
 REFERENCE = dict(vocab=65, embedding=256, units=512, layers=1, batch=64, seq=100, dropout=0.0, weight_decay=0.0)
@@ -184,8 +184,9 @@ def main(argv=None) -> int:
         row(f"{streams} stream{'s' if streams > 1 else ''}, 1x{shape['units']}, emb {shape['embedding']}",
             name, streams * length, ours, theirs)
     peer.close()
-    if has_bfloat16_matmul():  # the flag alone does not make bfloat16 faster: what auto chose here, and why
-        lines += ["", f"textgen train on this CPU, 512 units: {mixed_precision_note('auto', REFERENCE['units'])}"]
+    units = REFERENCE["units"]  # the flag alone does not make bfloat16 faster: what auto chooses here, and why
+    if note := mixed_precision_note("auto", units, training_precision(TrainConfig(mixed_precision="auto"), units)):
+        lines += ["", f"textgen train on this CPU, {units} units: {note}"]
     lines += ["", "targets: training >= 1.2x on both configs in float32 (floor 1.0), sampling >= 2.5x; the peer trains "
               "without dropout or weight decay, so the dropout row is not like for like",
               " ".join(f"{key}={value:.2f}" if key.endswith("ratio") else f"{key}={value:.0f}"

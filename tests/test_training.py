@@ -567,14 +567,29 @@ def test_a_run_stopped_mid_epoch_after_validating_resumes_exactly(tmp_path, peri
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6, rel=0)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
+@pytest.fixture
+def bfloat16_cpu(monkeypatch):
+    """A CPU with (or without) native bfloat16 whose timing gives a chosen speedup; what it timed is counted."""
     import textgen.cpu
+    import textgen.fast_lstm
+
+    def make(native: bool, speedup: float = 1.6):
+        timings = []
+        monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
+        monkeypatch.setattr(textgen.fast_lstm, "gpu_visible", lambda: False)
+        monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])  # the tiny model counts as wide
+        monkeypatch.setattr(session_module, "_probe_bfloat16", lambda: timings.append(1) or speedup)
+        return timings
+
+    return make
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_auto_follows_the_cpu(bfloat16_cpu, monkeypatch, native):
+    import textgen.fast_lstm
     from textgen.config import ModelConfig, TrainConfig
 
-    monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
-    monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])  # the tiny model counts as wide
-    monkeypatch.setattr(session_module, "bfloat16_speedup", lambda units: 1.6)  # as a Zen 4 multiplies it
+    timings = bfloat16_cpu(native)  # as a Zen 4 multiplies it where native
     expected = {"auto": native, "on": True, "off": False}
     for setting, mixed in expected.items():
         config = TrainConfig(mixed_precision=setting)
@@ -588,67 +603,71 @@ def test_mixed_precision_auto_follows_the_cpu(monkeypatch, native):
         session = Session(ModelConfig(vocab_size=5, **narrow), config)
         assert {layer.matmul_dtype for layer in session.lstms} == {"bfloat16" if setting == "on" else "float32"}
         assert session.precision == ("bfloat16" if setting == "on" else "float32")
+    # Only auto for wide layers on a CPU with the instructions asks for the timing (on and off never do).
+    assert len(timings) == (2 if native else 0)
     units = TINY_MODEL["units"]
-    monkeypatch.setattr(textgen.fast_lstm, "gpu_visible", lambda: True)  # the cuDNN layer trains in float32
-    assert session_module.training_precision(TrainConfig(mixed_precision="on"), units) == "float32"
-    monkeypatch.undo()
-    monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: native)
-    monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", TINY_MODEL["units"])
-    monkeypatch.setattr(session_module, "bfloat16_speedup", lambda units: 1.6)
-    assert session_module.mixed_precision_note("off", units) is None
-    assert ("no native bfloat16" in session_module.mixed_precision_note("on", units)) is not native
-    assert (session_module.mixed_precision_note("auto", units) or "").startswith("mixed precision (auto): LSTM "
-                                                                                  "training matmuls in bfloat16") \
-        is native
+    precision = {"on": "bfloat16", "off": "float32", "auto": "bfloat16" if native else "float32"}
+    assert session_module.mixed_precision_note("off", units, "float32") is None
+    assert ("no native bfloat16" in session_module.mixed_precision_note("on", units, "bfloat16")) is not native
+    assert session_module.mixed_precision_note("auto", units, precision["auto"]) == (
+        "mixed precision (auto): LSTM training matmuls in bfloat16 (weights, state and validation in float32); this "
+        "CPU multiplies bfloat16 at 1.60x float32's speed" if native else None)
     # An explicit "on" for narrow layers still runs in bfloat16 where the CPU has it (it said "no native bfloat16").
-    narrow_on = session_module.mixed_precision_note("on", units - 1)
+    narrow_on = session_module.mixed_precision_note("on", units - 1, "bfloat16")
     assert narrow_on == ("mixed precision: LSTM training matmuls in bfloat16 (weights, state and validation in "
-                         f"float32); layers of {units - 1} units train no faster in bfloat16 than in float32"
+                         "float32); this CPU multiplies bfloat16 at 1.60x float32's speed; layers of "
+                         f"{units - 1} units train no faster in bfloat16 than in float32"
                          if native else "note: this CPU has no native bfloat16 matmul (AVX512_BF16 or AMX), so "
                          "--mixed-precision on is likely slower here; use --mixed-precision off")
-    narrow_note = session_module.mixed_precision_note("auto", units - 1)
+    narrow_note = session_module.mixed_precision_note("auto", units - 1, "float32")
     assert narrow_note == (f"mixed precision (auto): float32, since layers of {units - 1} units train no faster in "
                            f"bfloat16 (it starts at {units}; --mixed-precision on forces it)" if native else None)
+    monkeypatch.setattr(textgen.fast_lstm, "gpu_visible", lambda: True)  # the cuDNN layer trains in float32
+    assert session_module.training_precision(TrainConfig(mixed_precision="on"), units) == "float32"
+    timed = len(timings)
+    assert session_module.training_precision(TrainConfig(mixed_precision="auto"), units) == "float32"
+    assert len(timings) == timed  # nothing timed for a GPU
 
 
-def test_mixed_precision_auto_stays_in_float32_where_bfloat16_multiplies_slower(monkeypatch):
-    """AVX512_BF16 alone does not make bfloat16 faster: an Intel Xeon without AMX multiplies it at ~0.6x float32's
-    speed. auto measures and keeps float32 there; on still forces it, with a warning."""
-    import textgen.cpu
+@pytest.mark.parametrize("speedup, mixed", [(0.6, False), (1.14, False), (1.15, True)])
+def test_mixed_precision_auto_wants_bfloat16_to_multiply_faster(bfloat16_cpu, speedup, mixed):
+    """AVX512_BF16 alone does not make bfloat16 faster: an Intel Xeon without AMX multiplies it at 0.55-0.86x float32's
+    speed. auto times it and keeps float32 below 1.15x; on still forces it, with a warning."""
     from textgen.config import TrainConfig
 
     units = TINY_MODEL["units"]
-    monkeypatch.setattr(textgen.cpu, "has_bfloat16_matmul", lambda: True)
-    monkeypatch.setattr(session_module, "BFLOAT16_MIN_UNITS", units)
-    measured = []
-    monkeypatch.setattr(session_module, "bfloat16_speedup", lambda width: measured.append(width) or 0.6)
-    assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="auto"), units) is False
+    bfloat16_cpu(True, speedup)
+    assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="auto"), units) is mixed
     assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="on"), units) is True
-    assert session_module.mixed_precision_note("auto", units) == \
-        "mixed precision (auto): float32, since this CPU multiplies bfloat16 at 0.60x float32's speed " \
-        "(--mixed-precision on forces bfloat16)"
-    assert session_module.mixed_precision_note("on", units).endswith(
-        "this CPU multiplies bfloat16 at 0.60x float32's speed, so it is likely slower here: use --mixed-precision "
-        "auto or off")
-    assert measured == [units] * 3
-    # Narrow layers stay in float32 without the measurement (its ~0.2 s buys nothing there).
-    assert session_module.uses_mixed_precision(TrainConfig(mixed_precision="auto"), units - 1) is False
-    assert measured == [units] * 3
+    auto = session_module.mixed_precision_note("auto", units, "bfloat16" if mixed else "float32")
+    on = session_module.mixed_precision_note("on", units, "bfloat16")
+    rate = f"this CPU multiplies bfloat16 at {speedup:.2f}x float32's speed"
+    if mixed:
+        assert auto.endswith(f"; {rate}") and on.endswith(f"; {rate}")
+    else:
+        assert auto == (f"mixed precision (auto): float32, since {rate.replace(' at ', ' at only ')} (auto wants "
+                        "1.15x; --mixed-precision on forces bfloat16)")
+        assert on.endswith(f"; {rate}, so it is likely no faster here: use --mixed-precision auto or off")
 
 
-def test_the_matmul_timing_leaves_the_seeded_generators_alone():
-    """The bfloat16 measurement runs after a run seeds TensorFlow: it must not draw from its generator, or the
-    same seed would give other weights where it is measured."""
+def test_the_bfloat16_timing_changes_no_weights():
+    """auto times bfloat16 after a run seeds its generators: the same seed must give the same weights whether or
+    not it timed (TensorFlow's own generator included, which a layer could use)."""
     import keras
     import tensorflow as tf
 
-    from textgen.sizing import measure_matmul_flops
+    from textgen.config import ModelConfig
+    from textgen.model import build_model
 
-    keras.utils.set_random_seed(7)
-    expected = tf.random.uniform((4,)).numpy()
-    keras.utils.set_random_seed(7)
-    assert measure_matmul_flops((1, 8, 8), 4, bfloat16=False, blocks=1) > 0
-    assert tf.random.uniform((4,)).numpy().tolist() == expected.tolist()
+    def seeded_weights(timing: bool) -> list:
+        keras.utils.set_random_seed(7)
+        if timing:
+            session_module._probe_bfloat16.__wrapped__()  # a fresh timing, not the process's cached one
+        weights = [w.numpy() for w in build_model(ModelConfig(vocab_size=5, **TINY_MODEL), 2).weights]
+        return weights + [tf.random.uniform((4,)).numpy()]
+
+    for without, with_timing in zip(seeded_weights(False), seeded_weights(True)):
+        np.testing.assert_array_equal(without, with_timing)
 
 
 def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, caplog):

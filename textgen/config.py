@@ -246,9 +246,9 @@ class TrainConfig(_Config):
                                  "chooses it).", low=0, before=0.0)
     mixed_precision: str = option(
         "auto", "on: multiply in bfloat16 inside the LSTM training step (weights, state and validation stay "
-        "float32), ~1.3-1.5x faster on CPUs with AVX512_BF16 or AMX that run it fast (a Zen 4; not an Intel Xeon "
-        "without AMX); auto: on where the CPU has them, multiplies faster in bfloat16 (timed at the start, ~0.2 s) "
-        "and the layers have 384 units or more (narrower ones train no faster).",
+        "float32), ~1.3-1.5x faster on CPUs with AVX512_BF16 or AMX that run it fast (not all do); auto: on where "
+        "the CPU has them and multiplies 1.15x faster in bfloat16 (timed at the start, ~0.2 s), for layers of 384 "
+        "units or more (narrower ones train no faster).",
         choices=("auto", "on", "off"), before="off")
     val_fraction: float = option(0.1, "Contiguous last fraction of the corpus held out for validation.", low=0,
                                  high=1, low_open=True, high_open=True, layout=True)

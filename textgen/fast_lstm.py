@@ -40,8 +40,9 @@ training only. (The stock CPU path caches that same mask for every step, so
 under the same seed both layers compute the same thing.)
 
 ``matmul_dtype="bfloat16"`` (training only) feeds every matmul of the fused path
-bfloat16 operands: CPUs with AVX512_BF16 or AMX run those about twice as fast
-through oneDNN. Products are cast back to float32 straight away, so the gate math,
+bfloat16 operands: some CPUs with AVX512_BF16 or AMX run those much faster through
+oneDNN (a Zen 4: 1.6x), others do not (an Intel Xeon without AMX: 0.55-0.86x;
+``session.bfloat16_speedup`` times it). Products are cast back to float32 straight away, so the gate math,
 the cell state, the carried (h, c) and the weights stay float32 (mixed precision).
 Inference (``training=False``: validation, eval) stays float32.
 

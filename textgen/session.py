@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import random
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -79,7 +82,7 @@ class Session:
         self.per_replica = train_config.batch_size // replicas
         keras.utils.set_random_seed(train_config.seed)
         # The LSTM matmuls' operand type, which each epoch's history row records (on a GPU the cuDNN layer runs)
-        self.precision = training_precision(train_config, model_config.units)
+        self.precision = training_precision(train_config, model_config.units, strategy)
         with strategy.scope():
             self.model = build_model(model_config, self.per_replica, matmul_dtype=self.precision)
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
@@ -199,10 +202,15 @@ class Session:
 # took as long or longer in bfloat16 (its loops are not compiled by XLA, the float32 ones are), 1 x 384 and 1 x 512
 # 1.3x less time (BENCHMARKS.md, "Mixed precision on CPU").
 BFLOAT16_MIN_UNITS = 384
-# ... and where bfloat16 multiplies no faster than this many times float32: AVX512_BF16 alone does not tell. A Zen 4
-# runs a layer's product 1.6x faster in bfloat16, an Intel Xeon of family 6, model 207 (AMX not exposed) at 0.55x,
-# and trained 1.7x slower in it (BENCHMARKS.md, "Against PyTorch").
+# ... and where bfloat16 multiplies less than this many times faster than float32: AVX512_BF16 alone does not tell.
+# oneDNN ran a layer's product 1.6x faster in bfloat16 on a Zen 4 and at 0.55-0.86x float32's speed on an Intel Xeon
+# of family 6, model 207 (AMX not exposed), whose training steps ran 1.4-1.7x slower in it (BENCHMARKS.md, "Against
+# PyTorch").
 BFLOAT16_MIN_SPEEDUP = 1.15
+# The product timed: (64, 2U) @ (2U, 4U) at this width. A property of the CPU's kernels more than of the layer, timed
+# once per process (~0.2 s): wider products take seconds (2048 units: ~6 s).
+BFLOAT16_PROBE_UNITS = 512
+_PROBE_LOCK = threading.Lock()  # one timing per process, even when Python users train in threads
 
 
 def _sum_replicas_once(optimizer) -> bool:
@@ -223,21 +231,51 @@ def _native_bfloat16() -> bool:
     return cpu.has_bfloat16_matmul() and not gpu_visible()
 
 
-@functools.lru_cache(maxsize=None)
-def bfloat16_speedup(units: int) -> float:
-    """How many times faster this CPU multiplies a layer's step product, (64, 2 units) x (2 units, 4 units), in
-    bfloat16 than in float32: measured once per width in a process (~0.2 s)."""
-    from textgen.sizing import measure_matmul_flops
+def bfloat16_speedup(strategy=None) -> float:
+    """How many times faster this CPU multiplies in bfloat16 than in float32; 0 where it has no native bfloat16
+    matmul or a GPU trains. Given a multi-worker strategy, the mean over the workers (every worker must call it then),
+    so that they all train in the same precision."""
+    speedup = _timed_bfloat16_speedup() if _native_bfloat16() else 0.0
+    if strategy is not None:
+        from textgen.distribute import worker_mean
 
-    shape = (2, units, units)
-    return measure_matmul_flops(shape, 64, bfloat16=True) / measure_matmul_flops(shape, 64, bfloat16=False)
+        speedup = worker_mean(strategy, speedup)[0]
+    return speedup
 
 
-def uses_mixed_precision(config: TrainConfig, units: int) -> bool:
+def _timed_bfloat16_speedup() -> float:
+    with _PROBE_LOCK:
+        return _probe_bfloat16()
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_bfloat16() -> float:
+    """The probe's best time in float32 over its best in bfloat16, the two types timed in alternate blocks (a busy
+    moment of a shared machine slows both, not one)."""
+    import tensorflow as tf
+
+    units, numbers = BFLOAT16_PROBE_UNITS, np.random.default_rng(0)  # (not TensorFlow's seeded generator)
+    a, b = numbers.standard_normal((64, 2 * units), np.float32), numbers.standard_normal((2 * units, 4 * units),
+                                                                                        np.float32)
+    operands = {dtype: (tf.cast(a, dtype), tf.cast(b, dtype)) for dtype in (tf.float32, tf.bfloat16)}
+    best = {}
+    for block in range(7):
+        for dtype, (x, y) in operands.items():
+            start = time.perf_counter()
+            for _ in range(4):
+                product = tf.linalg.matmul(x, y)
+            product.numpy()
+            if block:  # the first block of each type creates its kernels
+                best[dtype] = min(best.get(dtype, math.inf), time.perf_counter() - start)
+    return best[tf.float32] / best[tf.bfloat16]
+
+
+def uses_mixed_precision(config: TrainConfig, units: int, strategy=None) -> bool:
     """--mixed-precision auto means on where it is native and pays: a CPU with bfloat16 matmul instructions that
-    multiplies faster in bfloat16 than in float32, and LSTM layers of at least BFLOAT16_MIN_UNITS units."""
+    multiplies at least BFLOAT16_MIN_SPEEDUP times faster in bfloat16 than in float32, and LSTM layers of at least
+    BFLOAT16_MIN_UNITS units. Under a multi-worker strategy every worker must call it (they agree on the speedup)."""
     if config.mixed_precision == "auto":
-        return units >= BFLOAT16_MIN_UNITS and _native_bfloat16() and bfloat16_speedup(units) >= BFLOAT16_MIN_SPEEDUP
+        return units >= BFLOAT16_MIN_UNITS and bfloat16_speedup(strategy) >= BFLOAT16_MIN_SPEEDUP
     return config.mixed_precision == "on"
 
 
@@ -261,33 +299,34 @@ def gradients_released():
                     registry.pop(name, None)
 
 
-def training_precision(config: TrainConfig, units: int) -> str:
+def training_precision(config: TrainConfig, units: int, strategy=None) -> str:
     """What the LSTM training matmuls really run in: "bfloat16" under mixed precision, except on a GPU, where the
     stock cuDNN layer runs in float32."""
     from textgen.fast_lstm import gpu_visible
 
-    return "bfloat16" if uses_mixed_precision(config, units) and not gpu_visible() else "float32"
+    return "bfloat16" if uses_mixed_precision(config, units, strategy) and not gpu_visible() else "float32"
 
 
-def mixed_precision_note(setting: str, units: int) -> Optional[str]:
-    """What --mixed-precision does on this machine for layers of units; a warning where an explicit "on" cannot
-    take effect or is slower."""
+def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[str]:
+    """What --mixed-precision does on this machine for layers of units, which trained in precision; a warning where
+    an explicit "on" cannot take effect or gains nothing."""
     from textgen.fast_lstm import gpu_visible
 
     if setting == "off":
         return None
     native, wide = _native_bfloat16(), units >= BFLOAT16_MIN_UNITS
-    speedup = bfloat16_speedup(units) if native and (wide or setting == "on") else None
-    slow = f"this CPU multiplies bfloat16 at {speedup:.2f}x float32's speed" if speedup is not None else ""
-    if speedup is not None and (setting == "on" or speedup >= BFLOAT16_MIN_SPEEDUP):
+    speedup = _timed_bfloat16_speedup() if native and (wide or setting == "on") else None  # (timed already)
+    rate = f"this CPU multiplies bfloat16 at {speedup:.2f}x float32's speed" if speedup is not None else ""
+    if precision == "bfloat16" and native:
+        slow = speedup is not None and speedup < BFLOAT16_MIN_SPEEDUP
         return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
-                "(weights, state and validation in float32)"
-                + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32")
-                + (f"; {slow}, so it is likely slower here: use --mixed-precision auto or off"
-                   if speedup < BFLOAT16_MIN_SPEEDUP else ""))
+                "(weights, state and validation in float32)" + (f"; {rate}" if rate else "")
+                + (", so it is likely no faster here: use --mixed-precision auto or off" if slow else "")
+                + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32"))
     if setting == "auto":
         if speedup is not None:
-            return f"mixed precision (auto): float32, since {slow} (--mixed-precision on forces bfloat16)"
+            return (f"mixed precision (auto): float32, since {rate.replace(' at ', ' at only ')} (auto wants "
+                    f"{BFLOAT16_MIN_SPEEDUP:g}x; --mixed-precision on forces bfloat16)")
         if native:
             return (f"mixed precision (auto): float32, since layers of {units} units train no faster in bfloat16 "
                     f"(it starts at {BFLOAT16_MIN_UNITS}; --mixed-precision on forces it)")

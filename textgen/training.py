@@ -622,7 +622,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
             f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else "")
             + gpu_text(session.strategy))
-    if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units)):
+    if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units, session.precision)):
         log(note)
     with stop_on_signals() as signals:
         reports = [cb.ProgressBar(), cb.Pace(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []),
