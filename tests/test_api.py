@@ -172,9 +172,12 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.generate(stop="x" * 1001), "^a stop string may have at most 1,000 characters, got one of 1,001$"),
     (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
     # A value of the wrong type says so: "got 10" would look valid.
-    (lambda m: m.generate(length="10"), r"^length must be an integer in \[0, 1e\+07\], got '10', which is not a "
-                                        r"number$"),
-    (lambda m: m.generate(temperature="0.5"), r"got '0.5', which is not a number$"),
+    (lambda m: m.generate(temperature="0.5"), r"got the text '0\.5'; give it as a number \(0\.5\), not in quotes$"),
+    (lambda m: m.generate(length="100"), r"^length must be an integer in \[0, 1e\+07\], got the text '100'; give it "
+                                         r"as a number \(100\), not in quotes$"),
+    (lambda m: m.generate(temperature="warm"), r"got 'warm', which is not a number$"),
+    (lambda m: m.next_char_probabilities("ab", temperature=[0.2, 1.0]),
+     "^temperature must be one number here; call next_char_probabilities once per temperature$"),
 ])
 def test_bad_input_raises_one_error_type_with_the_cli_message_in_keyword_names(model, call, message):
     with pytest.raises(textgen.TextgenError, match=message):

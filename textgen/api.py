@@ -200,6 +200,7 @@ class TextModel:
         """
         import numpy as np
 
+        temperature = _one_temperature(temperature, "next_char_probabilities")[0]
         SampleConfig(prime=prime, temperature=(temperature,), skip_unknown=skip_unknown).validate()
         logits = self.generator.next_logits(prepare_prime(prime, self.vocab, skip_unknown, logger.warning))
         logits = logits.astype(np.float64)
@@ -247,12 +248,17 @@ class TextModel:
     def _config(arguments: dict) -> SampleConfig:
         """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): the ones named as
         SampleConfig's fields, so a new sampling option is added to the signatures and docstring only."""
-        temperature = temperature_values(arguments["temperature"])  # (a generator is read once, here)
-        if len(temperature) != 1:  # a list, an array, a range: the 0.5 text alone came back, for [0.5, 1.0]
-            raise OptionError("temperature must be one number here; call generate once per temperature")
-        config = sample_config_of(dict(arguments, temperature=temperature))
+        config = sample_config_of(dict(arguments, temperature=_one_temperature(arguments["temperature"], "generate")))
         config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
+
+
+def _one_temperature(value, method: str) -> tuple:
+    """(temperature,): a list, an array or a range is refused (generate([0.5, 1.0]) gave the 0.5 text alone)."""
+    values = temperature_values(value)  # (a generator is read once, here)
+    if len(values) != 1:
+        raise OptionError(f"temperature must be one number here; call {method} once per temperature")
+    return values
 
 
 def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, checkpoint: str = "best") -> TextModel:

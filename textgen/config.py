@@ -110,6 +110,8 @@ def _bound(value) -> str:
 def shown_number(value) -> str:
     """A value for an error message: a 400-digit integer (a JSON request may send one) is shortened, and what is not
     a number says so (the text '10' printed as 10 would look valid)."""
+    if isinstance(value, str) and _reads_as_number(value):  # '100' from Python or JSON: the fix is the quotes
+        return f"the text {value!r}; give it as a number ({value.strip()}), not in quotes"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return f"{value!r}, which is not a number"
     if not isinstance(value, numbers.Integral) or abs(value) < 10**30:
@@ -117,6 +119,13 @@ def shown_number(value) -> str:
     digits = int(math.log10(abs(value))) + 1  # the float may round 99...9 up: correct it exactly
     digits -= 10 ** (digits - 1) > abs(value)
     return f"a{' negative' if value < 0 else ''} number of {digits} digits"
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def check_text(option: str, text: str) -> None:
