@@ -621,7 +621,8 @@ def test_mixed_precision_auto_follows_the_cpu(bfloat16_cpu, monkeypatch, native)
                          "--mixed-precision on is likely slower here; use --mixed-precision off")
     narrow_note = session_module.mixed_precision_note("auto", units - 1, "float32")
     assert narrow_note == (f"mixed precision (auto): float32, since layers of {units - 1} units train no faster in "
-                           f"bfloat16 (it starts at {units}; --mixed-precision on forces it)" if native else None)
+                           f"bfloat16 (auto uses it from {units} units; --mixed-precision on forces it)"
+                           if native else None)
     monkeypatch.setattr(textgen.fast_lstm, "gpu_visible", lambda: True)  # the cuDNN layer trains in float32
     assert session_module.training_precision(TrainConfig(mixed_precision="on"), units) == "float32"
     timed = len(timings)

@@ -328,8 +328,8 @@ def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[s
             return (f"mixed precision (auto): float32, since {rate.replace(' at ', ' at only ')} (auto wants "
                     f"{BFLOAT16_MIN_SPEEDUP:g}x; --mixed-precision on forces bfloat16)")
         if native:
-            return (f"mixed precision (auto): float32, since layers of {units} units train no faster in bfloat16 "
-                    f"(it starts at {BFLOAT16_MIN_UNITS}; --mixed-precision on forces it)")
+            return (f"mixed precision (auto): float32, since layers of {units} units train no faster in "
+                    f"bfloat16 (auto uses it from {BFLOAT16_MIN_UNITS} units; --mixed-precision on forces it)")
         return None
     if gpu_visible():
         return ("note: --mixed-precision on applies to the CPU training path only; on this GPU the cuDNN LSTM "
