@@ -191,6 +191,9 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                            "path (the text itself? save it to a file and give that file's path)"),
                           (lambda: textgen.train("hello world\nagain", run="r", checkpoint_dir=tmp_path),
                            "got 17 characters that hold a line break"),
+                          (lambda: textgen.train("The cat sat on the mat. " * 10, run="r", checkpoint_dir=tmp_path),
+                           "^corpus file not found: The cat sat on the mat. The cat sat on the mat. The cat s\\.\\.\\. "
+                           "\\(check the path; the text itself\\? save it to a file and give that file's path\\)$"),
                           (lambda: textgen.load("x" * 300, checkpoint_dir=tmp_path), "300 characters: too long"),
                           (lambda: textgen.load("r", checkpoint_dir=tmp_path / ("y" * 300)),
                            "^checkpoint_dir: too long for a path")):

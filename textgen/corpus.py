@@ -49,7 +49,11 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
         raise TextgenError(f"{what} must be the path of a text file, got {len(str(path)):,} characters that {why} "
                            "(the text itself? save it to a file and give that file's path)")
     if not path.exists():
-        raise TextgenError(f"{what} file not found: {path} (check the path)")
+        name = str(path)
+        if len(name.split()) >= 5:  # words rather than a file's name: a sentence given for the file, shown in part
+            raise TextgenError(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
+                               "path; the text itself? save it to a file and give that file's path)")
+        raise TextgenError(f"{what} file not found: {name} (check the path)")
     if path.is_dir():
         raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
     if not os.access(path, os.R_OK):
