@@ -182,7 +182,9 @@ def test_a_time_budget_leaves_out_the_start_up():
     assert sizing.training_seconds(0.05) == 3 / 4  # at least a quarter of a budget shorter than the start-up
     config = TrainConfig(max_minutes=0.3, epochs=0)
     result = sizing.choose(418_616, 103, config, {}, {}, lambda shape, batch: 50_000)
-    assert "~0.55M characters" in result.reason  # 11 s at 50,000 characters per second, not 18
+    assert "~550,000 characters (1.31 epochs)" in result.reason  # 11 s at 50,000 characters per second, not 18
+    result = sizing.choose(418_616, 103, TrainConfig(max_minutes=10, epochs=0), {}, {}, lambda shape, batch: 50_000)
+    assert "~29.6M characters (70.8 epochs)" in result.reason  # a million and more in millions
 
 
 

@@ -140,7 +140,8 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     layers, units, embedding = shape
     model = {**dict(layers=layers, units=units, embedding_dim=embedding, dropout=dropout), **user_model}
     training = {**dict(batch_size=batch, weight_decay=weight_decay), **user_training}
-    budget = (f"{config.max_minutes:g} minutes, ~{chars / 1e6:.3g}M characters ({epochs:.3g} epochs) at this "
+    amount = f"{chars / 1e6:.3g}M" if chars >= 1e6 else f"{float(f'{chars:.3g}'):,.0f}"  # ~3.87M, ~60,400
+    budget = (f"{config.max_minutes:g} minutes, ~{amount} characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
     over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "
