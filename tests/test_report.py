@@ -71,6 +71,8 @@ def test_info_and_runs_show_the_stored_numbers(trained_run):
     model, _ = load_model(trained_run["run_dir"])
     assert f"{model.count_params():,} parameters" in info.output
     assert "\nprecision      float32 in every epoch\n" in info.output  # 32 units: auto stays in float32 anywhere
+    training = next(line for line in info.output.splitlines() if line.startswith("training "))
+    assert "lr_schedule cosine" in training and "lr_decay" not in training  # what a cosine run never read
     # the steps, characters and minutes (a run of --epochs lost them to a misplaced conditional)
     assert f"\nprogress       3 of 3 epochs, {meta['global_step']:,} steps, {meta['chars_seen']:,} characters, " \
         in info.output
