@@ -1,5 +1,6 @@
 """The Python API end to end: textgen.train, textgen.load, generate, stream, score."""
 
+import logging
 import math
 import re
 import subprocess
@@ -210,7 +211,7 @@ def test_a_run_directory_loads_whatever_the_default_checkpoint_directory_is(trai
     assert textgen.load(trained_run["run_dir"]).run_dir == trained_run["run_dir"]
 
 
-def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus):
+def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, periodic_corpus, caplog):
     import inspect
 
     shown = inspect.signature(textgen.train).parameters  # what help(textgen.train) shows: every keyword by name
@@ -267,9 +268,14 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     keras.utils.set_random_seed(9)
     assert keras.random.uniform((3,)).numpy().tolist() == keras_draws[0]
     random.seed(3), np.random.seed(3), tf.random.set_seed(17)
-    trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
-                            strategy="single", callbacks=None, **TINY_MODEL, **TINY_TRAINING)  # the command's too
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
+                                strategy="single", callbacks=None, **TINY_MODEL, **TINY_TRAINING)  # the command's too
     assert trained.run_dir == tmp_path / "r" and trained.info["epochs"] == 1
+    # The log names the options as the call passed them, as its errors do.
+    [sizing] = [record.getMessage() for record in caplog.records if record.getMessage().startswith("sizing")]
+    assert sizing.startswith("sizing (size='auto'): ") and "(layers, units, embedding_dim yours)" in sizing
+    assert sizing.endswith("explicit options win, size='fixed' keeps the defaults") and "--" not in sizing
     # The caller's generators as they were: training seeds all three and Keras draws from Python's for each layer.
     assert (random.random(), np.random.random()) == (random.Random(3).random(), np.random.RandomState(3).random())
     assert context.global_seed() == 17

@@ -11,9 +11,11 @@ Bad input raises :class:`textgen.TextgenError` (options: its subclass ``OptionEr
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -288,6 +290,24 @@ def _train_keywords(error: TextgenError) -> TextgenError:
     return as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES)
 
 
+@contextlib.contextmanager
+def _log_in_keywords():
+    """The training log of this call in the words of its Python call, as its errors are (size='fixed' where the
+    command's log says --size fixed): only this thread's records, a server's in another thread are its own."""
+    caller = threading.get_ident()
+
+    def rewrite(record: logging.LogRecord) -> bool:
+        if record.thread == caller and "--" in (text := record.getMessage()):
+            record.msg, record.args = str(_train_keywords(TextgenError(text))), None
+        return True
+
+    logger.addFilter(rewrite)
+    try:
+        yield
+    finally:
+        logger.removeFilter(rewrite)
+
+
 def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
           checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
           resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
@@ -326,9 +346,10 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
 
     try:
         model_options, train_options = split_training_options(options)
-        summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
-                               resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
-                               strategy=strategy)
+        with _log_in_keywords():
+            summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
+                                   resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
+                                   strategy=strategy)
     except TextgenError as error:
         if error.python_message is not None:  # its advice written as a call already (as Interrupted's)
             raise TextgenError(error.python_message) from None
