@@ -173,9 +173,11 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     (lambda m: m.generate(stop="x" * 1001), "^a stop string may have at most 1,000 characters, got one of 1,001$"),
     (lambda m: m.stream(prime="xyz"), "the prime contains characters the model never saw"),  # when called
     # A value of the wrong type says so: "got 10" would look valid.
-    (lambda m: m.generate(temperature="0.5"), r"got the text '0\.5'; give it as a number \(0\.5\), not in quotes$"),
+    (lambda m: m.generate(temperature="0.5"), r"got the text '0\.5'; give it as a number, not in quotes$"),
     (lambda m: m.generate(length="100"), r"^length must be an integer in \[0, 1e\+07\], got the text '100'; give it "
-                                         r"as a number \(100\), not in quotes$"),
+                                         r"as a number, not in quotes$"),
+    (lambda m: m.generate(length="1" * 300), r"^length must be an integer in \[0, 1e\+07\], got the text of 300 "
+                                             r"characters; give it as a number, not in quotes$"),
     (lambda m: m.generate(temperature="warm"), r"got 'warm', which is not a number$"),
     (lambda m: m.next_char_probabilities("ab", temperature=[0.2, 1.0]),
      "^temperature must be one number here; call next_char_probabilities once per temperature$"),
@@ -192,6 +194,11 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                            "path (the text itself? save it to a file and give that file's path)"),
                           (lambda: textgen.train("hello world\nagain", run="r", checkpoint_dir=tmp_path),
                            "got 17 characters that hold a line break"),
+                          # A path with spaces is a path: shown whole, without the hint.
+                          (lambda: textgen.train(tmp_path / "My Books" / "the war of the worlds.txt", run="r",
+                                                 checkpoint_dir=tmp_path),
+                           f"^corpus file not found: {re.escape(str(tmp_path))}/My Books/the war of the worlds\\.txt "
+                           "\\(check the path\\)$"),
                           (lambda: textgen.train("The cat sat on the mat. " * 10, run="r", checkpoint_dir=tmp_path),
                            "^corpus file not found: The cat sat on the mat. The cat sat on the mat. The cat s\\.\\.\\. "
                            "\\(check the path; the text itself\\? save it to a file and give that file's path\\)$"),
@@ -472,3 +479,31 @@ def test_next_char_probabilities_are_the_models_softmax_after_the_prime(model, t
     assert model.next_char_probabilities("abcx", skip_unknown=True) == model.next_char_probabilities("abc")
     with pytest.raises(textgen.OptionError, match=r"^temperature must be in \[0, 1e\+06\], got -1"):
         model.next_char_probabilities("abc", temperature=-1)
+
+
+def test_the_training_log_in_keywords_keeps_paths_quoted_commands_and_other_threads(caplog):
+    """Only the options of the calling thread's records are rewritten: a path or a quoted command holding ' --seed'
+    stays as it is, another thread's records (a server's) keep the command line's words, and a record that
+    cannot be formatted is left to logging to report, not raised into the training."""
+    import threading
+
+    from textgen.api import _keyword_record, _log_in_keywords
+
+    log = logging.getLogger("textgen")
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        with _log_in_keywords("/data --overwrite/c.txt", "/ck --seed 5"):
+            log.info("training /ck --seed 5/r on /data --overwrite/c.txt: convert it first (dos2unix "
+                     "'a --units 3.txt') and train again with --overwrite; --strategy mirrored found no GPU; --size %s",
+                     "fixed")
+            bad = log.makeRecord("textgen", logging.INFO, __file__, 1, "%d", ("not a number",), None)
+            assert _keyword_record(bad) is True  # logging reports it as it would without the filter; not raised
+            other = threading.Thread(target=lambda: log.info("another thread: --size fixed"))
+            other.start()
+            other.join()
+        log.info("after the call: --size fixed")
+    first, served, after = caplog.records
+    assert first.getMessage() == ("training /ck --seed 5/r on /data --overwrite/c.txt: convert it first (dos2unix "
+                                  "'a --units 3.txt') and train again with overwrite=True; strategy='mirrored' found "
+                                  "no GPU; size='fixed'")
+    assert served.getMessage() == "another thread: --size fixed"
+    assert after.getMessage() == "after the call: --size fixed"

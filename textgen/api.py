@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -23,6 +24,7 @@ from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
                             SampleConfig, TrainConfig, command_line_options, rules, sample_config_of,
                             split_training_options, temperature_values)
+from textgen.distribute import STRATEGIES
 from textgen.errors import OptionError, TextgenError, as_keywords
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
@@ -36,8 +38,8 @@ TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(comman
 # The words that are values where they follow a train() option: any after run and checkpoint_dir (--run demo), and
 # the choices of the options that have them (--size auto).
 TRAIN_VALUED = frozenset({"run", "checkpoint_dir"})
-TRAIN_CHOICES = frozenset(choice for config in (ModelConfig, TrainConfig) for rule in rules(config).values()
-                          for choice in rule.choices or ())
+TRAIN_CHOICES = frozenset([*(choice for config in (ModelConfig, TrainConfig) for rule in rules(config).values()
+                            for choice in rule.choices or ()), *STRATEGIES])
 
 
 def _sampling_errors_as_keywords(method):
@@ -290,22 +292,42 @@ def _train_keywords(error: TextgenError) -> TextgenError:
     return as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES)
 
 
+_KEYWORD_THREADS: dict = {}  # thread id -> the texts left as they are in its records (paths), while it trains
+
+
 @contextlib.contextmanager
-def _log_in_keywords():
+def _log_in_keywords(*paths):
     """The training log of this call in the words of its Python call, as its errors are (size='fixed' where the
-    command's log says --size fixed): only this thread's records, a server's in another thread are its own."""
-    caller = threading.get_ident()
-
-    def rewrite(record: logging.LogRecord) -> bool:
-        if record.thread == caller and "--" in (text := record.getMessage()):
-            record.msg, record.args = str(_train_keywords(TextgenError(text))), None
-        return True
-
-    logger.addFilter(rewrite)
+    command's log says --size fixed): only this thread's records (a server's in another thread are its own), and
+    neither the paths given nor a quoted text (a command to run, such as dos2unix 'a --overwrite.txt')."""
+    if _keyword_record not in logger.filters:
+        logger.addFilter(_keyword_record)  # one filter for every thread, added once
+    thread = threading.get_ident()
+    _KEYWORD_THREADS[thread] = [str(path) for path in paths if path is not None]
     try:
         yield
     finally:
-        logger.removeFilter(rewrite)
+        _KEYWORD_THREADS.pop(thread, None)
+
+
+def _keyword_record(record: logging.LogRecord) -> bool:
+    kept = _KEYWORD_THREADS.get(threading.get_ident())  # (a filter runs in the thread that logs)
+    if kept is None:
+        return True
+    try:
+        text = record.getMessage()
+    except Exception:  # a record that cannot be formatted: logging reports it, as without this filter
+        return True
+    if "--" in text:
+        masks = {f"\0{index}\0": piece for index, piece in enumerate(
+            sorted({*kept, *re.findall(r"'[^']*'", text)}, key=len, reverse=True))}
+        for mask, piece in masks.items():
+            text = text.replace(piece, mask)
+        text = str(_train_keywords(TextgenError(text)))
+        for mask, piece in masks.items():
+            text = text.replace(mask, piece)
+        record.msg, record.args = text, None
+    return True
 
 
 def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
@@ -346,7 +368,7 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
 
     try:
         model_options, train_options = split_training_options(options)
-        with _log_in_keywords():
+        with _log_in_keywords(corpus, checkpoint_dir):
             summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
                                    resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                    strategy=strategy)

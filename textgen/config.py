@@ -111,7 +111,8 @@ def shown_number(value) -> str:
     """A value for an error message: a 400-digit integer (a JSON request may send one) is shortened, and what is not
     a number says so (the text '10' printed as 10 would look valid)."""
     if isinstance(value, str) and _reads_as_number(value):  # '100' from Python or JSON: the fix is the quotes
-        return f"the text {value!r}; give it as a number ({value.strip()}), not in quotes"
+        shown = repr(value) if len(value) <= 30 else f"of {len(value):,} characters"
+        return f"the text {shown}; give it as a number, not in quotes"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return f"{value!r}, which is not a number"
     if not isinstance(value, numbers.Integral) or abs(value) < 10**30:

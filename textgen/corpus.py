@@ -50,7 +50,7 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
                            "(the text itself? save it to a file and give that file's path)")
     if not path.exists():
         name = str(path)
-        if len(name.split()) >= 5:  # words rather than a file's name: a sentence given for the file, shown in part
+        if len(name.split()) >= 5 and os.sep not in name and "/" not in name:  # a sentence given for the file
             raise TextgenError(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
                                "path; the text itself? save it to a file and give that file's path)")
         raise TextgenError(f"{what} file not found: {name} (check the path)")

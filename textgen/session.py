@@ -26,13 +26,13 @@ def callers_random_state_kept():
     draws. TensorFlow's comes back as its global seed (unset, or the caller's, whose per-op sequence starts again);
     Keras's as the caller's seed and SeedGenerator (keras.random's draws without a seed go on where they were)."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    tensorflow_seed, keras_state = None, None
+    tensorflow_seed = None
     if "tensorflow" in sys.modules:  # else it was never set: importing TensorFlow here would slow every refusal
         from tensorflow.python.eager import context
 
         tensorflow_seed = context.global_seed()
-    if "keras" in sys.modules:
-        keras_state = _keras_seed_state()
+    # (Keras not imported yet: it had no seed, and training's is taken back to none)
+    keras_state = _keras_seed_state() if "keras" in sys.modules else dict.fromkeys(_KERAS_SEED_ATTRIBUTES)
     try:
         yield
     finally:

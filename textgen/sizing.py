@@ -140,7 +140,8 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     layers, units, embedding = shape
     model = {**dict(layers=layers, units=units, embedding_dim=embedding, dropout=dropout), **user_model}
     training = {**dict(batch_size=batch, weight_decay=weight_decay), **user_training}
-    amount = f"{chars / 1e6:.3g}M" if chars >= 1e6 else f"{float(f'{chars:.3g}'):,.0f}"  # ~3.87M, ~60,400
+    rounded = float(f"{chars:.3g}")  # ~3.87M, ~60,400 (and 999,600 rounds to ~1M, not ~1,000,000)
+    amount = f"{rounded / 1e6:.3g}M" if rounded >= 1e6 else f"{rounded:,.0f}"
     budget = (f"{config.max_minutes:g} minutes, ~{amount} characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
