@@ -288,8 +288,9 @@ def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, c
         raise _train_keywords(error) from None
 
 
-def _train_keywords(error: TextgenError) -> TextgenError:
-    return as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES)
+def _train_keywords(error: TextgenError, keep=()) -> TextgenError:
+    return as_keywords(error, TRAIN_KEYWORDS, TRAIN_FLAGS, valued=TRAIN_VALUED, choices=TRAIN_CHOICES,
+                       keep=[str(text) for text in keep if text is not None])
 
 
 _KEYWORD_THREADS: dict = {}  # thread id -> the texts left as they are in its records (paths), while it trains
@@ -303,7 +304,7 @@ def _log_in_keywords(*paths):
     if _keyword_record not in logger.filters:
         logger.addFilter(_keyword_record)  # one filter for every thread, added once
     thread = threading.get_ident()
-    _KEYWORD_THREADS[thread] = [str(path) for path in paths if path is not None]
+    _KEYWORD_THREADS[thread] = paths
     try:
         yield
     finally:
@@ -319,14 +320,8 @@ def _keyword_record(record: logging.LogRecord) -> bool:
     except Exception:  # a record that cannot be formatted: logging reports it, as without this filter
         return True
     if "--" in text:
-        masks = {f"\0{index}\0": piece for index, piece in enumerate(
-            sorted({*kept, *re.findall(r"'[^']*'", text)}, key=len, reverse=True))}
-        for mask, piece in masks.items():
-            text = text.replace(piece, mask)
-        text = str(_train_keywords(TextgenError(text)))
-        for mask, piece in masks.items():
-            text = text.replace(mask, piece)
-        record.msg, record.args = text, None
+        record.msg = str(_train_keywords(TextgenError(text), keep=[*kept, *re.findall(r"'[^']*'", text)]))
+        record.args = None
     return True
 
 
@@ -375,7 +370,7 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
     except TextgenError as error:
         if error.python_message is not None:  # its advice written as a call already (as Interrupted's)
             raise TextgenError(error.python_message) from None
-        raise _train_keywords(error) from None
+        raise _train_keywords(error, keep=(corpus, checkpoint_dir)) from None
     except Interrupted as stopped:  # advice to resume with textgen.train(...), not with the command
         raise stopped.in_python() from None
     return TextModel(summary["run_dir"], "best")

@@ -37,6 +37,9 @@ class Corpus:
         return len(self.ids)
 
 
+TEXT_FOR_A_PATH = "the text itself? save it to a file and give that file's path"  # what a text given as a path hears
+
+
 def check_readable(path: Path, what: str = "corpus", read_once: bool = False) -> None:
     """Refuse paths that cannot be a text file, before any work is done. A corpus is read more than once (its
     fingerprint, its vocabulary, its encoding), so only a file that is ``read_once`` may be a pipe."""
@@ -47,12 +50,12 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
     if too_long_for_a_path(path) or (not path.exists() and "\n" in str(path)):  # its text given for the file
         why = "hold a line break" if "\n" in str(path) else "are too long for a path"
         raise TextgenError(f"{what} must be the path of a text file, got {len(str(path)):,} characters that {why} "
-                           "(the text itself? save it to a file and give that file's path)")
+                           f"({TEXT_FOR_A_PATH})")
     if not path.exists():
         name = str(path)
         if len(name.split()) >= 5 and os.sep not in name and "/" not in name:  # a sentence given for the file
             raise TextgenError(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
-                               "path; the text itself? save it to a file and give that file's path)")
+                               f"path; {TEXT_FOR_A_PATH})")
         raise TextgenError(f"{what} file not found: {name} (check the path)")
     if path.is_dir():
         raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")

@@ -32,13 +32,15 @@ _PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")  # NAME, CORPUS
 
 
 def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[str] = (), json: bool = False,
-                valued: Collection[str] = (), choices: Collection[str] = ()) -> TextgenError:
+                valued: Collection[str] = (), choices: Collection[str] = (),
+                keep: Collection[str] = ()) -> TextgenError:
     """The error as the Python API (or, with json, the HTTP API) gives it: the options in names spelled as keywords
     (--epochs 20 as epochs=20, --run NAME as run=NAME, a flag in flags when asked for, "pass --resume" or "--resume
     to", as resume=True) or JSON fields ("epochs": 20, "skip_unknown": true). The word after an option is its value
     when it is a number or a placeholder, one of choices (--size auto), or whatever follows an option in valued
     (--run demo); else it stays a word of the sentence (--epochs must be ...). The rest of the message, and the
-    commands in it, as the command line has it. Of the same class as error, with its attributes."""
+    commands in it, as the command line has it, and the texts in keep (paths, which may hold " --seed 5"). Of the
+    same class as error, with its attributes."""
 
     def keyword(match: re.Match) -> str:
         name, word, tail = match["name"].replace("-", "_"), match["word"], match["after"] or ""
@@ -57,11 +59,17 @@ def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[s
         return (match["asked"] or "") + spelled + tail
 
     text, pieces, start = str(error), [], 0
+    masks = {f"\0{index}\0": piece for index, piece in enumerate(sorted(set(keep) - {""}, key=len, reverse=True))}
+    for mask, piece in masks.items():
+        text = text.replace(piece, mask)
     for command in _COMMAND.finditer(text):
         pieces += [_OPTION.sub(keyword, text[start:command.start()]), command.group(0)]
         start = command.end()
     pieces.append(_OPTION.sub(keyword, text[start:]))
+    text = "".join(pieces)
+    for mask, piece in masks.items():
+        text = text.replace(mask, piece)
     renamed = type(error).__new__(type(error))  # not type(error)(message): subclasses take other arguments
     renamed.__dict__.update(error.__dict__)
-    renamed.args = ("".join(pieces),)
+    renamed.args = (text,)
     return renamed

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import random
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -250,24 +248,14 @@ def _timed_bfloat16_speedup() -> float:
 
 @functools.lru_cache(maxsize=1)
 def _probe_bfloat16() -> float:
-    """The probe's best time in float32 over its best in bfloat16, the two types timed in alternate blocks (a busy
-    moment of a shared machine slows both, not one)."""
+    """The probe's float32 time over its bfloat16 time."""
     import tensorflow as tf
 
-    units, numbers = BFLOAT16_PROBE_UNITS, np.random.default_rng(0)  # (not TensorFlow's seeded generator)
-    a, b = numbers.standard_normal((64, 2 * units), np.float32), numbers.standard_normal((2 * units, 4 * units),
-                                                                                        np.float32)
-    operands = {dtype: (tf.cast(a, dtype), tf.cast(b, dtype)) for dtype in (tf.float32, tf.bfloat16)}
-    best = {}
-    for block in range(7):
-        for dtype, (x, y) in operands.items():
-            start = time.perf_counter()
-            for _ in range(4):
-                product = tf.linalg.matmul(x, y)
-            product.numpy()
-            if block:  # the first block of each type creates its kernels
-                best[dtype] = min(best.get(dtype, math.inf), time.perf_counter() - start)
-    return best[tf.float32] / best[tf.bfloat16]
+    from textgen.sizing import matmul_operands, matmul_seconds
+
+    units = BFLOAT16_PROBE_UNITS
+    seconds = matmul_seconds(matmul_operands(64, 2 * units, 4 * units, (tf.float32, tf.bfloat16)), blocks=6)
+    return seconds[tf.float32] / seconds[tf.bfloat16]
 
 
 def uses_mixed_precision(config: TrainConfig, units: int, strategy=None) -> bool:
@@ -316,16 +304,18 @@ def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[s
         return None
     native, wide = _native_bfloat16(), units >= BFLOAT16_MIN_UNITS
     speedup = _timed_bfloat16_speedup() if native and (wide or setting == "on") else None  # (timed already)
-    rate = f"this CPU multiplies bfloat16 at {speedup:.2f}x float32's speed" if speedup is not None else ""
+    def rate(only: str = "") -> str:
+        return f"this CPU multiplies bfloat16 at {only}{speedup:.2f}x float32's speed"
+
     if precision == "bfloat16" and native:
         slow = speedup is not None and speedup < BFLOAT16_MIN_SPEEDUP
         return (f"mixed precision{' (auto)' if setting == 'auto' else ''}: LSTM training matmuls in bfloat16 "
-                "(weights, state and validation in float32)" + (f"; {rate}" if rate else "")
+                "(weights, state and validation in float32)" + (f"; {rate()}" if speedup is not None else "")
                 + (", so it is likely no faster here: use --mixed-precision auto or off" if slow else "")
                 + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32"))
     if setting == "auto":
         if speedup is not None:
-            return (f"mixed precision (auto): float32, since {rate.replace(' at ', ' at only ')} (auto wants "
+            return (f"mixed precision (auto): float32, since {rate('only ')} (auto wants "
                     f"{BFLOAT16_MIN_SPEEDUP:g}x; --mixed-precision on forces bfloat16)")
         if native:
             return (f"mixed precision (auto): float32, since layers of {units} units train no faster in "

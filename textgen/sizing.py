@@ -70,29 +70,48 @@ def parameter_count(shape: tuple[int, int, int], vocab_size: int) -> int:
     return model_config(shape, vocab_size).parameter_count()
 
 
+def matmul_operands(rows: int, width: int, columns: int, dtypes) -> dict:
+    """(rows, width) and (width, columns) operands in each of dtypes (TensorFlow dtypes), the same numbers in each.
+    Drawn from NumPy, not TensorFlow's generator: a run seeded before a timing draws the same weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    numbers = np.random.default_rng(0)
+    a, b = numbers.standard_normal((rows, width), np.float32), numbers.standard_normal((width, columns), np.float32)
+    return {dtype: (tf.cast(a, dtype), tf.cast(b, dtype)) for dtype in dtypes}
+
+
+def matmul_seconds(operands: dict, blocks: int = 5) -> dict:
+    """Seconds per product of each (a, b) in operands: the best of blocks of at least 10 ms, the operands taking
+    turns block by block (a busy moment of a shared machine slows each, not one); a first product of each, which
+    creates its kernels, is not timed."""
+    import tensorflow as tf
+
+    for a, b in operands.values():
+        tf.linalg.matmul(a, b).numpy()
+    best = dict.fromkeys(operands, math.inf)
+    for _ in range(blocks):
+        for key, (a, b) in operands.items():
+            repeats, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < 0.01:
+                for _ in range(5):
+                    result = tf.linalg.matmul(a, b)
+                result.numpy()
+                repeats += 5
+            best[key] = min(best[key], elapsed / repeats)
+    return best
+
+
 def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool, blocks: int = 5) -> float:
     """FLOP/s of this machine on the shape's largest training matmul, (batch, input + units) x (.., 4 units):
     the best of a few short blocks, so that a busy moment of a shared machine does not decide the model."""
-    import numpy as np
     import tensorflow as tf
 
     layers, units, embedding = shape
     width = (units if layers > 1 else embedding) + units
     dtype = tf.bfloat16 if bfloat16 else tf.float32
-    numbers = np.random.default_rng(0)  # not TensorFlow's generator: a run seeded before this draws the same weights
-    a = tf.cast(numbers.standard_normal((batch, width), np.float32), dtype)
-    b = tf.cast(numbers.standard_normal((width, 4 * units), np.float32), dtype)
-    tf.linalg.matmul(a, b).numpy()
-    best = 0.0
-    for _ in range(blocks):
-        repeats, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < 0.01:
-            for _ in range(5):
-                result = tf.linalg.matmul(a, b)
-            result.numpy()
-            repeats += 5
-        best = max(best, 2.0 * batch * width * 4 * units * repeats / elapsed)
-    return best
+    [seconds] = matmul_seconds(matmul_operands(batch, width, 4 * units, [dtype]), blocks).values()
+    return 2.0 * batch * width * 4 * units / seconds
 
 
 def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,
