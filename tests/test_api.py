@@ -196,7 +196,8 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                            "got 17 characters that hold a line break"),
                           # A path holding an option's spelling is not rewritten as a keyword (seed=5).
                           (lambda: textgen.train(tmp_path / "x --seed 5" / "c.txt", run="r", checkpoint_dir=tmp_path),
-                           f"^corpus file not found: {re.escape(str(tmp_path))}/x --seed 5/c\\.txt \\(check the path\\)$"),
+                           f"^corpus file not found: {re.escape(str(tmp_path))}/x --seed 5/c\\.txt "
+                           "\\(check the path\\)$"),
                           # A path with spaces is a path: shown whole, without the hint.
                           (lambda: textgen.train(tmp_path / "My Books" / "the war of the worlds.txt", run="r",
                                                  checkpoint_dir=tmp_path),
