@@ -1156,6 +1156,17 @@ def test_pace_tells_a_long_run_how_long_it_takes_and_a_log_where_the_epoch_stand
         run.elapsed = 1.2 * step
         pace.on_step_end(run, 1.5)
     assert lines == ["pace: 1.20 s per step, ~28 min per epoch; --max-minutes 90 ends the run in ~89 min"]
+    # make demo's run said "the 6 epochs end in ~1 s" 62 s in: a run ending within the minute is told nothing
+    lines.clear()
+    run.config, run.train_batches = TrainConfig(epochs=6), range(130)
+    state.epoch = 5
+    pace = Pace(terminal=True)
+    pace.on_train_start(run)
+    for step in range(1, 130):
+        state.step_in_epoch, state.global_step = step, 650 + step
+        run.elapsed = 0.6 * step  # told at step 101, 29 steps (17 s) before the end
+        pace.on_step_end(run, 1.5)
+    assert lines == []
 
 
 def test_max_minutes_alone_trains_until_then_with_no_epoch_limit(tmp_path, periodic_corpus):

@@ -219,7 +219,8 @@ class Pace(Callback):
             end = (f"the {counted(run.config.epochs, 'epoch')} end in ~{duration(left * per_step)}"
                    if left * per_step < deadline else
                    f"--max-minutes {run.config.max_minutes:g} ends the run in ~{duration(deadline)}")
-            run.log(f"pace: {per_step:.2f} s per step, ~{duration(steps * per_step)} per epoch; {end}")
+            if min(left * per_step, deadline) >= self.FIRST_S:  # a run ending within the minute is its own answer
+                run.log(f"pace: {per_step:.2f} s per step, ~{duration(steps * per_step)} per epoch; {end}")
             self.told = True
         if not self.terminal and run.elapsed >= self.next_line:
             mean = run.state.epoch_mean_loss
