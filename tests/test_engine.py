@@ -245,13 +245,18 @@ def test_streams_moved_to_a_larger_engine_continue_where_they_were(engine4):
     np.testing.assert_allclose(moved[1], reference[1], atol=1e-5)
 
 
-def test_max_repeat_caps_a_run_of_one_character(engine1):
+def stuck_on_3(engine, streams: int) -> Engine:
+    """engine's model with its logits' bias making id 3 the likeliest always."""
     from textgen.engine import Weights
 
-    bias = np.zeros_like(engine1.weights.dense_bias)
-    bias[3] = 50.0  # the model always wants id 3
-    stuck = Engine(Weights(engine1.weights.table, engine1.weights.recurrent0_t, engine1.weights.stacked_t,
-                           engine1.weights.dense_kernel, bias), 2)
+    bias = np.zeros_like(engine.weights.dense_bias)
+    bias[3] = 50.0
+    return Engine(Weights(engine.weights.table, engine.weights.recurrent0_t, engine.weights.stacked_t,
+                          engine.weights.dense_kernel, bias), streams)
+
+
+def test_max_repeat_caps_a_run_of_one_character(engine1):
+    stuck = stuck_on_3(engine1, 2)
 
     def longest_runs(ids):
         runs = []
@@ -274,3 +279,16 @@ def test_max_repeat_caps_a_run_of_one_character(engine1):
     assert longest_runs(guarded) == [4, 2]
     assert list(guarded[0][:3]) == [3, 3, guarded[0][2]] and guarded[0][2] != 3  # 2 from the prime + 2 = 4
     assert (guarded == 3).mean() > 0.6  # it still prefers 3 whenever it may
+
+
+def test_the_repeat_guard_goes_with_a_stream_that_joins_or_moves(engine1):
+    """A server's request joins a running batch (prime_rows), then the batch moves into a larger engine
+    (take_streams): each stream's last character and its run go with it."""
+    stuck = stuck_on_3(engine1, 2)
+    stuck.prime(np.array([[1, 3], [1, 2]]))
+    stuck.prime_rows([1], np.array([[1, 3, 3]]))  # the request joining ends its prime with two 3s
+    larger = stuck_on_3(engine1, 4)
+    larger.take_streams(stuck, [1, 0])
+    ids = larger.sample(3, temperature=[0.0] * 4, max_repeat=[2, 2, 0, 0], rng=np.random.default_rng(0))
+    assert ids[0, 0] != 3 and list(ids[0, 1:]) == [3, 3]  # the prime's 3, 3 already met the limit
+    assert ids[1, 0] == 3 and ids[1, 1] != 3 and ids[1, 2] == 3  # the running stream's own 3 counted, not the join's

@@ -250,16 +250,14 @@ class Engine:
             use_repeat, max_repeat = "max_repeat" in used, filters["max_repeat"]
 
             def body(t, out, logits, hs, cs, last_id, run):
-                if use_repeat:  # a stream at its limit cannot pick its last character again
-                    blocked = (max_repeat > 0) & (run >= max_repeat)
-                    repeat = tf.one_hot(last_id, vocab, on_value=True, off_value=False)
-                    logits = tf.where(blocked[:, None] & repeat, tf.fill(tf.shape(logits), -np.inf), logits)
+                if use_repeat:
+                    logits = sampling.guard_repeats_tf(logits, last_id, run, max_repeat)
                 if greedy_only:
                     ids = tf.argmax(logits, axis=1, output_type=tf.int32)
                 else:
                     ids = sampling.choose_tf(logits, uniforms[t], temperature, **chosen)
                 if use_repeat:  # the runs are followed inside the loop only when a guard needs them
-                    run = tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
+                    run = sampling.follow_runs_tf(ids, last_id, run)
                 logits, hs, cs = _step(weights, ids, hs, cs, gathers_columns)
                 return t + 1, out.write(t, ids), logits, hs, cs, ids, run
 

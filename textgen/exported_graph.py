@@ -149,17 +149,17 @@ class ExportedGraph(tf.Module):
         temperatures = tf.fill([1], temperature)  # 0: always the most likely
         # The repeat guard, as textgen's engine keeps it: the last id and how many times in a row it has come,
         # the prime's own trailing run included.
-        last_id = context[-1:]
+        last_id = tf.reshape(context[-1], [1])
         differs = tf.not_equal(context, last_id)
         run = tf.size(context) - 1 - tf.reduce_max(tf.where(differs, tf.range(tf.size(context)), -1))
+        run = tf.reshape(run, [1])
 
         def body(t, out, last, h, c, last_id, run):
-            if max_repeat is not None:  # a character that has come max_repeat times in a row cannot come again
-                blocked = (max_repeat > 0) & (run >= max_repeat)
-                last = tf.where(blocked & tf.equal(tf.range(len(self.vocab)), last_id)[None, :], float("-inf"), last)
+            if max_repeat is not None:
+                last = sampling.guard_repeats_tf(last, last_id, run, max_repeat)
             uniform = tf.random.stateless_uniform([1], seed=tf.stack([seed, tf.cast(t, tf.int64)]))
             chosen = sampling.choose_tf(last, tf.minimum(uniform, sampling.U_MAX), temperatures, **cut_offs)
-            run = tf.where(tf.equal(chosen[0], last_id[0]), run + 1, 1)
+            run = sampling.follow_runs_tf(chosen, last_id, run)
             last, h, c = self._one_step(chosen, h, c)
             return t + 1, out.write(t, chosen[0]), last, h, c, chosen, run
 

@@ -20,8 +20,8 @@ The rule, for one row of logits ``l`` (V,), a uniform ``u`` in [0, 1) and temper
    first id whose ``cdf`` exceeds ``u * cdf[-1]``. A filter added later that could keep nothing falls back
    to the greedy pick (``choose_tf`` does; so does the NumPy twin).
 
-The repeat guard (``--max-repeat``) is not part of the rule: the engine sets the logit of a stream's last
-character to -inf before the rule when the stream has repeated it too often.
+The repeat guard (``--max-repeat``, :func:`guard_repeats_tf`) is not part of the rule: the engine sets the logit of a
+stream's last character to -inf before the rule when the stream has repeated it too often.
 
 Uniforms are used at float32 precision and clamped to ``1 - 2**-23`` (float64 values just below 1
 round to 1.0 in float32), which guarantees ``u * total < total`` so the pick is always a kept
@@ -189,6 +189,24 @@ def choose_tf(logits, uniforms, temperature, *, top_k=None, top_p=None, min_p=No
     # sampled == vocab: nothing was left to draw from (the filters and --max-repeat together excluded every
     # character), so the likeliest. (Testing the total weight instead made 64-stream sampling ~20% slower.)
     return tf.where(greedy | (sampled >= vocab), greedy_ids, sampled)
+
+
+def guard_repeats_tf(logits, last_id, run, max_repeat):
+    """The repeat guard (``--max-repeat``), before the rule: a stream whose last id (N,) has come ``run`` (N,) times
+    in a row cannot pick it again once that reaches ``max_repeat`` (scalar or (N,)) > 0. The engine's loop and the
+    exported graph both apply it."""
+    import tensorflow as tf
+
+    blocked = (max_repeat > 0) & (run >= max_repeat)
+    repeat = tf.one_hot(last_id, tf.shape(logits)[1], on_value=True, off_value=False)
+    return tf.where(blocked[:, None] & repeat, tf.constant(-np.inf, logits.dtype), logits)
+
+
+def follow_runs_tf(ids, last_id, run):
+    """The run lengths (N,) after ids (N,) follow last_id (N,): one more where a stream picked its last id again."""
+    import tensorflow as tf
+
+    return tf.where(tf.equal(ids, last_id), run + 1, tf.ones_like(run))
 
 
 def _column(tf, value, dtype):
