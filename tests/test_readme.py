@@ -38,3 +38,41 @@ def test_the_training_and_sampling_tables_name_every_option():
         listed = set(re.findall(r"`(--[a-z][a-z0-9-]*)", table))
         options = {name for param in cli.commands[command].params for name in param.opts if name.startswith("--")}
         assert options - {"--help"} <= listed, f"README's {section[3:]} table lacks {sorted(options - listed)}"
+
+
+def test_the_training_and_sampling_tables_give_each_options_default():
+    """The tables restate each default by hand, and only their option names were checked: a default changed in
+    config.py would have gone on being shown as it was."""
+    import dataclasses
+    import re
+
+    from textgen.config import ModelConfig, SampleConfig, TrainConfig
+
+    def defaults_of(*configs):
+        return {f"--{field.name.replace('_', '-')}": field.default for config in configs
+                for field in dataclasses.fields(config) if field.default is not dataclasses.MISSING}
+
+    shown_as = {None: {"off", "none", "random"}, False: {"off"}, "": {"none"}}
+    readme = README.read_text(encoding="utf-8")
+    for section, defaults in (("## Training", defaults_of(ModelConfig, TrainConfig)),
+                              ("## Sampling", defaults_of(SampleConfig))):
+        compared = 0
+        text = readme[readme.index(section):]
+        table = text[text.index("| option |"):]
+        for row in table[:table.index("\n\n")].splitlines()[2:]:
+            names_cell, default_cell = row.split(" | ")[:2]
+            names = re.findall(r"`(--[a-z][a-z0-9-]*)", names_cell)
+            shown = [value.strip("` ") for value in default_cell.split(",")] if len(names) > 1 else [default_cell]
+            for name, value in zip(names, shown):
+                if name not in defaults:
+                    continue
+                value, default = re.sub(r" \(fixed\)$", "", value.strip("` ")), defaults[name]
+                if isinstance(default, tuple):  # --temperature: one value by default
+                    default = default[0]
+                stale = f"README's {section[3:]} table gives {name} '{value}'; it is {default!r}"
+                if isinstance(default, (int, float)) and not isinstance(default, bool):
+                    assert float(value) == default, stale
+                else:
+                    assert value == default or value in shown_as.get(default, ()), stale
+                compared += 1
+        assert compared == len(defaults), f"README's {section[3:]} table gives {compared} of {len(defaults)} defaults"
