@@ -547,6 +547,25 @@ def test_output_into_a_pipe_or_a_full_device_is_written_there_or_refused(workspa
         assert refused.stderr.strip() == "error: cannot write the output (No space left on device); write it elsewhere"
 
 
+def test_output_to_dev_stdout_goes_after_what_the_redirected_file_holds(workspace, tmp_path):
+    """-o /dev/stdout was refused ("already exists") when stdout went into a file, and with --overwrite the
+    rename replaced that file: what the script had written there before and after was lost."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log.txt"
+    log.write_text("before\n")
+    inode = log.stat().st_ino
+    options = ["sample", "--checkpoint-dir", str(workspace / "ck"), "-n", "5", "-t", "0", "--prime", "ab"]
+    with open(log, "a") as stdout:
+        result = subprocess.run([sys.executable, "-m", "textgen", *options, "-o", "/dev/stdout"], stdout=stdout,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+        stdout.write("after\n")
+    assert result.returncode == 0, result.stderr
+    assert log.stat().st_ino == inode
+    assert log.read_text() == "before\n" + invoke(*options).stdout.rstrip("\n") + "after\n"
+
+
 def test_plot_reads_a_run_left_with_its_best_checkpoint_and_says_what_it_cannot_write(workspace, tmp_path):
     run_dir = shutil.copytree(workspace / "ck" / "good", tmp_path / "ck" / "good")
     (run_dir / "last.json").unlink()

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,17 +368,40 @@ def written_path(path: Path) -> Path:
 
 
 def holds_text(path: Path) -> bool:
-    """Whether --output path is a file with something in it to lose (an empty one, as mktemp makes, has not)."""
-    return path.is_file() and path.stat().st_size > 0
+    """Whether --output path is a file with something in it to lose (an empty one, as mktemp makes, has not; nor
+    has the file this process's output is redirected into, which the text goes after)."""
+    return path.is_file() and path.stat().st_size > 0 and standard_stream(path) is None
+
+
+def standard_stream(path: Path):
+    """sys.stdout or sys.stderr when --output path is the file, pipe or terminal it writes to (/dev/stdout,
+    /proc/self/fd/2): the text goes into that stream, after what it holds (a rename would have replaced the
+    file the shell redirected into, losing what the script wrote there before and after)."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            own = os.fstat(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # a stream without a descriptor (io.StringIO)
+            continue
+        if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
+            return stream
+    return None
 
 
 def write_output(path: Path, text: str, overwrite: bool = False) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
     device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
     check_output(path, overwrite)
+    stream = standard_stream(path)
     path = written_path(path)
     try:
-        if path.exists() and not path.is_file():
+        if stream is not None:
+            stream.write(text)
+            stream.flush()
+        elif path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
         else:
