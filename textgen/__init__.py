@@ -1,5 +1,7 @@
 """textgen: a character-level text generator on a Keras stateful LSTM."""
 
+import importlib
+import importlib.util
 import os
 
 __version__ = "0.1.0"
@@ -26,6 +28,9 @@ def __getattr__(name: str):
         from textgen import api
 
         return getattr(api, name)
+    # textgen.training.train, textgen.callbacks.Callback (README's lower level) after a bare `import textgen`
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'textgen' has no attribute {name!r}")
 
 
