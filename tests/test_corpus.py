@@ -329,3 +329,23 @@ def test_a_text_read_whole_is_refused_past_its_limit_as_soon_as_it_is_read(tmp_p
                                            r"a shorter prime \(its end is what the continuation follows\)$"):
         read_text(path, "prime", max_chars=100)
     assert sum(map(len, chunks)) <= 110  # it stopped reading there
+
+
+def test_writing_the_built_in_corpus_keeps_a_file_already_there(tmp_path, monkeypatch, capsys):
+    """python -m textgen.data mine.txt replaced the user's mine.txt with the corpus, and --help wrote a file named
+    --help; a bare `textgen train` rewrote a data/pydoc_topics.txt that differed from the built-in text."""
+    from textgen.data import build_default_corpus, default_corpus_text, main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    assert shown.value.code == 0 and "--overwrite" in capsys.readouterr().out and not any(tmp_path.iterdir())
+    mine = write_text(tmp_path / "mine.txt", "precious")
+    assert main(["mine.txt"]) == 1 and mine.read_text() == "precious"
+    assert capsys.readouterr().err == ("error: mine.txt already exists and is not the built-in corpus; pass "
+                                       "--overwrite to replace it, or give another path\n")
+    assert build_default_corpus(mine) == mine and mine.read_text() == "precious"
+    assert main(["mine.txt", "--overwrite"]) == 0 and mine.read_text(encoding="utf-8") == default_corpus_text()
+    assert main(["mine.txt"]) == 0 and main([]) == 0  # the same text again; the default path, made with its folder
+    assert (tmp_path / "data" / "pydoc_topics.txt").read_text(encoding="utf-8") == default_corpus_text()
+    assert main(["data"]) == 1 and "error: data is a directory; give a file path" in capsys.readouterr().err

@@ -5,6 +5,7 @@ megabyte of English prose and Python code, ASCII, public with Python's documenta
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,16 +20,36 @@ def default_corpus_text() -> str:
     return "".join(f"{topics[name].strip()}\n\n\n" for name in sorted(topics))
 
 
-def build_default_corpus(path: Path = DEFAULT_CORPUS) -> Path:
-    """Write the default corpus to path (idempotent) and return the path."""
+def build_default_corpus(path: Path = DEFAULT_CORPUS, overwrite: bool = False) -> Path:
+    """Write the default corpus to path and return the path; a file already there is kept (it may be the user's)
+    unless overwrite."""
     path = Path(path)
-    text = default_corpus_text()
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
+    if overwrite or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
+        atomic_write_text(path, default_corpus_text())
     return path
 
 
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m textgen.data",
+                                     description="Write the built-in corpus (Python's documentation topics, from the "
+                                                 "Python that runs this) to PATH.")
+    parser.add_argument("path", nargs="?", default=str(DEFAULT_CORPUS), metavar="PATH",
+                        help=f"the file to write (default: {DEFAULT_CORPUS})")
+    parser.add_argument("--overwrite", action="store_true", help="replace PATH if it holds something else")
+    options = parser.parse_args(argv)
+    path = Path(options.path)
+    if path.is_dir():
+        print(f"error: {path} is a directory; give a file path, such as {path / DEFAULT_CORPUS.name}", file=sys.stderr)
+        return 1
+    if path.exists() and not options.overwrite and path.read_bytes() != default_corpus_text().encode("utf-8"):
+        print(f"error: {path} already exists and is not the built-in corpus; pass --overwrite to replace it, or "
+              "give another path", file=sys.stderr)
+        return 1
+    build_default_corpus(path, overwrite=True)
+    print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
+    return 0
+
+
 if __name__ == "__main__":
-    target = build_default_corpus(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_CORPUS)
-    print(f"wrote {target} ({target.stat().st_size:,} bytes)", file=sys.stderr)
+    sys.exit(main())
