@@ -1040,13 +1040,20 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
     from textgen.serve import create_app
     from textgen.serve_schema import ModelsResponse
 
-    for name in ("main", "gone", "broken"):
+    for name in ("main", "gone", "broken", "later"):
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
     weights = next((tmp_path / "broken").glob("*.weights.h5"))
     weights.write_bytes(weights.read_bytes()[:100])
     with serving(create_app(tmp_path, "main")) as base:
         # listed as a run that cannot be served, before a request finds out (it was listed with its facts)
         listed = {model["name"]: model for model in json.loads(call(base, "/v1/models")[1])["models"]}
+        assert "error" not in listed["later"]  # damaged once listed: listed as such once a request has found out
+        later = next((tmp_path / "later").glob("*.weights.h5"))
+        later.write_bytes(later.read_bytes()[:100])
+        assert call(base, "/v1/generate", dict(run="later", length=5))[0] == 500
+        assert {model["name"]: model for model in json.loads(call(base, "/v1/models")[1])["models"]}["later"] == \
+            {"name": "later", "error": f"checkpoint file later/{later.name} is corrupted (checksum mismatch); train "
+                                       "again with --overwrite or restore the file from a backup"}
         assert listed["broken"] == {"name": "broken", "error": f"checkpoint file broken/{weights.name} is corrupted "
                                                                "(checksum mismatch); train again with --overwrite or "
                                                                "restore the file from a backup"}

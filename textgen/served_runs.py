@@ -4,6 +4,7 @@ again when training saves a newer checkpoint; the least recently used unloaded p
 
 from __future__ import annotations
 
+
 import logging
 import threading
 import time
@@ -148,6 +149,14 @@ class Runs:
                     parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
                     vocabulary=meta.model.vocab_size)
 
+    def _remember_damage(self, path: Path, error: Exception) -> None:
+        """GET /v1/models lists the run with error until its metadata changes: a run damaged after it was listed
+        went on being listed with its facts, while each request for it failed."""
+        from textgen.checkpoint import meta_stamp
+
+        stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
+        self._described[path] = stamp, error if isinstance(error, TextgenError) else TextgenError(str(error))
+
     def inside(self, error: Exception) -> str:
         """The error's message with the paths inside the checkpoint directory, not where it is on this machine."""
         return str(error).replace(f"{self.checkpoint_dir}/", "")
@@ -192,6 +201,7 @@ class Runs:
                     if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
                         raise no_run(name) from None
                     logger.warning(f"run {name!r} cannot be loaded: {error}")
+                    self._remember_damage(path, error)
                     raise ApiError(f"run {name!r} cannot be loaded: {self.inside(error)}", status=500) from None
             return self._loaded[name]
 
