@@ -532,6 +532,20 @@ def interrupt_at_step(n):
     return AtStep(n, lambda run: os.kill(os.getpid(), signal.SIGINT))
 
 
+class InterruptAtEpochEnd(Callback):
+    def on_epoch_end(self, run, improved):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_signal_during_an_epochs_end_stops_at_that_epochs_checkpoint(tmp_path, periodic_corpus):
+    """Ctrl-C during validation said "finishing this step, then stopping", then ran the next epoch's first step and
+    saved a checkpoint in the middle of that epoch."""
+    with pytest.raises(Interrupted, match=r"^interrupted: saved a resumable checkpoint \(.*\) in .*; resume with: "):
+        run(periodic_corpus, tmp_path, epochs=3, callbacks=[InterruptAtEpochEnd()])
+    last = json.loads((tmp_path / "r" / "last.json").read_text())
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
+
+
 def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic_corpus):
     model = dict(TINY_MODEL, dropout=0.2)
     options = dict(lr_schedule="cosine", mixed_precision="on")

@@ -118,7 +118,17 @@ class StopRequests(Callback):
     def __init__(self, signals: list[int]):
         self.signals = signals  # filled by training.stop_on_signals
 
+    def on_epoch_start(self, run) -> None:
+        # A signal during validation or the epoch's save: the epoch's checkpoint is the one to resume from (the next
+        # epoch's first step ran, and saved a checkpoint of its own, although the log said "finishing this step")
+        if run.state.global_step and not run.state.step_in_epoch:
+            self._act(run, saved=True)
+
     def on_step_end(self, run, loss: float) -> None:
+        self._act(run, saved=False)
+
+    def _act(self, run, saved: bool) -> None:
+        """saved: the run's last checkpoint is where it stands (an epoch's end)."""
         from textgen.distribute import worker_mean
 
         budget = run.config.max_minutes * 60
@@ -135,7 +145,8 @@ class StopRequests(Callback):
             raise Interrupted(f"{kept} (to replace it, run the same command again)", signum,
                               f"{kept} (to replace it, call textgen.train the same way again)")
         if interrupted > 0:
-            save_unvalidated(run)
+            if not saved:
+                save_unvalidated(run)
             saved = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
                      f"({run.state.position()}) in {run.run_dir}")
             command, call = run.resume_advice()
