@@ -195,3 +195,20 @@ def test_a_run_named_in_either_unicode_form_is_found_whichever_its_folder_has(tr
         assert runs.get("caf\u00e9").path == decomposed
     finally:
         runs.stop()
+
+
+def test_an_export_given_as_the_runs_directory_is_named_as_such(tmp_path):
+    """textgen.load('exports/small') advised "train one first with: textgen train CORPUS --checkpoint-dir
+    exports/small", which would have made the export folder a directory of runs."""
+    export = tmp_path / "small"
+    export.mkdir()
+    (export / "vocab.json").write_text("{}")
+    (export / "model.keras").write_bytes(b"")
+    with pytest.raises(TextgenError, match=rf"^{export} is an export \(textgen export\), not a run: plain Keras or "
+                                           "TensorFlow loads it"):
+        find_run(export, None)
+    with pytest.raises(TextgenError, match=rf"^{export} is an export"):  # named as a run of its folder
+        find_run(tmp_path, "small")
+    (export / "model.keras").unlink()  # vocab.json alone is not an export
+    with pytest.raises(TextgenError, match=f"^no checkpoint in {export}; train one first"):
+        find_run(export, None)

@@ -204,6 +204,20 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         raise TextgenError(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
 
 
+def is_export(directory: Path) -> bool:
+    """Whether directory holds what textgen export writes (vocab.json beside a model)."""
+    from textgen.export import EXPORT_ENTRIES
+
+    return (directory / "vocab.json").is_file() and any((directory / entry).exists() for entry in EXPORT_ENTRIES
+                                                        if entry != "vocab.json")
+
+
+def not_a_run_but_an_export(directory: Path) -> TextgenError:
+    return TextgenError(f"{directory} is an export (textgen export), not a run: plain Keras or TensorFlow loads it "
+                        "(README.md, \"Export and serve with TensorFlow\"); textgen reads the run it was exported "
+                        "from (textgen runs lists them)")
+
+
 def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Path:
     """The run directory to read: the named run, the directory itself if it is one, or the latest run (for the best
     checkpoint, kind "best": the latest that has one)."""
@@ -212,6 +226,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
     if run:
         run_dir = run_path(checkpoint_dir, check_run_name(run))
         if run_dir.is_dir() and not has_checkpoint(run_dir):
+            if is_export(run_dir):
+                raise not_a_run_but_an_export(run_dir)
             held = sorted(path.name for path in run_dir.iterdir())
             listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"
             raise TextgenError(f"run {run!r} in {checkpoint_dir} has no checkpoint (no best.json or last.json; "
@@ -242,6 +258,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                                f"textgen train CORPUS{directory_option(run_dir.parent)} --run NAME")
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
                            f"damaged run; {again}")
+    if not runs and is_export(checkpoint_dir):  # "train one first" there would make the export a run directory
+        raise not_a_run_but_an_export(checkpoint_dir)
     if not runs:
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
