@@ -177,6 +177,11 @@ def test_info_runs_and_plot_read_a_run_whose_other_metadata_file_is_damaged_as_s
     (both / "last.json").write_text("[")
     info = runner.invoke(cli, ["info", "--checkpoint-dir", ck, "--run", "neither"])
     assert info.exit_code == 1 and "best.json is damaged" in info.stderr and "delete the run directory" in info.stderr
+    # last.json deleted: info showed the best checkpoint's epoch as the last one, which resume then said was missing
+    (shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "gone") / "last.json").unlink()
+    info = runner.invoke(cli, ["info", "--checkpoint-dir", ck, "--run", "gone"])
+    assert info.exit_code == 0, info.output
+    assert "\nlast           none (no last.json, so the run cannot be resumed)\n" in info.stdout
 
 
 def test_runs_lists_a_run_whose_metadata_files_are_both_gone_and_info_checks_each_named_file(trained_run, tmp_path):

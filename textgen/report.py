@@ -125,6 +125,7 @@ def info_text(run_dir: Path) -> str:
         f"best           {_epoch_text(best)}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
         if best.val_loss is not None else "best           none yet",
         "last           last.json cannot be read (see the warning)" if "last" in run.problems else
+        "last           none (no last.json, so the run cannot be resumed)" if run.last is None else
         f"last           {_epoch_text(state)}: validation "
         + (f"{state.val_loss:.4f} nats ({bpc(state.val_loss):.3f} bpc)" if state.val_loss is not None
            else "not measured (saved mid-epoch)")
