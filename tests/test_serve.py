@@ -1049,11 +1049,15 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
         listed = {model["name"]: model for model in json.loads(call(base, "/v1/models")[1])["models"]}
         assert "error" not in listed["later"]  # damaged once listed: listed as such once a request has found out
         later = next((tmp_path / "later").glob("*.weights.h5"))
-        later.write_bytes(later.read_bytes()[:100])
+        whole = later.read_bytes()
+        later.write_bytes(whole[:100])
         assert call(base, "/v1/generate", dict(run="later", length=5))[0] == 500
         assert {model["name"]: model for model in json.loads(call(base, "/v1/models")[1])["models"]}["later"] == \
             {"name": "later", "error": f"checkpoint file later/{later.name} is corrupted (checksum mismatch); train "
                                        "again with --overwrite or restore the file from a backup"}
+        later.write_bytes(whole)  # restored: listed with its facts again, before any request loads it
+        assert {model["name"]: model for model in json.loads(call(base, "/v1/models")[1])["models"]}["later"] == \
+            listed["later"]
         assert listed["broken"] == {"name": "broken", "error": f"checkpoint file broken/{weights.name} is corrupted "
                                                                "(checksum mismatch); train again with --overwrite or "
                                                                "restore the file from a backup"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 
 import logging
+import os
 import threading
 import time
 import unicodedata
@@ -62,6 +63,19 @@ def checkpoint_version(path: Path) -> tuple:
     return ()
 
 
+def files_stamp(path: Path) -> Optional[tuple]:
+    """What changes when any file of the run directory is replaced, rewritten or cut short."""
+    stamps = []
+    try:
+        for entry in os.scandir(path):
+            if entry.is_file():
+                stat = entry.stat()
+                stamps.append((entry.name, stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    except OSError:
+        return None
+    return tuple(sorted(stamps))
+
+
 def no_run(name: str) -> ApiError:
     return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
 
@@ -86,6 +100,7 @@ class Runs:
         self._batchers_lock = threading.Lock()
         self._stopping = False
         self._described: dict = {}  # run directory -> (its metadata files' stamps, the metadata describe() shows)
+        self._damaged: dict = {}  # run directory -> (files_stamp, the error a request's load met)
         found = find_run(self.checkpoint_dir, default)
         self.default = found.name
         # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
@@ -115,6 +130,7 @@ class Runs:
         live = set(paths.values())
         # list(): another request's describe() may add a run meanwhile (a thread each)
         self._described = {path: kept for path, kept in list(self._described.items()) if path in live}
+        self._damaged = {path: kept for path, kept in list(self._damaged.items()) if path in live}
         return described
 
     def describe(self, name: str, path: Path) -> Optional[dict]:
@@ -122,6 +138,11 @@ class Runs:
         from textgen.checkpoint import meta_stamp, servable_meta
 
         served = self._loaded.get(name)
+        damaged = self._damaged.get(path)  # found damaged by a request after it was listed with its facts
+        if damaged is not None and served is None:
+            if damaged[0] == files_stamp(path):
+                return dict(name=name, error=self.inside(damaged[1]))
+            self._damaged.pop(path, None)  # a file of it changed (restored, or a new save): looked at again
         try:
             if served is not None and served.current:
                 meta = served.generator.meta
@@ -149,13 +170,6 @@ class Runs:
                     parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
                     vocabulary=meta.model.vocab_size)
 
-    def _remember_damage(self, path: Path, error: Exception) -> None:
-        """GET /v1/models lists the run with error until its metadata changes: a run damaged after it was listed
-        went on being listed with its facts, while each request for it failed."""
-        from textgen.checkpoint import meta_stamp
-
-        stamp = tuple(meta_stamp(path, kind) for kind in ("best", "last"))
-        self._described[path] = stamp, error if isinstance(error, TextgenError) else TextgenError(str(error))
 
     def inside(self, error: Exception) -> str:
         """The error's message with the paths inside the checkpoint directory, not where it is on this machine."""
@@ -197,11 +211,13 @@ class Runs:
             if name not in self._loaded:
                 try:
                     self._keep(self._load(name, path))
+                    self._damaged.pop(path, None)
                 except (TextgenError, OSError) as error:  # a damaged run on the server: not the request's fault
                     if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
                         raise no_run(name) from None
                     logger.warning(f"run {name!r} cannot be loaded: {error}")
-                    self._remember_damage(path, error)
+                    if isinstance(error, TextgenError):  # (not an OSError such as too many open files: it passes)
+                        self._damaged[path] = files_stamp(path), error
                     raise ApiError(f"run {name!r} cannot be loaded: {self.inside(error)}", status=500) from None
             return self._loaded[name]
 
