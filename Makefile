@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CORPUS ?= data/pydoc_topics.txt
+DEFAULT_CORPUS := data/pydoc_topics.txt
+CORPUS ?= $(DEFAULT_CORPUS)
 TEXTGEN := $(BIN)/textgen
 # The demo: a small model trained for a fixed amount of work (6 epochs), so that it reaches the same loss on
 # every CPU: about 3 minutes on 2 AVX2 cores (a Zen 3), 1 minute on a 2-core Zen 4. --size auto (the default)
@@ -27,8 +28,10 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## Create .venv and install textgen with its dependencies
 
+# Always the default corpus, never CORPUS (make train CORPUS=mine.txt wrote Python's docs over mine.txt); it is
+# generated, not committed, so it is refreshed from the Python that runs it.
 data: $(STAMP) ## Build the default corpus data/pydoc_topics.txt from Python's own docs
-	$(BIN)/python -m textgen.data $(CORPUS)
+	$(BIN)/python -m textgen.data --overwrite $(DEFAULT_CORPUS)
 
 train: data ## Train with the default options on CORPUS (default: the built-in corpus)
 	$(TEXTGEN) train $(CORPUS)

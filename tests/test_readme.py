@@ -1,6 +1,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -76,3 +78,17 @@ def test_the_training_and_sampling_tables_give_each_options_default():
                     assert value == default or value in shown_as.get(default, ()), stale
                 compared += 1
         assert compared == len(defaults), f"README's {section[3:]} table gives {compared} of {len(defaults)} defaults"
+
+
+def test_make_train_on_ones_own_corpus_writes_only_the_default_one():
+    """make train CORPUS=mine.txt ran `python -m textgen.data mine.txt` first: Python's docs over the user's text."""
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    planned = subprocess.run(["make", "-n", "train", "CORPUS=mine.txt"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60).stdout.splitlines()
+    assert [line for line in planned if "textgen.data" in line] == \
+        [".venv/bin/python -m textgen.data --overwrite data/pydoc_topics.txt"]
+    assert planned[-1] == ".venv/bin/textgen train mine.txt"
