@@ -545,6 +545,15 @@ def test_a_signal_during_an_epochs_end_stops_at_that_epochs_checkpoint(tmp_path,
     last = json.loads((tmp_path / "r" / "last.json").read_text())
     assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
 
+    class OutOfTimeAtEpochEnd(Callback):  # the same for the time budget, reached during validation
+        def on_epoch_end(self, run, improved):
+            run.elapsed = 120.0
+
+    summary = run(periodic_corpus, tmp_path / "timed", epochs=3, train_options=dict(max_minutes=1),
+                  callbacks=[OutOfTimeAtEpochEnd()])
+    last = json.loads((tmp_path / "timed" / "r" / "last.json").read_text())
+    assert (last["epoch"], last["step_in_epoch"], len(summary["history"])) == (1, 0, 1)
+
 
 def test_cosine_mixed_precision_run_resumes_exactly_mid_epoch(tmp_path, periodic_corpus):
     model = dict(TINY_MODEL, dropout=0.2)

@@ -113,14 +113,16 @@ TAKE_BACK_S = 60.0  # of an --overwrite training, in which Ctrl-C keeps the earl
 class StopRequests(Callback):
     """A signal (save and raise Interrupted) or the --max-minutes budget (end the epoch now, then stop).
 
-    Workers of a multi-worker run agree on both after every step (one collective), so they stop together."""
+    Workers of a multi-worker run agree on both after every step and at each epoch's start (one collective each), so
+    they stop together."""
 
     def __init__(self, signals: list[int]):
         self.signals = signals  # filled by training.stop_on_signals
 
     def on_epoch_start(self, run) -> None:
-        # A signal during validation or the epoch's save: the epoch's checkpoint is the one to resume from (the next
-        # epoch's first step ran, and saved a checkpoint of its own, although the log said "finishing this step")
+        # A signal (or the time budget) during validation or the epoch's save: the epoch's checkpoint is the one to
+        # resume from (the next epoch's first step ran, and saved a checkpoint of its own, although the log said
+        # "finishing this step")
         if run.state.global_step and not run.state.step_in_epoch:
             self._act(run, saved=True)
 

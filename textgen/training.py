@@ -382,6 +382,8 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             state.epoch_loss_sum = 0.0
         for callback in callbacks:
             callback.on_epoch_start(run)
+        if run.end_epoch and state.step_in_epoch == 0 and state.global_step:
+            break  # stopped at once before the epoch's first step (the time budget): the last epoch's end was saved
         epoch = state.epoch
         for step in range(state.step_in_epoch, len(run.train_batches)):
             session.optimizer.learning_rate.assign(run.learning_rate())
