@@ -564,6 +564,19 @@ def test_output_to_dev_stdout_goes_after_what_the_redirected_file_holds(workspac
     assert result.returncode == 0, result.stderr
     assert log.stat().st_ino == inode
     assert log.read_text() == "before\n" + invoke(*options).stdout.rstrip("\n") + "after\n"
+    from pathlib import Path
+
+    from textgen.generate import write_output  # any descriptor of the process: 4>>kept.txt, -o /dev/fd/4
+
+    kept = tmp_path / "kept.txt"
+    kept.write_text("precious\n")
+    inode = kept.stat().st_ino
+    descriptor = os.open(kept, os.O_WRONLY | os.O_APPEND)
+    try:
+        write_output(Path(f"/dev/fd/{descriptor}"), "é sample", overwrite=True)
+    finally:
+        os.close(descriptor)
+    assert kept.read_text(encoding="utf-8") == "precious\né sample" and kept.stat().st_ino == inode
 
 
 def test_plot_reads_a_run_left_with_its_best_checkpoint_and_says_what_it_cannot_write(workspace, tmp_path):

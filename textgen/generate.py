@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -369,38 +369,27 @@ def written_path(path: Path) -> Path:
 
 def holds_text(path: Path) -> bool:
     """Whether --output path is a file with something in it to lose (an empty one, as mktemp makes, has not; nor
-    has the file this process's output is redirected into, which the text goes after)."""
-    return path.is_file() and path.stat().st_size > 0 and standard_stream(path) is None
+    has a descriptor of this process, /dev/stdout for one, which the text goes after)."""
+    return path.is_file() and path.stat().st_size > 0 and not names_a_descriptor(path)
 
 
-def standard_stream(path: Path):
-    """sys.stdout or sys.stderr when --output path is the file, pipe or terminal it writes to (/dev/stdout,
-    /proc/self/fd/2): the text goes into that stream, after what it holds (a rename would have replaced the
-    file the shell redirected into, losing what the script wrote there before and after)."""
-    try:
-        target = os.stat(path)
-    except OSError:
-        return None
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            own = os.fstat(stream.fileno())
-        except (AttributeError, OSError, ValueError):  # a stream without a descriptor (io.StringIO)
-            continue
-        if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
-            return stream
-    return None
+def names_a_descriptor(path: Path) -> bool:
+    """Whether --output path is one of this process's open descriptors (/dev/stdout, /dev/stderr, /dev/fd/N,
+    /proc/self/fd/N): the file, pipe or terminal the shell opened there, written after what it holds. A rename
+    replaced the file the shell redirected into, losing what the script wrote there before and after."""
+    return re.fullmatch(rf"/dev/(stdout|stderr|fd/\d+)|/proc/(self|{os.getpid()})/fd/\d+", str(path)) is not None
 
 
 def write_output(path: Path, text: str, overwrite: bool = False) -> None:
     """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
     device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
     check_output(path, overwrite)
-    stream = standard_stream(path)
-    path = written_path(path)
+    descriptor = names_a_descriptor(path)
+    path = path if descriptor else written_path(path)
     try:
-        if stream is not None:
-            stream.write(text)
-            stream.flush()
+        if descriptor:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(text)
         elif path.exists() and not path.is_file():
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
