@@ -209,6 +209,8 @@ def test_an_export_given_as_the_runs_directory_is_named_as_such(tmp_path):
         find_run(export, None)
     with pytest.raises(TextgenError, match=rf"^{export} is an export"):  # named as a run of its folder
         find_run(tmp_path, "small")
+    with pytest.raises(TextgenError, match=rf"^{tmp_path} holds exports \(textgen export\), not runs: plain Keras"):
+        find_run(tmp_path, None)
     (export / "model.keras").unlink()  # vocab.json alone is not an export
     with pytest.raises(TextgenError, match=f"^no checkpoint in {export}; train one first"):
         find_run(export, None)

@@ -29,7 +29,7 @@ def __getattr__(name: str):
 
         return getattr(api, name)
     # textgen.training.train, textgen.callbacks.Callback (README's lower level) after a bare `import textgen`
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'textgen' has no attribute {name!r}")
 

@@ -212,10 +212,12 @@ def is_export(directory: Path) -> bool:
                                                         if entry != "vocab.json")
 
 
-def not_a_run_but_an_export(directory: Path) -> TextgenError:
-    return TextgenError(f"{directory} is an export (textgen export), not a run: plain Keras or TensorFlow loads it "
-                        "(README.md, \"Export and serve with TensorFlow\"); textgen reads the run it was exported "
-                        "from (textgen runs lists them)")
+def not_a_run_but_an_export(directory: Path, folder: bool = False) -> TextgenError:
+    """folder: a directory of exports, given as the directory of the runs."""
+    what, them, source = ("holds exports (textgen export), not runs", "them", "the runs they were") if folder else \
+        ("is an export (textgen export), not a run", "it", "the run it was")
+    return TextgenError(f"{directory} {what}: plain Keras or TensorFlow loads {them} (README.md, \"Export and serve "
+                        f"with TensorFlow\"); textgen reads {source} exported from (textgen runs lists them)")
 
 
 def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Path:
@@ -260,6 +262,9 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                            f"damaged run; {again}")
     if not runs and is_export(checkpoint_dir):  # "train one first" there would make the export a run directory
         raise not_a_run_but_an_export(checkpoint_dir)
+    if not runs and checkpoint_dir.is_dir() and any(is_export(child) for child in checkpoint_dir.iterdir()
+                                                    if child.is_dir()):
+        raise not_a_run_but_an_export(checkpoint_dir, folder=True)
     if not runs:
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
