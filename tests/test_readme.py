@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -87,8 +88,9 @@ def test_make_train_on_ones_own_corpus_writes_only_the_default_one():
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    planned = subprocess.run(["make", "-n", "train", "CORPUS=mine.txt"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=60).stdout.splitlines()
+    quiet = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    planned = subprocess.run(["make", "--no-print-directory", "-n", "train", "CORPUS=mine.txt"], cwd=ROOT, env=quiet,
+                             capture_output=True, text=True, timeout=60).stdout.splitlines()
     assert [line for line in planned if "textgen.data" in line] == \
         [".venv/bin/python -m textgen.data --overwrite data/pydoc_topics.txt"]
     assert planned[-1] == ".venv/bin/textgen train mine.txt"
