@@ -72,9 +72,12 @@ def run_two_workers(tmp_path, corpus, timeout=240, **train_options):
     return [process.returncode for process in processes], outputs
 
 
-def test_two_workers_on_localhost_train_identical_weights(tmp_path):
-    corpus = write_text(tmp_path / "c.txt", PERIOD * 500)
-    codes, outputs = run_two_workers(tmp_path, corpus)
+def test_two_workers_on_localhost_train_identical_weights_under_a_time_budget(tmp_path):
+    """Under a time budget and the cosine schedule: the learning rate of an epoch's first step followed each
+    worker's own clock (the time since the start, which the schedule and a budget stretch), the workers' weights
+    drifted apart, and only the chief's were saved."""
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 150)  # short epochs: several fit even on a busy machine
+    codes, outputs = run_two_workers(tmp_path, corpus, epochs=1000, max_minutes=0.15, lr_schedule="cosine")
     for code, output in zip(codes, outputs):
         assert code == 0, output[-3000:]
     first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
@@ -82,7 +85,7 @@ def test_two_workers_on_localhost_train_identical_weights(tmp_path):
         np.testing.assert_array_equal(first[name], second[name])
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["r"]  # only the chief wrote
     meta = json.loads((tmp_path / "ck" / "r" / "last.json").read_text())
-    assert meta["epoch"] == 1
+    assert meta["epoch"] >= 2  # crossed an epoch's start
     # Every stream's LSTM state, not only the chief's rows (a mid-epoch resume restarted the others from zeros).
     with np.load(tmp_path / "ck" / "r" / meta["files"]["state"]["name"]) as state:
         assert {state[name].shape for name in state.files if name.startswith("lstm_")} == {(4, 16)}
@@ -122,19 +125,6 @@ def test_a_worker_that_cannot_tell_the_others_says_so(monkeypatch, caplog):
         distribute.StartGate("multi-worker").refuse(TextgenError("corpus file not found: c.txt"))
     assert caplog.messages[-1] == "could not tell the other workers (Could not start gRPC server); they wait for " \
                                   "this one: stop them"
-
-
-def test_two_workers_with_a_time_budget_keep_identical_weights(tmp_path):
-    """The learning rate of an epoch's first step followed each worker's own clock (the time since the start, which
-    the cosine schedule and a budget stretch): the workers' weights drifted apart, and only the chief's were saved."""
-    corpus = write_text(tmp_path / "c.txt", PERIOD * 150)  # short epochs: several fit even on a busy machine
-    codes, outputs = run_two_workers(tmp_path, corpus, epochs=1000, max_minutes=0.2, lr_schedule="cosine")
-    for code, output in zip(codes, outputs):
-        assert code == 0, output[-3000:]
-    assert json.loads((tmp_path / "ck" / "r" / "last.json").read_text())["epoch"] >= 2  # crossed an epoch start
-    first, second = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
-    for name in first.files:
-        np.testing.assert_array_equal(first[name], second[name])
 
 
 def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_strategy(tmp_path):

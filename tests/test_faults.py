@@ -13,7 +13,8 @@ from conftest import PERIOD, write_text
 from textgen import checkpoint
 from textgen.generate import generate
 
-STEPS_PER_EPOCH = (int(len(PERIOD) * 3000 * 0.9) - 1) // (4 * 10)
+REPEATS = 1500  # of PERIOD in the corpus: 236 steps per epoch, a few seconds
+STEPS_PER_EPOCH = (int(len(PERIOD) * REPEATS * 0.9) - 1) // (4 * 10)
 TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10", "--dropout", "0"]
 
 
@@ -31,7 +32,7 @@ def wait_for(predicate, timeout=60.0):
 
 
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
-    corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
+    corpus = write_text(tmp_path / "c.txt", PERIOD * REPEATS)
     process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000"), stderr=subprocess.PIPE,
                                text=True)
     try:
@@ -58,12 +59,12 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume(tmp_path):
     rng = random.Random(2)
-    corpus = write_text(tmp_path / "c.txt", PERIOD * 3000)
+    corpus = write_text(tmp_path / "c.txt", PERIOD * REPEATS)
     run_dir = tmp_path / "r"
     def saved_step():
         return checkpoint.read_meta(run_dir, "last").state.global_step if checkpoint.has_checkpoint(run_dir) else -1
 
-    for attempt in range(4):  # each a start-up (~8 s): more kill moments cost minutes of CI
+    for attempt in range(3):  # each a start-up (~8 s): more kill moments cost minutes of CI
         resume = ["--resume"] if checkpoint.has_checkpoint(run_dir) else []
         step_before = saved_step()
         process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000", "--save-every", "37",
