@@ -43,7 +43,7 @@ demo: data ## The main job: train a small model on the default corpus (6 epochs,
 	$(TEXTGEN) train $(CORPUS) $(DEMO_OPTIONS)
 	$(TEXTGEN) sample $(DEMO_SAMPLE_OPTIONS)
 
-test: $(STAMP) ## Run every test (what CI runs; about 6 minutes on 2 cores)
+test: $(STAMP) ## Run every test (what CI runs; 9-10 minutes on 2 cores)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP) ## Run the tests without the slow fault-injection ones
