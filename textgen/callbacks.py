@@ -149,10 +149,10 @@ class StopRequests(Callback):
         if interrupted > 0:
             if not saved:
                 save_unvalidated(run)
-            saved = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
-                     f"({run.state.position()}) in {run.run_dir}")
+            told = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
+                    f"({run.state.position()}) in {run.run_dir}")
             command, call = run.resume_advice()
-            raise Interrupted(f"{saved}; resume with: {command}", signum, f"{saved}; resume with: {call}")
+            raise Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
         if time_up > 0:
             run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
 

@@ -387,11 +387,8 @@ def write_output(path: Path, text: str, overwrite: bool = False) -> None:
     descriptor = names_a_descriptor(path)
     path = path if descriptor else written_path(path)
     try:
-        if descriptor:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(text)
-        elif path.exists() and not path.is_file():
-            with open(path, "w", encoding="utf-8") as handle:
+        if descriptor or (path.exists() and not path.is_file()):  # after what a descriptor holds
+            with open(path, "a" if descriptor else "w", encoding="utf-8") as handle:
                 handle.write(text)
         else:
             atomic_write_text(path, text)

@@ -260,12 +260,11 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                                f"textgen train CORPUS{directory_option(run_dir.parent)} --run NAME")
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
                            f"damaged run; {again}")
-    if not runs and is_export(checkpoint_dir):  # "train one first" there would make the export a run directory
-        raise not_a_run_but_an_export(checkpoint_dir)
-    if not runs and checkpoint_dir.is_dir() and any(is_export(child) for child in checkpoint_dir.iterdir()
-                                                    if child.is_dir()):
-        raise not_a_run_but_an_export(checkpoint_dir, folder=True)
-    if not runs:
+    if not runs:  # "train one first" into an export (or a folder of them) would make it a directory of runs
+        if is_export(checkpoint_dir):
+            raise not_a_run_but_an_export(checkpoint_dir)
+        if checkpoint_dir.is_dir() and any(is_export(child) for child in checkpoint_dir.iterdir() if child.is_dir()):
+            raise not_a_run_but_an_export(checkpoint_dir, folder=True)
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
     # A run without a best checkpoint (a training stopped before its first validation: a command taken back with

@@ -4,7 +4,6 @@ again when training saves a newer checkpoint; the least recently used unloaded p
 
 from __future__ import annotations
 
-
 import logging
 import os
 import threading
@@ -169,7 +168,6 @@ class Runs:
                     epochs=meta.state.epoch, val_bpc=None if val is None else round(bpc(val), 4),
                     parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
                     vocabulary=meta.model.vocab_size)
-
 
     def inside(self, error: Exception) -> str:
         """The error's message with the paths inside the checkpoint directory, not where it is on this machine."""
