@@ -20,6 +20,7 @@ WORKER = str(Path(__file__).with_name("distributed_worker.py"))
 ENV = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     out = tmp_path / "result.json"
     subprocess.run([sys.executable, WORKER, "equivalence", str(out)], check=True, timeout=300, env=ENV)
@@ -72,6 +73,7 @@ def run_two_workers(tmp_path, corpus, timeout=240, **train_options):
     return [process.returncode for process in processes], outputs
 
 
+@pytest.mark.slow
 def test_two_workers_on_localhost_train_identical_weights_under_a_time_budget(tmp_path):
     """Under a time budget and the cosine schedule: the learning rate of an epoch's first step followed each
     worker's own clock (the time since the start, which the schedule and a budget stretch), the workers' weights
@@ -127,6 +129,7 @@ def test_a_worker_that_cannot_tell_the_others_says_so(monkeypatch, caplog):
                                   "this one: stop them"
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_strategy(tmp_path):
     """The printed resume command lacked --strategy multi-worker, and every worker said it had saved."""
     import signal
@@ -149,6 +152,7 @@ def test_a_signal_to_one_worker_stops_both_and_the_resume_command_names_the_stra
         assert error.endswith(" --run r --resume --strategy multi-worker"), error
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_mid_training_stops_the_other_in_one_line(tmp_path):
     """The survivor printed TensorFlow's traceback (an UnavailableError from a collective op); and every checkpoint
     after the fifth logged TensorFlow's warning that strategy.gather retraced a function."""
@@ -180,6 +184,7 @@ def test_a_worker_that_dies_mid_training_stops_the_other_in_one_line(tmp_path):
     assert len(sample.text) == 13
 
 
+@pytest.mark.slow
 def test_a_chief_that_dies_before_its_first_save_leaves_nothing_to_resume_and_worker_1_says_so(tmp_path):
     """Worker 1 advised --resume, which found nothing to resume (or, after --overwrite, resumed the earlier run)."""
     import signal
@@ -290,6 +295,7 @@ def test_batch_size_must_divide_among_replicas():
         check_batch_size(63, 2)
 
 
+@pytest.mark.slow
 def test_resuming_on_devices_that_do_not_share_the_runs_batch_says_which_would(tmp_path):
     """It advised --batch-size 2, which resume then refused as another data layout."""
     corpus = write_text(tmp_path / "c.txt", PERIOD * 300)
@@ -320,6 +326,7 @@ def test_chief_is_the_chief_task_or_worker_0(monkeypatch):
         is_chief("multi-worker")
 
 
+@pytest.mark.slow
 def test_auto_size_with_a_time_budget_times_its_shapes_after_the_strategy_exists(tmp_path):
     # The timing runs TensorFlow ops; splitting the CPU into devices (mirrored) is refused after the first op.
     # The 120 validation characters hold 5 windows of 20: the chosen batch is the 4 of them that split in two.

@@ -31,6 +31,7 @@ def wait_for(predicate, timeout=60.0):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(tmp_path):
     corpus = write_text(tmp_path / "c.txt", PERIOD * REPEATS)
     process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000"), stderr=subprocess.PIPE,

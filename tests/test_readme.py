@@ -94,3 +94,17 @@ def test_make_train_on_ones_own_corpus_writes_only_the_default_one():
     assert [line for line in planned if "textgen.data" in line] == \
         [".venv/bin/python -m textgen.data --overwrite data/pydoc_topics.txt"]
     assert planned[-1] == ".venv/bin/textgen train mine.txt"
+
+
+def test_the_readme_lists_every_make_target_and_ci_runs_the_test_command_it_gives():
+    import re
+
+    readme = README.read_text(encoding="utf-8")
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([a-z-]+):.*## ", makefile, re.M)) - {"help"}  # the lister itself
+    listing = readme[readme.index("`make help` lists every target:"):]
+    listed = set(re.findall(r"`([a-z-]+)`", listing[:listing.index(".\n")]))
+    assert listed == targets, f"README's target list lacks {sorted(targets - listed)}, names {sorted(listed - targets)}"
+    given = re.search(r"^make test +#", readme, re.M)
+    ci_commands = [line.split("#")[0].strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
+    assert given and "make test" in ci_commands and "make test-slow" in ci_commands

@@ -541,6 +541,7 @@ def test_the_log_level_and_format_hold_while_the_server_runs_and_are_given_back(
         logger.removeHandler(handler)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
     """uvicorn invites a second Ctrl-C to quit at once; it printed some 70 lines of CancelledError tracebacks."""
     import signal
@@ -572,6 +573,7 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
 
 
+@pytest.mark.slow
 def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(trained_run):
     """uvicorn cancels what still runs when the grace period ends: the client got a plain-text 500, and a stream
     ended without its done or error event, as if the text were whole. (A stream and a plain request at once: one
