@@ -279,6 +279,10 @@ def test_max_repeat_caps_a_run_of_one_character(engine1):
     assert longest_runs(guarded) == [4, 2]
     assert list(guarded[0][:3]) == [3, 3, guarded[0][2]] and guarded[0][2] != 3  # 2 from the prime + 2 = 4
     assert (guarded == 3).mean() > 0.6  # it still prefers 3 whenever it may
+    stuck.prime(np.array([[1, 3], [3, 3]]))
+    stuck.logits(np.array([[3], [3]]))  # a piece of one id continues the run before it: 2 and 3 in a row now
+    ids = stuck.sample(3, temperature=[0.0, 0.0], max_repeat=[4, 4], rng=np.random.default_rng(0))
+    assert list(ids[0][:2]) == [3, 3] and ids[0][2] != 3 and ids[1][0] == 3 and ids[1][1] != 3
 
 
 def test_the_repeat_guard_goes_with_a_stream_that_joins_or_moves(engine1):

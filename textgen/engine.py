@@ -26,7 +26,7 @@ contiguous row blocks.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -126,6 +126,44 @@ def _trailing_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return last.astype(np.int32), run.astype(np.int32)
 
 
+@dataclass(frozen=True)
+class StreamHistory:
+    """What the filters that look at a stream's past know of each stream: for the repeat guard
+    (sampling.guard_repeats_tf), its last id and how many times in a row that id has come.
+
+    A filter that needs more of the past adds a (num_streams,) field here with its value in empty() and its update in
+    after(), and the same update in the sampling loop's body (Engine._sample_function) and in
+    exported_graph._generate; joining (restarted) and moving (taken) carry every field without more code."""
+
+    last_id: np.ndarray  # (N,) int32: the last id fed or drawn, -1 before any
+    run: np.ndarray  # (N,) int32: how many times in a row last_id has come, counting the end of the prime
+
+    @classmethod
+    def empty(cls, streams: int) -> StreamHistory:
+        return cls(np.full(streams, -1, np.int32), np.zeros(streams, np.int32))
+
+    def arrays(self) -> tuple:
+        return tuple(getattr(self, field.name) for field in fields(self))
+
+    def after(self, ids: np.ndarray) -> StreamHistory:
+        """The history once each stream has been fed its row of ids (N, T), fed or drawn."""
+        last_id, run = _trailing_runs(ids)
+        whole = run == ids.shape[1]  # the whole piece repeats one id: it may continue the previous run
+        return StreamHistory(last_id, np.where(whole & (last_id == self.last_id), self.run + run, run).astype(np.int32))
+
+    def restarted(self, rows, ids: np.ndarray) -> StreamHistory:
+        """The streams in rows start over from their primes ids (len(rows), T); the others keep their history."""
+        arrays = [array.copy() for array in self.arrays()]
+        for array, fresh in zip(arrays, StreamHistory.empty(len(rows)).after(ids).arrays()):
+            array[list(rows)] = fresh
+        return StreamHistory(*arrays)
+
+    def taken(self, rows, streams: int) -> StreamHistory:
+        """This history's streams rows as streams 0, 1, ... of streams; the rest start empty."""
+        rest = StreamHistory.empty(streams - len(rows)).arrays()
+        return StreamHistory(*(np.concatenate([mine[list(rows)], empty]) for mine, empty in zip(self.arrays(), rest)))
+
+
 def _step(weights, ids, hs, cs, gathers_columns: bool):
     """Feed ids (N,) int32 through every layer: return logits (N, V) and the new (U, N) states.
 
@@ -189,9 +227,7 @@ class Engine:
         # one tensor (2L, U, N): h^T of layers 0..L-1, then c^T of layers 0..L-1 (few call arguments)
         self._state = tf.zeros((2 * self.weights.layers, self.units, self.num_streams), tf.float32)
         self._last = None  # (N, V) logits after the last fed id
-        # For --max-repeat: each stream's last id (-1: none) and how many times in a row it has come.
-        self._last_id = np.full(self.num_streams, -1, np.int32)
-        self._run = np.zeros(self.num_streams, np.int32)
+        self._history = StreamHistory.empty(self.num_streams)
 
     @property
     def last_logits(self):
@@ -231,25 +267,19 @@ class Engine:
         specs = (tf.TensorSpec((bucket, streams), tf.int32), tf.TensorSpec((), tf.int32), self._state_spec())
         return self._compiled(("forced",), forced, specs)
 
-    def _continue_runs(self, ids: np.ndarray) -> None:
-        """Update each stream's last id and its run length after feeding ids (N, T)."""
-        last_id, run = _trailing_runs(ids)
-        whole = run == ids.shape[1]  # the whole piece repeats one id: it may continue the previous run
-        self._run = np.where(whole & (last_id == self._last_id), self._run + run, run).astype(np.int32)
-        self._last_id = last_id
-
     def _sample_function(self, greedy_only: bool, used: frozenset):
         """Sample count ids per stream, feeding each back; the filters in use (names of sampling.FILTERS) are fixed
         at trace time, the others are left out of the loop."""
         tf = self._tf
         streams, vocab, gathers_columns = self.num_streams, self.vocab_size, self._gathers_columns
 
-        def sample(logits, uniforms, count, temperature, filters, last_id, run, state, weights):
+        def sample(logits, uniforms, count, temperature, filters, history, state, weights):
             out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
             chosen = {name: filters[name] if name in used else None for name in sampling.CUT_OFFS}
             use_repeat, max_repeat = "max_repeat" in used, filters["max_repeat"]
 
-            def body(t, out, logits, hs, cs, last_id, run):
+            def body(t, out, logits, hs, cs, history):
+                last_id, run = history
                 if use_repeat:
                     logits = sampling.guard_repeats_tf(logits, last_id, run, max_repeat)
                 if greedy_only:
@@ -259,17 +289,18 @@ class Engine:
                 if use_repeat:  # the runs are followed inside the loop only when a guard needs them
                     run = sampling.follow_runs_tf(ids, last_id, run)
                 logits, hs, cs = _step(weights, ids, hs, cs, gathers_columns)
-                return t + 1, out.write(t, ids), logits, hs, cs, ids, run
+                return t + 1, out.write(t, ids), logits, hs, cs, (ids, run)
 
             hs, cs = _split(state)
-            _, out, logits, hs, cs, _, _ = tf.while_loop(
-                lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, last_id, run))
+            _, out, logits, hs, cs, _ = tf.while_loop(
+                lambda t, *_: t < count, body, (tf.constant(0), out, logits, hs, cs, history))
             return out.stack(), logits, tf.stack(hs + cs)
 
         per_stream = {name: tf.TensorSpec((streams,), rule.dtype) for name, rule in sampling.FILTER_RULES.items()}
         specs = (tf.TensorSpec((streams, vocab), tf.float32), tf.TensorSpec((CHUNK, streams), tf.float32),
                  tf.TensorSpec((), tf.int32), tf.TensorSpec((streams,), tf.float32), per_stream,
-                 tf.TensorSpec((streams,), tf.int32), tf.TensorSpec((streams,), tf.int32), self._state_spec())
+                 tuple(tf.TensorSpec(array.shape, array.dtype) for array in self._history.arrays()),
+                 self._state_spec())
         return self._compiled(("sample", greedy_only, tuple(sorted(used))), sample, specs)
 
     # ----------------------------------------------------------------- public API
@@ -306,14 +337,12 @@ class Engine:
         fed[list(rows)] = ids
         kept_state = self._state
         kept_last = self._last if self._last is not None else tf.zeros((self.num_streams, self.vocab_size))
-        kept_runs = (self._last_id.copy(), self._run.copy())
+        kept_history = self._history
         self._state = tf.where(tf.constant(joining)[None, None, :], tf.zeros_like(kept_state), kept_state)
         self._feed(fed, keep_logits=False)
-        self._last_id, self._run = kept_runs
+        self._history = kept_history.restarted(rows, ids)
         self._state = tf.where(tf.constant(joining)[None, None, :], self._state, kept_state)
         self._last = tf.where(tf.constant(joining)[:, None], self._last, kept_last)
-        last_id, run = _trailing_runs(ids)
-        self._last_id[list(rows)], self._run[list(rows)] = last_id, run
 
     def take_streams(self, source: "Engine", rows) -> None:
         """Continue source's streams rows as this engine's streams 0, 1, ...; the rest start idle (zero)."""
@@ -325,9 +354,7 @@ class Engine:
         self._state = tf.pad(tf.gather(source._state, rows, axis=2), [[0, 0], [0, 0], [0, padding]])
         last = source._last if source._last is not None else tf.zeros((source.num_streams, self.vocab_size))
         self._last = tf.pad(tf.gather(last, rows, axis=0), [[0, padding], [0, 0]])
-        taken = rows.numpy()
-        self._last_id = np.concatenate([source._last_id[taken], np.full(padding, -1, np.int32)])
-        self._run = np.concatenate([source._run[taken], np.zeros(padding, np.int32)])
+        self._history = source._history.taken(rows.numpy(), self.num_streams)
 
     def logits(self, ids) -> np.ndarray:
         """Continue from the current state, feed ids (num_streams, T); return (num_streams, T, V)."""
@@ -345,7 +372,7 @@ class Engine:
             fn = self._forced_function(bucket)
             out, self._state = fn(tf.constant(padded), tf.constant(count, tf.int32), self._state, self._weights)
             self._last = out[count - 1]
-            self._continue_runs(part)
+            self._history = self._history.after(part)
             if keep_logits:
                 pieces.append(out.numpy()[:count])
         if keep_logits:
@@ -389,8 +416,8 @@ class Engine:
             count = min(CHUNK, length - start)
             padded[:count] = uniforms[start : start + count]
             ids, self._last, self._state = fn(self._last, tf.constant(padded), tf.constant(count, tf.int32),
-                                              *options, tf.constant(self._last_id), tf.constant(self._run),
+                                              *options, tuple(map(tf.constant, self._history.arrays())),
                                               self._state, self._weights)
             result[:, start : start + count] = ids.numpy()[:count].T
-            self._continue_runs(result[:, start : start + count])
+            self._history = self._history.after(result[:, start : start + count])
         return result
