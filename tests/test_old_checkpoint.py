@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def test_old_run_resumes_with_its_saved_options_and_history(tmp_path):
     assert f"precision      not recorded (an older textgen) in epochs 1-{old.state.epoch}, float32 in epoch " \
            f"{old.state.epoch + 1}\n" in info_text(root / "checkpoints" / "old")
     rows = (root / "checkpoints" / "old" / "history.csv").read_text().splitlines()  # as the resumed run wrote it
-    assert rows[0].endswith(",seconds,precision") and rows[1].endswith(",") and rows[-1].endswith(",float32")
+    assert rows[0].endswith(",seconds,precision,text") and rows[1].endswith(",,")
+    assert re.search(r",float32,[0-9a-f]{16}$", rows[-1])
+    assert "\ntexts " not in info_text(root / "checkpoints" / "old")  # its rows without a text are of the same one
     assert new.model == old.model and new.vocab == old.vocab
     assert new.training == dataclasses.replace(old.training, epochs=old.state.epoch + 1)
     assert new.state.global_step == old.state.global_step * (old.state.epoch + 1) // old.state.epoch

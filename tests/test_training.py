@@ -1,3 +1,4 @@
+import csv
 import dataclasses
 import errno
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, files_snapshot, write_text
-from textgen import checkpoint, training
+from textgen import checkpoint, report, training
 from textgen import session as session_module
 from textgen.callbacks import Callback
 from textgen.batching import StreamBatches, split_validation
@@ -309,6 +310,15 @@ def test_resume_on_a_changed_text_with_the_same_characters_starts_the_best_check
     train(other, tmp_path, run="r", train_options=dict(epochs=5), resume=True, log=lines.append)
     assert any(line.startswith(f"the corpus {other.resolve()} has changed since this run's checkpoint (21,000 "
                                "characters, now 27,000): validation") for line in lines)
+    # the history tells the three texts apart, for the curve (one line per text) and info
+    history = json.loads((tmp_path / "r" / "last.json").read_text())["history"]
+    assert report.text_spans(history) == [(0, 1), (2, 3), (4, 4)]
+    with open(tmp_path / "r" / "history.csv", newline="") as handle:
+        texts = [row["text"] for row in csv.DictReader(handle)]
+    assert texts == [row["text"] for row in history] and len(set(texts)) == 3 and all(texts)
+    assert "texts          3, the corpus changed at a resume: epochs 1-2, 3-4, 5 (the curve draws each apart)" \
+        in report.info_text(tmp_path / "r").splitlines()
+    assert report.text_spans([{"epoch": 1}, dict(epoch=2, text="a"), dict(epoch=3, text="a")]) == [(0, 2)]
 
 
 def test_a_run_stopped_mid_epoch_and_resumed_on_a_changed_text_starts_that_epoch_again(tmp_path, periodic_corpus):

@@ -63,7 +63,8 @@ class RunState:
     epoch_loss_sum: float = 0.0  # sum of this epoch's step losses so far (nats)
     best_val_loss: Optional[float] = None  # lowest validation loss so far (nats)
     best_epoch: int = 0  # the epoch that reached best_val_loss
-    history: list = field(default_factory=list)  # one dict per validated epoch (report.HISTORY_FIELDS)
+    history: list = field(default_factory=list)  # one dict per validated epoch (report.HISTORY_FIELDS; "text" is
+    # the start of the corpus's blake2b, so that a resume on another text shows in the curve and info)
     elapsed_seconds: float = 0.0  # training time so far, across resumes
     train_loss: Optional[float] = None  # mean training loss of the epoch at this checkpoint
     val_loss: Optional[float] = None  # validation loss at this checkpoint (None mid-epoch)
@@ -123,7 +124,8 @@ class CheckpointMeta:
         meta.model.validate()  # a field of the wrong type or range would fail far from here (OptionError: a ValueError)
         if not isinstance(meta.state.history, list) or not all(
                 isinstance(row, dict) and isinstance(row.get("epoch"), int)
-                and isinstance(row.get("precision", ""), str) for row in meta.state.history):
+                and isinstance(row.get("precision", ""), str) and isinstance(row.get("text", ""), str)
+                for row in meta.state.history):
             raise ValueError("its history is not a list of epoch rows")
         meta.training.validate()
         if meta.model.vocab_size != len(meta.vocab):

@@ -18,7 +18,7 @@ from textgen.runs import run_options
 
 logger = logging.getLogger("textgen")
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
-                  "learning_rate", "seconds", "precision"]
+                  "learning_rate", "seconds", "precision", "text"]
 
 
 def write_history(run_dir: Path, history: list[dict]) -> Path:
@@ -27,7 +27,7 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        row = {"precision": "", **row}  # older rows lack it
+        row = {"precision": "", "text": "", **row}  # older rows lack them
         writer.writerow({key: row[key] for key in HISTORY_FIELDS})
     path = run_dir / "history.csv"
     atomic_write_text(path, buffer.getvalue())
@@ -46,8 +46,17 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
 
     figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
     seen = [row["chars_seen"] / 1e6 for row in history]
-    axes.plot(seen, [row["train_bpc"] for row in history], "o-", label="training (mean over the epoch)")
-    axes.plot(seen, [row["val_bpc"] for row in history], "s-", label="validation")
+    # One line per text the run trained on, so that a resume on another text (fine-tuning) is not drawn as a jump of
+    # the same curve.
+    for number, (first, last) in enumerate(text_spans(history)):
+        rows = slice(first, last + 1)
+        axes.plot(seen[rows], [row["train_bpc"] for row in history[rows]], "o-", color="C0",
+                  label=None if number else "training (mean over the epoch)")
+        axes.plot(seen[rows], [row["val_bpc"] for row in history[rows]], "s-", color="C1",
+                  label=None if number else "validation")
+        if number:
+            axes.axvline((seen[first - 1] + seen[first]) / 2, color="gray", linestyle="--", linewidth=1,
+                         label=None if number > 1 else "resumed on another text")
     best = next((row for row in reversed(history) if best_val_loss is not None and row["val_loss"] == best_val_loss),
                 None) or min(history, key=lambda row: row["val_bpc"])
     axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
@@ -64,6 +73,18 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     finally:
         pyplot.close(figure)  # also when saving fails: training goes on and must not pile up figures
     return path
+
+
+def text_spans(history: list[dict]) -> list[tuple[int, int]]:
+    """The history's rows as spans trained on one text, [(first row, last row)]: a span ends where a resume went on
+    to another or changed text. A row of an older textgen (no text) belongs to the span before it."""
+    spans, text = [], None
+    for index, row in enumerate(history):
+        if not spans or (row.get("text") and text and row["text"] != text):
+            spans.append([index, index])
+        spans[-1][1] = index
+        text = row.get("text") or text
+    return [tuple(span) for span in spans]
 
 
 def curve_title(run_name: str) -> str:
@@ -121,6 +142,7 @@ def info_text(run_dir: Path) -> str:
         + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
         f"precision      {_precision_text(state.history)}",
+        *_texts_line(state.history),
         "best           best.json cannot be read (see the warning)" if "best" in run.problems else
         f"best           {_epoch_text(best)}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
         if best.val_loss is not None else "best           none yet",
@@ -175,6 +197,17 @@ def _precision_text(history: list[dict]) -> str:
     return ", ".join(PRECISIONS.get(precision, precision) + (f" in epochs {first}-{last}" if last > first
                                                               else f" in epoch {first}")
                      for precision, first, last in spans)
+
+
+def _texts_line(history: list[dict]) -> list[str]:
+    """info's line for a run resumed on other texts, with the epochs on each (none for a run on one text)."""
+    spans = text_spans(history)
+    if len(spans) < 2:
+        return []
+    epochs = [(history[first]["epoch"], history[last]["epoch"]) for first, last in spans]
+    return [f"texts          {len(spans)}, the corpus changed at a resume: epochs "
+            + ", ".join(f"{first}-{last}" if last > first else f"{first}" for first, last in epochs)
+            + " (the curve draws each apart)"]
 
 
 def _epoch_text(state) -> str:

@@ -412,7 +412,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             epoch=epoch + 1, step=state.global_step, chars_seen=state.chars_seen, train_loss=state.train_loss,
             train_bpc=bpc(state.train_loss), val_loss=state.val_loss, val_bpc=bpc(state.val_loss),
             learning_rate=float(session.optimizer.learning_rate.numpy()),
-            seconds=round(run.elapsed, 2), precision=session.precision)]
+            seconds=round(run.elapsed, 2), precision=session.precision, text=run.corpus["blake2b"][:16])]
         for callback in callbacks:
             callback.on_epoch_end(run, improved)
     return run.stop_reason or f"{counted(run.config.epochs, 'epoch')} done"
