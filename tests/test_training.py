@@ -148,7 +148,15 @@ def test_resuming_a_finished_run_asks_for_more_epochs(tmp_path, periodic_corpus)
                                            r"--epochs \(the total, such as --epochs 2\) to train on$"):
         train(periodic_corpus, tmp_path, run="r", resume=True, **QUIET)
     assert files_snapshot(tmp_path / "r") == before
-    assert run(periodic_corpus, tmp_path, epochs=2, resume=True)["epoch"] == 2
+    lines = []
+    changed = dict(epochs=2, learning_rate=0.02, clip_norm=1.0)  # a resume may change what is not the layout
+    assert train(periodic_corpus, tmp_path, run="r", train_options=changed, resume=True, log=lines.append)["epoch"] == 2
+    assert "resuming with other options for the rest of the run: --learning-rate 0.01 -> 0.02, --clip-norm 5 -> 1" \
+        in lines
+    lines.clear()
+    train(periodic_corpus, tmp_path, run="r", train_options=dict(epochs=3, learning_rate=0.02), resume=True,
+          log=lines.append)
+    assert not any("other options" in line for line in lines)  # the run's own, as saved by the last resume
 
 
 

@@ -617,7 +617,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(f"resuming {run_dir} {run.state.position()}{gpu_text(session.strategy)}")
         if text_changed:
             _restart_best_on_changed_text(run, meta)
-        _log_schedule_change(run, meta)  # after a restarted epoch, which moves the schedule back to its start
+        _log_option_changes(run, meta)  # after a restarted epoch, which moves the schedule back to its start
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
@@ -700,10 +700,22 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
     return chosen.model_options, chosen.train_options, chosen.reason
 
 
-def _log_schedule_change(run: Run, meta: CheckpointMeta) -> None:
+def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
+    """Say which options a resume changed for the rest of the run (the layout and the seed cannot change), and how a
+    new length re-stretches the cosine schedule."""
     state, config, saved = run.state, run.config, meta.training
-    changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
-                        for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
+
+    def shown(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    def changed(names) -> str:
+        return ", ".join(f"--{name.replace('_', '-')} {shown(getattr(saved, name))} -> {shown(getattr(config, name))}"
+                         for name in names if getattr(saved, name) != getattr(config, name))
+
+    length = ("epochs", "max_minutes")
+    if others := changed(field.name for field in dataclasses.fields(config) if field.name not in length):
+        run.log(f"resuming with other options for the rest of the run: {others}")
+    changes = changed(length)
     if config.lr_schedule == "cosine" and changes:
         before, after = (learning_rate_for(c, 0, run_fraction(c, state, len(run.train_batches),
                                                                state.elapsed_seconds))
