@@ -7,6 +7,7 @@ import math
 import os
 import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -935,6 +936,50 @@ def test_training_runs_in_a_worker_thread(tmp_path, periodic_corpus):
     worker.start()
     worker.join(timeout=300)
     assert results and results[0]["epoch"] == 1 and (tmp_path / "r" / "best.json").exists()
+
+
+def test_trainings_in_threads_of_one_process_take_turns_and_each_seed_gives_its_run(tmp_path, periodic_corpus):
+    """Each training seeds the process's random generators: two at once drew from each other's, and the same seed
+    gave two runs."""
+    import threading
+
+    order, lines, results = [], {1: [], 2: []}, {}
+    second_arrived = threading.Event()  # the second training has started, or is told to wait
+
+    class Started(Callback):
+        def __init__(self, number):
+            self.number = number
+
+        def on_train_start(self, run):
+            order.append(f"{self.number} starts")
+            if self.number == 2:
+                second_arrived.set()
+            else:  # until the second one has come: it starts beside this one, or waits
+                second_arrived.wait(60)
+
+    def log(number, line):
+        lines[number].append(line)
+        if line.startswith("waiting"):
+            second_arrived.set()
+
+    def training(number):
+        options = dict(model_options=dict(TINY_MODEL, dropout=0.2), train_options=dict(TINY_TRAINING, epochs=1))
+        results[number] = train(periodic_corpus, tmp_path, run=f"r{number}", callbacks=[Started(number)],
+                                log=lambda line: log(number, line), **options)
+        order.append(f"{number} ends")
+
+    first = threading.Thread(target=training, args=(1,))
+    first.start()
+    while not order:
+        time.sleep(0.01)
+    second = threading.Thread(target=training, args=(2,))
+    second.start()
+    first.join(300)
+    second.join(300)
+    assert order == ["1 starts", "1 ends", "2 starts", "2 ends"]
+    assert lines[2][0] == ("waiting for the training running in this process to end: trainings in one process take "
+                           "turns, so that a seed gives the same run")
+    assert results[1]["val_loss"] == results[2]["val_loss"]
 
 
 def test_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, monkeypatch):

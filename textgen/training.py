@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -432,6 +433,29 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     return corpus
 
 
+_TRAINING_TURN = threading.RLock()  # held by the training running in this process (see _taking_turns)
+
+
+def _taking_turns(function):
+    """Trainings in one process run one after the other. Each seeds the process's random generators (Python's,
+    NumPy's, TensorFlow's, Keras's) and gives them back when it ends, so two at once (threads of a notebook's sweep)
+    drew from each other's generators and a seed no longer gave the same run; side by side they gained nothing,
+    since one training's steps already use every core."""
+
+    @functools.wraps(function)
+    def taking_turns(*args, **kwargs):
+        if not _TRAINING_TURN.acquire(blocking=False):
+            kwargs.get("log", logger.info)("waiting for the training running in this process to end: trainings in "
+                                           "one process take turns, so that a seed gives the same run")
+            _TRAINING_TURN.acquire()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _TRAINING_TURN.release()
+    return taking_turns
+
+
+@_taking_turns
 @callers_random_state_kept()
 def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
