@@ -212,6 +212,13 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                            "^corpus file not found: The cat sat on the mat. The cat sat on the mat. The cat s\\.\\.\\. "
                            "\\(check the path; the text itself\\? save it to a file and give that file's path\\)$"),
                           (lambda: textgen.load("x" * 300, checkpoint_dir=tmp_path), "300 characters: too long"),
+                          # a text with line breaks, given for a run: the message stays one line
+                          (lambda: textgen.load("x" * 30 + "\n" + "y" * 300),
+                           "^no run at 'x{30}\\\\nyyyyyyyyy'\\.\\.\\. \\(331 characters: too long for a path\\)"),
+                          (lambda: textgen.load("ru\0n", checkpoint_dir=tmp_path),
+                           "run holds a NUL character (\\0), which no path can hold"),
+                          (lambda: textgen.train("c\0.txt", checkpoint_dir=tmp_path),
+                           "corpus holds a NUL character (\\0), which no path can hold"),
                           (lambda: textgen.load("r", checkpoint_dir=tmp_path / ("y" * 300)),
                            "^checkpoint_dir: too long for a path")):
         with pytest.raises(textgen.TextgenError, match=re.escape(message) if "^" not in message else message):
@@ -441,8 +448,10 @@ def test_export_writes_the_loaded_checkpoint_with_errors_in_keyword_names(model,
     assert json.loads(written[1].read_text())["epoch"] == model.info["epochs"]
     with pytest.raises(textgen.TextgenError, match=r"already exists; pass overwrite=True to replace it"):
         model.export(tmp_path / "out", format="keras")
-    with pytest.raises(textgen.TextgenError, match=r"^format must be among keras, savedmodel, litert or all, got k$"):
-        model.export(tmp_path / "other", format="k")
+    for bad, got in (("k", "k"), ([], "no format")):  # a bad option value, as every other one: a ValueError too
+        with pytest.raises(textgen.OptionError, match=rf"^format must be among keras, savedmodel, litert or all, got "
+                                                      rf"{got}$"):
+            model.export(tmp_path / "other", format=bad)
     assert [path.name for path in model.export(tmp_path / "out", format=["keras", "litert"], overwrite=True)] == [
         "model.keras", "model.tflite", "vocab.json"]
     for bad, message in (dict(overwrite="no"), r"^overwrite must be True or False, got 'no'$"), (

@@ -65,6 +65,8 @@ def _check_paths(**arguments) -> None:
             raise OptionError(f"{name} must be a path (str or pathlib.Path), got {value!r}")
         if not str(value).strip():  # Path("") is the current directory: the command line refuses it too
             raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
+        if "\0" in str(value):  # else os raised "embedded null byte", naming no argument
+            raise OptionError(f"{name} holds a NUL character (\\0), which no path can hold")
 
 
 def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
@@ -75,7 +77,7 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
 
     path, under = Path(path), Path(checkpoint_dir) / path
     if too_long_for_a_path(path):
-        raise TextgenError(f"no run at {str(path)[:40]}... ({len(str(path)):,} characters: too long for a path); "
+        raise TextgenError(f"no run at {str(path)[:40]!r}... ({len(str(path)):,} characters: too long for a path); "
                            "give a run directory (such as checkpoints/demo) or a run name")
     # (checkpoint_dir itself is checked only where a name is looked up in it: find_run)
     named = len(path.parts) == 1 and not too_long_for_a_path(under) and under.is_dir()

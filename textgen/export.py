@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from textgen.config import EXPORT_FORMATS
-from textgen.errors import TextgenError
+from textgen.errors import OptionError, TextgenError
 from textgen.files import check_path_length, links_to_itself
 
 EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
@@ -113,8 +113,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     formats = EXPORT_FORMATS if "all" in formats else tuple(dict.fromkeys(formats))
     unknown = [name for name in formats if name not in EXPORT_FORMATS]
     if unknown or not formats:
-        raise TextgenError(f"--format must be among {', '.join(EXPORT_FORMATS)} or all, got "
-                           f"{', '.join(unknown) or 'none'}")
+        raise OptionError(f"--format must be among {', '.join(EXPORT_FORMATS)} or all, got "
+                          + (", ".join(unknown) if unknown else "no format"))
     check_path_length(output, "--output", "choose a directory for the export, such as exports/NAME")
     if links_to_itself(output):
         raise TextgenError(f"--output {output} is a symbolic link that leads back to itself; choose a directory for "
