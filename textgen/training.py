@@ -16,6 +16,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -53,7 +54,9 @@ def stop_on_signals():
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        logger.warning(f"\nsignal {signal.Signals(signum).name}: finishing this step, then stopping (press again to "
+        if sys.stderr is not None and sys.stderr.isatty():  # past the terminal's "^C"; not in a log record's text
+            sys.stderr.write("\n")
+        logger.warning(f"signal {signal.Signals(signum).name}: finishing this step, then stopping (press again to "
                        "abort)")
 
     # Python lets only the main thread install handlers; a training run from another thread (a GUI, a web job)
