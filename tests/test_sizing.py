@@ -102,7 +102,9 @@ def test_explicit_options_win():
     units = sizing.choose(1_000_000, 65, TrainConfig(), {"units": 100}, {})
     assert (units.model_options["units"], units.model_options["embedding_dim"]) == (100, 32)  # 128's embedding
     assert units.model_options["layers"] == auto.model_options["layers"]
-    assert "embedding 32 (--units yours), dropout" in units.reason
+    assert "embedding 32 (--units yours), dropout" in units.reason and "(yours)" not in units.reason
+    given = sizing.choose(1_000_000, 65, TrainConfig(), {"dropout": 0.5}, {"batch_size": 32})
+    assert "dropout 0.5 (yours), weight decay 0.0, batch 32 (yours): " in given.reason
     once = sizing.choose(1_000_000, 65, TrainConfig(epochs=1), {"units": 64, "layers": 1}, {"epochs": 1})
     assert once.model_options == dict(layers=1, units=64, embedding_dim=32, dropout=0.0)  # one pass: no dropout
     assert once.train_options == dict(epochs=1, batch_size=64, weight_decay=0.0)
@@ -117,7 +119,7 @@ def test_explicit_options_win():
     result = sizing.choose(418_616, 103, TrainConfig(epochs=6, batch_size=48), {"dropout": 0.5},
                            {"batch_size": 48, "weight_decay": 0.1})
     assert result.model_options["dropout"] == 0.5 and result.train_options == {"batch_size": 48, "weight_decay": 0.1}
-    assert "dropout 0.5, weight decay 0.1, batch 48" in result.reason
+    assert "dropout 0.5 (yours), weight decay 0.1 (yours), batch 48 (yours)" in result.reason
 
 
 def test_calibration_measures_this_machine():
@@ -142,7 +144,8 @@ def test_training_logs_the_choice_and_the_checkpoint_keeps_it(tmp_path, periodic
     train(periodic_corpus, tmp_path, "shaped", model_options=dict(units=8, embedding_dim=4, layers=1),
           train_options=dict(epochs=1, seq_length=10, batch_size=4), log=messages.append)
     [sized] = [message for message in messages if message.startswith("sizing")]
-    assert "1 x 8 units, embedding 4 (--layers, --units, --embedding-dim yours), dropout 0.0, weight decay 0.0" in sized
+    assert "1 x 8 units, embedding 4 (--layers, --units, --embedding-dim yours), dropout 0.0, weight decay 0.0, " \
+           "batch 4 (yours): " in sized
     meta = read_meta(tmp_path / "shaped", "best")
     assert (meta.model.units, meta.model.dropout, meta.training.weight_decay) == (8, 0.0, 0.0)
     assert not any(message.startswith("note: ") for message in messages)  # 3 parameters per character at most

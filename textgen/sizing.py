@@ -168,8 +168,11 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
             "learn this text by heart, and a longer corpus helps)" if memorises(parameters, train_chars) and not given
             else "")  # a large vocabulary (Chinese) makes even the smallest embedding and output layer large
     yours = f" ({', '.join('--' + name.replace('_', '-') for name in given)} yours)" if given else ""
+    mine = {name: " (yours)" if name in {**user_model, **user_training} else "" for name in
+            ("dropout", "weight_decay", "batch_size")}  # else an explicit --batch-size 8 read as chosen
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}{yours}, "
-              f"dropout {model['dropout']}, weight decay {training['weight_decay']}, batch {batch}: {parameters:,} "
+              f"dropout {model['dropout']}{mine['dropout']}, weight decay {training['weight_decay']}"
+              f"{mine['weight_decay']}, batch {batch}{mine['batch_size']}: {parameters:,} "
               f"parameters for {train_chars:,} training characters{over} and a budget of {budget}; explicit options "
               "win, --size fixed keeps the defaults")
     return Sizing(model, training, reason)
