@@ -40,18 +40,23 @@ def test_old_run_resumes_with_its_saved_options_and_history(tmp_path):
     assert old.state.step_in_epoch == 0
     assert messages[0] == f"resuming {root / 'checkpoints' / 'old'} at the start of epoch {old.state.epoch + 1}"
     # only what changed is named (--max-minutes stayed 0)
-    assert messages[1].startswith(f"note: the run's length changed (--epochs {old.training.epochs} -> "
+    assert messages[1] == f"resuming with other options for the rest of the run: --epochs {old.state.epoch + 1} " \
+                          f"(was {old.training.epochs})"
+    assert messages[2].startswith(f"note: the run's length changed (--epochs {old.training.epochs} -> "
                                   f"{old.state.epoch + 1}), so the cosine schedule is re-stretched")
     assert summary["epoch"] == new.state.epoch == old.state.epoch + 1
-    assert new.state.history[:-1] == old.state.history and new.state.history[-1]["epoch"] == old.state.epoch + 1
+    untexted = [{key: value for key, value in row.items() if key != "text"} for row in new.state.history[:-1]]
+    assert untexted == old.state.history and new.state.history[-1]["epoch"] == old.state.epoch + 1
     from textgen.report import info_text
 
     assert f"precision      not recorded (an older textgen) in epochs 1-{old.state.epoch}, float32 in epoch " \
            f"{old.state.epoch + 1}\n" in info_text(root / "checkpoints" / "old")
     rows = (root / "checkpoints" / "old" / "history.csv").read_text().splitlines()  # as the resumed run wrote it
-    assert rows[0].endswith(",seconds,precision,text") and rows[1].endswith(",,")
+    assert rows[0].endswith(",seconds,precision,text") and re.search(r",,[0-9a-f]{16}$", rows[1])
     assert re.search(r",float32,[0-9a-f]{16}$", rows[-1])
-    assert "\ntexts " not in info_text(root / "checkpoints" / "old")  # its rows without a text are of the same one
+    # its rows without a text are given the checkpoint's, so a resume on another text would start a span of its own
+    assert {row["text"] for row in new.state.history} == {old.corpus["blake2b"][:16]}
+    assert "\ntexts " not in info_text(root / "checkpoints" / "old")
     assert new.model == old.model and new.vocab == old.vocab
     assert new.training == dataclasses.replace(old.training, epochs=old.state.epoch + 1)
     assert new.state.global_step == old.state.global_step * (old.state.epoch + 1) // old.state.epoch

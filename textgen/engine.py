@@ -126,7 +126,7 @@ def _trailing_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return last.astype(np.int32), run.astype(np.int32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # (arrays: == would compare them element by element)
 class StreamHistory:
     """What the filters that look at a stream's past know of each stream: for the repeat guard
     (sampling.guard_repeats_tf), its last id and how many times in a row that id has come.
@@ -147,6 +147,7 @@ class StreamHistory:
 
     def after(self, ids: np.ndarray) -> StreamHistory:
         """The history once each stream has been fed its row of ids (N, T), fed or drawn."""
+        ids = np.asarray(ids)
         last_id, run = _trailing_runs(ids)
         whole = run == ids.shape[1]  # the whole piece repeats one id: it may continue the previous run
         return StreamHistory(last_id, np.where(whole & (last_id == self.last_id), self.run + run, run).astype(np.int32))

@@ -75,16 +75,22 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     return path
 
 
-def text_spans(history: list[dict]) -> list[tuple[int, int]]:
-    """The history's rows as spans trained on one text, [(first row, last row)]: a span ends where a resume went on
-    to another or changed text. A row of an older textgen (no text) belongs to the span before it."""
-    spans, text = [], None
+def spans_of(history: list[dict], key: str) -> list[tuple]:
+    """The history's rows in spans of one value of key, [(value, first row, last row)]: where a resume changed the
+    text trained on, or the precision (another CPU). A row without the key (an older textgen's) has the value None;
+    a resume fills in the text of such rows (the checkpoint's), so that they do not make a span of their own."""
+    spans = []
     for index, row in enumerate(history):
-        if not spans or (row.get("text") and text and row["text"] != text):
-            spans.append([index, index])
-        spans[-1][1] = index
-        text = row.get("text") or text
+        if spans and spans[-1][0] == row.get(key):
+            spans[-1][2] = index
+        else:
+            spans.append([row.get(key), index, index])
     return [tuple(span) for span in spans]
+
+
+def text_spans(history: list[dict]) -> list[tuple[int, int]]:
+    """The history's rows as spans trained on one text, [(first row, last row)]."""
+    return [(first, last) for _, first, last in spans_of(history, "text")]
 
 
 def curve_title(run_name: str) -> str:
@@ -184,12 +190,8 @@ PRECISIONS = {"bfloat16": "LSTM matmuls in bfloat16 (mixed precision)", "float32
 def _precision_text(history: list[dict]) -> str:
     """What each epoch trained in, from the history: "float32 in every epoch", or spans of epochs where a resume on
     another CPU changed it."""
-    spans = []  # [precision, first epoch, last epoch]
-    for row in history:
-        if spans and spans[-1][0] == row.get("precision"):
-            spans[-1][2] = row["epoch"]
-        else:
-            spans.append([row.get("precision"), row["epoch"], row["epoch"]])
+    spans = [(precision, history[first]["epoch"], history[last]["epoch"])
+             for precision, first, last in spans_of(history, "precision")]
     if not spans:
         return "not known before the first epoch ends"
     if len(spans) == 1:
@@ -205,7 +207,7 @@ def _texts_line(history: list[dict]) -> list[str]:
     if len(spans) < 2:
         return []
     epochs = [(history[first]["epoch"], history[last]["epoch"]) for first, last in spans]
-    return [f"texts          {len(spans)}, the corpus changed at a resume: epochs "
+    return [f"texts          changed at {counted(len(spans) - 1, 'resume')}: epochs "
             + ", ".join(f"{first}-{last}" if last > first else f"{first}" for first, last in epochs)
             + " (the curve draws each apart)"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -54,8 +53,11 @@ def stop_on_signals():
         if requested:
             raise KeyboardInterrupt
         requested.append(signum)
-        if sys.stderr is not None and sys.stderr.isatty():  # past the terminal's "^C"; not in a log record's text
-            sys.stderr.write("\n")
+        try:  # past the terminal's "^C"; not in a log record's text
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+        except (AttributeError, OSError, ValueError):  # a stand-in stderr without isatty, a closed one: no matter
+            pass
         logger.warning(f"signal {signal.Signals(signum).name}: finishing this step, then stopping (press again to "
                        "abort)")
 
@@ -416,7 +418,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             epoch=epoch + 1, step=state.global_step, chars_seen=state.chars_seen, train_loss=state.train_loss,
             train_bpc=bpc(state.train_loss), val_loss=state.val_loss, val_bpc=bpc(state.val_loss),
             learning_rate=float(session.optimizer.learning_rate.numpy()),
-            seconds=round(run.elapsed, 2), precision=session.precision, text=run.corpus["blake2b"][:16])]
+            seconds=round(run.elapsed, 2), precision=session.precision, text=run.corpus.get("blake2b", "")[:16])]
         for callback in callbacks:
             callback.on_epoch_end(run, improved)
     return run.stop_reason or f"{counted(run.config.epochs, 'epoch')} done"
@@ -439,27 +441,24 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
 _TRAINING_TURN = threading.RLock()  # held by the training running in this process (see _taking_turns)
 
 
-def _taking_turns(function):
-    """Trainings in one process run one after the other. Each seeds the process's random generators (Python's,
-    NumPy's, TensorFlow's, Keras's) and gives them back when it ends, so two at once (threads of a notebook's sweep)
-    drew from each other's generators and a seed no longer gave the same run; side by side they gained nothing,
-    since one training's steps already use every core."""
+@contextlib.contextmanager
+def _taking_turns(log: Callable[[str], None]):
+    """Trainings called from several threads of one process run one after the other, once checked (a bad call is
+    refused at once). Each seeds the process's random generators (Python's, NumPy's, TensorFlow's, Keras's) and
+    gives them back when it ends, so two at once (threads of a notebook's sweep) drew from each other's generators
+    and a seed no longer gave the same run; side by side they gained nothing, since one training's steps already use
+    every core. A callback may train again in its own thread (the lock is re-entrant), but a callback that waits for
+    a training it started in another thread waits forever."""
+    if not _TRAINING_TURN.acquire(blocking=False):
+        log("waiting for the training running in this process to end: trainings in one process take turns, so that "
+            "a seed gives the same run")
+        _TRAINING_TURN.acquire()
+    try:
+        yield
+    finally:
+        _TRAINING_TURN.release()
 
-    @functools.wraps(function)
-    def taking_turns(*args, **kwargs):
-        if not _TRAINING_TURN.acquire(blocking=False):
-            kwargs.get("log", logger.info)("waiting for the training running in this process to end: trainings in "
-                                           "one process take turns, so that a seed gives the same run")
-            _TRAINING_TURN.acquire()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            _TRAINING_TURN.release()
-    return taking_turns
 
-
-@_taking_turns
-@callers_random_state_kept()
 def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
           resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
@@ -488,13 +487,16 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         model_options, train_options = dict(model_options or {}), dict(train_options or {})
         run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
         check_readable(corpus_path)
-        import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
-            with tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
+            with _taking_turns(log), callers_random_state_kept(), \
+                    tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
+                import_tensorflow_quietly()
                 return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                      False, gate, lambda message: None, callbacks)
         _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
-        with _locked_run_dir(run_dir):
+        # The run's lock before the turn: a second training of this run is refused at once, not after the first.
+        with _locked_run_dir(run_dir), _taking_turns(log), callers_random_state_kept():
+            import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
             # again: another training may have saved there meanwhile
             _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
@@ -641,6 +643,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               replaces=replaces, has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)
+        for row in run.state.history:  # an older textgen's rows: trained on the checkpoint's text, as far as it knows
+            row.setdefault("text", meta.corpus["blake2b"][:16])
         log(f"resuming {run_dir} {run.state.position()}{gpu_text(session.strategy)}")
         if text_changed:
             _restart_best_on_changed_text(run, meta)
@@ -735,14 +739,15 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
     def shown(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
-    def changed(names) -> str:
-        return ", ".join(f"--{name.replace('_', '-')} {shown(getattr(saved, name))} -> {shown(getattr(config, name))}"
+    def changed(names) -> str:  # "--name new (was old)": the Python API spells "name=new (was old)"
+        return ", ".join(f"--{name.replace('_', '-')} {shown(getattr(config, name))} "
+                         f"(was {shown(getattr(saved, name))})"
                          for name in names if getattr(saved, name) != getattr(config, name))
 
-    length = ("epochs", "max_minutes")
-    if others := changed(field.name for field in dataclasses.fields(config) if field.name not in length):
+    if others := changed(field.name for field in dataclasses.fields(config)):
         run.log(f"resuming with other options for the rest of the run: {others}")
-    changes = changed(length)
+    changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
+                        for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
     if config.lr_schedule == "cosine" and changes:
         before, after = (learning_rate_for(c, 0, run_fraction(c, state, len(run.train_batches),
                                                                state.elapsed_seconds))
