@@ -492,6 +492,11 @@ def test_next_char_probabilities_are_the_models_softmax_after_the_prime(model, t
         got = model.next_char_probabilities("abcdefgabc", temperature=temperature)
         assert [got[ch] for ch in PERIOD] == pytest.approx(expected, abs=1e-5)
     assert model.next_char_probabilities("abc", temperature=0) == {"d": 1.0, **{ch: 0.0 for ch in "abcefg"}}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's overflow warning, printed on stderr with its source line
+        assert model.next_char_probabilities("abc", temperature=5e-324) == model.next_char_probabilities("abc", 0)
     assert model.generate("abcdefgabc", length=1, temperature=0) == "abcdefgabcd"
     with pytest.raises(textgen.TextgenError, match=r"never saw: 'x'; change the prime or pass skip_unknown=True"):
         model.next_char_probabilities("abcx")

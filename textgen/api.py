@@ -213,7 +213,8 @@ class TextModel:
         if temperature == 0:
             weights = (np.arange(len(logits)) == np.argmax(logits)).astype(np.float64)
         else:
-            weights = np.exp((logits - logits.max()) / temperature)
+            with np.errstate(over="ignore"):  # a tiny temperature: -inf, a weight of 0 (NumPy printed a warning)
+                weights = np.exp((logits - logits.max()) / temperature)
         order = np.argsort(-weights, kind="stable")
         return {self.vocab.chars[i]: float(weights[i] / weights.sum()) for i in order}
 

@@ -96,7 +96,9 @@ class Batcher:
         config.validate()
         if config.sample_count > self.capacity:
             raise ValueError(f"at most {self.capacity} samples per request")
-        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, logger.warning)
+        # Not logged: the client asked to drop them and its answer starts with the prime as read, and the server's log
+        # keeps one line per request.
+        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, lambda message: None)
         job = Job(TextStreams(self.vocab, config, prime), deliver)
         with self.condition:
             if self.closed or self.stopping:
