@@ -81,10 +81,10 @@ def test_health_models_and_openapi(server, trained_run):
     assert models["limits"] == dict(max_length=1000, max_samples=4, max_prime_chars=4000, max_score_chars=20000)
     status, text = call(server, "/v1/openapi.json")
     spec = json.loads(text)
-    assert status == 200 and {"/v1/generate", "/v1/score", "/v1/models"} <= set(spec["paths"])
+    assert status == 200 and {"/v1/generate", "/v1/score", "/v1/next", "/v1/models"} <= set(spec["paths"])
     # The errors as they are sent ({"error": ...}); FastAPI described a 422 of its own form ({"detail": [...]}).
     assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
-    for path in ("/v1/generate", "/v1/score"):
+    for path in ("/v1/generate", "/v1/score", "/v1/next"):
         responses = spec["paths"][path]["post"]["responses"]
         assert {"400", "404", "413", "415", "422", "500"} <= set(responses)
         assert all(responses[code]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/"
@@ -100,6 +100,10 @@ def test_health_models_and_openapi(server, trained_run):
     assert (fields["length"]["minimum"], fields["length"]["maximum"]) == (0, 1000)
     assert (fields["num_samples"]["maximum"], fields["prime"]["maxLength"]) == (4, 4000)
     assert spec["components"]["schemas"]["ScoreRequest"]["properties"]["text"]["maxLength"] == 20000
+    next_fields = spec["components"]["schemas"]["NextRequest"]["properties"]
+    assert next_fields["prime"]["maxLength"] == 4000 and next_fields["top"]["anyOf"][0] == {"type": "integer",
+                                                                                           "minimum": 1}
+    assert (next_fields["temperature"]["default"], next_fields["temperature"]["maximum"]) == (1.0, 10**6)
     assert fields["seed"]["anyOf"][0] == {"type": "integer", "minimum": 0}
     # Integers as integers (FastAPI wrote "minimum": 1.0), and a temperature list's items bounded, the list not empty
     assert '"minimum": 1.0' not in json.dumps(spec) and fields["top_k"]["anyOf"][0] == {"type": "integer",
@@ -111,11 +115,12 @@ def test_health_models_and_openapi(server, trained_run):
 
 def test_every_answer_is_as_the_openapi_document_describes_it(server):
     """The 200 answers' schemas were empty ({}): a client generated from the document got Any for each."""
-    from textgen.serve_schema import GenerateResponse, Health, ModelsResponse, ScoreResponse
+    from textgen.serve_schema import GenerateResponse, Health, ModelsResponse, NextResponse, ScoreResponse
 
     spec = json.loads(call(server, "/v1/openapi.json")[1])
     for path, method, model in (("/v1/generate", "post", GenerateResponse), ("/v1/score", "post", ScoreResponse),
-                                ("/v1/models", "get", ModelsResponse), ("/healthz", "get", Health)):
+                                ("/v1/next", "post", NextResponse), ("/v1/models", "get", ModelsResponse),
+                                ("/healthz", "get", Health)):
         described = spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
         assert described == {"$ref": f"#/components/schemas/{model.__name__}"}, path
     assert '"additionalProperties": false' not in json.dumps(spec["components"]["schemas"]["GenerateResponse"])
@@ -124,6 +129,7 @@ def test_every_answer_is_as_the_openapi_document_describes_it(server):
                           (GenerateResponse, call(server, "/v1/generate", dict(length=3, temperature=[0, 0.5, 1],
                                                                                max_repeat=None, seed=3))),
                           (ScoreResponse, call(server, "/v1/score", dict(text="abcdefg"))),
+                          (NextResponse, call(server, "/v1/next", dict(prime="abc", top=2))),
                           (ModelsResponse, call(server, "/v1/models")), (Health, call(server, "/healthz"))):
         assert model.model_validate_json(answer[1]).model_dump(mode="json") == json.loads(answer[1]), model
     score_400 = spec["paths"]["/v1/score"]["post"]["responses"]["400"]["description"]
@@ -511,6 +517,7 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
         base = f"http://127.0.0.1:{port}"
         wait_for_health(process, base)
         assert call(base, "/v1/generate", dict(prime="abc", length=10, temperature=0))[0] == 200
+        assert call(base, "/v1/next", dict(prime="abxc", skip_unknown=True, temperature=5e-324))[0] == 200
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
     finally:
@@ -522,6 +529,10 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
     assert f"serving the runs in {trained_run['checkpoint_dir']} (default 'period') on http://127.0.0.1:{port}/" \
         in stderr
     assert '"POST /v1/generate HTTP/1.1" 200' in stderr and '"GET /healthz HTTP/1.1" 200' in stderr
+    # /v1/next is one line too: not a warning about the characters the client asked to drop, nor NumPy's overflow
+    # warning for a tiny temperature (two lines without time or level)
+    nexts = stderr[stderr.index("POST /v1/generate"):stderr.index("Shutting down")].splitlines()[1:-1]
+    assert len(nexts) == 1 and '"POST /v1/next HTTP/1.1" 200' in nexts[0], stderr
     # Each line with its time and level, textgen's as uvicorn's (textgen's had neither, and no line had a time).
     timed = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO: +"
     assert re.search(timed + "serving the runs in ", stderr, re.M) and re.search(timed + r"127\.0\.0\.1:\d+ - "
@@ -644,9 +655,10 @@ def test_scores_take_turns_on_one_engine(server, monkeypatch):
     assert [status for status, _ in answers] == [200] * 4 and most[0] == 1
 
 
-def test_scores_waiting_their_turn_leave_the_rest_of_the_server_answering(server, monkeypatch):
+@pytest.mark.parametrize("path, body", [("/v1/score", dict(text="abcdefg" * 20)), ("/v1/next", dict(prime="abc"))])
+def test_scores_waiting_their_turn_leave_the_rest_of_the_server_answering(server, monkeypatch, path, body):
     """Each score waiting for the engine held one of the server's 40 worker threads: 60 of them stalled /healthz,
-    /v1/models and generation for as long as they took."""
+    /v1/models and generation for as long as they took. /v1/next computes on the same engine, under the same lock."""
     generator = SERVED["app"].state.runs.get(None).generator
     engine, entered, release = generator.engine, threading.Event(), threading.Event()
 
@@ -660,7 +672,7 @@ def test_scores_waiting_their_turn_leave_the_rest_of_the_server_answering(server
     monkeypatch.setattr(generator, "engine", held)
     with ThreadPoolExecutor(45) as pool:
         try:
-            scores = [pool.submit(call, server, "/v1/score", dict(text="abcdefg" * 20), timeout=180) for _ in range(45)]
+            scores = [pool.submit(call, server, path, body, timeout=180) for _ in range(45)]
             assert entered.wait(60)
             time.sleep(0.5)  # the other 44 arrive and wait
             assert call(server, "/healthz", timeout=20) == (200, '{"status":"ok"}')
@@ -730,6 +742,75 @@ def test_a_lone_surrogate_to_score_is_a_400(server):
     status, text = call(server, "/v1/score", raw=b'{"text": "\\ud800abc"}')
     assert (status, json.loads(text)["error"]) == (400, "text holds a lone surrogate (\\ud800) at character 0, "
                                                         "which is not text; send UTF-8 text")
+
+
+def test_next_gives_the_python_apis_distribution_the_likeliest_first(server, trained_run):
+    import textgen
+
+    model = textgen.load(trained_run["run_dir"])
+    for body in (dict(prime="abcdefgabc"), dict(prime="abc", temperature=2.0), dict(prime="abc", temperature=0),
+                 dict(prime="", temperature=1), dict(prime="abxc", skip_unknown=True), dict(prime="abc", top=2)):
+        status, text = call(server, "/v1/next", body)
+        assert status == 200, (body, text)
+        answer = json.loads(text)
+        expected = model.next_char_probabilities(body["prime"], body.get("temperature", 1.0),
+                                                 body.get("skip_unknown", False))
+        pairs = [(each["character"], each["probability"]) for each in answer["probabilities"]]
+        assert pairs == list(expected.items())[:body.get("top")], body  # the same engine step: the same numbers
+        assert (answer["run"], answer["temperature"]) == ("period", float(body.get("temperature", 1.0)))
+    answer = json.loads(call(server, "/v1/next", dict(prime="abcdefgabc", top=100))[1])
+    assert [each["character"] for each in answer["probabilities"]][0] == "d" and len(answer["probabilities"]) == 7
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b'{"prime": "abc", "temperature": -1}', 400, "temperature must be in [0, 1e+06], got -1.0"),
+    (b'{"temperature": NaN}', 400, "temperature must be in [0, 1e+06], got nan"),
+    (b'{"temperature": [0.5, 1.0]}', 422, "temperature: Input should be a valid number"),
+    (b'{"prime": "xyz"}', 400, "the prime contains characters the model never saw: 'x' 'y' 'z'; change the prime or "
+                               'pass "skip_unknown": true to drop them'),
+    (b'{"prime": "a\\udcff", "skip_unknown": true}', 400, "prime holds a lone surrogate (\\udcff) at character 1"),
+    (b'{"prime": "abc", "top": 0}', 400, "top must be an integer in [1, inf), got 0"),
+    (b'{"prime": "abc", "top": 2.0}', 422, "top: Input should be a valid integer"),
+    (b'{"run": "../x"}', 400, "invalid run name '../x'; name one of the runs GET /v1/models lists"),
+    (b'{"run": ""}', 400, "run is empty; leave it out (or null) for the server's default run"),
+    (b'{"run": "missing"}', 404, "no run named 'missing'; GET /v1/models lists the runs"),
+    (json.dumps(dict(prime="a" * 5000)).encode(), 400, "prime must be at most 4000 characters on this server, got "
+                                                      "5000"),
+    (json.dumps(dict(prime="a" * 400000)).encode(), 413, "request body larger than"),
+    (b'{"prime": "a", "length": 10}', 422, "length: Extra inputs are not permitted"),
+    (b"[]", 422, 'the body must be a JSON object; send for instance {"prime": "The "}'),
+])
+def test_next_refuses_what_generate_refuses_in_one_line(server, body, status, message):
+    got, text = call(server, "/v1/next", raw=body)
+    assert got == status and json.loads(text)["error"].startswith(message), text
+    assert "\n" not in json.loads(text)["error"]
+
+
+def test_next_while_generating_does_not_disturb_the_streams_and_takes_turns_with_scores(server, monkeypatch):
+    request = dict(prime="abc", length=400, temperature=1.1, seed=8, stream=True)
+    alone = call(server, "/v1/generate", request)[1]
+    generator = SERVED["app"].state.runs.get(None).generator
+    running, most = [0], [0]
+    engine = generator.engine  # what /v1/next and /v1/score compute on
+
+    @contextlib.contextmanager
+    def watched(streams):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.1)  # long enough for the other requests to arrive meanwhile
+            with engine(streams) as taken:
+                yield taken
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(generator, "engine", watched)
+    with ThreadPoolExecutor(6) as pool:
+        asked = [pool.submit(call, server, "/v1/next" if i % 2 else "/v1/score",
+                             dict(prime="abc") if i % 2 else dict(text="abcdefg" * 20)) for i in range(8)]
+        together = pool.submit(call, server, "/v1/generate", request).result()[1]
+        assert [future.result()[0] for future in asked] == [200] * 8
+    assert together == alone and most[0] == 1
 
 
 def test_a_run_directory_can_be_served_itself_and_a_damaged_run_is_one_json_line(trained_run, tmp_path, monkeypatch):

@@ -204,19 +204,8 @@ class TextModel:
             >>> list(model.next_char_probabilities("The quick brown fo").items())[:2]  # doctest: +SKIP
             [('r', 0.61), ('l', 0.12)]
         """
-        import numpy as np
-
         temperature = _one_temperature(temperature, "next_char_probabilities")[0]
-        SampleConfig(prime=prime, temperature=(temperature,), skip_unknown=skip_unknown).validate()
-        logits = self.generator.next_logits(prepare_prime(prime, self.vocab, skip_unknown, logger.warning))
-        logits = logits.astype(np.float64)
-        if temperature == 0:
-            weights = (np.arange(len(logits)) == np.argmax(logits)).astype(np.float64)
-        else:
-            with np.errstate(over="ignore"):  # a tiny temperature: -inf, a weight of 0 (NumPy printed a warning)
-                weights = np.exp((logits - logits.max()) / temperature)
-        order = np.argsort(-weights, kind="stable")
-        return {self.vocab.chars[i]: float(weights[i] / weights.sum()) for i in order}
+        return self.generator.next_char_probabilities(prime, temperature, skip_unknown)
 
     def export(self, output: str | Path, format: str | Sequence[str] = ("keras", "savedmodel"),
                overwrite: bool = False) -> list[Path]:

@@ -269,6 +269,22 @@ class Generator:
             engine.prime(ids[None, :])
             return engine.last_logits[0]
 
+    def next_char_probabilities(self, prime: str, temperature: float, skip_unknown: bool = False,
+                                warn: Callable[[str], None] = logger.warning) -> dict[str, float]:
+        """The distribution of the character after prime (read as generation reads it: prepare_prime), the likeliest
+        first, before any filter: {character: probability}; temperature 0 puts everything on the likeliest. The
+        Python API's TextModel.next_char_probabilities and the server's POST /v1/next both answer with this."""
+        SampleConfig(prime=prime, temperature=(temperature,), skip_unknown=skip_unknown).validate()
+        logits = self.next_logits(prepare_prime(prime, self.vocab, skip_unknown, warn)).astype(np.float64)
+        if temperature == 0:
+            weights = (np.arange(len(logits)) == np.argmax(logits)).astype(np.float64)
+        else:  # a tiny temperature overflows to -inf, weight 0, as it should: no RuntimeWarning on stderr (a server's
+            # log got two lines of NumPy's, without time or level, for "temperature": 5e-324)
+            with np.errstate(over="ignore"):
+                weights = np.exp((logits - logits.max()) / temperature)
+        order = np.argsort(-weights, kind="stable")
+        return {self.vocab.chars[i]: float(weights[i] / weights.sum()) for i in order}
+
     def score(self, text: str) -> dict:
         """Cross-entropy of text read from its first character with a fresh state, in the Unicode form (NFC or NFD)
         the vocabulary knows best; characters outside the vocabulary are removed (and counted) first.

@@ -40,8 +40,8 @@ from textgen.config import (DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAG
                             SampleConfig, sample_config_of, shown_number)
 from textgen.errors import TextgenError, as_keywords
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, ScoreRequest,
-                                  ScoreResponse, errors, integral_bounds, with_limits)
+from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, NextRequest,
+                                  NextResponse, ScoreRequest, ScoreResponse, errors, integral_bounds, with_limits)
 from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
@@ -50,7 +50,7 @@ SHUTTING_DOWN = "the server is shutting down; send the request again once it is 
 SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (exact as a JavaScript number)
 
 
-EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}'}  # the rest: EXAMPLE_BODY
+EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}', "/v1/next": '{"prime": "The "}'}  # the rest: EXAMPLE_BODY
 EXAMPLE_BODY = '{"prime": "The ", "length": 100}'
 
 
@@ -75,14 +75,26 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
     if not 0 <= config.length <= limits.max_length:  # (the general rule's range, up to 1e+07, is not this server's)
         raise ApiError(f"length must be in [0, {limits.max_length}] on this server, got {shown_number(config.length)}")
     config.validate()
-    if len(config.prime) > limits.max_prime_chars:
-        raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got "
-                         f"{len(config.prime)}")
+    _check_prime(config.prime, limits)
     # One drawn here and sent back, so that a text the client likes can be asked for again; not for several
     # temperatures, whose samples would then share their draws (a seed's samples do: [1.0, 1.0] gave one text twice)
     if config.seed is None and len(config.temperature) == 1:
         config = dataclasses.replace(config, seed=secrets.randbelow(SEEDS_DRAWN))
     return config
+
+
+def _check_prime(prime: str, limits: Limits) -> None:
+    if len(prime) > limits.max_prime_chars:
+        raise ApiError(f"prime must be at most {limits.max_prime_chars} characters on this server, got {len(prime)}")
+
+
+def _check_next(body: NextRequest, limits: Limits) -> None:
+    """Refuse a /v1/next request's bad values before its run is loaded, in generate's words: the prime's unknown
+    characters, which need the run's vocabulary, are refused where the distribution is computed."""
+    SampleConfig(prime=body.prime, temperature=(body.temperature,), skip_unknown=body.skip_unknown).validate()
+    _check_prime(body.prime, limits)
+    if body.top is not None and body.top < 1:
+        raise ApiError(f"top must be an integer in [1, inf), got {shown_number(body.top)}")
 
 
 BODY_UNREADABLE = "There was an error parsing the body"  # FastAPI's HTTPException detail
@@ -235,7 +247,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
-    scoring: dict[str, asyncio.Lock] = {}  # one score at a time per run: the others wait here, not in a thread each
+    # One score or /v1/next at a time per run (they share the generator's one-stream engine and its lock,
+    # Generator._scoring): the others wait here, not in a worker thread each
+    engine_turns: dict[str, asyncio.Lock] = {}
 
     @app.post("/v1/score", responses={**errors("a text over the server's max_score_chars, or with fewer than 2 "
                                                "characters the model knows"), 200: {"model": ScoreResponse}})
@@ -245,8 +259,22 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                            f"{len(body.text)}")
         await loaded(body.run)
         served = await run_in_threadpool(runs.get, body.run)
-        async with scoring.setdefault(served.name, asyncio.Lock()):
+        async with engine_turns.setdefault(served.name, asyncio.Lock()):
             return dict(run=served.name, **await run_in_threadpool(served.generator.score, body.text))
+
+    @app.post("/v1/next", responses={**errors("a temperature out of range, top below 1, a prime over the server's "
+                                              "max_prime_chars or with characters the model never saw"),
+                                      200: {"model": NextResponse}})
+    async def next_char(body: NextRequest):
+        _check_next(body, limits)  # before the run is loaded: a bad request costs nothing
+        await loaded(body.run)
+        served = await run_in_threadpool(runs.get, body.run)
+        async with engine_turns.setdefault(served.name, asyncio.Lock()):
+            # Dropped prime characters unlogged: the client asked for it, and each request is one log line
+            probabilities = await run_in_threadpool(served.generator.next_char_probabilities, body.prime,
+                                                    body.temperature, body.skip_unknown, lambda warning: None)
+        listed = [dict(character=ch, probability=p) for ch, p in probabilities.items()][:body.top]
+        return dict(run=served.name, temperature=body.temperature, probabilities=listed)
 
     return app
 

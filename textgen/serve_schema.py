@@ -80,6 +80,17 @@ class ScoreRequest(BaseModel):
     text: str = Field(description="The text to score (at most the server's max_score_chars: GET /v1/models)")
 
 
+class NextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    run: Optional[str] = Field(None, description="Run name (default: the server's run)")
+    prime: str = Field("", description="The text so far (empty: the start of a text)")
+    temperature: float = _ranged("temperature", "Divides the logits as in generate (1: the model's own "
+                                                "distribution; 0: everything on the likeliest)", 1.0)
+    skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
+    top: Optional[int] = Field(None, description="Return only the top likeliest characters (null: every one)",
+                               json_schema_extra=lambda schema: schema["anyOf"][0].update(minimum=1))
+
+
 class ErrorBody(BaseModel):
     """Every error's body: one line naming the problem and what to do."""
 
@@ -114,6 +125,18 @@ class ScoreResponse(BaseModel):
     perplexity: float
     characters: int = Field(description="Characters scored (each but the first, read with a fresh state)")
     excluded: int = Field(description="Characters outside the model's vocabulary, removed before scoring")
+
+
+class NextChar(BaseModel):
+    character: str
+    probability: float
+
+
+class NextResponse(BaseModel):
+    run: str
+    temperature: float
+    probabilities: list[NextChar] = Field(description="The characters after the prime, the likeliest first, before "
+                                                      "any filter (all of the vocabulary, or the top ones)")
 
 
 class RunFacts(BaseModel):
@@ -158,6 +181,7 @@ def with_limits(document: dict, limits) -> dict:
     generate["length"]["maximum"] = limits.max_length
     generate["num_samples"]["maximum"] = limits.max_samples
     generate["prime"]["maxLength"] = limits.max_prime_chars
+    schemas["NextRequest"]["properties"]["prime"]["maxLength"] = limits.max_prime_chars
     schemas["ScoreRequest"]["properties"]["text"]["maxLength"] = limits.max_score_chars
     return document
 
