@@ -633,23 +633,30 @@ def test_scoring_while_generating_does_not_disturb_the_streams(server):
     assert json.loads(together)["samples"] == json.loads(alone)["samples"]
 
 
-def test_scores_take_turns_on_one_engine(server, monkeypatch):
+def watch_the_one_stream_engine(monkeypatch, pause: float) -> list:
+    """[the most requests that used the served run's one-stream engine at once], each holding it pause seconds more
+    (long enough for the other requests to arrive meanwhile); the batcher's generation takes its engines directly."""
     generator = SERVED["app"].state.runs.get(None).generator
     running, most = [0], [0]
-    engine = generator.engine  # what score scores on (the batcher's generation takes its engines directly)
+    engine = generator.engine
 
     @contextlib.contextmanager
     def watched(streams):
         running[0] += 1
         most[0] = max(most[0], running[0])
         try:
-            time.sleep(0.2)  # long enough for the other requests to arrive meanwhile
+            time.sleep(pause)
             with engine(streams) as taken:
                 yield taken
         finally:
             running[0] -= 1
 
     monkeypatch.setattr(generator, "engine", watched)
+    return most
+
+
+def test_scores_take_turns_on_one_engine(server, monkeypatch):
+    most = watch_the_one_stream_engine(monkeypatch, 0.2)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: call(server, "/v1/score", dict(text="abcdefg" * 20)), range(4)))
     assert [status for status, _ in answers] == [200] * 4 and most[0] == 1
@@ -789,22 +796,7 @@ def test_next_refuses_what_generate_refuses_in_one_line(server, body, status, me
 def test_next_while_generating_does_not_disturb_the_streams_and_takes_turns_with_scores(server, monkeypatch):
     request = dict(prime="abc", length=400, temperature=1.1, seed=8, stream=True)
     alone = call(server, "/v1/generate", request)[1]
-    generator = SERVED["app"].state.runs.get(None).generator
-    running, most = [0], [0]
-    engine = generator.engine  # what /v1/next and /v1/score compute on
-
-    @contextlib.contextmanager
-    def watched(streams):
-        running[0] += 1
-        most[0] = max(most[0], running[0])
-        try:
-            time.sleep(0.1)  # long enough for the other requests to arrive meanwhile
-            with engine(streams) as taken:
-                yield taken
-        finally:
-            running[0] -= 1
-
-    monkeypatch.setattr(generator, "engine", watched)
+    most = watch_the_one_stream_engine(monkeypatch, 0.1)
     with ThreadPoolExecutor(6) as pool:
         asked = [pool.submit(call, server, "/v1/next" if i % 2 else "/v1/score",
                              dict(prime="abc") if i % 2 else dict(text="abcdefg" * 20)) for i in range(8)]
