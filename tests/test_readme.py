@@ -105,6 +105,8 @@ def test_the_readme_lists_every_make_target_and_ci_runs_the_test_command_it_give
     listing = readme[readme.index("`make help` lists every target:"):]
     listed = set(re.findall(r"`([a-z-]+)`", listing[:listing.index(".\n")]))
     assert listed == targets, f"README's target list lacks {sorted(targets - listed)}, names {sorted(listed - targets)}"
-    given = re.search(r"^make test +#", readme, re.M)
+    development = readme[readme.index("## Development"):]
+    tests = re.findall(r"^(make test[a-z-]*) +#", development[:development.index("```\n\n")], re.M)
     ci_commands = [line.split("#")[0].strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
-    assert given and "make test" in ci_commands and "make test-slow" in ci_commands
+    assert re.search(r"^make test +#", readme, re.M) and tests == ["make test", "make test-slow"]
+    assert [command for command in ci_commands if command.startswith("make test")] == tests
