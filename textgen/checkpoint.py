@@ -51,6 +51,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def text_of(corpus: dict) -> str:
+    """A history row's "text": the start of its corpus record's blake2b, what tells the texts of a run resumed on
+    another one apart (report.spans_of)."""
+    return corpus.get("blake2b", "")[:16]
+
+
 @dataclass
 class RunState:
     """How far a run has got: what the training loop advances and every checkpoint records."""
@@ -63,8 +69,7 @@ class RunState:
     epoch_loss_sum: float = 0.0  # sum of this epoch's step losses so far (nats)
     best_val_loss: Optional[float] = None  # lowest validation loss so far (nats)
     best_epoch: int = 0  # the epoch that reached best_val_loss
-    history: list = field(default_factory=list)  # one dict per validated epoch (report.HISTORY_FIELDS; "text" is
-    # the start of the corpus's blake2b, so that a resume on another text shows in the curve and info)
+    history: list = field(default_factory=list)  # one dict per validated epoch (report.HISTORY_FIELDS; text_of)
     elapsed_seconds: float = 0.0  # training time so far, across resumes
     train_loss: Optional[float] = None  # mean training loss of the epoch at this checkpoint
     val_loss: Optional[float] = None  # validation loss at this checkpoint (None mid-epoch)

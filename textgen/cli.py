@@ -18,7 +18,7 @@ import click
 
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, MAX_PRIME_FILE_CHARS,
                             SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
-                            split_training_options)
+                            option_flag, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -27,7 +27,7 @@ def _config_options(config_class):
 
     def decorate(command):
         for name, (rule, default) in reversed(command_line_options(config_class).items()):
-            names = [f"--{name.replace('_', '-')}", *([rule.short] if rule.short else []), name]
+            names = [option_flag(name), *([rule.short] if rule.short else []), name]
             if isinstance(default, bool):
                 command = click.option(*names, is_flag=True, default=None, help=rule.help)(command)
                 continue

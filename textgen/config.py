@@ -61,12 +61,12 @@ class Rule:
         try:
             return tuple(kind(part) for part in text.split(","))  # "0.5,,1" or "0.5," is a typo: refused
         except ValueError:
-            raise OptionError(f"--{name.replace('_', '-')} must be a number or a comma-separated list such as "
+            raise OptionError(f"{option_flag(name)} must be a number or a comma-separated list such as "
                               f"0.2,0.5,1.0, got {text!r}") from None
 
     def check(self, name: str, value) -> None:
         """Refuse a value outside the rule, naming the option as the user typed it."""
-        option = "--" + name.replace("_", "-")
+        option = option_flag(name)
         if self.many:
             values = (value,) if self.text and isinstance(value, str) else value  # a text, or several
             if self.text and (isinstance(values, (str, bytes)) or not isinstance(values, Sequence)):
@@ -105,6 +105,12 @@ def _bound(value) -> str:
     """A range's end, short (1e+07) where that is exact, else in full (4,294,967,295)."""
     short = f"{value:g}"
     return short if float(short) == value else f"{value:,}"
+
+
+def option_flag(name: str) -> str:
+    """An option's field name as the command line spells it: learning_rate -> --learning-rate (the Python API and
+    the server turn it back into the field's name in their messages)."""
+    return "--" + name.replace("_", "-")
 
 
 def shown_number(value) -> str:
@@ -190,7 +196,7 @@ class _Config:
             if isinstance(field.default, bool):
                 check_flag(field.name, value)
             elif isinstance(field.default, str) and not isinstance(value, str):
-                raise OptionError(f"--{field.name.replace('_', '-')} must be text, got {value!r}")
+                raise OptionError(f"{option_flag(field.name)} must be text, got {value!r}")
             if not (value is None and field.default is None):
                 field.metadata["rule"].check(field.name, value)
 
@@ -415,7 +421,7 @@ def sample_config_of(arguments: dict) -> SampleConfig:
 def check_flag(name: str, value) -> None:
     """A yes/no option must be a bool: a library caller's overwrite="no" would otherwise count as yes."""
     if not (isinstance(value, bool) or _numpy_bool(value)):
-        raise OptionError(f"--{name.replace('_', '-')} must be true or false, got {value!r}")
+        raise OptionError(f"{option_flag(name)} must be true or false, got {value!r}")
 
 
 def temperature_values(value) -> tuple:

@@ -20,13 +20,13 @@ def default_corpus_text() -> str:
     return "".join(f"{topics[name].strip()}\n\n\n" for name in sorted(topics))
 
 
-def build_default_corpus(path: Path = DEFAULT_CORPUS, overwrite: bool = False) -> Path:
-    """Write the default corpus to path and return the path; a file already there is kept (it may be the user's)
-    unless overwrite."""
+def build_default_corpus(path: Path = DEFAULT_CORPUS, overwrite: bool = False, text: str | None = None) -> Path:
+    """Write the default corpus (text, if the caller has it already) to path and return the path; a file already
+    there is kept (it may be the user's) unless overwrite."""
     path = Path(path)
     if overwrite or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, default_corpus_text())
+        atomic_write_text(path, default_corpus_text() if text is None else text)
     return path
 
 
@@ -42,11 +42,12 @@ def main(argv=None) -> int:
     if path.is_dir():
         print(f"error: {path} is a directory; give a file path, such as {path / DEFAULT_CORPUS.name}", file=sys.stderr)
         return 1
-    if path.exists() and not options.overwrite and path.read_bytes() != default_corpus_text().encode("utf-8"):
+    text = default_corpus_text()
+    if path.exists() and not options.overwrite and path.read_bytes() != text.encode("utf-8"):
         print(f"error: {path} already exists and is not the built-in corpus; pass --overwrite to replace it, or "
               "give another path", file=sys.stderr)
         return 1
-    build_default_corpus(path, overwrite=True)
+    build_default_corpus(path, overwrite=True, text=text)
     print(f"wrote {path} ({path.stat().st_size:,} bytes)", file=sys.stderr)
     return 0
 

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from textgen.config import ModelConfig, TrainConfig
+from textgen.config import ModelConfig, TrainConfig, option_flag
 from textgen.distribute import divisible_batch
 from textgen.errors import counted
 
@@ -167,7 +167,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "
             "learn this text by heart, and a longer corpus helps)" if memorises(parameters, train_chars) and not given
             else "")  # a large vocabulary (Chinese) makes even the smallest embedding and output layer large
-    yours = f" ({', '.join('--' + name.replace('_', '-') for name in given)} yours)" if given else ""
+    yours = f" ({', '.join(option_flag(name) for name in given)} yours)" if given else ""
     mine = {name: " (yours)" if name in {**user_model, **user_training} else "" for name in
             ("dropout", "weight_decay", "batch_size")}  # else an explicit --batch-size 8 read as chosen
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}{yours}, "

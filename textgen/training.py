@@ -30,7 +30,8 @@ from textgen import checkpoint, sizing
 from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
-from textgen.config import DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag,
+                            option_flag)
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, same_text, scan
 from textgen.errors import OptionError, TextgenError, counted
@@ -143,9 +144,9 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
     else:
         _check_vocabulary(meta, vocab, corpus_path)
         model_config, saved_training = meta.model, meta.training
-        differences = [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(model_config, key)})"
+        differences = [f"{option_flag(key)} {value} (checkpoint has {getattr(model_config, key)})"
                        for key, value in model_options.items() if getattr(model_config, key) != value]
-        differences += [f"--{key.replace('_', '-')} {value} (checkpoint has {getattr(saved_training, key)})"
+        differences += [f"{option_flag(key)} {value} (checkpoint has {getattr(saved_training, key)})"
                         for key, value in train_options.items()
                         if key in LAYOUT_OPTIONS and getattr(saved_training, key) != value]
         if differences:
@@ -418,7 +419,7 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
             epoch=epoch + 1, step=state.global_step, chars_seen=state.chars_seen, train_loss=state.train_loss,
             train_bpc=bpc(state.train_loss), val_loss=state.val_loss, val_bpc=bpc(state.val_loss),
             learning_rate=float(session.optimizer.learning_rate.numpy()),
-            seconds=round(run.elapsed, 2), precision=session.precision, text=run.corpus.get("blake2b", "")[:16])]
+            seconds=round(run.elapsed, 2), precision=session.precision, text=checkpoint.text_of(run.corpus))]
         for callback in callbacks:
             callback.on_epoch_end(run, improved)
     return run.stop_reason or f"{counted(run.config.epochs, 'epoch')} done"
@@ -439,6 +440,15 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
 
 
 _TRAINING_TURN = threading.RLock()  # held by the training running in this process (see _taking_turns)
+
+
+@contextlib.contextmanager
+def _training_turn(log: Callable[[str], None]):
+    """What a checked training runs inside: its turn in this process, the caller's random generators kept, and
+    TensorFlow imported (only now: a bad option or corpus is refused without the seconds it takes)."""
+    with _taking_turns(log), callers_random_state_kept():
+        import_tensorflow_quietly()
+        yield
 
 
 @contextlib.contextmanager
@@ -488,15 +498,12 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
         check_readable(corpus_path)
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
-            with _taking_turns(log), callers_random_state_kept(), \
-                    tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
-                import_tensorflow_quietly()
+            with _training_turn(log), tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
                 return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                      False, gate, lambda message: None, callbacks)
         _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
         # The run's lock before the turn: a second training of this run is refused at once, not after the first.
-        with _locked_run_dir(run_dir), _taking_turns(log), callers_random_state_kept():
-            import_tensorflow_quietly()  # only now: a bad option or corpus is refused without the seconds it takes
+        with _locked_run_dir(run_dir), _training_turn(log):
             # again: another training may have saved there meanwhile
             _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
@@ -644,7 +651,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if meta is not None:
         session.restore(run_dir, meta)
         for row in run.state.history:  # an older textgen's rows: trained on the checkpoint's text, as far as it knows
-            row.setdefault("text", meta.corpus["blake2b"][:16])
+            row.setdefault("text", checkpoint.text_of(meta.corpus))
         log(f"resuming {run_dir} {run.state.position()}{gpu_text(session.strategy)}")
         if text_changed:
             _restart_best_on_changed_text(run, meta)
@@ -740,13 +747,13 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
     def changed(names) -> str:  # "--name new (was old)": the Python API spells "name=new (was old)"
-        return ", ".join(f"--{name.replace('_', '-')} {shown(getattr(config, name))} "
+        return ", ".join(f"{option_flag(name)} {shown(getattr(config, name))} "
                          f"(was {shown(getattr(saved, name))})"
                          for name in names if getattr(saved, name) != getattr(config, name))
 
     if others := changed(field.name for field in dataclasses.fields(config)):
         run.log(f"resuming with other options for the rest of the run: {others}")
-    changes = ", ".join(f"--{name.replace('_', '-')} {getattr(saved, name):g} -> {getattr(config, name):g}"
+    changes = ", ".join(f"{option_flag(name)} {getattr(saved, name):g} -> {getattr(config, name):g}"
                         for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
     if config.lr_schedule == "cosine" and changes:
         before, after = (learning_rate_for(c, 0, run_fraction(c, state, len(run.train_batches),
