@@ -587,6 +587,96 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
 
 
+def test_a_stream_cancelled_while_its_connection_is_full_still_ends_with_the_shutdown_event():
+    """uvicorn cancels a request still running when the shutdown's grace period ends. Starlette sends a stream from a
+    task group whose cancelled scope cancels every later wait of that task too, so a stream cancelled while a send
+    waited for the client to read (the connection's buffer full) could not send its error event either and ended as
+    if its text were whole (the grace-period test below, 1 run in 15). Here the ASGI server is a fake one whose
+    buffer fills after two pieces, and frees 50 ms after the cancellation."""
+    import asyncio
+
+    from textgen.serve import SHUTDOWN_EVENT, _ClosingStream
+
+    async def pieces():
+        while True:
+            yield "data: {}\n\n"
+            await asyncio.sleep(0)
+
+    async def cancelled_while_full() -> list:
+        loop, writable, sent = asyncio.get_running_loop(), asyncio.Event(), []
+        writable.set()
+
+        async def send(message):
+            await writable.wait()
+            sent.append(message)
+            if len(sent) == 3:  # the start and two pieces
+                writable.clear()
+
+        async def receive():  # the client says nothing more
+            await asyncio.Event().wait()
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}}  # what uvicorn 0.55 declares
+        response = asyncio.create_task(_ClosingStream(pieces(), media_type="text/event-stream")(scope, receive, send))
+        async with asyncio.timeout(10):
+            while len(sent) < 3:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the next send waits for the buffer to drain
+            response.cancel()
+            loop.call_later(0.05, writable.set)
+            with contextlib.suppress(asyncio.CancelledError):
+                await response
+        return sent
+
+    sent = asyncio.run(cancelled_while_full())
+    assert [message.get("body") for message in sent[-2:]] == [SHUTDOWN_EVENT.encode(), b""]
+    assert sent[-1]["more_body"] is False and sent[-2]["more_body"] is True
+
+
+def test_the_shutdown_waits_for_the_requests_it_cancelled_to_say_so(trained_run):
+    """uvicorn cancels the requests still running when the grace period ends, runs the app's lifespan shutdown and,
+    after a SIGTERM, raises the signal again at once, which ends the process: a stream whose cancellation had not
+    yet made its way through Starlette's task group was cut without its error event (the grace-period test below,
+    1 run in 15). Here the app is driven as uvicorn drives it, and the moment the shutdown returns is looked at."""
+    import asyncio
+
+    from textgen.serve import SHUTDOWN_EVENT, Limits, create_app
+
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=10_000_000))
+    body = json.dumps(dict(length=10_000_000, stream=True)).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/generate", "raw_path": b"/v1/generate",
+             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+
+    async def cut_by_the_shutdown() -> list:
+        sent, requests = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if requests:
+                return requests.pop()
+            await asyncio.Event().wait()  # the client says nothing more
+
+        async def send(message):
+            sent.append(message)
+
+        async with asyncio.timeout(60), app.router.lifespan_context(app):
+            request = asyncio.create_task(app(scope, receive, send))
+            while len(sent) < 5:  # the start, the prime, some text
+                await asyncio.sleep(0.01)
+            request.cancel()
+        at_the_end = list(sent)  # what the client has got when the process ends (no awaiting after the shutdown)
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        return at_the_end
+
+    try:
+        sent = asyncio.run(cut_by_the_shutdown())
+    finally:
+        app.state.runs.stop()
+    assert [message.get("body") for message in sent[-2:]] == [SHUTDOWN_EVENT.encode(), b""]
+    assert sent[0]["status"] == 200 and sent[-1]["more_body"] is False
+
+
 @pytest.mark.slow
 def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(trained_run):
     """uvicorn cancels what still runs when the grace period ends: the client got a plain-text 500, and a stream

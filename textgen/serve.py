@@ -27,6 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -46,6 +47,7 @@ from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
+FINAL_WORDS_WAIT_S = 2.0  # how long requests cut by the shutdown may take to answer so (a client slow to read)
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
 SHUTDOWN_EVENT = f"event: error\ndata: {json.dumps({'error': SHUTTING_DOWN})}\n\n"  # a stream's last, then
 SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (exact as a JavaScript number)
@@ -116,9 +118,20 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                 limits.max_loaded_runs)
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
 
+    running: set[asyncio.Task] = set()  # the requests being answered (_Running)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        # uvicorn cancels the requests still running when the shutdown's grace period ends, then calls this, then
+        # (after a SIGTERM) raises the signal again, which ends the process at once: the cancelled requests get
+        # until then to send their last words (a 503, a stream's error event); a stream was cut without its own
+        if running:
+            await asyncio.wait(set(running), timeout=FINAL_WORDS_WAIT_S)
+
     # No redirect from /v1/generate/ to /v1/generate: a POST got a 307 with an empty body (curl printed nothing)
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
-                  redirect_slashes=False)
+                  redirect_slashes=False, lifespan=lifespan)
     app.state.runs = runs
     describe = app.openapi
     # (FastAPI keeps the document it made, then ours: made once)
@@ -174,6 +187,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(_Running, requests=running)
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
         build = app.build_middleware_stack
@@ -280,6 +294,23 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     return app
 
 
+class _Running:
+    """Keeps in requests the tasks answering HTTP requests while they run, for the lifespan's shutdown to wait on."""
+
+    def __init__(self, app, requests: set):
+        self.app, self.requests = app, requests
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        task = asyncio.current_task()
+        self.requests.add(task)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.requests.discard(task)
+
+
 class _BodyLimit:
     """Refuse a request body over max_bytes: at once when its Content-Length says so, else (a chunked body)
     as soon as that much has arrived. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's
@@ -322,10 +353,11 @@ class _ClosingStream(StreamingResponse):
         try:
             await super().stream_response(send)
         except asyncio.CancelledError:
-            # The shutdown's grace period ended while a piece was being sent, not while _events waited for the next
-            # one (where it says so itself): the stream still ends with the error event, so that a client does not
-            # take a cut text for a whole one (one run in four of the grace-period test ended without it).
-            with contextlib.suppress(Exception):
+            # The shutdown's grace period is over (or the client left, and reads nothing more): the stream still
+            # ends with the error event, so that a client does not take a cut text for a whole one. Shielded:
+            # Starlette sends from a task group whose cancelled scope would cancel these sends too whenever they
+            # wait for a full connection to drain; bounded: a client that stopped reading would keep them waiting.
+            with anyio.move_on_after(FINAL_WORDS_WAIT_S, shield=True), contextlib.suppress(Exception):
                 await send({"type": "http.response.body", "body": SHUTDOWN_EVENT.encode(), "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             raise
@@ -355,14 +387,10 @@ async def _events(job, inbox):
     null for several temperatures without one). When the response ends early (the client went away), the job is
     cancelled and its streams leave the batch at the next chunk."""
     try:
-        try:
-            while (piece := await inbox.get()) is not None:
-                event = {"text": piece.text, "prime": True} if piece.sample is None else \
-                    {"text": piece.text, "sample": piece.sample}
-                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        except asyncio.CancelledError:  # the shutdown's grace period is over (or the client left: it reads nothing)
-            yield SHUTDOWN_EVENT
-            return
+        while (piece := await inbox.get()) is not None:  # a cancellation here: _ClosingStream ends the stream
+            event = {"text": piece.text, "prime": True} if piece.sample is None else \
+                {"text": piece.text, "sample": piece.sample}
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
         if job.error is not None:
             yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
         else:
