@@ -166,7 +166,7 @@ class TextModel:
         """
         config = self._config(locals())
         if not skip_unknown:  # like the options, an unknown prime character is refused now, not at the first piece
-            prepare_prime(config.prime, self.vocab, False, lambda warning: None)
+            prepare_prime(config.prime, self.vocab, False, None)
         return self.generator.stream(config)
 
     @_sampling_errors_as_keywords

@@ -98,7 +98,7 @@ class Batcher:
             raise ValueError(f"at most {self.capacity} samples per request")
         # Not logged: the client asked to drop them and its answer starts with the prime as read, and the server's log
         # keeps one line per request.
-        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, lambda message: None)
+        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, None)
         job = Job(TextStreams(self.vocab, config, prime), deliver)
         with self.condition:
             if self.closed or self.stopping:

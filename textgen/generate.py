@@ -37,7 +37,9 @@ class Sample:
     stopped: bool  # True if a stop string ended it early
 
 
-def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], None]) -> str:
+def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable[[str], None]]) -> str:
+    """prime as the model reads it (vocab's Unicode form); unknown characters refused, or dropped with skip_unknown
+    and said to warn (None: silently, where the caller shows the prime as read)."""
     typed, prime = prime, vocab.in_known_form(prime)
     unknown = vocab.unknown(prime)
     if unknown and not skip_unknown:  # named as typed (ñ, not the tilde that n + tilde would lose), if lost
@@ -52,8 +54,9 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Callable[[str], N
                            f"drop them{partly}")
     if unknown:
         kept = "".join(ch for ch in prime if ch in vocab)
-        warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
-             + quoted(unknown[:20]))  # every one dropped, each kind named once
+        if warn is not None:
+            warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
+                 + quoted(unknown[:20]))  # every one dropped, each kind named once
         prime = kept
     return prime
 
@@ -270,7 +273,7 @@ class Generator:
             return engine.last_logits[0]
 
     def next_char_probabilities(self, prime: str, temperature: float, skip_unknown: bool = False,
-                                warn: Callable[[str], None] = logger.warning) -> dict[str, float]:
+                                warn: Optional[Callable[[str], None]] = logger.warning) -> dict[str, float]:
         """The distribution of the character after prime (read as generation reads it: prepare_prime), the likeliest
         first, before any filter: {character: probability}; temperature 0 puts everything on the likeliest. The
         Python API's TextModel.next_char_probabilities and the server's POST /v1/next both answer with this."""

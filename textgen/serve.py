@@ -287,7 +287,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         async with engine_turns.setdefault(served.name, asyncio.Lock()):
             # Dropped prime characters unlogged: the client asked for it, and each request is one log line
             probabilities = await run_in_threadpool(served.generator.next_char_probabilities, body.prime,
-                                                    body.temperature, body.skip_unknown, lambda warning: None)
+                                                    body.temperature, body.skip_unknown, None)
         listed = [dict(character=ch, probability=p) for ch, p in probabilities.items()][:body.top]
         return dict(run=served.name, temperature=body.temperature, probabilities=listed)
 
