@@ -8,12 +8,15 @@ replicas' rows, so nothing is re-sharded between steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from typing import Optional
 
 from textgen.config import check_range
@@ -178,7 +181,16 @@ class StartGate:
 
     def open(self):
         """The strategy, made once; raises TextgenError when another worker could not start."""
-        self.strategy = make_strategy(self.strategy_name)
+        if self.strategy_name == "multi-worker":
+            config = _tf_config()
+            task, cluster = config["task"], config["cluster"]
+            hosts = ", ".join(address for job in cluster.values() for address in job)
+            with _ctrl_c_ends_the_wait():
+                logger.info(f"joining the cluster as {task['type']} {task['index']} ({hosts}): waiting until every "
+                            "worker has started (Ctrl-C stops)")
+                self.strategy = make_strategy(self.strategy_name)
+        else:
+            self.strategy = make_strategy(self.strategy_name)
         if worker_mean(self.strategy, 0.0)[0] > 0:
             raise TextgenError("another worker could not start this training (its log says why); fix that, then "
                                "start every worker again")
@@ -206,6 +218,21 @@ class StartGate:
         finally:
             teller.kill()
             teller.wait()
+
+
+@contextlib.contextmanager
+def _ctrl_c_ends_the_wait():
+    """Ctrl-C ends a worker waiting for the others to join the cluster, at once. That wait blocks inside TensorFlow,
+    holding Python's lock, for as long as a worker is missing (a host's TF_CONFIG mistyped, a host not started):
+    Python ran neither its signal handler nor any thread, and only kill -9 ended it. (TensorFlow keeps SIGTERM.)"""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 _PARENT, _PATH = "TEXTGEN_TELLER_PARENT", "TEXTGEN_TELLER_PATH"
