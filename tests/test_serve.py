@@ -587,20 +587,13 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
 
 
-def test_a_stream_cancelled_while_its_connection_is_full_still_ends_with_the_shutdown_event():
-    """uvicorn cancels a request still running when the shutdown's grace period ends. Starlette sends a stream from a
-    task group whose cancelled scope cancels every later wait of that task too, so a stream cancelled while a send
-    waited for the client to read (the connection's buffer full) could not send its error event either and ended as
-    if its text were whole (the grace-period test below, 1 run in 15). Here the ASGI server is a fake one whose
-    buffer fills after two pieces, and frees 50 ms after the cancellation."""
+def cut_stream(pieces, sent_before_full: int) -> list:
+    """The ASGI messages a _ClosingStream of pieces sends through a fake uvicorn whose connection is full after
+    sent_before_full messages, when the stream is cancelled then (as uvicorn cancels a request at the end of the
+    shutdown's grace period), the connection freeing 50 ms later."""
     import asyncio
 
-    from textgen.serve import SHUTDOWN_EVENT, _ClosingStream
-
-    async def pieces():
-        while True:
-            yield "data: {}\n\n"
-            await asyncio.sleep(0)
+    from textgen.serve import _ClosingStream
 
     async def cancelled_while_full() -> list:
         loop, writable, sent = asyncio.get_running_loop(), asyncio.Event(), []
@@ -609,72 +602,157 @@ def test_a_stream_cancelled_while_its_connection_is_full_still_ends_with_the_shu
         async def send(message):
             await writable.wait()
             sent.append(message)
-            if len(sent) == 3:  # the start and two pieces
+            if len(sent) == sent_before_full:
                 writable.clear()
 
         async def receive():  # the client says nothing more
             await asyncio.Event().wait()
 
         scope = {"type": "http", "asgi": {"spec_version": "2.3"}}  # what uvicorn 0.55 declares
-        response = asyncio.create_task(_ClosingStream(pieces(), media_type="text/event-stream")(scope, receive, send))
+        response = asyncio.create_task(_ClosingStream(pieces, media_type="text/event-stream")(scope, receive, send))
         async with asyncio.timeout(10):
-            while len(sent) < 3:
+            while len(sent) < sent_before_full:
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)  # the next send waits for the buffer to drain
+            await asyncio.sleep(0.05)  # the next send waits for the connection to drain
             response.cancel()
             loop.call_later(0.05, writable.set)
             with contextlib.suppress(asyncio.CancelledError):
                 await response
         return sent
 
-    sent = asyncio.run(cancelled_while_full())
+    return asyncio.run(cancelled_while_full())
+
+
+def test_a_stream_cancelled_while_its_connection_is_full_still_ends_with_the_shutdown_event():
+    """Starlette sends a stream from a task group whose cancelled scope cancels every later wait of that task too,
+    so a stream cut while a send waited for the client to read could not send its error event either, and ended
+    as if its text were whole (the grace-period test below, 1 run in 15)."""
+    import asyncio
+
+    from textgen.serve import SHUTDOWN_EVENT
+
+    async def endless():
+        while True:
+            yield "data: {}\n\n"
+            await asyncio.sleep(0)
+
+    sent = cut_stream(endless(), sent_before_full=3)  # the start and two pieces
     assert [message.get("body") for message in sent[-2:]] == [SHUTDOWN_EVENT.encode(), b""]
     assert sent[-1]["more_body"] is False and sent[-2]["more_body"] is True
 
 
-def test_the_shutdown_waits_for_the_requests_it_cancelled_to_say_so(trained_run):
-    """uvicorn cancels the requests still running when the grace period ends, runs the app's lifespan shutdown and,
-    after a SIGTERM, raises the signal again at once, which ends the process: a stream whose cancellation had not
-    yet made its way through Starlette's task group was cut without its error event (the grace-period test below,
-    1 run in 15). Here the app is driven as uvicorn drives it, and the moment the shutdown returns is looked at."""
+def test_a_whole_stream_cut_while_closing_gets_no_error_event_after_its_done_event():
+    """Cut while its end waited for the connection to drain, a whole stream got the shutdown's error event after
+    its "done" event: two endings."""
+
+    async def whole():
+        yield "data: {}\n\n"
+        yield "event: done\ndata: {}\n\n"
+
+    sent = cut_stream(whole(), sent_before_full=3)  # the start and both events: the end waits
+    assert [message.get("body") for message in sent[1:]] == [b"data: {}\n\n", b"event: done\ndata: {}\n\n", b""]
+    assert sent[-1]["more_body"] is False
+
+
+def asgi_request(path: str, body: dict) -> tuple[dict, object]:
+    """An HTTP request's scope and receive, as uvicorn 0.55 gives them to the app; after the body, the client says
+    nothing more."""
     import asyncio
 
-    from textgen.serve import SHUTDOWN_EVENT, Limits, create_app
-
-    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=10_000_000))
-    body = json.dumps(dict(length=10_000_000, stream=True)).encode()
+    raw = json.dumps(body).encode()
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/v1/generate", "raw_path": b"/v1/generate",
-             "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": b"", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]}
+    messages = [{"type": "http.request", "body": raw, "more_body": False}]
 
-    async def cut_by_the_shutdown() -> list:
-        sent, requests = [], [{"type": "http.request", "body": body, "more_body": False}]
+    async def receive():
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()
 
-        async def receive():
-            if requests:
-                return requests.pop()
-            await asyncio.Event().wait()  # the client says nothing more
+    return scope, receive
+
+
+def test_a_request_cut_before_its_answer_started_gets_a_503_in_json(trained_run):
+    """A request the shutdown cut while its run loaded, or while it waited for the engine, got uvicorn's plain-text
+    500 "Internal Server Error" (only an unstreamed generation, cut while generating, said why)."""
+    import asyncio
+
+    from textgen.serve import SHUTTING_DOWN, Limits, create_app
+
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_score_chars=10_000_000))
+    scope, receive = asgi_request("/v1/score", dict(text="abcdefg" * 1_000_000))  # seconds of scoring
+
+    async def cut() -> list:
+        sent = []
 
         async def send(message):
             sent.append(message)
 
-        async with asyncio.timeout(60), app.router.lifespan_context(app):
-            request = asyncio.create_task(app(scope, receive, send))
-            while len(sent) < 5:  # the start, the prime, some text
-                await asyncio.sleep(0.01)
-            request.cancel()
-        at_the_end = list(sent)  # what the client has got when the process ends (no awaiting after the shutdown)
+        request = asyncio.create_task(app(scope, receive, send))
+        await asyncio.sleep(1)  # loading the run, then scoring in a worker thread
+        request.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await request
-        return at_the_end
+            await asyncio.wait_for(request, 30)
+        return sent
 
     try:
-        sent = asyncio.run(cut_by_the_shutdown())
+        sent = asyncio.run(cut())
     finally:
         app.state.runs.stop()
-    assert [message.get("body") for message in sent[-2:]] == [SHUTDOWN_EVENT.encode(), b""]
-    assert sent[0]["status"] == 200 and sent[-1]["more_body"] is False
+    assert sent[0]["status"] == 503 and dict(sent[0]["headers"])[b"content-type"] == b"application/json"
+    assert json.loads(sent[1]["body"]) == {"error": SHUTTING_DOWN}
+
+
+def test_the_shutdown_waits_for_the_streams_it_cut_to_reach_their_clients(trained_run):
+    """After a SIGTERM uvicorn raises the signal again as soon as its shutdown returns, which ends the process: a
+    stream cut at the end of the grace period lost its error event, not yet sent or still in the buffer of a
+    connection slow to read. Here the client stops reading (its connection fills), then reads slowly once the
+    shutdown has begun; a connection still open when the shutdown returns is one a SIGTERM would have cut."""
+    import uvicorn
+
+    from textgen.serve import SHUTDOWN_EVENT, Limits, _Server, create_app
+
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=10_000_000))
+    listening = socket.socket()
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # as a slow remote client's
+    listening.bind(("127.0.0.1", 0))
+    server = _Server(uvicorn.Config(app, timeout_graceful_shutdown=0.5, log_level="warning"))
+    open_at_the_end, shutdown = [], server.shutdown
+
+    async def watched_shutdown(sockets=None):
+        await shutdown(sockets)
+        open_at_the_end.append(len(server.server_state.connections))
+
+    server.shutdown = watched_shutdown
+    thread = threading.Thread(target=server.run, kwargs=dict(sockets=[listening]), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(30)
+            client.connect(listening.getsockname())
+            body = json.dumps(dict(length=10_000_000, stream=True)).encode()
+            client.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            received = client.recv(2000)
+            time.sleep(1.5)  # generating into a connection nobody reads: full
+            server.should_exit = True
+            while piece := client.recv(512):
+                received += piece
+                time.sleep(0.002)
+        thread.join(timeout=30)
+    finally:
+        server.should_exit = server.force_exit = True
+        app.state.runs.stop()
+    assert open_at_the_end == [0]
+    event = SHUTDOWN_EVENT.encode()
+    assert received.endswith(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event)), received[-300:]
 
 
 @pytest.mark.slow

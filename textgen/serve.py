@@ -23,11 +23,13 @@ import errno
 import json
 import logging
 import secrets
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import anyio
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -118,20 +120,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                 limits.max_loaded_runs)
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
 
-    running: set[asyncio.Task] = set()  # the requests being answered (_Running)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_):
-        yield
-        # uvicorn cancels the requests still running when the shutdown's grace period ends, then calls this, then
-        # (after a SIGTERM) raises the signal again, which ends the process at once: the cancelled requests get
-        # until then to send their last words (a 503, a stream's error event); a stream was cut without its own
-        if running:
-            await asyncio.wait(set(running), timeout=FINAL_WORDS_WAIT_S)
-
     # No redirect from /v1/generate/ to /v1/generate: a POST got a 307 with an empty body (curl printed nothing)
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
-                  redirect_slashes=False, lifespan=lifespan)
+                  redirect_slashes=False)
     app.state.runs = runs
     describe = app.openapi
     # (FastAPI keeps the document it made, then ours: made once)
@@ -187,7 +178,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(_Running, requests=running)
+    app.add_middleware(_AnsweredWhenCut)
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
         build = app.build_middleware_stack
@@ -252,8 +243,6 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         try:
             while await inbox.get() is not None:
                 pass
-        except asyncio.CancelledError:  # the shutdown's grace period is over: an answer in JSON, as every error
-            raise ApiError(SHUTTING_DOWN, status=503) from None
         finally:
             watcher.cancel()
             job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
@@ -294,21 +283,40 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     return app
 
 
-class _Running:
-    """Keeps in requests the tasks answering HTTP requests while they run, for the lifespan's shutdown to wait on."""
+class _AnsweredWhenCut:
+    """A request cut by the shutdown (its grace period over) before its answer started gets the 503 in JSON that
+    every error is, not uvicorn's plain-text 500: one loading its run, waiting for the engine, generating unstreamed."""
 
-    def __init__(self, app, requests: set):
-        self.app, self.requests = app, requests
+    def __init__(self, app):
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        task = asyncio.current_task()
-        self.requests.add(task)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
-        finally:
-            self.requests.discard(task)
+            await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            if not started:
+                answer = JSONResponse({"error": SHUTTING_DOWN}, status_code=503)
+                await _last_words(send, {"type": "http.response.start", "status": 503, "headers": answer.raw_headers},
+                                  {"type": "http.response.body", "body": answer.body})
+            raise
+
+
+async def _last_words(send, *messages) -> None:
+    """Send messages although the request is being cancelled (the shutdown's grace period is over). Shielded:
+    Starlette sends a stream from a task group whose cancelled scope would cancel these sends too whenever they wait
+    for a full connection to drain; bounded: a client that stopped reading would keep them waiting."""
+    with anyio.move_on_after(FINAL_WORDS_WAIT_S, shield=True), contextlib.suppress(Exception):
+        for message in messages:
+            await send(message)
 
 
 class _BodyLimit:
@@ -350,16 +358,19 @@ class _ClosingStream(StreamingResponse):
             await self.body_iterator.aclose()
 
     async def stream_response(self, send) -> None:
+        """Starlette's, ended by the error event when the shutdown cuts the stream (its grace period over; or the
+        client left, and reads nothing more), so that a client does not take a cut text for a whole one."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        whole = False
         try:
-            await super().stream_response(send)
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk.encode(self.charset), "more_body": True})
+            whole = True  # its last event sent ("done", or the generation's "error")
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            # The shutdown's grace period is over (or the client left, and reads nothing more): the stream still
-            # ends with the error event, so that a client does not take a cut text for a whole one. Shielded:
-            # Starlette sends from a task group whose cancelled scope would cancel these sends too whenever they
-            # wait for a full connection to drain; bounded: a client that stopped reading would keep them waiting.
-            with anyio.move_on_after(FINAL_WORDS_WAIT_S, shield=True), contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": SHUTDOWN_EVENT.encode(), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            event = [] if whole else [{"type": "http.response.body", "body": SHUTDOWN_EVENT.encode(),
+                                       "more_body": True}]
+            await _last_words(send, *event, {"type": "http.response.body", "body": b"", "more_body": False})
             raise
 
 
@@ -430,7 +441,6 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
                 if error.errno == errno.EADDRINUSE:
                     advice = "choose another --port or stop the program that uses it"
                 raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
-    import uvicorn
 
     with _log_lines_timed(log_level):
         import_tensorflow_quietly()
@@ -444,8 +454,8 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
         log_config["handlers"]["default"]["filters"] = ["cut_short"]
         logging.getLogger("asyncio").addFilter(_CutShort())
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
-                                               log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
+        server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
+                                        log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
         try:
             server.run()
         except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it stopped: stopping was the ask
@@ -456,6 +466,19 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
             logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose shutdown also waits (at most FINAL_WORDS_WAIT_S) for the connections of the requests
+    it cut to close. After a SIGTERM uvicorn raises the signal again as soon as its shutdown returns, which ends the
+    process at once: a stream cut at the end of the grace period lost its last event, not yet sent (its cancellation
+    still on its way out of Starlette's task group) or still in the buffer of a connection slow to read."""
+
+    async def shutdown(self, sockets=None) -> None:
+        await super().shutdown(sockets)
+        deadline = time.monotonic() + FINAL_WORDS_WAIT_S
+        while self.server_state.connections and not self.force_exit and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+
 # Each log line with its time: uvicorn's, and textgen's in uvicorn's form (textgen's had no level either)
 TIMED, LOG_TIME = "%(asctime)s ", "%Y-%m-%d %H:%M:%S"
 
@@ -463,7 +486,6 @@ TIMED, LOG_TIME = "%(asctime)s ", "%Y-%m-%d %H:%M:%S"
 @contextlib.contextmanager
 def _log_lines_timed(log_level: str):
     """textgen's log handlers (the command's stderr) in the server's format and level, while it runs."""
-    import uvicorn
     from uvicorn.logging import DefaultFormatter
 
     handlers = [(handler, handler.formatter) for handler in logger.handlers]
