@@ -331,7 +331,8 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
         overwrite: replace the run's existing checkpoints.
         callbacks: extra :class:`textgen.callbacks.Callback` objects.
         tensorboard: also write TensorBoard logs to the run's tensorboard directory.
-        strategy: ``auto``, ``single``, ``mirrored`` or ``multi-worker`` (see ``textgen train --help``).
+        strategy: ``auto``, ``single``, ``mirrored`` or ``multi-worker`` (see ``textgen train --help``). Under
+            ``multi-worker``, Ctrl-C while waiting for the other workers to join ends the whole process at once.
         **options: any ``textgen train`` option by its Python name, e.g. ``units=256, epochs=5,
             max_minutes=3`` (see ``textgen train --help``).
 

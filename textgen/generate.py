@@ -39,7 +39,7 @@ class Sample:
 
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable[[str], None]]) -> str:
     """prime as the model reads it (vocab's Unicode form); unknown characters refused, or dropped with skip_unknown
-    and said to warn (None: silently, where the caller shows the prime as read)."""
+    and said to warn (None: silently, for a caller that asked for the drop and says so itself if need be)."""
     typed, prime = prime, vocab.in_known_form(prime)
     unknown = vocab.unknown(prime)
     if unknown and not skip_unknown:  # named as typed (ñ, not the tilde that n + tilde would lose), if lost
@@ -216,7 +216,7 @@ class Generator:
         finally:
             self.give_back(engine)
 
-    def _produce(self, config: SampleConfig, chunk: int, warn: Callable[[str], None]):
+    def _produce(self, config: SampleConfig, chunk: int, warn: Optional[Callable[[str], None]]):
         """Validate and prime the streams of one request, then yield its TextStreams once before and
         once after each chunk."""
         config.validate()
@@ -249,8 +249,8 @@ class Generator:
             bar(streams.produced)
         return streams.samples()
 
-    def stream(self, config: SampleConfig, warn: Callable[[str], None] = logger.warning, chunk: int = STREAM_CHUNK,
-               show_progress: bool = False) -> Iterator[str]:
+    def stream(self, config: SampleConfig, warn: Optional[Callable[[str], None]] = logger.warning,
+               chunk: int = STREAM_CHUNK, show_progress: bool = False) -> Iterator[str]:
         """One sample (the first temperature) as pieces of text as they are produced, the prime first, chunk
         characters per engine call.
 

@@ -609,6 +609,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     replaces = writes and meta is None and checkpoint.has_checkpoint(run_dir)  # --overwrite (only the chief writes)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp,
                        new_cache_dir=run_dir / STAGED_CACHE if replaces else None)
+    if not writes:  # another worker's cache, mapped: its files can go now. Ctrl-C while joining the cluster ends the
+        # process without cleaning up (distribute._ctrl_c_ends_the_wait); each left the whole corpus encoded in /tmp
+        for name in CACHE_FILES:
+            with contextlib.suppress(OSError):
+                (cache_dir / name).unlink()
     if meta is not None and data.vocab != meta.vocab:
         # Fewer characters than the checkpoint's (an edited corpus; or the same file read without the byte-order
         # mark an earlier textgen kept): saved with their own vocabulary, the ids would not be the model's.
