@@ -645,9 +645,9 @@ def test_a_whole_stream_cut_while_closing_gets_no_error_event_after_its_done_eve
     """Cut while its end waited for the connection to drain, a whole stream got the shutdown's error event after
     its "done" event: two endings."""
 
-    async def whole():
+    async def whole():  # text and bytes, as Starlette takes them
         yield "data: {}\n\n"
-        yield "event: done\ndata: {}\n\n"
+        yield b"event: done\ndata: {}\n\n"
 
     sent = cut_stream(whole(), sent_before_full=3)  # the start and both events: the end waits
     assert [message.get("body") for message in sent[1:]] == [b"data: {}\n\n", b"event: done\ndata: {}\n\n", b""]

@@ -364,7 +364,9 @@ class _ClosingStream(StreamingResponse):
         whole = False
         try:
             async for chunk in self.body_iterator:
-                await send({"type": "http.response.body", "body": chunk.encode(self.charset), "more_body": True})
+                if not isinstance(chunk, (bytes, memoryview)):
+                    chunk = chunk.encode(self.charset)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
             whole = True  # its last event sent ("done", or the generation's "error")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
