@@ -51,8 +51,15 @@ logger = logging.getLogger("textgen")
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 FINAL_WORDS_WAIT_S = 2.0  # how long requests cut by the shutdown may take to answer so (a client slow to read)
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
-SHUTDOWN_EVENT = f"event: error\ndata: {json.dumps({'error': SHUTTING_DOWN})}\n\n"  # a stream's last, then
 SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (exact as a JavaScript number)
+
+
+def _error_event(message: str) -> str:
+    """A stream's last event when it cannot end with "done": the error, as every error's JSON body says it."""
+    return f"event: error\ndata: {json.dumps({'error': message})}\n\n"
+
+
+SHUTDOWN_EVENT = _error_event(SHUTTING_DOWN)  # a cut stream's last
 
 
 EXAMPLE_BODIES = {"/v1/score": '{"text": "The end."}', "/v1/next": '{"prime": "The "}'}  # the rest: EXAMPLE_BODY
@@ -251,9 +258,16 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
 
-    # One score or /v1/next at a time per run (they share the generator's one-stream engine and its lock,
-    # Generator._scoring): the others wait here, not in a worker thread each
     engine_turns: dict[str, asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def engine_turn(name: Optional[str]):
+        """The served run, loaded, for one score or /v1/next at a time per run: they share the generator's
+        one-stream engine and its lock (Generator._scoring), and the others wait here, not in a worker thread each."""
+        await loaded(name)
+        served = await run_in_threadpool(runs.get, name)
+        async with engine_turns.setdefault(served.name, asyncio.Lock()):
+            yield served
 
     @app.post("/v1/score", responses={**errors("a text over the server's max_score_chars, or with fewer than 2 "
                                                "characters the model knows"), 200: {"model": ScoreResponse}})
@@ -261,9 +275,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         if len(body.text) > limits.max_score_chars:
             raise ApiError(f"text must be at most {limits.max_score_chars} characters on this server, got "
                            f"{len(body.text)}")
-        await loaded(body.run)
-        served = await run_in_threadpool(runs.get, body.run)
-        async with engine_turns.setdefault(served.name, asyncio.Lock()):
+        async with engine_turn(body.run) as served:
             return dict(run=served.name, **await run_in_threadpool(served.generator.score, body.text))
 
     @app.post("/v1/next", responses={**errors("a temperature out of range, top below 1, a prime over the server's "
@@ -271,9 +283,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                                       200: {"model": NextResponse}})
     async def next_char(body: NextRequest):
         _check_next(body, limits)  # before the run is loaded: a bad request costs nothing
-        await loaded(body.run)
-        served = await run_in_threadpool(runs.get, body.run)
-        async with engine_turns.setdefault(served.name, asyncio.Lock()):
+        async with engine_turn(body.run) as served:
             # Dropped prime characters unlogged: the client asked for it, and each request is one log line
             probabilities = await run_in_threadpool(served.generator.next_char_probabilities, body.prime,
                                                     body.temperature, body.skip_unknown, None)
@@ -304,19 +314,18 @@ class _AnsweredWhenCut:
             await self.app(scope, receive, sending)
         except asyncio.CancelledError:
             if not started:
-                answer = JSONResponse({"error": SHUTTING_DOWN}, status_code=503)
-                await _last_words(send, {"type": "http.response.start", "status": 503, "headers": answer.raw_headers},
-                                  {"type": "http.response.body", "body": answer.body})
+                with _last_words():
+                    await JSONResponse({"error": SHUTTING_DOWN}, status_code=503)(scope, receive, send)
             raise
 
 
-async def _last_words(send, *messages) -> None:
-    """Send messages although the request is being cancelled (the shutdown's grace period is over). Shielded:
+@contextlib.contextmanager
+def _last_words():
+    """Where a request being cancelled (the shutdown's grace period over) still sends its answer's end. Shielded:
     Starlette sends a stream from a task group whose cancelled scope would cancel these sends too whenever they wait
     for a full connection to drain; bounded: a client that stopped reading would keep them waiting."""
     with anyio.move_on_after(FINAL_WORDS_WAIT_S, shield=True), contextlib.suppress(Exception):
-        for message in messages:
-            await send(message)
+        yield
 
 
 class _BodyLimit:
@@ -370,9 +379,10 @@ class _ClosingStream(StreamingResponse):
             whole = True  # its last event sent ("done", or the generation's "error")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            event = [] if whole else [{"type": "http.response.body", "body": SHUTDOWN_EVENT.encode(),
-                                       "more_body": True}]
-            await _last_words(send, *event, {"type": "http.response.body", "body": b"", "more_body": False})
+            with _last_words():
+                if not whole:
+                    await send({"type": "http.response.body", "body": SHUTDOWN_EVENT.encode(), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
             raise
 
 
@@ -405,7 +415,7 @@ async def _events(job, inbox):
                 {"text": piece.text, "sample": piece.sample}
             yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
         if job.error is not None:
-            yield f"event: error\ndata: {json.dumps({'error': 'generation failed; try again'})}\n\n"
+            yield _error_event("generation failed; try again")
         else:
             samples = [dict(temperature=sample.temperature, index=sample.index, stopped=sample.stopped)
                        for sample in job.streams.samples()]
