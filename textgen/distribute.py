@@ -63,8 +63,8 @@ def make_strategy(name: str):
 
     check_strategy(name)
     if name == "multi-worker":
-        _tf_config()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with _joining_the_cluster(_tf_config()):
+            return tf.distribute.MultiWorkerMirroredStrategy()
     setting = os.environ.get(CPU_DEVICES_VARIABLE, "0") or "0"
     if not setting.isdigit():
         raise TextgenError(f"{CPU_DEVICES_VARIABLE} must be a whole number of CPU devices, got {setting!r}")
@@ -181,16 +181,7 @@ class StartGate:
 
     def open(self):
         """The strategy, made once; raises TextgenError when another worker could not start."""
-        if self.strategy_name == "multi-worker":
-            config = _tf_config()
-            task, cluster = config["task"], config["cluster"]
-            hosts = ", ".join(address for job in cluster.values() for address in job)
-            with _ctrl_c_ends_the_wait():
-                logger.info(f"joining the cluster as {task['type']} {task['index']} ({hosts}): waiting until every "
-                            "worker has started (Ctrl-C stops)")
-                self.strategy = make_strategy(self.strategy_name)
-        else:
-            self.strategy = make_strategy(self.strategy_name)
+        self.strategy = make_strategy(self.strategy_name)
         if worker_mean(self.strategy, 0.0)[0] > 0:
             raise TextgenError("another worker could not start this training (its log says why); fix that, then "
                                "start every worker again")
@@ -221,18 +212,21 @@ class StartGate:
 
 
 @contextlib.contextmanager
-def _ctrl_c_ends_the_wait():
-    """Ctrl-C ends a worker waiting for the others to join the cluster, at once. That wait blocks inside TensorFlow,
-    holding Python's lock, for as long as a worker is missing (a host's TF_CONFIG mistyped, a host not started):
-    Python ran neither its signal handler nor any thread, and only kill -9 ended it. (TensorFlow keeps SIGTERM.)"""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    handler = signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _joining_the_cluster(config: dict):
+    """Around the wait for the other workers to join the cluster (config: TF_CONFIG's): says so, and Ctrl-C ends
+    the process at once. That wait blocks inside TensorFlow, holding Python's lock, for as long as a worker is missing
+    (a host's TF_CONFIG mistyped, a host not started): Python ran neither its signal handler nor any thread, it said
+    nothing, and only kill -9 ended it. (TensorFlow keeps SIGTERM.)"""
+    task, hosts = config["task"], ", ".join(address for job in config["cluster"].values() for address in job)
+    in_main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    handler = signal.signal(signal.SIGINT, signal.SIG_DFL) if in_main else None
     try:
+        logger.info(f"joining the cluster as {task['type']} {task['index']} ({hosts}): waiting until every worker "
+                    f"has started{' (Ctrl-C stops)' * in_main}")
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        if in_main:
+            signal.signal(signal.SIGINT, handler)
 
 
 _PARENT, _PATH = "TEXTGEN_TELLER_PARENT", "TEXTGEN_TELLER_PATH"

@@ -610,7 +610,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp,
                        new_cache_dir=run_dir / STAGED_CACHE if replaces else None)
     if not writes:  # another worker's cache, mapped: its files can go now. Ctrl-C while joining the cluster ends the
-        # process without cleaning up (distribute._ctrl_c_ends_the_wait); each left the whole corpus encoded in /tmp
+        # process without cleaning up (distribute._joining_the_cluster); each left the whole corpus encoded in /tmp
         for name in CACHE_FILES:
             with contextlib.suppress(OSError):
                 (cache_dir / name).unlink()
