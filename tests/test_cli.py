@@ -683,6 +683,24 @@ def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_p
                                               f"{tmp_path / 'nowhere'} does not exist\n")
 
 
+def test_a_tilde_in_a_path_option_is_the_home_directory(trained_run, tmp_path, monkeypatch):
+    """--checkpoint-dir=~/x reaches the program as typed (the shell expands ~ only at a word's start): it read and
+    wrote a folder named ~ in the current directory."""
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    shutil.copytree(trained_run["checkpoint_dir"], home / "ck")
+    write_text(home / "prime.txt", "abc")
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    result = invoke("sample", "--checkpoint-dir=~/ck", "--prime-file=~/prime.txt", "-o", "~/out.txt", "-n", 9,
+                    "--seed", 1)
+    assert result.exit_code == 0, result.stderr
+    assert (home / "out.txt").read_text().startswith("abc") and len((home / "out.txt").read_text()) == 12
+    scored = invoke("eval", "~/prime.txt", "--checkpoint-dir=~/ck", "--batch-size", 1)
+    assert scored.exit_code == 0 and scored.stdout.startswith(f"{home / 'prime.txt'}: ")
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_prime_file_past_the_limit_is_refused(trained_run, tmp_path, monkeypatch):
     import textgen.cli
 

@@ -75,6 +75,12 @@ def _not_empty(advice: str, convert=str):
 _run_name_given = _not_empty("give a run name, or leave --run out")
 
 
+def _user_path(value: str) -> Path:
+    """A path with ~ expanded: the shell leaves it as typed in --option=~/x and within quotes, and the command then
+    read or wrote a folder named ~ in the current directory."""
+    return Path(os.path.expanduser(value))
+
+
 def _origins(ctx, param, values):
     """Web origins as browsers send them (scheme://host[:port]): one with a path or a trailing slash never matches,
     and the API stayed closed to the page without a word."""
@@ -93,7 +99,7 @@ def _finite_seconds(ctx, param, value):
 
 checkpoint_dir_option = click.option(
     "--checkpoint-dir", type=click.Path(), default=DEFAULT_CHECKPOINT_DIR, show_default=True,
-    callback=_not_empty("give a directory, such as checkpoints or . for the current one", Path),
+    callback=_not_empty("give a directory, such as checkpoints or . for the current one", _user_path),
     help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run with a "
@@ -229,7 +235,7 @@ def cli():
 
 @cli.command(short_help="Train on CORPUS, a UTF-8 text file (default: the built-in corpus).")
 @click.argument("corpus", required=False, type=click.Path(),
-                callback=_not_empty("give a text file, or leave CORPUS out for the built-in corpus", Path))
+                callback=_not_empty("give a text file, or leave CORPUS out for the built-in corpus", _user_path))
 @checkpoint_dir_option
 @click.option("--run", default=None, callback=_run_name_given, help="Run name; default: the corpus file name.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
@@ -271,10 +277,10 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
 @run_option
 @_config_options(SampleConfig)
 @click.option("--prime-file", type=click.Path(allow_dash=True), default=None,
-              callback=_not_empty("give a file, or - for standard input", Path),
+              callback=_not_empty("give a file, or - for standard input", _user_path),
               help="Read the prime from a file (used as it is, a final newline included); - reads standard input.")
 @click.option("--output", "-o", type=click.Path(), default=None,
-              callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout", Path),
+              callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout", _user_path),
               help="Write the text to this file instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @_sigterm_as_interrupt
@@ -332,7 +338,7 @@ def _echo_live(text: str) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("file", type=click.Path(), callback=_not_empty("give a text file", Path))
+@click.argument("file", type=click.Path(), callback=_not_empty("give a text file", _user_path))
 @checkpoint_dir_option
 @run_option
 @click.option("--batch-size", type=int, default=32, show_default=True,
@@ -360,7 +366,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
                    "step, generate, generate_filtered and generate_guarded signatures; litert = model.tflite of one "
                    "step. Repeat for several.")
 @click.option("--output", "-o", type=click.Path(), required=True,
-              callback=_not_empty("give a directory to write, such as exported", Path), help="Directory to write.")
+              callback=_not_empty("give a directory to write, such as exported", _user_path), help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
 @_sigterm_as_interrupt
 def export_command(checkpoint_dir, run, formats, output, overwrite):
