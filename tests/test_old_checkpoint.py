@@ -42,8 +42,8 @@ def test_old_run_resumes_with_its_saved_options_and_history(tmp_path):
     # only what changed is named (--max-minutes stayed 0)
     assert messages[1] == f"resuming with other options for the rest of the run: --epochs {old.state.epoch + 1} " \
                           f"(was {old.training.epochs})"
-    assert messages[2].startswith(f"note: the run's length changed (--epochs {old.training.epochs} -> "
-                                  f"{old.state.epoch + 1}), so the cosine schedule is re-stretched")
+    assert messages[2].startswith("note: the run's new length re-stretches the cosine schedule: the learning rate "
+                                  "goes from ")
     assert summary["epoch"] == new.state.epoch == old.state.epoch + 1
     untexted = [{key: value for key, value in row.items() if key != "text"} for row in new.state.history[:-1]]
     assert untexted == old.state.history and new.state.history[-1]["epoch"] == old.state.epoch + 1

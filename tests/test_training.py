@@ -1143,7 +1143,7 @@ def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):
     messages = []
     train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, resume=True, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=6, lr_schedule="cosine", learning_rate=0.02))
-    assert any("re-stretched: the learning rate goes from 0.0002 to 0.01" in m for m in messages), messages
+    assert any("re-stretches the cosine schedule: the learning rate goes from 0.0002 to 0.01" in m for m in messages), messages
 
 
 
@@ -1157,8 +1157,9 @@ def test_a_restarted_epoch_on_a_changed_text_is_where_the_schedule_note_measures
     # Epoch 2 starts again on the new text: 1 of 2 epochs done before, 1 of 4 now.
     rates = [training.learning_rate_for(training.TrainConfig(learning_rate=0.01, epochs=epochs), 0, fraction)
              for epochs, fraction in ((2, 0.5), (4, 0.25))]
-    assert f"note: the run's length changed (--epochs 2 -> 4), so the cosine schedule is re-stretched: the " \
-           f"learning rate goes from {rates[0]:.3g} to {rates[1]:.3g}" in lines
+    assert f"note: the run's new length re-stretches the cosine schedule: the learning rate goes from " \
+           f"{rates[0]:.3g} to {rates[1]:.3g}" in lines
+    assert "resuming with other options for the rest of the run: --epochs 4 (was 2)" in lines
 
 def test_weight_decay_shrinks_weight_matrices_and_spares_biases():
     from textgen.config import ModelConfig, TrainConfig

@@ -758,14 +758,13 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
 
     if others := changed(field.name for field in dataclasses.fields(config)):
         run.log(f"resuming with other options for the rest of the run: {others}")
-    changes = ", ".join(f"{option_flag(name)} {getattr(saved, name):g} -> {getattr(config, name):g}"
-                        for name in ("epochs", "max_minutes") if getattr(saved, name) != getattr(config, name))
-    if config.lr_schedule == "cosine" and changes:
+    new_length = (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes)
+    if config.lr_schedule == "cosine" and new_length:
         before, after = (learning_rate_for(c, 0, run_fraction(c, state, len(run.train_batches),
                                                                state.elapsed_seconds))
                          for c in (saved, config))
-        run.log(f"note: the run's length changed ({changes}), so the cosine schedule is re-stretched: the "
-                f"learning rate goes from {before:.3g} to {after:.3g}")
+        run.log(f"note: the run's new length re-stretches the cosine schedule: the learning rate goes from "
+                f"{before:.3g} to {after:.3g}")
 
 
 def _encoding_progress(enabled: bool) -> Callable[[int, int], None]:
