@@ -550,6 +550,11 @@ def test_the_log_level_and_format_hold_while_the_server_runs_and_are_given_back(
             assert logger.getEffectiveLevel() == logging.WARNING
             line = handler.format(logging.LogRecord("textgen", logging.WARNING, __file__, 1, "low memory", (), None))
             assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING: +low memory", line), line
+            record = logging.LogRecord("textgen", logging.WARNING, __file__, 1, "warning: %s; using %s", ("x", "y"),
+                                       None)
+            line = handler.format(record)  # textgen's own "warning: " was a second level
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d WARNING: +x; using y", line), line
+            assert logging.Formatter().format(record) == "warning: x; using y"  # for the handlers formatting it next
         assert (logger.level, handler.formatter) == before
     finally:
         logger.removeHandler(handler)

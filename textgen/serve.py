@@ -495,16 +495,26 @@ class _Server(uvicorn.Server):
 TIMED, LOG_TIME = "%(asctime)s ", "%Y-%m-%d %H:%M:%S"
 
 
+class _LevelOnce(uvicorn.logging.DefaultFormatter):
+    """uvicorn's format, without the "warning: " that some of textgen's messages carry for the command line, where
+    nothing else shows their level ("WARNING:  warning: ...")."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        own_prefix = record.levelname.lower() + ": "
+        if record.message.startswith(own_prefix):
+            record = copy.copy(record)  # the other handlers format the record as it came
+            record.message = record.message[len(own_prefix):]
+        return super().formatMessage(record)
+
+
 @contextlib.contextmanager
 def _log_lines_timed(log_level: str):
     """textgen's log handlers (the command's stderr) in the server's format and level, while it runs."""
-    from uvicorn.logging import DefaultFormatter
-
     handlers = [(handler, handler.formatter) for handler in logger.handlers]
     level = logger.level
     form = TIMED + uvicorn.config.LOGGING_CONFIG["formatters"]["default"]["fmt"]
     for handler, _ in handlers:
-        handler.setFormatter(DefaultFormatter(form, LOG_TIME, use_colors=False))
+        handler.setFormatter(_LevelOnce(form, LOG_TIME, use_colors=False))
     logger.setLevel(log_level.upper())
     try:
         yield
