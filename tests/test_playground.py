@@ -110,8 +110,11 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
         count = browser.find_element(By.ID, "samples-count")
         count.clear()
         count.send_keys("3")  # three cards of text, stacked: taller than the screen
-        browser.find_element(By.ID, "generate").click()
+        generate = browser.find_element(By.ID, "generate")
+        idle_width = generate.rect["width"]
+        generate.click()
         wait_until(lambda: browser.execute_script("return document.body.scrollHeight") > 2000)
+        assert generate.rect["width"] == idle_width  # it grew into the place Stop left
         browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")
         top, bottom = browser.execute_script("const box = document.getElementById('stop').getBoundingClientRect();"
                                              " return [box.top, box.bottom]")
