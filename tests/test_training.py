@@ -1143,7 +1143,8 @@ def test_cosine_run_anneals_every_step(tmp_path, periodic_corpus):
     messages = []
     train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, resume=True, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=6, lr_schedule="cosine", learning_rate=0.02))
-    assert any("re-stretches the cosine schedule: the learning rate goes from 0.0002 to 0.01" in m for m in messages), messages
+    restretched = "re-stretches the cosine schedule: the learning rate goes from 0.0002 to 0.01"
+    assert any(restretched in m for m in messages), messages
 
 
 

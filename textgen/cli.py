@@ -280,7 +280,8 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
               callback=_not_empty("give a file, or - for standard input", _user_path),
               help="Read the prime from a file (used as it is, a final newline included); - reads standard input.")
 @click.option("--output", "-o", type=click.Path(), default=None,
-              callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout", _user_path),
+              callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout",
+                                  _user_path),
               help="Write the text to this file instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @_sigterm_as_interrupt
@@ -366,7 +367,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
                    "step, generate, generate_filtered and generate_guarded signatures; litert = model.tflite of one "
                    "step. Repeat for several.")
 @click.option("--output", "-o", type=click.Path(), required=True,
-              callback=_not_empty("give a directory to write, such as exported", _user_path), help="Directory to write.")
+              callback=_not_empty("give a directory to write, such as exported", _user_path),
+              help="Directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
 @_sigterm_as_interrupt
 def export_command(checkpoint_dir, run, formats, output, overwrite):
