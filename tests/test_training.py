@@ -986,6 +986,40 @@ def test_trainings_in_threads_of_one_process_take_turns_and_each_seed_gives_its_
     assert results[1]["val_loss"] == results[2]["val_loss"]
 
 
+def test_a_model_loaded_in_another_thread_while_a_training_starts_leaves_its_seed_alone(tmp_path, periodic_corpus,
+                                                                                        trained_run, monkeypatch):
+    """textgen.train loads the trained run once its turn is over, as a notebook's other thread may load one: a
+    build beside the training's took draws from its seeded generator or gave back its own state in the middle,
+    and the same seed gave another run."""
+    import threading
+
+    from textgen import model as model_module
+
+    alone = run(periodic_corpus, tmp_path / "alone")["val_loss"]
+    loader_building, training_seeded = threading.Event(), threading.Event()
+    build, seed = model_module._build, model_module.keras.utils.set_random_seed
+
+    def loader_build(*args):  # the loader's build, held open until the training has seeded (if it can meanwhile)
+        if threading.current_thread() is loader:
+            loader_building.set()
+            training_seeded.wait(5)
+        return build(*args)
+
+    def training_seed(value):
+        seed(value)
+        if threading.current_thread() is not loader:
+            training_seeded.set()
+
+    monkeypatch.setattr(model_module, "_build", loader_build)
+    monkeypatch.setattr(model_module.keras.utils, "set_random_seed", training_seed)
+    loader = threading.Thread(target=load_model, args=(trained_run["run_dir"],))
+    loader.start()
+    assert loader_building.wait(60)
+    beside = run(periodic_corpus, tmp_path / "beside")["val_loss"]
+    loader.join(60)
+    assert beside == alone
+
+
 def test_a_bad_call_is_refused_at_once_while_another_training_runs(tmp_path, periodic_corpus, monkeypatch):
     import threading
 

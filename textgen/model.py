@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import random
+import threading
+from typing import Optional
 
 import keras
 
@@ -11,8 +13,12 @@ from textgen.config import ModelConfig
 from textgen.fast_lstm import FastLSTM
 
 
+# Held while a model is built: Keras seeds each layer from Python's generator, which the process shares
+_DRAWING = threading.Lock()
+
+
 def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float32",
-                stock: bool = False) -> keras.Model:
+                stock: bool = False, seed: Optional[int] = None) -> keras.Model:
     """Build the model for a fixed number of parallel streams.
 
     The LSTM state lives in the layers between calls, so the batch size is part of the
@@ -20,12 +26,19 @@ def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float
     ``matmul_dtype="bfloat16"`` is mixed-precision training (see FastLSTM); weights stay float32.
     ``stock=True`` builds the same network from plain ``keras.layers.LSTM`` without dropout: an inference
     network that Keras loads without textgen (``textgen export``).
+    ``seed`` seeds the process's random generators first (keras.utils.set_random_seed: a training's initial
+    weights). Python's generator is given back as it was after the seed, and builds in other threads wait: a
+    model loaded in one thread while a training started in another drew from the training's seeded generator, or
+    gave back its own state in the middle of the training's build, and a seed no longer gave the same run.
     """
-    drawn_from = random.getstate()  # Keras seeds each layer from Python's generator: give the caller's back
-    try:
-        return _build(config, batch_size, matmul_dtype, stock)
-    finally:
-        random.setstate(drawn_from)
+    with _DRAWING:
+        if seed is not None:
+            keras.utils.set_random_seed(seed)
+        drawn_from = random.getstate()
+        try:
+            return _build(config, batch_size, matmul_dtype, stock)
+        finally:
+            random.setstate(drawn_from)
 
 
 def _build(config: ModelConfig, batch_size: int, matmul_dtype: str, stock: bool) -> keras.Model:

@@ -78,11 +78,11 @@ class Session:
         replicas = strategy.num_replicas_in_sync
         check_batch_size(train_config.batch_size, replicas)
         self.per_replica = train_config.batch_size // replicas
-        keras.utils.set_random_seed(train_config.seed)
         # The LSTM matmuls' operand type, which each epoch's history row records (on a GPU the cuDNN layer runs)
         self.precision = training_precision(train_config, model_config.units, strategy)
         with strategy.scope():
-            self.model = build_model(model_config, self.per_replica, matmul_dtype=self.precision)
+            self.model = build_model(model_config, self.per_replica, matmul_dtype=self.precision,
+                                     seed=train_config.seed)
             self.optimizer = keras.optimizers.Adam(train_config.learning_rate,
                                                    weight_decay=train_config.weight_decay or None)
             self.optimizer.exclude_from_weight_decay(var_names=["bias"])
