@@ -313,6 +313,9 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     assert resumed.info["epochs"] == 2 and resumed.info["corpus"] == str(periodic_corpus.resolve())
     with pytest.raises(textgen.TextgenError, match="^nothing to resume: no checkpoint in .*missing"):
         textgen.train(run="missing", checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(textgen.TextgenError, match=r"^nothing to resume: no checkpoint in .*R; to resume run 'r', "
+                                                   r"give run='r'$"):  # a typo: not "train without resume"
+        textgen.train(run="R", checkpoint_dir=tmp_path, resume=True)
     # Named as the keywords of the call, not the command's options (--resume, --epochs 1), commands kept as they are.
     with pytest.raises(textgen.TextgenError, match="already has checkpoints in .*: pass resume=True to continue it, "
                                                    "overwrite=True to replace it, or run=NAME to start another run$"):

@@ -148,7 +148,7 @@ def named_alike(name: str, names) -> Optional[str]:
     return next((known for known in names if unicodedata.normalize("NFC", known) == wanted), None)
 
 
-def _close_name(name: str, names: list[str]) -> Optional[str]:
+def close_name(name: str, names: list[str]) -> Optional[str]:
     """The run name that name was probably meant to be: the same but for case, or one close to it."""
     import difflib
 
@@ -243,7 +243,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                                f"CORPUS {run_options(run_dir)}")
         if not has_checkpoint(run_dir):
             names = [path.name for path in list_runs(checkpoint_dir)]
-            if close := _close_name(run, names):  # My-Songs for my-songs, a typo
+            if close := close_name(run, names):  # My-Songs for my-songs, a typo
                 raise TextgenError(f"no run named {run!r} in {checkpoint_dir}; did you mean {close!r}? (list the "
                                    f"runs with: textgen runs{directory_option(checkpoint_dir)})")
             known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"

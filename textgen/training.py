@@ -37,7 +37,7 @@ from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, loa
 from textgen.errors import OptionError, TextgenError, counted
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
-from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
+from textgen.runs import check_checkpoint_dir, check_run_name, close_name, default_run_name, list_runs, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
@@ -213,6 +213,9 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Op
     if resume and overwrite:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
     if resume and not exists:
+        if close := close_name(run_dir.name, [path.name for path in list_runs(run_dir.parent)]):  # a typo
+            raise TextgenError(f"nothing to resume: no checkpoint in {run_dir}; to resume run {close!r}, give "
+                               f"--run {shlex.quote(close)}")
         raise TextgenError(f"nothing to resume: no checkpoint in {run_dir} (train without --resume to start)")
     if resume and not checkpoint.has_checkpoint(run_dir, ("last",)):  # best alone does not hold where training was
         raise TextgenError(f"cannot resume run {run_dir.name!r}: it has no last.json, only its best checkpoint; "
