@@ -153,6 +153,18 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
+def test_an_export_leaves_the_callers_root_logger_as_it_was(trained_run, tmp_path, monkeypatch):
+    """TensorFlow's SavedModel writer logs through absl, which gave a root logger without handlers one of its own
+    (logging.basicConfig): the program's later basicConfig did nothing, and every library's warnings printed."""
+    import logging
+
+    from textgen import export as export_module
+
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in a program that configured no logging (pytest did)
+    export_module.export(trained_run["run_dir"], tmp_path / "out", ("savedmodel",))
+    assert logging.root.handlers == [] and (tmp_path / "out" / "savedmodel" / "saved_model.pb").is_file()
+
+
 def test_an_empty_directory_takes_an_export_without_overwrite(trained_run, tmp_path):
     """It was refused as "already exists; pass --overwrite", after the message for a directory holding other files
     had asked for "a new or empty directory"."""

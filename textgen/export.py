@@ -20,9 +20,11 @@ leaves a half-written export where a good one was.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -100,6 +102,20 @@ def _reason(error: Exception) -> str:
 WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "litert": _write_litert}
 
 
+@contextlib.contextmanager
+def _root_logger_kept():
+    """The caller's root logger as it was: TensorFlow's SavedModel writer logs through absl, which configures the
+    root logger (logging.basicConfig) when it has no handler, so a program then printed every library's warnings as
+    WARNING:name:... and its own basicConfig, called later, did nothing."""
+    handlers = list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for handler in list(logging.root.handlers):
+            if handler not in handlers:
+                logging.root.removeHandler(handler)
+
+
 def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "savedmodel"),
            overwrite: bool = False, loaded: Optional[tuple] = None) -> list[Path]:
     """Write the run's best checkpoint, or the (model, metadata) it was loaded as (a TextModel's: the checkpoint
@@ -154,7 +170,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         written = []
         for name in formats:
             try:
-                paths = WRITERS[name](meta, trained, building, graph)
+                with _root_logger_kept():
+                    paths = WRITERS[name](meta, trained, building, graph)
             except OSError:
                 raise
             except Exception as error:  # converters raise many types; the user needs the format and the reason
