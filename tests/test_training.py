@@ -1242,6 +1242,25 @@ def test_a_callback_can_stop_the_run_at_once(tmp_path, periodic_corpus):
     assert (last.epoch, last.step_in_epoch) == (0, 3) and last.val_loss == pytest.approx(summary["val_loss"])
 
 
+def test_a_stop_before_the_first_step_says_nothing_was_saved_and_leaves_no_run(tmp_path, periodic_corpus):
+    """It returned as if trained: textgen.train then failed to load the run ('no checkpoint ...; train one first with:
+    textgen train CORPUS'), whose folder held the corpus cache alone; after --overwrite, it gave the earlier run."""
+
+    class NotToday(Callback):
+        def on_train_start(self, run):
+            run.stop("not today")
+
+    with pytest.raises(TextgenError, match=r"^training stopped before its first step \(not today\); nothing was "
+                                           r"saved$"):
+        run(periodic_corpus, tmp_path / "ck", callbacks=[NotToday()])
+    assert not (tmp_path / "ck").exists()
+    run(periodic_corpus, tmp_path / "ck")
+    before = files_snapshot(tmp_path / "ck")
+    with pytest.raises(TextgenError, match=r"nothing was saved and the earlier run is kept$"):
+        run(periodic_corpus, tmp_path / "ck", overwrite=True, callbacks=[NotToday()])
+    assert files_snapshot(tmp_path / "ck") == before
+
+
 def test_a_checkpoint_replaced_while_it_is_read_is_read_again(trained_run, tmp_path, monkeypatch, caplog):
     # A training that goes on saves between our reading best.json and opening the weights it names: that file is
     # gone, a new best.json is in place. The new one is read: no error, no fallback to "last".

@@ -683,6 +683,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                 raise
             raise _lost_worker_error(reason, run) from None
     state = run.state
+    if state.global_step == 0:  # a callback's stop before the first step: no checkpoint (a new run's folder goes)
+        raise TextgenError(f"training stopped before its first step ({stopped}); nothing was saved"
+                           + (" and the earlier run is kept" if run.replaces else ""))
     best = state.best_val_loss
     log(f"stopped: {stopped}; best validation loss "
         + (f"{best:.4f} nats ({bpc(best):.3f} bpc)" if best is not None else "not measured yet")
