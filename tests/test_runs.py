@@ -214,3 +214,25 @@ def test_an_export_given_as_the_runs_directory_is_named_as_such(tmp_path):
     (export / "model.keras").unlink()  # vocab.json alone is not an export
     with pytest.raises(TextgenError, match=f"^no checkpoint in {export}; train one first"):
         find_run(export, None)
+
+
+def test_a_run_folder_without_a_checkpoint_says_whether_a_training_is_running_it(tmp_path):
+    """Loaded before its first save, a run being trained was called unfinished or damaged, to train again; named by
+    its folder, it was taken for a directory of runs ("no checkpoint in ck/c; train one first with: ...")."""
+    from textgen.checkpoint import RunLock
+
+    run_dir = tmp_path / "ck" / "c"
+    with RunLock(run_dir):
+        (run_dir / "corpus.json").write_text("{}")
+        for checkpoint_dir, run, named in ((tmp_path / "ck", "c", f"run 'c' in {tmp_path / 'ck'}"),
+                                           (run_dir, None, str(run_dir))):
+            with pytest.raises(TextgenError, match=rf"^{named} has no checkpoint yet: a training \(pid {os.getpid()}\) "
+                                                   r"is running it, which saves the first at the end of its first "
+                                                   r"epoch \(or when stopped with Ctrl-C\); try again then$"):
+                find_run(checkpoint_dir, run)
+    for checkpoint_dir, run, named in ((tmp_path / "ck", "c", f"run 'c' in {tmp_path / 'ck'}"),
+                                       (run_dir, None, str(run_dir))):
+        with pytest.raises(TextgenError, match=rf"^{named} has no checkpoint \(no best.json or last.json; it holds "
+                                               rf"corpus.json\): an unfinished or damaged run; train it again with: "
+                                               rf"textgen train CORPUS --checkpoint-dir {tmp_path / 'ck'} --run c$"):
+            find_run(checkpoint_dir, run)

@@ -725,7 +725,7 @@ def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus
     with caplog.at_level(logging.WARNING, logger="textgen"):  # sample, eval and export used it without a word
         load_model(tmp_path / "r")
     assert [record.getMessage() for record in caplog.records] == [
-        "note: run 'r' has no best checkpoint yet (it stopped before its first validation); using its last one, "
+        "note: run 'r' has no best checkpoint yet (no epoch of it has ended in a validation); using its last one, "
         "saved in epoch 1, after step 5"]
     resumed = run(periodic_corpus, tmp_path, resume=True)
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118

@@ -489,7 +489,7 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
         problem = problems[0].problem if isinstance(problems[0], DamagedCheckpoint) else problems[0]
         logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
     elif kind == "best" and candidate == "last":  # a run stopped before its first validation: half trained
-        logger.warning(f"note: run {run_dir.name!r} has no best checkpoint yet (it stopped before its first "
+        logger.warning(f"note: run {run_dir.name!r} has no best checkpoint yet (no epoch of it has ended in a "
                        f"validation); using its last one, saved {meta.state.position()}")
     elif candidate != kind:
         logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint; using its {candidate} one")
@@ -513,8 +513,7 @@ class RunLock:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
+                holder = _holder(handle)
                 handle.close()
                 raise TextgenError(f"another training (pid {holder}) is using {self.path.parent}; "
                                    "wait for it to finish or choose another --run") from None
@@ -536,6 +535,26 @@ class RunLock:
                 self.path.unlink()
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def _holder(handle) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "unknown"
+
+
+def training_pid(run_dir: Path) -> Optional[str]:
+    """The pid of the training that holds run_dir's lock now ("unknown" if it has not written it yet), or None."""
+    try:
+        handle = open(run_dir / ".lock")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(handle)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
 
 
 def _same_file(handle, path: Path) -> bool:

@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import KINDS, has_checkpoint, meta_path
+from textgen.checkpoint import KINDS, has_checkpoint, meta_path, training_pid
 from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
 from textgen.files import check_path_length
@@ -174,6 +174,18 @@ def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
     return sorted(path for path in (*checkpoint_dir.iterdir(), checkpoint_dir) if _left_without_metadata(path))
 
 
+def _without_checkpoint(run_dir: Path, named: str) -> TextgenError:
+    """Why a run's folder has no checkpoint: a training running it now (loading it was called a damaged run, to
+    train again), or one that ended before it saved (killed, or the machine went down)."""
+    if (pid := training_pid(run_dir)) is not None:
+        return TextgenError(f"{named} has no checkpoint yet: a training (pid {pid}) is running it, which saves the "
+                            "first at the end of its first epoch (or when stopped with Ctrl-C); try again then")
+    held = sorted(path.name for path in run_dir.iterdir())
+    listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"
+    return TextgenError(f"{named} has no checkpoint (no best.json or last.json; it holds {listing}): an unfinished "
+                        f"or damaged run; train it again with: textgen train CORPUS {run_options(run_dir)}")
+
+
 def _left_without_metadata(path: Path) -> bool:
     return path.is_dir() and not has_checkpoint(path) and any(path.glob("ckpt-*.weights.h5"))
 
@@ -230,11 +242,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
         if run_dir.is_dir() and not has_checkpoint(run_dir):
             if is_export(run_dir):
                 raise not_a_run_but_an_export(run_dir)
-            held = sorted(path.name for path in run_dir.iterdir())
-            listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"
-            raise TextgenError(f"run {run!r} in {checkpoint_dir} has no checkpoint (no best.json or last.json; "
-                               f"it holds {listing}): an unfinished or damaged run; train it again with: "
-                               f"textgen train CORPUS {run_options(run_dir)}")
+            raise _without_checkpoint(run_dir, f"run {run!r} in {checkpoint_dir}")
         if not has_checkpoint(run_dir) and checkpoint_dir.resolve().name == run and has_checkpoint(checkpoint_dir):
             return checkpoint_dir  # --checkpoint-dir is the run itself, named as its listing names it
         if not checkpoint_dir.exists():  # not "(runs there: none)", as if the directory had been read
@@ -265,6 +273,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
             raise not_a_run_but_an_export(checkpoint_dir)
         if checkpoint_dir.is_dir() and any(is_export(child) for child in checkpoint_dir.iterdir() if child.is_dir()):
             raise not_a_run_but_an_export(checkpoint_dir, folder=True)
+        if any((checkpoint_dir / name).exists() for name in (".lock", "corpus.json")):  # a run's folder
+            raise _without_checkpoint(checkpoint_dir, str(checkpoint_dir))
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
     # A run without a best checkpoint (a training stopped before its first validation: a command taken back with
