@@ -110,3 +110,10 @@ def test_the_readme_lists_every_make_target_and_ci_runs_the_test_command_it_give
     ci_commands = [line.split("#")[0].strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     assert re.search(r"^make test +#", readme, re.M) and tests == ["make test", "make test-slow"]
     assert [command for command in ci_commands if command.startswith("make test")] == tests
+
+
+def test_the_readme_gives_the_servers_body_limit_as_it_is():
+    """It said 300 KB where the server's 413 said 305536 bytes."""
+    from textgen.config import Limits
+
+    assert f"413 for a body over\n{Limits().max_body_bytes:,} bytes by default" in README.read_text(encoding="utf-8")

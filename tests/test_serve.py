@@ -445,7 +445,7 @@ def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(serve
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
-    assert json.loads(body) == {"error": f"request body larger than {limit} bytes"}
+    assert json.loads(body) == {"error": f"request body larger than {limit:,} bytes"}
     assert call(server, "/healthz")[0] == 200
 
 

@@ -339,7 +339,7 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"request body larger than {self.max_bytes} bytes"
+        message = f"request body larger than {self.max_bytes:,} bytes"
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
