@@ -369,6 +369,8 @@ def test_run_names_an_http_client_gets_wrong_are_told_in_its_terms(server):
     with pytest.raises(urllib.error.HTTPError) as refused:  # a GET where only POST is served
         urllib.request.urlopen(server + "/v1/generate", timeout=60)
     assert refused.value.code == 405 and refused.value.headers["Allow"] == "POST"  # RFC 9110 asks for it
+    assert json.loads(refused.value.read()) == {"error": '/v1/generate takes POST, not GET; send for instance '
+                                                         '{"prime": "The ", "length": 100}'}  # was "Method Not Allowed"
 
 
 def preflight(base, origin):

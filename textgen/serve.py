@@ -160,7 +160,11 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             return error(422, f"the body is not JSON (not UTF-8, or nested too deeply); {_example(request)}")
         if exc.status_code == 404 and exc.detail == "Not Found":  # Starlette's words for a path it does not have
             return error(404, f"no such path {request.url.path}; GET /v1/openapi.json lists the API's paths")
-        return error(exc.status_code, str(exc.detail), exc.headers)  # a 405's Allow
+        if exc.status_code == 405 and "Allow" in (exc.headers or {}):  # Starlette's words: "Method Not Allowed"
+            allowed = exc.headers["Allow"]
+            example = f"; {_example(request)}" if allowed == "POST" else ""
+            return error(405, f"{request.url.path} takes {allowed}, not {request.method}{example}", exc.headers)
+        return error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
