@@ -242,6 +242,10 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
                                "strategy"]
     with pytest.raises(textgen.OptionError, match="unknown training option.*sequence_length"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, sequence_length=5)
+    # another tool's name for an option, and a typo
+    with pytest.raises(textgen.OptionError, match=r"^unknown training option\(s\): lr \(did you mean learning_rate"
+                                                  r"\?\), unit \(did you mean units\?\), zzz; see "):
+        textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, unit=5, lr=0.1, zzz=1)
     for wrong, message in ((dict(run=5), "run must be a run name"),
                            (dict(checkpoint_dir=None), "checkpoint_dir must be")):
         with pytest.raises(textgen.OptionError, match=rf"^{message}.*, got (5|None)$"):

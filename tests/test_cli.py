@@ -683,6 +683,15 @@ def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_p
                                               f"{tmp_path / 'nowhere'} does not exist\n")
 
 
+def test_an_unknown_option_named_as_other_tools_name_it_is_given_textgens_name():
+    """click suggests the options spelled close to it: --lr got '--help', '--layers', '--run'."""
+    for args, meant in ((("train", "--lr", "0.01"), "--learning-rate"), (("train", "--rnn-size", "64"), "--units"),
+                        (("sample", "--temp", "0.5"), "--temperature"), (("train", "--unit", "64"), "--units")):
+        result = invoke(*args)
+        assert (result.exit_code, result.stderr) == (2, f"error: No such option '{args[1]}'. Did you mean '{meant}'? "
+                                                        f"(see: cli {args[0]} --help)\n")
+
+
 def test_a_tilde_in_a_path_option_is_the_home_directory(trained_run, tmp_path, monkeypatch):
     """--checkpoint-dir=~/x reaches the program as typed (the shell expands ~ only at a word's start): it read and
     wrote a folder named ~ in the current directory."""

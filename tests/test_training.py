@@ -718,7 +718,8 @@ def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus
         run(periodic_corpus, tmp_path, callbacks=[interrupt_at_step(5)])
     assert stopped.value.exit_code == 130
     # the record is the message alone (a leading line break left a notebook's "WARNING" on a line of its own)
-    assert caplog.records[0].getMessage() == "signal SIGINT: finishing this step, then stopping (press again to abort)"
+    assert caplog.records[0].getMessage() == ("signal SIGINT: finishing this step, then stopping (press Ctrl-C again "
+                                              "to abort)")
     meta = json.loads((tmp_path / "r" / "last.json").read_text())
     assert (meta["epoch"], meta["step_in_epoch"]) == (0, 5)
     caplog.clear()
@@ -729,6 +730,12 @@ def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus
         "saved in epoch 1, after step 5"]
     resumed = run(periodic_corpus, tmp_path, resume=True)
     assert resumed["epoch"] == 1 and resumed["history"][-1]["step"] == 118
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textgen"), pytest.raises(Interrupted):  # nothing is pressed
+        run(periodic_corpus, tmp_path, epochs=2, resume=True,
+            callbacks=[AtStep(3, lambda run: os.kill(os.getpid(), signal.SIGTERM))])
+    assert caplog.records[0].getMessage() == ("signal SIGTERM: finishing this step, then stopping (send it again to "
+                                              "abort)")
 
 
 def test_the_printed_resume_command_works_pasted_into_a_shell_with_spaces_in_the_paths(tmp_path):

@@ -18,7 +18,7 @@ import click
 
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, MAX_PRIME_FILE_CHARS,
                             SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
-                            option_flag, split_training_options)
+                            meant_option, option_flag, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -193,6 +193,8 @@ class OneLineErrors(click.Group):
             click.echo(error.format_message(), err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
+            if isinstance(error, click.NoSuchOption) and error.ctx is not None:
+                _suggest_our_name(error)
             hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
             click.echo(f"error: {error.format_message()}{hint}", err=True)
             sys.exit(error.exit_code)
@@ -215,6 +217,13 @@ class OneLineErrors(click.Group):
         except OSError as error:
             _stdout_failed(error)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _suggest_our_name(error: click.NoSuchOption) -> None:
+    """click suggests the options spelled close to an unknown one: --lr got --layers and --run, not --learning-rate."""
+    flags = {flag.lstrip("-").replace("-", "_"): flag for param in error.ctx.command.params for flag in param.opts}
+    if meant := meant_option(error.option_name.lstrip("-").replace("-", "_"), list(flags)):
+        error.possibilities = [flags[meant]]
 
 
 def _stdout_failed(error: OSError) -> None:

@@ -393,14 +393,31 @@ class Limits:
         return 12 * max(self.max_score_chars, self.max_prime_chars) + 65536
 
 
+# The names other char-RNN tools (char-rnn, torch-rnn, PyTorch) give textgen's options: a user's first guess
+OTHER_TOOLS_NAMES = {"lr": "learning_rate", "rnn_size": "units", "hidden_size": "units", "num_layers": "layers",
+                     "seq_len": "seq_length", "max_epochs": "epochs", "batch": "batch_size", "temp": "temperature",
+                     "wordvec_size": "embedding_dim", "embedding_size": "embedding_dim", "grad_clip": "clip_norm"}
+
+
+def meant_option(name: str, known) -> Optional[str]:
+    """The option of known (field names) that name was probably meant to be: another tool's name for it, or a typo."""
+    import difflib
+
+    if OTHER_TOOLS_NAMES.get(name) in known:
+        return OTHER_TOOLS_NAMES[name]
+    return next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.75)), None)
+
+
 def split_training_options(options: dict) -> tuple[dict, dict]:
     """A flat dict of training options (None: not chosen) -> (ModelConfig fields, TrainConfig fields)."""
     model = command_line_options(ModelConfig)
     training = command_line_options(TrainConfig)
     unknown = sorted(set(options) - set(model) - set(training))
     if unknown:
-        raise OptionError(f"unknown training option(s): {', '.join(unknown)}; see textgen train --help for the "
-                          "options (in Python, with underscores: seq_length=100)")
+        meant = {name: meant_option(name, [*model, *training]) for name in unknown}
+        named = ", ".join(name + (f" (did you mean {meant[name]}?)" if meant[name] else "") for name in unknown)
+        raise OptionError(f"unknown training option(s): {named}; see textgen train --help for the options (in "
+                          "Python, with underscores: seq_length=100)")
     chosen = {name: value for name, value in options.items() if value is not None}
     return ({name: value for name, value in chosen.items() if name in model},
             {name: value for name, value in chosen.items() if name in training})

@@ -142,10 +142,10 @@ def info_text(run_dir: Path) -> str:
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()
                                       if training.lr_schedule == "step" or key not in STEP_SCHEDULE_OPTIONS),
         # (in parentheses: the rest of the line was the else branch's alone, and a run of --epochs lost it)
-        (f"progress       {state.epoch} of {training.epochs} epochs" if training.epochs else
+        (f"progress       {state.epoch} of {counted(training.epochs, 'epoch')}" if training.epochs else
          f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})")
         + (f" + {counted(state.step_in_epoch, 'step')}" if state.step_in_epoch else "")
-        + f", {state.global_step:,} steps, {state.chars_seen:,} characters, "
+        + f", {counted(state.global_step, 'step')}, {state.chars_seen:,} characters, "
           f"{state.elapsed_seconds / 60:.1f} minutes",
         f"precision      {_precision_text(state.history)}",
         *_texts_line(state.history),

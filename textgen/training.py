@@ -59,8 +59,8 @@ def stop_on_signals():
                 sys.stderr.write("\n")
         except (AttributeError, OSError, ValueError):  # a stand-in stderr without isatty, a closed one: no matter
             pass
-        logger.warning(f"signal {signal.Signals(signum).name}: finishing this step, then stopping (press again to "
-                       "abort)")
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"  # a SIGTERM is not pressed
+        logger.warning(f"signal {signal.Signals(signum).name}: finishing this step, then stopping ({again} to abort)")
 
     # Python lets only the main thread install handlers; a training run from another thread (a GUI, a web job)
     # keeps the process's own handlers and stops only through its callbacks.
@@ -173,7 +173,7 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             unlimited = "or --max-minutes 0 for no limit" if train_config.epochs else \
                 "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
             raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
-                               f"trained {meta.state.elapsed_seconds / 60:.1f} minutes); pass a larger --max-minutes, "
+                               f"trained {meta.state.elapsed_seconds / 60:.3g} minutes); pass a larger --max-minutes, "
                                f"{unlimited}")
     model_config.validate()
     train_config.validate()
