@@ -1,6 +1,7 @@
 """The command line, driven through click's CliRunner: output streams, exit codes, one-line errors."""
 
 import dataclasses
+import json
 import os
 import shlex
 import shutil
@@ -579,6 +580,14 @@ def test_plot_reads_a_run_left_with_its_best_checkpoint_and_says_what_it_cannot_
     refused = invoke("plot", "--checkpoint-dir", tmp_path / "ck")
     assert refused.exit_code == 1 and refused.stderr.startswith(f"error: cannot write {run_dir / 'curve.png'}")
     assert len(refused.stderr.strip().splitlines()) == 1
+    # A run stopped before its first validation: how to get one (it said only that it had none)
+    early = shutil.copytree(workspace / "ck" / "good", tmp_path / "ck2" / "early")
+    (early / "best.json").unlink()
+    (early / "last.json").write_text(json.dumps(dict(json.loads((early / "last.json").read_text()), history=[])))
+    empty = invoke("plot", "--checkpoint-dir", tmp_path / "ck2")
+    assert (empty.exit_code, empty.stderr) == (1, "error: run 'early' has no finished epoch to plot yet; train it on "
+                                                  "to the end of its first epoch with: textgen train --checkpoint-dir "
+                                                  f"{tmp_path / 'ck2'} --run early --resume\n")
 
 
 def test_textgen_alone_shows_the_help_without_an_error_prefix():

@@ -466,13 +466,14 @@ def plot(checkpoint_dir, run):
     """Redraw a run's training curve (RUN/curve.png) and history (RUN/history.csv)."""
     from textgen.checkpoint import read_run_meta
     from textgen.report import plot_history, write_history
-    from textgen.runs import find_run
+    from textgen.runs import find_run, run_options
 
     run_dir = find_run(checkpoint_dir, run)
     meta = read_run_meta(run_dir).latest
     history = meta.state.history if meta is not None else []
     if not history:
-        raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet")
+        raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet; train it on to the end of "
+                                   f"its first epoch with: textgen train {run_options(run_dir)} --resume")
     try:
         click.echo(write_history(run_dir, history))
         click.echo(plot_history(run_dir, history, meta.state.best_val_loss))
