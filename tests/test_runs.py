@@ -222,17 +222,44 @@ def test_a_run_folder_without_a_checkpoint_says_whether_a_training_is_running_it
     from textgen.checkpoint import RunLock
 
     run_dir = tmp_path / "ck" / "c"
+    named_ways = ((tmp_path / "ck", "c", f"run 'c' in {tmp_path / 'ck'}"), (run_dir, None, str(run_dir)),
+                  (tmp_path / "ck", None, f"run 'c' in {tmp_path / 'ck'}"))  # the latest run: the one in training
     with RunLock(run_dir):
         (run_dir / "corpus.json").write_text("{}")
-        for checkpoint_dir, run, named in ((tmp_path / "ck", "c", f"run 'c' in {tmp_path / 'ck'}"),
-                                           (run_dir, None, str(run_dir))):
+        for checkpoint_dir, run, named in named_ways:
             with pytest.raises(TextgenError, match=rf"^{named} has no checkpoint yet: a training \(pid {os.getpid()}\) "
-                                                   r"is running it, which saves the first at the end of its first "
-                                                   r"epoch \(or when stopped with Ctrl-C\); try again then$"):
+                                                   r"has it, which saves the first at the end of its first epoch "
+                                                   r"\(sooner with --save-every, or when stopped with Ctrl-C\); try "
+                                                   r"again then$"):
                 find_run(checkpoint_dir, run)
-    for checkpoint_dir, run, named in ((tmp_path / "ck", "c", f"run 'c' in {tmp_path / 'ck'}"),
-                                       (run_dir, None, str(run_dir))):
+    for checkpoint_dir, run, named in named_ways[:2]:
         with pytest.raises(TextgenError, match=rf"^{named} has no checkpoint \(no best.json or last.json; it holds "
                                                rf"corpus.json\): an unfinished or damaged run; train it again with: "
                                                rf"textgen train CORPUS --checkpoint-dir {tmp_path / 'ck'} --run c$"):
             find_run(checkpoint_dir, run)
+    hidden = tmp_path / "ck" / ".c"  # no run name: as --checkpoint-dir, the advice would train a run inside it
+    run_dir.rename(hidden)
+    with pytest.raises(TextgenError, match=r"train it again under a run name \(its folder's, '.c', is not one\): "
+                                           rf"textgen train CORPUS --checkpoint-dir {tmp_path / 'ck'} --run NAME$"):
+        find_run(hidden, None)
+
+
+def test_a_look_at_a_runs_lock_never_stops_a_training_from_starting(tmp_path):
+    """training_pid takes the lock for an instant: a training starting then was refused, naming the pid that a
+    killed training had left in the lock's file."""
+    import fcntl
+    import threading
+
+    from textgen.checkpoint import RunLock, training_pid
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("999999999")  # a killed training's
+    assert training_pid(run_dir) is None
+    with open(run_dir / ".lock") as looking:
+        fcntl.flock(looking, fcntl.LOCK_EX)  # held by a training that has not written its pid yet
+        assert training_pid(run_dir) == "unknown"  # (the file's pid is no process's)
+        fcntl.flock(looking, fcntl.LOCK_SH)  # now as training_pid looks, for an instant
+        threading.Timer(0.05, fcntl.flock, (looking, fcntl.LOCK_UN)).start()
+        with RunLock(run_dir):
+            assert training_pid(run_dir) == str(os.getpid())

@@ -1414,3 +1414,8 @@ def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_
     train(corpus, tmp_path / "ck", resume=True, model_options=TINY_MODEL, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=2))
     assert not [message for message in messages if "carriage" in message]  # said once, when the run starts
+
+
+def test_minutes_trained_read_as_minutes_at_any_budget():
+    """A used-up budget's message gave 0.1 minutes for 3.4 s (--max-minutes 0.05), then 1.2e+03 for 20 hours."""
+    assert [training._minutes(seconds) for seconds in (3.4, 740, 6000, 74070)] == ["0.0567", "12.3", "100", "1,234"]

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,6 +509,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + 0.2  # a lock held that briefly is another command's look (training_pid)
         while True:
             handle = self._open()
             try:
@@ -515,6 +517,9 @@ class RunLock:
             except BlockingIOError:
                 holder = _holder(handle)
                 handle.close()
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
                 raise TextgenError(f"another training (pid {holder}) is using {self.path.parent}; "
                                    "wait for it to finish or choose another --run") from None
             # A holder removes the file as it lets go: if that happened between our open and our flock, we hold
@@ -538,12 +543,23 @@ class RunLock:
 
 
 def _holder(handle) -> str:
+    """The pid a lock's file names, or "unknown" before its holder has written it (the file then holds nothing, or
+    the pid of a training killed since)."""
     handle.seek(0)
-    return handle.read().strip() or "unknown"
+    pid = handle.read().strip()
+    try:
+        if int(pid) > 0:
+            os.kill(int(pid), 0)
+            return pid
+    except (ValueError, OverflowError, ProcessLookupError):
+        pass
+    except PermissionError:  # another user's process
+        return pid
+    return "unknown"
 
 
 def training_pid(run_dir: Path) -> Optional[str]:
-    """The pid of the training that holds run_dir's lock now ("unknown" if it has not written it yet), or None."""
+    """The pid of the training that holds run_dir's lock now (see _holder), or None."""
     try:
         handle = open(run_dir / ".lock")
     except OSError:

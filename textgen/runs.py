@@ -177,13 +177,23 @@ def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
 def _without_checkpoint(run_dir: Path, named: str) -> TextgenError:
     """Why a run's folder has no checkpoint: a training running it now (loading it was called a damaged run, to
     train again), or one that ended before it saved (killed, or the machine went down)."""
-    if (pid := training_pid(run_dir)) is not None:
-        return TextgenError(f"{named} has no checkpoint yet: a training (pid {pid}) is running it, which saves the "
-                            "first at the end of its first epoch (or when stopped with Ctrl-C); try again then")
+    if (pid := training_pid(run_dir)) is not None:  # (which may still wait for its turn in its process)
+        return TextgenError(f"{named} has no checkpoint yet: a training (pid {pid}) has it, which saves the first at "
+                            "the end of its first epoch (sooner with --save-every, or when stopped with Ctrl-C); "
+                            "try again then")
     held = sorted(path.name for path in run_dir.iterdir())
     listing = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "") if held else "nothing"
     return TextgenError(f"{named} has no checkpoint (no best.json or last.json; it holds {listing}): an unfinished "
-                        f"or damaged run; train it again with: textgen train CORPUS {run_options(run_dir)}")
+                        f"or damaged run; {_train_again(run_dir)}")
+
+
+def _train_again(run_dir: Path) -> str:
+    """The advice to train a run again, under a run name: its folder as --checkpoint-dir would start a run inside."""
+    resolved = Path(run_dir).resolve()
+    if is_run_name(resolved.name):
+        return f"train it again with: textgen train CORPUS {run_options(run_dir)}"
+    return (f"train it again under a run name (its folder's, {resolved.name!r}, is not one): textgen train CORPUS"
+            f"{directory_option(resolved.parent)} --run NAME")
 
 
 def _left_without_metadata(path: Path) -> bool:
@@ -262,12 +272,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
         return checkpoint_dir
     runs = list_runs(checkpoint_dir)
     if not runs and _left_without_metadata(checkpoint_dir):  # the run itself, damaged
-        run_dir = checkpoint_dir.resolve()
-        again = (f"train it again with: textgen train CORPUS {run_options(checkpoint_dir)}" if is_run_name(
-            run_dir.name) else f"train it again under a run name (its folder's, {run_dir.name!r}, is not one): "
-                               f"textgen train CORPUS{directory_option(run_dir.parent)} --run NAME")
         raise TextgenError(f"{checkpoint_dir} holds checkpoint files but no best.json or last.json to name them: a "
-                           f"damaged run; {again}")
+                           f"damaged run; {_train_again(checkpoint_dir)}")
     if not runs:  # "train one first" into an export (or a folder of them) would make it a directory of runs
         if is_export(checkpoint_dir):
             raise not_a_run_but_an_export(checkpoint_dir)
@@ -275,6 +281,10 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
             raise not_a_run_but_an_export(checkpoint_dir, folder=True)
         if any((checkpoint_dir / name).exists() for name in (".lock", "corpus.json")):  # a run's folder
             raise _without_checkpoint(checkpoint_dir, str(checkpoint_dir))
+        training = [child for child in checkpoint_dir.iterdir() if child.is_dir() and training_pid(child)] \
+            if checkpoint_dir.is_dir() else []
+        if training:  # a first training, before its first save
+            raise _without_checkpoint(training[0], f"run {training[0].name!r} in {checkpoint_dir}")
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
     # A run without a best checkpoint (a training stopped before its first validation: a command taken back with

@@ -173,7 +173,7 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             unlimited = "or --max-minutes 0 for no limit" if train_config.epochs else \
                 "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
             raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
-                               f"trained {meta.state.elapsed_seconds / 60:.3g} minutes); pass a larger --max-minutes, "
+                               f"trained {_minutes(meta.state.elapsed_seconds)} minutes); pass a larger --max-minutes, "
                                f"{unlimited}")
     model_config.validate()
     train_config.validate()
@@ -203,6 +203,12 @@ def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, ela
     if config.max_minutes:
         fraction = max(fraction, elapsed_seconds / (config.max_minutes * 60))
     return min(1.0, fraction)
+
+
+def _minutes(seconds: float) -> str:
+    """0.0567, 12.3, 1,234: three digits where a budget may be a fraction of a minute, never 1.23e+03."""
+    minutes = seconds / 60
+    return f"{minutes:.3g}" if minutes < 100 else f"{minutes:,.0f}"
 
 
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Optional[Path] = None,
