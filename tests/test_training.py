@@ -1418,4 +1418,8 @@ def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_
 
 def test_minutes_trained_read_as_minutes_at_any_budget():
     """A used-up budget's message gave 0.1 minutes for 3.4 s (--max-minutes 0.05), then 1.2e+03 for 20 hours."""
-    assert [training._minutes(seconds) for seconds in (3.4, 740, 6000, 74070)] == ["0.0567", "12.3", "100", "1,234"]
+    from textgen.errors import minutes_text
+
+    assert [minutes_text(seconds / 60) for seconds in (3.4, 740, 6000, 74070)] == [
+        "0.0567 minutes", "12.3 minutes", "100 minutes", "1,234 minutes"]
+    assert minutes_text(1) == "1 minute"  # (the sizing line said "a budget of 1 minutes")

@@ -15,7 +15,7 @@ from typing import Optional
 
 from textgen import report
 from textgen.config import TrainConfig
-from textgen.errors import TextgenError, counted
+from textgen.errors import TextgenError, counted, minutes_text
 from textgen.evaluation import bpc
 from textgen.progress import progress_bar
 
@@ -154,7 +154,7 @@ class StopRequests(Callback):
             command, call = run.resume_advice()
             raise Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
         if time_up > 0:
-            run.stop(f"time budget of {run.config.max_minutes:g} minutes reached", now=True)
+            run.stop(f"time budget of {minutes_text(run.config.max_minutes)} reached", now=True)
 
 
 class Checkpointer(Callback):

@@ -10,6 +10,13 @@ def counted(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+def minutes_text(minutes: float) -> str:
+    """"0.0567 minutes", "1 minute", "12.3 minutes", "1,234 minutes": three digits, where a budget may be a fraction
+    of a minute, and never 1.23e+03."""
+    shown = f"{minutes:.3g}" if minutes < 100 else f"{minutes:,.0f}"
+    return f"{shown} minute{'' if shown == '1' else 's'}"
+
+
 class TextgenError(Exception):
     """A problem the user can fix; the message names it and says what to do."""
 

@@ -13,7 +13,7 @@ from typing import Optional
 from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
-from textgen.errors import TextgenError, counted
+from textgen.errors import TextgenError, counted, minutes_text
 from textgen.runs import run_options
 
 logger = logging.getLogger("textgen")
@@ -146,7 +146,7 @@ def info_text(run_dir: Path) -> str:
          f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})")
         + (f" + {counted(state.step_in_epoch, 'step')}" if state.step_in_epoch else "")
         + f", {counted(state.global_step, 'step')}, {state.chars_seen:,} characters, "
-          f"{state.elapsed_seconds / 60:.1f} minutes",
+          f"{minutes_text(state.elapsed_seconds / 60)}",
         f"precision      {_precision_text(state.history)}",
         *_texts_line(state.history),
         "best           best.json cannot be read (see the warning)" if "best" in run.problems else

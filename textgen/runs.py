@@ -148,10 +148,12 @@ def named_alike(name: str, names) -> Optional[str]:
     return next((known for known in names if unicodedata.normalize("NFC", known) == wanted), None)
 
 
-def close_name(name: str, names: list[str]) -> Optional[str]:
-    """The run name that name was probably meant to be: the same but for case, or one close to it."""
+def probable_run(checkpoint_dir: Path, name: str, names: Optional[list[str]] = None) -> Optional[str]:
+    """The run under checkpoint_dir (names: its runs' names, if read already) that name was probably meant to be:
+    the same but for case (My-Songs for my-songs), or one close to it (a typo)."""
     import difflib
 
+    names = [path.name for path in list_runs(checkpoint_dir)] if names is None else names
     same = [known for known in names if known.casefold() == name.casefold()]
     return (same or difflib.get_close_matches(name, names, n=1, cutoff=0.8) or [None])[0]
 
@@ -261,7 +263,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                                f"CORPUS {run_options(run_dir)}")
         if not has_checkpoint(run_dir):
             names = [path.name for path in list_runs(checkpoint_dir)]
-            if close := close_name(run, names):  # My-Songs for my-songs, a typo
+            if close := probable_run(checkpoint_dir, run, names):
                 raise TextgenError(f"no run named {run!r} in {checkpoint_dir}; did you mean {close!r}? (list the "
                                    f"runs with: textgen runs{directory_option(checkpoint_dir)})")
             known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "") or "none"

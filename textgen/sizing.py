@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from textgen.config import ModelConfig, TrainConfig, option_flag
 from textgen.distribute import divisible_batch
-from textgen.errors import counted
+from textgen.errors import counted, minutes_text
 
 # (layers, units, embedding width), smallest first
 LADDER: tuple[tuple[int, int, int], ...] = (
@@ -161,8 +161,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     training = {**dict(batch_size=batch, weight_decay=weight_decay), **user_training}
     rounded = float(f"{chars:.3g}")  # ~3.87M, ~60,400 (and 999,600 rounds to ~1M, not ~1,000,000)
     amount = f"{rounded / 1e6:.3g}M" if rounded >= 1e6 else f"{rounded:,.0f}"
-    minutes = f"{config.max_minutes:g} minute{'' if config.max_minutes == 1 else 's'}"
-    budget = (f"{minutes}, ~{amount} characters ({epochs:.3g} epochs) at this "
+    budget = (f"{minutes_text(config.max_minutes)}, ~{amount} characters ({epochs:.3g} epochs) at this "
               f"machine's measured speed" if config.max_minutes and chars < work
               else counted(config.epochs, "epoch"))
     over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "

@@ -34,10 +34,10 @@ from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig,
                             option_flag)
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, same_text, scan
-from textgen.errors import OptionError, TextgenError, counted
+from textgen.errors import OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
-from textgen.runs import check_checkpoint_dir, check_run_name, close_name, default_run_name, list_runs, run_path
+from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, probable_run, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
@@ -173,8 +173,8 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             unlimited = "or --max-minutes 0 for no limit" if train_config.epochs else \
                 "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
             raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
-                               f"trained {_minutes(meta.state.elapsed_seconds)} minutes); pass a larger --max-minutes, "
-                               f"{unlimited}")
+                               f"trained {minutes_text(meta.state.elapsed_seconds / 60)}); pass a larger "
+                               f"--max-minutes, {unlimited}")
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -205,12 +205,6 @@ def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, ela
     return min(1.0, fraction)
 
 
-def _minutes(seconds: float) -> str:
-    """0.0567, 12.3, 1,234: three digits where a budget may be a fraction of a minute, never 1.23e+03."""
-    minutes = seconds / 60
-    return f"{minutes:.3g}" if minutes < 100 else f"{minutes:,.0f}"
-
-
 def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Optional[Path] = None,
                    named: bool = True) -> None:
     """Refuse a training the run's checkpoints do not allow. corpus_path: the text it is to train on; named: whether
@@ -219,7 +213,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Op
     if resume and overwrite:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
     if resume and not exists:
-        if close := close_name(run_dir.name, [path.name for path in list_runs(run_dir.parent)]):  # a typo
+        if close := probable_run(run_dir.parent, run_dir.name):  # a typo
             raise TextgenError(f"nothing to resume: no checkpoint in {run_dir}; to resume run {close!r}, give "
                                f"--run {shlex.quote(close)}")
         raise TextgenError(f"nothing to resume: no checkpoint in {run_dir} (train without --resume to start)")
