@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import tensorflow as tf
 
 from textgen import lstm_step, sampling
-from textgen.config import SampleConfig, rules
 from textgen.generate import start_symbol
 
 NO_FILTER = {"top_k": 0}  # the exported signatures' value for "no filter" outside the option's own range
@@ -32,7 +30,7 @@ def rule_checks(**values) -> list:
     command line's message ("temperature must be in [0, 1e+06]")."""
     checks = []
     for name, value in values.items():
-        rule = dataclasses.replace(rules(SampleConfig)[name], many=False)
+        rule = sampling.VALUE_RULES[name]
         valid = tf.constant(True) if rule.integer else tf.math.is_finite(value)
         if rule.low is not None:
             valid &= value > rule.low if rule.low_open else value >= rule.low

@@ -42,12 +42,12 @@ PAIRWISE_MAX_VOCAB = 256  # choose_tf finds the top-k / top-p cut-off without so
 
 
 # SampleConfig's rules, each for one value (the temperature's is for a list): the ranges are declared once, there.
-_RULES = {name: dataclasses.replace(rule, many=False) for name, rule in rules(SampleConfig).items()}
+VALUE_RULES = {name: dataclasses.replace(rule, many=False) for name, rule in rules(SampleConfig).items()}
 
 
 def check_sample_option(name: str, value) -> None:
     """Refuse one value of a sampling option outside SampleConfig's rule for it."""
-    _RULES[name].check(name, value)
+    VALUE_RULES[name].check(name, value)
 
 
 NO_TOP_P = 2.0  # a per-row top-p that keeps every token (the probability mass above any token is below 2)
