@@ -33,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from textgen import checkpoint  # noqa: E402
-from textgen.batcher import call_length  # noqa: E402
+from textgen.request_batcher import call_length  # noqa: E402
 from textgen.generate import ENGINE_SIZES  # noqa: E402
 from textgen.checkpoint import CheckpointMeta, RunState  # noqa: E402
 from textgen.config import ModelConfig, TrainConfig  # noqa: E402

@@ -1223,7 +1223,7 @@ def test_a_request_whose_server_loop_has_closed_does_not_break_the_batcher(train
     thread with a second one (the second-Ctrl-C test failed now and then on it)."""
     import asyncio
 
-    from textgen.batcher import Batcher
+    from textgen.request_batcher import Batcher
     from textgen.config import SampleConfig
     from textgen.generate import Generator
     from textgen.serve import _deliverer

@@ -1,9 +1,12 @@
-"""What this CPU can multiply fast, read from /proc/cpuinfo (no TensorFlow import)."""
+"""What this CPU can multiply fast: its flags, read from /proc/cpuinfo (no TensorFlow import), and timed products
+(TensorFlow imported when they run)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import platform
+import time
 
 # The flags that decide which matmul kernels a CPU can run: AVX2/FMA, AVX-512, bfloat16, AMX.
 MATMUL_FLAGS = ("fma", "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
@@ -48,3 +51,35 @@ def matmul_flags() -> str:
 def has_bfloat16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX); elsewhere it is emulated and slow."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def matmul_operands(rows: int, width: int, columns: int, dtypes) -> dict:
+    """(rows, width) and (width, columns) operands in each of dtypes (TensorFlow dtypes), the same numbers in each.
+    Drawn from NumPy, not TensorFlow's generator: a run seeded before a timing draws the same weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    numbers = np.random.default_rng(0)
+    a, b = numbers.standard_normal((rows, width), np.float32), numbers.standard_normal((width, columns), np.float32)
+    return {dtype: (tf.cast(a, dtype), tf.cast(b, dtype)) for dtype in dtypes}
+
+
+def matmul_seconds(operands: dict, blocks: int = 5) -> dict:
+    """Seconds per product of each (a, b) in operands: the best of blocks of at least 10 ms, the operands taking
+    turns block by block (a busy moment of a shared machine slows each, not one); a first product of each, which
+    creates its kernels, is not timed."""
+    import tensorflow as tf
+
+    for a, b in operands.values():
+        tf.linalg.matmul(a, b).numpy()
+    best = dict.fromkeys(operands, math.inf)
+    for _ in range(blocks):
+        for key, (a, b) in operands.items():
+            repeats, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < 0.01:
+                for _ in range(5):
+                    result = tf.linalg.matmul(a, b)
+                result.numpy()
+                repeats += 5
+            best[key] = min(best[key], elapsed / repeats)
+    return best

@@ -5,7 +5,7 @@ request type, on uvicorn, a small ASGI server that stops cleanly on Ctrl-C and S
 page needs is served by the package itself (no CDN): FastAPI's Swagger page, which loads from a CDN,
 is off; the OpenAPI description is at /v1/openapi.json.
 
-Each run is loaded once, on first use, and kept with its batcher (textgen.batcher): requests that
+Each run is loaded once, on first use, and kept with its batcher (textgen.request_batcher): requests that
 arrive while others are generating join the same compiled engine (up to 64 streams at once; more
 wait their turn) as extra streams at the next chunk,
 each with its own temperature, top-k, top-p and seed, and leave when they are done or their client

@@ -1,4 +1,4 @@
-"""The runs a server holds: each loaded once, with the batcher its requests share (textgen.batcher); loaded
+"""The runs a server holds: each loaded once, with the batcher its requests share (textgen.request_batcher); loaded
 again when training saves a newer checkpoint; the least recently used unloaded past a limit. Its errors are
 :class:`ApiError`, a one-line JSON answer with its HTTP status (textgen.serve sends them)."""
 
@@ -35,7 +35,7 @@ class Served:
     """One loaded run: the batcher its requests share, and its generator (for scoring)."""
 
     name: str
-    batcher: object  # textgen.batcher.Batcher
+    batcher: object  # textgen.request_batcher.Batcher
     path: Path  # the run's directory
     version: tuple  # checkpoint_version(path) when it was loaded
     reloading: bool = False  # a newer checkpoint is being loaded (requests meanwhile get this one)
@@ -247,7 +247,7 @@ class Runs:
             logger.info(f"run {name!r} unloaded: {reason}")
 
     def _load(self, name: str, path: Path) -> Served:
-        from textgen.batcher import Batcher
+        from textgen.request_batcher import Batcher
         from textgen.generate import Generator
 
         version = checkpoint_version(path)  # before loading: a save in between costs one more reload, never a miss
@@ -290,7 +290,7 @@ class Runs:
 
     def submit(self, name: Optional[str], config: SampleConfig, deliver) -> tuple[Served, object]:
         """The request as a job of the run's current batcher: (the run as served, the job)."""
-        from textgen.batcher import BatcherClosed
+        from textgen.request_batcher import BatcherClosed
 
         while True:
             served = self.get(name)

@@ -251,7 +251,7 @@ def _probe_bfloat16() -> float:
     """The probe's float32 time over its bfloat16 time."""
     import tensorflow as tf
 
-    from textgen.sizing import matmul_operands, matmul_seconds
+    from textgen.cpu import matmul_operands, matmul_seconds
 
     units = BFLOAT16_PROBE_UNITS
     seconds = matmul_seconds(matmul_operands(64, 2 * units, 4 * units, (tf.float32, tf.bfloat16)), blocks=6)

@@ -20,10 +20,10 @@ option the rule would set keeps the user's value.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from textgen import cpu
 from textgen.config import ModelConfig, TrainConfig, option_flag
 from textgen.distribute import divisible_batch
 from textgen.errors import counted, minutes_text
@@ -36,17 +36,19 @@ LADDER: tuple[tuple[int, int, int], ...] = (
 CHARS_PER_PARAMETER = 5.0  # fewer training characters than this per parameter leaves a shape under-trained
 PARAMETERS_PER_CHAR = 3.0  # more parameters than this per training character memorises the text
 
-
-def memorises(parameters: int, train_chars: int) -> bool:
-    """Whether a model of that many parameters will tend to learn a text of train_chars by heart."""
-    return parameters > PARAMETERS_PER_CHAR * train_chars
-# (exposure below which it applies, dropout, weight decay); exposure = epochs * parameters / training chars
+# (exposure below which it applies, dropout, weight decay); exposure = epochs * parameters / training chars. Fitted
+# from runs (BENCHMARKS.md, "Sizing"): its last row is not tied to --size fixed's defaults, which it happens to equal.
 REGULARISATION: tuple[tuple[float, float, float], ...] = (
     (2.0, 0.0, 0.0), (8.0, 0.1, 0.0), (30.0, 0.2, 0.0), (float("inf"), 0.3, 0.2),
 )
 MIN_STEPS_PER_EPOCH = 30  # a tiny corpus gets a smaller batch (down to MIN_BATCH) to keep this many steps
 MIN_BATCH = 8
 SHAPE_OPTIONS = ("layers", "units", "embedding_dim")
+
+
+def memorises(parameters: int, train_chars: int) -> bool:
+    """Whether a model of that many parameters will tend to learn a text of train_chars by heart."""
+    return parameters > PARAMETERS_PER_CHAR * train_chars
 
 
 @dataclass(frozen=True)
@@ -70,38 +72,6 @@ def parameter_count(shape: tuple[int, int, int], vocab_size: int) -> int:
     return model_config(shape, vocab_size).parameter_count()
 
 
-def matmul_operands(rows: int, width: int, columns: int, dtypes) -> dict:
-    """(rows, width) and (width, columns) operands in each of dtypes (TensorFlow dtypes), the same numbers in each.
-    Drawn from NumPy, not TensorFlow's generator: a run seeded before a timing draws the same weights."""
-    import numpy as np
-    import tensorflow as tf
-
-    numbers = np.random.default_rng(0)
-    a, b = numbers.standard_normal((rows, width), np.float32), numbers.standard_normal((width, columns), np.float32)
-    return {dtype: (tf.cast(a, dtype), tf.cast(b, dtype)) for dtype in dtypes}
-
-
-def matmul_seconds(operands: dict, blocks: int = 5) -> dict:
-    """Seconds per product of each (a, b) in operands: the best of blocks of at least 10 ms, the operands taking
-    turns block by block (a busy moment of a shared machine slows each, not one); a first product of each, which
-    creates its kernels, is not timed."""
-    import tensorflow as tf
-
-    for a, b in operands.values():
-        tf.linalg.matmul(a, b).numpy()
-    best = dict.fromkeys(operands, math.inf)
-    for _ in range(blocks):
-        for key, (a, b) in operands.items():
-            repeats, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < 0.01:
-                for _ in range(5):
-                    result = tf.linalg.matmul(a, b)
-                result.numpy()
-                repeats += 5
-            best[key] = min(best[key], elapsed / repeats)
-    return best
-
-
 def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool, blocks: int = 5) -> float:
     """FLOP/s of this machine on the shape's largest training matmul, (batch, input + units) x (.., 4 units):
     the best of a few short blocks, so that a busy moment of a shared machine does not decide the model."""
@@ -110,7 +80,7 @@ def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool
     layers, units, embedding = shape
     width = (units if layers > 1 else embedding) + units
     dtype = tf.bfloat16 if bfloat16 else tf.float32
-    [seconds] = matmul_seconds(matmul_operands(batch, width, 4 * units, [dtype]), blocks).values()
+    [seconds] = cpu.matmul_seconds(cpu.matmul_operands(batch, width, 4 * units, [dtype]), blocks).values()
     return 2.0 * batch * width * 4 * units / seconds
 
 

@@ -1,4 +1,4 @@
-"""textgen.batcher: concurrent requests as streams of one compiled engine, driven directly (no server)."""
+"""textgen.request_batcher: concurrent requests as streams of one compiled engine, driven directly (no server)."""
 
 import threading
 
@@ -29,7 +29,7 @@ def collect(batcher, config):
 
 def test_requests_batched_together_each_get_the_text_they_get_alone(generator):
     """Each request's seed, temperature and filters are its own, whatever the other streams of the batch use."""
-    from textgen.batcher import Batcher
+    from textgen.request_batcher import Batcher
 
     # Hot enough that the period model draws other characters, and each filter cuts some of them.
     configs = [SampleConfig(prime="ab", length=200, temperature=(5.0,), top_k=3, seed=1, num_samples=2),
@@ -53,7 +53,7 @@ def test_requests_batched_together_each_get_the_text_they_get_alone(generator):
 def test_requests_joining_running_ones_take_free_streams_and_each_keeps_its_text(generator, monkeypatch):
     """A request joins one that is generating (the engine grows from 1 to 4 streams), then another joins both
     without a resize: it must take streams that no running request holds, and each keeps the text it gets alone."""
-    from textgen.batcher import Batcher
+    from textgen.request_batcher import Batcher
     from textgen.engine import Engine
 
     configs = [SampleConfig(prime="a", length=900, temperature=(5.0,), seed=seed) for seed in (1, 2, 3)]
@@ -91,7 +91,7 @@ def test_requests_joining_running_ones_take_free_streams_and_each_keeps_its_text
 
 
 def test_a_lone_request_runs_long_engine_calls_and_no_longer_than_it_needs(generator, monkeypatch):
-    from textgen.batcher import LONE_CHUNK, Batcher
+    from textgen.request_batcher import LONE_CHUNK, Batcher
     from textgen.engine import Engine
 
     calls = []
@@ -114,7 +114,7 @@ def test_a_lone_request_runs_long_engine_calls_and_no_longer_than_it_needs(gener
 
 
 def test_a_retired_batcher_finishes_its_requests_then_refuses_new_ones(generator):
-    from textgen.batcher import Batcher, BatcherClosed
+    from textgen.request_batcher import Batcher, BatcherClosed
 
     batcher = Batcher(generator, (1, 4))
     job, texts, over = collect(batcher, SampleConfig(prime="a", length=600, temperature=(1.0,), seed=1))
