@@ -552,7 +552,7 @@ def test_output_to_dev_stdout_goes_after_what_the_redirected_file_holds(tmp_path
     rename replaced that file: what the script had written there before and after was lost."""
     from pathlib import Path
 
-    from textgen.generate import write_output
+    from textgen.files import write_output
 
     print("before", flush=True)  # pytest's capture holds stdout in a file, as a shell's redirect does
     write_output(Path("/dev/stdout"), "é sample")

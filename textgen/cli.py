@@ -298,8 +298,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     """Generate text from the best checkpoint of a run."""
     from textgen.corpus import read_text
     from textgen.errors import counted
-    from textgen.generate import (BATCH_CHUNK, STREAM_CHUNK, check_output, format_samples, generate_with,
-                                  holds_text, write_output)
+    from textgen.files import check_output, holds_text, write_output
+    from textgen.generate import BATCH_CHUNK, STREAM_CHUNK, format_samples, generate_with
 
     if output is not None:
         check_output(output, overwrite)

@@ -1,10 +1,12 @@
-"""Writing files so that a crash or a full disk never leaves half a file or clobbers the old one."""
+"""Writing files so that a crash or a full disk never leaves half a file or clobbers the old one, and the sample
+command's --output file checked before any text is generated."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -69,3 +71,55 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, payload) -> None:
     atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False))
+
+
+# The sample command's --output file.
+
+def check_output(path: Path, overwrite: bool = False) -> None:
+    """Refuse an --output that cannot become a file, or that would replace a file's text without overwrite (an
+    empty one, as mktemp makes, holds nothing to lose), before any text is generated."""
+    path = Path(path)
+    check_path_length(path, "--output", "give a file name, such as samples.txt")
+    if links_to_itself(path):  # (any other link is written through, to the file it names)
+        raise TextgenError(f"--output {path} is a symbolic link that leads back to itself; give a file name")
+    if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
+        raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
+    if not (written := written_path(path)).parent.is_dir():  # (a dangling link's file: its directory too)
+        raise TextgenError(f"cannot write {path}: directory {written.parent} does not exist")
+    if not overwrite and holds_text(path):  # (a run's corpus, given by mistake)
+        raise TextgenError(f"--output {path} already exists; pass --overwrite to replace it, or choose another file")
+
+
+def written_path(path: Path) -> Path:
+    """The file --output path names: through a link (a dangling one too) to its file, so that the user keeps the
+    link (replaced by a file, it was lost)."""
+    return Path(os.path.realpath(path))
+
+
+def holds_text(path: Path) -> bool:
+    """Whether --output path is a file with something in it to lose (an empty one, as mktemp makes, has not; nor
+    has a descriptor of this process, /dev/stdout for one, which the text goes after)."""
+    return path.is_file() and path.stat().st_size > 0 and not names_a_descriptor(path)
+
+
+def names_a_descriptor(path: Path) -> bool:
+    """Whether --output path is one of this process's open descriptors (/dev/stdout, /dev/stderr, /dev/fd/N,
+    /proc/self/fd/N): the file, pipe or terminal the shell opened there, written after what it holds. A rename
+    replaced the file the shell redirected into, losing what the script wrote there before and after."""
+    return re.fullmatch(rf"/dev/(stdout|stderr|fd/\d+)|/proc/(self|{os.getpid()})/fd/\d+", str(path)) is not None
+
+
+def write_output(path: Path, text: str, overwrite: bool = False) -> None:
+    """Write the text to path atomically, so a failure never leaves half a file or clobbers the old one; into a
+    device or pipe that exists (/dev/stdout, a FIFO) directly, which an atomic rename would replace by a file."""
+    check_output(path, overwrite)
+    descriptor = names_a_descriptor(path)
+    path = path if descriptor else written_path(path)
+    try:
+        if descriptor or (path.exists() and not path.is_file()):  # after what a descriptor holds
+            with open(path, "a" if descriptor else "w", encoding="utf-8") as handle:
+                handle.write(text)
+        else:
+            atomic_write_text(path, text)
+    except OSError as error:
+        raise TextgenError(f"cannot write {path} ({error.strerror}); choose another --output") from None
