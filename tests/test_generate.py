@@ -27,7 +27,8 @@ def test_same_seed_same_text_and_other_seed_other_text(trained_run):
 
 # Each filter's strictest value. A cut-off's leaves one character to draw from, so the seed no longer matters; those in
 # KEEP_THE_LIKELIEST then give the greedy text. The repeat guard's never lets a character follow itself. A new filter
-# in sampling.FILTER_RULES gets its value here.
+# in sampling.FILTER_RULES gets its value here; one with no value that leaves a single character needs a check of its
+# own below (that the text changes), since the one-text check would call it lost on the way.
 STRICTEST = dict(top_k=1, top_p=1e-6, min_p=1.0, max_repeat=1)
 KEEP_THE_LIKELIEST = {"top_k", "top_p", "min_p"}
 # The sampling options that are not filters: the engine takes them apart from sampling.FILTER_RULES.
