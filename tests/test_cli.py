@@ -727,3 +727,24 @@ def test_a_prime_file_past_the_limit_is_refused(trained_run, tmp_path, monkeypat
     result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime-file", prime, "-n", 5)
     assert (result.exit_code, result.stderr) == (1, f"error: prime file {prime} holds more than 10 characters; give a "
                                                     "shorter prime (its end is what the continuation follows)\n")
+
+
+def test_an_output_encoding_without_a_character_refuses_a_sample_and_escapes_a_listing(tmp_path):
+    """A GBK console (or a redirect on Chinese Windows) lacks characters such as '•' and '−': sample, runs and
+    info --vocabulary ended in a traceback."""
+    corpus = write_text(tmp_path / "notes😀.txt", "ab•c−d " * 300)
+    assert invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", "--run", "笔记", *TINY).exit_code == 0
+    gbk = CliRunner(charset="gbk")
+    where = ["--checkpoint-dir", tmp_path / "ck"]
+    sampled = gbk.invoke(cli, [str(a) for a in ["sample", *where, "--prime", "ab•", "--length", 20]])
+    assert (sampled.exit_code, sampled.stdout) == (1, "")
+    assert sampled.stderr == ("error: cannot print '\\u2022' (U+2022): this output's encoding (gbk) has no such "
+                              "character; write the text to a UTF-8 file with --output FILE, or set "
+                              "PYTHONIOENCODING=utf-8\n")
+    written = gbk.invoke(cli, [str(a) for a in ["sample", *where, "--prime", "ab•", "--length", 20,
+                                                "--output", tmp_path / "s.txt"]])
+    assert written.exit_code == 0 and (tmp_path / "s.txt").read_text(encoding="utf-8").startswith("ab•")
+    listed = gbk.invoke(cli, [str(a) for a in ["runs", *where]])
+    assert listed.exit_code == 0 and "笔记" in listed.stdout and "notes\\U0001f600.txt" in listed.stdout
+    vocabulary = gbk.invoke(cli, [str(a) for a in ["info", *where, "--vocabulary"]])
+    assert vocabulary.exit_code == 0 and "\\u2022" in vocabulary.stdout and "\\u2212" in vocabulary.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import errno
 import functools
 import io
@@ -184,6 +186,7 @@ class OneLineErrors(click.Group):
                 os.dup2(null, 1)
                 os.close(null)
         _report_diagnostics_on_stderr()
+        _escape_what_stdout_cannot_encode()
         try:
             result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.Abort as aborted:  # (click's own name for a KeyboardInterrupt it met)
@@ -217,6 +220,32 @@ class OneLineErrors(click.Group):
         except OSError as error:
             _stdout_failed(error)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """On an output that is not UTF-8 (a GBK console, a redirect on Windows), a listing's character the encoding
+    lacks is written escaped (\\u2022) instead of ending the command in a traceback: `runs` and `info` print run
+    names and corpus characters. sample's text is refused instead (_strict_stdout), since escaped it would be wrong."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    if not codecs.lookup(encoding).name.startswith("utf") and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
+@contextlib.contextmanager
+def _strict_stdout():
+    """Generated text goes out whole or the command fails in one line: an output encoding without one of its
+    characters gets the advice to write UTF-8 instead."""
+    from textgen.errors import TextgenError
+
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="strict")
+    try:
+        yield
+    except UnicodeEncodeError as error:
+        character = error.object[error.start] if isinstance(error.object, str) else "?"
+        raise TextgenError(f"cannot print {character!r} (U+{ord(character):04X}): this output's encoding "
+                           f"({error.encoding}) has no such character; write the text to a UTF-8 file with --output "
+                           "FILE, or set PYTHONIOENCODING=utf-8") from None
 
 
 def _suggest_our_name(error: click.NoSuchOption) -> None:
@@ -316,26 +345,27 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     live = config.sample_count == 1
     replacing = output is not None and holds_text(output)  # with --overwrite: only by a whole text
     chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
-    try:
-        samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)
-                                if live else None, show_progress=output is not None, chunk=chunk)
-    except KeyboardInterrupt as interrupted:
-        if output is None or not kept:
-            raise
-        so_far = f"the text so far ({counted(len(''.join(kept)), 'character')}, the prime included)"
-        if replacing:  # what the user had is not given up for a part of what they asked for
-            click.echo(f"interrupted: {output} is kept as it was; {so_far} is not written over it", err=True)
+    with _strict_stdout():
+        try:
+            samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)
+                                    if live else None, show_progress=output is not None, chunk=chunk)
+        except KeyboardInterrupt as interrupted:
+            if output is None or not kept:
+                raise
+            so_far = f"the text so far ({counted(len(''.join(kept)), 'character')}, the prime included)"
+            if replacing:  # what the user had is not given up for a part of what they asked for
+                click.echo(f"interrupted: {output} is kept as it was; {so_far} is not written over it", err=True)
+            else:
+                write_output(output, "".join(kept), overwrite)
+                click.echo(f"interrupted: {so_far} is in {output}", err=True)
+            sys.exit(getattr(interrupted, "exit_code", 130))
+        text = format_samples(samples, len(config.temperature))
+        if output is not None:
+            write_output(output, text, overwrite)
+        elif live:
+            click.echo()
         else:
-            write_output(output, "".join(kept), overwrite)
-            click.echo(f"interrupted: {so_far} is in {output}", err=True)
-        sys.exit(getattr(interrupted, "exit_code", 130))
-    text = format_samples(samples, len(config.temperature))
-    if output is not None:
-        write_output(output, text, overwrite)
-    elif live:
-        click.echo()
-    else:
-        click.echo(text)
+            click.echo(text)
 
 
 def _echo_live(text: str) -> None:
