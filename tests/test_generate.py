@@ -65,6 +65,18 @@ def test_stop_string_cuts_at_first_occurrence(trained_run):
     assert sample.text == "abcde" and sample.stopped
 
 
+def test_a_stop_string_with_characters_the_model_never_saw_is_said_to_never_end_a_sample(trained_run):
+    """A Chinese keyboard's '，' as --stop, for a corpus of ',': accepted without a word, and the sample ran on."""
+    warnings = []
+    [sample] = gen(trained_run, prime="abc", length=20, temperatures=[0], stop=["，", "ab", "fé"], warn=warnings.append)
+    assert sample.text == "abcdefg" and sample.stopped
+    assert warnings == ["warning: the stop string '，' can never end a sample: the model never saw '，'",
+                        "warning: the stop string 'fé' can never end a sample: the model never saw 'é'"]
+    quiet = []
+    gen(trained_run, prime="abc", length=5, temperatures=[0], stop="gab", warn=quiet.append)
+    assert quiet == []
+
+
 def test_several_stop_strings_cut_where_the_text_first_completes_one_however_it_arrives():
     """The cut is before the stop string completed first ("de" in "abcde", though "bcdef" began sooner), whether the
     text comes in one piece or character by character, and what could begin any of them is held back."""

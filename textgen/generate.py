@@ -39,8 +39,8 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable
     and said to warn (None: silently, for a caller that asked for the drop and says so itself if need be)."""
     typed, prime = prime, vocab.in_known_form(prime)
     unknown = vocab.unknown(prime)
-    if unknown and not skip_unknown:  # named as typed (ñ, not the tilde that n + tilde would lose), if lost
-        lost = [ch for ch in vocab.unknown(typed) if vocab.unknown(vocab.in_known_form(ch))]
+    if unknown and not skip_unknown:
+        lost = unknown_as_typed(typed, vocab)
         shown = quoted((lost or unknown)[:20])
         # é read as e + an accent the model never saw: --skip-unknown keeps the e (and warns of the accent)
         accented = [ch for ch in lost if any(part in vocab for part in vocab.in_known_form(ch))]
@@ -56,6 +56,11 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable
                  + quoted(unknown[:20]))  # every one dropped, each kind named once
         prime = kept
     return prime
+
+
+def unknown_as_typed(text: str, vocab) -> list[str]:
+    """The characters of text the model cannot read, named as typed (ñ, not the tilde that n + tilde would lose)."""
+    return [ch for ch in vocab.unknown(text) if vocab.unknown(vocab.in_known_form(ch))]
 
 
 def _known_variants(unknown: list[str], vocab) -> str:
@@ -218,6 +223,12 @@ class Generator:
         once after each chunk."""
         config.validate()
         streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
+        if warn is not None:
+            for stop in config.stops:
+                if missing := self.vocab.unknown(self.vocab.in_known_form(stop)):  # as the streams compare it
+                    unknown = unknown_as_typed(stop, self.vocab) or missing
+                    warn(f"warning: the stop string {stop!r} can never end a sample: the model never saw "
+                         f"{quoted(unknown[:20])}{_known_variants(unknown, self.vocab)}")
         draws = RequestDraws(config.seed, streams.indexes)
         rows = len(streams.temperatures)
         # An engine of a bucket's size, the spare streams idle: every number of samples from 5 to 8 shares one
