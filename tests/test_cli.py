@@ -290,8 +290,11 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--output", "{root}/no/dir/out.txt"], "does not exist", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--output", "{root}/ck"], "is a directory; give a file name", 1,
      None),
-    (["sample", "--checkpoint-dir", "{root}/ck", "--stop", "\udcff"], "--stop holds a lone surrogate (\\udcff)", 1,
-     None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--stop", "\udcff"], "--stop is not UTF-8 text (byte 0xFF at "
+     "character 0): the terminal sends another encoding, such as GBK or Latin-1; set it to UTF-8", 1, None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "a\udcc3\udcc5"], "--prime is not UTF-8 text (byte 0xC3 "
+     "at character 1): the terminal sends another encoding, such as GBK or Latin-1; set it to UTF-8, or give the "
+     "prime in a UTF-8 file with --prime-file", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "flip"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "truncate"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "metadata", 1, "json"),
