@@ -130,6 +130,20 @@ def test_prime_with_unknown_characters(trained_run):
     assert sample.text == "cafeg"
 
 
+def test_a_prime_with_windows_line_ends_for_a_model_of_plain_ones_is_told_so():
+    """A --prime-file saved on Windows: the error named '\\r' alone."""
+    from textgen.generate import prepare_prime
+    from textgen.vocab import Vocabulary
+
+    with pytest.raises(TextgenError) as refused:
+        prepare_prime("ab\r\nb，", Vocabulary.from_text("ab,\n"), False, None)
+    assert str(refused.value) == ("the prime contains characters the model never saw: '\\r' '，'; change the prime (the "
+                                  "model knows ',' for '，', '\\n' for '\\r\\n' (Windows line ends)) or pass "
+                                  "--skip-unknown to drop them")
+    with pytest.raises(TextgenError, match=r"never saw: '\\r'; change the prime or pass"):  # no line ends known
+        prepare_prime("ab\r", Vocabulary.from_text("ab"), False, None)
+
+
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):
     samples = gen(trained_run, prime="a", length=20, temperatures=[0, 0.5, 1.5], seed=1)
     assert [s.temperature for s in samples] == [0, 0.5, 1.5]

@@ -6,7 +6,9 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
 
 import numpy as np
@@ -236,6 +238,17 @@ def test_a_run_trained_when_a_byte_order_mark_was_text_resumes_on_its_unchanged_
         assert load_model(tmp_path / "r", kind=kind)[1].vocab.chars == PERIOD + "\ufeff"
 
 
+def test_the_same_text_saved_with_a_byte_order_mark_is_the_run_s_own_corpus(tmp_path, periodic_corpus):
+    """Notepad adds a byte order mark, which reading drops: resumed on the same text saved so, the run restarted its
+    best checkpoint, for a text "changed since this run's checkpoint (21,000 characters, now 21,000)"."""
+    run(periodic_corpus, tmp_path)
+    periodic_corpus.write_bytes(b"\xef\xbb\xbf" + periodic_corpus.read_bytes())
+    lines = []
+    train(periodic_corpus, tmp_path, run="r", train_options=dict(epochs=2), resume=True, log=lines.append)
+    assert any(line.startswith("resuming") for line in lines)
+    assert not [line for line in lines if "changed" in line or "starts over" in line], lines
+
+
 def test_resume_on_its_own_corpus_edited_says_the_file_changed(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     write_text(periodic_corpus, PERIOD * 3000 + "Zé")
@@ -305,9 +318,9 @@ def test_resume_on_a_changed_text_with_the_same_characters_starts_the_best_check
     other = write_text(tmp_path / "other.txt", random_text)
     lines = []
     resumed = train(other, tmp_path, run="r", train_options=dict(epochs=3), resume=True, log=lines.append)
-    assert f"the corpus is not the one of this run's checkpoint (21,000 characters, now 21,000; it was " \
-           f"{periodic_corpus.resolve()}): validation measures the new text, so the best checkpoint starts over and " \
-           "best.json is replaced at the next validation" in lines
+    assert "the corpus is not the one of this run's checkpoint (21,000 characters as before, not all the same; it " \
+           f"was {periodic_corpus.resolve()}): validation measures the new text, so the best checkpoint starts over " \
+           "and best.json is replaced at the next validation" in lines
     best = json.loads((tmp_path / "r" / "best.json").read_text())
     assert resumed["val_loss"] > 3 * first_best["best_val_loss"]  # the new text's validation is much harder...
     assert best["epoch"] == 3 and best["best_val_loss"] == pytest.approx(resumed["val_loss"])  # ...yet it is the best
@@ -1408,12 +1421,30 @@ def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_
           log=messages.append)
     assert [message for message in messages if "carriage" in message] == [
         "note: lyrics.txt has carriage returns (\\r: Windows line ends), which the model learns as a character of "
-        f"their own, so its samples will have them too; for plain line ends, convert the file first (dos2unix "
-        f"{corpus}) and train again with --overwrite"]
+        "their own, so its samples will have them too; for plain line ends, convert the file first (perl -pi -e "
+        f"'s/\\r$//' {corpus}) and train again with --overwrite"]
     messages.clear()
     train(corpus, tmp_path / "ck", resume=True, model_options=TINY_MODEL, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=2))
     assert not [message for message in messages if "carriage" in message]  # said once, when the run starts
+    # A run of plain line ends resumed on a copy saved on Windows: the new '\r' is said to be those line ends.
+    plain = write_text(tmp_path / "plain.txt", "abcdefg\n" * 2500)
+    train(plain, tmp_path / "ck", run="plain", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
+          log=messages.append)
+    plain.write_bytes(plain.read_bytes().replace(b"\n", b"\r\n"))
+    with pytest.raises(TextgenError) as refused:
+        train(plain, tmp_path / "ck", run="plain", resume=True, model_options=TINY_MODEL, log=messages.append,
+              train_options=dict(TINY_TRAINING, epochs=2))
+    assert str(refused.value) == (
+        "cannot resume: the corpus vocabulary differs from the checkpoint's (new characters '\\r'); the corpus has "
+        f"Windows line ends (\\r\\n) where the run's text had plain ones: convert it first (perl -pi -e 's/\\r$//' "
+        f"{plain}), or train a new run with --run NAME")
+    if shutil.which("perl") is None:
+        plain.write_bytes(plain.read_bytes().replace(b"\r\n", b"\n"))
+    else:  # the advice, followed
+        subprocess.run(["perl", "-pi", "-e", "s/\\r$//", str(plain)], check=True)
+    assert train(plain, tmp_path / "ck", run="plain", resume=True, model_options=TINY_MODEL, log=messages.append,
+                 train_options=dict(TINY_TRAINING, epochs=2))["epoch"] == 2
 
 
 def test_minutes_trained_read_as_minutes_at_any_budget():

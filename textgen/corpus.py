@@ -275,12 +275,23 @@ def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
     return None
 
 
+def plain_line_ends_command(path: Path) -> str:
+    """A command that turns the file's Windows line ends (\\r\\n) into plain ones in place: Perl's, since dos2unix
+    is often missing and sed -i differs between Linux and macOS."""
+    return f"perl -pi -e 's/\\r$//' {shlex.quote(str(path))}"
+
+
 def fingerprint(path: Path) -> dict:
+    """The file's size and digest, leaving out a UTF-8 byte order mark at its start (dropped when it is read: the
+    text saved again by an editor that adds one is the same text), and its modification time."""
     digest = hashlib.blake2b(digest_size=16)
-    for block in _chunks(path):
+    mark = 0
+    for number, block in enumerate(_chunks(path)):
+        if number == 0 and block.startswith(codecs.BOM_UTF8):  # (blocks are CHUNK_BYTES long: it is whole there)
+            mark, block = len(codecs.BOM_UTF8), block[len(codecs.BOM_UTF8):]
         digest.update(block)
     stat = path.stat()
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+    return {"size": stat.st_size - mark, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
 
 
 def same_text(stamp: dict, other: dict) -> bool:

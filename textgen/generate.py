@@ -74,11 +74,10 @@ def _known_variants(unknown: list[str], vocab) -> str:
     known: dict = {}
     for ch in vocab.chars:
         known.setdefault(plain(ch), ch)
-    pairs = [(known[plain(ch)], ch) for ch in unknown if plain(ch) in known]
-    if not pairs:
-        return ""
-    return " (the model knows " + ", ".join(f"{quoted([ours])} for {quoted([theirs])}" for ours, theirs in
-                                             pairs[:10]) + ")"
+    variants = [f"{quoted([known[plain(ch)]])} for {quoted([ch])}" for ch in unknown if plain(ch) in known][:10]
+    if "\r" in unknown and "\n" in vocab:  # a text saved on Windows
+        variants.append("'\\n' for '\\r\\n' (Windows line ends)")
+    return f" (the model knows {', '.join(variants)})" if variants else ""
 
 
 def start_symbol(vocab) -> str:

@@ -33,7 +33,8 @@ from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag,
                             option_flag)
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.corpus import CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, same_text, scan
+from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, plain_line_ends_command,
+                            same_text, scan)
 from textgen.errors import OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
@@ -122,6 +123,9 @@ def _check_vocabulary(meta: CheckpointMeta, vocab: Vocabulary, corpus_path: Path
     if form:
         advice = f"the two differ only in Unicode form: convert the corpus to {form}, e.g. with Python's " \
                  "unicodedata.normalize, or"
+    elif added == "\r":  # (a copy saved on Windows, or through git's autocrlf)
+        advice = "the corpus has Windows line ends (\\r\\n) where the run's text had plain ones: convert it first " \
+                 f"({plain_line_ends_command(corpus_path)}), or"
     elif own and Path(own) == corpus_path.resolve():  # the run's own file, edited since
         advice = "the corpus file has changed since the run was trained: give it back the text it was trained on, or"
     else:
@@ -648,7 +652,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if meta is None and "\r" in data.vocab:  # kept as it is, like every character: the samples mixed \r\n and \n
         log(f"note: {corpus_path.name} has carriage returns (\\r: Windows line ends), which the model learns as a "
             "character of their own, so its samples will have them too; for plain line ends, convert the file "
-            f"first (dos2unix {shlex.quote(str(corpus_path))}) and train again with --overwrite")
+            f"first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
               corpus_path=corpus_path, run_dir=run_dir,
@@ -722,7 +726,9 @@ def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
     if state.step_in_epoch:  # its steps were counted on the other text (fit resets the LSTM state at step 0)
         state.step_in_epoch, state.epoch_loss_sum = 0, 0.0
         restarted = f"; epoch {state.epoch + 1} starts again on it"
-    counts = f"{before.get('length', 0):,} characters, now {now['length']:,}"
+    length = before.get("length", 0)
+    counts = f"{length:,} characters, now {now['length']:,}" if length != now["length"] else \
+        f"{length:,} characters as before, not all the same"
     what = (f"the corpus {now['path']} has changed since this run's checkpoint ({counts})"
             if before.get("path") == now["path"] else
             f"the corpus is not the one of this run's checkpoint ({counts}; it was {before.get('path')})")
