@@ -137,8 +137,8 @@ def test_a_prime_with_windows_line_ends_for_a_model_of_plain_ones_is_told_so():
 
     with pytest.raises(TextgenError) as refused:
         prepare_prime("ab\r\nb，", Vocabulary.from_text("ab,\n"), False, None)
-    assert str(refused.value) == ("the prime contains characters the model never saw: '\\r' '，'; change the prime (the "
-                                  "model knows ',' for '，', '\\n' for '\\r\\n' (Windows line ends)) or pass "
+    assert str(refused.value) == ("the prime contains characters the model never saw: '\\r' '，'; change the prime "
+                                  "(the model knows ',' for '，', '\\n' for '\\r\\n' (Windows line ends)) or pass "
                                   "--skip-unknown to drop them")
     with pytest.raises(TextgenError, match=r"never saw: '\\r'; change the prime or pass"):  # no line ends known
         prepare_prime("ab\r", Vocabulary.from_text("ab"), False, None)
