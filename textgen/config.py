@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -58,8 +59,9 @@ class Rule:
     def parse_many(self, name: str, text: str) -> tuple:
         """'0.5' or '0.2,0.5,1.0' as typed on the command line -> numbers (checked later by :meth:`check`)."""
         kind = int if self.integer else float
+        typed = unicodedata.normalize("NFKC", text).replace("、", ",")  # a Chinese or Japanese keyboard's ，．、
         try:
-            return tuple(kind(part) for part in text.split(","))  # "0.5,,1" or "0.5," is a typo: refused
+            return tuple(kind(part) for part in typed.split(","))  # "0.5,,1" or "0.5," is a typo: refused
         except ValueError:
             raise OptionError(f"{option_flag(name)} must be a number or a comma-separated list such as "
                               f"0.2,0.5,1.0, got {text!r}") from None
