@@ -37,6 +37,7 @@ def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_
     assert result["bpc"] == pytest.approx(expected / math.log(2), abs=1e-4)
     assert result["perplexity"] == pytest.approx(math.exp(expected), rel=1e-4)
     assert result["unknown"] == 2 and result["characters"] == len(text) - 1 and result["unscored"] == 1
+    assert result["unknown_characters"] == ["X", "Y"]
     assert caplog.records == []
     in_streams = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=7, seq_length=17)
     assert in_streams["characters"] == (len(text) - 1) // 7 * 7  # 119 of the 120 are predicted: 17 per stream
@@ -96,3 +97,22 @@ def test_a_loss_no_model_gives_is_called_damaged_weights():
         with pytest.raises(DamagedCheckpoint, match=r"the model's loss on this text is \S+ nats per character, so its "
                                                     "weights are damaged; train again with --overwrite"):
             perplexity(nats)
+
+
+def test_the_command_names_the_characters_it_excluded(trained_run, tmp_path):
+    """A Chinese held-out text has many characters the model never saw: the command counted them, never named."""
+    from click.testing import CliRunner
+
+    from textgen.cli import cli
+
+    where = ["--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--batch-size", "1"]
+    unseen = "".join(chr(0x4E00 + i) for i in range(12))
+    many = " ".join(repr(ch) for ch in unseen[:10]) + ", and others"
+    for text, named in (("abcdefg" * 5 + "门控门" + "abcdefg" * 5, "'门' '控'"),
+                        ("abcdefg" * 5 + unseen + "abcdefg" * 5, many)):
+        result = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "held_out.txt", text)), *where])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.count("\n") == 1 and "outside the vocabulary excluded" in result.stdout
+        assert result.stderr.splitlines()[-1] == f"note: excluded as the model never saw them: {named}"
+    clean = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "clean.txt", "abcdefg" * 10)), *where])
+    assert clean.exit_code == 0 and "never saw" not in clean.stderr

@@ -357,6 +357,17 @@ def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "
     return ids[:written], dropped
 
 
+def unknown_characters(path: Path, vocab: Vocabulary, limit: int = 10, what: str = "text") -> list[str]:
+    """The first limit distinct characters of a text file that encode_text drops (outside the vocabulary in its
+    known form), in order of appearance: what an evaluation excluded, named."""
+    found: dict[str, None] = {}
+    for chunk in _decoded_chunks(path, what):  # (a letter split from its accent by a chunk is named apart)
+        found.update(dict.fromkeys(vocab.unknown(vocab.in_known_form(chunk))))
+        if len(found) >= limit:
+            break
+    return list(found)[:limit]
+
+
 def _form_boundary(text: str) -> int:
     """Where text can be cut so that each part converts to NFC or NFD as the whole would: before its last
     character that starts a sequence of its own (vocab.starts_alone), searched for near its end. Only a text

@@ -9,7 +9,7 @@ from typing import Optional
 
 from textgen.batching import StreamBatches
 from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
-from textgen.corpus import encode_text, scan
+from textgen.corpus import encode_text, scan, unknown_characters
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
 
@@ -86,7 +86,8 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     The text is read in the Unicode form (NFC or NFD) the model's vocabulary knows best, chosen per chunk of
     8 MB. Characters outside the vocabulary are removed from it and counted, never mapped. Each stream
     starts from a fresh state, so on a short text the score depends on batch_size (1 reads it as one stream).
-    Returns nats, bpc, perplexity, characters (scored), unknown (removed), unscored (the first character, which
+    Returns nats, bpc, perplexity, characters (scored), unknown (removed), unknown_characters (those that differ, in
+    order, up to 11: a caller showing 10 knows whether there are more), unscored (the first character, which
     nothing predicts, and the fewer than batch_size at the end that do not fill a column), total (the file's
     characters as written: a conversion to NFD can make characters + unknown + unscored more)."""
     from textgen.checkpoint import load_model, run_vocabulary
@@ -118,4 +119,5 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
     nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
     return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
-                unknown=unknown, unscored=kept - count, total=total, batches=len(batches))
+                unknown=unknown, unknown_characters=unknown_characters(path, meta.vocab, limit=11) if unknown else [],
+                unscored=kept - count, total=total, batches=len(batches))
