@@ -87,7 +87,7 @@ def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path)
     import shutil
 
     shutil.copytree(trained_run["run_dir"], tmp_path / "big")
-    for kind in ("best", "last"):  # a Chinese corpus's vocabulary: the preview shows ASCII only
+    for kind in ("best", "last"):  # a Chinese corpus's vocabulary: the preview showed its ASCII only
         meta_path = tmp_path / "big" / f"{kind}.json"
         meta = json.loads(meta_path.read_text())
         meta["vocab"] = list(range(32, 127)) + list(range(0x4E00, 0x4E00 + 900))
@@ -97,6 +97,8 @@ def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path)
     info = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big"])
     assert info.exit_code == 0, info.output
     assert "995 symbols:  !\"#$%" in info.stdout
+    [line] = [line for line in info.stdout.splitlines() if "995 symbols" in line]
+    assert sum("\u4e00" <= ch <= "\u9fff" for ch in line) >= 20  # a spread of the whole vocabulary, not only ASCII
     assert f"... (textgen info --checkpoint-dir {tmp_path} --run big --vocabulary lists them all)" in info.stdout
     listed = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big", "--vocabulary"])
     assert listed.exit_code == 0 and listed.stdout == "".join(map(chr, meta["vocab"])) + "\n"

@@ -162,7 +162,12 @@ class Vocabulary:
         return cls(code_points)
 
     def preview(self, limit: int = 80) -> str:
-        """The first symbols, with control characters escaped so the line stays one line, and combining marks
-        escaped so that each shows as a symbol of its own instead of joining the one before it."""
-        shown = "".join(map(escaped, self.chars[:limit]))
-        return shown + (" ..." if len(self) > limit else "")
+        """Up to limit symbols, with control characters escaped so the line stays one line, and combining marks
+        escaped so that each shows as a symbol of its own instead of joining the one before it. A larger vocabulary
+        shows its first half of them, then symbols taken evenly from the rest: a Chinese text's 1,000 symbols sort
+        its ASCII first, which alone filled the preview."""
+        if len(self) <= limit:
+            return "".join(map(escaped, self.chars))
+        head, rest = self.chars[:limit // 2], self.chars[limit // 2:]
+        spread = [rest[index * len(rest) // (limit - len(head))] for index in range(limit - len(head))]
+        return "".join(map(escaped, head)) + " ... " + "".join(map(escaped, spread)) + " ..."
