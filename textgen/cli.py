@@ -338,6 +338,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
             raise click.UsageError("use either --prime or --prime-file, not both")
         chosen["prime"] = read_text(Path("/dev/stdin") if str(prime_file) == "-" else prime_file, what="prime",
                                     max_chars=MAX_PRIME_FILE_CHARS)
+    _check_typed_text(chosen)
     config = SampleConfig(**chosen)
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
@@ -366,6 +367,20 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
             click.echo()
         else:
             click.echo(text)
+
+
+def _check_typed_text(chosen: dict) -> None:
+    """Refuse a text option whose bytes on the command line are not UTF-8 (a prime typed in a GBK terminal): Python
+    reads each such byte as a lone surrogate, which check_text would call a JSON request's fault."""
+    from textgen.errors import OptionError
+
+    for name, value in chosen.items():
+        for text in (value,) if isinstance(value, str) else value if isinstance(value, tuple) else ():
+            if isinstance(text, str) and (bad := re.search("[\udc80-\udcff]", text)):
+                elsewhere = ", or give the prime in a UTF-8 file with --prime-file" if name == "prime" else ""
+                raise OptionError(f"{option_flag(name)} is not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02X} at "
+                                  f"character {bad.start()}): the terminal sends another encoding, such as GBK or "
+                                  f"Latin-1; set it to UTF-8{elsewhere}")
 
 
 def _echo_live(text: str) -> None:

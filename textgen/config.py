@@ -143,12 +143,6 @@ def check_text(option: str, text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        code = ord(text[error.start])
-        if option.startswith("--") and 0xDC80 <= code <= 0xDCFF:  # Python's stand-in for a byte of argv not UTF-8
-            elsewhere = ", or give the prime in a UTF-8 file with --prime-file" if option == "--prime" else ""
-            raise OptionError(f"{option} is not UTF-8 text (byte 0x{code - 0xDC00:02X} at character {error.start}): "
-                              f"the terminal sends another encoding, such as GBK or Latin-1; set it to UTF-8"
-                              f"{elsewhere}") from None
         raise OptionError(f"{option} holds a lone surrogate ({ascii(text[error.start])[1:-1]}) at character "
                           f"{error.start}, which is not text; send UTF-8 text") from None
 
