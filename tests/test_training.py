@@ -242,11 +242,29 @@ def test_the_same_text_saved_with_a_byte_order_mark_is_the_run_s_own_corpus(tmp_
     """Notepad adds a byte order mark, which reading drops: resumed on the same text saved so, the run restarted its
     best checkpoint, for a text "changed since this run's checkpoint (21,000 characters, now 21,000)"."""
     run(periodic_corpus, tmp_path)
-    periodic_corpus.write_bytes(b"\xef\xbb\xbf" + periodic_corpus.read_bytes())
+    text = periodic_corpus.read_bytes()
     lines = []
-    train(periodic_corpus, tmp_path, run="r", train_options=dict(epochs=2), resume=True, log=lines.append)
-    assert any(line.startswith("resuming") for line in lines)
-    assert not [line for line in lines if "changed" in line or "starts over" in line], lines
+
+    def resumed_to(epochs):
+        lines.clear()
+        train(periodic_corpus, tmp_path, run="r", train_options=dict(epochs=epochs), resume=True, log=lines.append)
+        assert any(line.startswith("resuming") for line in lines)
+        return [line for line in lines if "changed" in line or "starts over" in line]
+
+    periodic_corpus.write_bytes(b"\xef\xbb\xbf" + text)
+    assert resumed_to(2) == []
+    for kind in ("best", "last"):  # as an earlier textgen recorded a marked file: its bytes' digest alone
+        meta_path = tmp_path / "r" / f"{kind}.json"
+        meta = json.loads(meta_path.read_text())
+        assert meta["corpus"].pop("text_blake2b") != meta["corpus"]["blake2b"]
+        meta_path.write_text(json.dumps(meta))
+    assert resumed_to(3) == []  # the same marked file
+    periodic_corpus.write_bytes(text)
+    assert resumed_to(4) == []  # the mark dropped again
+    periodic_corpus.write_bytes(b"\xef\xbb\xbf" + text[:-7] + b"gfedcba")
+    assert len(resumed_to(5)) == 1  # another text, marked or not, is one
+    history = json.loads((tmp_path / "r" / "last.json").read_text())["history"]
+    assert report.text_spans(history) == [(0, 3), (4, 4)]
 
 
 def test_resume_on_its_own_corpus_edited_says_the_file_changed(tmp_path, periodic_corpus):

@@ -34,6 +34,7 @@ import numpy as np
 
 from textgen import __version__
 from textgen.config import ModelConfig, TrainConfig
+from textgen.corpus import text_digest
 from textgen.errors import TextgenError
 from textgen.files import atomic_write, atomic_write_json
 from textgen.vocab import Vocabulary
@@ -53,9 +54,9 @@ def sha256(path: Path) -> str:
 
 
 def text_of(corpus: dict) -> str:
-    """A history row's "text": the start of its corpus record's blake2b, what tells the texts of a run resumed on
+    """A history row's "text": the start of its corpus record's text digest, what tells the texts of a run resumed on
     another one apart (report.spans_of)."""
-    return corpus.get("blake2b", "")[:16]
+    return text_digest(corpus)[:16]
 
 
 @dataclass

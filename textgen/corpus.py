@@ -282,22 +282,31 @@ def plain_line_ends_command(path: Path) -> str:
 
 
 def fingerprint(path: Path) -> dict:
-    """The file's size and digest, leaving out a UTF-8 byte order mark at its start (dropped when it is read: the
-    text saved again by an editor that adds one is the same text), and its modification time."""
-    digest = hashlib.blake2b(digest_size=16)
-    mark = 0
+    """The file's size, modification time and digest; for a file that starts with a UTF-8 byte order mark, also
+    the digest of the rest (text_blake2b), which reading keeps: the text saved again by an editor that adds or drops
+    a mark is the same text (same_text)."""
+    digest, text_digest = hashlib.blake2b(digest_size=16), None
     for number, block in enumerate(_chunks(path)):
-        if number == 0 and block.startswith(codecs.BOM_UTF8):  # (blocks are CHUNK_BYTES long: it is whole there)
-            mark, block = len(codecs.BOM_UTF8), block[len(codecs.BOM_UTF8):]
         digest.update(block)
+        if number == 0 and block.startswith(codecs.BOM_UTF8):  # (blocks are CHUNK_BYTES long: it is whole there)
+            text_digest = hashlib.blake2b(block[len(codecs.BOM_UTF8):], digest_size=16)
+        elif text_digest is not None:
+            text_digest.update(block)
     stat = path.stat()
-    return {"size": stat.st_size - mark, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest()}
+    marked = {} if text_digest is None else {"text_blake2b": text_digest.hexdigest()}
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "blake2b": digest.hexdigest(), **marked}
+
+
+def text_digest(stamp: dict) -> str:
+    """The digest of a fingerprint's (or a checkpoint's corpus record's) text, a byte order mark left out."""
+    return stamp.get("text_blake2b", stamp.get("blake2b", ""))
 
 
 def same_text(stamp: dict, other: dict) -> bool:
     """Whether two fingerprints (or the corpus records of checkpoints, which hold one) are of the same text: a file
-    touched, copied or moved keeps its text."""
-    return all(stamp.get(key) == other.get(key) for key in ("size", "blake2b"))
+    touched, copied or moved keeps its text, and so does one saved with a byte order mark added or dropped."""
+    return all(stamp.get(key) == other.get(key) for key in ("size", "blake2b")) or \
+        text_digest(stamp) == text_digest(other) != ""
 
 
 def scan(path: Path, what: str = "corpus") -> tuple[int, Vocabulary]:
