@@ -5,6 +5,8 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -751,3 +753,8 @@ def test_an_output_encoding_without_a_character_refuses_a_sample_and_escapes_a_l
     assert listed.exit_code == 0 and "笔记" in listed.stdout and "notes\\U0001f600.txt" in listed.stdout
     vocabulary = gbk.invoke(cli, [str(a) for a in ["info", *where, "--vocabulary"]])
     assert vocabulary.exit_code == 0 and "\\u2022" in vocabulary.stdout and "\\u2212" in vocabulary.stdout
+    # An error handler the user chose is theirs: PYTHONIOENCODING=gbk:replace writes '?' for what GBK lacks.
+    chosen = subprocess.run([sys.executable, "-m", "textgen", "sample", *map(str, where), "--prime", "ab•",
+                             "--length", "20"], capture_output=True,
+                            env=dict(os.environ, PYTHONIOENCODING="gbk:replace"))
+    assert chosen.returncode == 0 and chosen.stdout.startswith(b"ab?"), chosen.stderr

@@ -225,19 +225,27 @@ class OneLineErrors(click.Group):
 def _escape_what_stdout_cannot_encode() -> None:
     """On an output that is not UTF-8 (a GBK console, a redirect on Windows), a listing's character the encoding
     lacks is written escaped (\\u2022) instead of ending the command in a traceback: `runs` and `info` print run
-    names and corpus characters. sample's text is refused instead (_strict_stdout), since escaped it would be wrong."""
+    names and corpus characters. sample's text is refused instead (_strict_stdout), since escaped it would be wrong.
+    An error handler the user chose (PYTHONIOENCODING=gbk:replace) is left as it is."""
+    global _stdout_escaped
+    _stdout_escaped = False
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-    if not codecs.lookup(encoding).name.startswith("utf") and hasattr(sys.stdout, "reconfigure"):
+    if not codecs.lookup(encoding).name.startswith("utf") and getattr(sys.stdout, "errors", None) == "strict" \
+            and hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="backslashreplace")
+        _stdout_escaped = True
+
+
+_stdout_escaped = False  # _escape_what_stdout_cannot_encode changed stdout's error handler
 
 
 @contextlib.contextmanager
 def _strict_stdout():
-    """Generated text goes out whole or the command fails in one line: an output encoding without one of its
-    characters gets the advice to write UTF-8 instead."""
+    """Generated text is not written escaped: at the first character the output's encoding lacks, the command fails
+    in one line with the advice to write UTF-8 instead (a sample streamed live has printed its text up to there)."""
     from textgen.errors import TextgenError
 
-    if hasattr(sys.stdout, "reconfigure"):
+    if _stdout_escaped:
         sys.stdout.reconfigure(errors="strict")
     try:
         yield
