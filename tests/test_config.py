@@ -109,14 +109,15 @@ def test_cli_refuses_a_negative_seed_in_one_line(trained_run):
 def test_a_list_of_temperatures_typed_on_a_chinese_keyboard_is_read_as_typed(trained_run):
     """Its input method types '，' (or '、') between the numbers and may type '．': the list was refused."""
     where = ["sample", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--length", "5", "--prime", "a"]
-    for typed in ("0，1.5", "0、1.5", "０．０，1.5"):
+    for typed in ("0，1.5", "0、1.5", "０．０，1.5", "0。0、1。5"):
         result = CliRunner().invoke(cli.cli, [*where, "-t", typed])
         assert result.exit_code == 0, result.output
         assert [line for line in result.stdout.splitlines() if line.startswith("=====")] == [
             "===== temperature 0 =====", "===== temperature 1.5 ====="]
-    refused = CliRunner().invoke(cli.cli, [*where, "-t", "0，，1"])
-    assert (refused.exit_code, refused.output.strip()) == (1, "error: --temperature must be a number or a "
-                                                           "comma-separated list such as 0.2,0.5,1.0, got '0，，1'")
+    for typo in ("0，，1", "0.5,1²"):  # (NFKC read 1² as 12)
+        refused = CliRunner().invoke(cli.cli, [*where, "-t", typo])
+        assert (refused.exit_code, refused.output.strip()) == (
+            1, f"error: --temperature must be a number or a comma-separated list such as 0.2,0.5,1.0, got '{typo}'")
 
 
 def test_numpy_numbers_become_python_numbers():

@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from textgen.errors import OptionError
+
+
+# What a Chinese or Japanese input method types between and inside numbers: its commas and full stops (float()
+# itself reads full-width digits). Only these: NFKC also turned a superscript 1² into 12.
+_FULL_WIDTH_PUNCTUATION = str.maketrans({"，": ",", "、": ",", "．": ".", "。": ".", "－": "-", "＋": "+"})
 
 
 class _Unset:
@@ -59,7 +63,7 @@ class Rule:
     def parse_many(self, name: str, text: str) -> tuple:
         """'0.5' or '0.2,0.5,1.0' as typed on the command line -> numbers (checked later by :meth:`check`)."""
         kind = int if self.integer else float
-        typed = unicodedata.normalize("NFKC", text).replace("、", ",")  # a Chinese or Japanese keyboard's ，．、
+        typed = text.translate(_FULL_WIDTH_PUNCTUATION)
         try:
             return tuple(kind(part) for part in typed.split(","))  # "0.5,,1" or "0.5," is a typo: refused
         except ValueError:
