@@ -77,8 +77,9 @@ def test_eval_and_score_read_a_text_in_the_unicode_form_of_the_corpus(tmp_path):
     short = write_text(tmp_path / "short.txt", unicodedata.normalize("NFC", "café résumé naïve déjà vu dé"))
     assert evaluate(short, tmp_path / "checkpoints", "accents", batch_size=34, seq_length=5)["unknown"] == 0
     foreign = write_text(tmp_path / "foreign.txt", "日本語のテキスト")
-    with pytest.raises(TextgenError, match=r"foreign.txt has 0 characters the model knows; evaluation needs at least "
-                                           r"2 \(is it a text in the corpus's language\?\)$"):
+    with pytest.raises(TextgenError, match=r"foreign.txt has 0 characters the model knows, and not '日' '本' '語' 'の' "
+                                           r"'テ' 'キ' 'ス' 'ト'; evaluation needs at least 2 \(is it a text in the "
+                                           r"corpus's language\?\)$"):
         evaluate(foreign, tmp_path / "checkpoints", "accents", batch_size=1)
     model = textgen.load(summary["run_dir"])
     scored = model.score(unicodedata.normalize("NFC", text))

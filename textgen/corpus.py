@@ -338,10 +338,15 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     return written, dropped
 
 
-def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "text") -> tuple[np.ndarray, int]:
+NAMED_UNKNOWN = 11  # distinct dropped characters encode_text names: who shows 10 knows whether there are more
+
+
+def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "text",
+                named: Optional[list] = None) -> tuple[np.ndarray, int]:
     """The ids of a text file read against another text's vocabulary, each chunk in the Unicode form (NFC or NFD)
     the vocabulary knows best (Vocabulary.in_known_form); characters outside it are dropped and counted.
     size_hint: the file's length in characters (scan()), so that the ids are written into one array.
+    named: a list that gets the distinct characters dropped, in order, up to NAMED_UNKNOWN of them.
 
     Returns (ids, characters dropped)."""
     ids = np.empty(size_hint, dtype=vocab.id_dtype)
@@ -351,6 +356,9 @@ def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "
     def encode(text: str) -> None:
         nonlocal ids, written, dropped
         kept, unknown = vocab.encode_in_known_form(text)
+        if unknown and named is not None and len(named) < NAMED_UNKNOWN:
+            named.extend(ch for ch in vocab.unknown(vocab.in_known_form(text)) if ch not in named)
+            del named[NAMED_UNKNOWN:]
         if written + len(kept) > len(ids):  # a conversion to NFD made the text longer
             ids = np.resize(ids, max(2 * len(ids), written + len(kept)))
         ids[written:written + len(kept)] = kept
@@ -364,17 +372,6 @@ def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "
         encode(text[:cut])
     encode(carried)
     return ids[:written], dropped
-
-
-def unknown_characters(path: Path, vocab: Vocabulary, limit: int = 10, what: str = "text") -> list[str]:
-    """The first limit distinct characters of a text file that encode_text drops (outside the vocabulary in its
-    known form), in order of appearance: what an evaluation excluded, named."""
-    found: dict[str, None] = {}
-    for chunk in _decoded_chunks(path, what):  # (a letter split from its accent by a chunk is named apart)
-        found.update(dict.fromkeys(vocab.unknown(vocab.in_known_form(chunk))))
-        if len(found) >= limit:
-            break
-    return list(found)[:limit]
 
 
 def _form_boundary(text: str) -> int:

@@ -9,9 +9,10 @@ from typing import Optional
 
 from textgen.batching import StreamBatches
 from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
-from textgen.corpus import encode_text, scan, unknown_characters
+from textgen.corpus import encode_text, scan
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
+from textgen.vocab import quoted
 
 logger = logging.getLogger("textgen")
 
@@ -67,10 +68,11 @@ def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[f
     return total / max(count, 1), count
 
 
-def _check_length(path: Path, known: int, batch_size: int) -> None:
+def _check_length(path: Path, known: int, batch_size: int, unknown: list) -> None:
     if known < 2:
-        raise TextgenError(f"{path} has {counted(known, 'character')} the model knows; evaluation needs at least 2 "
-                           "(is it a text in the corpus's language?)")
+        named = f", and not {quoted(unknown[:10])}{', ...' if len(unknown) > 10 else ''}" if unknown else ""
+        raise TextgenError(f"{path} has {counted(known, 'character')} the model knows{named}; evaluation needs at "
+                           "least 2 (is it a text in the corpus's language?)")
     if known < batch_size + 1:
         raise TextgenError(f"{path} has only {known:,} characters the model knows; evaluation needs more than "
                            f"--batch-size ({batch_size}); use a smaller --batch-size")
@@ -103,12 +105,12 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     # batch_size streams (a huge batch would not fit in memory).
     vocab = run_vocabulary(run_dir)
     if vocab is not None:
-        ids, unknown = encode_text(path, vocab, size_hint=total)
-        _check_length(path, len(ids), batch_size)
+        ids, unknown = encode_text(path, vocab, size_hint=total, named=(named := []))
+        _check_length(path, len(ids), batch_size, named)
     model, meta = load_model(run_dir, batch_size=batch_size)
     if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or the run was replaced
-        ids, unknown = encode_text(path, meta.vocab, size_hint=total)
-        _check_length(path, len(ids), batch_size)
+        ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
+        _check_length(path, len(ids), batch_size, named)
     kept = len(ids)
     if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
         logger.warning(f"note: each of the {batch_size} streams reads {counted(kept // batch_size, 'character')} "
@@ -119,5 +121,5 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
     nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
     return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
-                unknown=unknown, unknown_characters=unknown_characters(path, meta.vocab, limit=11) if unknown else [],
+                unknown=unknown, unknown_characters=named,
                 unscored=kept - count, total=total, batches=len(batches))
