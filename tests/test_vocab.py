@@ -84,3 +84,15 @@ def test_the_unicode_form_a_vocabulary_shows():
 ])
 def test_a_text_takes_the_form_with_fewest_unknown_then_most_known_characters(corpus, text, expected):
     assert Vocabulary.from_text(corpus).in_known_form(text) == expected
+
+
+def test_a_large_vocabulary_previews_its_start_and_a_spread_of_the_rest_marking_what_it_leaves_out():
+    """A Chinese text's vocabulary sorts its ASCII first, which alone filled the preview."""
+    chinese = Vocabulary.from_text("".join(map(chr, range(32, 127))) + "".join(map(chr, range(0x4E00, 0x4E00 + 900))))
+    preview = chinese.preview(60)
+    head, spread = preview.removesuffix(" ...").split(" ... ")
+    assert head == "".join(map(chr, range(32, 62))) and len(spread) == 30 and preview.endswith(" ...")
+    assert sum("\u4e00" <= ch <= "\u9fff" for ch in spread) >= 25
+    one_over = Vocabulary.from_text("".join(map(chr, range(0x4E00, 0x4E00 + 61))))
+    assert one_over.preview(60) == ("".join(map(chr, range(0x4E00, 0x4E00 + 30))) + " ... "
+                                    + "".join(map(chr, range(0x4E00 + 31, 0x4E00 + 61))))  # the 31st left out, no more

@@ -223,8 +223,8 @@ class Generator:
         config.validate()
         streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
         if warn is not None:
-            for stop in config.stops:
-                if missing := self.vocab.unknown(self.vocab.in_known_form(stop)):  # as the streams compare it
+            for stop, compared in zip(config.stops, streams.stops):
+                if missing := self.vocab.unknown(compared):
                     unknown = unknown_as_typed(stop, self.vocab) or missing
                     warn(f"warning: the stop string {stop!r} can never end a sample: the model never saw "
                          f"{quoted(unknown[:20])}{_known_variants(unknown, self.vocab)}")

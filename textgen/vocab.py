@@ -169,5 +169,7 @@ class Vocabulary:
         if len(self) <= limit:
             return "".join(map(escaped, self.chars))
         head, rest = self.chars[:limit // 2], self.chars[limit // 2:]
-        spread = [rest[index * len(rest) // (limit - len(head))] for index in range(limit - len(head))]
-        return "".join(map(escaped, head)) + " ... " + "".join(map(escaped, spread)) + " ..."
+        count = limit - len(head)  # each taken from inside a stretch of the rest: a "..." on either side leaves some
+        spread = [rest[(index + 1) * len(rest) // (count + 1)] for index in range(count)]
+        return "".join(map(escaped, head)) + " ... " + "".join(map(escaped, spread)) + \
+            (" ..." if spread[-1] != rest[-1] else "")
