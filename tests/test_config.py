@@ -77,12 +77,12 @@ def test_a_new_field_is_a_new_validated_command_line_option(monkeypatch):
 
     @dataclasses.dataclass(frozen=True)
     class Extended(TrainConfig):
-        warmup_steps: int = option(0, "Steps of linear learning-rate warm-up.", low=0, integer=True, before=0)
+        example_option: int = option(0, "An option that no release has.", low=0, integer=True, before=0)
 
-    assert command_line_options(Extended)["warmup_steps"][1] == 0
-    with pytest.raises(OptionError, match=r"--warmup-steps must be an integer in \[0, inf\), got -1"):
-        Extended(warmup_steps=-1).validate()
-    assert Extended.from_dict({}).warmup_steps == 0
+    assert command_line_options(Extended)["example_option"][1] == 0
+    with pytest.raises(OptionError, match=r"--example-option must be an integer in \[0, inf\), got -1"):
+        Extended(example_option=-1).validate()
+    assert Extended.from_dict({}).example_option == 0
 
 
 def test_sampling_options_are_declared_and_checked_the_same_way():

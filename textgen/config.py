@@ -2,8 +2,8 @@
 
 Each field carries its help text, its allowed range or choices, and (for options added after the first
 release) what training did before the option existed. The CLI options, their ``--help`` text, the
-validation and the README's option reference are all derived from these declarations, so adding a
-training option is one ``option(...)`` field (plus its use and its test).
+validation and the README's option reference are all derived from these declarations; what else a new option
+needs (its use, a test, a bad value in test_cli, the README) is in CONTRIBUTING.md, "Where to change what".
 """
 
 from __future__ import annotations

@@ -187,14 +187,14 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of --learning-rate
 
 
-def learning_rate_for(config: TrainConfig, epoch: int, run_fraction: float = 0.0) -> float:
-    """The learning rate for a step in ``epoch`` (0-based), ``run_fraction`` of the way through the run.
+def learning_rate_for(config: TrainConfig, epoch: int, fraction: float = 0.0) -> float:
+    """The learning rate for a step in ``epoch`` (0-based), ``fraction`` of the way through the run (run_fraction).
 
     "step" is the classic char-rnn schedule: constant, then multiplied by lr_decay every epoch after
     lr_decay_after. "cosine" falls smoothly from learning_rate to 1% of it at the end of the run.
     """
     if config.lr_schedule == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, run_fraction))))
+        shape = 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, fraction))))
         return config.learning_rate * (COSINE_FLOOR + (1.0 - COSINE_FLOOR) * shape)
     return config.learning_rate * config.lr_decay ** max(0, epoch - config.lr_decay_after + 1)
 
@@ -338,10 +338,11 @@ class Run:
                 + (", strategy='multi-worker')" if workers else ")"))
         return command, call
 
-    def learning_rate(self) -> float:
-        steps = len(self.train_batches)
-        return learning_rate_for(self.config, self.state.epoch,
-                                 run_fraction(self.config, self.state, steps, self.elapsed))
+    def learning_rate(self, config: Optional[TrainConfig] = None) -> float:
+        """The next step's learning rate under config: the run's own, or (a resume's note) the checkpoint's."""
+        config = config or self.config
+        return learning_rate_for(config, self.state.epoch,
+                                 run_fraction(config, self.state, len(self.train_batches), self.elapsed))
 
     def validate(self) -> float:
         self.session.reset_states()
@@ -659,6 +660,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               train_batches=StreamBatches(train_ids, config.batch_size, config.seq_length),
               val_batches=StreamBatches(val_ids, config.batch_size, config.seq_length),
               state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log,
+              elapsed=meta.state.elapsed_seconds if meta is not None else 0.0,
               replaces=replaces, has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)
@@ -667,7 +669,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(f"resuming {run_dir} {run.state.position()}{gpu_text(session.strategy)}")
         if text_changed:
             _restart_best_on_changed_text(run, meta)
-        _log_option_changes(run, meta)  # after a restarted epoch, which moves the schedule back to its start
+        _log_option_changes(run, meta)  # after a restarted epoch, whose start the schedule's note measures from
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
@@ -758,7 +760,7 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
 def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
     """Say which options a resume changed for the rest of the run (the layout and the seed cannot change), and how a
     new length re-stretches the cosine schedule."""
-    state, config, saved = run.state, run.config, meta.training
+    config, saved = run.config, meta.training
 
     def shown(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
@@ -772,9 +774,7 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
         run.log(f"resuming with other options for the rest of the run: {others}")
     new_length = (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes)
     if config.lr_schedule == "cosine" and new_length:
-        before, after = (learning_rate_for(c, 0, run_fraction(c, state, len(run.train_batches),
-                                                               state.elapsed_seconds))
-                         for c in (saved, config))
+        before, after = run.learning_rate(saved), run.learning_rate(config)
         run.log(f"note: the run's new length re-stretches the cosine schedule: the learning rate goes from "
                 f"{before:.3g} to {after:.3g}")
 
