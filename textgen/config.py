@@ -48,6 +48,7 @@ class Rule:
     text: bool = False  # a non-empty string, where the default (None) does not say so (--stop)
     short: Optional[str] = None  # a one-letter command-line alias such as "-t"
     layout: bool = False  # fixes the model or data layout: a resumed run may not change it (state, comparable losses)
+    only_with: Optional[tuple] = None  # (option, value): read only when that option has that value (info hides it)
     before: Any = _UNSET  # the behaviour of checkpoints written before this option existed
 
     @property
@@ -206,6 +207,11 @@ class _Config:
             if not (value is None and field.default is None):
                 field.metadata["rule"].check(field.name, value)
 
+    def in_effect(self, name: str) -> bool:
+        """Whether option name acts under this config (an option only_with another's value does not elsewhere)."""
+        needed = rules(type(self))[name].only_with
+        return needed is None or getattr(self, needed[0]) == needed[1]
+
     @classmethod
     def from_dict(cls, values: dict):
         """A saved config; options it predates take the value its run actually trained with."""
@@ -259,9 +265,9 @@ class TrainConfig(_Config):
         "--max-minutes if that comes first); step = --lr-decay per epoch after --lr-decay-after.",
         choices=("cosine", "step"), before="step")
     lr_decay: float = option(0.9, "With --lr-schedule step: multiply the learning rate by this every epoch after "
-                             "--lr-decay-after.", low=0, high=1, low_open=True)
+                             "--lr-decay-after.", low=0, high=1, low_open=True, only_with=("lr_schedule", "step"))
     lr_decay_after: int = option(3, "With --lr-schedule step: epochs at the full learning rate before the decay "
-                                 "starts.", low=0, integer=True)
+                                 "starts.", low=0, integer=True, only_with=("lr_schedule", "step"))
     clip_norm: float = option(5.0, "Clip gradients to this global norm.", low=0, low_open=True)
     weight_decay: float = option(0.2, "Decoupled (AdamW) decay of the weight matrices and embedding, times the "
                                  "learning rate each step (biases are not decayed; 0 = off; unless given, --size auto "

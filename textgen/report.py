@@ -125,9 +125,6 @@ def vocabulary_text(run_dir: Path) -> str:
     return meta.vocab.preview(len(meta.vocab))
 
 
-STEP_SCHEDULE_OPTIONS = ("lr_decay", "lr_decay_after")  # what only --lr-schedule step reads: not shown otherwise
-
-
 def info_text(run_dir: Path) -> str:
     run = read_run_meta(run_dir)
     _warn_unreadable(run, run_dir.name)
@@ -140,7 +137,7 @@ def info_text(run_dir: Path) -> str:
         f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
         + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > 60 else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()
-                                      if training.lr_schedule == "step" or key not in STEP_SCHEDULE_OPTIONS),
+                                      if training.in_effect(key)),
         # (in parentheses: the rest of the line was the else branch's alone, and a run of --epochs lost it)
         (f"progress       {state.epoch} of {counted(training.epochs, 'epoch')}" if training.epochs else
          f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})")
