@@ -13,7 +13,6 @@ import math
 import os
 import secrets
 import shlex
-import shutil
 import signal
 import sys
 import tempfile
@@ -38,7 +37,8 @@ from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, lo
 from textgen.errors import OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
-from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, probable_run, run_path
+from textgen.run_dir import STAGED_CACHE, check_run_dir, locked_run_dir
+from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
@@ -209,85 +209,6 @@ def run_fraction(config: TrainConfig, state: RunState, steps_per_epoch: int, ela
     return min(1.0, fraction)
 
 
-def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Optional[Path] = None,
-                   named: bool = True) -> None:
-    """Refuse a training the run's checkpoints do not allow. corpus_path: the text it is to train on; named: whether
-    the user named the run (else it was named after corpus_path, which another file's name may share)."""
-    exists = checkpoint.has_checkpoint(run_dir)
-    if resume and overwrite:
-        raise TextgenError("--resume and --overwrite contradict each other; choose one")
-    if resume and not exists:
-        if close := probable_run(run_dir.parent, run_dir.name):  # a typo
-            raise TextgenError(f"nothing to resume: no checkpoint in {run_dir}; to resume run {close!r}, give "
-                               f"--run {shlex.quote(close)}")
-        raise TextgenError(f"nothing to resume: no checkpoint in {run_dir} (train without --resume to start)")
-    if resume and not checkpoint.has_checkpoint(run_dir, ("last",)):  # best alone does not hold where training was
-        raise TextgenError(f"cannot resume run {run_dir.name!r}: it has no last.json, only its best checkpoint; "
-                           "sample from it as it is, or train a new run with --run NAME")
-    other = _other_corpus(run_dir, corpus_path) if exists and corpus_path is not None else None
-    go_on = (f"add --run NAME to train {corpus_path.name} apart, or --run {run_dir.name} --resume to go on training "
-             f"that run on it (its best checkpoint then starts over on the new text)") if other and not named else ""
-    if exists and not (resume or overwrite):
-        if go_on:  # the run of another file that names the same run: --resume alone is refused (below)
-            raise TextgenError(f"run {run_dir.name!r}, trained on {other}, already has checkpoints in {run_dir}: "
-                               f"{go_on}; --overwrite replaces it")
-        trained = f", trained on {other}," if other else ""
-        raise TextgenError(f"run {run_dir.name!r}{trained} already has checkpoints in {run_dir}: pass --resume to "
-                           "continue it, --overwrite to replace it, or --run NAME to start another run")
-    if resume and go_on:  # notes.txt resuming the run of notes.md: its best checkpoint would go
-        raise TextgenError(f"run {run_dir.name!r} was trained on {other}, not {corpus_path.name}: the run takes its "
-                           f"name from the file's; {go_on}")
-
-
-def _other_corpus(run_dir: Path, corpus_path: Path) -> Optional[str]:
-    """The file the run was trained on when its name is not corpus_path's (a file moved keeps its name), else
-    None; None too when the run's metadata cannot tell (the checks that read it say why)."""
-    for kind in ("last", "best"):  # the text it is being trained on now
-        try:
-            meta = checkpoint.read_meta(run_dir, kind)
-        except (TextgenError, OSError):
-            continue
-        if meta is not None:
-            trained_on = meta.corpus.get("path")  # resolved when saved: a link's target
-            same = not trained_on or Path(trained_on).name in (Path(corpus_path).name, Path(corpus_path).resolve().name)
-            return None if same else trained_on
-    return None
-
-
-# Where an --overwrite run on another text encodes its corpus: the earlier run's cache stays until the first save
-STAGED_CACHE = ".corpus-next"
-
-
-@contextlib.contextmanager
-def _locked_run_dir(run_dir: Path):
-    """Hold the run's lock, creating the directory if need be; on a failure before the first save, remove
-    what this training created, so that no empty run is left for the listing to call unfinished or damaged.
-    Only the lock holder cleans up: two trainings started at once into a new run both find it absent."""
-    if run_dir.exists() and not run_dir.is_dir():  # else "cannot write ... (File exists)"
-        raise TextgenError(f"{run_dir} is a file, not a run's directory; choose another name with --run NAME")
-    created = [path for path in (run_dir.parent, run_dir) if not path.exists()]
-    with contextlib.ExitStack() as held:
-        probe = run_dir / ".write-test"  # the lock's file may be left from a killed run, writable in a read-only folder
-        try:
-            held.enter_context(checkpoint.RunLock(run_dir))
-            probe.write_bytes(b"")  # only the lock holder gets here, so no other training shares the probe
-            probe.unlink()
-        except OSError as error:
-            raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
-                               "choose a writable --checkpoint-dir") from None
-        shutil.rmtree(run_dir / STAGED_CACHE, ignore_errors=True)  # left by a training killed before its first save
-        try:
-            yield
-        except BaseException:
-            shutil.rmtree(run_dir / STAGED_CACHE, ignore_errors=True)  # an --overwrite run's, never saved
-            if run_dir in created and not checkpoint.has_checkpoint(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)  # the lock's file with it
-                if run_dir.parent in created:
-                    with contextlib.suppress(OSError):
-                        run_dir.parent.rmdir()  # only if empty
-            raise
-
-
 @dataclass
 class Run:
     """One training run as the loop and its callbacks see it."""
@@ -439,7 +360,7 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
     run_dir = run_path(checkpoint_dir, check_run_name(run))
     meta = _resumed_meta(run_dir)
     if meta is None:
-        _check_run_dir(run_dir, resume=True, overwrite=False)  # says why there is nothing to resume
+        check_run_dir(run_dir, resume=True, overwrite=False)  # says why there is nothing to resume
     corpus = Path(meta.corpus["path"])
     if not corpus.exists():
         raise TextgenError(f"run {run!r} was trained on {corpus}, which no longer exists; pass the corpus to resume "
@@ -509,11 +430,11 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
             with _training_turn(log), tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
                 return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
                                      False, gate, lambda message: None, callbacks)
-        _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
+        check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
         # The run's lock before the turn: a second training of this run is refused at once, not after the first.
-        with _locked_run_dir(run_dir), _training_turn(log):
+        with locked_run_dir(run_dir), _training_turn(log):
             # again: another training may have saved there meanwhile
-            _check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
+            check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                                  gate, log, callbacks)
     except Exception as error:
@@ -538,7 +459,7 @@ def check_start(corpus_path: Path, checkpoint_dir, run: Optional[str], model_opt
                 resume: bool, overwrite: bool) -> None:
     """Refuse what train() would refuse before it reads the corpus: the command line asks before it writes the
     built-in corpus into the current directory."""
-    _check_run_dir(_checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options), resume,
+    check_run_dir(_checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options), resume,
                    overwrite, corpus_path, named=run is not None)
 
 
