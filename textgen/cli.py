@@ -419,12 +419,10 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
                f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "
                "first" + (f" and the end that does not fill all {batch_size} streams)" if batch_size > 1 else ")"))
     if result["unknown_characters"]:  # (on stderr: stdout's line is the score, for scripts)
-        from textgen.vocab import quoted
+        from textgen.vocab import quoted_first
 
-        named = result["unknown_characters"]
-        more = ", and others" if len(named) > 10 else ""
         logging.getLogger("textgen").warning(
-            f"note: excluded as the model never saw them: {quoted(named[:10])}{more}")
+            f"note: excluded as the model never saw them: {quoted_first(result['unknown_characters'])}")
 
 
 @cli.command(name="export", short_help="Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT.")

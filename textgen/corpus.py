@@ -338,7 +338,7 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     return written, dropped
 
 
-NAMED_UNKNOWN = 11  # distinct dropped characters encode_text names: who shows 10 knows whether there are more
+NAMED_UNKNOWN = 11  # distinct dropped characters encode_text names: one more than quoted_first shows, to say so
 
 
 def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "text",
@@ -355,9 +355,9 @@ def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "
 
     def encode(text: str) -> None:
         nonlocal ids, written, dropped
-        kept, unknown = vocab.encode_in_known_form(text)
+        known_form, kept, unknown = vocab.encode_in_known_form(text)
         if unknown and named is not None and len(named) < NAMED_UNKNOWN:
-            named.extend(ch for ch in vocab.unknown(vocab.in_known_form(text)) if ch not in named)
+            named.extend(ch for ch in vocab.unknown(known_form) if ch not in named)
             del named[NAMED_UNKNOWN:]
         if written + len(kept) > len(ids):  # a conversion to NFD made the text longer
             ids = np.resize(ids, max(2 * len(ids), written + len(kept)))

@@ -12,7 +12,7 @@ from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
 from textgen.corpus import encode_text, scan
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
-from textgen.vocab import quoted
+from textgen.vocab import quoted_first
 
 logger = logging.getLogger("textgen")
 
@@ -70,7 +70,7 @@ def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[f
 
 def _check_length(path: Path, known: int, batch_size: int, unknown: list) -> None:
     if known < 2:
-        named = f", and not {quoted(unknown[:10])}{', ...' if len(unknown) > 10 else ''}" if unknown else ""
+        named = f", and not {quoted_first(unknown)}" if unknown else ""
         raise TextgenError(f"{path} has {counted(known, 'character')} the model knows{named}; evaluation needs at "
                            "least 2 (is it a text in the corpus's language?)")
     if known < batch_size + 1:

@@ -302,7 +302,7 @@ class Generator:
         From the engine's logits, not evaluation.window_loss_sum's Keras model: a server scores with the engine it
         already holds, any length of text at one stream. test_api checks that the two give the same loss."""
         check_text("text", text)
-        ids, excluded = self.vocab.encode_in_known_form(text)
+        _, ids, excluded = self.vocab.encode_in_known_form(text)
         if len(ids) < 2:
             raise TextgenError(f"the text has {counted(len(ids), 'character')} the model knows; scoring needs at "
                                "least 2")

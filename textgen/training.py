@@ -226,13 +226,16 @@ class Run:
     writes: bool = True  # False on multi-worker workers other than the chief
     log: Callable[[str], None] = logger.info
     started: float = 0.0  # monotonic time at which the run's training time was 0 (set by fit)
-    elapsed: float = 0.0  # seconds of training so far, across resumes (agreed between workers)
+    elapsed: float = field(init=False)  # seconds of training so far, across resumes (agreed between workers)
     carried: Optional[dict] = None  # a mid-epoch stop's LSTM and RNG state, as training left them (see fit)
     stop_reason: Optional[str] = None  # why the run stops after this epoch (see stop)
     end_epoch: bool = False  # whether it stops at once: validate and save now (see stop)
     replaces: bool = False  # an --overwrite run: the earlier run's files go at its first save, not before
     has_saved: bool = False  # a checkpoint of this run exists: a resumed run's, or one saved since it started
     earlier_files: list = field(default_factory=list)  # more of the earlier run's files to remove then (its logs)
+
+    def __post_init__(self):
+        self.elapsed = self.state.elapsed_seconds  # what the checkpoint trained (a resume's schedule note reads it)
 
     def stop(self, reason: str, now: bool = False) -> None:
         """Stop after this epoch, or with now=True after this step (then validate and save)."""
@@ -308,7 +311,6 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
     """Train until --epochs are done or a callback stops the run; return why it stopped."""
     state, session = run.state, run.session
     chars_per_step = run.config.batch_size * run.config.seq_length
-    run.elapsed = state.elapsed_seconds
     run.started = time.monotonic() - run.elapsed
     for callback in callbacks:
         callback.on_train_start(run)
@@ -581,7 +583,6 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               train_batches=StreamBatches(train_ids, config.batch_size, config.seq_length),
               val_batches=StreamBatches(val_ids, config.batch_size, config.seq_length),
               state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log,
-              elapsed=meta.state.elapsed_seconds if meta is not None else 0.0,
               replaces=replaces, has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)

@@ -32,6 +32,11 @@ def quoted(chars) -> str:
                     for ch in chars)
 
 
+def quoted_first(chars, shown: int = 10) -> str:
+    """quoted() of the first shown characters, and ", and others" when there are more (a list of shown + 1 says so)."""
+    return quoted(chars[:shown]) + (", and others" if len(chars) > shown else "")
+
+
 def shown_chars(chars: str, shown: int = 40) -> str:
     """A run of characters for a one-line message, quoted, each escaped as escaped() does; a large vocabulary
     (CJK) can differ by thousands, so only the first ones are shown."""
@@ -119,9 +124,9 @@ class Vocabulary:
         character both forms would replace by an unknown one (the ohm sign Ω) is kept as it is."""
         return self._known_form(text)[0]
 
-    def encode_in_known_form(self, text: str) -> tuple[np.ndarray, int]:
-        """encode_known() of in_known_form(text)."""
-        return self._known_form(text)[1:]
+    def encode_in_known_form(self, text: str) -> tuple[str, np.ndarray, int]:
+        """in_known_form(text), and encode_known() of it."""
+        return self._known_form(text)
 
     def _known_form(self, text: str) -> tuple[str, np.ndarray, int]:
         def rank(candidate):  # fewer unknown characters, then more known ones; ties keep the text as it is
