@@ -680,8 +680,8 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
 
 
 def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
-    """Say which options a resume changed for the rest of the run (the layout and the seed cannot change), and how a
-    new length re-stretches the cosine schedule."""
+    """Say which options in effect a resume changed for the rest of the run (the layout and the seed cannot change),
+    and how a new length re-stretches the cosine schedule."""
     config, saved = run.config, meta.training
 
     def shown(value) -> str:
@@ -692,7 +692,7 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
                          f"(was {shown(getattr(saved, name))})"
                          for name in names if getattr(saved, name) != getattr(config, name))
 
-    if others := changed(field.name for field in dataclasses.fields(config)):
+    if others := changed(field.name for field in dataclasses.fields(config) if config.in_effect(field.name)):
         run.log(f"resuming with other options for the rest of the run: {others}")
     new_length = (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes)
     if config.lr_schedule == "cosine" and new_length:
