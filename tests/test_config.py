@@ -136,6 +136,21 @@ def test_numpy_numbers_become_python_numbers():
     model.validate(), training.validate(), sampling.validate()
 
 
+def test_whole_numbers_for_real_valued_options_become_floats():
+    # Keras's Adam refused learning_rate=1 (an int) with its own ValueError, after the range check had passed it.
+    from textgen.config import ModelConfig
+    from textgen.session import Session
+
+    training = TrainConfig(learning_rate=1, max_minutes=2, clip_norm=5, batch_size=2, mixed_precision="off")
+    sampling = SampleConfig(temperature=(1, 0.5), top_p=1)
+    assert [type(value) for value in (training.learning_rate, training.max_minutes, training.clip_norm,
+                                      *sampling.temperature, sampling.top_p)] == [float] * 6
+    assert type(training.epochs) is int and type(training.batch_size) is int  # integer options stay integers
+    assert Session(ModelConfig(vocab_size=5, units=4, embedding_dim=3), training).optimizer.learning_rate == 1.0
+    with pytest.raises(OptionError, match=r"^--learning-rate must be in \(0, inf\), got a number of 401 digits$"):
+        TrainConfig(learning_rate=10 ** 400).validate()  # beyond any float: refused by its value, not an overflow
+
+
 def test_as_keywords_renames_only_the_options_it_is_given():
     from textgen.errors import as_keywords
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -99,6 +100,7 @@ class Rule:
         # An integer option takes only integers: 10.0 would pass a range check and then fail as a slice or a shape.
         bad = isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real)
         bad = bad or (not isinstance(value, numbers.Integral) and not math.isfinite(value))  # ints may exceed floats
+        bad = bad or (not self.integer and isinstance(value, numbers.Integral) and abs(value) > sys.float_info.max)
         if not bad and self.low is not None:
             bad = value < self.low or (self.low_open and value == self.low)
         if not bad and self.high is not None:
@@ -188,10 +190,23 @@ def _numpy_bool(value) -> bool:
     return getattr(getattr(value, "dtype", None), "kind", None) == "b" and getattr(value, "shape", None) == ()
 
 
+def _as_float(value):
+    """An int given for a real-valued option, as a float: Keras's optimizer refuses learning_rate=1."""
+    if type(value) is not int:
+        return value
+    try:
+        return float(value)
+    except OverflowError:  # beyond any float: left for the range check to refuse by its value
+        return value
+
+
 class _Config:
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            object.__setattr__(self, field.name, _plain(getattr(self, field.name)))
+            value, rule = _plain(getattr(self, field.name)), field.metadata["rule"]
+            if rule.numeric and not rule.integer:
+                value = tuple(map(_as_float, value)) if rule.many and isinstance(value, tuple) else _as_float(value)
+            object.__setattr__(self, field.name, value)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
