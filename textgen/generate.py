@@ -92,8 +92,9 @@ class RequestDraws:
     at its temperature (the seed's own generator for index 0). So a sample's text depends on its seed, temperature and
     index, not on how many samples or temperatures were asked for with it: seed 5 alone gives the first of four
     samples with seed 5, and -t 0.2,1.0 gives each temperature's text alone (one draw at two temperatures, so the
-    two are alike). (Engines of different sizes may round differently in the last bits, which almost
-    never changes a sampled character.) Without a seed every sample gets a random generator."""
+    two are alike). (Engines of different sizes round differently in the last bit, which in long samples now
+    and then tips a near tie: request_batcher's docstring has the measurement.) Without a seed every sample gets a
+    random generator."""
 
     def __init__(self, seed: Optional[int], indexes: Sequence[int]):
         if seed is None:

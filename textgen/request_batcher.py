@@ -7,8 +7,9 @@ requests join or leave, the running streams move to an engine of the fitting siz
 were, so one client does not pay for 64 streams and 64 clients share one computation. Each request
 draws its uniforms from its own generators (one per sample, seeded by its seed: generate.RequestDraws), and a
 stream's arithmetic does not depend on the other streams' values, so a seeded request gives the same text
-alone or batched (up to float rounding between engine sizes, far below what changes a sampled character
-in practice).
+alone or batched, to the last bit of a sum: engines of different sizes run their matmuls by different kernels,
+whose float32 sums differ in the last bit, and in long samples that now and then tips a near tie (measured on a
+64-unit model: 1 of 64 samples of 2,000 characters changed at character 1,736 between 16 and 64 streams).
 """
 
 from __future__ import annotations
