@@ -900,6 +900,7 @@ def test_a_loss_no_model_gives_and_an_unexpected_failure_are_json_500s(server, m
     (b'{"temperature": 1e39}', "temperature must be in [0, 1e+06], got 1e+39"),
     (b'{"length": 1' + b"0" * 400 + b"}", "length must be in [0, 1000] on this server, got a number of 401 digits"),
     (b'{"length": -1}', "length must be in [0, 1000] on this server, got -1"),  # not the general [0, 1e+07]
+    (b'{"num_samples": 0}', "num_samples must be an integer in [1, 4] on this server, got 0"),  # not [1, 10000]
     (b'{"num_samples": 1' + b"0" * 400 + b"}", "at most 4 samples per request (temperatures x num_samples), got a "
                                                  "number of 401 digits"),
     (b'{"max_repeat": 9' + b"9" * 400 + b"}", "max_repeat must be an integer in [0, 1e+09], got a number of 401 "

@@ -81,6 +81,9 @@ def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
 def _sample_config(body, limits: Limits) -> SampleConfig:
     config = sample_config_of(body.model_dump())  # the fields besides SampleConfig's: the run, the streaming switch
     # This server's limits come before the general rules, which allow far more.
+    if config.num_samples < 1:
+        raise ApiError(f"num_samples must be an integer in [1, {limits.max_samples}] on this server, got "
+                       f"{shown_number(config.num_samples)}")
     if config.sample_count > limits.max_samples:
         raise ApiError(f"at most {limits.max_samples} samples per request (temperatures x num_samples), got "
                        f"{shown_number(config.sample_count)}")
