@@ -467,6 +467,28 @@ def test_export_writes_the_loaded_checkpoint_with_errors_in_keyword_names(model,
             model.export(tmp_path / "out", **bad)
 
 
+def test_a_path_starting_with_a_tilde_is_under_the_home_directory(trained_run, periodic_corpus, tmp_path,
+                                                                   monkeypatch):
+    """As a shell reads it: export("~/x") wrote a folder named ~ in the working directory, and load and train
+    said there was no such run or file."""
+    import shutil
+
+    home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+    elsewhere.mkdir()
+    shutil.copytree(trained_run["checkpoint_dir"], home / "ck")
+    shutil.copy(periodic_corpus, home / "corpus.txt")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    loaded = textgen.load("~/ck/period")
+    assert loaded.run_dir == home / "ck" / "period"
+    assert textgen.load("period", checkpoint_dir=Path("~/ck")).run_dir == home / "ck" / "period"
+    assert loaded.export("~/exported", format="keras") == [home / "exported" / "model.keras",
+                                                           home / "exported" / "vocab.json"]
+    with pytest.raises(textgen.TextgenError, match=r"^cannot resume: the run has done its 3 epochs"):
+        textgen.train("~/corpus.txt", run="period", checkpoint_dir="~/ck", resume=True)  # both found
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_export_writes_the_checkpoint_it_loaded_not_a_newer_one(trained_run, tmp_path):
     """It exported whatever checkpoint was on disk at the time: another epoch, if a training had saved since."""
     import json

@@ -58,8 +58,10 @@ def _sampling_errors_as_keywords(method):
     return wrapped
 
 
-def _check_paths(**arguments) -> None:
-    """Arguments that name files: a wrong type (None, a number) is refused by name, not by a TypeError deep down."""
+def _check_paths(**arguments) -> list:
+    """Arguments that name files, with a leading ~ read as the home directory, as a shell would (export("~/x")
+    wrote a folder named ~ in the working directory); a wrong type (None, a number) is refused by name, not by a
+    TypeError deep down."""
     for name, value in arguments.items():
         if not isinstance(value, (str, os.PathLike)):
             raise OptionError(f"{name} must be a path (str or pathlib.Path), got {value!r}")
@@ -67,6 +69,8 @@ def _check_paths(**arguments) -> None:
             raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
         if "\0" in str(value):  # else os raised "embedded null byte", naming no argument
             raise OptionError(f"{name} holds a NUL character (\\0), which no path can hold")
+    return [value.expanduser() if isinstance(value, Path) else os.path.expanduser(value)
+            for value in arguments.values()]
 
 
 def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
@@ -228,7 +232,7 @@ class TextModel:
         """
         from textgen.export import export
 
-        _check_paths(output=output)
+        (output,) = _check_paths(output=output)
         if not isinstance(overwrite, bool):  # "no" would replace an earlier export
             raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
         formats = (format,) if isinstance(format, str) else format
@@ -271,7 +275,7 @@ def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, c
         >>> model.info["val_bpc"]  # doctest: +SKIP
         1.86
     """
-    _check_paths(run=run, checkpoint_dir=checkpoint_dir)
+    run, checkpoint_dir = _check_paths(run=run, checkpoint_dir=checkpoint_dir)
     if checkpoint not in ("best", "last"):
         raise OptionError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     try:
@@ -347,9 +351,9 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
     if corpus is None and (run is None or not resume):
         raise OptionError("give the corpus (a text file), or run=NAME with resume=True to continue a run on its "
                           "own corpus")
-    _check_paths(checkpoint_dir=checkpoint_dir)
+    (checkpoint_dir,) = _check_paths(checkpoint_dir=checkpoint_dir)
     if corpus is not None:  # None: the run's own corpus when resuming (textgen.training.train checks it)
-        _check_paths(corpus=corpus)
+        (corpus,) = _check_paths(corpus=corpus)
     import_tensorflow_quietly()
     from textgen.callbacks import Interrupted
     from textgen.training import train as run_training
