@@ -103,6 +103,16 @@ def test_a_name_is_a_run_under_the_checkpoint_directory_whatever_the_working_dir
     assert textgen.load("period", checkpoint_dir=trained_run["checkpoint_dir"]).run_dir == trained_run["run_dir"]
 
 
+def test_a_path_with_no_run_says_whether_it_is_missing_or_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("abc")
+    for path, what in ((tmp_path / "checkpoints" / "demo", "no such directory"),
+                       (tmp_path / "notes.txt", "a file, not a run's directory")):
+        with pytest.raises(textgen.TextgenError, match=rf"^no run at {re.escape(str(path))}: {what}; give a run's "
+                                                       rf"directory, or a run's name under checkpoint_dir "
+                                                       rf"\({re.escape(str(tmp_path))}\)$"):
+            textgen.load(path, checkpoint_dir=tmp_path)
+
+
 def test_generate_and_stream_take_one_temperature_in_whatever_form(model):
     """An array of two temperatures (or a range) was taken as a list: the 0.5 text alone came back, the 1.0 one
     generated for nothing."""

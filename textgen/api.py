@@ -89,7 +89,10 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
         return find_run(path, None, kind)
     if len(path.parts) == 1:
         return find_run(Path(checkpoint_dir), str(path))
-    raise TextgenError(f"no run at {path}: give a run directory (such as checkpoints/demo) or a run name")
+    # It said "give a run directory (such as checkpoints/demo)" when given checkpoints/demo before any training.
+    what = "a file, not a run's directory" if path.exists() else "no such directory"
+    raise TextgenError(f"no run at {path}: {what}; give a run's directory, or a run's name under checkpoint_dir "
+                       f"({checkpoint_dir})")
 
 
 class TextModel:
