@@ -589,7 +589,8 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert "Waiting for connections to close" in stderr and "Traceback" not in stderr and "CancelledError" not in stderr
+    assert "waiting up to 8 s (--shutdown-timeout)" in stderr  # the default
+    assert "Traceback" not in stderr and "CancelledError" not in stderr
     assert stderr.strip().endswith("stopped at once (a second Ctrl-C): the requests still running were cut short")
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
 
@@ -789,13 +790,18 @@ def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(train
         stopped = time.monotonic() - signalled
     finally:
         process.kill()
-    assert stopped < 15  # --shutdown-timeout 1, not the default 30 s (a second or two more to stop)
+    assert stopped < 7  # --shutdown-timeout 1, not the default 8 s (a second or two more to stop)
     shutting_down = {"error": "the server is shutting down; send the request again once it is back"}
     assert (status, json.loads(text)) == (503, shutting_down)
     last = events(stream_text)[-1]
     assert stream_status == 200 and last.startswith("event: error\ndata: ")
     assert json.loads(last.split("\n", 1)[1][len("data: "):]) == shutting_down
     assert "Traceback" not in stderr and process.returncode in (0, -signal.SIGTERM), stderr
+    # uvicorn's lines, in words that say how long the wait is and that the cut was the shutdown asked for
+    assert "waiting up to 1 s (--shutdown-timeout) for the requests in flight to end; a second Ctrl-C cuts them " \
+           "short" in stderr
+    assert re.search(r"WARNING: +cut short [12] requests? still running after 1 s \(--shutdown-timeout\)", stderr)
+    assert "ERROR" not in stderr and "CTRL+C to force quit" not in stderr, stderr
 
 
 def test_scoring_while_generating_does_not_disturb_the_streams(server):

@@ -467,8 +467,8 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--shutdown-timeout", type=click.FloatRange(0), default=DEFAULT_SHUTDOWN_TIMEOUT, show_default=True,
               callback=_finite_seconds,
               help="Seconds that Ctrl-C or SIGTERM lets the requests in flight finish; then the rest are cut "
-                   "(a stream gets an error event, another request a 503). Below your service manager's own "
-                   "(docker stop: 10).")
+                   "(a stream gets an error event, another request a 503). Keep it below your service manager's own "
+                   "(docker stop: 10, systemd: 90).")
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN", callback=_origins,
               help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
                    "from a browser (CORS). Repeat for several. Default: only the server's own page.")

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits,
                             SampleConfig, sample_config_of, shown_number)
-from textgen.errors import TextgenError, as_keywords
+from textgen.errors import TextgenError, as_keywords, counted
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, NextRequest,
                                   NextResponse, ScoreRequest, ScoreResponse, errors, integral_bounds, with_limits)
@@ -470,7 +470,7 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is never for diagnostics
         for formatter in log_config["formatters"].values():
             formatter.update(fmt=TIMED + formatter["fmt"], datefmt=LOG_TIME)
-        log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort}
+        log_config.setdefault("filters", {})["cut_short"] = {"()": _CutShort, "shutdown_timeout": shutdown_timeout}
         log_config["handlers"]["default"]["filters"] = ["cut_short"]
         logging.getLogger("asyncio").addFilter(_CutShort())
         server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
@@ -535,10 +535,22 @@ class _CutShort(logging.Filter):
     """Drops uvicorn's tracebacks of the requests that a shutdown cancels (a second Ctrl-C, or the grace period
     over): one line says they were cut short, instead of some 70 lines of CancelledError. And asyncio's
     "socket.send() raised exception.", which names no request: pieces written to a streaming client that went away
-    before the server noticed (its generation stops at the next chunk)."""
+    before the server noticed (its generation stops at the next chunk). uvicorn's lines on the grace period say how
+    long it lasts, and its end, the shutdown asked for, is a warning, not an ERROR."""
+
+    def __init__(self, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT):
+        super().__init__()
+        self.shutdown_timeout = shutdown_timeout
 
     def filter(self, record: logging.LogRecord) -> bool:
         cancelled = record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
+        if record.msg == "Waiting for connections to close. (CTRL+C to force quit)":
+            record.msg = f"waiting up to {self.shutdown_timeout:g} s (--shutdown-timeout) for the requests in " \
+                         f"flight to end; a second Ctrl-C cuts them short"
+        elif record.msg == "Cancel %s running task(s), timeout graceful shutdown exceeded":
+            record.msg = "cut short %s still running after %s s (--shutdown-timeout)"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.args = (counted(record.args[0], "request"), f"{self.shutdown_timeout:g}")
         message = record.getMessage()
         return not (cancelled or "asyncio.exceptions.CancelledError" in message
                     or message == "socket.send() raised exception.")
