@@ -221,6 +221,10 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                           (lambda: textgen.train("The cat sat on the mat. " * 10, run="r", checkpoint_dir=tmp_path),
                            "^corpus file not found: The cat sat on the mat. The cat sat on the mat. The cat s\\.\\.\\. "
                            "\\(check the path; the text itself\\? save it to a file and give that file's path\\)$"),
+                          (lambda: textgen.train("hello world", checkpoint_dir=tmp_path),
+                           "^corpus file not found: hello world \\(check the path; the text itself\\? save it"),
+                          (lambda: textgen.train("notes 2024.txt", checkpoint_dir=tmp_path),  # a file's name
+                           "^corpus file not found: notes 2024\\.txt \\(check the path\\)$"),
                           (lambda: textgen.load("x" * 300, checkpoint_dir=tmp_path), "300 characters: too long"),
                           # a text with line breaks, given for a run: the message stays one line
                           (lambda: textgen.load("x" * 30 + "\n" + "y" * 300),

@@ -53,7 +53,8 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
                            f"({TEXT_FOR_A_PATH})")
     if not path.exists():
         name = str(path)
-        if len(name.split()) >= 5 and os.sep not in name and "/" not in name:  # a sentence given for the file
+        # Words given for the file (train("hello world")), not a file name with a space ("notes 2024.txt")
+        if len(name.split()) >= 2 and os.sep not in name and "/" not in name and not re.search(r"\.\w{1,5}$", name):
             raise TextgenError(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
                                f"path; {TEXT_FOR_A_PATH})")
         raise TextgenError(f"{what} file not found: {name} (check the path)")
