@@ -172,6 +172,20 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     assert scored["bpc"] < 0.5  # the model knows this pattern
 
 
+def test_score_of_a_file_name_warns_that_it_scores_the_name(model, tmp_path, caplog):
+    path = write_text(tmp_path / "held_out.txt", "abcdefg" * 50)
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        by_name = model.score(str(path))
+    assert by_name["characters"] < 60  # the letters of the path, not the 350 of the file
+    assert [record.getMessage() for record in caplog.records] == [
+        f"warning: scoring the text {str(path)!r} itself, which names a file; to score the file, pass its text: "
+        f"score(pathlib.Path({str(path)!r}).read_text(encoding='utf-8'))"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        assert model.score(path.read_text(encoding="utf-8"))["characters"] == 349
+    assert caplog.records == []
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda m: m.generate(temperature=-1), r"^temperature must be in \[0, 1e\+06\], got -1"),
     (lambda m: m.generate(top_k=0), r"^top_k must be an integer in \[1, inf\), got 0"),
