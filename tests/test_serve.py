@@ -100,6 +100,10 @@ def test_health_models_and_openapi(server, trained_run):
     assert (fields["length"]["minimum"], fields["length"]["maximum"]) == (0, 1000)
     assert (fields["num_samples"]["maximum"], fields["prime"]["maxLength"]) == (4, 4000)
     assert spec["components"]["schemas"]["ScoreRequest"]["properties"]["text"]["maxLength"] == 20000
+    # The stop strings' limits, which the document did not give (16 strings, 1,000 characters each)
+    text, texts = ({"type": "string", "minLength": 1, "maxLength": 1000}, {
+        "type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 1000}, "minItems": 1, "maxItems": 16})
+    assert fields["stop"]["anyOf"] == [text, texts, {"type": "null"}]
     next_fields = spec["components"]["schemas"]["NextRequest"]["properties"]
     assert next_fields["prime"]["maxLength"] == 4000 and next_fields["top"]["anyOf"][0] == {"type": "integer",
                                                                                            "minimum": 1}

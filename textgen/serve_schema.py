@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from textgen.config import SampleConfig, rules
+from textgen.config import MAX_STOP_CHARS, MAX_STOPS, SampleConfig, rules
 
 BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
@@ -39,6 +39,18 @@ def _ranged(name: str, description: str, default=None):
     return Field(default, description=description, json_schema_extra=place)
 
 
+def _stop_bounds(schema: dict) -> None:
+    """The stop strings' limits (config.MAX_STOPS, MAX_STOP_CHARS) in the OpenAPI document, as SampleConfig checks
+    them."""
+    text = {"minLength": 1, "maxLength": MAX_STOP_CHARS}
+    for branch in schema["anyOf"]:
+        if branch.get("type") == "string":
+            branch.update(text)
+        elif branch.get("type") == "array":
+            branch.update(minItems=1, maxItems=MAX_STOPS)
+            branch["items"].update(text)
+
+
 class SamplingOptions(BaseModel):
     """What a generate request asks for, and what its answer says it used."""
 
@@ -55,7 +67,8 @@ class SamplingOptions(BaseModel):
                                                       "null: no guard)")
     seed: Optional[int] = _ranged("seed", "The same seed gives the same text")
     stop: Union[None, str, list[str]] = Field(None, description="End a sample where it first produces this string "
-                                              "(or, for a list, completes any of them); it is left out")
+                                              "(or, for a list, completes any of them); it is left out",
+                                              json_schema_extra=_stop_bounds)
     num_samples: int = _ranged("num_samples", "Samples per temperature (at most the server's max_samples in all)")
     skip_unknown: bool = Field(False, description="Drop prime characters the model never saw")
 
