@@ -72,7 +72,7 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server, 
     assert all(set(text) <= set(PERIOD) for text in texts)
     assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["abc"] * 3
     titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#samples h2")]
-    assert titles == [f"sample {i} · temperature 0.8 · seed 11" for i in (1, 2, 3)]
+    assert titles == [f"sample {i} of seed 11 · temperature 0.8" for i in (1, 2, 3)]
     # One request for the three (a request per sample left the 7th and 8th waiting for a browser connection), so
     # sample i is the API's and the command line's sample i of seed 11.
     request = dict(prime="abc", length=120, temperature=0.8, seed=11, num_samples=3)
