@@ -377,29 +377,37 @@ def test_run_names_an_http_client_gets_wrong_are_told_in_its_terms(server):
                                                          '{"prime": "The ", "length": 100}'}  # was "Method Not Allowed"
 
 
-def preflight(base, origin):
-    """A browser's CORS preflight for a JSON POST to /v1/generate from a page of origin: (status, headers)."""
+def preflight(base, origin, headers="content-type"):
+    """A browser's CORS preflight for a POST to /v1/generate from a page of origin, sending headers: (status,
+    headers, the error's message or None)."""
     request = urllib.request.Request(base + "/v1/generate", method="OPTIONS", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"})
+        "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": headers})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers
+            return response.status, response.headers, None
     except urllib.error.HTTPError as error:
-        return error.code, error.headers
+        return error.code, error.headers, json.loads(error.read())["error"]
 
 
 def test_origins_given_may_call_the_api_from_a_browser(server, trained_run):
     """No CORS: a page on another origin (a web app in development) could not call the API at all."""
     from textgen.serve import Limits, create_app
 
-    status, headers = preflight(server, "http://localhost:3000")  # by default, none
+    status, headers, message = preflight(server, "http://localhost:3000")  # by default, none
     assert status == 405 and "Access-Control-Allow-Origin" not in headers
+    assert message == "a page from http://localhost:3000 asks to call /v1/generate (a browser's CORS preflight); " \
+                      "start the server with --allow-origin http://localhost:3000 to let it"  # not "takes POST"
     app = create_app(trained_run["checkpoint_dir"], "period", Limits(), allow_origins=("http://localhost:3000",))
     with serving(app) as base:
-        status, headers = preflight(base, "http://localhost:3000")
+        status, headers, _ = preflight(base, "http://localhost:3000")
         assert status == 200 and headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
         assert "POST" in headers["Access-Control-Allow-Methods"]
-        assert preflight(base, "http://elsewhere.example")[0] == 400  # an origin not given
+        # an origin not given, told in JSON as every error (it was the plain text "Disallowed CORS origin")
+        assert preflight(base, "http://elsewhere.example")[::2] == (400, (
+            "this server lets pages from http://localhost:3000 call it, not http://elsewhere.example; start it with "
+            "--allow-origin http://elsewhere.example as well"))
+        assert preflight(base, "http://localhost:3000", "x-token")[::2] == (
+            400, "a page may call this server with GET or POST and the header Content-Type only, not POST with x-token")
         request = urllib.request.Request(base + "/v1/generate", data=json.dumps(dict(length=5, stream=True)).encode(),
                                          headers={"Content-Type": "application/json",
                                                   "Origin": "http://localhost:3000"})

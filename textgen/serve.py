@@ -164,6 +164,10 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         if exc.status_code == 404 and exc.detail == "Not Found":  # Starlette's words for a path it does not have
             return error(404, f"no such path {request.url.path}; GET /v1/openapi.json lists the API's paths")
         if exc.status_code == 405 and "Allow" in (exc.headers or {}):  # Starlette's words: "Method Not Allowed"
+            origin = request.headers.get("origin")
+            if request.method == "OPTIONS" and origin and "access-control-request-method" in request.headers:
+                return error(405, f"a page from {origin} asks to call {request.url.path} (a browser's CORS "
+                                  f"preflight); start the server with --allow-origin {origin} to let it", exc.headers)
             allowed = exc.headers["Allow"]
             example = f"; {_example(request)}" if allowed == "POST" else ""
             return error(405, f"{request.url.path} takes {allowed}, not {request.method}{example}", exc.headers)
@@ -196,7 +200,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
         build = app.build_middleware_stack
-        app.build_middleware_stack = lambda: CORSMiddleware(
+        app.build_middleware_stack = lambda: _Cors(
             build(), allow_origins=list(allow_origins), allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
 
     # async: answered on the event loop, not by a worker thread that requests waiting for a run may all hold
@@ -529,6 +533,27 @@ def _log_lines_timed(log_level: str):
         for handler, formatter in handlers:
             handler.setFormatter(formatter)
         logger.setLevel(level)
+
+
+class _Cors(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight says in JSON, as every error, what to change (it answered the plain
+    text "Disallowed CORS origin")."""
+
+    def preflight_response(self, request_headers: Headers):
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        origin = request_headers["origin"]
+        if not self.is_allowed_origin(origin=origin):
+            message = f"this server lets pages from {', '.join(self.allow_origins)} call it, not {origin}; start " \
+                      f"it with --allow-origin {origin} as well"
+        else:
+            message = "a page may call this server with GET or POST and the header Content-Type only, not " \
+                      f"{request_headers['access-control-request-method']} with " \
+                      f"{request_headers.get('access-control-request-headers') or 'no header'}"
+        headers = {key: value for key, value in response.headers.items() if key.lower() != "content-length"}
+        headers.pop("content-type", None)
+        return JSONResponse({"error": message}, status_code=400, headers=headers)
 
 
 class _CutShort(logging.Filter):
