@@ -225,7 +225,7 @@ def test_streaming_sends_the_text_as_server_sent_events(server, caplog):
     assert status == 200
     blocks = events(text)
     assert blocks[-1] == 'event: done\ndata: {"stopped": false, "samples": [{"temperature": 0.7, "index": 0, ' \
-                         '"stopped": false}], "seed": 9}'
+                         '"stopped": false}], "seed": 9, "warnings": []}'
     messages = [json.loads(block[len("data: "):]) for block in blocks[:-1]]
     pieces = [message["text"] for message in messages]
     assert len(pieces) >= 3 and messages[0] == {"text": "abc", "prime": True}
@@ -240,6 +240,19 @@ def test_streaming_sends_the_text_as_server_sent_events(server, caplog):
         assert (first if marked else first.get("prime")) == marked
     # dropping them was asked for, and the answer shows it: the server's log keeps one line per request
     assert not [record for record in caplog.records if "dropped" in record.getMessage()]
+
+
+def test_a_stop_string_the_model_cannot_produce_is_told_in_the_answer(server):
+    """The command line and the Python API warned of it; the server said nothing, and the sample ran to its length
+    as if the stop string had been looked for."""
+    request = dict(prime="ab", length=30, temperature=0, stop=["xy", "ga", "é"])
+    expected = ["the stop string 'xy' can never end a sample: the model never saw 'x' 'y'",
+                "the stop string 'é' can never end a sample: the model never saw 'é'"]
+    status, text = call(server, "/v1/generate", request)
+    assert status == 200 and json.loads(text)["warnings"] == expected
+    done = events(call(server, "/v1/generate", dict(request, stream=True))[1])[-1]
+    assert json.loads(done.split("data: ", 1)[1])["warnings"] == expected
+    assert json.loads(call(server, "/v1/generate", dict(request, stop="ga"))[1])["warnings"] == []
 
 
 def test_one_stream_carries_every_sample_of_a_request(server):

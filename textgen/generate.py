@@ -133,6 +133,16 @@ class TextStreams:
         self.produced = 0  # characters generated per stream so far
         self.emitted = [0] * len(self.temperatures)  # characters of each stream already handed out
 
+    def unreachable_stops(self) -> list[str]:
+        """What to tell of each stop string holding a character the model never saw: it can never end a sample."""
+        messages = []
+        for stop, compared in zip(self.config.stops, self.stops):
+            if missing := self.vocab.unknown(compared):
+                unknown = unknown_as_typed(stop, self.vocab) or missing
+                messages.append(f"the stop string {stop!r} can never end a sample: the model never saw "
+                                f"{quoted(unknown[:20])}{_known_variants(unknown, self.vocab)}")
+        return messages
+
     @property
     def context(self) -> str:
         """What the streams are primed with."""
@@ -224,11 +234,8 @@ class Generator:
         config.validate()
         streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
         if warn is not None:
-            for stop, compared in zip(config.stops, streams.stops):
-                if missing := self.vocab.unknown(compared):
-                    unknown = unknown_as_typed(stop, self.vocab) or missing
-                    warn(f"warning: the stop string {stop!r} can never end a sample: the model never saw "
-                         f"{quoted(unknown[:20])}{_known_variants(unknown, self.vocab)}")
+            for message in streams.unreachable_stops():
+                warn(f"warning: {message}")
         draws = RequestDraws(config.seed, streams.indexes)
         rows = len(streams.temperatures)
         # An engine of a bucket's size, the spare streams idle: every number of samples from 5 to 8 shares one

@@ -245,7 +245,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         200: {"model": GenerateResponse,
               "description": "the samples and the options used, the seed named (JSON); or with stream: Server-Sent "
                              'Events: {"text": prime, "prime": true}, then {"text": piece, "sample": i} pieces, then '
-                             'event "done" ({"stopped", "samples": [{"temperature", "index", "stopped"}], "seed"}), or '
+                             'event "done" ({"stopped", "samples": [{"temperature", "index", "stopped"}], "seed", '
+                             '"warnings"}), or '
                              'event "error" ({"error": message}) if generation failed or the server is shutting down',
               "content": {"text/event-stream": {}}}})
     async def generate(body: GenerateRequest, request: Request):
@@ -267,7 +268,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         if job.error is not None:
             raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed)
-        return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()]}
+        return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()],
+                "warnings": job.streams.unreachable_stops()}
 
     engine_turns: dict[str, asyncio.Lock] = {}
 
@@ -431,7 +433,8 @@ async def _events(job, inbox):
             samples = [dict(temperature=sample.temperature, index=sample.index, stopped=sample.stopped)
                        for sample in job.streams.samples()]
             # "stopped": the first sample's, as before
-            done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": job.streams.config.seed}
+            done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": job.streams.config.seed,
+                    "warnings": job.streams.unreachable_stops()}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()
