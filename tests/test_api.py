@@ -489,7 +489,7 @@ def test_export_writes_the_loaded_checkpoint_with_errors_in_keyword_names(model,
             model.export(tmp_path / "other", format=bad)
     assert [path.name for path in model.export(tmp_path / "out", format=["keras", "litert"], overwrite=True)] == [
         "model.keras", "model.tflite", "vocab.json"]
-    for bad, message in (dict(overwrite="no"), r"^overwrite must be True or False, got 'no'$"), (
+    for bad, message in (dict(overwrite="no"), r"^overwrite must be true or false, got 'no'$"), (
             dict(format=None), r"^format must be a format's name or a list of them, got None$"):
         with pytest.raises(textgen.OptionError, match=message):  # "no" replaced an export; None, a TypeError
             model.export(tmp_path / "out", **bad)

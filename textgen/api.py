@@ -240,7 +240,7 @@ class TextModel:
 
         (output,) = _check_paths(output=output)
         if not isinstance(overwrite, bool):  # "no" would replace an earlier export
-            raise OptionError(f"overwrite must be True or False, got {overwrite!r}")
+            raise OptionError(f"overwrite must be true or false, got {overwrite!r}")
         formats = (format,) if isinstance(format, str) else format
         if not isinstance(formats, (list, tuple)) or not all(isinstance(name, str) for name in formats):
             raise OptionError(f"format must be a format's name or a list of them, got {format!r}")
