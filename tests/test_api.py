@@ -28,6 +28,9 @@ def test_load_by_directory_or_by_name_gives_the_same_model(trained_run, model):
     assert model.info["run"] == "period" and model.info["epochs"] == 3
     assert model.info["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / math.log(2))
     assert model.info["parameters"] == model.config.parameter_count()
+    assert [row["epoch"] for row in model.history] == [1, 2, 3]  # for a notebook's own plot
+    assert model.history[-1]["val_bpc"] == pytest.approx(model.info["val_bpc"])
+    assert model.history[0]["train_loss"] > model.history[-1]["train_loss"]
     latest = textgen.load(trained_run["checkpoint_dir"])  # a directory of runs: its latest one
     assert latest.run_dir == model.run_dir and isinstance(latest, textgen.TextModel)
 

@@ -103,6 +103,8 @@ class TextModel:
         vocab: the :class:`textgen.vocab.Vocabulary` (``vocab.chars`` is the character list).
         config: the :class:`textgen.config.ModelConfig` (layers, units, embedding, dropout).
         info: a dict of facts: run, corpus, epochs, val_bpc (of the loaded checkpoint), parameters.
+        history: a dict per epoch up to the loaded checkpoint, as ``textgen plot`` draws them: epoch, step,
+            chars_seen, train_loss and val_loss (nats), train_bpc and val_bpc, learning_rate, seconds, precision.
         generator: the :class:`textgen.generate.Generator` underneath (engines, weights, metadata).
     """
 
@@ -119,6 +121,7 @@ class TextModel:
         self.info = dict(run=self.run_dir.name, corpus=meta.corpus["path"], epochs=meta.state.epoch,
                          val_bpc=None if val is None else bpc(val),
                          parameters=self.config.parameter_count(), checkpoint=meta.kind)
+        self.history = [dict(row) for row in meta.state.history]  # a copy: the generator's metadata stays as read
 
     def __repr__(self) -> str:
         return (f"TextModel({self.info['run']!r}: {self.config.layers} x LSTM({self.config.units}), "
