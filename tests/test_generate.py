@@ -75,6 +75,12 @@ def test_a_stop_string_with_characters_the_model_never_saw_is_said_to_never_end_
     quiet = []
     gen(trained_run, prime="abc", length=5, temperatures=[0], stop="gab", warn=quiet.append)
     assert quiet == []
+    # A long one is shown cut, with the first 20 characters it lacks (each is converted on its own: all 1,000 of
+    # 16 such strings took half a second of a server's event loop)
+    long_stop = "".join(map(chr, range(0xAC00, 0xAC00 + 1000)))
+    gen(trained_run, prime="abc", length=5, temperatures=[0], stop=long_stop, warn=quiet.append)
+    assert quiet == [f"warning: the stop string {long_stop[:40]!r}... (1,000 characters) can never end a sample: the "
+                     f"model never saw {' '.join(map(repr, long_stop[:20]))}"]
 
 
 def test_several_stop_strings_cut_where_the_text_first_completes_one_however_it_arrives():

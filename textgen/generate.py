@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import threading
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ logger = logging.getLogger("textgen")
 SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the logits held at once)
 STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
 BATCH_CHUNK = 256  # characters per engine call otherwise: large enough to amortise the call
+NAMED = 20  # unknown characters a message names at most
 
 
 @dataclass
@@ -41,11 +43,11 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable
     unknown = vocab.unknown(prime)
     if unknown and not skip_unknown:
         lost = unknown_as_typed(typed, vocab)
-        shown = quoted((lost or unknown)[:20])
+        shown = quoted((lost or unknown)[:NAMED])
         # é read as e + an accent the model never saw: --skip-unknown keeps the e (and warns of the accent)
         accented = [ch for ch in lost if any(part in vocab for part in vocab.in_known_form(ch))]
         accents = f"accent{'s' * (len(accented) > 1)}"
-        partly = f" (of {quoted(accented[:20])} it drops only the {accents})" if accented else ""
+        partly = f" (of {quoted(accented)} it drops only the {accents})" if accented else ""
         raise TextgenError(f"the prime contains characters the model never saw: {shown}; "
                            f"change the prime{_known_variants(lost or unknown, vocab)} or pass --skip-unknown to "
                            f"drop them{partly}")
@@ -53,14 +55,15 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable
         kept = "".join(ch for ch in prime if ch in vocab)
         if warn is not None:
             warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
-                 + quoted(unknown[:20]))  # every one dropped, each kind named once
+                 + quoted(unknown[:NAMED]))  # every one dropped, each kind named once
         prime = kept
     return prime
 
 
-def unknown_as_typed(text: str, vocab) -> list[str]:
-    """The characters of text the model cannot read, named as typed (ñ, not the tilde that n + tilde would lose)."""
-    return [ch for ch in vocab.unknown(text) if vocab.unknown(vocab.in_known_form(ch))]
+def unknown_as_typed(text: str, vocab, limit: int = NAMED) -> list[str]:
+    """The first limit characters of text the model cannot read, named as typed (ñ, not the tilde that n + tilde
+    would lose): each is converted on its own, so all of 16 stop strings of 1,000 characters took half a second."""
+    return list(itertools.islice((ch for ch in vocab.unknown(text) if vocab.unknown(vocab.in_known_form(ch))), limit))
 
 
 def _known_variants(unknown: list[str], vocab) -> str:
@@ -71,9 +74,7 @@ def _known_variants(unknown: list[str], vocab) -> str:
     def plain(ch: str) -> str:
         return unicodedata.normalize("NFKC", ch)
 
-    known: dict = {}
-    for ch in vocab.chars:
-        known.setdefault(plain(ch), ch)
+    known = vocab.by_compatibility_form
     variants = [f"{quoted([known[plain(ch)]])} for {quoted([ch])}" for ch in unknown if plain(ch) in known][:10]
     if "\r" in unknown and "\n" in vocab:  # a text saved on Windows
         variants.append("'\\n' for '\\r\\n' (Windows line ends)")
@@ -139,8 +140,9 @@ class TextStreams:
         for stop, compared in zip(self.config.stops, self.stops):
             if missing := self.vocab.unknown(compared):
                 unknown = unknown_as_typed(stop, self.vocab) or missing
-                messages.append(f"the stop string {stop!r} can never end a sample: the model never saw "
-                                f"{quoted(unknown[:20])}{_known_variants(unknown, self.vocab)}")
+                shown = repr(stop) if len(stop) <= 40 else f"{stop[:40]!r}... ({len(stop):,} characters)"
+                messages.append(f"the stop string {shown} can never end a sample: the model never saw "
+                                f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}")
         return messages
 
     @property

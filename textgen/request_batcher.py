@@ -64,6 +64,9 @@ class Job:
         self.rows: list[int] = []  # its streams' rows in the batcher's engine, once admitted
         self.cancelled = False
         self.error: Optional[Exception] = None
+        # Told in its answer; found here, in the submitting thread: with a large vocabulary and many long stop strings
+        # it takes a good part of a second, which on the server's event loop would stall every stream
+        self.warnings = streams.unreachable_stops()
 
     @property
     def width(self) -> int:

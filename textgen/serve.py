@@ -269,7 +269,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()],
-                "warnings": job.streams.unreachable_stops()}
+                "warnings": job.warnings}
 
     engine_turns: dict[str, asyncio.Lock] = {}
 
@@ -434,7 +434,7 @@ async def _events(job, inbox):
                        for sample in job.streams.samples()]
             # "stopped": the first sample's, as before
             done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": job.streams.config.seed,
-                    "warnings": job.streams.unreachable_stops()}
+                    "warnings": job.warnings}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()

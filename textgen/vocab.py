@@ -86,6 +86,15 @@ class Vocabulary:
     def __contains__(self, ch: str) -> bool:
         return ch in self._index
 
+    @functools.cached_property
+    def by_compatibility_form(self) -> dict[str, str]:
+        """Each character's NFKC form -> the first character of the vocabulary with it ('，' and ',' share ','):
+        made once, since naming another width of an unknown character looks it up for each one."""
+        forms: dict = {}
+        for ch in self.chars:
+            forms.setdefault(unicodedata.normalize("NFKC", ch), ch)
+        return forms
+
     @property
     def id_dtype(self) -> np.dtype:
         """The smallest unsigned integer type that holds every id."""
