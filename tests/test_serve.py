@@ -614,7 +614,7 @@ def test_a_second_ctrl_c_cuts_the_streams_in_one_line(trained_run):
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert "waiting up to 8 s (--shutdown-timeout)" in stderr  # the default
+    assert "waiting up to 7 s (--shutdown-timeout)" in stderr  # the default
     assert "Traceback" not in stderr and "CancelledError" not in stderr
     assert stderr.strip().endswith("stopped at once (a second Ctrl-C): the requests still running were cut short")
     assert process.returncode == 0 and stdout == ""  # stopping was what Ctrl-C asked for, not "aborted" (130)
@@ -815,7 +815,7 @@ def test_a_request_cut_by_the_end_of_the_shutdown_grace_period_is_told_why(train
         stopped = time.monotonic() - signalled
     finally:
         process.kill()
-    assert stopped < 7  # --shutdown-timeout 1, not the default 8 s (a second or two more to stop)
+    assert stopped < 6  # --shutdown-timeout 1, not the default 7 s (a second or two more to stop)
     shutting_down = {"error": "the server is shutting down; send the request again once it is back"}
     assert (status, json.loads(text)) == (503, shutting_down)
     last = events(stream_text)[-1]

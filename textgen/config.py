@@ -397,10 +397,11 @@ class SampleConfig(_Config):
                               f"--length {self.length:,}; draw them in several runs")
 
 
-# Ctrl-C or SIGTERM lets a server's requests in flight end for this long (textgen serve --shutdown-timeout): below
-# docker stop's 10 s, after which the container is killed before the requests cut short hear why; a request within
-# the default limits takes a few seconds at most.
-DEFAULT_SHUTDOWN_TIMEOUT = 8.0
+# Ctrl-C or SIGTERM lets a server's requests in flight end for this long (textgen serve --shutdown-timeout). With
+# the ~0.2 s uvicorn takes first and the up to 2 s for the requests cut short to hear why (serve.FINAL_WORDS_WAIT_S)
+# it stays under docker stop's 10 s, after which the container is killed; a request within the default limits takes
+# a few seconds at most.
+DEFAULT_SHUTDOWN_TIMEOUT = 7.0
 SERVER_LOG_LEVELS = ("debug", "info", "warning", "error")  # textgen serve --log-level: info has a line per request
 
 

@@ -569,16 +569,23 @@ class _CutShort(logging.Filter):
     def __init__(self, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT):
         super().__init__()
         self.shutdown_timeout = shutdown_timeout
+        self.waiting_told = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         cancelled = record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
-        if record.msg == "Waiting for connections to close. (CTRL+C to force quit)":
+        if record.msg in ("Waiting for connections to close. (CTRL+C to force quit)",
+                          "Waiting for background tasks to complete. (CTRL+C to force quit)"):
+            if self.waiting_told:  # uvicorn waits for the connections, then for the tasks: one line says both
+                return False
+            self.waiting_told = True
             record.msg = f"waiting up to {self.shutdown_timeout:g} s (--shutdown-timeout) for the requests in " \
                          f"flight to end; a second Ctrl-C cuts them short"
-        elif record.msg == "Cancel %s running task(s), timeout graceful shutdown exceeded":
+        elif record.msg == "Cancel %s running task(s), timeout graceful shutdown exceeded" and record.args:
             record.msg = "cut short %s still running after %s s (--shutdown-timeout)"
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.args = (counted(record.args[0], "request"), f"{self.shutdown_timeout:g}")
+            if not logging.getLogger(record.name).isEnabledFor(logging.WARNING):  # --log-level error
+                return False
         message = record.getMessage()
         return not (cancelled or "asyncio.exceptions.CancelledError" in message
                     or message == "socket.send() raised exception.")
