@@ -167,7 +167,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             origin = request.headers.get("origin")
             if request.method == "OPTIONS" and origin and "access-control-request-method" in request.headers:
                 return error(405, f"a page from {origin} asks to call {request.url.path} (a browser's CORS "
-                                  f"preflight); start the server with --allow-origin {origin} to let it", exc.headers)
+                                  f"preflight); start the server with {_allow_origin(origin)} to let it", exc.headers)
             allowed = exc.headers["Allow"]
             example = f"; {_example(request)}" if allowed == "POST" else ""
             return error(405, f"{request.url.path} takes {allowed}, not {request.method}{example}", exc.headers)
@@ -538,6 +538,12 @@ def _log_lines_timed(log_level: str):
         logger.setLevel(level)
 
 
+def _allow_origin(origin: str) -> str:
+    """The option that lets a page of origin call the server: a page opened from a file sends the origin null,
+    which --allow-origin refuses as no origin (scheme://host)."""
+    return "--allow-origin '*'" if origin == "null" else f"--allow-origin {origin}"
+
+
 class _Cors(CORSMiddleware):
     """Starlette's CORS, whose refused preflight says in JSON, as every error, what to change (it answered the plain
     text "Disallowed CORS origin")."""
@@ -546,14 +552,18 @@ class _Cors(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code != 400:
             return response
-        origin = request_headers["origin"]
-        if not self.is_allowed_origin(origin=origin):
-            message = f"this server lets pages from {', '.join(self.allow_origins)} call it, not {origin}; start " \
-                      f"it with --allow-origin {origin} as well"
-        else:
-            message = "a page may call this server with GET or POST and the header Content-Type only, not " \
-                      f"{request_headers['access-control-request-method']} with " \
-                      f"{request_headers.get('access-control-request-headers') or 'no header'}"
+        failures = response.body.decode().removeprefix("Disallowed CORS ").split(", ")  # Starlette's words
+        origin, method = request_headers["origin"], request_headers["access-control-request-method"]
+        asked = [header.strip() for header in request_headers.get("access-control-request-headers", "").split(",")]
+        said = {
+            "origin": f"this server lets pages from {', '.join(self.allow_origins)} call it, not {origin}; start it "
+                      f"with {_allow_origin(origin)} as well",
+            "method": f"a page may call it with {' or '.join(sorted(self.allow_methods))}, not {method}",
+            "headers": f"a page may send the headers {', '.join(sorted(self.allow_headers))}, not "
+                       f"{', '.join(header for header in asked if header.lower() not in self.allow_headers)}",
+            "private-network": "a page on a public address may not call a server on a private one (Chrome's Private "
+                               "Network Access), which textgen serve does not allow"}
+        message = "; ".join(said.get(failure, failure) for failure in failures)
         headers = {key: value for key, value in response.headers.items() if key.lower() != "content-length"}
         headers.pop("content-type", None)
         return JSONResponse({"error": message}, status_code=400, headers=headers)
