@@ -110,10 +110,13 @@ def test_a_path_with_no_run_says_whether_it_is_missing_or_a_file(tmp_path):
     (tmp_path / "notes.txt").write_text("abc")
     for path, what in ((tmp_path / "checkpoints" / "demo", "no such directory"),
                        (tmp_path / "notes.txt", "a file, not a run's directory")):
-        with pytest.raises(textgen.TextgenError, match=rf"^no run at {re.escape(str(path))}: {what}; give a run's "
+        with pytest.raises(textgen.TextgenError, match=rf"^no run at '{re.escape(str(path))}': {what}; give a run's "
                                                        rf"directory, or a run's name under checkpoint_dir "
                                                        rf"\({re.escape(str(tmp_path))}\)$"):
             textgen.load(path, checkpoint_dir=tmp_path)
+    with pytest.raises(textgen.TextgenError, match=r"^no run at 'checkpoints/de\\nmo': no such directory;") as error:
+        textgen.load("checkpoints/de\nmo", checkpoint_dir=tmp_path)
+    assert "\n" not in str(error.value)
 
 
 def test_generate_and_stream_take_one_temperature_in_whatever_form(model):
@@ -518,6 +521,9 @@ def test_a_path_starting_with_a_tilde_is_under_the_home_directory(trained_run, p
     with pytest.raises(textgen.TextgenError, match=r"^cannot resume: the run has done its 3 epochs"):
         textgen.train("~/corpus.txt", run="period", checkpoint_dir="~/ck", resume=True)  # both found
     assert list(elsewhere.iterdir()) == []
+    for path in ("~nosuchuser/x", Path("~nosuchuser/x")):  # left as typed (a Path raised RuntimeError)
+        with pytest.raises(textgen.TextgenError, match=r"^no run at '~nosuchuser/x': no such directory"):
+            textgen.load(path)
 
 
 def test_export_writes_the_checkpoint_it_loaded_not_a_newer_one(trained_run, tmp_path):

@@ -69,8 +69,9 @@ def _check_paths(**arguments) -> list:
             raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
         if "\0" in str(value):  # else os raised "embedded null byte", naming no argument
             raise OptionError(f"{name} holds a NUL character (\\0), which no path can hold")
-    return [value.expanduser() if isinstance(value, Path) else os.path.expanduser(value)
-            for value in arguments.values()]
+    from textgen.files import expand_user
+
+    return [expand_user(value) if isinstance(value, str) else Path(expand_user(value)) for value in arguments.values()]
 
 
 def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
@@ -82,7 +83,7 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
     path, under = Path(path), Path(checkpoint_dir) / path
     if too_long_for_a_path(path):
         raise TextgenError(f"no run at {str(path)[:40]!r}... ({len(str(path)):,} characters: too long for a path); "
-                           "give a run directory (such as checkpoints/demo) or a run name")
+                           "give a run's directory, or a run's name under checkpoint_dir")
     # (checkpoint_dir itself is checked only where a name is looked up in it: find_run)
     named = len(path.parts) == 1 and not too_long_for_a_path(under) and under.is_dir()
     if path.is_dir() and not named:  # a bare name is a run under checkpoint_dir first, whatever the cwd holds
@@ -91,8 +92,8 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
         return find_run(Path(checkpoint_dir), str(path))
     # It said "give a run directory (such as checkpoints/demo)" when given checkpoints/demo before any training.
     what = "a file, not a run's directory" if path.exists() else "no such directory"
-    raise TextgenError(f"no run at {path}: {what}; give a run's directory, or a run's name under checkpoint_dir "
-                       f"({checkpoint_dir})")
+    raise TextgenError(f"no run at {str(path)!r}: {what}; give a run's directory, or a run's name under "
+                       f"checkpoint_dir ({checkpoint_dir})")  # quoted: a line break in it stays on one line
 
 
 class TextModel:

@@ -80,7 +80,9 @@ _run_name_given = _not_empty("give a run name, or leave --run out")
 def _user_path(value: str) -> Path:
     """A path with ~ expanded: the shell leaves it as typed in --option=~/x and within quotes, and the command then
     read or wrote a folder named ~ in the current directory."""
-    return Path(os.path.expanduser(value))
+    from textgen.files import expand_user
+
+    return Path(expand_user(value))
 
 
 def _origins(ctx, param, values):

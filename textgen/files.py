@@ -13,6 +13,12 @@ from typing import Callable
 from textgen.errors import TextgenError
 
 
+def expand_user(path: str | os.PathLike) -> str:
+    """path with a leading ~ (or ~user) read as that home directory, as a shell reads it: left as it is when there
+    is no such user (Path.expanduser raised RuntimeError)."""
+    return os.path.expanduser(os.fspath(path))
+
+
 def too_long_for_a_path(path: Path) -> bool:
     """Whether the system refuses path as too long (a name over 255 bytes, or the whole over its limit): every
     lookup of it raises an OSError (ENAMETOOLONG) instead of answering whether it exists."""
