@@ -287,6 +287,8 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "xyz"], "never saw: 'x' 'y' 'z'", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime-file", "{root}/missing.txt"], "prime file not found", 1,
      None),
+    (["sample", "--checkpoint-dir", "{root}/ck", "--prime-file", "The king"], "prime file not found: The king (check "
+     "the path; the text itself? give it with --prime)", 1, None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "a", "--prime-file", "{root}/good.txt"], "not both", 2,
      None),
     (["sample", "--checkpoint-dir", "{root}/ck", "--output", "{root}/no/dir/out.txt"], "does not exist", 1, None),

@@ -142,7 +142,7 @@ def test_whole_numbers_for_real_valued_options_become_floats():
     from textgen.session import Session
 
     training = TrainConfig(learning_rate=1, max_minutes=2, clip_norm=5, batch_size=2, mixed_precision="off")
-    sampling = SampleConfig(temperature=(1, 0.5), top_p=1)
+    sampling = SampleConfig(temperature=[1, 0.5], top_p=1)  # a list too
     assert [type(value) for value in (training.learning_rate, training.max_minutes, training.clip_norm,
                                       *sampling.temperature, sampling.top_p)] == [float] * 6
     assert type(training.epochs) is int and type(training.batch_size) is int  # integer options stay integers

@@ -205,7 +205,8 @@ class _Config:
         for field in dataclasses.fields(self):
             value, rule = _plain(getattr(self, field.name)), field.metadata["rule"]
             if rule.numeric and not rule.integer:
-                value = tuple(map(_as_float, value)) if rule.many and isinstance(value, tuple) else _as_float(value)
+                value = tuple(map(_as_float, value)) if rule.many and isinstance(value, (tuple, list)) else \
+                    _as_float(value)
             object.__setattr__(self, field.name, value)
 
     def to_dict(self) -> dict:

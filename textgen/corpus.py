@@ -37,7 +37,10 @@ class Corpus:
         return len(self.ids)
 
 
-TEXT_FOR_A_PATH = "the text itself? save it to a file and give that file's path"  # what a text given as a path hears
+def _text_for_a_path(what: str) -> str:
+    """What a text given as the path of what hears: a prime has an option of its own for its text."""
+    return "the text itself? give it with --prime" if what == "prime" else \
+        "the text itself? save it to a file and give that file's path"
 
 
 def check_readable(path: Path, what: str = "corpus", read_once: bool = False) -> None:
@@ -50,13 +53,13 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
     if too_long_for_a_path(path) or (not path.exists() and "\n" in str(path)):  # its text given for the file
         why = "hold a line break" if "\n" in str(path) else "are too long for a path"
         raise TextgenError(f"{what} must be the path of a text file, got {len(str(path)):,} characters that {why} "
-                           f"({TEXT_FOR_A_PATH})")
+                           f"({_text_for_a_path(what)})")
     if not path.exists():
         name = str(path)
         # Words given for the file (train("hello world")), not a file name with a space ("notes 2024.txt")
         if len(name.split()) >= 2 and os.sep not in name and "/" not in name and not re.search(r"\.\w{1,5}$", name):
             raise TextgenError(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
-                               f"path; {TEXT_FOR_A_PATH})")
+                               f"path; {_text_for_a_path(what)})")
         raise TextgenError(f"{what} file not found: {name} (check the path)")
     if path.is_dir():
         raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
