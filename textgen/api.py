@@ -197,7 +197,9 @@ class TextModel:
         """
         if not isinstance(text, str):
             raise OptionError(f"text must be a string, got {type(text).__name__}")
-        if "\n" not in text and len(text) < 4096 and os.path.isfile(text):  # score(path) scored the path's letters
+        from textgen.files import expand_user
+
+        if "\n" not in text and len(text) < 4096 and os.path.isfile(expand_user(text)):  # it scored a path's letters
             logger.warning(f"warning: scoring the text {text!r} itself, which names a file; to score the file, pass "
                            f"its text: score(pathlib.Path({text!r}).read_text(encoding='utf-8'))")
         return self.generator.score(text)
