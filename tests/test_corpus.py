@@ -106,6 +106,15 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
     path.write_bytes("It’s an English text, one curly quote, cut in a second ’".encode()[:-1])  # 3 UTF-8 bytes before
     with pytest.raises(TextgenError, match=r"ends in the middle of a UTF-8 character .* \(remove its last 2 bytes, "):
         scan(path)
+    path.write_bytes(whole[1:])  # tail -c: the first character's first byte is missing
+    with pytest.raises(TextgenError) as cut:
+        scan(path)
+    assert str(cut.value) == (f"corpus file starts in the middle of a UTF-8 character (its first 2 bytes end one cut "
+                              f"off: the file was cut at its start): {path} (remove them, e.g. with tail -c +3 "
+                              f"'{path}' > whole.txt)")
+    path.write_bytes(b"\x80\xe9t\xe9")  # not UTF-8 after the first byte either: not said to be cut
+    with pytest.raises(TextgenError, match=r"is not valid UTF-8 \(first bad byte at byte offset 0\)"):
+        scan(path)
     path.write_bytes("Fin de l'ete".encode() + b"\xe9")  # Latin-1, its one non-ASCII byte at the end
     with pytest.raises(TextgenError, match=r"truncated character at its end.*\(convert it to UTF-8\)$"):
         scan(path)

@@ -99,6 +99,12 @@ def _decoded_chunks(path: Path, what: str):
             text = decoder.decode(block)
         except UnicodeDecodeError as error:  # error.start counts from the buffered bytes
             at = offset - len(buffered) + error.start
+            if at == 0 and (cut := _cut_at_start(block)):  # tail -c of a UTF-8 text
+                command = f", e.g. with tail -c +{cut + 1} {shlex.quote(str(path))} > whole.txt" if path.is_file() \
+                    else ""
+                raise TextgenError(f"{what} file starts in the middle of a UTF-8 character (its first "
+                                   f"{counted(cut, 'byte')} end one cut off: the file was cut at its start): {path} "
+                                   f"(remove them{command})") from None
             utf8_bytes += _high_bytes((buffered + block)[:error.start])
             raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} "
                                f"({_conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE)})") from None
@@ -122,6 +128,19 @@ def _decoded_chunks(path: Path, what: str):
             f"{what} file is not valid UTF-8 (truncated character at its end, byte offset {offset - cut}): {path} "
             "(convert it to UTF-8)"
         ) from None
+
+
+def _cut_at_start(block: bytes) -> int:
+    """How many bytes block starts with that end a UTF-8 character whose start was cut off (0: it does not), when
+    the rest reads as UTF-8."""
+    cut = len(block) - len(block.lstrip(bytes(range(0x80, 0xC0))))
+    if not 1 <= cut <= 3:
+        return 0
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(block[cut : cut + LEGACY_SAMPLE])
+    except UnicodeDecodeError:
+        return 0
+    return cut
 
 
 # The escape sequences that switch an ISO-2022 text (7-bit: it decodes as ASCII) into a multi-byte character set,
