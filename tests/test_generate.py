@@ -150,6 +150,18 @@ def test_a_prime_with_windows_line_ends_for_a_model_of_plain_ones_is_told_so():
         prepare_prime("ab\r", Vocabulary.from_text("ab"), False, None)
 
 
+def test_a_straight_quote_or_dash_for_a_model_of_curly_ones_is_told_so():
+    """Lyrics with curly quotes, a prime typed with straight ones: the error gave no hint, where '，' got one."""
+    from textgen.generate import prepare_prime
+    from textgen.vocab import Vocabulary
+
+    with pytest.raises(TextgenError) as refused:
+        prepare_prime('Don\'t say "no" - ok', Vocabulary.from_text("Don’t say “no” — ok"), False, None)
+    assert str(refused.value) == ("the prime contains characters the model never saw: \"'\" '\"' '-'; change the "
+                                  "prime (the model knows '’' for \"'\", '“' for '\"', '—' for '-') or pass "
+                                  "--skip-unknown to drop them")
+
+
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):
     samples = gen(trained_run, prime="a", length=20, temperatures=[0, 0.5, 1.5], seed=1)
     assert [s.temperature for s in samples] == [0, 0.5, 1.5]

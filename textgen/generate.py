@@ -19,7 +19,7 @@ from textgen.errors import TextgenError, counted
 from textgen.evaluation import bpc, perplexity
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.vocab import quoted
+from textgen.vocab import compatibility_form, quoted
 
 logger = logging.getLogger("textgen")
 SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the logits held at once)
@@ -68,14 +68,10 @@ def unknown_as_typed(text: str, vocab, limit: int = NAMED) -> list[str]:
 
 def _known_variants(unknown: list[str], vocab) -> str:
     """The characters of the vocabulary that are another width or form of unknown ones (a Chinese keyboard's '，'
-    for the corpus's ','), as a clause of the error: '' when there are none."""
-    import unicodedata
-
-    def plain(ch: str) -> str:
-        return unicodedata.normalize("NFKC", ch)
-
+    for the corpus's ','; its curly quote for a straight one), as a clause of the error: '' when there are none."""
     known = vocab.by_compatibility_form
-    variants = [f"{quoted([known[plain(ch)]])} for {quoted([ch])}" for ch in unknown if plain(ch) in known][:10]
+    variants = [f"{quoted([known[compatibility_form(ch)]])} for {quoted([ch])}" for ch in unknown
+                if compatibility_form(ch) in known][:10]
     if "\r" in unknown and "\n" in vocab:  # a text saved on Windows
         variants.append("'\\n' for '\\r\\n' (Windows line ends)")
     return f" (the model knows {', '.join(variants)})" if variants else ""

@@ -64,6 +64,19 @@ def composition_seconds() -> frozenset:
     return frozenset(seconds)
 
 
+# Typographic quotes and dashes, which NFKC keeps, as typed on a keyboard: a corpus of curly quotes and a prime of
+# straight ones ("Don't" for "Don’t")
+_TYPED_FORM = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+                             "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+                             "\u2013": "-", "\u2014": "-"})
+
+
+def compatibility_form(ch: str) -> str:
+    """What ch is typed as, whatever its width or typography: NFKC ('，' -> ','), and curly quotes and dashes as
+    the straight ones."""
+    return unicodedata.normalize("NFKC", ch).translate(_TYPED_FORM)
+
+
 class Vocabulary:
     def __init__(self, code_points: Iterable[int]):
         self.code_points = np.array(sorted(set(int(c) for c in code_points)), dtype=np.uint32)
@@ -88,11 +101,11 @@ class Vocabulary:
 
     @functools.cached_property
     def by_compatibility_form(self) -> dict[str, str]:
-        """Each character's NFKC form -> the first character of the vocabulary with it ('，' and ',' share ','):
-        made once, since naming another width of an unknown character looks it up for each one."""
+        """Each character's compatibility_form -> the first character of the vocabulary with it ('，' and ',' share
+        ','): made once, since naming another form of an unknown character looks it up for each one."""
         forms: dict = {}
         for ch in self.chars:
-            forms.setdefault(unicodedata.normalize("NFKC", ch), ch)
+            forms.setdefault(compatibility_form(ch), ch)
         return forms
 
     @property
