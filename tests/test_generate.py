@@ -75,6 +75,16 @@ def test_a_stop_string_with_characters_the_model_never_saw_is_said_to_never_end_
     quiet = []
     gen(trained_run, prime="abc", length=5, temperatures=[0], stop="gab", warn=quiet.append)
     assert quiet == []
+    # A line break typed as \n in a shell is a backslash and an n: said so where the model knows line breaks
+    from textgen.config import SampleConfig
+    from textgen.generate import TextStreams
+    from textgen.vocab import Vocabulary
+
+    streams = TextStreams(Vocabulary.from_text("ab\n"), SampleConfig(stop=("a\\n",)), "a")
+    assert streams.unreachable_stops() == [
+        "the stop string 'a\\\\n' can never end a sample: the model never saw '\\\\' 'n' (\\n here is a backslash "
+        "and n, not a line break: in a shell, type $'\\n')"]
+    assert TextStreams(Vocabulary.from_text("abn\\"), SampleConfig(stop=("a\\n",)), "a").unreachable_stops() == []
     # A long one is shown cut, with the first 20 characters it lacks (each is converted on its own: all 1,000 of
     # 16 such strings took half a second of a server's event loop)
     long_stop = "".join(map(chr, range(0xAC00, 0xAC00 + 1000)))

@@ -137,8 +137,13 @@ class TextStreams:
             if missing := self.vocab.unknown(compared):
                 unknown = unknown_as_typed(stop, self.vocab) or missing
                 shown = repr(stop) if len(stop) <= 40 else f"{stop[:40]!r}... ({len(stop):,} characters)"
+                # --stop '\n' in a shell is a backslash and an n
+                escaped = [f"\\{letter} here is a backslash and {letter}, not {what}: in a shell, type $'\\{letter}'"
+                           for letter, ch, what in (("n", "\n", "a line break"), ("t", "\t", "a tab"))
+                           if f"\\{letter}" in stop and ch in self.vocab]
+                typed = f" ({'; '.join(escaped)})" if escaped else ""
                 messages.append(f"the stop string {shown} can never end a sample: the model never saw "
-                                f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}")
+                                f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}{typed}")
         return messages
 
     @property
