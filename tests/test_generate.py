@@ -146,30 +146,22 @@ def test_prime_with_unknown_characters(trained_run):
     assert sample.text == "cafeg"
 
 
-def test_a_prime_with_windows_line_ends_for_a_model_of_plain_ones_is_told_so():
-    """A --prime-file saved on Windows: the error named '\\r' alone."""
+@pytest.mark.parametrize("prime, corpus, named, knows", [
+    # A --prime-file saved on Windows: the error named '\r' alone.
+    ("ab\r\nb，", "ab,\n", "'\\r' '，'", "',' for '，', '\\n' for '\\r\\n' (Windows line ends)"),
+    ("ab\r", "ab", "'\\r'", None),  # no line ends known
+    # Lyrics with curly quotes, a prime typed with straight ones: no hint, where '，' got one.
+    ('Don\'t say "no" - ok', "Don’t say “no” — ok", "\"'\" '\"' '-'", "'’' for \"'\", '“' for '\"', '—' for '-'"),
+])
+def test_a_prime_typed_otherwise_than_the_corpus_is_told_what_the_model_knows(prime, corpus, named, knows):
     from textgen.generate import prepare_prime
     from textgen.vocab import Vocabulary
 
     with pytest.raises(TextgenError) as refused:
-        prepare_prime("ab\r\nb，", Vocabulary.from_text("ab,\n"), False, None)
-    assert str(refused.value) == ("the prime contains characters the model never saw: '\\r' '，'; change the prime "
-                                  "(the model knows ',' for '，', '\\n' for '\\r\\n' (Windows line ends)) or pass "
-                                  "--skip-unknown to drop them")
-    with pytest.raises(TextgenError, match=r"never saw: '\\r'; change the prime or pass"):  # no line ends known
-        prepare_prime("ab\r", Vocabulary.from_text("ab"), False, None)
-
-
-def test_a_straight_quote_or_dash_for_a_model_of_curly_ones_is_told_so():
-    """Lyrics with curly quotes, a prime typed with straight ones: the error gave no hint, where '，' got one."""
-    from textgen.generate import prepare_prime
-    from textgen.vocab import Vocabulary
-
-    with pytest.raises(TextgenError) as refused:
-        prepare_prime('Don\'t say "no" - ok', Vocabulary.from_text("Don’t say “no” — ok"), False, None)
-    assert str(refused.value) == ("the prime contains characters the model never saw: \"'\" '\"' '-'; change the "
-                                  "prime (the model knows '’' for \"'\", '“' for '\"', '—' for '-') or pass "
-                                  "--skip-unknown to drop them")
+        prepare_prime(prime, Vocabulary.from_text(corpus), False, None)
+    hint = f" (the model knows {knows})" if knows else ""
+    assert str(refused.value) == (f"the prime contains characters the model never saw: {named}; change the prime"
+                                  f"{hint} or pass --skip-unknown to drop them")
 
 
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):
