@@ -163,7 +163,7 @@ def test_generate_round_trip(server, trained_run):
         '{"options":{"run":"period","prime":"ab","length":50,"temperature":0.0,"top_k":null,"top_p":null,' \
         f'"min_p":null,"max_repeat":20,"seed":{seed},"stop":"f","num_samples":1,"skip_unknown":false}},' \
         '"samples":[{"text":"abcde",' \
-        '"temperature":0.0,"index":0,"stopped":true}]}'
+        '"temperature":0.0,"index":0,"stopped":true}],"warnings":[]}'
     answer = json.loads(call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop=["fg", "e"]))[1])
     assert (answer["samples"][0]["text"], answer["options"]["stop"]) == ("abcd", ["fg", "e"])
 
