@@ -109,9 +109,13 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
     path.write_bytes(whole[1:])  # tail -c: the first character's first byte is missing
     with pytest.raises(TextgenError) as cut:
         scan(path)
-    assert str(cut.value) == (f"corpus file starts in the middle of a UTF-8 character (its first 2 bytes end one cut "
-                              f"off: the file was cut at its start): {path} (remove them, e.g. with tail -c +3 "
-                              f"'{path}' > whole.txt)")
+    assert str(cut.value) == (f"corpus file starts in the middle of a UTF-8 character (its first 2 bytes end a "
+                              f"character cut off: the file was cut at its start): {path} (remove them, e.g. with "
+                              f"tail -c +3 '{path}' > whole.txt)")
+    path.write_bytes(whole[2:])
+    with pytest.raises(TextgenError, match=r"\(its first byte ends a character cut off: .* \(remove it, e\.g\. with "
+                                           r"tail -c \+2 "):
+        scan(path)
     path.write_bytes(b"\x80\xe9t\xe9")  # not UTF-8 after the first byte either: not said to be cut
     with pytest.raises(TextgenError, match=r"is not valid UTF-8 \(first bad byte at byte offset 0\)"):
         scan(path)

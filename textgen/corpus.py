@@ -102,9 +102,10 @@ def _decoded_chunks(path: Path, what: str):
             if at == 0 and (cut := _cut_at_start(block)):  # tail -c of a UTF-8 text
                 command = f", e.g. with tail -c +{cut + 1} {shlex.quote(str(path))} > whole.txt" if path.is_file() \
                     else ""
-                raise TextgenError(f"{what} file starts in the middle of a UTF-8 character (its first "
-                                   f"{counted(cut, 'byte')} end one cut off: the file was cut at its start): {path} "
-                                   f"(remove them{command})") from None
+                first = "its first byte ends" if cut == 1 else f"its first {cut} bytes end"
+                raise TextgenError(f"{what} file starts in the middle of a UTF-8 character ({first} a character cut "
+                                   f"off: the file was cut at its start): {path} (remove {'it' if cut == 1 else 'them'}"
+                                   f"{command})") from None
             utf8_bytes += _high_bytes((buffered + block)[:error.start])
             raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} "
                                f"({_conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE)})") from None
