@@ -25,7 +25,8 @@ from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_F
                             SampleConfig, TrainConfig, command_line_options, rules, sample_config_of,
                             split_training_options, temperature_values)
 from textgen.distribute import STRATEGIES
-from textgen.errors import OptionError, TextgenError, as_keywords
+from textgen.errors import OptionError, TextgenError, as_keywords, shown_start
+from textgen.files import expand_user
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
 from textgen.quiet_import import import_tensorflow_quietly
@@ -69,8 +70,6 @@ def _check_paths(**arguments) -> list:
             raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
         if "\0" in str(value):  # else os raised "embedded null byte", naming no argument
             raise OptionError(f"{name} holds a NUL character (\\0), which no path can hold")
-    from textgen.files import expand_user
-
     return [expand_user(value) if isinstance(value, str) else Path(expand_user(value)) for value in arguments.values()]
 
 
@@ -82,7 +81,7 @@ def _run_dir(path: str | Path, checkpoint_dir: str | Path, kind: str) -> Path:
 
     path, under = Path(path), Path(checkpoint_dir) / path
     if too_long_for_a_path(path):
-        raise TextgenError(f"no run at {str(path)[:40]!r}... ({len(str(path)):,} characters: too long for a path); "
+        raise TextgenError(f"no run at {shown_start(str(path), why='too long for a path')}; "
                            "give a run's directory, or a run's name under checkpoint_dir")
     # (checkpoint_dir itself is checked only where a name is looked up in it: find_run)
     named = len(path.parts) == 1 and not too_long_for_a_path(under) and under.is_dir()
@@ -197,8 +196,6 @@ class TextModel:
         """
         if not isinstance(text, str):
             raise OptionError(f"text must be a string, got {type(text).__name__}")
-        from textgen.files import expand_user
-
         if "\n" not in text and len(text) < 4096 and os.path.isfile(expand_user(text)):  # it scored a path's letters
             logger.warning(f"warning: scoring the text {text!r} itself, which names a file; to score the file, pass "
                            f"its text: score(pathlib.Path({text!r}).read_text(encoding='utf-8'))")

@@ -10,6 +10,14 @@ def counted(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
+def shown_start(text: str, limit: int = 40, why: str = "") -> str:
+    """text quoted for a message, cut after limit characters with its length (and why it matters) when longer:
+    "'abc'", or "'abcd...'... (1,000 characters: too long for a path)"."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters{': ' + why if why else ''})"
+
+
 def minutes_text(minutes: float) -> str:
     """"0.0567 minutes", "1 minute", "12.3 minutes", "1,234 minutes": three digits, where a budget may be a fraction
     of a minute, and never 1.23e+03."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from textgen import sampling
 from textgen.config import DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SampleConfig, check_text, sample_config_of
-from textgen.errors import TextgenError, counted
+from textgen.errors import TextgenError, counted, shown_start
 from textgen.evaluation import bpc, perplexity
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
@@ -136,13 +136,12 @@ class TextStreams:
         for stop, compared in zip(self.config.stops, self.stops):
             if missing := self.vocab.unknown(compared):
                 unknown = unknown_as_typed(stop, self.vocab) or missing
-                shown = repr(stop) if len(stop) <= 40 else f"{stop[:40]!r}... ({len(stop):,} characters)"
                 # --stop '\n' in a shell is a backslash and an n
                 escaped = [f"\\{letter} here is a backslash and {letter}, not {what}: in a shell, type $'\\{letter}'"
                            for letter, ch, what in (("n", "\n", "a line break"), ("t", "\t", "a tab"))
                            if f"\\{letter}" in stop and ch in self.vocab]
                 typed = f" ({'; '.join(escaped)})" if escaped else ""
-                messages.append(f"the stop string {shown} can never end a sample: the model never saw "
+                messages.append(f"the stop string {shown_start(stop)} can never end a sample: the model never saw "
                                 f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}{typed}")
         return messages
 

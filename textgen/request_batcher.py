@@ -64,8 +64,8 @@ class Job:
         self.rows: list[int] = []  # its streams' rows in the batcher's engine, once admitted
         self.cancelled = False
         self.error: Optional[Exception] = None
-        # Told in its answer; found here, in the submitting thread: with a large vocabulary and many long stop strings
-        # it takes a good part of a second, which on the server's event loop would stall every stream
+        # Told in its answer; found here, in the submitting thread, not on the server's event loop, where every
+        # stream would wait for it (it converts each unknown character it names on its own)
         self.warnings = streams.unreachable_stops()
 
     @property
