@@ -528,6 +528,30 @@ def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
                                   "corpus to resume on (the file where it is now, or an edited copy)"
 
 
+def test_output_over_a_runs_own_file_or_its_corpus_is_refused_even_with_overwrite(trained_run, tmp_path):
+    """--output --overwrite wrote samples over best.json (the run could no longer be loaded) or over the text the run
+    was trained on (a resume then said the corpus had changed)."""
+    run_dir = trained_run["checkpoint_dir"] / "period"
+    before = files_snapshot(trained_run["corpus"].parent)
+    args = ("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 5, "--seed", 1, "--overwrite", "-o")
+    for target in (run_dir / "best.json", run_dir / "corpus.npy", next(run_dir.glob("ckpt-*.weights.h5"))):
+        refused = invoke(*args, target)
+        assert (refused.exit_code, refused.stderr) == (1, f"error: --output {target} would replace a file that run "
+                                                          "'period' needs; write the text elsewhere, such as "
+                                                          "samples.txt (a file of another name in its folder is left "
+                                                          "alone)\n")
+    (tmp_path / "corpus-link.txt").symlink_to(trained_run["corpus"])  # the same file by another name
+    for target in (trained_run["corpus"], tmp_path / "corpus-link.txt"):
+        refused = invoke(*args, target)
+        assert (refused.exit_code, refused.stderr) == (1, f"error: --output {target} is the text run 'period' was "
+                                                          "trained on (a resume reads it again); write the samples "
+                                                          "to another file\n")
+    assert files_snapshot(trained_run["corpus"].parent) == before
+    kept_beside = invoke(*args, run_dir / "samples.txt")
+    assert kept_beside.exit_code == 0 and len((run_dir / "samples.txt").read_text()) == 5
+    (run_dir / "samples.txt").unlink()
+
+
 def test_output_into_a_pipe_or_a_full_device_is_written_there_or_refused(workspace, tmp_path):
     import subprocess
     import sys

@@ -339,6 +339,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     from textgen.errors import counted
     from textgen.files import check_output, holds_text, write_output
     from textgen.generate import BATCH_CHUNK, STREAM_CHUNK, format_samples, generate_with
+    from textgen.runs import check_not_run_file, find_run
 
     if output is not None:
         check_output(output, overwrite)
@@ -350,6 +351,10 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
                                     max_chars=MAX_PRIME_FILE_CHARS)
     _check_typed_text(chosen)
     config = SampleConfig(**chosen)
+    config.validate()  # a bad option is told before a missing run
+    run_dir = find_run(checkpoint_dir, run)
+    if output is not None:
+        check_not_run_file(output, run_dir)
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
@@ -358,7 +363,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
     with _strict_stdout():
         try:
-            samples = generate_with(config, checkpoint_dir, run, on_text=(_echo_live if output is None else kept.append)
+            samples = generate_with(config, run_dir, None, on_text=(_echo_live if output is None else kept.append)
                                     if live else None, show_progress=output is not None, chunk=chunk)
         except KeyboardInterrupt as interrupted:
             if output is None or not kept:

@@ -11,10 +11,10 @@ import unicodedata
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import KINDS, has_checkpoint, meta_path, training_pid
+from textgen.checkpoint import KINDS, has_checkpoint, meta_path, read_meta, training_pid
 from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
-from textgen.files import check_path_length
+from textgen.files import check_path_length, written_path
 
 logger = logging.getLogger("textgen")
 MAX_NAME_CHARS = 100
@@ -226,6 +226,29 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
     check_path_length(checkpoint_dir, "--checkpoint-dir", "give the directory of the runs")
     if checkpoint_dir.exists() and not checkpoint_dir.is_dir():
         raise TextgenError(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
+
+
+# What a run directory holds of its own: its metadata, lock, cached corpus, report, and checkpoint files
+RUN_FILES = (*(f"{kind}.json" for kind in KINDS), ".lock", "corpus.npy", "corpus.json", "history.csv", "curve.png")
+
+
+def check_not_run_file(output: Path, run_dir: Path) -> None:
+    """Refuse an --output that would write over what a run needs, which --overwrite does not give up: a file of a
+    run's own (its metadata, a checkpoint), or the text run_dir was trained on, which a resume reads again."""
+    written = written_path(Path(output))
+    folder = written.parent
+    if (written.name in RUN_FILES or written.name.startswith(("ckpt-", ".tmp-ckpt-"))) and \
+            (has_checkpoint(folder) or (folder / "corpus.json").exists()):
+        raise TextgenError(f"--output {output} would replace a file that run {folder.name!r} needs; write the text "
+                           "elsewhere, such as samples.txt (a file of another name in its folder is left alone)")
+    for kind in KINDS:  # the text it trained on: recorded resolved, as written_path resolves
+        try:
+            meta = read_meta(run_dir, kind)
+        except TextgenError:  # loading it says what is wrong
+            continue
+        if meta is not None and meta.corpus.get("path") and written == written_path(Path(meta.corpus["path"])):
+            raise TextgenError(f"--output {output} is the text run {run_dir.name!r} was trained on (a resume reads it "
+                               "again); write the samples to another file")
 
 
 def is_export(directory: Path) -> bool:
