@@ -732,6 +732,33 @@ def test_an_unknown_option_named_as_other_tools_name_it_is_given_textgens_name()
                                                         f"(see: cli {args[0]} --help)\n")
 
 
+@pytest.mark.parametrize("args, meant", [
+    (("sample", "-t", "0.5", "0.8"), " (0.8): -t takes one value; give several as one list, as in -t 0.5,0.8"),
+    (("sample", "--temperature=0.5", "0.8"), " (0.8): --temperature takes one value; give several as one list, as in "
+                                             "--temperature 0.5,0.8"),
+    (("sample", "--stop", "a", "b"), " (b): --stop takes one value; repeat it for each, as in --stop a --stop b"),
+    (("sample", "--prime", "Oh", "niño"), " (niño): --prime takes one value; quote a value with spaces, as in --prime "
+                                          "'Oh niño'"),
+    (("sample", "-n", "2", "3"), " (3): -n takes one value"),
+    (("sample", "Oh niño"), " (Oh niño); sample takes no arguments: give the start of the text as --prime 'Oh niño'"),
+    (("sample", "--top-k", "3", "--", "x"), " (x); sample takes no arguments: give the start of the text as --prime x"),
+    (("train", "my", "corpus.txt"), " (corpus.txt); train takes one CORPUS: quote a name with spaces, as in "
+                                    "'my corpus.txt'"),
+    (("eval", "a", "b", "c"), "s (b c); eval takes one FILE: quote a name with spaces, as in 'a b c'"),
+])
+def test_an_extra_argument_is_told_what_it_was_probably_meant_as(args, meant):
+    """click's bare "Got unexpected extra argument (0.8)" left the user to guess (a hobbyist's -t 0.5 0.8)."""
+    result = invoke(*args)
+    assert (result.exit_code, result.stderr) == (2, f"error: Got unexpected extra argument{meant} (see: cli {args[0]} "
+                                                    "--help)\n")
+
+
+def test_an_option_given_no_value_names_the_commands_help():
+    result = invoke("sample", "--stop")
+    assert (result.exit_code, result.stderr) == (2, "error: Option '--stop' requires an argument. (see: cli sample "
+                                                    "--help)\n")
+
+
 def test_a_tilde_in_a_path_option_is_the_home_directory(trained_run, tmp_path, monkeypatch):
     """--checkpoint-dir=~/x reaches the program as typed (the shell expands ~ only at a word's start): it read and
     wrote a folder named ~ in the current directory."""

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -23,6 +24,9 @@ from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EX
                             meant_option, option_flag, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
+
+LIST = "LIST"  # the metavar of an option that takes several values as one comma-separated text
+
 
 def _config_options(config_class):
     """One click option per declared field (textgen.config), default None so we know what the user chose."""
@@ -48,7 +52,7 @@ def _config_options(config_class):
             notes += [f"range: {rule.span()}"] if rule.numeric else []
             split = (lambda ctx, param, text, rule=rule, name=name:
                      None if text is None else rule.parse_many(name, text)) if rule.many else None
-            command = click.option(*names, type=kind, default=None, callback=split,
+            command = click.option(*names, type=kind, default=None, callback=split, metavar=LIST if rule.many else None,
                                    help=rule.help + (f"  [{'; '.join(notes)}]" if notes else ""))(command)
         return command
     return decorate
@@ -198,10 +202,16 @@ class OneLineErrors(click.Group):
             click.echo(error.format_message(), err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
+            argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
             if isinstance(error, click.NoSuchOption) and error.ctx is not None:
                 _suggest_our_name(error)
-            hint = f" (see: {error.ctx.command_path} --help)" if getattr(error, "ctx", None) else ""
-            click.echo(f"error: {error.format_message()}{hint}", err=True)
+            command = error.ctx.command_path if getattr(error, "ctx", None) else \
+                next((f"{prog_name or 'textgen'} {arg}" for arg in argv if arg in self.commands
+                      and isinstance(error, click.UsageError)), None)  # --stop given no value: no context
+            meant = _extra_argument_hint(error.ctx, argv) if getattr(error, "ctx", None) and \
+                error.format_message().startswith("Got unexpected extra argument") else ""
+            click.echo(f"error: {error.format_message()}{meant}{f' (see: {command} --help)' if command else ''}",
+                       err=True)
             sys.exit(error.exit_code)
         except TextgenError as error:
             click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
@@ -256,6 +266,52 @@ def _strict_stdout():
         raise TextgenError(f"cannot print {character!r} (U+{ord(character):04X}): this output's encoding "
                            f"({error.encoding}) has no such character; write the text to a UTF-8 file with --output "
                            "FILE, or set PYTHONIOENCODING=utf-8") from None
+
+
+def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
+    """What an extra argument was probably meant as: another value of the option before it (-t 0.5 0.8), the rest
+    of an unquoted value (--prime Oh niño), or a prime given as sample's argument."""
+    values = {flag: param for param in ctx.command.params if isinstance(param, click.Option) and not param.is_flag
+              and not param.count for flag in param.opts + param.secondary_opts}
+    arguments = sum(isinstance(param, click.Argument) for param in ctx.command.params)
+    tokens = argv[argv.index(ctx.info_name) + 1:] if ctx.info_name in argv else argv
+    positional, after_value, index = [], {}, 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token == "--":
+            positional += [(arg, None) for arg in tokens[index + 1:]]
+            break
+        if token in values and index + 1 < len(tokens):  # an option and its value, as two words
+            after_value[index + 2] = (token, tokens[index + 1])
+            index += 2
+            continue
+        flag, equals, value = token.partition("=")
+        if equals and flag in values or len(token) > 2 and (flag := token[:2]) in values:  # --top-k=3, -t0.5
+            after_value[index + 1] = (flag, value if equals else token[2:])
+        elif not token.startswith("-") or token == "-":
+            positional.append((token, after_value.get(index)))
+        index += 1
+    if len(positional) <= arguments:
+        return ""
+    extra, option = positional[arguments]
+    if option is not None:
+        flag, value = option
+        param = values[flag]
+        one = f": {flag} takes one value"
+        if param.multiple:
+            return f"{one}; repeat it for each, as in {flag} {value} {flag} {shlex.quote(extra)}"
+        if param.metavar == LIST:
+            return f"{one}; give several as one list, as in {flag} {shlex.quote(f'{value},{extra}')}"
+        if isinstance(param.type, (click.types.StringParamType, click.Path)):
+            return f"{one}; quote a value with spaces, as in {flag} {shlex.quote(f'{value} {extra}')}"
+        return one
+    if ctx.info_name == "sample":
+        return f"; sample takes no arguments: give the start of the text as --prime {shlex.quote(extra)}"
+    if arguments == 1:  # train my corpus.txt
+        (name,) = [param.human_readable_name for param in ctx.command.params if isinstance(param, click.Argument)]
+        typed = " ".join(token for token, _ in positional)
+        return f"; {ctx.info_name} takes one {name}: quote a name with spaces, as in {shlex.quote(typed)}"
+    return ""
 
 
 def _suggest_our_name(error: click.NoSuchOption) -> None:
