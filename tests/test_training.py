@@ -744,6 +744,27 @@ def test_the_bfloat16_timing_changes_no_weights():
         np.testing.assert_array_equal(without, with_timing)
 
 
+def test_a_second_signal_aborts_at_once_and_says_what_the_run_keeps(tmp_path, periodic_corpus):
+    """A second Ctrl-C (not waiting for the step to finish) printed click's bare "aborted"."""
+    def twice(run):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as aborted:
+        run(periodic_corpus, tmp_path, callbacks=[AtStep(3, twice)])
+    assert str(aborted.value) == "aborted by a second SIGINT before the run's first checkpoint: nothing was saved"
+    assert aborted.value.exit_code == 130 and not (tmp_path / "r").exists()
+    run(periodic_corpus, tmp_path)
+    with pytest.raises(Interrupted) as aborted:
+        run(periodic_corpus, tmp_path, epochs=2, resume=True, callbacks=[AtStep(3, twice)])
+    assert str(aborted.value).startswith(f"aborted by a second SIGINT: the training since the run's last checkpoint "
+                                         f"(at the start of epoch 2) in {tmp_path / 'r'} is lost; resume with: "
+                                         "textgen train ")
+    assert aborted.value.in_python().args[0].endswith("resume with: textgen.train(run='r', checkpoint_dir="
+                                                      f"{str(tmp_path)!r}, resume=True)")
+    assert json.loads((tmp_path / "r" / "last.json").read_text())["epoch"] == 1
+
+
 def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, caplog):
     with caplog.at_level(logging.WARNING, logger="textgen"), \
             pytest.raises(Interrupted, match="resume with: textgen train") as stopped:

@@ -610,6 +610,10 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             if (reason := lost_worker(session.strategy, error)) is None:
                 raise
             raise _lost_worker_error(reason, run) from None
+        except KeyboardInterrupt as error:  # the second signal, raised by stop_on_signals's handler mid-step
+            if isinstance(error, Interrupted) or not signals:
+                raise
+            raise _aborted(run, signals[0]) from None
     state = run.state
     if state.global_step == 0:  # a callback's stop before the first step: no checkpoint (a new run's folder goes)
         raise TextgenError(f"training stopped before its first step ({stopped}); nothing was saved"
@@ -620,6 +624,23 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         + f"; checkpoints in {run_dir}")
     return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=stopped, history=state.history,
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
+
+
+def _aborted(run: Run, signum: int) -> Interrupted:
+    """A second signal stops the training at once, mid-step: what it leaves is the run's last save (click alone said
+    "aborted")."""
+    aborted = f"aborted by a second {signal.Signals(signum).name}"
+    if not run.has_saved:  # (a new run's folder goes with the lock)
+        kept = f", and the earlier run in {run.run_dir} is kept as it was" if run.replaces else ""
+        return Interrupted(f"{aborted} before the run's first checkpoint: nothing was saved{kept}", signum)
+    try:
+        last = checkpoint.read_meta(run.run_dir, "last") if run.writes else None
+    except TextgenError:
+        last = None
+    saved = f" ({last.state.position()})" if last is not None else ""
+    told = f"{aborted}: the training since the run's last checkpoint{saved} in {run.run_dir} is lost"
+    command, call = run.resume_advice()
+    return Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
 
 
 def _lost_worker_error(reason: str, run: Optional[Run] = None) -> TextgenError:
