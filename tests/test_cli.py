@@ -633,7 +633,7 @@ def test_the_built_in_corpus_is_written_only_for_a_training_that_starts_and_it_i
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck" / "pydoc_topics").mkdir(parents=True)
     (tmp_path / "ck" / "pydoc_topics" / "last.json").write_text("{}")  # a run of that name, trained elsewhere
-    for refused, message in ((["--learning-rate", "-1"], "error: --learning-rate must be in (0, inf), got -1.0\n"),
+    for refused, message in ((["--learning-rate", "-1"], "error: --learning-rate must be in (0, inf), got -1\n"),
                              ([], "error: run 'pydoc_topics' already has checkpoints in ck/pydoc_topics: pass --resume "
                                   "to continue it, --overwrite to replace it, or --run NAME to start another run\n")):
         result = invoke("train", "--checkpoint-dir", "ck", *refused)

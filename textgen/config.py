@@ -105,9 +105,11 @@ class Rule:
             bad = value < self.low or (self.low_open and value == self.low)
         if not bad and self.high is not None:
             bad = value > self.high or (self.high_open and value == self.high)
-        if bad:
+        if bad:  # -1, not the -1.0 it became: a whole number is a real-valued option's value as typed
+            typed = int(value) if not self.integer and isinstance(value, float) and value.is_integer() \
+                and abs(value) < 2**53 else value
             raise OptionError(f"{option} must be {'an integer ' if self.integer else ''}in {self.span()}, "
-                              f"got {shown_number(value)}")
+                              f"got {shown_number(typed)}")
 
 
 def _bound(value) -> str:
