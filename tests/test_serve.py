@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -166,6 +167,42 @@ def test_generate_round_trip(server, trained_run):
         '"temperature":0.0,"index":0,"stopped":true}],"warnings":[]}'
     answer = json.loads(call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop=["fg", "e"]))[1])
     assert (answer["samples"][0]["text"], answer["options"]["stop"]) == ("abcd", ["fg", "e"])
+
+
+def fields(value):
+    """A JSON value's shape: its keys all the way down (a list by its first item), not its values."""
+    if isinstance(value, dict):
+        return {key: fields(item) for key, item in value.items()}
+    return [fields(value[0])] if isinstance(value, list) and value else None
+
+
+def readme_calls() -> list[tuple[str, dict, str]]:
+    """The README's curl examples of the API: (path, JSON body or None for a GET, the answer shown)."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").replace("\\\n    ", "")
+    found = re.findall(r"^\$ curl -sN? localhost:8765(/\S+)( -H 'Content-Type: application/json')?(?: -d '(.*?)')?"
+                       r"[^\n]*\n(.*?)(?=^\$ |^```)", readme, flags=re.M | re.S)
+    return [(path, json.loads(body) if body else None, answer) for path, header, body, answer in found if header or
+            not body]  # (the one without the header is curl's form, refused)
+
+
+def test_the_readmes_example_answers_have_the_servers_fields(server):
+    """The README's answers, run by hand, are checked here field by field against this server's (the texts and
+    numbers are the demo's), so that a field added or renamed cannot leave them behind unseen."""
+    examples = readme_calls()
+    assert [path for path, _, _ in examples] == ["/v1/models", "/v1/generate", "/v1/generate", "/v1/score", "/v1/next",
+                                                "/v1/generate", "/v1/generate"]
+    for path, body, shown in examples:
+        asked = None if body is None else {**body, **{key: "abc" for key in ("prime", "text") if key in body}}
+        status, text = call(server, path, asked)
+        if asked and asked.get("stream"):
+            shown_events, events_sent = events(shown), events(text)
+            assert [event.split("data: ")[0] for event in shown_events] == \
+                [event.split("data: ")[0] for event in events_sent][:len(shown_events)]
+            assert [fields(json.loads(event.split("data: ")[1])) for event in shown_events] == \
+                [fields(json.loads(event.split("data: ")[1])) for event in events_sent], (path, body)
+            continue
+        assert fields(json.loads(text)) == fields(json.loads(shown)), (path, body, text)
+        assert (status == 200) == ("error" not in json.loads(shown)), (path, body, text)
 
 
 @pytest.mark.parametrize("stream", [False, True])
