@@ -68,13 +68,15 @@ class Filter:
     dtype: type  # the type the loop takes it in
     keep_all: Callable[[int], float]  # vocabulary size -> the value that keeps every token (a stream without it)
     stored: Callable[[float, int], float]  # (a checked value, vocabulary size) -> the value the loop gets
-    cuts: Callable  # (values, vocabulary size) -> where a value may drop a token: NumPy arrays or tensors alike
-    by_engine: bool = False  # applied by the engine's loop (the repeat guard), not passed to choose_tf
+    acts: Callable  # (values, vocabulary size) -> where a value changes the draw (drops or reweights a token), as
+    # NumPy arrays or tensors alike; where it does not, the stream does not use the filter
+    by_engine: bool = False  # applied by the engine's loop, not passed to choose_tf: a filter that looks at what the
+    # stream produced before (the repeat guard), which the loop carries
 
 
 # Every filter, once: a new one is an entry here, a field of StreamFilters, a SampleConfig option and a keyword of
 # choose_tf (the engine passes it every filter not by_engine), and its strictest value in
-# tests/test_generate.STRICTEST. One lambda per line: choose_tf traces cuts, and AutoGraph cannot tell two lambdas of
+# tests/test_generate.STRICTEST. One lambda per line: choose_tf traces acts, and AutoGraph cannot tell two lambdas of
 # one signature on one line apart (it printed a 9-line warning instead).
 FILTER_RULES = {
     "top_k": Filter(np.int32, lambda vocab: vocab,
@@ -122,7 +124,7 @@ class StreamFilters:
     def in_use(self, vocab_size: int) -> frozenset:
         """The names of the filters some stream uses: the compiled loop leaves out the others."""
         return frozenset(name for name, rule in FILTER_RULES.items()
-                         if np.any(rule.cuts(getattr(self, name), vocab_size)))
+                         if np.any(rule.acts(getattr(self, name), vocab_size)))
 
     def tensors(self) -> dict:
         import tensorflow as tf
@@ -179,7 +181,7 @@ def choose_tf(logits, uniforms, temperature, *, top_k=None, top_p=None, min_p=No
         wanted = tf.constant(False)
         for name, value in (("top_k", top_k), ("top_p", top_p)):
             if value is not None:
-                wanted |= tf.reduce_any(FILTER_RULES[name].cuts(value, vocab))
+                wanted |= tf.reduce_any(FILTER_RULES[name].acts(value, vocab))
         weights = tf.cond(wanted, cut, lambda: weights)
     if min_p is not None:  # the most likely token has weight exp(0) = 1, so its probability ratio is the weight
         weights = tf.where(weights >= _column(tf, min_p, tf.float32), weights, tf.zeros_like(weights))
