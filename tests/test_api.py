@@ -178,6 +178,50 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     assert scored["bpc"] < 0.5  # the model knows this pattern
 
 
+def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(trained_run, tmp_path):
+    import shutil
+
+    path = write_text(tmp_path / "held out.txt", "abcdefg" * 40 + "XY")
+    expected = evaluate(path, trained_run["checkpoint_dir"], "period", batch_size=2, seq_length=37)
+    run_dir = tmp_path / "period"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    loaded = textgen.load(run_dir)
+    shutil.rmtree(run_dir)  # what it evaluates is what it loaded, not the files
+    result = loaded.evaluate(str(path), batch_size=2, seq_length=37)
+    assert set(result) == {"nats", "bpc", "perplexity", "characters", "unknown", "unknown_characters", "unscored",
+                           "total"}
+    assert result["nats"] == pytest.approx(expected["nats"], rel=1e-6) and result["nats"] < 0.5
+    assert {key: result[key] for key in ("characters", "unknown", "unknown_characters", "unscored", "total")} == \
+        {"characters": 278, "unknown": 2, "unknown_characters": ["X", "Y"], "unscored": 2, "total": 282}
+    with pytest.raises(OptionError, match=r"^batch_size must be an integer in \[1, inf\), got 0$"):
+        loaded.evaluate(path, batch_size=0)
+    with pytest.raises(textgen.TextgenError, match=r"only 280 characters the model knows; evaluation needs more than "
+                                                   r"batch_size \(300\); use a smaller batch_size$"):
+        loaded.evaluate(path, batch_size=300)
+    with pytest.raises(textgen.TextgenError, match="^text file not found: "):
+        loaded.evaluate(tmp_path / "missing.txt")
+
+
+def test_list_runs_gives_what_textgen_runs_lists(trained_run, tmp_path):
+    import shutil
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "period")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "ckpt-0-000000001.weights.h5").write_bytes(b"left without metadata")
+    runs = textgen.list_runs(tmp_path)
+    assert [run["name"] for run in runs] == ["period", "broken"]
+    period, broken = runs
+    assert (period["path"], period["corpus"], period["characters"]) == \
+        (tmp_path / "period", str(trained_run["corpus"].resolve()), len(PERIOD) * 3000)
+    assert (period["epochs"], period["planned_epochs"]) == (3, 3)
+    assert period["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / math.log(2))
+    assert textgen.load(period["path"]).info["val_bpc"] == pytest.approx(period["val_bpc"])
+    assert broken["damaged"].startswith("damaged (textgen info") and broken["val_bpc"] is None
+    assert textgen.list_runs(tmp_path / "nothing here") == []
+    with pytest.raises(textgen.TextgenError, match="is a file; give the directory of the runs as checkpoint_dir$"):
+        textgen.list_runs(tmp_path / "broken" / "ckpt-0-000000001.weights.h5")
+
+
 def test_score_of_a_file_name_warns_that_it_scores_the_name(model, tmp_path, caplog):
     path = write_text(tmp_path / "held_out.txt", "abcdefg" * 50)
     with caplog.at_level(logging.WARNING, logger="textgen"):

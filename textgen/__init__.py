@@ -20,7 +20,8 @@ os.environ["KERAS_BACKEND"] = "tensorflow"
 
 from textgen.errors import OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)
 
-API = ("TextModel", "load", "train")  # textgen.api's, imported on first use: `textgen --help` needs no NumPy
+# textgen.api's, imported on first use: `textgen --help` needs no NumPy
+API = ("TextModel", "list_runs", "load", "train")
 
 
 def __getattr__(name: str):

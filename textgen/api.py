@@ -201,6 +201,32 @@ class TextModel:
                            f"its text: score(pathlib.Path({text!r}).read_text(encoding='utf-8'))")
         return self.generator.score(text)
 
+    def evaluate(self, path: str | Path, batch_size: int = 32, seq_length: int = 200) -> dict:
+        """Bits per character of a text file under the checkpoint this model holds, as ``textgen eval`` measures a
+        held-out text: the file read in batch_size parallel streams (each from a fresh state, so 1 reads a short
+        text as one stream), its characters outside the vocabulary removed and counted.
+
+        Returns:
+            A dict: ``bpc``, ``nats``, ``perplexity``, ``characters`` (scored), ``unknown`` (removed),
+            ``unknown_characters`` (the first of them), ``unscored`` (the first character, and the end that does not
+            fill all batch_size streams), ``total`` (the file's characters).
+
+        Example:
+            >>> model.evaluate("data/held_out.txt")["bpc"]  # doctest: +SKIP
+            1.93
+        """
+        from textgen.evaluation import evaluate_loaded
+
+        (path,) = _check_paths(path=path)
+        try:
+            result = evaluate_loaded(path, self.run_dir, (self.generator.model, self.generator.meta), batch_size,
+                                     seq_length)
+        except DamagedCheckpoint as error:
+            raise _train_keywords(error) from None
+        except TextgenError as error:
+            raise as_keywords(error, {"batch_size", "seq_length"}, keep=[str(path)]) from None
+        return {key: value for key, value in result.items() if key not in ("run_dir", "batches")}
+
     @_sampling_errors_as_keywords
     def next_char_probabilities(self, prime: str = "", temperature: float = 1.0,
                                 skip_unknown: bool = False) -> dict[str, float]:
@@ -268,6 +294,27 @@ def _one_temperature(value, method: str) -> tuple:
     if len(values) != 1:
         raise OptionError(f"temperature must be one number here; call {method} once per temperature")
     return values
+
+
+def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]:
+    """The runs under checkpoint_dir, the most recently saved first, as ``textgen runs`` lists them: a dict each
+    with name, path (to give :func:`load`), corpus (the file's path), characters, epochs, val_bpc (the best
+    checkpoint's, None before its first validation) and saved_at (ISO 8601). A damaged run has ``damaged`` (why)
+    and None for the rest. A directory that does not exist holds no runs: an empty list.
+
+    Example:
+        >>> [run["name"] for run in textgen.list_runs()]  # doctest: +SKIP
+        ['demo']
+    """
+    from textgen.report import run_rows
+    from textgen.runs import check_checkpoint_dir, list_runs as run_dirs, runs_without_metadata
+
+    (checkpoint_dir,) = _check_paths(checkpoint_dir=checkpoint_dir)
+    try:
+        check_checkpoint_dir(Path(checkpoint_dir))
+    except TextgenError as error:
+        raise as_keywords(error, {"checkpoint_dir"}, keep=[str(checkpoint_dir)]) from None
+    return run_rows(run_dirs(Path(checkpoint_dir)) + runs_without_metadata(Path(checkpoint_dir)))
 
 
 def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, checkpoint: str = "best") -> TextModel:

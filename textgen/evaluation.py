@@ -92,25 +92,50 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     order, up to 11: a caller showing 10 knows whether there are more), unscored (the first character, which
     nothing predicts, and the fewer than batch_size at the end that do not fill a column), total (the file's
     characters as written: a conversion to NFD can make characters + unknown + unscored more)."""
-    from textgen.checkpoint import load_model, run_vocabulary
-    from textgen.model import reset_states
     from textgen.runs import find_run
 
+    path, total = _checked_text(text_file, batch_size, seq_length)
+    return _evaluate(path, total, find_run(Path(checkpoint_dir), run), batch_size, seq_length, show_progress)
+
+
+def evaluate_loaded(text_file: str | Path, run_dir: Path, loaded: tuple, batch_size: int = 32, seq_length: int = 200,
+                    show_progress: bool = False) -> dict:
+    """:func:`evaluate` under the (model, metadata) of a checkpoint already loaded from run_dir (a TextModel's: the
+    one it holds, whatever a training has saved since)."""
+    path, total = _checked_text(text_file, batch_size, seq_length)
+    return _evaluate(path, total, Path(run_dir), batch_size, seq_length, show_progress, loaded)
+
+
+def _checked_text(text_file: str | Path, batch_size: int, seq_length: int) -> tuple[Path, int]:
     check_range("batch_size", batch_size, low=1, integer=True)
     check_range("seq_length", seq_length, low=1, integer=True)
     path = Path(text_file)
     total, _ = scan(path, what="text")
-    run_dir = find_run(Path(checkpoint_dir), run)
-    # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built for
-    # batch_size streams (a huge batch would not fit in memory).
-    vocab = run_vocabulary(run_dir)
-    if vocab is not None:
-        ids, unknown = encode_text(path, vocab, size_hint=total, named=(named := []))
-        _check_length(path, len(ids), batch_size, named)
-    model, meta = load_model(run_dir, batch_size=batch_size)
-    if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or the run was replaced
+    return path, total
+
+
+def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
+              loaded: Optional[tuple] = None) -> dict:
+    from textgen.checkpoint import load_model, run_vocabulary
+    from textgen.model import build_model, reset_states
+
+    if loaded is not None:  # its weights in a model of batch_size streams
+        trained, meta = loaded
         ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
         _check_length(path, len(ids), batch_size, named)
+        model = build_model(meta.model, batch_size)
+        model.set_weights(trained.get_weights())
+    else:
+        # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built for
+        # batch_size streams (a huge batch would not fit in memory).
+        vocab = run_vocabulary(run_dir)
+        if vocab is not None:
+            ids, unknown = encode_text(path, vocab, size_hint=total, named=(named := []))
+            _check_length(path, len(ids), batch_size, named)
+        model, meta = load_model(run_dir, batch_size=batch_size)
+        if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or the run was replaced
+            ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
+            _check_length(path, len(ids), batch_size, named)
     kept = len(ids)
     if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
         logger.warning(f"note: each of the {batch_size} streams reads {counted(kept // batch_size, 'character')} "

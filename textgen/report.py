@@ -105,10 +105,6 @@ def curve_title(run_name: str) -> str:
     return "textgen run"
 
 
-def _bpc_text(nats) -> str:
-    return "-" if nats is None else f"{bpc(nats):.3f}"
-
-
 def _size(num_bytes: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if num_bytes < 1024 or unit == "GB":
@@ -216,26 +212,44 @@ def _epoch_text(state) -> str:
         else f"epoch {state.epoch}"
 
 
-def runs_table(run_dirs: list[Path]) -> str:
-    header = ("run", "corpus", "characters", "epochs", "best val bpc", "saved")
+def run_rows(run_dirs: list[Path]) -> list[dict]:
+    """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), planned_epochs (None:
+    until its time budget), val_bpc and saved_at; for a run that cannot be read, why in "damaged" (None for the
+    rest)."""
     rows = []
     for run_dir in run_dirs:
+        row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, planned_epochs=None,
+                   val_bpc=None, saved_at=None)
         try:
             run = read_run_meta(run_dir)
         except CheckpointTooNew:
-            rows.append((run_dir.name, "written by a newer textgen", "-", "-", "-", "-"))
+            rows.append(dict(row, damaged="written by a newer textgen"))
             continue
         except TextgenError:  # one damaged run does not hide the others
             run = None
         if run is None or run.latest is None:  # damaged, or its checkpoint files left without metadata
-            rows.append((run_dir.name, f"damaged (textgen info {run_options(run_dir)} says why)", "-", "-", "-", "-"))
+            rows.append(dict(row, damaged=f"damaged (textgen info {run_options(run_dir)} says why)"))
             continue
         _warn_unreadable(run, run_dir.name)
         meta = run.latest
         best_val_loss = run.best.state.val_loss if run.best is not None else meta.state.best_val_loss
-        saved = datetime.datetime.fromisoformat(meta.saved_at).astimezone().strftime("%Y-%m-%d %H:%M")
-        rows.append((run_dir.name, Path(meta.corpus["path"]).name, f"{meta.corpus['length']:,}",
-                     meta.training.epoch_of(meta.state.epoch), _bpc_text(best_val_loss), saved))
+        rows.append(dict(row, corpus=meta.corpus["path"], characters=meta.corpus["length"],
+                         epochs=meta.state.epoch, planned_epochs=meta.training.epochs or None,
+                         val_bpc=None if best_val_loss is None else bpc(best_val_loss), saved_at=meta.saved_at))
+    return rows
+
+
+def runs_table(run_dirs: list[Path]) -> str:
+    header = ("run", "corpus", "characters", "epochs", "best val bpc", "saved")
+    rows = []
+    for run in run_rows(run_dirs):
+        if "damaged" in run:
+            rows.append((run["name"], run["damaged"], "-", "-", "-", "-"))
+            continue
+        saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        epochs = f"{run['epochs']}/{run['planned_epochs']}" if run["planned_epochs"] else str(run["epochs"])
+        rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}", epochs,
+                     "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))
                      .rstrip() for row in [header] + rows)
