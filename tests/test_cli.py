@@ -56,14 +56,14 @@ def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     assert first.stdout.startswith("abc") and len(first.stdout) == 3 + 40 + 1  # prime, text, newline
     out = tmp_path / "out.txt"
     written = invoke(*args, "--output", out)
-    assert written.stdout == "" and out.read_text() + "\n" == first.stdout
+    assert written.stdout == "" and out.read_text() == first.stdout  # the line break at the end too, as with >
     out.write_text("my own text")  # it replaced any file without a word (a run's corpus, given by mistake)
     refused = invoke(*args, "--seed", 2, "--output", out)
     assert (refused.exit_code, refused.stderr) == (1, f"error: --output {out} already exists; pass --overwrite to "
                                                       "replace it, or choose another file\n")
     assert out.read_text() == "my own text"
     replaced = invoke(*args, "--output", out, "--overwrite")
-    assert replaced.exit_code == 0 and out.read_text() + "\n" == first.stdout
+    assert replaced.exit_code == 0 and out.read_text() == first.stdout
 
 
 def test_one_sample_goes_out_as_it_is_produced_and_ctrl_c_keeps_the_output_so_far(trained_run, tmp_path,
@@ -548,7 +548,7 @@ def test_output_over_a_runs_own_file_or_its_corpus_is_refused_even_with_overwrit
                                                           "to another file\n")
     assert files_snapshot(trained_run["corpus"].parent) == before
     kept_beside = invoke(*args, run_dir / "samples.txt")
-    assert kept_beside.exit_code == 0 and len((run_dir / "samples.txt").read_text()) == 5
+    assert kept_beside.exit_code == 0 and len((run_dir / "samples.txt").read_text()) == 5 + 1
     (run_dir / "samples.txt").unlink()
 
 
@@ -568,7 +568,7 @@ def test_output_into_a_pipe_or_a_full_device_is_written_there_or_refused(workspa
     result = invoke(*options, "-o", fifo)
     reader.join(timeout=10)
     assert result.exit_code == 0, result.output
-    assert fifo.is_fifo() and received == [invoke(*options).stdout.rstrip("\n")] and len(received[0]) == 7
+    assert fifo.is_fifo() and received == [invoke(*options).stdout] and len(received[0]) == 7 + 1
     if os.path.exists("/dev/full"):  # a write that fails: exit 1 in one line, not 0 with the text lost
         with open("/dev/full", "w") as full:
             refused = subprocess.run([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir",
@@ -712,7 +712,7 @@ def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_p
     assert invoke(*args, tmp_path / "link.txt", "--overwrite").exit_code == 0
     assert invoke(*args, tmp_path / "dangling.txt").exit_code == 0
     assert all((tmp_path / name).is_symlink() for name in ("link.txt", "dangling.txt"))
-    assert len((tmp_path / "target.txt").read_text()) == len((tmp_path / "missing.txt").read_text()) == 5
+    assert len((tmp_path / "target.txt").read_text()) == len((tmp_path / "missing.txt").read_text()) == 5 + 1
     loop = invoke(*args, tmp_path / "a")
     assert (loop.exit_code, loop.stderr) == (1, f"error: --output {tmp_path / 'a'} is a symbolic link that leads back "
                                                 "to itself; give a file name\n")
@@ -771,7 +771,7 @@ def test_a_tilde_in_a_path_option_is_the_home_directory(trained_run, tmp_path, m
     result = invoke("sample", "--checkpoint-dir=~/ck", "--prime-file=~/prime.txt", "-o", "~/out.txt", "-n", 9,
                     "--seed", 1)
     assert result.exit_code == 0, result.stderr
-    assert (home / "out.txt").read_text().startswith("abc") and len((home / "out.txt").read_text()) == 12
+    assert (home / "out.txt").read_text().startswith("abc") and len((home / "out.txt").read_text()) == 12 + 1
     scored = invoke("eval", "~/prime.txt", "--checkpoint-dir=~/ck", "--batch-size", 1)
     assert scored.exit_code == 0 and scored.stdout.startswith(f"{home / 'prime.txt'}: ")
     assert list(elsewhere.iterdir()) == []

@@ -432,8 +432,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
                 click.echo(f"interrupted: {so_far} is in {output}", err=True)
             sys.exit(getattr(interrupted, "exit_code", 130))
         text = format_samples(samples, len(config.temperature))
-        if output is not None:
-            write_output(output, text, overwrite)
+        if output is not None:  # what stdout gets, its final line break too (a sample written by > ends with one)
+            write_output(output, text + "\n", overwrite)
         elif live:
             click.echo()
         else:
