@@ -266,7 +266,7 @@ def test_bad_input_raises_one_error_type_with_the_cli_message_in_keyword_names(m
         call(model)
 
 
-def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not_an_oserror(tmp_path):
+def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not_an_oserror(tmp_path, trained_run):
     """Each was a raw OSError ("File name too long"), or "corpus file not found: hello world" over two lines."""
     for call, message in ((lambda: textgen.train("the quick brown fox " * 50, run="r", checkpoint_dir=tmp_path),
                            "corpus must be the path of a text file, got 1,000 characters that are too long for a "
@@ -299,8 +299,12 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                            "corpus holds a NUL character (\\0), which no path can hold"),
                           (lambda: textgen.load("r", checkpoint_dir=tmp_path / ("y" * 300)),
                            "^checkpoint_dir: too long for a path")):
-        with pytest.raises(textgen.TextgenError, match=re.escape(message) if "^" not in message else message):
+        with pytest.raises(textgen.TextgenError, match=re.escape(message) if "^" not in message else message) as raised:
             call()
+        # A program's own `except FileNotFoundError` catches a missing file; a text that cannot be a path is no file
+        assert isinstance(raised.value, FileNotFoundError) == ("file not found" in str(raised.value)), message
+    with pytest.raises(FileNotFoundError, match="^text file not found: "):
+        textgen.load(trained_run["run_dir"]).evaluate(tmp_path / "missing.txt")
 
 
 

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
-from textgen.errors import OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)
+from textgen.errors import MissingFile, OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)
 
 # textgen.api's, imported on first use: `textgen --help` needs no NumPy
 API = ("TextModel", "list_runs", "load", "train")
@@ -39,4 +39,4 @@ def __dir__():
     return sorted(set(globals()) | set(API))
 
 
-__all__ = ["OptionError", "TextgenError", *API, "__version__"]
+__all__ = ["MissingFile", "OptionError", "TextgenError", *API, "__version__"]

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from textgen.errors import TextgenError, counted
+from textgen.errors import MissingFile, TextgenError, counted
 from textgen.files import atomic_write, atomic_write_json, too_long_for_a_path
 from textgen.vocab import Vocabulary, starts_alone
 
@@ -58,9 +58,9 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
         name = str(path)
         # Words given for the file (train("hello world")), not a file name with a space ("notes 2024.txt")
         if len(name.split()) >= 2 and os.sep not in name and "/" not in name and not re.search(r"\.\w{1,5}$", name):
-            raise TextgenError(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
+            raise MissingFile(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
                                f"path; {_text_for_a_path(what)})")
-        raise TextgenError(f"{what} file not found: {name} (check the path)")
+        raise MissingFile(f"{what} file not found: {name} (check the path)")
     if path.is_dir():
         raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
     if not os.access(path, os.R_OK):

@@ -36,6 +36,11 @@ class OptionError(TextgenError, ValueError):
     """An option value outside what it accepts (a ValueError too, for library callers)."""
 
 
+class MissingFile(TextgenError, FileNotFoundError):
+    """A file the user named does not exist (a FileNotFoundError too, for library callers: ``except
+    FileNotFoundError`` around ``textgen.train("notes.txt")`` catches it)."""
+
+
 # A command inside a message ("train it again with: textgen train CORPUS --run NAME"), which keeps its spelling.
 _COMMAND = re.compile(r"textgen [a-z]+(?: [^;()]*)?")
 # An option as the command line spells it (a word of its own, not inside a path such as a--b), whether it is asked
