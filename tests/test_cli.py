@@ -486,11 +486,17 @@ def test_prime_file_dash_reads_standard_input(workspace):
 
 
 def test_eval_names_what_it_did_not_score(workspace):
-    one, four = (invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size", batch)
-                 for batch in (1, 4))
-    assert one.exit_code == four.exit_code == 0
-    assert one.stdout.rstrip().endswith("0 outside the vocabulary excluded, 1 unscored: the first)")
-    assert four.stdout.rstrip().endswith("unscored: the first and the end that does not fill all 4 streams)")
+    """Its 2,800 characters: the first is unscored, then 2,799 read in 1, 3 or 4 streams (3 left over)."""
+    one, three, four = (invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size",
+                               batch) for batch in (1, 3, 4))
+    assert one.exit_code == three.exit_code == four.exit_code == 0
+    assert one.stdout.rstrip().endswith("over 2,799 characters (0 outside the vocabulary excluded, 1 unscored: the "
+                                        "first)")
+    # It said "the first and the end that does not fill all 3 streams" where no end was left
+    assert three.stdout.rstrip().endswith("over 2,799 characters (0 outside the vocabulary excluded, 1 unscored: the "
+                                          "first)")
+    assert four.stdout.rstrip().endswith("over 2,796 characters (0 outside the vocabulary excluded, 4 unscored: the "
+                                         "first and the last 3, too few to fill all 4 streams)")
 
 
 def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path, monkeypatch):

@@ -65,6 +65,18 @@ def test_the_demo_and_the_defaults_come_out_of_the_rule():
     assert (once.model_options["dropout"], once.train_options["weight_decay"]) == (0.0, 0.0)
 
 
+def test_the_readmes_sizing_line_is_the_rules():
+    """README's example said 1 x 256 for a budget of 10 epochs, where the rule chooses 1 x 384."""
+    import re
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").split())
+    line = re.search(r"`(sizing \(--size auto\): [^`]*for ([\d,]+) training characters and a budget of (\d+) "
+                     r"epochs)`", readme)
+    chars, epochs = int(line[2].replace(",", "")), int(line[3])
+    assert sizing.choose(chars, 103, TrainConfig(epochs=epochs), {}, {}).reason.startswith(line[1])
+
+
 def test_a_tiny_corpus_gets_a_smaller_batch_and_a_small_model():
     result = sizing.choose(38_000, 1043, TrainConfig(epochs=1000, max_minutes=5), {}, {}, constant_flops(30e9))
     assert result.train_options["batch_size"] == 16  # 38,000 / (16 x 50) = 47 steps per epoch; 32 would give 23

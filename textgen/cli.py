@@ -480,7 +480,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "
-               "first" + (f" and the end that does not fill all {batch_size} streams)" if batch_size > 1 else ")"))
+               "first" + (f" and the last {result['unscored'] - 1:,}, too few to fill all {batch_size} streams)"
+                          if result["unscored"] > 1 else ")"))
     if result["unknown_characters"]:  # (on stderr: stdout's line is the score, for scripts)
         from textgen.vocab import quoted_first
 
