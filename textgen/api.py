@@ -104,7 +104,8 @@ class TextModel:
         config: the :class:`textgen.config.ModelConfig` (layers, units, embedding, dropout).
         info: a dict of facts: run, corpus, epochs, val_bpc (of the loaded checkpoint), parameters.
         history: a dict per epoch up to the loaded checkpoint, as ``textgen plot`` draws them: epoch, step,
-            chars_seen, train_loss and val_loss (nats), train_bpc and val_bpc, learning_rate, seconds, precision.
+            chars_seen, train_loss and val_loss (nats), train_bpc and val_bpc, learning_rate, seconds, precision, and
+            text (the start of the corpus's digest: it changes where a resume went on with another text).
         generator: the :class:`textgen.generate.Generator` underneath (engines, weights, metadata).
     """
 

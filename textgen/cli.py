@@ -341,7 +341,8 @@ def cli():
 @click.argument("corpus", required=False, type=click.Path(),
                 callback=_not_empty("give a text file, or leave CORPUS out for the built-in corpus", _user_path))
 @checkpoint_dir_option
-@click.option("--run", default=None, callback=_run_name_given, help="Run name; default: the corpus file name.")
+@click.option("--run", default=None, callback=_run_name_given,
+              help="Run name; default: the corpus file's name without its extension.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard.")
