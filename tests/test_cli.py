@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -757,6 +758,28 @@ def test_an_extra_argument_is_told_what_it_was_probably_meant_as(args, meant):
     result = invoke(*args)
     assert (result.exit_code, result.stderr) == (2, f"error: Got unexpected extra argument{meant} (see: cli {args[0]} "
                                                     "--help)\n")
+
+
+@pytest.mark.parametrize("vocabulary, stops, told", [
+    ("ab\\n\n", ("\\n",), ["note: --stop '\\n' is a backslash and n, which the model also writes, not a line break; "
+                          "for a line break, type --stop $'\\n'"]),
+    ("ab\\t\t", ("x", "\\t"), ["note: --stop '\\t' is a backslash and t, which the model also writes, not a tab; for "
+                               "a tab, type --stop $'\\t'"]),
+    ("ab\\n", ("\\n",), []),  # no line breaks: a backslash and an n is what it can mean
+    ("abn\n", ("\\n",), []),  # no backslash: the warning that the model never saw it says so
+    ("ab\\n\n", ("\n", "a\\n"), []),  # a line break typed as one; a longer string with \n is meant as it is
+])
+def test_a_stop_typed_as_backslash_n_is_noted_where_the_model_writes_both(monkeypatch, caplog, vocabulary, stops,
+                                                                          told):
+    """--stop '\\n' on a model that writes backslashes never ended a sample at a line break, and nothing said why."""
+    import textgen.checkpoint
+    from textgen.cli import _note_stops_typed_escaped
+    from textgen.vocab import Vocabulary
+
+    monkeypatch.setattr(textgen.checkpoint, "run_vocabulary", lambda run_dir: Vocabulary.from_text(vocabulary))
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        _note_stops_typed_escaped(stops, "unused")
+    assert [record.getMessage() for record in caplog.records] == told
 
 
 def test_an_option_given_no_value_names_the_commands_help():

@@ -412,6 +412,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     run_dir = find_run(checkpoint_dir, run)
     if output is not None:
         check_not_run_file(output, run_dir)
+    _note_stops_typed_escaped(config.stops, run_dir)
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
@@ -453,6 +454,23 @@ def _check_typed_text(chosen: dict) -> None:
                 raise OptionError(f"{option_flag(name)} is not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02X} at "
                                   f"character {bad.start()}): the terminal sends another encoding, such as GBK or "
                                   f"Latin-1; set it to UTF-8{elsewhere}")
+
+
+def _note_stops_typed_escaped(stops: tuple, run_dir: Path) -> None:
+    """--stop '\\n' in a shell is a backslash and an n: said where the model writes both, so that the stop string can
+    end a sample (rarely: it never ended one where a line break was meant); where it cannot, the warning that the
+    model never saw them says so."""
+    from textgen.checkpoint import run_vocabulary
+
+    escapes = {"\\n": ("\n", "a line break"), "\\t": ("\t", "a tab")}
+    typed = [stop for stop in stops if stop in escapes]
+    vocab = run_vocabulary(run_dir) if typed else None
+    for stop in typed if vocab is not None else ():
+        meant, what = escapes[stop]
+        if meant in vocab and not vocab.unknown(stop):
+            logging.getLogger("textgen").warning(
+                f"note: --stop '{stop}' is a backslash and {stop[1]}, which the model also writes, not {what}; for "
+                f"{what}, type --stop $'{stop}'")
 
 
 def _echo_live(text: str) -> None:
