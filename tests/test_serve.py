@@ -556,7 +556,20 @@ def test_a_json_media_type_is_not_told_to_change_its_header_and_an_unknown_field
     assert refused.value.code == 422 and json.loads(refused.value.read())["error"].startswith(
         "the body must be a JSON object")
     status, text = call(server, "/v1/generate", raw=b'{"float": 1}')  # a field named like a union's branch
-    assert (status, json.loads(text)["error"]) == (422, "float: Extra inputs are not permitted")
+    assert (status, json.loads(text)["error"]) == (422, "/v1/generate takes no field 'float' (its fields: run, prime, "
+                                                        "length, temperature, top_k, top_p, min_p, max_repeat, seed, "
+                                                        "stop, num_samples, skip_unknown, stream)")
+    # pydantic's "lenght: Extra inputs are not permitted" named no field it takes
+    status, text = call(server, "/v1/generate", raw=b'{"lenght": 1}')
+    assert (status, json.loads(text)["error"]) == (422, "/v1/generate takes no field 'lenght'; did you mean "
+                                                        "'length'? (its fields: run, prime, length, temperature, "
+                                                        "top_k, top_p, min_p, max_repeat, seed, stop, num_samples, "
+                                                        "skip_unknown, stream)")
+    status, text = call(server, "/v1/score", raw=b'{"text": "abc", "skip_unknown": true}')
+    assert (status, json.loads(text)["error"]) == (422, "/v1/score takes no field 'skip_unknown' (its fields: run, "
+                                                        "text)")
+    status, text = call(server, "/v1/generate", raw=b'{"temp": 1}')  # another tool's name
+    assert json.loads(text)["error"].startswith("/v1/generate takes no field 'temp'; did you mean 'temperature'?")
 
 
 def test_messages_are_the_clis_with_the_options_named_as_the_json_fields(server):
@@ -1029,7 +1042,8 @@ def test_next_gives_the_python_apis_distribution_the_likeliest_first(server, tra
     (json.dumps(dict(prime="a" * 5000)).encode(), 400, "prime must be at most 4000 characters on this server, got "
                                                       "5000"),
     (json.dumps(dict(prime="a" * 400000)).encode(), 413, "request body larger than"),
-    (b'{"prime": "a", "length": 10}', 422, "length: Extra inputs are not permitted"),
+    (b'{"prime": "a", "length": 10}', 422, "/v1/next takes no field 'length' (its fields: run, prime, temperature, "
+                                           "skip_unknown, top)"),
     (b"[]", 422, 'the body must be a JSON object; send for instance {"prime": "The "}'),
 ])
 def test_next_refuses_what_generate_refuses_in_one_line(server, body, status, message):

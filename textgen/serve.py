@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits,
-                            SampleConfig, sample_config_of, shown_number)
+                            SampleConfig, meant_option, sample_config_of, shown_number)
 from textgen.errors import TextgenError, as_keywords, counted
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, NextRequest,
@@ -48,6 +48,7 @@ from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, Mod
 from textgen.served_runs import ApiError, Runs
 
 logger = logging.getLogger("textgen")
+REQUESTS = {"/v1/generate": GenerateRequest, "/v1/score": ScoreRequest, "/v1/next": NextRequest}  # their bodies
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 FINAL_WORDS_WAIT_S = 2.0  # how long requests cut by the shutdown may take to answer so (a client slow to read)
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
@@ -193,6 +194,12 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                               f"'Content-Type: application/json'); {example}")
         if not where:  # the body as a whole: a list, a string, nothing
             return error(422, f"the body must be a JSON object; {example}")
+        if first.get("type") == "extra_forbidden" and len(loc) == 1 and request.url.path in REQUESTS:
+            # (pydantic says "Extra inputs are not permitted", naming no field the endpoint takes)
+            fields = list(REQUESTS[request.url.path].model_fields)
+            meant = meant_option(str(loc[0]), fields)
+            return error(422, f"{request.url.path} takes no field {str(loc[0])!r}"
+                              + (f"; did you mean {meant!r}?" if meant else "") + f" (its fields: {', '.join(fields)})")
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
