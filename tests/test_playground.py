@@ -243,6 +243,39 @@ def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: 
     assert len(text) == 400 and set(text) <= set(PERIOD)
 
 
+def test_a_sample_is_copied_and_a_stop_the_model_cannot_write_is_said(browser, server):  # noqa: F811
+    """The done event's warnings never reached the page; a sample could only be copied by selecting it by hand."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    prime, length = browser.find_element(By.ID, "prime"), browser.find_element(By.ID, "length")
+    prime.clear()
+    prime.send_keys("abc")
+    length.clear()
+    length.send_keys("30")
+    browser.find_element(By.ID, "one-line").click()  # the period model has never seen a line break
+    browser.find_element(By.ID, "generate").click()
+    status = wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("done")
+                        and browser.find_element(By.ID, "status"))
+    assert status.text == "done · the stop string '\\n' can never end a sample: the model never saw '\\n'"
+    assert status.get_attribute("class") == "error"
+    [text] = browser.execute_script("return [...document.querySelectorAll('#samples pre')].map(p => p.textContent)")
+    assert len(text) == 33 and text.startswith("abc")  # not ended: no line break came
+    browser.execute_script("window.copied = []; navigator.clipboard.writeText = async (t) => { copied.push(t); };")
+    copy = browser.find_element(By.CSS_SELECTOR, "#samples button.copy")
+    assert copy.accessible_name == "Copy sample 1"
+    copy.click()
+    wait_until(lambda: copy.text == "Copied")
+    assert browser.execute_script("return window.copied") == [text]
+    wait_until(lambda: copy.text == "Copy", timeout=10)
+    # Where the clipboard API is refused (a page served over http to another machine), the text is selected
+    browser.execute_script("navigator.clipboard.writeText = async () => { throw new Error('not allowed'); };")
+    copy.click()
+    wait_until(lambda: copy.text in ("Copied", "Selected: press Ctrl-C"))
+    assert browser.execute_script("return getSelection().toString()") == text
+
+
 def test_page_fits_a_phone_screen(browser, server):  # noqa: F811
     from selenium.webdriver.common.by import By
 
