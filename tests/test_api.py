@@ -178,7 +178,7 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     assert scored["bpc"] < 0.5  # the model knows this pattern
 
 
-def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(trained_run, tmp_path):
+def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(trained_run, tmp_path, caplog):
     import shutil
 
     path = write_text(tmp_path / "held out.txt", "abcdefg" * 40 + "XY")
@@ -187,7 +187,12 @@ def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(train
     shutil.copytree(trained_run["run_dir"], run_dir)
     loaded = textgen.load(run_dir)
     shutil.rmtree(run_dir)  # what it evaluates is what it loaded, not the files
-    result = loaded.evaluate(str(path), batch_size=2, seq_length=37)
+    caplog.clear()  # (evaluate() above said it as the command does)
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        result = loaded.evaluate(str(path), batch_size=2, seq_length=37)
+    assert [record.getMessage() for record in caplog.records] == [  # in Python's words, not --batch-size 1
+        "note: each of the 2 streams reads 140 characters from a fresh state, which scores worse than reading on; "
+        "batch_size=1 reads the text as one stream"]
     assert set(result) == {"nats", "bpc", "perplexity", "characters", "unknown", "unknown_characters", "unscored",
                            "total"}
     assert result["nats"] == pytest.approx(expected["nats"], rel=1e-6) and result["nats"] < 0.5
@@ -216,7 +221,7 @@ def test_list_runs_gives_what_textgen_runs_lists(trained_run, tmp_path):
     assert (period["epochs"], period["planned_epochs"]) == (3, 3)
     assert period["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / math.log(2))
     assert textgen.load(period["path"]).info["val_bpc"] == pytest.approx(period["val_bpc"])
-    assert broken["damaged"].startswith("damaged (textgen info") and broken["val_bpc"] is None
+    assert (broken["problem"], broken["val_bpc"], broken["path"]) == ("damaged", None, tmp_path / "broken")
     assert textgen.list_runs(tmp_path / "nothing here") == []
     with pytest.raises(textgen.TextgenError, match="is a file; give the directory of the runs as checkpoint_dir$"):
         textgen.list_runs(tmp_path / "broken" / "ckpt-0-000000001.weights.h5")

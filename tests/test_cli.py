@@ -498,6 +498,8 @@ def test_eval_names_what_it_did_not_score(workspace):
                                           "first)")
     assert four.stdout.rstrip().endswith("over 2,796 characters (0 outside the vocabulary excluded, 4 unscored: the "
                                          "first and the last 3, too few to fill all 4 streams)")
+    two = invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size", 2)
+    assert two.stdout.rstrip().endswith("2 unscored: the first and the last one, too few to fill all 2 streams)")
 
 
 def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path, monkeypatch):
@@ -533,6 +535,10 @@ def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
     assert gone.exit_code == 1
     assert gone.stderr.strip() == f"error: run 'own' was trained on {corpus}, which no longer exists; pass the " \
                                   "corpus to resume on (the file where it is now, or an edited copy)"
+    from textgen.training import _resume_corpus
+
+    with pytest.raises(FileNotFoundError, match="which no longer exists"):  # as textgen.train raises it in Python
+        _resume_corpus(tmp_path / "ck", "own")
 
 
 def test_output_over_a_runs_own_file_or_its_corpus_is_refused_even_with_overwrite(trained_run, tmp_path):
@@ -545,8 +551,13 @@ def test_output_over_a_runs_own_file_or_its_corpus_is_refused_even_with_overwrit
         refused = invoke(*args, target)
         assert (refused.exit_code, refused.stderr) == (1, f"error: --output {target} would replace a file that run "
                                                           "'period' needs; write the text elsewhere, such as "
-                                                          "samples.txt (a file of another name in its folder is left "
-                                                          "alone)\n")
+                                                          "samples.txt (another name in the run's folder is fine)\n")
+    for target in (trained_run["checkpoint_dir"] / "best.json", trained_run["checkpoint_dir"] / ".lock"):
+        refused = invoke(*args, target)  # the directory of the runs, which would then read as a run itself
+        assert (refused.exit_code, refused.stderr) == (1, f"error: --output {target} would put a run's file in the "
+                                                          f"directory of the runs {trained_run['checkpoint_dir']}, "
+                                                          "which would then read as a damaged run; write the text "
+                                                          "elsewhere, such as samples.txt\n")
     (tmp_path / "corpus-link.txt").symlink_to(trained_run["corpus"])  # the same file by another name
     for target in (trained_run["corpus"], tmp_path / "corpus-link.txt"):
         refused = invoke(*args, target)
@@ -752,6 +763,16 @@ def test_an_unknown_option_named_as_other_tools_name_it_is_given_textgens_name()
     (("train", "my", "corpus.txt"), " (corpus.txt); train takes one CORPUS: quote a name with spaces, as in "
                                     "'my corpus.txt'"),
     (("eval", "a", "b", "c"), "s (b c); eval takes one FILE: quote a name with spaces, as in 'a b c'"),
+    # every extra word, not the first alone
+    (("sample", "Oh", "niño"), "s (Oh niño); sample takes no arguments: give the start of the text as --prime "
+                               "'Oh niño'"),
+    (("sample", "-t", "0.5", "0.8", "0.9"), "s (0.8 0.9): -t takes one value; give several as one list, as in "
+                                            "-t 0.5,0.8,0.9"),
+    (("sample", "--stop", "a", "b", "c"), "s (b c): --stop takes one value; repeat it for each, as in --stop a "
+                                          "--stop b --stop c"),
+    (("sample", "--", "--prime", "x"), "s (--prime x)"),  # not "--prime --prime"
+    (("train", "a.txt", "b.txt", "c.txt"), "s (b.txt c.txt); train takes one CORPUS, a file: to use several, join "
+                                           "them into one first (cat a.txt b.txt c.txt > all.txt)"),
 ])
 def test_an_extra_argument_is_told_what_it_was_probably_meant_as(args, meant):
     """click's bare "Got unexpected extra argument (0.8)" left the user to guess (a hobbyist's -t 0.5 0.8)."""

@@ -570,6 +570,13 @@ def test_a_json_media_type_is_not_told_to_change_its_header_and_an_unknown_field
                                                         "text)")
     status, text = call(server, "/v1/generate", raw=b'{"temp": 1}')  # another tool's name
     assert json.loads(text)["error"].startswith("/v1/generate takes no field 'temp'; did you mean 'temperature'?")
+    status, text = call(server, "/v1/generate", raw=b'{"prompt": "abc", "max_tokens": 5, "n": 2, "x": 1}')
+    assert json.loads(text)["error"].startswith("/v1/generate takes no fields 'prompt', 'max_tokens', 'n', 'x'; did "
+                                                "you mean 'prime' for 'prompt', 'length' for 'max_tokens', "
+                                                "'num_samples' for 'n'? (its fields: run, prime, ")
+    status, text = call(server, "/v1/score", raw=b'{"txt": "abc"}')  # not "text: Field required" alone
+    assert (status, json.loads(text)["error"]) == (422, "/v1/score takes no field 'txt'; did you mean 'text'? "
+                                                        "(its fields: run, text)")
 
 
 def test_messages_are_the_clis_with_the_options_named_as_the_json_fields(server):

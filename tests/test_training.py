@@ -755,9 +755,15 @@ def test_a_second_signal_aborts_at_once_and_says_what_the_run_keeps(tmp_path, pe
     assert str(aborted.value) == "aborted by a second SIGINT before the run's first checkpoint: nothing was saved"
     assert aborted.value.exit_code == 130 and not (tmp_path / "r").exists()
     run(periodic_corpus, tmp_path)
+
+    def ctrl_c_then_sigterm(run):  # the second names the signal and the exit code (it said SIGINT, 130)
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     with pytest.raises(Interrupted) as aborted:
-        run(periodic_corpus, tmp_path, epochs=2, resume=True, callbacks=[AtStep(3, twice)])
-    assert str(aborted.value).startswith(f"aborted by a second SIGINT: the training since the run's last checkpoint "
+        run(periodic_corpus, tmp_path, epochs=2, resume=True, callbacks=[AtStep(3, ctrl_c_then_sigterm)])
+    assert aborted.value.exit_code == 143
+    assert str(aborted.value).startswith(f"aborted by a second SIGTERM: the training since the run's last checkpoint "
                                          f"(at the start of epoch 2) in {tmp_path / 'r'} is lost; resume with: "
                                          "textgen train ")
     assert aborted.value.in_python().args[0].endswith("resume with: textgen.train(run='r', checkpoint_dir="

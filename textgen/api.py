@@ -220,8 +220,9 @@ class TextModel:
 
         (path,) = _check_paths(path=path)
         try:
-            result = evaluate_loaded(path, self.run_dir, (self.generator.model, self.generator.meta), batch_size,
-                                     seq_length)
+            with _log_in_keywords(str(path)):  # its note on short streams: batch_size=1, not --batch-size 1
+                result = evaluate_loaded(path, self.run_dir, (self.generator.model, self.generator.meta), batch_size,
+                                         seq_length)
         except DamagedCheckpoint as error:
             raise _train_keywords(error) from None
         except TextgenError as error:
@@ -298,24 +299,26 @@ def _one_temperature(value, method: str) -> tuple:
 
 
 def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]:
-    """The runs under checkpoint_dir, the most recently saved first, as ``textgen runs`` lists them: a dict each
-    with name, path (to give :func:`load`), corpus (the file's path), characters, epochs, val_bpc (the best
-    checkpoint's, None before its first validation) and saved_at (ISO 8601). A damaged run has ``damaged`` (why)
-    and None for the rest. A directory that does not exist holds no runs: an empty list.
+    """The runs under checkpoint_dir as ``textgen runs`` lists them, the most recently saved first (then any left
+    without metadata): a dict each with name, path (to give :func:`load`), corpus (the file's path), characters,
+    epochs (trained), planned_epochs (None: until its time budget), val_bpc (the best checkpoint's, None before its
+    first validation) and saved_at (ISO 8601). A run that cannot be read has ``problem`` ("damaged", or "written by
+    a newer textgen"; :func:`load` says more) and None for the rest. A directory that does not exist holds no runs:
+    an empty list.
 
     Example:
         >>> [run["name"] for run in textgen.list_runs()]  # doctest: +SKIP
         ['demo']
     """
     from textgen.report import run_rows
-    from textgen.runs import check_checkpoint_dir, list_runs as run_dirs, runs_without_metadata
+    from textgen.runs import all_runs, check_checkpoint_dir
 
     (checkpoint_dir,) = _check_paths(checkpoint_dir=checkpoint_dir)
     try:
         check_checkpoint_dir(Path(checkpoint_dir))
     except TextgenError as error:
         raise as_keywords(error, {"checkpoint_dir"}, keep=[str(checkpoint_dir)]) from None
-    return run_rows(run_dirs(Path(checkpoint_dir)) + runs_without_metadata(Path(checkpoint_dir)))
+    return run_rows(all_runs(Path(checkpoint_dir)))
 
 
 def load(run: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, checkpoint: str = "best") -> TextModel:

@@ -293,24 +293,28 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
         index += 1
     if len(positional) <= arguments:
         return ""
-    extra, option = positional[arguments]
+    extras = [token for token, _ in positional[arguments:]]
+    option = positional[arguments][1]
     if option is not None:
         flag, value = option
         param = values[flag]
         one = f": {flag} takes one value"
         if param.multiple:
-            return f"{one}; repeat it for each, as in {flag} {value} {flag} {shlex.quote(extra)}"
+            return f"{one}; repeat it for each, as in " + " ".join(f"{flag} {shlex.quote(v)}" for v in [value, *extras])
         if param.metavar == LIST:
-            return f"{one}; give several as one list, as in {flag} {shlex.quote(f'{value},{extra}')}"
+            return f"{one}; give several as one list, as in {flag} {shlex.quote(','.join([value, *extras]))}"
         if isinstance(param.type, (click.types.StringParamType, click.Path)):
-            return f"{one}; quote a value with spaces, as in {flag} {shlex.quote(f'{value} {extra}')}"
+            return f"{one}; quote a value with spaces, as in {flag} {shlex.quote(' '.join([value, *extras]))}"
         return one
-    if ctx.info_name == "sample":
-        return f"; sample takes no arguments: give the start of the text as --prime {shlex.quote(extra)}"
+    if ctx.info_name == "sample" and not extras[0].startswith("-"):
+        return f"; sample takes no arguments: give the start of the text as --prime {shlex.quote(' '.join(extras))}"
     if arguments == 1:  # train my corpus.txt
         (name,) = [param.human_readable_name for param in ctx.command.params if isinstance(param, click.Argument)]
-        typed = " ".join(token for token, _ in positional)
-        return f"; {ctx.info_name} takes one {name}: quote a name with spaces, as in {shlex.quote(typed)}"
+        typed = [token for token, _ in positional]
+        if all(re.search(r"\.\w{1,5}$", token) or os.path.isfile(token) for token in typed):  # a.txt b.txt
+            return (f"; {ctx.info_name} takes one {name}, a file: to use several, join them into one first (cat "
+                    f"{shlex.join(typed)} > all.txt)")
+        return f"; {ctx.info_name} takes one {name}: quote a name with spaces, as in {shlex.quote(' '.join(typed))}"
     return ""
 
 
@@ -496,11 +500,12 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
     from textgen.evaluation import evaluate as run_evaluation
 
     result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
+    left_over = result["unscored"] - 1  # (the first character is never scored)
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "
-               "first" + (f" and the last {result['unscored'] - 1:,}, too few to fill all {batch_size} streams)"
-                          if result["unscored"] > 1 else ")"))
+               "first" + (f" and the last {'one' if left_over == 1 else f'{left_over:,}'}, too few to fill all "
+                          f"{batch_size} streams)" if left_over else ")"))
     if result["unknown_characters"]:  # (on stderr: stdout's line is the score, for scripts)
         from textgen.vocab import quoted_first
 
@@ -586,14 +591,14 @@ def info(checkpoint_dir, run, vocabulary):
 def runs(checkpoint_dir):
     """List the runs with their corpus, epochs and best validation bits per character."""
     from textgen.report import runs_table
-    from textgen.runs import check_checkpoint_dir, directory_option, list_runs, runs_without_metadata
+    from textgen.runs import all_runs, check_checkpoint_dir, directory_option
 
     check_checkpoint_dir(checkpoint_dir)
     train_command = f"textgen train CORPUS{directory_option(checkpoint_dir)}"
     if not checkpoint_dir.is_dir():
         raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: {train_command}"
                                    + ("" if directory_option(checkpoint_dir) else " (or give --checkpoint-dir)"))
-    found = list_runs(checkpoint_dir) + runs_without_metadata(checkpoint_dir)
+    found = all_runs(checkpoint_dir)
     if found:
         click.echo(runs_table(found))
     else:  # an empty listing is an answer, as with ls

@@ -313,8 +313,12 @@ class TrainConfig(_Config):
             raise OptionError("--epochs 0 trains until --max-minutes, which is 0 (no limit): give one of them")
 
     def epoch_of(self, epoch: int) -> str:
-        """'5/20' as the log counts epochs; '5' in a run that lasts until --max-minutes (--epochs 0)."""
-        return f"{epoch}/{self.epochs}" if self.epochs else str(epoch)
+        return epoch_text(epoch, self.epochs)
+
+
+def epoch_text(epoch: int, epochs: Optional[int]) -> str:
+    """'5/20' as the log counts epochs; '5' in a run that lasts until --max-minutes (epochs 0 or None)."""
+    return f"{epoch}/{epochs}" if epochs else str(epoch)
 
 
 # Far above any useful temperature (at 100 a character model's distribution is already flat), and far below
@@ -429,7 +433,9 @@ class Limits:
 # The names other char-RNN tools (char-rnn, torch-rnn, PyTorch) give textgen's options: a user's first guess
 OTHER_TOOLS_NAMES = {"lr": "learning_rate", "rnn_size": "units", "hidden_size": "units", "num_layers": "layers",
                      "seq_len": "seq_length", "max_epochs": "epochs", "batch": "batch_size", "temp": "temperature",
-                     "wordvec_size": "embedding_dim", "embedding_size": "embedding_dim", "grad_clip": "clip_norm"}
+                     "wordvec_size": "embedding_dim", "embedding_size": "embedding_dim", "grad_clip": "clip_norm",
+                     # other HTTP APIs' names for a request's fields
+                     "prompt": "prime", "max_tokens": "length", "max_new_tokens": "length", "n": "num_samples"}
 
 
 def meant_option(name: str, known) -> Optional[str]:

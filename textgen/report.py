@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
+from textgen.config import epoch_text
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError, counted, minutes_text
@@ -214,8 +215,8 @@ def _epoch_text(state) -> str:
 
 def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), planned_epochs (None:
-    until its time budget), val_bpc and saved_at; for a run that cannot be read, why in "damaged" (None for the
-    rest)."""
+    until its time budget), val_bpc and saved_at; for a run that cannot be read, "problem" ("damaged", or "written
+    by a newer textgen") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, planned_epochs=None,
@@ -223,12 +224,12 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
         try:
             run = read_run_meta(run_dir)
         except CheckpointTooNew:
-            rows.append(dict(row, damaged="written by a newer textgen"))
+            rows.append(dict(row, problem="written by a newer textgen"))
             continue
         except TextgenError:  # one damaged run does not hide the others
             run = None
         if run is None or run.latest is None:  # damaged, or its checkpoint files left without metadata
-            rows.append(dict(row, damaged=f"damaged (textgen info {run_options(run_dir)} says why)"))
+            rows.append(dict(row, problem="damaged"))
             continue
         _warn_unreadable(run, run_dir.name)
         meta = run.latest
@@ -243,12 +244,14 @@ def runs_table(run_dirs: list[Path]) -> str:
     header = ("run", "corpus", "characters", "epochs", "best val bpc", "saved")
     rows = []
     for run in run_rows(run_dirs):
-        if "damaged" in run:
-            rows.append((run["name"], run["damaged"], "-", "-", "-", "-"))
+        if "problem" in run:
+            why = f"damaged (textgen info {run_options(run['path'])} says why)" if run["problem"] == "damaged" else \
+                run["problem"]
+            rows.append((run["name"], why, "-", "-", "-", "-"))
             continue
         saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
-        epochs = f"{run['epochs']}/{run['planned_epochs']}" if run["planned_epochs"] else str(run["epochs"])
-        rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}", epochs,
+        rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}",
+                     epoch_text(run["epochs"], run["planned_epochs"]),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))

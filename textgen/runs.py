@@ -158,6 +158,12 @@ def probable_run(checkpoint_dir: Path, name: str, names: Optional[list[str]] = N
     return (same or difflib.get_close_matches(name, names, n=1, cutoff=0.8) or [None])[0]
 
 
+def all_runs(checkpoint_dir: Path) -> list[Path]:
+    """What `textgen runs` lists: the runs with a checkpoint, the most recently saved first, then those whose
+    checkpoint files are left without metadata."""
+    return list_runs(checkpoint_dir) + runs_without_metadata(checkpoint_dir)
+
+
 def list_runs(checkpoint_dir: Path) -> list[Path]:
     """Run directories holding a checkpoint, most recently saved first."""
     if not checkpoint_dir.is_dir():
@@ -237,10 +243,13 @@ def check_not_run_file(output: Path, run_dir: Path) -> None:
     run's own (its metadata, a checkpoint), or the text run_dir was trained on, which a resume reads again."""
     written = written_path(Path(output))
     folder = written.parent
-    if (written.name in RUN_FILES or written.name.startswith(("ckpt-", ".tmp-ckpt-"))) and \
-            (has_checkpoint(folder) or (folder / "corpus.json").exists()):
-        raise TextgenError(f"--output {output} would replace a file that run {folder.name!r} needs; write the text "
-                           "elsewhere, such as samples.txt (a file of another name in its folder is left alone)")
+    if written.name in RUN_FILES or written.name.startswith(("ckpt-", ".tmp-ckpt-")):
+        if has_checkpoint(folder) or (folder / "corpus.json").exists() or _left_without_metadata(folder):
+            raise TextgenError(f"--output {output} would replace a file that run {folder.name!r} needs; write the "
+                               "text elsewhere, such as samples.txt (another name in the run's folder is fine)")
+        if folder == written_path(run_dir).parent or list_runs(folder):  # a best.json there makes it a run
+            raise TextgenError(f"--output {output} would put a run's file in the directory of the runs {folder}, "
+                               "which would then read as a damaged run; write the text elsewhere, such as samples.txt")
     for kind in KINDS:  # the text it trained on: recorded resolved, as written_path resolves
         try:
             meta = read_meta(run_dir, kind)

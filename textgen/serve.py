@@ -176,8 +176,10 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
-        # The deepest error: in a union ([0.5, "hot"] as a temperature), the branch that got furthest
-        first = max(exc.errors(), key=lambda each: len(each.get("loc", ())), default={})
+        # The deepest error: in a union ([0.5, "hot"] as a temperature), the branch that got furthest; a field the
+        # endpoint does not take first ({"txt": ...} is also told that text is missing: the typo is the news)
+        first = max(exc.errors(), key=lambda each: (each.get("type") == "extra_forbidden", len(each.get("loc", ()))),
+                    default={})
         example = _example(request)
         if first.get("type") == "json_invalid":
             return error(422, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'cannot be read')} "
@@ -197,9 +199,12 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         if first.get("type") == "extra_forbidden" and len(loc) == 1 and request.url.path in REQUESTS:
             # (pydantic says "Extra inputs are not permitted", naming no field the endpoint takes)
             fields = list(REQUESTS[request.url.path].model_fields)
-            meant = meant_option(str(loc[0]), fields)
-            return error(422, f"{request.url.path} takes no field {str(loc[0])!r}"
-                              + (f"; did you mean {meant!r}?" if meant else "") + f" (its fields: {', '.join(fields)})")
+            unknown = [str(each["loc"][-1]) for each in exc.errors() if each.get("type") == "extra_forbidden"]
+            meant = [repr(known) + (f" for {name!r}" if len(unknown) > 1 else "") for name in unknown
+                     if (known := meant_option(name, fields))]
+            return error(422, f"{request.url.path} takes no field{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(map(repr, unknown))}" + (f"; did you mean {', '.join(meant)}?" if meant
+                                                                    else "") + f" (its fields: {', '.join(fields)})")
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)

@@ -34,7 +34,7 @@ from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig,
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, plain_line_ends_command,
                             same_text, scan)
-from textgen.errors import OptionError, TextgenError, counted, minutes_text
+from textgen.errors import MissingFile, OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar
 from textgen.run_dir import STAGED_CACHE, check_run_dir, locked_run_dir
@@ -53,6 +53,7 @@ def stop_on_signals():
 
     def handler(signum, frame):
         if requested:
+            requested.append(signum)  # the one that aborts, which the exit code is of
             raise KeyboardInterrupt
         requested.append(signum)
         try:  # past the terminal's "^C"; not in a log record's text
@@ -365,7 +366,7 @@ def _resume_corpus(checkpoint_dir: str | Path, run: str) -> Path:
         check_run_dir(run_dir, resume=True, overwrite=False)  # says why there is nothing to resume
     corpus = Path(meta.corpus["path"])
     if not corpus.exists():
-        raise TextgenError(f"run {run!r} was trained on {corpus}, which no longer exists; pass the corpus to resume "
+        raise MissingFile(f"run {run!r} was trained on {corpus}, which no longer exists; pass the corpus to resume "
                            "on (the file where it is now, or an edited copy)")
     return corpus
 
@@ -613,7 +614,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         except KeyboardInterrupt as error:  # the second signal, raised by stop_on_signals's handler mid-step
             if isinstance(error, Interrupted) or not signals:
                 raise
-            raise _aborted(run, signals[0]) from None
+            raise _aborted(run, signals[-1]) from None
     state = run.state
     if state.global_step == 0:  # a callback's stop before the first step: no checkpoint (a new run's folder goes)
         raise TextgenError(f"training stopped before its first step ({stopped}); nothing was saved"
