@@ -141,7 +141,10 @@ class ExportedGraph(tf.Module):
         ids = tf.cast(tf.boolean_mask(ids, ids >= 0), tf.int32)
         known = tf.strings.unicode_encode(tf.cast(self.id_to_char.lookup(tf.cast(ids, tf.int64)), tf.int32),
                                           "UTF-8")
-        context = tf.cond(tf.size(ids) > 0, lambda: ids, lambda: tf.constant([self.start_id], tf.int32))
+        # generate.reading_context: the start symbol first, unless the prime starts with it
+        start = tf.constant([self.start_id], tf.int32)
+        context = tf.cond(tf.reduce_any(tf.equal(ids[:1], self.start_id)), lambda: ids,
+                          lambda: tf.concat([start, ids], axis=0))
         last, h, c = self._feed_last(context[None, :], self.zero_state, self.zero_state)
         out = tf.TensorArray(tf.int32, size=length)
         temperatures = tf.fill([1], temperature)  # 0: always the most likely

@@ -78,8 +78,16 @@ def _known_variants(unknown: list[str], vocab) -> str:
 
 
 def start_symbol(vocab) -> str:
-    """What an empty prime starts from: a newline reads as 'the start of a paragraph'."""
+    """What the model reads first, before any prime: a newline reads as 'the start of a paragraph'."""
     return "\n" if "\n" in vocab else vocab.chars[0]
+
+
+def reading_context(prime: str, vocab) -> str:
+    """What the model reads before it writes: the start symbol, then the prime (unless the prime starts with it).
+    Trained on streams that start anywhere in the text, from a fresh state it read a prime alone as if in mid-line:
+    after "JULIET:" it put 26% on a line break, 96% after "\nJULIET:", and its first characters were often noise."""
+    start = start_symbol(vocab)
+    return prime if prime.startswith(start) else start + prime
 
 
 class RequestDraws:
@@ -148,7 +156,7 @@ class TextStreams:
     @property
     def context(self) -> str:
         """What the streams are primed with."""
-        return self.prime or start_symbol(self.vocab)
+        return reading_context(self.prime, self.vocab)
 
     @property
     def done(self) -> bool:
@@ -282,9 +290,9 @@ class Generator:
         return streams.samples()[0]
 
     def next_logits(self, prime: str) -> np.ndarray:
-        """The (V,) logits of the character after prime (prepared: see prepare_prime), read from a fresh state; an
-        empty prime reads the start symbol, as generation does."""
-        ids = self.vocab.encode(prime or start_symbol(self.vocab)).astype(np.int32)
+        """The (V,) logits of the character after prime (prepared: see prepare_prime), read from a fresh state after
+        the start symbol, as generation reads it (reading_context)."""
+        ids = self.vocab.encode(reading_context(prime, self.vocab)).astype(np.int32)
         with self._scoring, self.engine(1) as engine:
             engine.prime(ids[None, :])
             return engine.last_logits[0]
