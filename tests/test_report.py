@@ -104,6 +104,14 @@ def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path)
     assert listed.exit_code == 0 and listed.stdout == "".join(map(chr, meta["vocab"])) + "\n"
     small = runner.invoke(cli, ["info", "--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run", "period"])
     assert "7 symbols: abcdefg\n" in small.stdout  # nothing more to list
+    for kind in ("best", "last"):  # an English text's 100-odd symbols: all of them (a spread seemed to lack i and r)
+        meta_path = tmp_path / "big" / f"{kind}.json"
+        meta = json.loads(meta_path.read_text())
+        meta["vocab"] = [10] + list(range(32, 127)) + [0x2019, 0x201C, 0x201D]
+        meta["model"]["vocab_size"] = len(meta["vocab"])
+        meta_path.write_text(json.dumps(meta))
+    english = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big"])
+    assert "99 symbols: \\n " + "".join(map(chr, range(33, 127))) + "\u2019\u201c\u201d\n" in english.stdout
 
 
 def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):

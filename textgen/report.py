@@ -122,6 +122,9 @@ def vocabulary_text(run_dir: Path) -> str:
     return meta.vocab.preview(len(meta.vocab))
 
 
+INFO_SYMBOLS = 128  # the vocabulary's symbols info shows: a Latin-script text's in full, a Chinese one's a spread
+
+
 def info_text(run_dir: Path) -> str:
     run = read_run_meta(run_dir)
     _warn_unreadable(run, run_dir.name)
@@ -131,8 +134,10 @@ def info_text(run_dir: Path) -> str:
         f"run            {run_dir}",
         f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
-        f"vocabulary     {len(vocab)} symbols: {vocab.preview(60)}"
-        + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > 60 else ""),
+        # in full up to 128: a sample of an English text's ~100 symbols looked as if letters were missing
+        f"vocabulary     {len(vocab)} symbols: {vocab.preview(INFO_SYMBOLS)}"
+        + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > INFO_SYMBOLS
+           else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()
                                       if training.in_effect(key)),
         # (in parentheses: the rest of the line was the else branch's alone, and a run of --epochs lost it)
