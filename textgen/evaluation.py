@@ -79,6 +79,7 @@ def _check_length(path: Path, known: int, batch_size: int, unknown: list) -> Non
 
 
 SHORT_STREAM = 1000  # characters per stream below which eval says that the batch size lowers the score
+MOSTLY_KNOWN = 0.1  # the share of a text's characters outside the vocabulary above which eval warns
 
 
 def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
@@ -137,6 +138,10 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
             ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
             _check_length(path, len(ids), batch_size, named)
     kept = len(ids)
+    if unknown > MOSTLY_KNOWN * (kept + unknown):  # the score is then of what is left: its bpc alone misleads
+        logger.warning(f"warning: {unknown / (kept + unknown):.0%} of the characters of {path} ({unknown:,}) are "
+                       f"outside the model's vocabulary, so the score is of the other {kept:,} alone (is it a text "
+                       "in the corpus's language?)")
     if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
         logger.warning(f"note: each of the {batch_size} streams reads {counted(kept // batch_size, 'character')} "
                        "from a fresh state, which scores worse than reading on; --batch-size 1 reads the text as one "
