@@ -140,12 +140,15 @@ def test_sample_takes_several_stop_strings_each_given_once(trained_run):
     assert (stopped.exit_code, stopped.stdout) == (0, "ab" + (PERIOD * 9)[2:52] + "\n")  # "f,g" never comes
 
 
-def test_sample_num_samples_are_delimited(trained_run):
-    result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--num-samples", 2, "-n", 10,
-                    "--seed", 3)
+def test_sample_num_samples_are_delimited(trained_run, tmp_path):
+    args = ("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--num-samples", 2, "-n", 10, "--seed", 3)
+    result = invoke(*args)
     assert result.exit_code == 0
     headers = [line for line in result.stdout.splitlines() if line.startswith("=====")]
     assert headers == ["===== sample 1/2, temperature 0.5 =====", "===== sample 2/2, temperature 0.5 ====="]
+    # one line break at the end (a blank line followed the last sample), and --output gets the same
+    assert result.stdout.endswith("\n") and not result.stdout.endswith("\n\n")
+    assert invoke(*args, "-o", tmp_path / "s.txt").exit_code == 0 and (tmp_path / "s.txt").read_text() == result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -757,6 +757,7 @@ def test_a_second_signal_aborts_at_once_and_says_what_the_run_keeps(tmp_path, pe
     run(periodic_corpus, tmp_path)
 
     def ctrl_c_then_sigterm(run):  # the second names the signal and the exit code (it said SIGINT, 130)
+        (run.run_dir / "ckpt-cut-000000999.weights.h5").write_bytes(b"a save the abort cut short")
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -769,6 +770,7 @@ def test_a_second_signal_aborts_at_once_and_says_what_the_run_keeps(tmp_path, pe
     assert aborted.value.in_python().args[0].endswith("resume with: textgen.train(run='r', checkpoint_dir="
                                                       f"{str(tmp_path)!r}, resume=True)")
     assert json.loads((tmp_path / "r" / "last.json").read_text())["epoch"] == 1
+    assert not (tmp_path / "r" / "ckpt-cut-000000999.weights.h5").exists()  # (it stayed until the next resume)
 
 
 def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus, caplog):

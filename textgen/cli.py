@@ -437,13 +437,14 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
                 write_output(output, "".join(kept), overwrite)
                 click.echo(f"interrupted: {so_far} is in {output}", err=True)
             sys.exit(getattr(interrupted, "exit_code", 130))
+        # One line break at the end, to stdout and --output alike: one sample's text, then one; several end with
+        # theirs (a second made a blank line at the end)
         text = format_samples(samples, len(config.temperature))
-        if output is not None:  # what stdout gets, its final line break too (a sample written by > ends with one)
-            write_output(output, text + "\n", overwrite)
-        elif live:
-            click.echo()
+        ended = text + "\n" if live else text
+        if output is not None:
+            write_output(output, ended, overwrite)
         else:
-            click.echo(text)
+            click.echo("\n" if live else ended, nl=False)
 
 
 def _check_typed_text(chosen: dict) -> None:

@@ -614,6 +614,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         except KeyboardInterrupt as error:  # the second signal, raised by stop_on_signals's handler mid-step
             if isinstance(error, Interrupted) or not signals:
                 raise
+            if run.writes:  # a save cut short leaves its weights (41 MB in a practitioner's run) named by no metadata
+                checkpoint.remove_unreferenced(run.run_dir)
             raise _aborted(run, signals[-1]) from None
     state = run.state
     if state.global_step == 0:  # a callback's stop before the first step: no checkpoint (a new run's folder goes)
