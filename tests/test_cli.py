@@ -773,7 +773,10 @@ def test_an_unknown_option_named_as_other_tools_name_it_is_given_textgens_name()
                                             "-t 0.5,0.8,0.9"),
     (("sample", "--stop", "a", "b", "c"), "s (b c): --stop takes one value; repeat it for each, as in --stop a "
                                           "--stop b --stop c"),
-    (("sample", "--", "--prime", "x"), "s (--prime x)"),  # not "--prime --prime"
+    (("sample", "--", "--prime", "x"), "s (--prime x)"),
+    (("info", "demo"), " (demo); info takes no arguments: name the run with --run demo"),
+    (("export", "my run", "-o", "x"), " (my run); export takes no arguments: name the run with --run "
+                                      "'my run'"),  # not "--prime --prime"
     (("train", "a.txt", "b.txt", "c.txt"), "s (b.txt c.txt); train takes one CORPUS, a file: to use several, join "
                                            "them into one first (cat a.txt b.txt c.txt > all.txt)"),
 ])

@@ -308,6 +308,8 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
         return one
     if ctx.info_name == "sample" and not extras[0].startswith("-"):
         return f"; sample takes no arguments: give the start of the text as --prime {shlex.quote(' '.join(extras))}"
+    if not arguments and "--run" in values and len(extras) == 1 and not extras[0].startswith("-"):  # info demo
+        return f"; {ctx.info_name} takes no arguments: name the run with --run {shlex.quote(extras[0])}"
     if arguments == 1:  # train my corpus.txt
         (name,) = [param.human_readable_name for param in ctx.command.params if isinstance(param, click.Argument)]
         typed = [token for token, _ in positional]
