@@ -34,7 +34,7 @@ import numpy as np
 
 from textgen import __version__
 from textgen.config import ModelConfig, TrainConfig
-from textgen.corpus import text_digest
+from textgen.corpus import CACHE_FILES, text_digest
 from textgen.errors import TextgenError
 from textgen.files import atomic_write, atomic_write_json
 from textgen.vocab import Vocabulary
@@ -42,6 +42,10 @@ from textgen.vocab import Vocabulary
 FORMAT = "textgen-checkpoint"
 FORMAT_VERSION = 1
 KINDS = ("best", "last")
+LOCK_FILE = ".lock"
+HISTORY_FILE, CURVE_FILE = "history.csv", "curve.png"  # rewritten after every epoch (report.py)
+REPORT_FILES = (HISTORY_FILE, CURVE_FILE)
+CHECKPOINT_PREFIXES = ("ckpt-", ".tmp-ckpt-")  # a save's weights and state, and the save in progress
 logger = logging.getLogger("textgen")
 
 
@@ -276,9 +280,16 @@ def _referenced(run_dir: Path) -> set[str]:
     return referenced
 
 
+def is_run_file(name: str) -> bool:
+    """Whether name is one that textgen writes in a run's folder: its metadata, lock, corpus cache, report or a
+    checkpoint's files."""
+    return name in (*(f"{kind}.json" for kind in KINDS), LOCK_FILE, *CACHE_FILES, *REPORT_FILES) \
+        or name.startswith(CHECKPOINT_PREFIXES)
+
+
 def remove_unreferenced(run_dir: Path) -> None:
     referenced = _referenced(run_dir)
-    for path in list(run_dir.glob("ckpt-*")) + list(run_dir.glob(".tmp-ckpt-*")):
+    for path in [path for prefix in CHECKPOINT_PREFIXES for path in run_dir.glob(prefix + "*")]:
         if path.name not in referenced:
             path.unlink(missing_ok=True)
 
@@ -289,7 +300,7 @@ def retire_others(run_dir: Path, kinds: tuple[str, ...]) -> None:
     for kind in KINDS:
         if kind not in kinds:
             meta_path(run_dir, kind).unlink(missing_ok=True)
-    for report in ("history.csv", "curve.png"):
+    for report in REPORT_FILES:
         (run_dir / report).unlink(missing_ok=True)
     remove_unreferenced(run_dir)
 
@@ -502,7 +513,7 @@ class RunLock:
     """An exclusive lock on a run directory, released by the kernel even if the process is killed."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / ".lock"
+        self.path = run_dir / LOCK_FILE
         self.handle = None
 
     def _open(self):
@@ -562,7 +573,7 @@ def _holder(handle) -> str:
 def training_pid(run_dir: Path) -> Optional[str]:
     """The pid of the training that holds run_dir's lock now (see _holder), or None."""
     try:
-        handle = open(run_dir / ".lock")
+        handle = open(run_dir / LOCK_FILE)
     except OSError:
         return None
     with handle:

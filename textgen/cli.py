@@ -271,6 +271,8 @@ def _strict_stdout():
 def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
     """What an extra argument was probably meant as: another value of the option before it (-t 0.5 0.8), the rest
     of an unquoted value (--prime Oh niño), or a prime given as sample's argument."""
+    from textgen.files import has_file_extension
+
     values = {flag: param for param in ctx.command.params if isinstance(param, click.Option) and not param.is_flag
               and not param.count for flag in param.opts + param.secondary_opts}
     arguments = sum(isinstance(param, click.Argument) for param in ctx.command.params)
@@ -313,7 +315,7 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
     if arguments == 1:  # train my corpus.txt
         (name,) = [param.human_readable_name for param in ctx.command.params if isinstance(param, click.Argument)]
         typed = [token for token, _ in positional]
-        if all(re.search(r"\.\w{1,5}$", token) or os.path.isfile(token) for token in typed):  # a.txt b.txt
+        if all(has_file_extension(token) or os.path.isfile(token) for token in typed):  # a.txt b.txt
             return (f"; {ctx.info_name} takes one {name}, a file: to use several, join them into one first (cat "
                     f"{shlex.join(typed)} > all.txt)")
         return f"; {ctx.info_name} takes one {name}: quote a name with spaces, as in {shlex.quote(' '.join(typed))}"
@@ -468,12 +470,12 @@ def _note_stops_typed_escaped(stops: tuple, run_dir: Path) -> None:
     end a sample (rarely: it never ended one where a line break was meant); where it cannot, the warning that the
     model never saw them says so."""
     from textgen.checkpoint import run_vocabulary
+    from textgen.generate import TYPED_ESCAPES
 
-    escapes = {"\\n": ("\n", "a line break"), "\\t": ("\t", "a tab")}
-    typed = [stop for stop in stops if stop in escapes]
-    vocab = run_vocabulary(run_dir) if typed else None
+    typed = [stop for stop in stops if stop in TYPED_ESCAPES]
+    vocab = run_vocabulary(run_dir) if typed else None  # (only then: it reads the run's metadata)
     for stop in typed if vocab is not None else ():
-        meant, what = escapes[stop]
+        meant, what = TYPED_ESCAPES[stop]
         if meant in vocab and not vocab.unknown(stop):
             logging.getLogger("textgen").warning(
                 f"note: --stop '{stop}' is a backslash and {stop[1]}, which the model also writes, not {what}; for "

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from textgen.errors import MissingFile, TextgenError, counted
-from textgen.files import atomic_write, atomic_write_json, too_long_for_a_path
+from textgen.files import atomic_write, atomic_write_json, has_file_extension, too_long_for_a_path
 from textgen.vocab import Vocabulary, starts_alone
 
 CHUNK_BYTES = 8 << 20  # large enough to amortise Python overhead, small enough to bound memory
@@ -57,7 +57,7 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
     if not path.exists():
         name = str(path)
         # Words given for the file (train("hello world")), not a file name with a space ("notes 2024.txt")
-        if len(name.split()) >= 2 and os.sep not in name and "/" not in name and not re.search(r"\.\w{1,5}$", name):
+        if len(name.split()) >= 2 and os.sep not in name and "/" not in name and not has_file_extension(name):
             raise MissingFile(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
                                f"path; {_text_for_a_path(what)})")
         raise MissingFile(f"{what} file not found: {name} (check the path)")

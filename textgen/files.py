@@ -19,6 +19,11 @@ def expand_user(path: str | os.PathLike) -> str:
     return os.path.expanduser(os.fspath(path))
 
 
+def has_file_extension(name: str) -> bool:
+    """Whether name ends as a file's name does (notes.txt, data.json): words given for a path do not."""
+    return re.search(r"\.\w{1,5}$", name) is not None
+
+
 def too_long_for_a_path(path: Path) -> bool:
     """Whether the system refuses path as too long (a name over 255 bytes, or the whole over its limit): every
     lookup of it raises an OSError (ENAMETOOLONG) instead of answering whether it exists."""

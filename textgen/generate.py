@@ -26,6 +26,8 @@ SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the lo
 STREAM_CHUNK = 64  # characters per engine call when printing as we go: still looks live, amortises the call
 BATCH_CHUNK = 256  # characters per engine call otherwise: large enough to amortise the call
 NAMED = 20  # unknown characters a message names at most
+# What a shell passes for --stop '\n' or '\t' (a backslash and a letter), with what was meant
+TYPED_ESCAPES = {"\\n": ("\n", "a line break"), "\\t": ("\t", "a tab")}
 
 
 @dataclass
@@ -145,9 +147,8 @@ class TextStreams:
             if missing := self.vocab.unknown(compared):
                 unknown = unknown_as_typed(stop, self.vocab) or missing
                 # --stop '\n' in a shell is a backslash and an n
-                escaped = [f"\\{letter} here is a backslash and {letter}, not {what}: in a shell, type $'\\{letter}'"
-                           for letter, ch, what in (("n", "\n", "a line break"), ("t", "\t", "a tab"))
-                           if f"\\{letter}" in stop and ch in self.vocab]
+                escaped = [f"{typed} here is a backslash and {typed[1]}, not {what}: in a shell, type $'{typed}'"
+                           for typed, (ch, what) in TYPED_ESCAPES.items() if typed in stop and ch in self.vocab]
                 typed = f" ({'; '.join(escaped)})" if escaped else ""
                 messages.append(f"the stop string {shown_start(stop)} can never end a sample: the model never saw "
                                 f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}{typed}")

@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
+from textgen.checkpoint import CURVE_FILE, HISTORY_FILE, KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
 from textgen.config import epoch_text
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
@@ -30,7 +30,7 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     for row in history:
         row = {"precision": "", "text": "", **row}  # older rows lack them
         writer.writerow({key: row[key] for key in HISTORY_FIELDS})
-    path = run_dir / "history.csv"
+    path = run_dir / HISTORY_FILE
     atomic_write_text(path, buffer.getvalue())
     return path
 
@@ -68,7 +68,7 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path = run_dir / "curve.png"
+    path = run_dir / CURVE_FILE
     try:
         atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
     finally:

@@ -11,7 +11,7 @@ import unicodedata
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import KINDS, has_checkpoint, meta_path, read_meta, training_pid
+from textgen.checkpoint import KINDS, LOCK_FILE, has_checkpoint, is_run_file, meta_path, read_meta, training_pid
 from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
 from textgen.files import check_path_length, written_path
@@ -234,16 +234,12 @@ def check_checkpoint_dir(checkpoint_dir: Path) -> None:
         raise TextgenError(f"{checkpoint_dir} is a file; give the directory of the runs as --checkpoint-dir")
 
 
-# What a run directory holds of its own: its metadata, lock, cached corpus, report, and checkpoint files
-RUN_FILES = (*(f"{kind}.json" for kind in KINDS), ".lock", "corpus.npy", "corpus.json", "history.csv", "curve.png")
-
-
 def check_not_run_file(output: Path, run_dir: Path) -> None:
     """Refuse an --output that would write over what a run needs, which --overwrite does not give up: a file of a
     run's own (its metadata, a checkpoint), or the text run_dir was trained on, which a resume reads again."""
     written = written_path(Path(output))
     folder = written.parent
-    if written.name in RUN_FILES or written.name.startswith(("ckpt-", ".tmp-ckpt-")):
+    if is_run_file(written.name):
         if has_checkpoint(folder) or (folder / "corpus.json").exists() or _left_without_metadata(folder):
             raise TextgenError(f"--output {output} would replace a file that run {folder.name!r} needs; write the "
                                "text elsewhere, such as samples.txt (another name in the run's folder is fine)")
@@ -313,7 +309,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
             raise not_a_run_but_an_export(checkpoint_dir)
         if checkpoint_dir.is_dir() and any(is_export(child) for child in checkpoint_dir.iterdir() if child.is_dir()):
             raise not_a_run_but_an_export(checkpoint_dir, folder=True)
-        if any((checkpoint_dir / name).exists() for name in (".lock", "corpus.json")):  # a run's folder
+        if any((checkpoint_dir / name).exists() for name in (LOCK_FILE, "corpus.json")):  # a run's folder
             raise _without_checkpoint(checkpoint_dir, str(checkpoint_dir))
         training = [child for child in checkpoint_dir.iterdir() if child.is_dir() and training_pid(child)] \
             if checkpoint_dir.is_dir() else []
