@@ -283,14 +283,15 @@ def test_the_curve_marks_the_runs_best_checkpoint_not_the_lowest_loss_of_another
     assert marked == ["best 2.880", "best 2.759"]
 
 
-def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch(tmp_path, monkeypatch):
+def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch_and_runs_counts_its_steps(tmp_path, monkeypatch):
     """A time budget's stop validates mid-epoch: its row is numbered epoch + 1 while the best epoch counts whole
-    epochs, and the curve marked the row before."""
+    epochs, and the curve marked the row before. textgen runs said "1/3", as if nothing had been trained since (a
+    run on a large text stopped by its budget in its first epoch read "0")."""
     from matplotlib.axes import Axes
 
     from textgen.callbacks import Callback
     from textgen.checkpoint import read_meta
-    from textgen.report import plot_history
+    from textgen.report import plot_history, run_rows, runs_table
 
     marked = []
     annotate = Axes.annotate
@@ -314,6 +315,15 @@ def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch(tmp_path, monkeypatch
     marked.clear()
     plot_history(tmp_path / "ck" / "r", state.history, state.best_val_loss)  # as textgen plot draws it
     assert marked == [f"best {state.history[-1]['val_bpc']:.3f}"]
+    row = run_rows([tmp_path / "ck" / "r"])[0]
+    assert (row["epochs"], row["step_in_epoch"], row["planned_epochs"]) == (1, 40, 3)
+    assert "  1/3 + 40 steps  " in runs_table([tmp_path / "ck" / "r"]).splitlines()[1]
+    from textgen.served_runs import Runs
+
+    assert Runs(tmp_path / "ck", "r", (1,)).describe("r", tmp_path / "ck" / "r")["step_in_epoch"] == 40  # the page's
+    import textgen
+
+    assert textgen.load(tmp_path / "ck" / "r").info["step_in_epoch"] == 40
 
 
 def test_a_file_that_cannot_be_written_is_named_as_the_user_knows_it_not_by_its_temporary_name(tmp_path):

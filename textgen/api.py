@@ -102,7 +102,8 @@ class TextModel:
         run_dir: the run directory it was loaded from.
         vocab: the :class:`textgen.vocab.Vocabulary` (``vocab.chars`` is the character list).
         config: the :class:`textgen.config.ModelConfig` (layers, units, embedding, dropout).
-        info: a dict of facts: run, corpus, epochs, val_bpc (of the loaded checkpoint), parameters.
+        info: a dict of facts: run, corpus, epochs, step_in_epoch (steps into an epoch not finished), val_bpc (of
+            the loaded checkpoint), parameters.
         history: a dict per epoch up to the loaded checkpoint, as ``textgen plot`` draws them: epoch, step,
             chars_seen, train_loss and val_loss (nats), train_bpc and val_bpc, learning_rate, seconds, precision, and
             text (the start of the corpus's digest: it changes where a resume went on with another text).
@@ -120,7 +121,7 @@ class TextModel:
         self.config = meta.model
         val = meta.state.val_loss
         self.info = dict(run=self.run_dir.name, corpus=meta.corpus["path"], epochs=meta.state.epoch,
-                         val_bpc=None if val is None else bpc(val),
+                         step_in_epoch=meta.state.step_in_epoch, val_bpc=None if val is None else bpc(val),
                          parameters=self.config.parameter_count(), checkpoint=meta.kind)
         self.history = [dict(row) for row in meta.state.history]  # a copy: the generator's metadata stays as read
 
@@ -301,10 +302,10 @@ def _one_temperature(value, method: str) -> tuple:
 def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]:
     """The runs under checkpoint_dir as ``textgen runs`` lists them, the most recently saved first (then any left
     without metadata): a dict each with name, path (to give :func:`load`), corpus (the file's path), characters,
-    epochs (trained), planned_epochs (None: until its time budget), val_bpc (the best checkpoint's, None before its
-    first validation) and saved_at (ISO 8601). A run that cannot be read has ``problem`` ("damaged", or "written by
-    a newer textgen"; :func:`load` says more) and None for the rest. A directory that does not exist holds no runs:
-    an empty list.
+    epochs (trained), step_in_epoch (steps into an epoch not finished), planned_epochs (None: until its time
+    budget), val_bpc (the best checkpoint's, None before its first validation) and saved_at (ISO 8601). A run that
+    cannot be read has ``problem`` ("damaged", or "written by a newer textgen"; :func:`load` says more) and None for
+    the rest. A directory that does not exist holds no runs: an empty list.
 
     Example:
         >>> [run["name"] for run in textgen.list_runs()]  # doctest: +SKIP

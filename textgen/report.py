@@ -219,13 +219,14 @@ def _epoch_text(state) -> str:
 
 
 def run_rows(run_dirs: list[Path]) -> list[dict]:
-    """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), planned_epochs (None:
-    until its time budget), val_bpc and saved_at; for a run that cannot be read, "problem" ("damaged", or "written
-    by a newer textgen") and None for the rest."""
+    """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
+    steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
+    its "0" epochs), planned_epochs (None: until its time budget), val_bpc and saved_at; for a run that cannot be
+    read, "problem" ("damaged", or "written by a newer textgen") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
-        row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, planned_epochs=None,
-                   val_bpc=None, saved_at=None)
+        row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,
+                   planned_epochs=None, val_bpc=None, saved_at=None)
         try:
             run = read_run_meta(run_dir)
         except CheckpointTooNew:
@@ -240,7 +241,8 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
         meta = run.latest
         best_val_loss = run.best.state.val_loss if run.best is not None else meta.state.best_val_loss
         rows.append(dict(row, corpus=meta.corpus["path"], characters=meta.corpus["length"],
-                         epochs=meta.state.epoch, planned_epochs=meta.training.epochs or None,
+                         epochs=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
+                         planned_epochs=meta.training.epochs or None,
                          val_bpc=None if best_val_loss is None else bpc(best_val_loss), saved_at=meta.saved_at))
     return rows
 
@@ -256,7 +258,8 @@ def runs_table(run_dirs: list[Path]) -> str:
             continue
         saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}",
-                     epoch_text(run["epochs"], run["planned_epochs"]),
+                     epoch_text(run["epochs"], run["planned_epochs"])
+                     + (f" + {counted(run['step_in_epoch'], 'step')}" if run["step_in_epoch"] else ""),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))

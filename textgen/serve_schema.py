@@ -158,7 +158,9 @@ class RunFacts(BaseModel):
     name: str
     corpus: str = Field(description="The corpus file's name")
     characters: int = Field(description="The corpus's length")
-    epochs: int
+    epochs: int = Field(description="Epochs trained (validated)")
+    step_in_epoch: int = Field(description="Steps trained into an epoch not finished (a time budget can stop a run on "
+                                           "a large text before its first epoch ends)")
     val_bpc: Optional[float] = Field(description="The served checkpoint's validation bits per character")
     parameters: int
     layers: int

@@ -165,7 +165,8 @@ class Runs:
             return None
         val = meta.state.val_loss
         return dict(name=name, corpus=Path(meta.corpus["path"]).name, characters=meta.corpus["length"],
-                    epochs=meta.state.epoch, val_bpc=None if val is None else round(bpc(val), 4),
+                    epochs=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
+                    val_bpc=None if val is None else round(bpc(val), 4),
                     parameters=meta.model.parameter_count(), layers=meta.model.layers, units=meta.model.units,
                     vocabulary=meta.model.vocab_size)
 
