@@ -178,7 +178,8 @@ def test_score_matches_eval_of_the_same_text(model, trained_run, tmp_path):
     assert scored["bpc"] < 0.5  # the model knows this pattern
 
 
-def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(trained_run, tmp_path, caplog):
+def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(trained_run, tmp_path, caplog,
+                                                                           monkeypatch):
     import shutil
 
     path = write_text(tmp_path / "held out.txt", "abcdefg" * 40 + "XY")
@@ -198,6 +199,14 @@ def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(train
     assert result["nats"] == pytest.approx(expected["nats"], rel=1e-6) and result["nats"] < 0.5
     assert {key: result[key] for key in ("characters", "unknown", "unknown_characters", "unscored", "total")} == \
         {"characters": 278, "unknown": 2, "unknown_characters": ["X", "Y"], "unscored": 2, "total": 282}
+    from textgen import model as model_module
+
+    built = []
+    build_model = model_module.build_model
+    monkeypatch.setattr(model_module, "build_model", lambda *args: built.append(args[1]) or build_model(*args))
+    again = [loaded.evaluate(path, batch_size=batch_size, seq_length=37)["nats"] for batch_size in (2, 1, 2, 1)]
+    # the second of each size from the model and loss step kept from the first (each built and traced them: ~0.8 s)
+    assert built == [1] and again[0] == again[2] == result["nats"] and again[1] == again[3] != again[0]
     with pytest.raises(OptionError, match=r"^batch_size must be an integer in \[1, inf\), got 0$"):
         loaded.evaluate(path, batch_size=0)
     with pytest.raises(textgen.TextgenError, match=r"only 280 characters the model knows; evaluation needs more than "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +53,27 @@ def _loss_sum_step(model):
 
     spec = tf.TensorSpec([model.inputs[0].shape[0], None], tf.int32)
     return tf.function(lambda x, y: window_loss_sum(model, x, y), input_signature=[spec, spec])
+
+
+# Per trained model (a TextModel's), its copies for the batch sizes evaluate() was last asked for, with their compiled
+# loss steps: building and tracing them took ~0.8 s a call, for a text of a few KB, and TensorFlow warned of
+# retracing after a few files.
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+KEPT_COPIES = 4
+
+
+def _copy_for(trained, config, batch_size: int) -> tuple:
+    """trained's weights in a model of batch_size streams, and its loss step; kept while trained lives."""
+    from textgen.model import build_model
+
+    copies = _COPIES.setdefault(trained, {})
+    if batch_size not in copies:
+        model = build_model(config, batch_size)
+        model.set_weights(trained.get_weights())
+        while len(copies) >= KEPT_COPIES:
+            del copies[next(iter(copies))]
+        copies[batch_size] = model, _loss_sum_step(model)
+    return copies[batch_size]
 
 
 def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[float, int]:
@@ -118,14 +140,13 @@ def _checked_text(text_file: str | Path, batch_size: int, seq_length: int) -> tu
 def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
               loaded: Optional[tuple] = None) -> dict:
     from textgen.checkpoint import load_model, run_vocabulary
-    from textgen.model import build_model, reset_states
+    from textgen.model import reset_states
 
     if loaded is not None:  # its weights in a model of batch_size streams
         trained, meta = loaded
         ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
         _check_length(path, len(ids), batch_size, named)
-        model = build_model(meta.model, batch_size)
-        model.set_weights(trained.get_weights())
+        model, loss_sum_step = _copy_for(trained, meta.model, batch_size)
     else:
         # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built for
         # batch_size streams (a huge batch would not fit in memory).
@@ -134,6 +155,7 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
             ids, unknown = encode_text(path, vocab, size_hint=total, named=(named := []))
             _check_length(path, len(ids), batch_size, named)
         model, meta = load_model(run_dir, batch_size=batch_size)
+        loss_sum_step = _loss_sum_step(model)
         if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or the run was replaced
             ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
             _check_length(path, len(ids), batch_size, named)
@@ -149,7 +171,7 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
     batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
     reset_states(model)
     bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
-    nats, count = stream_loss(_loss_sum_step(model), batches, progress=bar)
+    nats, count = stream_loss(loss_sum_step, batches, progress=bar)
     return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
                 unknown=unknown, unknown_characters=named,
                 unscored=kept - count, total=total, batches=len(batches))
