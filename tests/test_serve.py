@@ -73,6 +73,9 @@ def test_health_models_and_openapi(server, trained_run):
     with urllib.request.urlopen(urllib.request.Request(server + "/", method="HEAD"), timeout=60) as page:
         assert page.status == 200  # what uptime checkers send (it was a 405)
         assert page.headers["Content-Type"] == "text/html; charset=utf-8"  # GET's (it was the page as JSON)
+    with urllib.request.urlopen(urllib.request.Request(server + "/v1/models", method="HEAD"), timeout=60) as listed:
+        assert listed.status == 200 and listed.headers["Content-Type"] == "application/json"  # (a 405)
+        assert listed.read() == b""
     status, text = call(server, "/v1/models")
     models = json.loads(text)
     assert status == 200 and models["default"] == "period"

@@ -224,9 +224,6 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     async def healthz():
         return {"status": "ok"}
 
-    for path, answer, kind in (("/", playground, HTMLResponse), ("/healthz", healthz, JSONResponse)):
-        app.add_api_route(path, answer, methods=["HEAD"], response_class=kind, include_in_schema=False)  # uptime checks
-
     @app.get("/v1/models", responses={200: {"model": ModelsResponse}})
     def models():
         paths = runs.paths()
@@ -235,6 +232,10 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                 "models": runs.describe_all(paths),
                 "limits": dict(max_length=limits.max_length, max_samples=limits.max_samples,
                                max_prime_chars=limits.max_prime_chars, max_score_chars=limits.max_score_chars)}
+
+    for path, answer, kind in (("/", playground, HTMLResponse), ("/healthz", healthz, JSONResponse),
+                               ("/v1/models", models, JSONResponse)):  # what uptime checks and link checkers send
+        app.add_api_route(path, answer, methods=["HEAD"], response_class=kind, include_in_schema=False)
 
     loading: dict[str, asyncio.Lock] = {}  # by the name asked for: one request loads a run, the others wait here
 
