@@ -580,6 +580,9 @@ def test_a_json_media_type_is_not_told_to_change_its_header_and_an_unknown_field
     status, text = call(server, "/v1/score", raw=b'{"txt": "abc"}')  # not "text: Field required" alone
     assert (status, json.loads(text)["error"]) == (422, "/v1/score takes no field 'txt'; did you mean 'text'? "
                                                         "(its fields: run, text)")
+    status, text = call(server, "/v1/score", raw=b'{"rnu": "period", "text": "abc"}')  # letters swapped: difflib's 0.67
+    assert (status, json.loads(text)["error"]) == (422, "/v1/score takes no field 'rnu'; did you mean 'run'? "
+                                                        "(its fields: run, text)")
 
 
 def test_messages_are_the_clis_with_the_options_named_as_the_json_fields(server):

@@ -444,7 +444,9 @@ def meant_option(name: str, known) -> Optional[str]:
 
     if OTHER_TOOLS_NAMES.get(name) in known:
         return OTHER_TOOLS_NAMES[name]
-    return next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.75)), None)
+    # Letters swapped: difflib rates a short name's ("rnu" for run, 0.67) below a long one's
+    swapped = [option for option in known if sorted(option) == sorted(name)]
+    return next(iter(swapped or difflib.get_close_matches(name, known, n=1, cutoff=0.75)), None)
 
 
 def split_training_options(options: dict) -> tuple[dict, dict]:
