@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import secrets
+import signal
 import time
 from importlib import resources
 from pathlib import Path
@@ -501,8 +502,6 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
             pass
         finally:
             app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
-        if server.force_exit:
-            logger.info("stopped at once (a second Ctrl-C): the requests still running were cut short")
 
 
 class _Server(uvicorn.Server):
@@ -510,6 +509,14 @@ class _Server(uvicorn.Server):
     it cut to close. After a SIGTERM uvicorn raises the signal again as soon as its shutdown returns, which ends the
     process at once: a stream cut at the end of the grace period lost its last event, not yet sent (its cancellation
     still on its way out of Starlette's task group) or still in the buffer of a connection slow to read."""
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self.should_exit and not self.force_exit:  # uvicorn stops at once on a second SIGINT alone: a second
+            # SIGTERM (docker stop, systemctl stop sent twice) waited out --shutdown-timeout
+            self.force_exit = True
+            logger.info(f"stopping at once (a second {'Ctrl-C' if sig == signal.SIGINT else signal.Signals(sig).name}"
+                        "): cutting short the requests still running")
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets=None) -> None:
         await super().shutdown(sockets)
@@ -602,7 +609,7 @@ class _CutShort(logging.Filter):
                 return False
             self.waiting_told = True
             record.msg = f"waiting up to {self.shutdown_timeout:g} s (--shutdown-timeout) for the requests in " \
-                         f"flight to end; a second Ctrl-C cuts them short"
+                         f"flight to end; a second Ctrl-C or SIGTERM cuts them short"
         elif record.msg == "Cancel %s running task(s), timeout graceful shutdown exceeded" and record.args:
             record.msg = "cut short %s still running after %s s (--shutdown-timeout)"
             record.levelno, record.levelname = logging.WARNING, "WARNING"
