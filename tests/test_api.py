@@ -362,8 +362,10 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     for call in (lambda: textgen.load("", checkpoint_dir=tmp_path), lambda: textgen.load("r", checkpoint_dir=" "),
                  lambda: textgen.train(periodic_corpus, run="r", checkpoint_dir=""),
                  lambda: textgen.train("", run="r", checkpoint_dir=tmp_path)):
-        with pytest.raises(textgen.OptionError, match=r"^(run|checkpoint_dir|corpus) is empty; give a path, such as "
-                                                      r"'\.' for the current directory$"):
+        with pytest.raises(textgen.OptionError, match=r"^(run is empty; give a run's directory|checkpoint_dir is "
+                                                      r"empty; give a directory, such as 'checkpoints' or '\.' for "
+                                                      r"the current one|corpus is empty; give a text file \(textgen"
+                                                      r"\.data\.build_default_corpus\(\) writes the built-in one\))"):
             call()
     with pytest.raises(ValueError, match=r"^units must be an integer in \[1, inf\), got 0"):
         textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, units=0)

@@ -250,3 +250,93 @@ def test_sigterm_during_an_export_removes_what_it_built_and_exits_143(trained_ru
                                       str(tmp_path / "out"), "--format", "keras"])
     assert (result.exit_code, result.output.strip()) == (143, "terminated")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_names_the_formats_it_removes_and_an_export_written_meanwhile_is_kept(trained_run, tmp_path,
+                                                                                       monkeypatch, caplog):
+    """--overwrite with fewer formats removed the others without a word; two exports started at once to the same
+    new --output both succeeded, the second replacing the first without --overwrite."""
+    import logging
+
+    run_dir = trained_run["run_dir"]
+    earlier = tmp_path / "earlier"
+    (earlier / "savedmodel").mkdir(parents=True)
+    for name in ("model.tflite", "vocab.json", "model.keras"):
+        (earlier / name).write_text("an earlier export's")
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        written = export_module.export(run_dir, earlier, ("keras",), overwrite=True)
+    assert [path.name for path in written] == ["model.keras", "vocab.json"]
+    assert sorted(path.name for path in earlier.iterdir()) == ["model.keras", "vocab.json"]
+    assert [record.getMessage() for record in caplog.records] == [
+        "note: the earlier export's model.tflite, savedmodel are gone: --overwrite replaces the export whole "
+        "(--format all writes every format)"]
+
+    new = tmp_path / "new"
+    write_keras = export_module.WRITERS["keras"]
+
+    def another_export_finishes_first(meta, trained, building, graph):
+        (new / "model.keras").parent.mkdir()
+        (new / "model.keras").write_text("the other export's")
+        return write_keras(meta, trained, building, graph)
+
+    monkeypatch.setitem(export_module.WRITERS, "keras", another_export_finishes_first)
+    with pytest.raises(TextgenError, match=r"^.*new was written by another program while this export was built; "
+                                           r"pass --overwrite to replace it or choose another --output$"):
+        export_module.export(run_dir, new, ("keras",))
+    assert [path.name for path in new.iterdir()] == ["model.keras"]
+    assert (new / "model.keras").read_text() == "the other export's"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["earlier", "new"]  # nothing left beside them
+
+
+def test_an_output_in_a_file_and_an_empty_output_are_told_what_to_give(trained_run, tmp_path):
+    import textgen
+
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(TextgenError, match=r"^.*notes.txt is a file, so --output .*notes.txt/x/y cannot be a "
+                                           r"directory in it; choose another --output$"):  # was "(File exists)"
+        export_module.export(trained_run["run_dir"], tmp_path / "notes.txt" / "x" / "y", ("keras",))
+    with pytest.raises(textgen.OptionError, match=r"^output is empty; give a directory for the export, such as "
+                                                  r"'exports/NAME'$"):  # it suggested '.', which export refuses
+        textgen.load(trained_run["run_dir"]).export("")
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]  # root as any user: modes apply
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="setpriv and file modes as on Linux")
+def test_overwrite_removes_a_read_only_export_and_a_parent_it_cannot_write_in_is_named(trained_run, tmp_path):
+    """A read-only earlier export, replaced with --overwrite, stayed whole beside it as .old-NAME-PID, hidden, with
+    exit 0; an export in a writable directory whose parent is not (a mount point) failed --overwrite with
+    "could not write the export to OUTPUT (Permission denied)", naming the directory that can be written."""
+    import os
+    import shutil
+
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("running as root, which file modes do not stop, without setpriv to run as if not")
+    prefix = UNPRIVILEGED if os.geteuid() == 0 else []
+    protected, mount = tmp_path / "protected", tmp_path / "ro" / "mount"
+    for output in (protected, mount):
+        export_module.export(trained_run["run_dir"], output, ("keras",))
+    protected.chmod(0o555)
+    mount.parent.chmod(0o555)
+    before = files_snapshot(mount)
+    script = ("import sys; from textgen.export import export; from textgen.errors import TextgenError\n"
+              "for output in sys.argv[2:]:\n"
+              "    try:\n"
+              "        export(sys.argv[1], output, ('keras',), overwrite=True); print('exported')\n"
+              "    except TextgenError as error:\n"
+              "        print(error)\n")
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", script, str(trained_run["run_dir"]), str(protected),
+                               str(mount)], capture_output=True, text=True, timeout=300)
+    finally:
+        mount.parent.chmod(0o755)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "exported", f"cannot write in {mount.parent} (Permission denied), where the new export is built before it "
+        f"replaces {mount}; empty {mount} first (an empty directory is filled in place), or choose another --output; "
+        "nothing was replaced"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["protected", "ro"]  # no .old-protected-PID
+    assert sorted(path.name for path in protected.iterdir()) == ["model.keras", "vocab.json"]
+    assert files_snapshot(mount) == before

@@ -59,6 +59,13 @@ def _sampling_errors_as_keywords(method):
     return wrapped
 
 
+# What an empty path argument is told to give ("." for output suggested the one directory export refuses)
+EMPTY_PATH_ADVICE = {"output": "a directory for the export, such as 'exports/NAME'", "path": "a text file",
+                     "corpus": "a text file (textgen.data.build_default_corpus() writes the built-in one)",
+                     "checkpoint_dir": "a directory, such as 'checkpoints' or '.' for the current one",
+                     "run": "a run's directory, or a run's name under checkpoint_dir"}
+
+
 def _check_paths(**arguments) -> list:
     """Arguments that name files, with a leading ~ read as the home directory, as a shell would (export("~/x")
     wrote a folder named ~ in the working directory); a wrong type (None, a number) is refused by name, not by a
@@ -67,7 +74,7 @@ def _check_paths(**arguments) -> list:
         if not isinstance(value, (str, os.PathLike)):
             raise OptionError(f"{name} must be a path (str or pathlib.Path), got {value!r}")
         if not str(value).strip():  # Path("") is the current directory: the command line refuses it too
-            raise OptionError(f"{name} is empty; give a path, such as '.' for the current directory")
+            raise OptionError(f"{name} is empty; give {EMPTY_PATH_ADVICE.get(name, 'a path')}")
         if "\0" in str(value):  # else os raised "embedded null byte", naming no argument
             raise OptionError(f"{name} holds a NUL character (\\0), which no path can hold")
     return [expand_user(value) if isinstance(value, str) else Path(expand_user(value)) for value in arguments.values()]

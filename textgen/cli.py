@@ -523,13 +523,14 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @run_option
 @click.option("--format", "formats", multiple=True, type=click.Choice([*EXPORT_FORMATS, "all"]),
               default=["keras", "savedmodel"], show_default=True,
-              help="keras = model.keras (stock layers, batch 1) + vocab.json; savedmodel = TensorFlow SavedModel with "
+              help="keras = model.keras (stock layers, batch 1); savedmodel = TensorFlow SavedModel with "
                    "step, generate, generate_filtered and generate_guarded signatures; litert = model.tflite of one "
-                   "step. Repeat for several.")
+                   "step. Repeat for several. Each export also has vocab.json.")
 @click.option("--output", "-o", type=click.Path(), required=True,
-              callback=_not_empty("give a directory to write, such as exported", _user_path),
-              help="Directory to write.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
+              callback=_not_empty("give a directory to write, such as exports/NAME", _user_path),
+              help="Directory to write (new or empty, or an earlier export with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT, an earlier export, whole (only once the new export "
+                                                "is complete): the formats not written again are removed.")
 @_sigterm_as_interrupt
 def export_command(checkpoint_dir, run, formats, output, overwrite):
     """Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT (no textgen needed)."""

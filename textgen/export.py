@@ -21,6 +21,7 @@ leaves a half-written export where a good one was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import glob
 import json
@@ -33,6 +34,8 @@ from typing import Optional
 from textgen.config import EXPORT_FORMATS
 from textgen.errors import OptionError, TextgenError
 from textgen.files import check_path_length, links_to_itself
+
+logger = logging.getLogger("textgen")
 
 EXPORT_ENTRIES = {"model.keras", "savedmodel", "model.tflite", "vocab.json"}  # what an export directory holds
 
@@ -156,6 +159,10 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:  # a file in the way (corpus.txt/x), or a directory we may not write in
+        in_the_way = next((above for above in target.parents if above.exists()), None)
+        if in_the_way is not None and not in_the_way.is_dir():  # it said "cannot create ... (File exists)"
+            raise TextgenError(f"{in_the_way} is a file, so --output {output} cannot be a directory in it; choose "
+                               "another --output") from None
         raise TextgenError(f"cannot create the directory {target.parent} for --output "
                            f"({error.strerror or error}); choose another --output") from None
     # An empty directory (a mount point, a shared folder with its owner and mode) is filled, not replaced: the
@@ -184,13 +191,23 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             epoch=meta.state.epoch,
             val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
             ensure_ascii=False, indent=1), encoding="utf-8")
-        _fill_directory(building, target) if fills else _replace_directory(building, target)
+        _fill_directory(building, target) if fills else _replace_directory(building, target, output, overwrite)
     except OSError as error:
+        if not fills and error.filename is not None and Path(error.filename) == building:
+            # A replacement is built beside --output (a mount point, a shared folder in a directory we may not write
+            # in); an empty --output is filled in place.
+            raise TextgenError(f"cannot write in {target.parent} ({error.strerror or error}), where the new export "
+                               f"is built before it replaces {output}; empty {output} first (an empty directory is "
+                               "filled in place), or choose another --output; nothing was replaced") from None
         raise TextgenError(f"could not write the export to {output} ({error.strerror or error}); "
                            "nothing was replaced") from None
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return written + [output / "vocab.json"]
+    written.append(output / "vocab.json")
+    if dropped := sorted({entry.name for entry in held} - {path.relative_to(output).parts[0] for path in written}):
+        logger.warning(f"note: the earlier export's {', '.join(dropped)} {'is' if len(dropped) == 1 else 'are'} "
+                       "gone: --overwrite replaces the export whole (--format all writes every format)")
+    return written
 
 
 def _building_places(target: Path) -> tuple:
@@ -236,8 +253,19 @@ def _fill_directory(new: Path, target: Path) -> None:
         raise
 
 
-def _replace_directory(new: Path, target: Path) -> None:
-    """Put new in target's place; an old target is moved aside first and removed only once new is in."""
+def _replace_directory(new: Path, target: Path, output: Path, overwrite: bool) -> None:
+    """Put new in target's place; an old target is moved aside first and removed only once new is in. Without
+    overwrite, a target another program wrote meanwhile (an export to the same new --output, started at the same
+    time) is kept: rename() refuses to replace a directory that holds anything."""
+    if not overwrite:
+        try:
+            os.rename(new, target)
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise TextgenError(f"{output} was written by another program while this export was built; pass "
+                                   "--overwrite to replace it or choose another --output") from None
+            raise
+        return
     old = target.with_name(f".old-{target.name}-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
@@ -247,5 +275,20 @@ def _replace_directory(new: Path, target: Path) -> None:
         if old.exists():
             os.replace(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if not _removed(old):
+        logger.warning(f"warning: the earlier export, moved aside to {old}, could not be removed; remove it by hand")
 
+
+def _removed(tree: Path) -> bool:
+    """Remove tree, also where its directories were made read-only (an export the user protected, which
+    --overwrite was asked to replace: it stayed, hidden, as .old-NAME-PID); whether it is gone."""
+    shutil.rmtree(tree, ignore_errors=True)
+    if os.path.lexists(tree):
+        with contextlib.suppress(OSError):
+            os.chmod(tree, 0o700)
+            for directory, subdirectories, _ in os.walk(tree):  # (top-down: each made listable before it is listed)
+                for name in subdirectories:
+                    if not os.path.islink(os.path.join(directory, name)):  # never a directory a link leads to
+                        os.chmod(os.path.join(directory, name), 0o700)
+        shutil.rmtree(tree, ignore_errors=True)
+    return not os.path.lexists(tree)
