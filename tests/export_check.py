@@ -79,6 +79,9 @@ result["negative_seed"] = refusal(lambda: generate(prime=tf.constant("abc"), len
 result["no_step"] = refusal(lambda: served.signatures["step"](ids=tf.zeros([2, 0], tf.int32),
                                                                h=tf.zeros([layers, 2, units]),
                                                                c=tf.zeros([layers, 2, units])))
+result["id_out_of_range"] = [refusal(lambda bad=bad: served.signatures["step"](
+    ids=tf.constant([[0, bad]]), h=tf.zeros([layers, 1, units]), c=tf.zeros([layers, 1, units])))
+    for bad in (-1, len(json.load(open(f"{out}/vocab.json"))["chars"]))]
 result["negative_length"] = refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(-5),
                                                      temperature=tf.constant(0.5), seed=tf.constant(1, tf.int64)))
 result["huge_length"] = refusal(lambda: generate(prime=tf.constant("abc"), length=tf.constant(2**31 - 1),

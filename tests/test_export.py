@@ -82,6 +82,9 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert "length must be in [0, 1e+07]" in exported["loaded"]["negative_length"]
     assert "seed must be in [0, inf)" in exported["loaded"]["negative_seed"]
     assert "ids must hold at least one step" in exported["loaded"]["no_step"]
+    # a Gather's "indices[0] = 7 is not in [0, 7)" before
+    assert all(f"ids must be in [0, {len(PERIOD)}): an id is a place in the chars of vocab.json" in refusal
+               for refusal in exported["loaded"]["id_out_of_range"]), exported["loaded"]["id_out_of_range"]
     # Each was accepted: a length that runs for days, two primes read as one text, a state broadcast to 3 streams.
     assert "length must be in [0, 1e+07]" in exported["loaded"]["huge_length"]
     assert "Shape of tensor prime [2] is not compatible with expected shape []" in \

@@ -115,7 +115,10 @@ class ExportedGraph(tf.Module):
         """Feed ids (batch, T >= 1) from state (h, c) (layers, batch, units; zeros to start)."""
         checks = [tf.debugging.Assert(tf.shape(ids)[1] > 0, ["ids must hold at least one step: (batch, T >= 1)"]),
                   tf.debugging.Assert((tf.shape(h)[1] == tf.shape(ids)[0]) & (tf.shape(c)[1] == tf.shape(ids)[0]),
-                                      ["h and c must hold one row per row of ids: (layers, batch, units)"])]
+                                      ["h and c must hold one row per row of ids: (layers, batch, units)"]),
+                  # (else "indices[0] = 103 is not in [0, 103)", at a node named while/Gather)
+                  tf.debugging.Assert(tf.reduce_all((ids >= 0) & (ids < len(self.vocab))), [
+                      f"ids must be in [0, {len(self.vocab)}): an id is a place in the chars of vocab.json"])]
         with tf.control_dependencies(checks):  # T = 0 would fail later, in the loop's TensorArray; a batch of
             ids = tf.identity(ids)  # one against states of 3 was broadcast
         logits, h, c = self._feed(ids, h, c)
