@@ -580,6 +580,12 @@ def test_a_json_media_type_is_not_told_to_change_its_header_and_an_unknown_field
     status, text = call(server, "/v1/score", raw=b'{"txt": "abc"}')  # not "text: Field required" alone
     assert (status, json.loads(text)["error"]) == (422, "/v1/score takes no field 'txt'; did you mean 'text'? "
                                                         "(its fields: run, text)")
+    names = {f"x{i}" * 30: i for i in range(30)}  # 20,000 such held the event loop 0.8 s, and were all echoed
+    status, text = call(server, "/v1/generate", raw=json.dumps(names).encode())
+    assert status == 422 and json.loads(text)["error"].startswith(
+        "/v1/generate takes no fields 'x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0x0'... (60 characters), ")
+    assert "'x9x9x9x9x9x9x9x9x9x9x9x9x9x9x9x9x9x9x9x9'... (60 characters) and 20 more (its fields: run, " in \
+        json.loads(text)["error"]
     status, text = call(server, "/v1/score", raw=b'{"rnu": "period", "text": "abc"}')  # letters swapped: difflib's 0.67
     assert (status, json.loads(text)["error"]) == (422, "/v1/score takes no field 'rnu'; did you mean 'run'? "
                                                         "(its fields: run, text)")
@@ -1591,3 +1597,20 @@ def test_models_describes_a_run_whose_best_metadata_is_damaged_from_the_checkpoi
     described = runs.describe("nobest", tmp_path / "nobest")
     assert "error" not in described and described["epochs"] == 3 and described["corpus"] == "period.txt"
     assert runs.get("nobest").generator.meta.state.epoch == 3  # loading falls back to last.json the same way
+
+
+def test_a_request_without_a_length_gets_the_servers_most_when_that_is_below_the_default(trained_run):
+    """With --max-length 100, a request that left length out was refused: "length must be in [0, 100] on this
+    server, got 500", and the OpenAPI document said "maximum": 100, "default": 500."""
+    from textgen.serve import Limits, create_app
+
+    with serving(create_app(trained_run["checkpoint_dir"], "period", Limits(max_length=100))) as base:
+        status, text = call(base, "/v1/generate", dict(prime="abc", temperature=0))
+        answer = json.loads(text)
+        assert status == 200 and answer["options"]["length"] == 100
+        assert answer["samples"][0]["text"] == ("abcdefg" * 20)[:103]
+        document = json.loads(call(base, "/v1/openapi.json")[1])
+        assert document["components"]["schemas"]["GenerateRequest"]["properties"]["length"] == dict(
+            document["components"]["schemas"]["GenerateRequest"]["properties"]["length"], maximum=100, default=100)
+        status, text = call(base, "/v1/generate", dict(length=500))  # asked for: refused, as before
+        assert (status, json.loads(text)["error"]) == (400, "length must be in [0, 100] on this server, got 500")

@@ -42,7 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from textgen.checkpoint import DamagedCheckpoint
 from textgen.config import (DEFAULT_SHUTDOWN_TIMEOUT, SAMPLE_FIELDS, SAMPLE_FLAGS, Limits,
                             SampleConfig, meant_option, sample_config_of, shown_number)
-from textgen.errors import TextgenError, as_keywords, counted
+from textgen.errors import TextgenError, as_keywords, counted, shown_start
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.serve_schema import (GenerateRequest, GenerateResponse, Health, ModelsResponse, NextRequest,
                                   NextResponse, ScoreRequest, ScoreResponse, errors, integral_bounds, with_limits)
@@ -53,6 +53,8 @@ REQUESTS = {"/v1/generate": GenerateRequest, "/v1/score": ScoreRequest, "/v1/nex
 DISCONNECT_POLL_S = 0.2  # how often a non-streamed request checks that its client is still there
 FINAL_WORDS_WAIT_S = 2.0  # how long requests cut by the shutdown may take to answer so (a client slow to read)
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
+NAMED_UNKNOWN = 10  # unknown fields an error names (and looks for a "did you mean" for)
+MAX_OPTION_NAME = 40  # characters of an unknown field compared with the fields' names (difflib: quadratic)
 SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (exact as a JavaScript number)
 
 
@@ -81,7 +83,10 @@ def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
-    config = sample_config_of(body.model_dump())  # the fields besides SampleConfig's: the run, the streaming switch
+    fields = body.model_dump()
+    if "length" not in body.model_fields_set:  # the general default (500) may be over this server's --max-length
+        fields["length"] = min(fields["length"], limits.max_length)
+    config = sample_config_of(fields)  # the fields besides SampleConfig's: the run, the streaming switch
     # This server's limits come before the general rules, which allow far more.
     if config.num_samples < 1:
         raise ApiError(f"num_samples must be an integer in [1, {limits.max_samples}] on this server, got "
@@ -201,11 +206,14 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             # (pydantic says "Extra inputs are not permitted", naming no field the endpoint takes)
             fields = list(REQUESTS[request.url.path].model_fields)
             unknown = [str(each["loc"][-1]) for each in exc.errors() if each.get("type") == "extra_forbidden"]
-            meant = [repr(known) + (f" for {name!r}" if len(unknown) > 1 else "") for name in unknown
-                     if (known := meant_option(name, fields))]
+            named = unknown[:NAMED_UNKNOWN]  # a body of 20,000 names held the event loop 0.8 s and was echoed whole
+            meant = [repr(known) + (f" for {name!r}" if len(unknown) > 1 else "") for name in named
+                     if (known := meant_option(name[:MAX_OPTION_NAME], fields))]
+            more = f" and {len(unknown) - len(named):,} more" if len(unknown) > len(named) else ""
             return error(422, f"{request.url.path} takes no field{'s' if len(unknown) > 1 else ''} "
-                              f"{', '.join(map(repr, unknown))}" + (f"; did you mean {', '.join(meant)}?" if meant
-                                                                    else "") + f" (its fields: {', '.join(fields)})")
+                              f"{', '.join(shown_start(name) for name in named)}{more}"
+                              + (f"; did you mean {', '.join(meant)}?" if meant else "")
+                              + f" (its fields: {', '.join(fields)})")
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
@@ -281,7 +289,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             job.cancel()  # nothing once the job is over; stops it if this request is itself cancelled (shutdown)
         if job.error is not None:
             raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
-        options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed)
+        options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed, length=config.length)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()],
                 "warnings": job.warnings}
 

@@ -196,6 +196,7 @@ def with_limits(document: dict, limits) -> dict:
     schemas = document["components"]["schemas"]
     generate = schemas["GenerateRequest"]["properties"]
     generate["length"]["maximum"] = limits.max_length
+    generate["length"]["default"] = min(generate["length"]["default"], limits.max_length)  # as the server reads it
     generate["num_samples"]["maximum"] = limits.max_samples
     generate["prime"]["maxLength"] = limits.max_prime_chars
     schemas["NextRequest"]["properties"]["prime"]["maxLength"] = limits.max_prime_chars
