@@ -1614,3 +1614,44 @@ def test_a_request_without_a_length_gets_the_servers_most_when_that_is_below_the
             document["components"]["schemas"]["GenerateRequest"]["properties"]["length"], maximum=100, default=100)
         status, text = call(base, "/v1/generate", dict(length=500))  # asked for: refused, as before
         assert (status, json.loads(text)["error"]) == (400, "length must be in [0, 100] on this server, got 500")
+
+
+def test_a_score_whose_client_left_while_it_waited_for_the_engine_is_not_computed(server, caplog, monkeypatch):
+    """16 abandoned /v1/score requests of 20,000 characters were each computed in turn (the next request waited 7 s),
+    and the log had no line for them."""
+    generator = SERVED["app"].state.runs.get("period").generator
+    scored, score = [], generator.score
+
+    def slow_score(text):  # holds the engine while the others arrive and leave
+        scored.append(text)
+        time.sleep(0.5 if len(scored) == 1 else 0)
+        return score(text)
+
+    monkeypatch.setattr(generator, "score", slow_score)
+    host, port = server.removeprefix("http://").split(":")
+
+    def request(text: str) -> socket.socket:
+        body = json.dumps(dict(text=text)).encode()
+        connection = socket.create_connection((host, int(port)), timeout=30)
+        connection.sendall(b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        return connection
+
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        kept = request("abcdefg" * 100)
+        deadline = time.monotonic() + 30
+        while not scored:
+            assert time.monotonic() < deadline, "the first score did not start"
+            time.sleep(0.01)
+        for _ in range(4):
+            request("gfedcba" * 2800).close()
+        assert b"200 OK" in kept.recv(4096)
+        kept.close()
+        gone = []
+        while len(gone) < 4 and time.monotonic() < deadline:
+            gone = [record for record in caplog.records if "went away" in record.getMessage()]
+            time.sleep(0.01)
+    assert [record.getMessage().split('" ', 1)[1] for record in gone] == [
+        "went away while it waited for the engine; not computed"] * 4
+    assert scored == ["abcdefg" * 100]
+    assert call(server, "/v1/score", dict(text="abcdefg"))[0] == 200
