@@ -1655,3 +1655,32 @@ def test_a_score_whose_client_left_while_it_waited_for_the_engine_is_not_compute
         "went away while it waited for the engine; not computed"] * 4
     assert scored == ["abcdefg" * 100]
     assert call(server, "/v1/score", dict(text="abcdefg"))[0] == 200
+
+
+def test_without_a_run_named_a_damaged_latest_run_leaves_the_default_to_the_next(trained_run, tmp_path, caplog):
+    """The server refused to start when the latest run could not be loaded (a training killed mid-save), every other
+    run good: under a service manager, for good."""
+    import shutil
+
+    from textgen.errors import TextgenError
+    from textgen.served_runs import Runs
+
+    for name in ("good", "newer"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    for kind in ("best", "last"):  # saved after good
+        meta = json.loads((tmp_path / "newer" / f"{kind}.json").read_text())
+        (tmp_path / "newer" / f"{kind}.json").write_text(json.dumps(dict(meta, saved_at="2099-01-01T00:00:00+00:00")))
+    for weights in (tmp_path / "newer").glob("ckpt-*.weights.h5"):
+        weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        runs = Runs(tmp_path, None, (1,))
+    assert runs.default == "good" and runs.get(None).name == "good"
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert re.fullmatch(r"warning: the latest run, 'newer', cannot be served \(checkpoint file newer/ckpt-\S+ is "
+                        r"(corrupted|cut short).*\); serving 'good' as the default \(name one with --run\)", warning)
+    runs.stop()
+    with pytest.raises(TextgenError, match="newer/ckpt-"):  # named: its own error, as before
+        Runs(tmp_path, "newer", (1,))
+    shutil.rmtree(tmp_path / "good")
+    with pytest.raises(TextgenError, match="newer/ckpt-"):  # none to serve: the latest's error
+        Runs(tmp_path, None, (1,))

@@ -545,8 +545,8 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @cli.command()
 @checkpoint_dir_option
 @click.option("--run", default=None, callback=_run_name_given,
-              help="The run served by default; default: the latest run with a best checkpoint. Every run in "
-                   "--checkpoint-dir can be asked for by name.")
+              help="The run served by default; default: the latest run with a best checkpoint (the next, with a "
+                   "warning, if it cannot be loaded). Every run in --checkpoint-dir can be asked for by name.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               callback=_not_empty("give an address such as 127.0.0.1 (0.0.0.0 for every interface)"),
               help="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")

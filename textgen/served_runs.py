@@ -101,10 +101,32 @@ class Runs:
         self._described: dict = {}  # run directory -> (its metadata files' stamps, the metadata describe() shows)
         self._damaged: dict = {}  # run directory -> (files_stamp, the error a request's load met)
         found = find_run(self.checkpoint_dir, default)
-        self.default = found.name
         # Loaded here, not by get(): a run that cannot be loaded is the command's one-line error, not a request's
-        self._keep(self._load(self.default, found))
+        served = self._load(found.name, found) if default is not None else self._first_servable(found)
+        self.default = served.name
+        self._keep(served)
         self._last_used[self.default] = time.monotonic()
+
+    def _first_servable(self, latest: Path) -> Served:
+        """The latest run, loaded, or, when it cannot be (a damaged run whose training was killed), the next that can
+        be, with a warning: the server refused to start, with every other run good (under a service manager, for
+        good), where its user had named no run."""
+        from textgen.runs import list_runs
+
+        try:
+            return self._load(latest.name, latest)
+        except TextgenError as error:
+            others = [path for path in list_runs(self.checkpoint_dir) if path != latest] \
+                if latest != self.checkpoint_dir else []
+            for path in others:
+                try:
+                    served = self._load(path.name, path)
+                except TextgenError:
+                    continue
+                logger.warning(f"warning: the latest run, {latest.name!r}, cannot be served ({self.inside(error)}); "
+                               f"serving {path.name!r} as the default (name one with --run)")
+                return served
+            raise
 
     def stop(self, timeout: float = 5.0) -> None:
         """Cancel the requests still generating and stop every batcher, waiting up to timeout seconds in all (the
