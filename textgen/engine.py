@@ -35,12 +35,18 @@ from textgen import lstm_step, sampling
 CHUNK = 512  # most steps one compiled call runs; longer requests loop over chunks
 _FORCED_BUCKETS = (8, 64, CHUNK)  # padded lengths for teacher-forced calls (few compilations)
 _SHARED: dict = {}  # compiled concrete functions, by kind, static options and shapes (see _shared)
-_SHARED_LOCK = threading.Lock()  # one compilation per key even when threads (the server's) ask at once
+_SHARED_LOCK = threading.Lock()  # guards _BUILDING
+_BUILDING: dict = {}  # key -> the lock of its one build, when threads (the server's) ask for it at once
 
 
 def _shared(key, build):
-    """The concrete function for key, built (traced and compiled) once per process by build()."""
+    """The concrete function for key, built (traced and compiled) once per process by build(). A key built already
+    never waits for another's build (a server's warm-up traces beside the requests)."""
+    if (found := _SHARED.get(key)) is not None:
+        return found
     with _SHARED_LOCK:
+        lock = _BUILDING.setdefault(key, threading.Lock())
+    with lock:
         if key not in _SHARED:
             _SHARED[key] = build()
         return _SHARED[key]
@@ -356,6 +362,15 @@ class Engine:
         last = source._last if source._last is not None else tf.zeros((source.num_streams, self.vocab_size))
         self._last = tf.pad(tf.gather(last, rows, axis=0), [[0, padding], [0, 0]])
         self._history = source._history.taken(rows.numpy(), self.num_streams)
+
+    def warm_up(self) -> None:
+        """Compile ahead of use what a server's batcher runs on an engine of this size (priming at each padded
+        length, sampling with every filter); the state is then reset."""
+        for bucket in _FORCED_BUCKETS:
+            self.prime_rows([0], np.zeros((1, bucket), np.int32))
+        self.sample(1, temperature=np.ones(self.num_streams, np.float32), uniforms=np.zeros((1, self.num_streams)),
+                    every_filter=True)
+        self.reset()
 
     def logits(self, ids) -> np.ndarray:
         """Continue from the current state, feed ids (num_streams, T); return (num_streams, T, V)."""

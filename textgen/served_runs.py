@@ -278,7 +278,7 @@ class Runs:
         with self._batchers_lock:  # not after stop() took the list: its thread would outlive the server
             if self._stopping:
                 raise ApiError("the server is stopping", status=503)
-            batcher = Batcher(generator, self.buckets)
+            batcher = Batcher(generator, self.buckets, warm_up=True)
             self._batchers[batcher] = name
         return Served(name, batcher, path, version)
 
