@@ -613,6 +613,10 @@ def test_the_serve_command_starts_logs_each_request_and_stops_on_sigterm(trained
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_health(process, base)
+        rebound = urllib.request.Request(base + "/v1/models", headers={"Host": f"attacker.example:{port}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # on loopback: only requests that name this machine
+            urllib.request.urlopen(rebound, timeout=60)
+        assert refused.value.code == 400 and "not for 'attacker.example'" in refused.value.read().decode()
         assert call(base, "/v1/generate", dict(prime="abc", length=10, temperature=0))[0] == 200
         assert call(base, "/v1/next", dict(prime="abxc", skip_unknown=True, temperature=5e-324))[0] == 200
         process.send_signal(signal.SIGTERM)
@@ -1684,3 +1688,38 @@ def test_without_a_run_named_a_damaged_latest_run_leaves_the_default_to_the_next
     shutil.rmtree(tmp_path / "good")
     with pytest.raises(TextgenError, match="newer/ckpt-"):  # none to serve: the latest's error
         Runs(tmp_path, None, (1,))
+
+
+def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_run):
+    """A page of another site whose name its owner points at 127.0.0.1 (DNS rebinding) could call the API from the
+    browser of anyone running the server: the request names that site in its Host header."""
+    from textgen.serve import Limits, create_app
+
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), loopback_host="127.0.0.1")
+    with serving(app) as base:
+        host, port = base.removeprefix("http://").split(":")
+
+        def named(host_header: str) -> tuple:
+            body = b'{"text": "abcdefg"}'
+            with socket.create_connection((host, int(port)), timeout=30) as connection:
+                connection.sendall(f"POST /v1/score HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n"
+                                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                                   + body)
+                answer = b""
+                for _ in range(1000):
+                    if not (received := connection.recv(65536)):
+                        break
+                    answer += received
+            head, _, content = answer.partition(b"\r\n\r\n")
+            return int(head.split()[1]), json.loads(content)
+
+        for good in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.2",
+                     f"app.localhost:{port}"):
+            status, answer = named(good)
+            assert status == 200 and answer["run"] == "period", (good, answer)
+        status, answer = named(f"attacker.example:{port}")
+        assert (status, answer) == (400, {"error": "this server listens on the loopback interface and answers requests "
+                                                   "for this machine (localhost, 127.0.0.1), not for "
+                                                   "'attacker.example'; to serve other names, start it with --host "
+                                                   "0.0.0.0"})
+        assert named(f"10.0.0.5:{port}")[0] == 400

@@ -127,9 +127,10 @@ def _example(request) -> str:
 
 
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits(),
-               allow_origins: tuple = ()):
+               allow_origins: tuple = (), loopback_host: Optional[str] = None):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one); allow_origins: the web
-    origins whose pages may call the API (CORS; "*": any)."""
+    origins whose pages may call the API (CORS; "*": any); loopback_host: the loopback address or name it listens
+    on, if it does, whose requests must name this machine (_LoopbackHosts)."""
 
     from textgen.generate import ENGINE_SIZES
 
@@ -221,6 +222,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    if loopback_host is not None:
+        app.add_middleware(_LoopbackHosts, listening_on=loopback_host)
     app.add_middleware(_AnsweredWhenCut)
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
@@ -378,6 +381,44 @@ def _last_words():
         yield
 
 
+class _LoopbackHosts:
+    """Refuse a request whose Host header names another machine, on a server that listens on the loopback interface
+    alone: a web page whose site's name its owner points at 127.0.0.1 (DNS rebinding) could otherwise call the API
+    from the browser of anyone running the server, no --allow-origin needed."""
+
+    def __init__(self, app, listening_on: str):
+        self.app, self.listening_on = app, listening_on.strip("[]").lower()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            named = _host_name(Headers(scope=scope).get("host", ""))
+            if named and not (named in ("localhost", self.listening_on) or named.endswith(".localhost")
+                              or _is_loopback_address(named)):
+                message = (f"this server listens on the loopback interface and answers requests for this machine "
+                           f"(localhost, {self.listening_on}), not for {shown_start(named)}; to serve other names, "
+                           "start it with --host 0.0.0.0")
+                return await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """The name or address of a Host header, without its port: "localhost:8000" -> "localhost", "[::1]:80" ->
+    "::1"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return (header.rsplit(":", 1)[0] if header.count(":") == 1 else header).rstrip(".")
+
+
+def _is_loopback_address(name: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class _BodyLimit:
     """Refuse a request body over max_bytes: at once when its Content-Length says so, else (a chunked body)
     as soon as that much has arrived. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's
@@ -507,7 +548,8 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
 
     with _log_lines_timed(log_level):
         import_tensorflow_quietly()
-        app = create_app(checkpoint_dir, run, limits, allow_origins)
+        loopback = all(_is_loopback_address(address[0]) for _, address in addresses)
+        app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None)
         logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on "
                     f"http://{shown}:{port}/ (API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
         log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
