@@ -1447,6 +1447,10 @@ def test_a_run_deleted_while_served_is_no_longer_served_and_a_damaged_one_names_
         models = json.loads(call(base, "/v1/models")[1])
         assert models["default"] is None and "main" not in [model["name"] for model in models["models"]]
         status, text = call(base, "/v1/generate", dict(length=5))
+        # (it said "no run named 'main'" to a request that named none)
+        assert (status, json.loads(text)) == (404, {"error": "the server's default run, 'main', is gone; name a run "
+                                                             "(GET /v1/models lists them)"})
+        status, text = call(base, "/v1/generate", dict(length=5, run="main"))
         assert (status, json.loads(text)) == (404, {"error": "no run named 'main'; GET /v1/models lists the runs"})
 
 
@@ -1583,7 +1587,7 @@ def test_a_default_run_deleted_is_missing_at_every_request(trained_run, tmp_path
     assert runs.default == "a&b"
     shutil.rmtree(tmp_path / "a&b")
     for _ in range(2):
-        with pytest.raises(ApiError, match="no run named 'a&b'") as missing:
+        with pytest.raises(ApiError, match="^the server's default run, 'a&b', is gone; name a run") as missing:
             runs.get(None)
         assert missing.value.status == 404
 

@@ -75,7 +75,11 @@ def files_stamp(path: Path) -> Optional[tuple]:
     return tuple(sorted(stamps))
 
 
-def no_run(name: str) -> ApiError:
+def no_run(name: str, asked: Optional[str] = "") -> ApiError:
+    """The 404 for run name; asked None: the request named none, and name is the server's default, deleted since."""
+    if asked is None:  # "no run named 'demo'" answered a request that named no run
+        return ApiError(f"the server's default run, {name!r}, is gone; name a run (GET /v1/models lists them)",
+                        status=404)
     return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
 
 
@@ -220,13 +224,13 @@ class Runs:
             if not has_checkpoint(served.path):  # deleted: as GET /v1/models no longer lists it, no longer served
                 with self._guard:
                     self._unload(name, "its checkpoints are gone")
-                raise no_run(name)
+                raise no_run(name, asked)
             return self._reload(served)
         path = (self.paths() if paths is None else paths).get(name)
         if path is None:
             if asked and not is_run_name(unicodedata.normalize("NFC", name)):  # "../x": a bad request, not a 404
                 raise ApiError(f"invalid run name {name!r}; name one of the runs GET /v1/models lists")
-            raise no_run(name)
+            raise no_run(name, asked)
         with self._guard:
             self._last_used[name] = time.monotonic()
             if name not in self._loaded:
@@ -235,7 +239,7 @@ class Runs:
                     self._damaged.pop(path, None)
                 except (TextgenError, OSError) as error:  # a damaged run on the server: not the request's fault
                     if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
-                        raise no_run(name) from None
+                        raise no_run(name, asked) from None
                     logger.warning(f"run {name!r} cannot be loaded: {error}")
                     if isinstance(error, TextgenError):  # (not an OSError such as too many open files: it passes)
                         self._damaged[path] = files_stamp(path), error
