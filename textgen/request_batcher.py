@@ -95,9 +95,10 @@ class Batcher:
         self.stopping = False  # stop() was called: its requests are cancelled, and submit() refuses
         self.thread = threading.Thread(target=self._run, name="textgen-batcher", daemon=True)
         self.thread.start()
-        # warm_up: a server's, whose clients would wait for each compilation
-        self.warming = threading.Thread(target=self._warm_up if warm_up else lambda: None, name="textgen-warm-up",
-                                        daemon=True)
+        # warm_up: a server's, whose clients would wait for each compilation. Not a daemon: the process waits for
+        # the size it compiles (a second or two), where a thread inside TensorFlow as the interpreter ends aborts it
+        # ("FATAL: exception not rethrown").
+        self.warming = threading.Thread(target=self._warm_up if warm_up else lambda: None, name="textgen-warm-up")
         self.warming.start()
 
     def _warm_up(self) -> None:
@@ -105,7 +106,7 @@ class Batcher:
         each new size held every stream of the run for 1.5-2.5 s (40 clients arriving together at a fresh server
         waited 4.6-7.2 s for their first character)."""
         for size in self.buckets:
-            if self.retired:
+            if self.retired or not threading.main_thread().is_alive():  # stopped, or the program is ending
                 return
             try:
                 with self.generator.engine(size) as engine:
