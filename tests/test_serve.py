@@ -1069,6 +1069,10 @@ def test_next_gives_the_python_apis_distribution_the_likeliest_first(server, tra
     (b'{"run": "../x"}', 400, "invalid run name '../x'; name one of the runs GET /v1/models lists"),
     (b'{"run": ""}', 400, "run is empty; leave it out (or null) for the server's default run"),
     (b'{"run": "missing"}', 404, "no run named 'missing'; GET /v1/models lists the runs"),
+    (json.dumps(dict(run="m" * 90)).encode(), 404, "no run named 'mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm'... (90 "
+                                                    "characters); GET /v1/models"),  # was echoed whole
+    (json.dumps(dict(run="../" * 100_000)).encode(), 400,
+     "invalid run name '../../../../../../../../../../../../../.'... (300,000 characters); name one"),
     (json.dumps(dict(prime="a" * 5000)).encode(), 400, "prime must be at most 4000 characters on this server, got "
                                                       "5000"),
     (json.dumps(dict(prime="a" * 400000)).encode(), 413, "request body larger than"),

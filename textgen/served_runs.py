@@ -16,7 +16,7 @@ from typing import Optional
 
 from textgen.checkpoint import has_checkpoint
 from textgen.config import SampleConfig
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, shown_start
 from textgen.evaluation import bpc
 
 logger = logging.getLogger("textgen")
@@ -80,7 +80,7 @@ def no_run(name: str, asked: Optional[str] = "") -> ApiError:
     if asked is None:  # "no run named 'demo'" answered a request that named no run
         return ApiError(f"the server's default run, {name!r}, is gone; name a run (GET /v1/models lists them)",
                         status=404)
-    return ApiError(f"no run named {name!r}; GET /v1/models lists the runs", status=404)
+    return ApiError(f"no run named {shown_start(name)}; GET /v1/models lists the runs", status=404)
 
 
 class Runs:
@@ -229,7 +229,7 @@ class Runs:
         path = (self.paths() if paths is None else paths).get(name)
         if path is None:
             if asked and not is_run_name(unicodedata.normalize("NFC", name)):  # "../x": a bad request, not a 404
-                raise ApiError(f"invalid run name {name!r}; name one of the runs GET /v1/models lists")
+                raise ApiError(f"invalid run name {shown_start(name)}; name one of the runs GET /v1/models lists")
             raise no_run(name, asked)
         with self._guard:
             self._last_used[name] = time.monotonic()
