@@ -97,3 +97,34 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     assert not list(run_dir.glob(".tmp-*"))
     [sample] = generate(tmp_path, "r", prime="abc", length=20, temperatures=[0])
     assert sample.text.startswith("abc") and len(sample.text) == 23
+
+
+@pytest.mark.slow
+def test_a_save_the_system_refuses_midway_stops_in_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """A file-size limit (or a quota, or a disk another user fills during the save), which the free-space check
+    cannot see: h5py's error was several lines long, and the objects it left half-closed could crash the process
+    (a segfault, after pages of tracebacks)."""
+    import resource
+
+    corpus = write_text(tmp_path / "c.txt", PERIOD * 300)
+    shape = ["--units", "128", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10"]
+    command = [sys.executable, "-m", "textgen", "train", str(corpus), "--checkpoint-dir", str(tmp_path), "--run", "r",
+               *shape, "--epochs", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    kept = checkpoint.read_meta(tmp_path / "r", "last")
+
+    def small_files_only():  # the weights of 128 units (~270 KB) cannot be written, the metadata can
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    resumed = subprocess.run([sys.executable, "-m", "textgen", "train", "--checkpoint-dir", str(tmp_path), "--run", "r",
+                              "--resume", "--epochs", "2"], capture_output=True, text=True, timeout=300,
+                             preexec_fn=small_files_only)
+    assert resumed.returncode == 1, resumed.stderr[-2000:]
+    assert resumed.stderr.splitlines()[-1] == (
+        f"error: could not save the checkpoint in {tmp_path / 'r'}: File too large; the previous checkpoint is kept "
+        "(free some space or fix the directory, then resume with --resume)")
+    assert "Traceback" not in resumed.stderr and "h5py" not in resumed.stderr
+    assert checkpoint.read_meta(tmp_path / "r", "last").state.global_step == kept.state.global_step
+    assert not [path.name for path in (tmp_path / "r").iterdir() if path.name.startswith(".tmp")]
+    assert generate(tmp_path, "r", prime="ab", length=5, temperatures=[0])  # the previous checkpoint loads

@@ -482,16 +482,18 @@ def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path
     assert not (tmp_path / "r").exists()
 
 
-def test_a_save_the_disk_cannot_hold_is_refused_before_h5py_writes(tmp_path, periodic_corpus, monkeypatch):
+def test_a_save_the_disk_cannot_hold_is_refused_before_the_weights_are_written(tmp_path, periodic_corpus,
+                                                                                monkeypatch):
     """On a full disk h5py reported the failed write, then crashed the process (a segfault after pages of
-    tracebacks) while collecting what it had left half-closed."""
+    tracebacks) while collecting what it had left half-closed (the weights are now built in memory, then written as
+    bytes: test_faults; the check spares building them)."""
     from types import SimpleNamespace
 
     run(periodic_corpus, tmp_path)
     kept = files_snapshot(tmp_path)
     saved_weights = []
     monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: 50_000)  # less than a checkpoint of this model
-    monkeypatch.setattr(type(load_model(tmp_path / "r")[0]), "save_weights", lambda *args: saved_weights.append(args))
+    monkeypatch.setattr(checkpoint, "_write_weights", lambda *args: saved_weights.append(args))
     with pytest.raises(TextgenError, match="disk is full; the previous checkpoint is kept"):
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
     assert saved_weights == [] and files_snapshot(tmp_path) == kept
@@ -569,7 +571,8 @@ def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_ch
         full() if path.name == "best.json" else None))  # fails after its rename, or before
     monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.name == "best.json"
                         else write(path, fill))  # and putting it back fails too
-    model = SimpleNamespace(save_weights=lambda path: Path(path).write_text("new"), weights=[])
+    monkeypatch.setattr(checkpoint, "_write_weights", lambda model, path: Path(path).write_text("new"))
+    model = SimpleNamespace(weights=[])
     with pytest.raises(checkpoint.SaveFailed):
         checkpoint.save(tmp_path, ("last", "best"), Meta(state=SimpleNamespace(run_id="new", global_step=5)), model,
                         {})

@@ -219,7 +219,7 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
         previous = {kind: meta_path(run_dir, kind).read_bytes() if meta_path(run_dir, kind).is_file() else None
                     for kind in kinds}
         _check_room(run_dir, model, training_state)
-        atomic_write(weights_path, lambda tmp: model.save_weights(str(tmp)))
+        atomic_write(weights_path, lambda tmp: _write_weights(model, tmp))
         atomic_write(state_path, lambda tmp: np.savez(tmp, **training_state))
         meta = dataclasses.replace(
             meta, textgen_version=__version__,
@@ -250,9 +250,27 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
     remove_unreferenced(run_dir)
 
 
+def _write_weights(model, path: Path) -> None:
+    """The model's weights as a .weights.h5 file at path, built in memory, then written as bytes: h5py writing to a
+    file that fails midway (a quota, a file-size limit, a disk another user fills meanwhile) raised its own error,
+    several lines long, and the objects it left half-closed could crash the process when collected (a segfault,
+    after pages of tracebacks); a write of bytes that fails is an OSError like any other."""
+    import io
+
+    try:  # Keras's own writer of .weights.h5 files, which save_weights calls with a path
+        from keras.src.saving.saving_lib import H5IOStore, _save_state
+    except ImportError:  # a Keras that moved them: straight to the file
+        model.save_weights(str(path))
+        return
+    buffer = io.BytesIO()
+    store = H5IOStore(buffer, mode="w")
+    _save_state(model, store, None, "", set())
+    store.close()
+    path.write_bytes(buffer.getbuffer())
+
+
 def _check_room(run_dir: Path, model, training_state: dict[str, np.ndarray]) -> None:
-    """Raise ENOSPC before a save that the disk cannot hold: h5py reports a write that fails, but the objects it
-    leaves half-closed crash the process (a segfault, after pages of tracebacks) when they are collected."""
+    """Raise ENOSPC before a save that the disk cannot hold, before the weights are built in memory."""
     weights = sum(math.prod(variable.shape) * np.dtype(variable.dtype).itemsize for variable in model.weights)
     needed = weights + sum(array.nbytes for array in training_state.values()) + 4096 * len(model.weights) + 2**16
     if (free := _free_bytes(run_dir)) is not None and free < needed:
