@@ -63,8 +63,10 @@ def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     assert (refused.exit_code, refused.stderr) == (1, f"error: --output {out} already exists; pass --overwrite to "
                                                       "replace it, or choose another file\n")
     assert out.read_text() == "my own text"
+    out.chmod(0o600)  # private: it became 644, readable by every user of a shared machine
     replaced = invoke(*args, "--output", out, "--overwrite")
     assert replaced.exit_code == 0 and out.read_text() == first.stdout
+    assert out.stat().st_mode & 0o777 == 0o600
 
 
 def test_one_sample_goes_out_as_it_is_produced_and_ctrl_c_keeps_the_output_so_far(trained_run, tmp_path,
@@ -867,3 +869,76 @@ def test_an_output_encoding_without_a_character_refuses_a_sample_and_escapes_a_l
                              "--length", "20"], capture_output=True,
                             env=dict(os.environ, PYTHONIOENCODING="gbk:replace"))
     assert chosen.returncode == 0 and chosen.stdout.startswith(b"ab?"), chosen.stderr
+
+
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]  # root, as file modes see anyone
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="file owners and modes as on Linux")
+def test_another_users_runs_in_a_shared_directory_are_named_not_tracebacks(trained_run, tmp_path):
+    """On a machine shared by a class: one run another user kept private (a folder of mode 700, or files of mode
+    600) gave a traceback (PermissionError) in runs, sample, info, eval, export and serve for everyone, was picked as
+    the latest run, and was called damaged, to be deleted."""
+    import pwd
+
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("running as root, which file modes do not stop, without setpriv to run as if not")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give runs to another user")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    shared = tmp_path / "shared"
+    for age, name in enumerate(["good", "locked", "private"]):
+        shutil.copytree(trained_run["run_dir"], shared / name)
+        for kind in ("best", "last"):
+            meta = json.loads((shared / name / f"{kind}.json").read_text())
+            (shared / name / f"{kind}.json").write_text(json.dumps(dict(meta, saved_at=f"202{age}-01-01T00:00:00")))
+    for name, mode in (("private", 0o700), ("locked", 0o600)):
+        for path in [shared / name, *(shared / name).iterdir()]:
+            os.chown(path, nobody, nobody)
+            if path.is_file() or mode == 0o700:
+                path.chmod(mode)
+    readonly_cwd = tmp_path / "readonly"
+    readonly_cwd.mkdir(mode=0o555)
+    script = f"""
+import json, os
+from click.testing import CliRunner
+from textgen.cli import cli
+import textgen
+results = {{}}
+for name, args in {{"runs": ["runs"], "sample": ["sample", "-n", "5", "-t", "0", "--prime", "abc"],
+                    "sample private": ["sample", "--run", "private"], "info locked": ["info", "--run", "locked"],
+                    "sample locked": ["sample", "--run", "locked"]}}.items():
+    result = CliRunner().invoke(cli, args + ["--checkpoint-dir", {str(shared)!r}])
+    results[name] = [result.exit_code, result.stdout, result.stderr, repr(result.exception)]
+results["list_runs"] = [(run["name"], run.get("problem")) for run in textgen.list_runs({str(shared)!r})]
+os.chdir({str(readonly_cwd)!r})
+result = CliRunner().invoke(cli, ["train", "--checkpoint-dir", {str(tmp_path / "mine")!r}, "--epochs", "1"])
+results["train here"] = [result.exit_code, result.stdout, result.stderr, repr(result.exception)]
+print(json.dumps(results))
+"""
+    prefix = AS_A_USER if os.geteuid() == 0 else []
+    done = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    for name, (_, _, stderr, exception) in [(name, result) for name, result in results.items() if name != "list_runs"]:
+        assert "Traceback" not in stderr and "PermissionError" not in exception, (name, stderr, exception)
+    code, stdout, _, _ = results["runs"]
+    # (locked's time cannot be read: its files' own, the copy's, come after good's 2020; private is not seen)
+    assert code == 0 and [line.split()[:2] for line in stdout.splitlines()[1:]] == [["locked", "not"],
+                                                                                    ["good", "period.txt"]]
+    code, stdout, stderr, _ = results["sample"]
+    assert (code, stdout) == (0, "abcdefga\n") and "using the latest run you may read, 'good' (the newer 'locked'" in \
+        stderr
+    assert results["sample private"][:1] == [1] and results["sample private"][2].strip() == (
+        f"error: run 'private' in {shared} cannot be read (Permission denied); ask its owner to make it readable "
+        "(chmod -R a+rX), or choose another run")
+    for name in ("info locked", "sample locked"):
+        assert results[name][0] == 1 and results[name][2].strip() == (
+            f"error: cannot read checkpoint metadata {shared / 'locked' / 'best.json'} (Permission denied); ask its "
+            "owner to make it readable (chmod -R a+rX), or choose another run"), results[name]
+    assert results["list_runs"] == [["locked", "not readable by you"], ["good", None]]
+    code, _, stderr, _ = results["train here"]
+    assert code == 1 and stderr.strip().endswith(
+        "error: cannot write the built-in corpus to data/pydoc_topics.txt (Permission denied); give a CORPUS, or "
+        "run textgen train in a directory you can write in")

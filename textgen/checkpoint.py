@@ -336,6 +336,11 @@ class DamagedCheckpoint(TextgenError):
         self.problem = problem
 
 
+class NotReadable(DamagedCheckpoint):
+    """A run's file this user may not read (another user's run in a shared directory): not damage, whose advice is
+    to delete the run."""
+
+
 class UnreadableMeta(DamagedCheckpoint):
     """Metadata that cannot be read or parsed."""
 
@@ -350,7 +355,9 @@ def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
         return None
     try:
         raw = path.read_bytes()
-    except OSError as error:  # a directory in its place, a file it may not read
+    except PermissionError as error:  # another user's run: not damaged, and not to be deleted
+        raise NotReadable(f"cannot read checkpoint metadata {path} ({error.strerror})", NOT_YOURS) from None
+    except OSError as error:  # a directory in its place
         raise UnreadableMeta(f"cannot read checkpoint metadata {path} ({error.strerror})") from None
     try:
         return CheckpointMeta.from_json(json.loads(raw))  # bytes: invalid UTF-8 is damage, caught below
@@ -401,7 +408,10 @@ def file_check(run_dir: Path, entry: dict) -> str:
     path = run_dir / entry["name"]
     if not path.is_file():
         return MISSING
-    return CHECKSUM_OK if sha256(path) == entry["sha256"] else "corrupted (checksum mismatch)"
+    try:
+        return CHECKSUM_OK if sha256(path) == entry["sha256"] else "corrupted (checksum mismatch)"
+    except PermissionError as error:
+        raise NotReadable(f"cannot read checkpoint file {path} ({error.strerror})", NOT_YOURS) from None
 
 
 def verified_file(run_dir: Path, meta: CheckpointMeta, role: str) -> Path:
@@ -423,7 +433,15 @@ def meta_path(run_dir: Path, kind: str) -> Path:
 
 
 def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS) -> bool:
-    return any(meta_path(run_dir, kind).exists() for kind in kinds)
+    """Whether run_dir holds metadata of one of kinds; a folder this user may not look into (another user's, in a
+    shared directory of runs) holds none that it could read (Path.exists raised PermissionError)."""
+    try:
+        return any(meta_path(run_dir, kind).exists() for kind in kinds)
+    except PermissionError:
+        return False
+
+
+NOT_YOURS = "ask its owner to make it readable (chmod -R a+rX), or choose another run"
 
 
 _QUIET_LOAD = threading.Lock()

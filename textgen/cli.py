@@ -221,6 +221,10 @@ class OneLineErrors(click.Group):
             sys.exit(getattr(interrupted, "exit_code", 130))
         except BrokenPipeError:
             sys.exit(0)
+        except PermissionError as error:  # one that nothing above foresaw: another user's file in a shared folder
+            click.echo(f"error: {error.strerror}: {error.filename or 'a file'} (see who owns it and its mode with "
+                       "ls -l); choose another path, or ask its owner", err=True)
+            sys.exit(1)
         except OSError as error:
             if error.filename is not None:  # a file's own error: the library says what to do about those
                 raise
@@ -364,6 +368,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
     run's own corpus)."""
     from textgen.callbacks import Interrupted
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
+    from textgen.errors import TextgenError
     from textgen.runs import default_run_name
     from textgen.training import check_start
     from textgen.training import train as run_training
@@ -377,7 +382,11 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
             check_start(DEFAULT_CORPUS, checkpoint_dir, run, model_options, train_options, resume, overwrite)
             logging.getLogger("textgen").info(f"no corpus given: writing the built-in one (Python's own "
                                               f"documentation) to {DEFAULT_CORPUS}")
-        corpus = build_default_corpus(DEFAULT_CORPUS)
+        try:
+            corpus = build_default_corpus(DEFAULT_CORPUS)
+        except OSError as error:  # a read-only or full working directory (a traceback; "cannot write the output")
+            raise TextgenError(f"cannot write the built-in corpus to {DEFAULT_CORPUS} ({error.strerror or error}); "
+                               "give a CORPUS, or run textgen train in a directory you can write in") from None
     try:
         run_training(corpus, checkpoint_dir, run, model_options, train_options,
                      resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)

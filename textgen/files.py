@@ -3,10 +3,12 @@ command's --output file checked before any text is generated."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -67,6 +69,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        with contextlib.suppress(OSError):  # the file it replaces keeps its mode (a private 600 became 644)
+            shutil.copymode(path, tmp)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as error:

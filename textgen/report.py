@@ -10,7 +10,8 @@ import unicodedata
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import CURVE_FILE, HISTORY_FILE, KINDS, CheckpointTooNew, RunMeta, file_check, read_run_meta
+from textgen.checkpoint import (CURVE_FILE, HISTORY_FILE, KINDS, CheckpointTooNew, NotReadable, RunMeta, file_check,
+                                read_run_meta)
 from textgen.config import epoch_text
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
@@ -231,6 +232,9 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
             run = read_run_meta(run_dir)
         except CheckpointTooNew:
             rows.append(dict(row, problem="written by a newer textgen"))
+            continue
+        except NotReadable:
+            rows.append(dict(row, problem="not readable by you"))
             continue
         except TextgenError:  # one damaged run does not hide the others
             run = None

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import os
 import re
 import shlex
 import unicodedata
 from pathlib import Path
 from typing import Optional
 
-from textgen.checkpoint import KINDS, LOCK_FILE, has_checkpoint, is_run_file, meta_path, read_meta, training_pid
+from textgen.checkpoint import (KINDS, LOCK_FILE, NOT_YOURS, NotReadable, has_checkpoint, is_run_file, meta_path,
+                                read_meta, training_pid)
 from textgen.config import DEFAULT_CHECKPOINT_DIR
 from textgen.errors import TextgenError
 from textgen.files import check_path_length, written_path
@@ -227,6 +229,27 @@ def _last_saved(run_dir: Path) -> tuple[float, float]:
     return max(recorded, default=0.0), max(modified, default=0.0)
 
 
+def _listable(directory: Path) -> bool:
+    try:
+        with os.scandir(directory):
+            return True
+    except PermissionError:
+        return False
+
+
+def _metadata_readable(run_dir: Path) -> bool:
+    """Whether this user may read the run's metadata (any other problem is for loading it to tell)."""
+    for kind in KINDS:
+        try:
+            with open(meta_path(run_dir, kind), "rb"):
+                return True
+        except PermissionError:
+            return False
+        except OSError:
+            continue
+    return True
+
+
 def check_checkpoint_dir(checkpoint_dir: Path) -> None:
     """Refuse a --checkpoint-dir that is a file (else it reads as a directory without runs), or too long a path."""
     check_path_length(checkpoint_dir, "--checkpoint-dir", "give the directory of the runs")
@@ -280,6 +303,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
     if run:
         run_dir = run_path(checkpoint_dir, check_run_name(run))
         if run_dir.is_dir() and not has_checkpoint(run_dir):
+            if not _listable(run_dir):  # another user's
+                raise NotReadable(f"run {run!r} in {checkpoint_dir} cannot be read (Permission denied)", NOT_YOURS)
             if is_export(run_dir):
                 raise not_a_run_but_an_export(run_dir)
             raise _without_checkpoint(run_dir, f"run {run!r} in {checkpoint_dir}")
@@ -319,8 +344,14 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                            f"{directory_option(checkpoint_dir)}")
     # A run without a best checkpoint (a training stopped before its first validation: a command taken back with
     # Ctrl-C) would give half-trained text: the latest run that has one is meant.
-    chosen = next((run_dir for run_dir in runs if kind != "best" or has_checkpoint(run_dir, ("best",))), runs[0])
-    if chosen != runs[0]:
+    # Nor one this user may not read (another user's, in a shared directory): loading it would only say so.
+    readable = [run_dir for run_dir in runs if _metadata_readable(run_dir)] or runs
+    chosen = next((run_dir for run_dir in readable if kind != "best" or has_checkpoint(run_dir, ("best",))),
+                  readable[0])
+    if chosen != runs[0] and runs[0] not in readable:
+        logger.info(f"using the latest run you may read, {chosen.name!r} (the newer {runs[0].name!r} is another "
+                    f"user's, or its mode forbids it; list them with: textgen runs{directory_option(checkpoint_dir)})")
+    elif chosen != runs[0]:
         logger.info(f"using the latest run with a best checkpoint, {chosen.name!r} (the newer {runs[0].name!r} has "
                     f"no best checkpoint; choose it with --run; list them with: textgen runs"
                     f"{directory_option(checkpoint_dir)})")
