@@ -908,7 +908,10 @@ import textgen
 results = {{}}
 for name, args in {{"runs": ["runs"], "sample": ["sample", "-n", "5", "-t", "0", "--prime", "abc"],
                     "sample private": ["sample", "--run", "private"], "info locked": ["info", "--run", "locked"],
-                    "sample locked": ["sample", "--run", "locked"]}}.items():
+                    "sample locked": ["sample", "--run", "locked"],
+                    "sample into readonly": ["sample", "--run", "good", "-o", {str(readonly_cwd / "o.txt")!r}],
+                    "export into readonly": ["export", "--run", "good", "-o",
+                                             {str(readonly_cwd / "exported")!r}]}}.items():
     result = CliRunner().invoke(cli, args + ["--checkpoint-dir", {str(shared)!r}])
     results[name] = [result.exit_code, result.stdout, result.stderr, repr(result.exception)]
 results["list_runs"] = [(run["name"], run.get("problem")) for run in textgen.list_runs({str(shared)!r})]
@@ -938,6 +941,11 @@ print(json.dumps(results))
             f"error: cannot read checkpoint metadata {shared / 'locked' / 'best.json'} (Permission denied); ask its "
             "owner to make it readable (chmod -R a+rX), or choose another run"), results[name]
     assert results["list_runs"] == [["locked", "not readable by you"], ["good", None]]
+    assert results["sample into readonly"][:1] == [1] and results["sample into readonly"][2].strip() == (
+        f"error: cannot write {readonly_cwd / 'o.txt'}: you may not write in directory {readonly_cwd}; give a file "
+        "elsewhere")  # before generating, not after
+    assert results["export into readonly"][:1] == [1] and results["export into readonly"][2].strip() == (
+        f"error: cannot write in {readonly_cwd} (Permission denied); choose another --output")  # not "empty it first"
     code, _, stderr, _ = results["train here"]
     assert code == 1 and stderr.strip().endswith(
         "error: cannot write the built-in corpus to data/pydoc_topics.txt (Permission denied); give a CORPUS, or "

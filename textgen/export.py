@@ -196,6 +196,9 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         if not fills and error.filename is not None and Path(error.filename) == building:
             # A replacement is built beside --output (a mount point, a shared folder in a directory we may not write
             # in); an empty --output is filled in place.
+            if not held:  # a new --output: nothing to empty
+                raise TextgenError(f"cannot write in {target.parent} ({error.strerror or error}); choose another "
+                                   "--output") from None
             raise TextgenError(f"cannot write in {target.parent} ({error.strerror or error}), where the new export "
                                f"is built before it replaces {output}; empty {output} first (an empty directory is "
                                "filled in place), or choose another --output; nothing was replaced") from None

@@ -101,6 +101,9 @@ def check_output(path: Path, overwrite: bool = False) -> None:
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not (written := written_path(path)).parent.is_dir():  # (a dangling link's file: its directory too)
         raise TextgenError(f"cannot write {path}: directory {written.parent} does not exist")
+    if not os.access(written.parent, os.W_OK):  # said after the whole text was generated (9 s for 100,000 characters)
+        raise TextgenError(f"cannot write {path}: you may not write in directory {written.parent}; give a file "
+                           "elsewhere")
     if not overwrite and holds_text(path):  # (a run's corpus, given by mistake)
         raise TextgenError(f"--output {path} already exists; pass --overwrite to replace it, or choose another file")
 
