@@ -207,6 +207,11 @@ def test_evaluate_a_file_as_eval_does_under_the_checkpoint_the_model_holds(train
     again = [loaded.evaluate(path, batch_size=batch_size, seq_length=37)["nats"] for batch_size in (2, 1, 2, 1)]
     # the second of each size from the model and loss step kept from the first (each built and traced them: ~0.8 s)
     assert built == [1] and again[0] == again[2] == result["nats"] and again[1] == again[3] != again[0]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each call its own copy: one shared model's state would interleave
+        together = list(pool.map(lambda _: loaded.evaluate(path, batch_size=2, seq_length=7)["nats"], range(4)))
+    assert together == [loaded.evaluate(path, batch_size=2, seq_length=7)["nats"]] * 4
     with pytest.raises(OptionError, match=r"^batch_size must be an integer in \[1, inf\), got 0$"):
         loaded.evaluate(path, batch_size=0)
     with pytest.raises(textgen.TextgenError, match=r"only 280 characters the model knows; evaluation needs more than "

@@ -927,9 +927,10 @@ print(json.dumps(results))
     for name, (_, _, stderr, exception) in [(name, result) for name, result in results.items() if name != "list_runs"]:
         assert "Traceback" not in stderr and "PermissionError" not in exception, (name, stderr, exception)
     code, stdout, _, _ = results["runs"]
-    # (locked's time cannot be read: its files' own, the copy's, come after good's 2020; private is not seen)
+    # (locked's time cannot be read: its files' own, the copy's, come after good's 2020; private's, none, last)
     assert code == 0 and [line.split()[:2] for line in stdout.splitlines()[1:]] == [["locked", "not"],
-                                                                                    ["good", "period.txt"]]
+                                                                                    ["good", "period.txt"],
+                                                                                    ["private", "not"]]
     code, stdout, stderr, _ = results["sample"]
     assert (code, stdout) == (0, "abcdefga\n") and "using the latest run you may read, 'good' (the newer 'locked'" in \
         stderr
@@ -940,7 +941,8 @@ print(json.dumps(results))
         assert results[name][0] == 1 and results[name][2].strip() == (
             f"error: cannot read checkpoint metadata {shared / 'locked' / 'best.json'} (Permission denied); ask its "
             "owner to make it readable (chmod -R a+rX), or choose another run"), results[name]
-    assert results["list_runs"] == [["locked", "not readable by you"], ["good", None]]
+    assert results["list_runs"] == [["locked", "not readable by you"], ["good", None],
+                                    ["private", "not readable by you"]]
     assert results["sample into readonly"][:1] == [1] and results["sample into readonly"][2].strip() == (
         f"error: cannot write {readonly_cwd / 'o.txt'}: you may not write in directory {readonly_cwd}; give a file "
         "elsewhere")  # before generating, not after

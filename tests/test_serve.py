@@ -1703,7 +1703,8 @@ def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_
     browser of anyone running the server: the request names that site in its Host header."""
     from textgen.serve import Limits, create_app
 
-    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), loopback_host="127.0.0.1")
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), loopback_host="127.0.0.1",
+                     allow_hosts=("textgen.example.org",))  # a proxy in front that passes its name on (Caddy)
     with serving(app) as base:
         host, port = base.removeprefix("http://").split(":")
 
@@ -1722,12 +1723,12 @@ def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_
             return int(head.split()[1]), json.loads(content)
 
         for good in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.2",
-                     f"app.localhost:{port}"):
+                     f"app.localhost:{port}", "textgen.example.org", "TextGen.example.org:443"):
             status, answer = named(good)
             assert status == 200 and answer["run"] == "period", (good, answer)
         status, answer = named(f"attacker.example:{port}")
         assert (status, answer) == (400, {"error": "this server listens on the loopback interface and answers requests "
                                                    "for this machine (localhost, 127.0.0.1), not for "
-                                                   "'attacker.example'; to serve other names, start it with --host "
-                                                   "0.0.0.0"})
+                                                   "'attacker.example'; behind a proxy that passes that name on, "
+                                                   "start it with --allow-host attacker.example"})
         assert named(f"10.0.0.5:{port}")[0] == 400

@@ -257,15 +257,18 @@ def _write_weights(model, path: Path) -> None:
     after pages of tracebacks); a write of bytes that fails is an OSError like any other."""
     import io
 
+    buffer = io.BytesIO()
     try:  # Keras's own writer of .weights.h5 files, which save_weights calls with a path
         from keras.src.saving.saving_lib import H5IOStore, _save_state
-    except ImportError:  # a Keras that moved them: straight to the file
+
+        store = H5IOStore(buffer, mode="w")
+        try:
+            _save_state(model, store, None, "", set())
+        finally:
+            store.close()
+    except (ImportError, TypeError, AttributeError):  # a Keras that moved or changed them: straight to the file
         model.save_weights(str(path))
         return
-    buffer = io.BytesIO()
-    store = H5IOStore(buffer, mode="w")
-    _save_state(model, store, None, "", set())
-    store.close()
     path.write_bytes(buffer.getbuffer())
 
 
@@ -351,8 +354,11 @@ class UnreadableMeta(DamagedCheckpoint):
 def read_meta(run_dir: Path, kind: str) -> Optional[CheckpointMeta]:
     """The metadata of kind, or None if there is none; damaged metadata is a TextgenError."""
     path = meta_path(run_dir, kind)
-    if not path.exists():
-        return None
+    try:
+        if not path.exists():
+            return None
+    except PermissionError as error:  # a folder this user may not look into
+        raise NotReadable(f"cannot read run {run_dir} ({error.strerror})", NOT_YOURS) from None
     try:
         raw = path.read_bytes()
     except PermissionError as error:  # another user's run: not damaged, and not to be deleted
@@ -393,7 +399,7 @@ def read_run_meta(run_dir: Path) -> RunMeta:
     for kind in KINDS:
         try:
             found[kind] = read_meta(run_dir, kind)
-        except UnreadableMeta as error:
+        except (UnreadableMeta, NotReadable) as error:  # (as loading falls back from one to the other)
             found[kind], problems[kind] = None, error
     if problems and not any(found.values()):
         raise next(iter(problems.values()))

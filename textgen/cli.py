@@ -222,8 +222,9 @@ class OneLineErrors(click.Group):
         except BrokenPipeError:
             sys.exit(0)
         except PermissionError as error:  # one that nothing above foresaw: another user's file in a shared folder
-            click.echo(f"error: {error.strerror}: {error.filename or 'a file'} (see who owns it and its mode with "
-                       "ls -l); choose another path, or ask its owner", err=True)
+            what = f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
+            click.echo(f"error: {what} (see who owns it and its mode with ls -l); choose another path, or ask its "
+                       "owner", err=True)
             sys.exit(1)
         except OSError as error:
             if error.filename is not None:  # a file's own error: the library says what to do about those
@@ -575,17 +576,21 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN", callback=_origins,
               help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
                    "from a browser (CORS). Repeat for several. Default: only the server's own page.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="On the loopback interface, also answer requests for this host name (a proxy in front that passes "
+                   "its own on, such as Caddy). Repeat for several. Default: this machine's names only.")
 @click.option("--log-level", type=click.Choice(SERVER_LOG_LEVELS), default="info", show_default=True,
               help="The least severe log lines shown (each with its time): info has one per request, warning only "
                    "problems.")
 def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs, shutdown_timeout,
-          allow_origins, log_level):
+          allow_origins, allow_hosts, log_level):
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
     run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
                                                        max_loaded_runs=max_loaded_runs),
-               shutdown_timeout=shutdown_timeout, allow_origins=allow_origins, log_level=log_level)
+               shutdown_timeout=shutdown_timeout, allow_origins=allow_origins, allow_hosts=allow_hosts,
+               log_level=log_level)
 
 
 @cli.command()

@@ -444,7 +444,7 @@ def meant_option(name: str, known) -> Optional[str]:
 
     if OTHER_TOOLS_NAMES.get(name) in known:
         return OTHER_TOOLS_NAMES[name]
-    # Letters swapped: difflib rates a short name's ("rnu" for run, 0.67) below a long one's
+    # The same letters in another order ("rnu" for run): difflib rates a short name's swap 0.67, under the cut
     swapped = [option for option in known if sorted(option) == sorted(name)]
     return next(iter(swapped or difflib.get_close_matches(name, known, n=1, cutoff=0.75)), None)
 

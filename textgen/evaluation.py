@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import threading
 import weakref
 from pathlib import Path
 from typing import Optional
@@ -56,24 +58,31 @@ def _loss_sum_step(model):
 
 
 # Per trained model (a TextModel's), its copies for the batch sizes evaluate() was last asked for, with their compiled
-# loss steps: building and tracing them took ~0.8 s a call, for a text of a few KB, and TensorFlow warned of
-# retracing after a few files.
+# loss steps: building and tracing them took 0.3-0.5 s of a 0.9 s call on a text of 20 KB, and TensorFlow warned of
+# retracing after a few files. A copy is taken out while it evaluates (its state is the call's own: two threads
+# would interleave it) and put back after, the least recently used going beyond KEPT_COPIES.
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_COPIES_LOCK = threading.Lock()
 KEPT_COPIES = 4
 
 
-def _copy_for(trained, config, batch_size: int) -> tuple:
-    """trained's weights in a model of batch_size streams, and its loss step; kept while trained lives."""
+@contextlib.contextmanager
+def _copy_for(trained, config, batch_size: int):
+    """trained's weights in a model of batch_size streams, and its loss step, for this call alone."""
     from textgen.model import build_model
 
-    copies = _COPIES.setdefault(trained, {})
-    if batch_size not in copies:
+    with _COPIES_LOCK:
+        copy = _COPIES.setdefault(trained, {}).pop(batch_size, None)
+    if copy is None:
         model = build_model(config, batch_size)
         model.set_weights(trained.get_weights())
-        while len(copies) >= KEPT_COPIES:
+        copy = model, _loss_sum_step(model)
+    yield copy
+    with _COPIES_LOCK:
+        copies = _COPIES.setdefault(trained, {})
+        copies[batch_size] = copy
+        while len(copies) > KEPT_COPIES:
             del copies[next(iter(copies))]
-        copies[batch_size] = model, _loss_sum_step(model)
-    return copies[batch_size]
 
 
 def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[float, int]:
@@ -139,6 +148,12 @@ def _checked_text(text_file: str | Path, batch_size: int, seq_length: int) -> tu
 
 def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
               loaded: Optional[tuple] = None) -> dict:
+    with contextlib.ExitStack() as kept_copy:  # a loaded model's copy, given back at the end
+        return _evaluate_with(path, total, run_dir, batch_size, seq_length, show_progress, loaded, kept_copy)
+
+
+def _evaluate_with(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
+                   loaded: Optional[tuple], kept_copy: contextlib.ExitStack) -> dict:
     from textgen.checkpoint import load_model, run_vocabulary
     from textgen.model import reset_states
 
@@ -146,7 +161,7 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
         trained, meta = loaded
         ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
         _check_length(path, len(ids), batch_size, named)
-        model, loss_sum_step = _copy_for(trained, meta.model, batch_size)
+        model, loss_sum_step = kept_copy.enter_context(_copy_for(trained, meta.model, batch_size))
     else:
         # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built for
         # batch_size streams (a huge batch would not fit in memory).

@@ -193,7 +193,8 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             ensure_ascii=False, indent=1), encoding="utf-8")
         _fill_directory(building, target) if fills else _replace_directory(building, target, output, overwrite)
     except OSError as error:
-        if not fills and error.filename is not None and Path(error.filename) == building:
+        if not fills and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and error.filename is not None \
+                and Path(error.filename) == building:
             # A replacement is built beside --output (a mount point, a shared folder in a directory we may not write
             # in); an empty --output is filled in place.
             if not held:  # a new --output: nothing to empty
@@ -289,9 +290,10 @@ def _removed(tree: Path) -> bool:
     if os.path.lexists(tree):
         with contextlib.suppress(OSError):
             os.chmod(tree, 0o700)
-            for directory, subdirectories, _ in os.walk(tree):  # (top-down: each made listable before it is listed)
-                for name in subdirectories:
-                    if not os.path.islink(os.path.join(directory, name)):  # never a directory a link leads to
+        for directory, subdirectories, _ in os.walk(tree):  # (top-down: each made listable before it is listed)
+            for name in subdirectories:
+                if not os.path.islink(os.path.join(directory, name)):  # never a directory a link leads to
+                    with contextlib.suppress(OSError):
                         os.chmod(os.path.join(directory, name), 0o700)
         shutil.rmtree(tree, ignore_errors=True)
     return not os.path.lexists(tree)

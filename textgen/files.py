@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -65,12 +64,18 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     Until the rename, path keeps its old content (or stays absent); a failure removes the temporary file."""
     path = Path(path)
     tmp = path.with_name(".tmp-" + path.name)
+    mode = None
     try:
+        with contextlib.suppress(OSError):  # the file it replaces keeps its mode (a private 600 became 644), from the
+            # first byte on (write() keeps an existing file's mode), writable by its owner until it is complete
+            mode = os.stat(path).st_mode & 0o7777
+            os.close(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
+            os.chmod(tmp, mode | 0o600)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        with contextlib.suppress(OSError):  # the file it replaces keeps its mode (a private 600 became 644)
-            shutil.copymode(path, tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as error:
@@ -101,7 +106,10 @@ def check_output(path: Path, overwrite: bool = False) -> None:
         raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
     if not (written := written_path(path)).parent.is_dir():  # (a dangling link's file: its directory too)
         raise TextgenError(f"cannot write {path}: directory {written.parent} does not exist")
-    if not os.access(written.parent, os.W_OK):  # said after the whole text was generated (9 s for 100,000 characters)
+    # Said after the whole text was generated (9 s for 100,000 characters); only where a file is renamed into
+    # place: a device, a pipe or a descriptor (/dev/null, /dev/stdout on a terminal) is written where it is.
+    renamed = not names_a_descriptor(path) and (written.is_file() or not written.exists())
+    if renamed and not os.access(written.parent, os.W_OK):
         raise TextgenError(f"cannot write {path}: you may not write in directory {written.parent}; give a file "
                            "elsewhere")
     if not overwrite and holds_text(path):  # (a run's corpus, given by mistake)

@@ -223,7 +223,7 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
     steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
     its "0" epochs), planned_epochs (None: until its time budget), val_bpc and saved_at; for a run that cannot be
-    read, "problem" ("damaged", or "written by a newer textgen") and None for the rest."""
+    read, "problem" ("damaged", "written by a newer textgen" or "not readable by you") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,

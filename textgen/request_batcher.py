@@ -98,8 +98,9 @@ class Batcher:
         # warm_up: a server's, whose clients would wait for each compilation. Not a daemon: the process waits for
         # the size it compiles (a second or two), where a thread inside TensorFlow as the interpreter ends aborts it
         # ("FATAL: exception not rethrown").
-        self.warming = threading.Thread(target=self._warm_up if warm_up else lambda: None, name="textgen-warm-up")
-        self.warming.start()
+        self.warming = threading.Thread(target=self._warm_up, name="textgen-warm-up") if warm_up else None
+        if self.warming is not None:
+            self.warming.start()
 
     def _warm_up(self) -> None:
         """Compile the engine of every size this batcher may grow to, beside the requests: compiled on first use,
@@ -149,7 +150,8 @@ class Batcher:
             self.condition.notify()
         deadline = time.monotonic() + timeout
         self.thread.join(timeout)
-        self.warming.join(max(0.0, deadline - time.monotonic()))
+        if self.warming is not None:
+            self.warming.join(max(0.0, deadline - time.monotonic()))
 
     def active(self) -> list[Job]:
         return list(self.running)

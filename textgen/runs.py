@@ -170,7 +170,9 @@ def list_runs(checkpoint_dir: Path) -> list[Path]:
     """Run directories holding a checkpoint, most recently saved first."""
     if not checkpoint_dir.is_dir():
         return []
-    runs = [path for path in checkpoint_dir.iterdir() if path.is_dir() and has_checkpoint(path)]
+    # (a folder this user may not look into, another user's run in a shared directory, is listed: not readable)
+    runs = [path for path in checkpoint_dir.iterdir()
+            if path.is_dir() and (has_checkpoint(path) or not _listable(path))]
     if has_checkpoint(checkpoint_dir):
         runs.append(checkpoint_dir)
     return sorted(runs, key=_last_saved, reverse=True)
@@ -219,7 +221,7 @@ def _last_saved(run_dir: Path) -> tuple[float, float]:
         path = meta_path(run_dir, kind)
         try:
             modified.append(path.stat().st_mtime)
-        except FileNotFoundError:
+        except OSError:  # none, or in a folder this user may not look into
             continue
         try:  # the one "saved_at" key of the file, found without parsing a history or vocabulary of megabytes
             saved_at = SAVED_AT.search(path.read_bytes()).group(1).decode("ascii")

@@ -127,10 +127,10 @@ def _example(request) -> str:
 
 
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits(),
-               allow_origins: tuple = (), loopback_host: Optional[str] = None):
+               allow_origins: tuple = (), loopback_host: Optional[str] = None, allow_hosts: tuple = ()):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one); allow_origins: the web
     origins whose pages may call the API (CORS; "*": any); loopback_host: the loopback address or name it listens
-    on, if it does, whose requests must name this machine (_LoopbackHosts)."""
+    on, if it does, whose requests must name this machine or one of allow_hosts (_LoopbackHosts)."""
 
     from textgen.generate import ENGINE_SIZES
 
@@ -223,7 +223,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
 
     app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
     if loopback_host is not None:
-        app.add_middleware(_LoopbackHosts, listening_on=loopback_host)
+        app.add_middleware(_LoopbackHosts, listening_on=loopback_host, allowed=allow_hosts)
     app.add_middleware(_AnsweredWhenCut)
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
@@ -386,17 +386,18 @@ class _LoopbackHosts:
     alone: a web page whose site's name its owner points at 127.0.0.1 (DNS rebinding) could otherwise call the API
     from the browser of anyone running the server, no --allow-origin needed."""
 
-    def __init__(self, app, listening_on: str):
+    def __init__(self, app, listening_on: str, allowed: tuple = ()):
         self.app, self.listening_on = app, listening_on.strip("[]").lower()
+        self.allowed = {_host_name(name) for name in allowed}  # --allow-host
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             named = _host_name(Headers(scope=scope).get("host", ""))
-            if named and not (named in ("localhost", self.listening_on) or named.endswith(".localhost")
+            if named and not (named in ("localhost", self.listening_on, *self.allowed) or named.endswith(".localhost")
                               or _is_loopback_address(named)):
                 message = (f"this server listens on the loopback interface and answers requests for this machine "
-                           f"(localhost, {self.listening_on}), not for {shown_start(named)}; to serve other names, "
-                           "start it with --host 0.0.0.0")
+                           f"(localhost, {self.listening_on}), not for {shown_start(named)}; behind a proxy that "
+                           f"passes that name on, start it with --allow-host {named if len(named) <= 40 else 'NAME'}")
                 return await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -519,7 +520,7 @@ async def _events(job, inbox):
 
 
 def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits(),
-          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, allow_origins: tuple = (),
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, allow_origins: tuple = (), allow_hosts: tuple = (),
           log_level: str = "info") -> None:
     """Run the server until Ctrl-C or SIGTERM, which lets the requests in flight end for at most shutdown_timeout
     seconds (a service manager's stop must not wait on a long stream: --max-length 200000 took a minute). Its log
@@ -549,7 +550,8 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     with _log_lines_timed(log_level):
         import_tensorflow_quietly()
         loopback = all(_is_loopback_address(address[0]) for _, address in addresses)
-        app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None)
+        app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None,
+                         allow_hosts=allow_hosts)
         logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on "
                     f"http://{shown}:{port}/ (API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
         log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)

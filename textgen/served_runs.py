@@ -122,10 +122,12 @@ class Runs:
         except TextgenError as error:
             others = [path for path in list_runs(self.checkpoint_dir) if path != latest] \
                 if latest != self.checkpoint_dir else []
+            # as find_run chooses: a run with a best checkpoint first (one without would serve half-trained text)
+            others.sort(key=lambda path: not has_checkpoint(path, ("best",)))
             for path in others:
                 try:
                     served = self._load(path.name, path)
-                except TextgenError:
+                except (TextgenError, OSError):
                     continue
                 logger.warning(f"warning: the latest run, {latest.name!r}, cannot be served ({self.inside(error)}); "
                                f"serving {path.name!r} as the default (name one with --run)")
