@@ -826,6 +826,10 @@ def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, perio
     with RunLock(tmp_path / "r"):
         with pytest.raises(TextgenError, match=r"another training \(pid \d+\) is using"):
             run(periodic_corpus, tmp_path)
+        # before its first save: it said "nothing to resume: no checkpoint (train without --resume to start)"
+        with pytest.raises(TextgenError, match=r"^nothing to resume yet: a training \(pid \d+\) has run 'r' and "
+                                               r"saves its first checkpoint at the end of its first epoch"):
+            run(periodic_corpus, tmp_path, resume=True)
     run(periodic_corpus, tmp_path)  # the lock is released: training works
     assert not (tmp_path / "r" / ".lock").exists()
 
@@ -877,10 +881,32 @@ def test_a_read_only_run_directory_with_a_stale_lock_file_is_refused_before_trai
         return write_bytes(path, data)
 
     monkeypatch.setattr(Path, "write_bytes", read_only_folder)
-    with pytest.raises(TextgenError, match=r"^cannot write to the checkpoint directory .*/r \(Permission denied\); "
-                                           r"choose a writable --checkpoint-dir$"):
+    # (it said "choose a writable --checkpoint-dir", which it was: a copy of another user's run keeps its modes)
+    with pytest.raises(TextgenError, match=r"^cannot write in the run's folder .*/r \(Permission denied\): a copy of "
+                                           r"another user's run keeps its modes; make it yours with chmod -R u\+w "
+                                           r".*/r, or choose another --run$"):
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
     assert files_snapshot(tmp_path / "r") == before
+
+
+def test_a_full_disk_at_a_new_runs_start_says_so_and_leaves_no_folder(tmp_path, periodic_corpus, monkeypatch):
+    """It said "choose a writable --checkpoint-dir" and left the run's folder holding only .lock, which the listing
+    then called an unfinished or damaged run."""
+    import errno
+    from pathlib import Path
+
+    write_bytes = Path.write_bytes
+
+    def full(path, data):
+        if path.name == ".write-test":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(TextgenError, match=r"^no space left for the run .*/ck/r; free some space or choose another "
+                                           r"--checkpoint-dir$"):
+        run(periodic_corpus, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
 
 
 def crash(run):

@@ -5,6 +5,8 @@ before the first save."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import shlex
 import shutil
 from pathlib import Path
@@ -23,6 +25,9 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Opt
     if resume and overwrite:
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
     if resume and not exists:
+        if (pid := checkpoint.training_pid(run_dir)) is not None:  # (then the lock refused it, naming no save)
+            raise TextgenError(f"nothing to resume yet: a training (pid {pid}) has run {run_dir.name!r} and saves its "
+                               "first checkpoint at the end of its first epoch; resume after it stops")
         if close := probable_run(run_dir.parent, run_dir.name):  # a typo
             raise TextgenError(f"nothing to resume: no checkpoint in {run_dir}; to resume run {close!r}, give "
                                f"--run {shlex.quote(close)}")
@@ -79,6 +84,15 @@ def locked_run_dir(run_dir: Path):
             probe.write_bytes(b"")  # only the lock holder gets here, so no other training shares the probe
             probe.unlink()
         except OSError as error:
+            held.close()
+            _remove_created(run_dir, created)  # a folder holding only .lock read as an unfinished run
+            if error.errno == errno.ENOSPC:  # not "choose a writable --checkpoint-dir"
+                raise TextgenError(f"no space left for the run {run_dir}; free some space or choose another "
+                                   "--checkpoint-dir") from None
+            if run_dir not in created and os.access(run_dir.parent, os.W_OK):  # the run's own folder
+                raise TextgenError(f"cannot write in the run's folder {run_dir} ({error.strerror}): a copy of "
+                                   f"another user's run keeps its modes; make it yours with chmod -R u+w {run_dir}, "
+                                   "or choose another --run") from None
             raise TextgenError(f"cannot write to the checkpoint directory {run_dir} ({error.strerror}); "
                                "choose a writable --checkpoint-dir") from None
         shutil.rmtree(run_dir / STAGED_CACHE, ignore_errors=True)  # left by a training killed before its first save
@@ -86,9 +100,14 @@ def locked_run_dir(run_dir: Path):
             yield
         except BaseException:
             shutil.rmtree(run_dir / STAGED_CACHE, ignore_errors=True)  # an --overwrite run's, never saved
-            if run_dir in created and not checkpoint.has_checkpoint(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)  # the lock's file with it
-                if run_dir.parent in created:
-                    with contextlib.suppress(OSError):
-                        run_dir.parent.rmdir()  # only if empty
+            _remove_created(run_dir, created)
             raise
+
+
+def _remove_created(run_dir: Path, created: list) -> None:
+    """The run's folder (and the directory of runs), if this training created them and nothing was saved."""
+    if run_dir in created and not checkpoint.has_checkpoint(run_dir):
+        shutil.rmtree(run_dir, ignore_errors=True)  # the lock's file with it
+        if run_dir.parent in created:
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # only if empty
