@@ -344,6 +344,9 @@ class NotReadable(DamagedCheckpoint):
     to delete the run."""
 
 
+NOT_YOURS = "ask its owner to make it readable (chmod -R a+rX), or choose another run"  # NotReadable's advice
+
+
 class UnreadableMeta(DamagedCheckpoint):
     """Metadata that cannot be read or parsed."""
 
@@ -438,16 +441,15 @@ def meta_path(run_dir: Path, kind: str) -> Path:
     return run_dir / f"{kind}.json"
 
 
-def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS) -> bool:
-    """Whether run_dir holds metadata of one of kinds; a folder this user may not look into (another user's, in a
-    shared directory of runs) holds none that it could read (Path.exists raised PermissionError)."""
+def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS, unreadable: bool = False) -> bool:
+    """Whether run_dir holds metadata of one of kinds. A folder this user may not look into (another user's, in a
+    shared directory of runs: Path.exists raised PermissionError) answers unreadable: True to list it as a run
+    that cannot be read, False where it would be loaded."""
     try:
         return any(meta_path(run_dir, kind).exists() for kind in kinds)
     except PermissionError:
-        return False
+        return unreadable
 
-
-NOT_YOURS = "ask its owner to make it readable (chmod -R a+rX), or choose another run"
 
 
 _QUIET_LOAD = threading.Lock()

@@ -148,45 +148,40 @@ def _checked_text(text_file: str | Path, batch_size: int, seq_length: int) -> tu
 
 def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
               loaded: Optional[tuple] = None) -> dict:
-    with contextlib.ExitStack() as kept_copy:  # a loaded model's copy, given back at the end
-        return _evaluate_with(path, total, run_dir, batch_size, seq_length, show_progress, loaded, kept_copy)
-
-
-def _evaluate_with(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
-                   loaded: Optional[tuple], kept_copy: contextlib.ExitStack) -> dict:
     from textgen.checkpoint import load_model, run_vocabulary
     from textgen.model import reset_states
 
-    if loaded is not None:  # its weights in a model of batch_size streams
-        trained, meta = loaded
-        ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
-        _check_length(path, len(ids), batch_size, named)
-        model, loss_sum_step = kept_copy.enter_context(_copy_for(trained, meta.model, batch_size))
-    else:
-        # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built for
-        # batch_size streams (a huge batch would not fit in memory).
-        vocab = run_vocabulary(run_dir)
-        if vocab is not None:
-            ids, unknown = encode_text(path, vocab, size_hint=total, named=(named := []))
-            _check_length(path, len(ids), batch_size, named)
-        model, meta = load_model(run_dir, batch_size=batch_size)
-        loss_sum_step = _loss_sum_step(model)
-        if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or the run was replaced
+    with contextlib.ExitStack() as kept_copy:  # a loaded model's copy, given back at the end
+        if loaded is not None:  # its weights in a model of batch_size streams
+            trained, meta = loaded
             ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
             _check_length(path, len(ids), batch_size, named)
-    kept = len(ids)
-    if unknown > MOSTLY_KNOWN * (kept + unknown):  # the score is then of what is left: its bpc alone misleads
-        logger.warning(f"warning: {unknown / (kept + unknown):.0%} of the characters of {path} ({unknown:,}) are "
-                       f"outside the model's vocabulary, so the score is of the other {kept:,} alone (is it a text "
-                       "in the corpus's language?)")
-    if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
-        logger.warning(f"note: each of the {batch_size} streams reads {counted(kept // batch_size, 'character')} "
-                       "from a fresh state, which scores worse than reading on; --batch-size 1 reads the text as one "
-                       "stream")
-    batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
-    reset_states(model)
-    bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
-    nats, count = stream_loss(loss_sum_step, batches, progress=bar)
-    return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
-                unknown=unknown, unknown_characters=named,
-                unscored=kept - count, total=total, batches=len(batches))
+            model, loss_sum_step = kept_copy.enter_context(_copy_for(trained, meta.model, batch_size))
+        else:
+            # The text is read in the vocabulary's Unicode form, which can make it longer, before a model is built
+            # for batch_size streams (a huge batch would not fit in memory).
+            vocab = run_vocabulary(run_dir)
+            if vocab is not None:
+                ids, unknown = encode_text(path, vocab, size_hint=total, named=(named := []))
+                _check_length(path, len(ids), batch_size, named)
+            model, meta = load_model(run_dir, batch_size=batch_size)
+            loss_sum_step = _loss_sum_step(model)
+            if meta.vocab != vocab:  # the metadata read above was damaged (load_model fell back), or replaced
+                ids, unknown = encode_text(path, meta.vocab, size_hint=total, named=(named := []))
+                _check_length(path, len(ids), batch_size, named)
+        kept = len(ids)
+        if unknown > MOSTLY_KNOWN * (kept + unknown):  # the score is then of what is left: its bpc alone misleads
+            logger.warning(f"warning: {unknown / (kept + unknown):.0%} of the characters of {path} ({unknown:,}) "
+                           f"are outside the model's vocabulary, so the score is of the other {kept:,} alone (is it a "
+                           "text in the corpus's language?)")
+        if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
+            logger.warning(f"note: each of the {batch_size} streams reads "
+                           f"{counted(kept // batch_size, 'character')} from a fresh state, which scores worse than "
+                           "reading on; --batch-size 1 reads the text as one stream")
+        batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
+        reset_states(model)
+        bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
+        nats, count = stream_loss(loss_sum_step, batches, progress=bar)
+        return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
+                    unknown=unknown, unknown_characters=named,
+                    unscored=kept - count, total=total, batches=len(batches))

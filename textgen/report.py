@@ -144,7 +144,7 @@ def info_text(run_dir: Path) -> str:
         # (in parentheses: the rest of the line was the else branch's alone, and a run of --epochs lost it)
         (f"progress       {state.epoch} of {counted(training.epochs, 'epoch')}" if training.epochs else
          f"progress       {counted(state.epoch, 'epoch')} (until --max-minutes {training.max_minutes:g})")
-        + (f" + {counted(state.step_in_epoch, 'step')}" if state.step_in_epoch else "")
+        + steps_text(state.step_in_epoch)
         + f", {counted(state.global_step, 'step')}, {state.chars_seen:,} characters, "
           f"{minutes_text(state.elapsed_seconds / 60)}",
         f"precision      {_precision_text(state.history)}",
@@ -219,6 +219,11 @@ def _epoch_text(state) -> str:
         else f"epoch {state.epoch}"
 
 
+def steps_text(step_in_epoch: int) -> str:
+    """" + 40 steps" after the epochs of a run saved in mid-epoch (nothing at an epoch's end)."""
+    return f" + {counted(step_in_epoch, 'step')}" if step_in_epoch else ""
+
+
 def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
     steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
@@ -262,8 +267,7 @@ def runs_table(run_dirs: list[Path]) -> str:
             continue
         saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
         rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}",
-                     epoch_text(run["epochs"], run["planned_epochs"])
-                     + (f" + {counted(run['step_in_epoch'], 'step')}" if run["step_in_epoch"] else ""),
+                     epoch_text(run["epochs"], run["planned_epochs"]) + steps_text(run["step_in_epoch"]),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))

@@ -171,8 +171,7 @@ def list_runs(checkpoint_dir: Path) -> list[Path]:
     if not checkpoint_dir.is_dir():
         return []
     # (a folder this user may not look into, another user's run in a shared directory, is listed: not readable)
-    runs = [path for path in checkpoint_dir.iterdir()
-            if path.is_dir() and (has_checkpoint(path) or not _listable(path))]
+    runs = [path for path in checkpoint_dir.iterdir() if path.is_dir() and has_checkpoint(path, unreadable=True)]
     if has_checkpoint(checkpoint_dir):
         runs.append(checkpoint_dir)
     return sorted(runs, key=_last_saved, reverse=True)
@@ -229,6 +228,16 @@ def _last_saved(run_dir: Path) -> tuple[float, float]:
         except (OSError, ValueError, AttributeError):  # renamed away, older, or damaged metadata
             recorded.append(modified[-1])
     return max(recorded, default=0.0), max(modified, default=0.0)
+
+
+def default_order(runs: list[Path], kind: str = "best") -> list[Path]:
+    """runs (the latest first) in the order a run is taken when none is named: those this user may read (another
+    user's, in a shared directory, would only say it cannot be read) and, for kind "best", that have a best
+    checkpoint (one stopped before its first validation, a command taken back with Ctrl-C, would give half-trained
+    text), then the others."""
+    readable = [run_dir for run_dir in runs if _metadata_readable(run_dir)]
+    return sorted(readable, key=lambda run_dir: kind == "best" and not has_checkpoint(run_dir, ("best",))) + \
+        [run_dir for run_dir in runs if run_dir not in readable]
 
 
 def _listable(directory: Path) -> bool:
@@ -344,13 +353,8 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
             raise _without_checkpoint(training[0], f"run {training[0].name!r} in {checkpoint_dir}")
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
-    # A run without a best checkpoint (a training stopped before its first validation: a command taken back with
-    # Ctrl-C) would give half-trained text: the latest run that has one is meant.
-    # Nor one this user may not read (another user's, in a shared directory): loading it would only say so.
-    readable = [run_dir for run_dir in runs if _metadata_readable(run_dir)] or runs
-    chosen = next((run_dir for run_dir in readable if kind != "best" or has_checkpoint(run_dir, ("best",))),
-                  readable[0])
-    if chosen != runs[0] and runs[0] not in readable:
+    chosen = default_order(runs, kind)[0]
+    if chosen != runs[0] and not _metadata_readable(runs[0]):
         logger.info(f"using the latest run you may read, {chosen.name!r} (the newer {runs[0].name!r} is another "
                     f"user's, or its mode forbids it; list them with: textgen runs{directory_option(checkpoint_dir)})")
     elif chosen != runs[0]:

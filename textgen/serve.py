@@ -312,9 +312,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         served = await run_in_threadpool(runs.get, name)
         async with engine_turns.setdefault(served.name, asyncio.Lock()):
             if await request.is_disconnected():
-                client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
-                logger.info(f'{client} - "{request.method} {request.url.path}" went away while it waited for the '
-                            "engine; not computed")
+                _log_gone(request, "went away while it waited for the engine; not computed")
                 raise _ClientGone()
             yield served
 
@@ -488,10 +486,15 @@ async def _cancel_when_gone(request: Request, job) -> None:
         logger.warning(f"cannot watch a request's connection ({error}); it runs to its end")
         return
     job.cancel()
+    _log_gone(request, f"went away after {job.streams.produced} of {job.streams.config.length} characters; its "
+                       "generation stopped")
+
+
+def _log_gone(request: Request, what: str) -> None:
+    """The log line of a request whose client left: uvicorn logs a request when its response starts, which this one
+    never gets."""
     client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
-    # uvicorn logs a request when its response starts, which this one never gets
-    logger.info(f'{client} - "{request.method} {request.url.path}" went away after '
-                f"{job.streams.produced} of {job.streams.config.length} characters; its generation stopped")
+    logger.info(f'{client} - "{request.method} {request.url.path}" {what}')
 
 
 async def _events(job, inbox):

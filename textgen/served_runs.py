@@ -75,9 +75,9 @@ def files_stamp(path: Path) -> Optional[tuple]:
     return tuple(sorted(stamps))
 
 
-def no_run(name: str, asked: Optional[str] = "") -> ApiError:
-    """The 404 for run name; asked None: the request named none, and name is the server's default, deleted since."""
-    if asked is None:  # "no run named 'demo'" answered a request that named no run
+def no_run(name: str, default: bool = False) -> ApiError:
+    """The 404 for run name; default: the request named none, and name is the server's default, deleted since."""
+    if default:  # "no run named 'demo'" answered a request that named no run
         return ApiError(f"the server's default run, {name!r}, is gone; name a run (GET /v1/models lists them)",
                         status=404)
     return ApiError(f"no run named {shown_start(name)}; GET /v1/models lists the runs", status=404)
@@ -115,15 +115,13 @@ class Runs:
         """The latest run, loaded, or, when it cannot be (a damaged run whose training was killed), the next that can
         be, with a warning: the server refused to start, with every other run good (under a service manager, for
         good), where its user had named no run."""
-        from textgen.runs import list_runs
+        from textgen.runs import default_order, list_runs
 
         try:
             return self._load(latest.name, latest)
         except TextgenError as error:
-            others = [path for path in list_runs(self.checkpoint_dir) if path != latest] \
+            others = [path for path in default_order(list_runs(self.checkpoint_dir)) if path != latest] \
                 if latest != self.checkpoint_dir else []
-            # as find_run chooses: a run with a best checkpoint first (one without would serve half-trained text)
-            others.sort(key=lambda path: not has_checkpoint(path, ("best",)))
             for path in others:
                 try:
                     served = self._load(path.name, path)
@@ -226,13 +224,13 @@ class Runs:
             if not has_checkpoint(served.path):  # deleted: as GET /v1/models no longer lists it, no longer served
                 with self._guard:
                     self._unload(name, "its checkpoints are gone")
-                raise no_run(name, asked)
+                raise no_run(name, default=asked is None)
             return self._reload(served)
         path = (self.paths() if paths is None else paths).get(name)
         if path is None:
             if asked and not is_run_name(unicodedata.normalize("NFC", name)):  # "../x": a bad request, not a 404
                 raise ApiError(f"invalid run name {shown_start(name)}; name one of the runs GET /v1/models lists")
-            raise no_run(name, asked)
+            raise no_run(name, default=asked is None)
         with self._guard:
             self._last_used[name] = time.monotonic()
             if name not in self._loaded:
@@ -241,7 +239,7 @@ class Runs:
                     self._damaged.pop(path, None)
                 except (TextgenError, OSError) as error:  # a damaged run on the server: not the request's fault
                     if isinstance(error, FileNotFoundError) and not has_checkpoint(path):  # deleted meanwhile
-                        raise no_run(name, asked) from None
+                        raise no_run(name, default=asked is None) from None
                     logger.warning(f"run {name!r} cannot be loaded: {error}")
                     if isinstance(error, TextgenError):  # (not an OSError such as too many open files: it passes)
                         self._damaged[path] = files_stamp(path), error
