@@ -644,6 +644,33 @@ def test_plot_reads_a_run_left_with_its_best_checkpoint_and_says_what_it_cannot_
                                                   f"{tmp_path / 'ck2'} --run early --resume\n")
 
 
+def test_plot_output_draws_the_curve_elsewhere_and_leaves_the_run_as_it_is(workspace, tmp_path):
+    """plot rewrote RUN/history.csv and RUN/curve.png, and could write nothing else: a run the user may not write in
+    (another user's, a read-only copy) could not be plotted at all."""
+    run_dir = shutil.copytree(workspace / "ck" / "good", tmp_path / "ck" / "good")
+    (run_dir / "curve.png").unlink()
+    history = (run_dir / "history.csv").read_bytes()
+    os.utime(run_dir / "history.csv", (0, 0))
+    drawn = invoke("plot", "--checkpoint-dir", tmp_path / "ck", "-o", tmp_path / "curve.svg")
+    assert (drawn.exit_code, drawn.stdout) == (0, f"{tmp_path / 'curve.svg'}\n"), drawn.stderr
+    assert "<svg" in (tmp_path / "curve.svg").read_text(encoding="utf-8")
+    assert not (run_dir / "curve.png").exists() and (run_dir / "history.csv").stat().st_mtime == 0
+    assert (run_dir / "history.csv").read_bytes() == history
+    invoke("plot", "--checkpoint-dir", tmp_path / "ck", "-o", tmp_path / "curve.pdf")
+    assert (tmp_path / "curve.pdf").read_bytes().startswith(b"%PDF")
+    kept = invoke("plot", "--checkpoint-dir", tmp_path / "ck", "-o", tmp_path / "curve.svg")
+    assert (kept.exit_code, kept.stderr) == (1, f"error: --output {tmp_path / 'curve.svg'} already exists; pass "
+                                                "--overwrite to replace it, or choose another file\n")
+    jpeg = invoke("plot", "--checkpoint-dir", tmp_path / "ck", "-o", tmp_path / "curve.jpg")
+    assert (jpeg.exit_code, jpeg.stderr) == (1, f"error: --output {tmp_path / 'curve.jpg'}: give a file name ending "
+                                                "in .png, .svg or .pdf\n")
+    assert not (tmp_path / "curve.jpg").exists()
+    # Where the run cannot be written, the refusal says how to draw it anyway
+    (run_dir / "curve.png").mkdir()
+    refused = invoke("plot", "--checkpoint-dir", tmp_path / "ck")
+    assert refused.exit_code == 1 and refused.stderr.endswith("or draw the curve elsewhere with --output FILE.png\n")
+
+
 def test_textgen_alone_shows_the_help_without_an_error_prefix():
     result = invoke()
     assert result.exit_code == 2 and result.stderr.startswith("Usage: ") and "COMMAND [ARGS]" in result.stderr

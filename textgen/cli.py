@@ -628,12 +628,22 @@ def runs(checkpoint_dir):
 @cli.command()
 @checkpoint_dir_option
 @run_option
-def plot(checkpoint_dir, run):
+@click.option("--output", "-o", type=click.Path(), default=None,
+              callback=_not_empty("give a file name, such as curve.png, or leave --output out for RUN/curve.png",
+                                  _user_path),
+              help="Draw the curve into this file (.png, .svg or .pdf) instead of RUN/curve.png, and leave the run "
+                   "as it is (for a run you may not write in).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def plot(checkpoint_dir, run, output, overwrite):
     """Redraw a run's training curve (RUN/curve.png) and history (RUN/history.csv)."""
     from textgen.checkpoint import read_run_meta
-    from textgen.report import plot_history, write_history
+    from textgen.files import check_output
+    from textgen.report import curve_format, plot_history, write_history
     from textgen.runs import find_run, run_options
 
+    if output is not None:
+        curve_format(output)
+        check_output(output, overwrite, example="curve.png")
     run_dir = find_run(checkpoint_dir, run)
     meta = read_run_meta(run_dir).latest
     history = meta.state.history if meta is not None else []
@@ -641,11 +651,13 @@ def plot(checkpoint_dir, run):
         raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet; train it on to the end of "
                                    f"its first epoch with: textgen train {run_options(run_dir)} --resume")
     try:
-        click.echo(write_history(run_dir, history))
-        click.echo(plot_history(run_dir, history, meta.state.best_val_loss))
+        if output is None:
+            click.echo(write_history(run_dir, history))
+        click.echo(plot_history(run_dir, history, meta.state.best_val_loss, output))
     except OSError as error:
-        raise click.ClickException(f"cannot write {error.filename} ({error.strerror}); fix the run directory and plot "
-                                   "again") from None
+        advice = "write elsewhere" if output else "fix the run directory and plot again, or draw the curve elsewhere " \
+                                                  "with --output FILE.png"
+        raise click.ClickException(f"cannot write {error.filename} ({error.strerror}); {advice}") from None
 
 
 def main(argv=None) -> None:

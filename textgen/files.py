@@ -95,15 +95,15 @@ def atomic_write_json(path: Path, payload) -> None:
 
 # The sample command's --output file.
 
-def check_output(path: Path, overwrite: bool = False) -> None:
+def check_output(path: Path, overwrite: bool = False, example: str = "samples.txt") -> None:
     """Refuse an --output that cannot become a file, or that would replace a file's text without overwrite (an
     empty one, as mktemp makes, holds nothing to lose), before any text is generated."""
     path = Path(path)
-    check_path_length(path, "--output", "give a file name, such as samples.txt")
+    check_path_length(path, "--output", f"give a file name, such as {example}")
     if links_to_itself(path):  # (any other link is written through, to the file it names)
         raise TextgenError(f"--output {path} is a symbolic link that leads back to itself; give a file name")
     if path.name in ("", "..") or path.is_dir():  # "", ".", "/", "..", or an existing directory
-        raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as samples.txt")
+        raise TextgenError(f"--output {str(path)!r} is a directory; give a file name, such as {example}")
     if not (written := written_path(path)).parent.is_dir():  # (a dangling link's file: its directory too)
         raise TextgenError(f"cannot write {path}: directory {written.parent} does not exist")
     # Said after the whole text was generated (9 s for 100,000 characters); only where a file is renamed into

@@ -36,11 +36,15 @@ def write_history(run_dir: Path, history: list[dict]) -> Path:
     return path
 
 
-def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[float] = None) -> Path:
-    """curve.png: train and validation bits per character against characters seen, the run's best checkpoint
-    marked: the last row of best_val_loss, the run's (after a resume on another text the lowest validation loss is
-    not the best checkpoint's, which starts over on the new text; a row's epoch is not the best epoch's when it
-    was saved mid-epoch); without it, the lowest."""
+CURVE_FORMATS = ("png", "svg", "pdf")  # by an --output's suffix
+
+
+def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[float] = None,
+                 output: Optional[Path] = None) -> Path:
+    """curve.png (or output, in the format its suffix names): train and validation bits per character against
+    characters seen, the run's best checkpoint marked: the last row of best_val_loss, the run's (after a resume on
+    another text the lowest validation loss is not the best checkpoint's, which starts over on the new text; a
+    row's epoch is not the best epoch's when it was saved mid-epoch); without it, the lowest."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,12 +73,21 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path = run_dir / CURVE_FILE
+    path = output or run_dir / CURVE_FILE
     try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format="png"))
+        atomic_write(path, lambda tmp: figure.savefig(tmp, format=curve_format(path)))
     finally:
         pyplot.close(figure)  # also when saving fails: training goes on and must not pile up figures
     return path
+
+
+def curve_format(path: Path) -> str:
+    """The picture format a curve's file name asks for by its suffix."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in CURVE_FORMATS:
+        raise TextgenError(f"--output {path}: give a file name ending in "
+                           + ", ".join(f".{name}" for name in CURVE_FORMATS[:-1]) + f" or .{CURVE_FORMATS[-1]}")
+    return suffix
 
 
 def spans_of(history: list[dict], key: str) -> list[tuple]:
