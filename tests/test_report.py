@@ -1,6 +1,8 @@
 import csv
 import json
 import math
+import os
+import shutil
 import struct
 
 import pytest
@@ -81,6 +83,40 @@ def test_info_and_runs_show_the_stored_numbers(trained_run):
     header, row = runs.output.strip().splitlines()
     assert header.split()[:3] == ["run", "corpus", "characters"]
     assert row.split()[:5] == ["period", "period.txt", "21,000", "3/3", f"{meta['val_loss'] / math.log(2):.3f}"]
+
+
+def test_runs_shows_the_runs_a_training_is_writing_now_those_without_a_checkpoint_too(trained_run, tmp_path):
+    """A training in its first epoch (hours on a large text) was not listed at all, and a listed run gave no sign
+    that a training was writing it: the teacher's class could not tell which runs were still going."""
+    import textgen
+    from textgen.checkpoint import RunLock
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "going")
+    shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "done")
+    (tmp_path / "ck" / "started").mkdir()
+    (tmp_path / "ck" / "started" / "corpus.json").write_text("{}")  # what a training writes before its first save
+    (tmp_path / "ck" / "killed").mkdir()
+    (tmp_path / "ck" / "killed" / ".lock").write_text("999999999")  # a killed training's lock: nothing holds it
+    runner = CliRunner()
+    with RunLock(tmp_path / "ck" / "going"), RunLock(tmp_path / "ck" / "started"):
+        listing = runner.invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "ck")])
+        listed = textgen.list_runs(tmp_path / "ck")
+    assert listing.exit_code == 0, listing.output
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
+    assert sorted(rows) == ["done", "going", "started"]
+    assert listing.stdout.splitlines()[1].split()[:6] == ["started", "no", "checkpoint", "yet,", "training", "now"]
+    assert f"no checkpoint yet, training now (pid {os.getpid()})" in rows["started"]
+    assert rows["started"].split()[-4:] == ["-"] * 4
+    assert rows["going"].endswith(f", training now (pid {os.getpid()})")
+    assert "training" not in rows["done"]
+    by_name = {run["name"]: run for run in listed}
+    assert (by_name["started"]["training"], by_name["started"]["problem"]) == (os.getpid(), "no checkpoint yet")
+    assert (by_name["going"]["training"], "problem" in by_name["going"]) == (os.getpid(), False)
+    assert by_name["done"]["training"] is None and by_name["going"]["epochs"] == by_name["done"]["epochs"] == 3
+    # Once the trainings end, the listing is as before: a folder without a checkpoint is no run
+    after = runner.invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "ck")])
+    assert sorted(line.split()[0] for line in after.stdout.splitlines()[1:]) == ["done", "going"]
+    assert "training" not in after.stdout
 
 
 def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path):

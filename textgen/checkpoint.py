@@ -451,7 +451,6 @@ def has_checkpoint(run_dir: Path, kinds: tuple[str, ...] = KINDS, unreadable: bo
         return unreadable
 
 
-
 _QUIET_LOAD = threading.Lock()
 LOAD_ATTEMPTS = 3  # reads of a checkpoint that a training replaces while it is read
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from textgen.checkpoint import (CURVE_FILE, HISTORY_FILE, KINDS, CheckpointTooNew, NotReadable, RunMeta, file_check,
-                                read_run_meta)
+                                has_checkpoint, read_run_meta, training_pid)
 from textgen.config import epoch_text
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
@@ -240,12 +240,16 @@ def steps_text(step_in_epoch: int) -> str:
 def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
     steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
-    its "0" epochs), planned_epochs (None: until its time budget), val_bpc and saved_at; for a run that cannot be
-    read, "problem" ("damaged", "written by a newer textgen" or "not readable by you") and None for the rest."""
+    its "0" epochs), planned_epochs (None: until its time budget), val_bpc, saved_at and training (the pid of the
+    training writing the run now, or None); for a run that cannot be read, "problem" ("damaged", "written by a newer
+    textgen", "not readable by you" or "no checkpoint yet") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,
-                   planned_epochs=None, val_bpc=None, saved_at=None)
+                   planned_epochs=None, val_bpc=None, saved_at=None, training=_training(run_dir))
+        if row["training"] is not None and not has_checkpoint(run_dir, unreadable=True):
+            rows.append(dict(row, problem="no checkpoint yet"))
+            continue
         try:
             run = read_run_meta(run_dir)
         except CheckpointTooNew:
@@ -269,16 +273,24 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+def _training(run_dir: Path) -> Optional[int]:
+    """The pid of the training writing run_dir now (0 where its lock does not name it yet), or None."""
+    pid = training_pid(run_dir)
+    return None if pid is None else int(pid) if pid.isdigit() else 0
+
+
 def runs_table(run_dirs: list[Path]) -> str:
     header = ("run", "corpus", "characters", "epochs", "best val bpc", "saved")
     rows = []
     for run in run_rows(run_dirs):
+        training = "" if run["training"] is None else ", training now" + (f" (pid {run['training']})" if run["training"]
+                                                                          else "")
         if "problem" in run:
             why = f"damaged (textgen info {run_options(run['path'])} says why)" if run["problem"] == "damaged" else \
                 run["problem"]
-            rows.append((run["name"], why, "-", "-", "-", "-"))
+            rows.append((run["name"], why + training, "-", "-", "-", "-"))
             continue
-        saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M") + training
         rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}",
                      epoch_text(run["epochs"], run["planned_epochs"]) + steps_text(run["step_in_epoch"]),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))

@@ -161,9 +161,10 @@ def probable_run(checkpoint_dir: Path, name: str, names: Optional[list[str]] = N
 
 
 def all_runs(checkpoint_dir: Path) -> list[Path]:
-    """What `textgen runs` lists: the runs with a checkpoint, the most recently saved first, then those whose
-    checkpoint files are left without metadata."""
-    return list_runs(checkpoint_dir) + runs_without_metadata(checkpoint_dir)
+    """What `textgen runs` lists: the runs a training is writing that have no checkpoint yet, the runs with a
+    checkpoint, the most recently saved first, then those whose checkpoint files are left without metadata."""
+    return list(dict.fromkeys(runs_before_their_first_save(checkpoint_dir) + list_runs(checkpoint_dir)
+                              + runs_without_metadata(checkpoint_dir)))  # (a first save between two looks)
 
 
 def list_runs(checkpoint_dir: Path) -> list[Path]:
@@ -175,6 +176,15 @@ def list_runs(checkpoint_dir: Path) -> list[Path]:
     if has_checkpoint(checkpoint_dir):
         runs.append(checkpoint_dir)
     return sorted(runs, key=_last_saved, reverse=True)
+
+
+def runs_before_their_first_save(checkpoint_dir: Path) -> list[Path]:
+    """Run directories a training holds that have no checkpoint yet (a run in its first epoch, which may take hours
+    on a large text: the listing did not show it)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(path for path in checkpoint_dir.iterdir()
+                  if path.is_dir() and not has_checkpoint(path, unreadable=True) and training_pid(path) is not None)
 
 
 def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
