@@ -455,18 +455,29 @@ def test_resume_with_a_damaged_last_checkpoint_does_not_advise_throwing_the_best
     assert files_snapshot(tmp_path) == kept
 
 
-def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, periodic_corpus, monkeypatch):
+def test_disk_full_during_save_keeps_the_previous_checkpoint_and_says_what_was_lost(tmp_path, periodic_corpus,
+                                                                                     monkeypatch):
+    """It said "the previous checkpoint is kept": not which one, so not what the failure had cost."""
+    import textgen
+
     run(periodic_corpus, tmp_path)
     last = (tmp_path / "r" / "last.json").read_bytes()
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(checkpoint.np, "savez", full)
-    with pytest.raises(TextgenError, match="disk is full; the previous checkpoint is kept"):
+    told = (f"could not save the checkpoint in {tmp_path / 'r'}: the disk is full; the run's last checkpoint (at the "
+            "start of epoch 2) is kept and the training since it is lost (free some space or fix the directory, then "
+            "resume with: ")
+    with pytest.raises(TextgenError) as failed:
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
+    assert str(failed.value) == f"{told}textgen train {periodic_corpus} --checkpoint-dir {tmp_path} --run r --resume)"
     assert (tmp_path / "r" / "last.json").read_bytes() == last
     model, meta = load_model(tmp_path / "r", kind="last")
     assert meta.state.epoch == 1
+    with pytest.raises(TextgenError) as failed:  # the Python API's advice is a call
+        textgen.train(run="r", checkpoint_dir=tmp_path, resume=True, epochs=2)
+    assert str(failed.value) == f"{told}textgen.train(run='r', checkpoint_dir={str(tmp_path)!r}, resume=True))"
 
 
 def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path, periodic_corpus, monkeypatch):
@@ -494,7 +505,7 @@ def test_a_save_the_disk_cannot_hold_is_refused_before_the_weights_are_written(t
     saved_weights = []
     monkeypatch.setattr(checkpoint, "_free_bytes", lambda directory: 50_000)  # less than a checkpoint of this model
     monkeypatch.setattr(checkpoint, "_write_weights", lambda *args: saved_weights.append(args))
-    with pytest.raises(TextgenError, match="disk is full; the previous checkpoint is kept"):
+    with pytest.raises(TextgenError, match="disk is full; the run.s last checkpoint .* is kept"):
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
     assert saved_weights == [] and files_snapshot(tmp_path) == kept
     monkeypatch.undo()

@@ -289,7 +289,7 @@ class Run:
                 checkpoint.save(self.run_dir, kinds, meta, self.session.model, arrays)
             except checkpoint.SaveFailed as failed:
                 if self.has_saved:
-                    raise
+                    raise _save_failed(self, failed.reason) from None
                 kept = ", and the earlier run's checkpoints are kept" if self.replaces else ""
                 raise TextgenError(f"could not save the first checkpoint in {self.run_dir}: {failed.reason}; nothing "
                                    f"of this run was saved{kept} (free some space or fix the directory, then run "
@@ -636,14 +636,29 @@ def _aborted(run: Run, signum: int) -> Interrupted:
     if not run.has_saved:  # (a new run's folder goes with the lock)
         kept = f", and the earlier run in {run.run_dir} is kept as it was" if run.replaces else ""
         return Interrupted(f"{aborted} before the run's first checkpoint: nothing was saved{kept}", signum)
+    told = f"{aborted}: the training since the run's last checkpoint{_last_position(run)} in {run.run_dir} is lost"
+    command, call = run.resume_advice()
+    return Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
+
+
+def _save_failed(run: Run, reason: str) -> TextgenError:
+    """A save refused after the run's first (a disk filled during an epoch): which checkpoint the run goes back to,
+    so that the user knows what the failure cost (it said only "the previous checkpoint is kept")."""
+    told = (f"could not save the checkpoint in {run.run_dir}: {reason}; the run's last checkpoint"
+            f"{_last_position(run)} is kept and the training since it is lost")
+    command, call = run.resume_advice()
+    error = TextgenError(f"{told} (free some space or fix the directory, then resume with: {command})")
+    error.python_message = f"{told} (free some space or fix the directory, then resume with: {call})"
+    return error
+
+
+def _last_position(run: Run) -> str:
+    """Where the run's last checkpoint stands, " (in epoch 5, after step 12)", or "" where it cannot be read."""
     try:
         last = checkpoint.read_meta(run.run_dir, "last") if run.writes else None
     except TextgenError:
         last = None
-    saved = f" ({last.state.position()})" if last is not None else ""
-    told = f"{aborted}: the training since the run's last checkpoint{saved} in {run.run_dir} is lost"
-    command, call = run.resume_advice()
-    return Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
+    return f" ({last.state.position()})" if last is not None else ""
 
 
 def _lost_worker_error(reason: str, run: Optional[Run] = None) -> TextgenError:
