@@ -29,6 +29,7 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, where a refused script is said
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(60)
     yield driver
@@ -89,7 +90,8 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
     original = Engine.sample
 
     def slow(self, *args, **kwargs):
-        time.sleep(0.1)  # 32 chunks of 32 characters take seconds: time to press Stop
+        time.sleep(0.3)  # 32 chunks of 32 characters take 10 s: time to press Stop on a busy machine (at 0.1 s the
+        # stream could end first: "done", not "stopped")
         return original(self, *args, **kwargs)
     monkeypatch.setattr(Engine, "sample", slow)
     browser.get(server + "/")
@@ -274,6 +276,25 @@ def test_a_sample_is_copied_and_a_stop_the_model_cannot_write_is_said(browser, s
     copy.click()
     wait_until(lambda: copy.text in ("Copied", "Selected: press Ctrl-C"))
     assert browser.execute_script("return getSelection().toString()") == text
+
+
+def test_the_page_runs_under_its_content_security_policy_which_refuses_an_injected_script(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    browser.get_log("browser")  # what earlier tests left
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)  # its script ran and called the API
+    # its style applied: the header's background is the card's, not a browser default's transparent one
+    assert browser.execute_script("return getComputedStyle(document.querySelector('header')).backgroundColor") \
+        != "rgba(0, 0, 0, 0)"
+    assert [entry["message"] for entry in browser.get_log("browser") if "Content Security Policy" in entry["message"]] \
+        == []
+    injected = browser.execute_script("const script = document.createElement('script');"
+                                      "script.textContent = 'window.injected = 1'; document.body.append(script);"
+                                      "return window.injected === undefined")
+    assert injected  # refused, and said so on the console
+    assert wait_until(lambda: [entry for entry in browser.get_log("browser")
+                               if "Content Security Policy" in entry["message"]])
 
 
 def test_page_fits_a_phone_screen(browser, server):  # noqa: F811

@@ -68,6 +68,27 @@ def call(base, path, body=None, raw=None, timeout=60):
         return error.code, error.read().decode("utf-8")
 
 
+def test_the_playground_tells_the_browser_to_run_its_own_script_and_style_only(server):
+    """No security headers: a browser would run any script that got into the page and let any site frame it."""
+    import base64
+    import hashlib
+    import re
+
+    for method in ("GET", "HEAD"):
+        with urllib.request.urlopen(urllib.request.Request(server + "/", method=method), timeout=60) as page:
+            headers, body = page.headers, page.read().decode("utf-8")
+        policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+        assert (policy["default-src"], policy["connect-src"], policy["frame-ancestors"]) == ("'none'", "'self'",
+                                                                                              "'none'")
+        assert (headers["X-Frame-Options"], headers["X-Content-Type-Options"]) == ("DENY", "nosniff")
+        if method == "GET":
+            for tag, source in (("script", "script-src"), ("style", "style-src")):
+                [inline] = re.findall(rf"<{tag}>(.*?)</{tag}>", body, re.S)
+                digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+                assert policy[source] == f"'sha256-{digest}'"
+    assert "Content-Security-Policy" not in urllib.request.urlopen(server + "/healthz", timeout=60).headers
+
+
 def test_health_models_and_openapi(server, trained_run):
     assert call(server, "/healthz") == (200, '{"status":"ok"}')
     with urllib.request.urlopen(urllib.request.Request(server + "/", method="HEAD"), timeout=60) as page:

@@ -126,6 +126,24 @@ def _example(request) -> str:
     return f"send for instance {EXAMPLE_BODIES.get(request.url.path, EXAMPLE_BODY)}"
 
 
+def _page_headers(page: str) -> dict:
+    """What a browser may do with the playground: run its own script and style (by their hashes) and call this
+    server, nothing else (no other script, frame or form target: what an injected text or another site framing
+    the page would need); the page inserts text only as text, so this is a second guard, not the first."""
+    import base64
+    import hashlib
+    import re
+
+    def hashes(tag: str) -> str:
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+                        for body in re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S))
+
+    policy = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; connect-src 'self'; "
+              "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY"}
+
+
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits(),
                allow_origins: tuple = (), loopback_host: Optional[str] = None, allow_hosts: tuple = ()):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one); allow_origins: the web
@@ -137,6 +155,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     runs = Runs(checkpoint_dir, run, tuple(sorted(set(ENGINE_SIZES) | {max(ENGINE_SIZES[-1], limits.max_samples)})),
                 limits.max_loaded_runs)
     page = resources.files("textgen").joinpath("playground.html").read_text(encoding="utf-8")
+    page_headers = _page_headers(page)
 
     # No redirect from /v1/generate/ to /v1/generate: a POST got a 307 with an empty body (curl printed nothing)
     app = FastAPI(title="textgen", version="1", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json",
@@ -234,7 +253,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     # async: answered on the event loop, not by a worker thread that requests waiting for a run may all hold
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground():
-        return page
+        return HTMLResponse(page, headers=page_headers)
 
     @app.get("/healthz", responses={200: {"model": Health}})
     async def healthz():
