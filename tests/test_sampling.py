@@ -232,6 +232,21 @@ def test_min_p_drops_characters_below_a_fraction_of_the_most_likely():
 
 
 @pytest.mark.parametrize("vocab", [40, 300])  # the cut-off without and with sorting (PAIRWISE_MAX_VOCAB)
+def test_a_row_without_a_finite_logit_falls_back_to_the_likeliest_under_every_filter(vocab):
+    """The sorted cut-off counted no token kept in such a row and gathered at -1: an error outside XLA (an export's
+    graph runs without it), a clamped index inside."""
+    import tensorflow as tf
+
+    logits = np.full((2, vocab), -np.inf, np.float32)
+    logits[1] = np.arange(vocab)  # beside an ordinary row
+    for compiled in (False, True):
+        choose = tf.function(sampling.choose_tf, jit_compile=compiled)
+        ids = choose(tf.constant(logits), tf.constant([0.5, 0.5], tf.float32), tf.constant([1.0, 1.0]),
+                     top_k=tf.constant([3, 3]), top_p=tf.constant([0.5, 0.5]), min_p=tf.constant([0.1, 0.1])).numpy()
+        assert ids.tolist() == [0, vocab - 1], compiled
+
+
+@pytest.mark.parametrize("vocab", [40, 300])  # the cut-off without and with sorting (PAIRWISE_MAX_VOCAB)
 def test_one_compiled_cut_off_serves_filtered_and_unfiltered_calls(vocab):
     """The loop a server runs carries top-k/top-p for every row and skips the cut-off when no row uses it:
     the same compiled function must give the unfiltered picks then, and the filtered ones when a row asks."""

@@ -5,7 +5,7 @@ independent NumPy version of the same rule (tests/sampling_reference.py) and com
 
 The rule, for one row of logits ``l`` (V,), a uniform ``u`` in [0, 1) and temperature ``T``:
 
-1. ``T == 0``: greedy, the first index of ``max(l)``; ``u``, top-k and top-p are ignored.
+1. ``T == 0``: greedy, the first index of ``max(l)``; ``u`` and every filter are ignored.
 2. ``s = (l - max(l)) / T`` and unnormalised weights ``w = exp(s)`` (so softmax(l / T) = w / sum(w)).
 3. Cut-off: sort ``s`` descending. top-k keeps the ``k`` best; top-p (nucleus) keeps the smallest
    prefix of that order whose probability reaches ``p`` (after top-k's cut, renormalised -- the
@@ -250,5 +250,7 @@ def _keep_sorted(tf, scaled, vocab, top_k, top_p):
         before = tf.cumsum(sorted_w, axis=1, exclusive=True)
         in_p = tf.cast(before < _column(tf, top_p, tf.float32) * total, tf.int32)
         kept = tf.minimum(kept, tf.reduce_sum(in_p, axis=1))
-    cutoff = tf.gather(ordered, kept - 1, axis=1, batch_dims=1)
+    # At least one: a row whose logits are all -inf (a one-character vocabulary under the repeat guard) counts none,
+    # and gathering at -1 failed outside XLA (an export's graph) and was clamped inside it.
+    cutoff = tf.gather(ordered, tf.maximum(kept, 1) - 1, axis=1, batch_dims=1)
     return scaled >= cutoff[:, None]
