@@ -105,7 +105,7 @@ def test_the_newest_generate_signature_takes_every_sampling_filter():
 
     from textgen import sampling
     from textgen.cli import cli
-    from textgen.exported_graph import GENERATE_SIGNATURES
+    from textgen.config import GENERATE_SIGNATURES
 
     *_, newest = GENERATE_SIGNATURES.values()
     assert set(newest) == set(sampling.FILTERS), "add a generate signature with the new filter to GENERATE_SIGNATURES"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import click
 
-from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, MAX_PRIME_FILE_CHARS,
-                            SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig, command_line_options,
-                            meant_option, option_flag, split_training_options)
+from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, GENERATE_SIGNATURES,
+                            MAX_PRIME_FILE_CHARS, SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig,
+                            command_line_options, meant_option, option_flag, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -534,8 +534,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @click.option("--format", "formats", multiple=True, type=click.Choice([*EXPORT_FORMATS, "all"]),
               default=["keras", "savedmodel"], show_default=True,
               help="keras = model.keras (stock layers, batch 1); savedmodel = TensorFlow SavedModel with "
-                   "step, generate, generate_filtered and generate_guarded signatures; litert = model.tflite of one "
-                   "step. Repeat for several. Each export also has vocab.json.")
+                   f"step, {', '.join(GENERATE_SIGNATURES)} signatures; litert = model.tflite of one step. Repeat for "
+                   "several. Each export also has vocab.json.")
 @click.option("--output", "-o", type=click.Path(), required=True,
               callback=_not_empty("give a directory to write, such as exports/NAME", _user_path),
               help="Directory to write (new or empty, or an earlier export with --overwrite).")

@@ -347,6 +347,11 @@ MAX_STOPS, MAX_STOP_CHARS = 16, 1000
 MAX_PRIME_FILE_CHARS = MAX_LENGTH
 
 EXPORT_FORMATS = ("keras", "savedmodel", "litert")  # textgen export --format (export.py)
+# The SavedModel's generate signatures (exported_graph), each with the sampling options it takes after prime, length,
+# temperature and seed; here, without TensorFlow, for the command line's help. A signature is fixed once exported (its
+# callers feed every input): a new filter gets a new signature, which takes every filter so far.
+GENERATE_SIGNATURES = {"generate": (), "generate_filtered": ("top_k", "top_p", "min_p"),
+                       "generate_guarded": ("top_k", "top_p", "min_p", "max_repeat")}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from textgen.config import EXPORT_FORMATS
+from textgen.config import EXPORT_FORMATS, GENERATE_SIGNATURES
 from textgen.errors import OptionError, TextgenError
 from textgen.files import check_path_length, links_to_itself
 
@@ -69,8 +69,6 @@ def _vocab_asset(meta, out: Path) -> Path:
 
 def _write_savedmodel(meta, trained, out: Path, graph) -> list[Path]:
     import tensorflow as tf
-
-    from textgen.exported_graph import GENERATE_SIGNATURES
 
     module = graph()
     signatures = {name: getattr(module, name) for name in GENERATE_SIGNATURES}

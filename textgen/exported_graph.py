@@ -1,7 +1,7 @@
 """The graph an export carries: a tf.Module whose functions take and return the LSTM state explicitly.
 
-``export.py`` writes it as the SavedModel (its ``step`` and generate signatures, GENERATE_SIGNATURES) and converts
-``next_logits`` for LiteRT. Only export imports this module, when it runs: it imports TensorFlow at the top.
+``export.py`` writes it as the SavedModel (its ``step`` and generate signatures, config.GENERATE_SIGNATURES) and
+converts ``next_logits`` for LiteRT. Only export imports this module, when it runs: it imports TensorFlow at the top.
 """
 
 from __future__ import annotations
@@ -11,15 +11,10 @@ from pathlib import Path
 import tensorflow as tf
 
 from textgen import lstm_step, sampling
+from textgen.config import GENERATE_SIGNATURES
 from textgen.generate import start_symbol
 
 NO_FILTER = {"top_k": 0}  # the exported signatures' value for "no filter" outside the option's own range
-
-# The SavedModel's generate signatures, each with the sampling options it takes after prime, length, temperature and
-# seed. A signature is fixed once exported (its callers feed every input): a new filter gets a new signature, which
-# takes every filter so far.
-GENERATE_SIGNATURES = {"generate": (), "generate_filtered": ("top_k", "top_p", "min_p"),
-                       "generate_guarded": ("top_k", "top_p", "min_p", "max_repeat")}
 
 GENERATE_INPUTS = [tf.TensorSpec([], tf.string, name="prime"), tf.TensorSpec([], tf.int32, name="length"),
                    tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int64, name="seed")]

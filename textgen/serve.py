@@ -8,7 +8,7 @@ is off; the OpenAPI description is at /v1/openapi.json.
 Each run is loaded once, on first use, and kept with its batcher (textgen.request_batcher): requests that
 arrive while others are generating join the same compiled engine (up to 64 streams at once; more
 wait their turn) as extra streams at the next chunk,
-each with its own temperature, top-k, top-p and seed, and leave when they are done or their client
+each with its own temperature, filters and seed, and leave when they are done or their client
 has gone. A run that is still training is followed: when its best checkpoint changes, the next request
 loads it, and the requests already running finish on the model they started with.
 """
