@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,36 @@ import pytest
 PERIOD = "abcdefg"
 TINY_MODEL = dict(units=32, embedding_dim=8, layers=1, dropout=0.0)
 TINY_TRAINING = dict(batch_size=8, seq_length=20, learning_rate=0.01, seed=7)
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """Loopback ports nothing listens on: any the system gives, or, where TEXTGEN_TEST_PORTS names a range
+    ("8760-8799": a shared machine that gives each user's tests their own ports), ports of that range."""
+    if not (confined := os.environ.get("TEXTGEN_TEST_PORTS")):
+        candidates = [0] * count
+    else:
+        low, high = map(int, confined.split("-"))
+        candidates = random.sample(range(low, high + 1), high + 1 - low)  # two runs at once rarely meet
+    sockets = []
+    try:
+        for port in candidates:
+            probe = socket.socket()
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                probe.close()
+                continue
+            sockets.append(probe)
+            if len(sockets) == count:
+                return [probe.getsockname()[1] for probe in sockets]
+        raise RuntimeError(f"no {count} free ports in TEXTGEN_TEST_PORTS={confined}")
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def write_text(path: Path, text: str) -> Path:

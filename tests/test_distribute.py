@@ -3,7 +3,6 @@
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PERIOD, write_text
+from conftest import PERIOD, free_ports, write_text
 from textgen.distribute import check_batch_size, is_chief
 from textgen.errors import TextgenError
 from textgen.generate import generate
@@ -37,16 +36,6 @@ def test_mirrored_on_two_cpu_devices_equals_one_device(tmp_path):
     # One sum of the gradients per replica (one in the one-device session, two in the mirrored one): Keras's optimizer
     # summed them a second time (twice the traffic between the workers of a cluster).
     assert result["all_reduces"] == 1 + 2
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import PERIOD
+from conftest import PERIOD, free_port
 from test_serve import call, server  # noqa: F401  (server: the running server fixture)
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -30,7 +30,7 @@ def browser():
                  "--disable-dev-shm-usage", "--window-size=1280,900"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, where a refused script is said
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(DRIVER, port=free_port()), options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
