@@ -66,7 +66,8 @@ _COMPILED: dict = {}
 
 def choose_compiled(logits, uniforms, temperature, jit_compile=True, **filters) -> np.ndarray:
     """Run :func:`choose_tf` as its own compiled function (the arguments of :func:`choose`): each filter given that
-    can cut something is fed as a tensor (every one of sampling.CUT_OFFS, a new one too); the others are left out."""
+    can change the draw is fed as a tensor (every one of sampling.RULE_FILTERS, a new one too); the others are left
+    out."""
     import tensorflow as tf
 
     logits = np.asarray(logits, dtype=np.float32)
@@ -74,7 +75,7 @@ def choose_compiled(logits, uniforms, temperature, jit_compile=True, **filters) 
     u = clamp_uniforms(uniforms).reshape(rows)
     temp = temperatures(temperature, rows)
     filters["top_k"], filters["top_p"] = normalize_filters(filters.get("top_k"), filters.get("top_p"), vocab)
-    used = tuple(name for name in sampling.CUT_OFFS if filters.get(name) is not None)
+    used = tuple(name for name in sampling.RULE_FILTERS if filters.get(name) is not None)
     key = (used, bool(jit_compile))
     if key not in _COMPILED:
 

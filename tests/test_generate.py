@@ -45,13 +45,13 @@ def test_every_filter_reaches_the_engine(trained_run):
         "sampling.FILTER_RULES (or, if it is not one, add it to NOT_FILTERS here); a field missing there reaches "
         "the command line and the server but never the engine")
     assert set(STRICTEST) == set(sampling.FILTERS), "give each filter's strictest value in STRICTEST"
-    assert set(sampling.FILTERS) - set(sampling.CUT_OFFS) == {"max_repeat"}, (
+    assert set(sampling.FILTERS) - set(sampling.RULE_FILTERS) == {"max_repeat"}, (
         "a new by_engine filter (one the engine's loop applies itself, as the repeat guard): test it here as "
         "max_repeat is tested below, then add its name to this set")
     options = dict(prime="a", length=60, temperatures=[100.0])  # near uniform: nothing like the period
     free = [gen(trained_run, **options, seed=seed)[0].text for seed in (3, 4)]
     assert free[0] != free[1] and free[0][:20] != (PERIOD * 3)[:20]
-    for name in sampling.CUT_OFFS:
+    for name in sampling.RULE_FILTERS:
         texts = {gen(trained_run, **options, seed=seed, **{name: STRICTEST[name]})[0].text for seed in (3, 4)}
         assert len(texts) == 1, f"{name} at its strictest left the draw to the seed: it did not reach the engine"
         if name in KEEP_THE_LIKELIEST:

@@ -153,7 +153,7 @@ COMPARED = [{}, {"top_k": 5}, {"top_p": 0.7}, {"top_k": 4, "top_p": 0.5}, {"min_
 
 def test_every_filter_choose_tf_applies_is_compared_with_its_numpy_twin():
     compared = {name for case in COMPARED for name in case}
-    assert compared == set(sampling.CUT_OFFS), ("give the new filter cases in COMPARED, and its rule in "
+    assert compared == set(sampling.RULE_FILTERS), ("give the new filter cases in COMPARED, and its rule in "
                                                 "tests/sampling_reference.py's choose")
 
 
@@ -198,7 +198,7 @@ def test_stream_filters_equal_the_rule_applied_row_by_row(vocab):
     filters = sampling.StreamFilters.of(rows, vocab, top_k=ks, top_p=ps, min_p=ms)
     assert filters.in_use(vocab) == {"top_k", "top_p", "min_p"}
     got = sampling.choose_tf(tf.constant(logits), tf.constant(sampling.clamp_uniforms(u)), tf.constant(temps),
-                             **{name: tf.constant(getattr(filters, name)) for name in sampling.CUT_OFFS}).numpy()
+                             **{name: tf.constant(getattr(filters, name)) for name in sampling.RULE_FILTERS}).numpy()
     for row in range(rows):
         expected = oracle.choose(logits[row:row + 1], u[row:row + 1], temps[row], top_k=ks[row], top_p=ps[row],
                                  min_p=ms[row])
@@ -302,7 +302,7 @@ def test_the_filters_trace_without_an_autograph_warning(caplog):
     @tf.function
     def choose(logits, uniforms):  # every filter choose_tf applies, a new one too
         return sampling.choose_tf(logits, uniforms, tf.ones([2]),
-                                  **{name: tf.constant(getattr(filters, name)) for name in sampling.CUT_OFFS})
+                                  **{name: tf.constant(getattr(filters, name)) for name in sampling.RULE_FILTERS})
 
     with caplog.at_level(logging.WARNING):
         choose(tf.zeros([2, 5]), tf.constant([0.5, 0.5]))

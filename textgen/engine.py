@@ -282,7 +282,7 @@ class Engine:
 
         def sample(logits, uniforms, count, temperature, filters, history, state, weights):
             out = tf.TensorArray(tf.int32, size=CHUNK, element_shape=(streams,))
-            chosen = {name: filters[name] if name in used else None for name in sampling.CUT_OFFS}
+            chosen = {name: filters[name] if name in used else None for name in sampling.RULE_FILTERS}
             use_repeat, max_repeat = "max_repeat" in used, filters["max_repeat"]
 
             def body(t, out, logits, hs, cs, history):
@@ -423,7 +423,7 @@ class Engine:
             raise ValueError(f"uniforms must have shape ({length}, {streams}), got {drawn.shape}")
         uniforms = sampling.clamp_uniforms(drawn)
         greedy_only = bool(np.all(temp == 0)) and not every_filter
-        used = filters.in_use(self.vocab_size) - (set(sampling.CUT_OFFS) if greedy_only else set())
+        used = filters.in_use(self.vocab_size) - (set(sampling.RULE_FILTERS) if greedy_only else set())
         fn = self._sample_function(greedy_only, frozenset(sampling.FILTERS) if every_filter else used)
         options = (tf.constant(temp), filters.tensors())
         padded = np.zeros((CHUNK, streams), np.float32)

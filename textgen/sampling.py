@@ -93,7 +93,8 @@ FILTER_RULES = {
                          lambda n, vocab: n > 0, by_engine=True),
 }
 FILTERS = tuple(FILTER_RULES)
-CUT_OFFS = tuple(name for name, rule in FILTER_RULES.items() if not rule.by_engine)  # choose_tf's keywords
+# The rule's filters (choose_tf's keywords; the others the engine's loop applies)
+RULE_FILTERS = tuple(name for name, rule in FILTER_RULES.items() if not rule.by_engine)
 
 
 @dataclasses.dataclass(frozen=True)
