@@ -301,6 +301,24 @@ def test_the_curve_of_a_run_named_in_chinese_is_drawn_without_missing_glyphs(tmp
     assert curve_title("红楼梦") == "textgen run" and curve_title("été-2") == "textgen run 'été-2'"
 
 
+def test_drawing_the_curve_leaves_the_processs_matplotlib_alone(trained_run, tmp_path):
+    """Every epoch's curve called matplotlib.use("Agg"): after a training, a notebook's own plots stopped showing
+    (its inline backend was gone), with no message."""
+    import matplotlib
+    from matplotlib import pyplot
+
+    from textgen.report import plot_history
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # (not the Agg that textgen draws with)
+    try:
+        path = plot_history(tmp_path, trained_run["history"])
+        assert (matplotlib.get_backend(), pyplot.get_fignums()) == ("svg", [])
+    finally:
+        matplotlib.use(before)
+    assert png_size(path) == (770, 462)
+
+
 def test_the_curve_marks_the_runs_best_checkpoint_not_the_lowest_loss_of_another_text(tmp_path, monkeypatch):
     """After a resume on another text, curve.png said 'best 2.759', a checkpoint gone: the best started over on the
     new text at 2.880, as runs and info said."""

@@ -45,12 +45,14 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     characters seen, the run's best checkpoint marked: the last row of best_val_loss, the run's (after a resume on
     another text the lowest validation loss is not the best checkpoint's, which starts over on the new text; a
     row's epoch is not the best epoch's when it was saved mid-epoch); without it, the lowest."""
-    import matplotlib
+    # A figure of its own, drawn by Agg, outside pyplot: matplotlib.use("Agg") switched the whole process, and a
+    # notebook's own plots stopped showing after a training.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axes = pyplot.subplots(figsize=(7, 4.2), dpi=110)
+    figure = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
     seen = [row["chars_seen"] / 1e6 for row in history]
     # One line per text the run trained on, so that a resume on another text (fine-tuning) is not drawn as a jump of
     # the same curve.
@@ -74,10 +76,7 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     axes.legend()
     figure.tight_layout()
     path = output or run_dir / CURVE_FILE
-    try:
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format=curve_format(path)))
-    finally:
-        pyplot.close(figure)  # also when saving fails: training goes on and must not pile up figures
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format=curve_format(path)))  # (no pyplot figure to close)
     return path
 
 
