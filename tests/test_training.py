@@ -455,6 +455,29 @@ def test_resume_with_a_damaged_last_checkpoint_does_not_advise_throwing_the_best
     assert files_snapshot(tmp_path) == kept
 
 
+@pytest.mark.parametrize("stand_in", ["without isatty", "none"])
+def test_training_runs_where_stderr_is_a_stand_in_without_isatty_or_none(tmp_path, periodic_corpus, monkeypatch,
+                                                                          stand_in):
+    """An embedding host's stderr with only write and flush, or pythonw's None: AttributeError: 'W' object has no
+    attribute 'isatty', from the progress callback, before the first step."""
+    import sys
+
+    class WriteOnly:
+        def __init__(self):
+            self.written = []
+
+        def write(self, text):
+            self.written.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", WriteOnly() if stand_in == "without isatty" else None)
+    summary = train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL,
+                    train_options=dict(TINY_TRAINING, epochs=1))
+    assert summary["epoch"] == 1 and (tmp_path / "r" / "best.json").is_file()
+
+
 def test_disk_full_during_save_keeps_the_previous_checkpoint_and_says_what_was_lost(tmp_path, periodic_corpus,
                                                                                      monkeypatch):
     """It said "the previous checkpoint is kept": not which one, so not what the failure had cost."""

@@ -209,9 +209,9 @@ class Pace(Callback):
     EVERY_S = 600.0
 
     def __init__(self, terminal: Optional[bool] = None):
-        import sys
+        from textgen.progress import stderr_is_terminal
 
-        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.terminal = stderr_is_terminal() if terminal is None else terminal
 
     def on_train_start(self, run) -> None:
         self.timed_from = None  # (run.elapsed, global step) after this session's first step, which compiles

@@ -7,12 +7,21 @@ import sys
 from typing import Callable
 
 
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal: a stand-in without isatty (an embedding host's), none at all (pythonw: None) or
+    a closed one is not."""
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple[str, ...] = (),
                  enabled: bool = True) -> Callable[..., None]:
     """update(done, **values) redraws the bar showing the named metrics as given.
 
     A no-op when stderr is not a terminal, so that logs hold only the summary lines."""
-    if not enabled or total <= 0 or not sys.stderr.isatty():
+    if not enabled or total <= 0 or not stderr_is_terminal():
         return lambda done, **values: None
     import keras
 

@@ -36,7 +36,7 @@ from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, lo
                             same_text, scan)
 from textgen.errors import MissingFile, OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
-from textgen.progress import progress_bar
+from textgen.progress import progress_bar, stderr_is_terminal
 from textgen.run_dir import STAGED_CACHE, check_run_dir, locked_run_dir
 from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
@@ -56,11 +56,9 @@ def stop_on_signals():
             requested.append(signum)  # the one that aborts, which the exit code is of
             raise KeyboardInterrupt
         requested.append(signum)
-        try:  # past the terminal's "^C"; not in a log record's text
-            if sys.stderr.isatty():
+        if stderr_is_terminal():  # past the terminal's "^C"; not in a log record's text
+            with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write("\n")
-        except (AttributeError, OSError, ValueError):  # a stand-in stderr without isatty, a closed one: no matter
-            pass
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"  # a SIGTERM is not pressed
         logger.warning(f"signal {signal.Signals(signum).name}: finishing this step, then stopping ({again} to abort)")
 
