@@ -397,7 +397,10 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     keras_draws = [keras.random.uniform((3,)).numpy().tolist() for _ in range(2)]
     keras.utils.set_random_seed(9)
     assert keras.random.uniform((3,)).numpy().tolist() == keras_draws[0]
+    tf.random.set_seed(17)
+    tensorflow_draws = [float(tf.random.uniform(())) for _ in range(4)]
     random.seed(3), np.random.seed(3), tf.random.set_seed(17)
+    assert float(tf.random.uniform(())) == tensorflow_draws[0]
     with caplog.at_level(logging.INFO, logger="textgen"):
         trained = textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path, epochs=1, tensorboard=True,
                                 strategy="single", callbacks=None, **TINY_MODEL, **TINY_TRAINING)  # the command's too
@@ -409,6 +412,8 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     # The caller's generators as they were: training seeds all three and Keras draws from Python's for each layer.
     assert (random.random(), np.random.random()) == (random.Random(3).random(), np.random.RandomState(3).random())
     assert context.global_seed() == 17
+    # TensorFlow's draws go on where they were (they started again: a notebook's seeded sequence repeated itself)
+    assert [float(tf.random.uniform(())) for _ in range(3)] == tensorflow_draws[1:]
     assert keras.random.uniform((3,)).numpy().tolist() == keras_draws[1]  # Keras's sequence goes on, not from 1234's
     random.seed(4)
     textgen.load(trained.run_dir)

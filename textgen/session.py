@@ -21,14 +21,16 @@ from textgen.evaluation import window_loss_sum
 def callers_random_state_kept():
     """Python's, NumPy's, TensorFlow's and Keras's global random generators given back as the caller had them:
     training seeds them all (keras.utils.set_random_seed: the same seed, the same run), which reset a notebook's own
-    draws. TensorFlow's comes back as its global seed (unset, or the caller's, whose per-op sequence starts again);
-    Keras's as the caller's seed and SeedGenerator (keras.random's draws without a seed go on where they were)."""
+    draws. TensorFlow's comes back as its global seed and the place in the sequence of operation seeds it draws
+    from (the caller's tf.random draws go on where they were; they started again); Keras's as the caller's seed and
+    SeedGenerator (keras.random's draws without a seed go on where they were)."""
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    tensorflow_seed = None
+    tensorflow_seed = operation_seeds = None
     if "tensorflow" in sys.modules:  # else it was never set: importing TensorFlow here would slow every refusal
         from tensorflow.python.eager import context
 
         tensorflow_seed = context.global_seed()
+        operation_seeds = _operation_seeds(context.context())
     # (Keras not imported yet: it had no seed, and training's is taken back to none)
     keras_state = _keras_seed_state() if "keras" in sys.modules else dict.fromkeys(_KERAS_SEED_ATTRIBUTES)
     try:
@@ -39,9 +41,23 @@ def callers_random_state_kept():
         if "tensorflow" in sys.modules:
             import tensorflow as tf
 
+            from tensorflow.python.eager import context
+
             tf.random.set_seed(tensorflow_seed)
+            _operation_seeds(context.context(), operation_seeds)
         if "keras" in sys.modules:
             _keras_seed_state(keras_state)
+
+
+def _operation_seeds(tensorflow_context, restore=None):
+    """Where TensorFlow's eager context is in the operation seeds it draws under a global seed (a private
+    random.Random; set it back to restore): None where there is none, or this TensorFlow keeps it elsewhere."""
+    generator = getattr(tensorflow_context, "_rng", None)
+    if not hasattr(generator, "getstate"):
+        return None
+    if restore is not None:
+        generator.setstate(restore)
+    return generator.getstate()
 
 
 _KERAS_SEED_ATTRIBUTES = ("global_random_seed", "global_seed_generator")  # what keras.utils.set_random_seed sets
