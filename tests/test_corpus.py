@@ -362,3 +362,18 @@ def test_writing_the_built_in_corpus_keeps_a_file_already_there(tmp_path, monkey
     assert main(["mine.txt"]) == 0 and main([]) == 0  # the same text again; the default path, made with its folder
     assert (tmp_path / "data" / "pydoc_topics.txt").read_text(encoding="utf-8") == default_corpus_text()
     assert main(["data"]) == 1 and "error: data is a directory; give a file path" in capsys.readouterr().err
+
+
+def test_a_pipe_that_is_not_utf8_is_told_how_to_convert_it_not_that_the_output_failed():
+    """A GBK prime piped to --prime-file -: the encoding guess read the file again with a seek, which a pipe refuses,
+    and the command said "cannot write the output (File or stream is not seekable.)"."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, "长短期记忆网络是一种时间循环神经网络，可以学习长期依赖。".encode("gbk"))
+    os.close(write_end)
+    try:
+        with pytest.raises(TextgenError, match=r"^prime file is not valid UTF-8 \(first bad byte at byte offset 0\): "
+                                               r"/dev/fd/\d+ \(it looks like Chinese GB18030 \(GBK, GB2312\) text: "
+                                               r"convert it, e.g. with iconv -f gb18030 -t utf-8 in.txt > out.txt\)$"):
+            read_text(Path(f"/dev/fd/{read_end}"), what="prime")
+    finally:
+        os.close(read_end)

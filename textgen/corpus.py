@@ -107,8 +107,9 @@ def _decoded_chunks(path: Path, what: str):
                                    f"off: the file was cut at its start): {path} (remove {'it' if cut == 1 else 'them'}"
                                    f"{command})") from None
             utf8_bytes += _high_bytes((buffered + block)[:error.start])
+            advice = _conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE, buffered + block, error.start)
             raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} "
-                               f"({_conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE)})") from None
+                               f"({advice})") from None
         if utf8_bytes < UTF8_EVIDENCE and not text.isascii():  # isascii is O(1): an ASCII block costs nothing
             utf8_bytes += _high_bytes(block)
         if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
@@ -212,8 +213,8 @@ def _high_bytes(data: bytes) -> int:
     return len(data) - len(data.translate(None, _HIGH))
 
 
-def _conversion_advice(path: Path, at: int, utf8_before: bool) -> str:
-    """What to do about a file that is not UTF-8 from byte at.
+def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, start: int) -> str:
+    """What to do about a file that is not UTF-8 from byte at, which is block[start] (the bytes read last).
 
     - Fix the bytes there if it is UTF-8 (utf8_before: plenty of UTF-8 before them).
     - Else convert it from the double-byte (CJK) encoding it reads as convincingly, if one.
@@ -225,10 +226,13 @@ def _conversion_advice(path: Path, at: int, utf8_before: bool) -> str:
     - Else ask for the file's encoding."""
     if utf8_before:
         return MIXED
-    with open(path, "rb") as handle:  # from the file: a block may end just after the bad byte
-        handle.seek(max(0, at - LEGACY_SAMPLE))
-        before = handle.read(at - max(0, at - LEGACY_SAMPLE))
-        rest = handle.read(MIXED_SPAN)
+    if path.is_file():  # from the file: a block may end just after the bad byte
+        with open(path, "rb") as handle:
+            handle.seek(max(0, at - LEGACY_SAMPLE))
+            before = handle.read(at - max(0, at - LEGACY_SAMPLE))
+            rest = handle.read(MIXED_SPAN)
+    else:  # a pipe (a prime on standard input) cannot be read again: its seek was told as an output error
+        before, rest = block[max(0, start - LEGACY_SAMPLE):start], block[start:start + MIXED_SPAN]
     guess = _legacy_encoding(rest[:LEGACY_SAMPLE])
     if guess is not None and guess[0] != LATIN:
         return f"it looks like {guess[1]} text: convert it, e.g. with iconv -f {guess[0]} -t utf-8 in.txt > out.txt"
