@@ -790,6 +790,12 @@ def test_an_unknown_option_named_as_other_tools_name_it_is_given_textgens_name()
     (("sample", "--prime", "Oh", "niño"), " (niño): --prime takes one value; quote a value with spaces, as in --prime "
                                           "'Oh niño'"),
     (("sample", "-n", "2", "3"), " (3): -n takes one value"),
+    # a prime after an option (a run name has no spaces, a number no words): it said to quote --run 'demo Once'
+    (("sample", "--run", "demo", "Once upon"), " (Once upon); sample takes no arguments: give the start of the text "
+                                               "as --prime 'Once upon'"),
+    (("sample", "--seed", "1", "长短期"), " (长短期); sample takes no arguments: give the start of the text as --prime "
+                                        "'长短期'"),
+    (("info", "--run", "demo", "x"), " (x): --run takes one value"),
     (("sample", "Oh niño"), " (Oh niño); sample takes no arguments: give the start of the text as --prime 'Oh niño'"),
     (("sample", "--top-k", "3", "--", "x"), " (x); sample takes no arguments: give the start of the text as --prime x"),
     (("train", "my", "corpus.txt"), " (corpus.txt); train takes one CORPUS: quote a name with spaces, as in "

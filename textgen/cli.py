@@ -302,10 +302,18 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
         return ""
     extras = [token for token, _ in positional[arguments:]]
     option = positional[arguments][1]
+    as_prime = f"; sample takes no arguments: give the start of the text as --prime {shlex.quote(' '.join(extras))}"
     if option is not None:
         flag, value = option
         param = values[flag]
         one = f": {flag} takes one value"
+        # sample --run NAME "Once upon", --seed 1 "Once upon": a prime, not the rest of the option's value (a run
+        # name has no spaces, a number no words; -n 2 3 is another number)
+        if ctx.info_name == "sample" and not extras[0].startswith("-") and (param.name == "run" or not isinstance(
+                param.type, (click.types.StringParamType, click.Path)) and not _is_number(extras[0])):
+            return as_prime
+        if param.name == "run":
+            return one
         if param.multiple:
             return f"{one}; repeat it for each, as in " + " ".join(f"{flag} {shlex.quote(v)}" for v in [value, *extras])
         if param.metavar == LIST:
@@ -314,7 +322,7 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
             return f"{one}; quote a value with spaces, as in {flag} {shlex.quote(' '.join([value, *extras]))}"
         return one
     if ctx.info_name == "sample" and not extras[0].startswith("-"):
-        return f"; sample takes no arguments: give the start of the text as --prime {shlex.quote(' '.join(extras))}"
+        return as_prime
     if not arguments and "--run" in values and len(extras) == 1 and not extras[0].startswith("-"):  # info demo
         return f"; {ctx.info_name} takes no arguments: name the run with --run {shlex.quote(extras[0])}"
     if arguments == 1:  # train my corpus.txt
@@ -325,6 +333,14 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
                     f"{shlex.join(typed)} > all.txt)")
         return f"; {ctx.info_name} takes one {name}: quote a name with spaces, as in {shlex.quote(' '.join(typed))}"
     return ""
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _suggest_our_name(error: click.NoSuchOption) -> None:
