@@ -72,6 +72,13 @@ def test_page_shows_the_model_and_streams_side_by_side_samples(browser, server, 
     assert len(texts) == 3 and all(len(text) == 123 and text.startswith("abc") for text in texts)
     assert all(set(text) <= set(PERIOD) for text in texts)
     assert [span.text for span in browser.find_elements(By.CSS_SELECTOR, "#samples pre span.prime")] == ["abc"] * 3
+    # Each text's direction is its own: Arabic or Hebrew runs from the right (they were left-aligned, the final
+    # punctuation on the wrong side), in the prime box and in the samples alike
+    assert browser.execute_script(
+        "const pre = document.querySelector('#samples pre'), prime = document.getElementById('prime');"
+        "const before = [pre.matches(':dir(ltr)'), prime.matches(':dir(ltr)')];"
+        "pre.textContent = 'مرحباً بكم!'; prime.value = 'שלום, עולם?'; prime.dispatchEvent(new Event('input'));"
+        "return [...before, pre.matches(':dir(rtl)'), prime.matches(':dir(rtl)')]") == [True] * 4
     titles = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#samples h2")]
     assert titles == [f"sample {i} of seed 11 · temperature 0.8" for i in (1, 2, 3)]
     # One request for the three (a request per sample left the 7th and 8th waiting for a browser connection), so
