@@ -293,8 +293,13 @@ def test_streaming_sends_the_text_as_server_sent_events(server, caplog):
         with caplog.at_level(logging.WARNING, logger="textgen"):
             first = json.loads(events(call(server, "/v1/generate", body)[1])[0][len("data: "):])
         assert (first if marked else first.get("prime")) == marked
-    # dropping them was asked for, and the answer shows it: the server's log keeps one line per request
+    # dropping them was asked for, and the answer says so: the server's log keeps one line per request
     assert not [record for record in caplog.records if "dropped" in record.getMessage()]
+    told = ["dropped 2 unknown characters from the prime: 'x' 'y'"]
+    status, text = call(server, "/v1/generate", dict(prime="axby", length=5, temperature=0, skip_unknown=True))
+    assert (status, json.loads(text)["warnings"]) == (200, told)  # (its options echo the prime as typed: "axby")
+    done = events(call(server, "/v1/generate", dict(prime="axby", length=5, skip_unknown=True, stream=True))[1])[-1]
+    assert json.loads(done.split("data: ", 1)[1])["warnings"] == told
 
 
 def test_a_stop_string_the_model_cannot_produce_is_told_in_the_answer(server):

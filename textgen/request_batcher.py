@@ -121,10 +121,13 @@ class Batcher:
         config.validate()
         if config.sample_count > self.capacity:
             raise ValueError(f"at most {self.capacity} samples per request")
-        # Not logged: the client asked to drop them and its answer starts with the prime as read, and the server's log
-        # keeps one line per request.
-        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, None)
+        # Not logged (the server's log keeps one line per request): told in the answer's warnings, which a response
+        # that is not streamed needs (its options echo the prime as typed; only a stream's first piece showed the drop)
+        dropped = []
+        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown,
+                              lambda message: dropped.append(message.removeprefix("warning: ")))
         job = Job(TextStreams(self.vocab, config, prime), deliver)
+        job.warnings[:0] = dropped
         with self.condition:
             if self.closed or self.stopping:
                 raise BatcherClosed("this batcher has stopped; submit to its run's current one")

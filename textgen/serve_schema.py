@@ -130,7 +130,8 @@ class GenerateResponse(BaseModel):
     options: GenerateOptions
     samples: list[Sample] = Field(description="Per temperature, num_samples samples")
     warnings: list[str] = Field(description="What the request asked for that cannot work as meant: a stop string "
-                                            "with a character the model never saw, which can never end a sample")
+                                            "with a character the model never saw, which can never end a sample; "
+                                            "and the prime's characters that skip_unknown dropped")
 
 
 class ScoreResponse(BaseModel):
