@@ -126,14 +126,14 @@ def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path)
     for kind in ("best", "last"):  # a Chinese corpus's vocabulary: the preview showed its ASCII only
         meta_path = tmp_path / "big" / f"{kind}.json"
         meta = json.loads(meta_path.read_text())
-        meta["vocab"] = list(range(32, 127)) + list(range(0x4E00, 0x4E00 + 900))
+        meta["vocab"] = list(range(32, 127)) + list(range(0x4E00, 0x4E00 + 1900))
         meta["model"]["vocab_size"] = len(meta["vocab"])
         meta_path.write_text(json.dumps(meta))
     runner = CliRunner()
     info = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big"])
     assert info.exit_code == 0, info.output
-    assert "995 symbols:  !\"#$%" in info.stdout
-    [line] = [line for line in info.stdout.splitlines() if "995 symbols" in line]
+    assert "1,995 symbols:  !\"#$%" in info.stdout
+    [line] = [line for line in info.stdout.splitlines() if "1,995 symbols" in line]
     assert sum("\u4e00" <= ch <= "\u9fff" for ch in line) >= 20  # a spread of the whole vocabulary, not only ASCII
     assert f"... (textgen info --checkpoint-dir {tmp_path} --run big --vocabulary lists them all)" in info.stdout
     listed = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "big", "--vocabulary"])

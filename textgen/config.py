@@ -368,7 +368,9 @@ class SampleConfig(_Config):
     max_repeat: Optional[int] = option(DEFAULT_MAX_REPEAT, "Never produce one character more than N times in a "
                                        "row: a guard against loops such as endless spaces (0 = off).", low=0,
                                        high=10**9, integer=True)
-    length: int = option(500, "Characters to generate.", low=0, high=MAX_LENGTH, integer=True, short="-n")
+    length: int = option(500, "Characters to generate (Unicode code points: an emoji with a skin tone, or a letter "
+                              "with a separate accent, counts as two).", low=0, high=MAX_LENGTH, integer=True,
+                         short="-n")
     prime: str = option("", "Text to start from; it is printed before the generated text.")
     num_samples: int = option(1, "Independent samples to draw (per temperature).", low=1, high=MAX_SAMPLES,
                               integer=True)

@@ -148,7 +148,7 @@ def info_text(run_dir: Path) -> str:
         f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
         # in full up to 128: a sample of an English text's ~100 symbols looked as if letters were missing
-        f"vocabulary     {len(vocab)} symbols: {vocab.preview(INFO_SYMBOLS)}"
+        f"vocabulary     {len(vocab):,} symbols: {vocab.preview(INFO_SYMBOLS)}"
         + (f" (textgen info {run_options(run_dir)} --vocabulary lists them all)" if len(vocab) > INFO_SYMBOLS
            else ""),
         "training       " + ", ".join(f"{key} {value}" for key, value in training.to_dict().items()

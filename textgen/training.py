@@ -594,7 +594,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     else:
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
-            f"vocabulary {len(data.vocab)}, {session.model.count_params():,} parameters, "
+            f"vocabulary {len(data.vocab):,}, {session.model.count_params():,} parameters, "
             f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else "")
             + gpu_text(session.strategy))
     if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units, session.precision)):
