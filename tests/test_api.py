@@ -308,6 +308,11 @@ def test_a_text_given_for_a_path_is_told_to_be_a_file_and_too_long_a_path_is_not
                            "^corpus file not found: hello world \\(check the path; the text itself\\? save it"),
                           (lambda: textgen.train("notes 2024.txt", checkpoint_dir=tmp_path),  # a file's name
                            "^corpus file not found: notes 2024\\.txt \\(check the path\\)$"),
+                          # Chinese has no spaces between words: a sentence, not a title
+                          (lambda: textgen.train("从前有座山，山里有座庙", checkpoint_dir=tmp_path),
+                           "^corpus file not found: 从前有座山，山里有座庙 \\(check the path; the text itself\\? save"),
+                          (lambda: textgen.train("红楼梦第一回", checkpoint_dir=tmp_path),
+                           "^corpus file not found: 红楼梦第一回 \\(check the path\\)$"),
                           (lambda: textgen.load("x" * 300, checkpoint_dir=tmp_path), "300 characters: too long"),
                           # a text with line breaks, given for a run: the message stays one line
                           (lambda: textgen.load("x" * 30 + "\n" + "y" * 300),

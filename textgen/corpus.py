@@ -43,6 +43,13 @@ def _text_for_a_path(what: str) -> str:
         "the text itself? save it to a file and give that file's path"
 
 
+def _name_reads_as_text(name: str) -> bool:
+    """Whether a missing file's name reads as a text: several words, or (Chinese and Japanese have no spaces) a
+    sentence's punctuation or a run of ideographs and kana longer than a title."""
+    return len(name.split()) >= 2 or any(ch in "，。！？、；：「」" for ch in name) or \
+        sum(unicodedata.category(ch) == "Lo" and ord(ch) >= 0x3040 for ch in name) >= 16
+
+
 def check_readable(path: Path, what: str = "corpus", read_once: bool = False) -> None:
     """Refuse paths that cannot be a text file, before any work is done. A corpus is read more than once (its
     fingerprint, its vocabulary, its encoding), so only a file that is ``read_once`` may be a pipe."""
@@ -56,8 +63,9 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
                            f"({_text_for_a_path(what)})")
     if not path.exists():
         name = str(path)
-        # Words given for the file (train("hello world")), not a file name with a space ("notes 2024.txt")
-        if len(name.split()) >= 2 and os.sep not in name and "/" not in name and not has_file_extension(name):
+        # Words given for the file (train("hello world"), a Chinese sentence), not a file name with a space
+        # ("notes 2024.txt")
+        if _name_reads_as_text(name) and os.sep not in name and "/" not in name and not has_file_extension(name):
             raise MissingFile(f"{what} file not found: {name if len(name) <= 60 else name[:57] + '...'} (check the "
                                f"path; {_text_for_a_path(what)})")
         raise MissingFile(f"{what} file not found: {name} (check the path)")
