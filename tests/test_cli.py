@@ -239,7 +239,7 @@ BAD_INPUTS = [
     (["train", "{root}/missing.txt"], "not found", 1, None),
     (["train", "{root}/adir"], "is a directory", 1, None),
     (["train", "{root}/empty.txt"], "is empty", 1, None),
-    (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3)", 1, None),
+    (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3, 0xE9 on line 1)", 1, None),
     (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4)", 1, None),
     (["train", "{root}/utf16.txt"], "is UTF-16 text, not UTF-8", 1, None),
     (["train", "{root}/utf16le.txt"], "is UTF-16LE text, not UTF-8", 1, None),

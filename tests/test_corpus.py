@@ -75,7 +75,7 @@ def test_a_damaged_cache_is_rebuilt_not_used(tmp_path, damage):
 
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty"),
-    (b"good text\xff\xfe more", "not valid UTF-8 (first bad byte at byte offset 9)"),
+    (b"good text\xff\xfe more", "not valid UTF-8 (first bad byte at byte offset 9, 0xFF on line 1)"),
     (b"abc\x00\x01\x02", "looks binary (NUL byte at byte offset 3)"),
     (b"ends mid character \xe4\xb8", "truncated character"),
 ])
@@ -117,7 +117,8 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
                                            r"tail -c \+2 "):
         scan(path)
     path.write_bytes(b"\x80\xe9t\xe9")  # not UTF-8 after the first byte either: not said to be cut
-    with pytest.raises(TextgenError, match=r"is not valid UTF-8 \(first bad byte at byte offset 0\)"):
+    with pytest.raises(TextgenError, match=r"is not valid UTF-8 \(first bad byte at byte offset 0, 0x80 on line "
+                                           r"1\)"):
         scan(path)
     path.write_bytes("Fin de l'ete".encode() + b"\xe9")  # Latin-1, its one non-ASCII byte at the end
     with pytest.raises(TextgenError, match=r"truncated character at its end.*\(convert it to UTF-8\)$"):
@@ -139,7 +140,7 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
      "(Central European) or Windows-1254 (Turkish): convert it with iconv -f ENCODING -t utf-8 in.txt > out.txt, "
      "ENCODING being the file's (iconv -l lists them))"),
     ("Café crème, déjà vu: UTF-8 here, ".encode() * 20 + "but not here: été.".encode("latin-1"),
-     "(it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there)"),
+     f"({MIXED})"),
     # A few UTF-8 characters, then one Windows-1252 line: mixed (it was told to convert the whole file).
     ("It\u2019s a truth \u2014 universally acknowledged.\n".encode() + b"Caf\xe9 au lait.\n" + b"plain text\n" * 200,
      "(it is UTF-8 around that byte: the file mixes encodings"),
@@ -371,9 +372,26 @@ def test_a_pipe_that_is_not_utf8_is_told_how_to_convert_it_not_that_the_output_f
     os.write(write_end, "长短期记忆网络是一种时间循环神经网络，可以学习长期依赖。".encode("gbk"))
     os.close(write_end)
     try:
-        with pytest.raises(TextgenError, match=r"^prime file is not valid UTF-8 \(first bad byte at byte offset 0\): "
-                                               r"/dev/fd/\d+ \(it looks like Chinese GB18030 \(GBK, GB2312\) text: "
+        with pytest.raises(TextgenError, match=r"^prime file is not valid UTF-8 \(first bad byte at byte offset 0, "
+                                               r"0xB3 on line 1\): /dev/fd/\d+ \(it looks like Chinese GB18030 "
+                                               r"\(GBK, GB2312\) text: "
                                                r"convert it, e.g. with iconv -f gb18030 -t utf-8 in.txt > out.txt\)$"):
             read_text(Path(f"/dev/fd/{read_end}"), what="prime")
     finally:
         os.close(read_end)
+
+
+@pytest.mark.parametrize("chunk", [7, 8 << 20])  # blocks that end inside lines and characters, and one block
+def test_a_stray_byte_is_named_by_its_value_and_line(tmp_path, monkeypatch, chunk):
+    """A few stray bytes in a UTF-8 text (Windows-1252 quotes pasted in) were named by their byte offset alone: no
+    line to find them at in an editor, no value to tell what they were, nothing to remove them all."""
+    monkeypatch.setattr(corpus_module, "CHUNK_BYTES", chunk)
+    text = "".join(f"ligne {n} : déjà vu, été\n" for n in range(1, 40)).encode() + b"le \x92mot\x92\n" + b"fin\n" * 9
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(text)
+    with pytest.raises(TextgenError) as refused:
+        read_text(path)
+    at = text.index(b"\x92")
+    assert str(refused.value) == (f"text file is not valid UTF-8 (first bad byte at byte offset {at}, 0x92 on line "
+                                  f"40): {path} ({MIXED})")
+    assert MIXED.endswith("or every such byte with iconv -f utf-8 -t utf-8 -c in.txt > out.txt")

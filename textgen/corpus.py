@@ -91,6 +91,7 @@ def _decoded_chunks(path: Path, what: str):
     order mark at the start is not text (editors on Windows add one): it is dropped."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
+    lines = 1  # the line the next block starts in
     utf8_bytes = 0  # bytes of non-ASCII UTF-8 characters read so far, counted up to UTF8_EVIDENCE
     for block in _chunks(path):
         if offset == 0 and (other := _recognised_encoding(block)):
@@ -116,13 +117,17 @@ def _decoded_chunks(path: Path, what: str):
                                    f"{command})") from None
             utf8_bytes += _high_bytes((buffered + block)[:error.start])
             advice = _conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE, buffered + block, error.start)
-            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}): {path} "
-                               f"({advice})") from None
+            # its value and line, to find it (0x92, a Windows-1252 quote) in an editor
+            bad = (buffered + block)[error.start]
+            line = lines + block[:max(0, error.start - len(buffered))].count(b"\n")
+            raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}, 0x{bad:02X} on "
+                               f"line {line:,}): {path} ({advice})") from None
         if utf8_bytes < UTF8_EVIDENCE and not text.isascii():  # isascii is O(1): an ASCII block costs nothing
             utf8_bytes += _high_bytes(block)
         if offset == 0:  # the first block holds the whole mark (blocks are CHUNK_BYTES long)
             text = text.removeprefix("\ufeff")
         offset += len(block)
+        lines += block.count(b"\n")
         yield text
     try:
         decoder.decode(b"", final=True)
@@ -255,7 +260,8 @@ def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, sta
     return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
 
 
-MIXED = "it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there"
+MIXED = ("it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there, or every such byte "
+         "with iconv -f utf-8 -t utf-8 -c in.txt > out.txt")
 LEGACY_SAMPLE = 4096  # bytes from the first non-UTF-8 byte that the encoding guess reads
 MIXED_SPAN = 1 << 20  # and that the count of valid UTF-8 characters after it reads
 LATIN = ""  # the "iconv name" of a guess that the text is in one of the 8-bit Latin encodings, unknown which
