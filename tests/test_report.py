@@ -157,7 +157,8 @@ def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
 
     from textgen.report import runs_table
 
-    names = (("latin", "/texts/notes.txt"), ("小说", "/texts/小说笔记.txt"), ("été", "/texts/e\u0301te\u0301.txt"))
+    names = (("latin", "/texts/notes.txt"), ("小说", "/texts/小说笔记.txt"), ("été", "/texts/e\u0301te\u0301.txt"),
+             ("rlo", "/texts/ab\u202ecd\tef.txt"))  # a right-to-left override showed the rest of its line reversed
     for name, corpus in names:
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
         for kind in ("best", "last"):
@@ -172,8 +173,11 @@ def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
     def screen(text):  # measured independently of report._columns, which laid the table out
         return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) == "W" else 1
                    for ch in text)
-    starts = {screen(line[:line.index(word)]) for line, word in zip(lines, ("characters", length, length, length))}
+    starts = {screen(line[:line.index(word)]) for line, word in zip(lines, ("characters", length, length, length,
+                                                                             length))}
     assert len(starts) == 1, lines
+    assert "ab\\u202ecd\\tef.txt " in lines[4] and "\u202e" not in "".join(lines)
+    assert "e\u0301te\u0301.txt" in lines[3]  # marks that draw into a letter stay as they are
 
 
 def damaged_copy(trained_run, tmp_path, name, kind="best"):

@@ -290,12 +290,22 @@ def runs_table(run_dirs: list[Path]) -> str:
             rows.append((run["name"], why + training, "-", "-", "-", "-"))
             continue
         saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M") + training
-        rows.append((run["name"], Path(run["corpus"]).name, f"{run['characters']:,}",
+        rows.append((run["name"], _in_a_cell(Path(run["corpus"]).name), f"{run['characters']:,}",
                      epoch_text(run["epochs"], run["planned_epochs"]) + steps_text(run["step_in_epoch"]),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
     return "\n".join("  ".join(str(cell) + " " * (width - _columns(str(cell))) for cell, width in zip(row, widths))
                      .rstrip() for row in [header] + rows)
+
+
+_DIRECTION_MARKS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _in_a_cell(text: str) -> str:
+    """A file's name as a table cell shows it: control characters and the marks that set a text's direction escaped
+    (a name holding U+202E, right-to-left override, showed the rest of its line reversed on a terminal)."""
+    return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) == "Cc" or ch in _DIRECTION_MARKS else ch
+                   for ch in text)
 
 
 def _columns(text: str) -> int:
