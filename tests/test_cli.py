@@ -796,6 +796,7 @@ def test_an_unknown_option_named_as_other_tools_name_it_is_given_textgens_name()
     (("sample", "--seed", "1", "长短期"), " (长短期); sample takes no arguments: give the start of the text as --prime "
                                         "'长短期'"),
     (("info", "--run", "demo", "x"), " (x): --run takes one value"),
+    (("sample", "-t", "0.5", "Once"), " (Once); sample takes no arguments: give the start of the text as --prime Once"),
     (("sample", "Oh niño"), " (Oh niño); sample takes no arguments: give the start of the text as --prime 'Oh niño'"),
     (("sample", "--top-k", "3", "--", "x"), " (x); sample takes no arguments: give the start of the text as --prime x"),
     (("train", "my", "corpus.txt"), " (corpus.txt); train takes one CORPUS: quote a name with spaces, as in "

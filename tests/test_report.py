@@ -178,6 +178,9 @@ def test_runs_table_aligns_columns_after_wide_characters(trained_run, tmp_path):
     assert len(starts) == 1, lines
     assert "ab\\u202ecd\\tef.txt " in lines[4] and "\u202e" not in "".join(lines)
     assert "e\u0301te\u0301.txt" in lines[3]  # marks that draw into a letter stay as they are
+    from textgen.report import info_text
+
+    assert "corpus         /texts/ab\\u202ecd\\tef.txt (" in info_text(tmp_path / "rlo")
 
 
 def damaged_copy(trained_run, tmp_path, name, kind="best"):

@@ -1073,6 +1073,9 @@ def test_next_gives_the_python_apis_distribution_the_likeliest_first(server, tra
         pairs = [(each["character"], each["probability"]) for each in answer["probabilities"]]
         assert pairs == list(expected.items())[:body.get("top")], body  # the same engine step: the same numbers
         assert (answer["run"], answer["temperature"]) == ("period", float(body.get("temperature", 1.0)))
+        # what skip_unknown dropped is said (the answer did not tell that the model read "abc")
+        assert answer["warnings"] == (["dropped 1 unknown character from the prime: 'x'"] if "x" in body["prime"]
+                                      else [])
     answer = json.loads(call(server, "/v1/next", dict(prime="abcdefgabc", top=100))[1])
     assert [each["character"] for each in answer["probabilities"]][0] == "d" and len(answer["probabilities"]) == 7
 

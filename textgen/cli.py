@@ -309,8 +309,9 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
         one = f": {flag} takes one value"
         # sample --run NAME "Once upon", --seed 1 "Once upon": a prime, not the rest of the option's value (a run
         # name has no spaces, a number no words; -n 2 3 is another number)
-        if ctx.info_name == "sample" and not extras[0].startswith("-") and (param.name == "run" or not isinstance(
-                param.type, (click.types.StringParamType, click.Path)) and not _is_number(extras[0])):
+        if ctx.info_name == "sample" and not extras[0].startswith("-") and (param.name == "run" or (
+                param.metavar == LIST or not isinstance(param.type, (click.types.StringParamType, click.Path)))
+                and not _is_number(extras[0])):
             return as_prime
         if param.name == "run":
             return one
@@ -550,8 +551,9 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
 @click.option("--format", "formats", multiple=True, type=click.Choice([*EXPORT_FORMATS, "all"]),
               default=["keras", "savedmodel"], show_default=True,
               help="keras = model.keras (stock layers, batch 1); savedmodel = TensorFlow SavedModel with "
-                   f"step, {', '.join(GENERATE_SIGNATURES)} signatures; litert = model.tflite of one step. Repeat for "
-                   "several. Each export also has vocab.json.")
+                   f"step, {', '.join(list(GENERATE_SIGNATURES)[:-1])} and {list(GENERATE_SIGNATURES)[-1]} "
+                   "signatures; litert = model.tflite of one step. Repeat for several. Each export also has "
+                   "vocab.json.")
 @click.option("--output", "-o", type=click.Path(), required=True,
               callback=_not_empty("give a directory to write, such as exports/NAME", _user_path),
               help="Directory to write (new or empty, or an earlier export with --overwrite).")

@@ -171,7 +171,8 @@ def info_text(run_dir: Path) -> str:
            else "not measured (saved mid-epoch)")
         + (f", training {state.train_loss:.4f} nats ({bpc(state.train_loss):.3f} bpc)"
            if state.train_loss is not None else ""),
-        f"corpus         {corpus['path']} ({corpus['length']:,} characters, {corpus['size']:,} bytes, "
+        f"corpus         {_controls_escaped(corpus['path'])} ({corpus['length']:,} characters, "
+        f"{corpus['size']:,} bytes, "
         f"blake2b {corpus['blake2b']})",
         f"saved          {last.saved_at}",
         "files",
@@ -287,10 +288,11 @@ def runs_table(run_dirs: list[Path]) -> str:
         if "problem" in run:
             why = f"damaged (textgen info {run_options(run['path'])} says why)" if run["problem"] == "damaged" else \
                 run["problem"]
-            rows.append((run["name"], why + training, "-", "-", "-", "-"))
+            rows.append((_controls_escaped(run["name"]), why + training, "-", "-", "-", "-"))
             continue
         saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M") + training
-        rows.append((run["name"], _in_a_cell(Path(run["corpus"]).name), f"{run['characters']:,}",
+        rows.append((_controls_escaped(run["name"]), _controls_escaped(Path(run["corpus"]).name),
+                     f"{run['characters']:,}",
                      epoch_text(run["epochs"], run["planned_epochs"]) + steps_text(run["step_in_epoch"]),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
     widths = [max(_columns(str(row[i])) for row in [header] + rows) for i in range(len(header))]
@@ -301,9 +303,10 @@ def runs_table(run_dirs: list[Path]) -> str:
 _DIRECTION_MARKS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
-def _in_a_cell(text: str) -> str:
-    """A file's name as a table cell shows it: control characters and the marks that set a text's direction escaped
-    (a name holding U+202E, right-to-left override, showed the rest of its line reversed on a terminal)."""
+def _controls_escaped(text: str) -> str:
+    """A name or path as the runs table and info show it: control characters and the marks that set a text's
+    direction escaped (a name holding U+202E, right-to-left override, showed the rest of its line reversed on a
+    terminal)."""
     return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) == "Cc" or ch in _DIRECTION_MARKS else ch
                    for ch in text)
 

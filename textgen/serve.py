@@ -349,12 +349,13 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                                       200: {"model": NextResponse}})
     async def next_char(body: NextRequest, request: Request):
         _check_next(body, limits)  # before the run is loaded: a bad request costs nothing
+        warnings = []  # dropped prime characters: told in the answer, not logged (each request is one log line)
         async with engine_turn(body.run, request) as served:
-            # Dropped prime characters unlogged: the client asked for it, and each request is one log line
-            probabilities = await run_in_threadpool(served.generator.next_char_probabilities, body.prime,
-                                                    body.temperature, body.skip_unknown, None)
+            probabilities = await run_in_threadpool(
+                served.generator.next_char_probabilities, body.prime, body.temperature, body.skip_unknown,
+                lambda message: warnings.append(message.removeprefix("warning: ")))
         listed = [dict(character=ch, probability=p) for ch, p in probabilities.items()][:body.top]
-        return dict(run=served.name, temperature=body.temperature, probabilities=listed)
+        return dict(run=served.name, temperature=body.temperature, probabilities=listed, warnings=warnings)
 
     return app
 

@@ -153,6 +153,7 @@ class NextResponse(BaseModel):
     temperature: float
     probabilities: list[NextChar] = Field(description="The characters after the prime, the likeliest first, before "
                                                       "any filter (all of the vocabulary, or the top ones)")
+    warnings: list[str] = Field(description="The prime's characters that skip_unknown dropped")
 
 
 class RunFacts(BaseModel):
