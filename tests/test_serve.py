@@ -943,7 +943,10 @@ def test_scoring_while_generating_does_not_disturb_the_streams(server):
 def watch_the_one_stream_engine(monkeypatch, pause: float) -> list:
     """[the most requests that used the served run's one-stream engine at once], each holding it pause seconds more
     (long enough for the other requests to arrive meanwhile); the batcher's generation takes its engines directly."""
-    generator = SERVED["app"].state.runs.get(None).generator
+    served = SERVED["app"].state.runs.get(None)
+    if served.batcher.warming is not None:  # its warm-up takes each engine size once, beside the requests
+        served.batcher.warming.join(120)
+    generator = served.generator
     running, most = [0], [0]
     engine = generator.engine
 

@@ -21,7 +21,7 @@ import click
 
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, GENERATE_SIGNATURES,
                             MAX_PRIME_FILE_CHARS, SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig,
-                            command_line_options, meant_option, option_flag, split_training_options)
+                            command_line_options, meant_option, option_flag, reads_as_number, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.quiet_import import import_tensorflow_quietly
 
@@ -311,7 +311,7 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
         # name has no spaces, a number no words; -n 2 3 is another number)
         if ctx.info_name == "sample" and not extras[0].startswith("-") and (param.name == "run" or (
                 param.metavar == LIST or not isinstance(param.type, (click.types.StringParamType, click.Path)))
-                and not _is_number(extras[0])):
+                and not reads_as_number(extras[0])):
             return as_prime
         if param.name == "run":
             return one
@@ -334,14 +334,6 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
                     f"{shlex.join(typed)} > all.txt)")
         return f"; {ctx.info_name} takes one {name}: quote a name with spaces, as in {shlex.quote(' '.join(typed))}"
     return ""
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _suggest_our_name(error: click.NoSuchOption) -> None:

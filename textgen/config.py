@@ -127,7 +127,7 @@ def option_flag(name: str) -> str:
 def shown_number(value) -> str:
     """A value for an error message: a 400-digit integer (a JSON request may send one) is shortened, and what is not
     a number says so (the text '10' printed as 10 would look valid)."""
-    if isinstance(value, str) and _reads_as_number(value):  # '100' from Python or JSON: the fix is the quotes
+    if isinstance(value, str) and reads_as_number(value):  # '100' from Python or JSON: the fix is the quotes
         shown = repr(value) if len(value) <= 30 else f"of {len(value):,} characters"
         return f"the text {shown}; give it as a number, not in quotes"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -139,7 +139,7 @@ def shown_number(value) -> str:
     return f"a{' negative' if value < 0 else ''} number of {digits} digits"
 
 
-def _reads_as_number(text: str) -> bool:
+def reads_as_number(text: str) -> bool:
     try:
         return math.isfinite(float(text))
     except ValueError:

@@ -38,6 +38,12 @@ class Sample:
     stopped: bool  # True if a stop string ended it early
 
 
+def collect_warnings(into: list) -> Callable[[str], None]:
+    """A warn for prepare_prime that keeps its messages for an answer (without their "warning: " prefix), where the
+    server tells a client what it dropped instead of logging it."""
+    return lambda message: into.append(message.removeprefix("warning: "))
+
+
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable[[str], None]]) -> str:
     """prime as the model reads it (vocab's Unicode form); unknown characters refused, or dropped with skip_unknown
     and said to warn (None: silently, for a caller that asked for the drop and says so itself if need be)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from textgen import sampling
 from textgen.config import SampleConfig
-from textgen.generate import ENGINE_SIZES, RequestDraws, TextStreams, prepare_prime
+from textgen.generate import ENGINE_SIZES, RequestDraws, TextStreams, collect_warnings, prepare_prime
 
 logger = logging.getLogger("textgen")
 # Characters per engine call: how often requests can join and streams are delivered. A compiled call has a
@@ -124,8 +124,7 @@ class Batcher:
         # Not logged (the server's log keeps one line per request): told in the answer's warnings, which a response
         # that is not streamed needs (its options echo the prime as typed; only a stream's first piece showed the drop)
         dropped = []
-        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown,
-                              lambda message: dropped.append(message.removeprefix("warning: ")))
+        prime = prepare_prime(config.prime, self.vocab, config.skip_unknown, collect_warnings(dropped))
         job = Job(TextStreams(self.vocab, config, prime), deliver)
         job.warnings[:0] = dropped
         with self.condition:

@@ -357,9 +357,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
             raise not_a_run_but_an_export(checkpoint_dir, folder=True)
         if any((checkpoint_dir / name).exists() for name in (LOCK_FILE, "corpus.json")):  # a run's folder
             raise _without_checkpoint(checkpoint_dir, str(checkpoint_dir))
-        training = [child for child in checkpoint_dir.iterdir() if child.is_dir() and training_pid(child)] \
-            if checkpoint_dir.is_dir() else []
-        if training:  # a first training, before its first save
+        if training := runs_before_their_first_save(checkpoint_dir):  # a first training, before its first save
             raise _without_checkpoint(training[0], f"run {training[0].name!r} in {checkpoint_dir}")
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")

@@ -150,7 +150,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     origins whose pages may call the API (CORS; "*": any); loopback_host: the loopback address or name it listens
     on, if it does, whose requests must name this machine or one of allow_hosts (_LoopbackHosts)."""
 
-    from textgen.generate import ENGINE_SIZES
+    from textgen.generate import ENGINE_SIZES, collect_warnings
 
     runs = Runs(checkpoint_dir, run, tuple(sorted(set(ENGINE_SIZES) | {max(ENGINE_SIZES[-1], limits.max_samples)})),
                 limits.max_loaded_runs)
@@ -351,9 +351,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         _check_next(body, limits)  # before the run is loaded: a bad request costs nothing
         warnings = []  # dropped prime characters: told in the answer, not logged (each request is one log line)
         async with engine_turn(body.run, request) as served:
-            probabilities = await run_in_threadpool(
-                served.generator.next_char_probabilities, body.prime, body.temperature, body.skip_unknown,
-                lambda message: warnings.append(message.removeprefix("warning: ")))
+            probabilities = await run_in_threadpool(served.generator.next_char_probabilities, body.prime,
+                                                    body.temperature, body.skip_unknown, collect_warnings(warnings))
         listed = [dict(character=ch, probability=p) for ch, p in probabilities.items()][:body.top]
         return dict(run=served.name, temperature=body.temperature, probabilities=listed, warnings=warnings)
 

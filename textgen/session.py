@@ -40,7 +40,6 @@ def callers_random_state_kept():
         np.random.set_state(numpy_state)
         if "tensorflow" in sys.modules:
             import tensorflow as tf
-
             from tensorflow.python.eager import context
 
             tf.random.set_seed(tensorflow_seed)
