@@ -45,7 +45,7 @@ demo: data ## The main job: train a small model on the default corpus (6 epochs,
 
 # The multi-process tests (several workers, kill -9, signals to a real server) are marked slow and run apart, so
 # that the default run stays under 10 minutes on 2 cores; CI runs both.
-test: $(STAMP) ## Run the tests (6-7 minutes on 2 cores; CI runs this, then test-slow)
+test: $(STAMP) ## Run the tests (7 minutes on 2 Zen 4 cores, 9 on Zen 3; CI runs this, then test-slow)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP) ## Run the slow multi-process tests: workers, kill -9, signals (about 3 minutes)
