@@ -676,3 +676,45 @@ def test_the_training_log_in_keywords_keeps_paths_quoted_commands_and_other_thre
                                   "no GPU; size='fixed'")
     assert served.getMessage() == "another thread: --size fixed"
     assert after.getMessage() == "after the call: --size fixed"
+
+
+def test_a_training_in_a_program_without_logging_shows_its_lines_on_stderr(periodic_corpus, tmp_path):
+    """A notebook configures no logging, so the training's INFO records reached no handler: an hour's training said
+    nothing. They are shown as the command shows them, unless verbose=False or the program configured logging (its
+    handlers get them, not a second copy); another thread's records stay as Python showed them (warnings only)."""
+    code = f"""
+import io, logging, sys, threading, textgen
+options = dict(run="r", checkpoint_dir={str(tmp_path)!r}, overwrite=True, epochs=1, **{TINY_MODEL!r},
+               **{TINY_TRAINING!r})
+
+def shown(verbose=True):
+    sys.stderr = io.StringIO()
+    other = lambda: (logging.getLogger("textgen").info("other thread info"),
+                     logging.getLogger("textgen").warning("other thread warning"))
+    class Other(textgen.callbacks.Callback):
+        def on_epoch_start(self, run):
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join()
+    textgen.train({str(periodic_corpus)!r}, verbose=verbose, callbacks=[Other()], **options)
+    text, sys.stderr = sys.stderr.getvalue(), sys.__stderr__
+    return text
+
+default, quiet = shown(), shown(verbose=False)
+logger = logging.getLogger("textgen")
+left = (logger.handlers, logger.level)
+configured = io.StringIO()
+logging.basicConfig(stream=configured)  # WARNING and above, as Python's default
+print(repr((default, quiet, left, shown(), configured.getvalue())))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    default, quiet, left, with_logging, configured = eval(result.stdout)
+    lines = default.splitlines()
+    assert lines[0].startswith("sizing (size='auto'): 1 x 32 units")  # in the call's words, as its errors are
+    assert any(line.startswith("epoch 1/1: train ") for line in lines) and lines[-1].startswith("stopped: 1 epoch")
+    assert "other thread warning" in lines and "other thread info" not in default
+    assert quiet == "other thread warning\n"  # Python's last resort, as before
+    assert with_logging == ""
+    assert left == ([], 0)  # the handler and the level are the program's again
+    assert configured == "WARNING:textgen:other thread warning\n"

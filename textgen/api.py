@@ -29,6 +29,7 @@ from textgen.errors import OptionError, TextgenError, as_keywords, shown_start
 from textgen.files import expand_user
 from textgen.evaluation import bpc
 from textgen.generate import prepare_prime
+from textgen.progress import log_lines_on_stderr
 from textgen.quiet_import import import_tensorflow_quietly
 
 logger = logging.getLogger("textgen")
@@ -394,7 +395,7 @@ def _keyword_record(record: logging.LogRecord) -> bool:
 def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
           checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
           resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
-          strategy: str = "auto", **options) -> TextModel:
+          strategy: str = "auto", verbose: bool = True, **options) -> TextModel:
     """Train on a UTF-8 text file and return the trained run, loaded.
 
     Args:
@@ -407,6 +408,9 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
         tensorboard: also write TensorBoard logs to the run's tensorboard directory.
         strategy: ``auto``, ``single``, ``mirrored`` or ``multi-worker`` (see ``textgen train --help``). Under
             ``multi-worker``, Ctrl-C while waiting for the other workers to join ends the whole process at once.
+        verbose: while your program has configured no logging (a notebook's default), write the training's lines
+            (its pace, progress, each epoch's losses) on stderr as ``textgen train`` does; else they are INFO
+            records of the ``textgen`` logger, shown where your logging sends them.
         **options: any ``textgen train`` option by its Python name, e.g. ``units=256, epochs=5,
             max_minutes=3`` (see ``textgen train --help``).
 
@@ -430,7 +434,7 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
 
     try:
         model_options, train_options = split_training_options(options)
-        with _log_in_keywords(corpus, checkpoint_dir):
+        with _log_in_keywords(corpus, checkpoint_dir), log_lines_on_stderr(verbose):
             summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
                                    resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
                                    strategy=strategy)

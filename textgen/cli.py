@@ -23,6 +23,7 @@ from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EX
                             MAX_PRIME_FILE_CHARS, SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig,
                             command_line_options, meant_option, option_flag, reads_as_number, split_training_options)
 from textgen.distribute import STRATEGIES
+from textgen.progress import CurrentStderr
 from textgen.quiet_import import import_tensorflow_quietly
 
 LIST = "LIST"  # the metavar of an option that takes several values as one comma-separated text
@@ -114,25 +115,11 @@ run_option = click.option("--run", default=None, callback=_run_name_given,
                                "best checkpoint.")
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the moment of each message (click's test runner swaps it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
 def _report_diagnostics_on_stderr() -> None:
     """The library reports through the "textgen" logger; the command shows its messages as plain lines."""
     logger = logging.getLogger("textgen")
-    if not any(isinstance(handler, _CurrentStderr) for handler in logger.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    if not any(isinstance(handler, CurrentStderr) for handler in logger.handlers):
+        logger.addHandler(CurrentStderr())
         logger.setLevel(logging.INFO)
         logger.propagate = False
 

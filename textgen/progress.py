@@ -1,10 +1,12 @@
-"""Progress bars for long operations: a Keras progbar on stderr when it is a terminal, else nothing."""
+"""Progress on stderr: a Keras progbar when it is a terminal, and the "textgen" logger's records as plain lines."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
-from typing import Callable
+import threading
+from typing import Callable, Iterator
 
 
 def stderr_is_terminal() -> bool:
@@ -33,3 +35,66 @@ def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple
         with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for generated text
             bar.update(done, list(values.items()))
     return update
+
+
+class CurrentStderr(logging.StreamHandler):
+    """Writes each record as a plain line to whatever sys.stderr is at the moment (click's test runner swaps it, as
+    notebooks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _shown_record(record: logging.LogRecord) -> bool:
+    # another thread's records as Python's last resort showed them: this handler takes its place while attached
+    return record.thread in _SHOWN_THREADS or record.levelno >= logging.WARNING
+
+
+_LINES = CurrentStderr()
+_LINES.addFilter(_shown_record)
+_SHOWN_THREADS: list[int] = []  # threads inside log_lines_on_stderr, once per call
+_LEVEL_BEFORE: list[int] = []  # the logger's own level while _LINES is attached
+_LINES_LOCK = threading.Lock()
+
+
+def _handlers_reached(logger: logging.Logger) -> list[logging.Handler]:
+    handlers = []
+    while logger is not None:
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    return handlers
+
+
+@contextlib.contextmanager
+def log_lines_on_stderr(enabled: bool = True) -> Iterator[None]:
+    """This thread's records of the "textgen" logger, INFO and above, written on stderr as the command writes them,
+    while the program has configured no logging (a notebook's default: they reached no handler, so a training of
+    hours said nothing). A program that configured logging gets them where it sends them, and a level set on the
+    "textgen" logger is kept."""
+    logger = logging.getLogger("textgen")
+    with _LINES_LOCK:
+        shown = enabled and all(handler is _LINES for handler in _handlers_reached(logger))
+        if shown:
+            if not _SHOWN_THREADS:
+                logger.addHandler(_LINES)
+                _LEVEL_BEFORE.append(logger.level)
+                logger.setLevel(logger.level or logging.INFO)
+            _SHOWN_THREADS.append(threading.get_ident())
+    try:
+        yield
+    finally:
+        if shown:
+            with _LINES_LOCK:
+                _SHOWN_THREADS.remove(threading.get_ident())
+                if not _SHOWN_THREADS:
+                    logger.removeHandler(_LINES)
+                    logger.setLevel(_LEVEL_BEFORE.pop())
