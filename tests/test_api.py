@@ -718,3 +718,13 @@ print(repr((default, quiet, left, shown(), configured.getvalue())))
     assert with_logging == ""
     assert left == ([], 0)  # the handler and the level are the program's again
     assert configured == "WARNING:textgen:other thread warning\n"
+
+
+def test_a_run_not_found_is_told_the_calls_that_list_and_train_runs(tmp_path):
+    with pytest.raises(textgen.TextgenError, match=re.escape(
+            f"the directory {tmp_path / 'no ck'} does not exist; give the directory of the runs as checkpoint_dir, or "
+            f"train one first with: textgen.train(CORPUS, checkpoint_dir={str(tmp_path / 'no ck')!r}, run='r')")):
+        textgen.load("r", checkpoint_dir=tmp_path / "no ck")
+    with pytest.raises(textgen.TextgenError, match=re.escape(
+            f"(runs there: none); list them with: textgen.list_runs(checkpoint_dir={str(tmp_path)!r})")):
+        textgen.load("r", checkpoint_dir=tmp_path)

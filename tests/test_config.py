@@ -178,6 +178,30 @@ def test_as_keywords_renames_only_the_options_it_is_given():
                            "run='d' (chosen by size='auto'); epochs must be whole; overwrite must be true or false"
 
 
+def test_as_keywords_suggests_the_calls_of_the_commands_that_have_one():
+    """A Python caller is told textgen.list_runs(...) and textgen.train(...), not the commands; a command the call
+    cannot say word for word, or one with no call, stays; the HTTP API's messages keep the commands."""
+    from textgen.errors import as_keywords
+
+    names = {"run", "checkpoint_dir", "resume", "epochs"}
+    message = ("no run named 'r' in my ck (runs there: none); list them with: textgen runs --checkpoint-dir 'my ck'; "
+               "or train one first with: textgen train CORPUS --checkpoint-dir 'my ck' --run r --resume --epochs 4; "
+               "see textgen train --help for the options; textgen runs lists them; (textgen train notes.txt "
+               "--seq-length 50.) then textgen export --run r")
+    renamed = as_keywords(TextgenError(message), names, {"resume"}, valued={"run", "checkpoint_dir"}, keep=["my ck"])
+    assert str(renamed) == (
+        "no run named 'r' in my ck (runs there: none); list them with: textgen.list_runs(checkpoint_dir='my ck'); or "
+        "train one first with: textgen.train(CORPUS, checkpoint_dir='my ck', run='r', resume=True, epochs=4); see "
+        "textgen train --help for the options; textgen runs lists them; (textgen train notes.txt --seq-length 50.) "
+        "then textgen export --run r")
+    assert str(as_keywords(TextgenError("list them with: textgen runs; or textgen train c.txt --run r"), names)) == \
+        "list them with: textgen.list_runs(); or textgen.train('c.txt', run='r')"
+    assert str(as_keywords(TextgenError(message), names, {"resume"}, json=True, keep=["my ck"])).endswith(
+        "list them with: textgen runs --checkpoint-dir 'my ck'; or train one first with: textgen train CORPUS "
+        "--checkpoint-dir 'my ck' --run r --resume --epochs 4; see textgen train --help for the options; textgen "
+        "runs lists them; (textgen train notes.txt --seq-length 50.) then textgen export --run r")
+
+
 def test_as_keywords_reads_a_shell_quoted_value_whole():
     from textgen.errors import as_keywords
     from textgen.runs import check_run_name

@@ -1,6 +1,7 @@
 """Errors meant for the user: the CLI prints their message as one line, no traceback."""
 
 import re
+import shlex
 from json import dumps
 from typing import Collection
 
@@ -51,6 +52,39 @@ _NUMBER = re.compile(r"-?\d[\d,.]*")
 _PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")  # NAME, CORPUS
 
 
+# The commands with a Python call of their own, which a message to a Python caller suggests instead
+_CALLS = {"runs": ("textgen.list_runs", {"checkpoint_dir"}), "train": ("textgen.train", None)}
+
+
+def _as_call(command: str) -> str:
+    """A suggested ``textgen runs`` or ``textgen train`` command as the call that does the same
+    (textgen.list_runs(checkpoint_dir='ck'), textgen.train(CORPUS, run='r', resume=True)); other commands, and any
+    the call cannot say word for word, as they are."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    if len(words) < 2 or words[1] not in _CALLS or command.rstrip()[-1] in ".,:":  # mid-sentence
+        return command
+    function, keywords = _CALLS[words[1]]
+    rest, arguments = words[2:], []
+    if rest and keywords is None and not rest[0].startswith("-"):
+        corpus = rest.pop(0)
+        arguments.append(corpus if _PLACEHOLDER.fullmatch(corpus) else repr(corpus))
+    while rest:
+        option = rest.pop(0)
+        name = option[2:].replace("-", "_")
+        if not option.startswith("--") or name == "help" or (keywords is not None and name not in keywords):
+            return command
+        if not rest or rest[0].startswith("--"):  # a flag
+            arguments.append(f"{name}=True")
+            continue
+        value = rest.pop(0)
+        literal = _PLACEHOLDER.fullmatch(value) or re.fullmatch(r"-?\d+(\.\d+)?", value)
+        arguments.append(f"{name}={value if literal else repr(value)}")
+    return f"{function}({', '.join(arguments)})" + command[len(command.rstrip()):]
+
+
 def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[str] = (), json: bool = False,
                 valued: Collection[str] = (), choices: Collection[str] = (),
                 keep: Collection[str] = ()) -> TextgenError:
@@ -83,7 +117,12 @@ def as_keywords(error: TextgenError, names: Collection[str], flags: Collection[s
     for mask, piece in masks.items():
         text = text.replace(piece, mask)
     for command in _COMMAND.finditer(text):
-        pieces += [_OPTION.sub(keyword, text[start:command.start()]), command.group(0)]
+        suggested = command.group(0)
+        if not json:
+            for mask, piece in masks.items():
+                suggested = suggested.replace(mask, piece)
+            suggested = _as_call(suggested)
+        pieces += [_OPTION.sub(keyword, text[start:command.start()]), suggested]
         start = command.end()
     pieces.append(_OPTION.sub(keyword, text[start:]))
     text = "".join(pieces)
