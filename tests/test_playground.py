@@ -116,6 +116,7 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
     # On a phone the page scrolls down to the samples, below the form: Stop stayed up there, out of view.
     browser.set_window_size(390, 844)
     try:
+        browser.find_element(By.ID, "prime").send_keys(PERIOD * 100)  # samples longer than a screen
         count = browser.find_element(By.ID, "samples-count")
         count.clear()
         count.send_keys("3")  # three cards of text, stacked: taller than the screen
@@ -174,7 +175,10 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     status = wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("Length: ")
                         and browser.find_element(By.ID, "status"))
     assert status.get_attribute("class") == "error" and "1" in status.text, status.text
-    length.clear()
+    length.clear()  # empty: the page said so but left the focus on Generate and the field unmarked
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("Length: "))
+    assert browser.switch_to.active_element.get_attribute("id") == "length"
     length.send_keys("40")
     seed = browser.find_element(By.ID, "seed")  # past 2**53 a page's number is another integer: it was sent so
     seed.send_keys("9007199254740993")
@@ -277,6 +281,9 @@ def test_a_sample_is_copied_and_a_stop_the_model_cannot_write_is_said(browser, s
     copy.click()
     wait_until(lambda: copy.text == "Copied")
     assert browser.execute_script("return window.copied") == [text]
+    # said to a screen reader, which the button's own name ("Copy sample 1") did not
+    spoken = browser.find_element(By.ID, "copied")
+    assert spoken.get_attribute("role") == "status" and spoken.get_attribute("textContent") == "sample 1: Copied"
     wait_until(lambda: copy.text == "Copy", timeout=10)
     # Where the clipboard API is refused (a page served over http to another machine), the text is selected
     browser.execute_script("navigator.clipboard.writeText = async () => { throw new Error('not allowed'); };")
@@ -302,6 +309,78 @@ def test_the_page_runs_under_its_content_security_policy_which_refuses_an_inject
     assert injected  # refused, and said so on the console
     assert wait_until(lambda: [entry for entry in browser.get_log("browser")
                                if "Content Security Policy" in entry["message"]])
+
+
+def test_the_reader_keeps_their_place_when_a_stream_ends_and_a_finger_can_hit_the_controls(
+        browser, server, monkeypatch):  # noqa: F811
+    """On a phone, where the samples are below the form, the end of a stream moved the focus back to Generate and
+    scrolled the page up to it, away from the text being read (a screen reader's cursor too)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from textgen.engine import Engine
+
+    original, calls, release = Engine.sample, [], threading.Event()
+
+    def held(self, *args, **kwargs):  # after its first piece, the stream waits until the test lets it go on
+        calls.append(args)
+        if len(calls) > 1:
+            release.wait(60)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Engine, "sample", held)
+    browser.set_window_size(390, 844)
+    try:
+        browser.get(server + "/")
+        wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+        sizes = browser.execute_script("return ['temperature', 'skip-unknown'].map(id => document.getElementById(id)"
+                                       ".getBoundingClientRect().height)")
+        assert min(sizes) >= 22, sizes  # the slider was 18 px tall, a checkbox 13
+        browser.find_element(By.ID, "prime").send_keys(PERIOD * 100)  # samples longer than a screen
+        count = browser.find_element(By.ID, "samples-count")
+        count.clear()
+        count.send_keys("2")
+        browser.find_element(By.ID, "generate").send_keys(Keys.ENTER)
+        wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("generating"))
+        wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+        assert browser.switch_to.active_element.get_attribute("id") == "stop"
+        copy_height = browser.execute_script("return document.querySelector('button.copy')"
+                                             ".getBoundingClientRect().height")
+        assert copy_height >= 24, copy_height  # was 23
+        bottom = browser.execute_script("document.documentElement.style.scrollBehavior = 'auto';"
+                                        "window.scrollTo(0, document.documentElement.scrollHeight); return scrollY")
+        assert bottom > browser.find_element(By.ID, "generate").rect["y"]  # reading below the form
+        release.set()
+        wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+        assert browser.switch_to.active_element.get_attribute("id") == "generate"  # not lost to the page's start
+        assert browser.execute_script("return scrollY") == bottom
+    finally:
+        release.set()
+        browser.set_window_size(1280, 900)
+
+
+def test_placeholders_that_say_off_or_random_are_legible_in_both_colour_schemes(browser, server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    def luminance(rgb: str) -> float:
+        channels = [int(part) / 255 for part in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]]
+        linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    try:
+        for scheme in ("light", "dark"):
+            browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                                    {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+            browser.get(server + "/")
+            wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+            for field in ("top-k", "seed"):
+                ink, paper = browser.execute_script(
+                    "const field = document.getElementById(arguments[0]);"
+                    "return [getComputedStyle(field, '::placeholder').color, getComputedStyle(field).backgroundColor]",
+                    field)
+                lighter, darker = sorted((luminance(ink), luminance(paper)), reverse=True)
+                assert (lighter + 0.05) / (darker + 0.05) >= 4.5, (scheme, field, ink, paper)  # was 3.6 when dark
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
 
 def test_page_fits_a_phone_screen(browser, server):  # noqa: F811
