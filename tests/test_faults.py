@@ -129,3 +129,43 @@ def test_a_save_the_system_refuses_midway_stops_in_one_line_and_keeps_the_previo
     assert checkpoint.read_meta(tmp_path / "r", "last").state.global_step == kept.state.global_step
     assert not [path.name for path in (tmp_path / "r").iterdir() if path.name.startswith(".tmp")]
     assert generate(tmp_path, "r", prime="ab", length=5, temperatures=[0])  # the previous checkpoint loads
+
+
+@pytest.mark.slow
+def test_a_hangup_saves_a_resumable_checkpoint_unless_nohup_ignores_it(tmp_path):
+    """The terminal of a training started without nohup closed (an ssh session dropped): SIGHUP ended it at once,
+    with no save. It stops as on SIGTERM, though the terminal it writes its progress bar on is gone; under nohup,
+    which ignores SIGHUP, it trains on."""
+    import os
+    import pty
+
+    corpus = write_text(tmp_path / "c.txt", PERIOD * REPEATS)
+    terminal, stderr = pty.openpty()
+    process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000"), stderr=stderr,
+                               stdout=subprocess.DEVNULL)
+    os.close(stderr)
+    try:
+        wait_for(lambda: (tmp_path / "r" / "last.json").exists())
+        first = json.loads((tmp_path / "r" / "last.json").read_text())["global_step"]
+        os.close(terminal)  # writing on it fails now (EIO), as after a hangup
+        process.send_signal(signal.SIGHUP)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGHUP
+    meta = json.loads((tmp_path / "r" / "last.json").read_text())
+    assert meta["global_step"] >= first and meta["global_step"] == meta["epoch"] * STEPS_PER_EPOCH + \
+        meta["step_in_epoch"]
+
+    ignoring = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000", "--resume"),
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # as nohup starts it
+    try:
+        wait_for(lambda: json.loads((tmp_path / "r" / "last.json").read_text())["global_step"] > meta["global_step"])
+        ignoring.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        ignoring.send_signal(signal.SIGTERM)
+        _, said = ignoring.communicate(timeout=60)
+    finally:
+        ignoring.kill()
+    assert ignoring.returncode == 143 and "signal SIGTERM: finishing this step" in said and "SIGHUP" not in said

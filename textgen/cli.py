@@ -183,10 +183,10 @@ class OneLineErrors(click.Group):
         try:
             result = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
         except click.Abort as aborted:  # (click's own name for a KeyboardInterrupt it met)
-            click.echo("terminated" if isinstance(aborted.__cause__, Terminated) else "aborted", err=True)
+            _tell("terminated" if isinstance(aborted.__cause__, Terminated) else "aborted")
             sys.exit(getattr(aborted.__cause__, "exit_code", 130))
         except click.exceptions.NoArgsIsHelpError as error:  # plain `textgen`: the help, not an error line
-            click.echo(error.format_message(), err=True)
+            _tell(error.format_message())
             sys.exit(error.exit_code)
         except click.ClickException as error:
             argv = [str(arg) for arg in (sys.argv[1:] if args is None else args)]
@@ -197,21 +197,19 @@ class OneLineErrors(click.Group):
                       and isinstance(error, click.UsageError)), None)  # --stop given no value: no context
             meant = _extra_argument_hint(error.ctx, argv) if getattr(error, "ctx", None) and \
                 error.format_message().startswith("Got unexpected extra argument") else ""
-            click.echo(f"error: {error.format_message()}{meant}{f' (see: {command} --help)' if command else ''}",
-                       err=True)
+            _tell(f"error: {error.format_message()}{meant}{f' (see: {command} --help)' if command else ''}")
             sys.exit(error.exit_code)
         except TextgenError as error:
-            click.echo(f"error: {error}" if error.exit_code == 1 else str(error), err=True)
+            _tell(f"error: {error}" if error.exit_code == 1 else str(error))
             sys.exit(error.exit_code)
         except KeyboardInterrupt as interrupted:
-            click.echo("interrupted", err=True)
+            _tell("interrupted")
             sys.exit(getattr(interrupted, "exit_code", 130))
         except BrokenPipeError:
             sys.exit(0)
         except PermissionError as error:  # one that nothing above foresaw: another user's file in a shared folder
             what = f"{error.strerror}: {error.filename}" if error.strerror and error.filename else str(error)
-            click.echo(f"error: {what} (see who owns it and its mode with ls -l); choose another path, or ask its "
-                       "owner", err=True)
+            _tell(f"error: {what} (see who owns it and its mode with ls -l); choose another path, or ask its owner")
             sys.exit(1)
         except OSError as error:
             if error.filename is not None:  # a file's own error: the library says what to do about those
@@ -224,6 +222,13 @@ class OneLineErrors(click.Group):
         except OSError as error:
             _stdout_failed(error)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _tell(message: str) -> None:
+    """A diagnostic on stderr, unless stderr is gone (EIO once a training's terminal hung up): the exit code still
+    tells what happened, where writing the message raised and made it 1."""
+    with contextlib.suppress(OSError):
+        click.echo(message, err=True)
 
 
 def _escape_what_stdout_cannot_encode() -> None:

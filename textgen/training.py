@@ -48,7 +48,9 @@ __all__ = ["Interrupted", "Run", "fit", "train"]
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """Turn the first SIGINT/SIGTERM into a request checked between steps; a second one aborts at once."""
+    """Turn the first SIGINT, SIGTERM or SIGHUP into a request checked between steps; a second one aborts at once.
+    SIGHUP: the terminal of a training started without nohup was closed (an ssh session dropped), which ended it
+    without a save; one started under nohup keeps ignoring it."""
     requested: list[int] = []
 
     def handler(signum, frame):
@@ -65,7 +67,10 @@ def stop_on_signals():
     # Python lets only the main thread install handlers; a training run from another thread (a GUI, a web job)
     # keeps the process's own handlers and stops only through its callbacks.
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    hangup = getattr(signal, "SIGHUP", None)  # (none on Windows)
+    handled = (signal.SIGINT, signal.SIGTERM) + ((hangup,) if hangup and signal.getsignal(hangup) != signal.SIG_IGN
+                                                 else ())
+    previous = {sig: signal.signal(sig, handler) for sig in handled} if in_main else {}
     try:
         yield requested
     finally:
