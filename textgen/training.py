@@ -256,13 +256,18 @@ class Run:
             self.elapsed = worker_mean(self.session.strategy, self.elapsed)[0]
 
     def resume_advice(self) -> tuple[str, str]:
-        """The command, and the Python call, that resume this run (under multi-worker, on every worker)."""
+        """The command, and the Python call, that resume this run (under multi-worker, on every worker), from any
+        directory: the run's own corpus (its absolute path is in the run) and its directory's absolute path (the
+        command named the corpus and the directory as given: from a cron job's directory they were not found)."""
         from textgen.distribute import spans_workers
 
         workers = spans_workers(self.session.strategy)
-        command = shlex.join(["textgen", "train", str(self.corpus_path), "--checkpoint-dir", str(self.run_dir.parent),
-                              "--run", self.run_dir.name, "--resume", *(["--strategy", "multi-worker"] * workers)])
-        call = (f"textgen.train(run={self.run_dir.name!r}, checkpoint_dir={str(self.run_dir.parent)!r}, resume=True"
+        directory = str(Path(self.run_dir.parent).absolute())
+        # each worker its corpus, which a copy of the chief's run would not name
+        corpus = [str(Path(self.corpus_path).absolute())] if workers else []
+        command = shlex.join(["textgen", "train", *corpus, "--checkpoint-dir", directory, "--run", self.run_dir.name,
+                              "--resume", *(["--strategy", "multi-worker"] * workers)])
+        call = (f"textgen.train(run={self.run_dir.name!r}, checkpoint_dir={directory!r}, resume=True"
                 + (", strategy='multi-worker')" if workers else ")"))
         return command, call
 
