@@ -102,7 +102,7 @@ def test_sampling_options_are_declared_and_checked_the_same_way():
 def test_cli_refuses_a_negative_seed_in_one_line(trained_run):
     result = CliRunner().invoke(cli.cli, ["sample", "--checkpoint-dir", str(trained_run["checkpoint_dir"]),
                                           "--seed", "-1"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a wrong call, as click's own refusals; 1 is for what failed
     assert result.output.strip() == "error: --seed must be an integer in [0, inf), got -1"
 
 
@@ -117,7 +117,7 @@ def test_a_list_of_temperatures_typed_on_a_chinese_keyboard_is_read_as_typed(tra
     for typo in ("0，，1", "0.5,1²"):  # (NFKC read 1² as 12)
         refused = CliRunner().invoke(cli.cli, [*where, "-t", typo])
         assert (refused.exit_code, refused.output.strip()) == (
-            1, f"error: --temperature must be a number or a comma-separated list such as 0.2,0.5,1.0, got '{typo}'")
+            2, f"error: --temperature must be a number or a comma-separated list such as 0.2,0.5,1.0, got '{typo}'")
 
 
 def test_numpy_numbers_become_python_numbers():

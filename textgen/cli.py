@@ -200,7 +200,7 @@ class OneLineErrors(click.Group):
             _tell(f"error: {error.format_message()}{meant}{f' (see: {command} --help)' if command else ''}")
             sys.exit(error.exit_code)
         except TextgenError as error:
-            _tell(f"error: {error}" if error.exit_code == 1 else str(error))
+            _tell(str(error) if error.exit_code > 128 else f"error: {error}")  # > 128: stopped by a signal
             sys.exit(error.exit_code)
         except KeyboardInterrupt as interrupted:
             _tell("interrupted")

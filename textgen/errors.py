@@ -34,7 +34,11 @@ class TextgenError(Exception):
 
 
 class OptionError(TextgenError, ValueError):
-    """An option value outside what it accepts (a ValueError too, for library callers)."""
+    """An option value outside what it accepts (a ValueError too, for library callers). The command exits 2, as
+    for an option click itself refuses (an unknown one, a word for a number): a script tells a wrong call from a
+    failure (1)."""
+
+    exit_code = 2
 
 
 class MissingFile(TextgenError, FileNotFoundError):
