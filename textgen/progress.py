@@ -3,19 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import os
+import re
 import sys
 import threading
 from typing import Callable, Iterator
 
 
 def stderr_is_terminal() -> bool:
-    """Whether stderr is a terminal: a stand-in without isatty (an embedding host's), none at all (pythonw: None) or
-    a closed one is not."""
+    """Whether stderr is a terminal that can redraw a line: a stand-in without isatty (an embedding host's), none at
+    all (pythonw: None), a closed one, or one that says it cannot move its cursor (TERM=dumb: Emacs's shell, some CI
+    consoles, where the bar's escape codes and backspaces showed as they are) is not."""
+    if os.environ.get("TERM") == "dumb":
+        return False
     try:
         return bool(sys.stderr.isatty())
     except (AttributeError, OSError, ValueError):
         return False
+
+
+class _WithoutColour(io.TextIOBase):
+    """sys.stderr without the bar's colour codes (NO_COLOR, https://no-color.org), its redraws kept."""
+
+    def write(self, text: str) -> int:
+        sys.stderr.write(re.sub(r"\x1b\[[0-9;]*m", "", text))
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple[str, ...] = (),
@@ -32,7 +49,8 @@ def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple
         sys.stderr.write(title + "\n")
 
     def update(done: int, **values: float) -> None:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout is reserved for generated text
+        shown = _WithoutColour() if os.environ.get("NO_COLOR") else sys.stderr  # stdout: generated text only
+        with contextlib.redirect_stdout(shown):
             bar.update(done, list(values.items()))
     return update
 

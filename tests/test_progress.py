@@ -1,0 +1,31 @@
+"""The progress bar on stderr: drawn on a terminal that can redraw, in colour unless NO_COLOR says otherwise."""
+
+import io
+import sys
+
+import pytest
+
+from textgen.progress import progress_bar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("environment, drawn, coloured", [({}, True, True), ({"NO_COLOR": "1"}, True, False),
+                                                          ({"TERM": "dumb"}, False, False)])
+def test_the_bar_honours_term_dumb_and_no_color(monkeypatch, environment, drawn, coloured):
+    """Under TERM=dumb (Emacs's shell) or NO_COLOR the bar still wrote its escape codes."""
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    update = progress_bar(3, "epoch 1", metrics=("loss",))
+    for step in (1, 2, 3):
+        update(step, loss=0.5)
+    shown = terminal.getvalue()
+    assert ("3/3" in shown and shown.startswith("epoch 1\n")) == drawn, shown
+    assert ("\x1b[" in shown) == coloured, shown
