@@ -472,6 +472,15 @@ def test_runs_lists_every_run_and_marks_a_damaged_one(workspace, tmp_path):
     # The suggested command finds that run (it looked in ./checkpoints: "no run named 'broken'").
     info = invoke(*shlex.split(hint.removeprefix("damaged (textgen ").removesuffix(" says why)")))
     assert info.exit_code == 1 and "no run named" not in info.stderr and "broken" in info.stderr, info.output
+    # For scripts: the rows of textgen.list_runs(), in JSON (the table's cells hold spaces: "0/2 + 108 steps")
+    import textgen
+
+    listed = invoke("runs", "--checkpoint-dir", root / "ck", "--json")
+    assert listed.exit_code == 0 and listed.stderr == ""
+    rows = json.loads(listed.stdout)
+    assert rows == [dict(row, path=str(row["path"])) for row in textgen.list_runs(root / "ck")]
+    assert {row["name"]: row.get("problem") for row in rows} == {"good": None, "broken": "damaged",
+                                                                 "newer": "written by a newer textgen"}
 
 
 def test_prime_file_dash_reads_standard_input(workspace):
@@ -505,11 +514,19 @@ def test_eval_names_what_it_did_not_score(workspace):
                                          "first and the last 3, too few to fill all 4 streams)")
     two = invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size", 2)
     assert two.stdout.rstrip().endswith("2 unscored: the first and the last one, too few to fill all 2 streams)")
+    scored = invoke("eval", workspace / "good.txt", "--checkpoint-dir", workspace / "ck", "--batch-size", 4, "--json")
+    assert scored.exit_code == 0, scored.output
+    result = json.loads(scored.stdout)
+    assert (result["file"], result["characters"], result["unscored"], result["unknown"]) == (
+        str(workspace / "good.txt"), 2796, 4, 0)
+    assert f"{result['bpc']:.4f} bits per character, {result['nats']:.4f} nats" in four.stdout
 
 
 def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path)])
     assert (result.exit_code, result.stdout) == (0, "")
+    listed = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path), "--json"])
+    assert (listed.exit_code, listed.stdout, listed.stderr) == (0, "[]\n", "")
     # The commands it suggests name the directory: without it, they train into ./checkpoints.
     assert result.stderr.strip() == f"no runs in {tmp_path} yet; train one with: textgen train CORPUS " \
                                     f"--checkpoint-dir {tmp_path}"

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import io
+import json
 import logging
 import math
 import os
@@ -113,6 +114,15 @@ checkpoint_dir_option = click.option(
 run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run with a "
                                "best checkpoint.")
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print the result as one JSON document, for scripts (its keys are the Python "
+                                "API's: README.md, \"Python API\").")
+
+
+def _echo_json(value) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))  # default: paths as strings
 
 
 def _report_diagnostics_on_stderr() -> None:
@@ -510,12 +520,16 @@ def _echo_live(text: str) -> None:
               help="Parallel streams the text is cut into, each starting from a fresh state (1 reads a short text "
                    "as one stream).")
 @click.option("--seq-length", type=int, default=200, show_default=True, help="Characters per evaluation window.")
-def evaluate(file, checkpoint_dir, run, batch_size, seq_length):
+@json_option
+def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
     """Bits per character and perplexity of FILE under a run's best checkpoint."""
     import_tensorflow_quietly()
     from textgen.evaluation import evaluate as run_evaluation
 
     result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
+    if as_json:
+        _echo_json(dict(file=str(file), **{key: value for key, value in result.items() if key != "batches"}))
+        return
     left_over = result["unscored"] - 1  # (the first character is never scored)
     click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
@@ -610,7 +624,8 @@ def info(checkpoint_dir, run, vocabulary):
 
 @cli.command()
 @checkpoint_dir_option
-def runs(checkpoint_dir):
+@json_option
+def runs(checkpoint_dir, as_json):
     """List the runs with their corpus, epochs and best validation bits per character."""
     from textgen.report import runs_table
     from textgen.runs import all_runs, check_checkpoint_dir, directory_option
@@ -621,7 +636,11 @@ def runs(checkpoint_dir):
         raise click.ClickException(f"no checkpoint directory {checkpoint_dir}; train a run with: {train_command}"
                                    + ("" if directory_option(checkpoint_dir) else " (or give --checkpoint-dir)"))
     found = all_runs(checkpoint_dir)
-    if found:
+    if as_json:
+        from textgen.report import run_rows
+
+        _echo_json(run_rows(found))
+    elif found:
         click.echo(runs_table(found))
     else:  # an empty listing is an answer, as with ls
         click.echo(f"no runs in {checkpoint_dir} yet; train one with: {train_command}", err=True)
