@@ -546,8 +546,8 @@ def test_ctrl_c_in_train_is_a_keyboard_interrupt_that_says_how_to_resume_in_pyth
         except Exception:  # what a program's own error handling catches
             pytest.fail("Ctrl-C was caught as an Exception")
     assert isinstance(stopped.value, Interrupted) and stopped.value.exit_code == 130
-    assert str(stopped.value).endswith(f"; resume with: textgen.train(run='r', checkpoint_dir={str(tmp_path)!r}, "
-                                       "resume=True)")
+    assert str(stopped.value).endswith(f"; resume with: textgen.train({str(periodic_corpus)!r}, run='r', "
+                                       f"checkpoint_dir={str(tmp_path)!r}, resume=True)")
     resumed = textgen.train(run="r", checkpoint_dir=str(tmp_path), resume=True)
     assert resumed.info["epochs"] == 1
 
@@ -687,12 +687,15 @@ import io, logging, sys, threading, textgen
 options = dict(run="r", checkpoint_dir={str(tmp_path)!r}, overwrite=True, epochs=1, **{TINY_MODEL!r},
                **{TINY_TRAINING!r})
 
-def shown(verbose=True):
+def shown(verbose=True, configure=False):
     sys.stderr = io.StringIO()
     other = lambda: (logging.getLogger("textgen").info("other thread info"),
                      logging.getLogger("textgen").warning("other thread warning"))
     class Other(textgen.callbacks.Callback):
         def on_epoch_start(self, run):
+            if configure:  # the program's own logging, from now on
+                logging.getLogger("textgen").setLevel(logging.DEBUG)
+                logging.basicConfig(stream=late)
             thread = threading.Thread(target=other)
             thread.start()
             thread.join()
@@ -703,13 +706,17 @@ def shown(verbose=True):
 default, quiet = shown(), shown(verbose=False)
 logger = logging.getLogger("textgen")
 left = (logger.handlers, logger.level)
+late = io.StringIO()
+before_configured = shown(configure=True)
+late_level = logger.level
+logger.setLevel(logging.NOTSET)
 configured = io.StringIO()
-logging.basicConfig(stream=configured)  # WARNING and above, as Python's default
-print(repr((default, quiet, left, shown(), configured.getvalue())))
+logging.basicConfig(stream=configured, force=True)  # WARNING and above, as Python's default
+print(repr((default, quiet, left, shown(), configured.getvalue(), before_configured, late.getvalue(), late_level)))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    default, quiet, left, with_logging, configured = eval(result.stdout)
+    default, quiet, left, with_logging, configured, before_configured, late, late_level = eval(result.stdout)
     lines = default.splitlines()
     assert lines[0].startswith("sizing (size='auto'): 1 x 32 units")  # in the call's words, as its errors are
     assert any(line.startswith("epoch 1/1: train ") for line in lines) and lines[-1].startswith("stopped: 1 epoch")
@@ -718,6 +725,9 @@ print(repr((default, quiet, left, shown(), configured.getvalue())))
     assert with_logging == ""
     assert left == ([], 0)  # the handler and the level are the program's again
     assert configured == "WARNING:textgen:other thread warning\n"
+    # Logging configured during a training takes the lines from then on, without a second copy, and keeps its level
+    assert before_configured.startswith("sizing (size='auto')") and "epoch 1/1" not in before_configured
+    assert "INFO:textgen:epoch 1/1: train " in late and late_level == logging.DEBUG
 
 
 def test_a_run_not_found_is_told_the_calls_that_list_and_train_runs(tmp_path):

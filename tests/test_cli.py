@@ -1004,3 +1004,18 @@ print(json.dumps(results))
     assert code == 1 and stderr.strip().endswith(
         "error: cannot write the built-in corpus to data/pydoc_topics.txt (Permission denied); give a CORPUS, or "
         "run textgen train in a directory you can write in")
+
+
+def test_the_command_shows_its_lines_while_a_python_training_shows_its_own_in_another_thread(monkeypatch):
+    """textgen.train's handler for a program without logging is a CurrentStderr too: the command took it for its
+    own, and its INFO lines were left to that handler's filter (another thread's: dropped)."""
+    import logging
+
+    from textgen import cli as cli_module
+    from textgen import progress
+
+    logger = logging.getLogger("textgen")
+    for name in ("handlers", "propagate", "level"):
+        monkeypatch.setattr(logger, name, getattr(logger, name) if name != "handlers" else [progress._LINES])
+    cli_module._report_diagnostics_on_stderr()
+    assert cli_module._COMMAND_LINES in logger.handlers and logger.level == logging.INFO

@@ -196,6 +196,13 @@ def test_as_keywords_suggests_the_calls_of_the_commands_that_have_one():
         "then textgen export --run r")
     assert str(as_keywords(TextgenError("list them with: textgen runs; or textgen train c.txt --run r"), names)) == \
         "list them with: textgen.list_runs(); or textgen.train('c.txt', run='r')"
+    # Names and paths are strings whatever they look like (a call with run=2025 or checkpoint_dir=DATA failed)
+    assert str(as_keywords(TextgenError("list them with: textgen runs --checkpoint-dir DATA; or textgen train CORPUS "
+                                        "--checkpoint-dir . --run 007 --epochs 4"), names)) == (
+        "list them with: textgen.list_runs(checkpoint_dir='DATA'); or textgen.train(CORPUS, checkpoint_dir='.', "
+        "run='007', epochs=4)")
+    assert str(as_keywords(TextgenError("in it: textgen runs --checkpoint-dir .."), names)) == \
+        "in it: textgen.list_runs(checkpoint_dir='..')"
     assert str(as_keywords(TextgenError(message), names, {"resume"}, json=True, keep=["my ck"])).endswith(
         "list them with: textgen runs --checkpoint-dir 'my ck'; or train one first with: textgen train CORPUS "
         "--checkpoint-dir 'my ck' --run r --resume --epochs 4; see textgen train --help for the options; textgen "

@@ -186,20 +186,26 @@ def test_bad_input_shows_the_servers_message(browser, server):  # noqa: F811
     wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("Seed: "))
 
 
-def test_the_keyboard_generates_and_stops_and_a_screen_reader_hears_the_status(browser, server,  # noqa: F811
-                                                                                monkeypatch):
-    """Focus fell to the page's start when Generate and then Stop were disabled, Escape did nothing, and the samples
-    were a live region: a screen reader read out every piece of every sample."""
+def streams_held_after_their_first_piece(monkeypatch) -> threading.Event:
+    """After its first piece, the stream waits until the test sets the event returned."""
     from textgen.engine import Engine
 
     original, calls, release = Engine.sample, [], threading.Event()
 
-    def held(self, *args, **kwargs):  # after its first piece, the stream waits until the test lets it go on
+    def held(self, *args, **kwargs):
         calls.append(args)
         if len(calls) > 1:
             release.wait(60)
         return original(self, *args, **kwargs)
     monkeypatch.setattr(Engine, "sample", held)
+    return release
+
+
+def test_the_keyboard_generates_and_stops_and_a_screen_reader_hears_the_status(browser, server,  # noqa: F811
+                                                                                monkeypatch):
+    """Focus fell to the page's start when Generate and then Stop were disabled, Escape did nothing, and the samples
+    were a live region: a screen reader read out every piece of every sample."""
+    release = streams_held_after_their_first_piece(monkeypatch)
     try:
         keyboard_and_screen_reader(browser, server, release)
     finally:
@@ -318,16 +324,7 @@ def test_the_reader_keeps_their_place_when_a_stream_ends_and_a_finger_can_hit_th
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    from textgen.engine import Engine
-
-    original, calls, release = Engine.sample, [], threading.Event()
-
-    def held(self, *args, **kwargs):  # after its first piece, the stream waits until the test lets it go on
-        calls.append(args)
-        if len(calls) > 1:
-            release.wait(60)
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(Engine, "sample", held)
+    release = streams_held_after_their_first_piece(monkeypatch)
     browser.set_window_size(390, 844)
     try:
         browser.get(server + "/")

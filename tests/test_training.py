@@ -495,13 +495,14 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint_and_says_what_was_l
             "resume with: ")
     with pytest.raises(TextgenError) as failed:
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
-    assert str(failed.value) == f"{told}textgen train --checkpoint-dir {tmp_path} --run r --resume)"
+    assert str(failed.value) == f"{told}textgen train {periodic_corpus} --checkpoint-dir {tmp_path} --run r --resume)"
     assert (tmp_path / "r" / "last.json").read_bytes() == last
     model, meta = load_model(tmp_path / "r", kind="last")
     assert meta.state.epoch == 1
     with pytest.raises(TextgenError) as failed:  # the Python API's advice is a call
         textgen.train(run="r", checkpoint_dir=tmp_path, resume=True, epochs=2)
-    assert str(failed.value) == f"{told}textgen.train(run='r', checkpoint_dir={str(tmp_path)!r}, resume=True))"
+    assert str(failed.value) == (f"{told}textgen.train({str(periodic_corpus)!r}, run='r', checkpoint_dir="
+                                 f"{str(tmp_path)!r}, resume=True))")
 
 
 def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path, periodic_corpus, monkeypatch):
@@ -805,8 +806,8 @@ def test_a_second_signal_aborts_at_once_and_says_what_the_run_keeps(tmp_path, pe
     assert str(aborted.value).startswith(f"aborted by a second SIGTERM: the training since the run's last checkpoint "
                                          f"(at the start of epoch 2) in {tmp_path / 'r'} is lost; resume with: "
                                          "textgen train ")
-    assert aborted.value.in_python().args[0].endswith("resume with: textgen.train(run='r', checkpoint_dir="
-                                                      f"{str(tmp_path)!r}, resume=True)")
+    assert aborted.value.in_python().args[0].endswith(f"resume with: textgen.train({str(periodic_corpus)!r}, run='r', "
+                                                      f"checkpoint_dir={str(tmp_path)!r}, resume=True)")
     assert json.loads((tmp_path / "r" / "last.json").read_text())["epoch"] == 1
     assert not (tmp_path / "r" / "ckpt-cut-000000999.weights.h5").exists()  # (it stayed until the next resume)
 
@@ -854,7 +855,8 @@ def test_the_printed_resume_command_works_pasted_into_a_shell_with_spaces_in_the
         run(Path("my notes/LSTM 笔记.txt"), Path("check points"), callbacks=[interrupt_at_step(5)])
     command = str(stopped.value).split("resume with: ", 1)[1]
     words = shlex.split(command)
-    assert words == ["textgen", "train", "--checkpoint-dir", str(tmp_path / "check points"), "--run", "r", "--resume"]
+    assert words == ["textgen", "train", str(tmp_path / "my notes" / "LSTM 笔记.txt"), "--checkpoint-dir",
+                     str(tmp_path / "check points"), "--run", "r", "--resume"]
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     result = CliRunner().invoke(cli, words[1:] + ["--epochs", "1"])
@@ -1573,3 +1575,26 @@ def test_minutes_trained_read_as_minutes_at_any_budget():
     assert [minutes_text(seconds / 60) for seconds in (3.4, 740, 6000, 74070)] == [
         "0.0567 minutes", "12.3 minutes", "100 minutes", "1,234 minutes"]
     assert minutes_text(1) == "1 minute"  # (the sizing line said "a budget of 1 minutes")
+
+
+def test_a_hangup_is_taken_only_where_it_would_end_the_process():
+    """SIGHUP stops a training as SIGTERM does, where its default would end the process: a program's own handler
+    (one that reopens its logs) and nohup's SIG_IGN stay as they are."""
+    from textgen.training import stop_on_signals
+
+    def reopen_logs(signum, frame):
+        pass
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        for kept in (reopen_logs, signal.SIG_IGN):
+            signal.signal(signal.SIGHUP, kept)
+            with stop_on_signals():
+                assert signal.getsignal(signal.SIGHUP) is kept
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with stop_on_signals() as requested:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert requested == [signal.SIGHUP]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -125,11 +125,14 @@ def _echo_json(value) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))  # default: paths as strings
 
 
+_COMMAND_LINES = CurrentStderr()
+
+
 def _report_diagnostics_on_stderr() -> None:
     """The library reports through the "textgen" logger; the command shows its messages as plain lines."""
     logger = logging.getLogger("textgen")
-    if not any(isinstance(handler, CurrentStderr) for handler in logger.handlers):
-        logger.addHandler(CurrentStderr())
+    if _COMMAND_LINES not in logger.handlers:  # (not textgen.train's own, in another thread of a program)
+        logger.addHandler(_COMMAND_LINES)
         logger.setLevel(logging.INFO)
         logger.propagate = False
 

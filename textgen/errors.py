@@ -58,6 +58,15 @@ _PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")  # NAME, CORPUS
 
 # The commands with a Python call of their own, which a message to a Python caller suggests instead
 _CALLS = {"runs": ("textgen.list_runs", {"checkpoint_dir"}), "train": ("textgen.train", None)}
+# The arguments that are names or paths: a string in the call whatever they look like (a run 2025, a folder DATA),
+# but for the placeholders the messages write
+_NAMED = {"corpus": "CORPUS", "run": "NAME", "checkpoint_dir": "DIR"}
+
+
+def _argument(name: str, value: str) -> str:
+    if name in _NAMED:
+        return value if value == _NAMED[name] else repr(value)
+    return value if _PLACEHOLDER.fullmatch(value) or re.fullmatch(r"-?\d+(\.\d+)?", value) else repr(value)
 
 
 def _as_call(command: str) -> str:
@@ -68,13 +77,14 @@ def _as_call(command: str) -> str:
         words = shlex.split(command)
     except ValueError:
         return command
-    if len(words) < 2 or words[1] not in _CALLS or command.rstrip()[-1] in ".,:":  # mid-sentence
+    if len(words) < 2 or words[1] not in _CALLS:
+        return command
+    if command.rstrip()[-1] in ".,:" and words[-1] not in (".", ".."):  # mid-sentence (not a directory . or ..)
         return command
     function, keywords = _CALLS[words[1]]
     rest, arguments = words[2:], []
     if rest and keywords is None and not rest[0].startswith("-"):
-        corpus = rest.pop(0)
-        arguments.append(corpus if _PLACEHOLDER.fullmatch(corpus) else repr(corpus))
+        arguments.append(_argument("corpus", rest.pop(0)))
     while rest:
         option = rest.pop(0)
         name = option[2:].replace("-", "_")
@@ -83,9 +93,7 @@ def _as_call(command: str) -> str:
         if not rest or rest[0].startswith("--"):  # a flag
             arguments.append(f"{name}=True")
             continue
-        value = rest.pop(0)
-        literal = _PLACEHOLDER.fullmatch(value) or re.fullmatch(r"-?\d+(\.\d+)?", value)
-        arguments.append(f"{name}={value if literal else repr(value)}")
+        arguments.append(f"{name}={_argument(name, rest.pop(0))}")
     return f"{function}({', '.join(arguments)})" + command[len(command.rstrip()):]
 
 

@@ -73,6 +73,8 @@ class CurrentStderr(logging.StreamHandler):
 
 
 def _shown_record(record: logging.LogRecord) -> bool:
+    if any(handler is not _LINES for handler in _handlers_reached(logging.getLogger("textgen"))):
+        return False  # the program configured logging since the training began: its handlers show the records
     # another thread's records as Python's last resort showed them: this handler takes its place while attached
     return record.thread in _SHOWN_THREADS or record.levelno >= logging.WARNING
 
@@ -80,7 +82,7 @@ def _shown_record(record: logging.LogRecord) -> bool:
 _LINES = CurrentStderr()
 _LINES.addFilter(_shown_record)
 _SHOWN_THREADS: list[int] = []  # threads inside log_lines_on_stderr, once per call
-_LEVEL_BEFORE: list[int] = []  # the logger's own level while _LINES is attached
+_LEVELS: dict[str, int] = {}  # the logger's own level before _LINES was attached, and the one set then
 _LINES_LOCK = threading.Lock()
 
 
@@ -104,8 +106,8 @@ def log_lines_on_stderr(enabled: bool = True) -> Iterator[None]:
         if shown:
             if not _SHOWN_THREADS:
                 logger.addHandler(_LINES)
-                _LEVEL_BEFORE.append(logger.level)
-                logger.setLevel(logger.level or logging.INFO)
+                _LEVELS.update(before=logger.level, set=logger.level or logging.INFO)
+                logger.setLevel(_LEVELS["set"])
             _SHOWN_THREADS.append(threading.get_ident())
     try:
         yield
@@ -115,4 +117,5 @@ def log_lines_on_stderr(enabled: bool = True) -> Iterator[None]:
                 _SHOWN_THREADS.remove(threading.get_ident())
                 if not _SHOWN_THREADS:
                     logger.removeHandler(_LINES)
-                    logger.setLevel(_LEVEL_BEFORE.pop())
+                    if logger.level == _LEVELS["set"]:  # not one the program set during the training
+                        logger.setLevel(_LEVELS["before"])

@@ -50,7 +50,7 @@ __all__ = ["Interrupted", "Run", "fit", "train"]
 def stop_on_signals():
     """Turn the first SIGINT, SIGTERM or SIGHUP into a request checked between steps; a second one aborts at once.
     SIGHUP: the terminal of a training started without nohup was closed (an ssh session dropped), which ended it
-    without a save; one started under nohup keeps ignoring it."""
+    without a save; one started under nohup keeps ignoring it, and a program's own handler keeps it."""
     requested: list[int] = []
 
     def handler(signum, frame):
@@ -67,8 +67,9 @@ def stop_on_signals():
     # Python lets only the main thread install handlers; a training run from another thread (a GUI, a web job)
     # keeps the process's own handlers and stops only through its callbacks.
     in_main = threading.current_thread() is threading.main_thread()
+    # SIGHUP only where it would end the process: not ignored (nohup), nor the program's own (reopening its logs)
     hangup = getattr(signal, "SIGHUP", None)  # (none on Windows)
-    handled = (signal.SIGINT, signal.SIGTERM) + ((hangup,) if hangup and signal.getsignal(hangup) != signal.SIG_IGN
+    handled = (signal.SIGINT, signal.SIGTERM) + ((hangup,) if hangup and signal.getsignal(hangup) == signal.SIG_DFL
                                                  else ())
     previous = {sig: signal.signal(sig, handler) for sig in handled} if in_main else {}
     try:
@@ -257,17 +258,15 @@ class Run:
 
     def resume_advice(self) -> tuple[str, str]:
         """The command, and the Python call, that resume this run (under multi-worker, on every worker), from any
-        directory: the run's own corpus (its absolute path is in the run) and its directory's absolute path (the
-        command named the corpus and the directory as given: from a cron job's directory they were not found)."""
+        directory: its corpus and directory by their absolute paths (as given, relative, a cron job's directory found
+        neither). The command names this training's corpus, which the run's last save may not (another text since)."""
         from textgen.distribute import spans_workers
 
         workers = spans_workers(self.session.strategy)
-        directory = str(Path(self.run_dir.parent).absolute())
-        # each worker its corpus, which a copy of the chief's run would not name
-        corpus = [str(Path(self.corpus_path).absolute())] if workers else []
-        command = shlex.join(["textgen", "train", *corpus, "--checkpoint-dir", directory, "--run", self.run_dir.name,
+        corpus, directory = str(Path(self.corpus_path).absolute()), str(Path(self.run_dir.parent).absolute())
+        command = shlex.join(["textgen", "train", corpus, "--checkpoint-dir", directory, "--run", self.run_dir.name,
                               "--resume", *(["--strategy", "multi-worker"] * workers)])
-        call = (f"textgen.train(run={self.run_dir.name!r}, checkpoint_dir={directory!r}, resume=True"
+        call = (f"textgen.train({corpus!r}, run={self.run_dir.name!r}, checkpoint_dir={directory!r}, resume=True"
                 + (", strategy='multi-worker')" if workers else ")"))
         return command, call
 
