@@ -262,7 +262,7 @@ BAD_INPUTS = [
     (["train", "{root}/good.txt", "--lr-schedule", "linear"], "'linear' is not one of 'cosine', 'step'", 2, None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/ck", "--run", "good"], "already has checkpoints", 1,
      None),
-    (["train", "{root}/good.txt", "--run", "../escape"], "invalid run name", 1, None),
+    (["train", "{root}/good.txt", "--run", "../escape"], "invalid run name", 2, None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/good.txt/sub"], "cannot write to the checkpoint", 1,
      None),
     (["train", "{root}/good.txt", "--checkpoint-dir", "{root}/good.txt"], "/good.txt is a file; give the directory "

@@ -15,7 +15,7 @@ from typing import Optional
 from textgen.checkpoint import (KINDS, LOCK_FILE, NOT_YOURS, NotReadable, has_checkpoint, is_run_file, meta_path,
                                 read_meta, training_pid)
 from textgen.config import DEFAULT_CHECKPOINT_DIR
-from textgen.errors import TextgenError
+from textgen.errors import OptionError, TextgenError
 from textgen.files import check_path_length, written_path
 
 logger = logging.getLogger("textgen")
@@ -128,7 +128,7 @@ def check_run_name(name: str) -> str:
         elif (cleaned := _cleaned(unicodedata.normalize("NFC", name), name)) != name:  # 'v1.2 beta'
             too_long = _bytes(name) > MAX_NAME_BYTES and len(name) <= MAX_NAME_CHARS  # 67 Chinese characters
             hint = f" (such as {cleaned!r}{f': at most {MAX_NAME_BYTES} bytes in UTF-8' if too_long else ''})"
-    raise TextgenError(f"invalid run name {name!r}: use 1 to 100 letters (of any script), digits, '.', '_' and "
+    raise OptionError(f"invalid run name {name!r}: use 1 to 100 letters (of any script), digits, '.', '_' and "
                        f"'-', the first a letter or digit{hint}")
 
 
