@@ -47,9 +47,10 @@ def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple
     bar = keras.utils.Progbar(total, stateful_metrics=list(metrics), unit_name=unit)
     if title:
         sys.stderr.write(title + "\n")
+    colourless = bool(os.environ.get("NO_COLOR"))  # read once per bar, not at every step
 
     def update(done: int, **values: float) -> None:
-        shown = _WithoutColour() if os.environ.get("NO_COLOR") else sys.stderr  # stdout: generated text only
+        shown = _WithoutColour() if colourless else sys.stderr  # stdout: generated text only
         with contextlib.redirect_stdout(shown):
             bar.update(done, list(values.items()))
     return update
