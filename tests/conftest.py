@@ -13,6 +13,7 @@ import pytest
 PERIOD = "abcdefg"
 TINY_MODEL = dict(units=32, embedding_dim=8, layers=1, dropout=0.0)
 TINY_TRAINING = dict(batch_size=8, seq_length=20, learning_rate=0.01, seed=7)
+os.environ.pop("TEXTGEN_CHECKPOINT_DIR", None)  # a developer's own would send the commands the tests run elsewhere
 
 
 def free_ports(count: int = 1) -> list[int]:

@@ -43,6 +43,29 @@ def test_help_lists_every_option():
     assert not [line for line in summaries if line.rstrip().endswith("...")], main_help.output
 
 
+def test_checkpoint_dir_from_the_environment(trained_run, tmp_path, monkeypatch):
+    """TEXTGEN_CHECKPOINT_DIR stands for --checkpoint-dir, which still wins; what a message suggests names the
+    directory, since the command may be run where the variable is not set."""
+    runs_dir = trained_run["checkpoint_dir"]
+    monkeypatch.setenv("TEXTGEN_CHECKPOINT_DIR", str(runs_dir))
+    monkeypatch.chdir(tmp_path)  # (no checkpoints/ here)
+    listed = invoke("runs", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["period"]
+    sampled = invoke("sample", "--prime", "abc", "-n", 12, "--seed", 1)
+    assert sampled.exit_code == 0, sampled.output
+    assert sampled.stdout.startswith("abc") and len(sampled.stdout) == 3 + 12 + 1
+    given = invoke("sample", "--checkpoint-dir", tmp_path / "elsewhere")
+    assert given.exit_code == 1 and "no checkpoint in" in given.stderr and str(runs_dir) not in given.stderr
+    unknown = invoke("sample", "--run", "nope")
+    assert unknown.exit_code == 1
+    assert f"textgen runs --checkpoint-dir {runs_dir}" in unknown.stderr, unknown.stderr
+    shutil.copytree(runs_dir, tmp_path / "checkpoints")  # the default directory, given while the variable is set
+    unknown = invoke("sample", "--checkpoint-dir", "checkpoints", "--run", "nope")
+    assert unknown.exit_code == 1 and "textgen runs --checkpoint-dir checkpoints" in unknown.stderr, unknown.stderr
+    assert "TEXTGEN_CHECKPOINT_DIR" in invoke("sample", "--help").output
+
+
 def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     corpus = write_text(tmp_path / "corpus.txt", PERIOD * 400)
     trained = invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", *TINY)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import click
 
-from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS, GENERATE_SIGNATURES,
-                            MAX_PRIME_FILE_CHARS, SERVER_LOG_LEVELS, Limits, ModelConfig, SampleConfig, TrainConfig,
-                            command_line_options, meant_option, option_flag, reads_as_number, split_training_options)
+from textgen.config import (CHECKPOINT_DIR_VARIABLE, DEFAULT_CHECKPOINT_DIR, DEFAULT_SHUTDOWN_TIMEOUT, EXPORT_FORMATS,
+                            GENERATE_SIGNATURES, MAX_PRIME_FILE_CHARS, SERVER_LOG_LEVELS, Limits, ModelConfig,
+                            SampleConfig, TrainConfig, command_line_options, meant_option, option_flag,
+                            reads_as_number, split_training_options)
 from textgen.distribute import STRATEGIES
 from textgen.progress import CurrentStderr
 from textgen.quiet_import import import_tensorflow_quietly
@@ -109,6 +110,7 @@ def _finite_seconds(ctx, param, value):
 
 checkpoint_dir_option = click.option(
     "--checkpoint-dir", type=click.Path(), default=DEFAULT_CHECKPOINT_DIR, show_default=True,
+    envvar=CHECKPOINT_DIR_VARIABLE, show_envvar=True,
     callback=_not_empty("give a directory, such as checkpoints or . for the current one", _user_path),
     help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,

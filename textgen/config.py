@@ -327,6 +327,9 @@ MAX_TEMPERATURE = 1e6
 
 
 DEFAULT_CHECKPOINT_DIR = "checkpoints"  # where training writes runs and the other commands look for them
+# The commands' --checkpoint-dir when it is not given (a job started in another directory finds the same runs); the
+# Python API takes its checkpoint_dir argument only, as a program says what it means.
+CHECKPOINT_DIR_VARIABLE = "TEXTGEN_CHECKPOINT_DIR"
 
 # A small character model sampled below temperature 1 falls into loops of one character (hundreds of spaces
 # where its corpus never has more than 53; half of the demo's 2,000-character samples at 0.5): cut at 20, they read

@@ -14,7 +14,7 @@ from typing import Optional
 
 from textgen.checkpoint import (KINDS, LOCK_FILE, NOT_YOURS, NotReadable, has_checkpoint, is_run_file, meta_path,
                                 read_meta, training_pid)
-from textgen.config import DEFAULT_CHECKPOINT_DIR
+from textgen.config import CHECKPOINT_DIR_VARIABLE, DEFAULT_CHECKPOINT_DIR
 from textgen.errors import OptionError, TextgenError
 from textgen.files import check_path_length, written_path
 
@@ -98,8 +98,10 @@ def _ascii_name(text: str, stem: str) -> str:
 
 def directory_option(checkpoint_dir: Path) -> str:
     """' --checkpoint-dir DIR' for the commands that messages suggest, or '' for the default directory (a listing of
-    another directory said ``textgen info --run NAME``, which looked in the default one)."""
-    if Path(checkpoint_dir).resolve() == Path(DEFAULT_CHECKPOINT_DIR).resolve():
+    another directory said ``textgen info --run NAME``, which looked in the default one). Always given where
+    TEXTGEN_CHECKPOINT_DIR is set: the command may be run without it, and a Python call never reads it."""
+    if not os.environ.get(CHECKPOINT_DIR_VARIABLE) and \
+            Path(checkpoint_dir).resolve() == Path(DEFAULT_CHECKPOINT_DIR).resolve():
         return ""
     return f" --checkpoint-dir {shlex.quote(str(checkpoint_dir))}"
 
