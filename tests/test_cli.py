@@ -156,6 +156,32 @@ def test_sigterm_to_sample_keeps_the_output_so_far_and_exits_143(trained_run, tm
     assert len(out.read_text()) == 515 and signal.getsignal(signal.SIGTERM) == before
 
 
+def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_path):
+    """sample --json: one document whose samples are the texts the command prints (no separator lines to split on,
+    which a text may contain), and whose seed, drawn where none was given, has the text again."""
+    ck = trained_run["checkpoint_dir"]
+    drawn = invoke("sample", "--checkpoint-dir", ck, "--prime", "abc", "-n", 12, "--json")
+    assert drawn.exit_code == 0, drawn.output
+    document = json.loads(drawn.stdout)
+    options, (only,) = document["options"], document["samples"]
+    assert options["run"] == "period" and options["prime"] == "abc" and options["temperature"] == [0.5]
+    assert isinstance(options["seed"], int) and only["text"].startswith("abc") and len(only["text"]) == 3 + 12
+    again = invoke("sample", "--checkpoint-dir", ck, "--prime", "abc", "-n", 12, "--seed", options["seed"])
+    assert again.stdout == only["text"] + "\n"
+
+    args = ("sample", "--checkpoint-dir", ck, "--prime", "ab", "-t", "0,1", "--num-samples", 2, "-n", 30, "--seed", 5,
+            "--stop", "fg")
+    out = tmp_path / "samples.json"
+    written = invoke(*args, "--json", "-o", out)
+    assert written.exit_code == 0 and written.stdout == "", written.output
+    samples = json.loads(out.read_text(encoding="utf-8"))["samples"]
+    assert [(sample["temperature"], sample["index"]) for sample in samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert samples[0] == {"text": "abcde", "temperature": 0, "index": 0, "stopped": True}  # greedy: the period
+    printed = invoke(*args).stdout
+    for sample in samples:
+        assert f"temperature {sample['temperature']:g} =====\n{sample['text']}\n" in printed
+
+
 def test_sample_takes_several_stop_strings_each_given_once(trained_run):
     stopped = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "ab", "-t", 0, "-n", 50,
                      "--stop", "f,g", "--stop", "e")  # once per text: the comma is part of the first

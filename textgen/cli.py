@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import dataclasses
 import errno
 import functools
 import io
@@ -123,8 +124,12 @@ json_option = click.option("--json", "as_json", is_flag=True,
                                 "API's: README.md, \"Python API\").")
 
 
+def _json_text(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n"  # default: paths as strings
+
+
 def _echo_json(value) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))  # default: paths as strings
+    click.echo(_json_text(value), nl=False)
 
 
 _COMMAND_LINES = CurrentStderr()
@@ -423,13 +428,16 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
                                   _user_path),
               help="Write the text to this file instead of stdout.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the samples as one JSON document, for scripts: the options used (the seed drawn if none "
+                   "was given) and each sample's text, temperature, index and whether a stop string ended it.")
 @_sigterm_as_interrupt
-def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
+def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **options):
     """Generate text from the best checkpoint of a run."""
     from textgen.corpus import read_text
     from textgen.errors import counted
     from textgen.files import check_output, holds_text, write_output
-    from textgen.generate import BATCH_CHUNK, STREAM_CHUNK, format_samples, generate_with
+    from textgen.generate import BATCH_CHUNK, STREAM_CHUNK, format_samples, generate_with, with_seed_drawn
     from textgen.runs import check_not_run_file, find_run
 
     if output is not None:
@@ -443,6 +451,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     _check_typed_text(chosen)
     config = SampleConfig(**chosen)
     config.validate()  # a bad option is told before a missing run
+    if as_json:
+        config = with_seed_drawn(config)
     run_dir = find_run(checkpoint_dir, run)
     if output is not None:
         check_not_run_file(output, run_dir)
@@ -450,7 +460,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
-    live = config.sample_count == 1
+    live = config.sample_count == 1 and not as_json
     replacing = output is not None and holds_text(output)  # with --overwrite: only by a whole text
     chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
     with _strict_stdout():
@@ -469,8 +479,12 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, **options):
             sys.exit(getattr(interrupted, "exit_code", 130))
         # One line break at the end, to stdout and --output alike: one sample's text, then one; several end with
         # theirs (a second made a blank line at the end)
-        text = format_samples(samples, len(config.temperature))
-        ended = text + "\n" if live else text
+        if as_json:
+            options = dict(dataclasses.asdict(config), stop=list(config.stops), run=run_dir.name)
+            ended = _json_text(dict(options=options, samples=[dataclasses.asdict(sample) for sample in samples]))
+        else:
+            text = format_samples(samples, len(config.temperature))
+            ended = text + "\n" if live else text
         if output is not None:
             write_output(output, ended, overwrite)
         else:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,6 +382,17 @@ def generate_with(config: SampleConfig, checkpoint_dir: str | Path = DEFAULT_CHE
             except StopIteration as finished:
                 return [finished.value]
     return generator.samples(config, show_progress=show_progress, warn=warn)
+
+
+SEEDS_DRAWN = 2**31  # a drawn seed is below this (exact as a JavaScript number)
+
+
+def with_seed_drawn(config: SampleConfig) -> SampleConfig:
+    """config with a seed drawn where it has none, to tell the caller how to have its text again; not for several
+    temperatures, whose samples would then share their draws (a seed's samples do: [1.0, 1.0] gave one text twice)."""
+    if config.seed is None and len(config.temperature) == 1:
+        return dataclasses.replace(config, seed=secrets.randbelow(SEEDS_DRAWN))
+    return config
 
 
 def format_samples(samples: list[Sample], num_temperatures: int) -> str:

@@ -22,7 +22,6 @@ import dataclasses
 import errno
 import json
 import logging
-import secrets
 import signal
 import time
 from importlib import resources
@@ -55,7 +54,6 @@ FINAL_WORDS_WAIT_S = 2.0  # how long requests cut by the shutdown may take to an
 SHUTTING_DOWN = "the server is shutting down; send the request again once it is back"
 NAMED_UNKNOWN = 10  # unknown fields an error names (and looks for a "did you mean" for)
 MAX_OPTION_NAME = 40  # characters of an unknown field compared with the fields' names (difflib: quadratic)
-SEEDS_DRAWN = 2**31  # a request without a seed gets one below this (exact as a JavaScript number)
 
 
 def _error_event(message: str) -> str:
@@ -83,6 +81,8 @@ def _deliverer(loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue):
 
 
 def _sample_config(body, limits: Limits) -> SampleConfig:
+    from textgen.generate import with_seed_drawn
+
     fields = body.model_dump()
     if "length" not in body.model_fields_set:  # the general default (500) may be over this server's --max-length
         fields["length"] = min(fields["length"], limits.max_length)
@@ -98,11 +98,7 @@ def _sample_config(body, limits: Limits) -> SampleConfig:
         raise ApiError(f"length must be in [0, {limits.max_length}] on this server, got {shown_number(config.length)}")
     config.validate()
     _check_prime(config.prime, limits)
-    # One drawn here and sent back, so that a text the client likes can be asked for again; not for several
-    # temperatures, whose samples would then share their draws (a seed's samples do: [1.0, 1.0] gave one text twice)
-    if config.seed is None and len(config.temperature) == 1:
-        config = dataclasses.replace(config, seed=secrets.randbelow(SEEDS_DRAWN))
-    return config
+    return with_seed_drawn(config)  # sent back, so that a text the client likes can be asked for again
 
 
 def _check_prime(prime: str, limits: Limits) -> None:
