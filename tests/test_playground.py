@@ -131,6 +131,13 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
         assert 0 <= top and bottom <= browser.execute_script("return window.innerHeight")
         browser.find_element(By.ID, "stop").click()
         wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
+        # At 400% zoom (1280 x 800 is 320 x 200) the fixed Stop hid a quarter of the text in view: it stays put
+        browser.set_window_size(320, 200)
+        generate.click()
+        wait_until(lambda: browser.find_element(By.ID, "stop").is_enabled())
+        assert browser.execute_script("return getComputedStyle(document.getElementById('stop')).position") != "fixed"
+        browser.find_element(By.ID, "stop").click()
+        wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
     finally:
         browser.set_window_size(1280, 900)
 
@@ -228,9 +235,14 @@ def keyboard_and_screen_reader(browser, server, release):  # noqa: F811
     focused = lambda: browser.switch_to.active_element.get_attribute("id")  # noqa: E731
     browser.find_element(By.ID, "generate").send_keys(Keys.ENTER)
     wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("generating"))
-    assert focused() == "stop" and samples.get_attribute("aria-busy") == "true"
+    # The focus is on the samples, not on Stop, where Space (to scroll) stopped the text: Escape stops
+    assert focused() == "samples" and samples.get_attribute("aria-busy") == "true"
+    assert browser.find_element(By.ID, "status").text.endswith("(Escape stops)")
     assert not browser.find_element(By.ID, "run").is_enabled()  # a run chosen now would label the other's text
     wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+    browser.switch_to.active_element.send_keys(Keys.SPACE)
+    time.sleep(0.5)
+    assert browser.find_element(By.ID, "stop").is_enabled(), browser.find_element(By.ID, "status").text
     browser.switch_to.active_element.send_keys(Keys.ESCAPE)
     wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
     assert focused() == "generate" and samples.get_attribute("aria-busy") == "false"
@@ -238,6 +250,15 @@ def keyboard_and_screen_reader(browser, server, release):  # noqa: F811
     browser.find_element(By.ID, "prime").send_keys("ab", Keys.CONTROL, Keys.ENTER)
     wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
     assert browser.find_element(By.CSS_SELECTOR, "#samples pre").text.startswith("ab")
+    # The prime is told from the generated text by more than its colour: italic, and a boundary a screen reader
+    # says, which the sample's text (and so a copy) does not hold
+    pre = browser.find_element(By.CSS_SELECTOR, "#samples pre")
+    assert browser.execute_script("return getComputedStyle(document.querySelector('.prime')).fontStyle") == "italic"
+    spoken = [node.get("name", {}).get("value") for node in
+              browser.execute_cdp_cmd("Accessibility.getFullAXTree", {})["nodes"]]
+    assert "beginning: " in spoken and " end of the beginning; generated: " in spoken, spoken
+    assert "beginning" not in pre.text and "beginning" not in browser.execute_script("return arguments[0].textContent",
+                                                                                        pre)
 
 
 def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: F811
@@ -339,17 +360,20 @@ def test_the_reader_keeps_their_place_when_a_stream_ends_and_a_finger_can_hit_th
         browser.find_element(By.ID, "generate").send_keys(Keys.ENTER)
         wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("generating"))
         wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
-        assert browser.switch_to.active_element.get_attribute("id") == "stop"
+        assert browser.switch_to.active_element.get_attribute("id") == "samples"
         copy_height = browser.execute_script("return document.querySelector('button.copy')"
                                              ".getBoundingClientRect().height")
         assert copy_height >= 24, copy_height  # was 23
         bottom = browser.execute_script("document.documentElement.style.scrollBehavior = 'auto';"
                                         "window.scrollTo(0, document.documentElement.scrollHeight); return scrollY")
         assert bottom > browser.find_element(By.ID, "generate").rect["y"]  # reading below the form
+        # Where the focus moved, not before: the browser keeps the text in view as the status above it wraps
+        browser.execute_script("document.addEventListener('focusin', () => { window.beforeFocus = scrollY; }, true)")
         release.set()
         wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
         assert browser.switch_to.active_element.get_attribute("id") == "generate"  # not lost to the page's start
-        assert browser.execute_script("return scrollY") == bottom
+        scrolled, before_focus = browser.execute_script("return [scrollY, window.beforeFocus]")
+        assert scrolled == before_focus and scrolled > browser.find_element(By.ID, "generate").rect["y"]
     finally:
         release.set()
         browser.set_window_size(1280, 900)
