@@ -571,6 +571,32 @@ def test_eval_names_what_it_did_not_score(workspace):
     assert f"{result['bpc']:.4f} bits per character, {result['nats']:.4f} nats" in four.stdout
 
 
+def test_eval_dash_scores_standard_input_as_the_same_file_and_names_it_in_its_messages(workspace):
+    """A piped text was refused (a pipe can be read once, and eval reads a text twice)."""
+    options = ("--checkpoint-dir", workspace / "ck", "--batch-size", 4)
+    text = (workspace / "good.txt").read_text()
+    from_file = json.loads(invoke("eval", workspace / "good.txt", *options, "--json").stdout)
+    piped = CliRunner().invoke(cli, [str(a) for a in ("eval", "-", *options, "--json")], input=text)
+    assert piped.exit_code == 0, piped.output
+    from_stdin = json.loads(piped.stdout)
+    assert from_stdin.pop("file") == "-" and from_file.pop("file") == str(workspace / "good.txt")
+    assert from_stdin == from_file
+    said = CliRunner().invoke(cli, [str(a) for a in ("eval", "-", *options)], input=text)
+    assert said.stdout.startswith(f"standard input: {from_file['bpc']:.4f} bits per character")
+    for given, message in (("", "error: text file is empty: standard input (give a UTF-8 text file"),
+                           ("abc", "error: standard input has only 3 characters the model knows; evaluation needs "
+                                   "more than --batch-size (4)")):
+        refused = CliRunner().invoke(cli, [str(a) for a in ("eval", "-", *options)], input=given)
+        assert refused.exit_code == 1 and refused.stderr.startswith(message), refused.output
+        assert "Traceback" not in refused.output and "textgen-eval-" not in refused.output
+    mostly_unknown = CliRunner().invoke(cli, [str(a) for a in ("eval", "-", *options)], input="☃" * 90 + text[:30])
+    assert "warning: 75% of the characters of standard input (90) are outside" in mostly_unknown.stderr
+    # A wrong run is told as for a file
+    unknown_run = CliRunner().invoke(cli, ["eval", "-", "--checkpoint-dir", str(workspace / "ck"), "--run", "nope"],
+                                     input="never read")
+    assert unknown_run.exit_code == 1 and "no run named 'nope'" in unknown_run.stderr
+
+
 def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path)])
     assert (result.exit_code, result.stdout) == (0, "")

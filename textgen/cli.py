@@ -532,7 +532,8 @@ def _echo_live(text: str) -> None:
 
 
 @cli.command(name="eval")
-@click.argument("file", type=click.Path(), callback=_not_empty("give a text file", _user_path))
+@click.argument("file", type=click.Path(allow_dash=True),
+                callback=_not_empty("give a text file, or - for standard input", _user_path))
 @checkpoint_dir_option
 @run_option
 @click.option("--batch-size", type=int, default=32, show_default=True,
@@ -541,16 +542,21 @@ def _echo_live(text: str) -> None:
 @click.option("--seq-length", type=int, default=200, show_default=True, help="Characters per evaluation window.")
 @json_option
 def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
-    """Bits per character and perplexity of FILE under a run's best checkpoint."""
+    """Bits per character and perplexity of FILE (- reads standard input) under a run's best checkpoint."""
     import_tensorflow_quietly()
+    from textgen.evaluation import STANDARD_INPUT, evaluate_standard_input
     from textgen.evaluation import evaluate as run_evaluation
 
-    result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
+    if str(file) == "-":
+        result = evaluate_standard_input(checkpoint_dir, run, batch_size, seq_length, show_progress=True)
+    else:
+        result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
     if as_json:
         _echo_json(dict(file=str(file), **{key: value for key, value in result.items() if key != "batches"}))
         return
     left_over = result["unscored"] - 1  # (the first character is never scored)
-    click.echo(f"{file}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
+    shown = STANDARD_INPUT if str(file) == "-" else file
+    click.echo(f"{shown}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "
                "first" + (f" and the last {'one' if left_over == 1 else f'{left_over:,}'}, too few to fill all "

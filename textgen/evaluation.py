@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
+import sys
+import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -138,16 +141,47 @@ def evaluate_loaded(text_file: str | Path, run_dir: Path, loaded: tuple, batch_s
     return _evaluate(path, total, Path(run_dir), batch_size, seq_length, show_progress, loaded)
 
 
-def _checked_text(text_file: str | Path, batch_size: int, seq_length: int) -> tuple[Path, int]:
+STANDARD_INPUT = "standard input"
+
+
+def evaluate_standard_input(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
+                            batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
+    """:func:`evaluate` of the text on standard input (``textgen eval -``), which is copied to a temporary file
+    first: a pipe can be read once, and the text is read twice. Messages call it standard input."""
+    from textgen.runs import find_run
+
+    _check_layout(batch_size, seq_length)
+    run_dir = find_run(Path(checkpoint_dir), run)  # (a wrong run is told before the text is waited for)
+    with tempfile.TemporaryDirectory(prefix="textgen-eval-") as folder:
+        path = Path(folder) / "stdin"
+        try:
+            with open(path, "wb") as copy:
+                shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
+        except OSError as error:
+            raise TextgenError(f"cannot keep standard input in a temporary file in {folder} ({error.strerror or error}"
+                               "); save the text to a file and give its name") from None
+        try:
+            path, total = _checked_text(path, batch_size, seq_length)
+            return _evaluate(path, total, run_dir, batch_size, seq_length, show_progress, name=STANDARD_INPUT)
+        except TextgenError as error:
+            error.args = tuple(str(arg).replace(str(path), STANDARD_INPUT) for arg in error.args)
+            raise
+
+
+def _check_layout(batch_size: int, seq_length: int) -> None:
     check_range("batch_size", batch_size, low=1, integer=True)
     check_range("seq_length", seq_length, low=1, integer=True)
+
+
+def _checked_text(text_file: str | Path, batch_size: int, seq_length: int) -> tuple[Path, int]:
+    _check_layout(batch_size, seq_length)
     path = Path(text_file)
     total, _ = scan(path, what="text")
     return path, total
 
 
 def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length: int, show_progress: bool,
-              loaded: Optional[tuple] = None) -> dict:
+              loaded: Optional[tuple] = None, name: Optional[str] = None) -> dict:
     from textgen.checkpoint import load_model, run_vocabulary
     from textgen.model import reset_states
 
@@ -171,16 +205,16 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
                 _check_length(path, len(ids), batch_size, named)
         kept = len(ids)
         if unknown > MOSTLY_KNOWN * (kept + unknown):  # the score is then of what is left: its bpc alone misleads
-            logger.warning(f"warning: {unknown / (kept + unknown):.0%} of the characters of {path} ({unknown:,}) "
-                           f"are outside the model's vocabulary, so the score is of the other {kept:,} alone (is it a "
-                           "text in the corpus's language?)")
+            logger.warning(f"warning: {unknown / (kept + unknown):.0%} of the characters of {name or path} "
+                           f"({unknown:,}) are outside the model's vocabulary, so the score is of the other {kept:,} "
+                           "alone (is it a text in the corpus's language?)")
         if batch_size > 1 and kept // batch_size < SHORT_STREAM:  # each stream's first characters are read cold
             logger.warning(f"note: each of the {batch_size} streams reads "
                            f"{counted(kept // batch_size, 'character')} from a fresh state, which scores worse than "
                            "reading on; --batch-size 1 reads the text as one stream")
         batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
         reset_states(model)
-        bar = progress_bar(len(batches), f"evaluating {path}", unit="batch", enabled=show_progress)
+        bar = progress_bar(len(batches), f"evaluating {name or path}", unit="batch", enabled=show_progress)
         nats, count = stream_loss(loss_sum_step, batches, progress=bar)
         return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
                     unknown=unknown, unknown_characters=named,
