@@ -286,7 +286,8 @@ def damage(run_dir, how):
 BAD_INPUTS = [
     # (command line, expected message fragment, exit code, damage to do first)
     (["train", "{root}/missing.txt"], "not found", 1, None),
-    (["train", "{root}/adir"], "is a directory", 1, None),
+    (["train", "{root}/adir"], "is a directory, not a file: {root}/adir (give a text file inside it, or join its "
+     "texts into one: cat {root}/adir/*.txt > adir.txt)", 1, None),
     (["train", "{root}/empty.txt"], "is empty", 1, None),
     (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3, 0xE9 on line 1)", 1, None),
     (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4)", 1, None),
@@ -479,7 +480,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(workspace, tmp_path, ar
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert message in lines[0]
+    assert message.format(root=root) in lines[0]
     assert "Traceback" not in result.output
     assert files_snapshot(root) == before
 

@@ -70,7 +70,11 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
                                f"path; {_text_for_a_path(what)})")
         raise MissingFile(f"{what} file not found: {name} (check the path)")
     if path.is_dir():
-        raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it)")
+        # A folder of texts (lyrics, letters) is trained on as one: char-rnn's users join them with cat
+        joined = f", or join its texts into one: cat {shlex.quote(str(path))}/*.txt > " \
+                 f"{shlex.quote((path.name if path.name not in ('', '..') else 'corpus') + '.txt')}" \
+            if what == "corpus" else ""
+        raise TextgenError(f"{what} path is a directory, not a file: {path} (give a text file inside it{joined})")
     if not os.access(path, os.R_OK):
         raise TextgenError(f"{what} file is not readable: {path} (check its permissions)")
     if not read_once and not path.is_file():
