@@ -738,3 +738,14 @@ def test_a_run_not_found_is_told_the_calls_that_list_and_train_runs(tmp_path):
     with pytest.raises(textgen.TextgenError, match=re.escape(
             f"(runs there: none); list them with: textgen.list_runs(checkpoint_dir={str(tmp_path)!r})")):
         textgen.load("r", checkpoint_dir=tmp_path)
+
+
+def test_train_init_from_fine_tunes_a_copy_and_speaks_in_keywords(trained_run, tmp_path):
+    corpus = write_text(tmp_path / "more.txt", PERIOD * 400)
+    with pytest.raises(OptionError, match=re.escape("init_from starts a new run from another run's weights")):
+        textgen.train(corpus, checkpoint_dir=tmp_path, run="more", resume=True, init_from=trained_run["run_dir"])
+    with pytest.raises(textgen.TextgenError, match="no run named 'period'"):  # a name is a run under checkpoint_dir
+        textgen.train(corpus, checkpoint_dir=tmp_path, run="more", init_from="period", verbose=False)
+    tuned = textgen.train(corpus, checkpoint_dir=tmp_path, run="more", init_from=trained_run["run_dir"],
+                          verbose=False, epochs=1, learning_rate=1e-7, dropout=0.0, batch_size=8, seq_length=20)
+    assert tuned.score(PERIOD * 20)["bpc"] < 0.5 * math.log2(len(PERIOD))

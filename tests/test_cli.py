@@ -66,6 +66,22 @@ def test_checkpoint_dir_from_the_environment(trained_run, tmp_path, monkeypatch)
     assert "TEXTGEN_CHECKPOINT_DIR" in invoke("sample", "--help").output
 
 
+def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path):
+    corpus = write_text(tmp_path / "letters.txt", (PERIOD * 50 + "\n") * 8)
+    options = ["--checkpoint-dir", tmp_path / "ck", "--init-from", trained_run["run_dir"], "--batch-size", 4,
+               "--seq-length", 10, "--epochs", 1]
+    shaped = invoke("train", corpus, *options, "--units", 16)
+    assert shaped.exit_code == 2 and shaped.stderr.startswith("error: --units 16 differs from the run it starts "
+                                                              "from (period: --units 32)"), shaped.stderr
+    tuned = invoke("train", corpus, *options)
+    assert tuned.exit_code == 0, tuned.stderr
+    assert f"starting from the weights of run {trained_run['run_dir']} (its best checkpoint, epoch 3" in tuned.stderr
+    assert "the characters it never saw start untrained: '\\n'" in tuned.stderr
+    assert "embedding 8 (run period's)" in tuned.stderr
+    info = invoke("info", "--checkpoint-dir", tmp_path / "ck", "--run", "letters")
+    assert f"started from   {trained_run['run_dir'].resolve()}" in info.stdout
+
+
 def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     corpus = write_text(tmp_path / "corpus.txt", PERIOD * 400)
     trained = invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", *TINY)

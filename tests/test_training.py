@@ -285,7 +285,7 @@ def test_resume_on_the_same_text_in_the_other_unicode_form_says_so(tmp_path):
     # The marks are escaped: bare, each would join the letter before it (and show as a letter of the other list).
     expected = (r"\(new characters 'àçé', missing characters 'e\\u0300\\u0301\\u0327'\); the two differ only in "
                 r"Unicode form: convert the corpus to NFD, e\.g\. with Python's unicodedata\.normalize, or train a new "
-                r"run with --run NAME$")
+                r"run with --run NAME \(--init-from starts it from this run's weights\)$")
     with pytest.raises(TextgenError, match=expected):
         run(write_text(tmp_path / "nfc.txt", words), tmp_path, epochs=2, resume=True)
 
@@ -1559,7 +1559,7 @@ def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_
     assert str(refused.value) == (
         "cannot resume: the corpus vocabulary differs from the checkpoint's (new characters '\\r'); the corpus has "
         f"Windows line ends (\\r\\n) where the run's text had plain ones: convert it first (perl -pi -e 's/\\r$//' "
-        f"{plain}), or train a new run with --run NAME")
+        f"{plain}), or train a new run with --run NAME (--init-from starts it from this run's weights)")
     if shutil.which("perl") is None:
         plain.write_bytes(plain.read_bytes().replace(b"\r\n", b"\n"))
     else:  # the advice, followed
@@ -1598,3 +1598,59 @@ def test_a_hangup_is_taken_only_where_it_would_end_the_process():
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGHUP, before)
+
+
+def test_init_from_starts_a_new_run_from_another_runs_weights_and_only_reads_it(trained_run, tmp_path):
+    """Fine-tuning: a new run on another text starts from the weights of a trained one (its epochs, optimizer and
+    schedule afresh), with a vocabulary grown by the text's new characters; the trained run is not touched (resuming
+    it on the new text was the only way, and replaced it)."""
+    source = trained_run["run_dir"]
+    before = files_snapshot(source)
+    corpus = write_text(tmp_path / "letters.txt", (PERIOD * 60 + "\n") * 10)  # a character the source never saw
+    source_model, source_meta = load_model(source)
+    seen = {}
+
+    class FirstWeights(Callback):
+        def on_train_start(self, run):
+            seen.update(vocab=run.vocab, weights={layer.name: layer.get_weights() for layer in run.session.model.layers
+                                                  if layer.weights})
+
+    summary = train(corpus, tmp_path / "ck", run="letters", model_options=dict(dropout=0.0),
+                    train_options=dict(TINY_TRAINING, epochs=1, learning_rate=1e-7), log=lambda message: None,
+                    callbacks=[FirstWeights()], init_from=source)
+    assert seen["vocab"].chars == "\n" + PERIOD
+    ids = [seen["vocab"].chars.index(ch) for ch in source_meta.vocab.chars]
+    (theirs,) = source_model.get_layer("embedding").get_weights()
+    np.testing.assert_array_equal(seen["weights"]["embedding"][0][ids], theirs)
+    assert not np.isin(seen["weights"]["embedding"][0][0], theirs).all()  # the new character's row is its own
+    for mine, their in zip(seen["weights"]["lstm_0"], source_model.get_layer("lstm_0").get_weights()):
+        np.testing.assert_array_equal(mine, their)
+    kernel, bias = source_model.get_layer("logits").get_weights()
+    np.testing.assert_array_equal(seen["weights"]["logits"][0][:, ids], kernel)
+    np.testing.assert_array_equal(seen["weights"]["logits"][1][ids], bias)
+    # At a learning rate that changes nothing, the text is already predicted as well as the source run predicts its
+    # own (a fresh model is at chance, ln 8), and the run counts its own epochs
+    assert summary["epoch"] == 1 and summary["best_val_loss"] < 0.5 * math.log(8)
+    state = checkpoint.read_meta(summary["run_dir"], "best").state
+    assert state.started_from == dict(run=str(source.resolve()), epoch=3, corpus=str(trained_run["corpus"].resolve()))
+    assert f"started from   {source.resolve()} (its weights at epoch 3" in report.info_text(summary["run_dir"])
+    assert files_snapshot(source) == before
+    saved = json.loads((summary["run_dir"] / "best.json").read_text(encoding="utf-8"))
+    with pytest.raises(ValueError, match="its started_from is 'period', not the run it started from"):
+        checkpoint.CheckpointMeta.from_json(dict(saved, started_from="period"))
+
+
+def test_init_from_refuses_what_it_cannot_mean(trained_run, tmp_path):
+    corpus = write_text(tmp_path / "more.txt", PERIOD * 400)
+    source = trained_run["run_dir"]
+    common = dict(train_options=dict(TINY_TRAINING, epochs=1), log=lambda message: None, init_from=source)
+    for kwargs, message in (
+            (dict(model_options=dict(units=64)), "--units 64 differs from the run it starts from (period: --units 32)"),
+            (dict(resume=True), "--init-from starts a new run from another run's weights; a resumed run goes on"),
+            (dict(checkpoint_dir=trained_run["checkpoint_dir"], run="period", overwrite=True),
+             "--init-from names the run being trained")):
+        with pytest.raises(TextgenError, match=re.escape(message)):
+            train(corpus, **{"checkpoint_dir": tmp_path / "ck", "run": "more", **common, **kwargs})
+    with pytest.raises(TextgenError, match=re.escape("no run named 'nope' in")):
+        train(corpus, trained_run["checkpoint_dir"], run="more", init_from="nope", log=lambda message: None)
+    assert not (tmp_path / "ck" / "more").exists()

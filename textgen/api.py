@@ -36,7 +36,7 @@ logger = logging.getLogger("textgen")
 # train()'s keywords that errors name (its other ones are paths and callbacks, refused in their own words)
 TRAIN_FLAGS = frozenset({"resume", "overwrite", "tensorboard"})
 TRAIN_KEYWORDS = frozenset(command_line_options(ModelConfig)) | frozenset(command_line_options(TrainConfig)) | {
-    "strategy", "run", "checkpoint_dir"} | TRAIN_FLAGS
+    "strategy", "run", "checkpoint_dir", "init_from"} | TRAIN_FLAGS
 # The words that are values where they follow a train() option: any after run and checkpoint_dir (--run demo), and
 # the choices of the options that have them (--size auto).
 TRAIN_VALUED = frozenset({"run", "checkpoint_dir"})
@@ -395,7 +395,8 @@ def _keyword_record(record: logging.LogRecord) -> bool:
 def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
           checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
           resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
-          strategy: str = "auto", verbose: bool = True, **options) -> TextModel:
+          strategy: str = "auto", verbose: bool = True, init_from: Optional[str | Path] = None,
+          **options) -> TextModel:
     """Train on a UTF-8 text file and return the trained run, loaded.
 
     Args:
@@ -408,6 +409,9 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
         tensorboard: also write TensorBoard logs to the run's tensorboard directory.
         strategy: ``auto``, ``single``, ``mirrored`` or ``multi-worker`` (see ``textgen train --help``). Under
             ``multi-worker``, Ctrl-C while waiting for the other workers to join ends the whole process at once.
+        init_from: start a new run from the best weights of this run (a run name under checkpoint_dir, or a run's
+            directory): fine-tuning on another text. The model's shape is that run's, its vocabulary grows by the
+            corpus's new characters, and epochs, optimizer and schedule start afresh; that run is only read.
         verbose: while your program has configured no logging (a notebook's default), write the training's lines
             (its pace, progress, each epoch's losses) on stderr as ``textgen train`` does; else they are INFO
             records of the ``textgen`` logger, shown where your logging sends them.
@@ -437,7 +441,7 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
         with _log_in_keywords(corpus, checkpoint_dir), log_lines_on_stderr(verbose):
             summary = run_training(corpus, checkpoint_dir, run, model_options, train_options,
                                    resume=resume, overwrite=overwrite, callbacks=callbacks, tensorboard=tensorboard,
-                                   strategy=strategy)
+                                   strategy=strategy, init_from=init_from)
     except TextgenError as error:
         if error.python_message is not None:  # its advice written as a call already (as Interrupted's)
             raise TextgenError(error.python_message) from None

@@ -79,6 +79,7 @@ class RunState:
     elapsed_seconds: float = 0.0  # training time so far, across resumes
     train_loss: Optional[float] = None  # mean training loss of the epoch at this checkpoint
     val_loss: Optional[float] = None  # validation loss at this checkpoint (None mid-epoch)
+    started_from: Optional[dict] = None  # --init-from: the run whose weights this one started from (run, epoch, corpus)
 
     @property
     def epoch_mean_loss(self) -> float:
@@ -109,8 +110,10 @@ class CheckpointMeta:
     textgen_version: str = __version__  # the release that wrote it
 
     def to_json(self) -> dict:
+        state = {name: value for name, value in dataclasses.asdict(self.state).items()
+                 if value is not None or name != "started_from"}  # (a run of its own: as before the field existed)
         return dict(model=self.model.to_dict(), training=self.training.to_dict(), vocab=self.vocab.to_json(),
-                    corpus=self.corpus, **dataclasses.asdict(self.state), format=FORMAT,
+                    corpus=self.corpus, **state, format=FORMAT,
                     format_version=FORMAT_VERSION, textgen_version=self.textgen_version, saved_at=self.saved_at,
                     files=self.files, kind=self.kind)
 
@@ -186,6 +189,10 @@ def _check_state(values: dict) -> None:
             raise ValueError(f"its {name} is {value!r}, not a number")
     if not isinstance(values.get("saved_at", ""), str):
         raise ValueError(f"its saved_at is {values['saved_at']!r}, not a time")
+    started = values.get("started_from")
+    if not (started is None or isinstance(started, dict) and isinstance(started.get("run"), str)
+            and isinstance(started.get("epoch"), int) and isinstance(started.get("corpus"), str)):
+        raise ValueError(f"its started_from is {started!r}, not the run it started from")
 
 
 class SaveFailed(TextgenError):

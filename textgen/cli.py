@@ -379,13 +379,17 @@ def cli():
               help="Run name; default: the corpus file's name without its extension.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
+@click.option("--init-from", metavar="RUN", default=None,
+              callback=_not_empty("give a run's name, or its directory", str),
+              help="Start a new run from the best weights of RUN (a run under --checkpoint-dir, or a run's "
+                   "directory): fine-tuning on another text. The shape is RUN's; RUN is only read.")
 @click.option("--tensorboard", is_flag=True, help="Also write TensorBoard logs to RUN/tensorboard.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="auto",
               show_default=True, help="tf.distribute strategy: mirrored = every local GPU, multi-worker = every "
                                       "host in TF_CONFIG, auto = mirrored if there are several GPUs.")
 @_config_options(ModelConfig)
 @_config_options(TrainConfig)
-def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy, **options):
+def train(corpus, checkpoint_dir, run, resume, overwrite, init_from, tensorboard, strategy, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt; with --resume, the
     run's own corpus)."""
     from textgen.callbacks import Interrupted
@@ -410,8 +414,8 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, tensorboard, strategy,
             raise TextgenError(f"cannot write the built-in corpus to {DEFAULT_CORPUS} ({error.strerror or error}); "
                                "give a CORPUS, or run textgen train in a directory you can write in") from None
     try:
-        run_training(corpus, checkpoint_dir, run, model_options, train_options,
-                     resume=resume, overwrite=overwrite, tensorboard=tensorboard, strategy=strategy)
+        run_training(corpus, checkpoint_dir, run, model_options, train_options, resume=resume, overwrite=overwrite,
+                     tensorboard=tensorboard, strategy=strategy, init_from=init_from)
     except Interrupted as stopped:  # click would report a KeyboardInterrupt as "aborted", exit code 1
         raise stopped.for_command() from None
 

@@ -86,8 +86,9 @@ def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool
 
 def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,
            chars_per_second: Optional[Callable[[tuple[int, int, int], int], float]] = None,
-           val_chars: Optional[int] = None, replicas: int = 1) -> Sizing:
-    """The sizing for a new run: what the user gave, and the rest chosen (see the module docstring).
+           val_chars: Optional[int] = None, replicas: int = 1, shape_from: Optional[str] = None) -> Sizing:
+    """The sizing for a new run: what the user gave, and the rest chosen (see the module docstring); shape_from: the
+    run whose shape user_model holds (--init-from).
 
     A chosen batch size divides among the replicas the batch is split across.
 
@@ -137,7 +138,8 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     over = (f" (the smallest shape, yet over {PARAMETERS_PER_CHAR:g} parameters per character: it will tend to "
             "learn this text by heart, and a longer corpus helps)" if memorises(parameters, train_chars) and not given
             else "")  # a large vocabulary (Chinese) makes even the smallest embedding and output layer large
-    yours = f" ({', '.join(option_flag(name) for name in given)} yours)" if given else ""
+    yours = f" (run {shape_from}'s)" if shape_from else \
+        f" ({', '.join(option_flag(name) for name in given)} yours)" if given else ""
     mine = {name: " (yours)" if name in {**user_model, **user_training} else "" for name in
             ("dropout", "weight_decay", "batch_size")}  # else an explicit --batch-size 8 read as chosen
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}{yours}, "

@@ -136,7 +136,7 @@ def _check_vocabulary(meta: CheckpointMeta, vocab: Vocabulary, corpus_path: Path
     else:
         advice = f"resume on the run's own corpus ({own}) or"
     raise TextgenError(f"cannot resume: the corpus vocabulary differs from the checkpoint's ({listed}); {advice} "
-                       "train a new run with --run NAME")
+                       "train a new run with --run NAME (--init-from starts it from this run's weights)")
 
 
 def _in_vocabulary(data: Corpus, vocab: Vocabulary) -> Corpus:
@@ -411,13 +411,17 @@ def _taking_turns(log: Callable[[str], None]):
 def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
           resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
-          log: Callable[[str], None] = logger.info, callbacks: Sequence[cb.Callback] = ()) -> dict:
+          log: Callable[[str], None] = logger.info, callbacks: Sequence[cb.Callback] = (),
+          init_from: Optional[str | Path] = None) -> dict:
     """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name); corpus None
     resumes the named run on its own corpus.
 
     model_options and train_options hold only the values the user chose (ModelConfig / TrainConfig
     field names); the rest come from the defaults, or from the checkpoint when resuming. Each epoch
     also rewrites run_dir/history.csv and run_dir/curve.png (and TensorBoard logs if asked).
+    init_from (a run name under checkpoint_dir, or a run's directory) starts a new run from that run's best weights:
+    fine-tuning, on another text; the model's shape is that run's, its vocabulary grows by the characters of the
+    corpus it lacks, and the epochs, optimizer and schedule start afresh. That run is only read.
     strategy is one of textgen.distribute.STRATEGIES; under multi-worker only the chief writes.
     callbacks are extra textgen.callbacks.Callback objects, called after the loss check and before
     the built-in stop rules, saving and reports. Returns a summary: run_dir, epoch, train_loss, val_loss,
@@ -435,18 +439,19 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         corpus_path = Path(corpus)
         model_options, train_options = dict(model_options or {}), dict(train_options or {})
         run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
+        source = _init_source(init_from, checkpoint_dir, run_dir, resume)
         check_readable(corpus_path)
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
             with _training_turn(log), tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
                 return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
-                                     False, gate, lambda message: None, callbacks)
+                                     False, gate, lambda message: None, callbacks, source)
         check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
         # The run's lock before the turn: a second training of this run is refused at once, not after the first.
         with locked_run_dir(run_dir), _training_turn(log):
             # again: another training may have saved there meanwhile
             check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
-                                 gate, log, callbacks)
+                                 gate, log, callbacks, source)
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
@@ -463,6 +468,74 @@ def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[st
     ModelConfig(vocab_size=1, **model_options).validate()
     TrainConfig(**train_options).validate()
     return run_dir
+
+
+def _init_source(init_from: Optional[str | Path], checkpoint_dir, run_dir: Path, resume: bool) -> Optional[Path]:
+    """The run directory --init-from names (a run name under checkpoint_dir, or a run's directory), or None."""
+    from textgen.runs import find_run, is_run_name
+
+    if init_from is None:
+        return None
+    if not isinstance(init_from, (str, Path)) or not str(init_from).strip():
+        raise OptionError(f"--init-from must name a run (its name, or its directory), got {init_from!r}")
+    if resume:
+        raise OptionError("--init-from starts a new run from another run's weights; a resumed run goes on from its "
+                          "own: give one or the other")
+    named = is_run_name(str(init_from)) and ((Path(checkpoint_dir) / str(init_from)).is_dir()
+                                             or not Path(init_from).exists())  # (a name's refusal lists the runs)
+    source = find_run(Path(checkpoint_dir), str(init_from)) if named else find_run(Path(init_from), None)
+    if source.resolve() == run_dir.resolve():
+        raise OptionError(f"--init-from names the run being trained ({run_dir}); train the new run under another "
+                          "name with --run NAME")
+    return source
+
+
+def _started_from(source: Path, data: Corpus, model_options: dict, log: Callable[[str], None]):
+    """The --init-from run's (model, metadata), the corpus with its ids in the vocabulary the two texts make together,
+    and the model options with the run's shape (a shape given otherwise is refused)."""
+    from textgen.sizing import SHAPE_OPTIONS
+
+    source_model, source_meta = checkpoint.load_model(source, batch_size=1)
+    shape = {name: getattr(source_meta.model, name) for name in SHAPE_OPTIONS}
+    for name, value in model_options.items():
+        if name in shape and value != shape[name]:
+            raise OptionError(f"{option_flag(name)} {value} differs from the run it starts from ({source.name}: "
+                              f"{option_flag(name)} {shape[name]}), whose weights have that shape; leave "
+                              f"{option_flag(name)} out")
+    vocab = Vocabulary([*source_meta.vocab.code_points, *data.vocab.code_points])
+    if vocab != data.vocab:
+        data = _in_vocabulary(data, vocab)
+    new = "".join(ch for ch in vocab.chars if ch not in source_meta.vocab)
+    log(f"starting from the weights of run {source} ({_epoch_of(source_meta)}, trained on "
+        f"{Path(source_meta.corpus['path']).name})" + (f"; the characters it never saw start untrained: "
+                                                       f"{shown_chars(new)}" if new else ""))
+    return source_model, source_meta, data, {**model_options, **shape}
+
+
+def _epoch_of(meta: CheckpointMeta) -> str:
+    return f"its {meta.kind} checkpoint, epoch {meta.state.epoch}" + (
+        f", {bpc(meta.state.best_val_loss):.3f} bpc" if meta.kind == "best" and meta.state.best_val_loss is not None
+        else "")
+
+
+def _copy_weights(source_model, source_vocab: Vocabulary, model, vocab: Vocabulary) -> None:
+    """The source's weights into model, whose vocabulary holds the source's and maybe more characters: their
+    embedding rows and logit columns go to those characters' ids; the others keep their fresh initial values."""
+    ids = np.searchsorted(vocab.code_points, source_vocab.code_points)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        theirs = source_model.get_layer(layer.name).get_weights()
+        if layer.name == "embedding":
+            (table,) = layer.get_weights()
+            table[ids] = theirs[0]
+            layer.set_weights([table])
+        elif layer.name == "logits":
+            kernel, bias = layer.get_weights()
+            kernel[:, ids], bias[ids] = theirs
+            layer.set_weights([kernel, bias])
+        else:
+            layer.set_weights(theirs)
 
 
 def check_start(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict, train_options: dict,
@@ -535,7 +608,7 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, gate, log: Callable[[str], None],
-                  extra_callbacks: Sequence[cb.Callback]) -> dict:
+                  extra_callbacks: Sequence[cb.Callback], source: Optional[Path] = None) -> dict:
     from textgen.distribute import check_batch_size, gpu_text, is_chief, lost_worker
 
     writes = is_chief(gate.strategy_name)
@@ -559,13 +632,18 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         _check_vocabulary(meta, data.vocab, corpus_path)
         data = _in_vocabulary(data, meta.vocab)
     strategy = gate.open()  # before any TensorFlow op, sizing's timing included
+    started = None
+    if source is not None:
+        source_model, source_meta, data, model_options = _started_from(source, data, model_options, log)
+        started = dict(run=str(source.resolve()), epoch=source_meta.state.epoch, corpus=source_meta.corpus["path"])
     sizing_reason, sized_batch = None, False
     if meta is None:
         if train_options.get("max_minutes") and "epochs" not in train_options:  # the minutes are the run's length
             train_options = {**train_options, "epochs": 0}
         given_batch = "batch_size" in train_options
         shape_given = any(name in model_options for name in sizing.SHAPE_OPTIONS)
-        model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy)
+        model_options, train_options, sizing_reason = _sized(data, model_options, train_options, strategy,
+                                                             source.name if source is not None else None)
         sized_batch = sizing_reason is not None and not given_batch
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
     train_ids, val_ids = split_validation(data.ids, config.val_fraction)
@@ -576,7 +654,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     check_batch_size(config.batch_size, strategy.num_replicas_in_sync, resuming=meta is not None)
     session = _session(model_config, config, strategy)
     parameters = model_config.parameter_count()
-    if meta is None and (shape_given or config.size == "fixed") and \
+    if meta is None and source is None and (shape_given or config.size == "fixed") and \
             sizing.memorises(parameters, len(train_ids)):  # --size auto's choice says so itself
         log(f"note: {parameters:,} parameters for {len(train_ids):,} training characters "
             f"({parameters / len(train_ids):,.0f} per character): the model will tend to learn this text by heart; "
@@ -590,7 +668,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
               corpus_path=corpus_path, run_dir=run_dir,
               train_batches=StreamBatches(train_ids, config.batch_size, config.seq_length),
               val_batches=StreamBatches(val_ids, config.batch_size, config.seq_length),
-              state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4)), writes=writes, log=log,
+              state=meta.state if meta is not None else RunState(run_id=secrets.token_hex(4), started_from=started),
+              writes=writes, log=log,
               replaces=replaces, has_saved=meta is not None)
     if meta is not None:
         session.restore(run_dir, meta)
@@ -601,6 +680,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             _restart_best_on_changed_text(run, meta)
         _log_option_changes(run, meta)  # after a restarted epoch, whose start the schedule's note measures from
     else:
+        if source is not None:
+            _copy_weights(source_model, source_meta.vocab, session.model, data.vocab)
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
             f"vocabulary {len(data.vocab):,}, {session.model.count_params():,} parameters, "
@@ -706,7 +787,8 @@ def _restart_best_on_changed_text(run: Run, meta: CheckpointMeta) -> None:
             f"replaced at the next validation{restarted}")
 
 
-def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[dict, dict, Optional[str]]:
+def _sized(data, model_options: dict, train_options: dict, strategy,
+           shape_from: Optional[str] = None) -> tuple[dict, dict, Optional[str]]:
     """The options of a new run with what --size auto chooses added (the user's own options win), and the
     line that says why (None when nothing was chosen)."""
     from textgen.distribute import worker_mean
@@ -721,7 +803,8 @@ def _sized(data, model_options: dict, train_options: dict, strategy) -> tuple[di
 
     train_chars = training_length(len(data.ids), config.val_fraction)
     chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options, agreed_speed,
-                           val_chars=len(data.ids) - train_chars, replicas=strategy.num_replicas_in_sync)
+                           val_chars=len(data.ids) - train_chars, replicas=strategy.num_replicas_in_sync,
+                           shape_from=shape_from)
     return chosen.model_options, chosen.train_options, chosen.reason
 
 
