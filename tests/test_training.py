@@ -959,9 +959,12 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
     run(periodic_corpus, tmp_path)
     run_dir = tmp_path / "r"
     before = files_snapshot(run_dir)
+    messages = []
     with pytest.raises(RuntimeError, match="crash"):  # fails before any save: the earlier run is untouched
-        run(periodic_corpus, tmp_path, overwrite=True, callbacks=[AtStep(2, crash)])
+        train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, overwrite=True, log=messages.append,
+              train_options=dict(TINY_TRAINING, epochs=1), callbacks=[AtStep(2, crash)])
     assert files_snapshot(run_dir) == before
+    assert f"note: --overwrite: the earlier run (1 epoch on {periodic_corpus.name}, best " in "\n".join(messages)
     # Ctrl-C before the first save takes the --overwrite back (it replaced the earlier run with one step's)
     with pytest.raises(Interrupted, match=r"interrupted before this training's first checkpoint, so the earlier "
                                           r"run in \S+ is kept as it was \(to replace it, run the same command "
