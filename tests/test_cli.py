@@ -1,11 +1,13 @@
 """The command line, driven through click's CliRunner: output streams, exit codes, one-line errors."""
 
 import dataclasses
+import io
 import json
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -64,6 +66,11 @@ def test_checkpoint_dir_from_the_environment(trained_run, tmp_path, monkeypatch)
     unknown = invoke("sample", "--checkpoint-dir", "checkpoints", "--run", "nope")
     assert unknown.exit_code == 1 and "textgen runs --checkpoint-dir checkpoints" in unknown.stderr, unknown.stderr
     assert "TEXTGEN_CHECKPOINT_DIR" in invoke("sample", "--help").output
+    monkeypatch.setenv("TEXTGEN_CHECKPOINT_DIR", str(trained_run["corpus"]))  # named as the variable, not the option
+    refused = invoke("runs")
+    assert refused.exit_code == 2 and refused.stderr.startswith(
+        f"error: TEXTGEN_CHECKPOINT_DIR is {trained_run['corpus']}, a file; set it to the directory of the runs"), \
+        refused.stderr
 
 
 def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path):
@@ -608,10 +615,37 @@ def test_eval_dash_scores_standard_input_as_the_same_file_and_names_it_in_its_me
         assert "Traceback" not in refused.output and "textgen-eval-" not in refused.output
     mostly_unknown = CliRunner().invoke(cli, [str(a) for a in ("eval", "-", *options)], input="☃" * 90 + text[:30])
     assert "warning: 75% of the characters of standard input (90) are outside" in mostly_unknown.stderr
+    cut = CliRunner().invoke(cli, [str(a) for a in ("eval", "-", *options)], input=("é" + text).encode() + b"\xc3")
+    assert cut.exit_code == 1 and cut.stderr.rstrip().endswith("standard input (remove its last 1 byte)"), cut.stderr
     # A wrong run is told as for a file
     unknown_run = CliRunner().invoke(cli, ["eval", "-", "--checkpoint-dir", str(workspace / "ck"), "--run", "nope"],
                                      input="never read")
     assert unknown_run.exit_code == 1 and "no run named 'nope'" in unknown_run.stderr
+
+
+def test_eval_dash_stopped_by_sigterm_while_reading_leaves_no_copy_of_the_text(workspace, tmp_path, monkeypatch):
+    import tempfile
+
+    class Terminated(io.RawIOBase):  # a job's time limit, while the text is still coming
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return 0
+
+    def unhandled(signum, frame):  # (not the command's: without its own handler, SIGTERM would end the tests)
+        raise RuntimeError("the command left SIGTERM to its default, which ends it at once")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        stopped = CliRunner().invoke(cli, ["eval", "-", "--checkpoint-dir", str(workspace / "ck")],
+                                     input=io.BufferedReader(Terminated()))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert stopped.exit_code == 143 and stopped.stderr.strip() == "terminated", stopped.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_runs_in_an_empty_directory_is_an_empty_answer_and_a_missing_one_an_error(tmp_path, monkeypatch):

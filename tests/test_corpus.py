@@ -254,6 +254,10 @@ def test_a_pipe_is_refused_as_a_corpus_but_read_as_a_prime():
                                            r"be read only once \(save the text to a file first\)"):
         scan(path)
     os.close(handle)
+    path, handle = piped("le roi " * 100)  # a text to score: eval can read a pipe as standard input
+    with pytest.raises(TextgenError, match=r"\(save the text to a file first; textgen eval - reads standard input\)$"):
+        scan(path, what="text")
+    os.close(handle)
     path, handle = piped("le roi")
     assert read_text(path, what="prime") == "le roi"
     os.close(handle)
@@ -395,3 +399,19 @@ def test_a_stray_byte_is_named_by_its_value_and_line(tmp_path, monkeypatch, chun
     assert str(refused.value) == (f"text file is not valid UTF-8 (first bad byte at byte offset {at}, 0x92 on line "
                                   f"40): {path} ({MIXED})")
     assert MIXED.endswith("or every such byte with iconv -f utf-8 -t utf-8 -c in.txt > out.txt")
+
+
+def test_standard_input_closed_is_said_and_a_copy_of_it_goes_at_the_end(monkeypatch):
+    import io
+    import sys
+
+    from textgen.corpus import standard_input_copy
+
+    monkeypatch.setattr(sys, "stdin", None)  # started with <&-
+    with pytest.raises(TextgenError, match=r"^standard input is closed; pipe a text into it, or give a file$"):
+        with standard_input_copy():
+            pass
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("le roi ".encode() * 3)))
+    with standard_input_copy() as copy:
+        assert copy.read_text() == "le roi " * 3
+    assert not copy.exists() and not copy.parent.exists()

@@ -109,11 +109,21 @@ def _finite_seconds(ctx, param, value):
     return value
 
 
+_checkpoint_dir_given = _not_empty("give a directory, such as checkpoints or . for the current one", _user_path)
+
+
+def _checkpoint_dir(ctx, param, value):
+    path = _checkpoint_dir_given(ctx, param, value)
+    if ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT and path.is_file():
+        # (a message about --checkpoint-dir would name an option the user never typed)
+        raise click.UsageError(f"{CHECKPOINT_DIR_VARIABLE} is {value}, a file; set it to the directory of the runs, "
+                               "or give --checkpoint-dir")
+    return path
+
+
 checkpoint_dir_option = click.option(
     "--checkpoint-dir", type=click.Path(), default=DEFAULT_CHECKPOINT_DIR, show_default=True,
-    envvar=CHECKPOINT_DIR_VARIABLE, show_envvar=True,
-    callback=_not_empty("give a directory, such as checkpoints or . for the current one", _user_path),
-    help="Directory holding the runs.")
+    envvar=CHECKPOINT_DIR_VARIABLE, show_envvar=True, callback=_checkpoint_dir, help="Directory holding the runs.")
 run_option = click.option("--run", default=None, callback=_run_name_given,
                           help="Run name (a directory under --checkpoint-dir); default: the latest run with a "
                                "best checkpoint.")
@@ -484,8 +494,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **option
         # One line break at the end, to stdout and --output alike: one sample's text, then one; several end with
         # theirs (a second made a blank line at the end)
         if as_json:
-            options = dict(dataclasses.asdict(config), stop=list(config.stops), run=run_dir.name)
-            ended = _json_text(dict(options=options, samples=[dataclasses.asdict(sample) for sample in samples]))
+            used = dict(dataclasses.asdict(config), stop=list(config.stops), run=run_dir.name)
+            ended = _json_text(dict(options=used, samples=[dataclasses.asdict(sample) for sample in samples]))
         else:
             text = format_samples(samples, len(config.temperature))
             ended = text + "\n" if live else text
@@ -535,9 +545,14 @@ def _echo_live(text: str) -> None:
         sys.exit(0)
 
 
-@cli.command(name="eval")
+def _file_or_dash(value: str):
+    """"-" as it is (standard input), else the path: ./- stays the file named -."""
+    return value if value == "-" else _user_path(value)
+
+
+@cli.command(name="eval", short_help="Bits per character and perplexity of FILE under a run's best checkpoint.")
 @click.argument("file", type=click.Path(allow_dash=True),
-                callback=_not_empty("give a text file, or - for standard input", _user_path))
+                callback=_not_empty("give a text file, or - for standard input", _file_or_dash))
 @checkpoint_dir_option
 @run_option
 @click.option("--batch-size", type=int, default=32, show_default=True,
@@ -545,13 +560,15 @@ def _echo_live(text: str) -> None:
                    "as one stream).")
 @click.option("--seq-length", type=int, default=200, show_default=True, help="Characters per evaluation window.")
 @json_option
+@_sigterm_as_interrupt
 def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
-    """Bits per character and perplexity of FILE (- reads standard input) under a run's best checkpoint."""
+    """Bits per character and perplexity of FILE under a run's best checkpoint; - reads the text from standard
+    input."""
     import_tensorflow_quietly()
     from textgen.evaluation import STANDARD_INPUT, evaluate_standard_input
     from textgen.evaluation import evaluate as run_evaluation
 
-    if str(file) == "-":
+    if file == "-":
         result = evaluate_standard_input(checkpoint_dir, run, batch_size, seq_length, show_progress=True)
     else:
         result = run_evaluation(file, checkpoint_dir, run, batch_size, seq_length, show_progress=True)
@@ -559,7 +576,7 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
         _echo_json(dict(file=str(file), **{key: value for key, value in result.items() if key != "batches"}))
         return
     left_over = result["unscored"] - 1  # (the first character is never scored)
-    shown = STANDARD_INPUT if str(file) == "-" else file
+    shown = STANDARD_INPUT if file == "-" else file
     click.echo(f"{shown}: {result['bpc']:.4f} bits per character, {result['nats']:.4f} nats, "
                f"perplexity {result['perplexity']:.3f} over {result['characters']:,} characters "
                f"({result['unknown']:,} outside the vocabulary excluded, {result['unscored']:,} unscored: the "

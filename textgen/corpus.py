@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import re
+import logging
 import shlex
+import shutil
+import sys
+import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -50,6 +55,39 @@ def _name_reads_as_text(name: str) -> bool:
         sum(unicodedata.category(ch) == "Lo" and ord(ch) >= 0x3040 for ch in name) >= 16
 
 
+_STANDARD_INPUT_COPIES: set[Path] = set()  # (standard_input_copy's, while they exist)
+
+
+@contextlib.contextmanager
+def standard_input_copy() -> Iterator[Path]:
+    """Standard input copied to a temporary file, for a reader that reads its text more than once (a pipe can be read
+    once), and removed at the end; messages about it give no command to run on the copy."""
+    stdin = getattr(sys.stdin, "buffer", None)
+    if stdin is None:  # (`<&-`: Python has no sys.stdin)
+        raise TextgenError("standard input is closed; pipe a text into it, or give a file")
+    if stdin.isatty():  # else it looks stuck
+        logging.getLogger("textgen").warning("note: reading the text from the terminal; end it with Ctrl-D")
+    with tempfile.TemporaryDirectory(prefix="textgen-stdin-") as folder:
+        path = Path(folder) / "stdin"
+        try:
+            with open(path, "wb") as copy:
+                shutil.copyfileobj(stdin, copy, 1 << 20)
+        except OSError as error:
+            raise TextgenError(f"cannot keep standard input in a temporary file in {tempfile.gettempdir()} "
+                               f"({error.strerror or error}); set TMPDIR to a directory with room, or save the text "
+                               "to a file and give its name") from None
+        _STANDARD_INPUT_COPIES.add(path)
+        try:
+            yield path
+        finally:
+            _STANDARD_INPUT_COPIES.discard(path)
+
+
+def _repairable(path: Path) -> bool:
+    """Whether a command can mend the file at path (not standard input, nor a copy of it)."""
+    return path.is_file() and path not in _STANDARD_INPUT_COPIES
+
+
 def check_readable(path: Path, what: str = "corpus", read_once: bool = False) -> None:
     """Refuse paths that cannot be a text file, before any work is done. A corpus is read more than once (its
     fingerprint, its vocabulary, its encoding), so only a file that is ``read_once`` may be a pipe."""
@@ -78,8 +116,9 @@ def check_readable(path: Path, what: str = "corpus", read_once: bool = False) ->
     if not os.access(path, os.R_OK):
         raise TextgenError(f"{what} file is not readable: {path} (check its permissions)")
     if not read_once and not path.is_file():
+        piped = "; textgen eval - reads standard input" if what == "text" else ""
         raise TextgenError(f"{what} file must be a regular file: {path} is a pipe or a device, which can be read "
-                           "only once (save the text to a file first)")
+                           f"only once (save the text to a file first{piped})")
     if path.is_file() and path.stat().st_size == 0:  # a pipe (e.g. /dev/stdin) reports size 0
         raise TextgenError(f"{what} file is empty: {path} (give a UTF-8 text file with some text in it)")
 
@@ -113,8 +152,8 @@ def _decoded_chunks(path: Path, what: str):
         except UnicodeDecodeError as error:  # error.start counts from the buffered bytes
             at = offset - len(buffered) + error.start
             if at == 0 and (cut := _cut_at_start(block)):  # tail -c of a UTF-8 text
-                command = f", e.g. with tail -c +{cut + 1} {shlex.quote(str(path))} > whole.txt" if path.is_file() \
-                    else ""
+                command = f", e.g. with tail -c +{cut + 1} {shlex.quote(str(path))} > whole.txt" \
+                    if _repairable(path) else ""
                 first = "its first byte ends" if cut == 1 else f"its first {cut} bytes end"
                 raise TextgenError(f"{what} file starts in the middle of a UTF-8 character ({first} a character cut "
                                    f"off: the file was cut at its start): {path} (remove {'it' if cut == 1 else 'them'}"
@@ -138,8 +177,8 @@ def _decoded_chunks(path: Path, what: str):
     except UnicodeDecodeError:
         cut = len(decoder.getstate()[0])
         if utf8_bytes:  # UTF-8 before the cut: a UTF-8 text cut short (head -c, a download stopped)
-            command = f", e.g. with head -c {offset - cut} {shlex.quote(str(path))} > whole.txt" if path.is_file() \
-                else ""  # (not for standard input)
+            command = f", e.g. with head -c {offset - cut} {shlex.quote(str(path))} > whole.txt" \
+                if _repairable(path) else ""
             raise TextgenError(
                 f"{what} file ends in the middle of a UTF-8 character (from byte offset {offset - cut}: the file was "
                 f"cut short): {path} (remove its last {counted(cut, 'byte')}{command})") from None

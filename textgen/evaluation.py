@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
-import sys
-import tempfile
 import threading
 import weakref
 from pathlib import Path
@@ -15,7 +12,7 @@ from typing import Optional
 
 from textgen.batching import StreamBatches
 from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
-from textgen.corpus import encode_text, scan
+from textgen.corpus import encode_text, scan, standard_input_copy
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
 from textgen.vocab import quoted_first
@@ -152,14 +149,7 @@ def evaluate_standard_input(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
 
     _check_layout(batch_size, seq_length)
     run_dir = find_run(Path(checkpoint_dir), run)  # (a wrong run is told before the text is waited for)
-    with tempfile.TemporaryDirectory(prefix="textgen-eval-") as folder:
-        path = Path(folder) / "stdin"
-        try:
-            with open(path, "wb") as copy:
-                shutil.copyfileobj(sys.stdin.buffer, copy, 1 << 20)
-        except OSError as error:
-            raise TextgenError(f"cannot keep standard input in a temporary file in {folder} ({error.strerror or error}"
-                               "); save the text to a file and give its name") from None
+    with standard_input_copy() as path:
         try:
             path, total = _checked_text(path, batch_size, seq_length)
             return _evaluate(path, total, run_dir, batch_size, seq_length, show_progress, name=STANDARD_INPUT)
