@@ -401,7 +401,7 @@ def test_a_stray_byte_is_named_by_its_value_and_line(tmp_path, monkeypatch, chun
     assert MIXED.endswith("or every such byte with iconv -f utf-8 -t utf-8 -c in.txt > out.txt")
 
 
-def test_standard_input_closed_is_said_and_a_copy_of_it_goes_at_the_end(monkeypatch):
+def test_standard_input_closed_is_said_and_a_copy_of_it_goes_at_the_end(monkeypatch, caplog):
     import io
     import sys
 
@@ -415,3 +415,12 @@ def test_standard_input_closed_is_said_and_a_copy_of_it_goes_at_the_end(monkeypa
     with standard_input_copy() as copy:
         assert copy.read_text() == "le roi " * 3
     assert not copy.exists() and not copy.parent.exists()
+
+    class Terminal(io.BytesIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(Terminal(b"typed")))  # where it waits for Ctrl-D
+    with standard_input_copy() as copy:
+        assert copy.read_text() == "typed"
+    assert caplog.messages == ["note: reading the text from the terminal; end it with Ctrl-D"]
