@@ -109,6 +109,9 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
         element.send_keys(value)
     browser.find_element(By.ID, "generate").click()
     wait_until(lambda: len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) > 5)
+    # A click is not the keyboard: the focus is not moved to the samples (a ring around them) nor is Escape named
+    assert browser.switch_to.active_element.get_attribute("id") != "samples"
+    assert "Escape" not in browser.find_element(By.ID, "status").text
     browser.find_element(By.ID, "stop").click()
     wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
     assert len(browser.find_element(By.CSS_SELECTOR, "#samples pre").text) < 1000
@@ -131,14 +134,17 @@ def test_stop_button_ends_a_long_stream(browser, server, monkeypatch):  # noqa: 
         assert 0 <= top and bottom <= browser.execute_script("return window.innerHeight")
         browser.find_element(By.ID, "stop").click()
         wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
-        # At 400% zoom (1280 x 800 is 320 x 200) the fixed Stop hid a quarter of the text in view: it stays put
-        browser.set_window_size(320, 200)
+        # At 400% zoom (WCAG's 1280 x 1024 is 320 x 256) the fixed Stop hid a quarter of the text in view: it stays
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                dict(width=320, height=256, deviceScaleFactor=1, mobile=False))
+        assert browser.execute_script("return [innerWidth, innerHeight]") == [320, 256]
         generate.click()
         wait_until(lambda: browser.find_element(By.ID, "stop").is_enabled())
         assert browser.execute_script("return getComputedStyle(document.getElementById('stop')).position") != "fixed"
         browser.find_element(By.ID, "stop").click()
         wait_until(lambda: browser.find_element(By.ID, "status").text == "stopped")
     finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         browser.set_window_size(1280, 900)
 
 
@@ -229,6 +235,7 @@ def keyboard_and_screen_reader(browser, server, release):  # noqa: F811
     assert browser.find_element(By.ID, "status").get_attribute("role") == "status"
     samples = browser.find_element(By.ID, "samples")
     assert samples.get_attribute("aria-live") is None
+    assert (samples.aria_role, samples.accessible_name) == ("region", "Samples")  # a name a generic div cannot have
     length = browser.find_element(By.ID, "length")
     length.clear()
     length.send_keys("1000")
