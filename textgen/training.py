@@ -682,6 +682,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     else:
         if source is not None:
             _copy_weights(source_model, source_meta.vocab, session.model, data.vocab)
+            del source_model  # (its memory, for the hours of training)
         replicas = session.strategy.num_replicas_in_sync
         log(f"training {run_dir}: {len(train_ids):,} training and {len(val_ids):,} validation characters, "
             f"vocabulary {len(data.vocab):,}, {session.model.count_params():,} parameters, "
