@@ -73,7 +73,7 @@ def test_checkpoint_dir_from_the_environment(trained_run, tmp_path, monkeypatch)
         refused.stderr
 
 
-def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path):
+def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path, monkeypatch):
     corpus = write_text(tmp_path / "letters.txt", (PERIOD * 50 + "\n") * 8)
     options = ["--checkpoint-dir", tmp_path / "ck", "--init-from", trained_run["run_dir"], "--batch-size", 4,
                "--seq-length", 10, "--epochs", 1]
@@ -87,6 +87,11 @@ def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path):
     assert "embedding 8 (run period's)" in tuned.stderr
     info = invoke("info", "--checkpoint-dir", tmp_path / "ck", "--run", "letters")
     assert f"started from   {trained_run['run_dir'].resolve()}" in info.stdout
+    (tmp_path / "empty").mkdir()  # without a CORPUS: refused before the built-in corpus is written here
+    monkeypatch.chdir(tmp_path / "empty")
+    refused = invoke("train", "--checkpoint-dir", tmp_path / "ck", "--init-from", "nosuch")
+    assert refused.exit_code == 1 and "no run named 'nosuch'" in refused.stderr
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_train_then_sample_writes_only_text_to_stdout(tmp_path):

@@ -1635,8 +1635,10 @@ def test_init_from_starts_a_new_run_from_another_runs_weights_and_only_reads_it(
     # own (a fresh model is at chance, ln 8), and the run counts its own epochs
     assert summary["epoch"] == 1 and summary["best_val_loss"] < 0.5 * math.log(8)
     state = checkpoint.read_meta(summary["run_dir"], "best").state
-    assert state.started_from == dict(run=str(source.resolve()), epoch=3, corpus=str(trained_run["corpus"].resolve()))
-    assert f"started from   {source.resolve()} (its weights at epoch 3" in report.info_text(summary["run_dir"])
+    assert state.started_from == dict(run=str(source.resolve()), kind="best", epoch=3,
+                                      corpus=str(trained_run["corpus"].resolve()))
+    assert f"started from   {source.resolve()} (its best checkpoint, epoch 3, trained on " in \
+        report.info_text(summary["run_dir"])
     assert files_snapshot(source) == before
     saved = json.loads((summary["run_dir"] / "best.json").read_text(encoding="utf-8"))
     with pytest.raises(ValueError, match="its started_from is 'period', not the run it started from"):
@@ -1656,4 +1658,41 @@ def test_init_from_refuses_what_it_cannot_mean(trained_run, tmp_path):
             train(corpus, **{"checkpoint_dir": tmp_path / "ck", "run": "more", **common, **kwargs})
     with pytest.raises(TextgenError, match=re.escape("no run named 'nope' in")):
         train(corpus, trained_run["checkpoint_dir"], run="more", init_from="nope", log=lambda message: None)
+    # A path that is no run, or a folder of runs (whose latest run was taken)
+    for path in (corpus, trained_run["checkpoint_dir"], tmp_path / "missing"):
+        with pytest.raises(TextgenError, match=re.escape(f"--init-from {path} is not a run (no checkpoint in it); give "
+                                                         "a run's name under")):
+            train(corpus, tmp_path / "ck", run="more", init_from=path, log=lambda message: None)
+    # Told before the corpus is read (here it is missing), and before a resume looks for the run's own corpus
+    with pytest.raises(TextgenError, match=re.escape("--units 64 differs from the run it starts from")):
+        train(tmp_path / "missing.txt", tmp_path / "ck", run="more", model_options=dict(units=64), init_from=source,
+              log=lambda message: None)
+    with pytest.raises(TextgenError, match=re.escape("--init-from starts a new run")):
+        train(None, tmp_path / "ck", run="more", resume=True, init_from=source, log=lambda message: None)
     assert not (tmp_path / "ck" / "more").exists()
+
+
+def test_init_from_notes_what_the_new_text_has_not_what_the_source_had(tmp_path):
+    """The carriage-return note named the corpus for the source's \r; a text in another Unicode form than the
+    source's was split into untrained characters without a word."""
+    import unicodedata
+
+    source = train(write_text(tmp_path / "old.txt", unicodedata.normalize("NFC", "abcdé\r\n") * 300),
+                   tmp_path / "ck", run="old", model_options=TINY_MODEL, log=lambda message: None,
+                   train_options=dict(TINY_TRAINING, epochs=1))["run_dir"]
+    messages = []
+    train(write_text(tmp_path / "new.txt", unicodedata.normalize("NFD", "abcdé\n") * 300), tmp_path / "ck",
+          run="new", init_from=source, log=messages.append, train_options=dict(TINY_TRAINING, epochs=1))
+    assert not [message for message in messages if "carriage returns" in message]
+    assert "note: the corpus is in Unicode form NFD where run old's text was in NFC, so its accented characters " \
+           "are new to the model; to start them from what it learnt, convert the corpus to NFC" in "\n".join(messages)
+
+
+def test_overwrite_of_a_run_without_its_last_checkpoint_says_what_it_replaces(trained_run, tmp_path, periodic_corpus):
+    run_dir = tmp_path / "ck" / "r"
+    shutil.copytree(trained_run["run_dir"], run_dir)
+    (run_dir / "last.json").unlink()  # (it was an AttributeError)
+    messages = []
+    train(periodic_corpus, tmp_path / "ck", run="r", model_options=TINY_MODEL, overwrite=True, log=messages.append,
+          train_options=dict(TINY_TRAINING, epochs=1))
+    assert "note: --overwrite: the earlier run (3 epochs on period.txt, best " in "\n".join(messages)

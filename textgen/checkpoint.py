@@ -79,7 +79,8 @@ class RunState:
     elapsed_seconds: float = 0.0  # training time so far, across resumes
     train_loss: Optional[float] = None  # mean training loss of the epoch at this checkpoint
     val_loss: Optional[float] = None  # validation loss at this checkpoint (None mid-epoch)
-    started_from: Optional[dict] = None  # --init-from: the run whose weights this one started from (run, epoch, corpus)
+    started_from: Optional[dict] = None  # --init-from: the run whose weights this one started from (run, kind, epoch,
+    # corpus)
 
     @property
     def epoch_mean_loss(self) -> float:
@@ -191,7 +192,8 @@ def _check_state(values: dict) -> None:
         raise ValueError(f"its saved_at is {values['saved_at']!r}, not a time")
     started = values.get("started_from")
     if not (started is None or isinstance(started, dict) and isinstance(started.get("run"), str)
-            and isinstance(started.get("epoch"), int) and isinstance(started.get("corpus"), str)):
+            and isinstance(started.get("epoch"), int) and isinstance(started.get("corpus"), str)
+            and isinstance(started.get("kind", "best"), str)):
         raise ValueError(f"its started_from is {started!r}, not the run it started from")
 
 

@@ -415,7 +415,8 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, init_from, tensorboard
     elif corpus is None:
         if not DEFAULT_CORPUS.is_file():  # a file the user did not name, in the current directory: said, and not
             # written for a training that is refused
-            check_start(DEFAULT_CORPUS, checkpoint_dir, run, model_options, train_options, resume, overwrite)
+            check_start(DEFAULT_CORPUS, checkpoint_dir, run, model_options, train_options, resume, overwrite,
+                        init_from)
             logging.getLogger("textgen").info(f"no corpus given: writing the built-in one (Python's own "
                                               f"documentation) to {DEFAULT_CORPUS}")
         try:

@@ -174,8 +174,9 @@ def info_text(run_dir: Path) -> str:
         f"corpus         {_controls_escaped(corpus['path'])} ({corpus['length']:,} characters, "
         f"{corpus['size']:,} bytes, "
         f"blake2b {corpus['blake2b']})",
-        *([f"started from   {_controls_escaped(started['run'])} (its weights at epoch {started['epoch']}, trained on "
-           f"{_controls_escaped(started['corpus'])})"] if (started := state.started_from) else []),
+        *([f"started from   {_controls_escaped(started['run'])} (its {started.get('kind', 'best')} checkpoint, epoch "
+           f"{started['epoch']}, trained on {_controls_escaped(started['corpus'])})"]
+          if (started := state.started_from) else []),
         f"saved          {last.saved_at}",
         "files",
     ]

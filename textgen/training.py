@@ -429,6 +429,9 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
     from textgen.distribute import StartGate, is_chief, lost_worker
 
     callbacks = _checked_call(resume, overwrite, tensorboard, strategy, callbacks)
+    if init_from is not None and resume:
+        raise OptionError("--init-from starts a new run from another run's weights; a resumed run goes on from its "
+                          "own: give one or the other")
     chief = is_chief(strategy)
     gate = StartGate(strategy)
     try:
@@ -439,7 +442,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         corpus_path = Path(corpus)
         model_options, train_options = dict(model_options or {}), dict(train_options or {})
         run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
-        source = _init_source(init_from, checkpoint_dir, run_dir, resume)
+        source = _init_source(init_from, checkpoint_dir, run_dir, model_options)
         check_readable(corpus_path)
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
             with _training_turn(log), tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
@@ -470,24 +473,47 @@ def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[st
     return run_dir
 
 
-def _init_source(init_from: Optional[str | Path], checkpoint_dir, run_dir: Path, resume: bool) -> Optional[Path]:
-    """The run directory --init-from names (a run name under checkpoint_dir, or a run's directory), or None."""
-    from textgen.runs import find_run, is_run_name
+def _init_source(init_from: Optional[str | Path], checkpoint_dir, run_dir: Path,
+                 model_options: dict) -> Optional[Path]:
+    """The run directory --init-from names (a run name under checkpoint_dir, or a run's directory), or None; a model
+    shape given that differs from the run's is refused here, before the corpus is read."""
+    from textgen.runs import find_run, is_export, is_run_name, not_a_run_but_an_export
 
     if init_from is None:
         return None
     if not isinstance(init_from, (str, Path)) or not str(init_from).strip():
         raise OptionError(f"--init-from must name a run (its name, or its directory), got {init_from!r}")
-    if resume:
-        raise OptionError("--init-from starts a new run from another run's weights; a resumed run goes on from its "
-                          "own: give one or the other")
     named = is_run_name(str(init_from)) and ((Path(checkpoint_dir) / str(init_from)).is_dir()
                                              or not Path(init_from).exists())  # (a name's refusal lists the runs)
-    source = find_run(Path(checkpoint_dir), str(init_from)) if named else find_run(Path(init_from), None)
+    if named:
+        source = find_run(Path(checkpoint_dir), str(init_from))
+    else:
+        source = Path(init_from)
+        if source.is_dir() and is_export(source):
+            raise not_a_run_but_an_export(source)
+        if not checkpoint.has_checkpoint(source):  # (not a folder of runs: its latest would be taken)
+            raise OptionError(f"--init-from {init_from} is not a run (no checkpoint in it); give a run's name under "
+                              f"{checkpoint_dir}, or a run's directory")
     if source.resolve() == run_dir.resolve():
         raise OptionError(f"--init-from names the run being trained ({run_dir}); train the new run under another "
                           "name with --run NAME")
+    try:
+        meta = checkpoint.read_meta(source, "best") or checkpoint.read_meta(source, "last")
+    except TextgenError:  # (loading it says what is wrong, or falls back to the other checkpoint)
+        meta = None
+    if meta is not None:
+        _check_shape(source, meta.model, model_options)
     return source
+
+
+def _check_shape(source: Path, model: ModelConfig, model_options: dict) -> None:
+    from textgen.sizing import SHAPE_OPTIONS
+
+    for name in SHAPE_OPTIONS:
+        if name in model_options and model_options[name] != getattr(model, name):
+            raise OptionError(f"{option_flag(name)} {model_options[name]} differs from the run it starts from "
+                              f"({source.name}: {option_flag(name)} {getattr(model, name)}), whose weights have that "
+                              f"shape; leave {option_flag(name)} out")
 
 
 def _started_from(source: Path, data: Corpus, model_options: dict, log: Callable[[str], None]):
@@ -496,12 +522,13 @@ def _started_from(source: Path, data: Corpus, model_options: dict, log: Callable
     from textgen.sizing import SHAPE_OPTIONS
 
     source_model, source_meta = checkpoint.load_model(source, batch_size=1)
+    _check_shape(source, source_meta.model, model_options)
     shape = {name: getattr(source_meta.model, name) for name in SHAPE_OPTIONS}
-    for name, value in model_options.items():
-        if name in shape and value != shape[name]:
-            raise OptionError(f"{option_flag(name)} {value} differs from the run it starts from ({source.name}: "
-                              f"{option_flag(name)} {shape[name]}), whose weights have that shape; leave "
-                              f"{option_flag(name)} out")
+    theirs, ours = source_meta.vocab.unicode_form, data.vocab.unicode_form
+    if theirs and ours and theirs != ours:  # é as one character there, as e + accent here: a row learnt for nothing
+        log(f"note: the corpus is in Unicode form {ours} where run {source.name}'s text was in {theirs}, so its "
+            f"accented characters are new to the model; to start them from what it learnt, convert the corpus to "
+            f"{theirs} (e.g. with Python's unicodedata.normalize)")
     vocab = Vocabulary([*source_meta.vocab.code_points, *data.vocab.code_points])
     if vocab != data.vocab:
         data = _in_vocabulary(data, vocab)
@@ -539,11 +566,12 @@ def _copy_weights(source_model, source_vocab: Vocabulary, model, vocab: Vocabula
 
 
 def check_start(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict, train_options: dict,
-                resume: bool, overwrite: bool) -> None:
+                resume: bool, overwrite: bool, init_from: Optional[str | Path] = None) -> None:
     """Refuse what train() would refuse before it reads the corpus: the command line asks before it writes the
     built-in corpus into the current directory."""
-    check_run_dir(_checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options), resume,
-                   overwrite, corpus_path, named=run is not None)
+    run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
+    _init_source(init_from, checkpoint_dir, run_dir, model_options)
+    check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
 
 
 def _session(model_config: ModelConfig, config: TrainConfig, strategy) -> Session:
@@ -632,10 +660,12 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         _check_vocabulary(meta, data.vocab, corpus_path)
         data = _in_vocabulary(data, meta.vocab)
     strategy = gate.open()  # before any TensorFlow op, sizing's timing included
+    own_characters = data.vocab  # (not those an --init-from run adds)
     started = None
     if source is not None:
         source_model, source_meta, data, model_options = _started_from(source, data, model_options, log)
-        started = dict(run=str(source.resolve()), epoch=source_meta.state.epoch, corpus=source_meta.corpus["path"])
+        started = dict(run=str(source.resolve()), kind=source_meta.kind, epoch=source_meta.state.epoch,
+                       corpus=source_meta.corpus["path"])
     sizing_reason, sized_batch = None, False
     if meta is None:
         if train_options.get("max_minutes") and "epochs" not in train_options:  # the minutes are the run's length
@@ -659,7 +689,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(f"note: {parameters:,} parameters for {len(train_ids):,} training characters "
             f"({parameters / len(train_ids):,.0f} per character): the model will tend to learn this text by heart; "
             "--size auto without --layers, --units or --embedding-dim chooses a shape for it")
-    if meta is None and "\r" in data.vocab:  # kept as it is, like every character: the samples mixed \r\n and \n
+    if meta is None and "\r" in own_characters:  # kept as it is, like every character: the samples mixed \r\n and \n
         log(f"note: {corpus_path.name} has carriage returns (\\r: Windows line ends), which the model learns as a "
             "character of their own, so its samples will have them too; for plain line ends, convert the file "
             f"first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
@@ -724,9 +754,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
 def _earlier_run(run_dir: Path) -> str:
     """What an --overwrite training replaces: "the earlier run (8 epochs on novel.txt, best 1.902 bpc)"."""
     try:
-        meta = checkpoint.read_meta(run_dir, "last")
+        meta = checkpoint.read_meta(run_dir, "last") or checkpoint.read_meta(run_dir, "best")
     except TextgenError:  # (a damaged run is what --overwrite is for)
-        return "the earlier run's checkpoints"
+        meta = None
+    if meta is None:
+        return "the earlier run (its checkpoints)"
     best = meta.state.best_val_loss
     return (f"the earlier run ({counted(meta.state.epoch, 'epoch')} on {Path(meta.corpus['path']).name}"
             + (f", best {bpc(best):.3f} bpc)" if best is not None else ")"))
