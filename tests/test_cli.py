@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -87,6 +88,11 @@ def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path, monkeypatch
     assert "embedding 8 (run period's)" in tuned.stderr
     info = invoke("info", "--checkpoint-dir", tmp_path / "ck", "--run", "letters")
     assert f"started from   {trained_run['run_dir'].resolve()}" in info.stdout
+    listed = invoke("runs", "--checkpoint-dir", tmp_path / "ck")
+    assert re.search(r"^letters +letters\.txt \(from period\) ", listed.stdout, re.M), listed.stdout
+    (row,) = json.loads(invoke("runs", "--checkpoint-dir", tmp_path / "ck", "--json").stdout)
+    assert row["started_from"] == dict(run=str(trained_run["run_dir"].resolve()), kind="best", epoch=3,
+                                       corpus=str(trained_run["corpus"].resolve())), row
     (tmp_path / "empty").mkdir()  # without a CORPUS: refused before the built-in corpus is written here
     monkeypatch.chdir(tmp_path / "empty")
     refused = invoke("train", "--checkpoint-dir", tmp_path / "ck", "--init-from", "nosuch")

@@ -243,13 +243,14 @@ def steps_text(step_in_epoch: int) -> str:
 def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
     steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
-    its "0" epochs), planned_epochs (None: until its time budget), val_bpc, saved_at and training (the pid of the
-    training writing the run now, or None); for a run that cannot be read, "problem" ("damaged", "written by a newer
+    its "0" epochs), planned_epochs (None: until its time budget), val_bpc, saved_at, started_from (for a run
+    fine-tuned by --init-from: the run, kind, epoch and corpus it started from; else None) and training (the pid of
+    the training writing the run now, or None); for a run that cannot be read, "problem" ("damaged", "written by a newer
     textgen", "not readable by you" or "no checkpoint yet") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,
-                   planned_epochs=None, val_bpc=None, saved_at=None, training=_training(run_dir))
+                   planned_epochs=None, val_bpc=None, saved_at=None, started_from=None, training=_training(run_dir))
         if row["training"] is not None and not has_checkpoint(run_dir, unreadable=True):
             rows.append(dict(row, problem="no checkpoint yet"))
             continue
@@ -272,7 +273,8 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
         rows.append(dict(row, corpus=meta.corpus["path"], characters=meta.corpus["length"],
                          epochs=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
                          planned_epochs=meta.training.epochs or None,
-                         val_bpc=None if best_val_loss is None else bpc(best_val_loss), saved_at=meta.saved_at))
+                         val_bpc=None if best_val_loss is None else bpc(best_val_loss), saved_at=meta.saved_at,
+                         started_from=meta.state.started_from))
     return rows
 
 
@@ -294,7 +296,8 @@ def runs_table(run_dirs: list[Path]) -> str:
             rows.append((_controls_escaped(run["name"]), why + training, "-", "-", "-", "-"))
             continue
         saved = datetime.datetime.fromisoformat(run["saved_at"]).astimezone().strftime("%Y-%m-%d %H:%M") + training
-        rows.append((_controls_escaped(run["name"]), _controls_escaped(Path(run["corpus"]).name),
+        started = f" (from {Path(run['started_from']['run']).name})" if run["started_from"] else ""
+        rows.append((_controls_escaped(run["name"]), _controls_escaped(Path(run["corpus"]).name + started),
                      f"{run['characters']:,}",
                      epoch_text(run["epochs"], run["planned_epochs"]) + steps_text(run["step_in_epoch"]),
                      "-" if run["val_bpc"] is None else f"{run['val_bpc']:.3f}", saved))
