@@ -582,6 +582,17 @@ def test_prime_file_dash_reads_standard_input(workspace):
     refused = sample(b"\xff\xfe\x00binary")
     assert refused.returncode == 1 and b"Traceback" not in refused.stderr
     assert refused.stderr.decode().startswith("error: prime file ")
+    # The prime's messages name standard input, not /dev/stdin, a path the user never gave
+    for given, message in ((b"", "error: prime file is empty: standard input (give"),
+                           (b"a\xffb", "error: prime file is not valid UTF-8 (first bad byte at byte offset 1, 0xFF on "
+                                        "line 1): standard input (convert it")):
+        refused = sample(given)
+        assert refused.returncode == 1 and refused.stderr.decode().startswith(message), refused.stderr.decode()
+    closed = subprocess.run([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir", str(workspace / "ck"),
+                             "--prime-file", "-"], stdin=subprocess.DEVNULL, capture_output=True, timeout=300,
+                            preexec_fn=lambda: os.close(0))
+    assert closed.returncode == 1 and closed.stderr.decode() == \
+        "error: standard input is closed; pipe a text into it, or give a file\n", closed.stderr.decode()
 
 
 def test_eval_names_what_it_did_not_score(workspace):

@@ -449,7 +449,7 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, init_from, tensorboard
 @_sigterm_as_interrupt
 def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **options):
     """Generate text from the best checkpoint of a run."""
-    from textgen.corpus import read_text
+    from textgen.corpus import read_standard_input, read_text
     from textgen.errors import counted
     from textgen.files import check_output, holds_text, write_output
     from textgen.generate import BATCH_CHUNK, STREAM_CHUNK, format_samples, generate_with, with_seed_drawn
@@ -461,8 +461,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **option
     if prime_file is not None:
         if "prime" in chosen:
             raise click.UsageError("use either --prime or --prime-file, not both")
-        chosen["prime"] = read_text(Path("/dev/stdin") if str(prime_file) == "-" else prime_file, what="prime",
-                                    max_chars=MAX_PRIME_FILE_CHARS)
+        chosen["prime"] = read_standard_input("prime", MAX_PRIME_FILE_CHARS) if str(prime_file) == "-" else \
+            read_text(prime_file, "prime", MAX_PRIME_FILE_CHARS)
     _check_typed_text(chosen)
     config = SampleConfig(**chosen)
     config.validate()  # a bad option is told before a missing run
@@ -566,7 +566,8 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
     """Bits per character and perplexity of FILE under a run's best checkpoint; - reads the text from standard
     input."""
     import_tensorflow_quietly()
-    from textgen.evaluation import STANDARD_INPUT, evaluate_standard_input
+    from textgen.corpus import STANDARD_INPUT
+    from textgen.evaluation import evaluate_standard_input
     from textgen.evaluation import evaluate as run_evaluation
 
     if file == "-":

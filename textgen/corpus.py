@@ -58,15 +58,35 @@ def _name_reads_as_text(name: str) -> bool:
 _STANDARD_INPUT_COPIES: set[Path] = set()  # (standard_input_copy's, while they exist)
 
 
+STANDARD_INPUT = "standard input"
+
+
+def _standard_input():
+    """sys.stdin's bytes, refused when closed; a terminal is told how to end its text (else it looks stuck)."""
+    stdin = getattr(sys.stdin, "buffer", None)
+    if stdin is None:  # (`<&-`: Python has no sys.stdin)
+        raise TextgenError("standard input is closed; pipe a text into it, or give a file")
+    if stdin.isatty():
+        logging.getLogger("textgen").warning("note: reading the text from the terminal; end it with Ctrl-D")
+    return stdin
+
+
+@contextlib.contextmanager
+def named_standard_input(path: Path) -> Iterator[None]:
+    """Messages about path, standard input or a copy of it, call it standard input."""
+    try:
+        yield
+    except TextgenError as error:
+        error.args = tuple(str(arg).replace(f" file {path}", f" on {STANDARD_INPUT}").replace(str(path), STANDARD_INPUT)
+                           for arg in error.args)
+        raise
+
+
 @contextlib.contextmanager
 def standard_input_copy() -> Iterator[Path]:
     """Standard input copied to a temporary file, for a reader that reads its text more than once (a pipe can be read
     once), and removed at the end; messages about it give no command to run on the copy."""
-    stdin = getattr(sys.stdin, "buffer", None)
-    if stdin is None:  # (`<&-`: Python has no sys.stdin)
-        raise TextgenError("standard input is closed; pipe a text into it, or give a file")
-    if stdin.isatty():  # else it looks stuck
-        logging.getLogger("textgen").warning("note: reading the text from the terminal; end it with Ctrl-D")
+    stdin = _standard_input()
     with tempfile.TemporaryDirectory(prefix="textgen-stdin-") as folder:
         path = Path(folder) / "stdin"
         try:
@@ -81,6 +101,14 @@ def standard_input_copy() -> Iterator[Path]:
             yield path
         finally:
             _STANDARD_INPUT_COPIES.discard(path)
+
+
+def read_standard_input(what: str = "text", max_chars: Optional[int] = None) -> str:
+    """:func:`read_text` of standard input (``--prime-file -``)."""
+    _standard_input()
+    path = Path("/dev/stdin")
+    with named_standard_input(path):
+        return read_text(path, what, max_chars)
 
 
 def _repairable(path: Path) -> bool:

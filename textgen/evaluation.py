@@ -12,7 +12,7 @@ from typing import Optional
 
 from textgen.batching import StreamBatches
 from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
-from textgen.corpus import encode_text, scan, standard_input_copy
+from textgen.corpus import STANDARD_INPUT, encode_text, named_standard_input, scan, standard_input_copy
 from textgen.errors import TextgenError, counted
 from textgen.progress import progress_bar
 from textgen.vocab import quoted_first
@@ -138,7 +138,6 @@ def evaluate_loaded(text_file: str | Path, run_dir: Path, loaded: tuple, batch_s
     return _evaluate(path, total, Path(run_dir), batch_size, seq_length, show_progress, loaded)
 
 
-STANDARD_INPUT = "standard input"
 
 
 def evaluate_standard_input(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
@@ -149,13 +148,9 @@ def evaluate_standard_input(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
 
     _check_layout(batch_size, seq_length)
     run_dir = find_run(Path(checkpoint_dir), run)  # (a wrong run is told before the text is waited for)
-    with standard_input_copy() as path:
-        try:
-            path, total = _checked_text(path, batch_size, seq_length)
-            return _evaluate(path, total, run_dir, batch_size, seq_length, show_progress, name=STANDARD_INPUT)
-        except TextgenError as error:
-            error.args = tuple(str(arg).replace(str(path), STANDARD_INPUT) for arg in error.args)
-            raise
+    with standard_input_copy() as path, named_standard_input(path):
+        path, total = _checked_text(path, batch_size, seq_length)
+        return _evaluate(path, total, run_dir, batch_size, seq_length, show_progress, name=STANDARD_INPUT)
 
 
 def _check_layout(batch_size: int, seq_length: int) -> None:
