@@ -836,6 +836,13 @@ def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus
             callbacks=[AtStep(3, lambda run: os.kill(os.getpid(), signal.SIGTERM))])
     assert caplog.records[0].getMessage() == ("signal SIGTERM: finishing this step, then stopping (send it again to "
                                               "abort)")
+    (tmp_path / "r" / "best.json").unlink()  # a validated run's best checkpoint gone: not "no epoch has ended"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        load_model(tmp_path / "r")
+    assert [record.getMessage() for record in caplog.records] == [
+        "note: run 'r' has no best checkpoint (its best.json is missing, though it was validated after epoch 1); "
+        "using its last one, saved in epoch 2, after step 3"]
 
 
 def test_the_printed_resume_command_works_pasted_into_a_shell_with_spaces_in_the_paths_in_any_directory(

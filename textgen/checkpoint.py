@@ -554,8 +554,10 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
         problem = problems[0].problem if isinstance(problems[0], DamagedCheckpoint) else problems[0]
         logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
     elif kind == "best" and candidate == "last":  # a run stopped before its first validation: half trained
-        logger.warning(f"note: run {run_dir.name!r} has no best checkpoint yet (no epoch of it has ended in a "
-                       f"validation); using its last one, saved {meta.state.position()}")
+        why = "yet (no epoch of it has ended in a validation)" if meta.state.best_val_loss is None else \
+            f"(its best.json is missing, though it was validated after epoch {meta.state.best_epoch})"
+        logger.warning(f"note: run {run_dir.name!r} has no best checkpoint {why}; using its last one, saved "
+                       f"{meta.state.position()}")
     elif candidate != kind:
         logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint; using its {candidate} one")
     return model, meta
