@@ -1670,6 +1670,11 @@ def test_init_from_refuses_what_it_cannot_mean(trained_run, tmp_path):
         with pytest.raises(TextgenError, match=re.escape(f"--init-from {path} is not a run (no checkpoint in it); give "
                                                          "a run's name under")):
             train(corpus, tmp_path / "ck", run="more", init_from=path, log=lambda message: None)
+    starting = tmp_path / "elsewhere" / "starting"  # a run in its first epoch, given by its path
+    with RunLock(starting):
+        with pytest.raises(TextgenError, match=re.escape(f"--init-from {starting} has no checkpoint yet: a training "
+                                                         f"(pid {os.getpid()}) has it, which saves the first at")):
+            train(corpus, tmp_path / "ck", run="more", init_from=starting, log=lambda message: None)
     # Told before the corpus is read (here it is missing), and before a resume looks for the run's own corpus
     with pytest.raises(TextgenError, match=re.escape("--units 64 differs from the run it starts from")):
         train(tmp_path / "missing.txt", tmp_path / "ck", run="more", model_options=dict(units=64), init_from=source,

@@ -197,7 +197,7 @@ def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
     return sorted(path for path in (*checkpoint_dir.iterdir(), checkpoint_dir) if _left_without_metadata(path))
 
 
-def _without_checkpoint(run_dir: Path, named: str) -> TextgenError:
+def without_checkpoint(run_dir: Path, named: str) -> TextgenError:
     """Why a run's folder has no checkpoint: a training running it now (loading it was called a damaged run, to
     train again), or one that ended before it saved (killed, or the machine went down)."""
     if (pid := training_pid(run_dir)) is not None:  # (which may still wait for its turn in its process)
@@ -330,7 +330,7 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
                 raise NotReadable(f"run {run!r} in {checkpoint_dir} cannot be read (Permission denied)", NOT_YOURS)
             if is_export(run_dir):
                 raise not_a_run_but_an_export(run_dir)
-            raise _without_checkpoint(run_dir, f"run {run!r} in {checkpoint_dir}")
+            raise without_checkpoint(run_dir, f"run {run!r} in {checkpoint_dir}")
         if not has_checkpoint(run_dir) and checkpoint_dir.resolve().name == run and has_checkpoint(checkpoint_dir):
             return checkpoint_dir  # --checkpoint-dir is the run itself, named as its listing names it
         if not checkpoint_dir.exists():  # not "(runs there: none)", as if the directory had been read
@@ -358,9 +358,9 @@ def find_run(checkpoint_dir: Path, run: Optional[str], kind: str = "best") -> Pa
         if checkpoint_dir.is_dir() and any(is_export(child) for child in checkpoint_dir.iterdir() if child.is_dir()):
             raise not_a_run_but_an_export(checkpoint_dir, folder=True)
         if any((checkpoint_dir / name).exists() for name in (LOCK_FILE, "corpus.json")):  # a run's folder
-            raise _without_checkpoint(checkpoint_dir, str(checkpoint_dir))
+            raise without_checkpoint(checkpoint_dir, str(checkpoint_dir))
         if training := runs_before_their_first_save(checkpoint_dir):  # a first training, before its first save
-            raise _without_checkpoint(training[0], f"run {training[0].name!r} in {checkpoint_dir}")
+            raise without_checkpoint(training[0], f"run {training[0].name!r} in {checkpoint_dir}")
         raise TextgenError(f"no checkpoint in {checkpoint_dir}; train one first with: textgen train CORPUS"
                            f"{directory_option(checkpoint_dir)}")
     chosen = default_order(runs, kind)[0]

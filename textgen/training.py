@@ -477,7 +477,7 @@ def _init_source(init_from: Optional[str | Path], checkpoint_dir, run_dir: Path,
                  model_options: dict) -> Optional[Path]:
     """The run directory --init-from names (a run name under checkpoint_dir, or a run's directory), or None; a model
     shape given that differs from the run's is refused here, before the corpus is read."""
-    from textgen.runs import find_run, is_export, is_run_name, not_a_run_but_an_export
+    from textgen.runs import find_run, is_export, is_run_name, not_a_run_but_an_export, without_checkpoint
 
     if init_from is None:
         return None
@@ -491,6 +491,8 @@ def _init_source(init_from: Optional[str | Path], checkpoint_dir, run_dir: Path,
         source = Path(init_from)
         if source.is_dir() and is_export(source):
             raise not_a_run_but_an_export(source)
+        if not checkpoint.has_checkpoint(source) and checkpoint.training_pid(source) is not None:
+            raise without_checkpoint(source, f"--init-from {init_from}")
         if not checkpoint.has_checkpoint(source):  # (not a folder of runs: its latest would be taken)
             raise OptionError(f"--init-from {init_from} is not a run (no checkpoint in it); give a run's name under "
                               f"{checkpoint_dir}, or a run's directory")
