@@ -226,6 +226,7 @@ def test_the_keyboard_generates_and_stops_and_a_screen_reader_hears_the_status(b
 
 
 def keyboard_and_screen_reader(browser, server, release):  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -240,6 +241,10 @@ def keyboard_and_screen_reader(browser, server, release):  # noqa: F811
     length.clear()
     length.send_keys("1000")
     focused = lambda: browser.switch_to.active_element.get_attribute("id")  # noqa: E731
+    # A press on Generate let go off it (no click) does not make the next Enter on it a click
+    ActionChains(browser).click_and_hold(browser.find_element(By.ID, "generate")).move_to_element(length) \
+        .release().perform()
+    assert browser.find_element(By.ID, "status").text == ""
     browser.find_element(By.ID, "generate").send_keys(Keys.ENTER)
     wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("generating"))
     # The focus is on the samples, not on Stop, where Space (to scroll) stopped the text: Escape stops
