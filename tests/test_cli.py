@@ -324,7 +324,7 @@ BAD_INPUTS = [
      "texts into one: cat {root}/adir/*.txt > adir.txt)", 1, None),
     (["train", "{root}/empty.txt"], "is empty", 1, None),
     (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3, 0xE9 on line 1)", 1, None),
-    (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4)", 1, None),
+    (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4, on line 1)", 1, None),
     (["train", "{root}/utf16.txt"], "is UTF-16 text, not UTF-8", 1, None),
     (["train", "{root}/utf16le.txt"], "is UTF-16LE text, not UTF-8", 1, None),
     (["train", "{root}/short.txt"], "too short", 1, None),

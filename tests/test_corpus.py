@@ -2,6 +2,7 @@ import json
 import os
 import random
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_a_damaged_cache_is_rebuilt_not_used(tmp_path, damage):
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty"),
     (b"good text\xff\xfe more", "not valid UTF-8 (first bad byte at byte offset 9, 0xFF on line 1)"),
-    (b"abc\x00\x01\x02", "looks binary (NUL byte at byte offset 3)"),
+    (b"abc\x00\x01\x02", "looks binary (NUL byte at byte offset 3, on line 1)"),
     (b"ends mid character \xe4\xb8", "truncated character"),
 ])
 def test_bad_files_are_refused_with_a_clear_message(tmp_path, content, message):
@@ -84,6 +85,20 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(TextgenError, match=message.replace("(", r"\(").replace(")", r"\)")):
         scan(path)
+
+
+def test_a_stray_nul_in_text_is_told_where_and_how_to_remove_it(tmp_path):
+    """One NUL in a text (a cat of source files) was "looks binary (...) (give a UTF-8 text file)", without its line."""
+    path = tmp_path / "code.txt"
+    path.write_bytes(b"int main(void)\n{\n" * 600 + b"  return 0;\0\n}\n" + b"/* end */\n" * 100)
+    with pytest.raises(TextgenError) as stray:
+        scan(path)
+    assert str(stray.value) == (f"corpus file holds NUL bytes, which no text has (the first at byte offset 10211, on "
+                                f"line 1,201): {path} (remove them, e.g. with tr -d '\\000' < {path} > clean.txt)")
+    cleaned = tmp_path / "clean.txt"
+    with open(path, "rb") as given, open(cleaned, "wb") as out:
+        subprocess.run(["tr", "-d", "\\000"], stdin=given, stdout=out, check=True)  # the command it gives
+    assert scan(cleaned)[0] == path.stat().st_size - 1
 
 
 CHINESE = "长短期记忆网络（LSTM）是一种时间循环神经网络，" \
@@ -184,7 +199,7 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
     # GB2312 also decodes as EUC-KR (part Hangul, part Hanja): Korean is mostly Hangul.
     ("我爱北京天安门。".encode("gb2312") * 30, "looks like Chinese GB18030"),
     # UTF-8 with stray NULs is binary, not UTF-16 (as UTF-16 ASCII reads as CJK ideographs).
-    (b"hello there world this is text\0" * 20, "looks binary (NUL byte at byte offset 30)"),
+    (b"hello there world this is text\0" * 20, "looks binary (NUL byte at byte offset 30, on line 1)"),
     (("第一章 风起\n" + "天下大势，分久必合，合久必分。周末七国分争，并入于秦。" * 20).encode("utf-16-le"),
      "is UTF-16LE text"),
     # UTF-32 without a byte order mark was "binary"; ISO-2022 (7-bit, old mail) trained as ASCII with escapes.

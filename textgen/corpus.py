@@ -170,10 +170,14 @@ def _decoded_chunks(path: Path, what: str):
                                f"iconv -f {other} -t utf-8 in.txt > out.txt)")
         nul = block.find(b"\0")
         if nul >= 0:
-            raise TextgenError(
-                f"{what} file looks binary (NUL byte at byte offset {offset + nul}): {path} "
-                "(give a UTF-8 text file)"
-            )
+            line = lines + block[:nul].count(b"\n")
+            where = f"at byte offset {offset + nul}, on line {line:,}"
+            if block.count(b"\0") * 1000 > len(block):
+                raise TextgenError(f"{what} file looks binary (NUL byte {where}): {path} (give a UTF-8 text file)")
+            # A few NULs in text (a cat that took in a stray file's bytes, an editor's slip) are removed, not the file
+            command = f", e.g. with tr -d '\\000' < {shlex.quote(str(path))} > clean.txt" if _repairable(path) else ""
+            raise TextgenError(f"{what} file holds NUL bytes, which no text has (the first {where}): {path} (remove "
+                               f"them{command})")
         buffered = decoder.getstate()[0]  # the start of a character the previous block ended inside
         try:
             text = decoder.decode(block)
