@@ -155,10 +155,13 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
      "(Central European) or Windows-1254 (Turkish): convert it with iconv -f ENCODING -t utf-8 in.txt > out.txt, "
      "ENCODING being the file's (iconv -l lists them))"),
     ("Café crème, déjà vu: UTF-8 here, ".encode() * 20 + "but not here: été.".encode("latin-1"),
-     f"({MIXED})"),
+     f"({MIXED}: 2 bad bytes on line 1, which read as 8-bit Latin text (in Windows-1252, 0xE9 is 'é'): convert the "
+     "part in that encoding before joining the files (iconv -f windows-1252 -t utf-8 part.txt > part-utf8.txt for "
+     "Western European text), or fix those lines; iconv -f utf-8 -t utf-8 -c in.txt > out.txt would remove the "
+     "bytes, and those characters with them)"),
     # A few UTF-8 characters, then one Windows-1252 line: mixed (it was told to convert the whole file).
     ("It\u2019s a truth \u2014 universally acknowledged.\n".encode() + b"Caf\xe9 au lait.\n" + b"plain text\n" * 200,
-     "(it is UTF-8 around that byte: the file mixes encodings"),
+     f"({MIXED}: 1 bad byte on line 2, which read as 8-bit Latin text"),
     # Cyrillic, Greek, Arabic in their legacy encodings are whole words of "Latin" letters in Windows-1252: no guess
     # (they were told Windows-1252, which made mojibake that trained); two CJK characters fit every table: none.
     ("Съешь же ещё этих мягких французских булок, да выпей чаю.\n".encode("cp1251") * 30,
@@ -173,7 +176,13 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
     ("똠방각하 햏자 쌰라있네 뷁.\n안녕하세요, 오늘 날씨가 정말 좋네요.\n".encode("cp949") * 5, "iconv -f cp949"),
     ("ฉันชอบอ่านหนังสือตอนเย็น\n".encode("tis-620"), "(convert it to UTF-8, e.g. with iconv -f ENCODING"),
     # A legacy part, then a UTF-8 one (cat joins them): converting the whole garbled the UTF-8 part.
-    ("Voilà l'été, déjà.\n".encode("cp1252") * 100 + "Voilà l'été, déjà.\n".encode() * 200, MIXED),
+    ("Voilà l'été, déjà.\n".encode("cp1252") * 100 + "Voilà l'été, déjà.\n".encode() * 200,
+     f"({MIXED}: 500 bad bytes on 100 lines (1, 2, 3, 4, 5, ...), which read as 8-bit Latin text (in Windows-1252, "
+     "0xE0 is 'à', 0xE9 is 'é'): convert the part"),
+    # Bytes that read as no text: no encoding to convert from
+    ("déjà vu, ".encode() * 30 + b"\x81\x8d\n" + b"plain\n" * 3 + b"\x9d",
+     f"({MIXED}: 3 bad bytes on 2 lines (1, 5); fix or remove them, or remove every one with iconv -f utf-8 -t utf-8 "
+     "-c in.txt > out.txt)"),
     # As many valid UTF-8 pairs as bad bytes: still GBK, not a UTF-8 file with bad bytes.
     ("天下大势，分久必合，合久必分。\n".encode("gbk") * 50, "looks like Chinese GB18030"),
     ("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n".encode("euc_jp") * 10,
@@ -412,8 +421,11 @@ def test_a_stray_byte_is_named_by_its_value_and_line(tmp_path, monkeypatch, chun
         read_text(path)
     at = text.index(b"\x92")
     assert str(refused.value) == (f"text file is not valid UTF-8 (first bad byte at byte offset {at}, 0x92 on line "
-                                  f"40): {path} ({MIXED})")
-    assert MIXED.endswith("or every such byte with iconv -f utf-8 -t utf-8 -c in.txt > out.txt")
+                                  f"40): {path} ({MIXED}: 2 bad bytes on line 40, which read as 8-bit Latin text (in "
+                                  "Windows-1252, 0x92 is '’'): convert the part in that encoding before joining the "
+                                  "files (iconv -f windows-1252 -t utf-8 part.txt > part-utf8.txt for Western European "
+                                  "text), or fix those lines; iconv -f utf-8 -t utf-8 -c in.txt > out.txt would remove "
+                                  "the bytes, and those characters with them)")
 
 
 def test_standard_input_closed_is_said_and_a_copy_of_it_goes_at_the_end(monkeypatch, caplog):

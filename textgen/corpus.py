@@ -191,10 +191,10 @@ def _decoded_chunks(path: Path, what: str):
                                    f"off: the file was cut at its start): {path} (remove {'it' if cut == 1 else 'them'}"
                                    f"{command})") from None
             utf8_bytes += _high_bytes((buffered + block)[:error.start])
-            advice = _conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE, buffered + block, error.start)
             # its value and line, to find it (0x92, a Windows-1252 quote) in an editor
             bad = (buffered + block)[error.start]
             line = lines + block[:max(0, error.start - len(buffered))].count(b"\n")
+            advice = _conversion_advice(path, at, utf8_bytes >= UTF8_EVIDENCE, buffered + block, error.start, line)
             raise TextgenError(f"{what} file is not valid UTF-8 (first bad byte at byte offset {at}, 0x{bad:02X} on "
                                f"line {line:,}): {path} ({advice})") from None
         if utf8_bytes < UTF8_EVIDENCE and not text.isascii():  # isascii is O(1): an ASCII block costs nothing
@@ -301,8 +301,8 @@ def _high_bytes(data: bytes) -> int:
     return len(data) - len(data.translate(None, _HIGH))
 
 
-def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, start: int) -> str:
-    """What to do about a file that is not UTF-8 from byte at, which is block[start] (the bytes read last).
+def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, start: int, line: int) -> str:
+    """What to do about a file that is not UTF-8 from byte at, which is block[start] (the bytes read last), on line.
 
     - Fix the bytes there if it is UTF-8 (utf8_before: plenty of UTF-8 before them).
     - Else convert it from the double-byte (CJK) encoding it reads as convincingly, if one.
@@ -313,7 +313,7 @@ def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, sta
       read each other's bytes as letters too (Czech č as è), so a guess would be confidently wrong.
     - Else ask for the file's encoding."""
     if utf8_before:
-        return MIXED
+        return _mixed_advice(path, block, start, line)
     if path.is_file():  # from the file: a block may end just after the bad byte
         with open(path, "rb") as handle:
             handle.seek(max(0, at - LEGACY_SAMPLE))
@@ -327,7 +327,7 @@ def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, sta
     near = (before + rest).decode("utf-8", errors="replace")
     bad = near.count("\ufffd")
     if sum(ord(ch) > 127 for ch in near) - bad >= max(2, bad):
-        return MIXED
+        return _mixed_advice(path, block, start, line)
     if guess is not None:
         return ("it looks like text in an 8-bit Latin encoding, such as Windows-1252 (Western European), Windows-1250 "
                 "(Central European) or Windows-1254 (Turkish): convert it with iconv -f ENCODING -t utf-8 in.txt > "
@@ -335,8 +335,44 @@ def _conversion_advice(path: Path, at: int, utf8_before: bool, block: bytes, sta
     return "convert it to UTF-8, e.g. with iconv -f ENCODING -t utf-8 in.txt > out.txt"
 
 
-MIXED = ("it is UTF-8 around that byte: the file mixes encodings; fix or remove the bytes there, or every such byte "
-         "with iconv -f utf-8 -t utf-8 -c in.txt > out.txt")
+MIXED = "it is UTF-8 around that byte, so the file mixes encodings"
+REMOVES_ALL = "iconv -f utf-8 -t utf-8 -c in.txt > out.txt"  # (which drops every byte that is not UTF-8)
+_LISTED_LINES = 5
+_BAD_RUN = re.compile("[\udc80-\udcff]+")  # bytes that are not UTF-8, as surrogateescape decodes them
+
+
+def _mixed_advice(path: Path, block: bytes, start: int, line: int) -> str:
+    """What to do about a UTF-8 file holding bytes that are not: how many, on which lines, and what they read as.
+    A cat of files in two encodings holds Windows-1252 letters, which `iconv -c` would silently delete ("crit" for
+    "écrit"): those are converted in their own file. The whole file is read again (a pipe's block from start)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    count, lines, bad = 0, [], bytearray()
+    at_line = 1 if path.is_file() else line
+    for chunk in (_chunks(path) if path.is_file() else [block[start:]]):
+        text, done = decoder.decode(chunk), 0
+        for run in _BAD_RUN.finditer(text):
+            at_line += text.count("\n", done, run.start())
+            done = run.start()
+            count += len(run.group())
+            if not lines or lines[-1] != at_line:
+                lines.append(at_line)
+            if len(bad) < 256:
+                bad += run.group().encode("utf-8", "surrogateescape")
+        at_line += text.count("\n", done)
+    shown = ", ".join(f"{number:,}" for number in lines[:_LISTED_LINES]) + (", ..." if len(lines) > _LISTED_LINES
+                                                                              else "")
+    where = f"{counted(count, 'bad byte')} on " + (f"line {shown}" if len(lines) == 1 else
+                                                     f"{len(lines):,} lines ({shown})")
+    latin = bytes(bad).decode("cp1252", errors="replace")
+    if sum(ch.isalpha() or ch in "‘’“”–—…«»°€" for ch in latin) >= 0.8 * len(latin):
+        examples = ", ".join(f"0x{byte:02X} is {bytes([byte]).decode('cp1252')!r}" for byte in list(dict.fromkeys(bad))[:3])
+        return (f"{MIXED}: {where}, which read as 8-bit Latin text (in Windows-1252, {examples}): convert the part in "
+                f"that encoding before joining the files (iconv -f windows-1252 -t utf-8 part.txt > part-utf8.txt for "
+                f"Western European text), or fix those lines; {REMOVES_ALL} would remove the bytes, and those "
+                "characters with them")
+    return f"{MIXED}: {where}; fix or remove them, or remove every one with {REMOVES_ALL}"
+
+
 LEGACY_SAMPLE = 4096  # bytes from the first non-UTF-8 byte that the encoding guess reads
 MIXED_SPAN = 1 << 20  # and that the count of valid UTF-8 characters after it reads
 LATIN = ""  # the "iconv name" of a guess that the text is in one of the 8-bit Latin encodings, unknown which
