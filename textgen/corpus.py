@@ -365,7 +365,8 @@ def _mixed_advice(path: Path, block: bytes, start: int, line: int) -> str:
                                                      f"{len(lines):,} lines ({shown})")
     latin = bytes(bad).decode("cp1252", errors="replace")
     if sum(ch.isalpha() or ch in "‘’“”–—…«»°€" for ch in latin) >= 0.8 * len(latin):
-        examples = ", ".join(f"0x{byte:02X} is {bytes([byte]).decode('cp1252')!r}" for byte in list(dict.fromkeys(bad))[:3])
+        examples = ", ".join(f"0x{byte:02X} is {bytes([byte]).decode('cp1252', errors='replace')!r}"
+                             for byte in list(dict.fromkeys(bad))[:3])
         return (f"{MIXED}: {where}, which read as 8-bit Latin text (in Windows-1252, {examples}): convert the part in "
                 f"that encoding before joining the files (iconv -f windows-1252 -t utf-8 part.txt > part-utf8.txt for "
                 f"Western European text), or fix those lines; {REMOVES_ALL} would remove the bytes, and those "
