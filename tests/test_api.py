@@ -508,7 +508,7 @@ def test_every_entry_point_passes_each_sampling_option_on(monkeypatch):
             arrived.append(config)
             return [Sample("ab", 0.7, 0, False)] * config.sample_count
 
-        def stream(self, config, *_):
+        def stream(self, config, *_, **__):
             arrived.append(config)
             return iter(())
 

@@ -61,6 +61,32 @@ def test_every_filter_reaches_the_engine(trained_run):
     assert repeats[0] > 10 and repeats[1] == 0  # max_repeat 1: never one character twice in a row
 
 
+def test_runs_the_repeat_guard_ended_are_told(trained_run):
+    """At the default --max-repeat 20 a code model's deep indentation stopped at 20 spaces without a word."""
+    from textgen.config import SampleConfig
+    from textgen.generate import TextStreams
+    from textgen.vocab import Vocabulary
+
+    vocab = Vocabulary.from_text(" ab=\n")
+    streams = TextStreams(vocab, SampleConfig(max_repeat=4, num_samples=2), "a   ")
+    # The prime's 3 spaces and one generated reach 4 (the guard counts the prime's end); a run of 4 '=' is ended by
+    # 'a', one of 2 spaces is not a run the guard ends, nor is the last '=' run (the text's end ended it)
+    streams.add(vocab.encode(" b====a  a====")[None, :].repeat(2, axis=0))
+    streams.texts[1] = "b===="  # the prime's 3 spaces, then a 'b': no run of 4
+    assert streams.repeats_ended() == [
+        "the repeat guard (--max-repeat 4) ended 2 runs of ' ' '=' at 4 in a row; a text with longer runs (code's "
+        "indentation, a line of '=') needs a larger --max-repeat, or --max-repeat 0 for no guard"]
+    assert streams.repeats_ended("max_repeat")[0].startswith("the repeat guard (max_repeat 4) ended 2 runs")
+    streams.texts[0] = "b" + "=" * 8 + "a"  # (a run longer than the guard: not one it ended)
+    assert streams.repeats_ended() == []
+    assert TextStreams(vocab, SampleConfig(max_repeat=0), "").repeats_ended() == []
+    # Through generate: near-uniform draws at a guard of 2, and none for the greedy period
+    told, quiet = [], []
+    gen(trained_run, prime="a", length=200, temperatures=[100.0], seed=3, max_repeat=2, warn=told.append)
+    gen(trained_run, prime="a", length=200, temperatures=[0], max_repeat=2, warn=quiet.append)
+    assert len(told) == 1 and told[0].startswith("note: the repeat guard (--max-repeat 2) ended ") and quiet == []
+
+
 def test_stop_string_cuts_at_first_occurrence(trained_run):
     [sample] = gen(trained_run, prime="abc", length=50, temperatures=[0], stop="fg")
     assert sample.text == "abcde" and sample.stopped

@@ -185,6 +185,12 @@ def test_generate_round_trip(server, trained_run):
         '"temperature":0.0,"index":0,"stopped":true}],"warnings":[]}'
     answer = json.loads(call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop=["fg", "e"]))[1])
     assert (answer["samples"][0]["text"], answer["options"]["stop"]) == ("abcd", ["fg", "e"])
+    # The runs the repeat guard ended are told, in the JSON field's name, in the answer and in a stream's end
+    guarded = dict(prime="a", length=200, temperature=100, seed=3, max_repeat=2)
+    told = json.loads(call(server, "/v1/generate", guarded)[1])["warnings"]
+    assert len(told) == 1 and told[0].startswith("the repeat guard (max_repeat 2) ended "), told
+    streamed = call(server, "/v1/generate", dict(guarded, stream=True))[1]
+    assert json.loads(streamed.split("event: done\ndata: ")[1])["warnings"] == told
 
 
 def fields(value):

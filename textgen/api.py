@@ -168,7 +168,7 @@ class TextModel:
             'ROMEO: ...'
         """
         config = self._config(locals())
-        texts = [sample.text for sample in self.generator.samples(config)]
+        texts = [sample.text for sample in self.generator.samples(config, repeat_option="max_repeat")]
         return texts[0] if num_samples == 1 else texts
 
     @_sampling_errors_as_keywords
@@ -187,7 +187,7 @@ class TextModel:
         config = self._config(locals())
         if not skip_unknown:  # like the options, an unknown prime character is refused now, not at the first piece
             prepare_prime(config.prime, self.vocab, False, None)
-        return self.generator.stream(config)
+        return self.generator.stream(config, repeat_option="max_repeat")
 
     @_sampling_errors_as_keywords
     def score(self, text: str) -> dict:

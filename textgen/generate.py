@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from textgen.errors import TextgenError, counted, shown_start
 from textgen.evaluation import bpc, perplexity
 from textgen.progress import progress_bar
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.vocab import compatibility_form, quoted
+from textgen.vocab import compatibility_form, quoted, quoted_first
 
 logger = logging.getLogger("textgen")
 SCORE_BLOCK = 4096  # characters fed per engine call when scoring (bounds the logits held at once)
@@ -161,6 +162,26 @@ class TextStreams:
                                 f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}{typed}")
         return messages
 
+    def repeats_ended(self, option: str = "--max-repeat") -> list[str]:
+        """What to tell of the runs the repeat guard ended: a character drawn after max_repeat of one in a row. The
+        guard is there for a small model's loops ("eeee..."), but it also cuts code's deep indentation or a line of
+        '=' without a word. (A run the model itself ended at exactly max_repeat is counted too: it cannot be told
+        apart.)"""
+        limit = self.config.max_repeat
+        if not limit:
+            return []
+        ended: dict[str, int] = {}
+        run = re.compile(f"(.)\\1{{{limit - 1},}}", re.S)  # (a run's leftmost match starts where the run does)
+        for sample in self.samples():
+            for found in run.finditer(sample.text, max(0, len(self.prime) - limit + 1)):
+                if len(found.group()) == limit and len(self.prime) < found.end() < len(sample.text):
+                    ended[found.group(1)] = ended.get(found.group(1), 0) + 1
+        if not ended:
+            return []
+        return [f"the repeat guard ({option} {limit}) ended {counted(sum(ended.values()), 'run')} of "
+                f"{quoted_first(list(ended))} at {limit} in a row; a text with longer runs (code's indentation, a "
+                f"line of '=') needs a larger {option}, or {option} 0 for no guard"]
+
     @property
     def context(self) -> str:
         """What the streams are primed with."""
@@ -246,9 +267,10 @@ class Generator:
         finally:
             self.give_back(engine)
 
-    def _produce(self, config: SampleConfig, chunk: int, warn: Optional[Callable[[str], None]]):
+    def _produce(self, config: SampleConfig, chunk: int, warn: Optional[Callable[[str], None]],
+                 repeat_option: str = "--max-repeat"):
         """Validate and prime the streams of one request, then yield its TextStreams once before and
-        once after each chunk."""
+        once after each chunk. The notes at the end name the repeat guard's option as repeat_option."""
         config.validate()
         streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
         if warn is not None:
@@ -273,24 +295,28 @@ class Generator:
                                     **{name: getattr(config, name) for name in sampling.FILTERS})
                 streams.add(ids[:rows])
                 yield streams
+        if warn is not None:
+            for message in streams.repeats_ended(repeat_option):
+                warn(f"note: {message}")
 
     def samples(self, config: SampleConfig, show_progress: bool = False,
-                warn: Callable[[str], None] = logger.warning) -> list[Sample]:
+                warn: Callable[[str], None] = logger.warning, repeat_option: str = "--max-repeat") -> list[Sample]:
         """num_samples texts per temperature: each the prime plus up to length characters, cut before stop."""
         bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
-        for streams in self._produce(config, BATCH_CHUNK, warn):
+        for streams in self._produce(config, BATCH_CHUNK, warn, repeat_option):
             bar(streams.produced)
         return streams.samples()
 
     def stream(self, config: SampleConfig, warn: Optional[Callable[[str], None]] = logger.warning,
-               chunk: int = STREAM_CHUNK, show_progress: bool = False) -> Iterator[str]:
+               chunk: int = STREAM_CHUNK, show_progress: bool = False,
+               repeat_option: str = "--max-repeat") -> Iterator[str]:
         """One sample (the first temperature) as pieces of text as they are produced, the prime first, chunk
         characters per engine call.
 
         The generator's return value (StopIteration.value) is the finished Sample."""
         config = dataclasses.replace(config, temperature=config.temperature[:1], num_samples=1)
         bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
-        for streams in self._produce(config, chunk, warn):
+        for streams in self._produce(config, chunk, warn, repeat_option):
             bar(streams.produced)
             piece = streams.take_ready() if streams.produced else streams.prime
             if piece:

@@ -313,7 +313,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed, length=config.length)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()],
-                "warnings": job.warnings}
+                "warnings": job.warnings + job.streams.repeats_ended("max_repeat")}
 
     engine_turns: dict[str, asyncio.Lock] = {}
 
@@ -531,7 +531,7 @@ async def _events(job, inbox):
                        for sample in job.streams.samples()]
             # "stopped": the first sample's, as before
             done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": job.streams.config.seed,
-                    "warnings": job.warnings}
+                    "warnings": job.warnings + job.streams.repeats_ended("max_repeat")}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()
