@@ -1011,6 +1011,23 @@ def test_a_stop_typed_as_backslash_n_is_noted_where_the_model_writes_both(monkey
     assert [record.getMessage() for record in caplog.records] == told
 
 
+def test_a_prime_typed_with_backslash_n_is_noted_where_the_model_writes_line_breaks(trained_run, tmp_path,
+                                                                                     monkeypatch):
+    """--prime 'def f():\\n\\treturn' was read as backslashes and letters without a word."""
+    import textgen.checkpoint
+    from textgen.vocab import Vocabulary
+
+    monkeypatch.setattr(textgen.checkpoint, "run_vocabulary", lambda run_dir: Vocabulary.from_text("abc\n\t"))
+    common = ["sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 3]
+    typed = invoke(*common, "--prime", "ab\\nc\\t")
+    assert typed.exit_code == 1 and typed.stderr.splitlines()[0] == (
+        "note: in --prime, \\n is a backslash and n, not a line break, and \\t is a backslash and t, not a tab; "
+        "to mean them, type --prime $'...' in a shell (or give the prime with --prime-file)"), typed.stderr
+    assert "never saw: '\\\\' 'n' 't'" in typed.stderr  # the period's model has no backslash: refused after the note
+    from_file = invoke(*common, "--prime-file", write_text(tmp_path / "prime.txt", "ab\\n"))  # as written: no note
+    assert from_file.exit_code == 1 and "note:" not in from_file.stderr, from_file.stderr
+
+
 def test_an_option_given_no_value_names_the_commands_help():
     result = invoke("sample", "--stop")
     assert (result.exit_code, result.stderr) == (2, "error: Option '--stop' requires an argument. (see: cli sample "

@@ -472,6 +472,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **option
     if output is not None:
         check_not_run_file(output, run_dir)
     _note_stops_typed_escaped(config.stops, run_dir)
+    if prime_file is None:
+        _note_prime_typed_escaped(config.prime, run_dir)
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
@@ -518,6 +520,22 @@ def _check_typed_text(chosen: dict) -> None:
                 raise OptionError(f"{option_flag(name)} is not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02X} at "
                                   f"character {bad.start()}): the terminal sends another encoding, such as GBK or "
                                   f"Latin-1; set it to UTF-8{elsewhere}")
+
+
+def _note_prime_typed_escaped(prime: str, run_dir: Path) -> None:
+    """--prime 'def f():\\n\\treturn' in a shell is backslashes and letters: said where the model writes the line
+    breaks or tabs meant (before any refusal of the backslash the model never saw)."""
+    from textgen.checkpoint import run_vocabulary
+    from textgen.generate import TYPED_ESCAPES
+
+    typed = [escape for escape in TYPED_ESCAPES if escape in prime]
+    vocab = run_vocabulary(run_dir) if typed else None
+    meant = [escape for escape in typed if vocab is not None and TYPED_ESCAPES[escape][0] in vocab]
+    if meant:
+        what = ", and ".join(f"{escape} is a backslash and {escape[1]}, not {TYPED_ESCAPES[escape][1]}"
+                             for escape in meant)
+        logging.getLogger("textgen").warning(f"note: in --prime, {what}; to mean {'them' if len(meant) > 1 else 'it'}, "
+                                             "type --prime $'...' in a shell (or give the prime with --prime-file)")
 
 
 def _note_stops_typed_escaped(stops: tuple, run_dir: Path) -> None:
