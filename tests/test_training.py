@@ -679,6 +679,41 @@ def test_a_run_stopped_mid_epoch_after_validating_resumes_exactly(tmp_path, peri
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-6, rel=0)
 
 
+def test_a_signal_during_validation_stops_it_and_a_resume_validates_as_if_uninterrupted(tmp_path, periodic_corpus,
+                                                                                        monkeypatch):
+    """A large text's validation (minutes) ran on to its end after SIGTERM, and a second signal lost the epoch."""
+    import textgen.training as training_module
+
+    model = dict(TINY_MODEL, dropout=0.2)
+    straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model)
+    whole = training_module.stream_loss
+
+    def signalled(loss_sum, batches, progress=None, stop=None):  # SIGTERM during the first window
+        return whole(lambda x, y: os.kill(os.getpid(), signal.SIGTERM) or loss_sum(x, y), batches, progress, stop)
+
+    monkeypatch.setattr(training_module, "stream_loss", signalled)
+    with pytest.raises(Interrupted, match=r"^interrupted: saved a resumable checkpoint \(in epoch 1, after step "
+                                          rf"{straight['history'][0]['step']}\)") as stopped:
+        run(periodic_corpus, tmp_path / "b", epochs=2, model=model)
+    monkeypatch.setattr(training_module, "stream_loss", whole)
+    assert stopped.value.exit_code == 143
+    last = checkpoint.read_meta(tmp_path / "b" / "r", "last").state
+    assert (last.epoch, last.val_loss, last.history) == (0, None, [])
+    resumed = run(periodic_corpus, tmp_path / "b", epochs=2, model=model, resume=True)
+    assert [row["train_loss"] for row in resumed["history"]] == \
+        pytest.approx([row["train_loss"] for row in straight["history"]], abs=1e-6, rel=0)
+    assert [row["val_loss"] for row in resumed["history"]] == \
+        pytest.approx([row["val_loss"] for row in straight["history"]], abs=1e-6, rel=0)
+    # A long validation says so, with the time it has left (here every one is "long")
+    monkeypatch.setattr(training_module, "SLOW_VALIDATION_S", 0.0)
+    said = []
+    train(periodic_corpus, tmp_path / "c", run="r", model_options=TINY_MODEL,
+          train_options=dict(TINY_TRAINING, epochs=1), log=said.append)
+    [line] = [line for line in said if line.startswith("validating")]
+    assert re.fullmatch(r"validating on [\d,]+ characters: ~\d+ s left \(Ctrl-C or SIGTERM stops it and saves the "
+                        r"steps trained\)", line), line
+
+
 @pytest.fixture
 def bfloat16_cpu(monkeypatch):
     """A CPU with (or without) native bfloat16 whose timing gives a chosen speedup; what it timed is counted."""

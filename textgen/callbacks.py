@@ -77,14 +77,26 @@ def _diverged(run, what: str) -> None:
     raise TextgenError(f"{what}; {kept} (try a lower --learning-rate, e.g. {lower_rate:g}, or a lower --clip-norm)")
 
 
-def save_unvalidated(run) -> None:
+def save_unvalidated(run, carried: Optional[dict] = None) -> None:
     """Save "last" mid-epoch (--save-every, a signal) with no validation to check it first: the step just done
     may have turned the weights to NaN/Inf (its own loss was computed before its update), and such weights must
-    not become the checkpoint a resume starts from."""
+    not become the checkpoint a resume starts from. carried: the LSTM and RNG state as training left them, when
+    validation has changed them since."""
     if not run.session.weights_finite():
         _diverged(run, f"training stopped at epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}: the "
                        "weights became NaN/Inf")
-    run.save(("last",))
+    run.save(("last",), carried=carried)
+
+
+def interrupted(run, signum: int, saved: bool = False, carried: Optional[dict] = None) -> "Interrupted":
+    """What a signal stops the run with, once a resumable checkpoint is saved (unless saved: the run's last one is
+    where it stands)."""
+    if not saved:
+        save_unvalidated(run, carried)
+    told = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
+            f"({run.state.position()}) in {run.run_dir}")
+    command, call = run.resume_advice()
+    return Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -135,24 +147,19 @@ class StopRequests(Callback):
 
         budget = run.config.max_minutes * 60
         # replacing: the chief's --overwrite run has saved nothing yet (only the chief knows)
-        interrupted, ctrl_c, time_up, replacing, run.elapsed = worker_mean(
+        stopping, ctrl_c, time_up, replacing, run.elapsed = worker_mean(
             run.session.strategy, bool(self.signals), bool(self.signals) and self.signals[0] == signal.SIGINT,
             bool(budget) and run.elapsed >= budget, run.replaces, run.elapsed)
         signum = self.signals[0] if self.signals else signal.SIGTERM
         # Ctrl-C soon after the start is how a mistyped --overwrite is taken back; a SIGTERM (a job stopped) or a
         # later Ctrl-C keeps the training done so far, as in any run
-        if interrupted > 0 and replacing > 0 and ctrl_c > 0 and run.elapsed < TAKE_BACK_S:
+        if stopping > 0 and replacing > 0 and ctrl_c > 0 and run.elapsed < TAKE_BACK_S:
             kept = (f"interrupted before this training's first checkpoint, so the earlier run in {run.run_dir} is "
                     "kept as it was")
             raise Interrupted(f"{kept} (to replace it, run the same command again)", signum,
                               f"{kept} (to replace it, call textgen.train the same way again)")
-        if interrupted > 0:
-            if not saved:
-                save_unvalidated(run)
-            told = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
-                    f"({run.state.position()}) in {run.run_dir}")
-            command, call = run.resume_advice()
-            raise Interrupted(f"{told}; resume with: {command}", signum, f"{told}; resume with: {call}")
+        if stopping > 0:
+            raise interrupted(run, signum, saved)
         if time_up > 0:
             run.stop(f"time budget of {minutes_text(run.config.max_minutes)} reached", now=True)
 

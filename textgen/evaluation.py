@@ -8,7 +8,7 @@ import math
 import threading
 import weakref
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from textgen.batching import StreamBatches
 from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
@@ -85,12 +85,16 @@ def _copy_for(trained, config, batch_size: int):
             del copies[next(iter(copies))]
 
 
-def stream_loss(loss_sum_step, batches: StreamBatches, progress=None) -> tuple[float, int]:
-    """Mean loss in nats per character over batches, in order, carrying the model's state; and the count.
+def stream_loss(loss_sum_step, batches: StreamBatches, progress=None,
+                stop: Optional[Callable[[], bool]] = None) -> tuple[Optional[float], int]:
+    """Mean loss in nats per character over batches, in order, carrying the model's state; and the count. None for
+    the loss when stop() turned true between two windows.
 
     loss_sum_step(x, y) returns the summed cross-entropy of one window."""
     total, count = 0.0, 0
     for k in range(len(batches)):
+        if stop is not None and stop():
+            return None, count
         x, y = batches[k]
         total += float(loss_sum_step(x, y))
         count += y.size

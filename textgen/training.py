@@ -43,6 +43,7 @@ from textgen.session import Session, callers_random_state_kept, mixed_precision_
 from textgen.vocab import Vocabulary, shown_chars
 
 logger = logging.getLogger("textgen")
+SLOW_VALIDATION_S = 20.0  # a validation this long so far is said, with the time it has left
 __all__ = ["Interrupted", "Run", "fit", "train"]
 
 
@@ -238,6 +239,7 @@ class Run:
     replaces: bool = False  # an --overwrite run: the earlier run's files go at its first save, not before
     has_saved: bool = False  # a checkpoint of this run exists: a resumed run's, or one saved since it started
     earlier_files: list = field(default_factory=list)  # more of the earlier run's files to remove then (its logs)
+    signals: list = field(default_factory=list)  # the signals received (stop_on_signals's list while training)
 
     def __post_init__(self):
         self.elapsed = self.state.elapsed_seconds  # what the checkpoint trained (a resume's schedule note reads it)
@@ -276,11 +278,33 @@ class Run:
         return learning_rate_for(config, self.state.epoch,
                                  run_fraction(config, self.state, len(self.train_batches), self.elapsed))
 
-    def validate(self) -> float:
+    def validate(self) -> Optional[float]:
+        """The validation loss; None when a signal came during it, which a large text's validation (minutes, all
+        its windows) made wait until it ended. A run across workers goes on: they validate in step."""
+        from textgen.distribute import spans_workers
+
         self.session.reset_states()
-        nats, _ = stream_loss(self.session.loss_sum, self.val_batches)
+        stop = None if spans_workers(self.session.strategy) else lambda: bool(self.signals)
+        nats, _ = stream_loss(self.session.loss_sum, self.val_batches, self._validation_progress(), stop)
         self.session.reset_states()
         return nats
+
+    def _validation_progress(self) -> Callable[[int], None]:
+        """A long validation is not silent: past SLOW_VALIDATION_S, a bar on a terminal, else a line with the time
+        left (a large text's validation takes minutes, and a log showed nothing)."""
+        total, started, shown = len(self.val_batches), time.monotonic(), []
+
+        def progress(done: int) -> None:
+            spent = time.monotonic() - started
+            if shown:
+                shown[0](done)
+            elif spent >= SLOW_VALIDATION_S and done < total:
+                left = spent / done * (total - done)
+                characters = total * self.config.batch_size * self.config.seq_length
+                self.log(f"validating on {characters:,} characters: ~{cb.duration(left)} left (Ctrl-C or SIGTERM "
+                         "stops it and saves the steps trained)")
+                shown.append(progress_bar(total, unit="window") if stderr_is_terminal() else lambda done: None)
+        return progress
 
     def save(self, kinds: tuple[str, ...], carried: Optional[dict] = None, validated: bool = False) -> None:
         """Write a checkpoint of the current state (the chief only); unless it was just validated, it
@@ -345,8 +369,11 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
         # Stopped mid-epoch, the checkpoint must hold the LSTM and RNG state as training left them, since
         # validation changes both (see Session.carried_state); after a whole epoch training goes on from what
         # validation left (a fresh LSTM state, the RNG past validation's draws), as an uninterrupted run does.
-        run.carried = session.carried_state() if run.end_epoch else None
+        trained = session.carried_state()
+        run.carried = trained if run.end_epoch else None
         state.train_loss, state.val_loss = state.epoch_mean_loss, run.validate()
+        if state.val_loss is None:  # a signal during validation: save the steps trained; a resume validates them
+            raise cb.interrupted(run, run.signals[0], carried=trained)
         run.tick(agreed=True)
         if not run.end_epoch:
             state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -726,6 +753,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units, session.precision)):
         log(note)
     with stop_on_signals() as signals:
+        run.signals = signals
         reports = [cb.ProgressBar(), cb.Pace(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []),
                    cb.EpochLog()]
         try:
