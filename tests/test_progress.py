@@ -29,3 +29,26 @@ def test_the_bar_honours_term_dumb_and_no_color(monkeypatch, environment, drawn,
     shown = terminal.getvalue()
     assert ("3/3" in shown and shown.startswith("epoch 1\n")) == drawn, shown
     assert ("\x1b[" in shown) == coloured, shown
+
+
+def test_a_line_logged_while_a_bar_is_drawn_starts_a_line_of_its_own(monkeypatch):
+    """The pace line was written after the bar on its line: "... bpc: 3.9203pace: 0.06 s per step"."""
+    import logging
+
+    from textgen.progress import CurrentStderr
+
+    monkeypatch.setenv("TERM", "xterm")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    handler, logger = CurrentStderr(), logging.getLogger("textgen.test_progress")
+    logger.addHandler(handler)
+    try:
+        update = progress_bar(3, "epoch 1")
+        update(1)
+        logger.warning("pace: 0.06 s per step")
+        update(3)  # done: the bar ends its line itself
+        logger.warning("stopped")
+    finally:
+        logger.removeHandler(handler)
+    lines = terminal.getvalue().split("\n")
+    assert "pace: 0.06 s per step" in lines and "stopped" in lines and "" not in lines[:-1], lines
