@@ -125,3 +125,19 @@ def test_the_command_names_the_characters_it_excluded(trained_run, tmp_path):
         assert result.stderr.splitlines()[-1] == f"note: excluded as the model never saw them: {named}"
     clean = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "clean.txt", "abcdefg" * 10)), *where])
     assert clean.exit_code == 0 and "never saw" not in clean.stderr
+
+
+def test_a_long_eval_says_how_long_it_has_left_in_a_log(trained_run, tmp_path, caplog, monkeypatch):
+    """An eval of a large text (an hour) wrote nothing where stderr is not a terminal (a script's log)."""
+    import logging
+
+    import textgen.progress
+
+    text = write_text(tmp_path / "text.txt", "abcdefg" * 400)
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        evaluate(text, trained_run["checkpoint_dir"], "period", batch_size=2, seq_length=50, show_progress=True)
+        assert not [record for record in caplog.records if "left" in record.getMessage()]  # a quick one: nothing
+        monkeypatch.setattr(textgen.progress, "SLOW_S", 0.0)
+        evaluate(text, trained_run["checkpoint_dir"], "period", batch_size=2, seq_length=50, show_progress=True)
+    [line] = [record.getMessage() for record in caplog.records if "left" in record.getMessage()]
+    assert line.startswith(f"evaluating {text}: ~") and line.endswith(" s left"), line

@@ -17,7 +17,7 @@ from textgen import report
 from textgen.config import TrainConfig
 from textgen.errors import TextgenError, counted, minutes_text
 from textgen.evaluation import bpc
-from textgen.progress import progress_bar
+from textgen.progress import duration, progress_bar
 
 logger = logging.getLogger("textgen")
 
@@ -196,15 +196,6 @@ class ProgressBar(Callback):
     def on_step_end(self, run, loss: float) -> None:
         mean = run.state.epoch_mean_loss
         self.bar(run.state.step_in_epoch, loss=mean, bpc=bpc(mean))
-
-
-def duration(seconds: float) -> str:
-    """'45 s', '28 min', '9.5 h'."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 class Pace(Callback):

@@ -14,7 +14,7 @@ from textgen.batching import StreamBatches
 from textgen.config import DEFAULT_CHECKPOINT_DIR, check_range
 from textgen.corpus import STANDARD_INPUT, encode_text, named_standard_input, scan, standard_input_copy
 from textgen.errors import TextgenError, counted
-from textgen.progress import progress_bar
+from textgen.progress import progress_bar, stderr_is_terminal, told_when_slow
 from textgen.vocab import quoted_first
 
 logger = logging.getLogger("textgen")
@@ -203,8 +203,12 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
                            "reading on; --batch-size 1 reads the text as one stream")
         batches = StreamBatches(ids, batch_size, seq_length, keep_partial=True)
         reset_states(model)
-        bar = progress_bar(len(batches), f"evaluating {name or path}", unit="batch", enabled=show_progress)
-        nats, count = stream_loss(loss_sum_step, batches, progress=bar)
+        if stderr_is_terminal():
+            progress = progress_bar(len(batches), f"evaluating {name or path}", unit="batch", enabled=show_progress)
+        else:  # a script's log: a line with the time left, if it is long (an hour for a large text said nothing)
+            progress = told_when_slow(len(batches), f"evaluating {name or path}", logger.info, bar=False) \
+                if show_progress else None
+        nats, count = stream_loss(loss_sum_step, batches, progress=progress)
         return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,
                     unknown=unknown, unknown_characters=named,
                     unscored=kept - count, total=total, batches=len(batches))

@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import threading
+import time
 from typing import Callable, Iterator
 
 
@@ -54,6 +55,32 @@ def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple
         with contextlib.redirect_stdout(shown):
             bar.update(done, list(values.items()))
         _bar_line_open[0] = done < total  # (the bar ends its line when done)
+    return update
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '28 min', '9.5 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+SLOW_S = 20.0  # a loop still running after this long says how long it has left
+
+
+def told_when_slow(total: int, what: str, log: Callable[[str], None], bar: bool = True) -> Callable[[int], None]:
+    """update(done) for a loop of total items that may take minutes (a large text's validation or eval): nothing
+    while it is quick; past SLOW_S, one line "WHAT: ~T left", then (bar: on a terminal) a bar. A log got nothing."""
+    started, shown = time.monotonic(), []
+
+    def update(done: int) -> None:
+        if shown:
+            shown[0](done)
+        elif (spent := time.monotonic() - started) >= SLOW_S and done < total:
+            log(f"{what}: ~{duration(spent / done * (total - done))} left")
+            shown.append(progress_bar(total, unit="window", enabled=bar))
     return update
 
 

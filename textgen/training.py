@@ -36,14 +36,13 @@ from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, lo
                             same_text, scan)
 from textgen.errors import MissingFile, OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
-from textgen.progress import progress_bar, stderr_is_terminal
+from textgen.progress import progress_bar, stderr_is_terminal, told_when_slow
 from textgen.run_dir import STAGED_CACHE, check_run_dir, locked_run_dir
 from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
 from textgen.vocab import Vocabulary, shown_chars
 
 logger = logging.getLogger("textgen")
-SLOW_VALIDATION_S = 20.0  # a validation this long so far is said, with the time it has left
 __all__ = ["Interrupted", "Run", "fit", "train"]
 
 
@@ -280,7 +279,8 @@ class Run:
 
     def validate(self) -> Optional[float]:
         """The validation loss; None when a signal came during it, which a large text's validation (minutes, all
-        its windows) made wait until it ended. A run across workers goes on: they validate in step."""
+        its windows) made wait until it ended. A run across workers goes on: they validate in step. One still
+        running after a while says how long it has left (a log showed nothing for minutes)."""
         from textgen.distribute import spans_workers
 
         self.session.reset_states()
@@ -290,21 +290,9 @@ class Run:
         return nats
 
     def _validation_progress(self) -> Callable[[int], None]:
-        """A long validation is not silent: past SLOW_VALIDATION_S, a bar on a terminal, else a line with the time
-        left (a large text's validation takes minutes, and a log showed nothing)."""
-        total, started, shown = len(self.val_batches), time.monotonic(), []
-
-        def progress(done: int) -> None:
-            spent = time.monotonic() - started
-            if shown:
-                shown[0](done)
-            elif spent >= SLOW_VALIDATION_S and done < total:
-                left = spent / done * (total - done)
-                characters = total * self.config.batch_size * self.config.seq_length
-                self.log(f"validating on {characters:,} characters: ~{cb.duration(left)} left (Ctrl-C or SIGTERM "
-                         "stops it and saves the steps trained)")
-                shown.append(progress_bar(total, unit="window") if stderr_is_terminal() else lambda done: None)
-        return progress
+        characters = len(self.val_batches) * self.config.batch_size * self.config.seq_length
+        return told_when_slow(len(self.val_batches), f"validating on {characters:,} characters (Ctrl-C or SIGTERM "
+                              "stops it and saves the steps trained)", self.log)
 
     def save(self, kinds: tuple[str, ...], carried: Optional[dict] = None, validated: bool = False) -> None:
         """Write a checkpoint of the current state (the chief only); unless it was just validated, it
