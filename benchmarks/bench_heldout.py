@@ -92,7 +92,8 @@ def textgen_run(corpus: Path, name: str, minutes: float, size: str) -> dict:
         raise RuntimeError(f"textgen failed on {name}:\n{result.stderr[-2000:]}")
     meta = read_meta(OUT / run, "last")
     lines = [line for line in result.stderr.splitlines() if line.startswith(("sizing", "training"))]
-    epochs = meta.state.chars_seen / training_length(meta.corpus["length"], meta.training.val_fraction)
+    epochs = meta.state.chars_seen / training_length(meta.corpus["length"], meta.training.val_fraction,
+                                                        meta.training.val_max_chars)
     return dict(loss=meta.state.best_val_loss, model=meta.model, training=meta.training, log=lines,
                 epochs=round(epochs, 3))
 

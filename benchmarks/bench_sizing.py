@@ -40,7 +40,8 @@ def main() -> None:
     if not corpus.exists():
         sys.exit(f"needs {corpus} (the shared corpora)")
     text = corpus.read_text(encoding="utf-8")
-    vocab, train_chars = len(set(text)), training_length(len(text), TrainConfig().val_fraction)
+    vocab, train_chars = len(set(text)), training_length(len(text), TrainConfig().val_fraction,
+                                                                  TrainConfig().val_max_chars)
     speed = sizing.calibrated_speed(TrainConfig(), vocab)
     rows = [f"corpus {corpus.name}: {train_chars:,} training characters, vocabulary {vocab}; {args.minutes:g} min "
             "per shape, batch 64, seq 50, dropout 0, weight decay 0",

@@ -23,7 +23,7 @@ def copy_of_fixture(tmp_path) -> Path:
 
 # The training options that 0.1.0's metadata lacks, with what a run trained then did (their before= in TrainConfig):
 # a new option is added here.
-ADDED_SINCE_0_1_0 = {"size": "fixed"}
+ADDED_SINCE_0_1_0 = {"size": "fixed", "val_max_chars": 0}
 
 
 def test_old_run_predicts_what_it_did_then(tmp_path):

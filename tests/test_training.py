@@ -1295,6 +1295,26 @@ def test_the_advised_minimum_corpus_length_is_exact():
             training._check_lengths("c.txt", *split_validation(np.zeros(minimum - 1), val_fraction), config)
 
 
+def test_a_large_texts_validation_is_at_most_val_max_chars_the_end_of_its_slice(tmp_path, periodic_corpus):
+    """A 100 MB text held out 10 MB, which took minutes to validate at every epoch's end."""
+    from textgen.batching import split_validation, training_length
+
+    ids = np.arange(10_000)
+    train_ids, val_ids = split_validation(ids, 0.1, 300)
+    assert list(val_ids) == list(range(9_700, 10_000)) and len(train_ids) == 9_700 == training_length(10_000, 0.1, 300)
+    assert len(split_validation(ids, 0.1, 0)[1]) == 1_000 == len(split_validation(ids, 0.1, 5_000)[1])
+    summary = run(periodic_corpus, tmp_path, train_options=dict(val_max_chars=200))  # 0.1 alone: 2,100 held out
+    meta = checkpoint.read_meta(summary["run_dir"], "last")
+    batch = TINY_TRAINING["batch_size"] * TINY_TRAINING["seq_length"]
+    assert meta.state.chars_seen == len(StreamBatches(np.zeros(21_000 - 200), 8, 20)) * batch == 129 * batch
+    with pytest.raises(TextgenError, match=re.escape("--val-max-chars 100 holds out less than one batch of "
+                                                     "validation (161 characters with --batch-size 8 --seq-length "
+                                                     "20); raise it, or give 0 for no limit")):
+        run(periodic_corpus, tmp_path / "small", train_options=dict(val_max_chars=100))
+    with pytest.raises(TextgenError, match="--val-max-chars"):  # the layout of a run cannot change at a resume
+        run(periodic_corpus, tmp_path, epochs=2, resume=True, train_options=dict(val_max_chars=300))
+
+
 def test_a_smaller_batch_advised_for_a_short_corpus_is_one_the_replicas_share():
     from textgen.batching import split_validation
     from textgen.config import TrainConfig

@@ -44,12 +44,15 @@ class StreamBatches:
         return batch_size * seq_length + 1
 
 
-def training_length(total: int, val_fraction: float) -> int:
-    """Characters left for training when the contiguous last val_fraction of total is held out."""
-    return total - int(total * val_fraction)
+def training_length(total: int, val_fraction: float, val_max_chars: int = 0) -> int:
+    """Characters left for training when the contiguous last val_fraction of total, at most val_max_chars of it (0:
+    no limit), is held out."""
+    held = int(total * val_fraction)
+    return total - (min(held, val_max_chars) if val_max_chars else held)
 
 
-def split_validation(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """(training ids, validation ids): the contiguous last val_fraction of the corpus is held out."""
-    cut = training_length(len(ids), val_fraction)
+def split_validation(ids: np.ndarray, val_fraction: float, val_max_chars: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, validation ids): the contiguous last val_fraction of the corpus, at most val_max_chars of it,
+    is held out."""
+    cut = training_length(len(ids), val_fraction, val_max_chars)
     return ids[:cut], ids[cut:]
