@@ -1600,6 +1600,26 @@ def test_a_file_sharing_a_runs_name_is_told_whose_run_it_is_and_cannot_resume_it
     assert summary["epoch"] == 2
 
 
+def test_byte_order_marks_inside_a_corpus_are_told_with_how_to_remove_them(tmp_path):
+    """A cat of files saved on Windows: each file's mark became an invisible character that the samples wrote."""
+    messages = []
+    corpus = tmp_path / "code.txt"
+    corpus.write_bytes(("\ufeff" + "abcdefg\n" * 500).encode() * 5)  # the first mark, at the start, is dropped
+    train(corpus, tmp_path / "ck", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
+          log=messages.append)
+    command = f"perl -CSD -pi -e 's/\\x{{FEFF}}//g' {corpus}"
+    assert [message for message in messages if "U+FEFF" in message] == [
+        "note: code.txt has byte order marks (U+FEFF) after its start, as a cat of files saved on Windows has, which "
+        "the model learns as an invisible character and will write in its samples (in code, a syntax error); remove "
+        f"them first ({command}) and train again with --overwrite"]
+    subprocess.run(command, shell=True, check=True)
+    assert corpus.read_text(encoding="utf-8") == "abcdefg\n" * 2500
+    messages.clear()
+    train(corpus, tmp_path / "ck", overwrite=True, model_options=TINY_MODEL,
+          train_options=dict(TINY_TRAINING, epochs=1), log=messages.append)
+    assert not [message for message in messages if "U+FEFF" in message]
+
+
 def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_path):
     messages = []
     corpus = tmp_path / "lyrics.txt"

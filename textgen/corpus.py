@@ -435,6 +435,11 @@ def plain_line_ends_command(path: Path) -> str:
     return f"perl -pi -e 's/\\r$//' {shlex.quote(str(path))}"
 
 
+def no_byte_order_marks_command(path: Path) -> str:
+    """A command that removes the file's byte order marks (U+FEFF) in place, its other characters kept."""
+    return f"perl -CSD -pi -e 's/\\x{{FEFF}}//g' {shlex.quote(str(path))}"
+
+
 def fingerprint(path: Path) -> dict:
     """The file's size, modification time and digest; for a file that starts with a UTF-8 byte order mark, also
     the digest of the rest (text_blake2b), which reading keeps: the text saved again by an editor that adds or drops

@@ -32,8 +32,8 @@ from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag,
                             option_flag)
 from textgen.quiet_import import import_tensorflow_quietly
-from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, plain_line_ends_command,
-                            same_text, scan)
+from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, no_byte_order_marks_command,
+                            plain_line_ends_command, same_text, scan)
 from textgen.errors import MissingFile, OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
 from textgen.progress import progress_bar, stderr_is_terminal, told_when_slow
@@ -714,6 +714,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(f"note: {corpus_path.name} has carriage returns (\\r: Windows line ends), which the model learns as a "
             "character of their own, so its samples will have them too; for plain line ends, convert the file "
             f"first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
+    if meta is None and "\ufeff" in own_characters:  # (the one at the file's start is dropped as it is read)
+        log(f"note: {corpus_path.name} has byte order marks (U+FEFF) after its start, as a cat of files saved on "
+            "Windows has, which the model learns as an invisible character and will write in its samples (in code, a "
+            f"syntax error); remove them first ({no_byte_order_marks_command(corpus_path)}) and train again with "
+            "--overwrite")
     run = Run(session=session, config=config, model_config=model_config, vocab=data.vocab,
               corpus=dict(path=str(corpus_path.resolve()), length=len(data.ids), **data.fingerprint),
               corpus_path=corpus_path, run_dir=run_dir,
