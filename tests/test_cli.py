@@ -214,6 +214,9 @@ def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_pat
     printed = invoke(*args).stdout
     for sample in samples:
         assert f"temperature {sample['temperature']:g} =====\n{sample['text']}\n" in printed
+    # -t given twice adds its values up, as a repeated --stop does (the last one alone was used, without a word)
+    assert invoke(*[("0" if arg == "0,1" else arg) for arg in args], "-t", "1").stdout == \
+        printed
 
 
 def test_sample_takes_several_stop_strings_each_given_once(trained_run):

@@ -54,9 +54,12 @@ def _config_options(config_class):
             notes = [f"default: {','.join(f'{v:g}' for v in default) if rule.many else default}"]
             notes = notes if default not in (None, "") else []
             notes += [f"range: {rule.span()}"] if rule.numeric else []
-            split = (lambda ctx, param, text, rule=rule, name=name:
-                     None if text is None else rule.parse_many(name, text)) if rule.many else None
+            # given more than once (-t 0.2 -t 0.5), a list's values add up, as a repeated --stop's do (click kept the
+            # last one without a word)
+            split = (lambda ctx, param, texts, rule=rule, name=name:
+                     rule.parse_many(name, ",".join(texts)) if texts else None) if rule.many else None
             command = click.option(*names, type=kind, default=None, callback=split, metavar=LIST if rule.many else None,
+                                   multiple=rule.many,
                                    help=rule.help + (f"  [{'; '.join(notes)}]" if notes else ""))(command)
         return command
     return decorate
@@ -337,10 +340,10 @@ def _extra_argument_hint(ctx: click.Context, argv: list[str]) -> str:
             return as_prime
         if param.name == "run":
             return one
-        if param.multiple:
-            return f"{one}; repeat it for each, as in " + " ".join(f"{flag} {shlex.quote(v)}" for v in [value, *extras])
         if param.metavar == LIST:
             return f"{one}; give several as one list, as in {flag} {shlex.quote(','.join([value, *extras]))}"
+        if param.multiple:
+            return f"{one}; repeat it for each, as in " + " ".join(f"{flag} {shlex.quote(v)}" for v in [value, *extras])
         if isinstance(param.type, (click.types.StringParamType, click.Path)):
             return f"{one}; quote a value with spaces, as in {flag} {shlex.quote(' '.join([value, *extras]))}"
         return one

@@ -364,9 +364,9 @@ GENERATE_SIGNATURES = {"generate": (), "generate_filtered": ("top_k", "top_p", "
 @dataclass(frozen=True)
 class SampleConfig(_Config):
     temperature: tuple = option((0.5,), "Divides the logits: <1 greedier, >1 more random, 0 = always the most likely "
-                                "(within --max-repeat). "
-                                "A comma-separated list (0.2,0.5,1.0) gives one sample per value.", low=0,
-                                high=MAX_TEMPERATURE, many=True, short="-t")
+                                "(within --max-repeat). A comma-separated list (0.2,0.5,1.0), or the option "
+                                "repeated, gives one sample per value.", low=0, high=MAX_TEMPERATURE, many=True,
+                                short="-t")
     top_k: Optional[int] = option(None, "Draw only from the K most likely characters.", low=1, integer=True)
     top_p: Optional[float] = option(None, "Nucleus sampling: draw from the smallest set of characters whose "
                                     "probability reaches P.", low=0, high=1, low_open=True)
