@@ -1600,13 +1600,15 @@ def test_a_file_sharing_a_runs_name_is_told_whose_run_it_is_and_cannot_resume_it
     assert summary["epoch"] == 2
 
 
-def test_byte_order_marks_inside_a_corpus_are_told_with_how_to_remove_them(tmp_path):
+def test_byte_order_marks_inside_a_corpus_are_told_with_how_to_remove_them(tmp_path, monkeypatch):
     """A cat of files saved on Windows: each file's mark became an invisible character that the samples wrote."""
     messages = []
     corpus = tmp_path / "code.txt"
     corpus.write_bytes(("\ufeff" + "abcdefg\n" * 500).encode() * 5)  # the first mark, at the start, is dropped
+    monkeypatch.setattr(training, "LARGE_CORPUS_BYTES", 20_000)  # (and a large one is said before it is read)
     train(corpus, tmp_path / "ck", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
           log=messages.append)
+    assert messages[0] == f"reading {corpus} (0 MB)"  # 20,015 bytes
     command = f"perl -CSD -pi -e 's/\\x{{FEFF}}//g' {corpus}"
     assert [message for message in messages if "U+FEFF" in message] == [
         "note: code.txt has byte order marks (U+FEFF) after its start, as a cat of files saved on Windows has, which "

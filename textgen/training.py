@@ -43,6 +43,7 @@ from textgen.session import Session, callers_random_state_kept, mixed_precision_
 from textgen.vocab import Vocabulary, shown_chars
 
 logger = logging.getLogger("textgen")
+LARGE_CORPUS_BYTES = 20_000_000  # a corpus this large takes seconds to check and encode: said first
 __all__ = ["Interrupted", "Run", "fit", "train"]
 
 
@@ -662,6 +663,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
 
     writes = is_chief(gate.strategy_name)
     meta = _resumed_meta(run_dir) if resume else None
+    if writes and (size := corpus_path.stat().st_size) >= LARGE_CORPUS_BYTES:  # (seconds with nothing said)
+        log(f"reading {corpus_path} ({size / 1e6:,.0f} MB)")
     stamp = fingerprint(corpus_path)
     text_changed = meta is not None and not same_text(stamp, meta.corpus)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
