@@ -749,3 +749,11 @@ def test_train_init_from_fine_tunes_a_copy_and_speaks_in_keywords(trained_run, t
     tuned = textgen.train(corpus, checkpoint_dir=tmp_path, run="more", init_from=trained_run["run_dir"],
                           verbose=False, epochs=1, learning_rate=1e-7, dropout=0.0, batch_size=8, seq_length=20)
     assert tuned.score(PERIOD * 20)["bpc"] < 0.5 * math.log2(len(PERIOD))
+
+
+def test_textgen_generate_called_as_a_function_says_what_to_call():
+    """textgen.generate("def ") said only "'module' object is not callable" (it is the generate module)."""
+    with pytest.raises(TypeError, match=re.escape("textgen.generate is a module; load a run and generate from it: "
+                                                  "textgen.load('NAME').generate('The ', length=200)")):
+        textgen.generate("def ")
+    assert textgen.generate.generate.__name__ == "generate"  # the module's functions are as they were

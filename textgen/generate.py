@@ -8,7 +8,9 @@ import itertools
 import logging
 import re
 import secrets
+import sys
 import threading
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -433,3 +435,15 @@ def format_samples(samples: list[Sample], num_temperatures: int) -> str:
             label = f"sample {sample.index + 1}/{per_temperature}, {label}"
         parts.append(f"===== {label} =====\n{sample.text}\n")
     return "\n".join(parts)
+
+
+class _CalledAsAFunction(types.ModuleType):
+    """textgen.generate is this module (the package's attribute for it), which a user calls as the function they
+    expect: Python's "'module' object is not callable" did not say what to call instead."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError("textgen.generate is a module; load a run and generate from it: "
+                        "textgen.load('NAME').generate('The ', length=200) (or textgen.generate.generate(...))")
+
+
+sys.modules[__name__].__class__ = _CalledAsAFunction
