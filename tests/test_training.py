@@ -689,13 +689,31 @@ def test_a_signal_during_validation_stops_it_and_a_resume_validates_as_if_uninte
     straight = run(periodic_corpus, tmp_path / "a", epochs=2, model=model)
     whole = training_module.stream_loss
 
-    def signalled(loss_sum, batches, progress=None, stop=None):  # SIGTERM during the first window
-        return whole(lambda x, y: os.kill(os.getpid(), signal.SIGTERM) or loss_sum(x, y), batches, progress, stop)
+    sent = [signal.SIGTERM]  # the signal each validation gets once, during its first window
+
+    def signalled(loss_sum, batches, progress=None, stop=None):
+        first = [True]
+
+        def window(x, y):
+            if first.pop() if first else False:
+                os.kill(os.getpid(), sent[0])
+            return loss_sum(x, y)
+        return whole(window, batches, progress, stop)
 
     monkeypatch.setattr(training_module, "stream_loss", signalled)
     with pytest.raises(Interrupted, match=r"^interrupted: saved a resumable checkpoint \(in epoch 1, after step "
                                           rf"{straight['history'][0]['step']}\)") as stopped:
         run(periodic_corpus, tmp_path / "b", epochs=2, model=model)
+    # The last validation of a run that ends after it (its time budget spent: it could not be resumed) goes on
+    ended = run(periodic_corpus, tmp_path / "budget", epochs=2, model=model,
+                callbacks=[AtStep(30, lambda run: run.stop("time budget", now=True))])
+    assert ended["stopped"] == "time budget" and ended["val_loss"] is not None
+    # Ctrl-C in an --overwrite run's first minute keeps the earlier run, in its validation too
+    earlier = files_snapshot(tmp_path / "budget")
+    sent[0] = signal.SIGINT
+    with pytest.raises(Interrupted, match="so the earlier run in .* is kept as it was"):
+        run(periodic_corpus, tmp_path / "budget", epochs=1, model=model, overwrite=True)
+    assert files_snapshot(tmp_path / "budget") == earlier
     monkeypatch.setattr(training_module, "stream_loss", whole)
     assert stopped.value.exit_code == 143
     last = checkpoint.read_meta(tmp_path / "b" / "r", "last").state

@@ -90,7 +90,9 @@ def save_unvalidated(run, carried: Optional[dict] = None) -> None:
 
 def interrupted(run, signum: int, saved: bool = False, carried: Optional[dict] = None) -> "Interrupted":
     """What a signal stops the run with, once a resumable checkpoint is saved (unless saved: the run's last one is
-    where it stands)."""
+    where it stands); or, for Ctrl-C early in an --overwrite run that has saved nothing, with the earlier run kept."""
+    if run.replaces and signum == signal.SIGINT and run.elapsed < TAKE_BACK_S:
+        return _taken_back(run, signum)
     if not saved:
         save_unvalidated(run, carried)
     told = (f"interrupted: {'saved' if run.writes else 'the chief worker saved'} a resumable checkpoint "
@@ -120,6 +122,12 @@ class Interrupted(KeyboardInterrupt):
 
 
 TAKE_BACK_S = 60.0  # of an --overwrite training, in which Ctrl-C keeps the earlier run instead of saving
+
+
+def _taken_back(run, signum: int) -> "Interrupted":
+    kept = f"interrupted before this training's first checkpoint, so the earlier run in {run.run_dir} is kept as it was"
+    return Interrupted(f"{kept} (to replace it, run the same command again)", signum,
+                       f"{kept} (to replace it, call textgen.train the same way again)")
 
 
 class StopRequests(Callback):
@@ -154,10 +162,7 @@ class StopRequests(Callback):
         # Ctrl-C soon after the start is how a mistyped --overwrite is taken back; a SIGTERM (a job stopped) or a
         # later Ctrl-C keeps the training done so far, as in any run
         if stopping > 0 and replacing > 0 and ctrl_c > 0 and run.elapsed < TAKE_BACK_S:
-            kept = (f"interrupted before this training's first checkpoint, so the earlier run in {run.run_dir} is "
-                    "kept as it was")
-            raise Interrupted(f"{kept} (to replace it, run the same command again)", signum,
-                              f"{kept} (to replace it, call textgen.train the same way again)")
+            raise _taken_back(run, signum)
         if stopping > 0:
             raise interrupted(run, signum, saved)
         if time_up > 0:

@@ -282,22 +282,21 @@ class Run:
         return learning_rate_for(config, self.state.epoch,
                                  run_fraction(config, self.state, len(self.train_batches), self.elapsed))
 
-    def validate(self) -> Optional[float]:
+    def validate(self, stoppable: bool = True) -> Optional[float]:
         """The validation loss; None when a signal came during it, which a large text's validation (minutes, all
         its windows) made wait until it ended. A run across workers goes on: they validate in step. One still
         running after a while says how long it has left (a log showed nothing for minutes)."""
         from textgen.distribute import spans_workers
 
         self.session.reset_states()
-        stop = None if spans_workers(self.session.strategy) else lambda: bool(self.signals)
-        nats, _ = stream_loss(self.session.loss_sum, self.val_batches, self._validation_progress(), stop)
+        stoppable = stoppable and not spans_workers(self.session.strategy)
+        characters = len(self.val_batches) * self.config.batch_size * self.config.seq_length
+        progress = told_when_slow(len(self.val_batches), f"validating on {characters:,} characters" + (
+            " (Ctrl-C or SIGTERM stops it and saves the steps trained)" if stoppable else ""), self.log)
+        nats, _ = stream_loss(self.session.loss_sum, self.val_batches, progress,
+                              (lambda: bool(self.signals)) if stoppable else None)
         self.session.reset_states()
         return nats
-
-    def _validation_progress(self) -> Callable[[int], None]:
-        characters = len(self.val_batches) * self.config.batch_size * self.config.seq_length
-        return told_when_slow(len(self.val_batches), f"validating on {characters:,} characters (Ctrl-C or SIGTERM "
-                              "stops it and saves the steps trained)", self.log)
 
     def save(self, kinds: tuple[str, ...], carried: Optional[dict] = None, validated: bool = False) -> None:
         """Write a checkpoint of the current state (the chief only); unless it was just validated, it
@@ -364,8 +363,10 @@ def fit(run: Run, callbacks: Sequence[cb.Callback]) -> str:
         # validation left (a fresh LSTM state, the RNG past validation's draws), as an uninterrupted run does.
         trained = session.carried_state()
         run.carried = trained if run.end_epoch else None
-        state.train_loss, state.val_loss = state.epoch_mean_loss, run.validate()
-        if state.val_loss is None:  # a signal during validation: save the steps trained; a resume validates them
+        # A signal stops a validation (minutes on a large text) and saves the steps trained, which a resume validates;
+        # not the last one of a run that ends after it anyway (its time budget spent, the run could not be resumed)
+        state.train_loss, state.val_loss = state.epoch_mean_loss, run.validate(stoppable=run.stop_reason is None)
+        if state.val_loss is None:
             raise cb.interrupted(run, run.signals[0], carried=trained)
         run.tick(agreed=True)
         if not run.end_epoch:
