@@ -591,6 +591,13 @@ def test_prime_file_dash_reads_standard_input(workspace):
                                         "line 1): standard input (convert it")):
         refused = sample(given)
         assert refused.returncode == 1 and refused.stderr.decode().startswith(message), refused.stderr.decode()
+    nul = workspace / "nul.txt"  # redirected from a file (< nul.txt): no repair command run on "standard input"
+    nul.write_bytes(b"abc" * 1000 + b"\0")
+    with open(nul, "rb") as redirected:
+        refused = subprocess.run([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir", str(workspace / "ck"),
+                                  "--prime-file", "-"], stdin=redirected, capture_output=True, timeout=300)
+    assert refused.returncode == 1 and refused.stderr.decode().endswith("standard input (remove them)\n"), \
+        refused.stderr.decode()
     closed = subprocess.run([sys.executable, "-m", "textgen", "sample", "--checkpoint-dir", str(workspace / "ck"),
                              "--prime-file", "-"], stdin=subprocess.DEVNULL, capture_output=True, timeout=300,
                             preexec_fn=lambda: os.close(0))

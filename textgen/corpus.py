@@ -107,8 +107,12 @@ def read_standard_input(what: str = "text", max_chars: Optional[int] = None) -> 
     """:func:`read_text` of standard input (``--prime-file -``)."""
     _standard_input()
     path = Path("/dev/stdin")
-    with named_standard_input(path):
-        return read_text(path, what, max_chars)
+    _STANDARD_INPUT_COPIES.add(path)  # a file redirected there (< f.txt) is no path to give a repair command
+    try:
+        with named_standard_input(path):
+            return read_text(path, what, max_chars)
+    finally:
+        _STANDARD_INPUT_COPIES.discard(path)
 
 
 def _repairable(path: Path) -> bool:
