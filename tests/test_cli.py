@@ -219,6 +219,14 @@ def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_pat
         printed
 
 
+def test_a_note_that_comes_while_the_text_streams_is_told_after_its_last_line(trained_run):
+    """The repeat guard's note was written on the sample's last line: "...o onote: the repeat guard ..."."""
+    told = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "a", "-t", 100, "-n", 200,
+                  "--seed", 3, "--max-repeat", 2)
+    assert told.exit_code == 0 and told.stderr.startswith("note: the repeat guard (--max-repeat 2) ended "), told.stderr
+    assert told.output == told.stdout + told.stderr  # (both, in the order they were written)
+
+
 def test_sample_takes_several_stop_strings_each_given_once(trained_run):
     stopped = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "ab", "-t", 0, "-n", 50,
                      "--stop", "f,g", "--stop", "e")  # once per text: the comma is part of the first

@@ -483,10 +483,18 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **option
     live = config.sample_count == 1 and not as_json
     replacing = output is not None and holds_text(output)  # with --overwrite: only by a whole text
     chunk = STREAM_CHUNK if output is None and sys.stdout.isatty() else BATCH_CHUNK
+    streamed, held = [], []  # a note that comes while the text streams is told after its last line, not on it
+
+    def on_text(piece: str) -> None:
+        streamed.append(True)
+        (_echo_live if output is None else kept.append)(piece)
+
+    def warn(message: str) -> None:
+        (held.append if streamed and output is None else logging.getLogger("textgen").warning)(message)
     with _strict_stdout():
         try:
-            samples = generate_with(config, run_dir, None, on_text=(_echo_live if output is None else kept.append)
-                                    if live else None, show_progress=output is not None, chunk=chunk)
+            samples = generate_with(config, run_dir, None, on_text=on_text if live else None,
+                                    show_progress=output is not None, chunk=chunk, warn=warn)
         except KeyboardInterrupt as interrupted:
             if output is None or not kept:
                 raise
@@ -509,6 +517,8 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **option
             write_output(output, ended, overwrite)
         else:
             click.echo("\n" if live else ended, nl=False)
+        for message in held:
+            logging.getLogger("textgen").warning(message)
 
 
 def _check_typed_text(chosen: dict) -> None:
