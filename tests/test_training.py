@@ -1325,10 +1325,11 @@ def test_a_large_texts_validation_is_at_most_val_max_chars_the_end_of_its_slice(
     meta = checkpoint.read_meta(summary["run_dir"], "last")
     batch = TINY_TRAINING["batch_size"] * TINY_TRAINING["seq_length"]
     assert meta.state.chars_seen == len(StreamBatches(np.zeros(21_000 - 200), 8, 20)) * batch == 129 * batch
-    with pytest.raises(TextgenError, match=re.escape("--val-max-chars 100 holds out less than one batch of "
-                                                     "validation (161 characters with --batch-size 8 --seq-length "
-                                                     "20); raise it, or give 0 for no limit")):
-        run(periodic_corpus, tmp_path / "small", train_options=dict(val_max_chars=100))
+    # A cap below one batch holds out one batch (161 characters for 8 windows of 20)
+    assert training.validation_cap(training.TrainConfig(**dict(TINY_TRAINING, val_max_chars=100))) == 161
+    small = run(periodic_corpus, tmp_path / "small", train_options=dict(val_max_chars=100))
+    assert checkpoint.read_meta(small["run_dir"], "last").state.chars_seen == len(StreamBatches(
+        np.zeros(21_000 - 161), 8, 20)) * batch
     with pytest.raises(TextgenError, match="--val-max-chars"):  # the layout of a run cannot change at a resume
         run(periodic_corpus, tmp_path, epochs=2, resume=True, train_options=dict(val_max_chars=300))
 

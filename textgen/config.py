@@ -298,10 +298,10 @@ class TrainConfig(_Config):
         choices=("auto", "on", "off"), before="off")
     val_fraction: float = option(0.1, "Contiguous last fraction of the corpus held out for validation.", low=0,
                                  high=1, low_open=True, high_open=True, layout=True)
-    val_max_chars: int = option(1_000_000, "Hold out at most this many characters for validation, the end of the "
-                                "--val-fraction slice (a large text's whole 10% took minutes to validate at every "
-                                "epoch's end; the rest of it trains); 0 = no limit.", low=0, integer=True,
-                                layout=True, before=0)
+    val_max_chars: int = option(1_000_000, "Hold out at most this many characters for validation (or one batch, "
+                                "if that is more), the end of the --val-fraction slice: a large text's whole 10% "
+                                "took minutes to validate at every epoch's end; the rest of it trains. 0 = no limit.",
+                                low=0, integer=True, layout=True, before=0)
     patience: int = option(0, "Stop after this many epochs without a better validation loss (0 = never).", low=0,
                            integer=True)
     max_minutes: float = option(0.0, "Validate, save and stop after this many minutes of training (0 = no limit); "

@@ -80,6 +80,13 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+def validation_cap(config: TrainConfig) -> int:
+    """The most characters held out for validation (0: no limit): --val-max-chars, or one batch if that is more (a
+    batch of 1,024 windows of 1,000 characters is more than the default)."""
+    return config.val_max_chars and max(config.val_max_chars,
+                                        StreamBatches.min_length(config.batch_size, config.seq_length))
+
+
 def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, sized_batch: bool = False,
                    resuming: bool = False, replicas: int = 1) -> None:
     """Refuse a corpus whose training part or validation slice cannot hold one batch; sized_batch: the batch size
@@ -95,10 +102,6 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
     batch = max(1, min(config.batch_size, (shortest - 1) // seq)) // replicas * replicas
     if not batch:  # one stream per replica, in shorter windows
         batch, seq = replicas, max(1, min(config.seq_length, (shortest - 1) // replicas))
-    if part == "validation slice" and 0 < config.val_max_chars < need:
-        raise TextgenError(f"--val-max-chars {config.val_max_chars} holds out less than one batch of validation "
-                           f"({need:,} characters with --batch-size {config.batch_size} --seq-length "
-                           f"{config.seq_length}); raise it, or give 0 for no limit")
     # The shortest corpus whose both parts hold a batch, counted up from a bound just below it (the split rounds).
     total = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
     while min(training_length(total, config.val_fraction), total - training_length(total, config.val_fraction)) \
@@ -701,7 +704,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
                                                              source.name if source is not None else None)
         sized_batch = sizing_reason is not None and not given_batch
         model_config, config = _resolve_configs(None, data.vocab, model_options, train_options)
-    train_ids, val_ids = split_validation(data.ids, config.val_fraction, config.val_max_chars)
+    train_ids, val_ids = split_validation(data.ids, config.val_fraction, validation_cap(config))
     _check_lengths(corpus_path, train_ids, val_ids, config, sized_batch, resuming=meta is not None,
                    replicas=strategy.num_replicas_in_sync)
     if sizing_reason:
@@ -879,7 +882,7 @@ def _sized(data, model_options: dict, train_options: dict, strategy,
     def agreed_speed(shape, batch) -> float:  # every worker decides on the same numbers, so chooses the same model
         return worker_mean(strategy, measured(shape, batch))[0]
 
-    train_chars = training_length(len(data.ids), config.val_fraction, config.val_max_chars)
+    train_chars = training_length(len(data.ids), config.val_fraction, validation_cap(config))
     chosen = sizing.choose(train_chars, len(data.vocab), config, model_options, train_options, agreed_speed,
                            val_chars=len(data.ids) - train_chars, replicas=strategy.num_replicas_in_sync,
                            shape_from=shape_from)
