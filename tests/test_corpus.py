@@ -179,6 +179,9 @@ def test_utf8_text_cut_mid_character_is_told_to_drop_its_last_bytes(tmp_path):
     ("Voilà l'été, déjà.\n".encode("cp1252") * 100 + "Voilà l'été, déjà.\n".encode() * 200,
      f"({MIXED}: 500 bad bytes on 100 lines (1, 2, 3, 4, 5, ...), which read as 8-bit Latin text (in Windows-1252, "
      "0xE0 is 'à', 0xE9 is 'é'): convert the part"),
+    # A Latin-1 letter at the very end (a decoder holds a lead byte until told the text has ended) is counted
+    ("déjà vu, ".encode() * 30 + b"caf\xe9\n" + b"plain\n" * 3 + b"caf\xe9",
+     f"({MIXED}: 2 bad bytes on 2 lines (1, 5), which read as 8-bit Latin text"),
     # Bytes that read as no text: no encoding to convert from
     ("déjà vu, ".encode() * 30 + b"\x81\x8d\n" + b"plain\n" * 3 + b"\x9d",
      f"({MIXED}: 3 bad bytes on 2 lines (1, 5); fix or remove them, or remove every one with iconv -f utf-8 -t utf-8 "
