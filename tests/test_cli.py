@@ -219,8 +219,11 @@ def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_pat
         printed
 
 
-def test_a_note_that_comes_while_the_text_streams_is_told_after_its_last_line(trained_run):
+def test_a_note_that_comes_while_the_text_streams_is_told_after_its_last_line(trained_run, monkeypatch):
     """The repeat guard's note was written on the sample's last line: "...o onote: the repeat guard ..."."""
+    import textgen.generate
+
+    monkeypatch.setattr(textgen.generate, "REPEATS_TOLD_FROM", 1)  # (the tiny model's runs are short)
     told = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "--prime", "a", "-t", 100, "-n", 200,
                   "--seed", 3, "--max-repeat", 2)
     assert told.exit_code == 0 and told.stderr.startswith("note: the repeat guard (--max-repeat 2) ended "), told.stderr
@@ -257,7 +260,7 @@ def workspace(tmp_path_factory):
     write_text(root / "short.txt", "abc")
     (root / "empty.txt").write_bytes(b"")
     (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
-    (root / "binary.bin").write_bytes(b"\x7fELF\x00\x01\x02")
+    (root / "binary.bin").write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 57)  # an ELF header: padded with NULs
     (root / "utf16.txt").write_bytes("To be, or not to be.\n".encode("utf-16"))  # with a byte order mark
     (root / "utf16le.txt").write_bytes("To be, or not to be.\n".encode("utf-16-le"))
     (root / "adir").mkdir()
@@ -335,7 +338,7 @@ BAD_INPUTS = [
      "texts into one: cat {root}/adir/*.txt > adir.txt)", 1, None),
     (["train", "{root}/empty.txt"], "is empty", 1, None),
     (["train", "{root}/latin1.txt"], "not valid UTF-8 (first bad byte at byte offset 3, 0xE9 on line 1)", 1, None),
-    (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 4, on line 1)", 1, None),
+    (["train", "{root}/binary.bin"], "looks binary (NUL byte at byte offset 7, on line 1)", 1, None),
     (["train", "{root}/utf16.txt"], "is UTF-16 text, not UTF-8", 1, None),
     (["train", "{root}/utf16le.txt"], "is UTF-16LE text, not UTF-8", 1, None),
     (["train", "{root}/short.txt"], "too short", 1, None),

@@ -77,7 +77,7 @@ def test_a_damaged_cache_is_rebuilt_not_used(tmp_path, damage):
 @pytest.mark.parametrize("content, message", [
     (b"", "is empty"),
     (b"good text\xff\xfe more", "not valid UTF-8 (first bad byte at byte offset 9, 0xFF on line 1)"),
-    (b"abc\x00\x01\x02", "looks binary (NUL byte at byte offset 3, on line 1)"),
+    (b"\x7fELF\x02\x01\x01" + b"\x00" * 57, "looks binary (NUL byte at byte offset 7, on line 1)"),
     (b"ends mid character \xe4\xb8", "truncated character"),
 ])
 def test_bad_files_are_refused_with_a_clear_message(tmp_path, content, message):
@@ -95,6 +95,11 @@ def test_a_stray_nul_in_text_is_told_where_and_how_to_remove_it(tmp_path):
         scan(path)
     assert str(stray.value) == (f"corpus file holds NUL bytes, which no text has (the first at byte offset 10211, on "
                                 f"line 1,201): {path} (remove them, e.g. with tr -d '\\000' < {path} > clean.txt)")
+    short = tmp_path / "prime.txt"  # one NUL in a short file is no binary file either
+    short.write_bytes(b"the\0x\n")
+    with pytest.raises(TextgenError, match=re.escape("prime file holds NUL bytes, which no text has (the first at "
+                                                     "byte offset 3, on line 1)")):
+        read_text(short, "prime")
     cleaned = tmp_path / "clean.txt"
     with open(path, "rb") as given, open(cleaned, "wb") as out:
         subprocess.run(["tr", "-d", "\\000"], stdin=given, stdout=out, check=True)  # the command it gives

@@ -61,11 +61,17 @@ def test_every_filter_reaches_the_engine(trained_run):
     assert repeats[0] > 10 and repeats[1] == 0  # max_repeat 1: never one character twice in a row
 
 
-def test_runs_the_repeat_guard_ended_are_told(trained_run):
+def test_runs_the_repeat_guard_ended_are_told(trained_run, monkeypatch):
     """At the default --max-repeat 20 a code model's deep indentation stopped at 20 spaces without a word."""
+    import textgen.generate
     from textgen.config import SampleConfig
     from textgen.generate import TextStreams
     from textgen.vocab import Vocabulary
+
+    quiet = []  # a small limit shapes ordinary text (no doubled letters): its ended runs are no news
+    gen(trained_run, prime="a", length=200, temperatures=[100.0], seed=3, max_repeat=2, warn=quiet.append)
+    assert quiet == []
+    monkeypatch.setattr(textgen.generate, "REPEATS_TOLD_FROM", 1)  # the tiny model's runs are short: told from 1
 
     vocab = Vocabulary.from_text(" ab=\n")
     streams = TextStreams(vocab, SampleConfig(max_repeat=4, num_samples=2), "a   ")
@@ -79,9 +85,13 @@ def test_runs_the_repeat_guard_ended_are_told(trained_run):
     assert streams.repeats_ended("max_repeat")[0].startswith("the repeat guard (max_repeat 4) ended 2 runs")
     streams.texts[0] = "b" + "=" * 8 + "a"  # (a run longer than the guard: not one it ended)
     assert streams.repeats_ended() == []
+    # A prime that ends in the limit or more: the guard ends its run at once
+    ended = TextStreams(vocab, SampleConfig(max_repeat=4), "ab     ")
+    ended.texts[0] = "b"
+    assert ended.repeats_ended()[0].startswith("the repeat guard (--max-repeat 4) ended 1 run of ' '")
     assert TextStreams(vocab, SampleConfig(max_repeat=0), "").repeats_ended() == []
     # Through generate: near-uniform draws at a guard of 2, and none for the greedy period
-    told, quiet = [], []
+    told = []
     gen(trained_run, prime="a", length=200, temperatures=[100.0], seed=3, max_repeat=2, warn=told.append)
     gen(trained_run, prime="a", length=200, temperatures=[0], max_repeat=2, warn=quiet.append)
     assert len(told) == 1 and told[0].startswith("note: the repeat guard (--max-repeat 2) ended ") and quiet == []

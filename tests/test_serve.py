@@ -159,7 +159,8 @@ def test_every_answer_is_as_the_openapi_document_describes_it(server):
     assert "text" in score_400 and "prime" not in score_400  # its own causes, not generate's
 
 
-def test_generate_round_trip(server, trained_run):
+def test_generate_round_trip(server, trained_run, monkeypatch):
+    import textgen.generate
     from textgen.generate import generate
 
     body = dict(prime="abc", length=60, temperature=[0.0, 1.0], seed=4, num_samples=2)
@@ -186,6 +187,7 @@ def test_generate_round_trip(server, trained_run):
     answer = json.loads(call(server, "/v1/generate", dict(prime="ab", length=50, temperature=0, stop=["fg", "e"]))[1])
     assert (answer["samples"][0]["text"], answer["options"]["stop"]) == ("abcd", ["fg", "e"])
     # The runs the repeat guard ended are told, in the JSON field's name, in the answer and in a stream's end
+    monkeypatch.setattr(textgen.generate, "REPEATS_TOLD_FROM", 1)  # (the tiny model's runs are short)
     guarded = dict(prime="a", length=200, temperature=100, seed=3, max_repeat=2)
     told = json.loads(call(server, "/v1/generate", guarded)[1])["warnings"]
     assert len(told) == 1 and told[0].startswith("the repeat guard (max_repeat 2) ended "), told

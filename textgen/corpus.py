@@ -176,7 +176,7 @@ def _decoded_chunks(path: Path, what: str):
         if nul >= 0:
             line = lines + block[:nul].count(b"\n")
             where = f"at byte offset {offset + nul}, on line {line:,}"
-            if block.count(b"\0") * 1000 > len(block):
+            if block.count(b"\0") > max(8, len(block) // 1000):  # (a short prime file's one NUL is no binary)
                 raise TextgenError(f"{what} file looks binary (NUL byte {where}): {path} (give a UTF-8 text file)")
             # A few NULs in text (a cat that took in a stray file's bytes, an editor's slip) are removed, not the file
             command = f", e.g. with tr -d '\\000' < {shlex.quote(str(path))} > clean.txt" if _repairable(path) else ""

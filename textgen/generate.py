@@ -170,13 +170,17 @@ class TextStreams:
         '=' without a word. (A run the model itself ended at exactly max_repeat is counted too: it cannot be told
         apart.)"""
         limit = self.config.max_repeat
-        if not limit:
+        if limit < REPEATS_TOLD_FROM:  # a limit chosen to shape ordinary text (no doubled letters), not a guard
             return []
         ended: dict[str, int] = {}
         run = re.compile(f"(.)\\1{{{limit - 1},}}", re.S)  # (a run's leftmost match starts where the run does)
+        # from the start of the prime's last run: a prime that ends in limit spaces or more has its run ended at once
+        searched_from = len(self.prime.rstrip(self.prime[-1])) if self.prime else 0
         for sample in self.samples():
-            for found in run.finditer(sample.text, max(0, len(self.prime) - limit + 1)):
-                if len(found.group()) == limit and len(self.prime) < found.end() < len(sample.text):
+            for found in run.finditer(sample.text, searched_from):
+                ends_in_the_text = len(self.prime) < found.end() and len(found.group()) == limit
+                ends_the_prime = found.end() == len(self.prime)  # (limit or more of it)
+                if (ends_in_the_text or ends_the_prime) and found.end() < len(sample.text):
                     ended[found.group(1)] = ended.get(found.group(1), 0) + 1
         if not ended:
             return []
@@ -220,6 +224,7 @@ class TextStreams:
                 for text, cut, temperature, index in zip(self.texts, self.cuts, self.temperatures, self.indexes)]
 
 
+REPEATS_TOLD_FROM = 8  # the smallest --max-repeat whose ended runs are told (a smaller one shapes ordinary text)
 ENGINE_SIZES = (1, 4, 8, 16, 32, 64)  # the numbers of streams engines are compiled for (beyond: multiples of 64)
 
 

@@ -87,6 +87,11 @@ def told_when_slow(total: int, what: str, log: Callable[[str], None], bar: bool 
 _bar_line_open = [False]  # a bar is drawn on the terminal's last line, which has no line break yet
 
 
+def end_bar_line() -> None:
+    """Say that the terminal's last line was ended by the caller (a line break written after a bar)."""
+    _bar_line_open[0] = False
+
+
 class CurrentStderr(logging.StreamHandler):
     """Writes each record as a plain line to whatever sys.stderr is at the moment (click's test runner swaps it, as
     notebooks do)."""

@@ -36,7 +36,7 @@ from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, lo
                             plain_line_ends_command, same_text, scan)
 from textgen.errors import MissingFile, OptionError, TextgenError, counted, minutes_text
 from textgen.evaluation import bpc, stream_loss
-from textgen.progress import progress_bar, stderr_is_terminal, told_when_slow
+from textgen.progress import end_bar_line, progress_bar, stderr_is_terminal, told_when_slow
 from textgen.run_dir import STAGED_CACHE, check_run_dir, locked_run_dir
 from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
@@ -62,6 +62,7 @@ def stop_on_signals():
         if stderr_is_terminal():  # past the terminal's "^C"; not in a log record's text
             with contextlib.suppress(OSError, ValueError):
                 sys.stderr.write("\n")
+            end_bar_line()  # (the record then needs no line break of its own: no blank line)
         again = "press Ctrl-C again" if signum == signal.SIGINT else "send it again"  # a SIGTERM is not pressed
         logger.warning(f"signal {signal.Signals(signum).name}: finishing this step, then stopping ({again} to abort)")
 
