@@ -1023,12 +1023,12 @@ def test_a_stop_typed_as_backslash_n_is_noted_where_the_model_writes_both(monkey
                                                                           told):
     """--stop '\\n' on a model that writes backslashes never ended a sample at a line break, and nothing said why."""
     import textgen.checkpoint
-    from textgen.cli import _note_stops_typed_escaped
+    from textgen.cli import _note_typed_escapes
     from textgen.vocab import Vocabulary
 
     monkeypatch.setattr(textgen.checkpoint, "run_vocabulary", lambda run_dir: Vocabulary.from_text(vocabulary))
     with caplog.at_level(logging.WARNING, logger="textgen"):
-        _note_stops_typed_escaped(stops, "unused")
+        _note_typed_escapes(stops, None, "unused")
     assert [record.getMessage() for record in caplog.records] == told
 
 

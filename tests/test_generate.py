@@ -61,7 +61,7 @@ def test_every_filter_reaches_the_engine(trained_run):
     assert repeats[0] > 10 and repeats[1] == 0  # max_repeat 1: never one character twice in a row
 
 
-def test_runs_the_repeat_guard_ended_are_told(trained_run, monkeypatch):
+def test_runs_the_repeat_guard_ended_are_told(trained_run, monkeypatch, caplog):
     """At the default --max-repeat 20 a code model's deep indentation stopped at 20 spaces without a word."""
     import textgen.generate
     from textgen.config import SampleConfig
@@ -82,7 +82,6 @@ def test_runs_the_repeat_guard_ended_are_told(trained_run, monkeypatch):
     assert streams.repeats_ended() == [
         "the repeat guard (--max-repeat 4) ended 2 runs of ' ' '=' at 4 in a row; a text with longer runs (code's "
         "indentation, a line of '=') needs a larger --max-repeat, or --max-repeat 0 for no guard"]
-    assert streams.repeats_ended("max_repeat")[0].startswith("the repeat guard (max_repeat 4) ended 2 runs")
     streams.texts[0] = "b" + "=" * 8 + "a"  # (a run longer than the guard: not one it ended)
     assert streams.repeats_ended() == []
     # A prime that ends in the limit or more: the guard ends its run at once
@@ -95,6 +94,15 @@ def test_runs_the_repeat_guard_ended_are_told(trained_run, monkeypatch):
     gen(trained_run, prime="a", length=200, temperatures=[100.0], seed=3, max_repeat=2, warn=told.append)
     gen(trained_run, prime="a", length=200, temperatures=[0], max_repeat=2, warn=quiet.append)
     assert len(told) == 1 and told[0].startswith("note: the repeat guard (--max-repeat 2) ended ") and quiet == []
+    # The Python API says it in its keywords
+    import logging
+
+    import textgen
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        textgen.load(trained_run["run_dir"]).generate("a", length=200, temperature=100.0, seed=3, max_repeat=2)
+    [said] = [record.getMessage() for record in caplog.records]
+    assert said.startswith("note: the repeat guard (max_repeat=2) ended ") and said.endswith(
+        "needs a larger max_repeat, or max_repeat=0 for no guard"), said
 
 
 def test_stop_string_cuts_at_first_occurrence(trained_run):

@@ -190,7 +190,8 @@ def test_generate_round_trip(server, trained_run, monkeypatch):
     monkeypatch.setattr(textgen.generate, "REPEATS_TOLD_FROM", 1)  # (the tiny model's runs are short)
     guarded = dict(prime="a", length=200, temperature=100, seed=3, max_repeat=2)
     told = json.loads(call(server, "/v1/generate", guarded)[1])["warnings"]
-    assert len(told) == 1 and told[0].startswith("the repeat guard (max_repeat 2) ended "), told
+    assert len(told) == 1 and told[0].startswith('the repeat guard ("max_repeat": 2) ended ') and told[0].endswith(
+        'needs a larger max_repeat, or "max_repeat": 0 for no guard'), told
     streamed = call(server, "/v1/generate", dict(guarded, stream=True))[1]
     assert json.loads(streamed.split("event: done\ndata: ")[1])["warnings"] == told
 

@@ -44,6 +44,11 @@ TRAIN_CHOICES = frozenset([*(choice for config in (ModelConfig, TrainConfig) for
                             for choice in rule.choices or ()), *STRATEGIES])
 
 
+def _warn_in_keywords(message: str) -> None:
+    """A sampling warning in the words of the Python call (max_repeat=0 where the command says --max-repeat 0)."""
+    logger.warning(str(as_keywords(TextgenError(message), SAMPLE_FIELDS, SAMPLE_FLAGS)))
+
+
 def _sampling_errors_as_keywords(method):
     """method with its errors naming options as keywords (skip_unknown=True, not --skip-unknown); a damaged run's
     advice is a train() call's (overwrite=True)."""
@@ -168,7 +173,7 @@ class TextModel:
             'ROMEO: ...'
         """
         config = self._config(locals())
-        texts = [sample.text for sample in self.generator.samples(config, repeat_option="max_repeat")]
+        texts = [sample.text for sample in self.generator.samples(config, warn=_warn_in_keywords)]
         return texts[0] if num_samples == 1 else texts
 
     @_sampling_errors_as_keywords
@@ -187,7 +192,7 @@ class TextModel:
         config = self._config(locals())
         if not skip_unknown:  # like the options, an unknown prime character is refused now, not at the first piece
             prepare_prime(config.prime, self.vocab, False, None)
-        return self.generator.stream(config, repeat_option="max_repeat")
+        return self.generator.stream(config, warn=_warn_in_keywords)
 
     @_sampling_errors_as_keywords
     def score(self, text: str) -> dict:

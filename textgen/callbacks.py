@@ -134,10 +134,7 @@ class StopRequests(Callback):
     """A signal (save and raise Interrupted) or the --max-minutes budget (end the epoch now, then stop).
 
     Workers of a multi-worker run agree on both after every step and at each epoch's start (one collective each), so
-    they stop together."""
-
-    def __init__(self, signals: list[int]):
-        self.signals = signals  # filled by training.stop_on_signals
+    they stop together. The signals are run.signals, which training.stop_on_signals fills."""
 
     def on_epoch_start(self, run) -> None:
         # A signal (or the time budget) during validation or the epoch's save: the epoch's checkpoint is the one to
@@ -156,9 +153,9 @@ class StopRequests(Callback):
         budget = run.config.max_minutes * 60
         # replacing: the chief's --overwrite run has saved nothing yet (only the chief knows)
         stopping, ctrl_c, time_up, replacing, run.elapsed = worker_mean(
-            run.session.strategy, bool(self.signals), bool(self.signals) and self.signals[0] == signal.SIGINT,
+            run.session.strategy, bool(run.signals), bool(run.signals) and run.signals[0] == signal.SIGINT,
             bool(budget) and run.elapsed >= budget, run.replaces, run.elapsed)
-        signum = self.signals[0] if self.signals else signal.SIGTERM
+        signum = run.signals[0] if run.signals else signal.SIGTERM
         # Ctrl-C soon after the start is how a mistyped --overwrite is taken back; a SIGTERM (a job stopped) or a
         # later Ctrl-C keeps the training done so far, as in any run
         if stopping > 0 and replacing > 0 and ctrl_c > 0 and run.elapsed < TAKE_BACK_S:

@@ -474,9 +474,7 @@ def sample(checkpoint_dir, run, prime_file, output, overwrite, as_json, **option
     run_dir = find_run(checkpoint_dir, run)
     if output is not None:
         check_not_run_file(output, run_dir)
-    _note_stops_typed_escaped(config.stops, run_dir)
-    if prime_file is None:
-        _note_prime_typed_escaped(config.prime, run_dir)
+    _note_typed_escapes(config.stops, config.prime if prime_file is None else None, run_dir)
     # One sample goes out as it is produced: to stdout (into a pipe too: `| head` waited for the whole text), or
     # kept for --output, which a Ctrl-C then still gets. Short pieces on a terminal, longer (faster) ones elsewhere.
     kept: list[str] = []
@@ -535,37 +533,31 @@ def _check_typed_text(chosen: dict) -> None:
                                   f"Latin-1; set it to UTF-8{elsewhere}")
 
 
-def _note_prime_typed_escaped(prime: str, run_dir: Path) -> None:
-    """--prime 'def f():\\n\\treturn' in a shell is backslashes and letters: said where the model writes the line
-    breaks or tabs meant (before any refusal of the backslash the model never saw)."""
+def _note_typed_escapes(stops: tuple, prime: str | None, run_dir: Path) -> None:
+    """--stop '\\n' or --prime 'def f():\\n\\treturn' in a shell is backslashes and letters: said where the model
+    writes the line break or tab meant (a stop string that is one, typed so, never ended a sample at a line break;
+    a prime is said before any refusal of a backslash the model never saw). prime: as typed with --prime (None: from
+    a file, where a backslash is the file's). The run's vocabulary is read only when there is something to say."""
     from textgen.checkpoint import run_vocabulary
     from textgen.generate import TYPED_ESCAPES
 
-    typed = [escape for escape in TYPED_ESCAPES if escape in prime]
-    vocab = run_vocabulary(run_dir) if typed else None
-    meant = [escape for escape in typed if vocab is not None and TYPED_ESCAPES[escape][0] in vocab]
+    typed_stops = [stop for stop in stops if stop in TYPED_ESCAPES]
+    in_prime = [escape for escape in TYPED_ESCAPES if prime is not None and escape in prime]
+    vocab = run_vocabulary(run_dir) if typed_stops or in_prime else None
+    if vocab is None:
+        return
+    say = logging.getLogger("textgen").warning
+    for stop in typed_stops:
+        meant, what = TYPED_ESCAPES[stop]
+        if meant in vocab and not vocab.unknown(stop):
+            say(f"note: --stop '{stop}' is a backslash and {stop[1]}, which the model also writes, not {what}; for "
+                f"{what}, type --stop $'{stop}'")
+    meant = [escape for escape in in_prime if TYPED_ESCAPES[escape][0] in vocab]
     if meant:
         what = ", and ".join(f"{escape} is a backslash and {escape[1]}, not {TYPED_ESCAPES[escape][1]}"
                              for escape in meant)
-        logging.getLogger("textgen").warning(f"note: in --prime, {what}; to mean {'them' if len(meant) > 1 else 'it'}, "
-                                             "type --prime $'...' in a shell (or give the prime with --prime-file)")
-
-
-def _note_stops_typed_escaped(stops: tuple, run_dir: Path) -> None:
-    """--stop '\\n' in a shell is a backslash and an n: said where the model writes both, so that the stop string can
-    end a sample (rarely: it never ended one where a line break was meant); where it cannot, the warning that the
-    model never saw them says so."""
-    from textgen.checkpoint import run_vocabulary
-    from textgen.generate import TYPED_ESCAPES
-
-    typed = [stop for stop in stops if stop in TYPED_ESCAPES]
-    vocab = run_vocabulary(run_dir) if typed else None  # (only then: it reads the run's metadata)
-    for stop in typed if vocab is not None else ():
-        meant, what = TYPED_ESCAPES[stop]
-        if meant in vocab and not vocab.unknown(stop):
-            logging.getLogger("textgen").warning(
-                f"note: --stop '{stop}' is a backslash and {stop[1]}, which the model also writes, not {what}; for "
-                f"{what}, type --stop $'{stop}'")
+        say(f"note: in --prime, {what}; to mean {'them' if len(meant) > 1 else 'it'}, type --prime $'...' in a "
+            "shell (or give the prime with --prime-file)")
 
 
 def _echo_live(text: str) -> None:

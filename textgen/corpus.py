@@ -55,7 +55,7 @@ def _name_reads_as_text(name: str) -> bool:
         sum(unicodedata.category(ch) == "Lo" and ord(ch) >= 0x3040 for ch in name) >= 16
 
 
-_STANDARD_INPUT_COPIES: set[Path] = set()  # (standard_input_copy's, while they exist)
+_STANDARD_INPUT_PATHS: set[Path] = set()  # standard_input_copy's copies and /dev/stdin, while read
 
 
 STANDARD_INPUT = "standard input"
@@ -96,28 +96,28 @@ def standard_input_copy() -> Iterator[Path]:
             raise TextgenError(f"cannot keep standard input in a temporary file in {tempfile.gettempdir()} "
                                f"({error.strerror or error}); set TMPDIR to a directory with room, or save the text "
                                "to a file and give its name") from None
-        _STANDARD_INPUT_COPIES.add(path)
+        _STANDARD_INPUT_PATHS.add(path)
         try:
             yield path
         finally:
-            _STANDARD_INPUT_COPIES.discard(path)
+            _STANDARD_INPUT_PATHS.discard(path)
 
 
 def read_standard_input(what: str = "text", max_chars: Optional[int] = None) -> str:
     """:func:`read_text` of standard input (``--prime-file -``)."""
     _standard_input()
     path = Path("/dev/stdin")
-    _STANDARD_INPUT_COPIES.add(path)  # a file redirected there (< f.txt) is no path to give a repair command
+    _STANDARD_INPUT_PATHS.add(path)  # a file redirected there (< f.txt) is no path to give a repair command
     try:
         with named_standard_input(path):
             return read_text(path, what, max_chars)
     finally:
-        _STANDARD_INPUT_COPIES.discard(path)
+        _STANDARD_INPUT_PATHS.discard(path)
 
 
 def _repairable(path: Path) -> bool:
     """Whether a command can mend the file at path (not standard input, nor a copy of it)."""
-    return path.is_file() and path not in _STANDARD_INPUT_COPIES
+    return path.is_file() and path not in _STANDARD_INPUT_PATHS
 
 
 def check_readable(path: Path, what: str = "corpus", read_once: bool = False) -> None:

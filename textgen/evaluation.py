@@ -142,8 +142,6 @@ def evaluate_loaded(text_file: str | Path, run_dir: Path, loaded: tuple, batch_s
     return _evaluate(path, total, Path(run_dir), batch_size, seq_length, show_progress, loaded)
 
 
-
-
 def evaluate_standard_input(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
                             batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """:func:`evaluate` of the text on standard input (``textgen eval -``), which is copied to a temporary file
@@ -206,7 +204,7 @@ def _evaluate(path: Path, total: int, run_dir: Path, batch_size: int, seq_length
         if stderr_is_terminal():
             progress = progress_bar(len(batches), f"evaluating {name or path}", unit="batch", enabled=show_progress)
         else:  # a script's log: a line with the time left, if it is long (an hour for a large text said nothing)
-            progress = told_when_slow(len(batches), f"evaluating {name or path}", logger.info, bar=False) \
+            progress = told_when_slow(len(batches), f"evaluating {name or path}", logger.info) \
                 if show_progress else None
         nats, count = stream_loss(loss_sum_step, batches, progress=progress)
         return dict(run_dir=run_dir, nats=nats, bpc=bpc(nats), perplexity=perplexity(nats), characters=count,

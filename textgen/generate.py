@@ -164,7 +164,7 @@ class TextStreams:
                                 f"{quoted(unknown[:NAMED])}{_known_variants(unknown, self.vocab)}{typed}")
         return messages
 
-    def repeats_ended(self, option: str = "--max-repeat") -> list[str]:
+    def repeats_ended(self) -> list[str]:
         """What to tell of the runs the repeat guard ended: a character drawn after max_repeat of one in a row. The
         guard is there for a small model's loops ("eeee..."), but it also cuts code's deep indentation or a line of
         '=' without a word. (A run the model itself ended at exactly max_repeat is counted too: it cannot be told
@@ -184,9 +184,9 @@ class TextStreams:
                     ended[found.group(1)] = ended.get(found.group(1), 0) + 1
         if not ended:
             return []
-        return [f"the repeat guard ({option} {limit}) ended {counted(sum(ended.values()), 'run')} of "
+        return [f"the repeat guard (--max-repeat {limit}) ended {counted(sum(ended.values()), 'run')} of "
                 f"{quoted_first(list(ended))} at {limit} in a row; a text with longer runs (code's indentation, a "
-                f"line of '=') needs a larger {option}, or {option} 0 for no guard"]
+                "line of '=') needs a larger --max-repeat, or --max-repeat 0 for no guard"]
 
     @property
     def context(self) -> str:
@@ -274,10 +274,9 @@ class Generator:
         finally:
             self.give_back(engine)
 
-    def _produce(self, config: SampleConfig, chunk: int, warn: Optional[Callable[[str], None]],
-                 repeat_option: str = "--max-repeat"):
+    def _produce(self, config: SampleConfig, chunk: int, warn: Optional[Callable[[str], None]]):
         """Validate and prime the streams of one request, then yield its TextStreams once before and
-        once after each chunk. The notes at the end name the repeat guard's option as repeat_option."""
+        once after each chunk."""
         config.validate()
         streams = TextStreams(self.vocab, config, prepare_prime(config.prime, self.vocab, config.skip_unknown, warn))
         if warn is not None:
@@ -303,27 +302,26 @@ class Generator:
                 streams.add(ids[:rows])
                 yield streams
         if warn is not None:
-            for message in streams.repeats_ended(repeat_option):
+            for message in streams.repeats_ended():
                 warn(f"note: {message}")
 
     def samples(self, config: SampleConfig, show_progress: bool = False,
-                warn: Callable[[str], None] = logger.warning, repeat_option: str = "--max-repeat") -> list[Sample]:
+                warn: Callable[[str], None] = logger.warning) -> list[Sample]:
         """num_samples texts per temperature: each the prime plus up to length characters, cut before stop."""
         bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
-        for streams in self._produce(config, BATCH_CHUNK, warn, repeat_option):
+        for streams in self._produce(config, BATCH_CHUNK, warn):
             bar(streams.produced)
         return streams.samples()
 
     def stream(self, config: SampleConfig, warn: Optional[Callable[[str], None]] = logger.warning,
-               chunk: int = STREAM_CHUNK, show_progress: bool = False,
-               repeat_option: str = "--max-repeat") -> Iterator[str]:
+               chunk: int = STREAM_CHUNK, show_progress: bool = False) -> Iterator[str]:
         """One sample (the first temperature) as pieces of text as they are produced, the prime first, chunk
         characters per engine call.
 
         The generator's return value (StopIteration.value) is the finished Sample."""
         config = dataclasses.replace(config, temperature=config.temperature[:1], num_samples=1)
         bar = progress_bar(config.length, "generating", unit="char", enabled=show_progress)
-        for streams in self._produce(config, chunk, warn, repeat_option):
+        for streams in self._produce(config, chunk, warn):
             bar(streams.produced)
             piece = streams.take_ready() if streams.produced else streams.prime
             if piece:

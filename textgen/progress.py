@@ -70,9 +70,9 @@ def duration(seconds: float) -> str:
 SLOW_S = 20.0  # a loop still running after this long says how long it has left
 
 
-def told_when_slow(total: int, what: str, log: Callable[[str], None], bar: bool = True) -> Callable[[int], None]:
+def told_when_slow(total: int, what: str, log: Callable[[str], None]) -> Callable[[int], None]:
     """update(done) for a loop of total items that may take minutes (a large text's validation or eval): nothing
-    while it is quick; past SLOW_S, one line "WHAT: ~T left", then (bar: on a terminal) a bar. A log got nothing."""
+    while it is quick; past SLOW_S, one line "WHAT: ~T left", then a bar on a terminal. A log got nothing."""
     started, shown = time.monotonic(), []
 
     def update(done: int) -> None:
@@ -80,7 +80,7 @@ def told_when_slow(total: int, what: str, log: Callable[[str], None], bar: bool 
             shown[0](done)
         elif (spent := time.monotonic() - started) >= SLOW_S and done < total:
             log(f"{what}: ~{duration(spent / done * (total - done))} left")
-            shown.append(progress_bar(total, unit="window", enabled=bar))
+            shown.append(progress_bar(total, unit="window"))
     return update
 
 

@@ -313,7 +313,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
             raise ApiError(f"generation failed ({type(job.error).__name__}); try again", status=500)
         options = dict(body.model_dump(exclude={"stream"}), run=served.name, seed=config.seed, length=config.length)
         return {"options": options, "samples": [dataclasses.asdict(sample) for sample in job.streams.samples()],
-                "warnings": job.warnings + job.streams.repeats_ended("max_repeat")}
+                "warnings": _warnings_at_the_end(job)}
 
     engine_turns: dict[str, asyncio.Lock] = {}
 
@@ -531,10 +531,17 @@ async def _events(job, inbox):
                        for sample in job.streams.samples()]
             # "stopped": the first sample's, as before
             done = {"stopped": samples[0]["stopped"], "samples": samples, "seed": job.streams.config.seed,
-                    "warnings": job.warnings + job.streams.repeats_ended("max_repeat")}
+                    "warnings": _warnings_at_the_end(job)}
             yield f"event: done\ndata: {json.dumps(done)}\n\n"
     finally:
         job.cancel()
+
+
+def _warnings_at_the_end(job) -> list[str]:
+    """A finished request's warnings: those told when it came, then the runs the repeat guard ended, in the JSON
+    fields' words ("max_repeat": 0 where the command says --max-repeat 0)."""
+    return job.warnings + [str(as_keywords(TextgenError(message), SAMPLE_FIELDS, SAMPLE_FLAGS, json=True))
+                           for message in job.streams.repeats_ended()]
 
 
 def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits: Limits = Limits(),

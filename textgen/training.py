@@ -516,9 +516,9 @@ def _init_source(init_from: Optional[str | Path], checkpoint_dir, run_dir: Path,
         source = Path(init_from)
         if source.is_dir() and is_export(source):
             raise not_a_run_but_an_export(source)
-        if not checkpoint.has_checkpoint(source) and checkpoint.training_pid(source) is not None:
-            raise without_checkpoint(source, f"--init-from {init_from}")
         if not checkpoint.has_checkpoint(source):  # (not a folder of runs: its latest would be taken)
+            if checkpoint.training_pid(source) is not None:  # a run in its first epoch
+                raise without_checkpoint(source, f"--init-from {init_from}")
             raise OptionError(f"--init-from {init_from} is not a run (no checkpoint in it); give a run's name under "
                               f"{checkpoint_dir}, or a run's directory")
     if source.resolve() == run_dir.resolve():
@@ -762,7 +762,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         reports = [cb.ProgressBar(), cb.Pace(), cb.Reports(), *([cb.TensorBoard()] if tensorboard else []),
                    cb.EpochLog()]
         try:
-            stopped = fit(run, [cb.LossGuard(), *extra_callbacks, cb.StopRequests(signals), cb.Checkpointer(),
+            stopped = fit(run, [cb.LossGuard(), *extra_callbacks, cb.StopRequests(), cb.Checkpointer(),
                                 *(reports if writes else []), cb.Patience()])
         except Exception as error:
             if (reason := lost_worker(session.strategy, error)) is None:
