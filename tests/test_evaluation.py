@@ -53,6 +53,10 @@ def test_eval_matches_an_independent_cross_entropy_and_reports_unknowns(trained_
     assert [record.getMessage() for record in caplog.records if record.name == "textgen"] == [
         f"warning: 47% of the characters of {foreign} (35) are outside the model's vocabulary, so the score is of "
         "the other 40 alone (is it a text in the corpus's language?)"]
+    letters = "ABCDEFGHIJKLMN"  # every one of them, in order (eval --json held 11 without saying the list was cut)
+    many = write_text(tmp_path / "many.txt", text[:60] + letters + text[60:] + letters[::-1])
+    result = evaluate(many, trained_run["checkpoint_dir"], "period", batch_size=1)
+    assert (result["unknown"], result["unknown_characters"]) == (28, list(letters))
 
 
 def test_eval_on_the_validation_slice_agrees_with_training(trained_run, tmp_path):

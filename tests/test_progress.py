@@ -45,6 +45,7 @@ def test_a_line_logged_while_a_bar_is_drawn_starts_a_line_of_its_own(monkeypatch
     try:
         update = progress_bar(3, "epoch 1")
         update(1)
+        update(2)
         logger.warning("pace: 0.06 s per step")
         update(3)  # done: the bar ends its line itself
         logger.warning("stopped")
@@ -52,3 +53,27 @@ def test_a_line_logged_while_a_bar_is_drawn_starts_a_line_of_its_own(monkeypatch
         logger.removeHandler(handler)
     lines = terminal.getvalue().split("\n")
     assert "pace: 0.06 s per step" in lines and "stopped" in lines and "" not in lines[:-1], lines
+
+
+@pytest.mark.parametrize("first_step, compiling_s, then_step, then_s, time_left", [
+    (1, 600.0, 2, 1.0, "1:38"),  # the first step compiled for 10 minutes: the bar said 97:24:20
+    (500, 0.0, 510, 10.0, "8:10"),  # a resumed epoch, a validation told late: the bar said 0s
+])
+def test_the_time_left_is_measured_from_the_bars_first_update(monkeypatch, first_step, compiling_s, then_step, then_s,
+                                                              time_left):
+    import time
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("NO_COLOR", "1")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    update = progress_bar(1000 if first_step > 1 else 100, "epoch 1")
+    clock[0] += compiling_s
+    update(first_step)
+    assert terminal.getvalue() == "epoch 1\n"  # no rate yet: nothing drawn
+    clock[0] += then_s
+    update(then_step)
+    shown = terminal.getvalue()
+    assert f"{then_step}/" in shown and f" {time_left}" in shown, shown

@@ -223,8 +223,8 @@ class TextModel:
 
         Returns:
             A dict: ``bpc``, ``nats``, ``perplexity``, ``characters`` (scored), ``unknown`` (removed),
-            ``unknown_characters`` (the first of them), ``unscored`` (the first character, and the end that does not
-            fill all batch_size streams), ``total`` (the file's characters).
+            ``unknown_characters`` (each of them once, in order of appearance), ``unscored`` (the first character,
+            and the end that does not fill all batch_size streams), ``total`` (the file's characters).
 
         Example:
             >>> model.evaluate("data/held_out.txt")["bpc"]  # doctest: +SKIP

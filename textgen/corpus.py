@@ -517,27 +517,27 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
     return written, dropped
 
 
-NAMED_UNKNOWN = 11  # distinct dropped characters encode_text names: one more than quoted_first shows, to say so
-
-
 def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "text",
                 named: Optional[list] = None) -> tuple[np.ndarray, int]:
     """The ids of a text file read against another text's vocabulary, each chunk in the Unicode form (NFC or NFD)
     the vocabulary knows best (Vocabulary.in_known_form); characters outside it are dropped and counted.
     size_hint: the file's length in characters (scan()), so that the ids are written into one array.
-    named: a list that gets the distinct characters dropped, in order, up to NAMED_UNKNOWN of them.
+    named: a list that gets every distinct character dropped, in order of appearance (eval --json gave the first 11
+    without saying that the list was cut).
 
     Returns (ids, characters dropped)."""
     ids = np.empty(size_hint, dtype=vocab.id_dtype)
     written = dropped = 0
     carried = ""
+    seen_unknown = set()
 
     def encode(text: str) -> None:
         nonlocal ids, written, dropped
         known_form, kept, unknown = vocab.encode_in_known_form(text)
-        if unknown and named is not None and len(named) < NAMED_UNKNOWN:
-            named.extend(ch for ch in vocab.unknown(known_form) if ch not in named)
-            del named[NAMED_UNKNOWN:]
+        if unknown and named is not None:
+            new = [ch for ch in vocab.unknown(known_form) if ch not in seen_unknown]
+            named.extend(new)
+            seen_unknown.update(new)
         if written + len(kept) > len(ids):  # a conversion to NFD made the text longer
             ids = np.resize(ids, max(2 * len(ids), written + len(kept)))
         ids[written:written + len(kept)] = kept

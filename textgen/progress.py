@@ -40,17 +40,34 @@ def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple
                  enabled: bool = True) -> Callable[..., None]:
     """update(done, **values) redraws the bar showing the named metrics as given.
 
-    A no-op when stderr is not a terminal, so that logs hold only the summary lines."""
+    A no-op when stderr is not a terminal, so that logs hold only the summary lines. The bar is drawn from the
+    second update on, its time left measured from the first: that step's time holds the compilation (Keras's own
+    estimate multiplied it by the steps left: a large text's first bar said 97:24:20), and a bar begun mid-way (a
+    resumed epoch, a slow validation told late) is not at step 1, where Keras starts measuring (it said a few
+    seconds for the minutes left)."""
     if not enabled or total <= 0 or not stderr_is_terminal():
         return lambda done, **values: None
     import keras
 
-    bar = keras.utils.Progbar(total, stateful_metrics=list(metrics), unit_name=unit)
+    class MeasuredFromFirstUpdate(keras.utils.Progbar):
+        first: tuple[int, float] = (0, 0.0)  # (done, time.time()) at the first update
+
+        def _estimate_step_duration(self, current: int, now: float) -> float:
+            done, then = self.first
+            return (now - then) / (current - done) if current > done else 0.0
+
+    bar = MeasuredFromFirstUpdate(total, stateful_metrics=list(metrics), unit_name=unit)
     if title:
         sys.stderr.write(title + "\n")
     colourless = bool(os.environ.get("NO_COLOR"))  # read once per bar, not at every step
+    first_update = []
 
     def update(done: int, **values: float) -> None:
+        if not first_update:
+            first_update.append(done)
+            bar.first = (done, time.time())
+            if done < total:
+                return
         shown = _WithoutColour() if colourless else sys.stderr  # stdout: generated text only
         with contextlib.redirect_stdout(shown):
             bar.update(done, list(values.items()))
