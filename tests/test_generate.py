@@ -177,11 +177,16 @@ def test_prime_with_unknown_characters(trained_run):
     # a combining mark the model never saw is named by its escape and name: bare, it would join the quote before it
     with pytest.raises(TextgenError, match=r"never saw: '\\u0301' \(combining acute accent\) '\"' '\\x00';"):
         gen(trained_run, prime="a\u0301\"\x00", length=5)
-    # Typed on a Chinese or Japanese keyboard: the full-width forms of characters the model knows are named.
+    # Typed on a Chinese or Japanese keyboard: the full-width forms of characters the model knows are read as those
+    # (with a note); the one it does not know is named
+    warnings.clear()
     with pytest.raises(TextgenError) as refused:
-        gen(trained_run, prime="ａｂ，", length=5)
-    assert str(refused.value) == ("the prime contains characters the model never saw: 'ａ' 'ｂ' '，'; change the prime "
-                                  "(the model knows 'a' for 'ａ', 'b' for 'ｂ') or pass --skip-unknown to drop them")
+        gen(trained_run, prime="ａｂ，", length=5, warn=warnings.append)
+    assert str(refused.value) == ("the prime contains characters the model never saw: '，'; change the prime or pass "
+                                  "--skip-unknown to drop them")
+    [sample] = gen(trained_run, prime="ａｂ", length=0, warn=warnings.append)
+    assert sample.text == "ab" and warnings[-1] == "note: read the prime's 'ａ' as 'a', 'ｂ' as 'b', as the model's " \
+                                                   "text writes them"
     # é read as e + an accent: the error named é, then --skip-unknown kept the e and named the accent
     with pytest.raises(TextgenError) as refused:
         gen(trained_run, prime="cafég—", length=5)
@@ -191,14 +196,31 @@ def test_prime_with_unknown_characters(trained_run):
     assert sample.text == "cafeg"
 
 
-@pytest.mark.parametrize("prime, corpus, named, knows", [
-    # A --prime-file saved on Windows: the error named '\r' alone.
-    ("ab\r\nb，", "ab,\n", "'\\r' '，'", "',' for '，', '\\n' for '\\r\\n' (Windows line ends)"),
-    ("ab\r", "ab", "'\\r'", None),  # no line ends known
-    # Lyrics with curly quotes, a prime typed with straight ones: no hint, where '，' got one.
-    ('Don\'t say "no" - ok', "Don’t say “no” — ok", "\"'\" '\"' '-'", "'’' for \"'\", '“' for '\"', '—' for '-'"),
+@pytest.mark.parametrize("prime, corpus, read, note", [
+    # A --prime-file saved on Windows: refused for its '\r'
+    ("ab\r\nb，", "ab,\n", "ab\nb,", "'\\r\\n' as '\\n', '，' as ','"),
+    # Lyrics with curly quotes, a prime typed on a keyboard: refused, with a hint of '‘' for the apostrophe. An
+    # opening quote at the start or after a space, bracket or dash, else a closing one (the apostrophe)
+    ('Don\'t say "no" - ok', "Don’t say “no” — ok", "Don’t say “no” — ok", "\"'\" as '’', '\"' as '“' and '”', "
+                                                                        "'-' as '—'"),
+    ("'don't' ('go')\n'x'", "‘’()\ndgnotx ", "‘don’t’ (‘go’)\n‘x’", "\"'\" as '‘' and '’'"),
+    ("it's", "it’s", "it’s", "\"'\" as '’'"),  # the corpus's only form, wherever it stands
+    ("'tis", "’tis", "’tis", "\"'\" as '’'"),
 ])
-def test_a_prime_typed_otherwise_than_the_corpus_is_told_what_the_model_knows(prime, corpus, named, knows):
+def test_a_prime_typed_otherwise_than_the_corpus_is_read_as_the_corpus_writes_it(prime, corpus, read, note):
+    from textgen.generate import prepare_prime
+    from textgen.vocab import Vocabulary
+
+    said = []
+    assert prepare_prime(prime, Vocabulary.from_text(corpus), False, said.append) == read
+    assert said == [f"note: read the prime's {note}, as the model's text writes them"]
+
+
+@pytest.mark.parametrize("prime, corpus, named, knows", [
+    ("ab\r", "ab", "'\\r'", None),  # no line ends known
+    ("a\rb", "ab\n", "'\\r'", "'\\n' for '\\r\\n' (Windows line ends)"),  # an old Mac's line end: not read as \n
+])
+def test_a_prime_character_the_model_knows_in_no_form_is_refused(prime, corpus, named, knows):
     from textgen.generate import prepare_prime
     from textgen.vocab import Vocabulary
 
@@ -207,6 +229,16 @@ def test_a_prime_typed_otherwise_than_the_corpus_is_told_what_the_model_knows(pr
     hint = f" (the model knows {knows})" if knows else ""
     assert str(refused.value) == (f"the prime contains characters the model never saw: {named}; change the prime"
                                   f"{hint} or pass --skip-unknown to drop them")
+
+
+def test_a_stop_string_typed_otherwise_than_the_corpus_is_told_every_form_the_model_knows():
+    from textgen.config import SampleConfig
+    from textgen.generate import TextStreams
+    from textgen.vocab import Vocabulary
+
+    streams = TextStreams(Vocabulary.from_text("it’s ‘so’\n"), SampleConfig(stop="'", length=5), "")
+    assert streams.unreachable_stops() == ["the stop string \"'\" can never end a sample: the model never saw \"'\" "
+                                           "(the model knows '‘' or '’' for \"'\")"]
 
 
 def test_several_temperatures_each_get_a_labelled_sample(trained_run):

@@ -11,6 +11,7 @@ import secrets
 import sys
 import threading
 import types
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -51,7 +52,10 @@ def collect_warnings(into: list) -> Callable[[str], None]:
 def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable[[str], None]]) -> str:
     """prime as the model reads it (vocab's Unicode form); unknown characters refused, or dropped with skip_unknown
     and said to warn (None: silently, for a caller that asked for the drop and says so itself if need be)."""
-    typed, prime = prime, vocab.in_known_form(prime)
+    typed, read_as = typed_as_the_text_writes(prime, vocab)
+    if read_as and warn is not None:
+        warn(f"note: read the prime's {read_as}, as the model's text writes them")
+    prime = vocab.in_known_form(typed)
     unknown = vocab.unknown(prime)
     if unknown and not skip_unknown:
         lost = unknown_as_typed(typed, vocab)
@@ -80,13 +84,40 @@ def unknown_as_typed(text: str, vocab, limit: int = NAMED) -> list[str]:
 
 def _known_variants(unknown: list[str], vocab) -> str:
     """The characters of the vocabulary that are another width or form of unknown ones (a Chinese keyboard's '，'
-    for the corpus's ','; its curly quote for a straight one), as a clause of the error: '' when there are none."""
+    for the corpus's ','; its curly quotes for a straight one), as a clause of the error: '' when there are none."""
     known = vocab.by_compatibility_form
-    variants = [f"{quoted([known[compatibility_form(ch)]])} for {quoted([ch])}" for ch in unknown
+    variants = [f"{' or '.join(map(repr, known[compatibility_form(ch)]))} for {quoted([ch])}" for ch in unknown
                 if compatibility_form(ch) in known][:10]
     if "\r" in unknown and "\n" in vocab:  # a text saved on Windows
         variants.append("'\\n' for '\\r\\n' (Windows line ends)")
     return f" (the model knows {', '.join(variants)})" if variants else ""
+
+
+_OPENS = ("Ps", "Pi", "Pd", "Zs")  # a quote after an opening bracket or quote, a dash or a space is an opening one
+
+
+def typed_as_the_text_writes(text: str, vocab) -> tuple[str, str]:
+    """text with each character the model never saw, but knows in another form, in that form: a straight quote as
+    the corpus's curly one (an opening one at the start or after a space, bracket or dash, else a closing one, the
+    apostrophe: "don't" -> "don’t"; its hint named '‘' there), a full-width '，' as ',', Windows' \\r\\n as \\n (a
+    --prime-file saved in Notepad). Returns it and what was read so, for a note ('' when nothing was)."""
+    forms, written, read_as = vocab.by_compatibility_form, [], {}
+    for index, ch in enumerate(text):
+        if ch == "\r" and text[index + 1:index + 2] == "\n" and "\r" not in vocab and "\n" in vocab:
+            read_as.setdefault("\r\n", {"\n": None})
+            continue
+        known = None if ch in vocab or not vocab.unknown(vocab.in_known_form(ch)) \
+            else forms.get(compatibility_form(ch))
+        if known:
+            opening = not written or written[-1] in "\n\t" or unicodedata.category(written[-1]) in _OPENS
+            wanted = ("Pi", "Ps") if opening else ("Pf", "Pe")
+            chosen = next((each for each in known if unicodedata.category(each) in wanted), known[0])
+            read_as.setdefault(ch, {})[chosen] = None  # (a dict: the forms chosen, in order, once each)
+            ch = chosen
+        written.append(ch)
+    said = [f"{quoted([typed]) if len(typed) == 1 else repr(typed)} as {' and '.join(map(repr, chosen))}"
+            for typed, chosen in read_as.items()]
+    return "".join(written), ", ".join(said)
 
 
 def start_symbol(vocab) -> str:

@@ -101,11 +101,11 @@ class Vocabulary:
 
     @functools.cached_property
     def by_compatibility_form(self) -> dict[str, str]:
-        """Each character's compatibility_form -> the first character of the vocabulary with it ('，' and ',' share
-        ','): made once, since naming another form of an unknown character looks it up for each one."""
+        """Each compatibility_form -> the characters of the vocabulary with it, in order ('，' and ',' share ','; '‘'
+        and '’' share "'"): made once, since reading another form of an unknown character looks it up for each one."""
         forms: dict = {}
         for ch in self.chars:
-            forms.setdefault(compatibility_form(ch), ch)
+            forms[compatibility_form(ch)] = forms.get(compatibility_form(ch), "") + ch
         return forms
 
     @property
