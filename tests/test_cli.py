@@ -208,6 +208,9 @@ def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_pat
     out = tmp_path / "samples.json"
     written = invoke(*args, "--json", "-o", out)
     assert written.exit_code == 0 and written.stdout == "", written.output
+    # a decimal comma (French, German) gave temperatures 0 and 7 for "-t 0,7" without a word
+    assert written.stderr == \
+        "note: --temperature 0,1 is two values, 0 and 1; for 0.1, type a point: --temperature 0.1\n"
     samples = json.loads(out.read_text(encoding="utf-8"))["samples"]
     assert [(sample["temperature"], sample["index"]) for sample in samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert samples[0] == {"text": "abcde", "temperature": 0, "index": 0, "stopped": True}  # greedy: the period
@@ -215,8 +218,10 @@ def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_pat
     for sample in samples:
         assert f"temperature {sample['temperature']:g} =====\n{sample['text']}\n" in printed
     # -t given twice adds its values up, as a repeated --stop does (the last one alone was used, without a word)
-    assert invoke(*[("0" if arg == "0,1" else arg) for arg in args], "-t", "1").stdout == \
-        printed
+    given_twice = invoke(*[("0" if arg == "0,1" else arg) for arg in args], "-t", "1")
+    assert given_twice.stdout == printed and given_twice.stderr == ""
+    listed = invoke(*[("0,1.0" if arg == "0,1" else arg) for arg in args])
+    assert listed.stdout == printed and listed.stderr == ""
 
 
 def test_a_note_that_comes_while_the_text_streams_is_told_after_its_last_line(trained_run, monkeypatch):

@@ -57,12 +57,23 @@ def _config_options(config_class):
             # given more than once (-t 0.2 -t 0.5), a list's values add up, as a repeated --stop's do (click kept the
             # last one without a word)
             split = (lambda ctx, param, texts, rule=rule, name=name:
-                     rule.parse_many(name, ",".join(texts)) if texts else None) if rule.many else None
+                     _parsed_list(rule, name, texts) if texts else None) if rule.many else None
             command = click.option(*names, type=kind, default=None, callback=split, metavar=LIST if rule.many else None,
                                    multiple=rule.many,
                                    help=rule.help + (f"  [{'; '.join(notes)}]" if notes else ""))(command)
         return command
     return decorate
+
+
+def _parsed_list(rule, name: str, texts: tuple) -> tuple:
+    """The values of a list option given once or more; one typed as a decimal comma ("-t 0,7", which French or German
+    habits type for 0.7) is told that it gave two (temperatures 0 and 7 were sampled without a word)."""
+    values = rule.parse_many(name, ",".join(texts))
+    if len(texts) == 1 and (decimal := re.fullmatch(r"(\d),(\d+)", texts[0].strip())):
+        meant = f"{decimal[1]}.{decimal[2]}"
+        click.echo(f"note: {option_flag(name)} {texts[0].strip()} is two values, {values[0]:g} and {values[1]:g}; for "
+                   f"{meant}, type a point: {option_flag(name)} {meant}", err=True)
+    return values
 
 
 def _chosen(values: dict, names) -> dict:

@@ -124,8 +124,8 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
     The text is read in the Unicode form (NFC or NFD) the model's vocabulary knows best, chosen per chunk of
     8 MB. Characters outside the vocabulary are removed from it and counted, never mapped. Each stream
     starts from a fresh state, so on a short text the score depends on batch_size (1 reads it as one stream).
-    Returns nats, bpc, perplexity, characters (scored), unknown (removed), unknown_characters (those that differ, in
-    order, up to 11: a caller showing 10 knows whether there are more), unscored (the first character, which
+    Returns nats, bpc, perplexity, characters (scored), unknown (removed), unknown_characters (each of them once, in
+    order of appearance), unscored (the first character, which
     nothing predicts, and the fewer than batch_size at the end that do not fill a column), total (the file's
     characters as written: a conversion to NFD can make characters + unknown + unscored more)."""
     from textgen.runs import find_run
