@@ -1808,3 +1808,37 @@ def test_overwrite_of_a_run_without_its_last_checkpoint_says_what_it_replaces(tr
     train(periodic_corpus, tmp_path / "ck", run="r", model_options=TINY_MODEL, overwrite=True, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=1))
     assert "note: --overwrite: the earlier run (3 epochs on period.txt, best " in "\n".join(messages)
+
+
+def _rows(*val_losses, text="t.txt"):
+    return [dict(epoch=epoch, val_loss=loss, val_bpc=loss / math.log(2), text=text)
+            for epoch, loss in enumerate(val_losses, start=1)]
+
+
+@pytest.mark.parametrize("rows, stopped, patience, said", [
+    # a songwriter's small text: best at epoch 2, then 3 epochs worse
+    (_rows(2.0, 1.8, 1.85, 1.9, 1.95), "5 epochs done", 0, "note: validation got worse after epoch 2 (2.597 bpc, then "
+     "2.813 at the end): from there the model learned its training text by heart; sampling uses epoch 2's "
+     "checkpoint, the best, and --patience 3 stops a run once validation stops improving"),
+    (_rows(2.0, 1.8, 1.85, 1.9, 1.95), "no validation improvement for 3 epochs", 3, None),  # --patience said it
+    (_rows(2.0, 1.8, 1.81, 1.82, 1.83), "5 epochs done", 0, None),  # within 2%: a plateau, not by heart
+    (_rows(2.0, 1.8, 1.9, 1.9), "4 epochs done", 0, None),  # 2 epochs past the best: too soon to say
+    # still improving at the end: by 5% (the demo's last epoch, 0.3%, is not told)
+    (_rows(2.0, 1.9, 1.8), "3 epochs done", 0, "note: validation was still improving at the end (2.741, then 2.597 "
+     "bpc): a longer run would likely write better text; train on with --resume and a larger --epochs"),
+    (_rows(2.0, 1.9, 1.8), "time budget of 2 minutes reached", 0, "note: validation was still improving at the end "
+     "(2.741, then 2.597 bpc): a longer run would likely write better text; train on with --resume and a larger "
+     "--max-minutes"),
+    (_rows(1.3211, 1.3170), "2 epochs done", 0, None),
+    (_rows(2.0, 1.9, 1.8), "stopped by a callback", 0, None),
+    (_rows(1.8), "1 epoch done", 0, None),
+    # a resume on another text starts the best over: the rows of the earlier text do not count
+    (_rows(3.0, 1.0, text="old.txt")[:2] + [dict(row, epoch=row["epoch"] + 2) for row in _rows(2.0, 1.9, 1.95)],
+     "5 epochs done", 0, None),
+])
+def test_the_end_of_a_run_says_when_validation_got_worse_or_was_still_improving(rows, stopped, patience, said):
+    from textgen.config import TrainConfig
+
+    state = RunState(run_id="x", history=rows)
+    assert training._how_validation_ended(training._rows_of_this_text(state), stopped,
+                                          TrainConfig(patience=patience)) == said

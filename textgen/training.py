@@ -779,11 +779,48 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         raise TextgenError(f"training stopped before its first step ({stopped}); nothing was saved"
                            + (" and the earlier run is kept" if run.replaces else ""))
     best = state.best_val_loss
+    rows = _rows_of_this_text(state)
+    best_row = min(rows, key=lambda row: row["val_loss"]) if rows else None
+    at = f" at epoch {best_row['epoch']}" if best_row is not None and best_row["val_loss"] == best else ""
     log(f"stopped: {stopped}; best validation loss "
-        + (f"{best:.4f} nats ({bpc(best):.3f} bpc)" if best is not None else "not measured yet")
+        + (f"{best:.4f} nats ({bpc(best):.3f} bpc){at}" if best is not None else "not measured yet")
         + f"; checkpoints in {run_dir}")
+    if (note := _how_validation_ended(rows, stopped, config)) is not None:
+        log(note)
     return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=stopped, history=state.history,
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
+
+
+STILL_IMPROVING = 0.01  # a last epoch that lowered the validation loss by more than this share: the run was too short
+GOT_WORSE = 0.02  # a last validation this share above the best, 3 or more epochs after it: the model learned its
+# training text by heart (dropout and weight decay keep a model from it, the best checkpoint is kept regardless)
+
+
+def _rows_of_this_text(state: RunState) -> list[dict]:
+    """The history's validated rows since the run's text last changed (its best checkpoint started over then)."""
+    rows = [row for row in state.history if row.get("val_loss") is not None]
+    return [row for row in rows if row.get("text") == rows[-1].get("text")] if rows else []
+
+
+def _how_validation_ended(rows: list[dict], stopped: str, config: TrainConfig) -> Optional[str]:
+    """A note on what the validation losses say of the run's length (a songwriter's run went on 13 epochs past its
+    best, another was still improving at its end, and neither was said): None when they say nothing."""
+    if len(rows) < 2:
+        return None
+    last, before = rows[-1], rows[-2]
+    best = min(rows, key=lambda row: row["val_loss"])
+    if last["epoch"] - best["epoch"] >= 3 and last["val_loss"] > best["val_loss"] * (1 + GOT_WORSE) \
+            and not config.patience:
+        return (f"note: validation got worse after epoch {best['epoch']} ({best['val_bpc']:.3f} bpc, then "
+                f"{last['val_bpc']:.3f} at the end): from there the model learned its training text by heart; "
+                f"sampling uses epoch {best['epoch']}'s checkpoint, the best, and --patience 3 stops a run once "
+                "validation stops improving")
+    length = "--epochs" if stopped.endswith(" done") else "--max-minutes" if stopped.startswith("time budget") else None
+    if best is last and length and before["val_loss"] - last["val_loss"] > STILL_IMPROVING * last["val_loss"]:
+        return (f"note: validation was still improving at the end ({before['val_bpc']:.3f}, then "
+                f"{last['val_bpc']:.3f} bpc): a longer run would likely write better text; train on with --resume "
+                f"and a larger {length}")
+    return None
 
 
 def _earlier_run(run_dir: Path) -> str:
