@@ -127,6 +127,9 @@ def test_the_command_names_the_characters_it_excluded(trained_run, tmp_path):
         assert result.exit_code == 0, result.output
         assert result.stdout.count("\n") == 1 and "outside the vocabulary excluded" in result.stdout
         assert result.stderr.splitlines()[-1] == f"note: excluded as the model never saw them: {named}"
+    typed = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "typed.txt", "abcdefg" * 5 + "ａｂ")), *where])
+    assert typed.stderr.splitlines()[-1] == "note: excluded as the model never saw them: 'ａ' 'ｂ' (the model knows " \
+                                            "'a' for 'ａ', 'b' for 'ｂ': convert the text to score it whole)"
     clean = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "clean.txt", "abcdefg" * 10)), *where])
     assert clean.exit_code == 0 and "never saw" not in clean.stderr
 

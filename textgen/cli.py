@@ -619,10 +619,16 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
                "first" + (f" and the last {'one' if left_over == 1 else f'{left_over:,}'}, too few to fill all "
                           f"{batch_size} streams)" if left_over else ")"))
     if result["unknown_characters"]:  # (on stderr: stdout's line is the score, for scripts)
+        from textgen.checkpoint import read_meta
+        from textgen.generate import known_variants
         from textgen.vocab import quoted_first
 
+        meta = read_meta(result["run_dir"], "best") or read_meta(result["run_dir"], "last")
+        # straight quotes in a poem scored by a model of curly ones: its score read as "my poem fits better"
+        variants = known_variants(result["unknown_characters"], meta.vocab)
         logging.getLogger("textgen").warning(
-            f"note: excluded as the model never saw them: {quoted_first(result['unknown_characters'])}")
+            f"note: excluded as the model never saw them: {quoted_first(result['unknown_characters'])}"
+            + (f" (the model knows {variants}: convert the text to score it whole)" if variants else ""))
 
 
 @cli.command(name="export", short_help="Export a run's best checkpoint for plain Keras, TensorFlow Serving or LiteRT.")

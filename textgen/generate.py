@@ -82,15 +82,21 @@ def unknown_as_typed(text: str, vocab, limit: int = NAMED) -> list[str]:
     return list(itertools.islice((ch for ch in vocab.unknown(text) if vocab.unknown(vocab.in_known_form(ch))), limit))
 
 
-def _known_variants(unknown: list[str], vocab) -> str:
+def known_variants(unknown: list[str], vocab) -> str:
     """The characters of the vocabulary that are another width or form of unknown ones (a Chinese keyboard's '，'
-    for the corpus's ','; its curly quotes for a straight one), as a clause of the error: '' when there are none."""
+    for the corpus's ','; its curly quotes for a straight one): "'’' or '‘' for \"'\"", '' when there are none."""
     known = vocab.by_compatibility_form
     variants = [f"{' or '.join(map(repr, known[compatibility_form(ch)]))} for {quoted([ch])}" for ch in unknown
                 if compatibility_form(ch) in known][:10]
     if "\r" in unknown and "\n" in vocab:  # a text saved on Windows
         variants.append("'\\n' for '\\r\\n' (Windows line ends)")
-    return f" (the model knows {', '.join(variants)})" if variants else ""
+    return ", ".join(variants)
+
+
+def _known_variants(unknown: list[str], vocab) -> str:
+    """known_variants() as a clause of an error: " (the model knows ...)", '' when there are none."""
+    variants = known_variants(unknown, vocab)
+    return f" (the model knows {variants})" if variants else ""
 
 
 _OPENS = ("Ps", "Pi", "Pd", "Zs")  # a quote after an opening bracket or quote, a dash or a space is an opening one
