@@ -46,3 +46,28 @@ def test_weights_trained_at_one_batch_size_load_at_another(tmp_path):
     ids = np.arange(7, dtype="int32")[None, :] % 11
     reset_states(big)
     np.testing.assert_allclose(np.array(small(ids)), np.array(big(np.repeat(ids, 4, axis=0)))[:1], atol=1e-6)
+
+
+def test_a_checkpoint_a_training_replaces_while_it_loads_still_loads(trained_run, tmp_path, monkeypatch):
+    """A training saving every few steps removed the weights file while sample built the model, at every attempt:
+    "cannot be loaded (FileNotFoundError); train again with --overwrite", about a healthy run."""
+    import shutil
+
+    import textgen.model
+    from textgen.checkpoint import load_model
+
+    run_dir = shutil.copytree(trained_run["run_dir"], tmp_path / "run")
+    expected, meta = load_model(run_dir, batch_size=1)
+    weights = run_dir / meta.files["weights"]["name"]
+    built = textgen.model.build_model
+
+    def build_while_a_save_removes_the_file(*args, **kwargs):
+        if weights.exists():
+            weights.unlink()  # as the training's next save does to the checkpoint before it
+        return built(*args, **kwargs)
+
+    monkeypatch.setattr(textgen.model, "build_model", build_while_a_save_removes_the_file)
+    model, _ = load_model(run_dir, batch_size=1)
+    assert not weights.exists()
+    for loaded, saved in zip(model.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(loaded, saved)

@@ -485,20 +485,51 @@ def _load_kind(run_dir: Path, kind: str, batch_size: int):
             if checked is None:
                 return None
             meta, weights = checked
-            model = build_model(meta.model, batch_size)
-            try:
-                # Keras warns of each group it cannot match, then raises. The filters are the process's: one load at
-                # a time changes them (the server loads runs from several threads).
-                with _QUIET_LOAD, warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model.load_weights(str(weights))
-            except Exception as error:  # h5py and Keras raise many types for a bad file
-                raise DamagedCheckpoint(f"checkpoint file {weights} cannot be loaded ({type(error).__name__})",
-                                        "train again with --overwrite") from None
+            # Held open while the model is built (a second): a training saving every few steps removed the file
+            # in that time at every attempt, and the error said to train again with --overwrite
+            with _opened(weights) as held:
+                model = build_model(meta.model, batch_size)
+                _load_weights(model, weights, held)
             return model, meta
         except TextgenError:
             if attempt + 1 == LOAD_ATTEMPTS or meta_stamp(run_dir, kind) == stamp:
                 raise
+
+
+def _opened(weights: Path):
+    try:
+        return open(weights, "rb")
+    except FileNotFoundError:  # removed since its checksum was checked: a save replaced it (the loop reads again)
+        raise DamagedCheckpoint(f"checkpoint file {weights} is missing", "train again with --overwrite") from None
+
+
+def _load_weights(model, weights: Path, held) -> None:
+    """Load weights into model; from a copy of the held file when a save removed it meanwhile (its bytes, which
+    the checksum verified, stay readable through the handle)."""
+    import tempfile
+
+    # Keras warns of each group it cannot match, then raises. The filters are the process's: one load at a time
+    # changes them (the server loads runs from several threads).
+    with _QUIET_LOAD, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model.load_weights(str(weights))
+            return
+        except Exception as error:  # h5py and Keras raise many types for a bad file
+            if _same_file(held, weights):
+                raise DamagedCheckpoint(f"checkpoint file {weights} cannot be loaded ({type(error).__name__})",
+                                        "train again with --overwrite") from None
+        try:
+            with tempfile.TemporaryDirectory(prefix="textgen-load-") as copy_dir:
+                copy = Path(copy_dir) / weights.name
+                with open(copy, "wb") as out:
+                    held.seek(0)
+                    while block := held.read(1 << 20):
+                        out.write(block)
+                model.load_weights(str(copy))
+        except Exception:  # (a full TMPDIR: the caller reads the checkpoint that replaced it)
+            raise DamagedCheckpoint(f"checkpoint file {weights} was replaced while it was read", "try again") \
+                from None
 
 
 def run_vocabulary(run_dir: Path) -> Optional[Vocabulary]:
