@@ -1551,6 +1551,17 @@ def test_pace_tells_a_long_run_how_long_it_takes_and_a_log_where_the_epoch_stand
         run.elapsed = 1.2 * step
         pace.on_step_end(run, 1.5)
     assert lines == ["pace: 1.20 s per step, ~28 min per epoch; --max-minutes 90 ends the run in ~89 min"]
+    lines.clear()  # a tiny model's step: "0.00 s per step"
+    run.config, run.train_batches = TrainConfig(epochs=2000), range(1421)
+    state.step_in_epoch = state.global_step = 0
+    run.elapsed = 0.0
+    pace = Pace(terminal=True)
+    pace.on_train_start(run)
+    for step in range(1, 30000):
+        state.step_in_epoch, state.global_step = step % 1421, step
+        run.elapsed = 0.0042 * step
+        pace.on_step_end(run, 1.5)
+    assert lines == ["pace: 4.2 ms per step, ~6 s per epoch; the 2,000 epochs end in ~3.3 h"]
     # make demo's run said "the 6 epochs end in ~1 s" 62 s in: a run ending within the minute is told nothing
     lines.clear()
     run.config, run.train_batches = TrainConfig(epochs=6), range(130)

@@ -233,7 +233,9 @@ class Pace(Callback):
                    if left * per_step < deadline else
                    f"--max-minutes {run.config.max_minutes:g} ends the run in ~{duration(deadline)}")
             if min(left * per_step, deadline) >= self.FIRST_S:  # a run ending within the minute is its own answer
-                run.log(f"pace: {per_step:.2f} s per step, ~{duration(steps * per_step)} per epoch; {end}")
+                step_time = f"{per_step:.2f} s" if per_step >= 0.1 else f"{per_step * 1000:.3g} ms"  # (a tiny model's
+                # said "0.00 s per step")
+                run.log(f"pace: {step_time} per step, ~{duration(steps * per_step)} per epoch; {end}")
             self.told = True
         if not self.terminal and run.elapsed >= self.next_line:
             mean = run.state.epoch_mean_loss
