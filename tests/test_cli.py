@@ -208,9 +208,11 @@ def test_sample_json_gives_the_options_used_and_each_sample(trained_run, tmp_pat
     out = tmp_path / "samples.json"
     written = invoke(*args, "--json", "-o", out)
     assert written.exit_code == 0 and written.stdout == "", written.output
-    # a decimal comma (French, German) gave temperatures 0 and 7 for "-t 0,7" without a word
-    assert written.stderr == \
-        "note: --temperature 0,1 is two values, 0 and 1; for 0.1, type a point: --temperature 0.1\n"
+    assert written.stderr == ""  # (-t 0,1: greedy and 1, a pair worth asking for)
+    # a decimal comma (French, German; a Chinese keyboard's) gave temperatures 0 and 7 for "-t 0,7" without a word
+    comma = invoke("sample", "--checkpoint-dir", ck, "--prime", "ab", "-t", "0，7", "-n", 5)
+    assert comma.exit_code == 0 and comma.stderr == \
+        "note: --temperature 0，7 is two values, 0 and 7; for 0.7, type a point: --temperature 0.7\n"
     samples = json.loads(out.read_text(encoding="utf-8"))["samples"]
     assert [(sample["temperature"], sample["index"]) for sample in samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert samples[0] == {"text": "abcde", "temperature": 0, "index": 0, "stopped": True}  # greedy: the period

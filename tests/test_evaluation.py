@@ -130,6 +130,14 @@ def test_the_command_names_the_characters_it_excluded(trained_run, tmp_path):
     typed = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "typed.txt", "abcdefg" * 5 + "ａｂ")), *where])
     assert typed.stderr.splitlines()[-1] == "note: excluded as the model never saw them: 'ａ' 'ｂ' (the model knows " \
                                             "'a' for 'ａ', 'b' for 'ｂ': convert the text to score it whole)"
+    import shutil  # a damaged best.json: the score falls back to the last checkpoint, and the note's hint with it
+
+    shutil.copytree(trained_run["run_dir"], tmp_path / "ck" / "period")
+    (tmp_path / "ck" / "period" / "best.json").write_text("{garbage")
+    fallen_back = CliRunner().invoke(cli, ["eval", str(tmp_path / "typed.txt"), "--checkpoint-dir",
+                                           str(tmp_path / "ck"), "--batch-size", "1"])
+    assert fallen_back.exit_code == 0 and fallen_back.stderr.splitlines()[-1] == typed.stderr.splitlines()[-1], \
+        fallen_back.output
     clean = CliRunner().invoke(cli, ["eval", str(write_text(tmp_path / "clean.txt", "abcdefg" * 10)), *where])
     assert clean.exit_code == 0 and "never saw" not in clean.stderr
 

@@ -205,6 +205,9 @@ def test_prime_with_unknown_characters(trained_run):
                                                                         "'-' as '—'"),
     ("'don't' ('go')\n'x'", "‘’()\ndgnotx ", "‘don’t’ (‘go’)\n‘x’", "\"'\" as '‘' and '’'"),
     ("it's", "it’s", "it’s", "\"'\" as '’'"),  # the corpus's only form, wherever it stands
+    # an apostrophe at a word's start: opening only where a later quote closes it
+    ("'cause it's the '90s", "‘’ acehirstu90", "’cause it’s the ’90s", "\"'\" as '’'"),
+    ('"Hallo", sagte er', "„Hallo“, sagte er", "„Hallo“, sagte er", "'\"' as '„' and '“'"),  # German opens with „
     ("'tis", "’tis", "’tis", "\"'\" as '’'"),
 ])
 def test_a_prime_typed_otherwise_than_the_corpus_is_read_as_the_corpus_writes_it(prime, corpus, read, note):
@@ -214,6 +217,10 @@ def test_a_prime_typed_otherwise_than_the_corpus_is_read_as_the_corpus_writes_it
     said = []
     assert prepare_prime(prime, Vocabulary.from_text(corpus), False, said.append) == read
     assert said == [f"note: read the prime's {note}, as the model's text writes them"]
+    said.clear()  # refused for another character: no note of a reading that never happened
+    with pytest.raises(TextgenError, match="never saw: '§'"):
+        prepare_prime(prime + "§", Vocabulary.from_text(corpus), False, said.append)
+    assert said == []
 
 
 @pytest.mark.parametrize("prime, corpus, named, knows", [

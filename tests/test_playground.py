@@ -312,6 +312,18 @@ def test_a_sample_is_copied_and_a_stop_the_model_cannot_write_is_said(browser, s
                         and browser.find_element(By.ID, "status"))
     assert status.text == "done · the stop string '\\n' can never end a sample: the model never saw '\\n'"
     assert status.get_attribute("class") == "error"
+    browser.find_element(By.ID, "one-line").click()
+    prime.clear()
+    prime.send_keys("ａbc")  # read as "abc", which a note says: not an error (it was shown as one)
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: "note:" in browser.find_element(By.ID, "status").text)
+    assert status.text == "done · note: read the prime's 'ａ' as 'a', as the model's text writes them"
+    assert status.get_attribute("class") == ""
+    prime.clear()
+    prime.send_keys("abc")
+    browser.find_element(By.ID, "one-line").click()
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: status.text.startswith("done · the stop"))
     [text] = browser.execute_script("return [...document.querySelectorAll('#samples pre')].map(p => p.textContent)")
     assert len(text) == 33 and text.startswith("abc")  # not ended: no line break came
     browser.execute_script("window.copied = []; navigator.clipboard.writeText = async (t) => { copied.push(t); };")

@@ -70,6 +70,7 @@ def test_the_time_left_is_measured_from_the_bars_first_update(monkeypatch, first
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     update = progress_bar(1000 if first_step > 1 else 100, "epoch 1")
+    update(0)  # (generation's bar says 0 before its first call, which compiles)
     clock[0] += compiling_s
     update(first_step)
     assert terminal.getvalue() == "epoch 1\n"  # no rate yet: nothing drawn
@@ -77,3 +78,24 @@ def test_the_time_left_is_measured_from_the_bars_first_update(monkeypatch, first
     update(then_step)
     shown = terminal.getvalue()
     assert f"{then_step}/" in shown and f" {time_left}" in shown, shown
+
+
+def test_a_bar_of_one_update_and_a_bar_without_warm_up_are_drawn_at_once(monkeypatch):
+    import time
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setenv("NO_COLOR", "1")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    update = progress_bar(1, "evaluating", unit="batch")  # an eval of one batch said "0s/batch" after 2 s
+    clock[0] += 2.0
+    update(1)
+    assert "1/1" in terminal.getvalue() and "2s/batch" in terminal.getvalue(), terminal.getvalue()
+    terminal.seek(0)
+    terminal.truncate()
+    update = progress_bar(100, "encoding the corpus", unit="char", warm_up=False)  # (no compilation to leave out)
+    clock[0] += 1.0
+    update(10)
+    assert "10/100" in terminal.getvalue() and " 9s" in terminal.getvalue(), terminal.getvalue()

@@ -1851,5 +1851,8 @@ def test_the_end_of_a_run_says_when_validation_got_worse_or_was_still_improving(
     from textgen.config import TrainConfig
 
     state = RunState(run_id="x", history=rows)
-    assert training._how_validation_ended(training._rows_of_this_text(state), stopped,
-                                          TrainConfig(patience=patience)) == said
+    rows = training._rows_of_this_text(state)
+    best = min(row["val_loss"] for row in rows)
+    assert training._how_validation_ended(rows, stopped, TrainConfig(patience=patience), best) == said
+    # the best checkpoint was a stop mid-epoch's, whose row the resumed epoch's replaced: its epoch is not known
+    assert training._how_validation_ended(rows, stopped, TrainConfig(patience=patience), best - 0.01) is None

@@ -65,11 +65,15 @@ def _config_options(config_class):
     return decorate
 
 
+DECIMAL_COMMA_ABOVE = 2  # "-t D,N" with N above this is told it gave two temperatures: none that high is meant
+
+
 def _parsed_list(rule, name: str, texts: tuple) -> tuple:
     """The values of a list option given once or more; one typed as a decimal comma ("-t 0,7", which French or German
     habits type for 0.7) is told that it gave two (temperatures 0 and 7 were sampled without a word)."""
     values = rule.parse_many(name, ",".join(texts))
-    if len(texts) == 1 and (decimal := re.fullmatch(r"(\d),(\d+)", texts[0].strip())):
+    decimal = re.fullmatch(r"(\d)[,，](\d+)", texts[0].strip()) if len(texts) == 1 else None
+    if decimal and values[1] > DECIMAL_COMMA_ABOVE:  # (-t 0,1, greedy and 1, is a pair worth asking for)
         meant = f"{decimal[1]}.{decimal[2]}"
         click.echo(f"note: {option_flag(name)} {texts[0].strip()} is two values, {values[0]:g} and {values[1]:g}; for "
                    f"{meant}, type a point: {option_flag(name)} {meant}", err=True)
@@ -619,13 +623,14 @@ def evaluate(file, checkpoint_dir, run, batch_size, seq_length, as_json):
                "first" + (f" and the last {'one' if left_over == 1 else f'{left_over:,}'}, too few to fill all "
                           f"{batch_size} streams)" if left_over else ")"))
     if result["unknown_characters"]:  # (on stderr: stdout's line is the score, for scripts)
-        from textgen.checkpoint import read_meta
+        from textgen.checkpoint import run_vocabulary
         from textgen.generate import known_variants
         from textgen.vocab import quoted_first
 
-        meta = read_meta(result["run_dir"], "best") or read_meta(result["run_dir"], "last")
-        # straight quotes in a poem scored by a model of curly ones: its score read as "my poem fits better"
-        variants = known_variants(result["unknown_characters"], meta.vocab)
+        # straight quotes in a poem scored by a model of curly ones: its score read as "my poem fits better" (a
+        # damaged best.json, which the score fell back from, is no reason to fail here)
+        vocab = run_vocabulary(result["run_dir"])
+        variants = known_variants(result["unknown_characters"], vocab) if vocab is not None else ""
         logging.getLogger("textgen").warning(
             f"note: excluded as the model never saw them: {quoted_first(result['unknown_characters'])}"
             + (f" (the model knows {variants}: convert the text to score it whole)" if variants else ""))

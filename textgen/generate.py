@@ -53,8 +53,6 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable
     """prime as the model reads it (vocab's Unicode form); unknown characters refused, or dropped with skip_unknown
     and said to warn (None: silently, for a caller that asked for the drop and says so itself if need be)."""
     typed, read_as = typed_as_the_text_writes(prime, vocab)
-    if read_as and warn is not None:
-        warn(f"note: read the prime's {read_as}, as the model's text writes them")
     prime = vocab.in_known_form(typed)
     unknown = vocab.unknown(prime)
     if unknown and not skip_unknown:
@@ -73,6 +71,8 @@ def prepare_prime(prime: str, vocab, skip_unknown: bool, warn: Optional[Callable
             warn(f"warning: dropped {counted(len(prime) - len(kept), 'unknown character')} from the prime: "
                  + quoted(unknown[:NAMED]))  # every one dropped, each kind named once
         prime = kept
+    if read_as and warn is not None:  # (after the check: a refused prime was read no way)
+        warn(f"note: read the prime's {read_as}, as the model's text writes them")
     return prime
 
 
@@ -102,11 +102,22 @@ def _known_variants(unknown: list[str], vocab) -> str:
 _OPENS = ("Ps", "Pi", "Pd", "Zs")  # a quote after an opening bracket or quote, a dash or a space is an opening one
 
 
+def _closed_later(text: str, index: int) -> bool:
+    """Whether the straight single quote at index opens a quotation: a later one ends a word ('go' closes; in
+    'cause it's, the next one is inside a word, so the first is an apostrophe, as in '90s)."""
+    for later in re.finditer("'", text[index + 1:]):
+        after = index + 1 + later.end()
+        if after == len(text) or not text[after].isalnum():
+            return True
+    return False
+
+
 def typed_as_the_text_writes(text: str, vocab) -> tuple[str, str]:
     """text with each character the model never saw, but knows in another form, in that form: a straight quote as
-    the corpus's curly one (an opening one at the start or after a space, bracket or dash, else a closing one, the
-    apostrophe: "don't" -> "don’t"; its hint named '‘' there), a full-width '，' as ',', Windows' \\r\\n as \\n (a
-    --prime-file saved in Notepad). Returns it and what was read so, for a note ('' when nothing was)."""
+    the corpus's curly one (an opening one at the start or after a space, bracket or dash, and for ' only where a
+    later one closes it, else a closing one, the apostrophe: "don't" -> "don’t", "'cause" -> "’cause"; the error's
+    hint named '‘'), a full-width '，' as ',', Windows' \\r\\n as \\n (a --prime-file saved in Notepad). Returns it
+    and what was read so, for a note ('' when nothing was)."""
     forms, written, read_as = vocab.by_compatibility_form, [], {}
     for index, ch in enumerate(text):
         if ch == "\r" and text[index + 1:index + 2] == "\n" and "\r" not in vocab and "\n" in vocab:
@@ -115,9 +126,11 @@ def typed_as_the_text_writes(text: str, vocab) -> tuple[str, str]:
         known = None if ch in vocab or not vocab.unknown(vocab.in_known_form(ch)) \
             else forms.get(compatibility_form(ch))
         if known:
-            opening = not written or written[-1] in "\n\t" or unicodedata.category(written[-1]) in _OPENS
-            wanted = ("Pi", "Ps") if opening else ("Pf", "Pe")
-            chosen = next((each for each in known if unicodedata.category(each) in wanted), known[0])
+            opening = (not written or written[-1] in "\n\t" or unicodedata.category(written[-1]) in _OPENS) \
+                and (ch != "'" or _closed_later(text, index))
+            wanted = ("Ps", "Pi") if opening else ("Pf", "Pe")  # (German opens with „, Ps, and closes with “, Pi)
+            chosen = next((each for kind in wanted for each in known if unicodedata.category(each) == kind),
+                          known[0])
             read_as.setdefault(ch, {})[chosen] = None  # (a dict: the forms chosen, in order, once each)
             ch = chosen
         written.append(ch)

@@ -37,14 +37,15 @@ class _WithoutColour(io.TextIOBase):
 
 
 def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple[str, ...] = (),
-                 enabled: bool = True) -> Callable[..., None]:
+                 enabled: bool = True, warm_up: bool = True) -> Callable[..., None]:
     """update(done, **values) redraws the bar showing the named metrics as given.
 
     A no-op when stderr is not a terminal, so that logs hold only the summary lines. The bar is drawn from the
     second update on, its time left measured from the first: that step's time holds the compilation (Keras's own
     estimate multiplied it by the steps left: a large text's first bar said 97:24:20), and a bar begun mid-way (a
     resumed epoch, a slow validation told late) is not at step 1, where Keras starts measuring (it said a few
-    seconds for the minutes left)."""
+    seconds for the minutes left). warm_up=False: a loop without a slow first step (reading a file) is drawn from
+    its first update, its time left measured from the bar's start."""
     if not enabled or total <= 0 or not stderr_is_terminal():
         return lambda done, **values: None
     import keras
@@ -54,19 +55,23 @@ def progress_bar(total: int, title: str = "", unit: str = "step", metrics: tuple
 
         def _estimate_step_duration(self, current: int, now: float) -> float:
             done, then = self.first
-            return (now - then) / (current - done) if current > done else 0.0
+            if current > done:
+                return (now - then) / (current - done)
+            return (now - self._start) / current if current else 0.0  # (a bar whose first update is its last)
 
     bar = MeasuredFromFirstUpdate(total, stateful_metrics=list(metrics), unit_name=unit)
     if title:
         sys.stderr.write(title + "\n")
     colourless = bool(os.environ.get("NO_COLOR"))  # read once per bar, not at every step
-    first_update = []
+    created, first_update = time.time(), []
 
     def update(done: int, **values: float) -> None:
         if not first_update:
+            if warm_up and not done:  # (generation's bar says 0 before its first call, which compiles)
+                return
             first_update.append(done)
-            bar.first = (done, time.time())
-            if done < total:
+            bar.first = (done, time.time()) if warm_up else (0, created)
+            if warm_up and done < total:
                 return
         shown = _WithoutColour() if colourless else sys.stderr  # stdout: generated text only
         with contextlib.redirect_stdout(shown):

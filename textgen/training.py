@@ -785,7 +785,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     log(f"stopped: {stopped}; best validation loss "
         + (f"{best:.4f} nats ({bpc(best):.3f} bpc){at}" if best is not None else "not measured yet")
         + f"; checkpoints in {run_dir}")
-    if (note := _how_validation_ended(rows, stopped, config)) is not None:
+    if (note := _how_validation_ended(rows, stopped, config, best)) is not None:
         log(note)
     return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=stopped, history=state.history,
                 model=session.model, train_loss=state.train_loss, val_loss=state.val_loss)
@@ -802,10 +802,12 @@ def _rows_of_this_text(state: RunState) -> list[dict]:
     return [row for row in rows if row.get("text") == rows[-1].get("text")] if rows else []
 
 
-def _how_validation_ended(rows: list[dict], stopped: str, config: TrainConfig) -> Optional[str]:
+def _how_validation_ended(rows: list[dict], stopped: str, config: TrainConfig,
+                          best_val_loss: Optional[float]) -> Optional[str]:
     """A note on what the validation losses say of the run's length (a songwriter's run went on 13 epochs past its
-    best, another was still improving at its end, and neither was said): None when they say nothing."""
-    if len(rows) < 2:
+    best, another was still improving at its end, and neither was said): None when they say nothing, or when the
+    best checkpoint is not the best row's (a stop mid-epoch saved it, and the resumed epoch's row replaced its row)."""
+    if len(rows) < 2 or min(row["val_loss"] for row in rows) != best_val_loss:
         return None
     last, before = rows[-1], rows[-2]
     best = min(rows, key=lambda row: row["val_loss"])
@@ -954,6 +956,7 @@ def _encoding_progress(enabled: bool) -> Callable[[int, int], None]:
 
     def update(done: int, total: int) -> None:
         nonlocal bar
-        bar = bar or progress_bar(total, "encoding the corpus", unit="char", enabled=enabled and total > 5_000_000)
+        bar = bar or progress_bar(total, "encoding the corpus", unit="char", enabled=enabled and total > 5_000_000,
+                           warm_up=False)
         bar(done)
     return update
