@@ -57,25 +57,25 @@ def test_a_line_logged_while_a_bar_is_drawn_starts_a_line_of_its_own(monkeypatch
 
 @pytest.fixture
 def timed_terminal(monkeypatch):
-    """(clock, terminal): time.time() reads clock[0]; stderr is a terminal without colours."""
+    """(clock, terminal): time.time() reads clock[0]; the terminal, without colours, is for sys.stderr (set in the
+    test itself: pytest's capture sets sys.stderr again after the fixtures)."""
     import time
 
     clock = [1_000_000.0]
     monkeypatch.setattr(time, "time", lambda: clock[0])
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setenv("NO_COLOR", "1")
-    terminal = Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    return clock, terminal
+    return clock, Terminal()
 
 
 @pytest.mark.parametrize("first_step, compiling_s, then_step, then_s, time_left", [
     (1, 600.0, 2, 1.0, "1:38"),  # the first step compiled for 10 minutes: the bar said 97:24:20
     (500, 0.0, 510, 10.0, "8:10"),  # a resumed epoch, a validation told late: the bar said 0s
 ])
-def test_the_time_left_is_measured_from_the_bars_first_update(timed_terminal, first_step, compiling_s, then_step,
-                                                              then_s, time_left):
+def test_the_time_left_is_measured_from_the_bars_first_update(monkeypatch, timed_terminal, first_step, compiling_s,
+                                                              then_step, then_s, time_left):
     clock, terminal = timed_terminal
+    monkeypatch.setattr(sys, "stderr", terminal)
     update = progress_bar(1000 if first_step > 1 else 100, "epoch 1")
     update(0)  # (generation's bar says 0 before its first call, which compiles)
     clock[0] += compiling_s
@@ -87,8 +87,9 @@ def test_the_time_left_is_measured_from_the_bars_first_update(timed_terminal, fi
     assert f"{then_step}/" in shown and f" {time_left}" in shown, shown
 
 
-def test_a_bar_of_one_update_and_a_bar_without_warm_up_are_drawn_at_once(timed_terminal):
+def test_a_bar_of_one_update_and_a_bar_without_warm_up_are_drawn_at_once(monkeypatch, timed_terminal):
     clock, terminal = timed_terminal
+    monkeypatch.setattr(sys, "stderr", terminal)
     update = progress_bar(1, "evaluating", unit="batch")  # an eval of one batch said "0s/batch" after 2 s
     clock[0] += 2.0
     update(1)
