@@ -1,5 +1,6 @@
 """Crashes and signals in a real training process: checkpoints survive and training resumes."""
 
+import contextlib
 import json
 import random
 import signal
@@ -139,14 +140,27 @@ def test_a_hangup_saves_a_resumable_checkpoint_unless_nohup_ignores_it(tmp_path)
     import os
     import pty
 
+    import threading
+
     corpus = write_text(tmp_path / "c.txt", PERIOD * REPEATS)
     terminal, stderr = pty.openpty()
     process = subprocess.Popen(train_command(corpus, tmp_path, "--epochs", "1000"), stderr=stderr,
                                stdout=subprocess.DEVNULL)
     os.close(stderr)
+    hung_up = threading.Event()
+
+    def read_as_a_terminal_does() -> None:  # (a pty nobody reads fills up, and then its writer waits)
+        with contextlib.suppress(OSError):
+            while not hung_up.is_set() and os.read(terminal, 65536):
+                pass
+
+    reader = threading.Thread(target=read_as_a_terminal_does, daemon=True)
+    reader.start()
     try:
         wait_for(lambda: (tmp_path / "r" / "last.json").exists())
         first = json.loads((tmp_path / "r" / "last.json").read_text())["global_step"]
+        hung_up.set()
+        reader.join(timeout=10)
         os.close(terminal)  # writing on it fails now (EIO), as after a hangup
         process.send_signal(signal.SIGHUP)
         process.wait(timeout=60)
