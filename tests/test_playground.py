@@ -511,3 +511,47 @@ def test_a_run_gone_since_it_was_chosen_is_said_so_where_the_picker_changes(brow
                    == "the run “good” is no longer served; “spare” is chosen instead")
         assert Select(browser.find_element(By.ID, "run")).first_selected_option.get_attribute("value") == "spare"
         assert browser.find_element(By.ID, "facts").text.startswith("spare: 1 × LSTM(32)")
+
+
+def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path(browser, server):  # noqa: F811
+    """Behind `location /textgen/ { proxy_pass http://127.0.0.1:8000/; }` the page asked /v1/models and
+    /v1/generate at the proxy's root, outside the prefix: 404s. It now asks them relative to its own address."""
+    import uvicorn
+    from selenium.webdriver.common.by import By
+
+    from test_serve import SERVED
+
+    app = SERVED["app"]
+
+    async def proxy(scope, receive, send):  # what such a proxy passes on: the path without its prefix, or nothing
+        if scope["type"] == "http":
+            if not scope["path"].startswith("/textgen/"):
+                await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            path = scope["path"][len("/textgen"):]
+            scope = dict(scope, path=path, raw_path=path.encode())
+        await app(scope, receive, send)
+
+    port = free_port()
+    running = uvicorn.Server(uvicorn.Config(proxy, host="127.0.0.1", port=port, log_level="warning",
+                                            lifespan="off"))  # (the app's own server has started it)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    wait_until(lambda: running.started)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/textgen/")
+        wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+        prime = browser.find_element(By.ID, "prime")
+        prime.clear()
+        prime.send_keys("abc")
+        length = browser.find_element(By.ID, "length")
+        length.clear()
+        length.send_keys("40")
+        browser.find_element(By.ID, "generate").click()
+        wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+        texts = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
+        assert texts and all(len(text) == 43 and text.startswith("abc") for text in texts)
+    finally:
+        running.should_exit = True
+        thread.join(timeout=30)

@@ -22,7 +22,9 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import signal
+import socket
 import time
 from importlib import resources
 from pathlib import Path
@@ -30,6 +32,7 @@ from typing import Optional
 
 import anyio
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -236,7 +239,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
                               + f" (its fields: {', '.join(fields)})")
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(_BodyLimit, limits=limits)
     if loopback_host is not None:
         app.add_middleware(_LoopbackHosts, listening_on=loopback_host, allowed=allow_hosts)
     app.add_middleware(_AnsweredWhenCut)
@@ -434,17 +437,21 @@ def _is_loopback_address(name: str) -> bool:
 
 
 class _BodyLimit:
-    """Refuse a request body over max_bytes: at once when its Content-Length says so, else (a chunked body)
-    as soon as that much has arrived. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's
+    """Refuse a request body over the limits' max_body_bytes: at once when its Content-Length says so, else (a
+    chunked body) as soon as that much has arrived. Plain ASGI: Starlette's BaseHTTPMiddleware would hide a client's
     disconnection from the endpoint and pass every streamed piece through a task of its own."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, limits: Limits):
+        self.app, self.max_bytes = app, limits.max_body_bytes
+        # what to do, in the terms a client knows: the bytes alone did not say which field was too long
+        self.message = (f"request body larger than {self.max_bytes:,} bytes; a prime may hold "
+                        f"{limits.max_prime_chars:,} characters and a text to score {limits.max_score_chars:,} "
+                        "(limits in GET /v1/models)")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        message = f"request body larger than {self.max_bytes:,} bytes"
+        message = self.message
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
@@ -550,8 +557,6 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     """Run the server until Ctrl-C or SIGTERM, which lets the requests in flight end for at most shutdown_timeout
     seconds (a service manager's stop must not wait on a long stream: --max-length 200000 took a minute). Its log
     lines (uvicorn's and textgen's) carry their time and level, from log_level (SERVER_LOG_LEVELS) up."""
-    import socket
-
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address, as URLs write it
     advice = "check --host (an address of this machine) and --port (1024 or above without root)"
     try:  # every address of --host, as the server binds them all (localhost: 127.0.0.1 and often ::1)
@@ -560,17 +565,20 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     except (socket.gaierror, UnicodeError) as error:
         raise TextgenError(f"cannot listen on {shown}:{port} ({getattr(error, 'strerror', error)}); {advice}") \
             from None
-    for family, address in addresses:  # refuse a taken port in one line, before loading anything
-        with socket.socket(family) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # as asyncio binds it: "::" is not also 0.0.0.0
-                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno == errno.EADDRINUSE:
-                    advice = "choose another --port or stop the program that uses it"
-                raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
+    # Listening before anything loads: a taken port is refused in one line, and of two servers started together on
+    # one port the second is (a probe closed again let both load, then uvicorn failed to bind one: exit code 3).
+    # Clients that connect while the runs load wait in the backlog.
+    listening = []
+    try:
+        for family, address in addresses:
+            listening.append(_listening_socket(family, address))
+    except OSError as error:
+        for sock in listening:
+            sock.close()
+        if error.errno == errno.EADDRINUSE:
+            advice = "choose another --port or stop the program that uses it"
+        raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
+    _raise_open_file_limit()
 
     with _log_lines_timed(log_level):
         import_tensorflow_quietly()
@@ -587,13 +595,65 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         log_config["handlers"]["default"]["filters"] = ["cut_short"]
         logging.getLogger("asyncio").addFilter(_CutShort())
         server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=True,
-                                        log_config=log_config, timeout_graceful_shutdown=shutdown_timeout))
+                                        log_config=log_config, timeout_graceful_shutdown=shutdown_timeout,
+                                        http=_H11WithHeadTimeout, backlog=BACKLOG))
         try:
-            server.run()
+            server.run(sockets=listening)
         except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it caught again once it stopped: stopping was the ask
             pass
         finally:
             app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
+            for sock in listening:
+                sock.close()
+
+
+BACKLOG = 2048  # uvicorn's default: connections waiting to be accepted, such as those made while the runs load
+ACCEPT_FAILURE_EVERY_S = 60.0  # the least time between two log lines on connections not accepted
+HEAD_TIMEOUT_S = 20.0  # a new connection that has not sent a whole request head by then is closed
+
+
+def _listening_socket(family: int, address: tuple) -> socket.socket:
+    """A socket listening on address, bound as asyncio binds a server's (SO_REUSEADDR; "::" not also 0.0.0.0)."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)  # (two sockets with SO_REUSEADDR may both bind a port until one listens)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _raise_open_file_limit() -> None:
+    """The soft limit on open files raised to the hard one: each connection holds a descriptor, and at systemd's
+    default soft limit (1,024) a few hundred idle clients left the server unable to accept any other."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class _H11WithHeadTimeout(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, which closes a new connection that has not sent its request's head within
+    HEAD_TIMEOUT_S. uvicorn times a connection out only between requests, so a client that connected and sent
+    nothing, or half a head, held its descriptor for good: enough of them and the server could accept no other."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.head_deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._close_without_request)
+
+    def _close_without_request(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():  # (cycle: the first request's, once its head came)
+            self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self.head_deadline.cancel()
+        super().connection_lost(exc)
 
 
 class _Server(uvicorn.Server):
@@ -692,6 +752,8 @@ class _CutShort(logging.Filter):
         super().__init__()
         self.shutdown_timeout = shutdown_timeout
         self.waiting_told = False
+        self.accept_failure_told = -math.inf
+        self.clock = time.monotonic
 
     def filter(self, record: logging.LogRecord) -> bool:
         cancelled = record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError)
@@ -708,6 +770,24 @@ class _CutShort(logging.Filter):
             record.args = (counted(record.args[0], "request"), f"{self.shutdown_timeout:g}")
             if not logging.getLogger(record.name).isEnabledFor(logging.WARNING):  # --log-level error
                 return False
+        elif str(record.msg).startswith("socket.accept() out of system resource"):  # (its socket on a next line)
+            return self._accept_failed(record)
         message = record.getMessage()
         return not (cancelled or "asyncio.exceptions.CancelledError" in message
                     or message == "socket.send() raised exception.")
+
+    def _accept_failed(self, record: logging.LogRecord) -> bool:
+        """asyncio logs a traceback for every connection it fails to accept, up to the backlog's (2,048) at each
+        try: out of descriptors, 2 MB of log a second. One line a minute says it instead, in the server's form."""
+        import resource
+
+        now = self.clock()
+        if now >= self.accept_failure_told + ACCEPT_FAILURE_EVERY_S:
+            self.accept_failure_told = now
+            error = record.exc_info[1] if record.exc_info else None
+            why = getattr(error, "strerror", None) or "out of a system resource"
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            logger.error(f"cannot accept new connections ({why}; this process may open {limit:,} files): the "
+                         "connections open now hold them; raise the limit (ulimit -n, or LimitNOFILE= in a systemd "
+                         "unit), or find the clients that keep them open")
+        return False
