@@ -235,6 +235,13 @@ def test_list_runs_gives_what_textgen_runs_lists(trained_run, tmp_path):
     assert (period["epochs"], period["planned_epochs"]) == (3, 3)
     assert period["val_bpc"] == pytest.approx(trained_run["best_val_loss"] / math.log(2))
     assert textgen.load(period["path"]).info["val_bpc"] == pytest.approx(period["val_bpc"])
+    # A sweep's runs side by side: the shape and options each trained with (--size auto's choices too) and when
+    # the best checkpoint was measured; train() returns that checkpoint, whose epochs can be fewer than the run's
+    loaded = textgen.load(period["path"])
+    assert period["model"] == loaded.config.to_dict() and period["model"]["units"] == 32
+    assert period["options"]["epochs"] == 3 and period["options"]["seed"] == 7
+    assert period["best_epoch"] == loaded.info["epochs"] and 1 <= period["best_epoch"] <= 3
+    assert period["seconds"] > 0 and broken["model"] is broken["options"] is broken["best_epoch"] is None
     assert (broken["problem"], broken["val_bpc"], broken["path"]) == ("damaged", None, tmp_path / "broken")
     assert textgen.list_runs(tmp_path / "nothing here") == []
     with pytest.raises(textgen.TextgenError, match="is a file; give the directory of the runs as checkpoint_dir$"):

@@ -516,10 +516,9 @@ def test_a_run_gone_since_it_was_chosen_is_said_so_where_the_picker_changes(brow
 def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path(browser, server):  # noqa: F811
     """Behind `location /textgen/ { proxy_pass http://127.0.0.1:8000/; }` the page asked /v1/models and
     /v1/generate at the proxy's root, outside the prefix: 404s. It now asks them relative to its own address."""
-    import uvicorn
     from selenium.webdriver.common.by import By
 
-    from test_serve import SERVED
+    from test_serve import SERVED, serving
 
     app = SERVED["app"]
 
@@ -533,14 +532,8 @@ def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path(browser, serv
             scope = dict(scope, path=path, raw_path=path.encode())
         await app(scope, receive, send)
 
-    port = free_port()
-    running = uvicorn.Server(uvicorn.Config(proxy, host="127.0.0.1", port=port, log_level="warning",
-                                            lifespan="off"))  # (the app's own server has started it)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    wait_until(lambda: running.started)
-    try:
-        browser.get(f"http://127.0.0.1:{port}/textgen/")
+    with serving(proxy, lifespan="off") as base:  # (the app's own server has started it)
+        browser.get(f"{base}/textgen/")
         wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
         prime = browser.find_element(By.ID, "prime")
         prime.clear()
@@ -552,6 +545,3 @@ def test_the_page_works_behind_a_proxy_that_serves_it_under_a_path(browser, serv
         wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
         texts = [pre.text for pre in browser.find_elements(By.CSS_SELECTOR, "#samples pre")]
         assert texts and all(len(text) == 43 and text.startswith("abc") for text in texts)
-    finally:
-        running.should_exit = True
-        thread.join(timeout=30)

@@ -400,3 +400,40 @@ def test_a_file_that_cannot_be_written_is_named_as_the_user_knows_it_not_by_its_
         atomic_write(tmp_path / "history.csv", read_only)
     assert (failed.value.filename, failed.value.errno) == (str(tmp_path / "history.csv"), errno.EROFS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_draws_several_runs_validation_curves_in_one_picture(trained_run, tmp_path, monkeypatch):
+    """A sweep's write-up needs its runs' curves side by side: a repeated --run drew the last run alone."""
+    import shutil
+
+    from matplotlib.axes import Axes
+
+    for name in ("lr1", "lr2", "other"):
+        shutil.copytree(trained_run["run_dir"], tmp_path / name)
+    for kind in ("best", "last"):  # "other" held out another slice of the text
+        path = tmp_path / "other" / f"{kind}.json"
+        meta = json.loads(path.read_text())
+        meta["training"]["val_fraction"] = 0.2
+        path.write_text(json.dumps(meta))
+    drawn = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *args, **kwargs: drawn.append((kwargs.get("label"), args[1]))
+                        or plot(self, *args, **kwargs))
+    runner, ck = CliRunner(), ["--checkpoint-dir", str(tmp_path)]
+    curve = (tmp_path / "lr1" / "curve.png").read_bytes()
+    picture = tmp_path / "sweep.png"
+    result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "lr2", "-o", str(picture)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{picture}\n" and result.stderr == "" and png_size(picture) == (770, 462)
+    val_bpc = [row["val_bpc"] for row in trained_run["history"]]
+    assert [label for label, _ in drawn if label] == ["lr1", "lr2", "each run's best checkpoint"]
+    assert [list(values) for label, values in drawn if label in ("lr1", "lr2")] == [val_bpc, val_bpc]
+    assert [values for label, values in drawn if label is None] == [[min(val_bpc)]] * 2  # each run's best marked
+    assert (tmp_path / "lr1" / "curve.png").read_bytes() == curve  # the runs are left as they were
+    result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "other", "-o", str(picture), "--overwrite"])
+    assert result.exit_code == 0 and result.stderr.startswith("note: these runs were validated on different texts")
+    result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "lr2"])
+    assert result.exit_code == 1 and result.stderr == ("error: several runs are drawn into one picture: name its "
+                                                       "file with --output, such as --output runs.png\n")
+    result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "missing", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 1 and "missing" in result.stderr and not (tmp_path / "x.png").exists()

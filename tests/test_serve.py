@@ -23,12 +23,13 @@ SERVED = {}
 
 
 @contextlib.contextmanager
-def serving(app):
-    """The app on a real uvicorn server on a free loopback port; yields its base URL."""
+def serving(app, **config):
+    """The app on a real uvicorn server on a free loopback port (with uvicorn's config options); yields its base
+    URL."""
     import uvicorn
 
     port = free_port()
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -1613,8 +1614,6 @@ def test_the_server_holds_its_port_while_the_runs_load_and_raises_its_open_file_
 def test_a_connection_that_sends_no_request_head_is_closed(monkeypatch):
     """uvicorn times a connection out only between requests: one that connected and sent nothing, or half a
     request's head, held its descriptor for good (300 of 300 were open 9 s later)."""
-    import uvicorn
-
     from textgen import serve as serve_module
 
     async def app(scope, receive, send):
@@ -1623,16 +1622,8 @@ def test_a_connection_that_sends_no_request_head_is_closed(monkeypatch):
             await send({"type": "http.response.body", "body": b"ok"})
 
     monkeypatch.setattr(serve_module, "HEAD_TIMEOUT_S", 0.5)
-    port = free_port()
-    running = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           http=serve_module._H11WithHeadTimeout))
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not running.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
+    with serving(app, http=serve_module._H11WithHeadTimeout) as base:
+        port = int(base.rsplit(":", 1)[1])
         silent, halfway, whole = (socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3))
         halfway.sendall(b"GET / HTTP/1.1\r\nHo")
         whole.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -1650,9 +1641,6 @@ def test_a_connection_that_sends_no_request_head_is_closed(monkeypatch):
         assert whole.recv(1000).startswith(b"HTTP/1.1 200")
         for sock in (silent, halfway, whole):
             sock.close()
-    finally:
-        running.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_connections_not_accepted_are_told_in_one_line_a_minute(caplog):

@@ -316,7 +316,9 @@ def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]
     """The runs under checkpoint_dir as ``textgen runs`` lists them, the most recently saved first (then any left
     without metadata): a dict each with name, path (to give :func:`load`), corpus (the file's path), characters,
     epochs (trained), step_in_epoch (steps into an epoch not finished), planned_epochs (None: until its time
-    budget), val_bpc (the best checkpoint's, None before its first validation), saved_at (ISO 8601), started_from
+    budget), val_bpc (the best checkpoint's, None before its first validation), best_epoch (the epoch of val_bpc),
+    seconds (of training, across resumes), saved_at (ISO 8601), model and options (the shape, ModelConfig's fields,
+    and the training options, TrainConfig's, the run trained with: what ``size="auto"`` chose too), started_from
     (a run fine-tuned with ``init_from``: a dict of the run, kind, epoch and corpus it started from; else None) and
     training (the pid of a training writing the run now, or None). A run that cannot be read has ``problem`` ("damaged",
     "written by a newer textgen", "not readable by you", or "no checkpoint yet" for a training's first epoch, listed

@@ -739,39 +739,62 @@ def runs(checkpoint_dir, as_json):
         click.echo(f"no runs in {checkpoint_dir} yet; train one with: {train_command}", err=True)
 
 
+def _run_names_given(ctx, param, values):
+    return tuple(dict.fromkeys(_run_name_given(ctx, param, value) for value in values))  # (each once)
+
+
 @cli.command()
 @checkpoint_dir_option
-@run_option
+@click.option("--run", "runs", multiple=True, callback=_run_names_given,
+              help="Run name (a directory under --checkpoint-dir); default: the latest run with a best checkpoint. "
+                   "Repeat it to draw several runs' validation curves in one picture (with --output).")
 @click.option("--output", "-o", type=click.Path(), default=None,
               callback=_not_empty("give a file name, such as curve.png, or leave --output out for RUN/curve.png",
                                   _user_path),
               help="Draw the curve into this file (.png, .svg or .pdf) instead of RUN/curve.png, and leave the run "
                    "as it is (for a run you may not write in).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def plot(checkpoint_dir, run, output, overwrite):
-    """Redraw a run's training curve (RUN/curve.png) and history (RUN/history.csv)."""
-    from textgen.checkpoint import read_run_meta
+def plot(checkpoint_dir, runs, output, overwrite):
+    """Redraw a run's curve and history, or compare several runs' curves."""
     from textgen.files import check_output
-    from textgen.report import curve_format, plot_history, write_history
-    from textgen.runs import find_run, run_options
+    from textgen.report import curve_format, plot_history, plot_runs, validated_alike, write_history
 
+    if len(runs) > 1 and output is None:
+        raise click.ClickException("several runs are drawn into one picture: name its file with --output, such as "
+                                   "--output runs.png")
     if output is not None:
         curve_format(output)
         check_output(output, overwrite, example="curve.png")
-    run_dir = find_run(checkpoint_dir, run)
-    meta = read_run_meta(run_dir).latest
-    history = meta.state.history if meta is not None else []
-    if not history:
-        raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet; train it on to the end of "
-                                   f"its first epoch with: textgen train {run_options(run_dir)} --resume")
+    plotted = [_plotted_run(checkpoint_dir, run) for run in runs or (None,)]
     try:
+        if len(plotted) > 1:
+            if not validated_alike([meta for _, meta in plotted]):
+                click.echo("note: these runs were validated on different texts (another corpus, --val-fraction or "
+                           "--val-max-chars): their curves compare the texts as well as the runs", err=True)
+            click.echo(plot_runs([(run_dir.name, meta.state.history, meta.state.best_val_loss)
+                                  for run_dir, meta in plotted], output))
+            return
+        (run_dir, meta), = plotted
         if output is None:
-            click.echo(write_history(run_dir, history))
-        click.echo(plot_history(run_dir, history, meta.state.best_val_loss, output))
+            click.echo(write_history(run_dir, meta.state.history))
+        click.echo(plot_history(run_dir, meta.state.history, meta.state.best_val_loss, output))
     except OSError as error:
         advice = "write elsewhere" if output else "fix the run directory and plot again, or draw the curve elsewhere " \
                                                   "with --output FILE.png"
         raise click.ClickException(f"cannot write {error.filename} ({error.strerror}); {advice}") from None
+
+
+def _plotted_run(checkpoint_dir: Path, run: str | None) -> tuple:
+    """(run directory, latest checkpoint metadata) of a run with a finished epoch to plot."""
+    from textgen.checkpoint import read_run_meta
+    from textgen.runs import find_run, run_options
+
+    run_dir = find_run(checkpoint_dir, run)
+    meta = read_run_meta(run_dir).latest
+    if meta is None or not meta.state.history:
+        raise click.ClickException(f"run {run_dir.name!r} has no finished epoch to plot yet; train it on to the end of "
+                                   f"its first epoch with: textgen train {run_options(run_dir)} --resume")
+    return run_dir, meta
 
 
 def main(argv=None) -> None:

@@ -45,14 +45,7 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
     characters seen, the run's best checkpoint marked: the last row of best_val_loss, the run's (after a resume on
     another text the lowest validation loss is not the best checkpoint's, which starts over on the new text; a
     row's epoch is not the best epoch's when it was saved mid-epoch); without it, the lowest."""
-    # A figure of its own, drawn by Agg, outside pyplot: matplotlib.use("Agg") switched the whole process, and a
-    # notebook's own plots stopped showing after a training.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7, 4.2), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
+    figure, axes = _figure()
     seen = [row["chars_seen"] / 1e6 for row in history]
     # One line per text the run trained on, so that a resume on another text (fine-tuning) is not drawn as a jump of
     # the same curve.
@@ -65,19 +58,62 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
         if number:
             axes.axvline((seen[first - 1] + seen[first]) / 2, color="gray", linestyle="--", linewidth=1,
                          label=None if number > 1 else "resumed on another text")
-    best = next((row for row in reversed(history) if best_val_loss is not None and row["val_loss"] == best_val_loss),
-                None) or min(history, key=lambda row: row["val_bpc"])
+    best = _best_row(history, best_val_loss)
     axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
                   textcoords="offset points", xytext=(0, 10), ha="center")
+    return _saved(figure, axes, curve_title(run_dir.name), output or run_dir / CURVE_FILE)
+
+
+def plot_runs(runs: list[tuple[str, list[dict], Optional[float]]], output: Path) -> Path:
+    """Several runs' validation curves in one picture (output, in the format its suffix names): for each run, given as
+    (name, history, best_val_loss), validation bits per character against characters seen, its best marked."""
+    figure, axes = _figure()
+    for number, (name, history, best_val_loss) in enumerate(runs):
+        color = f"C{number % 10}"
+        for first, last in text_spans(history):  # (a resume on another text is not drawn as a jump)
+            rows = history[first:last + 1]
+            axes.plot([row["chars_seen"] / 1e6 for row in rows], [row["val_bpc"] for row in rows], "o-",
+                      color=color, markersize=3, label=None if first else name)
+        best = _best_row(history, best_val_loss)
+        axes.plot([best["chars_seen"] / 1e6], [best["val_bpc"]], "*", color=color, markersize=12)
+    axes.plot([], [], "*", color="gray", markersize=12, label="each run's best checkpoint")
+    return _saved(figure, axes, "validation loss of textgen runs", output)
+
+
+def validated_alike(metas: list) -> bool:
+    """Whether runs (their checkpoints' metadata) held out the same validation text: the same corpus, fraction and
+    cap (batch and window lengths change only the few characters at its end that fill no batch)."""
+    return len({(meta.corpus["blake2b"], meta.training.val_fraction, meta.training.val_max_chars)
+                for meta in metas}) == 1
+
+
+def _figure():
+    """A figure of its own and its axes, drawn by Agg, outside pyplot: matplotlib.use("Agg") switched the whole
+    process, and a notebook's own plots stopped showing after a training."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots()
+
+
+def _saved(figure, axes, title: str, path: Path) -> Path:
     axes.set_xlabel("characters seen (millions)")
     axes.set_ylabel("loss (bits per character)")
-    axes.set_title(curve_title(run_dir.name))
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    path = output or run_dir / CURVE_FILE
     atomic_write(path, lambda tmp: figure.savefig(tmp, format=curve_format(path)))  # (no pyplot figure to close)
     return path
+
+
+def _best_row(history: list[dict], best_val_loss: Optional[float]) -> dict:
+    """The row of the run's best checkpoint: the last of best_val_loss, the run's (after a resume on another text the
+    lowest validation loss is not the best checkpoint's); without it, the lowest."""
+    return next((row for row in reversed(history) if best_val_loss is not None and row["val_loss"] == best_val_loss),
+                None) or min(history, key=lambda row: row["val_bpc"])
 
 
 def curve_format(path: Path) -> str:
@@ -243,14 +279,17 @@ def steps_text(step_in_epoch: int) -> str:
 def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
     steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
-    its "0" epochs), planned_epochs (None: until its time budget), val_bpc, saved_at, started_from (for a run
+    its "0" epochs), planned_epochs (None: until its time budget), val_bpc, best_epoch (the epoch val_bpc was
+    measured after), seconds (of training, all resumes included), saved_at, model and options (the shape and the
+    training options the run trained with, as dicts: what --size auto chose too), started_from (for a run
     fine-tuned by --init-from: the run, kind, epoch and corpus it started from; else None) and training (the pid of
     the training writing the run now, or None); for a run that cannot be read, "problem" ("damaged", "written by a newer
     textgen", "not readable by you" or "no checkpoint yet") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,
-                   planned_epochs=None, val_bpc=None, saved_at=None, started_from=None, training=_training(run_dir))
+                   planned_epochs=None, val_bpc=None, best_epoch=None, seconds=None, saved_at=None, started_from=None,
+                   model=None, options=None, training=_training(run_dir))
         if row["training"] is not None and not has_checkpoint(run_dir, unreadable=True):
             rows.append(dict(row, problem="no checkpoint yet"))
             continue
@@ -270,11 +309,15 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
         _warn_unreadable(run, run_dir.name)
         meta = run.latest
         best_val_loss = run.best.state.val_loss if run.best is not None else meta.state.best_val_loss
+        # The options and shape beside the results, for comparing the runs of a sweep (--size auto chooses some)
         rows.append(dict(row, corpus=meta.corpus["path"], characters=meta.corpus["length"],
                          epochs=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
                          planned_epochs=meta.training.epochs or None,
-                         val_bpc=None if best_val_loss is None else bpc(best_val_loss), saved_at=meta.saved_at,
-                         started_from=meta.state.started_from))
+                         val_bpc=None if best_val_loss is None else bpc(best_val_loss),
+                         best_epoch=None if run.best is None or best_val_loss is None else run.best.state.epoch,
+                         seconds=round(meta.state.elapsed_seconds, 1), saved_at=meta.saved_at,
+                         started_from=meta.state.started_from, model=meta.model.to_dict(),
+                         options=meta.training.to_dict()))
     return rows
 
 
