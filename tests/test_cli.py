@@ -116,7 +116,7 @@ def test_train_then_sample_writes_only_text_to_stdout(tmp_path):
     written = invoke(*args, "--output", out)
     assert written.stdout == "" and out.read_text() == first.stdout  # the line break at the end too, as with >
     out.write_text("my own text")  # it replaced any file without a word (a run's corpus, given by mistake)
-    refused = invoke(*args, "--seed", 2, "--output", out)
+    refused = invoke(*args[:-2], "--seed", 2, "--output", out)
     assert (refused.exit_code, refused.stderr) == (1, f"error: --output {out} already exists; pass --overwrite to "
                                                       "replace it, or choose another file\n")
     assert out.read_text() == "my own text"
@@ -1212,3 +1212,19 @@ def test_the_command_shows_its_lines_while_a_python_training_shows_its_own_in_an
         monkeypatch.setattr(logger, name, getattr(logger, name) if name != "handlers" else [progress._LINES])
     cli_module._report_diagnostics_on_stderr()
     assert cli_module._COMMAND_LINES in logger.handlers and logger.level == logging.INFO
+
+
+def test_an_option_of_one_value_given_twice_is_noted(trained_run):
+    """click keeps the last value of an option given more than once: a sweep's `plot --run a --run b` drew b alone,
+    and `eval --run a --run b` scored b, without a word."""
+    ck = ["--checkpoint-dir", str(trained_run["checkpoint_dir"])]
+    result = CliRunner().invoke(cli, ["info", *ck, "--run", "elsewhere", "--run", "period"])
+    assert result.exit_code == 0 and result.stdout.startswith(f"run            {trained_run['run_dir']}\n")
+    assert result.stderr == "note: --run is given 2 times; the last one is used: period\n"
+    # options that take several values, and flags, are not noted; nor is a command line click refuses
+    many = CliRunner().invoke(cli, ["sample", *ck, "-t", "0", "-t", "0", "--length", "5", "--seed", "1"])
+    assert many.exit_code == 0 and "note:" not in many.stderr, many.stderr
+    flags = CliRunner().invoke(cli, ["info", *ck, "--vocabulary", "--vocabulary"])
+    assert flags.exit_code == 0 and flags.stderr == ""
+    refused = CliRunner().invoke(cli, ["info", *ck, "--run", "a", "--run", "b", "--bogus"])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1 and "note:" not in refused.stderr

@@ -212,8 +212,27 @@ def _sigterm_as_interrupt(command):
     return run
 
 
+class RepeatsNoted(click.Command):
+    """A command that notes an option of one value given more than once, of which click keeps the last: a sweep's
+    `plot --run a --run b` drew b alone, without a word."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            raw, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        except click.UsageError:  # said by click's own parsing, below
+            raw, order = {}, []
+        args = super().parse_args(ctx, args)
+        for param in dict.fromkeys(order):
+            if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag) \
+                    and (times := order.count(param)) > 1 and not ctx.resilient_parsing:
+                _tell(f"note: {param.opts[-1]} is given {times} times; the last one is used: {raw.get(param.name)}")
+        return args
+
+
 class OneLineErrors(click.Group):
     """Every failure is one line on stderr and a non-zero exit code, never a traceback."""
+
+    command_class = RepeatsNoted
 
     def main(self, args=None, prog_name=None, **extra):
         from textgen.errors import TextgenError
