@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -352,7 +353,7 @@ def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch_and_runs_counts_its_s
 
     from textgen.callbacks import Callback
     from textgen.checkpoint import read_meta
-    from textgen.report import plot_history, run_rows, runs_table
+    from textgen.report import plot_history, run_rows, runs_table, steps_cut_short
 
     marked = []
     annotate = Axes.annotate
@@ -376,6 +377,17 @@ def test_the_curve_marks_a_best_checkpoint_saved_mid_epoch_and_runs_counts_its_s
     marked.clear()
     plot_history(tmp_path / "ck" / "r", state.history, state.best_val_loss)  # as textgen plot draws it
     assert marked == [f"best {state.history[-1]['val_bpc']:.3f}"]
+    # the stopped epoch's training mean is of its first 40 steps, marked as such (an "uptick" misread in a sweep)
+    labels = []
+    plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *args, **kwargs: labels.append(kwargs.get("label"))
+                        or plot(self, *args, **kwargs))
+    assert CliRunner().invoke(cli, ["plot", "--checkpoint-dir", str(tmp_path / "ck"), "--run", "r"]).exit_code == 0
+    assert "training, an epoch stopped after 40 steps (their mean)" in labels
+    labels.clear()
+    plot_history(tmp_path / "ck" / "r", state.history[:-1], cut_short_steps=steps_cut_short(
+        dataclasses.replace(state, history=state.history[:-1])))  # the epochs before: complete
+    assert labels and not [label for label in labels if label and "stopped" in label]
     row = run_rows([tmp_path / "ck" / "r"])[0]
     assert (row["epochs"], row["step_in_epoch"], row["planned_epochs"]) == (1, 40, 3)
     assert "  1/3 + 40 steps  " in runs_table([tmp_path / "ck" / "r"]).splitlines()[1]

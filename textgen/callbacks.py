@@ -263,7 +263,8 @@ class Reports(Callback):
     def on_epoch_end(self, run, improved: bool) -> None:
         run_dir, state = run.run_dir, run.state
         for name, write in (("history.csv", lambda: report.write_history(run_dir, state.history)),
-                            ("curve.png", lambda: report.plot_history(run_dir, state.history, state.best_val_loss))):
+                            ("curve.png", lambda: report.plot_history(run_dir, state.history, state.best_val_loss,
+                                                                     cut_short_steps=report.steps_cut_short(state)))):
             try:
                 write()
             except Exception as error:  # a report is a convenience: training goes on without it

@@ -776,7 +776,8 @@ def _run_names_given(ctx, param, values):
 def plot(checkpoint_dir, runs, output, overwrite):
     """Redraw a run's curve and history, or compare several runs' curves."""
     from textgen.files import check_output
-    from textgen.report import curve_format, plot_history, plot_runs, validated_alike, write_history
+    from textgen.report import (curve_format, plot_history, plot_runs, steps_cut_short, validated_alike,
+                                write_history)
 
     if len(runs) > 1 and output is None:
         raise click.ClickException("several runs are drawn into one picture: name its file with --output, such as "
@@ -796,7 +797,8 @@ def plot(checkpoint_dir, runs, output, overwrite):
         (run_dir, meta), = plotted
         if output is None:
             click.echo(write_history(run_dir, meta.state.history))
-        click.echo(plot_history(run_dir, meta.state.history, meta.state.best_val_loss, output))
+        click.echo(plot_history(run_dir, meta.state.history, meta.state.best_val_loss, output,
+                                steps_cut_short(meta.state)))
     except OSError as error:
         advice = "write elsewhere" if output else "fix the run directory and plot again, or draw the curve elsewhere " \
                                                   "with --output FILE.png"

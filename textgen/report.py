@@ -40,11 +40,12 @@ CURVE_FORMATS = ("png", "svg", "pdf")  # by an --output's suffix
 
 
 def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[float] = None,
-                 output: Optional[Path] = None) -> Path:
+                 output: Optional[Path] = None, cut_short_steps: int = 0) -> Path:
     """curve.png (or output, in the format its suffix names): train and validation bits per character against
     characters seen, the run's best checkpoint marked: the last row of best_val_loss, the run's (after a resume on
     another text the lowest validation loss is not the best checkpoint's, which starts over on the new text; a
-    row's epoch is not the best epoch's when it was saved mid-epoch); without it, the lowest."""
+    row's epoch is not the best epoch's when it was saved mid-epoch); without it, the lowest. cut_short_steps: the
+    steps of the last row's epoch when it stopped mid-epoch (steps_cut_short), whose training point is marked."""
     figure, axes = _figure()
     seen = [row["chars_seen"] / 1e6 for row in history]
     # One line per text the run trained on, so that a resume on another text (fine-tuning) is not drawn as a jump of
@@ -58,10 +59,20 @@ def plot_history(run_dir: Path, history: list[dict], best_val_loss: Optional[flo
         if number:
             axes.axvline((seen[first - 1] + seen[first]) / 2, color="gray", linestyle="--", linewidth=1,
                          label=None if number > 1 else "resumed on another text")
+    if cut_short_steps:  # its training mean is of the epoch's first steps alone: an uptick that is not one
+        axes.plot(seen[-1:], [history[-1]["train_bpc"]], "o", color="C0", markerfacecolor="white", markersize=9,
+                  label=f"training, an epoch stopped after {counted(cut_short_steps, 'step')} (their mean)")
     best = _best_row(history, best_val_loss)
     axes.annotate(f"best {best['val_bpc']:.3f}", (best["chars_seen"] / 1e6, best["val_bpc"]),
                   textcoords="offset points", xytext=(0, 10), ha="center")
     return _saved(figure, axes, curve_title(run_dir.name), output or run_dir / CURVE_FILE)
+
+
+def steps_cut_short(state) -> int:
+    """The steps of the epoch of the history's last row when the run stopped mid-epoch (a time budget, Ctrl-C, a
+    --save-every save), else 0: that row is numbered the epoch after the last one completed."""
+    history = state.history
+    return state.step_in_epoch if history and history[-1]["epoch"] > state.epoch else 0
 
 
 def plot_runs(runs: list[tuple[str, list[dict], Optional[float]]], output: Path) -> Path:
