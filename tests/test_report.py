@@ -420,13 +420,15 @@ def test_plot_draws_several_runs_validation_curves_in_one_picture(trained_run, t
 
     from matplotlib.axes import Axes
 
-    for name in ("lr1", "lr2", "other"):
+    changes = {"lr1": {}, "lr2": {"val_max_chars": 0},  # (the same slice held out: under the cap either way)
+               "other": {"val_fraction": 0.2}, "windows": {"seq_length": 40}}
+    for name, options in changes.items():
         shutil.copytree(trained_run["run_dir"], tmp_path / name)
-    for kind in ("best", "last"):  # "other" held out another slice of the text
-        path = tmp_path / "other" / f"{kind}.json"
-        meta = json.loads(path.read_text())
-        meta["training"]["val_fraction"] = 0.2
-        path.write_text(json.dumps(meta))
+        for kind in ("best", "last"):
+            path = tmp_path / name / f"{kind}.json"
+            meta = json.loads(path.read_text())
+            meta["training"].update(options)
+            path.write_text(json.dumps(meta))
     drawn = []
     plot = Axes.plot
     monkeypatch.setattr(Axes, "plot", lambda self, *args, **kwargs: drawn.append((kwargs.get("label"), args[1]))
@@ -444,6 +446,9 @@ def test_plot_draws_several_runs_validation_curves_in_one_picture(trained_run, t
     assert (tmp_path / "lr1" / "curve.png").read_bytes() == curve  # the runs are left as they were
     result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "other", "-o", str(picture), "--overwrite"])
     assert result.exit_code == 0 and result.stderr.startswith("note: these runs were validated on different texts")
+    result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "windows", "-o", str(picture), "--overwrite"])
+    assert result.exit_code == 0 and result.stderr.startswith("note: these runs read their validation text in "
+                                                              "different layouts")
     result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "lr2"])
     assert result.exit_code == 1 and result.stderr == ("error: several runs are drawn into one picture: name its "
                                                        "file with --output, such as --output runs.png\n")

@@ -81,11 +81,13 @@ def test_a_tiny_corpus_gets_a_smaller_batch_and_a_small_model():
     result = sizing.choose(38_000, 1043, TrainConfig(epochs=1000, max_minutes=5), {}, {}, constant_flops(30e9))
     assert result.train_options["batch_size"] == 16  # 38,000 / (16 x 50) = 47 steps per epoch; 32 would give 23
     # said, since it depends on --seq-length too: a sweep of window lengths changed the batch without a word
-    assert ", batch 16 (not 64 on a text this short, at --seq-length 50; --batch-size keeps one): " in result.reason
+    assert ", batch 16 (not 64 on a text this short, at --seq-length 50; give --batch-size to fix it): " \
+        in result.reason
     longer = sizing.choose(38_000, 1043, TrainConfig(epochs=1000, max_minutes=5, seq_length=100), {}, {},
                            constant_flops(30e9))
     assert ", batch 8 (not 64 on a text this short, at --seq-length 100;" in longer.reason
     assert ", batch 64: " in sizing.choose(10**7, 65, TrainConfig(), {}, {}).reason
+    assert ", batch 63: " in sizing.choose(10**7, 65, TrainConfig(), {}, {}, replicas=3).reason  # shared, not short
     # with 1,043 symbols even the smallest shape has more than 3 parameters per character: it is the choice
     assert chosen_shape(result) == sizing.LADDER[0]
     assert result.model_options["dropout"] == 0.3

@@ -405,7 +405,8 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
           resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
           strategy: str = "auto", verbose: bool = True, init_from: Optional[str | Path] = None,
           **options) -> TextModel:
-    """Train on a UTF-8 text file and return the trained run, loaded.
+    """Train on a UTF-8 text file and return the trained run, loaded at its best checkpoint (as ``sample`` uses it:
+    its ``info["epochs"]`` and ``history`` end at the best epoch, which can be before the last one trained).
 
     Args:
         corpus: the text file; None with resume=True and a run: the run's own corpus.

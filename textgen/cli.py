@@ -776,7 +776,7 @@ def _run_names_given(ctx, param, values):
 def plot(checkpoint_dir, runs, output, overwrite):
     """Redraw a run's curve and history, or compare several runs' curves."""
     from textgen.files import check_output
-    from textgen.report import (curve_format, plot_history, plot_runs, steps_cut_short, validated_alike,
+    from textgen.report import (curve_format, plot_history, plot_runs, steps_cut_short, validation_difference,
                                 write_history)
 
     if len(runs) > 1 and output is None:
@@ -788,9 +788,8 @@ def plot(checkpoint_dir, runs, output, overwrite):
     plotted = [_plotted_run(checkpoint_dir, run) for run in runs or (None,)]
     try:
         if len(plotted) > 1:
-            if not validated_alike([meta for _, meta in plotted]):
-                click.echo("note: these runs were validated on different texts (another corpus, --val-fraction or "
-                           "--val-max-chars): their curves compare the texts as well as the runs", err=True)
+            if unlike := validation_difference([meta for _, meta in plotted]):
+                click.echo(f"note: {unlike}", err=True)
             click.echo(plot_runs([(run_dir.name, meta.state.history, meta.state.best_val_loss)
                                   for run_dir, meta in plotted], output))
             return

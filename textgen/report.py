@@ -91,11 +91,25 @@ def plot_runs(runs: list[tuple[str, list[dict], Optional[float]]], output: Path)
     return _saved(figure, axes, "validation loss of textgen runs", output)
 
 
-def validated_alike(metas: list) -> bool:
-    """Whether runs (their checkpoints' metadata) held out the same validation text: the same corpus, fraction and
-    cap (batch and window lengths change only the few characters at its end that fill no batch)."""
-    return len({(meta.corpus["blake2b"], meta.training.val_fraction, meta.training.val_max_chars)
-                for meta in metas}) == 1
+def validation_difference(metas: list) -> Optional[str]:
+    """What makes the validation losses of runs (their checkpoints' metadata) unlike, or None: another text held out
+    (corpus, fraction, cap), or another layout (each of --batch-size streams read from a fresh state in windows of
+    --seq-length, the end that fills no batch left out)."""
+    from textgen.batching import training_length
+    from textgen.training import validation_cap
+
+    def held_out(meta) -> tuple:
+        length = meta.corpus["length"]
+        return meta.corpus["blake2b"], length - training_length(length, meta.training.val_fraction,
+                                                                validation_cap(meta.training))
+
+    if len({held_out(meta) for meta in metas}) > 1:
+        return "these runs were validated on different texts (another corpus, --val-fraction or --val-max-chars): " \
+               "their curves compare the texts as well as the runs"
+    if len({(meta.training.batch_size, meta.training.seq_length) for meta in metas}) > 1:
+        return "these runs read their validation text in different layouts (--batch-size streams, each from a fresh " \
+               "state, in --seq-length windows), which moves their losses a little apart (1% in a small test)"
+    return None
 
 
 def _figure():

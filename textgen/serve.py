@@ -568,19 +568,8 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     # Listening before anything loads: a taken port is refused in one line, and of two servers started together on
     # one port the second is (a probe closed again let both load, then uvicorn failed to bind one: exit code 3).
     # Clients that connect while the runs load wait in the backlog.
-    listening = []
-    try:
-        for family, address in addresses:
-            listening.append(_listening_socket(family, address))
-    except OSError as error:
-        for sock in listening:
-            sock.close()
-        if error.errno == errno.EADDRINUSE:
-            advice = "choose another --port or stop the program that uses it"
-        raise TextgenError(f"cannot listen on {shown}:{port} ({error.strerror}); {advice}") from None
-    _raise_open_file_limit()
-
-    with _log_lines_timed(log_level):
+    with _listening(addresses, f"{shown}:{port}", advice) as listening, _log_lines_timed(log_level):
+        _raise_open_file_limit()
         import_tensorflow_quietly()
         loopback = all(_is_loopback_address(address[0]) for _, address in addresses)
         app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None,
@@ -603,13 +592,31 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
             pass
         finally:
             app.state.runs.stop()  # after a second Ctrl-C the batchers still generate for requests that were cut
-            for sock in listening:
-                sock.close()
 
 
 BACKLOG = 2048  # uvicorn's default: connections waiting to be accepted, such as those made while the runs load
 ACCEPT_FAILURE_EVERY_S = 60.0  # the least time between two log lines on connections not accepted
-HEAD_TIMEOUT_S = 20.0  # a new connection that has not sent a whole request head by then is closed
+HEAD_TIMEOUT_S = 20.0  # a connection that has not sent a whole request head by then is closed
+OPEN_FILES_WITHOUT_HARD_LIMIT = 1 << 20  # Linux's default most (fs.nr_open), where the hard limit is "unlimited"
+
+
+@contextlib.contextmanager
+def _listening(addresses: set, shown: str, advice: str):
+    """Sockets listening on every address, closed however the server ends (a run that could not load kept the port
+    while its error lived); an address that cannot be listened on is refused in one line."""
+    listening = []
+    try:
+        try:
+            for family, address in addresses:
+                listening.append(_listening_socket(family, address))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                advice = "choose another --port or stop the program that uses it"
+            raise TextgenError(f"cannot listen on {shown} ({error.strerror}); {advice}") from None
+        yield listening
+    finally:
+        for sock in listening:
+            sock.close()
 
 
 def _listening_socket(family: int, address: tuple) -> socket.socket:
@@ -633,22 +640,32 @@ def _raise_open_file_limit() -> None:
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+    wanted = OPEN_FILES_WITHOUT_HARD_LIMIT if hard == resource.RLIM_INFINITY else hard  # (infinity is refused)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 class _H11WithHeadTimeout(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, which closes a new connection that has not sent its request's head within
-    HEAD_TIMEOUT_S. uvicorn times a connection out only between requests, so a client that connected and sent
-    nothing, or half a head, held its descriptor for good: enough of them and the server could accept no other."""
+    """uvicorn's HTTP/1.1 protocol, which closes a connection that has not sent a whole request head within
+    HEAD_TIMEOUT_S of connecting or of its last response. uvicorn times a connection out only while it is idle
+    between requests (and not once a byte of the next one came), so a client that connected and sent nothing, or
+    half a head, held its descriptor for good: enough of them and the server could accept no other. (h11, which
+    textgen installs, even where httptools is installed too: its protocol is the one this times.)"""
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.head_deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._close_without_request)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.head_deadline.cancel()
+        self.head_deadline = self.loop.call_later(HEAD_TIMEOUT_S, self._close_without_request)
+
     def _close_without_request(self) -> None:
-        if self.cycle is None and not self.transport.is_closing():  # (cycle: the first request's, once its head came)
+        # (cycle: the latest request's, set once its head came; a response still going out is not waiting)
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
             self.transport.close()
 
     def connection_lost(self, exc) -> None:
@@ -746,7 +763,8 @@ class _CutShort(logging.Filter):
     over): one line says they were cut short, instead of some 70 lines of CancelledError. And asyncio's
     "socket.send() raised exception.", which names no request: pieces written to a streaming client that went away
     before the server noticed (its generation stops at the next chunk). uvicorn's lines on the grace period say how
-    long it lasts, and its end, the shutdown asked for, is a warning, not an ERROR."""
+    long it lasts, and its end, the shutdown asked for, is a warning, not an ERROR. And asyncio's traceback per
+    connection it could not accept (out of descriptors), said in one line a minute instead."""
 
     def __init__(self, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT):
         super().__init__()
@@ -786,8 +804,11 @@ class _CutShort(logging.Filter):
             self.accept_failure_told = now
             error = record.exc_info[1] if record.exc_info else None
             why = getattr(error, "strerror", None) or "out of a system resource"
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            logger.error(f"cannot accept new connections ({why}; this process may open {limit:,} files): the "
-                         "connections open now hold them; raise the limit (ulimit -n, or LimitNOFILE= in a systemd "
-                         "unit), or find the clients that keep them open")
+            if getattr(error, "errno", None) in (errno.EMFILE, errno.ENFILE):
+                limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                logger.error(f"cannot accept new connections ({why}; this process may open {limit:,} files): the "
+                             "connections open now hold them; raise the limit (ulimit -n, or LimitNOFILE= in a "
+                             "systemd unit), or find the clients that keep them open")
+            else:  # (ENOBUFS, ENOMEM: the machine's memory)
+                logger.error(f"cannot accept new connections ({why}); free memory on this machine")
         return False

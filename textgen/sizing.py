@@ -142,9 +142,11 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
         f" ({', '.join(option_flag(name) for name in given)} yours)" if given else ""
     mine = {name: " (yours)" if name in {**user_model, **user_training} else "" for name in
             ("dropout", "weight_decay", "batch_size")}  # else an explicit --batch-size 8 read as chosen
-    if not mine["batch_size"] and batch < config.batch_size:  # a sweep of --seq-length changed the batch unsaid
+    if not mine["batch_size"] and _batch_for(train_chars, config.seq_length, config.batch_size,
+                                             val_chars) < config.batch_size:  # (not when replicas alone lowered it)
+        # a sweep of --seq-length changed the batch unsaid
         mine["batch_size"] = (f" (not {config.batch_size} on a text this short, at --seq-length {config.seq_length}; "
-                              "--batch-size keeps one)")
+                              "give --batch-size to fix it)")
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}{yours}, "
               f"dropout {model['dropout']}{mine['dropout']}, weight decay {training['weight_decay']}"
               f"{mine['weight_decay']}, batch {batch}{mine['batch_size']}: {parameters:,} "
