@@ -250,8 +250,8 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, run, improved: bool) -> None:
         row, state = run.state.history[-1], run.state
-        partial = f" (stopped after {state.step_in_epoch} of {len(run.train_batches)} steps)" \
-            if state.step_in_epoch else ""
+        partial = f" (stopped after {steps} of {len(run.train_batches)} steps)" \
+            if (steps := report.steps_cut_short(state)) else ""
         run.log(f"epoch {run.config.epoch_of(row['epoch'])}{partial}: train {row['train_loss']:.4f} nats "
                 f"({row['train_bpc']:.3f} bpc), val {row['val_loss']:.4f} nats ({row['val_bpc']:.3f} bpc)"
                 f"{' [best]' if improved else ''}, {row['seconds']:.0f} s")

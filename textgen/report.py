@@ -333,13 +333,15 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
             continue
         _warn_unreadable(run, run_dir.name)
         meta = run.latest
-        best_val_loss = run.best.state.val_loss if run.best is not None else meta.state.best_val_loss
+        best = run.best.state if run.best is not None else None  # else last.json's record of it
+        best_val_loss = best.val_loss if best is not None else meta.state.best_val_loss
+        best_epoch = best.epoch if best is not None else meta.state.best_epoch
         # The options and shape beside the results, for comparing the runs of a sweep (--size auto chooses some)
         rows.append(dict(row, corpus=meta.corpus["path"], characters=meta.corpus["length"],
                          epochs=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
                          planned_epochs=meta.training.epochs or None,
                          val_bpc=None if best_val_loss is None else bpc(best_val_loss),
-                         best_epoch=None if run.best is None or best_val_loss is None else run.best.state.epoch,
+                         best_epoch=None if best_val_loss is None else best_epoch,
                          seconds=round(meta.state.elapsed_seconds, 1), saved_at=meta.saved_at,
                          started_from=meta.state.started_from, model=meta.model.to_dict(),
                          options=meta.training.to_dict()))

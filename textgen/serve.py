@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import math
+import resource
 import signal
 import socket
 import time
@@ -558,20 +559,13 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
     seconds (a service manager's stop must not wait on a long stream: --max-length 200000 took a minute). Its log
     lines (uvicorn's and textgen's) carry their time and level, from log_level (SERVER_LOG_LEVELS) up."""
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address, as URLs write it
-    advice = "check --host (an address of this machine) and --port (1024 or above without root)"
-    try:  # every address of --host, as the server binds them all (localhost: 127.0.0.1 and often ::1)
-        addresses = {(family, address) for family, _, _, _, address in
-                     socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
-    except (socket.gaierror, UnicodeError) as error:
-        raise TextgenError(f"cannot listen on {shown}:{port} ({getattr(error, 'strerror', error)}); {advice}") \
-            from None
     # Listening before anything loads: a taken port is refused in one line, and of two servers started together on
     # one port the second is (a probe closed again let both load, then uvicorn failed to bind one: exit code 3).
     # Clients that connect while the runs load wait in the backlog.
-    with _listening(addresses, f"{shown}:{port}", advice) as listening, _log_lines_timed(log_level):
+    with _listening(host, port, shown) as listening, _log_lines_timed(log_level):
         _raise_open_file_limit()
         import_tensorflow_quietly()
-        loopback = all(_is_loopback_address(address[0]) for _, address in addresses)
+        loopback = all(_is_loopback_address(sock.getsockname()[0]) for sock in listening)
         app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None,
                          allow_hosts=allow_hosts)
         logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on "
@@ -601,18 +595,23 @@ OPEN_FILES_WITHOUT_HARD_LIMIT = 1 << 20  # Linux's default most (fs.nr_open), wh
 
 
 @contextlib.contextmanager
-def _listening(addresses: set, shown: str, advice: str):
-    """Sockets listening on every address, closed however the server ends (a run that could not load kept the port
-    while its error lived); an address that cannot be listened on is refused in one line."""
+def _listening(host: str, port: int, shown: str):
+    """Sockets listening on every address of host (localhost: 127.0.0.1 and often ::1), closed however the server
+    ends (a run that could not load kept the port while its error lived); a host or port that cannot be listened on
+    is refused in one line."""
+    advice = "check --host (an address of this machine) and --port (1024 or above without root)"
     listening = []
     try:
         try:
+            addresses = {(family, address) for family, _, _, _, address in
+                         socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
             for family, address in addresses:
                 listening.append(_listening_socket(family, address))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
+        except (OSError, UnicodeError) as error:  # (socket.gaierror is an OSError)
+            if getattr(error, "errno", None) == errno.EADDRINUSE:
                 advice = "choose another --port or stop the program that uses it"
-            raise TextgenError(f"cannot listen on {shown} ({error.strerror}); {advice}") from None
+            raise TextgenError(f"cannot listen on {shown}:{port} ({getattr(error, 'strerror', None) or error}); "
+                               f"{advice}") from None
         yield listening
     finally:
         for sock in listening:
@@ -637,8 +636,6 @@ def _listening_socket(family: int, address: tuple) -> socket.socket:
 def _raise_open_file_limit() -> None:
     """The soft limit on open files raised to the hard one: each connection holds a descriptor, and at systemd's
     default soft limit (1,024) a few hundred idle clients left the server unable to accept any other."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = OPEN_FILES_WITHOUT_HARD_LIMIT if hard == resource.RLIM_INFINITY else hard  # (infinity is refused)
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -797,8 +794,6 @@ class _CutShort(logging.Filter):
     def _accept_failed(self, record: logging.LogRecord) -> bool:
         """asyncio logs a traceback for every connection it fails to accept, up to the backlog's (2,048) at each
         try: out of descriptors, 2 MB of log a second. One line a minute says it instead, in the server's form."""
-        import resource
-
         now = self.clock()
         if now >= self.accept_failure_told + ACCEPT_FAILURE_EVERY_S:
             self.accept_failure_told = now

@@ -95,8 +95,8 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
     chars_per_second(shape, batch) is this machine's training speed for a shape; it is called only when
     config.max_minutes is set, for the shapes up the ladder until one fails (the default measures it, see
     :func:`calibrated_speed`)."""
-    batch = user_training.get("batch_size") or _batch_for(train_chars, config.seq_length, config.batch_size,
-                                                           val_chars, replicas)
+    for_the_text = _batch_for(train_chars, config.seq_length, config.batch_size, val_chars)
+    batch = user_training.get("batch_size") or divisible_batch(for_the_text, replicas)
     work = config.epochs * train_chars if config.epochs else math.inf  # --epochs 0: until --max-minutes
     if config.max_minutes and chars_per_second is None:
         chars_per_second = calibrated_speed(config, vocab_size)
@@ -142,9 +142,7 @@ def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: d
         f" ({', '.join(option_flag(name) for name in given)} yours)" if given else ""
     mine = {name: " (yours)" if name in {**user_model, **user_training} else "" for name in
             ("dropout", "weight_decay", "batch_size")}  # else an explicit --batch-size 8 read as chosen
-    if not mine["batch_size"] and _batch_for(train_chars, config.seq_length, config.batch_size,
-                                             val_chars) < config.batch_size:  # (not when replicas alone lowered it)
-        # a sweep of --seq-length changed the batch unsaid
+    if not mine["batch_size"] and for_the_text < config.batch_size:  # a sweep of --seq-length changed it unsaid
         mine["batch_size"] = (f" (not {config.batch_size} on a text this short, at --seq-length {config.seq_length}; "
                               "give --batch-size to fix it)")
     reason = (f"sizing (--size auto): {layers} x {units} units, embedding {embedding}{yours}, "
@@ -170,8 +168,9 @@ def _embedding_for(units: int) -> int:
     return min(LADDER, key=lambda shape: abs(shape[1] - units))[2]
 
 
-def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optional[int] = None,
-               replicas: int = 1) -> int:
+def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optional[int] = None) -> int:
+    """The batch for a text of train_chars (and a validation slice of val_chars): default, halved for a short text;
+    before it is shared among replicas."""
     batch = default
     while batch // 2 >= MIN_BATCH and train_chars // (batch * seq_length) < MIN_STEPS_PER_EPOCH:
         batch //= 2
@@ -179,7 +178,7 @@ def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optio
     # beats an error asking the user for one. When not even one window fits, the smallest batch, so that the
     # error names the true minimum length of the corpus.
     fits = (min(train_chars, val_chars if val_chars is not None else train_chars) - 1) // seq_length
-    return divisible_batch(max(1, min(batch, fits)), replicas)
+    return max(1, min(batch, fits))
 
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:
