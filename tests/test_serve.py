@@ -549,6 +549,38 @@ def test_a_chunked_body_over_the_limit_is_refused_without_a_content_length(serve
     assert call(server, "/healthz")[0] == 200
 
 
+
+def test_the_prime_and_score_limits_are_the_servers_options(trained_run, monkeypatch):
+    """--max-prime-chars and --max-score-chars reach the server; the body limit follows from them."""
+    from click.testing import CliRunner
+
+    import textgen.serve
+    from textgen.cli import cli
+    from textgen.serve import create_app
+
+    given = {}
+    monkeypatch.setattr(textgen.serve, "serve", lambda *args, **options: given.update(limits=args[4]))
+    result = CliRunner().invoke(cli, ["serve", "--checkpoint-dir", str(trained_run["checkpoint_dir"]),
+                                      "--max-prime-chars", "5", "--max-score-chars", "30"])
+    assert result.exit_code == 0, result.output
+    limits = given["limits"]
+    assert (limits.max_prime_chars, limits.max_score_chars, limits.max_body_bytes) == (5, 30, 12 * 30 + 65536)
+    with serving(create_app(trained_run["checkpoint_dir"], "period", limits)) as base:
+        assert json.loads(call(base, "/v1/models")[1])["limits"]["max_prime_chars"] == 5
+        assert call(base, "/v1/generate", dict(prime="abcab", length=3))[0] == 200
+        refusals = [call(base, "/v1/generate", dict(prime="abcabc", length=3)),
+                    call(base, "/v1/score", dict(text="ab" * 16)),
+                    call(base, "/v1/score", raw=b" " * (limits.max_body_bytes + 1))]
+        assert [(status, json.loads(body)["error"]) for status, body in refusals] == [
+            (400, "prime must be at most 5 characters on this server, got 6"),
+            (400, "text must be at most 30 characters on this server, got 32"),
+            (413, f"request body larger than {limits.max_body_bytes:,} bytes; a prime may hold 5 characters and a "
+                  "text to score 30 (limits in GET /v1/models)")]
+    for option, least in (("--max-prime-chars", 1), ("--max-score-chars", 2)):
+        refused = CliRunner().invoke(cli, ["serve", option, str(least - 1)])
+        assert refused.exit_code == 2 and f"Invalid value for '{option}'" in refused.output
+
+
 @pytest.mark.parametrize("path, raw, message", [
     ("/v1/generate", b"{not json", 'the body is not valid JSON (Expecting property name enclosed in double quotes at '
                                    'character 1); send for instance {"prime": "The ", "length": 100}'),

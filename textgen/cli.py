@@ -693,6 +693,12 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
               help="Most characters one request may generate.")
 @click.option("--max-samples", type=click.IntRange(1), default=Limits.max_samples, show_default=True,
               help="Most samples one request may ask for.")
+@click.option("--max-prime-chars", type=click.IntRange(1), default=Limits.max_prime_chars, show_default=True,
+              help="Most characters of a request's prime. A long prime holds up the other requests generating "
+                   "with the same run while it is read.")
+@click.option("--max-score-chars", type=click.IntRange(2), default=Limits.max_score_chars, show_default=True,
+              help="Most characters of a text sent to /v1/score. With --max-prime-chars it sets the largest "
+                   "request body accepted.")
 @click.option("--max-loaded-runs", type=click.IntRange(2), default=Limits.max_loaded_runs, show_default=True,
               help="Runs kept in memory at once; a request for another unloads the one used least recently "
                    "(a run still generating last, never the default run).")
@@ -710,13 +716,14 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--log-level", type=click.Choice(SERVER_LOG_LEVELS), default="info", show_default=True,
               help="The least severe log lines shown (each with its time): info has one per request, warning only "
                    "problems.")
-def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_loaded_runs, shutdown_timeout,
-          allow_origins, allow_hosts, log_level):
+def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_prime_chars, max_score_chars, max_loaded_runs,
+          shutdown_timeout, allow_origins, allow_hosts, log_level):
     """Serve the runs over HTTP: a JSON API under /v1 and a playground page at /."""
     from textgen.serve import serve as run_server
 
-    run_server(checkpoint_dir, run, host, port, Limits(max_length=max_length, max_samples=max_samples,
-                                                       max_loaded_runs=max_loaded_runs),
+    limits = Limits(max_length=max_length, max_samples=max_samples, max_prime_chars=max_prime_chars,
+                    max_score_chars=max_score_chars, max_loaded_runs=max_loaded_runs)
+    run_server(checkpoint_dir, run, host, port, limits,
                shutdown_timeout=shutdown_timeout, allow_origins=allow_origins, allow_hosts=allow_hosts,
                log_level=log_level)
 
