@@ -86,6 +86,30 @@ def test_info_and_runs_show_the_stored_numbers(trained_run):
     assert row.split()[:5] == ["period", "period.txt", "21,000", "3/3", f"{meta['val_loss'] / math.log(2):.3f}"]
 
 
+
+def test_info_json_is_the_runs_row_with_the_vocabulary_and_the_history(trained_run, tmp_path):
+    """The experimenter's sweep read history.csv and best.json by hand: `info` had no form for scripts."""
+    options = ["--checkpoint-dir", str(trained_run["checkpoint_dir"]), "--run", "period"]
+    runner = CliRunner()
+    info = runner.invoke(cli, ["info", *options, "--json"])
+    assert info.exit_code == 0, info.output
+    record = json.loads(info.stdout)
+    (listed,) = json.loads(runner.invoke(cli, ["runs", "--checkpoint-dir", options[1], "--json"]).stdout)
+    assert {key: record[key] for key in listed} == listed and listed["name"] == "period"
+    assert record["vocabulary"] == list("abcdefg")
+    written = list(csv.DictReader(open(trained_run["run_dir"] / "history.csv")))
+    assert [row["epoch"] for row in record["history"]] == [int(row["epoch"]) for row in written] == [1, 2, 3]
+    assert [row["val_bpc"] for row in record["history"]] == pytest.approx([float(row["val_bpc"]) for row in written],
+                                                                          abs=1e-4)
+    assert min(row["val_bpc"] for row in record["history"]) == pytest.approx(listed["val_bpc"])
+    shutil.copytree(trained_run["run_dir"], tmp_path / "broken")
+    (tmp_path / "broken" / "last.json").write_text("{")
+    (tmp_path / "broken" / "best.json").write_text("{")
+    refused = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "broken", "--json"])
+    assert refused.exit_code == 1 and refused.stdout == "" and "Traceback" not in refused.output
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
 def test_runs_shows_the_runs_a_training_is_writing_now_those_without_a_checkpoint_too(trained_run, tmp_path):
     """A training in its first epoch (hours on a large text) was not listed at all, and a listed run gave no sign
     that a training was writing it: the teacher's class could not tell which runs were still going."""

@@ -733,12 +733,17 @@ def serve(checkpoint_dir, run, host, port, max_length, max_samples, max_prime_ch
 @run_option
 @click.option("--vocabulary", is_flag=True, help="Print every character the model knows instead (one line, in "
               "code point order, control characters and joining marks escaped).")
-def info(checkpoint_dir, run, vocabulary):
+@json_option
+def info(checkpoint_dir, run, vocabulary, as_json):
     """Configuration, progress, losses and files of a run."""
-    from textgen.report import info_text, vocabulary_text
+    from textgen.report import info_record, info_text, vocabulary_text
     from textgen.runs import find_run
 
-    click.echo((vocabulary_text if vocabulary else info_text)(find_run(checkpoint_dir, run)))
+    run_dir = find_run(checkpoint_dir, run)
+    if as_json:
+        _echo_json(info_record(run_dir))
+    else:
+        click.echo((vocabulary_text if vocabulary else info_text)(run_dir))
 
 
 @cli.command()

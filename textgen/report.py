@@ -301,6 +301,13 @@ def steps_text(step_in_epoch: int) -> str:
     return f" + {counted(step_in_epoch, 'step')}" if step_in_epoch else ""
 
 
+def info_record(run_dir: Path) -> dict:
+    """`textgen info --json`: the run's row of `textgen runs --json`, with its vocabulary (the characters in id
+    order) and its history (history.csv's rows, one per validated epoch)."""
+    run = read_run_meta(run_dir)  # a run that cannot be read is an error here, as for `textgen info`
+    return dict(run_rows([run_dir])[0], vocabulary=list(run.latest.vocab.chars), history=run.latest.state.history)
+
+
 def run_rows(run_dirs: list[Path]) -> list[dict]:
     """What `textgen runs` lists of each run: name, path, corpus, characters, epochs (trained), step_in_epoch (the
     steps of an epoch left unfinished: a run on a large text stopped by its time budget may have trained for hours in
