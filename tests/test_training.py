@@ -554,15 +554,16 @@ def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, per
 
     run(periodic_corpus, tmp_path / "old")
     earlier = files_snapshot(tmp_path / "old")
-    write_json = checkpoint.atomic_write_json
+    together, write = checkpoint.atomic_write_together, checkpoint.atomic_write
     if failing == "state file":
         monkeypatch.setattr(checkpoint.np, "savez", full)
-    elif failing == "best.json":
-        monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: full() if path.name == "best.json"
-                            else write_json(path, payload))
+    elif failing == "best.json":  # the disk full from then on: putting last.json back would fail as well
+        monkeypatch.setattr(checkpoint, "atomic_write_together", lambda writes: together(
+            [(path, full if path.name == "best.json" else fill) for path, fill in writes]))
+        monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.suffix == ".json"
+                            else write(path, fill))
     else:
-        monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: write_json(path, payload) or (
-            full() if path.name == "best.json" else None))
+        monkeypatch.setattr(checkpoint, "atomic_write_together", lambda writes: together(writes) or full())
     with pytest.raises(TextgenError, match=r"^could not save the first checkpoint in .*/new/r: the disk is full; "
                                            r"nothing of this run was saved \(free some space or fix the directory, "
                                            r"then run the same command again\)$"):
@@ -604,10 +605,9 @@ def test_a_rollback_that_fails_half_way_leaves_both_metadata_files_naming_one_ch
     def full(*args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    write_json, write = checkpoint.atomic_write_json, checkpoint.atomic_write
-    monkeypatch.setattr(checkpoint, "atomic_write_json", lambda path, payload: (
-        write_json(path, payload) if renamed or path.name != "best.json" else None) or (
-        full() if path.name == "best.json" else None))  # fails after its rename, or before
+    together, write = checkpoint.atomic_write_together, checkpoint.atomic_write
+    monkeypatch.setattr(checkpoint, "atomic_write_together", lambda writes: together(writes) or full() if renamed
+                        else together([(path, full if path.name == "best.json" else fill) for path, fill in writes]))
     monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.name == "best.json"
                         else write(path, fill))  # and putting it back fails too
     monkeypatch.setattr(checkpoint, "_write_weights", lambda model, path: Path(path).write_text("new"))

@@ -36,7 +36,7 @@ from textgen import __version__
 from textgen.config import ModelConfig, TrainConfig
 from textgen.corpus import CACHE_FILES, text_digest
 from textgen.errors import TextgenError
-from textgen.files import atomic_write, atomic_write_json
+from textgen.files import atomic_write, atomic_write_together, json_writer
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-checkpoint"
@@ -235,9 +235,11 @@ def save(run_dir: Path, kinds: tuple[str, ...], meta: CheckpointMeta, model,
             saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             files={"weights": {"name": weights_path.name, "sha256": sha256(weights_path)},
                    "state": {"name": state_path.name, "sha256": sha256(state_path)}})
-        for kind in kinds:  # "last" first: while "best" is rewritten, "last" is complete, and vice versa
-            rewritten.append(kind)  # before: a failure after the rename (the directory's fsync) has replaced it
-            atomic_write_json(meta_path(run_dir, kind), dataclasses.replace(meta, kind=kind).to_json())
+        # Both written before either is renamed: a disk that another program filled after "last" was rewritten
+        # left "last" naming this checkpoint and "best" the earlier one, and could not take "last" back either.
+        rewritten.extend(kinds)  # before: a failure after a rename (or the directory's fsync) has replaced some
+        atomic_write_together([(meta_path(run_dir, kind), json_writer(dataclasses.replace(meta, kind=kind).to_json()))
+                               for kind in kinds])
     except OSError as error:
         with contextlib.suppress(OSError):  # the old metadata is no larger than the new (its history is shorter)
             # "best" first: should putting one back fail, both still name the same (new) checkpoint

@@ -62,35 +62,63 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write path through write(tmp_path), fsync it, then rename it into place.
 
     Until the rename, path keeps its old content (or stays absent); a failure removes the temporary file."""
-    path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    mode = None
+    atomic_write_together([(path, write)])
+
+
+def atomic_write_together(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    """atomic_write for files that must change together (a run's last.json and best.json): every one is written to
+    its temporary file and fsynced before any is renamed into place, so that a failure while writing (a disk that
+    another program fills meanwhile) leaves them all as they were. Only a failing rename or directory fsync can
+    leave some replaced."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        with contextlib.suppress(OSError):  # the file it replaces keeps its mode (a private 600 became 644), from the
-            # first byte on (write() keeps an existing file's mode), writable by its owner until it is complete
-            mode = os.stat(path).st_mode & 0o7777
-            os.close(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
-            os.chmod(tmp, mode | 0o600)
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        for path, write in writes:
+            path = Path(path)
+            tmp = path.with_name(".tmp-" + path.name)
+            staged.append((tmp, path))
+            _write_synced(tmp, path, write)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        for directory in dict.fromkeys(path.parent for _, path in staged):
+            _fsync_dir(directory)
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.filename in (str(tmp), tmp):  # named as the user knows it
-            error.filename, error.filename2 = str(path), None
+        for tmp, path in staged:
+            tmp.unlink(missing_ok=True)
+            if isinstance(error, OSError) and error.filename in (str(tmp), tmp):  # named as the user knows it
+                error.filename, error.filename2 = str(path), None
         raise
 
 
+def _write_synced(tmp: Path, path: Path, write: Callable[[Path], None]) -> None:
+    """Write tmp through write(tmp) with path's mode (when path exists), and fsync it."""
+    mode = None
+    with contextlib.suppress(OSError):  # the file it replaces keeps its mode (a private 600 became 644), from the
+        # first byte on (write() keeps an existing file's mode), writable by its owner until it is complete
+        mode = os.stat(path).st_mode & 0o7777
+        os.close(os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600))
+        os.chmod(tmp, mode | 0o600)
+    write(tmp)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, text_writer(text))
 
 
 def atomic_write_json(path: Path, payload) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False))
+    atomic_write(path, json_writer(payload))
+
+
+def text_writer(text: str) -> Callable[[Path], None]:
+    return lambda tmp: tmp.write_text(text, encoding="utf-8")
+
+
+def json_writer(payload) -> Callable[[Path], None]:
+    """What atomic_write_json writes, for atomic_write_together."""
+    return text_writer(json.dumps(payload, indent=1, ensure_ascii=False))
 
 
 # The sample command's --output file.
