@@ -125,7 +125,7 @@ def test_a_save_the_system_refuses_midway_stops_in_one_line_and_keeps_the_previo
     assert resumed.stderr.splitlines()[-1] == (
         f"error: could not save the checkpoint in {tmp_path / 'r'}: File too large; the run's last checkpoint (at the "
         "start of epoch 2) is kept and the training since it is lost (free some space or fix the directory, then "
-        f"resume with: textgen train {corpus} --checkpoint-dir {tmp_path} --run r --resume)")
+        f"resume with: textgen train {corpus} --checkpoint-dir {tmp_path} --run r --resume --epochs 2)")
     assert "Traceback" not in resumed.stderr and "h5py" not in resumed.stderr
     assert checkpoint.read_meta(tmp_path / "r", "last").state.global_step == kept.state.global_step
     assert not [path.name for path in (tmp_path / "r").iterdir() if path.name.startswith(".tmp")]

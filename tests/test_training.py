@@ -498,14 +498,24 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint_and_says_what_was_l
             "resume with: ")
     with pytest.raises(TextgenError) as failed:
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
-    assert str(failed.value) == f"{told}textgen train {periodic_corpus} --checkpoint-dir {tmp_path} --run r --resume)"
+    # The advice names the --epochs that this resume gave and the run's last checkpoint does not hold: without it,
+    # resuming was refused ("the run has done its 1 epoch").
+    advised = f"textgen train {periodic_corpus} --checkpoint-dir {tmp_path} --run r --resume --epochs 2"
+    assert str(failed.value) == f"{told}{advised})"
     assert (tmp_path / "r" / "last.json").read_bytes() == last
     model, meta = load_model(tmp_path / "r", kind="last")
     assert meta.state.epoch == 1
     with pytest.raises(TextgenError) as failed:  # the Python API's advice is a call
         textgen.train(run="r", checkpoint_dir=tmp_path, resume=True, epochs=2)
     assert str(failed.value) == (f"{told}textgen.train({str(periodic_corpus)!r}, run='r', checkpoint_dir="
-                                 f"{str(tmp_path)!r}, resume=True))")
+                                 f"{str(tmp_path)!r}, resume=True, epochs=2))")
+    monkeypatch.undo()  # space freed: the advice, as given, resumes the run
+    from click.testing import CliRunner
+
+    from textgen.cli import cli
+    resumed = CliRunner().invoke(cli, advised.split()[1:])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_model(tmp_path / "r", kind="last")[1].state.epoch == 2
 
 
 def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path, periodic_corpus, monkeypatch):
@@ -864,7 +874,7 @@ def test_a_second_signal_aborts_at_once_and_says_what_the_run_keeps(tmp_path, pe
                                          f"(at the start of epoch 2) in {tmp_path / 'r'} is lost; resume with: "
                                          "textgen train ")
     assert aborted.value.in_python().args[0].endswith(f"resume with: textgen.train({str(periodic_corpus)!r}, run='r', "
-                                                      f"checkpoint_dir={str(tmp_path)!r}, resume=True)")
+                                                      f"checkpoint_dir={str(tmp_path)!r}, resume=True, epochs=2)")
     assert json.loads((tmp_path / "r" / "last.json").read_text())["epoch"] == 1
     assert not (tmp_path / "r" / "ckpt-cut-000000999.weights.h5").exists()  # (it stayed until the next resume)
 

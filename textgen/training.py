@@ -30,7 +30,7 @@ from textgen.batching import StreamBatches, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag,
-                            option_flag)
+                            command_line_options, option_flag)
 from textgen.quiet_import import import_tensorflow_quietly
 from textgen.corpus import (CACHE_FILES, Corpus, check_readable, fingerprint, load_corpus, no_byte_order_marks_command,
                             plain_line_ends_command, same_text, scan)
@@ -274,11 +274,28 @@ class Run:
 
         workers = spans_workers(self.session.strategy)
         corpus, directory = str(Path(self.corpus_path).absolute()), str(Path(self.run_dir.parent).absolute())
+        changed = self._changed_since_last_save()
         command = shlex.join(["textgen", "train", corpus, "--checkpoint-dir", directory, "--run", self.run_dir.name,
-                              "--resume", *(["--strategy", "multi-worker"] * workers)])
+                              "--resume", *(["--strategy", "multi-worker"] * workers),
+                              *(part for name, value in changed.items() for part in (option_flag(name), str(value)))])
         call = (f"textgen.train({corpus!r}, run={self.run_dir.name!r}, checkpoint_dir={directory!r}, resume=True"
+                + "".join(f", {name}={value!r}" for name, value in changed.items())
                 + (", strategy='multi-worker')" if workers else ")"))
         return command, call
+
+    def _changed_since_last_save(self) -> dict:
+        """The training options this training changed from those its last checkpoint holds (a resume given a larger
+        --epochs whose first save failed): the checkpoint resumed from does not hold them, and without them the
+        advice to resume was refused ("the run has done its 3 epochs")."""
+        try:
+            saved = checkpoint.read_meta(self.run_dir, "last") if self.writes else None
+        except TextgenError:
+            saved = None
+        if saved is None:
+            return {}
+        return {name: getattr(self.config, name) for name in command_line_options(TrainConfig)
+                if name not in LAYOUT_OPTIONS and name != "seed"
+                and getattr(self.config, name) != getattr(saved.training, name)}
 
     def learning_rate(self, config: Optional[TrainConfig] = None) -> float:
         """The next step's learning rate under config: the run's own, or (a resume's note) the checkpoint's."""
