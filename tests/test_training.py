@@ -1004,6 +1004,18 @@ def test_a_read_only_run_directory_with_a_stale_lock_file_is_refused_before_trai
         run(periodic_corpus, tmp_path, epochs=2, resume=True)
     assert files_snapshot(tmp_path / "r") == before
 
+    def read_only_file_system(path, data):  # (a read-only mount): chmod cannot help there
+        if path.parent == tmp_path / "r":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only_file_system)
+    with pytest.raises(TextgenError, match=r"^cannot write in .*/r: its file system is read-only; copy the run to a "
+                                           r"writable place and give that --checkpoint-dir, or choose another "
+                                           r"--checkpoint-dir$"):
+        run(periodic_corpus, tmp_path, epochs=2, resume=True)
+    assert files_snapshot(tmp_path / "r") == before
+
 
 def test_a_full_disk_at_a_new_runs_start_says_so_and_leaves_no_folder(tmp_path, periodic_corpus, monkeypatch):
     """It said "choose a writable --checkpoint-dir" and left the run's folder holding only .lock, which the listing

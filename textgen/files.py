@@ -71,21 +71,24 @@ def atomic_write_together(writes: list[tuple[Path, Callable[[Path], None]]]) -> 
     another program fills meanwhile) leaves them all as they were. Only a failing rename or directory fsync can
     leave some replaced."""
     staged: list[tuple[Path, Path]] = []
+    current = None  # the file (or directory) being written when a failure comes
     try:
         for path, write in writes:
-            path = Path(path)
+            current = path = Path(path)
             tmp = path.with_name(".tmp-" + path.name)
             staged.append((tmp, path))
             _write_synced(tmp, path, write)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-        for directory in dict.fromkeys(path.parent for _, path in staged):
-            _fsync_dir(directory)
+        for tmp, current in staged:
+            os.replace(tmp, current)
+        for current in dict.fromkeys(path.parent for _, path in staged):
+            _fsync_dir(current)
     except BaseException as error:
         for tmp, path in staged:
             tmp.unlink(missing_ok=True)
             if isinstance(error, OSError) and error.filename in (str(tmp), tmp):  # named as the user knows it
                 error.filename, error.filename2 = str(path), None
+        if isinstance(error, OSError) and error.filename is None and current is not None:  # a write, not an open
+            error.filename = str(current)  # (else a full disk said "cannot write None")
         raise
 
 

@@ -89,7 +89,11 @@ def locked_run_dir(run_dir: Path):
             if error.errno == errno.ENOSPC:  # not "choose a writable --checkpoint-dir"
                 raise TextgenError(f"no space left for the run {run_dir}; free some space or choose another "
                                    "--checkpoint-dir") from None
-            if run_dir not in created and os.access(run_dir.parent, os.W_OK):  # the run's own folder
+            if error.errno == errno.EROFS:  # no chmod helps there
+                raise TextgenError(f"cannot write in {run_dir}: its file system is read-only; copy the run to a "
+                                   "writable place and give that --checkpoint-dir, or choose another "
+                                   "--checkpoint-dir") from None
+            if run_dir not in created and os.access(run_dir.parent, os.W_OK) and error.errno == errno.EACCES:
                 raise TextgenError(f"cannot write in the run's folder {run_dir} ({error.strerror}): a copy of "
                                    f"another user's run keeps its modes; make it yours with chmod -R u+w {run_dir}, "
                                    "or choose another --run") from None
