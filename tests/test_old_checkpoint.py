@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from textgen import checkpoint
 from textgen.config import TrainConfig, rules
-from textgen.checkpoint import CheckpointMeta
+from textgen.checkpoint import FORMAT_VERSION, CheckpointMeta
 from textgen.generate import Generator, generate
 from textgen.training import train
 
@@ -87,4 +88,17 @@ def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_pa
     added = {name: rule.before for name, rule in rules(TrainConfig).items() if name not in raw["training"]}
     assert added == ADDED_SINCE_0_1_0, ("an option added to TrainConfig: declare with before= what runs trained "
                                         "before it did, and add it to ADDED_SINCE_0_1_0")
-    assert meta.to_json() == {**raw, "training": {**raw["training"], **added}}
+    # Written back in today's format, which a textgen reading only 0.1.0's refuses rather than misreads
+    assert meta.to_json() == {**raw, "training": {**raw["training"], **added}, "format_version": FORMAT_VERSION}
+    assert raw["format_version"] == 1 < FORMAT_VERSION
+
+
+def test_a_textgen_that_reads_format_1_refuses_todays_runs_as_newer(trained_run, monkeypatch):
+    """Format 1 readers misread today's runs: a run of --max-minutes alone (epochs 0) was "damaged", and they should
+    be deleted; a run of --val-max-chars resumed with another validation slice. They refuse a newer format instead."""
+    written = json.loads((trained_run["run_dir"] / "best.json").read_text(encoding="utf-8"))
+    assert written["format_version"] == FORMAT_VERSION
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 1)  # what an older textgen reads
+    with pytest.raises(checkpoint.CheckpointTooNew, match=f"checkpoint format {FORMAT_VERSION}; this textgen .* reads "
+                                                          "format 1\\); upgrade textgen"):
+        CheckpointMeta.from_json(written)

@@ -478,3 +478,13 @@ def test_plot_draws_several_runs_validation_curves_in_one_picture(trained_run, t
                                                        "file with --output, such as --output runs.png\n")
     result = runner.invoke(cli, ["plot", *ck, "--run", "lr1", "--run", "missing", "-o", str(tmp_path / "x.png")])
     assert result.exit_code == 1 and "missing" in result.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_an_older_textgens_row_without_a_text_counts_with_the_rows_before_it():
+    """An older textgen resuming a run records no text: its row made a span of its own, and info said the text
+    had "changed at 1 resume" for a run on one text throughout."""
+    from textgen.report import text_spans
+
+    assert text_spans([dict(text="d1"), dict(text="d1"), {}]) == [(0, 2)]
+    assert text_spans([{}, {}]) == [(0, 1)]
+    assert text_spans([dict(text="d1"), {}, dict(text="d2"), {}]) == [(0, 1), (2, 3)]

@@ -40,7 +40,11 @@ from textgen.files import atomic_write, atomic_write_together, json_writer
 from textgen.vocab import Vocabulary
 
 FORMAT = "textgen-checkpoint"
-FORMAT_VERSION = 1
+# 2: options and records that a textgen reading format 1 misreads rather than refuses: --epochs 0 (until
+# --max-minutes), which it called damage and advised deleting the run over; --val-max-chars, which it dropped on
+# resuming, holding out another slice (characters trained on among them); started_from; the history's text. A textgen
+# reading format 1 refuses a format-2 run as written by a newer textgen. This one reads both.
+FORMAT_VERSION = 2
 KINDS = ("best", "last")
 LOCK_FILE = ".lock"
 HISTORY_FILE, CURVE_FILE = "history.csv", "curve.png"  # rewritten after every epoch (report.py)

@@ -164,8 +164,13 @@ def spans_of(history: list[dict], key: str) -> list[tuple]:
 
 
 def text_spans(history: list[dict]) -> list[tuple[int, int]]:
-    """The history's rows as spans trained on one text, [(first row, last row)]."""
-    return [(first, last) for _, first, last in spans_of(history, "text")]
+    """The history's rows as spans trained on one text, [(first row, last row)]. A row without a text after one
+    with it is an older textgen's that resumed the run, which did not record its text: it counts with the rows
+    before it (it made a span of its own: "changed at 1 resume" for a run on one text throughout)."""
+    texts = [row.get("text") for row in history]
+    for index in range(1, len(texts)):
+        texts[index] = texts[index] or texts[index - 1]
+    return [(first, last) for _, first, last in spans_of([dict(text=text) for text in texts], "text")]
 
 
 def curve_title(run_name: str) -> str:
