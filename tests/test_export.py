@@ -155,6 +155,16 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
     assert files_snapshot(out) == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
+    def disk_full(meta, trained, building, serving):  # TensorFlow's words for a full disk under its SaveV2 op
+        raise RuntimeError("{{function_node __wrapped__SaveV2_dtypes_7_device_/job:localhost/replica:0/task:0/device:"
+                           f"CPU:0}} {building}/savedmodel/variables/variables_temp/part-00000-of-00001.data-00000-of-"
+                           "00001.tempstate1; No space left on device [Op:SaveV2]")
+    monkeypatch.setitem(export_module.WRITERS, "savedmodel", disk_full)
+    with pytest.raises(TextgenError, match=r"^could not export the savedmodel format: the disk is full; free some "
+                                           r"space or choose another --output; nothing was written$"):
+        export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
+    assert files_snapshot(out) == before
+
 
 def test_an_export_leaves_the_callers_root_logger_as_it_was(trained_run, tmp_path, monkeypatch):
     """TensorFlow's SavedModel writer logs through absl, which gave a root logger without handlers one of its own

@@ -19,6 +19,14 @@ def test_a_write_that_fails_keeps_the_old_file_and_names_it(tmp_path):
     with pytest.raises(OSError) as failed:
         atomic_write(path, disk_full)
     assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(path))
+    assert str(failed.value) == f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: '{path}'"
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
+
+    def refused(tmp):  # an error naming the temporary file and another, as a failed rename does
+        raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(tmp), None, str(path))
+    with pytest.raises(PermissionError) as failed:
+        atomic_write(path, refused)
+    assert str(failed.value) == f"[Errno {errno.EPERM}] {os.strerror(errno.EPERM)}: '{path}'"  # not "... -> None"
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["curve.png"]
 
 

@@ -442,7 +442,18 @@ def test_a_report_that_cannot_be_drawn_warns_and_training_goes_on(tmp_path, peri
         logging.getLogger("textgen").removeHandler(handler)
     assert summary["epoch"] == 2 and (tmp_path / "r" / "history.csv").read_text().count("\n") == 3
     warnings = [r.getMessage() for r in records if "could not write curve.png" in r.getMessage()]
-    assert len(warnings) == 2 and warnings[0].endswith("(RuntimeError: no display); training continues")
+    assert len(warnings) == 2 and warnings[0].endswith(f"(RuntimeError: no display); training goes on, and textgen "
+                                                       f"plot --checkpoint-dir {tmp_path} --run r writes it again")
+    monkeypatch.setattr(report, "plot_history", lambda *args, **kwargs: (_ for _ in ()).throw(
+        PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(tmp_path / "r" / "curve.png"), None)))
+    records.clear()
+    logging.getLogger("textgen").addHandler(handler)
+    try:
+        run(periodic_corpus, tmp_path, epochs=3, resume=True)
+    finally:
+        logging.getLogger("textgen").removeHandler(handler)
+    (warning,) = [r.getMessage() for r in records if "could not write curve.png" in r.getMessage()]
+    assert f"({os.strerror(errno.EPERM)}); training goes on" in warning and "-> None" not in warning, warning
 
 
 def test_resume_with_a_damaged_last_checkpoint_does_not_advise_throwing_the_best_one_away(tmp_path, periodic_corpus):

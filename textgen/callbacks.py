@@ -268,8 +268,13 @@ class Reports(Callback):
             try:
                 write()
             except Exception as error:  # a report is a convenience: training goes on without it
-                logger.warning(f"warning: could not write {name} in {run.run_dir} ({type(error).__name__}: "
-                               f"{error}); training continues")
+                from textgen.runs import run_options
+
+                # (an OSError's own text ended "-> None"; and after the last epoch, nothing would write it again)
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else \
+                    f"{type(error).__name__}: {error}"
+                logger.warning(f"warning: could not write {name} in {run.run_dir} ({reason}); training goes on, and "
+                               f"textgen plot {run_options(run_dir)} writes it again")
 
 
 class TensorBoard(Callback):

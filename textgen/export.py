@@ -180,6 +180,9 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             except OSError:
                 raise
             except Exception as error:  # converters raise many types; the user needs the format and the reason
+                if os.strerror(errno.ENOSPC) in str(error):  # TensorFlow's writer: its op's name and a temporary path
+                    raise TextgenError(f"could not export the {name} format: the disk is full; free some space or "
+                                       "choose another --output; nothing was written") from None
                 raise TextgenError(f"could not export the {name} format ({_reason(error)}); nothing was "
                                    "written") from None
             written += [output / path.relative_to(building) for path in paths]

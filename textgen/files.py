@@ -83,13 +83,17 @@ def atomic_write_together(writes: list[tuple[Path, Callable[[Path], None]]]) -> 
         for current in dict.fromkeys(path.parent for _, path in staged):
             _fsync_dir(current)
     except BaseException as error:
+        named = None  # the file as the user knows it, for an error that names a temporary file or none
         for tmp, path in staged:
             tmp.unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.filename in (str(tmp), tmp):  # named as the user knows it
-                error.filename, error.filename2 = str(path), None
-        if isinstance(error, OSError) and error.filename is None and current is not None:  # a write, not an open
-            error.filename = str(current)  # (else a full disk said "cannot write None")
-        raise
+            if isinstance(error, OSError) and error.filename in (str(tmp), tmp):
+                named = path
+        if isinstance(error, OSError) and error.filename is None:  # a write, not an open: "cannot write None"
+            named = current
+        if named is None or error.errno is None:
+            raise
+        # A new error of the same type: one whose filename2 is set to None reads "... -> None"
+        raise OSError(error.errno, error.strerror, str(named)).with_traceback(error.__traceback__) from None
 
 
 def _write_synced(tmp: Path, path: Path, write: Callable[[Path], None]) -> None:
