@@ -1456,6 +1456,17 @@ def test_a_restarted_epoch_on_a_changed_text_is_where_the_schedule_note_measures
            f"{rates[0]:.3g} to {rates[1]:.3g}" in lines
     assert "resuming with other options for the rest of the run: --epochs 4 (was 2)" in lines
 
+
+def test_a_new_length_that_leaves_the_learning_rate_as_it_was_is_not_noted(tmp_path, periodic_corpus):
+    """Resumed after its first step, a run said "the learning rate goes from 0.003 to 0.003"."""
+    with pytest.raises(Interrupted):
+        run(periodic_corpus, tmp_path, epochs=2, callbacks=[interrupt_at_step(1)])
+    lines = []
+    train(periodic_corpus, tmp_path, run="r", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=3),
+          resume=True, log=lines.append)
+    assert "resuming with other options for the rest of the run: --epochs 3 (was 2)" in lines
+    assert not [line for line in lines if "re-stretches" in line], lines
+
 def test_weight_decay_shrinks_weight_matrices_and_spares_biases():
     from textgen.config import ModelConfig, TrainConfig
     session = Session(ModelConfig(vocab_size=5, **TINY_MODEL),

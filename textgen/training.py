@@ -963,9 +963,10 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
         run.log(f"resuming with other options for the rest of the run: {others}")
     new_length = (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes)
     if config.lr_schedule == "cosine" and new_length:
-        before, after = run.learning_rate(saved), run.learning_rate(config)
-        run.log(f"note: the run's new length re-stretches the cosine schedule: the learning rate goes from "
-                f"{before:.3g} to {after:.3g}")
+        before, after = f"{run.learning_rate(saved):.3g}", f"{run.learning_rate(config):.3g}"
+        if before != after:  # (early in a run both are the peak: "goes from 0.003 to 0.003")
+            run.log(f"note: the run's new length re-stretches the cosine schedule: the learning rate goes from "
+                    f"{before} to {after}")
 
 
 def _encoding_progress(enabled: bool) -> Callable[[int, int], None]:
