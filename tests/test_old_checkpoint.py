@@ -12,6 +12,7 @@ import pytest
 from textgen import checkpoint
 from textgen.config import TrainConfig, rules
 from textgen.checkpoint import FORMAT_VERSION, CheckpointMeta
+from textgen.errors import TextgenError
 from textgen.generate import Generator, generate
 from textgen.training import train
 
@@ -77,6 +78,10 @@ def test_old_run_resumes_with_its_saved_options_and_history(tmp_path):
     assert new.state.global_step == old.state.global_step * (old.state.epoch + 1) // old.state.epoch
     # Resumed at a low learning rate near the end of a cosine schedule: no large jump from the saved loss.
     assert abs(new.state.val_loss - old.state.val_loss) < 0.1
+    # A cap on validation it did not have is refused, saying what its 0 means
+    with pytest.raises(TextgenError, match=r"--val-max-chars 500 \(checkpoint has 0: no limit\); drop these options"):
+        train(root / "corpus.txt", root / "checkpoints", run="old", resume=True,
+              train_options=dict(epochs=old.state.epoch + 2, val_max_chars=500), log=messages.append)
 
 
 def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_path):

@@ -164,7 +164,9 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
         model_config, saved_training = meta.model, meta.training
         differences = [f"{option_flag(key)} {value} (checkpoint has {getattr(model_config, key)})"
                        for key, value in model_options.items() if getattr(model_config, key) != value]
-        differences += [f"{option_flag(key)} {value} (checkpoint has {getattr(saved_training, key)})"
+        differences += [f"{option_flag(key)} {value} (checkpoint has {getattr(saved_training, key)}"
+                        + (": no limit" if key == "val_max_chars"
+                           and not getattr(saved_training, key) else "") + ")"
                         for key, value in train_options.items()
                         if key in LAYOUT_OPTIONS and getattr(saved_training, key) != value]
         if differences:
