@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import random
@@ -399,6 +400,13 @@ def test_writing_the_built_in_corpus_keeps_a_file_already_there(tmp_path, monkey
     assert main(["mine.txt"]) == 0 and main([]) == 0  # the same text again; the default path, made with its folder
     assert (tmp_path / "data" / "pydoc_topics.txt").read_text(encoding="utf-8") == default_corpus_text()
     assert main(["data"]) == 1 and "error: data is a directory; give a file path" in capsys.readouterr().err
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr("textgen.data.atomic_write_text", full)  # a full disk leaves no empty folders behind
+    with pytest.raises(OSError):
+        build_default_corpus(Path("new") / "data" / "pydoc_topics.txt")
+    assert not (tmp_path / "new").exists() and (tmp_path / "data").is_dir()
 
 
 def test_a_pipe_that_is_not_utf8_is_told_how_to_convert_it_not_that_the_output_failed():

@@ -6,6 +6,7 @@ megabyte of English prose and Python code, ASCII, public with Python's documenta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -25,8 +26,15 @@ def build_default_corpus(path: Path = DEFAULT_CORPUS, overwrite: bool = False, t
     there is kept (it may be the user's) unless overwrite."""
     path = Path(path)
     if overwrite or not path.exists():
+        created = [parent for parent in reversed(path.parents) if not parent.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, default_corpus_text() if text is None else text)
+        try:
+            atomic_write_text(path, default_corpus_text() if text is None else text)
+        except BaseException:  # (a full disk left an empty data/ behind)
+            for directory in reversed(created):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
     return path
 
 
