@@ -346,8 +346,6 @@ def test_a_long_line_of_decomposed_kana_is_cut_between_letters_not_inside_one(tm
 def test_a_disk_too_full_for_the_cache_is_one_error_and_leaves_no_file(tmp_path, monkeypatch):
     """The cache is written through a memory map: on a full disk the process died of SIGBUS, with no message. Its
     space is reserved first, which fails as an OSError (here as a full disk would make it fail)."""
-    import errno
-
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
 
