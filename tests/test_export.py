@@ -138,32 +138,30 @@ def test_existing_output_is_kept_unless_overwrite_and_a_failed_export_replaces_n
     assert refused.output.strip() == f"error: {out} already exists; pass --overwrite to replace it or choose another " \
                                      "--output"
 
-    def broken(meta, trained, building, serving):
-        raise RuntimeError("converter crashed")
-    monkeypatch.setitem(export_module.WRITERS, "savedmodel", broken)
-    with pytest.raises(TextgenError, match=r"could not export the savedmodel format \(converter crashed\)"):
-        export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
-    assert files_snapshot(out) == before
-
-    def traced(meta, trained, building, serving):  # as TensorFlow words an error in a function it traces
-        raise TypeError('in user code:\n\n    File "export.py", line 1, in generate  *\n        return self._generate('
-                        "...)\n\n    TypeError: choose_tf() got an unexpected keyword argument 'typical_p'\n")
-    monkeypatch.setitem(export_module.WRITERS, "savedmodel", traced)
-    with pytest.raises(TextgenError, match=r"^could not export the savedmodel format \(TypeError: choose_tf\(\) got an "
-                                           r"unexpected keyword argument 'typical_p'\); nothing was written$"):
-        export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
-    assert files_snapshot(out) == before
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
-
-    def disk_full(meta, trained, building, serving):  # TensorFlow's words for a full disk under its SaveV2 op
-        raise RuntimeError("{{function_node __wrapped__SaveV2_dtypes_7_device_/job:localhost/replica:0/task:0/device:"
-                           f"CPU:0}} {building}/savedmodel/variables/variables_temp/part-00000-of-00001.data-00000-of-"
-                           "00001.tempstate1; No space left on device [Op:SaveV2]")
-    monkeypatch.setitem(export_module.WRITERS, "savedmodel", disk_full)
-    with pytest.raises(TextgenError, match=r"^could not export the savedmodel format: the disk is full; free some "
-                                           r"space or choose another --output; nothing was written$"):
-        export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
-    assert files_snapshot(out) == before
+    failures = [  # what a converter raised, and what the user is told
+        (lambda building: RuntimeError("converter crashed"),
+         r"^could not export the savedmodel format \(converter crashed\); nothing was written$"),
+        # as TensorFlow words an error in a function it traces
+        (lambda building: TypeError('in user code:\n\n    File "export.py", line 1, in generate  *\n        return '
+                                    "self._generate(...)\n\n    TypeError: choose_tf() got an unexpected keyword "
+                                    "argument 'typical_p'\n"),
+         r"^could not export the savedmodel format \(TypeError: choose_tf\(\) got an unexpected keyword argument "
+         r"'typical_p'\); nothing was written$"),
+        # TensorFlow's words for a full disk under its SaveV2 op
+        (lambda building: RuntimeError("{{function_node __wrapped__SaveV2_dtypes_7_device_/job:localhost/replica:0/"
+                                       f"task:0/device:CPU:0}} {building}/savedmodel/variables/variables_temp/part-"
+                                       "00000-of-00001.data-00000-of-00001.tempstate1; No space left on device "
+                                       "[Op:SaveV2]"),
+         r"^could not export the savedmodel format: the disk is full; free some space or choose another --output; "
+         r"nothing was written$")]
+    for failure, message in failures:
+        def broken(meta, trained, building, serving, failure=failure):
+            raise failure(building)
+        monkeypatch.setitem(export_module.WRITERS, "savedmodel", broken)
+        with pytest.raises(TextgenError, match=message):
+            export_module.export(trained_run["run_dir"], out, ("keras", "savedmodel"), overwrite=True)
+        assert files_snapshot(out) == before
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
 def test_an_export_leaves_the_callers_root_logger_as_it_was(trained_run, tmp_path, monkeypatch):

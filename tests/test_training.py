@@ -1002,30 +1002,24 @@ def test_a_read_only_run_directory_with_a_stale_lock_file_is_refused_before_trai
     (tmp_path / "r" / ".lock").write_text("12345")  # left by a killed run; the file itself stays writable
     write_bytes = Path.write_bytes
 
-    def read_only_folder(path, data):  # root ignores permissions, so the folder's refusal is simulated
-        if path.parent == tmp_path / "r":
-            raise PermissionError(13, "Permission denied")
-        return write_bytes(path, data)
+    # Root ignores permissions, so the folder's refusal is simulated. Permission denied: it said "choose a writable
+    # --checkpoint-dir", which it was (a copy of another user's run keeps its modes); a read-only mount: no chmod helps.
+    refusals = [(PermissionError(13, "Permission denied"),
+                 r"^cannot write in the run's folder .*/r \(Permission denied\): a copy of another user's run keeps "
+                 r"its modes; make it yours with chmod -R u\+w .*/r, or choose another --run$"),
+                (OSError(errno.EROFS, os.strerror(errno.EROFS)),
+                 r"^cannot write in .*/r: its file system is read-only; copy the run to a writable place and give "
+                 r"that --checkpoint-dir, or choose another --checkpoint-dir$")]
+    for error, message in refusals:
+        def refused(path, data, error=error):
+            if path.parent == tmp_path / "r":
+                raise error
+            return write_bytes(path, data)
 
-    monkeypatch.setattr(Path, "write_bytes", read_only_folder)
-    # (it said "choose a writable --checkpoint-dir", which it was: a copy of another user's run keeps its modes)
-    with pytest.raises(TextgenError, match=r"^cannot write in the run's folder .*/r \(Permission denied\): a copy of "
-                                           r"another user's run keeps its modes; make it yours with chmod -R u\+w "
-                                           r".*/r, or choose another --run$"):
-        run(periodic_corpus, tmp_path, epochs=2, resume=True)
-    assert files_snapshot(tmp_path / "r") == before
-
-    def read_only_file_system(path, data):  # (a read-only mount): chmod cannot help there
-        if path.parent == tmp_path / "r":
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return write_bytes(path, data)
-
-    monkeypatch.setattr(Path, "write_bytes", read_only_file_system)
-    with pytest.raises(TextgenError, match=r"^cannot write in .*/r: its file system is read-only; copy the run to a "
-                                           r"writable place and give that --checkpoint-dir, or choose another "
-                                           r"--checkpoint-dir$"):
-        run(periodic_corpus, tmp_path, epochs=2, resume=True)
-    assert files_snapshot(tmp_path / "r") == before
+        monkeypatch.setattr(Path, "write_bytes", refused)
+        with pytest.raises(TextgenError, match=message):
+            run(periodic_corpus, tmp_path, epochs=2, resume=True)
+        assert files_snapshot(tmp_path / "r") == before
 
 
 def test_a_full_disk_at_a_new_runs_start_says_so_and_leaves_no_folder(tmp_path, periodic_corpus, monkeypatch):
