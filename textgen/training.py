@@ -295,9 +295,9 @@ class Run:
             saved = None
         if saved is None:
             return {}
-        return {name: getattr(self.config, name) for name in command_line_options(TrainConfig)
-                if name not in LAYOUT_OPTIONS and name != "seed"
-                and getattr(self.config, name) != getattr(saved.training, name)}
+        options = command_line_options(TrainConfig)
+        return {name: getattr(self.config, name) for name in options_changed(saved.training, self.config)
+                if name in options}
 
     def learning_rate(self, config: Optional[TrainConfig] = None) -> float:
         """The next step's learning rate under config: the run's own, or (a resume's note) the checkpoint's."""
@@ -948,6 +948,12 @@ def _sized(data, model_options: dict, train_options: dict, strategy,
     return chosen.model_options, chosen.train_options, chosen.reason
 
 
+def options_changed(saved: TrainConfig, config: TrainConfig) -> list[str]:
+    """The training options in effect under config whose values differ from a checkpoint's (saved)."""
+    return [field.name for field in dataclasses.fields(config)
+            if config.in_effect(field.name) and getattr(saved, field.name) != getattr(config, field.name)]
+
+
 def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
     """Say which options in effect a resume changed for the rest of the run (the layout and the seed cannot change),
     and how a new length re-stretches the cosine schedule."""
@@ -956,12 +962,9 @@ def _log_option_changes(run: Run, meta: CheckpointMeta) -> None:
     def shown(value) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
 
-    def changed(names) -> str:  # "--name new (was old)": the Python API spells "name=new (was old)"
-        return ", ".join(f"{option_flag(name)} {shown(getattr(config, name))} "
-                         f"(was {shown(getattr(saved, name))})"
-                         for name in names if getattr(saved, name) != getattr(config, name))
-
-    if others := changed(field.name for field in dataclasses.fields(config) if config.in_effect(field.name)):
+    # "--name new (was old)": the Python API spells "name=new (was old)"
+    if others := ", ".join(f"{option_flag(name)} {shown(getattr(config, name))} (was {shown(getattr(saved, name))})"
+                           for name in options_changed(saved, config)):
         run.log(f"resuming with other options for the rest of the run: {others}")
     new_length = (saved.epochs, saved.max_minutes) != (config.epochs, config.max_minutes)
     if config.lr_schedule == "cosine" and new_length:
