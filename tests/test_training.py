@@ -1857,6 +1857,15 @@ def test_overwrite_of_a_run_without_its_last_checkpoint_says_what_it_replaces(tr
     train(periodic_corpus, tmp_path / "ck", run="r", model_options=TINY_MODEL, overwrite=True, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=1))
     assert "note: --overwrite: the earlier run (3 epochs on period.txt, best " in "\n".join(messages)
+    newer = tmp_path / "ck2" / "r"  # a run another textgen wrote: said, not "(its checkpoints)" as for a damaged one
+    shutil.copytree(trained_run["run_dir"], newer)
+    for kind in ("last", "best"):
+        meta = json.loads((newer / f"{kind}.json").read_text())
+        (newer / f"{kind}.json").write_text(json.dumps(dict(meta, format_version=meta["format_version"] + 1)))
+    messages.clear()
+    train(periodic_corpus, tmp_path / "ck2", run="r", model_options=TINY_MODEL, overwrite=True, log=messages.append,
+          train_options=dict(TINY_TRAINING, epochs=1))
+    assert "note: --overwrite: the earlier run (written by a newer textgen) goes when" in "\n".join(messages)
 
 
 def _rows(*val_losses, text="t.txt"):

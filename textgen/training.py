@@ -848,6 +848,8 @@ def _earlier_run(run_dir: Path) -> str:
     """What an --overwrite training replaces: "the earlier run (8 epochs on novel.txt, best 1.902 bpc)"."""
     try:
         meta = checkpoint.read_meta(run_dir, "last") or checkpoint.read_meta(run_dir, "best")
+    except checkpoint.CheckpointTooNew:  # intact, and another textgen's: worth a second thought
+        return "the earlier run (written by a newer textgen)"
     except TextgenError:  # (a damaged run is what --overwrite is for)
         meta = None
     if meta is None:
