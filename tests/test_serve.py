@@ -556,6 +556,7 @@ def test_the_prime_and_score_limits_are_the_servers_options(trained_run, monkeyp
 
     import textgen.serve
     from textgen.cli import cli
+    from textgen.config import MAX_STOP_CHARS, MAX_STOPS
     from textgen.serve import create_app
 
     given = {}
@@ -564,10 +565,14 @@ def test_the_prime_and_score_limits_are_the_servers_options(trained_run, monkeyp
                                       "--max-prime-chars", "5", "--max-score-chars", "30"])
     assert result.exit_code == 0, result.output
     limits = given["limits"]
-    assert (limits.max_prime_chars, limits.max_score_chars, limits.max_body_bytes) == (5, 30, 12 * 30 + 65536)
+    assert (limits.max_prime_chars, limits.max_score_chars) == (5, 30)
     with serving(create_app(trained_run["checkpoint_dir"], "period", limits)) as base:
         assert json.loads(call(base, "/v1/models")[1])["limits"]["max_prime_chars"] == 5
         assert call(base, "/v1/generate", dict(prime="abcab", length=3))[0] == 200
+        # the most a request may hold, each character escaped by JSON as 12 bytes, is within the body limit (a lower
+        # --max-score-chars alone refused a request's allowed stop strings with a 413)
+        most = dict(prime="abcab", length=3, stop=["\U0001F600" * MAX_STOP_CHARS] * MAX_STOPS)
+        assert call(base, "/v1/generate", most)[0] == 200
         refusals = [call(base, "/v1/generate", dict(prime="abcabc", length=3)),
                     call(base, "/v1/score", dict(text="ab" * 16)),
                     call(base, "/v1/score", raw=b" " * (limits.max_body_bytes + 1))]

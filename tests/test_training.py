@@ -527,6 +527,13 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint_and_says_what_was_l
     resumed = CliRunner().invoke(cli, advised.split()[1:])
     assert resumed.exit_code == 0, resumed.output
     assert load_model(tmp_path / "r", kind="last")[1].state.epoch == 2
+    # Every worker of a cluster prints the advice and must follow it, not only the chief that writes the run.
+    from types import SimpleNamespace
+
+    last = load_model(tmp_path / "r", kind="last")[1]
+    worker = SimpleNamespace(run_dir=tmp_path / "r", has_saved=True, writes=False,
+                             config=dataclasses.replace(last.training, epochs=5, learning_rate=0.001))
+    assert training.Run._changed_since_last_save(worker) == dict(epochs=5, learning_rate=0.001)
 
 
 def test_a_model_past_the_machines_memory_is_refused_before_it_is_built(tmp_path, periodic_corpus, monkeypatch):
@@ -575,14 +582,19 @@ def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, per
 
     run(periodic_corpus, tmp_path / "old")
     earlier = files_snapshot(tmp_path / "old")
-    together, write = checkpoint.atomic_write_together, checkpoint.atomic_write
+    together = checkpoint.atomic_write_together
     if failing == "state file":
         monkeypatch.setattr(checkpoint.np, "savez", full)
-    elif failing == "best.json":  # the disk full from then on: putting last.json back would fail as well
-        monkeypatch.setattr(checkpoint, "atomic_write_together", lambda writes: together(
-            [(path, full if path.name == "best.json" else fill) for path, fill in writes]))
-        monkeypatch.setattr(checkpoint, "atomic_write", lambda path, fill: full() if path.suffix == ".json"
-                            else write(path, fill))
+    elif failing == "best.json":  # another program fills the disk then: every write after it fails too
+        import textgen.files
+        write_synced, filled = textgen.files._write_synced, []
+
+        def filling(tmp, path, fill):
+            if filled or path.name == "best.json":
+                filled.append(path)
+                full()
+            return write_synced(tmp, path, fill)
+        monkeypatch.setattr(textgen.files, "_write_synced", filling)
     else:
         monkeypatch.setattr(checkpoint, "atomic_write_together", lambda writes: together(writes) or full())
     with pytest.raises(TextgenError, match=r"^could not save the first checkpoint in .*/new/r: the disk is full; "
@@ -1020,6 +1032,24 @@ def test_a_read_only_run_directory_with_a_stale_lock_file_is_refused_before_trai
         with pytest.raises(TextgenError, match=message):
             run(periodic_corpus, tmp_path, epochs=2, resume=True)
         assert files_snapshot(tmp_path / "r") == before
+
+
+
+def test_a_new_run_on_a_read_only_file_system_is_told_to_choose_another_directory(tmp_path, periodic_corpus,
+                                                                                  monkeypatch):
+    """It was told to "copy the run to a writable place": there is no run yet."""
+    mkdir = Path.mkdir
+
+    def read_only(path, *args, **kwargs):
+        if tmp_path in path.parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(TextgenError, match=r"^cannot write in .*/r: its file system is read-only; choose another "
+                                           r"--checkpoint-dir$"):
+        run(periodic_corpus, tmp_path)
+    assert [path.name for path in tmp_path.iterdir()] == [periodic_corpus.name]  # (the corpus, there before)
 
 
 def test_a_full_disk_at_a_new_runs_start_says_so_and_leaves_no_folder(tmp_path, periodic_corpus, monkeypatch):

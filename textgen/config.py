@@ -438,10 +438,11 @@ class Limits:
 
     @property
     def max_body_bytes(self) -> int:
-        """Request body size: room for the longest text a request may hold with every character escaped as JSON
-        allows (Python's json.dumps writes a CJK character as 6 bytes, one beyond the BMP as 12), plus 64 KB for
-        the rest. A fixed 64 KB refused 12,000 Chinese characters sent to /v1/score by Python."""
-        return 12 * max(self.max_score_chars, self.max_prime_chars) + 65536
+        """Request body size: room for the longest texts a request may hold (a text to score; a prime with its stop
+        strings) with every character escaped as JSON allows (Python's json.dumps writes a CJK character as 6 bytes,
+        one beyond the BMP as 12), plus 64 KB for the rest. A fixed 64 KB refused 12,000 Chinese characters sent to
+        /v1/score by Python; a lower --max-score-chars alone would have refused a request's allowed stop strings."""
+        return 12 * max(self.max_score_chars, self.max_prime_chars + MAX_STOPS * MAX_STOP_CHARS) + 65536
 
 
 # The names other char-RNN tools (char-rnn, torch-rnn, PyTorch) give textgen's options: a user's first guess

@@ -90,8 +90,9 @@ def locked_run_dir(run_dir: Path):
                 raise TextgenError(f"no space left for the run {run_dir}; free some space or choose another "
                                    "--checkpoint-dir") from None
             if error.errno == errno.EROFS:  # no chmod helps there
-                raise TextgenError(f"cannot write in {run_dir}: its file system is read-only; copy the run to a "
-                                   "writable place and give that --checkpoint-dir, or choose another "
+                copy = "" if run_dir in created else "copy the run to a writable place and give that " \
+                                                     "--checkpoint-dir, or "
+                raise TextgenError(f"cannot write in {run_dir}: its file system is read-only; {copy}choose another "
                                    "--checkpoint-dir") from None
             if run_dir not in created and os.access(run_dir.parent, os.W_OK) and error.errno == errno.EACCES:
                 raise TextgenError(f"cannot write in the run's folder {run_dir} ({error.strerror}): a copy of "

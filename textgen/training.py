@@ -289,8 +289,8 @@ class Run:
         """The training options this training changed from those its last checkpoint holds (a resume given a larger
         --epochs whose first save failed): the checkpoint resumed from does not hold them, and without them the
         advice to resume was refused ("the run has done its 3 epochs")."""
-        try:
-            saved = checkpoint.read_meta(self.run_dir, "last") if self.writes else None
+        try:  # (every worker of a cluster reads it: the advice is printed by each, and each must follow it)
+            saved = checkpoint.read_meta(self.run_dir, "last") if self.has_saved else None
         except TextgenError:
             saved = None
         if saved is None:
