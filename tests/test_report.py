@@ -108,6 +108,9 @@ def test_info_json_is_the_runs_row_with_the_vocabulary_and_the_history(trained_r
     refused = runner.invoke(cli, ["info", "--checkpoint-dir", str(tmp_path), "--run", "broken", "--json"])
     assert refused.exit_code == 1 and refused.stdout == "" and "Traceback" not in refused.output
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    both = runner.invoke(cli, ["info", *options, "--json", "--vocabulary"])  # (--vocabulary was dropped in silence)
+    assert both.exit_code == 2 and both.stdout == ""
+    assert "--json holds the vocabulary (its \"vocabulary\" key): give --json or --vocabulary, not both" in both.stderr
 
 
 def test_runs_shows_the_runs_a_training_is_writing_now_those_without_a_checkpoint_too(trained_run, tmp_path):

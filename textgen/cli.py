@@ -739,6 +739,9 @@ def info(checkpoint_dir, run, vocabulary, as_json):
     from textgen.report import info_record, info_text, vocabulary_text
     from textgen.runs import find_run
 
+    if as_json and vocabulary:
+        raise click.UsageError("--json holds the vocabulary (its \"vocabulary\" key): give --json or --vocabulary, "
+                               "not both")
     run_dir = find_run(checkpoint_dir, run)
     if as_json:
         _echo_json(info_record(run_dir))
