@@ -962,8 +962,22 @@ def test_the_printed_resume_command_works_pasted_into_a_shell_with_spaces_in_the
 
 
 def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, periodic_corpus):
-    with RunLock(tmp_path / "r"):
-        with pytest.raises(TextgenError, match=r"another training \(pid \d+\) is using"):
+    import subprocess
+    import sys
+
+    holding = ("import sys, time; from pathlib import Path; from textgen.checkpoint import RunLock; "
+               "lock = RunLock(Path(sys.argv[1])); lock.__enter__(); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", holding, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(TextgenError, match=rf"^another training \(pid {holder.pid}\) is using .*/r; wait for it to "
+                                               "finish or choose another --run$"):
+            run(periodic_corpus, tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path / "r"):  # a thread of this program (it named this process's pid as another training's)
+        with pytest.raises(TextgenError, match=r"^another training in this program \(another thread\) is using"):
             run(periodic_corpus, tmp_path)
         # before its first save: it said "nothing to resume: no checkpoint (train without --resume to start)"
         with pytest.raises(TextgenError, match=r"^nothing to resume yet: a training \(pid \d+\) has run 'r' and "
@@ -986,7 +1000,7 @@ def test_a_training_that_loses_the_race_for_a_new_run_leaves_the_winners_directo
         return take(lock)
 
     monkeypatch.setattr(RunLock, "__enter__", started_at_the_same_instant)
-    with pytest.raises(TextgenError, match=r"another training \(pid \d+\) is using"):
+    with pytest.raises(TextgenError, match=r"another training in this program \(another thread\) is using"):
         run(periodic_corpus, tmp_path / "new")
     assert (run_dir / "winners-file").read_text() == "training" and (run_dir / ".lock").exists()
     winner.__exit__()
@@ -1321,7 +1335,7 @@ def test_lock_taken_on_a_file_its_holder_just_removed_is_taken_again(tmp_path, m
         assert opened == [False, False]  # the stale file was locked, found removed, and the path opened anew
         assert second.handle is not stale and stale.closed
         monkeypatch.undo()
-        with pytest.raises(TextgenError, match=rf"another training \(pid {os.getpid()}\) is using"):
+        with pytest.raises(TextgenError, match=r"another training in this program \(another thread\) is using"):
             with RunLock(run_dir):
                 pass
 

@@ -623,8 +623,11 @@ class RunLock:
                 if time.monotonic() < deadline:
                     time.sleep(0.02)
                     continue
-                raise TextgenError(f"another training (pid {holder}) is using {self.path.parent}; "
-                                   "wait for it to finish or choose another --run") from None
+                # (a program training in several threads: "pid" named its own process as another's)
+                who = "another training in this program (another thread)" if str(holder) == str(os.getpid()) \
+                    else f"another training (pid {holder})"
+                raise TextgenError(f"{who} is using {self.path.parent}; wait for it to finish or choose another "
+                                   "--run") from None
             # A holder removes the file as it lets go: if that happened between our open and our flock, we hold
             # a lock on a file nobody else will open, so we take it again on the file the path names now.
             if _same_file(handle, self.path):

@@ -5,22 +5,29 @@ from __future__ import annotations
 import os
 import random
 import sys
+import threading
+
+# One import at a time: two threads loading at once each saved file descriptor 2, the second after the first had
+# muted it, and the one that gave it back last left the program's stderr on /dev/null for good.
+_importing = threading.Lock()
 
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with file descriptor 2 muted: its C++ start-up notes ("oneDNN custom
     operations are on", "Could not find cuda drivers") are printed before any log level applies. Python's random
     generator is given back as it was: the import draws from it, which moved a program's seeded sequence at its first
-    textgen.train or textgen.load."""
-    if "tensorflow" in sys.modules:
-        return
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    python_state = random.getstate()
-    try:
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401  (imports tensorflow as its backend)
-    finally:
-        random.setstate(python_state)
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    textgen.train or textgen.load. (What other threads write to stderr during those seconds is lost with the notes: a
+    program that logs from threads can import tensorflow itself first, which this then leaves alone.)"""
+    with _importing:
+        if "tensorflow" in sys.modules:  # imported: by the program, or by a call that held the lock until it was done
+            return
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        python_state = random.getstate()
+        try:
+            os.dup2(devnull, 2)
+            import keras  # noqa: F401  (imports tensorflow as its backend)
+        finally:
+            random.setstate(python_state)
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
