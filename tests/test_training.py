@@ -602,6 +602,12 @@ def test_disk_full_at_a_new_runs_first_save_says_nothing_was_saved(tmp_path, per
                                            r"then run the same command again\)$"):
         run(periodic_corpus, tmp_path / "new")
     assert not (tmp_path / "new").exists()
+    if failing == "state file":  # the Python API's advice is a call (it said "run the same command again")
+        import textgen
+        with pytest.raises(TextgenError, match=r"nothing of this run was saved \(free some space or fix the "
+                                               r"directory, then call textgen.train the same way again\)$"):
+            textgen.train(periodic_corpus, run="r", checkpoint_dir=tmp_path / "api", **TINY_MODEL,
+                          **dict(TINY_TRAINING, epochs=1))
     with pytest.raises(TextgenError, match="nothing of this run was saved, and the earlier run's checkpoints are "
                                            "kept"):
         run(periodic_corpus, tmp_path / "old", model=dict(TINY_MODEL, units=16), overwrite=True)

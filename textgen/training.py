@@ -337,9 +337,11 @@ class Run:
                 if self.has_saved:
                     raise _save_failed(self, failed.reason) from None
                 kept = ", and the earlier run's checkpoints are kept" if self.replaces else ""
-                raise TextgenError(f"could not save the first checkpoint in {self.run_dir}: {failed.reason}; nothing "
-                                   f"of this run was saved{kept} (free some space or fix the directory, then run "
-                                   "the same command again)") from None
+                told = (f"could not save the first checkpoint in {self.run_dir}: {failed.reason}; nothing of this run "
+                        f"was saved{kept} (free some space or fix the directory, then ")
+                error = TextgenError(f"{told}run the same command again)")
+                error.python_message = f"{told}call textgen.train the same way again)"
+                raise error from None
             if self.replaces:
                 checkpoint.retire_others(self.run_dir, kinds)
                 if (staged := self.run_dir / STAGED_CACHE).is_dir():  # the new text's corpus cache (see load_corpus)
