@@ -289,10 +289,8 @@ class Run:
         """The training options this training changed from those its last checkpoint holds (a resume given a larger
         --epochs whose first save failed): the checkpoint resumed from does not hold them, and without them the
         advice to resume was refused ("the run has done its 3 epochs")."""
-        try:  # (every worker of a cluster reads it: the advice is printed by each, and each must follow it)
-            saved = checkpoint.read_meta(self.run_dir, "last") if self.has_saved else None
-        except TextgenError:
-            saved = None
+        # (every worker of a cluster reads it: the advice is printed by each, and each must follow it)
+        saved = _readable_last(self.run_dir) if self.has_saved else None
         if saved is None:
             return {}
         options = command_line_options(TrainConfig)
@@ -886,11 +884,16 @@ def _save_failed(run: Run, reason: str) -> TextgenError:
 
 def _last_position(run: Run) -> str:
     """Where the run's last checkpoint stands, " (in epoch 5, after step 12)", or "" where it cannot be read."""
-    try:
-        last = checkpoint.read_meta(run.run_dir, "last") if run.writes else None
-    except TextgenError:
-        last = None
+    last = _readable_last(run.run_dir) if run.writes else None
     return f" ({last.state.position()})" if last is not None else ""
+
+
+def _readable_last(run_dir: Path) -> Optional[CheckpointMeta]:
+    """The run's last checkpoint's metadata, or None where it is missing or cannot be read (an error's advice)."""
+    try:
+        return checkpoint.read_meta(run_dir, "last")
+    except TextgenError:
+        return None
 
 
 def _lost_worker_error(reason: str, run: Optional[Run] = None) -> TextgenError:
