@@ -95,7 +95,9 @@ def main() -> None:
         child(mode, corpus, cache, int(steps))
         return
     if not SOURCE.exists():
-        sys.exit(f"needs {SOURCE} (the shared corpora); skipped")
+        from run_all import missing_corpus
+
+        sys.exit(f"{missing_corpus(SOURCE)}; skipped")
     corpus = build_corpus(args.megabytes)
     print(f"corpus: {corpus} ({corpus.stat().st_size / 1e6:.0f} MB), default model, {args.steps} training steps")
     ours = measure("textgen", corpus, args.steps)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import ROOT, update_section  # noqa: E402
+from run_all import ROOT, missing_corpus, update_section  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 PRECISIONS = {"float32": "off", "bfloat16": "on"}
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args, extra = parser.parse_known_args()
     if not CORPUS.exists():
-        sys.exit(f"needs {CORPUS} (the shared corpora)")
+        sys.exit(missing_corpus(CORPUS))
     histories = {name: train(f"precision-{name}", flag, args.epochs, extra) for name, flag in PRECISIONS.items()}
     lines = [f"default model (--size fixed: 2 x 512, embedding 128), tinyshakespeare, {args.epochs} epochs each, "
              "same seed; validation in float32",

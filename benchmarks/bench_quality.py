@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import ROOT, update_section  # noqa: E402
+from run_all import ROOT, missing_corpus, update_section  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     args, extra = parser.parse_known_args()
     if not CORPUS.exists():
-        sys.exit(f"needs {CORPUS} (the shared corpora)")
+        sys.exit(missing_corpus(CORPUS))
     command = ["-m", "textgen", "train", str(CORPUS), "--checkpoint-dir", "benchmarks/out", "--run", "quality",
                "--overwrite", "--epochs", "1000", "--max-minutes", str(args.minutes), *extra]
     result = subprocess.run([sys.executable, *command], cwd=ROOT, stderr=subprocess.PIPE, text=True)

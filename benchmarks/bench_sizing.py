@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_all import ROOT, update_section  # noqa: E402
+from run_all import ROOT, missing_corpus, update_section  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "sizing"
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -38,7 +38,7 @@ def main() -> None:
 
     corpus = Path(args.corpus)
     if not corpus.exists():
-        sys.exit(f"needs {corpus} (the shared corpora)")
+        sys.exit(missing_corpus(corpus))
     text = corpus.read_text(encoding="utf-8")
     vocab, train_chars = len(set(text)), training_length(len(text), TrainConfig().val_fraction,
                                                                   TrainConfig().val_max_chars)

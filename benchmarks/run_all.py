@@ -32,6 +32,12 @@ PREAMBLE = ("# Benchmarks\n\nLatest results of `make bench` and `make bench-qual
             "on a shared machine.\n")
 
 
+def missing_corpus(path: Path) -> str:
+    """The message of a benchmark whose shared corpus is not there: the repository does not ship it."""
+    return (f"needs {path}, beside the repository and not part of it: put a copy of tinyshakespeare (karpathy's "
+            f"char-rnn, data/tinyshakespeare/input.txt) there")
+
+
 def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu_model()}; {matmul_flags()}), Python {platform.python_version()}"
 

@@ -199,10 +199,13 @@ def test_generate_round_trip(server, trained_run, monkeypatch):
 
 
 def fields(value):
-    """A JSON value's shape: its keys all the way down (a list by its first item), not its values."""
+    """A JSON value's shape: its keys all the way down (a list of objects or lists by its first item; any other list,
+    empty or not, as a list), not its values."""
     if isinstance(value, dict):
         return {key: fields(item) for key, item in value.items()}
-    return [fields(value[0])] if isinstance(value, list) and value else None
+    if isinstance(value, list):
+        return [fields(value[0])] if value and isinstance(value[0], (dict, list)) else []
+    return None
 
 
 def readme_calls() -> list[tuple[str, dict, str]]:
