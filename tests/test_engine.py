@@ -1,5 +1,6 @@
 """The compiled generation loop (textgen.engine) against the stateful Keras model it replaces."""
 
+import dataclasses
 import pathlib
 import sys
 
@@ -247,12 +248,9 @@ def test_streams_moved_to_a_larger_engine_continue_where_they_were(engine4):
 
 def stuck_on_3(engine, streams: int) -> Engine:
     """engine's model with its logits' bias making id 3 the likeliest always."""
-    from textgen.engine import Weights
-
     bias = np.zeros_like(engine.weights.dense_bias)
     bias[3] = 50.0
-    return Engine(Weights(engine.weights.table, engine.weights.recurrent0_t, engine.weights.stacked_t,
-                          engine.weights.dense_kernel, bias), streams)
+    return Engine(dataclasses.replace(engine.weights, dense_bias=bias), streams)
 
 
 def test_max_repeat_caps_a_run_of_one_character(engine1):

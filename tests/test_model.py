@@ -20,6 +20,15 @@ def test_lstm_layers_are_stateful_and_glorot_initialised():
     assert model.output.shape == (3, None, 11)
 
 
+def test_the_configs_parameter_count_is_the_built_models():
+    """Sizing counts parameters from the config before any model exists: the count must be the model's own."""
+    for shape in (dict(layers=1, units=8, embedding_dim=3), dict(layers=3, units=16, embedding_dim=6),
+                  dict(layers=2, units=24, embedding_dim=40)):
+        config = ModelConfig(vocab_size=11, dropout=0.0, **shape)
+        assert build_model(config, batch_size=2).count_params() == config.parameter_count(), shape
+        assert config.layers_text() == f"{shape['layers']} x LSTM({shape['units']})"
+
+
 def test_state_is_carried_between_calls_and_reset_clears_it():
     model = build_model(CONFIG, batch_size=2)
     rng = np.random.default_rng(0)

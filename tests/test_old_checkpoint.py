@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from textgen import checkpoint
-from textgen.config import TrainConfig, rules
+from textgen.config import ModelConfig, TrainConfig, rules
 from textgen.checkpoint import FORMAT_VERSION, CheckpointMeta
 from textgen.errors import TextgenError
 from textgen.generate import Generator, generate
@@ -26,6 +26,7 @@ def copy_of_fixture(tmp_path) -> Path:
 # The training options that 0.1.0's metadata lacks, with what a run trained then did (their before= in TrainConfig):
 # a new option is added here.
 ADDED_SINCE_0_1_0 = {"size": "fixed", "val_max_chars": 0}
+MODEL_ADDED_SINCE_0_1_0 = {}  # the same for ModelConfig's options
 
 
 def test_old_run_predicts_what_it_did_then(tmp_path):
@@ -93,8 +94,12 @@ def test_old_metadata_reads_into_the_schema_and_writes_back_the_same_json(tmp_pa
     added = {name: rule.before for name, rule in rules(TrainConfig).items() if name not in raw["training"]}
     assert added == ADDED_SINCE_0_1_0, ("an option added to TrainConfig: declare with before= what runs trained "
                                         "before it did, and add it to ADDED_SINCE_0_1_0")
+    added_model = {name: rule.before for name, rule in rules(ModelConfig).items() if name not in raw["model"]}
+    assert added_model == MODEL_ADDED_SINCE_0_1_0, ("an option added to ModelConfig: declare with before= what runs "
+                                                    "trained before it did, and add it to MODEL_ADDED_SINCE_0_1_0")
     # Written back in today's format, which a textgen reading only 0.1.0's refuses rather than misreads
-    assert meta.to_json() == {**raw, "training": {**raw["training"], **added}, "format_version": FORMAT_VERSION}
+    assert meta.to_json() == {**raw, "training": {**raw["training"], **added}, "model": {**raw["model"], **added_model},
+                              "format_version": FORMAT_VERSION}
     assert raw["format_version"] == 1 < FORMAT_VERSION
 
 

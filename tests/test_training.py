@@ -21,7 +21,7 @@ from textgen import session as session_module
 from textgen.callbacks import Callback
 from textgen.batching import StreamBatches, split_validation
 from textgen.checkpoint import RunLock, RunState, load_model
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.corpus import CACHE_FILES
 from textgen.model import reset_states
 from textgen.session import Session
@@ -1542,6 +1542,14 @@ def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corp
     assert best.state.epoch == 0 and 0 < best.state.step_in_epoch < 118
     assert best.state.val_loss == pytest.approx(summary["val_loss"]) and best.state.best_val_loss == best.state.val_loss
     assert best.state.history[-1]["val_loss"] == best.state.val_loss
+    # A run started from it names that checkpoint as info does, steps into epoch 1 (it said "epoch 0")
+    where = f"epoch 1 after {counted(best.state.step_in_epoch, 'step')}"
+    assert f"best           {where}: validation" in report.info_text(tmp_path / "r")
+    messages = []
+    fine = train(periodic_corpus, tmp_path / "ck", run="fine", model_options=TINY_MODEL,
+                 train_options=dict(TINY_TRAINING, max_minutes=0.0005), log=messages.append, init_from=tmp_path / "r")
+    assert any(f"(its best checkpoint, {where}, " in message for message in messages), messages
+    assert f"(its best checkpoint, {where}, trained on " in report.info_text(fine["run_dir"])
     with pytest.raises(TextgenError, match=r"cannot resume: the run has used its time budget \(--max-minutes "
                                            r"0.0005; .*pass a larger --max-minutes, or --max-minutes 0 for no limit"):
         run(periodic_corpus, tmp_path, epochs=1, resume=True)

@@ -139,7 +139,7 @@ class TextModel:
         self.history = [dict(row) for row in meta.state.history]  # a copy: the generator's metadata stays as read
 
     def __repr__(self) -> str:
-        return (f"TextModel({self.info['run']!r}: {self.config.layers} x LSTM({self.config.units}), "
+        return (f"TextModel({self.info['run']!r}: {self.config.layers_text()}, "
                 f"{len(self.vocab)} characters, epoch {self.info['epochs']})")
 
     @_sampling_errors_as_keywords

@@ -35,7 +35,7 @@ import numpy as np
 from textgen import __version__
 from textgen.config import ModelConfig, TrainConfig
 from textgen.corpus import CACHE_FILES, text_digest
-from textgen.errors import TextgenError
+from textgen.errors import TextgenError, counted
 from textgen.files import atomic_write, atomic_write_together, json_writer
 from textgen.vocab import Vocabulary
 
@@ -90,11 +90,22 @@ class RunState:
     def epoch_mean_loss(self) -> float:
         return self.epoch_loss_sum / max(1, self.step_in_epoch)
 
+    def checkpoint_epoch(self) -> str:
+        """The epoch a checkpoint was saved in: "epoch 3", or "epoch 3 after 29 steps" when saved mid-epoch (a time
+        budget, a signal, --save-every), whose state counts the 2 epochs done."""
+        return saved_epoch_text(self.epoch, self.step_in_epoch)
+
     def position(self) -> str:
         """Where the run stands, as the training log counts epochs (from 1): "in epoch 5, after step 12"."""
         if self.step_in_epoch:
             return f"in epoch {self.epoch + 1}, after step {self.step_in_epoch}"
         return f"at the start of epoch {self.epoch + 1}"
+
+
+def saved_epoch_text(epochs_done: int, step_in_epoch: int) -> str:
+    """:meth:`RunState.checkpoint_epoch` from its two numbers (also what a run's ``started_from`` keeps of them)."""
+    return (f"epoch {epochs_done + 1} after {counted(step_in_epoch, 'step')}" if step_in_epoch
+            else f"epoch {epochs_done}")
 
 
 @dataclass
@@ -197,7 +208,7 @@ def _check_state(values: dict) -> None:
     started = values.get("started_from")
     if not (started is None or isinstance(started, dict) and isinstance(started.get("run"), str)
             and isinstance(started.get("epoch"), int) and isinstance(started.get("corpus"), str)
-            and isinstance(started.get("kind", "best"), str)):
+            and isinstance(started.get("kind", "best"), str) and isinstance(started.get("step_in_epoch", 0), int)):
         raise ValueError(f"its started_from is {started!r}, not the run it started from")
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from textgen.errors import OptionError
+from textgen.lstm_step import GATES
 
 
 # What a Chinese or Japanese input method types between and inside numbers: its commas and full stops (float()
@@ -249,16 +250,21 @@ class ModelConfig(_Config):
     dropout: float = option(0.3, "Dropout on each LSTM layer's input and on the last one's output, training only "
                             "(unless given, --size auto chooses it).", low=0, high=1, high_open=True)
 
+    def layers_text(self) -> str:
+        """The recurrent stack as `textgen info` and a TextModel's repr name it: "2 x LSTM(512)"."""
+        return f"{self.layers} x LSTM({self.units})"
+
     def parameter_count(self) -> int:
+        """The trainable weights of :func:`textgen.model.build_model` (sizing counts them before building it)."""
         lstm_inputs = [self.embedding_dim] + [self.units] * (self.layers - 1)
-        lstm = sum(4 * self.units * (width + self.units + 1) for width in lstm_inputs)
+        lstm = sum(GATES * self.units * (width + self.units + 1) for width in lstm_inputs)
         return self.vocab_size * self.embedding_dim + lstm + self.units * self.vocab_size + self.vocab_size
 
     def forward_flops_per_char(self) -> int:
         """FLOPs of one character through the LSTM and output matmuls (the embedding is a lookup);
         training (forward and backward) costs about 3x this."""
         lstm_inputs = [self.embedding_dim] + [self.units] * (self.layers - 1)
-        lstm = sum(2 * (width + self.units) * 4 * self.units for width in lstm_inputs)
+        lstm = sum(2 * (width + self.units) * GATES * self.units for width in lstm_inputs)
         return lstm + 2 * self.units * self.vocab_size
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from textgen.checkpoint import (CURVE_FILE, HISTORY_FILE, KINDS, CheckpointTooNew, NotReadable, RunMeta, file_check,
-                                has_checkpoint, read_run_meta, training_pid)
+                                has_checkpoint, read_run_meta, saved_epoch_text, training_pid)
 from textgen.config import epoch_text
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
@@ -211,7 +211,7 @@ def info_text(run_dir: Path) -> str:
     model, vocab, training, corpus, state = last.model, last.vocab, last.training, last.corpus, last.state
     lines = [
         f"run            {run_dir}",
-        f"model          {model.layers} x LSTM({model.units}), embedding {model.embedding_dim}, "
+        f"model          {model.layers_text()}, embedding {model.embedding_dim}, "
         f"dropout {model.dropout}; {model.parameter_count():,} parameters",
         # in full up to 128: a sample of an English text's ~100 symbols looked as if letters were missing
         f"vocabulary     {len(vocab):,} symbols: {vocab.preview(INFO_SYMBOLS)}"
@@ -228,11 +228,11 @@ def info_text(run_dir: Path) -> str:
         f"precision      {_precision_text(state.history)}",
         *_texts_line(state.history),
         "best           best.json cannot be read (see the warning)" if "best" in run.problems else
-        f"best           {_epoch_text(best)}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
+        f"best           {best.checkpoint_epoch()}: validation {best.val_loss:.4f} nats ({bpc(best.val_loss):.3f} bpc)"
         if best.val_loss is not None else "best           none yet",
         "last           last.json cannot be read (see the warning)" if "last" in run.problems else
         "last           none (no last.json, so the run cannot be resumed)" if run.last is None else
-        f"last           {_epoch_text(state)}: validation "
+        f"last           {state.checkpoint_epoch()}: validation "
         + (f"{state.val_loss:.4f} nats ({bpc(state.val_loss):.3f} bpc)" if state.val_loss is not None
            else "not measured (saved mid-epoch)")
         + (f", training {state.train_loss:.4f} nats ({bpc(state.train_loss):.3f} bpc)"
@@ -240,8 +240,9 @@ def info_text(run_dir: Path) -> str:
         f"corpus         {_controls_escaped(corpus['path'])} ({corpus['length']:,} characters, "
         f"{corpus['size']:,} bytes, "
         f"blake2b {corpus['blake2b']})",
-        *([f"started from   {_controls_escaped(started['run'])} (its {started.get('kind', 'best')} checkpoint, epoch "
-           f"{started['epoch']}, trained on {_controls_escaped(started['corpus'])})"]
+        *([f"started from   {_controls_escaped(started['run'])} (its {started.get('kind', 'best')} checkpoint, "
+           f"{saved_epoch_text(started['epoch'], started.get('step_in_epoch', 0))}, trained on "
+           f"{_controls_escaped(started['corpus'])})"]
           if (started := state.started_from) else []),
         f"saved          {last.saved_at}",
         "files",
@@ -292,13 +293,6 @@ def _texts_line(history: list[dict]) -> list[str]:
     return [f"texts          changed at {counted(len(spans) - 1, 'resume')}: epochs "
             + ", ".join(f"{first}-{last}" if last > first else f"{first}" for first, last in epochs)
             + " (the curve draws each apart)"]
-
-
-def _epoch_text(state) -> str:
-    """The epoch a checkpoint was saved in: "epoch 3", or "epoch 3 after 29 steps" when saved mid-epoch (a time
-    budget, a signal, --save-every), whose state counts the 2 epochs done."""
-    return f"epoch {state.epoch + 1} after {counted(state.step_in_epoch, 'step')}" if state.step_in_epoch \
-        else f"epoch {state.epoch}"
 
 
 def steps_text(step_in_epoch: int) -> str:

@@ -267,9 +267,10 @@ def _probe_bfloat16() -> float:
     import tensorflow as tf
 
     from textgen.cpu import matmul_operands, matmul_seconds
+    from textgen.lstm_step import GATES
 
     units = BFLOAT16_PROBE_UNITS
-    seconds = matmul_seconds(matmul_operands(64, 2 * units, 4 * units, (tf.float32, tf.bfloat16)), blocks=6)
+    seconds = matmul_seconds(matmul_operands(64, 2 * units, GATES * units, (tf.float32, tf.bfloat16)), blocks=6)
     return seconds[tf.float32] / seconds[tf.bfloat16]
 
 

@@ -27,6 +27,7 @@ from textgen import cpu
 from textgen.config import ModelConfig, TrainConfig, option_flag
 from textgen.distribute import divisible_batch
 from textgen.errors import counted, minutes_text
+from textgen.lstm_step import GATES
 
 # (layers, units, embedding width), smallest first
 LADDER: tuple[tuple[int, int, int], ...] = (
@@ -80,8 +81,8 @@ def measure_matmul_flops(shape: tuple[int, int, int], batch: int, bfloat16: bool
     layers, units, embedding = shape
     width = (units if layers > 1 else embedding) + units
     dtype = tf.bfloat16 if bfloat16 else tf.float32
-    [seconds] = cpu.matmul_seconds(cpu.matmul_operands(batch, width, 4 * units, [dtype]), blocks).values()
-    return 2.0 * batch * width * 4 * units / seconds
+    [seconds] = cpu.matmul_seconds(cpu.matmul_operands(batch, width, GATES * units, [dtype]), blocks).values()
+    return 2.0 * batch * width * GATES * units / seconds
 
 
 def choose(train_chars: int, vocab_size: int, config: TrainConfig, user_model: dict, user_training: dict,

@@ -586,7 +586,7 @@ def _started_from(source: Path, data: Corpus, model_options: dict, log: Callable
 
 
 def _epoch_of(meta: CheckpointMeta) -> str:
-    return f"its {meta.kind} checkpoint, epoch {meta.state.epoch}" + (
+    return f"its {meta.kind} checkpoint, {meta.state.checkpoint_epoch()}" + (
         f", {bpc(meta.state.best_val_loss):.3f} bpc" if meta.kind == "best" and meta.state.best_val_loss is not None
         else "")
 
@@ -714,6 +714,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         source_model, source_meta, data, model_options = _started_from(source, data, model_options, log)
         started = dict(run=str(source.resolve()), kind=source_meta.kind, epoch=source_meta.state.epoch,
                        corpus=source_meta.corpus["path"])
+        if source_meta.state.step_in_epoch:  # saved mid-epoch: the steps into the next one, as info says it
+            started["step_in_epoch"] = source_meta.state.step_in_epoch
     sizing_reason, sized_batch = None, False
     if meta is None:
         if train_options.get("max_minutes") and "epochs" not in train_options:  # the minutes are the run's length
