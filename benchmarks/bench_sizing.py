@@ -38,7 +38,7 @@ def main() -> None:
 
     corpus = Path(args.corpus)
     if not corpus.exists():
-        sys.exit(missing_corpus(corpus))
+        sys.exit(missing_corpus(corpus) if corpus == CORPUS else f"no such file: {corpus}")
     text = corpus.read_text(encoding="utf-8")
     vocab, train_chars = len(set(text)), training_length(len(text), TrainConfig().val_fraction,
                                                                   TrainConfig().val_max_chars)

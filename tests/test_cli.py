@@ -91,7 +91,7 @@ def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path, monkeypatch
     listed = invoke("runs", "--checkpoint-dir", tmp_path / "ck")
     assert re.search(r"^letters +letters\.txt \(from period\) ", listed.stdout, re.M), listed.stdout
     (row,) = json.loads(invoke("runs", "--checkpoint-dir", tmp_path / "ck", "--json").stdout)
-    assert row["started_from"] == dict(run=str(trained_run["run_dir"].resolve()), kind="best", epoch=3,
+    assert row["started_from"] == dict(run=str(trained_run["run_dir"].resolve()), kind="best", epoch=3, step_in_epoch=0,
                                        corpus=str(trained_run["corpus"].resolve())), row
     (tmp_path / "empty").mkdir()  # without a CORPUS: refused before the built-in corpus is written here
     monkeypatch.chdir(tmp_path / "empty")

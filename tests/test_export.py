@@ -95,6 +95,7 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert exported["loaded"]["long_prime"] == "abcdefg" * 301  # the prime fed without keeping its logits
     vocab = json.loads((exported["out"] / "vocab.json").read_text())
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
+    assert (vocab["epoch"], vocab["step_in_epoch"]) == (3, 0)  # the best checkpoint's place, as info names it
     assert vocab["unicode_form"] is None  # plain letters show neither form
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, files_snapshot, write_text
+import textgen
 from textgen import checkpoint, report, training
 from textgen import session as session_module
 from textgen.callbacks import Callback
@@ -1550,6 +1551,18 @@ def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corp
                  train_options=dict(TINY_TRAINING, max_minutes=0.0005), log=messages.append, init_from=tmp_path / "r")
     assert any(f"(its best checkpoint, {where}, " in message for message in messages), messages
     assert f"(its best checkpoint, {where}, trained on " in report.info_text(fine["run_dir"])
+    assert repr(textgen.load("r", checkpoint_dir=tmp_path)).endswith(f" characters, {where})")
+    saved = json.loads((fine["run_dir"] / "last.json").read_text(encoding="utf-8"))
+    assert saved["started_from"]["step_in_epoch"] == best.state.step_in_epoch
+    for wrong in (-3, True, "7"):
+        started = dict(saved["started_from"], step_in_epoch=wrong)
+        with pytest.raises(ValueError, match="its started_from is .*, not the run it started from"):
+            checkpoint.CheckpointMeta.from_json(dict(saved, started_from=started))
+    # The advice when last.json is damaged names the best checkpoint the same way
+    shutil.copytree(tmp_path / "r", tmp_path / "damaged" / "r")
+    (tmp_path / "damaged" / "r" / "last.json").write_text("{", encoding="utf-8")
+    with pytest.raises(TextgenError, match=f"the run's best checkpoint \\({where}\\) is intact"):
+        run(periodic_corpus, tmp_path / "damaged", epochs=1, resume=True)
     with pytest.raises(TextgenError, match=r"cannot resume: the run has used its time budget \(--max-minutes "
                                            r"0.0005; .*pass a larger --max-minutes, or --max-minutes 0 for no limit"):
         run(periodic_corpus, tmp_path, epochs=1, resume=True)
@@ -1849,7 +1862,7 @@ def test_init_from_starts_a_new_run_from_another_runs_weights_and_only_reads_it(
     # own (a fresh model is at chance, ln 8), and the run counts its own epochs
     assert summary["epoch"] == 1 and summary["best_val_loss"] < 0.5 * math.log(8)
     state = checkpoint.read_meta(summary["run_dir"], "best").state
-    assert state.started_from == dict(run=str(source.resolve()), kind="best", epoch=3,
+    assert state.started_from == dict(run=str(source.resolve()), kind="best", epoch=3, step_in_epoch=0,
                                       corpus=str(trained_run["corpus"].resolve()))
     assert f"started from   {source.resolve()} (its best checkpoint, epoch 3, trained on " in \
         report.info_text(summary["run_dir"])

@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from textgen.checkpoint import DamagedCheckpoint
+from textgen.checkpoint import DamagedCheckpoint, saved_epoch_text
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, DEFAULT_MAX_REPEAT, SAMPLE_FIELDS, SAMPLE_FLAGS, ModelConfig,
                             SampleConfig, TrainConfig, command_line_options, rules, sample_config_of,
                             split_training_options, temperature_values)
@@ -140,7 +140,7 @@ class TextModel:
 
     def __repr__(self) -> str:
         return (f"TextModel({self.info['run']!r}: {self.config.layers_text()}, "
-                f"{len(self.vocab)} characters, epoch {self.info['epochs']})")
+                f"{len(self.vocab)} characters, {saved_epoch_text(self.info['epochs'], self.info['step_in_epoch'])})")
 
     @_sampling_errors_as_keywords
     def generate(self, prime: str = "", length: int = 500, temperature: float = 0.5, top_k: Optional[int] = None,
@@ -319,11 +319,11 @@ def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]
     budget), val_bpc (the best checkpoint's, None before its first validation), best_epoch (the epoch of val_bpc),
     seconds (of training, across resumes), saved_at (ISO 8601), model and options (the shape, ModelConfig's fields,
     and the training options, TrainConfig's, the run trained with: what ``size="auto"`` chose too), started_from
-    (a run fine-tuned with ``init_from``: a dict of the run, kind, epoch and corpus it started from; else None) and
-    training (the pid of a training writing the run now, or None). A run that cannot be read has ``problem`` ("damaged",
-    "written by a newer textgen", "not readable by you", or "no checkpoint yet" for a training's first epoch, listed
-    first; :func:`load` says more) and None for the rest. A directory that does not exist holds no runs: an empty
-    list.
+    (a run fine-tuned with ``init_from``: a dict of the run, kind, epoch, step_in_epoch and corpus it started from;
+    else None) and training (the pid of a training writing the run now, or None). A run that cannot be read has
+    ``problem`` ("damaged", "written by a newer textgen", "not readable by you", or "no checkpoint yet" for a
+    training's first epoch, listed first; :func:`load` says more) and None for the rest. A directory that does not
+    exist holds no runs: an empty list.
 
     Example:
         >>> [run["name"] for run in textgen.list_runs()]  # doctest: +SKIP

@@ -84,7 +84,7 @@ class RunState:
     train_loss: Optional[float] = None  # mean training loss of the epoch at this checkpoint
     val_loss: Optional[float] = None  # validation loss at this checkpoint (None mid-epoch)
     started_from: Optional[dict] = None  # --init-from: the run whose weights this one started from (run, kind, epoch,
-    # corpus)
+    # step_in_epoch, corpus: its checkpoint's epochs done and steps into the next; runs of before step_in_epoch lack it)
 
     @property
     def epoch_mean_loss(self) -> float:
@@ -206,9 +206,13 @@ def _check_state(values: dict) -> None:
     if not isinstance(values.get("saved_at", ""), str):
         raise ValueError(f"its saved_at is {values['saved_at']!r}, not a time")
     started = values.get("started_from")
+
+    def count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
     if not (started is None or isinstance(started, dict) and isinstance(started.get("run"), str)
-            and isinstance(started.get("epoch"), int) and isinstance(started.get("corpus"), str)
-            and isinstance(started.get("kind", "best"), str) and isinstance(started.get("step_in_epoch", 0), int)):
+            and count(started.get("epoch")) and isinstance(started.get("corpus"), str)
+            and isinstance(started.get("kind", "best"), str) and count(started.get("step_in_epoch", 0))):
         raise ValueError(f"its started_from is {started!r}, not the run it started from")
 
 

@@ -189,7 +189,7 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
         (building / "vocab.tsv").unlink(missing_ok=True)  # the SavedModel holds its own copy in its assets
         (building / "vocab.json").write_text(json.dumps(dict(
             chars=list(meta.vocab.chars), unicode_form=meta.vocab.unicode_form, run=Path(run_dir).name,
-            epoch=meta.state.epoch,
+            epoch=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
             val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
             ensure_ascii=False, indent=1), encoding="utf-8")
         _fill_directory(building, target) if fills else _replace_directory(building, target, output, overwrite)

@@ -313,9 +313,9 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
     its "0" epochs), planned_epochs (None: until its time budget), val_bpc, best_epoch (the epoch val_bpc was
     measured after), seconds (of training, all resumes included), saved_at, model and options (the shape and the
     training options the run trained with, as dicts: what --size auto chose too), started_from (for a run
-    fine-tuned by --init-from: the run, kind, epoch and corpus it started from; else None) and training (the pid of
-    the training writing the run now, or None); for a run that cannot be read, "problem" ("damaged", "written by a newer
-    textgen", "not readable by you" or "no checkpoint yet") and None for the rest."""
+    fine-tuned by --init-from: the run, kind, epoch, step_in_epoch and corpus it started from; else None) and training
+    (the pid of the training writing the run now, or None); for a run that cannot be read, "problem" ("damaged",
+    "written by a newer textgen", "not readable by you" or "no checkpoint yet") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,

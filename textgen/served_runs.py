@@ -311,7 +311,7 @@ class Runs:
             fresh.batcher.retire()
             return current
         state = fresh.generator.meta.state
-        logger.info(f"run {served.name!r}: serving its new checkpoint (epoch {state.epoch}"
+        logger.info(f"run {served.name!r}: serving its new checkpoint ({state.checkpoint_epoch()}"
                     + ("" if state.val_loss is None else f", validation {bpc(state.val_loss):.4f} bpc") + ")")
         return fresh
 

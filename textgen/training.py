@@ -676,8 +676,9 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
             best = None
         if best is None:
             raise
-        raise TextgenError(f"cannot resume: {damaged.problem}; the run's best checkpoint (epoch {best.state.epoch}) "
-                           "is intact: sample from it, or train a new run with --run NAME") from None
+        raise TextgenError(f"cannot resume: {damaged.problem}; the run's best checkpoint "
+                           f"({best.state.checkpoint_epoch()}) is intact: sample from it, or train a new run with "
+                           "--run NAME") from None
 
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
@@ -713,9 +714,7 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     if source is not None:
         source_model, source_meta, data, model_options = _started_from(source, data, model_options, log)
         started = dict(run=str(source.resolve()), kind=source_meta.kind, epoch=source_meta.state.epoch,
-                       corpus=source_meta.corpus["path"])
-        if source_meta.state.step_in_epoch:  # saved mid-epoch: the steps into the next one, as info says it
-            started["step_in_epoch"] = source_meta.state.step_in_epoch
+                       step_in_epoch=source_meta.state.step_in_epoch, corpus=source_meta.corpus["path"])
     sizing_reason, sized_batch = None, False
     if meta is None:
         if train_options.get("max_minutes") and "epochs" not in train_options:  # the minutes are the run's length
