@@ -11,7 +11,7 @@ import pytest
 
 from conftest import write_text
 from textgen import corpus as corpus_module
-from textgen.corpus import MIXED, load_corpus, read_text, scan
+from textgen.corpus import CACHE_FILES, MIXED, load_corpus, read_text, scan
 from textgen.errors import TextgenError
 
 
@@ -362,6 +362,35 @@ def test_a_disk_too_full_for_the_cache_is_one_error_and_leaves_no_file(tmp_path,
     with pytest.raises(TextgenError, match=f"^{re.escape(message)}$"):
         load_corpus(path, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_cache_that_memory_cannot_map_is_told_as_memory_not_disk_and_not_rebuilt(tmp_path, monkeypatch):
+    """Under ulimit -v a whole cache whose map failed (ENOMEM) was taken for a damaged one and encoded again, and the
+    new map failing too said "free some space" on the disk."""
+    import textgen.quiet_import
+
+    path = write_text(tmp_path / "c.txt", "hello world\n" * 100)
+    load_corpus(path, tmp_path / "cache")
+    cache = tmp_path / "cache" / CACHE_FILES[0]
+    before = cache.stat().st_mtime_ns
+    real_load = np.load
+
+    def no_memory(*args, **kwargs):
+        if kwargs.get("mmap_mode"):
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", no_memory)
+    monkeypatch.setattr(textgen.quiet_import, "address_space_limit", lambda: 2 * 1024**3)
+    told = (f"not enough memory to map the corpus's cache ({cache}, 0 MB); this process may use 2.0 GB of address "
+            "space (ulimit -v 2097152): raise the limit, or train on a smaller text")
+    with pytest.raises(TextgenError, match=f"^{re.escape(told)}$"):
+        load_corpus(path, tmp_path / "cache")
+    assert cache.stat().st_mtime_ns == before  # not encoded again
+    monkeypatch.setattr(np.lib.format, "open_memmap", lambda *args, **kwargs: no_memory(mmap_mode="w+"))
+    with pytest.raises(TextgenError, match=r"^not enough memory to map the corpus's cache \(.*, 0 MB\); this process"):
+        load_corpus(path, tmp_path / "new")
+    assert [entry.name for entry in (tmp_path / "new").iterdir()] == []
 
 
 def test_a_text_read_whole_is_refused_past_its_limit_as_soon_as_it_is_read(tmp_path, monkeypatch):

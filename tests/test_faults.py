@@ -186,3 +186,43 @@ def test_a_hangup_saves_a_resumable_checkpoint_unless_nohup_ignores_it(tmp_path)
     finally:
         ignoring.kill()
     assert ignoring.returncode == 143 and "signal SIGTERM: finishing this step" in said and "SIGHUP" not in said
+
+
+def limited_address_space(limit_bytes: int):
+    """A preexec_fn giving the child process ``ulimit -v`` of limit_bytes (an HPC login node's setting)."""
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, resource.RLIM_INFINITY))
+
+
+def test_an_address_space_too_small_for_tensorflow_is_told_in_one_line(tmp_path):
+    """Under ulimit -v 1.5 GB the import failed with an 80-line traceback, or a thread TensorFlow could not start
+    aborted the process (exit 134) or segfaulted it (139); now one line before TensorFlow loads, and nothing made."""
+    corpus = write_text(tmp_path / "corpus.txt", PERIOD * REPEATS)
+    told = "this process may use only 1.5 GB of address space (ulimit -v 1536000), and TensorFlow needs at least 2 GB"
+    refused = subprocess.run(train_command(corpus, tmp_path / "ck", "--epochs", "1"), capture_output=True, text=True,
+                             timeout=120, preexec_fn=limited_address_space(1500 * 1024**2))
+    assert refused.returncode == 1 and refused.stderr.startswith(f"error: {told}"), refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "ck").exists()
+    called = subprocess.run([sys.executable, "-c", "import textgen; textgen.train('corpus.txt', checkpoint_dir='ck')"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            preexec_fn=limited_address_space(1500 * 1024**2))
+    assert called.stderr.strip().splitlines()[-1].startswith(f"textgen.errors.TextgenError: {told}"), called.stderr
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_a_training_fits_a_limit_that_only_two_malloc_arenas_leave_room_in(tmp_path):
+    """glibc's malloc arenas (64 MB of address space for each thread that found the others busy) took ~2.7 GB of a
+    2-core machine's address space: a tiny training aborted under ulimit -v 2.3 GB. With two arenas it trains. A
+    machine with more cores starts more threads (a stack of 8 MB each), so the limit here grows with them."""
+    import os
+
+    corpus = write_text(tmp_path / "corpus.txt", PERIOD * REPEATS)
+    limit = (2300 + 64 * max(0, (os.cpu_count() or 2) - 2)) * 1024**2
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    result = subprocess.run(train_command(corpus, tmp_path / "ck", "--epochs", "1"), capture_output=True, text=True,
+                            timeout=600, env=env, preexec_fn=limited_address_space(limit))
+    assert result.returncode == 0 and "stopped: 1 epoch done" in result.stderr, result.stderr[-2000:]
+    assert checkpoint.read_meta(tmp_path / "ck" / "r", "best").state.epoch == 1

@@ -576,9 +576,24 @@ def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -
         whole = ids.ndim == 1 and len(ids) == meta["length"] and ids.dtype == vocab.id_dtype
         if whole and len(ids) and int(ids.max()) < len(vocab):
             return Corpus(path, ids, vocab, stamp)
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):
+    except OSError as error:
+        if error.errno == errno.ENOMEM:  # the cache is whole: a rebuild would fail the same way, and take minutes
+            raise no_memory_to_map(cache_ids, cache_ids.stat().st_size) from None
+    except (ValueError, KeyError, TypeError, OverflowError):
         pass
     return None
+
+
+def no_memory_to_map(cache_ids: Path, size: int) -> TextgenError:
+    """The error for a corpus cache of size bytes that could not be memory-mapped (ENOMEM): a process's address
+    space limit (ulimit -v), which a disk's advice would not help."""
+    from textgen.quiet_import import address_space_limit
+
+    limit = address_space_limit()
+    where = (f"this process may use {limit / 1024**3:.1f} GB of address space (ulimit -v {limit // 1024}): raise the "
+             "limit" if limit is not None else "free some memory")
+    return TextgenError(f"not enough memory to map the corpus's cache ({cache_ids}, {size / 1e6:,.0f} MB); {where}, "
+                        "or train on a smaller text")
 
 
 def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, int], None]] = None,
@@ -619,6 +634,8 @@ def load_corpus(path: Path, cache_dir: Path, progress: Optional[Callable[[int, i
     except OSError as error:
         if error.filename == str(path):  # the corpus itself could not be read
             raise
+        if error.errno == errno.ENOMEM:
+            raise no_memory_to_map(cache_ids, count * np.dtype(vocab.id_dtype).itemsize) from None
         reason = "the disk is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
         raise TextgenError(f"could not write the corpus's cache in {cache_dir} ({reason}); free some space, or "
                            "choose another --checkpoint-dir") from None
