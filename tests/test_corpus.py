@@ -367,7 +367,7 @@ def test_a_disk_too_full_for_the_cache_is_one_error_and_leaves_no_file(tmp_path,
 def test_a_cache_that_memory_cannot_map_is_told_as_memory_not_disk_and_not_rebuilt(tmp_path, monkeypatch):
     """Under ulimit -v a whole cache whose map failed (ENOMEM) was taken for a damaged one and encoded again, and the
     new map failing too said "free some space" on the disk."""
-    import textgen.quiet_import
+    import textgen.address_space
 
     path = write_text(tmp_path / "c.txt", "hello world\n" * 100)
     load_corpus(path, tmp_path / "cache")
@@ -381,8 +381,8 @@ def test_a_cache_that_memory_cannot_map_is_told_as_memory_not_disk_and_not_rebui
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(np, "load", no_memory)
-    monkeypatch.setattr(textgen.quiet_import, "address_space_limit", lambda: 2 * 1024**3)
-    told = (f"not enough memory to map the corpus's cache ({cache}, 0 MB); this process may use 2.0 GB of address "
+    monkeypatch.setattr(textgen.address_space, "address_space_limit", lambda: 2 * 1024**3)
+    told = (f"not enough memory to map the corpus's cache ({cache}, 0 MB); this process may use 2.0 GiB of address "
             "space (ulimit -v 2097152): raise the limit, or train on a smaller text")
     with pytest.raises(TextgenError, match=f"^{re.escape(told)}$"):
         load_corpus(path, tmp_path / "cache")

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import random
 import signal
 import subprocess
@@ -199,7 +200,11 @@ def test_an_address_space_too_small_for_tensorflow_is_told_in_one_line(tmp_path)
     """Under ulimit -v 1.5 GB the import failed with an 80-line traceback, or a thread TensorFlow could not start
     aborted the process (exit 134) or segfaulted it (139); now one line before TensorFlow loads, and nothing made."""
     corpus = write_text(tmp_path / "corpus.txt", PERIOD * REPEATS)
-    told = "this process may use only 1.5 GB of address space (ulimit -v 1536000), and TensorFlow needs at least 2 GB"
+    from textgen.address_space import cores, needed_address_space
+
+    needed = math.ceil(needed_address_space(cores()) / 1024**3 * 10) / 10
+    told = (f"this process may use only 1.4 GiB of address space (ulimit -v 1536000), and TensorFlow needs at least "
+            f"{needed:.1f} GiB of it on this machine's {cores()} cores")
     refused = subprocess.run(train_command(corpus, tmp_path / "ck", "--epochs", "1"), capture_output=True, text=True,
                              timeout=120, preexec_fn=limited_address_space(1500 * 1024**2))
     assert refused.returncode == 1 and refused.stderr.startswith(f"error: {told}"), refused.stderr
@@ -216,11 +221,13 @@ def test_an_address_space_too_small_for_tensorflow_is_told_in_one_line(tmp_path)
 def test_a_training_fits_a_limit_that_only_two_malloc_arenas_leave_room_in(tmp_path):
     """glibc's malloc arenas (64 MB of address space for each thread that found the others busy) took ~2.7 GB of a
     2-core machine's address space: a tiny training aborted under ulimit -v 2.3 GB. With two arenas it trains. A
-    machine with more cores starts more threads (a stack of 8 MB each), so the limit here grows with them."""
+    machine with more cores starts more threads, so the limit here grows with them (address_space.NEEDED_PER_CORE)."""
     import os
 
+    from textgen.address_space import cores, needed_address_space
+
     corpus = write_text(tmp_path / "corpus.txt", PERIOD * REPEATS)
-    limit = (2300 + 64 * max(0, (os.cpu_count() or 2) - 2)) * 1024**2
+    limit = needed_address_space(cores()) + 300 * 1024**2
     env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
     result = subprocess.run(train_command(corpus, tmp_path / "ck", "--epochs", "1"), capture_output=True, text=True,
                             timeout=600, env=env, preexec_fn=limited_address_space(limit))

@@ -17,6 +17,10 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # Keras picks its backend at import; under JAX a stateful layer silently drops its state in training.
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
+from textgen.address_space import reserve_less  # noqa: E402  (light: the standard library only)
+
+reserve_less()  # under ulimit -v, before NumPy and TensorFlow start their threads
+
 
 from textgen.errors import MissingFile, OptionError, TextgenError  # noqa: E402  (light: no TensorFlow)
 
