@@ -433,7 +433,10 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     keras.utils.set_random_seed(9)
     keras_draws = [keras.random.uniform((3,)).numpy().tolist() for _ in range(2)]
     keras.utils.set_random_seed(9)
-    assert keras.random.uniform((3,)).numpy().tolist() == keras_draws[0]
+    # Keras before 3.13 (the newest Python 3.10 gets is 3.12) does not start keras.random again from a seed: there
+    # the sequence has nothing of the caller's to keep, and its check below is left out
+    keras_reseeds = keras.random.uniform((3,)).numpy().tolist() == keras_draws[0]
+    assert keras_reseeds or tuple(map(int, keras.__version__.split(".")[:2])) < (3, 13), keras.__version__
     tf.random.set_seed(17)
     tensorflow_draws = [float(tf.random.uniform(())) for _ in range(4)]
     random.seed(3), np.random.seed(3), tf.random.set_seed(17)
@@ -451,7 +454,8 @@ def test_train_returns_the_loaded_run_and_refuses_unknown_options(tmp_path, peri
     assert context.global_seed() == 17
     # TensorFlow's draws go on where they were (they started again: a notebook's seeded sequence repeated itself)
     assert [float(tf.random.uniform(())) for _ in range(3)] == tensorflow_draws[1:]
-    assert keras.random.uniform((3,)).numpy().tolist() == keras_draws[1]  # Keras's sequence goes on, not from 1234's
+    if keras_reseeds:  # Keras's sequence goes on, not from 1234's
+        assert keras.random.uniform((3,)).numpy().tolist() == keras_draws[1]
     random.seed(4)
     textgen.load(trained.run_dir)
     assert random.random() == random.Random(4).random()

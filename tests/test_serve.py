@@ -589,11 +589,19 @@ def test_the_prime_and_score_limits_are_the_servers_options(trained_run, monkeyp
         assert refused.exit_code == 2 and f"Invalid value for '{option}'" in refused.output
 
 
+def json_error(raw: bytes) -> str:
+    """How this Python's json module names what is wrong with raw (3.13 words a trailing comma otherwise)."""
+    try:
+        json.loads(raw)
+    except json.JSONDecodeError as error:
+        return f"{error.msg} at character {error.pos}"
+    raise AssertionError(f"{raw!r} is valid JSON")
+
+
 @pytest.mark.parametrize("path, raw, message", [
-    ("/v1/generate", b"{not json", 'the body is not valid JSON (Expecting property name enclosed in double quotes at '
-                                   'character 1); send for instance {"prime": "The ", "length": 100}'),
-    ("/v1/generate", b'{"length": 5,}', "the body is not valid JSON (Expecting property name enclosed in double "
-                                        "quotes at character 13)"),
+    ("/v1/generate", b"{not json", f"the body is not valid JSON ({json_error(b'{not json')}); send for instance "
+                                   '{"prime": "The ", "length": 100}'),
+    ("/v1/generate", b'{"length": 5,}', "the body is not valid JSON (" + json_error(b'{"length": 5,}') + ")"),
     ("/v1/generate", b"[]", 'the body must be a JSON object; send for instance {"prime": "The ", "length": 100}'),
     ("/v1/score", b"", 'the body must be a JSON object; send for instance {"text": "The end."}'),
     ("/v1/generate", b'{"length": "ten"}', "length: Input should be a valid integer"),
