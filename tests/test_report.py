@@ -131,7 +131,9 @@ def test_runs_shows_the_runs_a_training_is_writing_now_those_without_a_checkpoin
         listed = textgen.list_runs(tmp_path / "ck")
     assert listing.exit_code == 0, listing.output
     rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:]}
-    assert sorted(rows) == ["done", "going", "started"]
+    assert sorted(rows) == ["done", "going", "killed", "started"]
+    assert "no checkpoint: a training ended before its first save (train it again, or delete the folder)" in \
+        rows["killed"]
     assert listing.stdout.splitlines()[1].split()[:6] == ["started", "no", "checkpoint", "yet,", "training", "now"]
     assert f"no checkpoint yet, training now (pid {os.getpid()})" in rows["started"]
     assert rows["started"].split()[-4:] == ["-"] * 4
@@ -141,10 +143,12 @@ def test_runs_shows_the_runs_a_training_is_writing_now_those_without_a_checkpoin
     assert (by_name["started"]["training"], by_name["started"]["problem"]) == (os.getpid(), "no checkpoint yet")
     assert (by_name["going"]["training"], "problem" in by_name["going"]) == (os.getpid(), False)
     assert by_name["done"]["training"] is None and by_name["going"]["epochs"] == by_name["done"]["epochs"] == 3
-    # Once the trainings end, the listing is as before: a folder without a checkpoint is no run
+    # Once the trainings end, a folder a training left without a checkpoint is told as such (its corpus cache may
+    # be hundreds of MB: nothing showed it)
     after = runner.invoke(cli, ["runs", "--checkpoint-dir", str(tmp_path / "ck")])
-    assert sorted(line.split()[0] for line in after.stdout.splitlines()[1:]) == ["done", "going"]
-    assert "training" not in after.stdout
+    rows = {line.split()[0]: line for line in after.stdout.splitlines()[1:]}
+    assert sorted(rows) == ["done", "going", "killed", "started"] and "training now" not in after.stdout
+    assert "a training ended before its first save" in rows["started"]
 
 
 def test_info_lists_a_large_vocabulary_in_full_when_asked(trained_run, tmp_path):

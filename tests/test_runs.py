@@ -237,6 +237,17 @@ def test_a_run_folder_without_a_checkpoint_says_whether_a_training_is_running_it
                                                rf"corpus.json\): an unfinished or damaged run; train it again with: "
                                                rf"textgen train CORPUS --checkpoint-dir {tmp_path / 'ck'} --run c$"):
             find_run(checkpoint_dir, run)
+    # Listed, where nothing showed it (a 200 MB text's cache is 192 MB); a folder that holds nothing of a run is not
+    from textgen.report import run_rows, runs_table
+    from textgen.runs import all_runs
+
+    (tmp_path / "ck" / "notes").mkdir()
+    (tmp_path / "ck" / "notes" / "todo.txt").write_text("not a run")
+    assert all_runs(tmp_path / "ck") == [run_dir]
+    ended = "no checkpoint: a training ended before its first save"
+    [row] = run_rows([run_dir])
+    assert row["problem"] == f"{ended} (train it again, or delete the folder)"
+    assert runs_table([run_dir]).splitlines()[1].startswith(f"c    {ended}")
     hidden = tmp_path / "ck" / ".c"  # no run name: as --checkpoint-dir, the advice would train a run inside it
     run_dir.rename(hidden)
     with pytest.raises(TextgenError, match=r"train it again under a run name \(its folder's, '.c', is not one\): "

@@ -321,8 +321,9 @@ def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]
     and the training options, TrainConfig's, the run trained with: what ``size="auto"`` chose too), started_from
     (a run fine-tuned with ``init_from``: a dict of the run, kind, epoch, step_in_epoch and corpus it started from;
     else None) and training (the pid of a training writing the run now, or None). A run that cannot be read has
-    ``problem`` ("damaged", "written by a newer textgen", "not readable by you", or "no checkpoint yet" for a
-    training's first epoch, listed first; :func:`load` says more) and None for the rest. A directory that does not
+    ``problem`` ("damaged", "written by a newer textgen", "not readable by you", "no checkpoint yet" for a
+    training's first epoch, listed first, or "no checkpoint: a training ended before its first save (...)" for a
+    folder one left; :func:`load` says more) and None for the rest. A directory that does not
     exist holds no runs: an empty list.
 
     Example:

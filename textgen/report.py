@@ -16,7 +16,7 @@ from textgen.config import epoch_text
 from textgen.files import atomic_write, atomic_write_text
 from textgen.evaluation import bpc
 from textgen.errors import TextgenError, counted, minutes_text
-from textgen.runs import run_options
+from textgen.runs import ended_before_its_first_save, run_options
 
 logger = logging.getLogger("textgen")
 HISTORY_FIELDS = ["epoch", "step", "chars_seen", "train_loss", "train_bpc", "val_loss", "val_bpc",
@@ -315,7 +315,8 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
     training options the run trained with, as dicts: what --size auto chose too), started_from (for a run
     fine-tuned by --init-from: the run, kind, epoch, step_in_epoch and corpus it started from; else None) and training
     (the pid of the training writing the run now, or None); for a run that cannot be read, "problem" ("damaged",
-    "written by a newer textgen", "not readable by you" or "no checkpoint yet") and None for the rest."""
+    "written by a newer textgen", "not readable by you", "no checkpoint yet" or "no checkpoint: a training ended
+    before its first save (...)") and None for the rest."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,
@@ -323,6 +324,10 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
                    model=None, options=None, training=_training(run_dir))
         if row["training"] is not None and not has_checkpoint(run_dir, unreadable=True):
             rows.append(dict(row, problem="no checkpoint yet"))
+            continue
+        if ended_before_its_first_save(run_dir):
+            rows.append(dict(row, problem="no checkpoint: a training ended before its first save (train it again, "
+                                          "or delete the folder)"))
             continue
         try:
             run = read_run_meta(run_dir)

@@ -15,6 +15,7 @@ from typing import Optional
 from textgen.checkpoint import (KINDS, LOCK_FILE, NOT_YOURS, NotReadable, has_checkpoint, is_run_file, meta_path,
                                 read_meta, training_pid)
 from textgen.config import CHECKPOINT_DIR_VARIABLE, DEFAULT_CHECKPOINT_DIR
+from textgen.corpus import CACHE_FILES
 from textgen.errors import OptionError, TextgenError
 from textgen.files import check_path_length, written_path
 
@@ -166,7 +167,8 @@ def all_runs(checkpoint_dir: Path) -> list[Path]:
     """What `textgen runs` lists: the runs a training is writing that have no checkpoint yet, the runs with a
     checkpoint, the most recently saved first, then those whose checkpoint files are left without metadata."""
     return list(dict.fromkeys(runs_before_their_first_save(checkpoint_dir) + list_runs(checkpoint_dir)
-                              + runs_without_metadata(checkpoint_dir)))  # (a first save between two looks)
+                              + runs_without_metadata(checkpoint_dir)  # (a first save between two looks)
+                              + runs_ended_before_their_first_save(checkpoint_dir)))
 
 
 def list_runs(checkpoint_dir: Path) -> list[Path]:
@@ -187,6 +189,20 @@ def runs_before_their_first_save(checkpoint_dir: Path) -> list[Path]:
         return []
     return sorted(path for path in checkpoint_dir.iterdir()
                   if path.is_dir() and not has_checkpoint(path, unreadable=True) and training_pid(path) is not None)
+
+
+def ended_before_its_first_save(path: Path) -> bool:
+    """Whether path is a run's folder that a training left before its first checkpoint and none holds now (killed
+    outright, or the machine went down): only its corpus cache or lock, which may be hundreds of MB."""
+    return (path.is_dir() and not has_checkpoint(path, unreadable=True) and training_pid(path) is None
+            and not _left_without_metadata(path) and any((path / name).exists() for name in (LOCK_FILE, *CACHE_FILES)))
+
+
+def runs_ended_before_their_first_save(checkpoint_dir: Path) -> list[Path]:
+    """The run folders under checkpoint_dir that :func:`ended_before_its_first_save` (nothing listed them)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(path for path in checkpoint_dir.iterdir() if ended_before_its_first_save(path))
 
 
 def runs_without_metadata(checkpoint_dir: Path) -> list[Path]:
