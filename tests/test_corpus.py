@@ -382,8 +382,8 @@ def test_a_cache_that_memory_cannot_map_is_told_as_memory_not_disk_and_not_rebui
 
     monkeypatch.setattr(np, "load", no_memory)
     monkeypatch.setattr(textgen.address_space, "address_space_limit", lambda: 2 * 1024**3)
-    told = (f"not enough memory to map the corpus's cache ({cache}, 0 MB); this process may use 2.0 GiB of address "
-            "space (ulimit -v 2097152): raise the limit, or train on a smaller text")
+    told = (f"not enough memory to map the corpus's cache ({cache}, 0 MB); this process may use only 2.0 GiB of "
+            "address space (ulimit -v 2097152): raise the limit, or train on a smaller text")
     with pytest.raises(TextgenError, match=f"^{re.escape(told)}$"):
         load_corpus(path, tmp_path / "cache")
     assert cache.stat().st_mtime_ns == before  # not encoded again

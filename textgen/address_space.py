@@ -64,15 +64,21 @@ def reserve_less() -> None:
         pass
 
 
+def limit_text(limit: int) -> str:
+    """"this process may use only 1.4 GiB of address space (ulimit -v 1500000)": a limit in bytes as the user set it
+    (ulimit -v counts KiB), rounded down so that it never reads as much as what it falls short of."""
+    return f"this process may use only {math.floor(limit / 1024**3 * 10) / 10:.1f} GiB of address space (ulimit -v " \
+           f"{limit // 1024})"
+
+
 def check_address_space() -> None:
     """Refuse, in one line, a limit below what TensorFlow needs to run on this machine's cores."""
     from textgen.errors import TextgenError
 
-    limit = address_space_limit()
-    needed = needed_address_space(cores())
+    limit, core_count = address_space_limit(), cores()
+    needed = needed_address_space(core_count)
     if limit is not None and limit < needed:
         raise TextgenError(
-            f"this process may use only {math.floor(limit / 1024**3 * 10) / 10:.1f} GiB of address space (ulimit -v "
-            f"{limit // 1024}), and TensorFlow needs at least {math.ceil(needed / 1024**3 * 10) / 10:.1f} GiB of it "
-            f"on this machine's {cores()} cores: raise the limit (ulimit -v {2 * needed // 1024}, or ulimit -v "
+            f"{limit_text(limit)}, and TensorFlow needs at least {math.ceil(needed / 1024**3 * 10) / 10:.1f} GiB of "
+            f"it on this machine's {core_count} cores: raise the limit (ulimit -v {2 * needed // 1024}, or ulimit -v "
             "unlimited) or ask the machine's administrator for a node without it")

@@ -587,11 +587,10 @@ def _cached_corpus(path: Path, cache_ids: Path, cache_meta: Path, stamp: dict) -
 def no_memory_to_map(cache_ids: Path, size: int) -> TextgenError:
     """The error for a corpus cache of size bytes that could not be memory-mapped (ENOMEM): a process's address
     space limit (ulimit -v), which a disk's advice would not help."""
-    from textgen.address_space import address_space_limit
+    from textgen.address_space import address_space_limit, limit_text
 
     limit = address_space_limit()
-    where = (f"this process may use {limit / 1024**3:.1f} GiB of address space (ulimit -v {limit // 1024}): raise the "
-             "limit" if limit is not None else "free some memory")
+    where = f"{limit_text(limit)}: raise the limit" if limit is not None else "free some memory"
     return TextgenError(f"not enough memory to map the corpus's cache ({cache_ids}, {size / 1e6:,.0f} MB); {where}, "
                         "or train on a smaller text")
 
