@@ -1407,9 +1407,13 @@ def test_a_run_that_trains_on_is_served_from_its_new_checkpoint(trained_run, tmp
     with serving(create_app(served.parent, "period")) as base:
         before = json.loads(call(base, "/v1/generate", request)[1])["samples"][0]["text"]
         save({kind: (newer / "period" / f"{kind}.json").read_text() for kind in ("last", "best")})
-        [model] = json.loads(call(base, "/v1/models")[1])["models"]
-        assert model["epochs"] == 1
-        after = json.loads(call(base, "/v1/generate", request)[1])["samples"][0]["text"]
+        with caplog.at_level(logging.INFO, logger="textgen"):
+            [model] = json.loads(call(base, "/v1/models")[1])["models"]
+            assert model["epochs"] == 1
+            after = json.loads(call(base, "/v1/generate", request)[1])["samples"][0]["text"]
+        val_loss = json.loads((newer / "period" / "best.json").read_text())["val_loss"]
+        assert f"run 'period': serving its new checkpoint (epoch 1, validation {bpc(val_loss):.4f} bpc)" in caplog.text
+        caplog.clear()
         [expected] = generate(newer, "period", prime="ab", length=80, temperatures=[1.5], seed=3)
         assert after == expected.text != before
         # a new checkpoint that cannot be loaded: the model loaded before goes on serving, with a warning
