@@ -78,7 +78,11 @@ def test_the_unicode_form_a_vocabulary_shows():
 @pytest.mark.parametrize("corpus, text, expected", [
     ("cafe\u0301 senor", "se\u00f1or", "sen\u0303or"),  # decomposed corpus: only the tilde is unknown
     ("caf\u00e9 senor", "sen\u0303or", "sen\u0303or"),  # precomposed corpus: NFC would make the n unknown
-    ("e\u00e9\uf900", "e\u0301\uf900", "e\u0301\uf900"),  # NFC would replace the known 豈 by an unknown one
+    ("e\u00e9\uf900", "e\u0301\uf900", "\u00e9\uf900"),  # the accent joins its e; NFC would replace the known 豈
+    ("e\u00e9\uf900", "e\u0301\u2126\uf900", "\u00e9\u2126\uf900"),  # by an unknown one, NFC and NFD the Ω too
+    # José precomposed and naïve decomposed, as the corpus writes them (the whole prime in NFD decomposed José too)
+    ("Jos\u00e9: nai\u0308ve", "Jos\u00e9: na\u00efve", "Jos\u00e9: nai\u0308ve"),
+    ("cafe\u0301 caf\u00e9", "cafe\u0301 cafe\u0301 caf\u00e9 q\u0303", "cafe\u0301 cafe\u0301 caf\u00e9 q\u0303"),
     ("\u2126 ohm", "\u2126 oh\u0301m", "\u2126 oh\u0301m"),  # the ohm sign is known; NFC or NFD would lose it
     ("cafe\u0301", "caf\u00e9", "cafe\u0301"),
 ])

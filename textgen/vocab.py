@@ -66,6 +66,10 @@ def composition_seconds() -> frozenset:
 
 # Typographic quotes and dashes, which NFKC keeps, as typed on a keyboard: a corpus of curly quotes and a prime of
 # straight ones ("Don't" for "Don’t")
+# A text with more characters outside the vocabulary than this (one in another script) is converted as a whole,
+# not sequence by sequence, which costs ~20 us per sequence in Python
+MOST_SEQUENCES_CONVERTED = 10_000
+
 _TYPED_FORM = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
                              "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
                              "\u2013": "-", "\u2014": "-"})
@@ -140,10 +144,12 @@ class Vocabulary:
         return set(unicodedata.normalize("NFD", self.chars))
 
     def in_known_form(self, text: str) -> str:
-        """text, or its NFC or NFD form if that leaves fewer characters outside the vocabulary, or as few and more
-        inside it: an accented letter typed precomposed (é) where the corpus has e + accent, or the other way round.
-        On a decomposed corpus without ñ, señor becomes sen + tilde + or, so that only the tilde is unknown; a
-        character both forms would replace by an unknown one (the ohm sign Ω) is kept as it is."""
+        """text with each sequence that holds a character outside the vocabulary (a letter and the marks after it) in
+        its NFC or NFD form where that leaves fewer characters unknown, or as few and more known: an accented letter
+        typed precomposed (é) where the corpus has e + accent, or the other way round. On a decomposed corpus without
+        ñ, señor becomes sen + tilde + or, so that only the tilde is unknown; a character both forms would replace by
+        an unknown one (the ohm sign Ω) is kept as it is. The other sequences stay as typed: a corpus that writes José
+        precomposed and naïve decomposed reads both so (a whole prime converted at once decomposed José too)."""
         return self._known_form(text)[0]
 
     def encode_in_known_form(self, text: str) -> tuple[str, np.ndarray, int]:
@@ -151,25 +157,47 @@ class Vocabulary:
         return self._known_form(text)
 
     def _known_form(self, text: str) -> tuple[str, np.ndarray, int]:
-        def rank(candidate):  # fewer unknown characters, then more known ones; ties keep the text as it is
-            return candidate[2], -len(candidate[1])
+        unknown = np.flatnonzero(~self._lookup(text)[1])
+        if not len(unknown) or unicodedata.is_normalized("NFC", text) and unicodedata.is_normalized("NFD", text):
+            return text, *self.encode_known(text)  # (one emoji in ASCII text: nothing to convert)
+        if len(unknown) > MOST_SEQUENCES_CONVERTED:  # a text in another script: one form for all of it
+            pieces = [self._best_form(text)]
+        else:
+            pieces, end = [], 0
+            for index in unknown:
+                if index < end:  # in the sequence before
+                    continue
+                start = index
+                while start > end and not starts_alone(text[start]):
+                    start -= 1
+                pieces.append(text[end:start])
+                end = index + 1
+                while end < len(text) and not starts_alone(text[end]):
+                    end += 1
+                pieces.append(self._best_form(text[start:end]))
+            pieces.append(text[end:])
+        converted = "".join(pieces)
+        return converted, *self.encode_known(converted)
 
-        best = (text, *self.encode_known(text))
-        for form in ("NFC", "NFD") if best[2] else ():
-            converted = unicodedata.normalize(form, text)
-            if converted == text:  # already in that form: one emoji in ASCII text need not be encoded again
-                continue
-            if rank(candidate := (converted, *self.encode_known(converted))) < rank(best):
-                best = candidate
-        return best
+    def _best_form(self, text: str) -> str:
+        """text, or its NFC or NFD form if that leaves fewer characters unknown, then more known; ties keep text."""
+        def rank(candidate):
+            ids, dropped = self.encode_known(candidate)
+            return dropped, -len(ids)
+
+        return min([text, unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text)], key=rank)
+
+    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per character of text, its place in the vocabulary and whether the vocabulary has it."""
+        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self.code_points, code_points)
+        return ids, (ids < len(self)) & (self.code_points[np.minimum(ids, len(self) - 1)] == code_points)
 
     def encode_known(self, text: str) -> tuple[np.ndarray, int]:
         """Ids of the characters of text that are in the vocabulary, and how many others were dropped."""
-        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        ids = np.searchsorted(self.code_points, code_points)
-        known = (ids < len(self)) & (self.code_points[np.minimum(ids, len(self) - 1)] == code_points)
+        ids, known = self._lookup(text)
         kept = ids[known].astype(self.id_dtype)
-        return kept, len(code_points) - len(kept)
+        return kept, len(ids) - len(kept)
 
     def encode(self, text: str) -> np.ndarray:
         """Ids of text; every character must be in the vocabulary (check with unknown())."""
