@@ -295,6 +295,56 @@ def test_min_p_and_the_repeat_guard_reach_the_server(browser, server):  # noqa: 
     assert len(text) == 400 and set(text) <= set(PERIOD)
 
 
+def test_a_character_the_model_continues_across_the_primes_end_is_drawn_whole(browser, server):  # noqa: F811
+    """A prime ending in 👩 whose sample goes on with a zero-width joiner and 💻 showed 👩 and 💻 apart (and an
+    accent apart from its e): the prime's span and the generated text are drawn in two styles. The server's stream
+    is played to the page as it sends one, in pieces that split the character."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    browser.execute_script(r"""const send = window.fetch;
+        window.fetch = (url, options) => {
+          if (!String(url).endsWith("v1/generate")) return send(url, options);
+          const pieces = [{text: "a 👩", prime: true}, {text: "\u200d", sample: 0}, {text: "💻 cafe", sample: 0},
+                          {text: "\u0301", sample: 0}];
+          const body = pieces.map((piece) => `data: ${JSON.stringify(piece)}\n\n`).join("")
+            + 'event: done\ndata: {"warnings": []}\n\n';
+          return Promise.resolve(new Response(body, {headers: {"Content-Type": "text/event-stream"}}));
+        };""")
+    browser.find_element(By.ID, "generate").click()
+    wait_until(lambda: browser.find_element(By.ID, "status").text == "done")
+    prime, texts = browser.execute_script("const pre = document.querySelector('#samples pre');"
+                                          "return [pre.querySelector('.prime').textContent,"
+                                          "        [...pre.childNodes].slice(1).map((node) => node.textContent)]")
+    assert prime == "a 👩\u200d💻"  # the joiner and 💻 drawn in the prime's style, with its 👩
+    assert texts == [" cafe", "\u0301"]  # the accent is the text's, like its e: one style
+
+
+def test_the_repeat_guards_note_names_the_pages_field(browser, server, monkeypatch):  # noqa: F811
+    """The page showed the server's words for it, '("max_repeat": 2)', beside a field named Max repeat."""
+    import textgen.generate
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setattr(textgen.generate, "REPEATS_TOLD_FROM", 1)  # (the tiny model's runs are short)
+    browser.get(server + "/")
+    wait_until(lambda: "LSTM(32)" in browser.find_element(By.ID, "facts").text)
+    # A temperature beyond the slider's makes the tiny model repeat itself; the rest is sent as the page sends it.
+    browser.execute_script("""const send = window.fetch;
+        window.fetch = (url, options) => send(url, options && options.body ?
+          {...options, body: JSON.stringify({...JSON.parse(options.body), temperature: 100})} : options);""")
+    for field, value in (("prime", "a"), ("length", "200"), ("seed", "3"), ("max-repeat", "2")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "generate").click()
+    status = wait_until(lambda: browser.find_element(By.ID, "status").text.startswith("done")
+                        and browser.find_element(By.ID, "status").text)
+    assert status.startswith("done · the repeat guard (“Max repeat” 2) ended ") and status.endswith(
+        "needs a larger “Max repeat”, or “Max repeat” 0 for no guard"), status
+    assert "max_repeat" not in status
+
+
 def test_a_sample_is_copied_and_a_stop_the_model_cannot_write_is_said(browser, server):  # noqa: F811
     """The done event's warnings never reached the page; a sample could only be copied by selecting it by hand."""
     from selenium.webdriver.common.by import By
