@@ -97,6 +97,11 @@ def test_savedmodel_generates_in_graph_reproducibly(trained_run, exported):
     assert vocab["chars"] == list(PERIOD) and vocab["run"] == "period" and vocab["model"]["units"] == 32
     assert (vocab["epoch"], vocab["step_in_epoch"]) == (3, 0)  # the best checkpoint's place, as info names it
     assert vocab["unicode_form"] is None  # plain letters show neither form
+    import keras
+
+    # What to feed before a prompt (a text without line breaks, as this one: its first character), and the Keras
+    # that wrote model.keras (older ones cannot load it)
+    assert (vocab["start"], vocab["keras_version"]) == ("a", keras.__version__)
 
 
 def test_the_newest_generate_signature_takes_every_sampling_filter():

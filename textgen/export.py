@@ -122,7 +122,10 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
     """Write the run's best checkpoint, or the (model, metadata) it was loaded as (a TextModel's: the checkpoint
     it loaded, whatever a training has saved since), in each of formats (names of EXPORT_FORMATS, or "all") under
     output; return the paths written."""
+    import keras
+
     from textgen.checkpoint import load_model
+    from textgen.generate import start_symbol
 
     # As the user means it: x/missing/.. is x, which every check below must see (the system's own lookup of
     # x/missing/.. fails, so x would pass as absent and then be replaced).
@@ -188,9 +191,10 @@ def export(run_dir: Path, output: Path, formats: tuple[str, ...] = ("keras", "sa
             written += [output / path.relative_to(building) for path in paths]
         (building / "vocab.tsv").unlink(missing_ok=True)  # the SavedModel holds its own copy in its assets
         (building / "vocab.json").write_text(json.dumps(dict(
-            chars=list(meta.vocab.chars), unicode_form=meta.vocab.unicode_form, run=Path(run_dir).name,
-            epoch=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
-            val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version),
+            chars=list(meta.vocab.chars), start=start_symbol(meta.vocab), unicode_form=meta.vocab.unicode_form,
+            run=Path(run_dir).name, epoch=meta.state.epoch, step_in_epoch=meta.state.step_in_epoch,
+            val_loss=meta.state.val_loss, model=meta.model.to_dict(), textgen_version=meta.textgen_version,
+            keras_version=keras.__version__),  # model.keras loads in this Keras or a newer one, not an older
             ensure_ascii=False, indent=1), encoding="utf-8")
         _fill_directory(building, target) if fills else _replace_directory(building, target, output, overwrite)
     except OSError as error:
