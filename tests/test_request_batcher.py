@@ -50,6 +50,30 @@ def test_requests_batched_together_each_get_the_text_they_get_alone(generator):
     assert len(set(alone[0])) == 2 and len(set(alone[1])) == 2  # random draws: the comparison can fail
 
 
+def test_requests_with_primes_of_different_lengths_are_primed_in_one_engine_call(generator, monkeypatch):
+    """A call per prime length: 16 requests with primes of ~4,000 characters, each a little shorter, kept every
+    stream of a 2 x 512 model waiting 40 s."""
+    from textgen.engine import Engine
+    from textgen.request_batcher import Batcher
+
+    configs = [SampleConfig(prime=prime, length=30, temperature=(5.0,), seed=seed)
+               for seed, prime in enumerate(("ab", "gfedc", "c" * 40))]
+    alone = [generator.samples(config)[0].text for config in configs]
+    calls, prime_rows = [], Engine.prime_rows
+    monkeypatch.setattr(Engine, "prime_rows", lambda engine, rows, primes: calls.append(sorted(map(len, primes)))
+                        or prime_rows(engine, rows, primes))
+    batcher = Batcher(generator, (1, 4, 8))
+    try:
+        with batcher.condition:  # its thread admits all three at once
+            jobs = [collect(batcher, config) for config in configs]
+        for job, _, over in jobs:
+            assert over.wait(60) and job.error is None
+        assert [texts[None] + texts[0] for _, texts, _ in jobs] == alone
+    finally:
+        batcher.retire()
+    assert calls == [[2, 6, 41]]  # (each read after the start symbol, a: "ab" starts with it)
+
+
 def test_requests_joining_running_ones_take_free_streams_and_each_keeps_its_text(generator, monkeypatch):
     """A request joins one that is generating (the engine grows from 1 to 4 streams), then another joins both
     without a resize: it must take streams that no running request holds, and each keeps the text it gets alone."""

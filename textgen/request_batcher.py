@@ -231,14 +231,14 @@ class Batcher:
                     self.waiting.clear()
 
     def _prime(self, jobs: list[Job]) -> None:
-        """Prime the joining streams, one engine call per prime length."""
-        by_length: dict = {}
+        """Prime the joining streams, all in one engine call whatever their primes' lengths."""
+        rows, primes = [], []
         for job in jobs:
             ids = self.vocab.encode(job.streams.context)
-            for row in job.rows:
-                by_length.setdefault(len(ids), []).append((row, ids))
-        for pairs in by_length.values():
-            self.engine.prime_rows([row for row, _ in pairs], np.stack([ids for _, ids in pairs]))
+            rows += job.rows
+            primes += [ids] * len(job.rows)
+        if rows:
+            self.engine.prime_rows(rows, primes)
 
     def _steps(self, jobs: list[Job]) -> int:
         """The next call's length: by engine size (see CHUNK), and no longer than the longest request still needs."""
