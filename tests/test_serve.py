@@ -1898,6 +1898,22 @@ def test_without_a_run_named_a_damaged_latest_run_leaves_the_default_to_the_next
         Runs(tmp_path, None, (1,))
 
 
+def named_as(base: str, host_header: str) -> tuple:
+    """A score request to the server at base whose Host header is host_header: (status, answer)."""
+    host, port = base.removeprefix("http://").split(":")
+    body = b'{"text": "abcdefg"}'
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(f"POST /v1/score HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        answer = b""
+        for _ in range(1000):
+            if not (received := connection.recv(65536)):
+                break
+            answer += received
+    head, _, content = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(content)
+
+
 def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_run):
     """A page of another site whose name its owner points at 127.0.0.1 (DNS rebinding) could call the API from the
     browser of anyone running the server: the request names that site in its Host header."""
@@ -1906,21 +1922,10 @@ def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_
     app = create_app(trained_run["checkpoint_dir"], "period", Limits(), loopback_host="127.0.0.1",
                      allow_hosts=("textgen.example.org",))  # a proxy in front that passes its name on (Caddy)
     with serving(app) as base:
-        host, port = base.removeprefix("http://").split(":")
+        port = base.rsplit(":", 1)[1]
 
         def named(host_header: str) -> tuple:
-            body = b'{"text": "abcdefg"}'
-            with socket.create_connection((host, int(port)), timeout=30) as connection:
-                connection.sendall(f"POST /v1/score HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n"
-                                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                                   + body)
-                answer = b""
-                for _ in range(1000):
-                    if not (received := connection.recv(65536)):
-                        break
-                    answer += received
-            head, _, content = answer.partition(b"\r\n\r\n")
-            return int(head.split()[1]), json.loads(content)
+            return named_as(base, host_header)
 
         for good in (f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST", f"[::1]:{port}", "127.0.0.2",
                      f"app.localhost:{port}", "textgen.example.org", "TextGen.example.org:443"):
@@ -1932,3 +1937,26 @@ def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_
                                                    "'attacker.example'; behind a proxy that passes that name on, "
                                                    "start it with --allow-host attacker.example"})
         assert named(f"10.0.0.5:{port}")[0] == 400
+
+
+def test_a_server_on_the_network_answers_requests_that_name_it_by_address_or_host_name(trained_run):
+    """With --host 0.0.0.0 (a classroom's network) no Host header was checked: a page of another site whose name its
+    owner points at the server's address on that network could call the API from any visitor's browser."""
+    from textgen.serve import Limits, create_app
+
+    machine = socket.gethostname().lower()
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), network_host="0.0.0.0",
+                     allow_hosts=("gpu-box.lab.example.org",))
+    with serving(app) as base:
+        port = base.rsplit(":", 1)[1]
+        for good in (f"192.168.1.20:{port}", "10.0.0.5", f"[fe80::1]:{port}", f"localhost:{port}", machine,
+                     f"{machine}.local:{port}" if "." not in machine else machine, "gpu-box.lab.example.org"):
+            status, answer = named_as(base, good)
+            assert status == 200 and answer["run"] == "period", (good, answer)
+        status, answer = named_as(base, f"attacker.example:{port}")
+        names = f"{machine}, {machine}.local" if "." not in machine else machine
+        assert (status, answer) == (400, {"error": f"this server answers requests that name this machine (an IP "
+                                                   f"address, localhost, {names}), not 'attacker.example', since a "
+                                                   "web page of another site could otherwise call it from its "
+                                                   "visitors' browsers; to reach it by that name, start it with "
+                                                   "--allow-host attacker.example"})

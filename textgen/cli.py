@@ -711,8 +711,9 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
               help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
                    "from a browser (CORS). Repeat for several. Default: only the server's own page.")
 @click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
-              help="On the loopback interface, also answer requests for this host name (a proxy in front that passes "
-                   "its own on, such as Caddy). Repeat for several. Default: this machine's names only.")
+              help="Also answer requests for this host name: a proxy in front that passes its own on (such as "
+                   "Caddy), or a name others reach this machine by on the network. Repeat for several. Default: this "
+                   "machine's names (and, beyond the loopback interface, its IP addresses) only.")
 @click.option("--log-level", type=click.Choice(SERVER_LOG_LEVELS), default="info", show_default=True,
               help="The least severe log lines shown (each with its time): info has one per request, warning only "
                    "problems.")

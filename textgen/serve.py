@@ -145,10 +145,12 @@ def _page_headers(page: str) -> dict:
 
 
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits(),
-               allow_origins: tuple = (), loopback_host: Optional[str] = None, allow_hosts: tuple = ()):
+               allow_origins: tuple = (), loopback_host: Optional[str] = None, allow_hosts: tuple = (),
+               network_host: Optional[str] = None):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one); allow_origins: the web
     origins whose pages may call the API (CORS; "*": any); loopback_host: the loopback address or name it listens
-    on, if it does, whose requests must name this machine or one of allow_hosts (_LoopbackHosts)."""
+    on, if it does, or network_host: the address it listens on beyond the loopback interface (--host 0.0.0.0), whose
+    requests must name this machine or one of allow_hosts (_KnownHosts)."""
 
     from textgen.generate import ENGINE_SIZES, collect_warnings
 
@@ -241,8 +243,9 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, limits=limits)
-    if loopback_host is not None:
-        app.add_middleware(_LoopbackHosts, listening_on=loopback_host, allowed=allow_hosts)
+    if loopback_host is not None or network_host is not None:
+        app.add_middleware(_KnownHosts, listening_on=loopback_host or network_host, loopback=loopback_host is not None,
+                           allowed=allow_hosts)
     app.add_middleware(_AnsweredWhenCut)
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
@@ -398,23 +401,46 @@ def _last_words():
         yield
 
 
-class _LoopbackHosts:
-    """Refuse a request whose Host header names another machine, on a server that listens on the loopback interface
-    alone: a web page whose site's name its owner points at 127.0.0.1 (DNS rebinding) could otherwise call the API
-    from the browser of anyone running the server, no --allow-origin needed."""
+class _KnownHosts:
+    """Refuse a request whose Host header names another site: a web page whose site's name its owner points at this
+    server's address (DNS rebinding: 127.0.0.1 for anyone who runs the server on their own machine, or a classroom
+    server's address on its network) could otherwise call the API from the browser of anyone who opens that page, no
+    --allow-origin needed. On the loopback interface the names of this machine are answered (localhost, a loopback
+    address, --host); listening beyond it (--host 0.0.0.0), also any IP address and the machine's own host name (how
+    others reach it); and --allow-host's names."""
 
-    def __init__(self, app, listening_on: str, allowed: tuple = ()):
-        self.app, self.listening_on = app, listening_on.strip("[]").lower()
-        self.allowed = {_host_name(name) for name in allowed}  # --allow-host
+    def __init__(self, app, listening_on: str, loopback: bool, allowed: tuple = ()):
+        self.app, self.listening_on, self.loopback = app, listening_on.strip("[]").lower(), loopback
+        self.names = {"localhost", self.listening_on, *(_host_name(name) for name in allowed)}  # --allow-host
+        if not loopback:
+            machine = socket.gethostname().lower()
+            self.machine_names = [machine] + ([f"{machine}.local"] if "." not in machine else [])  # (.local: mDNS)
+            self.names.update(self.machine_names)
+
+    def _known(self, named: str) -> bool:
+        import ipaddress
+
+        if named in self.names or named.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(named).is_loopback or not self.loopback
+        except ValueError:
+            return False
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             named = _host_name(Headers(scope=scope).get("host", ""))
-            if named and not (named in ("localhost", self.listening_on, *self.allowed) or named.endswith(".localhost")
-                              or _is_loopback_address(named)):
-                message = (f"this server listens on the loopback interface and answers requests for this machine "
-                           f"(localhost, {self.listening_on}), not for {shown_start(named)}; behind a proxy that "
-                           f"passes that name on, start it with --allow-host {named if len(named) <= 40 else 'NAME'}")
+            if named and not self._known(named):
+                option = f"--allow-host {named if len(named) <= 40 else 'NAME'}"
+                if self.loopback:
+                    message = (f"this server listens on the loopback interface and answers requests for this machine "
+                               f"(localhost, {self.listening_on}), not for {shown_start(named)}; behind a proxy that "
+                               f"passes that name on, start it with {option}")
+                else:
+                    message = (f"this server answers requests that name this machine (an IP address, localhost, "
+                               f"{', '.join(self.machine_names)}), not {shown_start(named)}, since a web page of "
+                               f"another site could otherwise call it from its visitors' browsers; to reach it by "
+                               f"that name, start it with {option}")
                 return await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -567,7 +593,7 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         import_tensorflow_quietly()
         loopback = all(_is_loopback_address(sock.getsockname()[0]) for sock in listening)
         app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None,
-                         allow_hosts=allow_hosts)
+                         allow_hosts=allow_hosts, network_host=None if loopback else host)
         logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on "
                     f"http://{shown}:{port}/ (API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
         log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
