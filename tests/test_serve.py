@@ -1703,6 +1703,32 @@ def test_a_connection_that_sends_no_request_head_is_closed(monkeypatch):
             sock.close()
 
 
+def test_a_request_whose_body_comes_too_slowly_gets_a_408_and_a_whole_one_is_answered(server, monkeypatch):
+    """A client that sent its body a byte at a time held the connection and ~300 KB of memory as long as it liked
+    (100 of them: 100 connections still held after 40 s)."""
+    from textgen import serve as serve_module
+
+    monkeypatch.setattr(serve_module, "BODY_TIMEOUT_S", 1.0)
+    host, port = server.removeprefix("http://").split(":")
+    body = b'{"text": "abcdefg"}'
+    head = (f"POST /v1/score HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=30) as slow:
+        slow.sendall(head + body[:5])
+        answer = b""
+        for _ in range(100):
+            if not (received := slow.recv(65536)):
+                break
+            answer += received
+    status, _, content = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 408") and json.loads(content) == {
+        "error": "the request body did not arrive within 1 s of its head; send the whole request at once"}
+    assert 1.0 <= time.monotonic() - started < 10
+    status, text = call(server, "/v1/score", dict(text="abcdefg"))  # a body sent whole, in time, as before
+    assert status == 200 and json.loads(text)["characters"] == 6
+
+
 def test_connections_not_accepted_are_told_in_one_line_a_minute(caplog):
     """Out of descriptors, asyncio logged a traceback for each connection it could not accept, up to 2,048 a try:
     22 MB of log in 10 s."""

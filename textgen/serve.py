@@ -482,11 +482,19 @@ class _BodyLimit:
         declared = Headers(scope=scope).get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
-        received = 0
+        received, whole, deadline = 0, False, time.monotonic() + BODY_TIMEOUT_S
 
         async def counted():
-            nonlocal received
-            event = await receive()
+            nonlocal received, whole
+            if whole:  # then only the client's leaving is waited for, as long as a stream lasts
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    event = await receive()
+            except TimeoutError:  # a client that sends its body slowly held its memory for as long as it liked
+                raise StarletteHTTPException(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s of "
+                                                  "its head; send the whole request at once") from None
+            whole = event["type"] != "http.request" or not event.get("more_body", False)
             received += len(event.get("body", b""))
             if received > self.max_bytes:
                 raise StarletteHTTPException(413, message)  # the endpoint's body reading turns it into the answer
@@ -617,6 +625,7 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
 BACKLOG = 2048  # uvicorn's default: connections waiting to be accepted, such as those made while the runs load
 ACCEPT_FAILURE_EVERY_S = 60.0  # the least time between two log lines on connections not accepted
 HEAD_TIMEOUT_S = 20.0  # a connection that has not sent a whole request head by then is closed
+BODY_TIMEOUT_S = 60.0  # a request whose body has not all arrived this long after its head gets a 408
 OPEN_FILES_WITHOUT_HARD_LIMIT = 1 << 20  # Linux's default most (fs.nr_open), where the hard limit is "unlimited"
 
 
