@@ -37,3 +37,12 @@ def test_remainder_dropped_and_partial_window_kept_only_on_request():
 def test_too_short_gives_no_batches():
     assert len(StreamBatches(np.arange(40), batch_size=4, seq_length=10)) == 0
     assert StreamBatches.min_length(4, 10) == 41
+
+
+def test_the_ids_only_in_validation_are_found_in_passes_of_any_size(monkeypatch):
+    from textgen import batching
+
+    train_ids, val_ids = np.array([0, 1, 1, 4, 0, 2, 1], np.uint8), np.array([2, 3, 5, 3, 0], np.uint8)
+    for per_pass in (1, 3, 1 << 24):
+        monkeypatch.setattr(batching, "COUNTED_PER_PASS", per_pass)
+        assert batching.only_in_validation(train_ids, val_ids, 7).tolist() == [3, 5]  # 6 comes in neither

@@ -1764,6 +1764,23 @@ def test_byte_order_marks_inside_a_corpus_are_told_with_how_to_remove_them(tmp_p
     assert not [message for message in messages if "U+FEFF" in message]
 
 
+def test_characters_that_come_only_in_the_validation_part_are_told(tmp_path):
+    """A chat log whose last lines held 🦄 and 🐙: the vocabulary took them, the model never trained on them, a prime
+    with 🦄 was read without a word, and nothing said so."""
+    messages = []
+    corpus = write_text(tmp_path / "chat.txt", "abcdefg\n" * 2500 + "x🦄🐙\n")
+    train(corpus, tmp_path / "ck", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
+          log=messages.append)
+    assert [message for message in messages if "validation part" in message] == [
+        "note: 3 characters of chat.txt come only in its validation part (its last 2,000 characters), so the model "
+        "never trains on them: 'x' '🐙' '🦄'; it will seldom write them, and reads a prime that holds one as noise"]
+    messages.clear()
+    write_text(corpus, "abcdefg\n" * 2500)
+    train(corpus, tmp_path / "ck", run="plain", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
+          log=messages.append)
+    assert not [message for message in messages if "validation part" in message]
+
+
 def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_path):
     messages = []
     corpus = tmp_path / "lyrics.txt"

@@ -26,7 +26,7 @@ import numpy as np
 
 from textgen import callbacks as cb
 from textgen import checkpoint, sizing
-from textgen.batching import StreamBatches, split_validation, training_length
+from textgen.batching import StreamBatches, only_in_validation, split_validation, training_length
 from textgen.callbacks import Interrupted
 from textgen.checkpoint import CheckpointMeta, RunState
 from textgen.config import (DEFAULT_CHECKPOINT_DIR, LAYOUT_OPTIONS, ModelConfig, TrainConfig, check_flag,
@@ -40,7 +40,7 @@ from textgen.progress import end_bar_line, progress_bar, stderr_is_terminal, tol
 from textgen.run_dir import STAGED_CACHE, check_run_dir, locked_run_dir
 from textgen.runs import check_checkpoint_dir, check_run_name, default_run_name, run_path
 from textgen.session import Session, callers_random_state_kept, mixed_precision_note
-from textgen.vocab import Vocabulary, shown_chars
+from textgen.vocab import Vocabulary, quoted_first, shown_chars
 
 logger = logging.getLogger("textgen")
 LARGE_CORPUS_BYTES = 20_000_000  # a corpus this large takes seconds to check and encode: said first
@@ -742,6 +742,12 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
         log(f"note: {corpus_path.name} has carriage returns (\\r: Windows line ends), which the model learns as a "
             "character of their own, so its samples will have them too; for plain line ends, convert the file "
             f"first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
+    if meta is None and len(unseen := only_in_validation(train_ids, val_ids, len(data.vocab))):
+        chars = [data.vocab.chars[i] for i in unseen]
+        log(f"note: {counted(len(chars), 'character')} of {corpus_path.name} come only in its validation part (its "
+            f"last {len(val_ids):,} characters), so the model never trains on {'it' if len(chars) == 1 else 'them'}: "
+            f"{quoted_first(chars)}; it will seldom write {'it' if len(chars) == 1 else 'them'}, and reads a prime "
+            "that holds one as noise")
     if meta is None and "\ufeff" in own_characters:  # (the one at the file's start is dropped as it is read)
         log(f"note: {corpus_path.name} has byte order marks (U+FEFF) after its start, as a cat of files saved on "
             "Windows has, which the model learns as an invisible character and will write in its samples (in code, a "
