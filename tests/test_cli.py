@@ -410,6 +410,10 @@ BAD_INPUTS = [
     (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "a\udcc3\udcc5"], "--prime is not UTF-8 text (byte 0xC3 "
      "at character 1): the terminal sends another encoding, such as GBK or Latin-1; set it to UTF-8, or give the "
      "prime in a UTF-8 file with --prime-file", 2, None),
+    # 😀 as UTF-8 bytes, which a Python in the C locale read as ASCII: the terminal was right, the locale not
+    (["sample", "--checkpoint-dir", "{root}/ck", "--prime", "\udcf0\udc9f\udc98\udc80a"], "--prime came as UTF-8, but "
+     "this Python reads the command line as ASCII: the locale is C or POSIX (LC_ALL=C); set LC_ALL=C.UTF-8 (or "
+     "PYTHONUTF8=1), or give the prime in a UTF-8 file with --prime-file", 2, None),
     (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "flip"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "corrupted (checksum mismatch)", 1, "truncate"),
     (["sample", "--checkpoint-dir", "{root}/ck"], "metadata", 1, "json"),

@@ -562,9 +562,22 @@ def _check_typed_text(chosen: dict) -> None:
         for text in (value,) if isinstance(value, str) else value if isinstance(value, tuple) else ():
             if isinstance(text, str) and (bad := re.search("[\udc80-\udcff]", text)):
                 elsewhere = ", or give the prime in a UTF-8 file with --prime-file" if name == "prime" else ""
+                if _utf8_bytes(text):  # Python read them in the C locale's ASCII
+                    raise OptionError(f"{option_flag(name)} came as UTF-8, but this Python reads the command line as "
+                                      "ASCII: the locale is C or POSIX (LC_ALL=C); set LC_ALL=C.UTF-8 (or "
+                                      f"PYTHONUTF8=1){elsewhere}")
                 raise OptionError(f"{option_flag(name)} is not UTF-8 text (byte 0x{ord(bad.group()) - 0xDC00:02X} at "
                                   f"character {bad.start()}): the terminal sends another encoding, such as GBK or "
                                   f"Latin-1; set it to UTF-8{elsewhere}")
+
+
+def _utf8_bytes(text: str) -> bool:
+    """Whether the bytes text was read from (undecodable ones kept as surrogates) are UTF-8."""
+    try:
+        text.encode("utf-8", "surrogateescape").decode("utf-8")
+        return True
+    except UnicodeError:
+        return False
 
 
 def _note_typed_escapes(stops: tuple, prime: str | None, run_dir: Path) -> None:
