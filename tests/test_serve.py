@@ -608,9 +608,12 @@ def json_error(raw: bytes) -> str:
     ("/v1/generate", b'{"temperature": "hot"}', "temperature: Input should be a valid number"),  # temperature.float
     ("/v1/generate", b'{"temperature": [0.5, "hot"]}', "temperature.1: Input should be a valid number"),
     # These two got a 400 "There was an error parsing the body".
-    ("/v1/generate", b'{"prime": "\xff\xfe"}', 'the body is not JSON (not UTF-8, or nested too deeply); send for '
-                                               'instance {"prime": "The ", "length": 100}'),
-    ("/v1/score", b"[" * 20000 + b"]" * 20000, "the body is not JSON (not UTF-8, or nested too deeply)"),
+    ("/v1/generate", b'{"prime": "\xff\xfe"}', 'the body is not JSON (not UTF-8); send for instance {"prime": '
+                                               '"The ", "length": 100}'),
+    ("/v1/score", b"[" * 20000 + b"]" * 20000, "the body is not JSON (nested too deeply)"),
+    # Python reads ints of at most 4,300 digits: this one was said to be not UTF-8, or nested too deeply
+    ("/v1/generate", b'{"length": 1' + b"0" * 5000 + b"}", "the body is not JSON (it holds a number of 5,001 digits, "
+                                                          "where at most 4,300 are read)"),
 ])
 def test_a_malformed_body_is_named_with_an_example(server, path, raw, message):
     status, text = call(server, path, raw=raw)

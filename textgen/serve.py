@@ -23,9 +23,11 @@ import errno
 import json
 import logging
 import math
+import re
 import resource
 import signal
 import socket
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -193,7 +195,7 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
         if exc.detail == BODY_UNREADABLE:  # FastAPI's words for a body json.loads fails on but not as bad JSON
-            return error(422, f"the body is not JSON (not UTF-8, or nested too deeply); {_example(request)}")
+            return error(422, f"the body is not JSON ({_why_unreadable(await request.body())}); {_example(request)}")
         if exc.status_code == 404 and exc.detail == "Not Found":  # Starlette's words for a path it does not have
             return error(404, f"no such path {request.url.path}; GET /v1/openapi.json lists the API's paths")
         if exc.status_code == 405 and "Allow" in (exc.headers or {}):  # Starlette's words: "Method Not Allowed"
@@ -399,6 +401,23 @@ def _last_words():
     for a full connection to drain; bounded: a client that stopped reading would keep them waiting."""
     with anyio.move_on_after(FINAL_WORDS_WAIT_S, shield=True), contextlib.suppress(Exception):
         yield
+
+
+def _why_unreadable(body: bytes) -> str:
+    """Why json.loads refuses body with something other than a JSON syntax error (which pydantic words itself)."""
+    try:
+        json.loads(body)
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    except RecursionError:
+        return "nested too deeply"
+    except ValueError as error:  # Python's cap on the digits of an int it converts (4,300): a body of a huge number
+        if (found := re.search(r"value has (\d+) digits", str(error))) and hasattr(sys, "get_int_max_str_digits"):
+            most = sys.get_int_max_str_digits()
+            return f"it holds a number of {int(found.group(1)):,} digits, where at most {most:,} are read"
+    except Exception:  # (what FastAPI refused stays refused, in the words said before)
+        pass
+    return "not UTF-8, or nested too deeply"
 
 
 class _KnownHosts:
