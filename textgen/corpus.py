@@ -519,8 +519,8 @@ def encode_into(path: Path, vocab: Vocabulary, out: np.ndarray, what: str = "cor
 
 def encode_text(path: Path, vocab: Vocabulary, size_hint: int = 0, what: str = "text",
                 named: Optional[list] = None) -> tuple[np.ndarray, int]:
-    """The ids of a text file read against another text's vocabulary, each chunk in the Unicode form (NFC or NFD)
-    the vocabulary knows best (Vocabulary.in_known_form); characters outside it are dropped and counted.
+    """The ids of a text file read against another text's vocabulary, a character it lacks in the Unicode form (NFC
+    or NFD) it knows, if any (Vocabulary.in_known_form); characters outside it are dropped and counted.
     size_hint: the file's length in characters (scan()), so that the ids are written into one array.
     named: a list that gets every distinct character dropped, in order of appearance (eval --json gave the first 11
     without saying that the list was cut).

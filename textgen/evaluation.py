@@ -121,8 +121,8 @@ def evaluate(text_file: str | Path, checkpoint_dir: str | Path = DEFAULT_CHECKPO
              batch_size: int = 32, seq_length: int = 200, show_progress: bool = False) -> dict:
     """Cross-entropy of text_file under the best checkpoint, laid out as batch_size parallel streams.
 
-    The text is read in the Unicode form (NFC or NFD) the model's vocabulary knows best, chosen per chunk of
-    8 MB. Characters outside the vocabulary are removed from it and counted, never mapped. Each stream
+    A character the model's vocabulary lacks is read in the Unicode form (NFC or NFD) that it knows, if any
+    (Vocabulary.in_known_form); the others are removed from the text and counted, never mapped. Each stream
     starts from a fresh state, so on a short text the score depends on batch_size (1 reads it as one stream).
     Returns nats, bpc, perplexity, characters (scored), unknown (removed), unknown_characters (each of them once, in
     order of appearance), unscored (the first character, which
