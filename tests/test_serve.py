@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -1712,21 +1713,9 @@ def test_a_request_whose_body_comes_too_slowly_gets_a_408_and_a_whole_one_is_ans
     from textgen import serve as serve_module
 
     monkeypatch.setattr(serve_module, "BODY_TIMEOUT_S", 1.0)
-    host, port = server.removeprefix("http://").split(":")
-    body = b'{"text": "abcdefg"}'
-    head = (f"POST /v1/score HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
     started = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=30) as slow:
-        slow.sendall(head + body[:5])
-        answer = b""
-        for _ in range(100):
-            if not (received := slow.recv(65536)):
-                break
-            answer += received
-    status, _, content = answer.partition(b"\r\n\r\n")
-    assert status.startswith(b"HTTP/1.1 408") and json.loads(content) == {
-        "error": "the request body did not arrive within 1 s of its head; send the whole request at once"}
+    assert named_as(server, sent=5) == (408, {
+        "error": "the request body did not arrive within 1 s of its head; send the whole request at once"})
     assert 1.0 <= time.monotonic() - started < 10
     status, text = call(server, "/v1/score", dict(text="abcdefg"))  # a body sent whole, in time, as before
     assert status == 200 and json.loads(text)["characters"] == 6
@@ -1927,13 +1916,15 @@ def test_without_a_run_named_a_damaged_latest_run_leaves_the_default_to_the_next
         Runs(tmp_path, None, (1,))
 
 
-def named_as(base: str, host_header: str) -> tuple:
-    """A score request to the server at base whose Host header is host_header: (status, answer)."""
+def named_as(base: str, host_header: Optional[str] = None, sent: Optional[int] = None) -> tuple:
+    """A score request to the server at base whose Host header is host_header (None: base's), of which only the first
+    sent bytes of the body are sent (None: all): (status, answer)."""
     host, port = base.removeprefix("http://").split(":")
     body = b'{"text": "abcdefg"}'
     with socket.create_connection((host, int(port)), timeout=30) as connection:
-        connection.sendall(f"POST /v1/score HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n"
-                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        connection.sendall(f"POST /v1/score HTTP/1.1\r\nHost: {host_header or f'{host}:{port}'}\r\n"
+                           "Connection: close\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:sent])
         answer = b""
         for _ in range(1000):
             if not (received := connection.recv(65536)):
