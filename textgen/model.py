@@ -17,6 +17,12 @@ from textgen.fast_lstm import FastLSTM
 _DRAWING = threading.Lock()
 
 
+# Every layer's, whatever a program set as Keras's global policy (keras.config.set_dtype_policy("mixed_bfloat16") in
+# a notebook made a training's layers compute in bfloat16 while its history said float32); mixed precision is
+# matmul_dtype's
+LAYER_DTYPE = "float32"
+
+
 def build_model(config: ModelConfig, batch_size: int, matmul_dtype: str = "float32",
                 stock: bool = False, seed: Optional[int] = None) -> keras.Model:
     """Build the model for a fixed number of parallel streams.
@@ -45,14 +51,14 @@ def _build(config: ModelConfig, batch_size: int, matmul_dtype: str, stock: bool)
     inputs = keras.Input(batch_shape=(batch_size, None), dtype="int32", name="ids")
     # N(0, 1) like PyTorch's nn.Embedding: Keras's default, uniform in +-0.05, feeds the first LSTM inputs ~20x
     # weaker than its recurrent signal, and a first epoch of tinyshakespeare then ends at 2.81 nats instead of 1.90.
-    embedding = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding",
+    embedding = keras.layers.Embedding(config.vocab_size, config.embedding_dim, name="embedding", dtype=LAYER_DTYPE,
                                        embeddings_initializer=keras.initializers.RandomNormal(stddev=1.0))
     x = embedding(inputs)
     dropout = 0.0 if stock else config.dropout
     for index in range(config.layers):
         lstm = keras.layers.LSTM if stock else functools.partial(FastLSTM, matmul_dtype=matmul_dtype)
         layer = lstm(config.units, stateful=True, return_sequences=True, recurrent_initializer="glorot_uniform",
-                     dropout=dropout, name=f"lstm_{index}")
+                     dropout=dropout, name=f"lstm_{index}", dtype=LAYER_DTYPE)
         if index == 0 and not stock:
             layer.read_ids_from(embedding)  # its input projection becomes a table lookup (FastLSTM)
             x = layer(x, ids=inputs)
@@ -61,8 +67,8 @@ def _build(config: ModelConfig, batch_size: int, matmul_dtype: str, stock: bool)
     if dropout:
         # Dropout on the last LSTM's output too (Zaremba et al.: every non-recurrent connection); it has
         # no weights, so checkpoints load with or without it.
-        x = keras.layers.Dropout(dropout, name="output_dropout")(x)
-    logits = keras.layers.Dense(config.vocab_size, name="logits")(x)
+        x = keras.layers.Dropout(dropout, name="output_dropout", dtype=LAYER_DTYPE)(x)
+    logits = keras.layers.Dense(config.vocab_size, name="logits", dtype=LAYER_DTYPE)(x)
     return keras.Model(inputs, logits, name="textgen")
 
 
