@@ -323,7 +323,8 @@ def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]
     else None) and training (the pid of a training writing the run now, or None). A run that cannot be read has
     ``problem`` ("damaged", "written by a newer textgen", "not readable by you", "no checkpoint yet" for a
     training's first epoch, listed first, or "no checkpoint: a training ended before its first save (...)" for a
-    folder one left; :func:`load` says more) and None for the rest. A directory that does not
+    folder one left; :func:`load` says more) and None in its other fields; ``problem`` is None for a run that can be
+    read. A directory that does not
     exist holds no runs: an empty list.
 
     Example:

@@ -316,12 +316,12 @@ def run_rows(run_dirs: list[Path]) -> list[dict]:
     fine-tuned by --init-from: the run, kind, epoch, step_in_epoch and corpus it started from; else None) and training
     (the pid of the training writing the run now, or None); for a run that cannot be read, "problem" ("damaged",
     "written by a newer textgen", "not readable by you", "no checkpoint yet" or "no checkpoint: a training ended
-    before its first save (...)") and None for the rest."""
+    before its first save (...)"), its other fields None; "problem" is None for a run that can be read."""
     rows = []
     for run_dir in run_dirs:
         row = dict(name=run_dir.name, path=run_dir, corpus=None, characters=None, epochs=None, step_in_epoch=None,
                    planned_epochs=None, val_bpc=None, best_epoch=None, seconds=None, saved_at=None, started_from=None,
-                   model=None, options=None, training=_training(run_dir))
+                   model=None, options=None, training=_training(run_dir), problem=None)
         if row["training"] is not None and not has_checkpoint(run_dir, unreadable=True):
             rows.append(dict(row, problem="no checkpoint yet"))
             continue
@@ -371,7 +371,7 @@ def runs_table(run_dirs: list[Path]) -> str:
     for run in run_rows(run_dirs):
         training = "" if run["training"] is None else ", training now" + (f" (pid {run['training']})" if run["training"]
                                                                           else "")
-        if "problem" in run:
+        if run["problem"]:
             why = f"damaged (textgen info {run_options(run['path'])} says why)" if run["problem"] == "damaged" else \
                 run["problem"]
             rows.append((_controls_escaped(run["name"]), why + training, "-", "-", "-", "-"))
