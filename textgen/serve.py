@@ -195,7 +195,11 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc: StarletteHTTPException):
         if exc.detail == BODY_UNREADABLE:  # FastAPI's words for a body json.loads fails on but not as bad JSON
-            return error(422, f"the body is not JSON ({_why_unreadable(await request.body())}); {_example(request)}")
+            try:
+                body = await request.body()
+            except Exception:  # a client that left midway (FastAPI's words for that too): no reason to give
+                body = None
+            return error(422, f"the body is not JSON ({_why_unreadable(body)}); {_example(request)}")
         if exc.status_code == 404 and exc.detail == "Not Found":  # Starlette's words for a path it does not have
             return error(404, f"no such path {request.url.path}; GET /v1/openapi.json lists the API's paths")
         if exc.status_code == 405 and "Allow" in (exc.headers or {}):  # Starlette's words: "Method Not Allowed"
@@ -403,10 +407,10 @@ def _last_words():
         yield
 
 
-def _why_unreadable(body: bytes) -> str:
+def _why_unreadable(body: Optional[bytes]) -> str:
     """Why json.loads refuses body with something other than a JSON syntax error (which pydantic words itself)."""
     try:
-        json.loads(body)
+        json.loads(body) if body is not None else None
     except UnicodeDecodeError:
         return "not UTF-8"
     except RecursionError:
