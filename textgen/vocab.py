@@ -66,10 +66,6 @@ def composition_seconds() -> frozenset:
 
 # Typographic quotes and dashes, which NFKC keeps, as typed on a keyboard: a corpus of curly quotes and a prime of
 # straight ones ("Don't" for "Don’t")
-# A text with more characters outside the vocabulary than this (one in another script) is converted as a whole,
-# not sequence by sequence, which costs ~20 us per sequence in Python
-MOST_SEQUENCES_CONVERTED = 10_000
-
 _TYPED_FORM = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
                              "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
                              "\u2013": "-", "\u2014": "-"})
@@ -79,6 +75,22 @@ def compatibility_form(ch: str) -> str:
     """What ch is typed as, whatever its width or typography: NFKC ('，' -> ','), and curly quotes and dashes as
     the straight ones."""
     return unicodedata.normalize("NFKC", ch).translate(_TYPED_FORM)
+
+
+def _convertible(text: str, unknown: np.ndarray) -> np.ndarray:
+    """The places in unknown (of characters of text) whose sequence NFC or NFD could change: not those of a character
+    both forms keep that starts a sequence alone, with the next one starting its own (an emoji, a CJK character:
+    most of a text in another script), told apart by their distinct characters rather than one by one."""
+    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    following = np.minimum(unknown + 1, len(code_points) - 1)
+    distinct, inverse = np.unique(np.concatenate([code_points[unknown], code_points[following]]), return_inverse=True)
+    characters = [chr(int(code)) for code in distinct]
+    alone = np.array([starts_alone(ch) for ch in characters], bool)[inverse]
+    stable = np.array([unicodedata.is_normalized("NFC", ch) and unicodedata.is_normalized("NFD", ch)
+                       for ch in characters], bool)[inverse]
+    count = len(unknown)
+    next_alone = alone[count:] | (unknown == len(code_points) - 1)
+    return unknown[~(stable[:count] & alone[:count] & next_alone)]
 
 
 class Vocabulary:
@@ -160,22 +172,22 @@ class Vocabulary:
         unknown = np.flatnonzero(~self._lookup(text)[1])
         if not len(unknown) or unicodedata.is_normalized("NFC", text) and unicodedata.is_normalized("NFD", text):
             return text, *self.encode_known(text)  # (one emoji in ASCII text: nothing to convert)
-        if len(unknown) > MOST_SEQUENCES_CONVERTED:  # a text in another script: one form for all of it
-            pieces = [self._best_form(text)]
-        else:
-            pieces, end = [], 0
-            for index in unknown:
-                if index < end:  # in the sequence before
-                    continue
-                start = index
-                while start > end and not starts_alone(text[start]):
-                    start -= 1
-                pieces.append(text[end:start])
-                end = index + 1
-                while end < len(text) and not starts_alone(text[end]):
-                    end += 1
-                pieces.append(self._best_form(text[start:end]))
-            pieces.append(text[end:])
+        pieces, end, chosen = [], 0, {}
+        for index in _convertible(text, unknown):
+            if index < end:  # in the sequence before
+                continue
+            start = index
+            while start > end and not starts_alone(text[start]):
+                start -= 1
+            pieces.append(text[end:start])
+            end = index + 1
+            while end < len(text) and not starts_alone(text[end]):
+                end += 1
+            sequence = text[start:end]
+            if sequence not in chosen:  # (a text in another script repeats a few thousand of them)
+                chosen[sequence] = self._best_form(sequence)
+            pieces.append(chosen[sequence])
+        pieces.append(text[end:])
         converted = "".join(pieces)
         return converted, *self.encode_known(converted)
 
