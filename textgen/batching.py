@@ -63,8 +63,12 @@ COUNTED_PER_PASS = 1 << 24  # ids counted at once (np.bincount widens them to 8 
 
 def only_in_validation(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int) -> np.ndarray:
     """The ids that come in val_ids and nowhere in train_ids: characters the model never trains on."""
-    in_validation = np.bincount(val_ids, minlength=vocab_size) > 0
-    in_training = np.zeros(vocab_size, bool)
-    for start in range(0, len(train_ids), COUNTED_PER_PASS):
-        in_training |= np.bincount(train_ids[start:start + COUNTED_PER_PASS], minlength=vocab_size) > 0
-    return np.flatnonzero(in_validation & ~in_training)
+    return np.flatnonzero(_present(val_ids, vocab_size) & ~_present(train_ids, vocab_size))
+
+
+def _present(ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Per id, whether ids holds it."""
+    present = np.zeros(vocab_size, bool)
+    for start in range(0, len(ids), COUNTED_PER_PASS):
+        present |= np.bincount(ids[start:start + COUNTED_PER_PASS], minlength=vocab_size) > 0
+    return present
