@@ -237,28 +237,35 @@ def test_a_stream_joining_with_prime_rows_leaves_the_others_untouched(engine4):
 def test_primes_of_different_lengths_join_in_one_call_as_each_would_alone(engine4, monkeypatch):
     """The server primed joining streams one engine call per prime length: 16 requests with primes of ~4,000
     characters, each a little shorter, kept every stream waiting 40 s. Streams fed primes of 560, 5 and 13 ids in one
-    call end as each ends fed alone; stream 1 keeps its state and logits, and the history (the repeat guard's) is
-    each prime's."""
+    call (the 5 and 13 end in its first chunk of 512) end as each ends joining alone: the same last logits and state,
+    to the bit; stream 1 keeps its state and logits, and the history (the repeat guard's) is each prime's."""
     primes = np.stack([text(30 + i, 9) for i in range(4)])
     engine4.prime(primes)
     untouched = engine4.logits(np.tile(text(5, 6), (4, 1)))[1]
     engine4.prime(primes)
+    untouched_last = engine4.last_logits[1]
     joining = {0: text(70, 560), 2: np.array([1, 2, 3, 3, 3]), 3: text(90, 13)}
     calls = []
-    monkeypatch.setattr(engine4, "_forced_function", lambda bucket, fn=engine4._forced_function: calls.append(
-        bucket) or fn(bucket))
+    monkeypatch.setattr(engine4, "_forced_function", lambda bucket, ragged, fn=engine4._forced_function: calls.append(
+        bucket) or fn(bucket, ragged))
     engine4.prime_rows(list(joining), list(joining.values()))
     assert calls == [512, 64]  # one feed of 560 steps: a whole chunk and the rest
     assert (engine4._history.last_id.tolist(), engine4._history.run.tolist()) == (
         [joining[0][-1], primes[1][-1], 3, joining[3][-1]],
         [StreamHistory.empty(1).after(joining[0][None]).run[0], StreamHistory.empty(1).after(primes[1:2]).run[0], 3,
          StreamHistory.empty(1).after(joining[3][None]).run[0]])
+    last = engine4.last_logits
+    np.testing.assert_array_equal(last[1], untouched_last)
     after = engine4.logits(np.tile(text(5, 6), (4, 1)))
     np.testing.assert_array_equal(after[1], untouched)
     for row, ids in joining.items():
         alone = Engine(engine4.weights, 4)
-        alone.prime(np.tile(ids, (4, 1)))
-        np.testing.assert_allclose(after[row], alone.logits(np.tile(text(5, 6), (4, 1)))[row], atol=1e-5)
+        alone.prime_rows([row], [ids])
+        np.testing.assert_array_equal(last[row], alone.last_logits[row])
+        np.testing.assert_array_equal(after[row], alone.logits(np.tile(text(5, 6), (4, 1)))[row])
+        fresh = Engine(engine4.weights, 4)  # and as prime() reads it, to the last bits XLA may round otherwise
+        fresh.prime(np.tile(ids, (4, 1)))
+        np.testing.assert_allclose(last[row], fresh.last_logits[row], atol=1e-5)
 
 
 def test_streams_moved_to_a_larger_engine_continue_where_they_were(engine4):

@@ -287,10 +287,14 @@ class Generator:
     """A checkpoint loaded for generation: the model at batch 1, its metadata and weights, and compiled
     engines (one per engine size, :func:`engine_size`, reused by later calls; a busy engine is never lent twice)."""
 
-    def __init__(self, model, meta):
+    def __init__(self, model, meta, one_loop: bool = True):
         from textgen.engine import weights_from_model
 
         self.model, self.meta, self.vocab = model, meta, meta.vocab
+        # Sampling through the one compiled loop that applies every filter (see _run): a loop per mix of options grew
+        # a long-lived process (a notebook, the API) by ~6 MB and 0.3-1 s of compiling per mix and engine size. A
+        # command that samples once compiles the loop its options need instead, 0.3-0.9 s sooner.
+        self.one_loop = one_loop
         self.weights = weights_from_model(model)
         self._idle: dict = {}
         self._lock = threading.Lock()
@@ -299,10 +303,10 @@ class Generator:
         self._scoring = threading.Lock()
 
     @classmethod
-    def load(cls, run_dir: Path, kind: str = "best") -> "Generator":
+    def load(cls, run_dir: Path, kind: str = "best", one_loop: bool = True) -> "Generator":
         from textgen.checkpoint import load_model
 
-        return cls(*load_model(Path(run_dir), batch_size=1, kind=kind))
+        return cls(*load_model(Path(run_dir), batch_size=1, kind=kind), one_loop=one_loop)
 
     def take_engine(self, streams: int):
         """An engine of streams streams for the caller alone, until it is given back."""
@@ -347,11 +351,9 @@ class Generator:
                 step = min(chunk, config.length - streams.produced)
                 uniforms = np.zeros((step, size))
                 uniforms[:, :rows] = draws.next(step)
-                # The one compiled loop that applies every filter, whichever this request uses: a loop per mix of
-                # filters (and temperature 0) grew a notebook's sweep by ~6 MB and 0.3-1 s of compiling per mix and
-                # engine size, 90 loops and 400 MB after 400 calls; that loop costs no more per step (0.037 ms for
-                # one stream, 0.45-0.46 ms for 64, with or without filters)
-                ids = engine.sample(step, temperature=temperatures, uniforms=uniforms, every_filter=True,
+                # one_loop: whichever filters this request uses (400 calls of a notebook's sweep had compiled 90
+                # loops, 400 MB); that loop costs no more per step (0.037 ms for one stream, 0.45 ms for 64)
+                ids = engine.sample(step, temperature=temperatures, uniforms=uniforms, every_filter=self.one_loop,
                                     **{name: getattr(config, name) for name in sampling.FILTERS})
                 streams.add(ids[:rows])
                 yield streams
@@ -458,7 +460,7 @@ def generate_with(config: SampleConfig, checkpoint_dir: str | Path = DEFAULT_CHE
     config.validate()  # before loading: a bad option costs nothing
     run_dir = find_run(Path(checkpoint_dir), run)
     import_tensorflow_quietly()
-    generator = Generator.load(run_dir)
+    generator = Generator.load(run_dir, one_loop=False)  # (samples once)
     if on_text is not None and config.sample_count == 1:
         pieces = generator.stream(config, warn, chunk, show_progress)
         while True:
