@@ -930,6 +930,16 @@ def test_an_allowed_origin_that_no_browser_sends_is_refused(origin):
            "path, such as http://localhost:3000, or * for any" in " ".join(result.output.split())
 
 
+@pytest.mark.parametrize("name", ["http://gpu-box:8000", "gpu-box/", "*.", "a b"])
+def test_an_allowed_host_that_no_request_names_is_refused(name):
+    """--allow-host took http://gpu-box:8000 and *.example.org without a word, and matched nothing."""
+    result = CliRunner().invoke(cli, ["serve", "--allow-host", "ok.example", "--allow-host", name])
+    assert result.exit_code == 2
+    assert f"Invalid value for '--allow-host': {name!r} is not a host name; give one as a browser's address bar has " \
+           "it, without http:// or a path, such as gpu-box.lab.example.org, .example.org for every name in that " \
+           "domain, or * for any" in " ".join(result.output.split())
+
+
 def test_a_closed_standard_output_is_one_error_line(trained_run):
     """Started with its standard output closed (>&-), every command ended in a traceback (sys.stdout is None)."""
     import subprocess

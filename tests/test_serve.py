@@ -1986,18 +1986,24 @@ def test_a_server_on_the_network_answers_requests_that_name_it_by_address_or_hos
     from textgen.serve import Limits, create_app
 
     machine = socket.gethostname().lower()
+    short = machine.split(".")[0]
     app = create_app(trained_run["checkpoint_dir"], "period", Limits(), network_host="0.0.0.0",
-                     allow_hosts=("gpu-box.lab.example.org",))
+                     allow_hosts=("textgen", ".lab.example.org"))  # a container's service name; a domain
     with serving(app) as base:
         port = base.rsplit(":", 1)[1]
-        for good in (f"192.168.1.20:{port}", "10.0.0.5", f"[fe80::1]:{port}", f"localhost:{port}", machine,
-                     f"{machine}.local:{port}" if "." not in machine else machine, "gpu-box.lab.example.org"):
+        for good in (f"192.168.1.20:{port}", "10.0.0.5", f"[fe80::1]:{port}", f"localhost:{port}", machine, short,
+                     f"{short}.local:{port}", "textgen:8000", "gpu-box.lab.example.org", "LAB.example.org."):
             status, answer = named_as(base, good)
             assert status == 200 and answer["run"] == "period", (good, answer)
+        for bad in ("attacker.example", "evil-lab.example.org", "textgen.attacker.example"):
+            assert named_as(base, f"{bad}:{port}")[0] == 400, bad
         status, answer = named_as(base, f"attacker.example:{port}")
-        names = f"{machine}, {machine}.local" if "." not in machine else machine
+        names = ", ".join(dict.fromkeys([machine, short, f"{short}.local"]))
         assert (status, answer) == (400, {"error": f"this server answers requests that name this machine (an IP "
                                                    f"address, localhost, {names}), not 'attacker.example', since a "
                                                    "web page of another site could otherwise call it from its "
                                                    "visitors' browsers; to reach it by that name, start it with "
-                                                   "--allow-host attacker.example"})
+                                                   "--allow-host attacker.example (or --allow-host '*' for any name)"})
+    with serving(create_app(trained_run["checkpoint_dir"], "period", Limits(), network_host="0.0.0.0",
+                            allow_hosts=("*",))) as base:
+        assert named_as(base, "attacker.example")[0] == 200  # the check turned off

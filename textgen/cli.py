@@ -121,6 +121,17 @@ def _origins(ctx, param, values):
     return values
 
 
+def _host_names(ctx, param, values):
+    """Host names as a Host header carries them (with no scheme or path, which would never match), a domain's names
+    as .example.org, or * for any."""
+    for value in values:
+        if value != "*" and not re.fullmatch(r"(\*?\.)?[A-Za-z0-9_.-]+(:\d+)?|\[[0-9A-Fa-f:.%]+\](:\d+)?", value):
+            raise click.BadParameter(f"{value!r} is not a host name; give one as a browser's address bar has it, "
+                                     "without http:// or a path, such as gpu-box.lab.example.org, .example.org for "
+                                     "every name in that domain, or * for any")
+    return values
+
+
 def _finite_seconds(ctx, param, value):
     if not math.isfinite(value):  # click.FloatRange lets nan and inf through (nan waited no time, inf for ever)
         raise click.BadParameter(f"must be a number of seconds, such as 10, not {value}")
@@ -723,10 +734,11 @@ def export_command(checkpoint_dir, run, formats, output, overwrite):
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN", callback=_origins,
               help="Let web pages from this origin (such as http://localhost:3000, or * for any) call the API "
                    "from a browser (CORS). Repeat for several. Default: only the server's own page.")
-@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME", callback=_host_names,
               help="Also answer requests for this host name: a proxy in front that passes its own on (such as "
-                   "Caddy), or a name others reach this machine by on the network. Repeat for several. Default: this "
-                   "machine's names (and, beyond the loopback interface, its IP addresses) only.")
+                   "Caddy), or a name others reach this machine by on the network (a container's service name); "
+                   ".example.org for every name in that domain, * for any. Repeat for several. Default: this "
+                   "machine's names (and, beyond the loopback interface, any IP address) only.")
 @click.option("--log-level", type=click.Choice(SERVER_LOG_LEVELS), default="info", show_default=True,
               help="The least severe log lines shown (each with its time): info has one per request, warning only "
                    "problems.")

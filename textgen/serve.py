@@ -434,16 +434,20 @@ class _KnownHosts:
 
     def __init__(self, app, listening_on: str, loopback: bool, allowed: tuple = ()):
         self.app, self.listening_on, self.loopback = app, listening_on.strip("[]").lower(), loopback
-        self.names = {"localhost", self.listening_on, *(_host_name(name) for name in allowed)}  # --allow-host
+        allowed = [_host_name(name) for name in allowed]  # --allow-host: names, .domains (or *.domains), or *
+        self.any_name = "*" in allowed
+        self.domains = tuple(name.lstrip("*") for name in allowed if name.startswith((".", "*.")))
+        self.names = {"localhost", self.listening_on, *allowed, *(domain[1:] for domain in self.domains)}
         if not loopback:
             machine = socket.gethostname().lower()
-            self.machine_names = [machine] + ([f"{machine}.local"] if "." not in machine else [])  # (.local: mDNS)
+            short = machine.split(".")[0]  # (gpu-box.lab.example.org is gpu-box to its neighbours; .local: mDNS)
+            self.machine_names = list(dict.fromkeys([machine, short, f"{short}.local"]))
             self.names.update(self.machine_names)
 
     def _known(self, named: str) -> bool:
         import ipaddress
 
-        if named in self.names or named.endswith(".localhost"):
+        if self.any_name or named in self.names or named.endswith((".localhost", *self.domains)):
             return True
         try:
             return ipaddress.ip_address(named).is_loopback or not self.loopback
@@ -463,7 +467,7 @@ class _KnownHosts:
                     message = (f"this server answers requests that name this machine (an IP address, localhost, "
                                f"{', '.join(self.machine_names)}), not {shown_start(named)}, since a web page of "
                                f"another site could otherwise call it from its visitors' browsers; to reach it by "
-                               f"that name, start it with {option}")
+                               f"that name, start it with {option} (or --allow-host '*' for any name)")
                 return await JSONResponse({"error": message}, status_code=400)(scope, receive, send)
         await self.app(scope, receive, send)
 
