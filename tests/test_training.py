@@ -938,7 +938,7 @@ def test_signal_saves_a_resumable_checkpoint_mid_epoch(tmp_path, periodic_corpus
     with caplog.at_level(logging.WARNING, logger="textgen"):
         load_model(tmp_path / "r")
     assert [record.getMessage() for record in caplog.records] == [
-        "note: run 'r' has no best checkpoint (its best.json is missing, though it was validated after epoch 1); "
+        "note: run 'r' has no best checkpoint (its best.json is missing, though it was validated in epoch 1); "
         "using its last one, saved in epoch 2, after step 3"]
 
 
@@ -1536,7 +1536,7 @@ def test_checkpoint_from_before_an_option_resumes_as_it_was_trained():
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
 
 
-def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corpus):
+def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corpus, caplog):
     summary = run(periodic_corpus, tmp_path, epochs=3, train_options=dict(max_minutes=0.0005))
     assert summary["stopped"] == "time budget of 0.0005 minutes reached"
     best = checkpoint.read_meta(tmp_path / "r", "best")
@@ -1558,6 +1558,15 @@ def test_time_budget_validates_saves_and_stops_mid_epoch(tmp_path, periodic_corp
         started = dict(saved["started_from"], step_in_epoch=wrong)
         with pytest.raises(ValueError, match="its started_from is .*, not the run it started from"):
             checkpoint.CheckpointMeta.from_json(dict(saved, started_from=started))
+    # Its best.json gone, the note on using the last one said it was "validated after epoch 0"
+    shutil.copytree(tmp_path / "r", tmp_path / "nobest" / "r")
+    (tmp_path / "nobest" / "r" / "best.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="textgen"):
+        checkpoint.load_model(tmp_path / "nobest" / "r")
+    assert [record.getMessage() for record in caplog.records] == [
+        "note: run 'r' has no best checkpoint (its best.json is missing, though it was validated in epoch 1); using "
+        f"its last one, saved in epoch 1, after step {best.state.step_in_epoch}"]
     # The advice when last.json is damaged names the best checkpoint the same way
     shutil.copytree(tmp_path / "r", tmp_path / "damaged" / "r")
     (tmp_path / "damaged" / "r" / "last.json").write_text("{", encoding="utf-8")

@@ -607,12 +607,19 @@ def load_model(run_dir: Path, batch_size: int = 1, kind: str = "best"):
         logger.warning(f"warning: {problem}; using the {candidate} checkpoint instead")
     elif kind == "best" and candidate == "last":  # a run stopped before its first validation: half trained
         why = "yet (no epoch of it has ended in a validation)" if meta.state.best_val_loss is None else \
-            f"(its best.json is missing, though it was validated after epoch {meta.state.best_epoch})"
+            f"(its best.json is missing, though it was validated in epoch {_best_validated_epoch(meta.state)})"
         logger.warning(f"note: run {run_dir.name!r} has no best checkpoint {why}; using its last one, saved "
                        f"{meta.state.position()}")
     elif candidate != kind:
         logger.warning(f"note: run {run_dir.name!r} has no {kind} checkpoint; using its {candidate} one")
     return model, meta
+
+
+def _best_validated_epoch(state: RunState) -> int:
+    """The epoch (from 1) whose validation reached the run's best loss: its history row's (best_epoch counts the
+    epochs done, 0 for a best reached by a stop in the first epoch, which its note called "after epoch 0")."""
+    rows = [row for row in state.history if row.get("val_loss") == state.best_val_loss]
+    return rows[-1]["epoch"] if rows else max(1, state.best_epoch)
 
 
 class RunLock:
