@@ -1960,7 +1960,7 @@ def test_a_loopback_server_answers_only_requests_that_name_this_machine(trained_
     browser of anyone running the server: the request names that site in its Host header."""
     from textgen.serve import Limits, create_app
 
-    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), loopback_host="127.0.0.1",
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), listening_on="127.0.0.1",
                      allow_hosts=("textgen.example.org",))  # a proxy in front that passes its name on (Caddy)
     with serving(app) as base:
         port = base.rsplit(":", 1)[1]
@@ -1987,7 +1987,7 @@ def test_a_server_on_the_network_answers_requests_that_name_it_by_address_or_hos
 
     machine = socket.gethostname().lower()
     short = machine.split(".")[0]
-    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), network_host="0.0.0.0",
+    app = create_app(trained_run["checkpoint_dir"], "period", Limits(), listening_on="0.0.0.0", loopback=False,
                      allow_hosts=("textgen", ".lab.example.org"))  # a container's service name; a domain
     with serving(app) as base:
         port = base.rsplit(":", 1)[1]
@@ -2004,6 +2004,6 @@ def test_a_server_on_the_network_answers_requests_that_name_it_by_address_or_hos
                                                    "web page of another site could otherwise call it from its "
                                                    "visitors' browsers; to reach it by that name, start it with "
                                                    "--allow-host attacker.example (or --allow-host '*' for any name)"})
-    with serving(create_app(trained_run["checkpoint_dir"], "period", Limits(), network_host="0.0.0.0",
+    with serving(create_app(trained_run["checkpoint_dir"], "period", Limits(), listening_on="0.0.0.0", loopback=False,
                             allow_hosts=("*",))) as base:
         assert named_as(base, "attacker.example")[0] == 200  # the check turned off

@@ -34,4 +34,3 @@ def import_tensorflow_quietly() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
-

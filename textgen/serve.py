@@ -147,12 +147,12 @@ def _page_headers(page: str) -> dict:
 
 
 def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits = Limits(),
-               allow_origins: tuple = (), loopback_host: Optional[str] = None, allow_hosts: tuple = (),
-               network_host: Optional[str] = None):
+               allow_origins: tuple = (), listening_on: Optional[str] = None, loopback: bool = True,
+               allow_hosts: tuple = ()):
     """The ASGI application serving the runs under checkpoint_dir (run: the default one); allow_origins: the web
-    origins whose pages may call the API (CORS; "*": any); loopback_host: the loopback address or name it listens
-    on, if it does, or network_host: the address it listens on beyond the loopback interface (--host 0.0.0.0), whose
-    requests must name this machine or one of allow_hosts (_KnownHosts)."""
+    origins whose pages may call the API (CORS; "*": any); listening_on: the --host it listens on, if any, on the
+    loopback interface alone or (not loopback: --host 0.0.0.0) beyond it, whose requests must name this machine or one
+    of allow_hosts (_KnownHosts)."""
 
     from textgen.generate import ENGINE_SIZES, collect_warnings
 
@@ -249,9 +249,8 @@ def create_app(checkpoint_dir: Path, run: Optional[str] = None, limits: Limits =
         return error(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, limits=limits)
-    if loopback_host is not None or network_host is not None:
-        app.add_middleware(_KnownHosts, listening_on=loopback_host or network_host, loopback=loopback_host is not None,
-                           allowed=allow_hosts)
+    if listening_on is not None:
+        app.add_middleware(_KnownHosts, listening_on=listening_on, loopback=loopback, allowed=allow_hosts)
     app.add_middleware(_AnsweredWhenCut)
     if allow_origins:  # around the whole stack, the 500 handler's ServerErrorMiddleware too (add_middleware puts
         # it inside): every answer, a 413 or a failure nobody foresaw as well, carries the headers a browser needs
@@ -408,9 +407,11 @@ def _last_words():
 
 
 def _why_unreadable(body: Optional[bytes]) -> str:
-    """Why json.loads refuses body with something other than a JSON syntax error (which pydantic words itself)."""
+    """Why json.loads refuses body (None: a body that never came whole) with something other than a JSON syntax error
+    (which pydantic words itself)."""
     try:
-        json.loads(body) if body is not None else None
+        if body is not None:
+            json.loads(body)
     except UnicodeDecodeError:
         return "not UTF-8"
     except RecursionError:
@@ -445,14 +446,10 @@ class _KnownHosts:
             self.names.update(self.machine_names)
 
     def _known(self, named: str) -> bool:
-        import ipaddress
-
         if self.any_name or named in self.names or named.endswith((".localhost", *self.domains)):
             return True
-        try:
-            return ipaddress.ip_address(named).is_loopback or not self.loopback
-        except ValueError:
-            return False
+        address = _ip_address(named)
+        return address is not None and (address.is_loopback or not self.loopback)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -481,13 +478,18 @@ def _host_name(header: str) -> str:
     return (header.rsplit(":", 1)[0] if header.count(":") == 1 else header).rstrip(".")
 
 
-def _is_loopback_address(name: str) -> bool:
+def _ip_address(name: str):
+    """name as an IP address, or None when it is a host name."""
     import ipaddress
 
     try:
-        return ipaddress.ip_address(name).is_loopback
+        return ipaddress.ip_address(name)
     except ValueError:
-        return False
+        return None
+
+
+def _is_loopback_address(name: str) -> bool:
+    return (address := _ip_address(name)) is not None and address.is_loopback
 
 
 class _BodyLimit:
@@ -627,8 +629,8 @@ def serve(checkpoint_dir: Path, run: Optional[str], host: str, port: int, limits
         _raise_open_file_limit()
         import_tensorflow_quietly()
         loopback = all(_is_loopback_address(sock.getsockname()[0]) for sock in listening)
-        app = create_app(checkpoint_dir, run, limits, allow_origins, loopback_host=host if loopback else None,
-                         allow_hosts=allow_hosts, network_host=None if loopback else host)
+        app = create_app(checkpoint_dir, run, limits, allow_origins, listening_on=host, loopback=loopback,
+                         allow_hosts=allow_hosts)
         logger.info(f"serving the runs in {checkpoint_dir} (default {app.state.runs.default!r}) on "
                     f"http://{shown}:{port}/ (API under /v1, OpenAPI description at /v1/openapi.json; Ctrl-C stops)")
         log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)

@@ -77,11 +77,14 @@ def compatibility_form(ch: str) -> str:
     return unicodedata.normalize("NFKC", ch).translate(_TYPED_FORM)
 
 
-def _convertible(text: str, unknown: np.ndarray) -> np.ndarray:
-    """The places in unknown (of characters of text) whose sequence NFC or NFD could change: not those of a character
-    both forms keep that starts a sequence alone, with the next one starting its own (an emoji, a CJK character:
-    most of a text in another script), told apart by their distinct characters rather than one by one."""
-    code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def _convertible(code_points: np.ndarray, unknown: np.ndarray) -> np.ndarray:
+    """The places in unknown (of code_points, a text's) whose sequence NFC or NFD could change: not those of a
+    character both forms keep that starts a sequence alone, with the next one starting its own (an emoji, a CJK
+    character: most of a text in another script), told apart by their distinct characters rather than one by one."""
     following = np.minimum(unknown + 1, len(code_points) - 1)
     distinct, inverse = np.unique(np.concatenate([code_points[unknown], code_points[following]]), return_inverse=True)
     characters = [chr(int(code)) for code in distinct]
@@ -169,11 +172,13 @@ class Vocabulary:
         return self._known_form(text)
 
     def _known_form(self, text: str) -> tuple[str, np.ndarray, int]:
-        unknown = np.flatnonzero(~self._lookup(text)[1])
+        code_points = _code_points(text)
+        ids, known = self._lookup(code_points)
+        unknown = np.flatnonzero(~known)
         if not len(unknown) or unicodedata.is_normalized("NFC", text) and unicodedata.is_normalized("NFD", text):
-            return text, *self.encode_known(text)  # (one emoji in ASCII text: nothing to convert)
+            return text, ids[known].astype(self.id_dtype), len(unknown)  # (one emoji in ASCII text: as it is)
         pieces, end, chosen = [], 0, {}
-        for index in _convertible(text, unknown):
+        for index in _convertible(code_points, unknown):
             if index < end:  # in the sequence before
                 continue
             start = index
@@ -199,15 +204,14 @@ class Vocabulary:
 
         return min([text, unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text)], key=rank)
 
-    def _lookup(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per character of text, its place in the vocabulary and whether the vocabulary has it."""
-        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    def _lookup(self, code_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per character (code point), its place in the vocabulary and whether the vocabulary has it."""
         ids = np.searchsorted(self.code_points, code_points)
         return ids, (ids < len(self)) & (self.code_points[np.minimum(ids, len(self) - 1)] == code_points)
 
     def encode_known(self, text: str) -> tuple[np.ndarray, int]:
         """Ids of the characters of text that are in the vocabulary, and how many others were dropped."""
-        ids, known = self._lookup(text)
+        ids, known = self._lookup(_code_points(text))
         kept = ids[known].astype(self.id_dtype)
         return kept, len(ids) - len(kept)
 
