@@ -16,6 +16,14 @@ TINY_TRAINING = dict(batch_size=8, seq_length=20, learning_rate=0.01, seed=7)
 os.environ.pop("TEXTGEN_CHECKPOINT_DIR", None)  # a developer's own would send the commands the tests run elsewhere
 
 
+def pytest_sessionstart(session):
+    """textgen's C++ training loops built (the first time on a machine: ~30 s) before any test runs, so that no test
+    sees that build's log line; where they cannot be built the XLA loops serve (tests/test_native_loops.py)."""
+    from textgen import native_loops
+
+    native_loops.library()
+
+
 def free_ports(count: int = 1) -> list[int]:
     """Loopback ports nothing listens on: any the system gives, or, where TEXTGEN_TEST_PORTS names a range
     ("8760-8799": a shared machine that gives each user's tests their own ports), ports of that range."""

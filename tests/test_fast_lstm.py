@@ -7,6 +7,8 @@ the observed differences are ~1e-7).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 import textgen.fast_lstm as fast_lstm  # noqa: E402
+import textgen.native_loops as native_loops  # noqa: E402
 from textgen.fast_lstm import FastLSTM  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # pragma: no cover
@@ -98,10 +101,37 @@ def count_fast_calls(monkeypatch):
     return calls
 
 
-def test_matches_stock_outputs_states_and_gradients(count_fast_calls):
+@pytest.fixture(params=["native", "xla"])
+def training_loops(request, monkeypatch):
+    """The float32 training loops under test: textgen's C++ ops (textgen.native_loops; skipped where this machine
+    cannot build them, unless required) or XLA's. Counts the C++ ops' calls."""
+    calls = {"native": 0, "in C++": request.param == "native"}
+    if request.param == "xla":
+        monkeypatch.setattr(native_loops, "_loaded", [None])
+        return calls
+    library = native_loops.library()
+    if library is None:
+        if os.environ.get("TEXTGEN_REQUIRE_NATIVE_LOOPS"):
+            pytest.fail("textgen's C++ loops could not be built here, and this run requires them")
+        pytest.skip("textgen's C++ loops cannot be built here (no g++?)")
+
+    class Counted:
+        def __getattr__(self, name):
+            def op(*args, **kwargs):
+                calls["native"] += 1
+                return getattr(library, name)(*args, **kwargs)
+
+            return op
+
+    monkeypatch.setattr(native_loops, "_loaded", [Counted()])
+    return calls
+
+
+def test_matches_stock_outputs_states_and_gradients(count_fast_calls, training_loops):
     stock, fast = twin_models()
     assert_trains_like_stock(stock, fast, windows())
     assert count_fast_calls["n"] == 4  # 2 layers x 2 windows took the fused path
+    assert training_loops["native"] == 8 * training_loops["in C++"]  # each one's forward and backward
 
 
 def test_inference_matches_stock_and_keeps_state():
@@ -116,7 +146,12 @@ def test_inference_matches_stock_and_keeps_state():
         assert all(not np.any(np.array(v)) for v in layer.states)
 
 
-def test_initial_state_gradients_match_stock():
+def test_initial_state_gradients_match_stock(training_loops):
+    check_initial_state_gradients()
+    assert training_loops["native"] == 2 * training_loops["in C++"]
+
+
+def check_initial_state_gradients():
     keras.utils.set_random_seed(0)
     stock = keras.layers.LSTM(UNITS, return_sequences=True, return_state=True)
     fast = FastLSTM(UNITS, return_sequences=True, return_state=True)
@@ -343,13 +378,14 @@ def test_row_width_pads_only_power_of_two_rows_of_compiled_loops():
     assert fast_lstm._row_width(2048, False) == 2048
 
 
-def test_padded_rows_match_stock(monkeypatch, count_table_projections):
+def test_padded_rows_match_stock(monkeypatch, count_table_projections, training_loops):
     """Training with zero columns after 4U (what 256, 512, ... units get) computes the same as the stock layer,
     through the table projection (layer 0) and the dense one (layer 1)."""
     monkeypatch.setattr(fast_lstm, "_row_width", lambda gates, compiled: gates + 3 if compiled else gates)
     stock, fast = table_twins()
     assert_trains_like_stock(stock, fast, long_windows())
     assert count_table_projections["n"] == 2
+    assert training_loops["native"] == 8 * training_loops["in C++"]
 
 
 @pytest.fixture
@@ -357,6 +393,7 @@ def feature_major_loops(monkeypatch):
     """Every compiled recurrence loop feature-major (what 512 units and more get), at these tiny sizes: counts
     the loops traced that way; the compiled loops are traced afresh on both sides of the test."""
     monkeypatch.setattr(fast_lstm, "FEATURE_MAJOR_MIN_UNITS", 1)
+    monkeypatch.setattr(native_loops, "_loaded", [None])  # the C++ loops, where built, are batch-major
     traced = {"feature-major": 0}
     original = fast_lstm._feature_major
 
@@ -383,5 +420,5 @@ def test_feature_major_loops_match_stock(feature_major_loops, monkeypatch, count
 
 
 def test_feature_major_initial_state_gradients_match_stock(feature_major_loops):
-    test_initial_state_gradients_match_stock()
+    check_initial_state_gradients()
     assert feature_major_loops["feature-major"] == 1

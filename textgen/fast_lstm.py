@@ -58,7 +58,7 @@ import functools
 import keras
 from keras import activations
 
-from textgen import lstm_step
+from textgen import lstm_step, native_loops
 
 def _is_activation(fn, name: str) -> bool:
     if fn is getattr(activations, name, None) or fn is getattr(keras.ops, name, None):
@@ -330,12 +330,12 @@ def _feature_major(units: int, compiled: bool) -> bool:
     return compiled and units >= FEATURE_MAJOR_MIN_UNITS
 
 
-def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None, feature_major=False):
+def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None, feature_major=False, native=None):
     """Run the recurrence over the pre-scaled input part of z, ``xw`` (T, B, 4U or wider), in the layout
-    ``feature_major`` chooses (:func:`_feature_major`).
+    ``feature_major`` chooses (:func:`_feature_major`), or in ``native``'s C++ op (:mod:`textgen.native_loops`).
 
     Returns ``(outputs_tm, h_T, c_T)``; with ``save`` also ``(h_all, c_all, s_all)`` for the backward pass (see
-    :func:`_forward_loop`).
+    :func:`_forward_loop`; the C++ op's are batch-major).
     """
     import tensorflow as tf
 
@@ -346,6 +346,9 @@ def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None, feature_major
     # a (4U, U) x (U, B) matmul: on CPU (oneDNN, Eigen and XLA alike) that shape runs ~1.5x faster than the
     # (B, U) x (U, 4U) one (BENCHMARKS.md, "Against PyTorch").
     scale = lstm_step.candidate_scale(units, dtype)
+    if native is not None:
+        h_all, c_all, s_all = native.textgen_lstm_forward(*_no_tape(xw, h0, c0, recurrent * scale))
+        return h_all[1:], h_all[-1], c_all[-1], h_all, c_all, s_all
     rk_t = tf.cast(_materialized_transpose(recurrent * scale), operand_dtype)
 
     if _compiles_loops(operand_dtype, training=save):  # save: training, inside _lstm_with_grad's custom gradient
@@ -421,8 +424,9 @@ def _compiled(loop):
 
 
 def _lstm_backward(recurrent, h_all, c_all, s_all, feature_major, d_outputs, d_h_last, d_c_last, operand_dtype,
-                   width):
-    """Reverse recurrence plus the recurrent kernel's gradient, in the layout the forward loop saved its states in.
+                   width, native=None):
+    """Reverse recurrence plus the recurrent kernel's gradient, in the layout the forward loop saved its states in
+    (by ``native``'s C++ op when the forward ran there).
 
     Returns ``dz`` (T*B, width), the gradient of the (unscaled) z of every step (zero beyond 4U: see
     :func:`_row_width`), and the gradients of ``(h0, c0, recurrent)``.
@@ -443,7 +447,9 @@ def _lstm_backward(recurrent, h_all, c_all, s_all, feature_major, d_outputs, d_h
         # the rows beyond 4U are zeros, like dz's padded columns.
         step_weights = tf.cast(_materialized_transpose(_pad_columns(recurrent, width)), operand_dtype)
     loop_inputs = (s_all, c_all, d_outputs, dh, dc, step_weights)
-    if _compiles_loops(operand_dtype, training=True):
+    if native is not None:
+        dz_all, dh0, dc0 = native.textgen_lstm_backward(*_no_tape(*loop_inputs), width=width)
+    elif _compiles_loops(operand_dtype, training=True):
         dz_all, dh0, dc0 = _compiled(_backward_loop)(*_no_tape(*loop_inputs), width, feature_major)
     else:
         dz_all, dh0, dc0 = _backward_loop(*loop_inputs, width, feature_major)
@@ -489,18 +495,20 @@ def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand
     import tensorflow as tf
 
     # One layout for both directions: the backward reads the states the forward saved in it.
-    feature_major = _feature_major(recurrent.shape[0], _compiles_loops(operand_dtype, training=True))
+    compiled = _compiles_loops(operand_dtype, training=True)
+    native = native_loops.library() if compiled else None
+    feature_major = native is None and _feature_major(recurrent.shape[0], compiled)
 
     @tf.custom_gradient
     def lstm(source, h0, c0, kernel, recurrent, bias):
         xw = projection.forward(source, kernel, bias, operand_dtype)
         outputs, h_last, c_last, h_all, c_all, s_all = _lstm_forward(
-            xw, h0, c0, recurrent, save=True, operand_dtype=operand_dtype, feature_major=feature_major
+            xw, h0, c0, recurrent, save=True, operand_dtype=operand_dtype, feature_major=feature_major, native=native
         )
 
         def grad(d_outputs, d_h_last, d_c_last):
             dz, dh0, dc0, d_recurrent = _lstm_backward(recurrent, h_all, c_all, s_all, feature_major, d_outputs,
-                                                       d_h_last, d_c_last, operand_dtype, projection.width)
+                                                       d_h_last, d_c_last, operand_dtype, projection.width, native)
             d_source, d_kernel, d_bias = projection.backward(source, kernel, dz, operand_dtype)
             return d_source, dh0, dc0, d_kernel, d_recurrent, d_bias
 

@@ -86,7 +86,9 @@ class Session:
         import keras
         import tensorflow as tf
 
+        from textgen import native_loops
         from textgen.distribute import check_batch_size, replica_rows
+        from textgen.fast_lstm import gpu_visible
         from textgen.model import build_model, lstm_layers
 
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
@@ -95,6 +97,8 @@ class Session:
         self.per_replica = train_config.batch_size // replicas
         # The LSTM matmuls' operand type, which each epoch's history row records (on a GPU the cuDNN layer runs)
         self.precision = training_precision(train_config, model_config.units, strategy)
+        if self.precision == "float32" and not gpu_visible():
+            native_loops.library()  # built (the first time on a machine) before the run's clock starts
         with strategy.scope():
             self.model = build_model(model_config, self.per_replica, matmul_dtype=self.precision,
                                      seed=train_config.seed)

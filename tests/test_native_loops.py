@@ -1,0 +1,164 @@
+"""textgen's C++ training loops (textgen/lstm_loops.cc via textgen.native_loops): the same numbers as the XLA loops
+for any split of the units among threads, and a one-line note, not a failure, wherever they cannot be had.
+
+The layers' outputs and gradients through them, against the stock Keras LSTM: tests/test_fast_lstm.py."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from textgen import fast_lstm, lstm_step, native_loops  # noqa: E402
+
+STEPS, BATCH, UNITS = 5, 3, 40  # 40 units: split 16 + 16 + 8 among three parts
+TOL = 1e-5
+
+
+def built_library():
+    """The ops as the process loads them; skipped where this machine cannot build them (CI requires them)."""
+    library = native_loops.library()
+    if library is None:
+        if os.environ.get("TEXTGEN_REQUIRE_NATIVE_LOOPS"):
+            pytest.fail("textgen's C++ loops could not be built here (see the log), and this run requires them")
+        pytest.skip("textgen's C++ loops cannot be built here (no g++?): the XLA loops serve")
+    return library
+
+
+def window(width_pad=3, seed=0):
+    rng = np.random.default_rng(seed)
+    gates = lstm_step.GATES * UNITS
+    xw = rng.normal(size=(STEPS, BATCH, gates + width_pad)).astype("float32")
+    h0, c0 = (rng.normal(size=(BATCH, UNITS)).astype("float32") for _ in range(2))
+    recurrent = (rng.normal(size=(UNITS, gates)) / np.sqrt(UNITS)).astype("float32")
+    d_outputs = rng.normal(size=(STEPS, BATCH, UNITS)).astype("float32")
+    dh, dc = (rng.normal(size=(BATCH, UNITS)).astype("float32") for _ in range(2))
+    return xw, h0, c0, recurrent, d_outputs, dh, dc
+
+
+def xla_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, width):
+    """The compiled batch-major XLA loops' forward saves and backward results, in the C++ ops' layouts."""
+    scaled = recurrent * lstm_step.candidate_scale(UNITS, tf.float32)
+    _, _, _, h_all, c_all, s_all = fast_lstm._compiled(fast_lstm._forward_loop)(
+        xw, h0, c0, fast_lstm._materialized_transpose(scaled), True, False)
+    step_weights = fast_lstm._materialized_transpose(fast_lstm._pad_columns(tf.constant(recurrent), width))
+    dz_all, dh0, dc0 = fast_lstm._compiled(fast_lstm._backward_loop)(s_all, c_all, d_outputs, dh, dc, step_weights,
+                                                                      width, False)
+    s_all = tf.reshape(tf.transpose(s_all, [0, 2, 1, 3]), [STEPS, BATCH, -1])  # (T, 4, B, U) -> (T, B, 4U)
+    return [np.array(t) for t in (h_all, c_all, s_all, dz_all, dh0, dc0)], step_weights
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 0])  # 0: one part per intra-op thread
+def test_ops_compute_what_the_xla_loops_compute(parts):
+    library = built_library()
+    xw, h0, c0, recurrent, d_outputs, dh, dc = window()
+    width = xw.shape[-1]
+    expected, step_weights = xla_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, width)
+    scaled = recurrent * np.array(lstm_step.candidate_scale(UNITS, tf.float32))
+    h_all, c_all, s_all = library.textgen_lstm_forward(xw, h0, c0, scaled, parts=parts)
+    dz_all, dh0, dc0 = library.textgen_lstm_backward(s_all, c_all, d_outputs, dh, dc, step_weights, width=width,
+                                                     parts=parts)
+    for name, got, want in zip(("h_all", "c_all", "s_all", "dz_all", "dh0", "dc0"),
+                               (h_all, c_all, s_all, dz_all, dh0, dc0), expected):
+        assert got.shape == want.shape, name
+        assert np.max(np.abs(np.array(got) - want)) < TOL, name
+    assert np.array_equal(np.array(h_all[0]), h0) and np.array_equal(np.array(c_all[0]), c0)
+    assert not np.any(np.array(dz_all)[..., lstm_step.GATES * UNITS:])  # the padded columns are zeros
+
+
+def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes():
+    library = built_library()
+    xw, h0, c0, recurrent, *_ = window()
+    first = [np.array(t) for t in library.textgen_lstm_forward(xw, h0, c0, recurrent)]
+    second = [np.array(t) for t in library.textgen_lstm_forward(xw, h0, c0, recurrent)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="h0 and c0 must be"):
+        library.textgen_lstm_forward(xw, h0[:, 1:], c0, recurrent)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="xw must be"):
+        library.textgen_lstm_forward(xw[..., :10], h0, c0, recurrent)
+
+
+@pytest.fixture
+def fresh_load(monkeypatch, tmp_path):
+    """native_loops._load as a first process on a new machine would run it: an empty cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(native_loops.SWITCH, raising=False)
+    return native_loops._load
+
+
+def fake_compiler(tmp_path, script: str) -> str:
+    path = tmp_path / "fake-g++"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_switched_off_by_the_environment(fresh_load, monkeypatch, caplog):
+    monkeypatch.setenv(native_loops.SWITCH, "0")
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    assert caplog.records == []
+
+
+def test_no_compiler_is_a_note_and_the_xla_loops_serve(fresh_load, monkeypatch, caplog):
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    [record] = caplog.records
+    assert "no C++ compiler" in record.getMessage() and "the XLA loops serve" in record.getMessage()
+    assert "\n" not in record.getMessage()
+
+
+def test_a_failed_build_names_the_compilers_error_and_leaves_nothing(fresh_load, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo "lstm_loops.cc:1: error: boom" >&2\nexit 3\n'))
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    message = caplog.records[-1].getMessage()
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert "could not build" in message and "exit code 3: lstm_loops.cc:1: error: boom" in message
+    assert list((tmp_path / "cache" / "textgen" / "native").iterdir()) == []  # no partial library left
+
+
+def test_a_library_tensorflow_refuses_is_a_note(fresh_load, monkeypatch, tmp_path, caplog):
+    # A "compiler" that writes something that is not a shared library where -o says, and succeeds.
+    script = 'while [ "$1" != "-o" ] && [ $# -gt 0 ]; do shift; done\n[ $# -gt 0 ] && echo junk > "$2"\nexit 0\n'
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, script))
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    message = caplog.records[-1].getMessage()
+    assert "could not load" in message and "Delete that file" in message
+
+
+def test_an_unwritable_cache_is_a_note(monkeypatch, tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # a file where the folder would go
+    monkeypatch.delenv(native_loops.SWITCH, raising=False)
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, "exit 0\n"))
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert native_loops._load() is None
+    assert "cannot write" in caplog.records[-1].getMessage()
+
+
+@pytest.mark.slow
+def test_built_once_then_reused(fresh_load, monkeypatch, tmp_path):
+    if native_loops.library() is None:
+        built_library()  # skips, or fails where required
+    calls = tmp_path / "calls"
+    real = native_loops.shutil.which("g++")
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, f'echo "$1" >> {calls}\nexec {real} "$@"\n'))
+
+    def builds():
+        return len([line for line in calls.read_text().splitlines() if line != "--version"])
+
+    assert fresh_load() is not None
+    assert builds() == 1
+    assert fresh_load() is not None  # as the next process: it finds the build
+    assert builds() == 1
+    libraries = list((tmp_path / "cache" / "textgen" / "native").iterdir())
+    assert len(libraries) == 1 and libraries[0].suffix == ".so"

@@ -1,0 +1,115 @@
+"""textgen's float32 LSTM training loops in C++ (``lstm_loops.cc``), built once per machine and TensorFlow version.
+
+The fast path's training loops (:mod:`textgen.fast_lstm`) run as two TensorFlow ops when this machine can build
+them: ``g++`` (or ``$CXX``) compiles ``lstm_loops.cc`` against the installed TensorFlow's headers with
+``-march=native`` (~30 s, logged), into ``~/.cache/textgen/native`` (``$XDG_CACHE_HOME`` respected), keyed by the
+source, TensorFlow's version and build flags, the compiler and the CPU, so that a machine that changes any of them
+builds again. Where that cannot happen (no compiler, an unwritable cache, a failed build) or
+``TEXTGEN_NATIVE_LOOPS=0`` is set, the XLA-compiled loops serve, with the same results to float32 rounding:
+training the default 2 x 512 model is ~12% slower with them (BENCHMARKS.md, "Against PyTorch: where the
+training time goes").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from textgen import cpu
+
+SOURCE = Path(__file__).with_name("lstm_loops.cc")
+SWITCH = "TEXTGEN_NATIVE_LOOPS"  # "0" keeps the XLA loops
+BUILD_TIMEOUT_S = 600
+
+logger = logging.getLogger("textgen")
+_lock = threading.Lock()
+_loaded: list = []  # [the op module, or None when it cannot be had]: tried once per process
+
+
+def library():
+    """The loaded ops (``textgen_lstm_forward``, ``textgen_lstm_backward``), or None where they cannot be built or
+    are switched off. Builds them the first time on a machine; later calls and processes reuse the build."""
+    with _lock:
+        if not _loaded:
+            _loaded.append(_load())
+        return _loaded[0]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "textgen" / "native"
+
+
+def _load():
+    if os.environ.get(SWITCH, "1") == "0":
+        return None
+    import tensorflow as tf
+
+    compiler = shutil.which(os.environ.get("CXX") or "g++")
+    if compiler is None:
+        logger.info("note: no C++ compiler (g++) here to build textgen's LSTM training loops; the XLA loops "
+                    f"serve (~12% slower at 512 units). Install g++ for the faster ones, or set {SWITCH}=0 "
+                    "to silence this.")
+        return None
+    compile_flags, link_flags = tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
+    command = [compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", *compile_flags]
+    built = cache_dir() / f"lstm_loops-{_build_key(compiler, command + link_flags)}.so"
+    if not built.exists():
+        failure = _build(command, link_flags, built)
+        if failure:
+            logger.warning(f"note: could not build textgen's LSTM training loops ({failure}); the XLA loops "
+                           f"serve (~12% slower at 512 units). Set {SWITCH}=0 to silence this.")
+            return None
+    try:
+        return tf.load_op_library(str(built))
+    except Exception as error:  # a library this TensorFlow refuses: the XLA loops still serve
+        logger.warning(f"note: could not load textgen's LSTM training loops from {built} ({error}); the XLA "
+                       f"loops serve. Delete that file to build it again, or set {SWITCH}=0.")
+        return None
+
+
+def _build_key(compiler: str, command: list[str]) -> str:
+    """What the built library depends on: its source, TensorFlow's headers and flags, the compiler, the CPU."""
+    import tensorflow as tf
+
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for part in (tf.__version__, tf.sysconfig.get_include(), *command, version, cpu.cpu_model(),
+                 " ".join(sorted(cpu.cpu_flags()))):
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]
+
+
+def _build(command: list[str], link_flags: list[str], built: Path) -> str | None:
+    """Compiles the ops into ``built`` (written whole or not at all); returns why it failed, or None."""
+    logger.info(f"building textgen's LSTM training loops for this CPU and TensorFlow (once, ~30 s) in {built.parent}")
+    try:
+        built.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=built.name + ".", suffix=".partial", dir=built.parent)
+        os.close(handle)
+    except OSError as error:
+        return f"cannot write {built.parent}: {error.strerror or error}"
+    try:
+        done = subprocess.run([*command, str(SOURCE), "-o", partial, *link_flags], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT_S)
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()
+            return f"{Path(command[0]).name} exit code {done.returncode}: {(errors or [''])[0].strip()[:200]}"
+        os.replace(partial, built)
+        return None
+    except subprocess.TimeoutExpired:
+        return f"{Path(command[0]).name} took over {BUILD_TIMEOUT_S} s"
+    except OSError as error:
+        return str(error)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
