@@ -2,10 +2,12 @@
 // textgen/native_loops.py (g++ against the installed TensorFlow's headers, -march=native).
 //
 // Why C++: XLA's compiled loops spend ~40% of each loop outside its recurrent products (per-step
-// dispatch, and the saved gates written by in-place updates that run on one thread); here each step
-// is one product on TensorFlow's thread pool plus one pass over the rows that does the gate
-// arithmetic and writes what the backward needs where it belongs (BENCHMARKS.md, "Against PyTorch:
-// where the training time goes"). The math is textgen/lstm_step.py's, batch-major throughout.
+// dispatch, and the saved gates written by in-place updates that run on one thread). Here the units
+// are shared out among TensorFlow's intra-op threads (Parts): each step, each thread does one product
+// for its units' four gates (single-threaded Eigen, at the core's peak) and then their gate arithmetic,
+// writing what the backward reads where it belongs; the threads meet once per step. The math is
+// textgen/lstm_step.py's (a candidate block pre-scaled by 2, one sigmoid for every gate), batch-major
+// throughout. BENCHMARKS.md, "Against PyTorch: where the training time goes", has the measurements.
 #define EIGEN_USE_THREADS
 #include "Eigen/Core"
 #include "tensorflow/core/framework/op.h"
@@ -26,6 +28,7 @@ using tensorflow::shape_inference::InferenceContext;
 
 using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRowMajorMap = Eigen::Map<const RowMajor>;
+using Columns = Eigen::Map<const RowMajor, 0, Eigen::OuterStride<>>;  // a block of columns of a wider matrix
 using Row = Eigen::Map<Eigen::ArrayXf>;
 using ConstRow = Eigen::Map<const Eigen::ArrayXf>;
 
@@ -220,7 +223,7 @@ class TextgenLstmBackward : public OpKernel {
     // Each part's rows of R^T, its four gate blocks one under the other: (4 n, U); the product of the part's
     // dz columns with them is its share of the gradient reaching h, and the parts' shares add up to it. The
     // shares alternate between two sets: a step reads the set the step after it wrote.
-    std::vector<RowMajor> weights(parts.count), dz_part(parts.count), dh_part[2];
+    std::vector<RowMajor> weights(parts.count), dh_part[2];
     dh_part[0].resize(parts.count);
     dh_part[1].resize(parts.count);
     const float* recurrent_t_all = recurrent_t.flat<float>().data();
@@ -229,7 +232,6 @@ class TextgenLstmBackward : public OpKernel {
       weights[p].resize(kGates * n, units);
       for (int g = 0; g < kGates; ++g)
         std::copy_n(recurrent_t_all + (g * units + first) * units, n * units, weights[p].data() + g * n * units);
-      dz_part[p].resize(batch, kGates * n);
       dh_part[0][p].setZero(batch, units);
       dh_part[1][p].resize(batch, units);
     }
@@ -256,18 +258,20 @@ class TextgenLstmBackward : public OpKernel {
           Row dc_row(dc + at, n);
           tanh_c = ConstRow(c + at, n).tanh();
           dc_row += dh_total * o * (1.0f - tanh_c * tanh_c);
-          float* dz_row = dz_part[p].data() + row * kGates * n;
+          float* dz_row = dz + row * width + first;
           Row(dz_row, n) = dc_row * (2.0f * candidate - 1.0f) * (i - i * i);
-          Row(dz_row + n, n) = dc_row * ConstRow(c_prev + at, n) * (f - f * f);
+          Row(dz_row + units, n) = dc_row * ConstRow(c_prev + at, n) * (f - f * f);
           // The candidate is g = 2 s - 1 with s = sigmoid(2 z), so its dz = dg * 4 s (1 - s).
-          Row(dz_row + 2 * n, n) = (4.0f * dc_row) * i * (candidate - candidate * candidate);
-          Row(dz_row + 3 * n, n) = dh_total * tanh_c * (o - o * o);
+          Row(dz_row + 2 * units, n) = (4.0f * dc_row) * i * (candidate - candidate * candidate);
+          Row(dz_row + 3 * units, n) = dh_total * tanh_c * (o - o * o);
           dc_row *= f;
-          float* dz_out_row = dz + row * width;
-          for (int g = 0; g < kGates; ++g) std::copy_n(dz_row + g * n, n, dz_out_row + g * units + first);
-          if (p == 0) std::fill(dz_out_row + gates, dz_out_row + width, 0.0f);
+          if (p == 0) std::fill(dz + row * width + gates, dz + row * width + width, 0.0f);
         }
-        new_shares[p].noalias() = dz_part[p] * weights[p];
+        // Its share: its four blocks of dz columns, each with its rows of R^T.
+        new_shares[p].noalias() = Columns(dz + first, batch, n, Eigen::OuterStride<>(width)) * weights[p].topRows(n);
+        for (int g = 1; g < kGates; ++g)
+          new_shares[p].noalias() += Columns(dz + g * units + first, batch, n, Eigen::OuterStride<>(width)) *
+                                     weights[p].middleRows(g * n, n);
       });
     }
     Eigen::Map<RowMajor> dh0(dh, batch, units);
