@@ -83,6 +83,13 @@ def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes():
         library.textgen_lstm_forward(xw, h0[:, 1:], c0, recurrent)
     with pytest.raises(tf.errors.InvalidArgumentError, match="xw must be"):
         library.textgen_lstm_forward(xw[..., :10], h0, c0, recurrent)
+    h_all, c_all, s_all = first
+    d_outputs, dh, dc = window()[4:]
+    weights_t = np.ascontiguousarray(recurrent.T)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="do not match s_all's shape"):
+        library.textgen_lstm_backward(s_all, c_all[1:], d_outputs, dh, dc, weights_t, width=4 * UNITS)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="recurrent_t must be"):
+        library.textgen_lstm_backward(s_all, c_all, d_outputs, dh, dc, weights_t, width=4 * UNITS + 1)
 
 
 @pytest.fixture

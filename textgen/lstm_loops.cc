@@ -201,10 +201,10 @@ class TextgenLstmBackward : public OpKernel {
     OP_REQUIRES(context, width_ >= gates, InvalidArgument("width must be at least 4U"));
     OP_REQUIRES(context, gates == kGates * units && IsMatrix(recurrent_t, width_, units),
                 InvalidArgument("recurrent_t must be (width, U) for s_all's 4U"));
-    OP_REQUIRES(context, c_in.dims() == 3 && c_in.dim_size(0) == steps + 1 && IsMatrix(context->input(3), batch, units) &&
-                         d_outputs.shape() == TensorShape({steps, batch, units}) &&
-                         IsMatrix(context->input(4), batch, units) && c_in.dim_size(1) == batch &&
-                         c_in.dim_size(2) == units,
+    OP_REQUIRES(context,
+                c_in.shape() == TensorShape({steps + 1, batch, units}) &&
+                    d_outputs.shape() == TensorShape({steps, batch, units}) &&
+                    IsMatrix(context->input(3), batch, units) && IsMatrix(context->input(4), batch, units),
                 InvalidArgument("c_all, d_outputs, dh and dc do not match s_all's shape"));
     Tensor *dz_out, *dh_out, *dc_out;
     OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({steps, batch, width_}), &dz_out));
@@ -220,20 +220,14 @@ class TextgenLstmBackward : public OpKernel {
     std::copy_n(context->input(3).flat<float>().data(), batch * units, dh);
     std::copy_n(context->input(4).flat<float>().data(), batch * units, dc);
     const Parts parts(units, parts_ > 0 ? parts_ : device.numThreads());
-    // Each part's rows of R^T, its four gate blocks one under the other: (4 n, U); the product of the part's
-    // dz columns with them is its share of the gradient reaching h, and the parts' shares add up to it. The
-    // shares alternate between two sets: a step reads the set the step after it wrote.
-    std::vector<RowMajor> weights(parts.count), dh_part[2];
-    dh_part[0].resize(parts.count);
-    dh_part[1].resize(parts.count);
-    const float* recurrent_t_all = recurrent_t.flat<float>().data();
-    for (int64_t p = 0; p < parts.count; ++p) {
-      const int64_t first = parts.first(p), n = parts.units(p, units);
-      weights[p].resize(kGates * n, units);
-      for (int g = 0; g < kGates; ++g)
-        std::copy_n(recurrent_t_all + (g * units + first) * units, n * units, weights[p].data() + g * n * units);
-      dh_part[0][p].setZero(batch, units);
-      dh_part[1][p].resize(batch, units);
+    // The product of a part's dz columns with their rows of R^T is its share of the gradient reaching h, and
+    // the parts' shares add up to it. The shares alternate between two sets: a step reads the set the step
+    // after it wrote.
+    const float* weights_t = recurrent_t.flat<float>().data();
+    std::vector<RowMajor> dh_part[2];
+    for (auto& shares : dh_part) {
+      shares.resize(parts.count);
+      for (RowMajor& share : shares) share.setZero(batch, units);
     }
     const int64_t width = width_;
     std::copy_n(dh, batch * units, dh_part[0][0].data());  // the incoming dh, as the first part's share
@@ -268,10 +262,15 @@ class TextgenLstmBackward : public OpKernel {
           if (p == 0) std::fill(dz + row * width + gates, dz + row * width + width, 0.0f);
         }
         // Its share: its four blocks of dz columns, each with its rows of R^T.
-        new_shares[p].noalias() = Columns(dz + first, batch, n, Eigen::OuterStride<>(width)) * weights[p].topRows(n);
-        for (int g = 1; g < kGates; ++g)
-          new_shares[p].noalias() += Columns(dz + g * units + first, batch, n, Eigen::OuterStride<>(width)) *
-                                     weights[p].middleRows(g * n, n);
+        for (int g = 0; g < kGates; ++g) {
+          Columns dz_block(dz + g * units + first, batch, n, Eigen::OuterStride<>(width));
+          ConstRowMajorMap rows(weights_t + (g * units + first) * units, n, units);
+          if (g == 0) {
+            new_shares[p].noalias() = dz_block * rows;
+          } else {
+            new_shares[p].noalias() += dz_block * rows;
+          }
+        }
       });
     }
     Eigen::Map<RowMajor> dh0(dh, batch, units);

@@ -2,12 +2,12 @@
 
 The fast path's training loops (:mod:`textgen.fast_lstm`) run as two TensorFlow ops when this machine can build
 them: ``g++`` (or ``$CXX``) compiles ``lstm_loops.cc`` against the installed TensorFlow's headers with
-``-march=native`` (~30 s, logged), into ``~/.cache/textgen/native`` (``$XDG_CACHE_HOME`` respected), keyed by the
-source, TensorFlow's version and build flags, the compiler and the CPU, so that a machine that changes any of them
-builds again. Where that cannot happen (no compiler, an unwritable cache, a failed build) or
-``TEXTGEN_NATIVE_LOOPS=0`` is set, the XLA-compiled loops serve, with the same results to float32 rounding:
-training the default 2 x 512 model is ~12% slower with them (BENCHMARKS.md, "Against PyTorch: where the
-training time goes").
+``-march=native`` and any ``$TEXTGEN_NATIVE_LOOPS_FLAGS`` (~30 s, logged), into ``~/.cache/textgen/native``
+(under ``$XDG_CACHE_HOME`` where set), keyed by the source, TensorFlow's version and build flags, the compiler
+and the CPU, so that a machine that changes any of them builds again. Where that cannot happen (no compiler, an
+unwritable cache, a failed build) or ``TEXTGEN_NATIVE_LOOPS=0`` is set, the XLA-compiled loops serve, with the
+same results to float32 rounding: training steps 1.14x (2 x 512) to 1.6x (1 x 128) slower on a Zen 5
+(BENCHMARKS.md, "Against PyTorch: where the training time goes").
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from textgen import cpu
 
 SOURCE = Path(__file__).with_name("lstm_loops.cc")
 SWITCH = "TEXTGEN_NATIVE_LOOPS"  # "0" keeps the XLA loops
+EXTRA_FLAGS = "TEXTGEN_NATIVE_LOOPS_FLAGS"  # more compiler flags, after textgen's
 BUILD_TIMEOUT_S = 600
 
 logger = logging.getLogger("textgen")
@@ -54,17 +55,20 @@ def _load():
     compiler = shutil.which(os.environ.get("CXX") or "g++")
     if compiler is None:
         logger.info("note: no C++ compiler (g++) here to build textgen's LSTM training loops; the XLA loops "
-                    f"serve (~12% slower at 512 units). Install g++ for the faster ones, or set {SWITCH}=0 "
+                    f"serve (training 1.1-1.6x slower). Install g++ for the faster ones, or set {SWITCH}=0 "
                     "to silence this.")
         return None
     compile_flags, link_flags = tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
-    command = [compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", *compile_flags]
+    # Extra flags last, so that they win (-march=x86-64-v3: AVX2 code on an AVX-512 CPU, to compare). Not
+    # $CXXFLAGS: conda's compiler packages set it to -march=nocona -O2, which would build slow loops unseen.
+    command = [compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", *compile_flags,
+               *os.environ.get(EXTRA_FLAGS, "").split()]
     built = cache_dir() / f"lstm_loops-{_build_key(compiler, command + link_flags)}.so"
     if not built.exists():
         failure = _build(command, link_flags, built)
         if failure:
             logger.warning(f"note: could not build textgen's LSTM training loops ({failure}); the XLA loops "
-                           f"serve (~12% slower at 512 units). Set {SWITCH}=0 to silence this.")
+                           f"serve (training 1.1-1.6x slower). Set {SWITCH}=0 to silence this.")
             return None
     try:
         return tf.load_op_library(str(built))
