@@ -1784,6 +1784,13 @@ def test_characters_that_come_only_in_the_validation_part_are_told(tmp_path):
         "note: 3 characters of chat.txt come only in its validation part (its last 2,000 characters), so the model "
         "never trains on them: 'x' '🐙' '🦄'; it will seldom write them, and reads a prime that holds one as noise"]
     messages.clear()
+    write_text(corpus, "abcdefg\n" * 2500 + "x\n")
+    train(corpus, tmp_path / "ck", run="one", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
+          log=messages.append)
+    assert [message for message in messages if "validation part" in message] == [
+        "note: 1 character of chat.txt comes only in its validation part (its last 2,000 characters), so the model "
+        "never trains on it: 'x'; it will seldom write it, and reads a prime that holds one as noise"]
+    messages.clear()
     write_text(corpus, "abcdefg\n" * 2500)
     train(corpus, tmp_path / "ck", run="plain", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
           log=messages.append)

@@ -744,10 +744,11 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             f"first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
     if meta is None and len(unseen := only_in_validation(train_ids, val_ids, len(data.vocab))):
         chars = [data.vocab.chars[i] for i in unseen]
-        log(f"note: {counted(len(chars), 'character')} of {corpus_path.name} come only in its validation part (its "
-            f"last {len(val_ids):,} characters), so the model never trains on {'it' if len(chars) == 1 else 'them'}: "
-            f"{quoted_first(chars)}; it will seldom write {'it' if len(chars) == 1 else 'them'}, and reads a prime "
-            "that holds one as noise")
+        one = len(chars) == 1
+        log(f"note: {counted(len(chars), 'character')} of {corpus_path.name} {'comes' if one else 'come'} only in its "
+            f"validation part (its last {len(val_ids):,} characters), so the model never trains on "
+            f"{'it' if one else 'them'}: {quoted_first(chars)}; it will seldom write {'it' if one else 'them'}, and "
+            "reads a prime that holds one as noise")
     if meta is None and "\ufeff" in own_characters:  # (the one at the file's start is dropped as it is read)
         log(f"note: {corpus_path.name} has byte order marks (U+FEFF) after its start, as a cat of files saved on "
             "Windows has, which the model learns as an invisible character and will write in its samples (in code, a "
