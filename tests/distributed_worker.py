@@ -25,7 +25,8 @@ def equivalence(out_path):
     all_reduce = tf.distribute.ReplicaContext.all_reduce
     tf.distribute.ReplicaContext.all_reduce = lambda *args, **kwargs: all_reduces.append(1) or all_reduce(
         *args, **kwargs)
-    config = ModelConfig(vocab_size=11, embedding_dim=6, units=16, layers=2, dropout=0.0)
+    # 48 units: the C++ training loops, where built, split them among threads, both replicas' at once
+    config = ModelConfig(vocab_size=11, embedding_dim=6, units=48, layers=2, dropout=0.0)
     # A small clip norm so that clipping is active: it must act on the summed gradient of both replicas.
     # float32: bfloat16 products round differently for 2 and 4 rows, which is not what this compares.
     training = TrainConfig(batch_size=4, seq_length=7, learning_rate=0.01, clip_norm=0.5, mixed_precision="off")

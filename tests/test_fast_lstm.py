@@ -134,6 +134,21 @@ def test_matches_stock_outputs_states_and_gradients(count_fast_calls, training_l
     assert training_loops["native"] == 8 * training_loops["in C++"]  # each one's forward and backward
 
 
+def test_trains_inside_a_step_that_xla_compiles_whole(training_loops):
+    """A program's own jit_compile=True (model.compile's): the C++ loops have no XLA kernel, so the XLA loops serve
+    there, and it trains like the stock layer."""
+    stock, fast = twin_models()
+    for model in (stock, fast):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), jit_compile=True,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = windows()[0]
+    losses = [model.train_on_batch(x, y) for model in (stock, fast)]
+    assert abs(float(losses[0]) - float(losses[1])) < TOL
+    for a, b in zip(stock.get_weights(), fast.get_weights()):
+        assert max_diff(a, b) < TOL
+    assert training_loops["native"] == 0
+
+
 def test_inference_matches_stock_and_keeps_state():
     stock, fast = twin_models()
     for x, _ in windows():

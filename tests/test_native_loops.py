@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import itertools
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -73,6 +75,54 @@ def test_ops_compute_what_the_xla_loops_compute(parts):
     assert not np.any(np.array(dz_all)[..., lstm_step.GATES * UNITS:])  # the padded columns are zeros
 
 
+def reference_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, width):
+    """Both recurrences in float64 NumPy, written from textgen/lstm_step.py's math."""
+    steps, batch, _ = xw.shape
+    units = recurrent.shape[0]
+    gates = 4 * units
+    scaled = recurrent.astype(np.float64) * np.array(lstm_step.candidate_scale(units, tf.float32))
+    h_all, c_all, s_all = [h0.astype(np.float64)], [c0.astype(np.float64)], []
+    for t in range(steps):
+        s = 1 / (1 + np.exp(-(xw[t, :, :gates] + h_all[-1] @ scaled)))
+        i, f, candidate, o = np.split(s, 4, 1)
+        c_all.append(f * c_all[-1] + i * (2 * candidate - 1))
+        h_all.append(o * np.tanh(c_all[-1]))
+        s_all.append(s)
+    dz_all = np.zeros((steps, batch, width))
+    dh, dc = dh.astype(np.float64), dc.astype(np.float64)
+    for t in reversed(range(steps)):
+        i, f, candidate, o = np.split(s_all[t], 4, 1)
+        dh_total, tanh_c = dh + d_outputs[t], np.tanh(c_all[t + 1])
+        dc = dc + dh_total * o * (1 - tanh_c ** 2)
+        dz = np.concatenate([dc * (2 * candidate - 1) * i * (1 - i), dc * c_all[t] * f * (1 - f),
+                             4 * dc * i * candidate * (1 - candidate), dh_total * tanh_c * o * (1 - o)], 1)
+        dz_all[t, :, :gates] = dz
+        dh, dc = dz @ recurrent.T, dc * f
+    return np.stack(h_all), np.stack(c_all), np.array(s_all).reshape(steps, batch, gates), dz_all, dh, dc
+
+
+def test_ops_match_a_float64_reference_at_odd_shapes():
+    """Units below, at and beyond a vector (16), batch 1, windows of 0 and 1 steps, padded rows, more parts than
+    threads; the rows of R^T beyond 4U hold garbage, which must never be read."""
+    library = built_library()
+    for units, batch, steps, pad, parts in itertools.product([1, 17, 33], [1, 3], [0, 1, 4], [0, 5], [1, 3, 0]):
+        rng = np.random.default_rng(units * 100 + batch * 10 + steps)
+        gates = 4 * units
+        xw = rng.normal(size=(steps, batch, gates + pad)).astype("float32")
+        h0, c0, dh, dc = (rng.normal(size=(batch, units)).astype("float32") for _ in range(4))
+        recurrent = (rng.normal(size=(units, gates)) / np.sqrt(units)).astype("float32")
+        d_outputs = rng.normal(size=(steps, batch, units)).astype("float32")
+        weights_t = np.concatenate([recurrent.T, 1e3 * rng.normal(size=(pad, units))]).astype("float32")
+        scaled = recurrent * np.array(lstm_step.candidate_scale(units, tf.float32))
+        h_all, c_all, s_all = library.textgen_lstm_forward(xw, h0, c0, scaled, parts=parts)
+        got = [h_all, c_all, s_all, *library.textgen_lstm_backward(s_all, c_all, d_outputs, dh, dc, weights_t,
+                                                                    width=gates + pad, parts=parts)]
+        want = reference_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, gates + pad)
+        for name, a, b in zip(("h_all", "c_all", "s_all", "dz_all", "dh0", "dc0"), got, want):
+            assert a.shape == b.shape and (not b.size or np.max(np.abs(np.array(a) - b)) < TOL), \
+                (name, units, batch, steps, pad, parts)
+
+
 def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes():
     library = built_library()
     xw, h0, c0, recurrent, *_ = window()
@@ -83,6 +133,11 @@ def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes():
         library.textgen_lstm_forward(xw, h0[:, 1:], c0, recurrent)
     with pytest.raises(tf.errors.InvalidArgumentError, match="xw must be"):
         library.textgen_lstm_forward(xw[..., :10], h0, c0, recurrent)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="with U > 0"):
+        library.textgen_lstm_forward(xw[..., :0], h0[:, :0], c0[:, :0], recurrent[:0, :0])
+    with pytest.raises(ValueError, match="must be rank 3"):  # a shape error when traced, not an abort
+        tf.function(lambda x: library.textgen_lstm_forward(x, h0, c0, recurrent)).get_concrete_function(
+            tf.TensorSpec([None], tf.float32))
     h_all, c_all, s_all = first
     d_outputs, dh, dc = window()[4:]
     weights_t = np.ascontiguousarray(recurrent.T)
@@ -124,14 +179,55 @@ def test_no_compiler_is_a_note_and_the_xla_loops_serve(fresh_load, monkeypatch, 
     assert "\n" not in record.getMessage()
 
 
-def test_a_failed_build_names_the_compilers_error_and_leaves_nothing(fresh_load, monkeypatch, tmp_path, caplog):
-    monkeypatch.setenv("CXX", fake_compiler(tmp_path, 'echo "lstm_loops.cc:1: error: boom" >&2\nexit 3\n'))
+def test_a_failed_build_names_the_compilers_error_and_is_not_tried_again(fresh_load, monkeypatch, tmp_path,
+                                                                         caplog):
+    calls = tmp_path / "calls"
+    script = f'echo "$1" >> {calls}\necho "In file included from errors.h:3" >&2\n' \
+             'echo "lstm_loops.cc:1:2: error: boom" >&2\nexit 3\n'
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, script))
     with caplog.at_level(logging.INFO, logger="textgen"):
         assert fresh_load() is None
     message = caplog.records[-1].getMessage()
     assert caplog.records[-1].levelno == logging.WARNING
-    assert "could not build" in message and "exit code 3: lstm_loops.cc:1: error: boom" in message
-    assert list((tmp_path / "cache" / "textgen" / "native").iterdir()) == []  # no partial library left
+    assert "could not build" in message and "exit code 3: lstm_loops.cc:1:2: error: boom" in message
+    [failed] = (tmp_path / "cache" / "textgen" / "native").iterdir()  # no partial library left, the failure kept
+    assert failed.suffix == ".failed"
+    builds = [line for line in calls.read_text().splitlines() if line != "--version"]
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None  # the next training: no build again
+    assert [line for line in calls.read_text().splitlines() if line != "--version"] == builds
+    message = caplog.records[-1].getMessage()
+    assert "failed before (" in message and "error: boom" in message and f"Delete {failed} to try again" in message
+
+
+def test_a_compiler_that_hangs_is_stopped_with_what_it_started(fresh_load, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(native_loops, "BUILD_TIMEOUT_S", 1)
+    pid_file = tmp_path / "child"
+    script = f'[ "$1" = --version ] && exit 0\nsleep 60 &\necho $! > {pid_file}\nwait\n'
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, script))
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    assert "took over 1 s" in caplog.records[-1].getMessage()
+    child = int(pid_file.read_text())
+    for _ in range(50):  # killed with its group (a zombie until init reaps it: /proc says so)
+        try:
+            with open(f"/proc/{child}/stat") as stat_file:
+                if stat_file.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the compiler's child process outlived the build's timeout")
+
+
+def test_whatever_else_stops_them_is_a_note(fresh_load, monkeypatch, tmp_path, caplog):
+    monkeypatch.setattr(native_loops, "SOURCE", tmp_path / "missing.cc")  # a package installed without it
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, "exit 0\n"))
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    message = caplog.records[-1].getMessage()
+    assert "cannot be had here (FileNotFoundError" in message and "the XLA loops serve" in message
 
 
 def test_a_library_tensorflow_refuses_is_a_note(fresh_load, monkeypatch, tmp_path, caplog):

@@ -404,6 +404,15 @@ def _forward_loop(xw, h0, c0, rk_t, save, feature_major):
     return h_all[1:], h, c, h_all, c_ta.stack(), s_ta.stack()
 
 
+def _in_xla_compilation() -> bool:
+    """Whether the graph being built is compiled by XLA as a whole (a caller's ``jit_compile=True``), where the
+    C++ loops, which have no XLA kernel, cannot run."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 def _no_tape(*tensors):
     """The inputs of a compiled loop, hidden from any gradient tape: the custom gradient already covers the
     loop, and a taped call would make XLA return the loop's TensorLists for autodiff, which it cannot."""
@@ -496,7 +505,7 @@ def _lstm_with_grad(projection, source, h0, c0, kernel, recurrent, bias, operand
 
     # One layout for both directions: the backward reads the states the forward saved in it.
     compiled = _compiles_loops(operand_dtype, training=True)
-    native = native_loops.library() if compiled else None
+    native = native_loops.library() if compiled and not _in_xla_compilation() else None
     feature_major = native is None and _feature_major(recurrent.shape[0], compiled)
 
     @tf.custom_gradient

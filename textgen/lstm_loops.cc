@@ -25,6 +25,7 @@ using tensorflow::TensorShape;
 using tensorflow::errors::InvalidArgument;
 using tensorflow::shape_inference::DimensionHandle;
 using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
 
 using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using ConstRowMajorMap = Eigen::Map<const RowMajor>;
@@ -74,6 +75,9 @@ REGISTER_OP("TextgenLstmForward")
     .Output("c_all: float")     // (T + 1, B, U): c0, then c after each step
     .Output("s_all: float")     // (T, B, 4U): each step's gate sigmoids
     .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle checked;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 3, &checked));
+      for (int input = 1; input < 4; ++input) TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 2, &checked));
       DimensionHandle steps;
       TF_RETURN_IF_ERROR(c->Add(c->Dim(c->input(0), 0), 1, &steps));
       auto batch = c->Dim(c->input(0), 1);
@@ -97,8 +101,10 @@ class TextgenLstmForward : public OpKernel {
     const Tensor& h0 = context->input(1);
     const Tensor& c0 = context->input(2);
     const Tensor& recurrent = context->input(3);
-    OP_REQUIRES(context, recurrent.dims() == 2 && recurrent.dim_size(1) == kGates * recurrent.dim_size(0),
-                InvalidArgument("recurrent must be (U, 4U), got ", recurrent.shape().DebugString()));
+    OP_REQUIRES(context,
+                recurrent.dims() == 2 && recurrent.dim_size(0) > 0 &&
+                    recurrent.dim_size(1) == kGates * recurrent.dim_size(0),
+                InvalidArgument("recurrent must be (U, 4U) with U > 0, got ", recurrent.shape().DebugString()));
     const int64_t units = recurrent.dim_size(0), gates = kGates * units;
     OP_REQUIRES(context, xw.dims() == 3 && xw.dim_size(2) >= gates,
                 InvalidArgument("xw must be (T, B, >= 4U), got ", xw.shape().DebugString()));
@@ -173,6 +179,9 @@ REGISTER_OP("TextgenLstmBackward")
     .Output("dh0: float")         // (B, U)
     .Output("dc0: float")         // (B, U)
     .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle checked;
+      for (int input : {0, 1, 2}) TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 3, &checked));
+      for (int input : {3, 4, 5}) TF_RETURN_IF_ERROR(c->WithRank(c->input(input), 2, &checked));
       int64_t width;
       TF_RETURN_IF_ERROR(c->GetAttr("width", &width));
       auto s_all = c->input(0);
@@ -199,7 +208,7 @@ class TextgenLstmBackward : public OpKernel {
     const int64_t steps = s_in.dim_size(0), batch = s_in.dim_size(1), gates = s_in.dim_size(2);
     const int64_t units = gates / kGates;
     OP_REQUIRES(context, width_ >= gates, InvalidArgument("width must be at least 4U"));
-    OP_REQUIRES(context, gates == kGates * units && IsMatrix(recurrent_t, width_, units),
+    OP_REQUIRES(context, units > 0 && gates == kGates * units && IsMatrix(recurrent_t, width_, units),
                 InvalidArgument("recurrent_t must be (width, U) for s_all's 4U"));
     OP_REQUIRES(context,
                 c_in.shape() == TensorShape({steps + 1, batch, units}) &&

@@ -12,10 +12,13 @@ same results to float32 rounding: training steps 1.14x (2 x 512) to 1.6x (1 x 12
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -26,7 +29,7 @@ from textgen import cpu
 SOURCE = Path(__file__).with_name("lstm_loops.cc")
 SWITCH = "TEXTGEN_NATIVE_LOOPS"  # "0" keeps the XLA loops
 EXTRA_FLAGS = "TEXTGEN_NATIVE_LOOPS_FLAGS"  # more compiler flags, after textgen's
-BUILD_TIMEOUT_S = 600
+BUILD_TIMEOUT_S = 300  # a compile takes ~30 s
 
 logger = logging.getLogger("textgen")
 _lock = threading.Lock()
@@ -43,17 +46,29 @@ def library():
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = os.path.expanduser("~")
+    if home == "~":  # no HOME and no passwd entry (a container's arbitrary user): not a folder named "~" here
+        home = os.path.join(tempfile.gettempdir(), f"textgen-{os.getuid()}")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
     return Path(base) / "textgen" / "native"
 
 
 def _load():
     if os.environ.get(SWITCH, "1") == "0":
         return None
+    try:
+        return _built_and_loaded()
+    except Exception as error:  # whatever stops them (a cache folder it may not search, ...), training goes on
+        logger.warning(f"note: textgen's LSTM training loops cannot be had here ({type(error).__name__}: "
+                       f"{error}); the XLA loops serve (training 1.1-1.6x slower). Set {SWITCH}=0 to silence this.")
+        return None
+
+
+def _built_and_loaded():
     import tensorflow as tf
 
-    compiler = shutil.which(os.environ.get("CXX") or "g++")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CXX") or "g++")  # "ccache g++" too
+    if not compiler or shutil.which(compiler[0]) is None:
         logger.info("note: no C++ compiler (g++) here to build textgen's LSTM training loops; the XLA loops "
                     f"serve (training 1.1-1.6x slower). Install g++ for the faster ones, or set {SWITCH}=0 "
                     "to silence this.")
@@ -61,14 +76,22 @@ def _load():
     compile_flags, link_flags = tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
     # Extra flags last, so that they win (-march=x86-64-v3: AVX2 code on an AVX-512 CPU, to compare). Not
     # $CXXFLAGS: conda's compiler packages set it to -march=nocona -O2, which would build slow loops unseen.
-    command = [compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", *compile_flags,
+    command = [*compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", *compile_flags,
                *os.environ.get(EXTRA_FLAGS, "").split()]
     built = cache_dir() / f"lstm_loops-{_build_key(compiler, command + link_flags)}.so"
+    failed = built.with_suffix(".failed")  # a build that failed, not tried again by every training
+    if failed.exists():
+        logger.warning(f"note: building textgen's LSTM training loops failed before ({failed.read_text().strip()}); "
+                       f"the XLA loops serve (training 1.1-1.6x slower). Delete {failed} to try again, or set "
+                       f"{SWITCH}=0 to silence this.")
+        return None
     if not built.exists():
         failure = _build(command, link_flags, built)
         if failure:
             logger.warning(f"note: could not build textgen's LSTM training loops ({failure}); the XLA loops "
                            f"serve (training 1.1-1.6x slower). Set {SWITCH}=0 to silence this.")
+            with contextlib.suppress(OSError):  # (a folder it cannot write: said above)
+                failed.write_text(failure + "\n")
             return None
     try:
         return tf.load_op_library(str(built))
@@ -78,12 +101,12 @@ def _load():
         return None
 
 
-def _build_key(compiler: str, command: list[str]) -> str:
+def _build_key(compiler: list[str], command: list[str]) -> str:
     """What the built library depends on: its source, TensorFlow's headers and flags, the compiler, the CPU."""
     import tensorflow as tf
 
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
     digest = hashlib.sha256(SOURCE.read_bytes())
@@ -102,18 +125,38 @@ def _build(command: list[str], link_flags: list[str], built: Path) -> str | None
         os.close(handle)
     except OSError as error:
         return f"cannot write {built.parent}: {error.strerror or error}"
+    name = Path(command[0]).name
     try:
-        done = subprocess.run([*command, str(SOURCE), "-o", partial, *link_flags], capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT_S)
-        if done.returncode != 0:
-            errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()
-            return f"{Path(command[0]).name} exit code {done.returncode}: {(errors or [''])[0].strip()[:200]}"
+        # Its own process group, so that a compiler that hangs is stopped with what it started (cc1plus, ld)
+        compiler = subprocess.Popen([*command, str(SOURCE), "-o", partial, *link_flags], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, stderr = compiler.communicate(timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(compiler.pid, signal.SIGKILL)
+            compiler.communicate()
+            return f"{name} took over {BUILD_TIMEOUT_S} s"
+        if compiler.returncode != 0:
+            lines = stderr.splitlines()
+            errors = [line for line in lines if ": error:" in line or "fatal error:" in line] or lines
+            return f"{name} exit code {compiler.returncode}: {(errors or [''])[0].strip()[:200]}"
+        os.chmod(partial, 0o755 & ~_umask())  # mkstemp's 0600 would keep the build from the cache's other users
         os.replace(partial, built)
         return None
-    except subprocess.TimeoutExpired:
-        return f"{Path(command[0]).name} took over {BUILD_TIMEOUT_S} s"
     except OSError as error:
         return str(error)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+def _umask() -> int:
+    """This process's umask, read without setting it (os.umask sets it, for every thread, meanwhile)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
