@@ -272,3 +272,4 @@ def test_built_once_then_reused(monkeypatch, tmp_path):
         assert builds() == 1
     libraries = list((tmp_path / "cache" / "textgen" / "native").iterdir())
     assert len(libraries) == 1 and libraries[0].suffix == ".so"
+    assert libraries[0].stat().st_mode & 0o555 == 0o555 & ~native_loops._umask()  # others may load it too
