@@ -24,6 +24,20 @@ def pytest_sessionstart(session):
     native_loops.library()
 
 
+@pytest.fixture
+def native_library():
+    """textgen's C++ training loops as this process loaded them; skipped where this machine cannot build them,
+    except where a run requires them (TEXTGEN_REQUIRE_NATIVE_LOOPS: CI)."""
+    from textgen import native_loops
+
+    library = native_loops.library()
+    if library is None:
+        if os.environ.get("TEXTGEN_REQUIRE_NATIVE_LOOPS"):
+            pytest.fail("textgen's C++ loops could not be built here (see the log), and this run requires them")
+        pytest.skip("textgen's C++ loops cannot be built here (no g++?): the XLA loops serve")
+    return library
+
+
 def free_ports(count: int = 1) -> list[int]:
     """Loopback ports nothing listens on: any the system gives, or, where TEXTGEN_TEST_PORTS names a range
     ("8760-8799": a shared machine that gives each user's tests their own ports), ports of that range."""

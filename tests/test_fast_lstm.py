@@ -7,8 +7,6 @@ the observed differences are ~1e-7).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -109,11 +107,7 @@ def training_loops(request, monkeypatch):
     if request.param == "xla":
         monkeypatch.setattr(native_loops, "_loaded", [None])
         return calls
-    library = native_loops.library()
-    if library is None:
-        if os.environ.get("TEXTGEN_REQUIRE_NATIVE_LOOPS"):
-            pytest.fail("textgen's C++ loops could not be built here, and this run requires them")
-        pytest.skip("textgen's C++ loops cannot be built here (no g++?)")
+    library = request.getfixturevalue("native_library")
 
     class Counted:
         def __getattr__(self, name):

@@ -24,16 +24,6 @@ STEPS, BATCH, UNITS = 5, 3, 40  # 40 units: split 16 + 16 + 8 among three parts
 TOL = 1e-5
 
 
-def built_library():
-    """The ops as the process loads them; skipped where this machine cannot build them (CI requires them)."""
-    library = native_loops.library()
-    if library is None:
-        if os.environ.get("TEXTGEN_REQUIRE_NATIVE_LOOPS"):
-            pytest.fail("textgen's C++ loops could not be built here (see the log), and this run requires them")
-        pytest.skip("textgen's C++ loops cannot be built here (no g++?): the XLA loops serve")
-    return library
-
-
 def window(width_pad=3, seed=0):
     rng = np.random.default_rng(seed)
     gates = lstm_step.GATES * UNITS
@@ -58,8 +48,8 @@ def xla_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, width):
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 0])  # 0: one part per intra-op thread
-def test_ops_compute_what_the_xla_loops_compute(parts):
-    library = built_library()
+def test_ops_compute_what_the_xla_loops_compute(parts, native_library):
+    library = native_library
     xw, h0, c0, recurrent, d_outputs, dh, dc = window()
     width = xw.shape[-1]
     expected, step_weights = xla_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, width)
@@ -101,10 +91,10 @@ def reference_loops(xw, h0, c0, recurrent, d_outputs, dh, dc, width):
     return np.stack(h_all), np.stack(c_all), np.array(s_all).reshape(steps, batch, gates), dz_all, dh, dc
 
 
-def test_ops_match_a_float64_reference_at_odd_shapes():
+def test_ops_match_a_float64_reference_at_odd_shapes(native_library):
     """Units below, at and beyond a vector (16), batch 1, windows of 0 and 1 steps, padded rows, more parts than
     threads; the rows of R^T beyond 4U hold garbage, which must never be read."""
-    library = built_library()
+    library = native_library
     for units, batch, steps, pad, parts in itertools.product([1, 17, 33], [1, 3], [0, 1, 4], [0, 5], [1, 3, 0]):
         rng = np.random.default_rng(units * 100 + batch * 10 + steps)
         gates = 4 * units
@@ -123,8 +113,8 @@ def test_ops_match_a_float64_reference_at_odd_shapes():
                 (name, units, batch, steps, pad, parts)
 
 
-def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes():
-    library = built_library()
+def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes(native_library):
+    library = native_library
     xw, h0, c0, recurrent, *_ = window()
     first = [np.array(t) for t in library.textgen_lstm_forward(xw, h0, c0, recurrent)]
     second = [np.array(t) for t in library.textgen_lstm_forward(xw, h0, c0, recurrent)]
@@ -230,6 +220,13 @@ def test_whatever_else_stops_them_is_a_note(fresh_load, monkeypatch, tmp_path, c
     assert "cannot be had here (FileNotFoundError" in message and "the XLA loops serve" in message
 
 
+def test_a_compiler_that_fails_without_a_word_is_named_alone(fresh_load, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CXX", fake_compiler(tmp_path, '[ "$1" = --version ] && exit 0\nexit 1\n'))
+    with caplog.at_level(logging.INFO, logger="textgen"):
+        assert fresh_load() is None
+    assert "(fake-g++ exit code 1); the XLA loops serve" in caplog.records[-1].getMessage()
+
+
 def test_a_library_tensorflow_refuses_is_a_note(fresh_load, monkeypatch, tmp_path, caplog):
     # A "compiler" that writes something that is not a shared library where -o says, and succeeds.
     script = 'while [ "$1" != "-o" ] && [ $# -gt 0 ]; do shift; done\n[ $# -gt 0 ] && echo junk > "$2"\nexit 0\n'
@@ -251,11 +248,9 @@ def test_an_unwritable_cache_is_a_note(monkeypatch, tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_built_once_then_reused(monkeypatch, tmp_path):
+def test_built_once_then_reused(monkeypatch, tmp_path, native_library):
     """Two processes on a new machine: the first builds the library, the second loads that build. (In processes
     of their own: a second library with the same ops loaded into this one would clash with the first.)"""
-    if native_loops.library() is None:
-        built_library()  # skips, or fails where required
     calls = tmp_path / "calls"
     real = native_loops.shutil.which("g++")
     environment = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"),

@@ -342,13 +342,13 @@ def _lstm_forward(xw, h0, c0, recurrent, save, operand_dtype=None, feature_major
     units = recurrent.shape[0]
     dtype = xw.dtype
     operand_dtype = operand_dtype or dtype
-    # One sigmoid over all 4U columns gives every gate (textgen.lstm_step). The step's product is z^T = R^T h^T,
-    # a (4U, U) x (U, B) matmul: on CPU (oneDNN, Eigen and XLA alike) that shape runs ~1.5x faster than the
-    # (B, U) x (U, 4U) one (BENCHMARKS.md, "Against PyTorch").
+    # One sigmoid over all 4U columns gives every gate (textgen.lstm_step).
     scale = lstm_step.candidate_scale(units, dtype)
-    if native is not None:
+    if native is not None:  # (batch-major: each thread multiplies h by its own units' columns of R)
         h_all, c_all, s_all = native.textgen_lstm_forward(*_no_tape(xw, h0, c0, recurrent * scale))
         return h_all[1:], h_all[-1], c_all[-1], h_all, c_all, s_all
+    # The XLA loops' product is z^T = R^T h^T, a (4U, U) x (U, B) matmul: on CPU (oneDNN, Eigen and XLA alike)
+    # that shape runs ~1.5x faster than the (B, U) x (U, 4U) one (BENCHMARKS.md, "Against PyTorch").
     rk_t = tf.cast(_materialized_transpose(recurrent * scale), operand_dtype)
 
     if _compiles_loops(operand_dtype, training=save):  # save: training, inside _lstm_with_grad's custom gradient

@@ -59,9 +59,13 @@ def _load():
     try:
         return _built_and_loaded()
     except Exception as error:  # whatever stops them (a cache folder it may not search, ...), training goes on
-        logger.warning(f"note: textgen's LSTM training loops cannot be had here ({type(error).__name__}: "
-                       f"{error}); the XLA loops serve (training 1.1-1.6x slower). Set {SWITCH}=0 to silence this.")
-        return None
+        return _without(f"textgen's LSTM training loops cannot be had here ({type(error).__name__}: {error})")
+
+
+def _without(why: str, remedy: str = "", level: int = logging.WARNING) -> None:
+    """The one-line note that the XLA loops serve, and why; returns None (no library)."""
+    logger.log(level, f"note: {why}; the XLA loops serve (training 1.1-1.6x slower). {remedy}"
+                      f"Set {SWITCH}=0 to silence this.")
 
 
 def _built_and_loaded():
@@ -69,10 +73,8 @@ def _built_and_loaded():
 
     compiler = shlex.split(os.environ.get("CXX") or "g++")  # "ccache g++" too
     if not compiler or shutil.which(compiler[0]) is None:
-        logger.info("note: no C++ compiler (g++) here to build textgen's LSTM training loops; the XLA loops "
-                    f"serve (training 1.1-1.6x slower). Install g++ for the faster ones, or set {SWITCH}=0 "
-                    "to silence this.")
-        return None
+        return _without("no C++ compiler (g++) here to build textgen's LSTM training loops",
+                        "Install g++ for the faster ones. ", level=logging.INFO)
     compile_flags, link_flags = tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
     # Extra flags last, so that they win (-march=x86-64-v3: AVX2 code on an AVX-512 CPU, to compare). Not
     # $CXXFLAGS: conda's compiler packages set it to -march=nocona -O2, which would build slow loops unseen.
@@ -81,24 +83,19 @@ def _built_and_loaded():
     built = cache_dir() / f"lstm_loops-{_build_key(compiler, command + link_flags)}.so"
     failed = built.with_suffix(".failed")  # a build that failed, not tried again by every training
     if failed.exists():
-        logger.warning(f"note: building textgen's LSTM training loops failed before ({failed.read_text().strip()}); "
-                       f"the XLA loops serve (training 1.1-1.6x slower). Delete {failed} to try again, or set "
-                       f"{SWITCH}=0 to silence this.")
-        return None
+        return _without(f"building textgen's LSTM training loops failed before ({failed.read_text().strip()})",
+                        f"Delete {failed} to try again. ")
     if not built.exists():
         failure = _build(command, link_flags, built)
         if failure:
-            logger.warning(f"note: could not build textgen's LSTM training loops ({failure}); the XLA loops "
-                           f"serve (training 1.1-1.6x slower). Set {SWITCH}=0 to silence this.")
-            with contextlib.suppress(OSError):  # (a folder it cannot write: said above)
+            with contextlib.suppress(OSError):  # (a folder it cannot write: said below)
                 failed.write_text(failure + "\n")
-            return None
+            return _without(f"could not build textgen's LSTM training loops ({failure})")
     try:
         return tf.load_op_library(str(built))
     except Exception as error:  # a library this TensorFlow refuses: the XLA loops still serve
-        logger.warning(f"note: could not load textgen's LSTM training loops from {built} ({error}); the XLA "
-                       f"loops serve. Delete that file to build it again, or set {SWITCH}=0.")
-        return None
+        return _without(f"could not load textgen's LSTM training loops from {built} ({error})",
+                        "Delete that file to build it again. ")
 
 
 def _build_key(compiler: list[str], command: list[str]) -> str:
@@ -138,8 +135,9 @@ def _build(command: list[str], link_flags: list[str], built: Path) -> str | None
             return f"{name} took over {BUILD_TIMEOUT_S} s"
         if compiler.returncode != 0:
             lines = stderr.splitlines()
-            errors = [line for line in lines if ": error:" in line or "fatal error:" in line] or lines
-            return f"{name} exit code {compiler.returncode}: {(errors or [''])[0].strip()[:200]}"
+            errors = [line.strip() for line in lines if ": error:" in line or "fatal error:" in line] or \
+                [line.strip() for line in lines if line.strip()]
+            return f"{name} exit code {compiler.returncode}" + (f": {errors[0][:200]}" if errors else "")
         os.chmod(partial, 0o755 & ~_umask())  # mkstemp's 0600 would keep the build from the cache's other users
         os.replace(partial, built)
         return None
