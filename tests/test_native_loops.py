@@ -137,6 +137,15 @@ def test_ops_give_the_same_bits_twice_and_refuse_mismatched_shapes(native_librar
         library.textgen_lstm_backward(s_all, c_all, d_outputs, dh, dc, weights_t, width=4 * UNITS + 1)
 
 
+def test_the_library_keeps_its_eigen_to_itself(native_library):
+    """Its Eigen is built for this CPU: exported, the library's calls into it bound to TensorFlow's own copies."""
+    with open("/proc/self/maps", encoding="utf-8") as maps:
+        (loaded,) = {line.split()[-1] for line in maps if "/lstm_loops-" in line}
+    symbols = subprocess.run(["nm", "-D", "--defined-only", "--demangle", loaded], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert not [line for line in symbols if "Eigen" in line or "tensorflow" in line], symbols[:5]
+
+
 @pytest.fixture
 def fresh_load(monkeypatch, tmp_path):
     """native_loops._load as a first process on a new machine would run it: an empty cache."""

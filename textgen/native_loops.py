@@ -78,7 +78,9 @@ def _built_and_loaded():
     compile_flags, link_flags = tf.sysconfig.get_compile_flags(), tf.sysconfig.get_link_flags()
     # Extra flags last, so that they win (-march=x86-64-v3: AVX2 code on an AVX-512 CPU, to compare). Not
     # $CXXFLAGS: conda's compiler packages set it to -march=nocona -O2, which would build slow loops unseen.
-    command = [*compiler, "-shared", "-fPIC", "-O3", "-march=native", "-w", *compile_flags,
+    # -fvisibility=hidden: the library's Eigen stays its own. Exported, its calls into Eigen's non-inline parts
+    # (the product's blocking sizes) bound to TensorFlow's copies, built for another CPU and perhaps another Eigen.
+    command = [*compiler, "-shared", "-fPIC", "-O3", "-march=native", "-fvisibility=hidden", "-w", *compile_flags,
                *os.environ.get(EXTRA_FLAGS, "").split()]
     built = cache_dir() / f"lstm_loops-{_build_key(compiler, command + link_flags)}.so"
     failed = built.with_suffix(".failed")  # a build that failed, not tried again by every training
