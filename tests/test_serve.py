@@ -808,7 +808,7 @@ def cut_stream(pieces, sent_before_full: int) -> list:
 
         scope = {"type": "http", "asgi": {"spec_version": "2.3"}}  # what uvicorn 0.55 declares
         response = asyncio.create_task(_ClosingStream(pieces, media_type="text/event-stream")(scope, receive, send))
-        async with asyncio.timeout(10):
+        async def cut():
             while len(sent) < sent_before_full:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)  # the next send waits for the connection to drain
@@ -816,6 +816,8 @@ def cut_stream(pieces, sent_before_full: int) -> list:
             loop.call_later(0.05, writable.set)
             with contextlib.suppress(asyncio.CancelledError):
                 await response
+
+        await asyncio.wait_for(cut(), 10)  # not asyncio.timeout: Python 3.11's
         return sent
 
     return asyncio.run(cancelled_while_full())
