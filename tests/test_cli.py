@@ -74,6 +74,26 @@ def test_checkpoint_dir_from_the_environment(trained_run, tmp_path, monkeypatch)
         refused.stderr
 
 
+def test_bfloat16_where_tensorflow_would_crash_on_it_is_refused(tmp_path, monkeypatch):
+    """On an AVX-512 CPU whose oneDNN ONEDNN_MAX_CPU_ISA holds to AVX2, TensorFlow's bfloat16 matmul kills the
+    process (a segmentation fault): --mixed-precision on is refused before it starts, auto trains in float32."""
+    import textgen.cpu
+    from textgen.session import training_precision
+
+    corpus = write_text(tmp_path / "letters.txt", (PERIOD * 50 + "\n") * 8)
+    monkeypatch.setattr(textgen.cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    # Not the variable itself, which this process's oneDNN would obey (test_cpu reads it): a bfloat16 product let
+    # through would then kill the test run, not fail this test.
+    monkeypatch.setattr(textgen.cpu, "onednn_cap", lambda: "AVX2")
+    refused = invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", *TINY, "--mixed-precision", "on")
+    assert refused.exit_code == 2 and refused.stderr.splitlines()[-1] == (
+        "error: --mixed-precision on cannot run while ONEDNN_MAX_CPU_ISA=AVX2 holds TensorFlow's oneDNN below "
+        "AVX-512 (TensorFlow crashes multiplying bfloat16 then); unset it, or train with --mixed-precision off or "
+        "auto"), refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "ck" / "letters").exists()
+    assert training_precision(TrainConfig(mixed_precision="auto"), 512) == "float32"  # not timed: not native here
+
+
 def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path, monkeypatch):
     corpus = write_text(tmp_path / "letters.txt", (PERIOD * 50 + "\n") * 8)
     options = ["--checkpoint-dir", tmp_path / "ck", "--init-from", trained_run["run_dir"], "--batch-size", 4,

@@ -44,3 +44,23 @@ def test_no_cpuinfo_means_no_flags(cpuinfo, monkeypatch):
     assert cpu.cpu_flags() == frozenset()
     assert cpu.matmul_flags() == "none of fma/avx2/avx512/amx"
     assert cpu.has_bfloat16_matmul() is False
+
+
+@pytest.mark.parametrize("cap, native, crashes", [
+    ("", True, False), ("avx512_core_bf16", True, False), ("AVX512_CORE_AMX", True, False),
+    ("AVX512_CORE", False, False), ("avx2", False, True), ("SSE41", False, True)])
+def test_onednn_held_below_bfloat16_means_no_native_bfloat16(cpuinfo, monkeypatch, cap, native, crashes):
+    cpuinfo(SAPPHIRE)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert cpu.onednn_cap() == cap.upper()
+    assert cpu.has_bfloat16_matmul() is native
+    assert cpu.bfloat16_matmul_crashes() is crashes
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # no oneDNN kernels: the cap holds nothing back
+    assert cpu.onednn_cap() == "" and cpu.has_bfloat16_matmul() and not cpu.bfloat16_matmul_crashes()
+
+
+def test_an_avx2_cpu_held_to_avx2_does_not_crash_in_bfloat16(cpuinfo, monkeypatch):
+    cpuinfo(AVX2)  # TensorFlow does not send its bfloat16 products to oneDNN there
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu.has_bfloat16_matmul() and not cpu.bfloat16_matmul_crashes()

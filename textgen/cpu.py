@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import platform
 import time
 
@@ -48,9 +49,30 @@ def matmul_flags() -> str:
     return " ".join(flag for flag in MATMUL_FLAGS if flag in cpu_flags()) or "none of fma/avx2/avx512/amx"
 
 
+# oneDNN's instruction sets below AVX-512, and below its bfloat16 ones, as ONEDNN_MAX_CPU_ISA names them
+ONEDNN_BELOW_AVX512 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"})
+ONEDNN_BELOW_BFLOAT16 = ONEDNN_BELOW_AVX512 | {"AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def onednn_cap() -> str:
+    """The instruction set ONEDNN_MAX_CPU_ISA holds TensorFlow's oneDNN kernels to ("AVX2"), or "" where it does
+    not (unset, or TF_ENABLE_ONEDNN_OPTS=0: no oneDNN kernels)."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
+        return ""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+
+
 def has_bfloat16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX); elsewhere it is emulated and slow."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX) and oneDNN may use it; elsewhere it is
+    emulated and slow."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and onednn_cap() not in ONEDNN_BELOW_BFLOAT16
+
+
+def bfloat16_matmul_crashes() -> bool:
+    """Whether TensorFlow's bfloat16 matmul would kill the process here: on an AVX-512 CPU whose oneDNN is held
+    below AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2), TensorFlow 2.21 sends the product to oneDNN, which has no kernel
+    for it then, and the process dies of a segmentation fault."""
+    return "avx512f" in cpu_flags() and onednn_cap() in ONEDNN_BELOW_AVX512
 
 
 def matmul_operands(rows: int, width: int, columns: int, dtypes) -> dict:

@@ -309,10 +309,18 @@ def gradients_released():
 
 def training_precision(config: TrainConfig, units: int, strategy=None) -> str:
     """What the LSTM training matmuls really run in: "bfloat16" under mixed precision, except on a GPU, where the
-    stock cuDNN layer runs in float32."""
+    stock cuDNN layer runs in float32. Refuses bfloat16 where TensorFlow would crash on it (cpu.onednn_cap)."""
+    from textgen import cpu
+    from textgen.errors import OptionError
     from textgen.fast_lstm import gpu_visible
 
-    return "bfloat16" if uses_mixed_precision(config, units, strategy) and not gpu_visible() else "float32"
+    if not uses_mixed_precision(config, units, strategy) or gpu_visible():
+        return "float32"
+    if cpu.bfloat16_matmul_crashes():
+        raise OptionError(f"--mixed-precision on cannot run while ONEDNN_MAX_CPU_ISA={cpu.onednn_cap()} holds "
+                          "TensorFlow's oneDNN below AVX-512 (TensorFlow crashes multiplying bfloat16 then); unset "
+                          "it, or train with --mixed-precision off or auto")
+    return "bfloat16"
 
 
 def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[str]:
