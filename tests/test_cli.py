@@ -76,22 +76,31 @@ def test_checkpoint_dir_from_the_environment(trained_run, tmp_path, monkeypatch)
 
 def test_bfloat16_where_tensorflow_would_crash_on_it_is_refused(tmp_path, monkeypatch):
     """On an AVX-512 CPU whose oneDNN ONEDNN_MAX_CPU_ISA holds to AVX2, TensorFlow's bfloat16 matmul kills the
-    process (a segmentation fault): --mixed-precision on is refused before it starts, auto trains in float32."""
+    process (a segmentation fault): --mixed-precision on is refused before it starts (--max-minutes' sizing times
+    products in it first), auto trains in float32 without timing bfloat16 and says why."""
     import textgen.cpu
-    from textgen.session import training_precision
+    import textgen.session
+    from textgen.session import mixed_precision_note, training_precision
 
     corpus = write_text(tmp_path / "letters.txt", (PERIOD * 50 + "\n") * 8)
     monkeypatch.setattr(textgen.cpu, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
     # Not the variable itself, which this process's oneDNN would obey (test_cpu reads it): a bfloat16 product let
     # through would then kill the test run, not fail this test.
-    monkeypatch.setattr(textgen.cpu, "onednn_cap", lambda: "AVX2")
-    refused = invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", *TINY, "--mixed-precision", "on")
-    assert refused.exit_code == 2 and refused.stderr.splitlines()[-1] == (
-        "error: --mixed-precision on cannot run while ONEDNN_MAX_CPU_ISA=AVX2 holds TensorFlow's oneDNN below "
-        "AVX-512 (TensorFlow crashes multiplying bfloat16 then); unset it, or train with --mixed-precision off or "
-        "auto"), refused.stderr
-    assert "Traceback" not in refused.stderr and not (tmp_path / "ck" / "letters").exists()
-    assert training_precision(TrainConfig(mixed_precision="auto"), 512) == "float32"  # not timed: not native here
+    monkeypatch.setattr(textgen.cpu, "onednn_cap_setting", lambda: ("ONEDNN_MAX_CPU_ISA", "AVX2"))
+    error = ("error: --mixed-precision on cannot run while ONEDNN_MAX_CPU_ISA=AVX2 holds TensorFlow's oneDNN below "
+             "its bfloat16 kernels (TensorFlow crashes multiplying bfloat16 then); unset it, or train with "
+             "--mixed-precision off or auto")
+    for budget in ([], ["--max-minutes", 1]):
+        refused = invoke("train", corpus, "--checkpoint-dir", tmp_path / "ck", *TINY, "--mixed-precision", "on",
+                         *budget)
+        assert refused.exit_code == 2 and refused.stderr.splitlines()[-1] == error, refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "ck" / "letters").exists()
+    assert refused.stderr == error + "\n"  # refused by the sizing, before it timed anything
+    monkeypatch.setattr(textgen.session, "_probe_bfloat16", lambda: pytest.fail("bfloat16 timed"))
+    assert training_precision(TrainConfig(mixed_precision="auto"), 512) == "float32"
+    assert mixed_precision_note("auto", 512, "float32") == (
+        "mixed precision (auto): float32, since ONEDNN_MAX_CPU_ISA=AVX2 holds TensorFlow's oneDNN below this CPU's "
+        "bfloat16 instructions")
 
 
 def test_train_init_from_fine_tunes_a_new_run(trained_run, tmp_path, monkeypatch):

@@ -52,6 +52,7 @@ def test_no_cpuinfo_means_no_flags(cpuinfo, monkeypatch):
 def test_onednn_held_below_bfloat16_means_no_native_bfloat16(cpuinfo, monkeypatch, cap, native, crashes):
     cpuinfo(SAPPHIRE)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     assert cpu.onednn_cap() == cap.upper()
     assert cpu.has_bfloat16_matmul() is native
@@ -60,7 +61,24 @@ def test_onednn_held_below_bfloat16_means_no_native_bfloat16(cpuinfo, monkeypatc
     assert cpu.onednn_cap() == "" and cpu.has_bfloat16_matmul() and not cpu.bfloat16_matmul_crashes()
 
 
+def test_the_older_variable_counts_and_oneDNN_off_by_default_holds_nothing(cpuinfo, monkeypatch):
+    cpuinfo(SAPPHIRE)
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")  # unset or empty: oneDNN reads DNNL_MAX_CPU_ISA
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx2")
+    assert cpu.onednn_cap_setting() == ("DNNL_MAX_CPU_ISA", "AVX2") and cpu.bfloat16_matmul_crashes()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")  # the newer one wins
+    assert cpu.onednn_cap_setting() == ("ONEDNN_MAX_CPU_ISA", "ALL") and not cpu.bfloat16_matmul_crashes()
+    # An AVX-512 CPU without VNNI or bfloat16 (Skylake): TensorFlow runs no oneDNN kernels unless told to
+    cpuinfo("processor\t: 0\nflags\t: avx2 fma avx512f\n")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu.onednn_cap() == "" and not cpu.bfloat16_matmul_crashes()
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    assert cpu.onednn_cap() == "AVX2" and cpu.bfloat16_matmul_crashes()
+
+
 def test_an_avx2_cpu_held_to_avx2_does_not_crash_in_bfloat16(cpuinfo, monkeypatch):
     cpuinfo(AVX2)  # TensorFlow does not send its bfloat16 products to oneDNN there
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
     assert not cpu.has_bfloat16_matmul() and not cpu.bfloat16_matmul_crashes()

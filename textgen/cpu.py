@@ -52,27 +52,46 @@ def matmul_flags() -> str:
 # oneDNN's instruction sets below AVX-512, and below its bfloat16 ones, as ONEDNN_MAX_CPU_ISA names them
 ONEDNN_BELOW_AVX512 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"})
 ONEDNN_BELOW_BFLOAT16 = ONEDNN_BELOW_AVX512 | {"AVX512_CORE", "AVX512_CORE_VNNI"}
+# TensorFlow turns its oneDNN kernels on by default (TF_ENABLE_ONEDNN_OPTS unset) only on CPUs with one of these
+ONEDNN_BY_DEFAULT = frozenset({"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"})
+
+
+def onednn_cap_setting() -> tuple[str, str]:
+    """The variable that holds TensorFlow's oneDNN kernels to an instruction set and its value, read as oneDNN
+    reads it (ONEDNN_MAX_CPU_ISA, else the older DNNL_MAX_CPU_ISA; upper-cased): ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+    or ("", "") where nothing holds them (unset, or TensorFlow's oneDNN kernels off)."""
+    enabled = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").lower()
+    if enabled in ("0", "false") or (enabled not in ("1", "true") and not ONEDNN_BY_DEFAULT & cpu_flags()):
+        return "", ""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if os.environ.get(name):
+            return name, os.environ[name].upper()
+    return "", ""
 
 
 def onednn_cap() -> str:
-    """The instruction set ONEDNN_MAX_CPU_ISA holds TensorFlow's oneDNN kernels to ("AVX2"), or "" where it does
-    not (unset, or TF_ENABLE_ONEDNN_OPTS=0: no oneDNN kernels)."""
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower() in ("0", "false"):
-        return ""
-    return os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    """The instruction set TensorFlow's oneDNN kernels are held to ("AVX2"), or "" (see onednn_cap_setting)."""
+    return onednn_cap_setting()[1]
+
+
+def has_bfloat16_instructions() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def has_bfloat16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX) and oneDNN may use it; elsewhere it is
     emulated and slow."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and onednn_cap() not in ONEDNN_BELOW_BFLOAT16
+    return has_bfloat16_instructions() and onednn_cap() not in ONEDNN_BELOW_BFLOAT16
 
 
 def bfloat16_matmul_crashes() -> bool:
-    """Whether TensorFlow's bfloat16 matmul would kill the process here: on an AVX-512 CPU whose oneDNN is held
-    below AVX-512 (ONEDNN_MAX_CPU_ISA=AVX2), TensorFlow 2.21 sends the product to oneDNN, which has no kernel
-    for it then, and the process dies of a segmentation fault."""
-    return "avx512f" in cpu_flags() and onednn_cap() in ONEDNN_BELOW_AVX512
+    """Whether TensorFlow's bfloat16 matmul would kill the process here: where TensorFlow sends it to oneDNN (CPUs
+    with AVX-512, or AVX-NE-CONVERT) while oneDNN is held below any bfloat16 kernel, the process dies of a
+    segmentation fault (seen on TensorFlow 2.21, AVX-512 and ONEDNN_MAX_CPU_ISA=AVX2; the AVX-NE-CONVERT case is
+    from TensorFlow's source)."""
+    flags, cap = cpu_flags(), onednn_cap()
+    return ("avx512f" in flags and cap in ONEDNN_BELOW_AVX512) or \
+        ("avx_ne_convert" in flags and cap in ONEDNN_BELOW_AVX512 - {"AVX2_VNNI_2"})
 
 
 def matmul_operands(rows: int, width: int, columns: int, dtypes) -> dict:

@@ -252,11 +252,15 @@ def bfloat16_speedup(strategy=None) -> float:
     """How many times faster this CPU multiplies in bfloat16 than in float32; 0 where it has no native bfloat16
     matmul or a GPU trains. Given a multi-worker strategy, the mean over the workers (every worker must call it then),
     so that they all train in the same precision."""
+    from textgen import cpu
+
     speedup = _timed_bfloat16_speedup() if _native_bfloat16() else 0.0
     if strategy is not None:
         from textgen.distribute import worker_mean
 
-        speedup = worker_mean(strategy, speedup)[0]
+        # A worker that bfloat16 would crash (cpu.bfloat16_matmul_crashes) keeps them all in float32
+        speedup, crashes = worker_mean(strategy, speedup, float(cpu.bfloat16_matmul_crashes()))
+        return 0.0 if crashes else speedup
     return speedup
 
 
@@ -316,16 +320,24 @@ def training_precision(config: TrainConfig, units: int, strategy=None) -> str:
 
     if not uses_mixed_precision(config, units, strategy) or gpu_visible():
         return "float32"
-    if cpu.bfloat16_matmul_crashes():
-        raise OptionError(f"--mixed-precision on cannot run while ONEDNN_MAX_CPU_ISA={cpu.onednn_cap()} holds "
-                          "TensorFlow's oneDNN below AVX-512 (TensorFlow crashes multiplying bfloat16 then); unset "
-                          "it, or train with --mixed-precision off or auto")
+    crashes = cpu.bfloat16_matmul_crashes()
+    if strategy is not None:
+        from textgen.distribute import worker_mean
+
+        crashes = worker_mean(strategy, float(crashes))[0] > 0  # so that every worker refuses, not one alone
+    if crashes:  # (only "on" gets here: auto's speedup is 0 then)
+        name, cap = cpu.onednn_cap_setting()
+        held = f"{name}={cap}" if name else "another worker's ONEDNN_MAX_CPU_ISA"
+        raise OptionError(f"--mixed-precision on cannot run while {held} holds TensorFlow's oneDNN below its "
+                          "bfloat16 kernels (TensorFlow crashes multiplying bfloat16 then); unset it, or train with "
+                          "--mixed-precision off or auto")
     return "bfloat16"
 
 
 def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[str]:
     """What --mixed-precision does on this machine for layers of units, which trained in precision; a warning where
     an explicit "on" cannot take effect or gains nothing."""
+    from textgen import cpu
     from textgen.fast_lstm import gpu_visible
 
     if setting == "off":
@@ -341,6 +353,11 @@ def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[s
                 "(weights, state and validation in float32)" + (f"; {rate()}" if speedup is not None else "")
                 + (", so it is likely no faster here: use --mixed-precision auto or off" if slow else "")
                 + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32"))
+    name, cap = cpu.onednn_cap_setting()
+    if cap in cpu.ONEDNN_BELOW_BFLOAT16 and cpu.has_bfloat16_instructions() and not gpu_visible():
+        held = f"{name}={cap} holds TensorFlow's oneDNN below this CPU's bfloat16 instructions"
+        return (f"mixed precision (auto): float32, since {held}" if setting == "auto"
+                else f"note: {held}, so --mixed-precision on is likely slower here; use --mixed-precision off")
     if setting == "auto":
         if speedup is not None:
             return (f"mixed precision (auto): float32, since {rate('only ')} (auto wants "

@@ -184,13 +184,13 @@ def _batch_for(train_chars: int, seq_length: int, default: int, val_chars: Optio
 
 def calibrated_speed(config: TrainConfig, vocab_size: int) -> Callable[[tuple[int, int, int], int], float]:
     """Training characters per second for a shape on this machine, from a short matmul timing (~60 ms a shape)."""
-    from textgen.session import uses_mixed_precision
+    from textgen.session import training_precision
 
     cache: dict = {}
 
     def speed(shape: tuple[int, int, int], batch: int) -> float:
         if (shape, batch) not in cache:
-            flops = measure_matmul_flops(shape, batch, uses_mixed_precision(config, units=shape[1]))
+            flops = measure_matmul_flops(shape, batch, training_precision(config, shape[1]) == "bfloat16")
             # Training runs at about the FLOP/s of this one matmul: 0.8-1.25x of it measured from 1 x 128 to 1 x 512
             # (the elementwise work and small backward matmuls cost what the large fused ones gain; BENCHMARKS.md)
             cache[shape, batch] = flops / flops_per_char(shape, vocab_size)
