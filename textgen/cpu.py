@@ -74,14 +74,25 @@ def onednn_cap() -> str:
     return onednn_cap_setting()[1]
 
 
+def onednn_cap_text() -> str:
+    """The setting as the user wrote it, for messages: "ONEDNN_MAX_CPU_ISA=AVX2", or ""."""
+    name, cap = onednn_cap_setting()
+    return f"{name}={cap}" if name else ""
+
+
 def has_bfloat16_instructions() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def bfloat16_held_back() -> bool:
+    """Whether this CPU has bfloat16 instructions that ONEDNN_MAX_CPU_ISA keeps oneDNN from using."""
+    return has_bfloat16_instructions() and onednn_cap() in ONEDNN_BELOW_BFLOAT16
 
 
 def has_bfloat16_matmul() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX) and oneDNN may use it; elsewhere it is
     emulated and slow."""
-    return has_bfloat16_instructions() and onednn_cap() not in ONEDNN_BELOW_BFLOAT16
+    return has_bfloat16_instructions() and not bfloat16_held_back()
 
 
 def bfloat16_matmul_crashes() -> bool:

@@ -313,21 +313,22 @@ def gradients_released():
 
 def training_precision(config: TrainConfig, units: int, strategy=None) -> str:
     """What the LSTM training matmuls really run in: "bfloat16" under mixed precision, except on a GPU, where the
-    stock cuDNN layer runs in float32. Refuses bfloat16 where TensorFlow would crash on it (cpu.onednn_cap)."""
+    stock cuDNN layer runs in float32. Refuses "on" where TensorFlow would crash on bfloat16 (cpu.onednn_cap)."""
     from textgen import cpu
     from textgen.errors import OptionError
     from textgen.fast_lstm import gpu_visible
 
     if not uses_mixed_precision(config, units, strategy) or gpu_visible():
         return "float32"
+    if config.mixed_precision != "on":  # auto: bfloat16_speedup has kept every worker off where one would crash
+        return "bfloat16"
     crashes = cpu.bfloat16_matmul_crashes()
     if strategy is not None:
         from textgen.distribute import worker_mean
 
         crashes = worker_mean(strategy, float(crashes))[0] > 0  # so that every worker refuses, not one alone
-    if crashes:  # (only "on" gets here: auto's speedup is 0 then)
-        name, cap = cpu.onednn_cap_setting()
-        held = f"{name}={cap}" if name else "another worker's ONEDNN_MAX_CPU_ISA"
+    if crashes:
+        held = cpu.onednn_cap_text() or "another worker's ONEDNN_MAX_CPU_ISA"
         raise OptionError(f"--mixed-precision on cannot run while {held} holds TensorFlow's oneDNN below its "
                           "bfloat16 kernels (TensorFlow crashes multiplying bfloat16 then); unset it, or train with "
                           "--mixed-precision off or auto")
@@ -353,9 +354,8 @@ def mixed_precision_note(setting: str, units: int, precision: str) -> Optional[s
                 "(weights, state and validation in float32)" + (f"; {rate()}" if speedup is not None else "")
                 + (", so it is likely no faster here: use --mixed-precision auto or off" if slow else "")
                 + ("" if wide else f"; layers of {units} units train no faster in bfloat16 than in float32"))
-    name, cap = cpu.onednn_cap_setting()
-    if cap in cpu.ONEDNN_BELOW_BFLOAT16 and cpu.has_bfloat16_instructions() and not gpu_visible():
-        held = f"{name}={cap} holds TensorFlow's oneDNN below this CPU's bfloat16 instructions"
+    if cpu.bfloat16_held_back() and not gpu_visible():
+        held = f"{cpu.onednn_cap_text()} holds TensorFlow's oneDNN below this CPU's bfloat16 instructions"
         return (f"mixed precision (auto): float32, since {held}" if setting == "auto"
                 else f"note: {held}, so --mixed-precision on is likely slower here; use --mixed-precision off")
     if setting == "auto":
