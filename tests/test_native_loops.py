@@ -5,11 +5,11 @@ The layers' outputs and gradients through them, against the stock Keras LSTM: te
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import stat
-import itertools
 import subprocess
 import sys
 import time
