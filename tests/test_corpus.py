@@ -1,9 +1,12 @@
 import errno
+import gzip
+import io
 import json
 import os
 import random
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -240,6 +243,48 @@ def test_a_file_in_another_encoding_is_told_which_it_looks_like(tmp_path, conten
     with pytest.raises(TextgenError) as refused:
         scan(path)
     assert told.format(path=path) in str(refused.value)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    with io.BytesIO() as out:
+        np.save(out, array)
+        return out.getvalue()
+
+
+def _stored_zip(**members: bytes) -> bytes:
+    """A zip whose members are stored, not compressed: how Keras writes a .keras file."""
+    with io.BytesIO() as out:
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return out.getvalue()
+
+
+_HAMLET = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 60
+_SMALL_IDS = np.unique(list(_HAMLET), return_inverse=True)[1]  # a corpus's character ids, as textgen caches them
+_KERAS_CONFIG = json.dumps(dict(module="keras", class_name="Sequential", config=dict(layers=[
+    dict(class_name="LSTM", config=dict(name=f"lstm_{n}", units=512, stateful=True, return_sequences=True,
+                                        recurrent_initializer="glorot_uniform")) for n in range(12)])))
+_NO_NUL = bytes(byte or 1 for byte in random.Random(1).randbytes(3000))
+
+
+@pytest.mark.parametrize("content", [
+    # Arrays of small numbers and a .keras model were "UTF-16LE / UTF-16BE text, not UTF-8 (convert it, e.g. with
+    # iconv ...)": their NULs fall on both sides of the byte pairs, where UTF-16 text has them on one.
+    _npy(_SMALL_IDS.astype(np.uint16)),
+    _npy(_SMALL_IDS.astype(np.uint8)),
+    _stored_zip(**{"metadata.json": b'{"keras_version": "3.15.1", "date_saved": "2026-12-05@06:40:00"}',
+                   "config.json": _KERAS_CONFIG.encode(), "model.weights.h5": bytes(4096)}),
+    # A small gzip or random bytes with a few NULs were "holds NUL bytes (remove them, e.g. with tr -d '\000' ...)",
+    # after which they are still no text.
+    gzip.compress(b"To be, or not to be, that is the question.\n" * 40, mtime=0),
+    _NO_NUL[:1500] + b"\0" + _NO_NUL[1500:],
+])
+def test_binary_files_are_told_binary(tmp_path, content):
+    path = tmp_path / "model.keras"
+    path.write_bytes(content)
+    with pytest.raises(TextgenError, match=re.escape("corpus file looks binary (NUL byte at byte offset")):
+        scan(path)
 
 
 def test_bad_byte_offset_is_exact_across_chunks(tmp_path, monkeypatch):

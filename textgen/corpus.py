@@ -176,7 +176,9 @@ def _decoded_chunks(path: Path, what: str):
         if nul >= 0:
             line = lines + block[:nul].count(b"\n")
             where = f"at byte offset {offset + nul}, on line {line:,}"
-            if block.count(b"\0") > max(8, len(block) // 1000):  # (a short prime file's one NUL is no binary)
+            # (a short prime file's one NUL is no binary; a few in bytes that are no UTF-8 around them, as in a small
+            # gzip or random data, are: without them the file is still no text)
+            if block.count(b"\0") > max(8, len(block) // 1000) or not _utf8_around(block, nul):
                 raise TextgenError(f"{what} file looks binary (NUL byte {where}): {path} (give a UTF-8 text file)")
             # A few NULs in text (a cat that took in a stray file's bytes, an editor's slip) are removed, not the file
             command = f", e.g. with tr -d '\\000' < {shlex.quote(str(path))} > clean.txt" if _repairable(path) else ""
@@ -224,10 +226,24 @@ def _decoded_chunks(path: Path, what: str):
         ) from None
 
 
+_CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes that continue a UTF-8 character
+
+
+def _utf8_around(block: bytes, at: int) -> bool:
+    """Whether the bytes of block within 1 KB of offset at, NULs removed, read as UTF-8 (a character cut at either
+    end of that window allowed)."""
+    start = max(0, at - 1024)
+    window = block[start : at + 1024]
+    cut = len(window) - len(window.lstrip(_CONTINUATION))
+    if start and cut <= 3:
+        window = window[cut:]
+    return _decodes(window.replace(b"\0", b""), "utf-8") is not None
+
+
 def _cut_at_start(block: bytes) -> int:
     """How many bytes block starts with that end a UTF-8 character whose start was cut off (0: it does not), when
     the rest reads as UTF-8."""
-    cut = len(block) - len(block.lstrip(bytes(range(0x80, 0xC0))))
+    cut = len(block) - len(block.lstrip(_CONTINUATION))
     if not 1 <= cut <= 3:
         return 0
     try:
@@ -252,7 +268,8 @@ def _recognised_encoding(head: bytes) -> Optional[str]:
     in the first two, old Japanese mail in the last), or None. Known by a byte order mark or ISO-2022's escapes; or
     without them, by UTF-32 that reads as text, or in mostly-ASCII text by a NUL in every other byte; or, in other
     scripts, by NULs (each ASCII character, space or newline has one) in a sample that reads as text in UTF-16 of
-    one byte order and is no UTF-8 text with a stray NUL (as UTF-16, ASCII reads as CJK ideographs)."""
+    one byte order, the characters its NULs are in too, and is no UTF-8 text with a stray NUL (as UTF-16, ASCII
+    reads as CJK ideographs)."""
     for mark, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # UTF-16's mark begins
                        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):  # UTF-32-LE's: first
         if head.startswith(mark):
@@ -264,20 +281,28 @@ def _recognised_encoding(head: bytes) -> Optional[str]:
         return None
     for name in ("utf-32le", "utf-32be"):  # code points beyond U+10FFFF: UTF-16 or binary data never decode
         text = _decodes(sample[:len(sample) - len(sample) % 4], name)
-        if text is not None and sum(map(_reads_as_text, text)) >= 0.95 * len(text):
+        if text is not None and _mostly_text(text):
             return name
     sample = sample[:len(sample) - len(sample) % 2]
     for zeros, other, name in ((sample[1::2], sample[0::2], "utf-16le"), (sample[0::2], sample[1::2], "utf-16be")):
-        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other) \
+                and _mostly_text(sample.decode(name, errors="replace")):
             return name
     stripped = _decodes(sample.replace(b"\0", b""), "utf-8")  # NULs in UTF-8 text, or the text without them:
-    if stripped is not None and sum(map(_reads_as_text, stripped)) >= 0.95 * len(stripped):  # then it is text
+    if stripped is not None and _mostly_text(stripped):  # then it is text
         return None  # (Cyrillic UTF-16 without its NULs is ASCII too, a control character before each letter)
     for name in ("utf-16le", "utf-16be"):
-        text = sample.decode(name, errors="replace")
-        if sum(map(_reads_as_text, text)) >= 0.95 * len(text):
+        # and the characters its NULs are in read as text too (ASCII, or CJK ideographs such as U+4E00), where in
+        # binary data read as UTF-16 (an array of small numbers) many are control characters
+        with_nul = b"".join(sample[i : i + 2] for i in range(0, len(sample), 2) if 0 in sample[i : i + 2])
+        if _mostly_text(sample.decode(name, errors="replace")) and _mostly_text(with_nul.decode(name, "replace")):
             return name
     return None
+
+
+def _mostly_text(text: str) -> bool:
+    """Whether 95% or more of text are characters of ordinary text."""
+    return sum(map(_reads_as_text, text)) >= 0.95 * len(text)
 
 
 def _decodes(data: bytes, encoding: str) -> Optional[str]:
