@@ -311,6 +311,10 @@ def test_score_of_a_file_name_warns_that_it_scores_the_name(model, tmp_path, cap
     (lambda m: m.generate(temperature="warm"), r"got 'warm', which is not a number$"),
     (lambda m: m.next_char_probabilities("ab", temperature=[0.2, 1.0]),
      "^temperature must be one number here; call next_char_probabilities once per temperature$"),
+    (lambda m: m.generate(temperature=[0.2, 1.0]), "^temperature must be one number here; call generate once per "
+                                                   "temperature$"),
+    (lambda m: m.stream(temperature=[0.2, 1.0]), "^temperature must be one number here; call stream once per "
+                                                 "temperature$"),  # it said generate
 ])
 def test_bad_input_raises_one_error_type_with_the_cli_message_in_keyword_names(model, call, message):
     with pytest.raises(textgen.TextgenError, match=message):

@@ -158,8 +158,8 @@ class TextModel:
             top_k: draw only from the k likeliest characters.
             top_p: draw from the smallest set of characters whose probability reaches p.
             seed: the same seed gives the same text.
-            stop: end where this string first appears (it is not included); a list of strings: where the text
-                first completes any of them.
+            stop: end where this string first appears in the generated text (it is not included; a string begun
+                in the prime does not count); a list of strings: where the text first completes any of them.
             num_samples: independent samples to draw.
             skip_unknown: drop prime characters the model never saw instead of raising.
             min_p: drop characters less likely than min_p times the likeliest (0.05 is common).
@@ -172,7 +172,7 @@ class TextModel:
             >>> model.generate("ROMEO:", length=100, temperature=0.8, seed=3)  # doctest: +SKIP
             'ROMEO: ...'
         """
-        config = self._config(locals())
+        config = self._config(locals(), "generate")
         texts = [sample.text for sample in self.generator.samples(config, warn=_warn_in_keywords)]
         return texts[0] if num_samples == 1 else texts
 
@@ -189,7 +189,7 @@ class TextModel:
             >>> for piece in model.stream("The ", length=300):  # doctest: +SKIP
             ...     print(piece, end="", flush=True)
         """
-        config = self._config(locals())
+        config = self._config(locals(), "stream")
         if not skip_unknown:  # like the options, an unknown prime character is refused now, not at the first piece
             prepare_prime(config.prime, self.vocab, False, None)
         return self.generator.stream(config, warn=_warn_in_keywords)
@@ -202,8 +202,8 @@ class TextModel:
         outside the vocabulary are then removed (and counted) before scoring.
 
         Returns:
-            A dict: ``bpc`` (bits per character), ``nats``, ``perplexity``, ``characters`` (predicted),
-            ``excluded`` (removed as unknown).
+            A dict: ``bpc`` (bits per character), ``nats``, ``perplexity``, ``characters`` (predicted: all but
+            the first, which nothing comes before), ``excluded`` (removed as unknown).
 
         Example:
             >>> model.score("To be, or not to be")["bpc"]  # doctest: +SKIP
@@ -296,10 +296,10 @@ class TextModel:
             raise as_keywords(error, {"format", "output", "overwrite"}, {"overwrite"}) from None
 
     @staticmethod
-    def _config(arguments: dict) -> SampleConfig:
+    def _config(arguments: dict, method: str) -> SampleConfig:
         """The SampleConfig of a generate() or stream() call, from its arguments (its locals()): the ones named as
         SampleConfig's fields, so a new sampling option is added to the signatures and docstring only."""
-        config = sample_config_of(dict(arguments, temperature=_one_temperature(arguments["temperature"], "generate")))
+        config = sample_config_of(dict(arguments, temperature=_one_temperature(arguments["temperature"], method)))
         config.validate()  # here, so that stream() refuses bad options when called, not at its first piece
         return config
 
@@ -324,8 +324,8 @@ def list_runs(checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR) -> list[dict]
     ``problem`` ("damaged", "written by a newer textgen", "not readable by you", "no checkpoint yet" for a
     training's first epoch, listed first, or "no checkpoint: a training ended before its first save (...)" for a
     folder one left; :func:`load` says more) and None in its other fields; ``problem`` is None for a run that can be
-    read. A directory that does not
-    exist holds no runs: an empty list.
+    read. Only the runs' metadata is read: a weights file damaged since it was saved is found by :func:`load` (and
+    ``textgen info``). A directory that does not exist holds no runs: an empty list.
 
     Example:
         >>> [run["name"] for run in textgen.list_runs()]  # doctest: +SKIP
