@@ -1097,7 +1097,9 @@ def crash(run):
     raise RuntimeError("crash")
 
 
-def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothing_of_it(tmp_path, periodic_corpus):
+def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothing_of_it(tmp_path, periodic_corpus,
+                                                                                        monkeypatch):
+    from textgen import callbacks
     run(periodic_corpus, tmp_path)
     run_dir = tmp_path / "r"
     before = files_snapshot(run_dir)
@@ -1114,9 +1116,16 @@ def test_overwrite_keeps_the_earlier_run_until_its_first_save_then_leaves_nothin
         run(periodic_corpus, tmp_path, overwrite=True, callbacks=[interrupt_at_step(2)])
     assert stopped.value.exit_code == 130 and files_snapshot(run_dir) == before
     wider = dict(TINY_MODEL, units=TINY_MODEL["units"] + 8)
-    terminate = AtStep(5, lambda run: os.kill(os.getpid(), signal.SIGTERM))  # a job stopped: its training is kept
+    # A job stopped (timeout, docker stop) in that first minute: a step's training replaced the earlier run
+    def terminate():
+        return AtStep(5, lambda run: os.kill(os.getpid(), signal.SIGTERM))
+
+    with pytest.raises(Interrupted, match="so the earlier run in .* is kept as it was") as stopped:
+        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[terminate()])
+    assert stopped.value.exit_code == 143 and files_snapshot(run_dir) == before
+    monkeypatch.setattr(callbacks, "TAKE_BACK_S", 0.0)  # stopped later: its training is kept, as in any run
     with pytest.raises(Interrupted, match="resume with") as stopped:  # saves: the earlier run is gone
-        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[terminate])
+        run(periodic_corpus, tmp_path, model=wider, overwrite=True, callbacks=[terminate()])
     assert stopped.value.exit_code == 143
     last = checkpoint.read_meta(run_dir, "last")
     assert last.model.units == wider["units"] and last.state.step_in_epoch == 5

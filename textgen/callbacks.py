@@ -90,8 +90,10 @@ def save_unvalidated(run, carried: Optional[dict] = None) -> None:
 
 def interrupted(run, signum: int, saved: bool = False, carried: Optional[dict] = None) -> "Interrupted":
     """What a signal stops the run with, once a resumable checkpoint is saved (unless saved: the run's last one is
-    where it stands); or, for Ctrl-C early in an --overwrite run that has saved nothing, with the earlier run kept."""
-    if run.replaces and signum == signal.SIGINT and run.elapsed < TAKE_BACK_S:
+    where it stands); or, early in an --overwrite run that has saved nothing, with the earlier run kept: Ctrl-C then
+    takes back a mistyped command, and a stop (SIGTERM from timeout or docker stop, SIGHUP) must not replace a run
+    with a minute's training at most (it did; a later signal keeps the training done so far, as in any run)."""
+    if run.replaces and run.elapsed < TAKE_BACK_S:
         return _taken_back(run, signum)
     if not saved:
         save_unvalidated(run, carried)
@@ -121,7 +123,7 @@ class Interrupted(KeyboardInterrupt):
         return stopped
 
 
-TAKE_BACK_S = 60.0  # of an --overwrite training, in which Ctrl-C keeps the earlier run instead of saving
+TAKE_BACK_S = 60.0  # of an --overwrite training, in which a stop keeps the earlier run instead of saving
 
 
 def _taken_back(run, signum: int) -> "Interrupted":
@@ -152,13 +154,11 @@ class StopRequests(Callback):
 
         budget = run.config.max_minutes * 60
         # replacing: the chief's --overwrite run has saved nothing yet (only the chief knows)
-        stopping, ctrl_c, time_up, replacing, run.elapsed = worker_mean(
-            run.session.strategy, bool(run.signals), bool(run.signals) and run.signals[0] == signal.SIGINT,
-            bool(budget) and run.elapsed >= budget, run.replaces, run.elapsed)
+        stopping, time_up, replacing, run.elapsed = worker_mean(
+            run.session.strategy, bool(run.signals), bool(budget) and run.elapsed >= budget, run.replaces,
+            run.elapsed)
         signum = run.signals[0] if run.signals else signal.SIGTERM
-        # Ctrl-C soon after the start is how a mistyped --overwrite is taken back; a SIGTERM (a job stopped) or a
-        # later Ctrl-C keeps the training done so far, as in any run
-        if stopping > 0 and replacing > 0 and ctrl_c > 0 and run.elapsed < TAKE_BACK_S:
+        if stopping > 0 and replacing > 0 and run.elapsed < TAKE_BACK_S:
             raise _taken_back(run, signum)
         if stopping > 0:
             raise interrupted(run, signum, saved)

@@ -780,8 +780,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             f"{len(run.train_batches)} steps per epoch" + (f", {replicas} replicas" if replicas > 1 else "")
             + gpu_text(session.strategy))
         if replaces:  # said before the minutes it trains: the user learns what goes while Ctrl-C still keeps it
-            log(f"note: --overwrite: {_earlier_run(run_dir)} goes when this run saves its first checkpoint (Ctrl-C in "
-                "its first minute keeps it)")
+            log(f"note: --overwrite: {_earlier_run(run_dir)} goes when this run saves its first checkpoint (Ctrl-C or "
+                "a stop before then, in its first minute, keeps it)")
     if writes and (note := mixed_precision_note(config.mixed_precision, model_config.units, session.precision)):
         log(note)
     with stop_on_signals() as signals:
