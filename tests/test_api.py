@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -106,6 +107,15 @@ print("the program's own line", file=sys.stderr)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "True\n" and result.stderr == "the program's own line\n", result.stderr
+
+
+def test_a_program_without_stderr_loads_tensorflow_and_keeps_descriptor_2_on_dev_null():
+    """Started with 2>&-, the first textgen.load or train raised OSError (EBADF) where it mutes TensorFlow's import."""
+    code = ("import os\nfrom textgen.quiet_import import import_tensorflow_quietly\nimport_tensorflow_quietly()\n"
+            "print(os.readlink('/proc/self/fd/2'))")
+    result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=300,
+                            preexec_fn=lambda: os.close(2))
+    assert (result.returncode, result.stdout) == (0, f"{os.devnull}\n")
 
 
 def test_help_shows_the_api_docs_and_import_textgen_stays_light():

@@ -989,6 +989,25 @@ def test_a_closed_standard_output_is_one_error_line(trained_run):
     assert result.stderr.splitlines()[-1] == os.devnull
 
 
+def test_a_closed_standard_error_still_samples(trained_run):
+    """Started with its standard error closed (2>&-), sample, eval and export failed (exit 1, nothing on stdout):
+    os.dup(2), which mutes TensorFlow's import, raised EBADF."""
+    import subprocess
+
+    import sys
+
+    script = ("import os, sys\nfrom textgen.cli import cli\n"
+              "try:\n    cli.main(sys.argv[1:])\n"
+              "except SystemExit as stop:\n    print(stop.code, os.readlink('/proc/self/fd/2'))")
+    result = subprocess.run([sys.executable, "-c", script, "sample", "--checkpoint-dir",
+                             str(trained_run["checkpoint_dir"]), "-n", "20", "--seed", "3"], stdout=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: os.close(2), timeout=300)
+    assert result.returncode == 0 and result.stdout.endswith(f"\n0 {os.devnull}\n"), result.stdout
+    text = result.stdout.rsplit("\n", 2)[0]
+    assert text == invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 20, "--seed", 3).stdout \
+        .rstrip("\n")
+
+
 def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_path):
     """--output replaced a link (a dangling one without --overwrite) by a file, and a link loop by a file too."""
     (tmp_path / "target.txt").write_text("precious")

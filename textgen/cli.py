@@ -183,6 +183,14 @@ def _report_diagnostics_on_stderr() -> None:
         logger.propagate = False
 
 
+def _hold_with_devnull(descriptor: int) -> None:
+    """/dev/null as the closed standard descriptor: else the next file opened took it (a run's lock file), where a
+    library's or a child process's output (TensorFlow's C++ log lines on 2) would have gone."""
+    if (null := os.open(os.devnull, os.O_WRONLY)) != descriptor:
+        os.dup2(null, descriptor)
+        os.close(null)
+
+
 class _ClosedOutput(io.TextIOBase):
     """Standard output when its descriptor is closed: Python leaves sys.stdout None, on which the command failed with
     a traceback (even after a training that saved its run). Writing to it fails as writing to a closed descriptor
@@ -251,11 +259,11 @@ class OneLineErrors(click.Group):
         extra.pop("standalone_mode", None)
         if sys.stdout is None:  # started with its standard output closed (>&-)
             sys.stdout = _ClosedOutput()
-            # Descriptor 1 taken by /dev/null: the next file opened took it (a run's lock file), where a library's or
-            # a child process's output would have gone.
-            if (null := os.open(os.devnull, os.O_WRONLY)) != 1:
-                os.dup2(null, 1)
-                os.close(null)
+            _hold_with_devnull(1)
+        if sys.stderr is None:  # started with its standard error closed (2>&-): the diagnostics go nowhere; sample,
+            # eval and export failed (exit 1, nothing written), muting TensorFlow's import with os.dup(2)
+            _hold_with_devnull(2)
+            sys.stderr = open(os.devnull, "w")
         _report_diagnostics_on_stderr()
         _escape_what_stdout_cannot_encode()
         try:

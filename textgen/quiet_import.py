@@ -24,13 +24,19 @@ def import_tensorflow_quietly() -> None:
         if "tensorflow" in sys.modules:  # imported: by the program, or by a call that held the lock until it was done
             return
         check_address_space()
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        try:
+            saved = os.dup(2)
+        except OSError:  # a program started with 2>&-: /dev/null stays as its descriptor 2 (else the next file
+            saved = None  # opened would take it, and TensorFlow's later log lines with it)
+        devnull = os.open(os.devnull, os.O_WRONLY)
         python_state = random.getstate()
         try:
             os.dup2(devnull, 2)
             import keras  # noqa: F401  (imports tensorflow as its backend)
         finally:
             random.setstate(python_state)
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+            if devnull != 2:  # (2 itself when it was closed: the lowest free descriptor)
+                os.close(devnull)
