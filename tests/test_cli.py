@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import PERIOD, files_snapshot, write_text
-from textgen.cli import cli
+from textgen.cli import Terminated, cli
 from textgen.config import ModelConfig, SampleConfig, TrainConfig, command_line_options
 
 TINY = ["--units", "16", "--embedding-dim", "8", "--batch-size", "4", "--seq-length", "10", "--epochs", "1",
@@ -987,6 +987,26 @@ def test_a_closed_standard_output_is_one_error_line(trained_run):
     result = subprocess.run([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: os.close(1), timeout=120)
     assert result.stderr.splitlines()[-1] == os.devnull
+
+
+def test_ctrl_c_while_tensorflow_loads_is_one_line(trained_run, monkeypatch):
+    """Ctrl-C (or SIGTERM) while TensorFlow loaded its libraries made its import fail ("initialization failed") in
+    the middle of the interrupt: a traceback of 100 lines and exit 1."""
+    from textgen import generate
+
+    def interrupted_import(signal_error):
+        try:
+            raise signal_error
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None  # (as TensorFlow's: the interrupt its context)
+
+    for signal_error, code in ((KeyboardInterrupt(), 130), (Terminated(), 143)):
+        monkeypatch.setattr(generate, "import_tensorflow_quietly", lambda error=signal_error: interrupted_import(error))
+        result = invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 5)
+        assert (result.exit_code, result.output) == (code, "interrupted\n")
+    monkeypatch.setattr(generate, "import_tensorflow_quietly", lambda: __import__("no_such_module_here"))
+    with pytest.raises(ModuleNotFoundError):  # an import that fails on its own is no interrupt
+        invoke("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 5)
 
 
 def test_a_closed_standard_error_still_samples(trained_run):
