@@ -1813,9 +1813,9 @@ def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_
     train(corpus, tmp_path / "ck", model_options=TINY_MODEL, train_options=dict(TINY_TRAINING, epochs=1),
           log=messages.append)
     assert [message for message in messages if "carriage" in message] == [
-        "note: lyrics.txt has carriage returns (\\r: Windows line ends), which the model learns as a character of "
-        "their own, so its samples will have them too; for plain line ends, convert the file first (perl -pi -e "
-        f"'s/\\r$//' {corpus}) and train again with --overwrite"]
+        "note: lyrics.txt has carriage returns (\\r: Windows or old Mac line ends), which the model learns as a "
+        "character of their own, so its samples will have them too; for plain line ends, convert the file first (perl "
+        f"-pi -e 's/\\r\\n?/\\n/g' {corpus}) and train again with --overwrite"]
     messages.clear()
     train(corpus, tmp_path / "ck", resume=True, model_options=TINY_MODEL, log=messages.append,
           train_options=dict(TINY_TRAINING, epochs=2))
@@ -1830,14 +1830,27 @@ def test_a_corpus_with_windows_line_ends_is_told_its_samples_will_have_them(tmp_
               train_options=dict(TINY_TRAINING, epochs=2))
     assert str(refused.value) == (
         "cannot resume: the corpus vocabulary differs from the checkpoint's (new characters '\\r'); the corpus has "
-        f"Windows line ends (\\r\\n) where the run's text had plain ones: convert it first (perl -pi -e 's/\\r$//' "
-        f"{plain}), or train a new run with --run NAME (--init-from starts it from this run's weights)")
+        "Windows line ends (\\r\\n) where the run's text had plain ones: convert it first (perl -pi -e "
+        f"'s/\\r\\n?/\\n/g' {plain}), or train a new run with --run NAME (--init-from starts it from this run's "
+        "weights)")
     if shutil.which("perl") is None:
         plain.write_bytes(plain.read_bytes().replace(b"\r\n", b"\n"))
     else:  # the advice, followed
-        subprocess.run(["perl", "-pi", "-e", "s/\\r$//", str(plain)], check=True)
+        subprocess.run(["perl", "-pi", "-e", "s/\\r\\n?/\\n/g", str(plain)], check=True)
     assert train(plain, tmp_path / "ck", run="plain", resume=True, model_options=TINY_MODEL, log=messages.append,
                  train_options=dict(TINY_TRAINING, epochs=2))["epoch"] == 2
+
+
+@pytest.mark.skipif(shutil.which("perl") is None, reason="the advice is a perl command")
+def test_the_line_ends_advice_converts_an_old_macs_lone_carriage_returns_too(tmp_path):
+    """s/\\r$// left a file of lone \\r as it was (Perl reads it as one line)."""
+    from textgen.corpus import plain_line_ends_command
+
+    for ends in (b"\r", b"\r\n"):
+        corpus = tmp_path / "poem.txt"
+        corpus.write_bytes(b"line one" + ends + b"line two" + ends)
+        subprocess.run(plain_line_ends_command(corpus), shell=True, check=True)
+        assert corpus.read_bytes() == b"line one\nline two\n"
 
 
 def test_minutes_trained_read_as_minutes_at_any_budget():

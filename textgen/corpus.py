@@ -475,9 +475,10 @@ def _legacy_encoding(sample: bytes) -> Optional[tuple[str, str]]:
 
 
 def plain_line_ends_command(path: Path) -> str:
-    """A command that turns the file's Windows line ends (\\r\\n) into plain ones in place: Perl's, since dos2unix
-    is often missing and sed -i differs between Linux and macOS."""
-    return f"perl -pi -e 's/\\r$//' {shlex.quote(str(path))}"
+    """A command that turns the file's Windows line ends (\\r\\n), and an old Mac's (\\r alone), into plain ones in
+    place: Perl's, since dos2unix is often missing and sed -i differs between Linux and macOS. (s/\\r$// left a file
+    of lone \\r as it was: Perl reads it as one line.)"""
+    return f"perl -pi -e 's/\\r\\n?/\\n/g' {shlex.quote(str(path))}"
 
 
 def no_byte_order_marks_command(path: Path) -> str:

@@ -739,9 +739,9 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
             f"({parameters / len(train_ids):,.0f} per character): the model will tend to learn this text by heart; "
             "--size auto without --layers, --units or --embedding-dim chooses a shape for it")
     if meta is None and "\r" in own_characters:  # kept as it is, like every character: the samples mixed \r\n and \n
-        log(f"note: {corpus_path.name} has carriage returns (\\r: Windows line ends), which the model learns as a "
-            "character of their own, so its samples will have them too; for plain line ends, convert the file "
-            f"first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
+        log(f"note: {corpus_path.name} has carriage returns (\\r: Windows or old Mac line ends), which the model "
+            "learns as a character of their own, so its samples will have them too; for plain line ends, convert the "
+            f"file first ({plain_line_ends_command(corpus_path)}) and train again with --overwrite")
     if meta is None and len(unseen := only_in_validation(train_ids, val_ids, len(data.vocab))):
         chars = [data.vocab.chars[i] for i in unseen]
         one = len(chars) == 1
