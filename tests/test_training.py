@@ -395,6 +395,14 @@ def test_a_diverged_training_suggests_a_learning_rate_that_could_work(tmp_path, 
     assert not (tmp_path / "r").exists()
 
 
+def test_a_training_that_a_huge_weight_decay_blew_up_is_told_to_lower_it(tmp_path, periodic_corpus):
+    """--weight-decay 1000 was told to lower the learning rate, which exploded again and was told to lower it again."""
+    with pytest.raises(TextgenError, match=r"nothing was saved \(--weight-decay 1000 times the learning rate takes "
+                                           r"more than each weight away at every step: give a lower --weight-decay "
+                                           r"\(the default is 0\.2\)\)$"):
+        run(periodic_corpus, tmp_path, train_options=dict(weight_decay=1000.0))
+
+
 class BlowUpAtEpochEnd(Callback):
     """Turns the output weights around after an epoch's last step: that step's loss was fine, the weights not."""
 

@@ -74,7 +74,14 @@ def _diverged(run, what: str) -> None:
     else:
         kept = "nothing was saved"
     lower_rate = min(run.config.learning_rate / 4, TrainConfig.learning_rate)  # not 2.5e+307 after 1e308
-    raise TextgenError(f"{what}; {kept} (try a lower --learning-rate, e.g. {lower_rate:g}, or a lower --clip-norm)")
+    advice = f"try a lower --learning-rate, e.g. {lower_rate:g}, or a lower --clip-norm"
+    decay, taken = run.config.weight_decay, run.config.weight_decay * run.config.learning_rate
+    if taken >= 0.5:  # each step's decay alone takes half of a weight away, or more: --weight-decay 1000 was told to
+        # lower the rate, which exploded again, then to lower it again
+        share = "more than" if taken > 1 else "half or more of"
+        advice = (f"--weight-decay {decay:g} times the learning rate takes {share} each weight away at every step: "
+                  f"give a lower --weight-decay (the default is {TrainConfig.weight_decay:g})")
+    raise TextgenError(f"{what}; {kept} ({advice})")
 
 
 def save_unvalidated(run, carried: Optional[dict] = None) -> None:
