@@ -1028,6 +1028,16 @@ def test_a_closed_standard_error_still_samples(trained_run):
         .rstrip("\n")
 
 
+def test_sample_output_dash_is_standard_output(trained_run, tmp_path, monkeypatch):
+    """-o - wrote a file named - (where --prime-file - and eval - read standard input)."""
+    monkeypatch.chdir(tmp_path)
+    args = ("sample", "--checkpoint-dir", trained_run["checkpoint_dir"], "-n", 30, "--seed", 4)
+    dashed = invoke(*args, "-o", "-")
+    assert dashed.exit_code == 0 and dashed.stdout == invoke(*args).stdout and len(dashed.stdout) > 30
+    assert not (tmp_path / "-").exists()
+    assert invoke(*args, "-o", "./-").exit_code == 0 and (tmp_path / "-").is_file()  # ./- is the file named -
+
+
 def test_sample_output_through_a_symbolic_link_keeps_the_link(trained_run, tmp_path):
     """--output replaced a link (a dangling one without --overwrite) by a file, and a link loop by a file too."""
     (tmp_path / "target.txt").write_text("precious")

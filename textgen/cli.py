@@ -511,10 +511,10 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, init_from, tensorboard
 @click.option("--prime-file", type=click.Path(allow_dash=True), default=None,
               callback=_not_empty("give a file, or - for standard input", _user_path),
               help="Read the prime from a file (used as it is, a final newline included); - reads standard input.")
-@click.option("--output", "-o", type=click.Path(), default=None,
+@click.option("--output", "-o", type=click.Path(allow_dash=True), default=None,
               callback=_not_empty("give a file name, such as samples.txt, or leave --output out for stdout",
-                                  _user_path),
-              help="Write the text to this file instead of stdout.")
+                                  lambda value: None if value == "-" else _user_path(value)),  # (- was a file)
+              help="Write the text to this file instead of stdout (- is stdout, as --prime-file - is stdin).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the samples as one JSON document, for scripts: the options used (the seed drawn if none "
