@@ -1372,6 +1372,23 @@ def test_corpus_too_short_names_the_minimum_and_smaller_values(tmp_path):
     assert not (tmp_path / "r" / "last.json").exists()
 
 
+@pytest.mark.parametrize("val_fraction", [1e-9, 0.999])
+def test_a_corpus_too_short_for_its_val_fraction_is_told_one_that_fits(tmp_path, periodic_corpus, val_fraction):
+    """--val-fraction 1e-9 was told to use a corpus of at least 51,000,000,000 characters, and nothing else."""
+    import re
+
+    with pytest.raises(TextgenError) as refused:
+        run(periodic_corpus, tmp_path, train_options=dict(val_fraction=val_fraction))
+    told = re.search(r" or --val-fraction (0\.\d+)$", str(refused.value))[1]
+    fitting, digit = float(told), 10.0 ** -len(told.split(".")[1])
+    assert (fitting < 0.1 if val_fraction < 0.5 else fitting > 0.9), str(refused.value)  # on the side given
+    assert run(periodic_corpus, tmp_path, train_options=dict(val_fraction=fitting))["epoch"] == 1
+    nearer = fitting - digit if val_fraction < 0.5 else fitting + digit  # and none nearer in its last digit fits
+    if 0 < nearer < 1:
+        with pytest.raises(TextgenError, match="too short"):
+            run(periodic_corpus, tmp_path / "nearer", train_options=dict(val_fraction=nearer))
+
+
 def test_a_corpus_too_short_on_resume_suggests_no_option_the_resume_would_refuse(tmp_path, periodic_corpus):
     run(periodic_corpus, tmp_path)
     write_text(periodic_corpus, PERIOD * 200)

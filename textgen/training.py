@@ -103,23 +103,49 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
     batch = max(1, min(config.batch_size, (shortest - 1) // seq)) // replicas * replicas
     if not batch:  # one stream per replica, in shorter windows
         batch, seq = replicas, max(1, min(config.seq_length, (shortest - 1) // replicas))
-    # The shortest corpus whose both parts hold a batch, counted up from a bound just below it (the split rounds).
-    total = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
-    while min(training_length(total, config.val_fraction), total - training_length(total, config.val_fraction)) \
-            < need:
-        total += 1
+    # The shortest corpus whose both parts hold a batch, searched for from a bound just below it (the split rounds;
+    # counted up one by one, --val-fraction 1e-9 took minutes)
+    def fits(total: int) -> bool:
+        train = training_length(total, config.val_fraction)
+        return min(train, total - train) >= need
+
+    total = high = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
+    while not fits(high):
+        high *= 2
+    while total < high:  # both parts grow with the corpus: the first length that fits, by bisection
+        middle = (total + high) // 2
+        total, high = (total, middle) if fits(middle) else (middle + 1, high)
     smaller = StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any window fit at all?
     layout = (f"a batch of {config.batch_size} (chosen by --size auto) and --seq-length {config.seq_length}"
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
     if resuming:
         layout = f"this run's batch of {config.batch_size} and sequences of {config.seq_length}"
+    fraction = None if resuming or config.val_fraction == TrainConfig.val_fraction else \
+        _fraction_that_fits(len(train_ids) + len(val_ids), need, config)
     raise TextgenError(
         f"corpus {corpus_path} is too short for {layout}: "
         f"its {part} has {counted(shortest, 'character')} but one batch needs {need:,}; use a corpus of at least "
         f"{total:,} characters" + (" or smaller values such as " + " ".join(
             f"--{name} {value}" for name, value, now in (("batch-size", batch, config.batch_size),
                                                          ("seq-length", seq, config.seq_length)) if value != now)
-            if smaller else ""))
+            if smaller else "") + (f" or --val-fraction {fraction:g}" if fraction else ""))
+
+
+def _fraction_that_fits(length: int, need: int, config: TrainConfig) -> Optional[float]:
+    """A --val-fraction, in two significant digits, that leaves both parts of a corpus of length a batch of need
+    characters, near the one given (--val-fraction 1e-9 was told to use a corpus of 51,000,000,000 characters), or
+    None when no split does."""
+    if 2 * need > length:
+        return None
+    low = config.val_fraction < 0.5
+    digits = 10 ** (1 - math.floor(math.log10(need / length if low else 1 - need / length)))
+    fraction = (math.ceil(need / length * digits) if low else math.floor((1 - need / length) * digits)) / digits
+    for _ in range(100):  # the split rounds: step on until both parts hold a batch
+        train = training_length(length, fraction, validation_cap(config))
+        if min(train, length - train) >= need:
+            return fraction
+        fraction += 1 / digits if low else -1 / digits
+    return None
 
 
 def _check_vocabulary(meta: CheckpointMeta, vocab: Vocabulary, corpus_path: Path) -> None:
