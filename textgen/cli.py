@@ -318,13 +318,9 @@ class OneLineErrors(click.Group):
 
 def _interrupt_behind(error: BaseException):
     """The KeyboardInterrupt (or Terminated) that error was raised while handling, or None."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return error
-        seen.add(id(error))
+    while error is not None and not isinstance(error, KeyboardInterrupt):
         error = error.__context__
-    return None
+    return error
 
 
 def _tell(message: str) -> None:

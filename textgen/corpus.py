@@ -291,10 +291,10 @@ def _recognised_encoding(head: bytes) -> Optional[str]:
     stripped = _decodes(sample.replace(b"\0", b""), "utf-8")  # NULs in UTF-8 text, or the text without them:
     if stripped is not None and _mostly_text(stripped):  # then it is text
         return None  # (Cyrillic UTF-16 without its NULs is ASCII too, a control character before each letter)
+    # The characters its NULs are in must read as text too (ASCII, or CJK ideographs such as U+4E00), where in binary
+    # data read as UTF-16 (an array of small numbers) many are control characters
+    with_nul = b"".join(bytes(pair) for pair in zip(sample[0::2], sample[1::2]) if 0 in pair)
     for name in ("utf-16le", "utf-16be"):
-        # and the characters its NULs are in read as text too (ASCII, or CJK ideographs such as U+4E00), where in
-        # binary data read as UTF-16 (an array of small numbers) many are control characters
-        with_nul = b"".join(sample[i : i + 2] for i in range(0, len(sample), 2) if 0 in sample[i : i + 2])
         if _mostly_text(sample.decode(name, errors="replace")) and _mostly_text(with_nul.decode(name, "replace")):
             return name
     return None

@@ -103,18 +103,14 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
     batch = max(1, min(config.batch_size, (shortest - 1) // seq)) // replicas * replicas
     if not batch:  # one stream per replica, in shorter windows
         batch, seq = replicas, max(1, min(config.seq_length, (shortest - 1) // replicas))
-    # The shortest corpus whose both parts hold a batch, searched for from a bound just below it (the split rounds;
-    # counted up one by one, --val-fraction 1e-9 took minutes)
-    def fits(total: int) -> bool:
-        train = training_length(total, config.val_fraction)
-        return min(train, total - train) >= need
-
-    total = high = max(need, math.floor((need - 1) / min(config.val_fraction, 1 - config.val_fraction)) - 1)
-    while not fits(high):
+    # The shortest corpus whose both parts hold a batch. Both grow with the corpus, so it is found by bisection
+    # (counted up one by one from an estimate, --val-fraction 1e-9 took minutes).
+    total = high = 2 * need
+    while not _parts_hold(high, config.val_fraction, need, config):
         high *= 2
-    while total < high:  # both parts grow with the corpus: the first length that fits, by bisection
+    while total < high:
         middle = (total + high) // 2
-        total, high = (total, middle) if fits(middle) else (middle + 1, high)
+        total, high = (total, middle) if _parts_hold(middle, config.val_fraction, need, config) else (middle + 1, high)
     smaller = StreamBatches.min_length(batch, seq) <= shortest and not resuming  # can any window fit at all?
     layout = (f"a batch of {config.batch_size} (chosen by --size auto) and --seq-length {config.seq_length}"
               if sized_batch else f"--batch-size {config.batch_size} --seq-length {config.seq_length}")
@@ -131,6 +127,12 @@ def _check_lengths(corpus_path: Path, train_ids, val_ids, config: TrainConfig, s
             if smaller else "") + (f" or --val-fraction {fraction:g}" if fraction else ""))
 
 
+def _parts_hold(length: int, val_fraction: float, need: int, config: TrainConfig) -> bool:
+    """Whether a corpus of length split at val_fraction (as training splits it) leaves both parts need characters."""
+    train = training_length(length, val_fraction, validation_cap(config))
+    return min(train, length - train) >= need
+
+
 def _fraction_that_fits(length: int, need: int, config: TrainConfig) -> Optional[float]:
     """A --val-fraction, in two significant digits, that leaves both parts of a corpus of length a batch of need
     characters, near the one given (--val-fraction 1e-9 was told to use a corpus of 51,000,000,000 characters), or
@@ -141,8 +143,7 @@ def _fraction_that_fits(length: int, need: int, config: TrainConfig) -> Optional
     digits = 10 ** (1 - math.floor(math.log10(need / length if low else 1 - need / length)))
     fraction = (math.ceil(need / length * digits) if low else math.floor((1 - need / length) * digits)) / digits
     for _ in range(100):  # the split rounds: step on until both parts hold a batch
-        train = training_length(length, fraction, validation_cap(config))
-        if min(train, length - train) >= need:
+        if _parts_hold(length, fraction, need, config):
             return fraction
         fraction += 1 / digits if low else -1 / digits
     return None
