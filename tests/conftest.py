@@ -93,3 +93,21 @@ def trained_run(tmp_path_factory) -> dict:
 def files_snapshot(directory: Path) -> dict[str, bytes]:
     """Every file under directory with its bytes, to prove a failed command changed nothing."""
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def tensorflow_load_failing(raised_in_between: str | None) -> str:
+    """Python lines that make the next import of TensorFlow fail as a signal arriving while it loads its C++ library
+    makes it fail: "initialization failed", raised while handling raised_in_between (None: a load that fails of
+    itself)."""
+    failure = 'raise ImportError("initialization failed")'
+    if raised_in_between is not None:
+        failure = (f"try:\n                raise {raised_in_between}\n            except KeyboardInterrupt:\n"
+                   f"                {failure}")
+    return f"""
+import sys
+class FailingLoad:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow.python._pywrap_tensorflow_internal":
+            {failure}
+sys.meta_path.insert(0, FailingLoad())
+"""

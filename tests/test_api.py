@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import textgen
-from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, write_text
+from conftest import PERIOD, TINY_MODEL, TINY_TRAINING, tensorflow_load_failing, write_text
 from textgen.callbacks import Callback
 from textgen.errors import OptionError
 from textgen.evaluation import evaluate
@@ -116,6 +116,18 @@ def test_a_program_without_stderr_loads_tensorflow_and_keeps_descriptor_2_on_dev
     result = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, timeout=300,
                             preexec_fn=lambda: os.close(2))
     assert (result.returncode, result.stdout) == (0, f"{os.devnull}\n")
+
+
+@pytest.mark.parametrize("raised_in_between, told",
+                         [("KeyboardInterrupt()", "KeyboardInterrupt"), (None, "ImportError")])
+def test_ctrl_c_while_tensorflow_loads_is_a_keyboard_interrupt(raised_in_between, told):
+    """Ctrl-C while the first textgen.load imported TensorFlow raised TensorFlow's ImportError ("initialization
+    failed"), not the KeyboardInterrupt a program stops on; an import that fails of itself stays an ImportError."""
+    code = tensorflow_load_failing(raised_in_between) + (
+        "from textgen.quiet_import import import_tensorflow_quietly\ntry:\n    import_tensorflow_quietly()\n"
+        "except BaseException as error:\n    print(type(error).__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout == told + "\n", result.stdout + result.stderr
 
 
 def test_help_shows_the_api_docs_and_import_textgen_stays_light():

@@ -291,12 +291,6 @@ class OneLineErrors(click.Group):
         except KeyboardInterrupt as interrupted:
             _tell("interrupted")
             sys.exit(getattr(interrupted, "exit_code", 130))
-        except ImportError as error:  # Ctrl-C (or a SIGTERM) while TensorFlow loaded its libraries: its import
-            # failed ("initialization failed") in the middle of the interrupt, a traceback of 100 lines and exit 1
-            if (interrupted := _interrupt_behind(error)) is None:
-                raise
-            _tell("interrupted")
-            sys.exit(getattr(interrupted, "exit_code", 130))
         except BrokenPipeError:
             sys.exit(0)
         except PermissionError as error:  # one that nothing above foresaw: another user's file in a shared folder
@@ -314,13 +308,6 @@ class OneLineErrors(click.Group):
         except OSError as error:
             _stdout_failed(error)
         sys.exit(result if isinstance(result, int) else 0)
-
-
-def _interrupt_behind(error: BaseException):
-    """The KeyboardInterrupt (or Terminated) that error was raised while handling, or None."""
-    while error is not None and not isinstance(error, KeyboardInterrupt):
-        error = error.__context__
-    return error
 
 
 def _tell(message: str) -> None:

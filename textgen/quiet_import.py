@@ -14,6 +14,13 @@ from textgen.address_space import check_address_space
 _importing = threading.Lock()
 
 
+def _interrupt_behind(error: BaseException):
+    """The KeyboardInterrupt (or Terminated) that error was raised while handling, or None."""
+    while error is not None and not isinstance(error, KeyboardInterrupt):
+        error = error.__context__
+    return error
+
+
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with file descriptor 2 muted: its C++ start-up notes ("oneDNN custom
     operations are on", "Could not find cuda drivers") are printed before any log level applies. Python's random
@@ -33,6 +40,11 @@ def import_tensorflow_quietly() -> None:
         try:
             os.dup2(devnull, 2)
             import keras  # noqa: F401  (imports tensorflow as its backend)
+        except ImportError as error:  # Ctrl-C (or a SIGTERM) while TensorFlow loaded its libraries failed its import
+            # ("initialization failed") in the middle of the interrupt: the caller is told of the interrupt
+            if (interrupt := _interrupt_behind(error)) is None:
+                raise
+            raise interrupt from None
         finally:
             random.setstate(python_state)
             if saved is not None:
