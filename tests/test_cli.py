@@ -1002,6 +1002,24 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line(trained_run):
         assert (result.returncode, result.stdout, result.stderr) == (code, "", f"\n{told}\n")
 
 
+def test_ctrl_c_after_the_command_ends_the_process_without_a_traceback(trained_run):
+    """Ctrl-C as an export finished (during TensorFlow's exit handlers) printed a traceback from one of them, after
+    the command had done its work."""
+    script = ("import atexit, sys, time\nfrom textgen.cli import main\n"
+              "atexit.register(lambda: (print('exiting', file=sys.stderr, flush=True), time.sleep(60)))\n"
+              "main(['runs', '--checkpoint-dir', sys.argv[1]])")
+    process = subprocess.Popen([sys.executable, "-c", script, str(trained_run["checkpoint_dir"])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    told = process.stderr.readline()
+    while told != "exiting\n":
+        assert told, "the exit handler never ran"
+        told = process.stderr.readline()
+    process.send_signal(signal.SIGINT)
+    output, rest = process.communicate(timeout=30)
+    assert (process.returncode, rest) == (-signal.SIGINT, ""), rest
+    assert output.splitlines()[1].startswith("period "), output  # (the command's own output, whole)
+
+
 def test_a_closed_standard_error_still_samples(trained_run):
     """Started with its standard error closed (2>&-), sample, eval and export failed (exit 1, nothing on stdout):
     os.dup(2), which mutes TensorFlow's import, raised EBADF."""

@@ -868,4 +868,10 @@ def _plotted_run(checkpoint_dir: Path, run: str | None) -> tuple:
 
 def main(argv=None) -> None:
     """Console-script entry point."""
-    cli.main(args=argv, prog_name="textgen")
+    try:
+        cli.main(args=argv, prog_name="textgen")
+    finally:
+        # The command is over and its output flushed: a Ctrl-C during Python's teardown (TensorFlow's exit handlers
+        # take a moment) ends the process at once, not in a traceback from whichever handler it fell in.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
