@@ -118,6 +118,20 @@ def test_a_program_without_stderr_loads_tensorflow_and_keeps_descriptor_2_on_dev
     assert (result.returncode, result.stdout) == (0, f"{os.devnull}\n")
 
 
+def test_train_with_resume_auto_starts_then_returns_the_complete_run(tmp_path):
+    corpus = write_text(tmp_path / "own.txt", PERIOD * 400)
+    options = dict(run="own", checkpoint_dir=tmp_path / "ck", resume="auto", units=8, embedding_dim=4, batch_size=4,
+                   seq_length=10, epochs=1, verbose=False)
+    started = textgen.train(corpus, **options)
+    weights = sorted((tmp_path / "ck" / "own").glob("*.weights.h5"))
+    again = textgen.train(corpus, **options)
+    assert again.info["epochs"] == started.info["epochs"] == 1
+    assert sorted((tmp_path / "ck" / "own").glob("*.weights.h5")) == weights
+    assert again.generate("abc", length=20, seed=1) == started.generate("abc", length=20, seed=1)
+    with pytest.raises(OptionError, match='resume must be True, False or "auto", got \'yes\''):
+        textgen.train(corpus, **dict(options, resume="yes"))
+
+
 @pytest.mark.parametrize("raised_in_between, told",
                          [("KeyboardInterrupt()", "KeyboardInterrupt"), (None, "ImportError")])
 def test_ctrl_c_while_tensorflow_loads_is_a_keyboard_interrupt(raised_in_between, told):

@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -772,6 +773,47 @@ def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
         _resume_corpus(tmp_path / "ck", "own")
 
 
+def test_auto_resume_is_one_command_that_starts_resumes_and_finds_the_run_complete(tmp_path):
+    """A batch job that is requeued runs the same command again: --resume failed the first start ("nothing to
+    resume") and a plain start failed every later one; a finished run, re-run, was an error (exit 1), which a job
+    script could not tell from a real one."""
+    corpus = write_text(tmp_path / "own.txt", PERIOD * 400)
+    job = ["train", corpus, "--checkpoint-dir", tmp_path / "ck", "--run", "own", "--auto-resume", "--units", "8",
+           "--embedding-dim", "4", "--batch-size", "4", "--seq-length", "10", "--seed", "3"]
+    started = invoke(*job, "--epochs", "1")
+    assert started.exit_code == 0 and "resuming" not in started.stderr and "epoch 1/1" in started.stderr
+    run_dir = tmp_path / "ck" / "own"
+    before = files_snapshot(run_dir)
+    again = invoke(*job, "--epochs", "1")
+    best = json.loads((run_dir / "best.json").read_text())["best_val_loss"]
+    assert (again.exit_code, again.stderr) == (0, f"nothing to train: run 'own' is complete (it has done its 1 "
+                                                  f"epoch); best validation loss {best:.4f} nats "
+                                                  f"({best / math.log(2):.3f} bpc); checkpoints in {run_dir}\n")
+    assert files_snapshot(run_dir) == before
+    longer = invoke(*job, "--epochs", "2")
+    assert longer.exit_code == 0 and "resuming" in longer.stderr and "epoch 2/2" in longer.stderr
+    assert "epoch 1/2" not in longer.stderr
+    refused = invoke(*job, "--overwrite")
+    assert (refused.exit_code, refused.stderr) == (2, "error: --auto-resume and --overwrite contradict each other; "
+                                                      "choose one\n")
+
+
+def test_auto_resume_finds_a_run_that_patience_stopped_complete(tmp_path):
+    """A run --patience had stopped trained one more epoch at each resume, and stopped again (exit 0 each time)."""
+    corpus = write_text(tmp_path / "own.txt", PERIOD * 400)
+    job = ["train", corpus, "--checkpoint-dir", tmp_path / "ck", "--auto-resume", "--units", "8", "--embedding-dim",
+           "4", "--batch-size", "4", "--seq-length", "10", "--epochs", "6", "--patience", "1",
+           "--learning-rate", "1e-12"]  # (too small to change a float32 weight: no epoch does better than the first)
+    stopped = invoke(*job)
+    assert stopped.exit_code == 0 and "no validation improvement for 1 epochs" in stopped.stderr, stopped.stderr
+    history = (tmp_path / "ck" / "own" / "history.csv").read_text()
+    again = invoke(*job)
+    assert again.exit_code == 0 and again.stderr.startswith("nothing to train: run 'own' is complete (it stopped "
+                                                            "early, 1 epoch without a better validation loss "
+                                                            "(--patience 1))")
+    assert (tmp_path / "ck" / "own" / "history.csv").read_text() == history
+
+
 def test_output_over_a_runs_own_file_or_its_corpus_is_refused_even_with_overwrite(trained_run, tmp_path):
     """--output --overwrite wrote samples over best.json (the run could no longer be loaded) or over the text the run
     was trained on (a resume then said the corpus had changed)."""
@@ -1002,22 +1044,27 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line(trained_run):
         assert (result.returncode, result.stdout, result.stderr) == (code, "", f"\n{told}\n")
 
 
-def test_ctrl_c_after_the_command_ends_the_process_without_a_traceback(trained_run):
-    """Ctrl-C as an export finished (during TensorFlow's exit handlers) printed a traceback from one of them, after
-    the command had done its work."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_after_the_command_ends_the_process_with_its_status(trained_run, tmp_path, stop):
+    """Ctrl-C as an export finished (during TensorFlow's exit handlers) printed a traceback from one of them; a
+    SIGTERM there (a batch job's time limit) turned a training that had finished into exit 143. The command had done
+    its work: the process ends at once, with the command's own status."""
     script = ("import atexit, sys, time\nfrom textgen.cli import main\n"
               "atexit.register(lambda: (print('exiting', file=sys.stderr, flush=True), time.sleep(60)))\n"
-              "main(['runs', '--checkpoint-dir', sys.argv[1]])")
-    process = subprocess.Popen([sys.executable, "-c", script, str(trained_run["checkpoint_dir"])],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    told = process.stderr.readline()
-    while told != "exiting\n":
-        assert told, "the exit handler never ran"
+              "main(sys.argv[1:])")
+    for arguments, status in ((["runs", "--checkpoint-dir", str(trained_run["checkpoint_dir"])], 0),
+                              (["runs", "--checkpoint-dir", str(tmp_path / "none")], 1)):
+        process = subprocess.Popen([sys.executable, "-c", script, *arguments], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
         told = process.stderr.readline()
-    process.send_signal(signal.SIGINT)
-    output, rest = process.communicate(timeout=30)
-    assert (process.returncode, rest) == (-signal.SIGINT, ""), rest
-    assert output.splitlines()[1].startswith("period "), output  # (the command's own output, whole)
+        while not told.endswith("exiting\n"):
+            assert told, "the exit handler never ran"
+            told = process.stderr.readline()
+        process.send_signal(stop)
+        output, rest = process.communicate(timeout=30)
+        assert (process.returncode, rest) == (status, ""), rest
+        if status == 0:
+            assert output.splitlines()[1].startswith("period "), output  # (the command's own output, whole)
 
 
 def test_a_closed_standard_error_still_samples(trained_run):

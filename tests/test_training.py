@@ -22,7 +22,7 @@ from textgen import session as session_module
 from textgen.callbacks import Callback
 from textgen.batching import StreamBatches, split_validation
 from textgen.checkpoint import RunLock, RunState, load_model
-from textgen.errors import TextgenError, counted
+from textgen.errors import RunBusy, TextgenError, counted
 from textgen.corpus import CACHE_FILES
 from textgen.model import reset_states
 from textgen.session import Session
@@ -976,6 +976,22 @@ def test_the_printed_resume_command_works_pasted_into_a_shell_with_spaces_in_the
     assert json.loads((tmp_path / "check points" / "r" / "last.json").read_text())["epoch"] == 1
 
 
+def test_a_file_system_without_locks_is_named(tmp_path, periodic_corpus, monkeypatch):
+    """On a cluster's file system mounted without locks (Lustre's noflock), the lock's ENOSYS was reported as
+    "cannot write to the checkpoint directory (Function not implemented)"."""
+    import errno
+    import fcntl
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(TextgenError, match=r"^cannot lock .*/r/\.lock \(Function not implemented\): its file system "
+                                           r"does not lock files, .*use a --checkpoint-dir on a local disk"):
+        run(periodic_corpus, tmp_path)
+    assert not (tmp_path / "r").exists()  # (nothing left behind)
+
+
 def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, periodic_corpus):
     import subprocess
     import sys
@@ -985,9 +1001,17 @@ def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, perio
     holder = subprocess.Popen([sys.executable, "-c", holding, str(tmp_path / "r")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        with pytest.raises(TextgenError, match=rf"^another training \(pid {holder.pid}\) is using .*/r; wait for it to "
-                                               "finish or choose another --run$"):
+        with pytest.raises(RunBusy, match=rf"^another training \(pid {holder.pid}\) is using .*/r; wait for it to "
+                                          "finish or choose another --run$") as busy:
             run(periodic_corpus, tmp_path)
+        from click.testing import CliRunner
+
+        from textgen.cli import cli
+
+        refused = CliRunner().invoke(cli, ["train", str(periodic_corpus), "--checkpoint-dir", str(tmp_path), "--run",
+                                           "r", "--auto-resume"])
+        # (75, EX_TEMPFAIL: a batch job requeued while its old copy still saves retries later; 1 is a failure)
+        assert (refused.exit_code, refused.stderr) == (75, f"error: {busy.value}\n")
     finally:
         holder.kill()
         holder.wait()

@@ -404,7 +404,7 @@ def _keyword_record(record: logging.LogRecord) -> bool:
 
 def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
           checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR,
-          resume: bool = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
+          resume: bool | str = False, overwrite: bool = False, callbacks: Sequence = (), tensorboard: bool = False,
           strategy: str = "auto", verbose: bool = True, init_from: Optional[str | Path] = None,
           **options) -> TextModel:
     """Train on a UTF-8 text file and return the trained run, loaded at its best checkpoint (as ``sample`` uses it:
@@ -414,7 +414,8 @@ def train(corpus: Optional[str | Path] = None, run: Optional[str] = None,
         corpus: the text file; None with resume=True and a run: the run's own corpus.
         run: the run name (default: the corpus file's name); its directory is checkpoint_dir/run.
         checkpoint_dir: where runs live.
-        resume: continue the run from its last checkpoint.
+        resume: continue the run from its last checkpoint; ``"auto"`` continues it if it has one and starts it
+            otherwise, and returns a run with nothing left to train as it is (``textgen train --auto-resume``).
         overwrite: replace the run's existing checkpoints.
         callbacks: extra :class:`textgen.callbacks.Callback` objects.
         tensorboard: also write TensorBoard logs to the run's tensorboard directory.

@@ -35,7 +35,7 @@ import numpy as np
 from textgen import __version__
 from textgen.config import ModelConfig, TrainConfig
 from textgen.corpus import CACHE_FILES, text_digest
-from textgen.errors import TextgenError, counted
+from textgen.errors import RunBusy, TextgenError, counted
 from textgen.files import atomic_write, atomic_write_together, json_writer
 from textgen.vocab import Vocabulary
 
@@ -648,8 +648,8 @@ class RunLock:
                 # (a program training in several threads: "pid" named its own process as another's)
                 who = "another training in this program (another thread)" if str(holder) == str(os.getpid()) \
                     else f"another training (pid {holder})"
-                raise TextgenError(f"{who} is using {self.path.parent}; wait for it to finish or choose another "
-                                   "--run") from None
+                raise RunBusy(f"{who} is using {self.path.parent}; wait for it to finish or choose another "
+                              "--run") from None
             # A holder removes the file as it lets go: if that happened between our open and our flock, we hold
             # a lock on a file nobody else will open, so we take it again on the file the path names now.
             if _same_file(handle, self.path):

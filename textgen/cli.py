@@ -444,6 +444,9 @@ def cli():
 @click.option("--run", default=None, callback=_run_name_given,
               help="Run name; default: the corpus file's name without its extension.")
 @click.option("--resume", is_flag=True, help="Continue the run from its last checkpoint.")
+@click.option("--auto-resume", is_flag=True,
+              help="Continue the run if it has a checkpoint, else start it; a run with nothing left to train is "
+                   "reported complete (exit 0): one command for a batch job that is requeued.")
 @click.option("--overwrite", is_flag=True, help="Replace the run's existing checkpoints.")
 @click.option("--init-from", metavar="RUN", default=None,
               callback=_not_empty("give a run's name, or its directory", str),
@@ -455,7 +458,7 @@ def cli():
                                       "host in TF_CONFIG, auto = mirrored if there are several GPUs.")
 @_config_options(ModelConfig)
 @_config_options(TrainConfig)
-def train(corpus, checkpoint_dir, run, resume, overwrite, init_from, tensorboard, strategy, **options):
+def train(corpus, checkpoint_dir, run, resume, auto_resume, overwrite, init_from, tensorboard, strategy, **options):
     """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt; with --resume, the
     run's own corpus)."""
     from textgen.callbacks import Interrupted
@@ -481,8 +484,9 @@ def train(corpus, checkpoint_dir, run, resume, overwrite, init_from, tensorboard
             raise TextgenError(f"cannot write the built-in corpus to {DEFAULT_CORPUS} ({error.strerror or error}); "
                                "give a CORPUS, or run textgen train in a directory you can write in") from None
     try:
-        run_training(corpus, checkpoint_dir, run, model_options, train_options, resume=resume, overwrite=overwrite,
-                     tensorboard=tensorboard, strategy=strategy, init_from=init_from)
+        run_training(corpus, checkpoint_dir, run, model_options, train_options,
+                     resume="auto" if auto_resume else resume, overwrite=overwrite, tensorboard=tensorboard,
+                     strategy=strategy, init_from=init_from)
     except Interrupted as stopped:  # click would report a KeyboardInterrupt as "aborted", exit code 1
         raise stopped.for_command() from None
 
@@ -868,10 +872,17 @@ def _plotted_run(checkpoint_dir: Path, run: str | None) -> tuple:
 
 def main(argv=None) -> None:
     """Console-script entry point."""
+    status = 1
     try:
         cli.main(args=argv, prog_name="textgen")
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else int(done.code is not None)
+        raise
     finally:
-        # The command is over and its output flushed: a Ctrl-C during Python's teardown (TensorFlow's exit handlers
-        # take a moment) ends the process at once, not in a traceback from whichever handler it fell in.
+        # The command is over, its files saved and its output flushed. A Ctrl-C or SIGTERM during Python's teardown
+        # (TensorFlow's exit handlers take a second) ends the process at once with the command's own status: it
+        # printed a traceback from whichever handler it fell in, and a batch job whose training had just finished
+        # was told 143 (requeued, to find its run complete).
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, lambda *_: os._exit(status))

@@ -41,6 +41,13 @@ class OptionError(TextgenError, ValueError):
     exit_code = 2
 
 
+class RunBusy(TextgenError):
+    """Another training holds the run. The command exits 75 (EX_TEMPFAIL, "try again later"): a batch job that was
+    requeued while its old copy still saves tells this from a failure (1), and retries."""
+
+    exit_code = 75
+
+
 class MissingFile(TextgenError, FileNotFoundError):
     """A file the user named does not exist (a FileNotFoundError too, for library callers: ``except
     FileNotFoundError`` around ``textgen.train("notes.txt")`` catches it)."""

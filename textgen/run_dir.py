@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from textgen import checkpoint
-from textgen.errors import TextgenError
+from textgen.errors import RunBusy, TextgenError
 from textgen.runs import probable_run
 
 
@@ -26,8 +26,8 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool, corpus_path: Opt
         raise TextgenError("--resume and --overwrite contradict each other; choose one")
     if resume and not exists:
         if (pid := checkpoint.training_pid(run_dir)) is not None:  # (then the lock refused it, naming no save)
-            raise TextgenError(f"nothing to resume yet: a training (pid {pid}) has run {run_dir.name!r} and saves its "
-                               "first checkpoint at the end of its first epoch; resume after it stops")
+            raise RunBusy(f"nothing to resume yet: a training (pid {pid}) has run {run_dir.name!r} and saves its "
+                          "first checkpoint at the end of its first epoch; resume after it stops")
         if close := probable_run(run_dir.parent, run_dir.name):  # a typo
             raise TextgenError(f"nothing to resume: no checkpoint in {run_dir}; to resume run {close!r}, give "
                                f"--run {shlex.quote(close)}")
@@ -86,6 +86,12 @@ def locked_run_dir(run_dir: Path):
         except OSError as error:
             held.close()
             _remove_created(run_dir, created)  # a folder holding only .lock read as an unfinished run
+            if error.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):  # a cluster's file system mounted
+                # without locks (Lustre's noflock): "cannot write to the checkpoint directory (Function not ...)"
+                raise TextgenError(f"cannot lock {run_dir / checkpoint.LOCK_FILE} ({error.strerror}): its file "
+                                   "system does not lock files, which keeps two trainings of a run apart; use a "
+                                   "--checkpoint-dir on a local disk, or a file system mounted with locks (Lustre: "
+                                   "flock)") from None
             if error.errno == errno.ENOSPC:  # not "choose a writable --checkpoint-dir"
                 raise TextgenError(f"no space left for the run {run_dir}; free some space or choose another "
                                    "--checkpoint-dir") from None

@@ -181,6 +181,15 @@ def _in_vocabulary(data: Corpus, vocab: Vocabulary) -> Corpus:
     return dataclasses.replace(data, ids=to_saved[data.ids], vocab=vocab)
 
 
+class RunComplete(TextgenError):
+    """A resume that would train nothing: the run has done its epochs or used its time budget. reason: what it has
+    done, for resume="auto", which then reports the run complete and succeeds."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_options: dict,
                      train_options: dict, corpus_path: Optional[Path] = None) -> tuple[ModelConfig, TrainConfig]:
     if meta is None:
@@ -213,15 +222,15 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
                 raise TextgenError(f"cannot resume with --epochs {train_config.epochs}: the run has done {epochs} of "
                                    f"its {saved_training.epochs}; leave --epochs out to finish them, or pass a larger "
                                    "total")
-            raise TextgenError(f"cannot resume: the run has done its {epochs}; pass a larger --epochs (the total, "
-                               f"such as --epochs {2 * done}) to train on")
+            raise RunComplete(f"cannot resume: the run has done its {epochs}; pass a larger --epochs (the total, "
+                              f"such as --epochs {2 * done}) to train on", f"it has done its {epochs}")
         budget = train_config.max_minutes
         if budget and meta.state.elapsed_seconds >= budget * 60:  # else each resume trains one step and stops
             unlimited = "or --max-minutes 0 for no limit" if train_config.epochs else \
                 "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
-            raise TextgenError(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
-                               f"trained {minutes_text(meta.state.elapsed_seconds / 60)}); pass a larger "
-                               f"--max-minutes, {unlimited}")
+            raise RunComplete(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
+                              f"trained {minutes_text(meta.state.elapsed_seconds / 60)}); pass a larger "
+                              f"--max-minutes, {unlimited}", f"it has used its time budget (--max-minutes {budget:g})")
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -481,7 +490,7 @@ def _taking_turns(log: Callable[[str], None]):
 
 def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHECKPOINT_DIR, run: Optional[str] = None,
           model_options: Optional[dict] = None, train_options: Optional[dict] = None,
-          resume: bool = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
+          resume: bool | str = False, overwrite: bool = False, tensorboard: bool = False, strategy: str = "auto",
           log: Callable[[str], None] = logger.info, callbacks: Sequence[cb.Callback] = (),
           init_from: Optional[str | Path] = None) -> dict:
     """Train on the text file corpus into checkpoint_dir/run (run defaults to the corpus file's name); corpus None
@@ -493,13 +502,26 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
     init_from (a run name under checkpoint_dir, or a run's directory) starts a new run from that run's best weights:
     fine-tuning, on another text; the model's shape is that run's, its vocabulary grows by the characters of the
     corpus it lacks, and the epochs, optimizer and schedule start afresh. That run is only read.
+    resume="auto" (--auto-resume) resumes the run if it has a last checkpoint and starts it otherwise; a run with
+    nothing left to train (its epochs done, its time budget used, or stopped by --patience) is then reported
+    complete, with a summary whose stopped starts with "complete" and whose model is None.
     strategy is one of textgen.distribute.STRATEGIES; under multi-worker only the chief writes.
     callbacks are extra textgen.callbacks.Callback objects, called after the loss check and before
     the built-in stop rules, saving and reports. Returns a summary: run_dir, epoch, train_loss, val_loss,
     best_val_loss (nats), stopped, history, and the trained model (at the training batch size, per replica)."""
     from textgen.distribute import StartGate, is_chief, lost_worker
 
-    callbacks = _checked_call(resume, overwrite, tensorboard, strategy, callbacks)
+    auto = isinstance(resume, str) and resume == "auto"
+    if isinstance(resume, str) and not auto:
+        raise OptionError(f'resume must be True, False or "auto", got {resume!r}')
+    callbacks = _checked_call(False if auto else resume, overwrite, tensorboard, strategy, callbacks)
+    if auto and overwrite:
+        contradiction = OptionError("--auto-resume and --overwrite contradict each other; choose one")
+        contradiction.python_message = 'resume="auto" and overwrite=True contradict each other; choose one'
+        raise contradiction
+    if auto:  # a batch job's one command: the run goes on from its own weights once it has saved
+        resume = _has_resumable_checkpoint(checkpoint_dir, run, corpus)
+        init_from = None if resume else init_from
     if init_from is not None and resume:
         raise OptionError("--init-from starts a new run from another run's weights; a resumed run goes on from its "
                           "own: give one or the other")
@@ -507,6 +529,8 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
     gate = StartGate(strategy)
     try:
         if corpus is None:
+            if auto and run and not resume:
+                raise OptionError(f"run {run!r} has no checkpoint to resume yet; give the corpus to start it")
             if not (resume and run):
                 raise OptionError("corpus must be a path (str or pathlib.Path), got None")
             corpus = _resume_corpus(checkpoint_dir, run)
@@ -523,14 +547,55 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         # The run's lock before the turn: a second training of this run is refused at once, not after the first.
         with locked_run_dir(run_dir), _training_turn(log):
             # again: another training may have saved there meanwhile
+            if auto and not resume and checkpoint.has_checkpoint(run_dir, ("last",)):
+                resume, source = True, None
             check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
+            if auto and resume and (reason := _patience_spent(run_dir, train_options)) is not None:
+                raise RunComplete(reason, reason)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                                  gate, log, callbacks, source)
+    except RunComplete as done:
+        gate.refuse(done)
+        if not auto:
+            raise
+        return _completed(run_dir, done.reason, log)
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
             raise _lost_worker_error(reason) from None
         raise
+
+
+def _has_resumable_checkpoint(checkpoint_dir, run: Optional[str], corpus) -> bool:
+    """Whether resume="auto" resumes: the run (named, or named after corpus) has a last checkpoint. Anything wrong
+    with the names is left for the start's own checks to say."""
+    try:
+        name = run if run is not None else default_run_name(Path(corpus), Path(checkpoint_dir))
+        return checkpoint.has_checkpoint(run_path(checkpoint_dir, check_run_name(name)), ("last",))
+    except (TextgenError, OSError, TypeError, ValueError):
+        return False
+
+
+def _patience_spent(run_dir: Path, train_options: dict) -> Optional[str]:
+    """Why the run, stopped by --patience, is complete, or None: a plain resume would train one more epoch and
+    stop again (or go on, if that epoch did better)."""
+    meta = _resumed_meta(run_dir)
+    patience = train_options.get("patience", meta.training.patience)
+    if patience and meta.state.epoch - meta.state.best_epoch >= patience:
+        return (f"it stopped early, {counted(patience, 'epoch')} without a better validation loss (--patience "
+                f"{patience})")
+    return None
+
+
+def _completed(run_dir: Path, reason: str, log: Callable[[str], None]) -> dict:
+    """resume="auto" on a run with nothing left to train: said, and train()'s summary of it, without a model."""
+    state = _resumed_meta(run_dir).state
+    best = state.best_val_loss
+    log(f"nothing to train: run {run_dir.name!r} is complete ({reason}); best validation loss "
+        + (f"{best:.4f} nats ({bpc(best):.3f} bpc)" if best is not None else "not measured")
+        + f"; checkpoints in {run_dir}")
+    return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=f"complete: {reason}",
+                history=state.history, model=None, train_loss=state.train_loss, val_loss=state.val_loss)
 
 
 def _checked_run_and_options(corpus_path: Path, checkpoint_dir, run: Optional[str], model_options: dict,
