@@ -132,13 +132,18 @@ def test_train_with_resume_auto_starts_then_returns_the_complete_run(tmp_path):
         textgen.train(corpus, **dict(options, resume="yes"))
 
 
-@pytest.mark.parametrize("raised_in_between, told",
-                         [("KeyboardInterrupt()", "KeyboardInterrupt"), (None, "ImportError")])
-def test_ctrl_c_while_tensorflow_loads_is_a_keyboard_interrupt(raised_in_between, told):
+@pytest.mark.parametrize("raised_in_between, in_handler, told",
+                         [("KeyboardInterrupt()", False, "KeyboardInterrupt"), (None, False, "ImportError"),
+                          (None, True, "ImportError")])
+def test_ctrl_c_while_tensorflow_loads_is_a_keyboard_interrupt(raised_in_between, in_handler, told):
     """Ctrl-C while the first textgen.load imported TensorFlow raised TensorFlow's ImportError ("initialization
-    failed"), not the KeyboardInterrupt a program stops on; an import that fails of itself stays an ImportError."""
+    failed"), not the KeyboardInterrupt a program stops on; an import that fails of itself stays an ImportError,
+    also inside the program's own handling of an earlier Ctrl-C."""
+    load = "import_tensorflow_quietly()"
+    if in_handler:
+        load = f"try:\n        raise KeyboardInterrupt\n    except KeyboardInterrupt:\n        {load}"
     code = tensorflow_load_failing(raised_in_between) + (
-        "from textgen.quiet_import import import_tensorflow_quietly\ntry:\n    import_tensorflow_quietly()\n"
+        f"from textgen.quiet_import import import_tensorflow_quietly\ntry:\n    {load}\n"
         "except BaseException as error:\n    print(type(error).__name__)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout == told + "\n", result.stdout + result.stderr

@@ -773,7 +773,7 @@ def test_resume_without_a_corpus_trains_on_the_runs_own(tmp_path):
         _resume_corpus(tmp_path / "ck", "own")
 
 
-def test_auto_resume_is_one_command_that_starts_resumes_and_finds_the_run_complete(tmp_path):
+def test_auto_resume_is_one_command_that_starts_resumes_and_finds_the_run_complete(tmp_path, monkeypatch):
     """A batch job that is requeued runs the same command again: --resume failed the first start ("nothing to
     resume") and a plain start failed every later one; a finished run, re-run, was an error (exit 1), which a job
     script could not tell from a real one."""
@@ -786,13 +786,17 @@ def test_auto_resume_is_one_command_that_starts_resumes_and_finds_the_run_comple
     before = files_snapshot(run_dir)
     again = invoke(*job, "--epochs", "1")
     best = json.loads((run_dir / "best.json").read_text())["best_val_loss"]
-    assert (again.exit_code, again.stderr) == (0, f"nothing to train: run 'own' is complete (it has done its 1 "
-                                                  f"epoch); best validation loss {best:.4f} nats "
+    assert (again.exit_code, again.stderr) == (0, f"nothing to train: run 'own' is complete: it has done its 1 "
+                                                  f"epoch; best validation loss {best:.4f} nats "
                                                   f"({best / math.log(2):.3f} bpc); checkpoints in {run_dir}\n")
     assert files_snapshot(run_dir) == before
     longer = invoke(*job, "--epochs", "2")
     assert longer.exit_code == 0 and "resuming" in longer.stderr and "epoch 2/2" in longer.stderr
     assert "epoch 1/2" not in longer.stderr
+    monkeypatch.chdir(tmp_path)  # without CORPUS: the run's own (it trained on the built-in corpus, not written)
+    own = invoke("train", "--checkpoint-dir", tmp_path / "ck", "--run", "own", "--auto-resume", "--epochs", "3")
+    assert own.exit_code == 0 and "resuming" in own.stderr and "epoch 3/3" in own.stderr, own.stderr
+    assert not (tmp_path / "data").exists()
     refused = invoke(*job, "--overwrite")
     assert (refused.exit_code, refused.stderr) == (2, "error: --auto-resume and --overwrite contradict each other; "
                                                       "choose one\n")
@@ -808,10 +812,11 @@ def test_auto_resume_finds_a_run_that_patience_stopped_complete(tmp_path):
     assert stopped.exit_code == 0 and "no validation improvement for 1 epochs" in stopped.stderr, stopped.stderr
     history = (tmp_path / "ck" / "own" / "history.csv").read_text()
     again = invoke(*job)
-    assert again.exit_code == 0 and again.stderr.startswith("nothing to train: run 'own' is complete (it stopped "
-                                                            "early, 1 epoch without a better validation loss "
-                                                            "(--patience 1))")
+    assert again.exit_code == 0 and again.stderr.startswith("nothing to train: run 'own' is complete: it stopped "
+                                                            "early, 1 epoch without a better validation loss at "
+                                                            "--patience 1; a larger --patience, or 0, trains on; ")
     assert (tmp_path / "ck" / "own" / "history.csv").read_text() == history
+    assert "\nresuming " in invoke(*job, "--patience", "2").stderr  # (the advice taken)
 
 
 def test_output_over_a_runs_own_file_or_its_corpus_is_refused_even_with_overwrite(trained_run, tmp_path):
@@ -1046,25 +1051,42 @@ def test_ctrl_c_while_tensorflow_loads_is_one_line(trained_run):
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_after_the_command_ends_the_process_with_its_status(trained_run, tmp_path, stop):
-    """Ctrl-C as an export finished (during TensorFlow's exit handlers) printed a traceback from one of them; a
-    SIGTERM there (a batch job's time limit) turned a training that had finished into exit 143. The command had done
-    its work: the process ends at once, with the command's own status."""
-    script = ("import atexit, sys, time\nfrom textgen.cli import main\n"
-              "atexit.register(lambda: (print('exiting', file=sys.stderr, flush=True), time.sleep(60)))\n"
-              "main(sys.argv[1:])")
+    """Ctrl-C as an export finished (in TensorFlow's exit handlers) printed a traceback from one of them; a SIGTERM
+    as a finished training's process unloaded TensorFlow (~0.6 s) killed it, exit 143 (a batch job requeued). The
+    command had done its work: the exit handlers run with the signals ending the process at once with the command's
+    status, and Python's unloading of modules, where no handler of ours runs any more, is skipped."""
+    unloading = ("class Unloading:\n    def __del__(self):\n"
+                 "        print('unloading', file=sys.stderr, flush=True)\n        time.sleep(60)\n"
+                 "kept = Unloading()\n")
+    exiting = "atexit.register(lambda: (print('exiting', file=sys.stderr, flush=True), time.sleep(60)))\n"
     for arguments, status in ((["runs", "--checkpoint-dir", str(trained_run["checkpoint_dir"])], 0),
                               (["runs", "--checkpoint-dir", str(tmp_path / "none")], 1)):
-        process = subprocess.Popen([sys.executable, "-c", script, *arguments], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        told = process.stderr.readline()
-        while not told.endswith("exiting\n"):
-            assert told, "the exit handler never ran"
-            told = process.stderr.readline()
-        process.send_signal(stop)
-        output, rest = process.communicate(timeout=30)
-        assert (process.returncode, rest) == (status, ""), rest
-        if status == 0:
-            assert output.splitlines()[1].startswith("period "), output  # (the command's own output, whole)
+        for stage in (exiting, ""):  # a signal in an exit handler; none, and modules that would take long to unload
+            script = ("import atexit, sys, time\nfrom textgen.cli import main\n" + unloading + stage
+                      + "sys.argv[1:] = sys.argv[2:]\nmain()")  # (as the console script: main(), no arguments)
+            process = subprocess.Popen([sys.executable, "-c", script, "textgen", *arguments], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+            if stage:
+                told = process.stderr.readline()
+                while not told.endswith("exiting\n"):
+                    assert told, "the exit handler never ran"
+                    told = process.stderr.readline()
+                process.send_signal(stop)
+            output, rest = process.communicate(timeout=30)
+            assert process.returncode == status and "unloading" not in rest and "Traceback" not in rest, rest
+            if status == 0:
+                assert output.splitlines()[1].startswith("period "), output  # (the command's own output, whole)
+
+
+def test_a_program_running_a_command_keeps_its_signal_handlers(trained_run):
+    """main(ARGS) from a program left handlers behind that ended the program at its next Ctrl-C, with the command's
+    old status, skipping its own except and finally."""
+    previous = signal.getsignal(signal.SIGINT)
+    from textgen.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["runs", "--checkpoint-dir", str(trained_run["checkpoint_dir"])])
+    assert done.value.code == 0 and signal.getsignal(signal.SIGINT) is previous
 
 
 def test_a_closed_standard_error_still_samples(trained_run):

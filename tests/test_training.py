@@ -986,10 +986,14 @@ def test_a_file_system_without_locks_is_named(tmp_path, periodic_corpus, monkeyp
         raise OSError(errno.ENOSYS, "Function not implemented")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    with pytest.raises(TextgenError, match=r"^cannot lock .*/r/\.lock \(Function not implemented\): its file system "
-                                           r"does not lock files, .*use a --checkpoint-dir on a local disk"):
-        run(periodic_corpus, tmp_path)
-    assert not (tmp_path / "r").exists()  # (nothing left behind)
+    for _ in range(2):  # a new run's folder, then one that was there
+        with pytest.raises(TextgenError, match=r"^cannot lock .*/r/\.lock \(Function not implemented\): its file "
+                                               r"system does not lock files, .*use a --checkpoint-dir on a local disk"):
+            run(periodic_corpus, tmp_path)
+        assert list(tmp_path.glob("r/*")) == []  # (nothing left behind: a .lock made the folder an unfinished run)
+        (tmp_path / "r").mkdir(exist_ok=True)
+    write_text(tmp_path / "r" / ".lock", "123")  # (a training's on a node whose mount has locks)
+    assert checkpoint.training_pid(tmp_path / "r") is None  # (`textgen runs` failed: "cannot write the output")
 
 
 def test_second_training_in_the_same_run_is_refused_while_locked(tmp_path, periodic_corpus):

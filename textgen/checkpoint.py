@@ -622,6 +622,9 @@ def _best_validated_epoch(state: RunState) -> int:
     return rows[-1]["epoch"] if rows else max(1, state.best_epoch)
 
 
+NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)  # flock on a file system mounted without locks (Lustre)
+
+
 class RunLock:
     """An exclusive lock on a run directory, released by the kernel even if the process is killed."""
 
@@ -697,6 +700,10 @@ def training_pid(run_dir: Path) -> Optional[str]:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return _holder(handle)
+        except OSError as error:
+            if error.errno in NO_LOCKS:  # a file system without locks: no training can be seen there
+                return None
+            raise
         fcntl.flock(handle, fcntl.LOCK_UN)
         return None
 

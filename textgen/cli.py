@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import contextlib
 import dataclasses
@@ -459,17 +460,19 @@ def cli():
 @_config_options(ModelConfig)
 @_config_options(TrainConfig)
 def train(corpus, checkpoint_dir, run, resume, auto_resume, overwrite, init_from, tensorboard, strategy, **options):
-    """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt; with --resume, the
-    run's own corpus)."""
+    """Train on CORPUS, a UTF-8 text file (default: the built-in corpus, data/pydoc_topics.txt; with --resume, or
+    --auto-resume once the run has a checkpoint, the run's own corpus)."""
     from textgen.callbacks import Interrupted
     from textgen.data import DEFAULT_CORPUS, build_default_corpus
     from textgen.errors import TextgenError
     from textgen.runs import default_run_name
-    from textgen.training import check_start
+    from textgen.training import check_start, has_resumable_checkpoint
     from textgen.training import train as run_training
 
     model_options, train_options = split_training_options(options)
-    if corpus is None and resume:  # the run resumes on its own corpus; without --run, the built-in corpus's run
+    if corpus is None and (resume or auto_resume and has_resumable_checkpoint(
+            checkpoint_dir, run or default_run_name(DEFAULT_CORPUS), None)):
+        # the run resumes on its own corpus; without --run, the built-in corpus's run
         run = run or default_run_name(DEFAULT_CORPUS)
     elif corpus is None:
         if not DEFAULT_CORPUS.is_file():  # a file the user did not name, in the current directory: said, and not
@@ -871,18 +874,33 @@ def _plotted_run(checkpoint_dir: Path, run: str | None) -> tuple:
 
 
 def main(argv=None) -> None:
-    """Console-script entry point."""
-    status = 1
-    try:
+    """Console-script entry point (`textgen`, `python -m textgen`). A program that runs a command with
+    main(ARGS) (or cli.main) keeps its own signal handlers and exit."""
+    if argv is not None or threading.current_thread() is not threading.main_thread():
         cli.main(args=argv, prog_name="textgen")
+        return
+    try:
+        cli.main(args=None, prog_name="textgen")
     except SystemExit as done:
-        status = done.code if isinstance(done.code, int) else int(done.code is not None)
-        raise
-    finally:
-        # The command is over, its files saved and its output flushed. A Ctrl-C or SIGTERM during Python's teardown
-        # (TensorFlow's exit handlers take a second) ends the process at once with the command's own status: it
-        # printed a traceback from whichever handler it fell in, and a batch job whose training had just finished
-        # was told 143 (requeued, to find its run complete).
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(number, lambda *_: os._exit(status))
+        if done.code is not None and not isinstance(done.code, int):
+            print(done.code, file=sys.stderr)
+        _exit_now(done.code if isinstance(done.code, int) else int(done.code is not None))
+    _exit_now(0)
+
+
+def _exit_now(status: int) -> None:
+    """End the process with the command's status once it is over: its files saved, its lock let go, its output
+    flushed. What Python's exit does that matters runs first (other threads finish, exit handlers run, the streams
+    are flushed), with SIGINT and SIGTERM ending it at once with that status; Python's unloading of TensorFlow's
+    modules (~0.6 s) is skipped: a signal there killed a training that had finished and saved (143: a batch job
+    requeued), and one in an exit handler printed a traceback from it."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: os._exit(status))
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

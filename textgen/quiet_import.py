@@ -14,11 +14,12 @@ from textgen.address_space import check_address_space
 _importing = threading.Lock()
 
 
-def _interrupt_behind(error: BaseException):
-    """The KeyboardInterrupt (or Terminated) that error was raised while handling, or None."""
-    while error is not None and not isinstance(error, KeyboardInterrupt):
+def _interrupt_behind(error: BaseException, handled: BaseException | None):
+    """The KeyboardInterrupt (or Terminated) that error was raised while handling, or None; not one the caller was
+    already handling when it imported (an import that fails in a program's `except KeyboardInterrupt`)."""
+    while error is not None and error is not handled and not isinstance(error, KeyboardInterrupt):
         error = error.__context__
-    return error
+    return None if error is handled else error
 
 
 def import_tensorflow_quietly() -> None:
@@ -37,12 +38,13 @@ def import_tensorflow_quietly() -> None:
             saved = None  # opened would take it, and TensorFlow's later log lines with it)
         devnull = os.open(os.devnull, os.O_WRONLY)
         python_state = random.getstate()
+        handled = sys.exc_info()[1]
         try:
             os.dup2(devnull, 2)
             import keras  # noqa: F401  (imports tensorflow as its backend)
         except ImportError as error:  # Ctrl-C (or a SIGTERM) while TensorFlow loaded its libraries failed its import
             # ("initialization failed") in the middle of the interrupt: the caller is told of the interrupt
-            if (interrupt := _interrupt_behind(error)) is None:
+            if (interrupt := _interrupt_behind(error, handled)) is None:
                 raise
             raise interrupt from None
         finally:

@@ -86,8 +86,11 @@ def locked_run_dir(run_dir: Path):
         except OSError as error:
             held.close()
             _remove_created(run_dir, created)  # a folder holding only .lock read as an unfinished run
-            if error.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):  # a cluster's file system mounted
-                # without locks (Lustre's noflock): "cannot write to the checkpoint directory (Function not ...)"
+            if error.errno in checkpoint.NO_LOCKS:  # a cluster's file system mounted without locks (Lustre's
+                # noflock): "cannot write to the checkpoint directory (Function not implemented)"
+                with contextlib.suppress(OSError):
+                    if (lock := run_dir / checkpoint.LOCK_FILE).stat().st_size == 0:  # this refusal's own
+                        lock.unlink()
                 raise TextgenError(f"cannot lock {run_dir / checkpoint.LOCK_FILE} ({error.strerror}): its file "
                                    "system does not lock files, which keeps two trainings of a run apart; use a "
                                    "--checkpoint-dir on a local disk, or a file system mounted with locks (Lustre: "

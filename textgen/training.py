@@ -230,7 +230,7 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
                 "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
             raise RunComplete(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
                               f"trained {minutes_text(meta.state.elapsed_seconds / 60)}); pass a larger "
-                              f"--max-minutes, {unlimited}", f"it has used its time budget (--max-minutes {budget:g})")
+                              f"--max-minutes, {unlimited}", f"it has used its time budget, --max-minutes {budget:g}")
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -520,7 +520,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         contradiction.python_message = 'resume="auto" and overwrite=True contradict each other; choose one'
         raise contradiction
     if auto:  # a batch job's one command: the run goes on from its own weights once it has saved
-        resume = _has_resumable_checkpoint(checkpoint_dir, run, corpus)
+        resume = has_resumable_checkpoint(checkpoint_dir, run, corpus)
         init_from = None if resume else init_from
     if init_from is not None and resume:
         raise OptionError("--init-from starts a new run from another run's weights; a resumed run goes on from its "
@@ -538,6 +538,8 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         model_options, train_options = dict(model_options or {}), dict(train_options or {})
         run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
         source = _init_source(init_from, checkpoint_dir, run_dir, model_options)
+        if auto and resume and (reason := _patience_spent(run_dir, train_options)) is not None:  # (every worker)
+            raise RunComplete(reason, reason)
         check_readable(corpus_path)
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
             with _training_turn(log), tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
@@ -550,15 +552,15 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
             if auto and not resume and checkpoint.has_checkpoint(run_dir, ("last",)):
                 resume, source = True, None
             check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
-            if auto and resume and (reason := _patience_spent(run_dir, train_options)) is not None:
+            if auto and resume and (reason := _patience_spent(run_dir, train_options)) is not None:  # (saved since)
                 raise RunComplete(reason, reason)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
                                  gate, log, callbacks, source)
     except RunComplete as done:
-        gate.refuse(done)
         if not auto:
+            gate.refuse(done)
             raise
-        return _completed(run_dir, done.reason, log)
+        return _completed(run_dir, done.reason, log)  # (every worker finds it complete: none waits for another)
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
@@ -566,7 +568,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         raise
 
 
-def _has_resumable_checkpoint(checkpoint_dir, run: Optional[str], corpus) -> bool:
+def has_resumable_checkpoint(checkpoint_dir, run: Optional[str], corpus) -> bool:
     """Whether resume="auto" resumes: the run (named, or named after corpus) has a last checkpoint. Anything wrong
     with the names is left for the start's own checks to say."""
     try:
@@ -581,9 +583,10 @@ def _patience_spent(run_dir: Path, train_options: dict) -> Optional[str]:
     stop again (or go on, if that epoch did better)."""
     meta = _resumed_meta(run_dir)
     patience = train_options.get("patience", meta.training.patience)
-    if patience and meta.state.epoch - meta.state.best_epoch >= patience:
-        return (f"it stopped early, {counted(patience, 'epoch')} without a better validation loss (--patience "
-                f"{patience})")
+    state = meta.state
+    if patience and not state.step_in_epoch and state.epoch - state.best_epoch >= patience:
+        return (f"it stopped early, {counted(patience, 'epoch')} without a better validation loss at --patience "
+                f"{patience}; a larger --patience, or 0, trains on")
     return None
 
 
@@ -591,7 +594,7 @@ def _completed(run_dir: Path, reason: str, log: Callable[[str], None]) -> dict:
     """resume="auto" on a run with nothing left to train: said, and train()'s summary of it, without a model."""
     state = _resumed_meta(run_dir).state
     best = state.best_val_loss
-    log(f"nothing to train: run {run_dir.name!r} is complete ({reason}); best validation loss "
+    log(f"nothing to train: run {run_dir.name!r} is complete: {reason}; best validation loss "
         + (f"{best:.4f} nats ({bpc(best):.3f} bpc)" if best is not None else "not measured")
         + f"; checkpoints in {run_dir}")
     return dict(run_dir=run_dir, epoch=state.epoch, best_val_loss=best, stopped=f"complete: {reason}",
