@@ -1078,6 +1078,17 @@ def test_a_signal_after_the_command_ends_the_process_with_its_status(trained_run
                 assert output.splitlines()[1].startswith("period "), output  # (the command's own output, whole)
 
 
+def test_the_console_script_exits_with_a_thread_pool_alive(trained_run):
+    """Ending the process itself, the console script waited for every other thread, and a thread pool's workers,
+    which Python's exit tells to stop, waited forever."""
+    script = ("import concurrent.futures, sys\nfrom textgen.cli import main\n"
+              "pool = concurrent.futures.ThreadPoolExecutor(2)\npool.submit(print, 'pooled').result()\n"
+              "sys.argv[1:] = sys.argv[2:]\nmain()")
+    done = subprocess.run([sys.executable, "-c", script, "textgen", "runs", "--checkpoint-dir",
+                           str(trained_run["checkpoint_dir"])], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("pooled\nrun "), done.stdout + done.stderr
+
+
 def test_a_program_running_a_command_keeps_its_signal_handlers(trained_run):
     """main(ARGS) from a program left handlers behind that ended the program at its next Ctrl-C, with the command's
     old status, skipping its own except and finally."""

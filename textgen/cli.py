@@ -896,9 +896,7 @@ def _exit_now(status: int) -> None:
     requeued), and one in an exit handler printed a traceback from it."""
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: os._exit(status))
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # as Python's exit: a thread pool's workers told to stop, the other threads waited for
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
