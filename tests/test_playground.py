@@ -37,12 +37,21 @@ def browser():
 
 
 def wait_until(condition, timeout=60.0):
+    """condition's value once it is true; an element not there (yet) counts as false: a page just asked for may not
+    have replaced the one before it (a CI run found no #facts, once in many)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except (NoSuchElementException, StaleElementReferenceException) as missing:
+            value, last = None, missing
+        else:
+            last = None
         if value:
             return value
-        assert time.monotonic() < deadline, "timed out waiting for the page"
+        assert time.monotonic() < deadline, f"timed out waiting for the page{f' ({last.msg})' if last else ''}"
         time.sleep(0.1)
 
 
