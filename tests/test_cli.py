@@ -816,6 +816,8 @@ def test_auto_resume_finds_a_run_that_patience_stopped_complete(tmp_path):
                                                             "early, 1 epoch without a better validation loss at "
                                                             "--patience 1; a larger --patience, or 0, trains on; ")
     assert (tmp_path / "ck" / "own" / "history.csv").read_text() == history
+    reshaped = invoke(*job, "--units", "16")  # (not complete: a resume that cannot be)
+    assert reshaped.exit_code == 1 and "cannot resume with a different model" in reshaped.stderr, reshaped.stderr
     assert "\nresuming " in invoke(*job, "--patience", "2").stderr  # (the advice taken)
 
 

@@ -191,7 +191,11 @@ class RunComplete(TextgenError):
 
 
 def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_options: dict,
-                     train_options: dict, corpus_path: Optional[Path] = None) -> tuple[ModelConfig, TrainConfig]:
+                     train_options: dict, corpus_path: Optional[Path] = None,
+                     patience_ends: bool = False) -> tuple[ModelConfig, TrainConfig]:
+    """The configurations a training runs with; resuming, the checkpoint's with the options given, once they are
+    found to fit it. patience_ends (resume="auto", on the same text: a new text starts the best over): a run that
+    --patience stopped is complete, as one that has done its epochs."""
     if meta is None:
         model_config = ModelConfig(vocab_size=len(vocab), **model_options)
         train_config = TrainConfig(**train_options)
@@ -231,6 +235,8 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
             raise RunComplete(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
                               f"trained {minutes_text(meta.state.elapsed_seconds / 60)}); pass a larger "
                               f"--max-minutes, {unlimited}", f"it has used its time budget, --max-minutes {budget:g}")
+        if patience_ends and (reason := _patience_spent(meta.state, train_config.patience)) is not None:
+            raise RunComplete(reason, reason)
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -538,13 +544,11 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         model_options, train_options = dict(model_options or {}), dict(train_options or {})
         run_dir = _checked_run_and_options(corpus_path, checkpoint_dir, run, model_options, train_options)
         source = _init_source(init_from, checkpoint_dir, run_dir, model_options)
-        if auto and resume and (reason := _patience_spent(run_dir, train_options)) is not None:  # (every worker)
-            raise RunComplete(reason, reason)
         check_readable(corpus_path)
         if not chief:  # other workers read the chief's checkpoints and keep their corpus cache to themselves
             with _training_turn(log), tempfile.TemporaryDirectory(prefix="textgen-worker-") as cache_dir:
                 return _run_training(corpus_path, run_dir, Path(cache_dir), model_options, train_options, resume,
-                                     False, gate, lambda message: None, callbacks, source)
+                                     False, gate, lambda message: None, callbacks, source, patience_ends=auto)
         check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)  # a refusal creates nothing
         # The run's lock before the turn: a second training of this run is refused at once, not after the first.
         with locked_run_dir(run_dir), _training_turn(log):
@@ -552,10 +556,8 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
             if auto and not resume and checkpoint.has_checkpoint(run_dir, ("last",)):
                 resume, source = True, None
             check_run_dir(run_dir, resume, overwrite, corpus_path, named=run is not None)
-            if auto and resume and (reason := _patience_spent(run_dir, train_options)) is not None:  # (saved since)
-                raise RunComplete(reason, reason)
             return _run_training(corpus_path, run_dir, run_dir, model_options, train_options, resume, tensorboard,
-                                 gate, log, callbacks, source)
+                                 gate, log, callbacks, source, patience_ends=auto)
     except RunComplete as done:
         if not auto:
             gate.refuse(done)
@@ -578,12 +580,9 @@ def has_resumable_checkpoint(checkpoint_dir, run: Optional[str], corpus) -> bool
         return False
 
 
-def _patience_spent(run_dir: Path, train_options: dict) -> Optional[str]:
-    """Why the run, stopped by --patience, is complete, or None: a plain resume would train one more epoch and
-    stop again (or go on, if that epoch did better)."""
-    meta = _resumed_meta(run_dir)
-    patience = train_options.get("patience", meta.training.patience)
-    state = meta.state
+def _patience_spent(state: RunState, patience: int) -> Optional[str]:
+    """Why the run, stopped by --patience at an epoch's end, is complete, or None: a plain resume would train one more
+    epoch and stop again (or go on, if that epoch did better)."""
     if patience and not state.step_in_epoch and state.epoch - state.best_epoch >= patience:
         return (f"it stopped early, {counted(patience, 'epoch')} without a better validation loss at --patience "
                 f"{patience}; a larger --patience, or 0, trains on")
@@ -778,7 +777,8 @@ def _resumed_meta(run_dir: Path) -> CheckpointMeta:
 
 def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_options: dict, train_options: dict,
                   resume: bool, tensorboard: bool, gate, log: Callable[[str], None],
-                  extra_callbacks: Sequence[cb.Callback], source: Optional[Path] = None) -> dict:
+                  extra_callbacks: Sequence[cb.Callback], source: Optional[Path] = None,
+                  patience_ends: bool = False) -> dict:
     from textgen.distribute import check_batch_size, gpu_text, is_chief, lost_worker
 
     writes = is_chief(gate.strategy_name)
@@ -789,7 +789,8 @@ def _run_training(corpus_path: Path, run_dir: Path, cache_dir: Path, model_optio
     text_changed = meta is not None and not same_text(stamp, meta.corpus)
     if meta is not None:  # refuse a mismatch before the corpus cache is rewritten
         model_config, config = _resolve_configs(meta, scan(corpus_path)[1] if text_changed else meta.vocab,
-                                                model_options, train_options, corpus_path)
+                                                model_options, train_options, corpus_path,
+                                                patience_ends=patience_ends and not text_changed)
     replaces = writes and meta is None and checkpoint.has_checkpoint(run_dir)  # --overwrite (only the chief writes)
     data = load_corpus(corpus_path, cache_dir, progress=_encoding_progress(writes), stamp=stamp,
                        new_cache_dir=run_dir / STAGED_CACHE if replaces else None)
