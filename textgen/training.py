@@ -182,12 +182,13 @@ def _in_vocabulary(data: Corpus, vocab: Vocabulary) -> Corpus:
 
 
 class RunComplete(TextgenError):
-    """A resume that would train nothing: the run has done its epochs or used its time budget. reason: what it has
-    done, for resume="auto", which then reports the run complete and succeeds."""
+    """A resume that would train nothing: the run has done its epochs, used its time budget or (resume="auto")
+    been stopped by --patience. reason says which, and state is the run's, for resume="auto", which then reports
+    the run complete and succeeds."""
 
-    def __init__(self, message: str, reason: str):
+    def __init__(self, message: str, reason: str, state: RunState):
         super().__init__(message)
-        self.reason = reason
+        self.reason, self.state = reason, state
 
 
 def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_options: dict,
@@ -227,16 +228,18 @@ def _resolve_configs(meta: Optional[CheckpointMeta], vocab: Vocabulary, model_op
                                    f"its {saved_training.epochs}; leave --epochs out to finish them, or pass a larger "
                                    "total")
             raise RunComplete(f"cannot resume: the run has done its {epochs}; pass a larger --epochs (the total, "
-                              f"such as --epochs {2 * done}) to train on", f"it has done its {epochs}")
+                              f"such as --epochs {2 * done}) to train on", f"it has done its {epochs}",
+                              meta.state)
         budget = train_config.max_minutes
         if budget and meta.state.elapsed_seconds >= budget * 60:  # else each resume trains one step and stops
             unlimited = "or --max-minutes 0 for no limit" if train_config.epochs else \
                 "or --max-minutes 0 with --epochs N, the epochs in all"  # --epochs 0 lasts until --max-minutes
             raise RunComplete(f"cannot resume: the run has used its time budget (--max-minutes {budget:g}; it has "
                               f"trained {minutes_text(meta.state.elapsed_seconds / 60)}); pass a larger "
-                              f"--max-minutes, {unlimited}", f"it has used its time budget, --max-minutes {budget:g}")
+                              f"--max-minutes, {unlimited}", f"it has used its time budget, --max-minutes {budget:g}",
+                              meta.state)
         if patience_ends and (reason := _patience_spent(meta.state, train_config.patience)) is not None:
-            raise RunComplete(reason, reason)
+            raise RunComplete(reason, reason, meta.state)
     model_config.validate()
     train_config.validate()
     return model_config, train_config
@@ -562,7 +565,7 @@ def train(corpus: Optional[str | Path], checkpoint_dir: str | Path = DEFAULT_CHE
         if not auto:
             gate.refuse(done)
             raise
-        return _completed(run_dir, done.reason, log)  # (every worker finds it complete: none waits for another)
+        return _completed(run_dir, done, log)  # (every worker finds it complete: none waits for another)
     except Exception as error:
         gate.refuse(error)  # under multi-worker, before this worker joined the others: they would wait for it forever
         if gate.strategy is not None and (reason := lost_worker(gate.strategy, error)) is not None:  # before fit
@@ -589,9 +592,9 @@ def _patience_spent(state: RunState, patience: int) -> Optional[str]:
     return None
 
 
-def _completed(run_dir: Path, reason: str, log: Callable[[str], None]) -> dict:
+def _completed(run_dir: Path, complete: RunComplete, log: Callable[[str], None]) -> dict:
     """resume="auto" on a run with nothing left to train: said, and train()'s summary of it, without a model."""
-    state = _resumed_meta(run_dir).state
+    state, reason = complete.state, complete.reason
     best = state.best_val_loss
     log(f"nothing to train: run {run_dir.name!r} is complete: {reason}; best validation loss "
         + (f"{best:.4f} nats ({bpc(best):.3f} bpc)" if best is not None else "not measured")
